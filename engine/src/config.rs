@@ -1,0 +1,229 @@
+//! Start-up configuration: command line, `ENGINE_*` environment variables, an optional TOML
+//! file, and defaults, in that order of precedence. Validated once; the reactors never parse.
+
+use std::{net::SocketAddr, path::PathBuf};
+
+use clap::Parser;
+use serde::Deserialize;
+
+/// Default listen address: every interface, port 8080.
+pub const LISTEN_DEFAULT: &str = "0.0.0.0:8080";
+/// Default largest frame or message: 64 KiB (PROTOCOL.md `max_message_size`), small enough
+/// that a malicious client cannot make one connection hold much memory.
+pub const MAX_MESSAGE_BYTES_DEFAULT: usize = 64 * 1024;
+/// Bounds for `--max-message-bytes`: a control frame's 125 bytes up to 16 MiB.
+pub const MAX_MESSAGE_BYTES_RANGE: (usize, usize) = (125, 16 * 1024 * 1024);
+/// Default time a connection has to send `auth` after connecting: 10 s (PROTOCOL.md).
+pub const AUTH_TIMEOUT_MS_DEFAULT: u64 = 10_000;
+/// Bounds for `--auth-timeout-ms`: at least one timer tick, at most 10 minutes.
+pub const AUTH_TIMEOUT_MS_RANGE: (u64, u64) = (100, 600_000);
+/// Default bound on a graceful shutdown: 5 s to send close frames and drain.
+pub const SHUTDOWN_TIMEOUT_MS_DEFAULT: u64 = 5_000;
+/// The most reactors accepted; each is a thread with its own fd table and mailboxes.
+pub const REACTORS_MAX: usize = 256;
+
+/// The command line. Every flag can also come from an `ENGINE_*` variable or the TOML file.
+#[derive(Debug, Parser, Default)]
+#[command(name = "engine", version, about = "Thread-per-core io_uring WebSocket chat gateway")]
+pub struct Args {
+    /// Address to listen on for WebSocket and HTTP [default: 0.0.0.0:8080]
+    #[arg(long, env = "ENGINE_LISTEN", value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// Reactor threads, each pinned with its own listener and fd table [default: one per core]
+    #[arg(long, env = "ENGINE_REACTORS", value_name = "N")]
+    pub reactors: Option<usize>,
+    /// Largest WebSocket frame or message accepted; larger ones close with 1009 [default: 65536]
+    #[arg(long, env = "ENGINE_MAX_MESSAGE_BYTES", value_name = "BYTES")]
+    pub max_message_bytes: Option<usize>,
+    /// Time to send `auth` after connecting before the close with 4001 [default: 10000]
+    #[arg(long, env = "ENGINE_AUTH_TIMEOUT_MS", value_name = "MS")]
+    pub auth_timeout_ms: Option<u64>,
+    /// HS256 secret for auth tokens; without one the gateway runs in open mode (trusts userId)
+    #[arg(long, env = "ENGINE_JWT_SECRET", value_name = "SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// Bound on a graceful shutdown (SIGTERM/SIGINT) before remaining sockets are dropped [default: 5000]
+    #[arg(long, env = "ENGINE_SHUTDOWN_TIMEOUT_MS", value_name = "MS")]
+    pub shutdown_timeout_ms: Option<u64>,
+    /// Log filter: error, warn, info, debug, trace, or a tracing directive [default: info]
+    #[arg(long, env = "ENGINE_LOG_LEVEL", value_name = "LEVEL")]
+    pub log_level: Option<String>,
+    /// TOML file with any of the settings above (snake_case keys); flags and env override it
+    #[arg(long, env = "ENGINE_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+/// The TOML file's shape: the same settings, snake_case.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<String>,
+    reactors: Option<usize>,
+    max_message_bytes: Option<usize>,
+    auth_timeout_ms: Option<u64>,
+    jwt_secret: Option<String>,
+    shutdown_timeout_ms: Option<u64>,
+    log_level: Option<String>,
+}
+
+/// The validated configuration the engine runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where every reactor's SO_REUSEPORT listener binds.
+    pub listen: SocketAddr,
+    /// How many reactor threads.
+    pub reactors: usize,
+    /// Largest frame payload and largest reassembled message.
+    pub max_message_bytes: usize,
+    /// Deadline for `auth` after connecting.
+    pub auth_timeout_ms: u64,
+    /// HS256 secret; `None` is open mode.
+    pub jwt_secret: Option<Vec<u8>>,
+    /// Bound on graceful shutdown.
+    pub shutdown_timeout_ms: u64,
+    /// The tracing filter.
+    pub log_level: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: LISTEN_DEFAULT.parse().expect("the default address parses"),
+            reactors: default_reactors(),
+            max_message_bytes: MAX_MESSAGE_BYTES_DEFAULT,
+            auth_timeout_ms: AUTH_TIMEOUT_MS_DEFAULT,
+            jwt_secret: None,
+            shutdown_timeout_ms: SHUTDOWN_TIMEOUT_MS_DEFAULT,
+            log_level: "info".to_owned(),
+        }
+    }
+}
+
+/// A setting that stops start-up; the text names the flag and the accepted values.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A value out of range or of the wrong form.
+    #[error("--{flag}: {problem}")]
+    Invalid {
+        /// The flag's name, without dashes.
+        flag: &'static str,
+        /// What is wrong and what is accepted.
+        problem: String,
+    },
+    /// The `--config` file could not be read or parsed.
+    #[error("--config {path}: {problem}")]
+    File {
+        /// The file named.
+        path: PathBuf,
+        /// The read or TOML error.
+        problem: String,
+    },
+}
+
+fn default_reactors() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+}
+
+fn invalid(flag: &'static str, problem: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { flag, problem: problem.into() }
+}
+
+fn in_range<T: PartialOrd + std::fmt::Display + Copy>(
+    flag: &'static str,
+    value: T,
+    (low, high): (T, T),
+) -> Result<T, ConfigError> {
+    if value < low || value > high {
+        return Err(invalid(flag, format!("must be between {low} and {high}, got {value}")));
+    }
+    Ok(value)
+}
+
+impl Config {
+    /// Merges flags/env (`args`) over the TOML file over the defaults, and validates.
+    pub fn resolve(args: Args) -> Result<Config, ConfigError> {
+        let file = match &args.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| ConfigError::File { path: path.clone(), problem: e.to_string() })?;
+                toml::from_str::<FileConfig>(&text)
+                    .map_err(|e| ConfigError::File { path: path.clone(), problem: e.to_string() })?
+            }
+            None => FileConfig::default(),
+        };
+        let defaults = Config::default();
+        let listen = match args.listen.or(file.listen) {
+            Some(text) => text
+                .parse()
+                .map_err(|_| invalid("listen", format!("'{text}' is not an IP:port address")))?,
+            None => defaults.listen,
+        };
+        let reactors = in_range("reactors", args.reactors.or(file.reactors).unwrap_or(defaults.reactors), (1, REACTORS_MAX))?;
+        let max_message_bytes = in_range(
+            "max-message-bytes",
+            args.max_message_bytes.or(file.max_message_bytes).unwrap_or(defaults.max_message_bytes),
+            MAX_MESSAGE_BYTES_RANGE,
+        )?;
+        let auth_timeout_ms = in_range(
+            "auth-timeout-ms",
+            args.auth_timeout_ms.or(file.auth_timeout_ms).unwrap_or(defaults.auth_timeout_ms),
+            AUTH_TIMEOUT_MS_RANGE,
+        )?;
+        let shutdown_timeout_ms = in_range(
+            "shutdown-timeout-ms",
+            args.shutdown_timeout_ms.or(file.shutdown_timeout_ms).unwrap_or(defaults.shutdown_timeout_ms),
+            (0, 600_000),
+        )?;
+        let jwt_secret = match args.jwt_secret.or(file.jwt_secret) {
+            Some(secret) if secret.is_empty() => return Err(invalid("jwt-secret", "must not be empty")),
+            Some(secret) => Some(secret.into_bytes()),
+            None => None,
+        };
+        let log_level = args.log_level.or(file.log_level).unwrap_or(defaults.log_level);
+        tracing_subscriber::EnvFilter::try_new(&log_level)
+            .map_err(|e| invalid("log-level", format!("'{log_level}' is not a log filter: {e}")))?;
+        Ok(Config { listen, reactors, max_message_bytes, auth_timeout_ms, jwt_secret, shutdown_timeout_ms, log_level })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_apply_when_nothing_is_given() {
+        let config = Config::resolve(Args::default()).unwrap();
+        assert_eq!(config.listen, LISTEN_DEFAULT.parse().unwrap());
+        assert_eq!(config.max_message_bytes, MAX_MESSAGE_BYTES_DEFAULT);
+        assert!(config.jwt_secret.is_none());
+    }
+
+    #[test]
+    fn bad_values_name_their_flag() {
+        let err = Config::resolve(Args { reactors: Some(0), ..Args::default() }).unwrap_err();
+        assert!(err.to_string().starts_with("--reactors:"), "{err}");
+        let err = Config::resolve(Args { listen: Some("nowhere".into()), ..Args::default() }).unwrap_err();
+        assert!(err.to_string().starts_with("--listen:"), "{err}");
+        let err = Config::resolve(Args { max_message_bytes: Some(10), ..Args::default() }).unwrap_err();
+        assert!(err.to_string().starts_with("--max-message-bytes:"), "{err}");
+        let err = Config::resolve(Args { jwt_secret: Some(String::new()), ..Args::default() }).unwrap_err();
+        assert!(err.to_string().starts_with("--jwt-secret:"), "{err}");
+        let err = Config::resolve(Args { log_level: Some("[[".into()), ..Args::default() }).unwrap_err();
+        assert!(err.to_string().starts_with("--log-level:"), "{err}");
+    }
+
+    #[test]
+    fn file_values_yield_to_flags() {
+        let dir = std::env::temp_dir().join(format!("engine-config-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("engine.toml");
+        std::fs::write(&path, "reactors = 3\nauth_timeout_ms = 2000\n").unwrap();
+        let args = Args { config: Some(path.clone()), reactors: Some(5), ..Args::default() };
+        let config = Config::resolve(args).unwrap();
+        assert_eq!(config.reactors, 5);
+        assert_eq!(config.auth_timeout_ms, 2000);
+        std::fs::write(&path, "reactor = 3\n").unwrap();
+        let err = Config::resolve(Args { config: Some(path), ..Args::default() }).unwrap_err();
+        assert!(err.to_string().contains("unknown field"), "{err}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}

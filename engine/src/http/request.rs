@@ -1,0 +1,198 @@
+//! Parses one HTTP/1.1 request head from bytes; knows nothing of sockets.
+
+/// The most headers a request may carry.
+pub const HEADERS_MAX: usize = 32;
+/// The largest request head (request line and headers) accepted: 8 KiB, as common
+/// servers do, small enough that a client cannot make us hold much per connection.
+pub const HEAD_BYTES_MAX: usize = 8 * 1024;
+/// The largest request body accepted: 64 KiB, the same as the default message limit.
+pub const BODY_BYTES_MAX: usize = 64 * 1024;
+
+/// The parts of a request head the gateway acts on, copied out of the read buffer.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Request {
+    /// `GET`, `POST`, ...
+    pub method: String,
+    /// The path without the query string.
+    pub path: String,
+    /// The query string without `?`, if any.
+    pub query: Option<String>,
+    /// HTTP/1.1 (`true`) or HTTP/1.0 (`false`).
+    pub http11: bool,
+    /// Headers as `(lower-case name, value)`.
+    pub headers: Vec<(String, String)>,
+    /// From `Content-Length` (0 when absent).
+    pub content_length: usize,
+}
+
+/// A request the gateway refuses to read; each maps to a status code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RequestError {
+    /// Not HTTP/1.x at all.
+    #[error("malformed request")]
+    Malformed,
+    /// The head is over [`HEAD_BYTES_MAX`] or has too many headers.
+    #[error("request head too large")]
+    HeadTooLarge,
+    /// The body is over [`BODY_BYTES_MAX`].
+    #[error("request body too large")]
+    BodyTooLarge,
+    /// `Transfer-Encoding` bodies are not accepted.
+    #[error("transfer-encoding is not supported")]
+    TransferEncoding,
+}
+
+impl RequestError {
+    /// The HTTP status that answers this error.
+    pub fn status(self) -> u16 {
+        match self {
+            RequestError::Malformed => 400,
+            RequestError::HeadTooLarge => 431,
+            RequestError::BodyTooLarge => 413,
+            RequestError::TransferEncoding => 501,
+        }
+    }
+}
+
+impl Request {
+    /// The value of header `name` (lower-case), if present.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+
+    /// Whether a comma-separated header holds `token` (case-insensitive).
+    pub fn header_has_token(&self, name: &str, token: &str) -> bool {
+        self.headers
+            .iter()
+            .filter(|(n, _)| n == name)
+            .flat_map(|(_, v)| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case(token))
+    }
+
+    /// Whether the connection stays open after the response.
+    pub fn keep_alive(&self) -> bool {
+        if self.header_has_token("connection", "close") {
+            return false;
+        }
+        self.http11 || self.header_has_token("connection", "keep-alive")
+    }
+
+    /// The value of query parameter `key`, percent-decoding left to the caller.
+    pub fn query_param(&self, key: &str) -> Option<&str> {
+        self.query
+            .as_deref()?
+            .split('&')
+            .filter_map(|pair| pair.split_once('='))
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| v)
+    }
+}
+
+/// Parses a request head from the front of `buf`.
+///
+/// `Ok(None)`: the head is not complete yet. `Ok(Some((request, head_len)))`: the body,
+/// if any, starts at `head_len` and is `request.content_length` bytes long.
+pub fn parse(buf: &[u8]) -> Result<Option<(Request, usize)>, RequestError> {
+    let mut headers = [httparse::EMPTY_HEADER; HEADERS_MAX];
+    let mut parsed = httparse::Request::new(&mut headers);
+    let head_len = match parsed.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) if buf.len() > HEAD_BYTES_MAX => {
+            return Err(RequestError::HeadTooLarge)
+        }
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err(RequestError::HeadTooLarge),
+        Err(_) => return Err(RequestError::Malformed),
+    };
+    if head_len > HEAD_BYTES_MAX {
+        return Err(RequestError::HeadTooLarge);
+    }
+    let (method, target, version) = match (parsed.method, parsed.path, parsed.version) {
+        (Some(m), Some(p), Some(v)) => (m, p, v),
+        _ => return Err(RequestError::Malformed),
+    };
+    let (path, query) = match target.split_once('?') {
+        Some((p, q)) => (p, Some(q.to_owned())),
+        None => (target, None),
+    };
+    let mut request = Request {
+        method: method.to_owned(),
+        path: path.to_owned(),
+        query,
+        http11: version == 1,
+        headers: Vec::with_capacity(parsed.headers.len()),
+        content_length: 0,
+    };
+    for header in parsed.headers.iter() {
+        let value = std::str::from_utf8(header.value).map_err(|_| RequestError::Malformed)?;
+        request.headers.push((header.name.to_ascii_lowercase(), value.trim().to_owned()));
+    }
+    if request.header("transfer-encoding").is_some() {
+        return Err(RequestError::TransferEncoding);
+    }
+    if let Some(length) = request.header("content-length") {
+        let length: usize = length.parse().map_err(|_| RequestError::Malformed)?;
+        if length > BODY_BYTES_MAX {
+            return Err(RequestError::BodyTooLarge);
+        }
+        request.content_length = length;
+    }
+    Ok(Some((request, head_len)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn parses_a_get_with_query_and_headers() {
+        let raw = b"GET /ws?token=abc&x=1 HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, Upgrade\r\n\r\nrest";
+        let (req, len) = parse(raw).unwrap().unwrap();
+        assert_eq!(&raw[len..], b"rest");
+        assert_eq!(req.method, "GET");
+        assert_eq!(req.path, "/ws");
+        assert_eq!(req.query_param("token"), Some("abc"));
+        assert!(req.header_has_token("connection", "upgrade"));
+        assert!(req.keep_alive());
+    }
+
+    #[test]
+    fn incomplete_heads_wait_for_more() {
+        assert_eq!(parse(b"GET / HTTP/1.1\r\nHost: a\r\n"), Ok(None));
+    }
+
+    #[test]
+    fn oversize_heads_and_bodies_are_refused() {
+        let mut raw = b"GET / HTTP/1.1\r\nX: ".to_vec();
+        raw.extend(std::iter::repeat_n(b'a', HEAD_BYTES_MAX + 1));
+        assert_eq!(parse(&raw), Err(RequestError::HeadTooLarge));
+        let body = format!("POST / HTTP/1.1\r\nContent-Length: {}\r\n\r\n", BODY_BYTES_MAX + 1);
+        assert_eq!(parse(body.as_bytes()), Err(RequestError::BodyTooLarge));
+        assert_eq!(parse(b"POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n"), Err(RequestError::Malformed));
+        assert_eq!(
+            parse(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            Err(RequestError::TransferEncoding)
+        );
+    }
+
+    #[test]
+    fn http10_closes_unless_asked() {
+        let (req, _) = parse(b"GET / HTTP/1.0\r\n\r\n").unwrap().unwrap();
+        assert!(!req.keep_alive());
+        let (req, _) = parse(b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n").unwrap().unwrap();
+        assert!(!req.keep_alive());
+    }
+
+    #[test]
+    fn garbage_is_malformed() {
+        assert_eq!(parse(b"\x00\x01\x02 nonsense\r\n\r\n"), Err(RequestError::Malformed));
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = parse(&bytes);
+        }
+    }
+}

@@ -1,0 +1,104 @@
+//! A thread-per-core WebSocket chat gateway.
+//!
+//! ```text
+//! main.rs ── config (flags, ENGINE_* env, TOML) ── Engine::start
+//!                                                     │ one thread per reactor
+//! client ─► reactor: SO_REUSEPORT listener (io_uring accept) ─► slab slot + epoll set
+//!            read into the reactor's buffer ─► http::request | ws::frame (unmask in place)
+//!            ─► protocol::inbound (simd-json tape) ─► reactor::chat ─► router
+//!            router: home(user) holds the directory ─► mailbox rings ─► device's reactor
+//!            ─► protocol::outbound + ws::frame::encode (once, shared Bytes) ─► socket
+//! ```
+//!
+//! Modules:
+//! - [`config`]: the command line and its validation.
+//! - [`reactor`]: threads, runtime, connection lifecycle, the batch loop.
+//! - [`ws`], [`http`], [`protocol`]: pure codecs (bytes in, values out).
+//! - [`router`]: user homes and the directory; [`mailbox`]: rings and doorbells between reactors.
+//! - [`timer`]: the per-reactor timer wheel; [`stats`]: per-reactor counters.
+//! - [`shutdown`]: signals and the drain.
+#![warn(missing_docs, unreachable_pub)]
+
+pub mod config;
+pub mod http;
+pub mod mailbox;
+pub mod protocol;
+pub mod reactor;
+pub mod router;
+pub mod shutdown;
+pub mod stats;
+pub mod timer;
+pub mod ws;
+
+use std::{
+    io,
+    net::SocketAddr,
+    sync::{mpsc, Arc},
+    thread::JoinHandle,
+    time::Duration,
+};
+
+use config::Config;
+use reactor::{ReactorSeed, Shared};
+
+/// A running engine: its reactors and the address they listen on.
+pub struct Engine {
+    shared: Arc<Shared>,
+    threads: Vec<JoinHandle<()>>,
+    local_addr: SocketAddr,
+}
+
+impl Engine {
+    /// Starts every reactor and returns once all of them listen.
+    ///
+    /// Reactor 0 binds first, so that port 0 resolves to one port the others then share.
+    pub fn start(config: Config) -> io::Result<Engine> {
+        let reactors = config.reactors;
+        let mut listen = config.listen;
+        let shared = Arc::new(Shared::new(config)?);
+        let (producers, consumers) = mailbox::rings(reactors);
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let mut threads = Vec::with_capacity(reactors);
+        for (id, (producers, consumers)) in producers.into_iter().zip(consumers).enumerate() {
+            let seed = ReactorSeed { id, shared: shared.clone(), producers, consumers, listen };
+            threads.push(reactor::spawn(seed, ready_tx.clone())?);
+            match ready_rx.recv() {
+                Ok(Ok(addr)) => listen = addr,
+                Ok(Err(e)) => return Err(Self::abort(shared, threads, e)),
+                Err(_) => return Err(Self::abort(shared, threads, io::Error::other("a reactor died at start"))),
+            }
+        }
+        Ok(Engine { shared, threads, local_addr: listen })
+    }
+
+    fn abort(shared: Arc<Shared>, threads: Vec<JoinHandle<()>>, error: io::Error) -> io::Error {
+        shared.begin_drain();
+        for thread in threads {
+            let _ = thread.join();
+        }
+        error
+    }
+
+    /// The address clients connect to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Drains (close frames with 1001) and stops every reactor, waiting at most the
+    /// configured shutdown bound plus a second; true when every reactor stopped in time.
+    pub fn shutdown(self) -> bool {
+        self.shared.begin_drain();
+        let bound = Duration::from_millis(self.shared.config.shutdown_timeout_ms) + Duration::from_secs(1);
+        let deadline = std::time::Instant::now() + bound;
+        for thread in self.threads {
+            while !thread.is_finished() {
+                if std::time::Instant::now() >= deadline {
+                    return false;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let _ = thread.join();
+        }
+        true
+    }
+}

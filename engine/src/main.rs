@@ -1,0 +1,69 @@
+//! The `engine` binary: parses the command line and runs the gateway until SIGTERM/SIGINT.
+
+use clap::Parser;
+use engine::{
+    config::{Args, Config},
+    shutdown, Engine,
+};
+use tracing::{info, warn};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn main() -> std::process::ExitCode {
+    let config = match Config::resolve(Args::parse()) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("engine: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(&config.log_level))
+        .with_writer(std::io::stderr)
+        .init();
+    raise_fd_limit();
+    if config.jwt_secret.is_none() {
+        warn!("OPEN MODE: no --jwt-secret set; any client may claim any userId");
+    }
+    let signals = match shutdown::block_termination_signals() {
+        Ok(set) => set,
+        Err(e) => {
+            eprintln!("engine: cannot block signals: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let reactors = config.reactors;
+    let engine = match Engine::start(config) {
+        Ok(engine) => engine,
+        Err(e) => {
+            eprintln!("engine: cannot start: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    info!(reactors, addr = %engine.local_addr(), "engine ready");
+    // A stable line on stdout for scripts and tests to wait on.
+    println!("listening on {}", engine.local_addr());
+    let signal = shutdown::wait_for(&signals);
+    info!(?signal, "draining");
+    if engine.shutdown() {
+        info!("stopped");
+    } else {
+        warn!("drain bound passed; exiting with connections still open");
+    }
+    std::process::ExitCode::SUCCESS
+}
+
+/// Raises the soft open-file limit to the hard one: each reactor's private fd table is
+/// bounded by it.
+fn raise_fd_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard {
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                warn!("cannot raise the open-file limit from {soft} to {hard}: {e}");
+            }
+        }
+        info!(fds_per_reactor = hard.max(soft), "open-file limit");
+    }
+}

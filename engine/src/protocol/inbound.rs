@@ -1,0 +1,359 @@
+//! What clients send: JSON text frames parsed in place by simd-json into [`ClientMessage`].
+//!
+//! Parsing writes a tape over the (already unmasked) payload; strings in the result borrow
+//! the payload, so a message is read without copying. Unknown fields are ignored.
+
+use std::borrow::Cow;
+
+use simd_json::{prelude::*, tape::Value, Buffers, Tape};
+
+use super::Priority;
+
+/// The longest user, device or message id accepted, in bytes.
+pub const ID_BYTES_MAX: usize = 128;
+/// The most user ids one `presence_subscribe` / `presence_unsubscribe` may name.
+pub const PRESENCE_IDS_MAX: usize = 256;
+
+/// A client's `ts` on a `ping`, echoed back as it came.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Scalar<'a> {
+    /// An integer that fits `i64`.
+    Int(i64),
+    /// An integer above `i64::MAX`.
+    Uint(u64),
+    /// Any other number.
+    Float(f64),
+    /// A string.
+    Str(&'a str),
+}
+
+/// One message from a client, borrowing its strings from the payload.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClientMessage<'a> {
+    /// `auth {userId, deviceId, token?}`.
+    Auth {
+        /// The user claiming the connection.
+        user_id: &'a str,
+        /// Which of the user's devices this is.
+        device_id: &'a str,
+        /// An HS256 JWT; required when a secret is configured.
+        token: Option<&'a str>,
+    },
+    /// `ping {ts?}`.
+    Ping {
+        /// Any scalar, echoed in the pong.
+        ts: Option<Scalar<'a>>,
+    },
+    /// `send_message {messageId, receiverId, content, messageType?, priority?}`.
+    SendMessage {
+        /// The client-chosen message id.
+        message_id: &'a str,
+        /// The recipient user.
+        receiver_id: &'a str,
+        /// The message text.
+        content: &'a str,
+        /// `text` unless given.
+        message_type: &'a str,
+        /// `normal` unless given.
+        priority: Priority,
+    },
+    /// `typing {receiverId, isTyping}`.
+    Typing {
+        /// The recipient user.
+        receiver_id: &'a str,
+        /// Started or stopped typing.
+        is_typing: bool,
+    },
+    /// `read_receipt {messageId, senderId?}`.
+    ReadReceipt {
+        /// The client-chosen message id.
+        message_id: &'a str,
+        /// The original sender, where the client knows it.
+        sender_id: Option<&'a str>,
+    },
+    /// `presence_subscribe {userIds}`.
+    PresenceSubscribe {
+        /// The users named.
+        user_ids: Vec<&'a str>,
+    },
+    /// `presence_unsubscribe {userIds}`.
+    PresenceUnsubscribe {
+        /// The users named.
+        user_ids: Vec<&'a str>,
+    },
+}
+
+/// Why a message was refused; sent back as `error {code, message, ref}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProtocolError {
+    /// One of PROTOCOL.md's codes: `bad_json`, `bad_request`, `unknown_type`, ...
+    pub code: &'static str,
+    /// A human-readable explanation naming the field at fault.
+    pub message: Cow<'static, str>,
+    /// The `messageId` of the refused message, when it had one.
+    pub reference: Option<String>,
+}
+
+impl ProtocolError {
+    /// An error with `code` and `message` and no reference.
+    pub fn new(code: &'static str, message: impl Into<Cow<'static, str>>) -> Self {
+        ProtocolError { code, message: message.into(), reference: None }
+    }
+
+    fn bad_request(message: impl Into<Cow<'static, str>>) -> Self {
+        ProtocolError::new("bad_request", message)
+    }
+}
+
+/// Per-reactor parsing state reused for every message: simd-json's buffers and tape.
+pub struct JsonParser {
+    buffers: Buffers,
+    tape: Option<Tape<'static>>,
+}
+
+impl Default for JsonParser {
+    fn default() -> Self {
+        JsonParser { buffers: Buffers::new(4096), tape: Some(Tape::null()) }
+    }
+}
+
+impl JsonParser {
+    /// Parses one text payload in place (it is overwritten by simd-json).
+    ///
+    /// Hot path: reuses the reactor's buffers and tape; allocates only for
+    /// `presence_*` id lists and for errors.
+    pub fn parse<'de>(&mut self, payload: &'de mut [u8]) -> Result<ClientMessage<'de>, ProtocolError> {
+        let mut tape = self.tape.take().unwrap_or_else(Tape::null).reset::<'de>();
+        let result = match simd_json::fill_tape(payload, &mut self.buffers, &mut tape) {
+            Ok(()) => decode(tape.as_value()),
+            Err(e) => Err(ProtocolError::new("bad_json", format!("invalid JSON: {e}"))),
+        };
+        self.tape = Some(tape.reset());
+        result
+    }
+}
+
+fn decode<'t, 'de: 't>(root: Value<'t, 'de>) -> Result<ClientMessage<'de>, ProtocolError> {
+    if !root.is_object() {
+        return Err(ProtocolError::new("bad_json", "a message must be a JSON object"));
+    }
+    let kind = match root.get("type") {
+        Some(v) => v.into_string().ok_or_else(|| ProtocolError::bad_request("field 'type' must be a string"))?,
+        None => return Err(ProtocolError::bad_request("missing field 'type'")),
+    };
+    let message = match kind {
+        "auth" => ClientMessage::Auth {
+            user_id: id(&root, "userId")?,
+            device_id: id(&root, "deviceId")?,
+            token: opt_str(&root, "token")?,
+        },
+        "ping" => ClientMessage::Ping { ts: root.get("ts").and_then(scalar) },
+        "send_message" => {
+            let message_id = id(&root, "messageId")?;
+            let with_ref = |e: ProtocolError| ProtocolError { reference: Some(message_id.to_owned()), ..e };
+            let priority = match opt_str(&root, "priority").map_err(with_ref)? {
+                None => Priority::Normal,
+                Some(name) => Priority::parse(name).ok_or_else(|| {
+                    with_ref(ProtocolError::bad_request("field 'priority' must be high, normal or low"))
+                })?,
+            };
+            ClientMessage::SendMessage {
+                message_id,
+                receiver_id: id(&root, "receiverId").map_err(with_ref)?,
+                content: req_str(&root, "content").map_err(with_ref)?,
+                message_type: opt_str(&root, "messageType").map_err(with_ref)?.unwrap_or("text"),
+                priority,
+            }
+        }
+        "typing" => ClientMessage::Typing {
+            receiver_id: id(&root, "receiverId")?,
+            is_typing: match root.get("isTyping") {
+                Some(v) => v.as_bool().ok_or_else(|| ProtocolError::bad_request("field 'isTyping' must be a boolean"))?,
+                None => return Err(ProtocolError::bad_request("missing field 'isTyping'")),
+            },
+        },
+        "read_receipt" => ClientMessage::ReadReceipt {
+            message_id: id(&root, "messageId")?,
+            sender_id: match root.get("senderId") {
+                None => None,
+                Some(_) => Some(id(&root, "senderId")?),
+            },
+        },
+        "presence_subscribe" => ClientMessage::PresenceSubscribe { user_ids: id_list(&root)? },
+        "presence_unsubscribe" => ClientMessage::PresenceUnsubscribe { user_ids: id_list(&root)? },
+        other => {
+            let mut shown = other.to_owned();
+            shown.truncate(ID_BYTES_MAX);
+            return Err(ProtocolError::new("unknown_type", format!("unknown message type '{shown}'")));
+        }
+    };
+    Ok(message)
+}
+
+fn req_str<'t, 'de: 't>(root: &Value<'t, 'de>, key: &'static str) -> Result<&'de str, ProtocolError> {
+    opt_str(root, key)?.ok_or_else(|| ProtocolError::bad_request(format!("missing field '{key}'")))
+}
+
+fn opt_str<'t, 'de: 't>(root: &Value<'t, 'de>, key: &'static str) -> Result<Option<&'de str>, ProtocolError> {
+    match root.get(key) {
+        None => Ok(None),
+        Some(v) if v.is_null() => Ok(None),
+        Some(v) => v
+            .into_string()
+            .map(Some)
+            .ok_or_else(|| ProtocolError::bad_request(format!("field '{key}' must be a string"))),
+    }
+}
+
+/// A required, non-empty id of at most [`ID_BYTES_MAX`] bytes.
+fn id<'t, 'de: 't>(root: &Value<'t, 'de>, key: &'static str) -> Result<&'de str, ProtocolError> {
+    let value = req_str(root, key)?;
+    check_id(value, key)
+}
+
+fn check_id<'de>(value: &'de str, key: &'static str) -> Result<&'de str, ProtocolError> {
+    if value.is_empty() || value.len() > ID_BYTES_MAX {
+        return Err(ProtocolError::bad_request(format!("field '{key}' must be 1 to {ID_BYTES_MAX} bytes")));
+    }
+    Ok(value)
+}
+
+fn id_list<'t, 'de: 't>(root: &Value<'t, 'de>) -> Result<Vec<&'de str>, ProtocolError> {
+    let array = match root.get("userIds") {
+        Some(v) => v.as_array().ok_or_else(|| ProtocolError::bad_request("field 'userIds' must be an array"))?,
+        None => return Err(ProtocolError::bad_request("missing field 'userIds'")),
+    };
+    if array.len() > PRESENCE_IDS_MAX {
+        return Err(ProtocolError::bad_request(format!("field 'userIds' may name at most {PRESENCE_IDS_MAX} users")));
+    }
+    let mut ids = Vec::with_capacity(array.len());
+    for item in array.iter() {
+        let user = item.into_string().ok_or_else(|| ProtocolError::bad_request("field 'userIds' must hold strings"))?;
+        ids.push(check_id(user, "userIds")?);
+    }
+    Ok(ids)
+}
+
+fn scalar<'de>(value: Value<'_, 'de>) -> Option<Scalar<'de>> {
+    if let Some(s) = value.into_string() {
+        Some(Scalar::Str(s))
+    } else if let Some(i) = value.as_i64() {
+        Some(Scalar::Int(i))
+    } else if let Some(u) = value.as_u64() {
+        Some(Scalar::Uint(u))
+    } else {
+        value.as_f64().map(Scalar::Float)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn parse(text: &str) -> Result<ClientMessage<'static>, ProtocolError> {
+        let buf: &'static mut [u8] = text.as_bytes().to_vec().leak();
+        JsonParser::default().parse(buf)
+    }
+
+    #[test]
+    fn parses_auth_with_and_without_token() {
+        assert_eq!(
+            parse(r#"{"type":"auth","userId":"u1","deviceId":"phone","extra":1}"#),
+            Ok(ClientMessage::Auth { user_id: "u1", device_id: "phone", token: None })
+        );
+        assert_eq!(
+            parse(r#"{"type":"auth","userId":"u\"1","deviceId":"d","token":"t"}"#),
+            Ok(ClientMessage::Auth { user_id: "u\"1", device_id: "d", token: Some("t") })
+        );
+    }
+
+    #[test]
+    fn parses_send_message_with_defaults() {
+        let msg = parse(r#"{"type":"send_message","messageId":"m1","receiverId":"u2","content":"hi"}"#);
+        assert_eq!(
+            msg,
+            Ok(ClientMessage::SendMessage {
+                message_id: "m1",
+                receiver_id: "u2",
+                content: "hi",
+                message_type: "text",
+                priority: Priority::Normal
+            })
+        );
+    }
+
+    #[test]
+    fn errors_name_the_field_and_carry_the_reference() {
+        let err = parse(r#"{"type":"send_message","messageId":"m9","receiverId":"u2"}"#).unwrap_err();
+        assert_eq!(err.code, "bad_request");
+        assert!(err.message.contains("content"));
+        assert_eq!(err.reference.as_deref(), Some("m9"));
+        let err = parse(r#"{"type":"send_message","messageId":"m9","receiverId":"u2","content":"x","priority":"urgent"}"#)
+            .unwrap_err();
+        assert!(err.message.contains("priority"));
+        assert_eq!(parse(r#"{"type":"typing","receiverId":"u2","isTyping":"yes"}"#).unwrap_err().code, "bad_request");
+        assert_eq!(parse(r#"{"type":"auth","userId":"","deviceId":"d"}"#).unwrap_err().code, "bad_request");
+        assert_eq!(parse(r#"{"type":5}"#).unwrap_err().code, "bad_request");
+        assert_eq!(parse(r#"{"no":"type"}"#).unwrap_err().code, "bad_request");
+    }
+
+    #[test]
+    fn classifies_bad_json_and_unknown_types() {
+        assert_eq!(parse("{not json").unwrap_err().code, "bad_json");
+        assert_eq!(parse("[1,2]").unwrap_err().code, "bad_json");
+        assert_eq!(parse(r#"{"type":"dance"}"#).unwrap_err().code, "unknown_type");
+    }
+
+    #[test]
+    fn presence_lists_are_bounded() {
+        let ids: Vec<String> = (0..=PRESENCE_IDS_MAX).map(|i| format!("\"u{i}\"")).collect();
+        let text = format!(r#"{{"type":"presence_subscribe","userIds":[{}]}}"#, ids.join(","));
+        assert_eq!(parse(&text).unwrap_err().code, "bad_request");
+        assert_eq!(
+            parse(r#"{"type":"presence_subscribe","userIds":["a","b"]}"#),
+            Ok(ClientMessage::PresenceSubscribe { user_ids: vec!["a", "b"] })
+        );
+    }
+
+    #[test]
+    fn ping_echoes_any_scalar() {
+        assert_eq!(parse(r#"{"type":"ping","ts":123}"#), Ok(ClientMessage::Ping { ts: Some(Scalar::Int(123)) }));
+        assert_eq!(parse(r#"{"type":"ping"}"#), Ok(ClientMessage::Ping { ts: None }));
+    }
+
+    #[test]
+    fn one_parser_serves_many_messages() {
+        let mut parser = JsonParser::default();
+        for i in 0..100 {
+            let mut text = format!(r#"{{"type":"typing","receiverId":"u{i}","isTyping":true}}"#).into_bytes();
+            let expected = format!("u{i}");
+            match parser.parse(&mut text) {
+                Ok(ClientMessage::Typing { receiver_id, .. }) => assert_eq!(receiver_id, expected),
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn garbage_gets_an_error_not_a_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let mut bytes = bytes;
+            let _ = JsonParser::default().parse(&mut bytes);
+        }
+
+        #[test]
+        fn send_message_round_trips(content in any::<String>(), id in "[a-z0-9]{1,20}") {
+            let mut out = Vec::new();
+            super::super::json::Obj::new(&mut out).str("type", "send_message").str("messageId", &id)
+                .str("receiverId", "bob").str("content", &content).end();
+            match JsonParser::default().parse(&mut out) {
+                Ok(ClientMessage::SendMessage { message_id, content: c, .. }) => {
+                    prop_assert_eq!(message_id, id.as_str());
+                    prop_assert_eq!(c, content.as_str());
+                }
+                other => prop_assert!(false, "{:?}", other),
+            }
+        }
+    }
+}

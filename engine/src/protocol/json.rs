@@ -1,0 +1,152 @@
+//! A small JSON object writer: appends to a byte buffer, escapes strings, builds no tree.
+
+use std::io::Write;
+
+/// Writes one JSON object into `out`; call [`Obj::end`] to close it.
+///
+/// Hot path: writes straight into the caller's reusable buffer, no allocation of its own.
+pub struct Obj<'a> {
+    out: &'a mut Vec<u8>,
+    first: bool,
+}
+
+impl<'a> Obj<'a> {
+    /// Opens an object at the end of `out`.
+    pub fn new(out: &'a mut Vec<u8>) -> Self {
+        out.push(b'{');
+        Obj { out, first: true }
+    }
+
+    fn key(&mut self, key: &str) {
+        if !self.first {
+            self.out.push(b',');
+        }
+        self.first = false;
+        write_str(self.out, key);
+        self.out.push(b':');
+    }
+
+    /// A string field.
+    pub fn str(mut self, key: &str, value: &str) -> Self {
+        self.key(key);
+        write_str(self.out, value);
+        self
+    }
+
+    /// A string field, or nothing when `value` is `None`.
+    pub fn opt_str(self, key: &str, value: Option<&str>) -> Self {
+        match value {
+            Some(v) => self.str(key, v),
+            None => self,
+        }
+    }
+
+    /// An unsigned integer field.
+    pub fn u64(mut self, key: &str, value: u64) -> Self {
+        self.key(key);
+        let _ = write!(self.out, "{value}");
+        self
+    }
+
+    /// A signed integer field.
+    pub fn i64(mut self, key: &str, value: i64) -> Self {
+        self.key(key);
+        let _ = write!(self.out, "{value}");
+        self
+    }
+
+    /// A number field; non-finite values are written as `null` (JSON has no NaN).
+    pub fn f64(mut self, key: &str, value: f64) -> Self {
+        self.key(key);
+        if value.is_finite() {
+            let _ = write!(self.out, "{value}");
+        } else {
+            self.out.extend_from_slice(b"null");
+        }
+        self
+    }
+
+    /// A boolean field.
+    pub fn bool(mut self, key: &str, value: bool) -> Self {
+        self.key(key);
+        self.out.extend_from_slice(if value { b"true" } else { b"false" });
+        self
+    }
+
+    /// A `null` field.
+    pub fn null(mut self, key: &str) -> Self {
+        self.key(key);
+        self.out.extend_from_slice(b"null");
+        self
+    }
+
+    /// A field whose value `write` appends itself (an array or nested object).
+    pub fn with(mut self, key: &str, write: impl FnOnce(&mut Vec<u8>)) -> Self {
+        self.key(key);
+        write(self.out);
+        self
+    }
+
+    /// Closes the object.
+    pub fn end(self) {
+        self.out.push(b'}');
+    }
+}
+
+/// Appends `value` as a JSON string, escaping quotes, backslashes and control characters.
+pub fn write_str(out: &mut Vec<u8>, value: &str) {
+    out.push(b'"');
+    let bytes = value.as_bytes();
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let escape: &[u8] = match b {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            0x00..=0x1F => b"",
+            _ => continue,
+        };
+        out.extend_from_slice(&bytes[start..i]);
+        if escape.is_empty() {
+            let _ = write!(out, "\\u{b:04x}");
+        } else {
+            out.extend_from_slice(escape);
+        }
+        start = i + 1;
+    }
+    out.extend_from_slice(&bytes[start..]);
+    out.push(b'"');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn writes_fields_in_order() {
+        let mut out = Vec::new();
+        Obj::new(&mut out).str("type", "pong").u64("ts", 5).bool("ok", true).null("x").end();
+        assert_eq!(out, br#"{"type":"pong","ts":5,"ok":true,"x":null}"#);
+    }
+
+    #[test]
+    fn escapes_what_json_requires() {
+        let mut out = Vec::new();
+        write_str(&mut out, "a\"b\\c\n\u{1}é");
+        assert_eq!(std::str::from_utf8(&out).unwrap(), r#""a\"b\\c\n\u0001é""#);
+    }
+
+    proptest! {
+        #[test]
+        fn any_string_round_trips_through_a_json_parser(s in any::<String>()) {
+            let mut out = Vec::new();
+            Obj::new(&mut out).str("k", &s).end();
+            let mut value = simd_json::to_owned_value(&mut out).unwrap();
+            use simd_json::prelude::*;
+            prop_assert_eq!(value.get_mut("k").and_then(|v| v.as_str().map(str::to_owned)), Some(s));
+        }
+    }
+}

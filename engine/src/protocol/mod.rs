@@ -1,0 +1,48 @@
+//! The chat protocol of PROTOCOL.md: what clients send (`inbound`), what the server
+//! writes (`outbound`, through the small `json` writer), and token checks (`jwt`).
+
+pub mod inbound;
+pub mod json;
+pub mod jwt;
+pub mod outbound;
+
+/// Delivery priority of a message (PROTOCOL.md: `high` overtakes `normal` and `low`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub enum Priority {
+    /// Overtakes everything else queued.
+    High = 0,
+    /// The default.
+    #[default]
+    Normal = 1,
+    /// Goes after everything else.
+    Low = 2,
+}
+
+impl Priority {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Priority::High => "high",
+            Priority::Normal => "normal",
+            Priority::Low => "low",
+        }
+    }
+
+    /// Parses the wire name.
+    pub fn parse(name: &str) -> Option<Priority> {
+        match name {
+            "high" => Some(Priority::High),
+            "normal" => Some(Priority::Normal),
+            "low" => Some(Priority::Low),
+            _ => None,
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch, the protocol's timestamp.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

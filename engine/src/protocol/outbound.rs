@@ -1,0 +1,177 @@
+//! What the server writes: each function appends one JSON message to a reusable buffer.
+//!
+//! Callers wrap the result in a WebSocket frame once (`ws::frame::encode_text`) and share
+//! that frame with every recipient.
+
+use super::{inbound::Scalar, json::Obj, Priority};
+
+/// `auth_success {userId, deviceId, timestamp}`.
+pub fn auth_success(out: &mut Vec<u8>, user_id: &str, device_id: &str, now_ms: u64) {
+    Obj::new(out)
+        .str("type", "auth_success")
+        .str("userId", user_id)
+        .str("deviceId", device_id)
+        .u64("timestamp", now_ms)
+        .end();
+}
+
+/// `error {code, message, ref?}`.
+pub fn error(out: &mut Vec<u8>, code: &str, message: &str, reference: Option<&str>) {
+    Obj::new(out).str("type", "error").str("code", code).str("message", message).opt_str("ref", reference).end();
+}
+
+/// `pong {ts, timestamp}`; `ts` is echoed as the client sent it.
+pub fn pong(out: &mut Vec<u8>, ts: Option<Scalar<'_>>, now_ms: u64) {
+    let obj = Obj::new(out).str("type", "pong");
+    let obj = match ts {
+        Some(Scalar::Int(v)) => obj.i64("ts", v),
+        Some(Scalar::Uint(v)) => obj.u64("ts", v),
+        Some(Scalar::Float(v)) => obj.f64("ts", v),
+        Some(Scalar::Str(v)) => obj.str("ts", v),
+        None => obj,
+    };
+    obj.u64("timestamp", now_ms).end();
+}
+
+/// `message_ack {messageId, status, timestamp}` with `status` `sent` or `queued`.
+pub fn message_ack(out: &mut Vec<u8>, message_id: &str, status: &str, now_ms: u64) {
+    Obj::new(out)
+        .str("type", "message_ack")
+        .str("messageId", message_id)
+        .str("status", status)
+        .u64("timestamp", now_ms)
+        .end();
+}
+
+/// The fields of one chat message as delivered.
+#[derive(Debug, Clone, Copy)]
+pub struct NewMessage<'a> {
+    /// The client-chosen id.
+    pub message_id: &'a str,
+    /// Who sent it.
+    pub sender_id: &'a str,
+    /// Who it is for.
+    pub receiver_id: &'a str,
+    /// The text.
+    pub content: &'a str,
+    /// `text` unless the client said otherwise.
+    pub message_type: &'a str,
+    /// Delivery priority.
+    pub priority: Priority,
+    /// When the gateway accepted it.
+    pub timestamp_ms: u64,
+}
+
+/// `new_message {messageId, senderId, receiverId, content, messageType, priority, timestamp, status}`.
+pub fn new_message(out: &mut Vec<u8>, m: &NewMessage<'_>) {
+    Obj::new(out)
+        .str("type", "new_message")
+        .str("messageId", m.message_id)
+        .str("senderId", m.sender_id)
+        .str("receiverId", m.receiver_id)
+        .str("content", m.content)
+        .str("messageType", m.message_type)
+        .str("priority", m.priority.as_str())
+        .u64("timestamp", m.timestamp_ms)
+        .str("status", "delivered")
+        .end();
+}
+
+/// `typing {senderId, isTyping, timestamp}`.
+pub fn typing(out: &mut Vec<u8>, sender_id: &str, is_typing: bool, now_ms: u64) {
+    Obj::new(out)
+        .str("type", "typing")
+        .str("senderId", sender_id)
+        .bool("isTyping", is_typing)
+        .u64("timestamp", now_ms)
+        .end();
+}
+
+/// `read_receipt {messageId, readerId, timestamp}`.
+pub fn read_receipt(out: &mut Vec<u8>, message_id: &str, reader_id: &str, now_ms: u64) {
+    Obj::new(out)
+        .str("type", "read_receipt")
+        .str("messageId", message_id)
+        .str("readerId", reader_id)
+        .u64("timestamp", now_ms)
+        .end();
+}
+
+/// One user's presence as reported in `presence_state`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PresenceEntry {
+    /// The user.
+    pub user_id: String,
+    /// Whether any device of the user is online.
+    pub online: bool,
+    /// When the user was last seen going offline, if the gateway knows.
+    pub last_seen_ms: Option<u64>,
+}
+
+/// `presence_state {users:[{userId, status, lastSeen}]}`.
+pub fn presence_state(out: &mut Vec<u8>, users: &[PresenceEntry]) {
+    Obj::new(out)
+        .str("type", "presence_state")
+        .with("users", |out| {
+            out.push(b'[');
+            for (i, user) in users.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                let obj = Obj::new(out).str("userId", &user.user_id).str("status", status(user.online));
+                match user.last_seen_ms {
+                    Some(ms) => obj.u64("lastSeen", ms),
+                    None => obj.null("lastSeen"),
+                }
+                .end();
+            }
+            out.push(b']');
+        })
+        .end();
+}
+
+/// `presence_update {userId, status, timestamp}`.
+pub fn presence_update(out: &mut Vec<u8>, user_id: &str, online: bool, now_ms: u64) {
+    Obj::new(out)
+        .str("type", "presence_update")
+        .str("userId", user_id)
+        .str("status", status(online))
+        .u64("timestamp", now_ms)
+        .end();
+}
+
+fn status(online: bool) -> &'static str {
+    if online {
+        "online"
+    } else {
+        "offline"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(write: impl FnOnce(&mut Vec<u8>)) -> String {
+        let mut out = Vec::new();
+        write(&mut out);
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn messages_have_the_documented_shape() {
+        assert_eq!(text(|o| pong(o, Some(Scalar::Int(123)), 9)), r#"{"type":"pong","ts":123,"timestamp":9}"#);
+        assert_eq!(
+            text(|o| error(o, "bad_json", "x", Some("m1"))),
+            r#"{"type":"error","code":"bad_json","message":"x","ref":"m1"}"#
+        );
+        let entries = [
+            PresenceEntry { user_id: "a".into(), online: true, last_seen_ms: None },
+            PresenceEntry { user_id: "b".into(), online: false, last_seen_ms: Some(7) },
+        ];
+        assert_eq!(
+            text(|o| presence_state(o, &entries)),
+            r#"{"type":"presence_state","users":[{"userId":"a","status":"online","lastSeen":null},{"userId":"b","status":"offline","lastSeen":7}]}"#
+        );
+    }
+}

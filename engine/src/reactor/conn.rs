@@ -1,0 +1,321 @@
+//! One connection's state and its socket I/O (non-blocking syscalls on a raw fd).
+//!
+//! Sized for the idle case: an idle authenticated connection is this struct in the slab
+//! plus its user id (shared with the directory) and nothing else. Buffers exist only
+//! while a frame is partial or output is waiting.
+
+use std::{collections::VecDeque, io, os::fd::RawFd, sync::Arc};
+
+use bytes::Bytes;
+
+use crate::protocol::Priority;
+
+/// Where a connection is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Reading HTTP requests (health checks, or the upgrade).
+    Http,
+    /// WebSocket open, waiting for `auth`.
+    Open,
+    /// WebSocket open and authenticated.
+    Authenticated,
+    /// Our close frame is queued or sent; waiting for the peer's close or EOF.
+    Closing,
+}
+
+/// One connection in a reactor's slab.
+#[derive(Debug)]
+pub struct Conn {
+    /// The socket.
+    pub fd: RawFd,
+    /// Distinguishes this connection from earlier ones in the same slot.
+    pub generation: u32,
+    /// Where it is in its life.
+    pub phase: Phase,
+    /// False after a short write, until the kernel says the socket is writable.
+    pub writable: bool,
+    /// Close the socket as soon as the outbound queue is flushed.
+    pub close_when_flushed: bool,
+    /// The timer-wheel tick of this connection's live deadline (0: none).
+    pub deadline_tick: u32,
+    /// The authenticated user; shared with the user's directory entry when homed here.
+    pub user: Option<Arc<str>>,
+    /// Input not yet consumed (partial frame, partial request, fragmented message).
+    pub inbound: Option<Box<Inbound>>,
+    /// Output the socket has not taken yet.
+    pub outbound: Option<Box<OutQueue>>,
+    /// Rarely used state: the upgrade URL's token and presence subscriptions.
+    pub aux: Option<Box<Aux>>,
+}
+
+/// Input kept between reads.
+#[derive(Debug, Default)]
+pub struct Inbound {
+    /// Bytes of an incomplete frame or request.
+    pub partial: Vec<u8>,
+    /// A fragmented text message being reassembled.
+    pub fragments: Option<Vec<u8>>,
+}
+
+/// Rarely used per-connection state, allocated only when needed.
+#[derive(Debug, Default)]
+pub struct Aux {
+    /// `?token=` from the upgrade URL, used when `auth` carries none.
+    pub url_token: Option<Box<str>>,
+    /// Users whose presence this connection watches.
+    pub subscriptions: Vec<Box<str>>,
+}
+
+impl Conn {
+    /// A freshly accepted connection.
+    pub fn new(fd: RawFd, generation: u32) -> Conn {
+        Conn {
+            fd,
+            generation,
+            phase: Phase::Http,
+            writable: true,
+            close_when_flushed: false,
+            deadline_tick: 0,
+            user: None,
+            inbound: None,
+            outbound: None,
+            aux: None,
+        }
+    }
+
+    /// Bytes waiting to be written.
+    pub fn queued_bytes(&self) -> usize {
+        self.outbound.as_ref().map_or(0, |q| q.bytes)
+    }
+
+    /// The aux state, allocated on first use.
+    pub fn aux_mut(&mut self) -> &mut Aux {
+        self.aux.get_or_insert_with(Box::default)
+    }
+
+    /// Frees the aux state once it holds nothing.
+    pub fn trim_aux(&mut self) {
+        if self.aux.as_ref().is_some_and(|a| a.url_token.is_none() && a.subscriptions.is_empty()) {
+            self.aux = None;
+        }
+    }
+}
+
+/// What a write attempt achieved.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Flushed {
+    /// Everything queued was written.
+    All,
+    /// The socket is full; wait for writability.
+    Blocked,
+}
+
+/// Output waiting for the socket: a partly written frame first, then frames by priority.
+#[derive(Debug, Default)]
+pub struct OutQueue {
+    /// A frame the socket has taken part of, and how much; nothing overtakes it.
+    head: Option<(Bytes, usize)>,
+    /// Frames not started yet, one lane per priority (high first).
+    lanes: [VecDeque<Bytes>; 3],
+    /// Total bytes waiting.
+    bytes: usize,
+}
+
+/// The most buffers handed to one `writev`.
+const IOVECS_MAX: usize = 64;
+
+impl OutQueue {
+    /// Queues `frame` behind others of its priority.
+    pub fn push(&mut self, frame: Bytes, priority: Priority) {
+        self.bytes += frame.len();
+        self.lanes[priority as usize].push_back(frame);
+    }
+
+    /// Queues the rest of a frame the socket took `written` bytes of; it goes first.
+    pub fn push_partial(&mut self, frame: Bytes, written: usize) {
+        debug_assert!(self.head.is_none() && written < frame.len());
+        self.bytes += frame.len() - written;
+        self.head = Some((frame, written));
+    }
+
+    /// Whether a frame has been partly written (so nothing else may be written first).
+    pub fn has_partial_frame(&self) -> bool {
+        self.head.is_some()
+    }
+
+    /// Whether nothing is waiting.
+    pub fn is_empty(&self) -> bool {
+        self.bytes == 0
+    }
+
+    /// Writes as much as the socket takes with `writev`.
+    pub fn write_to(&mut self, fd: RawFd) -> io::Result<Flushed> {
+        while !self.is_empty() {
+            let mut iov = [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; IOVECS_MAX];
+            let mut count = 0;
+            let head = self.head.as_ref().map(|(f, off)| &f[*off..]);
+            for chunk in head.into_iter().chain(self.lanes.iter().flatten().map(|f| &f[..])) {
+                if count == IOVECS_MAX {
+                    break;
+                }
+                iov[count] = libc::iovec { iov_base: chunk.as_ptr() as *mut _, iov_len: chunk.len() };
+                count += 1;
+            }
+            // SAFETY: every iovec points into a frame owned by this queue, alive for the call.
+            let n = unsafe { libc::writev(fd, iov.as_ptr(), count as i32) };
+            if n < 0 {
+                let err = io::Error::last_os_error();
+                return match err.kind() {
+                    io::ErrorKind::WouldBlock => Ok(Flushed::Blocked),
+                    io::ErrorKind::Interrupted => continue,
+                    _ => Err(err),
+                };
+            }
+            self.consume(n as usize);
+        }
+        Ok(Flushed::All)
+    }
+
+    fn consume(&mut self, mut n: usize) {
+        self.bytes -= n;
+        if let Some((frame, offset)) = self.head.take() {
+            let left = frame.len() - offset;
+            if n < left {
+                self.head = Some((frame, offset + n));
+                return;
+            }
+            n -= left;
+        }
+        for lane in self.lanes.iter_mut() {
+            while let Some(frame) = lane.pop_front() {
+                if n < frame.len() {
+                    if n > 0 {
+                        self.head = Some((frame, n));
+                    } else {
+                        lane.push_front(frame);
+                    }
+                    return;
+                }
+                n -= frame.len();
+            }
+        }
+    }
+}
+
+/// Reads into `buf`: `Ok(0)` is end of stream; `WouldBlock` means drained.
+pub fn read(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        // SAFETY: `buf` is valid for writes of its length.
+        let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+}
+
+/// Writes what the socket takes of `data` now; `Ok(0)` when it takes nothing.
+pub fn write_now(fd: RawFd, data: &[u8]) -> io::Result<usize> {
+    loop {
+        // SAFETY: `data` is valid for reads of its length.
+        let n = unsafe { libc::send(fd, data.as_ptr().cast(), data.len(), libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT) };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let err = io::Error::last_os_error();
+        match err.kind() {
+            io::ErrorKind::WouldBlock => return Ok(0),
+            io::ErrorKind::Interrupted => continue,
+            _ => return Err(err),
+        }
+    }
+}
+
+/// Stops sending (after our close frame), so the peer sees EOF.
+pub fn shutdown_write(fd: RawFd) {
+    // SAFETY: no pointers; an error (already closed) needs no handling.
+    unsafe { libc::shutdown(fd, libc::SHUT_WR) };
+}
+
+/// Closes the socket; the kernel also drops it from the epoll set.
+pub fn close(fd: RawFd) {
+    // SAFETY: the connection owns `fd` and forgets it after this call.
+    unsafe { libc::close(fd) };
+}
+
+/// Makes an accepted socket non-blocking and disables Nagle (chat frames are small).
+pub fn prepare_accepted(fd: RawFd) -> io::Result<()> {
+    // SAFETY: plain fcntl/setsockopt on an fd we own; `one` lives across the call.
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        if flags < 0 || libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let one: libc::c_int = 1;
+        libc::setsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_NODELAY,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsRawFd;
+
+    fn pair() -> (std::os::unix::net::UnixStream, std::os::unix::net::UnixStream) {
+        let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        a.set_nonblocking(true).unwrap();
+        b.set_nonblocking(true).unwrap();
+        (a, b)
+    }
+
+    #[test]
+    fn high_priority_overtakes_but_not_a_started_frame() {
+        let (a, b) = pair();
+        let mut queue = OutQueue::default();
+        queue.push_partial(Bytes::from_static(b"HEAD"), 2);
+        queue.push(Bytes::from_static(b"low"), Priority::Low);
+        queue.push(Bytes::from_static(b"norm"), Priority::Normal);
+        queue.push(Bytes::from_static(b"high"), Priority::High);
+        assert_eq!(queue.write_to(a.as_raw_fd()).unwrap(), Flushed::All);
+        let mut got = [0u8; 64];
+        let n = read(b.as_raw_fd(), &mut got).unwrap();
+        assert_eq!(&got[..n], b"ADhighnormlow");
+    }
+
+    #[test]
+    fn a_full_socket_keeps_the_rest_in_order() {
+        let (a, b) = pair();
+        let mut queue = OutQueue::default();
+        let frames: Vec<Bytes> = (0..200u8).map(|i| Bytes::from(vec![i; 10_000])).collect();
+        for frame in &frames {
+            queue.push(frame.clone(), Priority::Normal);
+        }
+        let mut received = Vec::new();
+        let mut buf = vec![0u8; 65536];
+        loop {
+            let state = queue.write_to(a.as_raw_fd()).unwrap();
+            loop {
+                match read(b.as_raw_fd(), &mut buf) {
+                    Ok(n) => received.extend_from_slice(&buf[..n]),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) => panic!("{e}"),
+                }
+            }
+            if state == Flushed::All {
+                break;
+            }
+        }
+        assert_eq!(received, frames.concat());
+        assert!(queue.is_empty());
+    }
+}

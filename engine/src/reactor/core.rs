@@ -1,0 +1,469 @@
+//! One reactor's state and the connection lifecycle: adopt, read, write, close, and the
+//! batch run on each wake-up (events, mailboxes, backlog, doorbells).
+
+use std::{
+    io,
+    os::fd::RawFd,
+    sync::{atomic::Ordering, Arc},
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use rtrb::Consumer;
+use slab::Slab;
+use tracing::{debug, warn};
+
+use super::{
+    conn::{self, Conn, Flushed, OutQueue, Phase},
+    epoll::{Epoll, BROKEN, READABLE, WRITABLE},
+    ReactorSeed, Shared,
+};
+use crate::{
+    mailbox::{self, Outbox},
+    protocol::{inbound::JsonParser, outbound::PresenceEntry, Priority},
+    router::{directory::Directory, home_of, ConnAddr, Envelope},
+    stats::ReactorStats,
+    timer::{self, TimerWheel},
+    ws::{close, frame},
+};
+
+/// The per-reactor read buffer: every socket is read into it, then only a partial frame's
+/// bytes are copied into the connection.
+pub(crate) const READ_BUFFER_BYTES: usize = 64 * 1024;
+/// The most bytes read from one connection per batch before others get a turn.
+pub(crate) const READ_BYTES_PER_BATCH_MAX: usize = 256 * 1024;
+/// Bytes a connection may have waiting to be written; past it the client is a slow
+/// consumer and is closed with 4002 (PROTOCOL.md), so it slows nobody else down.
+pub(crate) const OUTBOUND_BYTES_MAX: usize = 4 * 1024 * 1024;
+/// How long a closing handshake may take before the socket is dropped.
+pub(crate) const CLOSE_TIMEOUT_MS: u64 = 2_000;
+/// The epoll token of the doorbell; connections use `slot | generation << 32`.
+const DOORBELL_TOKEN: u64 = u64::MAX;
+
+/// A `presence_subscribe` waiting for answers from the homes of the users it names.
+pub(crate) struct PendingPresence {
+    /// The asking connection.
+    pub(crate) watcher: ConnAddr,
+    /// Homes that have not answered yet.
+    pub(crate) awaiting: usize,
+    /// Answers so far.
+    pub(crate) entries: Vec<PresenceEntry>,
+}
+
+/// One reactor's state; lives in its thread only.
+pub(crate) struct Reactor {
+    /// This reactor's index.
+    pub(crate) id: usize,
+    /// Shared configuration and counters.
+    pub(crate) shared: Arc<Shared>,
+    /// The connections.
+    pub(crate) conns: Slab<Conn>,
+    /// Generation for the next connection.
+    next_generation: u32,
+    /// The readiness set.
+    epoll: Epoll,
+    /// Users homed here.
+    pub(crate) directory: Directory,
+    /// Rings to the peers.
+    outbox: Outbox<Envelope>,
+    /// Rings from the peers.
+    inboxes: Vec<Option<Consumer<Envelope>>>,
+    /// The shared read buffer (taken out while a connection's input is processed).
+    pub(crate) read_buffer: Vec<u8>,
+    /// Reusable buffer for outbound JSON.
+    pub(crate) json: Vec<u8>,
+    /// Reusable simd-json state.
+    pub(crate) parser: JsonParser,
+    /// Reusable list of the batch's readiness events.
+    events: Vec<(u32, u64)>,
+    /// Deadlines.
+    timers: TimerWheel,
+    /// Reusable list for due timer entries.
+    due: Vec<timer::Entry>,
+    /// Subscribe requests waiting for homes.
+    pub(crate) presence_requests: Slab<PendingPresence>,
+    /// Connections with input left unread (batch cap reached or paused by backpressure).
+    unread: Vec<(usize, u32)>,
+    /// When the drain started, once it has.
+    drain_started: Option<Instant>,
+}
+
+impl Reactor {
+    /// Builds the reactor's state and registers its doorbell.
+    pub(crate) fn new(seed: ReactorSeed) -> io::Result<Reactor> {
+        let epoll = Epoll::new()?;
+        epoll.add(seed.shared.doorbells[seed.id].fd(), DOORBELL_TOKEN)?;
+        Ok(Reactor {
+            id: seed.id,
+            conns: Slab::new(),
+            next_generation: 1,
+            epoll,
+            directory: Directory::default(),
+            outbox: Outbox::new(seed.producers),
+            inboxes: seed.consumers,
+            read_buffer: vec![0; READ_BUFFER_BYTES],
+            json: Vec::with_capacity(4096),
+            parser: JsonParser::default(),
+            events: Vec::with_capacity(super::epoll::EVENTS_PER_WAIT_MAX),
+            timers: TimerWheel::default(),
+            due: Vec::new(),
+            presence_requests: Slab::new(),
+            unread: Vec::new(),
+            drain_started: None,
+            shared: seed.shared,
+        })
+    }
+
+    /// The readiness set's fd, for the runtime to await.
+    pub(crate) fn epoll_fd(&self) -> RawFd {
+        self.epoll.fd()
+    }
+
+    /// This reactor's counters.
+    pub(crate) fn stats(&self) -> &ReactorStats {
+        &self.shared.stats[self.id]
+    }
+
+    /// Whether the drain has begun here.
+    pub(crate) fn is_draining(&self) -> bool {
+        self.drain_started.is_some() || self.shared.draining.load(Ordering::Acquire)
+    }
+
+    /// Whether a full ring holds envelopes back (socket reads pause meanwhile).
+    pub(crate) fn is_backlogged(&self) -> bool {
+        self.outbox.is_backlogged()
+    }
+
+    /// Whether some connection has input left to read.
+    pub(crate) fn has_unread_input(&self) -> bool {
+        !self.unread.is_empty()
+    }
+
+    /// The address of a local connection.
+    pub(crate) fn addr(&self, slot: usize, generation: u32) -> ConnAddr {
+        ConnAddr { reactor: self.id as u16, generation, slot: slot as u32 }
+    }
+
+    /// The local connection at `addr` if it is still the same connection.
+    pub(crate) fn conn_mut(&mut self, slot: usize, generation: u32) -> Option<&mut Conn> {
+        self.conns.get_mut(slot).filter(|c| c.generation == generation)
+    }
+
+    /// Takes in a freshly accepted socket.
+    pub(crate) fn adopt(&mut self, fd: RawFd) {
+        if self.is_draining() {
+            conn::close(fd);
+            return;
+        }
+        if let Err(e) = conn::prepare_accepted(fd) {
+            warn!("dropping accepted socket: {e}");
+            conn::close(fd);
+            return;
+        }
+        let generation = self.next_generation;
+        self.next_generation = self.next_generation.wrapping_add(1).max(1);
+        let slot = self.conns.insert(Conn::new(fd, generation));
+        if let Err(e) = self.epoll.add(fd, slot as u64 | u64::from(generation) << 32) {
+            warn!("dropping accepted socket: epoll add failed: {e}");
+            self.conns.remove(slot);
+            conn::close(fd);
+            return;
+        }
+        ReactorStats::add(&self.stats().connections, 1);
+        // The same deadline covers the HTTP request and then `auth`.
+        self.set_deadline(slot, generation, self.shared.config.auth_timeout_ms);
+    }
+
+    /// (Re)arms the connection's one deadline; earlier entries become stale.
+    pub(crate) fn set_deadline(&mut self, slot: usize, generation: u32, after_ms: u64) {
+        let due_tick = self.timers.tick_after(after_ms);
+        if let Some(conn) = self.conn_mut(slot, generation) {
+            conn.deadline_tick = due_tick as u32;
+            self.timers.insert(timer::Entry { slot, generation, due_tick });
+        }
+    }
+
+    /// One batch: readiness events, mailboxes, backlog, paused input, doorbells.
+    pub(crate) fn run_batch(&mut self) {
+        if self.drain_started.is_none() && self.shared.draining.load(Ordering::Acquire) {
+            self.begin_drain();
+        }
+        let mut events = std::mem::take(&mut self.events);
+        events.clear();
+        events.extend(self.epoll.poll_now());
+        for &(bits, token) in &events {
+            if token == DOORBELL_TOKEN {
+                self.shared.doorbells[self.id].clear();
+                continue;
+            }
+            let (slot, generation) = ((token & 0xFFFF_FFFF) as usize, (token >> 32) as u32);
+            if bits & WRITABLE != 0 {
+                self.on_writable(slot, generation);
+            }
+            if bits & (READABLE | BROKEN) != 0 {
+                self.read_from(slot, generation);
+            }
+        }
+        self.events = events;
+        self.drain_mailboxes();
+        self.outbox.retry_backlog();
+        if !self.outbox.is_backlogged() {
+            for (slot, generation) in std::mem::take(&mut self.unread) {
+                self.read_from(slot, generation);
+            }
+        }
+        self.outbox.ring_doorbells(&self.shared.doorbells);
+    }
+
+    fn drain_mailboxes(&mut self) {
+        let mut inboxes = std::mem::take(&mut self.inboxes);
+        mailbox::drain(&mut inboxes, |envelope| self.handle_envelope(envelope));
+        self.inboxes = inboxes;
+    }
+
+    /// Sends `envelope` to reactor `to`, handling it at once when that is this reactor.
+    pub(crate) fn route(&mut self, to: usize, envelope: Envelope) {
+        if to == self.id {
+            self.handle_envelope(envelope);
+        } else {
+            self.outbox.push(to, envelope);
+        }
+    }
+
+    /// The home reactor of `user`.
+    pub(crate) fn home_of(&self, user: &str) -> usize {
+        home_of(user, self.shared.config.reactors)
+    }
+
+    /// Reads what a connection has, up to the batch cap, and processes it.
+    fn read_from(&mut self, slot: usize, generation: u32) {
+        if self.outbox.is_backlogged() {
+            // Backpressure: leave the bytes in the kernel until the rings have room.
+            self.unread.push((slot, generation));
+            return;
+        }
+        let mut total = 0;
+        loop {
+            let Some(conn) = self.conn_mut(slot, generation) else { return };
+            let fd = conn.fd;
+            let mut buffer = std::mem::take(&mut self.read_buffer);
+            let result = conn::read(fd, &mut buffer);
+            match result {
+                Ok(0) => {
+                    self.read_buffer = buffer;
+                    self.close_now(slot, generation);
+                    return;
+                }
+                Ok(n) => {
+                    total += n;
+                    self.process_input(slot, generation, &mut buffer, n);
+                    self.read_buffer = buffer;
+                }
+                Err(e) => {
+                    self.read_buffer = buffer;
+                    if e.kind() != io::ErrorKind::WouldBlock {
+                        debug!("read failed: {e}");
+                        self.close_now(slot, generation);
+                    }
+                    return;
+                }
+            }
+            if total >= READ_BYTES_PER_BATCH_MAX || self.outbox.is_backlogged() {
+                self.unread.push((slot, generation));
+                return;
+            }
+        }
+    }
+
+    /// Queues `frame` on a local connection, writing at once when nothing waits before it.
+    ///
+    /// Hot path: no allocation when the socket takes the frame whole; the queue is
+    /// allocated only while output waits.
+    pub(crate) fn send(&mut self, slot: usize, generation: u32, frame: Bytes, priority: Priority) {
+        let Some(conn) = self.conn_mut(slot, generation) else { return };
+        if conn.phase == Phase::Closing {
+            return;
+        }
+        self.enqueue(slot, generation, frame, priority);
+    }
+
+    fn enqueue(&mut self, slot: usize, generation: u32, frame: Bytes, priority: Priority) {
+        let Some(conn) = self.conn_mut(slot, generation) else { return };
+        if conn.outbound.is_none() && conn.writable {
+            match conn::write_now(conn.fd, &frame) {
+                Ok(n) if n == frame.len() => return,
+                Ok(n) => {
+                    conn.writable = false;
+                    conn.outbound.get_or_insert_with(Box::<OutQueue>::default).push_partial(frame, n);
+                }
+                Err(e) => {
+                    debug!("write failed: {e}");
+                    self.close_now(slot, generation);
+                    return;
+                }
+            }
+        } else {
+            conn.outbound.get_or_insert_with(Box::<OutQueue>::default).push(frame, priority);
+        }
+        if conn.queued_bytes() > OUTBOUND_BYTES_MAX {
+            self.drop_slow_consumer(slot, generation);
+        }
+    }
+
+    fn drop_slow_consumer(&mut self, slot: usize, generation: u32) {
+        let Some(conn) = self.conn_mut(slot, generation) else { return };
+        let partly_written = conn.outbound.as_ref().is_some_and(|q| q.has_partial_frame());
+        if !partly_written {
+            // Only where a frame boundary allows it does the client get a readable close.
+            let _ = conn::write_now(conn.fd, &frame::encode_close(close::SLOW_CONSUMER, "slow consumer"));
+        }
+        debug!(slot, "closing slow consumer");
+        self.close_now(slot, generation);
+    }
+
+    fn on_writable(&mut self, slot: usize, generation: u32) {
+        let Some(conn) = self.conn_mut(slot, generation) else { return };
+        conn.writable = true;
+        self.flush(slot, generation);
+    }
+
+    fn flush(&mut self, slot: usize, generation: u32) {
+        let Some(conn) = self.conn_mut(slot, generation) else { return };
+        let Some(queue) = conn.outbound.as_mut() else { return };
+        match queue.write_to(conn.fd) {
+            Ok(Flushed::All) => {
+                conn.outbound = None;
+                if conn.close_when_flushed {
+                    self.after_final_frame(slot, generation);
+                }
+            }
+            Ok(Flushed::Blocked) => conn.writable = false,
+            Err(e) => {
+                debug!("write failed: {e}");
+                self.close_now(slot, generation);
+            }
+        }
+    }
+
+    /// Queues a last frame (a close frame, or an HTTP response) and then ends the connection.
+    pub(crate) fn send_final(&mut self, slot: usize, generation: u32, frame: Bytes) {
+        let Some(conn) = self.conn_mut(slot, generation) else { return };
+        conn.close_when_flushed = true;
+        self.enqueue(slot, generation, frame, Priority::Low);
+        let Some(conn) = self.conn_mut(slot, generation) else { return };
+        if conn.outbound.is_none() {
+            self.after_final_frame(slot, generation);
+        }
+    }
+
+    /// The final frame is written: HTTP closes now; a WebSocket half-closes and waits
+    /// (bounded by [`CLOSE_TIMEOUT_MS`]) for the peer's close frame or EOF.
+    fn after_final_frame(&mut self, slot: usize, generation: u32) {
+        let Some(conn) = self.conn_mut(slot, generation) else { return };
+        if conn.phase == Phase::Closing {
+            conn::shutdown_write(conn.fd);
+            conn.close_when_flushed = false;
+        } else {
+            self.close_now(slot, generation);
+        }
+    }
+
+    /// Starts the closing handshake with `code`: no more frames go out after the close.
+    pub(crate) fn begin_close(&mut self, slot: usize, generation: u32, code: u16, reason: &str) {
+        let Some(conn) = self.conn_mut(slot, generation) else { return };
+        match conn.phase {
+            Phase::Closing => return,
+            Phase::Http => return self.close_now(slot, generation),
+            Phase::Open | Phase::Authenticated => {}
+        }
+        conn.phase = Phase::Closing;
+        self.detach(slot, generation);
+        self.set_deadline(slot, generation, CLOSE_TIMEOUT_MS);
+        self.send_final(slot, generation, frame::encode_close(code, reason));
+    }
+
+    /// Unregisters the connection's user and presence watches from their homes.
+    fn detach(&mut self, slot: usize, generation: u32) {
+        let addr = self.addr(slot, generation);
+        let Some(conn) = self.conn_mut(slot, generation) else { return };
+        let user = conn.user.take();
+        let subscriptions = conn.aux.take().map(|aux| aux.subscriptions).unwrap_or_default();
+        if let Some(user) = user {
+            let home = self.home_of(&user);
+            self.route(home, Envelope::Unregister { user, addr });
+        }
+        if !subscriptions.is_empty() {
+            self.unsubscribe(addr, subscriptions);
+        }
+    }
+
+    /// Closes the socket and forgets the connection.
+    pub(crate) fn close_now(&mut self, slot: usize, generation: u32) {
+        if self.conn_mut(slot, generation).is_none() {
+            return;
+        }
+        self.detach(slot, generation);
+        let conn = self.conns.remove(slot);
+        conn::close(conn.fd);
+        ReactorStats::add(&self.stats().connections, -1);
+    }
+
+    /// Advances the timer wheel and acts on due deadlines.
+    pub(crate) fn on_tick(&mut self) {
+        let mut due = std::mem::take(&mut self.due);
+        self.timers.advance(&mut due);
+        for entry in &due {
+            let Some(conn) = self.conn_mut(entry.slot, entry.generation) else { continue };
+            if u64::from(conn.deadline_tick) != entry.due_tick {
+                continue;
+            }
+            match conn.phase {
+                Phase::Http | Phase::Closing => self.close_now(entry.slot, entry.generation),
+                Phase::Open => self.begin_close(entry.slot, entry.generation, close::AUTH_TIMEOUT, "auth timeout"),
+                Phase::Authenticated => {}
+            }
+        }
+        self.due = due;
+        // Timer-driven work may have mailed peers.
+        self.outbox.ring_doorbells(&self.shared.doorbells);
+    }
+
+    fn begin_drain(&mut self) {
+        self.drain_started = Some(Instant::now());
+        let open: Vec<(usize, u32)> = self.conns.iter().map(|(slot, c)| (slot, c.generation)).collect();
+        for (slot, generation) in open {
+            self.begin_close(slot, generation, close::GOING_AWAY, "server shutting down");
+        }
+    }
+
+    /// Whether the drain is over: no connections left, or its time bound passed.
+    pub(crate) fn finished(&self) -> bool {
+        let Some(started) = self.drain_started else { return false };
+        self.conns.is_empty()
+            || started.elapsed() >= Duration::from_millis(self.shared.config.shutdown_timeout_ms)
+    }
+
+    /// Drops whatever connections remain (end of a drain).
+    pub(crate) fn close_all(&mut self) {
+        let open: Vec<(usize, u32)> = self.conns.iter().map(|(slot, c)| (slot, c.generation)).collect();
+        for (slot, generation) in open {
+            self.close_now(slot, generation);
+        }
+        self.outbox.retry_backlog();
+        self.outbox.ring_doorbells(&self.shared.doorbells);
+    }
+
+    /// Watches that a connection drops go to each user's home.
+    pub(crate) fn unsubscribe(&mut self, watcher: ConnAddr, users: Vec<Box<str>>) {
+        let reactors = self.shared.config.reactors;
+        let mut by_home: Vec<Vec<Box<str>>> = (0..reactors).map(|_| Vec::new()).collect();
+        for user in users {
+            by_home[home_of(&user, reactors)].push(user);
+        }
+        for (home, users) in by_home.into_iter().enumerate() {
+            if !users.is_empty() {
+                self.route(home, Envelope::Unsubscribe { watcher, users });
+            }
+        }
+    }
+}

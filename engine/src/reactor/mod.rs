@@ -1,0 +1,261 @@
+//! Reactors: one pinned thread per core, each with its own fd table, monoio runtime,
+//! SO_REUSEPORT listener, connection slab and readiness set.
+//!
+//! Thread start-up, in order: pin, `unshare(CLONE_FILES)`, pre-grow the fd table, build the
+//! runtime (io_uring, else epoll; logged), bind the listener. Then three tasks run:
+//! accept (io_uring accept op), the timer tick, and the event loop that waits on the
+//! readiness set and runs one batch per wake-up (`core::Reactor::run_batch`).
+
+mod chat;
+pub mod conn;
+mod core;
+pub mod epoll;
+mod routing;
+mod session;
+
+use std::{
+    cell::RefCell,
+    io,
+    net::SocketAddr,
+    os::fd::{FromRawFd, IntoRawFd, RawFd},
+    rc::Rc,
+    sync::{
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+        mpsc, Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use monoio::{FusionDriver, FusionRuntime, RuntimeBuilder};
+use rtrb::{Consumer, Producer};
+use tracing::{error, info, warn};
+
+use crate::{
+    config::Config,
+    mailbox::Doorbell,
+    router::Envelope,
+    stats::ReactorStats,
+    timer,
+};
+
+/// io_uring submission queue entries per reactor.
+const URING_ENTRIES: u32 = 1024;
+/// Accept backlog per listener.
+const LISTEN_BACKLOG: i32 = 4096;
+/// Pause after an accept error such as EMFILE before trying again.
+const ACCEPT_ERROR_PAUSE_MS: u64 = 50;
+/// How long a backlogged reactor waits before retrying its full mailboxes.
+const BACKLOG_RETRY_US: u64 = 200;
+
+/// What every reactor shares: configuration, doorbells, counters, the drain flag.
+pub struct Shared {
+    /// The validated configuration.
+    pub config: Config,
+    /// One doorbell per reactor, created before any reactor unshares its fd table.
+    pub doorbells: Vec<Doorbell>,
+    /// One set of counters per reactor.
+    pub stats: Vec<ReactorStats>,
+    /// Set once on SIGTERM/SIGINT: stop accepting, close every WebSocket with 1001.
+    pub draining: AtomicBool,
+    /// Reactors whose listener is bound (ready when all are).
+    pub listening: AtomicUsize,
+    /// When the engine started.
+    pub started: Instant,
+}
+
+impl Shared {
+    /// Creates the doorbells and counters for `config.reactors` reactors.
+    pub fn new(config: Config) -> io::Result<Shared> {
+        let n = config.reactors;
+        Ok(Shared {
+            doorbells: (0..n).map(|_| Doorbell::new()).collect::<io::Result<_>>()?,
+            stats: (0..n).map(|_| ReactorStats::default()).collect(),
+            draining: AtomicBool::new(false),
+            listening: AtomicUsize::new(0),
+            started: Instant::now(),
+            config,
+        })
+    }
+
+    /// Whether every reactor accepts and none is draining.
+    pub fn ready(&self) -> bool {
+        self.listening.load(Ordering::Acquire) == self.config.reactors && !self.draining.load(Ordering::Acquire)
+    }
+
+    /// Starts the graceful shutdown on every reactor.
+    pub fn begin_drain(&self) {
+        self.draining.store(true, Ordering::Release);
+        for bell in &self.doorbells {
+            bell.ring();
+        }
+    }
+}
+
+/// Everything one reactor thread is handed.
+pub struct ReactorSeed {
+    /// This reactor's index.
+    pub id: usize,
+    /// Shared state.
+    pub shared: Arc<Shared>,
+    /// Rings to each peer (`None` for itself).
+    pub producers: Vec<Option<Producer<Envelope>>>,
+    /// Rings from each peer (`None` for itself).
+    pub consumers: Vec<Option<Consumer<Envelope>>>,
+    /// Where to bind (port 0 only for the first reactor).
+    pub listen: SocketAddr,
+}
+
+/// Starts a reactor thread; `ready` receives its bound address or its start-up error.
+pub fn spawn(seed: ReactorSeed, ready: mpsc::Sender<io::Result<SocketAddr>>) -> io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new().name(format!("reactor-{}", seed.id)).spawn(move || {
+        let id = seed.id;
+        if let Err(e) = run(seed, &ready) {
+            error!(reactor = id, "reactor failed: {e}");
+            let _ = ready.send(Err(e));
+        }
+    })
+}
+
+fn run(seed: ReactorSeed, ready: &mpsc::Sender<io::Result<SocketAddr>>) -> io::Result<()> {
+    pin(seed.id);
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_FILES).map_err(io::Error::from)?;
+    pre_grow_fd_table(seed.shared.doorbells[seed.id].fd());
+    let mut runtime = RuntimeBuilder::<FusionDriver>::new().with_entries(URING_ENTRIES).enable_timer().build()?;
+    let driver = match &runtime {
+        FusionRuntime::Uring(_) => "io_uring",
+        FusionRuntime::Legacy(_) => "epoll (legacy)",
+    };
+    let listener = bind(seed.listen)?;
+    let addr = listener.local_addr()?;
+    info!(reactor = seed.id, driver, %addr, "reactor started");
+    let id = seed.id;
+    let shared = seed.shared.clone();
+    let reactor = core::Reactor::new(seed)?;
+    let readiness_fd = dup(reactor.epoll_fd())?;
+    let reactor = Rc::new(RefCell::new(reactor));
+    runtime.block_on(async move {
+        let listener = monoio::net::TcpListener::from_std(listener)?;
+        // SAFETY: `readiness_fd` is a fresh dup of the epoll fd that only this stream owns;
+        // the stream is used for nothing but readiness waits (io_uring PollAdd / epoll).
+        let readiness = monoio::net::TcpStream::from_std(unsafe { std::net::TcpStream::from_raw_fd(readiness_fd) })?;
+        shared.listening.fetch_add(1, Ordering::AcqRel);
+        let _ = ready.send(Ok(addr));
+        monoio::spawn(accept_loop(reactor.clone(), listener));
+        monoio::spawn(timer_loop(reactor.clone()));
+        event_loop(reactor, readiness).await;
+        io::Result::Ok(())
+    })?;
+    info!(reactor = id, "reactor stopped");
+    Ok(())
+}
+
+/// Pins the calling thread to a core (reactors beyond the core count share cores).
+fn pin(id: usize) {
+    match core_affinity::get_core_ids() {
+        Some(cores) if !cores.is_empty() => {
+            if !core_affinity::set_for_current(cores[id % cores.len()]) {
+                warn!(reactor = id, "could not pin to a core");
+            }
+        }
+        _ => warn!(reactor = id, "no core ids; running unpinned"),
+    }
+}
+
+/// Grows this thread's fd table to its full size once, so accepts never pay for it.
+fn pre_grow_fd_table(any_fd: RawFd) {
+    let Ok((soft, _)) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE) else { return };
+    let top = soft.saturating_sub(1).min(i32::MAX as u64) as i32;
+    // SAFETY: F_DUPFD returns a new fd at or above `top`, which we close at once.
+    let fd = unsafe { libc::fcntl(any_fd, libc::F_DUPFD_CLOEXEC, top) };
+    if fd >= 0 {
+        // SAFETY: we own the duplicate just made.
+        unsafe { libc::close(fd) };
+    }
+}
+
+fn dup(fd: RawFd) -> io::Result<RawFd> {
+    // SAFETY: F_DUPFD_CLOEXEC on an fd we own; the result is checked.
+    let new = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
+    if new < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(new)
+}
+
+/// This reactor's SO_REUSEPORT listener.
+fn bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM.cloexec(), Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    Ok(socket.into())
+}
+
+async fn accept_loop(reactor: Rc<RefCell<core::Reactor>>, listener: monoio::net::TcpListener) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _peer)) => {
+                let fd = stream.into_raw_fd();
+                reactor.borrow_mut().adopt(fd);
+            }
+            Err(e) => {
+                if reactor.borrow().is_draining() {
+                    return;
+                }
+                warn!("accept failed: {e}; pausing {ACCEPT_ERROR_PAUSE_MS} ms");
+                monoio::time::sleep(Duration::from_millis(ACCEPT_ERROR_PAUSE_MS)).await;
+            }
+        }
+        if reactor.borrow().is_draining() {
+            return;
+        }
+    }
+}
+
+async fn timer_loop(reactor: Rc<RefCell<core::Reactor>>) {
+    loop {
+        monoio::time::sleep(Duration::from_millis(timer::TICK_MS)).await;
+        reactor.borrow_mut().on_tick();
+    }
+}
+
+async fn event_loop(reactor: Rc<RefCell<core::Reactor>>, readiness: monoio::net::TcpStream) {
+    loop {
+        let (backlogged, more_input) = {
+            let r = reactor.borrow();
+            (r.is_backlogged(), r.has_unread_input())
+        };
+        if backlogged {
+            monoio::time::sleep(Duration::from_micros(BACKLOG_RETRY_US)).await;
+        } else if more_input {
+            YieldNow(false).await;
+        } else if let Err(e) = readiness.readable(false).await {
+            error!("readiness wait failed: {e}");
+            return;
+        }
+        let mut r = reactor.borrow_mut();
+        r.run_batch();
+        if r.finished() {
+            r.close_all();
+            return;
+        }
+    }
+}
+
+/// Gives other tasks on this runtime (accept, timer) a turn.
+struct YieldNow(bool);
+
+impl std::future::Future for YieldNow {
+    type Output = ();
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        if self.0 {
+            return std::task::Poll::Ready(());
+        }
+        self.0 = true;
+        cx.waker().wake_by_ref();
+        std::task::Poll::Pending
+    }
+}

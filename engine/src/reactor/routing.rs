@@ -1,0 +1,114 @@
+//! Envelopes arriving at a reactor, from a peer's ring or from itself: the home side of
+//! the directory (register, deliver, presence) and the device side (write, ack, close).
+
+use super::core::Reactor;
+use crate::{
+    protocol::{now_ms, outbound, Priority},
+    router::{ConnAddr, Envelope},
+    stats::ReactorStats,
+    ws::{close, frame},
+};
+
+impl Reactor {
+    /// Acts on one envelope.
+    pub(crate) fn handle_envelope(&mut self, envelope: Envelope) {
+        match envelope {
+            Envelope::Register { user, device, addr } => {
+                let outcome = self.directory.register(user.clone(), device, addr);
+                if outcome.refused {
+                    self.route(addr.reactor as usize, Envelope::Close { addr, code: close::POLICY_VIOLATION });
+                }
+                if let Some(old) = outcome.replaced {
+                    self.route(old.reactor as usize, Envelope::Close { addr: old, code: close::REPLACED });
+                }
+                if outcome.came_online {
+                    ReactorStats::add(&self.stats().online_users, 1);
+                    self.announce_presence(&user, true);
+                }
+            }
+            Envelope::Unregister { user, addr } => {
+                if self.directory.unregister(&user, addr, now_ms()) {
+                    ReactorStats::add(&self.stats().online_users, -1);
+                    self.announce_presence(&user, false);
+                }
+            }
+            Envelope::Deliver(delivery) => {
+                let mut delivered = false;
+                let targets: smallvec::SmallVec<[ConnAddr; 4]> = self
+                    .directory
+                    .devices(&delivery.user)
+                    .iter()
+                    .map(|d| d.addr)
+                    .filter(|a| Some(*a) != delivery.except)
+                    .collect();
+                for addr in targets {
+                    delivered = true;
+                    let frame = delivery.frame.clone();
+                    self.route(addr.reactor as usize, Envelope::ToConn { addr, frame, priority: delivery.priority });
+                }
+                if let Some(ack) = delivery.ack {
+                    let envelope = Envelope::Ack { sender: ack.sender, message_id: ack.message_id, delivered };
+                    self.route(ack.sender.reactor as usize, envelope);
+                }
+            }
+            Envelope::ToConn { addr, frame, priority } => {
+                self.send(addr.slot as usize, addr.generation, frame, priority);
+            }
+            Envelope::Ack { sender, message_id, delivered } => {
+                let (slot, generation) = (sender.slot as usize, sender.generation);
+                if delivered {
+                    self.json.clear();
+                    outbound::message_ack(&mut self.json, &message_id, "sent", now_ms());
+                    let frame = frame::encode_text(&self.json);
+                    self.send(slot, generation, frame, Priority::High);
+                } else {
+                    let text = "the receiver has no device online and offline queues need the store";
+                    self.send_error(slot, generation, "peer_offline", text, Some(&message_id));
+                }
+            }
+            Envelope::Close { addr, code } => {
+                let reason = if code == close::REPLACED { "replaced" } else { "too many devices" };
+                self.begin_close(addr.slot as usize, addr.generation, code, reason);
+            }
+            Envelope::Subscribe { watcher, request, users } => {
+                let entries = users
+                    .into_iter()
+                    .map(|user| {
+                        let (online, last_seen_ms) = self.directory.subscribe(&user, watcher);
+                        outbound::PresenceEntry { user_id: user.into(), online, last_seen_ms }
+                    })
+                    .collect();
+                self.route(watcher.reactor as usize, Envelope::PresenceReply { request, entries });
+            }
+            Envelope::Unsubscribe { watcher, users } => {
+                for user in users {
+                    self.directory.unsubscribe(&user, watcher);
+                }
+            }
+            Envelope::PresenceReply { request, entries } => {
+                let request = request as usize;
+                let Some(pending) = self.presence_requests.get_mut(request) else { return };
+                pending.entries.extend(entries);
+                pending.awaiting -= 1;
+                if pending.awaiting == 0 {
+                    let done = self.presence_requests.remove(request);
+                    self.finish_presence(done.watcher, done.entries);
+                }
+            }
+        }
+    }
+
+    /// Tells `user`'s watchers that the user came online or went offline.
+    fn announce_presence(&mut self, user: &str, online: bool) {
+        let watchers: Vec<ConnAddr> = self.directory.watchers(user).to_vec();
+        if watchers.is_empty() {
+            return;
+        }
+        self.json.clear();
+        outbound::presence_update(&mut self.json, user, online, now_ms());
+        let frame = frame::encode_text(&self.json);
+        for addr in watchers {
+            self.route(addr.reactor as usize, Envelope::ToConn { addr, frame: frame.clone(), priority: Priority::Normal });
+        }
+    }
+}

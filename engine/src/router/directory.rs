@@ -1,0 +1,186 @@
+//! The home side of routing: each user homed on this reactor, with online devices and
+//! presence watchers. Pure bookkeeping; the reactor turns its answers into envelopes.
+
+use std::{collections::HashMap, sync::Arc};
+
+use smallvec::SmallVec;
+
+use super::ConnAddr;
+
+/// The most devices one user may have online at once; a further device is refused.
+pub const DEVICES_PER_USER_MAX: usize = 16;
+
+/// One online device of a user.
+#[derive(Debug, Clone)]
+pub struct Device {
+    /// The client's device id.
+    pub id: Box<str>,
+    /// Where its connection lives.
+    pub addr: ConnAddr,
+}
+
+/// A user homed here: kept while online or watched.
+#[derive(Debug, Default)]
+struct UserEntry {
+    /// Online devices; one inline, as most users have one device.
+    devices: SmallVec<[Device; 1]>,
+    /// Connections watching this user's presence.
+    watchers: Vec<ConnAddr>,
+    /// When the last device went offline (ms), while the entry is kept.
+    last_seen_ms: Option<u64>,
+}
+
+/// What a registration changed.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Registered {
+    /// The older connection with the same device id, now to be closed with 4003.
+    pub replaced: Option<ConnAddr>,
+    /// Whether this was the user's first device (the user came online).
+    pub came_online: bool,
+    /// Refused: the user already has [`DEVICES_PER_USER_MAX`] devices.
+    pub refused: bool,
+}
+
+/// The users homed on one reactor.
+#[derive(Debug, Default)]
+pub struct Directory {
+    users: HashMap<Arc<str>, UserEntry>,
+    online_users: usize,
+}
+
+impl Directory {
+    /// Users with at least one device online.
+    pub fn online_users(&self) -> usize {
+        self.online_users
+    }
+
+    /// Adds a device; the same device id replaces the older connection.
+    pub fn register(&mut self, user: Arc<str>, device: Box<str>, addr: ConnAddr) -> Registered {
+        let entry = self.users.entry(user).or_default();
+        let mut outcome = Registered::default();
+        if let Some(existing) = entry.devices.iter_mut().find(|d| d.id == device) {
+            outcome.replaced = Some(std::mem::replace(&mut existing.addr, addr));
+            return outcome;
+        }
+        if entry.devices.len() >= DEVICES_PER_USER_MAX {
+            outcome.refused = true;
+            return outcome;
+        }
+        outcome.came_online = entry.devices.is_empty();
+        entry.devices.push(Device { id: device, addr });
+        entry.last_seen_ms = None;
+        if outcome.came_online {
+            self.online_users += 1;
+        }
+        outcome
+    }
+
+    /// Removes the device at `addr`; true when it was the user's last (the user went offline).
+    pub fn unregister(&mut self, user: &str, addr: ConnAddr, now_ms: u64) -> bool {
+        let Some(entry) = self.users.get_mut(user) else { return false };
+        let before = entry.devices.len();
+        entry.devices.retain(|d| d.addr != addr);
+        let went_offline = before > 0 && entry.devices.is_empty();
+        if went_offline {
+            self.online_users -= 1;
+            entry.last_seen_ms = Some(now_ms);
+        }
+        self.forget_if_unused(user);
+        went_offline
+    }
+
+    /// The user's online devices (empty when offline).
+    pub fn devices(&self, user: &str) -> &[Device] {
+        self.users.get(user).map(|e| &e.devices[..]).unwrap_or(&[])
+    }
+
+    /// The connections watching `user`.
+    pub fn watchers(&self, user: &str) -> &[ConnAddr] {
+        self.users.get(user).map(|e| &e.watchers[..]).unwrap_or(&[])
+    }
+
+    /// `watcher` starts watching `user`; returns `(online, last_seen_ms)`.
+    pub fn subscribe(&mut self, user: &str, watcher: ConnAddr) -> (bool, Option<u64>) {
+        let entry = match self.users.get_mut(user) {
+            Some(entry) => entry,
+            None => self.users.entry(Arc::from(user)).or_default(),
+        };
+        if !entry.watchers.contains(&watcher) {
+            entry.watchers.push(watcher);
+        }
+        (!entry.devices.is_empty(), entry.last_seen_ms)
+    }
+
+    /// `watcher` stops watching `user`.
+    pub fn unsubscribe(&mut self, user: &str, watcher: ConnAddr) {
+        if let Some(entry) = self.users.get_mut(user) {
+            entry.watchers.retain(|w| *w != watcher);
+            if entry.watchers.is_empty() {
+                entry.watchers = Vec::new();
+            }
+        }
+        self.forget_if_unused(user);
+    }
+
+    fn forget_if_unused(&mut self, user: &str) {
+        if self.users.get(user).is_some_and(|e| e.devices.is_empty() && e.watchers.is_empty()) {
+            self.users.remove(user);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(slot: u32) -> ConnAddr {
+        ConnAddr { reactor: 0, generation: 1, slot }
+    }
+
+    #[test]
+    fn first_device_comes_online_and_last_goes_offline() {
+        let mut dir = Directory::default();
+        let user: Arc<str> = Arc::from("u1");
+        assert!(dir.register(user.clone(), "phone".into(), addr(1)).came_online);
+        assert!(!dir.register(user.clone(), "laptop".into(), addr(2)).came_online);
+        assert_eq!(dir.online_users(), 1);
+        assert_eq!(dir.devices("u1").len(), 2);
+        assert!(!dir.unregister("u1", addr(1), 5));
+        assert!(dir.unregister("u1", addr(2), 6));
+        assert_eq!(dir.online_users(), 0);
+        assert!(dir.devices("u1").is_empty());
+    }
+
+    #[test]
+    fn same_device_id_replaces_the_older_connection() {
+        let mut dir = Directory::default();
+        dir.register(Arc::from("u1"), "phone".into(), addr(1));
+        let outcome = dir.register(Arc::from("u1"), "phone".into(), addr(2));
+        assert_eq!(outcome, Registered { replaced: Some(addr(1)), came_online: false, refused: false });
+        // The replaced connection's late unregister changes nothing.
+        assert!(!dir.unregister("u1", addr(1), 5));
+        assert_eq!(dir.devices("u1")[0].addr, addr(2));
+    }
+
+    #[test]
+    fn watchers_see_last_seen_and_entries_are_forgotten_when_unused() {
+        let mut dir = Directory::default();
+        assert_eq!(dir.subscribe("u1", addr(9)), (false, None));
+        dir.register(Arc::from("u1"), "d".into(), addr(1));
+        assert_eq!(dir.subscribe("u1", addr(9)), (true, None));
+        assert_eq!(dir.watchers("u1"), &[addr(9)]);
+        dir.unregister("u1", addr(1), 42);
+        assert_eq!(dir.subscribe("u1", addr(9)), (false, Some(42)));
+        dir.unsubscribe("u1", addr(9));
+        assert!(dir.users.is_empty());
+    }
+
+    #[test]
+    fn devices_per_user_are_bounded() {
+        let mut dir = Directory::default();
+        for i in 0..DEVICES_PER_USER_MAX as u32 {
+            assert!(!dir.register(Arc::from("u"), format!("d{i}").into(), addr(i)).refused);
+        }
+        assert!(dir.register(Arc::from("u"), "one-more".into(), addr(99)).refused);
+    }
+}

@@ -1,0 +1,153 @@
+//! Routing between reactors: who is where, and the envelopes reactors mail each other.
+//!
+//! Each user has a home reactor (`home_of`). The home's [`directory::Directory`] holds the
+//! user's online devices and presence watchers. Sending to user V from reactor A goes
+//! A → home(V) → each device's reactor, skipping hops that stay on one reactor. Frames are
+//! encoded once and travel as refcounted `Bytes`.
+
+pub mod directory;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::protocol::{outbound::PresenceEntry, Priority};
+
+/// Where one connection lives: reactor, slab slot, and the slot's generation (so a route
+/// to a slot that was closed and reused is detected and dropped).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ConnAddr {
+    /// The reactor that owns the connection.
+    pub reactor: u16,
+    /// The connection's generation on that reactor.
+    pub generation: u32,
+    /// The slab key.
+    pub slot: u32,
+}
+
+/// The home reactor of `user_id`: FNV-1a of the id, modulo the reactor count.
+///
+/// FNV is stable across threads and runs (no random keys), cheap for short ids.
+pub fn home_of(user_id: &str, reactors: usize) -> usize {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in user_id.as_bytes() {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    (hash % reactors as u64) as usize
+}
+
+/// A frame for every online device of `user`, sent to the user's home.
+#[derive(Debug)]
+pub struct Delivery {
+    /// The recipient user.
+    pub user: Box<str>,
+    /// The encoded WebSocket frame, shared with every device.
+    pub frame: Bytes,
+    /// Its priority in each device's outbound queue.
+    pub priority: Priority,
+    /// A device not to deliver to (the sending device itself).
+    pub except: Option<ConnAddr>,
+    /// When set, the home tells this sender whether any device got it.
+    pub ack: Option<AckRequest>,
+}
+
+/// Who to tell about a delivery's outcome, and for which message.
+#[derive(Debug)]
+pub struct AckRequest {
+    /// The sending connection.
+    pub sender: ConnAddr,
+    /// The client's message id.
+    pub message_id: Box<str>,
+}
+
+/// What reactors mail each other.
+#[derive(Debug)]
+pub enum Envelope {
+    /// To a home: a device authenticated. A device with the same id is replaced.
+    Register {
+        /// The user.
+        user: Arc<str>,
+        /// The device id.
+        device: Box<str>,
+        /// The connection.
+        addr: ConnAddr,
+    },
+    /// To a home: a device's connection closed.
+    Unregister {
+        /// The user.
+        user: Arc<str>,
+        /// The connection.
+        addr: ConnAddr,
+    },
+    /// To a home: deliver a frame to a user's devices.
+    Deliver(Box<Delivery>),
+    /// To a device's reactor: write this frame to this connection.
+    ToConn {
+        /// The connection.
+        addr: ConnAddr,
+        /// The encoded frame.
+        frame: Bytes,
+        /// Its outbound priority.
+        priority: Priority,
+    },
+    /// To a sender's reactor: the outcome of a delivery with an ack request.
+    Ack {
+        /// The sending connection.
+        sender: ConnAddr,
+        /// The client's message id.
+        message_id: Box<str>,
+        /// Whether any device got it.
+        delivered: bool,
+    },
+    /// To a device's reactor: close this connection with `code` (4003 when replaced).
+    Close {
+        /// The connection.
+        addr: ConnAddr,
+        /// The close code.
+        code: u16,
+    },
+    /// To a home: `watcher` subscribes to these users' presence; reply to `request`.
+    Subscribe {
+        /// The watching connection.
+        watcher: ConnAddr,
+        /// The subscribe request at the watcher's reactor.
+        request: u32,
+        /// The users.
+        users: Vec<Box<str>>,
+    },
+    /// To a home: `watcher` stops watching these users.
+    Unsubscribe {
+        /// The watching connection.
+        watcher: ConnAddr,
+        /// The users.
+        users: Vec<Box<str>>,
+    },
+    /// To a watcher's reactor: part of the answer to subscribe request `request`.
+    PresenceReply {
+        /// The subscribe request at the watcher's reactor.
+        request: u32,
+        /// Presence of the users this home holds.
+        entries: Vec<PresenceEntry>,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn envelopes_stay_small_enough_for_dense_rings() {
+        assert!(std::mem::size_of::<Envelope>() <= 64, "{}", std::mem::size_of::<Envelope>());
+    }
+
+    #[test]
+    fn homes_spread_over_reactors() {
+        let mut counts = [0usize; 4];
+        for i in 0..4000 {
+            counts[home_of(&format!("user{i}"), 4)] += 1;
+        }
+        assert!(counts.iter().all(|&c| c > 800), "{counts:?}");
+        assert_eq!(home_of("alice", 1), 0);
+    }
+}
