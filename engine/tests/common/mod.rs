@@ -1,0 +1,235 @@
+//! Test harness: runs the real `engine` binary on an ephemeral port and talks to it with a
+//! real WebSocket client (tungstenite) or raw bytes.
+#![allow(dead_code)]
+
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    net::{SocketAddr, TcpStream},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+use tungstenite::{protocol::frame::coding::CloseCode, stream::MaybeTlsStream, Message, WebSocket};
+
+/// How long any single wait in a test may take.
+pub const WAIT: Duration = Duration::from_secs(5);
+
+/// The two I/O drivers every behaviour is checked on.
+pub const DRIVERS: [Driver; 2] = [Driver::IoUring, Driver::Legacy];
+
+/// Which monoio driver the engine runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Driver {
+    /// io_uring (the default where the kernel has it).
+    IoUring,
+    /// epoll, forced with `MONOIO_FORCE_LEGACY_DRIVER=1`.
+    Legacy,
+}
+
+/// A running engine process; killed on drop.
+pub struct Server {
+    pub child: Child,
+    pub addr: SocketAddr,
+}
+
+impl Server {
+    /// Starts the engine with 2 reactors on 127.0.0.1:0 plus `args`.
+    pub fn start(driver: Driver, args: &[&str]) -> Server {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_engine"));
+        command
+            .args(["--listen", "127.0.0.1:0", "--reactors", "2", "--log-level", "warn"])
+            .args(args)
+            .env_remove("ENGINE_JWT_SECRET")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        if driver == Driver::Legacy {
+            command.env("MONOIO_FORCE_LEGACY_DRIVER", "1");
+        }
+        let mut child = command.spawn().expect("engine starts");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).expect("engine prints its address");
+        let addr = line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("unexpected line {line:?}"));
+        Server { addr: addr.parse().expect("an address"), child }
+    }
+
+    /// The WebSocket URL, with an optional query string.
+    pub fn url(&self, query: &str) -> String {
+        format!("ws://{}/ws{query}", self.addr)
+    }
+
+    /// Opens a WebSocket (not yet authenticated).
+    pub fn connect(&self) -> Client {
+        self.connect_with_query("")
+    }
+
+    /// Opens a WebSocket with a query string such as `?token=...`.
+    pub fn connect_with_query(&self, query: &str) -> Client {
+        let (ws, _) = tungstenite::connect(self.url(query)).expect("upgrade succeeds");
+        if let MaybeTlsStream::Plain(stream) = ws.get_ref() {
+            stream.set_read_timeout(Some(WAIT)).unwrap();
+        }
+        Client { ws }
+    }
+
+    /// Connects and authenticates in open mode; returns after `auth_success`.
+    pub fn login(&self, user: &str, device: &str) -> Client {
+        let mut client = self.connect();
+        client.send(&serde_json::json!({"type":"auth","userId":user,"deviceId":device}));
+        let reply = client.recv();
+        assert_eq!(reply["type"], "auth_success", "{reply}");
+        client
+    }
+
+    /// Sends one raw HTTP request and returns the whole response text.
+    pub fn http(&self, request: &str) -> String {
+        let mut stream = TcpStream::connect(self.addr).unwrap();
+        stream.set_read_timeout(Some(WAIT)).unwrap();
+        stream.write_all(request.as_bytes()).unwrap();
+        let mut response = Vec::new();
+        let _ = stream.read_to_end(&mut response);
+        String::from_utf8_lossy(&response).into_owned()
+    }
+
+    /// GETs `path` with `Connection: close` and returns `(status, body)`.
+    pub fn get(&self, path: &str) -> (u16, String) {
+        let response = self.http(&format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"));
+        let status = response.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+        let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+        (status, body)
+    }
+
+    /// Sends SIGTERM and waits (bounded) for the exit status code.
+    pub fn terminate(&mut self) -> Option<i32> {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc_kill(self.child.id() as i32, 15) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, signal: i32) -> i32;
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A WebSocket client with bounded waits.
+pub struct Client {
+    pub ws: WebSocket<MaybeTlsStream<TcpStream>>,
+}
+
+impl Client {
+    /// Sends a JSON text message.
+    pub fn send(&mut self, value: &Value) {
+        self.ws.send(Message::text(value.to_string())).expect("send");
+    }
+
+    /// Sends raw text (which may be bad JSON).
+    pub fn send_text(&mut self, text: &str) {
+        self.ws.send(Message::text(text)).expect("send");
+    }
+
+    /// The next JSON text message (skipping pings/pongs); panics on timeout or close.
+    pub fn recv(&mut self) -> Value {
+        loop {
+            match self.ws.read().expect("a message arrives in time") {
+                Message::Text(text) => return serde_json::from_str(&text).expect("valid JSON"),
+                Message::Ping(_) | Message::Pong(_) => continue,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+
+    /// The next message of type `kind`, skipping others.
+    pub fn recv_type(&mut self, kind: &str) -> Value {
+        let deadline = Instant::now() + WAIT;
+        while Instant::now() < deadline {
+            let value = self.recv();
+            if value["type"] == kind {
+                return value;
+            }
+        }
+        panic!("no {kind} in time");
+    }
+
+    /// Asserts that no text message arrives within `quiet`.
+    pub fn expect_silence(&mut self, quiet: Duration) {
+        self.set_timeout(quiet);
+        match self.ws.read() {
+            Err(tungstenite::Error::Io(e))
+                if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            other => panic!("expected silence, got {other:?}"),
+        }
+        self.set_timeout(WAIT);
+    }
+
+    /// Reads until the server's close frame and returns its code.
+    pub fn expect_close(&mut self) -> u16 {
+        loop {
+            match self.ws.read() {
+                Ok(Message::Close(Some(frame))) => return u16::from(frame.code),
+                Ok(Message::Close(None)) => return 1005,
+                Ok(_) => continue,
+                Err(e) => panic!("no close frame: {e}"),
+            }
+        }
+    }
+
+    fn set_timeout(&mut self, timeout: Duration) {
+        if let MaybeTlsStream::Plain(stream) = self.ws.get_ref() {
+            stream.set_read_timeout(Some(timeout)).unwrap();
+        }
+    }
+
+    /// Writes raw bytes on the socket, bypassing the client's framing.
+    pub fn write_raw(&mut self, bytes: &[u8]) {
+        if let MaybeTlsStream::Plain(stream) = self.ws.get_mut() {
+            stream.write_all(bytes).unwrap();
+        }
+    }
+}
+
+/// A masked client frame, built by hand (for frames a client library will not send).
+pub fn raw_frame(first_byte: u8, payload: &[u8]) -> Vec<u8> {
+    let mask = [0x37, 0xfa, 0x21, 0x3d];
+    let mut out = vec![first_byte];
+    if payload.len() < 126 {
+        out.push(0x80 | payload.len() as u8);
+    } else if payload.len() <= 0xFFFF {
+        out.push(0x80 | 126);
+        out.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+    } else {
+        out.push(0x80 | 127);
+        out.extend_from_slice(&(payload.len() as u64).to_be_bytes());
+    }
+    out.extend_from_slice(&mask);
+    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    out
+}
+
+/// Runs `test` once per driver, naming the driver on failure.
+pub fn on_both_drivers(test: impl Fn(Driver)) {
+    for driver in DRIVERS {
+        eprintln!("driver: {driver:?}");
+        test(driver);
+    }
+}
+
+/// Close code as a number.
+pub fn code(code: CloseCode) -> u16 {
+    u16::from(code)
+}
