@@ -24,7 +24,11 @@ pub const REACTORS_MAX: usize = 256;
 
 /// The command line. Every flag can also come from an `ENGINE_*` variable or the TOML file.
 #[derive(Debug, Parser, Default)]
-#[command(name = "engine", version, about = "Thread-per-core io_uring WebSocket chat gateway")]
+#[command(
+    name = "engine",
+    version,
+    about = "Thread-per-core io_uring WebSocket chat gateway"
+)]
 pub struct Args {
     /// Address to listen on for WebSocket and HTTP [default: 0.0.0.0:8080]
     #[arg(long, env = "ENGINE_LISTEN", value_name = "ADDR")]
@@ -39,7 +43,12 @@ pub struct Args {
     #[arg(long, env = "ENGINE_AUTH_TIMEOUT_MS", value_name = "MS")]
     pub auth_timeout_ms: Option<u64>,
     /// HS256 secret for auth tokens; without one the gateway runs in open mode (trusts userId)
-    #[arg(long, env = "ENGINE_JWT_SECRET", value_name = "SECRET", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "ENGINE_JWT_SECRET",
+        value_name = "SECRET",
+        hide_env_values = true
+    )]
     pub jwt_secret: Option<String>,
     /// Bound on a graceful shutdown (SIGTERM/SIGINT) before remaining sockets are dropped [default: 5000]
     #[arg(long, env = "ENGINE_SHUTDOWN_TIMEOUT_MS", value_name = "MS")]
@@ -120,11 +129,16 @@ pub enum ConfigError {
 }
 
 fn default_reactors() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
 }
 
 fn invalid(flag: &'static str, problem: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid { flag, problem: problem.into() }
+    ConfigError::Invalid {
+        flag,
+        problem: problem.into(),
+    }
 }
 
 fn in_range<T: PartialOrd + std::fmt::Display + Copy>(
@@ -133,7 +147,10 @@ fn in_range<T: PartialOrd + std::fmt::Display + Copy>(
     (low, high): (T, T),
 ) -> Result<T, ConfigError> {
     if value < low || value > high {
-        return Err(invalid(flag, format!("must be between {low} and {high}, got {value}")));
+        return Err(invalid(
+            flag,
+            format!("must be between {low} and {high}, got {value}"),
+        ));
     }
     Ok(value)
 }
@@ -143,10 +160,14 @@ impl Config {
     pub fn resolve(args: Args) -> Result<Config, ConfigError> {
         let file = match &args.config {
             Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|e| ConfigError::File { path: path.clone(), problem: e.to_string() })?;
-                toml::from_str::<FileConfig>(&text)
-                    .map_err(|e| ConfigError::File { path: path.clone(), problem: e.to_string() })?
+                let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
+                    path: path.clone(),
+                    problem: e.to_string(),
+                })?;
+                toml::from_str::<FileConfig>(&text).map_err(|e| ConfigError::File {
+                    path: path.clone(),
+                    problem: e.to_string(),
+                })?
             }
             None => FileConfig::default(),
         };
@@ -157,31 +178,58 @@ impl Config {
                 .map_err(|_| invalid("listen", format!("'{text}' is not an IP:port address")))?,
             None => defaults.listen,
         };
-        let reactors = in_range("reactors", args.reactors.or(file.reactors).unwrap_or(defaults.reactors), (1, REACTORS_MAX))?;
+        let reactors = in_range(
+            "reactors",
+            args.reactors.or(file.reactors).unwrap_or(defaults.reactors),
+            (1, REACTORS_MAX),
+        )?;
         let max_message_bytes = in_range(
             "max-message-bytes",
-            args.max_message_bytes.or(file.max_message_bytes).unwrap_or(defaults.max_message_bytes),
+            args.max_message_bytes
+                .or(file.max_message_bytes)
+                .unwrap_or(defaults.max_message_bytes),
             MAX_MESSAGE_BYTES_RANGE,
         )?;
         let auth_timeout_ms = in_range(
             "auth-timeout-ms",
-            args.auth_timeout_ms.or(file.auth_timeout_ms).unwrap_or(defaults.auth_timeout_ms),
+            args.auth_timeout_ms
+                .or(file.auth_timeout_ms)
+                .unwrap_or(defaults.auth_timeout_ms),
             AUTH_TIMEOUT_MS_RANGE,
         )?;
         let shutdown_timeout_ms = in_range(
             "shutdown-timeout-ms",
-            args.shutdown_timeout_ms.or(file.shutdown_timeout_ms).unwrap_or(defaults.shutdown_timeout_ms),
+            args.shutdown_timeout_ms
+                .or(file.shutdown_timeout_ms)
+                .unwrap_or(defaults.shutdown_timeout_ms),
             (0, 600_000),
         )?;
         let jwt_secret = match args.jwt_secret.or(file.jwt_secret) {
-            Some(secret) if secret.is_empty() => return Err(invalid("jwt-secret", "must not be empty")),
+            Some(secret) if secret.is_empty() => {
+                return Err(invalid("jwt-secret", "must not be empty"))
+            }
             Some(secret) => Some(secret.into_bytes()),
             None => None,
         };
-        let log_level = args.log_level.or(file.log_level).unwrap_or(defaults.log_level);
-        tracing_subscriber::EnvFilter::try_new(&log_level)
-            .map_err(|e| invalid("log-level", format!("'{log_level}' is not a log filter: {e}")))?;
-        Ok(Config { listen, reactors, max_message_bytes, auth_timeout_ms, jwt_secret, shutdown_timeout_ms, log_level })
+        let log_level = args
+            .log_level
+            .or(file.log_level)
+            .unwrap_or(defaults.log_level);
+        tracing_subscriber::EnvFilter::try_new(&log_level).map_err(|e| {
+            invalid(
+                "log-level",
+                format!("'{log_level}' is not a log filter: {e}"),
+            )
+        })?;
+        Ok(Config {
+            listen,
+            reactors,
+            max_message_bytes,
+            auth_timeout_ms,
+            jwt_secret,
+            shutdown_timeout_ms,
+            log_level,
+        })
     }
 }
 
@@ -199,15 +247,35 @@ mod tests {
 
     #[test]
     fn bad_values_name_their_flag() {
-        let err = Config::resolve(Args { reactors: Some(0), ..Args::default() }).unwrap_err();
+        let err = Config::resolve(Args {
+            reactors: Some(0),
+            ..Args::default()
+        })
+        .unwrap_err();
         assert!(err.to_string().starts_with("--reactors:"), "{err}");
-        let err = Config::resolve(Args { listen: Some("nowhere".into()), ..Args::default() }).unwrap_err();
+        let err = Config::resolve(Args {
+            listen: Some("nowhere".into()),
+            ..Args::default()
+        })
+        .unwrap_err();
         assert!(err.to_string().starts_with("--listen:"), "{err}");
-        let err = Config::resolve(Args { max_message_bytes: Some(10), ..Args::default() }).unwrap_err();
+        let err = Config::resolve(Args {
+            max_message_bytes: Some(10),
+            ..Args::default()
+        })
+        .unwrap_err();
         assert!(err.to_string().starts_with("--max-message-bytes:"), "{err}");
-        let err = Config::resolve(Args { jwt_secret: Some(String::new()), ..Args::default() }).unwrap_err();
+        let err = Config::resolve(Args {
+            jwt_secret: Some(String::new()),
+            ..Args::default()
+        })
+        .unwrap_err();
         assert!(err.to_string().starts_with("--jwt-secret:"), "{err}");
-        let err = Config::resolve(Args { log_level: Some("[[".into()), ..Args::default() }).unwrap_err();
+        let err = Config::resolve(Args {
+            log_level: Some("[[".into()),
+            ..Args::default()
+        })
+        .unwrap_err();
         assert!(err.to_string().starts_with("--log-level:"), "{err}");
     }
 
@@ -217,12 +285,20 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("engine.toml");
         std::fs::write(&path, "reactors = 3\nauth_timeout_ms = 2000\n").unwrap();
-        let args = Args { config: Some(path.clone()), reactors: Some(5), ..Args::default() };
+        let args = Args {
+            config: Some(path.clone()),
+            reactors: Some(5),
+            ..Args::default()
+        };
         let config = Config::resolve(args).unwrap();
         assert_eq!(config.reactors, 5);
         assert_eq!(config.auth_timeout_ms, 2000);
         std::fs::write(&path, "reactor = 3\n").unwrap();
-        let err = Config::resolve(Args { config: Some(path), ..Args::default() }).unwrap_err();
+        let err = Config::resolve(Args {
+            config: Some(path),
+            ..Args::default()
+        })
+        .unwrap_err();
         assert!(err.to_string().contains("unknown field"), "{err}");
         std::fs::remove_dir_all(dir).unwrap();
     }

@@ -60,15 +60,31 @@ impl Engine {
         let (ready_tx, ready_rx) = mpsc::channel();
         let mut threads = Vec::with_capacity(reactors);
         for (id, (producers, consumers)) in producers.into_iter().zip(consumers).enumerate() {
-            let seed = ReactorSeed { id, shared: shared.clone(), producers, consumers, listen };
+            let seed = ReactorSeed {
+                id,
+                shared: shared.clone(),
+                producers,
+                consumers,
+                listen,
+            };
             threads.push(reactor::spawn(seed, ready_tx.clone())?);
             match ready_rx.recv() {
                 Ok(Ok(addr)) => listen = addr,
                 Ok(Err(e)) => return Err(Self::abort(shared, threads, e)),
-                Err(_) => return Err(Self::abort(shared, threads, io::Error::other("a reactor died at start"))),
+                Err(_) => {
+                    return Err(Self::abort(
+                        shared,
+                        threads,
+                        io::Error::other("a reactor died at start"),
+                    ))
+                }
             }
         }
-        Ok(Engine { shared, threads, local_addr: listen })
+        Ok(Engine {
+            shared,
+            threads,
+            local_addr: listen,
+        })
     }
 
     fn abort(shared: Arc<Shared>, threads: Vec<JoinHandle<()>>, error: io::Error) -> io::Error {
@@ -88,7 +104,8 @@ impl Engine {
     /// configured shutdown bound plus a second; true when every reactor stopped in time.
     pub fn shutdown(self) -> bool {
         self.shared.begin_drain();
-        let bound = Duration::from_millis(self.shared.config.shutdown_timeout_ms) + Duration::from_secs(1);
+        let bound =
+            Duration::from_millis(self.shared.config.shutdown_timeout_ms) + Duration::from_secs(1);
         let deadline = std::time::Instant::now() + bound;
         for thread in self.threads {
             while !thread.is_finished() {

@@ -44,7 +44,10 @@ impl Doorbell {
         if fd < 0 {
             return Err(io::Error::last_os_error());
         }
-        Ok(Doorbell { fd, notified: AtomicBool::new(false) })
+        Ok(Doorbell {
+            fd,
+            notified: AtomicBool::new(false),
+        })
     }
 
     /// The eventfd, for the owner's readiness set.
@@ -84,8 +87,9 @@ impl Drop for Doorbell {
 pub fn rings<T>(reactors: usize) -> (Vec<Vec<Option<Producer<T>>>>, Vec<Vec<Option<Consumer<T>>>>) {
     let capacity = ring_capacity(reactors);
     let mut producers: Vec<Vec<Option<Producer<T>>>> = (0..reactors).map(|_| Vec::new()).collect();
-    let mut consumers: Vec<Vec<Option<Consumer<T>>>> =
-        (0..reactors).map(|_| (0..reactors).map(|_| None).collect()).collect();
+    let mut consumers: Vec<Vec<Option<Consumer<T>>>> = (0..reactors)
+        .map(|_| (0..reactors).map(|_| None).collect())
+        .collect();
     for (from, row) in producers.iter_mut().enumerate() {
         for (to, column) in consumers.iter_mut().enumerate() {
             if from == to {
@@ -112,7 +116,11 @@ impl<T> Outbox<T> {
     /// Wraps this reactor's row of producers.
     pub fn new(producers: Vec<Option<Producer<T>>>) -> Self {
         let n = producers.len();
-        Outbox { producers, backlog: (0..n).map(|_| VecDeque::new()).collect(), to_ring: vec![false; n] }
+        Outbox {
+            producers,
+            backlog: (0..n).map(|_| VecDeque::new()).collect(),
+            to_ring: vec![false; n],
+        }
     }
 
     /// Sends `item` to reactor `to`; when its ring is full the item waits in the backlog.

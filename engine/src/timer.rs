@@ -28,7 +28,10 @@ pub struct TimerWheel {
 
 impl Default for TimerWheel {
     fn default() -> Self {
-        TimerWheel { slots: (0..SLOTS).map(|_| Vec::new()).collect(), now_tick: 0 }
+        TimerWheel {
+            slots: (0..SLOTS).map(|_| Vec::new()).collect(),
+            now_tick: 0,
+        }
     }
 }
 
@@ -77,8 +80,16 @@ mod tests {
     #[test]
     fn entries_fire_on_their_tick_and_not_before() {
         let mut wheel = TimerWheel::default();
-        let near = Entry { slot: 1, generation: 1, due_tick: wheel.tick_after(250) };
-        let far = Entry { slot: 2, generation: 1, due_tick: wheel.tick_after(TICK_MS * (SLOTS as u64 + 3)) };
+        let near = Entry {
+            slot: 1,
+            generation: 1,
+            due_tick: wheel.tick_after(250),
+        };
+        let far = Entry {
+            slot: 2,
+            generation: 1,
+            due_tick: wheel.tick_after(TICK_MS * (SLOTS as u64 + 3)),
+        };
         wheel.insert(near);
         wheel.insert(far);
         let mut due = Vec::new();

@@ -11,7 +11,10 @@ use serde_json::json;
 /// Two user ids whose homes are different reactors (of 2), so routing crosses reactors.
 fn users_on_different_homes() -> (String, String) {
     let a = "alice".to_owned();
-    let b = (0..).map(|i| format!("bob{i}")).find(|b| home_of(b, 2) != home_of(&a, 2)).unwrap();
+    let b = (0..)
+        .map(|i| format!("bob{i}"))
+        .find(|b| home_of(b, 2) != home_of(&a, 2))
+        .unwrap();
     (a, b)
 }
 
@@ -23,9 +26,13 @@ fn a_message_reaches_every_receiver_device_and_the_senders_other_devices() {
         // Several connections each, so devices land on both reactors.
         let mut alice_phone = server.login(&alice, "phone");
         let mut alice_laptop = server.login(&alice, "laptop");
-        let mut bob_devices: Vec<_> = (0..4).map(|i| server.login(&bob, &format!("d{i}"))).collect();
-        alice_phone.send(&json!({"type":"send_message","messageId":"m1","receiverId":bob,
-                                 "content":"hi \"bob\" é","priority":"high"}));
+        let mut bob_devices: Vec<_> = (0..4)
+            .map(|i| server.login(&bob, &format!("d{i}")))
+            .collect();
+        alice_phone.send(
+            &json!({"type":"send_message","messageId":"m1","receiverId":bob,
+                                 "content":"hi \"bob\" é","priority":"high"}),
+        );
         let ack = alice_phone.recv_type("message_ack");
         assert_eq!(ack["messageId"], "m1");
         assert_eq!(ack["status"], "sent");
@@ -55,10 +62,16 @@ fn many_messages_arrive_in_order() {
             sender.send(&json!({"type":"send_message","messageId":format!("m{i}"),"receiverId":bob,"content":"x"}));
         }
         for i in 0..500 {
-            assert_eq!(receiver.recv_type("new_message")["messageId"], format!("m{i}"));
+            assert_eq!(
+                receiver.recv_type("new_message")["messageId"],
+                format!("m{i}")
+            );
         }
         for i in 0..500 {
-            assert_eq!(sender.recv_type("message_ack")["messageId"], format!("m{i}"));
+            assert_eq!(
+                sender.recv_type("message_ack")["messageId"],
+                format!("m{i}")
+            );
         }
     });
 }
@@ -68,7 +81,9 @@ fn an_offline_receiver_gives_peer_offline_never_a_pretend_ack() {
     on_both_drivers(|driver| {
         let server = Server::start(driver, &[]);
         let mut alice = server.login("alice", "phone");
-        alice.send(&json!({"type":"send_message","messageId":"m7","receiverId":"nobody","content":"x"}));
+        alice.send(
+            &json!({"type":"send_message","messageId":"m7","receiverId":"nobody","content":"x"}),
+        );
         let reply = alice.recv();
         assert_eq!(reply["type"], "error");
         assert_eq!(reply["code"], "peer_offline");
@@ -116,7 +131,9 @@ fn a_message_to_oneself_reaches_ones_other_devices() {
     let server = Server::start(common::Driver::IoUring, &[]);
     let mut phone = server.login("alice", "phone");
     let mut laptop = server.login("alice", "laptop");
-    phone.send(&json!({"type":"send_message","messageId":"note","receiverId":"alice","content":"memo"}));
+    phone.send(
+        &json!({"type":"send_message","messageId":"note","receiverId":"alice","content":"memo"}),
+    );
     assert_eq!(phone.recv_type("message_ack")["status"], "sent");
     assert_eq!(laptop.recv_type("new_message")["content"], "memo");
     phone.expect_silence(Duration::from_millis(200));

@@ -21,19 +21,29 @@ fn subscribe_reports_state_then_updates_on_first_and_last_device() {
         let users = state["users"].as_array().unwrap();
         assert_eq!(users.len(), 11);
         for user in users {
-            let expected = if user["userId"] == "u-online" { "online" } else { "offline" };
+            let expected = if user["userId"] == "u-online" {
+                "online"
+            } else {
+                "offline"
+            };
             assert_eq!(user["status"], expected, "{user}");
         }
         let mut phone = server.login("u-off3", "phone");
         let update = watcher.recv_type("presence_update");
-        assert_eq!((update["userId"].as_str(), update["status"].as_str()), (Some("u-off3"), Some("online")));
+        assert_eq!(
+            (update["userId"].as_str(), update["status"].as_str()),
+            (Some("u-off3"), Some("online"))
+        );
         // A second device is no news; the last device leaving is.
         let laptop = server.login("u-off3", "laptop");
         drop(laptop);
         phone.ws.close(None).unwrap();
         let _ = phone.expect_close();
         let update = watcher.recv_type("presence_update");
-        assert_eq!((update["userId"].as_str(), update["status"].as_str()), (Some("u-off3"), Some("offline")));
+        assert_eq!(
+            (update["userId"].as_str(), update["status"].as_str()),
+            (Some("u-off3"), Some("offline"))
+        );
         // lastSeen is known once the user has been seen going offline.
         watcher.send(&json!({"type":"presence_subscribe","userIds":["u-off3"]}));
         let state = watcher.recv_type("presence_state");

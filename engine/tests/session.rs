@@ -75,7 +75,9 @@ fn same_device_connecting_again_closes_the_older_with_4003() {
         assert_eq!(first.expect_close(), 4003);
         // The new connection is the one messages reach.
         let mut bob = server.login("bob", "laptop");
-        bob.send(&json!({"type":"send_message","messageId":"m1","receiverId":"alice","content":"hi"}));
+        bob.send(
+            &json!({"type":"send_message","messageId":"m1","receiverId":"alice","content":"hi"}),
+        );
         assert_eq!(bob.recv_type("message_ack")["status"], "sent");
         assert_eq!(second.recv_type("new_message")["content"], "hi");
     });
@@ -88,11 +90,18 @@ mod jwt {
     const SECRET: &str = "test-secret";
 
     fn token(sub: &str, exp: u64) -> String {
-        sign(&format!(r#"{{"sub":"{sub}","exp":{exp}}}"#), SECRET.as_bytes())
+        sign(
+            &format!(r#"{{"sub":"{sub}","exp":{exp}}}"#),
+            SECRET.as_bytes(),
+        )
     }
 
     fn later() -> u64 {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 3600
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            + 3600
     }
 
     #[test]
@@ -102,7 +111,8 @@ mod jwt {
             let mut client = server.connect();
             client.send(&json!({"type":"auth","userId":"alice","deviceId":"d","token":token("alice", later())}));
             assert_eq!(client.recv()["type"], "auth_success");
-            let mut browser = server.connect_with_query(&format!("?token={}", token("bob", later())));
+            let mut browser =
+                server.connect_with_query(&format!("?token={}", token("bob", later())));
             browser.send(&json!({"type":"auth","userId":"bob","deviceId":"web"}));
             assert_eq!(browser.recv()["type"], "auth_success");
         });

@@ -57,7 +57,10 @@ impl RequestError {
 impl Request {
     /// The value of header `name` (lower-case), if present.
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
     }
 
     /// Whether a comma-separated header holds `token` (case-insensitive).
@@ -125,7 +128,9 @@ pub fn parse(buf: &[u8]) -> Result<Option<(Request, usize)>, RequestError> {
     };
     for header in parsed.headers.iter() {
         let value = std::str::from_utf8(header.value).map_err(|_| RequestError::Malformed)?;
-        request.headers.push((header.name.to_ascii_lowercase(), value.trim().to_owned()));
+        request
+            .headers
+            .push((header.name.to_ascii_lowercase(), value.trim().to_owned()));
     }
     if request.header("transfer-encoding").is_some() {
         return Err(RequestError::TransferEncoding);
@@ -167,9 +172,15 @@ mod tests {
         let mut raw = b"GET / HTTP/1.1\r\nX: ".to_vec();
         raw.extend(std::iter::repeat_n(b'a', HEAD_BYTES_MAX + 1));
         assert_eq!(parse(&raw), Err(RequestError::HeadTooLarge));
-        let body = format!("POST / HTTP/1.1\r\nContent-Length: {}\r\n\r\n", BODY_BYTES_MAX + 1);
+        let body = format!(
+            "POST / HTTP/1.1\r\nContent-Length: {}\r\n\r\n",
+            BODY_BYTES_MAX + 1
+        );
         assert_eq!(parse(body.as_bytes()), Err(RequestError::BodyTooLarge));
-        assert_eq!(parse(b"POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n"), Err(RequestError::Malformed));
+        assert_eq!(
+            parse(b"POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n"),
+            Err(RequestError::Malformed)
+        );
         assert_eq!(
             parse(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"),
             Err(RequestError::TransferEncoding)
@@ -180,13 +191,18 @@ mod tests {
     fn http10_closes_unless_asked() {
         let (req, _) = parse(b"GET / HTTP/1.0\r\n\r\n").unwrap().unwrap();
         assert!(!req.keep_alive());
-        let (req, _) = parse(b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n").unwrap().unwrap();
+        let (req, _) = parse(b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n")
+            .unwrap()
+            .unwrap();
         assert!(!req.keep_alive());
     }
 
     #[test]
     fn garbage_is_malformed() {
-        assert_eq!(parse(b"\x00\x01\x02 nonsense\r\n\r\n"), Err(RequestError::Malformed));
+        assert_eq!(
+            parse(b"\x00\x01\x02 nonsense\r\n\r\n"),
+            Err(RequestError::Malformed)
+        );
     }
 
     proptest! {

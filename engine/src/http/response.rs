@@ -23,7 +23,13 @@ pub fn reason(status: u16) -> &'static str {
 
 /// A whole response: status line, `Content-Type`, `Content-Length`, `Connection`, and
 /// any `extra_headers` (each a full `Name: value` line without CRLF), then the body.
-pub fn write(status: u16, content_type: &str, body: &[u8], keep_alive: bool, extra_headers: &[&str]) -> Bytes {
+pub fn write(
+    status: u16,
+    content_type: &str,
+    body: &[u8],
+    keep_alive: bool,
+    extra_headers: &[&str],
+) -> Bytes {
     let mut out = Vec::with_capacity(160 + body.len());
     let connection = if keep_alive { "keep-alive" } else { "close" };
     out.extend_from_slice(
@@ -46,7 +52,10 @@ pub fn write(status: u16, content_type: &str, body: &[u8], keep_alive: bool, ext
 /// A JSON error body `{"error":code,"message":message}` with `status`.
 pub fn json_error(status: u16, code: &str, message: &str, keep_alive: bool) -> Bytes {
     let mut body = Vec::with_capacity(64 + message.len());
-    crate::protocol::json::Obj::new(&mut body).str("error", code).str("message", message).end();
+    crate::protocol::json::Obj::new(&mut body)
+        .str("error", code)
+        .str("message", message)
+        .end();
     write(status, "application/json", &body, keep_alive, &[])
 }
 

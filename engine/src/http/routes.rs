@@ -23,7 +23,10 @@ pub struct Health {
 /// Answers a non-upgrade request.
 pub fn respond(request: &Request, health: &Health) -> Bytes {
     let keep_alive = request.keep_alive();
-    let known = matches!(request.path.as_str(), "/health" | "/health/live" | "/health/ready");
+    let known = matches!(
+        request.path.as_str(),
+        "/health" | "/health/live" | "/health/ready"
+    );
     if !known {
         return response::json_error(404, "not_found", "no such path", keep_alive);
     }
@@ -53,7 +56,9 @@ pub fn respond(request: &Request, health: &Health) -> Bytes {
             200
         }
         _ => {
-            Obj::new(&mut body).str("status", if health.ready { "ready" } else { "not_ready" }).end();
+            Obj::new(&mut body)
+                .str("status", if health.ready { "ready" } else { "not_ready" })
+                .end();
             if health.ready {
                 200
             } else {
@@ -80,18 +85,34 @@ mod tests {
         String::from_utf8(respond(&req, &health).to_vec()).unwrap()
     }
 
-    const HEALTH: Health = Health { online_users: 2, connections: 3, uptime_seconds: 4, ready: true, now_ms: 5 };
+    const HEALTH: Health = Health {
+        online_users: 2,
+        connections: 3,
+        uptime_seconds: 4,
+        ready: true,
+        now_ms: 5,
+    };
 
     #[test]
     fn health_reports_live_figures() {
         let text = get("/health", HEALTH);
         assert!(text.starts_with("HTTP/1.1 200"));
-        assert!(text.contains(r#""metrics":{"online_users":2,"connections":3,"uptime_seconds":4}"#), "{text}");
+        assert!(
+            text.contains(r#""metrics":{"online_users":2,"connections":3,"uptime_seconds":4}"#),
+            "{text}"
+        );
     }
 
     #[test]
     fn ready_is_503_while_draining_and_unknown_paths_404() {
-        assert!(get("/health/ready", Health { ready: false, ..HEALTH }).starts_with("HTTP/1.1 503"));
+        assert!(get(
+            "/health/ready",
+            Health {
+                ready: false,
+                ..HEALTH
+            }
+        )
+        .starts_with("HTTP/1.1 503"));
         assert!(get("/health/live", HEALTH).starts_with("HTTP/1.1 200"));
         assert!(get("/nope", HEALTH).starts_with("HTTP/1.1 404"));
     }

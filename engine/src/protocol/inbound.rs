@@ -97,7 +97,11 @@ pub struct ProtocolError {
 impl ProtocolError {
     /// An error with `code` and `message` and no reference.
     pub fn new(code: &'static str, message: impl Into<Cow<'static, str>>) -> Self {
-        ProtocolError { code, message: message.into(), reference: None }
+        ProtocolError {
+            code,
+            message: message.into(),
+            reference: None,
+        }
     }
 
     fn bad_request(message: impl Into<Cow<'static, str>>) -> Self {
@@ -113,7 +117,10 @@ pub struct JsonParser {
 
 impl Default for JsonParser {
     fn default() -> Self {
-        JsonParser { buffers: Buffers::new(4096), tape: Some(Tape::null()) }
+        JsonParser {
+            buffers: Buffers::new(4096),
+            tape: Some(Tape::null()),
+        }
     }
 }
 
@@ -122,7 +129,10 @@ impl JsonParser {
     ///
     /// Hot path: reuses the reactor's buffers and tape; allocates only for
     /// `presence_*` id lists and for errors.
-    pub fn parse<'de>(&mut self, payload: &'de mut [u8]) -> Result<ClientMessage<'de>, ProtocolError> {
+    pub fn parse<'de>(
+        &mut self,
+        payload: &'de mut [u8],
+    ) -> Result<ClientMessage<'de>, ProtocolError> {
         let mut tape = self.tape.take().unwrap_or_else(Tape::null).reset::<'de>();
         let result = match simd_json::fill_tape(payload, &mut self.buffers, &mut tape) {
             Ok(()) => decode(tape.as_value()),
@@ -135,10 +145,15 @@ impl JsonParser {
 
 fn decode<'t, 'de: 't>(root: Value<'t, 'de>) -> Result<ClientMessage<'de>, ProtocolError> {
     if !root.is_object() {
-        return Err(ProtocolError::new("bad_json", "a message must be a JSON object"));
+        return Err(ProtocolError::new(
+            "bad_json",
+            "a message must be a JSON object",
+        ));
     }
     let kind = match root.get("type") {
-        Some(v) => v.into_string().ok_or_else(|| ProtocolError::bad_request("field 'type' must be a string"))?,
+        Some(v) => v
+            .into_string()
+            .ok_or_else(|| ProtocolError::bad_request("field 'type' must be a string"))?,
         None => return Err(ProtocolError::bad_request("missing field 'type'")),
     };
     let message = match kind {
@@ -147,28 +162,39 @@ fn decode<'t, 'de: 't>(root: Value<'t, 'de>) -> Result<ClientMessage<'de>, Proto
             device_id: id(&root, "deviceId")?,
             token: opt_str(&root, "token")?,
         },
-        "ping" => ClientMessage::Ping { ts: root.get("ts").and_then(scalar) },
+        "ping" => ClientMessage::Ping {
+            ts: root.get("ts").and_then(scalar),
+        },
         "send_message" => {
             let message_id = id(&root, "messageId")?;
-            let with_ref = |e: ProtocolError| ProtocolError { reference: Some(message_id.to_owned()), ..e };
+            let with_ref = |e: ProtocolError| ProtocolError {
+                reference: Some(message_id.to_owned()),
+                ..e
+            };
             let priority = match opt_str(&root, "priority").map_err(with_ref)? {
                 None => Priority::Normal,
                 Some(name) => Priority::parse(name).ok_or_else(|| {
-                    with_ref(ProtocolError::bad_request("field 'priority' must be high, normal or low"))
+                    with_ref(ProtocolError::bad_request(
+                        "field 'priority' must be high, normal or low",
+                    ))
                 })?,
             };
             ClientMessage::SendMessage {
                 message_id,
                 receiver_id: id(&root, "receiverId").map_err(with_ref)?,
                 content: req_str(&root, "content").map_err(with_ref)?,
-                message_type: opt_str(&root, "messageType").map_err(with_ref)?.unwrap_or("text"),
+                message_type: opt_str(&root, "messageType")
+                    .map_err(with_ref)?
+                    .unwrap_or("text"),
                 priority,
             }
         }
         "typing" => ClientMessage::Typing {
             receiver_id: id(&root, "receiverId")?,
             is_typing: match root.get("isTyping") {
-                Some(v) => v.as_bool().ok_or_else(|| ProtocolError::bad_request("field 'isTyping' must be a boolean"))?,
+                Some(v) => v.as_bool().ok_or_else(|| {
+                    ProtocolError::bad_request("field 'isTyping' must be a boolean")
+                })?,
                 None => return Err(ProtocolError::bad_request("missing field 'isTyping'")),
             },
         },
@@ -179,22 +205,35 @@ fn decode<'t, 'de: 't>(root: Value<'t, 'de>) -> Result<ClientMessage<'de>, Proto
                 Some(_) => Some(id(&root, "senderId")?),
             },
         },
-        "presence_subscribe" => ClientMessage::PresenceSubscribe { user_ids: id_list(&root)? },
-        "presence_unsubscribe" => ClientMessage::PresenceUnsubscribe { user_ids: id_list(&root)? },
+        "presence_subscribe" => ClientMessage::PresenceSubscribe {
+            user_ids: id_list(&root)?,
+        },
+        "presence_unsubscribe" => ClientMessage::PresenceUnsubscribe {
+            user_ids: id_list(&root)?,
+        },
         other => {
             let mut shown = other.to_owned();
             shown.truncate(ID_BYTES_MAX);
-            return Err(ProtocolError::new("unknown_type", format!("unknown message type '{shown}'")));
+            return Err(ProtocolError::new(
+                "unknown_type",
+                format!("unknown message type '{shown}'"),
+            ));
         }
     };
     Ok(message)
 }
 
-fn req_str<'t, 'de: 't>(root: &Value<'t, 'de>, key: &'static str) -> Result<&'de str, ProtocolError> {
+fn req_str<'t, 'de: 't>(
+    root: &Value<'t, 'de>,
+    key: &'static str,
+) -> Result<&'de str, ProtocolError> {
     opt_str(root, key)?.ok_or_else(|| ProtocolError::bad_request(format!("missing field '{key}'")))
 }
 
-fn opt_str<'t, 'de: 't>(root: &Value<'t, 'de>, key: &'static str) -> Result<Option<&'de str>, ProtocolError> {
+fn opt_str<'t, 'de: 't>(
+    root: &Value<'t, 'de>,
+    key: &'static str,
+) -> Result<Option<&'de str>, ProtocolError> {
     match root.get(key) {
         None => Ok(None),
         Some(v) if v.is_null() => Ok(None),
@@ -213,22 +252,30 @@ fn id<'t, 'de: 't>(root: &Value<'t, 'de>, key: &'static str) -> Result<&'de str,
 
 fn check_id<'de>(value: &'de str, key: &'static str) -> Result<&'de str, ProtocolError> {
     if value.is_empty() || value.len() > ID_BYTES_MAX {
-        return Err(ProtocolError::bad_request(format!("field '{key}' must be 1 to {ID_BYTES_MAX} bytes")));
+        return Err(ProtocolError::bad_request(format!(
+            "field '{key}' must be 1 to {ID_BYTES_MAX} bytes"
+        )));
     }
     Ok(value)
 }
 
 fn id_list<'t, 'de: 't>(root: &Value<'t, 'de>) -> Result<Vec<&'de str>, ProtocolError> {
     let array = match root.get("userIds") {
-        Some(v) => v.as_array().ok_or_else(|| ProtocolError::bad_request("field 'userIds' must be an array"))?,
+        Some(v) => v
+            .as_array()
+            .ok_or_else(|| ProtocolError::bad_request("field 'userIds' must be an array"))?,
         None => return Err(ProtocolError::bad_request("missing field 'userIds'")),
     };
     if array.len() > PRESENCE_IDS_MAX {
-        return Err(ProtocolError::bad_request(format!("field 'userIds' may name at most {PRESENCE_IDS_MAX} users")));
+        return Err(ProtocolError::bad_request(format!(
+            "field 'userIds' may name at most {PRESENCE_IDS_MAX} users"
+        )));
     }
     let mut ids = Vec::with_capacity(array.len());
     for item in array.iter() {
-        let user = item.into_string().ok_or_else(|| ProtocolError::bad_request("field 'userIds' must hold strings"))?;
+        let user = item
+            .into_string()
+            .ok_or_else(|| ProtocolError::bad_request("field 'userIds' must hold strings"))?;
         ids.push(check_id(user, "userIds")?);
     }
     Ok(ids)
@@ -260,17 +307,26 @@ mod tests {
     fn parses_auth_with_and_without_token() {
         assert_eq!(
             parse(r#"{"type":"auth","userId":"u1","deviceId":"phone","extra":1}"#),
-            Ok(ClientMessage::Auth { user_id: "u1", device_id: "phone", token: None })
+            Ok(ClientMessage::Auth {
+                user_id: "u1",
+                device_id: "phone",
+                token: None
+            })
         );
         assert_eq!(
             parse(r#"{"type":"auth","userId":"u\"1","deviceId":"d","token":"t"}"#),
-            Ok(ClientMessage::Auth { user_id: "u\"1", device_id: "d", token: Some("t") })
+            Ok(ClientMessage::Auth {
+                user_id: "u\"1",
+                device_id: "d",
+                token: Some("t")
+            })
         );
     }
 
     #[test]
     fn parses_send_message_with_defaults() {
-        let msg = parse(r#"{"type":"send_message","messageId":"m1","receiverId":"u2","content":"hi"}"#);
+        let msg =
+            parse(r#"{"type":"send_message","messageId":"m1","receiverId":"u2","content":"hi"}"#);
         assert_eq!(
             msg,
             Ok(ClientMessage::SendMessage {
@@ -285,15 +341,26 @@ mod tests {
 
     #[test]
     fn errors_name_the_field_and_carry_the_reference() {
-        let err = parse(r#"{"type":"send_message","messageId":"m9","receiverId":"u2"}"#).unwrap_err();
+        let err =
+            parse(r#"{"type":"send_message","messageId":"m9","receiverId":"u2"}"#).unwrap_err();
         assert_eq!(err.code, "bad_request");
         assert!(err.message.contains("content"));
         assert_eq!(err.reference.as_deref(), Some("m9"));
         let err = parse(r#"{"type":"send_message","messageId":"m9","receiverId":"u2","content":"x","priority":"urgent"}"#)
             .unwrap_err();
         assert!(err.message.contains("priority"));
-        assert_eq!(parse(r#"{"type":"typing","receiverId":"u2","isTyping":"yes"}"#).unwrap_err().code, "bad_request");
-        assert_eq!(parse(r#"{"type":"auth","userId":"","deviceId":"d"}"#).unwrap_err().code, "bad_request");
+        assert_eq!(
+            parse(r#"{"type":"typing","receiverId":"u2","isTyping":"yes"}"#)
+                .unwrap_err()
+                .code,
+            "bad_request"
+        );
+        assert_eq!(
+            parse(r#"{"type":"auth","userId":"","deviceId":"d"}"#)
+                .unwrap_err()
+                .code,
+            "bad_request"
+        );
         assert_eq!(parse(r#"{"type":5}"#).unwrap_err().code, "bad_request");
         assert_eq!(parse(r#"{"no":"type"}"#).unwrap_err().code, "bad_request");
     }
@@ -302,31 +369,50 @@ mod tests {
     fn classifies_bad_json_and_unknown_types() {
         assert_eq!(parse("{not json").unwrap_err().code, "bad_json");
         assert_eq!(parse("[1,2]").unwrap_err().code, "bad_json");
-        assert_eq!(parse(r#"{"type":"dance"}"#).unwrap_err().code, "unknown_type");
+        assert_eq!(
+            parse(r#"{"type":"dance"}"#).unwrap_err().code,
+            "unknown_type"
+        );
     }
 
     #[test]
     fn presence_lists_are_bounded() {
-        let ids: Vec<String> = (0..=PRESENCE_IDS_MAX).map(|i| format!("\"u{i}\"")).collect();
-        let text = format!(r#"{{"type":"presence_subscribe","userIds":[{}]}}"#, ids.join(","));
+        let ids: Vec<String> = (0..=PRESENCE_IDS_MAX)
+            .map(|i| format!("\"u{i}\""))
+            .collect();
+        let text = format!(
+            r#"{{"type":"presence_subscribe","userIds":[{}]}}"#,
+            ids.join(",")
+        );
         assert_eq!(parse(&text).unwrap_err().code, "bad_request");
         assert_eq!(
             parse(r#"{"type":"presence_subscribe","userIds":["a","b"]}"#),
-            Ok(ClientMessage::PresenceSubscribe { user_ids: vec!["a", "b"] })
+            Ok(ClientMessage::PresenceSubscribe {
+                user_ids: vec!["a", "b"]
+            })
         );
     }
 
     #[test]
     fn ping_echoes_any_scalar() {
-        assert_eq!(parse(r#"{"type":"ping","ts":123}"#), Ok(ClientMessage::Ping { ts: Some(Scalar::Int(123)) }));
-        assert_eq!(parse(r#"{"type":"ping"}"#), Ok(ClientMessage::Ping { ts: None }));
+        assert_eq!(
+            parse(r#"{"type":"ping","ts":123}"#),
+            Ok(ClientMessage::Ping {
+                ts: Some(Scalar::Int(123))
+            })
+        );
+        assert_eq!(
+            parse(r#"{"type":"ping"}"#),
+            Ok(ClientMessage::Ping { ts: None })
+        );
     }
 
     #[test]
     fn one_parser_serves_many_messages() {
         let mut parser = JsonParser::default();
         for i in 0..100 {
-            let mut text = format!(r#"{{"type":"typing","receiverId":"u{i}","isTyping":true}}"#).into_bytes();
+            let mut text =
+                format!(r#"{{"type":"typing","receiverId":"u{i}","isTyping":true}}"#).into_bytes();
             let expected = format!("u{i}");
             match parser.parse(&mut text) {
                 Ok(ClientMessage::Typing { receiver_id, .. }) => assert_eq!(receiver_id, expected),

@@ -69,7 +69,8 @@ impl<'a> Obj<'a> {
     /// A boolean field.
     pub fn bool(mut self, key: &str, value: bool) -> Self {
         self.key(key);
-        self.out.extend_from_slice(if value { b"true" } else { b"false" });
+        self.out
+            .extend_from_slice(if value { b"true" } else { b"false" });
         self
     }
 
@@ -128,7 +129,12 @@ mod tests {
     #[test]
     fn writes_fields_in_order() {
         let mut out = Vec::new();
-        Obj::new(&mut out).str("type", "pong").u64("ts", 5).bool("ok", true).null("x").end();
+        Obj::new(&mut out)
+            .str("type", "pong")
+            .u64("ts", 5)
+            .bool("ok", true)
+            .null("x")
+            .end();
         assert_eq!(out, br#"{"type":"pong","ts":5,"ok":true,"x":null}"#);
     }
 

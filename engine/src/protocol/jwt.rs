@@ -34,24 +34,37 @@ pub fn verify(token: &str, secret: &[u8], user_id: &str, now_s: u64) -> Result<(
         return Err(JwtError::Malformed);
     }
     let mut parts = token.split('.');
-    let (Some(header), Some(payload), Some(signature), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+    let (Some(header), Some(payload), Some(signature), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
     else {
         return Err(JwtError::Malformed);
     };
-    let mut header_json = URL_SAFE_NO_PAD.decode(header).map_err(|_| JwtError::Malformed)?;
-    let header_value = simd_json::to_borrowed_value(&mut header_json).map_err(|_| JwtError::Malformed)?;
+    let mut header_json = URL_SAFE_NO_PAD
+        .decode(header)
+        .map_err(|_| JwtError::Malformed)?;
+    let header_value =
+        simd_json::to_borrowed_value(&mut header_json).map_err(|_| JwtError::Malformed)?;
     if header_value.get_str("alg") != Some("HS256") {
         return Err(JwtError::Algorithm);
     }
-    let signature = URL_SAFE_NO_PAD.decode(signature).map_err(|_| JwtError::Malformed)?;
+    let signature = URL_SAFE_NO_PAD
+        .decode(signature)
+        .map_err(|_| JwtError::Malformed)?;
     let mut mac = Hmac::<Sha256>::new_from_slice(secret).map_err(|_| JwtError::Signature)?;
     mac.update(&token.as_bytes()[..header.len() + 1 + payload.len()]);
     // verify_slice compares in constant time.
-    mac.verify_slice(&signature).map_err(|_| JwtError::Signature)?;
-    let mut claims_json = URL_SAFE_NO_PAD.decode(payload).map_err(|_| JwtError::Malformed)?;
+    mac.verify_slice(&signature)
+        .map_err(|_| JwtError::Signature)?;
+    let mut claims_json = URL_SAFE_NO_PAD
+        .decode(payload)
+        .map_err(|_| JwtError::Malformed)?;
     let claims = simd_json::to_borrowed_value(&mut claims_json).map_err(|_| JwtError::Malformed)?;
     if let Some(exp) = claims.get("exp") {
-        let exp = exp.as_i64().map(|v| v as f64).or_else(|| exp.as_f64()).ok_or(JwtError::Malformed)?;
+        let exp = exp
+            .as_i64()
+            .map(|v| v as f64)
+            .or_else(|| exp.as_f64())
+            .ok_or(JwtError::Malformed)?;
         if exp <= now_s as f64 {
             return Err(JwtError::Expired);
         }
@@ -91,17 +104,26 @@ mod tests {
         let token = sign(r#"{"sub":"u1","exp":2000}"#, SECRET);
         assert_eq!(verify(&token, SECRET, "u1", 2000), Err(JwtError::Expired));
         assert_eq!(verify(&token, SECRET, "u2", 1000), Err(JwtError::Subject));
-        assert_eq!(verify(&token, b"other", "u1", 1000), Err(JwtError::Signature));
+        assert_eq!(
+            verify(&token, b"other", "u1", 1000),
+            Err(JwtError::Signature)
+        );
         assert_eq!(verify("a.b", SECRET, "u1", 0), Err(JwtError::Malformed));
         assert_eq!(verify("a.b.c.d", SECRET, "u1", 0), Err(JwtError::Malformed));
-        assert_eq!(verify("!!.??.##", SECRET, "u1", 0), Err(JwtError::Malformed));
+        assert_eq!(
+            verify("!!.??.##", SECRET, "u1", 0),
+            Err(JwtError::Malformed)
+        );
     }
 
     #[test]
     fn refuses_other_algorithms() {
         let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"none"}"#);
         let payload = URL_SAFE_NO_PAD.encode(br#"{"sub":"u1"}"#);
-        assert_eq!(verify(&format!("{header}.{payload}."), SECRET, "u1", 0), Err(JwtError::Algorithm));
+        assert_eq!(
+            verify(&format!("{header}.{payload}."), SECRET, "u1", 0),
+            Err(JwtError::Algorithm)
+        );
     }
 
     #[test]
@@ -109,6 +131,14 @@ mod tests {
         let token = sign(r#"{"sub":"u1"}"#, SECRET);
         let parts: Vec<&str> = token.split('.').collect();
         let forged = URL_SAFE_NO_PAD.encode(br#"{"sub":"admin"}"#);
-        assert_eq!(verify(&format!("{}.{forged}.{}", parts[0], parts[2]), SECRET, "admin", 0), Err(JwtError::Signature));
+        assert_eq!(
+            verify(
+                &format!("{}.{forged}.{}", parts[0], parts[2]),
+                SECRET,
+                "admin",
+                0
+            ),
+            Err(JwtError::Signature)
+        );
     }
 }

@@ -17,7 +17,12 @@ pub fn auth_success(out: &mut Vec<u8>, user_id: &str, device_id: &str, now_ms: u
 
 /// `error {code, message, ref?}`.
 pub fn error(out: &mut Vec<u8>, code: &str, message: &str, reference: Option<&str>) {
-    Obj::new(out).str("type", "error").str("code", code).str("message", message).opt_str("ref", reference).end();
+    Obj::new(out)
+        .str("type", "error")
+        .str("code", code)
+        .str("message", message)
+        .opt_str("ref", reference)
+        .end();
 }
 
 /// `pong {ts, timestamp}`; `ts` is echoed as the client sent it.
@@ -118,7 +123,9 @@ pub fn presence_state(out: &mut Vec<u8>, users: &[PresenceEntry]) {
                 if i > 0 {
                     out.push(b',');
                 }
-                let obj = Obj::new(out).str("userId", &user.user_id).str("status", status(user.online));
+                let obj = Obj::new(out)
+                    .str("userId", &user.user_id)
+                    .str("status", status(user.online));
                 match user.last_seen_ms {
                     Some(ms) => obj.u64("lastSeen", ms),
                     None => obj.null("lastSeen"),
@@ -160,14 +167,25 @@ mod tests {
 
     #[test]
     fn messages_have_the_documented_shape() {
-        assert_eq!(text(|o| pong(o, Some(Scalar::Int(123)), 9)), r#"{"type":"pong","ts":123,"timestamp":9}"#);
+        assert_eq!(
+            text(|o| pong(o, Some(Scalar::Int(123)), 9)),
+            r#"{"type":"pong","ts":123,"timestamp":9}"#
+        );
         assert_eq!(
             text(|o| error(o, "bad_json", "x", Some("m1"))),
             r#"{"type":"error","code":"bad_json","message":"x","ref":"m1"}"#
         );
         let entries = [
-            PresenceEntry { user_id: "a".into(), online: true, last_seen_ms: None },
-            PresenceEntry { user_id: "b".into(), online: false, last_seen_ms: Some(7) },
+            PresenceEntry {
+                user_id: "a".into(),
+                online: true,
+                last_seen_ms: None,
+            },
+            PresenceEntry {
+                user_id: "b".into(),
+                online: false,
+                last_seen_ms: Some(7),
+            },
         ];
         assert_eq!(
             text(|o| presence_state(o, &entries)),

@@ -5,7 +5,10 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::{conn::Phase, core::{PendingPresence, Reactor}};
+use super::{
+    conn::Phase,
+    core::{PendingPresence, Reactor},
+};
 use crate::{
     protocol::{
         inbound::{ClientMessage, ProtocolError},
@@ -22,29 +25,68 @@ pub(crate) const SUBSCRIPTIONS_PER_CONN_MAX: usize = 1024;
 
 impl Reactor {
     /// Acts on one parsed client message (or answers its parse error).
-    pub(super) fn on_message(&mut self, slot: usize, generation: u32, message: Result<ClientMessage<'_>, ProtocolError>) {
-        let Some(conn) = self.conn_mut(slot, generation) else { return };
+    pub(super) fn on_message(
+        &mut self,
+        slot: usize,
+        generation: u32,
+        message: Result<ClientMessage<'_>, ProtocolError>,
+    ) {
+        let Some(conn) = self.conn_mut(slot, generation) else {
+            return;
+        };
         let phase = conn.phase;
         let message = match message {
             Ok(message) => message,
-            Err(e) => return self.send_error(slot, generation, e.code, &e.message, e.reference.as_deref()),
+            Err(e) => {
+                return self.send_error(
+                    slot,
+                    generation,
+                    e.code,
+                    &e.message,
+                    e.reference.as_deref(),
+                )
+            }
         };
         if phase == Phase::Open {
             return match message {
-                ClientMessage::Auth { user_id, device_id, token } => self.auth(slot, generation, user_id, device_id, token),
-                _ => self.send_error(slot, generation, "not_authenticated", "send auth first", None),
+                ClientMessage::Auth {
+                    user_id,
+                    device_id,
+                    token,
+                } => self.auth(slot, generation, user_id, device_id, token),
+                _ => self.send_error(
+                    slot,
+                    generation,
+                    "not_authenticated",
+                    "send auth first",
+                    None,
+                ),
             };
         }
-        let Some(user) = conn.user.clone() else { return };
+        let Some(user) = conn.user.clone() else {
+            return;
+        };
         match message {
-            ClientMessage::Auth { .. } => self.send_error(slot, generation, "bad_request", "already authenticated", None),
+            ClientMessage::Auth { .. } => self.send_error(
+                slot,
+                generation,
+                "bad_request",
+                "already authenticated",
+                None,
+            ),
             ClientMessage::Ping { ts } => {
                 self.json.clear();
                 outbound::pong(&mut self.json, ts, now_ms());
                 let frame = frame::encode_text(&self.json);
                 self.send(slot, generation, frame, Priority::High);
             }
-            ClientMessage::SendMessage { message_id, receiver_id, content, message_type, priority } => {
+            ClientMessage::SendMessage {
+                message_id,
+                receiver_id,
+                content,
+                message_type,
+                priority,
+            } => {
                 self.json.clear();
                 let message = NewMessage {
                     message_id,
@@ -58,33 +100,59 @@ impl Reactor {
                 outbound::new_message(&mut self.json, &message);
                 let frame = frame::encode_text(&self.json);
                 let me = self.addr(slot, generation);
-                let ack = Some(AckRequest { sender: me, message_id: message_id.into() });
+                let ack = Some(AckRequest {
+                    sender: me,
+                    message_id: message_id.into(),
+                });
                 let to_self = receiver_id == &*user;
-                self.deliver(receiver_id, frame.clone(), priority, to_self.then_some(me), ack);
+                self.deliver(
+                    receiver_id,
+                    frame.clone(),
+                    priority,
+                    to_self.then_some(me),
+                    ack,
+                );
                 if !to_self {
                     // The sender's other devices see what it sent.
                     self.deliver(&user, frame, priority, Some(me), None);
                 }
             }
-            ClientMessage::Typing { receiver_id, is_typing } => {
+            ClientMessage::Typing {
+                receiver_id,
+                is_typing,
+            } => {
                 self.json.clear();
                 outbound::typing(&mut self.json, &user, is_typing, now_ms());
                 let frame = frame::encode_text(&self.json);
                 self.deliver(receiver_id, frame, Priority::High, None, None);
             }
-            ClientMessage::ReadReceipt { message_id, sender_id } => {
+            ClientMessage::ReadReceipt {
+                message_id,
+                sender_id,
+            } => {
                 let Some(sender_id) = sender_id else {
-                    let text = "senderId is required: finding a message by id alone needs the store";
-                    return self.send_error(slot, generation, "bad_request", text, Some(message_id));
+                    let text =
+                        "senderId is required: finding a message by id alone needs the store";
+                    return self.send_error(
+                        slot,
+                        generation,
+                        "bad_request",
+                        text,
+                        Some(message_id),
+                    );
                 };
                 self.json.clear();
                 outbound::read_receipt(&mut self.json, message_id, &user, now_ms());
                 let frame = frame::encode_text(&self.json);
                 self.deliver(sender_id, frame, Priority::Normal, None, None);
             }
-            ClientMessage::PresenceSubscribe { user_ids } => self.presence_subscribe(slot, generation, user_ids),
+            ClientMessage::PresenceSubscribe { user_ids } => {
+                self.presence_subscribe(slot, generation, user_ids)
+            }
             ClientMessage::PresenceUnsubscribe { user_ids } => {
-                let Some(conn) = self.conn_mut(slot, generation) else { return };
+                let Some(conn) = self.conn_mut(slot, generation) else {
+                    return;
+                };
                 let mut dropped = Vec::new();
                 if let Some(aux) = conn.aux.as_mut() {
                     aux.subscriptions.retain(|u| {
@@ -105,26 +173,52 @@ impl Reactor {
     }
 
     /// Sends `frame` to every online device of `user` (but `except`) through its home.
-    fn deliver(&mut self, user: &str, frame: Bytes, priority: Priority, except: Option<crate::router::ConnAddr>, ack: Option<AckRequest>) {
+    fn deliver(
+        &mut self,
+        user: &str,
+        frame: Bytes,
+        priority: Priority,
+        except: Option<crate::router::ConnAddr>,
+        ack: Option<AckRequest>,
+    ) {
         let home = self.home_of(user);
-        let delivery = Delivery { user: user.into(), frame, priority, except, ack };
+        let delivery = Delivery {
+            user: user.into(),
+            frame,
+            priority,
+            except,
+            ack,
+        };
         self.route(home, Envelope::Deliver(Box::new(delivery)));
     }
 
-    fn auth(&mut self, slot: usize, generation: u32, user_id: &str, device_id: &str, token: Option<&str>) {
+    fn auth(
+        &mut self,
+        slot: usize,
+        generation: u32,
+        user_id: &str,
+        device_id: &str,
+        token: Option<&str>,
+    ) {
         if let Some(secret) = self.shared.config.jwt_secret.clone() {
-            let Some(conn) = self.conn_mut(slot, generation) else { return };
+            let Some(conn) = self.conn_mut(slot, generation) else {
+                return;
+            };
             let url_token = conn.aux.as_ref().and_then(|a| a.url_token.clone());
             let verdict = match token.or(url_token.as_deref()) {
                 None => Err("a token is required".to_owned()),
-                Some(token) => jwt::verify(token, &secret, user_id, now_ms() / 1000).map_err(|e| e.to_string()),
+                Some(token) => {
+                    jwt::verify(token, &secret, user_id, now_ms() / 1000).map_err(|e| e.to_string())
+                }
             };
             if let Err(reason) = verdict {
                 self.send_error(slot, generation, "auth_failed", &reason, None);
                 return self.begin_close(slot, generation, close::POLICY_VIOLATION, "auth failed");
             }
         }
-        let Some(conn) = self.conn_mut(slot, generation) else { return };
+        let Some(conn) = self.conn_mut(slot, generation) else {
+            return;
+        };
         let user: Arc<str> = Arc::from(user_id);
         conn.phase = Phase::Authenticated;
         conn.user = Some(user.clone());
@@ -133,22 +227,32 @@ impl Reactor {
             aux.url_token = None;
         }
         conn.trim_aux();
-        self.json.clear();
-        outbound::auth_success(&mut self.json, user_id, device_id, now_ms());
-        let frame = frame::encode_text(&self.json);
-        self.send(slot, generation, frame, Priority::High);
+        // auth_success follows once the home has the device (Envelope::Registered), so a
+        // client told it is online is already reachable.
         let addr = self.addr(slot, generation);
         let home = self.home_of(user_id);
-        self.route(home, Envelope::Register { user, device: device_id.into(), addr });
+        self.route(
+            home,
+            Envelope::Register {
+                user,
+                device: device_id.into(),
+                addr,
+            },
+        );
     }
 
     fn presence_subscribe(&mut self, slot: usize, generation: u32, mut user_ids: Vec<&str>) {
         user_ids.sort_unstable();
         user_ids.dedup();
-        let Some(conn) = self.conn_mut(slot, generation) else { return };
+        let Some(conn) = self.conn_mut(slot, generation) else {
+            return;
+        };
         let subscriptions = &mut conn.aux_mut().subscriptions;
-        let new: Vec<Box<str>> =
-            user_ids.iter().filter(|u| !subscriptions.iter().any(|s| &**s == **u)).map(|u| (*u).into()).collect();
+        let new: Vec<Box<str>> = user_ids
+            .iter()
+            .filter(|u| !subscriptions.iter().any(|s| &**s == **u))
+            .map(|u| (*u).into())
+            .collect();
         if subscriptions.len() + new.len() > SUBSCRIPTIONS_PER_CONN_MAX {
             conn.trim_aux();
             let text = format!("a connection may watch at most {SUBSCRIPTIONS_PER_CONN_MAX} users");
@@ -165,25 +269,51 @@ impl Reactor {
         if awaiting == 0 {
             return self.finish_presence(watcher, Vec::new());
         }
-        let request =
-            self.presence_requests.insert(PendingPresence { watcher, awaiting, entries: Vec::with_capacity(user_ids.len()) });
+        let request = self.presence_requests.insert(PendingPresence {
+            watcher,
+            awaiting,
+            entries: Vec::with_capacity(user_ids.len()),
+        });
         for (home, users) in by_home.into_iter().enumerate() {
             if !users.is_empty() {
-                self.route(home, Envelope::Subscribe { watcher, request: request as u32, users });
+                self.route(
+                    home,
+                    Envelope::Subscribe {
+                        watcher,
+                        request: request as u32,
+                        users,
+                    },
+                );
             }
         }
     }
 
     /// Writes `presence_state` once every home has answered.
-    pub(super) fn finish_presence(&mut self, watcher: crate::router::ConnAddr, entries: Vec<outbound::PresenceEntry>) {
+    pub(super) fn finish_presence(
+        &mut self,
+        watcher: crate::router::ConnAddr,
+        entries: Vec<outbound::PresenceEntry>,
+    ) {
         self.json.clear();
         outbound::presence_state(&mut self.json, &entries);
         let frame = frame::encode_text(&self.json);
-        self.send(watcher.slot as usize, watcher.generation, frame, Priority::Normal);
+        self.send(
+            watcher.slot as usize,
+            watcher.generation,
+            frame,
+            Priority::Normal,
+        );
     }
 
     /// Sends `error {code, message, ref}`; the connection stays open.
-    pub(super) fn send_error(&mut self, slot: usize, generation: u32, code: &str, message: &str, reference: Option<&str>) {
+    pub(super) fn send_error(
+        &mut self,
+        slot: usize,
+        generation: u32,
+        code: &str,
+        message: &str,
+        reference: Option<&str>,
+    ) {
         self.json.clear();
         outbound::error(&mut self.json, code, message, reference);
         let frame = frame::encode_text(&self.json);

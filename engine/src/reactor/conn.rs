@@ -95,7 +95,11 @@ impl Conn {
 
     /// Frees the aux state once it holds nothing.
     pub fn trim_aux(&mut self) {
-        if self.aux.as_ref().is_some_and(|a| a.url_token.is_none() && a.subscriptions.is_empty()) {
+        if self
+            .aux
+            .as_ref()
+            .is_some_and(|a| a.url_token.is_none() && a.subscriptions.is_empty())
+        {
             self.aux = None;
         }
     }
@@ -151,14 +155,23 @@ impl OutQueue {
     /// Writes as much as the socket takes with `writev`.
     pub fn write_to(&mut self, fd: RawFd) -> io::Result<Flushed> {
         while !self.is_empty() {
-            let mut iov = [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; IOVECS_MAX];
+            let mut iov = [libc::iovec {
+                iov_base: std::ptr::null_mut(),
+                iov_len: 0,
+            }; IOVECS_MAX];
             let mut count = 0;
             let head = self.head.as_ref().map(|(f, off)| &f[*off..]);
-            for chunk in head.into_iter().chain(self.lanes.iter().flatten().map(|f| &f[..])) {
+            for chunk in head
+                .into_iter()
+                .chain(self.lanes.iter().flatten().map(|f| &f[..]))
+            {
                 if count == IOVECS_MAX {
                     break;
                 }
-                iov[count] = libc::iovec { iov_base: chunk.as_ptr() as *mut _, iov_len: chunk.len() };
+                iov[count] = libc::iovec {
+                    iov_base: chunk.as_ptr() as *mut _,
+                    iov_len: chunk.len(),
+                };
                 count += 1;
             }
             // SAFETY: every iovec points into a frame owned by this queue, alive for the call.
@@ -221,7 +234,14 @@ pub fn read(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
 pub fn write_now(fd: RawFd, data: &[u8]) -> io::Result<usize> {
     loop {
         // SAFETY: `data` is valid for reads of its length.
-        let n = unsafe { libc::send(fd, data.as_ptr().cast(), data.len(), libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT) };
+        let n = unsafe {
+            libc::send(
+                fd,
+                data.as_ptr().cast(),
+                data.len(),
+                libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
+            )
+        };
         if n >= 0 {
             return Ok(n as usize);
         }
@@ -271,7 +291,10 @@ mod tests {
     use super::*;
     use std::os::fd::AsRawFd;
 
-    fn pair() -> (std::os::unix::net::UnixStream, std::os::unix::net::UnixStream) {
+    fn pair() -> (
+        std::os::unix::net::UnixStream,
+        std::os::unix::net::UnixStream,
+    ) {
         let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
         a.set_nonblocking(true).unwrap();
         b.set_nonblocking(true).unwrap();

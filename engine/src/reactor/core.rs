@@ -86,11 +86,13 @@ pub(crate) struct Reactor {
     unread: Vec<(usize, u32)>,
     /// When the drain started, once it has.
     drain_started: Option<Instant>,
+    /// The listening socket, shut down when the drain starts.
+    listener_fd: RawFd,
 }
 
 impl Reactor {
     /// Builds the reactor's state and registers its doorbell.
-    pub(crate) fn new(seed: ReactorSeed) -> io::Result<Reactor> {
+    pub(crate) fn new(seed: ReactorSeed, listener_fd: RawFd) -> io::Result<Reactor> {
         let epoll = Epoll::new()?;
         epoll.add(seed.shared.doorbells[seed.id].fd(), DOORBELL_TOKEN)?;
         Ok(Reactor {
@@ -110,6 +112,7 @@ impl Reactor {
             presence_requests: Slab::new(),
             unread: Vec::new(),
             drain_started: None,
+            listener_fd,
             shared: seed.shared,
         })
     }
@@ -141,12 +144,18 @@ impl Reactor {
 
     /// The address of a local connection.
     pub(crate) fn addr(&self, slot: usize, generation: u32) -> ConnAddr {
-        ConnAddr { reactor: self.id as u16, generation, slot: slot as u32 }
+        ConnAddr {
+            reactor: self.id as u16,
+            generation,
+            slot: slot as u32,
+        }
     }
 
     /// The local connection at `addr` if it is still the same connection.
     pub(crate) fn conn_mut(&mut self, slot: usize, generation: u32) -> Option<&mut Conn> {
-        self.conns.get_mut(slot).filter(|c| c.generation == generation)
+        self.conns
+            .get_mut(slot)
+            .filter(|c| c.generation == generation)
     }
 
     /// Takes in a freshly accepted socket.
@@ -163,7 +172,10 @@ impl Reactor {
         let generation = self.next_generation;
         self.next_generation = self.next_generation.wrapping_add(1).max(1);
         let slot = self.conns.insert(Conn::new(fd, generation));
-        if let Err(e) = self.epoll.add(fd, slot as u64 | u64::from(generation) << 32) {
+        if let Err(e) = self
+            .epoll
+            .add(fd, slot as u64 | u64::from(generation) << 32)
+        {
             warn!("dropping accepted socket: epoll add failed: {e}");
             self.conns.remove(slot);
             conn::close(fd);
@@ -179,7 +191,11 @@ impl Reactor {
         let due_tick = self.timers.tick_after(after_ms);
         if let Some(conn) = self.conn_mut(slot, generation) {
             conn.deadline_tick = due_tick as u32;
-            self.timers.insert(timer::Entry { slot, generation, due_tick });
+            self.timers.insert(timer::Entry {
+                slot,
+                generation,
+                due_tick,
+            });
         }
     }
 
@@ -244,7 +260,9 @@ impl Reactor {
         }
         let mut total = 0;
         loop {
-            let Some(conn) = self.conn_mut(slot, generation) else { return };
+            let Some(conn) = self.conn_mut(slot, generation) else {
+                return;
+            };
             let fd = conn.fd;
             let mut buffer = std::mem::take(&mut self.read_buffer);
             let result = conn::read(fd, &mut buffer);
@@ -280,7 +298,9 @@ impl Reactor {
     /// Hot path: no allocation when the socket takes the frame whole; the queue is
     /// allocated only while output waits.
     pub(crate) fn send(&mut self, slot: usize, generation: u32, frame: Bytes, priority: Priority) {
-        let Some(conn) = self.conn_mut(slot, generation) else { return };
+        let Some(conn) = self.conn_mut(slot, generation) else {
+            return;
+        };
         if conn.phase == Phase::Closing {
             return;
         }
@@ -288,13 +308,17 @@ impl Reactor {
     }
 
     fn enqueue(&mut self, slot: usize, generation: u32, frame: Bytes, priority: Priority) {
-        let Some(conn) = self.conn_mut(slot, generation) else { return };
+        let Some(conn) = self.conn_mut(slot, generation) else {
+            return;
+        };
         if conn.outbound.is_none() && conn.writable {
             match conn::write_now(conn.fd, &frame) {
                 Ok(n) if n == frame.len() => return,
                 Ok(n) => {
                     conn.writable = false;
-                    conn.outbound.get_or_insert_with(Box::<OutQueue>::default).push_partial(frame, n);
+                    conn.outbound
+                        .get_or_insert_with(Box::<OutQueue>::default)
+                        .push_partial(frame, n);
                 }
                 Err(e) => {
                     debug!("write failed: {e}");
@@ -303,7 +327,9 @@ impl Reactor {
                 }
             }
         } else {
-            conn.outbound.get_or_insert_with(Box::<OutQueue>::default).push(frame, priority);
+            conn.outbound
+                .get_or_insert_with(Box::<OutQueue>::default)
+                .push(frame, priority);
         }
         if conn.queued_bytes() > OUTBOUND_BYTES_MAX {
             self.drop_slow_consumer(slot, generation);
@@ -311,25 +337,39 @@ impl Reactor {
     }
 
     fn drop_slow_consumer(&mut self, slot: usize, generation: u32) {
-        let Some(conn) = self.conn_mut(slot, generation) else { return };
-        let partly_written = conn.outbound.as_ref().is_some_and(|q| q.has_partial_frame());
+        let Some(conn) = self.conn_mut(slot, generation) else {
+            return;
+        };
+        let partly_written = conn
+            .outbound
+            .as_ref()
+            .is_some_and(|q| q.has_partial_frame());
         if !partly_written {
             // Only where a frame boundary allows it does the client get a readable close.
-            let _ = conn::write_now(conn.fd, &frame::encode_close(close::SLOW_CONSUMER, "slow consumer"));
+            let _ = conn::write_now(
+                conn.fd,
+                &frame::encode_close(close::SLOW_CONSUMER, "slow consumer"),
+            );
         }
         debug!(slot, "closing slow consumer");
         self.close_now(slot, generation);
     }
 
     fn on_writable(&mut self, slot: usize, generation: u32) {
-        let Some(conn) = self.conn_mut(slot, generation) else { return };
+        let Some(conn) = self.conn_mut(slot, generation) else {
+            return;
+        };
         conn.writable = true;
         self.flush(slot, generation);
     }
 
     fn flush(&mut self, slot: usize, generation: u32) {
-        let Some(conn) = self.conn_mut(slot, generation) else { return };
-        let Some(queue) = conn.outbound.as_mut() else { return };
+        let Some(conn) = self.conn_mut(slot, generation) else {
+            return;
+        };
+        let Some(queue) = conn.outbound.as_mut() else {
+            return;
+        };
         match queue.write_to(conn.fd) {
             Ok(Flushed::All) => {
                 conn.outbound = None;
@@ -347,10 +387,14 @@ impl Reactor {
 
     /// Queues a last frame (a close frame, or an HTTP response) and then ends the connection.
     pub(crate) fn send_final(&mut self, slot: usize, generation: u32, frame: Bytes) {
-        let Some(conn) = self.conn_mut(slot, generation) else { return };
+        let Some(conn) = self.conn_mut(slot, generation) else {
+            return;
+        };
         conn.close_when_flushed = true;
         self.enqueue(slot, generation, frame, Priority::Low);
-        let Some(conn) = self.conn_mut(slot, generation) else { return };
+        let Some(conn) = self.conn_mut(slot, generation) else {
+            return;
+        };
         if conn.outbound.is_none() {
             self.after_final_frame(slot, generation);
         }
@@ -359,7 +403,9 @@ impl Reactor {
     /// The final frame is written: HTTP closes now; a WebSocket half-closes and waits
     /// (bounded by [`CLOSE_TIMEOUT_MS`]) for the peer's close frame or EOF.
     fn after_final_frame(&mut self, slot: usize, generation: u32) {
-        let Some(conn) = self.conn_mut(slot, generation) else { return };
+        let Some(conn) = self.conn_mut(slot, generation) else {
+            return;
+        };
         if conn.phase == Phase::Closing {
             conn::shutdown_write(conn.fd);
             conn.close_when_flushed = false;
@@ -370,7 +416,9 @@ impl Reactor {
 
     /// Starts the closing handshake with `code`: no more frames go out after the close.
     pub(crate) fn begin_close(&mut self, slot: usize, generation: u32, code: u16, reason: &str) {
-        let Some(conn) = self.conn_mut(slot, generation) else { return };
+        let Some(conn) = self.conn_mut(slot, generation) else {
+            return;
+        };
         match conn.phase {
             Phase::Closing => return,
             Phase::Http => return self.close_now(slot, generation),
@@ -385,9 +433,15 @@ impl Reactor {
     /// Unregisters the connection's user and presence watches from their homes.
     fn detach(&mut self, slot: usize, generation: u32) {
         let addr = self.addr(slot, generation);
-        let Some(conn) = self.conn_mut(slot, generation) else { return };
+        let Some(conn) = self.conn_mut(slot, generation) else {
+            return;
+        };
         let user = conn.user.take();
-        let subscriptions = conn.aux.take().map(|aux| aux.subscriptions).unwrap_or_default();
+        let subscriptions = conn
+            .aux
+            .take()
+            .map(|aux| aux.subscriptions)
+            .unwrap_or_default();
         if let Some(user) = user {
             let home = self.home_of(&user);
             self.route(home, Envelope::Unregister { user, addr });
@@ -413,13 +467,20 @@ impl Reactor {
         let mut due = std::mem::take(&mut self.due);
         self.timers.advance(&mut due);
         for entry in &due {
-            let Some(conn) = self.conn_mut(entry.slot, entry.generation) else { continue };
+            let Some(conn) = self.conn_mut(entry.slot, entry.generation) else {
+                continue;
+            };
             if u64::from(conn.deadline_tick) != entry.due_tick {
                 continue;
             }
             match conn.phase {
                 Phase::Http | Phase::Closing => self.close_now(entry.slot, entry.generation),
-                Phase::Open => self.begin_close(entry.slot, entry.generation, close::AUTH_TIMEOUT, "auth timeout"),
+                Phase::Open => self.begin_close(
+                    entry.slot,
+                    entry.generation,
+                    close::AUTH_TIMEOUT,
+                    "auth timeout",
+                ),
                 Phase::Authenticated => {}
             }
         }
@@ -430,7 +491,15 @@ impl Reactor {
 
     fn begin_drain(&mut self) {
         self.drain_started = Some(Instant::now());
-        let open: Vec<(usize, u32)> = self.conns.iter().map(|(slot, c)| (slot, c.generation)).collect();
+        // Stop listening now (not when the runtime is gone: an in-flight io_uring accept
+        // keeps the socket alive past process exit). This also ends the pending accept.
+        // SAFETY: shutdown(2) on the listener this reactor owns; no pointers.
+        unsafe { libc::shutdown(self.listener_fd, libc::SHUT_RDWR) };
+        let open: Vec<(usize, u32)> = self
+            .conns
+            .iter()
+            .map(|(slot, c)| (slot, c.generation))
+            .collect();
         for (slot, generation) in open {
             self.begin_close(slot, generation, close::GOING_AWAY, "server shutting down");
         }
@@ -438,14 +507,20 @@ impl Reactor {
 
     /// Whether the drain is over: no connections left, or its time bound passed.
     pub(crate) fn finished(&self) -> bool {
-        let Some(started) = self.drain_started else { return false };
+        let Some(started) = self.drain_started else {
+            return false;
+        };
         self.conns.is_empty()
             || started.elapsed() >= Duration::from_millis(self.shared.config.shutdown_timeout_ms)
     }
 
     /// Drops whatever connections remain (end of a drain).
     pub(crate) fn close_all(&mut self) {
-        let open: Vec<(usize, u32)> = self.conns.iter().map(|(slot, c)| (slot, c.generation)).collect();
+        let open: Vec<(usize, u32)> = self
+            .conns
+            .iter()
+            .map(|(slot, c)| (slot, c.generation))
+            .collect();
         for (slot, generation) in open {
             self.close_now(slot, generation);
         }

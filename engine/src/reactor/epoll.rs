@@ -30,7 +30,10 @@ impl Epoll {
         if fd < 0 {
             return Err(io::Error::last_os_error());
         }
-        Ok(Epoll { fd, events: vec![libc::epoll_event { events: 0, u64: 0 }; EVENTS_PER_WAIT_MAX] })
+        Ok(Epoll {
+            fd,
+            events: vec![libc::epoll_event { events: 0, u64: 0 }; EVENTS_PER_WAIT_MAX],
+        })
     }
 
     /// The epoll fd, to be awaited for readiness.
@@ -56,7 +59,14 @@ impl Epoll {
     /// Hot path: fills the preallocated event array, no allocation.
     pub fn poll_now(&mut self) -> impl Iterator<Item = (u32, u64)> + '_ {
         // SAFETY: the array is valid for EVENTS_PER_WAIT_MAX entries.
-        let n = unsafe { libc::epoll_wait(self.fd, self.events.as_mut_ptr(), EVENTS_PER_WAIT_MAX as i32, 0) };
+        let n = unsafe {
+            libc::epoll_wait(
+                self.fd,
+                self.events.as_mut_ptr(),
+                EVENTS_PER_WAIT_MAX as i32,
+                0,
+            )
+        };
         let n = n.max(0) as usize;
         self.events[..n].iter().map(|e| (e.events, e.u64))
     }

@@ -30,13 +30,7 @@ use monoio::{FusionDriver, FusionRuntime, RuntimeBuilder};
 use rtrb::{Consumer, Producer};
 use tracing::{error, info, warn};
 
-use crate::{
-    config::Config,
-    mailbox::Doorbell,
-    router::Envelope,
-    stats::ReactorStats,
-    timer,
-};
+use crate::{config::Config, mailbox::Doorbell, router::Envelope, stats::ReactorStats, timer};
 
 /// io_uring submission queue entries per reactor.
 const URING_ENTRIES: u32 = 1024;
@@ -79,7 +73,8 @@ impl Shared {
 
     /// Whether every reactor accepts and none is draining.
     pub fn ready(&self) -> bool {
-        self.listening.load(Ordering::Acquire) == self.config.reactors && !self.draining.load(Ordering::Acquire)
+        self.listening.load(Ordering::Acquire) == self.config.reactors
+            && !self.draining.load(Ordering::Acquire)
     }
 
     /// Starts the graceful shutdown on every reactor.
@@ -106,21 +101,29 @@ pub struct ReactorSeed {
 }
 
 /// Starts a reactor thread; `ready` receives its bound address or its start-up error.
-pub fn spawn(seed: ReactorSeed, ready: mpsc::Sender<io::Result<SocketAddr>>) -> io::Result<std::thread::JoinHandle<()>> {
-    std::thread::Builder::new().name(format!("reactor-{}", seed.id)).spawn(move || {
-        let id = seed.id;
-        if let Err(e) = run(seed, &ready) {
-            error!(reactor = id, "reactor failed: {e}");
-            let _ = ready.send(Err(e));
-        }
-    })
+pub fn spawn(
+    seed: ReactorSeed,
+    ready: mpsc::Sender<io::Result<SocketAddr>>,
+) -> io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name(format!("reactor-{}", seed.id))
+        .spawn(move || {
+            let id = seed.id;
+            if let Err(e) = run(seed, &ready) {
+                error!(reactor = id, "reactor failed: {e}");
+                let _ = ready.send(Err(e));
+            }
+        })
 }
 
 fn run(seed: ReactorSeed, ready: &mpsc::Sender<io::Result<SocketAddr>>) -> io::Result<()> {
     pin(seed.id);
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_FILES).map_err(io::Error::from)?;
     pre_grow_fd_table(seed.shared.doorbells[seed.id].fd());
-    let mut runtime = RuntimeBuilder::<FusionDriver>::new().with_entries(URING_ENTRIES).enable_timer().build()?;
+    let mut runtime = RuntimeBuilder::<FusionDriver>::new()
+        .with_entries(URING_ENTRIES)
+        .enable_timer()
+        .build()?;
     let driver = match &runtime {
         FusionRuntime::Uring(_) => "io_uring",
         FusionRuntime::Legacy(_) => "epoll (legacy)",
@@ -130,14 +133,16 @@ fn run(seed: ReactorSeed, ready: &mpsc::Sender<io::Result<SocketAddr>>) -> io::R
     info!(reactor = seed.id, driver, %addr, "reactor started");
     let id = seed.id;
     let shared = seed.shared.clone();
-    let reactor = core::Reactor::new(seed)?;
+    let reactor = core::Reactor::new(seed, std::os::fd::AsRawFd::as_raw_fd(&listener))?;
     let readiness_fd = dup(reactor.epoll_fd())?;
     let reactor = Rc::new(RefCell::new(reactor));
     runtime.block_on(async move {
         let listener = monoio::net::TcpListener::from_std(listener)?;
         // SAFETY: `readiness_fd` is a fresh dup of the epoll fd that only this stream owns;
         // the stream is used for nothing but readiness waits (io_uring PollAdd / epoll).
-        let readiness = monoio::net::TcpStream::from_std(unsafe { std::net::TcpStream::from_raw_fd(readiness_fd) })?;
+        let readiness = monoio::net::TcpStream::from_std(unsafe {
+            std::net::TcpStream::from_raw_fd(readiness_fd)
+        })?;
         shared.listening.fetch_add(1, Ordering::AcqRel);
         let _ = ready.send(Ok(addr));
         monoio::spawn(accept_loop(reactor.clone(), listener));
@@ -163,7 +168,10 @@ fn pin(id: usize) {
 
 /// Grows this thread's fd table to its full size once, so accepts never pay for it.
 fn pre_grow_fd_table(any_fd: RawFd) {
-    let Ok((soft, _)) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE) else { return };
+    let Ok((soft, _)) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+    else {
+        return;
+    };
     let top = soft.saturating_sub(1).min(i32::MAX as u64) as i32;
     // SAFETY: F_DUPFD returns a new fd at or above `top`, which we close at once.
     let fd = unsafe { libc::fcntl(any_fd, libc::F_DUPFD_CLOEXEC, top) };
@@ -185,7 +193,11 @@ fn dup(fd: RawFd) -> io::Result<RawFd> {
 /// This reactor's SO_REUSEPORT listener.
 fn bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     use socket2::{Domain, Protocol, Socket, Type};
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM.cloexec(), Some(Protocol::TCP))?;
+    let socket = Socket::new(
+        Domain::for_address(addr),
+        Type::STREAM.cloexec(),
+        Some(Protocol::TCP),
+    )?;
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(true)?;
     socket.set_nonblocking(true)?;
@@ -250,7 +262,10 @@ struct YieldNow(bool);
 
 impl std::future::Future for YieldNow {
     type Output = ();
-    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
         if self.0 {
             return std::task::Poll::Ready(());
         }

@@ -14,17 +14,42 @@ impl Reactor {
     pub(crate) fn handle_envelope(&mut self, envelope: Envelope) {
         match envelope {
             Envelope::Register { user, device, addr } => {
-                let outcome = self.directory.register(user.clone(), device, addr);
+                let outcome = self.directory.register(user.clone(), device.clone(), addr);
                 if outcome.refused {
-                    self.route(addr.reactor as usize, Envelope::Close { addr, code: close::POLICY_VIOLATION });
+                    self.route(
+                        addr.reactor as usize,
+                        Envelope::Close {
+                            addr,
+                            code: close::POLICY_VIOLATION,
+                        },
+                    );
+                } else {
+                    self.route(addr.reactor as usize, Envelope::Registered { addr, device });
                 }
                 if let Some(old) = outcome.replaced {
-                    self.route(old.reactor as usize, Envelope::Close { addr: old, code: close::REPLACED });
+                    self.route(
+                        old.reactor as usize,
+                        Envelope::Close {
+                            addr: old,
+                            code: close::REPLACED,
+                        },
+                    );
                 }
                 if outcome.came_online {
                     ReactorStats::add(&self.stats().online_users, 1);
                     self.announce_presence(&user, true);
                 }
+            }
+            Envelope::Registered { addr, device } => {
+                let (slot, generation) = (addr.slot as usize, addr.generation);
+                let Some(user) = self.conn_mut(slot, generation).and_then(|c| c.user.clone())
+                else {
+                    return;
+                };
+                self.json.clear();
+                outbound::auth_success(&mut self.json, &user, &device, now_ms());
+                let frame = frame::encode_text(&self.json);
+                self.send(slot, generation, frame, Priority::High);
             }
             Envelope::Unregister { user, addr } => {
                 if self.directory.unregister(&user, addr, now_ms()) {
@@ -44,17 +69,36 @@ impl Reactor {
                 for addr in targets {
                     delivered = true;
                     let frame = delivery.frame.clone();
-                    self.route(addr.reactor as usize, Envelope::ToConn { addr, frame, priority: delivery.priority });
+                    self.route(
+                        addr.reactor as usize,
+                        Envelope::ToConn {
+                            addr,
+                            frame,
+                            priority: delivery.priority,
+                        },
+                    );
                 }
                 if let Some(ack) = delivery.ack {
-                    let envelope = Envelope::Ack { sender: ack.sender, message_id: ack.message_id, delivered };
+                    let envelope = Envelope::Ack {
+                        sender: ack.sender,
+                        message_id: ack.message_id,
+                        delivered,
+                    };
                     self.route(ack.sender.reactor as usize, envelope);
                 }
             }
-            Envelope::ToConn { addr, frame, priority } => {
+            Envelope::ToConn {
+                addr,
+                frame,
+                priority,
+            } => {
                 self.send(addr.slot as usize, addr.generation, frame, priority);
             }
-            Envelope::Ack { sender, message_id, delivered } => {
+            Envelope::Ack {
+                sender,
+                message_id,
+                delivered,
+            } => {
                 let (slot, generation) = (sender.slot as usize, sender.generation);
                 if delivered {
                     self.json.clear();
@@ -62,23 +106,39 @@ impl Reactor {
                     let frame = frame::encode_text(&self.json);
                     self.send(slot, generation, frame, Priority::High);
                 } else {
-                    let text = "the receiver has no device online and offline queues need the store";
+                    let text =
+                        "the receiver has no device online and offline queues need the store";
                     self.send_error(slot, generation, "peer_offline", text, Some(&message_id));
                 }
             }
             Envelope::Close { addr, code } => {
-                let reason = if code == close::REPLACED { "replaced" } else { "too many devices" };
+                let reason = if code == close::REPLACED {
+                    "replaced"
+                } else {
+                    "too many devices"
+                };
                 self.begin_close(addr.slot as usize, addr.generation, code, reason);
             }
-            Envelope::Subscribe { watcher, request, users } => {
+            Envelope::Subscribe {
+                watcher,
+                request,
+                users,
+            } => {
                 let entries = users
                     .into_iter()
                     .map(|user| {
                         let (online, last_seen_ms) = self.directory.subscribe(&user, watcher);
-                        outbound::PresenceEntry { user_id: user.into(), online, last_seen_ms }
+                        outbound::PresenceEntry {
+                            user_id: user.into(),
+                            online,
+                            last_seen_ms,
+                        }
                     })
                     .collect();
-                self.route(watcher.reactor as usize, Envelope::PresenceReply { request, entries });
+                self.route(
+                    watcher.reactor as usize,
+                    Envelope::PresenceReply { request, entries },
+                );
             }
             Envelope::Unsubscribe { watcher, users } => {
                 for user in users {
@@ -87,7 +147,9 @@ impl Reactor {
             }
             Envelope::PresenceReply { request, entries } => {
                 let request = request as usize;
-                let Some(pending) = self.presence_requests.get_mut(request) else { return };
+                let Some(pending) = self.presence_requests.get_mut(request) else {
+                    return;
+                };
                 pending.entries.extend(entries);
                 pending.awaiting -= 1;
                 if pending.awaiting == 0 {
@@ -108,7 +170,14 @@ impl Reactor {
         outbound::presence_update(&mut self.json, user, online, now_ms());
         let frame = frame::encode_text(&self.json);
         for addr in watchers {
-            self.route(addr.reactor as usize, Envelope::ToConn { addr, frame: frame.clone(), priority: Priority::Normal });
+            self.route(
+                addr.reactor as usize,
+                Envelope::ToConn {
+                    addr,
+                    frame: frame.clone(),
+                    priority: Priority::Normal,
+                },
+            );
         }
     }
 }

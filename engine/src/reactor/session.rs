@@ -25,8 +25,16 @@ impl Reactor {
     ///
     /// Hot path: whole frames are handled straight from the reactor's read buffer; only
     /// the tail of a partial frame is copied into the connection.
-    pub(super) fn process_input(&mut self, slot: usize, generation: u32, buffer: &mut [u8], n: usize) {
-        let Some(conn) = self.conn_mut(slot, generation) else { return };
+    pub(super) fn process_input(
+        &mut self,
+        slot: usize,
+        generation: u32,
+        buffer: &mut [u8],
+        n: usize,
+    ) {
+        let Some(conn) = self.conn_mut(slot, generation) else {
+            return;
+        };
         let (mut partial, mut fragments) = match conn.inbound.take() {
             Some(inbound) => (inbound.partial, inbound.fragments),
             None => (Vec::new(), None),
@@ -39,18 +47,28 @@ impl Reactor {
             let used = self.consume(slot, generation, &mut partial, &mut fragments);
             partial.drain(..used);
         }
-        let Some(conn) = self.conn_mut(slot, generation) else { return };
+        let Some(conn) = self.conn_mut(slot, generation) else {
+            return;
+        };
         if !partial.is_empty() || fragments.is_some() {
             conn.inbound = Some(Box::new(Inbound { partial, fragments }));
         }
     }
 
     /// Handles every whole request or frame at the front of `data`; returns bytes used.
-    fn consume(&mut self, slot: usize, generation: u32, data: &mut [u8], fragments: &mut Option<Vec<u8>>) -> usize {
+    fn consume(
+        &mut self,
+        slot: usize,
+        generation: u32,
+        data: &mut [u8],
+        fragments: &mut Option<Vec<u8>>,
+    ) -> usize {
         let max = self.shared.config.max_message_bytes;
         let mut pos = 0;
         loop {
-            let Some(conn) = self.conn_mut(slot, generation) else { return data.len() };
+            let Some(conn) = self.conn_mut(slot, generation) else {
+                return data.len();
+            };
             if conn.phase == Phase::Http {
                 if conn.close_when_flushed {
                     return data.len(); // a final response is on its way; ignore the rest
@@ -66,7 +84,8 @@ impl Reactor {
                         self.on_http_request(slot, generation, req);
                     }
                     Err(e) => {
-                        let answer = response::json_error(e.status(), "bad_request", &e.to_string(), false);
+                        let answer =
+                            response::json_error(e.status(), "bad_request", &e.to_string(), false);
                         self.send_final(slot, generation, answer);
                         return data.len();
                     }
@@ -78,7 +97,14 @@ impl Reactor {
                 Ok(Some((parsed, used))) => {
                     let payload = &mut data[pos + parsed.payload.start..pos + parsed.payload.end];
                     pos += used;
-                    self.on_frame(slot, generation, parsed.fin, parsed.kind, payload, fragments);
+                    self.on_frame(
+                        slot,
+                        generation,
+                        parsed.fin,
+                        parsed.kind,
+                        payload,
+                        fragments,
+                    );
                 }
                 Err(e) => {
                     self.begin_close(slot, generation, e.close_code(), &e.to_string());
@@ -97,7 +123,9 @@ impl Reactor {
         payload: &mut [u8],
         fragments: &mut Option<Vec<u8>>,
     ) {
-        let Some(conn) = self.conn_mut(slot, generation) else { return };
+        let Some(conn) = self.conn_mut(slot, generation) else {
+            return;
+        };
         if conn.phase == Phase::Closing {
             // Only the peer's close matters now: it ends the handshake.
             if kind == Kind::Close {
@@ -106,25 +134,48 @@ impl Reactor {
             return;
         }
         match kind {
-            Kind::Ping => self.send(slot, generation, frame::encode_pong(payload), Priority::High),
+            Kind::Ping => self.send(
+                slot,
+                generation,
+                frame::encode_pong(payload),
+                Priority::High,
+            ),
             Kind::Pong => {}
             Kind::Close => match frame::parse_close_payload(payload) {
                 Ok(code) => self.begin_close(slot, generation, code, ""),
                 Err(code) => self.begin_close(slot, generation, code, "invalid close frame"),
             },
-            Kind::Binary => self.begin_close(slot, generation, close::UNSUPPORTED_DATA, "binary frames are not accepted"),
-            Kind::Text if fragments.is_some() => {
-                self.begin_close(slot, generation, close::PROTOCOL_ERROR, "new message inside a fragmented one")
-            }
+            Kind::Binary => self.begin_close(
+                slot,
+                generation,
+                close::UNSUPPORTED_DATA,
+                "binary frames are not accepted",
+            ),
+            Kind::Text if fragments.is_some() => self.begin_close(
+                slot,
+                generation,
+                close::PROTOCOL_ERROR,
+                "new message inside a fragmented one",
+            ),
             Kind::Text if fin => self.on_text(slot, generation, payload),
             Kind::Text => *fragments = Some(payload.to_vec()),
             Kind::Continuation => {
                 let Some(message) = fragments.as_mut() else {
-                    return self.begin_close(slot, generation, close::PROTOCOL_ERROR, "continuation without a message");
+                    return self.begin_close(
+                        slot,
+                        generation,
+                        close::PROTOCOL_ERROR,
+                        "continuation without a message",
+                    );
                 };
                 if message.len() + payload.len() > self.shared.config.max_message_bytes {
                     *fragments = None;
-                    return self.begin_close(slot, generation, close::MESSAGE_TOO_BIG, "message too big");
+                    return self.begin_close(
+                        slot,
+                        generation,
+                        close::MESSAGE_TOO_BIG,
+                        "message too big",
+                    );
                 }
                 message.extend_from_slice(payload);
                 if fin {
@@ -139,7 +190,12 @@ impl Reactor {
     /// A whole text message: UTF-8 check, JSON parse in place, then the protocol.
     fn on_text(&mut self, slot: usize, generation: u32, payload: &mut [u8]) {
         if std::str::from_utf8(payload).is_err() {
-            return self.begin_close(slot, generation, close::INVALID_PAYLOAD, "text is not valid UTF-8");
+            return self.begin_close(
+                slot,
+                generation,
+                close::INVALID_PAYLOAD,
+                "text is not valid UTF-8",
+            );
         }
         stats::ReactorStats::bump(&self.stats().messages_processed);
         let message = self.parser.parse(payload);
@@ -163,7 +219,9 @@ impl Reactor {
     fn upgrade(&mut self, slot: usize, generation: u32, req: &Request) {
         match handshake::accept(req) {
             Ok(answer) => {
-                let Some(conn) = self.conn_mut(slot, generation) else { return };
+                let Some(conn) = self.conn_mut(slot, generation) else {
+                    return;
+                };
                 conn.phase = Phase::Open;
                 if let Some(token) = req.query_param("token") {
                     conn.aux_mut().url_token = Some(token.into());
@@ -171,10 +229,19 @@ impl Reactor {
                 self.send(slot, generation, answer, Priority::High);
             }
             Err(e) => {
-                let version_header: &[&str] =
-                    if e == HandshakeError::BadVersion { &["Sec-WebSocket-Version: 13"] } else { &[] };
+                let version_header: &[&str] = if e == HandshakeError::BadVersion {
+                    &["Sec-WebSocket-Version: 13"]
+                } else {
+                    &[]
+                };
                 let body = format!(r#"{{"error":"bad_upgrade","message":"{e}"}}"#);
-                let answer = response::write(e.status(), "application/json", body.as_bytes(), false, version_header);
+                let answer = response::write(
+                    e.status(),
+                    "application/json",
+                    body.as_bytes(),
+                    false,
+                    version_header,
+                );
                 self.send_final(slot, generation, answer);
             }
         }

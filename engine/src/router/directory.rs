@@ -77,7 +77,9 @@ impl Directory {
 
     /// Removes the device at `addr`; true when it was the user's last (the user went offline).
     pub fn unregister(&mut self, user: &str, addr: ConnAddr, now_ms: u64) -> bool {
-        let Some(entry) = self.users.get_mut(user) else { return false };
+        let Some(entry) = self.users.get_mut(user) else {
+            return false;
+        };
         let before = entry.devices.len();
         entry.devices.retain(|d| d.addr != addr);
         let went_offline = before > 0 && entry.devices.is_empty();
@@ -123,7 +125,11 @@ impl Directory {
     }
 
     fn forget_if_unused(&mut self, user: &str) {
-        if self.users.get(user).is_some_and(|e| e.devices.is_empty() && e.watchers.is_empty()) {
+        if self
+            .users
+            .get(user)
+            .is_some_and(|e| e.devices.is_empty() && e.watchers.is_empty())
+        {
             self.users.remove(user);
         }
     }
@@ -134,15 +140,25 @@ mod tests {
     use super::*;
 
     fn addr(slot: u32) -> ConnAddr {
-        ConnAddr { reactor: 0, generation: 1, slot }
+        ConnAddr {
+            reactor: 0,
+            generation: 1,
+            slot,
+        }
     }
 
     #[test]
     fn first_device_comes_online_and_last_goes_offline() {
         let mut dir = Directory::default();
         let user: Arc<str> = Arc::from("u1");
-        assert!(dir.register(user.clone(), "phone".into(), addr(1)).came_online);
-        assert!(!dir.register(user.clone(), "laptop".into(), addr(2)).came_online);
+        assert!(
+            dir.register(user.clone(), "phone".into(), addr(1))
+                .came_online
+        );
+        assert!(
+            !dir.register(user.clone(), "laptop".into(), addr(2))
+                .came_online
+        );
         assert_eq!(dir.online_users(), 1);
         assert_eq!(dir.devices("u1").len(), 2);
         assert!(!dir.unregister("u1", addr(1), 5));
@@ -156,7 +172,14 @@ mod tests {
         let mut dir = Directory::default();
         dir.register(Arc::from("u1"), "phone".into(), addr(1));
         let outcome = dir.register(Arc::from("u1"), "phone".into(), addr(2));
-        assert_eq!(outcome, Registered { replaced: Some(addr(1)), came_online: false, refused: false });
+        assert_eq!(
+            outcome,
+            Registered {
+                replaced: Some(addr(1)),
+                came_online: false,
+                refused: false
+            }
+        );
         // The replaced connection's late unregister changes nothing.
         assert!(!dir.unregister("u1", addr(1), 5));
         assert_eq!(dir.devices("u1")[0].addr, addr(2));
@@ -179,8 +202,14 @@ mod tests {
     fn devices_per_user_are_bounded() {
         let mut dir = Directory::default();
         for i in 0..DEVICES_PER_USER_MAX as u32 {
-            assert!(!dir.register(Arc::from("u"), format!("d{i}").into(), addr(i)).refused);
+            assert!(
+                !dir.register(Arc::from("u"), format!("d{i}").into(), addr(i))
+                    .refused
+            );
         }
-        assert!(dir.register(Arc::from("u"), "one-more".into(), addr(99)).refused);
+        assert!(
+            dir.register(Arc::from("u"), "one-more".into(), addr(99))
+                .refused
+        );
     }
 }

@@ -73,6 +73,13 @@ pub enum Envelope {
         /// The connection.
         addr: ConnAddr,
     },
+    /// To a device's reactor: its registration is in the directory; send `auth_success`.
+    Registered {
+        /// The connection.
+        addr: ConnAddr,
+        /// The device id.
+        device: Box<str>,
+    },
     /// To a home: a device's connection closed.
     Unregister {
         /// The user.
@@ -138,7 +145,11 @@ mod tests {
 
     #[test]
     fn envelopes_stay_small_enough_for_dense_rings() {
-        assert!(std::mem::size_of::<Envelope>() <= 64, "{}", std::mem::size_of::<Envelope>());
+        assert!(
+            std::mem::size_of::<Envelope>() <= 64,
+            "{}",
+            std::mem::size_of::<Envelope>()
+        );
     }
 
     #[test]

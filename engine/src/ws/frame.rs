@@ -85,7 +85,9 @@ pub fn parse_client_frame(
     };
     let header_len = cursor.position() as usize;
     if header.rsv1 || header.rsv2 || header.rsv3 {
-        return Err(FrameError::Protocol("reserved bits set without an extension"));
+        return Err(FrameError::Protocol(
+            "reserved bits set without an extension",
+        ));
     }
     let Some(mask) = header.mask else {
         return Err(FrameError::Protocol("client frames must be masked"));
@@ -103,7 +105,9 @@ pub fn parse_client_frame(
     };
     let is_control = matches!(kind, Kind::Close | Kind::Ping | Kind::Pong);
     if is_control && (!header.is_final || length > CONTROL_PAYLOAD_MAX as u64) {
-        return Err(FrameError::Protocol("control frames must be final and at most 125 bytes"));
+        return Err(FrameError::Protocol(
+            "control frames must be final and at most 125 bytes",
+        ));
     }
     if length > payload_max as u64 {
         return Err(FrameError::TooBig(length));
@@ -114,7 +118,14 @@ pub fn parse_client_frame(
         return Ok(None);
     }
     unmask(&mut buf[header_len..total], mask, 0);
-    Ok(Some((ParsedFrame { fin: header.is_final, kind, payload: header_len..total }, total)))
+    Ok(Some((
+        ParsedFrame {
+            fin: header.is_final,
+            kind,
+            payload: header_len..total,
+        },
+        total,
+    )))
 }
 
 /// Validates a close frame's payload: empty, or a valid code followed by UTF-8 reason.
@@ -170,7 +181,12 @@ pub fn encode_pong(payload: &[u8]) -> Bytes {
 }
 
 fn write_header(opcode: OpCode, length: usize, out: &mut Vec<u8>) {
-    let header = FrameHeader { is_final: true, opcode, mask: None, ..FrameHeader::default() };
+    let header = FrameHeader {
+        is_final: true,
+        opcode,
+        mask: None,
+        ..FrameHeader::default()
+    };
     // Writing into a Vec cannot fail.
     let _ = header.format(length as u64, out);
 }
@@ -214,14 +230,21 @@ mod tests {
         let full = client_frame(0x81, &[b'x'; 300], [9, 8, 7, 6]);
         for cut in 0..full.len() {
             let mut part = full[..cut].to_vec();
-            assert_eq!(parse_client_frame(&mut part, 1024), Ok(None), "cut at {cut}");
+            assert_eq!(
+                parse_client_frame(&mut part, 1024),
+                Ok(None),
+                "cut at {cut}"
+            );
         }
     }
 
     #[test]
     fn unmasked_frames_are_protocol_errors() {
         let mut buf = vec![0x81, 0x02, b'h', b'i'];
-        assert!(matches!(parse_client_frame(&mut buf, 1024), Err(FrameError::Protocol(_))));
+        assert!(matches!(
+            parse_client_frame(&mut buf, 1024),
+            Err(FrameError::Protocol(_))
+        ));
     }
 
     #[test]
@@ -229,7 +252,11 @@ mod tests {
         for first in [0xC1, 0xA1, 0x91, 0x83, 0x8B] {
             let mut buf = client_frame(first, b"x", [1, 1, 1, 1]);
             let err = parse_client_frame(&mut buf, 1024).unwrap_err();
-            assert_eq!(err.close_code(), close::PROTOCOL_ERROR, "first byte {first:#x}");
+            assert_eq!(
+                err.close_code(),
+                close::PROTOCOL_ERROR,
+                "first byte {first:#x}"
+            );
         }
     }
 

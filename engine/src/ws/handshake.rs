@@ -36,7 +36,9 @@ impl HandshakeError {
 
 /// Whether the request asks for a WebSocket at all (so errors get upgrade answers).
 pub fn wants_upgrade(request: &Request) -> bool {
-    request.header("upgrade").is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
+    request
+        .header("upgrade")
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
 }
 
 /// Checks `request` and returns the 101 response to send.
@@ -50,7 +52,9 @@ pub fn accept(request: &Request) -> Result<Bytes, HandshakeError> {
     if request.header("sec-websocket-version") != Some("13") {
         return Err(HandshakeError::BadVersion);
     }
-    let key = request.header("sec-websocket-key").ok_or(HandshakeError::BadKey)?;
+    let key = request
+        .header("sec-websocket-key")
+        .ok_or(HandshakeError::BadKey)?;
     // A valid key is 16 random bytes in base64: 24 characters ending in "==".
     if key.len() != 24 || !key.ends_with("==") {
         return Err(HandshakeError::BadKey);
@@ -84,7 +88,8 @@ mod tests {
 
     #[test]
     fn refusals_name_the_problem() {
-        let no_key = request("Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n");
+        let no_key =
+            request("Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n");
         assert_eq!(accept(&no_key), Err(HandshakeError::BadKey));
         let old = request("Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 8\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n");
         assert_eq!(accept(&old), Err(HandshakeError::BadVersion));

@@ -7,7 +7,12 @@
 pub fn unmask(buf: &mut [u8], mask: [u8; 4], offset: usize) {
     // Rotate the mask so that mask[0] lines up with buf[0].
     let rot = offset % 4;
-    let mask = [mask[rot], mask[(rot + 1) % 4], mask[(rot + 2) % 4], mask[(rot + 3) % 4]];
+    let mask = [
+        mask[rot],
+        mask[(rot + 1) % 4],
+        mask[(rot + 2) % 4],
+        mask[(rot + 3) % 4],
+    ];
     let mut word_bytes = [0u8; 8];
     word_bytes[..4].copy_from_slice(&mask);
     word_bytes[4..].copy_from_slice(&mask);

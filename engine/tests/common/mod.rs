@@ -38,7 +38,14 @@ impl Server {
     pub fn start(driver: Driver, args: &[&str]) -> Server {
         let mut command = Command::new(env!("CARGO_BIN_EXE_engine"));
         command
-            .args(["--listen", "127.0.0.1:0", "--reactors", "2", "--log-level", "warn"])
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--reactors",
+                "2",
+                "--log-level",
+                "warn",
+            ])
             .args(args)
             .env_remove("ENGINE_JWT_SECRET")
             .stdout(Stdio::piped())
@@ -49,9 +56,17 @@ impl Server {
         let mut child = command.spawn().expect("engine starts");
         let stdout = child.stdout.take().expect("piped stdout");
         let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).expect("engine prints its address");
-        let addr = line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("unexpected line {line:?}"));
-        Server { addr: addr.parse().expect("an address"), child }
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("engine prints its address");
+        let addr = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected line {line:?}"));
+        Server {
+            addr: addr.parse().expect("an address"),
+            child,
+        }
     }
 
     /// The WebSocket URL, with an optional query string.
@@ -94,9 +109,18 @@ impl Server {
 
     /// GETs `path` with `Connection: close` and returns `(status, body)`.
     pub fn get(&self, path: &str) -> (u16, String) {
-        let response = self.http(&format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"));
-        let status = response.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-        let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+        let response = self.http(&format!(
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        ));
+        let status = response
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let body = response
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default();
         (status, body)
     }
 
@@ -135,7 +159,9 @@ pub struct Client {
 impl Client {
     /// Sends a JSON text message.
     pub fn send(&mut self, value: &Value) {
-        self.ws.send(Message::text(value.to_string())).expect("send");
+        self.ws
+            .send(Message::text(value.to_string()))
+            .expect("send");
     }
 
     /// Sends raw text (which may be bad JSON).
@@ -171,7 +197,10 @@ impl Client {
         self.set_timeout(quiet);
         match self.ws.read() {
             Err(tungstenite::Error::Io(e))
-                if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
             other => panic!("expected silence, got {other:?}"),
         }
         self.set_timeout(WAIT);
