@@ -302,6 +302,16 @@ mod tests {
     }
 
     #[test]
+    fn an_idle_connection_stays_small() {
+        // The slab slot is most of an idle connection's cost (DESIGN.md: 256 B in all).
+        assert!(
+            std::mem::size_of::<Conn>() <= 56,
+            "{}",
+            std::mem::size_of::<Conn>()
+        );
+    }
+
+    #[test]
     fn high_priority_overtakes_but_not_a_started_frame() {
         let (a, b) = pair();
         let mut queue = OutQueue::default();

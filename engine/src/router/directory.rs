@@ -19,14 +19,23 @@ pub struct Device {
     pub addr: ConnAddr,
 }
 
-/// A user homed here: kept while online or watched.
+/// A user homed here: kept while online or watched. Kept small (one hash bucket per
+/// online user counts against the per-connection memory budget): what only watched
+/// users need lives out of line.
 #[derive(Debug, Default)]
 struct UserEntry {
     /// Online devices; one inline, as most users have one device.
     devices: SmallVec<[Device; 1]>,
+    /// Watchers and last-seen time, allocated only once someone watches the user.
+    presence: Option<Box<Presence>>,
+}
+
+/// Presence state of a watched user.
+#[derive(Debug, Default)]
+struct Presence {
     /// Connections watching this user's presence.
     watchers: Vec<ConnAddr>,
-    /// When the last device went offline (ms), while the entry is kept.
+    /// When the last device went offline (ms).
     last_seen_ms: Option<u64>,
 }
 
@@ -68,7 +77,9 @@ impl Directory {
         }
         outcome.came_online = entry.devices.is_empty();
         entry.devices.push(Device { id: device, addr });
-        entry.last_seen_ms = None;
+        if let Some(presence) = entry.presence.as_mut() {
+            presence.last_seen_ms = None;
+        }
         if outcome.came_online {
             self.online_users += 1;
         }
@@ -85,7 +96,9 @@ impl Directory {
         let went_offline = before > 0 && entry.devices.is_empty();
         if went_offline {
             self.online_users -= 1;
-            entry.last_seen_ms = Some(now_ms);
+            if let Some(presence) = entry.presence.as_mut() {
+                presence.last_seen_ms = Some(now_ms);
+            }
         }
         self.forget_if_unused(user);
         went_offline
@@ -98,7 +111,11 @@ impl Directory {
 
     /// The connections watching `user`.
     pub fn watchers(&self, user: &str) -> &[ConnAddr] {
-        self.users.get(user).map(|e| &e.watchers[..]).unwrap_or(&[])
+        self.users
+            .get(user)
+            .and_then(|e| e.presence.as_ref())
+            .map(|p| &p.watchers[..])
+            .unwrap_or(&[])
     }
 
     /// `watcher` starts watching `user`; returns `(online, last_seen_ms)`.
@@ -107,18 +124,21 @@ impl Directory {
             Some(entry) => entry,
             None => self.users.entry(Arc::from(user)).or_default(),
         };
-        if !entry.watchers.contains(&watcher) {
-            entry.watchers.push(watcher);
+        let presence = entry.presence.get_or_insert_with(Box::default);
+        if !presence.watchers.contains(&watcher) {
+            presence.watchers.push(watcher);
         }
-        (!entry.devices.is_empty(), entry.last_seen_ms)
+        (!entry.devices.is_empty(), presence.last_seen_ms)
     }
 
     /// `watcher` stops watching `user`.
     pub fn unsubscribe(&mut self, user: &str, watcher: ConnAddr) {
         if let Some(entry) = self.users.get_mut(user) {
-            entry.watchers.retain(|w| *w != watcher);
-            if entry.watchers.is_empty() {
-                entry.watchers = Vec::new();
+            if let Some(presence) = entry.presence.as_mut() {
+                presence.watchers.retain(|w| *w != watcher);
+                if presence.watchers.is_empty() {
+                    entry.presence = None;
+                }
             }
         }
         self.forget_if_unused(user);
@@ -128,7 +148,7 @@ impl Directory {
         if self
             .users
             .get(user)
-            .is_some_and(|e| e.devices.is_empty() && e.watchers.is_empty())
+            .is_some_and(|e| e.devices.is_empty() && e.presence.is_none())
         {
             self.users.remove(user);
         }
@@ -196,6 +216,16 @@ mod tests {
         assert_eq!(dir.subscribe("u1", addr(9)), (false, Some(42)));
         dir.unsubscribe("u1", addr(9));
         assert!(dir.users.is_empty());
+    }
+
+    #[test]
+    fn an_online_users_entry_stays_small() {
+        // Key (16) + entry: the per-connection budget counts one bucket per online user.
+        assert!(
+            std::mem::size_of::<UserEntry>() <= 48,
+            "{}",
+            std::mem::size_of::<UserEntry>()
+        );
     }
 
     #[test]
