@@ -138,3 +138,23 @@ fn a_message_to_oneself_reaches_ones_other_devices() {
     assert_eq!(laptop.recv_type("new_message")["content"], "memo");
     phone.expect_silence(Duration::from_millis(200));
 }
+
+#[test]
+fn routing_works_with_more_reactors_than_cores() {
+    let server = Server::start(common::Driver::IoUring, &["--reactors", "5"]);
+    let users: Vec<String> = (0..10).map(|i| format!("user{i}")).collect();
+    let mut clients: Vec<_> = users.iter().map(|u| server.login(u, "phone")).collect();
+    for (i, user) in users.iter().enumerate() {
+        let to = &users[(i + 1) % users.len()];
+        clients[i].send(&json!({"type":"send_message","messageId":format!("from-{user}"),"receiverId":to,"content":"x"}));
+    }
+    for (i, client) in clients.iter_mut().enumerate() {
+        let from = &users[(i + users.len() - 1) % users.len()];
+        let mut got = [client.recv(), client.recv()];
+        got.sort_by_key(|m| m["type"].as_str().map(str::to_owned));
+        assert_eq!(got[0]["type"], "message_ack");
+        assert_eq!(got[0]["status"], "sent");
+        assert_eq!(got[1]["type"], "new_message");
+        assert_eq!(got[1]["senderId"], from.as_str());
+    }
+}

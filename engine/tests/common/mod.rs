@@ -34,18 +34,16 @@ pub struct Server {
 }
 
 impl Server {
-    /// Starts the engine with 2 reactors on 127.0.0.1:0 plus `args`.
+    /// Starts the engine on 127.0.0.1:0 with `args` (2 reactors unless `args` say otherwise).
     pub fn start(driver: Driver, args: &[&str]) -> Server {
         let mut command = Command::new(env!("CARGO_BIN_EXE_engine"));
         command
-            .args([
-                "--listen",
-                "127.0.0.1:0",
-                "--reactors",
-                "2",
-                "--log-level",
-                "warn",
-            ])
+            .args(["--listen", "127.0.0.1:0", "--log-level", "warn"])
+            .args(if args.contains(&"--reactors") {
+                &[][..]
+            } else {
+                &["--reactors", "2"][..]
+            })
             .args(args)
             .env_remove("ENGINE_JWT_SECRET")
             .stdout(Stdio::piped())

@@ -1,0 +1,36 @@
+//! A client that does not read is cut off (4002 where the close can still be written,
+//! else dropped) without slowing anyone else down.
+
+mod common;
+
+use common::{on_both_drivers, Server};
+use serde_json::json;
+
+#[test]
+fn a_receiver_that_never_reads_is_dropped_and_others_carry_on() {
+    on_both_drivers(|driver| {
+        let server = Server::start(driver, &[]);
+        let mut sender = server.login("sender", "phone");
+        let _stalled = server.login("stalled", "phone"); // never reads
+        let mut healthy = server.login("healthy", "phone");
+        let content = "x".repeat(60_000);
+        let mut dropped_after = None;
+        // Bounded: 1,000 × 60 KB is far past the 4 MiB queue plus any kernel buffering.
+        for i in 0..1000 {
+            sender.send(&json!({"type":"send_message","messageId":format!("m{i}"),"receiverId":"stalled","content":content}));
+            let reply = sender.recv();
+            if reply["code"] == "peer_offline" {
+                dropped_after = Some(i);
+                break;
+            }
+            assert_eq!(reply["status"], "sent", "{reply}");
+        }
+        assert!(
+            dropped_after.is_some(),
+            "the stalled receiver was never dropped"
+        );
+        // Everyone else is served as before.
+        sender.send(&json!({"type":"send_message","messageId":"after","receiverId":"healthy","content":"still here"}));
+        assert_eq!(healthy.recv_type("new_message")["content"], "still here");
+    });
+}
