@@ -495,14 +495,17 @@ impl Reactor {
         // keeps the socket alive past process exit). This also ends the pending accept.
         // SAFETY: shutdown(2) on the listener this reactor owns; no pointers.
         unsafe { libc::shutdown(self.listener_fd, libc::SHUT_RDWR) };
-        let open: Vec<(usize, u32)> = self
-            .conns
-            .iter()
-            .map(|(slot, c)| (slot, c.generation))
-            .collect();
-        for (slot, generation) in open {
+        for (slot, generation) in self.open_connections() {
             self.begin_close(slot, generation, close::GOING_AWAY, "server shutting down");
         }
+    }
+
+    /// Every open connection's `(slot, generation)`, for sweeps that close connections.
+    fn open_connections(&self) -> Vec<(usize, u32)> {
+        self.conns
+            .iter()
+            .map(|(slot, c)| (slot, c.generation))
+            .collect()
     }
 
     /// Whether the drain is over: no connections left, or its time bound passed.
@@ -516,12 +519,7 @@ impl Reactor {
 
     /// Drops whatever connections remain (end of a drain).
     pub(crate) fn close_all(&mut self) {
-        let open: Vec<(usize, u32)> = self
-            .conns
-            .iter()
-            .map(|(slot, c)| (slot, c.generation))
-            .collect();
-        for (slot, generation) in open {
+        for (slot, generation) in self.open_connections() {
             self.close_now(slot, generation);
         }
         self.outbox.retry_backlog();
