@@ -408,6 +408,19 @@ mod tests {
     }
 
     #[test]
+    fn deep_nesting_is_an_error_not_a_stack_overflow() {
+        let deep = format!(
+            r#"{{"type":"ping","ts":{}{}}}"#,
+            "[".repeat(60_000),
+            "]".repeat(60_000)
+        );
+        // Parsed without recursion; a non-scalar ts is simply not echoed.
+        assert_eq!(parse(&deep), Ok(ClientMessage::Ping { ts: None }));
+        let unclosed = "[".repeat(65_000);
+        assert_eq!(parse(&unclosed).unwrap_err().code, "bad_json");
+    }
+
+    #[test]
     fn one_parser_serves_many_messages() {
         let mut parser = JsonParser::default();
         for i in 0..100 {

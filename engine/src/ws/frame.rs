@@ -148,6 +148,16 @@ pub fn parse_close_payload(payload: &[u8]) -> Result<u16, u16> {
     }
 }
 
+/// Checks that a whole text message is UTF-8 (RFC 6455 §8.1); `Err` carries close code 1007.
+///
+/// Called once per reassembled message, so a message split inside a multi-byte character
+/// across fragments is still valid.
+pub fn check_text(payload: &[u8]) -> Result<(), u16> {
+    std::str::from_utf8(payload)
+        .map(|_| ())
+        .map_err(|_| close::INVALID_PAYLOAD)
+}
+
 /// Writes a server frame (FIN set, unmasked) with `payload` into one shareable buffer.
 ///
 /// One allocation per frame; the frame is then shared by refcount with every recipient.
@@ -284,6 +294,25 @@ mod tests {
         assert_eq!(parse_close_payload(&[0x03, 0xE8, b'o', b'k']), Ok(1000));
         assert_eq!(parse_close_payload(&[0x03, 0xED]), Err(1002)); // 1005 is reserved
         assert_eq!(parse_close_payload(&[0x03, 0xE8, 0xFF]), Err(1007));
+    }
+
+    #[test]
+    fn text_must_be_utf8() {
+        assert_eq!(check_text("héllo ✓ 😀".as_bytes()), Ok(()));
+        for bad in [
+            &b"\xff"[..],
+            b"\xc3",
+            b"\xc0\xaf",
+            b"\xed\xa0\x80",
+            b"\xf4\x90\x80\x80",
+        ] {
+            // truncated, overlong, surrogate, above U+10FFFF
+            assert_eq!(check_text(bad), Err(close::INVALID_PAYLOAD), "{bad:?}");
+        }
+        // A character split across two fragments is fine once reassembled.
+        let whole = "é".as_bytes();
+        assert!(check_text(&whole[..1]).is_err());
+        assert_eq!(check_text(&[&whole[..1], &whole[1..]].concat()), Ok(()));
     }
 
     #[test]
