@@ -189,13 +189,8 @@ impl Reactor {
 
     /// A whole text message: UTF-8 check, JSON parse in place, then the protocol.
     fn on_text(&mut self, slot: usize, generation: u32, payload: &mut [u8]) {
-        if std::str::from_utf8(payload).is_err() {
-            return self.begin_close(
-                slot,
-                generation,
-                close::INVALID_PAYLOAD,
-                "text is not valid UTF-8",
-            );
+        if let Err(code) = frame::check_text(payload) {
+            return self.begin_close(slot, generation, code, "text is not valid UTF-8");
         }
         stats::ReactorStats::bump(&self.stats().messages_processed);
         let message = self.parser.parse(payload);
