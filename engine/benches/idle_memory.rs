@@ -96,6 +96,9 @@ fn main() {
         auth_timeout_ms: AUTH_TIMEOUT_MS,
         ..Config::default()
     };
+    // As the engine binary does (see its main.rs): no transparent huge pages.
+    // SAFETY: prctl(PR_SET_THP_DISABLE, 1) takes no pointers and only sets a process flag.
+    unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
     let engine = Engine::start(config).expect("engine starts");
     let addr = engine.local_addr();
     let settle = || std::thread::sleep(Duration::from_millis(AUTH_TIMEOUT_MS + 700));
