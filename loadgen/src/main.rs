@@ -1,5 +1,152 @@
-//! The load generator (issue 3): holds many sockets, drives open-loop load, reports latency.
-fn main() {
-    eprintln!("loadgen: not built yet; the load generator is issue 3");
-    std::process::exit(2);
+//! The load generator: opens and authenticates N WebSocket connections against the engine,
+//! holds them with a ping sweep, and reports what it held (stdout table and report.json).
+
+mod config;
+mod report;
+mod sources;
+mod worker;
+
+use std::{
+    process::ExitCode,
+    sync::{atomic::Ordering, Arc},
+    time::Duration,
+};
+
+use clap::Parser;
+use config::Args;
+use worker::{Plan, Progress};
+
+/// fds a worker keeps for itself beyond its connections (epoll, eventfds, io_uring).
+const FDS_RESERVED_PER_WORKER: u64 = 64;
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    if let Err(e) = args.validate() {
+        eprintln!("loadgen: {e}");
+        return ExitCode::from(2);
+    }
+    match run(&args) {
+        Ok(summary) => {
+            print!("{}", summary.to_table());
+            if let Err(e) = summary.write(&args.out) {
+                eprintln!(
+                    "loadgen: cannot write the report to {}: {e}",
+                    args.out.display()
+                );
+                return ExitCode::FAILURE;
+            }
+            let min_held = args.min_held.unwrap_or(args.connections) as u64;
+            if summary.held < min_held {
+                eprintln!(
+                    "loadgen: held {} connections, fewer than --min-held {min_held}",
+                    summary.held
+                );
+                return ExitCode::FAILURE;
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("loadgen: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: &Args) -> Result<report::Summary, String> {
+    std::net::TcpStream::connect_timeout(&args.target, Duration::from_secs(3))
+        .map_err(|e| format!("cannot reach --target {}: {e}", args.target))?;
+    let workers = args.worker_count();
+    let fds_per_worker = raise_fd_limit().saturating_sub(FDS_RESERVED_PER_WORKER);
+    let per_worker = args.connections.div_ceil(workers) as u64;
+    if per_worker > fds_per_worker {
+        let needed = (args.connections as u64).div_ceil(fds_per_worker.max(1));
+        return Err(format!(
+            "{per_worker} connections per worker exceed the {fds_per_worker} fds each worker's table allows; \
+             use --workers {needed} or more (each worker has its own fd table), or raise RLIMIT_NOFILE"
+        ));
+    }
+    let ports = sources::ephemeral_ports();
+    let sources = sources::plan(args.target, args.connections, &args.source_addrs, ports);
+    if !sources.is_empty() && sources::capacity(sources.len(), ports) < args.connections {
+        return Err(format!(
+            "{} source addresses × {ports} ephemeral ports cannot carry {} connections; \
+             give more --source-addrs or widen net.ipv4.ip_local_port_range",
+            sources.len(),
+            args.connections
+        ));
+    }
+    let plan = Arc::new(Plan {
+        target: args.target,
+        sources: sources.clone(),
+        workers,
+        connections: args.connections,
+        ramp_per_sec: args.ramp_per_sec,
+        hold: Duration::from_secs(args.hold_secs),
+        connect_timeout: Duration::from_secs(args.connect_timeout_secs),
+    });
+    let rss_before = args.server_pid.and_then(server_rss_bytes);
+    let progress = Arc::new(Progress::default());
+    let threads: Vec<_> = (0..workers)
+        .map(|id| {
+            let (plan, progress) = (plan.clone(), progress.clone());
+            std::thread::Builder::new()
+                .name(format!("loadgen-{id}"))
+                .spawn(move || worker::run(id, plan, progress))
+                .map_err(|e| format!("cannot start a worker: {e}"))
+        })
+        .collect::<Result<_, _>>()?;
+    while !threads.iter().all(|t| t.is_finished()) {
+        std::thread::sleep(Duration::from_millis(500));
+        eprint!(
+            "\rramp/hold: attempted {} authenticated {} failed {}   ",
+            progress.attempted.load(Ordering::Relaxed),
+            progress.authenticated.load(Ordering::Relaxed),
+            progress.failed.load(Ordering::Relaxed)
+        );
+    }
+    eprintln!();
+    let mut reports = Vec::with_capacity(workers);
+    for thread in threads {
+        let report = thread.join().map_err(|_| "a worker panicked".to_owned())?;
+        reports.push(report.map_err(|e| format!("a worker failed to start: {e}"))?);
+    }
+    let mut summary = report::Summary::from_workers(
+        args.target.to_string(),
+        sources.len(),
+        args.hold_secs,
+        &reports,
+    );
+    summary.server_rss_bytes = rss_before.zip(args.server_pid.and_then(server_rss_bytes));
+    Ok(summary)
+}
+
+/// Raises the soft fd limit to the hard one; returns the limit each worker's table gets.
+fn raise_fd_limit() -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a live struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return 1024;
+        }
+        limit.rlim_cur = limit.rlim_max;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+    }
+    limit.rlim_cur
+}
+
+/// The server's resident set size from /proc.
+fn server_rss_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
 }

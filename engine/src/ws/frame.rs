@@ -6,8 +6,9 @@
 use std::io::Cursor;
 
 use bytes::Bytes;
+pub use tungstenite::protocol::frame::coding::OpCode;
 use tungstenite::protocol::frame::{
-    coding::{Control, Data, OpCode},
+    coding::{Control, Data},
     FrameHeader,
 };
 
@@ -17,6 +18,8 @@ use super::{close, mask::unmask};
 pub const CLIENT_HEADER_MAX: usize = 14;
 /// The largest header a server frame can have: 2 + 8 (length), never masked.
 pub const SERVER_HEADER_MAX: usize = 10;
+/// The text opcode, for callers that encode text frames themselves.
+pub const TEXT: OpCode = OpCode::Data(Data::Text);
 /// Control frames carry at most 125 payload bytes (RFC 6455 §5.5).
 pub const CONTROL_PAYLOAD_MAX: usize = 125;
 
@@ -190,6 +193,73 @@ pub fn encode_pong(payload: &[u8]) -> Bytes {
     encode(OpCode::Control(Control::Pong), payload)
 }
 
+/// Writes a client frame (FIN set, masked with `mask`) onto `out`: for load generators
+/// and tests that play the client side.
+pub fn encode_client(opcode: OpCode, payload: &[u8], mask: [u8; 4], out: &mut Vec<u8>) {
+    let header = FrameHeader {
+        is_final: true,
+        opcode,
+        mask: Some(mask),
+        ..FrameHeader::default()
+    };
+    // Writing into a Vec cannot fail.
+    let _ = header.format(payload.len() as u64, out);
+    let start = out.len();
+    out.extend_from_slice(payload);
+    unmask(&mut out[start..], mask, 0);
+}
+
+/// One server frame as a client sees it: FIN bit, opcode, payload range.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerFrame {
+    /// The FIN bit.
+    pub fin: bool,
+    /// The opcode.
+    pub kind: Kind,
+    /// Where the payload sits in the parsed buffer.
+    pub payload: std::ops::Range<usize>,
+}
+
+/// Parses one (unmasked) server frame from the front of `buf`; `Ok(None)` needs more bytes.
+pub fn parse_server_frame(buf: &[u8]) -> Result<Option<(ServerFrame, usize)>, FrameError> {
+    let mut cursor = Cursor::new(buf);
+    let (header, length) = match FrameHeader::parse(&mut cursor) {
+        Ok(Some(parsed)) => parsed,
+        Ok(None) => return Ok(None),
+        Err(_) => return Err(FrameError::Protocol("reserved opcode")),
+    };
+    if header.mask.is_some() {
+        return Err(FrameError::Protocol("server frames must not be masked"));
+    }
+    let kind = match header.opcode {
+        OpCode::Data(Data::Continue) => Kind::Continuation,
+        OpCode::Data(Data::Text) => Kind::Text,
+        OpCode::Data(Data::Binary) => Kind::Binary,
+        OpCode::Control(Control::Close) => Kind::Close,
+        OpCode::Control(Control::Ping) => Kind::Ping,
+        OpCode::Control(Control::Pong) => Kind::Pong,
+        _ => return Err(FrameError::Protocol("reserved opcode")),
+    };
+    let start = cursor.position() as usize;
+    let Some(end) = usize::try_from(length)
+        .ok()
+        .and_then(|l| start.checked_add(l))
+    else {
+        return Err(FrameError::TooBig(length));
+    };
+    if buf.len() < end {
+        return Ok(None);
+    }
+    Ok(Some((
+        ServerFrame {
+            fin: header.is_final,
+            kind,
+            payload: start..end,
+        },
+        end,
+    )))
+}
+
 fn write_header(opcode: OpCode, length: usize, out: &mut Vec<u8>) {
     let header = FrameHeader {
         is_final: true,
@@ -320,6 +390,21 @@ mod tests {
         let frame = encode_close(4003, &"é".repeat(100));
         assert!(frame.len() <= 2 + CONTROL_PAYLOAD_MAX);
         assert!(std::str::from_utf8(&frame[4..]).is_ok());
+    }
+
+    #[test]
+    fn client_encoding_parses_back_on_the_server_side_and_vice_versa() {
+        let mut out = Vec::new();
+        encode_client(OpCode::Data(Data::Text), b"hello", [7, 7, 7, 7], &mut out);
+        let (frame, used) = parse_client_frame(&mut out, 1024).unwrap().unwrap();
+        assert_eq!((&out[frame.payload], used), (&b"hello"[..], out.len()));
+        let server = encode_text(b"world");
+        let (frame, used) = parse_server_frame(&server).unwrap().unwrap();
+        assert_eq!(
+            (frame.kind, &server[frame.payload], used),
+            (Kind::Text, &b"world"[..], server.len())
+        );
+        assert_eq!(parse_server_frame(&server[..3]), Ok(None));
     }
 
     proptest! {

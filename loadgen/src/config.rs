@@ -1,0 +1,89 @@
+//! The loadgen's command line, validated once before any socket opens.
+
+use std::{net::SocketAddr, path::PathBuf};
+
+use clap::Parser;
+
+/// The most connections one run may attempt.
+pub const CONNECTIONS_MAX: usize = 10_000_000;
+
+/// Command line.
+#[derive(Debug, Parser)]
+#[command(
+    name = "loadgen",
+    version,
+    about = "Holds many WebSocket connections to the engine and reports what it held"
+)]
+pub struct Args {
+    /// Address of the server to load
+    #[arg(long, default_value = "127.0.0.1:8080", value_name = "ADDR")]
+    pub target: SocketAddr,
+    /// Connections to open and hold
+    #[arg(long, default_value_t = 1000, value_name = "N")]
+    pub connections: usize,
+    /// Connections opened (and authenticated) per second during the ramp
+    #[arg(long, default_value_t = 5000, value_name = "R")]
+    pub ramp_per_sec: u64,
+    /// Seconds to hold every connection after the ramp; a ping sweep checks each answers
+    #[arg(long, default_value_t = 5, value_name = "H")]
+    pub hold_secs: u64,
+    /// Worker threads, each pinned with its own fd table [default: one per core]
+    #[arg(long, value_name = "W")]
+    pub workers: Option<usize>,
+    /// Source addresses to rotate over (comma-separated); default 127.0.0.2… for a loopback target
+    #[arg(long, value_delimiter = ',', value_name = "IP,IP,...")]
+    pub source_addrs: Vec<std::net::IpAddr>,
+    /// Exit non-zero when fewer connections than this were held [default: N]
+    #[arg(long, value_name = "N")]
+    pub min_held: Option<usize>,
+    /// Seconds a connection may take to connect, upgrade and authenticate
+    #[arg(long, default_value_t = 10, value_name = "S")]
+    pub connect_timeout_secs: u64,
+    /// The server's pid, to report its RSS and RSS per held connection
+    #[arg(long, value_name = "PID")]
+    pub server_pid: Option<u32>,
+    /// Directory for the JSON report
+    #[arg(long, default_value = "loadgen-report", value_name = "DIR")]
+    pub out: PathBuf,
+}
+
+/// Why the command line cannot run.
+#[derive(Debug, thiserror::Error)]
+#[error("--{flag}: {problem}")]
+pub struct ConfigError {
+    /// The flag at fault.
+    pub flag: &'static str,
+    /// What is wrong.
+    pub problem: String,
+}
+
+impl Args {
+    /// Checks ranges that clap's types do not.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let fail = |flag, problem: String| Err(ConfigError { flag, problem });
+        if self.connections == 0 || self.connections > CONNECTIONS_MAX {
+            return fail("connections", format!("must be 1 to {CONNECTIONS_MAX}"));
+        }
+        if self.ramp_per_sec == 0 {
+            return fail("ramp-per-sec", "must be at least 1".into());
+        }
+        if self.workers == Some(0) {
+            return fail("workers", "must be at least 1".into());
+        }
+        if self.connect_timeout_secs == 0 {
+            return fail("connect-timeout-secs", "must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    /// Worker count: the flag, or one per core.
+    pub fn worker_count(&self) -> usize {
+        self.workers
+            .unwrap_or_else(|| {
+                std::thread::available_parallelism()
+                    .map(|n| n.get())
+                    .unwrap_or(1)
+            })
+            .min(self.connections)
+    }
+}

@@ -1,0 +1,168 @@
+//! The run's report: a readable table on stdout and `report.json` in the output directory.
+
+use std::{collections::BTreeMap, io, path::Path};
+
+use serde_json::json;
+
+use crate::worker::WorkerReport;
+
+/// Everything the report says, summed over workers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Summary {
+    /// The server address.
+    pub target: String,
+    /// Workers used.
+    pub workers: usize,
+    /// Source addresses used.
+    pub source_addrs: usize,
+    /// Connections attempted.
+    pub attempted: u64,
+    /// Connections held to the end (answered the ping sweep, still open).
+    pub held: u64,
+    /// Failures by reason.
+    pub failed: BTreeMap<String, u64>,
+    /// Seconds the ramp took (slowest worker).
+    pub ramp_secs: f64,
+    /// Seconds held.
+    pub hold_secs: u64,
+    /// Server RSS before the ramp and after the hold, when `--server-pid` was given.
+    pub server_rss_bytes: Option<(u64, u64)>,
+}
+
+impl Summary {
+    /// Sums the workers' reports.
+    pub fn from_workers(
+        target: String,
+        source_addrs: usize,
+        hold_secs: u64,
+        reports: &[WorkerReport],
+    ) -> Summary {
+        let mut failed = BTreeMap::new();
+        for report in reports {
+            for (reason, count) in &report.failed {
+                *failed.entry((*reason).to_owned()).or_default() += count;
+            }
+        }
+        Summary {
+            target,
+            workers: reports.len(),
+            source_addrs,
+            attempted: reports.iter().map(|r| r.attempted).sum(),
+            held: reports.iter().map(|r| r.held).sum(),
+            failed,
+            ramp_secs: reports.iter().map(|r| r.ramp_secs).fold(0.0, f64::max),
+            hold_secs,
+            server_rss_bytes: None,
+        }
+    }
+
+    /// Connections authenticated per second during the ramp.
+    pub fn connect_rate_per_sec(&self) -> f64 {
+        if self.ramp_secs > 0.0 {
+            (self.held as f64 / self.ramp_secs).round()
+        } else {
+            0.0
+        }
+    }
+
+    /// The JSON summary (schema in the README).
+    pub fn to_json(&self) -> serde_json::Value {
+        let per_conn = match (self.server_rss_bytes, self.held) {
+            (Some((before, after)), held) if held > 0 => {
+                json!((after as f64 - before as f64) / held as f64)
+            }
+            _ => serde_json::Value::Null,
+        };
+        json!({
+            "scenario": "chat",
+            "target": self.target,
+            "workers": self.workers,
+            "source_addrs": self.source_addrs,
+            "attempted": self.attempted,
+            "held": self.held,
+            "failed": self.failed,
+            "failed_total": self.failed.values().sum::<u64>(),
+            "ramp_secs": self.ramp_secs,
+            "connect_rate_per_sec": self.connect_rate_per_sec(),
+            "hold_secs": self.hold_secs,
+            "server": {
+                "rss_bytes_before": self.server_rss_bytes.map(|(before, _)| before),
+                "rss_bytes": self.server_rss_bytes.map(|(_, after)| after),
+                "rss_bytes_per_connection": per_conn,
+            },
+        })
+    }
+
+    /// The table printed on stdout.
+    pub fn to_table(&self) -> String {
+        let mut out = String::new();
+        let mut row = |k: &str, v: String| out.push_str(&format!("{k:<24} {v}\n"));
+        row("target", self.target.clone());
+        row(
+            "workers / sources",
+            format!("{} / {}", self.workers, self.source_addrs),
+        );
+        row("attempted", self.attempted.to_string());
+        row("held", self.held.to_string());
+        row("failed", self.failed.values().sum::<u64>().to_string());
+        for (reason, count) in &self.failed {
+            row(&format!("  {reason}"), count.to_string());
+        }
+        row(
+            "ramp",
+            format!(
+                "{:.2} s ({} conn/s)",
+                self.ramp_secs,
+                self.connect_rate_per_sec()
+            ),
+        );
+        row("hold", format!("{} s", self.hold_secs));
+        if let Some((before, after)) = self.server_rss_bytes {
+            let per_conn = (after as f64 - before as f64) / self.held.max(1) as f64;
+            row(
+                "server rss",
+                format!("{before} B before, {after} B after ({per_conn:.0} B per held connection)"),
+            );
+        }
+        out
+    }
+
+    /// Writes `report.json` into `dir` (created if missing).
+    pub fn write(&self, dir: &Path) -> io::Result<()> {
+        std::fs::create_dir_all(dir)?;
+        let text = serde_json::to_string_pretty(&self.to_json()).map_err(io::Error::other)?;
+        std::fs::write(dir.join("report.json"), text)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sums_workers_and_names_the_documented_keys() {
+        let mut a = WorkerReport {
+            attempted: 5,
+            held: 4,
+            ramp_secs: 2.0,
+            ..WorkerReport::default()
+        };
+        a.failed.insert("refused", 1);
+        let b = WorkerReport {
+            attempted: 5,
+            held: 5,
+            ramp_secs: 3.0,
+            ..WorkerReport::default()
+        };
+        let mut summary = Summary::from_workers("t".into(), 1, 5, &[a, b]);
+        summary.server_rss_bytes = Some((100, 1000));
+        let json = summary.to_json();
+        assert_eq!(json["held"], 9);
+        assert_eq!(json["attempted"], 10);
+        assert_eq!(json["failed"]["refused"], 1);
+        assert_eq!(json["ramp_secs"], 3.0);
+        assert_eq!(json["connect_rate_per_sec"], 3.0);
+        assert_eq!(json["server"]["rss_bytes_per_connection"], 100.0);
+        assert!(summary.to_table().contains("refused"));
+    }
+}

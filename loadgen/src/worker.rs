@@ -1,0 +1,632 @@
+//! One worker thread: pinned, its own fd table and monoio runtime, its share of the
+//! connections as bare slab entries in an edge-triggered epoll set (as the engine does).
+//!
+//! Phases run in order: ramp (open, upgrade and authenticate at the worker's rate), then
+//! hold (a ping sweep: every connection must answer; closes are counted).
+
+use std::{
+    cell::RefCell,
+    collections::BTreeMap,
+    io,
+    net::{IpAddr, SocketAddr},
+    os::fd::RawFd,
+    rc::Rc,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use engine::{
+    reactor::{
+        conn::{close, read, write_now},
+        epoll::{Epoll, BROKEN, READABLE, WRITABLE},
+    },
+    ws::frame::{encode_client, parse_server_frame, Kind, TEXT},
+};
+use monoio::{FusionDriver, RuntimeBuilder};
+use slab::Slab;
+
+/// How often the ramp opens the connections that are due.
+const RAMP_TICK: Duration = Duration::from_millis(5);
+/// The most bytes kept from a connection between reads (a partial frame).
+const INBUF_BYTES_MAX: usize = 1 << 20;
+
+/// What every worker is told.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// The server.
+    pub target: SocketAddr,
+    /// Source addresses to rotate over (empty: let the OS choose).
+    pub sources: Vec<IpAddr>,
+    /// Workers in all.
+    pub workers: usize,
+    /// Connections in all.
+    pub connections: usize,
+    /// Connections per second, all workers together.
+    pub ramp_per_sec: u64,
+    /// How long to hold after the ramp.
+    pub hold: Duration,
+    /// Deadline for one connection to become authenticated.
+    pub connect_timeout: Duration,
+}
+
+impl Plan {
+    /// This worker's share of the connections: users `id, id + workers, id + 2·workers, …`.
+    pub fn users_of(&self, worker: usize) -> impl Iterator<Item = usize> + '_ {
+        (worker..self.connections).step_by(self.workers)
+    }
+}
+
+/// Live counts the main thread shows during the ramp, summed over workers.
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Connections attempted.
+    pub attempted: AtomicU64,
+    /// Connections authenticated.
+    pub authenticated: AtomicU64,
+    /// Connections that failed.
+    pub failed: AtomicU64,
+}
+
+/// What one worker reports at the end.
+#[derive(Debug, Default, Clone)]
+pub struct WorkerReport {
+    /// Connections attempted.
+    pub attempted: u64,
+    /// Connections that answered the ping sweep and were still open at the end of the hold.
+    pub held: u64,
+    /// Failures by reason.
+    pub failed: BTreeMap<&'static str, u64>,
+    /// Seconds from the first connect to the last authentication.
+    pub ramp_secs: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Connecting,
+    Upgrading,
+    Authenticating,
+    Ready,
+    PingSent,
+    Answered,
+}
+
+struct Client {
+    fd: RawFd,
+    state: State,
+    user: usize,
+    inbuf: Vec<u8>,
+}
+
+struct Worker {
+    id: usize,
+    plan: Arc<Plan>,
+    progress: Arc<Progress>,
+    epoll: Epoll,
+    clients: Slab<Client>,
+    read_buffer: Vec<u8>,
+    report: WorkerReport,
+    authenticated: u64,
+    source_cursor: usize,
+    last_auth: Option<Instant>,
+}
+
+/// Runs worker `id` to the end of the hold; returns its report.
+pub fn run(id: usize, plan: Arc<Plan>, progress: Arc<Progress>) -> io::Result<WorkerReport> {
+    if let Some(cores) = core_affinity::get_core_ids().filter(|c| !c.is_empty()) {
+        core_affinity::set_for_current(cores[id % cores.len()]);
+    }
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_FILES).map_err(io::Error::from)?;
+    let mut runtime = RuntimeBuilder::<FusionDriver>::new()
+        .enable_timer()
+        .build()?;
+    let worker = Rc::new(RefCell::new(Worker {
+        id,
+        epoll: Epoll::new()?,
+        clients: Slab::new(),
+        read_buffer: vec![0; 64 * 1024],
+        report: WorkerReport::default(),
+        authenticated: 0,
+        source_cursor: id,
+        last_auth: None,
+        plan,
+        progress,
+    }));
+    let readiness_fd = dup(worker.borrow().epoll.fd())?;
+    runtime.block_on(async move {
+        use std::os::fd::FromRawFd;
+        // SAFETY: a fresh dup of the epoll fd, owned by this stream and used only for readiness.
+        let readiness = monoio::net::TcpStream::from_std(unsafe {
+            std::net::TcpStream::from_raw_fd(readiness_fd)
+        })?;
+        let events = worker.clone();
+        monoio::spawn(async move {
+            while readiness.readable(false).await.is_ok() {
+                events.borrow_mut().on_events();
+            }
+        });
+        ramp(&worker).await;
+        hold(&worker).await;
+        let mut w = worker.borrow_mut();
+        w.finish();
+        Ok(w.report.clone())
+    })
+}
+
+fn dup(fd: RawFd) -> io::Result<RawFd> {
+    // SAFETY: F_DUPFD_CLOEXEC on an fd we own; result checked.
+    let new = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
+    if new < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(new)
+}
+
+async fn ramp(worker: &Rc<RefCell<Worker>>) {
+    let (users, rate, timeout) = {
+        let w = worker.borrow();
+        let users: Vec<usize> = w.plan.users_of(w.id).collect();
+        let rate = (w.plan.ramp_per_sec as f64 / w.plan.workers as f64).max(1.0);
+        (users, rate, w.plan.connect_timeout)
+    };
+    let started = Instant::now();
+    // Bounded: every connection settles (authenticated or failed) by the deadline below.
+    let deadline = started
+        + Duration::from_secs_f64(users.len() as f64 / rate)
+        + timeout
+        + Duration::from_secs(1);
+    let mut next = 0;
+    loop {
+        monoio::time::sleep(RAMP_TICK).await;
+        let mut w = worker.borrow_mut();
+        let due = ((started.elapsed().as_secs_f64() * rate) as usize + 1).min(users.len());
+        while next < due {
+            w.open(users[next]);
+            next += 1;
+        }
+        w.on_events();
+        let settled = w.authenticated + w.report.failed.values().sum::<u64>();
+        if next == users.len() && settled >= users.len() as u64 {
+            break;
+        }
+        if Instant::now() >= deadline {
+            w.fail_unsettled("timeout");
+            break;
+        }
+    }
+    let mut w = worker.borrow_mut();
+    w.report.ramp_secs = w
+        .last_auth
+        .map_or(0.0, |t| t.duration_since(started).as_secs_f64());
+}
+
+async fn hold(worker: &Rc<RefCell<Worker>>) {
+    let hold = worker.borrow().plan.hold;
+    worker.borrow_mut().ping_all();
+    monoio::time::sleep(hold).await;
+    worker.borrow_mut().on_events();
+}
+
+impl Worker {
+    fn open(&mut self, user: usize) {
+        self.report.attempted += 1;
+        self.progress.attempted.fetch_add(1, Ordering::Relaxed);
+        let source = if self.plan.sources.is_empty() {
+            None
+        } else {
+            self.source_cursor = (self.source_cursor + 1) % self.plan.sources.len();
+            Some(self.plan.sources[self.source_cursor])
+        };
+        match connect(self.plan.target, source) {
+            Ok(fd) => {
+                let slot = self.clients.insert(Client {
+                    fd,
+                    state: State::Connecting,
+                    user,
+                    inbuf: Vec::new(),
+                });
+                if self.epoll.add(fd, slot as u64).is_err() {
+                    self.fail(slot, "epoll");
+                }
+            }
+            Err(e) => self.count_failure(connect_failure(&e)),
+        }
+    }
+
+    fn on_events(&mut self) {
+        let events: Vec<(u32, u64)> = self.epoll.poll_now().collect();
+        for (bits, token) in events {
+            let slot = token as usize;
+            if !self.clients.contains(slot) {
+                continue;
+            }
+            if bits & WRITABLE != 0 && self.clients[slot].state == State::Connecting {
+                self.on_connected(slot);
+            }
+            if bits & (READABLE | BROKEN) != 0 {
+                self.on_readable(slot);
+            }
+        }
+    }
+
+    fn on_connected(&mut self, slot: usize) {
+        let fd = self.clients[slot].fd;
+        if let Some(err) = socket_error(fd) {
+            return self.fail(slot, connect_failure(&err));
+        }
+        let request = format!(
+            "GET /ws HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+            self.plan.target
+        );
+        if !self.send_all(slot, request.as_bytes()) {
+            return;
+        }
+        self.clients[slot].state = State::Upgrading;
+    }
+
+    /// Writes a small message whole (it fits the socket buffer), or fails the connection.
+    fn send_all(&mut self, slot: usize, bytes: &[u8]) -> bool {
+        match write_now(self.clients[slot].fd, bytes) {
+            Ok(n) if n == bytes.len() => true,
+            _ => {
+                self.fail(slot, "write_failed");
+                false
+            }
+        }
+    }
+
+    fn send_text(&mut self, slot: usize, text: &str) -> bool {
+        let mut frame = Vec::with_capacity(text.len() + 14);
+        encode_client(
+            TEXT,
+            text.as_bytes(),
+            (slot as u32).to_ne_bytes(),
+            &mut frame,
+        );
+        self.send_all(slot, &frame)
+    }
+
+    fn on_readable(&mut self, slot: usize) {
+        loop {
+            let fd = self.clients[slot].fd;
+            match read(fd, &mut self.read_buffer) {
+                Ok(0) => return self.fail(slot, "closed_by_server"),
+                Ok(n) => {
+                    let client = &mut self.clients[slot];
+                    if client.inbuf.len() + n > INBUF_BYTES_MAX {
+                        return self.fail(slot, "oversize_input");
+                    }
+                    client.inbuf.extend_from_slice(&self.read_buffer[..n]);
+                    if !self.process_input(slot) {
+                        return;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(_) => return self.fail(slot, "reset"),
+            }
+        }
+    }
+
+    /// Consumes what the connection has read; false when it was closed.
+    fn process_input(&mut self, slot: usize) -> bool {
+        if self.clients[slot].state == State::Upgrading {
+            let inbuf = &self.clients[slot].inbuf;
+            let Some(end) = inbuf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                return true;
+            };
+            if !inbuf.starts_with(b"HTTP/1.1 101") {
+                self.fail(slot, "upgrade_refused");
+                return false;
+            }
+            self.clients[slot].inbuf.drain(..end + 4);
+            let auth = format!(
+                r#"{{"type":"auth","userId":"lg{}","deviceId":"lg"}}"#,
+                self.clients[slot].user
+            );
+            if !self.send_text(slot, &auth) {
+                return false;
+            }
+            self.clients[slot].state = State::Authenticating;
+        }
+        let mut used = 0;
+        loop {
+            let parsed = parse_server_frame(&self.clients[slot].inbuf[used..]);
+            let (frame, len) = match parsed {
+                Ok(Some(found)) => found,
+                Ok(None) => break,
+                Err(_) => {
+                    self.fail(slot, "bad_frame");
+                    return false;
+                }
+            };
+            let start = used;
+            used += len;
+            match frame.kind {
+                Kind::Text => {
+                    let payload = &self.clients[slot].inbuf
+                        [start + frame.payload.start..start + frame.payload.end];
+                    let kind = message_type(payload);
+                    if !self.on_message(slot, kind) {
+                        return false;
+                    }
+                }
+                Kind::Close => {
+                    self.fail(slot, "closed_by_server");
+                    return false;
+                }
+                _ => {}
+            }
+        }
+        self.clients[slot].inbuf.drain(..used);
+        true
+    }
+
+    /// Acts on a server message by type; false when the connection was failed.
+    fn on_message(&mut self, slot: usize, kind: MessageType) -> bool {
+        let client = &mut self.clients[slot];
+        match (client.state, kind) {
+            (State::Authenticating, MessageType::AuthSuccess) => {
+                client.state = State::Ready;
+                self.authenticated += 1;
+                self.last_auth = Some(Instant::now());
+                self.progress.authenticated.fetch_add(1, Ordering::Relaxed);
+                true
+            }
+            (State::Authenticating, MessageType::Error) => {
+                self.fail(slot, "auth_failed");
+                false
+            }
+            (State::PingSent, MessageType::Pong) => {
+                client.state = State::Answered;
+                true
+            }
+            _ => true,
+        }
+    }
+
+    fn ping_all(&mut self) {
+        let ready: Vec<usize> = self
+            .clients
+            .iter()
+            .filter(|(_, c)| c.state == State::Ready)
+            .map(|(slot, _)| slot)
+            .collect();
+        for slot in ready {
+            if self.send_text(slot, r#"{"type":"ping","ts":0}"#) {
+                self.clients[slot].state = State::PingSent;
+            }
+        }
+    }
+
+    fn fail_unsettled(&mut self, reason: &'static str) {
+        let unsettled: Vec<usize> = self
+            .clients
+            .iter()
+            .filter(|(_, c)| {
+                matches!(
+                    c.state,
+                    State::Connecting | State::Upgrading | State::Authenticating
+                )
+            })
+            .map(|(slot, _)| slot)
+            .collect();
+        for slot in unsettled {
+            self.fail(slot, reason);
+        }
+    }
+
+    /// End of the hold: connections that never answered the sweep count as failed.
+    fn finish(&mut self) {
+        let silent: Vec<usize> = self
+            .clients
+            .iter()
+            .filter(|(_, c)| c.state != State::Answered)
+            .map(|(slot, _)| slot)
+            .collect();
+        for slot in silent {
+            self.fail(slot, "no_pong");
+        }
+        self.report.held = self.clients.len() as u64;
+        for client in self.clients.drain() {
+            close(client.fd);
+        }
+    }
+
+    fn fail(&mut self, slot: usize, reason: &'static str) {
+        let client = self.clients.remove(slot);
+        close(client.fd);
+        if matches!(
+            client.state,
+            State::Ready | State::PingSent | State::Answered
+        ) {
+            self.authenticated -= 1;
+            self.progress.authenticated.fetch_sub(1, Ordering::Relaxed);
+        }
+        self.count_failure(reason);
+    }
+
+    fn count_failure(&mut self, reason: &'static str) {
+        *self.report.failed.entry(reason).or_default() += 1;
+        self.progress.failed.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// The server message types the loadgen acts on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum MessageType {
+    AuthSuccess,
+    Pong,
+    Error,
+    Other,
+}
+
+/// Reads the `type` of a message the engine wrote (it always writes `type` first).
+fn message_type(payload: &[u8]) -> MessageType {
+    let rest = payload.strip_prefix(br#"{"type":""#).unwrap_or(b"");
+    if rest.starts_with(b"auth_success\"") {
+        MessageType::AuthSuccess
+    } else if rest.starts_with(b"pong\"") {
+        MessageType::Pong
+    } else if rest.starts_with(b"error\"") {
+        MessageType::Error
+    } else {
+        MessageType::Other
+    }
+}
+
+/// Starts a non-blocking connect from `source` (port chosen at connect time).
+fn connect(target: SocketAddr, source: Option<IpAddr>) -> io::Result<RawFd> {
+    let domain = if target.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    };
+    // SAFETY: socket(2) with constant arguments; the result is checked.
+    let fd = unsafe {
+        libc::socket(
+            domain,
+            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let result = (|| {
+        if let Some(source) = source {
+            let one: libc::c_int = 1;
+            // SAFETY: setsockopt with a live c_int; IP_BIND_ADDRESS_NO_PORT defers the port
+            // choice to connect(), so ports are shared across destinations.
+            unsafe {
+                libc::setsockopt(
+                    fd,
+                    libc::IPPROTO_IP,
+                    libc::IP_BIND_ADDRESS_NO_PORT,
+                    (&one as *const libc::c_int).cast(),
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            };
+            let (addr, len) = sockaddr(SocketAddr::new(source, 0));
+            // SAFETY: `addr` is a valid sockaddr of `len` bytes.
+            if unsafe { libc::bind(fd, (&addr as *const libc::sockaddr_storage).cast(), len) } < 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        let (addr, len) = sockaddr(target);
+        // SAFETY: as above.
+        if unsafe { libc::connect(fd, (&addr as *const libc::sockaddr_storage).cast(), len) } < 0 {
+            let err = io::Error::last_os_error();
+            if err.raw_os_error() != Some(libc::EINPROGRESS) {
+                return Err(err);
+            }
+        }
+        Ok(fd)
+    })();
+    if result.is_err() {
+        close(fd);
+    }
+    result
+}
+
+fn sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: an all-zero sockaddr_storage is valid; we fill the variant for the family.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let len = match addr {
+        SocketAddr::V4(v4) => {
+            // SAFETY: sockaddr_storage is large and aligned enough for sockaddr_in.
+            let sin = unsafe {
+                &mut *(&mut storage as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in>()
+            };
+            sin.sin_family = libc::AF_INET as libc::sa_family_t;
+            sin.sin_port = v4.port().to_be();
+            sin.sin_addr.s_addr = u32::from_ne_bytes(v4.ip().octets());
+            std::mem::size_of::<libc::sockaddr_in>()
+        }
+        SocketAddr::V6(v6) => {
+            // SAFETY: sockaddr_storage is large and aligned enough for sockaddr_in6.
+            let sin6 = unsafe {
+                &mut *(&mut storage as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in6>()
+            };
+            sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+            sin6.sin6_port = v6.port().to_be();
+            sin6.sin6_addr.s6_addr = v6.ip().octets();
+            std::mem::size_of::<libc::sockaddr_in6>()
+        }
+    };
+    (storage, len as libc::socklen_t)
+}
+
+fn socket_error(fd: RawFd) -> Option<io::Error> {
+    let mut err: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt into a live c_int with its length.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_ERROR,
+            (&mut err as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    match (rc, err) {
+        (0, 0) => None,
+        (0, e) => Some(io::Error::from_raw_os_error(e)),
+        _ => Some(io::Error::last_os_error()),
+    }
+}
+
+/// A short failure reason for the report.
+fn connect_failure(err: &io::Error) -> &'static str {
+    match err.raw_os_error() {
+        Some(libc::ECONNREFUSED) => "refused",
+        Some(libc::EADDRNOTAVAIL) | Some(libc::EADDRINUSE) => "no_source_port",
+        Some(libc::EMFILE) | Some(libc::ENFILE) => "fd_limit",
+        Some(libc::ETIMEDOUT) => "timeout",
+        Some(libc::ECONNRESET) => "reset",
+        _ => "connect_error",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn users_are_split_evenly_and_disjointly() {
+        let plan = Plan {
+            target: "127.0.0.1:1".parse().unwrap(),
+            sources: Vec::new(),
+            workers: 3,
+            connections: 10,
+            ramp_per_sec: 1,
+            hold: Duration::ZERO,
+            connect_timeout: Duration::ZERO,
+        };
+        let mut all: Vec<usize> = (0..3)
+            .flat_map(|w| plan.users_of(w).collect::<Vec<_>>())
+            .collect();
+        all.sort();
+        assert_eq!(all, (0..10).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn message_types_are_read_from_the_engines_own_output() {
+        assert_eq!(
+            message_type(br#"{"type":"auth_success","userId":"a"}"#),
+            MessageType::AuthSuccess
+        );
+        assert_eq!(
+            message_type(br#"{"type":"pong","ts":0}"#),
+            MessageType::Pong
+        );
+        assert_eq!(
+            message_type(br#"{"type":"error","code":"x"}"#),
+            MessageType::Error
+        );
+        assert_eq!(message_type(b"garbage"), MessageType::Other);
+    }
+}

@@ -1,0 +1,91 @@
+//! The loadgen against the real engine (started in this process on an ephemeral port):
+//! every connection is held and the JSON report says so.
+
+use std::process::Command;
+
+use engine::{config::Config, Engine};
+
+fn engine(reactors: usize) -> Engine {
+    let config = Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        reactors,
+        ..Config::default()
+    };
+    Engine::start(config).expect("engine starts")
+}
+
+#[test]
+fn two_thousand_connections_are_held_and_reported() {
+    let engine = engine(2);
+    let out = std::env::temp_dir().join(format!("loadgen-test-{}", std::process::id()));
+    let status = Command::new(env!("CARGO_BIN_EXE_loadgen"))
+        .args([
+            "--target",
+            &engine.local_addr().to_string(),
+            "--connections",
+            "2000",
+            "--ramp-per-sec",
+            "4000",
+        ])
+        .args(["--hold-secs", "1", "--out"])
+        .arg(&out)
+        .args(["--server-pid", &std::process::id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    assert_eq!(report["attempted"], 2000);
+    assert_eq!(report["held"], 2000, "{report}");
+    assert_eq!(report["failed_total"], 0);
+    assert!(report["connect_rate_per_sec"].as_f64().unwrap() > 0.0);
+    assert!(report["server"]["rss_bytes_per_connection"].is_number());
+    std::fs::remove_dir_all(out).unwrap();
+    assert!(engine.shutdown());
+}
+
+#[test]
+fn an_unreachable_target_is_a_clear_error() {
+    let output = Command::new(env!("CARGO_BIN_EXE_loadgen"))
+        .args(["--target", "127.0.0.1:1", "--connections", "10"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("cannot reach --target"));
+}
+
+#[test]
+fn fewer_held_than_min_held_fails_the_run() {
+    // The loadgen sends no tokens, so an engine with a JWT secret refuses every auth.
+    let config = Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        reactors: 1,
+        jwt_secret: Some(b"secret".to_vec()),
+        ..Config::default()
+    };
+    let engine = Engine::start(config).unwrap();
+    let out = std::env::temp_dir().join(format!("loadgen-test-fail-{}", std::process::id()));
+    let status = Command::new(env!("CARGO_BIN_EXE_loadgen"))
+        .args([
+            "--target",
+            &engine.local_addr().to_string(),
+            "--connections",
+            "20",
+            "--hold-secs",
+            "0",
+            "--out",
+        ])
+        .arg(&out)
+        .status()
+        .unwrap();
+    assert!(
+        !status.success(),
+        "auth without tokens must fail and the run must say so"
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    assert_eq!(report["held"], 0);
+    assert_eq!(report["failed"]["auth_failed"], 20, "{report}");
+    std::fs::remove_dir_all(out).unwrap();
+    assert!(engine.shutdown());
+}
