@@ -27,6 +27,12 @@ pub struct Args {
     /// Seconds to hold every connection after the ramp; a ping sweep checks each answers
     #[arg(long, default_value_t = 5, value_name = "H")]
     pub hold_secs: u64,
+    /// Messages per second in the load phase, all senders together (0: no load phase)
+    #[arg(long, default_value_t = 0, value_name = "M")]
+    pub rate: u64,
+    /// Seconds of open-loop load after the hold
+    #[arg(long, default_value_t = 10, value_name = "D")]
+    pub duration_secs: u64,
     /// Worker threads, each pinned with its own fd table [default: one per core]
     #[arg(long, value_name = "W")]
     pub workers: Option<usize>,

@@ -2,6 +2,7 @@
 //! holds them with a ping sweep, and reports what it held (stdout table and report.json).
 
 mod config;
+mod latency;
 mod report;
 mod sources;
 mod worker;
@@ -83,25 +84,31 @@ fn run(args: &Args) -> Result<report::Summary, String> {
         ramp_per_sec: args.ramp_per_sec,
         hold: Duration::from_secs(args.hold_secs),
         connect_timeout: Duration::from_secs(args.connect_timeout_secs),
+        rate: args.rate,
+        duration: Duration::from_secs(args.duration_secs),
+        epoch: std::time::Instant::now(),
     });
+    let load_start = Arc::new(std::sync::Barrier::new(workers));
     let rss_before = args.server_pid.and_then(server_rss_bytes);
     let progress = Arc::new(Progress::default());
     let threads: Vec<_> = (0..workers)
         .map(|id| {
-            let (plan, progress) = (plan.clone(), progress.clone());
+            let (plan, progress, load_start) = (plan.clone(), progress.clone(), load_start.clone());
             std::thread::Builder::new()
                 .name(format!("loadgen-{id}"))
-                .spawn(move || worker::run(id, plan, progress))
+                .spawn(move || worker::run(id, plan, progress, load_start))
                 .map_err(|e| format!("cannot start a worker: {e}"))
         })
         .collect::<Result<_, _>>()?;
     while !threads.iter().all(|t| t.is_finished()) {
         std::thread::sleep(Duration::from_millis(500));
         eprint!(
-            "\rramp/hold: attempted {} authenticated {} failed {}   ",
+            "\rattempted {} authenticated {} failed {} | sent {} delivered {}   ",
             progress.attempted.load(Ordering::Relaxed),
             progress.authenticated.load(Ordering::Relaxed),
-            progress.failed.load(Ordering::Relaxed)
+            progress.failed.load(Ordering::Relaxed),
+            progress.sent.load(Ordering::Relaxed),
+            progress.delivered.load(Ordering::Relaxed)
         );
     }
     eprintln!();
@@ -116,6 +123,7 @@ fn run(args: &Args) -> Result<report::Summary, String> {
         args.hold_secs,
         &reports,
     );
+    summary.rate = (args.rate, args.duration_secs);
     summary.server_rss_bytes = rss_before.zip(args.server_pid.and_then(server_rss_bytes));
     Ok(summary)
 }

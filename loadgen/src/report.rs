@@ -4,10 +4,10 @@ use std::{collections::BTreeMap, io, path::Path};
 
 use serde_json::json;
 
-use crate::worker::WorkerReport;
+use crate::{latency::Latency, worker::WorkerReport};
 
 /// Everything the report says, summed over workers.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct Summary {
     /// The server address.
     pub target: String,
@@ -27,6 +27,22 @@ pub struct Summary {
     pub hold_secs: u64,
     /// Server RSS before the ramp and after the hold, when `--server-pid` was given.
     pub server_rss_bytes: Option<(u64, u64)>,
+    /// Load phase: messages sent.
+    pub sent: u64,
+    /// Load phase: messages that reached their receiver.
+    pub delivered: u64,
+    /// Load phase: messages answered `peer_offline` (their receiver was not held).
+    pub undeliverable: u64,
+    /// Load phase: acks received.
+    pub acked: u64,
+    /// Load phase: messages sent more than 1 ms after their scheduled time.
+    pub sent_late: u64,
+    /// Scheduled send → arrival.
+    pub delivery: Latency,
+    /// Scheduled send → ack.
+    pub ack: Latency,
+    /// Messages per second asked for, and for how long.
+    pub rate: (u64, u64),
 }
 
 impl Summary {
@@ -43,7 +59,21 @@ impl Summary {
                 *failed.entry((*reason).to_owned()).or_default() += count;
             }
         }
+        let mut delivery = Latency::default();
+        let mut ack = Latency::default();
+        for report in reports {
+            delivery.merge(&report.delivery);
+            ack.merge(&report.ack);
+        }
         Summary {
+            sent: reports.iter().map(|r| r.sent).sum(),
+            delivered: reports.iter().map(|r| r.delivered).sum(),
+            undeliverable: reports.iter().map(|r| r.undeliverable).sum(),
+            acked: reports.iter().map(|r| r.acked).sum(),
+            sent_late: reports.iter().map(|r| r.sent_late).sum(),
+            delivery,
+            ack,
+            rate: (0, 0),
             target,
             workers: reports.len(),
             source_addrs,
@@ -54,6 +84,12 @@ impl Summary {
             hold_secs,
             server_rss_bytes: None,
         }
+    }
+
+    /// Messages sent that neither arrived nor were answered `peer_offline`.
+    pub fn lost(&self) -> u64 {
+        self.sent
+            .saturating_sub(self.delivered + self.undeliverable)
     }
 
     /// Connections authenticated per second during the ramp.
@@ -85,6 +121,20 @@ impl Summary {
             "ramp_secs": self.ramp_secs,
             "connect_rate_per_sec": self.connect_rate_per_sec(),
             "hold_secs": self.hold_secs,
+            "load": {
+                "rate_per_sec": self.rate.0,
+                "duration_secs": self.rate.1,
+                "sent": self.sent,
+                "delivered": self.delivered,
+                "undeliverable": self.undeliverable,
+                "lost": self.lost(),
+                "acked": self.acked,
+                "sent_late": self.sent_late,
+            },
+            "latency": {
+                "delivery": self.delivery.to_json(),
+                "ack": self.ack.to_json(),
+            },
             "server": {
                 "rss_bytes_before": self.server_rss_bytes.map(|(before, _)| before),
                 "rss_bytes": self.server_rss_bytes.map(|(_, after)| after),
@@ -117,6 +167,33 @@ impl Summary {
             ),
         );
         row("hold", format!("{} s", self.hold_secs));
+        if self.sent > 0 {
+            row(
+                "load",
+                format!("{} msg/s for {} s", self.rate.0, self.rate.1),
+            );
+            row(
+                "sent / delivered",
+                format!("{} / {}", self.sent, self.delivered),
+            );
+            row(
+                "undeliverable / lost",
+                format!("{} / {}", self.undeliverable, self.lost()),
+            );
+            for (name, latency) in [("delivery", &self.delivery), ("ack", &self.ack)] {
+                row(
+                    &format!("{name} latency"),
+                    format!(
+                        "p50 {} µs  p90 {} µs  p99 {} µs  p99.9 {} µs  max {} µs",
+                        latency.at(0.5),
+                        latency.at(0.9),
+                        latency.at(0.99),
+                        latency.at(0.999),
+                        latency.at(1.0)
+                    ),
+                );
+            }
+        }
         if let Some((before, after)) = self.server_rss_bytes {
             let per_conn = (after as f64 - before as f64) / self.held.max(1) as f64;
             row(
@@ -131,7 +208,9 @@ impl Summary {
     pub fn write(&self, dir: &Path) -> io::Result<()> {
         std::fs::create_dir_all(dir)?;
         let text = serde_json::to_string_pretty(&self.to_json()).map_err(io::Error::other)?;
-        std::fs::write(dir.join("report.json"), text)
+        std::fs::write(dir.join("report.json"), text)?;
+        std::fs::write(dir.join("delivery.hgrm"), self.delivery.to_hgrm())?;
+        std::fs::write(dir.join("ack.hgrm"), self.ack.to_hgrm())
     }
 }
 

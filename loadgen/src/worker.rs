@@ -13,7 +13,7 @@ use std::{
     rc::Rc,
     sync::{
         atomic::{AtomicU64, Ordering},
-        Arc,
+        Arc, Barrier,
     },
     time::{Duration, Instant},
 };
@@ -27,6 +27,8 @@ use engine::{
 };
 use monoio::{FusionDriver, RuntimeBuilder};
 use slab::Slab;
+
+use crate::latency::Latency;
 
 /// How often the ramp opens the connections that are due.
 const RAMP_TICK: Duration = Duration::from_millis(5);
@@ -50,6 +52,12 @@ pub struct Plan {
     pub hold: Duration,
     /// Deadline for one connection to become authenticated.
     pub connect_timeout: Duration,
+    /// Messages per second during the load phase, all workers together (0: no load phase).
+    pub rate: u64,
+    /// Length of the load phase.
+    pub duration: Duration,
+    /// The run's time origin: scheduled and arrival times are nanoseconds since it.
+    pub epoch: Instant,
 }
 
 impl Plan {
@@ -68,6 +76,12 @@ pub struct Progress {
     pub authenticated: AtomicU64,
     /// Connections that failed.
     pub failed: AtomicU64,
+    /// Messages sent in the load phase.
+    pub sent: AtomicU64,
+    /// Messages that reached their receiver.
+    pub delivered: AtomicU64,
+    /// Messages the server answered `peer_offline` (receiver not held).
+    pub undeliverable: AtomicU64,
 }
 
 /// What one worker reports at the end.
@@ -81,6 +95,20 @@ pub struct WorkerReport {
     pub failed: BTreeMap<&'static str, u64>,
     /// Seconds from the first connect to the last authentication.
     pub ramp_secs: f64,
+    /// Messages sent in the load phase.
+    pub sent: u64,
+    /// Messages received by this worker's connections.
+    pub delivered: u64,
+    /// Acks received.
+    pub acked: u64,
+    /// Messages answered `peer_offline`.
+    pub undeliverable: u64,
+    /// Messages sent later than scheduled by more than 1 ms (the generator fell behind).
+    pub sent_late: u64,
+    /// Scheduled send → arrival at the receiver.
+    pub delivery: Latency,
+    /// Scheduled send → `message_ack` at the sender.
+    pub ack: Latency,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,10 +139,16 @@ struct Worker {
     authenticated: u64,
     source_cursor: usize,
     last_auth: Option<Instant>,
+    rng: u64,
 }
 
 /// Runs worker `id` to the end of the hold; returns its report.
-pub fn run(id: usize, plan: Arc<Plan>, progress: Arc<Progress>) -> io::Result<WorkerReport> {
+pub fn run(
+    id: usize,
+    plan: Arc<Plan>,
+    progress: Arc<Progress>,
+    load_start: Arc<Barrier>,
+) -> io::Result<WorkerReport> {
     if let Some(cores) = core_affinity::get_core_ids().filter(|c| !c.is_empty()) {
         core_affinity::set_for_current(cores[id % cores.len()]);
     }
@@ -131,6 +165,7 @@ pub fn run(id: usize, plan: Arc<Plan>, progress: Arc<Progress>) -> io::Result<Wo
         authenticated: 0,
         source_cursor: id,
         last_auth: None,
+        rng: 0x9E37_79B9_7F4A_7C15 ^ (id as u64 + 1),
         plan,
         progress,
     }));
@@ -149,6 +184,9 @@ pub fn run(id: usize, plan: Arc<Plan>, progress: Arc<Progress>) -> io::Result<Wo
         });
         ramp(&worker).await;
         hold(&worker).await;
+        // Every worker has held its connections before any load starts.
+        load_start.wait();
+        load(&worker).await;
         let mut w = worker.borrow_mut();
         w.finish();
         Ok(w.report.clone())
@@ -209,7 +247,99 @@ async fn hold(worker: &Rc<RefCell<Worker>>) {
     worker.borrow_mut().on_events();
 }
 
+/// How often the load phase sends what is due.
+const LOAD_TICK: Duration = Duration::from_millis(1);
+/// How long after the last send the load phase waits for deliveries still in flight.
+const DRAIN_WAIT: Duration = Duration::from_secs(5);
+
+async fn load(worker: &Rc<RefCell<Worker>>) {
+    let (rate, duration, workers, progress) = {
+        let w = worker.borrow();
+        (
+            w.plan.rate,
+            w.plan.duration,
+            w.plan.workers,
+            w.progress.clone(),
+        )
+    };
+    if rate == 0 || duration.is_zero() {
+        return;
+    }
+    let senders: Vec<usize> = {
+        let w = worker.borrow();
+        w.clients
+            .iter()
+            .filter(|(_, c)| c.state == State::Answered)
+            .map(|(slot, _)| slot)
+            .collect()
+    };
+    let rate_per_worker = rate as f64 / workers as f64;
+    let total = (rate_per_worker * duration.as_secs_f64()).round() as u64;
+    let started = Instant::now();
+    let mut next: u64 = 0;
+    // Open loop: message k is due at started + k / rate, whatever happened to earlier ones.
+    while next < total && !senders.is_empty() {
+        monoio::time::sleep(LOAD_TICK).await;
+        let due = ((started.elapsed().as_secs_f64() * rate_per_worker) as u64 + 1).min(total);
+        let mut w = worker.borrow_mut();
+        while next < due {
+            let scheduled = started + Duration::from_secs_f64(next as f64 / rate_per_worker);
+            w.send_message(&senders, next, scheduled);
+            next += 1;
+        }
+    }
+    // Bounded wait for what is still in flight, across all workers.
+    let drain_deadline = Instant::now() + DRAIN_WAIT;
+    while Instant::now() < drain_deadline {
+        let sent = progress.sent.load(Ordering::Acquire);
+        let settled = progress.delivered.load(Ordering::Acquire)
+            + progress.undeliverable.load(Ordering::Acquire);
+        if settled >= sent
+            && worker.borrow().report.acked + worker.borrow().report.undeliverable
+                >= worker.borrow().report.sent
+        {
+            break;
+        }
+        monoio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 impl Worker {
+    fn random(&mut self) -> u64 {
+        // xorshift64*: plenty for picking users.
+        self.rng ^= self.rng >> 12;
+        self.rng ^= self.rng << 25;
+        self.rng ^= self.rng >> 27;
+        self.rng.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    fn since_epoch_ns(&self, at: Instant) -> u64 {
+        at.saturating_duration_since(self.plan.epoch).as_nanos() as u64
+    }
+
+    /// Sends message `seq` from a random sender of this worker to a random user.
+    fn send_message(&mut self, senders: &[usize], seq: u64, scheduled: Instant) {
+        let sender = senders[(self.random() % senders.len() as u64) as usize];
+        let Some(sender_user) = self.clients.get(sender).map(|c| c.user as u64) else {
+            return; // the sender's connection failed; the report counts that failure
+        };
+        // Any user but the sender itself (whose only device is the sending one).
+        let others = (self.plan.connections as u64 - 1).max(1);
+        let receiver = (sender_user + 1 + self.random() % others) % self.plan.connections as u64;
+        let stamp = self.since_epoch_ns(scheduled);
+        let text = format!(
+            r#"{{"type":"send_message","messageId":"{stamp}-{}-{seq}","receiverId":"lg{receiver}","content":"{stamp}"}}"#,
+            self.id
+        );
+        if Instant::now().saturating_duration_since(scheduled) > Duration::from_millis(1) {
+            self.report.sent_late += 1;
+        }
+        if self.send_text(sender, &text) {
+            self.report.sent += 1;
+            self.progress.sent.fetch_add(1, Ordering::Release);
+        }
+    }
+
     fn open(&mut self, user: usize) {
         self.report.attempted += 1;
         self.progress.attempted.fetch_add(1, Ordering::Relaxed);
@@ -349,7 +479,8 @@ impl Worker {
                     let payload = &self.clients[slot].inbuf
                         [start + frame.payload.start..start + frame.payload.end];
                     let kind = message_type(payload);
-                    if !self.on_message(slot, kind) {
+                    let stamp = stamp_of(payload, kind);
+                    if !self.on_message(slot, kind, stamp) {
                         return false;
                     }
                 }
@@ -365,7 +496,31 @@ impl Worker {
     }
 
     /// Acts on a server message by type; false when the connection was failed.
-    fn on_message(&mut self, slot: usize, kind: MessageType) -> bool {
+    fn on_message(&mut self, slot: usize, kind: MessageType, stamp: Option<u64>) -> bool {
+        let now_ns = self.since_epoch_ns(Instant::now());
+        match (kind, stamp) {
+            (MessageType::NewMessage, Some(scheduled)) => {
+                self.report
+                    .delivery
+                    .record_us(now_ns.saturating_sub(scheduled) / 1000);
+                self.report.delivered += 1;
+                self.progress.delivered.fetch_add(1, Ordering::Release);
+                return true;
+            }
+            (MessageType::Ack, Some(scheduled)) => {
+                self.report
+                    .ack
+                    .record_us(now_ns.saturating_sub(scheduled) / 1000);
+                self.report.acked += 1;
+                return true;
+            }
+            (MessageType::PeerOffline, _) => {
+                self.report.undeliverable += 1;
+                self.progress.undeliverable.fetch_add(1, Ordering::Release);
+                return true;
+            }
+            _ => {}
+        }
         let client = &mut self.clients[slot];
         match (client.state, kind) {
             (State::Authenticating, MessageType::AuthSuccess) => {
@@ -459,8 +614,30 @@ impl Worker {
 enum MessageType {
     AuthSuccess,
     Pong,
+    NewMessage,
+    Ack,
+    PeerOffline,
     Error,
     Other,
+}
+
+/// The scheduled send time a load message carries: in `content` of a `new_message`, at the
+/// front of `messageId` of a `message_ack`.
+fn stamp_of(payload: &[u8], kind: MessageType) -> Option<u64> {
+    let key: &[u8] = match kind {
+        MessageType::NewMessage => br#""content":""#,
+        MessageType::Ack => br#""messageId":""#,
+        _ => return None,
+    };
+    let at = payload.windows(key.len()).position(|w| w == key)? + key.len();
+    let digits = payload[at..]
+        .iter()
+        .take_while(|b| b.is_ascii_digit())
+        .count();
+    std::str::from_utf8(&payload[at..at + digits])
+        .ok()?
+        .parse()
+        .ok()
 }
 
 /// Reads the `type` of a message the engine wrote (it always writes `type` first).
@@ -470,8 +647,16 @@ fn message_type(payload: &[u8]) -> MessageType {
         MessageType::AuthSuccess
     } else if rest.starts_with(b"pong\"") {
         MessageType::Pong
+    } else if rest.starts_with(b"new_message\"") {
+        MessageType::NewMessage
+    } else if rest.starts_with(b"message_ack\"") {
+        MessageType::Ack
     } else if rest.starts_with(b"error\"") {
-        MessageType::Error
+        if payload.windows(14).any(|w| w == br#""peer_offline""#) {
+            MessageType::PeerOffline
+        } else {
+            MessageType::Error
+        }
     } else {
         MessageType::Other
     }
@@ -605,6 +790,9 @@ mod tests {
             ramp_per_sec: 1,
             hold: Duration::ZERO,
             connect_timeout: Duration::ZERO,
+            rate: 0,
+            duration: Duration::ZERO,
+            epoch: Instant::now(),
         };
         let mut all: Vec<usize> = (0..3)
             .flat_map(|w| plan.users_of(w).collect::<Vec<_>>())
@@ -628,5 +816,11 @@ mod tests {
             MessageType::Error
         );
         assert_eq!(message_type(b"garbage"), MessageType::Other);
+        let delivered = br#"{"type":"new_message","messageId":"5-0-1","senderId":"lg1","content":"12345","x":1}"#;
+        assert_eq!(stamp_of(delivered, message_type(delivered)), Some(12345));
+        let ack = br#"{"type":"message_ack","messageId":"777-1-2","status":"sent"}"#;
+        assert_eq!(stamp_of(ack, message_type(ack)), Some(777));
+        let offline = br#"{"type":"error","code":"peer_offline","message":"x","ref":"1-2-3"}"#;
+        assert_eq!(message_type(offline), MessageType::PeerOffline);
     }
 }

@@ -89,3 +89,51 @@ fn fewer_held_than_min_held_fails_the_run() {
     std::fs::remove_dir_all(out).unwrap();
     assert!(engine.shutdown());
 }
+
+#[test]
+fn an_open_loop_load_phase_delivers_every_message_and_writes_histograms() {
+    let engine = engine(2);
+    let out = std::env::temp_dir().join(format!("loadgen-test-load-{}", std::process::id()));
+    let status = Command::new(env!("CARGO_BIN_EXE_loadgen"))
+        .args([
+            "--target",
+            &engine.local_addr().to_string(),
+            "--connections",
+            "500",
+            "--ramp-per-sec",
+            "5000",
+        ])
+        .args([
+            "--hold-secs",
+            "0",
+            "--rate",
+            "1000",
+            "--duration-secs",
+            "2",
+            "--out",
+        ])
+        .arg(&out)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    assert_eq!(report["load"]["sent"], 2000, "{report}");
+    assert_eq!(report["load"]["delivered"], 2000, "{report}");
+    assert_eq!(report["load"]["lost"], 0);
+    assert_eq!(report["load"]["acked"], 2000);
+    let delivery = &report["latency"]["delivery"];
+    let p = |k: &str| delivery[k].as_u64().unwrap();
+    assert!(
+        p("p50_us") <= p("p90_us") && p("p90_us") <= p("p99_us") && p("p99_us") <= p("p999_us")
+    );
+    assert!(p("p999_us") <= p("max_us") && p("p50_us") > 0);
+    let hgrm = std::fs::read_to_string(out.join("delivery.hgrm")).unwrap();
+    let last_row = hgrm
+        .lines()
+        .rfind(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .unwrap();
+    assert_eq!(last_row.split_whitespace().nth(2), Some("2000"), "{hgrm}");
+    std::fs::remove_dir_all(out).unwrap();
+    assert!(engine.shutdown());
+}
