@@ -140,6 +140,10 @@ struct Worker {
     source_cursor: usize,
     last_auth: Option<Instant>,
     rng: u64,
+    /// A timerfd in the readiness set, armed for the next scheduled send (µs precision;
+    /// the runtime's sleep has millisecond ticks, which showed up as latency).
+    send_timer: RawFd,
+    schedule: Option<Schedule>,
 }
 
 /// Runs worker `id` to the end of the hold; returns its report.
@@ -166,9 +170,15 @@ pub fn run(
         source_cursor: id,
         last_auth: None,
         rng: 0x9E37_79B9_7F4A_7C15 ^ (id as u64 + 1),
+        send_timer: timerfd()?,
+        schedule: None,
         plan,
         progress,
     }));
+    {
+        let w = worker.borrow();
+        w.epoll.add(w.send_timer, SEND_TIMER_TOKEN)?;
+    }
     let readiness_fd = dup(worker.borrow().epoll.fd())?;
     runtime.block_on(async move {
         use std::os::fd::FromRawFd;
@@ -191,6 +201,37 @@ pub fn run(
         w.finish();
         Ok(w.report.clone())
     })
+}
+
+fn timerfd() -> io::Result<RawFd> {
+    // SAFETY: timerfd_create with constant flags; result checked.
+    let fd = unsafe {
+        libc::timerfd_create(
+            libc::CLOCK_MONOTONIC,
+            libc::TFD_NONBLOCK | libc::TFD_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(fd)
+}
+
+/// Arms the one-shot timer to fire `after` from now (at least 1 µs).
+fn arm(timer: RawFd, after: Duration) {
+    let after = after.max(Duration::from_micros(1));
+    let spec = libc::itimerspec {
+        it_interval: libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        },
+        it_value: libc::timespec {
+            tv_sec: after.as_secs() as libc::time_t,
+            tv_nsec: after.subsec_nanos() as libc::c_long,
+        },
+    };
+    // SAFETY: `spec` is a live itimerspec; the old value is not asked for.
+    unsafe { libc::timerfd_settime(timer, 0, &spec, std::ptr::null_mut()) };
 }
 
 fn dup(fd: RawFd) -> io::Result<RawFd> {
@@ -247,8 +288,18 @@ async fn hold(worker: &Rc<RefCell<Worker>>) {
     worker.borrow_mut().on_events();
 }
 
-/// How often the load phase sends what is due.
-const LOAD_TICK: Duration = Duration::from_millis(1);
+/// The epoll token of the send timer; connections use their slab key.
+const SEND_TIMER_TOKEN: u64 = u64::MAX;
+
+/// The load phase's open-loop schedule: message k is due at `started + k / rate`, whatever
+/// happened to earlier ones.
+struct Schedule {
+    senders: Vec<usize>,
+    started: Instant,
+    rate_per_worker: f64,
+    next: u64,
+    total: u64,
+}
 /// How long after the last send the load phase waits for deliveries still in flight.
 const DRAIN_WAIT: Duration = Duration::from_secs(5);
 
@@ -275,19 +326,32 @@ async fn load(worker: &Rc<RefCell<Worker>>) {
     };
     let rate_per_worker = rate as f64 / workers as f64;
     let total = (rate_per_worker * duration.as_secs_f64()).round() as u64;
-    let started = Instant::now();
-    let mut next: u64 = 0;
-    // Open loop: message k is due at started + k / rate, whatever happened to earlier ones.
-    while next < total && !senders.is_empty() {
-        monoio::time::sleep(LOAD_TICK).await;
-        let due = ((started.elapsed().as_secs_f64() * rate_per_worker) as u64 + 1).min(total);
-        let mut w = worker.borrow_mut();
-        while next < due {
-            let scheduled = started + Duration::from_secs_f64(next as f64 / rate_per_worker);
-            w.send_message(&senders, next, scheduled);
-            next += 1;
-        }
+    if senders.is_empty() || total == 0 {
+        return;
     }
+    {
+        let mut w = worker.borrow_mut();
+        w.schedule = Some(Schedule {
+            senders,
+            started: Instant::now(),
+            rate_per_worker,
+            next: 0,
+            total,
+        });
+        w.send_due();
+    }
+    // The send timer in the readiness set does the sending; this only waits for the end.
+    let end = Instant::now() + duration + Duration::from_secs(1);
+    while worker
+        .borrow()
+        .schedule
+        .as_ref()
+        .is_some_and(|s| s.next < s.total)
+        && Instant::now() < end
+    {
+        monoio::time::sleep(Duration::from_millis(10)).await;
+    }
+    worker.borrow_mut().schedule = None;
     // Bounded wait for what is still in flight, across all workers.
     let drain_deadline = Instant::now() + DRAIN_WAIT;
     while Instant::now() < drain_deadline {
@@ -315,6 +379,33 @@ impl Worker {
 
     fn since_epoch_ns(&self, at: Instant) -> u64 {
         at.saturating_duration_since(self.plan.epoch).as_nanos() as u64
+    }
+
+    /// Sends every message now due, then arms the send timer for the next one.
+    fn send_due(&mut self) {
+        let Some(mut schedule) = self.schedule.take() else {
+            return;
+        };
+        let mut count: u64 = 0;
+        // SAFETY: reads the expiry count (8 bytes) from our non-blocking timerfd.
+        unsafe { libc::read(self.send_timer, (&mut count as *mut u64).cast(), 8) };
+        let elapsed = schedule.started.elapsed().as_secs_f64();
+        let due = ((elapsed * schedule.rate_per_worker) as u64 + 1).min(schedule.total);
+        while schedule.next < due {
+            let at = schedule.started
+                + Duration::from_secs_f64(schedule.next as f64 / schedule.rate_per_worker);
+            self.send_message(&schedule.senders, schedule.next, at);
+            schedule.next += 1;
+        }
+        if schedule.next < schedule.total {
+            let at = schedule.started
+                + Duration::from_secs_f64(schedule.next as f64 / schedule.rate_per_worker);
+            arm(
+                self.send_timer,
+                at.saturating_duration_since(Instant::now()),
+            );
+        }
+        self.schedule = Some(schedule);
     }
 
     /// Sends message `seq` from a random sender of this worker to a random user.
@@ -368,6 +459,10 @@ impl Worker {
     fn on_events(&mut self) {
         let events: Vec<(u32, u64)> = self.epoll.poll_now().collect();
         for (bits, token) in events {
+            if token == SEND_TIMER_TOKEN {
+                self.send_due();
+                continue;
+            }
             let slot = token as usize;
             if !self.clients.contains(slot) {
                 continue;
@@ -588,6 +683,7 @@ impl Worker {
         for client in self.clients.drain() {
             close(client.fd);
         }
+        close(self.send_timer);
     }
 
     fn fail(&mut self, slot: usize, reason: &'static str) {
