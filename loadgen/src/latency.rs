@@ -60,6 +60,19 @@ impl Latency {
         })
     }
 
+    /// The percentile distribution: `(quantile, value in µs, count up to it)`, 5 steps per
+    /// halving of the remaining tail, as HdrHistogram's own output does.
+    pub fn distribution(&self) -> Vec<(f64, u64, u64)> {
+        let mut total = 0u64;
+        self.histogram
+            .iter_quantiles(5)
+            .map(|step| {
+                total += step.count_since_last_iteration();
+                (step.quantile_iterated_to(), step.value_iterated_to(), total)
+            })
+            .collect()
+    }
+
     /// HdrHistogram's percentile distribution text (values in milliseconds), as the usual
     /// HdrHistogram plotters load it.
     pub fn to_hgrm(&self) -> String {
@@ -70,11 +83,8 @@ impl Latency {
             "Value", "Percentile", "TotalCount", "1/(1-Percentile)"
         );
         let h = &self.histogram;
-        let mut total = 0u64;
-        for step in h.iter_quantiles(5) {
-            total += step.count_since_last_iteration();
-            let quantile = step.quantile_iterated_to();
-            let value_ms = step.value_iterated_to() as f64 / 1000.0;
+        for (quantile, value_us, total) in self.distribution() {
+            let value_ms = value_us as f64 / 1000.0;
             if quantile < 1.0 {
                 let _ = writeln!(
                     out,

@@ -1,6 +1,7 @@
 //! The load generator: opens and authenticates N WebSocket connections against the engine,
 //! holds them with a ping sweep, and reports what it held (stdout table and report.json).
 
+mod chart;
 mod config;
 mod latency;
 mod report;

@@ -210,7 +210,16 @@ impl Summary {
         let text = serde_json::to_string_pretty(&self.to_json()).map_err(io::Error::other)?;
         std::fs::write(dir.join("report.json"), text)?;
         std::fs::write(dir.join("delivery.hgrm"), self.delivery.to_hgrm())?;
-        std::fs::write(dir.join("ack.hgrm"), self.ack.to_hgrm())
+        std::fs::write(dir.join("ack.hgrm"), self.ack.to_hgrm())?;
+        let title = format!(
+            "{} connections, {} msg/s: latency by percentile",
+            self.held, self.rate.0
+        );
+        let svg = crate::chart::percentile_svg(
+            &title,
+            &[("delivery", &self.delivery), ("ack", &self.ack)],
+        );
+        std::fs::write(dir.join("latency.svg"), svg)
     }
 }
 

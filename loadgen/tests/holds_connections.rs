@@ -134,6 +134,8 @@ fn an_open_loop_load_phase_delivers_every_message_and_writes_histograms() {
         .rfind(|l| !l.starts_with('#') && !l.trim().is_empty())
         .unwrap();
     assert_eq!(last_row.split_whitespace().nth(2), Some("2000"), "{hgrm}");
+    let svg = std::fs::read_to_string(out.join("latency.svg")).unwrap();
+    assert!(svg.starts_with("<svg") && svg.matches("<polyline").count() == 2);
     std::fs::remove_dir_all(out).unwrap();
     assert!(engine.shutdown());
 }
