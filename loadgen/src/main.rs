@@ -37,6 +37,9 @@ fn main() -> ExitCode {
                 );
                 return ExitCode::FAILURE;
             }
+            if summary.interrupted {
+                return ExitCode::from(130);
+            }
             let min_held = args.min_held.unwrap_or(args.connections) as u64;
             if summary.held < min_held {
                 eprintln!(
@@ -92,6 +95,7 @@ fn run(args: &Args) -> Result<report::Summary, String> {
     let load_start = Arc::new(std::sync::Barrier::new(workers));
     let rss_before = args.server_pid.and_then(server_rss_bytes);
     let progress = Arc::new(Progress::default());
+    watch_for_interrupt(progress.clone())?;
     let threads: Vec<_> = (0..workers)
         .map(|id| {
             let (plan, progress, load_start) = (plan.clone(), progress.clone(), load_start.clone());
@@ -125,8 +129,32 @@ fn run(args: &Args) -> Result<report::Summary, String> {
         &reports,
     );
     summary.rate = (args.rate, args.duration_secs);
+    summary.interrupted = progress.interrupted.load(Ordering::Acquire);
     summary.server_rss_bytes = rss_before.zip(args.server_pid.and_then(server_rss_bytes));
     Ok(summary)
+}
+
+/// Blocks SIGINT in every thread and takes it on a watcher thread: the first Ctrl-C ends
+/// every phase early (the partial report is still written), a second one exits at once.
+fn watch_for_interrupt(progress: Arc<Progress>) -> Result<(), String> {
+    use nix::sys::signal::{SigSet, Signal};
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGINT);
+    set.thread_block()
+        .map_err(|e| format!("cannot block SIGINT: {e}"))?;
+    std::thread::Builder::new()
+        .name("loadgen-signals".into())
+        .spawn(move || {
+            if set.wait().is_ok() {
+                eprintln!("\nloadgen: interrupted; finishing the current phase and writing the partial report");
+                progress.interrupted.store(true, Ordering::Release);
+            }
+            if set.wait().is_ok() {
+                std::process::exit(130);
+            }
+        })
+        .map_err(|e| format!("cannot start the signal watcher: {e}"))?;
+    Ok(())
 }
 
 /// Raises the soft fd limit to the hard one; returns the limit each worker's table gets.

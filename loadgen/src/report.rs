@@ -43,6 +43,8 @@ pub struct Summary {
     pub ack: Latency,
     /// Messages per second asked for, and for how long.
     pub rate: (u64, u64),
+    /// Ctrl-C ended the run early; the figures are partial.
+    pub interrupted: bool,
 }
 
 impl Summary {
@@ -74,6 +76,7 @@ impl Summary {
             delivery,
             ack,
             rate: (0, 0),
+            interrupted: false,
             target,
             workers: reports.len(),
             source_addrs,
@@ -111,6 +114,7 @@ impl Summary {
         };
         json!({
             "scenario": "chat",
+            "interrupted": self.interrupted,
             "target": self.target,
             "workers": self.workers,
             "source_addrs": self.source_addrs,
@@ -148,6 +152,9 @@ impl Summary {
         let mut out = String::new();
         let mut row = |k: &str, v: String| out.push_str(&format!("{k:<24} {v}\n"));
         row("target", self.target.clone());
+        if self.interrupted {
+            row("interrupted", "yes: partial figures".into());
+        }
         row(
             "workers / sources",
             format!("{} / {}", self.workers, self.source_addrs),

@@ -12,7 +12,7 @@ use std::{
     os::fd::RawFd,
     rc::Rc,
     sync::{
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
         Arc, Barrier,
     },
     time::{Duration, Instant},
@@ -82,6 +82,14 @@ pub struct Progress {
     pub delivered: AtomicU64,
     /// Messages the server answered `peer_offline` (receiver not held).
     pub undeliverable: AtomicU64,
+    /// Set on Ctrl-C: every phase ends early and the partial report is written.
+    pub interrupted: AtomicBool,
+}
+
+impl Progress {
+    fn interrupted(&self) -> bool {
+        self.interrupted.load(Ordering::Acquire)
+    }
 }
 
 /// What one worker reports at the end.
@@ -274,6 +282,10 @@ async fn ramp(worker: &Rc<RefCell<Worker>>) {
             w.fail_unsettled("timeout");
             break;
         }
+        if w.progress.interrupted() {
+            w.fail_unsettled("interrupted");
+            break;
+        }
     }
     let mut w = worker.borrow_mut();
     w.report.ramp_secs = w
@@ -282,11 +294,22 @@ async fn ramp(worker: &Rc<RefCell<Worker>>) {
 }
 
 async fn hold(worker: &Rc<RefCell<Worker>>) {
-    let hold = worker.borrow().plan.hold;
+    let (hold, progress) = (worker.borrow().plan.hold, worker.borrow().progress.clone());
     worker.borrow_mut().ping_all();
-    monoio::time::sleep(hold).await;
+    let end = Instant::now() + hold;
+    // In short steps, so Ctrl-C ends the hold promptly.
+    while Instant::now() < end && !progress.interrupted() {
+        monoio::time::sleep(
+            end.saturating_duration_since(Instant::now())
+                .min(INTERRUPT_POLL),
+        )
+        .await;
+    }
     worker.borrow_mut().on_events();
 }
+
+/// How often a waiting phase checks for Ctrl-C.
+const INTERRUPT_POLL: Duration = Duration::from_millis(100);
 
 /// The epoll token of the send timer; connections use their slab key.
 const SEND_TIMER_TOKEN: u64 = u64::MAX;
@@ -348,13 +371,14 @@ async fn load(worker: &Rc<RefCell<Worker>>) {
         .as_ref()
         .is_some_and(|s| s.next < s.total)
         && Instant::now() < end
+        && !progress.interrupted()
     {
         monoio::time::sleep(Duration::from_millis(10)).await;
     }
     worker.borrow_mut().schedule = None;
     // Bounded wait for what is still in flight, across all workers.
     let drain_deadline = Instant::now() + DRAIN_WAIT;
-    while Instant::now() < drain_deadline {
+    while Instant::now() < drain_deadline && !progress.interrupted() {
         let sent = progress.sent.load(Ordering::Acquire);
         let settled = progress.delivered.load(Ordering::Acquire)
             + progress.undeliverable.load(Ordering::Acquire);

@@ -139,3 +139,50 @@ fn an_open_loop_load_phase_delivers_every_message_and_writes_histograms() {
     std::fs::remove_dir_all(out).unwrap();
     assert!(engine.shutdown());
 }
+
+#[test]
+fn ctrl_c_ends_the_run_early_with_a_partial_report() {
+    let engine = engine(1);
+    let out = std::env::temp_dir().join(format!("loadgen-test-int-{}", std::process::id()));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_loadgen"))
+        .args([
+            "--target",
+            &engine.local_addr().to_string(),
+            "--connections",
+            "100",
+            "--hold-secs",
+            "60",
+            "--out",
+        ])
+        .arg(&out)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc_kill(child.id() as i32, 2) };
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "no exit after Ctrl-C"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(130));
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    assert_eq!(report["interrupted"], true);
+    assert_eq!(report["held"], 100, "{report}");
+    std::fs::remove_dir_all(out).unwrap();
+    assert!(engine.shutdown());
+}
+
+extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, signal: i32) -> i32;
+}
