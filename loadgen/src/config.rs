@@ -7,6 +7,25 @@ use clap::Parser;
 /// The most connections one run may attempt.
 pub const CONNECTIONS_MAX: usize = 10_000_000;
 
+/// What the connections do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Scenario {
+    /// The engine's chat protocol: auth, ping, send_message between random users.
+    Chat,
+    /// Plain text frames timed by their echo: for servers that only echo (the peers).
+    Echo,
+}
+
+impl Scenario {
+    /// The name in the report.
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::Chat => "chat",
+            Scenario::Echo => "echo",
+        }
+    }
+}
+
 /// Command line.
 #[derive(Debug, Parser)]
 #[command(
@@ -27,6 +46,9 @@ pub struct Args {
     /// Seconds to hold every connection after the ramp; a ping sweep checks each answers
     #[arg(long, default_value_t = 5, value_name = "H")]
     pub hold_secs: u64,
+    /// chat: the engine's protocol; echo: text frames timed by their echo (any echo server)
+    #[arg(long, value_enum, default_value_t = Scenario::Chat)]
+    pub scenario: Scenario,
     /// Messages per second in the load phase, all senders together (0: no load phase)
     #[arg(long, default_value_t = 0, value_name = "M")]
     pub rate: u64,

@@ -91,6 +91,7 @@ fn run(args: &Args) -> Result<report::Summary, String> {
         rate: args.rate,
         duration: Duration::from_secs(args.duration_secs),
         epoch: std::time::Instant::now(),
+        scenario: args.scenario,
     });
     let load_start = Arc::new(std::sync::Barrier::new(workers));
     let rss_before = args.server_pid.and_then(server_rss_bytes);
@@ -129,6 +130,7 @@ fn run(args: &Args) -> Result<report::Summary, String> {
         &reports,
     );
     summary.rate = (args.rate, args.duration_secs);
+    summary.scenario = args.scenario.name();
     summary.interrupted = progress.interrupted.load(Ordering::Acquire);
     summary.server_rss_bytes = rss_before.zip(args.server_pid.and_then(server_rss_bytes));
     Ok(summary)

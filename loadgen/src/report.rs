@@ -45,6 +45,8 @@ pub struct Summary {
     pub rate: (u64, u64),
     /// Ctrl-C ended the run early; the figures are partial.
     pub interrupted: bool,
+    /// `chat` or `echo`.
+    pub scenario: &'static str,
 }
 
 impl Summary {
@@ -77,6 +79,7 @@ impl Summary {
             ack,
             rate: (0, 0),
             interrupted: false,
+            scenario: "chat",
             target,
             workers: reports.len(),
             source_addrs,
@@ -113,7 +116,7 @@ impl Summary {
             _ => serde_json::Value::Null,
         };
         json!({
-            "scenario": "chat",
+            "scenario": self.scenario,
             "interrupted": self.interrupted,
             "target": self.target,
             "workers": self.workers,

@@ -12,7 +12,7 @@ use std::{
     os::fd::RawFd,
     rc::Rc,
     sync::{
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
         Arc, Barrier,
     },
     time::{Duration, Instant},
@@ -28,7 +28,7 @@ use engine::{
 use monoio::{FusionDriver, RuntimeBuilder};
 use slab::Slab;
 
-use crate::latency::Latency;
+use crate::{config::Scenario, latency::Latency};
 
 /// How often the ramp opens the connections that are due.
 const RAMP_TICK: Duration = Duration::from_millis(5);
@@ -58,6 +58,8 @@ pub struct Plan {
     pub duration: Duration,
     /// The run's time origin: scheduled and arrival times are nanoseconds since it.
     pub epoch: Instant,
+    /// Chat protocol or plain echo.
+    pub scenario: Scenario,
 }
 
 impl Plan {
@@ -84,6 +86,10 @@ pub struct Progress {
     pub undeliverable: AtomicU64,
     /// Set on Ctrl-C: every phase ends early and the partial report is written.
     pub interrupted: AtomicBool,
+    /// Workers whose load schedule has ended.
+    pub senders_done: AtomicUsize,
+    /// Workers that have drained what was in flight.
+    pub drained: AtomicUsize,
 }
 
 impl Progress {
@@ -296,6 +302,12 @@ async fn ramp(worker: &Rc<RefCell<Worker>>) {
 async fn hold(worker: &Rc<RefCell<Worker>>) {
     let (hold, progress) = (worker.borrow().plan.hold, worker.borrow().progress.clone());
     worker.borrow_mut().ping_all();
+    // The sweep completes first (every connection answered, bounded by the connect
+    // timeout); then the hold itself.
+    let sweep_end = Instant::now() + worker.borrow().plan.connect_timeout;
+    while Instant::now() < sweep_end && !progress.interrupted() && worker.borrow().awaiting_pong() {
+        monoio::time::sleep(Duration::from_millis(5)).await;
+    }
     let end = Instant::now() + hold;
     // In short steps, so Ctrl-C ends the hold promptly.
     while Instant::now() < end && !progress.interrupted() {
@@ -339,6 +351,46 @@ async fn load(worker: &Rc<RefCell<Worker>>) {
     if rate == 0 || duration.is_zero() {
         return;
     }
+    send_schedule(worker, rate, duration, workers, &progress).await;
+    progress.senders_done.fetch_add(1, Ordering::AcqRel);
+    // Bounded wait for what is still in flight, across all workers.
+    let drain_deadline = Instant::now() + DRAIN_WAIT;
+    while Instant::now() < drain_deadline && !progress.interrupted() {
+        let sent = progress.sent.load(Ordering::Acquire);
+        let settled = progress.delivered.load(Ordering::Acquire)
+            + progress.undeliverable.load(Ordering::Acquire);
+        let acks_in = {
+            let w = worker.borrow();
+            // Echo servers send no acks.
+            w.plan.scenario == Scenario::Echo
+                || w.report.acked + w.report.undeliverable >= w.report.sent
+        };
+        let all_sent = progress.senders_done.load(Ordering::Acquire) == workers;
+        if all_sent && settled >= sent && acks_in {
+            break;
+        }
+        monoio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Keep reading until every worker is done, so no worker closes connections that others
+    // are still delivering to. Bounded like the drain.
+    progress.drained.fetch_add(1, Ordering::AcqRel);
+    let end = Instant::now() + DRAIN_WAIT;
+    while progress.drained.load(Ordering::Acquire) < workers
+        && Instant::now() < end
+        && !progress.interrupted()
+    {
+        monoio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Runs this worker's open-loop schedule to its end (or Ctrl-C).
+async fn send_schedule(
+    worker: &Rc<RefCell<Worker>>,
+    rate: u64,
+    duration: Duration,
+    workers: usize,
+    progress: &Progress,
+) {
     let senders: Vec<usize> = {
         let w = worker.borrow();
         w.clients
@@ -376,20 +428,6 @@ async fn load(worker: &Rc<RefCell<Worker>>) {
         monoio::time::sleep(Duration::from_millis(10)).await;
     }
     worker.borrow_mut().schedule = None;
-    // Bounded wait for what is still in flight, across all workers.
-    let drain_deadline = Instant::now() + DRAIN_WAIT;
-    while Instant::now() < drain_deadline && !progress.interrupted() {
-        let sent = progress.sent.load(Ordering::Acquire);
-        let settled = progress.delivered.load(Ordering::Acquire)
-            + progress.undeliverable.load(Ordering::Acquire);
-        if settled >= sent
-            && worker.borrow().report.acked + worker.borrow().report.undeliverable
-                >= worker.borrow().report.sent
-        {
-            break;
-        }
-        monoio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 impl Worker {
@@ -442,10 +480,14 @@ impl Worker {
         let others = (self.plan.connections as u64 - 1).max(1);
         let receiver = (sender_user + 1 + self.random() % others) % self.plan.connections as u64;
         let stamp = self.since_epoch_ns(scheduled);
-        let text = format!(
-            r#"{{"type":"send_message","messageId":"{stamp}-{}-{seq}","receiverId":"lg{receiver}","content":"{stamp}"}}"#,
-            self.id
-        );
+        let text = match self.plan.scenario {
+            Scenario::Chat => format!(
+                r#"{{"type":"send_message","messageId":"{stamp}-{}-{seq}","receiverId":"lg{receiver}","content":"{stamp}"}}"#,
+                self.id
+            ),
+            // The echo comes back on the sending connection carrying the same stamp.
+            Scenario::Echo => stamp.to_string(),
+        };
         if Instant::now().saturating_duration_since(scheduled) > Duration::from_millis(1) {
             self.report.sent_late += 1;
         }
@@ -571,6 +613,11 @@ impl Worker {
                 return false;
             }
             self.clients[slot].inbuf.drain(..end + 4);
+            if self.plan.scenario == Scenario::Echo {
+                self.clients[slot].state = State::Authenticating;
+                self.mark_ready(slot);
+                return self.process_frames(slot);
+            }
             let auth = format!(
                 r#"{{"type":"auth","userId":"lg{}","deviceId":"lg"}}"#,
                 self.clients[slot].user
@@ -580,6 +627,11 @@ impl Worker {
             }
             self.clients[slot].state = State::Authenticating;
         }
+        self.process_frames(slot)
+    }
+
+    /// Handles every whole frame the connection has read; false when it was closed.
+    fn process_frames(&mut self, slot: usize) -> bool {
         let mut used = 0;
         loop {
             let parsed = parse_server_frame(&self.clients[slot].inbuf[used..]);
@@ -597,8 +649,13 @@ impl Worker {
                 Kind::Text => {
                     let payload = &self.clients[slot].inbuf
                         [start + frame.payload.start..start + frame.payload.end];
-                    let kind = message_type(payload);
-                    let stamp = stamp_of(payload, kind);
+                    let (kind, stamp) = match self.plan.scenario {
+                        Scenario::Chat => {
+                            let kind = message_type(payload);
+                            (kind, stamp_of(payload, kind))
+                        }
+                        Scenario::Echo => echo_type(payload),
+                    };
                     if !self.on_message(slot, kind, stamp) {
                         return false;
                     }
@@ -643,10 +700,7 @@ impl Worker {
         let client = &mut self.clients[slot];
         match (client.state, kind) {
             (State::Authenticating, MessageType::AuthSuccess) => {
-                client.state = State::Ready;
-                self.authenticated += 1;
-                self.last_auth = Some(Instant::now());
-                self.progress.authenticated.fetch_add(1, Ordering::Relaxed);
+                self.mark_ready(slot);
                 true
             }
             (State::Authenticating, MessageType::Error) => {
@@ -661,7 +715,24 @@ impl Worker {
         }
     }
 
+    /// Whether some connection has not answered the ping sweep yet.
+    fn awaiting_pong(&self) -> bool {
+        self.clients.iter().any(|(_, c)| c.state == State::PingSent)
+    }
+
+    /// The connection is open (and authenticated, for chat): it counts as established.
+    fn mark_ready(&mut self, slot: usize) {
+        self.clients[slot].state = State::Ready;
+        self.authenticated += 1;
+        self.last_auth = Some(Instant::now());
+        self.progress.authenticated.fetch_add(1, Ordering::Relaxed);
+    }
+
     fn ping_all(&mut self) {
+        let ping = match self.plan.scenario {
+            Scenario::Chat => r#"{"type":"ping","ts":0}"#,
+            Scenario::Echo => "ping",
+        };
         let ready: Vec<usize> = self
             .clients
             .iter()
@@ -669,7 +740,7 @@ impl Worker {
             .map(|(slot, _)| slot)
             .collect();
         for slot in ready {
-            if self.send_text(slot, r#"{"type":"ping","ts":0}"#) {
+            if self.send_text(slot, ping) {
                 self.clients[slot].state = State::PingSent;
             }
         }
@@ -739,6 +810,20 @@ enum MessageType {
     PeerOffline,
     Error,
     Other,
+}
+
+/// Reads an echoed frame: `ping` answers the sweep, digits are a load message's stamp.
+fn echo_type(payload: &[u8]) -> (MessageType, Option<u64>) {
+    if payload == b"ping" {
+        return (MessageType::Pong, None);
+    }
+    match std::str::from_utf8(payload)
+        .ok()
+        .and_then(|t| t.parse().ok())
+    {
+        Some(stamp) => (MessageType::NewMessage, Some(stamp)),
+        None => (MessageType::Other, None),
+    }
 }
 
 /// The scheduled send time a load message carries: in `content` of a `new_message`, at the
@@ -913,6 +998,7 @@ mod tests {
             rate: 0,
             duration: Duration::ZERO,
             epoch: Instant::now(),
+            scenario: Scenario::Chat,
         };
         let mut all: Vec<usize> = (0..3)
             .flat_map(|w| plan.users_of(w).collect::<Vec<_>>())
