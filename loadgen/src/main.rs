@@ -106,15 +106,20 @@ fn run(args: &Args) -> Result<report::Summary, String> {
                 .map_err(|e| format!("cannot start a worker: {e}"))
         })
         .collect::<Result<_, _>>()?;
+    let mut last = (std::time::Instant::now(), 0u64, 0u64);
     while !threads.iter().all(|t| t.is_finished()) {
         std::thread::sleep(Duration::from_millis(500));
+        let authenticated = progress.authenticated.load(Ordering::Relaxed);
+        let delivered = progress.delivered.load(Ordering::Relaxed);
+        let secs = last.0.elapsed().as_secs_f64();
+        let conn_rate = authenticated.saturating_sub(last.1) as f64 / secs;
+        let msg_rate = delivered.saturating_sub(last.2) as f64 / secs;
+        last = (std::time::Instant::now(), authenticated, delivered);
         eprint!(
-            "\rattempted {} authenticated {} failed {} | sent {} delivered {}   ",
+            "\rattempted {} authenticated {authenticated} failed {} ({conn_rate:.0} conn/s) | sent {} delivered {delivered} ({msg_rate:.0} msg/s)   ",
             progress.attempted.load(Ordering::Relaxed),
-            progress.authenticated.load(Ordering::Relaxed),
             progress.failed.load(Ordering::Relaxed),
             progress.sent.load(Ordering::Relaxed),
-            progress.delivered.load(Ordering::Relaxed)
         );
     }
     eprintln!();

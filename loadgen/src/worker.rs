@@ -323,6 +323,18 @@ async fn hold(worker: &Rc<RefCell<Worker>>) {
 /// How often a waiting phase checks for Ctrl-C.
 const INTERRUPT_POLL: Duration = Duration::from_millis(100);
 
+impl Schedule {
+    /// When message `k` is due: `started + k / rate`.
+    fn at(&self, k: u64) -> Instant {
+        self.started + Duration::from_secs_f64(k as f64 / self.rate_per_worker)
+    }
+
+    /// How many messages are due by `elapsed` since the start (message 0 at once).
+    fn due_by(&self, elapsed: Duration) -> u64 {
+        ((elapsed.as_secs_f64() * self.rate_per_worker) as u64 + 1).min(self.total)
+    }
+}
+
 /// The epoll token of the send timer; connections use their slab key.
 const SEND_TIMER_TOKEN: u64 = u64::MAX;
 
@@ -451,17 +463,14 @@ impl Worker {
         let mut count: u64 = 0;
         // SAFETY: reads the expiry count (8 bytes) from our non-blocking timerfd.
         unsafe { libc::read(self.send_timer, (&mut count as *mut u64).cast(), 8) };
-        let elapsed = schedule.started.elapsed().as_secs_f64();
-        let due = ((elapsed * schedule.rate_per_worker) as u64 + 1).min(schedule.total);
+        let due = schedule.due_by(schedule.started.elapsed());
         while schedule.next < due {
-            let at = schedule.started
-                + Duration::from_secs_f64(schedule.next as f64 / schedule.rate_per_worker);
+            let at = schedule.at(schedule.next);
             self.send_message(&schedule.senders, schedule.next, at);
             schedule.next += 1;
         }
         if schedule.next < schedule.total {
-            let at = schedule.started
-                + Duration::from_secs_f64(schedule.next as f64 / schedule.rate_per_worker);
+            let at = schedule.at(schedule.next);
             arm(
                 self.send_timer,
                 at.saturating_duration_since(Instant::now()),
@@ -1005,6 +1014,32 @@ mod tests {
             .collect();
         all.sort();
         assert_eq!(all, (0..10).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn the_schedule_is_open_loop_and_bounded() {
+        let started = Instant::now();
+        let schedule = Schedule {
+            senders: vec![0],
+            started,
+            rate_per_worker: 1000.0,
+            next: 0,
+            total: 5000,
+        };
+        assert_eq!(schedule.at(0), started);
+        assert_eq!(schedule.at(1500) - started, Duration::from_millis(1500));
+        assert_eq!(schedule.due_by(Duration::ZERO), 1);
+        assert_eq!(schedule.due_by(Duration::from_micros(2_500)), 3);
+        // Falling behind does not thin the schedule: everything due is sent at once.
+        assert_eq!(schedule.due_by(Duration::from_secs(2)), 2001);
+        assert_eq!(schedule.due_by(Duration::from_secs(60)), 5000);
+    }
+
+    #[test]
+    fn echo_frames_are_classified() {
+        assert_eq!(echo_type(b"ping"), (MessageType::Pong, None));
+        assert_eq!(echo_type(b"123"), (MessageType::NewMessage, Some(123)));
+        assert_eq!(echo_type(b"hello"), (MessageType::Other, None));
     }
 
     #[test]

@@ -27,7 +27,15 @@ fn two_thousand_connections_are_held_and_reported() {
             "--ramp-per-sec",
             "4000",
         ])
-        .args(["--hold-secs", "1", "--out"])
+        .args([
+            "--hold-secs",
+            "1",
+            "--rate",
+            "2000",
+            "--duration-secs",
+            "1",
+            "--out",
+        ])
         .arg(&out)
         .args(["--server-pid", &std::process::id().to_string()])
         .status()
@@ -40,6 +48,9 @@ fn two_thousand_connections_are_held_and_reported() {
     assert_eq!(report["failed_total"], 0);
     assert!(report["connect_rate_per_sec"].as_f64().unwrap() > 0.0);
     assert!(report["server"]["rss_bytes_per_connection"].is_number());
+    assert_eq!(report["load"]["sent"], 2000);
+    assert_eq!(report["load"]["lost"], 0);
+    assert_eq!(report["load"]["delivered"], 2000);
     std::fs::remove_dir_all(out).unwrap();
     assert!(engine.shutdown());
 }
