@@ -1,7 +1,9 @@
 //! `--scenario echo` against a plain WebSocket echo server that knows nothing of our chat
 //! protocol (as the peers we compare against): frames are timed by their echo.
 
-use std::{net::TcpListener, process::Command, thread};
+mod common;
+
+use std::{net::TcpListener, thread};
 
 use tungstenite::Message;
 
@@ -30,32 +32,24 @@ fn echo_server() -> std::net::SocketAddr {
 
 #[test]
 fn echo_mode_measures_a_server_that_only_echoes() {
-    let addr = echo_server();
-    let out = std::env::temp_dir().join(format!("loadgen-test-echo-{}", std::process::id()));
-    let status = Command::new(env!("CARGO_BIN_EXE_loadgen"))
-        .args([
+    let addr = echo_server().to_string();
+    let (status, report, out) = common::run(
+        "echo",
+        &[
             "--scenario",
             "echo",
             "--target",
-            &addr.to_string(),
+            &addr,
             "--connections",
             "50",
-        ])
-        .args([
             "--hold-secs",
             "0",
-            "--rate",
-            "500",
-            "--duration-secs",
-            "1",
-            "--out",
-        ])
-        .arg(&out)
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+        ]
+        .into_iter()
+        .chain(["--rate", "500", "--duration-secs", "1"])
+        .collect::<Vec<_>>(),
+    );
+    assert!(status.success(), "{report}");
     assert_eq!(report["scenario"], "echo");
     assert_eq!(report["held"], 50, "{report}");
     assert_eq!(report["load"]["sent"], 500);

@@ -95,17 +95,7 @@ pub fn parse_client_frame(
     let Some(mask) = header.mask else {
         return Err(FrameError::Protocol("client frames must be masked"));
     };
-    let kind = match header.opcode {
-        OpCode::Data(Data::Continue) => Kind::Continuation,
-        OpCode::Data(Data::Text) => Kind::Text,
-        OpCode::Data(Data::Binary) => Kind::Binary,
-        OpCode::Control(Control::Close) => Kind::Close,
-        OpCode::Control(Control::Ping) => Kind::Ping,
-        OpCode::Control(Control::Pong) => Kind::Pong,
-        OpCode::Data(Data::Reserved(_)) | OpCode::Control(Control::Reserved(_)) => {
-            return Err(FrameError::Protocol("reserved opcode"))
-        }
-    };
+    let kind = kind_of(header.opcode)?;
     let is_control = matches!(kind, Kind::Close | Kind::Ping | Kind::Pong);
     if is_control && (!header.is_final || length > CONTROL_PAYLOAD_MAX as u64) {
         return Err(FrameError::Protocol(
@@ -129,6 +119,21 @@ pub fn parse_client_frame(
         },
         total,
     )))
+}
+
+/// The frame kind of an opcode; reserved opcodes are protocol errors.
+fn kind_of(opcode: OpCode) -> Result<Kind, FrameError> {
+    Ok(match opcode {
+        OpCode::Data(Data::Continue) => Kind::Continuation,
+        OpCode::Data(Data::Text) => Kind::Text,
+        OpCode::Data(Data::Binary) => Kind::Binary,
+        OpCode::Control(Control::Close) => Kind::Close,
+        OpCode::Control(Control::Ping) => Kind::Ping,
+        OpCode::Control(Control::Pong) => Kind::Pong,
+        OpCode::Data(Data::Reserved(_)) | OpCode::Control(Control::Reserved(_)) => {
+            return Err(FrameError::Protocol("reserved opcode"))
+        }
+    })
 }
 
 /// Validates a close frame's payload: empty, or a valid code followed by UTF-8 reason.
@@ -231,15 +236,7 @@ pub fn parse_server_frame(buf: &[u8]) -> Result<Option<(ServerFrame, usize)>, Fr
     if header.mask.is_some() {
         return Err(FrameError::Protocol("server frames must not be masked"));
     }
-    let kind = match header.opcode {
-        OpCode::Data(Data::Continue) => Kind::Continuation,
-        OpCode::Data(Data::Text) => Kind::Text,
-        OpCode::Data(Data::Binary) => Kind::Binary,
-        OpCode::Control(Control::Close) => Kind::Close,
-        OpCode::Control(Control::Ping) => Kind::Ping,
-        OpCode::Control(Control::Pong) => Kind::Pong,
-        _ => return Err(FrameError::Protocol("reserved opcode")),
-    };
+    let kind = kind_of(header.opcode)?;
     let start = cursor.position() as usize;
     let Some(end) = usize::try_from(length)
         .ok()

@@ -1,0 +1,44 @@
+//! Test harness: runs the loadgen binary and reads back its report.
+#![allow(dead_code)]
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, ExitStatus},
+};
+
+use engine::{config::Config, Engine};
+
+/// The real engine in this process, on an ephemeral port.
+pub fn engine(reactors: usize, jwt_secret: Option<&[u8]>) -> Engine {
+    let config = Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        reactors,
+        jwt_secret: jwt_secret.map(<[u8]>::to_vec),
+        ..Config::default()
+    };
+    Engine::start(config).expect("engine starts")
+}
+
+/// A fresh output directory for one test.
+pub fn out_dir(name: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("loadgen-test-{name}-{}", std::process::id()))
+}
+
+/// Reads `report.json` from `out`.
+pub fn read_report(out: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).expect("report written"))
+        .expect("report is JSON")
+}
+
+/// Runs the loadgen with `args` and `--out`; returns its exit status and report.
+pub fn run(name: &str, args: &[&str]) -> (ExitStatus, serde_json::Value, PathBuf) {
+    let out = out_dir(name);
+    let status = Command::new(env!("CARGO_BIN_EXE_loadgen"))
+        .args(args)
+        .arg("--out")
+        .arg(&out)
+        .status()
+        .unwrap();
+    let report = read_report(&out);
+    (status, report, out)
+}
