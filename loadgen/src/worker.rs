@@ -158,6 +158,8 @@ struct Worker {
     /// the runtime's sleep has millisecond ticks, which showed up as latency).
     send_timer: RawFd,
     schedule: Option<Schedule>,
+    /// Reused buffer of readiness events.
+    events: Vec<(u32, u64)>,
 }
 
 /// Runs worker `id` to the end of the hold; returns its report.
@@ -186,6 +188,7 @@ pub fn run(
         rng: 0x9E37_79B9_7F4A_7C15 ^ (id as u64 + 1),
         send_timer: timerfd()?,
         schedule: None,
+        events: Vec::new(),
         plan,
         progress,
     }));
@@ -531,9 +534,12 @@ impl Worker {
         }
     }
 
+    /// Handles the ready events. Reuses one event buffer: no allocation per wake-up.
     fn on_events(&mut self) {
-        let events: Vec<(u32, u64)> = self.epoll.poll_now().collect();
-        for (bits, token) in events {
+        let mut events = std::mem::take(&mut self.events);
+        events.clear();
+        events.extend(self.epoll.poll_now());
+        for &(bits, token) in &events {
             if token == SEND_TIMER_TOKEN {
                 self.send_due();
                 continue;
@@ -545,10 +551,12 @@ impl Worker {
             if bits & WRITABLE != 0 && self.clients[slot].state == State::Connecting {
                 self.on_connected(slot);
             }
-            if bits & (READABLE | BROKEN) != 0 {
+            // on_connected may have failed (and removed) the connection.
+            if bits & (READABLE | BROKEN) != 0 && self.clients.contains(slot) {
                 self.on_readable(slot);
             }
         }
+        self.events = events;
     }
 
     fn on_connected(&mut self, slot: usize) {
