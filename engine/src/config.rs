@@ -59,6 +59,23 @@ pub struct Args {
     /// TOML file with any of the settings above (snake_case keys); flags and env override it
     #[arg(long, env = "ENGINE_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// Instead of serving: a tool to run
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Tools the binary runs instead of serving.
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Read this host's limits and predict how many connections it can hold
+    Check {
+        /// Connections the engine should hold
+        #[arg(long, value_name = "N")]
+        connections: u64,
+        /// Reactors it would run [default: one per core]
+        #[arg(long, value_name = "R")]
+        reactors: Option<u64>,
+    },
 }
 
 /// The TOML file's shape: the same settings, snake_case.

@@ -16,9 +16,10 @@
 //! - [`ws`], [`http`], [`protocol`]: pure codecs (bytes in, values out).
 //! - [`router`]: user homes and the directory; [`mailbox`]: rings and doorbells between reactors.
 //! - [`timer`]: the per-reactor timer wheel; [`stats`]: per-reactor counters.
-//! - [`shutdown`]: signals and the drain.
+//! - [`shutdown`]: signals and the drain; [`check`]: the host check (`engine check`).
 #![warn(missing_docs, unreachable_pub)]
 
+pub mod check;
 pub mod config;
 pub mod http;
 pub mod mailbox;

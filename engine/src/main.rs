@@ -2,7 +2,8 @@
 
 use clap::Parser;
 use engine::{
-    config::{Args, Config},
+    check::{evaluate, render, HostSnapshot},
+    config::{Args, Command, Config},
     shutdown, Engine,
 };
 use tracing::{info, warn};
@@ -12,7 +13,15 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
     disable_transparent_huge_pages();
-    let config = match Config::resolve(Args::parse()) {
+    let mut args = Args::parse();
+    if let Some(Command::Check {
+        connections,
+        reactors,
+    }) = args.command.take()
+    {
+        return check(connections, reactors);
+    }
+    let config = match Config::resolve(args) {
         Ok(config) => config,
         Err(e) => {
             eprintln!("engine: {e}");
@@ -53,6 +62,20 @@ fn main() -> std::process::ExitCode {
         warn!("drain bound passed; exiting with connections still open");
     }
     std::process::ExitCode::SUCCESS
+}
+
+/// `engine check`: prints each limit against the target and the predicted ceiling; exit 1
+/// when the target is out of reach.
+fn check(connections: u64, reactors: Option<u64>) -> std::process::ExitCode {
+    let host = HostSnapshot::live();
+    let reactors = reactors.unwrap_or(host.cores).max(1);
+    let verdict = evaluate(&host, connections, reactors);
+    print!("{}", render(&verdict, &host, reactors));
+    if verdict.reachable() {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::FAILURE
+    }
 }
 
 /// Opts this process out of transparent huge pages before the heap grows.
