@@ -38,6 +38,8 @@ pub struct HostSnapshot {
     pub cores: u64,
     /// `kernel.io_uring_disabled` (0 allowed, 1 root only, 2 off), when the kernel has it.
     pub io_uring_disabled: Option<u64>,
+    /// Whether an io_uring could be set up here (probed on the live host only).
+    pub io_uring_works: Option<bool>,
 }
 
 fn read_u64s(root: &Path, path: &str) -> Option<Vec<u64>> {
@@ -73,6 +75,7 @@ impl HostSnapshot {
             mem_available,
             cores,
             io_uring_disabled: read_u64(root, "proc/sys/kernel/io_uring_disabled"),
+            io_uring_works: None,
         }
     }
 
@@ -81,7 +84,10 @@ impl HostSnapshot {
         let nofile = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
             .unwrap_or((0, 0));
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u64);
-        HostSnapshot::read(Path::new("/"), nofile, cores)
+        HostSnapshot {
+            io_uring_works: Some(monoio::utils::detect_uring()),
+            ..HostSnapshot::read(Path::new("/"), nofile, cores)
+        }
     }
 }
 
@@ -219,6 +225,15 @@ pub fn evaluate(host: &HostSnapshot, connections: u64, reactors: u64) -> Verdict
                 "only for clients on this host: {} ports per source address; a local loadgen rotates 127.0.0.x",
                 high.saturating_sub(low) + 1
             ),
+        });
+    }
+    if host.io_uring_works == Some(false) {
+        limits.push(Limit {
+            name: "io_uring",
+            current: "unavailable".into(),
+            ceiling: None,
+            problem: true,
+            fix: "the engine will run on epoll: see tuning/io-uring.md (kernel 5.10+, seccomp, io_uring_disabled)".into(),
         });
     }
     match host.io_uring_disabled {
@@ -381,5 +396,21 @@ mod tests {
             text.contains("sysctl -w net.ipv4.tcp_max_syn_backlog=65535"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn a_host_without_io_uring_is_told_about_the_fallback() {
+        let host = HostSnapshot {
+            io_uring_works: Some(false),
+            io_uring_disabled: Some(2),
+            ..this_vm()
+        };
+        let text = render(&evaluate(&host, 1000, 1), &host, 1);
+        assert!(
+            text.contains("io_uring") && text.contains("epoll"),
+            "{text}"
+        );
+        // A warning, not a cap on the count.
+        assert!(evaluate(&host, 1000, 1).reachable());
     }
 }
