@@ -14,48 +14,32 @@ fn two_thousand_connections_are_held_and_a_load_phase_loses_nothing() {
         engine.local_addr().to_string(),
         std::process::id().to_string(),
     );
-    let (status, report, out) = run(
-        "held",
-        &[
-            "--target",
-            &target,
-            "--connections",
-            "2000",
-            "--ramp-per-sec",
-            "4000",
-            "--hold-secs",
-            "1",
-        ],
-    );
+    let base = [
+        "--target",
+        target.as_str(),
+        "--connections",
+        "2000",
+        "--ramp-per-sec",
+        "4000",
+    ];
+    let (status, report, out) = run("held", &[&base[..], &["--hold-secs", "1"]].concat());
     assert!(status.success(), "{report}");
     assert_eq!(report["attempted"], 2000);
     assert_eq!(report["held"], 2000, "{report}");
     assert_eq!(report["failed_total"], 0);
     assert!(report["connect_rate_per_sec"].as_f64().unwrap() > 0.0);
     std::fs::remove_dir_all(out).unwrap();
-    let (status, report, out) = run(
-        "held-load",
-        &[
-            "--target",
-            &target,
-            "--connections",
-            "2000",
-            "--ramp-per-sec",
-            "4000",
-            "--hold-secs",
-            "0",
-        ]
-        .into_iter()
-        .chain([
-            "--rate",
-            "2000",
-            "--duration-secs",
-            "1",
-            "--server-pid",
-            &pid,
-        ])
-        .collect::<Vec<_>>(),
-    );
+    let load = [
+        "--hold-secs",
+        "0",
+        "--rate",
+        "2000",
+        "--duration-secs",
+        "1",
+        "--server-pid",
+        pid.as_str(),
+    ];
+    let (status, report, out) = run("held-load", &[&base[..], &load[..]].concat());
     assert!(status.success(), "{report}");
     assert_eq!(
         (
