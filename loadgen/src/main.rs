@@ -48,6 +48,10 @@ fn main() -> ExitCode {
                 );
                 return ExitCode::FAILURE;
             }
+            if summary.lost() > 0 {
+                eprintln!("loadgen: {} messages were lost", summary.lost());
+                return ExitCode::FAILURE;
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -92,6 +96,7 @@ fn run(args: &Args) -> Result<report::Summary, String> {
         duration: Duration::from_secs(args.duration_secs),
         epoch: std::time::Instant::now(),
         scenario: args.scenario,
+        server_pid: args.server_pid,
     });
     let load_start = Arc::new(std::sync::Barrier::new(workers));
     let rss_before = args.server_pid.and_then(server_rss_bytes);
@@ -137,7 +142,13 @@ fn run(args: &Args) -> Result<report::Summary, String> {
     summary.rate = (args.rate, args.duration_secs);
     summary.scenario = args.scenario.name();
     summary.interrupted = progress.interrupted.load(Ordering::Acquire);
-    summary.server_rss_bytes = rss_before.zip(args.server_pid.and_then(server_rss_bytes));
+    let after_hold = progress.server_rss_after_hold.load(Ordering::Acquire);
+    let after_hold = if after_hold > 0 {
+        Some(after_hold)
+    } else {
+        args.server_pid.and_then(server_rss_bytes)
+    };
+    summary.server_rss_bytes = rss_before.zip(after_hold);
     Ok(summary)
 }
 
@@ -182,7 +193,7 @@ fn raise_fd_limit() -> u64 {
 }
 
 /// The server's resident set size from /proc.
-fn server_rss_bytes(pid: u32) -> Option<u64> {
+pub(crate) fn server_rss_bytes(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let kb: u64 = status
         .lines()

@@ -25,7 +25,8 @@ pub struct Summary {
     pub ramp_secs: f64,
     /// Seconds held.
     pub hold_secs: u64,
-    /// Server RSS before the ramp and after the hold, when `--server-pid` was given.
+    /// Server RSS before the ramp and at the end of the hold (before any load), when
+    /// `--server-pid` was given.
     pub server_rss_bytes: Option<(u64, u64)>,
     /// Load phase: messages sent.
     pub sent: u64,

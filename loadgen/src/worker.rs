@@ -60,6 +60,8 @@ pub struct Plan {
     pub epoch: Instant,
     /// Chat protocol or plain echo.
     pub scenario: Scenario,
+    /// The server's pid, for its RSS at the end of the hold.
+    pub server_pid: Option<u32>,
 }
 
 impl Plan {
@@ -88,6 +90,11 @@ pub struct Progress {
     pub interrupted: AtomicBool,
     /// Workers whose load schedule has ended.
     pub senders_done: AtomicUsize,
+    /// Workers that have finished the hold.
+    pub holds_done: AtomicUsize,
+    /// The server's RSS read when every worker had finished the hold and none had begun the
+    /// load: the idle figure (0 when not measured).
+    pub server_rss_after_hold: AtomicU64,
     /// Workers that have drained what was in flight.
     pub drained: AtomicUsize,
 }
@@ -211,7 +218,18 @@ pub fn run(
         });
         ramp(&worker).await;
         hold(&worker).await;
-        // Every worker has held its connections before any load starts.
+        // Every worker has held its connections before any load starts. The last to arrive
+        // reads the server's RSS while the others wait: no load traffic is in it.
+        {
+            let w = worker.borrow();
+            if w.progress.holds_done.fetch_add(1, Ordering::AcqRel) + 1 == w.plan.workers {
+                if let Some(rss) = w.plan.server_pid.and_then(crate::server_rss_bytes) {
+                    w.progress
+                        .server_rss_after_hold
+                        .store(rss, Ordering::Release);
+                }
+            }
+        }
         load_start.wait();
         load(&worker).await;
         let mut w = worker.borrow_mut();
@@ -1016,6 +1034,7 @@ mod tests {
             duration: Duration::ZERO,
             epoch: Instant::now(),
             scenario: Scenario::Chat,
+            server_pid: None,
         };
         let mut all: Vec<usize> = (0..3)
             .flat_map(|w| plan.users_of(w).collect::<Vec<_>>())

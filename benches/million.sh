@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# The million-connection run: from a fresh checkout, builds in release, applies the kernel
+# tuning (tuning/apply.sh, reverted at the end), checks the host, starts the engine with
+# enough reactors, and runs the loadgen to N authenticated connections, holds them (ping
+# sweep), then an open-loop message load while they are still held, and writes the report.
+# Bounded in time; stops everything it started.
+#
+# Knobs (environment): CONNECTIONS (1000000), RAMP_PER_SEC (10000), HOLD_SECS (600),
+# RATE (50000 msg/s), DURATION_SECS (60), PORT (18080), OUT (benches/results/million-DATE).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+CONNECTIONS=${CONNECTIONS:-1000000}
+RAMP_PER_SEC=${RAMP_PER_SEC:-10000}
+HOLD_SECS=${HOLD_SECS:-600}
+RATE=${RATE:-50000}
+DURATION_SECS=${DURATION_SECS:-60}
+PORT=${PORT:-18080}
+OUT=${OUT:-benches/results/million-$(date -u +%Y%m%d-%H%M%S)}
+mkdir -p "$OUT"
+
+cargo build --release -p engine -p loadgen
+
+applied=""
+if [ "$(id -u)" -eq 0 ]; then
+  ENGINE_TUNING_STATE="$OUT/tuning" bash tuning/apply.sh | tee "$OUT/tuning.txt"
+  applied=1
+else
+  echo "million.sh: not root; running with the kernel settings as they are" >&2
+fi
+
+# Each reactor (and loadgen worker) has a private fd table of RLIMIT_NOFILE.
+ulimit -n "$(ulimit -Hn)"
+per_table=$(( $(ulimit -Hn) - 64 ))
+REACTORS=$(( (CONNECTIONS + per_table - 1) / per_table ))
+target/release/engine check --connections "$CONNECTIONS" --reactors "$REACTORS" | tee "$OUT/check.txt" || {
+  echo "million.sh: the host cannot hold $CONNECTIONS (see $OUT/check.txt)" >&2
+  exit 1
+}
+
+engine_pid=""
+cleanup() {
+  [ -n "$engine_pid" ] && kill "$engine_pid" 2>/dev/null && wait "$engine_pid" 2>/dev/null || true
+  if [ -n "$applied" ]; then ENGINE_TUNING_STATE="$OUT/tuning" bash tuning/apply.sh --revert > /dev/null; fi
+}
+trap cleanup EXIT
+
+# A long auth deadline: during the ramp the generator and engine share the same cores.
+target/release/engine --listen "127.0.0.1:$PORT" --reactors "$REACTORS" --auth-timeout-ms 120000 \
+  --log-level warn > "$OUT/engine.log" 2>&1 &
+engine_pid=$!
+sleep 2
+
+# Bound: ramp + connect timeout + sweep + hold + load + drains, with a margin.
+bound=$(( CONNECTIONS / RAMP_PER_SEC + 60 + 60 + HOLD_SECS + DURATION_SECS + 120 ))
+status=0
+timeout --signal=INT --kill-after=30 "$bound" target/release/loadgen \
+  --target "127.0.0.1:$PORT" --connections "$CONNECTIONS" --ramp-per-sec "$RAMP_PER_SEC" \
+  --hold-secs "$HOLD_SECS" --workers "$REACTORS" --rate "$RATE" --duration-secs "$DURATION_SECS" \
+  --connect-timeout-secs 60 --server-pid "$engine_pid" --out "$OUT" | tee "$OUT/summary.txt" || status=$?
+echo "million.sh: report in $OUT (loadgen exit $status)"
+exit "$status"
