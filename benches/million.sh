@@ -6,7 +6,10 @@
 # Bounded in time; stops everything it started.
 #
 # Knobs (environment): CONNECTIONS (1000000), RAMP_PER_SEC (10000), HOLD_SECS (600),
-# RATE (50000 msg/s), DURATION_SECS (60), PORT (18080), OUT (benches/results/million-DATE).
+# RATE (50000 msg/s), DURATION_SECS (60), PORT (18080), OUT (benches/results/million-DATE),
+# REACTORS (default: as many fd tables as CONNECTIONS need; also the loadgen's workers),
+# BIN_DIR (default: build target/release; set it to run prebuilt binaries, e.g. to compare
+# two engine builds at the same scale).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,7 +22,10 @@ PORT=${PORT:-18080}
 OUT=${OUT:-benches/results/million-$(date -u +%Y%m%d-%H%M%S)}
 mkdir -p "$OUT"
 
-cargo build --release -p engine -p loadgen
+if [ -z "${BIN_DIR:-}" ]; then
+  cargo build --release -p engine -p loadgen
+  BIN_DIR=target/release
+fi
 
 applied=""
 if [ "$(id -u)" -eq 0 ]; then
@@ -32,8 +38,8 @@ fi
 # Each reactor (and loadgen worker) has a private fd table of RLIMIT_NOFILE.
 ulimit -n "$(ulimit -Hn)"
 per_table=$(( $(ulimit -Hn) - 64 ))
-REACTORS=$(( (CONNECTIONS + per_table - 1) / per_table ))
-target/release/engine check --connections "$CONNECTIONS" --reactors "$REACTORS" | tee "$OUT/check.txt" || {
+REACTORS=${REACTORS:-$(( (CONNECTIONS + per_table - 1) / per_table ))}
+"$BIN_DIR/engine" check --connections "$CONNECTIONS" --reactors "$REACTORS" | tee "$OUT/check.txt" || {
   echo "million.sh: the host cannot hold $CONNECTIONS (see $OUT/check.txt)" >&2
   exit 1
 }
@@ -46,7 +52,7 @@ cleanup() {
 trap cleanup EXIT
 
 # A long auth deadline: during the ramp the generator and engine share the same cores.
-target/release/engine --listen "127.0.0.1:$PORT" --reactors "$REACTORS" --auth-timeout-ms 120000 \
+"$BIN_DIR/engine" --listen "127.0.0.1:$PORT" --reactors "$REACTORS" --auth-timeout-ms 120000 \
   --log-level warn > "$OUT/engine.log" 2>&1 &
 engine_pid=$!
 sleep 2
@@ -54,7 +60,7 @@ sleep 2
 # Bound: ramp + connect timeout + sweep + hold + load + drains, with a margin.
 bound=$(( CONNECTIONS / RAMP_PER_SEC + 60 + 60 + HOLD_SECS + DURATION_SECS + 120 ))
 status=0
-timeout --signal=INT --kill-after=30 "$bound" target/release/loadgen \
+timeout --signal=INT --kill-after=30 "$bound" "$BIN_DIR/loadgen" \
   --target "127.0.0.1:$PORT" --connections "$CONNECTIONS" --ramp-per-sec "$RAMP_PER_SEC" \
   --hold-secs "$HOLD_SECS" --workers "$REACTORS" --rate "$RATE" --duration-secs "$DURATION_SECS" \
   --connect-timeout-secs 60 --server-pid "$engine_pid" --out "$OUT" | tee "$OUT/summary.txt" || status=$?

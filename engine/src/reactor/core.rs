@@ -9,7 +9,6 @@ use std::{
 };
 
 use bytes::Bytes;
-use rtrb::Consumer;
 use slab::Slab;
 use tracing::{debug, warn};
 
@@ -19,7 +18,7 @@ use super::{
     ReactorSeed, Shared,
 };
 use crate::{
-    mailbox::{self, Outbox},
+    mailbox::{self, BatchConsumer, Outbox},
     protocol::{inbound::JsonParser, outbound::PresenceEntry, Priority},
     router::{directory::Directory, home_of, ConnAddr, Envelope},
     stats::ReactorStats,
@@ -67,7 +66,7 @@ pub(crate) struct Reactor {
     /// Rings to the peers.
     outbox: Outbox<Envelope>,
     /// Rings from the peers.
-    inboxes: Vec<Option<Consumer<Envelope>>>,
+    inboxes: Vec<Option<BatchConsumer<Envelope>>>,
     /// The shared read buffer (taken out while a connection's input is processed).
     pub(crate) read_buffer: Vec<u8>,
     /// Reusable buffer for outbound JSON.
@@ -84,6 +83,8 @@ pub(crate) struct Reactor {
     pub(crate) presence_requests: Slab<PendingPresence>,
     /// Connections with input left unread (batch cap reached or paused by backpressure).
     unread: Vec<(usize, u32)>,
+    /// Whether the last drain left batches in some ring (drain cap reached).
+    mail_left: bool,
     /// When the drain started, once it has.
     drain_started: Option<Instant>,
     /// The listening socket, shut down when the drain starts.
@@ -111,6 +112,7 @@ impl Reactor {
             due: Vec::new(),
             presence_requests: Slab::new(),
             unread: Vec::new(),
+            mail_left: false,
             drain_started: None,
             listener_fd,
             shared: seed.shared,
@@ -137,9 +139,10 @@ impl Reactor {
         self.outbox.is_backlogged()
     }
 
-    /// Whether some connection has input left to read.
+    /// Whether work is left from the last batch: a connection's unread input, or
+    /// envelopes left in a ring by the drain cap.
     pub(crate) fn has_unread_input(&self) -> bool {
-        !self.unread.is_empty()
+        !self.unread.is_empty() || self.mail_left
     }
 
     /// The address of a local connection.
@@ -228,12 +231,12 @@ impl Reactor {
                 self.read_from(slot, generation);
             }
         }
-        self.outbox.ring_doorbells(&self.shared.doorbells);
+        self.outbox.flush(&self.shared.doorbells);
     }
 
     fn drain_mailboxes(&mut self) {
         let mut inboxes = std::mem::take(&mut self.inboxes);
-        mailbox::drain(&mut inboxes, |envelope| self.handle_envelope(envelope));
+        self.mail_left = mailbox::drain(&mut inboxes, |envelope| self.handle_envelope(envelope));
         self.inboxes = inboxes;
     }
 
@@ -486,7 +489,7 @@ impl Reactor {
         }
         self.due = due;
         // Timer-driven work may have mailed peers.
-        self.outbox.ring_doorbells(&self.shared.doorbells);
+        self.outbox.flush(&self.shared.doorbells);
     }
 
     fn begin_drain(&mut self) {
@@ -523,7 +526,7 @@ impl Reactor {
             self.close_now(slot, generation);
         }
         self.outbox.retry_backlog();
-        self.outbox.ring_doorbells(&self.shared.doorbells);
+        self.outbox.flush(&self.shared.doorbells);
     }
 
     /// Watches that a connection drops go to each user's home.

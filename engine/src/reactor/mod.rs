@@ -27,10 +27,15 @@ use std::{
 };
 
 use monoio::{FusionDriver, FusionRuntime, RuntimeBuilder};
-use rtrb::{Consumer, Producer};
 use tracing::{error, info, warn};
 
-use crate::{config::Config, mailbox::Doorbell, router::Envelope, stats::ReactorStats, timer};
+use crate::{
+    config::Config,
+    mailbox::{BatchConsumer, BatchProducer, Doorbell},
+    router::Envelope,
+    stats::ReactorStats,
+    timer,
+};
 
 /// io_uring submission queue entries per reactor.
 const URING_ENTRIES: u32 = 1024;
@@ -93,9 +98,9 @@ pub struct ReactorSeed {
     /// Shared state.
     pub shared: Arc<Shared>,
     /// Rings to each peer (`None` for itself).
-    pub producers: Vec<Option<Producer<Envelope>>>,
+    pub producers: Vec<Option<BatchProducer<Envelope>>>,
     /// Rings from each peer (`None` for itself).
-    pub consumers: Vec<Option<Consumer<Envelope>>>,
+    pub consumers: Vec<Option<BatchConsumer<Envelope>>>,
     /// Where to bind (port 0 only for the first reactor).
     pub listen: SocketAddr,
 }
