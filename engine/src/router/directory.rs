@@ -1,7 +1,11 @@
 //! The home side of routing: each user homed on this reactor, with online devices and
 //! presence watchers. Pure bookkeeping; the reactor turns its answers into envelopes.
 
-use std::{collections::HashMap, sync::Arc};
+use std::{hash::BuildHasher, sync::Arc};
+
+use hashbrown::{hash_table, HashTable};
+use slab::Slab;
+use std::collections::hash_map::RandomState;
 
 use smallvec::SmallVec;
 
@@ -19,11 +23,13 @@ pub struct Device {
     pub addr: ConnAddr,
 }
 
-/// A user homed here: kept while online or watched. Kept small (one hash bucket per
-/// online user counts against the per-connection memory budget): what only watched
-/// users need lives out of line.
-#[derive(Debug, Default)]
+/// A user homed here: kept while online or watched. Kept small (one slot per online user
+/// counts against the per-connection memory budget): what only watched users need lives
+/// out of line.
+#[derive(Debug)]
 struct UserEntry {
+    /// The user id (shared with the user's connections homed here).
+    user: Arc<str>,
     /// Online devices; one inline, as most users have one device.
     devices: SmallVec<[Device; 1]>,
     /// Watchers and last-seen time, allocated only once someone watches the user.
@@ -51,9 +57,17 @@ pub struct Registered {
 }
 
 /// The users homed on one reactor.
+///
+/// Entries live densely in a slab; the hash table holds only 4-byte indices into it,
+/// hashed by the user id they point at. A hash map of the entries themselves would keep
+/// 64-byte buckets at up to 87.5% load (often near 50% after a doubling): measured at a
+/// million connections that slack was worth 20–40 bytes per connection.
 #[derive(Debug, Default)]
 pub struct Directory {
-    users: HashMap<Arc<str>, UserEntry>,
+    index: HashTable<u32>,
+    entries: Slab<UserEntry>,
+    /// Randomly keyed per directory, as std's `HashMap` is: user ids come from clients.
+    hasher: RandomState,
     online_users: usize,
 }
 
@@ -63,9 +77,48 @@ impl Directory {
         self.online_users
     }
 
+    /// The slab key of `user`'s entry.
+    fn find(&self, user: &str) -> Option<usize> {
+        let entries = &self.entries;
+        self.index
+            .find(self.hasher.hash_one(user), |&i| {
+                &*entries[i as usize].user == user
+            })
+            .map(|&i| i as usize)
+    }
+
+    /// The slab key of `user`'s entry, created empty when missing.
+    fn find_or_insert(&mut self, user: &str, make_key: impl FnOnce() -> Arc<str>) -> usize {
+        let Directory {
+            index,
+            entries,
+            hasher,
+            ..
+        } = self;
+        let hash = hasher.hash_one(user);
+        let entry = index.entry(
+            hash,
+            |&i| &*entries[i as usize].user == user,
+            |&i| hasher.hash_one(&*entries[i as usize].user),
+        );
+        match entry {
+            hash_table::Entry::Occupied(found) => *found.get() as usize,
+            hash_table::Entry::Vacant(vacant) => {
+                let key = entries.insert(UserEntry {
+                    user: make_key(),
+                    devices: SmallVec::new(),
+                    presence: None,
+                });
+                vacant.insert(key as u32);
+                key
+            }
+        }
+    }
+
     /// Adds a device; the same device id replaces the older connection.
     pub fn register(&mut self, user: Arc<str>, device: Box<str>, addr: ConnAddr) -> Registered {
-        let entry = self.users.entry(user).or_default();
+        let key = self.find_or_insert(&user.clone(), || user);
+        let entry = &mut self.entries[key];
         let mut outcome = Registered::default();
         if let Some(existing) = entry.devices.iter_mut().find(|d| d.id == device) {
             outcome.replaced = Some(std::mem::replace(&mut existing.addr, addr));
@@ -88,9 +141,10 @@ impl Directory {
 
     /// Removes the device at `addr`; true when it was the user's last (the user went offline).
     pub fn unregister(&mut self, user: &str, addr: ConnAddr, now_ms: u64) -> bool {
-        let Some(entry) = self.users.get_mut(user) else {
+        let Some(key) = self.find(user) else {
             return false;
         };
+        let entry = &mut self.entries[key];
         let before = entry.devices.len();
         entry.devices.retain(|d| d.addr != addr);
         let went_offline = before > 0 && entry.devices.is_empty();
@@ -100,30 +154,29 @@ impl Directory {
                 presence.last_seen_ms = Some(now_ms);
             }
         }
-        self.forget_if_unused(user);
+        self.forget_if_unused(key);
         went_offline
     }
 
     /// The user's online devices (empty when offline).
     pub fn devices(&self, user: &str) -> &[Device] {
-        self.users.get(user).map(|e| &e.devices[..]).unwrap_or(&[])
+        self.find(user)
+            .map(|key| &self.entries[key].devices[..])
+            .unwrap_or(&[])
     }
 
     /// The connections watching `user`.
     pub fn watchers(&self, user: &str) -> &[ConnAddr] {
-        self.users
-            .get(user)
-            .and_then(|e| e.presence.as_ref())
+        self.find(user)
+            .and_then(|key| self.entries[key].presence.as_ref())
             .map(|p| &p.watchers[..])
             .unwrap_or(&[])
     }
 
     /// `watcher` starts watching `user`; returns `(online, last_seen_ms)`.
     pub fn subscribe(&mut self, user: &str, watcher: ConnAddr) -> (bool, Option<u64>) {
-        let entry = match self.users.get_mut(user) {
-            Some(entry) => entry,
-            None => self.users.entry(Arc::from(user)).or_default(),
-        };
+        let key = self.find_or_insert(user, || Arc::from(user));
+        let entry = &mut self.entries[key];
         let presence = entry.presence.get_or_insert_with(Box::default);
         if !presence.watchers.contains(&watcher) {
             presence.watchers.push(watcher);
@@ -133,25 +186,30 @@ impl Directory {
 
     /// `watcher` stops watching `user`.
     pub fn unsubscribe(&mut self, user: &str, watcher: ConnAddr) {
-        if let Some(entry) = self.users.get_mut(user) {
-            if let Some(presence) = entry.presence.as_mut() {
-                presence.watchers.retain(|w| *w != watcher);
-                if presence.watchers.is_empty() {
-                    entry.presence = None;
-                }
+        let Some(key) = self.find(user) else {
+            return;
+        };
+        let entry = &mut self.entries[key];
+        if let Some(presence) = entry.presence.as_mut() {
+            presence.watchers.retain(|w| *w != watcher);
+            if presence.watchers.is_empty() {
+                entry.presence = None;
             }
         }
-        self.forget_if_unused(user);
+        self.forget_if_unused(key);
     }
 
-    fn forget_if_unused(&mut self, user: &str) {
-        if self
-            .users
-            .get(user)
-            .is_some_and(|e| e.devices.is_empty() && e.presence.is_none())
-        {
-            self.users.remove(user);
+    /// Drops the entry at `key` when it has neither devices nor watchers.
+    fn forget_if_unused(&mut self, key: usize) {
+        let entry = &self.entries[key];
+        if !entry.devices.is_empty() || entry.presence.is_some() {
+            return;
         }
+        let hash = self.hasher.hash_one(&*entry.user);
+        if let Ok(found) = self.index.find_entry(hash, |&i| i as usize == key) {
+            found.remove();
+        }
+        self.entries.remove(key);
     }
 }
 
@@ -215,17 +273,31 @@ mod tests {
         dir.unregister("u1", addr(1), 42);
         assert_eq!(dir.subscribe("u1", addr(9)), (false, Some(42)));
         dir.unsubscribe("u1", addr(9));
-        assert!(dir.users.is_empty());
+        assert!(dir.entries.is_empty() && dir.index.is_empty());
     }
 
     #[test]
     fn an_online_users_entry_stays_small() {
-        // Key (16) + entry: the per-connection budget counts one bucket per online user.
-        assert!(
-            std::mem::size_of::<UserEntry>() <= 48,
-            "{}",
-            std::mem::size_of::<UserEntry>()
-        );
+        // The per-connection budget counts one slab slot and one index bucket per online user.
+        let entry = std::mem::size_of::<UserEntry>();
+        assert!(entry <= 64, "{entry}");
+    }
+
+    #[test]
+    fn many_users_come_and_go_and_each_is_found() {
+        let mut dir = Directory::default();
+        for i in 0..1000u32 {
+            dir.register(Arc::from(format!("u{i}")), "d".into(), addr(i));
+        }
+        for i in (0..1000u32).step_by(2) {
+            assert!(dir.unregister(&format!("u{i}"), addr(i), 1));
+        }
+        assert_eq!(dir.online_users(), 500);
+        for i in 0..1000u32 {
+            let devices = dir.devices(&format!("u{i}"));
+            assert_eq!(devices.len(), (i % 2) as usize, "u{i}");
+        }
+        assert_eq!((dir.entries.len(), dir.index.len()), (500, 500));
     }
 
     #[test]
