@@ -67,7 +67,7 @@ pub struct Args {
     /// Seconds a connection may take to connect, upgrade and authenticate
     #[arg(long, default_value_t = 10, value_name = "S")]
     pub connect_timeout_secs: u64,
-    /// The server's pid, to report its RSS and RSS per held connection
+    /// The server's pid, to report its RSS per held connection and its CPU time under load
     #[arg(long, value_name = "PID")]
     pub server_pid: Option<u32>,
     /// Directory for the JSON report

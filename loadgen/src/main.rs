@@ -149,6 +149,10 @@ fn run(args: &Args) -> Result<report::Summary, String> {
         args.server_pid.and_then(server_rss_bytes)
     };
     summary.server_rss_bytes = rss_before.zip(after_hold);
+    let cpu = [0, 1].map(|i| progress.server_cpu_ticks[i].load(Ordering::Acquire));
+    if cpu[0] > 0 && cpu[1] >= cpu[0] {
+        summary.server_cpu_secs = Some((cpu[1] - cpu[0]) as f64 / clock_ticks_per_sec());
+    }
     Ok(summary)
 }
 
@@ -190,6 +194,27 @@ fn raise_fd_limit() -> u64 {
         libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
     }
     limit.rlim_cur
+}
+
+/// The server's CPU time so far, user plus system, in clock ticks (/proc/PID/stat).
+pub(crate) fn server_cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces; the fields after it start with the state.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let user: u64 = fields.get(11)?.parse().ok()?;
+    let system: u64 = fields.get(12)?.parse().ok()?;
+    Some(user + system)
+}
+
+/// Clock ticks per second, the unit of /proc/PID/stat times.
+fn clock_ticks_per_sec() -> f64 {
+    // SAFETY: sysconf takes no pointers.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if ticks > 0 {
+        ticks as f64
+    } else {
+        100.0
+    }
 }
 
 /// The server's resident set size from /proc.

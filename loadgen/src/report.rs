@@ -28,6 +28,9 @@ pub struct Summary {
     /// Server RSS before the ramp and at the end of the hold (before any load), when
     /// `--server-pid` was given.
     pub server_rss_bytes: Option<(u64, u64)>,
+    /// Server CPU seconds (user + system) from the start of the load to its drain, when
+    /// `--server-pid` was given.
+    pub server_cpu_secs: Option<f64>,
     /// Load phase: messages sent.
     pub sent: u64,
     /// Load phase: messages that reached their receiver.
@@ -90,6 +93,7 @@ impl Summary {
             ramp_secs: reports.iter().map(|r| r.ramp_secs).fold(0.0, f64::max),
             hold_secs,
             server_rss_bytes: None,
+            server_cpu_secs: None,
         }
     }
 
@@ -106,6 +110,12 @@ impl Summary {
         } else {
             0.0
         }
+    }
+
+    /// Server CPU seconds per million messages delivered in the load phase.
+    fn server_cpu_per_million(&self) -> Option<f64> {
+        let secs = self.server_cpu_secs?;
+        (self.delivered > 0).then(|| secs * 1e6 / self.delivered as f64)
     }
 
     /// The JSON summary (schema in the README).
@@ -147,6 +157,8 @@ impl Summary {
                 "rss_bytes_before": self.server_rss_bytes.map(|(before, _)| before),
                 "rss_bytes": self.server_rss_bytes.map(|(_, after)| after),
                 "rss_bytes_per_connection": per_conn,
+                "cpu_secs_load": self.server_cpu_secs,
+                "cpu_secs_per_million_messages": self.server_cpu_per_million(),
             },
         })
     }
@@ -212,6 +224,14 @@ impl Summary {
                 format!("{before} B before, {after} B after ({per_conn:.0} B per held connection)"),
             );
         }
+        if let (Some(secs), Some(per_million)) =
+            (self.server_cpu_secs, self.server_cpu_per_million())
+        {
+            row(
+                "server cpu",
+                format!("{secs:.2} s during the load ({per_million:.2} s per million messages)"),
+            );
+        }
         out
     }
 
@@ -255,7 +275,10 @@ mod tests {
         };
         let mut summary = Summary::from_workers("t".into(), 1, 5, &[a, b]);
         summary.server_rss_bytes = Some((100, 1000));
+        summary.server_cpu_secs = Some(0.5);
+        summary.delivered = 250_000;
         let json = summary.to_json();
+        assert_eq!(json["server"]["cpu_secs_per_million_messages"], 2.0);
         assert_eq!(json["held"], 9);
         assert_eq!(json["attempted"], 10);
         assert_eq!(json["failed"]["refused"], 1);

@@ -97,6 +97,9 @@ pub struct Progress {
     pub server_rss_after_hold: AtomicU64,
     /// Workers that have drained what was in flight.
     pub drained: AtomicUsize,
+    /// The server's CPU time (user + system, clock ticks) when the load began and when the
+    /// last worker had drained it (0 when not measured).
+    pub server_cpu_ticks: [AtomicU64; 2],
 }
 
 impl Progress {
@@ -219,14 +222,18 @@ pub fn run(
         ramp(&worker).await;
         hold(&worker).await;
         // Every worker has held its connections before any load starts. The last to arrive
-        // reads the server's RSS while the others wait: no load traffic is in it.
+        // reads the server's RSS and CPU time while the others wait: no load traffic is in
+        // them.
         {
             let w = worker.borrow();
             if w.progress.holds_done.fetch_add(1, Ordering::AcqRel) + 1 == w.plan.workers {
-                if let Some(rss) = w.plan.server_pid.and_then(crate::server_rss_bytes) {
+                if let Some(pid) = w.plan.server_pid {
+                    let rss = crate::server_rss_bytes(pid).unwrap_or(0);
                     w.progress
                         .server_rss_after_hold
                         .store(rss, Ordering::Release);
+                    let cpu = crate::server_cpu_ticks(pid).unwrap_or(0);
+                    w.progress.server_cpu_ticks[0].store(cpu, Ordering::Release);
                 }
             }
         }
@@ -406,7 +413,17 @@ async fn load(worker: &Rc<RefCell<Worker>>) {
     }
     // Keep reading until every worker is done, so no worker closes connections that others
     // are still delivering to. Bounded like the drain.
-    progress.drained.fetch_add(1, Ordering::AcqRel);
+    if progress.drained.fetch_add(1, Ordering::AcqRel) + 1 == workers {
+        // The last worker to drain: the server's work for this load is done.
+        if let Some(cpu) = worker
+            .borrow()
+            .plan
+            .server_pid
+            .and_then(crate::server_cpu_ticks)
+        {
+            progress.server_cpu_ticks[1].store(cpu, Ordering::Release);
+        }
+    }
     let end = Instant::now() + DRAIN_WAIT;
     while progress.drained.load(Ordering::Acquire) < workers
         && Instant::now() < end
