@@ -218,10 +218,15 @@ impl Summary {
             }
         }
         if let Some((before, after)) = self.server_rss_bytes {
-            let per_conn = (after as f64 - before as f64) / self.held.max(1) as f64;
+            let per_conn = if self.held > 0 {
+                let per_conn = (after as f64 - before as f64) / self.held as f64;
+                format!("{per_conn:.0} B per held connection")
+            } else {
+                "none held".to_owned()
+            };
             row(
                 "server rss",
-                format!("{before} B before, {after} B after ({per_conn:.0} B per held connection)"),
+                format!("{before} B before, {after} B after ({per_conn})"),
             );
         }
         if let (Some(secs), Some(per_million)) =
