@@ -14,7 +14,7 @@ use tracing::{debug, warn};
 
 use super::{
     conn::{self, Conn, Flushed, OutQueue, Phase},
-    epoll::{Epoll, BROKEN, READABLE, WRITABLE},
+    epoll::{Epoll, BROKEN, PEER_CLOSED, READABLE, WRITABLE},
     ReactorSeed, Shared,
 };
 use crate::{
@@ -220,7 +220,8 @@ impl Reactor {
                 self.on_writable(slot, generation);
             }
             if bits & (READABLE | BROKEN) != 0 {
-                self.read_from(slot, generation);
+                let to_the_end = bits & (BROKEN | PEER_CLOSED) != 0;
+                self.read_from(slot, generation, !to_the_end);
             }
         }
         self.events = events;
@@ -228,7 +229,7 @@ impl Reactor {
         self.outbox.retry_backlog();
         if !self.outbox.is_backlogged() {
             for (slot, generation) in std::mem::take(&mut self.unread) {
-                self.read_from(slot, generation);
+                self.read_from(slot, generation, false);
             }
         }
         self.outbox.flush(&self.shared.doorbells);
@@ -255,7 +256,12 @@ impl Reactor {
     }
 
     /// Reads what a connection has, up to the batch cap, and processes it.
-    fn read_from(&mut self, slot: usize, generation: u32) {
+    ///
+    /// With `short_read_drains`, a read that returns less than the buffer ends the turn
+    /// without a last read to see `EAGAIN`: the socket held no more, and data arriving
+    /// later raises a new edge. That saves one syscall per message. Not when the peer has
+    /// closed (its end of stream must be read) nor for input paused earlier.
+    fn read_from(&mut self, slot: usize, generation: u32, short_read_drains: bool) {
         if self.outbox.is_backlogged() {
             // Backpressure: leave the bytes in the kernel until the rings have room.
             self.unread.push((slot, generation));
@@ -277,8 +283,12 @@ impl Reactor {
                 }
                 Ok(n) => {
                     total += n;
+                    let drained = short_read_drains && n < buffer.len();
                     self.process_input(slot, generation, &mut buffer, n);
                     self.read_buffer = buffer;
+                    if drained {
+                        return;
+                    }
                 }
                 Err(e) => {
                     self.read_buffer = buffer;

@@ -12,6 +12,8 @@ pub const READABLE: u32 = (libc::EPOLLIN | libc::EPOLLRDHUP) as u32;
 pub const WRITABLE: u32 = libc::EPOLLOUT as u32;
 /// The socket failed or both halves closed.
 pub const BROKEN: u32 = (libc::EPOLLERR | libc::EPOLLHUP) as u32;
+/// The peer shut down its side: read on to the end of the stream.
+pub const PEER_CLOSED: u32 = libc::EPOLLRDHUP as u32;
 
 /// The most events taken from the kernel per wait.
 pub const EVENTS_PER_WAIT_MAX: usize = 1024;
