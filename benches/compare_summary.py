@@ -82,30 +82,34 @@ def latency_table(root, kind, title):
 
 
 def step_table(root):
-    found = runs(root, "step")
-    if not found:
+    """Per server, the highest rate whose runs' median p99 stayed within the limit."""
+    step = root / "step"
+    if not step.exists():
         return ""
     limit_file = root / "p99_limit_us.txt"
     limit = int(limit_file.read_text()) if limit_file.exists() else 1000
-    best = {}
-    detail = {}
-    for server, reports in found.items():
-        passed = []
+    by_rate = {}  # server -> rate -> [report]
+    for d in sorted(step.glob("*")):
+        parts = d.name.rsplit("-", 2)
+        if len(parts) < 3 or not parts[1].isdigit():
+            parts = d.name.rsplit("-", 1) + ["1"]  # one run per rate (older runs)
+        server, rate = parts[0], int(parts[1])
+        by_rate.setdefault(server, {}).setdefault(rate, []).append(load(d / "report.json"))
+    best, detail = {}, {}
+    for server, rates in by_rate.items():
+        best[server] = 0
         tried = []
-        for _, r in reports:
-            if not r:
-                continue
-            p99 = r["latency"]["delivery"]["p99_us"]
-            rate = r["load"]["rate_per_sec"]
-            tried.append((rate, p99, r["load"]["lost"]))
-            if r["load"]["lost"] == 0 and p99 is not None and p99 <= limit:
-                passed.append(rate)
-        best[server] = max(passed) if passed else 0
-        detail[server] = ", ".join(f"{rate:,}: {fmt(p99)} µs{' (' + format(lost, ',') + ' lost)' if lost else ''}"
-                                   for rate, p99, lost in sorted(tried))
+        for rate in sorted(rates):
+            reports = [r for r in rates[rate] if r]
+            p99 = median(r["latency"]["delivery"]["p99_us"] for r in reports)
+            lost = sum(r["load"]["lost"] for r in reports)
+            tried.append(f"{rate:,}: {fmt(p99)} µs" + (f" ({lost:,} lost)" if lost else ""))
+            if reports and lost == 0 and p99 is not None and p99 <= limit:
+                best[server] = rate
+        detail[server] = ", ".join(tried)
     base = best.get("engine")
-    out = [f"### Highest rate with delivery p99 ≤ {limit:,} µs and nothing lost (step series)", "",
-           "| server | msg/s | ÷ engine | p99 at each rate tried |", "|---|---|---|---|"]
+    out = [f"### Highest rate with median delivery p99 ≤ {limit:,} µs and nothing lost (step series)", "",
+           "| server | msg/s | ÷ engine | median p99 at each rate tried |", "|---|---|---|---|"]
     for server in order(best):
         out.append(f"| {server} | {best[server]:,} | {ratio(best[server], base)} | {detail[server]} |")
     return "\n".join(out) + "\n"
