@@ -50,6 +50,14 @@ pub struct Args {
         hide_env_values = true
     )]
     pub jwt_secret: Option<String>,
+    /// Bearer token the HTTP API (`/api/*`) requires; without one the API is open
+    #[arg(
+        long,
+        env = "ENGINE_API_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub api_token: Option<String>,
     /// Bound on a graceful shutdown (SIGTERM/SIGINT) before remaining sockets are dropped [default: 5000]
     #[arg(long, env = "ENGINE_SHUTDOWN_TIMEOUT_MS", value_name = "MS")]
     pub shutdown_timeout_ms: Option<u64>,
@@ -87,6 +95,7 @@ struct FileConfig {
     max_message_bytes: Option<usize>,
     auth_timeout_ms: Option<u64>,
     jwt_secret: Option<String>,
+    api_token: Option<String>,
     shutdown_timeout_ms: Option<u64>,
     log_level: Option<String>,
 }
@@ -104,6 +113,8 @@ pub struct Config {
     pub auth_timeout_ms: u64,
     /// HS256 secret; `None` is open mode.
     pub jwt_secret: Option<Vec<u8>>,
+    /// Bearer token for `/api/*`; `None` leaves the API open.
+    pub api_token: Option<String>,
     /// Bound on graceful shutdown.
     pub shutdown_timeout_ms: u64,
     /// The tracing filter.
@@ -118,6 +129,7 @@ impl Default for Config {
             max_message_bytes: MAX_MESSAGE_BYTES_DEFAULT,
             auth_timeout_ms: AUTH_TIMEOUT_MS_DEFAULT,
             jwt_secret: None,
+            api_token: None,
             shutdown_timeout_ms: SHUTDOWN_TIMEOUT_MS_DEFAULT,
             log_level: "info".to_owned(),
         }
@@ -228,6 +240,15 @@ impl Config {
             Some(secret) => Some(secret.into_bytes()),
             None => None,
         };
+        let api_token = match args.api_token.or(file.api_token) {
+            Some(token) if token.is_empty() || token.chars().any(|c| c.is_whitespace()) => {
+                return Err(invalid(
+                    "api-token",
+                    "must be non-empty and contain no whitespace",
+                ))
+            }
+            token => token,
+        };
         let log_level = args
             .log_level
             .or(file.log_level)
@@ -244,6 +265,7 @@ impl Config {
             max_message_bytes,
             auth_timeout_ms,
             jwt_secret,
+            api_token,
             shutdown_timeout_ms,
             log_level,
         })
@@ -288,6 +310,12 @@ mod tests {
         })
         .unwrap_err();
         assert!(err.to_string().starts_with("--jwt-secret:"), "{err}");
+        let err = Config::resolve(Args {
+            api_token: Some("two words".into()),
+            ..Args::default()
+        })
+        .unwrap_err();
+        assert!(err.to_string().starts_with("--api-token:"), "{err}");
         let err = Config::resolve(Args {
             log_level: Some("[[".into()),
             ..Args::default()

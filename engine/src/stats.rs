@@ -1,7 +1,46 @@
 //! Per-reactor counters: written only by their reactor (no contended atomics on the hot
-//! path), summed on request so `/health` is live, not sampled.
+//! path), summed on request so `/health`, `/api/stats` and `/metrics` are live, not
+//! sampled.
 
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::{
+    sync::{
+        atomic::{AtomicI64, AtomicU64, Ordering},
+        OnceLock,
+    },
+    time::Instant,
+};
+
+/// Client message kinds counted separately (the rest count as `other`).
+pub const MESSAGE_KINDS: [&str; 9] = [
+    "auth",
+    "send_message",
+    "typing",
+    "read_receipt",
+    "ping",
+    "presence_subscribe",
+    "presence_unsubscribe",
+    "invalid",
+    "other",
+];
+
+/// Error codes counted separately (the rest count as `other`).
+pub const ERROR_CODES: [&str; 8] = [
+    "bad_json",
+    "bad_request",
+    "not_authenticated",
+    "auth_failed",
+    "peer_offline",
+    "too_many_devices",
+    "unknown_type",
+    "other",
+];
+
+/// Upper bounds of the routing-latency buckets, in µs (powers of 2 from 8 µs to ~4 s);
+/// the last bucket is unbounded.
+pub const LATENCY_BUCKETS_US: [u64; 20] = [
+    8, 16, 32, 64, 128, 256, 512, 1_024, 2_048, 4_096, 8_192, 16_384, 32_768, 65_536, 131_072,
+    262_144, 524_288, 1_048_576, 2_097_152, 4_194_304,
+];
 
 /// One reactor's counters, on their own cache lines so reactors never share a line.
 #[derive(Debug, Default)]
@@ -13,6 +52,31 @@ pub struct ReactorStats {
     pub online_users: AtomicI64,
     /// Client messages handled (parsed and acted on) by this reactor.
     pub messages_processed: AtomicU64,
+    /// Client messages by kind, indexed like [`MESSAGE_KINDS`].
+    pub messages_in: [AtomicU64; MESSAGE_KINDS.len()],
+    /// Frames queued to this reactor's connections.
+    pub frames_out: AtomicU64,
+    /// Bytes read from sockets.
+    pub bytes_in: AtomicU64,
+    /// Bytes written to sockets.
+    pub bytes_out: AtomicU64,
+    /// Completed WebSocket upgrades.
+    pub handshakes: AtomicU64,
+    /// Refused upgrades.
+    pub handshake_failures: AtomicU64,
+    /// Plain HTTP requests answered.
+    pub http_requests: AtomicU64,
+    /// `error` replies by code, indexed like [`ERROR_CODES`].
+    pub errors: [AtomicU64; ERROR_CODES.len()],
+    /// Envelopes mailed to other reactors.
+    pub envelopes_sent: AtomicU64,
+    /// Envelopes received from other reactors.
+    pub envelopes_received: AtomicU64,
+    /// Routing latency (message accepted → frame handed to the receiver's socket), by
+    /// bucket of [`LATENCY_BUCKETS_US`] plus one unbounded bucket.
+    pub routing_latency: [AtomicU64; LATENCY_BUCKETS_US.len() + 1],
+    /// Sum of the routing latencies observed, in µs.
+    pub routing_latency_sum_us: AtomicU64,
 }
 
 impl ReactorStats {
@@ -23,11 +87,105 @@ impl ReactorStats {
 
     /// Counts one more event.
     pub fn bump(counter: &AtomicU64) {
-        counter.store(counter.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+        Self::bump_by(counter, 1);
     }
+
+    /// Counts `n` more (bytes, say).
+    pub fn bump_by(counter: &AtomicU64, n: u64) {
+        counter.store(counter.load(Ordering::Relaxed) + n, Ordering::Relaxed);
+    }
+
+    /// Counts one client message of `kind` (a [`MESSAGE_KINDS`] name).
+    pub fn count_message(&self, kind: &str) {
+        Self::bump(&self.messages_in[index_of(&MESSAGE_KINDS, kind)]);
+    }
+
+    /// Counts one `error` reply with `code` (an [`ERROR_CODES`] name, else `other`).
+    pub fn count_error(&self, code: &str) {
+        Self::bump(&self.errors[index_of(&ERROR_CODES, code)]);
+    }
+
+    /// Records one routing latency measured from `accepted_ns` ([`clock_ns`]) to now.
+    pub fn observe_routing(&self, accepted_ns: u64) {
+        self.observe_routing_us(clock_ns().saturating_sub(accepted_ns) / 1_000);
+    }
+
+    /// Records one routing latency of `us` microseconds.
+    pub fn observe_routing_us(&self, us: u64) {
+        let bucket = LATENCY_BUCKETS_US.partition_point(|&bound| bound < us);
+        Self::bump(&self.routing_latency[bucket]);
+        Self::bump_by(&self.routing_latency_sum_us, us);
+    }
+}
+
+fn index_of(names: &[&str], name: &str) -> usize {
+    names
+        .iter()
+        .position(|n| *n == name)
+        .unwrap_or(names.len() - 1)
+}
+
+/// Nanoseconds since the first call in this process: a cheap monotonic stamp that fits in
+/// a `u64` inside an envelope.
+pub fn clock_ns() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_nanos() as u64
 }
 
 /// The sum over all reactors of one gauge.
 pub fn total(stats: &[ReactorStats], gauge: impl Fn(&ReactorStats) -> &AtomicI64) -> i64 {
     stats.iter().map(|s| gauge(s).load(Ordering::Relaxed)).sum()
+}
+
+/// The sum over all reactors of one counter.
+pub fn sum(stats: &[ReactorStats], counter: impl Fn(&ReactorStats) -> &AtomicU64) -> u64 {
+    stats
+        .iter()
+        .map(|s| counter(s).load(Ordering::Relaxed))
+        .sum()
+}
+
+/// Reads a gauge.
+pub fn load_gauge(gauge: &AtomicI64) -> i64 {
+    gauge.load(Ordering::Relaxed)
+}
+
+/// Reads a counter.
+pub fn read(counter: &AtomicU64) -> u64 {
+    counter.load(Ordering::Relaxed)
+}
+
+/// The process's resident set size in bytes, from `/proc/self/statm`.
+pub fn rss_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    // SAFETY: sysconf takes no pointers.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    Some(pages * page.max(4096) as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latencies_land_in_their_power_of_two_bucket() {
+        let stats = ReactorStats::default();
+        stats.observe_routing_us(0); // first bucket
+        stats.observe_routing_us(9); // just over 8 µs: second bucket
+        stats.observe_routing_us(100_000_000); // 100 s: unbounded
+        assert_eq!(read(&stats.routing_latency[0]), 1);
+        assert_eq!(read(&stats.routing_latency[1]), 1);
+        assert_eq!(read(&stats.routing_latency[LATENCY_BUCKETS_US.len()]), 1);
+        assert_eq!(read(&stats.routing_latency_sum_us), 100_000_009);
+    }
+
+    #[test]
+    fn unknown_names_count_as_other() {
+        let stats = ReactorStats::default();
+        stats.count_error("no_such_code");
+        stats.count_message("ping");
+        assert_eq!(read(&stats.errors[ERROR_CODES.len() - 1]), 1);
+        assert_eq!(read(&stats.messages_in[4]), 1);
+    }
 }

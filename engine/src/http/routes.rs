@@ -1,11 +1,18 @@
-//! The plain HTTP endpoints: `/health`, `/health/live`, `/health/ready`; 404 for the rest.
+//! Which plain-HTTP request gets what: health, metrics, stats and the `/api/*` routes.
+//! Answers what it can from a snapshot of the counters; the rest (sending a message,
+//! broadcasting) it hands back to the reactor as a [`Route`] to carry out.
 
 use bytes::Bytes;
 
-use super::{request::Request, response};
-use crate::protocol::json::Obj;
+use super::{
+    api::{self, ApiError, BroadcastRequest, SendRequest},
+    metrics,
+    request::Request,
+    response,
+};
+use crate::{protocol::json::Obj, stats::ReactorStats};
 
-/// The live figures `/health` reports, summed over reactors by the caller.
+/// The live figures the read-only endpoints report.
 #[derive(Debug, Clone, Copy)]
 pub struct Health {
     /// Users with at least one device online.
@@ -20,23 +27,86 @@ pub struct Health {
     pub now_ms: u64,
 }
 
-/// Answers a non-upgrade request.
-pub fn respond(request: &Request, health: &Health) -> Bytes {
+/// What the gateway knows when it answers: live figures, every reactor's counters, and
+/// the API token (if any).
+pub struct Context<'a> {
+    /// Summed live figures.
+    pub health: Health,
+    /// Every reactor's counters.
+    pub reactors: &'a [ReactorStats],
+    /// The bearer token `/api/*` requires.
+    pub api_token: Option<&'a str>,
+}
+
+/// What to do with a request.
+#[derive(Debug)]
+pub enum Route {
+    /// Write this response.
+    Answer(Bytes),
+    /// Route a message; answer when its receiver's home replies.
+    Send(SendRequest),
+    /// Fan a message out; answer when every home replied.
+    Broadcast(BroadcastRequest),
+}
+
+/// Decides what answers `request` (with its `body`).
+pub fn route(request: &Request, body: &[u8], context: &Context<'_>) -> Route {
     let keep_alive = request.keep_alive();
-    let known = matches!(
-        request.path.as_str(),
-        "/health" | "/health/live" | "/health/ready"
-    );
-    if !known {
-        return response::json_error(404, "not_found", "no such path", keep_alive);
+    let path = request.path.as_str();
+    let allowed: &[&str] = match path {
+        "/health" | "/health/live" | "/health/ready" | "/metrics" | "/api/stats" => {
+            &["GET", "HEAD"]
+        }
+        "/api/messages/send" | "/api/messages/broadcast" => &["POST"],
+        p if p.starts_with("/api/messages/queue/") => &["GET"],
+        _ => {
+            return Route::Answer(response::json_error(
+                404,
+                "not_found",
+                "no such path",
+                keep_alive,
+            ))
+        }
+    };
+    if path.starts_with("/api/") {
+        if let Some(token) = context.api_token {
+            if !api::bearer_matches(request.header("authorization"), token) {
+                let body = br#"{"error":"unauthorized","message":"this API needs 'Authorization: Bearer <api token>'"}"#;
+                return Route::Answer(response::write(
+                    401,
+                    "application/json",
+                    body,
+                    keep_alive,
+                    &["WWW-Authenticate: Bearer"],
+                ));
+            }
+        }
     }
-    if request.method != "GET" && request.method != "HEAD" {
-        return response::json_error(405, "method_not_allowed", "use GET", keep_alive);
+    if !allowed.contains(&request.method.as_str()) {
+        let allow = format!("Allow: {}", allowed.join(", "));
+        let message = format!("use {}", allowed.join(" or "));
+        let body = error_body("method_not_allowed", &message);
+        return Route::Answer(response::write(
+            405,
+            "application/json",
+            &body,
+            keep_alive,
+            &[&allow],
+        ));
     }
-    let mut body = Vec::with_capacity(256);
-    let status = match request.path.as_str() {
+    let answer = |status, content_type, body: &[u8]| {
+        let full = response::write(status, content_type, body, keep_alive, &[]);
+        if request.method == "HEAD" {
+            let head_len = full.len() - body.len();
+            return Route::Answer(full.slice(..head_len));
+        }
+        Route::Answer(full)
+    };
+    let health = &context.health;
+    let mut body_out = Vec::with_capacity(512);
+    match path {
         "/health" => {
-            Obj::new(&mut body)
+            Obj::new(&mut body_out)
                 .str("status", if health.ready { "healthy" } else { "draining" })
                 .str("service", "engine")
                 .str("version", env!("CARGO_PKG_VERSION"))
@@ -49,41 +119,71 @@ pub fn respond(request: &Request, health: &Health) -> Bytes {
                         .end()
                 })
                 .end();
-            200
+            answer(200, "application/json", &body_out)
         }
         "/health/live" => {
-            Obj::new(&mut body).str("status", "alive").end();
-            200
+            Obj::new(&mut body_out).str("status", "alive").end();
+            answer(200, "application/json", &body_out)
         }
-        _ => {
-            Obj::new(&mut body)
+        "/health/ready" => {
+            Obj::new(&mut body_out)
                 .str("status", if health.ready { "ready" } else { "not_ready" })
                 .end();
-            if health.ready {
-                200
-            } else {
-                503
-            }
+            answer(
+                if health.ready { 200 } else { 503 },
+                "application/json",
+                &body_out,
+            )
         }
-    };
-    if request.method == "HEAD" {
-        let full = response::write(status, "application/json", &body, keep_alive, &[]);
-        let head_len = full.len() - body.len();
-        return full.slice(..head_len);
+        "/metrics" => {
+            metrics::render(&mut body_out, health, context.reactors);
+            answer(200, metrics::CONTENT_TYPE, &body_out)
+        }
+        "/api/stats" => {
+            metrics::stats_json(&mut body_out, health, context.reactors);
+            answer(200, "application/json", &body_out)
+        }
+        "/api/messages/send" => match api::parse_send(body) {
+            Ok(send) => Route::Send(send),
+            Err(e) => api_error(&e, keep_alive),
+        },
+        "/api/messages/broadcast" => match api::parse_broadcast(body) {
+            Ok(broadcast) => Route::Broadcast(broadcast),
+            Err(e) => api_error(&e, keep_alive),
+        },
+        _ => {
+            // /api/messages/queue/{user_id}
+            let message = "offline queues are kept by the durable store, which this build \
+                           does not have yet: no message is ever queued";
+            Route::Answer(response::json_error(
+                503,
+                "store_not_enabled",
+                message,
+                keep_alive,
+            ))
+        }
     }
-    response::write(status, "application/json", &body, keep_alive, &[])
+}
+
+fn error_body(code: &str, message: &str) -> Vec<u8> {
+    let mut body = Vec::with_capacity(64 + message.len());
+    Obj::new(&mut body)
+        .str("error", code)
+        .str("message", message)
+        .end();
+    body
+}
+
+fn api_error(e: &ApiError, keep_alive: bool) -> Route {
+    Route::Answer(response::json_error(
+        e.status, e.code, &e.message, keep_alive,
+    ))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::http::request::parse;
-
-    fn get(path: &str, health: Health) -> String {
-        let raw = format!("GET {path} HTTP/1.1\r\n\r\n");
-        let (req, _) = parse(raw.as_bytes()).unwrap().unwrap();
-        String::from_utf8(respond(&req, &health).to_vec()).unwrap()
-    }
 
     const HEALTH: Health = Health {
         online_users: 2,
@@ -93,9 +193,27 @@ mod tests {
         now_ms: 5,
     };
 
+    fn answer(raw: &str, health: Health, token: Option<&str>) -> String {
+        let (req, head_len) = parse(raw.as_bytes()).unwrap().unwrap();
+        let reactors = [ReactorStats::default(), ReactorStats::default()];
+        let context = Context {
+            health,
+            reactors: &reactors,
+            api_token: token,
+        };
+        match route(&req, &raw.as_bytes()[head_len..], &context) {
+            Route::Answer(bytes) => String::from_utf8(bytes.to_vec()).unwrap(),
+            other => format!("{other:?}"),
+        }
+    }
+
+    fn get(path: &str) -> String {
+        answer(&format!("GET {path} HTTP/1.1\r\n\r\n"), HEALTH, None)
+    }
+
     #[test]
     fn health_reports_live_figures() {
-        let text = get("/health", HEALTH);
+        let text = get("/health");
         assert!(text.starts_with("HTTP/1.1 200"));
         assert!(
             text.contains(r#""metrics":{"online_users":2,"connections":3,"uptime_seconds":4}"#),
@@ -105,15 +223,65 @@ mod tests {
 
     #[test]
     fn ready_is_503_while_draining_and_unknown_paths_404() {
-        assert!(get(
-            "/health/ready",
-            Health {
-                ready: false,
-                ..HEALTH
-            }
-        )
-        .starts_with("HTTP/1.1 503"));
-        assert!(get("/health/live", HEALTH).starts_with("HTTP/1.1 200"));
-        assert!(get("/nope", HEALTH).starts_with("HTTP/1.1 404"));
+        let draining = Health {
+            ready: false,
+            ..HEALTH
+        };
+        assert!(answer("GET /health/ready HTTP/1.1\r\n\r\n", draining, None)
+            .starts_with("HTTP/1.1 503"));
+        assert!(get("/health/live").starts_with("HTTP/1.1 200"));
+        assert!(get("/nope").starts_with("HTTP/1.1 404"));
+    }
+
+    #[test]
+    fn wrong_methods_get_405_with_allow() {
+        let text = answer("DELETE /api/stats HTTP/1.1\r\n\r\n", HEALTH, None);
+        assert!(text.starts_with("HTTP/1.1 405"), "{text}");
+        assert!(text.contains("Allow: GET, HEAD\r\n"), "{text}");
+        let text = get("/api/messages/send");
+        assert!(text.contains("Allow: POST\r\n"), "{text}");
+    }
+
+    #[test]
+    fn the_api_needs_the_token_when_one_is_set() {
+        let raw = "GET /api/stats HTTP/1.1\r\n\r\n";
+        let text = answer(raw, HEALTH, Some("t0k"));
+        assert!(text.starts_with("HTTP/1.1 401"), "{text}");
+        assert!(text.contains("WWW-Authenticate: Bearer"));
+        let raw = "GET /api/stats HTTP/1.1\r\nAuthorization: Bearer t0k\r\n\r\n";
+        assert!(answer(raw, HEALTH, Some("t0k")).starts_with("HTTP/1.1 200"));
+        // Health and metrics stay open for probes and scrapers.
+        assert!(answer("GET /metrics HTTP/1.1\r\n\r\n", HEALTH, Some("t0k"))
+            .starts_with("HTTP/1.1 200"));
+    }
+
+    #[test]
+    fn send_bodies_are_parsed_or_refused_with_400() {
+        let body = r#"{"sender_id":"a","receiver_id":"b","text":"hi"}"#;
+        let raw = format!(
+            "POST /api/messages/send HTTP/1.1\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        assert!(answer(&raw, HEALTH, None).starts_with("Send("));
+        let raw = "POST /api/messages/send HTTP/1.1\r\nContent-Length: 5\r\n\r\n{oops";
+        let text = answer(raw, HEALTH, None);
+        assert!(text.starts_with("HTTP/1.1 400"), "{text}");
+        assert!(text.contains(r#""error":"bad_json""#), "{text}");
+    }
+
+    #[test]
+    fn the_queue_says_the_store_is_not_there_yet() {
+        let text = get("/api/messages/queue/u1");
+        assert!(text.starts_with("HTTP/1.1 503"), "{text}");
+        assert!(text.contains("store_not_enabled"));
+    }
+
+    #[test]
+    fn head_gets_headers_only() {
+        let text = answer("HEAD /health HTTP/1.1\r\n\r\n", HEALTH, None);
+        assert!(
+            text.starts_with("HTTP/1.1 200") && text.ends_with("\r\n\r\n"),
+            "{text}"
+        );
     }
 }

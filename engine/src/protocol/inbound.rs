@@ -83,6 +83,21 @@ pub enum ClientMessage<'a> {
     },
 }
 
+impl ClientMessage<'_> {
+    /// The wire `type`, for counting.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ClientMessage::Auth { .. } => "auth",
+            ClientMessage::Ping { .. } => "ping",
+            ClientMessage::SendMessage { .. } => "send_message",
+            ClientMessage::Typing { .. } => "typing",
+            ClientMessage::ReadReceipt { .. } => "read_receipt",
+            ClientMessage::PresenceSubscribe { .. } => "presence_subscribe",
+            ClientMessage::PresenceUnsubscribe { .. } => "presence_unsubscribe",
+        }
+    }
+}
+
 /// Why a message was refused; sent back as `error {code, message, ref}`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProtocolError {

@@ -17,6 +17,7 @@ use crate::{
         Priority,
     },
     router::{AckRequest, Delivery, Envelope},
+    stats,
     ws::{close, frame},
 };
 
@@ -31,6 +32,8 @@ impl Reactor {
         generation: u32,
         message: Result<ClientMessage<'_>, ProtocolError>,
     ) {
+        let kind = message.as_ref().map_or("invalid", |m| m.kind());
+        self.stats().count_message(kind);
         let Some(conn) = self.conn_mut(slot, generation) else {
             return;
         };
@@ -173,7 +176,7 @@ impl Reactor {
     }
 
     /// Sends `frame` to every online device of `user` (but `except`) through its home.
-    fn deliver(
+    pub(super) fn deliver(
         &mut self,
         user: &str,
         frame: Bytes,
@@ -188,6 +191,7 @@ impl Reactor {
             priority,
             except,
             ack,
+            accepted_ns: stats::clock_ns(),
         };
         self.route(home, Envelope::Deliver(Box::new(delivery)));
     }
@@ -314,6 +318,7 @@ impl Reactor {
         message: &str,
         reference: Option<&str>,
     ) {
+        self.stats().count_error(code);
         self.json.clear();
         outbound::error(&mut self.json, code, message, reference);
         let frame = frame::encode_text(&self.json);

@@ -64,6 +64,18 @@ pub struct Aux {
     pub url_token: Option<Box<str>>,
     /// Users whose presence this connection watches.
     pub subscriptions: Vec<Box<str>>,
+    /// An HTTP API request whose answer waits on other reactors; later pipelined
+    /// requests wait behind it so answers keep their order.
+    pub pending_api: Option<PendingApi>,
+}
+
+/// An API request in flight on an HTTP connection.
+#[derive(Debug)]
+pub struct PendingApi {
+    /// Whether the connection stays open after the answer.
+    pub keep_alive: bool,
+    /// The message id `send` answers with (empty for a broadcast).
+    pub message_id: Box<str>,
 }
 
 impl Conn {
@@ -95,11 +107,9 @@ impl Conn {
 
     /// Frees the aux state once it holds nothing.
     pub fn trim_aux(&mut self) {
-        if self
-            .aux
-            .as_ref()
-            .is_some_and(|a| a.url_token.is_none() && a.subscriptions.is_empty())
-        {
+        if self.aux.as_ref().is_some_and(|a| {
+            a.url_token.is_none() && a.subscriptions.is_empty() && a.pending_api.is_none()
+        }) {
             self.aux = None;
         }
     }

@@ -49,6 +49,18 @@ pub(crate) struct PendingPresence {
     pub(crate) entries: Vec<PresenceEntry>,
 }
 
+/// An API broadcast waiting for the counts of the homes it was sent to.
+pub(crate) struct PendingBroadcast {
+    /// The HTTP connection to answer.
+    pub(crate) requester: ConnAddr,
+    /// Homes that have not answered yet.
+    pub(crate) awaiting: usize,
+    /// Users reached so far.
+    pub(crate) delivered: u64,
+    /// Users found offline so far.
+    pub(crate) offline: u64,
+}
+
 /// One reactor's state; lives in its thread only.
 pub(crate) struct Reactor {
     /// This reactor's index.
@@ -81,6 +93,8 @@ pub(crate) struct Reactor {
     due: Vec<timer::Entry>,
     /// Subscribe requests waiting for homes.
     pub(crate) presence_requests: Slab<PendingPresence>,
+    /// API broadcasts waiting for homes.
+    pub(crate) broadcasts: Slab<PendingBroadcast>,
     /// Connections with input left unread (batch cap reached or paused by backpressure).
     unread: Vec<(usize, u32)>,
     /// Whether the last drain left batches in some ring (drain cap reached).
@@ -111,6 +125,7 @@ impl Reactor {
             timers: TimerWheel::default(),
             due: Vec::new(),
             presence_requests: Slab::new(),
+            broadcasts: Slab::new(),
             unread: Vec::new(),
             mail_left: false,
             drain_started: None,
@@ -237,7 +252,10 @@ impl Reactor {
 
     fn drain_mailboxes(&mut self) {
         let mut inboxes = std::mem::take(&mut self.inboxes);
-        self.mail_left = mailbox::drain(&mut inboxes, |envelope| self.handle_envelope(envelope));
+        self.mail_left = mailbox::drain(&mut inboxes, |envelope| {
+            ReactorStats::bump(&self.shared.stats[self.id].envelopes_received);
+            self.handle_envelope(envelope)
+        });
         self.inboxes = inboxes;
     }
 
@@ -246,6 +264,7 @@ impl Reactor {
         if to == self.id {
             self.handle_envelope(envelope);
         } else {
+            ReactorStats::bump(&self.stats().envelopes_sent);
             self.outbox.push(to, envelope);
         }
     }
@@ -283,6 +302,7 @@ impl Reactor {
                 }
                 Ok(n) => {
                     total += n;
+                    ReactorStats::bump_by(&self.stats().bytes_in, n as u64);
                     let drained = short_read_drains && n < buffer.len();
                     self.process_input(slot, generation, &mut buffer, n);
                     self.read_buffer = buffer;
@@ -321,6 +341,9 @@ impl Reactor {
     }
 
     fn enqueue(&mut self, slot: usize, generation: u32, frame: Bytes, priority: Priority) {
+        let stats = &self.shared.stats[self.id];
+        ReactorStats::bump(&stats.frames_out);
+        ReactorStats::bump_by(&stats.bytes_out, frame.len() as u64);
         let Some(conn) = self.conn_mut(slot, generation) else {
             return;
         };

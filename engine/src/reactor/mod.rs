@@ -6,6 +6,7 @@
 //! accept (io_uring accept op), the timer tick, and the event loop that waits on the
 //! readiness set and runs one batch per wake-up (`core::Reactor::run_batch`).
 
+mod api;
 mod chat;
 pub mod conn;
 mod core;

@@ -1,7 +1,7 @@
 //! Envelopes arriving at a reactor, from a peer's ring or from itself: the home side of
 //! the directory (register, deliver, presence) and the device side (write, ack, close).
 
-use super::core::Reactor;
+use super::{conn::Phase, core::Reactor};
 use crate::{
     protocol::{now_ms, outbound, Priority},
     router::{ConnAddr, Envelope},
@@ -75,6 +75,7 @@ impl Reactor {
                             addr,
                             frame,
                             priority: delivery.priority,
+                            accepted_ns: delivery.accepted_ns,
                         },
                     );
                 }
@@ -91,7 +92,11 @@ impl Reactor {
                 addr,
                 frame,
                 priority,
+                accepted_ns,
             } => {
+                if accepted_ns != 0 {
+                    self.stats().observe_routing(accepted_ns);
+                }
                 self.send(addr.slot as usize, addr.generation, frame, priority);
             }
             Envelope::Ack {
@@ -100,7 +105,12 @@ impl Reactor {
                 delivered,
             } => {
                 let (slot, generation) = (sender.slot as usize, sender.generation);
-                if delivered {
+                let from_api = self
+                    .conn_mut(slot, generation)
+                    .is_some_and(|c| c.phase == Phase::Http);
+                if from_api {
+                    self.answer_api_send(slot, generation, delivered);
+                } else if delivered {
                     self.json.clear();
                     outbound::message_ack(&mut self.json, &message_id, "sent", now_ms());
                     let frame = frame::encode_text(&self.json);
@@ -157,6 +167,12 @@ impl Reactor {
                     self.finish_presence(done.watcher, done.entries);
                 }
             }
+            Envelope::Broadcast(order) => self.deliver_broadcast(*order),
+            Envelope::BroadcastReply {
+                request,
+                delivered,
+                offline,
+            } => self.on_broadcast_reply(request, delivered, offline),
         }
     }
 
@@ -176,6 +192,7 @@ impl Reactor {
                     addr,
                     frame: frame.clone(),
                     priority: Priority::Normal,
+                    accepted_ns: 0,
                 },
             );
         }

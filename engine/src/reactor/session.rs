@@ -9,7 +9,7 @@ use crate::{
     http::{
         request::{self, Request},
         response,
-        routes::{self, Health},
+        routes::{self, Health, Route},
     },
     protocol::{now_ms, Priority},
     stats,
@@ -73,6 +73,9 @@ impl Reactor {
                 if conn.close_when_flushed {
                     return data.len(); // a final response is on its way; ignore the rest
                 }
+                if conn.aux.as_ref().is_some_and(|a| a.pending_api.is_some()) {
+                    return pos; // answers keep their order: wait for the one in flight
+                }
                 match request::parse(&data[pos..]) {
                     Ok(None) => return pos,
                     Ok(Some((req, head_len))) => {
@@ -80,8 +83,9 @@ impl Reactor {
                         if data.len() - pos < total {
                             return pos;
                         }
+                        let body = &data[pos + head_len..pos + total];
+                        self.on_http_request(slot, generation, req, body);
                         pos += total;
-                        self.on_http_request(slot, generation, req);
                     }
                     Err(e) => {
                         let answer =
@@ -197,12 +201,35 @@ impl Reactor {
         self.on_message(slot, generation, message);
     }
 
-    fn on_http_request(&mut self, slot: usize, generation: u32, req: Request) {
+    fn on_http_request(&mut self, slot: usize, generation: u32, req: Request, body: &[u8]) {
         if req.path == "/ws" {
             return self.upgrade(slot, generation, &req);
         }
-        let answer = routes::respond(&req, &self.health());
-        if req.keep_alive() {
+        stats::ReactorStats::bump(&self.stats().http_requests);
+        let context = routes::Context {
+            health: self.health(),
+            reactors: &self.shared.stats,
+            api_token: self.shared.config.api_token.as_deref(),
+        };
+        match routes::route(&req, body, &context) {
+            Route::Answer(answer) => self.answer_http(slot, generation, answer, req.keep_alive()),
+            Route::Send(send) => self.api_send(slot, generation, req.keep_alive(), send),
+            Route::Broadcast(broadcast) => {
+                self.api_broadcast(slot, generation, req.keep_alive(), broadcast)
+            }
+        }
+    }
+
+    /// Writes an HTTP response; a kept-alive connection then waits for its next request
+    /// (bounded like the auth deadline), any other closes once it is written.
+    pub(super) fn answer_http(
+        &mut self,
+        slot: usize,
+        generation: u32,
+        answer: bytes::Bytes,
+        keep_alive: bool,
+    ) {
+        if keep_alive {
             self.send(slot, generation, answer, Priority::Normal);
             let idle_ms = self.shared.config.auth_timeout_ms;
             self.set_deadline(slot, generation, idle_ms);
@@ -218,12 +245,17 @@ impl Reactor {
                     return;
                 };
                 conn.phase = Phase::Open;
+                stats::ReactorStats::bump(&self.shared.stats[self.id].handshakes);
+                let Some(conn) = self.conn_mut(slot, generation) else {
+                    return;
+                };
                 if let Some(token) = req.query_param("token") {
                     conn.aux_mut().url_token = Some(token.into());
                 }
                 self.send(slot, generation, answer, Priority::High);
             }
             Err(e) => {
+                stats::ReactorStats::bump(&self.stats().handshake_failures);
                 let version_header: &[&str] = if e == HandshakeError::BadVersion {
                     &["Sec-WebSocket-Version: 13"]
                 } else {

@@ -165,6 +165,14 @@ impl Directory {
             .unwrap_or(&[])
     }
 
+    /// Every user with a device online, with those devices.
+    pub fn online(&self) -> impl Iterator<Item = (&str, &[Device])> {
+        self.entries
+            .iter()
+            .filter(|(_, e)| !e.devices.is_empty())
+            .map(|(_, e)| (&*e.user, &e.devices[..]))
+    }
+
     /// The connections watching `user`.
     pub fn watchers(&self, user: &str) -> &[ConnAddr] {
         self.find(user)

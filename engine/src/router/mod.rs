@@ -50,6 +50,8 @@ pub struct Delivery {
     pub except: Option<ConnAddr>,
     /// When set, the home tells this sender whether any device got it.
     pub ack: Option<AckRequest>,
+    /// When the message was accepted ([`crate::stats::clock_ns`]), for routing latency.
+    pub accepted_ns: u64,
 }
 
 /// Who to tell about a delivery's outcome, and for which message.
@@ -59,6 +61,36 @@ pub struct AckRequest {
     pub sender: ConnAddr,
     /// The client's message id.
     pub message_id: Box<str>,
+}
+
+/// A message the HTTP API broadcasts, shared by every home that delivers it.
+#[derive(Debug)]
+pub struct BroadcastMessage {
+    /// The id the API gave it.
+    pub message_id: Box<str>,
+    /// Who it is from.
+    pub sender_id: Box<str>,
+    /// The text.
+    pub text: Box<str>,
+    /// Its message type.
+    pub message_type: Box<str>,
+    /// Its priority.
+    pub priority: Priority,
+    /// When it was accepted ([`crate::stats::clock_ns`]).
+    pub accepted_ns: u64,
+}
+
+/// To a home: deliver a broadcast to these users homed there (or all its online users).
+#[derive(Debug)]
+pub struct BroadcastOrder {
+    /// The HTTP connection waiting for the counts.
+    pub requester: ConnAddr,
+    /// The pending broadcast at the requester's reactor.
+    pub request: u32,
+    /// The users; `None` for every online user homed there.
+    pub users: Option<Vec<Box<str>>>,
+    /// The message.
+    pub message: Arc<BroadcastMessage>,
 }
 
 /// What reactors mail each other.
@@ -97,6 +129,9 @@ pub enum Envelope {
         frame: Bytes,
         /// Its outbound priority.
         priority: Priority,
+        /// When the message was accepted ([`crate::stats::clock_ns`]); 0 for frames that
+        /// are not messages (presence), which are not timed.
+        accepted_ns: u64,
     },
     /// To a sender's reactor: the outcome of a delivery with an ack request.
     Ack {
@@ -129,6 +164,17 @@ pub enum Envelope {
         watcher: ConnAddr,
         /// The users.
         users: Vec<Box<str>>,
+    },
+    /// To a home: deliver a broadcast.
+    Broadcast(Box<BroadcastOrder>),
+    /// To a broadcast's requester: one home's counts.
+    BroadcastReply {
+        /// The pending broadcast at the requester's reactor.
+        request: u32,
+        /// Users reached on at least one device.
+        delivered: u32,
+        /// Users with no device online.
+        offline: u32,
     },
     /// To a watcher's reactor: part of the answer to subscribe request `request`.
     PresenceReply {

@@ -107,19 +107,20 @@ impl Server {
 
     /// GETs `path` with `Connection: close` and returns `(status, body)`.
     pub fn get(&self, path: &str) -> (u16, String) {
-        let response = self.http(&format!(
-            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-        ));
-        let status = response
-            .split(' ')
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
-        let body = response
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_owned())
-            .unwrap_or_default();
-        (status, body)
+        self.request("GET", path, &[], "")
+    }
+
+    /// Sends one request with `Connection: close` and returns `(status, body)`.
+    pub fn request(&self, method: &str, path: &str, headers: &[&str], body: &str) -> (u16, String) {
+        let mut head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n",
+            body.len()
+        );
+        for header in headers {
+            head.push_str(header);
+            head.push_str("\r\n");
+        }
+        split_response(&self.http(&format!("{head}\r\n{body}")))
     }
 
     /// Sends SIGTERM and waits (bounded) for the exit status code.
@@ -259,4 +260,18 @@ pub fn on_both_drivers(test: impl Fn(Driver)) {
 /// Close code as a number.
 pub fn code(code: CloseCode) -> u16 {
     u16::from(code)
+}
+
+/// `(status, body)` of one HTTP response's text.
+pub fn split_response(response: &str) -> (u16, String) {
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
 }

@@ -1,0 +1,270 @@
+//! The HTTP API's requests that need the router: `POST /api/messages/send` (answered when
+//! the receiver's home says whether a device got it) and `POST /api/messages/broadcast`
+//! (answered when every home involved has counted its users).
+//!
+//! While an answer is pending the connection reads no further request (HTTP/1.1 answers
+//! keep their order); the answer resumes whatever was pipelined behind it.
+
+use std::sync::Arc;
+
+use super::{
+    conn::PendingApi,
+    core::{PendingBroadcast, Reactor},
+};
+use crate::{
+    http::{
+        api::{BroadcastRequest, SendRequest},
+        response,
+    },
+    protocol::{
+        json::Obj,
+        now_ms,
+        outbound::{self, NewMessage},
+    },
+    router::{AckRequest, BroadcastMessage, BroadcastOrder, ConnAddr, Envelope},
+    stats,
+    ws::frame,
+};
+
+impl Reactor {
+    /// Starts an API send: the `new_message` goes to the receiver's devices (and the
+    /// sender's, who see what was sent on their behalf); the receiver's home answers.
+    pub(super) fn api_send(
+        &mut self,
+        slot: usize,
+        generation: u32,
+        keep_alive: bool,
+        send: SendRequest,
+    ) {
+        let message_id = self.api_message_id();
+        let accepted = NewMessage {
+            message_id: &message_id,
+            sender_id: &send.sender_id,
+            receiver_id: &send.receiver_id,
+            content: &send.text,
+            message_type: &send.message_type,
+            priority: send.priority,
+            timestamp_ms: now_ms(),
+        };
+        self.json.clear();
+        outbound::new_message(&mut self.json, &accepted);
+        let frame = frame::encode_text(&self.json);
+        let Some(conn) = self.conn_mut(slot, generation) else {
+            return;
+        };
+        conn.aux_mut().pending_api = Some(PendingApi {
+            keep_alive,
+            message_id: message_id.as_str().into(),
+        });
+        let ack = AckRequest {
+            sender: self.addr(slot, generation),
+            message_id: message_id.into(),
+        };
+        self.deliver(
+            &send.receiver_id,
+            frame.clone(),
+            send.priority,
+            None,
+            Some(ack),
+        );
+        if send.receiver_id != send.sender_id {
+            self.deliver(&send.sender_id, frame, send.priority, None, None);
+        }
+    }
+
+    /// The home's outcome for an API send: 202 when a device got it. Without the store
+    /// (issue 8) an offline receiver cannot be queued, which is a 503, not a silent loss.
+    pub(super) fn answer_api_send(&mut self, slot: usize, generation: u32, delivered: bool) {
+        let Some(pending) = self.take_pending_api(slot, generation) else {
+            return;
+        };
+        let answer = if delivered {
+            let mut body = Vec::with_capacity(96);
+            Obj::new(&mut body)
+                .str("message_id", &pending.message_id)
+                .str("status", "sent")
+                .end();
+            response::write(202, "application/json", &body, pending.keep_alive, &[])
+        } else {
+            let message = "the receiver has no device online, and offline queues need the \
+                           durable store, which this build does not have yet";
+            response::json_error(503, "peer_offline", message, pending.keep_alive)
+        };
+        self.finish_api(slot, generation, answer, pending.keep_alive);
+    }
+
+    /// Starts an API broadcast: one order per home involved, each counting its users.
+    pub(super) fn api_broadcast(
+        &mut self,
+        slot: usize,
+        generation: u32,
+        keep_alive: bool,
+        broadcast: BroadcastRequest,
+    ) {
+        let reactors = self.shared.config.reactors;
+        let message = Arc::new(BroadcastMessage {
+            message_id: self.api_message_id().into(),
+            sender_id: broadcast.sender_id.into(),
+            text: broadcast.text.into(),
+            message_type: broadcast.message_type.into(),
+            priority: broadcast.priority,
+            accepted_ns: stats::clock_ns(),
+        });
+        let orders: Vec<(usize, Option<Vec<Box<str>>>)> = match broadcast.user_ids {
+            None => (0..reactors).map(|home| (home, None)).collect(),
+            Some(users) => {
+                let mut by_home: Vec<Vec<Box<str>>> = (0..reactors).map(|_| Vec::new()).collect();
+                for user in users {
+                    by_home[self.home_of(&user)].push(user.into());
+                }
+                by_home
+                    .into_iter()
+                    .enumerate()
+                    .filter(|(_, users)| !users.is_empty())
+                    .map(|(home, users)| (home, Some(users)))
+                    .collect()
+            }
+        };
+        let Some(conn) = self.conn_mut(slot, generation) else {
+            return;
+        };
+        conn.aux_mut().pending_api = Some(PendingApi {
+            keep_alive,
+            message_id: message.message_id.clone(),
+        });
+        let requester = self.addr(slot, generation);
+        let request = self.broadcasts.insert(PendingBroadcast {
+            requester,
+            awaiting: orders.len(),
+            delivered: 0,
+            offline: 0,
+        }) as u32;
+        if orders.is_empty() {
+            return self.finish_broadcast(request as usize);
+        }
+        for (home, users) in orders {
+            let order = BroadcastOrder {
+                requester,
+                request,
+                users,
+                message: message.clone(),
+            };
+            self.route(home, Envelope::Broadcast(Box::new(order)));
+        }
+    }
+
+    /// At a home: writes the broadcast to every device of its users and counts them.
+    pub(super) fn deliver_broadcast(&mut self, order: BroadcastOrder) {
+        let message = &order.message;
+        let (mut delivered, mut offline) = (0u32, 0u32);
+        let mut targets: Vec<(Box<str>, Vec<ConnAddr>)> = Vec::new();
+        match &order.users {
+            Some(users) => {
+                for user in users {
+                    let devices: Vec<ConnAddr> = self
+                        .directory
+                        .devices(user)
+                        .iter()
+                        .map(|d| d.addr)
+                        .collect();
+                    if devices.is_empty() {
+                        offline += 1;
+                    } else {
+                        targets.push((user.clone(), devices));
+                    }
+                }
+            }
+            None => {
+                for (user, devices) in self.directory.online() {
+                    targets.push((user.into(), devices.iter().map(|d| d.addr).collect()));
+                }
+            }
+        }
+        for (user, devices) in targets {
+            delivered += 1;
+            self.json.clear();
+            outbound::new_message(
+                &mut self.json,
+                &NewMessage {
+                    message_id: &message.message_id,
+                    sender_id: &message.sender_id,
+                    receiver_id: &user,
+                    content: &message.text,
+                    message_type: &message.message_type,
+                    priority: message.priority,
+                    timestamp_ms: now_ms(),
+                },
+            );
+            let frame = frame::encode_text(&self.json);
+            for addr in devices {
+                self.route(
+                    addr.reactor as usize,
+                    Envelope::ToConn {
+                        addr,
+                        frame: frame.clone(),
+                        priority: message.priority,
+                        accepted_ns: message.accepted_ns,
+                    },
+                );
+            }
+        }
+        let reply = Envelope::BroadcastReply {
+            request: order.request,
+            delivered,
+            offline,
+        };
+        self.route(order.requester.reactor as usize, reply);
+    }
+
+    /// At the requester: one home's counts; the last one answers the request.
+    pub(super) fn on_broadcast_reply(&mut self, request: u32, delivered: u32, offline: u32) {
+        let Some(pending) = self.broadcasts.get_mut(request as usize) else {
+            return;
+        };
+        pending.delivered += u64::from(delivered);
+        pending.offline += u64::from(offline);
+        pending.awaiting -= 1;
+        if pending.awaiting == 0 {
+            self.finish_broadcast(request as usize);
+        }
+    }
+
+    fn finish_broadcast(&mut self, request: usize) {
+        let done = self.broadcasts.remove(request);
+        let (slot, generation) = (done.requester.slot as usize, done.requester.generation);
+        let Some(pending) = self.take_pending_api(slot, generation) else {
+            return;
+        };
+        let mut body = Vec::with_capacity(96);
+        Obj::new(&mut body)
+            .str("message_id", &pending.message_id)
+            .u64("delivered", done.delivered)
+            // Nothing is queued before the durable store exists (issue 8): say so.
+            .u64("queued", 0)
+            .u64("offline", done.offline)
+            .end();
+        let answer = response::write(200, "application/json", &body, pending.keep_alive, &[]);
+        self.finish_api(slot, generation, answer, pending.keep_alive);
+    }
+
+    /// A message id for the API: unique per process (reactor, time, request count).
+    fn api_message_id(&self) -> String {
+        let sequence = stats::read(&self.stats().http_requests);
+        format!("api-{}-{}-{sequence}", now_ms(), self.id)
+    }
+
+    fn take_pending_api(&mut self, slot: usize, generation: u32) -> Option<PendingApi> {
+        let conn = self.conn_mut(slot, generation)?;
+        let pending = conn.aux.as_mut()?.pending_api.take();
+        conn.trim_aux();
+        pending
+    }
+
+    /// Writes the answer, then serves whatever requests were pipelined behind it.
+    fn finish_api(&mut self, slot: usize, generation: u32, answer: bytes::Bytes, keep_alive: bool) {
+        self.answer_http(slot, generation, answer, keep_alive);
+        if keep_alive {
+            self.process_input(slot, generation, &mut [], 0);
+        }
+    }
+}
