@@ -23,6 +23,23 @@ pub const MESSAGE_KINDS: [&str; 9] = [
     "other",
 ];
 
+/// Outbound kinds counted separately: the `type` of a JSON message, `http` for an HTTP
+/// response, `control` for WebSocket control frames, `other` for the rest.
+pub const OUT_KINDS: [&str; 12] = [
+    "new_message",
+    "message_ack",
+    "auth_success",
+    "error",
+    "pong",
+    "typing",
+    "read_receipt",
+    "presence_state",
+    "presence_update",
+    "http",
+    "control",
+    "other",
+];
+
 /// Error codes counted separately (the rest count as `other`).
 pub const ERROR_CODES: [&str; 8] = [
     "bad_json",
@@ -56,6 +73,8 @@ pub struct ReactorStats {
     pub messages_in: [AtomicU64; MESSAGE_KINDS.len()],
     /// Frames queued to this reactor's connections.
     pub frames_out: AtomicU64,
+    /// Frames queued by kind, indexed like [`OUT_KINDS`].
+    pub messages_out: [AtomicU64; OUT_KINDS.len()],
     /// Bytes read from sockets.
     pub bytes_in: AtomicU64,
     /// Bytes written to sockets.
@@ -100,6 +119,12 @@ impl ReactorStats {
         Self::bump(&self.messages_in[index_of(&MESSAGE_KINDS, kind)]);
     }
 
+    /// Counts one outbound frame or response, by what its bytes say it is.
+    pub fn count_out(&self, bytes: &[u8]) {
+        Self::bump(&self.frames_out);
+        Self::bump(&self.messages_out[index_of(&OUT_KINDS, out_kind(bytes))]);
+    }
+
     /// Counts one `error` reply with `code` (an [`ERROR_CODES`] name, else `other`).
     pub fn count_error(&self, code: &str) {
         Self::bump(&self.errors[index_of(&ERROR_CODES, code)]);
@@ -116,6 +141,34 @@ impl ReactorStats {
         Self::bump(&self.routing_latency[bucket]);
         Self::bump_by(&self.routing_latency_sum_us, us);
     }
+}
+
+/// What an outbound buffer is: our JSON writer always puts `type` first, so a text frame's
+/// payload starts with `{"type":"NAME"`. A few byte comparisons, no parsing.
+fn out_kind(bytes: &[u8]) -> &str {
+    if bytes.starts_with(b"HTTP/") {
+        return "http";
+    }
+    let Some(&first) = bytes.first() else {
+        return "other";
+    };
+    if first & 0x0F >= 0x8 {
+        return "control";
+    }
+    let header_len = match bytes.get(1).map(|b| b & 0x7F) {
+        Some(126) => 4,
+        Some(127) => 10,
+        Some(_) => 2,
+        None => return "other",
+    };
+    let Some(rest) = bytes
+        .get(header_len..)
+        .and_then(|p| p.strip_prefix(b"{\"type\":\""))
+    else {
+        return "other";
+    };
+    let end = rest.iter().take(32).position(|&b| b == b'"').unwrap_or(0);
+    std::str::from_utf8(&rest[..end]).unwrap_or("other")
 }
 
 fn index_of(names: &[&str], name: &str) -> usize {
@@ -178,6 +231,31 @@ mod tests {
         assert_eq!(read(&stats.routing_latency[1]), 1);
         assert_eq!(read(&stats.routing_latency[LATENCY_BUCKETS_US.len()]), 1);
         assert_eq!(read(&stats.routing_latency_sum_us), 100_000_009);
+    }
+
+    #[test]
+    fn outbound_kinds_are_read_from_the_bytes() {
+        let stats = ReactorStats::default();
+        let text = crate::ws::frame::encode_text(br#"{"type":"pong","ts":1}"#);
+        stats.count_out(&text);
+        stats.count_out(b"HTTP/1.1 200 OK\r\n\r\n");
+        stats.count_out(&crate::ws::frame::encode_close(1000, ""));
+        let long = format!(
+            r#"{{"type":"new_message","content":"{}"}}"#,
+            "x".repeat(300)
+        );
+        stats.count_out(&crate::ws::frame::encode_text(long.as_bytes()));
+        let count = |kind: &str| read(&stats.messages_out[index_of(&OUT_KINDS, kind)]);
+        assert_eq!(
+            (
+                count("pong"),
+                count("http"),
+                count("control"),
+                count("new_message")
+            ),
+            (1, 1, 1, 1)
+        );
+        assert_eq!(read(&stats.frames_out), 4);
     }
 
     #[test]

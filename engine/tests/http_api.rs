@@ -202,4 +202,16 @@ fn stats_and_metrics_count_what_happened() {
         "{metrics}"
     );
     assert!(total("engine_bytes_in_total") > 0.0);
+    let out = |kind: &str| {
+        total(&format!(
+            "engine_messages_out_by_type_total{{reactor=\"0\",type=\"{kind}\"}}"
+        )) + total(&format!(
+            "engine_messages_out_by_type_total{{reactor=\"1\",type=\"{kind}\"}}"
+        ))
+    };
+    assert_eq!(
+        (out("new_message"), out("message_ack"), out("auth_success")),
+        (1.0, 1.0, 2.0),
+        "{metrics}"
+    );
 }

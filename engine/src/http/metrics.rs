@@ -12,7 +12,7 @@ use std::fmt::Write;
 use super::routes::Health;
 use crate::{
     protocol::json::Obj,
-    stats::{self, ReactorStats, ERROR_CODES, LATENCY_BUCKETS_US, MESSAGE_KINDS},
+    stats::{self, ReactorStats, ERROR_CODES, LATENCY_BUCKETS_US, MESSAGE_KINDS, OUT_KINDS},
 };
 
 /// The content type of the text exposition format.
@@ -140,6 +140,21 @@ pub fn render(out: &mut Vec<u8>, health: &Health, reactors: &[ReactorStats]) {
             let _ = writeln!(
                 text,
                 "engine_messages_in_total{{reactor=\"{id}\",type=\"{kind}\"}} {}",
+                stats::read(counter)
+            );
+        }
+    }
+    header(
+        &mut text,
+        "engine_messages_out_by_type_total",
+        "Frames and responses queued to connections, by type.",
+        "counter",
+    );
+    for (id, r) in reactors.iter().enumerate() {
+        for (kind, counter) in OUT_KINDS.iter().zip(&r.messages_out) {
+            let _ = writeln!(
+                text,
+                "engine_messages_out_by_type_total{{reactor=\"{id}\",type=\"{kind}\"}} {}",
                 stats::read(counter)
             );
         }

@@ -12,6 +12,9 @@ use super::{
 };
 use crate::{protocol::json::Obj, stats::ReactorStats};
 
+/// The browser test client served at `GET /`: one self-contained page, no external assets.
+pub const TEST_CLIENT_PAGE: &str = include_str!("../../assets/index.html");
+
 /// The live figures the read-only endpoints report.
 #[derive(Debug, Clone, Copy)]
 pub struct Health {
@@ -54,7 +57,7 @@ pub fn route(request: &Request, body: &[u8], context: &Context<'_>) -> Route {
     let keep_alive = request.keep_alive();
     let path = request.path.as_str();
     let allowed: &[&str] = match path {
-        "/health" | "/health/live" | "/health/ready" | "/metrics" | "/api/stats" => {
+        "/" | "/health" | "/health/live" | "/health/ready" | "/metrics" | "/api/stats" => {
             &["GET", "HEAD"]
         }
         "/api/messages/send" | "/api/messages/broadcast" => &["POST"],
@@ -105,6 +108,7 @@ pub fn route(request: &Request, body: &[u8], context: &Context<'_>) -> Route {
     let health = &context.health;
     let mut body_out = Vec::with_capacity(512);
     match path {
+        "/" => answer(200, "text/html; charset=utf-8", TEST_CLIENT_PAGE.as_bytes()),
         "/health" => {
             Obj::new(&mut body_out)
                 .str("status", if health.ready { "healthy" } else { "draining" })
@@ -274,6 +278,16 @@ mod tests {
         let text = get("/api/messages/queue/u1");
         assert!(text.starts_with("HTTP/1.1 503"), "{text}");
         assert!(text.contains("store_not_enabled"));
+    }
+
+    #[test]
+    fn the_root_is_the_self_contained_test_client() {
+        let text = get("/");
+        assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+        assert!(text.contains("Content-Type: text/html"));
+        assert!(text.contains("new WebSocket("));
+        // No external assets: nothing is fetched from another origin.
+        assert!(!text.contains("src=\"http") && !text.contains("href=\"http"));
     }
 
     #[test]

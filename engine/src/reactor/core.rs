@@ -342,7 +342,7 @@ impl Reactor {
 
     fn enqueue(&mut self, slot: usize, generation: u32, frame: Bytes, priority: Priority) {
         let stats = &self.shared.stats[self.id];
-        ReactorStats::bump(&stats.frames_out);
+        stats.count_out(&frame);
         ReactorStats::bump_by(&stats.bytes_out, frame.len() as u64);
         let Some(conn) = self.conn_mut(slot, generation) else {
             return;

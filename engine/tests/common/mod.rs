@@ -67,6 +67,11 @@ impl Server {
         }
     }
 
+    /// The HTTP URL of `path` on this server.
+    pub fn http_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
     /// The WebSocket URL, with an optional query string.
     pub fn url(&self, query: &str) -> String {
         format!("ws://{}/ws{query}", self.addr)
