@@ -51,7 +51,10 @@ fn two_thousand_connections_are_held_and_a_load_phase_loses_nothing() {
     assert_eq!(report["load"]["lost"], 0);
     assert!(report["server"]["rss_bytes_per_connection"].is_number());
     // The engine runs in this test's process: its CPU time over the load is measured.
-    assert!(report["server"]["cpu_secs_load"].as_f64().unwrap() >= 0.0, "{report}");
+    assert!(
+        report["server"]["cpu_secs_load"].as_f64().unwrap() >= 0.0,
+        "{report}"
+    );
     assert!(report["server"]["cpu_secs_per_million_messages"].is_number());
     std::fs::remove_dir_all(out).unwrap();
     assert!(engine.shutdown());
