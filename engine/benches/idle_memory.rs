@@ -94,6 +94,7 @@ fn main() {
         listen: "127.0.0.1:0".parse().unwrap(),
         reactors,
         auth_timeout_ms: AUTH_TIMEOUT_MS,
+        data_dir: std::env::temp_dir().join(format!("engine-idle-bench-{}", std::process::id())),
         ..Config::default()
     };
     // As the engine binary does (see its main.rs): no transparent huge pages.

@@ -19,6 +19,12 @@ pub const AUTH_TIMEOUT_MS_DEFAULT: u64 = 10_000;
 pub const AUTH_TIMEOUT_MS_RANGE: (u64, u64) = (100, 600_000);
 /// Default bound on a graceful shutdown: 5 s to send close frames and drain.
 pub const SHUTDOWN_TIMEOUT_MS_DEFAULT: u64 = 5_000;
+/// Default data directory (the durable store's file lives in it).
+pub const DATA_DIR_DEFAULT: &str = "./data";
+/// Default bound on one user's offline queue (PROTOCOL.md `message_queue_max_size`).
+pub const QUEUE_MAX_PER_USER_DEFAULT: u64 = 10_000;
+/// Bounds for `--queue-max-per-user`.
+pub const QUEUE_MAX_PER_USER_RANGE: (u64, u64) = (1, 10_000_000);
 /// The most reactors accepted; each is a thread with its own fd table and mailboxes.
 pub const REACTORS_MAX: usize = 256;
 
@@ -58,6 +64,12 @@ pub struct Args {
         hide_env_values = true
     )]
     pub api_token: Option<String>,
+    /// Directory of the durable store (offline queues) [default: ./data]
+    #[arg(long, env = "ENGINE_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Messages one offline user may have queued; more are rejected with queue_full [default: 10000]
+    #[arg(long, env = "ENGINE_QUEUE_MAX_PER_USER", value_name = "N")]
+    pub queue_max_per_user: Option<u64>,
     /// Bound on a graceful shutdown (SIGTERM/SIGINT) before remaining sockets are dropped [default: 5000]
     #[arg(long, env = "ENGINE_SHUTDOWN_TIMEOUT_MS", value_name = "MS")]
     pub shutdown_timeout_ms: Option<u64>,
@@ -96,6 +108,8 @@ struct FileConfig {
     auth_timeout_ms: Option<u64>,
     jwt_secret: Option<String>,
     api_token: Option<String>,
+    data_dir: Option<PathBuf>,
+    queue_max_per_user: Option<u64>,
     shutdown_timeout_ms: Option<u64>,
     log_level: Option<String>,
 }
@@ -115,6 +129,10 @@ pub struct Config {
     pub jwt_secret: Option<Vec<u8>>,
     /// Bearer token for `/api/*`; `None` leaves the API open.
     pub api_token: Option<String>,
+    /// Where the durable store keeps its file.
+    pub data_dir: PathBuf,
+    /// Bound on one user's offline queue.
+    pub queue_max_per_user: u64,
     /// Bound on graceful shutdown.
     pub shutdown_timeout_ms: u64,
     /// The tracing filter.
@@ -130,6 +148,8 @@ impl Default for Config {
             auth_timeout_ms: AUTH_TIMEOUT_MS_DEFAULT,
             jwt_secret: None,
             api_token: None,
+            data_dir: PathBuf::from(DATA_DIR_DEFAULT),
+            queue_max_per_user: QUEUE_MAX_PER_USER_DEFAULT,
             shutdown_timeout_ms: SHUTDOWN_TIMEOUT_MS_DEFAULT,
             log_level: "info".to_owned(),
         }
@@ -249,6 +269,14 @@ impl Config {
             }
             token => token,
         };
+        let data_dir = args.data_dir.or(file.data_dir).unwrap_or(defaults.data_dir);
+        let queue_max_per_user = in_range(
+            "queue-max-per-user",
+            args.queue_max_per_user
+                .or(file.queue_max_per_user)
+                .unwrap_or(defaults.queue_max_per_user),
+            QUEUE_MAX_PER_USER_RANGE,
+        )?;
         let log_level = args
             .log_level
             .or(file.log_level)
@@ -266,6 +294,8 @@ impl Config {
             auth_timeout_ms,
             jwt_secret,
             api_token,
+            data_dir,
+            queue_max_per_user,
             shutdown_timeout_ms,
             log_level,
         })

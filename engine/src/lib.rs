@@ -28,6 +28,7 @@ pub mod reactor;
 pub mod router;
 pub mod shutdown;
 pub mod stats;
+pub mod store;
 pub mod timer;
 pub mod ws;
 
@@ -42,10 +43,12 @@ use std::{
 use config::Config;
 use reactor::{ReactorSeed, Shared};
 
-/// A running engine: its reactors and the address they listen on.
+/// A running engine: its reactors, its store thread, and the address they listen on.
 pub struct Engine {
     shared: Arc<Shared>,
     threads: Vec<JoinHandle<()>>,
+    store: store::Store,
+    store_thread: JoinHandle<()>,
     local_addr: SocketAddr,
 }
 
@@ -57,6 +60,23 @@ impl Engine {
         let reactors = config.reactors;
         let mut listen = config.listen;
         let shared = Arc::new(Shared::new(config)?);
+        let (reply_senders, mut reply_receivers): (Vec<_>, Vec<_>) =
+            (0..reactors).map(|_| mpsc::channel()).unzip();
+        let routes = store::ReplyRoutes {
+            senders: reply_senders,
+            doorbells: shared.clone(),
+        };
+        let (store, store_thread) = store::open(
+            &shared.config.data_dir,
+            shared.config.queue_max_per_user,
+            routes,
+        )
+        .map_err(|e| {
+            io::Error::other(format!(
+                "cannot open the store in {}: {e}",
+                shared.config.data_dir.display()
+            ))
+        })?;
         let (producers, consumers) = mailbox::rings(reactors);
         let (ready_tx, ready_rx) = mpsc::channel();
         let mut threads = Vec::with_capacity(reactors);
@@ -67,6 +87,8 @@ impl Engine {
                 producers,
                 consumers,
                 listen,
+                store: store.clone(),
+                store_replies: reply_receivers.remove(0),
             };
             threads.push(reactor::spawn(seed, ready_tx.clone())?);
             match ready_rx.recv() {
@@ -84,6 +106,8 @@ impl Engine {
         Ok(Engine {
             shared,
             threads,
+            store,
+            store_thread,
             local_addr: listen,
         })
     }
@@ -108,15 +132,22 @@ impl Engine {
         let bound =
             Duration::from_millis(self.shared.config.shutdown_timeout_ms) + Duration::from_secs(1);
         let deadline = std::time::Instant::now() + bound;
-        for thread in self.threads {
+        let wait = |thread: JoinHandle<()>| {
             while !thread.is_finished() {
                 if std::time::Instant::now() >= deadline {
                     return false;
                 }
                 std::thread::sleep(Duration::from_millis(10));
             }
-            let _ = thread.join();
+            thread.join().is_ok()
+        };
+        for thread in self.threads {
+            if !wait(thread) {
+                return false;
+            }
         }
-        true
+        // The reactors are done: the store commits what they sent, then stops.
+        let _ = self.store.send(store::Command::Shutdown);
+        wait(self.store_thread)
     }
 }

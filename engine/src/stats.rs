@@ -41,8 +41,9 @@ pub const OUT_KINDS: [&str; 12] = [
 ];
 
 /// Error codes counted separately (the rest count as `other`).
-pub const ERROR_CODES: [&str; 8] = [
+pub const ERROR_CODES: [&str; 9] = [
     "bad_json",
+    "persistence_failed",
     "bad_request",
     "not_authenticated",
     "auth_failed",

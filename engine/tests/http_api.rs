@@ -72,15 +72,56 @@ fn send_reaches_the_receivers_devices_and_answers_202() {
 }
 
 #[test]
-fn send_to_an_offline_user_is_refused_honestly_until_the_store_exists() {
+fn send_to_an_offline_user_is_queued_and_delivered_when_they_connect() {
     let server = Server::start(common::Driver::IoUring, &[]);
     let body = json!({"sender_id": "a", "receiver_id": "nobody", "text": "x"});
     let (status, answer) = post(&server, "/api/messages/send", &body);
-    assert_eq!(status, 503, "{answer}");
-    assert_eq!(answer["error"], "peer_offline");
-    let (status, answer) = server.get("/api/messages/queue/nobody");
-    assert_eq!(status, 503, "{answer}");
-    assert!(answer.contains("store_not_enabled"));
+    assert_eq!(status, 202, "{answer}");
+    assert_eq!(answer["status"], "queued");
+    let (status, queue) = server.get("/api/messages/queue/nobody");
+    assert_eq!(status, 200, "{queue}");
+    let queue: Value = serde_json::from_str(&queue).unwrap();
+    assert_eq!(queue["messages"][0]["message_id"], answer["message_id"]);
+    assert_eq!(queue["messages"][0]["text"], "x");
+    let mut nobody = server.login("nobody", "d");
+    assert_eq!(
+        nobody.recv_type("new_message")["messageId"],
+        answer["message_id"]
+    );
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let (_, queue) = server.get("/api/messages/queue/nobody");
+    assert!(
+        queue.contains(r#""messages":[]"#),
+        "delivered, so removed: {queue}"
+    );
+}
+
+#[test]
+fn the_queue_endpoint_lists_in_delivery_order_and_drains_on_request() {
+    let server = Server::start(common::Driver::IoUring, &[]);
+    for (text, priority) in [
+        ("low one", "low"),
+        ("normal one", "normal"),
+        ("high one", "high"),
+    ] {
+        let body =
+            json!({"sender_id": "s", "receiver_id": "later", "text": text, "priority": priority});
+        assert_eq!(post(&server, "/api/messages/send", &body).0, 202);
+    }
+    let texts = |queue: &str| -> Vec<String> {
+        let queue: Value = serde_json::from_str(queue).unwrap();
+        queue["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["text"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let (status, queue) = server.get("/api/messages/queue/later?drain=true");
+    assert_eq!(status, 200, "{queue}");
+    assert_eq!(texts(&queue), ["high one", "normal one", "low one"]);
+    let (_, queue) = server.get("/api/messages/queue/later");
+    assert!(texts(&queue).is_empty(), "{queue}");
 }
 
 #[test]
@@ -176,6 +217,7 @@ fn stats_and_metrics_count_what_happened() {
     );
     assert!(stats["memory"]["rss_bytes"].as_u64().unwrap() > 0);
     assert_eq!(stats["reactors"].as_array().unwrap().len(), 2);
+    assert_eq!(stats["messages_persisted"], 0);
     let (status, metrics) = server.get("/metrics");
     assert_eq!(status, 200);
     let total = |prefix: &str| -> f64 {

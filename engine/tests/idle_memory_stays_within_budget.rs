@@ -84,6 +84,7 @@ fn an_idle_authenticated_connection_costs_at_most_256_bytes() {
         listen: "127.0.0.1:0".parse().unwrap(),
         reactors: 2,
         auth_timeout_ms: 200,
+        data_dir: std::env::temp_dir().join(format!("engine-idle-memory-{}", std::process::id())),
         ..Config::default()
     };
     let engine = Engine::start(config).unwrap();

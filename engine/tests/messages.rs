@@ -77,7 +77,7 @@ fn many_messages_arrive_in_order() {
 }
 
 #[test]
-fn an_offline_receiver_gives_peer_offline_never_a_pretend_ack() {
+fn an_offline_receiver_is_queued_and_the_sender_told_so() {
     on_both_drivers(|driver| {
         let server = Server::start(driver, &[]);
         let mut alice = server.login("alice", "phone");
@@ -85,9 +85,9 @@ fn an_offline_receiver_gives_peer_offline_never_a_pretend_ack() {
             &json!({"type":"send_message","messageId":"m7","receiverId":"nobody","content":"x"}),
         );
         let reply = alice.recv();
-        assert_eq!(reply["type"], "error");
-        assert_eq!(reply["code"], "peer_offline");
-        assert_eq!(reply["ref"], "m7");
+        assert_eq!(reply["type"], "message_ack", "{reply}");
+        assert_eq!(reply["status"], "queued");
+        assert_eq!(reply["messageId"], "m7");
     });
 }
 

@@ -25,7 +25,8 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn bad_request(message: impl Into<String>) -> ApiError {
+    /// A 400 `bad_request` with `message`.
+    pub fn bad_request(message: impl Into<String>) -> ApiError {
         ApiError {
             status: 400,
             code: "bad_request",

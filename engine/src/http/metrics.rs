@@ -13,13 +13,14 @@ use super::routes::Health;
 use crate::{
     protocol::json::Obj,
     stats::{self, ReactorStats, ERROR_CODES, LATENCY_BUCKETS_US, MESSAGE_KINDS, OUT_KINDS},
+    store::StoreStats,
 };
 
 /// The content type of the text exposition format.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// Writes every metric, per reactor where that is how it is kept.
-pub fn render(out: &mut Vec<u8>, health: &Health, reactors: &[ReactorStats]) {
+pub fn render(out: &mut Vec<u8>, health: &Health, reactors: &[ReactorStats], store: &StoreStats) {
     let mut text = String::with_capacity(8 * 1024);
     let per_reactor_gauge =
         |text: &mut String, name: &str, help: &str, get: &dyn Fn(&ReactorStats) -> i64| {
@@ -49,6 +50,26 @@ pub fn render(out: &mut Vec<u8>, health: &Health, reactors: &[ReactorStats]) {
         "gauge",
     );
     let _ = writeln!(text, "engine_ready {}", u8::from(health.ready));
+    for (name, help, value) in [
+        (
+            "engine_store_messages_persisted_total",
+            "Messages committed to offline queues.",
+            &store.persisted,
+        ),
+        (
+            "engine_store_persistence_failures_total",
+            "Messages a failed commit did not hold.",
+            &store.failures,
+        ),
+        (
+            "engine_store_commits_total",
+            "Store transactions committed (group commits).",
+            &store.commits,
+        ),
+    ] {
+        header(&mut text, name, help, "counter");
+        let _ = writeln!(text, "{name} {}", stats::read(value));
+    }
     header(&mut text, "engine_reactors", "Reactor threads.", "gauge");
     let _ = writeln!(text, "engine_reactors {}", reactors.len());
     if let Some(rss) = stats::rss_bytes() {
@@ -210,14 +231,18 @@ fn header(text: &mut String, name: &str, help: &str, kind: &str) {
 }
 
 /// Writes `/api/stats`: totals, then one object per reactor.
-pub fn stats_json(out: &mut Vec<u8>, health: &Health, reactors: &[ReactorStats]) {
+pub fn stats_json(
+    out: &mut Vec<u8>,
+    health: &Health,
+    reactors: &[ReactorStats],
+    store: &StoreStats,
+) {
     let processed = stats::sum(reactors, |r| &r.messages_processed);
     let rss = stats::rss_bytes();
     Obj::new(out)
         .u64("messages_processed", processed)
-        // No store yet (issue 8): nothing is persisted and nothing can fail to be.
-        .u64("messages_persisted", 0)
-        .u64("persistence_failures", 0)
+        .u64("messages_persisted", stats::read(&store.persisted))
+        .u64("persistence_failures", stats::read(&store.failures))
         .u64("uptime_seconds", health.uptime_seconds)
         .with("memory", |out| match rss {
             Some(rss) => Obj::new(out).u64("rss_bytes", rss).end(),
@@ -264,7 +289,7 @@ mod tests {
         ReactorStats::bump(&reactors[1].handshakes);
         reactors[0].observe_routing(stats::clock_ns());
         let mut out = Vec::new();
-        render(&mut out, &HEALTH, &reactors);
+        render(&mut out, &HEALTH, &reactors, &StoreStats::default());
         let text = String::from_utf8(out).unwrap();
         assert!(
             text.contains("engine_handshakes_total{reactor=\"1\"} 1\n"),
@@ -284,7 +309,7 @@ mod tests {
     fn stats_are_json_with_a_row_per_reactor() {
         let reactors = [ReactorStats::default(), ReactorStats::default()];
         let mut out = Vec::new();
-        stats_json(&mut out, &HEALTH, &reactors);
+        stats_json(&mut out, &HEALTH, &reactors, &StoreStats::default());
         let value: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(value["connections"], 2);
         assert_eq!(value["reactors"].as_array().unwrap().len(), 2);

@@ -10,7 +10,7 @@ use super::{
     request::Request,
     response,
 };
-use crate::{protocol::json::Obj, stats::ReactorStats};
+use crate::{protocol::json::Obj, stats::ReactorStats, store::StoreStats};
 
 /// The browser test client served at `GET /`: one self-contained page, no external assets.
 pub const TEST_CLIENT_PAGE: &str = include_str!("../../assets/index.html");
@@ -39,6 +39,8 @@ pub struct Context<'a> {
     pub reactors: &'a [ReactorStats],
     /// The bearer token `/api/*` requires.
     pub api_token: Option<&'a str>,
+    /// The store's counters.
+    pub store: &'a StoreStats,
 }
 
 /// What to do with a request.
@@ -50,6 +52,13 @@ pub enum Route {
     Send(SendRequest),
     /// Fan a message out; answer when every home replied.
     Broadcast(BroadcastRequest),
+    /// Read (and with `drain`, empty) a user's offline queue; answer when the store has.
+    Queue {
+        /// The user.
+        user: String,
+        /// `?drain=true`.
+        drain: bool,
+    },
 }
 
 /// Decides what answers `request` (with its `body`).
@@ -140,11 +149,11 @@ pub fn route(request: &Request, body: &[u8], context: &Context<'_>) -> Route {
             )
         }
         "/metrics" => {
-            metrics::render(&mut body_out, health, context.reactors);
+            metrics::render(&mut body_out, health, context.reactors, context.store);
             answer(200, metrics::CONTENT_TYPE, &body_out)
         }
         "/api/stats" => {
-            metrics::stats_json(&mut body_out, health, context.reactors);
+            metrics::stats_json(&mut body_out, health, context.reactors, context.store);
             answer(200, "application/json", &body_out)
         }
         "/api/messages/send" => match api::parse_send(body) {
@@ -156,15 +165,26 @@ pub fn route(request: &Request, body: &[u8], context: &Context<'_>) -> Route {
             Err(e) => api_error(&e, keep_alive),
         },
         _ => {
-            // /api/messages/queue/{user_id}
-            let message = "offline queues are kept by the durable store, which this build \
-                           does not have yet: no message is ever queued";
-            Route::Answer(response::json_error(
-                503,
-                "store_not_enabled",
-                message,
-                keep_alive,
-            ))
+            let user = &path["/api/messages/queue/".len()..];
+            if user.is_empty() || user.len() > api::ID_BYTES_MAX || user.contains('/') {
+                let e = ApiError::bad_request(format!(
+                    "the path must end in a user id of 1 to {} bytes",
+                    api::ID_BYTES_MAX
+                ));
+                return api_error(&e, keep_alive);
+            }
+            let drain = match request.query_param("drain") {
+                None | Some("false") => false,
+                Some("true") => true,
+                Some(_) => {
+                    let e = ApiError::bad_request("'drain' must be true or false");
+                    return api_error(&e, keep_alive);
+                }
+            };
+            Route::Queue {
+                user: user.to_owned(),
+                drain,
+            }
         }
     }
 }
@@ -200,10 +220,12 @@ mod tests {
     fn answer(raw: &str, health: Health, token: Option<&str>) -> String {
         let (req, head_len) = parse(raw.as_bytes()).unwrap().unwrap();
         let reactors = [ReactorStats::default(), ReactorStats::default()];
+        let store = StoreStats::default();
         let context = Context {
             health,
             reactors: &reactors,
             api_token: token,
+            store: &store,
         };
         match route(&req, &raw.as_bytes()[head_len..], &context) {
             Route::Answer(bytes) => String::from_utf8(bytes.to_vec()).unwrap(),
@@ -274,10 +296,11 @@ mod tests {
     }
 
     #[test]
-    fn the_queue_says_the_store_is_not_there_yet() {
-        let text = get("/api/messages/queue/u1");
-        assert!(text.starts_with("HTTP/1.1 503"), "{text}");
-        assert!(text.contains("store_not_enabled"));
+    fn the_queue_route_takes_a_user_and_drain() {
+        assert!(get("/api/messages/queue/u1?drain=true")
+            .starts_with("Queue { user: \"u1\", drain: true"));
+        assert!(get("/api/messages/queue/u1?drain=maybe").starts_with("HTTP/1.1 400"));
+        assert!(get("/api/messages/queue/").starts_with("HTTP/1.1 400"));
     }
 
     #[test]

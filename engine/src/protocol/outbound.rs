@@ -48,6 +48,17 @@ pub fn message_ack(out: &mut Vec<u8>, message_id: &str, status: &str, now_ms: u6
         .end();
 }
 
+/// `message_ack {messageId, status:"rejected", reason, timestamp}`: not delivered, not queued.
+pub fn message_rejected(out: &mut Vec<u8>, message_id: &str, reason: &str, now_ms: u64) {
+    Obj::new(out)
+        .str("type", "message_ack")
+        .str("messageId", message_id)
+        .str("status", "rejected")
+        .str("reason", reason)
+        .u64("timestamp", now_ms)
+        .end();
+}
+
 /// The fields of one chat message as delivered.
 #[derive(Debug, Clone, Copy)]
 pub struct NewMessage<'a> {

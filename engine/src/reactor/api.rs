@@ -7,6 +7,8 @@
 
 use std::sync::Arc;
 
+use bytes::Bytes;
+
 use super::{
     conn::PendingApi,
     core::{PendingBroadcast, Reactor},
@@ -23,6 +25,7 @@ use crate::{
     },
     router::{AckRequest, BroadcastMessage, BroadcastOrder, ConnAddr, Envelope},
     stats,
+    store::{Command, Outcome},
     ws::frame,
 };
 
@@ -89,6 +92,103 @@ impl Reactor {
             let message = "the receiver has no device online, and offline queues need the \
                            durable store, which this build does not have yet";
             response::json_error(503, "peer_offline", message, pending.keep_alive)
+        };
+        self.finish_api(slot, generation, answer, pending.keep_alive);
+    }
+
+    /// The store's outcome for an API send to an offline receiver.
+    pub(super) fn answer_api_queued(&mut self, slot: usize, generation: u32, outcome: &Outcome) {
+        let Some(pending) = self.take_pending_api(slot, generation) else {
+            return;
+        };
+        let answer = match outcome {
+            Outcome::Queued => {
+                let mut body = Vec::with_capacity(96);
+                Obj::new(&mut body)
+                    .str("message_id", &pending.message_id)
+                    .str("status", "queued")
+                    .end();
+                response::write(202, "application/json", &body, pending.keep_alive, &[])
+            }
+            Outcome::QueueFull => response::json_error(
+                429,
+                "queue_full",
+                "the receiver's offline queue is full; the message was not queued",
+                pending.keep_alive,
+            ),
+            Outcome::Failed(why) => response::json_error(
+                503,
+                "persistence_failed",
+                &format!("the message could not be stored and was not queued: {why}"),
+                pending.keep_alive,
+            ),
+        };
+        self.finish_api(slot, generation, answer, pending.keep_alive);
+    }
+
+    /// Starts `GET /api/messages/queue/{user}`: the store reads (and drains) the queue.
+    pub(super) fn api_queue(
+        &mut self,
+        slot: usize,
+        generation: u32,
+        keep_alive: bool,
+        user: String,
+        drain: bool,
+    ) {
+        let Some(conn) = self.conn_mut(slot, generation) else {
+            return;
+        };
+        conn.aux_mut().pending_api = Some(PendingApi {
+            keep_alive,
+            message_id: "".into(),
+        });
+        let command = Command::Peek {
+            user: user.into(),
+            requester: self.addr(slot, generation),
+            drain,
+        };
+        if self.store.send(command).is_err() {
+            self.answer_api_queue(slot, generation, "", &[], Some("the store is shut down"));
+        }
+    }
+
+    /// The store's read of a queue: `{user_id, messages:[...]}` in delivery order, with the
+    /// API's field names.
+    pub(super) fn answer_api_queue(
+        &mut self,
+        slot: usize,
+        generation: u32,
+        user: &str,
+        messages: &[Bytes],
+        error: Option<&str>,
+    ) {
+        let Some(pending) = self.take_pending_api(slot, generation) else {
+            return;
+        };
+        let answer = match error {
+            Some(why) => response::json_error(
+                503,
+                "persistence_failed",
+                &format!("the queue could not be read: {why}"),
+                pending.keep_alive,
+            ),
+            None => {
+                let mut body = Vec::with_capacity(64 + 160 * messages.len());
+                Obj::new(&mut body)
+                    .str("user_id", user)
+                    .with("messages", |out| {
+                        out.push(b'[');
+                        for (i, payload) in messages.iter().enumerate() {
+                            if i > 0 {
+                                out.push(b',');
+                            }
+                            queued_message_json(out, payload);
+                        }
+                        out.push(b']');
+                    })
+                    .end();
+                response::write(200, "application/json", &body, pending.keep_alive, &[])
+            }
         };
         self.finish_api(slot, generation, answer, pending.keep_alive);
     }
@@ -267,4 +367,22 @@ impl Reactor {
             self.process_input(slot, generation, &mut [], 0);
         }
     }
+}
+
+/// One queued `new_message` (as stored) in the API's shape: `{message_id, sender_id, text,
+/// message_type, priority, timestamp}`.
+fn queued_message_json(out: &mut Vec<u8>, payload: &[u8]) {
+    let stored: serde_json::Value = serde_json::from_slice(payload).unwrap_or_default();
+    let text = |key: &str| stored[key].as_str().unwrap_or_default().to_owned();
+    Obj::new(out)
+        .str("message_id", &text("messageId"))
+        .str("sender_id", &text("senderId"))
+        .str("text", &text("content"))
+        .str("message_type", &text("messageType"))
+        .str("priority", &text("priority"))
+        .u64(
+            "timestamp",
+            stored["timestamp"].as_u64().unwrap_or_default(),
+        )
+        .end();
 }

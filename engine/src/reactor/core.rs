@@ -95,6 +95,10 @@ pub(crate) struct Reactor {
     pub(crate) presence_requests: Slab<PendingPresence>,
     /// API broadcasts waiting for homes.
     pub(crate) broadcasts: Slab<PendingBroadcast>,
+    /// The durable store.
+    pub(crate) store: crate::store::Store,
+    /// The store's answers to this reactor.
+    store_replies: std::sync::mpsc::Receiver<crate::store::Reply>,
     /// Connections with input left unread (batch cap reached or paused by backpressure).
     unread: Vec<(usize, u32)>,
     /// Whether the last drain left batches in some ring (drain cap reached).
@@ -126,6 +130,8 @@ impl Reactor {
             due: Vec::new(),
             presence_requests: Slab::new(),
             broadcasts: Slab::new(),
+            store: seed.store,
+            store_replies: seed.store_replies,
             unread: Vec::new(),
             mail_left: false,
             drain_started: None,
@@ -241,6 +247,9 @@ impl Reactor {
         }
         self.events = events;
         self.drain_mailboxes();
+        while let Ok(reply) = self.store_replies.try_recv() {
+            self.on_store_reply(reply);
+        }
         self.outbox.retry_backlog();
         if !self.outbox.is_backlogged() {
             for (slot, generation) in std::mem::take(&mut self.unread) {

@@ -11,6 +11,7 @@ mod chat;
 pub mod conn;
 mod core;
 pub mod epoll;
+mod offline;
 mod routing;
 mod session;
 
@@ -35,7 +36,7 @@ use crate::{
     mailbox::{BatchConsumer, BatchProducer, Doorbell},
     router::Envelope,
     stats::ReactorStats,
-    timer,
+    store, timer,
 };
 
 /// io_uring submission queue entries per reactor.
@@ -92,6 +93,12 @@ impl Shared {
     }
 }
 
+impl store::DoorbellSet for Shared {
+    fn ring(&self, index: usize) {
+        self.doorbells[index].ring();
+    }
+}
+
 /// Everything one reactor thread is handed.
 pub struct ReactorSeed {
     /// This reactor's index.
@@ -104,6 +111,10 @@ pub struct ReactorSeed {
     pub consumers: Vec<Option<BatchConsumer<Envelope>>>,
     /// Where to bind (port 0 only for the first reactor).
     pub listen: SocketAddr,
+    /// The durable store.
+    pub store: store::Store,
+    /// The store's answers to this reactor.
+    pub store_replies: std::sync::mpsc::Receiver<store::Reply>,
 }
 
 /// Starts a reactor thread; `ready` receives its bound address or its start-up error.

@@ -50,6 +50,8 @@ impl Reactor {
                 outbound::auth_success(&mut self.json, &user, &device, now_ms());
                 let frame = frame::encode_text(&self.json);
                 self.send(slot, generation, frame, Priority::High);
+                // Then whatever waited for this user (PROTOCOL.md: after auth_success).
+                self.request_queued(&user, addr);
             }
             Envelope::Unregister { user, addr } => {
                 if self.directory.unregister(&user, addr, now_ms()) {
@@ -80,6 +82,11 @@ impl Reactor {
                     );
                 }
                 if let Some(ack) = delivery.ack {
+                    if !delivered {
+                        // No device online: the store keeps it (and answers the sender).
+                        let (user, frame) = (delivery.user, delivery.frame);
+                        return self.queue_offline(user, delivery.priority, &frame, ack);
+                    }
                     let envelope = Envelope::Ack {
                         sender: ack.sender,
                         message_id: ack.message_id,

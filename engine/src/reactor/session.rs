@@ -210,12 +210,16 @@ impl Reactor {
             health: self.health(),
             reactors: &self.shared.stats,
             api_token: self.shared.config.api_token.as_deref(),
+            store: &self.store.stats,
         };
         match routes::route(&req, body, &context) {
             Route::Answer(answer) => self.answer_http(slot, generation, answer, req.keep_alive()),
             Route::Send(send) => self.api_send(slot, generation, req.keep_alive(), send),
             Route::Broadcast(broadcast) => {
                 self.api_broadcast(slot, generation, req.keep_alive(), broadcast)
+            }
+            Route::Queue { user, drain } => {
+                self.api_queue(slot, generation, req.keep_alive(), user, drain)
             }
         }
     }

@@ -181,6 +181,17 @@ pub fn encode_text(payload: &[u8]) -> Bytes {
     encode(OpCode::Data(Data::Text), payload)
 }
 
+/// The payload of a frame [`encode_text`] wrote (server frames are unmasked), sharing its
+/// bytes: how an encoded message is kept without its framing.
+pub fn payload_of(frame: &Bytes) -> Bytes {
+    let header = match frame.get(1).map(|b| b & 0x7F) {
+        Some(126) => 4,
+        Some(127) => 10,
+        _ => 2,
+    };
+    frame.slice(header.min(frame.len())..)
+}
+
 /// Writes a close frame with `code` and a reason (cut to fit the 125-byte control limit).
 pub fn encode_close(code: u16, reason: &str) -> Bytes {
     let mut cut = reason.len().min(CONTROL_PAYLOAD_MAX - 2);

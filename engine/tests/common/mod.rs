@@ -27,10 +27,19 @@ pub enum Driver {
     Legacy,
 }
 
-/// A running engine process; killed on drop.
+/// A running engine process; killed on drop (and its data directory removed, unless the
+/// test chose the directory itself).
 pub struct Server {
     pub child: Child,
     pub addr: SocketAddr,
+    own_data_dir: Option<std::path::PathBuf>,
+}
+
+/// A data directory no other test uses.
+pub fn fresh_data_dir() -> std::path::PathBuf {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    std::env::temp_dir().join(format!("engine-test-{}-{n}", std::process::id()))
 }
 
 impl Server {
@@ -46,10 +55,15 @@ impl Server {
             })
             .args(args)
             .env_remove("ENGINE_JWT_SECRET")
+            .env_remove("ENGINE_DATA_DIR")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
         if driver == Driver::Legacy {
             command.env("MONOIO_FORCE_LEGACY_DRIVER", "1");
+        }
+        let own_data_dir = (!args.contains(&"--data-dir")).then(fresh_data_dir);
+        if let Some(dir) = &own_data_dir {
+            command.arg("--data-dir").arg(dir);
         }
         let mut child = command.spawn().expect("engine starts");
         let stdout = child.stdout.take().expect("piped stdout");
@@ -64,6 +78,7 @@ impl Server {
         Server {
             addr: addr.parse().expect("an address"),
             child,
+            own_data_dir,
         }
     }
 
@@ -152,6 +167,9 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if let Some(dir) = &self.own_data_dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 

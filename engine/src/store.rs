@@ -1,0 +1,416 @@
+//! The durable store: offline queues in an embedded redb file under `--data-dir`, on one
+//! dedicated thread with group commit. Reactors talk to it by message and never wait on
+//! disk: commands go in over a channel, answers come back over each reactor's own channel
+//! with a ring of its doorbell.
+//!
+//! Group commit: the thread takes every command waiting (up to [`BATCH_MAX`]), applies them
+//! all in one write transaction, commits once (fsync), and only then answers. So a
+//! `queued` ack always follows the commit that holds the message.
+//!
+//! Queue keys are `(user, priority, sequence)`: a user's messages read in key order come
+//! high priority first and in send order within a priority.
+
+use std::{
+    collections::HashMap,
+    io,
+    path::Path,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        mpsc, Arc,
+    },
+    thread::JoinHandle,
+};
+
+use bytes::Bytes;
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use tracing::{error, info};
+
+use crate::{protocol::Priority, router::ConnAddr};
+
+/// Commands applied in one transaction at most.
+pub const BATCH_MAX: usize = 4096;
+
+/// `(user, priority, sequence) → new_message JSON`.
+const QUEUE: TableDefinition<(&str, u8, u64), &[u8]> = TableDefinition::new("queue");
+
+/// Where one queued message sits.
+pub type QueueKey = (u8, u64);
+
+/// What the store counts, read by `/api/stats` and `/metrics`.
+#[derive(Debug, Default)]
+pub struct StoreStats {
+    /// Messages committed to an offline queue.
+    pub persisted: AtomicU64,
+    /// Messages a commit failed to hold (their senders were told).
+    pub failures: AtomicU64,
+    /// Transactions committed.
+    pub commits: AtomicU64,
+}
+
+/// A request to the store thread.
+#[derive(Debug)]
+pub enum Command {
+    /// Queue `payload` (a `new_message` JSON) for `user`; answer `sender` on its reactor.
+    Enqueue {
+        /// The offline receiver.
+        user: Box<str>,
+        /// Its lane.
+        priority: Priority,
+        /// The `new_message` JSON, as it will be delivered.
+        payload: Bytes,
+        /// The sending connection (WebSocket or HTTP API), told the outcome.
+        sender: ConnAddr,
+        /// The sender's message id.
+        message_id: Box<str>,
+    },
+    /// Read `user`'s queue for a device that just authenticated.
+    Drain {
+        /// The user.
+        user: Box<str>,
+        /// The device to deliver to.
+        device: ConnAddr,
+    },
+    /// Read `user`'s queue for the HTTP API (and, with `drain`, remove what was read).
+    Peek {
+        /// The user.
+        user: Box<str>,
+        /// The HTTP connection waiting for it.
+        requester: ConnAddr,
+        /// Remove what is returned.
+        drain: bool,
+    },
+    /// Delete messages written to a device.
+    Remove {
+        /// The user.
+        user: Box<str>,
+        /// The messages.
+        keys: Vec<QueueKey>,
+    },
+    /// Commit what came before, then stop (sent by the engine once its reactors are done).
+    Shutdown,
+}
+
+/// Whether a message was queued.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Committed.
+    Queued,
+    /// The user's queue is at `--queue-max-per-user`.
+    QueueFull,
+    /// The commit failed (disk full, I/O error): nothing was stored.
+    Failed(String),
+}
+
+/// An answer from the store to a reactor.
+#[derive(Debug)]
+pub enum Reply {
+    /// The outcome of an `Enqueue`.
+    Enqueued {
+        /// The sending connection.
+        sender: ConnAddr,
+        /// Its message id.
+        message_id: Box<str>,
+        /// What happened.
+        outcome: Outcome,
+    },
+    /// A user's queued messages, in delivery order, for one device.
+    Pending {
+        /// The device.
+        device: ConnAddr,
+        /// The user.
+        user: Box<str>,
+        /// `(key, new_message JSON, priority)` in order.
+        messages: Vec<(QueueKey, Bytes, Priority)>,
+    },
+    /// A user's queue for the HTTP API.
+    Peeked {
+        /// The HTTP connection.
+        requester: ConnAddr,
+        /// The user.
+        user: Box<str>,
+        /// `new_message` JSON of each queued message, in delivery order.
+        messages: Vec<Bytes>,
+        /// Set when the store could not read (or drain) the queue.
+        error: Option<String>,
+    },
+}
+
+/// The reactors' side: send commands; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Store {
+    commands: mpsc::Sender<Command>,
+    /// Counters.
+    pub stats: Arc<StoreStats>,
+}
+
+impl Store {
+    /// Hands a command to the store thread. Never blocks; fails only if the thread is
+    /// gone, which the caller reports as a persistence failure.
+    pub fn send(&self, command: Command) -> Result<(), Command> {
+        self.commands.send(command).map_err(|e| e.0)
+    }
+}
+
+/// Where the store thread delivers answers: one channel and doorbell per reactor.
+pub struct ReplyRoutes {
+    /// Per reactor, the sending side of its reply channel.
+    pub senders: Vec<mpsc::Sender<Reply>>,
+    /// The reactors' doorbells (shared with them).
+    pub doorbells: Arc<dyn DoorbellSet + Send + Sync>,
+}
+
+/// Something that can wake reactor `index`.
+pub trait DoorbellSet {
+    /// Wakes reactor `index`.
+    fn ring(&self, index: usize);
+}
+
+/// Opens (or creates) the store in `dir` and starts its thread.
+pub fn open(
+    dir: &Path,
+    queue_max_per_user: u64,
+    routes: ReplyRoutes,
+) -> io::Result<(Store, JoinHandle<()>)> {
+    std::fs::create_dir_all(dir)?;
+    let path = dir.join("engine.redb");
+    let db = Database::create(&path).map_err(io::Error::other)?;
+    let (counts, next_sequence) = scan(&db).map_err(io::Error::other)?;
+    info!(
+        path = %path.display(),
+        queued = counts.values().sum::<u64>(),
+        users = counts.len(),
+        "store open"
+    );
+    let stats = Arc::new(StoreStats::default());
+    let (commands, inbox) = mpsc::channel();
+    let worker = Worker {
+        db,
+        counts,
+        next_sequence,
+        queue_max_per_user,
+        routes,
+        stats: stats.clone(),
+    };
+    let thread = std::thread::Builder::new()
+        .name("store".into())
+        .spawn(move || worker.run(inbox))?;
+    Ok((Store { commands, stats }, thread))
+}
+
+/// Per-user queue lengths and the next sequence number, from the file.
+fn scan(db: &Database) -> Result<(HashMap<Box<str>, u64>, u64), redb::Error> {
+    let txn = db.begin_write()?;
+    txn.open_table(QUEUE)?; // create it on first start
+    txn.commit()?;
+    let read = db.begin_read()?;
+    let table = read.open_table(QUEUE)?;
+    let mut counts: HashMap<Box<str>, u64> = HashMap::new();
+    let mut next = 1;
+    for entry in table.iter()? {
+        let (key, _) = entry?;
+        let (user, _, sequence) = key.value();
+        *counts.entry(user.into()).or_default() += 1;
+        next = next.max(sequence + 1);
+    }
+    Ok((counts, next))
+}
+
+/// `user`'s queued messages in delivery order: `(key, new_message JSON, lane)`.
+fn read_queue(
+    table: &redb::Table<(&str, u8, u64), &[u8]>,
+    user: &str,
+) -> Result<Vec<(QueueKey, Bytes, Priority)>, redb::Error> {
+    let mut messages = Vec::new();
+    for entry in table.range((user, 0u8, 0u64)..=(user, u8::MAX, u64::MAX))? {
+        let (key, value) = entry?;
+        let (_, priority, sequence) = key.value();
+        let lane = match priority {
+            0 => Priority::High,
+            1 => Priority::Normal,
+            _ => Priority::Low,
+        };
+        messages.push((
+            (priority, sequence),
+            Bytes::copy_from_slice(value.value()),
+            lane,
+        ));
+    }
+    Ok(messages)
+}
+
+struct Worker {
+    db: Database,
+    counts: HashMap<Box<str>, u64>,
+    next_sequence: u64,
+    queue_max_per_user: u64,
+    routes: ReplyRoutes,
+    stats: Arc<StoreStats>,
+}
+
+impl Worker {
+    fn run(mut self, inbox: mpsc::Receiver<Command>) {
+        let mut batch = Vec::with_capacity(BATCH_MAX);
+        // Ends on `Shutdown`, or when every `Store` handle is gone.
+        while let Ok(first) = inbox.recv() {
+            let mut stopping = matches!(first, Command::Shutdown);
+            if !stopping {
+                batch.push(first);
+            }
+            while !stopping && batch.len() < BATCH_MAX {
+                match inbox.try_recv() {
+                    Ok(Command::Shutdown) => stopping = true,
+                    Ok(command) => batch.push(command),
+                    Err(_) => break,
+                }
+            }
+            if !batch.is_empty() {
+                let replies = self.apply(&mut batch);
+                self.answer(replies);
+            }
+            if stopping {
+                break;
+            }
+        }
+        info!("store closed");
+    }
+
+    /// Applies a batch in one transaction; returns each reactor's answers.
+    fn apply(&mut self, batch: &mut Vec<Command>) -> Vec<(usize, Reply)> {
+        let counts_before = self.counts.clone();
+        let sequence_before = self.next_sequence;
+        let mut replies = Vec::new();
+        let result = self.transact(batch, &mut replies);
+        batch.clear();
+        if let Err(e) = result {
+            error!("store commit failed: {e}");
+            // Nothing of the batch is stored: undo the bookkeeping and say so.
+            self.counts = counts_before;
+            self.next_sequence = sequence_before;
+            let text = e.to_string();
+            for (_, reply) in &mut replies {
+                if let Reply::Enqueued { outcome, .. } = reply {
+                    if *outcome == Outcome::Queued {
+                        self.stats.failures.fetch_add(1, Ordering::Relaxed);
+                        *outcome = Outcome::Failed(text.clone());
+                    }
+                }
+                if let Reply::Pending { messages, .. } = reply {
+                    messages.clear();
+                }
+                if let Reply::Peeked {
+                    messages, error, ..
+                } = reply
+                {
+                    messages.clear();
+                    *error = Some(text.clone());
+                }
+            }
+        }
+        replies
+    }
+
+    fn transact(
+        &mut self,
+        batch: &mut Vec<Command>,
+        replies: &mut Vec<(usize, Reply)>,
+    ) -> Result<(), redb::Error> {
+        let txn = self.db.begin_write()?;
+        let mut persisted = 0;
+        {
+            let mut table = txn.open_table(QUEUE)?;
+            for command in batch.drain(..) {
+                match command {
+                    Command::Enqueue {
+                        user,
+                        priority,
+                        payload,
+                        sender,
+                        message_id,
+                    } => {
+                        let count = self.counts.entry(user.clone()).or_default();
+                        let outcome = if *count >= self.queue_max_per_user {
+                            Outcome::QueueFull
+                        } else {
+                            let sequence = self.next_sequence;
+                            self.next_sequence += 1;
+                            table.insert((&*user, priority as u8, sequence), &payload[..])?;
+                            *count += 1;
+                            persisted += 1;
+                            Outcome::Queued
+                        };
+                        let reply = Reply::Enqueued {
+                            sender,
+                            message_id,
+                            outcome,
+                        };
+                        replies.push((sender.reactor as usize, reply));
+                    }
+                    Command::Drain { user, device } => {
+                        let messages = read_queue(&table, &user)?;
+                        let reply = Reply::Pending {
+                            device,
+                            user,
+                            messages,
+                        };
+                        replies.push((device.reactor as usize, reply));
+                    }
+                    Command::Peek {
+                        user,
+                        requester,
+                        drain,
+                    } => {
+                        let queued = read_queue(&table, &user)?;
+                        if drain {
+                            for ((priority, sequence), _, _) in &queued {
+                                table.remove((&*user, *priority, *sequence))?;
+                            }
+                            self.counts.remove(&user);
+                        }
+                        let messages = queued.into_iter().map(|(_, payload, _)| payload).collect();
+                        let reply = Reply::Peeked {
+                            requester,
+                            user,
+                            messages,
+                            error: None,
+                        };
+                        replies.push((requester.reactor as usize, reply));
+                    }
+                    Command::Shutdown => {}
+                    Command::Remove { user, keys } => {
+                        let mut removed = 0;
+                        for (priority, sequence) in keys {
+                            if table.remove((&*user, priority, sequence))?.is_some() {
+                                removed += 1;
+                            }
+                        }
+                        if let Some(count) = self.counts.get_mut(&user) {
+                            *count = count.saturating_sub(removed);
+                            if *count == 0 {
+                                self.counts.remove(&user);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        txn.commit()?;
+        self.stats.commits.fetch_add(1, Ordering::Relaxed);
+        self.stats.persisted.fetch_add(persisted, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn answer(&self, replies: Vec<(usize, Reply)>) {
+        let mut rung = vec![false; self.routes.senders.len()];
+        for (reactor, reply) in replies {
+            // A reactor that is gone is shutting down; its connections are closing.
+            if self.routes.senders[reactor].send(reply).is_ok() {
+                rung[reactor] = true;
+            }
+        }
+        for (reactor, ring) in rung.into_iter().enumerate() {
+            if ring {
+                self.routes.doorbells.ring(reactor);
+            }
+        }
+    }
+}

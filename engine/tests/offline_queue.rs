@@ -1,0 +1,120 @@
+//! Offline queues in the durable store: `queued` acks after the commit, delivery after
+//! `auth_success` in priority order, removal once written, the per-user bound, and a
+//! restart that delivers every queued message exactly once.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{fresh_data_dir, on_both_drivers, Server};
+use serde_json::json;
+
+fn send(client: &mut common::Client, id: &str, to: &str, content: &str, priority: &str) {
+    client.send(
+        &json!({"type": "send_message", "messageId": id, "receiverId": to,
+                        "content": content, "priority": priority}),
+    );
+}
+
+#[test]
+fn messages_wait_for_an_offline_user_and_arrive_after_auth_in_priority_order() {
+    on_both_drivers(|driver| {
+        let server = Server::start(driver, &[]);
+        let mut alice = server.login("alice", "phone");
+        for (id, content, priority) in [
+            ("m1", "low", "low"),
+            ("m2", "first normal", "normal"),
+            ("m3", "high", "high"),
+            ("m4", "second normal", "normal"),
+        ] {
+            send(&mut alice, id, "bob", content, priority);
+            let ack = alice.recv_type("message_ack");
+            assert_eq!(
+                (ack["messageId"].as_str(), ack["status"].as_str()),
+                (Some(id), Some("queued"))
+            );
+        }
+        let mut bob = server.connect();
+        bob.send(&json!({"type": "auth", "userId": "bob", "deviceId": "phone"}));
+        assert_eq!(bob.recv()["type"], "auth_success");
+        let order: Vec<String> = (0..4)
+            .map(|_| {
+                bob.recv_type("new_message")["content"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect();
+        assert_eq!(order, ["high", "first normal", "second normal", "low"]);
+        // Written to a device, so removed: the next device of bob gets nothing.
+        std::thread::sleep(Duration::from_millis(100));
+        let mut tablet = server.login("bob", "tablet");
+        tablet.expect_silence(Duration::from_millis(300));
+    });
+}
+
+#[test]
+fn a_full_queue_rejects_with_queue_full() {
+    let server = Server::start(common::Driver::IoUring, &["--queue-max-per-user", "2"]);
+    let mut alice = server.login("alice", "phone");
+    for id in ["a", "b", "c"] {
+        send(&mut alice, id, "bob", id, "normal");
+    }
+    let acks: Vec<_> = (0..3).map(|_| alice.recv_type("message_ack")).collect();
+    assert_eq!(acks[0]["status"], "queued");
+    assert_eq!(acks[1]["status"], "queued");
+    assert_eq!(
+        (acks[2]["status"].as_str(), acks[2]["reason"].as_str()),
+        (Some("rejected"), Some("queue_full"))
+    );
+    let (_, stats) = server.get("/api/stats");
+    let stats: serde_json::Value = serde_json::from_str(&stats).unwrap();
+    assert_eq!(
+        (
+            stats["messages_persisted"].as_u64(),
+            stats["persistence_failures"].as_u64()
+        ),
+        (Some(2), Some(0))
+    );
+    let mut bob = server.login("bob", "phone");
+    assert_eq!(bob.recv_type("new_message")["content"], "a");
+    assert_eq!(bob.recv_type("new_message")["content"], "b");
+    bob.expect_silence(Duration::from_millis(200));
+}
+
+#[test]
+fn queued_messages_survive_a_restart_and_arrive_exactly_once() {
+    let dir = fresh_data_dir();
+    let dir_arg = dir.to_str().unwrap().to_owned();
+    {
+        let mut server = Server::start(common::Driver::IoUring, &["--data-dir", &dir_arg]);
+        let mut alice = server.login("alice", "phone");
+        for i in 0..20 {
+            send(
+                &mut alice,
+                &format!("m{i}"),
+                "bob",
+                &format!("message {i}"),
+                "normal",
+            );
+            assert_eq!(alice.recv_type("message_ack")["status"], "queued");
+        }
+        assert_eq!(server.terminate(), Some(0));
+    }
+    {
+        let server = Server::start(common::Driver::IoUring, &["--data-dir", &dir_arg]);
+        let mut bob = server.login("bob", "phone");
+        for i in 0..20 {
+            assert_eq!(
+                bob.recv_type("new_message")["content"],
+                format!("message {i}")
+            );
+        }
+        bob.expect_silence(Duration::from_millis(200));
+        drop(bob);
+        std::thread::sleep(Duration::from_millis(200));
+        let mut again = server.login("bob", "phone");
+        again.expect_silence(Duration::from_millis(300));
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
