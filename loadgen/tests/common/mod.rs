@@ -8,12 +8,19 @@ use std::{
 
 use engine::{config::Config, Engine};
 
+/// Numbers each in-process engine's store directory (one redb file per engine).
+static NEXT_STORE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 /// The real engine in this process, on an ephemeral port.
 pub fn engine(reactors: usize, jwt_secret: Option<&[u8]>) -> Engine {
     let config = Config {
         listen: "127.0.0.1:0".parse().unwrap(),
         reactors,
         jwt_secret: jwt_secret.map(<[u8]>::to_vec),
+        data_dir: out_dir(&format!(
+            "store-{reactors}-{}",
+            NEXT_STORE.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        )),
         ..Config::default()
     };
     Engine::start(config).expect("engine starts")
