@@ -118,3 +118,62 @@ fn queued_messages_survive_a_restart_and_arrive_exactly_once() {
     }
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn a_kill_9_mid_stream_loses_no_acked_message_and_repeats_none() {
+    let dir = fresh_data_dir();
+    let dir_arg = dir.to_str().unwrap().to_owned();
+    let receivers: Vec<String> = (0..10).map(|i| format!("offline{i}")).collect();
+    let mut acked = std::collections::HashSet::new();
+    {
+        let mut server = Server::start(common::Driver::IoUring, &["--data-dir", &dir_arg]);
+        let mut alice = server.login("alice", "phone");
+        // Bursts of 100, each read back before the next; the sixth is in flight when the
+        // engine is killed (SIGKILL: no drain, no flush).
+        'bursts: for burst in 0..10 {
+            for i in 0..100 {
+                let id = format!("b{burst}-{i}");
+                send(
+                    &mut alice,
+                    &id,
+                    &receivers[i % receivers.len()],
+                    &id,
+                    "normal",
+                );
+            }
+            if burst == 5 {
+                server.child.kill().unwrap();
+                let _ = server.child.wait();
+            }
+            for _ in 0..100 {
+                let Some(reply) = alice.try_recv() else {
+                    break 'bursts;
+                };
+                if reply["status"] == "queued" {
+                    acked.insert(reply["messageId"].as_str().unwrap().to_owned());
+                }
+            }
+            assert!(burst < 5, "the engine answered after it was killed");
+        }
+    }
+    assert!(acked.len() >= 500, "{} acked before the kill", acked.len());
+    let server = Server::start(common::Driver::IoUring, &["--data-dir", &dir_arg]);
+    let mut delivered = Vec::new();
+    for user in &receivers {
+        let mut device = server.login(user, "d");
+        while let Some(message) = device.recv_within(Duration::from_millis(300)) {
+            if message["type"] == "new_message" {
+                delivered.push(message["messageId"].as_str().unwrap().to_owned());
+            }
+        }
+    }
+    let unique: std::collections::HashSet<_> = delivered.iter().cloned().collect();
+    assert_eq!(
+        unique.len(),
+        delivered.len(),
+        "a message was delivered twice"
+    );
+    let missing: Vec<_> = acked.iter().filter(|id| !unique.contains(*id)).collect();
+    assert!(missing.is_empty(), "acked as queued but lost: {missing:?}");
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -202,6 +202,26 @@ impl Client {
         }
     }
 
+    /// The next text message, or `None` once the connection has failed or closed (for
+    /// tests that kill the server under the client).
+    pub fn try_recv(&mut self) -> Option<Value> {
+        loop {
+            match self.ws.read().ok()? {
+                Message::Text(text) => return serde_json::from_str(&text).ok(),
+                Message::Close(_) => return None,
+                _ => continue,
+            }
+        }
+    }
+
+    /// The next text message if one arrives within `quiet`, else `None`.
+    pub fn recv_within(&mut self, quiet: Duration) -> Option<Value> {
+        self.set_timeout(quiet);
+        let message = self.try_recv();
+        self.set_timeout(WAIT);
+        message
+    }
+
     /// The next message of type `kind`, skipping others.
     pub fn recv_type(&mut self, kind: &str) -> Value {
         let deadline = Instant::now() + WAIT;
