@@ -58,10 +58,13 @@ pub enum Command {
         priority: Priority,
         /// The `new_message` JSON, as it will be delivered.
         payload: Bytes,
-        /// The sending connection (WebSocket or HTTP API), told the outcome.
-        sender: ConnAddr,
+        /// The sending connection (WebSocket or HTTP API), told the outcome; `None` for
+        /// what nobody waits on (delivery receipts).
+        sender: Option<ConnAddr>,
         /// The sender's message id.
         message_id: Box<str>,
+        /// Send the sender a `delivery_receipt` when this is delivered.
+        receipt: bool,
     },
     /// Read `user`'s queue for a device that just authenticated.
     Drain {
@@ -119,8 +122,8 @@ pub enum Reply {
         device: ConnAddr,
         /// The user.
         user: Box<str>,
-        /// `(key, new_message JSON, priority)` in order.
-        messages: Vec<(QueueKey, Bytes, Priority)>,
+        /// The messages, in order.
+        messages: Vec<Queued>,
     },
     /// A user's queue for the HTTP API.
     Peeked {
@@ -134,6 +137,22 @@ pub enum Reply {
         error: Option<String>,
     },
 }
+
+/// One queued message as read back.
+#[derive(Debug)]
+pub struct Queued {
+    /// Where it sits (for removal).
+    pub key: QueueKey,
+    /// The JSON as it is delivered.
+    pub payload: Bytes,
+    /// Its lane.
+    pub priority: Priority,
+    /// Whether its sender wants a `delivery_receipt`.
+    pub receipt: bool,
+}
+
+/// Leading byte of a stored value: bit 0 set when the sender wants a delivery receipt.
+const RECEIPT_FLAG: u8 = 1;
 
 /// The reactors' side: send commands; cheap to clone.
 #[derive(Debug, Clone)]
@@ -215,25 +234,27 @@ fn scan(db: &Database) -> Result<(HashMap<Box<str>, u64>, u64), redb::Error> {
     Ok((counts, next))
 }
 
-/// `user`'s queued messages in delivery order: `(key, new_message JSON, lane)`.
+/// `user`'s queued messages in delivery order.
 fn read_queue(
     table: &redb::Table<(&str, u8, u64), &[u8]>,
     user: &str,
-) -> Result<Vec<(QueueKey, Bytes, Priority)>, redb::Error> {
+) -> Result<Vec<Queued>, redb::Error> {
     let mut messages = Vec::new();
     for entry in table.range((user, 0u8, 0u64)..=(user, u8::MAX, u64::MAX))? {
         let (key, value) = entry?;
         let (_, priority, sequence) = key.value();
-        let lane = match priority {
-            0 => Priority::High,
-            1 => Priority::Normal,
-            _ => Priority::Low,
-        };
-        messages.push((
-            (priority, sequence),
-            Bytes::copy_from_slice(value.value()),
-            lane,
-        ));
+        let value = value.value();
+        let (flags, payload) = value.split_first().unwrap_or((&0, &[]));
+        messages.push(Queued {
+            key: (priority, sequence),
+            payload: Bytes::copy_from_slice(payload),
+            priority: match priority {
+                0 => Priority::High,
+                1 => Priority::Normal,
+                _ => Priority::Low,
+            },
+            receipt: flags & RECEIPT_FLAG != 0,
+        });
     }
     Ok(messages)
 }
@@ -326,6 +347,7 @@ impl Worker {
                         payload,
                         sender,
                         message_id,
+                        receipt,
                     } => {
                         let count = self.counts.entry(user.clone()).or_default();
                         let outcome = if *count >= self.queue_max_per_user {
@@ -333,17 +355,22 @@ impl Worker {
                         } else {
                             let sequence = self.next_sequence;
                             self.next_sequence += 1;
-                            table.insert((&*user, priority as u8, sequence), &payload[..])?;
+                            let mut value = Vec::with_capacity(1 + payload.len());
+                            value.push(if receipt { RECEIPT_FLAG } else { 0 });
+                            value.extend_from_slice(&payload);
+                            table.insert((&*user, priority as u8, sequence), &value[..])?;
                             *count += 1;
                             persisted += 1;
                             Outcome::Queued
                         };
-                        let reply = Reply::Enqueued {
-                            sender,
-                            message_id,
-                            outcome,
-                        };
-                        replies.push((sender.reactor as usize, reply));
+                        if let Some(sender) = sender {
+                            let reply = Reply::Enqueued {
+                                sender,
+                                message_id,
+                                outcome,
+                            };
+                            replies.push((sender.reactor as usize, reply));
+                        }
                     }
                     Command::Drain { user, device } => {
                         let messages = read_queue(&table, &user)?;
@@ -361,12 +388,13 @@ impl Worker {
                     } => {
                         let queued = read_queue(&table, &user)?;
                         if drain {
-                            for ((priority, sequence), _, _) in &queued {
-                                table.remove((&*user, *priority, *sequence))?;
+                            for message in &queued {
+                                let (priority, sequence) = message.key;
+                                table.remove((&*user, priority, sequence))?;
                             }
                             self.counts.remove(&user);
                         }
-                        let messages = queued.into_iter().map(|(_, payload, _)| payload).collect();
+                        let messages = queued.into_iter().map(|m| m.payload).collect();
                         let reply = Reply::Peeked {
                             requester,
                             user,

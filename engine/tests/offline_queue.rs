@@ -177,3 +177,48 @@ fn a_kill_9_mid_stream_loses_no_acked_message_and_repeats_none() {
     assert!(missing.is_empty(), "acked as queued but lost: {missing:?}");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn the_sender_gets_a_delivery_receipt_queued_if_it_went_offline_too() {
+    let server = Server::start(common::Driver::IoUring, &[]);
+    let mut alice = server.login("alice", "phone");
+    send(&mut alice, "r1", "bob", "while you were out", "normal");
+    assert_eq!(alice.recv_type("message_ack")["status"], "queued");
+    // Bob comes online while alice is still here: she gets the receipt at once.
+    let mut bob = server.login("bob", "phone");
+    assert_eq!(bob.recv_type("new_message")["messageId"], "r1");
+    let receipt = alice.recv_type("delivery_receipt");
+    assert_eq!(
+        (
+            receipt["messageId"].as_str(),
+            receipt["receiverId"].as_str()
+        ),
+        (Some("r1"), Some("bob"))
+    );
+    // Now to carol, offline; alice leaves before carol arrives: the receipt waits for her.
+    send(&mut alice, "r2", "carol", "later", "normal");
+    assert_eq!(alice.recv_type("message_ack")["status"], "queued");
+    drop(alice);
+    std::thread::sleep(Duration::from_millis(100));
+    let mut carol = server.login("carol", "phone");
+    assert_eq!(carol.recv_type("new_message")["messageId"], "r2");
+    std::thread::sleep(Duration::from_millis(100));
+    let mut alice = server.login("alice", "laptop");
+    let receipt = alice.recv_type("delivery_receipt");
+    assert_eq!(
+        (
+            receipt["messageId"].as_str(),
+            receipt["receiverId"].as_str()
+        ),
+        (Some("r2"), Some("carol"))
+    );
+    // A message sent through the HTTP API on alice's behalf gets no receipt.
+    let body = r#"{"sender_id":"alice","receiver_id":"zed","text":"from the backend"}"#;
+    let (status, _) = server.request("POST", "/api/messages/send", &[], body);
+    assert_eq!(status, 202);
+    assert_eq!(alice.recv_type("new_message")["receiverId"], "zed"); // her own copy
+    let mut zed = server.login("zed", "phone");
+    assert_eq!(zed.recv_type("new_message")["content"], "from the backend");
+    alice.expect_silence(Duration::from_millis(300));
+    drop(bob);
+}

@@ -59,6 +59,16 @@ pub fn message_rejected(out: &mut Vec<u8>, message_id: &str, reason: &str, now_m
         .end();
 }
 
+/// `delivery_receipt {messageId, receiverId, timestamp}`: a queued message reached a device.
+pub fn delivery_receipt(out: &mut Vec<u8>, message_id: &str, receiver_id: &str, now_ms: u64) {
+    Obj::new(out)
+        .str("type", "delivery_receipt")
+        .str("messageId", message_id)
+        .str("receiverId", receiver_id)
+        .u64("timestamp", now_ms)
+        .end();
+}
+
 /// The fields of one chat message as delivered.
 #[derive(Debug, Clone, Copy)]
 pub struct NewMessage<'a> {

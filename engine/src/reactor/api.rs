@@ -62,6 +62,7 @@ impl Reactor {
         let ack = AckRequest {
             sender: self.addr(slot, generation),
             message_id: message_id.into(),
+            receipt: false,
         };
         self.deliver(
             &send.receiver_id,

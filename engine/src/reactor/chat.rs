@@ -106,6 +106,7 @@ impl Reactor {
                 let ack = Some(AckRequest {
                     sender: me,
                     message_id: message_id.into(),
+                    receipt: true,
                 });
                 let to_self = receiver_id == &*user;
                 self.deliver(
@@ -175,6 +176,22 @@ impl Reactor {
         }
     }
 
+    /// Sends `frame` to every online device of `user`, or queues it when none is online
+    /// (nobody is told the outcome: delivery receipts).
+    pub(super) fn deliver_durable(&mut self, user: &str, frame: Bytes, priority: Priority) {
+        let home = self.home_of(user);
+        let delivery = Delivery {
+            user: user.into(),
+            frame,
+            priority,
+            except: None,
+            ack: None,
+            accepted_ns: stats::clock_ns(),
+            queue_if_offline: true,
+        };
+        self.route(home, Envelope::Deliver(Box::new(delivery)));
+    }
+
     /// Sends `frame` to every online device of `user` (but `except`) through its home.
     pub(super) fn deliver(
         &mut self,
@@ -192,6 +209,7 @@ impl Reactor {
             except,
             ack,
             accepted_ns: stats::clock_ns(),
+            queue_if_offline: false,
         };
         self.route(home, Envelope::Deliver(Box::new(delivery)));
     }

@@ -15,23 +15,31 @@ use crate::{
 };
 
 impl Reactor {
-    /// At a home: queues a message whose receiver has no device online.
+    /// At a home: queues a message whose receiver has no device online; with `ack`, the
+    /// store tells the sender the outcome.
     pub(super) fn queue_offline(
         &mut self,
         user: Box<str>,
         priority: Priority,
         frame: &Bytes,
-        ack: AckRequest,
+        ack: Option<AckRequest>,
     ) {
+        let (sender, message_id, receipt) = match ack {
+            Some(ack) => (Some(ack.sender), ack.message_id, ack.receipt),
+            None => (None, Box::from(""), false),
+        };
         let command = Command::Enqueue {
             user,
             priority,
             payload: frame::payload_of(frame),
-            sender: ack.sender,
-            message_id: ack.message_id,
+            sender,
+            message_id,
+            receipt,
         };
         if let Err(Command::Enqueue {
-            sender, message_id, ..
+            sender: Some(sender),
+            message_id,
+            ..
         }) = self.store.send(command)
         {
             // The store thread is gone (shutting down): nothing is stored, so say offline.
@@ -82,16 +90,39 @@ impl Reactor {
                     return; // still queued: the next device to authenticate gets them
                 }
                 let mut written = Vec::with_capacity(messages.len());
-                for (key, payload, priority) in messages {
-                    self.send(slot, generation, frame::encode_text(&payload), priority);
-                    written.push(key);
+                let mut receipts = Vec::new();
+                for message in messages {
+                    let frame = frame::encode_text(&message.payload);
+                    self.send(slot, generation, frame, message.priority);
+                    written.push(message.key);
+                    if message.receipt {
+                        receipts.push(message.payload);
+                    }
                 }
                 let _ = self.store.send(Command::Remove {
-                    user,
+                    user: user.clone(),
                     keys: written,
                 });
+                for payload in receipts {
+                    self.send_delivery_receipt(&user, &payload);
+                }
             }
         }
+    }
+
+    /// Tells the sender of a queued message (a stored `new_message`) that it reached a
+    /// device of `receiver`; queued in turn if the sender is offline.
+    fn send_delivery_receipt(&mut self, receiver: &str, payload: &[u8]) {
+        let stored: serde_json::Value = serde_json::from_slice(payload).unwrap_or_default();
+        let (Some(message_id), Some(sender)) =
+            (stored["messageId"].as_str(), stored["senderId"].as_str())
+        else {
+            return;
+        };
+        self.json.clear();
+        outbound::delivery_receipt(&mut self.json, message_id, receiver, now_ms());
+        let frame = frame::encode_text(&self.json);
+        self.deliver_durable(sender, frame, Priority::Normal);
     }
 
     /// Tells a sender (WebSocket or HTTP API) what the store did with its message.

@@ -81,12 +81,12 @@ impl Reactor {
                         },
                     );
                 }
+                if !delivered && (delivery.ack.is_some() || delivery.queue_if_offline) {
+                    // No device online: the store keeps it (and answers the sender, if any).
+                    let (user, frame) = (delivery.user, delivery.frame);
+                    return self.queue_offline(user, delivery.priority, &frame, delivery.ack);
+                }
                 if let Some(ack) = delivery.ack {
-                    if !delivered {
-                        // No device online: the store keeps it (and answers the sender).
-                        let (user, frame) = (delivery.user, delivery.frame);
-                        return self.queue_offline(user, delivery.priority, &frame, ack);
-                    }
                     let envelope = Envelope::Ack {
                         sender: ack.sender,
                         message_id: ack.message_id,

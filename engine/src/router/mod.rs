@@ -52,6 +52,9 @@ pub struct Delivery {
     pub ack: Option<AckRequest>,
     /// When the message was accepted ([`crate::stats::clock_ns`]), for routing latency.
     pub accepted_ns: u64,
+    /// Without `ack`: queue it when no device is online (delivery receipts) instead of
+    /// dropping it (typing, copies to the sender's devices).
+    pub queue_if_offline: bool,
 }
 
 /// Who to tell about a delivery's outcome, and for which message.
@@ -61,6 +64,9 @@ pub struct AckRequest {
     pub sender: ConnAddr,
     /// The client's message id.
     pub message_id: Box<str>,
+    /// Whether the sender gets a `delivery_receipt` when a queued copy is delivered
+    /// (WebSocket senders do; HTTP API senders do not).
+    pub receipt: bool,
 }
 
 /// A message the HTTP API broadcasts, shared by every home that delivers it.
