@@ -49,6 +49,10 @@ pub struct Args {
     /// chat: the engine's protocol; echo: text frames timed by their echo (any echo server)
     #[arg(long, value_enum, default_value_t = Scenario::Chat)]
     pub scenario: Scenario,
+    /// Address every load message to a user no connection holds, so each is stored in the
+    /// server's offline queue and acknowledged `queued` (measures the store)
+    #[arg(long)]
+    pub offline_receivers: bool,
     /// Messages per second in the load phase, all senders together (0: no load phase)
     #[arg(long, default_value_t = 0, value_name = "M")]
     pub rate: u64,

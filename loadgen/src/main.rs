@@ -96,6 +96,7 @@ fn run(args: &Args) -> Result<report::Summary, String> {
         duration: Duration::from_secs(args.duration_secs),
         epoch: std::time::Instant::now(),
         scenario: args.scenario,
+        offline_receivers: args.offline_receivers,
         server_pid: args.server_pid,
     });
     let load_start = Arc::new(std::sync::Barrier::new(workers));

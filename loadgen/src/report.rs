@@ -37,6 +37,8 @@ pub struct Summary {
     pub delivered: u64,
     /// Load phase: messages answered `peer_offline` (their receiver was not held).
     pub undeliverable: u64,
+    /// Load phase: messages acknowledged `queued` (stored for an offline receiver).
+    pub queued: u64,
     /// Load phase: acks received.
     pub acked: u64,
     /// Load phase: messages sent more than 1 ms after their scheduled time.
@@ -77,6 +79,7 @@ impl Summary {
             sent: reports.iter().map(|r| r.sent).sum(),
             delivered: reports.iter().map(|r| r.delivered).sum(),
             undeliverable: reports.iter().map(|r| r.undeliverable).sum(),
+            queued: reports.iter().map(|r| r.queued).sum(),
             acked: reports.iter().map(|r| r.acked).sum(),
             sent_late: reports.iter().map(|r| r.sent_late).sum(),
             delivery,
@@ -100,7 +103,7 @@ impl Summary {
     /// Messages sent that neither arrived nor were answered `peer_offline`.
     pub fn lost(&self) -> u64 {
         self.sent
-            .saturating_sub(self.delivered + self.undeliverable)
+            .saturating_sub(self.delivered + self.undeliverable + self.queued)
     }
 
     /// Connections authenticated per second during the ramp.
@@ -145,6 +148,7 @@ impl Summary {
                 "sent": self.sent,
                 "delivered": self.delivered,
                 "undeliverable": self.undeliverable,
+                "queued": self.queued,
                 "lost": self.lost(),
                 "acked": self.acked,
                 "sent_late": self.sent_late,
@@ -200,8 +204,8 @@ impl Summary {
                 format!("{} / {}", self.sent, self.delivered),
             );
             row(
-                "undeliverable / lost",
-                format!("{} / {}", self.undeliverable, self.lost()),
+                "undeliverable / queued / lost",
+                format!("{} / {} / {}", self.undeliverable, self.queued, self.lost()),
             );
             for (name, latency) in [("delivery", &self.delivery), ("ack", &self.ack)] {
                 row(

@@ -60,6 +60,8 @@ pub struct Plan {
     pub epoch: Instant,
     /// Chat protocol or plain echo.
     pub scenario: Scenario,
+    /// Address every message to a user no connection holds (the store's load).
+    pub offline_receivers: bool,
     /// The server's pid, for its RSS at the end of the hold.
     pub server_pid: Option<u32>,
 }
@@ -86,6 +88,8 @@ pub struct Progress {
     pub delivered: AtomicU64,
     /// Messages the server answered `peer_offline` (receiver not held).
     pub undeliverable: AtomicU64,
+    /// Messages the server acknowledged `queued` (receiver offline, message stored).
+    pub queued: AtomicU64,
     /// Set on Ctrl-C: every phase ends early and the partial report is written.
     pub interrupted: AtomicBool,
     /// Workers whose load schedule has ended.
@@ -127,6 +131,8 @@ pub struct WorkerReport {
     pub acked: u64,
     /// Messages answered `peer_offline`.
     pub undeliverable: u64,
+    /// Messages acknowledged `queued` (stored for an offline receiver).
+    pub queued: u64,
     /// Messages sent later than scheduled by more than 1 ms (the generator fell behind).
     pub sent_late: u64,
     /// Scheduled send → arrival at the receiver.
@@ -398,7 +404,8 @@ async fn load(worker: &Rc<RefCell<Worker>>) {
     while Instant::now() < drain_deadline && !progress.interrupted() {
         let sent = progress.sent.load(Ordering::Acquire);
         let settled = progress.delivered.load(Ordering::Acquire)
-            + progress.undeliverable.load(Ordering::Acquire);
+            + progress.undeliverable.load(Ordering::Acquire)
+            + progress.queued.load(Ordering::Acquire);
         let acks_in = {
             let w = worker.borrow();
             // Echo servers send no acks.
@@ -526,10 +533,16 @@ impl Worker {
         // Any user but the sender itself (whose only device is the sending one).
         let others = (self.plan.connections as u64 - 1).max(1);
         let receiver = (sender_user + 1 + self.random() % others) % self.plan.connections as u64;
+        // `lgoff…` users are never connected: every message goes to the store.
+        let prefix = if self.plan.offline_receivers {
+            "lgoff"
+        } else {
+            "lg"
+        };
         let stamp = self.since_epoch_ns(scheduled);
         let text = match self.plan.scenario {
             Scenario::Chat => format!(
-                r#"{{"type":"send_message","messageId":"{stamp}-{}-{seq}","receiverId":"lg{receiver}","content":"{stamp}"}}"#,
+                r#"{{"type":"send_message","messageId":"{stamp}-{}-{seq}","receiverId":"{prefix}{receiver}","content":"{stamp}"}}"#,
                 self.id
             ),
             // The echo comes back on the sending connection carrying the same stamp.
@@ -742,6 +755,15 @@ impl Worker {
                 self.report.acked += 1;
                 return true;
             }
+            (MessageType::Queued, Some(scheduled)) => {
+                self.report
+                    .ack
+                    .record_us(now_ns.saturating_sub(scheduled) / 1000);
+                self.report.acked += 1;
+                self.report.queued += 1;
+                self.progress.queued.fetch_add(1, Ordering::Release);
+                return true;
+            }
             (MessageType::PeerOffline, _) => {
                 self.report.undeliverable += 1;
                 self.progress.undeliverable.fetch_add(1, Ordering::Release);
@@ -859,6 +881,8 @@ enum MessageType {
     Pong,
     NewMessage,
     Ack,
+    /// A `message_ack` with `status: queued`: stored for an offline receiver.
+    Queued,
     PeerOffline,
     Error,
     Other,
@@ -883,7 +907,7 @@ fn echo_type(payload: &[u8]) -> (MessageType, Option<u64>) {
 fn stamp_of(payload: &[u8], kind: MessageType) -> Option<u64> {
     let key: &[u8] = match kind {
         MessageType::NewMessage => br#""content":""#,
-        MessageType::Ack => br#""messageId":""#,
+        MessageType::Ack | MessageType::Queued => br#""messageId":""#,
         _ => return None,
     };
     let at = payload.windows(key.len()).position(|w| w == key)? + key.len();
@@ -907,7 +931,11 @@ fn message_type(payload: &[u8]) -> MessageType {
     } else if rest.starts_with(b"new_message\"") {
         MessageType::NewMessage
     } else if rest.starts_with(b"message_ack\"") {
-        MessageType::Ack
+        if payload.windows(17).any(|w| w == br#""status":"queued""#) {
+            MessageType::Queued
+        } else {
+            MessageType::Ack
+        }
     } else if rest.starts_with(b"error\"") {
         if payload.windows(14).any(|w| w == br#""peer_offline""#) {
             MessageType::PeerOffline
@@ -1051,6 +1079,7 @@ mod tests {
             duration: Duration::ZERO,
             epoch: Instant::now(),
             scenario: Scenario::Chat,
+            offline_receivers: false,
             server_pid: None,
         };
         let mut all: Vec<usize> = (0..3)
@@ -1107,5 +1136,9 @@ mod tests {
         assert_eq!(stamp_of(ack, message_type(ack)), Some(777));
         let offline = br#"{"type":"error","code":"peer_offline","message":"x","ref":"1-2-3"}"#;
         assert_eq!(message_type(offline), MessageType::PeerOffline);
+        let queued =
+            br#"{"type":"message_ack","messageId":"9-1-2","status":"queued","timestamp":1}"#;
+        assert_eq!(message_type(queued), MessageType::Queued);
+        assert_eq!(stamp_of(queued, MessageType::Queued), Some(9));
     }
 }

@@ -103,6 +103,42 @@ fn an_open_loop_load_phase_writes_ordered_percentiles_hgrm_and_svg() {
 }
 
 #[test]
+fn offline_receivers_measure_the_store_every_message_acked_queued() {
+    let engine = engine(2, None);
+    let target = engine.local_addr().to_string();
+    let args = [
+        "--target",
+        &target,
+        "--connections",
+        "200",
+        "--ramp-per-sec",
+        "5000",
+        "--hold-secs",
+        "0",
+        "--rate",
+        "500",
+        "--duration-secs",
+        "1",
+        "--offline-receivers",
+    ];
+    let (status, report, out) = run("offline", &args);
+    assert!(status.success(), "{report}");
+    let load = &report["load"];
+    assert_eq!(
+        (load["sent"].as_u64(), load["queued"].as_u64()),
+        (Some(500), Some(500)),
+        "{report}"
+    );
+    assert_eq!(
+        (load["delivered"].as_u64(), load["lost"].as_u64()),
+        (Some(0), Some(0))
+    );
+    assert_eq!(report["latency"]["ack"]["count"], 500);
+    std::fs::remove_dir_all(out).unwrap();
+    assert!(engine.shutdown());
+}
+
+#[test]
 fn an_unreachable_target_is_a_clear_error() {
     let output = Command::new(env!("CARGO_BIN_EXE_loadgen"))
         .args(["--target", "127.0.0.1:1", "--connections", "10"])

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Durable queued messages per second: the loadgen holds CONNECTIONS senders and addresses
+# every message to users no connection holds (`--offline-receivers`), so each is committed
+# to the store before its `queued` ack. Steps the offered rate; for each step reports the
+# queued rate, the ack latency (p50/p99/p99.9: send → ack after commit) and how many
+# messages one commit carried (group commit), from the engine's /metrics.
+#
+# Knobs (environment): CONNECTIONS (10000), RATES ("5000 10000 20000 40000 80000"),
+# DURATION_SECS (10), PORT (18580), OUT (target/store-bench). Bounded; stops what it started.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+CONNECTIONS=${CONNECTIONS:-10000}
+RATES=${RATES:-"5000 10000 20000 40000 80000"}
+DURATION_SECS=${DURATION_SECS:-10}
+PORT=${PORT:-18580}
+OUT=${OUT:-target/store-bench}
+ulimit -n "$(ulimit -Hn)"
+cargo build --release -p engine -p loadgen
+mkdir -p "$OUT"
+engine=""
+trap '[ -n "$engine" ] && kill $engine 2>/dev/null || true' EXIT
+metric() { curl -s "127.0.0.1:$PORT/metrics" | awk -v m="$1" '$1 == m {print $2}'; }
+echo "rate  queued/s  ack p50 / p99 / p99.9 (ms)  messages per commit  lost"
+for rate in $RATES; do
+  rm -rf "$OUT/data-$rate"
+  target/release/engine --listen "127.0.0.1:$PORT" --reactors 2 --data-dir "$OUT/data-$rate" \
+    --queue-max-per-user 10000000 --log-level warn > "$OUT/engine-$rate.log" 2>&1 &
+  engine=$!
+  sleep 1
+  target/release/loadgen --target "127.0.0.1:$PORT" --connections "$CONNECTIONS" --ramp-per-sec 10000 \
+    --hold-secs 1 --workers 1 --rate "$rate" --duration-secs "$DURATION_SECS" --offline-receivers \
+    --server-pid "$engine" --out "$OUT/run-$rate" > "$OUT/run-$rate.txt" 2> /dev/null || true
+  persisted=$(metric engine_store_messages_persisted_total)
+  commits=$(metric engine_store_commits_total)
+  kill "$engine"; wait "$engine" 2> /dev/null || true
+  engine=""
+  python3 - "$OUT/run-$rate/report.json" "$rate" "$persisted" "$commits" "$DURATION_SECS" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+rate, persisted, commits, secs = int(sys.argv[2]), int(sys.argv[3] or 0), int(sys.argv[4] or 1), int(sys.argv[5])
+ack = r["latency"]["ack"]
+ms = lambda us: f"{us / 1000:.2f}" if us is not None else "-"
+print(f"{rate:>5} {r['load']['queued'] / secs:>9.0f}  {ms(ack['p50_us'])} / {ms(ack['p99_us'])} / {ms(ack['p999_us'])}"
+      f"  {persisted / max(commits, 1):>8.1f}  {r['load']['lost']}")
+PY
+done
