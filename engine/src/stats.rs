@@ -92,11 +92,27 @@ pub struct ReactorStats {
     pub envelopes_sent: AtomicU64,
     /// Envelopes received from other reactors.
     pub envelopes_received: AtomicU64,
-    /// Routing latency (message accepted → frame handed to the receiver's socket), by
-    /// bucket of [`LATENCY_BUCKETS_US`] plus one unbounded bucket.
-    pub routing_latency: [AtomicU64; LATENCY_BUCKETS_US.len() + 1],
-    /// Sum of the routing latencies observed, in µs.
-    pub routing_latency_sum_us: AtomicU64,
+    /// Routing latency: message accepted → frame queued on the receiver's socket.
+    pub routing_latency: LatencyHistogram,
+}
+
+/// Latencies by power-of-two bucket ([`LATENCY_BUCKETS_US`] plus one unbounded), with
+/// their sum: what a Prometheus histogram needs. One writer per histogram.
+#[derive(Debug, Default)]
+pub struct LatencyHistogram {
+    /// Counts per bucket (not cumulative).
+    pub buckets: [AtomicU64; LATENCY_BUCKETS_US.len() + 1],
+    /// Sum of the observations, in µs.
+    pub sum_us: AtomicU64,
+}
+
+impl LatencyHistogram {
+    /// Records one latency of `us` microseconds.
+    pub fn observe_us(&self, us: u64) {
+        let bucket = LATENCY_BUCKETS_US.partition_point(|&bound| bound < us);
+        ReactorStats::bump(&self.buckets[bucket]);
+        ReactorStats::bump_by(&self.sum_us, us);
+    }
 }
 
 impl ReactorStats {
@@ -133,14 +149,8 @@ impl ReactorStats {
 
     /// Records one routing latency measured from `accepted_ns` ([`clock_ns`]) to now.
     pub fn observe_routing(&self, accepted_ns: u64) {
-        self.observe_routing_us(clock_ns().saturating_sub(accepted_ns) / 1_000);
-    }
-
-    /// Records one routing latency of `us` microseconds.
-    pub fn observe_routing_us(&self, us: u64) {
-        let bucket = LATENCY_BUCKETS_US.partition_point(|&bound| bound < us);
-        Self::bump(&self.routing_latency[bucket]);
-        Self::bump_by(&self.routing_latency_sum_us, us);
+        let us = clock_ns().saturating_sub(accepted_ns) / 1_000;
+        self.routing_latency.observe_us(us);
     }
 }
 
@@ -225,13 +235,14 @@ mod tests {
     #[test]
     fn latencies_land_in_their_power_of_two_bucket() {
         let stats = ReactorStats::default();
-        stats.observe_routing_us(0); // first bucket
-        stats.observe_routing_us(9); // just over 8 µs: second bucket
-        stats.observe_routing_us(100_000_000); // 100 s: unbounded
-        assert_eq!(read(&stats.routing_latency[0]), 1);
-        assert_eq!(read(&stats.routing_latency[1]), 1);
-        assert_eq!(read(&stats.routing_latency[LATENCY_BUCKETS_US.len()]), 1);
-        assert_eq!(read(&stats.routing_latency_sum_us), 100_000_009);
+        let latency = &stats.routing_latency;
+        latency.observe_us(0); // first bucket
+        latency.observe_us(9); // just over 8 µs: second bucket
+        latency.observe_us(100_000_000); // 100 s: unbounded
+        assert_eq!(read(&latency.buckets[0]), 1);
+        assert_eq!(read(&latency.buckets[1]), 1);
+        assert_eq!(read(&latency.buckets[LATENCY_BUCKETS_US.len()]), 1);
+        assert_eq!(read(&latency.sum_us), 100_000_009);
     }
 
     #[test]

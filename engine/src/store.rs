@@ -25,7 +25,7 @@ use bytes::Bytes;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use tracing::{error, info};
 
-use crate::{protocol::Priority, router::ConnAddr};
+use crate::{protocol::Priority, router::ConnAddr, stats::LatencyHistogram};
 
 /// Commands applied in one transaction at most.
 pub const BATCH_MAX: usize = 4096;
@@ -45,6 +45,8 @@ pub struct StoreStats {
     pub failures: AtomicU64,
     /// Transactions committed.
     pub commits: AtomicU64,
+    /// Time one group commit takes: begin, apply the batch, commit (fsync).
+    pub commit_latency: LatencyHistogram,
 }
 
 /// A request to the store thread.
@@ -335,6 +337,7 @@ impl Worker {
         batch: &mut Vec<Command>,
         replies: &mut Vec<(usize, Reply)>,
     ) -> Result<(), redb::Error> {
+        let started = std::time::Instant::now();
         let txn = self.db.begin_write()?;
         let mut persisted = 0;
         {
@@ -422,6 +425,8 @@ impl Worker {
             }
         }
         txn.commit()?;
+        let took_us = started.elapsed().as_micros() as u64;
+        self.stats.commit_latency.observe_us(took_us);
         self.stats.commits.fetch_add(1, Ordering::Relaxed);
         self.stats.persisted.fetch_add(persisted, Ordering::Relaxed);
         Ok(())

@@ -67,6 +67,15 @@ fn a_full_queue_rejects_with_queue_full() {
         (acks[2]["status"].as_str(), acks[2]["reason"].as_str()),
         (Some("rejected"), Some("queue_full"))
     );
+    let (_, metrics) = server.get("/metrics");
+    assert!(
+        metrics.contains("engine_store_commit_seconds_count "),
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains("engine_store_commit_seconds_count 0\n"),
+        "{metrics}"
+    );
     let (_, stats) = server.get("/api/stats");
     let stats: serde_json::Value = serde_json::from_str(&stats).unwrap();
     assert_eq!(

@@ -12,7 +12,10 @@ use std::fmt::Write;
 use super::routes::Health;
 use crate::{
     protocol::json::Obj,
-    stats::{self, ReactorStats, ERROR_CODES, LATENCY_BUCKETS_US, MESSAGE_KINDS, OUT_KINDS},
+    stats::{
+        self, LatencyHistogram, ReactorStats, ERROR_CODES, LATENCY_BUCKETS_US, MESSAGE_KINDS,
+        OUT_KINDS,
+    },
     store::StoreStats,
 };
 
@@ -202,28 +205,54 @@ pub fn render(out: &mut Vec<u8>, health: &Health, reactors: &[ReactorStats], sto
         "histogram",
     );
     for (id, r) in reactors.iter().enumerate() {
-        let mut cumulative = 0;
-        for (bound, counter) in LATENCY_BUCKETS_US.iter().zip(&r.routing_latency) {
-            cumulative += stats::read(counter);
-            let le = *bound as f64 / 1e6;
-            let _ = writeln!(text, "engine_routing_latency_seconds_bucket{{reactor=\"{id}\",le=\"{le}\"}} {cumulative}");
-        }
-        cumulative += stats::read(&r.routing_latency[LATENCY_BUCKETS_US.len()]);
-        let _ = writeln!(
-            text,
-            "engine_routing_latency_seconds_bucket{{reactor=\"{id}\",le=\"+Inf\"}} {cumulative}"
-        );
-        let sum = stats::read(&r.routing_latency_sum_us) as f64 / 1e6;
-        let _ = writeln!(
-            text,
-            "engine_routing_latency_seconds_sum{{reactor=\"{id}\"}} {sum}"
-        );
-        let _ = writeln!(
-            text,
-            "engine_routing_latency_seconds_count{{reactor=\"{id}\"}} {cumulative}"
+        let labels = format!("reactor=\"{id}\"");
+        histogram(
+            &mut text,
+            "engine_routing_latency_seconds",
+            &labels,
+            &r.routing_latency,
         );
     }
+    header(
+        &mut text,
+        "engine_store_commit_seconds",
+        "Time one store group commit takes (apply the batch, commit, fsync).",
+        "histogram",
+    );
+    histogram(
+        &mut text,
+        "engine_store_commit_seconds",
+        "",
+        &store.commit_latency,
+    );
     out.extend_from_slice(text.as_bytes());
+}
+
+/// The `_bucket` (cumulative), `_sum` and `_count` lines of one histogram; `labels` is
+/// `name="value",...` or empty.
+fn histogram(text: &mut String, name: &str, labels: &str, latency: &LatencyHistogram) {
+    let (sep, plain) = if labels.is_empty() {
+        ("", String::new())
+    } else {
+        (",", format!("{{{labels}}}"))
+    };
+    let mut cumulative = 0;
+    for (bound, counter) in LATENCY_BUCKETS_US.iter().zip(&latency.buckets) {
+        cumulative += stats::read(counter);
+        let le = *bound as f64 / 1e6;
+        let _ = writeln!(
+            text,
+            "{name}_bucket{{{labels}{sep}le=\"{le}\"}} {cumulative}"
+        );
+    }
+    cumulative += stats::read(&latency.buckets[LATENCY_BUCKETS_US.len()]);
+    let _ = writeln!(
+        text,
+        "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {cumulative}"
+    );
+    let sum = stats::read(&latency.sum_us) as f64 / 1e6;
+    let _ = writeln!(text, "{name}_sum{plain} {sum}");
+    let _ = writeln!(text, "{name}_count{plain} {cumulative}");
 }
 
 fn header(text: &mut String, name: &str, help: &str, kind: &str) {
