@@ -8,6 +8,8 @@
 //!            ─► protocol::inbound (simd-json tape) ─► reactor::chat ─► router
 //!            router: home(user) holds the directory ─► mailbox rings ─► device's reactor
 //!            ─► protocol::outbound + ws::frame::encode (once, shared Bytes) ─► socket
+//!            no device online ─► store thread (redb, group commit) ─► queued ack; queue
+//!            delivered after the next auth_success
 //! ```
 //!
 //! Modules:
@@ -15,6 +17,7 @@
 //! - [`reactor`]: threads, runtime, connection lifecycle, the batch loop.
 //! - [`ws`], [`http`], [`protocol`]: pure codecs (bytes in, values out).
 //! - [`router`]: user homes and the directory; [`mailbox`]: rings and doorbells between reactors.
+//! - [`store`]: the durable offline queues on their own thread.
 //! - [`timer`]: the per-reactor timer wheel; [`stats`]: per-reactor counters.
 //! - [`shutdown`]: signals and the drain; [`check`]: the host check (`engine check`).
 #![warn(missing_docs, unreachable_pub)]
