@@ -7,7 +7,7 @@
 //! load and store is enough on the hot path, and summing happens only when scraped. The
 //! exposition format itself is a few lines of text.
 
-use std::fmt::Write;
+use std::{fmt::Write, sync::atomic::AtomicU64};
 
 use super::routes::Health;
 use crate::{
@@ -153,49 +153,39 @@ pub fn render(out: &mut Vec<u8>, health: &Health, reactors: &[ReactorStats], sto
         "gauge",
     );
     let _ = writeln!(text, "engine_mailbox_depth {in_flight}");
-    header(
-        &mut text,
-        "engine_messages_in_total",
-        "Client messages by type.",
-        "counter",
-    );
-    for (id, r) in reactors.iter().enumerate() {
-        for (kind, counter) in MESSAGE_KINDS.iter().zip(&r.messages_in) {
-            let _ = writeln!(
-                text,
-                "engine_messages_in_total{{reactor=\"{id}\",type=\"{kind}\"}} {}",
-                stats::read(counter)
-            );
-        }
-    }
-    header(
-        &mut text,
-        "engine_messages_out_by_type_total",
-        "Frames and responses queued to connections, by type.",
-        "counter",
-    );
-    for (id, r) in reactors.iter().enumerate() {
-        for (kind, counter) in OUT_KINDS.iter().zip(&r.messages_out) {
-            let _ = writeln!(
-                text,
-                "engine_messages_out_by_type_total{{reactor=\"{id}\",type=\"{kind}\"}} {}",
-                stats::read(counter)
-            );
-        }
-    }
-    header(
-        &mut text,
-        "engine_errors_total",
-        "Error replies by code.",
-        "counter",
-    );
-    for (id, r) in reactors.iter().enumerate() {
-        for (code, counter) in ERROR_CODES.iter().zip(&r.errors) {
-            let _ = writeln!(
-                text,
-                "engine_errors_total{{reactor=\"{id}\",code=\"{code}\"}} {}",
-                stats::read(counter)
-            );
+    let by_name = [
+        (
+            "engine_messages_in_total",
+            "Client messages by type.",
+            "type",
+            &MESSAGE_KINDS[..],
+            (|r: &ReactorStats| &r.messages_in[..]) as fn(&ReactorStats) -> &[AtomicU64],
+        ),
+        (
+            "engine_messages_out_by_type_total",
+            "Frames and responses queued to connections, by type.",
+            "type",
+            &OUT_KINDS[..],
+            |r| &r.messages_out[..],
+        ),
+        (
+            "engine_errors_total",
+            "Error replies by code.",
+            "code",
+            &ERROR_CODES[..],
+            |r| &r.errors[..],
+        ),
+    ];
+    for (name, help, label, names, counters) in by_name {
+        header(&mut text, name, help, "counter");
+        for (id, r) in reactors.iter().enumerate() {
+            for (value, counter) in names.iter().zip(counters(r)) {
+                let count = stats::read(counter);
+                let _ = writeln!(
+                    text,
+                    "{name}{{reactor=\"{id}\",{label}=\"{value}\"}} {count}"
+                );
+            }
         }
     }
     header(
