@@ -205,7 +205,8 @@ pub fn open(
     let stats = Arc::new(StoreStats::default());
     let (commands, inbox) = mpsc::channel();
     let worker = Worker {
-        db,
+        db: Some(db),
+        path,
         counts,
         next_sequence,
         queue_max_per_user,
@@ -262,7 +263,10 @@ fn read_queue(
 }
 
 struct Worker {
-    db: Database,
+    /// `None` after a failed transaction until the file could be opened again.
+    db: Option<Database>,
+    /// The database file, for reopening.
+    path: std::path::PathBuf,
     counts: HashMap<Box<str>, u64>,
     next_sequence: u64,
     queue_max_per_user: u64,
@@ -302,47 +306,96 @@ impl Worker {
         let counts_before = self.counts.clone();
         let sequence_before = self.next_sequence;
         let mut replies = Vec::new();
-        let result = self.transact(batch, &mut replies);
-        batch.clear();
-        if let Err(e) = result {
-            error!("store commit failed: {e}");
-            // Nothing of the batch is stored: undo the bookkeeping and say so.
+        if self.db.is_none() {
+            self.reopen();
+        }
+        let result = match self.db.take() {
+            Some(db) => {
+                let result = self.transact(&db, batch, &mut replies);
+                if result.is_ok() {
+                    self.db = Some(db);
+                } else {
+                    // redb refuses all work after an I/O error until the file is reopened.
+                    drop(db);
+                    self.reopen();
+                }
+                result.map_err(|e| e.to_string())
+            }
+            None => Err("the store file could not be reopened after an earlier error".to_owned()),
+        };
+        if let Err(why) = result {
+            error!("store commit failed: {why}");
+            // Nothing of the batch is stored: undo the bookkeeping and tell every waiter.
             self.counts = counts_before;
             self.next_sequence = sequence_before;
-            let text = e.to_string();
-            for (_, reply) in &mut replies {
-                if let Reply::Enqueued { outcome, .. } = reply {
-                    if *outcome == Outcome::Queued {
-                        self.stats.failures.fetch_add(1, Ordering::Relaxed);
-                        *outcome = Outcome::Failed(text.clone());
+            replies = self.failure_replies(batch, &why);
+        }
+        batch.clear();
+        replies
+    }
+
+    /// The answers to a batch whose transaction failed: senders hear `persistence_failed`,
+    /// queue readers an error; a device asking for its queue hears nothing (the queue is
+    /// still there for its next authentication).
+    fn failure_replies(&self, batch: &[Command], why: &str) -> Vec<(usize, Reply)> {
+        let mut replies = Vec::new();
+        for command in batch {
+            match command {
+                Command::Enqueue {
+                    sender, message_id, ..
+                } => {
+                    self.stats.failures.fetch_add(1, Ordering::Relaxed);
+                    if let Some(sender) = *sender {
+                        let reply = Reply::Enqueued {
+                            sender,
+                            message_id: message_id.clone(),
+                            outcome: Outcome::Failed(why.to_owned()),
+                        };
+                        replies.push((sender.reactor as usize, reply));
                     }
                 }
-                if let Reply::Pending { messages, .. } = reply {
-                    messages.clear();
+                Command::Peek {
+                    user, requester, ..
+                } => {
+                    let reply = Reply::Peeked {
+                        requester: *requester,
+                        user: user.clone(),
+                        messages: Vec::new(),
+                        error: Some(why.to_owned()),
+                    };
+                    replies.push((requester.reactor as usize, reply));
                 }
-                if let Reply::Peeked {
-                    messages, error, ..
-                } = reply
-                {
-                    messages.clear();
-                    *error = Some(text.clone());
-                }
+                Command::Drain { .. } | Command::Remove { .. } | Command::Shutdown => {}
             }
         }
         replies
     }
 
+    /// Opens the file again after a failed transaction (the next batch retries if this
+    /// fails too). What was committed before is intact; the in-memory counts match it.
+    fn reopen(&mut self) {
+        match Database::create(&self.path) {
+            Ok(db) => {
+                info!("store reopened after an error");
+                self.db = Some(db);
+            }
+            Err(e) => error!("store reopen failed: {e}"),
+        }
+    }
+
     fn transact(
         &mut self,
-        batch: &mut Vec<Command>,
+        db: &Database,
+        batch: &[Command],
         replies: &mut Vec<(usize, Reply)>,
     ) -> Result<(), redb::Error> {
         let started = std::time::Instant::now();
-        let txn = self.db.begin_write()?;
+        let txn = db.begin_write()?;
         let mut persisted = 0;
         {
             let mut table = txn.open_table(QUEUE)?;
-            for command in batch.drain(..) {
+            // By reference: on an error the whole batch is still here to be answered.
+            for command in batch.iter() {
                 match command {
                     Command::Enqueue {
                         user,
@@ -353,6 +406,7 @@ impl Worker {
                         receipt,
                     } => {
                         let count = self.counts.entry(user.clone()).or_default();
+                        let (priority, receipt) = (*priority, *receipt);
                         let outcome = if *count >= self.queue_max_per_user {
                             Outcome::QueueFull
                         } else {
@@ -360,26 +414,26 @@ impl Worker {
                             self.next_sequence += 1;
                             let mut value = Vec::with_capacity(1 + payload.len());
                             value.push(if receipt { RECEIPT_FLAG } else { 0 });
-                            value.extend_from_slice(&payload);
-                            table.insert((&*user, priority as u8, sequence), &value[..])?;
+                            value.extend_from_slice(payload);
+                            table.insert((&**user, priority as u8, sequence), &value[..])?;
                             *count += 1;
                             persisted += 1;
                             Outcome::Queued
                         };
-                        if let Some(sender) = sender {
+                        if let Some(sender) = *sender {
                             let reply = Reply::Enqueued {
                                 sender,
-                                message_id,
+                                message_id: message_id.clone(),
                                 outcome,
                             };
                             replies.push((sender.reactor as usize, reply));
                         }
                     }
                     Command::Drain { user, device } => {
-                        let messages = read_queue(&table, &user)?;
+                        let messages = read_queue(&table, user)?;
                         let reply = Reply::Pending {
-                            device,
-                            user,
+                            device: *device,
+                            user: user.clone(),
                             messages,
                         };
                         replies.push((device.reactor as usize, reply));
@@ -389,18 +443,18 @@ impl Worker {
                         requester,
                         drain,
                     } => {
-                        let queued = read_queue(&table, &user)?;
-                        if drain {
+                        let queued = read_queue(&table, user)?;
+                        if *drain {
                             for message in &queued {
                                 let (priority, sequence) = message.key;
-                                table.remove((&*user, priority, sequence))?;
+                                table.remove((&**user, priority, sequence))?;
                             }
-                            self.counts.remove(&user);
+                            self.counts.remove(user);
                         }
                         let messages = queued.into_iter().map(|m| m.payload).collect();
                         let reply = Reply::Peeked {
-                            requester,
-                            user,
+                            requester: *requester,
+                            user: user.clone(),
                             messages,
                             error: None,
                         };
@@ -409,15 +463,15 @@ impl Worker {
                     Command::Shutdown => {}
                     Command::Remove { user, keys } => {
                         let mut removed = 0;
-                        for (priority, sequence) in keys {
-                            if table.remove((&*user, priority, sequence))?.is_some() {
+                        for &(priority, sequence) in keys {
+                            if table.remove((&**user, priority, sequence))?.is_some() {
                                 removed += 1;
                             }
                         }
-                        if let Some(count) = self.counts.get_mut(&user) {
+                        if let Some(count) = self.counts.get_mut(user) {
                             *count = count.saturating_sub(removed);
                             if *count == 0 {
-                                self.counts.remove(&user);
+                                self.counts.remove(user);
                             }
                         }
                     }

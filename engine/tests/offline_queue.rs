@@ -231,3 +231,54 @@ fn the_sender_gets_a_delivery_receipt_queued_if_it_went_offline_too() {
     alice.expect_silence(Duration::from_millis(300));
     drop(bob);
 }
+
+#[test]
+fn a_full_disk_fails_queueing_loudly_and_online_traffic_goes_on() {
+    // 2 MiB of file for the store: 60 KB messages fill it within a few dozen.
+    let server = Server::start_with_file_size_limit(common::Driver::IoUring, &[], 2 * 1024 * 1024);
+    let mut alice = server.login("alice", "phone");
+    let mut bob = server.login("bob", "phone");
+    let big = "x".repeat(60_000);
+    let (mut queued, mut failed) = (Vec::new(), 0);
+    for i in 0..200 {
+        let id = format!("big{i}");
+        send(&mut alice, &id, "carol", &big, "normal");
+        let reply = alice.recv();
+        match (reply["type"].as_str(), reply["status"].as_str()) {
+            (Some("message_ack"), Some("queued")) => queued.push(id),
+            (Some("error"), _) => {
+                assert_eq!(
+                    (reply["code"].as_str(), reply["ref"].as_str()),
+                    (Some("persistence_failed"), Some(&*id)),
+                    "{reply}"
+                );
+                failed += 1;
+                if failed == 3 {
+                    break;
+                }
+            }
+            _ => panic!("unexpected reply {reply}"),
+        }
+    }
+    assert!(
+        failed == 3 && !queued.is_empty(),
+        "queued {} failed {failed}",
+        queued.len()
+    );
+    // Online traffic is untouched by the store's trouble.
+    send(&mut alice, "online", "bob", "still routing", "normal");
+    assert_eq!(bob.recv_type("new_message")["content"], "still routing");
+    assert_eq!(alice.recv_type("message_ack")["status"], "sent");
+    let (_, stats) = server.get("/api/stats");
+    let stats: serde_json::Value = serde_json::from_str(&stats).unwrap();
+    assert_eq!(stats["persistence_failures"], 3, "{stats}");
+    // Everything acked queued is there; nothing that failed is.
+    let mut carol = server.login("carol", "phone");
+    let mut got = Vec::new();
+    while let Some(message) = carol.recv_within(Duration::from_millis(500)) {
+        if message["type"] == "new_message" {
+            got.push(message["messageId"].as_str().unwrap().to_owned());
+        }
+    }
+    assert_eq!(got, queued);
+}

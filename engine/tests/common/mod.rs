@@ -45,7 +45,34 @@ pub fn fresh_data_dir() -> std::path::PathBuf {
 impl Server {
     /// Starts the engine on 127.0.0.1:0 with `args` (2 reactors unless `args` say otherwise).
     pub fn start(driver: Driver, args: &[&str]) -> Server {
+        Self::launch(driver, args, None)
+    }
+
+    /// Like [`Server::start`], with the engine unable to grow any file past `bytes`
+    /// (RLIMIT_FSIZE, SIGXFSZ ignored): writes past it fail with EFBIG, as on a full disk.
+    pub fn start_with_file_size_limit(driver: Driver, args: &[&str], bytes: u64) -> Server {
+        Self::launch(driver, args, Some(bytes))
+    }
+
+    fn launch(driver: Driver, args: &[&str], file_size_max: Option<u64>) -> Server {
         let mut command = Command::new(env!("CARGO_BIN_EXE_engine"));
+        if let Some(bytes) = file_size_max {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: between fork and exec only async-signal-safe calls (setrlimit, signal).
+            unsafe {
+                command.pre_exec(move || {
+                    let limit = libc::rlimit {
+                        rlim_cur: bytes,
+                        rlim_max: bytes,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_FSIZE, &limit) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+                    Ok(())
+                });
+            }
+        }
         command
             .args(["--listen", "127.0.0.1:0", "--log-level", "warn"])
             .args(if args.contains(&"--reactors") {
