@@ -25,6 +25,10 @@ pub const DATA_DIR_DEFAULT: &str = "./data";
 pub const QUEUE_MAX_PER_USER_DEFAULT: u64 = 10_000;
 /// Bounds for `--queue-max-per-user`.
 pub const QUEUE_MAX_PER_USER_RANGE: (u64, u64) = (1, 10_000_000);
+/// Default time a queued message is kept before it expires: 30 days.
+pub const RETENTION_DAYS_DEFAULT: f64 = 30.0;
+/// Bounds for `--retention-days` (fractions allowed: 0.5 is twelve hours).
+pub const RETENTION_DAYS_RANGE: (f64, f64) = (0.000_01, 3650.0);
 /// The most reactors accepted; each is a thread with its own fd table and mailboxes.
 pub const REACTORS_MAX: usize = 256;
 
@@ -70,6 +74,9 @@ pub struct Args {
     /// Messages one offline user may have queued; more are rejected with queue_full [default: 10000]
     #[arg(long, env = "ENGINE_QUEUE_MAX_PER_USER", value_name = "N")]
     pub queue_max_per_user: Option<u64>,
+    /// Days a queued message is kept before it expires unread (fractions allowed) [default: 30]
+    #[arg(long, env = "ENGINE_RETENTION_DAYS", value_name = "DAYS")]
+    pub retention_days: Option<f64>,
     /// Bound on a graceful shutdown (SIGTERM/SIGINT) before remaining sockets are dropped [default: 5000]
     #[arg(long, env = "ENGINE_SHUTDOWN_TIMEOUT_MS", value_name = "MS")]
     pub shutdown_timeout_ms: Option<u64>,
@@ -110,6 +117,7 @@ struct FileConfig {
     api_token: Option<String>,
     data_dir: Option<PathBuf>,
     queue_max_per_user: Option<u64>,
+    retention_days: Option<f64>,
     shutdown_timeout_ms: Option<u64>,
     log_level: Option<String>,
 }
@@ -133,6 +141,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Bound on one user's offline queue.
     pub queue_max_per_user: u64,
+    /// How long a queued message is kept.
+    pub retention: std::time::Duration,
     /// Bound on graceful shutdown.
     pub shutdown_timeout_ms: u64,
     /// The tracing filter.
@@ -150,6 +160,7 @@ impl Default for Config {
             api_token: None,
             data_dir: PathBuf::from(DATA_DIR_DEFAULT),
             queue_max_per_user: QUEUE_MAX_PER_USER_DEFAULT,
+            retention: std::time::Duration::from_secs_f64(RETENTION_DAYS_DEFAULT * 86_400.0),
             shutdown_timeout_ms: SHUTDOWN_TIMEOUT_MS_DEFAULT,
             log_level: "info".to_owned(),
         }
@@ -277,6 +288,17 @@ impl Config {
                 .unwrap_or(defaults.queue_max_per_user),
             QUEUE_MAX_PER_USER_RANGE,
         )?;
+        let retention_days = in_range(
+            "retention-days",
+            args.retention_days
+                .or(file.retention_days)
+                .unwrap_or(RETENTION_DAYS_DEFAULT),
+            RETENTION_DAYS_RANGE,
+        )?;
+        if !retention_days.is_finite() {
+            return Err(invalid("retention-days", "must be a number of days"));
+        }
+        let retention = std::time::Duration::from_secs_f64(retention_days * 86_400.0);
         let log_level = args
             .log_level
             .or(file.log_level)
@@ -296,6 +318,7 @@ impl Config {
             api_token,
             data_dir,
             queue_max_per_user,
+            retention,
             shutdown_timeout_ms,
             log_level,
         })
@@ -346,6 +369,14 @@ mod tests {
         })
         .unwrap_err();
         assert!(err.to_string().starts_with("--api-token:"), "{err}");
+        for days in [f64::NAN, 0.0, 5000.0] {
+            let err = Config::resolve(Args {
+                retention_days: Some(days),
+                ..Args::default()
+            })
+            .unwrap_err();
+            assert!(err.to_string().starts_with("--retention-days:"), "{err}");
+        }
         let err = Config::resolve(Args {
             log_level: Some("[[".into()),
             ..Args::default()

@@ -72,6 +72,7 @@ impl Engine {
         let (store, store_thread) = store::open(
             &shared.config.data_dir,
             shared.config.queue_max_per_user,
+            shared.config.retention,
             routes,
         )
         .map_err(|e| {

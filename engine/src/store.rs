@@ -19,6 +19,7 @@ use std::{
         mpsc, Arc,
     },
     thread::JoinHandle,
+    time::{Duration, Instant},
 };
 
 use bytes::Bytes;
@@ -45,6 +46,8 @@ pub struct StoreStats {
     pub failures: AtomicU64,
     /// Transactions committed.
     pub commits: AtomicU64,
+    /// Queued messages removed unread after the retention period.
+    pub expired: AtomicU64,
     /// Time one group commit takes: begin, apply the batch, commit (fsync).
     pub commit_latency: LatencyHistogram,
 }
@@ -153,8 +156,12 @@ pub struct Queued {
     pub receipt: bool,
 }
 
-/// Leading byte of a stored value: bit 0 set when the sender wants a delivery receipt.
+/// A stored value is `[flags][enqueued at, Unix ms, u64 LE][new_message JSON]`.
+const VALUE_HEADER_BYTES: usize = 9;
+/// Flags bit 0: the sender wants a delivery receipt.
 const RECEIPT_FLAG: u8 = 1;
+/// How often expired messages are swept at most (less often when retention is long).
+const SWEEP_INTERVAL_MAX: Duration = Duration::from_secs(3600);
 
 /// The reactors' side: send commands; cheap to clone.
 #[derive(Debug, Clone)]
@@ -186,10 +193,12 @@ pub trait DoorbellSet {
     fn ring(&self, index: usize);
 }
 
-/// Opens (or creates) the store in `dir` and starts its thread.
+/// Opens (or creates) the store in `dir` and starts its thread. Queued messages older than
+/// `retention` are swept away in the background.
 pub fn open(
     dir: &Path,
     queue_max_per_user: u64,
+    retention: Duration,
     routes: ReplyRoutes,
 ) -> io::Result<(Store, JoinHandle<()>)> {
     std::fs::create_dir_all(dir)?;
@@ -210,6 +219,8 @@ pub fn open(
         counts,
         next_sequence,
         queue_max_per_user,
+        retention,
+        last_sweep: Instant::now(),
         routes,
         stats: stats.clone(),
     };
@@ -247,7 +258,8 @@ fn read_queue(
         let (key, value) = entry?;
         let (_, priority, sequence) = key.value();
         let value = value.value();
-        let (flags, payload) = value.split_first().unwrap_or((&0, &[]));
+        let flags = value.first().copied().unwrap_or(0);
+        let payload = value.get(VALUE_HEADER_BYTES..).unwrap_or_default();
         messages.push(Queued {
             key: (priority, sequence),
             payload: Bytes::copy_from_slice(payload),
@@ -270,6 +282,10 @@ struct Worker {
     counts: HashMap<Box<str>, u64>,
     next_sequence: u64,
     queue_max_per_user: u64,
+    /// How long a queued message is kept.
+    retention: Duration,
+    /// When expired messages were last swept.
+    last_sweep: Instant,
     routes: ReplyRoutes,
     stats: Arc<StoreStats>,
 }
@@ -278,7 +294,16 @@ impl Worker {
     fn run(mut self, inbox: mpsc::Receiver<Command>) {
         let mut batch = Vec::with_capacity(BATCH_MAX);
         // Ends on `Shutdown`, or when every `Store` handle is gone.
-        while let Ok(first) = inbox.recv() {
+        let sweep_every = (self.retention / 10).min(SWEEP_INTERVAL_MAX);
+        loop {
+            if self.last_sweep.elapsed() >= sweep_every {
+                self.sweep();
+            }
+            let first = match inbox.recv_timeout(sweep_every) {
+                Ok(command) => command,
+                Err(mpsc::RecvTimeoutError::Timeout) => continue,
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            };
             let mut stopping = matches!(first, Command::Shutdown);
             if !stopping {
                 batch.push(first);
@@ -371,6 +396,59 @@ impl Worker {
         replies
     }
 
+    /// Removes queued messages older than the retention period, in one transaction.
+    fn sweep(&mut self) {
+        self.last_sweep = Instant::now();
+        let Some(db) = self.db.as_ref() else {
+            return;
+        };
+        let cutoff = crate::protocol::now_ms()
+            .saturating_sub(self.retention.as_millis().min(u128::from(u64::MAX)) as u64);
+        let result = (|| -> Result<Vec<(Box<str>, u8, u64)>, redb::Error> {
+            let txn = db.begin_write()?;
+            let mut expired = Vec::new();
+            {
+                let mut table = txn.open_table(QUEUE)?;
+                for entry in table.iter()? {
+                    let (key, value) = entry?;
+                    let header = value.value().get(1..VALUE_HEADER_BYTES);
+                    let at =
+                        header.map_or(0, |b| u64::from_le_bytes(b.try_into().unwrap_or_default()));
+                    if at < cutoff {
+                        let (user, priority, sequence) = key.value();
+                        expired.push((Box::from(user), priority, sequence));
+                    }
+                }
+                for (user, priority, sequence) in &expired {
+                    table.remove((&**user, *priority, *sequence))?;
+                }
+            }
+            txn.commit()?;
+            Ok(expired)
+        })();
+        match result {
+            Ok(expired) if !expired.is_empty() => {
+                for (user, _, _) in &expired {
+                    if let Some(count) = self.counts.get_mut(user) {
+                        *count = count.saturating_sub(1);
+                        if *count == 0 {
+                            self.counts.remove(user);
+                        }
+                    }
+                }
+                self.stats
+                    .expired
+                    .fetch_add(expired.len() as u64, Ordering::Relaxed);
+                info!(
+                    expired = expired.len(),
+                    "store: expired queued messages removed"
+                );
+            }
+            Ok(_) => {}
+            Err(e) => error!("store: retention sweep failed: {e}"),
+        }
+    }
+
     /// Opens the file again after a failed transaction (the next batch retries if this
     /// fails too). What was committed before is intact; the in-memory counts match it.
     fn reopen(&mut self) {
@@ -412,8 +490,9 @@ impl Worker {
                         } else {
                             let sequence = self.next_sequence;
                             self.next_sequence += 1;
-                            let mut value = Vec::with_capacity(1 + payload.len());
+                            let mut value = Vec::with_capacity(VALUE_HEADER_BYTES + payload.len());
                             value.push(if receipt { RECEIPT_FLAG } else { 0 });
+                            value.extend_from_slice(&crate::protocol::now_ms().to_le_bytes());
                             value.extend_from_slice(payload);
                             table.insert((&**user, priority as u8, sequence), &value[..])?;
                             *count += 1;

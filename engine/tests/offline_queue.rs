@@ -282,3 +282,23 @@ fn a_full_disk_fails_queueing_loudly_and_online_traffic_goes_on() {
     }
     assert_eq!(got, queued);
 }
+
+#[test]
+fn messages_past_the_retention_period_expire_unread() {
+    // 0.00003 days is 2.6 s; the store sweeps every tenth of that.
+    let server = Server::start(common::Driver::IoUring, &["--retention-days", "0.00003"]);
+    let mut alice = server.login("alice", "phone");
+    send(&mut alice, "old", "ghost", "too late", "normal");
+    assert_eq!(alice.recv_type("message_ack")["status"], "queued");
+    std::thread::sleep(Duration::from_millis(3500));
+    send(&mut alice, "new", "ghost", "in time", "normal");
+    assert_eq!(alice.recv_type("message_ack")["status"], "queued");
+    let mut ghost = server.login("ghost", "phone");
+    assert_eq!(ghost.recv_type("new_message")["messageId"], "new");
+    ghost.expect_silence(Duration::from_millis(300));
+    let (_, metrics) = server.get("/metrics");
+    assert!(
+        metrics.contains("engine_store_expired_total 1\n"),
+        "{metrics}"
+    );
+}

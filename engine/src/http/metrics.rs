@@ -69,6 +69,11 @@ pub fn render(out: &mut Vec<u8>, health: &Health, reactors: &[ReactorStats], sto
             "Store transactions committed (group commits).",
             &store.commits,
         ),
+        (
+            "engine_store_expired_total",
+            "Queued messages removed unread after the retention period.",
+            &store.expired,
+        ),
     ] {
         header(&mut text, name, help, "counter");
         let _ = writeln!(text, "{name} {}", stats::read(value));
