@@ -26,7 +26,11 @@ use bytes::Bytes;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use tracing::{error, info};
 
-use crate::{protocol::Priority, router::ConnAddr, stats::LatencyHistogram};
+use crate::{
+    protocol::Priority,
+    router::{dedup::PairKey, ConnAddr},
+    stats::LatencyHistogram,
+};
 
 /// Commands applied in one transaction at most.
 pub const BATCH_MAX: usize = 4096;
@@ -70,6 +74,9 @@ pub enum Command {
         message_id: Box<str>,
         /// Send the sender a `delivery_receipt` when this is delivered.
         receipt: bool,
+        /// The home that sent it and its dedup key: told when the message is not kept,
+        /// so that a retry is tried again rather than acknowledged `queued`.
+        dedup: Option<(usize, PairKey)>,
     },
     /// Read `user`'s queue for a device that just authenticated.
     Drain {
@@ -129,6 +136,11 @@ pub enum Reply {
         user: Box<str>,
         /// The messages, in order.
         messages: Vec<Queued>,
+    },
+    /// To a home: a message it sent was not kept (full queue, failed commit).
+    NotKept {
+        /// Its dedup key.
+        key: PairKey,
     },
     /// A user's queue for the HTTP API.
     Peeked {
@@ -367,9 +379,15 @@ impl Worker {
         for command in batch {
             match command {
                 Command::Enqueue {
-                    sender, message_id, ..
+                    sender,
+                    message_id,
+                    dedup,
+                    ..
                 } => {
                     self.stats.failures.fetch_add(1, Ordering::Relaxed);
+                    if let Some((home, key)) = *dedup {
+                        replies.push((home, Reply::NotKept { key }));
+                    }
                     if let Some(sender) = *sender {
                         let reply = Reply::Enqueued {
                             sender,
@@ -482,6 +500,7 @@ impl Worker {
                         sender,
                         message_id,
                         receipt,
+                        dedup,
                     } => {
                         let count = self.counts.entry(user.clone()).or_default();
                         let (priority, receipt) = (*priority, *receipt);
@@ -499,6 +518,11 @@ impl Worker {
                             persisted += 1;
                             Outcome::Queued
                         };
+                        if outcome != Outcome::Queued {
+                            if let Some((home, key)) = *dedup {
+                                replies.push((home, Reply::NotKept { key }));
+                            }
+                        }
                         if let Some(sender) = *sender {
                             let reply = Reply::Enqueued {
                                 sender,

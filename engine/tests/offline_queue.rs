@@ -302,3 +302,37 @@ fn messages_past_the_retention_period_expire_unread() {
         "{metrics}"
     );
 }
+
+#[test]
+fn a_retry_is_acknowledged_again_but_not_delivered_twice() {
+    let server = Server::start(common::Driver::IoUring, &["--queue-max-per-user", "2"]);
+    let mut alice = server.login("alice", "phone");
+    let mut bob = server.login("bob", "phone");
+    // Online: the same id twice reaches bob once; alice gets both acks.
+    send(&mut alice, "once", "bob", "hello", "normal");
+    send(&mut alice, "once", "bob", "hello", "normal");
+    assert_eq!(alice.recv_type("message_ack")["status"], "sent");
+    assert_eq!(alice.recv_type("message_ack")["status"], "sent");
+    assert_eq!(bob.recv_type("new_message")["messageId"], "once");
+    bob.expect_silence(Duration::from_millis(300));
+    // Offline: queued once, acknowledged queued twice.
+    for _ in 0..2 {
+        send(&mut alice, "later", "carol", "hi", "normal");
+        assert_eq!(alice.recv_type("message_ack")["status"], "queued");
+    }
+    // A message the store refused is tried again on retry, not acknowledged as queued.
+    send(&mut alice, "fills", "carol", "x", "normal");
+    assert_eq!(alice.recv_type("message_ack")["status"], "queued");
+    for _ in 0..2 {
+        send(&mut alice, "refused", "carol", "y", "normal");
+        let ack = alice.recv_type("message_ack");
+        assert_eq!(
+            (ack["status"].as_str(), ack["reason"].as_str()),
+            (Some("rejected"), Some("queue_full"))
+        );
+    }
+    let mut carol = server.login("carol", "phone");
+    assert_eq!(carol.recv_type("new_message")["messageId"], "later");
+    assert_eq!(carol.recv_type("new_message")["messageId"], "fills");
+    carol.expect_silence(Duration::from_millis(300));
+}

@@ -63,6 +63,7 @@ impl Reactor {
             sender: self.addr(slot, generation),
             message_id: message_id.into(),
             receipt: false,
+            sender_user: send.sender_id.as_str().into(),
         };
         self.deliver(
             &send.receiver_id,

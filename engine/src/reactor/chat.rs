@@ -107,6 +107,7 @@ impl Reactor {
                     sender: me,
                     message_id: message_id.into(),
                     receipt: true,
+                    sender_user: user.clone(),
                 });
                 let to_self = receiver_id == &*user;
                 self.deliver(

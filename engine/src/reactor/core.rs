@@ -95,6 +95,8 @@ pub(crate) struct Reactor {
     pub(crate) presence_requests: Slab<PendingPresence>,
     /// API broadcasts waiting for homes.
     pub(crate) broadcasts: Slab<PendingBroadcast>,
+    /// Messages this home recently delivered or queued, so retries are not repeated.
+    pub(crate) recent: crate::router::dedup::RecentMessages,
     /// The durable store.
     pub(crate) store: crate::store::Store,
     /// The store's answers to this reactor.
@@ -130,6 +132,7 @@ impl Reactor {
             due: Vec::new(),
             presence_requests: Slab::new(),
             broadcasts: Slab::new(),
+            recent: Default::default(),
             store: seed.store,
             store_replies: seed.store_replies,
             unread: Vec::new(),

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use super::{conn::Phase, core::Reactor};
 use crate::{
     protocol::{now_ms, outbound, Priority},
-    router::{AckRequest, ConnAddr, Envelope},
+    router::{dedup::PairKey, AckRequest, AckStatus, ConnAddr, Envelope},
     store::{Command, Outcome, Reply},
     ws::frame,
 };
@@ -23,6 +23,7 @@ impl Reactor {
         priority: Priority,
         frame: &Bytes,
         ack: Option<AckRequest>,
+        dedup: Option<PairKey>,
     ) {
         let (sender, message_id, receipt) = match ack {
             Some(ack) => (Some(ack.sender), ack.message_id, ack.receipt),
@@ -35,20 +36,24 @@ impl Reactor {
             sender,
             message_id,
             receipt,
+            dedup: dedup.map(|key| (self.id, key)),
         };
         if let Err(Command::Enqueue {
-            sender: Some(sender),
-            message_id,
-            ..
+            sender, message_id, ..
         }) = self.store.send(command)
         {
             // The store thread is gone (shutting down): nothing is stored, so say offline.
-            let envelope = Envelope::Ack {
-                sender,
-                message_id,
-                delivered: false,
-            };
-            self.route(sender.reactor as usize, envelope);
+            if let Some(key) = dedup {
+                self.recent.forget(key);
+            }
+            if let Some(sender) = sender {
+                let envelope = Envelope::Ack {
+                    sender,
+                    message_id,
+                    status: AckStatus::Offline,
+                };
+                self.route(sender.reactor as usize, envelope);
+            }
         }
     }
 
@@ -68,6 +73,7 @@ impl Reactor {
                 message_id,
                 outcome,
             } => self.answer_enqueued(sender, &message_id, &outcome),
+            Reply::NotKept { key } => self.recent.forget(key),
             Reply::Peeked {
                 requester,
                 user,
@@ -126,7 +132,12 @@ impl Reactor {
     }
 
     /// Tells a sender (WebSocket or HTTP API) what the store did with its message.
-    fn answer_enqueued(&mut self, sender: ConnAddr, message_id: &str, outcome: &Outcome) {
+    pub(super) fn answer_enqueued(
+        &mut self,
+        sender: ConnAddr,
+        message_id: &str,
+        outcome: &Outcome,
+    ) {
         let (slot, generation) = (sender.slot as usize, sender.generation);
         let Some(conn) = self.conn_mut(slot, generation) else {
             return;

@@ -4,8 +4,9 @@
 use super::{conn::Phase, core::Reactor};
 use crate::{
     protocol::{now_ms, outbound, Priority},
-    router::{ConnAddr, Envelope},
+    router::{dedup::Seen, AckStatus, ConnAddr, Envelope},
     stats::ReactorStats,
+    store::Outcome,
     ws::{close, frame},
 };
 
@@ -60,6 +61,26 @@ impl Reactor {
                 }
             }
             Envelope::Deliver(delivery) => {
+                // A retry of a message this home already delivered or queued is
+                // acknowledged again and goes no further.
+                let dedup_key = delivery
+                    .ack
+                    .as_ref()
+                    .map(|ack| self.recent.key(&ack.sender_user, &ack.message_id));
+                if let (Some(ack), Some(key)) = (&delivery.ack, dedup_key) {
+                    if let Some(seen) = self.recent.check(key) {
+                        let status = match seen {
+                            Seen::Delivered => AckStatus::Sent,
+                            Seen::Queued => AckStatus::Queued,
+                        };
+                        let envelope = Envelope::Ack {
+                            sender: ack.sender,
+                            message_id: ack.message_id.clone(),
+                            status,
+                        };
+                        return self.route(ack.sender.reactor as usize, envelope);
+                    }
+                }
                 let mut delivered = false;
                 let targets: smallvec::SmallVec<[ConnAddr; 4]> = self
                     .directory
@@ -83,14 +104,19 @@ impl Reactor {
                 }
                 if !delivered && (delivery.ack.is_some() || delivery.queue_if_offline) {
                     // No device online: the store keeps it (and answers the sender, if any).
+                    if let Some(key) = dedup_key {
+                        self.recent.record(key, Seen::Queued);
+                    }
                     let (user, frame) = (delivery.user, delivery.frame);
-                    return self.queue_offline(user, delivery.priority, &frame, delivery.ack);
+                    let (priority, ack) = (delivery.priority, delivery.ack);
+                    return self.queue_offline(user, priority, &frame, ack, dedup_key);
                 }
-                if let Some(ack) = delivery.ack {
+                if let (Some(ack), Some(key)) = (delivery.ack, dedup_key) {
+                    self.recent.record(key, Seen::Delivered);
                     let envelope = Envelope::Ack {
                         sender: ack.sender,
                         message_id: ack.message_id,
-                        delivered,
+                        status: AckStatus::Sent,
                     };
                     self.route(ack.sender.reactor as usize, envelope);
                 }
@@ -109,9 +135,13 @@ impl Reactor {
             Envelope::Ack {
                 sender,
                 message_id,
-                delivered,
+                status,
             } => {
                 let (slot, generation) = (sender.slot as usize, sender.generation);
+                if status == AckStatus::Queued {
+                    return self.answer_enqueued(sender, &message_id, &Outcome::Queued);
+                }
+                let delivered = status == AckStatus::Sent;
                 let from_api = self
                     .conn_mut(slot, generation)
                     .is_some_and(|c| c.phase == Phase::Http);

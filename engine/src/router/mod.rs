@@ -5,6 +5,7 @@
 //! A → home(V) → each device's reactor, skipping hops that stay on one reactor. Frames are
 //! encoded once and travel as refcounted `Bytes`.
 
+pub mod dedup;
 pub mod directory;
 
 use std::sync::Arc;
@@ -67,6 +68,19 @@ pub struct AckRequest {
     /// Whether the sender gets a `delivery_receipt` when a queued copy is delivered
     /// (WebSocket senders do; HTTP API senders do not).
     pub receipt: bool,
+    /// The sending user: with `message_id`, the pair a retry is recognised by.
+    pub sender_user: Arc<str>,
+}
+
+/// What the receiver's home tells a sender.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AckStatus {
+    /// A device got it.
+    Sent,
+    /// A retry of a message already queued for the offline receiver.
+    Queued,
+    /// No device online and the store could not take it (it is shutting down).
+    Offline,
 }
 
 /// A message the HTTP API broadcasts, shared by every home that delivers it.
@@ -145,8 +159,8 @@ pub enum Envelope {
         sender: ConnAddr,
         /// The client's message id.
         message_id: Box<str>,
-        /// Whether any device got it.
-        delivered: bool,
+        /// The outcome.
+        status: AckStatus,
     },
     /// To a device's reactor: close this connection with `code` (4003 when replaced).
     Close {
