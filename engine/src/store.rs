@@ -34,6 +34,16 @@ use crate::{
 
 /// Commands applied in one transaction at most.
 pub const BATCH_MAX: usize = 4096;
+/// One `Drain` answer carries at most this many messages or bytes (at least one message):
+/// the device's reactor asks for the next part once the kernel has taken this one, so a
+/// long queue never piles up in a connection's outbound queue.
+pub const DRAIN_MESSAGES_MAX: usize = 256;
+/// See [`DRAIN_MESSAGES_MAX`].
+pub const DRAIN_BYTES_MAX: usize = 256 * 1024;
+/// One `Peek` (the HTTP queue endpoint) returns at most this many messages or bytes.
+pub const PEEK_MESSAGES_MAX: usize = 1000;
+/// See [`PEEK_MESSAGES_MAX`].
+pub const PEEK_BYTES_MAX: usize = 4 * 1024 * 1024;
 
 /// `(user, priority, sequence) → new_message JSON`.
 const QUEUE: TableDefinition<(&str, u8, u64), &[u8]> = TableDefinition::new("queue");
@@ -136,6 +146,8 @@ pub enum Reply {
         user: Box<str>,
         /// The messages, in order.
         messages: Vec<Queued>,
+        /// More remain queued after these.
+        more: bool,
     },
     /// To a home: a message it sent was not kept (full queue, failed commit).
     NotKept {
@@ -150,6 +162,8 @@ pub enum Reply {
         user: Box<str>,
         /// `new_message` JSON of each queued message, in delivery order.
         messages: Vec<Bytes>,
+        /// More remain queued after these.
+        more: bool,
         /// Set when the store could not read (or drain) the queue.
         error: Option<String>,
     },
@@ -260,13 +274,20 @@ fn scan(db: &Database) -> Result<(HashMap<Box<str>, u64>, u64), redb::Error> {
     Ok((counts, next))
 }
 
-/// `user`'s queued messages in delivery order.
+/// The first of `user`'s queued messages in delivery order, up to `max_messages` or
+/// `max_bytes` (at least one); the flag says whether more remain.
 fn read_queue(
     table: &redb::Table<(&str, u8, u64), &[u8]>,
     user: &str,
-) -> Result<Vec<Queued>, redb::Error> {
+    max_messages: usize,
+    max_bytes: usize,
+) -> Result<(Vec<Queued>, bool), redb::Error> {
     let mut messages = Vec::new();
+    let mut bytes = 0;
     for entry in table.range((user, 0u8, 0u64)..=(user, u8::MAX, u64::MAX))? {
+        if messages.len() >= max_messages || (bytes >= max_bytes && !messages.is_empty()) {
+            return Ok((messages, true));
+        }
         let (key, value) = entry?;
         let (_, priority, sequence) = key.value();
         let value = value.value();
@@ -282,8 +303,55 @@ fn read_queue(
             },
             receipt: flags & RECEIPT_FLAG != 0,
         });
+        bytes += payload.len();
     }
-    Ok(messages)
+    Ok((messages, false))
+}
+
+/// Deletes `keys` of `user`'s queue and keeps the per-user count right.
+fn remove_keys(
+    table: &mut redb::Table<(&str, u8, u64), &[u8]>,
+    counts: &mut HashMap<Box<str>, u64>,
+    user: &str,
+    keys: impl Iterator<Item = QueueKey>,
+) -> Result<(), redb::Error> {
+    let mut removed = 0;
+    for (priority, sequence) in keys {
+        if table.remove((user, priority, sequence))?.is_some() {
+            removed += 1;
+        }
+    }
+    if let Some(count) = counts.get_mut(user) {
+        *count = count.saturating_sub(removed);
+        if *count == 0 {
+            counts.remove(user);
+        }
+    }
+    Ok(())
+}
+
+/// The answers to one `Enqueue`: its sender hears the outcome, and a home whose message
+/// was not kept forgets it from its dedup window (so a retry is tried again).
+fn enqueue_outcome(
+    replies: &mut Vec<(usize, Reply)>,
+    sender: Option<ConnAddr>,
+    message_id: &str,
+    dedup: Option<(usize, PairKey)>,
+    outcome: Outcome,
+) {
+    if outcome != Outcome::Queued {
+        if let Some((home, key)) = dedup {
+            replies.push((home, Reply::NotKept { key }));
+        }
+    }
+    if let Some(sender) = sender {
+        let reply = Reply::Enqueued {
+            sender,
+            message_id: message_id.into(),
+            outcome,
+        };
+        replies.push((sender.reactor as usize, reply));
+    }
 }
 
 struct Worker {
@@ -385,17 +453,8 @@ impl Worker {
                     ..
                 } => {
                     self.stats.failures.fetch_add(1, Ordering::Relaxed);
-                    if let Some((home, key)) = *dedup {
-                        replies.push((home, Reply::NotKept { key }));
-                    }
-                    if let Some(sender) = *sender {
-                        let reply = Reply::Enqueued {
-                            sender,
-                            message_id: message_id.clone(),
-                            outcome: Outcome::Failed(why.to_owned()),
-                        };
-                        replies.push((sender.reactor as usize, reply));
-                    }
+                    let outcome = Outcome::Failed(why.to_owned());
+                    enqueue_outcome(&mut replies, *sender, message_id, *dedup, outcome);
                 }
                 Command::Peek {
                     user, requester, ..
@@ -404,6 +463,7 @@ impl Worker {
                         requester: *requester,
                         user: user.clone(),
                         messages: Vec::new(),
+                        more: false,
                         error: Some(why.to_owned()),
                     };
                     replies.push((requester.reactor as usize, reply));
@@ -518,26 +578,16 @@ impl Worker {
                             persisted += 1;
                             Outcome::Queued
                         };
-                        if outcome != Outcome::Queued {
-                            if let Some((home, key)) = *dedup {
-                                replies.push((home, Reply::NotKept { key }));
-                            }
-                        }
-                        if let Some(sender) = *sender {
-                            let reply = Reply::Enqueued {
-                                sender,
-                                message_id: message_id.clone(),
-                                outcome,
-                            };
-                            replies.push((sender.reactor as usize, reply));
-                        }
+                        enqueue_outcome(replies, *sender, message_id, *dedup, outcome);
                     }
                     Command::Drain { user, device } => {
-                        let messages = read_queue(&table, user)?;
+                        let (messages, more) =
+                            read_queue(&table, user, DRAIN_MESSAGES_MAX, DRAIN_BYTES_MAX)?;
                         let reply = Reply::Pending {
                             device: *device,
                             user: user.clone(),
                             messages,
+                            more,
                         };
                         replies.push((device.reactor as usize, reply));
                     }
@@ -546,37 +596,25 @@ impl Worker {
                         requester,
                         drain,
                     } => {
-                        let queued = read_queue(&table, user)?;
+                        let (queued, more) =
+                            read_queue(&table, user, PEEK_MESSAGES_MAX, PEEK_BYTES_MAX)?;
                         if *drain {
-                            for message in &queued {
-                                let (priority, sequence) = message.key;
-                                table.remove((&**user, priority, sequence))?;
-                            }
-                            self.counts.remove(user);
+                            let keys = queued.iter().map(|m| m.key);
+                            remove_keys(&mut table, &mut self.counts, user, keys)?;
                         }
                         let messages = queued.into_iter().map(|m| m.payload).collect();
                         let reply = Reply::Peeked {
                             requester: *requester,
                             user: user.clone(),
                             messages,
+                            more,
                             error: None,
                         };
                         replies.push((requester.reactor as usize, reply));
                     }
                     Command::Shutdown => {}
                     Command::Remove { user, keys } => {
-                        let mut removed = 0;
-                        for &(priority, sequence) in keys {
-                            if table.remove((&**user, priority, sequence))?.is_some() {
-                                removed += 1;
-                            }
-                        }
-                        if let Some(count) = self.counts.get_mut(user) {
-                            *count = count.saturating_sub(removed);
-                            if *count == 0 {
-                                self.counts.remove(user);
-                            }
-                        }
+                        remove_keys(&mut table, &mut self.counts, user, keys.iter().copied())?;
                     }
                 }
             }

@@ -120,6 +120,7 @@ fn the_queue_endpoint_lists_in_delivery_order_and_drains_on_request() {
     let (status, queue) = server.get("/api/messages/queue/later?drain=true");
     assert_eq!(status, 200, "{queue}");
     assert_eq!(texts(&queue), ["high one", "normal one", "low one"]);
+    assert!(queue.contains(r#""more":false"#), "{queue}");
     let (_, queue) = server.get("/api/messages/queue/later");
     assert!(texts(&queue).is_empty(), "{queue}");
 }

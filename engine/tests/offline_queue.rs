@@ -336,3 +336,32 @@ fn a_retry_is_acknowledged_again_but_not_delivered_twice() {
     assert_eq!(carol.recv_type("new_message")["messageId"], "fills");
     carol.expect_silence(Duration::from_millis(300));
 }
+
+#[test]
+fn a_long_queue_reaches_a_slow_reader_whole_and_in_order() {
+    // 500 × 10 KB comes in about twenty parts of at most 256 KiB, each asked for only
+    // once the kernel took the previous one and removed only then; a device that does not
+    // read at first gets it all, in order, and nothing stays queued.
+    let server = Server::start(common::Driver::IoUring, &[]);
+    let mut alice = server.login("alice", "phone");
+    let body = "y".repeat(10_000);
+    for i in 0..500 {
+        send(&mut alice, &format!("long{i}"), "dave", &body, "normal");
+        assert_eq!(alice.recv_type("message_ack")["status"], "queued");
+    }
+    let mut dave = server.login("dave", "phone");
+    std::thread::sleep(Duration::from_millis(1500)); // not reading
+    for i in 0..500 {
+        assert_eq!(
+            dave.recv_type("new_message")["messageId"],
+            format!("long{i}")
+        );
+    }
+    dave.expect_silence(Duration::from_millis(300));
+    std::thread::sleep(Duration::from_millis(200));
+    let (_, queue) = server.get("/api/messages/queue/dave");
+    assert!(
+        queue.contains(r#""messages":[],"more":false"#),
+        "all removed: {queue}"
+    );
+}

@@ -150,7 +150,8 @@ impl Reactor {
             drain,
         };
         if self.store.send(command).is_err() {
-            self.answer_api_queue(slot, generation, "", &[], Some("the store is shut down"));
+            let error = Some("the store is shut down");
+            self.answer_api_queue(slot, generation, "", &[], false, error);
         }
     }
 
@@ -162,6 +163,7 @@ impl Reactor {
         generation: u32,
         user: &str,
         messages: &[Bytes],
+        more: bool,
         error: Option<&str>,
     ) {
         let Some(pending) = self.take_pending_api(slot, generation) else {
@@ -188,6 +190,7 @@ impl Reactor {
                         }
                         out.push(b']');
                     })
+                    .bool("more", more)
                     .end();
                 response::write(200, "application/json", &body, pending.keep_alive, &[])
             }

@@ -67,6 +67,23 @@ pub struct Aux {
     /// An HTTP API request whose answer waits on other reactors; later pipelined
     /// requests wait behind it so answers keep their order.
     pub pending_api: Option<PendingApi>,
+    /// Queued messages handed to this connection and not yet all taken by the kernel.
+    pub queue_in_flight: Option<Box<QueueDelivery>>,
+}
+
+/// A part of a user's offline queue written to a device: removed from the store (and its
+/// receipts sent) only once the kernel has taken every frame of it, so a connection that
+/// dies first leaves it queued.
+#[derive(Debug)]
+pub struct QueueDelivery {
+    /// The user.
+    pub user: Box<str>,
+    /// The messages' keys in the store.
+    pub keys: Vec<crate::store::QueueKey>,
+    /// Payloads of the messages whose senders want a delivery receipt.
+    pub receipts: Vec<bytes::Bytes>,
+    /// More of the queue remains after this part.
+    pub more: bool,
 }
 
 /// An API request in flight on an HTTP connection.
@@ -108,7 +125,10 @@ impl Conn {
     /// Frees the aux state once it holds nothing.
     pub fn trim_aux(&mut self) {
         if self.aux.as_ref().is_some_and(|a| {
-            a.url_token.is_none() && a.subscriptions.is_empty() && a.pending_api.is_none()
+            a.url_token.is_none()
+                && a.subscriptions.is_empty()
+                && a.pending_api.is_none()
+                && a.queue_in_flight.is_none()
         }) {
             self.aux = None;
         }

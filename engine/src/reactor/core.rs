@@ -422,7 +422,12 @@ impl Reactor {
             Ok(Flushed::All) => {
                 conn.outbound = None;
                 if conn.close_when_flushed {
-                    self.after_final_frame(slot, generation);
+                    return self.after_final_frame(slot, generation);
+                }
+                let delivered = conn.aux.as_mut().and_then(|a| a.queue_in_flight.take());
+                if let Some(delivery) = delivered {
+                    conn.trim_aux();
+                    self.finish_queue_delivery(slot, generation, *delivery);
                 }
             }
             Ok(Flushed::Blocked) => conn.writable = false,

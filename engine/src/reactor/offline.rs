@@ -6,7 +6,10 @@
 
 use bytes::Bytes;
 
-use super::{conn::Phase, core::Reactor};
+use super::{
+    conn::{Phase, QueueDelivery},
+    core::Reactor,
+};
 use crate::{
     protocol::{now_ms, outbound, Priority},
     router::{dedup::PairKey, AckRequest, AckStatus, ConnAddr, Envelope},
@@ -78,15 +81,18 @@ impl Reactor {
                 requester,
                 user,
                 messages,
+                more,
                 error,
             } => {
                 let (slot, generation) = (requester.slot as usize, requester.generation);
-                self.answer_api_queue(slot, generation, &user, &messages, error.as_deref());
+                let error = error.as_deref();
+                self.answer_api_queue(slot, generation, &user, &messages, more, error);
             }
             Reply::Pending {
                 device,
                 user,
                 messages,
+                more,
             } => {
                 let (slot, generation) = (device.slot as usize, device.generation);
                 let live = self
@@ -95,24 +101,57 @@ impl Reactor {
                 if !live || messages.is_empty() {
                     return; // still queued: the next device to authenticate gets them
                 }
-                let mut written = Vec::with_capacity(messages.len());
-                let mut receipts = Vec::new();
+                let mut delivery = QueueDelivery {
+                    user,
+                    keys: Vec::with_capacity(messages.len()),
+                    receipts: Vec::new(),
+                    more,
+                };
                 for message in messages {
                     let frame = frame::encode_text(&message.payload);
                     self.send(slot, generation, frame, message.priority);
-                    written.push(message.key);
+                    delivery.keys.push(message.key);
                     if message.receipt {
-                        receipts.push(message.payload);
+                        delivery.receipts.push(message.payload);
                     }
                 }
-                let _ = self.store.send(Command::Remove {
-                    user: user.clone(),
-                    keys: written,
-                });
-                for payload in receipts {
-                    self.send_delivery_receipt(&user, &payload);
+                let Some(conn) = self.conn_mut(slot, generation) else {
+                    return; // closed while writing: nothing is removed, all stays queued
+                };
+                if conn.outbound.is_some() {
+                    // The kernel has not taken it all yet: finish when the queue flushes.
+                    conn.aux_mut().queue_in_flight = Some(Box::new(delivery));
+                } else {
+                    self.finish_queue_delivery(slot, generation, delivery);
                 }
             }
+        }
+    }
+
+    /// A part of the queue is all with the kernel: remove it from the store, send its
+    /// delivery receipts, and ask for the next part.
+    pub(super) fn finish_queue_delivery(
+        &mut self,
+        slot: usize,
+        generation: u32,
+        delivery: QueueDelivery,
+    ) {
+        let QueueDelivery {
+            user,
+            keys,
+            receipts,
+            more,
+        } = delivery;
+        let _ = self.store.send(Command::Remove {
+            user: user.clone(),
+            keys,
+        });
+        for payload in receipts {
+            self.send_delivery_receipt(&user, &payload);
+        }
+        if more {
+            let device = self.addr(slot, generation);
+            self.request_queued(&user, device);
         }
     }
 
