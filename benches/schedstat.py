@@ -7,6 +7,7 @@ the window (no tracer, no overhead) and prints the differences per process. With
 number of messages handled in the window it also prints the figures per message.
 
     python3 benches/schedstat.py --seconds 10 --messages 100000 engine=PID loadgen=PID
+    python3 benches/schedstat.py --seconds 5 --threads engine=PID   # one row per thread name
 
 Run queue wait is the time a thread was ready to run but no core was free: on a box where
 more threads than cores take turns, it is the latency that every hop between threads adds.
@@ -55,11 +56,29 @@ def sample(pid):
     }
 
 
+def thread_times(pid):
+    """{thread name: (cpu s, run-queue wait s)} summed over the threads of that name."""
+    totals = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/comm") as f:
+                name = f.read().strip()
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                run, wait, _ = (int(x) for x in f.read().split())
+        except FileNotFoundError:
+            continue
+        cpu0, wait0 = totals.get(name, (0.0, 0.0))
+        totals[name] = (cpu0 + run / 1e9, wait0 + wait / 1e9)
+    return totals
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, required=True, help="length of the window")
     parser.add_argument("--messages", type=int, help="messages handled in the window, for per-message figures")
     parser.add_argument("--json", help="also write the figures to this file")
+    parser.add_argument("--threads", action="store_true",
+                        help="one row per thread name: share of a core running and waiting for one")
     parser.add_argument("processes", nargs="+", metavar="NAME=PID")
     args = parser.parse_args()
     named = []
@@ -68,6 +87,21 @@ def main():
         if not pid.isdigit():
             sys.exit(f"schedstat.py: expected NAME=PID, got {item!r}")
         named.append((name, int(pid)))
+
+    if args.threads:
+        try:
+            before = {name: thread_times(pid) for name, pid in named}
+            time.sleep(args.seconds)
+            after = {name: thread_times(pid) for name, pid in named}
+        except FileNotFoundError as e:
+            sys.exit(f"schedstat.py: a process is gone: {e.filename}")
+        for name, _ in named:
+            for thread, (cpu, wait) in sorted(after[name].items()):
+                cpu0, wait0 = before[name].get(thread, (0.0, 0.0))
+                busy, waiting = (cpu - cpu0) / args.seconds, (wait - wait0) / args.seconds
+                if busy >= 0.01:
+                    print(f"{name}/{thread:16} running {busy:5.0%} of a core, waiting for one {waiting:5.0%}")
+        return
 
     try:
         before = {name: sample(pid) for name, pid in named}

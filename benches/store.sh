@@ -6,7 +6,9 @@
 # messages one commit carried (group commit), from the engine's /metrics.
 #
 # Knobs (environment): CONNECTIONS (10000), RATES ("5000 10000 20000 40000 80000"),
-# DURATION_SECS (10), PORT (18580), OUT (target/store-bench). Bounded; stops what it started.
+# DURATION_SECS (10), PORT (18580), OUT (target/store-bench), PROFILE_RATE (none: at this
+# rate, print each engine and loadgen thread's share of a core, running and waiting, over
+# 5 s in the middle of the load). Bounded; stops what it started.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CONNECTIONS=${CONNECTIONS:-10000}
@@ -29,7 +31,14 @@ for rate in $RATES; do
   sleep 1
   target/release/loadgen --target "127.0.0.1:$PORT" --connections "$CONNECTIONS" --ramp-per-sec 10000 \
     --hold-secs 1 --workers 1 --rate "$rate" --duration-secs "$DURATION_SECS" --offline-receivers \
-    --server-pid "$engine" --out "$OUT/run-$rate" > "$OUT/run-$rate.txt" 2> /dev/null || true
+    --server-pid "$engine" --out "$OUT/run-$rate" > "$OUT/run-$rate.txt" 2> /dev/null &
+  loadgen=$!
+  if [ "$rate" = "${PROFILE_RATE:-}" ]; then
+    sleep $(( CONNECTIONS / 10000 + 3 + DURATION_SECS / 2 - 2 ))
+    python3 benches/schedstat.py --seconds 5 --threads engine="$engine" loadgen="$loadgen" \
+      | tee "$OUT/threads-$rate.txt" >&2
+  fi
+  wait "$loadgen" || true
   persisted=$(metric engine_store_messages_persisted_total)
   commits=$(metric engine_store_commits_total)
   kill "$engine"; wait "$engine" 2> /dev/null || true
