@@ -71,8 +71,10 @@ impl Engine {
         };
         let (store, store_thread) = store::open(
             &shared.config.data_dir,
-            shared.config.queue_max_per_user,
-            shared.config.retention,
+            store::Limits {
+                queue_max_per_user: shared.config.queue_max_per_user,
+                retention: shared.config.retention,
+            },
             routes,
         )
         .map_err(|e| {

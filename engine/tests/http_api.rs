@@ -147,7 +147,8 @@ fn pipelined_requests_are_answered_in_order_behind_a_pending_send() {
 
 #[test]
 fn broadcast_reaches_listed_or_all_online_users_and_counts_them() {
-    let server = Server::start(common::Driver::IoUring, &["--reactors", "3"]);
+    let args = ["--reactors", "3", "--queue-max-per-user", "1"];
+    let server = Server::start(common::Driver::IoUring, &args);
     let mut users: Vec<_> = (0..6)
         .map(|i| server.login(&format!("u{i}"), "d"))
         .collect();
@@ -156,7 +157,7 @@ fn broadcast_reaches_listed_or_all_online_users_and_counts_them() {
     let (status, answer) = post(&server, "/api/messages/broadcast", &body);
     assert_eq!(status, 200, "{answer}");
     assert_eq!(
-        (&answer["delivered"], &answer["offline"], &answer["queued"]),
+        (&answer["delivered"], &answer["queued"], &answer["offline"]),
         (&json!(3), &json!(1), &json!(0))
     );
     for user in &mut users[..3] {
@@ -175,6 +176,21 @@ fn broadcast_reaches_listed_or_all_online_users_and_counts_them() {
             (Some("all"), Some(&*format!("u{i}")))
         );
     }
+    // The offline user's queue holds one message at most here: a second broadcast to it
+    // is counted as neither delivered nor queued.
+    let body = json!({"message": {"sender_id": "ops", "text": "again"}, "user_ids": ["ghost"]});
+    let (_, answer) = post(&server, "/api/messages/broadcast", &body);
+    assert_eq!(
+        (&answer["delivered"], &answer["queued"], &answer["offline"]),
+        (&json!(0), &json!(0), &json!(1))
+    );
+    let mut ghost = server.login("ghost", "d");
+    let got = ghost.recv_type("new_message");
+    assert_eq!(
+        (got["content"].as_str(), got["receiverId"].as_str()),
+        (Some("maintenance at 2"), Some("ghost"))
+    );
+    ghost.expect_silence(std::time::Duration::from_millis(200));
 }
 
 #[test]

@@ -112,6 +112,13 @@ fn queued_messages_survive_a_restart_and_arrive_exactly_once() {
     }
     {
         let server = Server::start(common::Driver::IoUring, &["--data-dir", &dir_arg]);
+        // A sender retrying after the restart (it never saw the acks, say) is acknowledged
+        // again: the store recognises what it holds, so nothing is queued twice.
+        let mut alice = server.login("alice", "phone");
+        for i in 0..5 {
+            send(&mut alice, &format!("m{i}"), "bob", "retried", "normal");
+            assert_eq!(alice.recv_type("message_ack")["status"], "queued");
+        }
         let mut bob = server.login("bob", "phone");
         for i in 0..20 {
             assert_eq!(
@@ -300,6 +307,18 @@ fn messages_past_the_retention_period_expire_unread() {
     assert!(
         metrics.contains("engine_store_expired_total 1\n"),
         "{metrics}"
+    );
+    // Its history entry went with it; the one delivered in time stays.
+    assert!(
+        metrics.contains("engine_store_history_expired_total 1\n"),
+        "{metrics}"
+    );
+    alice.send(&json!({"type": "history", "peerId": "ghost"}));
+    let history = alice.recv_type("history");
+    assert_eq!(
+        history["messages"].as_array().map(Vec::len),
+        Some(1),
+        "{history}"
     );
 }
 

@@ -60,6 +60,11 @@ pub fn render(out: &mut Vec<u8>, health: &Health, reactors: &[ReactorStats], sto
             &store.persisted,
         ),
         (
+            "engine_store_history_recorded_total",
+            "Chat messages committed to conversation history.",
+            &store.recorded,
+        ),
+        (
             "engine_store_persistence_failures_total",
             "Messages a failed commit did not hold.",
             &store.failures,
@@ -73,6 +78,11 @@ pub fn render(out: &mut Vec<u8>, health: &Health, reactors: &[ReactorStats], sto
             "engine_store_expired_total",
             "Queued messages removed unread after the retention period.",
             &store.expired,
+        ),
+        (
+            "engine_store_history_expired_total",
+            "History entries removed after the retention period.",
+            &store.expired_history,
         ),
     ] {
         header(&mut text, name, help, "counter");
@@ -266,6 +276,7 @@ pub fn stats_json(
     Obj::new(out)
         .u64("messages_processed", processed)
         .u64("messages_persisted", stats::read(&store.persisted))
+        .u64("messages_recorded", stats::read(&store.recorded))
         .u64("persistence_failures", stats::read(&store.failures))
         .u64("uptime_seconds", health.uptime_seconds)
         .with("memory", |out| match rss {

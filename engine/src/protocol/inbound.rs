@@ -13,6 +13,10 @@ use super::Priority;
 pub const ID_BYTES_MAX: usize = 128;
 /// The most user ids one `presence_subscribe` / `presence_unsubscribe` may name.
 pub const PRESENCE_IDS_MAX: usize = 256;
+/// Messages a `history` answer holds when the request gives no `limit`.
+pub const HISTORY_LIMIT_DEFAULT: usize = 50;
+/// The largest `limit` a `history` request may give.
+pub const HISTORY_LIMIT_MAX: usize = 500;
 
 /// A client's `ts` on a `ping`, echoed back as it came.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -71,6 +75,15 @@ pub enum ClientMessage<'a> {
         /// The original sender, where the client knows it.
         sender_id: Option<&'a str>,
     },
+    /// `history {peerId, before?, limit?}`.
+    History {
+        /// The other side of the conversation.
+        peer_id: &'a str,
+        /// Only messages sent before this time (Unix ms).
+        before: Option<u64>,
+        /// At most this many, newest first.
+        limit: usize,
+    },
     /// `presence_subscribe {userIds}`.
     PresenceSubscribe {
         /// The users named.
@@ -92,6 +105,7 @@ impl ClientMessage<'_> {
             ClientMessage::SendMessage { .. } => "send_message",
             ClientMessage::Typing { .. } => "typing",
             ClientMessage::ReadReceipt { .. } => "read_receipt",
+            ClientMessage::History { .. } => "history",
             ClientMessage::PresenceSubscribe { .. } => "presence_subscribe",
             ClientMessage::PresenceUnsubscribe { .. } => "presence_unsubscribe",
         }
@@ -218,6 +232,29 @@ fn decode<'t, 'de: 't>(root: Value<'t, 'de>) -> Result<ClientMessage<'de>, Proto
             sender_id: match root.get("senderId") {
                 None => None,
                 Some(_) => Some(id(&root, "senderId")?),
+            },
+        },
+        "history" => ClientMessage::History {
+            peer_id: id(&root, "peerId")?,
+            before: match root.get("before") {
+                None => None,
+                Some(v) if v.is_null() => None,
+                Some(v) => Some(v.as_u64().ok_or_else(|| {
+                    ProtocolError::bad_request(
+                        "field 'before' must be a timestamp in ms (an integer)",
+                    )
+                })?),
+            },
+            limit: match root.get("limit") {
+                None => HISTORY_LIMIT_DEFAULT,
+                Some(v) => match v.as_u64() {
+                    Some(n @ 1..) if n as usize <= HISTORY_LIMIT_MAX => n as usize,
+                    _ => {
+                        return Err(ProtocolError::bad_request(format!(
+                            "field 'limit' must be an integer from 1 to {HISTORY_LIMIT_MAX}"
+                        )))
+                    }
+                },
             },
         },
         "presence_subscribe" => ClientMessage::PresenceSubscribe {

@@ -123,6 +123,24 @@ pub fn read_receipt(out: &mut Vec<u8>, message_id: &str, reader_id: &str, now_ms
         .end();
 }
 
+/// `history {peerId, messages:[…]}`: each message is a stored `new_message` object.
+pub fn history(out: &mut Vec<u8>, peer_id: &str, messages: &[bytes::Bytes]) {
+    Obj::new(out)
+        .str("type", "history")
+        .str("peerId", peer_id)
+        .with("messages", |out| {
+            out.push(b'[');
+            for (i, message) in messages.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                out.extend_from_slice(message);
+            }
+            out.push(b']');
+        })
+        .end();
+}
+
 /// One user's presence as reported in `presence_state`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PresenceEntry {

@@ -25,7 +25,7 @@ use crate::{
     },
     router::{AckRequest, BroadcastMessage, BroadcastOrder, ConnAddr, Envelope},
     stats,
-    store::{Command, Outcome},
+    store::{BroadcastBatch, Command, Outcome},
     ws::frame,
 };
 
@@ -40,6 +40,7 @@ impl Reactor {
         send: SendRequest,
     ) {
         let message_id = self.api_message_id();
+        let sent_ms = now_ms();
         let accepted = NewMessage {
             message_id: &message_id,
             sender_id: &send.sender_id,
@@ -47,7 +48,7 @@ impl Reactor {
             content: &send.text,
             message_type: &send.message_type,
             priority: send.priority,
-            timestamp_ms: now_ms(),
+            timestamp_ms: sent_ms,
         };
         self.json.clear();
         outbound::new_message(&mut self.json, &accepted);
@@ -64,6 +65,7 @@ impl Reactor {
             message_id: message_id.into(),
             receipt: false,
             sender_user: send.sender_id.as_str().into(),
+            sent_ms,
         };
         self.deliver(
             &send.receiver_id,
@@ -77,8 +79,8 @@ impl Reactor {
         }
     }
 
-    /// The home's outcome for an API send: 202 when a device got it. Without the store
-    /// (issue 8) an offline receiver cannot be queued, which is a 503, not a silent loss.
+    /// The home's outcome for an API send: 202 when a device got it; 503 when no device is
+    /// online and the store no longer takes messages (shutting down), never a silent loss.
     pub(super) fn answer_api_send(&mut self, slot: usize, generation: u32, delivered: bool) {
         let Some(pending) = self.take_pending_api(slot, generation) else {
             return;
@@ -91,8 +93,8 @@ impl Reactor {
                 .end();
             response::write(202, "application/json", &body, pending.keep_alive, &[])
         } else {
-            let message = "the receiver has no device online, and offline queues need the \
-                           durable store, which this build does not have yet";
+            let message = "the receiver has no device online and the store is not taking \
+                           messages (the gateway is shutting down)";
             response::json_error(503, "peer_offline", message, pending.keep_alive)
         };
         self.finish_api(slot, generation, answer, pending.keep_alive);
@@ -242,6 +244,7 @@ impl Reactor {
             requester,
             awaiting: orders.len(),
             delivered: 0,
+            queued: 0,
             offline: 0,
         }) as u32;
         if orders.is_empty() {
@@ -258,10 +261,14 @@ impl Reactor {
         }
     }
 
-    /// At a home: writes the broadcast to every device of its users and counts them.
+    /// At a home: writes a broadcast to every device of the users it names (or of all its
+    /// online users) and queues it for the named users with no device online. The frame
+    /// is encoded once per user (its `receiverId` differs). The counts go to the requester
+    /// directly, or through the store once the commit holds the queued copies.
     pub(super) fn deliver_broadcast(&mut self, order: BroadcastOrder) {
         let message = &order.message;
-        let (mut delivered, mut offline) = (0u32, 0u32);
+        let mut delivered = 0u32;
+        let mut offline: Vec<Box<str>> = Vec::new();
         let mut targets: Vec<(Box<str>, Vec<ConnAddr>)> = Vec::new();
         match &order.users {
             Some(users) => {
@@ -273,7 +280,7 @@ impl Reactor {
                         .map(|d| d.addr)
                         .collect();
                     if devices.is_empty() {
-                        offline += 1;
+                        offline.push(user.clone());
                     } else {
                         targets.push((user.clone(), devices));
                     }
@@ -287,20 +294,7 @@ impl Reactor {
         }
         for (user, devices) in targets {
             delivered += 1;
-            self.json.clear();
-            outbound::new_message(
-                &mut self.json,
-                &NewMessage {
-                    message_id: &message.message_id,
-                    sender_id: &message.sender_id,
-                    receiver_id: &user,
-                    content: &message.text,
-                    message_type: &message.message_type,
-                    priority: message.priority,
-                    timestamp_ms: now_ms(),
-                },
-            );
-            let frame = frame::encode_text(&self.json);
+            let frame = frame::encode_text(self.broadcast_json(message, &user));
             for addr in devices {
                 self.route(
                     addr.reactor as usize,
@@ -313,20 +307,72 @@ impl Reactor {
                 );
             }
         }
+        if !offline.is_empty() {
+            let messages = offline
+                .into_iter()
+                .map(|user| {
+                    let payload = Bytes::copy_from_slice(self.broadcast_json(message, &user));
+                    (user, payload)
+                })
+                .collect();
+            let batch = BroadcastBatch {
+                messages,
+                priority: message.priority,
+                requester: order.requester,
+                request: order.request,
+                delivered,
+            };
+            let command = Command::EnqueueBroadcast(Box::new(batch));
+            let Err(Command::EnqueueBroadcast(batch)) = self.store.send(command) else {
+                return; // the store sends the counts after its commit
+            };
+            // The store is gone (shutting down): nothing was queued.
+            let reply = Envelope::BroadcastReply {
+                request: order.request,
+                delivered,
+                offline: batch.messages.len() as u32,
+            };
+            return self.route(order.requester.reactor as usize, reply);
+        }
         let reply = Envelope::BroadcastReply {
             request: order.request,
             delivered,
-            offline,
+            offline: 0,
         };
         self.route(order.requester.reactor as usize, reply);
     }
 
+    /// The broadcast's `new_message` for `user`, in the reactor's JSON buffer.
+    fn broadcast_json(&mut self, message: &BroadcastMessage, user: &str) -> &[u8] {
+        self.json.clear();
+        outbound::new_message(
+            &mut self.json,
+            &NewMessage {
+                message_id: &message.message_id,
+                sender_id: &message.sender_id,
+                receiver_id: user,
+                content: &message.text,
+                message_type: &message.message_type,
+                priority: message.priority,
+                timestamp_ms: now_ms(),
+            },
+        );
+        &self.json
+    }
+
     /// At the requester: one home's counts; the last one answers the request.
-    pub(super) fn on_broadcast_reply(&mut self, request: u32, delivered: u32, offline: u32) {
+    pub(super) fn on_broadcast_reply(
+        &mut self,
+        request: u32,
+        delivered: u32,
+        queued: u32,
+        offline: u32,
+    ) {
         let Some(pending) = self.broadcasts.get_mut(request as usize) else {
             return;
         };
         pending.delivered += u64::from(delivered);
+        pending.queued += u64::from(queued);
         pending.offline += u64::from(offline);
         pending.awaiting -= 1;
         if pending.awaiting == 0 {
@@ -344,8 +390,7 @@ impl Reactor {
         Obj::new(&mut body)
             .str("message_id", &pending.message_id)
             .u64("delivered", done.delivered)
-            // Nothing is queued before the durable store exists (issue 8): say so.
-            .u64("queued", 0)
+            .u64("queued", done.queued)
             .u64("offline", done.offline)
             .end();
         let answer = response::write(200, "application/json", &body, pending.keep_alive, &[]);

@@ -91,6 +91,7 @@ impl Reactor {
                 priority,
             } => {
                 self.json.clear();
+                let sent_ms = now_ms();
                 let message = NewMessage {
                     message_id,
                     sender_id: &user,
@@ -98,7 +99,7 @@ impl Reactor {
                     content,
                     message_type,
                     priority,
-                    timestamp_ms: now_ms(),
+                    timestamp_ms: sent_ms,
                 };
                 outbound::new_message(&mut self.json, &message);
                 let frame = frame::encode_text(&self.json);
@@ -108,6 +109,7 @@ impl Reactor {
                     message_id: message_id.into(),
                     receipt: true,
                     sender_user: user.clone(),
+                    sent_ms,
                 });
                 let to_self = receiver_id == &*user;
                 self.deliver(
@@ -134,23 +136,15 @@ impl Reactor {
             ClientMessage::ReadReceipt {
                 message_id,
                 sender_id,
-            } => {
-                let Some(sender_id) = sender_id else {
-                    let text =
-                        "senderId is required: finding a message by id alone needs the store";
-                    return self.send_error(
-                        slot,
-                        generation,
-                        "bad_request",
-                        text,
-                        Some(message_id),
-                    );
-                };
-                self.json.clear();
-                outbound::read_receipt(&mut self.json, message_id, &user, now_ms());
-                let frame = frame::encode_text(&self.json);
-                self.deliver(sender_id, frame, Priority::Normal, None, None);
-            }
+            } => match sender_id {
+                Some(sender_id) => self.send_read_receipt(sender_id, message_id, &user),
+                None => self.find_sender(slot, generation, &user, message_id),
+            },
+            ClientMessage::History {
+                peer_id,
+                before,
+                limit,
+            } => self.request_history(slot, generation, &user, (peer_id, before, limit)),
             ClientMessage::PresenceSubscribe { user_ids } => {
                 self.presence_subscribe(slot, generation, user_ids)
             }

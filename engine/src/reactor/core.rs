@@ -57,7 +57,9 @@ pub(crate) struct PendingBroadcast {
     pub(crate) awaiting: usize,
     /// Users reached so far.
     pub(crate) delivered: u64,
-    /// Users found offline so far.
+    /// Users with no device online whose queue now holds it.
+    pub(crate) queued: u64,
+    /// Users it could be neither delivered to nor queued for (full queue, store error).
     pub(crate) offline: u64,
 }
 

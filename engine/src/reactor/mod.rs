@@ -11,6 +11,7 @@ mod chat;
 pub mod conn;
 mod core;
 pub mod epoll;
+mod history;
 mod offline;
 mod routing;
 mod session;

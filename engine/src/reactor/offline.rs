@@ -13,7 +13,7 @@ use super::{
 use crate::{
     protocol::{now_ms, outbound, Priority},
     router::{dedup::PairKey, AckRequest, AckStatus, ConnAddr, Envelope},
-    store::{Command, Outcome, Reply},
+    store::{Command, Enqueue, Outcome, Reply},
     ws::frame,
 };
 
@@ -28,11 +28,14 @@ impl Reactor {
         ack: Option<AckRequest>,
         dedup: Option<PairKey>,
     ) {
-        let (sender, message_id, receipt) = match ack {
-            Some(ack) => (Some(ack.sender), ack.message_id, ack.receipt),
-            None => (None, Box::from(""), false),
+        let (sender, message_id, receipt, chat) = match ack {
+            Some(ack) => {
+                let chat = Some(ack.chat());
+                (Some(ack.sender), ack.message_id, ack.receipt, chat)
+            }
+            None => (None, Box::from(""), false, None),
         };
-        let command = Command::Enqueue {
+        let command = Command::Enqueue(Box::new(Enqueue {
             user,
             priority,
             payload: frame::payload_of(frame),
@@ -40,11 +43,12 @@ impl Reactor {
             message_id,
             receipt,
             dedup: dedup.map(|key| (self.id, key)),
-        };
-        if let Err(Command::Enqueue {
-            sender, message_id, ..
-        }) = self.store.send(command)
-        {
+            chat,
+        }));
+        if let Err(Command::Enqueue(enqueue)) = self.store.send(command) {
+            let Enqueue {
+                sender, message_id, ..
+            } = *enqueue;
             // The store thread is gone (shutting down): nothing is stored, so say offline.
             if let Some(key) = dedup {
                 self.recent.forget(key);
@@ -77,6 +81,25 @@ impl Reactor {
                 outcome,
             } => self.answer_enqueued(sender, &message_id, &outcome),
             Reply::NotKept { key } => self.recent.forget(key),
+            Reply::BroadcastQueued {
+                request,
+                delivered,
+                queued,
+                not_kept,
+            } => self.on_broadcast_reply(request, delivered, queued, not_kept),
+            Reply::History {
+                requester,
+                peer,
+                messages,
+                error,
+            } => self.answer_history(requester, &peer, &messages, error.as_deref()),
+            Reply::SenderFound {
+                requester,
+                reader,
+                message_id,
+                sender,
+                error,
+            } => self.on_sender_found(requester, &reader, &message_id, sender, error),
             Reply::Peeked {
                 requester,
                 user,

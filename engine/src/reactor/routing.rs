@@ -113,6 +113,7 @@ impl Reactor {
                 }
                 if let (Some(ack), Some(key)) = (delivery.ack, dedup_key) {
                     self.recent.record(key, Seen::Delivered);
+                    self.record_history(&delivery.user, &ack, &delivery.frame);
                     let envelope = Envelope::Ack {
                         sender: ack.sender,
                         message_id: ack.message_id,
@@ -153,8 +154,8 @@ impl Reactor {
                     let frame = frame::encode_text(&self.json);
                     self.send(slot, generation, frame, Priority::High);
                 } else {
-                    let text =
-                        "the receiver has no device online and offline queues need the store";
+                    let text = "the receiver has no device online and the store is not \
+                                taking messages (the gateway is shutting down)";
                     self.send_error(slot, generation, "peer_offline", text, Some(&message_id));
                 }
             }
@@ -209,7 +210,7 @@ impl Reactor {
                 request,
                 delivered,
                 offline,
-            } => self.on_broadcast_reply(request, delivered, offline),
+            } => self.on_broadcast_reply(request, delivered, 0, offline),
         }
     }
 

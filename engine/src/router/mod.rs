@@ -70,6 +70,18 @@ pub struct AckRequest {
     pub receipt: bool,
     /// The sending user: with `message_id`, the pair a retry is recognised by.
     pub sender_user: Arc<str>,
+    /// The `timestamp` of the `new_message` (Unix ms): where it sits in history.
+    pub sent_ms: u64,
+}
+
+impl AckRequest {
+    /// The message as the store keeps it in history.
+    pub fn chat(&self) -> crate::store::Chat {
+        crate::store::Chat {
+            sender: self.sender_user.clone(),
+            timestamp_ms: self.sent_ms,
+        }
+    }
 }
 
 /// What the receiver's home tells a sender.
@@ -193,7 +205,7 @@ pub enum Envelope {
         request: u32,
         /// Users reached on at least one device.
         delivered: u32,
-        /// Users with no device online.
+        /// Users with no device online that could not be queued.
         offline: u32,
     },
     /// To a watcher's reactor: part of the answer to subscribe request `request`.

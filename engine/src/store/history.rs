@@ -1,0 +1,248 @@
+//! Conversation history and the message index.
+//!
+//! - `history`: `(lower user, higher user, timestamp ms, sequence) → new_message JSON`.
+//!   One conversation is one key prefix whatever its direction, read newest first by
+//!   walking the prefix backwards; equal timestamps keep send order by sequence.
+//! - `received`: `(receiver, messageId, sender) → (timestamp ms, sequence)`, pointing into
+//!   `history`. It finds the sender of a message by id (`read_receipt` without
+//!   `senderId`; ids are unique per sender, not globally) and recognises a message the
+//!   store already holds (dedup that survives restarts).
+
+use bytes::Bytes;
+use redb::{ReadableTable, Table, TableDefinition};
+
+use super::Chat;
+
+/// The history table.
+pub(super) const HISTORY: TableDefinition<(&str, &str, u64, u64), &[u8]> =
+    TableDefinition::new("history");
+/// The message index.
+pub(super) const RECEIVED: TableDefinition<(&str, &str, &str), (u64, u64)> =
+    TableDefinition::new("received");
+
+/// A whole index key, where a sweep goes on from.
+pub(super) type Cursor = (Box<str>, Box<str>, Box<str>);
+
+/// The two tables, open in one write transaction.
+pub(super) struct Tables<'txn> {
+    /// Conversations.
+    pub history: Table<'txn, (&'static str, &'static str, u64, u64), &'static [u8]>,
+    /// The message index.
+    pub received: Table<'txn, (&'static str, &'static str, &'static str), (u64, u64)>,
+}
+
+/// A conversation's key prefix: the two users in order, so both directions share it.
+fn conversation<'a>(a: &'a str, b: &'a str) -> (&'a str, &'a str) {
+    if a <= b {
+        (a, b)
+    } else {
+        (b, a)
+    }
+}
+
+impl Tables<'_> {
+    /// Whether `receiver` already has `message_id` from `sender` (delivered or queued).
+    pub(super) fn holds(
+        &self,
+        receiver: &str,
+        message_id: &str,
+        sender: &str,
+    ) -> Result<bool, redb::Error> {
+        Ok(self.received.get((receiver, message_id, sender))?.is_some())
+    }
+
+    /// Keeps a chat message: its conversation entry and its index entry.
+    pub(super) fn record(
+        &mut self,
+        receiver: &str,
+        message_id: &str,
+        chat: &Chat,
+        sequence: u64,
+        payload: &[u8],
+    ) -> Result<(), redb::Error> {
+        let (low, high) = conversation(&chat.sender, receiver);
+        let at = chat.timestamp_ms;
+        self.history.insert((low, high, at, sequence), payload)?;
+        self.received
+            .insert((receiver, message_id, &*chat.sender), (at, sequence))?;
+        Ok(())
+    }
+
+    /// Up to `limit` messages between `user` and `peer` sent before `before` (Unix ms),
+    /// newest first.
+    pub(super) fn page(
+        &self,
+        user: &str,
+        peer: &str,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<Bytes>, redb::Error> {
+        let (low, high) = conversation(user, peer);
+        let end = before.unwrap_or(u64::MAX);
+        let mut messages = Vec::with_capacity(limit.min(64));
+        for entry in self
+            .history
+            .range((low, high, 0, 0)..(low, high, end, 0))?
+            .rev()
+        {
+            if messages.len() == limit {
+                break;
+            }
+            let (_, value) = entry?;
+            messages.push(Bytes::copy_from_slice(value.value()));
+        }
+        Ok(messages)
+    }
+
+    /// The sender of the newest message `message_id` that reached `reader`.
+    pub(super) fn sender_of(
+        &self,
+        reader: &str,
+        message_id: &str,
+    ) -> Result<Option<Box<str>>, redb::Error> {
+        let mut newest: Option<(u64, Box<str>)> = None;
+        for entry in self.received.range((reader, message_id, "")..)? {
+            let (key, value) = entry?;
+            let (to, id, sender) = key.value();
+            if to != reader || id != message_id {
+                break;
+            }
+            let (at, _) = value.value();
+            if newest.as_ref().is_none_or(|(best, _)| at >= *best) {
+                newest = Some((at, sender.into()));
+            }
+        }
+        Ok(newest.map(|(_, sender)| sender))
+    }
+
+    /// Removes up to `visit_max` index entries' worth of messages sent before `cutoff_ms`
+    /// (index and conversation entry both), starting at `cursor`; returns how many were
+    /// removed and where to go on from (`None` once the index is done).
+    pub(super) fn sweep(
+        &mut self,
+        cursor: Option<Cursor>,
+        cutoff_ms: u64,
+        visit_max: usize,
+    ) -> Result<(u64, Option<Cursor>), redb::Error> {
+        type Expired = (Box<str>, Box<str>, Box<str>, u64, u64);
+        let mut expired: Vec<Expired> = Vec::new();
+        let mut next = None;
+        {
+            let range = match &cursor {
+                Some((to, id, from)) => self.received.range((&**to, &**id, &**from)..)?,
+                None => self.received.range::<(&str, &str, &str)>(..)?,
+            };
+            for (visited, entry) in range.enumerate() {
+                let (key, value) = entry?;
+                let (to, id, from) = key.value();
+                if visited == visit_max {
+                    next = Some((to.into(), id.into(), from.into()));
+                    break;
+                }
+                let (at, sequence) = value.value();
+                if at < cutoff_ms {
+                    expired.push((to.into(), id.into(), from.into(), at, sequence));
+                }
+            }
+        }
+        for (to, id, from, at, sequence) in &expired {
+            self.received.remove((&**to, &**id, &**from))?;
+            let (low, high) = conversation(to, from);
+            self.history.remove((low, high, *at, *sequence))?;
+        }
+        Ok((expired.len() as u64, next))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn with_tables(test: impl FnOnce(&mut Tables<'_>)) {
+        let file = tempfile_path();
+        let db = redb::Database::create(&file).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut tables = Tables {
+                history: txn.open_table(HISTORY).unwrap(),
+                received: txn.open_table(RECEIVED).unwrap(),
+            };
+            test(&mut tables);
+        }
+        txn.commit().unwrap();
+        drop(db);
+        let _ = std::fs::remove_file(file);
+    }
+
+    fn tempfile_path() -> std::path::PathBuf {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        std::env::temp_dir().join(format!("history-test-{}-{n}.redb", std::process::id()))
+    }
+
+    fn chat(sender: &str, at: u64) -> Chat {
+        Chat {
+            sender: Arc::from(sender),
+            timestamp_ms: at,
+        }
+    }
+
+    #[test]
+    fn a_conversation_reads_newest_first_from_both_sides_with_a_cursor() {
+        with_tables(|t| {
+            t.record("bob", "m1", &chat("alice", 10), 1, b"1").unwrap();
+            t.record("alice", "m2", &chat("bob", 20), 2, b"2").unwrap();
+            t.record("bob", "m3", &chat("alice", 20), 3, b"3").unwrap();
+            t.record("carol", "m4", &chat("alice", 15), 4, b"other")
+                .unwrap();
+            let page = t.page("alice", "bob", None, 10).unwrap();
+            assert_eq!(page, vec![&b"3"[..], b"2", b"1"]);
+            assert_eq!(
+                t.page("bob", "alice", None, 2).unwrap(),
+                vec![&b"3"[..], b"2"]
+            );
+            assert_eq!(
+                t.page("bob", "alice", Some(20), 10).unwrap(),
+                vec![&b"1"[..]]
+            );
+            assert!(t.page("bob", "alice", Some(10), 10).unwrap().is_empty());
+            assert!(t.page("bob", "dave", None, 10).unwrap().is_empty());
+        });
+    }
+
+    #[test]
+    fn the_index_finds_the_newest_sender_and_recognises_a_held_message() {
+        with_tables(|t| {
+            t.record("bob", "m1", &chat("alice", 10), 1, b"a").unwrap();
+            t.record("bob", "m1", &chat("carol", 30), 2, b"c").unwrap();
+            t.record("bob", "m10", &chat("dave", 40), 3, b"d").unwrap();
+            assert_eq!(t.sender_of("bob", "m1").unwrap().as_deref(), Some("carol"));
+            assert_eq!(t.sender_of("bob", "m10").unwrap().as_deref(), Some("dave"));
+            assert_eq!(t.sender_of("bob", "m2").unwrap(), None);
+            assert_eq!(t.sender_of("alice", "m1").unwrap(), None);
+            assert!(t.holds("bob", "m1", "alice").unwrap());
+            assert!(!t.holds("alice", "m1", "bob").unwrap());
+        });
+    }
+
+    #[test]
+    fn the_sweep_removes_old_messages_in_chunks_and_keeps_new_ones() {
+        with_tables(|t| {
+            for i in 0..5u64 {
+                let id = format!("m{i}");
+                t.record("bob", &id, &chat("alice", i * 10), i, b"x")
+                    .unwrap();
+            }
+            let (removed, next) = t.sweep(None, 25, 2).unwrap();
+            assert_eq!(removed, 2);
+            let (removed, next) = t.sweep(next, 25, 2).unwrap();
+            assert_eq!(removed, 1);
+            let (removed, next) = t.sweep(next, 25, 2).unwrap();
+            assert_eq!((removed, next), (0, None));
+            assert_eq!(t.page("alice", "bob", None, 10).unwrap().len(), 2);
+            assert!(!t.holds("bob", "m0", "alice").unwrap());
+            assert!(t.holds("bob", "m4", "alice").unwrap());
+        });
+    }
+}

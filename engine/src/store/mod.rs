@@ -1,0 +1,352 @@
+//! The durable store: offline queues, conversation history and the index that finds a
+//! message by id, in one embedded redb file under `--data-dir`, on one dedicated thread
+//! with group commit. Reactors talk to it by message and never wait on disk: commands go
+//! in over a channel, answers come back over each reactor's own channel with a ring of
+//! its doorbell.
+//!
+//! Group commit: the thread takes every command waiting (up to [`BATCH_MAX`]), applies them
+//! all in one write transaction, commits once (fsync), and only then answers. So a
+//! `queued` ack always follows the commit that holds the message.
+//!
+//! - [`queue`]: per-user offline queues, `(user, priority, sequence)` keys.
+//! - [`history`]: every chat message per conversation, and `(receiver, messageId, sender)`
+//!   → where it sits, which serves `read_receipt` by id and dedup across restarts.
+//! - [`worker`]: the thread, its transactions and the retention sweep.
+
+mod history;
+mod queue;
+mod worker;
+
+use std::{
+    io,
+    path::Path,
+    sync::{atomic::AtomicU64, mpsc, Arc},
+    thread::JoinHandle,
+    time::Duration,
+};
+
+use bytes::Bytes;
+use redb::Database;
+use tracing::info;
+
+use crate::{
+    protocol::Priority,
+    router::{dedup::PairKey, ConnAddr},
+    stats::LatencyHistogram,
+};
+
+pub use queue::QueueKey;
+
+/// Commands applied in one transaction at most.
+pub const BATCH_MAX: usize = 4096;
+/// One `Drain` answer carries at most this many messages or bytes (at least one message):
+/// the device's reactor asks for the next part once the kernel has taken this one, so a
+/// long queue never piles up in a connection's outbound queue.
+pub const DRAIN_MESSAGES_MAX: usize = 256;
+/// See [`DRAIN_MESSAGES_MAX`].
+pub const DRAIN_BYTES_MAX: usize = 256 * 1024;
+/// One `Peek` (the HTTP queue endpoint) returns at most this many messages or bytes.
+pub const PEEK_MESSAGES_MAX: usize = 1000;
+/// See [`PEEK_MESSAGES_MAX`].
+pub const PEEK_BYTES_MAX: usize = 4 * 1024 * 1024;
+
+/// What the store counts, read by `/api/stats` and `/metrics`.
+#[derive(Debug, Default)]
+pub struct StoreStats {
+    /// Messages committed to an offline queue.
+    pub persisted: AtomicU64,
+    /// Messages committed to conversation history.
+    pub recorded: AtomicU64,
+    /// Messages a commit failed to hold (their senders were told).
+    pub failures: AtomicU64,
+    /// Transactions committed.
+    pub commits: AtomicU64,
+    /// Queued messages removed unread after the retention period.
+    pub expired: AtomicU64,
+    /// History entries removed after the retention period.
+    pub expired_history: AtomicU64,
+    /// Time one group commit takes: begin, apply the batch, commit (fsync).
+    pub commit_latency: LatencyHistogram,
+}
+
+/// What makes a message a chat message: who sent it and when. The store keeps chat
+/// messages in history and recognises a retry of one it already holds.
+#[derive(Debug, Clone)]
+pub struct Chat {
+    /// The sending user.
+    pub sender: Arc<str>,
+    /// When the gateway accepted it (the `timestamp` of its `new_message`).
+    pub timestamp_ms: u64,
+}
+
+/// A request to the store thread.
+#[derive(Debug)]
+pub enum Command {
+    /// Queue a message for an offline user; answer its sender on its reactor.
+    Enqueue(Box<Enqueue>),
+    /// Keep a chat message that reached a device in its conversation's history.
+    Record {
+        /// The receiver.
+        receiver: Box<str>,
+        /// The sender's message id.
+        message_id: Box<str>,
+        /// The `new_message` JSON.
+        payload: Bytes,
+        /// Sender and time.
+        chat: Chat,
+    },
+    /// Read `user`'s queue for a device that just authenticated.
+    Drain {
+        /// The user.
+        user: Box<str>,
+        /// The device to deliver to.
+        device: ConnAddr,
+    },
+    /// Read `user`'s queue for the HTTP API (and, with `drain`, remove what was read).
+    Peek {
+        /// The user.
+        user: Box<str>,
+        /// The HTTP connection waiting for it.
+        requester: ConnAddr,
+        /// Remove what is returned.
+        drain: bool,
+    },
+    /// Delete messages written to a device.
+    Remove {
+        /// The user.
+        user: Box<str>,
+        /// The messages.
+        keys: Vec<QueueKey>,
+    },
+    /// Queue a broadcast for the users it names that have no device online, and tell the
+    /// requester's reactor how many were kept.
+    EnqueueBroadcast(Box<BroadcastBatch>),
+    /// Read a page of the conversation between `user` and `peer`, newest first.
+    History {
+        /// The asking user.
+        user: Box<str>,
+        /// The other side of the conversation.
+        peer: Box<str>,
+        /// Only messages with a timestamp before this (Unix ms).
+        before: Option<u64>,
+        /// At most this many (1 to [`crate::protocol::inbound::HISTORY_LIMIT_MAX`]).
+        limit: usize,
+        /// The connection waiting for it.
+        requester: ConnAddr,
+    },
+    /// Find who sent `reader` the message `message_id` (delivered or queued to it).
+    FindSender {
+        /// The user that read it.
+        reader: Box<str>,
+        /// The message id.
+        message_id: Box<str>,
+        /// The connection that sent the `read_receipt`.
+        requester: ConnAddr,
+    },
+    /// Commit what came before, then stop (sent by the engine once its reactors are done).
+    Shutdown,
+}
+
+/// Queue `payload` (a `new_message` JSON) for `user`; answer `sender` on its reactor.
+#[derive(Debug)]
+pub struct Enqueue {
+    /// The offline receiver.
+    pub user: Box<str>,
+    /// Its lane.
+    pub priority: Priority,
+    /// The `new_message` JSON, as it will be delivered.
+    pub payload: Bytes,
+    /// The sending connection (WebSocket or HTTP API), told the outcome; `None` for
+    /// what nobody waits on (delivery and read receipts).
+    pub sender: Option<ConnAddr>,
+    /// The sender's message id.
+    pub message_id: Box<str>,
+    /// Send the sender a `delivery_receipt` when this is delivered.
+    pub receipt: bool,
+    /// The home that sent it and its dedup key: told when the message is not kept,
+    /// so that a retry is tried again rather than acknowledged `queued`.
+    pub dedup: Option<(usize, PairKey)>,
+    /// Set for chat messages: kept in history too, and not queued twice.
+    pub chat: Option<Chat>,
+}
+
+/// The part of a broadcast one home could not deliver: queue it for these users.
+#[derive(Debug)]
+pub struct BroadcastBatch {
+    /// The users with no device online, each with its `new_message` JSON.
+    pub messages: Vec<(Box<str>, Bytes)>,
+    /// The broadcast's lane.
+    pub priority: Priority,
+    /// The HTTP connection waiting for the counts.
+    pub requester: ConnAddr,
+    /// The pending broadcast at the requester's reactor.
+    pub request: u32,
+    /// Users this home reached on a device (passed through to the answer).
+    pub delivered: u32,
+}
+
+/// Whether a message was queued.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Committed (or already held: a retry).
+    Queued,
+    /// The user's queue is at `--queue-max-per-user`.
+    QueueFull,
+    /// The commit failed (disk full, I/O error): nothing was stored.
+    Failed(String),
+}
+
+/// An answer from the store to a reactor.
+#[derive(Debug)]
+pub enum Reply {
+    /// The outcome of an `Enqueue`.
+    Enqueued {
+        /// The sending connection.
+        sender: ConnAddr,
+        /// Its message id.
+        message_id: Box<str>,
+        /// What happened.
+        outcome: Outcome,
+    },
+    /// A user's queued messages, in delivery order, for one device.
+    Pending {
+        /// The device.
+        device: ConnAddr,
+        /// The user.
+        user: Box<str>,
+        /// The messages, in order.
+        messages: Vec<Queued>,
+        /// More remain queued after these.
+        more: bool,
+    },
+    /// To a home: a message it sent was not kept (full queue, failed commit).
+    NotKept {
+        /// Its dedup key.
+        key: PairKey,
+    },
+    /// A user's queue for the HTTP API.
+    Peeked {
+        /// The HTTP connection.
+        requester: ConnAddr,
+        /// The user.
+        user: Box<str>,
+        /// `new_message` JSON of each queued message, in delivery order.
+        messages: Vec<Bytes>,
+        /// More remain queued after these.
+        more: bool,
+        /// Set when the store could not read (or drain) the queue.
+        error: Option<String>,
+    },
+    /// To a broadcast's requester: one home's counts, after the commit.
+    BroadcastQueued {
+        /// The pending broadcast at the requester's reactor.
+        request: u32,
+        /// Users reached on a device.
+        delivered: u32,
+        /// Users whose queue now holds it.
+        queued: u32,
+        /// Users it could not be queued for (full queue, failed commit).
+        not_kept: u32,
+    },
+    /// A page of history, newest first.
+    History {
+        /// The connection that asked.
+        requester: ConnAddr,
+        /// The other side of the conversation.
+        peer: Box<str>,
+        /// `new_message` JSON of each message.
+        messages: Vec<Bytes>,
+        /// Set when the store could not read it.
+        error: Option<String>,
+    },
+    /// Who sent the message a `read_receipt` named.
+    SenderFound {
+        /// The connection that sent the `read_receipt`.
+        requester: ConnAddr,
+        /// The user that read it.
+        reader: Box<str>,
+        /// The message id.
+        message_id: Box<str>,
+        /// The sender; `None` when no such message reached the reader.
+        sender: Option<Box<str>>,
+        /// Set when the store could not look.
+        error: Option<String>,
+    },
+}
+
+/// One queued message as read back.
+#[derive(Debug)]
+pub struct Queued {
+    /// Where it sits (for removal).
+    pub key: QueueKey,
+    /// The JSON as it is delivered.
+    pub payload: Bytes,
+    /// Its lane.
+    pub priority: Priority,
+    /// Whether its sender wants a `delivery_receipt`.
+    pub receipt: bool,
+}
+
+/// The reactors' side: send commands; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Store {
+    commands: mpsc::Sender<Command>,
+    /// Counters.
+    pub stats: Arc<StoreStats>,
+}
+
+impl Store {
+    /// Hands a command to the store thread. Never blocks; fails only if the thread is
+    /// gone, which the caller reports as a persistence failure.
+    pub fn send(&self, command: Command) -> Result<(), Command> {
+        self.commands.send(command).map_err(|e| e.0)
+    }
+}
+
+/// Where the store thread delivers answers: one channel and doorbell per reactor.
+pub struct ReplyRoutes {
+    /// Per reactor, the sending side of its reply channel.
+    pub senders: Vec<mpsc::Sender<Reply>>,
+    /// The reactors' doorbells (shared with them).
+    pub doorbells: Arc<dyn DoorbellSet + Send + Sync>,
+}
+
+/// Something that can wake reactor `index`.
+pub trait DoorbellSet {
+    /// Wakes reactor `index`.
+    fn ring(&self, index: usize);
+}
+
+/// What the store keeps and for how long.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Messages one user's offline queue holds at most.
+    pub queue_max_per_user: u64,
+    /// How long queued messages and history are kept.
+    pub retention: Duration,
+}
+
+/// Opens (or creates) the store in `dir` and starts its thread.
+pub fn open(
+    dir: &Path,
+    limits: Limits,
+    routes: ReplyRoutes,
+) -> io::Result<(Store, JoinHandle<()>)> {
+    std::fs::create_dir_all(dir)?;
+    let path = dir.join("engine.redb");
+    let db = Database::create(&path).map_err(io::Error::other)?;
+    let state = worker::State::load(&db).map_err(io::Error::other)?;
+    info!(
+        path = %path.display(),
+        queued = state.queued(),
+        users = state.users_with_queue(),
+        "store open"
+    );
+    let stats = Arc::new(StoreStats::default());
+    let (commands, inbox) = mpsc::channel();
+    let worker = worker::Worker::new(db, path, state, limits, routes, stats.clone());
+    let thread = std::thread::Builder::new()
+        .name("store".into())
+        .spawn(move || worker.run(inbox))?;
+    Ok((Store { commands, stats }, thread))
+}

@@ -1,0 +1,574 @@
+//! The store thread: group commit of every command waiting, answers after the commit, and
+//! the retention sweep in small transactions between batches.
+
+use std::{
+    path::PathBuf,
+    sync::{atomic::Ordering, mpsc, Arc},
+    time::{Duration, Instant},
+};
+
+use redb::{Database, ReadableTable, TableDefinition, WriteTransaction};
+use tracing::{error, info};
+
+use super::{
+    history::{self, Tables},
+    queue::{self, Counts, QUEUE},
+    BroadcastBatch, Command, Enqueue, Limits, Outcome, Reply, ReplyRoutes, StoreStats, BATCH_MAX,
+    DRAIN_BYTES_MAX, DRAIN_MESSAGES_MAX, PEEK_BYTES_MAX, PEEK_MESSAGES_MAX,
+};
+use crate::{
+    protocol::now_ms,
+    router::{dedup::PairKey, ConnAddr},
+};
+
+/// Small named values: the next sequence number.
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// The [`META`] key of the next sequence number (queue and history share one sequence).
+const NEXT_SEQUENCE: &str = "next_sequence";
+/// How often expired messages are swept at most (less often when retention is long).
+const SWEEP_INTERVAL_MAX: Duration = Duration::from_secs(3600);
+/// Entries one sweep transaction looks at, so a sweep of a large file never holds the
+/// thread (and every sender waiting for a commit) for long.
+const SWEEP_VISIT_MAX: usize = 20_000;
+
+/// What the thread keeps in memory about the file.
+pub(super) struct State {
+    counts: Counts,
+    next_sequence: u64,
+}
+
+impl State {
+    /// Creates the tables on first start and reads the queue lengths and the sequence.
+    pub(super) fn load(db: &Database) -> Result<State, redb::Error> {
+        let txn = db.begin_write()?;
+        let (counts, highest) = Counts::scan(&txn.open_table(QUEUE)?)?;
+        txn.open_table(history::HISTORY)?;
+        txn.open_table(history::RECEIVED)?;
+        let stored = txn.open_table(META)?.get(NEXT_SEQUENCE)?.map(|v| v.value());
+        txn.commit()?;
+        let next_sequence = stored.unwrap_or(1).max(highest + 1);
+        Ok(State {
+            counts,
+            next_sequence,
+        })
+    }
+
+    /// Messages queued in all.
+    pub(super) fn queued(&self) -> u64 {
+        self.counts.total()
+    }
+
+    /// Users with a queue.
+    pub(super) fn users_with_queue(&self) -> usize {
+        self.counts.users()
+    }
+}
+
+/// Where a retention sweep has got to.
+enum Sweep {
+    /// Going through queues, from this key on.
+    Queue(Option<queue::Cursor>),
+    /// Going through the message index, from this key on.
+    History(Option<history::Cursor>),
+}
+
+/// The store thread's state.
+pub(super) struct Worker {
+    /// `None` after a failed transaction until the file could be opened again.
+    db: Option<Database>,
+    /// The database file, for reopening.
+    path: PathBuf,
+    state: State,
+    limits: Limits,
+    /// When the last sweep started.
+    last_sweep: Instant,
+    /// The sweep under way: its position and the time before which messages expire.
+    sweep: Option<(Sweep, u64)>,
+    routes: ReplyRoutes,
+    stats: Arc<StoreStats>,
+}
+
+/// What one transaction changed, for the counters once it committed.
+#[derive(Default)]
+struct Tally {
+    persisted: u64,
+    recorded: u64,
+}
+
+impl Worker {
+    pub(super) fn new(
+        db: Database,
+        path: PathBuf,
+        state: State,
+        limits: Limits,
+        routes: ReplyRoutes,
+        stats: Arc<StoreStats>,
+    ) -> Worker {
+        Worker {
+            db: Some(db),
+            path,
+            state,
+            limits,
+            last_sweep: Instant::now(),
+            sweep: None,
+            routes,
+            stats,
+        }
+    }
+
+    /// Runs until `Shutdown`, or until every `Store` handle is gone.
+    pub(super) fn run(mut self, inbox: mpsc::Receiver<Command>) {
+        let mut batch = Vec::with_capacity(BATCH_MAX);
+        let sweep_every = (self.limits.retention / 10).min(SWEEP_INTERVAL_MAX);
+        loop {
+            if self.sweep.is_none() && self.last_sweep.elapsed() >= sweep_every {
+                self.start_sweep();
+            }
+            // While a sweep is under way, commands go first and a sweep step follows.
+            let wait = if self.sweep.is_some() {
+                Duration::ZERO
+            } else {
+                sweep_every
+            };
+            let first = match inbox.recv_timeout(wait) {
+                Ok(command) => Some(command),
+                Err(mpsc::RecvTimeoutError::Timeout) => None,
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            };
+            if let Some(first) = first {
+                let mut stopping = matches!(first, Command::Shutdown);
+                if !stopping {
+                    batch.push(first);
+                }
+                while !stopping && batch.len() < BATCH_MAX {
+                    match inbox.try_recv() {
+                        Ok(Command::Shutdown) => stopping = true,
+                        Ok(command) => batch.push(command),
+                        Err(_) => break,
+                    }
+                }
+                if !batch.is_empty() {
+                    let replies = self.apply(&mut batch);
+                    self.answer(replies);
+                }
+                if stopping {
+                    break;
+                }
+            }
+            if self.sweep.is_some() {
+                self.sweep_step();
+            }
+        }
+        info!("store closed");
+    }
+
+    /// Applies a batch in one transaction; returns each reactor's answers.
+    fn apply(&mut self, batch: &mut Vec<Command>) -> Vec<(usize, Reply)> {
+        let sequence_before = self.state.next_sequence;
+        self.state.counts.begin();
+        let mut replies = Vec::new();
+        if self.db.is_none() {
+            self.reopen();
+        }
+        let result = match self.db.take() {
+            Some(db) => {
+                let result = self.transact(&db, batch, &mut replies);
+                if result.is_ok() {
+                    self.db = Some(db);
+                } else {
+                    // redb refuses all work after an I/O error until the file is reopened.
+                    drop(db);
+                    self.reopen();
+                }
+                result.map_err(|e| e.to_string())
+            }
+            None => Err("the store file could not be reopened after an earlier error".to_owned()),
+        };
+        if let Err(why) = result {
+            error!("store commit failed: {why}");
+            // Nothing of the batch is stored: undo the bookkeeping and tell every waiter.
+            self.state.counts.roll_back();
+            self.state.next_sequence = sequence_before;
+            replies = self.failure_replies(batch, &why);
+        }
+        batch.clear();
+        replies
+    }
+
+    /// Applies `batch` in one write transaction and commits it.
+    fn transact(
+        &mut self,
+        db: &Database,
+        batch: &[Command],
+        replies: &mut Vec<(usize, Reply)>,
+    ) -> Result<(), redb::Error> {
+        let started = Instant::now();
+        let sequence_before = self.state.next_sequence;
+        let txn = db.begin_write()?;
+        let tally = self.apply_commands(&txn, batch, replies)?;
+        if self.state.next_sequence != sequence_before {
+            txn.open_table(META)?
+                .insert(NEXT_SEQUENCE, self.state.next_sequence)?;
+        }
+        txn.commit()?;
+        let took_us = started.elapsed().as_micros() as u64;
+        self.stats.commit_latency.observe_us(took_us);
+        self.stats.commits.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .persisted
+            .fetch_add(tally.persisted, Ordering::Relaxed);
+        self.stats
+            .recorded
+            .fetch_add(tally.recorded, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn apply_commands(
+        &mut self,
+        txn: &WriteTransaction,
+        batch: &[Command],
+        replies: &mut Vec<(usize, Reply)>,
+    ) -> Result<Tally, redb::Error> {
+        let mut tally = Tally::default();
+        let mut queues = txn.open_table(QUEUE)?;
+        let mut tables = Tables {
+            history: txn.open_table(history::HISTORY)?,
+            received: txn.open_table(history::RECEIVED)?,
+        };
+        let now = now_ms();
+        let state = &mut self.state;
+        // By reference: on an error the whole batch is still here to be answered.
+        for command in batch {
+            match command {
+                Command::Enqueue(enqueue) => {
+                    let Enqueue {
+                        user,
+                        priority,
+                        payload,
+                        sender,
+                        message_id,
+                        receipt,
+                        dedup,
+                        chat,
+                    } = &**enqueue;
+                    let held = match chat {
+                        Some(chat) => tables.holds(user, message_id, &chat.sender)?,
+                        None => false,
+                    };
+                    let outcome = if held {
+                        Outcome::Queued // a retry of a message already held
+                    } else if state.counts.of(user) >= self.limits.queue_max_per_user {
+                        Outcome::QueueFull
+                    } else {
+                        let sequence = state.take_sequence();
+                        let key = (&**user, *priority, sequence);
+                        queue::push(&mut queues, &mut state.counts, key, *receipt, payload, now)?;
+                        tally.persisted += 1;
+                        if let Some(chat) = chat {
+                            tables.record(user, message_id, chat, sequence, payload)?;
+                            tally.recorded += 1;
+                        }
+                        Outcome::Queued
+                    };
+                    enqueue_outcome(replies, *sender, message_id, *dedup, outcome);
+                }
+                Command::Record {
+                    receiver,
+                    message_id,
+                    payload,
+                    chat,
+                } => {
+                    if !tables.holds(receiver, message_id, &chat.sender)? {
+                        let sequence = state.take_sequence();
+                        tables.record(receiver, message_id, chat, sequence, payload)?;
+                        tally.recorded += 1;
+                    }
+                }
+                Command::EnqueueBroadcast(broadcast) => {
+                    let mut queued = 0;
+                    for (user, payload) in &broadcast.messages {
+                        if state.counts.of(user) < self.limits.queue_max_per_user {
+                            let key = (&**user, broadcast.priority, state.take_sequence());
+                            queue::push(&mut queues, &mut state.counts, key, false, payload, now)?;
+                            queued += 1;
+                        }
+                    }
+                    tally.persisted += u64::from(queued);
+                    let not_kept = broadcast.messages.len() as u32 - queued;
+                    replies.push(broadcast_counts(broadcast, queued, not_kept));
+                }
+                Command::Drain { user, device } => {
+                    let (messages, more) =
+                        queue::read(&queues, user, DRAIN_MESSAGES_MAX, DRAIN_BYTES_MAX)?;
+                    let reply = Reply::Pending {
+                        device: *device,
+                        user: user.clone(),
+                        messages,
+                        more,
+                    };
+                    replies.push((device.reactor as usize, reply));
+                }
+                Command::Peek {
+                    user,
+                    requester,
+                    drain,
+                } => {
+                    let (queued, more) =
+                        queue::read(&queues, user, PEEK_MESSAGES_MAX, PEEK_BYTES_MAX)?;
+                    if *drain {
+                        let keys = queued.iter().map(|m| m.key);
+                        queue::remove(&mut queues, &mut state.counts, user, keys)?;
+                    }
+                    let messages = queued.into_iter().map(|m| m.payload).collect();
+                    let reply = Reply::Peeked {
+                        requester: *requester,
+                        user: user.clone(),
+                        messages,
+                        more,
+                        error: None,
+                    };
+                    replies.push((requester.reactor as usize, reply));
+                }
+                Command::Remove { user, keys } => {
+                    let keys = keys.iter().copied();
+                    queue::remove(&mut queues, &mut state.counts, user, keys)?;
+                }
+                Command::History {
+                    user,
+                    peer,
+                    before,
+                    limit,
+                    requester,
+                } => {
+                    let messages = tables.page(user, peer, *before, *limit)?;
+                    let reply = Reply::History {
+                        requester: *requester,
+                        peer: peer.clone(),
+                        messages,
+                        error: None,
+                    };
+                    replies.push((requester.reactor as usize, reply));
+                }
+                Command::FindSender {
+                    reader,
+                    message_id,
+                    requester,
+                } => {
+                    let sender = tables.sender_of(reader, message_id)?;
+                    let reply = Reply::SenderFound {
+                        requester: *requester,
+                        reader: reader.clone(),
+                        message_id: message_id.clone(),
+                        sender,
+                        error: None,
+                    };
+                    replies.push((requester.reactor as usize, reply));
+                }
+                Command::Shutdown => {}
+            }
+        }
+        Ok(tally)
+    }
+
+    /// The answers to a batch whose transaction failed: senders hear `persistence_failed`,
+    /// readers an error; a device asking for its queue hears nothing (the queue is still
+    /// there for its next authentication); what nobody waits on is lost and counted.
+    fn failure_replies(&self, batch: &[Command], why: &str) -> Vec<(usize, Reply)> {
+        let mut replies = Vec::new();
+        let error = || Some(why.to_owned());
+        for command in batch {
+            match command {
+                Command::Enqueue(enqueue) => {
+                    self.stats.failures.fetch_add(1, Ordering::Relaxed);
+                    let outcome = Outcome::Failed(why.to_owned());
+                    let Enqueue {
+                        sender,
+                        message_id,
+                        dedup,
+                        ..
+                    } = &**enqueue;
+                    enqueue_outcome(&mut replies, *sender, message_id, *dedup, outcome);
+                }
+                Command::Record { .. } => {
+                    self.stats.failures.fetch_add(1, Ordering::Relaxed);
+                }
+                Command::EnqueueBroadcast(broadcast) => {
+                    let not_kept = broadcast.messages.len() as u32;
+                    self.stats
+                        .failures
+                        .fetch_add(u64::from(not_kept), Ordering::Relaxed);
+                    replies.push(broadcast_counts(broadcast, 0, not_kept));
+                }
+                Command::Peek {
+                    user, requester, ..
+                } => {
+                    let reply = Reply::Peeked {
+                        requester: *requester,
+                        user: user.clone(),
+                        messages: Vec::new(),
+                        more: false,
+                        error: error(),
+                    };
+                    replies.push((requester.reactor as usize, reply));
+                }
+                Command::History {
+                    peer, requester, ..
+                } => {
+                    let reply = Reply::History {
+                        requester: *requester,
+                        peer: peer.clone(),
+                        messages: Vec::new(),
+                        error: error(),
+                    };
+                    replies.push((requester.reactor as usize, reply));
+                }
+                Command::FindSender {
+                    reader,
+                    message_id,
+                    requester,
+                } => {
+                    let reply = Reply::SenderFound {
+                        requester: *requester,
+                        reader: reader.clone(),
+                        message_id: message_id.clone(),
+                        sender: None,
+                        error: error(),
+                    };
+                    replies.push((requester.reactor as usize, reply));
+                }
+                Command::Drain { .. } | Command::Remove { .. } | Command::Shutdown => {}
+            }
+        }
+        replies
+    }
+
+    /// Begins a sweep of everything older than the retention period.
+    fn start_sweep(&mut self) {
+        self.last_sweep = Instant::now();
+        let retention_ms = self.limits.retention.as_millis().min(u128::from(u64::MAX)) as u64;
+        let cutoff = now_ms().saturating_sub(retention_ms);
+        self.sweep = Some((Sweep::Queue(None), cutoff));
+    }
+
+    /// One sweep transaction: up to [`SWEEP_VISIT_MAX`] entries of the queues, then of the
+    /// message index (with their conversation entries).
+    fn sweep_step(&mut self) {
+        let (Some(db), Some((position, cutoff))) = (self.db.as_ref(), self.sweep.take()) else {
+            return;
+        };
+        let counter = match position {
+            Sweep::Queue(_) => &self.stats.expired,
+            Sweep::History(_) => &self.stats.expired_history,
+        };
+        self.state.counts.begin();
+        let counts = &mut self.state.counts;
+        let result = (|| -> Result<(u64, Option<Sweep>), redb::Error> {
+            let txn = db.begin_write()?;
+            let (removed, next) = match position {
+                Sweep::Queue(cursor) => {
+                    let mut table = txn.open_table(QUEUE)?;
+                    let (removed, next) =
+                        queue::sweep(&mut table, counts, cursor, cutoff, SWEEP_VISIT_MAX)?;
+                    let next = match next {
+                        Some(key) => Sweep::Queue(Some(key)),
+                        None => Sweep::History(None), // the queues are done: history next
+                    };
+                    (removed, Some(next))
+                }
+                Sweep::History(cursor) => {
+                    let mut tables = Tables {
+                        history: txn.open_table(history::HISTORY)?,
+                        received: txn.open_table(history::RECEIVED)?,
+                    };
+                    let (removed, next) = tables.sweep(cursor, cutoff, SWEEP_VISIT_MAX)?;
+                    (removed, next.map(|key| Sweep::History(Some(key))))
+                }
+            };
+            txn.commit()?;
+            Ok((removed, next))
+        })();
+        match result {
+            Ok((removed, next)) => {
+                counter.fetch_add(removed, Ordering::Relaxed);
+                if removed > 0 {
+                    info!(removed, "store: expired messages removed");
+                }
+                self.sweep = next.map(|n| (n, cutoff));
+            }
+            Err(e) => {
+                self.state.counts.roll_back();
+                error!("store: retention sweep failed: {e}");
+            }
+        }
+    }
+
+    /// Opens the file again after a failed transaction (the next batch retries if this
+    /// fails too). What was committed before is intact; the in-memory counts match it.
+    fn reopen(&mut self) {
+        match Database::create(&self.path) {
+            Ok(db) => {
+                info!("store reopened after an error");
+                self.db = Some(db);
+            }
+            Err(e) => error!("store reopen failed: {e}"),
+        }
+    }
+
+    fn answer(&self, replies: Vec<(usize, Reply)>) {
+        let mut rung = vec![false; self.routes.senders.len()];
+        for (reactor, reply) in replies {
+            // A reactor that is gone is shutting down; its connections are closing.
+            if self.routes.senders[reactor].send(reply).is_ok() {
+                rung[reactor] = true;
+            }
+        }
+        for (reactor, ring) in rung.into_iter().enumerate() {
+            if ring {
+                self.routes.doorbells.ring(reactor);
+            }
+        }
+    }
+}
+
+impl State {
+    fn take_sequence(&mut self) -> u64 {
+        let sequence = self.next_sequence;
+        self.next_sequence += 1;
+        sequence
+    }
+}
+
+/// The answer to one `Enqueue`: its sender hears the outcome, and a home whose message
+/// was not kept forgets it from its dedup window (so a retry is tried again).
+fn enqueue_outcome(
+    replies: &mut Vec<(usize, Reply)>,
+    sender: Option<ConnAddr>,
+    message_id: &str,
+    dedup: Option<(usize, PairKey)>,
+    outcome: Outcome,
+) {
+    if outcome != Outcome::Queued {
+        if let Some((home, key)) = dedup {
+            replies.push((home, Reply::NotKept { key }));
+        }
+    }
+    if let Some(sender) = sender {
+        let reply = Reply::Enqueued {
+            sender,
+            message_id: message_id.into(),
+            outcome,
+        };
+        replies.push((sender.reactor as usize, reply));
+    }
+}
+
+/// A home's broadcast counts for its requester's reactor.
+fn broadcast_counts(broadcast: &BroadcastBatch, queued: u32, not_kept: u32) -> (usize, Reply) {
+    let reply = Reply::BroadcastQueued {
+        request: broadcast.request,
+        delivered: broadcast.delivered,
+        queued,
+        not_kept,
+    };
+    (broadcast.requester.reactor as usize, reply)
+}
