@@ -29,6 +29,10 @@ pub const QUEUE_MAX_PER_USER_RANGE: (u64, u64) = (1, 10_000_000);
 pub const RETENTION_DAYS_DEFAULT: f64 = 30.0;
 /// Bounds for `--retention-days` (fractions allowed: 0.5 is twelve hours).
 pub const RETENTION_DAYS_RANGE: (f64, f64) = (0.000_01, 3650.0);
+/// Default memory for the store's page cache, in MiB (redb's own default is 1 GiB).
+pub const STORE_CACHE_MB_DEFAULT: u64 = 128;
+/// Bounds for `--store-cache-mb`.
+pub const STORE_CACHE_MB_RANGE: (u64, u64) = (4, 1 << 20);
 /// The most reactors accepted; each is a thread with its own fd table and mailboxes.
 pub const REACTORS_MAX: usize = 256;
 
@@ -77,6 +81,9 @@ pub struct Args {
     /// Days a queued message is kept before it expires unread (fractions allowed) [default: 30]
     #[arg(long, env = "ENGINE_RETENTION_DAYS", value_name = "DAYS")]
     pub retention_days: Option<f64>,
+    /// Memory for the store's page cache, in MiB [default: 128]
+    #[arg(long, env = "ENGINE_STORE_CACHE_MB", value_name = "MIB")]
+    pub store_cache_mb: Option<u64>,
     /// Bound on a graceful shutdown (SIGTERM/SIGINT) before remaining sockets are dropped [default: 5000]
     #[arg(long, env = "ENGINE_SHUTDOWN_TIMEOUT_MS", value_name = "MS")]
     pub shutdown_timeout_ms: Option<u64>,
@@ -118,6 +125,7 @@ struct FileConfig {
     data_dir: Option<PathBuf>,
     queue_max_per_user: Option<u64>,
     retention_days: Option<f64>,
+    store_cache_mb: Option<u64>,
     shutdown_timeout_ms: Option<u64>,
     log_level: Option<String>,
 }
@@ -141,8 +149,10 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Bound on one user's offline queue.
     pub queue_max_per_user: u64,
-    /// How long a queued message is kept.
+    /// How long queued messages and history are kept.
     pub retention: std::time::Duration,
+    /// Bytes of the store's page cache.
+    pub store_cache_bytes: usize,
     /// Bound on graceful shutdown.
     pub shutdown_timeout_ms: u64,
     /// The tracing filter.
@@ -161,6 +171,7 @@ impl Default for Config {
             data_dir: PathBuf::from(DATA_DIR_DEFAULT),
             queue_max_per_user: QUEUE_MAX_PER_USER_DEFAULT,
             retention: std::time::Duration::from_secs_f64(RETENTION_DAYS_DEFAULT * 86_400.0),
+            store_cache_bytes: (STORE_CACHE_MB_DEFAULT << 20) as usize,
             shutdown_timeout_ms: SHUTDOWN_TIMEOUT_MS_DEFAULT,
             log_level: "info".to_owned(),
         }
@@ -299,6 +310,13 @@ impl Config {
             return Err(invalid("retention-days", "must be a number of days"));
         }
         let retention = std::time::Duration::from_secs_f64(retention_days * 86_400.0);
+        let store_cache_mb = in_range(
+            "store-cache-mb",
+            args.store_cache_mb
+                .or(file.store_cache_mb)
+                .unwrap_or(STORE_CACHE_MB_DEFAULT),
+            STORE_CACHE_MB_RANGE,
+        )?;
         let log_level = args
             .log_level
             .or(file.log_level)
@@ -319,6 +337,7 @@ impl Config {
             data_dir,
             queue_max_per_user,
             retention,
+            store_cache_bytes: (store_cache_mb << 20) as usize,
             shutdown_timeout_ms,
             log_level,
         })
@@ -377,6 +396,12 @@ mod tests {
             .unwrap_err();
             assert!(err.to_string().starts_with("--retention-days:"), "{err}");
         }
+        let err = Config::resolve(Args {
+            store_cache_mb: Some(1),
+            ..Args::default()
+        })
+        .unwrap_err();
+        assert!(err.to_string().starts_with("--store-cache-mb:"), "{err}");
         let err = Config::resolve(Args {
             log_level: Some("[[".into()),
             ..Args::default()

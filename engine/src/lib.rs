@@ -74,6 +74,7 @@ impl Engine {
             store::Limits {
                 queue_max_per_user: shared.config.queue_max_per_user,
                 retention: shared.config.retention,
+                cache_bytes: shared.config.store_cache_bytes,
             },
             routes,
         )

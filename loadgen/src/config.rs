@@ -53,6 +53,10 @@ pub struct Args {
     /// server's offline queue and acknowledged `queued` (measures the store)
     #[arg(long)]
     pub offline_receivers: bool,
+    /// Write the id of every message acknowledged `queued` to queued-ids.txt in --out, one
+    /// per line (what a crash test checks against the queues after a restart)
+    #[arg(long)]
+    pub queued_ids: bool,
     /// Messages per second in the load phase, all senders together (0: no load phase)
     #[arg(long, default_value_t = 0, value_name = "M")]
     pub rate: u64,

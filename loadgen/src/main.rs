@@ -97,6 +97,7 @@ fn run(args: &Args) -> Result<report::Summary, String> {
         epoch: std::time::Instant::now(),
         scenario: args.scenario,
         offline_receivers: args.offline_receivers,
+        record_queued_ids: args.queued_ids,
         server_pid: args.server_pid,
     });
     let load_start = Arc::new(std::sync::Barrier::new(workers));
@@ -142,6 +143,12 @@ fn run(args: &Args) -> Result<report::Summary, String> {
     );
     summary.rate = (args.rate, args.duration_secs);
     summary.scenario = args.scenario.name();
+    if args.queued_ids {
+        let ids = reports
+            .iter_mut()
+            .flat_map(|r| std::mem::take(&mut r.queued_ids));
+        summary.queued_ids = Some(ids.collect());
+    }
     summary.interrupted = progress.interrupted.load(Ordering::Acquire);
     let after_hold = progress.server_rss_after_hold.load(Ordering::Acquire);
     let after_hold = if after_hold > 0 {

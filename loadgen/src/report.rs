@@ -39,6 +39,8 @@ pub struct Summary {
     pub undeliverable: u64,
     /// Load phase: messages acknowledged `queued` (stored for an offline receiver).
     pub queued: u64,
+    /// Their ids, when asked for (`--queued-ids`), written to `queued-ids.txt`.
+    pub queued_ids: Option<Vec<Box<str>>>,
     /// Load phase: acks received.
     pub acked: u64,
     /// Load phase: messages sent more than 1 ms after their scheduled time.
@@ -80,6 +82,7 @@ impl Summary {
             delivered: reports.iter().map(|r| r.delivered).sum(),
             undeliverable: reports.iter().map(|r| r.undeliverable).sum(),
             queued: reports.iter().map(|r| r.queued).sum(),
+            queued_ids: None,
             acked: reports.iter().map(|r| r.acked).sum(),
             sent_late: reports.iter().map(|r| r.sent_late).sum(),
             delivery,
@@ -251,6 +254,14 @@ impl Summary {
         std::fs::write(dir.join("report.json"), text)?;
         std::fs::write(dir.join("delivery.hgrm"), self.delivery.to_hgrm())?;
         std::fs::write(dir.join("ack.hgrm"), self.ack.to_hgrm())?;
+        if let Some(ids) = &self.queued_ids {
+            let mut text = String::with_capacity(ids.len() * 24);
+            for id in ids {
+                text.push_str(id);
+                text.push('\n');
+            }
+            std::fs::write(dir.join("queued-ids.txt"), text)?;
+        }
         let title = format!(
             "{} connections, {} msg/s: latency by percentile",
             self.held, self.rate.0

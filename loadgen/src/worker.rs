@@ -62,6 +62,8 @@ pub struct Plan {
     pub scenario: Scenario,
     /// Address every message to a user no connection holds (the store's load).
     pub offline_receivers: bool,
+    /// Keep the id of every message acknowledged `queued`.
+    pub record_queued_ids: bool,
     /// The server's pid, for its RSS at the end of the hold.
     pub server_pid: Option<u32>,
 }
@@ -133,6 +135,8 @@ pub struct WorkerReport {
     pub undeliverable: u64,
     /// Messages acknowledged `queued` (stored for an offline receiver).
     pub queued: u64,
+    /// Their ids, when the plan says to keep them.
+    pub queued_ids: Vec<Box<str>>,
     /// Messages sent later than scheduled by more than 1 ms (the generator fell behind).
     pub sent_late: u64,
     /// Scheduled send → arrival at the receiver.
@@ -717,6 +721,11 @@ impl Worker {
                     let (kind, stamp) = match self.plan.scenario {
                         Scenario::Chat => {
                             let kind = message_type(payload);
+                            if kind == MessageType::Queued && self.plan.record_queued_ids {
+                                if let Some(id) = message_id_of(payload) {
+                                    self.report.queued_ids.push(id.into());
+                                }
+                            }
                             (kind, stamp_of(payload, kind))
                         }
                         Scenario::Echo => echo_type(payload),
@@ -921,6 +930,14 @@ fn stamp_of(payload: &[u8], kind: MessageType) -> Option<u64> {
         .ok()
 }
 
+/// The `messageId` of a `message_ack` (the loadgen's ids need no JSON unescaping).
+fn message_id_of(payload: &[u8]) -> Option<&str> {
+    let key = br#""messageId":""#;
+    let at = payload.windows(key.len()).position(|w| w == key)? + key.len();
+    let len = payload[at..].iter().position(|&b| b == b'"')?;
+    std::str::from_utf8(&payload[at..at + len]).ok()
+}
+
 /// Reads the `type` of a message the engine wrote (it always writes `type` first).
 fn message_type(payload: &[u8]) -> MessageType {
     let rest = payload.strip_prefix(br#"{"type":""#).unwrap_or(b"");
@@ -1080,6 +1097,7 @@ mod tests {
             epoch: Instant::now(),
             scenario: Scenario::Chat,
             offline_receivers: false,
+            record_queued_ids: false,
             server_pid: None,
         };
         let mut all: Vec<usize> = (0..3)
@@ -1139,6 +1157,7 @@ mod tests {
         let queued =
             br#"{"type":"message_ack","messageId":"9-1-2","status":"queued","timestamp":1}"#;
         assert_eq!(message_type(queued), MessageType::Queued);
+        assert_eq!(message_id_of(queued), Some("9-1-2"));
         assert_eq!(stamp_of(queued, MessageType::Queued), Some(9));
     }
 }

@@ -324,6 +324,9 @@ pub struct Limits {
     pub queue_max_per_user: u64,
     /// How long queued messages and history are kept.
     pub retention: Duration,
+    /// Bytes of redb's page cache (its default, 1 GiB, would grow the gateway's RSS with
+    /// the history it reads and writes).
+    pub cache_bytes: usize,
 }
 
 /// Opens (or creates) the store in `dir` and starts its thread.
@@ -334,7 +337,7 @@ pub fn open(
 ) -> io::Result<(Store, JoinHandle<()>)> {
     std::fs::create_dir_all(dir)?;
     let path = dir.join("engine.redb");
-    let db = Database::create(&path).map_err(io::Error::other)?;
+    let db = open_file(&path, limits.cache_bytes).map_err(io::Error::other)?;
     let state = worker::State::load(&db).map_err(io::Error::other)?;
     info!(
         path = %path.display(),
@@ -349,4 +352,11 @@ pub fn open(
         .name("store".into())
         .spawn(move || worker.run(inbox))?;
     Ok((Store { commands, stats }, thread))
+}
+
+/// Opens (or creates) the database file with a page cache of `cache_bytes`.
+fn open_file(path: &Path, cache_bytes: usize) -> Result<Database, redb::DatabaseError> {
+    redb::Builder::new()
+        .set_cache_size(cache_bytes)
+        .create(path)
 }

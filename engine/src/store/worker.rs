@@ -27,6 +27,10 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const NEXT_SEQUENCE: &str = "next_sequence";
 /// How often expired messages are swept at most (less often when retention is long).
 const SWEEP_INTERVAL_MAX: Duration = Duration::from_secs(3600);
+/// The store thread's nice value while it commits history only (see [`Background`]).
+const BACKGROUND_NICE: libc::c_int = 10;
+/// How long history records of delivered messages may wait to share a commit.
+const RECORD_DELAY: Duration = Duration::from_millis(200);
 /// Entries one sweep transaction looks at, so a sweep of a large file never holds the
 /// thread (and every sender waiting for a commit) for long.
 const SWEEP_VISIT_MAX: usize = 20_000;
@@ -117,43 +121,58 @@ impl Worker {
     }
 
     /// Runs until `Shutdown`, or until every `Store` handle is gone.
+    ///
+    /// A batch of nothing but history records (messages already delivered: nobody waits
+    /// on them) is held back up to [`RECORD_DELAY`] to share a commit with what comes
+    /// next, so online traffic costs a few large commits a second rather than one small
+    /// commit (and fsync) per turn. Anything else commits at once, records included.
     pub(super) fn run(mut self, inbox: mpsc::Receiver<Command>) {
         let mut batch = Vec::with_capacity(BATCH_MAX);
+        let mut held_since: Option<Instant> = None;
         let sweep_every = (self.limits.retention / 10).min(SWEEP_INTERVAL_MAX);
         loop {
             if self.sweep.is_none() && self.last_sweep.elapsed() >= sweep_every {
                 self.start_sweep();
             }
             // While a sweep is under way, commands go first and a sweep step follows.
-            let wait = if self.sweep.is_some() {
-                Duration::ZERO
-            } else {
-                sweep_every
+            let wait = match held_since {
+                _ if self.sweep.is_some() => Duration::ZERO,
+                Some(since) => RECORD_DELAY.saturating_sub(since.elapsed()),
+                None => sweep_every,
             };
-            let first = match inbox.recv_timeout(wait) {
-                Ok(command) => Some(command),
-                Err(mpsc::RecvTimeoutError::Timeout) => None,
-                Err(mpsc::RecvTimeoutError::Disconnected) => break,
-            };
-            if let Some(first) = first {
-                let mut stopping = matches!(first, Command::Shutdown);
-                if !stopping {
-                    batch.push(first);
+            let mut stopping = false;
+            match inbox.recv_timeout(wait) {
+                Ok(Command::Shutdown) | Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    stopping = true
                 }
-                while !stopping && batch.len() < BATCH_MAX {
-                    match inbox.try_recv() {
-                        Ok(Command::Shutdown) => stopping = true,
-                        Ok(command) => batch.push(command),
-                        Err(_) => break,
-                    }
+                Ok(command) => batch.push(command),
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+            }
+            while !stopping && batch.len() < BATCH_MAX {
+                match inbox.try_recv() {
+                    Ok(Command::Shutdown) => stopping = true,
+                    Ok(command) => batch.push(command),
+                    Err(_) => break,
                 }
-                if !batch.is_empty() {
+            }
+            let only_records = batch.iter().all(|c| matches!(c, Command::Record { .. }));
+            let due = stopping
+                || !only_records
+                || batch.len() >= BATCH_MAX
+                || held_since.is_some_and(|since| since.elapsed() >= RECORD_DELAY);
+            if !batch.is_empty() {
+                if due {
+                    // History nobody waits on yields the core to routing; acks do not.
+                    let _background = only_records.then(Background::enter);
                     let replies = self.apply(&mut batch);
                     self.answer(replies);
+                    held_since = None;
+                } else {
+                    held_since.get_or_insert_with(Instant::now);
                 }
-                if stopping {
-                    break;
-                }
+            }
+            if stopping {
+                break;
             }
             if self.sweep.is_some() {
                 self.sweep_step();
@@ -505,7 +524,7 @@ impl Worker {
     /// Opens the file again after a failed transaction (the next batch retries if this
     /// fails too). What was committed before is intact; the in-memory counts match it.
     fn reopen(&mut self) {
-        match Database::create(&self.path) {
+        match super::open_file(&self.path, self.limits.cache_bytes) {
             Ok(db) => {
                 info!("store reopened after an error");
                 self.db = Some(db);
@@ -571,4 +590,35 @@ fn broadcast_counts(broadcast: &BroadcastBatch, queued: u32, not_kept: u32) -> (
         not_kept,
     };
     (broadcast.requester.reactor as usize, reply)
+}
+
+/// While alive, the store thread runs at a lower CPU priority (nice
+/// [`BACKGROUND_NICE`]): a commit of history records only, tens of milliseconds of CPU
+/// at a time, then waits for a core behind the reactors instead of holding one while
+/// online messages queue up. Failing to change the priority only costs latency.
+struct Background;
+
+impl Background {
+    fn enter() -> Background {
+        set_own_nice(BACKGROUND_NICE);
+        Background
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        set_own_nice(0);
+    }
+}
+
+fn set_own_nice(nice: libc::c_int) {
+    // SAFETY: setpriority(2) with PRIO_PROCESS and who 0 sets the calling thread's nice
+    // value on Linux; no memory is passed. Returning to 0 needs no privilege we lack
+    // (root, or RLIMIT_NICE allows it; otherwise it fails and is logged).
+    if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) } != 0 {
+        tracing::debug!(
+            "store: cannot set the thread's nice value to {nice}: {}",
+            std::io::Error::last_os_error()
+        );
+    }
 }
