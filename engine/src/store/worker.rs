@@ -360,13 +360,7 @@ impl Worker {
                     requester,
                 } => {
                     let messages = tables.page(user, peer, *before, *limit)?;
-                    let reply = Reply::History {
-                        requester: *requester,
-                        peer: peer.clone(),
-                        messages,
-                        error: None,
-                    };
-                    replies.push((requester.reactor as usize, reply));
+                    replies.push(history_answer(*requester, peer, messages, None));
                 }
                 Command::FindSender {
                     reader,
@@ -374,14 +368,8 @@ impl Worker {
                     requester,
                 } => {
                     let sender = tables.sender_of(reader, message_id)?;
-                    let reply = Reply::SenderFound {
-                        requester: *requester,
-                        reader: reader.clone(),
-                        message_id: message_id.clone(),
-                        sender,
-                        error: None,
-                    };
-                    replies.push((requester.reactor as usize, reply));
+                    let found = (&**reader, &**message_id, sender);
+                    replies.push(sender_answer(*requester, found, None));
                 }
                 Command::Shutdown => {}
             }
@@ -433,27 +421,15 @@ impl Worker {
                 Command::History {
                     peer, requester, ..
                 } => {
-                    let reply = Reply::History {
-                        requester: *requester,
-                        peer: peer.clone(),
-                        messages: Vec::new(),
-                        error: error(),
-                    };
-                    replies.push((requester.reactor as usize, reply));
+                    replies.push(history_answer(*requester, peer, Vec::new(), error()));
                 }
                 Command::FindSender {
                     reader,
                     message_id,
                     requester,
                 } => {
-                    let reply = Reply::SenderFound {
-                        requester: *requester,
-                        reader: reader.clone(),
-                        message_id: message_id.clone(),
-                        sender: None,
-                        error: error(),
-                    };
-                    replies.push((requester.reactor as usize, reply));
+                    let found = (&**reader, &**message_id, None);
+                    replies.push(sender_answer(*requester, found, error()));
                 }
                 Command::Drain { .. } | Command::Remove { .. } | Command::Shutdown => {}
             }
@@ -579,6 +555,39 @@ fn enqueue_outcome(
         };
         replies.push((sender.reactor as usize, reply));
     }
+}
+
+/// A page of history (or the store's error) for the requester's reactor.
+fn history_answer(
+    requester: ConnAddr,
+    peer: &str,
+    messages: Vec<bytes::Bytes>,
+    error: Option<String>,
+) -> (usize, Reply) {
+    let reply = Reply::History {
+        requester,
+        peer: peer.into(),
+        messages,
+        error,
+    };
+    (requester.reactor as usize, reply)
+}
+
+/// The sender a `read_receipt` named, `(reader, message id, sender)`, or the store's
+/// error, for the requester's reactor.
+fn sender_answer(
+    requester: ConnAddr,
+    (reader, message_id, sender): (&str, &str, Option<Box<str>>),
+    error: Option<String>,
+) -> (usize, Reply) {
+    let reply = Reply::SenderFound {
+        requester,
+        reader: reader.into(),
+        message_id: message_id.into(),
+        sender,
+        error,
+    };
+    (requester.reactor as usize, reply)
 }
 
 /// A home's broadcast counts for its requester's reactor.
