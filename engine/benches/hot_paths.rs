@@ -123,6 +123,7 @@ fn json(c: &mut Criterion) {
         message_type: "text",
         priority: Priority::Normal,
         timestamp_ms: 1_732_370_000_000,
+        group_id: None,
     };
     group.bench_function("write_new_message/ours", |b| {
         b.iter(|| {

@@ -69,7 +69,7 @@ impl Engine {
             senders: reply_senders,
             doorbells: shared.clone(),
         };
-        let (store, store_thread) = store::open(
+        let (store, store_thread, memberships) = store::open(
             &shared.config.data_dir,
             store::Limits {
                 queue_max_per_user: shared.config.queue_max_per_user,
@@ -84,6 +84,12 @@ impl Engine {
                 shared.config.data_dir.display()
             ))
         })?;
+        let mut groups: Vec<router::groups::Groups> =
+            (0..reactors).map(|_| Default::default()).collect();
+        for (group, user) in memberships {
+            groups[router::home_of(&group, reactors)].join(&group, user.into());
+        }
+        let mut groups = groups.into_iter();
         let (producers, consumers) = mailbox::rings(reactors);
         let (ready_tx, ready_rx) = mpsc::channel();
         let mut threads = Vec::with_capacity(reactors);
@@ -96,6 +102,7 @@ impl Engine {
                 listen,
                 store: store.clone(),
                 store_replies: reply_receivers.remove(0),
+                groups: groups.next().unwrap_or_default(),
             };
             threads.push(reactor::spawn(seed, ready_tx.clone())?);
             match ready_rx.recv() {

@@ -11,7 +11,7 @@ use std::{
 };
 
 /// Client message kinds counted separately (the rest count as `other`).
-pub const MESSAGE_KINDS: [&str; 9] = [
+pub const MESSAGE_KINDS: [&str; 18] = [
     "auth",
     "send_message",
     "typing",
@@ -19,13 +19,22 @@ pub const MESSAGE_KINDS: [&str; 9] = [
     "ping",
     "presence_subscribe",
     "presence_unsubscribe",
+    "history",
+    "group_join",
+    "group_leave",
+    "group_message",
+    "signal",
+    "message_edit",
+    "message_delete",
+    "reaction_add",
+    "reaction_remove",
     "invalid",
     "other",
 ];
 
 /// Outbound kinds counted separately: the `type` of a JSON message, `http` for an HTTP
 /// response, `control` for WebSocket control frames, `other` for the rest.
-pub const OUT_KINDS: [&str; 12] = [
+pub const OUT_KINDS: [&str; 20] = [
     "new_message",
     "message_ack",
     "auth_success",
@@ -35,15 +44,25 @@ pub const OUT_KINDS: [&str; 12] = [
     "read_receipt",
     "presence_state",
     "presence_update",
+    "delivery_receipt",
+    "history",
+    "group_member",
+    "signal",
+    "message_edited",
+    "message_deleted",
+    "reaction_added",
+    "reaction_removed",
     "http",
     "control",
     "other",
 ];
 
 /// Error codes counted separately (the rest count as `other`).
-pub const ERROR_CODES: [&str; 9] = [
+pub const ERROR_CODES: [&str; 11] = [
     "bad_json",
     "persistence_failed",
+    "not_member",
+    "not_found",
     "bad_request",
     "not_authenticated",
     "auth_failed",

@@ -84,6 +84,47 @@ pub enum ClientMessage<'a> {
         /// At most this many, newest first.
         limit: usize,
     },
+    /// `group_join {groupId}` (`join`) or `group_leave {groupId}`.
+    GroupJoin {
+        /// The group.
+        group_id: &'a str,
+        /// Joins, or leaves.
+        join: bool,
+    },
+    /// `group_message {messageId, groupId, content, messageType?, priority?}`.
+    GroupMessage {
+        /// The client-chosen message id.
+        message_id: &'a str,
+        /// The group.
+        group_id: &'a str,
+        /// The message text.
+        content: &'a str,
+        /// `text` unless given.
+        message_type: &'a str,
+        /// `normal` unless given.
+        priority: Priority,
+    },
+    /// `signal {receiverId, callId, kind, payload?}`: call signaling, relayed, never queued.
+    /// For `huddle:*` kinds `receiverId` names the group whose huddle it is.
+    Signal {
+        /// The receiving user (or group, for huddles).
+        receiver_id: &'a str,
+        /// The call (or huddle room).
+        call_id: &'a str,
+        /// One of [`SIGNAL_KINDS`], or `huddle:…`.
+        kind: &'a str,
+        /// The payload as JSON text (`null` when absent), relayed as it came.
+        payload: Vec<u8>,
+    },
+    /// `message_edit`, `message_delete`, `reaction_add`, `reaction_remove`.
+    Amend {
+        /// The message.
+        message_id: &'a str,
+        /// The other side of the conversation.
+        receiver_id: &'a str,
+        /// What changes.
+        change: Change<'a>,
+    },
     /// `presence_subscribe {userIds}`.
     PresenceSubscribe {
         /// The users named.
@@ -96,6 +137,44 @@ pub enum ClientMessage<'a> {
     },
 }
 
+/// A change to a message already sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change<'a> {
+    /// New text (by its sender).
+    Edit(&'a str),
+    /// Deleted (by its sender).
+    Delete,
+    /// An emoji reaction added (by either side).
+    ReactionAdd(&'a str),
+    /// An emoji reaction removed.
+    ReactionRemove(&'a str),
+}
+
+impl Change<'_> {
+    /// The event the other side gets: `message_edited`, `message_deleted`, ….
+    pub fn event(&self) -> &'static str {
+        match self {
+            Change::Edit(_) => "message_edited",
+            Change::Delete => "message_deleted",
+            Change::ReactionAdd(_) => "reaction_added",
+            Change::ReactionRemove(_) => "reaction_removed",
+        }
+    }
+}
+
+/// The `signal` kinds of PROTOCOL.md besides `huddle:*`.
+pub const SIGNAL_KINDS: [&str; 7] = [
+    "call:initiate",
+    "call:answer",
+    "call:reject",
+    "call:end",
+    "webrtc:offer",
+    "webrtc:answer",
+    "webrtc:ice-candidate",
+];
+/// The longest `huddle:*` kind or emoji accepted, in bytes.
+pub const TAG_BYTES_MAX: usize = 64;
+
 impl ClientMessage<'_> {
     /// The wire `type`, for counting.
     pub fn kind(&self) -> &'static str {
@@ -106,6 +185,16 @@ impl ClientMessage<'_> {
             ClientMessage::Typing { .. } => "typing",
             ClientMessage::ReadReceipt { .. } => "read_receipt",
             ClientMessage::History { .. } => "history",
+            ClientMessage::GroupJoin { join: true, .. } => "group_join",
+            ClientMessage::GroupJoin { join: false, .. } => "group_leave",
+            ClientMessage::GroupMessage { .. } => "group_message",
+            ClientMessage::Signal { .. } => "signal",
+            ClientMessage::Amend { change, .. } => match change {
+                Change::Edit(_) => "message_edit",
+                Change::Delete => "message_delete",
+                Change::ReactionAdd(_) => "reaction_add",
+                Change::ReactionRemove(_) => "reaction_remove",
+            },
             ClientMessage::PresenceSubscribe { .. } => "presence_subscribe",
             ClientMessage::PresenceUnsubscribe { .. } => "presence_unsubscribe",
         }
@@ -194,7 +283,7 @@ fn decode<'t, 'de: 't>(root: Value<'t, 'de>) -> Result<ClientMessage<'de>, Proto
         "ping" => ClientMessage::Ping {
             ts: root.get("ts").and_then(scalar),
         },
-        "send_message" => {
+        "send_message" | "group_message" => {
             let message_id = id(&root, "messageId")?;
             let with_ref = |e: ProtocolError| ProtocolError {
                 reference: Some(message_id.to_owned()),
@@ -208,14 +297,89 @@ fn decode<'t, 'de: 't>(root: Value<'t, 'de>) -> Result<ClientMessage<'de>, Proto
                     ))
                 })?,
             };
-            ClientMessage::SendMessage {
+            let to_group = kind == "group_message";
+            let to =
+                id(&root, if to_group { "groupId" } else { "receiverId" }).map_err(with_ref)?;
+            let content = req_str(&root, "content").map_err(with_ref)?;
+            let message_type = opt_str(&root, "messageType")
+                .map_err(with_ref)?
+                .unwrap_or("text");
+            if to_group {
+                ClientMessage::GroupMessage {
+                    message_id,
+                    group_id: to,
+                    content,
+                    message_type,
+                    priority,
+                }
+            } else {
+                ClientMessage::SendMessage {
+                    message_id,
+                    receiver_id: to,
+                    content,
+                    message_type,
+                    priority,
+                }
+            }
+        }
+        "group_join" | "group_leave" => ClientMessage::GroupJoin {
+            group_id: id(&root, "groupId")?,
+            join: kind == "group_join",
+        },
+        "signal" => {
+            let call_id = id(&root, "callId")?;
+            let kind = req_str(&root, "kind")?;
+            let huddle = kind
+                .strip_prefix("huddle:")
+                .is_some_and(|rest| !rest.is_empty() && kind.len() <= TAG_BYTES_MAX);
+            if !huddle && !SIGNAL_KINDS.contains(&kind) {
+                let mut shown = kind.to_owned();
+                shown.truncate(TAG_BYTES_MAX);
+                return Err(ProtocolError {
+                    reference: Some(call_id.to_owned()),
+                    ..ProtocolError::bad_request(format!(
+                        "field 'kind' must be one of {} or huddle:…, got '{shown}'",
+                        SIGNAL_KINDS.join(", ")
+                    ))
+                });
+            }
+            let mut payload = Vec::new();
+            match root.get("payload") {
+                Some(value) => super::json::write_value(&mut payload, value),
+                None => payload.extend_from_slice(b"null"),
+            }
+            ClientMessage::Signal {
+                receiver_id: id(&root, "receiverId")?,
+                call_id,
+                kind,
+                payload,
+            }
+        }
+        "message_edit" | "message_delete" | "reaction_add" | "reaction_remove" => {
+            let message_id = id(&root, "messageId")?;
+            let with_ref = |e: ProtocolError| ProtocolError {
+                reference: Some(message_id.to_owned()),
+                ..e
+            };
+            let emoji = || -> Result<&str, ProtocolError> {
+                let emoji = req_str(&root, "emoji").map_err(with_ref)?;
+                if emoji.is_empty() || emoji.len() > TAG_BYTES_MAX {
+                    return Err(with_ref(ProtocolError::bad_request(format!(
+                        "field 'emoji' must be 1 to {TAG_BYTES_MAX} bytes"
+                    ))));
+                }
+                Ok(emoji)
+            };
+            let change = match kind {
+                "message_edit" => Change::Edit(req_str(&root, "content").map_err(with_ref)?),
+                "message_delete" => Change::Delete,
+                "reaction_add" => Change::ReactionAdd(emoji()?),
+                _ => Change::ReactionRemove(emoji()?),
+            };
+            ClientMessage::Amend {
                 message_id,
                 receiver_id: id(&root, "receiverId").map_err(with_ref)?,
-                content: req_str(&root, "content").map_err(with_ref)?,
-                message_type: opt_str(&root, "messageType")
-                    .map_err(with_ref)?
-                    .unwrap_or("text"),
-                priority,
+                change,
             }
         }
         "typing" => ClientMessage::Typing {
@@ -389,6 +553,65 @@ mod tests {
                 priority: Priority::Normal
             })
         );
+    }
+
+    #[test]
+    fn parses_groups_signals_and_amendments() {
+        assert_eq!(
+            parse(r#"{"type":"group_message","messageId":"m","groupId":"g","content":"hi"}"#),
+            Ok(ClientMessage::GroupMessage {
+                message_id: "m",
+                group_id: "g",
+                content: "hi",
+                message_type: "text",
+                priority: Priority::Normal
+            })
+        );
+        assert_eq!(
+            parse(r#"{"type":"group_leave","groupId":"g"}"#),
+            Ok(ClientMessage::GroupJoin {
+                group_id: "g",
+                join: false
+            })
+        );
+        let signal = parse(
+            r#"{"type":"signal","receiverId":"b","callId":"c1","kind":"webrtc:offer","payload":{"sdp":"v=0"}}"#,
+        );
+        assert_eq!(
+            signal,
+            Ok(ClientMessage::Signal {
+                receiver_id: "b",
+                call_id: "c1",
+                kind: "webrtc:offer",
+                payload: br#"{"sdp":"v=0"}"#.to_vec()
+            })
+        );
+        let huddle =
+            parse(r#"{"type":"signal","receiverId":"g","callId":"h","kind":"huddle:raise-hand"}"#);
+        assert!(matches!(huddle, Ok(ClientMessage::Signal { payload, .. }) if payload == b"null"));
+        let err = parse(r#"{"type":"signal","receiverId":"b","callId":"c1","kind":"call:dance"}"#)
+            .unwrap_err();
+        assert!(
+            err.message.contains("kind") && err.reference.as_deref() == Some("c1"),
+            "{err:?}"
+        );
+        assert!(
+            parse(r#"{"type":"signal","receiverId":"b","callId":"c","kind":"huddle:"}"#).is_err()
+        );
+        assert_eq!(
+            parse(r#"{"type":"reaction_add","messageId":"m","receiverId":"a","emoji":"👍"}"#),
+            Ok(ClientMessage::Amend {
+                message_id: "m",
+                receiver_id: "a",
+                change: Change::ReactionAdd("👍")
+            })
+        );
+        let err =
+            parse(r#"{"type":"reaction_remove","messageId":"m","receiverId":"a","emoji":""}"#)
+                .unwrap_err();
+        assert!(err.message.contains("emoji"));
+        let err = parse(r#"{"type":"message_edit","messageId":"m","receiverId":"a"}"#).unwrap_err();
+        assert!(err.message.contains("content") && err.reference.as_deref() == Some("m"));
     }
 
     #[test]

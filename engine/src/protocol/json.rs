@@ -26,6 +26,13 @@ impl<'a> Obj<'a> {
         self.out.push(b':');
     }
 
+    /// A field whose value is JSON text already (written as it is).
+    pub fn raw(mut self, key: &str, json: &[u8]) -> Self {
+        self.key(key);
+        self.out.extend_from_slice(json);
+        self
+    }
+
     /// A string field.
     pub fn str(mut self, key: &str, value: &str) -> Self {
         self.key(key);
@@ -121,10 +128,79 @@ pub fn write_str(out: &mut Vec<u8>, value: &str) {
     out.push(b'"');
 }
 
+/// Appends a value parsed by simd-json (a tape value) as compact JSON: what a client sent
+/// as an opaque payload (a call's SDP, say) goes on as it came. Not a hot path.
+pub fn write_value(out: &mut Vec<u8>, value: simd_json::tape::Value<'_, '_>) {
+    use simd_json::{prelude::*, ValueType};
+    match value.value_type() {
+        ValueType::String => write_str(out, value.as_str().unwrap_or_default()),
+        ValueType::Bool => {
+            let text: &[u8] = if value.as_bool() == Some(true) {
+                b"true"
+            } else {
+                b"false"
+            };
+            out.extend_from_slice(text);
+        }
+        ValueType::I64 => {
+            let _ = write!(out, "{}", value.as_i64().unwrap_or_default());
+        }
+        ValueType::U64 => {
+            let _ = write!(out, "{}", value.as_u64().unwrap_or_default());
+        }
+        ValueType::F64 => match value.as_f64() {
+            Some(f) if f.is_finite() => {
+                let _ = write!(out, "{f:?}");
+            }
+            _ => out.extend_from_slice(b"null"),
+        },
+        ValueType::Array => {
+            out.push(b'[');
+            for (i, item) in value
+                .as_array()
+                .into_iter()
+                .flat_map(|a| a.iter())
+                .enumerate()
+            {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_value(out, item);
+            }
+            out.push(b']');
+        }
+        ValueType::Object => {
+            out.push(b'{');
+            let fields = value.as_object().into_iter().flat_map(|o| o.iter());
+            for (i, (key, item)) in fields.enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_str(out, key);
+                out.push(b':');
+                write_value(out, item);
+            }
+            out.push(b'}');
+        }
+        _ => out.extend_from_slice(b"null"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn a_parsed_value_is_written_back_as_it_came() {
+        let text =
+            r#"{"sdp":"v=0\r\n","n":[1,-2,3.5,18446744073709551615],"ok":true,"none":null,"o":{}}"#;
+        let mut input = text.as_bytes().to_vec();
+        let tape = simd_json::to_tape(&mut input).unwrap();
+        let mut out = Vec::new();
+        write_value(&mut out, tape.as_value());
+        assert_eq!(std::str::from_utf8(&out).unwrap(), text);
+    }
 
     #[test]
     fn writes_fields_in_order() {

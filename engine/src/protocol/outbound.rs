@@ -86,6 +86,8 @@ pub struct NewMessage<'a> {
     pub priority: Priority,
     /// When the gateway accepted it.
     pub timestamp_ms: u64,
+    /// The group it was sent to, for group messages.
+    pub group_id: Option<&'a str>,
 }
 
 /// `new_message {messageId, senderId, receiverId, content, messageType, priority, timestamp, status}`.
@@ -100,7 +102,61 @@ pub fn new_message(out: &mut Vec<u8>, m: &NewMessage<'_>) {
         .str("priority", m.priority.as_str())
         .u64("timestamp", m.timestamp_ms)
         .str("status", "delivered")
+        .opt_str("groupId", m.group_id)
         .end();
+}
+
+/// `group_member {groupId, userId, action:"joined"|"left", timestamp}`.
+pub fn group_member(out: &mut Vec<u8>, group_id: &str, user_id: &str, joined: bool, now_ms: u64) {
+    Obj::new(out)
+        .str("type", "group_member")
+        .str("groupId", group_id)
+        .str("userId", user_id)
+        .str("action", if joined { "joined" } else { "left" })
+        .u64("timestamp", now_ms)
+        .end();
+}
+
+/// `signal {senderId, callId, kind, payload, timestamp}`; `payload` is JSON text.
+pub fn signal(
+    out: &mut Vec<u8>,
+    sender_id: &str,
+    (call_id, kind): (&str, &str),
+    payload: &[u8],
+    now_ms: u64,
+) {
+    Obj::new(out)
+        .str("type", "signal")
+        .str("senderId", sender_id)
+        .str("callId", call_id)
+        .str("kind", kind)
+        .raw("payload", payload)
+        .u64("timestamp", now_ms)
+        .end();
+}
+
+/// `message_edited`, `message_deleted`, `reaction_added` or `reaction_removed`:
+/// `{messageId, senderId, receiverId, content? | emoji?, timestamp}`; `senderId` is who
+/// made the change.
+pub fn amended(
+    out: &mut Vec<u8>,
+    (message_id, sender_id, receiver_id): (&str, &str, &str),
+    change: &crate::protocol::inbound::Change<'_>,
+    now_ms: u64,
+) {
+    use crate::protocol::inbound::Change;
+    let obj = Obj::new(out)
+        .str("type", change.event())
+        .str("messageId", message_id)
+        .str("senderId", sender_id)
+        .str("receiverId", receiver_id);
+    match change {
+        Change::Edit(content) => obj.str("content", content),
+        Change::Delete => obj,
+        Change::ReactionAdd(emoji) | Change::ReactionRemove(emoji) => obj.str("emoji", emoji),
+    }
+    .u64("timestamp", now_ms)
+    .end();
 }
 
 /// `typing {senderId, isTyping, timestamp}`.

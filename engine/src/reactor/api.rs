@@ -49,6 +49,7 @@ impl Reactor {
             message_type: &send.message_type,
             priority: send.priority,
             timestamp_ms: sent_ms,
+            group_id: None,
         };
         self.json.clear();
         outbound::new_message(&mut self.json, &accepted);
@@ -355,6 +356,7 @@ impl Reactor {
                 message_type: &message.message_type,
                 priority: message.priority,
                 timestamp_ms: now_ms(),
+                group_id: None,
             },
         );
         &self.json

@@ -6,8 +6,10 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::{
+    calls::Signal,
     conn::Phase,
     core::{PendingPresence, Reactor},
+    groups::GroupMessage,
 };
 use crate::{
     protocol::{
@@ -16,7 +18,7 @@ use crate::{
         outbound::{self, NewMessage},
         Priority,
     },
-    router::{AckRequest, Delivery, Envelope},
+    router::{AckRequest, Delivery, Envelope, WhenOffline},
     stats,
     ws::{close, frame},
 };
@@ -100,6 +102,7 @@ impl Reactor {
                     message_type,
                     priority,
                     timestamp_ms: sent_ms,
+                    group_id: None,
                 };
                 outbound::new_message(&mut self.json, &message);
                 let frame = frame::encode_text(&self.json);
@@ -145,6 +148,44 @@ impl Reactor {
                 before,
                 limit,
             } => self.request_history(slot, generation, &user, (peer_id, before, limit)),
+            ClientMessage::GroupJoin { group_id, join } => self.group_join(user, group_id, join),
+            ClientMessage::GroupMessage {
+                message_id,
+                group_id,
+                content,
+                message_type,
+                priority,
+            } => {
+                let message = GroupMessage {
+                    message_id,
+                    group_id,
+                    content,
+                    message_type,
+                    priority,
+                };
+                let me = self.addr(slot, generation);
+                self.group_message(me, user, &message);
+            }
+            ClientMessage::Signal {
+                receiver_id,
+                call_id,
+                kind,
+                payload,
+            } => {
+                let signal = Signal {
+                    receiver_id,
+                    call_id,
+                    kind,
+                    payload: &payload,
+                };
+                let me = self.addr(slot, generation);
+                self.signal(me, user, &signal);
+            }
+            ClientMessage::Amend {
+                message_id,
+                receiver_id,
+                change,
+            } => self.amend(slot, generation, &user, (message_id, receiver_id), &change),
             ClientMessage::PresenceSubscribe { user_ids } => {
                 self.presence_subscribe(slot, generation, user_ids)
             }
@@ -172,22 +213,33 @@ impl Reactor {
     }
 
     /// Sends `frame` to every online device of `user`, or queues it when none is online
-    /// (nobody is told the outcome: delivery receipts).
+    /// (nobody is told the outcome: receipts, edits).
     pub(super) fn deliver_durable(&mut self, user: &str, frame: Bytes, priority: Priority) {
-        let home = self.home_of(user);
-        let delivery = Delivery {
+        self.deliver_or(user, frame, priority, WhenOffline::Queue);
+    }
+
+    /// Sends `frame` to every online device of `user`; `offline` says what happens when
+    /// none is.
+    pub(super) fn deliver_or(
+        &mut self,
+        user: &str,
+        frame: Bytes,
+        priority: Priority,
+        offline: WhenOffline,
+    ) {
+        self.route_delivery(Delivery {
             user: user.into(),
             frame,
             priority,
             except: None,
             ack: None,
             accepted_ns: stats::clock_ns(),
-            queue_if_offline: true,
-        };
-        self.route(home, Envelope::Deliver(Box::new(delivery)));
+            offline,
+        });
     }
 
-    /// Sends `frame` to every online device of `user` (but `except`) through its home.
+    /// Sends `frame` to every online device of `user` (but `except`) through its home;
+    /// with `ack`, the sender hears the outcome and an offline user gets it queued.
     pub(super) fn deliver(
         &mut self,
         user: &str,
@@ -196,16 +248,19 @@ impl Reactor {
         except: Option<crate::router::ConnAddr>,
         ack: Option<AckRequest>,
     ) {
-        let home = self.home_of(user);
-        let delivery = Delivery {
+        self.route_delivery(Delivery {
             user: user.into(),
             frame,
             priority,
             except,
             ack,
             accepted_ns: stats::clock_ns(),
-            queue_if_offline: false,
-        };
+            offline: WhenOffline::Drop,
+        });
+    }
+
+    fn route_delivery(&mut self, delivery: Delivery) {
+        let home = self.home_of(&delivery.user);
         self.route(home, Envelope::Deliver(Box::new(delivery)));
     }
 

@@ -69,6 +69,8 @@ pub struct Aux {
     pub pending_api: Option<PendingApi>,
     /// Queued messages handed to this connection and not yet all taken by the kernel.
     pub queue_in_flight: Option<Box<QueueDelivery>>,
+    /// Huddle rooms this connection is in, `(group, room)`: left when it closes.
+    pub huddles: Vec<(Box<str>, Box<str>)>,
 }
 
 /// A part of a user's offline queue written to a device: removed from the store (and its
@@ -129,6 +131,7 @@ impl Conn {
                 && a.subscriptions.is_empty()
                 && a.pending_api.is_none()
                 && a.queue_in_flight.is_none()
+                && a.huddles.is_empty()
         }) {
             self.aux = None;
         }

@@ -99,6 +99,8 @@ pub(crate) struct Reactor {
     pub(crate) broadcasts: Slab<PendingBroadcast>,
     /// Messages this home recently delivered or queued, so retries are not repeated.
     pub(crate) recent: crate::router::dedup::RecentMessages,
+    /// The groups homed here: members and huddle rooms.
+    pub(crate) groups: crate::router::groups::Groups,
     /// The durable store.
     pub(crate) store: crate::store::Store,
     /// The store's answers to this reactor.
@@ -135,6 +137,7 @@ impl Reactor {
             presence_requests: Slab::new(),
             broadcasts: Slab::new(),
             recent: Default::default(),
+            groups: seed.groups,
             store: seed.store,
             store_replies: seed.store_replies,
             unread: Vec::new(),
@@ -492,12 +495,15 @@ impl Reactor {
             return;
         };
         let user = conn.user.take();
-        let subscriptions = conn
+        let (subscriptions, huddles) = conn
             .aux
             .take()
-            .map(|aux| aux.subscriptions)
+            .map(|aux| (aux.subscriptions, aux.huddles))
             .unwrap_or_default();
         if let Some(user) = user {
+            if !huddles.is_empty() {
+                self.leave_huddles(addr, &user, huddles);
+            }
             let home = self.home_of(&user);
             self.route(home, Envelope::Unregister { user, addr });
         }

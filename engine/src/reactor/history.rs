@@ -6,9 +6,9 @@ use bytes::Bytes;
 
 use super::core::Reactor;
 use crate::{
-    protocol::{now_ms, outbound, Priority},
+    protocol::{inbound::Change, now_ms, outbound, Priority},
     router::{AckRequest, ConnAddr},
-    store::Command,
+    store::{Amend, Amendment, Command},
     ws::frame,
 };
 
@@ -63,6 +63,60 @@ impl Reactor {
         outbound::history(&mut self.json, peer, messages);
         let frame = frame::encode_text(&self.json);
         self.send(slot, generation, frame, Priority::Normal);
+    }
+
+    /// `message_edit`, `message_delete`, `reaction_add`, `reaction_remove`: the store
+    /// applies the change to history (an edit or delete only from the message's sender),
+    /// then the other side and the actor's other devices hear of it.
+    pub(super) fn amend(
+        &mut self,
+        slot: usize,
+        generation: u32,
+        actor: &str,
+        (message_id, peer): (&str, &str),
+        change: &Change<'_>,
+    ) {
+        let amend = Amend {
+            actor: actor.into(),
+            peer: peer.into(),
+            message_id: message_id.into(),
+            change: Amendment::from_change(change),
+            requester: self.addr(slot, generation),
+        };
+        if self.store.send(Command::Amend(Box::new(amend))).is_err() {
+            let text = "the message cannot be changed: the gateway is shutting down";
+            self.send_error(
+                slot,
+                generation,
+                "store_unavailable",
+                text,
+                Some(message_id),
+            );
+        }
+    }
+
+    /// The store's answer to [`Reactor::amend`].
+    pub(super) fn on_amended(&mut self, amend: Amend, found: bool, error: Option<String>) {
+        let requester = amend.requester;
+        let (slot, generation) = (requester.slot as usize, requester.generation);
+        let reference = Some(&*amend.message_id);
+        if let Some(why) = error {
+            let text = format!("the message could not be changed: {why}");
+            return self.send_error(slot, generation, "store_error", &text, reference);
+        }
+        if !found {
+            let text =
+                "no such message in this conversation (edits and deletes only by its sender)";
+            return self.send_error(slot, generation, "not_found", text, reference);
+        }
+        self.json.clear();
+        let who = (&*amend.message_id, &*amend.actor, &*amend.peer);
+        outbound::amended(&mut self.json, who, &amend.change.as_change(), now_ms());
+        let frame = frame::encode_text(&self.json);
+        if amend.peer != amend.actor {
+            self.deliver_durable(&amend.peer, frame.clone(), Priority::Normal);
+        }
+        self.deliver(&amend.actor, frame, Priority::Normal, Some(requester), None);
     }
 
     /// A `read_receipt` without `senderId`: the store finds the sender.

@@ -7,10 +7,12 @@
 //! readiness set and runs one batch per wake-up (`core::Reactor::run_batch`).
 
 mod api;
+mod calls;
 mod chat;
 pub mod conn;
 mod core;
 pub mod epoll;
+mod groups;
 mod history;
 mod offline;
 mod routing;
@@ -116,6 +118,8 @@ pub struct ReactorSeed {
     pub store: store::Store,
     /// The store's answers to this reactor.
     pub store_replies: std::sync::mpsc::Receiver<store::Reply>,
+    /// The groups homed at this reactor, as the store holds them.
+    pub groups: crate::router::groups::Groups,
 }
 
 /// Starts a reactor thread; `ready` receives its bound address or its start-up error.

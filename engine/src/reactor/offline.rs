@@ -87,6 +87,11 @@ impl Reactor {
                 queued,
                 not_kept,
             } => self.on_broadcast_reply(request, delivered, queued, not_kept),
+            Reply::Amended {
+                amend,
+                found,
+                error,
+            } => self.on_amended(*amend, found, error),
             Reply::History {
                 requester,
                 peer,

@@ -4,7 +4,10 @@
 use super::{conn::Phase, core::Reactor};
 use crate::{
     protocol::{now_ms, outbound, Priority},
-    router::{dedup::Seen, AckStatus, ConnAddr, Envelope},
+    router::{
+        dedup::{PairKey, Seen},
+        AckStatus, ConnAddr, Delivery, Envelope, WhenOffline,
+    },
     stats::ReactorStats,
     store::Outcome,
     ws::{close, frame},
@@ -102,14 +105,8 @@ impl Reactor {
                         },
                     );
                 }
-                if !delivered && (delivery.ack.is_some() || delivery.queue_if_offline) {
-                    // No device online: the store keeps it (and answers the sender, if any).
-                    if let Some(key) = dedup_key {
-                        self.recent.record(key, Seen::Queued);
-                    }
-                    let (user, frame) = (delivery.user, delivery.frame);
-                    let (priority, ack) = (delivery.priority, delivery.ack);
-                    return self.queue_offline(user, priority, &frame, ack, dedup_key);
+                if !delivered {
+                    return self.undelivered(*delivery, dedup_key);
                 }
                 if let (Some(ack), Some(key)) = (delivery.ack, dedup_key) {
                     self.recent.record(key, Seen::Delivered);
@@ -206,11 +203,38 @@ impl Reactor {
                 }
             }
             Envelope::Broadcast(order) => self.deliver_broadcast(*order),
+            Envelope::GroupJoin(change) => self.on_group_join(*change),
+            Envelope::GroupPost(post) => self.on_group_post(*post),
+            Envelope::Huddle(signal) => self.on_huddle(*signal),
             Envelope::BroadcastReply {
                 request,
                 delivered,
                 offline,
             } => self.on_broadcast_reply(request, delivered, 0, offline),
+        }
+    }
+
+    /// A delivery no device of its user got: queued in the store (answering the sender,
+    /// if any), refused to the sender, or dropped, as the delivery says.
+    fn undelivered(&mut self, delivery: Delivery, dedup_key: Option<PairKey>) {
+        match delivery.offline {
+            _ if delivery.ack.is_some() => {
+                if let Some(key) = dedup_key {
+                    self.recent.record(key, Seen::Queued);
+                }
+                let (user, frame) = (delivery.user, delivery.frame);
+                let (priority, ack) = (delivery.priority, delivery.ack);
+                self.queue_offline(user, priority, &frame, ack, dedup_key);
+            }
+            WhenOffline::Queue => {
+                let (user, frame) = (delivery.user, delivery.frame);
+                self.queue_offline(user, delivery.priority, &frame, None, None);
+            }
+            WhenOffline::Refuse { sender, reference } => {
+                let text = "the receiver has no device online (calls are never queued)";
+                self.error_to(sender, "peer_offline", text, Some(&reference));
+            }
+            WhenOffline::Drop => {}
         }
     }
 

@@ -7,6 +7,7 @@
 
 pub mod dedup;
 pub mod directory;
+pub mod groups;
 
 use std::sync::Arc;
 
@@ -53,9 +54,24 @@ pub struct Delivery {
     pub ack: Option<AckRequest>,
     /// When the message was accepted ([`crate::stats::clock_ns`]), for routing latency.
     pub accepted_ns: u64,
-    /// Without `ack`: queue it when no device is online (delivery receipts) instead of
-    /// dropping it (typing, copies to the sender's devices).
-    pub queue_if_offline: bool,
+    /// What to do when no device is online (with `ack`, it is always queued).
+    pub offline: WhenOffline,
+}
+
+/// What a home does with a delivery for a user with no device online.
+#[derive(Debug)]
+pub enum WhenOffline {
+    /// Nothing (typing, copies to the sender's own devices, group events).
+    Drop,
+    /// Queue it in the store (receipts, edits, group messages).
+    Queue,
+    /// Tell the sender `peer_offline` (call signaling is never queued).
+    Refuse {
+        /// The sending connection.
+        sender: ConnAddr,
+        /// The `ref` of the error (the call id).
+        reference: Box<str>,
+    },
 }
 
 /// Who to tell about a delivery's outcome, and for which message.
@@ -123,6 +139,51 @@ pub struct BroadcastOrder {
     pub users: Option<Vec<Box<str>>>,
     /// The message.
     pub message: Arc<BroadcastMessage>,
+}
+
+/// A user joining or leaving a group.
+#[derive(Debug)]
+pub struct GroupJoin {
+    /// The group.
+    pub group: Box<str>,
+    /// The user.
+    pub user: Arc<str>,
+    /// Joins (`true`) or leaves.
+    pub join: bool,
+}
+
+/// A message to every member of a group.
+#[derive(Debug)]
+pub struct GroupPost {
+    /// The group.
+    pub group: Box<str>,
+    /// The sending connection (it gets the ack, and no copy).
+    pub sender: ConnAddr,
+    /// The sending user.
+    pub sender_user: Arc<str>,
+    /// The client's message id.
+    pub message_id: Box<str>,
+    /// The `new_message` frame, encoded once for every member.
+    pub frame: Bytes,
+    /// Its priority.
+    pub priority: Priority,
+}
+
+/// A `huddle:*` signal: a group's call room.
+#[derive(Debug)]
+pub struct HuddleSignal {
+    /// The group the huddle belongs to.
+    pub group: Box<str>,
+    /// The huddle (the signal's `callId`).
+    pub room: Box<str>,
+    /// The signaling connection.
+    pub sender: ConnAddr,
+    /// The signaling user.
+    pub sender_user: Arc<str>,
+    /// `huddle:join`, `huddle:leave`, or any other `huddle:*` kind relayed to the room.
+    pub kind: Box<str>,
+    /// The `signal` frame for the others present.
+    pub frame: Bytes,
 }
 
 /// What reactors mail each other.
@@ -199,6 +260,12 @@ pub enum Envelope {
     },
     /// To a home: deliver a broadcast.
     Broadcast(Box<BroadcastOrder>),
+    /// To a group's home: a member joins or leaves.
+    GroupJoin(Box<GroupJoin>),
+    /// To a group's home: fan a message out to the members.
+    GroupPost(Box<GroupPost>),
+    /// To a group's home: a huddle signal for the members present in the room.
+    Huddle(Box<HuddleSignal>),
     /// To a broadcast's requester: one home's counts.
     BroadcastReply {
         /// The pending broadcast at the requester's reactor.

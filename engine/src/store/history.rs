@@ -11,7 +11,7 @@
 use bytes::Bytes;
 use redb::{ReadableTable, Table, TableDefinition};
 
-use super::Chat;
+use super::{Amendment, Chat};
 
 /// The history table.
 pub(super) const HISTORY: TableDefinition<(&str, &str, u64, u64), &[u8]> =
@@ -115,6 +115,47 @@ impl Tables<'_> {
         Ok(newest.map(|(_, sender)| sender))
     }
 
+    /// Applies `change` by `actor` to the message `message_id` of the conversation with
+    /// `peer`; false when there is no such message (or an edit or delete does not come
+    /// from its sender). Reactions may come from either side.
+    pub(super) fn amend(
+        &mut self,
+        actor: &str,
+        peer: &str,
+        message_id: &str,
+        change: &Amendment,
+    ) -> Result<bool, redb::Error> {
+        let own = self
+            .received
+            .get((peer, message_id, actor))?
+            .map(|v| v.value());
+        let reaction = matches!(
+            change,
+            Amendment::ReactionAdd(_) | Amendment::ReactionRemove(_)
+        );
+        let found = match own {
+            Some(at) => Some(at),
+            None if reaction => self
+                .received
+                .get((actor, message_id, peer))?
+                .map(|v| v.value()),
+            None => None,
+        };
+        let Some((at, sequence)) = found else {
+            return Ok(false);
+        };
+        let (low, high) = conversation(actor, peer);
+        let key = (low, high, at, sequence);
+        let Some(stored) = self.history.get(key)?.map(|v| v.value().to_vec()) else {
+            return Ok(false);
+        };
+        let mut message: serde_json::Value = serde_json::from_slice(&stored).unwrap_or_default();
+        apply(&mut message, actor, change);
+        let bytes = serde_json::to_vec(&message).unwrap_or(stored);
+        self.history.insert(key, &bytes[..])?;
+        Ok(true)
+    }
+
     /// Removes up to `visit_max` index entries' worth of messages sent before `cutoff_ms`
     /// (index and conversation entry both), starting at `cursor`; returns how many were
     /// removed and where to go on from (`None` once the index is done).
@@ -151,6 +192,44 @@ impl Tables<'_> {
             self.history.remove((low, high, *at, *sequence))?;
         }
         Ok((expired.len() as u64, next))
+    }
+}
+
+/// Changes a stored `new_message`: an edit replaces `content` (and sets `edited`), a
+/// delete empties it (and sets `deleted`), reactions keep `reactions: {emoji: [users]}`.
+fn apply(message: &mut serde_json::Value, actor: &str, change: &Amendment) {
+    let Some(fields) = message.as_object_mut() else {
+        return;
+    };
+    match change {
+        Amendment::Edit(content) => {
+            fields.insert("content".into(), content.as_ref().into());
+            fields.insert("edited".into(), true.into());
+        }
+        Amendment::Delete => {
+            fields.insert("content".into(), "".into());
+            fields.insert("deleted".into(), true.into());
+        }
+        Amendment::ReactionAdd(emoji) | Amendment::ReactionRemove(emoji) => {
+            let reactions = fields
+                .entry("reactions")
+                .or_insert_with(|| serde_json::json!({}));
+            let Some(reactions) = reactions.as_object_mut() else {
+                return;
+            };
+            let users = reactions
+                .entry(emoji.as_ref())
+                .or_insert_with(|| serde_json::json!([]));
+            if let Some(users) = users.as_array_mut() {
+                users.retain(|u| u != actor);
+                if matches!(change, Amendment::ReactionAdd(_)) {
+                    users.push(actor.into());
+                }
+                if users.is_empty() {
+                    reactions.remove(emoji.as_ref());
+                }
+            }
+        }
     }
 }
 
@@ -223,6 +302,42 @@ mod tests {
             assert_eq!(t.sender_of("alice", "m1").unwrap(), None);
             assert!(t.holds("bob", "m1", "alice").unwrap());
             assert!(!t.holds("alice", "m1", "bob").unwrap());
+        });
+    }
+
+    #[test]
+    fn edits_come_from_the_sender_and_reactions_from_either_side() {
+        with_tables(|t| {
+            let message = br#"{"type":"new_message","messageId":"m1","content":"helo"}"#;
+            t.record("bob", "m1", &chat("alice", 10), 1, message)
+                .unwrap();
+            let edit = Amendment::Edit("hello".into());
+            assert!(
+                !t.amend("bob", "alice", "m1", &edit).unwrap(),
+                "not bob's message"
+            );
+            assert!(t.amend("alice", "bob", "m1", &edit).unwrap());
+            let smile = Amendment::ReactionAdd("🙂".into());
+            assert!(t.amend("bob", "alice", "m1", &smile).unwrap());
+            assert!(t.amend("alice", "bob", "m1", &smile).unwrap());
+            let undo = Amendment::ReactionRemove("🙂".into());
+            assert!(t.amend("alice", "bob", "m1", &undo).unwrap());
+            assert!(
+                !t.amend("alice", "bob", "m2", &edit).unwrap(),
+                "no such message"
+            );
+            let page = t.page("alice", "bob", None, 1).unwrap();
+            let stored: serde_json::Value = serde_json::from_slice(&page[0]).unwrap();
+            assert_eq!(stored["content"], "hello");
+            assert_eq!(stored["edited"], true);
+            assert_eq!(stored["reactions"], serde_json::json!({"🙂": ["bob"]}));
+            assert!(t.amend("alice", "bob", "m1", &Amendment::Delete).unwrap());
+            let page = t.page("alice", "bob", None, 1).unwrap();
+            let stored: serde_json::Value = serde_json::from_slice(&page[0]).unwrap();
+            assert_eq!(
+                (stored["content"].as_str(), stored["deleted"].as_bool()),
+                (Some(""), Some(true))
+            );
         });
     }
 

@@ -143,8 +143,71 @@ pub enum Command {
         /// The connection that sent the `read_receipt`.
         requester: ConnAddr,
     },
+    /// Change a message in history (edit, delete, reaction) and answer who may see it.
+    Amend(Box<Amend>),
+    /// A user joined (`true`) or left a group.
+    Membership {
+        /// The group.
+        group: Box<str>,
+        /// The user.
+        user: Box<str>,
+        /// Joined, or left.
+        joined: bool,
+    },
     /// Commit what came before, then stop (sent by the engine once its reactors are done).
     Shutdown,
+}
+
+/// A change to a message in history, asked for by one side of its conversation.
+#[derive(Debug, Clone)]
+pub struct Amend {
+    /// Who changes it (an edit or delete must come from the message's sender).
+    pub actor: Box<str>,
+    /// The other side of the conversation.
+    pub peer: Box<str>,
+    /// The message.
+    pub message_id: Box<str>,
+    /// The change.
+    pub change: Amendment,
+    /// The connection that asked.
+    pub requester: ConnAddr,
+}
+
+/// A change to a message, owned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Amendment {
+    /// New text.
+    Edit(Box<str>),
+    /// Deleted.
+    Delete,
+    /// A reaction added by the actor.
+    ReactionAdd(Box<str>),
+    /// A reaction removed by the actor.
+    ReactionRemove(Box<str>),
+}
+
+impl Amendment {
+    /// The borrowed form, as the protocol encodes it.
+    pub fn as_change(&self) -> crate::protocol::inbound::Change<'_> {
+        use crate::protocol::inbound::Change;
+        match self {
+            Amendment::Edit(content) => Change::Edit(content),
+            Amendment::Delete => Change::Delete,
+            Amendment::ReactionAdd(emoji) => Change::ReactionAdd(emoji),
+            Amendment::ReactionRemove(emoji) => Change::ReactionRemove(emoji),
+        }
+    }
+
+    /// The owned form of a parsed change.
+    pub fn from_change(change: &crate::protocol::inbound::Change<'_>) -> Amendment {
+        use crate::protocol::inbound::Change;
+        match *change {
+            Change::Edit(content) => Amendment::Edit(content.into()),
+            Change::Delete => Amendment::Delete,
+            Change::ReactionAdd(emoji) => Amendment::ReactionAdd(emoji.into()),
+            Change::ReactionRemove(emoji) => Amendment::ReactionRemove(emoji.into()),
+        }
+    }
 }
 
 /// Queue `payload` (a `new_message` JSON) for `user`; answer `sender` on its reactor.
@@ -259,6 +322,15 @@ pub enum Reply {
         /// Set when the store could not read it.
         error: Option<String>,
     },
+    /// The outcome of an `Amend`.
+    Amended {
+        /// What was asked.
+        amend: Box<Amend>,
+        /// Whether the message was found (and changed).
+        found: bool,
+        /// Set when the store could not look.
+        error: Option<String>,
+    },
     /// Who sent the message a `read_receipt` named.
     SenderFound {
         /// The connection that sent the `read_receipt`.
@@ -329,20 +401,26 @@ pub struct Limits {
     pub cache_bytes: usize,
 }
 
-/// Opens (or creates) the store in `dir` and starts its thread.
+/// Group memberships as the store holds them: `(group, user)` pairs.
+pub type Memberships = Vec<(Box<str>, Box<str>)>;
+
+/// Opens (or creates) the store in `dir` and starts its thread; returns the group
+/// memberships it holds, for the groups' home reactors.
 pub fn open(
     dir: &Path,
     limits: Limits,
     routes: ReplyRoutes,
-) -> io::Result<(Store, JoinHandle<()>)> {
+) -> io::Result<(Store, JoinHandle<()>, Memberships)> {
     std::fs::create_dir_all(dir)?;
     let path = dir.join("engine.redb");
     let db = open_file(&path, limits.cache_bytes).map_err(io::Error::other)?;
     let state = worker::State::load(&db).map_err(io::Error::other)?;
+    let memberships = worker::memberships(&db).map_err(io::Error::other)?;
     info!(
         path = %path.display(),
         queued = state.queued(),
         users = state.users_with_queue(),
+        memberships = memberships.len(),
         "store open"
     );
     let stats = Arc::new(StoreStats::default());
@@ -351,7 +429,7 @@ pub fn open(
     let thread = std::thread::Builder::new()
         .name("store".into())
         .spawn(move || worker.run(inbox))?;
-    Ok((Store { commands, stats }, thread))
+    Ok((Store { commands, stats }, thread, memberships))
 }
 
 /// Opens (or creates) the database file with a page cache of `cache_bytes`.

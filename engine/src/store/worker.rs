@@ -7,20 +7,22 @@ use std::{
     time::{Duration, Instant},
 };
 
-use redb::{Database, ReadableTable, TableDefinition, WriteTransaction};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 use tracing::{error, info};
 
 use super::{
     history::{self, Tables},
     queue::{self, Counts, QUEUE},
-    BroadcastBatch, Command, Enqueue, Limits, Outcome, Reply, ReplyRoutes, StoreStats, BATCH_MAX,
-    DRAIN_BYTES_MAX, DRAIN_MESSAGES_MAX, PEEK_BYTES_MAX, PEEK_MESSAGES_MAX,
+    Amend, BroadcastBatch, Command, Enqueue, Limits, Outcome, Reply, ReplyRoutes, StoreStats,
+    BATCH_MAX, DRAIN_BYTES_MAX, DRAIN_MESSAGES_MAX, PEEK_BYTES_MAX, PEEK_MESSAGES_MAX,
 };
 use crate::{
     protocol::now_ms,
     router::{dedup::PairKey, ConnAddr},
 };
 
+/// Group memberships: `(group, user) → ()`.
+const MEMBERS: TableDefinition<(&str, &str), ()> = TableDefinition::new("members");
 /// Small named values: the next sequence number.
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// The [`META`] key of the next sequence number (queue and history share one sequence).
@@ -48,6 +50,7 @@ impl State {
         let (counts, highest) = Counts::scan(&txn.open_table(QUEUE)?)?;
         txn.open_table(history::HISTORY)?;
         txn.open_table(history::RECEIVED)?;
+        txn.open_table(MEMBERS)?;
         let stored = txn.open_table(META)?.get(NEXT_SEQUENCE)?.map(|v| v.value());
         txn.commit()?;
         let next_sequence = stored.unwrap_or(1).max(highest + 1);
@@ -66,6 +69,19 @@ impl State {
     pub(super) fn users_with_queue(&self) -> usize {
         self.counts.users()
     }
+}
+
+/// Every group membership in the file (read once at start).
+pub(super) fn memberships(db: &Database) -> Result<super::Memberships, redb::Error> {
+    let read = db.begin_read()?;
+    let table = read.open_table(MEMBERS)?;
+    let mut pairs = Vec::new();
+    for entry in table.iter()? {
+        let (key, _) = entry?;
+        let (group, user) = key.value();
+        pairs.push((group.into(), user.into()));
+    }
+    Ok(pairs)
 }
 
 /// Where a retention sweep has got to.
@@ -254,6 +270,7 @@ impl Worker {
             history: txn.open_table(history::HISTORY)?,
             received: txn.open_table(history::RECEIVED)?,
         };
+        let mut members = txn.open_table(MEMBERS)?;
         let now = now_ms();
         let state = &mut self.state;
         // By reference: on an error the whole batch is still here to be answered.
@@ -371,6 +388,33 @@ impl Worker {
                     let found = (&**reader, &**message_id, sender);
                     replies.push(sender_answer(*requester, found, None));
                 }
+                Command::Amend(amend) => {
+                    let Amend {
+                        actor,
+                        peer,
+                        message_id,
+                        change,
+                        requester,
+                    } = &**amend;
+                    let found = tables.amend(actor, peer, message_id, change)?;
+                    let reply = Reply::Amended {
+                        amend: amend.clone(),
+                        found,
+                        error: None,
+                    };
+                    replies.push((requester.reactor as usize, reply));
+                }
+                Command::Membership {
+                    group,
+                    user,
+                    joined,
+                } => {
+                    if *joined {
+                        members.insert((&**group, &**user), ())?;
+                    } else {
+                        members.remove((&**group, &**user))?;
+                    }
+                }
                 Command::Shutdown => {}
             }
         }
@@ -430,6 +474,17 @@ impl Worker {
                 } => {
                     let found = (&**reader, &**message_id, None);
                     replies.push(sender_answer(*requester, found, error()));
+                }
+                Command::Amend(amend) => {
+                    let reply = Reply::Amended {
+                        amend: amend.clone(),
+                        found: false,
+                        error: error(),
+                    };
+                    replies.push((amend.requester.reactor as usize, reply));
+                }
+                Command::Membership { .. } => {
+                    self.stats.failures.fetch_add(1, Ordering::Relaxed);
                 }
                 Command::Drain { .. } | Command::Remove { .. } | Command::Shutdown => {}
             }

@@ -1,0 +1,125 @@
+//! Call signaling: `signal` frames relayed to the receiver's devices and never queued
+//! (`peer_offline` when none is online), and huddles: `huddle:*` signals addressed to a
+//! group, relayed by the group's home to the devices present in the huddle's room.
+
+use std::sync::Arc;
+
+use super::core::Reactor;
+use crate::{
+    protocol::{now_ms, outbound, Priority},
+    router::{ConnAddr, Envelope, HuddleSignal, WhenOffline},
+    ws::frame,
+};
+
+/// Enters a huddle room.
+const HUDDLE_JOIN: &str = "huddle:join";
+/// Leaves a huddle room (also sent for a connection that closes in one).
+const HUDDLE_LEAVE: &str = "huddle:leave";
+
+/// A `signal` as its sending device saw it.
+pub(super) struct Signal<'a> {
+    /// The receiving user (a group for `huddle:*`).
+    pub receiver_id: &'a str,
+    /// The call or huddle room.
+    pub call_id: &'a str,
+    /// The kind.
+    pub kind: &'a str,
+    /// The payload, JSON text.
+    pub payload: &'a [u8],
+}
+
+impl Reactor {
+    /// At the device's reactor: a call signal goes to the receiver's devices; a huddle
+    /// signal to the group's home.
+    pub(super) fn signal(&mut self, sender: ConnAddr, user: Arc<str>, signal: &Signal<'_>) {
+        self.json.clear();
+        let call = (signal.call_id, signal.kind);
+        outbound::signal(&mut self.json, &user, call, signal.payload, now_ms());
+        let frame = frame::encode_text(&self.json);
+        if !signal.kind.starts_with("huddle:") {
+            let offline = WhenOffline::Refuse {
+                sender,
+                reference: signal.call_id.into(),
+            };
+            return self.deliver_or(signal.receiver_id, frame, Priority::High, offline);
+        }
+        let room = (Box::from(signal.receiver_id), Box::from(signal.call_id));
+        if let Some(conn) = self.conn_mut(sender.slot as usize, sender.generation) {
+            let huddles = &mut conn.aux_mut().huddles;
+            match signal.kind {
+                HUDDLE_JOIN if !huddles.contains(&room) => huddles.push(room),
+                HUDDLE_LEAVE => huddles.retain(|r| *r != room),
+                _ => {}
+            }
+            conn.trim_aux();
+        }
+        let huddle = HuddleSignal {
+            group: signal.receiver_id.into(),
+            room: signal.call_id.into(),
+            sender,
+            sender_user: user,
+            kind: signal.kind.into(),
+            frame,
+        };
+        let home = self.home_of(signal.receiver_id);
+        self.route(home, Envelope::Huddle(Box::new(huddle)));
+    }
+
+    /// At the device's reactor, for a connection that closes: leaves its huddles.
+    pub(super) fn leave_huddles(
+        &mut self,
+        addr: ConnAddr,
+        user: &Arc<str>,
+        rooms: Vec<(Box<str>, Box<str>)>,
+    ) {
+        for (group, room) in rooms {
+            let signal = Signal {
+                receiver_id: &group,
+                call_id: &room,
+                kind: HUDDLE_LEAVE,
+                payload: b"null",
+            };
+            self.signal(addr, user.clone(), &signal);
+        }
+    }
+
+    /// At the group's home: a member's device enters or leaves a huddle room, or signals
+    /// the others present; each device present but the sender gets the frame.
+    pub(super) fn on_huddle(&mut self, signal: HuddleSignal) {
+        let HuddleSignal {
+            group,
+            room,
+            sender,
+            sender_user,
+            kind,
+            frame,
+        } = signal;
+        if !self.groups.is_member(&group, &sender_user) {
+            let text = "only members of the group may use its huddles: send group_join first";
+            return self.error_to(sender, "not_member", text, Some(&room));
+        }
+        let relay = match &*kind {
+            HUDDLE_JOIN => self.groups.enter_room(&group, &room, sender, sender_user),
+            HUDDLE_LEAVE => self.groups.leave_room(&group, &room, sender),
+            _ => self.groups.present(&group, &room).contains(&sender),
+        };
+        if !relay {
+            if !matches!(&*kind, HUDDLE_JOIN | HUDDLE_LEAVE) {
+                let text = "join the huddle (huddle:join) before signaling in it";
+                self.error_to(sender, "bad_request", text, Some(&room));
+            }
+            return;
+        }
+        for addr in self.groups.present(&group, &room) {
+            if addr != sender {
+                let envelope = Envelope::ToConn {
+                    addr,
+                    frame: frame.clone(),
+                    priority: Priority::High,
+                    accepted_ns: 0,
+                };
+                self.route(addr.reactor as usize, envelope);
+            }
+        }
+    }
+}

@@ -1,0 +1,152 @@
+//! Groups at their home reactor (`home_of(groupId)`): who the members are (persisted by
+//! the store, loaded at start) and which devices are present in each of the group's
+//! huddle rooms (in memory only: a room is the connections in it).
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+};
+
+use super::ConnAddr;
+
+/// The groups one home holds.
+#[derive(Debug, Default)]
+pub struct Groups {
+    groups: HashMap<Box<str>, Group>,
+}
+
+#[derive(Debug, Default)]
+struct Group {
+    members: HashSet<Arc<str>>,
+    /// Huddle id → the devices present, with their users.
+    rooms: HashMap<Box<str>, Vec<(ConnAddr, Arc<str>)>>,
+}
+
+impl Groups {
+    /// Adds `user` to `group`; false when it already was a member.
+    pub fn join(&mut self, group: &str, user: Arc<str>) -> bool {
+        self.groups
+            .entry(group.into())
+            .or_default()
+            .members
+            .insert(user)
+    }
+
+    /// Removes `user` from `group` (and its devices from the group's huddles); false when
+    /// it was not a member.
+    pub fn leave(&mut self, group: &str, user: &str) -> bool {
+        let Some(entry) = self.groups.get_mut(group) else {
+            return false;
+        };
+        let was = entry.members.remove(user);
+        for present in entry.rooms.values_mut() {
+            present.retain(|(_, u)| &**u != user);
+        }
+        entry.rooms.retain(|_, present| !present.is_empty());
+        if entry.members.is_empty() && entry.rooms.is_empty() {
+            self.groups.remove(group);
+        }
+        was
+    }
+
+    /// Whether `user` is a member of `group`.
+    pub fn is_member(&self, group: &str, user: &str) -> bool {
+        self.groups
+            .get(group)
+            .is_some_and(|g| g.members.contains(user))
+    }
+
+    /// The members of `group`, in no particular order.
+    pub fn members(&self, group: &str) -> Vec<Arc<str>> {
+        self.groups
+            .get(group)
+            .map(|g| g.members.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Puts a member's device in a huddle room; false when it was already there.
+    pub fn enter_room(&mut self, group: &str, room: &str, addr: ConnAddr, user: Arc<str>) -> bool {
+        let Some(entry) = self.groups.get_mut(group) else {
+            return false;
+        };
+        let present = entry.rooms.entry(room.into()).or_default();
+        if present.iter().any(|(a, _)| *a == addr) {
+            return false;
+        }
+        present.push((addr, user));
+        true
+    }
+
+    /// Takes a device out of a huddle room; false when it was not there.
+    pub fn leave_room(&mut self, group: &str, room: &str, addr: ConnAddr) -> bool {
+        let Some(present) = self
+            .groups
+            .get_mut(group)
+            .and_then(|g| g.rooms.get_mut(room))
+        else {
+            return false;
+        };
+        let before = present.len();
+        present.retain(|(a, _)| *a != addr);
+        let left = present.len() < before;
+        if present.is_empty() {
+            if let Some(entry) = self.groups.get_mut(group) {
+                entry.rooms.remove(room);
+            }
+        }
+        left
+    }
+
+    /// The devices present in a huddle room.
+    pub fn present(&self, group: &str, room: &str) -> Vec<ConnAddr> {
+        self.groups
+            .get(group)
+            .and_then(|g| g.rooms.get(room))
+            .map(|present| present.iter().map(|(a, _)| *a).collect())
+            .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(slot: u32) -> ConnAddr {
+        ConnAddr {
+            reactor: 0,
+            generation: 1,
+            slot,
+        }
+    }
+
+    #[test]
+    fn members_join_once_and_leave() {
+        let mut groups = Groups::default();
+        assert!(groups.join("g", "alice".into()));
+        assert!(!groups.join("g", "alice".into()));
+        assert!(groups.join("g", "bob".into()));
+        assert!(groups.is_member("g", "bob"));
+        assert!(!groups.is_member("h", "bob"));
+        assert!(groups.leave("g", "bob"));
+        assert!(!groups.leave("g", "bob"));
+        assert_eq!(groups.members("g"), vec![Arc::<str>::from("alice")]);
+        assert!(groups.leave("g", "alice"));
+        assert!(groups.groups.is_empty());
+    }
+
+    #[test]
+    fn a_room_holds_devices_until_they_or_their_user_leave() {
+        let mut groups = Groups::default();
+        groups.join("g", "alice".into());
+        groups.join("g", "bob".into());
+        assert!(groups.enter_room("g", "r", addr(1), "alice".into()));
+        assert!(!groups.enter_room("g", "r", addr(1), "alice".into()));
+        assert!(groups.enter_room("g", "r", addr(2), "bob".into()));
+        assert!(!groups.enter_room("nope", "r", addr(3), "carol".into()));
+        assert_eq!(groups.present("g", "r"), vec![addr(1), addr(2)]);
+        assert!(groups.leave_room("g", "r", addr(1)));
+        assert!(!groups.leave_room("g", "r", addr(1)));
+        groups.leave("g", "bob");
+        assert!(groups.present("g", "r").is_empty());
+    }
+}

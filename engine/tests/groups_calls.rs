@@ -1,0 +1,254 @@
+//! Groups (membership kept across restarts, fan-out, queued copies, not_member), call
+//! signaling (relayed, never queued), huddles (rooms of a group), and edits, deletes and
+//! reactions applied to history.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{fresh_data_dir, Client, Server};
+use serde_json::{json, Value};
+
+fn join(client: &mut Client, group: &str) {
+    client.send(&json!({"type": "group_join", "groupId": group}));
+}
+
+fn post(client: &mut Client, id: &str, group: &str, content: &str) {
+    client.send(
+        &json!({"type": "group_message", "messageId": id, "groupId": group,
+                        "content": content}),
+    );
+}
+
+fn signal(client: &mut Client, to: &str, call: &str, kind: &str, payload: Value) {
+    client.send(
+        &json!({"type": "signal", "receiverId": to, "callId": call, "kind": kind,
+                        "payload": payload}),
+    );
+}
+
+#[test]
+fn a_group_message_reaches_every_member_device_but_the_sending_one() {
+    let dir = fresh_data_dir();
+    let data_dir = dir.to_str().unwrap().to_owned();
+    let args = ["--reactors", "3", "--data-dir", &data_dir];
+    {
+        let mut server = Server::start(common::Driver::IoUring, &args);
+        let mut alice = server.login("alice", "phone");
+        let mut alice_laptop = server.login("alice", "laptop");
+        let mut bob = server.login("bob", "phone");
+        join(&mut alice, "team");
+        join(&mut bob, "team");
+        let joined = alice.recv_type("group_member");
+        assert_eq!(
+            (
+                joined["groupId"].as_str(),
+                joined["userId"].as_str(),
+                joined["action"].as_str()
+            ),
+            (Some("team"), Some("bob"), Some("joined"))
+        );
+        // carol joins and goes offline: her copy is queued.
+        let mut carol = server.login("carol", "phone");
+        join(&mut carol, "team");
+        bob.recv_type("group_member");
+        drop(carol);
+        std::thread::sleep(Duration::from_millis(100));
+        post(&mut alice, "g1", "team", "hello team");
+        assert_eq!(alice.recv_type("message_ack")["status"], "sent");
+        for device in [&mut bob, &mut alice_laptop] {
+            let got = device.recv_type("new_message");
+            assert_eq!(
+                (
+                    got["groupId"].as_str(),
+                    got["senderId"].as_str(),
+                    got["content"].as_str()
+                ),
+                (Some("team"), Some("alice"), Some("hello team"))
+            );
+        }
+        alice.expect_silence(Duration::from_millis(200));
+        // dave is no member.
+        let mut dave = server.login("dave", "phone");
+        post(&mut dave, "d1", "team", "let me in");
+        let error = dave.recv_type("error");
+        assert_eq!(
+            (error["code"].as_str(), error["ref"].as_str()),
+            (Some("not_member"), Some("d1"))
+        );
+        bob.expect_silence(Duration::from_millis(200));
+        assert_eq!(server.terminate(), Some(0));
+    }
+    // After a restart: carol's queued copy arrives, and the membership is still there.
+    let server = Server::start(common::Driver::IoUring, &args);
+    let mut carol = server.login("carol", "phone");
+    assert_eq!(carol.recv_type("new_message")["content"], "hello team");
+    let mut bob = server.login("bob", "phone");
+    post(&mut bob, "g2", "team", "still here");
+    assert_eq!(bob.recv_type("message_ack")["status"], "sent");
+    assert_eq!(carol.recv_type("new_message")["content"], "still here");
+    // Leaving: the others are told, and the leaver gets nothing more.
+    bob.send(&json!({"type": "group_leave", "groupId": "team"}));
+    let left = carol.recv_type("group_member");
+    assert_eq!(
+        (left["userId"].as_str(), left["action"].as_str()),
+        (Some("bob"), Some("left"))
+    );
+    post(&mut carol, "g3", "team", "bye bob");
+    assert_eq!(carol.recv_type("message_ack")["status"], "sent");
+    bob.expect_silence(Duration::from_millis(300));
+    drop(server);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn call_signals_are_relayed_as_sent_and_never_queued() {
+    let server = Server::start(common::Driver::IoUring, &["--reactors", "2"]);
+    let mut alice = server.login("alice", "phone");
+    let mut bob = server.login("bob", "phone");
+    let offer = json!({"sdp": "v=0\r\no=- 1 1 IN IP4 0.0.0.0", "candidates": [1, 2.5, null]});
+    signal(&mut alice, "bob", "call-1", "webrtc:offer", offer.clone());
+    let got = bob.recv_type("signal");
+    assert_eq!(
+        (
+            got["senderId"].as_str(),
+            got["callId"].as_str(),
+            got["kind"].as_str()
+        ),
+        (Some("alice"), Some("call-1"), Some("webrtc:offer"))
+    );
+    assert_eq!(got["payload"], offer);
+    signal(&mut bob, "alice", "call-1", "call:reject", Value::Null);
+    assert_eq!(alice.recv_type("signal")["kind"], "call:reject");
+    // Nobody online: the caller hears peer_offline at once, and nothing waits for carol.
+    signal(
+        &mut alice,
+        "carol",
+        "call-2",
+        "call:initiate",
+        json!({"video": true}),
+    );
+    let error = alice.recv_type("error");
+    assert_eq!(
+        (error["code"].as_str(), error["ref"].as_str()),
+        (Some("peer_offline"), Some("call-2"))
+    );
+    let mut carol = server.login("carol", "phone");
+    carol.expect_silence(Duration::from_millis(300));
+    // An unknown kind is refused, naming the field.
+    signal(&mut alice, "bob", "call-3", "call:dance", Value::Null);
+    let error = alice.recv_type("error");
+    assert_eq!(error["code"], "bad_request");
+    assert!(error["message"].as_str().unwrap().contains("kind"));
+}
+
+#[test]
+fn a_huddle_relays_to_the_devices_present_and_says_who_comes_and_goes() {
+    let server = Server::start(common::Driver::IoUring, &["--reactors", "2"]);
+    let mut alice = server.login("alice", "phone");
+    let mut bob = server.login("bob", "phone");
+    let mut carol = server.login("carol", "phone");
+    for client in [&mut alice, &mut bob, &mut carol] {
+        join(client, "team");
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    signal(&mut alice, "team", "room", "huddle:join", Value::Null);
+    signal(
+        &mut bob,
+        "team",
+        "room",
+        "huddle:join",
+        json!({"audio": true}),
+    );
+    let joined = alice.recv_type("signal");
+    assert_eq!(
+        (
+            joined["senderId"].as_str(),
+            joined["kind"].as_str(),
+            joined["callId"].as_str()
+        ),
+        (Some("bob"), Some("huddle:join"), Some("room"))
+    );
+    signal(
+        &mut alice,
+        "team",
+        "room",
+        "huddle:toggle-audio",
+        json!({"muted": true}),
+    );
+    assert_eq!(bob.recv_type("signal")["payload"], json!({"muted": true}));
+    // carol is a member but not in the room: her signals are refused, and she hears none.
+    signal(&mut carol, "team", "room", "huddle:raise-hand", Value::Null);
+    assert_eq!(carol.recv_type("error")["code"], "bad_request");
+    // A stranger may not enter.
+    let mut dave = server.login("dave", "phone");
+    signal(&mut dave, "team", "room", "huddle:join", Value::Null);
+    assert_eq!(dave.recv_type("error")["code"], "not_member");
+    // bob's connection drops: alice hears that he left.
+    drop(bob);
+    let left = alice.recv_type("signal");
+    assert_eq!(
+        (left["senderId"].as_str(), left["kind"].as_str()),
+        (Some("bob"), Some("huddle:leave"))
+    );
+    carol.expect_silence(Duration::from_millis(200));
+}
+
+#[test]
+fn edits_deletes_and_reactions_reach_the_other_side_and_history() {
+    let server = Server::start(common::Driver::IoUring, &["--reactors", "2"]);
+    let mut alice = server.login("alice", "phone");
+    let mut alice_laptop = server.login("alice", "laptop");
+    let mut bob = server.login("bob", "phone");
+    alice.send(
+        &json!({"type": "send_message", "messageId": "m1", "receiverId": "bob",
+                       "content": "helo"}),
+    );
+    assert_eq!(alice.recv_type("message_ack")["status"], "sent");
+    bob.recv_type("new_message");
+    alice.send(
+        &json!({"type": "message_edit", "messageId": "m1", "receiverId": "bob",
+                       "content": "hello"}),
+    );
+    for device in [&mut bob, &mut alice_laptop] {
+        let edited = device.recv_type("message_edited");
+        assert_eq!(
+            (
+                edited["messageId"].as_str(),
+                edited["senderId"].as_str(),
+                edited["content"].as_str()
+            ),
+            (Some("m1"), Some("alice"), Some("hello"))
+        );
+    }
+    // Only the sender may edit; bob may react.
+    bob.send(
+        &json!({"type": "message_edit", "messageId": "m1", "receiverId": "alice",
+                     "content": "hacked"}),
+    );
+    assert_eq!(bob.recv_type("error")["code"], "not_found");
+    bob.send(
+        &json!({"type": "reaction_add", "messageId": "m1", "receiverId": "alice",
+                     "emoji": "👍"}),
+    );
+    let reaction = alice.recv_type("reaction_added");
+    assert_eq!(
+        (reaction["senderId"].as_str(), reaction["emoji"].as_str()),
+        (Some("bob"), Some("👍"))
+    );
+    bob.send(&json!({"type": "history", "peerId": "alice"}));
+    let history = bob.recv_type("history");
+    let stored = &history["messages"][0];
+    assert_eq!(
+        (stored["content"].as_str(), stored["edited"].as_bool()),
+        (Some("hello"), Some(true))
+    );
+    assert_eq!(stored["reactions"], json!({"👍": ["bob"]}));
+    // A delete reaches bob even when he is offline.
+    drop(bob);
+    std::thread::sleep(Duration::from_millis(100));
+    alice.send(&json!({"type": "message_delete", "messageId": "m1", "receiverId": "bob"}));
+    alice_laptop.recv_type("message_deleted");
+    let mut bob = server.login("bob", "tablet");
+    assert_eq!(bob.recv_type("message_deleted")["messageId"], "m1");
+}
