@@ -9,14 +9,30 @@ use std::time::Duration;
 use common::{fresh_data_dir, Client, Server};
 use serde_json::{json, Value};
 
+/// Joins `group` and waits for the joiner's own `group_member` event: the join is made.
 fn join(client: &mut Client, group: &str) {
     client.send(&json!({"type": "group_join", "groupId": group}));
+    let event = client.recv_type("group_member");
+    assert_eq!(event["action"], "joined", "{event}");
 }
 
 fn post(client: &mut Client, id: &str, group: &str, content: &str) {
     client.send(
         &json!({"type": "group_message", "messageId": id, "groupId": group,
                         "content": content}),
+    );
+}
+
+/// Drops `gone`'s connection and waits until `watcher` hears that `user` is offline, so
+/// what follows is routed to an offline user (not written to a closing socket).
+fn go_offline(watcher: &mut Client, gone: Client, user: &str) {
+    watcher.send(&json!({"type": "presence_subscribe", "userIds": [user]}));
+    watcher.recv_type("presence_state");
+    drop(gone);
+    let update = watcher.recv_type("presence_update");
+    assert_eq!(
+        (update["userId"].as_str(), update["status"].as_str()),
+        (Some(user), Some("offline"))
     );
 }
 
@@ -52,8 +68,7 @@ fn a_group_message_reaches_every_member_device_but_the_sending_one() {
         let mut carol = server.login("carol", "phone");
         join(&mut carol, "team");
         bob.recv_type("group_member");
-        drop(carol);
-        std::thread::sleep(Duration::from_millis(100));
+        go_offline(&mut bob, carol, "carol");
         post(&mut alice, "g1", "team", "hello team");
         assert_eq!(alice.recv_type("message_ack")["status"], "sent");
         for device in [&mut bob, &mut alice_laptop] {
@@ -87,13 +102,15 @@ fn a_group_message_reaches_every_member_device_but_the_sending_one() {
     post(&mut bob, "g2", "team", "still here");
     assert_eq!(bob.recv_type("message_ack")["status"], "sent");
     assert_eq!(carol.recv_type("new_message")["content"], "still here");
-    // Leaving: the others are told, and the leaver gets nothing more.
+    // Leaving: the others are told (and the leaver's devices), and it gets nothing more.
     bob.send(&json!({"type": "group_leave", "groupId": "team"}));
-    let left = carol.recv_type("group_member");
-    assert_eq!(
-        (left["userId"].as_str(), left["action"].as_str()),
-        (Some("bob"), Some("left"))
-    );
+    for device in [&mut carol, &mut bob] {
+        let left = device.recv_type("group_member");
+        assert_eq!(
+            (left["userId"].as_str(), left["action"].as_str()),
+            (Some("bob"), Some("left"))
+        );
+    }
     post(&mut carol, "g3", "team", "bye bob");
     assert_eq!(carol.recv_type("message_ack")["status"], "sent");
     bob.expect_silence(Duration::from_millis(300));
@@ -151,7 +168,8 @@ fn a_huddle_relays_to_the_devices_present_and_says_who_comes_and_goes() {
     for client in [&mut alice, &mut bob, &mut carol] {
         join(client, "team");
     }
-    std::thread::sleep(Duration::from_millis(100));
+    // Whichever join the group's home sees first, each hears of the other: the later
+    // one as the newcomer is announced, the earlier one in the newcomer's welcome.
     signal(&mut alice, "team", "room", "huddle:join", Value::Null);
     signal(
         &mut bob,
@@ -160,15 +178,17 @@ fn a_huddle_relays_to_the_devices_present_and_says_who_comes_and_goes() {
         "huddle:join",
         json!({"audio": true}),
     );
-    let joined = alice.recv_type("signal");
-    assert_eq!(
-        (
-            joined["senderId"].as_str(),
-            joined["kind"].as_str(),
-            joined["callId"].as_str()
-        ),
-        (Some("bob"), Some("huddle:join"), Some("room"))
-    );
+    for (device, other) in [(&mut alice, "bob"), (&mut bob, "alice")] {
+        let joined = device.recv_type("signal");
+        assert_eq!(
+            (
+                joined["senderId"].as_str(),
+                joined["kind"].as_str(),
+                joined["callId"].as_str()
+            ),
+            (Some(other), Some("huddle:join"), Some("room"))
+        );
+    }
     signal(
         &mut alice,
         "team",
@@ -245,8 +265,7 @@ fn edits_deletes_and_reactions_reach_the_other_side_and_history() {
     );
     assert_eq!(stored["reactions"], json!({"👍": ["bob"]}));
     // A delete reaches bob even when he is offline.
-    drop(bob);
-    std::thread::sleep(Duration::from_millis(100));
+    go_offline(&mut alice_laptop, bob, "bob");
     alice.send(&json!({"type": "message_delete", "messageId": "m1", "receiverId": "bob"}));
     alice_laptop.recv_type("message_deleted");
     let mut bob = server.login("bob", "tablet");

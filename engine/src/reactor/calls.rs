@@ -83,6 +83,26 @@ impl Reactor {
         }
     }
 
+    /// At the group's home: tells a device that just entered a huddle room who was there
+    /// already, as one `huddle:join` from each of them.
+    fn introduce_present(&mut self, group: &str, room: &str, newcomer: ConnAddr) {
+        for (addr, user) in self.groups.present_users(group, room) {
+            if addr == newcomer {
+                continue;
+            }
+            self.json.clear();
+            let call = (room, HUDDLE_JOIN);
+            outbound::signal(&mut self.json, &user, call, b"null", now_ms());
+            let envelope = Envelope::ToConn {
+                addr: newcomer,
+                frame: frame::encode_text(&self.json),
+                priority: Priority::High,
+                accepted_ns: 0,
+            };
+            self.route(newcomer.reactor as usize, envelope);
+        }
+    }
+
     /// At the group's home: a member's device enters or leaves a huddle room, or signals
     /// the others present; each device present but the sender gets the frame.
     pub(super) fn on_huddle(&mut self, signal: HuddleSignal) {
@@ -99,7 +119,13 @@ impl Reactor {
             return self.error_to(sender, "not_member", text, Some(&room));
         }
         let relay = match &*kind {
-            HUDDLE_JOIN => self.groups.enter_room(&group, &room, sender, sender_user),
+            HUDDLE_JOIN => {
+                let entered = self.groups.enter_room(&group, &room, sender, sender_user);
+                if entered {
+                    self.introduce_present(&group, &room, sender);
+                }
+                entered
+            }
             HUDDLE_LEAVE => self.groups.leave_room(&group, &room, sender),
             _ => self.groups.present(&group, &room).contains(&sender),
         };

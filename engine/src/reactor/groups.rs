@@ -80,8 +80,9 @@ impl Reactor {
         self.route(home, Envelope::GroupPost(Box::new(post)));
     }
 
-    /// At the group's home: a member joins or leaves. The store keeps the change and the
-    /// other members hear of it.
+    /// At the group's home: a member joins or leaves. The store keeps the change, and
+    /// every member hears of it: the others (PROTOCOL.md) and the user itself, whose
+    /// devices so learn that the change is made (a post sent after it is accepted).
     pub(super) fn on_group_join(&mut self, change: GroupJoin) {
         let GroupJoin { group, user, join } = change;
         let changed = if join {
@@ -100,10 +101,12 @@ impl Reactor {
         self.json.clear();
         outbound::group_member(&mut self.json, &group, &user, join, now_ms());
         let frame = frame::encode_text(&self.json);
-        for member in self.groups.members(&group) {
-            if member != user {
-                self.deliver_or(&member, frame.clone(), Priority::Normal, WhenOffline::Drop);
-            }
+        let mut told = self.groups.members(&group);
+        if !join {
+            told.push(user);
+        }
+        for member in told {
+            self.deliver_or(&member, frame.clone(), Priority::Normal, WhenOffline::Drop);
         }
     }
 

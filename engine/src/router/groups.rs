@@ -97,6 +97,15 @@ impl Groups {
         left
     }
 
+    /// The devices present in a huddle room, with their users.
+    pub fn present_users(&self, group: &str, room: &str) -> Vec<(ConnAddr, Arc<str>)> {
+        self.groups
+            .get(group)
+            .and_then(|g| g.rooms.get(room))
+            .cloned()
+            .unwrap_or_default()
+    }
+
     /// The devices present in a huddle room.
     pub fn present(&self, group: &str, room: &str) -> Vec<ConnAddr> {
         self.groups
