@@ -81,6 +81,12 @@ pub struct Args {
     /// Days a queued message is kept before it expires unread (fractions allowed) [default: 30]
     #[arg(long, env = "ENGINE_RETENTION_DAYS", value_name = "DAYS")]
     pub retention_days: Option<f64>,
+    /// http:// URL to POST a small JSON to when a message is queued for a user with no device online
+    #[arg(long, env = "ENGINE_PUSH_WEBHOOK", value_name = "URL")]
+    pub push_webhook: Option<String>,
+    /// Include the start of the message text in push notifications [default: false]
+    #[arg(long, env = "ENGINE_PUSH_PREVIEW", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub push_preview: Option<bool>,
     /// Memory for the store's page cache, in MiB [default: 128]
     #[arg(long, env = "ENGINE_STORE_CACHE_MB", value_name = "MIB")]
     pub store_cache_mb: Option<u64>,
@@ -126,6 +132,8 @@ struct FileConfig {
     queue_max_per_user: Option<u64>,
     retention_days: Option<f64>,
     store_cache_mb: Option<u64>,
+    push_webhook: Option<String>,
+    push_preview: Option<bool>,
     shutdown_timeout_ms: Option<u64>,
     log_level: Option<String>,
 }
@@ -153,6 +161,10 @@ pub struct Config {
     pub retention: std::time::Duration,
     /// Bytes of the store's page cache.
     pub store_cache_bytes: usize,
+    /// Where push notifications for offline users go, if anywhere.
+    pub push_webhook: Option<crate::push::Webhook>,
+    /// Whether they carry the start of the text.
+    pub push_preview: bool,
     /// Bound on graceful shutdown.
     pub shutdown_timeout_ms: u64,
     /// The tracing filter.
@@ -172,6 +184,8 @@ impl Default for Config {
             queue_max_per_user: QUEUE_MAX_PER_USER_DEFAULT,
             retention: std::time::Duration::from_secs_f64(RETENTION_DAYS_DEFAULT * 86_400.0),
             store_cache_bytes: (STORE_CACHE_MB_DEFAULT << 20) as usize,
+            push_webhook: None,
+            push_preview: false,
             shutdown_timeout_ms: SHUTDOWN_TIMEOUT_MS_DEFAULT,
             log_level: "info".to_owned(),
         }
@@ -310,6 +324,12 @@ impl Config {
             return Err(invalid("retention-days", "must be a number of days"));
         }
         let retention = std::time::Duration::from_secs_f64(retention_days * 86_400.0);
+        let push_webhook = match args.push_webhook.or(file.push_webhook) {
+            Some(url) => {
+                Some(crate::push::Webhook::parse(&url).map_err(|e| invalid("push-webhook", e))?)
+            }
+            None => None,
+        };
         let store_cache_mb = in_range(
             "store-cache-mb",
             args.store_cache_mb
@@ -338,6 +358,8 @@ impl Config {
             queue_max_per_user,
             retention,
             store_cache_bytes: (store_cache_mb << 20) as usize,
+            push_webhook,
+            push_preview: args.push_preview.or(file.push_preview).unwrap_or(false),
             shutdown_timeout_ms,
             log_level,
         })
@@ -402,6 +424,12 @@ mod tests {
         })
         .unwrap_err();
         assert!(err.to_string().starts_with("--store-cache-mb:"), "{err}");
+        let err = Config::resolve(Args {
+            push_webhook: Some("https://push.example/".into()),
+            ..Args::default()
+        })
+        .unwrap_err();
+        assert!(err.to_string().starts_with("--push-webhook:"), "{err}");
         let err = Config::resolve(Args {
             log_level: Some("[[".into()),
             ..Args::default()

@@ -27,6 +27,7 @@ pub mod config;
 pub mod http;
 pub mod mailbox;
 pub mod protocol;
+pub mod push;
 pub mod reactor;
 pub mod router;
 pub mod shutdown;
@@ -77,6 +78,14 @@ impl Engine {
                 cache_bytes: shared.config.store_cache_bytes,
             },
             routes,
+            shared
+                .config
+                .push_webhook
+                .clone()
+                .map(|webhook| store::PushHook {
+                    webhook,
+                    preview: shared.config.push_preview,
+                }),
         )
         .map_err(|e| {
             io::Error::other(format!(

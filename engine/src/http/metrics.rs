@@ -84,6 +84,21 @@ pub fn render(out: &mut Vec<u8>, health: &Health, reactors: &[ReactorStats], sto
             "History entries removed after the retention period.",
             &store.expired_history,
         ),
+        (
+            "engine_push_sent_total",
+            "Push notifications the webhook accepted.",
+            &store.push.sent,
+        ),
+        (
+            "engine_push_failed_total",
+            "Push notifications given up after every attempt failed.",
+            &store.push.failed,
+        ),
+        (
+            "engine_push_dropped_total",
+            "Push notifications dropped because the push queue was full.",
+            &store.push.dropped,
+        ),
     ] {
         header(&mut text, name, help, "counter");
         let _ = writeln!(text, "{name} {}", stats::read(value));

@@ -67,6 +67,8 @@ pub struct StoreStats {
     pub expired_history: AtomicU64,
     /// Time one group commit takes: begin, apply the batch, commit (fsync).
     pub commit_latency: LatencyHistogram,
+    /// The push hook's counts (zero without `--push-webhook`).
+    pub push: Arc<crate::push::PushStats>,
 }
 
 /// What makes a message a chat message: who sent it and when. The store keeps chat
@@ -401,6 +403,15 @@ pub struct Limits {
     pub cache_bytes: usize,
 }
 
+/// Where to send push notifications for messages queued for offline users.
+#[derive(Debug, Clone)]
+pub struct PushHook {
+    /// The webhook.
+    pub webhook: crate::push::Webhook,
+    /// Whether notifications carry the start of the text.
+    pub preview: bool,
+}
+
 /// Group memberships as the store holds them: `(group, user)` pairs.
 pub type Memberships = Vec<(Box<str>, Box<str>)>;
 
@@ -410,6 +421,7 @@ pub fn open(
     dir: &Path,
     limits: Limits,
     routes: ReplyRoutes,
+    push: Option<PushHook>,
 ) -> io::Result<(Store, JoinHandle<()>, Memberships)> {
     std::fs::create_dir_all(dir)?;
     let path = dir.join("engine.redb");
@@ -424,8 +436,25 @@ pub fn open(
         "store open"
     );
     let stats = Arc::new(StoreStats::default());
+    let push = match push {
+        Some(hook) => Some(crate::push::start(
+            hook.webhook,
+            hook.preview,
+            stats.push.clone(),
+        )?),
+        None => None,
+    };
     let (commands, inbox) = mpsc::channel();
-    let worker = worker::Worker::new(db, path, state, limits, routes, stats.clone());
+    let parts = worker::Parts {
+        db,
+        path,
+        state,
+        limits,
+        routes,
+        stats: stats.clone(),
+        push,
+    };
+    let worker = worker::Worker::new(parts);
     let thread = std::thread::Builder::new()
         .name("store".into())
         .spawn(move || worker.run(inbox))?;

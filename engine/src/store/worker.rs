@@ -106,33 +106,49 @@ pub(super) struct Worker {
     sweep: Option<(Sweep, u64)>,
     routes: ReplyRoutes,
     stats: Arc<StoreStats>,
+    push: Option<crate::push::Push>,
 }
 
-/// What one transaction changed, for the counters once it committed.
+/// What one transaction changed, for the counters and the push hook once it committed.
 #[derive(Default)]
 struct Tally {
     persisted: u64,
     recorded: u64,
+    /// Messages newly queued for offline users: `(user, new_message JSON)`, kept only
+    /// when a push hook is configured.
+    queued: Vec<(Box<str>, bytes::Bytes)>,
+}
+
+/// What a worker is made of.
+pub(super) struct Parts {
+    /// The open file.
+    pub db: Database,
+    /// Its path, for reopening.
+    pub path: PathBuf,
+    /// What was read from it at start.
+    pub state: State,
+    /// Bounds.
+    pub limits: Limits,
+    /// Where answers go.
+    pub routes: ReplyRoutes,
+    /// Counters.
+    pub stats: Arc<StoreStats>,
+    /// The push hook, if configured.
+    pub push: Option<crate::push::Push>,
 }
 
 impl Worker {
-    pub(super) fn new(
-        db: Database,
-        path: PathBuf,
-        state: State,
-        limits: Limits,
-        routes: ReplyRoutes,
-        stats: Arc<StoreStats>,
-    ) -> Worker {
+    pub(super) fn new(parts: Parts) -> Worker {
         Worker {
-            db: Some(db),
-            path,
-            state,
-            limits,
+            db: Some(parts.db),
+            path: parts.path,
+            state: parts.state,
+            limits: parts.limits,
             last_sweep: Instant::now(),
             sweep: None,
-            routes,
-            stats,
+            routes: parts.routes,
+            stats: parts.stats,
+            push: parts.push,
         }
     }
 
@@ -246,6 +262,11 @@ impl Worker {
                 .insert(NEXT_SEQUENCE, self.state.next_sequence)?;
         }
         txn.commit()?;
+        if let Some(push) = &self.push {
+            for (user, payload) in tally.queued {
+                push.notify(&user, payload);
+            }
+        }
         let took_us = started.elapsed().as_micros() as u64;
         self.stats.commit_latency.observe_us(took_us);
         self.stats.commits.fetch_add(1, Ordering::Relaxed);
@@ -265,6 +286,7 @@ impl Worker {
         replies: &mut Vec<(usize, Reply)>,
     ) -> Result<Tally, redb::Error> {
         let mut tally = Tally::default();
+        let pushing = self.push.is_some();
         let mut queues = txn.open_table(QUEUE)?;
         let mut tables = Tables {
             history: txn.open_table(history::HISTORY)?,
@@ -300,6 +322,9 @@ impl Worker {
                         let key = (&**user, *priority, sequence);
                         queue::push(&mut queues, &mut state.counts, key, *receipt, payload, now)?;
                         tally.persisted += 1;
+                        if pushing {
+                            tally.queued.push((user.clone(), payload.clone()));
+                        }
                         if let Some(chat) = chat {
                             tables.record(user, message_id, chat, sequence, payload)?;
                             tally.recorded += 1;
@@ -327,6 +352,9 @@ impl Worker {
                             let key = (&**user, broadcast.priority, state.take_sequence());
                             queue::push(&mut queues, &mut state.counts, key, false, payload, now)?;
                             queued += 1;
+                            if pushing {
+                                tally.queued.push((user.clone(), payload.clone()));
+                            }
                         }
                     }
                     tally.persisted += u64::from(queued);
