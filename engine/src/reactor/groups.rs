@@ -6,8 +6,6 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
-
 use super::core::Reactor;
 use crate::{
     protocol::{
@@ -15,7 +13,7 @@ use crate::{
         outbound::{self, NewMessage},
         Priority,
     },
-    router::{AckStatus, ConnAddr, Envelope, GroupJoin, GroupPost, WhenOffline},
+    router::{AckStatus, ConnAddr, Envelope, GroupDelivery, GroupJoin, GroupPost},
     store::Command,
     ws::frame,
 };
@@ -105,9 +103,15 @@ impl Reactor {
         if !join {
             told.push(user);
         }
-        for member in told {
-            self.deliver_or(&member, frame.clone(), Priority::Normal, WhenOffline::Drop);
-        }
+        let delivery = GroupDelivery {
+            users: told,
+            frame,
+            priority: Priority::Normal,
+            except: None,
+            queue_offline: false,
+            sender: None,
+        };
+        self.fan_out(delivery);
     }
 
     /// At the group's home: fans a post out to every member (the sender's other devices
@@ -119,20 +123,71 @@ impl Reactor {
             let text = "only members may post to a group: send group_join first";
             return self.error_to(post.sender, "not_member", text, Some(&post.message_id));
         }
-        for member in self.groups.members(&post.group) {
-            let frame: Bytes = post.frame.clone();
-            if member == post.sender_user {
-                self.deliver(&member, frame, post.priority, Some(post.sender), None);
-            } else {
-                self.deliver_or(&member, frame, post.priority, WhenOffline::Queue);
-            }
-        }
+        let delivery = GroupDelivery {
+            users: self.groups.members(&post.group),
+            frame: post.frame,
+            priority: post.priority,
+            except: Some(post.sender),
+            queue_offline: true,
+            sender: Some(post.sender_user),
+        };
+        self.fan_out(delivery);
         let ack = Envelope::Ack {
             sender: post.sender,
             message_id: post.message_id,
             status: AckStatus::Sent,
         };
         self.route(post.sender.reactor as usize, ack);
+    }
+
+    /// At the group's home: splits `delivery.users` by home reactor and mails each home
+    /// its share (one envelope per home, however large the group).
+    fn fan_out(&mut self, delivery: GroupDelivery) {
+        let reactors = self.shared.config.reactors;
+        let mut by_home: Vec<Vec<Arc<str>>> = vec![Vec::new(); reactors];
+        for user in delivery.users {
+            by_home[self.home_of(&user)].push(user);
+        }
+        for (home, users) in by_home.into_iter().enumerate() {
+            if users.is_empty() {
+                continue;
+            }
+            let share = GroupDelivery {
+                users,
+                frame: delivery.frame.clone(),
+                sender: delivery.sender.clone(),
+                ..delivery
+            };
+            self.route(home, Envelope::GroupDeliver(Box::new(share)));
+        }
+    }
+
+    /// At a member's home: writes the group's frame to every device of these members
+    /// (but the sending one) and queues it for members with no device online, when asked.
+    pub(super) fn on_group_deliver(&mut self, delivery: GroupDelivery) {
+        for user in &delivery.users {
+            let devices: smallvec::SmallVec<[ConnAddr; 4]> = self
+                .directory
+                .devices(user)
+                .iter()
+                .map(|d| d.addr)
+                .filter(|a| Some(*a) != delivery.except)
+                .collect();
+            let online = !devices.is_empty() || delivery.sender.as_ref() == Some(user);
+            for addr in devices {
+                let envelope = Envelope::ToConn {
+                    addr,
+                    frame: delivery.frame.clone(),
+                    priority: delivery.priority,
+                    accepted_ns: 0,
+                };
+                self.route(addr.reactor as usize, envelope);
+            }
+            if !online && delivery.queue_offline {
+                let user = Box::from(&**user);
+                self.queue_offline(user, delivery.priority, &delivery.frame, None, None);
+            }
+        }
     }
 
     /// Sends `error {code, message, ref}` to a connection on any reactor.

@@ -206,6 +206,7 @@ impl Reactor {
             Envelope::GroupJoin(change) => self.on_group_join(*change),
             Envelope::GroupPost(post) => self.on_group_post(*post),
             Envelope::Huddle(signal) => self.on_huddle(*signal),
+            Envelope::GroupDeliver(delivery) => self.on_group_deliver(*delivery),
             Envelope::BroadcastReply {
                 request,
                 delivered,

@@ -169,6 +169,24 @@ pub struct GroupPost {
     pub priority: Priority,
 }
 
+/// A group's frame for the members one home holds (one envelope per home, not per
+/// member: a 10,000-member group costs a handful of envelopes).
+#[derive(Debug)]
+pub struct GroupDelivery {
+    /// The members homed at the receiving reactor.
+    pub users: Vec<Arc<str>>,
+    /// The frame, shared.
+    pub frame: Bytes,
+    /// Its priority.
+    pub priority: Priority,
+    /// The sending device, which gets no copy.
+    pub except: Option<ConnAddr>,
+    /// Queue it for members with no device online (posts; not membership events) ...
+    pub queue_offline: bool,
+    /// ... except for this one (the sender).
+    pub sender: Option<Arc<str>>,
+}
+
 /// A `huddle:*` signal: a group's call room.
 #[derive(Debug)]
 pub struct HuddleSignal {
@@ -266,6 +284,8 @@ pub enum Envelope {
     GroupPost(Box<GroupPost>),
     /// To a group's home: a huddle signal for the members present in the room.
     Huddle(Box<HuddleSignal>),
+    /// From a group's home to a member's home: one frame for these members homed there.
+    GroupDeliver(Box<GroupDelivery>),
     /// To a broadcast's requester: one home's counts.
     BroadcastReply {
         /// The pending broadcast at the requester's reactor.
