@@ -9,9 +9,10 @@
 //!
 //! `cargo bench -p engine --bench idle_memory -- [connections] [reactors]`
 
+mod support;
+
 use std::{
     alloc::{GlobalAlloc, Layout},
-    io::{Read, Write},
     net::TcpStream,
     sync::atomic::{AtomicIsize, Ordering},
     time::Duration,
@@ -60,32 +61,6 @@ fn rss_bytes() -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
-/// Opens a WebSocket that authenticates as `user`; returns once auth_success arrived.
-fn connect_idle(addr: std::net::SocketAddr, user: usize) -> TcpStream {
-    let mut stream = TcpStream::connect(addr).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    let auth = format!(r#"{{"type":"auth","userId":"user{user}","deviceId":"d"}}"#);
-    let mask = [1u8, 2, 3, 4];
-    let mut request =
-        b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-        Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
-            .to_vec();
-    request.extend_from_slice(&[0x81, 0x80 | auth.len() as u8]);
-    request.extend_from_slice(&mask);
-    request.extend(auth.bytes().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-    stream.write_all(&request).unwrap();
-    let mut seen = Vec::new();
-    let mut chunk = [0u8; 1024];
-    while !seen.windows(12).any(|w| w == b"auth_success") {
-        let n = stream.read(&mut chunk).expect("auth_success arrives");
-        assert!(n > 0, "closed before auth_success");
-        seen.extend_from_slice(&chunk[..n]);
-    }
-    stream
-}
-
 fn main() {
     let mut args = std::env::args().skip(1).filter(|a| !a.starts_with("--"));
     let connections: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(10_000);
@@ -111,7 +86,7 @@ fn main() {
     for target in [half, connections] {
         while clients.len() < target {
             let user = clients.len();
-            clients.push(connect_idle(addr, user));
+            clients.push(support::connect_authenticated(addr, &format!("user{user}")));
         }
         settle();
         readings.push((LIVE_BYTES.load(Ordering::Relaxed), rss_bytes()));

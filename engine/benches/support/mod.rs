@@ -1,0 +1,51 @@
+//! What the in-process benches share: a minimal WebSocket client over a blocking socket.
+
+use std::{
+    io::{Read, Write},
+    net::{SocketAddr, TcpStream},
+    time::Duration,
+};
+
+/// Opens a WebSocket that authenticates as `user`; returns once `auth_success` arrived.
+pub fn connect_authenticated(addr: SocketAddr, user: &str) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut request =
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+        Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+            .to_vec();
+    request.extend_from_slice(&text_frame(&format!(
+        r#"{{"type":"auth","userId":"{user}","deviceId":"d"}}"#
+    )));
+    stream.write_all(&request).unwrap();
+    read_until(&mut stream, b"auth_success");
+    stream
+}
+
+/// A masked client text frame (payloads under 64 KiB).
+pub fn text_frame(text: &str) -> Vec<u8> {
+    let mask = [1u8, 2, 3, 4];
+    let mut frame = vec![0x81];
+    if text.len() < 126 {
+        frame.push(0x80 | text.len() as u8);
+    } else {
+        frame.push(0x80 | 126);
+        frame.extend_from_slice(&(text.len() as u16).to_be_bytes());
+    }
+    frame.extend_from_slice(&mask);
+    frame.extend(text.bytes().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    frame
+}
+
+/// Reads until `needle` has arrived (anything before it is dropped).
+pub fn read_until(stream: &mut TcpStream, needle: &[u8]) {
+    let mut seen = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !seen.windows(needle.len()).any(|w| w == needle) {
+        let n = stream.read(&mut chunk).expect("the expected frame arrives");
+        assert!(n > 0, "closed before {}", String::from_utf8_lossy(needle));
+        seen.extend_from_slice(&chunk[..n]);
+    }
+}
