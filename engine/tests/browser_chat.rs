@@ -276,6 +276,23 @@ fn two_browsers_chat_both_ways() {
         "the ack of the reply",
         "document.querySelector('.msg.outgoing .meta')?.textContent.includes('sent')",
     );
+
+    // Groups: both join #team (the page lists it once the server confirms), alice posts.
+    for page in [&alice, &bob] {
+        page.click("join");
+        page.wait_for(
+            "#team in the group list",
+            "document.querySelector('#groups li[data-group=team]')",
+        );
+    }
+    alice.set("to", "#team");
+    alice.type_into("text", "hello team");
+    alice.click("send");
+    bob.wait_for("the group message", &has_message("incoming", "hello team"));
+    alice.wait_for(
+        "the group message's ack",
+        "[...document.querySelectorAll('.msg.outgoing')].some(e => e.querySelector('.text').textContent === 'hello team' && e.querySelector('.meta').textContent.includes('sent'))",
+    );
 }
 
 fn skip(why: &str) {
