@@ -271,3 +271,55 @@ fn edits_deletes_and_reactions_reach_the_other_side_and_history() {
     let mut bob = server.login("bob", "tablet");
     assert_eq!(bob.recv_type("message_deleted")["messageId"], "m1");
 }
+
+#[test]
+fn a_group_post_is_acked_only_once_offline_copies_are_stored() {
+    // A 2 MiB file-size limit: the store fills up after a few dozen 60 KB messages.
+    let server =
+        Server::start_with_file_size_limit(common::Driver::IoUring, &["--reactors", "2"], 2 << 20);
+    let mut alice = server.login("alice", "phone");
+    let mut bob = server.login("bob", "phone");
+    let carol = server.login("carol", "phone");
+    for client in [&mut alice, &mut bob] {
+        join(client, "team");
+    }
+    let mut carol = carol;
+    join(&mut carol, "team");
+    go_offline(&mut bob, carol, "carol");
+    let big = "x".repeat(60_000);
+    let mut failed_at = None;
+    for i in 0..200 {
+        let id = format!("big{i}");
+        post(&mut alice, &id, "team", &big);
+        assert_eq!(
+            bob.recv_type("new_message")["messageId"],
+            id.as_str(),
+            "online copy"
+        );
+        let reply = loop {
+            let reply = alice.recv();
+            if reply["type"] != "group_member" {
+                break reply;
+            }
+        };
+        if reply["type"] == "error" {
+            assert_eq!(
+                (reply["code"].as_str(), reply["ref"].as_str()),
+                (Some("persistence_failed"), Some(id.as_str())),
+                "{reply}"
+            );
+            failed_at = Some(i);
+            break;
+        }
+        assert_eq!(reply["status"], "sent", "{reply}");
+    }
+    let failed_at = failed_at.expect("the store fills up");
+    // Every post acked `sent` waits in carol's queue.
+    let mut carol = server.login("carol", "phone");
+    for i in 0..failed_at {
+        assert_eq!(
+            carol.recv_type("new_message")["messageId"],
+            format!("big{i}")
+        );
+    }
+}

@@ -25,7 +25,7 @@ use crate::{
     },
     router::{AckRequest, BroadcastMessage, BroadcastOrder, ConnAddr, Envelope},
     stats,
-    store::{BroadcastBatch, Command, Outcome},
+    store::{Command, FanOut, FanOutBatch, Outcome},
     ws::frame,
 };
 
@@ -316,15 +316,16 @@ impl Reactor {
                     (user, payload)
                 })
                 .collect();
-            let batch = BroadcastBatch {
+            let batch = FanOutBatch {
                 messages,
                 priority: message.priority,
-                requester: order.requester,
+                purpose: FanOut::Broadcast,
+                reply_to: order.requester.reactor as usize,
                 request: order.request,
                 delivered,
             };
-            let command = Command::EnqueueBroadcast(Box::new(batch));
-            let Err(Command::EnqueueBroadcast(batch)) = self.store.send(command) else {
+            let command = Command::EnqueueFanOut(Box::new(batch));
+            let Err(Command::EnqueueFanOut(batch)) = self.store.send(command) else {
                 return; // the store sends the counts after its commit
             };
             // The store is gone (shutting down): nothing was queued.

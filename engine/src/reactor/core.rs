@@ -49,6 +49,19 @@ pub(crate) struct PendingPresence {
     pub(crate) entries: Vec<PresenceEntry>,
 }
 
+/// A group post waiting for its member homes (acknowledged once every copy for an
+/// offline member is committed).
+pub(crate) struct PendingPost {
+    /// The sending connection, acknowledged when every member home is done.
+    pub(crate) sender: ConnAddr,
+    /// Its message id.
+    pub(crate) message_id: Box<str>,
+    /// Member homes that have not reported.
+    pub(crate) awaiting: usize,
+    /// Some offline member's copy could not be stored.
+    pub(crate) failed: bool,
+}
+
 /// An API broadcast waiting for the counts of the homes it was sent to.
 pub(crate) struct PendingBroadcast {
     /// The HTTP connection to answer.
@@ -101,6 +114,8 @@ pub(crate) struct Reactor {
     pub(crate) recent: crate::router::dedup::RecentMessages,
     /// The groups homed here: members and huddle rooms.
     pub(crate) groups: crate::router::groups::Groups,
+    /// Group posts fanned out from here, waiting for their member homes.
+    pub(crate) group_posts: Slab<PendingPost>,
     /// The durable store.
     pub(crate) store: crate::store::Store,
     /// The store's answers to this reactor.
@@ -138,6 +153,7 @@ impl Reactor {
             broadcasts: Slab::new(),
             recent: Default::default(),
             groups: seed.groups,
+            group_posts: Slab::new(),
             store: seed.store,
             store_replies: seed.store_replies,
             unread: Vec::new(),

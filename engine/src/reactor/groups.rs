@@ -6,7 +6,9 @@
 
 use std::sync::Arc;
 
-use super::core::Reactor;
+use bytes::Bytes;
+
+use super::core::{PendingPost, Reactor};
 use crate::{
     protocol::{
         now_ms,
@@ -14,7 +16,7 @@ use crate::{
         Priority,
     },
     router::{AckStatus, ConnAddr, Envelope, GroupDelivery, GroupJoin, GroupPost},
-    store::Command,
+    store::{Command, FanOut, FanOutBatch},
     ws::frame,
 };
 
@@ -104,67 +106,108 @@ impl Reactor {
             told.push(user);
         }
         let delivery = GroupDelivery {
-            users: told,
+            users: Vec::new(),
             frame,
             priority: Priority::Normal,
             except: None,
-            queue_offline: false,
+            post: None,
             sender: None,
         };
-        self.fan_out(delivery);
+        let shares = self.split_by_home(told);
+        self.send_shares(shares, &delivery);
     }
 
     /// At the group's home: fans a post out to every member (the sender's other devices
-    /// included) and acknowledges it; a non-member gets `not_member`.
-    ///
-    /// One `Deliver` per member to the member's home, all sharing the one frame.
+    /// included); a non-member gets `not_member`. The sender's ack waits until every
+    /// member home has written its share and the store has committed the copies for
+    /// members with no device online (the durability rule of a `queued` ack).
     pub(super) fn on_group_post(&mut self, post: GroupPost) {
         if !self.groups.is_member(&post.group, &post.sender_user) {
             let text = "only members may post to a group: send group_join first";
             return self.error_to(post.sender, "not_member", text, Some(&post.message_id));
         }
+        let pending = self.group_posts.insert(PendingPost {
+            sender: post.sender,
+            message_id: post.message_id,
+            awaiting: 0,
+            failed: false,
+        });
+        let shares = self.split_by_home(self.groups.members(&post.group));
+        // Before any share goes out: a share homed here is handled (and reported) at once.
+        self.group_posts[pending].awaiting = shares.len();
         let delivery = GroupDelivery {
-            users: self.groups.members(&post.group),
+            users: Vec::new(),
             frame: post.frame,
             priority: post.priority,
             except: Some(post.sender),
-            queue_offline: true,
+            post: Some((self.id, pending as u32)),
             sender: Some(post.sender_user),
         };
-        self.fan_out(delivery);
-        let ack = Envelope::Ack {
-            sender: post.sender,
-            message_id: post.message_id,
-            status: AckStatus::Sent,
-        };
-        self.route(post.sender.reactor as usize, ack);
+        self.send_shares(shares, &delivery);
     }
 
-    /// At the group's home: splits `delivery.users` by home reactor and mails each home
-    /// its share (one envelope per home, however large the group).
-    fn fan_out(&mut self, delivery: GroupDelivery) {
-        let reactors = self.shared.config.reactors;
-        let mut by_home: Vec<Vec<Arc<str>>> = vec![Vec::new(); reactors];
-        for user in delivery.users {
+    /// At the group's home: one member home's share of a post is done; the last one
+    /// acknowledges the post (`sent`), or reports that copies could not be stored.
+    pub(super) fn on_group_share_done(&mut self, post: u32, failed: bool) {
+        let Some(pending) = self.group_posts.get_mut(post as usize) else {
+            return;
+        };
+        pending.failed |= failed;
+        pending.awaiting -= 1;
+        if pending.awaiting > 0 {
+            return;
+        }
+        let done = self.group_posts.remove(post as usize);
+        if done.failed {
+            let text = "the message reached the members online, but the copies for members \
+                        with no device online could not be stored";
+            return self.error_to(
+                done.sender,
+                "persistence_failed",
+                text,
+                Some(&done.message_id),
+            );
+        }
+        let ack = Envelope::Ack {
+            sender: done.sender,
+            message_id: done.message_id,
+            status: AckStatus::Sent,
+        };
+        self.route(done.sender.reactor as usize, ack);
+    }
+
+    /// At the group's home: the members by home reactor, homes without members left out.
+    fn split_by_home(&self, members: Vec<Arc<str>>) -> Vec<(usize, Vec<Arc<str>>)> {
+        let mut by_home: Vec<Vec<Arc<str>>> = vec![Vec::new(); self.shared.config.reactors];
+        for user in members {
             by_home[self.home_of(&user)].push(user);
         }
-        for (home, users) in by_home.into_iter().enumerate() {
-            if users.is_empty() {
-                continue;
-            }
+        by_home
+            .into_iter()
+            .enumerate()
+            .filter(|(_, users)| !users.is_empty())
+            .collect()
+    }
+
+    /// At the group's home: mails each home its share of the members with `delivery`'s
+    /// frame (one envelope per home, however large the group).
+    fn send_shares(&mut self, shares: Vec<(usize, Vec<Arc<str>>)>, delivery: &GroupDelivery) {
+        for (home, users) in shares {
             let share = GroupDelivery {
                 users,
                 frame: delivery.frame.clone(),
                 sender: delivery.sender.clone(),
-                ..delivery
+                ..*delivery
             };
             self.route(home, Envelope::GroupDeliver(Box::new(share)));
         }
     }
 
     /// At a member's home: writes the group's frame to every device of these members
-    /// (but the sending one) and queues it for members with no device online, when asked.
+    /// (but the sending one); for a post, queues it for members with no device online in
+    /// one store command and tells the group's home when that is committed.
     pub(super) fn on_group_deliver(&mut self, delivery: GroupDelivery) {
+        let mut offline: Vec<(Box<str>, Bytes)> = Vec::new();
         for user in &delivery.users {
             let devices: smallvec::SmallVec<[ConnAddr; 4]> = self
                 .directory
@@ -183,11 +226,34 @@ impl Reactor {
                 };
                 self.route(addr.reactor as usize, envelope);
             }
-            if !online && delivery.queue_offline {
-                let user = Box::from(&**user);
-                self.queue_offline(user, delivery.priority, &delivery.frame, None, None);
+            if !online && delivery.post.is_some() {
+                offline.push((Box::from(&**user), frame::payload_of(&delivery.frame)));
             }
         }
+        let Some((group_home, post)) = delivery.post else {
+            return;
+        };
+        let to_queue = !offline.is_empty();
+        if to_queue {
+            let batch = FanOutBatch {
+                messages: offline,
+                priority: delivery.priority,
+                purpose: FanOut::GroupPost,
+                reply_to: group_home,
+                request: post,
+                delivered: 0,
+            };
+            if self
+                .store
+                .send(Command::EnqueueFanOut(Box::new(batch)))
+                .is_ok()
+            {
+                return; // the store tells the group's home after its commit
+            }
+        }
+        // Nothing to queue (done), or the store is gone, shutting down (failed).
+        let failed = to_queue;
+        self.route(group_home, Envelope::GroupShareDone { post, failed });
     }
 
     /// Sends `error {code, message, ref}` to a connection on any reactor.

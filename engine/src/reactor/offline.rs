@@ -13,7 +13,7 @@ use super::{
 use crate::{
     protocol::{now_ms, outbound, Priority},
     router::{dedup::PairKey, AckRequest, AckStatus, ConnAddr, Envelope},
-    store::{Command, Enqueue, Outcome, Reply},
+    store::{Command, Enqueue, FanOut, Outcome, Reply},
     ws::frame,
 };
 
@@ -81,12 +81,20 @@ impl Reactor {
                 outcome,
             } => self.answer_enqueued(sender, &message_id, &outcome),
             Reply::NotKept { key } => self.recent.forget(key),
-            Reply::BroadcastQueued {
+            Reply::FanOutQueued {
+                purpose: FanOut::Broadcast,
                 request,
                 delivered,
                 queued,
                 not_kept,
+                ..
             } => self.on_broadcast_reply(request, delivered, queued, not_kept),
+            Reply::FanOutQueued {
+                purpose: FanOut::GroupPost,
+                request,
+                failed,
+                ..
+            } => self.on_group_share_done(request, failed),
             Reply::Amended {
                 amend,
                 found,

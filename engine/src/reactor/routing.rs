@@ -207,6 +207,7 @@ impl Reactor {
             Envelope::GroupPost(post) => self.on_group_post(*post),
             Envelope::Huddle(signal) => self.on_huddle(*signal),
             Envelope::GroupDeliver(delivery) => self.on_group_deliver(*delivery),
+            Envelope::GroupShareDone { post, failed } => self.on_group_share_done(post, failed),
             Envelope::BroadcastReply {
                 request,
                 delivered,

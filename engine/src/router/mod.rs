@@ -181,9 +181,11 @@ pub struct GroupDelivery {
     pub priority: Priority,
     /// The sending device, which gets no copy.
     pub except: Option<ConnAddr>,
-    /// Queue it for members with no device online (posts; not membership events) ...
-    pub queue_offline: bool,
-    /// ... except for this one (the sender).
+    /// For a post: the group's home and the post there. Members with no device online
+    /// (but the sender) get it queued, and the home hears when its share is done, after
+    /// the commit. Membership events have none: nothing is queued.
+    pub post: Option<(usize, u32)>,
+    /// The sending user: never queued a copy of its own post.
     pub sender: Option<Arc<str>>,
 }
 
@@ -286,6 +288,13 @@ pub enum Envelope {
     Huddle(Box<HuddleSignal>),
     /// From a group's home to a member's home: one frame for these members homed there.
     GroupDeliver(Box<GroupDelivery>),
+    /// To a group's home: one member home's share of a post is delivered and queued.
+    GroupShareDone {
+        /// The post at the group's home.
+        post: u32,
+        /// Queueing failed (the store is gone or its commit failed).
+        failed: bool,
+    },
     /// To a broadcast's requester: one home's counts.
     BroadcastReply {
         /// The pending broadcast at the requester's reactor.

@@ -120,9 +120,9 @@ pub enum Command {
         /// The messages.
         keys: Vec<QueueKey>,
     },
-    /// Queue a broadcast for the users it names that have no device online, and tell the
-    /// requester's reactor how many were kept.
-    EnqueueBroadcast(Box<BroadcastBatch>),
+    /// Queue a fanned-out message (a broadcast, a group post) for the users with no
+    /// device online one home found, and tell the waiting reactor how many were kept.
+    EnqueueFanOut(Box<FanOutBatch>),
     /// Read a page of the conversation between `user` and `peer`, newest first.
     History {
         /// The asking user.
@@ -235,19 +235,30 @@ pub struct Enqueue {
     pub chat: Option<Chat>,
 }
 
-/// The part of a broadcast one home could not deliver: queue it for these users.
+/// The part of a fanned-out message one home could not deliver: queue it for these users.
 #[derive(Debug)]
-pub struct BroadcastBatch {
+pub struct FanOutBatch {
     /// The users with no device online, each with its `new_message` JSON.
     pub messages: Vec<(Box<str>, Bytes)>,
-    /// The broadcast's lane.
+    /// The message's lane.
     pub priority: Priority,
-    /// The HTTP connection waiting for the counts.
-    pub requester: ConnAddr,
-    /// The pending broadcast at the requester's reactor.
+    /// What was fanned out; says what the answer goes on to.
+    pub purpose: FanOut,
+    /// The reactor waiting for the counts (the broadcast's requester, the group's home).
+    pub reply_to: usize,
+    /// The pending broadcast or group post there.
     pub request: u32,
     /// Users this home reached on a device (passed through to the answer).
     pub delivered: u32,
+}
+
+/// What a [`FanOutBatch`] belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FanOut {
+    /// An HTTP API broadcast.
+    Broadcast,
+    /// A group post.
+    GroupPost,
 }
 
 /// Whether a message was queued.
@@ -302,9 +313,11 @@ pub enum Reply {
         /// Set when the store could not read (or drain) the queue.
         error: Option<String>,
     },
-    /// To a broadcast's requester: one home's counts, after the commit.
-    BroadcastQueued {
-        /// The pending broadcast at the requester's reactor.
+    /// To the reactor waiting on a fan-out: one home's counts, after the commit.
+    FanOutQueued {
+        /// What was fanned out.
+        purpose: FanOut,
+        /// The pending broadcast or group post there.
         request: u32,
         /// Users reached on a device.
         delivered: u32,
@@ -312,6 +325,8 @@ pub enum Reply {
         queued: u32,
         /// Users it could not be queued for (full queue, failed commit).
         not_kept: u32,
+        /// The commit failed (nothing of this batch is stored).
+        failed: bool,
     },
     /// A page of history, newest first.
     History {

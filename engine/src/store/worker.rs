@@ -13,7 +13,7 @@ use tracing::{error, info};
 use super::{
     history::{self, Tables},
     queue::{self, Counts, QUEUE},
-    Amend, BroadcastBatch, Command, Enqueue, Limits, Outcome, Reply, ReplyRoutes, StoreStats,
+    Amend, Command, Enqueue, FanOutBatch, Limits, Outcome, Reply, ReplyRoutes, StoreStats,
     BATCH_MAX, DRAIN_BYTES_MAX, DRAIN_MESSAGES_MAX, PEEK_BYTES_MAX, PEEK_MESSAGES_MAX,
 };
 use crate::{
@@ -345,11 +345,11 @@ impl Worker {
                         tally.recorded += 1;
                     }
                 }
-                Command::EnqueueBroadcast(broadcast) => {
+                Command::EnqueueFanOut(batch) => {
                     let mut queued = 0;
-                    for (user, payload) in &broadcast.messages {
+                    for (user, payload) in &batch.messages {
                         if state.counts.of(user) < self.limits.queue_max_per_user {
-                            let key = (&**user, broadcast.priority, state.take_sequence());
+                            let key = (&**user, batch.priority, state.take_sequence());
                             queue::push(&mut queues, &mut state.counts, key, false, payload, now)?;
                             queued += 1;
                             if pushing {
@@ -358,8 +358,8 @@ impl Worker {
                         }
                     }
                     tally.persisted += u64::from(queued);
-                    let not_kept = broadcast.messages.len() as u32 - queued;
-                    replies.push(broadcast_counts(broadcast, queued, not_kept));
+                    let not_kept = batch.messages.len() as u32 - queued;
+                    replies.push(fan_out_counts(batch, queued, not_kept, false));
                 }
                 Command::Drain { user, device } => {
                     let (messages, more) =
@@ -471,12 +471,12 @@ impl Worker {
                 Command::Record { .. } => {
                     self.stats.failures.fetch_add(1, Ordering::Relaxed);
                 }
-                Command::EnqueueBroadcast(broadcast) => {
-                    let not_kept = broadcast.messages.len() as u32;
+                Command::EnqueueFanOut(batch) => {
+                    let not_kept = batch.messages.len() as u32;
                     self.stats
                         .failures
                         .fetch_add(u64::from(not_kept), Ordering::Relaxed);
-                    replies.push(broadcast_counts(broadcast, 0, not_kept));
+                    replies.push(fan_out_counts(batch, 0, not_kept, true));
                 }
                 Command::Peek {
                     user, requester, ..
@@ -673,15 +673,17 @@ fn sender_answer(
     (requester.reactor as usize, reply)
 }
 
-/// A home's broadcast counts for its requester's reactor.
-fn broadcast_counts(broadcast: &BroadcastBatch, queued: u32, not_kept: u32) -> (usize, Reply) {
-    let reply = Reply::BroadcastQueued {
-        request: broadcast.request,
-        delivered: broadcast.delivered,
+/// A home's fan-out counts for the reactor waiting on them.
+fn fan_out_counts(batch: &FanOutBatch, queued: u32, not_kept: u32, failed: bool) -> (usize, Reply) {
+    let reply = Reply::FanOutQueued {
+        purpose: batch.purpose,
+        request: batch.request,
+        delivered: batch.delivered,
         queued,
         not_kept,
+        failed,
     };
-    (broadcast.requester.reactor as usize, reply)
+    (batch.reply_to, reply)
 }
 
 /// While alive, the store thread runs at a lower CPU priority (nice
