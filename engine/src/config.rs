@@ -165,6 +165,8 @@ pub struct Config {
     pub push_webhook: Option<crate::push::Webhook>,
     /// Whether they carry the start of the text.
     pub push_preview: bool,
+    /// A fault to inject, from `ENGINE_FAILPOINT` (tests only).
+    pub failpoint: Option<crate::failpoint::Failpoint>,
     /// Bound on graceful shutdown.
     pub shutdown_timeout_ms: u64,
     /// The tracing filter.
@@ -186,6 +188,7 @@ impl Default for Config {
             store_cache_bytes: (STORE_CACHE_MB_DEFAULT << 20) as usize,
             push_webhook: None,
             push_preview: false,
+            failpoint: None,
             shutdown_timeout_ms: SHUTDOWN_TIMEOUT_MS_DEFAULT,
             log_level: "info".to_owned(),
         }
@@ -360,6 +363,8 @@ impl Config {
             store_cache_bytes: (store_cache_mb << 20) as usize,
             push_webhook,
             push_preview: args.push_preview.or(file.push_preview).unwrap_or(false),
+            failpoint: crate::failpoint::Failpoint::from_env()
+                .map_err(|e| invalid("failpoint", e))?,
             shutdown_timeout_ms,
             log_level,
         })

@@ -24,6 +24,7 @@
 
 pub mod check;
 pub mod config;
+pub mod failpoint;
 pub mod http;
 pub mod mailbox;
 pub mod protocol;

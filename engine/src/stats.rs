@@ -89,6 +89,8 @@ pub struct ReactorStats {
     pub online_users: AtomicI64,
     /// Client messages handled (parsed and acted on) by this reactor.
     pub messages_processed: AtomicU64,
+    /// Panics caught while handling a message, request or envelope (see `isolate`).
+    pub panics: AtomicU64,
     /// Client messages by kind, indexed like [`MESSAGE_KINDS`].
     pub messages_in: [AtomicU64; MESSAGE_KINDS.len()],
     /// Frames queued to this reactor's connections.

@@ -140,6 +140,12 @@ pub fn render(out: &mut Vec<u8>, health: &Health, reactors: &[ReactorStats], sto
     );
     per_reactor_counter(
         &mut text,
+        "engine_handler_panics_total",
+        "Panics caught while handling one message, request or envelope (the connection was closed with 1011).",
+        &|r| stats::read(&r.panics),
+    );
+    per_reactor_counter(
+        &mut text,
         "engine_http_requests_total",
         "Plain HTTP requests answered.",
         &|r| stats::read(&r.http_requests),

@@ -12,6 +12,7 @@ use super::{
     groups::GroupMessage,
 };
 use crate::{
+    failpoint::Failpoint,
     protocol::{
         inbound::{ClientMessage, ProtocolError},
         jwt, now_ms,
@@ -71,6 +72,17 @@ impl Reactor {
         let Some(user) = conn.user.clone() else {
             return;
         };
+        if let Some(failpoint) = &self.shared.config.failpoint {
+            match failpoint {
+                Failpoint::PanicOnMessageFrom(who) if **who == *user => {
+                    panic!("failpoint: a message from {user}")
+                }
+                Failpoint::KillReactorOnMessageFrom(who) if **who == *user => {
+                    self.failpoint_kill = true;
+                }
+                _ => {}
+            }
+        }
         match message {
             ClientMessage::Auth { .. } => self.send_error(
                 slot,

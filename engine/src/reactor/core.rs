@@ -114,6 +114,8 @@ pub(crate) struct Reactor {
     pub(crate) recent: crate::router::dedup::RecentMessages,
     /// The groups homed here: members and huddle rooms.
     pub(crate) groups: crate::router::groups::Groups,
+    /// Set by the `kill_reactor_on_message_from` failpoint: the loop panics after the turn.
+    pub(crate) failpoint_kill: bool,
     /// Group posts fanned out from here, waiting for their member homes.
     pub(crate) group_posts: Slab<PendingPost>,
     /// The durable store.
@@ -153,6 +155,7 @@ impl Reactor {
             broadcasts: Slab::new(),
             recent: Default::default(),
             groups: seed.groups,
+            failpoint_kill: false,
             group_posts: Slab::new(),
             store: seed.store,
             store_replies: seed.store_replies,
@@ -287,9 +290,37 @@ impl Reactor {
         let mut inboxes = std::mem::take(&mut self.inboxes);
         self.mail_left = mailbox::drain(&mut inboxes, |envelope| {
             ReactorStats::bump(&self.shared.stats[self.id].envelopes_received);
-            self.handle_envelope(envelope)
+            self.isolate(None, "an envelope from another reactor", |reactor| {
+                reactor.handle_envelope(envelope);
+            });
         });
         self.inboxes = inboxes;
+    }
+
+    /// Runs `handle`, containing a panic in it: the panic is logged and counted, the
+    /// connection it was for (if any) is closed with 1011, and the reactor and every other
+    /// connection go on. What the handler had half done is left as it was.
+    pub(crate) fn isolate(
+        &mut self,
+        conn: Option<(usize, u32)>,
+        what: &str,
+        handle: impl FnOnce(&mut Self),
+    ) {
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handle(self)));
+        let Err(panic) = outcome else {
+            return;
+        };
+        let why = panic
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        ReactorStats::bump(&self.stats().panics);
+        tracing::error!(reactor = self.id, "panic while handling {what}: {why}");
+        if let Some((slot, generation)) = conn {
+            let reason = "internal error";
+            self.begin_close(slot, generation, crate::ws::close::INTERNAL_ERROR, reason);
+        }
     }
 
     /// Sends `envelope` to reactor `to`, handling it at once when that is this reactor.

@@ -122,6 +122,9 @@ pub struct ReactorSeed {
     pub groups: crate::router::groups::Groups,
 }
 
+/// The exit code of a process whose reactor died (EX_SOFTWARE).
+pub const REACTOR_DIED_EXIT_CODE: i32 = 70;
+
 /// Starts a reactor thread; `ready` receives its bound address or its start-up error.
 pub fn spawn(
     seed: ReactorSeed,
@@ -131,9 +134,20 @@ pub fn spawn(
         .name(format!("reactor-{}", seed.id))
         .spawn(move || {
             let id = seed.id;
-            if let Err(e) = run(seed, &ready) {
-                error!(reactor = id, "reactor failed: {e}");
-                let _ = ready.send(Err(e));
+            let outcome =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(seed, &ready)));
+            match outcome {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    error!(reactor = id, "reactor failed: {e}");
+                    let _ = ready.send(Err(e));
+                }
+                Err(_) => {
+                    // Its connections are gone and its users unreachable: no silent half
+                    // capacity. The panic message is above (the panic hook printed it).
+                    error!(reactor = id, "reactor died of a panic; the engine exits");
+                    std::process::exit(REACTOR_DIED_EXIT_CODE);
+                }
             }
         })
 }
@@ -272,6 +286,7 @@ async fn event_loop(reactor: Rc<RefCell<core::Reactor>>, readiness: monoio::net:
         }
         let mut r = reactor.borrow_mut();
         r.run_batch();
+        assert!(!r.failpoint_kill, "failpoint: reactor {} killed", r.id);
         if r.finished() {
             r.close_all();
             return;

@@ -84,7 +84,9 @@ impl Reactor {
                             return pos;
                         }
                         let body = &data[pos + head_len..pos + total];
-                        self.on_http_request(slot, generation, req, body);
+                        self.isolate(Some((slot, generation)), "an HTTP request", |reactor| {
+                            reactor.on_http_request(slot, generation, req, body);
+                        });
                         pos += total;
                     }
                     Err(e) => {
@@ -197,8 +199,10 @@ impl Reactor {
             return self.begin_close(slot, generation, code, "text is not valid UTF-8");
         }
         stats::ReactorStats::bump(&self.stats().messages_processed);
-        let message = self.parser.parse(payload);
-        self.on_message(slot, generation, message);
+        self.isolate(Some((slot, generation)), "a client message", |reactor| {
+            let message = reactor.parser.parse(payload);
+            reactor.on_message(slot, generation, message);
+        });
     }
 
     fn on_http_request(&mut self, slot: usize, generation: u32, req: Request, body: &[u8]) {

@@ -45,17 +45,30 @@ pub fn fresh_data_dir() -> std::path::PathBuf {
 impl Server {
     /// Starts the engine on 127.0.0.1:0 with `args` (2 reactors unless `args` say otherwise).
     pub fn start(driver: Driver, args: &[&str]) -> Server {
-        Self::launch(driver, args, None)
+        Self::launch(driver, args, None, &[])
+    }
+
+    /// Like [`Server::start`], with these environment variables set (failpoints).
+    pub fn start_with_env(driver: Driver, args: &[&str], env: &[(&str, &str)]) -> Server {
+        Self::launch(driver, args, None, env)
     }
 
     /// Like [`Server::start`], with the engine unable to grow any file past `bytes`
     /// (RLIMIT_FSIZE, SIGXFSZ ignored): writes past it fail with EFBIG, as on a full disk.
     pub fn start_with_file_size_limit(driver: Driver, args: &[&str], bytes: u64) -> Server {
-        Self::launch(driver, args, Some(bytes))
+        Self::launch(driver, args, Some(bytes), &[])
     }
 
-    fn launch(driver: Driver, args: &[&str], file_size_max: Option<u64>) -> Server {
+    fn launch(
+        driver: Driver,
+        args: &[&str],
+        file_size_max: Option<u64>,
+        env: &[(&str, &str)],
+    ) -> Server {
         let mut command = Command::new(env!("CARGO_BIN_EXE_engine"));
+        command
+            .env_remove("ENGINE_FAILPOINT")
+            .envs(env.iter().copied());
         if let Some(bytes) = file_size_max {
             use std::os::unix::process::CommandExt;
             // SAFETY: between fork and exec only async-signal-safe calls (setrlimit, signal).
@@ -174,7 +187,12 @@ impl Server {
     pub fn terminate(&mut self) -> Option<i32> {
         // SAFETY: kill(2) on our own child's pid.
         unsafe { libc_kill(self.child.id() as i32, 15) };
-        let deadline = Instant::now() + Duration::from_secs(10);
+        self.exit_code_within(Duration::from_secs(10))
+    }
+
+    /// Waits up to `bound` for the engine to exit on its own; its exit code.
+    pub fn exit_code_within(&mut self, bound: Duration) -> Option<i32> {
+        let deadline = Instant::now() + bound;
         while Instant::now() < deadline {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status.code();

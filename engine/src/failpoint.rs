@@ -1,0 +1,64 @@
+//! Failpoints: faults a test switches on through the environment, to prove that the
+//! engine contains them. Off unless `ENGINE_FAILPOINT` is set; one comparison per client
+//! message when off.
+//!
+//! - `panic_on_message_from:USER`: handling any message from USER panics (the connection
+//!   is closed with 1011; everything else goes on).
+//! - `kill_reactor_on_message_from:USER`: a message from USER makes its reactor panic
+//!   outside any handler (the engine reports it and exits with code 70).
+
+/// The environment variable that sets a failpoint.
+pub const VARIABLE: &str = "ENGINE_FAILPOINT";
+
+/// A fault to inject.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failpoint {
+    /// Panic while handling a message from this user.
+    PanicOnMessageFrom(String),
+    /// Panic in the reactor's loop after a message from this user.
+    KillReactorOnMessageFrom(String),
+}
+
+impl Failpoint {
+    /// Reads [`VARIABLE`]; an unknown value is an error, so a typo cannot pass silently.
+    pub fn from_env() -> Result<Option<Failpoint>, String> {
+        let Ok(value) = std::env::var(VARIABLE) else {
+            return Ok(None);
+        };
+        Failpoint::parse(&value).map(Some)
+    }
+
+    fn parse(value: &str) -> Result<Failpoint, String> {
+        match value.split_once(':') {
+            Some(("panic_on_message_from", user)) if !user.is_empty() => {
+                Ok(Failpoint::PanicOnMessageFrom(user.to_owned()))
+            }
+            Some(("kill_reactor_on_message_from", user)) if !user.is_empty() => {
+                Ok(Failpoint::KillReactorOnMessageFrom(user.to_owned()))
+            }
+            _ => Err(format!(
+                "{VARIABLE}={value:?}: expected panic_on_message_from:USER or \
+                 kill_reactor_on_message_from:USER"
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failpoints_parse_and_typos_are_refused() {
+        assert_eq!(
+            Failpoint::parse("panic_on_message_from:mallory"),
+            Ok(Failpoint::PanicOnMessageFrom("mallory".into()))
+        );
+        assert_eq!(
+            Failpoint::parse("kill_reactor_on_message_from:x"),
+            Ok(Failpoint::KillReactorOnMessageFrom("x".into()))
+        );
+        assert!(Failpoint::parse("panic_on_message_from:").is_err());
+        assert!(Failpoint::parse("panic_on_mesage_from:x").is_err());
+    }
+}
