@@ -29,6 +29,12 @@ pub const QUEUE_MAX_PER_USER_RANGE: (u64, u64) = (1, 10_000_000);
 pub const RETENTION_DAYS_DEFAULT: f64 = 30.0;
 /// Bounds for `--retention-days` (fractions allowed: 0.5 is twelve hours).
 pub const RETENTION_DAYS_RANGE: (f64, f64) = (0.000_01, 3650.0);
+/// Default bound on client messages per second per connection (0: no limit).
+pub const RATE_LIMIT_DEFAULT: u8 = 60;
+/// The highest `--rate-limit` (a connection's count is one byte and closes at twice it).
+pub const RATE_LIMIT_MAX: u8 = 127;
+/// Default idle timeout: a silent connection is pinged, then closed (0: never).
+pub const IDLE_TIMEOUT_MS_DEFAULT: u64 = 60_000;
 /// Default memory for the store's page cache, in MiB (redb's own default is 1 GiB).
 pub const STORE_CACHE_MB_DEFAULT: u64 = 128;
 /// Bounds for `--store-cache-mb`.
@@ -81,6 +87,12 @@ pub struct Args {
     /// Days a queued message is kept before it expires unread (fractions allowed) [default: 30]
     #[arg(long, env = "ENGINE_RETENTION_DAYS", value_name = "DAYS")]
     pub retention_days: Option<f64>,
+    /// Client messages per second one connection may send (1-127; 0: no limit); more get rate_limited, twice as many close it with 1008 [default: 60]
+    #[arg(long, env = "ENGINE_RATE_LIMIT", value_name = "N")]
+    pub rate_limit: Option<u8>,
+    /// A connection silent this long is pinged, and closed (1001) if still silent half as long again (0: never) [default: 60000]
+    #[arg(long, env = "ENGINE_IDLE_TIMEOUT_MS", value_name = "MS")]
+    pub idle_timeout_ms: Option<u64>,
     /// http:// URL to POST a small JSON to when a message is queued for a user with no device online
     #[arg(long, env = "ENGINE_PUSH_WEBHOOK", value_name = "URL")]
     pub push_webhook: Option<String>,
@@ -132,6 +144,8 @@ struct FileConfig {
     queue_max_per_user: Option<u64>,
     retention_days: Option<f64>,
     store_cache_mb: Option<u64>,
+    rate_limit: Option<u8>,
+    idle_timeout_ms: Option<u64>,
     push_webhook: Option<String>,
     push_preview: Option<bool>,
     shutdown_timeout_ms: Option<u64>,
@@ -165,6 +179,10 @@ pub struct Config {
     pub push_webhook: Option<crate::push::Webhook>,
     /// Whether they carry the start of the text.
     pub push_preview: bool,
+    /// Client messages per second per connection (0: no limit).
+    pub rate_limit: u8,
+    /// Silence after which a connection is pinged, then closed (0: never).
+    pub idle_timeout_ms: u64,
     /// A fault to inject, from `ENGINE_FAILPOINT` (tests only).
     pub failpoint: Option<crate::failpoint::Failpoint>,
     /// Bound on graceful shutdown.
@@ -188,6 +206,8 @@ impl Default for Config {
             store_cache_bytes: (STORE_CACHE_MB_DEFAULT << 20) as usize,
             push_webhook: None,
             push_preview: false,
+            rate_limit: RATE_LIMIT_DEFAULT,
+            idle_timeout_ms: IDLE_TIMEOUT_MS_DEFAULT,
             failpoint: None,
             shutdown_timeout_ms: SHUTDOWN_TIMEOUT_MS_DEFAULT,
             log_level: "info".to_owned(),
@@ -327,6 +347,23 @@ impl Config {
             return Err(invalid("retention-days", "must be a number of days"));
         }
         let retention = std::time::Duration::from_secs_f64(retention_days * 86_400.0);
+        let rate_limit = in_range(
+            "rate-limit",
+            args.rate_limit
+                .or(file.rate_limit)
+                .unwrap_or(RATE_LIMIT_DEFAULT),
+            (0, RATE_LIMIT_MAX),
+        )?;
+        let idle_timeout_ms = args
+            .idle_timeout_ms
+            .or(file.idle_timeout_ms)
+            .unwrap_or(IDLE_TIMEOUT_MS_DEFAULT);
+        if idle_timeout_ms != 0 && idle_timeout_ms < 1000 {
+            return Err(invalid(
+                "idle-timeout-ms",
+                "must be 0 (never) or at least 1000",
+            ));
+        }
         let push_webhook = match args.push_webhook.or(file.push_webhook) {
             Some(url) => {
                 Some(crate::push::Webhook::parse(&url).map_err(|e| invalid("push-webhook", e))?)
@@ -363,6 +400,8 @@ impl Config {
             store_cache_bytes: (store_cache_mb << 20) as usize,
             push_webhook,
             push_preview: args.push_preview.or(file.push_preview).unwrap_or(false),
+            rate_limit,
+            idle_timeout_ms,
             failpoint: crate::failpoint::Failpoint::from_env()
                 .map_err(|e| invalid("failpoint", e))?,
             shutdown_timeout_ms,
@@ -429,6 +468,25 @@ mod tests {
         })
         .unwrap_err();
         assert!(err.to_string().starts_with("--store-cache-mb:"), "{err}");
+        for (args, flag) in [
+            (
+                Args {
+                    rate_limit: Some(200),
+                    ..Args::default()
+                },
+                "--rate-limit:",
+            ),
+            (
+                Args {
+                    idle_timeout_ms: Some(10),
+                    ..Args::default()
+                },
+                "--idle-timeout-ms:",
+            ),
+        ] {
+            let err = Config::resolve(args).unwrap_err();
+            assert!(err.to_string().starts_with(flag), "{err}");
+        }
         let err = Config::resolve(Args {
             push_webhook: Some("https://push.example/".into()),
             ..Args::default()

@@ -58,11 +58,14 @@ pub const OUT_KINDS: [&str; 20] = [
 ];
 
 /// Error codes counted separately (the rest count as `other`).
-pub const ERROR_CODES: [&str; 11] = [
+pub const ERROR_CODES: [&str; 14] = [
     "bad_json",
     "persistence_failed",
     "not_member",
     "not_found",
+    "rate_limited",
+    "store_error",
+    "store_unavailable",
     "bad_request",
     "not_authenticated",
     "auth_failed",

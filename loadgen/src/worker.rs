@@ -23,7 +23,7 @@ use engine::{
         conn::{close, read, write_now},
         epoll::{Epoll, BROKEN, READABLE, WRITABLE},
     },
-    ws::frame::{encode_client, parse_server_frame, Kind, TEXT},
+    ws::frame::{encode_client, parse_server_frame, Kind, PONG, TEXT},
 };
 use monoio::{FusionDriver, RuntimeBuilder};
 use slab::Slab;
@@ -737,6 +737,16 @@ impl Worker {
                 Kind::Close => {
                     self.fail(slot, "closed_by_server");
                     return false;
+                }
+                Kind::Ping => {
+                    // A server checking on an idle connection: answer as RFC 6455 says.
+                    let range = start + frame.payload.start..start + frame.payload.end;
+                    let payload = self.clients[slot].inbuf[range].to_vec();
+                    let mut pong = Vec::with_capacity(payload.len() + 14);
+                    encode_client(PONG, &payload, (slot as u32).to_ne_bytes(), &mut pong);
+                    if !self.send_all(slot, &pong) {
+                        return false;
+                    }
                 }
                 _ => {}
             }

@@ -32,10 +32,10 @@ pub struct Conn {
     pub generation: u32,
     /// Where it is in its life.
     pub phase: Phase,
-    /// False after a short write, until the kernel says the socket is writable.
-    pub writable: bool,
-    /// Close the socket as soon as the outbound queue is flushed.
-    pub close_when_flushed: bool,
+    /// Small state bits: see [`Flags`].
+    pub flags: Flags,
+    /// Client messages in the current rate window (saturating).
+    pub rate_count: u8,
     /// The timer-wheel tick of this connection's live deadline (0: none).
     pub deadline_tick: u32,
     /// The authenticated user; shared with the user's directory entry when homed here.
@@ -46,6 +46,35 @@ pub struct Conn {
     pub outbound: Option<Box<OutQueue>>,
     /// Rarely used state: the upgrade URL's token and presence subscriptions.
     pub aux: Option<Box<Aux>>,
+}
+
+/// A connection's state bits, in one byte (the idle connection's size is the budget).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Flags(u8);
+
+impl Flags {
+    /// Cleared by a short write, set when the kernel says the socket is writable.
+    pub const WRITABLE: u8 = 1;
+    /// Close the socket as soon as the outbound queue is flushed.
+    pub const CLOSE_WHEN_FLUSHED: u8 = 2;
+    /// Input arrived since the idle sweep last looked.
+    pub const ACTIVE: u8 = 4;
+    /// The idle sweep sent a ping that no input has answered yet.
+    pub const PINGED: u8 = 8;
+
+    /// Whether `bit` is set.
+    pub fn has(self, bit: u8) -> bool {
+        self.0 & bit != 0
+    }
+
+    /// Sets or clears `bit`.
+    pub fn set(&mut self, bit: u8, on: bool) {
+        if on {
+            self.0 |= bit;
+        } else {
+            self.0 &= !bit;
+        }
+    }
 }
 
 /// Input kept between reads.
@@ -104,8 +133,8 @@ impl Conn {
             fd,
             generation,
             phase: Phase::Http,
-            writable: true,
-            close_when_flushed: false,
+            flags: Flags(Flags::WRITABLE),
+            rate_count: 0,
             deadline_tick: 0,
             user: None,
             inbound: None,

@@ -13,7 +13,7 @@ use slab::Slab;
 use tracing::{debug, warn};
 
 use super::{
-    conn::{self, Conn, Flushed, OutQueue, Phase},
+    conn::{self, Conn, Flags, Flushed, OutQueue, Phase},
     epoll::{Epoll, BROKEN, PEER_CLOSED, READABLE, WRITABLE},
     ReactorSeed, Shared,
 };
@@ -103,7 +103,7 @@ pub(crate) struct Reactor {
     /// Reusable list of the batch's readiness events.
     events: Vec<(u32, u64)>,
     /// Deadlines.
-    timers: TimerWheel,
+    pub(crate) timers: TimerWheel,
     /// Reusable list for due timer entries.
     due: Vec<timer::Entry>,
     /// Subscribe requests waiting for homes.
@@ -116,6 +116,10 @@ pub(crate) struct Reactor {
     pub(crate) groups: crate::router::groups::Groups,
     /// Set by the `kill_reactor_on_message_from` failpoint: the loop panics after the turn.
     pub(crate) failpoint_kill: bool,
+    /// Connections that sent messages in the current rate window (their counts reset).
+    pub(crate) rate_counted: Vec<(usize, u32)>,
+    /// Where the idle sweep goes on from.
+    pub(crate) idle_cursor: usize,
     /// Group posts fanned out from here, waiting for their member homes.
     pub(crate) group_posts: Slab<PendingPost>,
     /// The durable store.
@@ -156,6 +160,8 @@ impl Reactor {
             recent: Default::default(),
             groups: seed.groups,
             failpoint_kill: false,
+            rate_counted: Vec::new(),
+            idle_cursor: 0,
             group_posts: Slab::new(),
             store: seed.store,
             store_replies: seed.store_replies,
@@ -367,6 +373,9 @@ impl Reactor {
                 Ok(n) => {
                     total += n;
                     ReactorStats::bump_by(&self.stats().bytes_in, n as u64);
+                    if let Some(conn) = self.conns.get_mut(slot) {
+                        conn.flags.set(Flags::ACTIVE, true);
+                    }
                     let drained = short_read_drains && n < buffer.len();
                     self.process_input(slot, generation, &mut buffer, n);
                     self.read_buffer = buffer;
@@ -411,11 +420,11 @@ impl Reactor {
         let Some(conn) = self.conn_mut(slot, generation) else {
             return;
         };
-        if conn.outbound.is_none() && conn.writable {
+        if conn.outbound.is_none() && conn.flags.has(Flags::WRITABLE) {
             match conn::write_now(conn.fd, &frame) {
                 Ok(n) if n == frame.len() => return,
                 Ok(n) => {
-                    conn.writable = false;
+                    conn.flags.set(Flags::WRITABLE, false);
                     conn.outbound
                         .get_or_insert_with(Box::<OutQueue>::default)
                         .push_partial(frame, n);
@@ -459,7 +468,7 @@ impl Reactor {
         let Some(conn) = self.conn_mut(slot, generation) else {
             return;
         };
-        conn.writable = true;
+        conn.flags.set(Flags::WRITABLE, true);
         self.flush(slot, generation);
     }
 
@@ -473,7 +482,7 @@ impl Reactor {
         match queue.write_to(conn.fd) {
             Ok(Flushed::All) => {
                 conn.outbound = None;
-                if conn.close_when_flushed {
+                if conn.flags.has(Flags::CLOSE_WHEN_FLUSHED) {
                     return self.after_final_frame(slot, generation);
                 }
                 let delivered = conn.aux.as_mut().and_then(|a| a.queue_in_flight.take());
@@ -482,7 +491,7 @@ impl Reactor {
                     self.finish_queue_delivery(slot, generation, *delivery);
                 }
             }
-            Ok(Flushed::Blocked) => conn.writable = false,
+            Ok(Flushed::Blocked) => conn.flags.set(Flags::WRITABLE, false),
             Err(e) => {
                 debug!("write failed: {e}");
                 self.close_now(slot, generation);
@@ -495,7 +504,7 @@ impl Reactor {
         let Some(conn) = self.conn_mut(slot, generation) else {
             return;
         };
-        conn.close_when_flushed = true;
+        conn.flags.set(Flags::CLOSE_WHEN_FLUSHED, true);
         self.enqueue(slot, generation, frame, Priority::Low);
         let Some(conn) = self.conn_mut(slot, generation) else {
             return;
@@ -513,7 +522,7 @@ impl Reactor {
         };
         if conn.phase == Phase::Closing {
             conn::shutdown_write(conn.fd);
-            conn.close_when_flushed = false;
+            conn.flags.set(Flags::CLOSE_WHEN_FLUSHED, false);
         } else {
             self.close_now(slot, generation);
         }
@@ -593,6 +602,7 @@ impl Reactor {
             }
         }
         self.due = due;
+        self.limits_tick();
         // Timer-driven work may have mailed peers.
         self.outbox.flush(&self.shared.doorbells);
     }

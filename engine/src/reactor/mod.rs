@@ -14,6 +14,7 @@ mod core;
 pub mod epoll;
 mod groups;
 mod history;
+mod limits;
 mod offline;
 mod routing;
 mod session;

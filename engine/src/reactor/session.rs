@@ -2,7 +2,7 @@
 //! reassembly of fragments, control frames, and the close handshake.
 
 use super::{
-    conn::{Inbound, Phase},
+    conn::{Flags, Inbound, Phase},
     core::Reactor,
 };
 use crate::{
@@ -70,7 +70,7 @@ impl Reactor {
                 return data.len();
             };
             if conn.phase == Phase::Http {
-                if conn.close_when_flushed {
+                if conn.flags.has(Flags::CLOSE_WHEN_FLUSHED) {
                     return data.len(); // a final response is on its way; ignore the rest
                 }
                 if conn.aux.as_ref().is_some_and(|a| a.pending_api.is_some()) {
@@ -197,6 +197,9 @@ impl Reactor {
     fn on_text(&mut self, slot: usize, generation: u32, payload: &mut [u8]) {
         if let Err(code) = frame::check_text(payload) {
             return self.begin_close(slot, generation, code, "text is not valid UTF-8");
+        }
+        if !self.within_rate(slot, generation) {
+            return;
         }
         stats::ReactorStats::bump(&self.stats().messages_processed);
         self.isolate(Some((slot, generation)), "a client message", |reactor| {

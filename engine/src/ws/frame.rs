@@ -20,6 +20,10 @@ pub const CLIENT_HEADER_MAX: usize = 14;
 pub const SERVER_HEADER_MAX: usize = 10;
 /// The text opcode, for callers that encode text frames themselves.
 pub const TEXT: OpCode = OpCode::Data(Data::Text);
+/// The ping opcode (the server's idle check).
+pub const PING: OpCode = OpCode::Control(Control::Ping);
+/// The pong opcode (a client's answer to a ping).
+pub const PONG: OpCode = OpCode::Control(Control::Pong);
 /// Control frames carry at most 125 payload bytes (RFC 6455 §5.5).
 pub const CONTROL_PAYLOAD_MAX: usize = 125;
 

@@ -293,6 +293,19 @@ impl Client {
         self.set_timeout(WAIT);
     }
 
+    /// The next JSON message, or the code of the server's close frame.
+    pub fn next_or_close(&mut self) -> Result<Value, u16> {
+        loop {
+            match self.ws.read() {
+                Ok(Message::Text(text)) => return Ok(serde_json::from_str(&text).unwrap()),
+                Ok(Message::Close(Some(frame))) => return Err(u16::from(frame.code)),
+                Ok(Message::Close(None)) => return Err(1005),
+                Ok(_) => continue,
+                Err(e) => panic!("neither a message nor a close frame: {e}"),
+            }
+        }
+    }
+
     /// Reads until the server's close frame and returns its code.
     pub fn expect_close(&mut self) -> u16 {
         loop {

@@ -1,0 +1,101 @@
+//! Per-connection limits that cost no memory per idle connection beyond two bytes of its
+//! slab entry: the message rate (a one-byte count per one-second window, reset for the
+//! connections that counted) and the idle timeout (an activity bit set on every read and a
+//! sweep over the slab driven by the reactor's timer ticks: a wheel entry per connection
+//! would cost 24 bytes each, a tenth of the idle budget).
+
+use super::{
+    conn::{Flags, Phase},
+    core::Reactor,
+};
+use crate::{
+    timer::TICK_MS,
+    ws::{close, frame},
+};
+
+/// Timer ticks per rate window (one second).
+const RATE_WINDOW_TICKS: u64 = 1000 / TICK_MS;
+
+impl Reactor {
+    /// Counts one client message against the connection's rate; false when it is over
+    /// the limit and dropped. The first one over gets `error rate_limited`; at twice the
+    /// limit in one window the connection is closed with 1008.
+    pub(super) fn within_rate(&mut self, slot: usize, generation: u32) -> bool {
+        let limit = self.shared.config.rate_limit;
+        if limit == 0 {
+            return true;
+        }
+        let Some(conn) = self.conn_mut(slot, generation) else {
+            return false;
+        };
+        if conn.rate_count == 0 {
+            self.rate_counted.push((slot, generation));
+        }
+        let Some(conn) = self.conn_mut(slot, generation) else {
+            return false;
+        };
+        conn.rate_count = conn.rate_count.saturating_add(1);
+        let count = conn.rate_count;
+        if count <= limit {
+            return true;
+        }
+        if u16::from(count) >= 2 * u16::from(limit) {
+            self.begin_close(slot, generation, close::POLICY_VIOLATION, "rate limit");
+        } else if count == limit + 1 {
+            let text = format!(
+                "at most {limit} messages a second per connection: messages past it are dropped, \
+                 twice as many close the connection"
+            );
+            self.send_error(slot, generation, "rate_limited", &text, None);
+        }
+        false
+    }
+
+    /// Every tick: a new rate window each second, and the next stretch of the idle sweep.
+    pub(super) fn limits_tick(&mut self) {
+        let tick = self.timers.now_tick();
+        if tick.is_multiple_of(RATE_WINDOW_TICKS) {
+            for (slot, generation) in std::mem::take(&mut self.rate_counted) {
+                if let Some(conn) = self.conn_mut(slot, generation) {
+                    conn.rate_count = 0;
+                }
+            }
+        }
+        let idle_ms = self.shared.config.idle_timeout_ms;
+        if idle_ms > 0 {
+            self.sweep_idle((idle_ms / 2).div_ceil(TICK_MS).max(1));
+        }
+    }
+
+    /// Looks at the next share of the slab, so that every slot is seen once every
+    /// `period_ticks` (half the idle timeout). An authenticated connection with no input
+    /// since the last look gets a ping; one still silent at the next look is closed (1001).
+    fn sweep_idle(&mut self, period_ticks: u64) {
+        let capacity = self.conns.capacity();
+        if capacity == 0 {
+            return;
+        }
+        let share = capacity.div_ceil(period_ticks as usize);
+        for _ in 0..share {
+            let slot = self.idle_cursor % capacity;
+            self.idle_cursor = slot + 1;
+            let Some(conn) = self.conns.get_mut(slot) else {
+                continue;
+            };
+            if conn.phase != Phase::Authenticated {
+                continue;
+            }
+            let generation = conn.generation;
+            if conn.flags.has(Flags::ACTIVE) {
+                conn.flags.set(Flags::ACTIVE, false);
+                conn.flags.set(Flags::PINGED, false);
+            } else if !conn.flags.has(Flags::PINGED) {
+                conn.flags.set(Flags::PINGED, true);
+                let ping = frame::encode(frame::PING, b"idle?");
+                self.send(slot, generation, ping, crate::protocol::Priority::High);
+            } else {
+                self.begin_close(slot, generation, close::GOING_AWAY, "idle timeout");
+            }
+        }
+    }
+}

@@ -1,0 +1,109 @@
+//! Per-connection limits: the message rate (`rate_limited`, then 1008) and the idle
+//! timeout (a ping to a silent connection, then 1001), with well-behaved neighbours
+//! unaffected.
+
+mod common;
+
+use std::{
+    io::{Read, Write},
+    net::TcpStream,
+    time::{Duration, Instant},
+};
+
+use common::{code, Server};
+use serde_json::json;
+use tungstenite::protocol::frame::coding::CloseCode;
+
+#[test]
+fn a_client_over_the_rate_is_warned_then_closed_and_its_neighbour_is_not() {
+    let server = Server::start(
+        common::Driver::IoUring,
+        &["--reactors", "1", "--rate-limit", "5"],
+    );
+    let mut calm = server.login("calm", "phone");
+    let mut noisy = server.login("noisy", "phone");
+    // A burst of 30: whichever second it falls in, one window sees twice the limit.
+    for i in 0..30 {
+        noisy.send(&json!({"type": "ping", "ts": i}));
+    }
+    let (mut pongs, mut warned) = (0, false);
+    let close = loop {
+        match noisy.next_or_close() {
+            Ok(message) if message["type"] == "pong" => pongs += 1,
+            Ok(message) => {
+                assert_eq!(message["code"], "rate_limited", "{message}");
+                warned = true;
+            }
+            Err(code) => break code,
+        }
+    };
+    assert_eq!(close, code(CloseCode::Policy));
+    assert!(
+        warned && (4..=10).contains(&pongs),
+        "warned {warned}, {pongs} pongs"
+    );
+    // The calm neighbour on the same reactor sends two a second for three seconds.
+    for i in 0..6 {
+        calm.send(&json!({"type": "ping", "ts": i}));
+        assert_eq!(calm.recv_type("pong")["ts"], i);
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let (_, metrics) = server.get("/metrics");
+    assert!(metrics.contains("code=\"rate_limited\"} 1"), "{metrics}");
+}
+
+/// A raw WebSocket that authenticates and then neither sends nor answers anything.
+fn silent_client(server: &Server, user: &str) -> TcpStream {
+    let mut stream = TcpStream::connect(server.addr).unwrap();
+    let auth = format!(r#"{{"type":"auth","userId":"{user}","deviceId":"d"}}"#);
+    let mut request =
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+        Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+            .to_vec();
+    request.extend_from_slice(&common::raw_frame(0x81, auth.as_bytes()));
+    stream.write_all(&request).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream
+}
+
+#[test]
+fn a_silent_connection_is_pinged_then_closed_and_a_live_one_is_kept() {
+    let server = Server::start(common::Driver::IoUring, &["--idle-timeout-ms", "1000"]);
+    let mut live = server.login("live", "phone");
+    let mut silent = silent_client(&server, "silent");
+    silent
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let started = Instant::now();
+    let mut seen = Vec::new();
+    let mut chunk = [0u8; 4096];
+    // Read everything until the server closes: the ping (0x89) comes before the close
+    // frame (0x88), whose code is 1001. Meanwhile the live client keeps reading, which
+    // is when its library answers the server's pings.
+    while started.elapsed() < Duration::from_secs(6) {
+        match silent.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => seen.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(_) => break,
+        }
+        let _ = live.recv_within(Duration::from_millis(20));
+    }
+    let took = started.elapsed();
+    let ping = seen
+        .windows(2)
+        .position(|w| w == [0x89, 5])
+        .expect("a ping");
+    let close = seen
+        .windows(2)
+        .position(|w| w[0] == 0x88)
+        .expect("a close frame");
+    assert!(ping < close, "ping at {ping}, close at {close}");
+    assert_eq!(u16::from_be_bytes([seen[close + 2], seen[close + 3]]), 1001);
+    assert!(took < Duration::from_secs(4), "closed after {took:?}");
+    // The live client's library answered the pings while it read: still open.
+    live.send(&json!({"type": "ping", "ts": 7}));
+    assert_eq!(live.recv_type("pong")["ts"], 7);
+}
