@@ -224,14 +224,7 @@ impl Directory {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn addr(slot: u32) -> ConnAddr {
-        ConnAddr {
-            reactor: 0,
-            generation: 1,
-            slot,
-        }
-    }
+    use crate::router::tests::addr;
 
     #[test]
     fn first_device_comes_online_and_last_goes_offline() {

@@ -119,14 +119,7 @@ impl Groups {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn addr(slot: u32) -> ConnAddr {
-        ConnAddr {
-            reactor: 0,
-            generation: 1,
-            slot,
-        }
-    }
+    use crate::router::tests::addr;
 
     #[test]
     fn members_join_once_and_leave() {

@@ -314,8 +314,17 @@ pub enum Envelope {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// A connection address on reactor 0, for the router's unit tests.
+    pub(crate) fn addr(slot: u32) -> ConnAddr {
+        ConnAddr {
+            reactor: 0,
+            generation: 1,
+            slot,
+        }
+    }
 
     #[test]
     fn envelopes_stay_small_enough_for_dense_rings() {
