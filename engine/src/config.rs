@@ -29,8 +29,14 @@ pub const QUEUE_MAX_PER_USER_RANGE: (u64, u64) = (1, 10_000_000);
 pub const RETENTION_DAYS_DEFAULT: f64 = 30.0;
 /// Bounds for `--retention-days` (fractions allowed: 0.5 is twelve hours).
 pub const RETENTION_DAYS_RANGE: (f64, f64) = (0.000_01, 3650.0);
-/// Default bound on client messages per second per connection (0: no limit).
-pub const RATE_LIMIT_DEFAULT: u8 = 60;
+/// Default bound on one connection's unsent output: past it the client is a slow consumer.
+pub const OUTBOUND_BYTES_MAX_DEFAULT: usize = 4 << 20;
+/// Bounds for `--outbound-bytes-max`: at least 1 MiB, so that a 256 KiB part of an offline
+/// queue always fits.
+pub const OUTBOUND_BYTES_MAX_RANGE: (usize, usize) = (1 << 20, 1 << 30);
+/// Default bound on client messages per second per connection: none. A client flushing
+/// its outbox after a reconnect sends hundreds at once; operators who want a bound set one.
+pub const RATE_LIMIT_DEFAULT: u8 = 0;
 /// The highest `--rate-limit` (a connection's count is one byte and closes at twice it).
 pub const RATE_LIMIT_MAX: u8 = 127;
 /// Default idle timeout: a silent connection is pinged, then closed (0: never).
@@ -87,7 +93,16 @@ pub struct Args {
     /// Days a queued message is kept before it expires unread (fractions allowed) [default: 30]
     #[arg(long, env = "ENGINE_RETENTION_DAYS", value_name = "DAYS")]
     pub retention_days: Option<f64>,
-    /// Client messages per second one connection may send (1-127; 0: no limit); more get rate_limited, twice as many close it with 1008 [default: 60]
+    /// Unsent bytes one connection may have queued before it is closed as a slow consumer (4002) [default: 4194304]
+    #[arg(long, env = "ENGINE_OUTBOUND_BYTES_MAX", value_name = "BYTES")]
+    pub outbound_bytes_max: Option<usize>,
+    /// Open connections the engine takes in all; past it an upgrade is answered 503 (0: no cap) [default: 0]
+    #[arg(long, env = "ENGINE_MAX_CONNECTIONS", value_name = "N")]
+    pub max_connections: Option<u64>,
+    /// Open connections one reactor takes; past it an upgrade is answered 503 (0: no cap) [default: 0]
+    #[arg(long, env = "ENGINE_MAX_CONNECTIONS_PER_REACTOR", value_name = "N")]
+    pub max_connections_per_reactor: Option<u64>,
+    /// Client messages per second one connection may send (1-127; 0: no limit); more get rate_limited, twice as many close it with 1008 [default: 0]
     #[arg(long, env = "ENGINE_RATE_LIMIT", value_name = "N")]
     pub rate_limit: Option<u8>,
     /// A connection silent this long is pinged, and closed (1001) if still silent half as long again (0: never) [default: 60000]
@@ -144,6 +159,9 @@ struct FileConfig {
     queue_max_per_user: Option<u64>,
     retention_days: Option<f64>,
     store_cache_mb: Option<u64>,
+    outbound_bytes_max: Option<usize>,
+    max_connections: Option<u64>,
+    max_connections_per_reactor: Option<u64>,
     rate_limit: Option<u8>,
     idle_timeout_ms: Option<u64>,
     push_webhook: Option<String>,
@@ -179,6 +197,12 @@ pub struct Config {
     pub push_webhook: Option<crate::push::Webhook>,
     /// Whether they carry the start of the text.
     pub push_preview: bool,
+    /// Unsent bytes one connection may have before it is closed as a slow consumer.
+    pub outbound_bytes_max: usize,
+    /// Open connections in all before upgrades are refused (0: no cap).
+    pub max_connections: u64,
+    /// Open connections per reactor before its upgrades are refused (0: no cap).
+    pub max_connections_per_reactor: u64,
     /// Client messages per second per connection (0: no limit).
     pub rate_limit: u8,
     /// Silence after which a connection is pinged, then closed (0: never).
@@ -206,6 +230,9 @@ impl Default for Config {
             store_cache_bytes: (STORE_CACHE_MB_DEFAULT << 20) as usize,
             push_webhook: None,
             push_preview: false,
+            outbound_bytes_max: OUTBOUND_BYTES_MAX_DEFAULT,
+            max_connections: 0,
+            max_connections_per_reactor: 0,
             rate_limit: RATE_LIMIT_DEFAULT,
             idle_timeout_ms: IDLE_TIMEOUT_MS_DEFAULT,
             failpoint: None,
@@ -347,6 +374,13 @@ impl Config {
             return Err(invalid("retention-days", "must be a number of days"));
         }
         let retention = std::time::Duration::from_secs_f64(retention_days * 86_400.0);
+        let outbound_bytes_max = in_range(
+            "outbound-bytes-max",
+            args.outbound_bytes_max
+                .or(file.outbound_bytes_max)
+                .unwrap_or(OUTBOUND_BYTES_MAX_DEFAULT),
+            OUTBOUND_BYTES_MAX_RANGE,
+        )?;
         let rate_limit = in_range(
             "rate-limit",
             args.rate_limit
@@ -400,6 +434,12 @@ impl Config {
             store_cache_bytes: (store_cache_mb << 20) as usize,
             push_webhook,
             push_preview: args.push_preview.or(file.push_preview).unwrap_or(false),
+            outbound_bytes_max,
+            max_connections: args.max_connections.or(file.max_connections).unwrap_or(0),
+            max_connections_per_reactor: args
+                .max_connections_per_reactor
+                .or(file.max_connections_per_reactor)
+                .unwrap_or(0),
             rate_limit,
             idle_timeout_ms,
             failpoint: crate::failpoint::Failpoint::from_env()
@@ -482,6 +522,13 @@ mod tests {
                     ..Args::default()
                 },
                 "--idle-timeout-ms:",
+            ),
+            (
+                Args {
+                    outbound_bytes_max: Some(1000),
+                    ..Args::default()
+                },
+                "--outbound-bytes-max:",
             ),
         ] {
             let err = Config::resolve(args).unwrap_err();

@@ -102,8 +102,36 @@ fn a_silent_connection_is_pinged_then_closed_and_a_live_one_is_kept() {
         .expect("a close frame");
     assert!(ping < close, "ping at {ping}, close at {close}");
     assert_eq!(u16::from_be_bytes([seen[close + 2], seen[close + 3]]), 1001);
-    assert!(took < Duration::from_secs(4), "closed after {took:?}");
+    // Silent for one timeout at least (and at most about one and a half, plus slack).
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(4),
+        "closed after {took:?}"
+    );
     // The live client's library answered the pings while it read: still open.
     live.send(&json!({"type": "ping", "ts": 7}));
     assert_eq!(live.recv_type("pong")["ts"], 7);
+}
+
+#[test]
+fn past_the_connection_cap_an_upgrade_gets_503_and_health_still_answers() {
+    let server = Server::start(
+        common::Driver::IoUring,
+        &["--reactors", "1", "--max-connections", "3"],
+    );
+    let clients: Vec<_> = (0..3)
+        .map(|i| server.login(&format!("u{i}"), "d"))
+        .collect();
+    let upgrade = "GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                   Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+    let (status, body) = common::split_response(&server.http(upgrade));
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("over_capacity"), "{body}");
+    let (status, _) = server.get("/health/live");
+    assert_eq!(status, 200);
+    // One leaves: room for one more.
+    drop(clients);
+    std::thread::sleep(Duration::from_millis(200));
+    let mut again = server.login("u9", "d");
+    again.send(&json!({"type": "ping", "ts": 1}));
+    assert_eq!(again.recv_type("pong")["ts"], 1);
 }

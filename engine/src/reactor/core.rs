@@ -31,9 +31,6 @@ use crate::{
 pub(crate) const READ_BUFFER_BYTES: usize = 64 * 1024;
 /// The most bytes read from one connection per batch before others get a turn.
 pub(crate) const READ_BYTES_PER_BATCH_MAX: usize = 256 * 1024;
-/// Bytes a connection may have waiting to be written; past it the client is a slow
-/// consumer and is closed with 4002 (PROTOCOL.md), so it slows nobody else down.
-pub(crate) const OUTBOUND_BYTES_MAX: usize = 4 * 1024 * 1024;
 /// How long a closing handshake may take before the socket is dropped.
 pub(crate) const CLOSE_TIMEOUT_MS: u64 = 2_000;
 /// The epoll token of the doorbell; connections use `slot | generation << 32`.
@@ -120,6 +117,8 @@ pub(crate) struct Reactor {
     pub(crate) rate_counted: Vec<(usize, u32)>,
     /// Where the idle sweep goes on from.
     pub(crate) idle_cursor: usize,
+    /// Slab visits the idle sweep has earned but not made (less than one period's worth).
+    pub(crate) idle_credit: u64,
     /// Group posts fanned out from here, waiting for their member homes.
     pub(crate) group_posts: Slab<PendingPost>,
     /// The durable store.
@@ -162,6 +161,7 @@ impl Reactor {
             failpoint_kill: false,
             rate_counted: Vec::new(),
             idle_cursor: 0,
+            idle_credit: 0,
             group_posts: Slab::new(),
             store: seed.store,
             store_replies: seed.store_replies,
@@ -440,7 +440,9 @@ impl Reactor {
                 .get_or_insert_with(Box::<OutQueue>::default)
                 .push(frame, priority);
         }
-        if conn.queued_bytes() > OUTBOUND_BYTES_MAX {
+        // Past `--outbound-bytes-max` the client is a slow consumer and is closed with 4002
+        // (PROTOCOL.md), so it slows nobody else down.
+        if conn.queued_bytes() > self.shared.config.outbound_bytes_max {
             self.drop_slow_consumer(slot, generation);
         }
     }

@@ -75,7 +75,11 @@ impl Reactor {
         if capacity == 0 {
             return;
         }
-        let share = capacity.div_ceil(period_ticks as usize);
+        // `capacity` visits per `period_ticks` ticks, however the two compare: a small slab
+        // is not swept faster than the period.
+        self.idle_credit += capacity as u64;
+        let share = self.idle_credit / period_ticks;
+        self.idle_credit %= period_ticks;
         for _ in 0..share {
             let slot = self.idle_cursor % capacity;
             self.idle_cursor = slot + 1;

@@ -250,6 +250,11 @@ impl Reactor {
     }
 
     fn upgrade(&mut self, slot: usize, generation: u32, req: &Request) {
+        if let Some(why) = self.over_capacity() {
+            stats::ReactorStats::bump(&self.stats().handshake_failures);
+            let answer = response::json_error(503, "over_capacity", why, false);
+            return self.send_final(slot, generation, answer);
+        }
         match handshake::accept(req) {
             Ok(answer) => {
                 let Some(conn) = self.conn_mut(slot, generation) else {
@@ -283,6 +288,23 @@ impl Reactor {
                 self.send_final(slot, generation, answer);
             }
         }
+    }
+
+    /// Why a new WebSocket is refused, when a connection cap is reached (this connection,
+    /// already accepted, counts).
+    fn over_capacity(&self) -> Option<&'static str> {
+        let config = &self.shared.config;
+        let here = stats::load_gauge(&self.stats().connections).max(0) as u64;
+        if config.max_connections_per_reactor > 0 && here > config.max_connections_per_reactor {
+            return Some("this gateway's reactor is at --max-connections-per-reactor: try again");
+        }
+        if config.max_connections > 0 {
+            let all = stats::total(&self.shared.stats, |s| &s.connections).max(0) as u64;
+            if all > config.max_connections {
+                return Some("the gateway is at --max-connections: try again later");
+            }
+        }
+        None
     }
 
     /// The live figures for `/health`, summed over every reactor.
