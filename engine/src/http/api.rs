@@ -264,4 +264,25 @@ mod tests {
         let err = parse_broadcast(br#"{"user_ids":["a"]}"#).unwrap_err();
         assert!(err.message.contains("message"), "{err:?}");
     }
+
+    proptest::proptest! {
+        /// API bodies are client input: any bytes give a body or a named error, no panic.
+        #[test]
+        fn any_body_is_parsed_or_refused(body in proptest::collection::vec(proptest::num::u8::ANY, 0..256)) {
+            let _ = parse_send(&body);
+            let _ = parse_broadcast(&body);
+        }
+
+        /// Any JSON object with arbitrary field values is parsed or refused, no panic.
+        #[test]
+        fn any_json_object_is_parsed_or_refused(
+            fields in proptest::collection::vec(("[a-z_]{1,12}", "[ -~]{0,20}"), 0..6),
+        ) {
+            let object: serde_json::Map<String, serde_json::Value> =
+                fields.into_iter().map(|(k, v)| (k, serde_json::Value::String(v))).collect();
+            let body = serde_json::to_vec(&object).unwrap();
+            let _ = parse_send(&body);
+            let _ = parse_broadcast(&body);
+        }
+    }
 }

@@ -97,4 +97,27 @@ mod tests {
         assert_eq!(accept(&plain), Err(HandshakeError::NotUpgrade));
         assert!(!wants_upgrade(&plain));
     }
+
+    proptest::proptest! {
+        /// Whatever headers an upgrade carries, the answer is a 101 or a refusal, never a
+        /// panic; a well-formed key of any 16 bytes is always accepted.
+        #[test]
+        fn any_upgrade_is_answered(
+            headers in proptest::collection::vec(("[A-Za-z-]{1,24}", "[ -~]{0,40}"), 0..8),
+            key in proptest::array::uniform16(proptest::num::u8::ANY),
+        ) {
+            use base64::Engine as _;
+            let mut extra: String = headers.iter().map(|(n, v)| format!("{n}: {v}\r\n")).collect();
+            if let Some(req) = parse(format!("GET /ws HTTP/1.1\r\n{extra}\r\n").as_bytes())
+                .ok()
+                .flatten()
+            {
+                let _ = accept(&req.0);
+            }
+            let key = base64::engine::general_purpose::STANDARD.encode(key);
+            extra = format!("Upgrade: websocket\r\nConnection: keep-alive, Upgrade\r\n\
+                             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {key}\r\n");
+            proptest::prop_assert!(accept(&request(&extra)).is_ok());
+        }
+    }
 }
