@@ -102,6 +102,9 @@ pub struct Args {
     /// Open connections one reactor takes; past it an upgrade is answered 503 (0: no cap) [default: 0]
     #[arg(long, env = "ENGINE_MAX_CONNECTIONS_PER_REACTOR", value_name = "N")]
     pub max_connections_per_reactor: Option<u64>,
+    /// On SIGTERM, spread the 1001 closes over this many seconds, in random order, so clients do not all reconnect at once (0: close all at once) [default: 0]
+    #[arg(long, env = "ENGINE_DRAIN_SECS", value_name = "S")]
+    pub drain_secs: Option<u64>,
     /// Client messages per second one connection may send (1-127; 0: no limit); more get rate_limited, twice as many close it with 1008 [default: 0]
     #[arg(long, env = "ENGINE_RATE_LIMIT", value_name = "N")]
     pub rate_limit: Option<u8>,
@@ -160,6 +163,7 @@ struct FileConfig {
     retention_days: Option<f64>,
     store_cache_mb: Option<u64>,
     outbound_bytes_max: Option<usize>,
+    drain_secs: Option<u64>,
     max_connections: Option<u64>,
     max_connections_per_reactor: Option<u64>,
     rate_limit: Option<u8>,
@@ -199,6 +203,8 @@ pub struct Config {
     pub push_preview: bool,
     /// Unsent bytes one connection may have before it is closed as a slow consumer.
     pub outbound_bytes_max: usize,
+    /// Seconds over which a drain spreads its closes (0: all at once).
+    pub drain_secs: u64,
     /// Open connections in all before upgrades are refused (0: no cap).
     pub max_connections: u64,
     /// Open connections per reactor before its upgrades are refused (0: no cap).
@@ -231,6 +237,7 @@ impl Default for Config {
             push_webhook: None,
             push_preview: false,
             outbound_bytes_max: OUTBOUND_BYTES_MAX_DEFAULT,
+            drain_secs: 0,
             max_connections: 0,
             max_connections_per_reactor: 0,
             rate_limit: RATE_LIMIT_DEFAULT,
@@ -435,6 +442,11 @@ impl Config {
             push_webhook,
             push_preview: args.push_preview.or(file.push_preview).unwrap_or(false),
             outbound_bytes_max,
+            drain_secs: in_range(
+                "drain-secs",
+                args.drain_secs.or(file.drain_secs).unwrap_or(0),
+                (0, 3600),
+            )?,
             max_connections: args.max_connections.or(file.max_connections).unwrap_or(0),
             max_connections_per_reactor: args
                 .max_connections_per_reactor

@@ -153,8 +153,9 @@ impl Engine {
     /// configured shutdown bound plus a second; true when every reactor stopped in time.
     pub fn shutdown(self) -> bool {
         self.shared.begin_drain();
-        let bound =
-            Duration::from_millis(self.shared.config.shutdown_timeout_ms) + Duration::from_secs(1);
+        let bound = Duration::from_secs(self.shared.config.drain_secs)
+            + Duration::from_millis(self.shared.config.shutdown_timeout_ms)
+            + Duration::from_secs(1);
         let deadline = std::time::Instant::now() + bound;
         let wait = |thread: JoinHandle<()>| {
             while !thread.is_finished() {

@@ -47,3 +47,41 @@ fn bad_flags_stop_start_up_with_a_message_naming_the_flag() {
         .unwrap();
     assert!(String::from_utf8_lossy(&output.stderr).contains("--max-message-bytes"));
 }
+
+#[test]
+fn with_drain_secs_the_closes_are_spread_over_the_drain() {
+    let mut server = Server::start(common::Driver::IoUring, &["--drain-secs", "2"]);
+    let clients: Vec<_> = (0..12)
+        .map(|i| server.login(&format!("u{i}"), "phone"))
+        .collect();
+    let started = Instant::now();
+    let waiters: Vec<_> = clients
+        .into_iter()
+        .map(|mut client| {
+            std::thread::spawn(move || {
+                let code = client.expect_close();
+                (code, Instant::now())
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(server.terminate(), Some(0));
+    let mut closed: Vec<Duration> = waiters
+        .into_iter()
+        .map(|w| {
+            let (code, at) = w.join().unwrap();
+            assert_eq!(code, 1001);
+            at - started
+        })
+        .collect();
+    closed.sort();
+    let (first, last) = (closed[0], closed[closed.len() - 1]);
+    assert!(
+        first < Duration::from_millis(900),
+        "first close after {first:?}"
+    );
+    assert!(
+        last > Duration::from_millis(1400) && last < Duration::from_secs(4),
+        "last close after {last:?}"
+    );
+}

@@ -115,6 +115,10 @@ pub(crate) struct Reactor {
     pub(crate) failpoint_kill: bool,
     /// Connections that sent messages in the current rate window (their counts reset).
     pub(crate) rate_counted: Vec<(usize, u32)>,
+    /// A spread drain's connections still to close, in the (random) order they go.
+    drain_queue: Vec<(usize, u32)>,
+    /// How many a spread drain has closed so far.
+    drain_closed: usize,
     /// Where the idle sweep goes on from.
     pub(crate) idle_cursor: usize,
     /// Slab visits the idle sweep has earned but not made (less than one period's worth).
@@ -160,6 +164,8 @@ impl Reactor {
             groups: seed.groups,
             failpoint_kill: false,
             rate_counted: Vec::new(),
+            drain_queue: Vec::new(),
+            drain_closed: 0,
             idle_cursor: 0,
             idle_credit: 0,
             group_posts: Slab::new(),
@@ -605,6 +611,7 @@ impl Reactor {
         }
         self.due = due;
         self.limits_tick();
+        self.drain_tick();
         // Timer-driven work may have mailed peers.
         self.outbox.flush(&self.shared.doorbells);
     }
@@ -615,7 +622,38 @@ impl Reactor {
         // keeps the socket alive past process exit). This also ends the pending accept.
         // SAFETY: shutdown(2) on the listener this reactor owns; no pointers.
         unsafe { libc::shutdown(self.listener_fd, libc::SHUT_RDWR) };
-        for (slot, generation) in self.open_connections() {
+        let mut open = self.open_connections();
+        if self.shared.config.drain_secs == 0 {
+            for (slot, generation) in open {
+                self.begin_close(slot, generation, close::GOING_AWAY, "server shutting down");
+            }
+            return;
+        }
+        // Spread over --drain-secs in random order: the clients reconnect (elsewhere, or to
+        // the new process) a few at a time, not all in the same second.
+        shuffle(&mut open, self.id as u64 ^ crate::protocol::now_ms());
+        self.drain_queue = open;
+        self.drain_closed = 0;
+    }
+
+    /// During a spread drain, every tick: closes the connections whose turn has come, so
+    /// that by `--drain-secs` all have been.
+    pub(crate) fn drain_tick(&mut self) {
+        let Some(started) = self.drain_started else {
+            return;
+        };
+        if self.drain_queue.is_empty() {
+            return;
+        }
+        let spread = Duration::from_secs(self.shared.config.drain_secs);
+        let total = self.drain_queue.len() + self.drain_closed;
+        let fraction = (started.elapsed().as_secs_f64() / spread.as_secs_f64()).min(1.0);
+        let due = ((total as f64 * fraction).ceil() as usize).saturating_sub(self.drain_closed);
+        for _ in 0..due {
+            let Some((slot, generation)) = self.drain_queue.pop() else {
+                break;
+            };
+            self.drain_closed += 1;
             self.begin_close(slot, generation, close::GOING_AWAY, "server shutting down");
         }
     }
@@ -633,8 +671,10 @@ impl Reactor {
         let Some(started) = self.drain_started else {
             return false;
         };
-        self.conns.is_empty()
-            || started.elapsed() >= Duration::from_millis(self.shared.config.shutdown_timeout_ms)
+        let config = &self.shared.config;
+        let bound = Duration::from_secs(config.drain_secs)
+            + Duration::from_millis(config.shutdown_timeout_ms);
+        self.conns.is_empty() || started.elapsed() >= bound
     }
 
     /// Drops whatever connections remain (end of a drain).
@@ -658,5 +698,32 @@ impl Reactor {
                 self.route(home, Envelope::Unsubscribe { watcher, users });
             }
         }
+    }
+}
+
+/// Puts `items` in a random order (Fisher-Yates over xorshift64*; not cryptographic: it only
+/// spreads reconnects).
+fn shuffle<T>(items: &mut [T], seed: u64) {
+    let mut state = seed | 1;
+    for i in (1..items.len()).rev() {
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        let random = state.wrapping_mul(0x2545_f491_4f6c_dd1d);
+        items.swap(i, (random % (i as u64 + 1)) as usize);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shuffle;
+
+    #[test]
+    fn a_shuffle_is_a_permutation_and_moves_things() {
+        let mut items: Vec<u32> = (0..1000).collect();
+        shuffle(&mut items, 42);
+        assert_ne!(items, (0..1000).collect::<Vec<_>>());
+        items.sort_unstable();
+        assert_eq!(items, (0..1000).collect::<Vec<_>>());
     }
 }
