@@ -85,3 +85,56 @@ fn with_drain_secs_the_closes_are_spread_over_the_drain() {
         "last close after {last:?}"
     );
 }
+
+/// Connects and authenticates as a real client would: a connection refused or reset in
+/// the instant the old process stops listening is tried again. Returns the attempts taken.
+fn log_in_retrying(server: &Server, user: &str) -> (common::Client, u32) {
+    for attempt in 1..=3 {
+        let outcome =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| server.login(user, "d")));
+        if let Ok(client) = outcome {
+            return (client, attempt);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("{user} could not log in in 3 attempts");
+}
+
+#[test]
+fn a_new_process_takes_over_the_port_while_the_old_one_drains() {
+    let mut old = Server::start(common::Driver::IoUring, &["--drain-secs", "2"]);
+    let moving: Vec<_> = (0..6).map(|i| old.login(&format!("m{i}"), "d")).collect();
+    let port = old.addr.to_string();
+    // SO_REUSEPORT: the new process binds the same port while the old one still listens
+    // (from here on a connection may reach either, until the old one stops listening).
+    let new = Server::start(common::Driver::IoUring, &["--listen", &port]);
+    assert_eq!(new.addr, old.addr);
+    let closes: Vec<_> = moving
+        .into_iter()
+        .map(|mut client| std::thread::spawn(move || client.expect_close()))
+        .collect();
+    let waiter = std::thread::spawn(move || old.terminate());
+    // The old process stops accepting at once: new connections reach the new one.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let (mut logins, mut retries) = (0, 0);
+    while Instant::now() < deadline {
+        let (mut client, attempts) = log_in_retrying(&new, &format!("n{logins}"));
+        retries += attempts - 1;
+        client.send(&serde_json::json!({"type": "ping", "ts": logins}));
+        assert_eq!(client.recv_type("pong")["ts"], logins);
+        logins += 1;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The old one's clients were closed with 1001 over the drain, and come back.
+    for (i, close) in closes.into_iter().enumerate() {
+        assert_eq!(close.join().unwrap(), 1001);
+        let (mut back, _) = log_in_retrying(&new, &format!("m{i}"));
+        back.send(&serde_json::json!({"type": "ping", "ts": 1}));
+        assert_eq!(back.recv_type("pong")["ts"], 1);
+    }
+    assert_eq!(waiter.join().unwrap(), Some(0));
+    assert!(
+        logins >= 10 && retries <= 1,
+        "{logins} logins, {retries} retries"
+    );
+}

@@ -86,8 +86,11 @@ impl Server {
                 });
             }
         }
+        if !args.contains(&"--listen") {
+            command.args(["--listen", "127.0.0.1:0"]);
+        }
         command
-            .args(["--listen", "127.0.0.1:0", "--log-level", "warn"])
+            .args(["--log-level", "warn"])
             .args(if args.contains(&"--reactors") {
                 &[][..]
             } else {
