@@ -323,3 +323,30 @@ fn a_group_post_is_acked_only_once_offline_copies_are_stored() {
         );
     }
 }
+
+#[test]
+fn a_payload_nested_too_deep_is_refused_and_the_gateway_lives() {
+    // 30,000 levels fit in one 64 KiB message; following them recursively once overflowed
+    // the reactor's stack and aborted the whole process.
+    let server = Server::start(common::Driver::IoUring, &["--reactors", "1"]);
+    let mut alice = server.login("alice", "phone");
+    let mut bob = server.login("bob", "phone");
+    let deep = format!("{}{}", "[".repeat(30_000), "]".repeat(30_000));
+    alice.send_text(&format!(
+        r#"{{"type":"signal","receiverId":"bob","callId":"c9","kind":"webrtc:offer","payload":{deep}}}"#
+    ));
+    let error = alice.recv_type("error");
+    assert_eq!(
+        (error["code"].as_str(), error["ref"].as_str()),
+        (Some("bad_request"), Some("c9"))
+    );
+    assert!(error["message"].as_str().unwrap().contains("payload"));
+    signal(
+        &mut alice,
+        "bob",
+        "c10",
+        "webrtc:offer",
+        json!([[["fine"]]]),
+    );
+    assert_eq!(bob.recv_type("signal")["payload"], json!([[["fine"]]]));
+}

@@ -345,7 +345,15 @@ fn decode<'t, 'de: 't>(root: Value<'t, 'de>) -> Result<ClientMessage<'de>, Proto
             }
             let mut payload = Vec::new();
             match root.get("payload") {
-                Some(value) => super::json::write_value(&mut payload, value),
+                Some(value) => {
+                    super::json::write_value(&mut payload, value).map_err(|_| ProtocolError {
+                        reference: Some(call_id.to_owned()),
+                        ..ProtocolError::bad_request(format!(
+                            "field 'payload' nests deeper than {} levels",
+                            super::json::VALUE_DEPTH_MAX
+                        ))
+                    })?
+                }
                 None => payload.extend_from_slice(b"null"),
             }
             ClientMessage::Signal {

@@ -128,10 +128,34 @@ pub fn write_str(out: &mut Vec<u8>, value: &str) {
     out.push(b'"');
 }
 
+/// How deep [`write_value`] follows nested arrays and objects. A client controls the
+/// input: a 64 KiB message can nest 30,000 levels, and following them recursively would
+/// overflow a reactor's stack, which aborts the process.
+pub const VALUE_DEPTH_MAX: usize = 32;
+
+/// A value nested deeper than [`VALUE_DEPTH_MAX`]; nothing sensible is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TooDeep;
+
 /// Appends a value parsed by simd-json (a tape value) as compact JSON: what a client sent
 /// as an opaque payload (a call's SDP, say) goes on as it came. Not a hot path.
-pub fn write_value(out: &mut Vec<u8>, value: simd_json::tape::Value<'_, '_>) {
+pub fn write_value(
+    out: &mut Vec<u8>,
+    value: simd_json::tape::Value<'_, '_>,
+) -> Result<(), TooDeep> {
+    write_nested(out, value, VALUE_DEPTH_MAX)
+}
+
+fn write_nested(
+    out: &mut Vec<u8>,
+    value: simd_json::tape::Value<'_, '_>,
+    depth_left: usize,
+) -> Result<(), TooDeep> {
     use simd_json::{prelude::*, ValueType};
+    let nests = matches!(value.value_type(), ValueType::Array | ValueType::Object);
+    if nests && depth_left == 0 {
+        return Err(TooDeep);
+    }
     match value.value_type() {
         ValueType::String => write_str(out, value.as_str().unwrap_or_default()),
         ValueType::Bool => {
@@ -165,7 +189,7 @@ pub fn write_value(out: &mut Vec<u8>, value: simd_json::tape::Value<'_, '_>) {
                 if i > 0 {
                     out.push(b',');
                 }
-                write_value(out, item);
+                write_nested(out, item, depth_left - 1)?;
             }
             out.push(b']');
         }
@@ -178,12 +202,13 @@ pub fn write_value(out: &mut Vec<u8>, value: simd_json::tape::Value<'_, '_>) {
                 }
                 write_str(out, key);
                 out.push(b':');
-                write_value(out, item);
+                write_nested(out, item, depth_left - 1)?;
             }
             out.push(b'}');
         }
         _ => out.extend_from_slice(b"null"),
     }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -198,8 +223,20 @@ mod tests {
         let mut input = text.as_bytes().to_vec();
         let tape = simd_json::to_tape(&mut input).unwrap();
         let mut out = Vec::new();
-        write_value(&mut out, tape.as_value());
+        write_value(&mut out, tape.as_value()).unwrap();
         assert_eq!(std::str::from_utf8(&out).unwrap(), text);
+    }
+
+    #[test]
+    fn a_value_nested_past_the_bound_is_refused_not_followed() {
+        let depth = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
+        let mut ok = depth(VALUE_DEPTH_MAX).into_bytes();
+        let tape = simd_json::to_tape(&mut ok).unwrap();
+        assert_eq!(write_value(&mut Vec::new(), tape.as_value()), Ok(()));
+        // 30,000 levels (what a 64 KiB message can hold) come back as an error at once.
+        let mut deep = depth(30_000).into_bytes();
+        let tape = simd_json::to_tape(&mut deep).unwrap();
+        assert_eq!(write_value(&mut Vec::new(), tape.as_value()), Err(TooDeep));
     }
 
     #[test]
