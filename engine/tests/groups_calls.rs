@@ -350,3 +350,29 @@ fn a_payload_nested_too_deep_is_refused_and_the_gateway_lives() {
     );
     assert_eq!(bob.recv_type("signal")["payload"], json!([[["fine"]]]));
 }
+
+#[test]
+fn a_connection_is_in_at_most_sixteen_huddles() {
+    let server = Server::start(common::Driver::IoUring, &["--reactors", "1"]);
+    let mut alice = server.login("alice", "phone");
+    join(&mut alice, "team");
+    for room in 0..16 {
+        signal(
+            &mut alice,
+            "team",
+            &format!("r{room}"),
+            "huddle:join",
+            Value::Null,
+        );
+    }
+    signal(&mut alice, "team", "r16", "huddle:join", Value::Null);
+    let error = alice.recv_type("error");
+    assert_eq!(
+        (error["code"].as_str(), error["ref"].as_str()),
+        (Some("bad_request"), Some("r16"))
+    );
+    // Leaving one makes room.
+    signal(&mut alice, "team", "r0", "huddle:leave", Value::Null);
+    signal(&mut alice, "team", "r16", "huddle:join", Value::Null);
+    alice.expect_silence(Duration::from_millis(300));
+}

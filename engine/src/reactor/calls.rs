@@ -15,6 +15,8 @@ use crate::{
 const HUDDLE_JOIN: &str = "huddle:join";
 /// Leaves a huddle room (also sent for a connection that closes in one).
 const HUDDLE_LEAVE: &str = "huddle:leave";
+/// Huddle rooms one connection may be in at once (each is remembered on the connection).
+pub(crate) const HUDDLES_PER_CONN_MAX: usize = 16;
 
 /// A `signal` as its sending device saw it.
 pub(super) struct Signal<'a> {
@@ -44,14 +46,24 @@ impl Reactor {
             return self.deliver_or(signal.receiver_id, frame, Priority::High, offline);
         }
         let room = (Box::from(signal.receiver_id), Box::from(signal.call_id));
-        if let Some(conn) = self.conn_mut(sender.slot as usize, sender.generation) {
-            let huddles = &mut conn.aux_mut().huddles;
-            match signal.kind {
-                HUDDLE_JOIN if !huddles.contains(&room) => huddles.push(room),
-                HUDDLE_LEAVE => huddles.retain(|r| *r != room),
-                _ => {}
-            }
-            conn.trim_aux();
+        let (slot, generation) = (sender.slot as usize, sender.generation);
+        let Some(conn) = self.conn_mut(slot, generation) else {
+            return;
+        };
+        let huddles = &mut conn.aux_mut().huddles;
+        let full = signal.kind == HUDDLE_JOIN
+            && !huddles.contains(&room)
+            && huddles.len() >= HUDDLES_PER_CONN_MAX;
+        match signal.kind {
+            _ if full => {}
+            HUDDLE_JOIN if !huddles.contains(&room) => huddles.push(room),
+            HUDDLE_LEAVE => huddles.retain(|r| *r != room),
+            _ => {}
+        }
+        conn.trim_aux();
+        if full {
+            let text = format!("a connection may be in at most {HUDDLES_PER_CONN_MAX} huddles");
+            return self.send_error(slot, generation, "bad_request", &text, Some(signal.call_id));
         }
         let huddle = HuddleSignal {
             group: signal.receiver_id.into(),
