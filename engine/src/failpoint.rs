@@ -6,9 +6,15 @@
 //!   is closed with 1011; everything else goes on).
 //! - `kill_reactor_on_message_from:USER`: a message from USER makes its reactor panic
 //!   outside any handler (the engine reports it and exits with code 70).
+//! - `stall_reactor_on_message_from:USER`: a message from USER blocks its reactor for
+//!   [`STALL`], as a reactor stuck behind a slow disk or a long computation would be; its
+//!   peers' rings to it fill up, which is how mailbox backpressure is tested.
 
 /// The environment variable that sets a failpoint.
 pub const VARIABLE: &str = "ENGINE_FAILPOINT";
+
+/// How long `stall_reactor_on_message_from` blocks the reactor.
+pub const STALL: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// A fault to inject.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -17,6 +23,8 @@ pub enum Failpoint {
     PanicOnMessageFrom(String),
     /// Panic in the reactor's loop after a message from this user.
     KillReactorOnMessageFrom(String),
+    /// Block the reactor for [`STALL`] on a message from this user.
+    StallReactorOnMessageFrom(String),
 }
 
 impl Failpoint {
@@ -36,9 +44,12 @@ impl Failpoint {
             Some(("kill_reactor_on_message_from", user)) if !user.is_empty() => {
                 Ok(Failpoint::KillReactorOnMessageFrom(user.to_owned()))
             }
+            Some(("stall_reactor_on_message_from", user)) if !user.is_empty() => {
+                Ok(Failpoint::StallReactorOnMessageFrom(user.to_owned()))
+            }
             _ => Err(format!(
-                "{VARIABLE}={value:?}: expected panic_on_message_from:USER or \
-                 kill_reactor_on_message_from:USER"
+                "{VARIABLE}={value:?}: expected panic_on_message_from:USER, \
+                 kill_reactor_on_message_from:USER or stall_reactor_on_message_from:USER"
             )),
         }
     }
@@ -57,6 +68,10 @@ mod tests {
         assert_eq!(
             Failpoint::parse("kill_reactor_on_message_from:x"),
             Ok(Failpoint::KillReactorOnMessageFrom("x".into()))
+        );
+        assert_eq!(
+            Failpoint::parse("stall_reactor_on_message_from:y"),
+            Ok(Failpoint::StallReactorOnMessageFrom("y".into()))
         );
         assert!(Failpoint::parse("panic_on_message_from:").is_err());
         assert!(Failpoint::parse("panic_on_mesage_from:x").is_err());

@@ -8,8 +8,9 @@
 //! thousand reactor pairs reserve little memory; envelopes live only while in flight.
 //!
 //! A full ring is backpressure, never growth without bound: the producer keeps sealed
-//! batches that did not fit in a small per-target backlog and stops reading client sockets
-//! until the backlog drains (see `reactor::event_loop`).
+//! batches that did not fit in a per-target backlog, and pauses each connection whose input
+//! adds to a backlog until the backlogs drain. Past [`BACKLOG_BATCHES_MAX`] it stops
+//! reading every socket (see `reactor::core::Reactor::read_from`).
 
 use std::{
     collections::VecDeque,
@@ -35,6 +36,10 @@ const BATCH_ENVELOPES_INITIAL: usize = 16;
 /// 256 × 256 envelopes × 64 B = 4 MiB per reactor at most; each pair's ring gets this
 /// divided by the peer count.
 pub const INBOUND_BATCHES_PER_REACTOR: usize = 256;
+/// Sealed batches a reactor may hold back for all its peers together before it stops reading
+/// every socket, not only the ones that produced them: with full batches, 64 × 256
+/// envelopes, about 1 MiB.
+pub const BACKLOG_BATCHES_MAX: usize = 64;
 /// Bounds on one ring's capacity in batches, whatever the reactor count.
 pub const RING_CAPACITY_RANGE: (usize, usize) = (4, 64);
 /// Envelopes drained from one ring per loop iteration before the next ring gets a turn
@@ -136,7 +141,9 @@ pub struct Outbox<T> {
     producers: Vec<Option<BatchProducer<T>>>,
     filling: Vec<Batch<T>>,
     backlog: Vec<VecDeque<Batch<T>>>,
+    backlog_batches: usize,
     to_ring: Vec<bool>,
+    pressed: u64,
 }
 
 impl<T> Outbox<T> {
@@ -147,7 +154,9 @@ impl<T> Outbox<T> {
             producers,
             filling: (0..n).map(|_| Vec::new()).collect(),
             backlog: (0..n).map(|_| VecDeque::new()).collect(),
+            backlog_batches: 0,
             to_ring: vec![false; n],
+            pressed: 0,
         }
     }
 
@@ -163,6 +172,9 @@ impl<T> Outbox<T> {
             batch.reserve_exact(BATCH_ENVELOPES_INITIAL);
         }
         batch.push(item);
+        if !self.backlog[to].is_empty() {
+            self.pressed += 1;
+        }
         if batch.len() >= BATCH_ENVELOPES_MAX {
             self.seal(to);
         }
@@ -183,7 +195,11 @@ impl<T> Outbox<T> {
             backlog.push_back(batch);
         } else if let Err(rtrb::PushError::Full(batch)) = producer.push(batch) {
             backlog.push_back(batch);
+        } else {
+            return;
         }
+        self.backlog_batches += 1;
+        self.pressed += 1;
     }
 
     /// Ends a batch of work: sends every partly filled batch and rings the doorbell of every
@@ -213,6 +229,7 @@ impl<T> Outbox<T> {
                         backlog.push_front(batch);
                         break;
                     }
+                    self.backlog_batches -= 1;
                     self.to_ring[to] = true;
                 }
             }
@@ -224,7 +241,19 @@ impl<T> Outbox<T> {
     /// Whether sealed batches wait for ring room (the reactor then pauses reading its
     /// sockets).
     pub fn is_backlogged(&self) -> bool {
-        self.backlog.iter().any(|b| !b.is_empty())
+        self.backlog_batches > 0
+    }
+
+    /// Whether the backlogs reached [`BACKLOG_BATCHES_MAX`]: then no socket is read at all.
+    pub fn is_backlog_full(&self) -> bool {
+        self.backlog_batches >= BACKLOG_BATCHES_MAX
+    }
+
+    /// A count that grows whenever an envelope goes to a peer with a backlog (or starts
+    /// one): compare it before and after handling a connection's input to learn whether
+    /// that input met backpressure.
+    pub fn pressure(&self) -> u64 {
+        self.pressed
     }
 }
 
@@ -278,6 +307,40 @@ mod tests {
         assert!(!outbox.is_backlogged());
         assert!(!drain(&mut consumers[1], |_| {}));
         assert_eq!(got, (0..total).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn pressure_counts_envelopes_that_meet_a_backlog_and_the_cap_is_reached() {
+        let (mut producers, mut consumers) = rings::<u32>(2);
+        let mut outbox = Outbox::new(std::mem::take(&mut producers[0]));
+        let doorbells = bells();
+        let fits = (ring_capacity(2) * BATCH_ENVELOPES_MAX) as u32;
+        for i in 0..fits {
+            outbox.push(1, i);
+        }
+        outbox.flush(&doorbells);
+        assert_eq!(outbox.pressure(), 0, "what fits in the ring is no pressure");
+        outbox.push(1, fits);
+        outbox.flush(&doorbells);
+        assert!(outbox.is_backlogged());
+        assert_eq!(
+            outbox.pressure(),
+            1,
+            "the batch that starts a backlog counts"
+        );
+        outbox.push(1, fits + 1);
+        assert_eq!(outbox.pressure(), 2, "an envelope behind a backlog counts");
+        assert!(!outbox.is_backlog_full());
+        for i in 0..(BACKLOG_BATCHES_MAX * BATCH_ENVELOPES_MAX) as u32 {
+            outbox.push(1, i);
+        }
+        assert!(outbox.is_backlog_full());
+        drain(&mut consumers[1], |_| {});
+        outbox.retry_backlog();
+        assert!(
+            !outbox.is_backlog_full(),
+            "room in the ring lowers the backlog"
+        );
     }
 
     #[test]

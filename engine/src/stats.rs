@@ -94,6 +94,8 @@ pub struct ReactorStats {
     pub messages_processed: AtomicU64,
     /// Panics caught while handling a message, request or envelope (see `isolate`).
     pub panics: AtomicU64,
+    /// Connections paused because their input met a full mailbox ring (backpressure).
+    pub backpressure_pauses: AtomicU64,
     /// Client messages by kind, indexed like [`MESSAGE_KINDS`].
     pub messages_in: [AtomicU64; MESSAGE_KINDS.len()],
     /// Frames queued to this reactor's connections.

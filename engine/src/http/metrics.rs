@@ -146,6 +146,12 @@ pub fn render(out: &mut Vec<u8>, health: &Health, reactors: &[ReactorStats], sto
     );
     per_reactor_counter(
         &mut text,
+        "engine_backpressure_pauses_total",
+        "Connections whose reading paused because their input met a full mailbox ring.",
+        &|r| stats::read(&r.backpressure_pauses),
+    );
+    per_reactor_counter(
+        &mut text,
         "engine_http_requests_total",
         "Plain HTTP requests answered.",
         &|r| stats::read(&r.http_requests),

@@ -80,6 +80,9 @@ impl Reactor {
                 Failpoint::KillReactorOnMessageFrom(who) if **who == *user => {
                     self.failpoint_kill = true;
                 }
+                Failpoint::StallReactorOnMessageFrom(who) if **who == *user => {
+                    std::thread::sleep(crate::failpoint::STALL);
+                }
                 _ => {}
             }
         }

@@ -61,6 +61,8 @@ impl Flags {
     pub const ACTIVE: u8 = 4;
     /// The idle sweep sent a ping that no input has answered yet.
     pub const PINGED: u8 = 8;
+    /// Input is left unread until the mailbox backlogs drain (backpressure).
+    pub const PAUSED: u8 = 16;
 
     /// Whether `bit` is set.
     pub fn has(self, bit: u8) -> bool {

@@ -129,8 +129,11 @@ pub(crate) struct Reactor {
     pub(crate) store: crate::store::Store,
     /// The store's answers to this reactor.
     store_replies: std::sync::mpsc::Receiver<crate::store::Reply>,
-    /// Connections with input left unread (batch cap reached or paused by backpressure).
+    /// Connections with input left unread because the batch cap was reached.
     unread: Vec<(usize, u32)>,
+    /// Connections whose input met a full mailbox ring: not read again until every backlog
+    /// has drained (each is flagged [`Flags::PAUSED`]).
+    paused: Vec<(usize, u32)>,
     /// Whether the last drain left batches in some ring (drain cap reached).
     mail_left: bool,
     /// When the drain started, once it has.
@@ -172,6 +175,7 @@ impl Reactor {
             store: seed.store,
             store_replies: seed.store_replies,
             unread: Vec::new(),
+            paused: Vec::new(),
             mail_left: false,
             drain_started: None,
             listener_fd,
@@ -291,9 +295,15 @@ impl Reactor {
         }
         self.outbox.retry_backlog();
         if !self.outbox.is_backlogged() {
-            for (slot, generation) in std::mem::take(&mut self.unread) {
-                self.read_from(slot, generation, false);
+            for (slot, generation) in std::mem::take(&mut self.paused) {
+                if let Some(conn) = self.conn_mut(slot, generation) {
+                    conn.flags.set(Flags::PAUSED, false);
+                    self.unread.push((slot, generation));
+                }
             }
+        }
+        for (slot, generation) in std::mem::take(&mut self.unread) {
+            self.read_from(slot, generation, false);
         }
         self.outbox.flush(&self.shared.doorbells);
     }
@@ -356,18 +366,24 @@ impl Reactor {
     /// without a last read to see `EAGAIN`: the socket held no more, and data arriving
     /// later raises a new edge. That saves one syscall per message. Not when the peer has
     /// closed (its end of stream must be read) nor for input paused earlier.
+    ///
+    /// Backpressure: input that sends envelopes into a mailbox backlog pauses its
+    /// connection (the bytes stay in the kernel) until the backlogs drain; with the backlogs
+    /// at their cap, every connection pauses. Other connections go on meanwhile.
     fn read_from(&mut self, slot: usize, generation: u32, short_read_drains: bool) {
-        if self.outbox.is_backlogged() {
-            // Backpressure: leave the bytes in the kernel until the rings have room.
-            self.unread.push((slot, generation));
-            return;
-        }
         let mut total = 0;
         loop {
             let Some(conn) = self.conn_mut(slot, generation) else {
                 return;
             };
+            if conn.flags.has(Flags::PAUSED) {
+                return;
+            }
             let fd = conn.fd;
+            if self.outbox.is_backlog_full() {
+                return self.pause(slot, generation);
+            }
+            let pressure = self.outbox.pressure();
             let mut buffer = std::mem::take(&mut self.read_buffer);
             let result = conn::read(fd, &mut buffer);
             match result {
@@ -385,6 +401,9 @@ impl Reactor {
                     let drained = short_read_drains && n < buffer.len();
                     self.process_input(slot, generation, &mut buffer, n);
                     self.read_buffer = buffer;
+                    if self.outbox.pressure() != pressure {
+                        return self.pause(slot, generation);
+                    }
                     if drained {
                         return;
                     }
@@ -398,10 +417,19 @@ impl Reactor {
                     return;
                 }
             }
-            if total >= READ_BYTES_PER_BATCH_MAX || self.outbox.is_backlogged() {
+            if total >= READ_BYTES_PER_BATCH_MAX {
                 self.unread.push((slot, generation));
                 return;
             }
+        }
+    }
+
+    /// Stops reading a connection until the mailbox backlogs drain.
+    fn pause(&mut self, slot: usize, generation: u32) {
+        if let Some(conn) = self.conn_mut(slot, generation) {
+            conn.flags.set(Flags::PAUSED, true);
+            self.paused.push((slot, generation));
+            ReactorStats::bump(&self.stats().backpressure_pauses);
         }
     }
 
