@@ -17,6 +17,17 @@ pub const MAX_MESSAGE_BYTES_RANGE: (usize, usize) = (125, 16 * 1024 * 1024);
 pub const AUTH_TIMEOUT_MS_DEFAULT: u64 = 10_000;
 /// Bounds for `--auth-timeout-ms`: at least one timer tick, at most 10 minutes.
 pub const AUTH_TIMEOUT_MS_RANGE: (u64, u64) = (100, 600_000);
+/// Default time from accepting a connection to having its whole HTTP request head (the
+/// WebSocket upgrade, or any other request; and between kept-alive requests): 5 s.
+pub const HANDSHAKE_TIMEOUT_MS_DEFAULT: u64 = 5_000;
+/// Bounds for `--handshake-timeout-ms`.
+pub const HANDSHAKE_TIMEOUT_MS_RANGE: (u64, u64) = (100, 600_000);
+/// Default largest HTTP request head (request line and headers, the upgrade included):
+/// 8 KiB, as common servers do.
+pub const HANDSHAKE_BYTES_MAX_DEFAULT: usize = 8 * 1024;
+/// Bounds for `--handshake-bytes-max`: a minimal upgrade needs about 200 bytes; the read
+/// buffer holds 64 KiB.
+pub const HANDSHAKE_BYTES_MAX_RANGE: (usize, usize) = (512, 64 * 1024);
 /// Default bound on a graceful shutdown: 5 s to send close frames and drain.
 pub const SHUTDOWN_TIMEOUT_MS_DEFAULT: u64 = 5_000;
 /// Default data directory (the durable store's file lives in it).
@@ -65,9 +76,15 @@ pub struct Args {
     /// Largest WebSocket frame or message accepted; larger ones close with 1009 [default: 65536]
     #[arg(long, env = "ENGINE_MAX_MESSAGE_BYTES", value_name = "BYTES")]
     pub max_message_bytes: Option<usize>,
-    /// Time to send `auth` after connecting before the close with 4001 [default: 10000]
+    /// Time to send `auth` after the WebSocket upgrade before the close with 4001 [default: 10000]
     #[arg(long, env = "ENGINE_AUTH_TIMEOUT_MS", value_name = "MS")]
     pub auth_timeout_ms: Option<u64>,
+    /// Time from connecting to a complete HTTP request head (the upgrade, or between kept-alive requests) before the socket is closed [default: 5000]
+    #[arg(long, env = "ENGINE_HANDSHAKE_TIMEOUT_MS", value_name = "MS")]
+    pub handshake_timeout_ms: Option<u64>,
+    /// Largest HTTP request head (request line and headers, the upgrade included); larger ones get 431 [default: 8192]
+    #[arg(long, env = "ENGINE_HANDSHAKE_BYTES_MAX", value_name = "BYTES")]
+    pub handshake_bytes_max: Option<usize>,
     /// HS256 secret for auth tokens; without one the gateway runs in open mode (trusts userId)
     #[arg(
         long,
@@ -156,6 +173,8 @@ struct FileConfig {
     reactors: Option<usize>,
     max_message_bytes: Option<usize>,
     auth_timeout_ms: Option<u64>,
+    handshake_timeout_ms: Option<u64>,
+    handshake_bytes_max: Option<usize>,
     jwt_secret: Option<String>,
     api_token: Option<String>,
     data_dir: Option<PathBuf>,
@@ -183,8 +202,13 @@ pub struct Config {
     pub reactors: usize,
     /// Largest frame payload and largest reassembled message.
     pub max_message_bytes: usize,
-    /// Deadline for `auth` after connecting.
+    /// Deadline for `auth` after the upgrade.
     pub auth_timeout_ms: u64,
+    /// Deadline for a whole HTTP request head after connecting (or after the last answer
+    /// on a kept-alive connection).
+    pub handshake_timeout_ms: u64,
+    /// Largest HTTP request head.
+    pub handshake_bytes_max: usize,
     /// HS256 secret; `None` is open mode.
     pub jwt_secret: Option<Vec<u8>>,
     /// Bearer token for `/api/*`; `None` leaves the API open.
@@ -228,6 +252,8 @@ impl Default for Config {
             reactors: default_reactors(),
             max_message_bytes: MAX_MESSAGE_BYTES_DEFAULT,
             auth_timeout_ms: AUTH_TIMEOUT_MS_DEFAULT,
+            handshake_timeout_ms: HANDSHAKE_TIMEOUT_MS_DEFAULT,
+            handshake_bytes_max: HANDSHAKE_BYTES_MAX_DEFAULT,
             jwt_secret: None,
             api_token: None,
             data_dir: PathBuf::from(DATA_DIR_DEFAULT),
@@ -339,6 +365,20 @@ impl Config {
                 .unwrap_or(defaults.auth_timeout_ms),
             AUTH_TIMEOUT_MS_RANGE,
         )?;
+        let handshake_timeout_ms = in_range(
+            "handshake-timeout-ms",
+            args.handshake_timeout_ms
+                .or(file.handshake_timeout_ms)
+                .unwrap_or(defaults.handshake_timeout_ms),
+            HANDSHAKE_TIMEOUT_MS_RANGE,
+        )?;
+        let handshake_bytes_max = in_range(
+            "handshake-bytes-max",
+            args.handshake_bytes_max
+                .or(file.handshake_bytes_max)
+                .unwrap_or(defaults.handshake_bytes_max),
+            HANDSHAKE_BYTES_MAX_RANGE,
+        )?;
         let shutdown_timeout_ms = in_range(
             "shutdown-timeout-ms",
             args.shutdown_timeout_ms
@@ -433,6 +473,8 @@ impl Config {
             reactors,
             max_message_bytes,
             auth_timeout_ms,
+            handshake_timeout_ms,
+            handshake_bytes_max,
             jwt_secret,
             api_token,
             data_dir,
@@ -494,6 +536,24 @@ mod tests {
         })
         .unwrap_err();
         assert!(err.to_string().starts_with("--max-message-bytes:"), "{err}");
+        let err = Config::resolve(Args {
+            handshake_bytes_max: Some(100),
+            ..Args::default()
+        })
+        .unwrap_err();
+        assert!(
+            err.to_string().starts_with("--handshake-bytes-max:"),
+            "{err}"
+        );
+        let err = Config::resolve(Args {
+            handshake_timeout_ms: Some(10),
+            ..Args::default()
+        })
+        .unwrap_err();
+        assert!(
+            err.to_string().starts_with("--handshake-timeout-ms:"),
+            "{err}"
+        );
         let err = Config::resolve(Args {
             jwt_secret: Some(String::new()),
             ..Args::default()

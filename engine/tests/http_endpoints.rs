@@ -62,10 +62,3 @@ fn refused_upgrades_and_malformed_requests_get_clear_statuses() {
         assert!(huge.starts_with("HTTP/1.1 431"), "{huge}");
     });
 }
-
-#[test]
-fn a_client_that_sends_nothing_is_dropped_after_the_auth_timeout() {
-    let server = Server::start(common::Driver::IoUring, &["--auth-timeout-ms", "200"]);
-    let response = server.http("GET /health HTTP/1.1\r\nHost: x\r\n");
-    assert!(response.is_empty(), "{response}");
-}

@@ -79,11 +79,12 @@ fn open_idle(addr: std::net::SocketAddr, users: std::ops::Range<usize>, into: &m
 
 #[test]
 fn an_idle_authenticated_connection_costs_at_most_256_bytes() {
-    // A short auth deadline, so no timer entries are left when the heap is read.
+    // Short deadlines, so no timer entries are left when the heap is read.
     let config = Config {
         listen: "127.0.0.1:0".parse().unwrap(),
         reactors: 2,
         auth_timeout_ms: 200,
+        handshake_timeout_ms: 200,
         data_dir: std::env::temp_dir().join(format!("engine-idle-memory-{}", std::process::id())),
         ..Config::default()
     };

@@ -1,6 +1,6 @@
-//! Per-connection limits: the message rate (`rate_limited`, then 1008) and the idle
-//! timeout (a ping to a silent connection, then 1001), with well-behaved neighbours
-//! unaffected.
+//! Per-connection limits: the message rate (`rate_limited`, then 1008), the idle timeout
+//! (a ping to a silent connection, then 1001), the handshake's time and size, and the
+//! connection caps, with well-behaved neighbours unaffected.
 
 mod common;
 
@@ -134,4 +134,92 @@ fn past_the_connection_cap_an_upgrade_gets_503_and_health_still_answers() {
     let mut again = server.login("u9", "d");
     again.send(&json!({"type": "ping", "ts": 1}));
     assert_eq!(again.recv_type("pong")["ts"], 1);
+}
+
+/// An upgrade request whose head carries `pad` extra bytes in one header.
+fn padded_upgrade(pad: usize) -> String {
+    format!(
+        "GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         Cookie: {}\r\n\r\n",
+        "c".repeat(pad)
+    )
+}
+
+#[test]
+fn a_request_head_over_the_handshake_bound_gets_431() {
+    let server = Server::start(common::Driver::IoUring, &["--handshake-bytes-max", "1024"]);
+    let refused = server.http(&padded_upgrade(1500));
+    assert!(refused.starts_with("HTTP/1.1 431"), "{refused}");
+    // Under the bound, the same upgrade succeeds, and so does an ordinary client.
+    let mut stream = TcpStream::connect(server.addr).unwrap();
+    stream.set_read_timeout(Some(common::WAIT)).unwrap();
+    stream.write_all(padded_upgrade(600).as_bytes()).unwrap();
+    let mut answer = [0; 12];
+    stream.read_exact(&mut answer).unwrap();
+    assert_eq!(&answer, b"HTTP/1.1 101");
+    server.login("alice", "phone");
+    // The default bound (8 KiB) takes a 4 KiB cookie.
+    let roomy = Server::start(common::Driver::IoUring, &[]);
+    let mut stream = TcpStream::connect(roomy.addr).unwrap();
+    stream.set_read_timeout(Some(common::WAIT)).unwrap();
+    stream.write_all(padded_upgrade(4096).as_bytes()).unwrap();
+    stream.read_exact(&mut answer).unwrap();
+    assert_eq!(&answer, b"HTTP/1.1 101");
+}
+
+#[test]
+fn a_handshake_dribbled_a_header_at_a_time_is_cut_off_at_the_handshake_timeout() {
+    let server = Server::start(
+        common::Driver::IoUring,
+        &[
+            "--handshake-timeout-ms",
+            "300",
+            "--auth-timeout-ms",
+            "10000",
+        ],
+    );
+    let mut stream = TcpStream::connect(server.addr).unwrap();
+    let started = Instant::now();
+    stream
+        .write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    // Slowloris: a new header every 100 ms never completes the head; the deadline runs
+    // from the accept, not from the last byte.
+    let mut byte = [0; 1];
+    let cut_off = loop {
+        assert!(started.elapsed() < Duration::from_secs(5), "never cut off");
+        match stream.read(&mut byte) {
+            Ok(0) => break started.elapsed(),
+            Ok(_) => panic!("an answer to an unfinished request"),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break started.elapsed(),
+            Err(_) => {}
+        }
+        if stream.write_all(b"X-Slow: 1\r\n").is_err() {
+            break started.elapsed();
+        }
+    };
+    assert!(
+        cut_off >= Duration::from_millis(300) && cut_off < Duration::from_millis(1500),
+        "cut off after {cut_off:?}"
+    );
+}
+
+#[test]
+fn an_upgraded_connection_waits_for_auth_on_the_auth_timeout_not_the_handshake_one() {
+    let server = Server::start(
+        common::Driver::IoUring,
+        &["--handshake-timeout-ms", "200", "--auth-timeout-ms", "1500"],
+    );
+    let mut slow = server.connect();
+    std::thread::sleep(Duration::from_millis(600));
+    slow.send(&json!({"type": "auth", "userId": "slow", "deviceId": "d"}));
+    assert_eq!(slow.recv()["type"], "auth_success");
+    let started = Instant::now();
+    let mut silent = server.connect();
+    assert_eq!(silent.expect_close(), 4001);
+    assert!(started.elapsed() >= Duration::from_millis(1400));
 }

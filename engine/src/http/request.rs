@@ -2,9 +2,6 @@
 
 /// The most headers a request may carry.
 pub const HEADERS_MAX: usize = 32;
-/// The largest request head (request line and headers) accepted: 8 KiB, as common
-/// servers do, small enough that a client cannot make us hold much per connection.
-pub const HEAD_BYTES_MAX: usize = 8 * 1024;
 /// The largest request body accepted: 64 KiB, the same as the default message limit.
 pub const BODY_BYTES_MAX: usize = 64 * 1024;
 
@@ -31,7 +28,7 @@ pub enum RequestError {
     /// Not HTTP/1.x at all.
     #[error("malformed request")]
     Malformed,
-    /// The head is over [`HEAD_BYTES_MAX`] or has too many headers.
+    /// The head is over its bound (`--handshake-bytes-max`) or has too many headers.
     #[error("request head too large")]
     HeadTooLarge,
     /// The body is over [`BODY_BYTES_MAX`].
@@ -95,19 +92,19 @@ impl Request {
 ///
 /// `Ok(None)`: the head is not complete yet. `Ok(Some((request, head_len)))`: the body,
 /// if any, starts at `head_len` and is `request.content_length` bytes long.
-pub fn parse(buf: &[u8]) -> Result<Option<(Request, usize)>, RequestError> {
+pub fn parse(buf: &[u8], head_bytes_max: usize) -> Result<Option<(Request, usize)>, RequestError> {
     let mut headers = [httparse::EMPTY_HEADER; HEADERS_MAX];
     let mut parsed = httparse::Request::new(&mut headers);
     let head_len = match parsed.parse(buf) {
         Ok(httparse::Status::Complete(len)) => len,
-        Ok(httparse::Status::Partial) if buf.len() > HEAD_BYTES_MAX => {
+        Ok(httparse::Status::Partial) if buf.len() > head_bytes_max => {
             return Err(RequestError::HeadTooLarge)
         }
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(httparse::Error::TooManyHeaders) => return Err(RequestError::HeadTooLarge),
         Err(_) => return Err(RequestError::Malformed),
     };
-    if head_len > HEAD_BYTES_MAX {
+    if head_len > head_bytes_max {
         return Err(RequestError::HeadTooLarge);
     }
     let (method, target, version) = match (parsed.method, parsed.path, parsed.version) {
@@ -150,10 +147,12 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    const HEAD_BYTES_MAX: usize = crate::config::HANDSHAKE_BYTES_MAX_DEFAULT;
+
     #[test]
     fn parses_a_get_with_query_and_headers() {
         let raw = b"GET /ws?token=abc&x=1 HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, Upgrade\r\n\r\nrest";
-        let (req, len) = parse(raw).unwrap().unwrap();
+        let (req, len) = parse(raw, HEAD_BYTES_MAX).unwrap().unwrap();
         assert_eq!(&raw[len..], b"rest");
         assert_eq!(req.method, "GET");
         assert_eq!(req.path, "/ws");
@@ -164,43 +163,68 @@ mod tests {
 
     #[test]
     fn incomplete_heads_wait_for_more() {
-        assert_eq!(parse(b"GET / HTTP/1.1\r\nHost: a\r\n"), Ok(None));
+        assert_eq!(
+            parse(b"GET / HTTP/1.1\r\nHost: a\r\n", HEAD_BYTES_MAX),
+            Ok(None)
+        );
     }
 
     #[test]
     fn oversize_heads_and_bodies_are_refused() {
         let mut raw = b"GET / HTTP/1.1\r\nX: ".to_vec();
         raw.extend(std::iter::repeat_n(b'a', HEAD_BYTES_MAX + 1));
-        assert_eq!(parse(&raw), Err(RequestError::HeadTooLarge));
+        assert_eq!(parse(&raw, HEAD_BYTES_MAX), Err(RequestError::HeadTooLarge));
         let body = format!(
             "POST / HTTP/1.1\r\nContent-Length: {}\r\n\r\n",
             BODY_BYTES_MAX + 1
         );
-        assert_eq!(parse(body.as_bytes()), Err(RequestError::BodyTooLarge));
         assert_eq!(
-            parse(b"POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n"),
+            parse(body.as_bytes(), HEAD_BYTES_MAX),
+            Err(RequestError::BodyTooLarge)
+        );
+        assert_eq!(
+            parse(
+                b"POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n",
+                HEAD_BYTES_MAX
+            ),
             Err(RequestError::Malformed)
         );
         assert_eq!(
-            parse(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            parse(
+                b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+                HEAD_BYTES_MAX
+            ),
             Err(RequestError::TransferEncoding)
         );
     }
 
     #[test]
+    fn the_head_bound_is_the_callers() {
+        let raw = b"GET /ws HTTP/1.1\r\nHost: a\r\nX-Pad: 0123456789\r\n\r\n";
+        assert!(parse(raw, raw.len()).unwrap().is_some());
+        assert_eq!(parse(raw, raw.len() - 1), Err(RequestError::HeadTooLarge));
+        assert_eq!(parse(&raw[..30], 20), Err(RequestError::HeadTooLarge));
+    }
+
+    #[test]
     fn http10_closes_unless_asked() {
-        let (req, _) = parse(b"GET / HTTP/1.0\r\n\r\n").unwrap().unwrap();
-        assert!(!req.keep_alive());
-        let (req, _) = parse(b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n")
+        let (req, _) = parse(b"GET / HTTP/1.0\r\n\r\n", HEAD_BYTES_MAX)
             .unwrap()
             .unwrap();
+        assert!(!req.keep_alive());
+        let (req, _) = parse(
+            b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n",
+            HEAD_BYTES_MAX,
+        )
+        .unwrap()
+        .unwrap();
         assert!(!req.keep_alive());
     }
 
     #[test]
     fn garbage_is_malformed() {
         assert_eq!(
-            parse(b"\x00\x01\x02 nonsense\r\n\r\n"),
+            parse(b"\x00\x01\x02 nonsense\r\n\r\n", HEAD_BYTES_MAX),
             Err(RequestError::Malformed)
         );
     }
@@ -208,7 +232,7 @@ mod tests {
     proptest! {
         #[test]
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
-            let _ = parse(&bytes);
+            let _ = parse(&bytes, HEAD_BYTES_MAX);
         }
     }
 }

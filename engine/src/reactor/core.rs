@@ -249,8 +249,9 @@ impl Reactor {
             return;
         }
         ReactorStats::add(&self.stats().connections, 1);
-        // The same deadline covers the HTTP request and then `auth`.
-        self.set_deadline(slot, generation, self.shared.config.auth_timeout_ms);
+        // The request head must come within the handshake deadline; an upgrade then
+        // re-arms it for `auth`.
+        self.set_deadline(slot, generation, self.shared.config.handshake_timeout_ms);
     }
 
     /// (Re)arms the connection's one deadline; earlier entries become stale.

@@ -7,7 +7,7 @@ use super::{
 };
 use crate::{
     http::{
-        request::{self, Request},
+        request::{self, Request, BODY_BYTES_MAX},
         response,
         routes::{self, Health, Route},
     },
@@ -19,6 +19,7 @@ use crate::{
         handshake::{self, HandshakeError},
     },
 };
+use tracing::debug;
 
 impl Reactor {
     /// Processes `buffer[..n]` just read for a connection, after any bytes it kept.
@@ -74,9 +75,18 @@ impl Reactor {
                     return data.len(); // a final response is on its way; ignore the rest
                 }
                 if conn.aux.as_ref().is_some_and(|a| a.pending_api.is_some()) {
-                    return pos; // answers keep their order: wait for the one in flight
+                    // Answers keep their order: what is pipelined waits for the answer in
+                    // flight, up to one whole request's worth; a client that sends more
+                    // before reading is cut off rather than buffered without bound.
+                    let waiting_max = self.shared.config.handshake_bytes_max + BODY_BYTES_MAX;
+                    if data.len() - pos > waiting_max {
+                        debug!("closing an HTTP client that pipelined past {waiting_max} bytes");
+                        self.close_now(slot, generation);
+                        return data.len();
+                    }
+                    return pos;
                 }
-                match request::parse(&data[pos..]) {
+                match request::parse(&data[pos..], self.shared.config.handshake_bytes_max) {
                     Ok(None) => return pos,
                     Ok(Some((req, head_len))) => {
                         let total = head_len + req.content_length;
@@ -232,7 +242,7 @@ impl Reactor {
     }
 
     /// Writes an HTTP response; a kept-alive connection then waits for its next request
-    /// (bounded like the auth deadline), any other closes once it is written.
+    /// (bounded by the handshake deadline), any other closes once it is written.
     pub(super) fn answer_http(
         &mut self,
         slot: usize,
@@ -242,7 +252,7 @@ impl Reactor {
     ) {
         if keep_alive {
             self.send(slot, generation, answer, Priority::Normal);
-            let idle_ms = self.shared.config.auth_timeout_ms;
+            let idle_ms = self.shared.config.handshake_timeout_ms;
             self.set_deadline(slot, generation, idle_ms);
         } else {
             self.send_final(slot, generation, answer);
@@ -262,6 +272,7 @@ impl Reactor {
                 };
                 conn.phase = Phase::Open;
                 stats::ReactorStats::bump(&self.shared.stats[self.id].handshakes);
+                self.set_deadline(slot, generation, self.shared.config.auth_timeout_ms);
                 let Some(conn) = self.conn_mut(slot, generation) else {
                     return;
                 };
