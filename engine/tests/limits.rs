@@ -52,27 +52,11 @@ fn a_client_over_the_rate_is_warned_then_closed_and_its_neighbour_is_not() {
     assert!(metrics.contains("code=\"rate_limited\"} 1"), "{metrics}");
 }
 
-/// A raw WebSocket that authenticates and then neither sends nor answers anything.
-fn silent_client(server: &Server, user: &str) -> TcpStream {
-    let mut stream = TcpStream::connect(server.addr).unwrap();
-    let auth = format!(r#"{{"type":"auth","userId":"{user}","deviceId":"d"}}"#);
-    let mut request =
-        b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-        Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
-            .to_vec();
-    request.extend_from_slice(&common::raw_frame(0x81, auth.as_bytes()));
-    stream.write_all(&request).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    stream
-}
-
 #[test]
 fn a_silent_connection_is_pinged_then_closed_and_a_live_one_is_kept() {
     let server = Server::start(common::Driver::IoUring, &["--idle-timeout-ms", "1000"]);
     let mut live = server.login("live", "phone");
-    let mut silent = silent_client(&server, "silent");
+    let mut silent = common::raw_login(&server, "silent");
     silent
         .set_read_timeout(Some(Duration::from_millis(100)))
         .unwrap();

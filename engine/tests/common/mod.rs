@@ -335,6 +335,23 @@ impl Client {
     }
 }
 
+/// A raw socket that upgrades and sends `auth` for `user` without waiting for answers; the
+/// caller decides whether it ever reads (10 s read timeout).
+pub fn raw_login(server: &Server, user: &str) -> TcpStream {
+    let mut stream = TcpStream::connect(server.addr).unwrap();
+    let auth = format!(r#"{{"type":"auth","userId":"{user}","deviceId":"d"}}"#);
+    let mut request =
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+        Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+            .to_vec();
+    request.extend_from_slice(&raw_frame(0x81, auth.as_bytes()));
+    stream.write_all(&request).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream
+}
+
 /// A masked client frame, built by hand (for frames a client library will not send).
 pub fn raw_frame(first_byte: u8, payload: &[u8]) -> Vec<u8> {
     let mask = [0x37, 0xfa, 0x21, 0x3d];
