@@ -56,6 +56,11 @@ pub const IDLE_TIMEOUT_MS_DEFAULT: u64 = 60_000;
 pub const STORE_CACHE_MB_DEFAULT: u64 = 128;
 /// Bounds for `--store-cache-mb`.
 pub const STORE_CACHE_MB_RANGE: (u64, u64) = (4, 1 << 20);
+/// Default bound on the groups one user may be in: group creation is open (a join
+/// creates), so without a bound one client could grow the groups and the store forever.
+pub const GROUPS_PER_USER_MAX_DEFAULT: u32 = 1_000;
+/// Bounds for `--groups-per-user-max`.
+pub const GROUPS_PER_USER_MAX_RANGE: (u32, u32) = (1, 1_000_000);
 /// The most reactors accepted; each is a thread with its own fd table and mailboxes.
 pub const REACTORS_MAX: usize = 256;
 
@@ -128,6 +133,9 @@ pub struct Args {
     /// A connection silent this long is pinged, and closed (1001) if still silent half as long again (0: never) [default: 60000]
     #[arg(long, env = "ENGINE_IDLE_TIMEOUT_MS", value_name = "MS")]
     pub idle_timeout_ms: Option<u64>,
+    /// Groups one user may be in; a join past it gets `too_many_groups` [default: 1000]
+    #[arg(long, env = "ENGINE_GROUPS_PER_USER_MAX", value_name = "N")]
+    pub groups_per_user_max: Option<u32>,
     /// http:// URL to POST a small JSON to when a message is queued for a user with no device online
     #[arg(long, env = "ENGINE_PUSH_WEBHOOK", value_name = "URL")]
     pub push_webhook: Option<String>,
@@ -187,6 +195,7 @@ struct FileConfig {
     max_connections_per_reactor: Option<u64>,
     rate_limit: Option<u8>,
     idle_timeout_ms: Option<u64>,
+    groups_per_user_max: Option<u32>,
     push_webhook: Option<String>,
     push_preview: Option<bool>,
     shutdown_timeout_ms: Option<u64>,
@@ -237,6 +246,8 @@ pub struct Config {
     pub rate_limit: u8,
     /// Silence after which a connection is pinged, then closed (0: never).
     pub idle_timeout_ms: u64,
+    /// Groups one user may be in.
+    pub groups_per_user_max: u32,
     /// A fault to inject, from `ENGINE_FAILPOINT` (tests only).
     pub failpoint: Option<crate::failpoint::Failpoint>,
     /// Bound on graceful shutdown.
@@ -268,6 +279,7 @@ impl Default for Config {
             max_connections_per_reactor: 0,
             rate_limit: RATE_LIMIT_DEFAULT,
             idle_timeout_ms: IDLE_TIMEOUT_MS_DEFAULT,
+            groups_per_user_max: GROUPS_PER_USER_MAX_DEFAULT,
             failpoint: None,
             shutdown_timeout_ms: SHUTDOWN_TIMEOUT_MS_DEFAULT,
             log_level: "info".to_owned(),
@@ -496,6 +508,13 @@ impl Config {
                 .unwrap_or(0),
             rate_limit,
             idle_timeout_ms,
+            groups_per_user_max: in_range(
+                "groups-per-user-max",
+                args.groups_per_user_max
+                    .or(file.groups_per_user_max)
+                    .unwrap_or(defaults.groups_per_user_max),
+                GROUPS_PER_USER_MAX_RANGE,
+            )?,
             failpoint: crate::failpoint::Failpoint::from_env()
                 .map_err(|e| invalid("failpoint", e))?,
             shutdown_timeout_ms,

@@ -97,6 +97,7 @@ impl Engine {
         let mut groups: Vec<router::groups::Groups> =
             (0..reactors).map(|_| Default::default()).collect();
         for (group, user) in memberships {
+            shared.group_quota.count_loaded(&user);
             groups[router::home_of(&group, reactors)].join(&group, user.into());
         }
         let mut groups = groups.into_iter();

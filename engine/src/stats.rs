@@ -58,7 +58,7 @@ pub const OUT_KINDS: [&str; 20] = [
 ];
 
 /// Error codes counted separately (the rest count as `other`).
-pub const ERROR_CODES: [&str; 14] = [
+pub const ERROR_CODES: [&str; 15] = [
     "bad_json",
     "persistence_failed",
     "not_member",
@@ -71,6 +71,7 @@ pub const ERROR_CODES: [&str; 14] = [
     "auth_failed",
     "peer_offline",
     "too_many_devices",
+    "too_many_groups",
     "unknown_type",
     "other",
 ];

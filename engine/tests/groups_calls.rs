@@ -376,3 +376,40 @@ fn a_connection_is_in_at_most_sixteen_huddles() {
     signal(&mut alice, "team", "r16", "huddle:join", Value::Null);
     alice.expect_silence(Duration::from_millis(300));
 }
+
+#[test]
+fn a_user_in_the_most_groups_may_join_no_more_until_it_leaves_one() {
+    let data_dir = fresh_data_dir();
+    let dir = data_dir.to_str().unwrap();
+    let args = [
+        "--reactors",
+        "2",
+        "--groups-per-user-max",
+        "3",
+        "--data-dir",
+        dir,
+    ];
+    let server = Server::start(common::Driver::IoUring, &args);
+    let mut greedy = server.login("greedy", "phone");
+    // The groups live on both reactors; the cap counts them all.
+    for group in ["g0", "g1", "g2"] {
+        join(&mut greedy, group);
+    }
+    join(&mut greedy, "g1"); // already a member: confirmed, nothing counted
+    greedy.send(&json!({"type": "group_join", "groupId": "g3"}));
+    let refused = greedy.recv_type("error");
+    assert_eq!(refused["code"], "too_many_groups", "{refused}");
+    assert_eq!(refused["ref"], "g3");
+    // Others are not affected, and a leave makes room.
+    let mut other = server.login("other", "phone");
+    join(&mut other, "g3");
+    greedy.send(&json!({"type": "group_leave", "groupId": "g0"}));
+    assert_eq!(greedy.recv_type("group_member")["action"], "left");
+    join(&mut greedy, "g3");
+    drop((greedy, other, server));
+    // Memberships loaded at start count: still at the cap after a restart.
+    let server = Server::start(common::Driver::IoUring, &args);
+    let mut greedy = server.login("greedy", "phone");
+    greedy.send(&json!({"type": "group_join", "groupId": "g4"}));
+    assert_eq!(greedy.recv_type("error")["code"], "too_many_groups");
+}

@@ -163,7 +163,10 @@ impl Reactor {
                 before,
                 limit,
             } => self.request_history(slot, generation, &user, (peer_id, before, limit)),
-            ClientMessage::GroupJoin { group_id, join } => self.group_join(user, group_id, join),
+            ClientMessage::GroupJoin { group_id, join } => {
+                let me = self.addr(slot, generation);
+                self.group_join(me, user, group_id, join)
+            }
             ClientMessage::GroupMessage {
                 message_id,
                 group_id,

@@ -36,11 +36,12 @@ pub(super) struct GroupMessage<'a> {
 
 impl Reactor {
     /// At the device's reactor: `group_join` / `group_leave` go to the group's home.
-    pub(super) fn group_join(&mut self, user: Arc<str>, group: &str, join: bool) {
+    pub(super) fn group_join(&mut self, device: ConnAddr, user: Arc<str>, group: &str, join: bool) {
         let home = self.home_of(group);
         let change = GroupJoin {
             group: group.into(),
             user,
+            device,
             join,
         };
         self.route(home, Envelope::GroupJoin(Box::new(change)));
@@ -84,23 +85,48 @@ impl Reactor {
     /// every member hears of it: the others (PROTOCOL.md) and the user itself, whose
     /// devices so learn that the change is made (a post sent after it is accepted).
     pub(super) fn on_group_join(&mut self, change: GroupJoin) {
-        let GroupJoin { group, user, join } = change;
+        let GroupJoin {
+            group,
+            user,
+            device,
+            join,
+        } = change;
+        let quota = &self.shared.group_quota;
         let changed = if join {
-            self.groups.join(&group, user.clone())
+            if self.groups.is_member(&group, &user) {
+                false
+            } else if !quota.take(&user) {
+                let text = "this user is in --groups-per-user-max groups already: leave one first";
+                return self.error_to(device, "too_many_groups", text, Some(&group));
+            } else {
+                self.groups.join(&group, user.clone())
+            }
         } else {
-            self.groups.leave(&group, &user)
+            let left = self.groups.leave(&group, &user);
+            if left {
+                quota.give_back(&user);
+            }
+            left
         };
+        self.json.clear();
+        outbound::group_member(&mut self.json, &group, &user, join, now_ms());
+        let frame = frame::encode_text(&self.json);
         if !changed {
-            return;
+            // Nothing changed (a join by a member, a leave by a non-member): the device
+            // that asked is told it stands, and nobody else.
+            let envelope = Envelope::ToConn {
+                addr: device,
+                frame,
+                priority: Priority::Normal,
+                accepted_ns: 0,
+            };
+            return self.route(device.reactor as usize, envelope);
         }
         let _ = self.store.send(Command::Membership {
             group: group.clone(),
             user: (*user).into(),
             joined: join,
         });
-        self.json.clear();
-        outbound::group_member(&mut self.json, &group, &user, join, now_ms());
-        let frame = frame::encode_text(&self.json);
         let mut told = self.groups.members(&group);
         if !join {
             told.push(user);

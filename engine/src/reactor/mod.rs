@@ -38,7 +38,7 @@ use tracing::{error, info, warn};
 use crate::{
     config::Config,
     mailbox::{BatchConsumer, BatchProducer, Doorbell},
-    router::Envelope,
+    router::{groups::GroupQuota, Envelope},
     stats::ReactorStats,
     store, timer,
 };
@@ -66,6 +66,8 @@ pub struct Shared {
     pub listening: AtomicUsize,
     /// When the engine started.
     pub started: Instant,
+    /// Groups per user, for `--groups-per-user-max` (see [`GroupQuota`]).
+    pub group_quota: GroupQuota,
 }
 
 impl Shared {
@@ -78,6 +80,7 @@ impl Shared {
             draining: AtomicBool::new(false),
             listening: AtomicUsize::new(0),
             started: Instant::now(),
+            group_quota: GroupQuota::new(config.groups_per_user_max),
             config,
         })
     }

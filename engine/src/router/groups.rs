@@ -4,10 +4,67 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    sync::Arc,
+    sync::{Arc, Mutex},
 };
 
 use super::ConnAddr;
+
+/// How many groups each user is in, across every home, so that `--groups-per-user-max`
+/// holds whichever reactors a user's groups live on.
+///
+/// The one structure reactors share behind a lock, and it is taken only when a
+/// membership changes (a join or a leave at the group's home), never for a message.
+#[derive(Debug)]
+pub struct GroupQuota {
+    max: u32,
+    counts: Mutex<HashMap<Box<str>, u32>>,
+}
+
+impl GroupQuota {
+    /// An empty quota of `max` groups per user.
+    pub fn new(max: u32) -> Self {
+        GroupQuota {
+            max,
+            counts: Mutex::default(),
+        }
+    }
+
+    /// Counts a membership loaded from the store, whatever the cap (a lowered cap keeps
+    /// what users already have and refuses them more).
+    pub fn count_loaded(&self, user: &str) {
+        *self.lock().entry(user.into()).or_default() += 1;
+    }
+
+    /// Takes one membership for `user`; false when the user is at the cap.
+    pub fn take(&self, user: &str) -> bool {
+        let mut counts = self.lock();
+        let count = counts.entry(user.into()).or_default();
+        if *count >= self.max {
+            return false;
+        }
+        *count += 1;
+        true
+    }
+
+    /// Gives back the membership of a group `user` left.
+    pub fn give_back(&self, user: &str) {
+        let mut counts = self.lock();
+        if let Some(count) = counts.get_mut(user) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(user);
+            }
+        }
+    }
+
+    /// The counts; a panic elsewhere while holding the lock leaves them consistent (each
+    /// change is one step), so a poisoned lock is used as it is.
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Box<str>, u32>> {
+        self.counts
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
 
 /// The groups one home holds.
 #[derive(Debug, Default)]
@@ -120,6 +177,18 @@ impl Groups {
 mod tests {
     use super::*;
     use crate::router::tests::addr;
+
+    #[test]
+    fn the_quota_caps_each_user_and_leaves_give_back() {
+        let quota = GroupQuota::new(2);
+        quota.count_loaded("ann");
+        assert!(quota.take("ann"));
+        assert!(!quota.take("ann"), "at the cap");
+        assert!(quota.take("bob"), "other users have their own count");
+        quota.give_back("ann");
+        assert!(quota.take("ann"));
+        quota.give_back("nobody");
+    }
 
     #[test]
     fn members_join_once_and_leave() {

@@ -148,6 +148,8 @@ pub struct GroupJoin {
     pub group: Box<str>,
     /// The user.
     pub user: Arc<str>,
+    /// The device that asked (told when the join is refused).
+    pub device: ConnAddr,
     /// Joins (`true`) or leaves.
     pub join: bool,
 }
