@@ -39,22 +39,4 @@ for rep in $(seq "$REPS"); do
     engine=""
   done
 done
-python3 - "$OUT" "$REPS" <<'PY'
-import json, statistics, sys
-out, reps = sys.argv[1], int(sys.argv[2])
-rows = {"A": [], "B": []}
-print("run   delivery p50 / p99 (ms)   ack p99 (ms)   CPU s per M msgs   lost")
-for rep in range(1, reps + 1):
-    for build in "AB":
-        r = json.load(open(f"{out}/{build}-{rep}/report.json"))
-        d, a = r["latency"]["delivery"], r["latency"]["ack"]
-        cpu = r.get("server", {}).get("cpu_secs_per_million_messages")
-        row = (d["p50_us"] / 1000, d["p99_us"] / 1000, a["p99_us"] / 1000, cpu or float("nan"))
-        rows[build].append(row)
-        print(f"{build}-{rep}  {row[0]:8.2f} / {row[1]:8.2f}   {row[2]:10.2f}   {row[3]:14.1f}   {r['load']['lost']}")
-med = {b: [statistics.median(col) for col in zip(*rows[b])] for b in "AB"}
-for b in "AB":
-    m = med[b]
-    print(f"median {b}  {m[0]:8.2f} / {m[1]:8.2f}   {m[2]:10.2f}   {m[3]:14.1f}")
-print("B / A   " + "  ".join(f"{nb / na:.2f}x" if na else "-" for na, nb in zip(med["A"], med["B"])))
-PY
+python3 benches/tools/ab_summary.py "$OUT" "$REPS" A B
