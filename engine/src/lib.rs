@@ -22,6 +22,11 @@
 //! - [`shutdown`]: signals and the drain; [`check`]: the host check (`engine check`).
 #![warn(missing_docs, unreachable_pub)]
 
+// Fault isolation (`Reactor::isolate`) contains a handler's panic with `catch_unwind`,
+// which a build with `panic = "abort"` would silently turn into a whole-gateway abort.
+#[cfg(panic = "abort")]
+compile_error!("the engine needs panic = \"unwind\": its fault isolation catches panics");
+
 pub mod check;
 pub mod config;
 pub mod failpoint;
