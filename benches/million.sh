@@ -22,34 +22,7 @@ PORT=${PORT:-18080}
 OUT=${OUT:-benches/results/million-$(date -u +%Y%m%d-%H%M%S)}
 mkdir -p "$OUT"
 
-if [ -z "${BIN_DIR:-}" ]; then
-  cargo build --release -p engine -p loadgen
-  BIN_DIR=target/release
-fi
-
-applied=""
-if [ "$(id -u)" -eq 0 ]; then
-  ENGINE_TUNING_STATE="$OUT/tuning" bash tuning/apply.sh | tee "$OUT/tuning.txt"
-  applied=1
-else
-  echo "million.sh: not root; running with the kernel settings as they are" >&2
-fi
-
-# Each reactor (and loadgen worker) has a private fd table of RLIMIT_NOFILE.
-ulimit -n "$(ulimit -Hn)"
-per_table=$(( $(ulimit -Hn) - 64 ))
-REACTORS=${REACTORS:-$(( (CONNECTIONS + per_table - 1) / per_table ))}
-"$BIN_DIR/engine" check --connections "$CONNECTIONS" --reactors "$REACTORS" | tee "$OUT/check.txt" || {
-  echo "million.sh: the host cannot hold $CONNECTIONS (see $OUT/check.txt)" >&2
-  exit 1
-}
-
-engine_pid=""
-cleanup() {
-  [ -n "$engine_pid" ] && kill "$engine_pid" 2>/dev/null && wait "$engine_pid" 2>/dev/null || true
-  if [ -n "$applied" ]; then ENGINE_TUNING_STATE="$OUT/tuning" bash tuning/apply.sh --revert > /dev/null; fi
-}
-trap cleanup EXIT
+source benches/tools/scale_setup.sh million
 
 # A long auth deadline: during the ramp the generator and engine share the same cores.
 "$BIN_DIR/engine" --listen "127.0.0.1:$PORT" --reactors "$REACTORS" --auth-timeout-ms 120000 \

@@ -162,11 +162,26 @@ impl Engine {
         let bound = Duration::from_secs(self.shared.config.drain_secs)
             + Duration::from_millis(self.shared.config.shutdown_timeout_ms)
             + Duration::from_secs(1);
-        let deadline = std::time::Instant::now() + bound;
-        let wait = |thread: JoinHandle<()>| {
+        let started = std::time::Instant::now();
+        let deadline = started + bound;
+        let mut reported = started;
+        let shared = &self.shared;
+        let mut wait = |thread: JoinHandle<()>| {
             while !thread.is_finished() {
-                if std::time::Instant::now() >= deadline {
+                let now = std::time::Instant::now();
+                if now >= deadline {
                     return false;
+                }
+                // Progress once a second, so an operator sees a long drain move.
+                if now.duration_since(reported) >= Duration::from_secs(1) {
+                    reported = now;
+                    let open: i64 = shared
+                        .stats
+                        .iter()
+                        .map(|r| stats::load_gauge(&r.connections))
+                        .sum();
+                    let secs = now.duration_since(started).as_secs_f64();
+                    tracing::info!(open, secs, "draining");
                 }
                 std::thread::sleep(Duration::from_millis(10));
             }
