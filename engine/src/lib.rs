@@ -102,7 +102,7 @@ impl Engine {
         let mut groups: Vec<router::groups::Groups> =
             (0..reactors).map(|_| Default::default()).collect();
         for (group, user) in memberships {
-            shared.group_quota.count_loaded(&user);
+            shared.group_quota.count_anyway(&user);
             groups[router::home_of(&group, reactors)].join(&group, user.into());
         }
         let mut groups = groups.into_iter();

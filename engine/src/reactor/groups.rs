@@ -108,12 +108,12 @@ impl Reactor {
             }
             left
         };
-        self.json.clear();
-        outbound::group_member(&mut self.json, &group, &user, join, now_ms());
-        let frame = frame::encode_text(&self.json);
         if !changed {
             // Nothing changed (a join by a member, a leave by a non-member): the device
             // that asked is told it stands, and nobody else.
+            self.json.clear();
+            outbound::group_member(&mut self.json, &group, &user, join, now_ms());
+            let frame = frame::encode_text(&self.json);
             let envelope = Envelope::ToConn {
                 addr: device,
                 frame,
@@ -122,12 +122,46 @@ impl Reactor {
             };
             return self.route(device.reactor as usize, envelope);
         }
-        let _ = self.store.send(Command::Membership {
+        let stored = self.store.send(Command::Membership {
             group: group.clone(),
             user: (*user).into(),
             joined: join,
+            device,
+            home: self.id,
         });
-        let mut told = self.groups.members(&group);
+        if stored.is_err() {
+            self.on_membership_stored(&group, &user, join, device, false);
+        }
+        // The others hear of it once the store has committed it.
+    }
+
+    /// At the group's home, when the store has answered a membership change: a committed
+    /// change is announced to every member (and to the user who left); a failed one is
+    /// undone here and the asking device gets `persistence_failed`, so memory and disk
+    /// agree.
+    pub(super) fn on_membership_stored(
+        &mut self,
+        group: &str,
+        user: &str,
+        join: bool,
+        device: ConnAddr,
+        committed: bool,
+    ) {
+        let user: Arc<str> = user.into();
+        let quota = &self.shared.group_quota;
+        if !committed {
+            if join && self.groups.leave(group, &user) {
+                quota.give_back(&user);
+            } else if !join && self.groups.join(group, user.clone()) {
+                quota.count_anyway(&user);
+            }
+            let text = "the membership change could not be stored; nothing changed";
+            return self.error_to(device, "persistence_failed", text, Some(group));
+        }
+        self.json.clear();
+        outbound::group_member(&mut self.json, group, &user, join, now_ms());
+        let frame = frame::encode_text(&self.json);
+        let mut told = self.groups.members(group);
         if !join {
             told.push(user);
         }

@@ -100,6 +100,13 @@ impl Reactor {
                 found,
                 error,
             } => self.on_amended(*amend, found, error),
+            Reply::Membership {
+                group,
+                user,
+                joined,
+                device,
+                committed,
+            } => self.on_membership_stored(&group, &user, joined, device, committed),
             Reply::History {
                 requester,
                 peer,

@@ -29,9 +29,10 @@ impl GroupQuota {
         }
     }
 
-    /// Counts a membership loaded from the store, whatever the cap (a lowered cap keeps
-    /// what users already have and refuses them more).
-    pub fn count_loaded(&self, user: &str) {
+    /// Counts a membership whatever the cap: one loaded from the store (a lowered cap
+    /// keeps what users already have and refuses them more), or one restored after a
+    /// leave that could not be stored.
+    pub fn count_anyway(&self, user: &str) {
         *self.lock().entry(user.into()).or_default() += 1;
     }
 
@@ -181,7 +182,7 @@ mod tests {
     #[test]
     fn the_quota_caps_each_user_and_leaves_give_back() {
         let quota = GroupQuota::new(2);
-        quota.count_loaded("ann");
+        quota.count_anyway("ann");
         assert!(quota.take("ann"));
         assert!(!quota.take("ann"), "at the cap");
         assert!(quota.take("bob"), "other users have their own count");

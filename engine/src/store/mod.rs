@@ -147,7 +147,7 @@ pub enum Command {
     },
     /// Change a message in history (edit, delete, reaction) and answer who may see it.
     Amend(Box<Amend>),
-    /// A user joined (`true`) or left a group.
+    /// A user joined (`true`) or left a group; answered with [`Reply::Membership`].
     Membership {
         /// The group.
         group: Box<str>,
@@ -155,6 +155,10 @@ pub enum Command {
         user: Box<str>,
         /// Joined, or left.
         joined: bool,
+        /// The device that asked.
+        device: ConnAddr,
+        /// The group's home reactor, which announces the change once it is committed.
+        home: usize,
     },
     /// Commit what came before, then stop (sent by the engine once its reactors are done).
     Shutdown,
@@ -360,6 +364,19 @@ pub enum Reply {
         sender: Option<Box<str>>,
         /// Set when the store could not look.
         error: Option<String>,
+    },
+    /// A membership change is committed (or could not be).
+    Membership {
+        /// The group.
+        group: Box<str>,
+        /// The user.
+        user: Box<str>,
+        /// Joined, or left.
+        joined: bool,
+        /// The device that asked.
+        device: ConnAddr,
+        /// Whether it is on disk.
+        committed: bool,
     },
 }
 

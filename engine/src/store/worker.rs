@@ -436,12 +436,22 @@ impl Worker {
                     group,
                     user,
                     joined,
+                    device,
+                    home,
                 } => {
                     if *joined {
                         members.insert((&**group, &**user), ())?;
                     } else {
                         members.remove((&**group, &**user))?;
                     }
+                    let reply = Reply::Membership {
+                        group: group.clone(),
+                        user: user.clone(),
+                        joined: *joined,
+                        device: *device,
+                        committed: true,
+                    };
+                    replies.push((*home, reply));
                 }
                 Command::Shutdown => {}
             }
@@ -511,8 +521,22 @@ impl Worker {
                     };
                     replies.push((amend.requester.reactor as usize, reply));
                 }
-                Command::Membership { .. } => {
+                Command::Membership {
+                    group,
+                    user,
+                    joined,
+                    device,
+                    home,
+                } => {
                     self.stats.failures.fetch_add(1, Ordering::Relaxed);
+                    let reply = Reply::Membership {
+                        group: group.clone(),
+                        user: user.clone(),
+                        joined: *joined,
+                        device: *device,
+                        committed: false,
+                    };
+                    replies.push((*home, reply));
                 }
                 Command::Drain { .. } | Command::Remove { .. } | Command::Shutdown => {}
             }
