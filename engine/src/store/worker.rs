@@ -436,22 +436,14 @@ impl Worker {
                     group,
                     user,
                     joined,
-                    device,
-                    home,
+                    ..
                 } => {
                     if *joined {
                         members.insert((&**group, &**user), ())?;
                     } else {
                         members.remove((&**group, &**user))?;
                     }
-                    let reply = Reply::Membership {
-                        group: group.clone(),
-                        user: user.clone(),
-                        joined: *joined,
-                        device: *device,
-                        committed: true,
-                    };
-                    replies.push((*home, reply));
+                    replies.extend(membership_answer(command, true));
                 }
                 Command::Shutdown => {}
             }
@@ -521,22 +513,9 @@ impl Worker {
                     };
                     replies.push((amend.requester.reactor as usize, reply));
                 }
-                Command::Membership {
-                    group,
-                    user,
-                    joined,
-                    device,
-                    home,
-                } => {
+                Command::Membership { .. } => {
                     self.stats.failures.fetch_add(1, Ordering::Relaxed);
-                    let reply = Reply::Membership {
-                        group: group.clone(),
-                        user: user.clone(),
-                        joined: *joined,
-                        device: *device,
-                        committed: false,
-                    };
-                    replies.push((*home, reply));
+                    replies.extend(membership_answer(command, false));
                 }
                 Command::Drain { .. } | Command::Remove { .. } | Command::Shutdown => {}
             }
@@ -662,6 +641,29 @@ fn enqueue_outcome(
         };
         replies.push((sender.reactor as usize, reply));
     }
+}
+
+/// Whether a membership change is on disk, for the group's home reactor (`None` for any
+/// other command).
+fn membership_answer(command: &Command, committed: bool) -> Option<(usize, Reply)> {
+    let Command::Membership {
+        group,
+        user,
+        joined,
+        device,
+        home,
+    } = command
+    else {
+        return None;
+    };
+    let reply = Reply::Membership {
+        group: group.clone(),
+        user: user.clone(),
+        joined: *joined,
+        device: *device,
+        committed,
+    };
+    Some((*home, reply))
 }
 
 /// A page of history (or the store's error) for the requester's reactor.
