@@ -105,13 +105,7 @@ impl Reactor {
             self.json.clear();
             let call = (room, HUDDLE_JOIN);
             outbound::signal(&mut self.json, &user, call, b"null", now_ms());
-            let envelope = Envelope::ToConn {
-                addr: newcomer,
-                frame: frame::encode_text(&self.json),
-                priority: Priority::High,
-                accepted_ns: 0,
-            };
-            self.route(newcomer.reactor as usize, envelope);
+            self.send_to(newcomer, frame::encode_text(&self.json), Priority::High);
         }
     }
 
@@ -150,13 +144,7 @@ impl Reactor {
         }
         for addr in self.groups.present(&group, &room) {
             if addr != sender {
-                let envelope = Envelope::ToConn {
-                    addr,
-                    frame: frame.clone(),
-                    priority: Priority::High,
-                    accepted_ns: 0,
-                };
-                self.route(addr.reactor as usize, envelope);
+                self.send_to(addr, frame.clone(), Priority::High);
             }
         }
     }

@@ -346,6 +346,18 @@ impl Reactor {
         }
     }
 
+    /// Sends `frame` to one connection, on whichever reactor it lives (handled at once when
+    /// that is this one).
+    pub(crate) fn send_to(&mut self, addr: ConnAddr, frame: Bytes, priority: Priority) {
+        let envelope = Envelope::ToConn {
+            addr,
+            frame,
+            priority,
+            accepted_ns: 0,
+        };
+        self.route(addr.reactor as usize, envelope);
+    }
+
     /// Sends `envelope` to reactor `to`, handling it at once when that is this reactor.
     pub(crate) fn route(&mut self, to: usize, envelope: Envelope) {
         if to == self.id {

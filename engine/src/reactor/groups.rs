@@ -113,14 +113,7 @@ impl Reactor {
             // that asked is told it stands, and nobody else.
             self.json.clear();
             outbound::group_member(&mut self.json, &group, &user, join, now_ms());
-            let frame = frame::encode_text(&self.json);
-            let envelope = Envelope::ToConn {
-                addr: device,
-                frame,
-                priority: Priority::Normal,
-                accepted_ns: 0,
-            };
-            return self.route(device.reactor as usize, envelope);
+            return self.send_to(device, frame::encode_text(&self.json), Priority::Normal);
         }
         let stored = self.store.send(Command::Membership {
             group: group.clone(),
@@ -278,13 +271,7 @@ impl Reactor {
                 .collect();
             let online = !devices.is_empty() || delivery.sender.as_ref() == Some(user);
             for addr in devices {
-                let envelope = Envelope::ToConn {
-                    addr,
-                    frame: delivery.frame.clone(),
-                    priority: delivery.priority,
-                    accepted_ns: 0,
-                };
-                self.route(addr.reactor as usize, envelope);
+                self.send_to(addr, delivery.frame.clone(), delivery.priority);
             }
             if !online && delivery.post.is_some() {
                 offline.push((Box::from(&**user), frame::payload_of(&delivery.frame)));
@@ -327,12 +314,6 @@ impl Reactor {
         self.stats().count_error(code);
         self.json.clear();
         outbound::error(&mut self.json, code, text, reference);
-        let envelope = Envelope::ToConn {
-            addr,
-            frame: frame::encode_text(&self.json),
-            priority: Priority::High,
-            accepted_ns: 0,
-        };
-        self.route(addr.reactor as usize, envelope);
+        self.send_to(addr, frame::encode_text(&self.json), Priority::High);
     }
 }
