@@ -5,8 +5,12 @@
 # million messages.
 #
 # usage: A=path/to/engine B=path/to/engine bash benches/ab.sh
+#    or, one build under two settings:
+#        A=target/release/engine A_ARGS="--sockets fd-table" \
+#        B=target/release/engine B_ARGS="--sockets direct" bash benches/ab.sh
 # Knobs (environment): CONNECTIONS (10000), RATE (5000), DURATION_SECS (20), REPS (3),
-# REACTORS (2), PORT (18610), OUT (target/ab). Build B (and A) in release first; the
+# REACTORS (2), PORT (18610), OUT (target/ab), A_ARGS and B_ARGS (extra engine flags, split
+# on spaces), LOADGEN_ARGS (extra loadgen flags). Build B (and A) in release first; the
 # loadgen is built here. Bounded; stops what it started.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,6 +22,9 @@ REPS=${REPS:-3}
 REACTORS=${REACTORS:-2}
 PORT=${PORT:-18610}
 OUT=${OUT:-target/ab}
+A_ARGS=${A_ARGS:-}
+B_ARGS=${B_ARGS:-}
+LOADGEN_ARGS=${LOADGEN_ARGS:-}
 ulimit -n "$(ulimit -Hn)"
 cargo build --release -p loadgen
 rm -rf "$OUT"
@@ -27,14 +34,17 @@ trap '[ -n "$engine" ] && kill $engine 2>/dev/null || true' EXIT
 for rep in $(seq "$REPS"); do
   for build in A B; do
     bin=${!build}
+    extra=${build}_ARGS
     run="$OUT/$build-$rep"
+    # shellcheck disable=SC2086 # the extra flags are split on purpose
     "$bin" --listen "127.0.0.1:$PORT" --reactors "$REACTORS" --data-dir "$run-data" \
-      --log-level warn > "$run-engine.log" 2>&1 &
+      --log-level warn ${!extra} > "$run-engine.log" 2>&1 &
     engine=$!
     sleep 1
     target/release/loadgen --target "127.0.0.1:$PORT" --connections "$CONNECTIONS" \
       --ramp-per-sec 10000 --hold-secs 2 --workers 1 --rate "$RATE" \
-      --duration-secs "$DURATION_SECS" --server-pid "$engine" --out "$run" > "$run.txt" 2>&1 || true
+      --duration-secs "$DURATION_SECS" --server-pid "$engine" --out "$run" $LOADGEN_ARGS \
+      > "$run.txt" 2>&1 || true
     kill "$engine"; wait "$engine" 2> /dev/null || true
     engine=""
   done

@@ -5,10 +5,10 @@
 # the drain took against its bound (--drain-secs + --shutdown-timeout-ms 5 s + 1 s) and
 # whether every connection was closed before the exit (the engine logs "stopped") or the
 # bound cut it short ("exiting with connections still open").
-# Same setup as million.sh (release build, tuning as root, reactors by fd tables).
+# Same setup as million.sh (release build, tuning as root, socket placement and reactors).
 #
 # Knobs (environment): CONNECTIONS (200000), DRAIN_SECS (10), RAMP_PER_SEC (10000),
-# PORT (18090), OUT (benches/results/drain-DATE-N-S), REACTORS, BIN_DIR.
+# PORT (18090), OUT (benches/results/drain-DATE-N-S), SOCKETS, REACTORS, BIN_DIR.
 # Bounded in time; stops everything it started.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,14 +25,14 @@ loadgen_pid=""
 trap 'kill $loadgen_pid 2>/dev/null || true; cleanup' EXIT
 
 rm -rf target/drain-data
-"$BIN_DIR/engine" --listen "127.0.0.1:$PORT" --reactors "$REACTORS" --auth-timeout-ms 120000 \
+"$BIN_DIR/engine" --listen "127.0.0.1:$PORT" --reactors "$REACTORS" --sockets "$SOCKETS" --auth-timeout-ms 120000 \
   --drain-secs "$DRAIN_SECS" --data-dir target/drain-data --log-level info > "$OUT/engine.log" 2>&1 &
 engine_pid=$!
 sleep 2
 ramp_bound=$(( CONNECTIONS / RAMP_PER_SEC + 120 ))
 "$BIN_DIR/loadgen" --target "127.0.0.1:$PORT" --connections "$CONNECTIONS" \
   --ramp-per-sec "$RAMP_PER_SEC" --hold-secs $(( ramp_bound + DRAIN_SECS + 60 )) \
-  --workers "$REACTORS" --rate 0 --connect-timeout-secs 60 --out "$OUT/loadgen" \
+  --workers "$REACTORS" --sockets "$SOCKETS" --rate 0 --connect-timeout-secs 60 --out "$OUT/loadgen" \
   > "$OUT/loadgen.txt" 2>&1 &
 loadgen_pid=$!
 

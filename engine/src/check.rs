@@ -5,6 +5,8 @@
 
 use std::{fmt::Write as _, path::Path};
 
+use crate::sockets::{direct::RINGS_MAX, Placement};
+
 /// Kernel memory per idle loopback TCP socket, measured on the dev VM (DESIGN.md): 4.7 KiB.
 pub const KERNEL_BYTES_PER_SOCKET: u64 = 4_813;
 /// User-space bytes per idle connection: the engine's measured RSS delta at 10,000
@@ -40,6 +42,8 @@ pub struct HostSnapshot {
     pub io_uring_disabled: Option<u64>,
     /// Whether an io_uring could be set up here (probed on the live host only).
     pub io_uring_works: Option<bool>,
+    /// Whether sockets can be io_uring direct descriptors here (probed on the live host).
+    pub direct_sockets_work: Option<bool>,
 }
 
 fn read_u64s(root: &Path, path: &str) -> Option<Vec<u64>> {
@@ -76,6 +80,7 @@ impl HostSnapshot {
             cores,
             io_uring_disabled: read_u64(root, "proc/sys/kernel/io_uring_disabled"),
             io_uring_works: None,
+            direct_sockets_work: None,
         }
     }
 
@@ -84,8 +89,10 @@ impl HostSnapshot {
         let nofile = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
             .unwrap_or((0, 0));
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u64);
+        let direct = crate::sockets::Sockets::new(Placement::Direct).is_ok();
         HostSnapshot {
             io_uring_works: Some(monoio::utils::detect_uring()),
+            direct_sockets_work: Some(direct),
             ..HostSnapshot::read(Path::new("/"), nofile, cores)
         }
     }
@@ -124,11 +131,63 @@ impl Verdict {
     }
 }
 
-/// Evaluates the host for `connections` server-side connections on `reactors` reactors.
-pub fn evaluate(host: &HostSnapshot, connections: u64, reactors: u64) -> Verdict {
+/// Whether sockets will be direct descriptors on `host` with `placement`.
+pub fn uses_direct_sockets(host: &HostSnapshot, placement: Placement) -> bool {
+    match placement {
+        Placement::Direct => true,
+        Placement::FdTable => false,
+        Placement::Auto => host.direct_sockets_work == Some(true),
+    }
+}
+
+/// Evaluates the host for `connections` server-side connections on `reactors` reactors
+/// whose sockets are placed as `placement` says.
+pub fn evaluate(
+    host: &HostSnapshot,
+    connections: u64,
+    reactors: u64,
+    placement: Placement,
+) -> Verdict {
     let mut limits = Vec::new();
-    // Each reactor has a private fd table bounded by RLIMIT_NOFILE; the engine raises the
-    // soft limit to the hard one at start.
+    if uses_direct_sockets(host, placement) {
+        direct_socket_limit(host, connections, reactors, &mut limits);
+    } else {
+        fd_table_limits(host, connections, reactors, &mut limits);
+    }
+    common_limits(host, connections, &mut limits);
+    let ceiling = limits.iter().filter_map(|l| l.ceiling).min().unwrap_or(0);
+    Verdict {
+        limits,
+        ceiling,
+        target: connections,
+    }
+}
+
+/// Direct descriptors: each reactor has up to [`RINGS_MAX`] rings, each ring's file table
+/// bounded by RLIMIT_NOFILE (the engine raises the soft limit to the hard one at start).
+fn direct_socket_limit(
+    host: &HostSnapshot,
+    connections: u64,
+    reactors: u64,
+    limits: &mut Vec<Limit>,
+) {
+    let per_reactor = host.nofile.1 * RINGS_MAX as u64;
+    let ceiling = per_reactor * reactors;
+    limits.push(Limit {
+        name: "RLIMIT_NOFILE (per io_uring table)",
+        current: format!("soft {} hard {}", host.nofile.0, host.nofile.1),
+        ceiling: Some(ceiling),
+        problem: ceiling < connections,
+        fix: format!(
+            "run --reactors {} ({RINGS_MAX} file tables per reactor), or raise the hard limit",
+            connections.div_ceil(per_reactor.max(1))
+        ),
+    });
+}
+
+/// The fd table: each reactor's private table is bounded by RLIMIT_NOFILE, which the engine
+/// raises to the hard limit at start, and that by `fs.nr_open`.
+fn fd_table_limits(host: &HostSnapshot, connections: u64, reactors: u64, limits: &mut Vec<Limit>) {
     let per_reactor = host.nofile.1.saturating_sub(FDS_RESERVED_PER_REACTOR);
     let fd_ceiling = per_reactor * reactors;
     let reactors_needed = connections.div_ceil(per_reactor.max(1));
@@ -152,6 +211,10 @@ pub fn evaluate(host: &HostSnapshot, connections: u64, reactors: u64) -> Verdict
             fix: format!("sysctl -w fs.nr_open={}", needed.max(1_048_576)),
         });
     }
+}
+
+/// What caps the count, or the connect rate, whatever the sockets' placement.
+fn common_limits(host: &HostSnapshot, connections: u64, limits: &mut Vec<Limit>) {
     if let Some(file_max) = host.file_max {
         limits.push(Limit {
             name: "fs.file-max",
@@ -248,20 +311,23 @@ pub fn evaluate(host: &HostSnapshot, connections: u64, reactors: u64) -> Verdict
                     .into(),
         }),
     }
-    let ceiling = limits.iter().filter_map(|l| l.ceiling).min().unwrap_or(0);
-    Verdict {
-        limits,
-        ceiling,
-        target: connections,
-    }
 }
 
 /// The report `engine check` prints.
 pub fn render(verdict: &Verdict, host: &HostSnapshot, reactors: u64) -> String {
     let mut out = String::new();
+    let sockets = if verdict
+        .limits
+        .iter()
+        .any(|l| l.name.contains("io_uring table"))
+    {
+        "io_uring direct descriptors"
+    } else {
+        "the fd table"
+    };
     let _ = writeln!(
         out,
-        "target: {} connections on {reactors} reactors ({} cores)\n",
+        "target: {} connections on {reactors} reactors ({} cores), sockets in {sockets}\n",
         verdict.target, host.cores
     );
     let _ = writeln!(
@@ -346,7 +412,7 @@ mod tests {
     #[test]
     fn the_fd_table_caps_one_reactor_and_more_reactors_lift_it() {
         let host = this_vm();
-        let one = evaluate(&host, 25_000, 1);
+        let one = evaluate(&host, 25_000, 1, Placement::FdTable);
         assert!(!one.reachable());
         assert_eq!(one.ceiling, 20_000 - FDS_RESERVED_PER_REACTOR);
         let fd = one
@@ -355,13 +421,13 @@ mod tests {
             .find(|l| l.name.starts_with("RLIMIT_NOFILE"))
             .unwrap();
         assert!(fd.problem && fd.fix.contains("--reactors 2"), "{}", fd.fix);
-        assert!(evaluate(&host, 25_000, 2).reachable());
+        assert!(evaluate(&host, 25_000, 2, Placement::FdTable).reachable());
     }
 
     #[test]
     fn memory_caps_a_million_with_the_loadgen_far_from_it() {
         let host = this_vm();
-        let verdict = evaluate(&host, 1_000_000, 60);
+        let verdict = evaluate(&host, 1_000_000, 60, Placement::FdTable);
         let memory = verdict
             .limits
             .iter()
@@ -374,7 +440,7 @@ mod tests {
             mem_available: Some(2 << 30),
             ..host
         };
-        let verdict = evaluate(&small, 1_000_000, 60);
+        let verdict = evaluate(&small, 1_000_000, 60, Placement::FdTable);
         assert!(!verdict.reachable());
         assert!(render(&verdict, &small, 60).contains("OUT OF REACH"));
     }
@@ -385,7 +451,7 @@ mod tests {
             conntrack_max: Some(65_536),
             ..this_vm()
         };
-        let verdict = evaluate(&host, 100_000, 6);
+        let verdict = evaluate(&host, 100_000, 6, Placement::FdTable);
         assert_eq!(verdict.ceiling, 65_536);
         let text = render(&verdict, &host, 6);
         assert!(
@@ -399,18 +465,43 @@ mod tests {
     }
 
     #[test]
+    fn direct_sockets_lift_the_fd_table_cap_so_two_reactors_hold_a_million() {
+        let host = HostSnapshot {
+            direct_sockets_work: Some(true),
+            ..this_vm()
+        };
+        assert!(uses_direct_sockets(&host, Placement::Auto));
+        let by_fd_table = evaluate(&host, 1_000_000, 2, Placement::FdTable);
+        assert!(!by_fd_table.reachable());
+        let direct = evaluate(&host, 1_000_000, 2, Placement::Auto);
+        let row = direct
+            .limits
+            .iter()
+            .find(|l| l.name.starts_with("RLIMIT_NOFILE"))
+            .unwrap();
+        assert_eq!(row.ceiling, Some(2 * 64 * 20_000));
+        assert!(!row.problem);
+        // Where the probe failed, auto means the fd table again.
+        let without = HostSnapshot {
+            direct_sockets_work: Some(false),
+            ..host
+        };
+        assert!(!evaluate(&without, 1_000_000, 2, Placement::Auto).reachable());
+    }
+
+    #[test]
     fn a_host_without_io_uring_is_told_about_the_fallback() {
         let host = HostSnapshot {
             io_uring_works: Some(false),
             io_uring_disabled: Some(2),
             ..this_vm()
         };
-        let text = render(&evaluate(&host, 1000, 1), &host, 1);
+        let text = render(&evaluate(&host, 1000, 1, Placement::Auto), &host, 1);
         assert!(
             text.contains("io_uring") && text.contains("epoll"),
             "{text}"
         );
         // A warning, not a cap on the count.
-        assert!(evaluate(&host, 1000, 1).reachable());
+        assert!(evaluate(&host, 1000, 1, Placement::Auto).reachable());
     }
 }

@@ -6,6 +6,8 @@ use std::{net::SocketAddr, path::PathBuf};
 use clap::Parser;
 use serde::Deserialize;
 
+use crate::sockets::Placement;
+
 /// Default listen address: every interface, port 8080.
 pub const LISTEN_DEFAULT: &str = "0.0.0.0:8080";
 /// Default largest frame or message: 64 KiB (PROTOCOL.md `max_message_size`), small enough
@@ -78,6 +80,9 @@ pub struct Args {
     /// Reactor threads, each pinned with its own listener and fd table [default: one per core]
     #[arg(long, env = "ENGINE_REACTORS", value_name = "N")]
     pub reactors: Option<usize>,
+    /// Where sockets live: io_uring direct descriptors (in no fd table, so one reactor holds far more than RLIMIT_NOFILE), the fd table with epoll, or auto (direct where the kernel allows) [default: auto]
+    #[arg(long, env = "ENGINE_SOCKETS", value_name = "PLACEMENT", value_enum)]
+    pub sockets: Option<Placement>,
     /// Largest WebSocket frame or message accepted; larger ones close with 1009 [default: 65536]
     #[arg(long, env = "ENGINE_MAX_MESSAGE_BYTES", value_name = "BYTES")]
     pub max_message_bytes: Option<usize>,
@@ -170,6 +175,9 @@ pub enum Command {
         /// Reactors it would run [default: one per core]
         #[arg(long, value_name = "R")]
         reactors: Option<u64>,
+        /// Where their sockets would live (as the engine's --sockets) [default: auto]
+        #[arg(long, value_enum, default_value = "auto", value_name = "PLACEMENT")]
+        sockets: Placement,
     },
 }
 
@@ -179,6 +187,7 @@ pub enum Command {
 struct FileConfig {
     listen: Option<String>,
     reactors: Option<usize>,
+    sockets: Option<Placement>,
     max_message_bytes: Option<usize>,
     auth_timeout_ms: Option<u64>,
     handshake_timeout_ms: Option<u64>,
@@ -209,6 +218,8 @@ pub struct Config {
     pub listen: SocketAddr,
     /// How many reactor threads.
     pub reactors: usize,
+    /// Where each reactor keeps its sockets.
+    pub socket_placement: Placement,
     /// Largest frame payload and largest reassembled message.
     pub max_message_bytes: usize,
     /// Deadline for `auth` after the upgrade.
@@ -261,6 +272,7 @@ impl Default for Config {
         Config {
             listen: LISTEN_DEFAULT.parse().expect("the default address parses"),
             reactors: default_reactors(),
+            socket_placement: Placement::Auto,
             max_message_bytes: MAX_MESSAGE_BYTES_DEFAULT,
             auth_timeout_ms: AUTH_TIMEOUT_MS_DEFAULT,
             handshake_timeout_ms: HANDSHAKE_TIMEOUT_MS_DEFAULT,
@@ -501,6 +513,7 @@ impl Config {
                 args.drain_secs.or(file.drain_secs).unwrap_or(0),
                 (0, 3600),
             )?,
+            socket_placement: args.sockets.or(file.sockets).unwrap_or(Placement::Auto),
             max_connections: args.max_connections.or(file.max_connections).unwrap_or(0),
             max_connections_per_reactor: args
                 .max_connections_per_reactor

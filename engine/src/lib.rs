@@ -3,7 +3,7 @@
 //! ```text
 //! main.rs ── config (flags, ENGINE_* env, TOML) ── Engine::start
 //!                                                     │ one thread per reactor
-//! client ─► reactor: SO_REUSEPORT listener (io_uring accept) ─► slab slot + epoll set
+//! client ─► reactor: SO_REUSEPORT listener (io_uring accept) ─► slab slot + socket set
 //!            read into the reactor's buffer ─► http::request | ws::frame (unmask in place)
 //!            ─► protocol::inbound (simd-json tape) ─► reactor::chat ─► router
 //!            router: home(user) holds the directory ─► mailbox rings ─► device's reactor
@@ -15,6 +15,8 @@
 //! Modules:
 //! - [`config`]: the command line and its validation.
 //! - [`reactor`]: threads, runtime, connection lifecycle, the batch loop.
+//! - [`sockets`]: where a reactor's sockets live (io_uring direct descriptors, or the fd
+//!   table with epoll) and their readiness; the loadgen uses it too.
 //! - [`ws`], [`http`], [`protocol`]: pure codecs (bytes in, values out).
 //! - [`router`]: user homes and the directory; [`mailbox`]: rings and doorbells between reactors.
 //! - [`store`]: the durable offline queues on their own thread.
@@ -37,6 +39,7 @@ pub mod push;
 pub mod reactor;
 pub mod router;
 pub mod shutdown;
+pub mod sockets;
 pub mod stats;
 pub mod store;
 pub mod timer;

@@ -4,7 +4,9 @@ use clap::Parser;
 use engine::{
     check::{evaluate, render, HostSnapshot},
     config::{Args, Command, Config},
-    shutdown, Engine,
+    shutdown,
+    sockets::Placement,
+    Engine,
 };
 use tracing::{info, warn};
 
@@ -17,9 +19,12 @@ fn main() -> std::process::ExitCode {
     if let Some(Command::Check {
         connections,
         reactors,
+        sockets,
     }) = args.command.take()
     {
-        return check(connections, reactors);
+        // The limit the engine would raise, so the check sees what the engine would.
+        raise_fd_limit();
+        return check(connections, reactors, sockets);
     }
     let config = match Config::resolve(args) {
         Ok(config) => config,
@@ -66,10 +71,10 @@ fn main() -> std::process::ExitCode {
 
 /// `engine check`: prints each limit against the target and the predicted ceiling; exit 1
 /// when the target is out of reach.
-fn check(connections: u64, reactors: Option<u64>) -> std::process::ExitCode {
+fn check(connections: u64, reactors: Option<u64>, sockets: Placement) -> std::process::ExitCode {
     let host = HostSnapshot::live();
     let reactors = reactors.unwrap_or(host.cores).max(1);
-    let verdict = evaluate(&host, connections, reactors);
+    let verdict = evaluate(&host, connections, reactors, sockets);
     print!("{}", render(&verdict, &host, reactors));
     if verdict.reachable() {
         std::process::ExitCode::SUCCESS
@@ -93,8 +98,8 @@ fn disable_transparent_huge_pages() {
     }
 }
 
-/// Raises the soft open-file limit to the hard one: each reactor's private fd table is
-/// bounded by it.
+/// Raises the soft open-file limit to the hard one: each reactor's private fd table, and
+/// each of its io_uring file tables, is bounded by it.
 fn raise_fd_limit() {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
     if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {

@@ -66,12 +66,25 @@ fn run(args: &Args) -> Result<report::Summary, String> {
         .map_err(|e| format!("cannot reach --target {}: {e}", args.target))?;
     let workers = args.worker_count();
     let fds_per_worker = raise_fd_limit().saturating_sub(FDS_RESERVED_PER_WORKER);
+    // A set made here shows which placement the workers will get, and its capacity.
+    let (probe, fallback) = engine::sockets::Sockets::new(args.sockets)
+        .map_err(|e| format!("--sockets {:?}: {e}", args.sockets))?;
+    if let Some(why) = fallback {
+        eprintln!("loadgen: {why}; sockets live in each worker's fd table");
+    }
+    let per_worker_max = if probe.is_direct() {
+        probe.capacity()
+    } else {
+        fds_per_worker
+    };
+    let placement = probe.placement_name();
+    drop(probe);
     let per_worker = args.connections.div_ceil(workers) as u64;
-    if per_worker > fds_per_worker {
-        let needed = (args.connections as u64).div_ceil(fds_per_worker.max(1));
+    if per_worker > per_worker_max {
+        let needed = (args.connections as u64).div_ceil(per_worker_max.max(1));
         return Err(format!(
-            "{per_worker} connections per worker exceed the {fds_per_worker} fds each worker's table allows; \
-             use --workers {needed} or more (each worker has its own fd table), or raise RLIMIT_NOFILE"
+            "{per_worker} connections per worker exceed the {per_worker_max} one worker holds with its sockets in the {placement}; \
+             use --workers {needed} or more, or raise RLIMIT_NOFILE"
         ));
     }
     let ports = sources::ephemeral_ports();
@@ -88,6 +101,7 @@ fn run(args: &Args) -> Result<report::Summary, String> {
         target: args.target,
         sources: sources.clone(),
         workers,
+        sockets: args.sockets,
         connections: args.connections,
         ramp_per_sec: args.ramp_per_sec,
         hold: Duration::from_secs(args.hold_secs),
@@ -142,6 +156,7 @@ fn run(args: &Args) -> Result<report::Summary, String> {
         &reports,
     );
     summary.rate = (args.rate, args.duration_secs);
+    summary.sockets = placement;
     summary.scenario = args.scenario.name();
     if args.queued_ids {
         let ids = reports

@@ -13,6 +13,8 @@ pub struct Summary {
     pub target: String,
     /// Workers used.
     pub workers: usize,
+    /// Where the workers' sockets lived (`engine::sockets`).
+    pub sockets: &'static str,
     /// Source addresses used.
     pub source_addrs: usize,
     /// Connections attempted.
@@ -92,6 +94,7 @@ impl Summary {
             scenario: "chat",
             target,
             workers: reports.len(),
+            sockets: "fd table",
             source_addrs,
             attempted: reports.iter().map(|r| r.attempted).sum(),
             held: reports.iter().map(|r| r.held).sum(),
@@ -137,6 +140,7 @@ impl Summary {
             "interrupted": self.interrupted,
             "target": self.target,
             "workers": self.workers,
+            "sockets": self.sockets,
             "source_addrs": self.source_addrs,
             "attempted": self.attempted,
             "held": self.held,
@@ -182,6 +186,7 @@ impl Summary {
             "workers / sources",
             format!("{} / {}", self.workers, self.source_addrs),
         );
+        row("sockets in", self.sockets.to_owned());
         row("attempted", self.attempted.to_string());
         row("held", self.held.to_string());
         row("failed", self.failed.values().sum::<u64>().to_string());

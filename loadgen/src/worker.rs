@@ -1,5 +1,6 @@
 //! One worker thread: pinned, its own fd table and monoio runtime, its share of the
-//! connections as bare slab entries in an edge-triggered epoll set (as the engine does).
+//! connections as bare slab entries in a socket set (`engine::sockets`, as the engine's
+//! reactors have: io_uring direct descriptors, or the fd table with epoll).
 //!
 //! Phases run in order: ramp (open, upgrade and authenticate at the worker's rate), then
 //! hold (a ping sweep: every connection must answer; closes are counted).
@@ -19,10 +20,7 @@ use std::{
 };
 
 use engine::{
-    reactor::{
-        conn::{close, read, write_now},
-        epoll::{Epoll, BROKEN, READABLE, WRITABLE},
-    },
+    sockets::{Placement, Socket, Sockets, BROKEN, READABLE, REARM, WRITABLE},
     ws::frame::{encode_client, parse_server_frame, Kind, PONG, TEXT},
 };
 use monoio::{FusionDriver, RuntimeBuilder};
@@ -44,6 +42,8 @@ pub struct Plan {
     pub sources: Vec<IpAddr>,
     /// Workers in all.
     pub workers: usize,
+    /// Where each worker keeps its sockets.
+    pub sockets: Placement,
     /// Connections in all.
     pub connections: usize,
     /// Connections per second, all workers together.
@@ -156,7 +156,7 @@ enum State {
 }
 
 struct Client {
-    fd: RawFd,
+    socket: Socket,
     state: State,
     user: usize,
     inbuf: Vec<u8>,
@@ -166,7 +166,7 @@ struct Worker {
     id: usize,
     plan: Arc<Plan>,
     progress: Arc<Progress>,
-    epoll: Epoll,
+    sockets: Sockets,
     clients: Slab<Client>,
     read_buffer: Vec<u8>,
     report: WorkerReport,
@@ -196,9 +196,10 @@ pub fn run(
     let mut runtime = RuntimeBuilder::<FusionDriver>::new()
         .enable_timer()
         .build()?;
+    let (sockets, _) = Sockets::new(plan.sockets)?;
     let worker = Rc::new(RefCell::new(Worker {
         id,
-        epoll: Epoll::new()?,
+        sockets,
         clients: Slab::new(),
         read_buffer: vec![0; 64 * 1024],
         report: WorkerReport::default(),
@@ -214,9 +215,9 @@ pub fn run(
     }));
     {
         let w = worker.borrow();
-        w.epoll.add(w.send_timer, SEND_TIMER_TOKEN)?;
+        w.sockets.watch(w.send_timer, SEND_TIMER_TOKEN)?;
     }
-    let readiness_fd = dup(worker.borrow().epoll.fd())?;
+    let readiness_fd = dup(worker.borrow().sockets.fd())?;
     runtime.block_on(async move {
         use std::os::fd::FromRawFd;
         // SAFETY: a fresh dup of the epoll fd, owned by this stream and used only for readiness.
@@ -374,7 +375,7 @@ impl Schedule {
 }
 
 /// The epoll token of the send timer; connections use their slab key.
-const SEND_TIMER_TOKEN: u64 = u64::MAX;
+const SEND_TIMER_TOKEN: u64 = 1 << 63;
 
 /// The load phase's open-loop schedule: message k is due at `started + k / rate`, whatever
 /// happened to earlier ones.
@@ -570,17 +571,18 @@ impl Worker {
             self.source_cursor = (self.source_cursor + 1) % self.plan.sources.len();
             Some(self.plan.sources[self.source_cursor])
         };
-        match connect(self.plan.target, source) {
-            Ok(fd) => {
-                let slot = self.clients.insert(Client {
-                    fd,
+        let connected = connect(self.plan.target, source).and_then(|fd| {
+            let slot = self.clients.vacant_key();
+            self.sockets.adopt(fd, slot as u64)
+        });
+        match connected {
+            Ok(socket) => {
+                self.clients.insert(Client {
+                    socket,
                     state: State::Connecting,
                     user,
                     inbuf: Vec::new(),
                 });
-                if self.epoll.add(fd, slot as u64).is_err() {
-                    self.fail(slot, "epoll");
-                }
             }
             Err(e) => self.count_failure(connect_failure(&e)),
         }
@@ -590,15 +592,18 @@ impl Worker {
     fn on_events(&mut self) {
         let mut events = std::mem::take(&mut self.events);
         events.clear();
-        events.extend(self.epoll.poll_now());
+        self.sockets.poll_now(&mut events);
         for &(bits, token) in &events {
             if token == SEND_TIMER_TOKEN {
                 self.send_due();
                 continue;
             }
             let slot = token as usize;
-            if !self.clients.contains(slot) {
+            let Some(client) = self.clients.get(slot) else {
                 continue;
+            };
+            if bits & REARM != 0 {
+                self.sockets.rearm(client.socket, token);
             }
             if bits & WRITABLE != 0 && self.clients[slot].state == State::Connecting {
                 self.on_connected(slot);
@@ -611,11 +616,8 @@ impl Worker {
         self.events = events;
     }
 
+    /// The socket became writable: connected, or failed (the upgrade's send then says why).
     fn on_connected(&mut self, slot: usize) {
-        let fd = self.clients[slot].fd;
-        if let Some(err) = socket_error(fd) {
-            return self.fail(slot, connect_failure(&err));
-        }
         let request = format!(
             "GET /ws HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
              Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
@@ -627,15 +629,17 @@ impl Worker {
         self.clients[slot].state = State::Upgrading;
     }
 
-    /// Writes a small message whole (it fits the socket buffer), or fails the connection.
+    /// Writes a small message whole (it fits the socket buffer), or fails the connection
+    /// (with the connect's error when it never connected).
     fn send_all(&mut self, slot: usize, bytes: &[u8]) -> bool {
-        match write_now(self.clients[slot].fd, bytes) {
-            Ok(n) if n == bytes.len() => true,
-            _ => {
-                self.fail(slot, "write_failed");
-                false
-            }
-        }
+        let client = &self.clients[slot];
+        let reason = match self.sockets.write(client.socket, bytes) {
+            Ok(n) if n == bytes.len() => return true,
+            Err(e) if client.state == State::Connecting => connect_failure(&e),
+            _ => "write_failed",
+        };
+        self.fail(slot, reason);
+        false
     }
 
     fn send_text(&mut self, slot: usize, text: &str) -> bool {
@@ -651,8 +655,8 @@ impl Worker {
 
     fn on_readable(&mut self, slot: usize) {
         loop {
-            let fd = self.clients[slot].fd;
-            match read(fd, &mut self.read_buffer) {
+            let client = &self.clients[slot];
+            match self.sockets.read(client.socket, &mut self.read_buffer) {
                 Ok(0) => return self.fail(slot, "closed_by_server"),
                 Ok(n) => {
                     let client = &mut self.clients[slot];
@@ -665,6 +669,10 @@ impl Worker {
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                // A connect that failed reports its error to the first read.
+                Err(e) if self.clients[slot].state == State::Connecting => {
+                    return self.fail(slot, connect_failure(&e))
+                }
                 Err(_) => return self.fail(slot, "reset"),
             }
         }
@@ -869,14 +877,15 @@ impl Worker {
         }
         self.report.held = self.clients.len() as u64;
         for client in self.clients.drain() {
-            close(client.fd);
+            self.sockets.close(client.socket);
         }
-        close(self.send_timer);
+        // SAFETY: the worker owns its timerfd and forgets it here.
+        unsafe { libc::close(self.send_timer) };
     }
 
     fn fail(&mut self, slot: usize, reason: &'static str) {
         let client = self.clients.remove(slot);
-        close(client.fd);
+        self.sockets.close(client.socket);
         if matches!(
             client.state,
             State::Ready | State::PingSent | State::Answered
@@ -1023,7 +1032,8 @@ fn connect(target: SocketAddr, source: Option<IpAddr>) -> io::Result<RawFd> {
         Ok(fd)
     })();
     if result.is_err() {
-        close(fd);
+        // SAFETY: the fd was made above and is not handed out on error.
+        unsafe { libc::close(fd) };
     }
     result
 }
@@ -1056,27 +1066,6 @@ fn sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
     (storage, len as libc::socklen_t)
 }
 
-fn socket_error(fd: RawFd) -> Option<io::Error> {
-    let mut err: libc::c_int = 0;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: getsockopt into a live c_int with its length.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_ERROR,
-            (&mut err as *mut libc::c_int).cast(),
-            &mut len,
-        )
-    };
-    match (rc, err) {
-        (0, 0) => None,
-        (0, e) => Some(io::Error::from_raw_os_error(e)),
-        _ => Some(io::Error::last_os_error()),
-    }
-}
-
-/// A short failure reason for the report.
 fn connect_failure(err: &io::Error) -> &'static str {
     match err.raw_os_error() {
         Some(libc::ECONNREFUSED) => "refused",
@@ -1098,6 +1087,7 @@ mod tests {
             target: "127.0.0.1:1".parse().unwrap(),
             sources: Vec::new(),
             workers: 3,
+            sockets: Placement::Auto,
             connections: 10,
             ramp_per_sec: 1,
             hold: Duration::ZERO,

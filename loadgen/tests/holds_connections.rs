@@ -5,11 +5,23 @@ mod common;
 
 use std::process::Command;
 
-use common::{engine, out_dir, read_report, run};
+use common::{engine, engine_with_sockets, out_dir, read_report, run};
+use engine::sockets::Placement;
 
 #[test]
 fn two_thousand_connections_are_held_and_a_load_phase_loses_nothing() {
-    let engine = engine(2, None);
+    for (placement, flag, name) in [
+        (Placement::Direct, "direct", "io_uring direct descriptors"),
+        (Placement::FdTable, "fd-table", "fd table"),
+    ] {
+        holds_and_loses_nothing(placement, flag, name);
+    }
+}
+
+/// The loadgen with its sockets placed as `--sockets flag` says, against an engine whose
+/// sockets are placed the same way; the report names the placement.
+fn holds_and_loses_nothing(placement: Placement, flag: &str, name: &str) {
+    let engine = engine_with_sockets(2, placement);
     let (target, pid) = (
         engine.local_addr().to_string(),
         std::process::id().to_string(),
@@ -21,9 +33,12 @@ fn two_thousand_connections_are_held_and_a_load_phase_loses_nothing() {
         "2000",
         "--ramp-per-sec",
         "4000",
+        "--sockets",
+        flag,
     ];
     let (status, report, out) = run("held", &[&base[..], &["--hold-secs", "1"]].concat());
     assert!(status.success(), "{report}");
+    assert_eq!(report["sockets"], name);
     assert_eq!(report["attempted"], 2000);
     assert_eq!(report["held"], 2000, "{report}");
     assert_eq!(report["failed_total"], 0);

@@ -1,4 +1,4 @@
-//! One connection's state and its socket I/O (non-blocking syscalls on a raw fd).
+//! One connection's state and its outbound queue (written through [`crate::sockets`]).
 //!
 //! Sized for the idle case: an idle authenticated connection is this struct in the slab
 //! plus its user id (shared with the directory) and nothing else. Buffers exist only
@@ -8,7 +8,10 @@ use std::{collections::VecDeque, io, os::fd::RawFd, sync::Arc};
 
 use bytes::Bytes;
 
-use crate::protocol::Priority;
+use crate::{
+    protocol::Priority,
+    sockets::{Socket, Sockets},
+};
 
 /// Where a connection is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,8 +29,8 @@ pub enum Phase {
 /// One connection in a reactor's slab.
 #[derive(Debug)]
 pub struct Conn {
-    /// The socket.
-    pub fd: RawFd,
+    /// The socket (an fd or a direct descriptor: see [`crate::sockets`]).
+    pub socket: Socket,
     /// Distinguishes this connection from earlier ones in the same slot.
     pub generation: u32,
     /// Where it is in its life.
@@ -130,9 +133,9 @@ pub struct PendingApi {
 
 impl Conn {
     /// A freshly accepted connection.
-    pub fn new(fd: RawFd, generation: u32) -> Conn {
+    pub fn new(socket: Socket, generation: u32) -> Conn {
         Conn {
-            fd,
+            socket,
             generation,
             phase: Phase::Http,
             flags: Flags(Flags::WRITABLE),
@@ -216,8 +219,8 @@ impl OutQueue {
         self.bytes == 0
     }
 
-    /// Writes as much as the socket takes with `writev`.
-    pub fn write_to(&mut self, fd: RawFd) -> io::Result<Flushed> {
+    /// Writes as much as the socket takes, many frames per call.
+    pub fn write_to(&mut self, sockets: &mut Sockets, socket: Socket) -> io::Result<Flushed> {
         while !self.is_empty() {
             let mut iov = [libc::iovec {
                 iov_base: std::ptr::null_mut(),
@@ -238,17 +241,12 @@ impl OutQueue {
                 };
                 count += 1;
             }
-            // SAFETY: every iovec points into a frame owned by this queue, alive for the call.
-            let n = unsafe { libc::writev(fd, iov.as_ptr(), count as i32) };
-            if n < 0 {
-                let err = io::Error::last_os_error();
-                return match err.kind() {
-                    io::ErrorKind::WouldBlock => Ok(Flushed::Blocked),
-                    io::ErrorKind::Interrupted => continue,
-                    _ => Err(err),
-                };
+            match sockets.write_vectored(socket, &iov[..count]) {
+                Ok(0) => return Ok(Flushed::Blocked),
+                Ok(n) => self.consume(n),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
             }
-            self.consume(n as usize);
         }
         Ok(Flushed::All)
     }
@@ -279,57 +277,6 @@ impl OutQueue {
     }
 }
 
-/// Reads into `buf`: `Ok(0)` is end of stream; `WouldBlock` means drained.
-pub fn read(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
-    loop {
-        // SAFETY: `buf` is valid for writes of its length.
-        let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
-        if n >= 0 {
-            return Ok(n as usize);
-        }
-        let err = io::Error::last_os_error();
-        if err.kind() != io::ErrorKind::Interrupted {
-            return Err(err);
-        }
-    }
-}
-
-/// Writes what the socket takes of `data` now; `Ok(0)` when it takes nothing.
-pub fn write_now(fd: RawFd, data: &[u8]) -> io::Result<usize> {
-    loop {
-        // SAFETY: `data` is valid for reads of its length.
-        let n = unsafe {
-            libc::send(
-                fd,
-                data.as_ptr().cast(),
-                data.len(),
-                libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
-            )
-        };
-        if n >= 0 {
-            return Ok(n as usize);
-        }
-        let err = io::Error::last_os_error();
-        match err.kind() {
-            io::ErrorKind::WouldBlock => return Ok(0),
-            io::ErrorKind::Interrupted => continue,
-            _ => return Err(err),
-        }
-    }
-}
-
-/// Stops sending (after our close frame), so the peer sees EOF.
-pub fn shutdown_write(fd: RawFd) {
-    // SAFETY: no pointers; an error (already closed) needs no handling.
-    unsafe { libc::shutdown(fd, libc::SHUT_WR) };
-}
-
-/// Closes the socket; the kernel also drops it from the epoll set.
-pub fn close(fd: RawFd) {
-    // SAFETY: the connection owns `fd` and forgets it after this call.
-    unsafe { libc::close(fd) };
-}
-
 /// Makes an accepted socket non-blocking and disables Nagle (chat frames are small).
 pub fn prepare_accepted(fd: RawFd) -> io::Result<()> {
     // SAFETY: plain fcntl/setsockopt on an fd we own; `one` lives across the call.
@@ -353,16 +300,20 @@ pub fn prepare_accepted(fd: RawFd) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::fd::AsRawFd;
+    use crate::sockets::Placement;
+    use std::{io::Read, os::fd::IntoRawFd, os::unix::net::UnixStream};
 
-    fn pair() -> (
-        std::os::unix::net::UnixStream,
-        std::os::unix::net::UnixStream,
-    ) {
-        let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
-        a.set_nonblocking(true).unwrap();
-        b.set_nonblocking(true).unwrap();
-        (a, b)
+    /// Runs `check` with our end of a socket pair in each placement the host offers.
+    fn in_each_placement(check: impl Fn(&mut Sockets, Socket, &mut UnixStream)) {
+        for placement in [Placement::FdTable, Placement::Auto] {
+            let (ours, mut theirs) = UnixStream::pair().unwrap();
+            ours.set_nonblocking(true).unwrap();
+            theirs.set_nonblocking(true).unwrap();
+            let (mut sockets, _) = Sockets::new(placement).unwrap();
+            let socket = sockets.adopt(ours.into_raw_fd(), 1).unwrap();
+            check(&mut sockets, socket, &mut theirs);
+            sockets.close(socket);
+        }
     }
 
     #[test]
@@ -377,42 +328,47 @@ mod tests {
 
     #[test]
     fn high_priority_overtakes_but_not_a_started_frame() {
-        let (a, b) = pair();
-        let mut queue = OutQueue::default();
-        queue.push_partial(Bytes::from_static(b"HEAD"), 2);
-        queue.push(Bytes::from_static(b"low"), Priority::Low);
-        queue.push(Bytes::from_static(b"norm"), Priority::Normal);
-        queue.push(Bytes::from_static(b"high"), Priority::High);
-        assert_eq!(queue.write_to(a.as_raw_fd()).unwrap(), Flushed::All);
-        let mut got = [0u8; 64];
-        let n = read(b.as_raw_fd(), &mut got).unwrap();
-        assert_eq!(&got[..n], b"ADhighnormlow");
+        in_each_placement(|sockets, socket, theirs| {
+            let mut queue = OutQueue::default();
+            queue.push_partial(Bytes::from_static(b"HEAD"), 2);
+            queue.push(Bytes::from_static(b"low"), Priority::Low);
+            queue.push(Bytes::from_static(b"norm"), Priority::Normal);
+            queue.push(Bytes::from_static(b"high"), Priority::High);
+            assert_eq!(queue.write_to(sockets, socket).unwrap(), Flushed::All);
+            let mut got = [0u8; 64];
+            let n = theirs.read(&mut got).unwrap();
+            assert_eq!(&got[..n], b"ADhighnormlow");
+        });
     }
 
     #[test]
     fn a_full_socket_keeps_the_rest_in_order() {
-        let (a, b) = pair();
-        let mut queue = OutQueue::default();
-        let frames: Vec<Bytes> = (0..200u8).map(|i| Bytes::from(vec![i; 10_000])).collect();
-        for frame in &frames {
-            queue.push(frame.clone(), Priority::Normal);
-        }
-        let mut received = Vec::new();
-        let mut buf = vec![0u8; 65536];
-        loop {
-            let state = queue.write_to(a.as_raw_fd()).unwrap();
+        in_each_placement(|sockets, socket, theirs| {
+            let mut queue = OutQueue::default();
+            let frames: Vec<Bytes> = (0..200u8).map(|i| Bytes::from(vec![i; 10_000])).collect();
+            for frame in &frames {
+                queue.push(frame.clone(), Priority::Normal);
+            }
+            let mut received = Vec::new();
+            let mut buf = vec![0u8; 65536];
+            let mut blocked = 0;
             loop {
-                match read(b.as_raw_fd(), &mut buf) {
-                    Ok(n) => received.extend_from_slice(&buf[..n]),
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) => panic!("{e}"),
+                let state = queue.write_to(sockets, socket).unwrap();
+                blocked += usize::from(state == Flushed::Blocked);
+                loop {
+                    match theirs.read(&mut buf) {
+                        Ok(n) => received.extend_from_slice(&buf[..n]),
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                        Err(e) => panic!("{e}"),
+                    }
+                }
+                if state == Flushed::All {
+                    break;
                 }
             }
-            if state == Flushed::All {
-                break;
-            }
-        }
-        assert_eq!(received, frames.concat());
-        assert!(queue.is_empty());
+            assert!(blocked > 0, "2 MB should not fit a socket pair's buffer");
+            assert_eq!(received, frames.concat());
+            assert!(queue.is_empty());
+        });
     }
 }

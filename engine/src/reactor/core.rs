@@ -14,13 +14,13 @@ use tracing::{debug, warn};
 
 use super::{
     conn::{self, Conn, Flags, Flushed, OutQueue, Phase},
-    epoll::{Epoll, BROKEN, PEER_CLOSED, READABLE, WRITABLE},
     ReactorSeed, Shared,
 };
 use crate::{
     mailbox::{self, BatchConsumer, Outbox},
     protocol::{inbound::JsonParser, outbound::PresenceEntry, Priority},
     router::{directory::Directory, home_of, ConnAddr, Envelope},
+    sockets::{self, Sockets, BROKEN, PEER_CLOSED, READABLE, REARM, WRITABLE},
     stats::ReactorStats,
     timer::{self, TimerWheel},
     ws::{close, frame},
@@ -33,8 +33,10 @@ pub(crate) const READ_BUFFER_BYTES: usize = 64 * 1024;
 pub(crate) const READ_BYTES_PER_BATCH_MAX: usize = 256 * 1024;
 /// How long a closing handshake may take before the socket is dropped.
 pub(crate) const CLOSE_TIMEOUT_MS: u64 = 2_000;
-/// The epoll token of the doorbell; connections use `slot | generation << 32`.
-const DOORBELL_TOKEN: u64 = u64::MAX;
+/// The readiness token of the doorbell; connections use `slot | generation << 32`.
+const DOORBELL_TOKEN: u64 = 1 << 63;
+/// Generations stay below 2^31, so a connection's token stays below [`DOORBELL_TOKEN`].
+const GENERATION_MAX: u32 = (1 << 31) - 1;
 
 /// A `presence_subscribe` waiting for answers from the homes of the users it names.
 pub(crate) struct PendingPresence {
@@ -83,8 +85,8 @@ pub(crate) struct Reactor {
     pub(crate) conns: Slab<Conn>,
     /// Generation for the next connection.
     next_generation: u32,
-    /// The readiness set.
-    epoll: Epoll,
+    /// The sockets and the readiness set (the doorbell is in it too).
+    sockets: Sockets,
     /// Users homed here.
     pub(crate) directory: Directory,
     /// Rings to the peers.
@@ -145,20 +147,23 @@ pub(crate) struct Reactor {
 impl Reactor {
     /// Builds the reactor's state and registers its doorbell.
     pub(crate) fn new(seed: ReactorSeed, listener_fd: RawFd) -> io::Result<Reactor> {
-        let epoll = Epoll::new()?;
-        epoll.add(seed.shared.doorbells[seed.id].fd(), DOORBELL_TOKEN)?;
+        let (sockets, fallback) = Sockets::new(seed.shared.config.socket_placement)?;
+        if let Some(why) = fallback {
+            warn!(reactor = seed.id, "{why}; sockets live in the fd table");
+        }
+        sockets.watch(seed.shared.doorbells[seed.id].fd(), DOORBELL_TOKEN)?;
         Ok(Reactor {
             id: seed.id,
             conns: Slab::new(),
             next_generation: 1,
-            epoll,
+            sockets,
             directory: Directory::default(),
             outbox: Outbox::new(seed.producers),
             inboxes: seed.consumers,
             read_buffer: vec![0; READ_BUFFER_BYTES],
             json: Vec::with_capacity(4096),
             parser: JsonParser::default(),
-            events: Vec::with_capacity(super::epoll::EVENTS_PER_WAIT_MAX),
+            events: Vec::with_capacity(sockets::epoll::EVENTS_PER_WAIT_MAX),
             timers: TimerWheel::default(),
             due: Vec::new(),
             presence_requests: Slab::new(),
@@ -184,8 +189,18 @@ impl Reactor {
     }
 
     /// The readiness set's fd, for the runtime to await.
-    pub(crate) fn epoll_fd(&self) -> RawFd {
-        self.epoll.fd()
+    pub(crate) fn readiness_fd(&self) -> RawFd {
+        self.sockets.fd()
+    }
+
+    /// Where this reactor's sockets live, for the start-up log.
+    pub(crate) fn socket_placement(&self) -> &'static str {
+        self.sockets.placement_name()
+    }
+
+    /// Whether the sockets are fds in this thread's table (which is then worth pre-growing).
+    pub(crate) fn sockets_use_fd_table(&self) -> bool {
+        !self.sockets.is_direct()
     }
 
     /// This reactor's counters.
@@ -228,25 +243,26 @@ impl Reactor {
     /// Takes in a freshly accepted socket.
     pub(crate) fn adopt(&mut self, fd: RawFd) {
         if self.is_draining() {
-            conn::close(fd);
+            sockets::epoll::close(fd);
             return;
         }
         if let Err(e) = conn::prepare_accepted(fd) {
             warn!("dropping accepted socket: {e}");
-            conn::close(fd);
+            sockets::epoll::close(fd);
             return;
         }
         let generation = self.next_generation;
-        self.next_generation = self.next_generation.wrapping_add(1).max(1);
-        let slot = self.conns.insert(Conn::new(fd, generation));
-        if let Err(e) = self
-            .epoll
-            .add(fd, slot as u64 | u64::from(generation) << 32)
-        {
-            warn!("dropping accepted socket: epoll add failed: {e}");
-            self.conns.remove(slot);
-            conn::close(fd);
-            return;
+        self.next_generation = (self.next_generation.wrapping_add(1) & GENERATION_MAX).max(1);
+        let slot = self.conns.vacant_key();
+        let token = slot as u64 | u64::from(generation) << 32;
+        match self.sockets.adopt(fd, token) {
+            Ok(socket) => {
+                self.conns.insert(Conn::new(socket, generation));
+            }
+            Err(e) => {
+                warn!("dropping accepted socket: {e}");
+                return;
+            }
         }
         ReactorStats::add(&self.stats().connections, 1);
         // The request head must come within the handshake deadline; an upgrade then
@@ -274,13 +290,18 @@ impl Reactor {
         }
         let mut events = std::mem::take(&mut self.events);
         events.clear();
-        events.extend(self.epoll.poll_now());
+        self.sockets.poll_now(&mut events);
         for &(bits, token) in &events {
             if token == DOORBELL_TOKEN {
                 self.shared.doorbells[self.id].clear();
                 continue;
             }
             let (slot, generation) = ((token & 0xFFFF_FFFF) as usize, (token >> 32) as u32);
+            if bits & REARM != 0 {
+                if let Some(conn) = self.conns.get(slot).filter(|c| c.generation == generation) {
+                    self.sockets.rearm(conn.socket, token);
+                }
+            }
             if bits & WRITABLE != 0 {
                 self.on_writable(slot, generation);
             }
@@ -392,13 +413,13 @@ impl Reactor {
             if conn.flags.has(Flags::PAUSED) {
                 return;
             }
-            let fd = conn.fd;
+            let socket = conn.socket;
             if self.outbox.is_backlog_full() {
                 return self.pause(slot, generation);
             }
             let pressure = self.outbox.pressure();
             let mut buffer = std::mem::take(&mut self.read_buffer);
-            let result = conn::read(fd, &mut buffer);
+            let result = self.sockets.read(socket, &mut buffer);
             match result {
                 Ok(0) => {
                     self.read_buffer = buffer;
@@ -464,11 +485,15 @@ impl Reactor {
         let stats = &self.shared.stats[self.id];
         stats.count_out(&frame);
         ReactorStats::bump_by(&stats.bytes_out, frame.len() as u64);
-        let Some(conn) = self.conn_mut(slot, generation) else {
+        let Some(conn) = self
+            .conns
+            .get_mut(slot)
+            .filter(|c| c.generation == generation)
+        else {
             return;
         };
         if conn.outbound.is_none() && conn.flags.has(Flags::WRITABLE) {
-            match conn::write_now(conn.fd, &frame) {
+            match self.sockets.write(conn.socket, &frame) {
                 Ok(n) if n == frame.len() => return,
                 Ok(n) => {
                     conn.flags.set(Flags::WRITABLE, false);
@@ -495,7 +520,11 @@ impl Reactor {
     }
 
     fn drop_slow_consumer(&mut self, slot: usize, generation: u32) {
-        let Some(conn) = self.conn_mut(slot, generation) else {
+        let Some(conn) = self
+            .conns
+            .get_mut(slot)
+            .filter(|c| c.generation == generation)
+        else {
             return;
         };
         let partly_written = conn
@@ -504,8 +533,8 @@ impl Reactor {
             .is_some_and(|q| q.has_partial_frame());
         if !partly_written {
             // Only where a frame boundary allows it does the client get a readable close.
-            let _ = conn::write_now(
-                conn.fd,
+            let _ = self.sockets.write(
+                conn.socket,
                 &frame::encode_close(close::SLOW_CONSUMER, "slow consumer"),
             );
         }
@@ -522,13 +551,17 @@ impl Reactor {
     }
 
     fn flush(&mut self, slot: usize, generation: u32) {
-        let Some(conn) = self.conn_mut(slot, generation) else {
+        let Some(conn) = self
+            .conns
+            .get_mut(slot)
+            .filter(|c| c.generation == generation)
+        else {
             return;
         };
         let Some(queue) = conn.outbound.as_mut() else {
             return;
         };
-        match queue.write_to(conn.fd) {
+        match queue.write_to(&mut self.sockets, conn.socket) {
             Ok(Flushed::All) => {
                 conn.outbound = None;
                 if conn.flags.has(Flags::CLOSE_WHEN_FLUSHED) {
@@ -570,7 +603,11 @@ impl Reactor {
             return;
         };
         if conn.phase == Phase::Closing {
-            conn::shutdown_write(conn.fd);
+            let socket = conn.socket;
+            self.sockets.shutdown_write(socket);
+            let Some(conn) = self.conn_mut(slot, generation) else {
+                return;
+            };
             conn.flags.set(Flags::CLOSE_WHEN_FLUSHED, false);
         } else {
             self.close_now(slot, generation);
@@ -624,7 +661,7 @@ impl Reactor {
         }
         self.detach(slot, generation);
         let conn = self.conns.remove(slot);
-        conn::close(conn.fd);
+        self.sockets.close(conn.socket);
         ReactorStats::add(&self.stats().connections, -1);
     }
 

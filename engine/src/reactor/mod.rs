@@ -1,8 +1,10 @@
 //! Reactors: one pinned thread per core, each with its own fd table, monoio runtime,
-//! SO_REUSEPORT listener, connection slab and readiness set.
+//! SO_REUSEPORT listener, connection slab and socket set ([`crate::sockets`]: io_uring
+//! direct descriptors, or the fd table with epoll).
 //!
-//! Thread start-up, in order: pin, `unshare(CLONE_FILES)`, pre-grow the fd table, build the
-//! runtime (io_uring, else epoll; logged), bind the listener. Then three tasks run:
+//! Thread start-up, in order: pin, `unshare(CLONE_FILES)`, build the runtime (io_uring,
+//! else epoll; logged), bind the listener, make the socket set (pre-growing the fd table
+//! when sockets live there). Then three tasks run:
 //! accept (io_uring accept op), the timer tick, and the event loop that waits on the
 //! readiness set and runs one batch per wake-up (`core::Reactor::run_batch`).
 
@@ -11,7 +13,6 @@ mod calls;
 mod chat;
 pub mod conn;
 mod core;
-pub mod epoll;
 mod groups;
 mod history;
 mod limits;
@@ -159,7 +160,6 @@ pub fn spawn(
 fn run(seed: ReactorSeed, ready: &mpsc::Sender<io::Result<SocketAddr>>) -> io::Result<()> {
     pin(seed.id);
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_FILES).map_err(io::Error::from)?;
-    pre_grow_fd_table(seed.shared.doorbells[seed.id].fd());
     let mut runtime = RuntimeBuilder::<FusionDriver>::new()
         .with_entries(URING_ENTRIES)
         .enable_timer()
@@ -170,11 +170,15 @@ fn run(seed: ReactorSeed, ready: &mpsc::Sender<io::Result<SocketAddr>>) -> io::R
     };
     let listener = bind(seed.listen)?;
     let addr = listener.local_addr()?;
-    info!(reactor = seed.id, driver, %addr, "reactor started");
     let id = seed.id;
     let shared = seed.shared.clone();
     let reactor = core::Reactor::new(seed, std::os::fd::AsRawFd::as_raw_fd(&listener))?;
-    let readiness_fd = dup(reactor.epoll_fd())?;
+    let sockets = reactor.socket_placement();
+    if reactor.sockets_use_fd_table() {
+        pre_grow_fd_table(shared.doorbells[id].fd());
+    }
+    info!(reactor = id, driver, sockets, %addr, "reactor started");
+    let readiness_fd = dup(reactor.readiness_fd())?;
     let reactor = Rc::new(RefCell::new(reactor));
     runtime.block_on(async move {
         let listener = monoio::net::TcpListener::from_std(listener)?;

@@ -15,15 +15,17 @@ use tungstenite::{protocol::frame::coding::CloseCode, stream::MaybeTlsStream, Me
 /// How long any single wait in a test may take.
 pub const WAIT: Duration = Duration::from_secs(5);
 
-/// The two I/O drivers every behaviour is checked on.
+/// The two I/O set-ups every behaviour is checked on.
 pub const DRIVERS: [Driver; 2] = [Driver::IoUring, Driver::Legacy];
 
-/// Which monoio driver the engine runs on.
+/// Which I/O the engine runs on: what a host with io_uring gets, and what one without it
+/// falls back to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Driver {
-    /// io_uring (the default where the kernel has it).
+    /// monoio on io_uring, sockets as io_uring direct descriptors (the default).
     IoUring,
-    /// epoll, forced with `MONOIO_FORCE_LEGACY_DRIVER=1`.
+    /// monoio on epoll (`MONOIO_FORCE_LEGACY_DRIVER=1`), sockets in the fd table with
+    /// epoll (`--sockets fd-table`).
     Legacy,
 }
 
@@ -101,9 +103,12 @@ impl Server {
             .env_remove("ENGINE_DATA_DIR")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
-        if driver == Driver::Legacy {
-            command.env("MONOIO_FORCE_LEGACY_DRIVER", "1");
-        }
+        match driver {
+            Driver::IoUring => command.env("ENGINE_SOCKETS", "direct"),
+            Driver::Legacy => command
+                .env("MONOIO_FORCE_LEGACY_DRIVER", "1")
+                .env("ENGINE_SOCKETS", "fd-table"),
+        };
         let own_data_dir = (!args.contains(&"--data-dir")).then(fresh_data_dir);
         if let Some(dir) = &own_data_dir {
             command.arg("--data-dir").arg(dir);

@@ -6,14 +6,24 @@ use std::{
     process::{Command, ExitStatus},
 };
 
-use engine::{config::Config, Engine};
+use engine::{config::Config, sockets::Placement, Engine};
 
 /// Numbers each in-process engine's store directory (one redb file per engine).
 static NEXT_STORE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 /// The real engine in this process, on an ephemeral port.
 pub fn engine(reactors: usize, jwt_secret: Option<&[u8]>) -> Engine {
+    engine_with(reactors, jwt_secret, Placement::Auto)
+}
+
+/// The same, with its sockets placed as `sockets` says.
+pub fn engine_with_sockets(reactors: usize, sockets: Placement) -> Engine {
+    engine_with(reactors, None, sockets)
+}
+
+fn engine_with(reactors: usize, jwt_secret: Option<&[u8]>, sockets: Placement) -> Engine {
     let config = Config {
+        socket_placement: sockets,
         listen: "127.0.0.1:0".parse().unwrap(),
         reactors,
         jwt_secret: jwt_secret.map(<[u8]>::to_vec),

@@ -1,5 +1,6 @@
-//! The reactor's readiness set: one edge-triggered epoll holding every connection and the
-//! doorbell, itself awaited by the monoio runtime (one io_uring PollAdd per wait).
+//! The readiness set: one edge-triggered epoll holding a thread's watched fds (and, in the
+//! fd-table placement, its sockets), itself awaited by the monoio runtime (one io_uring
+//! PollAdd per wait); and the plain non-blocking socket syscalls of that placement.
 //!
 //! Connections are bare slab entries registered here, so an idle connection costs no
 //! task, no buffer and no in-flight operation in user space.
@@ -72,6 +73,70 @@ impl Epoll {
         let n = n.max(0) as usize;
         self.events[..n].iter().map(|e| (e.events, e.u64))
     }
+}
+
+/// Reads into `buf`: `Ok(0)` is end of stream; `WouldBlock` means drained.
+pub(crate) fn read(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        // SAFETY: `buf` is valid for writes of its length.
+        let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+}
+
+/// Writes what the socket takes of `data` now (`WouldBlock` when it takes nothing).
+pub(crate) fn write(fd: RawFd, data: &[u8]) -> io::Result<usize> {
+    loop {
+        // SAFETY: `data` is valid for reads of its length.
+        let n = unsafe {
+            libc::send(
+                fd,
+                data.as_ptr().cast(),
+                data.len(),
+                libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
+            )
+        };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+}
+
+/// Writes what the socket takes of `bufs`, in order (`WouldBlock` when it takes nothing).
+pub(crate) fn write_vectored(fd: RawFd, bufs: &[libc::iovec]) -> io::Result<usize> {
+    loop {
+        // SAFETY: the caller's iovecs point into buffers alive for the call.
+        let n = unsafe { libc::writev(fd, bufs.as_ptr(), bufs.len() as i32) };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+}
+
+/// Stops sending, so the peer sees EOF.
+pub(crate) fn shutdown_write(fd: RawFd) {
+    // SAFETY: no pointers; an error (already closed) needs no handling.
+    unsafe { libc::shutdown(fd, libc::SHUT_WR) };
+}
+
+/// Closes the fd; the kernel also drops it from the epoll set.
+pub(crate) fn close(fd: RawFd) {
+    // SAFETY: the caller owns `fd` and forgets it after this call.
+    unsafe { libc::close(fd) };
 }
 
 impl Drop for Epoll {

@@ -1,0 +1,217 @@
+//! Where one thread's sockets live, and how it learns they are ready.
+//!
+//! Two homes, one interface:
+//! - **fd table** ([`epoll`]): each socket is a file descriptor in the thread's private fd
+//!   table, watched by an edge-triggered epoll set. A thread then holds at most
+//!   RLIMIT_NOFILE sockets, so a box with a low hard limit needs many threads.
+//! - **direct** ([`direct`]): each socket is an io_uring direct descriptor, a slot in the
+//!   file table of one of the thread's rings, and in no fd table at all. Every ring's table
+//!   holds up to RLIMIT_NOFILE, and a thread has as many rings as it needs, so two threads
+//!   hold a million sockets under a 20,000-fd limit.
+//!
+//! Both report readiness as `(bits, token)` pairs with epoll's bits ([`READABLE`],
+//! [`WRITABLE`], [`BROKEN`], [`PEER_CLOSED`]), edge-triggered, and both read and write with
+//! non-blocking calls that answer at once (`WouldBlock` when the socket has nothing or is
+//! full). So the code above does not know which home its sockets have.
+//!
+//! Non-socket fds a thread waits on (a doorbell, a timerfd) are always in the epoll set:
+//! [`Sockets::watch`]. The epoll fd is what the thread's runtime awaits ([`Sockets::fd`]).
+
+pub mod direct;
+pub mod epoll;
+
+use std::{io, os::fd::RawFd};
+
+pub use epoll::{BROKEN, PEER_CLOSED, READABLE, WRITABLE};
+
+use epoll::Epoll;
+
+/// The kernel stopped watching this socket (a full completion queue ends a multishot poll):
+/// call [`Sockets::rearm`]. Only direct sockets report it; it comes with the ready bits.
+pub const REARM: u32 = 1 << 31;
+
+/// The largest token a socket may be adopted under: the values above it are the socket
+/// layer's own (tags on its io_uring operations).
+pub const SOCKET_TOKEN_MAX: u64 = (1 << 63) - 1;
+
+/// The epoll token of the rings' completion eventfd (not to be used with [`Sockets::watch`]).
+const RINGS_TOKEN: u64 = u64::MAX - 1;
+
+/// A socket owned by one thread's [`Sockets`]: an fd, or a ring and a slot in its file
+/// table. Four bytes, so a connection pays no more for it than for an fd.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Socket(u32);
+
+/// Where a thread's sockets should live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Placement {
+    /// Direct descriptors where io_uring allows them, else the fd table (logged).
+    Auto,
+    /// io_uring direct descriptors; start-up fails where they are not available.
+    Direct,
+    /// The thread's fd table with epoll (at most RLIMIT_NOFILE sockets per thread).
+    FdTable,
+}
+
+/// One thread's sockets and readiness set. Not `Send`: it belongs to the thread that
+/// made it (its rings' completions run in that thread's context).
+pub struct Sockets {
+    /// The readiness set: watched fds, fd-table sockets, the rings' eventfd.
+    epoll: Epoll,
+    /// The rings, when sockets are direct descriptors.
+    direct: Option<direct::Direct>,
+}
+
+impl Sockets {
+    /// Makes the socket set. `Auto` falls back to the fd table (and says why in the
+    /// returned note) where io_uring direct descriptors cannot be had.
+    pub fn new(placement: Placement) -> io::Result<(Sockets, Option<String>)> {
+        let epoll = Epoll::new()?;
+        let (direct, note) = match placement {
+            Placement::FdTable => (None, None),
+            Placement::Direct => (Some(direct::Direct::new()?), None),
+            Placement::Auto => match direct::Direct::new() {
+                Ok(direct) => (Some(direct), None),
+                Err(e) => (
+                    None,
+                    Some(format!("io_uring direct descriptors unavailable: {e}")),
+                ),
+            },
+        };
+        if let Some(direct) = &direct {
+            epoll.add(direct.notify_fd(), RINGS_TOKEN)?;
+        }
+        Ok((Sockets { epoll, direct }, note))
+    }
+
+    /// The epoll fd, for the runtime to await.
+    pub fn fd(&self) -> RawFd {
+        self.epoll.fd()
+    }
+
+    /// Whether the sockets are io_uring direct descriptors (else fds in the fd table).
+    pub fn is_direct(&self) -> bool {
+        self.direct.is_some()
+    }
+
+    /// Where the sockets live, for logs and reports.
+    pub fn placement_name(&self) -> &'static str {
+        if self.direct.is_some() {
+            "io_uring direct descriptors"
+        } else {
+            "fd table"
+        }
+    }
+
+    /// The most sockets this set can hold at once (the fd table's: RLIMIT_NOFILE).
+    pub fn capacity(&self) -> u64 {
+        match &self.direct {
+            Some(direct) => direct.capacity(),
+            None => direct::nofile_soft(),
+        }
+    }
+
+    /// Adds a non-socket fd (doorbell, timerfd) to the readiness set under `token`, which
+    /// may be any value but the set's own [`RINGS_TOKEN`].
+    pub fn watch(&self, fd: RawFd, token: u64) -> io::Result<()> {
+        assert_ne!(token, RINGS_TOKEN, "the socket set's own token");
+        self.epoll.add(fd, token)
+    }
+
+    /// Takes ownership of a connected socket and watches it under `token` (at most
+    /// [`SOCKET_TOKEN_MAX`]).
+    ///
+    /// A direct set moves the socket into a ring's file table and closes `fd`, so the
+    /// socket no longer counts against the fd table. On error `fd` is closed.
+    pub fn adopt(&mut self, fd: RawFd, token: u64) -> io::Result<Socket> {
+        assert!(
+            token <= SOCKET_TOKEN_MAX,
+            "token {token:#x} is the socket layer's"
+        );
+        match &mut self.direct {
+            Some(direct) => direct.adopt(fd, token),
+            None => match self.epoll.add(fd, token) {
+                Ok(()) => Ok(Socket(fd as u32)),
+                Err(e) => {
+                    epoll::close(fd);
+                    Err(e)
+                }
+            },
+        }
+    }
+
+    /// Takes the ready events without blocking, appending `(bits, token)` pairs to `out`.
+    ///
+    /// Hot path: no allocation once `out` has grown to a batch.
+    pub fn poll_now(&mut self, out: &mut Vec<(u32, u64)>) {
+        let mut rings_ready = false;
+        for (bits, token) in self.epoll.poll_now() {
+            if token == RINGS_TOKEN {
+                rings_ready = true;
+            } else {
+                out.push((bits, token));
+            }
+        }
+        if let Some(direct) = &mut self.direct {
+            direct.reap(out, rings_ready);
+        }
+    }
+
+    /// Watches `socket` again under `token` after a [`REARM`] event.
+    pub fn rearm(&mut self, socket: Socket, token: u64) {
+        if let Some(direct) = &mut self.direct {
+            direct.rearm(socket, token);
+        }
+    }
+
+    /// Reads into `buf`: `Ok(0)` is end of stream; `WouldBlock` means nothing is there.
+    pub fn read(&mut self, socket: Socket, buf: &mut [u8]) -> io::Result<usize> {
+        match &mut self.direct {
+            Some(direct) => direct.read(socket, buf),
+            None => epoll::read(socket.0 as RawFd, buf),
+        }
+    }
+
+    /// Writes what the socket takes of `data` now; `Ok(0)` when it takes nothing.
+    pub fn write(&mut self, socket: Socket, data: &[u8]) -> io::Result<usize> {
+        let result = match &mut self.direct {
+            Some(direct) => direct.write(socket, data),
+            None => epoll::write(socket.0 as RawFd, data),
+        };
+        would_block_is_zero(result)
+    }
+
+    /// Writes what the socket takes of `bufs`, in order; `Ok(0)` when it takes nothing.
+    pub fn write_vectored(&mut self, socket: Socket, bufs: &[libc::iovec]) -> io::Result<usize> {
+        let result = match &mut self.direct {
+            Some(direct) => direct.write_vectored(socket, bufs),
+            None => epoll::write_vectored(socket.0 as RawFd, bufs),
+        };
+        would_block_is_zero(result)
+    }
+
+    /// Stops sending, so the peer sees end of stream (after a close frame).
+    pub fn shutdown_write(&mut self, socket: Socket) {
+        match &mut self.direct {
+            Some(direct) => direct.shutdown_write(socket),
+            None => epoll::shutdown_write(socket.0 as RawFd),
+        }
+    }
+
+    /// Closes the socket and stops watching it. Its slot or fd may be reused at once; a
+    /// late event for it still carries its old token.
+    pub fn close(&mut self, socket: Socket) {
+        match &mut self.direct {
+            Some(direct) => direct.close(socket),
+            None => epoll::close(socket.0 as RawFd),
+        }
+    }
+}
+
+fn would_block_is_zero(result: io::Result<usize>) -> io::Result<usize> {
+    match result {
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(0),
+        other => other,
+    }
+}
