@@ -120,14 +120,14 @@ fn one_thread_holds_many_times_its_fd_table_in_direct_sockets() {
     }
 
     // Closing one end really closes it: the other reads end of stream.
-    for &(a, b) in &pairs {
-        sockets.close(a);
+    for (i, &(a, b)) in pairs.iter().enumerate() {
+        sockets.close(a, 2 * i as u64);
         let mut read = sockets.read(b, &mut byte);
         while matches!(&read, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock) {
             read = sockets.read(b, &mut byte);
         }
         assert_eq!(read.unwrap(), 0);
-        sockets.close(b);
+        sockets.close(b, 2 * i as u64 + 1);
     }
     drop(sockets);
     assert_eq!(open_fds(), fds_before, "every ring and fd is gone");
@@ -190,7 +190,8 @@ fn past_every_ring_an_adoption_is_refused_and_its_fd_closed() {
     unsafe { libc::close(b) };
     assert_eq!(open_fds(), fds_full, "the refused socket's fd was closed");
     // A slot freed by a close is taken again.
-    sockets.close(held.pop().unwrap());
+    let last = held.len() - 1;
+    sockets.close(held.pop().unwrap(), last as u64);
     let [a, b] = socket_pair();
     held.push(sockets.adopt(a, 1).unwrap());
     // SAFETY: as above.
@@ -208,7 +209,7 @@ fn a_closed_sockets_slot_waits_for_its_shutdown_so_the_next_socket_is_not_shut()
         let [a, a_peer] = socket_pair();
         let a = sockets.adopt(a, 2 * round).unwrap();
         sockets.shutdown_write(a);
-        sockets.close(a);
+        sockets.close(a, 2 * round);
         // The next socket, quite possibly in the same slot, must still send.
         let [b, b_peer] = socket_pair();
         let b = sockets.adopt(b, 2 * round + 1).unwrap();
@@ -217,7 +218,7 @@ fn a_closed_sockets_slot_waits_for_its_shutdown_so_the_next_socket_is_not_shut()
         // SAFETY: reading into a local buffer from a socket we own.
         let n = unsafe { libc::read(b_peer, buf.as_mut_ptr().cast(), buf.len()) };
         assert_eq!(n, 2, "round {round}: the new socket's bytes arrive");
-        sockets.close(b);
+        sockets.close(b, 2 * round + 1);
         let mut events = Vec::new();
         sockets.poll_now(&mut events);
         for fd in [a_peer, b_peer] {

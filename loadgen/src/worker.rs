@@ -876,8 +876,8 @@ impl Worker {
             self.fail(slot, "no_pong");
         }
         self.report.held = self.clients.len() as u64;
-        for client in self.clients.drain() {
-            self.sockets.close(client.socket);
+        for (slot, client) in std::mem::take(&mut self.clients) {
+            self.sockets.close(client.socket, slot as u64);
         }
         // SAFETY: the worker owns its timerfd and forgets it here.
         unsafe { libc::close(self.send_timer) };
@@ -885,7 +885,7 @@ impl Worker {
 
     fn fail(&mut self, slot: usize, reason: &'static str) {
         let client = self.clients.remove(slot);
-        self.sockets.close(client.socket);
+        self.sockets.close(client.socket, slot as u64);
         if matches!(
             client.state,
             State::Ready | State::PingSent | State::Answered

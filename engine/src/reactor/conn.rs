@@ -312,7 +312,7 @@ mod tests {
             let (mut sockets, _) = Sockets::new(placement).unwrap();
             let socket = sockets.adopt(ours.into_raw_fd(), 1).unwrap();
             check(&mut sockets, socket, &mut theirs);
-            sockets.close(socket);
+            sockets.close(socket, 1);
         }
     }
 

@@ -254,8 +254,7 @@ impl Reactor {
         let generation = self.next_generation;
         self.next_generation = (self.next_generation.wrapping_add(1) & GENERATION_MAX).max(1);
         let slot = self.conns.vacant_key();
-        let token = slot as u64 | u64::from(generation) << 32;
-        match self.sockets.adopt(fd, token) {
+        match self.sockets.adopt(fd, token(slot, generation)) {
             Ok(socket) => {
                 self.conns.insert(Conn::new(socket, generation));
             }
@@ -661,7 +660,7 @@ impl Reactor {
         }
         self.detach(slot, generation);
         let conn = self.conns.remove(slot);
-        self.sockets.close(conn.socket);
+        self.sockets.close(conn.socket, token(slot, generation));
         ReactorStats::add(&self.stats().connections, -1);
     }
 
@@ -777,6 +776,11 @@ impl Reactor {
             }
         }
     }
+}
+
+/// A connection's readiness token.
+fn token(slot: usize, generation: u32) -> u64 {
+    slot as u64 | u64::from(generation) << 32
 }
 
 /// Puts `items` in a random order (Fisher-Yates over xorshift64*; not cryptographic: it only

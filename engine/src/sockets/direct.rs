@@ -36,6 +36,10 @@ const SQ_ENTRIES: u32 = 64;
 /// Completion queue entries per ring. A full queue ends a socket's multishot poll (the
 /// kernel keeps the overflow), which [`REARM`] then restores; bigger costs memory per ring.
 const CQ_ENTRIES: u32 = 4096;
+/// Kernel worker threads this thread's rings may use for socket work (`[bounded,
+/// unbounded]`). Only shutdowns go to workers, and they do not block, so a few suffice; the
+/// kernel's own bound for socket work is RLIMIT_NPROC, which a mass drain could approach.
+const IO_WORKERS_MAX: [u32; 2] = [2, 4];
 /// The most slots in one ring's file table (the kernel's IORING_MAX_FIXED_FILES).
 const SLOTS_PER_RING_MAX: u32 = 1 << 20;
 /// Bits of a [`Socket`] that hold the slot; the ring index sits above them.
@@ -104,6 +108,8 @@ impl Ring {
         }
         uring.submitter().register_files_sparse(slots)?;
         uring.submitter().register_eventfd(notify)?;
+        let mut workers = IO_WORKERS_MAX;
+        uring.submitter().register_iowq_max_workers(&mut workers)?;
         Ok(Ring {
             uring,
             unused_from: 0,
@@ -297,11 +303,16 @@ impl Direct {
         self.submit_detached(ring, shutdown);
     }
 
-    /// Cancels the socket's poll (which holds the socket open) and empties its slot, in one
-    /// submission. The slot is free at once, or once a shutdown in flight has completed.
-    pub fn close(&mut self, socket: Socket) {
+    /// Cancels the socket's poll (which holds the socket open), found by its `token`, and
+    /// empties its slot, in one submission. The slot is free at once, or once a shutdown in
+    /// flight has completed.
+    ///
+    /// By token, not by file: the kernel finds a poll by its user data in a hash table, but
+    /// by file only by walking every poll of the ring. Measured at 100,000 connections (two
+    /// loadgen workers closing 50,000 each): 43 s by file, about 0.9 ms a close; 3 s by token.
+    pub fn close(&mut self, socket: Socket, token: u64) {
         let (ring, slot) = unpack(socket);
-        let cancel = opcode::AsyncCancel2::new(CancelBuilder::fd(Fixed(slot)).all()).build();
+        let cancel = opcode::AsyncCancel2::new(CancelBuilder::user_data(token)).build();
         let close = opcode::Close::new(Fixed(slot)).build();
         // SAFETY: neither entry points to memory.
         let result = unsafe { self.run(ring, &[cancel, close]) };
@@ -409,7 +420,7 @@ impl Direct {
             iov_len: 1,
         }];
         self.write_vectored(socket, &iov)?;
-        self.close(socket);
+        self.close(socket, TOKEN);
         // The peer sees both writes, then end of stream: the socket really closed.
         let mut got = [0u8; 8];
         let n = epoll::read(theirs, &mut got)?;

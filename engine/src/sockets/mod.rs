@@ -199,11 +199,11 @@ impl Sockets {
         }
     }
 
-    /// Closes the socket and stops watching it. Its slot or fd may be reused at once; a
-    /// late event for it still carries its old token.
-    pub fn close(&mut self, socket: Socket) {
+    /// Closes the socket, adopted under `token`, and stops watching it. Its slot or fd may
+    /// be reused at once; a late event for it still carries its old token.
+    pub fn close(&mut self, socket: Socket, token: u64) {
         match &mut self.direct {
-            Some(direct) => direct.close(socket),
+            Some(direct) => direct.close(socket, token),
             None => epoll::close(socket.0 as RawFd),
         }
     }
