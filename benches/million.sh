@@ -9,10 +9,12 @@
 # RATE (50000 msg/s), DURATION_SECS (60), PORT (18080), OUT (benches/results/million-DATE),
 # SOCKETS (auto: io_uring direct descriptors where the kernel has them, else fd-table),
 # REACTORS (default: one per core with direct descriptors, else as many fd tables as
-# CONNECTIONS need; also the loadgen's workers), IDLE_TIMEOUT_MS (the engine's default,
-# 60000: silent connections are pinged, a million of them about 16,700 pings a second),
+# CONNECTIONS need; also the loadgen's workers), IDLE_TIMEOUT_MS (0, as in every million
+# run so far; the engine's default 60000 pings silent connections, at a million about
+# 16,700 pings a second),
 # BIN_DIR (default: build target/release; set it to run prebuilt binaries, e.g. to compare
-# two engine builds at the same scale).
+# two engine builds at the same scale), PERF_SECS (unset: with it, `perf record` of the
+# engine for that long after the schedstat window; perf-top.txt, perf-breakdown.txt).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,16 +24,21 @@ HOLD_SECS=${HOLD_SECS:-600}
 RATE=${RATE:-50000}
 DURATION_SECS=${DURATION_SECS:-60}
 PORT=${PORT:-18080}
-IDLE_TIMEOUT_MS=${IDLE_TIMEOUT_MS:-60000}
+IDLE_TIMEOUT_MS=${IDLE_TIMEOUT_MS:-0}
 OUT=${OUT:-benches/results/million-$(date -u +%Y%m%d-%H%M%S)}
 mkdir -p "$OUT"
 
 source benches/tools/scale_setup.sh million
 
 # A long auth deadline: during the ramp the generator and engine share the same cores.
+# A fresh store: an old one would fill the store's cache at start and count in the RSS
+# "before the ramp" (a 1.1 GB file left by earlier runs did: 181 MB before any connection).
+data_dir="target/million-data-$$"
+rm -rf "$data_dir"
+trap 'cleanup; rm -rf "$data_dir"' EXIT
 "$BIN_DIR/engine" --listen "127.0.0.1:$PORT" --reactors "$REACTORS" --sockets "$SOCKETS" \
-  --auth-timeout-ms 120000 --idle-timeout-ms "$IDLE_TIMEOUT_MS" --log-level warn \
-  > "$OUT/engine.log" 2>&1 &
+  --auth-timeout-ms 120000 --idle-timeout-ms "$IDLE_TIMEOUT_MS" --data-dir "$data_dir" \
+  --log-level warn > "$OUT/engine.log" 2>&1 &
 engine_pid=$!
 sleep 2
 
@@ -42,6 +49,34 @@ timeout --signal=INT --kill-after=30 "$bound" "$BIN_DIR/loadgen" \
   --target "127.0.0.1:$PORT" --connections "$CONNECTIONS" --ramp-per-sec "$RAMP_PER_SEC" \
   --hold-secs "$HOLD_SECS" --workers "$REACTORS" --sockets "$SOCKETS" \
   --rate "$RATE" --duration-secs "$DURATION_SECS" \
-  --connect-timeout-secs 60 --server-pid "$engine_pid" --out "$OUT" | tee "$OUT/summary.txt" || status=$?
+  --connect-timeout-secs 60 --server-pid "$engine_pid" --out "$OUT" \
+  > "$OUT/summary.txt" 2> "$OUT/progress.txt" &
+run_pid=$!
+
+# Where the time goes under load: CPU, run-queue wait and wake-ups of both processes over
+# the middle of the load (schedstat.json), once the loadgen reports its first sends.
+window=$(( DURATION_SECS / 2 ))
+while kill -0 "$run_pid" 2>/dev/null && ! grep -q "sent [1-9]" "$OUT/progress.txt"; do
+  sleep 1
+done
+loadgen_pid=$(pgrep -P "$run_pid" -x loadgen || true)
+if [ -n "$loadgen_pid" ] && [ "$RATE" -gt 0 ]; then
+  sleep $(( DURATION_SECS / 4 ))
+  python3 benches/schedstat.py --seconds "$window" --messages $(( RATE * window )) \
+    --json "$OUT/schedstat.json" engine="$engine_pid" loadgen="$loadgen_pid" \
+    > "$OUT/schedstat.txt" 2>&1 || true
+fi
+# With PERF_SECS, a CPU profile of the engine after that window (perf's own cost then
+# shows in the rest of the load's latency): perf-top.txt and perf-breakdown.txt.
+if [ -n "${PERF_SECS:-}" ] && [ -n "$loadgen_pid" ]; then
+  perf record -F 499 -g -p "$engine_pid" -o "$OUT/perf.data" -- sleep "$PERF_SECS" 2> /dev/null || true
+  perf report -i "$OUT/perf.data" --no-children --sort sym --stdio 2> /dev/null \
+    | grep -E "^ +[0-9]" | head -60 > "$OUT/perf-top.txt" || true
+  perf script -i "$OUT/perf.data" 2> /dev/null | python3 benches/tools/perf_breakdown.py \
+    > "$OUT/perf-breakdown.txt" || true
+  rm -f "$OUT/perf.data"
+fi
+wait "$run_pid" || status=$?
+cat "$OUT/summary.txt"
 echo "million.sh: report in $OUT (loadgen exit $status)"
 exit "$status"

@@ -675,4 +675,30 @@ mod tests {
         assert!(err.to_string().contains("unknown field"), "{err}");
         std::fs::remove_dir_all(dir).unwrap();
     }
+
+    #[test]
+    fn socket_placement_comes_from_the_flag_or_the_file_and_bad_names_are_refused() {
+        assert_eq!(
+            Config::resolve(Args::default()).unwrap().socket_placement,
+            Placement::Auto
+        );
+        let args = Args::try_parse_from(["engine", "--sockets", "fd-table"]).unwrap();
+        assert_eq!(
+            Config::resolve(args).unwrap().socket_placement,
+            Placement::FdTable
+        );
+        let err = Args::try_parse_from(["engine", "--sockets", "fixed"]).unwrap_err();
+        assert!(err.to_string().contains("--sockets"), "{err}");
+        let dir = std::env::temp_dir().join(format!("engine-sockets-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("engine.toml");
+        std::fs::write(&path, "sockets = \"direct\"\n").unwrap();
+        let from_file = Config::resolve(Args {
+            config: Some(path),
+            ..Args::default()
+        })
+        .unwrap();
+        assert_eq!(from_file.socket_placement, Placement::Direct);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
 }

@@ -58,29 +58,35 @@ impl Server {
     /// Like [`Server::start`], with the engine unable to grow any file past `bytes`
     /// (RLIMIT_FSIZE, SIGXFSZ ignored): writes past it fail with EFBIG, as on a full disk.
     pub fn start_with_file_size_limit(driver: Driver, args: &[&str], bytes: u64) -> Server {
-        Self::launch(driver, args, Some(bytes), &[])
+        Self::launch(driver, args, Some((libc::RLIMIT_FSIZE, bytes)), &[])
+    }
+
+    /// Like [`Server::start`], with RLIMIT_NOFILE (soft and hard) at `fds`: each of the
+    /// engine's fd tables, and io_uring file tables, holds that many.
+    pub fn start_with_open_files_limit(driver: Driver, args: &[&str], fds: u64) -> Server {
+        Self::launch(driver, args, Some((libc::RLIMIT_NOFILE, fds)), &[])
     }
 
     fn launch(
         driver: Driver,
         args: &[&str],
-        file_size_max: Option<u64>,
+        rlimit: Option<(libc::__rlimit_resource_t, u64)>,
         env: &[(&str, &str)],
     ) -> Server {
         let mut command = Command::new(env!("CARGO_BIN_EXE_engine"));
         command
             .env_remove("ENGINE_FAILPOINT")
             .envs(env.iter().copied());
-        if let Some(bytes) = file_size_max {
+        if let Some((resource, value)) = rlimit {
             use std::os::unix::process::CommandExt;
             // SAFETY: between fork and exec only async-signal-safe calls (setrlimit, signal).
             unsafe {
                 command.pre_exec(move || {
                     let limit = libc::rlimit {
-                        rlim_cur: bytes,
-                        rlim_max: bytes,
+                        rlim_cur: value,
+                        rlim_max: value,
                     };
-                    if libc::setrlimit(libc::RLIMIT_FSIZE, &limit) != 0 {
+                    if libc::setrlimit(resource, &limit) != 0 {
                         return Err(std::io::Error::last_os_error());
                     }
                     libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
