@@ -86,6 +86,11 @@ struct Reaped {
     events: Vec<(u32, u64)>,
     /// Sockets whose shutdown completed.
     shutdowns: Vec<u32>,
+    /// Completions of the operations [`Direct::run`] waits for, and the last one's result:
+    /// counted here so that any path that reaps the queue (an EBUSY submit too) keeps them.
+    ops_done: usize,
+    /// The result of the last operation completed.
+    op_result: i32,
 }
 
 /// One ring and its file table's free slots.
@@ -166,10 +171,12 @@ impl Direct {
         let placed = self.take_slot().and_then(|(ring, slot)| {
             let table = &mut self.rings[ring];
             match table.uring.submitter().register_files_update(slot, &[fd]) {
-                Ok(_) => Ok((ring, slot)),
-                Err(e) => {
+                Ok(1) => Ok((ring, slot)),
+                outcome => {
                     table.free.push(slot);
-                    Err(e)
+                    Err(outcome.err().unwrap_or_else(|| {
+                        io::Error::other("the ring's file table took no socket")
+                    }))
                 }
             }
         });
@@ -336,6 +343,8 @@ impl Direct {
     /// Every buffer an entry points to must stay valid until this returns.
     unsafe fn run(&mut self, ring: usize, entries: &[squeue::Entry]) -> i32 {
         let uring = &mut self.rings[ring].uring;
+        // Every earlier `run` returned only with all its operations counted.
+        debug_assert_eq!(self.staged.ops_done, 0);
         for entry in entries {
             let entry = entry.clone().user_data(OP_TOKEN);
             // SAFETY: the caller keeps the entry's buffers alive until we return, and we
@@ -344,21 +353,15 @@ impl Direct {
                 submit_or_reap(uring, &mut self.staged, 0);
             }
         }
-        let mut pending = entries.len();
-        let mut last = 0;
         let mut want = 0;
         loop {
             submit_or_reap(uring, &mut self.staged, want);
             for cqe in uring.completion() {
-                if cqe.user_data() == OP_TOKEN {
-                    pending -= 1;
-                    last = cqe.result();
-                } else {
-                    classify(&cqe, &mut self.staged);
-                }
+                classify(&cqe, &mut self.staged);
             }
-            if pending == 0 {
-                return last;
+            if self.staged.ops_done == entries.len() {
+                self.staged.ops_done = 0;
+                return self.staged.op_result;
             }
             // Not done inline (it went to a kernel worker): wait for it.
             want = 1;
@@ -448,10 +451,6 @@ fn submit_or_reap(uring: &mut IoUring, staged: &mut Reaped, want: usize) {
             Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
             Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
                 for cqe in uring.completion() {
-                    if cqe.user_data() == OP_TOKEN {
-                        // Only `run` submits these, and it reaps before it waits.
-                        debug_assert!(false, "an operation's completion reaped early");
-                    }
                     classify(&cqe, staged);
                 }
             }
@@ -463,11 +462,16 @@ fn submit_or_reap(uring: &mut IoUring, staged: &mut Reaped, want: usize) {
     }
 }
 
-/// Sorts a completion that is not an operation's own: a poll event (cancelled ones are
-/// dropped), or a finished shutdown.
+/// Sorts a completion: an operation's own (counted for [`Direct::run`]), a finished
+/// shutdown, or a poll event (cancelled ones are dropped).
 fn classify(cqe: &cqueue::Entry, staged: &mut Reaped) {
     let token = cqe.user_data();
     let result = cqe.result();
+    if token == OP_TOKEN {
+        staged.ops_done += 1;
+        staged.op_result = result;
+        return;
+    }
     if token & TAG_MASK == SHUTDOWN_TAG {
         staged.shutdowns.push(token as u32);
         return;
