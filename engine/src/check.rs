@@ -122,6 +122,8 @@ pub struct Verdict {
     pub ceiling: u64,
     /// The target.
     pub target: u64,
+    /// Whether the sockets were taken to be io_uring direct descriptors (else fds).
+    pub direct_sockets: bool,
 }
 
 impl Verdict {
@@ -149,7 +151,8 @@ pub fn evaluate(
     placement: Placement,
 ) -> Verdict {
     let mut limits = Vec::new();
-    if uses_direct_sockets(host, placement) {
+    let direct_sockets = uses_direct_sockets(host, placement);
+    if direct_sockets {
         direct_socket_limit(host, connections, reactors, &mut limits);
     } else {
         fd_table_limits(host, connections, reactors, &mut limits);
@@ -160,6 +163,7 @@ pub fn evaluate(
         limits,
         ceiling,
         target: connections,
+        direct_sockets,
     }
 }
 
@@ -316,11 +320,7 @@ fn common_limits(host: &HostSnapshot, connections: u64, limits: &mut Vec<Limit>)
 /// The report `engine check` prints.
 pub fn render(verdict: &Verdict, host: &HostSnapshot, reactors: u64) -> String {
     let mut out = String::new();
-    let sockets = if verdict
-        .limits
-        .iter()
-        .any(|l| l.name.contains("io_uring table"))
-    {
+    let sockets = if verdict.direct_sockets {
         "io_uring direct descriptors"
     } else {
         "the fd table"
@@ -472,8 +472,10 @@ mod tests {
         };
         assert!(uses_direct_sockets(&host, Placement::Auto));
         let by_fd_table = evaluate(&host, 1_000_000, 2, Placement::FdTable);
-        assert!(!by_fd_table.reachable());
+        assert!(!by_fd_table.reachable() && !by_fd_table.direct_sockets);
         let direct = evaluate(&host, 1_000_000, 2, Placement::Auto);
+        assert!(direct.direct_sockets);
+        assert!(render(&direct, &host, 2).contains("sockets in io_uring direct descriptors"));
         let row = direct
             .limits
             .iter()
