@@ -38,6 +38,7 @@ pub mod protocol;
 pub mod push;
 pub mod reactor;
 pub mod router;
+pub mod shard;
 pub mod shutdown;
 pub mod sockets;
 pub mod stats;
@@ -102,7 +103,7 @@ impl Engine {
                 shared.config.data_dir.display()
             ))
         })?;
-        let mut groups: Vec<router::groups::Groups> =
+        let mut groups: Vec<shard::groups_state::Groups> =
             (0..reactors).map(|_| Default::default()).collect();
         for (group, user) in memberships {
             shared.group_quota.count_anyway(&user);

@@ -23,9 +23,9 @@ use crate::{
         now_ms,
         outbound::{self, NewMessage},
     },
-    router::{AckRequest, BroadcastMessage, BroadcastOrder, ConnAddr, Envelope},
+    router::{AckRequest, BroadcastMessage, BroadcastOrder, Envelope},
     stats,
-    store::{Command, FanOut, FanOutBatch, Outcome},
+    store::{Command, Outcome},
     ws::frame,
 };
 
@@ -260,107 +260,6 @@ impl Reactor {
             };
             self.route(home, Envelope::Broadcast(Box::new(order)));
         }
-    }
-
-    /// At a home: writes a broadcast to every device of the users it names (or of all its
-    /// online users) and queues it for the named users with no device online. The frame
-    /// is encoded once per user (its `receiverId` differs). The counts go to the requester
-    /// directly, or through the store once the commit holds the queued copies.
-    pub(super) fn deliver_broadcast(&mut self, order: BroadcastOrder) {
-        let message = &order.message;
-        let mut delivered = 0u32;
-        let mut offline: Vec<Box<str>> = Vec::new();
-        let mut targets: Vec<(Box<str>, Vec<ConnAddr>)> = Vec::new();
-        match &order.users {
-            Some(users) => {
-                for user in users {
-                    let devices: Vec<ConnAddr> = self
-                        .directory
-                        .devices(user)
-                        .iter()
-                        .map(|d| d.addr)
-                        .collect();
-                    if devices.is_empty() {
-                        offline.push(user.clone());
-                    } else {
-                        targets.push((user.clone(), devices));
-                    }
-                }
-            }
-            None => {
-                for (user, devices) in self.directory.online() {
-                    targets.push((user.into(), devices.iter().map(|d| d.addr).collect()));
-                }
-            }
-        }
-        for (user, devices) in targets {
-            delivered += 1;
-            let frame = frame::encode_text(self.broadcast_json(message, &user));
-            for addr in devices {
-                self.route(
-                    addr.reactor as usize,
-                    Envelope::ToConn {
-                        addr,
-                        frame: frame.clone(),
-                        priority: message.priority,
-                        accepted_ns: message.accepted_ns,
-                    },
-                );
-            }
-        }
-        if !offline.is_empty() {
-            let messages = offline
-                .into_iter()
-                .map(|user| {
-                    let payload = Bytes::copy_from_slice(self.broadcast_json(message, &user));
-                    (user, payload)
-                })
-                .collect();
-            let batch = FanOutBatch {
-                messages,
-                priority: message.priority,
-                purpose: FanOut::Broadcast,
-                reply_to: order.requester.reactor as usize,
-                request: order.request,
-                delivered,
-            };
-            let command = Command::EnqueueFanOut(Box::new(batch));
-            let Err(Command::EnqueueFanOut(batch)) = self.store.send(command) else {
-                return; // the store sends the counts after its commit
-            };
-            // The store is gone (shutting down): nothing was queued.
-            let reply = Envelope::BroadcastReply {
-                request: order.request,
-                delivered,
-                offline: batch.messages.len() as u32,
-            };
-            return self.route(order.requester.reactor as usize, reply);
-        }
-        let reply = Envelope::BroadcastReply {
-            request: order.request,
-            delivered,
-            offline: 0,
-        };
-        self.route(order.requester.reactor as usize, reply);
-    }
-
-    /// The broadcast's `new_message` for `user`, in the reactor's JSON buffer.
-    fn broadcast_json(&mut self, message: &BroadcastMessage, user: &str) -> &[u8] {
-        self.json.clear();
-        outbound::new_message(
-            &mut self.json,
-            &NewMessage {
-                message_id: &message.message_id,
-                sender_id: &message.sender_id,
-                receiver_id: user,
-                content: &message.text,
-                message_type: &message.message_type,
-                priority: message.priority,
-                timestamp_ms: now_ms(),
-                group_id: None,
-            },
-        );
-        &self.json
     }
 
     /// At the requester: one home's counts; the last one answers the request.

@@ -11,10 +11,7 @@ use crate::{
     ws::frame,
 };
 
-/// Enters a huddle room.
-const HUDDLE_JOIN: &str = "huddle:join";
-/// Leaves a huddle room (also sent for a connection that closes in one).
-const HUDDLE_LEAVE: &str = "huddle:leave";
+use crate::shard::huddles::{HUDDLE_JOIN, HUDDLE_LEAVE};
 /// Huddle rooms one connection may be in at once (each is remembered on the connection).
 pub(crate) const HUDDLES_PER_CONN_MAX: usize = 16;
 
@@ -92,60 +89,6 @@ impl Reactor {
                 payload: b"null",
             };
             self.signal(addr, user.clone(), &signal);
-        }
-    }
-
-    /// At the group's home: tells a device that just entered a huddle room who was there
-    /// already, as one `huddle:join` from each of them.
-    fn introduce_present(&mut self, group: &str, room: &str, newcomer: ConnAddr) {
-        for (addr, user) in self.groups.present_users(group, room) {
-            if addr == newcomer {
-                continue;
-            }
-            self.json.clear();
-            let call = (room, HUDDLE_JOIN);
-            outbound::signal(&mut self.json, &user, call, b"null", now_ms());
-            self.send_to(newcomer, frame::encode_text(&self.json), Priority::High);
-        }
-    }
-
-    /// At the group's home: a member's device enters or leaves a huddle room, or signals
-    /// the others present; each device present but the sender gets the frame.
-    pub(super) fn on_huddle(&mut self, signal: HuddleSignal) {
-        let HuddleSignal {
-            group,
-            room,
-            sender,
-            sender_user,
-            kind,
-            frame,
-        } = signal;
-        if !self.groups.is_member(&group, &sender_user) {
-            let text = "only members of the group may use its huddles: send group_join first";
-            return self.error_to(sender, "not_member", text, Some(&room));
-        }
-        let relay = match &*kind {
-            HUDDLE_JOIN => {
-                let entered = self.groups.enter_room(&group, &room, sender, sender_user);
-                if entered {
-                    self.introduce_present(&group, &room, sender);
-                }
-                entered
-            }
-            HUDDLE_LEAVE => self.groups.leave_room(&group, &room, sender),
-            _ => self.groups.present(&group, &room).contains(&sender),
-        };
-        if !relay {
-            if !matches!(&*kind, HUDDLE_JOIN | HUDDLE_LEAVE) {
-                let text = "join the huddle (huddle:join) before signaling in it";
-                self.error_to(sender, "bad_request", text, Some(&room));
-            }
-            return;
-        }
-        for addr in self.groups.present(&group, &room) {
-            if addr != sender {
-                self.send_to(addr, frame.clone(), Priority::High);
-            }
         }
     }
 }

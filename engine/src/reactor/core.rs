@@ -19,7 +19,8 @@ use super::{
 use crate::{
     mailbox::{self, BatchConsumer, Outbox},
     protocol::{inbound::JsonParser, outbound::PresenceEntry, Priority},
-    router::{directory::Directory, home_of, ConnAddr, Envelope},
+    router::{home_of, ConnAddr, Envelope},
+    shard::{Effects, Shard},
     sockets::{self, Sockets, BROKEN, PEER_CLOSED, READABLE, REARM, WRITABLE},
     stats::ReactorStats,
     timer::{self, TimerWheel},
@@ -48,19 +49,6 @@ pub(crate) struct PendingPresence {
     pub(crate) entries: Vec<PresenceEntry>,
 }
 
-/// A group post waiting for its member homes (acknowledged once every copy for an
-/// offline member is committed).
-pub(crate) struct PendingPost {
-    /// The sending connection, acknowledged when every member home is done.
-    pub(crate) sender: ConnAddr,
-    /// Its message id.
-    pub(crate) message_id: Box<str>,
-    /// Member homes that have not reported.
-    pub(crate) awaiting: usize,
-    /// Some offline member's copy could not be stored.
-    pub(crate) failed: bool,
-}
-
 /// An API broadcast waiting for the counts of the homes it was sent to.
 pub(crate) struct PendingBroadcast {
     /// The HTTP connection to answer.
@@ -87,8 +75,13 @@ pub(crate) struct Reactor {
     next_generation: u32,
     /// The sockets and the readiness set (the doorbell is in it too).
     sockets: Sockets,
-    /// Users homed here.
-    pub(crate) directory: Directory,
+    /// The chat state this reactor is home for.
+    pub(crate) shard: Shard,
+    /// The shard's effects not yet carried out.
+    pub(crate) effects: Effects,
+    /// Set while effects are being carried out, so that an effect that feeds the shard
+    /// again adds to the same queue instead of starting a nested loop.
+    pub(crate) carrying_out: bool,
     /// Rings to the peers.
     outbox: Outbox<Envelope>,
     /// Rings from the peers.
@@ -109,10 +102,6 @@ pub(crate) struct Reactor {
     pub(crate) presence_requests: Slab<PendingPresence>,
     /// API broadcasts waiting for homes.
     pub(crate) broadcasts: Slab<PendingBroadcast>,
-    /// Messages this home recently delivered or queued, so retries are not repeated.
-    pub(crate) recent: crate::router::dedup::RecentMessages,
-    /// The groups homed here: members and huddle rooms.
-    pub(crate) groups: crate::router::groups::Groups,
     /// Set by the `kill_reactor_on_message_from` failpoint: the loop panics after the turn.
     pub(crate) failpoint_kill: bool,
     /// Connections that sent messages in the current rate window (their counts reset).
@@ -125,8 +114,6 @@ pub(crate) struct Reactor {
     pub(crate) idle_cursor: usize,
     /// Slab visits the idle sweep has earned but not made (less than one period's worth).
     pub(crate) idle_credit: u64,
-    /// Group posts fanned out from here, waiting for their member homes.
-    pub(crate) group_posts: Slab<PendingPost>,
     /// The durable store.
     pub(crate) store: crate::store::Store,
     /// The store's answers to this reactor.
@@ -157,7 +144,14 @@ impl Reactor {
             conns: Slab::new(),
             next_generation: 1,
             sockets,
-            directory: Directory::default(),
+            shard: Shard::new(
+                seed.id,
+                seed.shared.config.reactors,
+                seed.groups,
+                seed.shared.group_quota.clone(),
+            ),
+            effects: Effects::default(),
+            carrying_out: false,
             outbox: Outbox::new(seed.producers),
             inboxes: seed.consumers,
             read_buffer: vec![0; READ_BUFFER_BYTES],
@@ -168,15 +162,12 @@ impl Reactor {
             due: Vec::new(),
             presence_requests: Slab::new(),
             broadcasts: Slab::new(),
-            recent: Default::default(),
-            groups: seed.groups,
             failpoint_kill: false,
             rate_counted: Vec::new(),
             drain_queue: Vec::new(),
             drain_closed: 0,
             idle_cursor: 0,
             idle_credit: 0,
-            group_posts: Slab::new(),
             store: seed.store,
             store_replies: seed.store_replies,
             unread: Vec::new(),
@@ -312,7 +303,7 @@ impl Reactor {
         self.events = events;
         self.drain_mailboxes();
         while let Ok(reply) = self.store_replies.try_recv() {
-            self.on_store_reply(reply);
+            self.take_store_reply(reply);
         }
         self.outbox.retry_backlog();
         if !self.outbox.is_backlogged() {
@@ -334,7 +325,7 @@ impl Reactor {
         self.mail_left = mailbox::drain(&mut inboxes, |envelope| {
             ReactorStats::bump(&self.shared.stats[self.id].envelopes_received);
             self.isolate(None, "an envelope from another reactor", |reactor| {
-                reactor.handle_envelope(envelope);
+                reactor.take_mail(envelope);
             });
         });
         self.inboxes = inboxes;
@@ -360,6 +351,8 @@ impl Reactor {
             .unwrap_or_default();
         ReactorStats::bump(&self.stats().panics);
         tracing::error!(reactor = self.id, "panic while handling {what}: {why}");
+        // The shard's effects made before the panic are carried out with the next event.
+        self.carrying_out = false;
         if let Some((slot, generation)) = conn {
             let reason = "internal error";
             self.begin_close(slot, generation, crate::ws::close::INTERNAL_ERROR, reason);
@@ -381,7 +374,7 @@ impl Reactor {
     /// Sends `envelope` to reactor `to`, handling it at once when that is this reactor.
     pub(crate) fn route(&mut self, to: usize, envelope: Envelope) {
         if to == self.id {
-            self.handle_envelope(envelope);
+            self.take_mail(envelope);
         } else {
             ReactorStats::bump(&self.stats().envelopes_sent);
             self.outbox.push(to, envelope);

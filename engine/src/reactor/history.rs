@@ -7,23 +7,12 @@ use bytes::Bytes;
 use super::core::Reactor;
 use crate::{
     protocol::{inbound::Change, now_ms, outbound, Priority},
-    router::{AckRequest, ConnAddr},
+    router::ConnAddr,
     store::{Amend, Amendment, Command},
     ws::frame,
 };
 
 impl Reactor {
-    /// At a home: keeps a chat message a device of `receiver` got in its conversation's
-    /// history. Nobody waits on this; a store that is gone loses only history.
-    pub(super) fn record_history(&mut self, receiver: &str, ack: &AckRequest, frame: &Bytes) {
-        let _ = self.store.send(Command::Record {
-            receiver: receiver.into(),
-            message_id: ack.message_id.clone(),
-            payload: frame::payload_of(frame),
-            chat: ack.chat(),
-        });
-    }
-
     /// Asks the store for a page of `user`'s conversation with `peer`.
     pub(super) fn request_history(
         &mut self,

@@ -39,7 +39,8 @@ use tracing::{error, info, warn};
 use crate::{
     config::Config,
     mailbox::{BatchConsumer, BatchProducer, Doorbell},
-    router::{groups::GroupQuota, Envelope},
+    router::Envelope,
+    shard::groups_state::{GroupQuota, Groups},
     stats::ReactorStats,
     store, timer,
 };
@@ -68,7 +69,7 @@ pub struct Shared {
     /// When the engine started.
     pub started: Instant,
     /// Groups per user, for `--groups-per-user-max` (see [`GroupQuota`]).
-    pub group_quota: GroupQuota,
+    pub group_quota: Arc<GroupQuota>,
 }
 
 impl Shared {
@@ -81,7 +82,7 @@ impl Shared {
             draining: AtomicBool::new(false),
             listening: AtomicUsize::new(0),
             started: Instant::now(),
-            group_quota: GroupQuota::new(config.groups_per_user_max),
+            group_quota: Arc::new(GroupQuota::new(config.groups_per_user_max)),
             config,
         })
     }
@@ -124,7 +125,7 @@ pub struct ReactorSeed {
     /// The store's answers to this reactor.
     pub store_replies: std::sync::mpsc::Receiver<store::Reply>,
     /// The groups homed at this reactor, as the store holds them.
-    pub groups: crate::router::groups::Groups,
+    pub groups: Groups,
 }
 
 /// The exit code of a process whose reactor died (EX_SOFTWARE).

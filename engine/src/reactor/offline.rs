@@ -1,10 +1,8 @@
-//! Offline delivery through the store: a home with no device online for a message's
-//! receiver hands it to the store; the store's commit answers the sender (`queued`,
-//! `rejected: queue_full`, or a persistence failure); a device that authenticates asks
-//! for its user's queue, gets it after `auth_success`, and the messages written to it are
-//! removed.
-
-use bytes::Bytes;
+//! Offline delivery through the store, on the connections' side: the store's commit
+//! answers the sender (`queued`, `rejected: queue_full`, or a persistence failure); a
+//! device that authenticates asks for its user's queue, gets it after `auth_success`, and
+//! the messages written to it are removed. (The home hands the store what it could not
+//! deliver: [`crate::shard`].)
 
 use super::{
     conn::{Phase, QueueDelivery},
@@ -12,58 +10,12 @@ use super::{
 };
 use crate::{
     protocol::{now_ms, outbound, Priority},
-    router::{dedup::PairKey, AckRequest, AckStatus, ConnAddr, Envelope},
-    store::{Command, Enqueue, FanOut, Outcome, Reply},
+    router::ConnAddr,
+    store::{Command, FanOut, Outcome, Reply},
     ws::frame,
 };
 
 impl Reactor {
-    /// At a home: queues a message whose receiver has no device online; with `ack`, the
-    /// store tells the sender the outcome.
-    pub(super) fn queue_offline(
-        &mut self,
-        user: Box<str>,
-        priority: Priority,
-        frame: &Bytes,
-        ack: Option<AckRequest>,
-        dedup: Option<PairKey>,
-    ) {
-        let (sender, message_id, receipt, chat) = match ack {
-            Some(ack) => {
-                let chat = Some(ack.chat());
-                (Some(ack.sender), ack.message_id, ack.receipt, chat)
-            }
-            None => (None, Box::from(""), false, None),
-        };
-        let command = Command::Enqueue(Box::new(Enqueue {
-            user,
-            priority,
-            payload: frame::payload_of(frame),
-            sender,
-            message_id,
-            receipt,
-            dedup: dedup.map(|key| (self.id, key)),
-            chat,
-        }));
-        if let Err(Command::Enqueue(enqueue)) = self.store.send(command) {
-            let Enqueue {
-                sender, message_id, ..
-            } = *enqueue;
-            // The store thread is gone (shutting down): nothing is stored, so say offline.
-            if let Some(key) = dedup {
-                self.recent.forget(key);
-            }
-            if let Some(sender) = sender {
-                let envelope = Envelope::Ack {
-                    sender,
-                    message_id,
-                    status: AckStatus::Offline,
-                };
-                self.route(sender.reactor as usize, envelope);
-            }
-        }
-    }
-
     /// At a device's reactor, after `auth_success`: asks for the user's queue.
     pub(super) fn request_queued(&mut self, user: &str, device: ConnAddr) {
         let _ = self.store.send(Command::Drain {
@@ -72,7 +24,8 @@ impl Reactor {
         });
     }
 
-    /// An answer from the store.
+    /// An answer from the store for one of this reactor's connections (the home's go to
+    /// the shard).
     pub(super) fn on_store_reply(&mut self, reply: Reply) {
         match reply {
             Reply::Enqueued {
@@ -80,7 +33,6 @@ impl Reactor {
                 message_id,
                 outcome,
             } => self.answer_enqueued(sender, &message_id, &outcome),
-            Reply::NotKept { key } => self.recent.forget(key),
             Reply::FanOutQueued {
                 purpose: FanOut::Broadcast,
                 request,
@@ -89,24 +41,17 @@ impl Reactor {
                 not_kept,
                 ..
             } => self.on_broadcast_reply(request, delivered, queued, not_kept),
-            Reply::FanOutQueued {
+            home @ (Reply::NotKept { .. }
+            | Reply::Membership { .. }
+            | Reply::FanOutQueued {
                 purpose: FanOut::GroupPost,
-                request,
-                failed,
                 ..
-            } => self.on_group_share_done(request, failed),
+            }) => debug_assert!(false, "for the home: {home:?}"),
             Reply::Amended {
                 amend,
                 found,
                 error,
             } => self.on_amended(*amend, found, error),
-            Reply::Membership {
-                group,
-                user,
-                joined,
-                device,
-                committed,
-            } => self.on_membership_stored(&group, &user, joined, device, committed),
             Reply::History {
                 requester,
                 peer,

@@ -1,13 +1,9 @@
 //! Routing between reactors: who is where, and the envelopes reactors mail each other.
 //!
-//! Each user has a home reactor (`home_of`). The home's [`directory::Directory`] holds the
+//! Each user has a home reactor (`home_of`). The home's [`crate::shard::Shard`] holds the
 //! user's online devices and presence watchers. Sending to user V from reactor A goes
 //! A → home(V) → each device's reactor, skipping hops that stay on one reactor. Frames are
 //! encoded once and travel as refcounted `Bytes`.
-
-pub mod dedup;
-pub mod directory;
-pub mod groups;
 
 use std::sync::Arc;
 
@@ -88,16 +84,6 @@ pub struct AckRequest {
     pub sender_user: Arc<str>,
     /// The `timestamp` of the `new_message` (Unix ms): where it sits in history.
     pub sent_ms: u64,
-}
-
-impl AckRequest {
-    /// The message as the store keeps it in history.
-    pub fn chat(&self) -> crate::store::Chat {
-        crate::store::Chat {
-            sender: self.sender_user.clone(),
-            timestamp_ms: self.sent_ms,
-        }
-    }
 }
 
 /// What the receiver's home tells a sender.
@@ -313,6 +299,32 @@ pub enum Envelope {
         /// Presence of the users this home holds.
         entries: Vec<PresenceEntry>,
     },
+}
+
+impl Envelope {
+    /// Whether the envelope is for the receiving reactor's [`crate::shard::Shard`] (the
+    /// home of a user or group); the others are for one of its connections.
+    pub fn is_for_home(&self) -> bool {
+        match self {
+            Envelope::Register { .. }
+            | Envelope::Unregister { .. }
+            | Envelope::Deliver(_)
+            | Envelope::Subscribe { .. }
+            | Envelope::Unsubscribe { .. }
+            | Envelope::Broadcast(_)
+            | Envelope::GroupJoin(_)
+            | Envelope::GroupPost(_)
+            | Envelope::Huddle(_)
+            | Envelope::GroupDeliver(_)
+            | Envelope::GroupShareDone { .. } => true,
+            Envelope::Registered { .. }
+            | Envelope::ToConn { .. }
+            | Envelope::Ack { .. }
+            | Envelope::Close { .. }
+            | Envelope::BroadcastReply { .. }
+            | Envelope::PresenceReply { .. } => false,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -29,11 +29,7 @@ use bytes::Bytes;
 use redb::Database;
 use tracing::info;
 
-use crate::{
-    protocol::Priority,
-    router::{dedup::PairKey, ConnAddr},
-    stats::LatencyHistogram,
-};
+use crate::{protocol::Priority, router::ConnAddr, stats::LatencyHistogram};
 
 pub use queue::QueueKey;
 
@@ -80,6 +76,11 @@ pub struct Chat {
     /// When the gateway accepted it (the `timestamp` of its `new_message`).
     pub timestamp_ms: u64,
 }
+
+/// A value a reactor gives the store with a command and gets back with the answer; the
+/// store never looks inside (the home's dedup key of a message).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Ticket(pub u128);
 
 /// A request to the store thread.
 #[derive(Debug)]
@@ -232,9 +233,9 @@ pub struct Enqueue {
     pub message_id: Box<str>,
     /// Send the sender a `delivery_receipt` when this is delivered.
     pub receipt: bool,
-    /// The home that sent it and its dedup key: told when the message is not kept,
-    /// so that a retry is tried again rather than acknowledged `queued`.
-    pub dedup: Option<(usize, PairKey)>,
+    /// The home that sent it and its ticket: told when the message is not kept, so
+    /// that a retry is tried again rather than acknowledged `queued`.
+    pub dedup: Option<(usize, Ticket)>,
     /// Set for chat messages: kept in history too, and not queued twice.
     pub chat: Option<Chat>,
 }
@@ -276,6 +277,23 @@ pub enum Outcome {
     Failed(String),
 }
 
+impl Reply {
+    /// Whether the answer is for the reactor's [`crate::shard::Shard`] (as a home) rather
+    /// than for one of its connections.
+    pub fn is_for_home(&self) -> bool {
+        match self {
+            Reply::NotKept { .. } | Reply::Membership { .. } => true,
+            Reply::FanOutQueued { purpose, .. } => *purpose == FanOut::GroupPost,
+            Reply::Enqueued { .. }
+            | Reply::Pending { .. }
+            | Reply::Peeked { .. }
+            | Reply::History { .. }
+            | Reply::Amended { .. }
+            | Reply::SenderFound { .. } => false,
+        }
+    }
+}
+
 /// An answer from the store to a reactor.
 #[derive(Debug)]
 pub enum Reply {
@@ -301,8 +319,8 @@ pub enum Reply {
     },
     /// To a home: a message it sent was not kept (full queue, failed commit).
     NotKept {
-        /// Its dedup key.
-        key: PairKey,
+        /// The ticket the home gave it.
+        ticket: Ticket,
     },
     /// A user's queue for the HTTP API.
     Peeked {

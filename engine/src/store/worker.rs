@@ -13,13 +13,10 @@ use tracing::{error, info};
 use super::{
     history::{self, Tables},
     queue::{self, Counts, QUEUE},
-    Amend, Command, Enqueue, FanOutBatch, Limits, Outcome, Reply, ReplyRoutes, StoreStats,
+    Amend, Command, Enqueue, FanOutBatch, Limits, Outcome, Reply, ReplyRoutes, StoreStats, Ticket,
     BATCH_MAX, DRAIN_BYTES_MAX, DRAIN_MESSAGES_MAX, PEEK_BYTES_MAX, PEEK_MESSAGES_MAX,
 };
-use crate::{
-    protocol::now_ms,
-    router::{dedup::PairKey, ConnAddr},
-};
+use crate::{protocol::now_ms, router::ConnAddr};
 
 /// Group memberships: `(group, user) → ()`.
 const MEMBERS: TableDefinition<(&str, &str), ()> = TableDefinition::new("members");
@@ -625,12 +622,12 @@ fn enqueue_outcome(
     replies: &mut Vec<(usize, Reply)>,
     sender: Option<ConnAddr>,
     message_id: &str,
-    dedup: Option<(usize, PairKey)>,
+    dedup: Option<(usize, Ticket)>,
     outcome: Outcome,
 ) {
     if outcome != Outcome::Queued {
-        if let Some((home, key)) = dedup {
-            replies.push((home, Reply::NotKept { key }));
+        if let Some((home, ticket)) = dedup {
+            replies.push((home, Reply::NotKept { ticket }));
         }
     }
     if let Some(sender) = sender {

@@ -10,13 +10,12 @@
 use std::{
     collections::{hash_map::RandomState, HashMap, VecDeque},
     hash::BuildHasher,
-    time::{Duration, Instant},
 };
 
 /// Pairs remembered per home at most.
 pub const WINDOW_PAIRS_MAX: usize = 16_384;
-/// How long a pair is remembered at most.
-pub const WINDOW_AGE: Duration = Duration::from_secs(300);
+/// How long a pair is remembered at most (ms).
+pub const WINDOW_AGE_MS: u64 = 300_000;
 
 /// What happened to a message the first time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,13 +30,25 @@ pub enum Seen {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct PairKey(u64, u64);
 
+impl PairKey {
+    /// The key as the store carries it, opaque to the store.
+    pub fn ticket(self) -> crate::store::Ticket {
+        crate::store::Ticket(u128::from(self.0) << 64 | u128::from(self.1))
+    }
+
+    /// The key a store ticket carries back.
+    pub fn from_ticket(ticket: crate::store::Ticket) -> PairKey {
+        PairKey((ticket.0 >> 64) as u64, ticket.0 as u64)
+    }
+}
+
 /// One home's recent messages.
 #[derive(Debug, Default)]
 pub struct RecentMessages {
     hashers: (RandomState, RandomState),
-    /// What happened, and when it was recorded (matched against `order` on eviction).
-    seen: HashMap<PairKey, (Seen, Instant)>,
-    order: VecDeque<(PairKey, Instant)>,
+    /// What happened, and when it was recorded (ms; matched against `order` on eviction).
+    seen: HashMap<PairKey, (Seen, u64)>,
+    order: VecDeque<(PairKey, u64)>,
 }
 
 impl RecentMessages {
@@ -52,11 +63,12 @@ impl RecentMessages {
         self.seen.get(&key).map(|&(seen, _)| seen)
     }
 
-    /// Remembers `key`, evicting what is too old or over the bound.
-    pub fn record(&mut self, key: PairKey, seen: Seen) {
-        let now = Instant::now();
+    /// Remembers `key` at `now_ms`, evicting what is too old or over the bound. The clock
+    /// is the caller's: the shard is handed the time with each event.
+    pub fn record(&mut self, key: PairKey, seen: Seen, now_ms: u64) {
+        let now = now_ms;
         while let Some(&(oldest, at)) = self.order.front() {
-            if self.order.len() < WINDOW_PAIRS_MAX && now.duration_since(at) < WINDOW_AGE {
+            if self.order.len() < WINDOW_PAIRS_MAX && now.saturating_sub(at) < WINDOW_AGE_MS {
                 break;
             }
             self.order.pop_front();
@@ -88,7 +100,7 @@ mod tests {
         let mut recent = RecentMessages::default();
         let key = recent.key("alice", "m1");
         assert_eq!(recent.check(key), None);
-        recent.record(key, Seen::Queued);
+        recent.record(key, Seen::Queued, 0);
         assert_eq!(recent.check(recent.key("alice", "m1")), Some(Seen::Queued));
         assert_eq!(recent.check(recent.key("alice", "m2")), None);
         assert_eq!(recent.check(recent.key("bob", "m1")), None);
@@ -103,11 +115,25 @@ mod tests {
         let mut recent = RecentMessages::default();
         for i in 0..WINDOW_PAIRS_MAX + 10 {
             let key = recent.key("s", &i.to_string());
-            recent.record(key, Seen::Delivered);
+            recent.record(key, Seen::Delivered, 0);
         }
         assert!(recent.seen.len() <= WINDOW_PAIRS_MAX);
         assert_eq!(recent.check(recent.key("s", "0")), None);
         let last = (WINDOW_PAIRS_MAX + 9).to_string();
         assert_eq!(recent.check(recent.key("s", &last)), Some(Seen::Delivered));
+    }
+
+    #[test]
+    fn pairs_age_out_of_the_window() {
+        let mut recent = RecentMessages::default();
+        let old = recent.key("s", "old");
+        recent.record(old, Seen::Delivered, 1_000);
+        let young = recent.key("s", "young");
+        recent.record(young, Seen::Delivered, 1_000 + WINDOW_AGE_MS - 1);
+        assert_eq!(recent.check(old), Some(Seen::Delivered));
+        let new = recent.key("s", "new");
+        recent.record(new, Seen::Queued, 1_000 + WINDOW_AGE_MS);
+        assert_eq!(recent.check(old), None);
+        assert_eq!(recent.check(young), Some(Seen::Delivered));
     }
 }

@@ -1,0 +1,219 @@
+//! Groups at their home: joins and leaves (kept by the store, announced once committed)
+//! and posts, fanned out as one envelope per member home however large the group. A
+//! member home writes the frame to its members' devices and queues it, in one store
+//! command, for those with no device online; the post is acknowledged once every member
+//! home has reported (the durability rule of a `queued` ack).
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use smallvec::SmallVec;
+
+use super::{Effects, PendingPost, Shard};
+use crate::{
+    protocol::{outbound, Priority},
+    router::{AckStatus, ConnAddr, Envelope, GroupDelivery, GroupJoin, GroupPost},
+    store::{Command, FanOut, FanOutBatch},
+    ws::frame,
+};
+
+impl Shard {
+    /// A member joins or leaves. The store keeps the change; the others hear of it once
+    /// it is committed ([`Shard::membership_stored`]). A change that changes nothing (a
+    /// join by a member, a leave by a non-member) is confirmed to the asking device alone.
+    pub(super) fn group_join(&mut self, change: GroupJoin, out: &mut Effects) {
+        let GroupJoin {
+            group,
+            user,
+            device,
+            join,
+        } = change;
+        let changed = if join {
+            if self.groups.is_member(&group, &user) {
+                false
+            } else if !self.group_quota.take(&user) {
+                let text = "this user is in --groups-per-user-max groups already: leave one first";
+                return out.error(device, "too_many_groups", text, Some(&group));
+            } else {
+                self.groups.join(&group, user.clone())
+            }
+        } else {
+            let left = self.groups.leave(&group, &user);
+            if left {
+                self.group_quota.give_back(&user);
+            }
+            left
+        };
+        if !changed {
+            self.json.clear();
+            outbound::group_member(&mut self.json, &group, &user, join, self.now_ms);
+            let frame = frame::encode_text(&self.json);
+            return out.frame_to(device, frame, Priority::Normal, 0);
+        }
+        out.store(Command::Membership {
+            group,
+            user: (*user).into(),
+            joined: join,
+            device,
+            home: self.id,
+        });
+    }
+
+    /// The store answered a membership change: a committed change is announced to every
+    /// member (and to the user who left); a failed one is undone here and the asking
+    /// device gets `persistence_failed`, so memory and disk agree.
+    pub(super) fn membership_stored(
+        &mut self,
+        group: &str,
+        user: &str,
+        join: bool,
+        device: ConnAddr,
+        committed: bool,
+        out: &mut Effects,
+    ) {
+        let user: Arc<str> = user.into();
+        if !committed {
+            if join && self.groups.leave(group, &user) {
+                self.group_quota.give_back(&user);
+            } else if !join && self.groups.join(group, user.clone()) {
+                self.group_quota.count_anyway(&user);
+            }
+            let text = "the membership change could not be stored; nothing changed";
+            return out.error(device, "persistence_failed", text, Some(group));
+        }
+        self.json.clear();
+        outbound::group_member(&mut self.json, group, &user, join, self.now_ms);
+        let frame = frame::encode_text(&self.json);
+        let mut told = self.groups.members(group);
+        if !join {
+            told.push(user);
+        }
+        let delivery = GroupDelivery {
+            users: Vec::new(),
+            frame,
+            priority: Priority::Normal,
+            except: None,
+            post: None,
+            sender: None,
+        };
+        self.send_shares(told, &delivery, out);
+    }
+
+    /// Fans a post out to every member (the sender's other devices included); a
+    /// non-member gets `not_member`.
+    pub(super) fn group_post(&mut self, post: GroupPost, out: &mut Effects) {
+        if !self.groups.is_member(&post.group, &post.sender_user) {
+            let text = "only members may post to a group: send group_join first";
+            return out.error(post.sender, "not_member", text, Some(&post.message_id));
+        }
+        let members = self.groups.members(&post.group);
+        let pending = self.posts.insert(PendingPost {
+            sender: post.sender,
+            message_id: post.message_id,
+            awaiting: 0,
+            failed: false,
+        });
+        let delivery = GroupDelivery {
+            users: Vec::new(),
+            frame: post.frame,
+            priority: post.priority,
+            except: Some(post.sender),
+            post: Some((self.id, pending as u32)),
+            sender: Some(post.sender_user),
+        };
+        self.posts[pending].awaiting = self.send_shares(members, &delivery, out);
+    }
+
+    /// One member home's share of a post is done; the last one acknowledges the post
+    /// (`sent`), or reports that copies could not be stored.
+    pub(super) fn group_share_done(&mut self, post: u32, failed: bool, out: &mut Effects) {
+        let Some(pending) = self.posts.get_mut(post as usize) else {
+            return;
+        };
+        pending.failed |= failed;
+        pending.awaiting -= 1;
+        if pending.awaiting > 0 {
+            return;
+        }
+        let done = self.posts.remove(post as usize);
+        if done.failed {
+            let text = "the message reached the members online, but the copies for members \
+                        with no device online could not be stored";
+            return out.error(
+                done.sender,
+                "persistence_failed",
+                text,
+                Some(&done.message_id),
+            );
+        }
+        let ack = Envelope::Ack {
+            sender: done.sender,
+            message_id: done.message_id,
+            status: AckStatus::Sent,
+        };
+        out.mail(done.sender.reactor as usize, ack);
+    }
+
+    /// Mails each member home its share of `members` with `delivery`'s frame; returns how
+    /// many homes got one.
+    fn send_shares(
+        &self,
+        members: Vec<Arc<str>>,
+        delivery: &GroupDelivery,
+        out: &mut Effects,
+    ) -> usize {
+        let shares = self.split_by_home(members);
+        let homes = shares.len();
+        for (home, users) in shares {
+            let share = GroupDelivery {
+                users,
+                frame: delivery.frame.clone(),
+                sender: delivery.sender.clone(),
+                ..*delivery
+            };
+            out.mail(home, Envelope::GroupDeliver(Box::new(share)));
+        }
+        homes
+    }
+
+    /// At a member's home: writes the group's frame to every device of these members
+    /// (but the sending one); for a post, queues it for members with no device online in
+    /// one store command, which tells the group's home once it is committed.
+    pub(super) fn group_deliver(&mut self, delivery: GroupDelivery, out: &mut Effects) {
+        let mut offline: Vec<(Box<str>, Bytes)> = Vec::new();
+        for user in &delivery.users {
+            let devices: SmallVec<[ConnAddr; 4]> = self
+                .directory
+                .devices(user)
+                .iter()
+                .map(|d| d.addr)
+                .filter(|a| Some(*a) != delivery.except)
+                .collect();
+            let online = !devices.is_empty() || delivery.sender.as_ref() == Some(user);
+            for addr in devices {
+                out.frame_to(addr, delivery.frame.clone(), delivery.priority, 0);
+            }
+            if !online && delivery.post.is_some() {
+                offline.push((Box::from(&**user), frame::payload_of(&delivery.frame)));
+            }
+        }
+        let Some((group_home, post)) = delivery.post else {
+            return;
+        };
+        if offline.is_empty() {
+            let done = Envelope::GroupShareDone {
+                post,
+                failed: false,
+            };
+            return out.mail(group_home, done);
+        }
+        out.store(Command::EnqueueFanOut(Box::new(FanOutBatch {
+            messages: offline,
+            priority: delivery.priority,
+            purpose: FanOut::GroupPost,
+            reply_to: group_home,
+            request: post,
+            delivered: 0,
+        })));
+    }
+}
