@@ -18,15 +18,11 @@ use crate::{
         api::{BroadcastRequest, SendRequest},
         response,
     },
-    protocol::{
-        json::Obj,
-        now_ms,
-        outbound::{self, NewMessage},
-    },
-    router::{AckRequest, BroadcastMessage, BroadcastOrder, Envelope},
+    protocol::{json::Obj, now_ms},
+    router::{BroadcastMessage, BroadcastOrder, Envelope},
+    shard::Event,
     stats,
     store::{Command, Outcome},
-    ws::frame,
 };
 
 impl Reactor {
@@ -40,20 +36,6 @@ impl Reactor {
         send: SendRequest,
     ) {
         let message_id = self.api_message_id();
-        let sent_ms = now_ms();
-        let accepted = NewMessage {
-            message_id: &message_id,
-            sender_id: &send.sender_id,
-            receiver_id: &send.receiver_id,
-            content: &send.text,
-            message_type: &send.message_type,
-            priority: send.priority,
-            timestamp_ms: sent_ms,
-            group_id: None,
-        };
-        self.json.clear();
-        outbound::new_message(&mut self.json, &accepted);
-        let frame = frame::encode_text(&self.json);
         let Some(conn) = self.conn_mut(slot, generation) else {
             return;
         };
@@ -61,23 +43,12 @@ impl Reactor {
             keep_alive,
             message_id: message_id.as_str().into(),
         });
-        let ack = AckRequest {
-            sender: self.addr(slot, generation),
-            message_id: message_id.into(),
-            receipt: false,
-            sender_user: send.sender_id.as_str().into(),
-            sent_ms,
-        };
-        self.deliver(
-            &send.receiver_id,
-            frame.clone(),
-            send.priority,
-            None,
-            Some(ack),
-        );
-        if send.receiver_id != send.sender_id {
-            self.deliver(&send.sender_id, frame, send.priority, None, None);
-        }
+        let conn = self.addr(slot, generation);
+        self.feed_shard(Event::ApiSend {
+            conn,
+            message_id: &message_id,
+            request: &send,
+        });
     }
 
     /// The home's outcome for an API send: 202 when a device got it; 503 when no device is

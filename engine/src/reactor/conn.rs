@@ -47,7 +47,8 @@ pub struct Conn {
     pub inbound: Option<Box<Inbound>>,
     /// Output the socket has not taken yet.
     pub outbound: Option<Box<OutQueue>>,
-    /// Rarely used state: the upgrade URL's token and presence subscriptions.
+    /// Rarely used state: the upgrade URL's token, a pending API answer, a queue part in
+    /// flight.
     pub aux: Option<Box<Aux>>,
 }
 
@@ -96,15 +97,11 @@ pub struct Inbound {
 pub struct Aux {
     /// `?token=` from the upgrade URL, used when `auth` carries none.
     pub url_token: Option<Box<str>>,
-    /// Users whose presence this connection watches.
-    pub subscriptions: Vec<Box<str>>,
     /// An HTTP API request whose answer waits on other reactors; later pipelined
     /// requests wait behind it so answers keep their order.
     pub pending_api: Option<PendingApi>,
     /// Queued messages handed to this connection and not yet all taken by the kernel.
     pub queue_in_flight: Option<Box<QueueDelivery>>,
-    /// Huddle rooms this connection is in, `(group, room)`: left when it closes.
-    pub huddles: Vec<(Box<str>, Box<str>)>,
 }
 
 /// A part of a user's offline queue written to a device: removed from the store (and its
@@ -161,11 +158,7 @@ impl Conn {
     /// Frees the aux state once it holds nothing.
     pub fn trim_aux(&mut self) {
         if self.aux.as_ref().is_some_and(|a| {
-            a.url_token.is_none()
-                && a.subscriptions.is_empty()
-                && a.pending_api.is_none()
-                && a.queue_in_flight.is_none()
-                && a.huddles.is_empty()
+            a.url_token.is_none() && a.pending_api.is_none() && a.queue_in_flight.is_none()
         }) {
             self.aux = None;
         }

@@ -18,7 +18,7 @@ use super::{
 };
 use crate::{
     mailbox::{self, BatchConsumer, Outbox},
-    protocol::{inbound::JsonParser, outbound::PresenceEntry, Priority},
+    protocol::{inbound::JsonParser, Priority},
     router::{home_of, ConnAddr, Envelope},
     shard::{Effects, Shard},
     sockets::{self, Sockets, BROKEN, PEER_CLOSED, READABLE, REARM, WRITABLE},
@@ -38,16 +38,6 @@ pub(crate) const CLOSE_TIMEOUT_MS: u64 = 2_000;
 const DOORBELL_TOKEN: u64 = 1 << 63;
 /// Generations stay below 2^31, so a connection's token stays below [`DOORBELL_TOKEN`].
 const GENERATION_MAX: u32 = (1 << 31) - 1;
-
-/// A `presence_subscribe` waiting for answers from the homes of the users it names.
-pub(crate) struct PendingPresence {
-    /// The asking connection.
-    pub(crate) watcher: ConnAddr,
-    /// Homes that have not answered yet.
-    pub(crate) awaiting: usize,
-    /// Answers so far.
-    pub(crate) entries: Vec<PresenceEntry>,
-}
 
 /// An API broadcast waiting for the counts of the homes it was sent to.
 pub(crate) struct PendingBroadcast {
@@ -98,8 +88,6 @@ pub(crate) struct Reactor {
     pub(crate) timers: TimerWheel,
     /// Reusable list for due timer entries.
     due: Vec<timer::Entry>,
-    /// Subscribe requests waiting for homes.
-    pub(crate) presence_requests: Slab<PendingPresence>,
     /// API broadcasts waiting for homes.
     pub(crate) broadcasts: Slab<PendingBroadcast>,
     /// Set by the `kill_reactor_on_message_from` failpoint: the loop panics after the turn.
@@ -160,7 +148,6 @@ impl Reactor {
             events: Vec::with_capacity(sockets::epoll::EVENTS_PER_WAIT_MAX),
             timers: TimerWheel::default(),
             due: Vec::new(),
-            presence_requests: Slab::new(),
             broadcasts: Slab::new(),
             failpoint_kill: false,
             rate_counted: Vec::new(),
@@ -622,27 +609,15 @@ impl Reactor {
         self.send_final(slot, generation, frame::encode_close(code, reason));
     }
 
-    /// Unregisters the connection's user and presence watches from their homes.
+    /// The connection's user leaves the chat: the shard unregisters the device from its
+    /// home and drops its presence watches and huddles.
     fn detach(&mut self, slot: usize, generation: u32) {
         let addr = self.addr(slot, generation);
         let Some(conn) = self.conn_mut(slot, generation) else {
             return;
         };
-        let user = conn.user.take();
-        let (subscriptions, huddles) = conn
-            .aux
-            .take()
-            .map(|aux| (aux.subscriptions, aux.huddles))
-            .unwrap_or_default();
-        if let Some(user) = user {
-            if !huddles.is_empty() {
-                self.leave_huddles(addr, &user, huddles);
-            }
-            let home = self.home_of(&user);
-            self.route(home, Envelope::Unregister { user, addr });
-        }
-        if !subscriptions.is_empty() {
-            self.unsubscribe(addr, subscriptions);
+        if let Some(user) = conn.user.take() {
+            self.feed_shard(crate::shard::Event::Closed { conn: addr, user });
         }
     }
 
@@ -754,20 +729,6 @@ impl Reactor {
         }
         self.outbox.retry_backlog();
         self.outbox.flush(&self.shared.doorbells);
-    }
-
-    /// Watches that a connection drops go to each user's home.
-    pub(crate) fn unsubscribe(&mut self, watcher: ConnAddr, users: Vec<Box<str>>) {
-        let reactors = self.shared.config.reactors;
-        let mut by_home: Vec<Vec<Box<str>>> = (0..reactors).map(|_| Vec::new()).collect();
-        for user in users {
-            by_home[home_of(&user, reactors)].push(user);
-        }
-        for (home, users) in by_home.into_iter().enumerate() {
-            if !users.is_empty() {
-                self.route(home, Envelope::Unsubscribe { watcher, users });
-            }
-        }
     }
 }
 

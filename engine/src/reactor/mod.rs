@@ -9,12 +9,9 @@
 //! readiness set and runs one batch per wake-up (`core::Reactor::run_batch`).
 
 mod api;
-mod calls;
 mod chat;
 pub mod conn;
 mod core;
-mod groups;
-mod history;
 mod limits;
 mod offline;
 mod routing;

@@ -11,6 +11,7 @@ use super::{
 use crate::{
     protocol::{now_ms, outbound, Priority},
     router::ConnAddr,
+    shard::Event,
     store::{Command, FanOut, Outcome, Reply},
     ws::frame,
 };
@@ -41,30 +42,6 @@ impl Reactor {
                 not_kept,
                 ..
             } => self.on_broadcast_reply(request, delivered, queued, not_kept),
-            home @ (Reply::NotKept { .. }
-            | Reply::Membership { .. }
-            | Reply::FanOutQueued {
-                purpose: FanOut::GroupPost,
-                ..
-            }) => debug_assert!(false, "for the home: {home:?}"),
-            Reply::Amended {
-                amend,
-                found,
-                error,
-            } => self.on_amended(*amend, found, error),
-            Reply::History {
-                requester,
-                peer,
-                messages,
-                error,
-            } => self.answer_history(requester, &peer, &messages, error.as_deref()),
-            Reply::SenderFound {
-                requester,
-                reader,
-                message_id,
-                sender,
-                error,
-            } => self.on_sender_found(requester, &reader, &message_id, sender, error),
             Reply::Peeked {
                 requester,
                 user,
@@ -113,6 +90,7 @@ impl Reactor {
                     self.finish_queue_delivery(slot, generation, delivery);
                 }
             }
+            other => debug_assert!(false, "for the shard, not the driver: {other:?}"),
         }
     }
 
@@ -134,28 +112,14 @@ impl Reactor {
             user: user.clone(),
             keys,
         });
-        for payload in receipts {
-            self.send_delivery_receipt(&user, &payload);
+        if !receipts.is_empty() {
+            let receiver = user.clone();
+            self.feed_shard(Event::QueueTaken { receiver, receipts });
         }
         if more {
             let device = self.addr(slot, generation);
             self.request_queued(&user, device);
         }
-    }
-
-    /// Tells the sender of a queued message (a stored `new_message`) that it reached a
-    /// device of `receiver`; queued in turn if the sender is offline.
-    fn send_delivery_receipt(&mut self, receiver: &str, payload: &[u8]) {
-        let stored: serde_json::Value = serde_json::from_slice(payload).unwrap_or_default();
-        let (Some(message_id), Some(sender)) =
-            (stored["messageId"].as_str(), stored["senderId"].as_str())
-        else {
-            return;
-        };
-        self.json.clear();
-        outbound::delivery_receipt(&mut self.json, message_id, receiver, now_ms());
-        let frame = frame::encode_text(&self.json);
-        self.deliver_durable(sender, frame, Priority::Normal);
     }
 
     /// Tells a sender (WebSocket or HTTP API) what the store did with its message.

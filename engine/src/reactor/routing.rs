@@ -1,13 +1,14 @@
-//! Mail arriving at a reactor, from a peer's ring or from itself: what is for the home
-//! goes to the [`Shard`](crate::shard::Shard), whose effects are carried out here; what is
-//! for a connection (a frame, an ack, a close, `auth_success`, gathered answers) is acted
-//! on at once.
+//! The reactor's side of the [`Shard`](crate::shard::Shard): events go in, effects are
+//! carried out here (envelopes mailed, store commands sent, errors written). Mail
+//! arriving from a peer's ring or from this reactor goes to the shard, unless it is for
+//! one of this reactor's connections (a frame, an ack, a close, a broadcast's counts).
 
 use super::{conn::Phase, core::Reactor};
 use crate::{
     protocol::{now_ms, outbound, Priority},
     router::{AckStatus, ConnAddr, Envelope},
-    shard::{Effect, Event},
+    shard::{Clock, Effect, Event},
+    stats,
     store::{Outcome, Reply},
     ws::{close, frame},
 };
@@ -15,7 +16,7 @@ use crate::{
 impl Reactor {
     /// Acts on one envelope addressed to this reactor.
     pub(crate) fn take_mail(&mut self, envelope: Envelope) {
-        if envelope.is_for_home() {
+        if envelope.is_for_shard() {
             self.feed_shard(Event::Mail(envelope));
         } else {
             self.on_device_mail(envelope);
@@ -24,7 +25,7 @@ impl Reactor {
 
     /// Hands the store's answer to the shard or to the connection waiting on it.
     pub(crate) fn take_store_reply(&mut self, reply: Reply) {
-        if reply.is_for_home() {
+        if reply.is_for_shard() {
             self.feed_shard(Event::StoreReply(reply));
         } else {
             self.on_store_reply(reply);
@@ -34,8 +35,15 @@ impl Reactor {
     /// Feeds the shard one event and carries out its effects, and theirs, until none is
     /// left. An effect that feeds the shard again (mail to this reactor's home) only adds
     /// to the queue being carried out.
-    pub(crate) fn feed_shard(&mut self, event: Event) {
-        self.shard.handle(now_ms(), event, &mut self.effects);
+    ///
+    /// Hot path: the effect queue is reused, so feeding the shard allocates only what the
+    /// effects themselves carry (frames, boxed deliveries).
+    pub(crate) fn feed_shard(&mut self, event: Event<'_>) {
+        let now = Clock {
+            unix_ms: now_ms(),
+            mono_ns: stats::clock_ns(),
+        };
+        self.shard.handle(now, event, &mut self.effects);
         if self.carrying_out {
             return;
         }
@@ -70,7 +78,6 @@ impl Reactor {
     /// Acts on an envelope for one of this reactor's connections.
     fn on_device_mail(&mut self, envelope: Envelope) {
         match envelope {
-            Envelope::Registered { addr, device } => self.registered(addr, &device),
             Envelope::ToConn {
                 addr,
                 frame,
@@ -95,39 +102,13 @@ impl Reactor {
                 };
                 self.begin_close(addr.slot as usize, addr.generation, code, reason);
             }
-            Envelope::PresenceReply { request, entries } => {
-                let request = request as usize;
-                let Some(pending) = self.presence_requests.get_mut(request) else {
-                    return;
-                };
-                pending.entries.extend(entries);
-                pending.awaiting -= 1;
-                if pending.awaiting == 0 {
-                    let done = self.presence_requests.remove(request);
-                    self.finish_presence(done.watcher, done.entries);
-                }
-            }
             Envelope::BroadcastReply {
                 request,
                 delivered,
                 offline,
             } => self.on_broadcast_reply(request, delivered, 0, offline),
-            home => debug_assert!(false, "for a home, not a connection: {home:?}"),
+            other => debug_assert!(false, "for the shard, not the driver: {other:?}"),
         }
-    }
-
-    /// The device is in its home's directory: `auth_success`, then its user's queue.
-    fn registered(&mut self, addr: ConnAddr, device: &str) {
-        let (slot, generation) = (addr.slot as usize, addr.generation);
-        let Some(user) = self.conn_mut(slot, generation).and_then(|c| c.user.clone()) else {
-            return;
-        };
-        self.json.clear();
-        outbound::auth_success(&mut self.json, &user, device, now_ms());
-        let frame = frame::encode_text(&self.json);
-        self.send(slot, generation, frame, Priority::High);
-        // Then whatever waited for this user (PROTOCOL.md: after auth_success).
-        self.request_queued(&user, addr);
     }
 
     /// The receiver's home tells a sender (WebSocket or HTTP API) what became of its

@@ -210,6 +210,8 @@ pub enum Envelope {
     Registered {
         /// The connection.
         addr: ConnAddr,
+        /// The user.
+        user: Arc<str>,
         /// The device id.
         device: Box<str>,
     },
@@ -302,11 +304,13 @@ pub enum Envelope {
 }
 
 impl Envelope {
-    /// Whether the envelope is for the receiving reactor's [`crate::shard::Shard`] (the
-    /// home of a user or group); the others are for one of its connections.
-    pub fn is_for_home(&self) -> bool {
+    /// Whether the envelope is for the receiving reactor's [`crate::shard::Shard`]; the
+    /// others are for the driver, to write to or close one of its connections.
+    pub fn is_for_shard(&self) -> bool {
         match self {
             Envelope::Register { .. }
+            | Envelope::Registered { .. }
+            | Envelope::PresenceReply { .. }
             | Envelope::Unregister { .. }
             | Envelope::Deliver(_)
             | Envelope::Subscribe { .. }
@@ -317,12 +321,10 @@ impl Envelope {
             | Envelope::Huddle(_)
             | Envelope::GroupDeliver(_)
             | Envelope::GroupShareDone { .. } => true,
-            Envelope::Registered { .. }
-            | Envelope::ToConn { .. }
+            Envelope::ToConn { .. }
             | Envelope::Ack { .. }
             | Envelope::Close { .. }
-            | Envelope::BroadcastReply { .. }
-            | Envelope::PresenceReply { .. } => false,
+            | Envelope::BroadcastReply { .. } => false,
         }
     }
 }

@@ -1,9 +1,13 @@
-//! Direct deliveries at the receiver's home: a message, receipt, typing indicator or call
-//! signal for one user goes to every device of the user online, or, when none is, is
-//! queued in the store, refused to its sender or dropped, as the delivery says. A chat
-//! message (one with an ack request) is remembered in the dedup window, so a retry is
-//! acknowledged again and not delivered twice, and is kept in history.
+//! Direct messages, typing and receipts. At the sender's reactor each becomes one frame,
+//! encoded once, mailed to the receiver's home. At the home it goes to every device of
+//! the user online, or, when none is, is queued in the store, refused to its sender or
+//! dropped, as the delivery says. A chat message (one with an ack request) is remembered
+//! in the dedup window, so a retry is acknowledged again and not delivered twice, and is
+//! kept in history.
 
+use std::sync::Arc;
+
+use bytes::Bytes;
 use smallvec::SmallVec;
 
 use super::{
@@ -11,12 +15,221 @@ use super::{
     Effects, Shard,
 };
 use crate::{
+    protocol::{
+        outbound::{self, NewMessage},
+        Priority,
+    },
     router::{AckRequest, AckStatus, ConnAddr, Delivery, Envelope, WhenOffline},
     store::{Chat, Command, Enqueue},
     ws::frame,
 };
 
+/// A `send_message` or `group_message` as its sending device wrote it.
+#[derive(Debug)]
+pub(super) struct TextMessage<'a> {
+    /// The client's message id.
+    pub message_id: &'a str,
+    /// The receiving user (or the group).
+    pub receiver_id: &'a str,
+    /// The text.
+    pub content: &'a str,
+    /// Its message type.
+    pub message_type: &'a str,
+    /// Its priority.
+    pub priority: Priority,
+}
+
 impl Shard {
+    /// At the sender's reactor: `send_message` from a device (`from_device`) or the HTTP
+    /// API. The receiver's devices get the `new_message` (and the sender hears `sent`, or
+    /// `queued` once it is stored), and so do the sender's own devices, but the sending
+    /// one.
+    pub(super) fn send_message(
+        &mut self,
+        conn: ConnAddr,
+        user: &Arc<str>,
+        message: &TextMessage<'_>,
+        from_device: bool,
+        out: &mut Effects,
+    ) {
+        let sent_ms = self.now_ms;
+        self.json.clear();
+        outbound::new_message(
+            &mut self.json,
+            &NewMessage {
+                message_id: message.message_id,
+                sender_id: user,
+                receiver_id: message.receiver_id,
+                content: message.content,
+                message_type: message.message_type,
+                priority: message.priority,
+                timestamp_ms: sent_ms,
+                group_id: None,
+            },
+        );
+        let frame = frame::encode_text(&self.json);
+        // Delivery receipts go to devices; an HTTP API sender has gone by then.
+        let ack = AckRequest {
+            sender: conn,
+            message_id: message.message_id.into(),
+            receipt: from_device,
+            sender_user: user.clone(),
+            sent_ms,
+        };
+        let device = from_device.then_some(conn);
+        let to_self = message.receiver_id == &**user;
+        let mut to_receiver = self.delivery(message.receiver_id, frame.clone(), message.priority);
+        to_receiver.except = if to_self { device } else { None };
+        to_receiver.ack = Some(ack);
+        self.mail_delivery(to_receiver, out);
+        if !to_self {
+            // The sender's other devices see what it sent.
+            let mut copy = self.delivery(user, frame, message.priority);
+            copy.except = device;
+            self.mail_delivery(copy, out);
+        }
+    }
+
+    /// At the API connection's reactor: `POST /api/messages/send`, as a `send_message`
+    /// of its sender that no device sent.
+    pub(super) fn api_send(
+        &mut self,
+        conn: ConnAddr,
+        message_id: &str,
+        request: &crate::http::api::SendRequest,
+        out: &mut Effects,
+    ) {
+        let user: Arc<str> = request.sender_id.as_str().into();
+        let message = TextMessage {
+            message_id,
+            receiver_id: &request.receiver_id,
+            content: &request.text,
+            message_type: &request.message_type,
+            priority: request.priority,
+        };
+        self.send_message(conn, &user, &message, false, out);
+    }
+
+    /// At the sender's reactor: `typing`, to the receiver's devices online (never queued).
+    pub(super) fn typing(
+        &mut self,
+        user: &str,
+        receiver: &str,
+        is_typing: bool,
+        out: &mut Effects,
+    ) {
+        self.json.clear();
+        outbound::typing(&mut self.json, user, is_typing, self.now_ms);
+        let frame = frame::encode_text(&self.json);
+        let delivery = self.delivery(receiver, frame, Priority::High);
+        self.mail_delivery(delivery, out);
+    }
+
+    /// At the reader's reactor: `read_receipt`. Without `senderId` the store finds the
+    /// sender among the messages delivered or queued to the reader.
+    pub(super) fn read_receipt(
+        &mut self,
+        conn: ConnAddr,
+        reader: &str,
+        message_id: &str,
+        sender: Option<&str>,
+        out: &mut Effects,
+    ) {
+        match sender {
+            Some(sender) => self.send_read_receipt(sender, message_id, reader, out),
+            None => out.store(Command::FindSender {
+                reader: reader.into(),
+                message_id: message_id.into(),
+                requester: conn,
+            }),
+        }
+    }
+
+    /// The store's answer to a `read_receipt` without `senderId`: the receipt goes to
+    /// the sender, or the reader hears that no such message reached it.
+    pub(super) fn sender_found(
+        &mut self,
+        requester: ConnAddr,
+        reader: &str,
+        message_id: &str,
+        sender: Option<Box<str>>,
+        error: Option<String>,
+        out: &mut Effects,
+    ) {
+        match (sender, error) {
+            (Some(sender), _) => self.send_read_receipt(&sender, message_id, reader, out),
+            (None, Some(why)) => {
+                let text = format!("the message's sender could not be looked up: {why}");
+                out.error(requester, "store_error", text, Some(message_id));
+            }
+            (None, None) => {
+                let text = "no message with this id was delivered or queued to you";
+                out.error(requester, "not_found", text, Some(message_id));
+            }
+        }
+    }
+
+    /// `read_receipt {messageId, readerId}` to every device of `sender`, queued if none
+    /// is online.
+    fn send_read_receipt(
+        &mut self,
+        sender: &str,
+        message_id: &str,
+        reader: &str,
+        out: &mut Effects,
+    ) {
+        self.json.clear();
+        outbound::read_receipt(&mut self.json, message_id, reader, self.now_ms);
+        let frame = frame::encode_text(&self.json);
+        self.deliver_durable(sender, frame, out);
+    }
+
+    /// A device took part of `receiver`'s queue: each sender that asked gets a
+    /// `delivery_receipt` (queued in turn if it is offline by now).
+    pub(super) fn queue_taken(&mut self, receiver: &str, stored: &[Bytes], out: &mut Effects) {
+        for payload in stored {
+            let message: serde_json::Value = serde_json::from_slice(payload).unwrap_or_default();
+            let (Some(message_id), Some(sender)) =
+                (message["messageId"].as_str(), message["senderId"].as_str())
+            else {
+                continue;
+            };
+            self.json.clear();
+            outbound::delivery_receipt(&mut self.json, message_id, receiver, self.now_ms);
+            let frame = frame::encode_text(&self.json);
+            self.deliver_durable(sender, frame, out);
+        }
+    }
+
+    /// Sends `frame` to every online device of `user`, or queues it when none is online
+    /// (nobody is told the outcome: receipts, edits).
+    pub(super) fn deliver_durable(&mut self, user: &str, frame: Bytes, out: &mut Effects) {
+        let mut delivery = self.delivery(user, frame, Priority::Normal);
+        delivery.offline = WhenOffline::Queue;
+        self.mail_delivery(delivery, out);
+    }
+
+    /// `frame` for every online device of `user`, accepted now: nobody is excepted,
+    /// nobody hears the outcome, and it is dropped when no device is online. Callers
+    /// change what differs before [`Shard::mail_delivery`].
+    pub(super) fn delivery(&self, user: &str, frame: Bytes, priority: Priority) -> Delivery {
+        Delivery {
+            user: user.into(),
+            frame,
+            priority,
+            except: None,
+            ack: None,
+            accepted_ns: self.now_ns,
+            offline: WhenOffline::Drop,
+        }
+    }
+
+    /// Mails a delivery to its user's home.
+    pub(super) fn mail_delivery(&self, delivery: Delivery, out: &mut Effects) {
+        let home = self.home_of(&delivery.user);
+        out.mail(home, Envelope::Deliver(Box::new(delivery)));
+    }
+
     /// Delivers to the user's online devices (but `except`), or hands it on to
     /// [`Shard::undelivered`]. The sender of a chat message hears `sent` once the frames
     /// are on their way to the devices.

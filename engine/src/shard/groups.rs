@@ -9,15 +9,71 @@ use std::sync::Arc;
 use bytes::Bytes;
 use smallvec::SmallVec;
 
-use super::{Effects, PendingPost, Shard};
+use super::{direct::TextMessage, Effects, PendingPost, Shard};
 use crate::{
-    protocol::{outbound, Priority},
+    protocol::{
+        outbound::{self, NewMessage},
+        Priority,
+    },
     router::{AckStatus, ConnAddr, Envelope, GroupDelivery, GroupJoin, GroupPost},
     store::{Command, FanOut, FanOutBatch},
     ws::frame,
 };
 
 impl Shard {
+    /// At the device's reactor: `group_join` / `group_leave` go to the group's home.
+    pub(super) fn ask_group_join(
+        &mut self,
+        conn: ConnAddr,
+        user: &Arc<str>,
+        group: &str,
+        join: bool,
+        out: &mut Effects,
+    ) {
+        let change = GroupJoin {
+            group: group.into(),
+            user: user.clone(),
+            device: conn,
+            join,
+        };
+        out.mail(self.home_of(group), Envelope::GroupJoin(Box::new(change)));
+    }
+
+    /// At the device's reactor: `group_message` is encoded once and sent to the group's
+    /// home, which checks membership and fans it out.
+    pub(super) fn group_message(
+        &mut self,
+        conn: ConnAddr,
+        user: &Arc<str>,
+        message: &TextMessage<'_>,
+        out: &mut Effects,
+    ) {
+        let group = message.receiver_id;
+        self.json.clear();
+        outbound::new_message(
+            &mut self.json,
+            &NewMessage {
+                message_id: message.message_id,
+                sender_id: user,
+                receiver_id: group,
+                content: message.content,
+                message_type: message.message_type,
+                priority: message.priority,
+                timestamp_ms: self.now_ms,
+                group_id: Some(group),
+            },
+        );
+        let post = GroupPost {
+            group: group.into(),
+            sender: conn,
+            sender_user: user.clone(),
+            message_id: message.message_id.into(),
+            frame: frame::encode_text(&self.json),
+            priority: message.priority,
+        };
+        out.mail(self.home_of(group), Envelope::GroupPost(Box::new(post)));
+    }
+
     /// A member joins or leaves. The store keeps the change; the others hear of it once
     /// it is committed ([`Shard::membership_stored`]). A change that changes nothing (a
     /// join by a member, a leave by a non-member) is confirmed to the asking device alone.

@@ -1,10 +1,15 @@
-//! Huddles at their group's home: `huddle:*` signals addressed to a group, relayed to the
-//! devices present in the huddle's room. A room is the connections in it, in memory only.
+//! Call signaling and huddles. A `signal` goes to the receiver's devices and is never
+//! queued (`peer_offline` when none is online). A `huddle:*` signal is addressed to a
+//! group: its home relays it to the devices present in the huddle's room. A room is the
+//! connections in it, in memory only; a connection remembers its rooms (at most
+//! [`HUDDLES_PER_CONN_MAX`]) and leaves them when it closes.
+
+use std::sync::Arc;
 
 use super::{Effects, Shard};
 use crate::{
     protocol::{outbound, Priority},
-    router::{ConnAddr, HuddleSignal},
+    router::{ConnAddr, Envelope, HuddleSignal, WhenOffline},
     ws::frame,
 };
 
@@ -12,8 +17,106 @@ use crate::{
 pub const HUDDLE_JOIN: &str = "huddle:join";
 /// Leaves a huddle room (also sent for a connection that closes in one).
 pub const HUDDLE_LEAVE: &str = "huddle:leave";
+/// Huddle rooms one connection may be in at once (each is remembered for it).
+pub const HUDDLES_PER_CONN_MAX: usize = 16;
+
+/// A `signal` as its sending device wrote it.
+#[derive(Debug)]
+pub(super) struct Signal<'a> {
+    /// The receiving user (a group for `huddle:*`).
+    pub receiver_id: &'a str,
+    /// The call or huddle room.
+    pub call_id: &'a str,
+    /// The kind.
+    pub kind: &'a str,
+    /// The payload, JSON text.
+    pub payload: &'a [u8],
+}
 
 impl Shard {
+    /// At the sender's reactor: a call signal goes to the receiver's devices; a huddle
+    /// signal to the group's home.
+    pub(super) fn signal(
+        &mut self,
+        conn: ConnAddr,
+        user: &Arc<str>,
+        signal: &Signal<'_>,
+        out: &mut Effects,
+    ) {
+        self.json.clear();
+        let call = (signal.call_id, signal.kind);
+        outbound::signal(&mut self.json, user, call, signal.payload, self.now_ms);
+        let frame = frame::encode_text(&self.json);
+        if !signal.kind.starts_with("huddle:") {
+            let mut delivery = self.delivery(signal.receiver_id, frame, Priority::High);
+            delivery.offline = WhenOffline::Refuse {
+                sender: conn,
+                reference: signal.call_id.into(),
+            };
+            return self.mail_delivery(delivery, out);
+        }
+        let room = (Box::from(signal.receiver_id), Box::from(signal.call_id));
+        let chat = self.conns.entry(conn).or_default();
+        let huddles = &mut chat.huddles;
+        let full = signal.kind == HUDDLE_JOIN
+            && !huddles.contains(&room)
+            && huddles.len() >= HUDDLES_PER_CONN_MAX;
+        match signal.kind {
+            _ if full => {}
+            HUDDLE_JOIN if !huddles.contains(&room) => huddles.push(room),
+            HUDDLE_LEAVE => huddles.retain(|r| *r != room),
+            _ => {}
+        }
+        if chat.is_empty() {
+            self.conns.remove(&conn);
+        }
+        if full {
+            let text = format!("a connection may be in at most {HUDDLES_PER_CONN_MAX} huddles");
+            return out.error(conn, "bad_request", text, Some(signal.call_id));
+        }
+        let huddle = HuddleSignal {
+            group: signal.receiver_id.into(),
+            room: signal.call_id.into(),
+            sender: conn,
+            sender_user: user.clone(),
+            kind: signal.kind.into(),
+            frame,
+        };
+        self.mail_huddle(huddle, out);
+    }
+
+    /// At the reactor of a connection that closed: it leaves its huddle rooms.
+    pub(super) fn leave_huddles(
+        &mut self,
+        conn: ConnAddr,
+        user: &Arc<str>,
+        rooms: Vec<(Box<str>, Box<str>)>,
+        out: &mut Effects,
+    ) {
+        for (group, room) in rooms {
+            self.json.clear();
+            let call = (&*room, HUDDLE_LEAVE);
+            outbound::signal(&mut self.json, user, call, b"null", self.now_ms);
+            let huddle = HuddleSignal {
+                frame: frame::encode_text(&self.json),
+                group,
+                room,
+                sender: conn,
+                sender_user: user.clone(),
+                kind: HUDDLE_LEAVE.into(),
+            };
+            self.mail_huddle(huddle, out);
+        }
+    }
+
+    /// Mails a huddle signal to its group's home.
+    fn mail_huddle(&self, huddle: HuddleSignal, out: &mut Effects) {
+        out.mail(
+            self.home_of(&huddle.group),
+            Envelope::Huddle(Box::new(huddle)),
+        );
+    }
+
     /// A member's device enters or leaves a huddle room, or signals the others present;
     /// each device present but the sender gets the frame.
     pub(super) fn huddle(&mut self, signal: HuddleSignal, out: &mut Effects) {

@@ -1,20 +1,28 @@
-//! The chat state a reactor is home for, as a state machine that never touches a socket.
+//! The chat protocol as a state machine that never touches a socket: one [`Shard`] per
+//! reactor.
 //!
-//! Every user and group has a home reactor ([`crate::router::home_of`]); the home's
-//! [`Shard`] owns what the home knows: the users' online devices and presence watchers
+//! A shard has two sides. As the **home** of the users and groups that hash to it
+//! ([`crate::router::home_of`]) it owns their online devices and presence watchers
 //! ([`directory`]), the window of recently routed message ids ([`dedup`]), the groups'
 //! members and huddle rooms ([`groups_state`]) and the group posts waiting for their
-//! member homes. It is driven by [`Shard::handle`]: an [`Event`] in (an envelope for the
-//! home, a store answer, a store command that could not be sent), [`Effect`]s out
-//! (envelopes to mail, store commands, errors for a connection). There is no socket,
-//! ring, clock or thread inside: the time comes with each event, so the same code runs in
-//! a reactor and in the deterministic simulator (`engine/tests/simulator/`).
+//! member homes. For the **connections** its reactor holds it turns each authenticated
+//! client message into envelopes for the homes concerned, and keeps what a connection
+//! asked for (presence subscriptions, huddle rooms, presence requests waiting for homes).
+//!
+//! It is driven by [`Shard::handle`]: an [`Event`] in (a client message, a connection
+//! authenticated or closed, an envelope, a store answer, a store command that could not
+//! be sent), [`Effect`]s out (envelopes to mail, store commands, errors for a
+//! connection). There is no socket, ring, clock or thread inside: the time comes with
+//! each event, so the same code runs in a reactor and in the deterministic simulator
+//! (`engine/tests/simulator.rs`).
 //!
 //! One file per feature:
-//! - [`session`]: devices registering and unregistering, and the presence they announce.
+//! - [`session`]: devices registering and unregistering, `auth_success`, ping, and the
+//!   presence a user's first and last device announce.
 //! - [`presence`]: subscriptions to a user's presence.
-//! - [`direct`]: direct messages, receipts and signals: dedup, online delivery, offline
-//!   queueing.
+//! - [`direct`]: direct messages, typing, receipts and call signals: dedup, online
+//!   delivery, offline queueing.
+//! - [`history`]: history pages and changes to sent messages (edits, deletes, reactions).
 //! - [`groups`]: joins and leaves, posts fanned out per member home.
 //! - [`huddles`]: a group's call rooms.
 //! - [`broadcast`]: HTTP API broadcasts, each home's share.
@@ -25,8 +33,9 @@ mod direct;
 pub mod directory;
 mod groups;
 pub mod groups_state;
+mod history;
 pub mod huddles;
-mod presence;
+pub mod presence;
 mod session;
 
 use std::{borrow::Cow, collections::VecDeque, sync::Arc};
@@ -35,7 +44,7 @@ use bytes::Bytes;
 use slab::Slab;
 
 use crate::{
-    protocol::Priority,
+    protocol::{inbound::ClientMessage, outbound::PresenceEntry, Priority},
     router::{home_of, ConnAddr, Envelope},
     store::{Command, Reply},
 };
@@ -43,12 +52,65 @@ use dedup::RecentMessages;
 use directory::Directory;
 use groups_state::{GroupQuota, Groups};
 
+/// The time an event happens, read by the driver (the shard reads no clock).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Clock {
+    /// Wall-clock time, Unix ms: timestamps in frames, presence, the dedup window.
+    pub unix_ms: u64,
+    /// Monotonic time, ns ([`crate::stats::clock_ns`] in a reactor): routing latency.
+    pub mono_ns: u64,
+}
+
 /// What a shard is handed.
 #[derive(Debug)]
-pub enum Event {
-    /// An envelope for the home (see [`Envelope::is_for_home`]), from a peer or itself.
+pub enum Event<'a> {
+    /// A device of this reactor authenticated as `user` (its driver checked the token).
+    Authenticated {
+        /// The connection.
+        conn: ConnAddr,
+        /// The user.
+        user: Arc<str>,
+        /// The device id.
+        device: &'a str,
+    },
+    /// A client message from an authenticated connection of this reactor (not `auth`).
+    Message {
+        /// The connection.
+        conn: ConnAddr,
+        /// Its user.
+        user: &'a Arc<str>,
+        /// The message, borrowing the frame's payload.
+        message: ClientMessage<'a>,
+    },
+    /// `POST /api/messages/send` on an HTTP connection of this reactor: a message on a
+    /// user's behalf, answered (through the driver) when the receiver's home says whether
+    /// a device got it.
+    ApiSend {
+        /// The HTTP connection waiting for the answer.
+        conn: ConnAddr,
+        /// The id the API gave the message.
+        message_id: &'a str,
+        /// The request.
+        request: &'a crate::http::api::SendRequest,
+    },
+    /// An authenticated connection of this reactor closed, or began its close.
+    Closed {
+        /// The connection.
+        conn: ConnAddr,
+        /// Its user.
+        user: Arc<str>,
+    },
+    /// A device took part of `receiver`'s offline queue: the stored `new_message`s whose
+    /// senders asked for a `delivery_receipt`.
+    QueueTaken {
+        /// The user whose queue it was.
+        receiver: Box<str>,
+        /// The messages, as stored.
+        receipts: Vec<Bytes>,
+    },
+    /// An envelope for the shard (see [`Envelope::is_for_shard`]), from a peer or itself.
     Mail(Envelope),
-    /// A store answer for the home ([`Reply::is_for_home`]).
+    /// A store answer for the shard ([`Reply::is_for_shard`]).
     StoreReply(Reply),
     /// A store command the shard asked for that could not be sent (the store thread is
     /// gone: the gateway is shutting down). Whoever waits on it is told.
@@ -149,7 +211,35 @@ struct PendingPost {
     failed: bool,
 }
 
-/// The chat state one reactor is home for.
+/// A `presence_subscribe` waiting for answers from the homes of the users it names.
+#[derive(Debug)]
+struct PendingPresence {
+    /// The asking connection.
+    watcher: ConnAddr,
+    /// Homes that have not answered yet.
+    awaiting: usize,
+    /// Answers so far.
+    entries: Vec<PresenceEntry>,
+}
+
+/// What one connection asked for that outlives a message; kept only while not empty
+/// (an idle connection costs the shard nothing).
+#[derive(Debug, Default)]
+struct ConnChat {
+    /// Users whose presence the connection watches.
+    subscriptions: Vec<Box<str>>,
+    /// Huddle rooms the connection is in, `(group, room)`: left when it closes.
+    huddles: Vec<(Box<str>, Box<str>)>,
+}
+
+impl ConnChat {
+    fn is_empty(&self) -> bool {
+        self.subscriptions.is_empty() && self.huddles.is_empty()
+    }
+}
+
+/// The chat state of one reactor: home of some users and groups, and the chat side of
+/// its connections.
 #[derive(Debug)]
 pub struct Shard {
     /// The reactor this shard is (its index among the homes).
@@ -158,6 +248,9 @@ pub struct Shard {
     homes: usize,
     /// The time of the event being handled (Unix ms), as the driver read it.
     now_ms: u64,
+    /// The same instant on the monotonic clock ([`Clock::mono_ns`]), stamped on
+    /// deliveries so their routing latency can be measured.
+    now_ns: u64,
     /// Users homed here: online devices and presence watchers.
     directory: Directory,
     /// Messages this home recently delivered or queued, so retries are not repeated.
@@ -168,6 +261,10 @@ pub struct Shard {
     posts: Slab<PendingPost>,
     /// Groups per user across every home (`--groups-per-user-max`).
     group_quota: Arc<GroupQuota>,
+    /// Subscriptions and huddles of this reactor's connections that have any.
+    conns: std::collections::HashMap<ConnAddr, ConnChat>,
+    /// Presence requests of this reactor's connections, waiting for homes.
+    presence_requests: Slab<PendingPresence>,
     /// Reusable buffer for outbound JSON.
     json: Vec<u8>,
 }
@@ -180,11 +277,14 @@ impl Shard {
             id,
             homes,
             now_ms: 0,
+            now_ns: 0,
             directory: Directory::default(),
             recent: RecentMessages::default(),
             groups,
             posts: Slab::new(),
             group_quota,
+            conns: Default::default(),
+            presence_requests: Slab::new(),
             json: Vec::with_capacity(1024),
         }
     }
@@ -194,19 +294,130 @@ impl Shard {
         self.directory.online_users()
     }
 
-    /// Handles one event at `now_ms` (Unix ms); its effects are appended to `out`.
-    pub fn handle(&mut self, now_ms: u64, event: Event, out: &mut Effects) {
-        self.now_ms = now_ms;
+    /// Handles one event at `now`; its effects are appended to `out`.
+    pub fn handle(&mut self, now: Clock, event: Event<'_>, out: &mut Effects) {
+        self.now_ms = now.unix_ms;
+        self.now_ns = now.mono_ns;
         match event {
+            Event::Authenticated { conn, user, device } => {
+                self.authenticated(conn, user, device, out)
+            }
+            Event::Message {
+                conn,
+                user,
+                message,
+            } => self.on_message(conn, user, message, out),
+            Event::ApiSend {
+                conn,
+                message_id,
+                request,
+            } => self.api_send(conn, message_id, request, out),
+            Event::Closed { conn, user } => self.closed(conn, user, out),
+            Event::QueueTaken { receiver, receipts } => self.queue_taken(&receiver, &receipts, out),
             Event::Mail(envelope) => self.on_mail(envelope, out),
             Event::StoreReply(reply) => self.on_store_reply(reply, out),
             Event::StoreRefused(command) => self.on_store_refused(command, out),
         }
     }
 
+    /// One client message: a thin switch to the feature that handles it.
+    fn on_message(
+        &mut self,
+        conn: ConnAddr,
+        user: &Arc<str>,
+        message: ClientMessage<'_>,
+        out: &mut Effects,
+    ) {
+        match message {
+            ClientMessage::Auth { .. } => {
+                out.error(conn, "bad_request", "already authenticated", None)
+            }
+            ClientMessage::Ping { ts } => self.ping(conn, ts, out),
+            ClientMessage::SendMessage {
+                message_id,
+                receiver_id,
+                content,
+                message_type,
+                priority,
+            } => {
+                let message = direct::TextMessage {
+                    message_id,
+                    receiver_id,
+                    content,
+                    message_type,
+                    priority,
+                };
+                self.send_message(conn, user, &message, true, out)
+            }
+            ClientMessage::Typing {
+                receiver_id,
+                is_typing,
+            } => self.typing(user, receiver_id, is_typing, out),
+            ClientMessage::ReadReceipt {
+                message_id,
+                sender_id,
+            } => self.read_receipt(conn, user, message_id, sender_id, out),
+            ClientMessage::History {
+                peer_id,
+                before,
+                limit,
+            } => self.history(conn, user, (peer_id, before, limit), out),
+            ClientMessage::GroupJoin { group_id, join } => {
+                self.ask_group_join(conn, user, group_id, join, out)
+            }
+            ClientMessage::GroupMessage {
+                message_id,
+                group_id,
+                content,
+                message_type,
+                priority,
+            } => {
+                let message = direct::TextMessage {
+                    message_id,
+                    receiver_id: group_id,
+                    content,
+                    message_type,
+                    priority,
+                };
+                self.group_message(conn, user, &message, out)
+            }
+            ClientMessage::Signal {
+                receiver_id,
+                call_id,
+                kind,
+                payload,
+            } => {
+                let signal = huddles::Signal {
+                    receiver_id,
+                    call_id,
+                    kind,
+                    payload: &payload,
+                };
+                self.signal(conn, user, &signal, out)
+            }
+            ClientMessage::Amend {
+                message_id,
+                receiver_id,
+                change,
+            } => self.amend(conn, user, (message_id, receiver_id), &change, out),
+            ClientMessage::PresenceSubscribe { user_ids } => {
+                self.presence_subscribe(conn, user_ids, out)
+            }
+            ClientMessage::PresenceUnsubscribe { user_ids } => {
+                self.presence_unsubscribe(conn, &user_ids, out)
+            }
+        }
+    }
+
     fn on_mail(&mut self, envelope: Envelope, out: &mut Effects) {
         match envelope {
             Envelope::Register { user, device, addr } => self.register(user, device, addr, out),
+            Envelope::Registered { addr, user, device } => {
+                self.registered(addr, &user, &device, out)
+            }
+            Envelope::PresenceReply { request, entries } => {
+                self.presence_reply(request, entries, out)
+            }
             Envelope::Unregister { user, addr } => self.unregister(&user, addr, out),
             Envelope::Deliver(delivery) => self.deliver(*delivery, out),
             Envelope::Subscribe {
@@ -221,7 +432,7 @@ impl Shard {
             Envelope::GroupDeliver(delivery) => self.group_deliver(*delivery, out),
             Envelope::GroupShareDone { post, failed } => self.group_share_done(post, failed, out),
             Envelope::Huddle(signal) => self.huddle(*signal, out),
-            other => debug_assert!(false, "not for a home: {other:?}"),
+            other => debug_assert!(false, "for a connection, not a shard: {other:?}"),
         }
     }
 
@@ -241,7 +452,25 @@ impl Shard {
                 failed,
                 ..
             } => self.group_share_done(request, failed, out),
-            other => debug_assert!(false, "not for a home: {other:?}"),
+            Reply::History {
+                requester,
+                peer,
+                messages,
+                error,
+            } => self.history_read(requester, &peer, &messages, error.as_deref(), out),
+            Reply::Amended {
+                amend,
+                found,
+                error,
+            } => self.amended(*amend, found, error, out),
+            Reply::SenderFound {
+                requester,
+                reader,
+                message_id,
+                sender,
+                error,
+            } => self.sender_found(requester, &reader, &message_id, sender, error, out),
+            other => debug_assert!(false, "for a connection, not a shard: {other:?}"),
         }
     }
 
@@ -265,8 +494,27 @@ impl Shard {
                 device,
                 ..
             } => self.membership_stored(&group, &user, joined, device, false, out),
-            // History is best effort once the message is delivered.
-            _ => {}
+            Command::History { requester, .. } => {
+                let text = "history cannot be read: the gateway is shutting down";
+                out.error(requester, "store_unavailable", text, None);
+            }
+            Command::Amend(amend) => {
+                let text = "the message cannot be changed: the gateway is shutting down";
+                let reference = Some(&*amend.message_id);
+                out.error(amend.requester, "store_unavailable", text, reference);
+            }
+            Command::FindSender {
+                requester,
+                message_id,
+                ..
+            } => {
+                let text = "the message's sender cannot be looked up: the gateway is shutting down";
+                out.error(requester, "store_unavailable", text, Some(&message_id));
+            }
+            // History records are best effort once the message is delivered; a device
+            // that gets no queue keeps it queued for the next.
+            Command::Record { .. } | Command::Drain { .. } => {}
+            other => debug_assert!(false, "not a shard's command: {other:?}"),
         }
     }
 

@@ -1,12 +1,105 @@
-//! Subscriptions to a user's presence, kept at the user's home: a subscriber gets the
-//! current state at once and every change after it (see [`super::session`]).
+//! Presence subscriptions. A connection's `presence_subscribe` goes to the home of each
+//! user it names; each home answers with the users' state and keeps the connection as a
+//! watcher, so it hears every change after (see [`super::session`]); the connection's
+//! reactor gathers the answers into one `presence_state`.
 
-use super::{Effects, Shard};
-use crate::{protocol::outbound::PresenceEntry, router::ConnAddr, router::Envelope};
+use super::{Effects, PendingPresence, Shard};
+use crate::{
+    protocol::{outbound, outbound::PresenceEntry, Priority},
+    router::{ConnAddr, Envelope},
+    ws::frame,
+};
+
+/// The most users one connection may watch; more is refused with `bad_request`.
+pub const SUBSCRIPTIONS_PER_CONN_MAX: usize = 1024;
 
 impl Shard {
-    /// `watcher` subscribes to these users homed here; the answer goes back to its
-    /// reactor, which gathers one from each home before it writes `presence_state`.
+    /// At the watcher's reactor: subscribes `conn` to these users at their homes.
+    pub(super) fn presence_subscribe(
+        &mut self,
+        conn: ConnAddr,
+        mut user_ids: Vec<&str>,
+        out: &mut Effects,
+    ) {
+        user_ids.sort_unstable();
+        user_ids.dedup();
+        let chat = self.conns.entry(conn).or_default();
+        let subscriptions = &mut chat.subscriptions;
+        let new: Vec<Box<str>> = user_ids
+            .iter()
+            .filter(|u| !subscriptions.iter().any(|s| &**s == **u))
+            .map(|u| (*u).into())
+            .collect();
+        let refused = subscriptions.len() + new.len() > SUBSCRIPTIONS_PER_CONN_MAX;
+        if !refused {
+            subscriptions.extend(new);
+        }
+        if chat.is_empty() {
+            self.conns.remove(&conn);
+        }
+        if refused {
+            let text = format!("a connection may watch at most {SUBSCRIPTIONS_PER_CONN_MAX} users");
+            return out.error(conn, "bad_request", text, None);
+        }
+        let users: Vec<Box<str>> = user_ids.iter().map(|u| (*u).into()).collect();
+        let by_home = self.split_by_home(users);
+        if by_home.is_empty() {
+            return self.presence_state(conn, &[], out);
+        }
+        let request = self.presence_requests.insert(PendingPresence {
+            watcher: conn,
+            awaiting: by_home.len(),
+            entries: Vec::with_capacity(user_ids.len()),
+        }) as u32;
+        for (home, users) in by_home {
+            let subscribe = Envelope::Subscribe {
+                watcher: conn,
+                request,
+                users,
+            };
+            out.mail(home, subscribe);
+        }
+    }
+
+    /// At the watcher's reactor: `conn` stops watching these users.
+    pub(super) fn presence_unsubscribe(
+        &mut self,
+        conn: ConnAddr,
+        user_ids: &[&str],
+        out: &mut Effects,
+    ) {
+        let Some(chat) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        let mut dropped = Vec::new();
+        chat.subscriptions.retain(|u| {
+            let drop = user_ids.contains(&&**u);
+            if drop {
+                dropped.push(u.clone());
+            }
+            !drop
+        });
+        if chat.is_empty() {
+            self.conns.remove(&conn);
+        }
+        self.unsubscribe_all(conn, dropped, out);
+    }
+
+    /// At the watcher's reactor: tells each home of `users` that `conn` stops watching.
+    pub(super) fn unsubscribe_all(&self, conn: ConnAddr, users: Vec<Box<str>>, out: &mut Effects) {
+        for (home, users) in self.split_by_home(users) {
+            out.mail(
+                home,
+                Envelope::Unsubscribe {
+                    watcher: conn,
+                    users,
+                },
+            );
+        }
+    }
+
+    /// At a home: `watcher` subscribes to these users homed here; the answer goes back
+    /// to its reactor.
     pub(super) fn subscribe(
         &mut self,
         watcher: ConnAddr,
@@ -29,10 +122,36 @@ impl Shard {
         out.mail(watcher.reactor as usize, reply);
     }
 
-    /// `watcher` stops watching these users.
+    /// At a home: `watcher` stops watching these users.
     pub(super) fn unsubscribe(&mut self, watcher: ConnAddr, users: Vec<Box<str>>) {
         for user in users {
             self.directory.unsubscribe(&user, watcher);
         }
+    }
+
+    /// At the watcher's reactor: one home's answer; the last one is written.
+    pub(super) fn presence_reply(
+        &mut self,
+        request: u32,
+        entries: Vec<PresenceEntry>,
+        out: &mut Effects,
+    ) {
+        let request = request as usize;
+        let Some(pending) = self.presence_requests.get_mut(request) else {
+            return;
+        };
+        pending.entries.extend(entries);
+        pending.awaiting -= 1;
+        if pending.awaiting == 0 {
+            let done = self.presence_requests.remove(request);
+            self.presence_state(done.watcher, &done.entries, out);
+        }
+    }
+
+    fn presence_state(&mut self, watcher: ConnAddr, entries: &[PresenceEntry], out: &mut Effects) {
+        self.json.clear();
+        outbound::presence_state(&mut self.json, entries);
+        let frame = frame::encode_text(&self.json);
+        out.frame_to(watcher, frame, Priority::Normal, 0);
     }
 }

@@ -1,17 +1,75 @@
-//! Devices registering with their user's home and leaving it, and the presence updates
-//! that follow: a user's first device online and last device gone are announced to the
-//! user's watchers.
+//! A device's session: it registers with its user's home once authenticated, hears
+//! `auth_success` once the home has it, and leaves when its connection closes. A user's
+//! first device online and last device gone are announced to the user's watchers.
 
 use std::sync::Arc;
 
 use super::{Effects, Shard};
 use crate::{
-    protocol::{outbound, Priority},
+    protocol::{inbound::Scalar, outbound, Priority},
     router::{ConnAddr, Envelope},
+    store::Command,
     ws::{close, frame},
 };
 
 impl Shard {
+    /// At the device's reactor: the device registers with its user's home.
+    /// `auth_success` waits for the home's answer ([`Shard::registered`]), so a client
+    /// told it is online is already reachable.
+    pub(super) fn authenticated(
+        &mut self,
+        conn: ConnAddr,
+        user: Arc<str>,
+        device: &str,
+        out: &mut Effects,
+    ) {
+        let home = self.home_of(&user);
+        let device = device.into();
+        out.mail(
+            home,
+            Envelope::Register {
+                user,
+                device,
+                addr: conn,
+            },
+        );
+    }
+
+    /// At the device's reactor: the home has the device. `auth_success`, then the user's
+    /// offline queue (PROTOCOL.md: after `auth_success`).
+    pub(super) fn registered(
+        &mut self,
+        conn: ConnAddr,
+        user: &str,
+        device: &str,
+        out: &mut Effects,
+    ) {
+        self.json.clear();
+        outbound::auth_success(&mut self.json, user, device, self.now_ms);
+        out.frame_to(conn, frame::encode_text(&self.json), Priority::High, 0);
+        out.store(Command::Drain {
+            user: user.into(),
+            device: conn,
+        });
+    }
+
+    /// At the device's reactor: the connection closed. It leaves its home's directory,
+    /// its huddles and the presence of the users it watched.
+    pub(super) fn closed(&mut self, conn: ConnAddr, user: Arc<str>, out: &mut Effects) {
+        let chat = self.conns.remove(&conn).unwrap_or_default();
+        self.leave_huddles(conn, &user, chat.huddles, out);
+        let home = self.home_of(&user);
+        out.mail(home, Envelope::Unregister { user, addr: conn });
+        self.unsubscribe_all(conn, chat.subscriptions, out);
+    }
+
+    /// `ping {ts}` → `pong {ts}`.
+    pub(super) fn ping(&mut self, conn: ConnAddr, ts: Option<Scalar<'_>>, out: &mut Effects) {
+        self.json.clear();
+        outbound::pong(&mut self.json, ts, self.now_ms);
+        out.frame_to(conn, frame::encode_text(&self.json), Priority::High, 0);
+    }
+
     /// A device authenticated: it joins the directory (replacing an older connection with
     /// the same device id, which is closed with 4003) and is told so, or is refused when
     /// the user has too many devices.
@@ -28,7 +86,14 @@ impl Shard {
             let code = close::POLICY_VIOLATION;
             out.mail(to, Envelope::Close { addr, code });
         } else {
-            out.mail(to, Envelope::Registered { addr, device });
+            out.mail(
+                to,
+                Envelope::Registered {
+                    addr,
+                    user: user.clone(),
+                    device,
+                },
+            );
         }
         if let Some(old) = outcome.replaced {
             let code = close::REPLACED;

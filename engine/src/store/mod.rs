@@ -278,18 +278,17 @@ pub enum Outcome {
 }
 
 impl Reply {
-    /// Whether the answer is for the reactor's [`crate::shard::Shard`] (as a home) rather
-    /// than for one of its connections.
-    pub fn is_for_home(&self) -> bool {
+    /// Whether the answer is for the reactor's [`crate::shard::Shard`] rather than for
+    /// its driver (which writes queues to devices and answers HTTP API requests).
+    pub fn is_for_shard(&self) -> bool {
         match self {
-            Reply::NotKept { .. } | Reply::Membership { .. } => true,
-            Reply::FanOutQueued { purpose, .. } => *purpose == FanOut::GroupPost,
-            Reply::Enqueued { .. }
-            | Reply::Pending { .. }
-            | Reply::Peeked { .. }
+            Reply::NotKept { .. }
+            | Reply::Membership { .. }
             | Reply::History { .. }
             | Reply::Amended { .. }
-            | Reply::SenderFound { .. } => false,
+            | Reply::SenderFound { .. } => true,
+            Reply::FanOutQueued { purpose, .. } => *purpose == FanOut::GroupPost,
+            Reply::Enqueued { .. } | Reply::Pending { .. } | Reply::Peeked { .. } => false,
         }
     }
 }
