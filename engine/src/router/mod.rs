@@ -48,6 +48,9 @@ pub struct Delivery {
     pub except: Option<ConnAddr>,
     /// When set, the home tells this sender whether any device got it.
     pub ack: Option<AckRequest>,
+    /// For the copy of a chat message to its sender's other devices: the message's id.
+    /// The sender's home delivers a retry's copy only to devices that did not get one.
+    pub copy_of: Option<Box<str>>,
     /// When the message was accepted ([`crate::stats::clock_ns`]), for routing latency.
     pub accepted_ns: u64,
     /// What to do when no device is online (with `ack`, it is always queued).
@@ -95,6 +98,20 @@ pub enum AckStatus {
     Queued,
     /// No device online and the store could not take it (it is shutting down).
     Offline,
+}
+
+/// A user came online or went offline, for each of the user's watchers (one allocation
+/// per change, shared by every watcher).
+#[derive(Debug)]
+pub struct PresenceNote {
+    /// The user.
+    pub user: Box<str>,
+    /// Online (first device) or offline (last device gone).
+    pub online: bool,
+    /// When (Unix ms).
+    pub at_ms: u64,
+    /// The `presence_update` frame.
+    pub frame: Bytes,
 }
 
 /// A message the HTTP API broadcasts, shared by every home that delivers it.
@@ -261,6 +278,15 @@ pub enum Envelope {
         /// The users.
         users: Vec<Box<str>>,
     },
+    /// To a watcher's reactor: a watched user's presence changed. (Through the shard,
+    /// not straight to the connection: a `presence_state` still being gathered for the
+    /// watcher must not be older than an update written before it.)
+    Presence {
+        /// The watching connection.
+        watcher: ConnAddr,
+        /// The change.
+        note: Arc<PresenceNote>,
+    },
     /// To a home: `watcher` stops watching these users.
     Unsubscribe {
         /// The watching connection.
@@ -311,6 +337,7 @@ impl Envelope {
             Envelope::Register { .. }
             | Envelope::Registered { .. }
             | Envelope::PresenceReply { .. }
+            | Envelope::Presence { .. }
             | Envelope::Unregister { .. }
             | Envelope::Deliver(_)
             | Envelope::Subscribe { .. }

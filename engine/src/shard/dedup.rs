@@ -31,24 +31,40 @@ pub enum Seen {
 pub struct PairKey(u64, u64);
 
 impl PairKey {
-    /// The key as the store carries it, opaque to the store.
-    pub fn ticket(self) -> crate::store::Ticket {
-        crate::store::Ticket(u128::from(self.0) << 64 | u128::from(self.1))
+    /// The record `serial` of this key as the store carries it, opaque to the store.
+    pub fn ticket(self, serial: u64) -> crate::store::Ticket {
+        crate::store::Ticket {
+            key: u128::from(self.0) << 64 | u128::from(self.1),
+            serial,
+        }
     }
 
-    /// The key a store ticket carries back.
-    pub fn from_ticket(ticket: crate::store::Ticket) -> PairKey {
-        PairKey((ticket.0 >> 64) as u64, ticket.0 as u64)
+    /// The key and record serial a store ticket carries back.
+    pub fn from_ticket(ticket: crate::store::Ticket) -> (PairKey, u64) {
+        let key = PairKey((ticket.key >> 64) as u64, ticket.key as u64);
+        (key, ticket.serial)
     }
+}
+
+/// One remembered pair: what happened, when (ms), and the record's serial.
+#[derive(Debug, Clone, Copy)]
+struct Record {
+    seen: Seen,
+    at_ms: u64,
+    serial: u64,
 }
 
 /// One home's recent messages.
 #[derive(Debug, Default)]
 pub struct RecentMessages {
     hashers: (RandomState, RandomState),
-    /// What happened, and when it was recorded (ms; matched against `order` on eviction).
-    seen: HashMap<PairKey, (Seen, u64)>,
+    /// The latest record of each pair.
+    seen: HashMap<PairKey, Record>,
+    /// Records oldest first, `(key, serial)`: an entry evicts its pair only if the pair
+    /// was not recorded again since.
     order: VecDeque<(PairKey, u64)>,
+    /// The serial of the next record.
+    next_serial: u64,
 }
 
 impl RecentMessages {
@@ -58,36 +74,50 @@ impl RecentMessages {
         PairKey(self.hashers.0.hash_one(pair), self.hashers.1.hash_one(pair))
     }
 
-    /// What happened to this pair before, if it is in the window.
-    pub fn check(&self, key: PairKey) -> Option<Seen> {
-        self.seen.get(&key).map(|&(seen, _)| seen)
+    /// The key of the copy of `(sender, message_id)` for the sender's own devices: a
+    /// pair of its own, apart from the message's.
+    pub fn copy_key(&self, sender: &str, message_id: &str) -> PairKey {
+        let copy = (sender, message_id, b'c');
+        PairKey(self.hashers.0.hash_one(copy), self.hashers.1.hash_one(copy))
     }
 
-    /// Remembers `key` at `now_ms`, evicting what is too old or over the bound. The clock
-    /// is the caller's: the shard is handed the time with each event.
-    pub fn record(&mut self, key: PairKey, seen: Seen, now_ms: u64) {
-        let now = now_ms;
-        while let Some(&(oldest, at)) = self.order.front() {
-            if self.order.len() < WINDOW_PAIRS_MAX && now.saturating_sub(at) < WINDOW_AGE_MS {
+    /// What happened to this pair before, if it is in the window.
+    pub fn check(&self, key: PairKey) -> Option<Seen> {
+        self.seen.get(&key).map(|record| record.seen)
+    }
+
+    /// Remembers `key` at `now_ms`, evicting what is too old or over the bound; returns
+    /// the record's serial. The clock is the caller's: the shard is handed the time with
+    /// each event.
+    pub fn record(&mut self, key: PairKey, seen: Seen, now_ms: u64) -> u64 {
+        while let Some(&(oldest, serial)) = self.order.front() {
+            let at_ms = self.seen.get(&oldest).map_or(0, |r| r.at_ms);
+            let young = now_ms.saturating_sub(at_ms) < WINDOW_AGE_MS;
+            if self.order.len() < WINDOW_PAIRS_MAX && young {
                 break;
             }
             self.order.pop_front();
-            // Only if it was not forgotten and recorded again since.
-            if self
-                .seen
-                .get(&oldest)
-                .is_some_and(|&(_, recorded)| recorded == at)
-            {
-                self.seen.remove(&oldest);
-            }
+            self.forget(oldest, serial);
         }
-        self.seen.insert(key, (seen, now));
-        self.order.push_back((key, now));
+        let serial = self.next_serial;
+        self.next_serial += 1;
+        let record = Record {
+            seen,
+            at_ms: now_ms,
+            serial,
+        };
+        self.seen.insert(key, record);
+        self.order.push_back((key, serial));
+        serial
     }
 
-    /// Forgets `key` (the store did not keep the message: a retry must be tried again).
-    pub fn forget(&mut self, key: PairKey) {
-        self.seen.remove(&key);
+    /// Forgets record `serial` of `key` (the store did not keep that copy: a retry must
+    /// be tried again), unless the pair was recorded again since: a later copy may be
+    /// the one kept.
+    pub fn forget(&mut self, key: PairKey, serial: u64) {
+        if self.seen.get(&key).is_some_and(|r| r.serial == serial) {
+            self.seen.remove(&key);
+        }
     }
 }
 
@@ -100,14 +130,20 @@ mod tests {
         let mut recent = RecentMessages::default();
         let key = recent.key("alice", "m1");
         assert_eq!(recent.check(key), None);
-        recent.record(key, Seen::Queued, 0);
+        let first = recent.record(key, Seen::Queued, 0);
         assert_eq!(recent.check(recent.key("alice", "m1")), Some(Seen::Queued));
         assert_eq!(recent.check(recent.key("alice", "m2")), None);
         assert_eq!(recent.check(recent.key("bob", "m1")), None);
         // The pair is not confused with a shifted split of the same text.
         assert_ne!(recent.key("al", "icem1"), key);
-        recent.forget(key);
+        let second = recent.record(key, Seen::Queued, 0);
+        // The first copy's refusal does not forget the second.
+        recent.forget(key, first);
+        assert_eq!(recent.check(key), Some(Seen::Queued));
+        recent.forget(key, second);
         assert_eq!(recent.check(key), None);
+        // The copy for the sender's devices is a pair of its own.
+        assert_ne!(recent.copy_key("alice", "m1"), key);
     }
 
     #[test]

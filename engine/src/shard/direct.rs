@@ -86,6 +86,7 @@ impl Shard {
             // The sender's other devices see what it sent.
             let mut copy = self.delivery(user, frame, message.priority);
             copy.except = device;
+            copy.copy_of = Some(message.message_id.into());
             self.mail_delivery(copy, out);
         }
     }
@@ -219,6 +220,7 @@ impl Shard {
             priority,
             except: None,
             ack: None,
+            copy_of: None,
             accepted_ns: self.now_ns,
             offline: WhenOffline::Drop,
         }
@@ -234,19 +236,31 @@ impl Shard {
     /// [`Shard::undelivered`]. The sender of a chat message hears `sent` once the frames
     /// are on their way to the devices.
     pub(super) fn deliver(&mut self, delivery: Delivery, out: &mut Effects) {
+        if let Some(id) = &delivery.copy_of {
+            // A retry's copy for the sender's own devices: each got the first one.
+            let key = self.recent.copy_key(&delivery.user, id);
+            if self.recent.check(key).is_some() {
+                return;
+            }
+            self.recent.record(key, Seen::Delivered, self.now_ms);
+        }
         let key = delivery
             .ack
             .as_ref()
             .map(|ack| self.recent.key(&ack.sender_user, &ack.message_id));
-        if let (Some(ack), Some(key)) = (&delivery.ack, key) {
-            if let Some(seen) = self.recent.check(key) {
-                // A retry: acknowledged again, as the first time, and no further.
-                let status = match seen {
-                    Seen::Delivered => AckStatus::Sent,
-                    Seen::Queued => AckStatus::Queued,
-                };
-                return ack_to(ack.sender, ack.message_id.clone(), status, out);
+        match key.and_then(|key| self.recent.check(key)) {
+            // A retry of a message a device got: acknowledged again, and no further.
+            Some(Seen::Delivered) => {
+                if let Some(ack) = delivery.ack {
+                    ack_to(ack.sender, ack.message_id, AckStatus::Sent, out);
+                }
+                return;
             }
+            // A retry of a message handed to the store: the first copy may not be
+            // committed yet, or may be refused. The store answers the retry after its
+            // commit, recognising a message it holds (never queued twice).
+            Some(Seen::Queued) => return self.undelivered(delivery, key, out),
+            None => {}
         }
         // Hot path: a user's devices fit inline; the frame is shared, not copied.
         let targets: SmallVec<[ConnAddr; 4]> = self
@@ -297,9 +311,10 @@ impl Shard {
                 WhenOffline::Drop => return,
             }
         }
-        if let Some(key) = key {
-            self.recent.record(key, Seen::Queued, self.now_ms);
-        }
+        let ticket = key.map(|key| {
+            let serial = self.recent.record(key, Seen::Queued, self.now_ms);
+            (self.id, key.ticket(serial))
+        });
         let (sender, message_id, receipt, chat) = match ack {
             Some(ack) => {
                 let chat = Some(chat_of(&ack));
@@ -314,7 +329,7 @@ impl Shard {
             sender,
             message_id,
             receipt,
-            dedup: key.map(|key| (self.id, key.ticket())),
+            dedup: ticket,
             chat,
         })));
     }
@@ -323,7 +338,8 @@ impl Shard {
     /// a retry must be tried again and the sender hears that the receiver is offline.
     pub(super) fn enqueue_refused(&mut self, enqueue: Enqueue, out: &mut Effects) {
         if let Some((_, ticket)) = enqueue.dedup {
-            self.recent.forget(PairKey::from_ticket(ticket));
+            let (key, serial) = PairKey::from_ticket(ticket);
+            self.recent.forget(key, serial);
         }
         if let Some(sender) = enqueue.sender {
             ack_to(sender, enqueue.message_id, AckStatus::Offline, out);

@@ -3,7 +3,7 @@
 //! huddle rooms (in memory only: a room is the connections in it).
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{BTreeSet, HashMap},
     sync::{Arc, Mutex},
 };
 
@@ -75,7 +75,9 @@ pub struct Groups {
 
 #[derive(Debug, Default)]
 struct Group {
-    members: HashSet<Arc<str>>,
+    /// In id order, so a fan-out's order depends on nothing but the members (the
+    /// simulator replays a seed exactly).
+    members: BTreeSet<Arc<str>>,
     /// Huddle id → the devices present, with their users.
     rooms: HashMap<Box<str>, Vec<(ConnAddr, Arc<str>)>>,
 }
@@ -114,7 +116,7 @@ impl Groups {
             .is_some_and(|g| g.members.contains(user))
     }
 
-    /// The members of `group`, in no particular order.
+    /// The members of `group`, in id order.
     pub fn members(&self, group: &str) -> Vec<Arc<str>> {
         self.groups
             .get(group)

@@ -418,6 +418,7 @@ impl Shard {
             Envelope::PresenceReply { request, entries } => {
                 self.presence_reply(request, entries, out)
             }
+            Envelope::Presence { watcher, note } => self.presence_changed(watcher, &note, out),
             Envelope::Unregister { user, addr } => self.unregister(&user, addr, out),
             Envelope::Deliver(delivery) => self.deliver(*delivery, out),
             Envelope::Subscribe {
@@ -438,7 +439,10 @@ impl Shard {
 
     fn on_store_reply(&mut self, reply: Reply, out: &mut Effects) {
         match reply {
-            Reply::NotKept { ticket } => self.recent.forget(dedup::PairKey::from_ticket(ticket)),
+            Reply::NotKept { ticket } => {
+                let (key, serial) = dedup::PairKey::from_ticket(ticket);
+                self.recent.forget(key, serial);
+            }
             Reply::Membership {
                 group,
                 user,

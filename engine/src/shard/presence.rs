@@ -6,7 +6,7 @@
 use super::{Effects, PendingPresence, Shard};
 use crate::{
     protocol::{outbound, outbound::PresenceEntry, Priority},
-    router::{ConnAddr, Envelope},
+    router::{ConnAddr, Envelope, PresenceNote},
     ws::frame,
 };
 
@@ -129,6 +129,41 @@ impl Shard {
         }
     }
 
+    /// At the watcher's reactor: a watched user's presence changed.
+    pub(super) fn presence_changed(
+        &mut self,
+        watcher: ConnAddr,
+        note: &PresenceNote,
+        out: &mut Effects,
+    ) {
+        let last_seen_ms = (!note.online).then_some(note.at_ms);
+        let fresh = PresenceEntry {
+            user_id: note.user.to_string(),
+            online: note.online,
+            last_seen_ms,
+        };
+        self.refresh_pending(watcher, std::slice::from_ref(&fresh));
+        out.frame_to(watcher, note.frame.clone(), Priority::Normal, 0);
+    }
+
+    /// Whatever a watcher's reactor hears of a user's presence is the newest there is
+    /// (one home speaks for a user, through one FIFO ring), so it replaces what every
+    /// `presence_state` still gathering for the watcher holds of that user: a state
+    /// written after an update, or after a newer state, is never older than they are.
+    fn refresh_pending(&mut self, watcher: ConnAddr, fresh: &[PresenceEntry]) {
+        for (_, pending) in self.presence_requests.iter_mut() {
+            if pending.watcher != watcher {
+                continue;
+            }
+            for entry in pending.entries.iter_mut() {
+                if let Some(newer) = fresh.iter().find(|f| f.user_id == entry.user_id) {
+                    entry.online = newer.online;
+                    entry.last_seen_ms = newer.last_seen_ms;
+                }
+            }
+        }
+    }
+
     /// At the watcher's reactor: one home's answer; the last one is written.
     pub(super) fn presence_reply(
         &mut self,
@@ -137,9 +172,11 @@ impl Shard {
         out: &mut Effects,
     ) {
         let request = request as usize;
-        let Some(pending) = self.presence_requests.get_mut(request) else {
+        let Some(watcher) = self.presence_requests.get(request).map(|p| p.watcher) else {
             return;
         };
+        self.refresh_pending(watcher, &entries);
+        let pending = &mut self.presence_requests[request];
         pending.entries.extend(entries);
         pending.awaiting -= 1;
         if pending.awaiting == 0 {

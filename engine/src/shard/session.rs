@@ -7,7 +7,7 @@ use std::sync::Arc;
 use super::{Effects, Shard};
 use crate::{
     protocol::{inbound::Scalar, outbound, Priority},
-    router::{ConnAddr, Envelope},
+    router::{ConnAddr, Envelope, PresenceNote},
     store::Command,
     ws::{close, frame},
 };
@@ -122,9 +122,18 @@ impl Shard {
         }
         json.clear();
         outbound::presence_update(json, user, online, self.now_ms);
-        let frame = frame::encode_text(json);
-        for &addr in watchers {
-            out.frame_to(addr, frame.clone(), Priority::Normal, 0);
+        let note = Arc::new(PresenceNote {
+            user: user.into(),
+            online,
+            at_ms: self.now_ms,
+            frame: frame::encode_text(json),
+        });
+        for &watcher in watchers {
+            let note = note.clone();
+            out.mail(
+                watcher.reactor as usize,
+                Envelope::Presence { watcher, note },
+            );
         }
     }
 }

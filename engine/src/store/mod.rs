@@ -80,7 +80,12 @@ pub struct Chat {
 /// A value a reactor gives the store with a command and gets back with the answer; the
 /// store never looks inside (the home's dedup key of a message).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Ticket(pub u128);
+pub struct Ticket {
+    /// The reactor's key.
+    pub key: u128,
+    /// The reactor's serial.
+    pub serial: u64,
+}
 
 /// A request to the store thread.
 #[derive(Debug)]

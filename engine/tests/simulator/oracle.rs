@@ -1,0 +1,293 @@
+//! What the simulated clients saw, and the invariants it must satisfy.
+//!
+//! Safety is checked on every frame as it arrives: nothing reaches a connection twice,
+//! messages from one sending connection arrive in the order it sent them, a frame reaches
+//! only a connection it concerns, and an ack answers a message its connection sent.
+//! Liveness is checked once the world is quiet: every message acknowledged `sent` reached
+//! each device of its receiver that was online before it was sent and stayed connected;
+//! every message acknowledged `queued` reached a device of its receiver in the end,
+//! crashes or not; and every watcher's view of presence is the truth.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
+use serde_json::Value;
+
+/// A connection as the oracle knows it (by its index in the world).
+#[derive(Debug, Default)]
+pub struct ConnView {
+    /// Its user.
+    pub user: String,
+    /// The crash epoch it lived in.
+    pub epoch: u32,
+    /// The step it got `auth_success`, once it has.
+    pub online_at: Option<u64>,
+    /// Closed (by the client, the server or a crash).
+    pub closed: bool,
+    /// `(sender, messageId)` of every `new_message` it got.
+    got: HashSet<(String, String)>,
+    /// Per `(sending connection, channel)`, the last send number it got online.
+    last_seq: HashMap<(usize, String), u64>,
+    /// What it last heard of each user it watches: online or not.
+    presence: BTreeMap<String, bool>,
+    /// Users it subscribed to and has not unsubscribed from.
+    watching: BTreeSet<String>,
+    /// Users it ever subscribed to (updates may still be on their way after an
+    /// unsubscribe).
+    ever_watched: BTreeSet<String>,
+    /// Message ids it sent, whose acks it may get.
+    pub sent: HashSet<String>,
+}
+
+/// How a message was acknowledged to its sender.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Acked {
+    /// A device got it.
+    Sent,
+    /// It is stored for the offline receiver.
+    Queued,
+    /// Refused (queue full, offline at shutdown, persistence failure).
+    Refused,
+}
+
+/// A direct message as its sender sent it (the first attempt; retries reuse the id).
+#[derive(Debug)]
+struct Message {
+    receiver: String,
+    /// The step of each attempt.
+    attempts: Vec<u64>,
+    /// The connections that sent an attempt (a message to oneself skips the sending
+    /// device).
+    senders: Vec<usize>,
+    /// The crash epoch of the last attempt.
+    epoch: u32,
+    /// Every ack the sender got for it.
+    acks: Vec<(Acked, u64)>,
+}
+
+/// The simulator's bookkeeping and judge.
+#[derive(Debug, Default)]
+pub struct Oracle {
+    /// Every connection ever made, by world index.
+    pub conns: Vec<ConnView>,
+    /// `(sender, messageId)` → the message.
+    messages: BTreeMap<(String, String), Message>,
+    /// Groups each user ever asked to join.
+    joined: HashSet<(String, String)>,
+    /// `(user, messageId)` pairs any connection of the user got, over the whole run.
+    reached: HashSet<(String, String, String)>,
+    /// The current crash epoch.
+    pub epoch: u32,
+    /// The current step.
+    pub step: u64,
+}
+
+impl Oracle {
+    /// A new connection `index` of `user`.
+    pub fn connected(&mut self, index: usize, user: &str) {
+        assert_eq!(index, self.conns.len());
+        self.conns.push(ConnView {
+            user: user.into(),
+            epoch: self.epoch,
+            ..ConnView::default()
+        });
+    }
+
+    /// A direct message is sent (or retried) by connection `conn`.
+    pub fn sending(&mut self, conn: usize, message_id: &str, receiver: &str) {
+        let sender = self.conns[conn].user.clone();
+        self.conns[conn].sent.insert(message_id.into());
+        let message = self
+            .messages
+            .entry((sender, message_id.into()))
+            .or_insert_with(|| Message {
+                receiver: receiver.into(),
+                attempts: Vec::new(),
+                senders: Vec::new(),
+                epoch: 0,
+                acks: Vec::new(),
+            });
+        assert_eq!(
+            message.receiver, receiver,
+            "a retry names the first receiver"
+        );
+        message.attempts.push(self.step);
+        message.senders.push(conn);
+        message.epoch = self.epoch;
+    }
+
+    /// Connection `conn` subscribes to (or unsubscribes from) `user`'s presence.
+    pub fn watch(&mut self, conn: usize, user: &str, subscribe: bool) {
+        let view = &mut self.conns[conn];
+        if subscribe {
+            view.watching.insert(user.into());
+            view.ever_watched.insert(user.into());
+        } else {
+            view.watching.remove(user);
+        }
+    }
+
+    /// A user asked to join a group.
+    pub fn joining(&mut self, user: &str, group: &str) {
+        self.joined.insert((user.into(), group.into()));
+    }
+
+    /// Connection `conn` got an ack for `message_id`.
+    pub fn acked(&mut self, conn: usize, message_id: &str, acked: Acked) -> Result<(), String> {
+        let view = &self.conns[conn];
+        if !view.sent.contains(message_id) {
+            return Err(format!(
+                "conn {conn} got an ack for {message_id}, which it never sent"
+            ));
+        }
+        if let Some(message) = self
+            .messages
+            .get_mut(&(view.user.clone(), message_id.into()))
+        {
+            message.acks.push((acked, self.step));
+        }
+        Ok(())
+    }
+
+    /// Connection `conn` got a frame (`via_queue`: from its user's offline queue).
+    pub fn received(&mut self, conn: usize, frame: &Value, via_queue: bool) -> Result<(), String> {
+        let step = self.step;
+        let view = &mut self.conns[conn];
+        let text = |key: &str| frame[key].as_str().unwrap_or_default().to_owned();
+        match frame["type"].as_str().unwrap_or_default() {
+            "auth_success" => {
+                if view.online_at.is_some() {
+                    return Err(format!("conn {conn} got auth_success twice"));
+                }
+                view.online_at = Some(step);
+            }
+            "new_message" => {
+                let (sender, id) = (text("senderId"), text("messageId"));
+                let group = frame["groupId"].as_str();
+                let concerned = match group {
+                    Some(group) => self.joined.contains(&(view.user.clone(), group.into())),
+                    None => text("receiverId") == view.user || sender == view.user,
+                };
+                if !concerned {
+                    return Err(format!("conn {conn} of {} got {frame}", view.user));
+                }
+                if !view.got.insert((sender.clone(), id.clone())) {
+                    return Err(format!("conn {conn} got {sender}/{id} twice"));
+                }
+                let reached = (view.user.clone(), sender.clone(), id);
+                self.reached.insert(reached);
+                // content is "<sending conn>:<send number>"
+                let content = text("content");
+                let (from, seq) = content.split_once(':').ok_or("content without a number")?;
+                let key = (
+                    from.parse().unwrap_or(usize::MAX),
+                    group.unwrap_or("direct").into(),
+                );
+                let seq: u64 = seq.parse().map_err(|_| "bad send number")?;
+                if !via_queue {
+                    let last = view.last_seq.entry(key).or_default();
+                    if seq <= *last {
+                        return Err(format!(
+                            "conn {conn} got {sender}'s send {seq} from conn {from} after {last}"
+                        ));
+                    }
+                    *last = seq;
+                }
+            }
+            "presence_state" => {
+                for entry in frame["users"].as_array().into_iter().flatten() {
+                    let user = entry["userId"].as_str().unwrap_or_default().to_owned();
+                    let online = entry["status"].as_str() == Some("online");
+                    view.presence.insert(user, online);
+                }
+            }
+            "presence_update" => {
+                let user = text("userId");
+                if !view.ever_watched.contains(&user) {
+                    return Err(format!("conn {conn} got presence of {user}, never watched"));
+                }
+                view.presence.insert(user, text("status") == "online");
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Once the world is quiet, before anyone reconnects: acknowledged `sent` messages
+    /// reached the devices that were online for them; watchers see the truth.
+    pub fn check_quiet(&self) -> Result<(), String> {
+        let online_users: HashSet<&str> = self
+            .conns
+            .iter()
+            .filter(|c| !c.closed && c.epoch == self.epoch && c.online_at.is_some())
+            .map(|c| c.user.as_str())
+            .collect();
+        for ((sender, id), message) in &self.messages {
+            let Some(&(_, acked_at)) = message.acks.iter().find(|(a, _)| *a == Acked::Sent) else {
+                continue;
+            };
+            if message.epoch != self.epoch {
+                continue;
+            }
+            let first = message.attempts[0];
+            for (index, conn) in self.conns.iter().enumerate() {
+                let owed = conn.user == message.receiver
+                    && !message.senders.contains(&index)
+                    && !conn.closed
+                    && conn.epoch == self.epoch
+                    && conn.online_at.is_some_and(|at| at < first);
+                if owed && !conn.got.contains(&(sender.clone(), id.clone())) {
+                    return Err(format!(
+                        "{sender}/{id} acked sent at step {acked_at} never reached conn \
+                         {index} of {}, online since step {:?}",
+                        message.receiver, conn.online_at
+                    ));
+                }
+            }
+        }
+        for (index, conn) in self.conns.iter().enumerate() {
+            if conn.closed || conn.epoch != self.epoch || conn.online_at.is_none() {
+                continue;
+            }
+            for user in &conn.watching {
+                let truth = online_users.contains(user.as_str());
+                if conn.presence.get(user) != Some(&truth) {
+                    return Err(format!(
+                        "conn {index} sees {user} as {:?}, but online is {truth}",
+                        conn.presence.get(user)
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// At the very end, after every user reconnected and drained its queue: nothing
+    /// acknowledged `queued` was lost.
+    pub fn check_nothing_lost(&self) -> Result<(), String> {
+        for ((sender, id), message) in &self.messages {
+            let queued = message.acks.iter().any(|(a, _)| *a == Acked::Queued);
+            let reached = (message.receiver.clone(), sender.clone(), id.clone());
+            if queued && !self.reached.contains(&reached) {
+                return Err(format!(
+                    "{sender}/{id} to {} was acked queued ({:?}) and never delivered",
+                    message.receiver, message.acks
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// How many messages were acknowledged each way (for the run's summary).
+    pub fn ack_counts(&self) -> (usize, usize, usize) {
+        let mut counts = (0, 0, 0);
+        for message in self.messages.values() {
+            match message.acks.first().map(|(a, _)| *a) {
+                Some(Acked::Sent) => counts.0 += 1,
+                Some(Acked::Queued) => counts.1 += 1,
+                Some(Acked::Refused) => counts.2 += 1,
+                None => {}
+            }
+        }
+        counts
+    }
+}

@@ -1,0 +1,255 @@
+//! The simulated store: what the redb store promises, in memory, with a crash that loses
+//! exactly what was not committed.
+//!
+//! Commands wait in an inbox until a commit step applies all of them as one transaction
+//! (the real store's group commit) and answers; a crash empties the inbox. What a commit
+//! applied survives every crash: the offline queues, the message index that recognises a
+//! retry, and group memberships.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use bytes::Bytes;
+use engine::{
+    protocol::Priority,
+    store::{Command, FanOut, Outcome, Queued, Reply},
+};
+
+/// One message in a user's queue.
+#[derive(Debug, Clone)]
+struct Stored {
+    payload: Bytes,
+    priority: Priority,
+    receipt: bool,
+}
+
+/// The store as the simulator runs it.
+#[derive(Debug)]
+pub struct SimStore {
+    /// Sent, not yet committed.
+    inbox: Vec<Command>,
+    /// Per user, `(priority, sequence)` → message: delivery order.
+    queues: BTreeMap<String, BTreeMap<(u8, u64), Stored>>,
+    /// `(receiver, messageId)` → sender, for every chat message held (history's index).
+    held: HashMap<(String, String), String>,
+    /// `(group, user)`.
+    members: BTreeSet<(String, String)>,
+    next_sequence: u64,
+    /// Messages one user's queue holds at most (small, so `queue_full` happens).
+    queue_max: usize,
+    /// Messages one `Drain` answer carries at most (small, so queues come in parts).
+    drain_max: usize,
+}
+
+impl SimStore {
+    /// An empty store.
+    pub fn new(queue_max: usize, drain_max: usize) -> SimStore {
+        SimStore {
+            inbox: Vec::new(),
+            queues: BTreeMap::new(),
+            held: HashMap::new(),
+            members: BTreeSet::new(),
+            next_sequence: 0,
+            queue_max,
+            drain_max,
+        }
+    }
+
+    /// Hands the store a command (it is applied at the next commit, or lost in a crash).
+    pub fn send(&mut self, command: Command) {
+        self.inbox.push(command);
+    }
+
+    /// Whether commands wait for a commit.
+    pub fn has_work(&self) -> bool {
+        !self.inbox.is_empty()
+    }
+
+    /// The process died: what was not committed is gone.
+    pub fn crash(&mut self) {
+        self.inbox.clear();
+    }
+
+    /// The memberships held, as the engine loads them at start.
+    pub fn memberships(&self) -> Vec<(String, String)> {
+        self.members.iter().cloned().collect()
+    }
+
+    /// Messages queued for `user`.
+    pub fn queued(&self, user: &str) -> usize {
+        self.queues.get(user).map_or(0, BTreeMap::len)
+    }
+
+    /// Applies every waiting command as one committed transaction; returns the answers
+    /// with the reactor each goes to.
+    pub fn commit(&mut self) -> Vec<(usize, Reply)> {
+        let mut replies = Vec::new();
+        for command in std::mem::take(&mut self.inbox) {
+            self.apply(command, &mut replies);
+        }
+        replies
+    }
+
+    fn apply(&mut self, command: Command, replies: &mut Vec<(usize, Reply)>) {
+        match command {
+            Command::Enqueue(enqueue) => {
+                let user = enqueue.user.to_string();
+                let id = (user.clone(), enqueue.message_id.to_string());
+                let held = enqueue.chat.is_some() && self.held.contains_key(&id);
+                let outcome = if held {
+                    Outcome::Queued
+                } else if self.queued(&user) >= self.queue_max {
+                    Outcome::QueueFull
+                } else {
+                    self.push(
+                        &user,
+                        enqueue.priority,
+                        enqueue.payload.clone(),
+                        enqueue.receipt,
+                    );
+                    if let Some(chat) = &enqueue.chat {
+                        self.held.insert(id, chat.sender.to_string());
+                    }
+                    Outcome::Queued
+                };
+                if outcome != Outcome::Queued {
+                    if let Some((home, ticket)) = enqueue.dedup {
+                        replies.push((home, Reply::NotKept { ticket }));
+                    }
+                }
+                if let Some(sender) = enqueue.sender {
+                    let message_id = enqueue.message_id.clone();
+                    let reply = Reply::Enqueued {
+                        sender,
+                        message_id,
+                        outcome,
+                    };
+                    replies.push((sender.reactor as usize, reply));
+                }
+            }
+            Command::Record {
+                receiver,
+                message_id,
+                chat,
+                ..
+            } => {
+                let id = (receiver.to_string(), message_id.to_string());
+                self.held
+                    .entry(id)
+                    .or_insert_with(|| chat.sender.to_string());
+            }
+            Command::Drain { user, device } => {
+                let (messages, more) = self.read_queue(&user);
+                let reply = Reply::Pending {
+                    device,
+                    user,
+                    messages,
+                    more,
+                };
+                replies.push((device.reactor as usize, reply));
+            }
+            Command::Remove { user, keys } => {
+                if let Some(queue) = self.queues.get_mut(&*user) {
+                    for key in keys {
+                        queue.remove(&key);
+                    }
+                }
+            }
+            Command::EnqueueFanOut(batch) => {
+                let (mut queued, mut not_kept) = (0, 0);
+                for (user, payload) in batch.messages {
+                    if self.queued(&user) >= self.queue_max {
+                        not_kept += 1;
+                    } else {
+                        self.push(&user, batch.priority, payload, false);
+                        queued += 1;
+                    }
+                }
+                let reply = Reply::FanOutQueued {
+                    purpose: batch.purpose,
+                    request: batch.request,
+                    delivered: batch.delivered,
+                    queued,
+                    not_kept,
+                    failed: false,
+                };
+                assert_eq!(
+                    batch.purpose,
+                    FanOut::GroupPost,
+                    "the simulator sends no broadcast"
+                );
+                replies.push((batch.reply_to, reply));
+            }
+            Command::Membership {
+                group,
+                user,
+                joined,
+                device,
+                home,
+            } => {
+                let pair = (group.to_string(), user.to_string());
+                if joined {
+                    self.members.insert(pair);
+                } else {
+                    self.members.remove(&pair);
+                }
+                let reply = Reply::Membership {
+                    group,
+                    user,
+                    joined,
+                    device,
+                    committed: true,
+                };
+                replies.push((home, reply));
+            }
+            Command::FindSender {
+                reader,
+                message_id,
+                requester,
+            } => {
+                let id = (reader.to_string(), message_id.to_string());
+                let sender = self.held.get(&id).map(|s| s.as_str().into());
+                let reply = Reply::SenderFound {
+                    requester,
+                    reader,
+                    message_id,
+                    sender,
+                    error: None,
+                };
+                replies.push((requester.reactor as usize, reply));
+            }
+            other => panic!("the simulator does not model {other:?}"),
+        }
+    }
+
+    fn push(&mut self, user: &str, priority: Priority, payload: Bytes, receipt: bool) {
+        self.next_sequence += 1;
+        let key = (priority as u8, self.next_sequence);
+        let stored = Stored {
+            payload,
+            priority,
+            receipt,
+        };
+        self.queues
+            .entry(user.into())
+            .or_default()
+            .insert(key, stored);
+    }
+
+    /// The first part of `user`'s queue, in delivery order, and whether more remain.
+    fn read_queue(&self, user: &str) -> (Vec<Queued>, bool) {
+        let Some(queue) = self.queues.get(user) else {
+            return (Vec::new(), false);
+        };
+        let messages = queue
+            .iter()
+            .take(self.drain_max)
+            .map(|(key, stored)| Queued {
+                key: *key,
+                payload: stored.payload.clone(),
+                priority: stored.priority,
+                receipt: stored.receipt,
+            })
+            .collect();
+        (messages, queue.len() > self.drain_max)
+    }
+}
