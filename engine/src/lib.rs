@@ -76,6 +76,14 @@ impl Engine {
         let shared = Arc::new(Shared::new(config)?);
         let (reply_senders, mut reply_receivers): (Vec<_>, Vec<_>) =
             (0..reactors).map(|_| mpsc::channel()).unzip();
+        // The push hook's thread is the engine's; the store hands it what it queues.
+        let push = match shared.config.push_webhook.clone() {
+            Some(webhook) => {
+                let stats = Default::default();
+                Some(push::start(webhook, shared.config.push_preview, stats)?)
+            }
+            None => None,
+        };
         let routes = store::ReplyRoutes {
             senders: reply_senders,
             doorbells: shared.clone(),
@@ -88,14 +96,7 @@ impl Engine {
                 cache_bytes: shared.config.store_cache_bytes,
             },
             routes,
-            shared
-                .config
-                .push_webhook
-                .clone()
-                .map(|webhook| store::PushHook {
-                    webhook,
-                    preview: shared.config.push_preview,
-                }),
+            push,
         )
         .map_err(|e| {
             io::Error::other(format!(

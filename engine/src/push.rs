@@ -91,6 +91,11 @@ pub struct Push {
 }
 
 impl Push {
+    /// The counters the push thread keeps.
+    pub fn stats(&self) -> Arc<PushStats> {
+        self.stats.clone()
+    }
+
     /// Notifies about `payload` (a queued `new_message`) for the offline `user`; never
     /// waits: a full queue drops the job and counts it.
     pub fn notify(&self, user: &str, payload: Bytes) {

@@ -9,7 +9,7 @@
 
 use std::{fmt::Write, sync::atomic::AtomicU64};
 
-use super::routes::Health;
+use super::health::Health;
 use crate::{
     protocol::json::Obj,
     stats::{

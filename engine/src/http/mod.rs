@@ -5,6 +5,7 @@
 //! into a WebSocket (see `ws::handshake`); anything else is answered here with keep-alive.
 
 pub mod api;
+pub mod health;
 pub mod metrics;
 pub mod request;
 pub mod response;

@@ -6,6 +6,7 @@ use bytes::Bytes;
 
 use super::{
     api::{self, ApiError, BroadcastRequest, SendRequest},
+    health::Health,
     metrics,
     request::Request,
     response,
@@ -14,21 +15,6 @@ use crate::{protocol::json::Obj, stats::ReactorStats, store::StoreStats};
 
 /// The browser test client served at `GET /`: one self-contained page, no external assets.
 pub const TEST_CLIENT_PAGE: &str = include_str!("../../assets/index.html");
-
-/// The live figures the read-only endpoints report.
-#[derive(Debug, Clone, Copy)]
-pub struct Health {
-    /// Users with at least one device online.
-    pub online_users: i64,
-    /// Open connections of any kind.
-    pub connections: i64,
-    /// Seconds since start.
-    pub uptime_seconds: u64,
-    /// Accepting and not draining.
-    pub ready: bool,
-    /// Now, in Unix ms.
-    pub now_ms: u64,
-}
 
 /// What the gateway knows when it answers: live figures, every reactor's counters, and
 /// the API token (if any).

@@ -7,9 +7,10 @@ use super::{
 };
 use crate::{
     http::{
+        health::Health,
         request::{self, Request, BODY_BYTES_MAX},
         response,
-        routes::{self, Health, Route},
+        routes::{self, Route},
     },
     protocol::{now_ms, Priority},
     stats,

@@ -63,7 +63,7 @@ pub struct StoreStats {
     pub expired_history: AtomicU64,
     /// Time one group commit takes: begin, apply the batch, commit (fsync).
     pub commit_latency: LatencyHistogram,
-    /// The push hook's counts (zero without `--push-webhook`).
+    /// The push hook's counts, shared with its thread (zero without `--push-webhook`).
     pub push: Arc<crate::push::PushStats>,
 }
 
@@ -457,25 +457,17 @@ pub struct Limits {
     pub cache_bytes: usize,
 }
 
-/// Where to send push notifications for messages queued for offline users.
-#[derive(Debug, Clone)]
-pub struct PushHook {
-    /// The webhook.
-    pub webhook: crate::push::Webhook,
-    /// Whether notifications carry the start of the text.
-    pub preview: bool,
-}
-
 /// Group memberships as the store holds them: `(group, user)` pairs.
 pub type Memberships = Vec<(Box<str>, Box<str>)>;
 
-/// Opens (or creates) the store in `dir` and starts its thread; returns the group
+/// Opens (or creates) the store in `dir` and starts its thread, which hands each message
+/// it queues to `push` (the push hook the engine started, if any); returns the group
 /// memberships it holds, for the groups' home reactors.
 pub fn open(
     dir: &Path,
     limits: Limits,
     routes: ReplyRoutes,
-    push: Option<PushHook>,
+    push: Option<crate::push::Push>,
 ) -> io::Result<(Store, JoinHandle<()>, Memberships)> {
     std::fs::create_dir_all(dir)?;
     let path = dir.join("engine.redb");
@@ -489,15 +481,13 @@ pub fn open(
         memberships = memberships.len(),
         "store open"
     );
-    let stats = Arc::new(StoreStats::default());
-    let push = match push {
-        Some(hook) => Some(crate::push::start(
-            hook.webhook,
-            hook.preview,
-            stats.push.clone(),
-        )?),
-        None => None,
-    };
+    let stats = Arc::new(StoreStats {
+        push: push
+            .as_ref()
+            .map(crate::push::Push::stats)
+            .unwrap_or_default(),
+        ..StoreStats::default()
+    });
     let (commands, inbox) = mpsc::channel();
     let parts = worker::Parts {
         db,
