@@ -2,6 +2,7 @@
 //! path), summed on request so `/health`, `/api/stats` and `/metrics` are live, not
 //! sampled.
 
+use crate::protocol::codes::{ErrorCode, MessageKind, OutKind};
 use std::{
     sync::{
         atomic::{AtomicI64, AtomicU64, Ordering},
@@ -9,72 +10,6 @@ use std::{
     },
     time::Instant,
 };
-
-/// Client message kinds counted separately (the rest count as `other`).
-pub const MESSAGE_KINDS: [&str; 18] = [
-    "auth",
-    "send_message",
-    "typing",
-    "read_receipt",
-    "ping",
-    "presence_subscribe",
-    "presence_unsubscribe",
-    "history",
-    "group_join",
-    "group_leave",
-    "group_message",
-    "signal",
-    "message_edit",
-    "message_delete",
-    "reaction_add",
-    "reaction_remove",
-    "invalid",
-    "other",
-];
-
-/// Outbound kinds counted separately: the `type` of a JSON message, `http` for an HTTP
-/// response, `control` for WebSocket control frames, `other` for the rest.
-pub const OUT_KINDS: [&str; 20] = [
-    "new_message",
-    "message_ack",
-    "auth_success",
-    "error",
-    "pong",
-    "typing",
-    "read_receipt",
-    "presence_state",
-    "presence_update",
-    "delivery_receipt",
-    "history",
-    "group_member",
-    "signal",
-    "message_edited",
-    "message_deleted",
-    "reaction_added",
-    "reaction_removed",
-    "http",
-    "control",
-    "other",
-];
-
-/// Error codes counted separately (the rest count as `other`).
-pub const ERROR_CODES: [&str; 15] = [
-    "bad_json",
-    "persistence_failed",
-    "not_member",
-    "not_found",
-    "rate_limited",
-    "store_error",
-    "store_unavailable",
-    "bad_request",
-    "not_authenticated",
-    "auth_failed",
-    "peer_offline",
-    "too_many_devices",
-    "too_many_groups",
-    "unknown_type",
-    "other",
-];
 
 /// Upper bounds of the routing-latency buckets, in µs (powers of 2 from 8 µs to ~4 s);
 /// the last bucket is unbounded.
@@ -97,12 +32,12 @@ pub struct ReactorStats {
     pub panics: AtomicU64,
     /// Connections paused because their input met a full mailbox ring (backpressure).
     pub backpressure_pauses: AtomicU64,
-    /// Client messages by kind, indexed like [`MESSAGE_KINDS`].
-    pub messages_in: [AtomicU64; MESSAGE_KINDS.len()],
+    /// Client messages by kind, indexed by [`MessageKind::index`].
+    pub messages_in: [AtomicU64; MessageKind::COUNT],
     /// Frames queued to this reactor's connections.
     pub frames_out: AtomicU64,
-    /// Frames queued by kind, indexed like [`OUT_KINDS`].
-    pub messages_out: [AtomicU64; OUT_KINDS.len()],
+    /// Frames queued by kind, indexed by [`OutKind::index`].
+    pub messages_out: [AtomicU64; OutKind::COUNT],
     /// Bytes read from sockets.
     pub bytes_in: AtomicU64,
     /// Bytes written to sockets.
@@ -113,8 +48,8 @@ pub struct ReactorStats {
     pub handshake_failures: AtomicU64,
     /// Plain HTTP requests answered.
     pub http_requests: AtomicU64,
-    /// `error` replies by code, indexed like [`ERROR_CODES`].
-    pub errors: [AtomicU64; ERROR_CODES.len()],
+    /// `error` replies by code, indexed by [`ErrorCode::index`].
+    pub errors: [AtomicU64; ErrorCode::COUNT],
     /// Envelopes mailed to other reactors.
     pub envelopes_sent: AtomicU64,
     /// Envelopes received from other reactors.
@@ -158,20 +93,20 @@ impl ReactorStats {
         counter.store(counter.load(Ordering::Relaxed) + n, Ordering::Relaxed);
     }
 
-    /// Counts one client message of `kind` (a [`MESSAGE_KINDS`] name).
-    pub fn count_message(&self, kind: &str) {
-        Self::bump(&self.messages_in[index_of(&MESSAGE_KINDS, kind)]);
+    /// Counts one client message of `kind`.
+    pub fn count_message(&self, kind: MessageKind) {
+        Self::bump(&self.messages_in[kind.index()]);
     }
 
     /// Counts one outbound frame or response, by what its bytes say it is.
     pub fn count_out(&self, bytes: &[u8]) {
         Self::bump(&self.frames_out);
-        Self::bump(&self.messages_out[index_of(&OUT_KINDS, out_kind(bytes))]);
+        Self::bump(&self.messages_out[OutKind::of(bytes).index()]);
     }
 
-    /// Counts one `error` reply with `code` (an [`ERROR_CODES`] name, else `other`).
-    pub fn count_error(&self, code: &str) {
-        Self::bump(&self.errors[index_of(&ERROR_CODES, code)]);
+    /// Counts one `error` reply with `code`.
+    pub fn count_error(&self, code: ErrorCode) {
+        Self::bump(&self.errors[code.index()]);
     }
 
     /// Records one routing latency measured from `accepted_ns` ([`clock_ns`]) to now.
@@ -179,41 +114,6 @@ impl ReactorStats {
         let us = clock_ns().saturating_sub(accepted_ns) / 1_000;
         self.routing_latency.observe_us(us);
     }
-}
-
-/// What an outbound buffer is: our JSON writer always puts `type` first, so a text frame's
-/// payload starts with `{"type":"NAME"`. A few byte comparisons, no parsing.
-fn out_kind(bytes: &[u8]) -> &str {
-    if bytes.starts_with(b"HTTP/") {
-        return "http";
-    }
-    let Some(&first) = bytes.first() else {
-        return "other";
-    };
-    if first & 0x0F >= 0x8 {
-        return "control";
-    }
-    let header_len = match bytes.get(1).map(|b| b & 0x7F) {
-        Some(126) => 4,
-        Some(127) => 10,
-        Some(_) => 2,
-        None => return "other",
-    };
-    let Some(rest) = bytes
-        .get(header_len..)
-        .and_then(|p| p.strip_prefix(b"{\"type\":\""))
-    else {
-        return "other";
-    };
-    let end = rest.iter().take(32).position(|&b| b == b'"').unwrap_or(0);
-    std::str::from_utf8(&rest[..end]).unwrap_or("other")
-}
-
-fn index_of(names: &[&str], name: &str) -> usize {
-    names
-        .iter()
-        .position(|n| *n == name)
-        .unwrap_or(names.len() - 1)
 }
 
 /// Nanoseconds since the first call in this process: a cheap monotonic stamp that fits in
@@ -284,13 +184,13 @@ mod tests {
             "x".repeat(300)
         );
         stats.count_out(&crate::ws::frame::encode_text(long.as_bytes()));
-        let count = |kind: &str| read(&stats.messages_out[index_of(&OUT_KINDS, kind)]);
+        let count = |kind: OutKind| read(&stats.messages_out[kind.index()]);
         assert_eq!(
             (
-                count("pong"),
-                count("http"),
-                count("control"),
-                count("new_message")
+                count(OutKind::Pong),
+                count(OutKind::Http),
+                count(OutKind::Control),
+                count(OutKind::NewMessage)
             ),
             (1, 1, 1, 1)
         );
@@ -298,11 +198,12 @@ mod tests {
     }
 
     #[test]
-    fn unknown_names_count_as_other() {
+    fn messages_and_errors_count_by_index() {
         let stats = ReactorStats::default();
-        stats.count_error("no_such_code");
-        stats.count_message("ping");
-        assert_eq!(read(&stats.errors[ERROR_CODES.len() - 1]), 1);
-        assert_eq!(read(&stats.messages_in[4]), 1);
+        stats.count_error(ErrorCode::NotMember);
+        stats.count_message(MessageKind::Ping);
+        assert_eq!(read(&stats.errors[ErrorCode::NotMember.index()]), 1);
+        assert_eq!(read(&stats.messages_in[MessageKind::Ping.index()]), 1);
+        assert_eq!(stats.errors.iter().map(read).sum::<u64>(), 1);
     }
 }

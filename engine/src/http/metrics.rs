@@ -11,11 +11,11 @@ use std::{fmt::Write, sync::atomic::AtomicU64};
 
 use super::health::Health;
 use crate::{
-    protocol::json::Obj,
-    stats::{
-        self, LatencyHistogram, ReactorStats, ERROR_CODES, LATENCY_BUCKETS_US, MESSAGE_KINDS,
-        OUT_KINDS,
+    protocol::{
+        codes::{ErrorCode, MessageKind, OutKind},
+        json::Obj,
     },
+    stats::{self, LatencyHistogram, ReactorStats, LATENCY_BUCKETS_US},
     store::StoreStats,
 };
 
@@ -200,21 +200,21 @@ pub fn render(out: &mut Vec<u8>, health: &Health, reactors: &[ReactorStats], sto
             "engine_messages_in_total",
             "Client messages by type.",
             "type",
-            &MESSAGE_KINDS[..],
+            MessageKind::NAMES,
             (|r: &ReactorStats| &r.messages_in[..]) as fn(&ReactorStats) -> &[AtomicU64],
         ),
         (
             "engine_messages_out_by_type_total",
             "Frames and responses queued to connections, by type.",
             "type",
-            &OUT_KINDS[..],
+            OutKind::NAMES,
             |r| &r.messages_out[..],
         ),
         (
             "engine_errors_total",
             "Error replies by code.",
             "code",
-            &ERROR_CODES[..],
+            ErrorCode::NAMES,
             |r| &r.errors[..],
         ),
     ];

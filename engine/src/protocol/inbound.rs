@@ -7,7 +7,10 @@ use std::borrow::Cow;
 
 use simd_json::{prelude::*, tape::Value, Buffers, Tape};
 
-use super::Priority;
+use super::{
+    codes::{ErrorCode, MessageKind},
+    Priority,
+};
 
 /// The longest user, device or message id accepted, in bytes.
 pub const ID_BYTES_MAX: usize = 128;
@@ -177,26 +180,26 @@ pub const TAG_BYTES_MAX: usize = 64;
 
 impl ClientMessage<'_> {
     /// The wire `type`, for counting.
-    pub fn kind(&self) -> &'static str {
+    pub fn kind(&self) -> MessageKind {
         match self {
-            ClientMessage::Auth { .. } => "auth",
-            ClientMessage::Ping { .. } => "ping",
-            ClientMessage::SendMessage { .. } => "send_message",
-            ClientMessage::Typing { .. } => "typing",
-            ClientMessage::ReadReceipt { .. } => "read_receipt",
-            ClientMessage::History { .. } => "history",
-            ClientMessage::GroupJoin { join: true, .. } => "group_join",
-            ClientMessage::GroupJoin { join: false, .. } => "group_leave",
-            ClientMessage::GroupMessage { .. } => "group_message",
-            ClientMessage::Signal { .. } => "signal",
+            ClientMessage::Auth { .. } => MessageKind::Auth,
+            ClientMessage::Ping { .. } => MessageKind::Ping,
+            ClientMessage::SendMessage { .. } => MessageKind::SendMessage,
+            ClientMessage::Typing { .. } => MessageKind::Typing,
+            ClientMessage::ReadReceipt { .. } => MessageKind::ReadReceipt,
+            ClientMessage::History { .. } => MessageKind::History,
+            ClientMessage::GroupJoin { join: true, .. } => MessageKind::GroupJoin,
+            ClientMessage::GroupJoin { join: false, .. } => MessageKind::GroupLeave,
+            ClientMessage::GroupMessage { .. } => MessageKind::GroupMessage,
+            ClientMessage::Signal { .. } => MessageKind::Signal,
             ClientMessage::Amend { change, .. } => match change {
-                Change::Edit(_) => "message_edit",
-                Change::Delete => "message_delete",
-                Change::ReactionAdd(_) => "reaction_add",
-                Change::ReactionRemove(_) => "reaction_remove",
+                Change::Edit(_) => MessageKind::MessageEdit,
+                Change::Delete => MessageKind::MessageDelete,
+                Change::ReactionAdd(_) => MessageKind::ReactionAdd,
+                Change::ReactionRemove(_) => MessageKind::ReactionRemove,
             },
-            ClientMessage::PresenceSubscribe { .. } => "presence_subscribe",
-            ClientMessage::PresenceUnsubscribe { .. } => "presence_unsubscribe",
+            ClientMessage::PresenceSubscribe { .. } => MessageKind::PresenceSubscribe,
+            ClientMessage::PresenceUnsubscribe { .. } => MessageKind::PresenceUnsubscribe,
         }
     }
 }
@@ -204,8 +207,8 @@ impl ClientMessage<'_> {
 /// Why a message was refused; sent back as `error {code, message, ref}`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProtocolError {
-    /// One of PROTOCOL.md's codes: `bad_json`, `bad_request`, `unknown_type`, ...
-    pub code: &'static str,
+    /// Why: `bad_json`, `bad_request` or `unknown_type`.
+    pub code: ErrorCode,
     /// A human-readable explanation naming the field at fault.
     pub message: Cow<'static, str>,
     /// The `messageId` of the refused message, when it had one.
@@ -214,7 +217,7 @@ pub struct ProtocolError {
 
 impl ProtocolError {
     /// An error with `code` and `message` and no reference.
-    pub fn new(code: &'static str, message: impl Into<Cow<'static, str>>) -> Self {
+    pub fn new(code: ErrorCode, message: impl Into<Cow<'static, str>>) -> Self {
         ProtocolError {
             code,
             message: message.into(),
@@ -223,7 +226,7 @@ impl ProtocolError {
     }
 
     fn bad_request(message: impl Into<Cow<'static, str>>) -> Self {
-        ProtocolError::new("bad_request", message)
+        ProtocolError::new(ErrorCode::BadRequest, message)
     }
 }
 
@@ -254,7 +257,10 @@ impl JsonParser {
         let mut tape = self.tape.take().unwrap_or_else(Tape::null).reset::<'de>();
         let result = match simd_json::fill_tape(payload, &mut self.buffers, &mut tape) {
             Ok(()) => decode(tape.as_value()),
-            Err(e) => Err(ProtocolError::new("bad_json", format!("invalid JSON: {e}"))),
+            Err(e) => Err(ProtocolError::new(
+                ErrorCode::BadJson,
+                format!("invalid JSON: {e}"),
+            )),
         };
         self.tape = Some(tape.reset());
         result
@@ -264,7 +270,7 @@ impl JsonParser {
 fn decode<'t, 'de: 't>(root: Value<'t, 'de>) -> Result<ClientMessage<'de>, ProtocolError> {
     if !root.is_object() {
         return Err(ProtocolError::new(
-            "bad_json",
+            ErrorCode::BadJson,
             "a message must be a JSON object",
         ));
     }
@@ -439,7 +445,7 @@ fn decode<'t, 'de: 't>(root: Value<'t, 'de>) -> Result<ClientMessage<'de>, Proto
             let mut shown = other.to_owned();
             shown.truncate(ID_BYTES_MAX);
             return Err(ProtocolError::new(
-                "unknown_type",
+                ErrorCode::UnknownType,
                 format!("unknown message type '{shown}'"),
             ));
         }
@@ -626,7 +632,7 @@ mod tests {
     fn errors_name_the_field_and_carry_the_reference() {
         let err =
             parse(r#"{"type":"send_message","messageId":"m9","receiverId":"u2"}"#).unwrap_err();
-        assert_eq!(err.code, "bad_request");
+        assert_eq!(err.code, ErrorCode::BadRequest);
         assert!(err.message.contains("content"));
         assert_eq!(err.reference.as_deref(), Some("m9"));
         let err = parse(r#"{"type":"send_message","messageId":"m9","receiverId":"u2","content":"x","priority":"urgent"}"#)
@@ -636,25 +642,31 @@ mod tests {
             parse(r#"{"type":"typing","receiverId":"u2","isTyping":"yes"}"#)
                 .unwrap_err()
                 .code,
-            "bad_request"
+            ErrorCode::BadRequest
         );
         assert_eq!(
             parse(r#"{"type":"auth","userId":"","deviceId":"d"}"#)
                 .unwrap_err()
                 .code,
-            "bad_request"
+            ErrorCode::BadRequest
         );
-        assert_eq!(parse(r#"{"type":5}"#).unwrap_err().code, "bad_request");
-        assert_eq!(parse(r#"{"no":"type"}"#).unwrap_err().code, "bad_request");
+        assert_eq!(
+            parse(r#"{"type":5}"#).unwrap_err().code,
+            ErrorCode::BadRequest
+        );
+        assert_eq!(
+            parse(r#"{"no":"type"}"#).unwrap_err().code,
+            ErrorCode::BadRequest
+        );
     }
 
     #[test]
     fn classifies_bad_json_and_unknown_types() {
-        assert_eq!(parse("{not json").unwrap_err().code, "bad_json");
-        assert_eq!(parse("[1,2]").unwrap_err().code, "bad_json");
+        assert_eq!(parse("{not json").unwrap_err().code, ErrorCode::BadJson);
+        assert_eq!(parse("[1,2]").unwrap_err().code, ErrorCode::BadJson);
         assert_eq!(
             parse(r#"{"type":"dance"}"#).unwrap_err().code,
-            "unknown_type"
+            ErrorCode::UnknownType
         );
     }
 
@@ -667,7 +679,7 @@ mod tests {
             r#"{{"type":"presence_subscribe","userIds":[{}]}}"#,
             ids.join(",")
         );
-        assert_eq!(parse(&text).unwrap_err().code, "bad_request");
+        assert_eq!(parse(&text).unwrap_err().code, ErrorCode::BadRequest);
         assert_eq!(
             parse(r#"{"type":"presence_subscribe","userIds":["a","b"]}"#),
             Ok(ClientMessage::PresenceSubscribe {
@@ -700,7 +712,7 @@ mod tests {
         // Parsed without recursion; a non-scalar ts is simply not echoed.
         assert_eq!(parse(&deep), Ok(ClientMessage::Ping { ts: None }));
         let unclosed = "[".repeat(65_000);
-        assert_eq!(parse(&unclosed).unwrap_err().code, "bad_json");
+        assert_eq!(parse(&unclosed).unwrap_err().code, ErrorCode::BadJson);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The chat protocol of PROTOCOL.md: what clients send (`inbound`), what the server
 //! writes (`outbound`, through the small `json` writer), and token checks (`jwt`).
 
+pub mod codes;
 pub mod inbound;
 pub mod json;
 pub mod jwt;

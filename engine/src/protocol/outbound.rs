@@ -3,7 +3,7 @@
 //! Callers wrap the result in a WebSocket frame once (`ws::frame::encode_text`) and share
 //! that frame with every recipient.
 
-use super::{inbound::Scalar, json::Obj, Priority};
+use super::{codes::ErrorCode, inbound::Scalar, json::Obj, Priority};
 
 /// `auth_success {userId, deviceId, timestamp}`.
 pub fn auth_success(out: &mut Vec<u8>, user_id: &str, device_id: &str, now_ms: u64) {
@@ -16,10 +16,10 @@ pub fn auth_success(out: &mut Vec<u8>, user_id: &str, device_id: &str, now_ms: u
 }
 
 /// `error {code, message, ref?}`.
-pub fn error(out: &mut Vec<u8>, code: &str, message: &str, reference: Option<&str>) {
+pub fn error(out: &mut Vec<u8>, code: ErrorCode, message: &str, reference: Option<&str>) {
     Obj::new(out)
         .str("type", "error")
-        .str("code", code)
+        .str("code", code.name())
         .str("message", message)
         .opt_str("ref", reference)
         .end();
@@ -267,7 +267,7 @@ mod tests {
             r#"{"type":"pong","ts":123,"timestamp":9}"#
         );
         assert_eq!(
-            text(|o| error(o, "bad_json", "x", Some("m1"))),
+            text(|o| error(o, ErrorCode::BadJson, "x", Some("m1"))),
             r#"{"type":"error","code":"bad_json","message":"x","ref":"m1"}"#
         );
         let entries = [

@@ -8,6 +8,7 @@ use super::{conn::Phase, core::Reactor};
 use crate::{
     failpoint::Failpoint,
     protocol::{
+        codes::{ErrorCode, MessageKind},
         inbound::{ClientMessage, ProtocolError},
         jwt, now_ms, outbound, Priority,
     },
@@ -24,7 +25,7 @@ impl Reactor {
         generation: u32,
         message: Result<ClientMessage<'_>, ProtocolError>,
     ) {
-        let kind = message.as_ref().map_or("invalid", |m| m.kind());
+        let kind = message.as_ref().map_or(MessageKind::Invalid, |m| m.kind());
         self.stats().count_message(kind);
         let Some(conn) = self.conn_mut(slot, generation) else {
             return;
@@ -46,7 +47,7 @@ impl Reactor {
                 } => self.auth(slot, generation, user_id, device_id, token),
                 _ => {
                     let text = "send auth first";
-                    self.send_error(slot, generation, "not_authenticated", text, None)
+                    self.send_error(slot, generation, ErrorCode::NotAuthenticated, text, None)
                 }
             };
         }
@@ -104,7 +105,7 @@ impl Reactor {
                 }
             };
             if let Err(reason) = verdict {
-                self.send_error(slot, generation, "auth_failed", &reason, None);
+                self.send_error(slot, generation, ErrorCode::AuthFailed, &reason, None);
                 return self.begin_close(slot, generation, close::POLICY_VIOLATION, "auth failed");
             }
         }
@@ -132,7 +133,7 @@ impl Reactor {
         &mut self,
         slot: usize,
         generation: u32,
-        code: &str,
+        code: ErrorCode,
         message: &str,
         reference: Option<&str>,
     ) {
@@ -147,7 +148,7 @@ impl Reactor {
     pub(super) fn error_to(
         &mut self,
         addr: ConnAddr,
-        code: &str,
+        code: ErrorCode,
         text: &str,
         reference: Option<&str>,
     ) {

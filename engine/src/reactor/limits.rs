@@ -8,6 +8,7 @@ use super::{
     conn::{Flags, Phase},
     core::Reactor,
 };
+use crate::protocol::codes::ErrorCode;
 use crate::{
     timer::TICK_MS,
     ws::{close, frame},
@@ -46,7 +47,7 @@ impl Reactor {
                 "at most {limit} messages a second per connection: messages past it are dropped, \
                  twice as many close the connection"
             );
-            self.send_error(slot, generation, "rate_limited", &text, None);
+            self.send_error(slot, generation, ErrorCode::RateLimited, &text, None);
         }
         false
     }

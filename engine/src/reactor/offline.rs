@@ -8,6 +8,7 @@ use super::{
     conn::{Phase, QueueDelivery},
     core::Reactor,
 };
+use crate::protocol::codes::ErrorCode;
 use crate::{
     protocol::{now_ms, outbound, Priority},
     router::ConnAddr,
@@ -154,7 +155,7 @@ impl Reactor {
                 self.send_error(
                     slot,
                     generation,
-                    "persistence_failed",
+                    ErrorCode::PersistenceFailed,
                     &text,
                     Some(message_id),
                 );

@@ -4,6 +4,7 @@
 //! one of this reactor's connections (a frame, an ack, a close, a broadcast's counts).
 
 use super::{conn::Phase, core::Reactor};
+use crate::protocol::codes::ErrorCode;
 use crate::{
     protocol::{now_ms, outbound, Priority},
     router::{AckStatus, ConnAddr, Envelope},
@@ -132,7 +133,13 @@ impl Reactor {
         } else {
             let text = "the receiver has no device online and the store is not \
                         taking messages (the gateway is shutting down)";
-            self.send_error(slot, generation, "peer_offline", text, Some(message_id));
+            self.send_error(
+                slot,
+                generation,
+                ErrorCode::PeerOffline,
+                text,
+                Some(message_id),
+            );
         }
     }
 }

@@ -5,6 +5,7 @@
 //! in the dedup window, so a retry is acknowledged again and not delivered twice, and is
 //! kept in history.
 
+use crate::protocol::codes::ErrorCode;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -161,11 +162,11 @@ impl Shard {
             (Some(sender), _) => self.send_read_receipt(&sender, message_id, reader, out),
             (None, Some(why)) => {
                 let text = format!("the message's sender could not be looked up: {why}");
-                out.error(requester, "store_error", text, Some(message_id));
+                out.error(requester, ErrorCode::StoreError, text, Some(message_id));
             }
             (None, None) => {
                 let text = "no message with this id was delivered or queued to you";
-                out.error(requester, "not_found", text, Some(message_id));
+                out.error(requester, ErrorCode::NotFound, text, Some(message_id));
             }
         }
     }
@@ -306,7 +307,7 @@ impl Shard {
                 WhenOffline::Queue => {}
                 WhenOffline::Refuse { sender, reference } => {
                     let text = "the receiver has no device online (calls are never queued)";
-                    return out.error(sender, "peer_offline", text, Some(&reference));
+                    return out.error(sender, ErrorCode::PeerOffline, text, Some(&reference));
                 }
                 WhenOffline::Drop => return,
             }

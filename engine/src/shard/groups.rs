@@ -4,6 +4,7 @@
 //! command, for those with no device online; the post is acknowledged once every member
 //! home has reported (the durability rule of a `queued` ack).
 
+use crate::protocol::codes::ErrorCode;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -89,7 +90,7 @@ impl Shard {
                 false
             } else if !self.group_quota.take(&user) {
                 let text = "this user is in --groups-per-user-max groups already: leave one first";
-                return out.error(device, "too_many_groups", text, Some(&group));
+                return out.error(device, ErrorCode::TooManyGroups, text, Some(&group));
             } else {
                 self.groups.join(&group, user.clone())
             }
@@ -135,7 +136,7 @@ impl Shard {
                 self.group_quota.count_anyway(&user);
             }
             let text = "the membership change could not be stored; nothing changed";
-            return out.error(device, "persistence_failed", text, Some(group));
+            return out.error(device, ErrorCode::PersistenceFailed, text, Some(group));
         }
         self.json.clear();
         outbound::group_member(&mut self.json, group, &user, join, self.now_ms);
@@ -160,7 +161,12 @@ impl Shard {
     pub(super) fn group_post(&mut self, post: GroupPost, out: &mut Effects) {
         if !self.groups.is_member(&post.group, &post.sender_user) {
             let text = "only members may post to a group: send group_join first";
-            return out.error(post.sender, "not_member", text, Some(&post.message_id));
+            return out.error(
+                post.sender,
+                ErrorCode::NotMember,
+                text,
+                Some(&post.message_id),
+            );
         }
         let members = self.groups.members(&post.group);
         let pending = self.posts.insert(PendingPost {
@@ -197,7 +203,7 @@ impl Shard {
                         with no device online could not be stored";
             return out.error(
                 done.sender,
-                "persistence_failed",
+                ErrorCode::PersistenceFailed,
                 text,
                 Some(&done.message_id),
             );

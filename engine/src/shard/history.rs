@@ -3,6 +3,7 @@
 //! sender), after which the other side and the actor's other devices hear of the change.
 //! (A chat message is recorded by its receiver's home: [`super::direct`].)
 
+use crate::protocol::codes::ErrorCode;
 use bytes::Bytes;
 
 use super::{Effects, Shard};
@@ -43,7 +44,7 @@ impl Shard {
     ) {
         if let Some(why) = error {
             let text = format!("history could not be read: {why}");
-            return out.error(requester, "store_error", text, None);
+            return out.error(requester, ErrorCode::StoreError, text, None);
         }
         self.json.clear();
         outbound::history(&mut self.json, peer, messages);
@@ -83,12 +84,12 @@ impl Shard {
         let reference = Some(&*amend.message_id);
         if let Some(why) = error {
             let text = format!("the message could not be changed: {why}");
-            return out.error(requester, "store_error", text, reference);
+            return out.error(requester, ErrorCode::StoreError, text, reference);
         }
         if !found {
             let text =
                 "no such message in this conversation (edits and deletes only by its sender)";
-            return out.error(requester, "not_found", text, reference);
+            return out.error(requester, ErrorCode::NotFound, text, reference);
         }
         self.json.clear();
         let who = (&*amend.message_id, &*amend.actor, &*amend.peer);

@@ -4,6 +4,7 @@
 //! connections in it, in memory only; a connection remembers its rooms (at most
 //! [`HUDDLES_PER_CONN_MAX`]) and leaves them when it closes.
 
+use crate::protocol::codes::ErrorCode;
 use std::sync::Arc;
 
 use super::{Effects, Shard};
@@ -72,7 +73,7 @@ impl Shard {
         }
         if full {
             let text = format!("a connection may be in at most {HUDDLES_PER_CONN_MAX} huddles");
-            return out.error(conn, "bad_request", text, Some(signal.call_id));
+            return out.error(conn, ErrorCode::BadRequest, text, Some(signal.call_id));
         }
         let huddle = HuddleSignal {
             group: signal.receiver_id.into(),
@@ -130,7 +131,7 @@ impl Shard {
         } = signal;
         if !self.groups.is_member(&group, &sender_user) {
             let text = "only members of the group may use its huddles: send group_join first";
-            return out.error(sender, "not_member", text, Some(&room));
+            return out.error(sender, ErrorCode::NotMember, text, Some(&room));
         }
         let relay = match &*kind {
             HUDDLE_JOIN => {
@@ -146,7 +147,7 @@ impl Shard {
         if !relay {
             if !matches!(&*kind, HUDDLE_JOIN | HUDDLE_LEAVE) {
                 let text = "join the huddle (huddle:join) before signaling in it";
-                out.error(sender, "bad_request", text, Some(&room));
+                out.error(sender, ErrorCode::BadRequest, text, Some(&room));
             }
             return;
         }

@@ -44,7 +44,7 @@ use bytes::Bytes;
 use slab::Slab;
 
 use crate::{
-    protocol::{inbound::ClientMessage, outbound::PresenceEntry, Priority},
+    protocol::{codes::ErrorCode, inbound::ClientMessage, outbound::PresenceEntry, Priority},
     router::{home_of, ConnAddr, Envelope},
     store::{Command, Reply},
 };
@@ -136,7 +136,7 @@ pub enum Effect {
         /// The connection.
         to: ConnAddr,
         /// The protocol's error code.
-        code: &'static str,
+        code: ErrorCode,
         /// The human-readable message.
         text: Cow<'static, str>,
         /// The `ref` (a message, call or group id).
@@ -184,7 +184,7 @@ impl Effects {
     fn error(
         &mut self,
         to: ConnAddr,
-        code: &'static str,
+        code: ErrorCode,
         text: impl Into<Cow<'static, str>>,
         reference: Option<&str>,
     ) {
@@ -330,7 +330,7 @@ impl Shard {
     ) {
         match message {
             ClientMessage::Auth { .. } => {
-                out.error(conn, "bad_request", "already authenticated", None)
+                out.error(conn, ErrorCode::BadRequest, "already authenticated", None)
             }
             ClientMessage::Ping { ts } => self.ping(conn, ts, out),
             ClientMessage::SendMessage {
@@ -500,12 +500,17 @@ impl Shard {
             } => self.membership_stored(&group, &user, joined, device, false, out),
             Command::History { requester, .. } => {
                 let text = "history cannot be read: the gateway is shutting down";
-                out.error(requester, "store_unavailable", text, None);
+                out.error(requester, ErrorCode::StoreUnavailable, text, None);
             }
             Command::Amend(amend) => {
                 let text = "the message cannot be changed: the gateway is shutting down";
                 let reference = Some(&*amend.message_id);
-                out.error(amend.requester, "store_unavailable", text, reference);
+                out.error(
+                    amend.requester,
+                    ErrorCode::StoreUnavailable,
+                    text,
+                    reference,
+                );
             }
             Command::FindSender {
                 requester,
@@ -513,7 +518,12 @@ impl Shard {
                 ..
             } => {
                 let text = "the message's sender cannot be looked up: the gateway is shutting down";
-                out.error(requester, "store_unavailable", text, Some(&message_id));
+                out.error(
+                    requester,
+                    ErrorCode::StoreUnavailable,
+                    text,
+                    Some(&message_id),
+                );
             }
             // History records are best effort once the message is delivered; a device
             // that gets no queue keeps it queued for the next.

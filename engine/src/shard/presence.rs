@@ -4,6 +4,7 @@
 //! reactor gathers the answers into one `presence_state`.
 
 use super::{Effects, PendingPresence, Shard};
+use crate::protocol::codes::ErrorCode;
 use crate::{
     protocol::{outbound, outbound::PresenceEntry, Priority},
     router::{ConnAddr, Envelope, PresenceNote},
@@ -39,7 +40,7 @@ impl Shard {
         }
         if refused {
             let text = format!("a connection may watch at most {SUBSCRIPTIONS_PER_CONN_MAX} users");
-            return out.error(conn, "bad_request", text, None);
+            return out.error(conn, ErrorCode::BadRequest, text, None);
         }
         let users: Vec<Box<str>> = user_ids.iter().map(|u| (*u).into()).collect();
         let by_home = self.split_by_home(users);

@@ -1,0 +1,253 @@
+//! The protocol's closed sets of names, typed: what a client sends ([`MessageKind`]),
+//! what the server writes ([`OutKind`]) and why it refuses ([`ErrorCode`]). Each is an
+//! enum whose index counts it in [`crate::stats`] and whose name is its wire name, so a
+//! new kind is one line here.
+
+/// Declares an enum of wire names with its `NAMES` (in index order), `COUNT`, `name()`
+/// and `index()`.
+macro_rules! wire_names {
+    (
+        $(#[$meta:meta])*
+        pub enum $name:ident {
+            $( $(#[$vmeta:meta])* $variant:ident = $wire:literal, )+
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum $name {
+            $( $(#[$vmeta])* $variant, )+
+        }
+
+        impl $name {
+            /// Every wire name, in index order.
+            pub const NAMES: &'static [&'static str] = &[$($wire,)+];
+            /// How many there are.
+            pub const COUNT: usize = Self::NAMES.len();
+
+            /// The wire name.
+            pub const fn name(self) -> &'static str {
+                match self {
+                    $( $name::$variant => $wire, )+
+                }
+            }
+
+            /// Where it is counted (its position in [`Self::NAMES`]).
+            pub const fn index(self) -> usize {
+                self as usize
+            }
+        }
+    };
+}
+
+wire_names! {
+    /// What a client message is (`invalid`: it could not be parsed).
+    pub enum MessageKind {
+        /// `auth`.
+        Auth = "auth",
+        /// `send_message`.
+        SendMessage = "send_message",
+        /// `typing`.
+        Typing = "typing",
+        /// `read_receipt`.
+        ReadReceipt = "read_receipt",
+        /// `ping`.
+        Ping = "ping",
+        /// `presence_subscribe`.
+        PresenceSubscribe = "presence_subscribe",
+        /// `presence_unsubscribe`.
+        PresenceUnsubscribe = "presence_unsubscribe",
+        /// `history`.
+        History = "history",
+        /// `group_join`.
+        GroupJoin = "group_join",
+        /// `group_leave`.
+        GroupLeave = "group_leave",
+        /// `group_message`.
+        GroupMessage = "group_message",
+        /// `signal`.
+        Signal = "signal",
+        /// `message_edit`.
+        MessageEdit = "message_edit",
+        /// `message_delete`.
+        MessageDelete = "message_delete",
+        /// `reaction_add`.
+        ReactionAdd = "reaction_add",
+        /// `reaction_remove`.
+        ReactionRemove = "reaction_remove",
+        /// A text frame that is not a message the protocol knows.
+        Invalid = "invalid",
+    }
+}
+
+wire_names! {
+    /// What a frame or response the server queues is: the `type` of a JSON message,
+    /// `http` for an HTTP response, `control` for a WebSocket control frame.
+    pub enum OutKind {
+        /// `new_message`.
+        NewMessage = "new_message",
+        /// `message_ack`.
+        MessageAck = "message_ack",
+        /// `auth_success`.
+        AuthSuccess = "auth_success",
+        /// `error`.
+        Error = "error",
+        /// `pong`.
+        Pong = "pong",
+        /// `typing`.
+        Typing = "typing",
+        /// `read_receipt`.
+        ReadReceipt = "read_receipt",
+        /// `presence_state`.
+        PresenceState = "presence_state",
+        /// `presence_update`.
+        PresenceUpdate = "presence_update",
+        /// `delivery_receipt`.
+        DeliveryReceipt = "delivery_receipt",
+        /// `history`.
+        History = "history",
+        /// `group_member`.
+        GroupMember = "group_member",
+        /// `signal`.
+        Signal = "signal",
+        /// `message_edited`.
+        MessageEdited = "message_edited",
+        /// `message_deleted`.
+        MessageDeleted = "message_deleted",
+        /// `reaction_added`.
+        ReactionAdded = "reaction_added",
+        /// `reaction_removed`.
+        ReactionRemoved = "reaction_removed",
+        /// An HTTP response.
+        Http = "http",
+        /// A WebSocket control frame (close, ping, pong).
+        Control = "control",
+        /// Anything else (no frame the server writes today).
+        Other = "other",
+    }
+}
+
+wire_names! {
+    /// Why the server refuses a message: the `code` of an `error` reply.
+    pub enum ErrorCode {
+        /// Not JSON, or not a JSON object.
+        BadJson = "bad_json",
+        /// A field is missing, of the wrong type or out of range.
+        BadRequest = "bad_request",
+        /// A `type` the protocol does not have.
+        UnknownType = "unknown_type",
+        /// Anything but `auth` before `auth`.
+        NotAuthenticated = "not_authenticated",
+        /// The token was missing, invalid or expired (the connection then closes).
+        AuthFailed = "auth_failed",
+        /// The receiver has no device online and the message is never queued.
+        PeerOffline = "peer_offline",
+        /// The store could not keep what the message needed.
+        PersistenceFailed = "persistence_failed",
+        /// Only members may post to (or huddle in) a group.
+        NotMember = "not_member",
+        /// No such message.
+        NotFound = "not_found",
+        /// Over `--rate-limit`.
+        RateLimited = "rate_limited",
+        /// The store could not read what was asked.
+        StoreError = "store_error",
+        /// The store is gone (the gateway is shutting down).
+        StoreUnavailable = "store_unavailable",
+        /// Over `--groups-per-user-max`.
+        TooManyGroups = "too_many_groups",
+    }
+}
+
+impl OutKind {
+    /// What an outbound buffer is. Our JSON writer always puts `type` first, so a text
+    /// frame's payload starts with `{"type":"NAME"`: a few byte comparisons and one
+    /// match, no parsing and no search.
+    pub fn of(bytes: &[u8]) -> OutKind {
+        if bytes.starts_with(b"HTTP/") {
+            return OutKind::Http;
+        }
+        let Some(&first) = bytes.first() else {
+            return OutKind::Other;
+        };
+        if first & 0x0F >= 0x8 {
+            return OutKind::Control;
+        }
+        let header_len = match bytes.get(1).map(|b| b & 0x7F) {
+            Some(126) => 4,
+            Some(127) => 10,
+            Some(_) => 2,
+            None => return OutKind::Other,
+        };
+        let Some(rest) = bytes
+            .get(header_len..)
+            .and_then(|p| p.strip_prefix(b"{\"type\":\""))
+        else {
+            return OutKind::Other;
+        };
+        let end = rest.iter().take(32).position(|&b| b == b'"').unwrap_or(0);
+        OutKind::from_name(&rest[..end])
+    }
+
+    fn from_name(name: &[u8]) -> OutKind {
+        match name {
+            b"new_message" => OutKind::NewMessage,
+            b"message_ack" => OutKind::MessageAck,
+            b"auth_success" => OutKind::AuthSuccess,
+            b"error" => OutKind::Error,
+            b"pong" => OutKind::Pong,
+            b"typing" => OutKind::Typing,
+            b"read_receipt" => OutKind::ReadReceipt,
+            b"presence_state" => OutKind::PresenceState,
+            b"presence_update" => OutKind::PresenceUpdate,
+            b"delivery_receipt" => OutKind::DeliveryReceipt,
+            b"history" => OutKind::History,
+            b"group_member" => OutKind::GroupMember,
+            b"signal" => OutKind::Signal,
+            b"message_edited" => OutKind::MessageEdited,
+            b"message_deleted" => OutKind::MessageDeleted,
+            b"reaction_added" => OutKind::ReactionAdded,
+            b"reaction_removed" => OutKind::ReactionRemoved,
+            _ => OutKind::Other,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_indices_agree() {
+        for (i, name) in MessageKind::NAMES.iter().enumerate() {
+            assert_eq!(MessageKind::NAMES[i], *name);
+        }
+        assert_eq!(MessageKind::Invalid.index(), MessageKind::COUNT - 1);
+        assert_eq!(ErrorCode::TooManyGroups.name(), "too_many_groups");
+        assert_eq!(OutKind::NAMES[OutKind::Control.index()], "control");
+    }
+
+    #[test]
+    fn every_json_out_kind_is_recognised_by_its_name() {
+        for (i, name) in OutKind::NAMES.iter().enumerate() {
+            let kind = OutKind::from_name(name.as_bytes());
+            if !matches!(*name, "http" | "control" | "other") {
+                assert_eq!(kind.index(), i, "{name}");
+            }
+        }
+    }
+
+    #[test]
+    fn frames_are_classified_by_their_first_bytes() {
+        let text = crate::ws::frame::encode_text(br#"{"type":"pong","ts":1}"#);
+        assert_eq!(OutKind::of(&text), OutKind::Pong);
+        let long = format!(r#"{{"type":"history","messages":"{}"}}"#, "x".repeat(300));
+        let long = crate::ws::frame::encode_text(long.as_bytes());
+        assert_eq!(OutKind::of(&long), OutKind::History);
+        assert_eq!(
+            OutKind::of(&crate::ws::frame::encode_close(1000, "")),
+            OutKind::Control
+        );
+        assert_eq!(OutKind::of(b"HTTP/1.1 200 OK\r\n"), OutKind::Http);
+        assert_eq!(OutKind::of(b""), OutKind::Other);
+    }
+}
