@@ -7,7 +7,10 @@
 //! load and store is enough on the hot path, and summing happens only when scraped. The
 //! exposition format itself is a few lines of text.
 
-use std::{fmt::Write, sync::atomic::AtomicU64};
+use std::{
+    fmt::Write,
+    sync::atomic::{AtomicI64, AtomicU64},
+};
 
 use super::health::Health;
 use crate::{
@@ -22,203 +25,189 @@ use crate::{
 /// The content type of the text exposition format.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
+/// A process-wide counter: name, help, where it is kept.
+type StoreCounter = (&'static str, &'static str, fn(&StoreStats) -> &AtomicU64);
+/// A per-reactor counter: name, help, where it is kept.
+type ReactorCounter = (&'static str, &'static str, fn(&ReactorStats) -> &AtomicU64);
+/// A per-reactor gauge: name, help, where it is kept.
+type ReactorGauge = (&'static str, &'static str, fn(&ReactorStats) -> &AtomicI64);
+/// A per-reactor counter by name: metric, help, label, the names, the counters.
+type ReactorCountersByName = (
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static [&'static str],
+    fn(&ReactorStats) -> &[AtomicU64],
+);
+
+/// The store's and the push hook's counters.
+const STORE_COUNTERS: [StoreCounter; 9] = [
+    (
+        "engine_store_messages_persisted_total",
+        "Messages committed to offline queues.",
+        |s| &s.persisted,
+    ),
+    (
+        "engine_store_history_recorded_total",
+        "Chat messages committed to conversation history.",
+        |s| &s.recorded,
+    ),
+    (
+        "engine_store_persistence_failures_total",
+        "Messages a failed commit did not hold.",
+        |s| &s.failures,
+    ),
+    (
+        "engine_store_commits_total",
+        "Store transactions committed (group commits).",
+        |s| &s.commits,
+    ),
+    (
+        "engine_store_expired_total",
+        "Queued messages removed unread after the retention period.",
+        |s| &s.expired,
+    ),
+    (
+        "engine_store_history_expired_total",
+        "History entries removed after the retention period.",
+        |s| &s.expired_history,
+    ),
+    (
+        "engine_push_sent_total",
+        "Push notifications the webhook accepted.",
+        |s| &s.push.sent,
+    ),
+    (
+        "engine_push_failed_total",
+        "Push notifications given up after every attempt failed.",
+        |s| &s.push.failed,
+    ),
+    (
+        "engine_push_dropped_total",
+        "Push notifications dropped because the push queue was full.",
+        |s| &s.push.dropped,
+    ),
+];
+
+/// Gauges each reactor keeps.
+const REACTOR_GAUGES: [ReactorGauge; 2] = [
+    (
+        "engine_connections",
+        "Open connections (HTTP and WebSocket).",
+        |r| &r.connections,
+    ),
+    (
+        "engine_online_users",
+        "Users homed on the reactor with a device online.",
+        |r| &r.online_users,
+    ),
+];
+
+/// Counters each reactor keeps.
+const REACTOR_COUNTERS: [ReactorCounter; 10] = [
+    (
+        "engine_handshakes_total",
+        "Completed WebSocket upgrades.",
+        |r| &r.handshakes,
+    ),
+    (
+        "engine_handshake_failures_total",
+        "Refused WebSocket upgrades.",
+        |r| &r.handshake_failures,
+    ),
+    (
+        "engine_handler_panics_total",
+        "Panics caught while handling one message, request or envelope (the connection was closed with 1011).",
+        |r| &r.panics,
+    ),
+    (
+        "engine_backpressure_pauses_total",
+        "Connections whose reading paused because their input met a full mailbox ring.",
+        |r| &r.backpressure_pauses,
+    ),
+    (
+        "engine_http_requests_total",
+        "Plain HTTP requests answered.",
+        |r| &r.http_requests,
+    ),
+    ("engine_bytes_in_total", "Bytes read from sockets.", |r| &r.bytes_in),
+    (
+        "engine_bytes_out_total",
+        "Bytes of frames and responses queued to sockets.",
+        |r| &r.bytes_out,
+    ),
+    (
+        "engine_messages_out_total",
+        "Frames queued to connections.",
+        |r| &r.frames_out,
+    ),
+    (
+        "engine_envelopes_sent_total",
+        "Envelopes mailed to other reactors.",
+        |r| &r.envelopes_sent,
+    ),
+    (
+        "engine_envelopes_received_total",
+        "Envelopes received from other reactors.",
+        |r| &r.envelopes_received,
+    ),
+];
+
+/// Counters each reactor keeps per message kind or error code.
+const REACTOR_COUNTERS_BY_NAME: [ReactorCountersByName; 3] = [
+    (
+        "engine_messages_in_total",
+        "Client messages by type.",
+        "type",
+        MessageKind::NAMES,
+        |r| &r.messages_in[..],
+    ),
+    (
+        "engine_messages_out_by_type_total",
+        "Frames and responses queued to connections, by type.",
+        "type",
+        OutKind::NAMES,
+        |r| &r.messages_out[..],
+    ),
+    (
+        "engine_errors_total",
+        "Error replies by code.",
+        "code",
+        ErrorCode::NAMES,
+        |r| &r.errors[..],
+    ),
+];
+
 /// Writes every metric, per reactor where that is how it is kept.
 pub fn render(out: &mut Vec<u8>, health: &Health, reactors: &[ReactorStats], store: &StoreStats) {
     let mut text = String::with_capacity(8 * 1024);
-    let per_reactor_gauge =
-        |text: &mut String, name: &str, help: &str, get: &dyn Fn(&ReactorStats) -> i64| {
-            header(text, name, help, "gauge");
-            for (id, r) in reactors.iter().enumerate() {
-                let _ = writeln!(text, "{name}{{reactor=\"{id}\"}} {}", get(r));
-            }
-        };
-    let per_reactor_counter =
-        |text: &mut String, name: &str, help: &str, get: &dyn Fn(&ReactorStats) -> u64| {
-            header(text, name, help, "counter");
-            for (id, r) in reactors.iter().enumerate() {
-                let _ = writeln!(text, "{name}{{reactor=\"{id}\"}} {}", get(r));
-            }
-        };
-    header(
-        &mut text,
-        "engine_uptime_seconds",
-        "Seconds since the engine started.",
-        "gauge",
-    );
-    let _ = writeln!(text, "engine_uptime_seconds {}", health.uptime_seconds);
-    header(
-        &mut text,
-        "engine_ready",
-        "1 while accepting and not draining.",
-        "gauge",
-    );
-    let _ = writeln!(text, "engine_ready {}", u8::from(health.ready));
-    for (name, help, value) in [
-        (
-            "engine_store_messages_persisted_total",
-            "Messages committed to offline queues.",
-            &store.persisted,
-        ),
-        (
-            "engine_store_history_recorded_total",
-            "Chat messages committed to conversation history.",
-            &store.recorded,
-        ),
-        (
-            "engine_store_persistence_failures_total",
-            "Messages a failed commit did not hold.",
-            &store.failures,
-        ),
-        (
-            "engine_store_commits_total",
-            "Store transactions committed (group commits).",
-            &store.commits,
-        ),
-        (
-            "engine_store_expired_total",
-            "Queued messages removed unread after the retention period.",
-            &store.expired,
-        ),
-        (
-            "engine_store_history_expired_total",
-            "History entries removed after the retention period.",
-            &store.expired_history,
-        ),
-        (
-            "engine_push_sent_total",
-            "Push notifications the webhook accepted.",
-            &store.push.sent,
-        ),
-        (
-            "engine_push_failed_total",
-            "Push notifications given up after every attempt failed.",
-            &store.push.failed,
-        ),
-        (
-            "engine_push_dropped_total",
-            "Push notifications dropped because the push queue was full.",
-            &store.push.dropped,
-        ),
-    ] {
+    render_process(&mut text, health, reactors);
+    for (name, help, counter) in STORE_COUNTERS {
         header(&mut text, name, help, "counter");
-        let _ = writeln!(text, "{name} {}", stats::read(value));
+        let _ = writeln!(text, "{name} {}", stats::read(counter(store)));
     }
-    header(&mut text, "engine_reactors", "Reactor threads.", "gauge");
-    let _ = writeln!(text, "engine_reactors {}", reactors.len());
-    if let Some(rss) = stats::rss_bytes() {
-        header(
-            &mut text,
-            "engine_resident_memory_bytes",
-            "Resident set size of the process.",
-            "gauge",
-        );
-        let _ = writeln!(text, "engine_resident_memory_bytes {rss}");
+    for (name, help, gauge) in REACTOR_GAUGES {
+        header(&mut text, name, help, "gauge");
+        for (id, r) in reactors.iter().enumerate() {
+            let _ = writeln!(
+                text,
+                "{name}{{reactor=\"{id}\"}} {}",
+                stats::load_gauge(gauge(r))
+            );
+        }
     }
-    per_reactor_gauge(
-        &mut text,
-        "engine_connections",
-        "Open connections (HTTP and WebSocket).",
-        &|r| stats::load_gauge(&r.connections),
-    );
-    per_reactor_gauge(
-        &mut text,
-        "engine_online_users",
-        "Users homed on the reactor with a device online.",
-        &|r| stats::load_gauge(&r.online_users),
-    );
-    per_reactor_counter(
-        &mut text,
-        "engine_handshakes_total",
-        "Completed WebSocket upgrades.",
-        &|r| stats::read(&r.handshakes),
-    );
-    per_reactor_counter(
-        &mut text,
-        "engine_handshake_failures_total",
-        "Refused WebSocket upgrades.",
-        &|r| stats::read(&r.handshake_failures),
-    );
-    per_reactor_counter(
-        &mut text,
-        "engine_handler_panics_total",
-        "Panics caught while handling one message, request or envelope (the connection was closed with 1011).",
-        &|r| stats::read(&r.panics),
-    );
-    per_reactor_counter(
-        &mut text,
-        "engine_backpressure_pauses_total",
-        "Connections whose reading paused because their input met a full mailbox ring.",
-        &|r| stats::read(&r.backpressure_pauses),
-    );
-    per_reactor_counter(
-        &mut text,
-        "engine_http_requests_total",
-        "Plain HTTP requests answered.",
-        &|r| stats::read(&r.http_requests),
-    );
-    per_reactor_counter(
-        &mut text,
-        "engine_bytes_in_total",
-        "Bytes read from sockets.",
-        &|r| stats::read(&r.bytes_in),
-    );
-    per_reactor_counter(
-        &mut text,
-        "engine_bytes_out_total",
-        "Bytes of frames and responses queued to sockets.",
-        &|r| stats::read(&r.bytes_out),
-    );
-    per_reactor_counter(
-        &mut text,
-        "engine_messages_out_total",
-        "Frames queued to connections.",
-        &|r| stats::read(&r.frames_out),
-    );
-    per_reactor_counter(
-        &mut text,
-        "engine_envelopes_sent_total",
-        "Envelopes mailed to other reactors.",
-        &|r| stats::read(&r.envelopes_sent),
-    );
-    per_reactor_counter(
-        &mut text,
-        "engine_envelopes_received_total",
-        "Envelopes received from other reactors.",
-        &|r| stats::read(&r.envelopes_received),
-    );
-    let in_flight = stats::sum(reactors, |r| &r.envelopes_sent)
-        .saturating_sub(stats::sum(reactors, |r| &r.envelopes_received));
-    header(
-        &mut text,
-        "engine_mailbox_depth",
-        "Envelopes mailed and not yet received, all reactors.",
-        "gauge",
-    );
-    let _ = writeln!(text, "engine_mailbox_depth {in_flight}");
-    let by_name = [
-        (
-            "engine_messages_in_total",
-            "Client messages by type.",
-            "type",
-            MessageKind::NAMES,
-            (|r: &ReactorStats| &r.messages_in[..]) as fn(&ReactorStats) -> &[AtomicU64],
-        ),
-        (
-            "engine_messages_out_by_type_total",
-            "Frames and responses queued to connections, by type.",
-            "type",
-            OutKind::NAMES,
-            |r| &r.messages_out[..],
-        ),
-        (
-            "engine_errors_total",
-            "Error replies by code.",
-            "code",
-            ErrorCode::NAMES,
-            |r| &r.errors[..],
-        ),
-    ];
-    for (name, help, label, names, counters) in by_name {
+    for (name, help, counter) in REACTOR_COUNTERS {
+        header(&mut text, name, help, "counter");
+        for (id, r) in reactors.iter().enumerate() {
+            let _ = writeln!(
+                text,
+                "{name}{{reactor=\"{id}\"}} {}",
+                stats::read(counter(r))
+            );
+        }
+    }
+    render_mailbox_depth(&mut text, reactors);
+    for (name, help, label, names, counters) in REACTOR_COUNTERS_BY_NAME {
         header(&mut text, name, help, "counter");
         for (id, r) in reactors.iter().enumerate() {
             for (value, counter) in names.iter().zip(counters(r)) {
@@ -230,34 +219,58 @@ pub fn render(out: &mut Vec<u8>, health: &Health, reactors: &[ReactorStats], sto
             }
         }
     }
+    render_latencies(&mut text, reactors, store);
+    out.extend_from_slice(text.as_bytes());
+}
+
+/// Uptime, readiness, reactors, resident memory.
+fn render_process(text: &mut String, health: &Health, reactors: &[ReactorStats]) {
     header(
-        &mut text,
-        "engine_routing_latency_seconds",
-        "Time from a message's acceptance to its frame being queued on the receiving connection.",
-        "histogram",
+        text,
+        "engine_uptime_seconds",
+        "Seconds since the engine started.",
+        "gauge",
     );
+    let _ = writeln!(text, "engine_uptime_seconds {}", health.uptime_seconds);
+    header(
+        text,
+        "engine_ready",
+        "1 while accepting and not draining.",
+        "gauge",
+    );
+    let _ = writeln!(text, "engine_ready {}", u8::from(health.ready));
+    header(text, "engine_reactors", "Reactor threads.", "gauge");
+    let _ = writeln!(text, "engine_reactors {}", reactors.len());
+    if let Some(rss) = stats::rss_bytes() {
+        let help = "Resident set size of the process.";
+        header(text, "engine_resident_memory_bytes", help, "gauge");
+        let _ = writeln!(text, "engine_resident_memory_bytes {rss}");
+    }
+}
+
+/// Envelopes mailed and not yet received, over every ring.
+fn render_mailbox_depth(text: &mut String, reactors: &[ReactorStats]) {
+    let in_flight = stats::sum(reactors, |r| &r.envelopes_sent)
+        .saturating_sub(stats::sum(reactors, |r| &r.envelopes_received));
+    let help = "Envelopes mailed and not yet received, all reactors.";
+    header(text, "engine_mailbox_depth", help, "gauge");
+    let _ = writeln!(text, "engine_mailbox_depth {in_flight}");
+}
+
+/// The routing latency per reactor and the store's commit latency.
+fn render_latencies(text: &mut String, reactors: &[ReactorStats], store: &StoreStats) {
+    let name = "engine_routing_latency_seconds";
+    let help =
+        "Time from a message's acceptance to its frame being queued on the receiving connection.";
+    header(text, name, help, "histogram");
     for (id, r) in reactors.iter().enumerate() {
         let labels = format!("reactor=\"{id}\"");
-        histogram(
-            &mut text,
-            "engine_routing_latency_seconds",
-            &labels,
-            &r.routing_latency,
-        );
+        histogram(text, name, &labels, &r.routing_latency);
     }
-    header(
-        &mut text,
-        "engine_store_commit_seconds",
-        "Time one store group commit takes (apply the batch, commit, fsync).",
-        "histogram",
-    );
-    histogram(
-        &mut text,
-        "engine_store_commit_seconds",
-        "",
-        &store.commit_latency,
-    );
-    out.extend_from_slice(text.as_bytes());
+    let name = "engine_store_commit_seconds";
+    let help = "Time one store group commit takes (apply the batch, commit, fsync).";
+    header(text, name, help, "histogram");
+    histogram(text, name, "", &store.commit_latency);
 }
 
 /// The `_bucket` (cumulative), `_sum` and `_count` lines of one histogram; `labels` is

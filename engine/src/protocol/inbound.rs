@@ -280,166 +280,39 @@ fn decode<'t, 'de: 't>(root: Value<'t, 'de>) -> Result<ClientMessage<'de>, Proto
             .ok_or_else(|| ProtocolError::bad_request("field 'type' must be a string"))?,
         None => return Err(ProtocolError::bad_request("missing field 'type'")),
     };
+    let root = &root;
     let message = match kind {
         "auth" => ClientMessage::Auth {
-            user_id: id(&root, "userId")?,
-            device_id: id(&root, "deviceId")?,
-            token: opt_str(&root, "token")?,
+            user_id: id(root, "userId")?,
+            device_id: id(root, "deviceId")?,
+            token: opt_str(root, "token")?,
         },
         "ping" => ClientMessage::Ping {
             ts: root.get("ts").and_then(scalar),
         },
-        "send_message" | "group_message" => {
-            let message_id = id(&root, "messageId")?;
-            let with_ref = |e: ProtocolError| ProtocolError {
-                reference: Some(message_id.to_owned()),
-                ..e
-            };
-            let priority = match opt_str(&root, "priority").map_err(with_ref)? {
-                None => Priority::Normal,
-                Some(name) => Priority::parse(name).ok_or_else(|| {
-                    with_ref(ProtocolError::bad_request(
-                        "field 'priority' must be high, normal or low",
-                    ))
-                })?,
-            };
-            let to_group = kind == "group_message";
-            let to =
-                id(&root, if to_group { "groupId" } else { "receiverId" }).map_err(with_ref)?;
-            let content = req_str(&root, "content").map_err(with_ref)?;
-            let message_type = opt_str(&root, "messageType")
-                .map_err(with_ref)?
-                .unwrap_or("text");
-            if to_group {
-                ClientMessage::GroupMessage {
-                    message_id,
-                    group_id: to,
-                    content,
-                    message_type,
-                    priority,
-                }
-            } else {
-                ClientMessage::SendMessage {
-                    message_id,
-                    receiver_id: to,
-                    content,
-                    message_type,
-                    priority,
-                }
-            }
-        }
+        "send_message" | "group_message" => decode_text(root, kind)?,
         "group_join" | "group_leave" => ClientMessage::GroupJoin {
-            group_id: id(&root, "groupId")?,
+            group_id: id(root, "groupId")?,
             join: kind == "group_join",
         },
-        "signal" => {
-            let call_id = id(&root, "callId")?;
-            let kind = req_str(&root, "kind")?;
-            let huddle = kind
-                .strip_prefix("huddle:")
-                .is_some_and(|rest| !rest.is_empty() && kind.len() <= TAG_BYTES_MAX);
-            if !huddle && !SIGNAL_KINDS.contains(&kind) {
-                let mut shown = kind.to_owned();
-                shown.truncate(TAG_BYTES_MAX);
-                return Err(ProtocolError {
-                    reference: Some(call_id.to_owned()),
-                    ..ProtocolError::bad_request(format!(
-                        "field 'kind' must be one of {} or huddle:…, got '{shown}'",
-                        SIGNAL_KINDS.join(", ")
-                    ))
-                });
-            }
-            let mut payload = Vec::new();
-            match root.get("payload") {
-                Some(value) => {
-                    super::json::write_value(&mut payload, value).map_err(|_| ProtocolError {
-                        reference: Some(call_id.to_owned()),
-                        ..ProtocolError::bad_request(format!(
-                            "field 'payload' nests deeper than {} levels",
-                            super::json::VALUE_DEPTH_MAX
-                        ))
-                    })?
-                }
-                None => payload.extend_from_slice(b"null"),
-            }
-            ClientMessage::Signal {
-                receiver_id: id(&root, "receiverId")?,
-                call_id,
-                kind,
-                payload,
-            }
-        }
+        "signal" => decode_signal(root)?,
         "message_edit" | "message_delete" | "reaction_add" | "reaction_remove" => {
-            let message_id = id(&root, "messageId")?;
-            let with_ref = |e: ProtocolError| ProtocolError {
-                reference: Some(message_id.to_owned()),
-                ..e
-            };
-            let emoji = || -> Result<&str, ProtocolError> {
-                let emoji = req_str(&root, "emoji").map_err(with_ref)?;
-                if emoji.is_empty() || emoji.len() > TAG_BYTES_MAX {
-                    return Err(with_ref(ProtocolError::bad_request(format!(
-                        "field 'emoji' must be 1 to {TAG_BYTES_MAX} bytes"
-                    ))));
-                }
-                Ok(emoji)
-            };
-            let change = match kind {
-                "message_edit" => Change::Edit(req_str(&root, "content").map_err(with_ref)?),
-                "message_delete" => Change::Delete,
-                "reaction_add" => Change::ReactionAdd(emoji()?),
-                _ => Change::ReactionRemove(emoji()?),
-            };
-            ClientMessage::Amend {
-                message_id,
-                receiver_id: id(&root, "receiverId").map_err(with_ref)?,
-                change,
-            }
+            decode_amend(root, kind)?
         }
-        "typing" => ClientMessage::Typing {
-            receiver_id: id(&root, "receiverId")?,
-            is_typing: match root.get("isTyping") {
-                Some(v) => v.as_bool().ok_or_else(|| {
-                    ProtocolError::bad_request("field 'isTyping' must be a boolean")
-                })?,
-                None => return Err(ProtocolError::bad_request("missing field 'isTyping'")),
-            },
-        },
+        "typing" => decode_typing(root)?,
         "read_receipt" => ClientMessage::ReadReceipt {
-            message_id: id(&root, "messageId")?,
+            message_id: id(root, "messageId")?,
             sender_id: match root.get("senderId") {
                 None => None,
-                Some(_) => Some(id(&root, "senderId")?),
+                Some(_) => Some(id(root, "senderId")?),
             },
         },
-        "history" => ClientMessage::History {
-            peer_id: id(&root, "peerId")?,
-            before: match root.get("before") {
-                None => None,
-                Some(v) if v.is_null() => None,
-                Some(v) => Some(v.as_u64().ok_or_else(|| {
-                    ProtocolError::bad_request(
-                        "field 'before' must be a timestamp in ms (an integer)",
-                    )
-                })?),
-            },
-            limit: match root.get("limit") {
-                None => HISTORY_LIMIT_DEFAULT,
-                Some(v) => match v.as_u64() {
-                    Some(n @ 1..) if n as usize <= HISTORY_LIMIT_MAX => n as usize,
-                    _ => {
-                        return Err(ProtocolError::bad_request(format!(
-                            "field 'limit' must be an integer from 1 to {HISTORY_LIMIT_MAX}"
-                        )))
-                    }
-                },
-            },
-        },
+        "history" => decode_history(root)?,
         "presence_subscribe" => ClientMessage::PresenceSubscribe {
-            user_ids: id_list(&root)?,
+            user_ids: id_list(root)?,
         },
         "presence_unsubscribe" => ClientMessage::PresenceUnsubscribe {
-            user_ids: id_list(&root)?,
+            user_ids: id_list(root)?,
         },
         other => {
             let mut shown = other.to_owned();
@@ -451,6 +324,158 @@ fn decode<'t, 'de: 't>(root: Value<'t, 'de>) -> Result<ClientMessage<'de>, Proto
         }
     };
     Ok(message)
+}
+
+/// `send_message` or `group_message` (`kind`); errors carry the `messageId`.
+fn decode_text<'t, 'de: 't>(
+    root: &Value<'t, 'de>,
+    kind: &str,
+) -> Result<ClientMessage<'de>, ProtocolError> {
+    let message_id = id(root, "messageId")?;
+    let with_ref = |e: ProtocolError| ProtocolError {
+        reference: Some(message_id.to_owned()),
+        ..e
+    };
+    let priority = match opt_str(root, "priority").map_err(with_ref)? {
+        None => Priority::Normal,
+        Some(name) => Priority::parse(name).ok_or_else(|| {
+            with_ref(ProtocolError::bad_request(
+                "field 'priority' must be high, normal or low",
+            ))
+        })?,
+    };
+    let to_group = kind == "group_message";
+    let to = id(root, if to_group { "groupId" } else { "receiverId" }).map_err(with_ref)?;
+    let content = req_str(root, "content").map_err(with_ref)?;
+    let message_type = opt_str(root, "messageType")
+        .map_err(with_ref)?
+        .unwrap_or("text");
+    Ok(if to_group {
+        ClientMessage::GroupMessage {
+            message_id,
+            group_id: to,
+            content,
+            message_type,
+            priority,
+        }
+    } else {
+        ClientMessage::SendMessage {
+            message_id,
+            receiver_id: to,
+            content,
+            message_type,
+            priority,
+        }
+    })
+}
+
+/// `signal`: a call kind, or `huddle:…`; the payload is kept as JSON text.
+fn decode_signal<'t, 'de: 't>(root: &Value<'t, 'de>) -> Result<ClientMessage<'de>, ProtocolError> {
+    let call_id = id(root, "callId")?;
+    let kind = req_str(root, "kind")?;
+    let huddle = kind
+        .strip_prefix("huddle:")
+        .is_some_and(|rest| !rest.is_empty() && kind.len() <= TAG_BYTES_MAX);
+    if !huddle && !SIGNAL_KINDS.contains(&kind) {
+        let mut shown = kind.to_owned();
+        shown.truncate(TAG_BYTES_MAX);
+        return Err(ProtocolError {
+            reference: Some(call_id.to_owned()),
+            ..ProtocolError::bad_request(format!(
+                "field 'kind' must be one of {} or huddle:…, got '{shown}'",
+                SIGNAL_KINDS.join(", ")
+            ))
+        });
+    }
+    let mut payload = Vec::new();
+    match root.get("payload") {
+        Some(value) => {
+            super::json::write_value(&mut payload, value).map_err(|_| ProtocolError {
+                reference: Some(call_id.to_owned()),
+                ..ProtocolError::bad_request(format!(
+                    "field 'payload' nests deeper than {} levels",
+                    super::json::VALUE_DEPTH_MAX
+                ))
+            })?
+        }
+        None => payload.extend_from_slice(b"null"),
+    }
+    Ok(ClientMessage::Signal {
+        receiver_id: id(root, "receiverId")?,
+        call_id,
+        kind,
+        payload,
+    })
+}
+
+/// `message_edit`, `message_delete`, `reaction_add` or `reaction_remove` (`kind`).
+fn decode_amend<'t, 'de: 't>(
+    root: &Value<'t, 'de>,
+    kind: &str,
+) -> Result<ClientMessage<'de>, ProtocolError> {
+    let message_id = id(root, "messageId")?;
+    let with_ref = |e: ProtocolError| ProtocolError {
+        reference: Some(message_id.to_owned()),
+        ..e
+    };
+    let emoji = || -> Result<&str, ProtocolError> {
+        let emoji = req_str(root, "emoji").map_err(with_ref)?;
+        if emoji.is_empty() || emoji.len() > TAG_BYTES_MAX {
+            return Err(with_ref(ProtocolError::bad_request(format!(
+                "field 'emoji' must be 1 to {TAG_BYTES_MAX} bytes"
+            ))));
+        }
+        Ok(emoji)
+    };
+    let change = match kind {
+        "message_edit" => Change::Edit(req_str(root, "content").map_err(with_ref)?),
+        "message_delete" => Change::Delete,
+        "reaction_add" => Change::ReactionAdd(emoji()?),
+        _ => Change::ReactionRemove(emoji()?),
+    };
+    Ok(ClientMessage::Amend {
+        message_id,
+        receiver_id: id(root, "receiverId").map_err(with_ref)?,
+        change,
+    })
+}
+
+/// `typing {receiverId, isTyping}`.
+fn decode_typing<'t, 'de: 't>(root: &Value<'t, 'de>) -> Result<ClientMessage<'de>, ProtocolError> {
+    Ok(ClientMessage::Typing {
+        receiver_id: id(root, "receiverId")?,
+        is_typing: match root.get("isTyping") {
+            Some(v) => v
+                .as_bool()
+                .ok_or_else(|| ProtocolError::bad_request("field 'isTyping' must be a boolean"))?,
+            None => return Err(ProtocolError::bad_request("missing field 'isTyping'")),
+        },
+    })
+}
+
+/// `history {peerId, before?, limit?}`.
+fn decode_history<'t, 'de: 't>(root: &Value<'t, 'de>) -> Result<ClientMessage<'de>, ProtocolError> {
+    Ok(ClientMessage::History {
+        peer_id: id(root, "peerId")?,
+        before: match root.get("before") {
+            None => None,
+            Some(v) if v.is_null() => None,
+            Some(v) => Some(v.as_u64().ok_or_else(|| {
+                ProtocolError::bad_request("field 'before' must be a timestamp in ms (an integer)")
+            })?),
+        },
+        limit: match root.get("limit") {
+            None => HISTORY_LIMIT_DEFAULT,
+            Some(v) => match v.as_u64() {
+                Some(n @ 1..) if n as usize <= HISTORY_LIMIT_MAX => n as usize,
+                _ => {
+                    return Err(ProtocolError::bad_request(format!(
+                        "field 'limit' must be an integer from 1 to {HISTORY_LIMIT_MAX}"
+                    )))
+                }
+            },
+        },
+    })
 }
 
 fn req_str<'t, 'de: 't>(

@@ -17,6 +17,7 @@ use super::{
 };
 use crate::{
     protocol::{
+        inbound::ClientMessage,
         outbound::{self, NewMessage},
         Priority,
     },
@@ -41,6 +42,51 @@ pub(super) struct TextMessage<'a> {
 }
 
 impl Shard {
+    /// At the sender's reactor: `send_message` or `group_message`.
+    pub(super) fn text_message(
+        &mut self,
+        conn: ConnAddr,
+        user: &Arc<str>,
+        message: &ClientMessage<'_>,
+        out: &mut Effects,
+    ) {
+        match *message {
+            ClientMessage::SendMessage {
+                message_id,
+                receiver_id,
+                content,
+                message_type,
+                priority,
+            } => {
+                let text = TextMessage {
+                    message_id,
+                    receiver_id,
+                    content,
+                    message_type,
+                    priority,
+                };
+                self.send_message(conn, user, &text, true, out)
+            }
+            ClientMessage::GroupMessage {
+                message_id,
+                group_id,
+                content,
+                message_type,
+                priority,
+            } => {
+                let text = TextMessage {
+                    message_id,
+                    receiver_id: group_id,
+                    content,
+                    message_type,
+                    priority,
+                };
+                self.group_message(conn, user, &text, out)
+            }
+            _ => debug_assert!(false, "not a text message: {message:?}"),
+        }
+    }
+
     /// At the sender's reactor: `send_message` from a device (`from_device`) or the HTTP
     /// API. The receiver's devices get the `new_message` (and the sender hears `sent`, or
     /// `queued` once it is stored), and so do the sender's own devices, but the sending

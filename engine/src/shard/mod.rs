@@ -333,21 +333,8 @@ impl Shard {
                 out.error(conn, ErrorCode::BadRequest, "already authenticated", None)
             }
             ClientMessage::Ping { ts } => self.ping(conn, ts, out),
-            ClientMessage::SendMessage {
-                message_id,
-                receiver_id,
-                content,
-                message_type,
-                priority,
-            } => {
-                let message = direct::TextMessage {
-                    message_id,
-                    receiver_id,
-                    content,
-                    message_type,
-                    priority,
-                };
-                self.send_message(conn, user, &message, true, out)
+            ClientMessage::SendMessage { .. } | ClientMessage::GroupMessage { .. } => {
+                self.text_message(conn, user, &message, out)
             }
             ClientMessage::Typing {
                 receiver_id,
@@ -364,22 +351,6 @@ impl Shard {
             } => self.history(conn, user, (peer_id, before, limit), out),
             ClientMessage::GroupJoin { group_id, join } => {
                 self.ask_group_join(conn, user, group_id, join, out)
-            }
-            ClientMessage::GroupMessage {
-                message_id,
-                group_id,
-                content,
-                message_type,
-                priority,
-            } => {
-                let message = direct::TextMessage {
-                    message_id,
-                    receiver_id: group_id,
-                    content,
-                    message_type,
-                    priority,
-                };
-                self.group_message(conn, user, &message, out)
             }
             ClientMessage::Signal {
                 receiver_id,

@@ -11,8 +11,11 @@
 //! - [`queue`]: per-user offline queues, `(user, priority, sequence)` keys.
 //! - [`history`]: every chat message per conversation, and `(receiver, messageId, sender)`
 //!   → where it sits, which serves `read_receipt` by id and dedup across restarts.
-//! - [`worker`]: the thread, its transactions and the retention sweep.
+//! - [`worker`]: the thread, its transactions and the retention sweep; [`apply`]: one
+//!   transaction's commands; [`answers`]: the replies, committed or failed.
 
+mod answers;
+mod apply;
 mod history;
 mod queue;
 mod worker;

@@ -11,12 +11,13 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTran
 use tracing::{error, info};
 
 use super::{
+    answers::{enqueue_outcome, fan_out_counts, history_answer, membership_answer, sender_answer},
+    apply::{Apply, Tally},
     history::{self, Tables},
     queue::{self, Counts, QUEUE},
-    Amend, Command, Enqueue, FanOutBatch, Limits, Outcome, Reply, ReplyRoutes, StoreStats, Ticket,
-    BATCH_MAX, DRAIN_BYTES_MAX, DRAIN_MESSAGES_MAX, PEEK_BYTES_MAX, PEEK_MESSAGES_MAX,
+    Command, Enqueue, Limits, Outcome, Reply, ReplyRoutes, StoreStats, BATCH_MAX,
 };
-use crate::{protocol::now_ms, router::ConnAddr};
+use crate::protocol::now_ms;
 
 /// Group memberships: `(group, user) → ()`.
 const MEMBERS: TableDefinition<(&str, &str), ()> = TableDefinition::new("members");
@@ -36,7 +37,8 @@ const SWEEP_VISIT_MAX: usize = 20_000;
 
 /// What the thread keeps in memory about the file.
 pub(super) struct State {
-    counts: Counts,
+    /// Queue lengths per user.
+    pub(super) counts: Counts,
     next_sequence: u64,
 }
 
@@ -104,16 +106,6 @@ pub(super) struct Worker {
     routes: ReplyRoutes,
     stats: Arc<StoreStats>,
     push: Option<crate::push::Push>,
-}
-
-/// What one transaction changed, for the counters and the push hook once it committed.
-#[derive(Default)]
-struct Tally {
-    persisted: u64,
-    recorded: u64,
-    /// Messages newly queued for offline users: `(user, new_message JSON)`, kept only
-    /// when a push hook is configured.
-    queued: Vec<(Box<str>, bytes::Bytes)>,
 }
 
 /// What a worker is made of.
@@ -276,181 +268,34 @@ impl Worker {
         Ok(())
     }
 
+    /// Applies every command of `batch` in `txn`, collecting the answers.
     fn apply_commands(
         &mut self,
         txn: &WriteTransaction,
         batch: &[Command],
         replies: &mut Vec<(usize, Reply)>,
     ) -> Result<Tally, redb::Error> {
-        let mut tally = Tally::default();
-        let pushing = self.push.is_some();
-        let mut queues = txn.open_table(QUEUE)?;
-        let mut tables = Tables {
-            history: txn.open_table(history::HISTORY)?,
-            received: txn.open_table(history::RECEIVED)?,
+        let mut apply = Apply {
+            queues: txn.open_table(QUEUE)?,
+            tables: Tables {
+                history: txn.open_table(history::HISTORY)?,
+                received: txn.open_table(history::RECEIVED)?,
+            },
+            members: txn.open_table(MEMBERS)?,
+            state: &mut self.state,
+            queue_max_per_user: self.limits.queue_max_per_user,
+            pushing: self.push.is_some(),
+            now_ms: now_ms(),
+            tally: Tally::default(),
+            replies,
         };
-        let mut members = txn.open_table(MEMBERS)?;
-        let now = now_ms();
-        let state = &mut self.state;
         // By reference: on an error the whole batch is still here to be answered.
         for command in batch {
-            match command {
-                Command::Enqueue(enqueue) => {
-                    let Enqueue {
-                        user,
-                        priority,
-                        payload,
-                        sender,
-                        message_id,
-                        receipt,
-                        dedup,
-                        chat,
-                    } = &**enqueue;
-                    let held = match chat {
-                        Some(chat) => tables.holds(user, message_id, &chat.sender)?,
-                        None => false,
-                    };
-                    let outcome = if held {
-                        Outcome::Queued // a retry of a message already held
-                    } else if state.counts.of(user) >= self.limits.queue_max_per_user {
-                        Outcome::QueueFull
-                    } else {
-                        let sequence = state.take_sequence();
-                        let key = (&**user, *priority, sequence);
-                        queue::push(&mut queues, &mut state.counts, key, *receipt, payload, now)?;
-                        tally.persisted += 1;
-                        if pushing {
-                            tally.queued.push((user.clone(), payload.clone()));
-                        }
-                        if let Some(chat) = chat {
-                            tables.record(user, message_id, chat, sequence, payload)?;
-                            tally.recorded += 1;
-                        }
-                        Outcome::Queued
-                    };
-                    enqueue_outcome(replies, *sender, message_id, *dedup, outcome);
-                }
-                Command::Record {
-                    receiver,
-                    message_id,
-                    payload,
-                    chat,
-                } => {
-                    if !tables.holds(receiver, message_id, &chat.sender)? {
-                        let sequence = state.take_sequence();
-                        tables.record(receiver, message_id, chat, sequence, payload)?;
-                        tally.recorded += 1;
-                    }
-                }
-                Command::EnqueueFanOut(batch) => {
-                    let mut queued = 0;
-                    for (user, payload) in &batch.messages {
-                        if state.counts.of(user) < self.limits.queue_max_per_user {
-                            let key = (&**user, batch.priority, state.take_sequence());
-                            queue::push(&mut queues, &mut state.counts, key, false, payload, now)?;
-                            queued += 1;
-                            if pushing {
-                                tally.queued.push((user.clone(), payload.clone()));
-                            }
-                        }
-                    }
-                    tally.persisted += u64::from(queued);
-                    let not_kept = batch.messages.len() as u32 - queued;
-                    replies.push(fan_out_counts(batch, queued, not_kept, false));
-                }
-                Command::Drain { user, device } => {
-                    let (messages, more) =
-                        queue::read(&queues, user, DRAIN_MESSAGES_MAX, DRAIN_BYTES_MAX)?;
-                    let reply = Reply::Pending {
-                        device: *device,
-                        user: user.clone(),
-                        messages,
-                        more,
-                    };
-                    replies.push((device.reactor as usize, reply));
-                }
-                Command::Peek {
-                    user,
-                    requester,
-                    drain,
-                } => {
-                    let (queued, more) =
-                        queue::read(&queues, user, PEEK_MESSAGES_MAX, PEEK_BYTES_MAX)?;
-                    if *drain {
-                        let keys = queued.iter().map(|m| m.key);
-                        queue::remove(&mut queues, &mut state.counts, user, keys)?;
-                    }
-                    let messages = queued.into_iter().map(|m| m.payload).collect();
-                    let reply = Reply::Peeked {
-                        requester: *requester,
-                        user: user.clone(),
-                        messages,
-                        more,
-                        error: None,
-                    };
-                    replies.push((requester.reactor as usize, reply));
-                }
-                Command::Remove { user, keys } => {
-                    let keys = keys.iter().copied();
-                    queue::remove(&mut queues, &mut state.counts, user, keys)?;
-                }
-                Command::History {
-                    user,
-                    peer,
-                    before,
-                    limit,
-                    requester,
-                } => {
-                    let messages = tables.page(user, peer, *before, *limit)?;
-                    replies.push(history_answer(*requester, peer, messages, None));
-                }
-                Command::FindSender {
-                    reader,
-                    message_id,
-                    requester,
-                } => {
-                    let sender = tables.sender_of(reader, message_id)?;
-                    let found = (&**reader, &**message_id, sender);
-                    replies.push(sender_answer(*requester, found, None));
-                }
-                Command::Amend(amend) => {
-                    let Amend {
-                        actor,
-                        peer,
-                        message_id,
-                        change,
-                        requester,
-                    } = &**amend;
-                    let found = tables.amend(actor, peer, message_id, change)?;
-                    let reply = Reply::Amended {
-                        amend: amend.clone(),
-                        found,
-                        error: None,
-                    };
-                    replies.push((requester.reactor as usize, reply));
-                }
-                Command::Membership {
-                    group,
-                    user,
-                    joined,
-                    ..
-                } => {
-                    if *joined {
-                        members.insert((&**group, &**user), ())?;
-                    } else {
-                        members.remove((&**group, &**user))?;
-                    }
-                    replies.extend(membership_answer(command, true));
-                }
-                Command::Shutdown => {}
-            }
+            apply.command(command)?;
         }
-        Ok(tally)
+        Ok(apply.tally)
     }
 
-    /// The answers to a batch whose transaction failed: senders hear `persistence_failed`,
-    /// readers an error; a device asking for its queue hears nothing (the queue is still
-    /// there for its next authentication); what nobody waits on is lost and counted.
     fn failure_replies(&self, batch: &[Command], why: &str) -> Vec<(usize, Reply)> {
         let mut replies = Vec::new();
         let error = || Some(why.to_owned());
@@ -609,104 +454,12 @@ impl Worker {
 }
 
 impl State {
-    fn take_sequence(&mut self) -> u64 {
+    /// The sequence number of the next message written.
+    pub(super) fn take_sequence(&mut self) -> u64 {
         let sequence = self.next_sequence;
         self.next_sequence += 1;
         sequence
     }
-}
-
-/// The answer to one `Enqueue`: its sender hears the outcome, and a home whose message
-/// was not kept forgets it from its dedup window (so a retry is tried again).
-fn enqueue_outcome(
-    replies: &mut Vec<(usize, Reply)>,
-    sender: Option<ConnAddr>,
-    message_id: &str,
-    dedup: Option<(usize, Ticket)>,
-    outcome: Outcome,
-) {
-    if outcome != Outcome::Queued {
-        if let Some((home, ticket)) = dedup {
-            replies.push((home, Reply::NotKept { ticket }));
-        }
-    }
-    if let Some(sender) = sender {
-        let reply = Reply::Enqueued {
-            sender,
-            message_id: message_id.into(),
-            outcome,
-        };
-        replies.push((sender.reactor as usize, reply));
-    }
-}
-
-/// Whether a membership change is on disk, for the group's home reactor (`None` for any
-/// other command).
-fn membership_answer(command: &Command, committed: bool) -> Option<(usize, Reply)> {
-    let Command::Membership {
-        group,
-        user,
-        joined,
-        device,
-        home,
-    } = command
-    else {
-        return None;
-    };
-    let reply = Reply::Membership {
-        group: group.clone(),
-        user: user.clone(),
-        joined: *joined,
-        device: *device,
-        committed,
-    };
-    Some((*home, reply))
-}
-
-/// A page of history (or the store's error) for the requester's reactor.
-fn history_answer(
-    requester: ConnAddr,
-    peer: &str,
-    messages: Vec<bytes::Bytes>,
-    error: Option<String>,
-) -> (usize, Reply) {
-    let reply = Reply::History {
-        requester,
-        peer: peer.into(),
-        messages,
-        error,
-    };
-    (requester.reactor as usize, reply)
-}
-
-/// The sender a `read_receipt` named, `(reader, message id, sender)`, or the store's
-/// error, for the requester's reactor.
-fn sender_answer(
-    requester: ConnAddr,
-    (reader, message_id, sender): (&str, &str, Option<Box<str>>),
-    error: Option<String>,
-) -> (usize, Reply) {
-    let reply = Reply::SenderFound {
-        requester,
-        reader: reader.into(),
-        message_id: message_id.into(),
-        sender,
-        error,
-    };
-    (requester.reactor as usize, reply)
-}
-
-/// A home's fan-out counts for the reactor waiting on them.
-fn fan_out_counts(batch: &FanOutBatch, queued: u32, not_kept: u32, failed: bool) -> (usize, Reply) {
-    let reply = Reply::FanOutQueued {
-        purpose: batch.purpose,
-        request: batch.request,
-        delivered: batch.delivered,
-        queued,
-        not_kept,
-        failed,
-    };
-    (batch.reply_to, reply)
 }
 
 /// While alive, the store thread runs at a lower CPU priority (nice

@@ -1,0 +1,102 @@
+//! The store's answers, built the same way whether a commit held the command or failed.
+
+use super::{Command, FanOutBatch, Outcome, Reply, Ticket};
+use crate::router::ConnAddr;
+
+/// The answer to one `Enqueue`: its sender hears the outcome, and a home whose message
+/// was not kept forgets it from its dedup window (so a retry is tried again).
+pub(super) fn enqueue_outcome(
+    replies: &mut Vec<(usize, Reply)>,
+    sender: Option<ConnAddr>,
+    message_id: &str,
+    dedup: Option<(usize, Ticket)>,
+    outcome: Outcome,
+) {
+    if outcome != Outcome::Queued {
+        if let Some((home, ticket)) = dedup {
+            replies.push((home, Reply::NotKept { ticket }));
+        }
+    }
+    if let Some(sender) = sender {
+        let reply = Reply::Enqueued {
+            sender,
+            message_id: message_id.into(),
+            outcome,
+        };
+        replies.push((sender.reactor as usize, reply));
+    }
+}
+
+/// Whether a membership change is on disk, for the group's home reactor (`None` for any
+/// other command).
+pub(super) fn membership_answer(command: &Command, committed: bool) -> Option<(usize, Reply)> {
+    let Command::Membership {
+        group,
+        user,
+        joined,
+        device,
+        home,
+    } = command
+    else {
+        return None;
+    };
+    let reply = Reply::Membership {
+        group: group.clone(),
+        user: user.clone(),
+        joined: *joined,
+        device: *device,
+        committed,
+    };
+    Some((*home, reply))
+}
+
+/// A page of history (or the store's error) for the requester's reactor.
+pub(super) fn history_answer(
+    requester: ConnAddr,
+    peer: &str,
+    messages: Vec<bytes::Bytes>,
+    error: Option<String>,
+) -> (usize, Reply) {
+    let reply = Reply::History {
+        requester,
+        peer: peer.into(),
+        messages,
+        error,
+    };
+    (requester.reactor as usize, reply)
+}
+
+/// The sender a `read_receipt` named, `(reader, message id, sender)`, or the store's
+/// error, for the requester's reactor.
+pub(super) fn sender_answer(
+    requester: ConnAddr,
+    (reader, message_id, sender): (&str, &str, Option<Box<str>>),
+    error: Option<String>,
+) -> (usize, Reply) {
+    let reply = Reply::SenderFound {
+        requester,
+        reader: reader.into(),
+        message_id: message_id.into(),
+        sender,
+        error,
+    };
+    (requester.reactor as usize, reply)
+}
+
+/// A home's fan-out counts for the reactor waiting on them.
+pub(super) fn fan_out_counts(
+    batch: &FanOutBatch,
+    queued: u32,
+    not_kept: u32,
+    failed: bool,
+) -> (usize, Reply) {
+    let reply = Reply::FanOutQueued {
+        purpose: batch.purpose,
+        request: batch.request,
+        delivered: batch.delivered,
+        queued,
+        not_kept,
+        failed,
+    };
+    (batch.reply_to, reply)
+}
