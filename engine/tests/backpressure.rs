@@ -123,69 +123,71 @@ fn user_homed_at(prefix: &str, home: usize) -> String {
 
 #[test]
 fn a_full_ring_pauses_its_producers_only_and_loses_nothing() {
-    let env = [("ENGINE_FAILPOINT", "stall_reactor_on_message_from:staller")];
-    let args = ["--reactors", "2", "--rate-limit", "0"];
-    let server = Server::start_with_env(common::Driver::IoUring, &args, &env);
+    common::on_both_drivers(|driver| {
+        let env = [("ENGINE_FAILPOINT", "stall_reactor_on_message_from:staller")];
+        let args = ["--reactors", "2", "--rate-limit", "0"];
+        let server = Server::start_with_env(driver, &args, &env);
 
-    let (mut staller, stalled) = login_on(&server, "staller");
-    let producer = 1 - stalled;
-    // Every message to `receiver` passes through its home, the stalled reactor.
-    let receiver_name = user_homed_at("receiver-", stalled);
-    let mut receiver = server.login(&receiver_name, "phone");
-    let (mut sender, _) = login_landing_on(&server, "sender-", producer, false);
-    // Two bystanders whose chat never leaves the producing reactor.
-    let (mut alice, _) = login_landing_on(&server, "alice-", producer, true);
-    let (mut bob, bob_name) = login_landing_on(&server, "bob-", producer, true);
-    let mut probe = MetricsProbe::on(&server, producer);
-    let pauses = |probe: &mut MetricsProbe| {
-        parse_per_reactor(&probe.metrics(), "engine_backpressure_pauses_total")[producer]
-    };
+        let (mut staller, stalled) = login_on(&server, "staller");
+        let producer = 1 - stalled;
+        // Every message to `receiver` passes through its home, the stalled reactor.
+        let receiver_name = user_homed_at("receiver-", stalled);
+        let mut receiver = server.login(&receiver_name, "phone");
+        let (mut sender, _) = login_landing_on(&server, "sender-", producer, false);
+        // Two bystanders whose chat never leaves the producing reactor.
+        let (mut alice, _) = login_landing_on(&server, "alice-", producer, true);
+        let (mut bob, bob_name) = login_landing_on(&server, "bob-", producer, true);
+        let mut probe = MetricsProbe::on(&server, producer);
+        let pauses = |probe: &mut MetricsProbe| {
+            parse_per_reactor(&probe.metrics(), "engine_backpressure_pauses_total")[producer]
+        };
 
-    staller.send(&json!({"type": "ping"}));
-    let stall_began = Instant::now();
-    std::thread::sleep(Duration::from_millis(100));
-    let sending = std::thread::spawn(move || {
-        for i in 0..MESSAGES {
-            let message = json!({"type": "send_message", "messageId": format!("m{i}"),
+        staller.send(&json!({"type": "ping"}));
+        let stall_began = Instant::now();
+        std::thread::sleep(Duration::from_millis(100));
+        let sending = std::thread::spawn(move || {
+            for i in 0..MESSAGES {
+                let message = json!({"type": "send_message", "messageId": format!("m{i}"),
                                  "receiverId": receiver_name, "content": "x"});
-            sender
-                .ws
-                .write(tungstenite::Message::text(message.to_string()))
-                .unwrap();
-        }
-        sender.ws.flush().unwrap();
-        let mut acked = 0;
-        while acked < MESSAGES {
-            let ack = sender.recv_type("message_ack");
-            assert_eq!(ack["status"], "sent", "{ack}");
-            acked += 1;
-        }
-    });
+                sender
+                    .ws
+                    .write(tungstenite::Message::text(message.to_string()))
+                    .unwrap();
+            }
+            sender.ws.flush().unwrap();
+            let mut acked = 0;
+            while acked < MESSAGES {
+                let ack = sender.recv_type("message_ack");
+                assert_eq!(ack["status"], "sent", "{ack}");
+                acked += 1;
+            }
+        });
 
-    // Wait until the producing reactor has paused the sender...
-    let deadline = stall_began + engine::failpoint::STALL;
-    while pauses(&mut probe) == 0 {
-        assert!(Instant::now() < deadline, "the ring never filled");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    // ...and show that it still serves everyone else meanwhile.
-    for i in 0..3 {
-        alice.send(
-            &json!({"type": "send_message", "messageId": format!("b{i}"),
+        // Wait until the producing reactor has paused the sender...
+        let deadline = stall_began + engine::failpoint::STALL;
+        while pauses(&mut probe) == 0 {
+            assert!(Instant::now() < deadline, "the ring never filled");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // ...and show that it still serves everyone else meanwhile.
+        for i in 0..3 {
+            alice.send(
+                &json!({"type": "send_message", "messageId": format!("b{i}"),
                            "receiverId": bob_name, "content": "still here"}),
+            );
+            assert_eq!(bob.recv_type("new_message")["messageId"], format!("b{i}"));
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the bystanders waited for the stalled reactor"
         );
-        assert_eq!(bob.recv_type("new_message")["messageId"], format!("b{i}"));
-    }
-    assert!(
-        Instant::now() < deadline,
-        "the bystanders waited for the stalled reactor"
-    );
 
-    // Once the stall ends, every message arrives, in order, exactly once.
-    for i in 0..MESSAGES {
-        let message = receiver.recv_type("new_message");
-        assert_eq!(message["messageId"], format!("m{i}"));
-    }
-    receiver.expect_silence(Duration::from_millis(200));
-    sending.join().unwrap();
+        // Once the stall ends, every message arrives, in order, exactly once.
+        for i in 0..MESSAGES {
+            let message = receiver.recv_type("new_message");
+            assert_eq!(message["messageId"], format!("m{i}"));
+        }
+        receiver.expect_silence(Duration::from_millis(200));
+        sending.join().unwrap();
+    });
 }

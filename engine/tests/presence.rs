@@ -68,18 +68,3 @@ fn unsubscribed_and_unrelated_users_get_no_updates() {
         bystander.expect_silence(Duration::from_millis(50));
     });
 }
-
-#[test]
-fn a_closed_watcher_is_forgotten() {
-    let server = Server::start(common::Driver::IoUring, &[]);
-    let mut watcher = server.login("watcher", "phone");
-    watcher.send(&json!({"type":"presence_subscribe","userIds":["target"]}));
-    watcher.recv_type("presence_state");
-    drop(watcher);
-    // The target coming online must not trip over the dead watcher.
-    let mut target = server.login("target", "phone");
-    target.send(&json!({"type":"ping"}));
-    target.recv_type("pong");
-    let (status, body) = server.get("/health");
-    assert_eq!(status, 200, "{body}");
-}

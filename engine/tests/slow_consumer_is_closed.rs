@@ -1,5 +1,6 @@
-//! A client that does not read is cut off (4002 where the close can still be written,
-//! else dropped) without slowing anyone else down.
+//! A client that does not read is cut off with 4002 (what was queued for it is dropped,
+//! but the rest of a frame it had begun, then the close frame follows) without slowing
+//! anyone else down.
 
 mod common;
 
@@ -11,7 +12,7 @@ fn a_receiver_that_never_reads_is_dropped_and_others_carry_on() {
     on_both_drivers(|driver| {
         let server = Server::start(driver, &[]);
         let mut sender = server.login("sender", "phone");
-        let _stalled = server.login("stalled", "phone"); // never reads
+        let mut stalled = server.login("stalled", "phone"); // does not read until the end
         let mut healthy = server.login("healthy", "phone");
         let content = "x".repeat(60_000);
         let mut dropped_after = None;
@@ -30,6 +31,9 @@ fn a_receiver_that_never_reads_is_dropped_and_others_carry_on() {
             dropped_after.is_some(),
             "the stalled receiver was never dropped"
         );
+        // Reading now (within the close timeout), the stalled client gets what the kernel
+        // held, the rest of the frame it had begun, and the close frame.
+        assert_eq!(stalled.read_to_end(), Some(4002));
         // Everyone else is served as before.
         sender.send(&json!({"type":"send_message","messageId":"after","receiverId":"healthy","content":"still here"}));
         assert_eq!(healthy.recv_type("new_message")["content"], "still here");

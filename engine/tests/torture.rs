@@ -76,11 +76,15 @@ fn reset_on_drop(stream: &TcpStream) {
 fn misbehave(server: &Server, kind: usize, round: usize, garbage: &mut Garbage) {
     let user = format!("bad-{kind}-{round}");
     match kind {
-        // Half a frame, then a clean close.
+        // Half a frame, then the end of the stream: the gateway closes too, with no
+        // close frame (there is no frame boundary to answer at) and no reply.
         0 => {
             let mut stream = raw_login(server, &user);
             let frame = raw_frame(0x81, br#"{"type":"ping"}"#);
             stream.write_all(&frame[..5]).unwrap();
+            stream.shutdown(std::net::Shutdown::Write).unwrap();
+            let seen = read_to_close(&mut stream);
+            assert_eq!(close_code(&seen), None, "{seen:?}");
         }
         // A header announcing 2^63 - 1 bytes: 1009, nothing allocated.
         1 => {
@@ -124,20 +128,30 @@ fn misbehave(server: &Server, kind: usize, round: usize, garbage: &mut Garbage) 
             stream.write_all(frame).unwrap();
             assert_eq!(close_code(&read_to_close(&mut stream)), Some(*expected));
         }
-        // Half a message, then a reset.
+        // Half a message, then a reset: the user goes offline (its home saw the close).
         5 => {
             let mut stream = raw_login(server, &user);
             let frame = raw_frame(0x81, br#"{"type":"send_message","receiverId":"x"}"#);
             stream.write_all(&frame[..frame.len() / 2]).unwrap();
             reset_on_drop(&stream);
+            drop(stream);
+            server.wait_offline(&user);
         }
-        // A reset in the middle of the handshake.
+        // The middle of a handshake, then a reset (nothing to observe but the count of
+        // open connections at the end) or, every other round, the end of the stream:
+        // no answer, just the close.
         _ => {
             let mut stream = TcpStream::connect(server.addr).unwrap();
             stream
                 .write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\nUpg")
                 .unwrap();
-            reset_on_drop(&stream);
+            if round.is_multiple_of(2) {
+                reset_on_drop(&stream);
+            } else {
+                stream.shutdown(std::net::Shutdown::Write).unwrap();
+                let answer = read_to_close(&mut stream);
+                assert!(answer.is_empty(), "{answer:?}");
+            }
         }
     }
 }
@@ -156,111 +170,113 @@ fn open_connections(server: &Server) -> i64 {
 
 #[test]
 fn misbehaving_clients_cost_normal_clients_nothing() {
-    let server = Arc::new(Server::start(
-        common::Driver::IoUring,
-        &["--reactors", "2", "--outbound-bytes-max", "1048576"],
-    ));
-    let done = Arc::new(AtomicBool::new(false));
+    common::on_both_drivers(|driver| {
+        let server = Arc::new(Server::start(
+            driver,
+            &["--reactors", "2", "--outbound-bytes-max", "1048576"],
+        ));
+        let done = Arc::new(AtomicBool::new(false));
 
-    // Normal clients: each sender writes to its partner until the torture ends, then an
-    // end marker; each receiver must see m0, m1, ... in order, then the marker.
-    let mut receivers = Vec::new();
-    let mut senders = Vec::new();
-    for pair in 0..PAIRS {
-        let mut receiver = server.login(&format!("receiver-{pair}"), "phone");
-        receivers.push(thread::spawn(move || {
-            let mut next = 0;
-            loop {
-                let message = receiver.recv_type("new_message");
-                if message["content"] == "end" {
-                    return next;
+        // Normal clients: each sender writes to its partner until the torture ends, then an
+        // end marker; each receiver must see m0, m1, ... in order, then the marker.
+        let mut receivers = Vec::new();
+        let mut senders = Vec::new();
+        for pair in 0..PAIRS {
+            let mut receiver = server.login(&format!("receiver-{pair}"), "phone");
+            receivers.push(thread::spawn(move || {
+                let mut next = 0;
+                loop {
+                    let message = receiver.recv_type("new_message");
+                    if message["content"] == "end" {
+                        return next;
+                    }
+                    assert_eq!(message["messageId"], format!("m{next}"), "pair {pair}");
+                    next += 1;
                 }
-                assert_eq!(message["messageId"], format!("m{next}"), "pair {pair}");
-                next += 1;
-            }
-        }));
-        let mut sender = server.login(&format!("sender-{pair}"), "phone");
-        let done = done.clone();
-        senders.push(thread::spawn(move || {
-            let mut sent = 0;
-            let send = |sender: &mut common::Client, id: String, content: &str| {
-                sender.send(&json!({"type": "send_message", "messageId": id,
+            }));
+            let mut sender = server.login(&format!("sender-{pair}"), "phone");
+            let done = done.clone();
+            senders.push(thread::spawn(move || {
+                let mut sent = 0;
+                let send = |sender: &mut common::Client, id: String, content: &str| {
+                    sender.send(&json!({"type": "send_message", "messageId": id,
                                     "receiverId": format!("receiver-{pair}"), "content": content}));
-                assert_eq!(sender.recv_type("message_ack")["status"], "sent");
-            };
-            while !done.load(Ordering::Relaxed) {
-                send(&mut sender, format!("m{sent}"), "hello");
-                sent += 1;
-                thread::sleep(Duration::from_millis(2));
-            }
-            send(&mut sender, "end".into(), "end");
-            sent
-        }));
-    }
-
-    // Sinks never read; a flooder sends them 60 KB messages until the gateway drops each
-    // one (its acks turn from `sent` to `queued`).
-    let sinks: Vec<TcpStream> = (0..SINKS)
-        .map(|k| raw_login(&server, &format!("sink-{k}")))
-        .collect();
-    let mut flooder = server.login("flooder", "phone");
-    let flooding = thread::spawn(move || {
-        let content = "x".repeat(60_000);
-        for k in 0..SINKS {
-            let cut_off = (0..2000).any(|i| {
-                flooder.send(
-                    &json!({"type": "send_message", "messageId": format!("f{k}-{i}"),
-                                     "receiverId": format!("sink-{k}"), "content": content}),
-                );
-                flooder.recv_type("message_ack")["status"] == "queued"
-            });
-            assert!(cut_off, "sink-{k} was never cut off");
-        }
-    });
-
-    // The misbehavers: one thread per kind, round after round, for the torture's length.
-    let started = Instant::now();
-    let misbehavers: Vec<_> = (0..KINDS)
-        .map(|kind| {
-            let server = server.clone();
-            thread::spawn(move || {
-                let mut garbage = Garbage(0x9e37_79b9_7f4a_7c15 ^ kind as u64);
-                let mut round = 0;
-                while started.elapsed() < TORTURE {
-                    misbehave(&server, kind, round, &mut garbage);
-                    round += 1;
+                    assert_eq!(sender.recv_type("message_ack")["status"], "sent");
+                };
+                while !done.load(Ordering::Relaxed) {
+                    send(&mut sender, format!("m{sent}"), "hello");
+                    sent += 1;
+                    thread::sleep(Duration::from_millis(2));
                 }
-                round
-            })
-        })
-        .collect();
-    let rounds: usize = misbehavers.into_iter().map(|t| t.join().unwrap()).sum();
-    flooding.join().unwrap();
-    done.store(true, Ordering::Relaxed);
-    for (sender, receiver) in senders.into_iter().zip(receivers) {
-        let sent = sender.join().unwrap();
-        assert_eq!(receiver.join().unwrap(), sent, "every message arrived once");
-        assert!(sent > 0);
-    }
-    assert!(rounds >= KINDS * 10, "only {rounds} misbehaviours");
-    drop(sinks);
+                send(&mut sender, "end".into(), "end");
+                sent
+            }));
+        }
 
-    // Nothing is left behind: every client above has gone (the normal ones closed with
-    // their threads), so only this request's own connection is open; and the gateway
-    // still serves newcomers.
-    let deadline = Instant::now() + common::WAIT;
-    while open_connections(&server) != 1 {
-        assert!(
-            Instant::now() < deadline,
-            "{} connections still open",
-            open_connections(&server) - 1
-        );
-        thread::sleep(Duration::from_millis(50));
-    }
-    assert_eq!(server.get("/health/ready").0, 200);
-    let mut alice = server.login("alice", "phone");
-    let mut bob = server.login("bob", "phone");
-    alice.send(&json!({"type": "send_message", "messageId": "after",
+        // Sinks never read; a flooder sends them 60 KB messages until the gateway drops each
+        // one (its acks turn from `sent` to `queued`).
+        let sinks: Vec<TcpStream> = (0..SINKS)
+            .map(|k| raw_login(&server, &format!("sink-{k}")))
+            .collect();
+        let mut flooder = server.login("flooder", "phone");
+        let flooding = thread::spawn(move || {
+            let content = "x".repeat(60_000);
+            for k in 0..SINKS {
+                let cut_off = (0..2000).any(|i| {
+                    flooder.send(
+                        &json!({"type": "send_message", "messageId": format!("f{k}-{i}"),
+                                     "receiverId": format!("sink-{k}"), "content": content}),
+                    );
+                    flooder.recv_type("message_ack")["status"] == "queued"
+                });
+                assert!(cut_off, "sink-{k} was never cut off");
+            }
+        });
+
+        // The misbehavers: one thread per kind, round after round, for the torture's length.
+        let started = Instant::now();
+        let misbehavers: Vec<_> = (0..KINDS)
+            .map(|kind| {
+                let server = server.clone();
+                thread::spawn(move || {
+                    let mut garbage = Garbage(0x9e37_79b9_7f4a_7c15 ^ kind as u64);
+                    let mut round = 0;
+                    while started.elapsed() < TORTURE {
+                        misbehave(&server, kind, round, &mut garbage);
+                        round += 1;
+                    }
+                    round
+                })
+            })
+            .collect();
+        let rounds: usize = misbehavers.into_iter().map(|t| t.join().unwrap()).sum();
+        flooding.join().unwrap();
+        done.store(true, Ordering::Relaxed);
+        for (sender, receiver) in senders.into_iter().zip(receivers) {
+            let sent = sender.join().unwrap();
+            assert_eq!(receiver.join().unwrap(), sent, "every message arrived once");
+            assert!(sent > 0);
+        }
+        assert!(rounds >= KINDS * 10, "only {rounds} misbehaviours");
+        drop(sinks);
+
+        // Nothing is left behind: every client above has gone (the normal ones closed with
+        // their threads), so only this request's own connection is open; and the gateway
+        // still serves newcomers.
+        let deadline = Instant::now() + common::WAIT;
+        while open_connections(&server) != 1 {
+            assert!(
+                Instant::now() < deadline,
+                "{} connections still open",
+                open_connections(&server) - 1
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+        assert_eq!(server.get("/health/ready").0, 200);
+        let mut alice = server.login("alice", "phone");
+        let mut bob = server.login("bob", "phone");
+        alice.send(&json!({"type": "send_message", "messageId": "after",
                        "receiverId": "bob", "content": "still here"}));
-    assert_eq!(bob.recv_type("new_message")["content"], "still here");
+        assert_eq!(bob.recv_type("new_message")["content"], "still here");
+    });
 }

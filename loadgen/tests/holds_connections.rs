@@ -65,9 +65,10 @@ fn holds_and_loses_nothing(placement: Placement, flag: &str, name: &str) {
     );
     assert_eq!(report["load"]["lost"], 0);
     assert!(report["server"]["rss_bytes_per_connection"].is_number());
-    // The engine runs in this test's process: its CPU time over the load is measured.
+    // The engine runs in this test's process: its CPU time over the load (2,000
+    // messages, tens of milliseconds at the least) is measured.
     assert!(
-        report["server"]["cpu_secs_load"].as_f64().unwrap() >= 0.0,
+        report["server"]["cpu_secs_load"].as_f64().unwrap() > 0.0,
         "{report}"
     );
     assert!(report["server"]["cpu_secs_per_million_messages"].is_number());

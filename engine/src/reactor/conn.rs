@@ -207,6 +207,15 @@ impl OutQueue {
         self.head.is_some()
     }
 
+    /// Drops every frame not started yet, keeping the rest of a partly written one (its
+    /// bytes are owed to the client before any other frame can be read).
+    pub fn drop_unstarted(&mut self) {
+        for lane in &mut self.lanes {
+            lane.clear();
+        }
+        self.bytes = self.head.as_ref().map_or(0, |(f, off)| f.len() - off);
+    }
+
     /// Whether nothing is waiting.
     pub fn is_empty(&self) -> bool {
         self.bytes == 0

@@ -492,33 +492,26 @@ impl Reactor {
                 .push(frame, priority);
         }
         // Past `--outbound-bytes-max` the client is a slow consumer and is closed with 4002
-        // (PROTOCOL.md), so it slows nobody else down.
-        if conn.queued_bytes() > self.shared.config.outbound_bytes_max {
+        // (PROTOCOL.md), so it slows nobody else down. (A closing connection's last frames
+        // are already bounded.)
+        let closing = conn.phase == Phase::Closing;
+        if !closing && conn.queued_bytes() > self.shared.config.outbound_bytes_max {
             self.drop_slow_consumer(slot, generation);
         }
     }
 
+    /// Everything queued for a slow consumer is dropped but the rest of a frame it has
+    /// begun to receive; then comes its close frame (4002), and the socket is closed once
+    /// that is written and answered, or at the close timeout if the client reads nothing.
     fn drop_slow_consumer(&mut self, slot: usize, generation: u32) {
-        let Some(conn) = self
-            .conns
-            .get_mut(slot)
-            .filter(|c| c.generation == generation)
-        else {
+        let Some(conn) = self.conn_mut(slot, generation) else {
             return;
         };
-        let partly_written = conn
-            .outbound
-            .as_ref()
-            .is_some_and(|q| q.has_partial_frame());
-        if !partly_written {
-            // Only where a frame boundary allows it does the client get a readable close.
-            let _ = self.sockets.write(
-                conn.socket,
-                &frame::encode_close(close::SLOW_CONSUMER, "slow consumer"),
-            );
+        if let Some(queue) = conn.outbound.as_mut() {
+            queue.drop_unstarted();
         }
         debug!(slot, "closing slow consumer");
-        self.close_now(slot, generation);
+        self.begin_close(slot, generation, close::SLOW_CONSUMER, "slow consumer");
     }
 
     fn on_writable(&mut self, slot: usize, generation: u32) {

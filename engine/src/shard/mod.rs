@@ -521,3 +521,100 @@ impl Shard {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One home, driven as a reactor drives it: mail to itself goes back in; frames for
+    /// connections are collected, decoded.
+    struct OneHome {
+        shard: Shard,
+        effects: Effects,
+        frames: Vec<(ConnAddr, serde_json::Value)>,
+    }
+
+    impl OneHome {
+        fn new() -> OneHome {
+            let quota = Arc::new(GroupQuota::new(10));
+            OneHome {
+                shard: Shard::new(0, 1, Groups::default(), quota),
+                effects: Effects::default(),
+                frames: Vec::new(),
+            }
+        }
+
+        fn feed(&mut self, event: Event<'_>) {
+            let now = Clock {
+                unix_ms: 1,
+                mono_ns: 1,
+            };
+            self.shard.handle(now, event, &mut self.effects);
+            while let Some(effect) = self.effects.pop() {
+                match effect {
+                    Effect::Mail {
+                        envelope: Envelope::ToConn { addr, frame, .. },
+                        ..
+                    } => {
+                        let payload = crate::ws::frame::payload_of(&frame);
+                        let json = serde_json::from_slice(&payload).unwrap();
+                        self.frames.push((addr, json));
+                    }
+                    Effect::Mail { envelope, .. } => {
+                        self.shard
+                            .handle(now, Event::Mail(envelope), &mut self.effects)
+                    }
+                    Effect::Store(_) | Effect::Error { .. } => {}
+                }
+            }
+        }
+
+        fn connect(&mut self, slot: u32, user: &str) -> (ConnAddr, Arc<str>) {
+            let conn = ConnAddr {
+                reactor: 0,
+                generation: 1,
+                slot,
+            };
+            let user: Arc<str> = user.into();
+            let device = format!("d{slot}");
+            self.feed(Event::Authenticated {
+                conn,
+                user: user.clone(),
+                device: &device,
+            });
+            (conn, user)
+        }
+    }
+
+    #[test]
+    fn a_closed_watcher_is_forgotten_and_hears_nothing_more() {
+        let mut home = OneHome::new();
+        let (watcher, watcher_user) = home.connect(1, "watcher");
+        let users = vec!["target"];
+        let message = ClientMessage::PresenceSubscribe { user_ids: users };
+        let user = &watcher_user;
+        home.feed(Event::Message {
+            conn: watcher,
+            user,
+            message,
+        });
+        assert_eq!(home.shard.directory.watchers("target"), &[watcher]);
+        home.feed(Event::Closed {
+            conn: watcher,
+            user: watcher_user,
+        });
+        assert!(home.shard.directory.watchers("target").is_empty());
+        assert!(
+            home.shard.conns.is_empty(),
+            "the connection's chat state is gone"
+        );
+        home.frames.clear();
+        home.connect(2, "target");
+        let to_watcher = home
+            .frames
+            .iter()
+            .filter(|(addr, _)| *addr == watcher)
+            .count();
+        assert_eq!(to_watcher, 0, "{:?}", home.frames);
+    }
+}

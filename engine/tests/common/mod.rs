@@ -169,6 +169,24 @@ impl Server {
         client
     }
 
+    /// Returns once `user`'s home has seen its last device go: a watcher subscribes to the
+    /// user's presence and waits for `offline`. (What a test does next, a message to the
+    /// user say, then meets the user offline, not a connection that is closing.)
+    pub fn wait_offline(&self, user: &str) {
+        let mut watcher = self.login(&format!("watcher-of-{user}"), "watcher");
+        watcher.send(&serde_json::json!({"type": "presence_subscribe", "userIds": [user]}));
+        let state = watcher.recv_type("presence_state");
+        if state["users"][0]["status"] == "offline" {
+            return;
+        }
+        loop {
+            let update = watcher.recv_type("presence_update");
+            if update["userId"] == user && update["status"] == "offline" {
+                return;
+            }
+        }
+    }
+
     /// Sends one raw HTTP request and returns the whole response text.
     pub fn http(&self, request: &str) -> String {
         let mut stream = TcpStream::connect(self.addr).unwrap();
@@ -318,6 +336,29 @@ impl Client {
                 Err(e) => panic!("neither a message nor a close frame: {e}"),
             }
         }
+    }
+
+    /// Reads everything until the stream ends: `Some(code)` when it ends with the
+    /// server's close frame, `None` when it ends without one (the server dropped the
+    /// socket, say with a frame half written). Panics if it does not end in time.
+    pub fn read_to_end(&mut self) -> Option<u16> {
+        let deadline = Instant::now() + WAIT;
+        while Instant::now() < deadline {
+            match self.ws.read() {
+                Ok(Message::Close(frame)) => return Some(frame.map_or(1005, |f| f.code.into())),
+                Ok(_) => continue,
+                Err(tungstenite::Error::Io(e))
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    panic!("the stream is still open")
+                }
+                Err(_) => return None,
+            }
+        }
+        panic!("the stream did not end in time");
     }
 
     /// Reads until the server's close frame and returns its code.

@@ -1,0 +1,249 @@
+//! Every setting, declared once: its field (which is its TOML key, and as a flag with
+//! dashes its `--name`), type, `ENGINE_*` variable, value name, default as documented,
+//! and help. From the one declaration come the command line ([`Args`]), the `--config`
+//! file's shape, the merge of the two (a flag or variable beats the file), and the table
+//! [`SETTINGS`] that the README's flag table is checked against. Defaults and ranges are
+//! applied, and values converted, by [`super::Config::resolve`].
+
+use std::path::PathBuf;
+
+use clap::Parser;
+use serde::Deserialize;
+
+use crate::sockets::Placement;
+
+/// One setting as documented (the README's flag table is checked against these).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Setting {
+    /// The flag, without dashes (`max-message-bytes`); the TOML key is the same with
+    /// underscores.
+    pub flag: &'static str,
+    /// The environment variable.
+    pub env: &'static str,
+    /// The value's name in the help (`BYTES`).
+    pub value: &'static str,
+    /// The default, as documented (`65536`, `cores`, `none`).
+    pub default: &'static str,
+    /// What it does.
+    pub help: &'static str,
+}
+
+/// Declares the settings: see the module doc.
+macro_rules! settings {
+    (
+        $(
+            #[doc = $help:literal]
+            $field:ident: $ty:ty, $env:literal, $value:literal, default $default:literal
+                $(, clap($($extra:tt)*))?;
+        )+
+    ) => {
+        /// The command line. Every flag can also come from its `ENGINE_*` variable or the
+        /// TOML file given with `--config`.
+        #[derive(Debug, Parser, Default)]
+        #[command(
+            name = "engine",
+            version,
+            about = "Thread-per-core io_uring WebSocket chat gateway"
+        )]
+        pub struct Args {
+            $(
+                #[doc = $help]
+                #[arg(
+                    long,
+                    env = $env,
+                    value_name = $value,
+                    help = concat!($help, " [default: ", $default, "]")
+                    $(, $($extra)*)?
+                )]
+                pub $field: Option<$ty>,
+            )+
+            /// TOML file with any of the settings above (snake_case keys); flags and
+            /// environment variables override it
+            #[arg(long, env = "ENGINE_CONFIG", value_name = "FILE")]
+            pub config: Option<PathBuf>,
+            /// Instead of serving: a tool to run
+            #[command(subcommand)]
+            pub command: Option<Command>,
+        }
+
+        /// The `--config` file's shape: the same settings, snake_case.
+        #[derive(Debug, Default, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        pub(super) struct FileConfig {
+            $( $field: Option<$ty>, )+
+        }
+
+        impl Args {
+            /// Each setting from the flags or environment, else from the file.
+            pub(super) fn or_file(self, file: FileConfig) -> Args {
+                Args {
+                    $( $field: self.$field.or(file.$field), )+
+                    config: self.config,
+                    command: self.command,
+                }
+            }
+        }
+
+        /// Every setting, in the order of the declaration (and of the README's table).
+        pub const SETTINGS: &[Setting] = &[
+            $(
+                Setting {
+                    flag: kebab!($field),
+                    env: $env,
+                    value: $value,
+                    default: $default,
+                    help: $help,
+                },
+            )+
+        ];
+    };
+}
+
+/// A field's name as its flag: `max_message_bytes` → `max-message-bytes`.
+macro_rules! kebab {
+    ($field:ident) => {{
+        const NAME: &str = stringify!($field);
+        const BYTES: [u8; NAME.len()] = {
+            let mut bytes = [0u8; NAME.len()];
+            let mut i = 0;
+            while i < NAME.len() {
+                let b = NAME.as_bytes()[i];
+                bytes[i] = if b == b'_' { b'-' } else { b };
+                i += 1;
+            }
+            bytes
+        };
+        match std::str::from_utf8(&BYTES) {
+            Ok(flag) => flag,
+            Err(_) => panic!("a field name is ASCII"),
+        }
+    }};
+}
+
+settings! {
+    /// Address to listen on for WebSocket and HTTP
+    listen: String, "ENGINE_LISTEN", "ADDR", default "0.0.0.0:8080";
+    /// Reactor threads, each pinned with its own listener and fd table
+    reactors: usize, "ENGINE_REACTORS", "N", default "cores";
+    /// Where sockets live: io_uring direct descriptors (in no fd table, so one reactor holds far more than RLIMIT_NOFILE), the fd table with epoll, or auto (direct where the kernel allows)
+    sockets: Placement, "ENGINE_SOCKETS", "PLACEMENT", default "auto", clap(value_enum);
+    /// Largest WebSocket frame or message accepted; larger ones close with 1009
+    max_message_bytes: usize, "ENGINE_MAX_MESSAGE_BYTES", "BYTES", default "65536";
+    /// Time to send `auth` after the WebSocket upgrade before the close with 4001
+    auth_timeout_ms: u64, "ENGINE_AUTH_TIMEOUT_MS", "MS", default "10000";
+    /// Time from connecting to a complete HTTP request head (the upgrade, or between kept-alive requests) before the socket is closed
+    handshake_timeout_ms: u64, "ENGINE_HANDSHAKE_TIMEOUT_MS", "MS", default "5000";
+    /// Largest HTTP request head (request line and headers, the upgrade included); larger ones get 431
+    handshake_bytes_max: usize, "ENGINE_HANDSHAKE_BYTES_MAX", "BYTES", default "8192";
+    /// HS256 secret for auth tokens; without one the gateway runs in open mode (trusts userId)
+    jwt_secret: String, "ENGINE_JWT_SECRET", "SECRET", default "none", clap(hide_env_values = true);
+    /// Bearer token the HTTP API (`/api/*`) requires; without one the API is open
+    api_token: String, "ENGINE_API_TOKEN", "TOKEN", default "none", clap(hide_env_values = true);
+    /// Directory of the durable store (offline queues, history, groups)
+    data_dir: PathBuf, "ENGINE_DATA_DIR", "DIR", default "./data";
+    /// Messages one offline user may have queued; more are rejected with queue_full
+    queue_max_per_user: u64, "ENGINE_QUEUE_MAX_PER_USER", "N", default "10000";
+    /// Days a queued message and history are kept before they expire (fractions allowed)
+    retention_days: f64, "ENGINE_RETENTION_DAYS", "DAYS", default "30";
+    /// Unsent bytes one connection may have queued before it is closed as a slow consumer (4002)
+    outbound_bytes_max: usize, "ENGINE_OUTBOUND_BYTES_MAX", "BYTES", default "4194304";
+    /// Open connections the engine takes in all; past it an upgrade is answered 503 (0: no cap)
+    max_connections: u64, "ENGINE_MAX_CONNECTIONS", "N", default "0 (none)";
+    /// Open connections one reactor takes; past it an upgrade is answered 503 (0: no cap)
+    max_connections_per_reactor: u64, "ENGINE_MAX_CONNECTIONS_PER_REACTOR", "N", default "0 (none)";
+    /// Client messages per second one connection may send (1-127; 0: no limit); more get rate_limited, twice as many close it with 1008
+    rate_limit: u8, "ENGINE_RATE_LIMIT", "N", default "0 (none)";
+    /// Groups one user may be in; a join past it gets `too_many_groups`
+    groups_per_user_max: u32, "ENGINE_GROUPS_PER_USER_MAX", "N", default "1000";
+    /// A connection silent this long is pinged, and closed (1001) if still silent half as long again (0: never)
+    idle_timeout_ms: u64, "ENGINE_IDLE_TIMEOUT_MS", "MS", default "60000";
+    /// http:// URL to POST a small JSON to when a message is queued for a user with no device online
+    push_webhook: String, "ENGINE_PUSH_WEBHOOK", "URL", default "none";
+    /// Include the start of the message text in push notifications
+    push_preview: bool, "ENGINE_PUSH_PREVIEW", "BOOL", default "false",
+        clap(num_args = 0..=1, default_missing_value = "true");
+    /// Memory for the store's page cache, in MiB
+    store_cache_mb: u64, "ENGINE_STORE_CACHE_MB", "MIB", default "128";
+    /// On SIGTERM, spread the 1001 closes over this many seconds, in random order, so clients do not all reconnect at once (0: close all at once)
+    drain_secs: u64, "ENGINE_DRAIN_SECS", "S", default "0";
+    /// Bound on a graceful shutdown (SIGTERM/SIGINT) before remaining sockets are dropped
+    shutdown_timeout_ms: u64, "ENGINE_SHUTDOWN_TIMEOUT_MS", "MS", default "5000";
+    /// Log filter: error, warn, info, debug, trace, or a tracing directive
+    log_level: String, "ENGINE_LOG_LEVEL", "LEVEL", default "info";
+}
+
+/// Tools the binary runs instead of serving.
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Read this host's limits and predict how many connections it can hold
+    Check {
+        /// Connections the engine should hold
+        #[arg(long, value_name = "N")]
+        connections: u64,
+        /// Reactors it would run [default: one per core]
+        #[arg(long, value_name = "R")]
+        reactors: Option<u64>,
+        /// Where their sockets would live (as the engine's --sockets) [default: auto]
+        #[arg(long, value_enum, default_value = "auto", value_name = "PLACEMENT")]
+        sockets: Placement,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_are_the_fields_with_dashes_and_each_is_declared_once() {
+        let flags: Vec<&str> = SETTINGS.iter().map(|s| s.flag).collect();
+        assert!(flags.contains(&"max-message-bytes"), "{flags:?}");
+        let mut unique = flags.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), flags.len());
+        for setting in SETTINGS {
+            let env = format!("ENGINE_{}", setting.flag.replace('-', "_").to_uppercase());
+            assert_eq!(setting.env, env, "{setting:?}");
+        }
+    }
+
+    #[test]
+    fn the_command_line_takes_every_declared_flag() {
+        use clap::CommandFactory;
+        let command = Args::command();
+        for setting in SETTINGS {
+            let arg = command
+                .get_arguments()
+                .find(|a| a.get_long() == Some(setting.flag))
+                .unwrap_or_else(|| panic!("no --{}", setting.flag));
+            assert_eq!(arg.get_env().and_then(|e| e.to_str()), Some(setting.env));
+        }
+    }
+
+    #[test]
+    fn the_readme_flag_table_is_the_declaration() {
+        let readme = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"));
+        let documented: Vec<(String, String, String)> = readme
+            .lines()
+            .filter_map(|line| {
+                let cells: Vec<&str> = line.split(" | ").collect();
+                let env = cells.get(1)?.trim_matches('`');
+                if !line.starts_with("| `--") || !env.starts_with("ENGINE_") || cells.len() < 4 {
+                    return None;
+                }
+                let flag = cells[0].trim_start_matches("| `--");
+                let flag = flag.split([' ', '`']).next()?;
+                Some((flag.into(), env.into(), cells[2].replace('`', "")))
+            })
+            .filter(|(flag, _, _)| flag != "config")
+            .collect();
+        let declared: Vec<(String, String, String)> = SETTINGS
+            .iter()
+            .map(|s| (s.flag.into(), s.env.into(), s.default.into()))
+            .collect();
+        assert_eq!(
+            documented, declared,
+            "README.md's flag table and SETTINGS differ"
+        );
+    }
+}
