@@ -144,6 +144,9 @@ fn a_full_ring_pauses_its_producers_only_and_loses_nothing() {
 
         staller.send(&json!({"type": "ping"}));
         let stall_began = Instant::now();
+        // A head start for the stall (a reactor thread blocked in the failpoint can report
+        // nothing); the sender is not timed against it: the test waits below for the
+        // pause it causes, which is the event that matters.
         std::thread::sleep(Duration::from_millis(100));
         let sending = std::thread::spawn(move || {
             for i in 0..MESSAGES {

@@ -88,12 +88,13 @@ fn send_to_an_offline_user_is_queued_and_delivered_when_they_connect() {
         nobody.recv_type("new_message")["messageId"],
         answer["message_id"]
     );
-    std::thread::sleep(std::time::Duration::from_millis(100));
-    let (_, queue) = server.get("/api/messages/queue/nobody");
-    assert!(
-        queue.contains(r#""messages":[]"#),
-        "delivered, so removed: {queue}"
-    );
+    // Delivered, so removed (the removal commits with the store's next batch).
+    common::wait_until("the delivered message to leave the queue", || {
+        server
+            .get("/api/messages/queue/nobody")
+            .1
+            .contains(r#""messages":[]"#)
+    });
 }
 
 #[test]

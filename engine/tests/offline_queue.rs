@@ -299,7 +299,12 @@ fn messages_past_the_retention_period_expire_unread() {
     let mut alice = server.login("alice", "phone");
     send(&mut alice, "old", "ghost", "too late", "normal");
     assert_eq!(alice.recv_type("message_ack")["status"], "queued");
-    std::thread::sleep(Duration::from_millis(3500));
+    common::wait_until("the retention sweep to expire the message", || {
+        server
+            .get("/metrics")
+            .1
+            .contains("engine_store_expired_total 1\n")
+    });
     send(&mut alice, "new", "ghost", "in time", "normal");
     assert_eq!(alice.recv_type("message_ack")["status"], "queued");
     let mut ghost = server.login("ghost", "phone");
@@ -379,10 +384,8 @@ fn a_long_queue_reaches_a_slow_reader_whole_and_in_order() {
         );
     }
     dave.expect_silence(Duration::from_millis(300));
-    std::thread::sleep(Duration::from_millis(200));
-    let (_, queue) = server.get("/api/messages/queue/dave");
-    assert!(
-        queue.contains(r#""messages":[],"more":false"#),
-        "all removed: {queue}"
-    );
+    common::wait_until("every part to be removed", || {
+        let (_, queue) = server.get("/api/messages/queue/dave");
+        queue.contains(r#""messages":[],"more":false"#)
+    });
 }

@@ -183,7 +183,7 @@ fn an_abrupt_disconnect_takes_the_user_offline() {
         let mut bob = server.login("bob", "phone");
         let alice = server.login("alice", "phone");
         drop(alice); // TCP close without a close frame
-        std::thread::sleep(std::time::Duration::from_millis(100));
+        server.wait_offline("alice");
         bob.send(
             &json!({"type":"send_message","messageId":"m","receiverId":"alice","content":"x"}),
         );

@@ -422,6 +422,16 @@ pub fn raw_frame(first_byte: u8, payload: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Polls `done` every 20 ms until it holds; panics if it does not within [`WAIT`]. For
+/// waiting on what the server shows (a metric, a queue, a count), never on time alone.
+pub fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !done() {
+        assert!(Instant::now() < deadline, "gave up waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Runs `test` once per driver, naming the driver on failure.
 pub fn on_both_drivers(test: impl Fn(Driver)) {
     for driver in DRIVERS {
