@@ -1,27 +1,44 @@
 //! A thread-per-core WebSocket chat gateway.
 //!
 //! ```text
-//! main.rs ── config (flags, ENGINE_* env, TOML) ── Engine::start
+//! main.rs ── config (every setting declared once) ── Engine::start
 //!                                                     │ one thread per reactor
-//! client ─► reactor: SO_REUSEPORT listener (io_uring accept) ─► slab slot + socket set
+//! client ─► reactor (the driver): SO_REUSEPORT listener, slab of connections, sockets
 //!            read into the reactor's buffer ─► http::request | ws::frame (unmask in place)
-//!            ─► protocol::inbound (simd-json tape) ─► reactor::chat ─► router
-//!            router: home(user) holds the directory ─► mailbox rings ─► device's reactor
+//!            ─► protocol::inbound (simd-json tape) ─► auth checked here, then an Event
+//!
+//!            shard: the chat protocol as a state machine, no socket, clock or thread
+//!              handle(clock, event, effects): client messages, connections opened and
+//!              closed, envelopes, store answers ─► effects: envelopes to mail, store
+//!              commands, errors for a connection
+//!              home side: directory, presence, dedup, groups; connection side: what
+//!              each message turns into, subscriptions, huddle rooms
+//!
+//!            the driver carries out the effects: mailbox rings to the other reactors
+//!            (mail to itself goes straight back to its shard), store commands, frames
 //!            ─► protocol::outbound + ws::frame::encode (once, shared Bytes) ─► socket
-//!            no device online ─► store thread (redb, group commit) ─► queued ack; queue
-//!            delivered after the next auth_success
+//!            store thread (redb, group commit) ─► answers back to the reactor's shard or
+//!            driver; queued messages written to a device after its auth_success
 //! ```
 //!
 //! Modules:
-//! - [`config`]: the command line and its validation.
-//! - [`reactor`]: threads, runtime, connection lifecycle, the batch loop.
+//! - [`config`]: the command line, its validation, and the settings table.
+//! - [`reactor`]: the driver: threads, runtime, connection lifecycle, frames, auth, the
+//!   HTTP API, writing offline queues, limits; the only code that touches sockets, rings,
+//!   timers and mailboxes.
+//! - [`shard`]: the chat protocol as a state machine, one file per feature; driven by the
+//!   reactor, and by the deterministic simulator in `tests/simulator.rs`.
 //! - [`sockets`]: where a reactor's sockets live (io_uring direct descriptors, or the fd
 //!   table with epoll) and their readiness; the loadgen uses it too.
-//! - [`ws`], [`http`], [`protocol`]: pure codecs (bytes in, values out).
-//! - [`router`]: user homes and the directory; [`mailbox`]: rings and doorbells between reactors.
-//! - [`store`]: the durable offline queues on their own thread.
+//! - [`ws`], [`http`], [`protocol`]: pure codecs (bytes in, values out); `protocol::codes`
+//!   has the typed message kinds and error codes.
+//! - [`router`]: homes, connection addresses and the envelopes reactors mail each other;
+//!   [`mailbox`]: rings and doorbells between reactors.
+//! - [`store`]: the durable offline queues, history and groups on their own thread;
+//!   [`push`]: the push hook's thread.
 //! - [`timer`]: the per-reactor timer wheel; [`stats`]: per-reactor counters.
-//! - [`shutdown`]: signals and the drain; [`check`]: the host check (`engine check`).
+//! - [`shutdown`]: signals and the drain; [`check`]: the host check (`engine check`);
+//!   [`failpoint`]: faults for tests.
 #![warn(missing_docs, unreachable_pub)]
 
 // Fault isolation (`Reactor::isolate`) contains a handler's panic with `catch_unwind`,
@@ -40,7 +57,7 @@ pub mod reactor;
 pub mod router;
 pub mod shard;
 pub mod shutdown;
-pub mod sockets;
+pub use uring_sockets as sockets;
 pub mod stats;
 pub mod store;
 pub mod timer;

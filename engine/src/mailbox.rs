@@ -12,12 +12,7 @@
 //! adds to a backlog until the backlogs drain. Past [`BACKLOG_BATCHES_MAX`] it stops
 //! reading every socket (see `reactor::core::Reactor::read_from`).
 
-use std::{
-    collections::VecDeque,
-    io, mem,
-    os::fd::RawFd,
-    sync::atomic::{AtomicBool, Ordering},
-};
+use std::{collections::VecDeque, mem};
 
 use rtrb::{Consumer, Producer, RingBuffer};
 
@@ -53,59 +48,7 @@ pub fn ring_capacity(reactors: usize) -> usize {
     (INBOUND_BATCHES_PER_REACTOR / peers).clamp(RING_CAPACITY_RANGE.0, RING_CAPACITY_RANGE.1)
 }
 
-/// A reactor's wake-up: an eventfd, created before any reactor unshares its fd table so the
-/// same number is valid in every table, plus a flag so a batch rings it at most once.
-#[derive(Debug)]
-pub struct Doorbell {
-    fd: RawFd,
-    notified: AtomicBool,
-}
-
-impl Doorbell {
-    /// Creates a non-blocking eventfd.
-    pub fn new() -> io::Result<Doorbell> {
-        // SAFETY: eventfd takes no pointers; the result is checked.
-        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(Doorbell {
-            fd,
-            notified: AtomicBool::new(false),
-        })
-    }
-
-    /// The eventfd, for the owner's readiness set.
-    pub fn fd(&self) -> RawFd {
-        self.fd
-    }
-
-    /// Wakes the owner unless a wake-up is already pending.
-    pub fn ring(&self) {
-        if !self.notified.swap(true, Ordering::AcqRel) {
-            let one: u64 = 1;
-            // SAFETY: writes 8 bytes from a live u64 to our eventfd. A failure can only be
-            // EAGAIN at counter overflow, which still leaves the owner woken.
-            unsafe { libc::write(self.fd, (&one as *const u64).cast(), 8) };
-        }
-    }
-
-    /// Called by the owner when woken, before it drains its rings: later pushes ring again.
-    pub fn clear(&self) {
-        let mut count: u64 = 0;
-        // SAFETY: reads 8 bytes into a live u64 from our non-blocking eventfd.
-        unsafe { libc::read(self.fd, (&mut count as *mut u64).cast(), 8) };
-        // Acquire pairs with the producer's release in `ring`, so its pushes are visible.
-        self.notified.swap(false, Ordering::AcqRel);
-    }
-}
-
-impl Drop for Doorbell {
-    fn drop(&mut self) {
-        // SAFETY: we own this fd; reactors hold their own copies in their own tables.
-        unsafe { libc::close(self.fd) };
-    }
-}
+pub use uring_sockets::Doorbell;
 
 /// Builds every ring: `producers[from][to]` and `consumers[to][from]` (`None` on the diagonal).
 #[allow(clippy::type_complexity)]
@@ -374,7 +317,7 @@ mod tests {
         // The peer was rung once for the batch; nothing for an empty flush.
         doorbells[1].clear();
         outbox.flush(&doorbells);
-        assert!(!doorbells[1].notified.load(Ordering::Acquire));
+        assert!(!doorbells[1].is_rung());
     }
 
     #[test]

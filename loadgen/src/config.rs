@@ -68,7 +68,7 @@ pub struct Args {
     pub workers: Option<usize>,
     /// Where sockets live: io_uring direct descriptors (a worker then holds far more than RLIMIT_NOFILE), the fd table, or auto (direct where the kernel allows)
     #[arg(long, value_enum, default_value = "auto", value_name = "PLACEMENT")]
-    pub sockets: engine::sockets::Placement,
+    pub sockets: uring_sockets::Placement,
     /// Source addresses to rotate over (comma-separated); default 127.0.0.2… for a loopback target
     #[arg(long, value_delimiter = ',', value_name = "IP,IP,...")]
     pub source_addrs: Vec<std::net::IpAddr>,

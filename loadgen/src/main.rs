@@ -67,7 +67,7 @@ fn run(args: &Args) -> Result<report::Summary, String> {
     let workers = args.worker_count();
     let fds_per_worker = raise_fd_limit().saturating_sub(FDS_RESERVED_PER_WORKER);
     // A set made here shows which placement the workers will get, and its capacity.
-    let (probe, fallback) = engine::sockets::Sockets::new(args.sockets)
+    let (probe, fallback) = uring_sockets::Sockets::new(args.sockets)
         .map_err(|e| format!("--sockets {:?}: {e}", args.sockets))?;
     if let Some(why) = fallback {
         eprintln!("loadgen: {why}; sockets live in each worker's fd table");

@@ -13,7 +13,7 @@ pub struct Summary {
     pub target: String,
     /// Workers used.
     pub workers: usize,
-    /// Where the workers' sockets lived (`engine::sockets`).
+    /// Where the workers' sockets lived (`uring-sockets`).
     pub sockets: &'static str,
     /// Source addresses used.
     pub source_addrs: usize,

@@ -1,5 +1,5 @@
 //! One worker thread: pinned, its own fd table and monoio runtime, its share of the
-//! connections as bare slab entries in a socket set (`engine::sockets`, as the engine's
+//! connections as bare slab entries in a socket set (`uring-sockets`, as the engine's
 //! reactors have: io_uring direct descriptors, or the fd table with epoll).
 //!
 //! Phases run in order: ramp (open, upgrade and authenticate at the worker's rate), then
@@ -19,12 +19,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use engine::{
-    sockets::{Placement, Socket, Sockets, BROKEN, READABLE, REARM, WRITABLE},
-    ws::frame::{encode_client, parse_server_frame, Kind, PONG, TEXT},
-};
 use monoio::{FusionDriver, RuntimeBuilder};
 use slab::Slab;
+use uring_sockets::{Placement, Socket, Sockets, BROKEN, READABLE, REARM, WRITABLE};
+use ws_frame::frame::{encode_client, parse_server_frame, Kind, PONG, TEXT};
 
 use crate::{config::Scenario, latency::Latency};
 

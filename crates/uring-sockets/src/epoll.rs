@@ -134,7 +134,7 @@ pub(crate) fn shutdown_write(fd: RawFd) {
 }
 
 /// Closes the fd; the kernel also drops it from the epoll set.
-pub(crate) fn close(fd: RawFd) {
+pub fn close(fd: RawFd) {
     // SAFETY: the caller owns `fd` and forgets it after this call.
     unsafe { libc::close(fd) };
 }

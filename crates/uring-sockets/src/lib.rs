@@ -14,11 +14,19 @@
 //! non-blocking calls that answer at once (`WouldBlock` when the socket has nothing or is
 //! full). So the code above does not know which home its sockets have.
 //!
-//! Non-socket fds a thread waits on (a doorbell, a timerfd) are always in the epoll set:
-//! [`Sockets::watch`]. The epoll fd is what the thread's runtime awaits ([`Sockets::fd`]).
+//! Non-socket fds a thread waits on (a [`Doorbell`], a timerfd) are always in the epoll
+//! set: [`Sockets::watch`]. The epoll fd is what the thread's runtime awaits
+//! ([`Sockets::fd`]).
+//!
+//! A crate of its own, so that the engine and its load generator share it without the
+//! load generator depending on the engine.
+#![warn(missing_docs, unreachable_pub)]
 
 pub mod direct;
+mod doorbell;
 pub mod epoll;
+
+pub use doorbell::Doorbell;
 
 use std::{io, os::fd::RawFd};
 
