@@ -240,6 +240,13 @@ fn common_limits(host: &HostSnapshot, connections: u64, limits: &mut Vec<Limit>)
             ),
         });
     }
+    memory_limit(host, connections, limits);
+    rate_limits(host, limits);
+    io_uring_limits(host, limits);
+}
+
+/// Free memory against the kernel's and the engine's bytes per connection.
+fn memory_limit(host: &HostSnapshot, connections: u64, limits: &mut Vec<Limit>) {
     if let Some(available) = host.mem_available {
         let per_connection = KERNEL_BYTES_PER_SOCKET + USER_BYTES_PER_CONNECTION;
         let ceiling = available.saturating_sub(MEMORY_RESERVE_BYTES) / per_connection;
@@ -257,7 +264,11 @@ fn common_limits(host: &HostSnapshot, connections: u64, limits: &mut Vec<Limit>)
             ),
         });
     }
-    // Rate limits: they cap how fast connections arrive, not how many are held.
+}
+
+/// Backlogs and the local port range: they cap how fast connections arrive, not how many
+/// are held.
+fn rate_limits(host: &HostSnapshot, limits: &mut Vec<Limit>) {
     for (name, value, wanted, key) in [
         (
             "net.core.somaxconn",
@@ -294,6 +305,10 @@ fn common_limits(host: &HostSnapshot, connections: u64, limits: &mut Vec<Limit>)
             ),
         });
     }
+}
+
+/// Whether io_uring works here (else the engine runs on its epoll fallback).
+fn io_uring_limits(host: &HostSnapshot, limits: &mut Vec<Limit>) {
     if host.io_uring_works == Some(false) {
         limits.push(Limit {
             name: "io_uring",

@@ -209,13 +209,6 @@ impl Config {
             .parse()
             .map_err(|_| invalid("listen", format!("'{text}' is not an IP:port address")))?;
         let setting = |value: Option<u64>, default: u64| value.unwrap_or(default);
-        let retention_days = args.retention_days.unwrap_or(RETENTION_DAYS_DEFAULT);
-        let retention_days = in_range("retention-days", retention_days, RETENTION_DAYS_RANGE)?;
-        if !retention_days.is_finite() {
-            return Err(invalid("retention-days", "must be a number of days"));
-        }
-        let store_cache_mb = setting(args.store_cache_mb, STORE_CACHE_MB_DEFAULT);
-        let store_cache_mb = in_range("store-cache-mb", store_cache_mb, STORE_CACHE_MB_RANGE)?;
         Ok(Config {
             listen,
             reactors: in_range(
@@ -255,8 +248,8 @@ impl Config {
                 setting(args.queue_max_per_user, QUEUE_MAX_PER_USER_DEFAULT),
                 QUEUE_MAX_PER_USER_RANGE,
             )?,
-            retention: std::time::Duration::from_secs_f64(retention_days * 86_400.0),
-            store_cache_bytes: (store_cache_mb << 20) as usize,
+            retention: retention(args.retention_days)?,
+            store_cache_bytes: store_cache_bytes(args.store_cache_mb)?,
             push_webhook: match args.push_webhook {
                 Some(url) => Some(
                     crate::push::Webhook::parse(&url).map_err(|e| invalid("push-webhook", e))?,
@@ -295,6 +288,25 @@ impl Config {
             log_level: log_level(args.log_level)?,
         })
     }
+}
+
+/// `--retention-days`, as a duration.
+fn retention(days: Option<f64>) -> Result<std::time::Duration, ConfigError> {
+    let days = in_range(
+        "retention-days",
+        days.unwrap_or(RETENTION_DAYS_DEFAULT),
+        RETENTION_DAYS_RANGE,
+    )?;
+    if !days.is_finite() {
+        return Err(invalid("retention-days", "must be a number of days"));
+    }
+    Ok(std::time::Duration::from_secs_f64(days * 86_400.0))
+}
+
+/// `--store-cache-mb`, in bytes.
+fn store_cache_bytes(mb: Option<u64>) -> Result<usize, ConfigError> {
+    let mb = mb.unwrap_or(STORE_CACHE_MB_DEFAULT);
+    Ok((in_range("store-cache-mb", mb, STORE_CACHE_MB_RANGE)? << 20) as usize)
 }
 
 /// `--jwt-secret`: non-empty when given.

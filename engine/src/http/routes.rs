@@ -58,90 +58,14 @@ pub fn route(request: &Request, body: &[u8], context: &Context<'_>) -> Route {
         "/api/messages/send" | "/api/messages/broadcast" => &["POST"],
         p if p.starts_with("/api/messages/queue/") => &["GET"],
         _ => {
-            return Route::Answer(response::json_error(
-                404,
-                "not_found",
-                "no such path",
-                keep_alive,
-            ))
+            let answer = response::json_error(404, "not_found", "no such path", keep_alive);
+            return Route::Answer(answer);
         }
     };
-    if path.starts_with("/api/") {
-        if let Some(token) = context.api_token {
-            if !api::bearer_matches(request.header("authorization"), token) {
-                let body = br#"{"error":"unauthorized","message":"this API needs 'Authorization: Bearer <api token>'"}"#;
-                return Route::Answer(response::write(
-                    401,
-                    "application/json",
-                    body,
-                    keep_alive,
-                    &["WWW-Authenticate: Bearer"],
-                ));
-            }
-        }
+    if let Some(refused) = refuse(request, allowed, context.api_token) {
+        return Route::Answer(refused);
     }
-    if !allowed.contains(&request.method.as_str()) {
-        let allow = format!("Allow: {}", allowed.join(", "));
-        let message = format!("use {}", allowed.join(" or "));
-        let body = error_body("method_not_allowed", &message);
-        return Route::Answer(response::write(
-            405,
-            "application/json",
-            &body,
-            keep_alive,
-            &[&allow],
-        ));
-    }
-    let answer = |status, content_type, body: &[u8]| {
-        let full = response::write(status, content_type, body, keep_alive, &[]);
-        if request.method == "HEAD" {
-            let head_len = full.len() - body.len();
-            return Route::Answer(full.slice(..head_len));
-        }
-        Route::Answer(full)
-    };
-    let health = &context.health;
-    let mut body_out = Vec::with_capacity(512);
     match path {
-        "/" => answer(200, "text/html; charset=utf-8", TEST_CLIENT_PAGE.as_bytes()),
-        "/health" => {
-            Obj::new(&mut body_out)
-                .str("status", if health.ready { "healthy" } else { "draining" })
-                .str("service", "engine")
-                .str("version", env!("CARGO_PKG_VERSION"))
-                .u64("timestamp", health.now_ms)
-                .with("metrics", |out| {
-                    Obj::new(out)
-                        .i64("online_users", health.online_users)
-                        .i64("connections", health.connections)
-                        .u64("uptime_seconds", health.uptime_seconds)
-                        .end()
-                })
-                .end();
-            answer(200, "application/json", &body_out)
-        }
-        "/health/live" => {
-            Obj::new(&mut body_out).str("status", "alive").end();
-            answer(200, "application/json", &body_out)
-        }
-        "/health/ready" => {
-            Obj::new(&mut body_out)
-                .str("status", if health.ready { "ready" } else { "not_ready" })
-                .end();
-            answer(
-                if health.ready { 200 } else { 503 },
-                "application/json",
-                &body_out,
-            )
-        }
-        "/metrics" => {
-            metrics::render(&mut body_out, health, context.reactors, context.store);
-            answer(200, metrics::CONTENT_TYPE, &body_out)
-        }
-        "/api/stats" => {
-            metrics::stats_json(&mut body_out, health, context.reactors, context.store);
-            answer(200, "application/json", &body_out)
-        }
         "/api/messages/send" => match api::parse_send(body) {
             Ok(send) => Route::Send(send),
             Err(e) => api_error(&e, keep_alive),
@@ -150,28 +74,124 @@ pub fn route(request: &Request, body: &[u8], context: &Context<'_>) -> Route {
             Ok(broadcast) => Route::Broadcast(broadcast),
             Err(e) => api_error(&e, keep_alive),
         },
-        _ => {
-            let user = &path["/api/messages/queue/".len()..];
-            if user.is_empty() || user.len() > api::ID_BYTES_MAX || user.contains('/') {
-                let e = ApiError::bad_request(format!(
-                    "the path must end in a user id of 1 to {} bytes",
-                    api::ID_BYTES_MAX
-                ));
-                return api_error(&e, keep_alive);
-            }
-            let drain = match request.query_param("drain") {
-                None | Some("false") => false,
-                Some("true") => true,
-                Some(_) => {
-                    let e = ApiError::bad_request("'drain' must be true or false");
-                    return api_error(&e, keep_alive);
-                }
-            };
-            Route::Queue {
-                user: user.to_owned(),
-                drain,
-            }
+        p if p.starts_with("/api/messages/queue/") => queue_route(request),
+        _ => read_only(request, context),
+    }
+}
+
+/// 401 for an API request without the token, 405 for a method the path does not take.
+fn refuse(request: &Request, allowed: &[&str], api_token: Option<&str>) -> Option<Bytes> {
+    let keep_alive = request.keep_alive();
+    if let Some(token) = api_token.filter(|_| request.path.starts_with("/api/")) {
+        if !api::bearer_matches(request.header("authorization"), token) {
+            let body = br#"{"error":"unauthorized","message":"this API needs 'Authorization: Bearer <api token>'"}"#;
+            let header = ["WWW-Authenticate: Bearer"];
+            return Some(response::write(
+                401,
+                "application/json",
+                body,
+                keep_alive,
+                &header,
+            ));
         }
+    }
+    if !allowed.contains(&request.method.as_str()) {
+        let allow = format!("Allow: {}", allowed.join(", "));
+        let body = error_body(
+            "method_not_allowed",
+            &format!("use {}", allowed.join(" or ")),
+        );
+        return Some(response::write(
+            405,
+            "application/json",
+            &body,
+            keep_alive,
+            &[&allow],
+        ));
+    }
+    None
+}
+
+/// The read-only endpoints: the test page, health, metrics, stats (HEAD answers the head).
+fn read_only(request: &Request, context: &Context<'_>) -> Route {
+    let health = &context.health;
+    let mut body = Vec::with_capacity(512);
+    let (status, content_type) = match request.path.as_str() {
+        "/" => (200, "text/html; charset=utf-8"),
+        "/health" => {
+            health_json(&mut body, health);
+            (200, "application/json")
+        }
+        "/health/live" => {
+            Obj::new(&mut body).str("status", "alive").end();
+            (200, "application/json")
+        }
+        "/health/ready" => {
+            let status = if health.ready { "ready" } else { "not_ready" };
+            Obj::new(&mut body).str("status", status).end();
+            (if health.ready { 200 } else { 503 }, "application/json")
+        }
+        "/metrics" => {
+            metrics::render(&mut body, health, context.reactors, context.store);
+            (200, metrics::CONTENT_TYPE)
+        }
+        _ => {
+            metrics::stats_json(&mut body, health, context.reactors, context.store);
+            (200, "application/json")
+        }
+    };
+    let body = if request.path == "/" {
+        TEST_CLIENT_PAGE.as_bytes()
+    } else {
+        &body[..]
+    };
+    let full = response::write(status, content_type, body, request.keep_alive(), &[]);
+    if request.method == "HEAD" {
+        let head_len = full.len() - body.len();
+        return Route::Answer(full.slice(..head_len));
+    }
+    Route::Answer(full)
+}
+
+/// `/health`'s body.
+fn health_json(out: &mut Vec<u8>, health: &Health) {
+    Obj::new(out)
+        .str("status", if health.ready { "healthy" } else { "draining" })
+        .str("service", "engine")
+        .str("version", env!("CARGO_PKG_VERSION"))
+        .u64("timestamp", health.now_ms)
+        .with("metrics", |out| {
+            Obj::new(out)
+                .i64("online_users", health.online_users)
+                .i64("connections", health.connections)
+                .u64("uptime_seconds", health.uptime_seconds)
+                .end()
+        })
+        .end();
+}
+
+/// `GET /api/messages/queue/{user}?drain=…`.
+fn queue_route(request: &Request) -> Route {
+    let keep_alive = request.keep_alive();
+    let user = &request.path["/api/messages/queue/".len()..];
+    if user.is_empty() || user.len() > api::ID_BYTES_MAX || user.contains('/') {
+        let e = ApiError::bad_request(format!(
+            "the path must end in a user id of 1 to {} bytes",
+            api::ID_BYTES_MAX
+        ));
+        return api_error(&e, keep_alive);
+    }
+    let drain = match request.query_param("drain") {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(_) => {
+            let e = ApiError::bad_request("'drain' must be true or false");
+            return api_error(&e, keep_alive);
+        }
+    };
+    Route::Queue {
+        user: user.to_owned(),
+        drain,
     }
 }
 

@@ -21,6 +21,22 @@ pub const HISTORY_LIMIT_DEFAULT: usize = 50;
 /// The largest `limit` a `history` request may give.
 pub const HISTORY_LIMIT_MAX: usize = 500;
 
+/// A text message as a client wrote it, to a user (`send_message`) or a group
+/// (`group_message`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Text<'a> {
+    /// The client-chosen message id.
+    pub message_id: &'a str,
+    /// The receiving user (`receiverId`), or the group (`groupId`).
+    pub to: &'a str,
+    /// The message text.
+    pub content: &'a str,
+    /// `text` unless given.
+    pub message_type: &'a str,
+    /// `normal` unless given.
+    pub priority: Priority,
+}
+
 /// A client's `ts` on a `ping`, echoed back as it came.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Scalar<'a> {
@@ -52,18 +68,7 @@ pub enum ClientMessage<'a> {
         ts: Option<Scalar<'a>>,
     },
     /// `send_message {messageId, receiverId, content, messageType?, priority?}`.
-    SendMessage {
-        /// The client-chosen message id.
-        message_id: &'a str,
-        /// The recipient user.
-        receiver_id: &'a str,
-        /// The message text.
-        content: &'a str,
-        /// `text` unless given.
-        message_type: &'a str,
-        /// `normal` unless given.
-        priority: Priority,
-    },
+    SendMessage(Text<'a>),
     /// `typing {receiverId, isTyping}`.
     Typing {
         /// The recipient user.
@@ -95,18 +100,7 @@ pub enum ClientMessage<'a> {
         join: bool,
     },
     /// `group_message {messageId, groupId, content, messageType?, priority?}`.
-    GroupMessage {
-        /// The client-chosen message id.
-        message_id: &'a str,
-        /// The group.
-        group_id: &'a str,
-        /// The message text.
-        content: &'a str,
-        /// `text` unless given.
-        message_type: &'a str,
-        /// `normal` unless given.
-        priority: Priority,
-    },
+    GroupMessage(Text<'a>),
     /// `signal {receiverId, callId, kind, payload?}`: call signaling, relayed, never queued.
     /// For `huddle:*` kinds `receiverId` names the group whose huddle it is.
     Signal {
@@ -184,13 +178,13 @@ impl ClientMessage<'_> {
         match self {
             ClientMessage::Auth { .. } => MessageKind::Auth,
             ClientMessage::Ping { .. } => MessageKind::Ping,
-            ClientMessage::SendMessage { .. } => MessageKind::SendMessage,
+            ClientMessage::SendMessage(_) => MessageKind::SendMessage,
             ClientMessage::Typing { .. } => MessageKind::Typing,
             ClientMessage::ReadReceipt { .. } => MessageKind::ReadReceipt,
             ClientMessage::History { .. } => MessageKind::History,
             ClientMessage::GroupJoin { join: true, .. } => MessageKind::GroupJoin,
             ClientMessage::GroupJoin { join: false, .. } => MessageKind::GroupLeave,
-            ClientMessage::GroupMessage { .. } => MessageKind::GroupMessage,
+            ClientMessage::GroupMessage(_) => MessageKind::GroupMessage,
             ClientMessage::Signal { .. } => MessageKind::Signal,
             ClientMessage::Amend { change, .. } => match change {
                 Change::Edit(_) => MessageKind::MessageEdit,
@@ -326,16 +320,21 @@ fn decode<'t, 'de: 't>(root: Value<'t, 'de>) -> Result<ClientMessage<'de>, Proto
     Ok(message)
 }
 
+/// Gives an error the `ref` of the message it refuses.
+fn refers_to(message_id: &str) -> impl Fn(ProtocolError) -> ProtocolError + Copy + '_ {
+    move |e| ProtocolError {
+        reference: Some(message_id.to_owned()),
+        ..e
+    }
+}
+
 /// `send_message` or `group_message` (`kind`); errors carry the `messageId`.
 fn decode_text<'t, 'de: 't>(
     root: &Value<'t, 'de>,
     kind: &str,
 ) -> Result<ClientMessage<'de>, ProtocolError> {
     let message_id = id(root, "messageId")?;
-    let with_ref = |e: ProtocolError| ProtocolError {
-        reference: Some(message_id.to_owned()),
-        ..e
-    };
+    let with_ref = refers_to(message_id);
     let priority = match opt_str(root, "priority").map_err(with_ref)? {
         None => Priority::Normal,
         Some(name) => Priority::parse(name).ok_or_else(|| {
@@ -350,22 +349,17 @@ fn decode_text<'t, 'de: 't>(
     let message_type = opt_str(root, "messageType")
         .map_err(with_ref)?
         .unwrap_or("text");
+    let text = Text {
+        message_id,
+        to,
+        content,
+        message_type,
+        priority,
+    };
     Ok(if to_group {
-        ClientMessage::GroupMessage {
-            message_id,
-            group_id: to,
-            content,
-            message_type,
-            priority,
-        }
+        ClientMessage::GroupMessage(text)
     } else {
-        ClientMessage::SendMessage {
-            message_id,
-            receiver_id: to,
-            content,
-            message_type,
-            priority,
-        }
+        ClientMessage::SendMessage(text)
     })
 }
 
@@ -414,10 +408,7 @@ fn decode_amend<'t, 'de: 't>(
     kind: &str,
 ) -> Result<ClientMessage<'de>, ProtocolError> {
     let message_id = id(root, "messageId")?;
-    let with_ref = |e: ProtocolError| ProtocolError {
-        reference: Some(message_id.to_owned()),
-        ..e
-    };
+    let with_ref = refers_to(message_id);
     let emoji = || -> Result<&str, ProtocolError> {
         let emoji = req_str(root, "emoji").map_err(with_ref)?;
         if emoji.is_empty() || emoji.len() > TAG_BYTES_MAX {
@@ -584,13 +575,13 @@ mod tests {
             parse(r#"{"type":"send_message","messageId":"m1","receiverId":"u2","content":"hi"}"#);
         assert_eq!(
             msg,
-            Ok(ClientMessage::SendMessage {
+            Ok(ClientMessage::SendMessage(Text {
                 message_id: "m1",
-                receiver_id: "u2",
+                to: "u2",
                 content: "hi",
                 message_type: "text",
                 priority: Priority::Normal
-            })
+            }))
         );
     }
 
@@ -598,13 +589,13 @@ mod tests {
     fn parses_groups_signals_and_amendments() {
         assert_eq!(
             parse(r#"{"type":"group_message","messageId":"m","groupId":"g","content":"hi"}"#),
-            Ok(ClientMessage::GroupMessage {
+            Ok(ClientMessage::GroupMessage(Text {
                 message_id: "m",
-                group_id: "g",
+                to: "g",
                 content: "hi",
                 message_type: "text",
                 priority: Priority::Normal
-            })
+            }))
         );
         assert_eq!(
             parse(r#"{"type":"group_leave","groupId":"g"}"#),
@@ -767,7 +758,7 @@ mod tests {
             super::super::json::Obj::new(&mut out).str("type", "send_message").str("messageId", &id)
                 .str("receiverId", "bob").str("content", &content).end();
             match JsonParser::default().parse(&mut out) {
-                Ok(ClientMessage::SendMessage { message_id, content: c, .. }) => {
+                Ok(ClientMessage::SendMessage(Text { message_id, content: c, .. })) => {
                     prop_assert_eq!(message_id, id.as_str());
                     prop_assert_eq!(c, content.as_str());
                 }

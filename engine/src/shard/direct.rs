@@ -17,7 +17,7 @@ use super::{
 };
 use crate::{
     protocol::{
-        inbound::ClientMessage,
+        inbound::Text,
         outbound::{self, NewMessage},
         Priority,
     },
@@ -26,67 +26,7 @@ use crate::{
     ws::frame,
 };
 
-/// A `send_message` or `group_message` as its sending device wrote it.
-#[derive(Debug)]
-pub(super) struct TextMessage<'a> {
-    /// The client's message id.
-    pub message_id: &'a str,
-    /// The receiving user (or the group).
-    pub receiver_id: &'a str,
-    /// The text.
-    pub content: &'a str,
-    /// Its message type.
-    pub message_type: &'a str,
-    /// Its priority.
-    pub priority: Priority,
-}
-
 impl Shard {
-    /// At the sender's reactor: `send_message` or `group_message`.
-    pub(super) fn text_message(
-        &mut self,
-        conn: ConnAddr,
-        user: &Arc<str>,
-        message: &ClientMessage<'_>,
-        out: &mut Effects,
-    ) {
-        match *message {
-            ClientMessage::SendMessage {
-                message_id,
-                receiver_id,
-                content,
-                message_type,
-                priority,
-            } => {
-                let text = TextMessage {
-                    message_id,
-                    receiver_id,
-                    content,
-                    message_type,
-                    priority,
-                };
-                self.send_message(conn, user, &text, true, out)
-            }
-            ClientMessage::GroupMessage {
-                message_id,
-                group_id,
-                content,
-                message_type,
-                priority,
-            } => {
-                let text = TextMessage {
-                    message_id,
-                    receiver_id: group_id,
-                    content,
-                    message_type,
-                    priority,
-                };
-                self.group_message(conn, user, &text, out)
-            }
-            _ => debug_assert!(false, "not a text message: {message:?}"),
-        }
-    }
-
     /// At the sender's reactor: `send_message` from a device (`from_device`) or the HTTP
     /// API. The receiver's devices get the `new_message` (and the sender hears `sent`, or
     /// `queued` once it is stored), and so do the sender's own devices, but the sending
@@ -95,26 +35,12 @@ impl Shard {
         &mut self,
         conn: ConnAddr,
         user: &Arc<str>,
-        message: &TextMessage<'_>,
+        message: &Text<'_>,
         from_device: bool,
         out: &mut Effects,
     ) {
         let sent_ms = self.now_ms;
-        self.json.clear();
-        outbound::new_message(
-            &mut self.json,
-            &NewMessage {
-                message_id: message.message_id,
-                sender_id: user,
-                receiver_id: message.receiver_id,
-                content: message.content,
-                message_type: message.message_type,
-                priority: message.priority,
-                timestamp_ms: sent_ms,
-                group_id: None,
-            },
-        );
-        let frame = frame::encode_text(&self.json);
+        let frame = self.new_message_frame(user, message, None);
         // Delivery receipts go to devices; an HTTP API sender has gone by then.
         let ack = AckRequest {
             sender: conn,
@@ -124,8 +50,8 @@ impl Shard {
             sent_ms,
         };
         let device = from_device.then_some(conn);
-        let to_self = message.receiver_id == &**user;
-        let mut to_receiver = self.delivery(message.receiver_id, frame.clone(), message.priority);
+        let to_self = message.to == &**user;
+        let mut to_receiver = self.delivery(message.to, frame.clone(), message.priority);
         to_receiver.except = if to_self { device } else { None };
         to_receiver.ack = Some(ack);
         self.mail_delivery(to_receiver, out);
@@ -148,14 +74,39 @@ impl Shard {
         out: &mut Effects,
     ) {
         let user: Arc<str> = request.sender_id.as_str().into();
-        let message = TextMessage {
+        let message = Text {
             message_id,
-            receiver_id: &request.receiver_id,
+            to: &request.receiver_id,
             content: &request.text,
             message_type: &request.message_type,
             priority: request.priority,
         };
         self.send_message(conn, &user, &message, false, out);
+    }
+
+    /// The `new_message` frame of `message` from `user` (in `group`, for a post), encoded
+    /// once for every device it goes to.
+    pub(super) fn new_message_frame(
+        &mut self,
+        user: &str,
+        message: &Text<'_>,
+        group: Option<&str>,
+    ) -> Bytes {
+        self.json.clear();
+        outbound::new_message(
+            &mut self.json,
+            &NewMessage {
+                message_id: message.message_id,
+                sender_id: user,
+                receiver_id: message.to,
+                content: message.content,
+                message_type: message.message_type,
+                priority: message.priority,
+                timestamp_ms: self.now_ms,
+                group_id: group,
+            },
+        );
+        frame::encode_text(&self.json)
     }
 
     /// At the sender's reactor: `typing`, to the receiver's devices online (never queued).

@@ -10,12 +10,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 use smallvec::SmallVec;
 
-use super::{direct::TextMessage, Effects, PendingPost, Shard};
+use super::{Effects, PendingPost, Shard};
 use crate::{
-    protocol::{
-        outbound::{self, NewMessage},
-        Priority,
-    },
+    protocol::{inbound::Text, outbound, Priority},
     router::{AckStatus, ConnAddr, Envelope, GroupDelivery, GroupJoin, GroupPost},
     store::{Command, FanOut, FanOutBatch},
     ws::frame,
@@ -46,30 +43,16 @@ impl Shard {
         &mut self,
         conn: ConnAddr,
         user: &Arc<str>,
-        message: &TextMessage<'_>,
+        message: &Text<'_>,
         out: &mut Effects,
     ) {
-        let group = message.receiver_id;
-        self.json.clear();
-        outbound::new_message(
-            &mut self.json,
-            &NewMessage {
-                message_id: message.message_id,
-                sender_id: user,
-                receiver_id: group,
-                content: message.content,
-                message_type: message.message_type,
-                priority: message.priority,
-                timestamp_ms: self.now_ms,
-                group_id: Some(group),
-            },
-        );
+        let group = message.to;
         let post = GroupPost {
             group: group.into(),
             sender: conn,
             sender_user: user.clone(),
             message_id: message.message_id.into(),
-            frame: frame::encode_text(&self.json),
+            frame: self.new_message_frame(user, message, Some(group)),
             priority: message.priority,
         };
         out.mail(self.home_of(group), Envelope::GroupPost(Box::new(post)));

@@ -333,9 +333,8 @@ impl Shard {
                 out.error(conn, ErrorCode::BadRequest, "already authenticated", None)
             }
             ClientMessage::Ping { ts } => self.ping(conn, ts, out),
-            ClientMessage::SendMessage { .. } | ClientMessage::GroupMessage { .. } => {
-                self.text_message(conn, user, &message, out)
-            }
+            ClientMessage::SendMessage(text) => self.send_message(conn, user, &text, true, out),
+            ClientMessage::GroupMessage(text) => self.group_message(conn, user, &text, out),
             ClientMessage::Typing {
                 receiver_id,
                 is_typing,
