@@ -137,11 +137,8 @@ impl Reactor {
         message: &str,
         reference: Option<&str>,
     ) {
-        self.stats().count_error(code);
-        self.json.clear();
-        outbound::error(&mut self.json, code, message, reference);
-        let frame = frame::encode_text(&self.json);
-        self.send(slot, generation, frame, Priority::High);
+        let addr = self.addr(slot, generation);
+        self.error_to(addr, code, message, reference);
     }
 
     /// Sends `error {code, message, ref}` to a connection on any reactor.

@@ -7,6 +7,17 @@
 //! when sockets live there). Then three tasks run:
 //! accept (io_uring accept op), the timer tick, and the event loop that waits on the
 //! readiness set and runs one batch per wake-up (`core::Reactor::run_batch`).
+//!
+//! The reactor is the driver of its [`crate::shard::Shard`]: the only code that touches
+//! sockets, rings, timers and mailboxes. Its files:
+//! - `core`: the reactor's state, the batch, reading, writing, closing;
+//! - `conn`: one connection's state and outbound queue;
+//! - `session`: a connection's input: HTTP requests, the upgrade, WebSocket frames;
+//! - `chat`: a parsed client message: `auth` checked here, the rest to the shard;
+//! - `routing`: events into the shard, its effects carried out, mail for connections;
+//! - `offline`: the store's answers for connections: acks, queue parts written and removed;
+//! - `api`: the HTTP API's requests that wait on other reactors;
+//! - `limits`: rate limit and idle sweep.
 
 mod api;
 mod chat;

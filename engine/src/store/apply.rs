@@ -7,7 +7,7 @@ use super::{
     answers::{enqueue_outcome, fan_out_counts, history_answer, membership_answer, sender_answer},
     history::Tables,
     queue,
-    worker::State,
+    state::State,
     Amend, Command, Enqueue, FanOutBatch, Outcome, Reply, DRAIN_BYTES_MAX, DRAIN_MESSAGES_MAX,
     PEEK_BYTES_MAX, PEEK_MESSAGES_MAX,
 };

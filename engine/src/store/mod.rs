@@ -12,12 +12,14 @@
 //! - [`history`]: every chat message per conversation, and `(receiver, messageId, sender)`
 //!   → where it sits, which serves `read_receipt` by id and dedup across restarts.
 //! - [`worker`]: the thread, its transactions and the retention sweep; [`apply`]: one
-//!   transaction's commands; [`answers`]: the replies, committed or failed.
+//!   transaction's commands; [`answers`]: the replies, committed or failed; [`state`]:
+//!   what the thread keeps in memory about the file.
 
 mod answers;
 mod apply;
 mod history;
 mod queue;
+mod state;
 mod worker;
 
 use std::{
@@ -475,8 +477,8 @@ pub fn open(
     std::fs::create_dir_all(dir)?;
     let path = dir.join("engine.redb");
     let db = open_file(&path, limits.cache_bytes).map_err(io::Error::other)?;
-    let state = worker::State::load(&db).map_err(io::Error::other)?;
-    let memberships = worker::memberships(&db).map_err(io::Error::other)?;
+    let state = state::State::load(&db).map_err(io::Error::other)?;
+    let memberships = state::memberships(&db).map_err(io::Error::other)?;
     info!(
         path = %path.display(),
         queued = state.queued(),

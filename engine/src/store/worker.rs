@@ -7,24 +7,19 @@ use std::{
     time::{Duration, Instant},
 };
 
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
+use redb::{Database, WriteTransaction};
 use tracing::{error, info};
 
 use super::{
     answers::{enqueue_outcome, fan_out_counts, history_answer, membership_answer, sender_answer},
     apply::{Apply, Tally},
     history::{self, Tables},
-    queue::{self, Counts, QUEUE},
+    queue::{self, QUEUE},
+    state::{State, MEMBERS, META, NEXT_SEQUENCE},
     Command, Enqueue, Limits, Outcome, Reply, ReplyRoutes, StoreStats, BATCH_MAX,
 };
 use crate::protocol::now_ms;
 
-/// Group memberships: `(group, user) → ()`.
-const MEMBERS: TableDefinition<(&str, &str), ()> = TableDefinition::new("members");
-/// Small named values: the next sequence number.
-const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
-/// The [`META`] key of the next sequence number (queue and history share one sequence).
-const NEXT_SEQUENCE: &str = "next_sequence";
 /// How often expired messages are swept at most (less often when retention is long).
 const SWEEP_INTERVAL_MAX: Duration = Duration::from_secs(3600);
 /// The store thread's nice value while it commits history only (see [`Background`]).
@@ -34,54 +29,6 @@ const RECORD_DELAY: Duration = Duration::from_millis(200);
 /// Entries one sweep transaction looks at, so a sweep of a large file never holds the
 /// thread (and every sender waiting for a commit) for long.
 const SWEEP_VISIT_MAX: usize = 20_000;
-
-/// What the thread keeps in memory about the file.
-pub(super) struct State {
-    /// Queue lengths per user.
-    pub(super) counts: Counts,
-    next_sequence: u64,
-}
-
-impl State {
-    /// Creates the tables on first start and reads the queue lengths and the sequence.
-    pub(super) fn load(db: &Database) -> Result<State, redb::Error> {
-        let txn = db.begin_write()?;
-        let (counts, highest) = Counts::scan(&txn.open_table(QUEUE)?)?;
-        txn.open_table(history::HISTORY)?;
-        txn.open_table(history::RECEIVED)?;
-        txn.open_table(MEMBERS)?;
-        let stored = txn.open_table(META)?.get(NEXT_SEQUENCE)?.map(|v| v.value());
-        txn.commit()?;
-        let next_sequence = stored.unwrap_or(1).max(highest + 1);
-        Ok(State {
-            counts,
-            next_sequence,
-        })
-    }
-
-    /// Messages queued in all.
-    pub(super) fn queued(&self) -> u64 {
-        self.counts.total()
-    }
-
-    /// Users with a queue.
-    pub(super) fn users_with_queue(&self) -> usize {
-        self.counts.users()
-    }
-}
-
-/// Every group membership in the file (read once at start).
-pub(super) fn memberships(db: &Database) -> Result<super::Memberships, redb::Error> {
-    let read = db.begin_read()?;
-    let table = read.open_table(MEMBERS)?;
-    let mut pairs = Vec::new();
-    for entry in table.iter()? {
-        let (key, _) = entry?;
-        let (group, user) = key.value();
-        pairs.push((group.into(), user.into()));
-    }
-    Ok(pairs)
-}
 
 /// Where a retention sweep has got to.
 enum Sweep {
@@ -450,15 +397,6 @@ impl Worker {
                 self.routes.doorbells.ring(reactor);
             }
         }
-    }
-}
-
-impl State {
-    /// The sequence number of the next message written.
-    pub(super) fn take_sequence(&mut self) -> u64 {
-        let sequence = self.next_sequence;
-        self.next_sequence += 1;
-        sequence
     }
 }
 
