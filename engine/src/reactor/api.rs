@@ -11,7 +11,7 @@ use bytes::Bytes;
 
 use super::{
     conn::PendingApi,
-    core::{PendingBroadcast, Reactor},
+    core::{BroadcastCounts, Reactor},
 };
 use crate::{
     http::{
@@ -19,7 +19,7 @@ use crate::{
         response,
     },
     protocol::{json::Obj, now_ms},
-    router::{BroadcastMessage, BroadcastOrder, Envelope},
+    router::{BroadcastMessage, BroadcastOrder, ConnAddr, Envelope},
     shard::Event,
     stats,
     store::{Command, Outcome},
@@ -212,15 +212,13 @@ impl Reactor {
             message_id: message.message_id.clone(),
         });
         let requester = self.addr(slot, generation);
-        let request = self.broadcasts.insert(PendingBroadcast {
-            requester,
-            awaiting: orders.len(),
-            delivered: 0,
-            queued: 0,
-            offline: 0,
-        }) as u32;
+        let counts = BroadcastCounts::default();
+        let request = self.broadcasts.start(requester, orders.len(), counts);
         if orders.is_empty() {
-            return self.finish_broadcast(request as usize);
+            if let Some(done) = self.broadcasts.finish(request) {
+                self.finish_broadcast(done.requester, &done.so_far);
+            }
+            return;
         }
         for (home, users) in orders {
             let order = BroadcastOrder {
@@ -241,21 +239,18 @@ impl Reactor {
         queued: u32,
         offline: u32,
     ) {
-        let Some(pending) = self.broadcasts.get_mut(request as usize) else {
-            return;
-        };
-        pending.delivered += u64::from(delivered);
-        pending.queued += u64::from(queued);
-        pending.offline += u64::from(offline);
-        pending.awaiting -= 1;
-        if pending.awaiting == 0 {
-            self.finish_broadcast(request as usize);
+        let done = self.broadcasts.answer(request, |counts| {
+            counts.delivered += u64::from(delivered);
+            counts.queued += u64::from(queued);
+            counts.offline += u64::from(offline);
+        });
+        if let Some(done) = done {
+            self.finish_broadcast(done.requester, &done.so_far);
         }
     }
 
-    fn finish_broadcast(&mut self, request: usize) {
-        let done = self.broadcasts.remove(request);
-        let (slot, generation) = (done.requester.slot as usize, done.requester.generation);
+    fn finish_broadcast(&mut self, requester: ConnAddr, done: &BroadcastCounts) {
+        let (slot, generation) = (requester.slot as usize, requester.generation);
         let Some(pending) = self.take_pending_api(slot, generation) else {
             return;
         };

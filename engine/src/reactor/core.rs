@@ -19,7 +19,7 @@ use super::{
 use crate::{
     mailbox::{self, BatchConsumer, Outbox},
     protocol::{inbound::JsonParser, Priority},
-    router::{home_of, ConnAddr, Envelope},
+    router::{gather::Gathers, home_of, ConnAddr, Envelope},
     shard::{Effects, Shard},
     sockets::{self, Sockets, BROKEN, PEER_CLOSED, READABLE, REARM, WRITABLE},
     stats::ReactorStats,
@@ -39,13 +39,10 @@ const DOORBELL_TOKEN: u64 = 1 << 63;
 /// Generations stay below 2^31, so a connection's token stays below [`DOORBELL_TOKEN`].
 const GENERATION_MAX: u32 = (1 << 31) - 1;
 
-/// An API broadcast waiting for the counts of the homes it was sent to.
-pub(crate) struct PendingBroadcast {
-    /// The HTTP connection to answer.
-    pub(crate) requester: ConnAddr,
-    /// Homes that have not answered yet.
-    pub(crate) awaiting: usize,
-    /// Users reached so far.
+/// What an API broadcast gathers from the homes it was sent to.
+#[derive(Debug, Default)]
+pub(crate) struct BroadcastCounts {
+    /// Users reached.
     pub(crate) delivered: u64,
     /// Users with no device online whose queue now holds it.
     pub(crate) queued: u64,
@@ -89,7 +86,7 @@ pub(crate) struct Reactor {
     /// Reusable list for due timer entries.
     due: Vec<timer::Entry>,
     /// API broadcasts waiting for homes.
-    pub(crate) broadcasts: Slab<PendingBroadcast>,
+    pub(crate) broadcasts: Gathers<BroadcastCounts>,
     /// Set by the `kill_reactor_on_message_from` failpoint: the loop panics after the turn.
     pub(crate) failpoint_kill: bool,
     /// Connections that sent messages in the current rate window (their counts reset).
@@ -148,7 +145,7 @@ impl Reactor {
             events: Vec::with_capacity(sockets::epoll::EVENTS_PER_WAIT_MAX),
             timers: TimerWheel::default(),
             due: Vec::new(),
-            broadcasts: Slab::new(),
+            broadcasts: Gathers::default(),
             failpoint_kill: false,
             rate_counted: Vec::new(),
             drain_queue: Vec::new(),

@@ -5,6 +5,8 @@
 //! A → home(V) → each device's reactor, skipping hops that stay on one reactor. Frames are
 //! encoded once and travel as refcounted `Bytes`.
 
+pub mod gather;
+
 use std::sync::Arc;
 
 use bytes::Bytes;

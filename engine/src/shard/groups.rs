@@ -10,7 +10,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use smallvec::SmallVec;
 
-use super::{Effects, PendingPost, Shard};
+use super::{Effects, PostShares, Shard};
 use crate::{
     protocol::{inbound::Text, outbound, Priority},
     router::{AckStatus, ConnAddr, Envelope, GroupDelivery, GroupJoin, GroupPost},
@@ -152,51 +152,46 @@ impl Shard {
             );
         }
         let members = self.groups.members(&post.group);
-        let pending = self.posts.insert(PendingPost {
-            sender: post.sender,
+        let shares = PostShares {
             message_id: post.message_id,
-            awaiting: 0,
             failed: false,
-        });
+        };
+        let pending = self.posts.start(post.sender, 0, shares);
         let delivery = GroupDelivery {
             users: Vec::new(),
             frame: post.frame,
             priority: post.priority,
             except: Some(post.sender),
-            post: Some((self.id, pending as u32)),
+            post: Some((self.id, pending)),
             sender: Some(post.sender_user),
         };
-        self.posts[pending].awaiting = self.send_shares(members, &delivery, out);
+        let homes = self.send_shares(members, &delivery, out);
+        self.posts.expect(pending, homes);
     }
 
     /// One member home's share of a post is done; the last one acknowledges the post
     /// (`sent`), or reports that copies could not be stored.
     pub(super) fn group_share_done(&mut self, post: u32, failed: bool, out: &mut Effects) {
-        let Some(pending) = self.posts.get_mut(post as usize) else {
+        let Some(done) = self.posts.answer(post, |shares| shares.failed |= failed) else {
             return;
         };
-        pending.failed |= failed;
-        pending.awaiting -= 1;
-        if pending.awaiting > 0 {
-            return;
-        }
-        let done = self.posts.remove(post as usize);
-        if done.failed {
+        let (sender, shares) = (done.requester, done.so_far);
+        if shares.failed {
             let text = "the message reached the members online, but the copies for members \
                         with no device online could not be stored";
             return out.error(
-                done.sender,
+                sender,
                 ErrorCode::PersistenceFailed,
                 text,
-                Some(&done.message_id),
+                Some(&shares.message_id),
             );
         }
         let ack = Envelope::Ack {
-            sender: done.sender,
-            message_id: done.message_id,
+            sender,
+            message_id: shares.message_id,
             status: AckStatus::Sent,
         };
-        out.mail(done.sender.reactor as usize, ack);
+        out.mail(sender.reactor as usize, ack);
     }
 
     /// Mails each member home its share of `members` with `delivery`'s frame; returns how

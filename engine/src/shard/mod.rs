@@ -41,11 +41,10 @@ mod session;
 use std::{borrow::Cow, collections::VecDeque, sync::Arc};
 
 use bytes::Bytes;
-use slab::Slab;
 
 use crate::{
     protocol::{codes::ErrorCode, inbound::ClientMessage, outbound::PresenceEntry, Priority},
-    router::{home_of, ConnAddr, Envelope},
+    router::{gather::Gathers, home_of, ConnAddr, Envelope},
     store::{Command, Reply},
 };
 use dedup::RecentMessages;
@@ -197,29 +196,14 @@ impl Effects {
     }
 }
 
-/// A group post fanned out from this home, waiting for its member homes (acknowledged
-/// once every copy for an offline member is committed).
+/// What a group post fanned out from this home gathers from its member homes (it is
+/// acknowledged once every copy for an offline member is committed).
 #[derive(Debug)]
-struct PendingPost {
-    /// The sending connection, acknowledged when every member home is done.
-    sender: ConnAddr,
-    /// Its message id.
+struct PostShares {
+    /// The post's message id.
     message_id: Box<str>,
-    /// Member homes that have not reported.
-    awaiting: usize,
     /// Some offline member's copy could not be stored.
     failed: bool,
-}
-
-/// A `presence_subscribe` waiting for answers from the homes of the users it names.
-#[derive(Debug)]
-struct PendingPresence {
-    /// The asking connection.
-    watcher: ConnAddr,
-    /// Homes that have not answered yet.
-    awaiting: usize,
-    /// Answers so far.
-    entries: Vec<PresenceEntry>,
 }
 
 /// What one connection asked for that outlives a message; kept only while not empty
@@ -258,13 +242,13 @@ pub struct Shard {
     /// Groups homed here: members and huddle rooms.
     groups: Groups,
     /// Group posts fanned out from here, waiting for their member homes.
-    posts: Slab<PendingPost>,
+    posts: Gathers<PostShares>,
     /// Groups per user across every home (`--groups-per-user-max`).
     group_quota: Arc<GroupQuota>,
     /// Subscriptions and huddles of this reactor's connections that have any.
     conns: std::collections::HashMap<ConnAddr, ConnChat>,
     /// Presence requests of this reactor's connections, waiting for homes.
-    presence_requests: Slab<PendingPresence>,
+    presence_requests: Gathers<Vec<PresenceEntry>>,
     /// Reusable buffer for outbound JSON.
     json: Vec<u8>,
 }
@@ -281,10 +265,10 @@ impl Shard {
             directory: Directory::default(),
             recent: RecentMessages::default(),
             groups,
-            posts: Slab::new(),
+            posts: Gathers::default(),
             group_quota,
             conns: Default::default(),
-            presence_requests: Slab::new(),
+            presence_requests: Gathers::default(),
             json: Vec::with_capacity(1024),
         }
     }

@@ -3,7 +3,7 @@
 //! watcher, so it hears every change after (see [`super::session`]); the connection's
 //! reactor gathers the answers into one `presence_state`.
 
-use super::{Effects, PendingPresence, Shard};
+use super::{Effects, Shard};
 use crate::protocol::codes::ErrorCode;
 use crate::{
     protocol::{outbound, outbound::PresenceEntry, Priority},
@@ -47,11 +47,8 @@ impl Shard {
         if by_home.is_empty() {
             return self.presence_state(conn, &[], out);
         }
-        let request = self.presence_requests.insert(PendingPresence {
-            watcher: conn,
-            awaiting: by_home.len(),
-            entries: Vec::with_capacity(user_ids.len()),
-        }) as u32;
+        let entries = Vec::with_capacity(user_ids.len());
+        let request = self.presence_requests.start(conn, by_home.len(), entries);
         for (home, users) in by_home {
             let subscribe = Envelope::Subscribe {
                 watcher: conn,
@@ -152,11 +149,11 @@ impl Shard {
     /// `presence_state` still gathering for the watcher holds of that user: a state
     /// written after an update, or after a newer state, is never older than they are.
     fn refresh_pending(&mut self, watcher: ConnAddr, fresh: &[PresenceEntry]) {
-        for (_, pending) in self.presence_requests.iter_mut() {
-            if pending.watcher != watcher {
+        for pending in self.presence_requests.waiting_mut() {
+            if pending.requester != watcher {
                 continue;
             }
-            for entry in pending.entries.iter_mut() {
+            for entry in pending.so_far.iter_mut() {
                 if let Some(newer) = fresh.iter().find(|f| f.user_id == entry.user_id) {
                     entry.online = newer.online;
                     entry.last_seen_ms = newer.last_seen_ms;
@@ -172,17 +169,15 @@ impl Shard {
         entries: Vec<PresenceEntry>,
         out: &mut Effects,
     ) {
-        let request = request as usize;
-        let Some(watcher) = self.presence_requests.get(request).map(|p| p.watcher) else {
+        let Some(watcher) = self.presence_requests.get(request).map(|g| g.requester) else {
             return;
         };
         self.refresh_pending(watcher, &entries);
-        let pending = &mut self.presence_requests[request];
-        pending.entries.extend(entries);
-        pending.awaiting -= 1;
-        if pending.awaiting == 0 {
-            let done = self.presence_requests.remove(request);
-            self.presence_state(done.watcher, &done.entries, out);
+        let done = self
+            .presence_requests
+            .answer(request, |so_far| so_far.extend(entries));
+        if let Some(done) = done {
+            self.presence_state(done.requester, &done.so_far, out);
         }
     }
 
