@@ -120,7 +120,7 @@ impl Reactor {
         });
         let command = Command::Peek {
             user: user.into(),
-            requester: self.addr(slot, generation),
+            requester: self.addr(slot, generation).into(),
             drain,
         };
         if self.store.send(command).is_err() {

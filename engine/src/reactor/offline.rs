@@ -22,7 +22,7 @@ impl Reactor {
     pub(super) fn request_queued(&mut self, user: &str, device: ConnAddr) {
         let _ = self.store.send(Command::Drain {
             user: user.into(),
-            device,
+            device: device.into(),
         });
     }
 
@@ -34,7 +34,7 @@ impl Reactor {
                 sender,
                 message_id,
                 outcome,
-            } => self.answer_enqueued(sender, &message_id, &outcome),
+            } => self.answer_enqueued(sender.into(), &message_id, &outcome),
             Reply::FanOutQueued {
                 purpose: FanOut::Broadcast,
                 request,
@@ -50,6 +50,7 @@ impl Reactor {
                 more,
                 error,
             } => {
+                let requester = ConnAddr::from(requester);
                 let (slot, generation) = (requester.slot as usize, requester.generation);
                 let error = error.as_deref();
                 self.answer_api_queue(slot, generation, &user, &messages, more, error);
@@ -60,6 +61,7 @@ impl Reactor {
                 messages,
                 more,
             } => {
+                let device = ConnAddr::from(device);
                 let (slot, generation) = (device.slot as usize, device.generation);
                 let live = self
                     .conn_mut(slot, generation)

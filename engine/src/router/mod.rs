@@ -25,6 +25,27 @@ pub struct ConnAddr {
     pub slot: u32,
 }
 
+impl From<ConnAddr> for crate::store::Waiter {
+    /// The connection as the store carries it: its reactor, and the rest as a ticket.
+    fn from(addr: ConnAddr) -> Self {
+        crate::store::Waiter {
+            reactor: usize::from(addr.reactor),
+            ticket: u64::from(addr.generation) << 32 | u64::from(addr.slot),
+        }
+    }
+}
+
+impl From<crate::store::Waiter> for ConnAddr {
+    /// The connection a store answer is for.
+    fn from(waiter: crate::store::Waiter) -> Self {
+        ConnAddr {
+            reactor: waiter.reactor as u16,
+            generation: (waiter.ticket >> 32) as u32,
+            slot: waiter.ticket as u32,
+        }
+    }
+}
+
 /// The home reactor of `user_id`: FNV-1a of the id, modulo the reactor count.
 ///
 /// FNV is stable across threads and runs (no random keys), cheap for short ids.

@@ -139,7 +139,7 @@ impl Shard {
             None => out.store(Command::FindSender {
                 reader: reader.into(),
                 message_id: message_id.into(),
-                requester: conn,
+                requester: conn.into(),
             }),
         }
     }
@@ -324,7 +324,7 @@ impl Shard {
             user,
             priority,
             payload: frame::payload_of(&frame),
-            sender,
+            sender: sender.map(Into::into),
             message_id,
             receipt,
             dedup: ticket,
@@ -340,7 +340,7 @@ impl Shard {
             self.recent.forget(key, serial);
         }
         if let Some(sender) = enqueue.sender {
-            ack_to(sender, enqueue.message_id, AckStatus::Offline, out);
+            ack_to(sender.into(), enqueue.message_id, AckStatus::Offline, out);
         }
     }
 }

@@ -94,7 +94,7 @@ impl Shard {
             group,
             user: (*user).into(),
             joined: join,
-            device,
+            device: device.into(),
             home: self.id,
         });
     }

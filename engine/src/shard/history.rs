@@ -29,7 +29,7 @@ impl Shard {
             peer: peer.into(),
             before,
             limit,
-            requester: conn,
+            requester: conn.into(),
         });
     }
 
@@ -67,7 +67,7 @@ impl Shard {
             peer: peer.into(),
             message_id: message_id.into(),
             change: Amendment::from_change(change),
-            requester: conn,
+            requester: conn.into(),
         })));
     }
 
@@ -80,7 +80,7 @@ impl Shard {
         error: Option<String>,
         out: &mut Effects,
     ) {
-        let requester = amend.requester;
+        let requester = ConnAddr::from(amend.requester);
         let reference = Some(&*amend.message_id);
         if let Some(why) = error {
             let text = format!("the message could not be changed: {why}");

@@ -403,7 +403,7 @@ impl Shard {
                 joined,
                 device,
                 committed,
-            } => self.membership_stored(&group, &user, joined, device, committed, out),
+            } => self.membership_stored(&group, &user, joined, device.into(), committed, out),
             Reply::FanOutQueued {
                 purpose: crate::store::FanOut::GroupPost,
                 request,
@@ -415,7 +415,7 @@ impl Shard {
                 peer,
                 messages,
                 error,
-            } => self.history_read(requester, &peer, &messages, error.as_deref(), out),
+            } => self.history_read(requester.into(), &peer, &messages, error.as_deref(), out),
             Reply::Amended {
                 amend,
                 found,
@@ -427,7 +427,7 @@ impl Shard {
                 message_id,
                 sender,
                 error,
-            } => self.sender_found(requester, &reader, &message_id, sender, error, out),
+            } => self.sender_found(requester.into(), &reader, &message_id, sender, error, out),
             other => debug_assert!(false, "for a connection, not a shard: {other:?}"),
         }
     }
@@ -451,16 +451,16 @@ impl Shard {
                 joined,
                 device,
                 ..
-            } => self.membership_stored(&group, &user, joined, device, false, out),
+            } => self.membership_stored(&group, &user, joined, device.into(), false, out),
             Command::History { requester, .. } => {
                 let text = "history cannot be read: the gateway is shutting down";
-                out.error(requester, ErrorCode::StoreUnavailable, text, None);
+                out.error(requester.into(), ErrorCode::StoreUnavailable, text, None);
             }
             Command::Amend(amend) => {
                 let text = "the message cannot be changed: the gateway is shutting down";
                 let reference = Some(&*amend.message_id);
                 out.error(
-                    amend.requester,
+                    amend.requester.into(),
                     ErrorCode::StoreUnavailable,
                     text,
                     reference,
@@ -473,7 +473,7 @@ impl Shard {
             } => {
                 let text = "the message's sender cannot be looked up: the gateway is shutting down";
                 out.error(
-                    requester,
+                    requester.into(),
                     ErrorCode::StoreUnavailable,
                     text,
                     Some(&message_id),

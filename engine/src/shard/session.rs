@@ -49,7 +49,7 @@ impl Shard {
         out.frame_to(conn, frame::encode_text(&self.json), Priority::High, 0);
         out.store(Command::Drain {
             user: user.into(),
-            device: conn,
+            device: conn.into(),
         });
     }
 

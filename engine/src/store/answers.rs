@@ -1,13 +1,12 @@
 //! The store's answers, built the same way whether a commit held the command or failed.
 
-use super::{Command, FanOutBatch, Outcome, Reply, Ticket};
-use crate::router::ConnAddr;
+use super::{Command, FanOutBatch, Outcome, Reply, Ticket, Waiter};
 
 /// The answer to one `Enqueue`: its sender hears the outcome, and a home whose message
 /// was not kept forgets it from its dedup window (so a retry is tried again).
 pub(super) fn enqueue_outcome(
     replies: &mut Vec<(usize, Reply)>,
-    sender: Option<ConnAddr>,
+    sender: Option<Waiter>,
     message_id: &str,
     dedup: Option<(usize, Ticket)>,
     outcome: Outcome,
@@ -23,7 +22,7 @@ pub(super) fn enqueue_outcome(
             message_id: message_id.into(),
             outcome,
         };
-        replies.push((sender.reactor as usize, reply));
+        replies.push((sender.reactor, reply));
     }
 }
 
@@ -52,7 +51,7 @@ pub(super) fn membership_answer(command: &Command, committed: bool) -> Option<(u
 
 /// A page of history (or the store's error) for the requester's reactor.
 pub(super) fn history_answer(
-    requester: ConnAddr,
+    requester: Waiter,
     peer: &str,
     messages: Vec<bytes::Bytes>,
     error: Option<String>,
@@ -63,13 +62,13 @@ pub(super) fn history_answer(
         messages,
         error,
     };
-    (requester.reactor as usize, reply)
+    (requester.reactor, reply)
 }
 
 /// The sender a `read_receipt` named, `(reader, message id, sender)`, or the store's
 /// error, for the requester's reactor.
 pub(super) fn sender_answer(
-    requester: ConnAddr,
+    requester: Waiter,
     (reader, message_id, sender): (&str, &str, Option<Box<str>>),
     error: Option<String>,
 ) -> (usize, Reply) {
@@ -80,7 +79,7 @@ pub(super) fn sender_answer(
         sender,
         error,
     };
-    (requester.reactor as usize, reply)
+    (requester.reactor, reply)
 }
 
 /// A home's fan-out counts for the reactor waiting on them.

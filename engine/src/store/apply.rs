@@ -8,10 +8,9 @@ use super::{
     history::Tables,
     queue,
     state::State,
-    Amend, Command, Enqueue, FanOutBatch, Outcome, Reply, DRAIN_BYTES_MAX, DRAIN_MESSAGES_MAX,
-    PEEK_BYTES_MAX, PEEK_MESSAGES_MAX,
+    Amend, Command, Enqueue, FanOutBatch, Outcome, Reply, Waiter, DRAIN_BYTES_MAX,
+    DRAIN_MESSAGES_MAX, PEEK_BYTES_MAX, PEEK_MESSAGES_MAX,
 };
-use crate::router::ConnAddr;
 
 /// What one transaction changed, for the counters and the push hook once it committed.
 #[derive(Default)]
@@ -187,7 +186,7 @@ impl Apply<'_, '_> {
     }
 
     /// The first part of `user`'s queue, for a device that authenticated.
-    fn drain(&mut self, user: &str, device: ConnAddr) -> Result<(), redb::Error> {
+    fn drain(&mut self, user: &str, device: Waiter) -> Result<(), redb::Error> {
         let (messages, more) =
             queue::read(&self.queues, user, DRAIN_MESSAGES_MAX, DRAIN_BYTES_MAX)?;
         let reply = Reply::Pending {
@@ -196,12 +195,12 @@ impl Apply<'_, '_> {
             messages,
             more,
         };
-        self.replies.push((device.reactor as usize, reply));
+        self.replies.push((device.reactor, reply));
         Ok(())
     }
 
     /// `user`'s queue for the HTTP API; with `drain`, what is read is removed.
-    fn peek(&mut self, user: &str, requester: ConnAddr, drain: bool) -> Result<(), redb::Error> {
+    fn peek(&mut self, user: &str, requester: Waiter, drain: bool) -> Result<(), redb::Error> {
         let (queued, more) = queue::read(&self.queues, user, PEEK_MESSAGES_MAX, PEEK_BYTES_MAX)?;
         if drain {
             let keys = queued.iter().map(|m| m.key);
@@ -215,7 +214,7 @@ impl Apply<'_, '_> {
             more,
             error: None,
         };
-        self.replies.push((requester.reactor as usize, reply));
+        self.replies.push((requester.reactor, reply));
         Ok(())
     }
 
@@ -234,7 +233,7 @@ impl Apply<'_, '_> {
             found,
             error: None,
         };
-        self.replies.push((requester.reactor as usize, reply));
+        self.replies.push((requester.reactor, reply));
         Ok(())
     }
 }

@@ -34,7 +34,7 @@ use bytes::Bytes;
 use redb::Database;
 use tracing::info;
 
-use crate::{protocol::Priority, router::ConnAddr, stats::LatencyHistogram};
+use crate::{protocol::Priority, stats::LatencyHistogram};
 
 pub use queue::QueueKey;
 
@@ -92,6 +92,16 @@ pub struct Ticket {
     pub serial: u64,
 }
 
+/// Who waits for an answer: the reactor it goes back to, and a value only that reactor
+/// reads (which connection; the store never looks inside). Answers carry it back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Waiter {
+    /// The reactor the answer goes to.
+    pub reactor: usize,
+    /// The reactor's own value.
+    pub ticket: u64,
+}
+
 /// A request to the store thread.
 #[derive(Debug)]
 pub enum Command {
@@ -113,14 +123,14 @@ pub enum Command {
         /// The user.
         user: Box<str>,
         /// The device to deliver to.
-        device: ConnAddr,
+        device: Waiter,
     },
     /// Read `user`'s queue for the HTTP API (and, with `drain`, remove what was read).
     Peek {
         /// The user.
         user: Box<str>,
         /// The HTTP connection waiting for it.
-        requester: ConnAddr,
+        requester: Waiter,
         /// Remove what is returned.
         drain: bool,
     },
@@ -145,7 +155,7 @@ pub enum Command {
         /// At most this many (1 to [`crate::protocol::inbound::HISTORY_LIMIT_MAX`]).
         limit: usize,
         /// The connection waiting for it.
-        requester: ConnAddr,
+        requester: Waiter,
     },
     /// Find who sent `reader` the message `message_id` (delivered or queued to it).
     FindSender {
@@ -154,7 +164,7 @@ pub enum Command {
         /// The message id.
         message_id: Box<str>,
         /// The connection that sent the `read_receipt`.
-        requester: ConnAddr,
+        requester: Waiter,
     },
     /// Change a message in history (edit, delete, reaction) and answer who may see it.
     Amend(Box<Amend>),
@@ -167,7 +177,7 @@ pub enum Command {
         /// Joined, or left.
         joined: bool,
         /// The device that asked.
-        device: ConnAddr,
+        device: Waiter,
         /// The group's home reactor, which announces the change once it is committed.
         home: usize,
     },
@@ -187,7 +197,7 @@ pub struct Amend {
     /// The change.
     pub change: Amendment,
     /// The connection that asked.
-    pub requester: ConnAddr,
+    pub requester: Waiter,
 }
 
 /// A change to a message, owned.
@@ -238,7 +248,7 @@ pub struct Enqueue {
     pub payload: Bytes,
     /// The sending connection (WebSocket or HTTP API), told the outcome; `None` for
     /// what nobody waits on (delivery and read receipts).
-    pub sender: Option<ConnAddr>,
+    pub sender: Option<Waiter>,
     /// The sender's message id.
     pub message_id: Box<str>,
     /// Send the sender a `delivery_receipt` when this is delivered.
@@ -309,7 +319,7 @@ pub enum Reply {
     /// The outcome of an `Enqueue`.
     Enqueued {
         /// The sending connection.
-        sender: ConnAddr,
+        sender: Waiter,
         /// Its message id.
         message_id: Box<str>,
         /// What happened.
@@ -318,7 +328,7 @@ pub enum Reply {
     /// A user's queued messages, in delivery order, for one device.
     Pending {
         /// The device.
-        device: ConnAddr,
+        device: Waiter,
         /// The user.
         user: Box<str>,
         /// The messages, in order.
@@ -334,7 +344,7 @@ pub enum Reply {
     /// A user's queue for the HTTP API.
     Peeked {
         /// The HTTP connection.
-        requester: ConnAddr,
+        requester: Waiter,
         /// The user.
         user: Box<str>,
         /// `new_message` JSON of each queued message, in delivery order.
@@ -362,7 +372,7 @@ pub enum Reply {
     /// A page of history, newest first.
     History {
         /// The connection that asked.
-        requester: ConnAddr,
+        requester: Waiter,
         /// The other side of the conversation.
         peer: Box<str>,
         /// `new_message` JSON of each message.
@@ -382,7 +392,7 @@ pub enum Reply {
     /// Who sent the message a `read_receipt` named.
     SenderFound {
         /// The connection that sent the `read_receipt`.
-        requester: ConnAddr,
+        requester: Waiter,
         /// The user that read it.
         reader: Box<str>,
         /// The message id.
@@ -401,7 +411,7 @@ pub enum Reply {
         /// Joined, or left.
         joined: bool,
         /// The device that asked.
-        device: ConnAddr,
+        device: Waiter,
         /// Whether it is on disk.
         committed: bool,
     },

@@ -279,7 +279,7 @@ impl Worker {
                         more: false,
                         error: error(),
                     };
-                    replies.push((requester.reactor as usize, reply));
+                    replies.push((requester.reactor, reply));
                 }
                 Command::History {
                     peer, requester, ..
@@ -300,7 +300,7 @@ impl Worker {
                         found: false,
                         error: error(),
                     };
-                    replies.push((amend.requester.reactor as usize, reply));
+                    replies.push((amend.requester.reactor, reply));
                 }
                 Command::Membership { .. } => {
                     self.stats.failures.fetch_add(1, Ordering::Relaxed);

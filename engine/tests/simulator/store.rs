@@ -123,7 +123,7 @@ impl SimStore {
                         message_id,
                         outcome,
                     };
-                    replies.push((sender.reactor as usize, reply));
+                    replies.push((sender.reactor, reply));
                 }
             }
             Command::Record {
@@ -145,7 +145,7 @@ impl SimStore {
                     messages,
                     more,
                 };
-                replies.push((device.reactor as usize, reply));
+                replies.push((device.reactor, reply));
             }
             Command::Remove { user, keys } => {
                 if let Some(queue) = self.queues.get_mut(&*user) {
@@ -215,7 +215,7 @@ impl SimStore {
                     sender,
                     error: None,
                 };
-                replies.push((requester.reactor as usize, reply));
+                replies.push((requester.reactor, reply));
             }
             other => panic!("the simulator does not model {other:?}"),
         }

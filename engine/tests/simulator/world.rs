@@ -368,7 +368,7 @@ impl World {
                     Outcome::Queued => Acked::Queued,
                     Outcome::QueueFull | Outcome::Failed(_) => Acked::Refused,
                 };
-                self.ack(sender, &message_id, acked);
+                self.ack(sender.into(), &message_id, acked);
             }
             Reply::Pending {
                 device,
@@ -376,7 +376,7 @@ impl World {
                 messages,
                 more,
             } => {
-                let Some(conn) = self.live(device) else {
+                let Some(conn) = self.live(device.into()) else {
                     return; // still queued: the next device to authenticate gets it
                 };
                 let mut keys = Vec::with_capacity(messages.len());
