@@ -121,7 +121,7 @@ impl Sockets {
     }
 
     /// Adds a non-socket fd (doorbell, timerfd) to the readiness set under `token`, which
-    /// may be any value but the set's own [`RINGS_TOKEN`].
+    /// may be any value but the set's own `RINGS_TOKEN`.
     pub fn watch(&self, fd: RawFd, token: u64) -> io::Result<()> {
         assert_ne!(token, RINGS_TOKEN, "the socket set's own token");
         self.epoll.add(fd, token)

@@ -1,7 +1,7 @@
 //! Start-up configuration: command line, `ENGINE_*` environment variables, an optional TOML
 //! file, and defaults, in that order of precedence. Validated once; the reactors never parse.
 //!
-//! - [`settings`]: every setting declared once (flag, variable, file key, documented
+//! - `settings`: every setting declared once (flag, variable, file key, documented
 //!   default, help), and the command line made from it.
 //! - here: the defaults and ranges as named constants, and [`Config::resolve`], which
 //!   applies them and converts the values into what the engine runs with.

@@ -17,15 +17,15 @@
 //! (`engine/tests/simulator.rs`).
 //!
 //! One file per feature:
-//! - [`session`]: devices registering and unregistering, `auth_success`, ping, and the
+//! - `session`: devices registering and unregistering, `auth_success`, ping, and the
 //!   presence a user's first and last device announce.
 //! - [`presence`]: subscriptions to a user's presence.
-//! - [`direct`]: direct messages, typing, receipts and call signals: dedup, online
+//! - `direct`: direct messages, typing, receipts and call signals: dedup, online
 //!   delivery, offline queueing.
-//! - [`history`]: history pages and changes to sent messages (edits, deletes, reactions).
-//! - [`groups`]: joins and leaves, posts fanned out per member home.
+//! - `history`: history pages and changes to sent messages (edits, deletes, reactions).
+//! - `groups`: joins and leaves, posts fanned out per member home.
 //! - [`huddles`]: a group's call rooms.
-//! - [`broadcast`]: HTTP API broadcasts, each home's share.
+//! - `broadcast`: HTTP API broadcasts, each home's share.
 
 mod broadcast;
 pub mod dedup;

@@ -1,6 +1,6 @@
 //! Presence subscriptions. A connection's `presence_subscribe` goes to the home of each
 //! user it names; each home answers with the users' state and keeps the connection as a
-//! watcher, so it hears every change after (see [`super::session`]); the connection's
+//! watcher, so it hears every change after (see `super::session`); the connection's
 //! reactor gathers the answers into one `presence_state`.
 
 use super::{Effects, Shard};

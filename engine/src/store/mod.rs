@@ -8,11 +8,11 @@
 //! all in one write transaction, commits once (fsync), and only then answers. So a
 //! `queued` ack always follows the commit that holds the message.
 //!
-//! - [`queue`]: per-user offline queues, `(user, priority, sequence)` keys.
-//! - [`history`]: every chat message per conversation, and `(receiver, messageId, sender)`
+//! - `queue`: per-user offline queues, `(user, priority, sequence)` keys.
+//! - `history`: every chat message per conversation, and `(receiver, messageId, sender)`
 //!   → where it sits, which serves `read_receipt` by id and dedup across restarts.
-//! - [`worker`]: the thread, its transactions and the retention sweep; [`apply`]: one
-//!   transaction's commands; [`answers`]: the replies, committed or failed; [`state`]:
+//! - `worker`: the thread, its transactions and the retention sweep; `apply`: one
+//!   transaction's commands; `answers`: the replies, committed or failed; `state`:
 //!   what the thread keeps in memory about the file.
 
 mod answers;
