@@ -20,11 +20,11 @@
 //! - `session`: devices registering and unregistering, `auth_success`, ping, and the
 //!   presence a user's first and last device announce.
 //! - [`presence`]: subscriptions to a user's presence.
-//! - `direct`: direct messages, typing, receipts and call signals: dedup, online
-//!   delivery, offline queueing.
+//! - `direct`: direct messages, typing and receipts: dedup, online delivery, offline
+//!   queueing, the HTTP API's send.
 //! - `history`: history pages and changes to sent messages (edits, deletes, reactions).
 //! - `groups`: joins and leaves, posts fanned out per member home.
-//! - [`huddles`]: a group's call rooms.
+//! - [`huddles`]: call signals, and a group's call rooms.
 //! - `broadcast`: HTTP API broadcasts, each home's share.
 
 mod broadcast;
