@@ -28,22 +28,16 @@ use crate::{
 impl Reactor {
     /// Starts an API send: the `new_message` goes to the receiver's devices (and the
     /// sender's, who see what was sent on their behalf); the receiver's home answers.
-    pub(super) fn api_send(
-        &mut self,
-        slot: usize,
-        generation: u32,
-        keep_alive: bool,
-        send: SendRequest,
-    ) {
+    pub(super) fn api_send(&mut self, at: ConnAddr, keep_alive: bool, send: SendRequest) {
         let message_id = self.api_message_id();
-        let Some(conn) = self.conn_mut(slot, generation) else {
+        let Some(conn) = self.conn_mut(at) else {
             return;
         };
         conn.aux_mut().pending_api = Some(PendingApi {
             keep_alive,
             message_id: message_id.as_str().into(),
         });
-        let conn = self.addr(slot, generation);
+        let conn = at;
         self.feed_shard(Event::ApiSend {
             conn,
             message_id: &message_id,
@@ -53,8 +47,8 @@ impl Reactor {
 
     /// The home's outcome for an API send: 202 when a device got it; 503 when no device is
     /// online and the store no longer takes messages (shutting down), never a silent loss.
-    pub(super) fn answer_api_send(&mut self, slot: usize, generation: u32, delivered: bool) {
-        let Some(pending) = self.take_pending_api(slot, generation) else {
+    pub(super) fn answer_api_send(&mut self, at: ConnAddr, delivered: bool) {
+        let Some(pending) = self.take_pending_api(at) else {
             return;
         };
         let answer = if delivered {
@@ -69,12 +63,12 @@ impl Reactor {
                            messages (the gateway is shutting down)";
             response::json_error(503, "peer_offline", message, pending.keep_alive)
         };
-        self.finish_api(slot, generation, answer, pending.keep_alive);
+        self.finish_api(at, answer, pending.keep_alive);
     }
 
     /// The store's outcome for an API send to an offline receiver.
-    pub(super) fn answer_api_queued(&mut self, slot: usize, generation: u32, outcome: &Outcome) {
-        let Some(pending) = self.take_pending_api(slot, generation) else {
+    pub(super) fn answer_api_queued(&mut self, at: ConnAddr, outcome: &Outcome) {
+        let Some(pending) = self.take_pending_api(at) else {
             return;
         };
         let answer = match outcome {
@@ -99,19 +93,12 @@ impl Reactor {
                 pending.keep_alive,
             ),
         };
-        self.finish_api(slot, generation, answer, pending.keep_alive);
+        self.finish_api(at, answer, pending.keep_alive);
     }
 
     /// Starts `GET /api/messages/queue/{user}`: the store reads (and drains) the queue.
-    pub(super) fn api_queue(
-        &mut self,
-        slot: usize,
-        generation: u32,
-        keep_alive: bool,
-        user: String,
-        drain: bool,
-    ) {
-        let Some(conn) = self.conn_mut(slot, generation) else {
+    pub(super) fn api_queue(&mut self, at: ConnAddr, keep_alive: bool, user: String, drain: bool) {
+        let Some(conn) = self.conn_mut(at) else {
             return;
         };
         conn.aux_mut().pending_api = Some(PendingApi {
@@ -120,12 +107,12 @@ impl Reactor {
         });
         let command = Command::Peek {
             user: user.into(),
-            requester: self.addr(slot, generation).into(),
+            requester: at.into(),
             drain,
         };
         if self.store.send(command).is_err() {
             let error = Some("the store is shut down");
-            self.answer_api_queue(slot, generation, "", &[], false, error);
+            self.answer_api_queue(at, "", &[], false, error);
         }
     }
 
@@ -133,14 +120,13 @@ impl Reactor {
     /// API's field names.
     pub(super) fn answer_api_queue(
         &mut self,
-        slot: usize,
-        generation: u32,
+        at: ConnAddr,
         user: &str,
         messages: &[Bytes],
         more: bool,
         error: Option<&str>,
     ) {
-        let Some(pending) = self.take_pending_api(slot, generation) else {
+        let Some(pending) = self.take_pending_api(at) else {
             return;
         };
         let answer = match error {
@@ -169,14 +155,13 @@ impl Reactor {
                 response::write(200, "application/json", &body, pending.keep_alive, &[])
             }
         };
-        self.finish_api(slot, generation, answer, pending.keep_alive);
+        self.finish_api(at, answer, pending.keep_alive);
     }
 
     /// Starts an API broadcast: one order per home involved, each counting its users.
     pub(super) fn api_broadcast(
         &mut self,
-        slot: usize,
-        generation: u32,
+        at: ConnAddr,
         keep_alive: bool,
         broadcast: BroadcastRequest,
     ) {
@@ -204,14 +189,14 @@ impl Reactor {
                     .collect()
             }
         };
-        let Some(conn) = self.conn_mut(slot, generation) else {
+        let Some(conn) = self.conn_mut(at) else {
             return;
         };
         conn.aux_mut().pending_api = Some(PendingApi {
             keep_alive,
             message_id: message.message_id.clone(),
         });
-        let requester = self.addr(slot, generation);
+        let requester = at;
         let counts = BroadcastCounts::default();
         let request = self.broadcasts.start(requester, orders.len(), counts);
         if orders.is_empty() {
@@ -250,8 +235,7 @@ impl Reactor {
     }
 
     fn finish_broadcast(&mut self, requester: ConnAddr, done: &BroadcastCounts) {
-        let (slot, generation) = (requester.slot as usize, requester.generation);
-        let Some(pending) = self.take_pending_api(slot, generation) else {
+        let Some(pending) = self.take_pending_api(requester) else {
             return;
         };
         let mut body = Vec::with_capacity(96);
@@ -262,7 +246,7 @@ impl Reactor {
             .u64("offline", done.offline)
             .end();
         let answer = response::write(200, "application/json", &body, pending.keep_alive, &[]);
-        self.finish_api(slot, generation, answer, pending.keep_alive);
+        self.finish_api(requester, answer, pending.keep_alive);
     }
 
     /// A message id for the API: unique per process (reactor, time, request count).
@@ -271,18 +255,18 @@ impl Reactor {
         format!("api-{}-{}-{sequence}", now_ms(), self.id)
     }
 
-    fn take_pending_api(&mut self, slot: usize, generation: u32) -> Option<PendingApi> {
-        let conn = self.conn_mut(slot, generation)?;
+    fn take_pending_api(&mut self, at: ConnAddr) -> Option<PendingApi> {
+        let conn = self.conn_mut(at)?;
         let pending = conn.aux.as_mut()?.pending_api.take();
         conn.trim_aux();
         pending
     }
 
     /// Writes the answer, then serves whatever requests were pipelined behind it.
-    fn finish_api(&mut self, slot: usize, generation: u32, answer: bytes::Bytes, keep_alive: bool) {
-        self.answer_http(slot, generation, answer, keep_alive);
+    fn finish_api(&mut self, at: ConnAddr, answer: bytes::Bytes, keep_alive: bool) {
+        self.answer_http(at, answer, keep_alive);
         if keep_alive {
-            self.process_input(slot, generation, &mut [], 0);
+            self.process_input(at, &mut [], 0);
         }
     }
 }

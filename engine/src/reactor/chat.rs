@@ -21,13 +21,12 @@ impl Reactor {
     /// Acts on one parsed client message (or answers its parse error).
     pub(super) fn on_message(
         &mut self,
-        slot: usize,
-        generation: u32,
+        at: ConnAddr,
         message: Result<ClientMessage<'_>, ProtocolError>,
     ) {
         let kind = message.as_ref().map_or(MessageKind::Invalid, |m| m.kind());
         self.stats().count_message(kind);
-        let Some(conn) = self.conn_mut(slot, generation) else {
+        let Some(conn) = self.conn_mut(at) else {
             return;
         };
         let (phase, user) = (conn.phase, conn.user.clone());
@@ -35,7 +34,7 @@ impl Reactor {
             Ok(message) => message,
             Err(e) => {
                 let reference = e.reference.as_deref();
-                return self.send_error(slot, generation, e.code, &e.message, reference);
+                return self.send_error(at, e.code, &e.message, reference);
             }
         };
         if phase == Phase::Open {
@@ -44,10 +43,10 @@ impl Reactor {
                     user_id,
                     device_id,
                     token,
-                } => self.auth(slot, generation, user_id, device_id, token),
+                } => self.auth(at, user_id, device_id, token),
                 _ => {
                     let text = "send auth first";
-                    self.send_error(slot, generation, ErrorCode::NotAuthenticated, text, None)
+                    self.send_error(at, ErrorCode::NotAuthenticated, text, None)
                 }
             };
         }
@@ -55,7 +54,7 @@ impl Reactor {
             return;
         };
         self.trip_failpoint(&user);
-        let conn = self.addr(slot, generation);
+        let conn = at;
         self.feed_shard(Event::Message {
             conn,
             user: &user,
@@ -85,16 +84,9 @@ impl Reactor {
     /// `auth`: with `--jwt-secret` the token (in the message, or `?token=` on the
     /// upgrade) must be valid for the user, else `auth_failed` and 1008. Then the
     /// connection is the user's and the shard registers the device with its home.
-    fn auth(
-        &mut self,
-        slot: usize,
-        generation: u32,
-        user_id: &str,
-        device_id: &str,
-        token: Option<&str>,
-    ) {
+    fn auth(&mut self, at: ConnAddr, user_id: &str, device_id: &str, token: Option<&str>) {
         if let Some(secret) = self.shared.config.jwt_secret.clone() {
-            let Some(conn) = self.conn_mut(slot, generation) else {
+            let Some(conn) = self.conn_mut(at) else {
                 return;
             };
             let url_token = conn.aux.as_ref().and_then(|a| a.url_token.clone());
@@ -105,11 +97,11 @@ impl Reactor {
                 }
             };
             if let Err(reason) = verdict {
-                self.send_error(slot, generation, ErrorCode::AuthFailed, &reason, None);
-                return self.begin_close(slot, generation, close::POLICY_VIOLATION, "auth failed");
+                self.send_error(at, ErrorCode::AuthFailed, &reason, None);
+                return self.begin_close(at, close::POLICY_VIOLATION, "auth failed");
             }
         }
-        let Some(conn) = self.conn_mut(slot, generation) else {
+        let Some(conn) = self.conn_mut(at) else {
             return;
         };
         let user: Arc<str> = Arc::from(user_id);
@@ -120,7 +112,7 @@ impl Reactor {
             aux.url_token = None;
         }
         conn.trim_aux();
-        let conn = self.addr(slot, generation);
+        let conn = at;
         self.feed_shard(Event::Authenticated {
             conn,
             user,
@@ -131,13 +123,12 @@ impl Reactor {
     /// Sends `error {code, message, ref}` to a local connection; it stays open.
     pub(super) fn send_error(
         &mut self,
-        slot: usize,
-        generation: u32,
+        at: ConnAddr,
         code: ErrorCode,
         message: &str,
         reference: Option<&str>,
     ) {
-        let addr = self.addr(slot, generation);
+        let addr = at;
         self.error_to(addr, code, message, reference);
     }
 

@@ -90,9 +90,9 @@ pub(crate) struct Reactor {
     /// Set by the `kill_reactor_on_message_from` failpoint: the loop panics after the turn.
     pub(crate) failpoint_kill: bool,
     /// Connections that sent messages in the current rate window (their counts reset).
-    pub(crate) rate_counted: Vec<(usize, u32)>,
+    pub(crate) rate_counted: Vec<ConnAddr>,
     /// A spread drain's connections still to close, in the (random) order they go.
-    drain_queue: Vec<(usize, u32)>,
+    drain_queue: Vec<ConnAddr>,
     /// How many a spread drain has closed so far.
     drain_closed: usize,
     /// Where the idle sweep goes on from.
@@ -104,10 +104,10 @@ pub(crate) struct Reactor {
     /// The store's answers to this reactor.
     store_replies: std::sync::mpsc::Receiver<crate::store::Reply>,
     /// Connections with input left unread because the batch cap was reached.
-    unread: Vec<(usize, u32)>,
+    unread: Vec<ConnAddr>,
     /// Connections whose input met a full mailbox ring: not read again until every backlog
     /// has drained (each is flagged [`Flags::PAUSED`]).
-    paused: Vec<(usize, u32)>,
+    paused: Vec<ConnAddr>,
     /// Whether the last drain left batches in some ring (drain cap reached).
     mail_left: bool,
     /// When the drain started, once it has.
@@ -209,10 +209,15 @@ impl Reactor {
     }
 
     /// The local connection at `addr` if it is still the same connection.
-    pub(crate) fn conn_mut(&mut self, slot: usize, generation: u32) -> Option<&mut Conn> {
+    pub(crate) fn conn_mut(&mut self, at: ConnAddr) -> Option<&mut Conn> {
+        debug_assert_eq!(
+            usize::from(at.reactor),
+            self.id,
+            "not this reactor's: {at:?}"
+        );
         self.conns
-            .get_mut(slot)
-            .filter(|c| c.generation == generation)
+            .get_mut(at.slot as usize)
+            .filter(|c| c.generation == at.generation)
     }
 
     /// Takes in a freshly accepted socket.
@@ -228,8 +233,8 @@ impl Reactor {
         }
         let generation = self.next_generation;
         self.next_generation = (self.next_generation.wrapping_add(1) & GENERATION_MAX).max(1);
-        let slot = self.conns.vacant_key();
-        match self.sockets.adopt(fd, token(slot, generation)) {
+        let at = self.addr(self.conns.vacant_key(), generation);
+        match self.sockets.adopt(fd, token(at)) {
             Ok(socket) => {
                 self.conns.insert(Conn::new(socket, generation));
             }
@@ -241,17 +246,17 @@ impl Reactor {
         ReactorStats::add(&self.stats().connections, 1);
         // The request head must come within the handshake deadline; an upgrade then
         // re-arms it for `auth`.
-        self.set_deadline(slot, generation, self.shared.config.handshake_timeout_ms);
+        self.set_deadline(at, self.shared.config.handshake_timeout_ms);
     }
 
     /// (Re)arms the connection's one deadline; earlier entries become stale.
-    pub(crate) fn set_deadline(&mut self, slot: usize, generation: u32, after_ms: u64) {
+    pub(crate) fn set_deadline(&mut self, at: ConnAddr, after_ms: u64) {
         let due_tick = self.timers.tick_after(after_ms);
-        if let Some(conn) = self.conn_mut(slot, generation) {
+        if let Some(conn) = self.conn_mut(at) {
             conn.deadline_tick = due_tick as u32;
             self.timers.insert(timer::Entry {
-                slot,
-                generation,
+                slot: at.slot as usize,
+                generation: at.generation,
                 due_tick,
             });
         }
@@ -270,18 +275,18 @@ impl Reactor {
                 self.shared.doorbells[self.id].clear();
                 continue;
             }
-            let (slot, generation) = ((token & 0xFFFF_FFFF) as usize, (token >> 32) as u32);
+            let at = self.addr((token & 0xFFFF_FFFF) as usize, (token >> 32) as u32);
             if bits & REARM != 0 {
-                if let Some(conn) = self.conns.get(slot).filter(|c| c.generation == generation) {
-                    self.sockets.rearm(conn.socket, token);
+                if let Some(socket) = self.conn_mut(at).map(|c| c.socket) {
+                    self.sockets.rearm(socket, token);
                 }
             }
             if bits & WRITABLE != 0 {
-                self.on_writable(slot, generation);
+                self.on_writable(at);
             }
             if bits & (READABLE | BROKEN) != 0 {
                 let to_the_end = bits & (BROKEN | PEER_CLOSED) != 0;
-                self.read_from(slot, generation, !to_the_end);
+                self.read_from(at, !to_the_end);
             }
         }
         self.events = events;
@@ -291,15 +296,15 @@ impl Reactor {
         }
         self.outbox.retry_backlog();
         if !self.outbox.is_backlogged() {
-            for (slot, generation) in std::mem::take(&mut self.paused) {
-                if let Some(conn) = self.conn_mut(slot, generation) {
+            for at in std::mem::take(&mut self.paused) {
+                if let Some(conn) = self.conn_mut(at) {
                     conn.flags.set(Flags::PAUSED, false);
-                    self.unread.push((slot, generation));
+                    self.unread.push(at);
                 }
             }
         }
-        for (slot, generation) in std::mem::take(&mut self.unread) {
-            self.read_from(slot, generation, false);
+        for at in std::mem::take(&mut self.unread) {
+            self.read_from(at, false);
         }
         self.outbox.flush(&self.shared.doorbells);
     }
@@ -320,7 +325,7 @@ impl Reactor {
     /// connection go on. What the handler had half done is left as it was.
     pub(crate) fn isolate(
         &mut self,
-        conn: Option<(usize, u32)>,
+        conn: Option<ConnAddr>,
         what: &str,
         handle: impl FnOnce(&mut Self),
     ) {
@@ -337,9 +342,9 @@ impl Reactor {
         tracing::error!(reactor = self.id, "panic while handling {what}: {why}");
         // The shard's effects made before the panic are carried out with the next event.
         self.carrying_out = false;
-        if let Some((slot, generation)) = conn {
+        if let Some(at) = conn {
             let reason = "internal error";
-            self.begin_close(slot, generation, crate::ws::close::INTERNAL_ERROR, reason);
+            self.begin_close(at, crate::ws::close::INTERNAL_ERROR, reason);
         }
     }
 
@@ -380,10 +385,10 @@ impl Reactor {
     /// Backpressure: input that sends envelopes into a mailbox backlog pauses its
     /// connection (the bytes stay in the kernel) until the backlogs drain; with the backlogs
     /// at their cap, every connection pauses. Other connections go on meanwhile.
-    fn read_from(&mut self, slot: usize, generation: u32, short_read_drains: bool) {
+    fn read_from(&mut self, at: ConnAddr, short_read_drains: bool) {
         let mut total = 0;
         loop {
-            let Some(conn) = self.conn_mut(slot, generation) else {
+            let Some(conn) = self.conn_mut(at) else {
                 return;
             };
             if conn.flags.has(Flags::PAUSED) {
@@ -391,7 +396,7 @@ impl Reactor {
             }
             let socket = conn.socket;
             if self.outbox.is_backlog_full() {
-                return self.pause(slot, generation);
+                return self.pause(at);
             }
             let pressure = self.outbox.pressure();
             let mut buffer = std::mem::take(&mut self.read_buffer);
@@ -399,20 +404,20 @@ impl Reactor {
             match result {
                 Ok(0) => {
                     self.read_buffer = buffer;
-                    self.close_now(slot, generation);
+                    self.close_now(at);
                     return;
                 }
                 Ok(n) => {
                     total += n;
                     ReactorStats::bump_by(&self.stats().bytes_in, n as u64);
-                    if let Some(conn) = self.conns.get_mut(slot) {
+                    if let Some(conn) = self.conns.get_mut(at.slot as usize) {
                         conn.flags.set(Flags::ACTIVE, true);
                     }
                     let drained = short_read_drains && n < buffer.len();
-                    self.process_input(slot, generation, &mut buffer, n);
+                    self.process_input(at, &mut buffer, n);
                     self.read_buffer = buffer;
                     if self.outbox.pressure() != pressure {
-                        return self.pause(slot, generation);
+                        return self.pause(at);
                     }
                     if drained {
                         return;
@@ -422,23 +427,23 @@ impl Reactor {
                     self.read_buffer = buffer;
                     if e.kind() != io::ErrorKind::WouldBlock {
                         debug!("read failed: {e}");
-                        self.close_now(slot, generation);
+                        self.close_now(at);
                     }
                     return;
                 }
             }
             if total >= READ_BYTES_PER_BATCH_MAX {
-                self.unread.push((slot, generation));
+                self.unread.push(at);
                 return;
             }
         }
     }
 
     /// Stops reading a connection until the mailbox backlogs drain.
-    fn pause(&mut self, slot: usize, generation: u32) {
-        if let Some(conn) = self.conn_mut(slot, generation) {
+    fn pause(&mut self, at: ConnAddr) {
+        if let Some(conn) = self.conn_mut(at) {
             conn.flags.set(Flags::PAUSED, true);
-            self.paused.push((slot, generation));
+            self.paused.push(at);
             ReactorStats::bump(&self.stats().backpressure_pauses);
         }
     }
@@ -447,24 +452,24 @@ impl Reactor {
     ///
     /// Hot path: no allocation when the socket takes the frame whole; the queue is
     /// allocated only while output waits.
-    pub(crate) fn send(&mut self, slot: usize, generation: u32, frame: Bytes, priority: Priority) {
-        let Some(conn) = self.conn_mut(slot, generation) else {
+    pub(crate) fn send(&mut self, at: ConnAddr, frame: Bytes, priority: Priority) {
+        let Some(conn) = self.conn_mut(at) else {
             return;
         };
         if conn.phase == Phase::Closing {
             return;
         }
-        self.enqueue(slot, generation, frame, priority);
+        self.enqueue(at, frame, priority);
     }
 
-    fn enqueue(&mut self, slot: usize, generation: u32, frame: Bytes, priority: Priority) {
+    fn enqueue(&mut self, at: ConnAddr, frame: Bytes, priority: Priority) {
         let stats = &self.shared.stats[self.id];
         stats.count_out(&frame);
         ReactorStats::bump_by(&stats.bytes_out, frame.len() as u64);
         let Some(conn) = self
             .conns
-            .get_mut(slot)
-            .filter(|c| c.generation == generation)
+            .get_mut(at.slot as usize)
+            .filter(|c| c.generation == at.generation)
         else {
             return;
         };
@@ -479,7 +484,7 @@ impl Reactor {
                 }
                 Err(e) => {
                     debug!("write failed: {e}");
-                    self.close_now(slot, generation);
+                    self.close_now(at);
                     return;
                 }
             }
@@ -493,37 +498,37 @@ impl Reactor {
         // are already bounded.)
         let closing = conn.phase == Phase::Closing;
         if !closing && conn.queued_bytes() > self.shared.config.outbound_bytes_max {
-            self.drop_slow_consumer(slot, generation);
+            self.drop_slow_consumer(at);
         }
     }
 
     /// Everything queued for a slow consumer is dropped but the rest of a frame it has
     /// begun to receive; then comes its close frame (4002), and the socket is closed once
     /// that is written and answered, or at the close timeout if the client reads nothing.
-    fn drop_slow_consumer(&mut self, slot: usize, generation: u32) {
-        let Some(conn) = self.conn_mut(slot, generation) else {
+    fn drop_slow_consumer(&mut self, at: ConnAddr) {
+        let Some(conn) = self.conn_mut(at) else {
             return;
         };
         if let Some(queue) = conn.outbound.as_mut() {
             queue.drop_unstarted();
         }
-        debug!(slot, "closing slow consumer");
-        self.begin_close(slot, generation, close::SLOW_CONSUMER, "slow consumer");
+        debug!(slot = at.slot, "closing slow consumer");
+        self.begin_close(at, close::SLOW_CONSUMER, "slow consumer");
     }
 
-    fn on_writable(&mut self, slot: usize, generation: u32) {
-        let Some(conn) = self.conn_mut(slot, generation) else {
+    fn on_writable(&mut self, at: ConnAddr) {
+        let Some(conn) = self.conn_mut(at) else {
             return;
         };
         conn.flags.set(Flags::WRITABLE, true);
-        self.flush(slot, generation);
+        self.flush(at);
     }
 
-    fn flush(&mut self, slot: usize, generation: u32) {
+    fn flush(&mut self, at: ConnAddr) {
         let Some(conn) = self
             .conns
-            .get_mut(slot)
-            .filter(|c| c.generation == generation)
+            .get_mut(at.slot as usize)
+            .filter(|c| c.generation == at.generation)
         else {
             return;
         };
@@ -534,76 +539,76 @@ impl Reactor {
             Ok(Flushed::All) => {
                 conn.outbound = None;
                 if conn.flags.has(Flags::CLOSE_WHEN_FLUSHED) {
-                    return self.after_final_frame(slot, generation);
+                    return self.after_final_frame(at);
                 }
                 let delivered = conn.aux.as_mut().and_then(|a| a.queue_in_flight.take());
                 if let Some(delivery) = delivered {
                     conn.trim_aux();
-                    self.finish_queue_delivery(slot, generation, *delivery);
+                    self.finish_queue_delivery(at, *delivery);
                 }
             }
             Ok(Flushed::Blocked) => conn.flags.set(Flags::WRITABLE, false),
             Err(e) => {
                 debug!("write failed: {e}");
-                self.close_now(slot, generation);
+                self.close_now(at);
             }
         }
     }
 
     /// Queues a last frame (a close frame, or an HTTP response) and then ends the connection.
-    pub(crate) fn send_final(&mut self, slot: usize, generation: u32, frame: Bytes) {
-        let Some(conn) = self.conn_mut(slot, generation) else {
+    pub(crate) fn send_final(&mut self, at: ConnAddr, frame: Bytes) {
+        let Some(conn) = self.conn_mut(at) else {
             return;
         };
         conn.flags.set(Flags::CLOSE_WHEN_FLUSHED, true);
-        self.enqueue(slot, generation, frame, Priority::Low);
-        let Some(conn) = self.conn_mut(slot, generation) else {
+        self.enqueue(at, frame, Priority::Low);
+        let Some(conn) = self.conn_mut(at) else {
             return;
         };
         if conn.outbound.is_none() {
-            self.after_final_frame(slot, generation);
+            self.after_final_frame(at);
         }
     }
 
     /// The final frame is written: HTTP closes now; a WebSocket half-closes and waits
     /// (bounded by [`CLOSE_TIMEOUT_MS`]) for the peer's close frame or EOF.
-    fn after_final_frame(&mut self, slot: usize, generation: u32) {
-        let Some(conn) = self.conn_mut(slot, generation) else {
+    fn after_final_frame(&mut self, at: ConnAddr) {
+        let Some(conn) = self.conn_mut(at) else {
             return;
         };
         if conn.phase == Phase::Closing {
             let socket = conn.socket;
             self.sockets.shutdown_write(socket);
-            let Some(conn) = self.conn_mut(slot, generation) else {
+            let Some(conn) = self.conn_mut(at) else {
                 return;
             };
             conn.flags.set(Flags::CLOSE_WHEN_FLUSHED, false);
         } else {
-            self.close_now(slot, generation);
+            self.close_now(at);
         }
     }
 
     /// Starts the closing handshake with `code`: no more frames go out after the close.
-    pub(crate) fn begin_close(&mut self, slot: usize, generation: u32, code: u16, reason: &str) {
-        let Some(conn) = self.conn_mut(slot, generation) else {
+    pub(crate) fn begin_close(&mut self, at: ConnAddr, code: u16, reason: &str) {
+        let Some(conn) = self.conn_mut(at) else {
             return;
         };
         match conn.phase {
             Phase::Closing => return,
-            Phase::Http => return self.close_now(slot, generation),
+            Phase::Http => return self.close_now(at),
             Phase::Open | Phase::Authenticated => {}
         }
         conn.phase = Phase::Closing;
-        self.detach(slot, generation);
-        self.set_deadline(slot, generation, CLOSE_TIMEOUT_MS);
-        self.send_final(slot, generation, frame::encode_close(code, reason));
+        self.detach(at);
+        self.set_deadline(at, CLOSE_TIMEOUT_MS);
+        self.send_final(at, frame::encode_close(code, reason));
     }
 
     /// The connection's user leaves the chat: the shard unregisters the device from its
     /// home and drops its presence watches and huddles.
-    fn detach(&mut self, slot: usize, generation: u32) {
-        let addr = self.addr(slot, generation);
-        let Some(conn) = self.conn_mut(slot, generation) else {
+    fn detach(&mut self, at: ConnAddr) {
+        let addr = at;
+        let Some(conn) = self.conn_mut(at) else {
             return;
         };
         if let Some(user) = conn.user.take() {
@@ -612,13 +617,13 @@ impl Reactor {
     }
 
     /// Closes the socket and forgets the connection.
-    pub(crate) fn close_now(&mut self, slot: usize, generation: u32) {
-        if self.conn_mut(slot, generation).is_none() {
+    pub(crate) fn close_now(&mut self, at: ConnAddr) {
+        if self.conn_mut(at).is_none() {
             return;
         }
-        self.detach(slot, generation);
-        let conn = self.conns.remove(slot);
-        self.sockets.close(conn.socket, token(slot, generation));
+        self.detach(at);
+        let conn = self.conns.remove(at.slot as usize);
+        self.sockets.close(conn.socket, token(at));
         ReactorStats::add(&self.stats().connections, -1);
     }
 
@@ -627,20 +632,16 @@ impl Reactor {
         let mut due = std::mem::take(&mut self.due);
         self.timers.advance(&mut due);
         for entry in &due {
-            let Some(conn) = self.conn_mut(entry.slot, entry.generation) else {
+            let at = self.addr(entry.slot, entry.generation);
+            let Some(conn) = self.conn_mut(at) else {
                 continue;
             };
             if u64::from(conn.deadline_tick) != entry.due_tick {
                 continue;
             }
             match conn.phase {
-                Phase::Http | Phase::Closing => self.close_now(entry.slot, entry.generation),
-                Phase::Open => self.begin_close(
-                    entry.slot,
-                    entry.generation,
-                    close::AUTH_TIMEOUT,
-                    "auth timeout",
-                ),
+                Phase::Http | Phase::Closing => self.close_now(at),
+                Phase::Open => self.begin_close(at, close::AUTH_TIMEOUT, "auth timeout"),
                 Phase::Authenticated => {}
             }
         }
@@ -659,8 +660,8 @@ impl Reactor {
         unsafe { libc::shutdown(self.listener_fd, libc::SHUT_RDWR) };
         let mut open = self.open_connections();
         if self.shared.config.drain_secs == 0 {
-            for (slot, generation) in open {
-                self.begin_close(slot, generation, close::GOING_AWAY, "server shutting down");
+            for at in open {
+                self.begin_close(at, close::GOING_AWAY, "server shutting down");
             }
             return;
         }
@@ -685,19 +686,19 @@ impl Reactor {
         let fraction = (started.elapsed().as_secs_f64() / spread.as_secs_f64()).min(1.0);
         let due = ((total as f64 * fraction).ceil() as usize).saturating_sub(self.drain_closed);
         for _ in 0..due {
-            let Some((slot, generation)) = self.drain_queue.pop() else {
+            let Some(at) = self.drain_queue.pop() else {
                 break;
             };
             self.drain_closed += 1;
-            self.begin_close(slot, generation, close::GOING_AWAY, "server shutting down");
+            self.begin_close(at, close::GOING_AWAY, "server shutting down");
         }
     }
 
-    /// Every open connection's `(slot, generation)`, for sweeps that close connections.
-    fn open_connections(&self) -> Vec<(usize, u32)> {
+    /// Every open connection's `(at)`, for sweeps that close connections.
+    fn open_connections(&self) -> Vec<ConnAddr> {
         self.conns
             .iter()
-            .map(|(slot, c)| (slot, c.generation))
+            .map(|(slot, c)| self.addr(slot, c.generation))
             .collect()
     }
 
@@ -714,8 +715,8 @@ impl Reactor {
 
     /// Drops whatever connections remain (end of a drain).
     pub(crate) fn close_all(&mut self) {
-        for (slot, generation) in self.open_connections() {
-            self.close_now(slot, generation);
+        for at in self.open_connections() {
+            self.close_now(at);
         }
         self.outbox.retry_backlog();
         self.outbox.flush(&self.shared.doorbells);
@@ -723,8 +724,8 @@ impl Reactor {
 }
 
 /// A connection's readiness token.
-fn token(slot: usize, generation: u32) -> u64 {
-    slot as u64 | u64::from(generation) << 32
+fn token(at: ConnAddr) -> u64 {
+    u64::from(at.slot) | u64::from(at.generation) << 32
 }
 
 /// Puts `items` in a random order (Fisher-Yates over xorshift64*; not cryptographic: it only

@@ -10,6 +10,7 @@ use super::{
 };
 use crate::protocol::codes::ErrorCode;
 use crate::{
+    router::ConnAddr,
     timer::TICK_MS,
     ws::{close, frame},
 };
@@ -21,18 +22,18 @@ impl Reactor {
     /// Counts one client message against the connection's rate; false when it is over
     /// the limit and dropped. The first one over gets `error rate_limited`; at twice the
     /// limit in one window the connection is closed with 1008.
-    pub(super) fn within_rate(&mut self, slot: usize, generation: u32) -> bool {
+    pub(super) fn within_rate(&mut self, at: ConnAddr) -> bool {
         let limit = self.shared.config.rate_limit;
         if limit == 0 {
             return true;
         }
-        let Some(conn) = self.conn_mut(slot, generation) else {
+        let Some(conn) = self.conn_mut(at) else {
             return false;
         };
         if conn.rate_count == 0 {
-            self.rate_counted.push((slot, generation));
+            self.rate_counted.push(at);
         }
-        let Some(conn) = self.conn_mut(slot, generation) else {
+        let Some(conn) = self.conn_mut(at) else {
             return false;
         };
         conn.rate_count = conn.rate_count.saturating_add(1);
@@ -41,13 +42,13 @@ impl Reactor {
             return true;
         }
         if u16::from(count) >= 2 * u16::from(limit) {
-            self.begin_close(slot, generation, close::POLICY_VIOLATION, "rate limit");
+            self.begin_close(at, close::POLICY_VIOLATION, "rate limit");
         } else if count == limit + 1 {
             let text = format!(
                 "at most {limit} messages a second per connection: messages past it are dropped, \
                  twice as many close the connection"
             );
-            self.send_error(slot, generation, ErrorCode::RateLimited, &text, None);
+            self.send_error(at, ErrorCode::RateLimited, &text, None);
         }
         false
     }
@@ -56,8 +57,8 @@ impl Reactor {
     pub(super) fn limits_tick(&mut self) {
         let tick = self.timers.now_tick();
         if tick.is_multiple_of(RATE_WINDOW_TICKS) {
-            for (slot, generation) in std::mem::take(&mut self.rate_counted) {
-                if let Some(conn) = self.conn_mut(slot, generation) {
+            for at in std::mem::take(&mut self.rate_counted) {
+                if let Some(conn) = self.conn_mut(at) {
                     conn.rate_count = 0;
                 }
             }
@@ -84,22 +85,27 @@ impl Reactor {
         for _ in 0..share {
             let slot = self.idle_cursor % capacity;
             self.idle_cursor = slot + 1;
+            let id = self.id as u16;
             let Some(conn) = self.conns.get_mut(slot) else {
                 continue;
             };
             if conn.phase != Phase::Authenticated {
                 continue;
             }
-            let generation = conn.generation;
+            let at = ConnAddr {
+                reactor: id,
+                generation: conn.generation,
+                slot: slot as u32,
+            };
             if conn.flags.has(Flags::ACTIVE) {
                 conn.flags.set(Flags::ACTIVE, false);
                 conn.flags.set(Flags::PINGED, false);
             } else if !conn.flags.has(Flags::PINGED) {
                 conn.flags.set(Flags::PINGED, true);
                 let ping = frame::encode(frame::PING, b"idle?");
-                self.send(slot, generation, ping, crate::protocol::Priority::High);
+                self.send(at, ping, crate::protocol::Priority::High);
             } else {
-                self.begin_close(slot, generation, close::GOING_AWAY, "idle timeout");
+                self.begin_close(at, close::GOING_AWAY, "idle timeout");
             }
         }
     }

@@ -50,10 +50,8 @@ impl Reactor {
                 more,
                 error,
             } => {
-                let requester = ConnAddr::from(requester);
-                let (slot, generation) = (requester.slot as usize, requester.generation);
                 let error = error.as_deref();
-                self.answer_api_queue(slot, generation, &user, &messages, more, error);
+                self.answer_api_queue(requester.into(), &user, &messages, more, error);
             }
             Reply::Pending {
                 device,
@@ -61,10 +59,9 @@ impl Reactor {
                 messages,
                 more,
             } => {
-                let device = ConnAddr::from(device);
-                let (slot, generation) = (device.slot as usize, device.generation);
+                let at = ConnAddr::from(device);
                 let live = self
-                    .conn_mut(slot, generation)
+                    .conn_mut(at)
                     .is_some_and(|c| c.phase == Phase::Authenticated);
                 if !live || messages.is_empty() {
                     return; // still queued: the next device to authenticate gets them
@@ -77,20 +74,20 @@ impl Reactor {
                 };
                 for message in messages {
                     let frame = frame::encode_text(&message.payload);
-                    self.send(slot, generation, frame, message.priority);
+                    self.send(at, frame, message.priority);
                     delivery.keys.push(message.key);
                     if message.receipt {
                         delivery.receipts.push(message.payload);
                     }
                 }
-                let Some(conn) = self.conn_mut(slot, generation) else {
+                let Some(conn) = self.conn_mut(at) else {
                     return; // closed while writing: nothing is removed, all stays queued
                 };
                 if conn.outbound.is_some() {
                     // The kernel has not taken it all yet: finish when the queue flushes.
                     conn.aux_mut().queue_in_flight = Some(Box::new(delivery));
                 } else {
-                    self.finish_queue_delivery(slot, generation, delivery);
+                    self.finish_queue_delivery(at, delivery);
                 }
             }
             other => debug_assert!(false, "for the shard, not the driver: {other:?}"),
@@ -99,12 +96,7 @@ impl Reactor {
 
     /// A part of the queue is all with the kernel: remove it from the store, send its
     /// delivery receipts, and ask for the next part.
-    pub(super) fn finish_queue_delivery(
-        &mut self,
-        slot: usize,
-        generation: u32,
-        delivery: QueueDelivery,
-    ) {
+    pub(super) fn finish_queue_delivery(&mut self, at: ConnAddr, delivery: QueueDelivery) {
         let QueueDelivery {
             user,
             keys,
@@ -120,7 +112,7 @@ impl Reactor {
             self.feed_shard(Event::QueueTaken { receiver, receipts });
         }
         if more {
-            let device = self.addr(slot, generation);
+            let device = at;
             self.request_queued(&user, device);
         }
     }
@@ -132,31 +124,29 @@ impl Reactor {
         message_id: &str,
         outcome: &Outcome,
     ) {
-        let (slot, generation) = (sender.slot as usize, sender.generation);
-        let Some(conn) = self.conn_mut(slot, generation) else {
+        let Some(conn) = self.conn_mut(sender) else {
             return;
         };
         if conn.phase == Phase::Http {
-            return self.answer_api_queued(slot, generation, outcome);
+            return self.answer_api_queued(sender, outcome);
         }
         match outcome {
             Outcome::Queued => {
                 self.json.clear();
                 outbound::message_ack(&mut self.json, message_id, "queued", now_ms());
                 let frame = frame::encode_text(&self.json);
-                self.send(slot, generation, frame, Priority::High);
+                self.send(sender, frame, Priority::High);
             }
             Outcome::QueueFull => {
                 self.json.clear();
                 outbound::message_rejected(&mut self.json, message_id, "queue_full", now_ms());
                 let frame = frame::encode_text(&self.json);
-                self.send(slot, generation, frame, Priority::High);
+                self.send(sender, frame, Priority::High);
             }
             Outcome::Failed(why) => {
                 let text = format!("the message could not be stored and was not queued: {why}");
                 self.send_error(
-                    slot,
-                    generation,
+                    sender,
                     ErrorCode::PersistenceFailed,
                     &text,
                     Some(message_id),

@@ -88,7 +88,7 @@ impl Reactor {
                 if accepted_ns != 0 {
                     self.stats().observe_routing(accepted_ns);
                 }
-                self.send(addr.slot as usize, addr.generation, frame, priority);
+                self.send(addr, frame, priority);
             }
             Envelope::Ack {
                 sender,
@@ -101,7 +101,7 @@ impl Reactor {
                 } else {
                     "too many devices"
                 };
-                self.begin_close(addr.slot as usize, addr.generation, code, reason);
+                self.begin_close(addr, code, reason);
             }
             Envelope::BroadcastReply {
                 request,
@@ -115,31 +115,24 @@ impl Reactor {
     /// The receiver's home tells a sender (WebSocket or HTTP API) what became of its
     /// message.
     fn on_ack(&mut self, sender: ConnAddr, message_id: &str, status: AckStatus) {
-        let (slot, generation) = (sender.slot as usize, sender.generation);
         if status == AckStatus::Queued {
             return self.answer_enqueued(sender, message_id, &Outcome::Queued);
         }
         let delivered = status == AckStatus::Sent;
         let from_api = self
-            .conn_mut(slot, generation)
+            .conn_mut(sender)
             .is_some_and(|c| c.phase == Phase::Http);
         if from_api {
-            self.answer_api_send(slot, generation, delivered);
+            self.answer_api_send(sender, delivered);
         } else if delivered {
             self.json.clear();
             outbound::message_ack(&mut self.json, message_id, "sent", now_ms());
             let frame = frame::encode_text(&self.json);
-            self.send(slot, generation, frame, Priority::High);
+            self.send(sender, frame, Priority::High);
         } else {
             let text = "the receiver has no device online and the store is not \
                         taking messages (the gateway is shutting down)";
-            self.send_error(
-                slot,
-                generation,
-                ErrorCode::PeerOffline,
-                text,
-                Some(message_id),
-            );
+            self.send_error(sender, ErrorCode::PeerOffline, text, Some(message_id));
         }
     }
 }

@@ -13,6 +13,7 @@ use crate::{
         routes::{self, Route},
     },
     protocol::{now_ms, Priority},
+    router::ConnAddr,
     stats,
     ws::{
         close,
@@ -27,14 +28,8 @@ impl Reactor {
     ///
     /// Hot path: whole frames are handled straight from the reactor's read buffer; only
     /// the tail of a partial frame is copied into the connection.
-    pub(super) fn process_input(
-        &mut self,
-        slot: usize,
-        generation: u32,
-        buffer: &mut [u8],
-        n: usize,
-    ) {
-        let Some(conn) = self.conn_mut(slot, generation) else {
+    pub(super) fn process_input(&mut self, at: ConnAddr, buffer: &mut [u8], n: usize) {
+        let Some(conn) = self.conn_mut(at) else {
             return;
         };
         let (mut partial, mut fragments) = match conn.inbound.take() {
@@ -42,14 +37,14 @@ impl Reactor {
             None => (Vec::new(), None),
         };
         if partial.is_empty() {
-            let used = self.consume(slot, generation, &mut buffer[..n], &mut fragments);
+            let used = self.consume(at, &mut buffer[..n], &mut fragments);
             partial.extend_from_slice(&buffer[used..n]);
         } else {
             partial.extend_from_slice(&buffer[..n]);
-            let used = self.consume(slot, generation, &mut partial, &mut fragments);
+            let used = self.consume(at, &mut partial, &mut fragments);
             partial.drain(..used);
         }
-        let Some(conn) = self.conn_mut(slot, generation) else {
+        let Some(conn) = self.conn_mut(at) else {
             return;
         };
         if !partial.is_empty() || fragments.is_some() {
@@ -58,17 +53,11 @@ impl Reactor {
     }
 
     /// Handles every whole request or frame at the front of `data`; returns bytes used.
-    fn consume(
-        &mut self,
-        slot: usize,
-        generation: u32,
-        data: &mut [u8],
-        fragments: &mut Option<Vec<u8>>,
-    ) -> usize {
+    fn consume(&mut self, at: ConnAddr, data: &mut [u8], fragments: &mut Option<Vec<u8>>) -> usize {
         let max = self.shared.config.max_message_bytes;
         let mut pos = 0;
         loop {
-            let Some(conn) = self.conn_mut(slot, generation) else {
+            let Some(conn) = self.conn_mut(at) else {
                 return data.len();
             };
             if conn.phase == Phase::Http {
@@ -82,7 +71,7 @@ impl Reactor {
                     let waiting_max = self.shared.config.handshake_bytes_max + BODY_BYTES_MAX;
                     if data.len() - pos > waiting_max {
                         debug!("closing an HTTP client that pipelined past {waiting_max} bytes");
-                        self.close_now(slot, generation);
+                        self.close_now(at);
                         return data.len();
                     }
                     return pos;
@@ -95,15 +84,15 @@ impl Reactor {
                             return pos;
                         }
                         let body = &data[pos + head_len..pos + total];
-                        self.isolate(Some((slot, generation)), "an HTTP request", |reactor| {
-                            reactor.on_http_request(slot, generation, req, body);
+                        self.isolate(Some(at), "an HTTP request", |reactor| {
+                            reactor.on_http_request(at, req, body);
                         });
                         pos += total;
                     }
                     Err(e) => {
                         let answer =
                             response::json_error(e.status(), "bad_request", &e.to_string(), false);
-                        self.send_final(slot, generation, answer);
+                        self.send_final(at, answer);
                         return data.len();
                     }
                 }
@@ -114,17 +103,10 @@ impl Reactor {
                 Ok(Some((parsed, used))) => {
                     let payload = &mut data[pos + parsed.payload.start..pos + parsed.payload.end];
                     pos += used;
-                    self.on_frame(
-                        slot,
-                        generation,
-                        parsed.fin,
-                        parsed.kind,
-                        payload,
-                        fragments,
-                    );
+                    self.on_frame(at, parsed.fin, parsed.kind, payload, fragments);
                 }
                 Err(e) => {
-                    self.begin_close(slot, generation, e.close_code(), &e.to_string());
+                    self.begin_close(at, e.close_code(), &e.to_string());
                     return data.len();
                 }
             }
@@ -133,71 +115,57 @@ impl Reactor {
 
     fn on_frame(
         &mut self,
-        slot: usize,
-        generation: u32,
+        at: ConnAddr,
         fin: bool,
         kind: Kind,
         payload: &mut [u8],
         fragments: &mut Option<Vec<u8>>,
     ) {
-        let Some(conn) = self.conn_mut(slot, generation) else {
+        let Some(conn) = self.conn_mut(at) else {
             return;
         };
         if conn.phase == Phase::Closing {
             // Only the peer's close matters now: it ends the handshake.
             if kind == Kind::Close {
-                self.close_now(slot, generation);
+                self.close_now(at);
             }
             return;
         }
         match kind {
-            Kind::Ping => self.send(
-                slot,
-                generation,
-                frame::encode_pong(payload),
-                Priority::High,
-            ),
+            Kind::Ping => self.send(at, frame::encode_pong(payload), Priority::High),
             Kind::Pong => {}
             Kind::Close => match frame::parse_close_payload(payload) {
-                Ok(code) => self.begin_close(slot, generation, code, ""),
-                Err(code) => self.begin_close(slot, generation, code, "invalid close frame"),
+                Ok(code) => self.begin_close(at, code, ""),
+                Err(code) => self.begin_close(at, code, "invalid close frame"),
             },
             Kind::Binary => self.begin_close(
-                slot,
-                generation,
+                at,
                 close::UNSUPPORTED_DATA,
                 "binary frames are not accepted",
             ),
             Kind::Text if fragments.is_some() => self.begin_close(
-                slot,
-                generation,
+                at,
                 close::PROTOCOL_ERROR,
                 "new message inside a fragmented one",
             ),
-            Kind::Text if fin => self.on_text(slot, generation, payload),
+            Kind::Text if fin => self.on_text(at, payload),
             Kind::Text => *fragments = Some(payload.to_vec()),
             Kind::Continuation => {
                 let Some(message) = fragments.as_mut() else {
                     return self.begin_close(
-                        slot,
-                        generation,
+                        at,
                         close::PROTOCOL_ERROR,
                         "continuation without a message",
                     );
                 };
                 if message.len() + payload.len() > self.shared.config.max_message_bytes {
                     *fragments = None;
-                    return self.begin_close(
-                        slot,
-                        generation,
-                        close::MESSAGE_TOO_BIG,
-                        "message too big",
-                    );
+                    return self.begin_close(at, close::MESSAGE_TOO_BIG, "message too big");
                 }
                 message.extend_from_slice(payload);
                 if fin {
                     if let Some(mut message) = fragments.take() {
-                        self.on_text(slot, generation, &mut message);
+                        self.on_text(at, &mut message);
                     }
                 }
             }
@@ -205,23 +173,23 @@ impl Reactor {
     }
 
     /// A whole text message: UTF-8 check, JSON parse in place, then the protocol.
-    fn on_text(&mut self, slot: usize, generation: u32, payload: &mut [u8]) {
+    fn on_text(&mut self, at: ConnAddr, payload: &mut [u8]) {
         if let Err(code) = frame::check_text(payload) {
-            return self.begin_close(slot, generation, code, "text is not valid UTF-8");
+            return self.begin_close(at, code, "text is not valid UTF-8");
         }
-        if !self.within_rate(slot, generation) {
+        if !self.within_rate(at) {
             return;
         }
         stats::ReactorStats::bump(&self.stats().messages_processed);
-        self.isolate(Some((slot, generation)), "a client message", |reactor| {
+        self.isolate(Some(at), "a client message", |reactor| {
             let message = reactor.parser.parse(payload);
-            reactor.on_message(slot, generation, message);
+            reactor.on_message(at, message);
         });
     }
 
-    fn on_http_request(&mut self, slot: usize, generation: u32, req: Request, body: &[u8]) {
+    fn on_http_request(&mut self, at: ConnAddr, req: Request, body: &[u8]) {
         if req.path == "/ws" {
-            return self.upgrade(slot, generation, &req);
+            return self.upgrade(at, &req);
         }
         stats::ReactorStats::bump(&self.stats().http_requests);
         let context = routes::Context {
@@ -231,56 +199,46 @@ impl Reactor {
             store: &self.store.stats,
         };
         match routes::route(&req, body, &context) {
-            Route::Answer(answer) => self.answer_http(slot, generation, answer, req.keep_alive()),
-            Route::Send(send) => self.api_send(slot, generation, req.keep_alive(), send),
-            Route::Broadcast(broadcast) => {
-                self.api_broadcast(slot, generation, req.keep_alive(), broadcast)
-            }
-            Route::Queue { user, drain } => {
-                self.api_queue(slot, generation, req.keep_alive(), user, drain)
-            }
+            Route::Answer(answer) => self.answer_http(at, answer, req.keep_alive()),
+            Route::Send(send) => self.api_send(at, req.keep_alive(), send),
+            Route::Broadcast(broadcast) => self.api_broadcast(at, req.keep_alive(), broadcast),
+            Route::Queue { user, drain } => self.api_queue(at, req.keep_alive(), user, drain),
         }
     }
 
     /// Writes an HTTP response; a kept-alive connection then waits for its next request
     /// (bounded by the handshake deadline), any other closes once it is written.
-    pub(super) fn answer_http(
-        &mut self,
-        slot: usize,
-        generation: u32,
-        answer: bytes::Bytes,
-        keep_alive: bool,
-    ) {
+    pub(super) fn answer_http(&mut self, at: ConnAddr, answer: bytes::Bytes, keep_alive: bool) {
         if keep_alive {
-            self.send(slot, generation, answer, Priority::Normal);
+            self.send(at, answer, Priority::Normal);
             let idle_ms = self.shared.config.handshake_timeout_ms;
-            self.set_deadline(slot, generation, idle_ms);
+            self.set_deadline(at, idle_ms);
         } else {
-            self.send_final(slot, generation, answer);
+            self.send_final(at, answer);
         }
     }
 
-    fn upgrade(&mut self, slot: usize, generation: u32, req: &Request) {
+    fn upgrade(&mut self, at: ConnAddr, req: &Request) {
         if let Some(why) = self.over_capacity() {
             stats::ReactorStats::bump(&self.stats().handshake_failures);
             let answer = response::json_error(503, "over_capacity", why, false);
-            return self.send_final(slot, generation, answer);
+            return self.send_final(at, answer);
         }
         match handshake::accept(req) {
             Ok(answer) => {
-                let Some(conn) = self.conn_mut(slot, generation) else {
+                let Some(conn) = self.conn_mut(at) else {
                     return;
                 };
                 conn.phase = Phase::Open;
                 stats::ReactorStats::bump(&self.shared.stats[self.id].handshakes);
-                self.set_deadline(slot, generation, self.shared.config.auth_timeout_ms);
-                let Some(conn) = self.conn_mut(slot, generation) else {
+                self.set_deadline(at, self.shared.config.auth_timeout_ms);
+                let Some(conn) = self.conn_mut(at) else {
                     return;
                 };
                 if let Some(token) = req.query_param("token") {
                     conn.aux_mut().url_token = Some(token.into());
                 }
-                self.send(slot, generation, answer, Priority::High);
+                self.send(at, answer, Priority::High);
             }
             Err(e) => {
                 stats::ReactorStats::bump(&self.stats().handshake_failures);
@@ -297,7 +255,7 @@ impl Reactor {
                     false,
                     version_header,
                 );
-                self.send_final(slot, generation, answer);
+                self.send_final(at, answer);
             }
         }
     }
