@@ -43,10 +43,14 @@ fn shape_of(seed: u64) -> Shape {
     }
 }
 
-fn run_seed(seed: u64) -> Result<(usize, usize, usize), String> {
+/// What one seed exercised: messages acked sent, queued, refused; huddle signals relayed.
+type Tally = (usize, usize, usize, usize);
+
+fn run_seed(seed: u64) -> Result<Tally, String> {
     let mut world = World::new(seed, shape_of(seed));
     world.run()?;
-    Ok(world.oracle.ack_counts())
+    let (sent, queued, refused) = world.oracle.ack_counts();
+    Ok((sent, queued, refused, world.oracle.huddle_signals))
 }
 
 #[test]
@@ -63,11 +67,16 @@ fn every_seed_keeps_the_invariants() {
     let base = env_u64("SIM_SEED_BASE").unwrap_or(0);
     let seeds = env_u64("SIM_SEEDS").unwrap_or(SEEDS_DEFAULT);
     let started = Instant::now();
-    let mut totals = (0, 0, 0);
+    let mut totals = (0, 0, 0, 0);
     for seed in base..base + seeds {
         match run_seed(seed) {
-            Ok((sent, queued, refused)) => {
-                totals = (totals.0 + sent, totals.1 + queued, totals.2 + refused);
+            Ok((sent, queued, refused, huddles)) => {
+                totals = (
+                    totals.0 + sent,
+                    totals.1 + queued,
+                    totals.2 + refused,
+                    totals.3 + huddles,
+                );
             }
             Err(failure) => panic!(
                 "simulator: seed {seed} failed: {failure}\n\
@@ -77,14 +86,19 @@ fn every_seed_keeps_the_invariants() {
     }
     let elapsed = started.elapsed();
     eprintln!(
-        "simulator: {seeds} seeds from {base} in {:.1} s; messages acked sent {}, queued {}, refused {}",
+        "simulator: {seeds} seeds from {base} in {:.1} s; messages acked sent {}, queued {}, \
+         refused {}; huddle signals relayed {}",
         elapsed.as_secs_f64(),
         totals.0,
         totals.1,
-        totals.2
+        totals.2,
+        totals.3
     );
     // The checks are only worth their names if the runs exercise every outcome.
-    assert!(totals.0 > 0 && totals.1 > 0 && totals.2 > 0, "{totals:?}");
+    assert!(
+        totals.0 > 0 && totals.1 > 0 && totals.2 > 0 && totals.3 > 0,
+        "{totals:?}"
+    );
     if seeds == SEEDS_DEFAULT {
         assert!(elapsed < RUN_BOUND, "{seeds} seeds took {elapsed:?}");
     }

@@ -36,6 +36,8 @@ pub struct ConnView {
     ever_watched: BTreeSet<String>,
     /// Message ids it sent, whose acks it may get.
     pub sent: HashSet<String>,
+    /// Huddle rooms it asked to enter (a room's signals may reach it only then).
+    rooms: HashSet<String>,
 }
 
 /// How a message was acknowledged to its sender.
@@ -79,6 +81,8 @@ pub struct Oracle {
     pub epoch: u32,
     /// The current step.
     pub step: u64,
+    /// Huddle signals that reached a connection in their room.
+    pub huddle_signals: usize,
 }
 
 impl Oracle {
@@ -124,6 +128,11 @@ impl Oracle {
         } else {
             view.watching.remove(user);
         }
+    }
+
+    /// Connection `conn` asked to enter huddle room `room`.
+    pub fn entering(&mut self, conn: usize, room: &str) {
+        self.conns[conn].rooms.insert(room.into());
     }
 
     /// A user asked to join a group.
@@ -192,6 +201,15 @@ impl Oracle {
                     }
                     *last = seq;
                 }
+            }
+            "signal" if text("kind").starts_with("huddle:") => {
+                let room = text("callId");
+                if !view.rooms.contains(&room) {
+                    return Err(format!(
+                        "conn {conn} got a signal of huddle {room}, never entered"
+                    ));
+                }
+                self.huddle_signals += 1;
             }
             "presence_state" => {
                 for entry in frame["users"].as_array().into_iter().flatten() {

@@ -542,8 +542,9 @@ impl World {
             }
             62..=66 => self.read_receipt(conn),
             67..=73 => self.presence(conn),
-            74..=80 => self.group_join(conn),
-            81..=88 => self.group_post(conn),
+            74..=79 => self.group_join(conn),
+            80..=85 => self.group_post(conn),
+            86..=89 => self.huddle(conn),
             _ => {
                 self.note(format!("conn {conn} drops"));
                 self.close(conn);
@@ -626,6 +627,24 @@ impl World {
         }
         let kind = if join { "group_join" } else { "group_leave" };
         self.client_says(conn, serde_json::json!({"type": kind, "groupId": group}));
+    }
+
+    /// A `huddle:*` signal to a group's room: enter it, leave it, or signal the others.
+    fn huddle(&mut self, conn: usize) {
+        let group = format!("g{}", self.rng.below(self.shape.groups));
+        let room = format!("{group}-room{}", self.rng.below(2));
+        let kind = match self.rng.below(10) {
+            0..=4 => "huddle:join",
+            5..=6 => "huddle:leave",
+            _ => "huddle:mute",
+        };
+        if kind == "huddle:join" {
+            self.oracle.entering(conn, &room);
+        }
+        let signal = serde_json::json!({
+            "type": "signal", "receiverId": group, "callId": room, "kind": kind,
+        });
+        self.client_says(conn, signal);
     }
 
     fn group_post(&mut self, conn: usize) {
