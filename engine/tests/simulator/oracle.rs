@@ -83,6 +83,10 @@ pub struct Oracle {
     pub step: u64,
     /// Huddle signals that reached a connection in their room.
     pub huddle_signals: usize,
+    /// History pages read.
+    pub history_pages: usize,
+    /// Edits that reached a party of their conversation.
+    pub edits_seen: usize,
 }
 
 impl Oracle {
@@ -210,6 +214,30 @@ impl Oracle {
                     ));
                 }
                 self.huddle_signals += 1;
+            }
+            "history" => {
+                // Only the conversation asked for, newest first.
+                let peer = text("peerId");
+                let mut last = u64::MAX;
+                for message in frame["messages"].as_array().into_iter().flatten() {
+                    let pair = [&message["senderId"], &message["receiverId"]];
+                    let ours = pair
+                        .iter()
+                        .all(|u| *u == view.user.as_str() || *u == peer.as_str());
+                    let at = message["timestamp"].as_u64().unwrap_or(0);
+                    if !ours || at > last {
+                        return Err(format!("conn {conn} of {} got history {frame}", view.user));
+                    }
+                    last = at;
+                }
+                self.history_pages += 1;
+            }
+            "message_edited" => {
+                let parties = [text("senderId"), text("receiverId")];
+                if !parties.contains(&view.user) {
+                    return Err(format!("conn {conn} of {} got {frame}", view.user));
+                }
+                self.edits_seen += 1;
             }
             "presence_state" => {
                 for entry in frame["users"].as_array().into_iter().flatten() {

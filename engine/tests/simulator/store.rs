@@ -22,6 +22,10 @@ struct Stored {
     receipt: bool,
 }
 
+/// One conversation's history: `(timestamp, sequence)` → the message's id, sender and
+/// `new_message` JSON.
+type Conversation = BTreeMap<(u64, u64), (String, String, Bytes)>;
+
 /// The store as the simulator runs it.
 #[derive(Debug)]
 pub struct SimStore {
@@ -33,6 +37,9 @@ pub struct SimStore {
     held: HashMap<(String, String), String>,
     /// `(group, user)`.
     members: BTreeSet<(String, String)>,
+    /// Per conversation `(lower user, higher user)`, `(timestamp, sequence)` → the chat
+    /// message: its id, sender, and `new_message` JSON.
+    history: BTreeMap<(String, String), Conversation>,
     next_sequence: u64,
     /// Messages one user's queue holds at most (small, so `queue_full` happens).
     queue_max: usize,
@@ -48,6 +55,7 @@ impl SimStore {
             queues: BTreeMap::new(),
             held: HashMap::new(),
             members: BTreeSet::new(),
+            history: BTreeMap::new(),
             next_sequence: 0,
             queue_max,
             drain_max,
@@ -108,6 +116,8 @@ impl SimStore {
                     );
                     if let Some(chat) = &enqueue.chat {
                         self.held.insert(id, chat.sender.to_string());
+                        let message = (&*enqueue.message_id, &*chat.sender, chat.timestamp_ms);
+                        self.record(&user, message, enqueue.payload.clone());
                     }
                     Outcome::Queued
                 };
@@ -130,12 +140,56 @@ impl SimStore {
                 receiver,
                 message_id,
                 chat,
-                ..
+                payload,
             } => {
                 let id = (receiver.to_string(), message_id.to_string());
-                self.held
-                    .entry(id)
-                    .or_insert_with(|| chat.sender.to_string());
+                if let std::collections::hash_map::Entry::Vacant(new) = self.held.entry(id) {
+                    new.insert(chat.sender.to_string());
+                    let message = (&*message_id, &*chat.sender, chat.timestamp_ms);
+                    self.record(&receiver, message, payload);
+                }
+            }
+            Command::History {
+                user,
+                peer,
+                before,
+                limit,
+                requester,
+            } => {
+                let messages = self
+                    .history
+                    .get(&conversation(&user, &peer))
+                    .into_iter()
+                    .flat_map(|log| log.iter().rev())
+                    .filter(|((at, _), _)| before.is_none_or(|before| *at < before))
+                    .take(limit)
+                    .map(|(_, (_, _, payload))| payload.clone())
+                    .collect();
+                let reply = Reply::History {
+                    requester,
+                    peer,
+                    messages,
+                    error: None,
+                };
+                replies.push((requester.reactor, reply));
+            }
+            Command::Amend(amend) => {
+                // Only edits are simulated: by the message's sender, in its conversation.
+                let found = self
+                    .history
+                    .get(&conversation(&amend.actor, &amend.peer))
+                    .is_some_and(|log| {
+                        log.values().any(|(id, sender, _)| {
+                            **id == *amend.message_id && **sender == *amend.actor
+                        })
+                    });
+                let requester = amend.requester;
+                let reply = Reply::Amended {
+                    amend,
+                    found,
+                    error: None,
+                };
+                replies.push((requester.reactor, reply));
             }
             Command::Drain { user, device } => {
                 let (messages, more) = self.read_queue(&user);
@@ -221,6 +275,15 @@ impl SimStore {
         }
     }
 
+    /// Keeps a chat message to `receiver` in its conversation's history.
+    fn record(&mut self, receiver: &str, (id, sender, at): (&str, &str, u64), payload: Bytes) {
+        self.next_sequence += 1;
+        let key = (at, self.next_sequence);
+        let entry = (id.to_owned(), sender.to_owned(), payload);
+        let log = self.history.entry(conversation(receiver, sender));
+        log.or_default().insert(key, entry);
+    }
+
     fn push(&mut self, user: &str, priority: Priority, payload: Bytes, receipt: bool) {
         self.next_sequence += 1;
         let key = (priority as u8, self.next_sequence);
@@ -251,5 +314,14 @@ impl SimStore {
             })
             .collect();
         (messages, queue.len() > self.drain_max)
+    }
+}
+
+/// A conversation's key: its two users in order.
+fn conversation(a: &str, b: &str) -> (String, String) {
+    if a <= b {
+        (a.into(), b.into())
+    } else {
+        (b.into(), a.into())
     }
 }

@@ -532,7 +532,9 @@ impl World {
             return;
         };
         match roll {
-            12..=49 => self.send_message(conn),
+            12..=45 => self.send_message(conn),
+            46..=47 => self.history(conn),
+            48..=49 => self.edit(conn),
             50..=56 => self.retry(conn),
             57..=61 => {
                 let receiver = format!("u{}", self.rng.below(users));
@@ -627,6 +629,23 @@ impl World {
         }
         let kind = if join { "group_join" } else { "group_leave" };
         self.client_says(conn, serde_json::json!({"type": kind, "groupId": group}));
+    }
+
+    /// A page of history with a random peer.
+    fn history(&mut self, conn: usize) {
+        let peer = format!("u{}", self.rng.below(self.shape.users));
+        self.client_says(conn, serde_json::json!({"type": "history", "peerId": peer}));
+    }
+
+    /// An edit of a message this connection sent (or of one it did not, now and then).
+    fn edit(&mut self, conn: usize) {
+        let Some((id, receiver)) = self.rng.pick(&self.conns[conn].sent).cloned() else {
+            return;
+        };
+        let edit = serde_json::json!({
+            "type": "message_edit", "messageId": id, "receiverId": receiver, "content": "edited",
+        });
+        self.client_says(conn, edit);
     }
 
     /// A `huddle:*` signal to a group's room: enter it, leave it, or signal the others.
