@@ -156,10 +156,12 @@ pub enum ConfigError {
     },
 }
 
+/// One reactor per core, up to [`REACTORS_MAX`] (a bigger box runs that many).
 fn default_reactors() -> usize {
     std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1)
+        .min(REACTORS_MAX)
 }
 
 fn invalid(flag: &'static str, problem: impl Into<String>) -> ConfigError {
@@ -199,10 +201,15 @@ impl Config {
             }
             None => FileConfig::default(),
         };
-        Config::resolve_merged(args.or_file(file))
+        Ok(Config {
+            failpoint: crate::failpoint::Failpoint::from_env()
+                .map_err(|e| invalid("failpoint", e))?,
+            ..Config::resolve_merged(args.or_file(file))?
+        })
     }
 
-    /// Applies the defaults and ranges to merged settings.
+    /// Applies the defaults and ranges to merged settings (and reads no environment, so
+    /// `Config::default` is the defaults alone).
     fn resolve_merged(args: Args) -> Result<Config, ConfigError> {
         let text = args.listen.as_deref().unwrap_or(LISTEN_DEFAULT);
         let listen = text
@@ -278,8 +285,7 @@ impl Config {
                     .unwrap_or(GROUPS_PER_USER_MAX_DEFAULT),
                 GROUPS_PER_USER_MAX_RANGE,
             )?,
-            failpoint: crate::failpoint::Failpoint::from_env()
-                .map_err(|e| invalid("failpoint", e))?,
+            failpoint: None,
             shutdown_timeout_ms: in_range(
                 "shutdown-timeout-ms",
                 setting(args.shutdown_timeout_ms, SHUTDOWN_TIMEOUT_MS_DEFAULT),
