@@ -177,14 +177,10 @@ impl Reactor {
         let orders: Vec<(usize, Option<Vec<Box<str>>>)> = match broadcast.user_ids {
             None => (0..reactors).map(|home| (home, None)).collect(),
             Some(users) => {
-                let mut by_home: Vec<Vec<Box<str>>> = (0..reactors).map(|_| Vec::new()).collect();
-                for user in users {
-                    by_home[self.home_of(&user)].push(user.into());
-                }
-                by_home
+                let users: Vec<Box<str>> = users.into_iter().map(Into::into).collect();
+                let shares = crate::router::by_home(users, reactors);
+                shares
                     .into_iter()
-                    .enumerate()
-                    .filter(|(_, users)| !users.is_empty())
                     .map(|(home, users)| (home, Some(users)))
                     .collect()
             }

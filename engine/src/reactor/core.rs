@@ -19,7 +19,7 @@ use super::{
 use crate::{
     mailbox::{self, BatchConsumer, Outbox},
     protocol::{inbound::JsonParser, Priority},
-    router::{gather::Gathers, home_of, ConnAddr, Envelope},
+    router::{gather::Gathers, ConnAddr, Envelope},
     shard::{Effects, Shard},
     sockets::{self, Sockets, BROKEN, PEER_CLOSED, READABLE, REARM, WRITABLE},
     stats::ReactorStats,
@@ -368,11 +368,6 @@ impl Reactor {
             ReactorStats::bump(&self.stats().envelopes_sent);
             self.outbox.push(to, envelope);
         }
-    }
-
-    /// The home reactor of `user`.
-    pub(crate) fn home_of(&self, user: &str) -> usize {
-        home_of(user, self.shared.config.reactors)
     }
 
     /// Reads what a connection has, up to the batch cap, and processes it.

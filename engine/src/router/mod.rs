@@ -58,6 +58,20 @@ pub fn home_of(user_id: &str, reactors: usize) -> usize {
     (hash % reactors as u64) as usize
 }
 
+/// `users` (or groups) by their home among `homes`, homes without any left out: what a
+/// request to several homes sends each.
+pub fn by_home<U: AsRef<str>>(users: Vec<U>, homes: usize) -> Vec<(usize, Vec<U>)> {
+    let mut by_home: Vec<Vec<U>> = (0..homes).map(|_| Vec::new()).collect();
+    for user in users {
+        by_home[home_of(user.as_ref(), homes)].push(user);
+    }
+    by_home
+        .into_iter()
+        .enumerate()
+        .filter(|(_, users)| !users.is_empty())
+        .collect()
+}
+
 /// A frame for every online device of `user`, sent to the user's home.
 #[derive(Debug)]
 pub struct Delivery {

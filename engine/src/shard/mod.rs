@@ -156,11 +156,6 @@ impl Effects {
         self.queue.pop_front()
     }
 
-    /// Whether every effect has been carried out.
-    pub fn is_empty(&self) -> bool {
-        self.queue.is_empty()
-    }
-
     fn mail(&mut self, to: usize, envelope: Envelope) {
         self.queue.push_back(Effect::Mail { to, envelope });
     }
@@ -493,15 +488,7 @@ impl Shard {
 
     /// `users` by home, homes without users left out.
     fn split_by_home<U: AsRef<str>>(&self, users: Vec<U>) -> Vec<(usize, Vec<U>)> {
-        let mut by_home: Vec<Vec<U>> = (0..self.homes).map(|_| Vec::new()).collect();
-        for user in users {
-            by_home[self.home_of(user.as_ref())].push(user);
-        }
-        by_home
-            .into_iter()
-            .enumerate()
-            .filter(|(_, users)| !users.is_empty())
-            .collect()
+        crate::router::by_home(users, self.homes)
     }
 }
 
