@@ -46,11 +46,10 @@ impl PairKey {
     }
 }
 
-/// One remembered pair: what happened, when (ms), and the record's serial.
+/// One remembered pair: what happened, and the record's serial.
 #[derive(Debug, Clone, Copy)]
 struct Record {
     seen: Seen,
-    at_ms: u64,
     serial: u64,
 }
 
@@ -60,9 +59,9 @@ pub struct RecentMessages {
     hashers: (RandomState, RandomState),
     /// The latest record of each pair.
     seen: HashMap<PairKey, Record>,
-    /// Records oldest first, `(key, serial)`: an entry evicts its pair only if the pair
-    /// was not recorded again since.
-    order: VecDeque<(PairKey, u64)>,
+    /// Records oldest first, `(key, serial, recorded at ms)`: an entry evicts its pair
+    /// only if the pair was not recorded again since.
+    order: VecDeque<(PairKey, u64, u64)>,
     /// The serial of the next record.
     next_serial: u64,
 }
@@ -90,8 +89,9 @@ impl RecentMessages {
     /// the record's serial. The clock is the caller's: the shard is handed the time with
     /// each event.
     pub fn record(&mut self, key: PairKey, seen: Seen, now_ms: u64) -> u64 {
-        while let Some(&(oldest, serial)) = self.order.front() {
-            let at_ms = self.seen.get(&oldest).map_or(0, |r| r.at_ms);
+        // Hot path: one record per chat message; the oldest's age is in the queue, so no
+        // lookup unless something is evicted.
+        while let Some(&(oldest, serial, at_ms)) = self.order.front() {
             let young = now_ms.saturating_sub(at_ms) < WINDOW_AGE_MS;
             if self.order.len() < WINDOW_PAIRS_MAX && young {
                 break;
@@ -101,13 +101,8 @@ impl RecentMessages {
         }
         let serial = self.next_serial;
         self.next_serial += 1;
-        let record = Record {
-            seen,
-            at_ms: now_ms,
-            serial,
-        };
-        self.seen.insert(key, record);
-        self.order.push_back((key, serial));
+        self.seen.insert(key, Record { seen, serial });
+        self.order.push_back((key, serial, now_ms));
         serial
     }
 
