@@ -114,7 +114,7 @@ fn json(c: &mut Criterion) {
             )
         })
     });
-    let mut out = Vec::with_capacity(512);
+    let mut out = outbound::OutJson::default();
     let message = NewMessage {
         message_id: "1732370000000-3-12345",
         sender_id: "user1",
@@ -127,9 +127,8 @@ fn json(c: &mut Criterion) {
     };
     group.bench_function("write_new_message/ours", |b| {
         b.iter(|| {
-            out.clear();
             outbound::new_message(&mut out, black_box(&message));
-            black_box(out.len())
+            black_box(out.json().len())
         })
     });
     group.bench_function("write_new_message/serde_json", |b| {

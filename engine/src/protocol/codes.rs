@@ -23,6 +23,8 @@ macro_rules! wire_names {
             pub const NAMES: &'static [&'static str] = &[$($wire,)+];
             /// How many there are.
             pub const COUNT: usize = Self::NAMES.len();
+            /// Every value, in index order.
+            const ALL: &'static [$name] = &[$($name::$variant,)+];
 
             /// The wire name.
             pub const fn name(self) -> &'static str {
@@ -34,6 +36,11 @@ macro_rules! wire_names {
             /// Where it is counted (its position in [`Self::NAMES`]).
             pub const fn index(self) -> usize {
                 self as usize
+            }
+
+            /// The value at `index`, if there is one.
+            pub fn from_index(index: usize) -> Option<Self> {
+                Self::ALL.get(index).copied()
             }
         }
     };
@@ -158,60 +165,6 @@ wire_names! {
     }
 }
 
-impl OutKind {
-    /// What an outbound buffer is. Our JSON writer always puts `type` first, so a text
-    /// frame's payload starts with `{"type":"NAME"`: a few byte comparisons and one
-    /// match, no parsing and no search.
-    pub fn of(bytes: &[u8]) -> OutKind {
-        if bytes.starts_with(b"HTTP/") {
-            return OutKind::Http;
-        }
-        let Some(&first) = bytes.first() else {
-            return OutKind::Other;
-        };
-        if first & 0x0F >= 0x8 {
-            return OutKind::Control;
-        }
-        let header_len = match bytes.get(1).map(|b| b & 0x7F) {
-            Some(126) => 4,
-            Some(127) => 10,
-            Some(_) => 2,
-            None => return OutKind::Other,
-        };
-        let Some(rest) = bytes
-            .get(header_len..)
-            .and_then(|p| p.strip_prefix(b"{\"type\":\""))
-        else {
-            return OutKind::Other;
-        };
-        let end = rest.iter().take(32).position(|&b| b == b'"').unwrap_or(0);
-        OutKind::from_name(&rest[..end])
-    }
-
-    fn from_name(name: &[u8]) -> OutKind {
-        match name {
-            b"new_message" => OutKind::NewMessage,
-            b"message_ack" => OutKind::MessageAck,
-            b"auth_success" => OutKind::AuthSuccess,
-            b"error" => OutKind::Error,
-            b"pong" => OutKind::Pong,
-            b"typing" => OutKind::Typing,
-            b"read_receipt" => OutKind::ReadReceipt,
-            b"presence_state" => OutKind::PresenceState,
-            b"presence_update" => OutKind::PresenceUpdate,
-            b"delivery_receipt" => OutKind::DeliveryReceipt,
-            b"history" => OutKind::History,
-            b"group_member" => OutKind::GroupMember,
-            b"signal" => OutKind::Signal,
-            b"message_edited" => OutKind::MessageEdited,
-            b"message_deleted" => OutKind::MessageDeleted,
-            b"reaction_added" => OutKind::ReactionAdded,
-            b"reaction_removed" => OutKind::ReactionRemoved,
-            _ => OutKind::Other,
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -227,27 +180,10 @@ mod tests {
     }
 
     #[test]
-    fn every_json_out_kind_is_recognised_by_its_name() {
+    fn indices_lead_back_to_their_values() {
         for (i, name) in OutKind::NAMES.iter().enumerate() {
-            let kind = OutKind::from_name(name.as_bytes());
-            if !matches!(*name, "http" | "control" | "other") {
-                assert_eq!(kind.index(), i, "{name}");
-            }
+            assert_eq!(OutKind::from_index(i).map(OutKind::name), Some(*name));
         }
-    }
-
-    #[test]
-    fn frames_are_classified_by_their_first_bytes() {
-        let text = crate::ws::frame::encode_text(br#"{"type":"pong","ts":1}"#);
-        assert_eq!(OutKind::of(&text), OutKind::Pong);
-        let long = format!(r#"{{"type":"history","messages":"{}"}}"#, "x".repeat(300));
-        let long = crate::ws::frame::encode_text(long.as_bytes());
-        assert_eq!(OutKind::of(&long), OutKind::History);
-        assert_eq!(
-            OutKind::of(&crate::ws::frame::encode_close(1000, "")),
-            OutKind::Control
-        );
-        assert_eq!(OutKind::of(b"HTTP/1.1 200 OK\r\n"), OutKind::Http);
-        assert_eq!(OutKind::of(b""), OutKind::Other);
+        assert_eq!(OutKind::from_index(OutKind::COUNT), None);
     }
 }

@@ -8,7 +8,7 @@ use std::borrow::Cow;
 use simd_json::{prelude::*, tape::Value, Buffers, Tape};
 
 use super::{
-    codes::{ErrorCode, MessageKind},
+    codes::{ErrorCode, MessageKind, OutKind},
     Priority,
 };
 
@@ -149,12 +149,12 @@ pub enum Change<'a> {
 
 impl Change<'_> {
     /// The event the other side gets: `message_edited`, `message_deleted`, ….
-    pub fn event(&self) -> &'static str {
+    pub fn event(&self) -> OutKind {
         match self {
-            Change::Edit(_) => "message_edited",
-            Change::Delete => "message_deleted",
-            Change::ReactionAdd(_) => "reaction_added",
-            Change::ReactionRemove(_) => "reaction_removed",
+            Change::Edit(_) => OutKind::MessageEdited,
+            Change::Delete => OutKind::MessageDeleted,
+            Change::ReactionAdd(_) => OutKind::ReactionAdded,
+            Change::ReactionRemove(_) => OutKind::ReactionRemoved,
         }
     }
 }

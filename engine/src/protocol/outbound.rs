@@ -1,14 +1,103 @@
-//! What the server writes: each function appends one JSON message to a reusable buffer.
+//! What the server writes: each function writes one JSON message into a reusable
+//! [`OutJson`] buffer, which remembers what kind of message it holds.
 //!
-//! Callers wrap the result in a WebSocket frame once (`ws::frame::encode_text`) and share
-//! that frame with every recipient.
+//! Callers wrap the result in a WebSocket frame once ([`OutJson::frame`]) and share that
+//! [`Outgoing`] frame with every recipient. Its [`OutKind`] is named here, where the
+//! message is made, so stats count frames by kind without reading them back.
 
-use super::{codes::ErrorCode, inbound::Scalar, json::Obj, Priority};
+use bytes::Bytes;
+
+use super::{
+    codes::{ErrorCode, OutKind},
+    inbound::Scalar,
+    json::Obj,
+    Priority,
+};
+use crate::ws::frame;
+
+/// An encoded WebSocket frame or HTTP response, with what it is.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    /// What it is, for the stats.
+    pub kind: OutKind,
+    /// The bytes as written to the socket.
+    pub bytes: Bytes,
+}
+
+impl Outgoing {
+    /// A text frame carrying `json`, a message of `kind`.
+    pub fn text(kind: OutKind, json: &[u8]) -> Outgoing {
+        Outgoing {
+            kind,
+            bytes: frame::encode_text(json),
+        }
+    }
+
+    /// A WebSocket control frame (close, ping or pong).
+    pub fn control(bytes: Bytes) -> Outgoing {
+        Outgoing {
+            kind: OutKind::Control,
+            bytes,
+        }
+    }
+
+    /// The JSON text of a text frame (shares the frame's allocation).
+    pub fn json(&self) -> Bytes {
+        frame::payload_of(&self.bytes)
+    }
+
+    /// An HTTP response.
+    pub fn http(bytes: Bytes) -> Outgoing {
+        Outgoing {
+            kind: OutKind::Http,
+            bytes,
+        }
+    }
+}
+
+/// A reusable buffer for one outgoing JSON message and its kind.
+#[derive(Debug)]
+pub struct OutJson {
+    json: Vec<u8>,
+    kind: OutKind,
+}
+
+impl Default for OutJson {
+    fn default() -> Self {
+        OutJson {
+            json: Vec::new(),
+            kind: OutKind::Other,
+        }
+    }
+}
+
+impl OutJson {
+    /// Empties the buffer and starts a message of `kind`: `{"type":"NAME"`.
+    fn begin(&mut self, kind: OutKind) -> Obj<'_> {
+        self.json.clear();
+        self.kind = kind;
+        Obj::new(&mut self.json).str("type", kind.name())
+    }
+
+    /// The JSON text written.
+    pub fn json(&self) -> &[u8] {
+        &self.json
+    }
+
+    /// What kind of message it is.
+    pub fn kind(&self) -> OutKind {
+        self.kind
+    }
+
+    /// The message as a text frame (one allocation, shared by every recipient).
+    pub fn frame(&self) -> Outgoing {
+        Outgoing::text(self.kind, &self.json)
+    }
+}
 
 /// `auth_success {userId, deviceId, timestamp}`.
-pub fn auth_success(out: &mut Vec<u8>, user_id: &str, device_id: &str, now_ms: u64) {
-    Obj::new(out)
-        .str("type", "auth_success")
+pub fn auth_success(out: &mut OutJson, user_id: &str, device_id: &str, now_ms: u64) {
+    out.begin(OutKind::AuthSuccess)
         .str("userId", user_id)
         .str("deviceId", device_id)
         .u64("timestamp", now_ms)
@@ -16,9 +105,8 @@ pub fn auth_success(out: &mut Vec<u8>, user_id: &str, device_id: &str, now_ms: u
 }
 
 /// `error {code, message, ref?}`.
-pub fn error(out: &mut Vec<u8>, code: ErrorCode, message: &str, reference: Option<&str>) {
-    Obj::new(out)
-        .str("type", "error")
+pub fn error(out: &mut OutJson, code: ErrorCode, message: &str, reference: Option<&str>) {
+    out.begin(OutKind::Error)
         .str("code", code.name())
         .str("message", message)
         .opt_str("ref", reference)
@@ -26,8 +114,8 @@ pub fn error(out: &mut Vec<u8>, code: ErrorCode, message: &str, reference: Optio
 }
 
 /// `pong {ts, timestamp}`; `ts` is echoed as the client sent it.
-pub fn pong(out: &mut Vec<u8>, ts: Option<Scalar<'_>>, now_ms: u64) {
-    let obj = Obj::new(out).str("type", "pong");
+pub fn pong(out: &mut OutJson, ts: Option<Scalar<'_>>, now_ms: u64) {
+    let obj = out.begin(OutKind::Pong);
     let obj = match ts {
         Some(Scalar::Int(v)) => obj.i64("ts", v),
         Some(Scalar::Uint(v)) => obj.u64("ts", v),
@@ -39,9 +127,8 @@ pub fn pong(out: &mut Vec<u8>, ts: Option<Scalar<'_>>, now_ms: u64) {
 }
 
 /// `message_ack {messageId, status, timestamp}` with `status` `sent` or `queued`.
-pub fn message_ack(out: &mut Vec<u8>, message_id: &str, status: &str, now_ms: u64) {
-    Obj::new(out)
-        .str("type", "message_ack")
+pub fn message_ack(out: &mut OutJson, message_id: &str, status: &str, now_ms: u64) {
+    out.begin(OutKind::MessageAck)
         .str("messageId", message_id)
         .str("status", status)
         .u64("timestamp", now_ms)
@@ -49,9 +136,8 @@ pub fn message_ack(out: &mut Vec<u8>, message_id: &str, status: &str, now_ms: u6
 }
 
 /// `message_ack {messageId, status:"rejected", reason, timestamp}`: not delivered, not queued.
-pub fn message_rejected(out: &mut Vec<u8>, message_id: &str, reason: &str, now_ms: u64) {
-    Obj::new(out)
-        .str("type", "message_ack")
+pub fn message_rejected(out: &mut OutJson, message_id: &str, reason: &str, now_ms: u64) {
+    out.begin(OutKind::MessageAck)
         .str("messageId", message_id)
         .str("status", "rejected")
         .str("reason", reason)
@@ -60,9 +146,8 @@ pub fn message_rejected(out: &mut Vec<u8>, message_id: &str, reason: &str, now_m
 }
 
 /// `delivery_receipt {messageId, receiverId, timestamp}`: a queued message reached a device.
-pub fn delivery_receipt(out: &mut Vec<u8>, message_id: &str, receiver_id: &str, now_ms: u64) {
-    Obj::new(out)
-        .str("type", "delivery_receipt")
+pub fn delivery_receipt(out: &mut OutJson, message_id: &str, receiver_id: &str, now_ms: u64) {
+    out.begin(OutKind::DeliveryReceipt)
         .str("messageId", message_id)
         .str("receiverId", receiver_id)
         .u64("timestamp", now_ms)
@@ -91,9 +176,8 @@ pub struct NewMessage<'a> {
 }
 
 /// `new_message {messageId, senderId, receiverId, content, messageType, priority, timestamp, status}`.
-pub fn new_message(out: &mut Vec<u8>, m: &NewMessage<'_>) {
-    Obj::new(out)
-        .str("type", "new_message")
+pub fn new_message(out: &mut OutJson, m: &NewMessage<'_>) {
+    out.begin(OutKind::NewMessage)
         .str("messageId", m.message_id)
         .str("senderId", m.sender_id)
         .str("receiverId", m.receiver_id)
@@ -107,9 +191,8 @@ pub fn new_message(out: &mut Vec<u8>, m: &NewMessage<'_>) {
 }
 
 /// `group_member {groupId, userId, action:"joined"|"left", timestamp}`.
-pub fn group_member(out: &mut Vec<u8>, group_id: &str, user_id: &str, joined: bool, now_ms: u64) {
-    Obj::new(out)
-        .str("type", "group_member")
+pub fn group_member(out: &mut OutJson, group_id: &str, user_id: &str, joined: bool, now_ms: u64) {
+    out.begin(OutKind::GroupMember)
         .str("groupId", group_id)
         .str("userId", user_id)
         .str("action", if joined { "joined" } else { "left" })
@@ -119,14 +202,13 @@ pub fn group_member(out: &mut Vec<u8>, group_id: &str, user_id: &str, joined: bo
 
 /// `signal {senderId, callId, kind, payload, timestamp}`; `payload` is JSON text.
 pub fn signal(
-    out: &mut Vec<u8>,
+    out: &mut OutJson,
     sender_id: &str,
     (call_id, kind): (&str, &str),
     payload: &[u8],
     now_ms: u64,
 ) {
-    Obj::new(out)
-        .str("type", "signal")
+    out.begin(OutKind::Signal)
         .str("senderId", sender_id)
         .str("callId", call_id)
         .str("kind", kind)
@@ -139,14 +221,14 @@ pub fn signal(
 /// `{messageId, senderId, receiverId, content? | emoji?, timestamp}`; `senderId` is who
 /// made the change.
 pub fn amended(
-    out: &mut Vec<u8>,
+    out: &mut OutJson,
     (message_id, sender_id, receiver_id): (&str, &str, &str),
     change: &crate::protocol::inbound::Change<'_>,
     now_ms: u64,
 ) {
     use crate::protocol::inbound::Change;
-    let obj = Obj::new(out)
-        .str("type", change.event())
+    let obj = out
+        .begin(change.event())
         .str("messageId", message_id)
         .str("senderId", sender_id)
         .str("receiverId", receiver_id);
@@ -160,9 +242,8 @@ pub fn amended(
 }
 
 /// `typing {senderId, isTyping, timestamp}`.
-pub fn typing(out: &mut Vec<u8>, sender_id: &str, is_typing: bool, now_ms: u64) {
-    Obj::new(out)
-        .str("type", "typing")
+pub fn typing(out: &mut OutJson, sender_id: &str, is_typing: bool, now_ms: u64) {
+    out.begin(OutKind::Typing)
         .str("senderId", sender_id)
         .bool("isTyping", is_typing)
         .u64("timestamp", now_ms)
@@ -170,9 +251,8 @@ pub fn typing(out: &mut Vec<u8>, sender_id: &str, is_typing: bool, now_ms: u64) 
 }
 
 /// `read_receipt {messageId, readerId, timestamp}`.
-pub fn read_receipt(out: &mut Vec<u8>, message_id: &str, reader_id: &str, now_ms: u64) {
-    Obj::new(out)
-        .str("type", "read_receipt")
+pub fn read_receipt(out: &mut OutJson, message_id: &str, reader_id: &str, now_ms: u64) {
+    out.begin(OutKind::ReadReceipt)
         .str("messageId", message_id)
         .str("readerId", reader_id)
         .u64("timestamp", now_ms)
@@ -180,9 +260,8 @@ pub fn read_receipt(out: &mut Vec<u8>, message_id: &str, reader_id: &str, now_ms
 }
 
 /// `history {peerId, messages:[…]}`: each message is a stored `new_message` object.
-pub fn history(out: &mut Vec<u8>, peer_id: &str, messages: &[bytes::Bytes]) {
-    Obj::new(out)
-        .str("type", "history")
+pub fn history(out: &mut OutJson, peer_id: &str, messages: &[bytes::Bytes]) {
+    out.begin(OutKind::History)
         .str("peerId", peer_id)
         .with("messages", |out| {
             out.push(b'[');
@@ -209,9 +288,8 @@ pub struct PresenceEntry {
 }
 
 /// `presence_state {users:[{userId, status, lastSeen}]}`.
-pub fn presence_state(out: &mut Vec<u8>, users: &[PresenceEntry]) {
-    Obj::new(out)
-        .str("type", "presence_state")
+pub fn presence_state(out: &mut OutJson, users: &[PresenceEntry]) {
+    out.begin(OutKind::PresenceState)
         .with("users", |out| {
             out.push(b'[');
             for (i, user) in users.iter().enumerate() {
@@ -233,9 +311,8 @@ pub fn presence_state(out: &mut Vec<u8>, users: &[PresenceEntry]) {
 }
 
 /// `presence_update {userId, status, timestamp}`.
-pub fn presence_update(out: &mut Vec<u8>, user_id: &str, online: bool, now_ms: u64) {
-    Obj::new(out)
-        .str("type", "presence_update")
+pub fn presence_update(out: &mut OutJson, user_id: &str, online: bool, now_ms: u64) {
+    out.begin(OutKind::PresenceUpdate)
         .str("userId", user_id)
         .str("status", status(online))
         .u64("timestamp", now_ms)
@@ -254,10 +331,10 @@ fn status(online: bool) -> &'static str {
 mod tests {
     use super::*;
 
-    fn text(write: impl FnOnce(&mut Vec<u8>)) -> String {
-        let mut out = Vec::new();
+    fn text(write: impl FnOnce(&mut OutJson)) -> String {
+        let mut out = OutJson::default();
         write(&mut out);
-        String::from_utf8(out).unwrap()
+        String::from_utf8(out.json().to_vec()).unwrap()
     }
 
     #[test]
@@ -282,9 +359,23 @@ mod tests {
                 last_seen_ms: Some(7),
             },
         ];
+        let mut out = OutJson::default();
+        presence_state(&mut out, &entries);
+        assert_eq!(out.kind(), OutKind::PresenceState);
         assert_eq!(
             text(|o| presence_state(o, &entries)),
             r#"{"type":"presence_state","users":[{"userId":"a","status":"online","lastSeen":null},{"userId":"b","status":"offline","lastSeen":7}]}"#
         );
+    }
+
+    #[test]
+    fn each_frame_is_named_by_the_type_it_carries() {
+        let mut out = OutJson::default();
+        let change = crate::protocol::inbound::Change::ReactionAdd("x");
+        amended(&mut out, ("m", "a", "b"), &change, 1);
+        let frame = out.frame();
+        assert_eq!(frame.kind, OutKind::ReactionAdded);
+        let json: serde_json::Value = serde_json::from_slice(&frame.json()).unwrap();
+        assert_eq!(json["type"], frame.kind.name());
     }
 }

@@ -22,7 +22,7 @@ use crate::{
     router::{BroadcastMessage, BroadcastOrder, ConnAddr, Envelope},
     shard::Event,
     stats,
-    store::{Command, Outcome},
+    store::{Command, Failure, Outcome},
 };
 
 impl Reactor {
@@ -111,8 +111,7 @@ impl Reactor {
             drain,
         };
         if self.store.send(command).is_err() {
-            let error = Some("the store is shut down");
-            self.answer_api_queue(at, "", &[], false, error);
+            self.answer_api_queue(at, "", &[], false, Some(Failure::Stopped));
         }
     }
 
@@ -124,7 +123,7 @@ impl Reactor {
         user: &str,
         messages: &[Bytes],
         more: bool,
-        error: Option<&str>,
+        error: Option<Failure>,
     ) {
         let Some(pending) = self.take_pending_api(at) else {
             return;

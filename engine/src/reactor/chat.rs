@@ -14,7 +14,7 @@ use crate::{
     },
     router::ConnAddr,
     shard::Event,
-    ws::{close, frame},
+    ws::close,
 };
 
 impl Reactor {
@@ -141,8 +141,7 @@ impl Reactor {
         reference: Option<&str>,
     ) {
         self.stats().count_error(code);
-        self.json.clear();
         outbound::error(&mut self.json, code, text, reference);
-        self.send_to(addr, frame::encode_text(&self.json), Priority::High);
+        self.send_to(addr, self.json.frame(), Priority::High);
     }
 }

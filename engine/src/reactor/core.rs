@@ -8,7 +8,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use bytes::Bytes;
 use slab::Slab;
 use tracing::{debug, warn};
 
@@ -18,7 +17,11 @@ use super::{
 };
 use crate::{
     mailbox::{self, BatchConsumer, Outbox},
-    protocol::{inbound::JsonParser, Priority},
+    protocol::{
+        inbound::JsonParser,
+        outbound::{OutJson, Outgoing},
+        Priority,
+    },
     router::{gather::Gathers, ConnAddr, Envelope},
     shard::{Effects, Shard},
     sockets::{self, Sockets, BROKEN, PEER_CLOSED, READABLE, REARM, WRITABLE},
@@ -76,7 +79,7 @@ pub(crate) struct Reactor {
     /// The shared read buffer (taken out while a connection's input is processed).
     pub(crate) read_buffer: Vec<u8>,
     /// Reusable buffer for outbound JSON.
-    pub(crate) json: Vec<u8>,
+    pub(crate) json: OutJson,
     /// Reusable simd-json state.
     pub(crate) parser: JsonParser,
     /// Reusable list of the batch's readiness events.
@@ -140,7 +143,7 @@ impl Reactor {
             outbox: Outbox::new(seed.producers),
             inboxes: seed.consumers,
             read_buffer: vec![0; READ_BUFFER_BYTES],
-            json: Vec::with_capacity(4096),
+            json: OutJson::default(),
             parser: JsonParser::default(),
             events: Vec::with_capacity(sockets::epoll::EVENTS_PER_WAIT_MAX),
             timers: TimerWheel::default(),
@@ -350,7 +353,7 @@ impl Reactor {
 
     /// Sends `frame` to one connection, on whichever reactor it lives (handled at once when
     /// that is this one).
-    pub(crate) fn send_to(&mut self, addr: ConnAddr, frame: Bytes, priority: Priority) {
+    pub(crate) fn send_to(&mut self, addr: ConnAddr, frame: Outgoing, priority: Priority) {
         let envelope = Envelope::ToConn {
             addr,
             frame,
@@ -447,7 +450,7 @@ impl Reactor {
     ///
     /// Hot path: no allocation when the socket takes the frame whole; the queue is
     /// allocated only while output waits.
-    pub(crate) fn send(&mut self, at: ConnAddr, frame: Bytes, priority: Priority) {
+    pub(crate) fn send(&mut self, at: ConnAddr, frame: Outgoing, priority: Priority) {
         let Some(conn) = self.conn_mut(at) else {
             return;
         };
@@ -457,9 +460,14 @@ impl Reactor {
         self.enqueue(at, frame, priority);
     }
 
-    fn enqueue(&mut self, at: ConnAddr, frame: Bytes, priority: Priority) {
+    fn enqueue(
+        &mut self,
+        at: ConnAddr,
+        Outgoing { kind, bytes: frame }: Outgoing,
+        priority: Priority,
+    ) {
         let stats = &self.shared.stats[self.id];
-        stats.count_out(&frame);
+        stats.count_out(kind);
         ReactorStats::bump_by(&stats.bytes_out, frame.len() as u64);
         let Some(conn) = self
             .conns
@@ -551,7 +559,7 @@ impl Reactor {
     }
 
     /// Queues a last frame (a close frame, or an HTTP response) and then ends the connection.
-    pub(crate) fn send_final(&mut self, at: ConnAddr, frame: Bytes) {
+    pub(crate) fn send_final(&mut self, at: ConnAddr, frame: Outgoing) {
         let Some(conn) = self.conn_mut(at) else {
             return;
         };
@@ -596,7 +604,7 @@ impl Reactor {
         conn.phase = Phase::Closing;
         self.detach(at);
         self.set_deadline(at, CLOSE_TIMEOUT_MS);
-        self.send_final(at, frame::encode_close(code, reason));
+        self.send_final(at, Outgoing::control(frame::encode_close(code, reason)));
     }
 
     /// The connection's user leaves the chat: the shard unregisters the device from its

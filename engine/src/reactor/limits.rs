@@ -8,7 +8,7 @@ use super::{
     conn::{Flags, Phase},
     core::Reactor,
 };
-use crate::protocol::codes::ErrorCode;
+use crate::protocol::{codes::ErrorCode, outbound::Outgoing};
 use crate::{
     router::ConnAddr,
     timer::TICK_MS,
@@ -102,7 +102,7 @@ impl Reactor {
                 conn.flags.set(Flags::PINGED, false);
             } else if !conn.flags.has(Flags::PINGED) {
                 conn.flags.set(Flags::PINGED, true);
-                let ping = frame::encode(frame::PING, b"idle?");
+                let ping = Outgoing::control(frame::encode(frame::PING, b"idle?"));
                 self.send(at, ping, crate::protocol::Priority::High);
             } else {
                 self.begin_close(at, close::GOING_AWAY, "idle timeout");

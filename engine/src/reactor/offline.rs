@@ -10,11 +10,14 @@ use super::{
 };
 use crate::protocol::codes::ErrorCode;
 use crate::{
-    protocol::{now_ms, outbound, Priority},
+    protocol::{
+        now_ms,
+        outbound::{self, Outgoing},
+        Priority,
+    },
     router::ConnAddr,
     shard::Event,
     store::{Command, FanOut, Outcome, Reply},
-    ws::frame,
 };
 
 impl Reactor {
@@ -50,7 +53,6 @@ impl Reactor {
                 more,
                 error,
             } => {
-                let error = error.as_deref();
                 self.answer_api_queue(requester.into(), &user, &messages, more, error);
             }
             Reply::Pending {
@@ -73,7 +75,7 @@ impl Reactor {
                     more,
                 };
                 for message in messages {
-                    let frame = frame::encode_text(&message.payload);
+                    let frame = Outgoing::text(message.kind, &message.payload);
                     self.send(at, frame, message.priority);
                     delivery.keys.push(message.key);
                     if message.receipt {
@@ -132,15 +134,13 @@ impl Reactor {
         }
         match outcome {
             Outcome::Queued => {
-                self.json.clear();
                 outbound::message_ack(&mut self.json, message_id, "queued", now_ms());
-                let frame = frame::encode_text(&self.json);
+                let frame = self.json.frame();
                 self.send(sender, frame, Priority::High);
             }
             Outcome::QueueFull => {
-                self.json.clear();
                 outbound::message_rejected(&mut self.json, message_id, "queue_full", now_ms());
-                let frame = frame::encode_text(&self.json);
+                let frame = self.json.frame();
                 self.send(sender, frame, Priority::High);
             }
             Outcome::Failed(why) => {

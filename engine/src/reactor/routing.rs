@@ -11,7 +11,7 @@ use crate::{
     shard::{Clock, Effect, Event},
     stats,
     store::{Outcome, Reply},
-    ws::{close, frame},
+    ws::close,
 };
 
 impl Reactor {
@@ -125,9 +125,8 @@ impl Reactor {
         if from_api {
             self.answer_api_send(sender, delivered);
         } else if delivered {
-            self.json.clear();
             outbound::message_ack(&mut self.json, message_id, "sent", now_ms());
-            let frame = frame::encode_text(&self.json);
+            let frame = self.json.frame();
             self.send(sender, frame, Priority::High);
         } else {
             let text = "the receiver has no device online and the store is not \

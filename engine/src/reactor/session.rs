@@ -12,7 +12,7 @@ use crate::{
         response,
         routes::{self, Route},
     },
-    protocol::{now_ms, Priority},
+    protocol::{now_ms, outbound::Outgoing, Priority},
     router::ConnAddr,
     stats,
     ws::{
@@ -92,7 +92,7 @@ impl Reactor {
                     Err(e) => {
                         let answer =
                             response::json_error(e.status(), "bad_request", &e.to_string(), false);
-                        self.send_final(at, answer);
+                        self.send_final(at, Outgoing::http(answer));
                         return data.len();
                     }
                 }
@@ -132,7 +132,10 @@ impl Reactor {
             return;
         }
         match kind {
-            Kind::Ping => self.send(at, frame::encode_pong(payload), Priority::High),
+            Kind::Ping => {
+                let pong = Outgoing::control(frame::encode_pong(payload));
+                self.send(at, pong, Priority::High);
+            }
             Kind::Pong => {}
             Kind::Close => match frame::parse_close_payload(payload) {
                 Ok(code) => self.begin_close(at, code, ""),
@@ -209,6 +212,7 @@ impl Reactor {
     /// Writes an HTTP response; a kept-alive connection then waits for its next request
     /// (bounded by the handshake deadline), any other closes once it is written.
     pub(super) fn answer_http(&mut self, at: ConnAddr, answer: bytes::Bytes, keep_alive: bool) {
+        let answer = Outgoing::http(answer);
         if keep_alive {
             self.send(at, answer, Priority::Normal);
             let idle_ms = self.shared.config.handshake_timeout_ms;
@@ -222,7 +226,7 @@ impl Reactor {
         if let Some(why) = self.over_capacity() {
             stats::ReactorStats::bump(&self.stats().handshake_failures);
             let answer = response::json_error(503, "over_capacity", why, false);
-            return self.send_final(at, answer);
+            return self.send_final(at, Outgoing::http(answer));
         }
         match handshake::accept(req) {
             Ok(answer) => {
@@ -238,7 +242,7 @@ impl Reactor {
                 if let Some(token) = req.query_param("token") {
                     conn.aux_mut().url_token = Some(token.into());
                 }
-                self.send(at, answer, Priority::High);
+                self.send(at, Outgoing::http(answer), Priority::High);
             }
             Err(e) => {
                 stats::ReactorStats::bump(&self.stats().handshake_failures);
@@ -255,7 +259,7 @@ impl Reactor {
                     false,
                     version_header,
                 );
-                self.send_final(at, answer);
+                self.send_final(at, Outgoing::http(answer));
             }
         }
     }

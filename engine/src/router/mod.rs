@@ -3,15 +3,16 @@
 //! Each user has a home reactor (`home_of`). The home's [`crate::shard::Shard`] holds the
 //! user's online devices and presence watchers. Sending to user V from reactor A goes
 //! A → home(V) → each device's reactor, skipping hops that stay on one reactor. Frames are
-//! encoded once and travel as refcounted `Bytes`.
+//! encoded once and travel as refcounted [`Outgoing`] frames.
 
 pub mod gather;
 
 use std::sync::Arc;
 
-use bytes::Bytes;
-
-use crate::protocol::{outbound::PresenceEntry, Priority};
+use crate::protocol::{
+    outbound::{Outgoing, PresenceEntry},
+    Priority,
+};
 
 /// Where one connection lives: reactor, slab slot, and the slot's generation (so a route
 /// to a slot that was closed and reused is detected and dropped).
@@ -78,7 +79,7 @@ pub struct Delivery {
     /// The recipient user.
     pub user: Box<str>,
     /// The encoded WebSocket frame, shared with every device.
-    pub frame: Bytes,
+    pub frame: Outgoing,
     /// Its priority in each device's outbound queue.
     pub priority: Priority,
     /// A device not to deliver to (the sending device itself).
@@ -148,7 +149,7 @@ pub struct PresenceNote {
     /// When (Unix ms).
     pub at_ms: u64,
     /// The `presence_update` frame.
-    pub frame: Bytes,
+    pub frame: Outgoing,
 }
 
 /// A message the HTTP API broadcasts, shared by every home that delivers it.
@@ -206,7 +207,7 @@ pub struct GroupPost {
     /// The client's message id.
     pub message_id: Box<str>,
     /// The `new_message` frame, encoded once for every member.
-    pub frame: Bytes,
+    pub frame: Outgoing,
     /// Its priority.
     pub priority: Priority,
 }
@@ -218,7 +219,7 @@ pub struct GroupDelivery {
     /// The members homed at the receiving reactor.
     pub users: Vec<Arc<str>>,
     /// The frame, shared.
-    pub frame: Bytes,
+    pub frame: Outgoing,
     /// Its priority.
     pub priority: Priority,
     /// The sending device, which gets no copy.
@@ -245,7 +246,7 @@ pub struct HuddleSignal {
     /// `huddle:join`, `huddle:leave`, or any other `huddle:*` kind relayed to the room.
     pub kind: Box<str>,
     /// The `signal` frame for the others present.
-    pub frame: Bytes,
+    pub frame: Outgoing,
 }
 
 /// What reactors mail each other.
@@ -283,7 +284,7 @@ pub enum Envelope {
         /// The connection.
         addr: ConnAddr,
         /// The encoded frame.
-        frame: Bytes,
+        frame: Outgoing,
         /// Its outbound priority.
         priority: Priority,
         /// When the message was accepted ([`crate::stats::clock_ns`]); 0 for frames that

@@ -7,10 +7,9 @@ use bytes::Bytes;
 
 use super::{Effects, Shard};
 use crate::{
-    protocol::outbound::{self, NewMessage},
+    protocol::outbound::{self, NewMessage, OutJson},
     router::{BroadcastMessage, BroadcastOrder, ConnAddr, Envelope},
     store::{Command, FanOut, FanOutBatch},
-    ws::frame,
 };
 
 impl Shard {
@@ -44,7 +43,7 @@ impl Shard {
         }
         let delivered = targets.len() as u32;
         for (user, devices) in targets {
-            let frame = frame::encode_text(self.broadcast_json(message, &user));
+            let frame = self.broadcast_json(message, &user).frame();
             for addr in devices {
                 out.frame_to(addr, frame.clone(), message.priority, message.accepted_ns);
             }
@@ -61,7 +60,7 @@ impl Shard {
         let messages = offline
             .into_iter()
             .map(|user| {
-                let payload = Bytes::copy_from_slice(self.broadcast_json(message, &user));
+                let payload = Bytes::copy_from_slice(self.broadcast_json(message, &user).json());
                 (user, payload)
             })
             .collect();
@@ -86,8 +85,7 @@ impl Shard {
     }
 
     /// The broadcast's `new_message` for `user`, in the shard's JSON buffer.
-    fn broadcast_json(&mut self, message: &BroadcastMessage, user: &str) -> &[u8] {
-        self.json.clear();
+    fn broadcast_json(&mut self, message: &BroadcastMessage, user: &str) -> &OutJson {
         outbound::new_message(
             &mut self.json,
             &NewMessage {

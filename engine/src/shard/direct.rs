@@ -18,12 +18,11 @@ use super::{
 use crate::{
     protocol::{
         inbound::Text,
-        outbound::{self, NewMessage},
+        outbound::{self, NewMessage, Outgoing},
         Priority,
     },
     router::{AckRequest, AckStatus, ConnAddr, Delivery, Envelope, WhenOffline},
-    store::{Chat, Command, Enqueue},
-    ws::frame,
+    store::{Chat, Command, Enqueue, Failure},
 };
 
 impl Shard {
@@ -91,8 +90,7 @@ impl Shard {
         user: &str,
         message: &Text<'_>,
         group: Option<&str>,
-    ) -> Bytes {
-        self.json.clear();
+    ) -> Outgoing {
         outbound::new_message(
             &mut self.json,
             &NewMessage {
@@ -106,7 +104,7 @@ impl Shard {
                 group_id: group,
             },
         );
-        frame::encode_text(&self.json)
+        self.json.frame()
     }
 
     /// At the sender's reactor: `typing`, to the receiver's devices online (never queued).
@@ -117,9 +115,8 @@ impl Shard {
         is_typing: bool,
         out: &mut Effects,
     ) {
-        self.json.clear();
         outbound::typing(&mut self.json, user, is_typing, self.now_ms);
-        let frame = frame::encode_text(&self.json);
+        let frame = self.json.frame();
         let delivery = self.delivery(receiver, frame, Priority::High);
         self.mail_delivery(delivery, out);
     }
@@ -152,7 +149,7 @@ impl Shard {
         reader: &str,
         message_id: &str,
         sender: Option<Box<str>>,
-        error: Option<String>,
+        error: Option<Failure>,
         out: &mut Effects,
     ) {
         match (sender, error) {
@@ -177,9 +174,8 @@ impl Shard {
         reader: &str,
         out: &mut Effects,
     ) {
-        self.json.clear();
         outbound::read_receipt(&mut self.json, message_id, reader, self.now_ms);
-        let frame = frame::encode_text(&self.json);
+        let frame = self.json.frame();
         self.deliver_durable(sender, frame, out);
     }
 
@@ -193,16 +189,15 @@ impl Shard {
             else {
                 continue;
             };
-            self.json.clear();
             outbound::delivery_receipt(&mut self.json, message_id, receiver, self.now_ms);
-            let frame = frame::encode_text(&self.json);
+            let frame = self.json.frame();
             self.deliver_durable(sender, frame, out);
         }
     }
 
     /// Sends `frame` to every online device of `user`, or queues it when none is online
     /// (nobody is told the outcome: receipts, edits).
-    pub(super) fn deliver_durable(&mut self, user: &str, frame: Bytes, out: &mut Effects) {
+    pub(super) fn deliver_durable(&mut self, user: &str, frame: Outgoing, out: &mut Effects) {
         let mut delivery = self.delivery(user, frame, Priority::Normal);
         delivery.offline = WhenOffline::Queue;
         self.mail_delivery(delivery, out);
@@ -211,7 +206,7 @@ impl Shard {
     /// `frame` for every online device of `user`, accepted now: nobody is excepted,
     /// nobody hears the outcome, and it is dropped when no device is online. Callers
     /// change what differs before [`Shard::mail_delivery`].
-    pub(super) fn delivery(&self, user: &str, frame: Bytes, priority: Priority) -> Delivery {
+    pub(super) fn delivery(&self, user: &str, frame: Outgoing, priority: Priority) -> Delivery {
         Delivery {
             user: user.into(),
             frame,
@@ -281,7 +276,7 @@ impl Shard {
             out.store(Command::Record {
                 receiver: delivery.user,
                 message_id: ack.message_id.clone(),
-                payload: frame::payload_of(&delivery.frame),
+                payload: delivery.frame.json(),
                 chat: chat_of(&ack),
             });
             ack_to(ack.sender, ack.message_id, AckStatus::Sent, out);
@@ -323,7 +318,8 @@ impl Shard {
         out.store(Command::Enqueue(Box::new(Enqueue {
             user,
             priority,
-            payload: frame::payload_of(&frame),
+            payload: frame.json(),
+            kind: frame.kind,
             sender: sender.map(Into::into),
             message_id,
             receipt,

@@ -15,7 +15,6 @@ use crate::{
     protocol::{inbound::Text, outbound, Priority},
     router::{AckStatus, ConnAddr, Envelope, GroupDelivery, GroupJoin, GroupPost},
     store::{Command, FanOut, FanOutBatch},
-    ws::frame,
 };
 
 impl Shard {
@@ -85,9 +84,8 @@ impl Shard {
             left
         };
         if !changed {
-            self.json.clear();
             outbound::group_member(&mut self.json, &group, &user, join, self.now_ms);
-            let frame = frame::encode_text(&self.json);
+            let frame = self.json.frame();
             return out.frame_to(device, frame, Priority::Normal, 0);
         }
         out.store(Command::Membership {
@@ -121,9 +119,8 @@ impl Shard {
             let text = "the membership change could not be stored; nothing changed";
             return out.error(device, ErrorCode::PersistenceFailed, text, Some(group));
         }
-        self.json.clear();
         outbound::group_member(&mut self.json, group, &user, join, self.now_ms);
-        let frame = frame::encode_text(&self.json);
+        let frame = self.json.frame();
         let mut told = self.groups.members(group);
         if !join {
             told.push(user);
@@ -234,7 +231,7 @@ impl Shard {
                 out.frame_to(addr, delivery.frame.clone(), delivery.priority, 0);
             }
             if !online && delivery.post.is_some() {
-                offline.push((Box::from(&**user), frame::payload_of(&delivery.frame)));
+                offline.push((Box::from(&**user), delivery.frame.json()));
             }
         }
         let Some((group_home, post)) = delivery.post else {

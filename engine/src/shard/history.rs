@@ -10,8 +10,7 @@ use super::{Effects, Shard};
 use crate::{
     protocol::{inbound::Change, outbound, Priority},
     router::ConnAddr,
-    store::{Amend, Amendment, Command},
-    ws::frame,
+    store::{Amend, Amendment, Command, Failure},
 };
 
 impl Shard {
@@ -39,16 +38,15 @@ impl Shard {
         requester: ConnAddr,
         peer: &str,
         messages: &[Bytes],
-        error: Option<&str>,
+        error: Option<Failure>,
         out: &mut Effects,
     ) {
         if let Some(why) = error {
             let text = format!("history could not be read: {why}");
             return out.error(requester, ErrorCode::StoreError, text, None);
         }
-        self.json.clear();
         outbound::history(&mut self.json, peer, messages);
-        let frame = frame::encode_text(&self.json);
+        let frame = self.json.frame();
         out.frame_to(requester, frame, Priority::Normal, 0);
     }
 
@@ -77,7 +75,7 @@ impl Shard {
         &mut self,
         amend: Amend,
         found: bool,
-        error: Option<String>,
+        error: Option<Failure>,
         out: &mut Effects,
     ) {
         let requester = ConnAddr::from(amend.requester);
@@ -91,10 +89,9 @@ impl Shard {
                 "no such message in this conversation (edits and deletes only by its sender)";
             return out.error(requester, ErrorCode::NotFound, text, reference);
         }
-        self.json.clear();
         let who = (&*amend.message_id, &*amend.actor, &*amend.peer);
         outbound::amended(&mut self.json, who, &amend.change.as_change(), self.now_ms);
-        let frame = frame::encode_text(&self.json);
+        let frame = self.json.frame();
         if amend.peer != amend.actor {
             self.deliver_durable(&amend.peer, frame.clone(), out);
         }

@@ -11,7 +11,6 @@ use super::{Effects, Shard};
 use crate::{
     protocol::{outbound, Priority},
     router::{ConnAddr, Envelope, HuddleSignal, WhenOffline},
-    ws::frame,
 };
 
 /// Enters a huddle room.
@@ -44,10 +43,9 @@ impl Shard {
         signal: &Signal<'_>,
         out: &mut Effects,
     ) {
-        self.json.clear();
         let call = (signal.call_id, signal.kind);
         outbound::signal(&mut self.json, user, call, signal.payload, self.now_ms);
-        let frame = frame::encode_text(&self.json);
+        let frame = self.json.frame();
         if !signal.kind.starts_with("huddle:") {
             let mut delivery = self.delivery(signal.receiver_id, frame, Priority::High);
             delivery.offline = WhenOffline::Refuse {
@@ -95,11 +93,10 @@ impl Shard {
         out: &mut Effects,
     ) {
         for (group, room) in rooms {
-            self.json.clear();
             let call = (&*room, HUDDLE_LEAVE);
             outbound::signal(&mut self.json, user, call, b"null", self.now_ms);
             let huddle = HuddleSignal {
-                frame: frame::encode_text(&self.json),
+                frame: self.json.frame(),
                 group,
                 room,
                 sender: conn,
@@ -171,10 +168,9 @@ impl Shard {
             if addr == newcomer {
                 continue;
             }
-            self.json.clear();
             let call = (room, HUDDLE_JOIN);
             outbound::signal(&mut self.json, &user, call, b"null", self.now_ms);
-            out.frame_to(newcomer, frame::encode_text(&self.json), Priority::High, 0);
+            out.frame_to(newcomer, self.json.frame(), Priority::High, 0);
         }
     }
 }

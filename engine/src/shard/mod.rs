@@ -43,7 +43,12 @@ use std::{borrow::Cow, collections::VecDeque, sync::Arc};
 use bytes::Bytes;
 
 use crate::{
-    protocol::{codes::ErrorCode, inbound::ClientMessage, outbound::PresenceEntry, Priority},
+    protocol::{
+        codes::ErrorCode,
+        inbound::ClientMessage,
+        outbound::{OutJson, Outgoing, PresenceEntry},
+        Priority,
+    },
     router::{gather::Gathers, home_of, ConnAddr, Envelope},
     store::{Command, Reply},
 };
@@ -161,7 +166,7 @@ impl Effects {
     }
 
     /// Mails `frame` to the connection at `addr`.
-    fn frame_to(&mut self, addr: ConnAddr, frame: Bytes, priority: Priority, accepted_ns: u64) {
+    fn frame_to(&mut self, addr: ConnAddr, frame: Outgoing, priority: Priority, accepted_ns: u64) {
         let envelope = Envelope::ToConn {
             addr,
             frame,
@@ -245,7 +250,7 @@ pub struct Shard {
     /// Presence requests of this reactor's connections, waiting for homes.
     presence_requests: Gathers<Vec<PresenceEntry>>,
     /// Reusable buffer for outbound JSON.
-    json: Vec<u8>,
+    json: OutJson,
 }
 
 impl Shard {
@@ -264,7 +269,7 @@ impl Shard {
             group_quota,
             conns: Default::default(),
             presence_requests: Gathers::default(),
-            json: Vec::with_capacity(1024),
+            json: OutJson::default(),
         }
     }
 
@@ -410,7 +415,7 @@ impl Shard {
                 peer,
                 messages,
                 error,
-            } => self.history_read(requester.into(), &peer, &messages, error.as_deref(), out),
+            } => self.history_read(requester.into(), &peer, &messages, error, out),
             Reply::Amended {
                 amend,
                 found,
@@ -526,7 +531,7 @@ mod tests {
                         envelope: Envelope::ToConn { addr, frame, .. },
                         ..
                     } => {
-                        let payload = crate::ws::frame::payload_of(&frame);
+                        let payload = frame.json();
                         let json = serde_json::from_slice(&payload).unwrap();
                         self.frames.push((addr, json));
                     }

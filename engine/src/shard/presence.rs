@@ -8,7 +8,6 @@ use crate::protocol::codes::ErrorCode;
 use crate::{
     protocol::{outbound, outbound::PresenceEntry, Priority},
     router::{ConnAddr, Envelope, PresenceNote},
-    ws::frame,
 };
 
 /// The most users one connection may watch; more is refused with `bad_request`.
@@ -182,9 +181,8 @@ impl Shard {
     }
 
     fn presence_state(&mut self, watcher: ConnAddr, entries: &[PresenceEntry], out: &mut Effects) {
-        self.json.clear();
         outbound::presence_state(&mut self.json, entries);
-        let frame = frame::encode_text(&self.json);
+        let frame = self.json.frame();
         out.frame_to(watcher, frame, Priority::Normal, 0);
     }
 }

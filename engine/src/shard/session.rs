@@ -9,7 +9,7 @@ use crate::{
     protocol::{inbound::Scalar, outbound, Priority},
     router::{ConnAddr, Envelope, PresenceNote},
     store::Command,
-    ws::{close, frame},
+    ws::close,
 };
 
 impl Shard {
@@ -44,9 +44,8 @@ impl Shard {
         device: &str,
         out: &mut Effects,
     ) {
-        self.json.clear();
         outbound::auth_success(&mut self.json, user, device, self.now_ms);
-        out.frame_to(conn, frame::encode_text(&self.json), Priority::High, 0);
+        out.frame_to(conn, self.json.frame(), Priority::High, 0);
         out.store(Command::Drain {
             user: user.into(),
             device: conn.into(),
@@ -65,9 +64,8 @@ impl Shard {
 
     /// `ping {ts}` → `pong {ts}`.
     pub(super) fn ping(&mut self, conn: ConnAddr, ts: Option<Scalar<'_>>, out: &mut Effects) {
-        self.json.clear();
         outbound::pong(&mut self.json, ts, self.now_ms);
-        out.frame_to(conn, frame::encode_text(&self.json), Priority::High, 0);
+        out.frame_to(conn, self.json.frame(), Priority::High, 0);
     }
 
     /// A device authenticated: it joins the directory (replacing an older connection with
@@ -120,13 +118,12 @@ impl Shard {
         if watchers.is_empty() {
             return;
         }
-        json.clear();
         outbound::presence_update(json, user, online, self.now_ms);
         let note = Arc::new(PresenceNote {
             user: user.into(),
             online,
             at_ms: self.now_ms,
-            frame: frame::encode_text(json),
+            frame: json.frame(),
         });
         for &watcher in watchers {
             let note = note.clone();

@@ -1,6 +1,6 @@
 //! The store's answers, built the same way whether a commit held the command or failed.
 
-use super::{Command, FanOutBatch, Outcome, Reply, Ticket, Waiter};
+use super::{Command, Failure, FanOutBatch, Outcome, Reply, Ticket, Waiter};
 
 /// The answer to one `Enqueue`: its sender hears the outcome, and a home whose message
 /// was not kept forgets it from its dedup window (so a retry is tried again).
@@ -54,7 +54,7 @@ pub(super) fn history_answer(
     requester: Waiter,
     peer: &str,
     messages: Vec<bytes::Bytes>,
-    error: Option<String>,
+    error: Option<Failure>,
 ) -> (usize, Reply) {
     let reply = Reply::History {
         requester,
@@ -70,7 +70,7 @@ pub(super) fn history_answer(
 pub(super) fn sender_answer(
     requester: Waiter,
     (reader, message_id, sender): (&str, &str, Option<Box<str>>),
-    error: Option<String>,
+    error: Option<Failure>,
 ) -> (usize, Reply) {
     let reply = Reply::SenderFound {
         requester,

@@ -3,6 +3,8 @@
 
 use redb::Table;
 
+use crate::protocol::codes::OutKind;
+
 use super::{
     answers::{enqueue_outcome, fan_out_counts, history_answer, membership_answer, sender_answer},
     history::Tables,
@@ -121,6 +123,7 @@ impl Apply<'_, '_> {
             user,
             priority,
             payload,
+            kind,
             sender,
             message_id,
             receipt,
@@ -143,7 +146,7 @@ impl Apply<'_, '_> {
                 &mut self.queues,
                 counts,
                 key,
-                *receipt,
+                (*kind, *receipt),
                 payload,
                 self.now_ms,
             )?;
@@ -172,7 +175,9 @@ impl Apply<'_, '_> {
             }
             let key = (&**user, batch.priority, self.state.take_sequence());
             let counts = &mut self.state.counts;
-            queue::push(&mut self.queues, counts, key, false, payload, self.now_ms)?;
+            // Fanned-out messages are chat messages (group posts, API broadcasts).
+            let stored = (OutKind::NewMessage, false);
+            queue::push(&mut self.queues, counts, key, stored, payload, self.now_ms)?;
             queued += 1;
             if self.pushing {
                 self.tally.queued.push((user.clone(), payload.clone()));

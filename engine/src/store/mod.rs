@@ -13,10 +13,11 @@
 //!   → where it sits, which serves `read_receipt` by id and dedup across restarts.
 //! - `worker`: the thread, its transactions and the retention sweep; `apply`: one
 //!   transaction's commands; `answers`: the replies, committed or failed; `state`:
-//!   what the thread keeps in memory about the file.
+//!   what the thread keeps in memory about the file; `failure`: why it failed, typed.
 
 mod answers;
 mod apply;
+mod failure;
 mod history;
 mod queue;
 mod state;
@@ -34,8 +35,12 @@ use bytes::Bytes;
 use redb::Database;
 use tracing::info;
 
-use crate::{protocol::Priority, stats::LatencyHistogram};
+use crate::{
+    protocol::{codes::OutKind, Priority},
+    stats::LatencyHistogram,
+};
 
+pub use failure::Failure;
 pub use queue::QueueKey;
 
 /// Commands applied in one transaction at most.
@@ -237,15 +242,17 @@ impl Amendment {
     }
 }
 
-/// Queue `payload` (a `new_message` JSON) for `user`; answer `sender` on its reactor.
+/// Queue `payload` (a message's JSON) for `user`; answer `sender` on its reactor.
 #[derive(Debug)]
 pub struct Enqueue {
     /// The offline receiver.
     pub user: Box<str>,
     /// Its lane.
     pub priority: Priority,
-    /// The `new_message` JSON, as it will be delivered.
+    /// The JSON, as it will be delivered.
     pub payload: Bytes,
+    /// What it is (`new_message`, `read_receipt`, …), kept with it.
+    pub kind: OutKind,
     /// The sending connection (WebSocket or HTTP API), told the outcome; `None` for
     /// what nobody waits on (delivery and read receipts).
     pub sender: Option<Waiter>,
@@ -287,14 +294,14 @@ pub enum FanOut {
 }
 
 /// Whether a message was queued.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     /// Committed (or already held: a retry).
     Queued,
     /// The user's queue is at `--queue-max-per-user`.
     QueueFull,
     /// The commit failed (disk full, I/O error): nothing was stored.
-    Failed(String),
+    Failed(Failure),
 }
 
 impl Reply {
@@ -352,7 +359,7 @@ pub enum Reply {
         /// More remain queued after these.
         more: bool,
         /// Set when the store could not read (or drain) the queue.
-        error: Option<String>,
+        error: Option<Failure>,
     },
     /// To the reactor waiting on a fan-out: one home's counts, after the commit.
     FanOutQueued {
@@ -378,7 +385,7 @@ pub enum Reply {
         /// `new_message` JSON of each message.
         messages: Vec<Bytes>,
         /// Set when the store could not read it.
-        error: Option<String>,
+        error: Option<Failure>,
     },
     /// The outcome of an `Amend`.
     Amended {
@@ -387,7 +394,7 @@ pub enum Reply {
         /// Whether the message was found (and changed).
         found: bool,
         /// Set when the store could not look.
-        error: Option<String>,
+        error: Option<Failure>,
     },
     /// Who sent the message a `read_receipt` named.
     SenderFound {
@@ -400,7 +407,7 @@ pub enum Reply {
         /// The sender; `None` when no such message reached the reader.
         sender: Option<Box<str>>,
         /// Set when the store could not look.
-        error: Option<String>,
+        error: Option<Failure>,
     },
     /// A membership change is committed (or could not be).
     Membership {
@@ -428,6 +435,8 @@ pub struct Queued {
     pub priority: Priority,
     /// Whether its sender wants a `delivery_receipt`.
     pub receipt: bool,
+    /// What it is.
+    pub kind: OutKind,
 }
 
 /// The reactors' side: send commands; cheap to clone.

@@ -1,4 +1,4 @@
-//! Offline queues: `(user, priority, sequence) → [flags][enqueued at][new_message JSON]`.
+//! Offline queues: `(user, priority, sequence) → [flags][enqueued at][message JSON]`.
 //! A user's messages read in key order come high priority first and in send order within
 //! a priority.
 
@@ -8,7 +8,7 @@ use bytes::Bytes;
 use redb::{ReadableTable, Table, TableDefinition};
 
 use super::Queued;
-use crate::protocol::Priority;
+use crate::protocol::{codes::OutKind, Priority};
 
 /// The queue table.
 pub(super) const QUEUE: TableDefinition<(&str, u8, u64), &[u8]> = TableDefinition::new("queue");
@@ -19,10 +19,13 @@ pub type QueueKey = (u8, u64);
 /// A whole queue table key, where a sweep goes on from.
 pub(super) type Cursor = (Box<str>, u8, u64);
 
-/// A stored value is `[flags][enqueued at, Unix ms, u64 LE][new_message JSON]`.
+/// A stored value is `[flags][enqueued at, Unix ms, u64 LE][message JSON]`.
 const VALUE_HEADER_BYTES: usize = 9;
 /// Flags bit 0: the sender wants a delivery receipt.
 const RECEIPT_FLAG: u8 = 1;
+/// Flags bits 1–7: the message's [`OutKind`] index. Records written before kinds were
+/// kept read as 0, `new_message`, which is what nearly all of them are.
+const KIND_SHIFT: u8 = 1;
 
 /// Per-user queue lengths, kept in memory so that `--queue-max-per-user` costs no read.
 /// Changes since [`Counts::begin`] are journaled, so that a transaction that fails can
@@ -108,12 +111,13 @@ pub(super) fn push(
     table: &mut Table<(&str, u8, u64), &[u8]>,
     counts: &mut Counts,
     (user, priority, sequence): (&str, Priority, u64),
-    receipt: bool,
+    (kind, receipt): (OutKind, bool),
     payload: &[u8],
     now_ms: u64,
 ) -> Result<(), redb::Error> {
     let mut value = Vec::with_capacity(VALUE_HEADER_BYTES + payload.len());
-    value.push(if receipt { RECEIPT_FLAG } else { 0 });
+    let receipt_flag = if receipt { RECEIPT_FLAG } else { 0 };
+    value.push((kind.index() as u8) << KIND_SHIFT | receipt_flag);
     value.extend_from_slice(&now_ms.to_le_bytes());
     value.extend_from_slice(payload);
     table.insert((user, priority as u8, sequence), &value[..])?;
@@ -149,6 +153,7 @@ pub(super) fn read(
                 _ => Priority::Low,
             },
             receipt: flags & RECEIPT_FLAG != 0,
+            kind: OutKind::from_index(usize::from(flags >> KIND_SHIFT)).unwrap_or(OutKind::Other),
         });
         bytes += payload.len();
     }

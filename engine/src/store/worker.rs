@@ -16,7 +16,7 @@ use super::{
     history::{self, Tables},
     queue::{self, QUEUE},
     state::{State, MEMBERS, META, NEXT_SEQUENCE},
-    Command, Enqueue, Limits, Outcome, Reply, ReplyRoutes, StoreStats, BATCH_MAX,
+    Command, Enqueue, Failure, Limits, Outcome, Reply, ReplyRoutes, StoreStats, BATCH_MAX,
 };
 use crate::protocol::now_ms;
 
@@ -167,16 +167,16 @@ impl Worker {
                     drop(db);
                     self.reopen();
                 }
-                result.map_err(|e| e.to_string())
+                result.map_err(Failure::from)
             }
-            None => Err("the store file could not be reopened after an earlier error".to_owned()),
+            None => Err(Failure::Closed),
         };
         if let Err(why) = result {
             error!("store commit failed: {why}");
             // Nothing of the batch is stored: undo the bookkeeping and tell every waiter.
             self.state.counts.roll_back();
             self.state.next_sequence = sequence_before;
-            replies = self.failure_replies(batch, &why);
+            replies = self.failure_replies(batch, why);
         }
         batch.clear();
         replies
@@ -243,14 +243,14 @@ impl Worker {
         Ok(apply.tally)
     }
 
-    fn failure_replies(&self, batch: &[Command], why: &str) -> Vec<(usize, Reply)> {
+    fn failure_replies(&self, batch: &[Command], why: Failure) -> Vec<(usize, Reply)> {
         let mut replies = Vec::new();
-        let error = || Some(why.to_owned());
+        let error = || Some(why);
         for command in batch {
             match command {
                 Command::Enqueue(enqueue) => {
                     self.stats.failures.fetch_add(1, Ordering::Relaxed);
-                    let outcome = Outcome::Failed(why.to_owned());
+                    let outcome = Outcome::Failed(why);
                     let Enqueue {
                         sender,
                         message_id,

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use bytes::Bytes;
 use engine::{
-    protocol::Priority,
+    protocol::{codes::OutKind, Priority},
     store::{Command, FanOut, Outcome, Queued, Reply},
 };
 
@@ -20,6 +20,7 @@ struct Stored {
     payload: Bytes,
     priority: Priority,
     receipt: bool,
+    kind: OutKind,
 }
 
 /// One conversation's history: `(timestamp, sequence)` → the message's id, sender and
@@ -108,12 +109,13 @@ impl SimStore {
                 } else if self.queued(&user) >= self.queue_max {
                     Outcome::QueueFull
                 } else {
-                    self.push(
-                        &user,
-                        enqueue.priority,
-                        enqueue.payload.clone(),
-                        enqueue.receipt,
-                    );
+                    let stored = Stored {
+                        payload: enqueue.payload.clone(),
+                        priority: enqueue.priority,
+                        receipt: enqueue.receipt,
+                        kind: enqueue.kind,
+                    };
+                    self.push(&user, stored);
                     if let Some(chat) = &enqueue.chat {
                         self.held.insert(id, chat.sender.to_string());
                         let message = (&*enqueue.message_id, &*chat.sender, chat.timestamp_ms);
@@ -214,7 +216,13 @@ impl SimStore {
                     if self.queued(&user) >= self.queue_max {
                         not_kept += 1;
                     } else {
-                        self.push(&user, batch.priority, payload, false);
+                        let stored = Stored {
+                            payload,
+                            priority: batch.priority,
+                            receipt: false,
+                            kind: OutKind::NewMessage,
+                        };
+                        self.push(&user, stored);
                         queued += 1;
                     }
                 }
@@ -284,14 +292,9 @@ impl SimStore {
         log.or_default().insert(key, entry);
     }
 
-    fn push(&mut self, user: &str, priority: Priority, payload: Bytes, receipt: bool) {
+    fn push(&mut self, user: &str, stored: Stored) {
         self.next_sequence += 1;
-        let key = (priority as u8, self.next_sequence);
-        let stored = Stored {
-            payload,
-            priority,
-            receipt,
-        };
+        let key = (stored.priority as u8, self.next_sequence);
         self.queues
             .entry(user.into())
             .or_default()
@@ -311,6 +314,7 @@ impl SimStore {
                 payload: stored.payload.clone(),
                 priority: stored.priority,
                 receipt: stored.receipt,
+                kind: stored.kind,
             })
             .collect();
         (messages, queue.len() > self.drain_max)

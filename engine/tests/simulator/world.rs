@@ -19,14 +19,17 @@ use std::{collections::VecDeque, sync::Arc};
 
 use bytes::Bytes;
 use engine::{
-    protocol::{inbound::JsonParser, outbound, Priority},
+    protocol::{
+        inbound::JsonParser,
+        outbound::{self, OutJson},
+        Priority,
+    },
     router::{AckStatus, ConnAddr, Envelope},
     shard::{
         groups_state::{GroupQuota, Groups},
         Clock, Effect, Effects, Event, Shard,
     },
     store::{Command, Outcome, Reply},
-    ws::frame,
 };
 use serde_json::Value;
 
@@ -81,7 +84,7 @@ pub struct World {
     store: SimStore,
     conns: Vec<Conn>,
     parser: JsonParser,
-    json: Vec<u8>,
+    json: OutJson,
     next_message: u64,
     /// The oracle: what clients saw, and the invariants.
     pub oracle: Oracle,
@@ -111,7 +114,7 @@ impl World {
             store: SimStore::new(6, 4),
             conns: Vec::new(),
             parser: JsonParser::default(),
-            json: Vec::new(),
+            json: OutJson::default(),
             next_message: 0,
             oracle: Oracle::default(),
             failure: None,
@@ -300,11 +303,10 @@ impl World {
                 text,
                 reference,
             } => {
-                self.json.clear();
                 outbound::error(&mut self.json, code, &text, reference.as_deref());
                 let envelope = Envelope::ToConn {
                     addr: to,
-                    frame: frame::encode_text(&self.json),
+                    frame: self.json.frame(),
                     priority: Priority::High,
                     accepted_ns: 0,
                 };
@@ -328,7 +330,7 @@ impl World {
         match envelope {
             Envelope::ToConn { addr, frame, .. } => {
                 if let Some(conn) = self.live(addr) {
-                    let payload = frame::payload_of(&frame);
+                    let payload = frame.json();
                     self.receive(conn, &payload, false);
                 }
             }
