@@ -1,74 +1,19 @@
 //! Start-up configuration: command line, `ENGINE_*` environment variables, an optional TOML
 //! file, and defaults, in that order of precedence. Validated once; the reactors never parse.
 //!
-//! - `settings`: every setting declared once (flag, variable, file key, documented
-//!   default, help), and the command line made from it.
-//! - here: the defaults and ranges as named constants, and [`Config::resolve`], which
-//!   applies them and converts the values into what the engine runs with.
+//! - `settings`: every setting declared once (flag, variable, file key, default, range,
+//!   help), and the command line, file shape and defaults made from it.
+//! - here: [`Config`], what the engine runs with, and [`Config::resolve`], which reads
+//!   the file and converts the settled values (and checks what a range cannot say).
 
 mod settings;
 
 use std::{net::SocketAddr, path::PathBuf};
 
 use crate::sockets::Placement;
-use settings::FileConfig;
 pub use settings::{Args, Command, Setting, SETTINGS};
+use settings::{FileConfig, Settled};
 
-/// Default listen address: every interface, port 8080.
-pub const LISTEN_DEFAULT: &str = "0.0.0.0:8080";
-/// Default largest frame or message: 64 KiB (PROTOCOL.md `max_message_size`), small enough
-/// that a malicious client cannot make one connection hold much memory.
-pub const MAX_MESSAGE_BYTES_DEFAULT: usize = 64 * 1024;
-/// Bounds for `--max-message-bytes`: a control frame's 125 bytes up to 16 MiB.
-pub const MAX_MESSAGE_BYTES_RANGE: (usize, usize) = (125, 16 * 1024 * 1024);
-/// Default time a connection has to send `auth` after connecting: 10 s (PROTOCOL.md).
-pub const AUTH_TIMEOUT_MS_DEFAULT: u64 = 10_000;
-/// Bounds for `--auth-timeout-ms`: at least one timer tick, at most 10 minutes.
-pub const AUTH_TIMEOUT_MS_RANGE: (u64, u64) = (100, 600_000);
-/// Default time from accepting a connection to having its whole HTTP request head (the
-/// WebSocket upgrade, or any other request; and between kept-alive requests): 5 s.
-pub const HANDSHAKE_TIMEOUT_MS_DEFAULT: u64 = 5_000;
-/// Bounds for `--handshake-timeout-ms`.
-pub const HANDSHAKE_TIMEOUT_MS_RANGE: (u64, u64) = (100, 600_000);
-/// Default largest HTTP request head (request line and headers, the upgrade included):
-/// 8 KiB, as common servers do.
-pub const HANDSHAKE_BYTES_MAX_DEFAULT: usize = 8 * 1024;
-/// Bounds for `--handshake-bytes-max`: a minimal upgrade needs about 200 bytes; the read
-/// buffer holds 64 KiB.
-pub const HANDSHAKE_BYTES_MAX_RANGE: (usize, usize) = (512, 64 * 1024);
-/// Default bound on a graceful shutdown: 5 s to send close frames and drain.
-pub const SHUTDOWN_TIMEOUT_MS_DEFAULT: u64 = 5_000;
-/// Default data directory (the durable store's file lives in it).
-pub const DATA_DIR_DEFAULT: &str = "./data";
-/// Default bound on one user's offline queue (PROTOCOL.md `message_queue_max_size`).
-pub const QUEUE_MAX_PER_USER_DEFAULT: u64 = 10_000;
-/// Bounds for `--queue-max-per-user`.
-pub const QUEUE_MAX_PER_USER_RANGE: (u64, u64) = (1, 10_000_000);
-/// Default time a queued message is kept before it expires: 30 days.
-pub const RETENTION_DAYS_DEFAULT: f64 = 30.0;
-/// Bounds for `--retention-days` (fractions allowed: 0.5 is twelve hours).
-pub const RETENTION_DAYS_RANGE: (f64, f64) = (0.000_01, 3650.0);
-/// Default bound on one connection's unsent output: past it the client is a slow consumer.
-pub const OUTBOUND_BYTES_MAX_DEFAULT: usize = 4 << 20;
-/// Bounds for `--outbound-bytes-max`: at least 1 MiB, so that a 256 KiB part of an offline
-/// queue always fits.
-pub const OUTBOUND_BYTES_MAX_RANGE: (usize, usize) = (1 << 20, 1 << 30);
-/// Default bound on client messages per second per connection: none. A client flushing
-/// its outbox after a reconnect sends hundreds at once; operators who want a bound set one.
-pub const RATE_LIMIT_DEFAULT: u8 = 0;
-/// The highest `--rate-limit` (a connection's count is one byte and closes at twice it).
-pub const RATE_LIMIT_MAX: u8 = 127;
-/// Default idle timeout: a silent connection is pinged, then closed (0: never).
-pub const IDLE_TIMEOUT_MS_DEFAULT: u64 = 60_000;
-/// Default memory for the store's page cache, in MiB (redb's own default is 1 GiB).
-pub const STORE_CACHE_MB_DEFAULT: u64 = 128;
-/// Bounds for `--store-cache-mb`.
-pub const STORE_CACHE_MB_RANGE: (u64, u64) = (4, 1 << 20);
-/// Default bound on the groups one user may be in: group creation is open (a join
-/// creates), so without a bound one client could grow the groups and the store forever.
-pub const GROUPS_PER_USER_MAX_DEFAULT: u32 = 1_000;
-/// Bounds for `--groups-per-user-max`.
-pub const GROUPS_PER_USER_MAX_RANGE: (u32, u32) = (1, 1_000_000);
 /// The most reactors accepted; each is a thread with its own fd table and mailboxes.
 pub const REACTORS_MAX: usize = 256;
 
@@ -156,14 +101,6 @@ pub enum ConfigError {
     },
 }
 
-/// One reactor per core, up to [`REACTORS_MAX`] (a bigger box runs that many).
-fn default_reactors() -> usize {
-    std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
-        .min(REACTORS_MAX)
-}
-
 fn invalid(flag: &'static str, problem: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         flag,
@@ -208,111 +145,55 @@ impl Config {
         })
     }
 
-    /// Applies the defaults and ranges to merged settings (and reads no environment, so
-    /// `Config::default` is the defaults alone).
+    /// Converts merged settings, their defaults applied and ranges checked (and reads no
+    /// environment, so `Config::default` is the defaults alone).
     fn resolve_merged(args: Args) -> Result<Config, ConfigError> {
-        let text = args.listen.as_deref().unwrap_or(LISTEN_DEFAULT);
-        let listen = text
-            .parse()
-            .map_err(|_| invalid("listen", format!("'{text}' is not an IP:port address")))?;
-        let setting = |value: Option<u64>, default: u64| value.unwrap_or(default);
+        let settled: Settled = args.settle()?;
+        let listen = settled.listen.parse().map_err(|_| {
+            let problem = format!("'{}' is not an IP:port address", settled.listen);
+            invalid("listen", problem)
+        })?;
         Ok(Config {
             listen,
-            reactors: in_range(
-                "reactors",
-                args.reactors.unwrap_or_else(default_reactors),
-                (1, REACTORS_MAX),
-            )?,
-            socket_placement: args.sockets.unwrap_or(Placement::Auto),
-            max_message_bytes: in_range(
-                "max-message-bytes",
-                args.max_message_bytes.unwrap_or(MAX_MESSAGE_BYTES_DEFAULT),
-                MAX_MESSAGE_BYTES_RANGE,
-            )?,
-            auth_timeout_ms: in_range(
-                "auth-timeout-ms",
-                setting(args.auth_timeout_ms, AUTH_TIMEOUT_MS_DEFAULT),
-                AUTH_TIMEOUT_MS_RANGE,
-            )?,
-            handshake_timeout_ms: in_range(
-                "handshake-timeout-ms",
-                setting(args.handshake_timeout_ms, HANDSHAKE_TIMEOUT_MS_DEFAULT),
-                HANDSHAKE_TIMEOUT_MS_RANGE,
-            )?,
-            handshake_bytes_max: in_range(
-                "handshake-bytes-max",
-                args.handshake_bytes_max
-                    .unwrap_or(HANDSHAKE_BYTES_MAX_DEFAULT),
-                HANDSHAKE_BYTES_MAX_RANGE,
-            )?,
-            jwt_secret: jwt_secret(args.jwt_secret)?,
-            api_token: api_token(args.api_token)?,
-            data_dir: args
-                .data_dir
-                .unwrap_or_else(|| PathBuf::from(DATA_DIR_DEFAULT)),
-            queue_max_per_user: in_range(
-                "queue-max-per-user",
-                setting(args.queue_max_per_user, QUEUE_MAX_PER_USER_DEFAULT),
-                QUEUE_MAX_PER_USER_RANGE,
-            )?,
-            retention: retention(args.retention_days)?,
-            store_cache_bytes: store_cache_bytes(args.store_cache_mb)?,
-            push_webhook: match args.push_webhook {
+            reactors: settled.reactors,
+            socket_placement: settled.sockets,
+            max_message_bytes: settled.max_message_bytes,
+            auth_timeout_ms: settled.auth_timeout_ms,
+            handshake_timeout_ms: settled.handshake_timeout_ms,
+            handshake_bytes_max: settled.handshake_bytes_max,
+            jwt_secret: jwt_secret(settled.jwt_secret)?,
+            api_token: api_token(settled.api_token)?,
+            data_dir: settled.data_dir,
+            queue_max_per_user: settled.queue_max_per_user,
+            retention: retention(settled.retention_days)?,
+            store_cache_bytes: (settled.store_cache_mb << 20) as usize,
+            push_webhook: match settled.push_webhook {
                 Some(url) => Some(
                     crate::push::Webhook::parse(&url).map_err(|e| invalid("push-webhook", e))?,
                 ),
                 None => None,
             },
-            push_preview: args.push_preview.unwrap_or(false),
-            outbound_bytes_max: in_range(
-                "outbound-bytes-max",
-                args.outbound_bytes_max
-                    .unwrap_or(OUTBOUND_BYTES_MAX_DEFAULT),
-                OUTBOUND_BYTES_MAX_RANGE,
-            )?,
-            drain_secs: in_range("drain-secs", setting(args.drain_secs, 0), (0, 3600))?,
-            max_connections: setting(args.max_connections, 0),
-            max_connections_per_reactor: setting(args.max_connections_per_reactor, 0),
-            rate_limit: in_range(
-                "rate-limit",
-                args.rate_limit.unwrap_or(RATE_LIMIT_DEFAULT),
-                (0, RATE_LIMIT_MAX),
-            )?,
-            idle_timeout_ms: idle_timeout_ms(args.idle_timeout_ms)?,
-            groups_per_user_max: in_range(
-                "groups-per-user-max",
-                args.groups_per_user_max
-                    .unwrap_or(GROUPS_PER_USER_MAX_DEFAULT),
-                GROUPS_PER_USER_MAX_RANGE,
-            )?,
+            push_preview: settled.push_preview,
+            outbound_bytes_max: settled.outbound_bytes_max,
+            drain_secs: settled.drain_secs,
+            max_connections: settled.max_connections,
+            max_connections_per_reactor: settled.max_connections_per_reactor,
+            rate_limit: settled.rate_limit,
+            idle_timeout_ms: idle_timeout_ms(settled.idle_timeout_ms)?,
+            groups_per_user_max: settled.groups_per_user_max,
             failpoint: None,
-            shutdown_timeout_ms: in_range(
-                "shutdown-timeout-ms",
-                setting(args.shutdown_timeout_ms, SHUTDOWN_TIMEOUT_MS_DEFAULT),
-                (0, 600_000),
-            )?,
-            log_level: log_level(args.log_level)?,
+            shutdown_timeout_ms: settled.shutdown_timeout_ms,
+            log_level: log_level(settled.log_level)?,
         })
     }
 }
 
 /// `--retention-days`, as a duration.
-fn retention(days: Option<f64>) -> Result<std::time::Duration, ConfigError> {
-    let days = in_range(
-        "retention-days",
-        days.unwrap_or(RETENTION_DAYS_DEFAULT),
-        RETENTION_DAYS_RANGE,
-    )?;
+fn retention(days: f64) -> Result<std::time::Duration, ConfigError> {
     if !days.is_finite() {
         return Err(invalid("retention-days", "must be a number of days"));
     }
     Ok(std::time::Duration::from_secs_f64(days * 86_400.0))
-}
-
-/// `--store-cache-mb`, in bytes.
-fn store_cache_bytes(mb: Option<u64>) -> Result<usize, ConfigError> {
-    let mb = mb.unwrap_or(STORE_CACHE_MB_DEFAULT);
-    Ok((in_range("store-cache-mb", mb, STORE_CACHE_MB_RANGE)? << 20) as usize)
 }
 
 /// `--jwt-secret`: non-empty when given.
@@ -335,8 +216,7 @@ fn api_token(token: Option<String>) -> Result<Option<String>, ConfigError> {
 }
 
 /// `--idle-timeout-ms`: 0 (never) or at least a second.
-fn idle_timeout_ms(value: Option<u64>) -> Result<u64, ConfigError> {
-    let value = value.unwrap_or(IDLE_TIMEOUT_MS_DEFAULT);
+fn idle_timeout_ms(value: u64) -> Result<u64, ConfigError> {
     if value != 0 && value < 1000 {
         return Err(invalid(
             "idle-timeout-ms",
@@ -347,8 +227,7 @@ fn idle_timeout_ms(value: Option<u64>) -> Result<u64, ConfigError> {
 }
 
 /// `--log-level`: a tracing filter.
-fn log_level(value: Option<String>) -> Result<String, ConfigError> {
-    let level = value.unwrap_or_else(|| "info".to_owned());
+fn log_level(level: String) -> Result<String, ConfigError> {
     tracing_subscriber::EnvFilter::try_new(&level)
         .map_err(|e| invalid("log-level", format!("'{level}' is not a log filter: {e}")))?;
     Ok(level)
@@ -362,8 +241,15 @@ mod tests {
     #[test]
     fn defaults_apply_when_nothing_is_given() {
         let config = Config::resolve(Args::default()).unwrap();
-        assert_eq!(config.listen, LISTEN_DEFAULT.parse().unwrap());
-        assert_eq!(config.max_message_bytes, MAX_MESSAGE_BYTES_DEFAULT);
+        assert_eq!(config.listen, "0.0.0.0:8080".parse().unwrap());
+        assert_eq!(config.max_message_bytes, 65536);
+        assert_eq!(
+            config.retention,
+            std::time::Duration::from_secs(30 * 86_400)
+        );
+        assert_eq!(config.store_cache_bytes, 128 << 20);
+        assert_eq!(config.max_connections, 0);
+        assert_eq!(config.log_level, "info");
         assert!(config.jwt_secret.is_none());
     }
 

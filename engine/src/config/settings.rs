@@ -1,15 +1,21 @@
 //! Every setting, declared once: its field (which is its TOML key, and as a flag with
-//! dashes its `--name`), type, `ENGINE_*` variable, value name, default as documented,
-//! and help. From the one declaration come the command line ([`Args`]), the `--config`
-//! file's shape, the merge of the two (a flag or variable beats the file), and the table
-//! [`SETTINGS`] that the README's flag table is checked against. Defaults and ranges are
-//! applied, and values converted, by [`super::Config::resolve`].
+//! dashes its `--name`), type, `ENGINE_*` variable, value name, default, range and help.
+//! From the one declaration come the command line ([`Args`]), the `--config` file's
+//! shape, the merge of the two (a flag or variable beats the file), the defaults and
+//! ranges applied ([`Settled`]), and the table [`SETTINGS`] that the README's flag table
+//! is checked against. [`super::Config::resolve`] only converts the settled values into
+//! what the engine runs with (and checks what a range cannot say).
+//!
+//! A default is written once, as documented: `"65536"` is parsed into the setting's
+//! type, `"0 (none)"` by its first word; `"none"` leaves the setting optional; and a
+//! default that is not a constant (`"cores"`) gives the expression that computes it.
 
-use std::path::PathBuf;
+use std::{path::PathBuf, str::FromStr};
 
 use clap::Parser;
 use serde::Deserialize;
 
+use super::{in_range, ConfigError, REACTORS_MAX};
 use crate::sockets::Placement;
 
 /// One setting as documented (the README's flag table is checked against these).
@@ -33,7 +39,9 @@ macro_rules! settings {
     (
         $(
             #[doc = $help:literal]
-            $field:ident: $ty:ty, $env:literal, $value:literal, default $default:literal
+            $field:ident: $ty:ty, $env:literal, $value:literal,
+                default $default:tt $(= $computed:expr)?
+                $(, range $range:expr)?
                 $(, clap($($extra:tt)*))?;
         )+
     ) => {
@@ -73,6 +81,15 @@ macro_rules! settings {
             $( $field: Option<$ty>, )+
         }
 
+        /// Every setting with its default applied and its range checked.
+        #[derive(Debug)]
+        pub(super) struct Settled {
+            $(
+                #[doc = $help]
+                pub $field: settled_type!($ty, $default),
+            )+
+        }
+
         impl Args {
             /// Each setting from the flags or environment, else from the file.
             pub(super) fn or_file(self, file: FileConfig) -> Args {
@@ -81,6 +98,17 @@ macro_rules! settings {
                     config: self.config,
                     command: self.command,
                 }
+            }
+
+            /// Applies the defaults and checks the ranges.
+            pub(super) fn settle(self) -> Result<Settled, ConfigError> {
+                Ok(Settled {
+                    $(
+                        $field: settle!(
+                            self.$field, kebab!($field), $default, [$($computed)?], [$($range)?]
+                        )?,
+                    )+
+                })
             }
         }
 
@@ -97,6 +125,41 @@ macro_rules! settings {
             )+
         ];
     };
+}
+
+/// A setting's type once settled: optional when its default is `"none"`.
+macro_rules! settled_type {
+    ($ty:ty, "none") => { Option<$ty> };
+    ($ty:ty, $default:tt) => { $ty };
+}
+
+/// One setting's value: given, else its default; then its range, if it has one.
+macro_rules! settle {
+    ($given:expr, $flag:expr, "none", [], []) => {
+        Ok::<_, ConfigError>($given)
+    };
+    ($given:expr, $flag:expr, $default:tt, [$computed:expr], [$($range:expr)?]) => {{
+        let value = $given.unwrap_or_else(|| $computed);
+        settle!(@range $flag, value $(, $range)?)
+    }};
+    ($given:expr, $flag:expr, $default:tt, [], [$($range:expr)?]) => {{
+        let value = $given.unwrap_or_else(|| documented_default($flag, $default));
+        settle!(@range $flag, value $(, $range)?)
+    }};
+    (@range $flag:expr, $value:ident) => {
+        Ok::<_, ConfigError>($value)
+    };
+    (@range $flag:expr, $value:ident, $range:expr) => {
+        in_range($flag, $value, $range)
+    };
+}
+
+/// A default as documented, parsed: its first word (`"0 (none)"` is 0). The declaration
+/// is checked by the tests, which resolve every default.
+fn documented_default<T: FromStr>(flag: &str, text: &str) -> T {
+    let word = text.split(' ').next().unwrap_or(text);
+    word.parse()
+        .unwrap_or_else(|_| panic!("--{flag}: the documented default '{text}' does not parse"))
 }
 
 /// A field's name as its flag: `max_message_bytes` → `max-message-bytes`.
@@ -124,37 +187,60 @@ settings! {
     /// Address to listen on for WebSocket and HTTP
     listen: String, "ENGINE_LISTEN", "ADDR", default "0.0.0.0:8080";
     /// Reactor threads, each pinned with its own listener and fd table
-    reactors: usize, "ENGINE_REACTORS", "N", default "cores";
+    reactors: usize, "ENGINE_REACTORS", "N", default "cores" = default_reactors(),
+        range (1, REACTORS_MAX);
     /// Where sockets live: io_uring direct descriptors (in no fd table, so one reactor holds far more than RLIMIT_NOFILE), the fd table with epoll, or auto (direct where the kernel allows)
-    sockets: Placement, "ENGINE_SOCKETS", "PLACEMENT", default "auto", clap(value_enum);
+    sockets: Placement, "ENGINE_SOCKETS", "PLACEMENT", default "auto" = Placement::Auto,
+        clap(value_enum);
+    // 64 KiB (PROTOCOL.md `max_message_size`): small enough that a malicious client cannot
+    // make one connection hold much memory; a control frame's 125 bytes up to 16 MiB.
     /// Largest WebSocket frame or message accepted; larger ones close with 1009
-    max_message_bytes: usize, "ENGINE_MAX_MESSAGE_BYTES", "BYTES", default "65536";
+    max_message_bytes: usize, "ENGINE_MAX_MESSAGE_BYTES", "BYTES", default "65536",
+        range (125, 16 << 20);
+    // 10 s (PROTOCOL.md); at least one timer tick, at most 10 minutes.
     /// Time to send `auth` after the WebSocket upgrade before the close with 4001
-    auth_timeout_ms: u64, "ENGINE_AUTH_TIMEOUT_MS", "MS", default "10000";
+    auth_timeout_ms: u64, "ENGINE_AUTH_TIMEOUT_MS", "MS", default "10000",
+        range (100, 600_000);
     /// Time from connecting to a complete HTTP request head (the upgrade, or between kept-alive requests) before the socket is closed
-    handshake_timeout_ms: u64, "ENGINE_HANDSHAKE_TIMEOUT_MS", "MS", default "5000";
+    handshake_timeout_ms: u64, "ENGINE_HANDSHAKE_TIMEOUT_MS", "MS", default "5000",
+        range (100, 600_000);
+    // 8 KiB, as common servers do. A minimal upgrade needs about 200 bytes; the read
+    // buffer holds 64 KiB.
     /// Largest HTTP request head (request line and headers, the upgrade included); larger ones get 431
-    handshake_bytes_max: usize, "ENGINE_HANDSHAKE_BYTES_MAX", "BYTES", default "8192";
+    handshake_bytes_max: usize, "ENGINE_HANDSHAKE_BYTES_MAX", "BYTES", default "8192",
+        range (512, 64 << 10);
     /// HS256 secret for auth tokens; without one the gateway runs in open mode (trusts userId)
     jwt_secret: String, "ENGINE_JWT_SECRET", "SECRET", default "none", clap(hide_env_values = true);
     /// Bearer token the HTTP API (`/api/*`) requires; without one the API is open
     api_token: String, "ENGINE_API_TOKEN", "TOKEN", default "none", clap(hide_env_values = true);
     /// Directory of the durable store (offline queues, history, groups)
     data_dir: PathBuf, "ENGINE_DATA_DIR", "DIR", default "./data";
+    // PROTOCOL.md `message_queue_max_size`.
     /// Messages one offline user may have queued; more are rejected with queue_full
-    queue_max_per_user: u64, "ENGINE_QUEUE_MAX_PER_USER", "N", default "10000";
+    queue_max_per_user: u64, "ENGINE_QUEUE_MAX_PER_USER", "N", default "10000",
+        range (1, 10_000_000);
+    // Fractions allowed: 0.5 is twelve hours.
     /// Days a queued message and history are kept before they expire (fractions allowed)
-    retention_days: f64, "ENGINE_RETENTION_DAYS", "DAYS", default "30";
+    retention_days: f64, "ENGINE_RETENTION_DAYS", "DAYS", default "30",
+        range (0.000_01, 3650.0);
+    // At least 1 MiB, so that a 256 KiB part of an offline queue always fits.
     /// Unsent bytes one connection may have queued before it is closed as a slow consumer (4002)
-    outbound_bytes_max: usize, "ENGINE_OUTBOUND_BYTES_MAX", "BYTES", default "4194304";
+    outbound_bytes_max: usize, "ENGINE_OUTBOUND_BYTES_MAX", "BYTES", default "4194304",
+        range (1 << 20, 1 << 30);
     /// Open connections the engine takes in all; past it an upgrade is answered 503 (0: no cap)
     max_connections: u64, "ENGINE_MAX_CONNECTIONS", "N", default "0 (none)";
     /// Open connections one reactor takes; past it an upgrade is answered 503 (0: no cap)
     max_connections_per_reactor: u64, "ENGINE_MAX_CONNECTIONS_PER_REACTOR", "N", default "0 (none)";
+    // None by default: a client flushing its outbox after a reconnect sends hundreds at
+    // once; operators who want a bound set one. A connection's count is one byte and
+    // closes at twice the limit, so 127 at most.
     /// Client messages per second one connection may send (1-127; 0: no limit); more get rate_limited, twice as many close it with 1008
-    rate_limit: u8, "ENGINE_RATE_LIMIT", "N", default "0 (none)";
+    rate_limit: u8, "ENGINE_RATE_LIMIT", "N", default "0 (none)", range (0, 127);
+    // Group creation is open (a join creates), so without a bound one client could grow
+    // the groups and the store forever.
     /// Groups one user may be in; a join past it gets `too_many_groups`
-    groups_per_user_max: u32, "ENGINE_GROUPS_PER_USER_MAX", "N", default "1000";
+    groups_per_user_max: u32, "ENGINE_GROUPS_PER_USER_MAX", "N", default "1000",
+        range (1, 1_000_000);
     /// A connection silent this long is pinged, and closed (1001) if still silent half as long again (0: never)
     idle_timeout_ms: u64, "ENGINE_IDLE_TIMEOUT_MS", "MS", default "60000";
     /// http:// URL to POST a small JSON to when a message is queued for a user with no device online
@@ -162,14 +248,24 @@ settings! {
     /// Include the start of the message text in push notifications
     push_preview: bool, "ENGINE_PUSH_PREVIEW", "BOOL", default "false",
         clap(num_args = 0..=1, default_missing_value = "true");
+    // redb's own default is 1 GiB.
     /// Memory for the store's page cache, in MiB
-    store_cache_mb: u64, "ENGINE_STORE_CACHE_MB", "MIB", default "128";
+    store_cache_mb: u64, "ENGINE_STORE_CACHE_MB", "MIB", default "128", range (4, 1 << 20);
     /// On SIGTERM, spread the 1001 closes over this many seconds, in random order, so clients do not all reconnect at once (0: close all at once)
-    drain_secs: u64, "ENGINE_DRAIN_SECS", "S", default "0";
+    drain_secs: u64, "ENGINE_DRAIN_SECS", "S", default "0", range (0, 3600);
     /// Bound on a graceful shutdown (SIGTERM/SIGINT) before remaining sockets are dropped
-    shutdown_timeout_ms: u64, "ENGINE_SHUTDOWN_TIMEOUT_MS", "MS", default "5000";
+    shutdown_timeout_ms: u64, "ENGINE_SHUTDOWN_TIMEOUT_MS", "MS", default "5000",
+        range (0, 600_000);
     /// Log filter: error, warn, info, debug, trace, or a tracing directive
     log_level: String, "ENGINE_LOG_LEVEL", "LEVEL", default "info";
+}
+
+/// One reactor per core, up to [`REACTORS_MAX`] (a bigger box runs that many).
+fn default_reactors() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .min(REACTORS_MAX)
 }
 
 /// Tools the binary runs instead of serving.

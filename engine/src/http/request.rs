@@ -147,7 +147,7 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    const HEAD_BYTES_MAX: usize = crate::config::HANDSHAKE_BYTES_MAX_DEFAULT;
+    const HEAD_BYTES_MAX: usize = 8192;
 
     #[test]
     fn parses_a_get_with_query_and_headers() {

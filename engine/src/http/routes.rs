@@ -224,9 +224,7 @@ mod tests {
     };
 
     fn answer(raw: &str, health: Health, token: Option<&str>) -> String {
-        let (req, head_len) = parse(raw.as_bytes(), crate::config::HANDSHAKE_BYTES_MAX_DEFAULT)
-            .unwrap()
-            .unwrap();
+        let (req, head_len) = parse(raw.as_bytes(), 8192).unwrap().unwrap();
         let reactors = [ReactorStats::default(), ReactorStats::default()];
         let store = StoreStats::default();
         let context = Context {

@@ -72,10 +72,7 @@ mod tests {
 
     fn request(extra: &str) -> Request {
         let raw = format!("GET /ws HTTP/1.1\r\nHost: x\r\n{extra}\r\n");
-        parse(raw.as_bytes(), crate::config::HANDSHAKE_BYTES_MAX_DEFAULT)
-            .unwrap()
-            .unwrap()
-            .0
+        parse(raw.as_bytes(), 8192).unwrap().unwrap().0
     }
 
     #[test]
@@ -111,7 +108,7 @@ mod tests {
         ) {
             use base64::Engine as _;
             let mut extra: String = headers.iter().map(|(n, v)| format!("{n}: {v}\r\n")).collect();
-            if let Some(req) = parse(format!("GET /ws HTTP/1.1\r\n{extra}\r\n").as_bytes(), crate::config::HANDSHAKE_BYTES_MAX_DEFAULT)
+            if let Some(req) = parse(format!("GET /ws HTTP/1.1\r\n{extra}\r\n").as_bytes(), 8192)
                 .ok()
                 .flatten()
             {
