@@ -11,21 +11,23 @@
 //!              handle(clock, event, effects): client messages, connections opened and
 //!              closed, envelopes, store answers ─► effects: envelopes to mail, store
 //!              commands, errors for a connection
-//!              home side: directory, presence, dedup, groups; connection side: what
-//!              each message turns into, subscriptions, huddle rooms
+//!              home side: directory, inbox numbering (seq), presence and its grace,
+//!              dedup, groups; connection side: what each message turns into,
+//!              subscriptions, huddle rooms
 //!
 //!            the driver carries out the effects: mailbox rings to the other reactors
 //!            (mail to itself goes straight back to its shard), store commands, frames
 //!            ─► protocol::outbound + ws::frame::encode (once, shared Bytes) ─► socket
-//!            store thread (redb, group commit) ─► answers back to the reactor's shard or
-//!            driver; queued messages written to a device after its auth_success
+//!            store thread (redb inboxes and history, group commit; every ack after its
+//!            commit) ─► answers back to the reactor's shard or driver; a device reads its
+//!            inbox after auth (the first page brings auth_success), holding live frames
 //! ```
 //!
 //! Modules:
 //! - [`config`]: the command line, its validation, and the settings table.
 //! - [`reactor`]: the driver: threads, runtime, connection lifecycle, frames, auth, the
-//!   HTTP API, writing offline queues, limits; the only code that touches sockets, rings,
-//!   timers and mailboxes.
+//!   HTTP API, a device's inbox catch-up, limits; the only code that touches sockets,
+//!   rings, timers and mailboxes.
 //! - [`shard`]: the chat protocol as a state machine, one file per feature; driven by the
 //!   reactor, and by the deterministic simulator in `tests/simulator.rs`.
 //! - [`sockets`]: where a reactor's sockets live (io_uring direct descriptors, or the fd
@@ -34,7 +36,7 @@
 //!   has the typed message kinds and error codes.
 //! - [`router`]: homes, connection addresses and the envelopes reactors mail each other;
 //!   [`mailbox`]: rings and doorbells between reactors.
-//! - [`store`]: the durable offline queues, history and groups on their own thread;
+//! - [`store`]: the durable inboxes, history and groups on their own thread;
 //!   [`push`]: the push hook's thread.
 //! - [`timer`]: the per-reactor timer wheel; [`stats`]: per-reactor counters.
 //! - [`shutdown`]: signals and the drain; [`check`]: the host check (`engine check`);

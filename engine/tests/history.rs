@@ -79,6 +79,42 @@ fn history_reads_a_conversation_newest_first_in_pages() {
 }
 
 #[test]
+fn a_history_page_holds_at_most_a_mebibyte_and_says_more_remain() {
+    let server = Server::start(common::Driver::IoUring, &[]);
+    let mut alice = server.login("alice", "phone");
+    let mut bob = server.login("bob", "phone");
+    // 20 messages of 60 KB: 1.2 MB of conversation, over one page's 1 MiB.
+    let big = "x".repeat(60_000);
+    for i in 0..20 {
+        let id = format!("big{i}");
+        assert_eq!(send(&mut alice, &id, "bob", &big)["status"], "sent");
+        assert_eq!(bob.recv_type("new_message")["messageId"], *id);
+    }
+    alice.send(&json!({"type": "history", "peerId": "bob", "limit": 50}));
+    let page = alice.recv_type("history");
+    let first = page["messages"].as_array().unwrap();
+    let bytes: usize = first.iter().map(|m| m.to_string().len()).sum();
+    assert!(bytes <= 1 << 20, "{bytes} bytes in one page");
+    // At most 17 fit; fewer when the cut would split messages of the same millisecond.
+    assert!((10..=17).contains(&first.len()), "{} messages", first.len());
+    assert_eq!(page["more"], true);
+    // Paging back with the cursor reads the rest, and says nothing more remains.
+    let before = first.last().unwrap()["timestamp"].as_u64().unwrap();
+    alice.send(&json!({"type": "history", "peerId": "bob", "limit": 50, "before": before}));
+    let page = alice.recv_type("history");
+    let rest = page["messages"].as_array().unwrap();
+    assert_eq!(page["more"], false);
+    let mut ids: Vec<&str> = first
+        .iter()
+        .chain(rest)
+        .map(|m| m["messageId"].as_str().unwrap())
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), 20, "every message once across the two pages");
+}
+
+#[test]
 fn bad_history_requests_get_bad_request_naming_the_field() {
     let server = Server::start(common::Driver::IoUring, &[]);
     let mut alice = server.login("alice", "phone");

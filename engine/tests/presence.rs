@@ -68,3 +68,45 @@ fn unsubscribed_and_unrelated_users_get_no_updates() {
         bystander.expect_silence(Duration::from_millis(50));
     });
 }
+
+#[test]
+fn a_dropped_user_stays_online_for_the_grace_and_a_logout_is_at_once() {
+    let server = Server::start(common::Driver::IoUring, &["--presence-grace-ms", "600"]);
+    let mut watcher = server.login("watcher", "phone");
+    let bob = server.login("bob", "phone");
+    watcher.send(&json!({"type": "presence_subscribe", "userIds": ["bob"]}));
+    assert_eq!(
+        watcher.recv_type("presence_state")["users"][0]["status"],
+        "online"
+    );
+    // Dropped without a close frame, and back within the grace: no flap at all.
+    drop(bob);
+    std::thread::sleep(Duration::from_millis(200));
+    watcher.send(&json!({"type": "presence_subscribe", "userIds": ["bob"]}));
+    let state = watcher.recv_type("presence_state");
+    assert_eq!(state["users"][0]["status"], "online", "{state}");
+    let bob = server.login("bob", "phone");
+    watcher.expect_silence(Duration::from_millis(800));
+    // Dropped and not back: offline once the grace has passed.
+    drop(bob);
+    let started = std::time::Instant::now();
+    let update = watcher.recv_type("presence_update");
+    assert_eq!(update["status"], "offline");
+    assert!(
+        started.elapsed() >= Duration::from_millis(500),
+        "{:?}",
+        started.elapsed()
+    );
+    // A logout (a close frame) is offline at once.
+    let mut bob = server.login("bob", "phone");
+    assert_eq!(watcher.recv_type("presence_update")["status"], "online");
+    let started = std::time::Instant::now();
+    bob.ws.close(None).unwrap();
+    let _ = bob.ws.flush();
+    assert_eq!(watcher.recv_type("presence_update")["status"], "offline");
+    assert!(
+        started.elapsed() < Duration::from_millis(400),
+        "{:?}",
+        started.elapsed()
+    );
+}

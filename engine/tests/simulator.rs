@@ -1,7 +1,7 @@
 //! The deterministic simulator: the engine's shards run against a simulated driver,
-//! network, store (with crashes) and clients, one seed at a time, with the invariants of
-//! `simulator/oracle.rs` checked as it goes (see `simulator/world.rs` for what is real
-//! and what is simulated).
+//! network, store (with crashes) and clients (v1 devices, and v2 devices that resume and
+//! acknowledge), one seed at a time, with the invariants of `simulator/oracle.rs` checked
+//! as it goes (see `simulator/world.rs` for what is real and what is simulated).
 //!
 //! `cargo test -p engine --test simulator` runs `SIM_SEEDS` seeds (default 2,000) from
 //! `SIM_SEED_BASE` (default 0). A failing seed is printed with the last steps before the
@@ -54,6 +54,8 @@ struct Tally {
     history_pages: usize,
     /// Edits delivered.
     edits: usize,
+    /// Resumes honoured and refused.
+    resumes: (usize, usize),
 }
 
 impl Tally {
@@ -64,6 +66,8 @@ impl Tally {
         self.huddle_signals += other.huddle_signals;
         self.history_pages += other.history_pages;
         self.edits += other.edits;
+        self.resumes.0 += other.resumes.0;
+        self.resumes.1 += other.resumes.1;
     }
 
     fn everything_happened(&self) -> bool {
@@ -75,6 +79,8 @@ impl Tally {
             self.huddle_signals,
             self.history_pages,
             self.edits,
+            self.resumes.0,
+            self.resumes.1,
         ]
         .iter()
         .all(|&n| n > 0)
@@ -90,6 +96,7 @@ fn run_seed(seed: u64) -> Result<Tally, String> {
         huddle_signals: oracle.huddle_signals,
         history_pages: oracle.history_pages,
         edits: oracle.edits_seen,
+        resumes: oracle.resumes,
     })
 }
 

@@ -185,6 +185,18 @@ pub fn encode_text(payload: &[u8]) -> Bytes {
     encode(OpCode::Data(Data::Text), payload)
 }
 
+/// Writes a text frame whose payload is `parts` one after the other (one allocation, as
+/// [`encode`]).
+pub fn encode_text_parts(parts: &[&[u8]]) -> Bytes {
+    let len = parts.iter().map(|p| p.len()).sum();
+    let mut out = Vec::with_capacity(SERVER_HEADER_MAX + len);
+    write_header(OpCode::Data(Data::Text), len, &mut out);
+    for part in parts {
+        out.extend_from_slice(part);
+    }
+    Bytes::from(out)
+}
+
 /// The payload of a frame [`encode_text`] wrote (server frames are unmasked), sharing its
 /// bytes: how an encoded message is kept without its framing.
 pub fn payload_of(frame: &Bytes) -> Bytes {

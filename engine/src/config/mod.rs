@@ -63,6 +63,8 @@ pub struct Config {
     pub rate_limit: u8,
     /// Silence after which a connection is pinged, then closed (0: never).
     pub idle_timeout_ms: u64,
+    /// How long a user whose last device dropped stays shown online (0: not at all).
+    pub presence_grace_ms: u64,
     /// Groups one user may be in.
     pub groups_per_user_max: u32,
     /// A fault to inject, from `ENGINE_FAILPOINT` (tests only).
@@ -180,6 +182,7 @@ impl Config {
             max_connections_per_reactor: settled.max_connections_per_reactor,
             rate_limit: settled.rate_limit,
             idle_timeout_ms: idle_timeout_ms(settled.idle_timeout_ms)?,
+            presence_grace_ms: settled.presence_grace_ms,
             groups_per_user_max: settled.groups_per_user_max,
             failpoint: None,
             shutdown_timeout_ms: settled.shutdown_timeout_ms,

@@ -243,6 +243,10 @@ settings! {
         range (1, 1_000_000);
     /// A connection silent this long is pinged, and closed (1001) if still silent half as long again (0: never)
     idle_timeout_ms: u64, "ENGINE_IDLE_TIMEOUT_MS", "MS", default "60000";
+    // PROTOCOL.md v2: reconnect churn must not flap presence; a close frame is immediate.
+    /// A user whose last device drops without a close frame is shown offline only after this long (0: at once); a close frame makes it immediate
+    presence_grace_ms: u64, "ENGINE_PRESENCE_GRACE_MS", "MS", default "30000",
+        range (0, 3_600_000);
     /// http:// URL to POST a small JSON to when a message is queued for a user with no device online
     push_webhook: String, "ENGINE_PUSH_WEBHOOK", "URL", default "none";
     /// Include the start of the message text in push notifications

@@ -51,6 +51,8 @@ wire_names! {
     pub enum MessageKind {
         /// `auth`.
         Auth = "auth",
+        /// `ack`.
+        Ack = "ack",
         /// `send_message`.
         SendMessage = "send_message",
         /// `typing`.
@@ -130,6 +132,24 @@ wire_names! {
         Control = "control",
         /// Anything else (no frame the server writes today).
         Other = "other",
+    }
+}
+
+impl OutKind {
+    /// Whether messages of this kind are inbox events (PROTOCOL.md v2): numbered by
+    /// `seq` and kept until a device acknowledges them.
+    pub fn is_inbox_event(self) -> bool {
+        matches!(
+            self,
+            OutKind::NewMessage
+                | OutKind::ReadReceipt
+                | OutKind::DeliveryReceipt
+                | OutKind::MessageEdited
+                | OutKind::MessageDeleted
+                | OutKind::ReactionAdded
+                | OutKind::ReactionRemoved
+                | OutKind::GroupMember
+        )
     }
 }
 

@@ -37,6 +37,18 @@ pub struct Text<'a> {
     pub priority: Priority,
 }
 
+/// `resume {epoch, seq}` in `auth`: the inbox the device last saw and how far it got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Resume<'a> {
+    /// The epoch its last `auth_success` gave (`""` on a device's first connection).
+    pub epoch: &'a str,
+    /// The highest `seq` it processed.
+    pub seq: u64,
+}
+
+/// The longest `resume.epoch` accepted, in bytes.
+pub const EPOCH_BYTES_MAX: usize = 64;
+
 /// A client's `ts` on a `ping`, echoed back as it came.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Scalar<'a> {
@@ -53,7 +65,7 @@ pub enum Scalar<'a> {
 /// One message from a client, borrowing its strings from the payload.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ClientMessage<'a> {
-    /// `auth {userId, deviceId, token?}`.
+    /// `auth {userId, deviceId, token?, resume?}`.
     Auth {
         /// The user claiming the connection.
         user_id: &'a str,
@@ -61,6 +73,13 @@ pub enum ClientMessage<'a> {
         device_id: &'a str,
         /// An HS256 JWT; required when a secret is configured.
         token: Option<&'a str>,
+        /// Where the device left off (protocol v2).
+        resume: Option<Resume<'a>>,
+    },
+    /// `ack {seq}`: the device has processed every inbox event up to `seq`.
+    Ack {
+        /// The highest `seq` processed.
+        seq: u64,
     },
     /// `ping {ts?}`.
     Ping {
@@ -177,6 +196,7 @@ impl ClientMessage<'_> {
     pub fn kind(&self) -> MessageKind {
         match self {
             ClientMessage::Auth { .. } => MessageKind::Auth,
+            ClientMessage::Ack { .. } => MessageKind::Ack,
             ClientMessage::Ping { .. } => MessageKind::Ping,
             ClientMessage::SendMessage(_) => MessageKind::SendMessage,
             ClientMessage::Typing { .. } => MessageKind::Typing,
@@ -280,6 +300,15 @@ fn decode<'t, 'de: 't>(root: Value<'t, 'de>) -> Result<ClientMessage<'de>, Proto
             user_id: id(root, "userId")?,
             device_id: id(root, "deviceId")?,
             token: opt_str(root, "token")?,
+            resume: decode_resume(root)?,
+        },
+        "ack" => ClientMessage::Ack {
+            seq: match root.get("seq") {
+                Some(v) => v.as_u64().ok_or_else(|| {
+                    ProtocolError::bad_request("field 'seq' must be a non-negative integer")
+                })?,
+                None => return Err(ProtocolError::bad_request("missing field 'seq'")),
+            },
         },
         "ping" => ClientMessage::Ping {
             ts: root.get("ts").and_then(scalar),
@@ -431,6 +460,32 @@ fn decode_amend<'t, 'de: 't>(
     })
 }
 
+/// `resume {epoch, seq}` in `auth`; a bad shape fails the `auth` (`auth_failed`, which
+/// closes the connection), naming the field.
+fn decode_resume<'t, 'de: 't>(root: &Value<'t, 'de>) -> Result<Option<Resume<'de>>, ProtocolError> {
+    let failed = |text: &str| ProtocolError::new(ErrorCode::AuthFailed, text.to_owned());
+    let resume = match root.get("resume") {
+        None => return Ok(None),
+        Some(v) if v.is_null() => return Ok(None),
+        Some(v) if v.is_object() => v,
+        Some(_) => return Err(failed("field 'resume' must be an object {epoch, seq}")),
+    };
+    let epoch = match resume.get("epoch") {
+        Some(v) => v.into_string().filter(|e| e.len() <= EPOCH_BYTES_MAX),
+        None => None,
+    }
+    .ok_or_else(|| {
+        failed(&format!(
+            "field 'resume.epoch' must be a string of at most {EPOCH_BYTES_MAX} bytes"
+        ))
+    })?;
+    let seq = resume
+        .get("seq")
+        .and_then(|v| v.as_u64())
+        .ok_or_else(|| failed("field 'resume.seq' must be a non-negative integer"))?;
+    Ok(Some(Resume { epoch, seq }))
+}
+
 /// `typing {receiverId, isTyping}`.
 fn decode_typing<'t, 'de: 't>(root: &Value<'t, 'de>) -> Result<ClientMessage<'de>, ProtocolError> {
     Ok(ClientMessage::Typing {
@@ -556,7 +611,8 @@ mod tests {
             Ok(ClientMessage::Auth {
                 user_id: "u1",
                 device_id: "phone",
-                token: None
+                token: None,
+                resume: None,
             })
         );
         assert_eq!(
@@ -564,9 +620,49 @@ mod tests {
             Ok(ClientMessage::Auth {
                 user_id: "u\"1",
                 device_id: "d",
-                token: Some("t")
+                token: Some("t"),
+                resume: None,
             })
         );
+    }
+
+    #[test]
+    fn parses_resume_and_ack_and_names_a_bad_field() {
+        let auth = r#"{"type":"auth","userId":"u","deviceId":"d","resume":{"epoch":"e1","seq":7}}"#;
+        assert_eq!(
+            parse(auth),
+            Ok(ClientMessage::Auth {
+                user_id: "u",
+                device_id: "d",
+                token: None,
+                resume: Some(Resume {
+                    epoch: "e1",
+                    seq: 7
+                }),
+            })
+        );
+        for (bad, field) in [
+            (r#""resume":5"#, "'resume'"),
+            (r#""resume":{"seq":1}"#, "'resume.epoch'"),
+            (r#""resume":{"epoch":"e","seq":-1}"#, "'resume.seq'"),
+            (r#""resume":{"epoch":"e","seq":"7"}"#, "'resume.seq'"),
+        ] {
+            let text = format!(r#"{{"type":"auth","userId":"u","deviceId":"d",{bad}}}"#);
+            let e = parse(&text).unwrap_err();
+            assert_eq!(e.code, ErrorCode::AuthFailed, "{text}");
+            assert!(e.message.contains(field), "{text}: {}", e.message);
+        }
+        assert_eq!(
+            parse(r#"{"type":"ack","seq":12}"#),
+            Ok(ClientMessage::Ack { seq: 12 })
+        );
+        for bad in [
+            r#"{"type":"ack"}"#,
+            r#"{"type":"ack","seq":-3}"#,
+            r#"{"type":"ack","seq":"x"}"#,
+        ] {
+            assert_eq!(parse(bad).unwrap_err().code, ErrorCode::BadRequest, "{bad}");
+        }
     }
 
     #[test]

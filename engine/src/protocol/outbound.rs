@@ -41,6 +41,29 @@ impl Outgoing {
         }
     }
 
+    /// A text frame carrying `json`, an inbox event of `kind`, numbered `seq` in its
+    /// user's inbox: `"seq":N` goes right after the `type` every message starts with.
+    ///
+    /// Hot path: one allocation, the frame itself.
+    pub fn with_seq(kind: OutKind, json: &[u8], seq: u64) -> Outgoing {
+        let split = (r#"{"type":""#.len() + kind.name().len() + 1).min(json.len());
+        let (head, rest) = json.split_at(split);
+        let mut digits = [0u8; 20];
+        let bytes =
+            frame::encode_text_parts(&[head, br#","seq":"#, decimal(seq, &mut digits), rest]);
+        Outgoing { kind, bytes }
+    }
+
+    /// The `seq` of a frame [`Outgoing::with_seq`] made (read back only for the few
+    /// frames held while a device reads its inbox).
+    pub fn seq(&self) -> Option<u64> {
+        let json = self.json();
+        let at = r#"{"type":""#.len() + self.kind.name().len() + 1;
+        let digits = json.get(at..)?.strip_prefix(br#","seq":"#)?;
+        let end = digits.iter().position(|b| !b.is_ascii_digit())?;
+        std::str::from_utf8(&digits[..end]).ok()?.parse().ok()
+    }
+
     /// The JSON text of a text frame (shares the frame's allocation).
     pub fn json(&self) -> Bytes {
         frame::payload_of(&self.bytes)
@@ -51,6 +74,19 @@ impl Outgoing {
         Outgoing {
             kind: OutKind::Http,
             bytes,
+        }
+    }
+}
+
+/// `value` in decimal, written at the end of `buf`.
+fn decimal(mut value: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut at = buf.len();
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (value % 10) as u8;
+        value /= 10;
+        if value == 0 {
+            return &buf[at..];
         }
     }
 }
@@ -95,13 +131,36 @@ impl OutJson {
     }
 }
 
-/// `auth_success {userId, deviceId, timestamp}`.
-pub fn auth_success(out: &mut OutJson, user_id: &str, device_id: &str, now_ms: u64) {
-    out.begin(OutKind::AuthSuccess)
+/// Where a device's inbox stands, for `auth_success` (protocol v2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InboxState<'a> {
+    /// The inbox's epoch.
+    pub epoch: &'a str,
+    /// Its last `seq`.
+    pub seq: u64,
+    /// Whether a `resume` was honoured (absent without one).
+    pub resumed: Option<bool>,
+}
+
+/// `auth_success {userId, deviceId, epoch, seq, resumed?, timestamp}`.
+pub fn auth_success(
+    out: &mut OutJson,
+    (user_id, device_id): (&str, &str),
+    inbox: InboxState<'_>,
+    now_ms: u64,
+) {
+    let obj = out
+        .begin(OutKind::AuthSuccess)
         .str("userId", user_id)
         .str("deviceId", device_id)
-        .u64("timestamp", now_ms)
-        .end();
+        .str("epoch", inbox.epoch)
+        .u64("seq", inbox.seq);
+    match inbox.resumed {
+        Some(resumed) => obj.bool("resumed", resumed),
+        None => obj,
+    }
+    .u64("timestamp", now_ms)
+    .end();
 }
 
 /// `error {code, message, ref?}`.
@@ -259,8 +318,9 @@ pub fn read_receipt(out: &mut OutJson, message_id: &str, reader_id: &str, now_ms
         .end();
 }
 
-/// `history {peerId, messages:[…]}`: each message is a stored `new_message` object.
-pub fn history(out: &mut OutJson, peer_id: &str, messages: &[bytes::Bytes]) {
+/// `history {peerId, messages:[…], more}`: each message is a stored `new_message` object;
+/// `more` says older ones remain.
+pub fn history(out: &mut OutJson, peer_id: &str, messages: &[bytes::Bytes], more: bool) {
     out.begin(OutKind::History)
         .str("peerId", peer_id)
         .with("messages", |out| {
@@ -273,6 +333,7 @@ pub fn history(out: &mut OutJson, peer_id: &str, messages: &[bytes::Bytes]) {
             }
             out.push(b']');
         })
+        .bool("more", more)
         .end();
 }
 
@@ -365,6 +426,27 @@ mod tests {
         assert_eq!(
             text(|o| presence_state(o, &entries)),
             r#"{"type":"presence_state","users":[{"userId":"a","status":"online","lastSeen":null},{"userId":"b","status":"offline","lastSeen":7}]}"#
+        );
+    }
+
+    #[test]
+    fn an_inbox_frame_carries_its_seq_after_its_type() {
+        let mut out = OutJson::default();
+        typing(&mut out, "ann", true, 5);
+        let with = Outgoing::with_seq(OutKind::Typing, out.json(), 1234567);
+        let json: serde_json::Value = serde_json::from_slice(&with.json()).unwrap();
+        assert_eq!(
+            (json["type"].as_str(), json["seq"].as_u64()),
+            (Some("typing"), Some(1234567))
+        );
+        assert_eq!(json["senderId"], "ann");
+        assert_eq!(with.seq(), Some(1234567));
+        assert_eq!(out.frame().seq(), None);
+        let mut digits = [0u8; 20];
+        assert_eq!(decimal(0, &mut digits), b"0");
+        assert_eq!(
+            decimal(u64::MAX, &mut digits),
+            u64::MAX.to_string().as_bytes()
         );
     }
 

@@ -1,5 +1,7 @@
-//! The HTTP API's requests that need the router: `POST /api/messages/send` (answered when
-//! the receiver's home says whether a device got it) and `POST /api/messages/broadcast`
+//! The HTTP API's requests that need the router or the store: `POST /api/messages/send`
+//! (answered once the receiver's inbox holds it: `sent` when a device got it), `GET
+//! /api/messages/queue/{user}` (what no device acknowledged; `?drain=true` acknowledges
+//! it once the answer is written) and `POST /api/messages/broadcast`
 //! (answered when every home involved has counted its users).
 //!
 //! While an answer is pending the connection reads no further request (HTTP/1.1 answers
@@ -10,7 +12,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::{
-    conn::PendingApi,
+    conn::{PageInFlight, PendingApi},
     core::{BroadcastCounts, Reactor},
 };
 use crate::{
@@ -36,6 +38,7 @@ impl Reactor {
         conn.aux_mut().pending_api = Some(PendingApi {
             keep_alive,
             message_id: message_id.as_str().into(),
+            drain: false,
         });
         let conn = at;
         self.feed_shard(Event::ApiSend {
@@ -45,58 +48,56 @@ impl Reactor {
         });
     }
 
-    /// The home's outcome for an API send: 202 when a device got it; 503 when no device is
-    /// online and the store no longer takes messages (shutting down), never a silent loss.
+    /// The outcome for an API send the store could not take (the gateway is shutting
+    /// down): 503, never a silent loss. (A group post's `sent` comes this way too.)
     pub(super) fn answer_api_send(&mut self, at: ConnAddr, delivered: bool) {
-        let Some(pending) = self.take_pending_api(at) else {
-            return;
-        };
-        let answer = if delivered {
-            let mut body = Vec::with_capacity(96);
-            Obj::new(&mut body)
-                .str("message_id", &pending.message_id)
-                .str("status", "sent")
-                .end();
-            response::write(202, "application/json", &body, pending.keep_alive, &[])
+        let outcome = if delivered {
+            Outcome::Kept { delivered }
         } else {
-            let message = "the receiver has no device online and the store is not taking \
-                           messages (the gateway is shutting down)";
-            response::json_error(503, "peer_offline", message, pending.keep_alive)
+            Outcome::Failed(Failure::Stopped)
         };
-        self.finish_api(at, answer, pending.keep_alive);
+        self.answer_api_appended(at, &outcome);
     }
 
-    /// The store's outcome for an API send to an offline receiver.
-    pub(super) fn answer_api_queued(&mut self, at: ConnAddr, outcome: &Outcome) {
+    /// The store's outcome for an API send, once committed: 202 `sent` when a device got
+    /// it, `queued` when none did.
+    pub(super) fn answer_api_appended(&mut self, at: ConnAddr, outcome: &Outcome) {
         let Some(pending) = self.take_pending_api(at) else {
             return;
         };
         let answer = match outcome {
-            Outcome::Queued => {
+            Outcome::Kept { delivered } => {
                 let mut body = Vec::with_capacity(96);
                 Obj::new(&mut body)
                     .str("message_id", &pending.message_id)
-                    .str("status", "queued")
+                    .str("status", if *delivered { "sent" } else { "queued" })
                     .end();
                 response::write(202, "application/json", &body, pending.keep_alive, &[])
             }
             Outcome::QueueFull => response::json_error(
                 429,
                 "queue_full",
-                "the receiver's offline queue is full; the message was not queued",
+                "the receiver's inbox is full; the message was not kept",
                 pending.keep_alive,
             ),
-            Outcome::Failed(why) => response::json_error(
-                503,
-                "persistence_failed",
-                &format!("the message could not be stored and was not queued: {why}"),
-                pending.keep_alive,
-            ),
+            Outcome::NotHeld | Outcome::Failed(_) => {
+                let why = match outcome {
+                    Outcome::Failed(why) => why.to_string(),
+                    _ => "its first copy was not kept".to_owned(),
+                };
+                response::json_error(
+                    503,
+                    "persistence_failed",
+                    &format!("the message could not be stored: {why}"),
+                    pending.keep_alive,
+                )
+            }
         };
         self.finish_api(at, answer, pending.keep_alive);
     }
 
-    /// Starts `GET /api/messages/queue/{user}`: the store reads (and drains) the queue.
+    /// Starts `GET /api/messages/queue/{user}`: the store reads what no device of the
+    /// user has acknowledged.
     pub(super) fn api_queue(&mut self, at: ConnAddr, keep_alive: bool, user: String, drain: bool) {
         let Some(conn) = self.conn_mut(at) else {
             return;
@@ -104,25 +105,25 @@ impl Reactor {
         conn.aux_mut().pending_api = Some(PendingApi {
             keep_alive,
             message_id: "".into(),
+            drain,
         });
         let command = Command::Peek {
             user: user.into(),
             requester: at.into(),
-            drain,
         };
         if self.store.send(command).is_err() {
-            self.answer_api_queue(at, "", &[], false, Some(Failure::Stopped));
+            self.answer_api_queue(at, "", (&[], 0, false), Some(Failure::Stopped));
         }
     }
 
-    /// The store's read of a queue: `{user_id, messages:[...]}` in delivery order, with the
-    /// API's field names.
+    /// The store's read of a user's inbox: `{user_id, messages:[...], more}` in delivery
+    /// order, with the API's field names. A drain acknowledges what the answer carried
+    /// once the kernel has it all; an answer cut off on the way acknowledges nothing.
     pub(super) fn answer_api_queue(
         &mut self,
         at: ConnAddr,
         user: &str,
-        messages: &[Bytes],
-        more: bool,
+        (messages, upto, more): (&[Bytes], u64, bool),
         error: Option<Failure>,
     ) {
         let Some(pending) = self.take_pending_api(at) else {
@@ -154,7 +155,19 @@ impl Reactor {
                 response::write(200, "application/json", &body, pending.keep_alive, &[])
             }
         };
+        if pending.drain && error.is_none() && upto > 0 {
+            if let Some(conn) = self.conn_mut(at) {
+                conn.aux_mut().page_in_flight = Some(Box::new(PageInFlight {
+                    user: user.into(),
+                    covered: upto,
+                    next: None,
+                    drain: true,
+                    any: true,
+                }));
+            }
+        }
         self.finish_api(at, answer, pending.keep_alive);
+        self.pages_written(at);
     }
 
     /// Starts an API broadcast: one order per home involved, each counting its users.
@@ -190,6 +203,7 @@ impl Reactor {
         conn.aux_mut().pending_api = Some(PendingApi {
             keep_alive,
             message_id: message.message_id.clone(),
+            drain: false,
         });
         let requester = at;
         let counts = BroadcastCounts::default();

@@ -4,12 +4,15 @@
 
 use std::sync::Arc;
 
-use super::{conn::Phase, core::Reactor};
+use super::{
+    conn::{CatchUp, Flags, Phase},
+    core::Reactor,
+};
 use crate::{
     failpoint::Failpoint,
     protocol::{
         codes::{ErrorCode, MessageKind},
-        inbound::{ClientMessage, ProtocolError},
+        inbound::{ClientMessage, ProtocolError, Resume},
         jwt, now_ms, outbound, Priority,
     },
     router::ConnAddr,
@@ -34,7 +37,11 @@ impl Reactor {
             Ok(message) => message,
             Err(e) => {
                 let reference = e.reference.as_deref();
-                return self.send_error(at, e.code, &e.message, reference);
+                self.send_error(at, e.code, &e.message, reference);
+                if e.code == ErrorCode::AuthFailed {
+                    self.begin_close(at, close::POLICY_VIOLATION, "auth failed");
+                }
+                return;
             }
         };
         if phase == Phase::Open {
@@ -43,7 +50,8 @@ impl Reactor {
                     user_id,
                     device_id,
                     token,
-                } => self.auth(at, user_id, device_id, token),
+                    resume,
+                } => self.auth(at, (user_id, device_id), token, resume),
                 _ => {
                     let text = "send auth first";
                     self.send_error(at, ErrorCode::NotAuthenticated, text, None)
@@ -83,8 +91,15 @@ impl Reactor {
 
     /// `auth`: with `--jwt-secret` the token (in the message, or `?token=` on the
     /// upgrade) must be valid for the user, else `auth_failed` and 1008. Then the
-    /// connection is the user's and the shard registers the device with its home.
-    fn auth(&mut self, at: ConnAddr, user_id: &str, device_id: &str, token: Option<&str>) {
+    /// connection is the user's and the shard registers the device with its home. A
+    /// device that sends `resume` acknowledges its inbox events itself.
+    fn auth(
+        &mut self,
+        at: ConnAddr,
+        (user_id, device_id): (&str, &str),
+        token: Option<&str>,
+        resume: Option<Resume<'_>>,
+    ) {
         if let Some(secret) = self.shared.config.jwt_secret.clone() {
             let Some(conn) = self.conn_mut(at) else {
                 return;
@@ -108,15 +123,21 @@ impl Reactor {
         conn.phase = Phase::Authenticated;
         conn.user = Some(user.clone());
         conn.deadline_tick = 0;
-        if let Some(aux) = conn.aux.as_mut() {
-            aux.url_token = None;
-        }
-        conn.trim_aux();
+        conn.flags.set(Flags::ACKS, resume.is_some());
+        conn.flags.set(Flags::CATCHING_UP, true);
+        let aux = conn.aux_mut();
+        aux.url_token = None;
+        aux.catch_up = Some(Box::new(CatchUp {
+            device_id: device_id.into(),
+            resume: resume.map(|r| (r.epoch.into(), r.seq)),
+            ..CatchUp::default()
+        }));
         let conn = at;
         self.feed_shard(Event::Authenticated {
             conn,
             user,
             device: device_id,
+            acks: resume.is_some(),
         });
     }
 

@@ -12,7 +12,7 @@ use slab::Slab;
 use tracing::{debug, warn};
 
 use super::{
-    conn::{self, Conn, Flags, Flushed, OutQueue, Phase},
+    conn::{self, Conn, Flags, Flushed, InboxFrame, OutQueue, Phase},
     ReactorSeed, Shared,
 };
 use crate::{
@@ -72,6 +72,9 @@ pub(crate) struct Reactor {
     /// Set while effects are being carried out, so that an effect that feeds the shard
     /// again adds to the same queue instead of starting a nested loop.
     pub(crate) carrying_out: bool,
+    /// Inbox events written this batch to devices that do not acknowledge (v1): they are
+    /// taken to have them, one store ack per user at the end of the batch.
+    v1_acks: Vec<(Arc<str>, u64)>,
     /// Rings to the peers.
     outbox: Outbox<Envelope>,
     /// Rings from the peers.
@@ -133,13 +136,14 @@ impl Reactor {
             next_generation: 1,
             sockets,
             shard: Shard::new(
-                seed.id,
-                seed.shared.config.reactors,
+                (seed.id, seed.shared.config.reactors),
                 seed.groups,
                 seed.shared.group_quota.clone(),
+                seed.shared.config.presence_grace_ms,
             ),
             effects: Effects::default(),
             carrying_out: false,
+            v1_acks: Vec::new(),
             outbox: Outbox::new(seed.producers),
             inboxes: seed.consumers,
             read_buffer: vec![0; READ_BUFFER_BYTES],
@@ -309,7 +313,34 @@ impl Reactor {
         for at in std::mem::take(&mut self.unread) {
             self.read_from(at, false);
         }
+        self.ack_v1_deliveries();
         self.outbox.flush(&self.shared.doorbells);
+    }
+
+    /// Acknowledges, per user, the highest inbox event written this batch to devices
+    /// that do not acknowledge themselves.
+    fn ack_v1_deliveries(&mut self) {
+        if self.v1_acks.is_empty() {
+            return;
+        }
+        let mut acks = std::mem::take(&mut self.v1_acks);
+        acks.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
+        acks.dedup_by(|a, b| a.0 == b.0);
+        let homes = self.shared.config.reactors;
+        for (user, upto) in acks.drain(..) {
+            let home = crate::router::home_of(&user, homes);
+            let user = (*user).into();
+            let ack = crate::store::Command::Ack {
+                user,
+                upto,
+                device: None,
+                home,
+            };
+            if self.store.send(ack).is_err() {
+                break; // shutting down: the events stay unacknowledged, and come again
+            }
+        }
+        self.v1_acks = acks;
     }
 
     fn drain_mailboxes(&mut self) {
@@ -457,10 +488,59 @@ impl Reactor {
         if conn.phase == Phase::Closing {
             return;
         }
+        if conn.flags.has(Flags::CATCHING_UP) {
+            return self.hold(at, frame, priority);
+        }
+        match conn.inbox_frame(&frame) {
+            InboxFrame::Had => {}
+            InboxFrame::New(seq) => self.write_new_event(at, frame, priority, seq),
+            InboxFrame::Other => self.enqueue(at, frame, priority),
+        }
+    }
+
+    /// Writes an inbox event new to the device; a device that does not acknowledge is
+    /// taken to have it (acknowledged for it at the end of the batch).
+    pub(super) fn write_new_event(
+        &mut self,
+        at: ConnAddr,
+        frame: Outgoing,
+        priority: Priority,
+        seq: u64,
+    ) {
+        let Some(conn) = self.conn_mut(at) else {
+            return;
+        };
+        conn.inbox_seq = conn.inbox_seq.max(seq);
+        if !conn.flags.has(Flags::ACKS) {
+            if let Some(user) = conn.user.clone() {
+                self.v1_acks.push((user, seq));
+            }
+        }
         self.enqueue(at, frame, priority);
     }
 
-    fn enqueue(
+    /// Keeps a frame for a device still reading its inbox, to be written once it has
+    /// (`reactor::inbox`); a device that falls too far behind is a slow consumer.
+    fn hold(&mut self, at: ConnAddr, frame: Outgoing, priority: Priority) {
+        let bound = self.shared.config.outbound_bytes_max;
+        let Some(conn) = self.conn_mut(at) else {
+            return;
+        };
+        let Some(catch_up) = conn.aux.as_mut().and_then(|a| a.catch_up.as_mut()) else {
+            return;
+        };
+        catch_up.held_bytes += frame.bytes.len();
+        catch_up.held.push((frame, priority));
+        if catch_up.held_bytes > bound {
+            conn.flags.set(Flags::CATCHING_UP, false);
+            conn.aux_mut().catch_up = None;
+            self.begin_close(at, close::SLOW_CONSUMER, "slow consumer");
+        }
+    }
+
+    /// Queues a frame whatever the connection is waiting for (a device's own inbox
+    /// pages while it catches up).
+    pub(super) fn enqueue(
         &mut self,
         at: ConnAddr,
         Outgoing { kind, bytes: frame }: Outgoing,
@@ -541,13 +621,10 @@ impl Reactor {
         match queue.write_to(&mut self.sockets, conn.socket) {
             Ok(Flushed::All) => {
                 conn.outbound = None;
-                if conn.flags.has(Flags::CLOSE_WHEN_FLUSHED) {
-                    return self.after_final_frame(at);
-                }
-                let delivered = conn.aux.as_mut().and_then(|a| a.queue_in_flight.take());
-                if let Some(delivery) = delivered {
-                    conn.trim_aux();
-                    self.finish_queue_delivery(at, *delivery);
+                let closing = conn.flags.has(Flags::CLOSE_WHEN_FLUSHED);
+                self.pages_written(at);
+                if closing {
+                    self.after_final_frame(at);
                 }
             }
             Ok(Flushed::Blocked) => conn.flags.set(Flags::WRITABLE, false),
@@ -569,8 +646,26 @@ impl Reactor {
             return;
         };
         if conn.outbound.is_none() {
+            self.pages_written(at);
             self.after_final_frame(at);
         }
+    }
+
+    /// If the connection's output is all with the kernel, the page in flight on it (an
+    /// inbox page, an HTTP drain's answer) is done: see [`Reactor::page_taken`]. Called
+    /// wherever output may have finished; a connection that dies first never gets here.
+    pub(crate) fn pages_written(&mut self, at: ConnAddr) {
+        let Some(conn) = self.conn_mut(at) else {
+            return;
+        };
+        if conn.outbound.is_some() {
+            return;
+        }
+        let Some(page) = conn.aux.as_mut().and_then(|a| a.page_in_flight.take()) else {
+            return;
+        };
+        conn.trim_aux();
+        self.page_taken(at, *page);
     }
 
     /// The final frame is written: HTTP closes now; a WebSocket half-closes and waits
@@ -614,8 +709,13 @@ impl Reactor {
         let Some(conn) = self.conn_mut(at) else {
             return;
         };
+        let clean = conn.flags.has(Flags::SAID_GOODBYE);
         if let Some(user) = conn.user.take() {
-            self.feed_shard(crate::shard::Event::Closed { conn: addr, user });
+            self.feed_shard(crate::shard::Event::Closed {
+                conn: addr,
+                user,
+                clean,
+            });
         }
     }
 
@@ -649,6 +749,7 @@ impl Reactor {
             }
         }
         self.due = due;
+        self.feed_shard(crate::shard::Event::Tick);
         self.limits_tick();
         self.drain_tick();
         // Timer-driven work may have mailed peers.

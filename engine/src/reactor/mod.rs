@@ -15,7 +15,8 @@
 //! - `session`: a connection's input: HTTP requests, the upgrade, WebSocket frames;
 //! - `chat`: a parsed client message: `auth` checked here, the rest to the shard;
 //! - `routing`: events into the shard, its effects carried out, mail for connections;
-//! - `offline`: the store's answers for connections: acks, queue parts written and removed;
+//! - `inbox`: the store's answers for connections: `message_ack`, inbox pages written
+//!   (the first after `auth_success`) and paced, refused acks;
 //! - `api`: the HTTP API's requests that wait on other reactors;
 //! - `limits`: rate limit and idle sweep.
 
@@ -23,8 +24,8 @@ mod api;
 mod chat;
 pub mod conn;
 mod core;
+mod inbox;
 mod limits;
-mod offline;
 mod routing;
 mod session;
 

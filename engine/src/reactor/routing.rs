@@ -10,7 +10,7 @@ use crate::{
     router::{AckStatus, ConnAddr, Envelope},
     shard::{Clock, Effect, Event},
     stats,
-    store::{Outcome, Reply},
+    store::Reply,
     ws::close,
 };
 
@@ -95,6 +95,7 @@ impl Reactor {
                 message_id,
                 status,
             } => self.on_ack(sender, &message_id, status),
+            Envelope::Registered { addr } => self.start_catch_up(addr),
             Envelope::Close { addr, code } => {
                 let reason = if code == close::REPLACED {
                     "replaced"
@@ -115,9 +116,6 @@ impl Reactor {
     /// The receiver's home tells a sender (WebSocket or HTTP API) what became of its
     /// message.
     fn on_ack(&mut self, sender: ConnAddr, message_id: &str, status: AckStatus) {
-        if status == AckStatus::Queued {
-            return self.answer_enqueued(sender, message_id, &Outcome::Queued);
-        }
         let delivered = status == AckStatus::Sent;
         let from_api = self
             .conn_mut(sender)

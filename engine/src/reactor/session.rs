@@ -137,10 +137,13 @@ impl Reactor {
                 self.send(at, pong, Priority::High);
             }
             Kind::Pong => {}
-            Kind::Close => match frame::parse_close_payload(payload) {
-                Ok(code) => self.begin_close(at, code, ""),
-                Err(code) => self.begin_close(at, code, "invalid close frame"),
-            },
+            Kind::Close => {
+                conn.flags.set(Flags::SAID_GOODBYE, true);
+                match frame::parse_close_payload(payload) {
+                    Ok(code) => self.begin_close(at, code, ""),
+                    Err(code) => self.begin_close(at, code, "invalid close frame"),
+                }
+            }
             Kind::Binary => self.begin_close(
                 at,
                 close::UNSUPPORTED_DATA,

@@ -91,19 +91,21 @@ pub struct Delivery {
     pub copy_of: Option<Box<str>>,
     /// When the message was accepted ([`crate::stats::clock_ns`]), for routing latency.
     pub accepted_ns: u64,
-    /// What to do when no device is online (with `ack`, it is always queued).
-    pub offline: WhenOffline,
+    /// Whether it is an inbox event, kept until a device acknowledges it.
+    pub durability: Durability,
 }
 
-/// What a home does with a delivery for a user with no device online.
+/// Whether a delivery is kept for its user.
 #[derive(Debug)]
-pub enum WhenOffline {
-    /// Nothing (typing, copies to the sender's own devices, group events).
-    Drop,
-    /// Queue it in the store (receipts, edits, group messages).
-    Queue,
-    /// Tell the sender `peer_offline` (call signaling is never queued).
-    Refuse {
+pub enum Durability {
+    /// An inbox event (PROTOCOL.md v2): numbered by `seq` and kept until a device of the
+    /// user acknowledges it (messages, receipts, edits, group events).
+    Inbox,
+    /// For the devices online now, else nobody (typing).
+    Transient,
+    /// For the devices online now, else the sender hears `peer_offline` (call
+    /// signaling is never kept).
+    Call {
         /// The sending connection.
         sender: ConnAddr,
         /// The `ref` of the error (the call id).
@@ -130,11 +132,9 @@ pub struct AckRequest {
 /// What the receiver's home tells a sender.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AckStatus {
-    /// A device got it.
+    /// Every copy is committed (a group post).
     Sent,
-    /// A retry of a message already queued for the offline receiver.
-    Queued,
-    /// No device online and the store could not take it (it is shutting down).
+    /// The store could not take it (it is shutting down).
     Offline,
 }
 
@@ -224,12 +224,9 @@ pub struct GroupDelivery {
     pub priority: Priority,
     /// The sending device, which gets no copy.
     pub except: Option<ConnAddr>,
-    /// For a post: the group's home and the post there. Members with no device online
-    /// (but the sender) get it queued, and the home hears when its share is done, after
-    /// the commit. Membership events have none: nothing is queued.
+    /// For a post: the group's home and the post there, which hears when this home's
+    /// share is committed. Membership events have none.
     pub post: Option<(usize, u32)>,
-    /// The sending user: never queued a copy of its own post.
-    pub sender: Option<Arc<str>>,
 }
 
 /// A `huddle:*` signal: a group's call room.
@@ -260,15 +257,14 @@ pub enum Envelope {
         device: Box<str>,
         /// The connection.
         addr: ConnAddr,
+        /// It acknowledges what it gets (its `auth` had `resume`).
+        acks: bool,
     },
-    /// To a device's reactor: its registration is in the directory; send `auth_success`.
+    /// To a device's reactor: the device gets live events from now on; it reads its
+    /// inbox (the first page brings `auth_success`), holding what comes live meanwhile.
     Registered {
         /// The connection.
         addr: ConnAddr,
-        /// The user.
-        user: Arc<str>,
-        /// The device id.
-        device: Box<str>,
     },
     /// To a home: a device's connection closed.
     Unregister {
@@ -276,6 +272,8 @@ pub enum Envelope {
         user: Arc<str>,
         /// The connection.
         addr: ConnAddr,
+        /// The client closed it with a close frame (a logout: no presence grace).
+        clean: bool,
     },
     /// To a home: deliver a frame to a user's devices.
     Deliver(Box<Delivery>),
@@ -373,7 +371,6 @@ impl Envelope {
     pub fn is_for_shard(&self) -> bool {
         match self {
             Envelope::Register { .. }
-            | Envelope::Registered { .. }
             | Envelope::PresenceReply { .. }
             | Envelope::Presence { .. }
             | Envelope::Unregister { .. }
@@ -387,6 +384,7 @@ impl Envelope {
             | Envelope::GroupDeliver(_)
             | Envelope::GroupShareDone { .. } => true,
             Envelope::ToConn { .. }
+            | Envelope::Registered { .. }
             | Envelope::Ack { .. }
             | Envelope::Close { .. }
             | Envelope::BroadcastReply { .. } => false,

@@ -1,15 +1,17 @@
-//! HTTP API broadcasts at each home: the message is written to every device of the users
-//! it names (or of every user online there) and queued for the named users with no device
-//! online. The counts go back to the requester directly, or through the store once the
-//! commit holds the queued copies.
-
-use bytes::Bytes;
+//! HTTP API broadcasts at each home. To named users it is an inbox event: numbered,
+//! written to their live devices and appended to each inbox in one store command, whose
+//! commit sends the counts to the requester. To every user online (`all`) it is written
+//! to the devices online now and kept nowhere: it is for whoever is online at that
+//! moment, and a million inbox copies would hold the store for tens of seconds.
 
 use super::{Effects, Shard};
 use crate::{
-    protocol::outbound::{self, NewMessage, OutJson},
-    router::{BroadcastMessage, BroadcastOrder, ConnAddr, Envelope},
-    store::{Command, FanOut, FanOutBatch},
+    protocol::{
+        codes::OutKind,
+        outbound::{self, NewMessage, OutJson},
+    },
+    router::{BroadcastMessage, BroadcastOrder, Envelope},
+    store::{Command, FanOut, Share, ShareRow},
 };
 
 impl Shard {
@@ -17,56 +19,43 @@ impl Shard {
     /// `receiverId` differs) and shared by the user's devices.
     pub(super) fn broadcast(&mut self, order: BroadcastOrder, out: &mut Effects) {
         let message = &order.message;
-        let mut offline: Vec<Box<str>> = Vec::new();
-        let mut targets: Vec<(Box<str>, Vec<ConnAddr>)> = Vec::new();
-        match &order.users {
-            Some(users) => {
-                for user in users {
-                    let devices: Vec<ConnAddr> = self
-                        .directory
-                        .devices(user)
-                        .iter()
-                        .map(|d| d.addr)
-                        .collect();
-                    if devices.is_empty() {
-                        offline.push(user.clone());
-                    } else {
-                        targets.push((user.clone(), devices));
-                    }
-                }
-            }
-            None => {
-                for (user, devices) in self.directory.online() {
-                    targets.push((user.into(), devices.iter().map(|d| d.addr).collect()));
-                }
-            }
-        }
-        let delivered = targets.len() as u32;
-        for (user, devices) in targets {
-            let frame = self.broadcast_json(message, &user).frame();
-            for addr in devices {
-                out.frame_to(addr, frame.clone(), message.priority, message.accepted_ns);
-            }
-        }
         let requester = order.requester.reactor as usize;
-        if offline.is_empty() {
+        let timing = (message.priority, message.accepted_ns);
+        let Some(users) = &order.users else {
+            let online: Vec<Box<str>> = self.directory.online().map(|(u, _)| u.into()).collect();
+            let mut delivered = 0;
+            for user in online {
+                let frame = self.broadcast_json(message, &user).frame();
+                let devices = self.directory.live_devices(&user, None);
+                delivered += u32::from(!devices.is_empty());
+                for device in devices {
+                    out.frame_to(device.addr, frame.clone(), timing.0, timing.1);
+                }
+            }
             let reply = Envelope::BroadcastReply {
                 request: order.request,
                 delivered,
                 offline: 0,
             };
             return out.mail(requester, reply);
+        };
+        let mut rows = Vec::with_capacity(users.len());
+        let mut delivered = 0;
+        for user in users {
+            let frame = self.broadcast_json(message, user).frame();
+            let numbered = self.number_event(user, &frame, timing, None, out);
+            delivered += u32::from(numbered.delivered());
+            rows.push(ShareRow {
+                user: user.clone(),
+                seq: numbered.seq,
+                json: Some(frame.json()),
+            });
         }
-        let messages = offline
-            .into_iter()
-            .map(|user| {
-                let payload = Bytes::copy_from_slice(self.broadcast_json(message, &user).json());
-                (user, payload)
-            })
-            .collect();
-        out.store(Command::EnqueueFanOut(Box::new(FanOutBatch {
-            messages,
+        out.store(Command::AppendShare(Box::new(Share {
+            kind: OutKind::NewMessage,
             priority: message.priority,
+            json: bytes::Bytes::new(),
+            rows,
             purpose: FanOut::Broadcast,
             reply_to: requester,
             request: order.request,
@@ -74,14 +63,15 @@ impl Shard {
         })));
     }
 
-    /// The store could not take a broadcast's offline copies: none of them was queued.
-    pub(super) fn broadcast_refused(&mut self, batch: FanOutBatch, out: &mut Effects) {
+    /// The store could not take a broadcast's share (it is shutting down): the users
+    /// with no device online did not get it.
+    pub(super) fn broadcast_refused(&mut self, share: Share, out: &mut Effects) {
         let reply = Envelope::BroadcastReply {
-            request: batch.request,
-            delivered: batch.delivered,
-            offline: batch.messages.len() as u32,
+            request: share.request,
+            delivered: share.delivered,
+            offline: share.rows.len() as u32 - share.delivered,
         };
-        out.mail(batch.reply_to, reply);
+        out.mail(share.reply_to, reply);
     }
 
     /// The broadcast's `new_message` for `user`, in the shard's JSON buffer.

@@ -1,15 +1,13 @@
 //! Direct messages, typing and receipts. At the sender's reactor each becomes one frame,
-//! encoded once, mailed to the receiver's home. At the home it goes to every device of
-//! the user online, or, when none is, is queued in the store, refused to its sender or
-//! dropped, as the delivery says. A chat message (one with an ack request) is remembered
-//! in the dedup window, so a retry is acknowledged again and not delivered twice, and is
-//! kept in history.
+//! encoded once, mailed to the receiver's home. At the home an inbox event is numbered,
+//! written to the user's live devices and appended to the user's inbox in the store,
+//! whose commit answers the sender (`sent` when a device got it, else `queued`); typing
+//! and call signals go to the live devices only. A chat message (one with an ack
+//! request) is remembered in the dedup window, so a retry is confirmed after the first
+//! copy's commit and not delivered twice, and is kept in history.
 
 use crate::protocol::codes::ErrorCode;
 use std::sync::Arc;
-
-use bytes::Bytes;
-use smallvec::SmallVec;
 
 use super::{
     dedup::{PairKey, Seen},
@@ -21,8 +19,8 @@ use crate::{
         outbound::{self, NewMessage, Outgoing},
         Priority,
     },
-    router::{AckRequest, AckStatus, ConnAddr, Delivery, Envelope, WhenOffline},
-    store::{Chat, Command, Enqueue, Failure},
+    router::{AckRequest, AckStatus, ConnAddr, Delivery, Durability, Envelope},
+    store::{AckTo, Append, Chat, Command, Confirm, Event, Failure},
 };
 
 impl Shard {
@@ -117,7 +115,8 @@ impl Shard {
     ) {
         outbound::typing(&mut self.json, user, is_typing, self.now_ms);
         let frame = self.json.frame();
-        let delivery = self.delivery(receiver, frame, Priority::High);
+        let mut delivery = self.delivery(receiver, frame, Priority::High);
+        delivery.durability = Durability::Transient;
         self.mail_delivery(delivery, out);
     }
 
@@ -179,33 +178,30 @@ impl Shard {
         self.deliver_durable(sender, frame, out);
     }
 
-    /// A device took part of `receiver`'s queue: each sender that asked gets a
-    /// `delivery_receipt` (queued in turn if it is offline by now).
-    pub(super) fn queue_taken(&mut self, receiver: &str, stored: &[Bytes], out: &mut Effects) {
-        for payload in stored {
-            let message: serde_json::Value = serde_json::from_slice(payload).unwrap_or_default();
-            let (Some(message_id), Some(sender)) =
-                (message["messageId"].as_str(), message["senderId"].as_str())
-            else {
-                continue;
-            };
+    /// At a receiver's home: a device of `receiver` acknowledged these messages; each
+    /// sender gets a `delivery_receipt` (an event of the sender's inbox in turn).
+    pub(super) fn receipts_due(
+        &mut self,
+        receiver: &str,
+        receipts: &[(Box<str>, Box<str>)],
+        out: &mut Effects,
+    ) {
+        for (sender, message_id) in receipts {
             outbound::delivery_receipt(&mut self.json, message_id, receiver, self.now_ms);
             let frame = self.json.frame();
             self.deliver_durable(sender, frame, out);
         }
     }
 
-    /// Sends `frame` to every online device of `user`, or queues it when none is online
-    /// (nobody is told the outcome: receipts, edits).
+    /// Sends `frame` to every device of `user` as an inbox event (nobody is told the
+    /// outcome: receipts, edits).
     pub(super) fn deliver_durable(&mut self, user: &str, frame: Outgoing, out: &mut Effects) {
-        let mut delivery = self.delivery(user, frame, Priority::Normal);
-        delivery.offline = WhenOffline::Queue;
+        let delivery = self.delivery(user, frame, Priority::Normal);
         self.mail_delivery(delivery, out);
     }
 
-    /// `frame` for every online device of `user`, accepted now: nobody is excepted,
-    /// nobody hears the outcome, and it is dropped when no device is online. Callers
-    /// change what differs before [`Shard::mail_delivery`].
+    /// `frame` as an inbox event of `user`, accepted now: nobody is excepted and nobody
+    /// hears the outcome. Callers change what differs before [`Shard::mail_delivery`].
     pub(super) fn delivery(&self, user: &str, frame: Outgoing, priority: Priority) -> Delivery {
         Delivery {
             user: user.into(),
@@ -215,7 +211,7 @@ impl Shard {
             ack: None,
             copy_of: None,
             accepted_ns: self.now_ns,
-            offline: WhenOffline::Drop,
+            durability: Durability::Inbox,
         }
     }
 
@@ -225,9 +221,11 @@ impl Shard {
         out.mail(home, Envelope::Deliver(Box::new(delivery)));
     }
 
-    /// Delivers to the user's online devices (but `except`), or hands it on to
-    /// [`Shard::undelivered`]. The sender of a chat message hears `sent` once the frames
-    /// are on their way to the devices.
+    /// At the user's home: an inbox event is numbered, written to the user's live
+    /// devices (but `except`) and appended to the inbox, whose commit answers the
+    /// sender; a transient one goes to the live devices only. A retry of a chat message
+    /// seen here is not delivered again: the store confirms it after the first copy's
+    /// commit.
     pub(super) fn deliver(&mut self, delivery: Delivery, out: &mut Effects) {
         if let Some(id) = &delivery.copy_of {
             // A retry's copy for the sender's own devices: each got the first one.
@@ -241,102 +239,107 @@ impl Shard {
             .ack
             .as_ref()
             .map(|ack| self.recent.key(&ack.sender_user, &ack.message_id));
-        match key.and_then(|key| self.recent.check(key)) {
-            // A retry of a message a device got: acknowledged again, and no further.
-            Some(Seen::Delivered) => {
-                if let Some(ack) = delivery.ack {
-                    ack_to(ack.sender, ack.message_id, AckStatus::Sent, out);
-                }
-                return;
+        if let Some(seen) = key.and_then(|key| self.recent.check(key)) {
+            if let Some(ack) = delivery.ack {
+                let confirm = Confirm {
+                    receiver: delivery.user,
+                    chat: chat_of(&ack),
+                    ack: AckTo {
+                        waiter: ack.sender.into(),
+                        message_id: ack.message_id,
+                        delivered: seen == Seen::Delivered,
+                    },
+                };
+                out.store(Command::Confirm(Box::new(confirm)));
             }
-            // A retry of a message handed to the store: the first copy may not be
-            // committed yet, or may be refused. The store answers the retry after its
-            // commit, recognising a message it holds (never queued twice).
-            Some(Seen::Queued) => return self.undelivered(delivery, key, out),
-            None => {}
+            return;
         }
-        // Hot path: a user's devices fit inline; the frame is shared, not copied.
-        let targets: SmallVec<[ConnAddr; 4]> = self
-            .directory
-            .devices(&delivery.user)
-            .iter()
-            .map(|d| d.addr)
-            .filter(|a| Some(*a) != delivery.except)
-            .collect();
-        if targets.is_empty() {
-            return self.undelivered(delivery, key, out);
-        }
-        for addr in targets {
-            let (frame, priority) = (delivery.frame.clone(), delivery.priority);
-            out.frame_to(addr, frame, priority, delivery.accepted_ns);
-        }
-        if let (Some(ack), Some(key)) = (delivery.ack, key) {
-            self.recent.record(key, Seen::Delivered, self.now_ms);
-            // History: nobody waits on it, so a store that is gone loses only history.
-            out.store(Command::Record {
-                receiver: delivery.user,
-                message_id: ack.message_id.clone(),
-                payload: delivery.frame.json(),
-                chat: chat_of(&ack),
-            });
-            ack_to(ack.sender, ack.message_id, AckStatus::Sent, out);
+        match delivery.durability {
+            Durability::Inbox => self.deliver_to_inbox(delivery, key, out),
+            Durability::Transient | Durability::Call { .. } => {
+                self.deliver_transient(delivery, out)
+            }
         }
     }
 
-    /// A delivery no device of its user got: queued in the store (whose commit answers
-    /// the sender, if any), refused to the sender, or dropped, as the delivery says.
-    fn undelivered(&mut self, delivery: Delivery, key: Option<PairKey>, out: &mut Effects) {
-        let Delivery {
-            user,
-            frame,
-            priority,
-            ack,
-            offline,
-            ..
-        } = delivery;
-        if ack.is_none() {
-            match offline {
-                WhenOffline::Queue => {}
-                WhenOffline::Refuse { sender, reference } => {
-                    let text = "the receiver has no device online (calls are never queued)";
-                    return out.error(sender, ErrorCode::PeerOffline, text, Some(&reference));
-                }
-                WhenOffline::Drop => return,
-            }
-        }
-        let ticket = key.map(|key| {
-            let serial = self.recent.record(key, Seen::Queued, self.now_ms);
+    /// Numbers an inbox event, writes it to the live devices and appends it to the
+    /// user's inbox (and a chat message to history).
+    fn deliver_to_inbox(&mut self, delivery: Delivery, key: Option<PairKey>, out: &mut Effects) {
+        let timing = (delivery.priority, delivery.accepted_ns);
+        let numbered = self.number_event(
+            &delivery.user,
+            &delivery.frame,
+            timing,
+            delivery.except,
+            out,
+        );
+        let delivered = numbered.delivered();
+        let only_to_v1 = numbered.only_to_v1();
+        let dedup = key.map(|key| {
+            let seen = if delivered {
+                Seen::Delivered
+            } else {
+                Seen::Queued
+            };
+            let serial = self.recent.record(key, seen, self.now_ms);
             (self.id, key.ticket(serial))
         });
-        let (sender, message_id, receipt, chat) = match ack {
+        let (ack, receipt, chat) = match delivery.ack {
             Some(ack) => {
-                let chat = Some(chat_of(&ack));
-                (Some(ack.sender), ack.message_id, ack.receipt, chat)
+                let chat = chat_of(&ack);
+                let to = AckTo {
+                    waiter: ack.sender.into(),
+                    message_id: ack.message_id,
+                    delivered,
+                };
+                // A receipt when a device acknowledges it; one that does not
+                // acknowledge took it as delivered (v1: no receipt for a message
+                // delivered online).
+                (Some(to), ack.receipt && !only_to_v1, Some(chat))
             }
-            None => (None, Box::from(""), false, None),
+            None => (None, false, None),
         };
-        out.store(Command::Enqueue(Box::new(Enqueue {
-            user,
-            priority,
-            payload: frame.json(),
-            kind: frame.kind,
-            sender: sender.map(Into::into),
-            message_id,
+        out.store(Command::Append(Box::new(Append {
+            user: delivery.user,
+            seq: numbered.seq,
+            event: Event {
+                kind: delivery.frame.kind,
+                priority: delivery.priority,
+                json: delivery.frame.json(),
+            },
             receipt,
-            dedup: ticket,
             chat,
+            ack,
+            dedup,
         })));
+    }
+
+    /// Typing and call signals: to the live devices, else nobody (a call's sender hears
+    /// `peer_offline`).
+    fn deliver_transient(&mut self, delivery: Delivery, out: &mut Effects) {
+        let devices = self.directory.live_devices(&delivery.user, delivery.except);
+        if devices.is_empty() {
+            if let Durability::Call { sender, reference } = delivery.durability {
+                let text = "the receiver has no device online (calls are never queued)";
+                out.error(sender, ErrorCode::PeerOffline, text, Some(&reference));
+            }
+            return;
+        }
+        for device in devices {
+            let (frame, priority) = (delivery.frame.clone(), delivery.priority);
+            out.frame_to(device.addr, frame, priority, delivery.accepted_ns);
+        }
     }
 
     /// The store could not take a message (it is shutting down): nothing is stored, so
     /// a retry must be tried again and the sender hears that the receiver is offline.
-    pub(super) fn enqueue_refused(&mut self, enqueue: Enqueue, out: &mut Effects) {
-        if let Some((_, ticket)) = enqueue.dedup {
+    pub(super) fn append_refused(&mut self, append: Append, out: &mut Effects) {
+        if let Some((_, ticket)) = append.dedup {
             let (key, serial) = PairKey::from_ticket(ticket);
             self.recent.forget(key, serial);
         }
-        if let Some(sender) = enqueue.sender {
-            ack_to(sender.into(), enqueue.message_id, AckStatus::Offline, out);
+        if let Some(ack) = append.ack {
+            ack_to(ack.waiter.into(), ack.message_id, AckStatus::Offline, out);
         }
     }
 }
@@ -355,6 +358,7 @@ fn ack_to(sender: ConnAddr, message_id: Box<str>, status: AckStatus, out: &mut E
 fn chat_of(ack: &AckRequest) -> Chat {
     Chat {
         sender: ack.sender_user.clone(),
+        message_id: ack.message_id.clone(),
         timestamp_ms: ack.sent_ms,
     }
 }

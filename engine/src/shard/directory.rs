@@ -21,6 +21,12 @@ pub struct Device {
     pub id: Box<str>,
     /// Where its connection lives.
     pub addr: ConnAddr,
+    /// It has caught up with its inbox and gets live events (the flags sit in what would
+    /// be padding).
+    pub live: bool,
+    /// It acknowledges what it gets (it sent `resume`); a device that does not takes a
+    /// frame handed to its socket as delivered (v1).
+    pub acks: bool,
 }
 
 /// A user homed here: kept while online or watched. Kept small (one slot per online user
@@ -34,6 +40,67 @@ struct UserEntry {
     devices: SmallVec<[Device; 1]>,
     /// Watchers and last-seen time, allocated only once someone watches the user.
     presence: Option<Box<Presence>>,
+    /// Who gives out the `seq` of the user's inbox events.
+    inbox: InboxHead,
+}
+
+/// Who gives out `seq` for a user's inbox, in one word: the store (no device online),
+/// the store until it answers an opening (with the events sent to it meanwhile, which it
+/// numbers), or the home (with the last one given out).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InboxHead(u64);
+
+/// The [`InboxHead`] states.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Numbering {
+    /// The store numbers the user's events.
+    Store,
+    /// The home asked the store for the last `seq` (opening `ticket`); `unassigned`
+    /// events went to the store without one since.
+    Opening {
+        /// The opening's value (30 bits).
+        ticket: u32,
+        /// Events sent to the store since.
+        unassigned: u32,
+    },
+    /// The home numbers them: the last `seq` given out.
+    Home {
+        /// That `seq`.
+        last: u64,
+    },
+}
+
+const HEAD_TAG_SHIFT: u32 = 62;
+const HEAD_VALUE_MASK: u64 = (1 << HEAD_TAG_SHIFT) - 1;
+/// The bits an opening's ticket keeps.
+pub const OPENING_TICKET_MASK: u32 = (1 << 30) - 1;
+
+impl InboxHead {
+    /// The state.
+    pub fn get(self) -> Numbering {
+        let value = self.0 & HEAD_VALUE_MASK;
+        match self.0 >> HEAD_TAG_SHIFT {
+            0 => Numbering::Store,
+            1 => Numbering::Opening {
+                ticket: (value >> 32) as u32,
+                unassigned: value as u32,
+            },
+            _ => Numbering::Home { last: value },
+        }
+    }
+
+    /// Packs `state`.
+    pub fn new(state: Numbering) -> InboxHead {
+        InboxHead(match state {
+            Numbering::Store => 0,
+            Numbering::Opening { ticket, unassigned } => {
+                1 << HEAD_TAG_SHIFT
+                    | u64::from(ticket & OPENING_TICKET_MASK) << 32
+                    | u64::from(unassigned)
+            }
+            Numbering::Home { last } => 2 << HEAD_TAG_SHIFT | (last & HEAD_VALUE_MASK),
+        })
+    }
 }
 
 /// Presence state of a watched user.
@@ -54,6 +121,15 @@ pub struct Registered {
     pub came_online: bool,
     /// Refused: the user already has [`DEVICES_PER_USER_MAX`] devices.
     pub refused: bool,
+}
+
+/// A device online, as deliveries see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LiveDevice {
+    /// Its connection.
+    pub addr: ConnAddr,
+    /// Whether it acknowledges what it gets.
+    pub acks: bool,
 }
 
 /// The users homed on one reactor.
@@ -108,6 +184,7 @@ impl Directory {
                     user: make_key(),
                     devices: SmallVec::new(),
                     presence: None,
+                    inbox: InboxHead::new(Numbering::Store),
                 });
                 vacant.insert(key as u32);
                 key
@@ -115,13 +192,22 @@ impl Directory {
         }
     }
 
-    /// Adds a device; the same device id replaces the older connection.
-    pub fn register(&mut self, user: Arc<str>, device: Box<str>, addr: ConnAddr) -> Registered {
+    /// Adds a device (not yet live: it reads its inbox first); the same device id
+    /// replaces the older connection. `acks`: it acknowledges what it gets.
+    pub fn register(
+        &mut self,
+        user: Arc<str>,
+        device: Box<str>,
+        addr: ConnAddr,
+        acks: bool,
+    ) -> Registered {
         let key = self.find_or_insert(&user.clone(), || user);
         let entry = &mut self.entries[key];
         let mut outcome = Registered::default();
         if let Some(existing) = entry.devices.iter_mut().find(|d| d.id == device) {
             outcome.replaced = Some(std::mem::replace(&mut existing.addr, addr));
+            existing.live = false;
+            existing.acks = acks;
             return outcome;
         }
         if entry.devices.len() >= DEVICES_PER_USER_MAX {
@@ -129,7 +215,12 @@ impl Directory {
             return outcome;
         }
         outcome.came_online = entry.devices.is_empty();
-        entry.devices.push(Device { id: device, addr });
+        entry.devices.push(Device {
+            id: device,
+            addr,
+            live: false,
+            acks,
+        });
         if let Some(presence) = entry.presence.as_mut() {
             presence.last_seen_ms = None;
         }
@@ -145,10 +236,13 @@ impl Directory {
             return false;
         };
         let entry = &mut self.entries[key];
-        let before = entry.devices.len();
-        entry.devices.retain(|d| d.addr != addr);
-        let went_offline = before > 0 && entry.devices.is_empty();
+        let Some(i) = entry.devices.iter().position(|d| d.addr == addr) else {
+            return false;
+        };
+        entry.devices.remove(i);
+        let went_offline = entry.devices.is_empty();
         if went_offline {
+            entry.inbox = InboxHead::new(Numbering::Store);
             self.online_users -= 1;
             if let Some(presence) = entry.presence.as_mut() {
                 presence.last_seen_ms = Some(now_ms);
@@ -163,6 +257,52 @@ impl Directory {
         self.find(user)
             .map(|key| &self.entries[key].devices[..])
             .unwrap_or(&[])
+    }
+
+    /// The user's devices that get live events (caught up with the inbox), but `except`.
+    pub fn live_devices(&self, user: &str, except: Option<ConnAddr>) -> SmallVec<[LiveDevice; 4]> {
+        let Some(entry) = self.find(user).map(|key| &self.entries[key]) else {
+            return SmallVec::new();
+        };
+        entry
+            .devices
+            .iter()
+            .filter(|d| d.live && Some(d.addr) != except)
+            .map(|d| LiveDevice {
+                addr: d.addr,
+                acks: d.acks,
+            })
+            .collect()
+    }
+
+    /// The device at `addr` gets live events from now on; false if it is gone.
+    pub fn set_live(&mut self, user: &str, addr: ConnAddr) -> bool {
+        let Some(entry) = self.find(user).map(|key| &mut self.entries[key]) else {
+            return false;
+        };
+        match entry.devices.iter_mut().find(|d| d.addr == addr) {
+            Some(device) => {
+                device.live = true;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Who numbers `user`'s inbox events (the store for a user with no entry).
+    pub fn numbering(&self, user: &str) -> Numbering {
+        self.find(user)
+            .map_or(Numbering::Store, |key| self.entries[key].inbox.get())
+    }
+
+    /// Sets who numbers `user`'s inbox events; only a user with a device online has an
+    /// entry to hold it.
+    pub fn set_numbering(&mut self, user: &str, state: Numbering) {
+        if let Some(key) = self.find(user) {
+            if !self.entries[key].devices.is_empty() {
+                self.entries[key].inbox = InboxHead::new(state);
+            }
+        }
     }
 
     /// Every user with a device online, with those devices.
@@ -227,15 +367,76 @@ mod tests {
     use crate::router::tests::addr;
 
     #[test]
+    fn a_devices_flags_follow_it_when_another_leaves() {
+        let mut dir = Directory::default();
+        let user: Arc<str> = Arc::from("u");
+        dir.register(user.clone(), "a".into(), addr(1), false);
+        dir.register(user.clone(), "b".into(), addr(2), true);
+        dir.register(user.clone(), "c".into(), addr(3), false);
+        assert!(
+            dir.live_devices("u", None).is_empty(),
+            "not live before catching up"
+        );
+        assert!(dir.set_live("u", addr(2)) && dir.set_live("u", addr(3)));
+        dir.unregister("u", addr(1), 0);
+        let live = dir.live_devices("u", None);
+        assert_eq!(
+            &live[..],
+            &[
+                LiveDevice {
+                    addr: addr(2),
+                    acks: true
+                },
+                LiveDevice {
+                    addr: addr(3),
+                    acks: false
+                }
+            ]
+        );
+        assert_eq!(&dir.live_devices("u", Some(addr(2)))[..], &live[1..]);
+    }
+
+    #[test]
+    fn the_inbox_head_packs_each_state_in_a_word() {
+        for state in [
+            Numbering::Store,
+            Numbering::Opening {
+                ticket: OPENING_TICKET_MASK,
+                unassigned: u32::MAX,
+            },
+            Numbering::Opening {
+                ticket: 7,
+                unassigned: 0,
+            },
+            Numbering::Home { last: 0 },
+            Numbering::Home {
+                last: HEAD_VALUE_MASK,
+            },
+        ] {
+            assert_eq!(InboxHead::new(state).get(), state);
+        }
+        let mut dir = Directory::default();
+        dir.register(Arc::from("u"), "a".into(), addr(1), true);
+        dir.set_numbering("u", Numbering::Home { last: 9 });
+        assert_eq!(dir.numbering("u"), Numbering::Home { last: 9 });
+        dir.unregister("u", addr(1), 0);
+        assert_eq!(
+            dir.numbering("u"),
+            Numbering::Store,
+            "the store numbers again"
+        );
+    }
+
+    #[test]
     fn first_device_comes_online_and_last_goes_offline() {
         let mut dir = Directory::default();
         let user: Arc<str> = Arc::from("u1");
         assert!(
-            dir.register(user.clone(), "phone".into(), addr(1))
+            dir.register(user.clone(), "phone".into(), addr(1), false)
                 .came_online
         );
         assert!(
-            !dir.register(user.clone(), "laptop".into(), addr(2))
+            !dir.register(user.clone(), "laptop".into(), addr(2), false)
                 .came_online
         );
         assert_eq!(dir.online_users(), 1);
@@ -249,8 +450,8 @@ mod tests {
     #[test]
     fn same_device_id_replaces_the_older_connection() {
         let mut dir = Directory::default();
-        dir.register(Arc::from("u1"), "phone".into(), addr(1));
-        let outcome = dir.register(Arc::from("u1"), "phone".into(), addr(2));
+        dir.register(Arc::from("u1"), "phone".into(), addr(1), false);
+        let outcome = dir.register(Arc::from("u1"), "phone".into(), addr(2), false);
         assert_eq!(
             outcome,
             Registered {
@@ -268,7 +469,7 @@ mod tests {
     fn watchers_see_last_seen_and_entries_are_forgotten_when_unused() {
         let mut dir = Directory::default();
         assert_eq!(dir.subscribe("u1", addr(9)), (false, None));
-        dir.register(Arc::from("u1"), "d".into(), addr(1));
+        dir.register(Arc::from("u1"), "d".into(), addr(1), false);
         assert_eq!(dir.subscribe("u1", addr(9)), (true, None));
         assert_eq!(dir.watchers("u1"), &[addr(9)]);
         dir.unregister("u1", addr(1), 42);
@@ -279,16 +480,18 @@ mod tests {
 
     #[test]
     fn an_online_users_entry_stays_small() {
-        // The per-connection budget counts one slab slot and one index bucket per online user.
+        // The per-connection budget counts one slab slot and one index bucket per online
+        // user; the inbox head took it from 64 to 72 bytes (the device flags are free).
         let entry = std::mem::size_of::<UserEntry>();
-        assert!(entry <= 64, "{entry}");
+        assert!(entry <= 72, "{entry}");
+        assert_eq!(std::mem::size_of::<Device>(), 32);
     }
 
     #[test]
     fn many_users_come_and_go_and_each_is_found() {
         let mut dir = Directory::default();
         for i in 0..1000u32 {
-            dir.register(Arc::from(format!("u{i}")), "d".into(), addr(i));
+            dir.register(Arc::from(format!("u{i}")), "d".into(), addr(i), false);
         }
         for i in (0..1000u32).step_by(2) {
             assert!(dir.unregister(&format!("u{i}"), addr(i), 1));
@@ -306,12 +509,12 @@ mod tests {
         let mut dir = Directory::default();
         for i in 0..DEVICES_PER_USER_MAX as u32 {
             assert!(
-                !dir.register(Arc::from("u"), format!("d{i}").into(), addr(i))
+                !dir.register(Arc::from("u"), format!("d{i}").into(), addr(i), false)
                     .refused
             );
         }
         assert!(
-            dir.register(Arc::from("u"), "one-more".into(), addr(99))
+            dir.register(Arc::from("u"), "one-more".into(), addr(99), false)
                 .refused
         );
     }

@@ -1,20 +1,17 @@
 //! Groups at their home: joins and leaves (kept by the store, announced once committed)
 //! and posts, fanned out as one envelope per member home however large the group. A
-//! member home writes the frame to its members' devices and queues it, in one store
-//! command, for those with no device online; the post is acknowledged once every member
-//! home has reported (the durability rule of a `queued` ack).
+//! member home numbers the event in each member's inbox, writes it to their live devices
+//! and appends it to every member's inbox in one store command (the post's content once);
+//! the post is acknowledged once every member home's share is committed.
 
 use crate::protocol::codes::ErrorCode;
 use std::sync::Arc;
-
-use bytes::Bytes;
-use smallvec::SmallVec;
 
 use super::{Effects, PostShares, Shard};
 use crate::{
     protocol::{inbound::Text, outbound, Priority},
     router::{AckStatus, ConnAddr, Envelope, GroupDelivery, GroupJoin, GroupPost},
-    store::{Command, FanOut, FanOutBatch},
+    store::{Append, Command, Event, FanOut, Share, ShareRow},
 };
 
 impl Shard {
@@ -131,7 +128,6 @@ impl Shard {
             priority: Priority::Normal,
             except: None,
             post: None,
-            sender: None,
         };
         self.send_shares(told, &delivery, out);
     }
@@ -160,7 +156,6 @@ impl Shard {
             priority: post.priority,
             except: Some(post.sender),
             post: Some((self.id, pending)),
-            sender: Some(post.sender_user),
         };
         let homes = self.send_shares(members, &delivery, out);
         self.posts.expect(pending, homes);
@@ -205,7 +200,6 @@ impl Shard {
             let share = GroupDelivery {
                 users,
                 frame: delivery.frame.clone(),
-                sender: delivery.sender.clone(),
                 ..*delivery
             };
             out.mail(home, Envelope::GroupDeliver(Box::new(share)));
@@ -213,44 +207,51 @@ impl Shard {
         homes
     }
 
-    /// At a member's home: writes the group's frame to every device of these members
-    /// (but the sending one); for a post, queues it for members with no device online in
-    /// one store command, which tells the group's home once it is committed.
+    /// At a member's home: numbers the group's event in each of these members' inboxes
+    /// and writes it to their live devices (but the sending one). A post's share goes to
+    /// the store in one command, which tells the group's home once it is committed; a
+    /// membership event is appended to each inbox on its own.
     pub(super) fn group_deliver(&mut self, delivery: GroupDelivery, out: &mut Effects) {
-        let mut offline: Vec<(Box<str>, Bytes)> = Vec::new();
+        let timing = (delivery.priority, 0);
+        let mut rows = Vec::with_capacity(delivery.users.len());
+        let mut delivered = 0;
         for user in &delivery.users {
-            let devices: SmallVec<[ConnAddr; 4]> = self
-                .directory
-                .devices(user)
-                .iter()
-                .map(|d| d.addr)
-                .filter(|a| Some(*a) != delivery.except)
-                .collect();
-            let online = !devices.is_empty() || delivery.sender.as_ref() == Some(user);
-            for addr in devices {
-                out.frame_to(addr, delivery.frame.clone(), delivery.priority, 0);
-            }
-            if !online && delivery.post.is_some() {
-                offline.push((Box::from(&**user), delivery.frame.json()));
-            }
+            let numbered = self.number_event(user, &delivery.frame, timing, delivery.except, out);
+            delivered += u32::from(numbered.delivered());
+            rows.push(ShareRow {
+                user: Box::from(&**user),
+                seq: numbered.seq,
+                json: None,
+            });
         }
+        let (kind, json) = (delivery.frame.kind, delivery.frame.json());
         let Some((group_home, post)) = delivery.post else {
+            for row in rows {
+                out.store(Command::Append(Box::new(Append {
+                    user: row.user,
+                    seq: row.seq,
+                    event: Event {
+                        kind,
+                        priority: delivery.priority,
+                        json: json.clone(),
+                    },
+                    receipt: false,
+                    chat: None,
+                    ack: None,
+                    dedup: None,
+                })));
+            }
             return;
         };
-        if offline.is_empty() {
-            let done = Envelope::GroupShareDone {
-                post,
-                failed: false,
-            };
-            return out.mail(group_home, done);
-        }
-        out.store(Command::EnqueueFanOut(Box::new(FanOutBatch {
-            messages: offline,
+        out.store(Command::AppendShare(Box::new(Share {
+            kind,
             priority: delivery.priority,
+            json,
+            rows,
             purpose: FanOut::GroupPost,
             reply_to: group_home,
             request: post,
-            delivered: 0,
+            delivered,
         })));
     }
 }

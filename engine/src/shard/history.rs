@@ -37,7 +37,7 @@ impl Shard {
         &mut self,
         requester: ConnAddr,
         peer: &str,
-        messages: &[Bytes],
+        (messages, more): (&[Bytes], bool),
         error: Option<Failure>,
         out: &mut Effects,
     ) {
@@ -45,7 +45,7 @@ impl Shard {
             let text = format!("history could not be read: {why}");
             return out.error(requester, ErrorCode::StoreError, text, None);
         }
-        outbound::history(&mut self.json, peer, messages);
+        outbound::history(&mut self.json, peer, messages, more);
         let frame = self.json.frame();
         out.frame_to(requester, frame, Priority::Normal, 0);
     }

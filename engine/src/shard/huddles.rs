@@ -10,7 +10,7 @@ use std::sync::Arc;
 use super::{Effects, Shard};
 use crate::{
     protocol::{outbound, Priority},
-    router::{ConnAddr, Envelope, HuddleSignal, WhenOffline},
+    router::{ConnAddr, Durability, Envelope, HuddleSignal},
 };
 
 /// Enters a huddle room.
@@ -48,7 +48,7 @@ impl Shard {
         let frame = self.json.frame();
         if !signal.kind.starts_with("huddle:") {
             let mut delivery = self.delivery(signal.receiver_id, frame, Priority::High);
-            delivery.offline = WhenOffline::Refuse {
+            delivery.durability = Durability::Call {
                 sender: conn,
                 reference: signal.call_id.into(),
             };

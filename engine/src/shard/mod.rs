@@ -20,13 +20,16 @@
 //! - `session`: devices registering and unregistering, `auth_success`, ping, and the
 //!   presence a user's first and last device announce.
 //! - [`presence`]: subscriptions to a user's presence.
-//! - `direct`: direct messages, typing and receipts: dedup, online delivery, offline
-//!   queueing, the HTTP API's send.
+//! - `inbox`: who numbers a user's inbox events, and a device's way from `auth` to live
+//!   (reading its inbox, then getting events as they come), and `ack`.
+//! - `direct`: direct messages, typing and receipts: dedup, delivery into inboxes, the
+//!   HTTP API's send.
 //! - `history`: history pages and changes to sent messages (edits, deletes, reactions).
 //! - `groups`: joins and leaves, posts fanned out per member home.
 //! - [`huddles`]: call signals, and a group's call rooms.
 //! - `broadcast`: HTTP API broadcasts, each home's share.
 
+pub mod away;
 mod broadcast;
 pub mod dedup;
 mod direct;
@@ -35,12 +38,11 @@ mod groups;
 pub mod groups_state;
 mod history;
 pub mod huddles;
+mod inbox;
 pub mod presence;
 mod session;
 
 use std::{borrow::Cow, collections::VecDeque, sync::Arc};
-
-use bytes::Bytes;
 
 use crate::{
     protocol::{
@@ -50,7 +52,7 @@ use crate::{
         Priority,
     },
     router::{gather::Gathers, home_of, ConnAddr, Envelope},
-    store::{Command, Reply},
+    store::{Command, FanOut, Reply},
 };
 use dedup::RecentMessages;
 use directory::Directory;
@@ -76,6 +78,8 @@ pub enum Event<'a> {
         user: Arc<str>,
         /// The device id.
         device: &'a str,
+        /// It acknowledges what it gets (its `auth` had `resume`).
+        acks: bool,
     },
     /// A client message from an authenticated connection of this reactor (not `auth`).
     Message {
@@ -103,15 +107,11 @@ pub enum Event<'a> {
         conn: ConnAddr,
         /// Its user.
         user: Arc<str>,
+        /// The client sent a close frame (a logout: no presence grace).
+        clean: bool,
     },
-    /// A device took part of `receiver`'s offline queue: the stored `new_message`s whose
-    /// senders asked for a `delivery_receipt`.
-    QueueTaken {
-        /// The user whose queue it was.
-        receiver: Box<str>,
-        /// The messages, as stored.
-        receipts: Vec<Bytes>,
-    },
+    /// Time passed (the driver's timer tick): presence graces that ended are announced.
+    Tick,
     /// An envelope for the shard (see [`Envelope::is_for_shard`]), from a peer or itself.
     Mail(Envelope),
     /// A store answer for the shard ([`Reply::is_for_shard`]).
@@ -251,11 +251,23 @@ pub struct Shard {
     presence_requests: Gathers<Vec<PresenceEntry>>,
     /// Reusable buffer for outbound JSON.
     json: OutJson,
+    /// The last inbox opening's value.
+    next_opening: u32,
+    /// Users homed here in their presence grace.
+    away: away::Away,
+    /// `--presence-grace-ms`.
+    presence_grace_ms: u64,
 }
 
 impl Shard {
-    /// The shard of home `id` of `homes`, with the groups the store holds for it.
-    pub fn new(id: usize, homes: usize, groups: Groups, group_quota: Arc<GroupQuota>) -> Shard {
+    /// The shard of home `id` of `homes`, with the groups the store holds for it; users
+    /// whose last device drops stay shown online for `presence_grace_ms`.
+    pub fn new(
+        (id, homes): (usize, usize),
+        groups: Groups,
+        group_quota: Arc<GroupQuota>,
+        presence_grace_ms: u64,
+    ) -> Shard {
         assert!(id < homes, "home {id} of {homes}");
         Shard {
             id,
@@ -270,6 +282,9 @@ impl Shard {
             conns: Default::default(),
             presence_requests: Gathers::default(),
             json: OutJson::default(),
+            next_opening: 0,
+            away: away::Away::default(),
+            presence_grace_ms,
         }
     }
 
@@ -283,9 +298,12 @@ impl Shard {
         self.now_ms = now.unix_ms;
         self.now_ns = now.mono_ns;
         match event {
-            Event::Authenticated { conn, user, device } => {
-                self.authenticated(conn, user, device, out)
-            }
+            Event::Authenticated {
+                conn,
+                user,
+                device,
+                acks,
+            } => self.authenticated(conn, user, (device, acks), out),
             Event::Message {
                 conn,
                 user,
@@ -296,8 +314,8 @@ impl Shard {
                 message_id,
                 request,
             } => self.api_send(conn, message_id, request, out),
-            Event::Closed { conn, user } => self.closed(conn, user, out),
-            Event::QueueTaken { receiver, receipts } => self.queue_taken(&receiver, &receipts, out),
+            Event::Closed { conn, user, clean } => self.closed(conn, user, clean, out),
+            Event::Tick => self.graces_ended(out),
             Event::Mail(envelope) => self.on_mail(envelope, out),
             Event::StoreReply(reply) => self.on_store_reply(reply, out),
             Event::StoreRefused(command) => self.on_store_refused(command, out),
@@ -317,6 +335,7 @@ impl Shard {
                 out.error(conn, ErrorCode::BadRequest, "already authenticated", None)
             }
             ClientMessage::Ping { ts } => self.ping(conn, ts, out),
+            ClientMessage::Ack { seq } => self.ack(conn, user, seq, out),
             ClientMessage::SendMessage(text) => self.send_message(conn, user, &text, true, out),
             ClientMessage::GroupMessage(text) => self.group_message(conn, user, &text, out),
             ClientMessage::Typing {
@@ -365,15 +384,18 @@ impl Shard {
 
     fn on_mail(&mut self, envelope: Envelope, out: &mut Effects) {
         match envelope {
-            Envelope::Register { user, device, addr } => self.register(user, device, addr, out),
-            Envelope::Registered { addr, user, device } => {
-                self.registered(addr, &user, &device, out)
-            }
+            Envelope::Register {
+                user,
+                device,
+                addr,
+                acks,
+            } => self.register(user, (device, acks), addr, out),
+
             Envelope::PresenceReply { request, entries } => {
                 self.presence_reply(request, entries, out)
             }
             Envelope::Presence { watcher, note } => self.presence_changed(watcher, &note, out),
-            Envelope::Unregister { user, addr } => self.unregister(&user, addr, out),
+            Envelope::Unregister { user, addr, clean } => self.unregister(user, addr, clean, out),
             Envelope::Deliver(delivery) => self.deliver(*delivery, out),
             Envelope::Subscribe {
                 watcher,
@@ -397,6 +419,10 @@ impl Shard {
                 let (key, serial) = dedup::PairKey::from_ticket(ticket);
                 self.recent.forget(key, serial);
             }
+            Reply::InboxOpened { user, ticket, last } => {
+                self.inbox_opened(&user, ticket, last, out)
+            }
+            Reply::Receipts { user, receipts } => self.receipts_due(&user, &receipts, out),
             Reply::Membership {
                 group,
                 user,
@@ -405,7 +431,7 @@ impl Shard {
                 committed,
             } => self.membership_stored(&group, &user, joined, device.into(), committed, out),
             Reply::FanOutQueued {
-                purpose: crate::store::FanOut::GroupPost,
+                purpose: FanOut::GroupPost,
                 request,
                 failed,
                 ..
@@ -414,8 +440,12 @@ impl Shard {
                 requester,
                 peer,
                 messages,
+                more,
                 error,
-            } => self.history_read(requester.into(), &peer, &messages, error, out),
+            } => {
+                let page = (&messages[..], more);
+                self.history_read(requester.into(), &peer, page, error, out)
+            }
             Reply::Amended {
                 amend,
                 found,
@@ -434,17 +464,26 @@ impl Shard {
 
     fn on_store_refused(&mut self, command: Command, out: &mut Effects) {
         match command {
-            Command::Enqueue(enqueue) => self.enqueue_refused(*enqueue, out),
-            Command::EnqueueFanOut(batch) => match batch.purpose {
-                crate::store::FanOut::GroupPost => {
+            Command::Append(append) => self.append_refused(*append, out),
+            Command::AppendShare(share) => match share.purpose {
+                FanOut::GroupPost => {
                     let done = Envelope::GroupShareDone {
-                        post: batch.request,
+                        post: share.request,
                         failed: true,
                     };
-                    out.mail(batch.reply_to, done);
+                    out.mail(share.reply_to, done);
                 }
-                crate::store::FanOut::Broadcast => self.broadcast_refused(*batch, out),
+                FanOut::Broadcast => self.broadcast_refused(*share, out),
             },
+            Command::Confirm(confirm) => {
+                let (sender, id) = (confirm.ack.waiter.into(), confirm.ack.message_id);
+                let ack = Envelope::Ack {
+                    sender,
+                    message_id: id,
+                    status: crate::router::AckStatus::Offline,
+                };
+                out.mail(confirm.ack.waiter.reactor, ack);
+            }
             Command::Membership {
                 group,
                 user,
@@ -479,9 +518,10 @@ impl Shard {
                     Some(&message_id),
                 );
             }
-            // History records are best effort once the message is delivered; a device
-            // that gets no queue keeps it queued for the next.
-            Command::Record { .. } | Command::Drain { .. } => {}
+            // The gateway is shutting down: an ack not kept is asked again by the
+            // device's next one; an opening left unanswered leaves the store numbering,
+            // as it will after the restart.
+            Command::Ack { .. } | Command::OpenInbox { .. } => {}
             other => debug_assert!(false, "not a shard's command: {other:?}"),
         }
     }
@@ -513,7 +553,7 @@ mod tests {
         fn new() -> OneHome {
             let quota = Arc::new(GroupQuota::new(10));
             OneHome {
-                shard: Shard::new(0, 1, Groups::default(), quota),
+                shard: Shard::new((0, 1), Groups::default(), quota, 0),
                 effects: Effects::default(),
                 frames: Vec::new(),
             }
@@ -556,6 +596,7 @@ mod tests {
                 conn,
                 user: user.clone(),
                 device: &device,
+                acks: false,
             });
             (conn, user)
         }
@@ -577,6 +618,7 @@ mod tests {
         home.feed(Event::Closed {
             conn: watcher,
             user: watcher_user,
+            clean: true,
         });
         assert!(home.shard.directory.watchers("target").is_empty());
         assert!(

@@ -108,10 +108,12 @@ impl Shard {
             .into_iter()
             .map(|user| {
                 let (online, last_seen_ms) = self.directory.subscribe(&user, watcher);
+                // In its grace a user is still shown online.
+                let away = self.away.contains(&user);
                 PresenceEntry {
                     user_id: user.into(),
-                    online,
-                    last_seen_ms,
+                    online: online || away,
+                    last_seen_ms: last_seen_ms.filter(|_| !away),
                 }
             })
             .collect();

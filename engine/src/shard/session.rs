@@ -1,6 +1,7 @@
-//! A device's session: it registers with its user's home once authenticated, hears
-//! `auth_success` once the home has it, and leaves when its connection closes. A user's
-//! first device online and last device gone are announced to the user's watchers.
+//! A device's session: it registers with its user's home once authenticated, reads its
+//! inbox once the home has it (the first page brings `auth_success`; see [`super::inbox`]),
+//! and leaves when its connection closes. A user's first device online and last device
+//! gone are announced to the user's watchers.
 
 use std::sync::Arc;
 
@@ -8,57 +9,48 @@ use super::{Effects, Shard};
 use crate::{
     protocol::{inbound::Scalar, outbound, Priority},
     router::{ConnAddr, Envelope, PresenceNote},
-    store::Command,
     ws::close,
 };
 
 impl Shard {
     /// At the device's reactor: the device registers with its user's home.
-    /// `auth_success` waits for the home's answer ([`Shard::registered`]), so a client
+    /// `auth_success` waits for the home's answer and the inbox's first page, so a client
     /// told it is online is already reachable.
     pub(super) fn authenticated(
         &mut self,
         conn: ConnAddr,
         user: Arc<str>,
-        device: &str,
+        (device, acks): (&str, bool),
         out: &mut Effects,
     ) {
         let home = self.home_of(&user);
-        let device = device.into();
-        out.mail(
-            home,
-            Envelope::Register {
-                user,
-                device,
-                addr: conn,
-            },
-        );
-    }
-
-    /// At the device's reactor: the home has the device. `auth_success`, then the user's
-    /// offline queue (PROTOCOL.md: after `auth_success`).
-    pub(super) fn registered(
-        &mut self,
-        conn: ConnAddr,
-        user: &str,
-        device: &str,
-        out: &mut Effects,
-    ) {
-        outbound::auth_success(&mut self.json, user, device, self.now_ms);
-        out.frame_to(conn, self.json.frame(), Priority::High, 0);
-        out.store(Command::Drain {
-            user: user.into(),
-            device: conn.into(),
-        });
+        let register = Envelope::Register {
+            user,
+            device: device.into(),
+            addr: conn,
+            acks,
+        };
+        out.mail(home, register);
     }
 
     /// At the device's reactor: the connection closed. It leaves its home's directory,
     /// its huddles and the presence of the users it watched.
-    pub(super) fn closed(&mut self, conn: ConnAddr, user: Arc<str>, out: &mut Effects) {
+    pub(super) fn closed(
+        &mut self,
+        conn: ConnAddr,
+        user: Arc<str>,
+        clean: bool,
+        out: &mut Effects,
+    ) {
         let chat = self.conns.remove(&conn).unwrap_or_default();
         self.leave_huddles(conn, &user, chat.huddles, out);
         let home = self.home_of(&user);
-        out.mail(home, Envelope::Unregister { user, addr: conn });
+        let unregister = Envelope::Unregister {
+            user,
+            addr: conn,
+            clean,
+        };
+        out.mail(home, unregister);
         self.unsubscribe_all(conn, chat.subscriptions, out);
     }
 
@@ -74,38 +66,54 @@ impl Shard {
     pub(super) fn register(
         &mut self,
         user: Arc<str>,
-        device: Box<str>,
+        (device, acks): (Box<str>, bool),
         addr: ConnAddr,
         out: &mut Effects,
     ) {
-        let outcome = self.directory.register(user.clone(), device.clone(), addr);
+        let outcome = self.directory.register(user.clone(), device, addr, acks);
         let to = addr.reactor as usize;
         if outcome.refused {
             let code = close::POLICY_VIOLATION;
             out.mail(to, Envelope::Close { addr, code });
         } else {
-            out.mail(
-                to,
-                Envelope::Registered {
-                    addr,
-                    user: user.clone(),
-                    device,
-                },
-            );
+            self.admit_device(&user, addr, out);
         }
         if let Some(old) = outcome.replaced {
             let code = close::REPLACED;
             out.mail(old.reactor as usize, Envelope::Close { addr: old, code });
         }
-        if outcome.came_online {
+        // A user back within its grace was never shown offline.
+        if outcome.came_online && !self.away.back(&user) {
             self.announce_presence(&user, true, out);
         }
     }
 
-    /// A device's connection closed; the user's last device takes the user offline.
-    pub(super) fn unregister(&mut self, user: &str, addr: ConnAddr, out: &mut Effects) {
-        if self.directory.unregister(user, addr, self.now_ms) {
-            self.announce_presence(user, false, out);
+    /// A device's connection closed; the user's last device takes the user offline: at
+    /// once after a close frame, else once the presence grace has passed with no device
+    /// back ([`Shard::graces_ended`]).
+    pub(super) fn unregister(
+        &mut self,
+        user: Arc<str>,
+        addr: ConnAddr,
+        clean: bool,
+        out: &mut Effects,
+    ) {
+        if !self.directory.unregister(&user, addr, self.now_ms) {
+            return;
+        }
+        if clean || self.presence_grace_ms == 0 {
+            self.announce_presence(&user, false, out);
+        } else {
+            self.away.start(user, self.now_ms, self.presence_grace_ms);
+        }
+    }
+
+    /// Users whose grace ended with no device back are shown offline now.
+    pub(super) fn graces_ended(&mut self, out: &mut Effects) {
+        for user in self.away.ended(self.now_ms) {
+            if self.directory.devices(&user).is_empty() {
+                self.announce_presence(&user, false, out);
+            }
         }
     }
 

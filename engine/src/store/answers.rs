@@ -1,28 +1,29 @@
 //! The store's answers, built the same way whether a commit held the command or failed.
 
-use super::{Command, Failure, FanOutBatch, Outcome, Reply, Ticket, Waiter};
+use super::{AckTo, Command, Failure, Outcome, Reply, Share, Ticket, Waiter};
 
-/// The answer to one `Enqueue`: its sender hears the outcome, and a home whose message
-/// was not kept forgets it from its dedup window (so a retry is tried again).
-pub(super) fn enqueue_outcome(
+/// The answer to one append: its sender hears the outcome, and a home whose message was
+/// not kept, and reached no device, forgets it from its dedup window (so a retry is tried
+/// again; one that reached a device is not delivered twice).
+pub(super) fn append_outcome(
     replies: &mut Vec<(usize, Reply)>,
-    sender: Option<Waiter>,
-    message_id: &str,
+    ack: Option<&AckTo>,
     dedup: Option<(usize, Ticket)>,
     outcome: Outcome,
 ) {
-    if outcome != Outcome::Queued {
+    let delivered = ack.is_some_and(|a| a.delivered);
+    if !matches!(outcome, Outcome::Kept { .. }) && !delivered {
         if let Some((home, ticket)) = dedup {
             replies.push((home, Reply::NotKept { ticket }));
         }
     }
-    if let Some(sender) = sender {
-        let reply = Reply::Enqueued {
-            sender,
-            message_id: message_id.into(),
+    if let Some(ack) = ack {
+        let reply = Reply::Appended {
+            sender: ack.waiter,
+            message_id: ack.message_id.clone(),
             outcome,
         };
-        replies.push((sender.reactor, reply));
+        replies.push((ack.waiter.reactor, reply));
     }
 }
 
@@ -53,13 +54,14 @@ pub(super) fn membership_answer(command: &Command, committed: bool) -> Option<(u
 pub(super) fn history_answer(
     requester: Waiter,
     peer: &str,
-    messages: Vec<bytes::Bytes>,
+    (messages, more): (Vec<bytes::Bytes>, bool),
     error: Option<Failure>,
 ) -> (usize, Reply) {
     let reply = Reply::History {
         requester,
         peer: peer.into(),
         messages,
+        more,
         error,
     };
     (requester.reactor, reply)
@@ -84,18 +86,18 @@ pub(super) fn sender_answer(
 
 /// A home's fan-out counts for the reactor waiting on them.
 pub(super) fn fan_out_counts(
-    batch: &FanOutBatch,
+    share: &Share,
     queued: u32,
     not_kept: u32,
     failed: bool,
 ) -> (usize, Reply) {
     let reply = Reply::FanOutQueued {
-        purpose: batch.purpose,
-        request: batch.request,
-        delivered: batch.delivered,
+        purpose: share.purpose,
+        request: share.request,
+        delivered: share.delivered,
         queued,
         not_kept,
         failed,
     };
-    (batch.reply_to, reply)
+    (share.reply_to, reply)
 }

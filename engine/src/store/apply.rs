@@ -3,38 +3,37 @@
 
 use redb::Table;
 
-use crate::protocol::codes::OutKind;
-
 use super::{
-    answers::{enqueue_outcome, fan_out_counts, history_answer, membership_answer, sender_answer},
+    answers::{append_outcome, fan_out_counts, history_answer, membership_answer, sender_answer},
     history::Tables,
-    queue,
-    state::State,
-    Amend, Command, Enqueue, FanOutBatch, Outcome, Reply, Waiter, DRAIN_BYTES_MAX,
-    DRAIN_MESSAGES_MAX, PEEK_BYTES_MAX, PEEK_MESSAGES_MAX,
+    inbox::{Inboxes, Stamp, POST_FLAG},
+    state::{State, READ_GRACE_MS},
+    Amend, Append, Command, Confirm, Greeting, Outcome, ReadFrom, Reply, Share, Waiter,
+    INBOX_PAGE_BYTES_MAX, INBOX_PAGE_EVENTS_MAX, PEEK_BYTES_MAX, PEEK_MESSAGES_MAX,
 };
+use crate::protocol::codes::OutKind;
 
 /// What one transaction changed, for the counters and the push hook once it committed.
 #[derive(Default)]
 pub(super) struct Tally {
-    /// Messages committed to offline queues.
+    /// Events committed with no device online to take them.
     pub persisted: u64,
     /// Messages committed to history.
     pub recorded: u64,
-    /// Messages newly queued for offline users: `(user, new_message JSON)`, kept only
-    /// when a push hook is configured.
+    /// Messages newly kept for users with no device online: `(user, new_message JSON)`,
+    /// kept only when a push hook is configured.
     pub queued: Vec<(Box<str>, bytes::Bytes)>,
 }
 
 /// The tables of one write transaction and what the batch has done so far.
 pub(super) struct Apply<'txn, 'a> {
-    /// Offline queues.
-    pub queues: Table<'txn, (&'static str, u8, u64), &'static [u8]>,
+    /// Inboxes.
+    pub inboxes: Inboxes<'txn>,
     /// History and the message index.
     pub tables: Tables<'txn>,
     /// Group memberships.
     pub members: Table<'txn, (&'static str, &'static str), ()>,
-    /// Queue lengths and the sequence.
+    /// Heads, the epoch and the sequences.
     pub state: &'a mut State,
     /// `--queue-max-per-user`.
     pub queue_max_per_user: u64,
@@ -48,35 +47,36 @@ pub(super) struct Apply<'txn, 'a> {
     pub replies: &'a mut Vec<(usize, Reply)>,
 }
 
+/// Where one event goes: its user, and the `seq` its home gave it (if any).
+struct Row<'r> {
+    user: &'r str,
+    seq: Option<u64>,
+}
+
 impl Apply<'_, '_> {
     /// Applies one command: a thin switch.
     pub(super) fn command(&mut self, command: &Command) -> Result<(), redb::Error> {
         match command {
-            Command::Enqueue(enqueue) => self.enqueue(enqueue)?,
-            Command::Record {
-                receiver,
-                message_id,
-                payload,
-                chat,
-            } => {
-                if !self.tables.holds(receiver, message_id, &chat.sender)? {
-                    let sequence = self.state.take_sequence();
-                    self.tables
-                        .record(receiver, message_id, chat, sequence, payload)?;
-                    self.tally.recorded += 1;
-                }
+            Command::Append(append) => self.append(append)?,
+            Command::AppendShare(share) => self.append_share(share)?,
+            Command::Confirm(confirm) => self.confirm(confirm)?,
+            Command::OpenInbox { user, home, ticket } => {
+                let last = self.state.heads.of(user).last;
+                let reply = Reply::InboxOpened {
+                    user: user.clone(),
+                    ticket: *ticket,
+                    last,
+                };
+                self.replies.push((*home, reply));
             }
-            Command::EnqueueFanOut(batch) => self.enqueue_fan_out(batch)?,
-            Command::Drain { user, device } => self.drain(user, *device)?,
-            Command::Peek {
+            Command::ReadInbox { user, device, from } => self.read_inbox(user, *device, from)?,
+            Command::Ack {
                 user,
-                requester,
-                drain,
-            } => self.peek(user, *requester, *drain)?,
-            Command::Remove { user, keys } => {
-                let keys = keys.iter().copied();
-                queue::remove(&mut self.queues, &mut self.state.counts, user, keys)?;
-            }
+                upto,
+                device,
+                home,
+            } => self.ack(user, *upto, *device, *home)?,
+            Command::Peek { user, requester } => self.peek(user, *requester)?,
             Command::History {
                 user,
                 peer,
@@ -84,9 +84,9 @@ impl Apply<'_, '_> {
                 limit,
                 requester,
             } => {
-                let messages = self.tables.page(user, peer, *before, *limit)?;
+                let page = self.tables.page(user, peer, *before, *limit)?;
                 self.replies
-                    .push(history_answer(*requester, peer, messages, None));
+                    .push(history_answer(*requester, peer, page, None));
             }
             Command::FindSender {
                 reader,
@@ -116,107 +116,308 @@ impl Apply<'_, '_> {
         Ok(())
     }
 
-    /// Queues a message for an offline user, unless the store holds it already (a
-    /// retry) or the user's queue is full; a chat message goes into history too.
-    fn enqueue(&mut self, enqueue: &Enqueue) -> Result<(), redb::Error> {
-        let Enqueue {
+    /// Writes one event to `row.user`'s inbox under its `seq` (the next one when its home
+    /// gave none). A `seq` given out stays given out, kept or not, so the home's count of
+    /// them stays right.
+    ///
+    /// At the bound of unacknowledged events, an event for a user with no device online
+    /// is refused (`queue_full`, as v1). One the home numbered went to a device online
+    /// already (which acknowledges it soon, or, without `resume`, is taken to have it
+    /// once written): it is kept, as a burst to a device online can outrun its acks.
+    fn put_event(
+        &mut self,
+        row: &Row<'_>,
+        stamp: Stamp,
+        (body, flags): (&[u8], u8),
+    ) -> Result<Option<u64>, redb::Error> {
+        let head = self.state.heads.of(row.user);
+        let seq = match row.seq {
+            Some(seq) => {
+                debug_assert!(seq > head.last, "a home gave out {seq} after {}", head.last);
+                seq.max(head.last + 1)
+            }
+            None => head.last + 1,
+        };
+        let full = row.seq.is_none() && head.unacked >= self.queue_max_per_user;
+        self.state.heads.update(row.user, |head| {
+            head.last = seq;
+            if !full {
+                head.unacked += 1;
+            }
+        });
+        if full {
+            return Ok(None);
+        }
+        self.inboxes.put((row.user, seq), stamp, body, flags)?;
+        Ok(Some(seq))
+    }
+
+    /// Appends an event (and a chat message to history), unless the store holds the
+    /// message already (a retry) or the inbox is full.
+    fn append(&mut self, append: &Append) -> Result<(), redb::Error> {
+        let Append {
             user,
-            priority,
-            payload,
-            kind,
-            sender,
-            message_id,
+            seq,
+            event,
             receipt,
-            dedup,
             chat,
-        } = enqueue;
+            ack,
+            dedup,
+        } = append;
         let held = match chat {
-            Some(chat) => self.tables.holds(user, message_id, &chat.sender)?,
+            Some(chat) => self.tables.holds(user, &chat.message_id, &chat.sender)?,
             None => false,
         };
+        let delivered = ack.as_ref().is_some_and(|a| a.delivered);
         let outcome = if held {
-            Outcome::Queued // a retry of a message already held
-        } else if self.state.counts.of(user) >= self.queue_max_per_user {
-            Outcome::QueueFull
+            // A retry of a message already held: its `seq`, if any, stays unused.
+            if let Some(seq) = seq {
+                self.state
+                    .heads
+                    .update(user, |head| head.last = head.last.max(*seq));
+            }
+            Outcome::Kept { delivered }
         } else {
-            let sequence = self.state.take_sequence();
-            let key = (&**user, *priority, sequence);
-            let counts = &mut self.state.counts;
-            queue::push(
-                &mut self.queues,
-                counts,
-                key,
-                (*kind, *receipt),
-                payload,
-                self.now_ms,
-            )?;
-            self.tally.persisted += 1;
-            if self.pushing {
-                self.tally.queued.push((user.clone(), payload.clone()));
+            let row = Row { user, seq: *seq };
+            let stamp = Stamp {
+                kind: event.kind,
+                priority: event.priority,
+                receipt: *receipt,
+                at_ms: self.now_ms,
+            };
+            match self.put_event(&row, stamp, (&event.json, 0))? {
+                None => Outcome::QueueFull,
+                Some(_) => {
+                    if seq.is_none() {
+                        self.tally.persisted += 1;
+                        if self.pushing && event.kind == OutKind::NewMessage {
+                            self.tally.queued.push((user.clone(), event.json.clone()));
+                        }
+                    }
+                    if let Some(chat) = chat {
+                        let sequence = self.state.take_sequence();
+                        self.tables.record(user, chat, sequence, &event.json)?;
+                        self.tally.recorded += 1;
+                    }
+                    Outcome::Kept { delivered }
+                }
             }
-            if let Some(chat) = chat {
-                self.tables
-                    .record(user, message_id, chat, sequence, payload)?;
-                self.tally.recorded += 1;
-            }
-            Outcome::Queued
         };
-        enqueue_outcome(self.replies, *sender, message_id, *dedup, outcome);
+        append_outcome(self.replies, ack.as_ref(), *dedup, outcome);
         Ok(())
     }
 
-    /// Queues a fanned-out message for each user whose queue has room; the waiting
-    /// reactor hears how many were kept.
-    fn enqueue_fan_out(&mut self, batch: &FanOutBatch) -> Result<(), redb::Error> {
-        let mut queued = 0;
-        for (user, payload) in &batch.messages {
-            if self.state.counts.of(user) >= self.queue_max_per_user {
-                continue;
+    /// Appends a fanned-out event to each row's inbox; a group post's content is written
+    /// once and referenced by every row.
+    fn append_share(&mut self, share: &Share) -> Result<(), redb::Error> {
+        let post = match share.purpose {
+            super::FanOut::GroupPost => {
+                let number = self.state.take_post();
+                self.inboxes.put_post(number, self.now_ms, &share.json)?;
+                Some(number.to_le_bytes())
             }
-            let key = (&**user, batch.priority, self.state.take_sequence());
-            let counts = &mut self.state.counts;
-            // Fanned-out messages are chat messages (group posts, API broadcasts).
-            let stored = (OutKind::NewMessage, false);
-            queue::push(&mut self.queues, counts, key, stored, payload, self.now_ms)?;
-            queued += 1;
-            if self.pushing {
-                self.tally.queued.push((user.clone(), payload.clone()));
+            super::FanOut::Broadcast => None,
+        };
+        let stamp = Stamp {
+            kind: share.kind,
+            priority: share.priority,
+            receipt: false,
+            at_ms: self.now_ms,
+        };
+        let (mut queued, mut not_kept) = (0u32, 0u32);
+        for row in &share.rows {
+            let json = row.json.as_ref().unwrap_or(&share.json);
+            let body = match &post {
+                Some(number) if row.json.is_none() => (&number[..], POST_FLAG),
+                _ => (&json[..], 0),
+            };
+            let target = Row {
+                user: &row.user,
+                seq: row.seq,
+            };
+            match self.put_event(&target, stamp, body)? {
+                None => not_kept += 1,
+                Some(_) if row.seq.is_none() => {
+                    queued += 1;
+                    self.tally.persisted += 1;
+                    if self.pushing {
+                        self.tally.queued.push((row.user.clone(), json.clone()));
+                    }
+                }
+                Some(_) => {}
             }
         }
-        self.tally.persisted += u64::from(queued);
-        let not_kept = batch.messages.len() as u32 - queued;
         self.replies
-            .push(fan_out_counts(batch, queued, not_kept, false));
+            .push(fan_out_counts(share, queued, not_kept, false));
         Ok(())
     }
 
-    /// The first part of `user`'s queue, for a device that authenticated.
-    fn drain(&mut self, user: &str, device: Waiter) -> Result<(), redb::Error> {
-        let (messages, more) =
-            queue::read(&self.queues, user, DRAIN_MESSAGES_MAX, DRAIN_BYTES_MAX)?;
-        let reply = Reply::Pending {
+    /// Confirms a retry: `sent`/`queued` again if the first copy is held, else the sender
+    /// is told to send it again.
+    fn confirm(&mut self, confirm: &Confirm) -> Result<(), redb::Error> {
+        let Confirm {
+            receiver,
+            chat,
+            ack,
+        } = confirm;
+        let held = self
+            .tables
+            .holds(receiver, &chat.message_id, &chat.sender)?;
+        let outcome = if held {
+            Outcome::Kept {
+                delivered: ack.delivered,
+            }
+        } else {
+            Outcome::NotHeld
+        };
+        append_outcome(self.replies, Some(ack), None, outcome);
+        Ok(())
+    }
+
+    /// A page of `user`'s inbox for a device.
+    fn read_inbox(
+        &mut self,
+        user: &str,
+        device: Waiter,
+        from: &ReadFrom,
+    ) -> Result<(), redb::Error> {
+        let head = self.state.heads.of(user);
+        let page = (INBOX_PAGE_EVENTS_MAX, INBOX_PAGE_BYTES_MAX);
+        let (greeting, from) = match from {
+            ReadFrom::Resume { epoch, seq } => {
+                let first_kept = self.inboxes.first_kept(user)?.unwrap_or(head.last + 1);
+                let resumed =
+                    **epoch == *self.state.epoch && *seq <= head.last && *seq + 1 >= first_kept;
+                let greeting = Greeting {
+                    epoch: self.state.epoch.clone(),
+                    seq: head.last,
+                    resumed: Some(resumed),
+                };
+                // A device that resumes acknowledges what it gets, so it reads in `seq`
+                // order; one that cannot resume gets what no device acknowledged.
+                let after = if resumed { *seq } else { head.acked };
+                let from = ReadFrom::After { seq: after };
+                (Some(greeting), from)
+            }
+            ReadFrom::Unacked { upto: 0, cursor } => {
+                let greeting = Greeting {
+                    epoch: self.state.epoch.clone(),
+                    seq: head.last,
+                    resumed: None,
+                };
+                let from = ReadFrom::Unacked {
+                    upto: head.last,
+                    cursor: *cursor,
+                };
+                (Some(greeting), from)
+            }
+            other => (None, other.clone()),
+        };
+        let (events, next, covered) = match from {
+            ReadFrom::After { seq } => {
+                let (events, more) =
+                    self.inboxes
+                        .read_after(user, (seq, head.last), page.0, page.1)?;
+                let last_read = events.last().map_or(seq, |e| e.seq);
+                let next = more.then_some(ReadFrom::After { seq: last_read });
+                let covered = if more { last_read } else { head.last };
+                (events, next, covered)
+            }
+            ReadFrom::Unacked { upto, cursor } => {
+                let range = (head.acked, upto);
+                let (events, next, covered) =
+                    self.inboxes.read_unacked(user, range, cursor, page)?;
+                let next = next.map(|cursor| ReadFrom::Unacked {
+                    upto,
+                    cursor: Some(cursor),
+                });
+                (events, next, covered)
+            }
+            ReadFrom::Resume { .. } => unreachable!("a resume is read as After or Unacked"),
+        };
+        if !events.is_empty() {
+            // Nothing of it is pruned while the device reads on (an empty inbox, the
+            // common case at a connect, costs no entry).
+            self.state.reading.insert(user.into(), self.now_ms);
+        }
+        let reply = Reply::InboxPage {
             device,
             user: user.into(),
-            messages,
-            more,
+            greeting,
+            events,
+            next,
+            covered,
+            error: None,
         };
         self.replies.push((device.reactor, reply));
         Ok(())
     }
 
-    /// `user`'s queue for the HTTP API; with `drain`, what is read is removed.
-    fn peek(&mut self, user: &str, requester: Waiter, drain: bool) -> Result<(), redb::Error> {
-        let (queued, more) = queue::read(&self.queues, user, PEEK_MESSAGES_MAX, PEEK_BYTES_MAX)?;
-        if drain {
-            let keys = queued.iter().map(|m| m.key);
-            queue::remove(&mut self.queues, &mut self.state.counts, user, keys)?;
+    /// A device processed `user`'s events up to `upto`: the senders of those that asked
+    /// hear (through the user's home), and acknowledged events beyond the newest
+    /// `--queue-max-per-user` are pruned.
+    fn ack(
+        &mut self,
+        user: &str,
+        upto: u64,
+        device: Option<Waiter>,
+        home: usize,
+    ) -> Result<(), redb::Error> {
+        let head = self.state.heads.of(user);
+        if upto > head.last {
+            if let Some(device) = device {
+                let reply = Reply::AckRefused {
+                    device,
+                    seq: upto,
+                    last: head.last,
+                };
+                self.replies.push((device.reactor, reply));
+            }
+            return Ok(());
         }
-        let messages = queued.into_iter().map(|m| m.payload).collect();
+        if upto <= head.acked || head.unacked == 0 {
+            return Ok(()); // nothing waits: no state is made for a user without events
+        }
+        let upto = upto.min(head.last);
+        let receipts = self.inboxes.receipts(user, (head.acked, upto))?;
+        let newly = self.inboxes.count(user, (head.acked, upto))?;
+        self.state.heads.update(user, |head| {
+            head.acked = upto;
+            head.unacked = head.unacked.saturating_sub(newly);
+        });
+        let read_at = self.state.reading.get(user).copied();
+        if read_at.is_none_or(|at| self.now_ms.saturating_sub(at) > READ_GRACE_MS) {
+            self.state.reading.remove(user);
+            self.inboxes
+                .prune(user, upto.saturating_sub(self.queue_max_per_user))?;
+        }
+        if !receipts.is_empty() {
+            let reply = Reply::Receipts {
+                user: user.into(),
+                receipts,
+            };
+            self.replies.push((home, reply));
+        }
+        Ok(())
+    }
+
+    /// `user`'s unacknowledged messages for the HTTP API.
+    fn peek(&mut self, user: &str, requester: Waiter) -> Result<(), redb::Error> {
+        let head = self.state.heads.of(user);
+        let range = (head.acked, head.last);
+        let page = (PEEK_MESSAGES_MAX, PEEK_BYTES_MAX);
+        let (events, next, covered) = self.inboxes.read_unacked(user, range, None, page)?;
+        let messages = events
+            .into_iter()
+            .filter(|e| e.kind == OutKind::NewMessage)
+            .map(|e| e.json)
+            .collect();
         let reply = Reply::Peeked {
             requester,
             user: user.into(),
             messages,
-            more,
+            upto: covered,
+            more: next.is_some(),
             error: None,
         };
         self.replies.push((requester.reactor, reply));

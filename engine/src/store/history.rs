@@ -11,7 +11,7 @@
 use bytes::Bytes;
 use redb::{ReadableTable, Table, TableDefinition};
 
-use super::{Amendment, Chat};
+use super::{Amendment, Chat, HISTORY_PAGE_BYTES_MAX};
 
 /// The history table.
 pub(super) const HISTORY: TableDefinition<(&str, &str, u64, u64), &[u8]> =
@@ -55,7 +55,6 @@ impl Tables<'_> {
     pub(super) fn record(
         &mut self,
         receiver: &str,
-        message_id: &str,
         chat: &Chat,
         sequence: u64,
         payload: &[u8],
@@ -64,34 +63,46 @@ impl Tables<'_> {
         let at = chat.timestamp_ms;
         self.history.insert((low, high, at, sequence), payload)?;
         self.received
-            .insert((receiver, message_id, &*chat.sender), (at, sequence))?;
+            .insert((receiver, &*chat.message_id, &*chat.sender), (at, sequence))?;
         Ok(())
     }
 
-    /// Up to `limit` messages between `user` and `peer` sent before `before` (Unix ms),
-    /// newest first.
+    /// Up to `limit` messages and [`HISTORY_PAGE_BYTES_MAX`] of JSON between `user` and
+    /// `peer` sent before `before` (Unix ms), newest first; the flag says whether older
+    /// ones remain. A message bigger than the byte bound fills a page alone.
+    ///
+    /// The next page starts `before` the oldest timestamp of this one, so a page that is
+    /// cut does not end inside a run of equal timestamps (unless the run fills it).
     pub(super) fn page(
         &self,
         user: &str,
         peer: &str,
         before: Option<u64>,
         limit: usize,
-    ) -> Result<Vec<Bytes>, redb::Error> {
+    ) -> Result<(Vec<Bytes>, bool), redb::Error> {
         let (low, high) = conversation(user, peer);
         let end = before.unwrap_or(u64::MAX);
-        let mut messages = Vec::with_capacity(limit.min(64));
+        let mut messages: Vec<(u64, Bytes)> = Vec::with_capacity(limit.min(64));
+        let mut bytes = 0;
         for entry in self
             .history
             .range((low, high, 0, 0)..(low, high, end, 0))?
             .rev()
         {
-            if messages.len() == limit {
-                break;
+            let (key, value) = entry?;
+            let (_, _, at, _) = key.value();
+            let json = value.value();
+            let full = bytes + json.len() > HISTORY_PAGE_BYTES_MAX && !messages.is_empty();
+            if messages.len() == limit || full {
+                if messages.iter().any(|(kept, _)| *kept != at) {
+                    messages.retain(|(kept, _)| *kept != at);
+                }
+                return Ok((messages.into_iter().map(|(_, m)| m).collect(), true));
             }
-            let (_, value) = entry?;
-            messages.push(Bytes::copy_from_slice(value.value()));
+            bytes += json.len();
+            messages.push((at, Bytes::copy_from_slice(json)));
         }
-        Ok(messages)
+        Ok((messages.into_iter().map(|(_, m)| m).collect(), false))
     }
 
     /// The sender of the newest message `message_id` that reached `reader`.
@@ -260,9 +271,10 @@ mod tests {
         std::env::temp_dir().join(format!("history-test-{}-{n}.redb", std::process::id()))
     }
 
-    fn chat(sender: &str, at: u64) -> Chat {
+    fn chat(sender: &str, message_id: &str, at: u64) -> Chat {
         Chat {
             sender: Arc::from(sender),
+            message_id: message_id.into(),
             timestamp_ms: at,
         }
     }
@@ -270,32 +282,81 @@ mod tests {
     #[test]
     fn a_conversation_reads_newest_first_from_both_sides_with_a_cursor() {
         with_tables(|t| {
-            t.record("bob", "m1", &chat("alice", 10), 1, b"1").unwrap();
-            t.record("alice", "m2", &chat("bob", 20), 2, b"2").unwrap();
-            t.record("bob", "m3", &chat("alice", 20), 3, b"3").unwrap();
-            t.record("carol", "m4", &chat("alice", 15), 4, b"other")
+            t.record("bob", &chat("alice", "m1", 10), 1, b"1").unwrap();
+            t.record("alice", &chat("bob", "m2", 20), 2, b"2").unwrap();
+            t.record("bob", &chat("alice", "m3", 20), 3, b"3").unwrap();
+            t.record("carol", &chat("alice", "m4", 15), 4, b"other")
                 .unwrap();
-            let page = t.page("alice", "bob", None, 10).unwrap();
+            let page = t.page("alice", "bob", None, 10).unwrap().0;
             assert_eq!(page, vec![&b"3"[..], b"2", b"1"]);
             assert_eq!(
-                t.page("bob", "alice", None, 2).unwrap(),
+                t.page("bob", "alice", None, 2).unwrap().0,
                 vec![&b"3"[..], b"2"]
             );
             assert_eq!(
-                t.page("bob", "alice", Some(20), 10).unwrap(),
+                t.page("bob", "alice", Some(20), 10).unwrap().0,
                 vec![&b"1"[..]]
             );
-            assert!(t.page("bob", "alice", Some(10), 10).unwrap().is_empty());
-            assert!(t.page("bob", "dave", None, 10).unwrap().is_empty());
+            assert!(t.page("bob", "alice", Some(10), 10).unwrap().0.is_empty());
+            assert!(t.page("bob", "dave", None, 10).unwrap().0.is_empty());
+            assert!(
+                t.page("alice", "bob", None, 2).unwrap().1,
+                "older ones remain"
+            );
+            assert!(!t.page("alice", "bob", None, 3).unwrap().1);
+        });
+    }
+
+    #[test]
+    fn a_page_stops_at_its_byte_bound_but_holds_at_least_one_message() {
+        with_tables(|t| {
+            let big = vec![b'x'; HISTORY_PAGE_BYTES_MAX / 3 + 1];
+            for i in 0..4u64 {
+                let id = format!("m{i}");
+                t.record("bob", &chat("alice", &id, 10 + i), i, &big)
+                    .unwrap();
+            }
+            let (page, more) = t.page("alice", "bob", None, 10).unwrap();
+            assert_eq!((page.len(), more), (2, true));
+            let huge = vec![b'y'; HISTORY_PAGE_BYTES_MAX + 1];
+            t.record("bob", &chat("alice", "m9", 99), 9, &huge).unwrap();
+            let (page, more) = t.page("alice", "bob", None, 10).unwrap();
+            assert_eq!((page.len(), more), (1, true));
+        });
+    }
+
+    #[test]
+    fn a_cut_page_does_not_split_equal_timestamps() {
+        with_tables(|t| {
+            for (i, at) in [10u64, 20, 20, 30].into_iter().enumerate() {
+                let id = format!("m{i}");
+                let payload = id.as_bytes().to_vec();
+                t.record("bob", &chat("alice", &id, at), i as u64, &payload)
+                    .unwrap();
+            }
+            // m2 would fit, but m1 (same time) would then be lost behind `before: 20`.
+            assert_eq!(
+                t.page("alice", "bob", None, 2).unwrap(),
+                (vec![Bytes::from("m3")], true)
+            );
+            assert_eq!(
+                t.page("alice", "bob", Some(30), 2).unwrap(),
+                (vec![Bytes::from("m2"), Bytes::from("m1")], true)
+            );
+            // A run that fills the page alone stays whole.
+            assert_eq!(
+                t.page("alice", "bob", Some(30), 1).unwrap(),
+                (vec![Bytes::from("m2")], true)
+            );
         });
     }
 
     #[test]
     fn the_index_finds_the_newest_sender_and_recognises_a_held_message() {
         with_tables(|t| {
-            t.record("bob", "m1", &chat("alice", 10), 1, b"a").unwrap();
-            t.record("bob", "m1", &chat("carol", 30), 2, b"c").unwrap();
-            t.record("bob", "m10", &chat("dave", 40), 3, b"d").unwrap();
+            t.record("bob", &chat("alice", "m1", 10), 1, b"a").unwrap();
+            t.record("bob", &chat("carol", "m1", 30), 2, b"c").unwrap();
+            t.record("bob", &chat("dave", "m10", 40), 3, b"d").unwrap();
             assert_eq!(t.sender_of("bob", "m1").unwrap().as_deref(), Some("carol"));
             assert_eq!(t.sender_of("bob", "m10").unwrap().as_deref(), Some("dave"));
             assert_eq!(t.sender_of("bob", "m2").unwrap(), None);
@@ -309,7 +370,7 @@ mod tests {
     fn edits_come_from_the_sender_and_reactions_from_either_side() {
         with_tables(|t| {
             let message = br#"{"type":"new_message","messageId":"m1","content":"helo"}"#;
-            t.record("bob", "m1", &chat("alice", 10), 1, message)
+            t.record("bob", &chat("alice", "m1", 10), 1, message)
                 .unwrap();
             let edit = Amendment::Edit("hello".into());
             assert!(
@@ -326,13 +387,13 @@ mod tests {
                 !t.amend("alice", "bob", "m2", &edit).unwrap(),
                 "no such message"
             );
-            let page = t.page("alice", "bob", None, 1).unwrap();
+            let page = t.page("alice", "bob", None, 1).unwrap().0;
             let stored: serde_json::Value = serde_json::from_slice(&page[0]).unwrap();
             assert_eq!(stored["content"], "hello");
             assert_eq!(stored["edited"], true);
             assert_eq!(stored["reactions"], serde_json::json!({"🙂": ["bob"]}));
             assert!(t.amend("alice", "bob", "m1", &Amendment::Delete).unwrap());
-            let page = t.page("alice", "bob", None, 1).unwrap();
+            let page = t.page("alice", "bob", None, 1).unwrap().0;
             let stored: serde_json::Value = serde_json::from_slice(&page[0]).unwrap();
             assert_eq!(
                 (stored["content"].as_str(), stored["deleted"].as_bool()),
@@ -346,7 +407,7 @@ mod tests {
         with_tables(|t| {
             for i in 0..5u64 {
                 let id = format!("m{i}");
-                t.record("bob", &id, &chat("alice", i * 10), i, b"x")
+                t.record("bob", &chat("alice", &id, i * 10), i, b"x")
                     .unwrap();
             }
             let (removed, next) = t.sweep(None, 25, 2).unwrap();
@@ -355,7 +416,7 @@ mod tests {
             assert_eq!(removed, 1);
             let (removed, next) = t.sweep(next, 25, 2).unwrap();
             assert_eq!((removed, next), (0, None));
-            assert_eq!(t.page("alice", "bob", None, 10).unwrap().len(), 2);
+            assert_eq!(t.page("alice", "bob", None, 10).unwrap().0.len(), 2);
             assert!(!t.holds("bob", "m0", "alice").unwrap());
             assert!(t.holds("bob", "m4", "alice").unwrap());
         });

@@ -1,14 +1,15 @@
-//! The durable store: offline queues, conversation history and the index that finds a
+//! The durable store: per-user inboxes, conversation history and the index that finds a
 //! message by id, in one embedded redb file under `--data-dir`, on one dedicated thread
 //! with group commit. Reactors talk to it by message and never wait on disk: commands go
 //! in over a channel, answers come back over each reactor's own channel with a ring of
 //! its doorbell.
 //!
 //! Group commit: the thread takes every command waiting (up to [`BATCH_MAX`]), applies them
-//! all in one write transaction, commits once (fsync), and only then answers. So a
-//! `queued` ack always follows the commit that holds the message.
+//! all in one write transaction, commits once (fsync), and only then answers. So every
+//! ack (`sent` or `queued`) follows the commit that holds the message.
 //!
-//! - `queue`: per-user offline queues, `(user, priority, sequence)` keys.
+//! - `commands`: what reactors ask and what the store answers.
+//! - `inbox`: per-user inboxes, `(user, seq)` keys, and their heads.
 //! - `history`: every chat message per conversation, and `(receiver, messageId, sender)`
 //!   → where it sits, which serves `read_receipt` by id and dedup across restarts.
 //! - `worker`: the thread, its transactions and the retention sweep; `apply`: one
@@ -17,9 +18,10 @@
 
 mod answers;
 mod apply;
+mod commands;
 mod failure;
 mod history;
-mod queue;
+mod inbox;
 mod state;
 mod worker;
 
@@ -31,26 +33,29 @@ use std::{
     time::Duration,
 };
 
-use bytes::Bytes;
 use redb::Database;
 use tracing::info;
 
-use crate::{
-    protocol::{codes::OutKind, Priority},
-    stats::LatencyHistogram,
-};
+use crate::stats::LatencyHistogram;
 
+pub use commands::{
+    AckTo, Amend, Amendment, Append, Chat, Command, Confirm, Event, FanOut, Greeting, Outcome,
+    ReadFrom, ReceiptsDue, Reply, Share, ShareRow,
+};
 pub use failure::Failure;
-pub use queue::QueueKey;
+pub use inbox::{InboxEvent, UnackedCursor};
 
 /// Commands applied in one transaction at most.
 pub const BATCH_MAX: usize = 4096;
-/// One `Drain` answer carries at most this many messages or bytes (at least one message):
-/// the device's reactor asks for the next part once the kernel has taken this one, so a
-/// long queue never piles up in a connection's outbound queue.
-pub const DRAIN_MESSAGES_MAX: usize = 256;
-/// See [`DRAIN_MESSAGES_MAX`].
-pub const DRAIN_BYTES_MAX: usize = 256 * 1024;
+/// One inbox page carries at most this many events or bytes (at least one event): the
+/// device's reactor asks for the next page once the kernel has taken this one, so a long
+/// inbox never piles up in a connection's outbound queue.
+pub const INBOX_PAGE_EVENTS_MAX: usize = 256;
+/// See [`INBOX_PAGE_EVENTS_MAX`].
+pub const INBOX_PAGE_BYTES_MAX: usize = 256 * 1024;
+/// A `history` page holds at most this much JSON (PROTOCOL.md, "Bounds on answers"):
+/// with the frame around it, it fits the smallest `--outbound-bytes-max`.
+pub const HISTORY_PAGE_BYTES_MAX: usize = 1 << 20;
 /// One `Peek` (the HTTP queue endpoint) returns at most this many messages or bytes.
 pub const PEEK_MESSAGES_MAX: usize = 1000;
 /// See [`PEEK_MESSAGES_MAX`].
@@ -59,15 +64,16 @@ pub const PEEK_BYTES_MAX: usize = 4 * 1024 * 1024;
 /// What the store counts, read by `/api/stats` and `/metrics`.
 #[derive(Debug, Default)]
 pub struct StoreStats {
-    /// Messages committed to an offline queue.
+    /// Events committed to an inbox with no device online to take them (queued).
     pub persisted: AtomicU64,
     /// Messages committed to conversation history.
     pub recorded: AtomicU64,
-    /// Messages a commit failed to hold (their senders were told).
+    /// Messages a commit failed to hold (their senders were told), group posts and
+    /// broadcasts counted once.
     pub failures: AtomicU64,
     /// Transactions committed.
     pub commits: AtomicU64,
-    /// Queued messages removed unread after the retention period.
+    /// Inbox events removed after the retention period.
     pub expired: AtomicU64,
     /// History entries removed after the retention period.
     pub expired_history: AtomicU64,
@@ -75,16 +81,6 @@ pub struct StoreStats {
     pub commit_latency: LatencyHistogram,
     /// The push hook's counts, shared with its thread (zero without `--push-webhook`).
     pub push: Arc<crate::push::PushStats>,
-}
-
-/// What makes a message a chat message: who sent it and when. The store keeps chat
-/// messages in history and recognises a retry of one it already holds.
-#[derive(Debug, Clone)]
-pub struct Chat {
-    /// The sending user.
-    pub sender: Arc<str>,
-    /// When the gateway accepted it (the `timestamp` of its `new_message`).
-    pub timestamp_ms: u64,
 }
 
 /// A value a reactor gives the store with a command and gets back with the answer; the
@@ -105,338 +101,6 @@ pub struct Waiter {
     pub reactor: usize,
     /// The reactor's own value.
     pub ticket: u64,
-}
-
-/// A request to the store thread.
-#[derive(Debug)]
-pub enum Command {
-    /// Queue a message for an offline user; answer its sender on its reactor.
-    Enqueue(Box<Enqueue>),
-    /// Keep a chat message that reached a device in its conversation's history.
-    Record {
-        /// The receiver.
-        receiver: Box<str>,
-        /// The sender's message id.
-        message_id: Box<str>,
-        /// The `new_message` JSON.
-        payload: Bytes,
-        /// Sender and time.
-        chat: Chat,
-    },
-    /// Read `user`'s queue for a device that just authenticated.
-    Drain {
-        /// The user.
-        user: Box<str>,
-        /// The device to deliver to.
-        device: Waiter,
-    },
-    /// Read `user`'s queue for the HTTP API (and, with `drain`, remove what was read).
-    Peek {
-        /// The user.
-        user: Box<str>,
-        /// The HTTP connection waiting for it.
-        requester: Waiter,
-        /// Remove what is returned.
-        drain: bool,
-    },
-    /// Delete messages written to a device.
-    Remove {
-        /// The user.
-        user: Box<str>,
-        /// The messages.
-        keys: Vec<QueueKey>,
-    },
-    /// Queue a fanned-out message (a broadcast, a group post) for the users with no
-    /// device online one home found, and tell the waiting reactor how many were kept.
-    EnqueueFanOut(Box<FanOutBatch>),
-    /// Read a page of the conversation between `user` and `peer`, newest first.
-    History {
-        /// The asking user.
-        user: Box<str>,
-        /// The other side of the conversation.
-        peer: Box<str>,
-        /// Only messages with a timestamp before this (Unix ms).
-        before: Option<u64>,
-        /// At most this many (1 to [`crate::protocol::inbound::HISTORY_LIMIT_MAX`]).
-        limit: usize,
-        /// The connection waiting for it.
-        requester: Waiter,
-    },
-    /// Find who sent `reader` the message `message_id` (delivered or queued to it).
-    FindSender {
-        /// The user that read it.
-        reader: Box<str>,
-        /// The message id.
-        message_id: Box<str>,
-        /// The connection that sent the `read_receipt`.
-        requester: Waiter,
-    },
-    /// Change a message in history (edit, delete, reaction) and answer who may see it.
-    Amend(Box<Amend>),
-    /// A user joined (`true`) or left a group; answered with [`Reply::Membership`].
-    Membership {
-        /// The group.
-        group: Box<str>,
-        /// The user.
-        user: Box<str>,
-        /// Joined, or left.
-        joined: bool,
-        /// The device that asked.
-        device: Waiter,
-        /// The group's home reactor, which announces the change once it is committed.
-        home: usize,
-    },
-    /// Commit what came before, then stop (sent by the engine once its reactors are done).
-    Shutdown,
-}
-
-/// A change to a message in history, asked for by one side of its conversation.
-#[derive(Debug, Clone)]
-pub struct Amend {
-    /// Who changes it (an edit or delete must come from the message's sender).
-    pub actor: Box<str>,
-    /// The other side of the conversation.
-    pub peer: Box<str>,
-    /// The message.
-    pub message_id: Box<str>,
-    /// The change.
-    pub change: Amendment,
-    /// The connection that asked.
-    pub requester: Waiter,
-}
-
-/// A change to a message, owned.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Amendment {
-    /// New text.
-    Edit(Box<str>),
-    /// Deleted.
-    Delete,
-    /// A reaction added by the actor.
-    ReactionAdd(Box<str>),
-    /// A reaction removed by the actor.
-    ReactionRemove(Box<str>),
-}
-
-impl Amendment {
-    /// The borrowed form, as the protocol encodes it.
-    pub fn as_change(&self) -> crate::protocol::inbound::Change<'_> {
-        use crate::protocol::inbound::Change;
-        match self {
-            Amendment::Edit(content) => Change::Edit(content),
-            Amendment::Delete => Change::Delete,
-            Amendment::ReactionAdd(emoji) => Change::ReactionAdd(emoji),
-            Amendment::ReactionRemove(emoji) => Change::ReactionRemove(emoji),
-        }
-    }
-
-    /// The owned form of a parsed change.
-    pub fn from_change(change: &crate::protocol::inbound::Change<'_>) -> Amendment {
-        use crate::protocol::inbound::Change;
-        match *change {
-            Change::Edit(content) => Amendment::Edit(content.into()),
-            Change::Delete => Amendment::Delete,
-            Change::ReactionAdd(emoji) => Amendment::ReactionAdd(emoji.into()),
-            Change::ReactionRemove(emoji) => Amendment::ReactionRemove(emoji.into()),
-        }
-    }
-}
-
-/// Queue `payload` (a message's JSON) for `user`; answer `sender` on its reactor.
-#[derive(Debug)]
-pub struct Enqueue {
-    /// The offline receiver.
-    pub user: Box<str>,
-    /// Its lane.
-    pub priority: Priority,
-    /// The JSON, as it will be delivered.
-    pub payload: Bytes,
-    /// What it is (`new_message`, `read_receipt`, …), kept with it.
-    pub kind: OutKind,
-    /// The sending connection (WebSocket or HTTP API), told the outcome; `None` for
-    /// what nobody waits on (delivery and read receipts).
-    pub sender: Option<Waiter>,
-    /// The sender's message id.
-    pub message_id: Box<str>,
-    /// Send the sender a `delivery_receipt` when this is delivered.
-    pub receipt: bool,
-    /// The home that sent it and its ticket: told when the message is not kept, so
-    /// that a retry is tried again rather than acknowledged `queued`.
-    pub dedup: Option<(usize, Ticket)>,
-    /// Set for chat messages: kept in history too, and not queued twice.
-    pub chat: Option<Chat>,
-}
-
-/// The part of a fanned-out message one home could not deliver: queue it for these users.
-#[derive(Debug)]
-pub struct FanOutBatch {
-    /// The users with no device online, each with its `new_message` JSON.
-    pub messages: Vec<(Box<str>, Bytes)>,
-    /// The message's lane.
-    pub priority: Priority,
-    /// What was fanned out; says what the answer goes on to.
-    pub purpose: FanOut,
-    /// The reactor waiting for the counts (the broadcast's requester, the group's home).
-    pub reply_to: usize,
-    /// The pending broadcast or group post there.
-    pub request: u32,
-    /// Users this home reached on a device (passed through to the answer).
-    pub delivered: u32,
-}
-
-/// What a [`FanOutBatch`] belongs to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FanOut {
-    /// An HTTP API broadcast.
-    Broadcast,
-    /// A group post.
-    GroupPost,
-}
-
-/// Whether a message was queued.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    /// Committed (or already held: a retry).
-    Queued,
-    /// The user's queue is at `--queue-max-per-user`.
-    QueueFull,
-    /// The commit failed (disk full, I/O error): nothing was stored.
-    Failed(Failure),
-}
-
-impl Reply {
-    /// Whether the answer is for the reactor's [`crate::shard::Shard`] rather than for
-    /// its driver (which writes queues to devices and answers HTTP API requests).
-    pub fn is_for_shard(&self) -> bool {
-        match self {
-            Reply::NotKept { .. }
-            | Reply::Membership { .. }
-            | Reply::History { .. }
-            | Reply::Amended { .. }
-            | Reply::SenderFound { .. } => true,
-            Reply::FanOutQueued { purpose, .. } => *purpose == FanOut::GroupPost,
-            Reply::Enqueued { .. } | Reply::Pending { .. } | Reply::Peeked { .. } => false,
-        }
-    }
-}
-
-/// An answer from the store to a reactor.
-#[derive(Debug)]
-pub enum Reply {
-    /// The outcome of an `Enqueue`.
-    Enqueued {
-        /// The sending connection.
-        sender: Waiter,
-        /// Its message id.
-        message_id: Box<str>,
-        /// What happened.
-        outcome: Outcome,
-    },
-    /// A user's queued messages, in delivery order, for one device.
-    Pending {
-        /// The device.
-        device: Waiter,
-        /// The user.
-        user: Box<str>,
-        /// The messages, in order.
-        messages: Vec<Queued>,
-        /// More remain queued after these.
-        more: bool,
-    },
-    /// To a home: a message it sent was not kept (full queue, failed commit).
-    NotKept {
-        /// The ticket the home gave it.
-        ticket: Ticket,
-    },
-    /// A user's queue for the HTTP API.
-    Peeked {
-        /// The HTTP connection.
-        requester: Waiter,
-        /// The user.
-        user: Box<str>,
-        /// `new_message` JSON of each queued message, in delivery order.
-        messages: Vec<Bytes>,
-        /// More remain queued after these.
-        more: bool,
-        /// Set when the store could not read (or drain) the queue.
-        error: Option<Failure>,
-    },
-    /// To the reactor waiting on a fan-out: one home's counts, after the commit.
-    FanOutQueued {
-        /// What was fanned out.
-        purpose: FanOut,
-        /// The pending broadcast or group post there.
-        request: u32,
-        /// Users reached on a device.
-        delivered: u32,
-        /// Users whose queue now holds it.
-        queued: u32,
-        /// Users it could not be queued for (full queue, failed commit).
-        not_kept: u32,
-        /// The commit failed (nothing of this batch is stored).
-        failed: bool,
-    },
-    /// A page of history, newest first.
-    History {
-        /// The connection that asked.
-        requester: Waiter,
-        /// The other side of the conversation.
-        peer: Box<str>,
-        /// `new_message` JSON of each message.
-        messages: Vec<Bytes>,
-        /// Set when the store could not read it.
-        error: Option<Failure>,
-    },
-    /// The outcome of an `Amend`.
-    Amended {
-        /// What was asked.
-        amend: Box<Amend>,
-        /// Whether the message was found (and changed).
-        found: bool,
-        /// Set when the store could not look.
-        error: Option<Failure>,
-    },
-    /// Who sent the message a `read_receipt` named.
-    SenderFound {
-        /// The connection that sent the `read_receipt`.
-        requester: Waiter,
-        /// The user that read it.
-        reader: Box<str>,
-        /// The message id.
-        message_id: Box<str>,
-        /// The sender; `None` when no such message reached the reader.
-        sender: Option<Box<str>>,
-        /// Set when the store could not look.
-        error: Option<Failure>,
-    },
-    /// A membership change is committed (or could not be).
-    Membership {
-        /// The group.
-        group: Box<str>,
-        /// The user.
-        user: Box<str>,
-        /// Joined, or left.
-        joined: bool,
-        /// The device that asked.
-        device: Waiter,
-        /// Whether it is on disk.
-        committed: bool,
-    },
-}
-
-/// One queued message as read back.
-#[derive(Debug)]
-pub struct Queued {
-    /// Where it sits (for removal).
-    pub key: QueueKey,
-    /// The JSON as it is delivered.
-    pub payload: Bytes,
-    /// Its lane.
-    pub priority: Priority,
-    /// Whether its sender wants a `delivery_receipt`.
-    pub receipt: bool,
-    /// What it is.
-    pub kind: OutKind,
 }
 
 /// The reactors' side: send commands; cheap to clone.
@@ -472,7 +136,8 @@ pub trait DoorbellSet {
 /// What the store keeps and for how long.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
-    /// Messages one user's offline queue holds at most.
+    /// Unacknowledged events one user's inbox holds at most (and acknowledged ones kept
+    /// for the user's other devices to resume).
     pub queue_max_per_user: u64,
     /// How long queued messages and history are kept.
     pub retention: Duration,
@@ -500,8 +165,9 @@ pub fn open(
     let memberships = state::memberships(&db).map_err(io::Error::other)?;
     info!(
         path = %path.display(),
-        queued = state.queued(),
-        users = state.users_with_queue(),
+        epoch = &*state.epoch,
+        unacknowledged = state.heads.unacked_total(),
+        users = state.heads.users_waiting(),
         memberships = memberships.len(),
         "store open"
     );

@@ -11,29 +11,25 @@ use redb::{Database, WriteTransaction};
 use tracing::{error, info};
 
 use super::{
-    answers::{enqueue_outcome, fan_out_counts, history_answer, membership_answer, sender_answer},
+    answers::{append_outcome, fan_out_counts, history_answer, membership_answer, sender_answer},
     apply::{Apply, Tally},
     history::{self, Tables},
-    queue::{self, QUEUE},
-    state::{State, MEMBERS, META, NEXT_SEQUENCE},
-    Command, Enqueue, Failure, Limits, Outcome, Reply, ReplyRoutes, StoreStats, BATCH_MAX,
+    inbox::{self, Inboxes},
+    state::{State, MEMBERS, META, NEXT_POST, NEXT_SEQUENCE},
+    Command, Failure, Limits, Outcome, Reply, ReplyRoutes, StoreStats, BATCH_MAX,
 };
 use crate::protocol::now_ms;
 
 /// How often expired messages are swept at most (less often when retention is long).
 const SWEEP_INTERVAL_MAX: Duration = Duration::from_secs(3600);
-/// The store thread's nice value while it commits history only (see [`Background`]).
-const BACKGROUND_NICE: libc::c_int = 10;
-/// How long history records of delivered messages may wait to share a commit.
-const RECORD_DELAY: Duration = Duration::from_millis(200);
 /// Entries one sweep transaction looks at, so a sweep of a large file never holds the
 /// thread (and every sender waiting for a commit) for long.
 const SWEEP_VISIT_MAX: usize = 20_000;
 
 /// Where a retention sweep has got to.
 enum Sweep {
-    /// Going through queues, from this key on.
-    Queue(Option<queue::Cursor>),
+    /// Going through inboxes, from this key on.
+    Inbox(Option<inbox::Cursor>),
     /// Going through the message index, from this key on.
     History(Option<history::Cursor>),
 }
@@ -88,25 +84,21 @@ impl Worker {
         }
     }
 
-    /// Runs until `Shutdown`, or until every `Store` handle is gone.
-    ///
-    /// A batch of nothing but history records (messages already delivered: nobody waits
-    /// on them) is held back up to [`RECORD_DELAY`] to share a commit with what comes
-    /// next, so online traffic costs a few large commits a second rather than one small
-    /// commit (and fsync) per turn. Anything else commits at once, records included.
+    /// Runs until `Shutdown`, or until every `Store` handle is gone: each turn takes
+    /// every command waiting (up to [`BATCH_MAX`]), commits them together and answers;
+    /// a retention sweep, when one is under way, takes a small step between turns.
     pub(super) fn run(mut self, inbox: mpsc::Receiver<Command>) {
         let mut batch = Vec::with_capacity(BATCH_MAX);
-        let mut held_since: Option<Instant> = None;
         let sweep_every = (self.limits.retention / 10).min(SWEEP_INTERVAL_MAX);
         loop {
             if self.sweep.is_none() && self.last_sweep.elapsed() >= sweep_every {
                 self.start_sweep();
             }
             // While a sweep is under way, commands go first and a sweep step follows.
-            let wait = match held_since {
-                _ if self.sweep.is_some() => Duration::ZERO,
-                Some(since) => RECORD_DELAY.saturating_sub(since.elapsed()),
-                None => sweep_every,
+            let wait = if self.sweep.is_some() {
+                Duration::ZERO
+            } else {
+                sweep_every
             };
             let mut stopping = false;
             match inbox.recv_timeout(wait) {
@@ -123,21 +115,9 @@ impl Worker {
                     Err(_) => break,
                 }
             }
-            let only_records = batch.iter().all(|c| matches!(c, Command::Record { .. }));
-            let due = stopping
-                || !only_records
-                || batch.len() >= BATCH_MAX
-                || held_since.is_some_and(|since| since.elapsed() >= RECORD_DELAY);
             if !batch.is_empty() {
-                if due {
-                    // History nobody waits on yields the core to routing; acks do not.
-                    let _background = only_records.then(Background::enter);
-                    let replies = self.apply(&mut batch);
-                    self.answer(replies);
-                    held_since = None;
-                } else {
-                    held_since.get_or_insert_with(Instant::now);
-                }
+                let replies = self.apply(&mut batch);
+                self.answer(replies);
             }
             if stopping {
                 break;
@@ -151,8 +131,8 @@ impl Worker {
 
     /// Applies a batch in one transaction; returns each reactor's answers.
     fn apply(&mut self, batch: &mut Vec<Command>) -> Vec<(usize, Reply)> {
-        let sequence_before = self.state.next_sequence;
-        self.state.counts.begin();
+        let sequences_before = (self.state.next_sequence, self.state.next_post);
+        self.state.heads.begin();
         let mut replies = Vec::new();
         if self.db.is_none() {
             self.reopen();
@@ -173,9 +153,10 @@ impl Worker {
         };
         if let Err(why) = result {
             error!("store commit failed: {why}");
-            // Nothing of the batch is stored: undo the bookkeeping and tell every waiter.
-            self.state.counts.roll_back();
-            self.state.next_sequence = sequence_before;
+            // Nothing of the batch is stored: undo the bookkeeping (but the `seq`s given
+            // out) and tell every waiter.
+            self.state.heads.roll_back();
+            (self.state.next_sequence, self.state.next_post) = sequences_before;
             replies = self.failure_replies(batch, why);
         }
         batch.clear();
@@ -190,12 +171,13 @@ impl Worker {
         replies: &mut Vec<(usize, Reply)>,
     ) -> Result<(), redb::Error> {
         let started = Instant::now();
-        let sequence_before = self.state.next_sequence;
+        let sequences_before = (self.state.next_sequence, self.state.next_post);
         let txn = db.begin_write()?;
         let tally = self.apply_commands(&txn, batch, replies)?;
-        if self.state.next_sequence != sequence_before {
-            txn.open_table(META)?
-                .insert(NEXT_SEQUENCE, self.state.next_sequence)?;
+        if (self.state.next_sequence, self.state.next_post) != sequences_before {
+            let mut meta = txn.open_table(META)?;
+            meta.insert(NEXT_SEQUENCE, self.state.next_sequence)?;
+            meta.insert(NEXT_POST, self.state.next_post)?;
         }
         txn.commit()?;
         if let Some(push) = &self.push {
@@ -223,7 +205,11 @@ impl Worker {
         replies: &mut Vec<(usize, Reply)>,
     ) -> Result<Tally, redb::Error> {
         let mut apply = Apply {
-            queues: txn.open_table(QUEUE)?,
+            inboxes: Inboxes {
+                inbox: txn.open_table(inbox::INBOX)?,
+                posts: txn.open_table(inbox::POSTS)?,
+                heads: txn.open_table(inbox::HEADS)?,
+            },
             tables: Tables {
                 history: txn.open_table(history::HISTORY)?,
                 received: txn.open_table(history::RECEIVED)?,
@@ -240,42 +226,61 @@ impl Worker {
         for command in batch {
             apply.command(command)?;
         }
+        apply.inboxes.write_heads(&apply.state.heads)?;
         Ok(apply.tally)
     }
 
     fn failure_replies(&self, batch: &[Command], why: Failure) -> Vec<(usize, Reply)> {
         let mut replies = Vec::new();
         let error = || Some(why);
+        let count_failures = |n: usize| {
+            self.stats.failures.fetch_add(n as u64, Ordering::Relaxed);
+        };
         for command in batch {
             match command {
-                Command::Enqueue(enqueue) => {
-                    self.stats.failures.fetch_add(1, Ordering::Relaxed);
+                Command::Append(append) => {
+                    // A message its sender waits on (not the copies that go with it).
+                    count_failures(usize::from(append.ack.is_some()));
                     let outcome = Outcome::Failed(why);
-                    let Enqueue {
-                        sender,
-                        message_id,
-                        dedup,
-                        ..
-                    } = &**enqueue;
-                    enqueue_outcome(&mut replies, *sender, message_id, *dedup, outcome);
+                    append_outcome(&mut replies, append.ack.as_ref(), append.dedup, outcome);
                 }
-                Command::Record { .. } => {
-                    self.stats.failures.fetch_add(1, Ordering::Relaxed);
+                Command::AppendShare(share) => {
+                    count_failures(1);
+                    let not_kept = share.rows.len() as u32;
+                    replies.push(fan_out_counts(share, 0, not_kept, true));
                 }
-                Command::EnqueueFanOut(batch) => {
-                    let not_kept = batch.messages.len() as u32;
-                    self.stats
-                        .failures
-                        .fetch_add(u64::from(not_kept), Ordering::Relaxed);
-                    replies.push(fan_out_counts(batch, 0, not_kept, true));
+                Command::Confirm(confirm) => {
+                    let outcome = Outcome::Failed(why);
+                    append_outcome(&mut replies, Some(&confirm.ack), None, outcome);
                 }
-                Command::Peek {
-                    user, requester, ..
-                } => {
+                Command::OpenInbox { user, home, ticket } => {
+                    // Nothing was written: the `seq` given out so far is still the answer.
+                    let last = self.state.heads.of(user).last;
+                    let reply = Reply::InboxOpened {
+                        user: user.clone(),
+                        ticket: *ticket,
+                        last,
+                    };
+                    replies.push((*home, reply));
+                }
+                Command::ReadInbox { user, device, .. } => {
+                    let reply = Reply::InboxPage {
+                        device: *device,
+                        user: user.clone(),
+                        greeting: None,
+                        events: Vec::new(),
+                        next: None,
+                        covered: 0,
+                        error: error(),
+                    };
+                    replies.push((device.reactor, reply));
+                }
+                Command::Peek { user, requester } => {
                     let reply = Reply::Peeked {
                         requester: *requester,
                         user: user.clone(),
                         messages: Vec::new(),
+                        upto: 0,
                         more: false,
                         error: error(),
                     };
@@ -284,7 +289,12 @@ impl Worker {
                 Command::History {
                     peer, requester, ..
                 } => {
-                    replies.push(history_answer(*requester, peer, Vec::new(), error()));
+                    replies.push(history_answer(
+                        *requester,
+                        peer,
+                        (Vec::new(), false),
+                        error(),
+                    ));
                 }
                 Command::FindSender {
                     reader,
@@ -303,10 +313,11 @@ impl Worker {
                     replies.push((amend.requester.reactor, reply));
                 }
                 Command::Membership { .. } => {
-                    self.stats.failures.fetch_add(1, Ordering::Relaxed);
+                    count_failures(1);
                     replies.extend(membership_answer(command, false));
                 }
-                Command::Drain { .. } | Command::Remove { .. } | Command::Shutdown => {}
+                // An ack that did not hold is asked again by the device's next ack.
+                Command::Ack { .. } | Command::Shutdown => {}
             }
         }
         replies
@@ -315,9 +326,14 @@ impl Worker {
     /// Begins a sweep of everything older than the retention period.
     fn start_sweep(&mut self) {
         self.last_sweep = Instant::now();
+        let now = now_ms();
+        let grace = super::state::READ_GRACE_MS;
+        self.state
+            .reading
+            .retain(|_, at| now.saturating_sub(*at) <= grace);
         let retention_ms = self.limits.retention.as_millis().min(u128::from(u64::MAX)) as u64;
         let cutoff = now_ms().saturating_sub(retention_ms);
-        self.sweep = Some((Sweep::Queue(None), cutoff));
+        self.sweep = Some((Sweep::Inbox(None), cutoff));
     }
 
     /// One sweep transaction: up to [`SWEEP_VISIT_MAX`] entries of the queues, then of the
@@ -327,21 +343,26 @@ impl Worker {
             return;
         };
         let counter = match position {
-            Sweep::Queue(_) => &self.stats.expired,
+            Sweep::Inbox(_) => &self.stats.expired,
             Sweep::History(_) => &self.stats.expired_history,
         };
-        self.state.counts.begin();
-        let counts = &mut self.state.counts;
+        self.state.heads.begin();
+        let heads = &mut self.state.heads;
         let result = (|| -> Result<(u64, Option<Sweep>), redb::Error> {
             let txn = db.begin_write()?;
             let (removed, next) = match position {
-                Sweep::Queue(cursor) => {
-                    let mut table = txn.open_table(QUEUE)?;
+                Sweep::Inbox(cursor) => {
+                    let mut tables = Inboxes {
+                        inbox: txn.open_table(inbox::INBOX)?,
+                        posts: txn.open_table(inbox::POSTS)?,
+                        heads: txn.open_table(inbox::HEADS)?,
+                    };
                     let (removed, next) =
-                        queue::sweep(&mut table, counts, cursor, cutoff, SWEEP_VISIT_MAX)?;
+                        inbox::sweep(&mut tables, heads, cursor, cutoff, SWEEP_VISIT_MAX)?;
+                    tables.write_heads(heads)?;
                     let next = match next {
-                        Some(key) => Sweep::Queue(Some(key)),
-                        None => Sweep::History(None), // the queues are done: history next
+                        Some(key) => Sweep::Inbox(Some(key)),
+                        None => Sweep::History(None), // the inboxes are done: history next
                     };
                     (removed, Some(next))
                 }
@@ -366,7 +387,7 @@ impl Worker {
                 self.sweep = next.map(|n| (n, cutoff));
             }
             Err(e) => {
-                self.state.counts.roll_back();
+                self.state.heads.roll_back();
                 error!("store: retention sweep failed: {e}");
             }
         }
@@ -397,36 +418,5 @@ impl Worker {
                 self.routes.doorbells.ring(reactor);
             }
         }
-    }
-}
-
-/// While alive, the store thread runs at a lower CPU priority (nice
-/// [`BACKGROUND_NICE`]): a commit of history records only, tens of milliseconds of CPU
-/// at a time, then waits for a core behind the reactors instead of holding one while
-/// online messages queue up. Failing to change the priority only costs latency.
-struct Background;
-
-impl Background {
-    fn enter() -> Background {
-        set_own_nice(BACKGROUND_NICE);
-        Background
-    }
-}
-
-impl Drop for Background {
-    fn drop(&mut self) {
-        set_own_nice(0);
-    }
-}
-
-fn set_own_nice(nice: libc::c_int) {
-    // SAFETY: setpriority(2) with PRIO_PROCESS and who 0 sets the calling thread's nice
-    // value on Linux; no memory is passed. Returning to 0 needs no privilege we lack
-    // (root, or RLIMIT_NICE allows it; otherwise it fails and is logged).
-    if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) } != 0 {
-        tracing::debug!(
-            "store: cannot set the thread's nice value to {nice}: {}",
-            std::io::Error::last_os_error()
-        );
     }
 }

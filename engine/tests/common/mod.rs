@@ -97,6 +97,11 @@ impl Server {
         if !args.contains(&"--listen") {
             command.args(["--listen", "127.0.0.1:0"]);
         }
+        // Presence shows a dropped user offline at once, unless a test asks for a grace:
+        // `wait_offline` watches presence to know the server saw a device go.
+        if !args.contains(&"--presence-grace-ms") {
+            command.args(["--presence-grace-ms", "0"]);
+        }
         command
             .args(["--log-level", "warn"])
             .args(if args.contains(&"--reactors") {

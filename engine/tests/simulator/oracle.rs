@@ -17,6 +17,14 @@ use serde_json::Value;
 pub struct ConnView {
     /// Its user.
     pub user: String,
+    /// Its device (index in the world's devices).
+    device: usize,
+    /// A v2 device (it resumes and acks), and the `seq` it resumed from.
+    resume: Option<u64>,
+    /// What its `auth_success` said of the resume.
+    resumed: Option<bool>,
+    /// The `seq` of every inbox event it got.
+    seqs: BTreeSet<u64>,
     /// The crash epoch it lived in.
     pub epoch: u32,
     /// The step it got `auth_success`, once it has.
@@ -87,17 +95,73 @@ pub struct Oracle {
     pub history_pages: usize,
     /// Edits that reached a party of their conversation.
     pub edits_seen: usize,
+    /// Per v2 device, the highest `seq` it got (what it resumes from).
+    device_seq: HashMap<usize, u64>,
+    /// Resumes honoured and refused.
+    pub resumes: (usize, usize),
 }
 
 impl Oracle {
-    /// A new connection `index` of `user`.
-    pub fn connected(&mut self, index: usize, user: &str) {
+    /// A new connection `index` of `user`'s device `device` (a v2 device resumes from
+    /// the `seq` given).
+    pub fn connected(&mut self, index: usize, user: &str, device: usize, (v2, seq): (bool, u64)) {
         assert_eq!(index, self.conns.len());
         self.conns.push(ConnView {
             user: user.into(),
             epoch: self.epoch,
+            device,
+            resume: v2.then_some(seq),
             ..ConnView::default()
         });
+    }
+
+    /// Connection `conn`'s `auth_success` said this of its resume.
+    pub fn greeted(&mut self, conn: usize, resumed: Option<bool>) {
+        self.conns[conn].resumed = resumed;
+        match resumed {
+            Some(true) => self.resumes.0 += 1,
+            Some(false) => self.resumes.1 += 1,
+            None => {}
+        }
+    }
+
+    /// A resume was refused: the device re-syncs, and what it gets may repeat what it
+    /// got before.
+    pub fn resync(&mut self, conn: usize) {
+        let device = self.conns[conn].device;
+        self.device_seq.remove(&device);
+    }
+
+    /// Connection `conn` got an inbox event numbered `seq`: never twice on one
+    /// connection, and for a v2 device always above every `seq` it got before, across
+    /// its connections (no gap is judged here: events a device is not sent, such as the
+    /// copy of its own message, leave gaps).
+    pub fn numbered(&mut self, conn: usize, seq: u64) -> Result<(), String> {
+        let view = &mut self.conns[conn];
+        if !view.seqs.insert(seq) {
+            return Err(format!("conn {conn} got seq {seq} twice"));
+        }
+        if view.resume.is_some() {
+            let last = self.device_seq.entry(view.device).or_default();
+            if seq <= *last {
+                return Err(format!(
+                    "conn {conn} (device {}) got seq {seq} after {last}",
+                    view.device
+                ));
+            }
+            *last = seq;
+        }
+        Ok(())
+    }
+
+    /// For a connection whose resume was honoured: the `seq` it resumed from and the
+    /// `seq`s it got.
+    pub fn resumed_view(&self, conn: usize) -> Option<(u64, &BTreeSet<u64>)> {
+        let view = &self.conns[conn];
+        match (view.resume, view.resumed) {
+            (Some(from), Some(true)) => Some((from, &view.seqs)),
+            _ => None,
+        }
     }
 
     /// A direct message is sent (or retried) by connection `conn`.
@@ -307,15 +371,24 @@ impl Oracle {
         Ok(())
     }
 
-    /// At the very end, after every user reconnected and drained its queue: nothing
-    /// acknowledged `queued` was lost.
+    /// At the very end, after every user reconnected and caught up: nothing
+    /// acknowledged (`sent` or `queued`: both follow the commit) was lost, crashes or not.
+    /// (A message to oneself is had by the device that sent it, whose acks cover it: a
+    /// device without `resume` that connects later need not get it, as in v1 a copy to
+    /// one's own devices was never queued.)
     pub fn check_nothing_lost(&self) -> Result<(), String> {
         for ((sender, id), message) in &self.messages {
-            let queued = message.acks.iter().any(|(a, _)| *a == Acked::Queued);
+            if *sender == message.receiver {
+                continue;
+            }
+            let acked = message
+                .acks
+                .iter()
+                .any(|(a, _)| matches!(a, Acked::Sent | Acked::Queued));
             let reached = (message.receiver.clone(), sender.clone(), id.clone());
-            if queued && !self.reached.contains(&reached) {
+            if acked && !self.reached.contains(&reached) {
                 return Err(format!(
-                    "{sender}/{id} to {} was acked queued ({:?}) and never delivered",
+                    "{sender}/{id} to {} was acked ({:?}) and never delivered",
                     message.receiver, message.acks
                 ));
             }

@@ -3,24 +3,44 @@
 //!
 //! Commands wait in an inbox until a commit step applies all of them as one transaction
 //! (the real store's group commit) and answers; a crash empties the inbox. What a commit
-//! applied survives every crash: the offline queues, the message index that recognises a
-//! retry, and group memberships.
+//! applied survives every crash: the users' inboxes and their heads, the message index
+//! that recognises a retry, history and group memberships. As the real store does, each
+//! start raises the floor of every `seq` given out, so a `seq` a device saw before a
+//! crash lost its event is never given to another.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use bytes::Bytes;
 use engine::{
     protocol::{codes::OutKind, Priority},
-    store::{Command, FanOut, Outcome, Queued, Reply},
+    store::{
+        AckTo, Append, Command, Greeting, InboxEvent, Outcome, ReadFrom, Reply, Share, Ticket,
+    },
 };
 
-/// One message in a user's queue.
+/// One inbox event as stored.
 #[derive(Debug, Clone)]
 struct Stored {
-    payload: Bytes,
-    priority: Priority,
-    receipt: bool,
     kind: OutKind,
+    priority: Priority,
+    json: Bytes,
+    /// `(sender, message id)` when its sender wants a `delivery_receipt`.
+    receipt: Option<(String, String)>,
+}
+
+/// One user's inbox.
+#[derive(Debug, Default, Clone)]
+struct Inbox {
+    events: BTreeMap<u64, Stored>,
+    last: u64,
+    acked: u64,
+}
+
+impl Inbox {
+    /// Events kept above `acked`: they wait for an ack.
+    fn unacked(&self) -> usize {
+        self.events.range(self.acked + 1..).count()
+    }
 }
 
 /// One conversation's history: `(timestamp, sequence)` → the message's id, sender and
@@ -31,9 +51,9 @@ type Conversation = BTreeMap<(u64, u64), (String, String, Bytes)>;
 #[derive(Debug)]
 pub struct SimStore {
     /// Sent, not yet committed.
-    inbox: Vec<Command>,
-    /// Per user, `(priority, sequence)` → message: delivery order.
-    queues: BTreeMap<String, BTreeMap<(u8, u64), Stored>>,
+    pending: Vec<Command>,
+    /// Per user, the inbox.
+    inboxes: BTreeMap<String, Inbox>,
     /// `(receiver, messageId)` → sender, for every chat message held (history's index).
     held: HashMap<(String, String), String>,
     /// `(group, user)`.
@@ -42,40 +62,64 @@ pub struct SimStore {
     /// message: its id, sender, and `new_message` JSON.
     history: BTreeMap<(String, String), Conversation>,
     next_sequence: u64,
-    /// Messages one user's queue holds at most (small, so `queue_full` happens).
+    /// Starts of the store: the floor of every `seq` given out now.
+    starts: u64,
+    /// Users whose inbox a device read, and when (nothing pruned for a while after).
+    reading: HashMap<String, u64>,
+    /// The time of the commit being applied.
+    now_ms: u64,
+    /// Unacknowledged events one user's inbox holds at most (small, so `queue_full`
+    /// happens).
     queue_max: usize,
-    /// Messages one `Drain` answer carries at most (small, so queues come in parts).
-    drain_max: usize,
+    /// Events one inbox page carries at most (small, so inboxes come in pages).
+    page_max: usize,
 }
+
+/// The epoch of every simulated inbox (the file is never lost).
+const EPOCH: &str = "sim";
+/// As the real store's: nothing of an inbox being read is pruned for this long.
+const READ_GRACE_MS: u64 = 10_000;
 
 impl SimStore {
     /// An empty store.
-    pub fn new(queue_max: usize, drain_max: usize) -> SimStore {
+    pub fn new(queue_max: usize, page_max: usize) -> SimStore {
         SimStore {
-            inbox: Vec::new(),
-            queues: BTreeMap::new(),
+            pending: Vec::new(),
+            inboxes: BTreeMap::new(),
             held: HashMap::new(),
             members: BTreeSet::new(),
             history: BTreeMap::new(),
             next_sequence: 0,
+            starts: 1,
+            reading: HashMap::new(),
+            now_ms: 0,
             queue_max,
-            drain_max,
+            page_max,
         }
     }
 
     /// Hands the store a command (it is applied at the next commit, or lost in a crash).
     pub fn send(&mut self, command: Command) {
-        self.inbox.push(command);
+        self.pending.push(command);
     }
 
     /// Whether commands wait for a commit.
     pub fn has_work(&self) -> bool {
-        !self.inbox.is_empty()
+        !self.pending.is_empty()
     }
 
-    /// The process died: what was not committed is gone.
+    /// The process died: what was not committed is gone; the next start raises the floor.
     pub fn crash(&mut self) {
-        self.inbox.clear();
+        self.pending.clear();
+        self.starts += 1;
+    }
+
+    /// The `seq` of every committed event of `user` after `seq`.
+    pub fn kept_after(&self, user: &str, seq: u64) -> Vec<u64> {
+        self.inboxes
+            .get(user)
+            .map(|inbox| inbox.events.range(seq + 1..).map(|(s, _)| *s).collect())
+            .unwrap_or_default()
     }
 
     /// The memberships held, as the engine loads them at start.
@@ -83,72 +127,118 @@ impl SimStore {
         self.members.iter().cloned().collect()
     }
 
-    /// Messages queued for `user`.
-    pub fn queued(&self, user: &str) -> usize {
-        self.queues.get(user).map_or(0, BTreeMap::len)
-    }
-
     /// Applies every waiting command as one committed transaction; returns the answers
     /// with the reactor each goes to.
-    pub fn commit(&mut self) -> Vec<(usize, Reply)> {
+    pub fn commit(&mut self, now_ms: u64) -> Vec<(usize, Reply)> {
+        self.now_ms = now_ms;
         let mut replies = Vec::new();
-        for command in std::mem::take(&mut self.inbox) {
+        for command in std::mem::take(&mut self.pending) {
             self.apply(command, &mut replies);
         }
         replies
     }
 
+    /// `user`'s inbox, its `last` raised to this run's floor.
+    fn inbox(&mut self, user: &str) -> &mut Inbox {
+        let floor = self.starts << 32;
+        let inbox = self.inboxes.entry(user.into()).or_default();
+        inbox.last = inbox.last.max(floor);
+        inbox
+    }
+
+    /// Keeps one event under its `seq` (the next when none is given), unless the inbox
+    /// is at its bound; the `seq` is given out either way.
+    fn put(&mut self, user: &str, seq: Option<u64>, stored: Stored) -> bool {
+        let queue_max = self.queue_max;
+        let inbox = self.inbox(user);
+        let seq_given = seq;
+        let seq = match seq {
+            Some(seq) => {
+                assert!(
+                    seq > inbox.last,
+                    "{user}: a home gave out {seq} after {}",
+                    inbox.last
+                );
+                seq
+            }
+            None => inbox.last + 1,
+        };
+        inbox.last = seq;
+        // A device online got what its home numbered: kept whatever the bound.
+        if seq_given.is_none() && inbox.unacked() >= queue_max {
+            return false;
+        }
+        inbox.events.insert(seq, stored);
+        true
+    }
+
     fn apply(&mut self, command: Command, replies: &mut Vec<(usize, Reply)>) {
         match command {
-            Command::Enqueue(enqueue) => {
-                let user = enqueue.user.to_string();
-                let id = (user.clone(), enqueue.message_id.to_string());
-                let held = enqueue.chat.is_some() && self.held.contains_key(&id);
-                let outcome = if held {
-                    Outcome::Queued
-                } else if self.queued(&user) >= self.queue_max {
-                    Outcome::QueueFull
+            Command::Append(append) => self.append(*append, replies),
+            Command::AppendShare(share) => self.append_share(*share, replies),
+            Command::Confirm(confirm) => {
+                let id = (
+                    confirm.receiver.to_string(),
+                    confirm.chat.message_id.to_string(),
+                );
+                let outcome = if self.held.contains_key(&id) {
+                    Outcome::Kept {
+                        delivered: confirm.ack.delivered,
+                    }
                 } else {
-                    let stored = Stored {
-                        payload: enqueue.payload.clone(),
-                        priority: enqueue.priority,
-                        receipt: enqueue.receipt,
-                        kind: enqueue.kind,
-                    };
-                    self.push(&user, stored);
-                    if let Some(chat) = &enqueue.chat {
-                        self.held.insert(id, chat.sender.to_string());
-                        let message = (&*enqueue.message_id, &*chat.sender, chat.timestamp_ms);
-                        self.record(&user, message, enqueue.payload.clone());
-                    }
-                    Outcome::Queued
+                    Outcome::NotHeld
                 };
-                if outcome != Outcome::Queued {
-                    if let Some((home, ticket)) = enqueue.dedup {
-                        replies.push((home, Reply::NotKept { ticket }));
-                    }
-                }
-                if let Some(sender) = enqueue.sender {
-                    let message_id = enqueue.message_id.clone();
-                    let reply = Reply::Enqueued {
-                        sender,
-                        message_id,
-                        outcome,
-                    };
-                    replies.push((sender.reactor, reply));
-                }
+                answer(replies, Some(&confirm.ack), None, outcome);
             }
-            Command::Record {
-                receiver,
-                message_id,
-                chat,
-                payload,
+            Command::OpenInbox { user, home, ticket } => {
+                let last = self.inbox(&user).last;
+                replies.push((home, Reply::InboxOpened { user, ticket, last }));
+            }
+            Command::ReadInbox { user, device, from } => {
+                let reply = self.read(&user, device, from);
+                if matches!(&reply, Reply::InboxPage { events, .. } if !events.is_empty()) {
+                    self.reading.insert(user.to_string(), self.now_ms);
+                }
+                replies.push((device.reactor, reply));
+            }
+            Command::Ack {
+                user,
+                upto,
+                device,
+                home,
             } => {
-                let id = (receiver.to_string(), message_id.to_string());
-                if let std::collections::hash_map::Entry::Vacant(new) = self.held.entry(id) {
-                    new.insert(chat.sender.to_string());
-                    let message = (&*message_id, &*chat.sender, chat.timestamp_ms);
-                    self.record(&receiver, message, payload);
+                let inbox = self.inbox(&user).clone();
+                if upto > inbox.last {
+                    let device = device.expect("the simulated driver acks only what it read");
+                    let reply = Reply::AckRefused {
+                        device,
+                        seq: upto,
+                        last: inbox.last,
+                    };
+                    replies.push((device.reactor, reply));
+                    return;
+                }
+                if upto <= inbox.acked {
+                    return;
+                }
+                let receipts: Vec<(Box<str>, Box<str>)> = inbox
+                    .events
+                    .range(inbox.acked + 1..=upto)
+                    .filter_map(|(_, e)| e.receipt.clone())
+                    .map(|(s, id)| (s.into(), id.into()))
+                    .collect();
+                let queue_max = self.queue_max as u64;
+                let read_at = self.reading.get(&*user).copied();
+                let prune = read_at.is_none_or(|at| self.now_ms - at > READ_GRACE_MS);
+                let inbox = self.inbox(&user);
+                inbox.acked = upto;
+                if prune {
+                    inbox
+                        .events
+                        .retain(|&seq, _| seq > upto.saturating_sub(queue_max));
+                }
+                if !receipts.is_empty() {
+                    replies.push((home, Reply::Receipts { user, receipts }));
                 }
             }
             Command::History {
@@ -158,19 +248,23 @@ impl SimStore {
                 limit,
                 requester,
             } => {
-                let messages = self
+                // Simulated messages are small: only the count bounds a page.
+                let mut messages: Vec<_> = self
                     .history
                     .get(&conversation(&user, &peer))
                     .into_iter()
                     .flat_map(|log| log.iter().rev())
                     .filter(|((at, _), _)| before.is_none_or(|before| *at < before))
-                    .take(limit)
+                    .take(limit + 1)
                     .map(|(_, (_, _, payload))| payload.clone())
                     .collect();
+                let more = messages.len() > limit;
+                messages.truncate(limit);
                 let reply = Reply::History {
                     requester,
                     peer,
                     messages,
+                    more,
                     error: None,
                 };
                 replies.push((requester.reactor, reply));
@@ -192,54 +286,6 @@ impl SimStore {
                     error: None,
                 };
                 replies.push((requester.reactor, reply));
-            }
-            Command::Drain { user, device } => {
-                let (messages, more) = self.read_queue(&user);
-                let reply = Reply::Pending {
-                    device,
-                    user,
-                    messages,
-                    more,
-                };
-                replies.push((device.reactor, reply));
-            }
-            Command::Remove { user, keys } => {
-                if let Some(queue) = self.queues.get_mut(&*user) {
-                    for key in keys {
-                        queue.remove(&key);
-                    }
-                }
-            }
-            Command::EnqueueFanOut(batch) => {
-                let (mut queued, mut not_kept) = (0, 0);
-                for (user, payload) in batch.messages {
-                    if self.queued(&user) >= self.queue_max {
-                        not_kept += 1;
-                    } else {
-                        let stored = Stored {
-                            payload,
-                            priority: batch.priority,
-                            receipt: false,
-                            kind: OutKind::NewMessage,
-                        };
-                        self.push(&user, stored);
-                        queued += 1;
-                    }
-                }
-                let reply = Reply::FanOutQueued {
-                    purpose: batch.purpose,
-                    request: batch.request,
-                    delivered: batch.delivered,
-                    queued,
-                    not_kept,
-                    failed: false,
-                };
-                assert_eq!(
-                    batch.purpose,
-                    FanOut::GroupPost,
-                    "the simulator sends no broadcast"
-                );
-                replies.push((batch.reply_to, reply));
             }
             Command::Membership {
                 group,
@@ -283,6 +329,162 @@ impl SimStore {
         }
     }
 
+    fn append(&mut self, append: Append, replies: &mut Vec<(usize, Reply)>) {
+        let user = append.user.to_string();
+        let held = append.chat.as_ref().is_some_and(|chat| {
+            self.held
+                .contains_key(&(user.clone(), chat.message_id.to_string()))
+        });
+        let delivered = append.ack.as_ref().is_some_and(|a| a.delivered);
+        let outcome = if held {
+            if let Some(seq) = append.seq {
+                let inbox = self.inbox(&user);
+                inbox.last = inbox.last.max(seq);
+            }
+            Outcome::Kept { delivered }
+        } else {
+            let receipt = append
+                .chat
+                .as_ref()
+                .filter(|_| append.receipt)
+                .map(|chat| (chat.sender.to_string(), chat.message_id.to_string()));
+            let stored = Stored {
+                kind: append.event.kind,
+                priority: append.event.priority,
+                json: append.event.json.clone(),
+                receipt,
+            };
+            if self.put(&user, append.seq, stored) {
+                if let Some(chat) = &append.chat {
+                    let id = (user.clone(), chat.message_id.to_string());
+                    self.held.insert(id, chat.sender.to_string());
+                    let message = (&*chat.message_id, &*chat.sender, chat.timestamp_ms);
+                    self.record(&user, message, append.event.json.clone());
+                }
+                Outcome::Kept { delivered }
+            } else {
+                Outcome::QueueFull
+            }
+        };
+        answer(replies, append.ack.as_ref(), append.dedup, outcome);
+    }
+
+    fn append_share(&mut self, share: Share, replies: &mut Vec<(usize, Reply)>) {
+        let (mut queued, mut not_kept) = (0, 0);
+        for row in share.rows {
+            let stored = Stored {
+                kind: share.kind,
+                priority: share.priority,
+                json: row.json.unwrap_or_else(|| share.json.clone()),
+                receipt: None,
+            };
+            if !self.put(&row.user, row.seq, stored) {
+                not_kept += 1;
+            } else if row.seq.is_none() {
+                queued += 1;
+            }
+        }
+        let reply = Reply::FanOutQueued {
+            purpose: share.purpose,
+            request: share.request,
+            delivered: share.delivered,
+            queued,
+            not_kept,
+            failed: false,
+        };
+        replies.push((share.reply_to, reply));
+    }
+
+    /// One page of `user`'s inbox for a device, as the real store reads it.
+    fn read(&mut self, user: &str, device: engine::store::Waiter, from: ReadFrom) -> Reply {
+        let inbox = self.inbox(user).clone();
+        let (greeting, from) = match from {
+            ReadFrom::Resume { epoch, seq } => {
+                let first_kept = inbox
+                    .events
+                    .keys()
+                    .next()
+                    .copied()
+                    .unwrap_or(inbox.last + 1);
+                let resumed = &*epoch == EPOCH && seq <= inbox.last && seq + 1 >= first_kept;
+                let greeting = Greeting {
+                    epoch: EPOCH.into(),
+                    seq: inbox.last,
+                    resumed: Some(resumed),
+                };
+                let after = if resumed { seq } else { inbox.acked };
+                (Some(greeting), ReadFrom::After { seq: after })
+            }
+            ReadFrom::Unacked { upto: 0, cursor } => {
+                let greeting = Greeting {
+                    epoch: EPOCH.into(),
+                    seq: inbox.last,
+                    resumed: None,
+                };
+                let from = ReadFrom::Unacked {
+                    upto: inbox.last,
+                    cursor,
+                };
+                (Some(greeting), from)
+            }
+            other => (None, other),
+        };
+        let event = |(seq, e): (&u64, &Stored)| InboxEvent {
+            seq: *seq,
+            kind: e.kind,
+            priority: e.priority,
+            json: e.json.clone(),
+        };
+        let (events, next, covered) = match from {
+            ReadFrom::After { seq } => {
+                let all: Vec<InboxEvent> = inbox.events.range(seq + 1..).map(event).collect();
+                let more = all.len() > self.page_max;
+                let events: Vec<InboxEvent> = all.into_iter().take(self.page_max).collect();
+                let last_read = events.last().map_or(seq, |e| e.seq);
+                let next = more.then_some(ReadFrom::After { seq: last_read });
+                let covered = if more { last_read } else { inbox.last };
+                (events, next, covered)
+            }
+            ReadFrom::Unacked { upto, cursor } => {
+                let mut order: Vec<(Priority, u64)> = inbox
+                    .events
+                    .range(inbox.acked + 1..)
+                    .take_while(|(seq, _)| **seq <= upto)
+                    .map(|(seq, e)| (e.priority, *seq))
+                    .collect();
+                order.sort_unstable();
+                let start = cursor.map_or(0, |c| order.partition_point(|k| *k <= c));
+                let page: Vec<(Priority, u64)> =
+                    order[start..].iter().take(self.page_max).copied().collect();
+                let rest = &order[start + page.len()..];
+                let next = (!rest.is_empty()).then(|| ReadFrom::Unacked {
+                    upto,
+                    cursor: page.last().copied(),
+                });
+                let covered = rest
+                    .iter()
+                    .map(|&(_, seq)| seq)
+                    .min()
+                    .map_or(upto, |seq| seq - 1);
+                let events = page
+                    .iter()
+                    .map(|(_, seq)| event((seq, &inbox.events[seq])))
+                    .collect();
+                (events, next, covered)
+            }
+            ReadFrom::Resume { .. } => unreachable!("read as After"),
+        };
+        Reply::InboxPage {
+            device,
+            user: user.into(),
+            greeting,
+            events,
+            next,
+            covered,
+            error: None,
+        }
+    }
+
     /// Keeps a chat message to `receiver` in its conversation's history.
     fn record(&mut self, receiver: &str, (id, sender, at): (&str, &str, u64), payload: Bytes) {
         self.next_sequence += 1;
@@ -291,33 +493,29 @@ impl SimStore {
         let log = self.history.entry(conversation(receiver, sender));
         log.or_default().insert(key, entry);
     }
+}
 
-    fn push(&mut self, user: &str, stored: Stored) {
-        self.next_sequence += 1;
-        let key = (stored.priority as u8, self.next_sequence);
-        self.queues
-            .entry(user.into())
-            .or_default()
-            .insert(key, stored);
+/// The answer to one append: its sender hears the outcome, and a home whose message was
+/// not kept forgets it.
+fn answer(
+    replies: &mut Vec<(usize, Reply)>,
+    ack: Option<&AckTo>,
+    dedup: Option<(usize, Ticket)>,
+    outcome: Outcome,
+) {
+    let delivered = ack.is_some_and(|a| a.delivered);
+    if !matches!(outcome, Outcome::Kept { .. }) && !delivered {
+        if let Some((home, ticket)) = dedup {
+            replies.push((home, Reply::NotKept { ticket }));
+        }
     }
-
-    /// The first part of `user`'s queue, in delivery order, and whether more remain.
-    fn read_queue(&self, user: &str) -> (Vec<Queued>, bool) {
-        let Some(queue) = self.queues.get(user) else {
-            return (Vec::new(), false);
+    if let Some(ack) = ack {
+        let reply = Reply::Appended {
+            sender: ack.waiter,
+            message_id: ack.message_id.clone(),
+            outcome,
         };
-        let messages = queue
-            .iter()
-            .take(self.drain_max)
-            .map(|(key, stored)| Queued {
-                key: *key,
-                payload: stored.payload.clone(),
-                priority: stored.priority,
-                receipt: stored.receipt,
-                kind: stored.kind,
-            })
-            .collect();
-        (messages, queue.len() > self.drain_max)
+        replies.push((ack.waiter.reactor, reply));
     }
 }
 

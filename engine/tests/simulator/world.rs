@@ -9,8 +9,12 @@
 //!   answers wait in a queue per reactor;
 //! - connections: a client's frames are parsed by the engine's JSON parser and handed to
 //!   its reactor's shard; frames for it are decoded and judged by the [`Oracle`]; an
-//!   offline-queue part is taken whole, removed, and its receipts reported, as the driver
-//!   does once the kernel has it;
+//!   device made live by its home reads its inbox, holding what comes live meanwhile; a
+//!   page is taken whole (the kernel has it), acknowledged for a device that does not
+//!   acknowledge, and followed by the next page, or by the held frames (but what the
+//!   read already gave), as the driver does;
+//! - devices: each user has a few, each a v1 device (no `resume`, no acks) or a v2 one
+//!   (reconnects with `resume` from the last `seq` it processed, and acks now and then);
 //! - time: a simulated clock that each step moves on a little;
 //! - crashes: the whole process dies (connections, shards, rings, store inbox) and
 //!   restarts with what the store committed.
@@ -29,7 +33,7 @@ use engine::{
         groups_state::{GroupQuota, Groups},
         Clock, Effect, Effects, Event, Shard,
     },
-    store::{Command, Outcome, Reply},
+    store::{Command, Greeting, InboxEvent, Outcome, ReadFrom, Reply},
 };
 use serde_json::Value;
 
@@ -54,13 +58,37 @@ pub struct Shape {
     pub devices_per_user: usize,
 }
 
+/// One device of a user, as its client keeps it across connections (and server crashes).
+#[derive(Debug, Clone)]
+struct Device {
+    user: String,
+    /// It sends `resume` and acks (v2); else it does neither (v1).
+    v2: bool,
+    /// The epoch its last `auth_success` gave.
+    epoch: String,
+    /// The highest `seq` it processed.
+    seq: u64,
+    /// Its open connection.
+    conn: Option<usize>,
+}
+
 /// One connection's state in the world.
 #[derive(Debug)]
 struct Conn {
     addr: ConnAddr,
     user: Arc<str>,
+    /// The device (index in [`World::devices`]).
+    device: usize,
     open: bool,
     online: bool,
+    /// Reading its inbox: frames for it wait in `held`.
+    catching_up: bool,
+    held: Vec<engine::protocol::outbound::Outgoing>,
+    /// Where it left off, from `auth {resume}`.
+    resume: Option<(String, u64)>,
+    /// The highest inbox `seq` written to it (a live event at or below it came while
+    /// the device read its inbox, which gave it already).
+    inbox_seq: u64,
     /// Send numbers, for the per-sender order check.
     sends: u64,
     /// Message ids this connection sent, for retries and receipts.
@@ -82,7 +110,12 @@ pub struct World {
     /// Store answers on their way to each reactor.
     replies: Vec<VecDeque<Reply>>,
     store: SimStore,
+    devices: Vec<Device>,
     conns: Vec<Conn>,
+    /// The first connection of the final round (everyone reconnects).
+    final_conns: usize,
+    /// Acks of what v1 devices were written this step.
+    v1_acks: Vec<Command>,
     parser: JsonParser,
     json: OutJson,
     next_message: u64,
@@ -95,6 +128,10 @@ pub struct World {
     /// `SIM_TRACE=1`: print every step as it happens (with `SIM_SEED`, to study one).
     print_trace: bool,
 }
+
+/// The presence grace in the simulated world: long against a step (0–30 ms), so that
+/// reconnects within it are common.
+const GRACE_MS: u64 = 400;
 
 /// Steps of trace kept for a failure report.
 const TRACE_STEPS: usize = 60;
@@ -112,7 +149,10 @@ impl World {
             rings: Vec::new(),
             replies: Vec::new(),
             store: SimStore::new(6, 4),
+            devices: Vec::new(),
             conns: Vec::new(),
+            final_conns: usize::MAX,
+            v1_acks: Vec::new(),
             parser: JsonParser::default(),
             json: OutJson::default(),
             next_message: 0,
@@ -137,7 +177,7 @@ impl World {
         self.shards = groups
             .into_iter()
             .enumerate()
-            .map(|(id, groups)| Shard::new(id, n, groups, quota.clone()))
+            .map(|(id, groups)| Shard::new((id, n), groups, quota.clone(), GRACE_MS))
             .collect();
         self.rings = (0..n)
             .map(|_| (0..n).map(|_| VecDeque::new()).collect())
@@ -158,6 +198,7 @@ impl World {
         self.quiet();
         self.fail_fast()?;
         self.oracle.check_quiet().map_err(|e| self.report(e))?;
+        self.final_conns = self.conns.len();
         for user in 0..self.shape.users {
             let user = format!("u{user}");
             let reactor = self.rng.below(self.shape.reactors);
@@ -165,7 +206,11 @@ impl World {
         }
         self.quiet();
         self.fail_fast()?;
-        self.oracle.check_nothing_lost().map_err(|e| self.report(e))
+        self.oracle
+            .check_nothing_lost()
+            .map_err(|e| self.report(e))?;
+        self.check_resumed_devices_caught_up()
+            .map_err(|e| self.report(e))
     }
 
     fn fail_fast(&mut self) -> Result<(), String> {
@@ -193,6 +238,16 @@ impl World {
 
     /// One random step: a delivery, a store commit or answer, a client action, a crash.
     fn step(&mut self) {
+        if self.rng.chance(10) {
+            self.tick();
+        }
+        self.one_step();
+        for ack in std::mem::take(&mut self.v1_acks) {
+            self.store.send(ack);
+        }
+    }
+
+    fn one_step(&mut self) {
         let roll = self.rng.below(100);
         if roll < 40 && self.deliver_one_envelope() {
             return;
@@ -209,9 +264,20 @@ impl World {
         self.client_action();
     }
 
-    /// Runs deliveries, commits and answers until nothing moves.
+    /// Runs deliveries, commits and answers until nothing moves; then lets every
+    /// presence grace end, and runs again.
     fn quiet(&mut self) {
+        self.settle();
+        self.now_ms += GRACE_MS + 1;
+        self.tick();
+        self.settle();
+    }
+
+    fn settle(&mut self) {
         for _ in 0..100_000 {
+            for ack in std::mem::take(&mut self.v1_acks) {
+                self.store.send(ack);
+            }
             let moved = self.deliver_one_envelope() || self.deliver_one_reply() || {
                 let work = self.store.has_work();
                 if work {
@@ -256,7 +322,7 @@ impl World {
 
     fn commit(&mut self) {
         self.note("store commit".into());
-        for (reactor, reply) in self.store.commit() {
+        for (reactor, reply) in self.store.commit(self.now_ms) {
             self.replies[reactor].push_back(reply);
         }
     }
@@ -264,8 +330,12 @@ impl World {
     fn crash(&mut self) {
         self.note("CRASH".into());
         self.store.crash();
+        self.v1_acks.clear();
         for conn in &mut self.conns {
             conn.open = false;
+        }
+        for device in &mut self.devices {
+            device.conn = None;
         }
         for view in &mut self.oracle.conns {
             view.closed = true;
@@ -330,8 +400,31 @@ impl World {
         match envelope {
             Envelope::ToConn { addr, frame, .. } => {
                 if let Some(conn) = self.live(addr) {
-                    let payload = frame.json();
-                    self.receive(conn, &payload, false);
+                    if self.conns[conn].catching_up {
+                        self.conns[conn].held.push(frame);
+                        return;
+                    }
+                    self.deliver_frame(conn, frame);
+                }
+            }
+            Envelope::Registered { addr } => {
+                if let Some(conn) = self.live(addr) {
+                    let user = self.conns[conn].user.as_ref().into();
+                    let from = match self.conns[conn].resume.clone() {
+                        Some((epoch, seq)) => ReadFrom::Resume {
+                            epoch: epoch.into(),
+                            seq,
+                        },
+                        None => ReadFrom::Unacked {
+                            upto: 0,
+                            cursor: None,
+                        },
+                    };
+                    self.store.send(Command::ReadInbox {
+                        user,
+                        device: addr.into(),
+                        from,
+                    });
                 }
             }
             Envelope::Ack {
@@ -341,7 +434,6 @@ impl World {
             } => {
                 let acked = match status {
                     AckStatus::Sent => Acked::Sent,
-                    AckStatus::Queued => Acked::Queued,
                     AckStatus::Offline => Acked::Refused,
                 };
                 self.ack(sender, &message_id, acked);
@@ -349,7 +441,7 @@ impl World {
             Envelope::Close { addr, code } => {
                 if let Some(conn) = self.live(addr) {
                     self.note(format!("server closes conn {conn} with {code}"));
-                    self.close(conn);
+                    self.close(conn, false);
                 }
             }
             other => self.failure = Some(format!("unexpected mail {other:?}")),
@@ -361,50 +453,161 @@ impl World {
             return self.feed(reactor, Event::StoreReply(reply));
         }
         match reply {
-            Reply::Enqueued {
+            Reply::Appended {
                 sender,
                 message_id,
                 outcome,
             } => {
                 let acked = match outcome {
-                    Outcome::Queued => Acked::Queued,
-                    Outcome::QueueFull | Outcome::Failed(_) => Acked::Refused,
+                    Outcome::Kept { delivered: true } => Acked::Sent,
+                    Outcome::Kept { delivered: false } => Acked::Queued,
+                    Outcome::QueueFull | Outcome::NotHeld | Outcome::Failed(_) => Acked::Refused,
                 };
                 self.ack(sender.into(), &message_id, acked);
             }
-            Reply::Pending {
+            Reply::InboxPage {
                 device,
                 user,
-                messages,
-                more,
+                greeting,
+                events,
+                next,
+                covered,
+                error,
             } => {
+                if let Some(e) = error {
+                    self.failure = Some(format!("the simulated store failed a read: {e}"));
+                    return;
+                }
                 let Some(conn) = self.live(device.into()) else {
-                    return; // still queued: the next device to authenticate gets it
+                    return; // closed: nothing was acknowledged, all stays kept
                 };
-                let mut keys = Vec::with_capacity(messages.len());
-                let mut receipts = Vec::new();
-                for message in messages {
-                    self.receive(conn, &message.payload, true);
-                    keys.push(message.key);
-                    if message.receipt {
-                        receipts.push(message.payload);
+                if let Some(greeting) = greeting {
+                    self.greet(conn, &greeting);
+                }
+                for event in &events {
+                    self.receive_event(conn, event, true);
+                }
+                let highest = events.iter().map(|e| e.seq).max().unwrap_or(0);
+                self.conns[conn].inbox_seq = self.conns[conn].inbox_seq.max(highest);
+                // The kernel took it all: a v1 device has it; next page, or live.
+                let v2 = self.devices[self.conns[conn].device].v2;
+                if !v2 && !events.is_empty() {
+                    self.store.send(Command::Ack {
+                        user: user.clone(),
+                        upto: covered,
+                        device: None,
+                        home: engine::router::home_of(&user, self.shape.reactors),
+                    });
+                }
+                match next {
+                    Some(from) => self.store.send(Command::ReadInbox { user, device, from }),
+                    None => {
+                        // Caught up: what came meanwhile, but what the read gave.
+                        self.note(format!("conn {conn} caught up to {covered}"));
+                        self.conns[conn].catching_up = false;
+                        for frame in std::mem::take(&mut self.conns[conn].held) {
+                            self.deliver_frame(conn, frame);
+                        }
                     }
                 }
-                // The kernel took it all: removed, receipts sent, the next part asked for.
-                self.store.send(Command::Remove {
-                    user: user.clone(),
-                    keys,
-                });
-                if !receipts.is_empty() {
-                    let receiver = user.clone();
-                    self.feed(reactor, Event::QueueTaken { receiver, receipts });
-                }
-                if more {
-                    self.store.send(Command::Drain { user, device });
-                }
+            }
+            Reply::AckRefused { seq, last, .. } => {
+                self.failure = Some(format!("ack {seq} refused (last {last})"));
             }
             other => self.failure = Some(format!("unexpected store answer {other:?}")),
         }
+    }
+
+    /// After the final round: a device that resumed (`resumed:true`) got every event its
+    /// user's inbox holds after the `seq` it resumed from, once.
+    fn check_resumed_devices_caught_up(&self) -> Result<(), String> {
+        for conn in self.final_conns..self.conns.len() {
+            let Some((from, seqs)) = self.oracle.resumed_view(conn) else {
+                continue;
+            };
+            if !self.conns[conn].open {
+                continue;
+            }
+            let user = &self.conns[conn].user;
+            for seq in self.store.kept_after(user, from) {
+                if !seqs.contains(&seq) {
+                    return Err(format!(
+                        "conn {conn} of {user} resumed from {from} and never got {seq} \
+                         (it got {seqs:?})"
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// `auth_success`, as the driver writes it from the first inbox page.
+    fn greet(&mut self, conn: usize, greeting: &Greeting) {
+        let device = &mut self.devices[self.conns[conn].device];
+        if device.v2 {
+            device.epoch = greeting.epoch.to_string();
+            if greeting.resumed == Some(false) {
+                // It re-syncs: what comes is what no device acknowledged, from anywhere.
+                self.oracle.resync(conn);
+            }
+        }
+        self.oracle.greeted(conn, greeting.resumed);
+        let frame = serde_json::json!({
+            "type": "auth_success", "seq": greeting.seq, "resumed": greeting.resumed,
+        });
+        self.receive(conn, &Bytes::from(frame.to_string()), false);
+    }
+
+    /// A frame written to a connection: an inbox event (with its `seq`) or another.
+    fn deliver_frame(&mut self, conn: usize, frame: engine::protocol::outbound::Outgoing) {
+        let payload = frame.json();
+        match frame.seq() {
+            Some(seq) if seq <= self.conns[conn].inbox_seq => {
+                self.note(format!("conn {conn} had {seq} already"));
+            }
+            Some(seq) => self.deliver_event(conn, frame, seq),
+            None => self.receive(conn, &payload, false),
+        }
+    }
+
+    /// An inbox event new to the connection, written to it.
+    fn deliver_event(
+        &mut self,
+        conn: usize,
+        frame: engine::protocol::outbound::Outgoing,
+        seq: u64,
+    ) {
+        let seen = &mut self.conns[conn].inbox_seq;
+        *seen = (*seen).max(seq);
+        if !self.devices[self.conns[conn].device].v2 {
+            // A device that does not acknowledge is taken to have it (v1): acked at the
+            // end of the step, as the driver does at the end of a batch.
+            let user = &self.conns[conn].user;
+            self.v1_acks.push(Command::Ack {
+                user: user.as_ref().into(),
+                upto: seq,
+                device: None,
+                home: engine::router::home_of(user, self.shape.reactors),
+            });
+        }
+        let event = InboxEvent {
+            seq,
+            kind: frame.kind,
+            priority: Priority::Normal,
+            json: frame.json(),
+        };
+        self.receive_event(conn, &event, false);
+    }
+
+    /// An inbox event with its `seq`, as a client gets it.
+    fn receive_event(&mut self, conn: usize, event: &InboxEvent, via_inbox: bool) {
+        self.note(format!("conn {conn} event {}", event.seq));
+        let device = &mut self.devices[self.conns[conn].device];
+        device.seq = device.seq.max(event.seq);
+        if let Err(e) = self.oracle.numbered(conn, event.seq) {
+            self.failure.get_or_insert(e);
+        }
+        self.receive(conn, &event.json, via_inbox);
     }
 
     /// The connection at `addr` if it is still open.
@@ -452,16 +655,57 @@ impl World {
         }
     }
 
-    fn close(&mut self, conn: usize) {
+    /// The connection closes: with a close frame (`clean`, a logout) or dropped.
+    fn close(&mut self, conn: usize, clean: bool) {
         self.conns[conn].open = false;
+        let device = self.conns[conn].device;
+        self.devices[device].conn = None;
         self.oracle.conns[conn].closed = true;
         let (addr, user) = (self.conns[conn].addr, self.conns[conn].user.clone());
-        self.feed(addr.reactor as usize, Event::Closed { conn: addr, user });
+        let closed = Event::Closed {
+            conn: addr,
+            user,
+            clean,
+        };
+        self.feed(addr.reactor as usize, closed);
+    }
+
+    /// The driver's timer tick, on every reactor.
+    fn tick(&mut self) {
+        for reactor in 0..self.shape.reactors {
+            self.feed(reactor, Event::Tick);
+        }
     }
 
     // ---- the clients' part -------------------------------------------------------
 
+    /// A device of `user` with no connection open, made when the user has fewer than
+    /// its devices per user.
+    fn idle_device(&mut self, user: &str) -> Option<usize> {
+        let free = (0..self.devices.len())
+            .find(|&d| self.devices[d].user == user && self.devices[d].conn.is_none());
+        if free.is_some() {
+            return free;
+        }
+        let owned = self.devices.iter().filter(|d| d.user == user).count();
+        if owned >= self.shape.devices_per_user {
+            return None;
+        }
+        let v2 = self.rng.chance(50);
+        self.devices.push(Device {
+            user: user.into(),
+            v2,
+            epoch: String::new(),
+            seq: 0,
+            conn: None,
+        });
+        Some(self.devices.len() - 1)
+    }
+
     fn connect(&mut self, user: &str, reactor: usize) {
+        let Some(device) = self.idle_device(user) else {
+            return;
+        };
         let index = self.conns.len();
         let addr = ConnAddr {
             reactor: reactor as u16,
@@ -469,26 +713,37 @@ impl World {
             slot: index as u32,
         };
         let user: Arc<str> = user.into();
+        let (v2, epoch, seq) = {
+            let d = &self.devices[device];
+            (d.v2, d.epoch.clone(), d.seq)
+        };
         self.note(format!(
-            "conn {index}: {user} connects on reactor {reactor}"
+            "conn {index}: {user} device {device} (v2 {v2}, from {seq}) connects on reactor {reactor}"
         ));
+        self.devices[device].conn = Some(index);
         self.conns.push(Conn {
             addr,
             user: user.clone(),
+            device,
+            catching_up: true,
+            held: Vec::new(),
+            resume: v2.then(|| (epoch.clone(), seq)),
+            inbox_seq: 0,
             open: true,
             online: false,
             sends: 0,
             sent: Vec::new(),
             got: Vec::new(),
         });
-        self.oracle.connected(index, &user);
-        let device = format!("d{index}");
+        self.oracle.connected(index, &user, device, (v2, seq));
+        let device_id = format!("d{device}");
         self.feed(
             reactor,
             Event::Authenticated {
                 conn: addr,
                 user,
-                device: &device,
+                device: &device_id,
+                acks: v2,
             },
         );
     }
@@ -522,15 +777,8 @@ impl World {
         let roll = self.rng.below(100);
         let Some(&conn) = self.rng.pick(&online).filter(|_| roll >= 12) else {
             let user = format!("u{}", self.rng.below(users));
-            let open = self
-                .conns
-                .iter()
-                .filter(|c| c.open && *c.user == *user)
-                .count();
-            if open < self.shape.devices_per_user {
-                let reactor = self.rng.below(self.shape.reactors);
-                self.connect(&user, reactor);
-            }
+            let reactor = self.rng.below(self.shape.reactors);
+            self.connect(&user, reactor);
             return;
         };
         match roll {
@@ -544,14 +792,17 @@ impl World {
                     serde_json::json!({"type": "typing", "receiverId": receiver, "isTyping": true});
                 self.client_says(conn, typing);
             }
-            62..=66 => self.read_receipt(conn),
+            62..=63 => self.read_receipt(conn),
+            64..=66 => self.send_ack(conn),
             67..=73 => self.presence(conn),
             74..=79 => self.group_join(conn),
             80..=85 => self.group_post(conn),
             86..=89 => self.huddle(conn),
             _ => {
-                self.note(format!("conn {conn} drops"));
-                self.close(conn);
+                let clean = self.rng.chance(50);
+                let how = if clean { "logs out" } else { "drops" };
+                self.note(format!("conn {conn} {how}"));
+                self.close(conn, clean);
             }
         }
     }
@@ -592,6 +843,15 @@ impl World {
             "type": "send_message", "messageId": id, "receiverId": receiver, "content": content,
         });
         self.client_says(conn, message);
+    }
+
+    /// A v2 device acknowledges the highest `seq` it processed.
+    fn send_ack(&mut self, conn: usize) {
+        let device = &self.devices[self.conns[conn].device];
+        if device.v2 && device.seq > 0 {
+            let seq = device.seq;
+            self.client_says(conn, serde_json::json!({"type": "ack", "seq": seq}));
+        }
     }
 
     fn read_receipt(&mut self, conn: usize) {

@@ -1,0 +1,278 @@
+//! Protocol v2's acknowledged delivery against the real engine: `auth_success` with
+//! `epoch` and `seq`, `ack`, `resume`, delivery receipts on the first device ack, durable
+//! acks across `kill -9`, a second device catching up, retries, and the HTTP drain.
+
+mod common;
+
+use std::{io::Write, net::TcpStream, time::Duration};
+
+use common::{fresh_data_dir, Client, Server};
+use serde_json::{json, Value};
+
+/// Logs in a v2 device: `resume` from `(epoch, seq)`; returns the client and its
+/// `auth_success`.
+fn login_v2(server: &Server, user: &str, device: &str, from: (&str, u64)) -> (Client, Value) {
+    let mut client = server.connect();
+    client.send(&json!({"type": "auth", "userId": user, "deviceId": device,
+                        "resume": {"epoch": from.0, "seq": from.1}}));
+    let greeting = client.recv();
+    assert_eq!(greeting["type"], "auth_success", "{greeting}");
+    (client, greeting)
+}
+
+fn send(client: &mut Client, id: &str, to: &str, content: &str) -> Value {
+    client.send(
+        &json!({"type": "send_message", "messageId": id, "receiverId": to,
+                        "content": content}),
+    );
+    client.recv_type("message_ack")
+}
+
+/// The next `new_message` and its `seq`.
+fn next_message(client: &mut Client) -> (String, u64) {
+    let message = client.recv_type("new_message");
+    let seq = message["seq"].as_u64().expect("an inbox event has a seq");
+    (message["content"].as_str().unwrap().to_owned(), seq)
+}
+
+/// Closes `stream` with a reset (SO_LINGER 0), as a phone losing its network does.
+fn reset(stream: TcpStream) {
+    socket2::SockRef::from(&stream)
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
+    drop(stream);
+}
+
+fn kill(server: &mut Server) {
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+}
+
+#[test]
+fn auth_success_carries_the_inbox_and_events_their_seq() {
+    let server = Server::start(common::Driver::IoUring, &[]);
+    let mut alice = server.login("alice", "phone");
+    let (mut bob, greeting) = login_v2(&server, "bob", "phone", ("", 0));
+    assert!(
+        greeting["epoch"].as_str().is_some_and(|e| !e.is_empty()),
+        "{greeting}"
+    );
+    let first = greeting["seq"].as_u64().expect("seq");
+    assert_eq!(
+        greeting["resumed"], false,
+        "an unknown epoch is not resumed"
+    );
+    assert_eq!(send(&mut alice, "m1", "bob", "one")["status"], "sent");
+    assert_eq!(send(&mut alice, "m2", "bob", "two")["status"], "sent");
+    let (_, s1) = next_message(&mut bob);
+    let (_, s2) = next_message(&mut bob);
+    assert!(first < s1 && s1 < s2, "{first} {s1} {s2}");
+    // Not inbox events: no seq.
+    alice.send(&json!({"type": "typing", "receiverId": "bob", "isTyping": true}));
+    assert!(bob.recv_type("typing").get("seq").is_none());
+}
+
+#[test]
+fn a_reset_before_reading_loses_nothing_and_the_receipt_waits_for_the_ack() {
+    let server = Server::start(common::Driver::IoUring, &[]);
+    let mut alice = server.login("alice", "phone");
+    let (bob, greeting) = login_v2(&server, "bob", "phone", ("", 0));
+    let epoch = greeting["epoch"].as_str().unwrap().to_owned();
+    let seq = greeting["seq"].as_u64().unwrap();
+    drop(bob);
+    server.wait_offline("bob");
+    for i in 0..5 {
+        let ack = send(&mut alice, &format!("q{i}"), "bob", &format!("queued {i}"));
+        assert_eq!(ack["status"], "queued");
+    }
+    // bob authenticates and resets the connection before reading anything.
+    let mut raw = TcpStream::connect(server.addr).unwrap();
+    let key = "dGhlIHNhbXBsZSBub25jZQ==";
+    write!(
+        raw,
+        "GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    .unwrap();
+    let auth = json!({"type": "auth", "userId": "bob", "deviceId": "phone",
+                      "resume": {"epoch": epoch, "seq": seq}});
+    raw.write_all(&common::raw_frame(0x81, auth.to_string().as_bytes()))
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    reset(raw);
+    server.wait_offline("bob");
+    alice.expect_silence(Duration::from_millis(300)); // no delivery_receipt: nobody acked
+    let (mut bob, greeting) = login_v2(&server, "bob", "phone", (&epoch, seq));
+    assert_eq!(greeting["resumed"], true, "{greeting}");
+    let mut got = Vec::new();
+    let mut last = 0;
+    for _ in 0..5 {
+        let (content, s) = next_message(&mut bob);
+        got.push(content);
+        last = s;
+    }
+    assert_eq!(
+        got,
+        (0..5).map(|i| format!("queued {i}")).collect::<Vec<_>>()
+    );
+    bob.send(&json!({"type": "ack", "seq": last}));
+    let mut receipts: Vec<String> = (0..5)
+        .map(|_| {
+            alice.recv_type("delivery_receipt")["messageId"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    receipts.sort();
+    assert_eq!(receipts, ["q0", "q1", "q2", "q3", "q4"]);
+}
+
+#[test]
+fn a_second_device_resumes_with_what_the_first_got() {
+    let server = Server::start(common::Driver::IoUring, &[]);
+    let mut alice = server.login("alice", "phone");
+    let (mut phone, greeting) = login_v2(&server, "bob", "phone", ("", 0));
+    let epoch = greeting["epoch"].as_str().unwrap().to_owned();
+    let from = greeting["seq"].as_u64().unwrap();
+    for i in 0..3 {
+        assert_eq!(
+            send(&mut alice, &format!("m{i}"), "bob", &format!("{i}"))["status"],
+            "sent"
+        );
+    }
+    let mut last = 0;
+    for _ in 0..3 {
+        last = next_message(&mut phone).1;
+    }
+    phone.send(&json!({"type": "ack", "seq": last}));
+    // The laptop was last online before these: it resumes from there and gets them all,
+    // though the phone acknowledged them.
+    let (mut laptop, greeting) = login_v2(&server, "bob", "laptop", (&epoch, from));
+    assert_eq!(greeting["resumed"], true);
+    let got: Vec<String> = (0..3).map(|_| next_message(&mut laptop).0).collect();
+    assert_eq!(got, ["0", "1", "2"]);
+    // And then live, in seq order, no duplicate.
+    assert_eq!(send(&mut alice, "m3", "bob", "3")["status"], "sent");
+    let (content, seq) = next_message(&mut laptop);
+    assert_eq!(content, "3");
+    assert!(seq > last);
+    laptop.expect_silence(Duration::from_millis(200));
+    // A device without resume gets only what no device acknowledged: nothing of these.
+    let mut tablet = server.login("bob", "tablet");
+    assert_eq!(
+        next_message(&mut tablet).0,
+        "3",
+        "m3 is not acknowledged yet"
+    );
+    tablet.expect_silence(Duration::from_millis(200));
+}
+
+#[test]
+fn a_message_acked_sent_survives_a_kill_9_right_after() {
+    let dir = fresh_data_dir();
+    let data_dir = dir.to_str().unwrap().to_owned();
+    let args = ["--data-dir", data_dir.as_str()];
+    let (epoch, from) = {
+        let mut server = Server::start(common::Driver::IoUring, &args);
+        let mut alice = server.login("alice", "phone");
+        let (bob, greeting) = login_v2(&server, "bob", "phone", ("", 0));
+        let epoch = greeting["epoch"].as_str().unwrap().to_owned();
+        let from = greeting["seq"].as_u64().unwrap();
+        // bob's device drops the frame unread: only the inbox has it now.
+        assert_eq!(send(&mut alice, "durable", "bob", "kept")["status"], "sent");
+        kill(&mut server);
+        drop(bob);
+        (epoch, from)
+    };
+    let server = Server::start(common::Driver::IoUring, &args);
+    let (mut bob, greeting) = login_v2(&server, "bob", "phone", (&epoch, from));
+    assert_eq!(greeting["resumed"], true, "{greeting}");
+    assert_eq!(next_message(&mut bob).0, "kept");
+    drop(server);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn a_retry_is_acknowledged_again_and_delivered_once() {
+    let server = Server::start(common::Driver::IoUring, &[]);
+    let mut alice = server.login("alice", "phone");
+    let mut bob = server.login("bob", "phone");
+    for _ in 0..3 {
+        alice.send(
+            &json!({"type": "send_message", "messageId": "again", "receiverId": "bob",
+                           "content": "once"}),
+        );
+    }
+    for _ in 0..3 {
+        assert_eq!(alice.recv_type("message_ack")["status"], "sent");
+    }
+    assert_eq!(bob.recv_type("new_message")["content"], "once");
+    bob.expect_silence(Duration::from_millis(300));
+}
+
+#[test]
+fn bad_acks_and_resumes_are_refused_by_name() {
+    let server = Server::start(common::Driver::IoUring, &[]);
+    let (mut bob, greeting) = login_v2(&server, "bob", "phone", ("", 0));
+    let last = greeting["seq"].as_u64().unwrap();
+    bob.send(&json!({"type": "ack", "seq": last + 10}));
+    let error = bob.recv_type("error");
+    assert_eq!(error["code"], "bad_request");
+    assert!(
+        error["message"].as_str().unwrap().contains("above"),
+        "{error}"
+    );
+    for bad in [json!({"type": "ack"}), json!({"type": "ack", "seq": "7"})] {
+        bob.send(&bad);
+        let error = bob.recv_type("error");
+        assert_eq!(error["code"], "bad_request", "{bad}");
+        assert!(
+            error["message"].as_str().unwrap().contains("seq"),
+            "{error}"
+        );
+    }
+    bob.send(&json!({"type": "ack", "seq": last}));
+    bob.expect_silence(Duration::from_millis(200));
+    // A resume of the wrong shape fails the auth, naming the field, and closes.
+    let mut other = server.connect();
+    other.send(&json!({"type": "auth", "userId": "carol", "deviceId": "d",
+                       "resume": {"epoch": 5, "seq": 1}}));
+    let error = other.recv_type("error");
+    assert_eq!(error["code"], "auth_failed");
+    assert!(
+        error["message"].as_str().unwrap().contains("resume.epoch"),
+        "{error}"
+    );
+    assert_eq!(other.expect_close(), 1008);
+}
+
+#[test]
+fn an_http_drain_cut_off_loses_nothing() {
+    let server = Server::start(common::Driver::IoUring, &[]);
+    let mut alice = server.login("alice", "phone");
+    for i in 0..3 {
+        let ack = send(&mut alice, &format!("d{i}"), "bob", &format!("drain {i}"));
+        assert_eq!(ack["status"], "queued");
+    }
+    // A drain whose connection resets before the answer is read: nothing is removed.
+    let mut cut = TcpStream::connect(server.addr).unwrap();
+    cut.write_all(b"GET /api/messages/queue/bob?drain=true HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    reset(cut);
+    std::thread::sleep(Duration::from_millis(300));
+    let (status, body) = server.get("/api/messages/queue/bob");
+    assert_eq!(status, 200);
+    let queue: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(queue["messages"].as_array().unwrap().len(), 3, "{queue}");
+    // A drain read to the end removes them.
+    let (status, body) = server.get("/api/messages/queue/bob?drain=true");
+    assert_eq!(status, 200);
+    let drained: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(drained["messages"].as_array().unwrap().len(), 3);
+    common::wait_until("the drain's ack is kept", || {
+        let (_, body) = server.get("/api/messages/queue/bob");
+        let queue: Value = serde_json::from_str(&body).unwrap();
+        queue["messages"].as_array().unwrap().is_empty()
+    });
+}
