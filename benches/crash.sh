@@ -4,8 +4,15 @@
 # directory; read back every receiver's queue through the HTTP API (draining it) and check
 # that every message acknowledged `queued` is there exactly once.
 #
+# MODE=online: the crash under online load instead. The loadgen's churn scenario (v2
+# devices that resume and ack, every sender's receiver online) kills the engine itself
+# (`--kill-server-at`); this script restarts it; the devices reconnect and resume, and the
+# loadgen fails the run if a message acknowledged `sent` or `queued` never arrived, or
+# arrived twice.
+#
 # Knobs (environment): CONNECTIONS (5000 senders; receivers are lgoff0…N-1), RATE (20000
-# msg/s), KILL_AFTER_SECS (3 s into the load), PORT (18590), OUT (target/crash-test).
+# msg/s), KILL_AFTER_SECS (3 s into the load), PORT (18590), OUT (target/crash-test),
+# MODE (offline, or online).
 # Bounded: the load lasts 2 × KILL_AFTER_SECS; exits non-zero on any lost or repeated
 # message. Stops what it started.
 set -euo pipefail
@@ -33,6 +40,25 @@ start_engine() {
   exit 1
 }
 start_engine
+if [ "${MODE:-offline}" = online ]; then
+  target/release/loadgen --target "127.0.0.1:$PORT" --connections "$CONNECTIONS" --ramp-per-sec 10000 \
+    --hold-secs 1 --workers 1 --rate "$RATE" --duration-secs $(( 2 * KILL_AFTER_SECS )) \
+    --scenario churn --churn-per-min 0 --server-pid "$engine" --kill-server-at "$KILL_AFTER_SECS" \
+    --min-held 0 --out "$OUT/load" > "$OUT/load.txt" 2> "$OUT/load.err" &
+  loadgen=$!
+  while kill -0 "$engine" 2> /dev/null; do sleep 0.05; done
+  wait "$engine" 2> /dev/null || true
+  echo "the loadgen killed the engine (-9) $KILL_AFTER_SECS s into the load; restarting it"
+  start_engine
+  status=0
+  wait "$loadgen" || status=$?
+  grep -E "sent / delivered|ack latency|churn|lost / duplicated" "$OUT/load.txt"
+  if [ "$status" -ne 0 ]; then
+    echo "FAIL: the loadgen exited $status"; tail -3 "$OUT/load.err"; exit 1
+  fi
+  echo "PASS: every message acknowledged under online load arrived, none twice"
+  exit 0
+fi
 ramp_secs=$(( CONNECTIONS / 10000 + 2 ))
 target/release/loadgen --target "127.0.0.1:$PORT" --connections "$CONNECTIONS" --ramp-per-sec 10000 \
   --hold-secs 1 --workers 1 --rate "$RATE" --duration-secs $(( 2 * KILL_AFTER_SECS )) \

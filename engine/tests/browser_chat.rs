@@ -1,6 +1,7 @@
 //! End to end in a real browser: two headless Chromium pages open the test client at `GET /`,
 //! log in as two users, watch each other's presence, and exchange a message both ways
-//! (with the typing indicator and the read receipt on the way).
+//! (with the typing indicator and the read receipt on the way), post to a group, and one
+//! page drops and reconnects (resume, backoff) without losing or repeating a message.
 //!
 //! Drives Debian's `chromium` through `chromedriver` (W3C WebDriver over HTTP, spoken here
 //! with a few lines of std networking). `.ci/run` installs both. Where Chromium cannot
@@ -204,6 +205,13 @@ impl<'d> Page<'d> {
         panic!("timed out waiting for {what}; the page shows: {page}");
     }
 
+    /// Types `text` to `to` and sends it.
+    fn send_message(&self, to: &str, text: &str) {
+        self.set("to", to);
+        self.type_into("text", text);
+        self.click("send");
+    }
+
     fn log_in(&self, user: &str, device: &str, contact: &str) {
         self.set("user", user);
         self.set("device", device);
@@ -285,13 +293,40 @@ fn two_browsers_chat_both_ways() {
             "document.querySelector('#groups li[data-group=team]')",
         );
     }
-    alice.set("to", "#team");
-    alice.type_into("text", "hello team");
-    alice.click("send");
+    alice.send_message("#team", "hello team");
     bob.wait_for("the group message", &has_message("incoming", "hello team"));
     alice.wait_for(
         "the group message's ack",
         "[...document.querySelectorAll('.msg.outgoing')].some(e => e.querySelector('.text').textContent === 'hello team' && e.querySelector('.meta').textContent.includes('sent'))",
+    );
+
+    // A drop: bob's page reconnects (backoff with jitter) and resumes from the last seq
+    // it processed; what alice sent meanwhile arrives once, and nothing repeats.
+    bob.script("socket.close(); return true;", json!([]));
+    bob.wait_for(
+        "bob's page to see the drop",
+        "document.body.dataset.online === 'no'",
+    );
+    alice.send_message("bob", "while you were away");
+    bob.wait_for(
+        "bob's page to resume",
+        "document.getElementById('status').textContent.includes('(resumed)')",
+    );
+    bob.wait_for(
+        "the message sent during the drop",
+        &has_message("incoming", "while you were away"),
+    );
+    let count = |text: &str| {
+        bob.script(
+            "return [...document.querySelectorAll('.msg.incoming .text')].filter(e => e.textContent === arguments[0]).length;",
+            json!([text]),
+        )
+    };
+    assert_eq!(count("while you were away"), 1);
+    assert_eq!(
+        count("hello bob"),
+        1,
+        "nothing delivered before the drop came again"
     );
 }
 

@@ -14,6 +14,10 @@ pub enum Scenario {
     Chat,
     /// Plain text frames timed by their echo: for servers that only echo (the peers).
     Echo,
+    /// The chat protocol as v2 devices: each resumes from the last inbox seq it processed
+    /// and acks; `--churn-per-min` of the connections drop (reset) and reconnect each
+    /// minute of the load. Counts lost and duplicated messages; either fails the run.
+    Churn,
 }
 
 impl Scenario {
@@ -22,6 +26,7 @@ impl Scenario {
         match self {
             Scenario::Chat => "chat",
             Scenario::Echo => "echo",
+            Scenario::Churn => "churn",
         }
     }
 }
@@ -81,6 +86,13 @@ pub struct Args {
     /// The server's pid, to report its RSS per held connection and its CPU time under load
     #[arg(long, value_name = "PID")]
     pub server_pid: Option<u32>,
+    /// churn: percent of the connections that drop (reset) and reconnect each minute
+    #[arg(long, default_value_t = 10.0, value_name = "PCT")]
+    pub churn_per_min: f64,
+    /// churn: `kill -9` the server (--server-pid) this many seconds into the load; the
+    /// connections reconnect, resuming, once it is back (the bench script restarts it)
+    #[arg(long, value_name = "SECS", requires = "server_pid")]
+    pub kill_server_at: Option<u64>,
     /// Directory for the JSON report
     #[arg(long, default_value = "loadgen-report", value_name = "DIR")]
     pub out: PathBuf,
@@ -108,6 +120,18 @@ impl Args {
         }
         if self.workers == Some(0) {
             return fail("workers", "must be at least 1".into());
+        }
+        if !(0.0..=6000.0).contains(&self.churn_per_min) {
+            return fail(
+                "churn-per-min",
+                "must be 0 to 6000 (percent per minute)".into(),
+            );
+        }
+        if self.kill_server_at.is_some() && self.scenario != Scenario::Churn {
+            return fail(
+                "kill-server-at",
+                "needs --scenario churn (it reconnects)".into(),
+            );
         }
         if self.connect_timeout_secs == 0 {
             return fail("connect-timeout-secs", "must be at least 1".into());

@@ -3,6 +3,7 @@
 
 mod chart;
 mod config;
+mod devices;
 mod latency;
 mod report;
 mod sources;
@@ -48,8 +49,17 @@ fn main() -> ExitCode {
                 );
                 return ExitCode::FAILURE;
             }
-            if summary.lost() > 0 {
+            // Churn judges by its devices (a sender dropped before its message was read
+            // has neither an ack nor a delivery, and is no loss).
+            if summary.churn.is_none() && summary.lost() > 0 {
                 eprintln!("loadgen: {} messages were lost", summary.lost());
+                return ExitCode::FAILURE;
+            }
+            if let Some(churn) = summary.churn.as_ref().filter(|c| c.lost + c.duplicated > 0) {
+                eprintln!(
+                    "loadgen: churn lost {} and duplicated {} messages",
+                    churn.lost, churn.duplicated
+                );
                 return ExitCode::FAILURE;
             }
             ExitCode::SUCCESS
@@ -113,6 +123,8 @@ fn run(args: &Args) -> Result<report::Summary, String> {
         offline_receivers: args.offline_receivers,
         record_queued_ids: args.queued_ids,
         server_pid: args.server_pid,
+        churn_per_min: args.churn_per_min,
+        kill_server_at: args.kill_server_at.map(Duration::from_secs),
     });
     let load_start = Arc::new(std::sync::Barrier::new(workers));
     let rss_before = args.server_pid.and_then(server_rss_bytes);
@@ -163,6 +175,9 @@ fn run(args: &Args) -> Result<report::Summary, String> {
             .iter_mut()
             .flat_map(|r| std::mem::take(&mut r.queued_ids));
         summary.queued_ids = Some(ids.collect());
+    }
+    if args.scenario == config::Scenario::Churn {
+        summary.churn = Some(report::Churn::from_workers(&mut reports));
     }
     summary.interrupted = progress.interrupted.load(Ordering::Acquire);
     let after_hold = progress.server_rss_after_hold.load(Ordering::Acquire);

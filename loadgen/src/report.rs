@@ -55,8 +55,52 @@ pub struct Summary {
     pub rate: (u64, u64),
     /// Ctrl-C ended the run early; the figures are partial.
     pub interrupted: bool,
-    /// `chat` or `echo`.
+    /// `chat`, `echo` or `churn`.
     pub scenario: &'static str,
+    /// Churn: what the devices saw.
+    pub churn: Option<Churn>,
+}
+
+/// The churn scenario's verdict, over every worker.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Churn {
+    /// Messages acknowledged to their sender (`sent` or `queued`) that never reached their
+    /// receiver's device.
+    pub lost: u64,
+    /// Inbox events a device got twice.
+    pub duplicated: u64,
+    /// Connections dropped with a reset on purpose, and reconnects made.
+    pub dropped: u64,
+    /// Reconnects (after a drop, or a failure such as a server kill).
+    pub reconnects: u64,
+    /// Resumes honoured and refused.
+    pub resumed: u64,
+    /// See `resumed`.
+    pub refused: u64,
+}
+
+impl Churn {
+    /// Merges the workers' devices: a message acked by any worker's sender must have been
+    /// received by some worker's device (its receiver's).
+    pub fn from_workers(reports: &mut [WorkerReport]) -> Churn {
+        let mut received = std::collections::HashSet::new();
+        let mut churn = Churn::default();
+        for report in reports.iter_mut() {
+            let devices = &mut report.devices;
+            received.extend(std::mem::take(&mut devices.received));
+            churn.duplicated += devices.duplicated;
+            churn.resumed += devices.resumes.0;
+            churn.refused += devices.resumes.1;
+            churn.dropped += report.churned.0;
+            churn.reconnects += report.churned.1;
+        }
+        churn.lost = reports
+            .iter()
+            .flat_map(|r| r.devices.acked.iter())
+            .filter(|id| !received.contains(*id))
+            .count() as u64;
+        churn
+    }
 }
 
 impl Summary {
@@ -92,6 +136,7 @@ impl Summary {
             rate: (0, 0),
             interrupted: false,
             scenario: "chat",
+            churn: None,
             target,
             workers: reports.len(),
             sockets: "fd table",
@@ -164,6 +209,14 @@ impl Summary {
                 "delivery": self.delivery.to_json(),
                 "ack": self.ack.to_json(),
             },
+            "churn": self.churn.as_ref().map(|c| json!({
+                "lost": c.lost,
+                "duplicated": c.duplicated,
+                "dropped": c.dropped,
+                "reconnects": c.reconnects,
+                "resumed": c.resumed,
+                "resume_refused": c.refused,
+            })),
             "server": {
                 "rss_bytes_before": self.server_rss_bytes.map(|(before, _)| before),
                 "rss_bytes": self.server_rss_bytes.map(|(_, after)| after),
@@ -228,6 +281,19 @@ impl Summary {
                     ),
                 );
             }
+        }
+        if let Some(churn) = &self.churn {
+            row(
+                "churn",
+                format!(
+                    "{} dropped, {} reconnects, resumed {} / refused {}",
+                    churn.dropped, churn.reconnects, churn.resumed, churn.refused
+                ),
+            );
+            row(
+                "lost / duplicated",
+                format!("{} / {}", churn.lost, churn.duplicated),
+            );
         }
         if let Some((before, after)) = self.server_rss_bytes {
             let per_conn = if self.held > 0 {

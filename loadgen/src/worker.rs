@@ -7,7 +7,7 @@
 
 use std::{
     cell::RefCell,
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     io,
     net::{IpAddr, SocketAddr},
     os::fd::RawFd,
@@ -24,7 +24,7 @@ use slab::Slab;
 use uring_sockets::{Placement, Socket, Sockets, BROKEN, READABLE, REARM, WRITABLE};
 use ws_frame::frame::{encode_client, parse_server_frame, Kind, PONG, TEXT};
 
-use crate::{config::Scenario, latency::Latency};
+use crate::{config::Scenario, devices::Devices, latency::Latency};
 
 /// How often the ramp opens the connections that are due.
 const RAMP_TICK: Duration = Duration::from_millis(5);
@@ -64,6 +64,11 @@ pub struct Plan {
     pub record_queued_ids: bool,
     /// The server's pid, for its RSS at the end of the hold.
     pub server_pid: Option<u32>,
+    /// Churn: the share of the connections (percent) that drop with a reset and
+    /// reconnect, resuming, each minute of the load.
+    pub churn_per_min: f64,
+    /// Churn: `kill -9` the server this far into the load (its script restarts it).
+    pub kill_server_at: Option<Duration>,
 }
 
 impl Plan {
@@ -113,7 +118,7 @@ impl Progress {
 }
 
 /// What one worker reports at the end.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default)]
 pub struct WorkerReport {
     /// Connections attempted.
     pub attempted: u64,
@@ -141,6 +146,10 @@ pub struct WorkerReport {
     pub delivery: Latency,
     /// Scheduled send → `message_ack` at the sender.
     pub ack: Latency,
+    /// Churn: what the devices saw.
+    pub devices: Devices,
+    /// Churn: connections dropped (reset) on purpose, and reconnects made.
+    pub churned: (u64, u64),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -175,6 +184,13 @@ struct Worker {
     /// A timerfd in the readiness set, armed for the next scheduled send (µs precision;
     /// the runtime's sleep has millisecond ticks, which showed up as latency).
     send_timer: RawFd,
+    /// Each user's connection (its slab key), while it has one.
+    slot_of: HashMap<usize, usize>,
+    /// Churn: drops owed so far (fractional), and users waiting to reconnect, with when.
+    churn_debt: f64,
+    reconnects: Vec<(Instant, usize)>,
+    /// Churn: whether the load is under way (a connection that fails then reconnects).
+    churning: bool,
     schedule: Option<Schedule>,
     /// Reused buffer of readiness events.
     events: Vec<(u32, u64)>,
@@ -206,6 +222,10 @@ pub fn run(
         last_auth: None,
         rng: 0x9E37_79B9_7F4A_7C15 ^ (id as u64 + 1),
         send_timer: timerfd()?,
+        slot_of: HashMap::new(),
+        churn_debt: 0.0,
+        reconnects: Vec::new(),
+        churning: false,
         schedule: None,
         events: Vec::new(),
         plan,
@@ -250,7 +270,7 @@ pub fn run(
         load(&worker).await;
         let mut w = worker.borrow_mut();
         w.finish();
-        Ok(w.report.clone())
+        Ok(std::mem::take(&mut w.report))
     })
 }
 
@@ -386,6 +406,10 @@ struct Schedule {
 }
 /// How long after the last send the load phase waits for deliveries still in flight.
 const DRAIN_WAIT: Duration = Duration::from_secs(5);
+/// How often churn drops connections and reconnects those waiting.
+const CHURN_TICK: Duration = Duration::from_millis(10);
+/// How long a connection that failed during churn waits before it reconnects.
+const RECONNECT_AFTER: Duration = Duration::from_millis(200);
 
 async fn load(worker: &Rc<RefCell<Worker>>) {
     let (rate, duration, workers, progress) = {
@@ -405,6 +429,8 @@ async fn load(worker: &Rc<RefCell<Worker>>) {
     // Bounded wait for what is still in flight, across all workers.
     let drain_deadline = Instant::now() + DRAIN_WAIT;
     while Instant::now() < drain_deadline && !progress.interrupted() {
+        // Churn: no more drops, but whoever is still away comes back and catches up.
+        worker.borrow_mut().reconnect_due();
         let sent = progress.sent.load(Ordering::Acquire);
         let settled = progress.delivered.load(Ordering::Acquire)
             + progress.undeliverable.load(Ordering::Acquire)
@@ -451,12 +477,13 @@ async fn send_schedule(
     workers: usize,
     progress: &Progress,
 ) {
+    // Senders are users: a user whose connection drops (churn) sends again once back.
     let senders: Vec<usize> = {
         let w = worker.borrow();
         w.clients
             .iter()
             .filter(|(_, c)| c.state == State::Answered)
-            .map(|(slot, _)| slot)
+            .map(|(_, c)| c.user)
             .collect()
     };
     let rate_per_worker = rate as f64 / workers as f64;
@@ -475,8 +502,13 @@ async fn send_schedule(
         });
         w.send_due();
     }
-    // The send timer in the readiness set does the sending; this only waits for the end.
-    let end = Instant::now() + duration + Duration::from_secs(1);
+    // The send timer in the readiness set does the sending; this only waits for the end,
+    // and, for churn, drops and reconnects connections as it goes.
+    let started = Instant::now();
+    let end = started + duration + Duration::from_secs(1);
+    let mut killed = false;
+    let churn = worker.borrow().plan.scenario == Scenario::Churn;
+    worker.borrow_mut().churning = churn;
     while worker
         .borrow()
         .schedule
@@ -485,7 +517,20 @@ async fn send_schedule(
         && Instant::now() < end
         && !progress.interrupted()
     {
-        monoio::time::sleep(Duration::from_millis(10)).await;
+        monoio::time::sleep(CHURN_TICK).await;
+        let mut w = worker.borrow_mut();
+        if w.churning {
+            w.churn(CHURN_TICK);
+            let kill_at = w.plan.kill_server_at;
+            if w.id == 0 && !killed && kill_at.is_some_and(|at| started.elapsed() >= at) {
+                killed = true;
+                if let Some(pid) = w.plan.server_pid {
+                    eprintln!("\nloadgen: kill -9 {pid} (--kill-server-at)");
+                    // SAFETY: kill(2) with a pid the user gave; no memory is passed.
+                    unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+                }
+            }
+        }
     }
     worker.borrow_mut().schedule = None;
 }
@@ -529,10 +574,16 @@ impl Worker {
 
     /// Sends message `seq` from a random sender of this worker to a random user.
     fn send_message(&mut self, senders: &[usize], seq: u64, scheduled: Instant) {
-        let sender = senders[(self.random() % senders.len() as u64) as usize];
-        let Some(sender_user) = self.clients.get(sender).map(|c| c.user as u64) else {
-            return; // the sender's connection failed; the report counts that failure
+        let sender_user = senders[(self.random() % senders.len() as u64) as usize];
+        let ready = |c: &Client| matches!(c.state, State::Ready | State::Answered);
+        let Some(&sender) = self
+            .slot_of
+            .get(&sender_user)
+            .filter(|&&slot| self.clients.get(slot).is_some_and(ready))
+        else {
+            return; // the sender's connection failed (counted) or is reconnecting
         };
+        let sender_user = sender_user as u64;
         // Any user but the sender itself (whose only device is the sending one).
         let others = (self.plan.connections as u64 - 1).max(1);
         let receiver = (sender_user + 1 + self.random() % others) % self.plan.connections as u64;
@@ -544,7 +595,7 @@ impl Worker {
         };
         let stamp = self.since_epoch_ns(scheduled);
         let text = match self.plan.scenario {
-            Scenario::Chat => format!(
+            Scenario::Chat | Scenario::Churn => format!(
                 r#"{{"type":"send_message","messageId":"{stamp}-{}-{seq}","receiverId":"{prefix}{receiver}","content":"{stamp}"}}"#,
                 self.id
             ),
@@ -569,20 +620,25 @@ impl Worker {
             self.source_cursor = (self.source_cursor + 1) % self.plan.sources.len();
             Some(self.plan.sources[self.source_cursor])
         };
-        let connected = connect(self.plan.target, source).and_then(|fd| {
+        let reset = self.plan.scenario == Scenario::Churn;
+        let connected = connect(self.plan.target, source, reset).and_then(|fd| {
             let slot = self.clients.vacant_key();
             self.sockets.adopt(fd, slot as u64)
         });
         match connected {
             Ok(socket) => {
-                self.clients.insert(Client {
+                let slot = self.clients.insert(Client {
                     socket,
                     state: State::Connecting,
                     user,
                     inbuf: Vec::new(),
                 });
+                self.slot_of.insert(user, slot);
             }
-            Err(e) => self.count_failure(connect_failure(&e)),
+            Err(e) => {
+                self.count_failure(connect_failure(&e));
+                self.reconnect_later(user);
+            }
         }
     }
 
@@ -693,10 +749,11 @@ impl Worker {
                 self.mark_ready(slot);
                 return self.process_frames(slot);
             }
-            let auth = format!(
-                r#"{{"type":"auth","userId":"lg{}","deviceId":"lg"}}"#,
-                self.clients[slot].user
-            );
+            let user = self.clients[slot].user;
+            let auth = match self.plan.scenario {
+                Scenario::Churn => self.report.devices.auth(user),
+                _ => format!(r#"{{"type":"auth","userId":"lg{user}","deviceId":"lg"}}"#),
+            };
             if !self.send_text(slot, &auth) {
                 return false;
             }
@@ -725,7 +782,7 @@ impl Worker {
                     let payload = &self.clients[slot].inbuf
                         [start + frame.payload.start..start + frame.payload.end];
                     let (kind, stamp) = match self.plan.scenario {
-                        Scenario::Chat => {
+                        Scenario::Chat | Scenario::Churn => {
                             let kind = message_type(payload);
                             if kind == MessageType::Queued && self.plan.record_queued_ids {
                                 if let Some(id) = message_id_of(payload) {
@@ -736,6 +793,15 @@ impl Worker {
                         }
                         Scenario::Echo => echo_type(payload),
                     };
+                    if self.plan.scenario == Scenario::Churn
+                        && !self.on_device_frame(
+                            slot,
+                            kind,
+                            start + frame.payload.start..start + frame.payload.end,
+                        )
+                    {
+                        return false;
+                    }
                     if !self.on_message(slot, kind, stamp) {
                         return false;
                     }
@@ -800,6 +866,9 @@ impl Worker {
         match (client.state, kind) {
             (State::Authenticating, MessageType::AuthSuccess) => {
                 self.mark_ready(slot);
+                if self.churning {
+                    self.clients[slot].state = State::Answered; // back in the load
+                }
                 true
             }
             (State::Authenticating, MessageType::Error) => {
@@ -829,7 +898,7 @@ impl Worker {
 
     fn ping_all(&mut self) {
         let ping = match self.plan.scenario {
-            Scenario::Chat => r#"{"type":"ping","ts":0}"#,
+            Scenario::Chat | Scenario::Churn => r#"{"type":"ping","ts":0}"#,
             Scenario::Echo => "ping",
         };
         let ready: Vec<usize> = self
@@ -881,9 +950,94 @@ impl Worker {
         unsafe { libc::close(self.send_timer) };
     }
 
+    /// Churn: what a device does with a frame: its inbox events counted (and acked now
+    /// and then), its epoch kept, its sent messages' acks noted. False when it failed.
+    fn on_device_frame(
+        &mut self,
+        slot: usize,
+        kind: MessageType,
+        range: std::ops::Range<usize>,
+    ) -> bool {
+        let user = self.clients[slot].user;
+        let payload = &self.clients[slot].inbuf[range];
+        let devices = &mut self.report.devices;
+        let ack = match kind {
+            MessageType::AuthSuccess => {
+                devices.greeted(user, payload);
+                None
+            }
+            MessageType::Ack | MessageType::Queued => {
+                devices.sender_acked(payload);
+                None
+            }
+            _ => devices.event(user, payload),
+        };
+        match ack {
+            Some(seq) => self.send_text(slot, &format!(r#"{{"type":"ack","seq":{seq}}}"#)),
+            None => true,
+        }
+    }
+
+    /// Churn, every tick of the load: drops the connections owed (a reset, then a
+    /// reconnect that resumes) and reconnects those whose wait is over.
+    fn churn(&mut self, tick: Duration) {
+        let users = self.plan.users_of(self.id).count() as f64;
+        self.churn_debt += users * self.plan.churn_per_min / 100.0 * tick.as_secs_f64() / 60.0;
+        while self.churn_debt >= 1.0 {
+            self.churn_debt -= 1.0;
+            let live: Vec<usize> = self
+                .clients
+                .iter()
+                .filter(|(_, c)| c.state == State::Answered || c.state == State::Ready)
+                .map(|(slot, _)| slot)
+                .collect();
+            if live.is_empty() {
+                break;
+            }
+            let slot = live[(self.random() % live.len() as u64) as usize];
+            let client = self.clients.remove(slot);
+            self.sockets.close(client.socket, slot as u64);
+            self.slot_of.remove(&client.user);
+            self.authenticated -= 1;
+            self.progress.authenticated.fetch_sub(1, Ordering::Relaxed);
+            self.report.churned.0 += 1;
+            self.open(client.user);
+            self.report.churned.1 += 1;
+        }
+        self.reconnect_due();
+    }
+
+    /// Churn: reconnects the users whose wait is over (during the load and its drain).
+    fn reconnect_due(&mut self) {
+        let now = Instant::now();
+        let due: Vec<usize> = self
+            .reconnects
+            .iter()
+            .filter(|(at, _)| *at <= now)
+            .map(|&(_, user)| user)
+            .collect();
+        self.reconnects.retain(|(at, _)| *at > now);
+        for user in due {
+            self.report.churned.1 += 1;
+            self.open(user);
+        }
+    }
+
+    /// Churn: a user whose connection failed during the load reconnects after a while.
+    fn reconnect_later(&mut self, user: usize) {
+        if self.churning {
+            self.reconnects
+                .push((Instant::now() + RECONNECT_AFTER, user));
+        }
+    }
+
     fn fail(&mut self, slot: usize, reason: &'static str) {
         let client = self.clients.remove(slot);
         self.sockets.close(client.socket, slot as u64);
+        if self.slot_of.get(&client.user) == Some(&slot) {
+            self.slot_of.remove(&client.user);
+        }
+        self.reconnect_later(client.user);
         if matches!(
             client.state,
             State::Ready | State::PingSent | State::Answered
@@ -936,23 +1090,12 @@ fn stamp_of(payload: &[u8], kind: MessageType) -> Option<u64> {
         MessageType::Ack | MessageType::Queued => br#""messageId":""#,
         _ => return None,
     };
-    let at = payload.windows(key.len()).position(|w| w == key)? + key.len();
-    let digits = payload[at..]
-        .iter()
-        .take_while(|b| b.is_ascii_digit())
-        .count();
-    std::str::from_utf8(&payload[at..at + digits])
-        .ok()?
-        .parse()
-        .ok()
+    crate::devices::number_after(payload, key)
 }
 
 /// The `messageId` of a `message_ack` (the loadgen's ids need no JSON unescaping).
 fn message_id_of(payload: &[u8]) -> Option<&str> {
-    let key = br#""messageId":""#;
-    let at = payload.windows(key.len()).position(|w| w == key)? + key.len();
-    let len = payload[at..].iter().position(|&b| b == b'"')?;
-    std::str::from_utf8(&payload[at..at + len]).ok()
+    crate::devices::text_field(payload, "messageId")
 }
 
 /// Reads the `type` of a message the engine wrote (it always writes `type` first).
@@ -982,7 +1125,8 @@ fn message_type(payload: &[u8]) -> MessageType {
 }
 
 /// Starts a non-blocking connect from `source` (port chosen at connect time).
-fn connect(target: SocketAddr, source: Option<IpAddr>) -> io::Result<RawFd> {
+/// `reset`: closing it later sends a reset (SO_LINGER 0), as a device losing its network.
+fn connect(target: SocketAddr, source: Option<IpAddr>, reset: bool) -> io::Result<RawFd> {
     let domain = if target.is_ipv4() {
         libc::AF_INET
     } else {
@@ -1000,6 +1144,22 @@ fn connect(target: SocketAddr, source: Option<IpAddr>) -> io::Result<RawFd> {
         return Err(io::Error::last_os_error());
     }
     let result = (|| {
+        if reset {
+            let linger = libc::linger {
+                l_onoff: 1,
+                l_linger: 0,
+            };
+            // SAFETY: setsockopt with a live linger struct of the size given.
+            unsafe {
+                libc::setsockopt(
+                    fd,
+                    libc::SOL_SOCKET,
+                    libc::SO_LINGER,
+                    (&linger as *const libc::linger).cast(),
+                    std::mem::size_of::<libc::linger>() as libc::socklen_t,
+                )
+            };
+        }
         if let Some(source) = source {
             let one: libc::c_int = 1;
             // SAFETY: setsockopt with a live c_int; IP_BIND_ADDRESS_NO_PORT defers the port
@@ -1097,6 +1257,8 @@ mod tests {
             offline_receivers: false,
             record_queued_ids: false,
             server_pid: None,
+            churn_per_min: 0.0,
+            kill_server_at: None,
         };
         let mut all: Vec<usize> = (0..3)
             .flat_map(|w| plan.users_of(w).collect::<Vec<_>>())

@@ -228,6 +228,12 @@ impl Shard {
     /// commit.
     pub(super) fn deliver(&mut self, delivery: Delivery, out: &mut Effects) {
         if let Some(id) = &delivery.copy_of {
+            // A copy for the sender's other devices exists only while one is online (as
+            // in v1; the sender's history has the message): no device, no event.
+            let others = self.directory.live_devices(&delivery.user, delivery.except);
+            if others.is_empty() {
+                return;
+            }
             // A retry's copy for the sender's own devices: each got the first one.
             let key = self.recent.copy_key(&delivery.user, id);
             if self.recent.check(key).is_some() {

@@ -13,6 +13,9 @@ use super::{
 };
 use crate::protocol::codes::OutKind;
 
+/// Acknowledged events are pruned in steps of at least this many `seq`s, not at every ack.
+const PRUNE_STEP: u64 = 64;
+
 /// What one transaction changed, for the counters and the push hook once it committed.
 #[derive(Default)]
 pub(super) struct Tally {
@@ -143,6 +146,7 @@ impl Apply<'_, '_> {
             head.last = seq;
             if !full {
                 head.unacked += 1;
+                head.receipts += u64::from(stamp.receipt);
             }
         });
         if full {
@@ -285,9 +289,8 @@ impl Apply<'_, '_> {
         let page = (INBOX_PAGE_EVENTS_MAX, INBOX_PAGE_BYTES_MAX);
         let (greeting, from) = match from {
             ReadFrom::Resume { epoch, seq } => {
-                let first_kept = self.inboxes.first_kept(user)?.unwrap_or(head.last + 1);
                 let resumed =
-                    **epoch == *self.state.epoch && *seq <= head.last && *seq + 1 >= first_kept;
+                    **epoch == *self.state.epoch && *seq <= head.last && *seq >= head.gone;
                 let greeting = Greeting {
                     epoch: self.state.epoch.clone(),
                     seq: head.last,
@@ -379,17 +382,38 @@ impl Apply<'_, '_> {
             return Ok(()); // nothing waits: no state is made for a user without events
         }
         let upto = upto.min(head.last);
-        let receipts = self.inboxes.receipts(user, (head.acked, upto))?;
-        let newly = self.inboxes.count(user, (head.acked, upto))?;
+        // Hot path for a device acking what it just got: no read when no sender waits
+        // for a receipt and the ack covers the whole inbox.
+        let receipts = if head.receipts > 0 {
+            self.inboxes.receipts(user, (head.acked, upto))?
+        } else {
+            Vec::new()
+        };
+        let newly = if upto == head.last {
+            head.unacked
+        } else {
+            self.inboxes.count(user, (head.acked, upto))?
+        };
+        let floor = upto.saturating_sub(self.queue_max_per_user);
+        let read_at = self.state.reading.get(user).copied();
+        let quiet = read_at.is_none_or(|at| self.now_ms.saturating_sub(at) > READ_GRACE_MS);
+        let prune = quiet && floor >= head.gone + PRUNE_STEP;
         self.state.heads.update(user, |head| {
             head.acked = upto;
             head.unacked = head.unacked.saturating_sub(newly);
+            head.receipts = head.receipts.saturating_sub(receipts.len() as u64);
+            if upto == head.last {
+                head.receipts = 0;
+            }
+            if prune {
+                head.gone = floor;
+            }
         });
-        let read_at = self.state.reading.get(user).copied();
-        if read_at.is_none_or(|at| self.now_ms.saturating_sub(at) > READ_GRACE_MS) {
+        if quiet {
             self.state.reading.remove(user);
-            self.inboxes
-                .prune(user, upto.saturating_sub(self.queue_max_per_user))?;
+        }
+        if prune {
+            self.inboxes.prune(user, floor)?;
         }
         if !receipts.is_empty() {
             let reply = Reply::Receipts {

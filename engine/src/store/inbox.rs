@@ -6,8 +6,9 @@
 //!   post the post's number in `posts` (flag [`POST_FLAG`]).
 //! - `posts`: `post number → [appended at, u64 LE][new_message JSON]`: a group post's
 //!   content, written once per member home's batch however many members it reaches.
-//! - `heads`: `user → (last seq, acked seq)`: the highest `seq` given out and the highest
-//!   any device acknowledged. Kept in memory too ([`Heads`]), with how many events each
+//! - `heads`: `user → (last seq, acked seq, gone)`: the highest `seq` given out, the highest
+//!   any device acknowledged, and the highest that was pruned or expired (a resume from
+//!   below it cannot be honoured). Kept in memory too ([`Heads`]), with how many events each
 //!   user has above its acked `seq`, so the per-user bound costs no read.
 //!
 //! Kept: every event until a device of the user acknowledges it (or `--retention-days`
@@ -25,8 +26,8 @@ use crate::protocol::{codes::OutKind, Priority};
 pub(super) const INBOX: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("inbox");
 /// Group posts' content.
 pub(super) const POSTS: TableDefinition<u64, &[u8]> = TableDefinition::new("posts");
-/// Per-user inbox heads: `(last seq, acked seq)`.
-pub(super) const HEADS: TableDefinition<&str, (u64, u64)> = TableDefinition::new("heads");
+/// Per-user inbox heads: `(last seq, acked seq, gone)`.
+pub(super) const HEADS: TableDefinition<&str, (u64, u64, u64)> = TableDefinition::new("heads");
 
 /// `[kind][flags][priority][appended at u64]`.
 const HEADER_BYTES: usize = 11;
@@ -106,6 +107,12 @@ pub(super) struct Head {
     pub acked: u64,
     /// Events kept with a `seq` above `acked`: the per-user bound's count.
     pub unacked: u64,
+    /// Of those, how many a sender waits on for a `delivery_receipt` (an ack reads them
+    /// only when there are some).
+    pub receipts: u64,
+    /// Every event up to here may be gone (pruned once acknowledged, or expired): a
+    /// resume from below cannot be honoured.
+    pub gone: u64,
 }
 
 /// Every user's head, with a journal so that a failed commit can put `acked` and
@@ -127,27 +134,30 @@ pub(super) struct Heads {
 impl Heads {
     /// Reads every head, and counts each user's unacknowledged events.
     pub(super) fn load(
-        heads: &impl ReadableTable<&'static str, (u64, u64)>,
+        heads: &impl ReadableTable<&'static str, (u64, u64, u64)>,
         inbox: &impl ReadableTable<(&'static str, u64), &'static [u8]>,
     ) -> Result<Heads, redb::Error> {
         let mut by_user: HashMap<Box<str>, Head> = HashMap::new();
         for entry in heads.iter()? {
             let (user, value) = entry?;
-            let (last, acked) = value.value();
+            let (last, acked, gone) = value.value();
             let head = Head {
                 last,
                 acked,
-                unacked: 0,
+                gone,
+                ..Head::default()
             };
             by_user.insert(user.value().into(), head);
         }
         for entry in inbox.iter()? {
-            let (key, _) = entry?;
+            let (key, value) = entry?;
             let (user, seq) = key.value();
+            let (_, flags, _, _, _) = decode(value.value());
             let head = by_user.entry(user.into()).or_default();
             head.last = head.last.max(seq);
             if seq > head.acked {
                 head.unacked += 1;
+                head.receipts += u64::from(flags & RECEIPT_FLAG != 0);
             }
         }
         Ok(Heads {
@@ -196,8 +206,10 @@ impl Heads {
     pub(super) fn roll_back(&mut self) {
         for (user, before) in self.journal.drain(..) {
             if let Some(head) = self.by_user.get_mut(&user) {
-                head.acked = before.acked;
-                head.unacked = before.unacked;
+                *head = Head {
+                    last: head.last,
+                    ..before
+                };
             }
         }
     }
@@ -220,7 +232,7 @@ pub(super) struct Inboxes<'txn> {
     /// Group posts.
     pub posts: Table<'txn, u64, &'static [u8]>,
     /// Heads.
-    pub heads: Table<'txn, &'static str, (u64, u64)>,
+    pub heads: Table<'txn, &'static str, (u64, u64, u64)>,
 }
 
 /// Where a read in delivery order (priority, then `seq`) goes on from.
@@ -257,7 +269,8 @@ impl Inboxes<'_> {
     /// Writes the heads a transaction changed.
     pub(super) fn write_heads(&mut self, heads: &Heads) -> Result<(), redb::Error> {
         for (user, head) in heads.touched() {
-            self.heads.insert(user, (head.last, head.acked))?;
+            self.heads
+                .insert(user, (head.last, head.acked, head.gone))?;
         }
         Ok(())
     }
@@ -418,21 +431,6 @@ impl Inboxes<'_> {
         }
         Ok(())
     }
-
-    /// The lowest `seq` of `user` kept above `after`, if any.
-    pub(super) fn first_after(&self, user: &str, after: u64) -> Result<Option<u64>, redb::Error> {
-        Ok(self
-            .inbox
-            .range((user, after + 1)..=(user, u64::MAX))?
-            .next()
-            .transpose()?
-            .map(|(key, _)| key.value().1))
-    }
-
-    /// The lowest `seq` of `user` still kept, if any.
-    pub(super) fn first_kept(&self, user: &str) -> Result<Option<u64>, redb::Error> {
-        self.first_after(user, 0)
-    }
 }
 
 /// A whole inbox key, where a sweep goes on from.
@@ -474,6 +472,7 @@ pub(super) fn sweep(
             if *seq > head.acked {
                 head.unacked = head.unacked.saturating_sub(1);
             }
+            head.gone = head.gone.max(*seq);
         });
     }
     if next.is_none() {

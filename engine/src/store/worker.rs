@@ -20,6 +20,10 @@ use super::{
 };
 use crate::protocol::now_ms;
 
+/// The store thread's nice value: on a busy box the reactors (delivery) get the cores
+/// first, and the store catches up in bigger group commits (acks wait a little longer).
+const STORE_NICE: libc::c_int = 5;
+
 /// How often expired messages are swept at most (less often when retention is long).
 const SWEEP_INTERVAL_MAX: Duration = Duration::from_secs(3600);
 /// Entries one sweep transaction looks at, so a sweep of a large file never holds the
@@ -88,6 +92,7 @@ impl Worker {
     /// every command waiting (up to [`BATCH_MAX`]), commits them together and answers;
     /// a retention sweep, when one is under way, takes a small step between turns.
     pub(super) fn run(mut self, inbox: mpsc::Receiver<Command>) {
+        lower_own_priority();
         let mut batch = Vec::with_capacity(BATCH_MAX);
         let sweep_every = (self.limits.retention / 10).min(SWEEP_INTERVAL_MAX);
         loop {
@@ -418,5 +423,17 @@ impl Worker {
                 self.routes.doorbells.ring(reactor);
             }
         }
+    }
+}
+
+/// Gives the calling thread (the store's) [`STORE_NICE`]; failing only costs latency.
+fn lower_own_priority() {
+    // SAFETY: setpriority(2) with PRIO_PROCESS and who 0 sets the calling thread's nice
+    // value on Linux; no memory is passed.
+    if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, STORE_NICE) } != 0 {
+        tracing::debug!(
+            "store: nice {STORE_NICE} not set: {}",
+            std::io::Error::last_os_error()
+        );
     }
 }

@@ -34,6 +34,8 @@ struct Inbox {
     events: BTreeMap<u64, Stored>,
     last: u64,
     acked: u64,
+    /// Every event up to here may be pruned: a resume from below is refused.
+    gone: u64,
 }
 
 impl Inbox {
@@ -400,13 +402,7 @@ impl SimStore {
         let inbox = self.inbox(user).clone();
         let (greeting, from) = match from {
             ReadFrom::Resume { epoch, seq } => {
-                let first_kept = inbox
-                    .events
-                    .keys()
-                    .next()
-                    .copied()
-                    .unwrap_or(inbox.last + 1);
-                let resumed = &*epoch == EPOCH && seq <= inbox.last && seq + 1 >= first_kept;
+                let resumed = &*epoch == EPOCH && seq <= inbox.last && seq >= inbox.gone;
                 let greeting = Greeting {
                     epoch: EPOCH.into(),
                     seq: inbox.last,
