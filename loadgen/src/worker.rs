@@ -191,6 +191,8 @@ struct Worker {
     reconnects: Vec<(Instant, usize)>,
     /// Churn: whether the load is under way (a connection that fails then reconnects).
     churning: bool,
+    /// When a frame last arrived (churn's drain waits for quiet).
+    last_frame: Instant,
     schedule: Option<Schedule>,
     /// Reused buffer of readiness events.
     events: Vec<(u32, u64)>,
@@ -226,6 +228,7 @@ pub fn run(
         churn_debt: 0.0,
         reconnects: Vec::new(),
         churning: false,
+        last_frame: Instant::now(),
         schedule: None,
         events: Vec::new(),
         plan,
@@ -406,6 +409,10 @@ struct Schedule {
 }
 /// How long after the last send the load phase waits for deliveries still in flight.
 const DRAIN_WAIT: Duration = Duration::from_secs(5);
+/// How long churn waits at most, after the load, for every device to be back and caught up.
+const CHURN_DRAIN_WAIT: Duration = Duration::from_secs(60);
+/// A churn device is caught up once nothing has arrived for this long.
+const CHURN_QUIET: Duration = Duration::from_secs(1);
 /// How often churn drops connections and reconnects those waiting.
 const CHURN_TICK: Duration = Duration::from_millis(10);
 /// How long a connection that failed during churn waits before it reconnects.
@@ -426,11 +433,23 @@ async fn load(worker: &Rc<RefCell<Worker>>) {
     }
     send_schedule(worker, rate, duration, workers, &progress).await;
     progress.senders_done.fetch_add(1, Ordering::AcqRel);
-    // Bounded wait for what is still in flight, across all workers.
-    let drain_deadline = Instant::now() + DRAIN_WAIT;
+    // Bounded wait for what is still in flight, across all workers. Churn waits longer:
+    // every device must be back and caught up (quiet for a second) before it is judged.
+    let churn = worker.borrow().plan.scenario == Scenario::Churn;
+    let drain_deadline = Instant::now() + if churn { CHURN_DRAIN_WAIT } else { DRAIN_WAIT };
     while Instant::now() < drain_deadline && !progress.interrupted() {
-        // Churn: no more drops, but whoever is still away comes back and catches up.
-        worker.borrow_mut().reconnect_due();
+        if churn {
+            let mut w = worker.borrow_mut();
+            w.reconnect_due();
+            let back = w.reconnects.is_empty()
+                && w.clients.iter().all(|(_, c)| c.state == State::Answered);
+            if back && w.last_frame.elapsed() >= CHURN_QUIET {
+                break;
+            }
+            drop(w);
+            monoio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        }
         let sent = progress.sent.load(Ordering::Acquire);
         let settled = progress.delivered.load(Ordering::Acquire)
             + progress.undeliverable.load(Ordering::Acquire)
@@ -764,6 +783,7 @@ impl Worker {
 
     /// Handles every whole frame the connection has read; false when it was closed.
     fn process_frames(&mut self, slot: usize) -> bool {
+        self.last_frame = Instant::now();
         let mut used = 0;
         loop {
             let parsed = parse_server_frame(&self.clients[slot].inbuf[used..]);
