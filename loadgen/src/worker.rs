@@ -439,14 +439,16 @@ async fn load(worker: &Rc<RefCell<Worker>>) {
     let drain_deadline = Instant::now() + if churn { CHURN_DRAIN_WAIT } else { DRAIN_WAIT };
     while Instant::now() < drain_deadline && !progress.interrupted() {
         if churn {
-            let mut w = worker.borrow_mut();
-            w.reconnect_due();
-            let back = w.reconnects.is_empty()
-                && w.clients.iter().all(|(_, c)| c.state == State::Answered);
-            if back && w.last_frame.elapsed() >= CHURN_QUIET {
+            let settled = {
+                let mut w = worker.borrow_mut();
+                w.reconnect_due();
+                let back = w.reconnects.is_empty()
+                    && w.clients.iter().all(|(_, c)| c.state == State::Answered);
+                back && w.last_frame.elapsed() >= CHURN_QUIET
+            };
+            if settled {
                 break;
             }
-            drop(w);
             monoio::time::sleep(Duration::from_millis(10)).await;
             continue;
         }
