@@ -9,6 +9,8 @@
 //! - `stall_reactor_on_message_from:USER`: a message from USER blocks its reactor for
 //!   [`STALL`], as a reactor stuck behind a slow disk or a long computation would be; its
 //!   peers' rings to it fill up, which is how mailbox backpressure is tested.
+//! - `slow_commit_ms:N`: every store commit takes N ms more, as on a slow disk (what a
+//!   retry of a message still waiting for its commit is tested against).
 
 /// The environment variable that sets a failpoint.
 pub const VARIABLE: &str = "ENGINE_FAILPOINT";
@@ -25,6 +27,18 @@ pub enum Failpoint {
     KillReactorOnMessageFrom(String),
     /// Block the reactor for [`STALL`] on a message from this user.
     StallReactorOnMessageFrom(String),
+    /// Make every store commit this many ms slower.
+    SlowCommitMs(u64),
+}
+
+impl Failpoint {
+    /// The delay added to each store commit (zero unless `slow_commit_ms`).
+    pub fn commit_delay(failpoint: Option<&Failpoint>) -> std::time::Duration {
+        match failpoint {
+            Some(Failpoint::SlowCommitMs(ms)) => std::time::Duration::from_millis(*ms),
+            _ => std::time::Duration::ZERO,
+        }
+    }
 }
 
 impl Failpoint {
@@ -47,9 +61,13 @@ impl Failpoint {
             Some(("stall_reactor_on_message_from", user)) if !user.is_empty() => {
                 Ok(Failpoint::StallReactorOnMessageFrom(user.to_owned()))
             }
+            Some(("slow_commit_ms", ms)) if ms.parse::<u64>().is_ok() => {
+                Ok(Failpoint::SlowCommitMs(ms.parse().unwrap_or_default()))
+            }
             _ => Err(format!(
                 "{VARIABLE}={value:?}: expected panic_on_message_from:USER, \
-                 kill_reactor_on_message_from:USER or stall_reactor_on_message_from:USER"
+                 kill_reactor_on_message_from:USER, stall_reactor_on_message_from:USER \
+                 or slow_commit_ms:N"
             )),
         }
     }
@@ -73,6 +91,11 @@ mod tests {
             Failpoint::parse("stall_reactor_on_message_from:y"),
             Ok(Failpoint::StallReactorOnMessageFrom("y".into()))
         );
+        assert_eq!(
+            Failpoint::parse("slow_commit_ms:250"),
+            Ok(Failpoint::SlowCommitMs(250))
+        );
+        assert!(Failpoint::parse("slow_commit_ms:soon").is_err());
         assert!(Failpoint::parse("panic_on_message_from:").is_err());
         assert!(Failpoint::parse("panic_on_mesage_from:x").is_err());
     }

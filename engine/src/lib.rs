@@ -113,6 +113,7 @@ impl Engine {
                 queue_max_per_user: shared.config.queue_max_per_user,
                 retention: shared.config.retention,
                 cache_bytes: shared.config.store_cache_bytes,
+                commit_delay: failpoint::Failpoint::commit_delay(shared.config.failpoint.as_ref()),
             },
             routes,
             push,

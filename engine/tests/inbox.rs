@@ -276,3 +276,46 @@ fn an_http_drain_cut_off_loses_nothing() {
         queue["messages"].as_array().unwrap().is_empty()
     });
 }
+
+#[test]
+fn a_retry_during_a_slow_commit_is_acknowledged_only_after_it() {
+    let dir = fresh_data_dir();
+    let data_dir = dir.to_str().unwrap().to_owned();
+    let args = ["--data-dir", data_dir.as_str()];
+    let slow = [("ENGINE_FAILPOINT", "slow_commit_ms:400")];
+    let (epoch, from) = {
+        let mut server = Server::start_with_env(common::Driver::IoUring, &args, &slow);
+        let mut alice = server.login("alice", "phone");
+        let (mut bob, greeting) = login_v2(&server, "bob", "phone", ("", 0));
+        let epoch = greeting["epoch"].as_str().unwrap().to_owned();
+        let from = greeting["seq"].as_u64().unwrap();
+        let started = std::time::Instant::now();
+        for _ in 0..2 {
+            alice.send(
+                &json!({"type": "send_message", "messageId": "slow", "receiverId": "bob",
+                               "content": "committed first"}),
+            );
+        }
+        for _ in 0..2 {
+            assert_eq!(alice.recv_type("message_ack")["status"], "sent");
+            // Neither ack (the retry's included) comes before the commit.
+            assert!(
+                started.elapsed() >= Duration::from_millis(350),
+                "{:?}",
+                started.elapsed()
+            );
+        }
+        assert_eq!(next_message(&mut bob).0, "committed first");
+        bob.expect_silence(Duration::from_millis(200));
+        kill(&mut server);
+        (epoch, from)
+    };
+    // Killed right after the acks: the message is kept, once.
+    let server = Server::start(common::Driver::IoUring, &args);
+    let (mut bob, greeting) = login_v2(&server, "bob", "phone", (&epoch, from));
+    assert_eq!(greeting["resumed"], true);
+    assert_eq!(next_message(&mut bob).0, "committed first");
+    bob.expect_silence(Duration::from_millis(300));
+    drop(server);
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -118,15 +118,13 @@ fn an_open_loop_load_phase_writes_ordered_percentiles_hgrm_and_svg() {
     assert!(engine.shutdown());
 }
 
-#[test]
-fn offline_receivers_measure_the_store_every_message_acked_queued() {
-    let engine = engine(2, None);
-    let target = engine.local_addr().to_string();
-    let args = [
+/// A short run: `connections` opened at once, no hold, 500 msg/s for `secs`.
+fn quick_load<'a>(target: &'a str, connections: &'a str, secs: &'a str) -> Vec<&'a str> {
+    vec![
         "--target",
-        &target,
+        target,
         "--connections",
-        "200",
+        connections,
         "--ramp-per-sec",
         "5000",
         "--hold-secs",
@@ -134,9 +132,16 @@ fn offline_receivers_measure_the_store_every_message_acked_queued() {
         "--rate",
         "500",
         "--duration-secs",
-        "1",
-        "--offline-receivers",
-    ];
+        secs,
+    ]
+}
+
+#[test]
+fn offline_receivers_measure_the_store_every_message_acked_queued() {
+    let engine = engine(2, None);
+    let target = engine.local_addr().to_string();
+    let mut args = quick_load(&target, "200", "1");
+    args.push("--offline-receivers");
     let (status, report, out) = run("offline", &args);
     assert!(status.success(), "{report}");
     let load = &report["load"];
@@ -150,6 +155,28 @@ fn offline_receivers_measure_the_store_every_message_acked_queued() {
         (Some(0), Some(0))
     );
     assert_eq!(report["latency"]["ack"]["count"], 500);
+    std::fs::remove_dir_all(out).unwrap();
+    assert!(engine.shutdown());
+}
+
+#[test]
+fn churn_drops_and_resumes_devices_and_loses_nothing() {
+    let engine = engine(2, None);
+    let target = engine.local_addr().to_string();
+    let mut args = quick_load(&target, "500", "4");
+    args.extend(["--scenario", "churn", "--churn-per-min", "600"]);
+    let (status, report, out) = run("churn", &args);
+    assert!(status.success(), "{report}");
+    let churn = &report["churn"];
+    // 600% a minute of 500 connections for 4 s: about 200 drops, each resumed.
+    let dropped = churn["dropped"].as_u64().unwrap();
+    assert!((100..=300).contains(&dropped), "{report}");
+    assert_eq!(churn["resumed"], churn["reconnects"], "{report}");
+    assert_eq!(
+        (churn["lost"].as_u64(), churn["duplicated"].as_u64()),
+        (Some(0), Some(0))
+    );
+    assert_eq!(report["held"], 500, "every device is back at the end");
     std::fs::remove_dir_all(out).unwrap();
     assert!(engine.shutdown());
 }

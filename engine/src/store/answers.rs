@@ -101,3 +101,52 @@ pub(super) fn fan_out_counts(
     };
     (share.reply_to, reply)
 }
+
+/// The answer to a read (or a change that must read first) that a failed transaction
+/// could not serve: the asking connection is told why.
+pub(super) fn unread_answer(command: &Command, why: Failure) -> Option<(usize, Reply)> {
+    let error = Some(why);
+    let (to, reply) = match command {
+        Command::ReadInbox { user, device, .. } => {
+            let reply = Reply::InboxPage {
+                device: *device,
+                user: user.clone(),
+                greeting: None,
+                events: Vec::new(),
+                next: None,
+                covered: 0,
+                error,
+            };
+            (device.reactor, reply)
+        }
+        Command::Peek { user, requester } => {
+            let reply = Reply::Peeked {
+                requester: *requester,
+                user: user.clone(),
+                messages: Vec::new(),
+                upto: 0,
+                more: false,
+                error,
+            };
+            (requester.reactor, reply)
+        }
+        Command::History {
+            peer, requester, ..
+        } => history_answer(*requester, peer, (Vec::new(), false), error),
+        Command::FindSender {
+            reader,
+            message_id,
+            requester,
+        } => sender_answer(*requester, (reader, message_id, None), error),
+        Command::Amend(amend) => {
+            let reply = Reply::Amended {
+                amend: amend.clone(),
+                found: false,
+                error,
+            };
+            (amend.requester.reactor, reply)
+        }
+        _ => return None,
+    };
+    Some((to, reply))
+}

@@ -144,6 +144,8 @@ pub struct Limits {
     /// Bytes of redb's page cache (its default, 1 GiB, would grow the gateway's RSS with
     /// the history it reads and writes).
     pub cache_bytes: usize,
+    /// Added to every commit (zero but under the `slow_commit_ms` failpoint).
+    pub commit_delay: Duration,
 }
 
 /// Group memberships as the store holds them: `(group, user)` pairs.

@@ -11,7 +11,7 @@ use redb::{Database, WriteTransaction};
 use tracing::{error, info};
 
 use super::{
-    answers::{append_outcome, fan_out_counts, history_answer, membership_answer, sender_answer},
+    answers::{append_outcome, fan_out_counts, membership_answer, unread_answer},
     apply::{Apply, Tally},
     history::{self, Tables},
     inbox::{self, Inboxes},
@@ -179,6 +179,9 @@ impl Worker {
         let sequences_before = (self.state.next_sequence, self.state.next_post);
         let txn = db.begin_write()?;
         let tally = self.apply_commands(&txn, batch, replies)?;
+        if !self.limits.commit_delay.is_zero() {
+            std::thread::sleep(self.limits.commit_delay); // the slow_commit_ms failpoint
+        }
         if (self.state.next_sequence, self.state.next_post) != sequences_before {
             let mut meta = txn.open_table(META)?;
             meta.insert(NEXT_SEQUENCE, self.state.next_sequence)?;
@@ -237,7 +240,6 @@ impl Worker {
 
     fn failure_replies(&self, batch: &[Command], why: Failure) -> Vec<(usize, Reply)> {
         let mut replies = Vec::new();
-        let error = || Some(why);
         let count_failures = |n: usize| {
             self.stats.failures.fetch_add(n as u64, Ordering::Relaxed);
         };
@@ -268,55 +270,11 @@ impl Worker {
                     };
                     replies.push((*home, reply));
                 }
-                Command::ReadInbox { user, device, .. } => {
-                    let reply = Reply::InboxPage {
-                        device: *device,
-                        user: user.clone(),
-                        greeting: None,
-                        events: Vec::new(),
-                        next: None,
-                        covered: 0,
-                        error: error(),
-                    };
-                    replies.push((device.reactor, reply));
-                }
-                Command::Peek { user, requester } => {
-                    let reply = Reply::Peeked {
-                        requester: *requester,
-                        user: user.clone(),
-                        messages: Vec::new(),
-                        upto: 0,
-                        more: false,
-                        error: error(),
-                    };
-                    replies.push((requester.reactor, reply));
-                }
-                Command::History {
-                    peer, requester, ..
-                } => {
-                    replies.push(history_answer(
-                        *requester,
-                        peer,
-                        (Vec::new(), false),
-                        error(),
-                    ));
-                }
-                Command::FindSender {
-                    reader,
-                    message_id,
-                    requester,
-                } => {
-                    let found = (&**reader, &**message_id, None);
-                    replies.push(sender_answer(*requester, found, error()));
-                }
-                Command::Amend(amend) => {
-                    let reply = Reply::Amended {
-                        amend: amend.clone(),
-                        found: false,
-                        error: error(),
-                    };
-                    replies.push((amend.requester.reactor, reply));
-                }
+                Command::ReadInbox { .. }
+                | Command::Peek { .. }
+                | Command::History { .. }
+                | Command::FindSender { .. }
+                | Command::Amend(_) => replies.extend(unread_answer(command, why)),
                 Command::Membership { .. } => {
                     count_failures(1);
                     replies.extend(membership_answer(command, false));
