@@ -41,7 +41,7 @@ type ReactorCountersByName = (
 );
 
 /// The store's and the push hook's counters.
-const STORE_COUNTERS: [StoreCounter; 9] = [
+const STORE_COUNTERS: [StoreCounter; 10] = [
     (
         "engine_store_messages_persisted_total",
         "Messages committed to offline queues.",
@@ -59,8 +59,13 @@ const STORE_COUNTERS: [StoreCounter; 9] = [
     ),
     (
         "engine_store_commits_total",
-        "Store transactions committed (group commits).",
+        "Store transactions committed (group commits, each made durable by its journal record).",
         |s| &s.commits,
+    ),
+    (
+        "engine_store_checkpoints_total",
+        "Durable commits of the store file, after which its journal starts again.",
+        |s| &s.checkpoints,
     ),
     (
         "engine_store_expired_total",

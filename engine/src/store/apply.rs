@@ -1,12 +1,11 @@
 //! One group commit's work: each command applied to the open tables of the write
 //! transaction, its answer collected for after the commit. One method per command.
 
-use redb::Table;
-
 use super::{
     answers::{append_outcome, fan_out_counts, history_answer, membership_answer, sender_answer},
     history::Tables,
     inbox::{Inboxes, Stamp, POST_FLAG},
+    logged::Logged,
     state::{State, READ_GRACE_MS},
     Amend, Append, Command, Confirm, Greeting, Outcome, ReadFrom, Reply, Share, Waiter,
     INBOX_PAGE_BYTES_MAX, INBOX_PAGE_EVENTS_MAX, PEEK_BYTES_MAX, PEEK_MESSAGES_MAX,
@@ -35,7 +34,7 @@ pub(super) struct Apply<'txn, 'a> {
     /// History and the message index.
     pub tables: Tables<'txn>,
     /// Group memberships.
-    pub members: Table<'txn, (&'static str, &'static str), ()>,
+    pub members: Logged<'txn, (&'static str, &'static str), ()>,
     /// Heads, the epoch and the sequences.
     pub state: &'a mut State,
     /// `--queue-max-per-user`.

@@ -9,9 +9,14 @@
 //!   store already holds (dedup that survives restarts).
 
 use bytes::Bytes;
-use redb::{ReadableTable, Table, TableDefinition};
+use std::cell::RefCell;
 
-use super::{Amendment, Chat, HISTORY_PAGE_BYTES_MAX};
+use redb::{ReadableTable, TableDefinition, WriteTransaction};
+
+use super::{
+    logged::{Logged, Redo},
+    Amendment, Chat, HISTORY_PAGE_BYTES_MAX,
+};
 
 /// The history table.
 pub(super) const HISTORY: TableDefinition<(&str, &str, u64, u64), &[u8]> =
@@ -26,9 +31,9 @@ pub(super) type Cursor = (Box<str>, Box<str>, Box<str>);
 /// The two tables, open in one write transaction.
 pub(super) struct Tables<'txn> {
     /// Conversations.
-    pub history: Table<'txn, (&'static str, &'static str, u64, u64), &'static [u8]>,
+    pub history: Logged<'txn, (&'static str, &'static str, u64, u64), &'static [u8]>,
     /// The message index.
-    pub received: Table<'txn, (&'static str, &'static str, &'static str), (u64, u64)>,
+    pub received: Logged<'txn, (&'static str, &'static str, &'static str), (u64, u64)>,
 }
 
 /// A conversation's key prefix: the two users in order, so both directions share it.
@@ -40,7 +45,18 @@ fn conversation<'a>(a: &'a str, b: &'a str) -> (&'a str, &'a str) {
     }
 }
 
-impl Tables<'_> {
+impl<'txn> Tables<'txn> {
+    /// Opens the history tables in `txn`, journaling their changes into `redo`.
+    pub(super) fn open(
+        txn: &'txn WriteTransaction,
+        redo: &'txn RefCell<Redo>,
+    ) -> Result<Self, redb::TableError> {
+        Ok(Tables {
+            history: Logged::open(txn, &HISTORY, redo)?,
+            received: Logged::open(txn, &RECEIVED, redo)?,
+        })
+    }
+
     /// Whether `receiver` already has `message_id` from `sender` (delivered or queued).
     pub(super) fn holds(
         &self,
@@ -253,11 +269,9 @@ mod tests {
         let file = tempfile_path();
         let db = redb::Database::create(&file).unwrap();
         let txn = db.begin_write().unwrap();
+        let redo = RefCell::default();
         {
-            let mut tables = Tables {
-                history: txn.open_table(HISTORY).unwrap(),
-                received: txn.open_table(RECEIVED).unwrap(),
-            };
+            let mut tables = Tables::open(&txn, &redo).unwrap();
             test(&mut tables);
         }
         txn.commit().unwrap();

@@ -18,7 +18,11 @@
 use std::collections::HashMap;
 
 use bytes::Bytes;
-use redb::{ReadableTable, Table, TableDefinition};
+use std::cell::RefCell;
+
+use redb::{ReadableTable, TableDefinition, WriteTransaction};
+
+use super::logged::{Logged, Redo};
 
 use crate::protocol::{codes::OutKind, Priority};
 
@@ -228,17 +232,29 @@ impl Heads {
 /// The open inbox tables of one write transaction.
 pub(super) struct Inboxes<'txn> {
     /// Events.
-    pub inbox: Table<'txn, (&'static str, u64), &'static [u8]>,
+    pub inbox: Logged<'txn, (&'static str, u64), &'static [u8]>,
     /// Group posts.
-    pub posts: Table<'txn, u64, &'static [u8]>,
+    pub posts: Logged<'txn, u64, &'static [u8]>,
     /// Heads.
-    pub heads: Table<'txn, &'static str, (u64, u64, u64)>,
+    pub heads: Logged<'txn, &'static str, (u64, u64, u64)>,
 }
 
 /// Where a read in delivery order (priority, then `seq`) goes on from.
 pub type UnackedCursor = (Priority, u64);
 
-impl Inboxes<'_> {
+impl<'txn> Inboxes<'txn> {
+    /// Opens the inbox tables in `txn`, journaling their changes into `redo`.
+    pub(super) fn open(
+        txn: &'txn WriteTransaction,
+        redo: &'txn RefCell<Redo>,
+    ) -> Result<Self, redb::TableError> {
+        Ok(Inboxes {
+            inbox: Logged::open(txn, &INBOX, redo)?,
+            posts: Logged::open(txn, &POSTS, redo)?,
+            heads: Logged::open(txn, &HEADS, redo)?,
+        })
+    }
+
     /// Writes one event under `seq`.
     pub(super) fn put(
         &mut self,

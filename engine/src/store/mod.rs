@@ -5,13 +5,18 @@
 //! its doorbell.
 //!
 //! Group commit: the thread takes every command waiting (up to [`BATCH_MAX`]), applies them
-//! all in one write transaction, commits once (fsync), and only then answers. So every
-//! ack (`sent` or `queued`) follows the commit that holds the message.
+//! all in one write transaction, makes it durable once, and only then answers. So every
+//! ack (`sent` or `queued`) follows the commit that holds the message. The commit point
+//! is a journal: the transaction's changes appended to `journal.log` and synced (one
+//! write, one `fdatasync`), while the file's own durable commit, which copies every
+//! B-tree page a transaction touches, happens only at checkpoints.
 //!
 //! - `commands`: what reactors ask and what the store answers.
 //! - `inbox`: per-user inboxes, `(user, seq)` keys, and their heads.
 //! - `history`: every chat message per conversation, and `(receiver, messageId, sender)`
 //!   → where it sits, which serves `read_receipt` by id and dedup across restarts.
+//! - `journal`: the commit point, its checkpoints and its replay at open; `logged`: the
+//!   tables that record every change a transaction makes, for the journal.
 //! - `worker`: the thread, its transactions and the retention sweep; `apply`: one
 //!   transaction's commands; `answers`: the replies, committed or failed; `state`:
 //!   what the thread keeps in memory about the file; `failure`: why it failed, typed.
@@ -22,6 +27,8 @@ mod commands;
 mod failure;
 mod history;
 mod inbox;
+mod journal;
+mod logged;
 mod state;
 mod worker;
 
@@ -45,6 +52,8 @@ pub use commands::{
 pub use failure::Failure;
 pub use inbox::{InboxEvent, UnackedCursor};
 
+/// The database file's name in the data directory (its journal sits beside it).
+const FILE_NAME: &str = "engine.redb";
 /// Commands applied in one transaction at most.
 pub const BATCH_MAX: usize = 4096;
 /// One inbox page carries at most this many events or bytes (at least one event): the
@@ -73,6 +82,8 @@ pub struct StoreStats {
     pub failures: AtomicU64,
     /// Transactions committed.
     pub commits: AtomicU64,
+    /// Checkpoints: durable commits of the file, after which the journal starts again.
+    pub checkpoints: AtomicU64,
     /// Inbox events removed after the retention period.
     pub expired: AtomicU64,
     /// History entries removed after the retention period.
@@ -161,12 +172,12 @@ pub fn open(
     push: Option<crate::push::Push>,
 ) -> io::Result<(Store, JoinHandle<()>, Memberships)> {
     std::fs::create_dir_all(dir)?;
-    let path = dir.join("engine.redb");
-    let db = open_file(&path, limits.cache_bytes).map_err(io::Error::other)?;
+    let db = open_file(dir, limits.cache_bytes).map_err(io::Error::other)?;
+    let journal = journal::Journal::recover(dir, &db).map_err(io::Error::other)?;
     let state = state::State::load(&db).map_err(io::Error::other)?;
     let memberships = state::memberships(&db).map_err(io::Error::other)?;
     info!(
-        path = %path.display(),
+        dir = %dir.display(),
         epoch = &*state.epoch,
         unacknowledged = state.heads.unacked_total(),
         users = state.heads.users_waiting(),
@@ -183,7 +194,8 @@ pub fn open(
     let (commands, inbox) = mpsc::channel();
     let parts = worker::Parts {
         db,
-        path,
+        journal,
+        dir: dir.to_path_buf(),
         state,
         limits,
         routes,
@@ -197,9 +209,9 @@ pub fn open(
     Ok((Store { commands, stats }, thread, memberships))
 }
 
-/// Opens (or creates) the database file with a page cache of `cache_bytes`.
-fn open_file(path: &Path, cache_bytes: usize) -> Result<Database, redb::DatabaseError> {
+/// Opens (or creates) the database file in `dir` with a page cache of `cache_bytes`.
+fn open_file(dir: &Path, cache_bytes: usize) -> Result<Database, redb::DatabaseError> {
     redb::Builder::new()
         .set_cache_size(cache_bytes)
-        .create(path)
+        .create(dir.join(FILE_NAME))
 }

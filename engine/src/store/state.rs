@@ -1,13 +1,13 @@
 //! What the store thread keeps in memory about its file (inbox heads, the epoch, the
 //! sequences), and the tables it reads once at start.
 
-use std::collections::HashMap;
+use std::{cell::RefCell, collections::HashMap};
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use super::{
     history,
-    inbox::{self, Heads, Inboxes, Stamp},
+    inbox::{Heads, Inboxes, Stamp},
 };
 use crate::protocol::{codes::OutKind, now_ms, Priority};
 
@@ -74,12 +74,10 @@ impl State {
         let next_sequence = meta.get(NEXT_SEQUENCE)?.map_or(1, |v| v.value());
         let next_post = meta.get(NEXT_POST)?.map_or(1, |v| v.value());
         drop(meta);
-        let mut tables = Inboxes {
-            inbox: txn.open_table(inbox::INBOX)?,
-            posts: txn.open_table(inbox::POSTS)?,
-            heads: txn.open_table(inbox::HEADS)?,
-        };
-        let mut heads = Heads::load(&tables.heads, &tables.inbox)?;
+        // This transaction is committed durably: what it changes needs no journal.
+        let unjournaled = RefCell::default();
+        let mut tables = Inboxes::open(&txn, &unjournaled)?;
+        let mut heads = Heads::load(&*tables.heads, &*tables.inbox)?;
         heads.floor = starts << 32;
         let moved = move_old_queues(&txn, &mut tables, &mut heads)?;
         drop(tables);

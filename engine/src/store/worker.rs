@@ -2,19 +2,22 @@
 //! the retention sweep in small transactions between batches.
 
 use std::{
+    cell::RefCell,
     path::PathBuf,
     sync::{atomic::Ordering, mpsc, Arc},
     time::{Duration, Instant},
 };
 
-use redb::{Database, WriteTransaction};
-use tracing::{error, info};
+use redb::{Database, Durability, WriteTransaction};
+use tracing::{error, info, warn};
 
 use super::{
     answers::{append_outcome, fan_out_counts, membership_answer, unread_answer},
     apply::{Apply, Tally},
     history::{self, Tables},
     inbox::{self, Inboxes},
+    journal::{Journal, CHECKPOINT_BYTES, CHECKPOINT_INTERVAL, JOURNAL_THROUGH},
+    logged::{Logged, Redo},
     state::{State, MEMBERS, META, NEXT_POST, NEXT_SEQUENCE},
     Command, Failure, Limits, Outcome, Reply, ReplyRoutes, StoreStats, BATCH_MAX,
 };
@@ -42,8 +45,16 @@ enum Sweep {
 pub(super) struct Worker {
     /// `None` after a failed transaction until the file could be opened again.
     db: Option<Database>,
-    /// The database file, for reopening.
-    path: PathBuf,
+    /// The data directory, for reopening.
+    dir: PathBuf,
+    /// The commit point (`None` while `db` is).
+    journal: Option<Journal>,
+    /// The open transaction's changes, shared by its tables.
+    redo: RefCell<Redo>,
+    /// Where a journal record is built (kept between batches).
+    record: Vec<u8>,
+    /// When the last checkpoint (a durable commit of the file) was.
+    last_checkpoint: Instant,
     state: State,
     limits: Limits,
     /// When the last sweep started.
@@ -59,8 +70,10 @@ pub(super) struct Worker {
 pub(super) struct Parts {
     /// The open file.
     pub db: Database,
-    /// Its path, for reopening.
-    pub path: PathBuf,
+    /// Its journal, recovered.
+    pub journal: Journal,
+    /// The data directory, for reopening.
+    pub dir: PathBuf,
     /// What was read from it at start.
     pub state: State,
     /// Bounds.
@@ -77,7 +90,11 @@ impl Worker {
     pub(super) fn new(parts: Parts) -> Worker {
         Worker {
             db: Some(parts.db),
-            path: parts.path,
+            dir: parts.dir,
+            journal: Some(parts.journal),
+            redo: RefCell::default(),
+            record: Vec::new(),
+            last_checkpoint: Instant::now(),
             state: parts.state,
             limits: parts.limits,
             last_sweep: Instant::now(),
@@ -177,17 +194,18 @@ impl Worker {
     ) -> Result<(), redb::Error> {
         let started = Instant::now();
         let sequences_before = (self.state.next_sequence, self.state.next_post);
+        self.redo.get_mut().clear();
         let txn = db.begin_write()?;
         let tally = self.apply_commands(&txn, batch, replies)?;
         if !self.limits.commit_delay.is_zero() {
             std::thread::sleep(self.limits.commit_delay); // the slow_commit_ms failpoint
         }
         if (self.state.next_sequence, self.state.next_post) != sequences_before {
-            let mut meta = txn.open_table(META)?;
+            let mut meta = Logged::open(&txn, &META, &self.redo)?;
             meta.insert(NEXT_SEQUENCE, self.state.next_sequence)?;
             meta.insert(NEXT_POST, self.state.next_post)?;
         }
-        txn.commit()?;
+        self.commit(txn)?;
         if let Some(push) = &self.push {
             for (user, payload) in tally.queued {
                 push.notify(&user, payload);
@@ -212,17 +230,11 @@ impl Worker {
         batch: &[Command],
         replies: &mut Vec<(usize, Reply)>,
     ) -> Result<Tally, redb::Error> {
+        let redo = &self.redo;
         let mut apply = Apply {
-            inboxes: Inboxes {
-                inbox: txn.open_table(inbox::INBOX)?,
-                posts: txn.open_table(inbox::POSTS)?,
-                heads: txn.open_table(inbox::HEADS)?,
-            },
-            tables: Tables {
-                history: txn.open_table(history::HISTORY)?,
-                received: txn.open_table(history::RECEIVED)?,
-            },
-            members: txn.open_table(MEMBERS)?,
+            inboxes: Inboxes::open(txn, redo)?,
+            tables: Tables::open(txn, redo)?,
+            members: Logged::open(txn, &MEMBERS, redo)?,
             state: &mut self.state,
             queue_max_per_user: self.limits.queue_max_per_user,
             pushing: self.push.is_some(),
@@ -302,24 +314,22 @@ impl Worker {
     /// One sweep transaction: up to [`SWEEP_VISIT_MAX`] entries of the queues, then of the
     /// message index (with their conversation entries).
     fn sweep_step(&mut self) {
-        let (Some(db), Some((position, cutoff))) = (self.db.as_ref(), self.sweep.take()) else {
+        let (Some(db), Some((position, cutoff))) = (self.db.take(), self.sweep.take()) else {
             return;
         };
+        let stats = self.stats.clone();
         let counter = match position {
-            Sweep::Inbox(_) => &self.stats.expired,
-            Sweep::History(_) => &self.stats.expired_history,
+            Sweep::Inbox(_) => &stats.expired,
+            Sweep::History(_) => &stats.expired_history,
         };
         self.state.heads.begin();
-        let heads = &mut self.state.heads;
-        let result = (|| -> Result<(u64, Option<Sweep>), redb::Error> {
+        self.redo.get_mut().clear();
+        let (heads, redo) = (&mut self.state.heads, &self.redo);
+        let result = (|| -> Result<_, redb::Error> {
             let txn = db.begin_write()?;
             let (removed, next) = match position {
                 Sweep::Inbox(cursor) => {
-                    let mut tables = Inboxes {
-                        inbox: txn.open_table(inbox::INBOX)?,
-                        posts: txn.open_table(inbox::POSTS)?,
-                        heads: txn.open_table(inbox::HEADS)?,
-                    };
+                    let mut tables = Inboxes::open(&txn, redo)?;
                     let (removed, next) =
                         inbox::sweep(&mut tables, heads, cursor, cutoff, SWEEP_VISIT_MAX)?;
                     tables.write_heads(heads)?;
@@ -330,19 +340,20 @@ impl Worker {
                     (removed, Some(next))
                 }
                 Sweep::History(cursor) => {
-                    let mut tables = Tables {
-                        history: txn.open_table(history::HISTORY)?,
-                        received: txn.open_table(history::RECEIVED)?,
-                    };
+                    let mut tables = Tables::open(&txn, redo)?;
                     let (removed, next) = tables.sweep(cursor, cutoff, SWEEP_VISIT_MAX)?;
                     (removed, next.map(|key| Sweep::History(Some(key))))
                 }
             };
-            txn.commit()?;
-            Ok((removed, next))
+            Ok((txn, removed, next))
         })();
+        let result = result.and_then(|(txn, removed, next)| {
+            self.commit(txn)?;
+            Ok((removed, next))
+        });
         match result {
             Ok((removed, next)) => {
+                self.db = Some(db);
                 counter.fetch_add(removed, Ordering::Relaxed);
                 if removed > 0 {
                     info!(removed, "store: expired messages removed");
@@ -350,19 +361,64 @@ impl Worker {
                 self.sweep = next.map(|n| (n, cutoff));
             }
             Err(e) => {
+                drop(db);
+                self.reopen();
                 self.state.heads.roll_back();
                 error!("store: retention sweep failed: {e}");
             }
         }
     }
 
-    /// Opens the file again after a failed transaction (the next batch retries if this
-    /// fails too). What was committed before is intact; the in-memory counts match it.
+    /// Commits `txn`, whose tables journaled their changes into `self.redo`, so that it is
+    /// durable when this returns `Ok`: in memory with its changes appended to the journal
+    /// and synced, or, when a checkpoint is due, as a durable commit of the file after
+    /// which the journal starts again. On an error the caller drops the file and reopens it.
+    fn commit(&mut self, mut txn: WriteTransaction) -> Result<(), redb::Error> {
+        let Some(journal) = self.journal.as_mut() else {
+            return Err(redb::Error::PreviousIo);
+        };
+        let journaled = journal.len();
+        if journaled >= CHECKPOINT_BYTES
+            || (journaled > 0 && self.last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL)
+        {
+            let mut meta = Logged::open(&txn, &META, &self.redo)?;
+            meta.insert(JOURNAL_THROUGH, journal.last_number())?;
+            drop(meta);
+            txn.commit()?; // durable: it holds every record so far
+            self.redo.get_mut().clear();
+            self.last_checkpoint = Instant::now();
+            self.stats.checkpoints.fetch_add(1, Ordering::Relaxed);
+            if let Err(e) = journal.checkpointed() {
+                warn!("store: journal not emptied after a checkpoint: {e}");
+            }
+            return Ok(());
+        }
+        txn.set_durability(Durability::None)?;
+        txn.commit()?;
+        let redo = self.redo.get_mut();
+        let appended = if redo.is_empty() {
+            Ok(())
+        } else {
+            journal.append(redo, &mut self.record)
+        };
+        redo.clear();
+        appended.map_err(redb::Error::Io)
+    }
+
+    /// Opens the file again after a failed transaction and replays its journal (the next
+    /// batch retries if this fails too): what was committed before, in the file or in the
+    /// journal, is intact; the in-memory counts match it.
     fn reopen(&mut self) {
-        match super::open_file(&self.path, self.limits.cache_bytes) {
-            Ok(db) => {
+        self.journal = None;
+        let opened = super::open_file(&self.dir, self.limits.cache_bytes)
+            .map_err(redb::Error::from)
+            .and_then(|db| Ok((Journal::recover(&self.dir, &db)?, db)));
+        match opened {
+            Ok((journal, db)) => {
                 info!("store reopened after an error");
                 self.db = Some(db);
+                self.journal = Some(journal);
+                self.last_checkpoint = Instant::now();
             }
             Err(e) => error!("store reopen failed: {e}"),
         }
