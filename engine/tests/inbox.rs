@@ -319,3 +319,53 @@ fn a_retry_during_a_slow_commit_is_acknowledged_only_after_it() {
     drop(server);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn a_device_that_reads_but_never_acks_is_closed_at_the_bound_and_loses_nothing() {
+    let server = Server::start(
+        common::Driver::IoUring,
+        &["--queue-max-per-user", "8", "--presence-grace-ms", "0"],
+    );
+    let mut alice = server.login("alice", "phone");
+    let (mut bob, greeting) = login_v2(&server, "bob", "phone", ("", 0));
+    let epoch = greeting["epoch"].as_str().unwrap().to_owned();
+    let from = greeting["seq"].as_u64().unwrap();
+    // bob reads every message and acks none: at the bound its inbox holds 8 events
+    // unacknowledged, and the device is closed as a slow consumer.
+    for i in 0..8 {
+        let status = send(&mut alice, &format!("m{i}"), "bob", &format!("{i}"))["status"].clone();
+        assert_eq!(status, "sent", "m{i}");
+    }
+    let mut got = Vec::new();
+    let code = loop {
+        match bob.next_or_close() {
+            Ok(frame) if frame["type"] == "new_message" => got.push(frame["content"].clone()),
+            Ok(_) => {}
+            Err(code) => break code,
+        }
+    };
+    assert_eq!(code, 4002, "closed as a slow consumer");
+    assert_eq!(got.len(), 8, "{got:?}");
+    server.wait_offline("bob");
+    // Nobody online: the store numbers again, and the bound refuses the next one.
+    let refused = send(&mut alice, "m8", "bob", "8");
+    assert_eq!(
+        (refused["status"].as_str(), refused["reason"].as_str()),
+        (Some("rejected"), Some("queue_full")),
+        "{refused}"
+    );
+    // The device comes back, resumes from where it was, gets all 8 and acks them.
+    let (mut bob, greeting) = login_v2(&server, "bob", "phone", (&epoch, from));
+    assert_eq!(greeting["resumed"], true, "{greeting}");
+    let mut last = 0;
+    for i in 0..8 {
+        let (content, seq) = next_message(&mut bob);
+        assert_eq!(content, format!("{i}"));
+        last = seq;
+    }
+    bob.send(&json!({"type": "ack", "seq": last}));
+    // Acked: the next message is delivered, and the device stays open.
+    assert_eq!(send(&mut alice, "m9", "bob", "9")["status"], "sent");
+    assert_eq!(next_message(&mut bob).0, "9");
+    bob.expect_silence(Duration::from_millis(200));
+}

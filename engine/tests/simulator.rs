@@ -56,6 +56,8 @@ struct Tally {
     edits: usize,
     /// Resumes honoured and refused.
     resumes: (usize, usize),
+    /// Devices closed for leaving the inbox bound unacknowledged.
+    overdue_closes: usize,
 }
 
 impl Tally {
@@ -68,6 +70,7 @@ impl Tally {
         self.edits += other.edits;
         self.resumes.0 += other.resumes.0;
         self.resumes.1 += other.resumes.1;
+        self.overdue_closes += other.overdue_closes;
     }
 
     fn everything_happened(&self) -> bool {
@@ -81,6 +84,7 @@ impl Tally {
             self.edits,
             self.resumes.0,
             self.resumes.1,
+            self.overdue_closes,
         ]
         .iter()
         .all(|&n| n > 0)
@@ -97,6 +101,7 @@ fn run_seed(seed: u64) -> Result<Tally, String> {
         history_pages: oracle.history_pages,
         edits: oracle.edits_seen,
         resumes: oracle.resumes,
+        overdue_closes: oracle.overdue_closes,
     })
 }
 

@@ -216,7 +216,7 @@ settings! {
     /// Directory of the durable store (offline queues, history, groups)
     data_dir: PathBuf, "ENGINE_DATA_DIR", "DIR", default "./data";
     // PROTOCOL.md `message_queue_max_size`.
-    /// Messages one offline user may have queued; more are rejected with queue_full
+    /// Unacknowledged inbox events one user may have (queue_full past it; devices that leave this many unacked are closed, 4002)
     queue_max_per_user: u64, "ENGINE_QUEUE_MAX_PER_USER", "N", default "10000",
         range (1, 10_000_000);
     // Fractions allowed: 0.5 is twelve hours.

@@ -97,10 +97,10 @@ impl Reactor {
             } => self.on_ack(sender, &message_id, status),
             Envelope::Registered { addr } => self.start_catch_up(addr),
             Envelope::Close { addr, code } => {
-                let reason = if code == close::REPLACED {
-                    "replaced"
-                } else {
-                    "too many devices"
+                let reason = match code {
+                    close::REPLACED => "replaced",
+                    close::SLOW_CONSUMER => "slow consumer: acks overdue",
+                    _ => "too many devices",
                 };
                 self.begin_close(addr, code, reason);
             }

@@ -56,6 +56,7 @@ impl Shard {
             priority: message.priority,
             json: bytes::Bytes::new(),
             rows,
+            home: self.id,
             purpose: FanOut::Broadcast,
             reply_to: requester,
             request: order.request,

@@ -308,6 +308,7 @@ impl Shard {
         out.store(Command::Append(Box::new(Append {
             user: delivery.user,
             seq: numbered.seq,
+            home: self.id,
             event: Event {
                 kind: delivery.frame.kind,
                 priority: delivery.priority,

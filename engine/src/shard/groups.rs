@@ -230,6 +230,7 @@ impl Shard {
                 out.store(Command::Append(Box::new(Append {
                     user: row.user,
                     seq: row.seq,
+                    home: self.id,
                     event: Event {
                         kind,
                         priority: delivery.priority,
@@ -248,6 +249,7 @@ impl Shard {
             priority: delivery.priority,
             json,
             rows,
+            home: self.id,
             purpose: FanOut::GroupPost,
             reply_to: group_home,
             request: post,

@@ -17,6 +17,7 @@ use crate::{
     protocol::{outbound::Outgoing, Priority},
     router::{ConnAddr, Envelope},
     store::Command,
+    ws::close,
 };
 
 /// Where one event goes at its user's home: the `seq` it got (if the home numbers the
@@ -143,6 +144,25 @@ impl Shard {
     fn make_live(&mut self, user: &str, addr: ConnAddr, out: &mut Effects) {
         if self.directory.set_live(user, addr) {
             out.mail(addr.reactor as usize, Envelope::Registered { addr });
+        }
+    }
+
+    /// The user's devices online leave `--queue-max-per-user` events unacknowledged:
+    /// each device that acks (but not these) is closed as a slow consumer (4002). It
+    /// resumes from its last ack when it comes back; while none is online, the store
+    /// numbers the user's events and refuses them past the bound. Devices that do not ack
+    /// (v1) acknowledge what their socket takes, so they are never overdue.
+    pub(super) fn acks_overdue(&mut self, user: &str, out: &mut Effects) {
+        let overdue: smallvec::SmallVec<[ConnAddr; 4]> = self
+            .directory
+            .devices(user)
+            .iter()
+            .filter(|d| d.acks)
+            .map(|d| d.addr)
+            .collect();
+        for addr in overdue {
+            let code = close::SLOW_CONSUMER;
+            out.mail(addr.reactor as usize, Envelope::Close { addr, code });
         }
     }
 

@@ -423,6 +423,7 @@ impl Shard {
                 self.inbox_opened(&user, ticket, last, out)
             }
             Reply::Receipts { user, receipts } => self.receipts_due(&user, &receipts, out),
+            Reply::AcksOverdue { user } => self.acks_overdue(&user, out),
             Reply::Membership {
                 group,
                 user,

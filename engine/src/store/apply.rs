@@ -14,6 +14,9 @@ use crate::protocol::codes::OutKind;
 
 /// Acknowledged events are pruned in steps of at least this many `seq`s, not at every ack.
 const PRUNE_STEP: u64 = 64;
+/// Past the inbox bound, a home whose user's devices do not ack is told again every this
+/// many events (a device that came after the first warning and does not ack either).
+const OVERDUE_STEP: u64 = 64;
 
 /// What one transaction changed, for the counters and the push hook once it committed.
 #[derive(Default)]
@@ -53,6 +56,8 @@ pub(super) struct Apply<'txn, 'a> {
 struct Row<'r> {
     user: &'r str,
     seq: Option<u64>,
+    /// The user's home.
+    home: usize,
 }
 
 impl Apply<'_, '_> {
@@ -63,7 +68,7 @@ impl Apply<'_, '_> {
             Command::AppendShare(share) => self.append_share(share)?,
             Command::Confirm(confirm) => self.confirm(confirm)?,
             Command::OpenInbox { user, home, ticket } => {
-                let last = self.state.heads.of(user).last;
+                let last = self.state.heads.open(user).last;
                 let reply = Reply::InboxOpened {
                     user: user.clone(),
                     ticket: *ticket,
@@ -141,7 +146,7 @@ impl Apply<'_, '_> {
             None => head.last + 1,
         };
         let full = row.seq.is_none() && head.unacked >= self.queue_max_per_user;
-        self.state.heads.update(row.user, |head| {
+        let head = self.state.heads.update(row.user, |head| {
             head.last = seq;
             if !full {
                 head.unacked += 1;
@@ -150,6 +155,13 @@ impl Apply<'_, '_> {
         });
         if full {
             return Ok(None);
+        }
+        // Numbered for devices online that do not ack: kept (a burst may outrun acks),
+        // and their home told at the bound and every OVERDUE_STEP events past it.
+        let over = head.unacked_online().checked_sub(self.queue_max_per_user);
+        if row.seq.is_some() && over.is_some_and(|over| over % OVERDUE_STEP == 0) {
+            let user = row.user.into();
+            self.replies.push((row.home, Reply::AcksOverdue { user }));
         }
         self.inboxes.put((row.user, seq), stamp, body, flags)?;
         Ok(Some(seq))
@@ -161,6 +173,7 @@ impl Apply<'_, '_> {
         let Append {
             user,
             seq,
+            home,
             event,
             receipt,
             chat,
@@ -181,7 +194,11 @@ impl Apply<'_, '_> {
             }
             Outcome::Kept { delivered }
         } else {
-            let row = Row { user, seq: *seq };
+            let row = Row {
+                user,
+                seq: *seq,
+                home: *home,
+            };
             let stamp = Stamp {
                 kind: event.kind,
                 priority: event.priority,
@@ -237,6 +254,7 @@ impl Apply<'_, '_> {
             let target = Row {
                 user: &row.user,
                 seq: row.seq,
+                home: share.home,
             };
             match self.put_event(&target, stamp, body)? {
                 None => not_kept += 1,

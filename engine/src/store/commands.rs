@@ -129,6 +129,9 @@ pub struct Append {
     /// The `seq` its home gave it (and its devices online got), or `None`: the store
     /// gives the next (nobody is online to have seen one).
     pub seq: Option<u64>,
+    /// The user's home, which numbered `seq`: told when the user's devices online leave
+    /// too much unacknowledged ([`Reply::AcksOverdue`]).
+    pub home: usize,
     /// The event.
     pub event: Event,
     /// Send the sender a `delivery_receipt` once a device acknowledges it.
@@ -176,6 +179,8 @@ pub struct Share {
     pub json: Bytes,
     /// One per user.
     pub rows: Vec<ShareRow>,
+    /// The rows' users' home, which numbered their `seq`s (as [`Append::home`]).
+    pub home: usize,
     /// What was fanned out; says what the answer goes on to.
     pub purpose: FanOut,
     /// The reactor waiting for the counts (the broadcast's requester, the group's home).
@@ -330,6 +335,13 @@ pub enum Reply {
         /// What happened.
         outcome: Outcome,
     },
+    /// To a home: a user's devices online leave `--queue-max-per-user` events
+    /// unacknowledged (they read but do not ack): their acking devices are closed, so
+    /// that the inbox bound holds (the store numbers, and refuses past it, again).
+    AcksOverdue {
+        /// The user.
+        user: Box<str>,
+    },
     /// To a home: a message it sent was not kept (full inbox, failed commit).
     NotKept {
         /// The ticket the home gave it.
@@ -466,6 +478,7 @@ impl Reply {
     pub fn is_for_shard(&self) -> bool {
         match self {
             Reply::NotKept { .. }
+            | Reply::AcksOverdue { .. }
             | Reply::InboxOpened { .. }
             | Reply::Receipts { .. }
             | Reply::Membership { .. }

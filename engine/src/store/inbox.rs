@@ -117,6 +117,17 @@ pub(super) struct Head {
     /// Every event up to here may be gone (pruned once acknowledged, or expired): a
     /// resume from below cannot be honoured.
     pub gone: u64,
+    /// `last` when the user's home last took over numbering (a device came online):
+    /// what its devices online were given since is above it. In memory only.
+    pub opened: u64,
+}
+
+impl Head {
+    /// Events numbered for the user's devices online that none acknowledged (what a
+    /// device catching up a backlog has not been given yet does not count).
+    pub(super) fn unacked_online(&self) -> u64 {
+        self.last.saturating_sub(self.acked.max(self.opened))
+    }
 }
 
 /// Every user's head, with a journal so that a failed commit can put `acked` and
@@ -179,12 +190,26 @@ impl Heads {
         head
     }
 
+    /// Notes that `user`'s home takes over numbering now ([`Head::opened`]); not
+    /// journaled: a failed commit leaves it, which only delays a warning. A user with
+    /// no head gets none (an idle user costs nothing here): its first one starts opened.
+    pub(super) fn open(&mut self, user: &str) -> Head {
+        if let Some(head) = self.by_user.get_mut(user) {
+            head.last = head.last.max(self.floor);
+            head.opened = head.last;
+        }
+        self.of(user)
+    }
+
     /// Changes `user`'s head, journaling it the first time in this transaction.
     pub(super) fn update(&mut self, user: &str, change: impl FnOnce(&mut Head)) -> Head {
         let floor = self.floor;
         let head = match self.by_user.get_mut(user) {
             Some(head) => head,
-            None => self.by_user.entry(user.into()).or_default(),
+            None => self.by_user.entry(user.into()).or_insert(Head {
+                opened: floor,
+                ..Head::default()
+            }),
         };
         head.last = head.last.max(floor);
         if !self.journal.iter().any(|(u, _)| **u == *user) {

@@ -91,6 +91,8 @@ pub struct Oracle {
     pub step: u64,
     /// Huddle signals that reached a connection in their room.
     pub huddle_signals: usize,
+    /// Devices closed for leaving the inbox bound unacknowledged (4002).
+    pub overdue_closes: usize,
     /// History pages read.
     pub history_pages: usize,
     /// Edits that reached a party of their conversation.

@@ -36,6 +36,8 @@ struct Inbox {
     acked: u64,
     /// Every event up to here may be pruned: a resume from below is refused.
     gone: u64,
+    /// `last` when the home last took over numbering.
+    opened: u64,
 }
 
 impl Inbox {
@@ -149,8 +151,14 @@ impl SimStore {
     }
 
     /// Keeps one event under its `seq` (the next when none is given), unless the inbox
-    /// is at its bound; the `seq` is given out either way.
-    fn put(&mut self, user: &str, seq: Option<u64>, stored: Stored) -> bool {
+    /// is at its bound; the `seq` is given out either way. As the real store does, tells
+    /// `home` when what it numbered reaches the bound unacknowledged (and every 64 past).
+    fn put(
+        &mut self,
+        (user, seq, home): (&str, Option<u64>, usize),
+        stored: Stored,
+        replies: &mut Vec<(usize, Reply)>,
+    ) -> bool {
         let queue_max = self.queue_max;
         let inbox = self.inbox(user);
         let seq_given = seq;
@@ -171,6 +179,12 @@ impl SimStore {
             return false;
         }
         inbox.events.insert(seq, stored);
+        let unacked_online = inbox.last.saturating_sub(inbox.acked.max(inbox.opened));
+        let over = unacked_online.checked_sub(queue_max as u64);
+        if seq_given.is_some() && over.is_some_and(|over| over % 64 == 0) {
+            let user = user.into();
+            replies.push((home, Reply::AcksOverdue { user }));
+        }
         true
     }
 
@@ -193,7 +207,9 @@ impl SimStore {
                 answer(replies, Some(&confirm.ack), None, outcome);
             }
             Command::OpenInbox { user, home, ticket } => {
-                let last = self.inbox(&user).last;
+                let inbox = self.inbox(&user);
+                inbox.opened = inbox.last;
+                let last = inbox.last;
                 replies.push((home, Reply::InboxOpened { user, ticket, last }));
             }
             Command::ReadInbox { user, device, from } => {
@@ -356,7 +372,7 @@ impl SimStore {
                 json: append.event.json.clone(),
                 receipt,
             };
-            if self.put(&user, append.seq, stored) {
+            if self.put((&user, append.seq, append.home), stored, replies) {
                 if let Some(chat) = &append.chat {
                     let id = (user.clone(), chat.message_id.to_string());
                     self.held.insert(id, chat.sender.to_string());
@@ -380,7 +396,7 @@ impl SimStore {
                 json: row.json.unwrap_or_else(|| share.json.clone()),
                 receipt: None,
             };
-            if !self.put(&row.user, row.seq, stored) {
+            if !self.put((&row.user, row.seq, share.home), stored, replies) {
                 not_kept += 1;
             } else if row.seq.is_none() {
                 queued += 1;

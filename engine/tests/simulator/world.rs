@@ -441,6 +441,9 @@ impl World {
             Envelope::Close { addr, code } => {
                 if let Some(conn) = self.live(addr) {
                     self.note(format!("server closes conn {conn} with {code}"));
+                    if code == engine::ws::close::SLOW_CONSUMER {
+                        self.oracle.overdue_closes += 1;
+                    }
                     self.close(conn, false);
                 }
             }
