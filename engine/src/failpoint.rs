@@ -11,6 +11,8 @@
 //!   peers' rings to it fill up, which is how mailbox backpressure is tested.
 //! - `slow_commit_ms:N`: every store commit takes N ms more, as on a slow disk (what a
 //!   retry of a message still waiting for its commit is tested against).
+//! - `journal_only:`: the store commits through its journal as when it is behind, and
+//!   checkpoints only at the journal's bounds (what a `kill -9` is tested against).
 
 /// The environment variable that sets a failpoint.
 pub const VARIABLE: &str = "ENGINE_FAILPOINT";
@@ -29,6 +31,8 @@ pub enum Failpoint {
     StallReactorOnMessageFrom(String),
     /// Make every store commit this many ms slower.
     SlowCommitMs(u64),
+    /// Commit through the journal whether or not the store is behind.
+    JournalOnly,
 }
 
 impl Failpoint {
@@ -64,10 +68,11 @@ impl Failpoint {
             Some(("slow_commit_ms", ms)) if ms.parse::<u64>().is_ok() => {
                 Ok(Failpoint::SlowCommitMs(ms.parse().unwrap_or_default()))
             }
+            Some(("journal_only", "")) => Ok(Failpoint::JournalOnly),
             _ => Err(format!(
                 "{VARIABLE}={value:?}: expected panic_on_message_from:USER, \
-                 kill_reactor_on_message_from:USER, stall_reactor_on_message_from:USER \
-                 or slow_commit_ms:N"
+                 kill_reactor_on_message_from:USER, stall_reactor_on_message_from:USER, \
+                 slow_commit_ms:N or journal_only:"
             )),
         }
     }

@@ -174,7 +174,10 @@ fn a_message_acked_sent_survives_a_kill_9_right_after() {
     let data_dir = dir.to_str().unwrap().to_owned();
     let args = ["--data-dir", data_dir.as_str()];
     let (epoch, from) = {
-        let mut server = Server::start(common::Driver::IoUring, &args);
+        // As when the store is behind: the ack follows the journal's record, not a
+        // durable commit of the file.
+        let journal_only = [("ENGINE_FAILPOINT", "journal_only:")];
+        let mut server = Server::start_with_env(common::Driver::IoUring, &args, &journal_only);
         let mut alice = server.login("alice", "phone");
         let (bob, greeting) = login_v2(&server, "bob", "phone", ("", 0));
         let epoch = greeting["epoch"].as_str().unwrap().to_owned();
@@ -185,6 +188,9 @@ fn a_message_acked_sent_survives_a_kill_9_right_after() {
         drop(bob);
         (epoch, from)
     };
+    // Only the journal holds it, and the restart replays it.
+    let journal = std::fs::metadata(dir.join("journal.log")).expect("a journal");
+    assert!(journal.len() > 0, "the ack followed a journal record");
     let server = Server::start(common::Driver::IoUring, &args);
     let (mut bob, greeting) = login_v2(&server, "bob", "phone", (&epoch, from));
     assert_eq!(greeting["resumed"], true, "{greeting}");
@@ -368,4 +374,27 @@ fn a_device_that_reads_but_never_acks_is_closed_at_the_bound_and_loses_nothing()
     assert_eq!(send(&mut alice, "m9", "bob", "9")["status"], "sent");
     assert_eq!(next_message(&mut bob).0, "9");
     bob.expect_silence(Duration::from_millis(200));
+}
+
+#[test]
+fn a_clean_stop_checkpoints_and_leaves_no_journal_to_replay() {
+    let dir = fresh_data_dir();
+    let data_dir = dir.to_str().unwrap().to_owned();
+    let args = ["--data-dir", data_dir.as_str()];
+    {
+        let journal_only = [("ENGINE_FAILPOINT", "journal_only:")];
+        let mut server = Server::start_with_env(common::Driver::IoUring, &args, &journal_only);
+        let mut alice = server.login("alice", "phone");
+        assert_eq!(send(&mut alice, "kept", "bob", "kept")["status"], "queued");
+        let journal = std::fs::metadata(dir.join("journal.log")).unwrap();
+        assert!(journal.len() > 0, "queued through the journal");
+        assert_eq!(server.terminate(), Some(0));
+    }
+    let journal = std::fs::metadata(dir.join("journal.log")).unwrap();
+    assert_eq!(journal.len(), 0, "the stop checkpointed");
+    let server = Server::start(common::Driver::IoUring, &args);
+    let (mut bob, _) = login_v2(&server, "bob", "phone", ("", 0));
+    assert_eq!(next_message(&mut bob).0, "kept");
+    drop(server);
+    let _ = std::fs::remove_dir_all(dir);
 }

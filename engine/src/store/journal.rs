@@ -1,17 +1,19 @@
-//! The store's commit point: an append-only redo journal in front of the redb file.
+//! The store's commit point when it is behind: an append-only redo journal in front of the
+//! redb file.
 //!
-//! A batch's transaction is committed to redb without durability (its pages stay in
-//! memory, nothing is written to the file), and every change it made, a put or a remove
-//! of one key in one table, is appended to `journal.log` as one record. The record is
-//! synced (one `pwrite` and one `fdatasync` per batch, about the size of what the batch
-//! stores) before anyone is answered. So an ack costs the journal's append, not redb's
-//! copy of every B-tree page the batch touches.
+//! When commands wait already once a batch is applied, its transaction is committed to
+//! redb without durability (its pages stay in memory, nothing is written to the file), and
+//! every change it made, a put or a remove of one key in one table, is appended to
+//! `journal.log` as one record. The record is synced (one `pwrite` and one `fdatasync` per
+//! batch, about the size of what the batch stores) before anyone is answered. So an ack
+//! costs the journal's append, not redb's copy of every B-tree page the batch touches.
 //!
-//! A durable redb commit, a checkpoint, every [`CHECKPOINT_BYTES`] of journal or
-//! [`CHECKPOINT_INTERVAL`], holds every record so far; the journal then starts again from
-//! empty. At open, the records the last checkpoint does not hold are applied again
-//! ([`Journal::recover`]). Redoing puts and removes in order is idempotent, so replaying a
-//! record a checkpoint already holds does no harm.
+//! The next durable redb commit, a checkpoint, holds every record so far: the worker makes
+//! one when the store has caught up, or after [`CHECKPOINT_BYTES`] of journal or
+//! [`CHECKPOINT_INTERVAL`]; the journal then starts again from empty. At open, the records
+//! the last checkpoint does not hold are applied again ([`Journal::recover`]). Redoing puts
+//! and removes in order is idempotent, so replaying a record a checkpoint already holds
+//! does no harm.
 //!
 //! A record is `[length u32][crc32 u32][number u64][ops]` (little-endian), the checksum
 //! covering the number and the ops (`logged` has their format). Numbers follow one
@@ -28,7 +30,7 @@ use std::{
 };
 
 use redb::{Database, Key, ReadableDatabase, Table, TableHandle, Value, WriteTransaction};
-use tracing::info;
+use tracing::warn;
 
 use super::{
     history::{HISTORY, RECEIVED},
@@ -37,12 +39,12 @@ use super::{
     state::{MEMBERS, META},
 };
 
-/// Journal bytes after which the next commit is a checkpoint: bounds the replay at start
-/// and the pages redb holds dirty in memory (past half of `--store-cache-mb` it writes
-/// them out one by one, which cost 4× the ack latency at 20,000 msg/s: benches/RESULTS.md).
+/// Journal bytes after which the next commit is a checkpoint, however far behind the
+/// store is: bounds the replay at start and the pages redb holds dirty in memory (past
+/// half of `--store-cache-mb` it writes them out one by one: benches/RESULTS.md).
 pub(super) const CHECKPOINT_BYTES: u64 = 16 << 20;
-/// Time after which the next commit is a checkpoint, however little was journaled
-/// (measured against 10 s: the same at 10,000 msg/s, 4× lower ack p50 at 20,000).
+/// Time after the first record after which the next commit is a checkpoint (measured
+/// against 10 s: 4× lower ack p50 at 20,000 msg/s to offline users).
 pub(super) const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
 /// The [`META`] key of the number of the last record a checkpoint holds.
 pub(super) const JOURNAL_THROUGH: &str = "journal_through";
@@ -89,10 +91,10 @@ impl Journal {
                 tables.meta.insert(JOURNAL_THROUGH, last)?;
             }
             txn.commit()?;
-            info!(
+            warn!(
                 records = replayed,
                 through = last,
-                "store: journal replayed"
+                "store: journal replayed (what the last checkpoint did not hold: the last run stopped without one)"
             );
         }
         file.set_len(0)?;

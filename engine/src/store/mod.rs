@@ -6,10 +6,11 @@
 //!
 //! Group commit: the thread takes every command waiting (up to [`BATCH_MAX`]), applies them
 //! all in one write transaction, makes it durable once, and only then answers. So every
-//! ack (`sent` or `queued`) follows the commit that holds the message. The commit point
-//! is a journal: the transaction's changes appended to `journal.log` and synced (one
-//! write, one `fdatasync`), while the file's own durable commit, which copies every
-//! B-tree page a transaction touches, happens only at checkpoints.
+//! ack (`sent` or `queued`) follows the commit that holds the message. A store that keeps
+//! up commits the file durably (one `fdatasync`); one that is behind commits through a
+//! journal instead, the transaction's changes appended to `journal.log` and synced (one
+//! write, one `fdatasync`), and the file's own durable commit, which copies every B-tree
+//! page a transaction touches, waits for a checkpoint.
 //!
 //! - `commands`: what reactors ask and what the store answers.
 //! - `inbox`: per-user inboxes, `(user, seq)` keys, and their heads.
@@ -157,6 +158,8 @@ pub struct Limits {
     pub cache_bytes: usize,
     /// Added to every commit (zero but under the `slow_commit_ms` failpoint).
     pub commit_delay: Duration,
+    /// Commit through the journal even when nothing waits (the `journal_only` failpoint).
+    pub journal_only: bool,
 }
 
 /// Group memberships as the store holds them: `(group, user)` pairs.
@@ -193,6 +196,7 @@ pub fn open(
     });
     let (commands, inbox) = mpsc::channel();
     let parts = worker::Parts {
+        commands: inbox,
         db,
         journal,
         dir: dir.to_path_buf(),
@@ -205,7 +209,7 @@ pub fn open(
     let worker = worker::Worker::new(parts);
     let thread = std::thread::Builder::new()
         .name("store".into())
-        .spawn(move || worker.run(inbox))?;
+        .spawn(move || worker.run())?;
     Ok((Store { commands, stats }, thread, memberships))
 }
 

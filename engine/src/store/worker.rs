@@ -55,6 +55,10 @@ pub(super) struct Worker {
     record: Vec<u8>,
     /// When the last checkpoint (a durable commit of the file) was.
     last_checkpoint: Instant,
+    /// Where commands come in.
+    commands: mpsc::Receiver<Command>,
+    /// A command taken early, to see whether the store is behind: the next batch's first.
+    early: Option<Command>,
     state: State,
     limits: Limits,
     /// When the last sweep started.
@@ -84,6 +88,8 @@ pub(super) struct Parts {
     pub stats: Arc<StoreStats>,
     /// The push hook, if configured.
     pub push: Option<crate::push::Push>,
+    /// Where commands come in.
+    pub commands: mpsc::Receiver<Command>,
 }
 
 impl Worker {
@@ -95,6 +101,8 @@ impl Worker {
             redo: RefCell::default(),
             record: Vec::new(),
             last_checkpoint: Instant::now(),
+            commands: parts.commands,
+            early: None,
             state: parts.state,
             limits: parts.limits,
             last_sweep: Instant::now(),
@@ -108,7 +116,7 @@ impl Worker {
     /// Runs until `Shutdown`, or until every `Store` handle is gone: each turn takes
     /// every command waiting (up to [`BATCH_MAX`]), commits them together and answers;
     /// a retention sweep, when one is under way, takes a small step between turns.
-    pub(super) fn run(mut self, inbox: mpsc::Receiver<Command>) {
+    pub(super) fn run(mut self) {
         lower_own_priority();
         let mut batch = Vec::with_capacity(BATCH_MAX);
         let sweep_every = (self.limits.retention / 10).min(SWEEP_INTERVAL_MAX);
@@ -123,7 +131,11 @@ impl Worker {
                 sweep_every
             };
             let mut stopping = false;
-            match inbox.recv_timeout(wait) {
+            let first = match self.early.take() {
+                Some(command) => Ok(command),
+                None => self.commands.recv_timeout(wait),
+            };
+            match first {
                 Ok(Command::Shutdown) | Err(mpsc::RecvTimeoutError::Disconnected) => {
                     stopping = true
                 }
@@ -131,7 +143,7 @@ impl Worker {
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
             }
             while !stopping && batch.len() < BATCH_MAX {
-                match inbox.try_recv() {
+                match self.commands.try_recv() {
                     Ok(Command::Shutdown) => stopping = true,
                     Ok(command) => batch.push(command),
                     Err(_) => break,
@@ -148,6 +160,7 @@ impl Worker {
                 self.sweep_step();
             }
         }
+        self.checkpoint_at_close();
         info!("store closed");
     }
 
@@ -370,28 +383,39 @@ impl Worker {
     }
 
     /// Commits `txn`, whose tables journaled their changes into `self.redo`, so that it is
-    /// durable when this returns `Ok`: in memory with its changes appended to the journal
-    /// and synced, or, when a checkpoint is due, as a durable commit of the file after
-    /// which the journal starts again. On an error the caller drops the file and reopens it.
+    /// durable when this returns `Ok`. When nothing else waits, as a durable commit of the
+    /// file (one `fdatasync` of the pages it changed, and of any a journal held: then a
+    /// checkpoint, after which the journal starts again). When commands wait already (the
+    /// store is behind), in memory with its changes appended to the journal and synced,
+    /// which costs what the batch changed, not the B-tree pages it touched; until the
+    /// journal reaches [`CHECKPOINT_BYTES`] or [`CHECKPOINT_INTERVAL`]. On an error the
+    /// caller drops the file and reopens it.
     fn commit(&mut self, mut txn: WriteTransaction) -> Result<(), redb::Error> {
+        let behind = self.more_waiting() || self.limits.journal_only;
         let Some(journal) = self.journal.as_mut() else {
             return Err(redb::Error::PreviousIo);
         };
         let journaled = journal.len();
-        if journaled >= CHECKPOINT_BYTES
-            || (journaled > 0 && self.last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL)
-        {
-            let mut meta = Logged::open(&txn, &META, &self.redo)?;
-            meta.insert(JOURNAL_THROUGH, journal.last_number())?;
-            drop(meta);
-            txn.commit()?; // durable: it holds every record so far
+        let checkpoint_due = journaled >= CHECKPOINT_BYTES
+            || (journaled > 0 && self.last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL);
+        if !behind || checkpoint_due {
+            if journaled > 0 {
+                let mut meta = Logged::open(&txn, &META, &self.redo)?;
+                meta.insert(JOURNAL_THROUGH, journal.last_number())?;
+            }
+            txn.commit()?; // durable: it holds every journal record so far
             self.redo.get_mut().clear();
-            self.last_checkpoint = Instant::now();
-            self.stats.checkpoints.fetch_add(1, Ordering::Relaxed);
-            if let Err(e) = journal.checkpointed() {
-                warn!("store: journal not emptied after a checkpoint: {e}");
+            if journaled > 0 {
+                self.last_checkpoint = Instant::now();
+                self.stats.checkpoints.fetch_add(1, Ordering::Relaxed);
+                if let Err(e) = journal.checkpointed() {
+                    warn!("store: journal not emptied after a checkpoint: {e}");
+                }
             }
             return Ok(());
+        }
+        if journaled == 0 {
+            self.last_checkpoint = Instant::now(); // the file is durable up to here
         }
         txn.set_durability(Durability::None)?;
         txn.commit()?;
@@ -403,6 +427,38 @@ impl Worker {
         };
         redo.clear();
         appended.map_err(redb::Error::Io)
+    }
+
+    /// A last checkpoint, so that a clean stop leaves no journal to replay (a replay at
+    /// start then always means a crash).
+    fn checkpoint_at_close(&mut self) {
+        let (Some(db), Some(journal)) = (self.db.as_ref(), self.journal.as_mut()) else {
+            return;
+        };
+        if journal.len() == 0 {
+            return;
+        }
+        let through = journal.last_number();
+        let committed = (|| -> Result<(), redb::Error> {
+            let txn = db.begin_write()?;
+            txn.open_table(META)?.insert(JOURNAL_THROUGH, through)?;
+            txn.commit()?;
+            Ok(())
+        })();
+        match committed {
+            Ok(()) => {
+                let _ = journal.checkpointed();
+            }
+            Err(e) => warn!("store: no checkpoint at close, the journal will be replayed: {e}"),
+        }
+    }
+
+    /// Whether another command waits already (taken now, it opens the next batch).
+    fn more_waiting(&mut self) -> bool {
+        if self.early.is_none() {
+            self.early = self.commands.try_recv().ok();
+        }
+        self.early.is_some()
     }
 
     /// Opens the file again after a failed transaction and replays its journal (the next
