@@ -398,3 +398,31 @@ fn a_clean_stop_checkpoints_and_leaves_no_journal_to_replay() {
     drop(server);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn a_device_catching_up_a_full_inbox_is_not_taken_for_one_that_never_acks() {
+    let server = Server::start(common::Driver::IoUring, &["--queue-max-per-user", "100"]);
+    let mut alice = server.login("alice", "phone");
+    for i in 0..100 {
+        let status = send(&mut alice, &format!("q{i}"), "bob", &format!("{i}"))["status"].clone();
+        assert_eq!(status, "queued", "q{i}");
+    }
+    // bob's inbox is at the bound; he comes online and, before acking, gets 30 more live:
+    // fewer than the 64 a device online may be given unacknowledged at the bound (the
+    // backlog it reads does not count; if it did, 28 would have closed it).
+    let (mut bob, _) = login_v2(&server, "bob", "phone", ("", 0));
+    for i in 100..130 {
+        let status = send(&mut alice, &format!("m{i}"), "bob", &format!("{i}"))["status"].clone();
+        assert_eq!(status, "sent", "m{i}");
+    }
+    let mut last = 0;
+    for i in 0..130 {
+        let (content, seq) = next_message(&mut bob);
+        assert_eq!(content, format!("{i}"));
+        last = seq;
+    }
+    bob.send(&json!({"type": "ack", "seq": last}));
+    bob.expect_silence(Duration::from_millis(300));
+    assert_eq!(send(&mut alice, "m130", "bob", "130")["status"], "sent");
+    assert_eq!(next_message(&mut bob).0, "130");
+}

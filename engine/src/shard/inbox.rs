@@ -147,8 +147,8 @@ impl Shard {
         }
     }
 
-    /// The user's devices online leave `--queue-max-per-user` events unacknowledged:
-    /// each device that acks (but not these) is closed as a slow consumer (4002). It
+    /// The user's inbox is at `--queue-max-per-user` and its devices online do not ack:
+    /// each device that acks (but does not) is closed as a slow consumer (4002). It
     /// resumes from its last ack when it comes back; while none is online, the store
     /// numbers the user's events and refuses them past the bound. Devices that do not ack
     /// (v1) acknowledge what their socket takes, so they are never overdue.

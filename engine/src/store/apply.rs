@@ -14,8 +14,9 @@ use crate::protocol::codes::OutKind;
 
 /// Acknowledged events are pruned in steps of at least this many `seq`s, not at every ack.
 const PRUNE_STEP: u64 = 64;
-/// Past the inbox bound, a home whose user's devices do not ack is told again every this
-/// many events (a device that came after the first warning and does not ack either).
+/// At the inbox bound, the events devices online may be given unacknowledged before their
+/// home is told (and again every this many: a device that came after the first warning
+/// and does not ack either). Smaller bounds use the bound.
 const OVERDUE_STEP: u64 = 64;
 
 /// What one transaction changed, for the counters and the push hook once it committed.
@@ -156,10 +157,13 @@ impl Apply<'_, '_> {
         if full {
             return Ok(None);
         }
-        // Numbered for devices online that do not ack: kept (a burst may outrun acks),
-        // and their home told at the bound and every OVERDUE_STEP events past it.
-        let over = head.unacked_online().checked_sub(self.queue_max_per_user);
-        if row.seq.is_some() && over.is_some_and(|over| over % OVERDUE_STEP == 0) {
+        // Numbered for devices online: kept whatever the bound (they have it), but once
+        // the inbox is at the bound and they were given a step more without acking, their
+        // home is told: the inbox stays within the bound and a step.
+        let step = OVERDUE_STEP.min(self.queue_max_per_user).max(1);
+        let given = head.unacked_online();
+        let at_bound = head.unacked >= self.queue_max_per_user;
+        if row.seq.is_some() && at_bound && given >= step && given.is_multiple_of(step) {
             let user = row.user.into();
             self.replies.push((row.home, Reply::AcksOverdue { user }));
         }

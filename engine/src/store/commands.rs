@@ -335,9 +335,10 @@ pub enum Reply {
         /// What happened.
         outcome: Outcome,
     },
-    /// To a home: a user's devices online leave `--queue-max-per-user` events
-    /// unacknowledged (they read but do not ack): their acking devices are closed, so
-    /// that the inbox bound holds (the store numbers, and refuses past it, again).
+    /// To a home: a user's inbox is at `--queue-max-per-user` and its devices online were
+    /// given a step more without acking (they read but do not ack): their acking devices
+    /// are closed, so that the inbox bound holds (the store numbers, and refuses past it,
+    /// again).
     AcksOverdue {
         /// The user.
         user: Box<str>,

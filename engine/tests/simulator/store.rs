@@ -152,7 +152,8 @@ impl SimStore {
 
     /// Keeps one event under its `seq` (the next when none is given), unless the inbox
     /// is at its bound; the `seq` is given out either way. As the real store does, tells
-    /// `home` when what it numbered reaches the bound unacknowledged (and every 64 past).
+    /// `home` when the inbox is at its bound and the devices online were given a step
+    /// (64, or the bound if smaller) more without acking, and every step after.
     fn put(
         &mut self,
         (user, seq, home): (&str, Option<u64>, usize),
@@ -179,9 +180,10 @@ impl SimStore {
             return false;
         }
         inbox.events.insert(seq, stored);
-        let unacked_online = inbox.last.saturating_sub(inbox.acked.max(inbox.opened));
-        let over = unacked_online.checked_sub(queue_max as u64);
-        if seq_given.is_some() && over.is_some_and(|over| over % 64 == 0) {
+        let given = inbox.last.saturating_sub(inbox.acked.max(inbox.opened));
+        let step = 64.min(queue_max as u64).max(1);
+        let at_bound = inbox.unacked() >= queue_max;
+        if seq_given.is_some() && at_bound && given >= step && given.is_multiple_of(step) {
             let user = user.into();
             replies.push((home, Reply::AcksOverdue { user }));
         }
