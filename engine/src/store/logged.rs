@@ -17,6 +17,10 @@ const REMOVE: u8 = 2;
 
 /// The changes one write transaction makes, encoded as journal ops. The transaction's
 /// tables share it ([`Logged`]); the worker appends it to the journal at commit.
+///
+/// Hot path (every store write): one buffer for the store thread's life, cleared and not
+/// freed, so encoding an op allocates nothing once it has grown. It is filled for every
+/// transaction, journaled or not: the worker decides how to commit only after applying.
 #[derive(Debug, Default)]
 pub(super) struct Redo {
     ops: Vec<u8>,
