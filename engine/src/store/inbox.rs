@@ -8,8 +8,10 @@
 //!   content, written once per member home's batch however many members it reaches.
 //! - `heads`: `user → (last seq, acked seq, gone)`: the highest `seq` given out, the highest
 //!   any device acknowledged, and the highest that was pruned or expired (a resume from
-//!   below it cannot be honoured). Kept in memory too ([`Heads`]), with how many events each
-//!   user has above its acked `seq`, so the per-user bound costs no read.
+//!   below it cannot be honoured). Written when `acked` or `gone` moves, not per event:
+//!   at load `last` is the highest of the head's and the rows', and each start raises it
+//!   above the last run's anyway. Kept in memory too ([`Heads`]), with how many events
+//!   each user has above its acked `seq`, so the per-user bound costs no read.
 //!
 //! Kept: every event until a device of the user acknowledges it (or `--retention-days`
 //! passes); then, so that the user's other devices can resume, the newest
@@ -225,10 +227,16 @@ impl Heads {
     }
 
     /// The users this transaction touched, with their heads now (to be written).
+    ///
+    /// Only heads whose `acked` or `gone` changed: `last` needs no writing, since each
+    /// start of the store raises every `seq` above the last run's ([`Heads::floor`]) and
+    /// the rows give the rest at load. So an event appended costs no head write.
     pub(super) fn touched(&self) -> impl Iterator<Item = (&str, Head)> + '_ {
-        self.journal
-            .iter()
-            .map(|(user, _)| (&**user, self.of(user)))
+        self.journal.iter().filter_map(|(user, before)| {
+            let now = self.of(user);
+            let changed = now.acked != before.acked || now.gone != before.gone;
+            changed.then_some((&**user, now))
+        })
     }
 
     /// Undoes the transaction's changes but `last`.
@@ -534,4 +542,30 @@ pub(super) fn sweep(
         }
     }
     Ok((expired.len() as u64, next))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_append_writes_no_head_and_an_ack_or_a_prune_does() {
+        let mut heads = Heads {
+            floor: 7 << 32,
+            ..Heads::default()
+        };
+        heads.begin();
+        heads.update("ann", |h| {
+            h.last += 1;
+            h.unacked += 1;
+        });
+        assert_eq!(heads.touched().count(), 0, "last and unacked need no write");
+        assert_eq!(heads.of("ann").last, (7 << 32) + 1, "above the floor");
+        heads.begin();
+        heads.update("ann", |h| h.acked = h.last);
+        heads.update("bob", |h| h.gone = 3);
+        let mut written: Vec<&str> = heads.touched().map(|(user, _)| user).collect();
+        written.sort_unstable();
+        assert_eq!(written, ["ann", "bob"]);
+    }
 }
