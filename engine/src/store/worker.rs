@@ -32,6 +32,9 @@ const SWEEP_INTERVAL_MAX: Duration = Duration::from_secs(3600);
 /// Entries one sweep transaction looks at, so a sweep of a large file never holds the
 /// thread (and every sender waiting for a commit) for long.
 const SWEEP_VISIT_MAX: usize = 20_000;
+/// A commit slower than this is logged: every ack in it waited that long (a disk stalled
+/// by other writers, say). At most one line per such commit, so at most one a second.
+const SLOW_COMMIT: Duration = Duration::from_secs(1);
 
 /// Where a retention sweep has got to.
 enum Sweep {
@@ -224,8 +227,17 @@ impl Worker {
                 push.notify(&user, payload);
             }
         }
-        let took_us = started.elapsed().as_micros() as u64;
-        self.stats.commit_latency.observe_us(took_us);
+        let took = started.elapsed();
+        if took >= SLOW_COMMIT {
+            warn!(
+                commands = batch.len(),
+                "store: a commit took {} ms; every answer in it waited (is the disk busy?)",
+                took.as_millis()
+            );
+        }
+        self.stats
+            .commit_latency
+            .observe_us(took.as_micros() as u64);
         self.stats.commits.fetch_add(1, Ordering::Relaxed);
         self.stats
             .persisted
