@@ -8,10 +8,14 @@
 #    or, one build under two settings:
 #        A=target/release/engine A_ARGS="--sockets fd-table" \
 #        B=target/release/engine B_ARGS="--sockets direct" bash benches/ab.sh
+#    or two loadgens against one engine:
+#        A=target/release/engine B=target/release/engine A_LOADGEN=/tmp/loadgen-old \
+#        B_LOADGEN=target/release/loadgen bash benches/ab.sh
 # Knobs (environment): CONNECTIONS (10000), RATE (5000), DURATION_SECS (20), REPS (3),
 # REACTORS (2), PORT (18610), OUT (target/ab), A_ARGS and B_ARGS (extra engine flags, split
-# on spaces), LOADGEN_ARGS (extra loadgen flags). Build B (and A) in release first; the
-# loadgen is built here. Bounded; stops what it started.
+# on spaces), LOADGEN_ARGS (extra loadgen flags), A_LOADGEN and B_LOADGEN (the loadgen
+# binaries; default target/release/loadgen, built here). Build B (and A) in release first.
+# Bounded; stops what it started.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 : "${A:?set A to the baseline engine binary}" "${B:?set B to the engine binary to compare}"
@@ -25,6 +29,8 @@ OUT=${OUT:-target/ab}
 A_ARGS=${A_ARGS:-}
 B_ARGS=${B_ARGS:-}
 LOADGEN_ARGS=${LOADGEN_ARGS:-}
+A_LOADGEN=${A_LOADGEN:-target/release/loadgen}
+B_LOADGEN=${B_LOADGEN:-target/release/loadgen}
 ulimit -n "$(ulimit -Hn)"
 cargo build --release -p loadgen
 rm -rf "$OUT"
@@ -35,13 +41,14 @@ for rep in $(seq "$REPS"); do
   for build in A B; do
     bin=${!build}
     extra=${build}_ARGS
+    loadgen=${build}_LOADGEN
     run="$OUT/$build-$rep"
     # shellcheck disable=SC2086 # the extra flags are split on purpose
     "$bin" --listen "127.0.0.1:$PORT" --reactors "$REACTORS" --data-dir "$run-data" \
       --log-level warn ${!extra} > "$run-engine.log" 2>&1 &
     engine=$!
     sleep 1
-    target/release/loadgen --target "127.0.0.1:$PORT" --connections "$CONNECTIONS" \
+    "${!loadgen}" --target "127.0.0.1:$PORT" --connections "$CONNECTIONS" \
       --ramp-per-sec 10000 --hold-secs 2 --workers 1 --rate "$RATE" \
       --duration-secs "$DURATION_SECS" --server-pid "$engine" --out "$run" $LOADGEN_ARGS \
       > "$run.txt" 2>&1 || true

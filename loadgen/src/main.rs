@@ -11,7 +11,10 @@ mod worker;
 
 use std::{
     process::ExitCode,
-    sync::{atomic::Ordering, Arc},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
     time::Duration,
 };
 
@@ -187,10 +190,8 @@ fn run(args: &Args) -> Result<report::Summary, String> {
         args.server_pid.and_then(server_rss_bytes)
     };
     summary.server_rss_bytes = rss_before.zip(after_hold);
-    let cpu = [0, 1].map(|i| progress.server_cpu_ticks[i].load(Ordering::Acquire));
-    if cpu[0] > 0 && cpu[1] >= cpu[0] {
-        summary.server_cpu_secs = Some((cpu[1] - cpu[0]) as f64 / clock_ticks_per_sec());
-    }
+    summary.server_cpu_secs = cpu_secs_between(&progress.server_cpu_ticks);
+    summary.loadgen_cpu_secs = cpu_secs_between(&progress.loadgen_cpu_ticks);
     Ok(summary)
 }
 
@@ -234,8 +235,14 @@ fn raise_fd_limit() -> u64 {
     limit.rlim_cur
 }
 
-/// The server's CPU time so far, user plus system, in clock ticks (/proc/PID/stat).
-pub(crate) fn server_cpu_ticks(pid: u32) -> Option<u64> {
+/// CPU seconds between two readings of [`cpu_ticks`] (`None` when either was not taken).
+fn cpu_secs_between(ticks: &[AtomicU64; 2]) -> Option<f64> {
+    let [start, end] = [0, 1].map(|i| ticks[i].load(Ordering::Acquire));
+    (start > 0 && end >= start).then(|| (end - start) as f64 / clock_ticks_per_sec())
+}
+
+/// A process's CPU time so far, user plus system, in clock ticks (/proc/PID/stat).
+pub(crate) fn cpu_ticks(pid: u32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name may hold spaces; the fields after it start with the state.
     let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();

@@ -33,6 +33,9 @@ pub struct Summary {
     /// Server CPU seconds (user + system) from the start of the load to its drain, when
     /// `--server-pid` was given.
     pub server_cpu_secs: Option<f64>,
+    /// The loadgen's own CPU seconds over the same span (it must not be what limits the
+    /// box it shares with the server).
+    pub loadgen_cpu_secs: Option<f64>,
     /// Load phase: messages sent.
     pub sent: u64,
     /// Load phase: messages that reached their receiver.
@@ -148,6 +151,7 @@ impl Summary {
             hold_secs,
             server_rss_bytes: None,
             server_cpu_secs: None,
+            loadgen_cpu_secs: None,
         }
     }
 
@@ -166,9 +170,9 @@ impl Summary {
         }
     }
 
-    /// Server CPU seconds per million messages delivered in the load phase.
-    fn server_cpu_per_million(&self) -> Option<f64> {
-        let secs = self.server_cpu_secs?;
+    /// CPU seconds per million messages delivered in the load phase.
+    fn per_million(&self, cpu_secs: Option<f64>) -> Option<f64> {
+        let secs = cpu_secs?;
         (self.delivered > 0).then(|| secs * 1e6 / self.delivered as f64)
     }
 
@@ -222,7 +226,11 @@ impl Summary {
                 "rss_bytes": self.server_rss_bytes.map(|(_, after)| after),
                 "rss_bytes_per_connection": per_conn,
                 "cpu_secs_load": self.server_cpu_secs,
-                "cpu_secs_per_million_messages": self.server_cpu_per_million(),
+                "cpu_secs_per_million_messages": self.per_million(self.server_cpu_secs),
+            },
+            "loadgen": {
+                "cpu_secs_load": self.loadgen_cpu_secs,
+                "cpu_secs_per_million_messages": self.per_million(self.loadgen_cpu_secs),
             },
         })
     }
@@ -307,13 +315,18 @@ impl Summary {
                 format!("{before} B before, {after} B after ({per_conn})"),
             );
         }
-        if let (Some(secs), Some(per_million)) =
-            (self.server_cpu_secs, self.server_cpu_per_million())
-        {
-            row(
-                "server cpu",
-                format!("{secs:.2} s during the load ({per_million:.2} s per million messages)"),
-            );
+        for (name, secs) in [
+            ("server cpu", self.server_cpu_secs),
+            ("loadgen cpu", self.loadgen_cpu_secs),
+        ] {
+            if let (Some(secs), Some(per_million)) = (secs, self.per_million(secs)) {
+                row(
+                    name,
+                    format!(
+                        "{secs:.2} s during the load ({per_million:.2} s per million messages)"
+                    ),
+                );
+            }
         }
         out
     }
@@ -367,9 +380,12 @@ mod tests {
         let mut summary = Summary::from_workers("t".into(), 1, 5, &[a, b]);
         summary.server_rss_bytes = Some((100, 1000));
         summary.server_cpu_secs = Some(0.5);
+        summary.loadgen_cpu_secs = Some(0.25);
         summary.delivered = 250_000;
         let json = summary.to_json();
         assert_eq!(json["server"]["cpu_secs_per_million_messages"], 2.0);
+        assert_eq!(json["loadgen"]["cpu_secs_per_million_messages"], 1.0);
+        assert!(summary.to_table().contains("loadgen cpu"));
         assert_eq!(json["held"], 9);
         assert_eq!(json["attempted"], 10);
         assert_eq!(json["failed"]["refused"], 1);

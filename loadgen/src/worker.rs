@@ -21,7 +21,7 @@ use std::{
 
 use monoio::{FusionDriver, RuntimeBuilder};
 use slab::Slab;
-use uring_sockets::{Placement, Socket, Sockets, BROKEN, READABLE, REARM, WRITABLE};
+use uring_sockets::{Placement, Socket, Sockets, BROKEN, PEER_CLOSED, READABLE, REARM, WRITABLE};
 use ws_frame::frame::{encode_client, parse_server_frame, Kind, PONG, TEXT};
 
 use crate::{config::Scenario, devices::Devices, latency::Latency};
@@ -109,6 +109,8 @@ pub struct Progress {
     /// The server's CPU time (user + system, clock ticks) when the load began and when the
     /// last worker had drained it (0 when not measured).
     pub server_cpu_ticks: [AtomicU64; 2],
+    /// The loadgen's own CPU time at the same two moments.
+    pub loadgen_cpu_ticks: [AtomicU64; 2],
 }
 
 impl Progress {
@@ -259,12 +261,14 @@ pub fn run(
         {
             let w = worker.borrow();
             if w.progress.holds_done.fetch_add(1, Ordering::AcqRel) + 1 == w.plan.workers {
+                let own = crate::cpu_ticks(std::process::id()).unwrap_or(0);
+                w.progress.loadgen_cpu_ticks[0].store(own, Ordering::Release);
                 if let Some(pid) = w.plan.server_pid {
                     let rss = crate::server_rss_bytes(pid).unwrap_or(0);
                     w.progress
                         .server_rss_after_hold
                         .store(rss, Ordering::Release);
-                    let cpu = crate::server_cpu_ticks(pid).unwrap_or(0);
+                    let cpu = crate::cpu_ticks(pid).unwrap_or(0);
                     w.progress.server_cpu_ticks[0].store(cpu, Ordering::Release);
                 }
             }
@@ -291,18 +295,25 @@ fn timerfd() -> io::Result<RawFd> {
     Ok(fd)
 }
 
-/// Arms the one-shot timer to fire `after` from now (at least 1 µs).
-fn arm(timer: RawFd, after: Duration) {
-    let after = after.max(Duration::from_micros(1));
+/// Arms the timer to fire `after` from now (at least 1 µs) and then every `every` (zero:
+/// once), so a steady schedule costs no `timerfd_settime` per wake-up; [`disarm`] stops it.
+fn arm(timer: RawFd, after: Duration, every: Duration) {
+    set_timer(timer, after.max(Duration::from_micros(1)), every);
+}
+
+/// Stops the timer.
+fn disarm(timer: RawFd) {
+    set_timer(timer, Duration::ZERO, Duration::ZERO);
+}
+
+fn set_timer(timer: RawFd, after: Duration, every: Duration) {
+    let timespec = |d: Duration| libc::timespec {
+        tv_sec: d.as_secs() as libc::time_t,
+        tv_nsec: d.subsec_nanos() as libc::c_long,
+    };
     let spec = libc::itimerspec {
-        it_interval: libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        },
-        it_value: libc::timespec {
-            tv_sec: after.as_secs() as libc::time_t,
-            tv_nsec: after.subsec_nanos() as libc::c_long,
-        },
+        it_interval: timespec(every),
+        it_value: timespec(after),
     };
     // SAFETY: `spec` is a live itimerspec; the old value is not asked for.
     unsafe { libc::timerfd_settime(timer, 0, &spec, std::ptr::null_mut()) };
@@ -472,12 +483,9 @@ async fn load(worker: &Rc<RefCell<Worker>>) {
     // are still delivering to. Bounded like the drain.
     if progress.drained.fetch_add(1, Ordering::AcqRel) + 1 == workers {
         // The last worker to drain: the server's work for this load is done.
-        if let Some(cpu) = worker
-            .borrow()
-            .plan
-            .server_pid
-            .and_then(crate::server_cpu_ticks)
-        {
+        let own = crate::cpu_ticks(std::process::id()).unwrap_or(0);
+        progress.loadgen_cpu_ticks[1].store(own, Ordering::Release);
+        if let Some(cpu) = worker.borrow().plan.server_pid.and_then(crate::cpu_ticks) {
             progress.server_cpu_ticks[1].store(cpu, Ordering::Release);
         }
     }
@@ -514,13 +522,17 @@ async fn send_schedule(
     }
     {
         let mut w = worker.borrow_mut();
-        w.schedule = Some(Schedule {
+        let schedule = Schedule {
             senders,
             started: Instant::now(),
             rate_per_worker,
             next: 0,
             total,
-        });
+        };
+        // Message k is due at k / rate: the timer fires at each (the first is sent now).
+        let every = Duration::from_secs_f64(1.0 / rate_per_worker);
+        arm(w.send_timer, every, every);
+        w.schedule = Some(schedule);
         w.send_due();
     }
     // The send timer in the readiness set does the sending; this only waits for the end,
@@ -553,7 +565,9 @@ async fn send_schedule(
             }
         }
     }
-    worker.borrow_mut().schedule = None;
+    let mut w = worker.borrow_mut();
+    w.schedule = None;
+    disarm(w.send_timer); // stopped early (Ctrl-C, the deadline) it would still fire
 }
 
 impl Worker {
@@ -569,7 +583,7 @@ impl Worker {
         at.saturating_duration_since(self.plan.epoch).as_nanos() as u64
     }
 
-    /// Sends every message now due, then arms the send timer for the next one.
+    /// Sends every message now due; stops the send timer after the last.
     fn send_due(&mut self) {
         let Some(mut schedule) = self.schedule.take() else {
             return;
@@ -583,12 +597,8 @@ impl Worker {
             self.send_message(&schedule.senders, schedule.next, at);
             schedule.next += 1;
         }
-        if schedule.next < schedule.total {
-            let at = schedule.at(schedule.next);
-            arm(
-                self.send_timer,
-                at.saturating_duration_since(Instant::now()),
-            );
+        if schedule.next >= schedule.total {
+            disarm(self.send_timer);
         }
         self.schedule = Some(schedule);
     }
@@ -685,7 +695,7 @@ impl Worker {
             }
             // on_connected may have failed (and removed) the connection.
             if bits & (READABLE | BROKEN) != 0 && self.clients.contains(slot) {
-                self.on_readable(slot);
+                self.on_readable(slot, bits & (BROKEN | PEER_CLOSED) == 0);
             }
         }
         self.events = events;
@@ -728,7 +738,11 @@ impl Worker {
         self.send_all(slot, &frame)
     }
 
-    fn on_readable(&mut self, slot: usize) {
+    /// Reads what the connection has. `short_read_drains`: a read that did not fill the
+    /// buffer emptied the socket, so the next arrival raises a new (edge-triggered) event
+    /// and no read is spent on learning `WouldBlock` (as the engine does); not when the peer
+    /// closed or failed, which is read to the end.
+    fn on_readable(&mut self, slot: usize, short_read_drains: bool) {
         loop {
             let client = &self.clients[slot];
             match self.sockets.read(client.socket, &mut self.read_buffer) {
@@ -739,7 +753,8 @@ impl Worker {
                         return self.fail(slot, "oversize_input");
                     }
                     client.inbuf.extend_from_slice(&self.read_buffer[..n]);
-                    if !self.process_input(slot) {
+                    let drained = short_read_drains && n < self.read_buffer.len();
+                    if !self.process_input(slot) || drained {
                         return;
                     }
                 }
