@@ -32,6 +32,9 @@ pub struct ReactorStats {
     pub panics: AtomicU64,
     /// Connections paused because their input met a full mailbox ring (backpressure).
     pub backpressure_pauses: AtomicU64,
+    /// Recent messages this home's dedup window let go of before their 5 minutes, to stay
+    /// within `--dedup-window-pairs`: a retry of one could reach a device twice.
+    pub dedup_evicted_young: AtomicU64,
     /// Client messages by kind, indexed by [`MessageKind::index`].
     pub messages_in: [AtomicU64; MessageKind::COUNT],
     /// Frames queued to this reactor's connections.

@@ -65,6 +65,8 @@ pub struct Config {
     pub idle_timeout_ms: u64,
     /// How long a user whose last device dropped stays shown online (0: not at all).
     pub presence_grace_ms: u64,
+    /// `--dedup-window-pairs`: recent message pairs each home remembers.
+    pub dedup_window_pairs: usize,
     /// Groups one user may be in.
     pub groups_per_user_max: u32,
     /// A fault to inject, from `ENGINE_FAILPOINT` (tests only).
@@ -183,6 +185,7 @@ impl Config {
             rate_limit: settled.rate_limit,
             idle_timeout_ms: idle_timeout_ms(settled.idle_timeout_ms)?,
             presence_grace_ms: settled.presence_grace_ms,
+            dedup_window_pairs: settled.dedup_window_pairs,
             groups_per_user_max: settled.groups_per_user_max,
             failpoint: None,
             shutdown_timeout_ms: settled.shutdown_timeout_ms,

@@ -241,6 +241,10 @@ settings! {
     /// Groups one user may be in; a join past it gets `too_many_groups`
     groups_per_user_max: u32, "ENGINE_GROUPS_PER_USER_MAX", "N", default "1000",
         range (1, 1_000_000);
+    // 16,384 pairs cover about 3 s of 5,000 msg/s per home; at most 130 B a pair.
+    /// Recent (senderId, messageId) pairs each home reactor remembers (for at most 5 min), so a client's retry is acknowledged again but not delivered twice; at most 130 B a pair
+    dedup_window_pairs: usize, "ENGINE_DEDUP_WINDOW_PAIRS", "N", default "16384",
+        range (1024, 16_777_216);
     /// A connection silent this long is pinged, and closed (1001) if still silent half as long again (0: never)
     idle_timeout_ms: u64, "ENGINE_IDLE_TIMEOUT_MS", "MS", default "60000";
     // PROTOCOL.md v2: reconnect churn must not flap presence; a close frame is immediate.

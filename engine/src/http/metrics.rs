@@ -109,7 +109,7 @@ const REACTOR_GAUGES: [ReactorGauge; 2] = [
 ];
 
 /// Counters each reactor keeps.
-const REACTOR_COUNTERS: [ReactorCounter; 10] = [
+const REACTOR_COUNTERS: [ReactorCounter; 11] = [
     (
         "engine_handshakes_total",
         "Completed WebSocket upgrades.",
@@ -129,6 +129,11 @@ const REACTOR_COUNTERS: [ReactorCounter; 10] = [
         "engine_backpressure_pauses_total",
         "Connections whose reading paused because their input met a full mailbox ring.",
         |r| &r.backpressure_pauses,
+    ),
+    (
+        "engine_dedup_evicted_young_total",
+        "Recent messages the home's dedup window let go of before 5 minutes (--dedup-window-pairs): a retry of one could reach a device twice.",
+        |r| &r.dedup_evicted_young,
     ),
     (
         "engine_http_requests_total",

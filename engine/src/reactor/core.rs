@@ -140,6 +140,7 @@ impl Reactor {
                 seed.groups,
                 seed.shared.group_quota.clone(),
                 seed.shared.config.presence_grace_ms,
+                seed.shared.config.dedup_window_pairs,
             ),
             effects: Effects::default(),
             carrying_out: false,

@@ -54,9 +54,14 @@ impl Reactor {
         }
         self.carrying_out = false;
         let online = self.shard.online_users() as i64;
-        self.stats()
+        let stats = self.stats();
+        stats
             .online_users
             .store(online, std::sync::atomic::Ordering::Relaxed);
+        stats.dedup_evicted_young.store(
+            self.shard.dedup_evicted_young(),
+            std::sync::atomic::Ordering::Relaxed,
+        );
     }
 
     fn carry_out(&mut self, effect: Effect) {

@@ -5,15 +5,14 @@
 //!
 //! A pair is kept as two 64-bit hashes under independent random keys (no allocation per
 //! message; a false match needs both to collide, about 2^-128 per pair). The window is
-//! bounded by count and by age.
+//! bounded by age and by count (`--dedup-window-pairs`); a pair pushed out by the count
+//! while still young is counted, since a retry of it could reach a device twice.
 
 use std::{
     collections::{hash_map::RandomState, HashMap, VecDeque},
     hash::BuildHasher,
 };
 
-/// Pairs remembered per home at most.
-pub const WINDOW_PAIRS_MAX: usize = 16_384;
 /// How long a pair is remembered at most (ms).
 pub const WINDOW_AGE_MS: u64 = 300_000;
 
@@ -54,8 +53,12 @@ struct Record {
 }
 
 /// One home's recent messages.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct RecentMessages {
+    /// Pairs remembered at most.
+    pairs_max: usize,
+    /// Pairs the count bound pushed out before [`WINDOW_AGE_MS`].
+    evicted_young: u64,
     hashers: (RandomState, RandomState),
     /// The latest record of each pair.
     seen: HashMap<PairKey, Record>,
@@ -67,6 +70,24 @@ pub struct RecentMessages {
 }
 
 impl RecentMessages {
+    /// An empty window of at most `pairs_max` pairs.
+    pub fn new(pairs_max: usize) -> RecentMessages {
+        RecentMessages {
+            pairs_max,
+            evicted_young: 0,
+            hashers: Default::default(),
+            seen: HashMap::new(),
+            order: VecDeque::new(),
+            next_serial: 0,
+        }
+    }
+
+    /// Pairs the count bound pushed out while younger than [`WINDOW_AGE_MS`]: a retry of
+    /// one is taken for a new message.
+    pub fn evicted_young(&self) -> u64 {
+        self.evicted_young
+    }
+
     /// The key of `(sender, message_id)`.
     pub fn key(&self, sender: &str, message_id: &str) -> PairKey {
         let pair = (sender, message_id);
@@ -93,11 +114,13 @@ impl RecentMessages {
         // lookup unless something is evicted.
         while let Some(&(oldest, serial, at_ms)) = self.order.front() {
             let young = now_ms.saturating_sub(at_ms) < WINDOW_AGE_MS;
-            if self.order.len() < WINDOW_PAIRS_MAX && young {
+            if self.order.len() < self.pairs_max && young {
                 break;
             }
             self.order.pop_front();
-            self.forget(oldest, serial);
+            if self.forget(oldest, serial) && young {
+                self.evicted_young += 1;
+            }
         }
         let serial = self.next_serial;
         self.next_serial += 1;
@@ -108,11 +131,13 @@ impl RecentMessages {
 
     /// Forgets record `serial` of `key` (the store did not keep that copy: a retry must
     /// be tried again), unless the pair was recorded again since: a later copy may be
-    /// the one kept.
-    pub fn forget(&mut self, key: PairKey, serial: u64) {
-        if self.seen.get(&key).is_some_and(|r| r.serial == serial) {
+    /// the one kept. Returns whether it was forgotten.
+    pub fn forget(&mut self, key: PairKey, serial: u64) -> bool {
+        let current = self.seen.get(&key).is_some_and(|r| r.serial == serial);
+        if current {
             self.seen.remove(&key);
         }
+        current
     }
 }
 
@@ -120,9 +145,11 @@ impl RecentMessages {
 mod tests {
     use super::*;
 
+    const PAIRS: usize = 1024;
+
     #[test]
     fn a_pair_is_seen_until_forgotten_and_others_are_not() {
-        let mut recent = RecentMessages::default();
+        let mut recent = RecentMessages::new(PAIRS);
         let key = recent.key("alice", "m1");
         assert_eq!(recent.check(key), None);
         let first = recent.record(key, Seen::Queued, 0);
@@ -142,21 +169,32 @@ mod tests {
     }
 
     #[test]
-    fn the_window_is_bounded() {
-        let mut recent = RecentMessages::default();
-        for i in 0..WINDOW_PAIRS_MAX + 10 {
+    fn the_window_is_bounded_and_counts_the_young_pairs_it_pushes_out() {
+        let mut recent = RecentMessages::new(PAIRS);
+        let forgotten = recent.key("s", "forgotten");
+        let serial = recent.record(forgotten, Seen::Queued, 0);
+        assert!(recent.forget(forgotten, serial));
+        assert!(!recent.forget(forgotten, serial), "already forgotten");
+        for i in 0..PAIRS + 10 {
             let key = recent.key("s", &i.to_string());
             recent.record(key, Seen::Delivered, 0);
         }
-        assert!(recent.seen.len() <= WINDOW_PAIRS_MAX);
+        assert!(recent.seen.len() <= PAIRS);
         assert_eq!(recent.check(recent.key("s", "0")), None);
-        let last = (WINDOW_PAIRS_MAX + 9).to_string();
+        let last = (PAIRS + 9).to_string();
         assert_eq!(recent.check(recent.key("s", &last)), Some(Seen::Delivered));
+        // Ten young pairs went, and the forgotten one's entry, which counts for nothing.
+        assert_eq!(recent.evicted_young(), 10);
+        // Pairs that age out are not counted.
+        let late = recent.key("s", "late");
+        recent.record(late, Seen::Delivered, WINDOW_AGE_MS);
+        assert_eq!(recent.evicted_young(), 10);
+        assert_eq!(recent.check(recent.key("s", &last)), None);
     }
 
     #[test]
     fn pairs_age_out_of_the_window() {
-        let mut recent = RecentMessages::default();
+        let mut recent = RecentMessages::new(PAIRS);
         let old = recent.key("s", "old");
         recent.record(old, Seen::Delivered, 1_000);
         let young = recent.key("s", "young");

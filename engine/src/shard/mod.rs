@@ -261,12 +261,14 @@ pub struct Shard {
 
 impl Shard {
     /// The shard of home `id` of `homes`, with the groups the store holds for it; users
-    /// whose last device drops stay shown online for `presence_grace_ms`.
+    /// whose last device drops stay shown online for `presence_grace_ms`; it remembers
+    /// `dedup_pairs` recent messages.
     pub fn new(
         (id, homes): (usize, usize),
         groups: Groups,
         group_quota: Arc<GroupQuota>,
         presence_grace_ms: u64,
+        dedup_pairs: usize,
     ) -> Shard {
         assert!(id < homes, "home {id} of {homes}");
         Shard {
@@ -275,7 +277,7 @@ impl Shard {
             now_ms: 0,
             now_ns: 0,
             directory: Directory::default(),
-            recent: RecentMessages::default(),
+            recent: RecentMessages::new(dedup_pairs),
             groups,
             posts: Gathers::default(),
             group_quota,
@@ -291,6 +293,11 @@ impl Shard {
     /// Users homed here with at least one device online.
     pub fn online_users(&self) -> usize {
         self.directory.online_users()
+    }
+
+    /// Recent messages the dedup window let go of early (see [`RecentMessages`]).
+    pub fn dedup_evicted_young(&self) -> u64 {
+        self.recent.evicted_young()
     }
 
     /// Handles one event at `now`; its effects are appended to `out`.
@@ -554,7 +561,7 @@ mod tests {
         fn new() -> OneHome {
             let quota = Arc::new(GroupQuota::new(10));
             OneHome {
-                shard: Shard::new((0, 1), Groups::default(), quota, 0),
+                shard: Shard::new((0, 1), Groups::default(), quota, 0, 1024),
                 effects: Effects::default(),
                 frames: Vec::new(),
             }

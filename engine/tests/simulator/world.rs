@@ -134,6 +134,8 @@ pub struct World {
 /// The presence grace in the simulated world: long against a step (0–30 ms), so that
 /// reconnects within it are common.
 const GRACE_MS: u64 = 400;
+/// Each home's dedup window, as the engine's default `--dedup-window-pairs`.
+const DEDUP_PAIRS: usize = 16_384;
 
 /// Steps of trace kept for a failure report.
 const TRACE_STEPS: usize = 60;
@@ -179,7 +181,7 @@ impl World {
         self.shards = groups
             .into_iter()
             .enumerate()
-            .map(|(id, groups)| Shard::new((id, n), groups, quota.clone(), GRACE_MS))
+            .map(|(id, groups)| Shard::new((id, n), groups, quota.clone(), GRACE_MS, DEDUP_PAIRS))
             .collect();
         self.rings = (0..n)
             .map(|_| (0..n).map(|_| VecDeque::new()).collect())
