@@ -71,7 +71,7 @@ pub struct Args {
     /// Worker threads, each pinned with its own fd table [default: one per core]
     #[arg(long, value_name = "W")]
     pub workers: Option<usize>,
-    /// Where sockets live: io_uring direct descriptors (a worker then holds far more than RLIMIT_NOFILE), the fd table, or auto (direct where the kernel allows)
+    /// Where sockets live: io_uring direct descriptors (a worker then holds far more than RLIMIT_NOFILE), the fd table, or auto (the fd table when each worker's share fits in it, as it costs less per message; else direct where the kernel allows)
     #[arg(long, value_enum, default_value = "auto", value_name = "PLACEMENT")]
     pub sockets: uring_sockets::Placement,
     /// Source addresses to rotate over (comma-separated); default 127.0.0.2… for a loopback target
