@@ -21,7 +21,7 @@
 # REPS (3), STEP_RATES ("2000 5000 10000 20000 40000 80000"), STEP_REPS (3: runs per
 # rate, the median p99 decides), MEMORY_CONNECTIONS
 # ("19000 100000"), P99_LIMIT_US (1000), SERVERS ("engine tokio-tungstenite node-ws
-# python-websockets"), SECTIONS ("fixed step echo memory": which of 1-4 to run; 5 comes
+# python-websockets libwebsockets"; the C relay needs Debian's libwebsockets-dev), SECTIONS ("fixed step echo memory": which of 1-4 to run; 5 comes
 # with 1), OUT (benches/results/compare-DATE; an existing run directory gains the sections).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,7 +32,7 @@ DURATION_SECS=${DURATION_SECS:-10}
 REPS=${REPS:-3}
 STEP_RATES=${STEP_RATES:-"2000 5000 10000 20000 40000 80000"}
 MEMORY_CONNECTIONS=${MEMORY_CONNECTIONS:-"19000 100000"}
-SERVERS=${SERVERS:-"engine tokio-tungstenite node-ws python-websockets"}
+SERVERS=${SERVERS:-"engine tokio-tungstenite node-ws python-websockets libwebsockets"}
 SECTIONS=${SECTIONS:-"fixed step echo memory"}
 STEP_REPS=${STEP_REPS:-3}
 export P99_LIMIT_US=${P99_LIMIT_US:-1000}
@@ -60,6 +60,12 @@ build() {
       python-websockets)
         [ -x "$PEERS_DIR/venv/bin/python" ] || python3 -m venv "$PEERS_DIR/venv"
         "$PEERS_DIR/venv/bin/pip" install --quiet -r benches/peers/python-websockets/requirements.txt ;;
+      libwebsockets)
+        pkg-config --exists libwebsockets ||
+          { log "libwebsockets needs Debian's libwebsockets-dev (apt install libwebsockets-dev pkg-config)"; exit 1; }
+        # shellcheck disable=SC2046 # pkg-config's flags are split on purpose
+        cc -O2 -Wall -o "$PEERS_DIR/lws-relay" benches/peers/libwebsockets/relay.c \
+          $(pkg-config --cflags --libs libwebsockets) ;;
       *) log "unknown server $server"; exit 2 ;;
     esac
   done
@@ -71,6 +77,7 @@ versions() {
   echo "tokio-tungstenite: $(grep -A1 'name = "tokio-tungstenite"' benches/peers/tokio-tungstenite/Cargo.lock 2>/dev/null | tail -1 | tr -d ' "')"
   echo "node $(node --version 2>/dev/null), ws $(node -p 'require("./benches/peers/node-ws/node_modules/ws/package.json").version' 2>/dev/null)"
   echo "$("$PEERS_DIR/venv/bin/python" --version 2>&1), websockets $("$PEERS_DIR/venv/bin/python" -c 'import websockets; print(websockets.__version__)' 2>/dev/null)"
+  echo "libwebsockets $(pkg-config --modversion libwebsockets 2>/dev/null) (libev loop), $(cc --version | head -1)"
 }
 
 server_pid=""
@@ -81,14 +88,19 @@ start_server() {
     engine)
       local reactors=$(( (conns + PER_TABLE - 1) / PER_TABLE ))
       [ "$reactors" -lt 2 ] && reactors=2
+      # A fresh store each run, as every peer starts empty.
+      rm -rf "$PEERS_DIR/engine-data"
       target/release/engine --listen "127.0.0.1:$PORT" --reactors "$reactors" \
-        --auth-timeout-ms 60000 --log-level warn > "$log_file" 2>&1 & ;;
+        --data-dir "$PEERS_DIR/engine-data" --auth-timeout-ms 60000 --log-level warn \
+        > "$log_file" 2>&1 & ;;
     tokio-tungstenite)
       "$PEERS_DIR/cargo/release/peer-tokio-tungstenite" "127.0.0.1:$PORT" > "$log_file" 2>&1 & ;;
     node-ws)
       node benches/peers/node-ws/relay.js "127.0.0.1:$PORT" > "$log_file" 2>&1 & ;;
     python-websockets)
       "$PEERS_DIR/venv/bin/python" benches/peers/python-websockets/relay.py "127.0.0.1:$PORT" > "$log_file" 2>&1 & ;;
+    libwebsockets)
+      "$PEERS_DIR/lws-relay" "127.0.0.1:$PORT" > "$log_file" 2>&1 & ;;
   esac
   server_pid=$!
   for _ in $(seq 100); do
