@@ -107,7 +107,10 @@ impl Engine {
             senders: reply_senders,
             doorbells: shared.clone(),
         };
-        let (store, store_thread, memberships) = store::open(
+        // Each home's window is seeded with the newest of its share; more than all of
+        // them hold is not read (and at most 2^20 in all, to bound start-up).
+        let recent_max = (reactors * shared.config.dedup_window_pairs).min(1 << 20);
+        let opened = store::open(
             &shared.config.data_dir,
             store::Limits {
                 queue_max_per_user: shared.config.queue_max_per_user,
@@ -115,6 +118,10 @@ impl Engine {
                 cache_bytes: shared.config.store_cache_bytes,
                 commit_delay: failpoint::Failpoint::commit_delay(shared.config.failpoint.as_ref()),
                 journal_only: shared.config.failpoint == Some(failpoint::Failpoint::JournalOnly),
+                recent: (
+                    Duration::from_millis(shard::dedup::WINDOW_AGE_MS),
+                    recent_max,
+                ),
             },
             routes,
             push,
@@ -125,6 +132,12 @@ impl Engine {
                 shared.config.data_dir.display()
             ))
         })?;
+        let store::Opened {
+            store,
+            thread: store_thread,
+            memberships,
+            recent,
+        } = opened;
         let mut groups: Vec<shard::groups_state::Groups> =
             (0..reactors).map(|_| Default::default()).collect();
         for (group, user) in memberships {
@@ -132,6 +145,11 @@ impl Engine {
             groups[router::home_of(&group, reactors)].join(&group, user.into());
         }
         let mut groups = groups.into_iter();
+        let mut recent_by_home: Vec<Vec<store::RecentPair>> = vec![Vec::new(); reactors];
+        for pair in recent {
+            recent_by_home[router::home_of(&pair.user, reactors)].push(pair);
+        }
+        let mut recent_by_home = recent_by_home.into_iter();
         let (producers, consumers) = mailbox::rings(reactors);
         let (ready_tx, ready_rx) = mpsc::channel();
         let mut threads = Vec::with_capacity(reactors);
@@ -145,6 +163,7 @@ impl Engine {
                 store: store.clone(),
                 store_replies: reply_receivers.remove(0),
                 groups: groups.next().unwrap_or_default(),
+                recent: recent_by_home.next().unwrap_or_default(),
             };
             threads.push(reactor::spawn(seed, ready_tx.clone())?);
             match ready_rx.recv() {

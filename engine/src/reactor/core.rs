@@ -130,18 +130,20 @@ impl Reactor {
             warn!(reactor = seed.id, "{why}; sockets live in the fd table");
         }
         sockets.watch(seed.shared.doorbells[seed.id].fd(), DOORBELL_TOKEN)?;
+        let mut shard = Shard::new(
+            (seed.id, seed.shared.config.reactors),
+            seed.groups,
+            seed.shared.group_quota.clone(),
+            seed.shared.config.presence_grace_ms,
+            seed.shared.config.dedup_window_pairs,
+        );
+        shard.remember_recent(&seed.recent);
         Ok(Reactor {
             id: seed.id,
             conns: Slab::new(),
             next_generation: 1,
             sockets,
-            shard: Shard::new(
-                (seed.id, seed.shared.config.reactors),
-                seed.groups,
-                seed.shared.group_quota.clone(),
-                seed.shared.config.presence_grace_ms,
-                seed.shared.config.dedup_window_pairs,
-            ),
+            shard,
             effects: Effects::default(),
             carrying_out: false,
             v1_acks: Vec::new(),

@@ -135,6 +135,9 @@ pub struct ReactorSeed {
     pub store_replies: std::sync::mpsc::Receiver<store::Reply>,
     /// The groups homed at this reactor, as the store holds them.
     pub groups: Groups,
+    /// The direct messages this home's users received lately, oldest first (its dedup
+    /// window starts with them).
+    pub recent: Vec<store::RecentPair>,
 }
 
 /// The exit code of a process whose reactor died (EX_SOFTWARE).

@@ -54,7 +54,7 @@ use crate::{
     router::{gather::Gathers, home_of, ConnAddr, Envelope},
     store::{Command, FanOut, Reply},
 };
-use dedup::RecentMessages;
+use dedup::{RecentMessages, Seen};
 use directory::Directory;
 use groups_state::{GroupQuota, Groups};
 
@@ -293,6 +293,24 @@ impl Shard {
     /// Users homed here with at least one device online.
     pub fn online_users(&self) -> usize {
         self.directory.online_users()
+    }
+
+    /// Starts the dedup window with the direct messages the store's inboxes received
+    /// lately (oldest first), so a retry after a restart is confirmed, not delivered.
+    pub fn remember_recent(&mut self, pairs: &[crate::store::RecentPair]) {
+        for pair in pairs {
+            let key = if pair.copy {
+                self.recent.copy_key(&pair.sender, &pair.message_id)
+            } else {
+                self.recent.key(&pair.sender, &pair.message_id)
+            };
+            let seen = if pair.delivered {
+                Seen::Delivered
+            } else {
+                Seen::Queued
+            };
+            self.recent.record(key, seen, pair.at_ms);
+        }
     }
 
     /// Recent messages the dedup window let go of early (see [`RecentMessages`]).

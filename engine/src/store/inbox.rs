@@ -81,7 +81,7 @@ pub(super) fn encode(stamp: Stamp, flags: u8, body: &[u8]) -> Vec<u8> {
 }
 
 /// A stored value's parts: `(kind, flags, priority, appended at, body)`.
-fn decode(value: &[u8]) -> (OutKind, u8, Priority, u64, &[u8]) {
+pub(super) fn decode(value: &[u8]) -> (OutKind, u8, Priority, u64, &[u8]) {
     let kind = value
         .first()
         .and_then(|&k| OutKind::from_index(usize::from(k)))

@@ -30,6 +30,7 @@ mod history;
 mod inbox;
 mod journal;
 mod logged;
+mod recent;
 mod state;
 mod worker;
 
@@ -52,6 +53,7 @@ pub use commands::{
 };
 pub use failure::Failure;
 pub use inbox::{InboxEvent, UnackedCursor};
+pub use recent::RecentPair;
 
 /// The database file's name in the data directory (its journal sits beside it).
 const FILE_NAME: &str = "engine.redb";
@@ -160,31 +162,51 @@ pub struct Limits {
     pub commit_delay: Duration,
     /// Commit through the journal even when nothing waits (the `journal_only` failpoint).
     pub journal_only: bool,
+    /// How far back, and how many at most, the direct messages read at start for the
+    /// homes' dedup windows go ([`Opened::recent`]).
+    pub recent: (Duration, usize),
 }
 
 /// Group memberships as the store holds them: `(group, user)` pairs.
 pub type Memberships = Vec<(Box<str>, Box<str>)>;
 
+/// An open store: its handle and thread, and what the reactors start with.
+pub struct Opened {
+    /// Where commands go.
+    pub store: Store,
+    /// The store's thread.
+    pub thread: JoinHandle<()>,
+    /// The group memberships it holds, for the groups' home reactors.
+    pub memberships: Memberships,
+    /// The direct messages its inboxes received lately, oldest first, for the homes'
+    /// dedup windows: a retry after a restart is then not delivered again.
+    pub recent: Vec<RecentPair>,
+}
+
 /// Opens (or creates) the store in `dir` and starts its thread, which hands each message
-/// it queues to `push` (the push hook the engine started, if any); returns the group
-/// memberships it holds, for the groups' home reactors.
+/// it queues to `push` (the push hook the engine started, if any).
 pub fn open(
     dir: &Path,
     limits: Limits,
     routes: ReplyRoutes,
     push: Option<crate::push::Push>,
-) -> io::Result<(Store, JoinHandle<()>, Memberships)> {
+) -> io::Result<Opened> {
     std::fs::create_dir_all(dir)?;
     let db = open_file(dir, limits.cache_bytes).map_err(io::Error::other)?;
     let journal = journal::Journal::recover(dir, &db).map_err(io::Error::other)?;
     let state = state::State::load(&db).map_err(io::Error::other)?;
     let memberships = state::memberships(&db).map_err(io::Error::other)?;
+    let (window, recent_max) = limits.recent;
+    let since_ms = crate::protocol::now_ms().saturating_sub(window.as_millis() as u64);
+    let recent =
+        recent::recent_pairs(&db, &state.heads, since_ms, recent_max).map_err(io::Error::other)?;
     info!(
         dir = %dir.display(),
         epoch = &*state.epoch,
         unacknowledged = state.heads.unacked_total(),
         users = state.heads.users_waiting(),
         memberships = memberships.len(),
+        recent = recent.len(),
         "store open"
     );
     let stats = Arc::new(StoreStats {
@@ -210,7 +232,12 @@ pub fn open(
     let thread = std::thread::Builder::new()
         .name("store".into())
         .spawn(move || worker.run())?;
-    Ok((Store { commands, stats }, thread, memberships))
+    Ok(Opened {
+        store: Store { commands, stats },
+        thread,
+        memberships,
+        recent,
+    })
 }
 
 /// Opens (or creates) the database file in `dir` with a page cache of `cache_bytes`.
