@@ -828,9 +828,10 @@ impl World {
 
     /// The same message id again, as a client does when it saw no ack (here: at random,
     /// from any connection of the same user since the last crash). Not across a crash:
-    /// the dedup window is memory, and the engine does not ask the store before it
-    /// delivers online, so a retry after a restart can reach a device twice (README,
-    /// "Dedup"; per-user inboxes with sequence numbers, issue 19, are what close it).
+    /// the engine seeds its dedup windows at start from the inbox rows the store holds
+    /// (`store::recent`, tested against the real engine in `inbox.rs`), but this model's
+    /// store does not hand its rows to the shards at boot, and a first copy a crash lost
+    /// uncommitted may still have reached a device (README, "Dedup").
     fn retry(&mut self, conn: usize) {
         let user = self.conns[conn].user.clone();
         let epoch = self.oracle.epoch;
