@@ -32,6 +32,19 @@ fn the_api_needs_the_token_and_says_how() {
 }
 
 #[test]
+fn an_answer_slower_than_the_handshake_deadline_still_comes() {
+    // Each commit takes 600 ms; a request head must come within 200 ms. The send was
+    // read in time, so its answer is awaited, not cut off by that deadline.
+    let args = ["--api-token", TOKEN, "--handshake-timeout-ms", "200"];
+    let env = [("ENGINE_FAILPOINT", "slow_commit_ms:600")];
+    let server = Server::start_with_env(common::Driver::IoUring, &args, &env);
+    let body = json!({"sender_id": "alice", "receiver_id": "nobody-online", "text": "slow"});
+    let (status, answer) = post(&server, "/api/messages/send", &body);
+    assert_eq!(status, 202, "{answer}");
+    assert_eq!(answer["status"], "queued");
+}
+
+#[test]
 fn send_reaches_the_receivers_devices_and_answers_202() {
     on_both_drivers(|driver| {
         let server = Server::start(driver, &["--api-token", TOKEN]);

@@ -745,7 +745,14 @@ impl Reactor {
             if u64::from(conn.deadline_tick) != entry.due_tick {
                 continue;
             }
+            let answering = conn.aux.as_ref().is_some_and(|a| a.pending_api.is_some());
             match conn.phase {
+                // The request head came in time and its answer is being gathered (a
+                // commit, a broadcast to a million users): the deadline waits for it,
+                // and the answer re-arms it for the next request.
+                Phase::Http if answering => {
+                    self.set_deadline(at, self.shared.config.handshake_timeout_ms)
+                }
                 Phase::Http | Phase::Closing => self.close_now(at),
                 Phase::Open => self.begin_close(at, close::AUTH_TIMEOUT, "auth timeout"),
                 Phase::Authenticated => {}
