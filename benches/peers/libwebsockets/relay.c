@@ -260,7 +260,15 @@ static void queue(struct conn *c, const char *payload, size_t len)
 static char out[1 << 16];
 
 #define OUT(...) snprintf(out, sizeof out, __VA_ARGS__)
-#define SPAN(s) (int)(s).len, (s).at
+#define SPAN(s) (int)(s).len, (s).at ? (s).at : ""
+
+/* Queues the answer OUT built, `n` bytes as snprintf counted them: one that did not fit
+ * (fields near the 64 KiB message bound) is dropped rather than sent cut. */
+static void queue_out(struct conn *c, int n)
+{
+	if (n >= 0 && (size_t)n < sizeof out)
+		queue(c, out, (size_t)n);
+}
 
 static void on_message(struct conn *c, const char *text, size_t len)
 {
@@ -278,12 +286,13 @@ static void on_message(struct conn *c, const char *text, size_t len)
 		n = OUT("{\"type\":\"auth_success\",\"userId\":\"%.*s\",\"deviceId\":\"%.*s\","
 			"\"timestamp\":%lld}",
 			SPAN(r.user_id), SPAN(r.device_id), now_ms());
-		queue(c, out, (size_t)n);
+		queue_out(c, n);
 	} else if (is(r.type, "ping")) {
 		n = OUT("{\"type\":\"pong\",\"ts\":%.*s,\"timestamp\":%lld}",
 			r.ts.at ? (int)r.ts.len : 4, r.ts.at ? r.ts.at : "null", now_ms());
-		queue(c, out, (size_t)n);
-	} else if (is(r.type, "send_message") && c->user && r.receiver_id.at) {
+		queue_out(c, n);
+	} else if (is(r.type, "send_message") && c->user && r.receiver_id.at &&
+		   r.receiver_id.len < 256) {
 		char receiver[256];
 		snprintf(receiver, sizeof receiver, "%.*s", SPAN(r.receiver_id));
 		struct slot *s = users_cap ? find(receiver) : NULL;
@@ -295,7 +304,7 @@ static void on_message(struct conn *c, const char *text, size_t len)
 				SPAN(r.message_id), c->user, SPAN(r.receiver_id), SPAN(r.content),
 				now_ms());
 			for (struct conn *d = devices; d; d = d->next_device)
-				queue(d, out, (size_t)n);
+				queue_out(d, n);
 			n = OUT("{\"type\":\"message_ack\",\"messageId\":\"%.*s\",\"status\":\"sent\","
 				"\"timestamp\":%lld}",
 				SPAN(r.message_id), now_ms());
@@ -304,7 +313,7 @@ static void on_message(struct conn *c, const char *text, size_t len)
 				"online\",\"ref\":\"%.*s\"}",
 				SPAN(r.message_id));
 		}
-		queue(c, out, (size_t)n);
+		queue_out(c, n);
 	}
 }
 
