@@ -295,10 +295,11 @@ fn timerfd() -> io::Result<RawFd> {
     Ok(fd)
 }
 
-/// Arms the timer to fire `after` from now (at least 1 µs) and then every `every` (zero:
-/// once), so a steady schedule costs no `timerfd_settime` per wake-up; [`disarm`] stops it.
+/// Arms the timer to fire `after` from now and then every `every` (both at least 1 µs),
+/// so a steady schedule costs no `timerfd_settime` per wake-up; [`disarm`] stops it.
 fn arm(timer: RawFd, after: Duration, every: Duration) {
-    set_timer(timer, after.max(Duration::from_micros(1)), every);
+    let floor = Duration::from_micros(1);
+    set_timer(timer, after.max(floor), every.max(floor));
 }
 
 /// Stops the timer.
