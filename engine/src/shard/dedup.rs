@@ -192,6 +192,25 @@ mod tests {
         assert_eq!(recent.check(recent.key("s", &last)), None);
     }
 
+    /// The documented bound of `--dedup-window-pairs`: a full window costs at most 130 B
+    /// a pair (the hash table's buckets and control bytes, and the queue, at the
+    /// capacities they reach), across window sizes either side of the tables' doublings.
+    #[test]
+    fn a_full_window_costs_at_most_130_bytes_a_pair() {
+        for pairs in [1024, 1025, 7169, 8192, 8193, 14337, 16384] {
+            let mut recent = RecentMessages::new(pairs);
+            for i in 0..pairs + 100 {
+                let key = recent.key("s", &i.to_string());
+                recent.record(key, Seen::Delivered, 0);
+            }
+            let buckets = (recent.seen.capacity() * 8 / 7).next_power_of_two();
+            let table = buckets * (std::mem::size_of::<(PairKey, Record)>() + 1);
+            let queue = recent.order.capacity() * std::mem::size_of::<(PairKey, u64, u64)>();
+            let per_pair = (table + queue) as f64 / pairs as f64;
+            assert!(per_pair <= 130.0, "{pairs} pairs: {per_pair:.1} B a pair");
+        }
+    }
+
     #[test]
     fn pairs_age_out_of_the_window() {
         let mut recent = RecentMessages::new(PAIRS);
