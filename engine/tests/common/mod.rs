@@ -41,11 +41,15 @@ pub struct Server {
     own_data_dir: Option<std::path::PathBuf>,
 }
 
-/// A data directory no other test uses.
+/// A data directory no other test uses, empty: what an earlier test process with the same
+/// pid left there (one killed, or one that kept its directory to restart on) is removed,
+/// or the engine would open another run's store (seen: a store of an older layout).
 pub fn fresh_data_dir() -> std::path::PathBuf {
     static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    std::env::temp_dir().join(format!("engine-test-{}-{n}", std::process::id()))
+    let dir = std::env::temp_dir().join(format!("engine-test-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
 }
 
 impl Server {
