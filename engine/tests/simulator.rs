@@ -58,6 +58,10 @@ struct Tally {
     resumes: (usize, usize),
     /// Devices closed for leaving the inbox bound unacknowledged.
     overdue_closes: usize,
+    /// Retries after a crash of a message sent before it.
+    retried_after_crash: usize,
+    /// Messages a device got twice across a crash, as the README allows (informative).
+    allowed_twice: usize,
 }
 
 impl Tally {
@@ -71,6 +75,8 @@ impl Tally {
         self.resumes.0 += other.resumes.0;
         self.resumes.1 += other.resumes.1;
         self.overdue_closes += other.overdue_closes;
+        self.retried_after_crash += other.retried_after_crash;
+        self.allowed_twice += other.allowed_twice;
     }
 
     fn everything_happened(&self) -> bool {
@@ -85,6 +91,7 @@ impl Tally {
             self.resumes.0,
             self.resumes.1,
             self.overdue_closes,
+            self.retried_after_crash,
         ]
         .iter()
         .all(|&n| n > 0)
@@ -102,6 +109,8 @@ fn run_seed(seed: u64) -> Result<Tally, String> {
         edits: oracle.edits_seen,
         resumes: oracle.resumes,
         overdue_closes: oracle.overdue_closes,
+        retried_after_crash: oracle.retried_after_crash,
+        allowed_twice: oracle.allowed_twice,
     })
 }
 

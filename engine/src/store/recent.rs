@@ -74,23 +74,33 @@ pub(super) fn recent_pairs(
     Ok(rows
         .into_iter()
         .filter_map(|(at_ms, user, seq, body)| {
-            let ids: Ids = serde_json::from_slice(&body).ok()?;
-            // Group posts are kept apart from direct messages' dedup.
-            if ids.group_id.is_some() {
-                return None;
-            }
-            let copy = *ids.receiver_id != *user;
-            if copy && ids.sender_id != user {
-                return None;
-            }
-            Some(RecentPair {
-                delivered: seq <= heads.of(&user).acked,
-                user,
-                sender: ids.sender_id,
-                message_id: ids.message_id,
-                copy,
-                at_ms,
-            })
+            let acked = heads.of(&user).acked;
+            RecentPair::of_row(&user, seq <= acked, at_ms, &body)
         })
         .collect())
+}
+
+impl RecentPair {
+    /// The pair an inbox row of `user` holds, if it is a direct message: `body` is the
+    /// row's `new_message` JSON, `delivered` whether a device acknowledged the row.
+    /// `None` for a group post (kept apart from direct messages' dedup) or a row that
+    /// does not parse. Public for the simulator's store, which keeps inboxes its own way.
+    pub fn of_row(user: &str, delivered: bool, at_ms: u64, body: &[u8]) -> Option<RecentPair> {
+        let ids: Ids = serde_json::from_slice(body).ok()?;
+        if ids.group_id.is_some() {
+            return None;
+        }
+        let copy = *ids.receiver_id != *user;
+        if copy && *ids.sender_id != *user {
+            return None;
+        }
+        Some(RecentPair {
+            user: user.into(),
+            sender: ids.sender_id,
+            message_id: ids.message_id,
+            copy,
+            at_ms,
+            delivered,
+        })
+    }
 }

@@ -101,7 +101,22 @@ pub struct Oracle {
     device_seq: HashMap<usize, u64>,
     /// Resumes honoured and refused.
     pub resumes: (usize, usize),
+    /// Per store start (the high 32 bits of the `seq`s it gives out), every inbox event
+    /// `(user, seq)` the store held when it began: its direct messages are what the homes'
+    /// dedup windows must begin with.
+    held_at_start: HashMap<u64, HashSet<(String, u64)>>,
+    /// Per device and direct message, the `seq` of the first event that carried it.
+    copies: HashMap<DirectCopy, u64>,
+    /// Retries of a message whose last attempt was before a crash.
+    pub retried_after_crash: usize,
+    /// Messages a device got under two `seq`s as the README allows (the first copy was
+    /// not in the window the restart began with: pruned, or lost uncommitted).
+    pub allowed_twice: usize,
 }
+
+/// One device's copy of a direct message: `(device, inbox user, sender, messageId, the
+/// copy to the sender's other devices)`.
+type DirectCopy = (usize, String, String, String, bool);
 
 impl Oracle {
     /// A new connection `index` of `user`'s device `device` (a v2 device resumes from
@@ -156,6 +171,43 @@ impl Oracle {
         Ok(())
     }
 
+    /// Store start `start` began with the inbox events `held`.
+    pub fn started(&mut self, start: u64, held: HashSet<(String, u64)>) {
+        self.held_at_start.insert(start, held);
+    }
+
+    /// Connection `conn` got direct message `frame` as inbox event `seq`: a device gets
+    /// one message under one `seq`, however often its sender retried it and across
+    /// crashes. The exception is the one the README's "Dedup" names: a retry in a later
+    /// process lifetime whose first copy that lifetime's windows did not begin with
+    /// (pruned from the inbox, or lost uncommitted in the crash) reaches devices again.
+    pub fn direct_copy(&mut self, conn: usize, seq: u64, frame: &Value) -> Result<(), String> {
+        let view = &self.conns[conn];
+        let text = |key: &str| frame[key].as_str().unwrap_or_default().to_owned();
+        let (sender, id) = (text("senderId"), text("messageId"));
+        let copy = text("receiverId") != view.user;
+        let key = (view.device, view.user.clone(), sender, id, copy);
+        let first = *self.copies.entry(key.clone()).or_insert(seq);
+        if first == seq {
+            return Ok(());
+        }
+        let (earlier, later) = (first.min(seq), first.max(seq));
+        let (_, user, sender, id, _) = key;
+        let start = later >> 32;
+        let seeded = self
+            .held_at_start
+            .get(&start)
+            .is_some_and(|held| held.contains(&(user, earlier)));
+        if start == earlier >> 32 || seeded {
+            return Err(format!(
+                "conn {conn} (device {}) got {sender}/{id} as seq {earlier} and again as {later}",
+                view.device
+            ));
+        }
+        self.allowed_twice += 1;
+        Ok(())
+    }
+
     /// For a connection whose resume was honoured: the `seq` it resumed from and the
     /// `seq`s it got.
     pub fn resumed_view(&self, conn: usize) -> Option<(u64, &BTreeSet<u64>)> {
@@ -184,6 +236,9 @@ impl Oracle {
             message.receiver, receiver,
             "a retry names the first receiver"
         );
+        if !message.attempts.is_empty() && message.epoch < self.epoch {
+            self.retried_after_crash += 1;
+        }
         message.attempts.push(self.step);
         message.senders.push(conn);
         message.epoch = self.epoch;

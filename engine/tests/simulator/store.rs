@@ -8,13 +8,14 @@
 //! start raises the floor of every `seq` given out, so a `seq` a device saw before a
 //! crash lost its event is never given to another.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use bytes::Bytes;
 use engine::{
     protocol::{codes::OutKind, Priority},
     store::{
-        AckTo, Append, Command, Greeting, InboxEvent, Outcome, ReadFrom, Reply, Share, Ticket,
+        AckTo, Append, Command, Greeting, InboxEvent, Outcome, ReadFrom, RecentPair, Reply, Share,
+        Ticket,
     },
 };
 
@@ -26,6 +27,8 @@ struct Stored {
     json: Bytes,
     /// `(sender, message id)` when its sender wants a `delivery_receipt`.
     receipt: Option<(String, String)>,
+    /// When its commit was (Unix ms).
+    at_ms: u64,
 }
 
 /// One user's inbox.
@@ -124,6 +127,40 @@ impl SimStore {
             .get(user)
             .map(|inbox| inbox.events.range(seq + 1..).map(|(s, _)| *s).collect())
             .unwrap_or_default()
+    }
+
+    /// This start of the store: the high 32 bits of every `seq` it gives out.
+    pub fn start(&self) -> u64 {
+        self.starts
+    }
+
+    /// Every inbox event held: `(user, seq)`.
+    pub fn held(&self) -> HashSet<(String, u64)> {
+        self.inboxes
+            .iter()
+            .flat_map(|(user, inbox)| inbox.events.keys().map(|&seq| (user.clone(), seq)))
+            .collect()
+    }
+
+    /// The direct messages the inboxes received at `since_ms` or later, oldest first: what
+    /// the real store reads at start for the homes' dedup windows (`store::recent`; the
+    /// simulation is too short for its count bound to matter).
+    pub fn recent(&self, since_ms: u64) -> Vec<RecentPair> {
+        let mut pairs: Vec<RecentPair> = self
+            .inboxes
+            .iter()
+            .flat_map(|(user, inbox)| {
+                inbox
+                    .events
+                    .iter()
+                    .filter(|(_, e)| e.kind == OutKind::NewMessage && e.at_ms >= since_ms)
+                    .filter_map(|(&seq, e)| {
+                        RecentPair::of_row(user, seq <= inbox.acked, e.at_ms, &e.json)
+                    })
+            })
+            .collect();
+        pairs.sort_by_key(|pair| pair.at_ms);
+        pairs
     }
 
     /// The memberships held, as the engine loads them at start.
@@ -373,6 +410,7 @@ impl SimStore {
                 priority: append.event.priority,
                 json: append.event.json.clone(),
                 receipt,
+                at_ms: self.now_ms,
             };
             if self.put((&user, append.seq, append.home), stored, replies) {
                 if let Some(chat) = &append.chat {
@@ -397,6 +435,7 @@ impl SimStore {
                 priority: share.priority,
                 json: row.json.unwrap_or_else(|| share.json.clone()),
                 receipt: None,
+                at_ms: self.now_ms,
             };
             if !self.put((&row.user, row.seq, share.home), stored, replies) {
                 not_kept += 1;

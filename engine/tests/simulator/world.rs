@@ -183,6 +183,21 @@ impl World {
             .enumerate()
             .map(|(id, groups)| Shard::new((id, n), groups, quota.clone(), GRACE_MS, DEDUP_PAIRS))
             .collect();
+        // As the engine starts: each home's dedup window begins with the direct messages
+        // its users' inboxes received lately.
+        let since = self
+            .now_ms
+            .saturating_sub(engine::shard::dedup::WINDOW_AGE_MS);
+        let recent = self.store.recent(since);
+        for (home, shard) in self.shards.iter_mut().enumerate() {
+            let mine: Vec<_> = recent
+                .iter()
+                .filter(|pair| engine::router::home_of(&pair.user, n) == home)
+                .cloned()
+                .collect();
+            shard.remember_recent(&mine);
+        }
+        self.oracle.started(self.store.start(), self.store.held());
         self.rings = (0..n)
             .map(|_| (0..n).map(|_| VecDeque::new()).collect())
             .collect();
@@ -617,6 +632,15 @@ impl World {
         if let Err(e) = self.oracle.numbered(conn, event.seq) {
             self.failure.get_or_insert(e);
         }
+        if event.kind == engine::protocol::codes::OutKind::NewMessage {
+            let frame: Value = serde_json::from_slice(&event.json).unwrap_or_default();
+            let direct = frame.get("groupId").is_none();
+            if direct {
+                if let Err(e) = self.oracle.direct_copy(conn, event.seq, &frame) {
+                    self.failure.get_or_insert(e);
+                }
+            }
+        }
         self.receive(conn, &event.json, via_inbox);
     }
 
@@ -827,20 +851,15 @@ impl World {
     }
 
     /// The same message id again, as a client does when it saw no ack (here: at random,
-    /// from any connection of the same user since the last crash). Not across a crash:
-    /// the engine seeds its dedup windows at start from the inbox rows the store holds
-    /// (`store::recent`, tested against the real engine in `inbox.rs`), but this model's
-    /// store does not hand its rows to the shards at boot, and a first copy a crash lost
-    /// uncommitted may still have reached a device (README, "Dedup").
+    /// from any connection of the same user, before a crash or since). The oracle checks
+    /// that no device gets it under a second `seq` but as the README's "Dedup" allows.
     fn retry(&mut self, conn: usize) {
         let user = self.conns[conn].user.clone();
-        let epoch = self.oracle.epoch;
         let earlier: Vec<(String, String)> = self
             .conns
             .iter()
-            .zip(&self.oracle.conns)
-            .filter(|(c, view)| c.user == user && view.epoch == epoch)
-            .flat_map(|(c, _)| c.sent.iter().cloned())
+            .filter(|c| c.user == user)
+            .flat_map(|c| c.sent.iter().cloned())
             .collect();
         if let Some((id, receiver)) = self.rng.pick(&earlier).cloned() {
             self.send_attempt(conn, &id, &receiver);
