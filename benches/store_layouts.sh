@@ -5,20 +5,22 @@
 # See benches/store-layouts/src/main.rs for what one message writes.
 #
 # Knobs (environment): MESSAGES (1000000), USERS (10000), BATCHES ("64 512"),
-# LAYOUTS ("redb fjall"), OUT (target/store-layouts; each run's files are removed after it).
+# LAYOUTS ("redb fjall"), RATE (0: as fast as commits go; else messages a second, paced),
+# OUT (target/store-layouts; each run's files are removed after it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MESSAGES=${MESSAGES:-1000000}
 USERS=${USERS:-10000}
 BATCHES=${BATCHES:-"64 512"}
 LAYOUTS=${LAYOUTS:-"redb fjall"}
+RATE=${RATE:-0}
 OUT=${OUT:-target/store-layouts}
 (cd benches/store-layouts && cargo build --release --quiet)
 bin=benches/store-layouts/target/release/store-layouts
 mkdir -p "$OUT"
 for batch in $BATCHES; do
   for layout in $LAYOUTS; do
-    "$bin" "$layout" "$OUT/$layout-$batch" --messages "$MESSAGES" --users "$USERS" --batch "$batch"
+    "$bin" "$layout" "$OUT/$layout-$batch" --messages "$MESSAGES" --users "$USERS" --batch "$batch" --rate "$RATE"
     rm -rf "${OUT:?}/$layout-$batch"
     echo
   done

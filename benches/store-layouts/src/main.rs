@@ -13,7 +13,12 @@
 //! max, and the bytes the process wrote to the disk per message (`/proc/self/io`,
 //! background compaction included); then the totals and the disk space used.
 //!
+//! With `--rate R` the batches are paced to R messages a second (open loop: batch k starts
+//! at k × B / R s, or at once when behind), so the commit latencies are those at that load
+//! rather than at saturation.
+//!
 //! usage: store-layouts redb|fjall DIR [--messages N] [--users U] [--batch B] [--queue-max Q]
+//!        [--rate R]
 
 use std::{
     path::Path,
@@ -193,12 +198,14 @@ struct Args {
     users: u64,
     batch: usize,
     queue_max: u64,
+    /// Messages a second to pace the batches to (0: as fast as commits go).
+    rate: u64,
 }
 
 fn parse_args() -> Result<Args, String> {
     let mut it = std::env::args().skip(1);
     let usage = "usage: store-layouts redb|fjall DIR [--messages N] [--users U] [--batch B] \
-                 [--queue-max Q]";
+                 [--queue-max Q] [--rate R]";
     let layout = it.next().ok_or(usage)?;
     let dir = it.next().ok_or(usage)?;
     let mut args = Args {
@@ -208,6 +215,7 @@ fn parse_args() -> Result<Args, String> {
         users: 10_000,
         batch: 64,
         queue_max: 1000,
+        rate: 0,
     };
     while let Some(flag) = it.next() {
         let value = it.next().ok_or(format!("{flag} needs a value"))?;
@@ -219,6 +227,7 @@ fn parse_args() -> Result<Args, String> {
             "--users" => args.users = number.max(2),
             "--batch" => args.batch = number.max(1) as usize,
             "--queue-max" => args.queue_max = number,
+            "--rate" => args.rate = number,
             _ => return Err(format!("unknown flag {flag}\n{usage}")),
         }
     }
@@ -298,8 +307,12 @@ fn main() {
             std::process::exit(2);
         }
     };
+    let pace = match args.rate {
+        0 => "as fast as commits go".to_owned(),
+        rate => format!("paced to {rate} msg/s"),
+    };
     println!(
-        "{}: {} messages, {} users, {} a commit, inbox bound {}, in {}",
+        "{}: {} messages, {} users, {} a commit, inbox bound {}, {pace}, in {}",
         args.layout, args.messages, args.users, args.batch, args.queue_max, args.dir
     );
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
@@ -313,6 +326,10 @@ fn main() {
     let mut commits: Vec<Duration> = Vec::new();
     let mut all_commits: Vec<Duration> = Vec::new();
     while sequence < args.messages {
+        if args.rate > 0 {
+            let due = started + Duration::from_secs_f64(sequence as f64 / args.rate as f64);
+            std::thread::sleep(due.saturating_duration_since(Instant::now()));
+        }
         let n = (args.batch as u64).min(args.messages - sequence);
         let at_ms = 1_700_000_000_000 + started.elapsed().as_millis() as u64;
         let messages: Vec<Message> = (0..n)
