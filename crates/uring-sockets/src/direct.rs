@@ -17,7 +17,8 @@
 //! default notification wakes the thread for it, wherever it sleeps).
 //!
 //! Syscalls per operation match the fd table's: one `io_uring_enter` per read or write,
-//! one per close (cancel and close submitted together).
+//! one per close (cancel and close submitted together); a batch of sends to many sockets
+//! ([`Direct::write_vectored_batch`]) takes one per ring for up to 64 of them (its submission queue).
 
 use std::{collections::HashMap, io, os::fd::RawFd};
 
@@ -48,6 +49,9 @@ const SLOT_BITS: u32 = 20;
 const OP_TOKEN: u64 = u64::MAX - 2;
 /// The user data of a shutdown is this tag with the socket in the low 32 bits.
 const SHUTDOWN_TAG: u64 = 0xC000_0000_0000_0000;
+/// The user data of a send of [`Direct::write_vectored_batch`] is this tag with its index
+/// in the batch in the low 32 bits.
+const BATCH_TAG: u64 = 0xA000_0000_0000_0000;
 /// The bits of a user data that say it is a shutdown's.
 const TAG_MASK: u64 = 0xFFFF_FFFF_0000_0000;
 /// What a socket's poll watches; errors and hang-ups are always reported.
@@ -58,6 +62,7 @@ const SEND_FLAGS: i32 = libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL;
 const _: () = assert!(SLOTS_PER_RING_MAX <= 1 << SLOT_BITS);
 const _: () = assert!((RINGS_MAX as u64) << SLOT_BITS <= u32::MAX as u64 + 1);
 const _: () = assert!(OP_TOKEN > SOCKET_TOKEN_MAX && SHUTDOWN_TAG > SOCKET_TOKEN_MAX);
+const _: () = assert!(BATCH_TAG > SOCKET_TOKEN_MAX && BATCH_TAG & TAG_MASK == BATCH_TAG);
 const _: () = assert!(OP_TOKEN & TAG_MASK != SHUTDOWN_TAG);
 
 /// One thread's rings and the eventfd they signal.
@@ -77,6 +82,9 @@ pub struct Direct {
     shutting_down: HashMap<u32, bool>,
     /// A ring that had a free slot at the last adoption: where the next one looks first.
     with_room: usize,
+    /// The message headers of a batch of sends (kept between batches: no allocation once
+    /// grown). Their pointers are the caller's iovecs, valid only during the batch.
+    headers: Vec<libc::msghdr>,
 }
 
 /// Completions taken from a ring that the caller has not been given yet.
@@ -91,6 +99,9 @@ struct Reaped {
     ops_done: usize,
     /// The result of the last operation completed.
     op_result: i32,
+    /// The results of a batch's sends, by index in the batch, and how many have come.
+    batch: Vec<i32>,
+    batch_done: usize,
 }
 
 /// One ring and its file table's free slots.
@@ -149,6 +160,7 @@ impl Direct {
             staged: Reaped::default(),
             shutting_down: HashMap::new(),
             with_room: 0,
+            headers: Vec::new(),
         };
         direct.rings.push(Ring::new(slots_per_ring, notify)?);
         direct.self_test()?;
@@ -295,6 +307,69 @@ impl Direct {
         // SAFETY: `msg` and the buffers it points to outlive `run`, which returns only once
         // the send completed.
         outcome(unsafe { self.run(ring, &[send]) })
+    }
+
+    /// Writes what each socket takes of its iovecs (`sends[i]`: a socket and its range of
+    /// `iovecs`), all submitted together: one `io_uring_enter` per ring for up to 64 sends
+    /// (its submission queue), where [`Direct::write_vectored`] takes one each.
+    /// `results[i]` is the i-th send's outcome. A socket appears at most once, since the
+    /// kernel runs the sends of one submission in turn and a short first write must not be
+    /// followed by the next. Hot path: allocates nothing once the scratch buffers have
+    /// grown.
+    pub fn write_vectored_batch(
+        &mut self,
+        sends: &[(Socket, std::ops::Range<usize>)],
+        iovecs: &[libc::iovec],
+        results: &mut Vec<io::Result<usize>>,
+    ) {
+        self.headers.clear();
+        self.headers.extend(sends.iter().map(|(_, range)| {
+            // SAFETY: a zeroed msghdr is valid (no name, no control data).
+            let mut header: libc::msghdr = unsafe { std::mem::zeroed() };
+            let bufs = &iovecs[range.clone()];
+            header.msg_iov = bufs.as_ptr().cast_mut();
+            header.msg_iovlen = bufs.len() as _;
+            header
+        }));
+        self.staged.batch.clear();
+        self.staged.batch.resize(sends.len(), 0);
+        for (ring, Ring { uring, .. }) in self.rings.iter_mut().enumerate() {
+            let mut pushed = 0;
+            for (i, (socket, _)) in sends.iter().enumerate() {
+                let (on, slot) = unpack(*socket);
+                if on != ring {
+                    continue;
+                }
+                let send = opcode::SendMsg::new(Fixed(slot), &self.headers[i])
+                    .flags(SEND_FLAGS as u32)
+                    .build()
+                    .user_data(BATCH_TAG | i as u64);
+                // SAFETY: the header and the iovecs it points to outlive this call, which
+                // returns only once every send of the batch completed.
+                while unsafe { uring.submission().push(&send) }.is_err() {
+                    submit_or_reap(uring, &mut self.staged, 0);
+                }
+                pushed += 1;
+            }
+            if pushed == 0 {
+                continue;
+            }
+            let mut want = 0;
+            loop {
+                submit_or_reap(uring, &mut self.staged, want);
+                for cqe in uring.completion() {
+                    classify(&cqe, &mut self.staged);
+                }
+                if self.staged.batch_done == pushed {
+                    self.staged.batch_done = 0;
+                    break;
+                }
+                // Not all done inline (one went to a kernel worker): wait for it.
+                want = 1;
+            }
+        }
+        results.clear();
+        results.extend(self.staged.batch.iter().map(|&result| outcome(result)));
     }
 
     /// Half-closes the socket. The kernel runs a shutdown on a worker thread, so this
@@ -474,6 +549,13 @@ fn classify(cqe: &cqueue::Entry, staged: &mut Reaped) {
     }
     if token & TAG_MASK == SHUTDOWN_TAG {
         staged.shutdowns.push(token as u32);
+        return;
+    }
+    if token & TAG_MASK == BATCH_TAG {
+        if let Some(slot) = staged.batch.get_mut(token as u32 as usize) {
+            *slot = result;
+            staged.batch_done += 1;
+        }
         return;
     }
     if token > SOCKET_TOKEN_MAX || result == -libc::ECANCELED {

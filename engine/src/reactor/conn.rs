@@ -249,20 +249,13 @@ pub struct OutQueue {
 }
 
 /// The most buffers handed to one `writev`.
-const IOVECS_MAX: usize = 64;
+pub const IOVECS_MAX: usize = 64;
 
 impl OutQueue {
     /// Queues `frame` behind others of its priority.
     pub fn push(&mut self, frame: Bytes, priority: Priority) {
         self.bytes += frame.len();
         self.lanes[priority as usize].push_back(frame);
-    }
-
-    /// Queues the rest of a frame the socket took `written` bytes of; it goes first.
-    pub fn push_partial(&mut self, frame: Bytes, written: usize) {
-        debug_assert!(self.head.is_none() && written < frame.len());
-        self.bytes += frame.len() - written;
-        self.head = Some((frame, written));
     }
 
     /// Whether a frame has been partly written (so nothing else may be written first).
@@ -284,6 +277,13 @@ impl OutQueue {
         self.bytes == 0
     }
 
+    /// What waits, in the order it must go: the rest of a started frame, then the lanes.
+    pub fn chunks(&self) -> impl Iterator<Item = &[u8]> {
+        let head = self.head.as_ref().map(|(f, off)| &f[*off..]);
+        head.into_iter()
+            .chain(self.lanes.iter().flatten().map(|f| &f[..]))
+    }
+
     /// Writes as much as the socket takes, many frames per call.
     pub fn write_to(&mut self, sockets: &mut Sockets, socket: Socket) -> io::Result<Flushed> {
         while !self.is_empty() {
@@ -292,23 +292,13 @@ impl OutQueue {
                 iov_len: 0,
             }; IOVECS_MAX];
             let mut count = 0;
-            let head = self.head.as_ref().map(|(f, off)| &f[*off..]);
-            for chunk in head
-                .into_iter()
-                .chain(self.lanes.iter().flatten().map(|f| &f[..]))
-            {
-                if count == IOVECS_MAX {
-                    break;
-                }
-                iov[count] = libc::iovec {
-                    iov_base: chunk.as_ptr() as *mut _,
-                    iov_len: chunk.len(),
-                };
+            for (slot, chunk) in iov.iter_mut().zip(self.chunks()) {
+                *slot = iovec(chunk);
                 count += 1;
             }
             match sockets.write_vectored(socket, &iov[..count]) {
                 Ok(0) => return Ok(Flushed::Blocked),
-                Ok(n) => self.consume(n),
+                Ok(n) => self.taken(n),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
             }
@@ -316,7 +306,8 @@ impl OutQueue {
         Ok(Flushed::All)
     }
 
-    fn consume(&mut self, mut n: usize) {
+    /// Forgets the first `n` bytes waiting: the socket took them.
+    pub fn taken(&mut self, mut n: usize) {
         self.bytes -= n;
         if let Some((frame, offset)) = self.head.take() {
             let left = frame.len() - offset;
@@ -339,6 +330,14 @@ impl OutQueue {
                 n -= frame.len();
             }
         }
+    }
+}
+
+/// An iovec over `chunk` (for a write that reads it while `chunk` is alive).
+pub fn iovec(chunk: &[u8]) -> libc::iovec {
+    libc::iovec {
+        iov_base: chunk.as_ptr() as *mut _,
+        iov_len: chunk.len(),
     }
 }
 
@@ -396,7 +395,8 @@ mod tests {
     fn high_priority_overtakes_but_not_a_started_frame() {
         in_each_placement(|sockets, socket, theirs| {
             let mut queue = OutQueue::default();
-            queue.push_partial(Bytes::from_static(b"HEAD"), 2);
+            queue.push(Bytes::from_static(b"HEAD"), Priority::Low);
+            queue.taken(2); // the socket took "HE"
             queue.push(Bytes::from_static(b"low"), Priority::Low);
             queue.push(Bytes::from_static(b"norm"), Priority::Normal);
             queue.push(Bytes::from_static(b"high"), Priority::High);

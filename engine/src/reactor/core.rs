@@ -87,6 +87,15 @@ pub(crate) struct Reactor {
     pub(crate) parser: JsonParser,
     /// Reusable list of the batch's readiness events.
     events: Vec<(u32, u64)>,
+    /// Connections that are writable and were given output this turn: written together at
+    /// its end ([`Reactor::write_queued`]).
+    to_write: Vec<ConnAddr>,
+    /// Scratch for [`Reactor::write_queued`], kept so that it allocates nothing once grown:
+    /// the connections of one submission, their sends and iovecs, and the outcomes.
+    writing: Vec<ConnAddr>,
+    sends: Vec<(sockets::Socket, std::ops::Range<usize>)>,
+    iovecs: Vec<libc::iovec>,
+    sent: Vec<io::Result<usize>>,
     /// Deadlines.
     pub(crate) timers: TimerWheel,
     /// Reusable list for due timer entries.
@@ -153,6 +162,11 @@ impl Reactor {
             json: OutJson::default(),
             parser: JsonParser::default(),
             events: Vec::with_capacity(sockets::epoll::EVENTS_PER_WAIT_MAX),
+            to_write: Vec::new(),
+            writing: Vec::new(),
+            sends: Vec::new(),
+            iovecs: Vec::new(),
+            sent: Vec::new(),
             timers: TimerWheel::default(),
             due: Vec::new(),
             broadcasts: Gathers::default(),
@@ -274,6 +288,7 @@ impl Reactor {
 
     /// One batch: readiness events, mailboxes, backlog, paused input, doorbells.
     pub(crate) fn run_batch(&mut self) {
+        debug_assert!(self.to_write.is_empty(), "output left from the last turn");
         if self.drain_started.is_none() && self.shared.draining.load(Ordering::Acquire) {
             self.begin_drain();
         }
@@ -316,6 +331,7 @@ impl Reactor {
         for at in std::mem::take(&mut self.unread) {
             self.read_from(at, false);
         }
+        self.write_queued();
         self.ack_v1_deliveries();
         self.outbox.flush(&self.shared.doorbells);
     }
@@ -559,32 +575,105 @@ impl Reactor {
         else {
             return;
         };
-        if conn.outbound.is_none() && conn.flags.has(Flags::WRITABLE) {
-            match self.sockets.write(conn.socket, &frame) {
-                Ok(n) if n == frame.len() => return,
-                Ok(n) => {
-                    conn.flags.set(Flags::WRITABLE, false);
-                    conn.outbound
-                        .get_or_insert_with(Box::<OutQueue>::default)
-                        .push_partial(frame, n);
-                }
-                Err(e) => {
-                    debug!("write failed: {e}");
-                    self.close_now(at);
-                    return;
-                }
+        let first = conn.outbound.is_none();
+        conn.outbound
+            .get_or_insert_with(Box::<OutQueue>::default)
+            .push(frame, priority);
+        if conn.flags.has(Flags::WRITABLE) {
+            // Written at the end of the turn with every other connection's output, in one
+            // submission; what the socket does not take then counts against the bound.
+            if first {
+                self.to_write.push(at);
             }
-        } else {
-            conn.outbound
-                .get_or_insert_with(Box::<OutQueue>::default)
-                .push(frame, priority);
+            return;
         }
-        // Past `--outbound-bytes-max` the client is a slow consumer and is closed with 4002
-        // (PROTOCOL.md), so it slows nobody else down. (A closing connection's last frames
-        // are already bounded.)
+        self.bound_output(at);
+    }
+
+    /// Past `--outbound-bytes-max` of output the socket has not taken, the client is a slow
+    /// consumer and is closed with 4002 (PROTOCOL.md), so it slows nobody else down. (A
+    /// closing connection's last frames are already bounded.)
+    fn bound_output(&mut self, at: ConnAddr) {
+        let Some(conn) = self.conn_mut(at) else {
+            return;
+        };
         let closing = conn.phase == Phase::Closing;
         if !closing && conn.queued_bytes() > self.shared.config.outbound_bytes_max {
             self.drop_slow_consumer(at);
+        }
+    }
+
+    /// Writes the output queued this turn on writable connections: one send per
+    /// connection (its frames as iovecs), all in one submission (one `io_uring_enter` per
+    /// ring of up to 64 sends, where writing each frame as it came took one each). A
+    /// connection with more frames than one send carries goes again in the next round.
+    /// Hot path: allocates nothing once the scratch lists have grown.
+    pub(crate) fn write_queued(&mut self) {
+        while !self.to_write.is_empty() {
+            std::mem::swap(&mut self.to_write, &mut self.writing);
+            self.sends.clear();
+            self.iovecs.clear();
+            let mut writing = std::mem::take(&mut self.writing);
+            writing.retain(|&at| {
+                let Some(conn) = self.conns.get(at.slot as usize) else {
+                    return false;
+                };
+                let Some(queue) = conn.outbound.as_ref() else {
+                    return false;
+                };
+                if conn.generation != at.generation || !conn.flags.has(Flags::WRITABLE) {
+                    return false;
+                }
+                let start = self.iovecs.len();
+                let chunks = queue.chunks().take(super::conn::IOVECS_MAX);
+                self.iovecs.extend(chunks.map(super::conn::iovec));
+                self.sends.push((conn.socket, start..self.iovecs.len()));
+                true
+            });
+            self.sockets
+                .write_vectored_batch(&self.sends, &self.iovecs, &mut self.sent);
+            for (i, &at) in writing.iter().enumerate() {
+                let offered: usize = self.iovecs[self.sends[i].1.clone()]
+                    .iter()
+                    .map(|iov| iov.iov_len)
+                    .sum();
+                let outcome = std::mem::replace(&mut self.sent[i], Ok(0));
+                self.after_write(at, outcome, offered);
+            }
+            writing.clear();
+            self.writing = writing;
+        }
+    }
+
+    /// Acts on what the socket took of the `offered` bytes written to it.
+    fn after_write(&mut self, at: ConnAddr, outcome: io::Result<usize>, offered: usize) {
+        let Some(conn) = self.conn_mut(at) else {
+            return;
+        };
+        let Some(queue) = conn.outbound.as_mut() else {
+            return;
+        };
+        match outcome {
+            Ok(n) => {
+                queue.taken(n);
+                if queue.is_empty() {
+                    conn.outbound = None;
+                    let closing = conn.flags.has(Flags::CLOSE_WHEN_FLUSHED);
+                    self.pages_written(at);
+                    if closing {
+                        self.after_final_frame(at);
+                    }
+                } else if n < offered {
+                    conn.flags.set(Flags::WRITABLE, false);
+                    self.bound_output(at);
+                } else {
+                    self.to_write.push(at); // more frames than one send carries
+                }
+            }
+            Err(e) => {
+                debug!("write failed: {e}");
+                self.close_now(at);
+            }
         }
     }
 
@@ -735,6 +824,7 @@ impl Reactor {
 
     /// Advances the timer wheel and acts on due deadlines.
     pub(crate) fn on_tick(&mut self) {
+        debug_assert!(self.to_write.is_empty(), "output left from the last turn");
         let mut due = std::mem::take(&mut self.due);
         self.timers.advance(&mut due);
         for entry in &due {
@@ -762,7 +852,8 @@ impl Reactor {
         self.feed_shard(crate::shard::Event::Tick);
         self.limits_tick();
         self.drain_tick();
-        // Timer-driven work may have mailed peers.
+        // Timer-driven work may have written to connections and mailed peers.
+        self.write_queued();
         self.outbox.flush(&self.shared.doorbells);
     }
 
@@ -832,6 +923,7 @@ impl Reactor {
         for at in self.open_connections() {
             self.close_now(at);
         }
+        self.to_write.clear();
         self.outbox.retry_backlog();
         self.outbox.flush(&self.shared.doorbells);
     }
