@@ -6,7 +6,9 @@
 #
 # Knobs (environment): MESSAGES (1000000), USERS (10000), BATCHES ("64 512"),
 # LAYOUTS ("redb fjall"), RATE (0: as fast as commits go; else messages a second, paced),
-# OUT (target/store-layouts; each run's files are removed after it).
+# OUT (target/store-layouts; each run's files are removed after it), FJALL_MEMTABLE_MB
+# (fjall's memtable per keyspace, its default 64: a flush's burst of writes is what stalls
+# the journal's fdatasync on a shared disk).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MESSAGES=${MESSAGES:-1000000}

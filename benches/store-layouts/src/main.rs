@@ -125,7 +125,14 @@ mod fjall_layout {
         pub fn open(dir: &std::path::Path) -> Result<Fjall, String> {
             let open = || -> fjall::Result<Fjall> {
                 let db = Database::builder(dir.join("fjall")).open()?;
-                let keyspace = |name| db.keyspace(name, KeyspaceCreateOptions::default);
+                // FJALL_MEMTABLE_MB: each keyspace's memtable size (fjall's default 64).
+                let memtable_mb: u64 = std::env::var("FJALL_MEMTABLE_MB")
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(64);
+                let options =
+                    || KeyspaceCreateOptions::default().max_memtable_size(memtable_mb << 20);
+                let keyspace = |name| db.keyspace(name, options);
                 Ok(Fjall {
                     inbox: keyspace("inbox")?,
                     heads: keyspace("heads")?,
