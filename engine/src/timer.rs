@@ -41,9 +41,12 @@ impl TimerWheel {
         self.now_tick
     }
 
-    /// The tick `after_ms` from now (at least one tick ahead).
+    /// The first tick at least `after_ms` from now. Part of the current tick has gone
+    /// already, so that is one tick more than `after_ms` holds: a deadline never fires
+    /// early (a 300 ms one set just before a tick fired after 200 ms), and at most one
+    /// tick late.
     pub fn tick_after(&self, after_ms: u64) -> u64 {
-        self.now_tick + after_ms.div_ceil(TICK_MS).max(1)
+        self.now_tick + after_ms.div_ceil(TICK_MS) + 1
     }
 
     /// Schedules `entry`.
@@ -94,10 +97,11 @@ mod tests {
         wheel.insert(far);
         let mut due = Vec::new();
         let mut fired = Vec::new();
-        for _ in 0..SLOTS + 3 {
+        for _ in 0..SLOTS + 4 {
             wheel.advance(&mut due);
             fired.extend(due.iter().map(|e| (e.slot, wheel.now_tick())));
         }
-        assert_eq!(fired, vec![(1, 3), (2, SLOTS as u64 + 3)]);
+        // 250 ms is 3 ticks, and one more for the part of the current tick already gone.
+        assert_eq!(fired, vec![(1, 4), (2, SLOTS as u64 + 4)]);
     }
 }
