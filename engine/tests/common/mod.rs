@@ -64,9 +64,33 @@ impl Server {
     }
 
     /// Like [`Server::start`], with the engine unable to grow any file past `bytes`
-    /// (RLIMIT_FSIZE, SIGXFSZ ignored): writes past it fail with EFBIG, as on a full disk.
+    /// (RLIMIT_FSIZE's soft limit, SIGXFSZ ignored): writes past it fail with EFBIG, as on
+    /// a full disk, until [`Server::make_room`].
     pub fn start_with_file_size_limit(driver: Driver, args: &[&str], bytes: u64) -> Server {
         Self::launch(driver, args, Some((libc::RLIMIT_FSIZE, bytes)), &[])
+    }
+
+    /// The full disk of [`Server::start_with_file_size_limit`] gets room again, as when an
+    /// operator frees space: the engine's file-size limit is lifted (up to its hard limit).
+    pub fn make_room(&self) {
+        let unlimited = libc::rlimit {
+            rlim_cur: libc::RLIM_INFINITY,
+            rlim_max: libc::RLIM_INFINITY,
+        };
+        let pid = self.child.id() as libc::pid_t;
+        let mut old = unlimited;
+        // SAFETY: prlimit reads and writes two live rlimit structs; the pid is our child's.
+        assert_eq!(
+            unsafe { libc::prlimit(pid, libc::RLIMIT_FSIZE, std::ptr::null(), &mut old) },
+            0
+        );
+        let raised = libc::rlimit {
+            rlim_cur: old.rlim_max,
+            rlim_max: old.rlim_max,
+        };
+        // SAFETY: as above.
+        let done = unsafe { libc::prlimit(pid, libc::RLIMIT_FSIZE, &raised, std::ptr::null_mut()) };
+        assert_eq!(done, 0, "{}", std::io::Error::last_os_error());
     }
 
     /// Like [`Server::start`], with RLIMIT_NOFILE (soft and hard) at `fds`: each of the
@@ -90,10 +114,18 @@ impl Server {
             // SAFETY: between fork and exec only async-signal-safe calls (setrlimit, signal).
             unsafe {
                 command.pre_exec(move || {
-                    let limit = libc::rlimit {
+                    // The soft limit only for the file size, so that `make_room` can lift
+                    // it; both for open files, which the engine raises to its hard limit.
+                    let mut limit = libc::rlimit {
                         rlim_cur: value,
                         rlim_max: value,
                     };
+                    if resource == libc::RLIMIT_FSIZE {
+                        let mut current = limit;
+                        if libc::getrlimit(resource, &mut current) == 0 {
+                            limit.rlim_max = current.rlim_max;
+                        }
+                    }
                     if libc::setrlimit(resource, &limit) != 0 {
                         return Err(std::io::Error::last_os_error());
                     }
