@@ -24,8 +24,10 @@
 //! A record is `[length u32][crc32 u32][number u64][ops]` (little-endian), the checksum
 //! covering the number and the ops (`logged` has their format). Numbers follow one
 //! another across checkpoints; [`JOURNAL_THROUGH`] in the file holds the last one a
-//! checkpoint includes. Replay stops at a short record, a bad checksum or a number out of
-//! turn: a torn last write, or what a truncation left behind.
+//! checkpoint includes. Replay skips the records a checkpoint holds (the journal is written
+//! over from its start, so older records follow the newer ones) and stops at a short
+//! record, a bad checksum, a zero length or a number out of turn: a torn last write, or
+//! the end of what this checkpoint's records wrote over.
 
 use std::{
     fs::{File, OpenOptions},
@@ -229,7 +231,7 @@ impl<'a> Iterator for Records<'a> {
             let number = u64::from_le_bytes(body[0..8].try_into().ok()?);
             self.rest = &self.rest[8 + length..];
             if number < self.expected {
-                continue; // held by the checkpoint: a truncation that did not last
+                continue; // held by the checkpoint: an older record not yet written over
             }
             if number != self.expected {
                 return None;
