@@ -10,7 +10,7 @@ use bytes::Bytes;
 
 use crate::{
     protocol::{outbound::Outgoing, Priority},
-    sockets::{Socket, Sockets},
+    sockets::Socket,
 };
 
 /// Where a connection is in its life.
@@ -228,15 +228,6 @@ impl Conn {
     }
 }
 
-/// What a write attempt achieved.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Flushed {
-    /// Everything queued was written.
-    All,
-    /// The socket is full; wait for writability.
-    Blocked,
-}
-
 /// Output waiting for the socket: a partly written frame first, then frames by priority.
 #[derive(Debug, Default)]
 pub struct OutQueue {
@@ -282,28 +273,6 @@ impl OutQueue {
         let head = self.head.as_ref().map(|(f, off)| &f[*off..]);
         head.into_iter()
             .chain(self.lanes.iter().flatten().map(|f| &f[..]))
-    }
-
-    /// Writes as much as the socket takes, many frames per call.
-    pub fn write_to(&mut self, sockets: &mut Sockets, socket: Socket) -> io::Result<Flushed> {
-        while !self.is_empty() {
-            let mut iov = [libc::iovec {
-                iov_base: std::ptr::null_mut(),
-                iov_len: 0,
-            }; IOVECS_MAX];
-            let mut count = 0;
-            for (slot, chunk) in iov.iter_mut().zip(self.chunks()) {
-                *slot = iovec(chunk);
-                count += 1;
-            }
-            match sockets.write_vectored(socket, &iov[..count]) {
-                Ok(0) => return Ok(Flushed::Blocked),
-                Ok(n) => self.taken(n),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(Flushed::All)
     }
 
     /// Forgets the first `n` bytes waiting: the socket took them.
@@ -364,8 +333,20 @@ pub fn prepare_accepted(fd: RawFd) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sockets::Placement;
+    use crate::sockets::{Placement, Sockets};
     use std::{io::Read, os::fd::IntoRawFd, os::unix::net::UnixStream};
+
+    /// Writes what the socket takes of `queue`, as the reactor does; whether all went.
+    fn write_to(queue: &mut OutQueue, sockets: &mut Sockets, socket: Socket) -> bool {
+        while !queue.is_empty() {
+            let iovecs: Vec<libc::iovec> = queue.chunks().take(IOVECS_MAX).map(iovec).collect();
+            match sockets.write_vectored(socket, &iovecs).unwrap() {
+                0 => return false,
+                n => queue.taken(n),
+            }
+        }
+        true
+    }
 
     /// Runs `check` with our end of a socket pair in each placement the host offers.
     fn in_each_placement(check: impl Fn(&mut Sockets, Socket, &mut UnixStream)) {
@@ -400,7 +381,7 @@ mod tests {
             queue.push(Bytes::from_static(b"low"), Priority::Low);
             queue.push(Bytes::from_static(b"norm"), Priority::Normal);
             queue.push(Bytes::from_static(b"high"), Priority::High);
-            assert_eq!(queue.write_to(sockets, socket).unwrap(), Flushed::All);
+            assert!(write_to(&mut queue, sockets, socket));
             let mut got = [0u8; 64];
             let n = theirs.read(&mut got).unwrap();
             assert_eq!(&got[..n], b"ADhighnormlow");
@@ -419,8 +400,8 @@ mod tests {
             let mut buf = vec![0u8; 65536];
             let mut blocked = 0;
             loop {
-                let state = queue.write_to(sockets, socket).unwrap();
-                blocked += usize::from(state == Flushed::Blocked);
+                let all = write_to(&mut queue, sockets, socket);
+                blocked += usize::from(!all);
                 loop {
                     match theirs.read(&mut buf) {
                         Ok(n) => received.extend_from_slice(&buf[..n]),
@@ -428,7 +409,7 @@ mod tests {
                         Err(e) => panic!("{e}"),
                     }
                 }
-                if state == Flushed::All {
+                if all {
                     break;
                 }
             }

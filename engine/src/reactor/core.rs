@@ -12,7 +12,7 @@ use slab::Slab;
 use tracing::{debug, warn};
 
 use super::{
-    conn::{self, Conn, Flags, Flushed, InboxFrame, OutQueue, Phase},
+    conn::{self, Conn, Flags, InboxFrame, OutQueue, Phase},
     ReactorSeed, Shared,
 };
 use crate::{
@@ -614,6 +614,10 @@ impl Reactor {
             self.sends.clear();
             self.iovecs.clear();
             let mut writing = std::mem::take(&mut self.writing);
+            debug_assert!(
+                listed_once(&writing),
+                "a connection listed twice: {writing:?}"
+            );
             writing.retain(|&at| {
                 let Some(conn) = self.conns.get(at.slot as usize) else {
                     return false;
@@ -691,39 +695,19 @@ impl Reactor {
         self.begin_close(at, close::SLOW_CONSUMER, "slow consumer");
     }
 
+    /// The socket takes output again: what waits goes in this turn's submission. A
+    /// connection is listed at most once a round, so no socket gets two sends in one
+    /// submission: here when it turns writable with output waiting, in `enqueue` when
+    /// output comes to a writable connection that had none, and by `after_write` only
+    /// when the last round's send carried fewer frames than wait.
     fn on_writable(&mut self, at: ConnAddr) {
         let Some(conn) = self.conn_mut(at) else {
             return;
         };
+        let was_writable = conn.flags.has(Flags::WRITABLE);
         conn.flags.set(Flags::WRITABLE, true);
-        self.flush(at);
-    }
-
-    fn flush(&mut self, at: ConnAddr) {
-        let Some(conn) = self
-            .conns
-            .get_mut(at.slot as usize)
-            .filter(|c| c.generation == at.generation)
-        else {
-            return;
-        };
-        let Some(queue) = conn.outbound.as_mut() else {
-            return;
-        };
-        match queue.write_to(&mut self.sockets, conn.socket) {
-            Ok(Flushed::All) => {
-                conn.outbound = None;
-                let closing = conn.flags.has(Flags::CLOSE_WHEN_FLUSHED);
-                self.pages_written(at);
-                if closing {
-                    self.after_final_frame(at);
-                }
-            }
-            Ok(Flushed::Blocked) => conn.flags.set(Flags::WRITABLE, false),
-            Err(e) => {
-                debug!("write failed: {e}");
-                self.close_now(at);
-            }
+        if !was_writable && conn.outbound.is_some() {
+            self.to_write.push(at);
         }
     }
 
@@ -927,6 +911,13 @@ impl Reactor {
         self.outbox.retry_backlog();
         self.outbox.flush(&self.shared.doorbells);
     }
+}
+
+/// Whether no connection appears twice (a debug check: two sends to one socket in one
+/// submission could follow a short write with the next bytes).
+fn listed_once(list: &[ConnAddr]) -> bool {
+    let mut seen = std::collections::HashSet::new();
+    list.iter().all(|at| seen.insert(*at))
 }
 
 /// A connection's readiness token.
