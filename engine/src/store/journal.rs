@@ -66,8 +66,8 @@ const GROW_BYTES: u64 = 1 << 20;
 #[derive(Debug)]
 pub(super) struct Journal {
     file: File,
-    /// Bytes of whole, synced records: where the next record goes (a failed append is
-    /// cut back to here).
+    /// Bytes of whole, synced records: where the next record goes (a failed append leaves
+    /// a zero length here).
     len: u64,
     /// The file's size: [`GROW_BYTES`] steps, or what an earlier run left.
     allocated: u64,
