@@ -34,6 +34,8 @@
 //!   table with epoll) and their readiness; the loadgen uses it too.
 //! - [`ws`], [`http`], [`protocol`]: pure codecs (bytes in, values out); `protocol::codes`
 //!   has the typed message kinds and error codes.
+//! - [`conn`]: one connection's state and outbound queue (a reactor's slab holds them; an
+//!   authenticated one travels in an envelope to its user's home reactor).
 //! - [`router`]: homes, connection addresses and the envelopes reactors mail each other;
 //!   [`mailbox`]: rings and doorbells between reactors.
 //! - [`store`]: the durable inboxes, history and groups on their own thread;
@@ -50,6 +52,7 @@ compile_error!("the engine needs panic = \"unwind\": its fault isolation catches
 
 pub mod check;
 pub mod config;
+pub mod conn;
 pub mod failpoint;
 pub mod http;
 pub mod mailbox;

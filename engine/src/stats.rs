@@ -30,6 +30,8 @@ pub struct ReactorStats {
     pub messages_processed: AtomicU64,
     /// Panics caught while handling a message, request or envelope (see `isolate`).
     pub panics: AtomicU64,
+    /// Authenticated connections this reactor moved to their user's home reactor.
+    pub connections_moved: AtomicU64,
     /// Connections paused because their input met a full mailbox ring (backpressure).
     pub backpressure_pauses: AtomicU64,
     /// Recent messages this home's dedup window let go of before their 5 minutes, to stay

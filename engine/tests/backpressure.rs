@@ -14,7 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{Client, Server};
+use common::Server;
 use engine::router::home_of;
 use serde_json::json;
 
@@ -22,11 +22,6 @@ const REACTORS: usize = 2;
 /// Messages the sender pushes at the stalled reactor: several times what the ring between
 /// the two reactors holds (64 batches of 256 envelopes), so the ring must fill.
 const MESSAGES: usize = 40_000;
-
-/// A metric's value per reactor, from `/metrics`.
-fn per_reactor(server: &Server, name: &str) -> [u64; REACTORS] {
-    parse_per_reactor(&server.get("/metrics").1, name)
-}
 
 fn parse_per_reactor(text: &str, name: &str) -> [u64; REACTORS] {
     let mut values = [0; REACTORS];
@@ -88,31 +83,6 @@ impl MetricsProbe {
     }
 }
 
-/// Logs in `user` and says which reactor accepted the connection (the one whose handshake
-/// count went up).
-fn login_on(server: &Server, user: &str) -> (Client, usize) {
-    let before = per_reactor(server, "engine_handshakes_total");
-    let client = server.login(user, "phone");
-    let after = per_reactor(server, "engine_handshakes_total");
-    let reactor = (0..REACTORS).find(|&r| after[r] > before[r]).unwrap();
-    (client, reactor)
-}
-
-/// Logs in users named `{prefix}{n}` until one lands on reactor `want`; with `homed`, only
-/// users whose home is `want` too, so that nothing they do leaves that reactor.
-fn login_landing_on(server: &Server, prefix: &str, want: usize, homed: bool) -> (Client, String) {
-    let users = (0..)
-        .map(|n| format!("{prefix}{n}"))
-        .filter(|user| !homed || home_of(user, REACTORS) == want);
-    for user in users.take(64) {
-        let (client, reactor) = login_on(server, &user);
-        if reactor == want {
-            return (client, user);
-        }
-    }
-    panic!("no connection landed on reactor {want} in 64 tries");
-}
-
 /// The first user named `{prefix}{n}` whose home is `home`.
 fn user_homed_at(prefix: &str, home: usize) -> String {
     (0..)
@@ -128,15 +98,18 @@ fn a_full_ring_pauses_its_producers_only_and_loses_nothing() {
         let args = ["--reactors", "2", "--rate-limit", "0"];
         let server = Server::start_with_env(driver, &args, &env);
 
-        let (mut staller, stalled) = login_on(&server, "staller");
+        // Every WebSocket sits at its user's home reactor (--connections-at-home).
+        let stalled = home_of("staller", REACTORS);
+        let mut staller = server.login("staller", "phone");
         let producer = 1 - stalled;
         // Every message to `receiver` passes through its home, the stalled reactor.
         let receiver_name = user_homed_at("receiver-", stalled);
         let mut receiver = server.login(&receiver_name, "phone");
-        let (mut sender, _) = login_landing_on(&server, "sender-", producer, false);
+        let mut sender = server.login(&user_homed_at("sender-", producer), "phone");
         // Two bystanders whose chat never leaves the producing reactor.
-        let (mut alice, _) = login_landing_on(&server, "alice-", producer, true);
-        let (mut bob, bob_name) = login_landing_on(&server, "bob-", producer, true);
+        let mut alice = server.login(&user_homed_at("alice-", producer), "phone");
+        let bob_name = user_homed_at("bob-", producer);
+        let mut bob = server.login(&bob_name, "phone");
         let mut probe = MetricsProbe::on(&server, producer);
         let pauses = |probe: &mut MetricsProbe| {
             parse_per_reactor(&probe.metrics(), "engine_backpressure_pauses_total")[producer]

@@ -411,6 +411,21 @@ impl Direct {
         self.settle_shutdowns();
     }
 
+    /// Gives `socket` up as an fd in this thread's fd table (close-on-exec), and stops
+    /// watching it: its poll (found by `token`) is cancelled and its slot emptied, in the
+    /// same submission. On error the socket is as it was.
+    pub fn release(&mut self, socket: Socket, token: u64) -> io::Result<RawFd> {
+        let (ring, slot) = unpack(socket);
+        let install = opcode::FixedFdInstall::new(Fixed(slot), 0).build();
+        // SAFETY: the entry points to no memory.
+        let fd = unsafe { self.run(ring, &[install]) };
+        if fd < 0 {
+            return Err(io::Error::from_raw_os_error(-fd));
+        }
+        self.close(socket, token);
+        Ok(fd)
+    }
+
     /// Submits `entries` on `ring` and waits for all of them; returns the last one's result.
     /// Other completions met meanwhile are staged for the next [`Direct::reap`].
     ///

@@ -57,6 +57,15 @@ impl Epoll {
         Ok(())
     }
 
+    /// Stops watching `fd` (it stays open).
+    pub fn remove(&self, fd: RawFd) -> io::Result<()> {
+        // SAFETY: no event is needed for a delete (a null pointer is allowed since 2.6.9).
+        if unsafe { libc::epoll_ctl(self.fd, libc::EPOLL_CTL_DEL, fd, std::ptr::null_mut()) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
     /// Takes the ready events without blocking; returns `(events, token)` pairs.
     ///
     /// Hot path: fills the preallocated event array, no allocation.

@@ -25,8 +25,10 @@
 pub mod direct;
 mod doorbell;
 pub mod epoll;
+mod handoff;
 
 pub use doorbell::Doorbell;
+pub use handoff::{Handoff, HANDOFF_BATCH_MAX};
 
 use std::{io, os::fd::RawFd};
 
@@ -232,6 +234,20 @@ impl Sockets {
         }
     }
 
+    /// Gives the socket, adopted under `token`, up as an fd in this thread's fd table and
+    /// stops watching it, so that another thread's set can adopt it (see [`Handoff`]).
+    /// On error the socket is as it was.
+    pub fn release(&mut self, socket: Socket, token: u64) -> io::Result<RawFd> {
+        match &mut self.direct {
+            Some(direct) => direct.release(socket, token),
+            None => {
+                let fd = socket.0 as RawFd;
+                self.epoll.remove(fd)?;
+                Ok(fd)
+            }
+        }
+    }
+
     /// Closes the socket, adopted under `token`, and stops watching it. Its slot or fd may
     /// be reused at once; a late event for it still carries its old token.
     pub fn close(&mut self, socket: Socket, token: u64) {
@@ -311,6 +327,69 @@ mod tests {
         }
         epoll::close(a_peer);
         epoll::close(full_peer);
+    }
+
+    /// A socket released by one thread's set, handed off, and adopted by a set in a thread
+    /// with its own fd table keeps its connection: what the peer sent before and after the
+    /// move is read there, and its writes reach the peer.
+    fn a_socket_moves_between_threads_with_their_own_fd_tables(placement: Placement) {
+        let handoff = std::sync::Arc::new(Handoff::new().unwrap());
+        let (ours, peer) = pair();
+        let (mut sockets, _) = Sockets::new(placement).unwrap();
+        let socket = sockets.adopt(ours, 5).unwrap();
+        epoll::write(peer, b"before ").unwrap();
+        let fd = sockets.release(socket, 5).unwrap();
+        handoff.send(&[(42, fd)]).unwrap();
+        epoll::close(fd);
+        epoll::write(peer, b"after").unwrap();
+        let receiving = handoff.clone();
+        std::thread::spawn(move || {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_FILES).unwrap();
+            let mut arrived = Vec::new();
+            receiving.receive(&mut arrived).unwrap();
+            assert_eq!(arrived.len(), 1);
+            let (id, fd) = arrived.pop().unwrap();
+            assert_eq!(id, 42);
+            let (mut sockets, _) = Sockets::new(placement).unwrap();
+            let socket = sockets
+                .adopt(std::os::fd::IntoRawFd::into_raw_fd(fd), 6)
+                .unwrap();
+            let mut got = [0u8; 32];
+            let n = sockets.read(socket, &mut got).unwrap();
+            assert_eq!(&got[..n], b"before after");
+            assert_eq!(sockets.write(socket, b"moved").unwrap(), 5);
+            sockets.close(socket, 6);
+        })
+        .join()
+        .unwrap();
+        let mut got = [0u8; 8];
+        let n = epoll::read(peer, &mut got).unwrap();
+        assert_eq!(&got[..n], b"moved");
+        assert_eq!(
+            epoll::read(peer, &mut got).unwrap(),
+            0,
+            "closed by the new owner"
+        );
+        epoll::close(peer);
+    }
+
+    #[test]
+    fn a_socket_moves_between_threads_in_the_fd_table() {
+        a_socket_moves_between_threads_with_their_own_fd_tables(Placement::FdTable);
+    }
+
+    #[test]
+    fn a_socket_moves_between_threads_as_a_direct_descriptor() {
+        a_socket_moves_between_threads_with_their_own_fd_tables(Placement::Direct);
+    }
+
+    /// Nothing waiting: `receive` returns at once with nothing.
+    #[test]
+    fn an_empty_handoff_gives_nothing() {
+        let handoff = Handoff::new().unwrap();
+        let mut arrived = Vec::new();
+        handoff.receive(&mut arrived).unwrap();
+        assert!(arrived.is_empty());
     }
 
     #[test]

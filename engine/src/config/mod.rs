@@ -65,6 +65,8 @@ pub struct Config {
     pub idle_timeout_ms: u64,
     /// How long a user whose last device dropped stays shown online (0: not at all).
     pub presence_grace_ms: u64,
+    /// Whether authenticated WebSockets move to their user's home reactor.
+    pub connections_at_home: bool,
     /// `--dedup-window-pairs`: recent message pairs each home remembers.
     pub dedup_window_pairs: usize,
     /// Groups one user may be in.
@@ -185,6 +187,7 @@ impl Config {
             rate_limit: settled.rate_limit,
             idle_timeout_ms: idle_timeout_ms(settled.idle_timeout_ms)?,
             presence_grace_ms: settled.presence_grace_ms,
+            connections_at_home: settled.connections_at_home,
             dedup_window_pairs: settled.dedup_window_pairs,
             groups_per_user_max: settled.groups_per_user_max,
             failpoint: None,

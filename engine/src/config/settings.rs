@@ -251,6 +251,11 @@ settings! {
     /// A user whose last device drops without a close frame is shown offline only after this long (0: at once); a close frame makes it immediate
     presence_grace_ms: u64, "ENGINE_PRESENCE_GRACE_MS", "MS", default "30000",
         range (0, 3_600_000);
+    // Issue 20: a message between two online devices then crosses one reactor at most,
+    // and its ack none.
+    /// Move each authenticated WebSocket to its user's home reactor, so that the user's deliveries and acks stay on one thread
+    connections_at_home: bool, "ENGINE_CONNECTIONS_AT_HOME", "BOOL", default "true",
+        clap(num_args = 0..=1, default_missing_value = "true");
     /// http:// URL to POST a small JSON to when a message is queued for a user with no device online
     push_webhook: String, "ENGINE_PUSH_WEBHOOK", "URL", default "none";
     /// Include the start of the message text in push notifications

@@ -109,7 +109,7 @@ const REACTOR_GAUGES: [ReactorGauge; 2] = [
 ];
 
 /// Counters each reactor keeps.
-const REACTOR_COUNTERS: [ReactorCounter; 11] = [
+const REACTOR_COUNTERS: [ReactorCounter; 12] = [
     (
         "engine_handshakes_total",
         "Completed WebSocket upgrades.",
@@ -124,6 +124,11 @@ const REACTOR_COUNTERS: [ReactorCounter; 11] = [
         "engine_handler_panics_total",
         "Panics caught while handling one message, request or envelope (the connection was closed with 1011).",
         |r| &r.panics,
+    ),
+    (
+        "engine_connections_moved_home_total",
+        "Authenticated WebSockets moved from the reactor that accepted them to their user's home reactor (--connections-at-home).",
+        |r| &r.connections_moved,
     ),
     (
         "engine_backpressure_pauses_total",

@@ -11,10 +11,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::{
-    conn::{PageInFlight, PendingApi},
-    core::{BroadcastCounts, Reactor},
-};
+use super::core::{BroadcastCounts, Reactor};
+use crate::conn::{PageInFlight, PendingApi};
 use crate::{
     http::{
         api::{BroadcastRequest, SendRequest},

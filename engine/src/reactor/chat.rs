@@ -4,10 +4,8 @@
 
 use std::sync::Arc;
 
-use super::{
-    conn::{CatchUp, Flags, Phase},
-    core::Reactor,
-};
+use super::core::Reactor;
+use crate::conn::{CatchUp, Flags, Phase};
 use crate::{
     failpoint::Failpoint,
     protocol::{
@@ -132,6 +130,13 @@ impl Reactor {
             resume: resume.map(|r| (r.epoch.into(), r.seq)),
             ..CatchUp::default()
         }));
+        if let Some(home) = self.moves_home(&user) {
+            if let Some(conn) = self.conn_mut(at) {
+                conn.phase = Phase::Moving;
+            }
+            self.moving.push((at, home));
+            return;
+        }
         let conn = at;
         self.feed_shard(Event::Authenticated {
             conn,

@@ -11,10 +11,8 @@ use std::{
 use slab::Slab;
 use tracing::{debug, warn};
 
-use super::{
-    conn::{self, Conn, Flags, InboxFrame, OutQueue, Phase},
-    ReactorSeed, Shared,
-};
+use super::{ReactorSeed, Shared};
+use crate::conn::{self, Conn, Flags, InboxFrame, OutQueue, Phase};
 use crate::{
     mailbox::{self, BatchConsumer, Outbox},
     protocol::{
@@ -64,7 +62,7 @@ pub(crate) struct Reactor {
     /// Generation for the next connection.
     next_generation: u32,
     /// The sockets and the readiness set (the doorbell is in it too).
-    sockets: Sockets,
+    pub(super) sockets: Sockets,
     /// The chat state this reactor is home for.
     pub(crate) shard: Shard,
     /// The shard's effects not yet carried out.
@@ -118,8 +116,15 @@ pub(crate) struct Reactor {
     pub(crate) store: crate::store::Store,
     /// The store's answers to this reactor.
     store_replies: std::sync::mpsc::Receiver<crate::store::Reply>,
-    /// Connections with input left unread because the batch cap was reached.
-    unread: Vec<ConnAddr>,
+    /// Connections with input left unread because the batch cap was reached (or input
+    /// that waited while a connection moved).
+    pub(super) unread: Vec<ConnAddr>,
+    /// Connections authenticated this turn that go to their home reactor at its end.
+    pub(super) moving: Vec<(ConnAddr, usize)>,
+    /// The last id given to a connection sent through a handoff.
+    pub(super) next_move_id: u64,
+    /// Sockets that came through this reactor's handoff before their envelope.
+    pub(super) arrived: std::collections::HashMap<u64, std::os::fd::OwnedFd>,
     /// Connections whose input met a full mailbox ring: not read again until every backlog
     /// has drained (each is flagged [`Flags::PAUSED`]).
     paused: Vec<ConnAddr>,
@@ -179,6 +184,9 @@ impl Reactor {
             store: seed.store,
             store_replies: seed.store_replies,
             unread: Vec::new(),
+            moving: Vec::new(),
+            next_move_id: 0,
+            arrived: Default::default(),
             paused: Vec::new(),
             mail_left: false,
             drain_started: None,
@@ -255,8 +263,7 @@ impl Reactor {
             sockets::epoll::close(fd);
             return;
         }
-        let generation = self.next_generation;
-        self.next_generation = (self.next_generation.wrapping_add(1) & GENERATION_MAX).max(1);
+        let generation = self.take_generation();
         let at = self.addr(self.conns.vacant_key(), generation);
         match self.sockets.adopt(fd, token(at)) {
             Ok(socket) => {
@@ -271,6 +278,13 @@ impl Reactor {
         // The request head must come within the handshake deadline; an upgrade then
         // re-arms it for `auth`.
         self.set_deadline(at, self.shared.config.handshake_timeout_ms);
+    }
+
+    /// The generation of the next connection given a slot.
+    pub(super) fn take_generation(&mut self) -> u32 {
+        let generation = self.next_generation;
+        self.next_generation = (self.next_generation.wrapping_add(1) & GENERATION_MAX).max(1);
+        generation
     }
 
     /// (Re)arms the connection's one deadline; earlier entries become stale.
@@ -331,6 +345,7 @@ impl Reactor {
         for at in std::mem::take(&mut self.unread) {
             self.read_from(at, false);
         }
+        self.send_moving();
         self.write_queued();
         self.ack_v1_deliveries();
         self.outbox.flush(&self.shared.doorbells);
@@ -439,7 +454,7 @@ impl Reactor {
             let Some(conn) = self.conn_mut(at) else {
                 return;
             };
-            if conn.flags.has(Flags::PAUSED) {
+            if conn.flags.has(Flags::PAUSED) || conn.phase == Phase::Moving {
                 return;
             }
             let socket = conn.socket;
@@ -629,8 +644,8 @@ impl Reactor {
                     return false;
                 }
                 let start = self.iovecs.len();
-                let chunks = queue.chunks().take(super::conn::IOVECS_MAX);
-                self.iovecs.extend(chunks.map(super::conn::iovec));
+                let chunks = queue.chunks().take(crate::conn::IOVECS_MAX);
+                self.iovecs.extend(chunks.map(crate::conn::iovec));
                 self.sends.push((conn.socket, start..self.iovecs.len()));
                 true
             });
@@ -770,6 +785,8 @@ impl Reactor {
         match conn.phase {
             Phase::Closing => return,
             Phase::Http => return self.close_now(at),
+            // No home knows of it yet: there is nothing to detach.
+            Phase::Moving => conn.user = None,
             Phase::Open | Phase::Authenticated => {}
         }
         conn.phase = Phase::Closing;
@@ -786,6 +803,9 @@ impl Reactor {
             return;
         };
         let clean = conn.flags.has(Flags::SAID_GOODBYE);
+        if conn.phase == Phase::Moving {
+            conn.user = None; // no home knows of it yet
+        }
         if let Some(user) = conn.user.take() {
             self.feed_shard(crate::shard::Event::Closed {
                 conn: addr,
@@ -829,7 +849,7 @@ impl Reactor {
                 }
                 Phase::Http | Phase::Closing => self.close_now(at),
                 Phase::Open => self.begin_close(at, close::AUTH_TIMEOUT, "auth timeout"),
-                Phase::Authenticated => {}
+                Phase::Moving | Phase::Authenticated => {}
             }
         }
         self.due = due;
@@ -921,7 +941,7 @@ fn listed_once(list: &[ConnAddr]) -> bool {
 }
 
 /// A connection's readiness token.
-fn token(at: ConnAddr) -> u64 {
+pub(super) fn token(at: ConnAddr) -> u64 {
     u64::from(at.slot) | u64::from(at.generation) << 32
 }
 

@@ -3,17 +3,15 @@
 //!
 //! Once its home has made a device live (`Registered`), it reads its inbox: the first
 //! page brings `auth_success`, each next page is read once the kernel has taken this one,
-//! and what came live meanwhile was held ([`super::conn::CatchUp`]) and is written
+//! and what came live meanwhile was held ([`crate::conn::CatchUp`]) and is written
 //! after the last page, but inbox events the read already gave. A device that does not
 //! acknowledge (no `resume`) is taken to have a page once the kernel has it.
 //!
 //! Also here: what became of a sender's message (`message_ack`) and refused acks. (The
 //! home numbers events and hands them to the store: [`crate::shard`].)
 
-use super::{
-    conn::{Flags, PageInFlight, Phase},
-    core::Reactor,
-};
+use super::core::Reactor;
+use crate::conn::{Flags, PageInFlight, Phase};
 use crate::{
     protocol::{
         codes::ErrorCode,
@@ -26,7 +24,7 @@ use crate::{
     ws::close,
 };
 
-use super::conn::CatchUp;
+use crate::conn::CatchUp;
 
 /// One page of a device's inbox, as the store answered it.
 pub(super) struct Page {
@@ -210,7 +208,7 @@ impl Reactor {
     /// the inbox events the read gave: those at or below the highest `seq` it gave (an
     /// event in between that the read did not give was refused by the store). From here
     /// on a live event at or below it is one the read gave, arriving late
-    /// ([`super::conn::Conn::inbox_seq`]). The store prunes nothing of an inbox being
+    /// ([`crate::conn::Conn::inbox_seq`]). The store prunes nothing of an inbox being
     /// read.
     fn finish_catch_up(&mut self, at: ConnAddr) {
         let Some(catch_up) = self.end_catch_up(at) else {

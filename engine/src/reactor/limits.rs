@@ -4,10 +4,8 @@
 //! sweep over the slab driven by the reactor's timer ticks: a wheel entry per connection
 //! would cost 24 bytes each, a tenth of the idle budget).
 
-use super::{
-    conn::{Flags, Phase},
-    core::Reactor,
-};
+use super::core::Reactor;
+use crate::conn::{Flags, Phase};
 use crate::protocol::{codes::ErrorCode, outbound::Outgoing};
 use crate::{
     router::ConnAddr,

@@ -11,9 +11,9 @@
 //! The reactor is the driver of its [`crate::shard::Shard`]: the only code that touches
 //! sockets, rings, timers and mailboxes. Its files:
 //! - `core`: the reactor's state, the batch, reading, writing, closing;
-//! - `conn`: one connection's state and outbound queue;
 //! - `session`: a connection's input: HTTP requests, the upgrade, WebSocket frames;
 //! - `chat`: a parsed client message: `auth` checked here, the rest to the shard;
+//! - `home`: an authenticated connection moved to its user's home reactor;
 //! - `routing`: events into the shard, its effects carried out, mail for connections;
 //! - `inbox`: the store's answers for connections: `message_ack`, inbox pages written
 //!   (the first after `auth_success`) and paced, refused acks;
@@ -22,8 +22,8 @@
 
 mod api;
 mod chat;
-pub mod conn;
 mod core;
+mod home;
 mod inbox;
 mod limits;
 mod routing;
@@ -50,6 +50,7 @@ use crate::{
     mailbox::{BatchConsumer, BatchProducer, Doorbell},
     router::Envelope,
     shard::groups_state::{GroupQuota, Groups},
+    sockets::Handoff,
     stats::ReactorStats,
     store, timer,
 };
@@ -69,6 +70,9 @@ pub struct Shared {
     pub config: Config,
     /// One doorbell per reactor, created before any reactor unshares its fd table.
     pub doorbells: Vec<Doorbell>,
+    /// One socket handoff per reactor, created likewise: how authenticated connections
+    /// reach their home reactor (`--connections-at-home`).
+    pub handoffs: Vec<Handoff>,
     /// One set of counters per reactor.
     pub stats: Vec<ReactorStats>,
     /// Set once on SIGTERM/SIGINT: stop accepting, close every WebSocket with 1001.
@@ -87,6 +91,7 @@ impl Shared {
         let n = config.reactors;
         Ok(Shared {
             doorbells: (0..n).map(|_| Doorbell::new()).collect::<io::Result<_>>()?,
+            handoffs: (0..n).map(|_| Handoff::new()).collect::<io::Result<_>>()?,
             stats: (0..n).map(|_| ReactorStats::default()).collect(),
             draining: AtomicBool::new(false),
             listening: AtomicUsize::new(0),

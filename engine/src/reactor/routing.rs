@@ -3,7 +3,8 @@
 //! arriving from a peer's ring or from this reactor goes to the shard, unless it is for
 //! one of this reactor's connections (a frame, an ack, a close, a broadcast's counts).
 
-use super::{conn::Phase, core::Reactor};
+use super::core::Reactor;
+use crate::conn::Phase;
 use crate::protocol::codes::ErrorCode;
 use crate::{
     protocol::{now_ms, outbound, Priority},
@@ -101,6 +102,7 @@ impl Reactor {
                 status,
             } => self.on_ack(sender, &message_id, status),
             Envelope::Registered { addr } => self.start_catch_up(addr),
+            Envelope::Moved { id, conn } => self.arrive(id, *conn),
             Envelope::Close { addr, code } => {
                 let reason = match code {
                     close::REPLACED => "replaced",

@@ -1,10 +1,8 @@
 //! A connection's input: HTTP requests until the upgrade, then WebSocket frames —
 //! reassembly of fragments, control frames, and the close handshake.
 
-use super::{
-    conn::{Flags, Inbound, Phase},
-    core::Reactor,
-};
+use super::core::Reactor;
+use crate::conn::{Flags, Inbound, Phase};
 use crate::{
     http::{
         health::Health,
@@ -60,6 +58,9 @@ impl Reactor {
             let Some(conn) = self.conn_mut(at) else {
                 return data.len();
             };
+            if conn.phase == Phase::Moving {
+                return pos; // the rest is read at the connection's home
+            }
             if conn.phase == Phase::Http {
                 if conn.flags.has(Flags::CLOSE_WHEN_FLUSHED) {
                     return data.len(); // a final response is on its way; ignore the rest

@@ -305,6 +305,14 @@ pub enum Envelope {
         /// The close code.
         code: u16,
     },
+    /// To a user's home reactor: an authenticated connection moving there. Its socket came
+    /// first, through the home's [`crate::sockets::Handoff`], under `id`.
+    Moved {
+        /// The socket's id in the handoff.
+        id: u64,
+        /// The connection's state (its socket handle was the old reactor's).
+        conn: Box<crate::conn::Conn>,
+    },
     /// To a home: `watcher` subscribes to these users' presence; reply to `request`.
     Subscribe {
         /// The watching connection.
@@ -387,6 +395,7 @@ impl Envelope {
             | Envelope::Registered { .. }
             | Envelope::Ack { .. }
             | Envelope::Close { .. }
+            | Envelope::Moved { .. }
             | Envelope::BroadcastReply { .. } => false,
         }
     }

@@ -20,6 +20,9 @@ pub enum Phase {
     Http,
     /// WebSocket open, waiting for `auth`.
     Open,
+    /// Authenticated, and going to its user's home reactor at the end of the turn: its
+    /// input waits (see `reactor::home`).
+    Moving,
     /// WebSocket open and authenticated.
     Authenticated,
     /// Our close frame is queued or sent; waiting for the peer's close or EOF.
