@@ -6,7 +6,8 @@
 # and so, on a VM, usually a wake-up later: the cost this counts.
 #
 # Knobs (environment): ENGINE (target/release/engine), REACTORS (2), CONNECTIONS (10000),
-# RATE (5000), WINDOW_SECS (10), PORT (18701), DATA_DIR (target/wakeups-data, emptied).
+# RATE (5000), WINDOW_SECS (10), PORT (18701), DATA_DIR (target/wakeups-data, emptied),
+# ENGINE_ARGS (extra engine flags, split on spaces).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ENGINE=${ENGINE:-target/release/engine}
@@ -16,14 +17,16 @@ RATE=${RATE:-5000}
 WINDOW_SECS=${WINDOW_SECS:-10}
 PORT=${PORT:-18701}
 DATA_DIR=${DATA_DIR:-target/wakeups-data}
+ENGINE_ARGS=${ENGINE_ARGS:-}
 ulimit -n "$(ulimit -Hn)"
 cargo build --release -p loadgen
 [ "$ENGINE" = target/release/engine ] && cargo build --release -p engine
 rm -rf "$DATA_DIR"
 mkdir -p "$DATA_DIR"
 out=$(mktemp -d)
+# shellcheck disable=SC2086 # the extra flags are split on purpose
 "$ENGINE" --listen "127.0.0.1:$PORT" --reactors "$REACTORS" --data-dir "$DATA_DIR" \
-  --log-level warn > "$out/engine.log" 2>&1 &
+  --log-level warn $ENGINE_ARGS > "$out/engine.log" 2>&1 &
 engine=$!
 trap 'kill $engine 2>/dev/null || true; rm -rf "$out" "$DATA_DIR"' EXIT
 sleep 1

@@ -87,7 +87,7 @@ impl Reactor {
                 }
                 Err(e) => {
                     debug!("a connection stays off its home reactor: {e}");
-                    self.settle(at);
+                    self.settle(at, true);
                 }
             }
         }
@@ -122,7 +122,8 @@ impl Reactor {
                 if let Some(conn) = self.conn_mut(at) {
                     conn.socket = socket;
                 }
-                self.settle(at);
+                // Adopted afresh: its new poll reports what waits.
+                self.settle(at, false);
             }
             Err(e) => {
                 // The socket is gone (adopt closed it); so is the connection, which no
@@ -164,15 +165,17 @@ impl Reactor {
         conn.flags.set(Flags::WRITABLE, !waiting);
         self.conns.insert(conn);
         ReactorStats::add(&self.stats().connections, 1);
-        self.settle(at);
+        self.settle(at, false);
         if self.is_draining() {
             self.begin_close(at, close::GOING_AWAY, "server shutting down");
         }
     }
 
     /// The connection is where it stays: the device registers with its home, then what it
-    /// sent after `auth` is processed and its socket read again.
-    pub(super) fn settle(&mut self, at: ConnAddr) {
+    /// sent after `auth` is processed. `read_again`: its socket may hold more, unread
+    /// since it stopped reading to move (a socket adopted afresh is polled afresh instead,
+    /// which reports what waits).
+    pub(super) fn settle(&mut self, at: ConnAddr, read_again: bool) {
         let Some(conn) = self.conn_mut(at) else {
             return;
         };
@@ -193,6 +196,8 @@ impl Reactor {
             acks,
         });
         self.process_input(at, &mut [], 0);
-        self.unread.push(at);
+        if read_again {
+            self.unread.push(at);
+        }
     }
 }
