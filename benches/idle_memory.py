@@ -10,6 +10,7 @@ one-off warm-up such as mailbox ring pages and allocator arenas) and the margina
 in RSS, so these are the user-space costs DESIGN.md's 256-byte budget is about.
 
 Usage: benches/idle_memory.py [--connections 10000] [--reactors 2] [--engine PATH]
+                               [--engine-args "FLAGS"]
 """
 import argparse
 import base64
@@ -66,11 +67,12 @@ def main():
     parser.add_argument("--connections", type=int, default=10_000)
     parser.add_argument("--reactors", type=int, default=2)
     parser.add_argument("--engine", default="target/release/engine")
+    parser.add_argument("--engine-args", default="", help="extra engine flags, split on spaces")
     args = parser.parse_args()
 
     engine = subprocess.Popen(
         [args.engine, "--listen", "127.0.0.1:0", "--reactors", str(args.reactors), "--log-level", "error",
-         "--auth-timeout-ms", str(AUTH_TIMEOUT_MS)],
+         "--auth-timeout-ms", str(AUTH_TIMEOUT_MS)] + args.engine_args.split(),
         stdout=subprocess.PIPE,
         text=True,
     )

@@ -14,7 +14,8 @@
 # 16,700 pings a second),
 # BIN_DIR (default: build target/release; set it to run prebuilt binaries, e.g. to compare
 # two engine builds at the same scale), PERF_SECS (unset: with it, `perf record` of the
-# engine for that long after the schedstat window; perf-top.txt, perf-breakdown.txt).
+# engine for that long after the schedstat window; perf-top.txt, perf-breakdown.txt),
+# ENGINE_ARGS (extra engine flags, split on spaces).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -36,9 +37,10 @@ source benches/tools/scale_setup.sh million
 data_dir="target/million-data-$$"
 rm -rf "$data_dir"
 trap 'cleanup; rm -rf "$data_dir"' EXIT
+# shellcheck disable=SC2086 # the extra flags are split on purpose
 "$BIN_DIR/engine" --listen "127.0.0.1:$PORT" --reactors "$REACTORS" --sockets "$SOCKETS" \
   --auth-timeout-ms 120000 --idle-timeout-ms "$IDLE_TIMEOUT_MS" --data-dir "$data_dir" \
-  --log-level warn > "$OUT/engine.log" 2>&1 &
+  --log-level warn ${ENGINE_ARGS:-} > "$OUT/engine.log" 2>&1 &
 engine_pid=$!
 sleep 2
 

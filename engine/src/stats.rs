@@ -32,6 +32,13 @@ pub struct ReactorStats {
     pub panics: AtomicU64,
     /// Authenticated connections this reactor moved to their user's home reactor.
     pub connections_moved: AtomicU64,
+    /// Authenticated connections that could not move to their home reactor and stayed
+    /// (a refused release, a full handoff queue).
+    pub connections_kept_off_home: AtomicU64,
+    /// Connections closed because their request head or `auth` did not come in time.
+    pub deadline_closes: AtomicU64,
+    /// Deadlines met only by input this reactor read late (after a long turn).
+    pub deadlines_met_late: AtomicU64,
     /// Connections paused because their input met a full mailbox ring (backpressure).
     pub backpressure_pauses: AtomicU64,
     /// Recent messages this home's dedup window let go of before their 5 minutes, to stay

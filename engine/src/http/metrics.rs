@@ -109,7 +109,7 @@ const REACTOR_GAUGES: [ReactorGauge; 2] = [
 ];
 
 /// Counters each reactor keeps.
-const REACTOR_COUNTERS: [ReactorCounter; 12] = [
+const REACTOR_COUNTERS: [ReactorCounter; 15] = [
     (
         "engine_handshakes_total",
         "Completed WebSocket upgrades.",
@@ -129,6 +129,21 @@ const REACTOR_COUNTERS: [ReactorCounter; 12] = [
         "engine_connections_moved_home_total",
         "Authenticated WebSockets moved from the reactor that accepted them to their user's home reactor (--connections-at-home).",
         |r| &r.connections_moved,
+    ),
+    (
+        "engine_connections_kept_off_home_total",
+        "Authenticated WebSockets that could not move to their home reactor and stayed where they were accepted (a refused release, a full handoff queue).",
+        |r| &r.connections_kept_off_home,
+    ),
+    (
+        "engine_deadline_closes_total",
+        "Connections closed because their HTTP request head (--handshake-timeout-ms) or their auth (--auth-timeout-ms) did not come in time.",
+        |r| &r.deadline_closes,
+    ),
+    (
+        "engine_deadlines_met_late_total",
+        "Handshake or auth deadlines met by input that had come but was read only when the deadline fired (the reactor ran late, not the client).",
+        |r| &r.deadlines_met_late,
     ),
     (
         "engine_backpressure_pauses_total",

@@ -847,8 +847,8 @@ impl Reactor {
                 Phase::Http if answering => {
                     self.set_deadline(at, self.shared.config.handshake_timeout_ms)
                 }
-                Phase::Http | Phase::Closing => self.close_now(at),
-                Phase::Open => self.begin_close(at, close::AUTH_TIMEOUT, "auth timeout"),
+                Phase::Http | Phase::Open => self.deadline_passed(at, entry.due_tick),
+                Phase::Closing => self.close_now(at),
                 Phase::Moving | Phase::Authenticated => {}
             }
         }
@@ -856,9 +856,35 @@ impl Reactor {
         self.feed_shard(crate::shard::Event::Tick);
         self.limits_tick();
         self.drain_tick();
-        // Timer-driven work may have written to connections and mailed peers.
+        // Timer-driven work may have written to connections and mailed peers, and a
+        // deadline's read may have authenticated one.
+        self.send_moving();
         self.write_queued();
         self.outbox.flush(&self.shared.doorbells);
+    }
+
+    /// A connection's request head (HTTP) or `auth` (WebSocket) did not come by its
+    /// deadline, as far as this reactor has read. The deadline is the client's, not the
+    /// reactor's: what came in time and a long turn left unread (seconds, under a connect
+    /// storm at a million) is read first and may meet it; only then is the connection
+    /// closed (HTTP) or told 4001.
+    fn deadline_passed(&mut self, at: ConnAddr, due_tick: u64) {
+        let Some(phase) = self.conn_mut(at).map(|c| c.phase) else {
+            return;
+        };
+        self.read_from(at, false);
+        let stands = self
+            .conn_mut(at)
+            .is_some_and(|c| c.phase == phase && u64::from(c.deadline_tick) == due_tick);
+        if !stands {
+            ReactorStats::bump(&self.stats().deadlines_met_late);
+            return;
+        }
+        ReactorStats::bump(&self.stats().deadline_closes);
+        match phase {
+            Phase::Http => self.close_now(at),
+            _ => self.begin_close(at, close::AUTH_TIMEOUT, "auth timeout"),
+        }
     }
 
     fn begin_drain(&mut self) {

@@ -87,6 +87,7 @@ impl Reactor {
                 }
                 Err(e) => {
                     debug!("a connection stays off its home reactor: {e}");
+                    ReactorStats::bump(&self.stats().connections_kept_off_home);
                     self.settle(at, true);
                 }
             }
@@ -100,6 +101,8 @@ impl Reactor {
                 "{} connections stay off their home reactor: {e}",
                 handed.len()
             );
+            let kept = &self.stats().connections_kept_off_home;
+            ReactorStats::bump_by(kept, handed.len() as u64);
             for (at, _, fd) in released {
                 self.readopt(at, fd);
             }
