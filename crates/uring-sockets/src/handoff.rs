@@ -18,12 +18,17 @@ use std::{
 };
 
 use nix::sys::socket::{
-    recvmsg, sendmsg, socketpair, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags,
-    SockFlag, SockType, UnixAddr,
+    recvmsg, sendmsg, setsockopt, socketpair, sockopt, AddressFamily, ControlMessage,
+    ControlMessageOwned, MsgFlags, SockFlag, SockType, UnixAddr,
 };
 
 /// The most sockets one [`Handoff::send`] carries (the kernel's `SCM_MAX_FD` is 253).
 pub const HANDOFF_BATCH_MAX: usize = 64;
+/// Send buffer of the sending end: what may wait for a busy receiver. A message of 64
+/// sockets takes about 1.3 KB of it: the kernel's default (208 KiB) holds 167 of them,
+/// which a connect storm at a million filled while a receiver's turn lasted seconds; this
+/// (doubled by the kernel) holds about 6,500.
+const SEND_BUFFER_BYTES: usize = 4 << 20;
 
 /// A receiving thread's end and everyone's sending end of one `SOCK_SEQPACKET` pair.
 #[derive(Debug)]
@@ -37,6 +42,10 @@ impl Handoff {
     pub fn new() -> io::Result<Handoff> {
         let flags = SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC;
         let (receiver, sender) = socketpair(AddressFamily::Unix, SockType::SeqPacket, None, flags)?;
+        // Past net.core.wmem_max only with CAP_NET_ADMIN; else as much as that allows.
+        if setsockopt(&sender, sockopt::SndBufForce, &SEND_BUFFER_BYTES).is_err() {
+            setsockopt(&sender, sockopt::SndBuf, &SEND_BUFFER_BYTES)?;
+        }
         Ok(Handoff {
             receiver: std::os::fd::IntoRawFd::into_raw_fd(receiver),
             sender: std::os::fd::IntoRawFd::into_raw_fd(sender),
