@@ -13,6 +13,9 @@
 //!   retry of a message still waiting for its commit is tested against).
 //! - `journal_only:`: the store commits through its journal as when it is behind, and
 //!   checkpoints only at the journal's bounds (what a `kill -9` is tested against).
+//! - `refuse_handoffs:`: every socket handoff to a home reactor fails as a full queue would,
+//!   so authenticated connections stay where they were accepted (what the fallback of
+//!   `--connections-at-home` is tested against).
 
 /// The environment variable that sets a failpoint.
 pub const VARIABLE: &str = "ENGINE_FAILPOINT";
@@ -33,6 +36,8 @@ pub enum Failpoint {
     SlowCommitMs(u64),
     /// Commit through the journal whether or not the store is behind.
     JournalOnly,
+    /// Fail every socket handoff between reactors.
+    RefuseHandoffs,
 }
 
 impl Failpoint {
@@ -69,10 +74,11 @@ impl Failpoint {
                 Ok(Failpoint::SlowCommitMs(ms.parse().unwrap_or_default()))
             }
             Some(("journal_only", "")) => Ok(Failpoint::JournalOnly),
+            Some(("refuse_handoffs", "")) => Ok(Failpoint::RefuseHandoffs),
             _ => Err(format!(
                 "{VARIABLE}={value:?}: expected panic_on_message_from:USER, \
                  kill_reactor_on_message_from:USER, stall_reactor_on_message_from:USER, \
-                 slow_commit_ms:N or journal_only:"
+                 slow_commit_ms:N, journal_only: or refuse_handoffs:"
             )),
         }
     }
@@ -99,6 +105,10 @@ mod tests {
         assert_eq!(
             Failpoint::parse("slow_commit_ms:250"),
             Ok(Failpoint::SlowCommitMs(250))
+        );
+        assert_eq!(
+            Failpoint::parse("refuse_handoffs:"),
+            Ok(Failpoint::RefuseHandoffs)
         );
         assert!(Failpoint::parse("slow_commit_ms:soon").is_err());
         assert!(Failpoint::parse("panic_on_message_from:").is_err());

@@ -26,6 +26,7 @@ use tracing::{debug, warn};
 use super::core::{token, Reactor};
 use crate::conn::{Conn, Flags, Phase};
 use crate::{
+    failpoint::Failpoint,
     router::{home_of, ConnAddr, Envelope},
     shard::Event,
     sockets::{self, HANDOFF_BATCH_MAX},
@@ -96,7 +97,12 @@ impl Reactor {
             return;
         }
         let handed: Vec<(u64, i32)> = released.iter().map(|&(_, id, fd)| (id, fd)).collect();
-        if let Err(e) = self.shared.handoffs[home].send(&handed) {
+        let refused = self.shared.config.failpoint == Some(Failpoint::RefuseHandoffs);
+        let sent = match refused {
+            true => Err(std::io::ErrorKind::WouldBlock.into()),
+            false => self.shared.handoffs[home].send(&handed),
+        };
+        if let Err(e) = sent {
             debug!(
                 "{} connections stay off their home reactor: {e}",
                 handed.len()
