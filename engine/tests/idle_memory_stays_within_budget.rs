@@ -77,13 +77,14 @@ fn open_idle(addr: std::net::SocketAddr, users: std::ops::Range<usize>, into: &m
 
 #[test]
 fn an_idle_authenticated_connection_costs_at_most_256_bytes() {
+    let data_dir = std::env::temp_dir().join(format!("engine-idle-memory-{}", std::process::id()));
     // Short deadlines, so no timer entries are left when the heap is read.
     let config = Config {
         listen: "127.0.0.1:0".parse().unwrap(),
         reactors: 2,
         auth_timeout_ms: 200,
         handshake_timeout_ms: 200,
-        data_dir: std::env::temp_dir().join(format!("engine-idle-memory-{}", std::process::id())),
+        data_dir: data_dir.clone(),
         ..Config::default()
     };
     let engine = Engine::start(config).unwrap();
@@ -103,4 +104,5 @@ fn an_idle_authenticated_connection_costs_at_most_256_bytes() {
     );
     drop(clients);
     assert!(engine.shutdown());
+    let _ = std::fs::remove_dir_all(&data_dir);
 }

@@ -38,18 +38,42 @@ pub enum Driver {
 pub struct Server {
     pub child: Child,
     pub addr: SocketAddr,
-    own_data_dir: Option<std::path::PathBuf>,
+    own_data_dir: Option<DataDir>,
 }
 
 /// A data directory no other test uses, empty: what an earlier test process with the same
-/// pid left there (one killed, or one that kept its directory to restart on) is removed,
-/// or the engine would open another run's store (seen: a store of an older layout).
-pub fn fresh_data_dir() -> std::path::PathBuf {
+/// pid left there (one killed before it cleaned up) is removed, or the engine would open
+/// another run's store (seen: a store of an older layout). Removed when dropped, so that
+/// test runs leave nothing behind on a disk CI shares.
+pub fn fresh_data_dir() -> DataDir {
     static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let dir = std::env::temp_dir().join(format!("engine-test-{}-{n}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    dir
+    DataDir(dir)
+}
+
+/// A test's data directory, removed with what it holds when dropped (declare it before the
+/// servers that use it, so that they stop first).
+pub struct DataDir(std::path::PathBuf);
+
+impl std::ops::Deref for DataDir {
+    type Target = std::path::Path;
+    fn deref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl AsRef<std::path::Path> for DataDir {
+    fn as_ref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for DataDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 impl Server {
@@ -162,7 +186,7 @@ impl Server {
         };
         let own_data_dir = (!args.contains(&"--data-dir")).then(fresh_data_dir);
         if let Some(dir) = &own_data_dir {
-            command.arg("--data-dir").arg(dir);
+            command.arg("--data-dir").arg(&**dir);
         }
         let mut child = command.spawn().expect("engine starts");
         let stdout = child.stdout.take().expect("piped stdout");
@@ -289,9 +313,7 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        if let Some(dir) = &self.own_data_dir {
-            let _ = std::fs::remove_dir_all(dir);
-        }
+        // Then `own_data_dir` drops, and with it the store.
     }
 }
 
