@@ -6,7 +6,8 @@
 # acknowledged to its sender never reached its receiver's device, or reached it twice.
 #
 # Knobs (environment): CONNECTIONS (100000), RATE (10000), DURATION_SECS (60),
-# CHURN_PER_MIN (10), REACTORS (2), WORKERS (2), PORT (18620), OUT (target/churn).
+# CHURN_PER_MIN (10), REACTORS (2), WORKERS (2), PORT (18620), OUT (target/churn),
+# ENGINE_ARGS (extra engine flags, split on spaces).
 # Bounded; stops what it started.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,8 +25,9 @@ rm -rf "$OUT"
 mkdir -p "$OUT"
 engine=""
 trap '[ -n "$engine" ] && kill $engine 2>/dev/null || true' EXIT
+# shellcheck disable=SC2086 # the extra flags are split on purpose
 target/release/engine --listen "127.0.0.1:$PORT" --reactors "$REACTORS" --data-dir "$OUT/data" \
-  --log-level warn > "$OUT/engine.log" 2>&1 &
+  --log-level warn ${ENGINE_ARGS:-} > "$OUT/engine.log" 2>&1 &
 engine=$!
 for _ in $(seq 100); do
   curl -sf "127.0.0.1:$PORT/health/ready" > /dev/null && break
