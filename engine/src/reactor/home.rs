@@ -19,7 +19,7 @@
 //! handoff's queue is full, the kernel refuses the release) stays where it is: routing
 //! works wherever a device lives, it only costs more.
 
-use std::os::fd::IntoRawFd;
+use std::os::fd::{IntoRawFd, RawFd};
 
 use tracing::{debug, warn};
 
@@ -71,7 +71,7 @@ impl Reactor {
 
     /// Moves `connections` (at most [`HANDOFF_BATCH_MAX`]) to reactor `home`.
     fn move_to(&mut self, home: usize, connections: impl Iterator<Item = ConnAddr>) {
-        let mut released: Vec<(ConnAddr, u64, i32)> = Vec::new();
+        let mut released: Vec<(ConnAddr, u64, RawFd)> = Vec::new();
         for at in connections {
             let Some(conn) = self.conn_mut(at) else {
                 continue; // closed since it authenticated
@@ -96,11 +96,11 @@ impl Reactor {
         if released.is_empty() {
             return;
         }
-        let handed: Vec<(u64, i32)> = released.iter().map(|&(_, id, fd)| (id, fd)).collect();
-        let refused = self.shared.config.failpoint == Some(Failpoint::RefuseHandoffs);
-        let sent = match refused {
-            true => Err(std::io::ErrorKind::WouldBlock.into()),
-            false => self.shared.handoffs[home].send(&handed),
+        let handed: Vec<(u64, RawFd)> = released.iter().map(|&(_, id, fd)| (id, fd)).collect();
+        let sent = if self.shared.config.failpoint == Some(Failpoint::RefuseHandoffs) {
+            Err(std::io::ErrorKind::WouldBlock.into())
+        } else {
+            self.shared.handoffs[home].send(&handed)
         };
         if let Err(e) = sent {
             debug!(
@@ -125,7 +125,7 @@ impl Reactor {
     }
 
     /// Takes back a released socket that could not be handed off; the connection stays.
-    fn readopt(&mut self, at: ConnAddr, fd: i32) {
+    fn readopt(&mut self, at: ConnAddr, fd: RawFd) {
         match self.sockets.adopt(fd, token(at)) {
             Ok(socket) => {
                 if let Some(conn) = self.conn_mut(at) {
