@@ -10,8 +10,8 @@
 # direct descriptors on one reactor per core where the kernel has them, else fd tables).
 #
 # Knobs (environment): CONNECTIONS (100000), REPS (3), PORT (18380), OUT
-# (target/broadcast), SOCKETS and REACTORS (as million.sh), BIN_DIR. Bounded; stops what
-# it started.
+# (target/broadcast), SOCKETS and REACTORS (as million.sh), BIN_DIR, ENGINE_ARGS (extra
+# engine flags, split on spaces). Bounded; stops what it started.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CONNECTIONS=${CONNECTIONS:-100000}
@@ -25,9 +25,10 @@ data_dir="target/broadcast-data-$$"
 rm -rf "$data_dir"
 loadgen=""
 trap 'kill ${loadgen:-} 2>/dev/null || true; cleanup; rm -rf "$data_dir"' EXIT
+# shellcheck disable=SC2086 # the extra flags are split on purpose
 "$BIN_DIR/engine" --listen "127.0.0.1:$PORT" --reactors "$REACTORS" --sockets "$SOCKETS" \
   --auth-timeout-ms 120000 --idle-timeout-ms 0 --data-dir "$data_dir" \
-  --log-level warn > "$OUT/engine.log" 2>&1 &
+  --log-level warn ${ENGINE_ARGS:-} > "$OUT/engine.log" 2>&1 &
 engine_pid=$!
 sleep 1
 ramp_secs=$(( CONNECTIONS / 10000 + 60 ))
