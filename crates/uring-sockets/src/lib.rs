@@ -392,6 +392,58 @@ mod tests {
         a_socket_moves_between_threads_with_their_own_fd_tables(Placement::Direct);
     }
 
+    /// How many full messages (64 sockets each) one end takes before `WouldBlock`: what
+    /// may wait for a busy receiver.
+    fn messages_until_full(send: impl Fn(&[RawFd]) -> io::Result<()>) -> usize {
+        let (one, other) = pair();
+        let fds = [one; HANDOFF_BATCH_MAX];
+        let mut sent = 0;
+        while send(&fds).is_ok() {
+            sent += 1;
+            assert!(sent < 1_000_000, "never full");
+        }
+        epoll::close(one);
+        epoll::close(other);
+        sent
+    }
+
+    /// The handoff's send buffer holds a connect storm's worth of messages, far more than a
+    /// socket pair with the kernel's default buffer (a receiver's turn can last seconds).
+    #[test]
+    fn a_handoff_holds_many_more_messages_than_a_default_buffer() {
+        let handoff = Handoff::new().unwrap();
+        let ids: Vec<u64> = (0..HANDOFF_BATCH_MAX as u64).collect();
+        let handoff_holds = messages_until_full(|fds| {
+            let batch: Vec<(u64, RawFd)> = ids.iter().copied().zip(fds.iter().copied()).collect();
+            handoff.send(&batch)
+        });
+        let (sender, _receiver) = nix::sys::socket::socketpair(
+            nix::sys::socket::AddressFamily::Unix,
+            nix::sys::socket::SockType::SeqPacket,
+            None,
+            nix::sys::socket::SockFlag::SOCK_NONBLOCK,
+        )
+        .unwrap();
+        let default_holds = messages_until_full(|fds| {
+            let payload = [std::io::IoSlice::new(&[0u8; 8 * HANDOFF_BATCH_MAX])];
+            let rights = [nix::sys::socket::ControlMessage::ScmRights(fds)];
+            nix::sys::socket::sendmsg::<nix::sys::socket::UnixAddr>(
+                std::os::fd::AsRawFd::as_raw_fd(&sender),
+                &payload,
+                &rights,
+                nix::sys::socket::MsgFlags::MSG_DONTWAIT,
+                None,
+            )
+            .map(drop)
+            .map_err(io::Error::from)
+        });
+        eprintln!("messages of {HANDOFF_BATCH_MAX} sockets held: handoff {handoff_holds}, default buffer {default_holds}");
+        assert!(
+            handoff_holds >= 10 * default_holds,
+            "{handoff_holds} against {default_holds}"
+        );
+    }
+
     /// Nothing waiting: `receive` returns at once with nothing.
     #[test]
     fn an_empty_handoff_gives_nothing() {
