@@ -11,8 +11,6 @@
 //!   peers' rings to it fill up, which is how mailbox backpressure is tested.
 //! - `slow_commit_ms:N`: every store commit takes N ms more, as on a slow disk (what a
 //!   retry of a message still waiting for its commit is tested against).
-//! - `journal_only:`: the store commits through its journal as when it is behind, and
-//!   checkpoints only at the journal's bounds (what a `kill -9` is tested against).
 //! - `refuse_handoffs:`: every socket handoff to a home reactor fails as a full queue would,
 //!   so authenticated connections stay where they were accepted (what the fallback of
 //!   `--connections-at-home` is tested against).
@@ -34,8 +32,6 @@ pub enum Failpoint {
     StallReactorOnMessageFrom(String),
     /// Make every store commit this many ms slower.
     SlowCommitMs(u64),
-    /// Commit through the journal whether or not the store is behind.
-    JournalOnly,
     /// Fail every socket handoff between reactors.
     RefuseHandoffs,
 }
@@ -73,12 +69,11 @@ impl Failpoint {
             Some(("slow_commit_ms", ms)) if ms.parse::<u64>().is_ok() => {
                 Ok(Failpoint::SlowCommitMs(ms.parse().unwrap_or_default()))
             }
-            Some(("journal_only", "")) => Ok(Failpoint::JournalOnly),
             Some(("refuse_handoffs", "")) => Ok(Failpoint::RefuseHandoffs),
             _ => Err(format!(
                 "{VARIABLE}={value:?}: expected panic_on_message_from:USER, \
                  kill_reactor_on_message_from:USER, stall_reactor_on_message_from:USER, \
-                 slow_commit_ms:N, journal_only: or refuse_handoffs:"
+                 slow_commit_ms:N or refuse_handoffs:"
             )),
         }
     }

@@ -120,7 +120,6 @@ impl Engine {
                 retention: shared.config.retention,
                 cache_bytes: shared.config.store_cache_bytes,
                 commit_delay: failpoint::Failpoint::commit_delay(shared.config.failpoint.as_ref()),
-                journal_only: shared.config.failpoint == Some(failpoint::Failpoint::JournalOnly),
                 recent: (
                     Duration::from_millis(shard::dedup::WINDOW_AGE_MS),
                     recent_max,

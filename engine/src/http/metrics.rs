@@ -64,7 +64,7 @@ const STORE_COUNTERS: [StoreCounter; 10] = [
     ),
     (
         "engine_store_checkpoints_total",
-        "Durable commits of the store file, after which its journal starts again.",
+        "Checkpoints: durable commits of the store file that hold its journal up to a freeze.",
         |s| &s.checkpoints,
     ),
     (
@@ -287,7 +287,7 @@ fn render_mailbox_depth(text: &mut String, reactors: &[ReactorStats]) {
     let _ = writeln!(text, "engine_mailbox_depth {in_flight}");
 }
 
-/// The routing latency per reactor and the store's commit latency.
+/// The routing latency per reactor and the store's commit and checkpoint latencies.
 fn render_latencies(text: &mut String, reactors: &[ReactorStats], store: &StoreStats) {
     let name = "engine_routing_latency_seconds";
     let help =
@@ -298,9 +298,13 @@ fn render_latencies(text: &mut String, reactors: &[ReactorStats], store: &StoreS
         histogram(text, name, &labels, &r.routing_latency);
     }
     let name = "engine_store_commit_seconds";
-    let help = "Time one store group commit takes (apply the batch, commit, fsync).";
+    let help = "Time one store group commit takes (apply the batch, journal it, fdatasync).";
     header(text, name, help, "histogram");
     histogram(text, name, "", &store.commit_latency);
+    let name = "engine_store_checkpoint_seconds";
+    let help = "Time one checkpoint takes on its own thread (a frozen memtable written into the store file and synced; acks do not wait for it).";
+    header(text, name, help, "histogram");
+    histogram(text, name, "", &store.checkpoint_latency);
 }
 
 /// The `_bucket` (cumulative), `_sum` and `_count` lines of one histogram; `labels` is

@@ -9,31 +9,18 @@
 //!   store already holds (dedup that survives restarts).
 
 use bytes::Bytes;
-use std::cell::RefCell;
 
-use redb::{ReadableTable, TableDefinition, WriteTransaction};
-
-use super::{
-    logged::{Logged, Redo},
-    Amendment, Chat, HISTORY_PAGE_BYTES_MAX,
-};
-
-/// The history table.
-pub(super) const HISTORY: TableDefinition<(&str, &str, u64, u64), &[u8]> =
-    TableDefinition::new("history");
-/// The message index.
-pub(super) const RECEIVED: TableDefinition<(&str, &str, &str), (u64, u64)> =
-    TableDefinition::new("received");
+use super::{logged::Logged, Amendment, Chat, HISTORY_PAGE_BYTES_MAX};
 
 /// A whole index key, where a sweep goes on from.
 pub(super) type Cursor = (Box<str>, Box<str>, Box<str>);
 
-/// The two tables, open in one write transaction.
-pub(super) struct Tables<'txn> {
+/// The two tables as one batch sees them.
+pub(super) struct Tables<'a> {
     /// Conversations.
-    pub history: Logged<'txn, (&'static str, &'static str, u64, u64), &'static [u8]>,
+    pub history: Logged<'a, (&'static str, &'static str, u64, u64), &'static [u8]>,
     /// The message index.
-    pub received: Logged<'txn, (&'static str, &'static str, &'static str), (u64, u64)>,
+    pub received: Logged<'a, (&'static str, &'static str, &'static str), (u64, u64)>,
 }
 
 /// A conversation's key prefix: the two users in order, so both directions share it.
@@ -45,18 +32,7 @@ fn conversation<'a>(a: &'a str, b: &'a str) -> (&'a str, &'a str) {
     }
 }
 
-impl<'txn> Tables<'txn> {
-    /// Opens the history tables in `txn`, journaling their changes into `redo`.
-    pub(super) fn open(
-        txn: &'txn WriteTransaction,
-        redo: &'txn RefCell<Redo>,
-    ) -> Result<Self, redb::TableError> {
-        Ok(Tables {
-            history: Logged::open(txn, &HISTORY, redo)?,
-            received: Logged::open(txn, &RECEIVED, redo)?,
-        })
-    }
-
+impl Tables<'_> {
     /// Whether `receiver` already has `message_id` from `sender` (delivered or queued).
     pub(super) fn holds(
         &self,
@@ -102,8 +78,7 @@ impl<'txn> Tables<'txn> {
         let mut bytes = 0;
         for entry in self
             .history
-            .range((low, high, 0, 0)..(low, high, end, 0))?
-            .rev()
+            .range_rev((low, high, 0, 0)..(low, high, end, 0))?
         {
             let (key, value) = entry?;
             let (_, _, at, _) = key.value();
@@ -198,7 +173,7 @@ impl<'txn> Tables<'txn> {
         {
             let range = match &cursor {
                 Some((to, id, from)) => self.received.range((&**to, &**id, &**from)..)?,
-                None => self.received.range::<(&str, &str, &str)>(..)?,
+                None => self.received.iter()?,
             };
             for (visited, entry) in range.enumerate() {
                 let (key, value) = entry?;
@@ -265,17 +240,37 @@ mod tests {
     use super::*;
     use std::sync::Arc;
 
+    /// Runs `test` on the tables as a batch sees them, over an empty file.
     fn with_tables(test: impl FnOnce(&mut Tables<'_>)) {
+        use crate::store::{
+            memtable::Mem,
+            schema::{HISTORY, RECEIVED},
+        };
+        use redb::ReadableDatabase;
         let file = tempfile_path();
         let db = redb::Database::create(&file).unwrap();
         let txn = db.begin_write().unwrap();
-        let redo = RefCell::default();
-        {
-            let mut tables = Tables::open(&txn, &redo).unwrap();
-            test(&mut tables);
-        }
+        txn.open_table(HISTORY).unwrap();
+        txn.open_table(RECEIVED).unwrap();
         txn.commit().unwrap();
-        drop(db);
+        let read = db.begin_read().unwrap();
+        let redo = std::cell::RefCell::default();
+        let (mut history, mut received) = (Mem::default(), Mem::default());
+        let (older_history, older_received) = (Mem::default(), Mem::default());
+        let mut tables = Tables {
+            history: Logged::open(&read, &HISTORY, (&mut history, &older_history, None), &redo)
+                .unwrap(),
+            received: Logged::open(
+                &read,
+                &RECEIVED,
+                (&mut received, &older_received, None),
+                &redo,
+            )
+            .unwrap(),
+        };
+        test(&mut tables);
+        drop(tables);
+        drop((read, db));
         let _ = std::fs::remove_file(file);
     }
 

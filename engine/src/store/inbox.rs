@@ -20,20 +20,12 @@
 use std::collections::HashMap;
 
 use bytes::Bytes;
-use std::cell::RefCell;
 
-use redb::{ReadableTable, TableDefinition, WriteTransaction};
+use redb::ReadableTable;
 
-use super::logged::{Logged, Redo};
+use super::logged::Logged;
 
 use crate::protocol::{codes::OutKind, Priority};
-
-/// The inbox table.
-pub(super) const INBOX: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("inbox");
-/// Group posts' content.
-pub(super) const POSTS: TableDefinition<u64, &[u8]> = TableDefinition::new("posts");
-/// Per-user inbox heads: `(last seq, acked seq, gone)`.
-pub(super) const HEADS: TableDefinition<&str, (u64, u64, u64)> = TableDefinition::new("heads");
 
 /// `[kind][flags][priority][appended at u64]`.
 const HEADER_BYTES: usize = 11;
@@ -262,32 +254,20 @@ impl Heads {
     }
 }
 
-/// The open inbox tables of one write transaction.
-pub(super) struct Inboxes<'txn> {
+/// The inbox tables as one batch sees them.
+pub(super) struct Inboxes<'a> {
     /// Events.
-    pub inbox: Logged<'txn, (&'static str, u64), &'static [u8]>,
+    pub inbox: Logged<'a, (&'static str, u64), &'static [u8]>,
     /// Group posts.
-    pub posts: Logged<'txn, u64, &'static [u8]>,
+    pub posts: Logged<'a, u64, &'static [u8]>,
     /// Heads.
-    pub heads: Logged<'txn, &'static str, (u64, u64, u64)>,
+    pub heads: Logged<'a, &'static str, (u64, u64, u64)>,
 }
 
 /// Where a read in delivery order (priority, then `seq`) goes on from.
 pub type UnackedCursor = (Priority, u64);
 
-impl<'txn> Inboxes<'txn> {
-    /// Opens the inbox tables in `txn`, journaling their changes into `redo`.
-    pub(super) fn open(
-        txn: &'txn WriteTransaction,
-        redo: &'txn RefCell<Redo>,
-    ) -> Result<Self, redb::TableError> {
-        Ok(Inboxes {
-            inbox: Logged::open(txn, &INBOX, redo)?,
-            posts: Logged::open(txn, &POSTS, redo)?,
-            heads: Logged::open(txn, &HEADS, redo)?,
-        })
-    }
-
+impl Inboxes<'_> {
     /// Writes one event under `seq`.
     pub(super) fn put(
         &mut self,
@@ -500,7 +480,7 @@ pub(super) fn sweep(
     {
         let range = match &cursor {
             Some((user, seq)) => tables.inbox.range((&**user, *seq)..)?,
-            None => tables.inbox.range::<(&str, u64)>(..)?,
+            None => tables.inbox.iter()?,
         };
         for (visited, entry) in range.enumerate() {
             let (key, value) = entry?;

@@ -1,26 +1,28 @@
-//! What a write transaction changes, as the journal records it: every put and remove of
-//! one key in one table, encoded as an op. [`Logged`] tables write them as the
-//! transaction goes ([`Redo`]); [`read_op`] reads them back for the replay.
+//! What a batch changes, as the journal records it: every put and remove of one key in
+//! one table, encoded as an op. [`Logged`] tables write them as the batch goes ([`Redo`])
+//! into the active memtable, and read through the memtables to the file; [`read_op`]
+//! reads the ops back for the replay.
 //!
 //! An op is `[table name length u8][table name][kind u8][key length u32][key]` and, for a
 //! put, `[value length u32][value]` (little-endian), the key and value as redb encodes
 //! them.
 
-use std::{cell::RefCell, ops::Deref};
+use std::{cell::RefCell, cmp::Ordering, iter::Peekable, ops::RangeBounds};
 
-use redb::{Key, Table, TableDefinition, TableHandle, Value, WriteTransaction};
+use redb::{AccessGuard, Key, ReadOnlyTable, ReadTransaction, TableDefinition, TableHandle, Value};
+
+use super::memtable::{Mem, MemBounds, MemEntry, MemKey};
 
 /// An op's kind byte: a put.
 pub(super) const PUT: u8 = 1;
 /// An op's kind byte: a remove.
 const REMOVE: u8 = 2;
 
-/// The changes one write transaction makes, encoded as journal ops. The transaction's
-/// tables share it ([`Logged`]); the worker appends it to the journal at commit.
+/// The changes one batch makes, encoded as journal ops. The batch's tables share it
+/// ([`Logged`]); the worker appends it to the journal as the batch's record.
 ///
 /// Hot path (every store write): one buffer for the store thread's life, cleared and not
-/// freed, so encoding an op allocates nothing once it has grown. It is filled for every
-/// transaction, journaled or not: the worker decides how to commit only after applying.
+/// freed, so encoding an op allocates nothing once it has grown.
 #[derive(Debug, Default)]
 pub(super) struct Redo {
     ops: Vec<u8>,
@@ -57,25 +59,39 @@ impl Redo {
     }
 }
 
-/// A table of a write transaction whose every change also goes into the transaction's
-/// [`Redo`]. Reads go to the table (it derefs to it); writes only through
-/// [`Logged::insert`] and [`Logged::remove`], so none can miss the journal.
-pub(super) struct Logged<'txn, K: Key + 'static, V: Value + 'static> {
-    table: Table<'txn, K, V>,
+/// One table as a batch sees it: the batch's own changes, over the active memtable (what
+/// the journal holds since the last freeze), over the frozen one a checkpoint is writing
+/// (if any), over the file as the last checkpoint left it. Every change goes into the
+/// batch's memtable, which joins the active one once its journal record is synced, and
+/// into the batch's [`Redo`]; writes go only through [`Logged::insert`] and
+/// [`Logged::remove`], so none can miss the journal.
+pub(super) struct Logged<'a, K: Key + 'static, V: Value + 'static> {
+    base: ReadOnlyTable<K, V>,
+    batch: &'a mut Mem<K>,
+    /// The active memtable, then the frozen one.
+    below: [Option<&'a Mem<K>>; 2],
     name: &'static str,
-    redo: &'txn RefCell<Redo>,
+    redo: &'a RefCell<Redo>,
 }
 
-impl<'txn, K: Key + 'static, V: Value + 'static> Logged<'txn, K, V> {
-    /// Opens `definition` in `txn`, journaling its changes into `redo`.
+/// The memtable layers of one table, newest first: the batch's, the active one, the
+/// frozen one (if a checkpoint is under way).
+pub(super) type Layers<'a, K> = (&'a mut Mem<K>, &'a Mem<K>, Option<&'a Mem<K>>);
+
+impl<'a, K: Key + 'static, V: Value + 'static> Logged<'a, K, V> {
+    /// Opens `definition` over `read` (the file) and the memtable `layers`, journaling
+    /// its changes into `redo`.
     pub(super) fn open(
-        txn: &'txn WriteTransaction,
+        read: &ReadTransaction,
         definition: &'static TableDefinition<'static, K, V>,
-        redo: &'txn RefCell<Redo>,
+        (batch, active, frozen): Layers<'a, K>,
+        redo: &'a RefCell<Redo>,
     ) -> Result<Self, redb::TableError> {
         debug_assert!(definition.name().len() <= usize::from(u8::MAX));
         Ok(Logged {
-            table: txn.open_table(*definition)?,
+            base: read.open_table(*definition)?,
+            batch,
+            below: [Some(active), frozen],
             name: definition.name(),
             redo,
         })
@@ -87,31 +103,193 @@ impl<'txn, K: Key + 'static, V: Value + 'static> Logged<'txn, K, V> {
         key: K::SelfType<'k>,
         value: V::SelfType<'v>,
     ) -> Result<(), redb::StorageError> {
-        self.table.insert(&key, &value)?;
-        let key = K::as_bytes(&key);
         let value = V::as_bytes(&value);
-        let op = (key.as_ref(), Some(value.as_ref()));
-        self.redo.borrow_mut().op(self.name, PUT, op.0, op.1);
+        self.batch.put(&key, value.as_ref());
+        let key = K::as_bytes(&key);
+        self.redo
+            .borrow_mut()
+            .op(self.name, PUT, key.as_ref(), Some(value.as_ref()));
         Ok(())
     }
 
-    /// Removes `key` (nothing if it is not there).
+    /// Removes `key` (nothing if it is not there; the remove is journaled either way).
     pub(super) fn remove<'k>(&mut self, key: K::SelfType<'k>) -> Result<(), redb::StorageError> {
-        if self.table.remove(&key)?.is_some() {
-            let key = K::as_bytes(&key);
-            self.redo
-                .borrow_mut()
-                .op(self.name, REMOVE, key.as_ref(), None);
-        }
+        self.batch.remove(&key);
+        let key = K::as_bytes(&key);
+        self.redo
+            .borrow_mut()
+            .op(self.name, REMOVE, key.as_ref(), None);
         Ok(())
+    }
+
+    /// `key`'s value, from the newest layer that has it.
+    pub(super) fn get<'k>(
+        &self,
+        key: K::SelfType<'k>,
+    ) -> Result<Option<Found<'_, V>>, redb::StorageError> {
+        for mem in std::iter::once(&*self.batch).chain(self.below.into_iter().flatten()) {
+            if let Some(change) = mem.get(&key) {
+                return Ok(change.map(Found::Mem));
+            }
+        }
+        Ok(self.base.get(&key)?.map(Found::Base))
+    }
+
+    /// The entries within `range`, in key order.
+    pub(super) fn range<'k>(
+        &self,
+        range: impl RangeBounds<K::SelfType<'k>>,
+    ) -> Result<Merged<'_, K, V>, redb::StorageError> {
+        self.merged(range, false)
+    }
+
+    /// The entries within `range`, newest key first.
+    pub(super) fn range_rev<'k>(
+        &self,
+        range: impl RangeBounds<K::SelfType<'k>>,
+    ) -> Result<Merged<'_, K, V>, redb::StorageError> {
+        self.merged(range, true)
+    }
+
+    /// Every entry, in key order.
+    pub(super) fn iter(&self) -> Result<Merged<'_, K, V>, redb::StorageError> {
+        self.merged(.., false)
+    }
+
+    fn merged<'k>(
+        &self,
+        range: impl RangeBounds<K::SelfType<'k>>,
+        descending: bool,
+    ) -> Result<Merged<'_, K, V>, redb::StorageError> {
+        let (start, end) = (range.start_bound(), range.end_bound());
+        let encoded = || (start.map(MemKey::of), end.map(MemKey::of));
+        let base = self.base.range::<K::SelfType<'k>>((start, end))?;
+        fn below<'s, K: Key>(
+            mem: Option<&'s Mem<K>>,
+            bounds: MemBounds<K>,
+            descending: bool,
+        ) -> Box<dyn Iterator<Item = MemEntry<'s>> + 's> {
+            match mem {
+                Some(mem) => mem.range(bounds, descending),
+                None => Box::new(std::iter::empty()),
+            }
+        }
+        Ok(Merged {
+            mems: [
+                self.batch.range(encoded(), descending).peekable(),
+                below(self.below[0], encoded(), descending).peekable(),
+                below(self.below[1], encoded(), descending).peekable(),
+            ],
+            base: if descending {
+                Box::new(base.rev())
+            } else {
+                Box::new(base)
+            },
+            base_head: None,
+            descending,
+        })
     }
 }
 
-impl<'txn, K: Key + 'static, V: Value + 'static> Deref for Logged<'txn, K, V> {
-    type Target = Table<'txn, K, V>;
+/// A key or value read through [`Logged`]: from a memtable, or from the file.
+pub(super) enum Found<'a, T: Value + 'static> {
+    /// Encoded bytes in a memtable.
+    Mem(&'a [u8]),
+    /// The file's.
+    Base(AccessGuard<'static, T>),
+}
 
-    fn deref(&self) -> &Self::Target {
-        &self.table
+impl<T: Value + 'static> Found<'_, T> {
+    /// The decoded value.
+    pub(super) fn value(&self) -> T::SelfType<'_> {
+        match self {
+            Found::Mem(bytes) => T::from_bytes(bytes),
+            Found::Base(guard) => guard.value(),
+        }
+    }
+}
+
+/// A file entry and its key's encoding (made only when a memtable entry is compared).
+type BaseEntry<K, V> = (
+    AccessGuard<'static, K>,
+    AccessGuard<'static, V>,
+    Option<Vec<u8>>,
+);
+
+/// A range over the layers of one table, merged: where layers hold the same key the
+/// newest wins, and a remove hides the key.
+pub(super) struct Merged<'a, K: Key + 'static, V: Value + 'static> {
+    /// The memtables' entries, newest first.
+    mems: [Peekable<Box<dyn Iterator<Item = MemEntry<'a>> + 'a>>; 3],
+    base: Box<dyn Iterator<Item = BaseItem<K, V>>>,
+    base_head: Option<BaseEntry<K, V>>,
+    descending: bool,
+}
+
+/// What redb's range yields.
+type BaseItem<K, V> =
+    Result<(AccessGuard<'static, K>, AccessGuard<'static, V>), redb::StorageError>;
+
+impl<'a, K: Key + 'static, V: Value + 'static> Iterator for Merged<'a, K, V> {
+    type Item = Result<(Found<'a, K>, Found<'a, V>), redb::StorageError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if self.base_head.is_none() {
+                match self.base.next() {
+                    Some(Ok((k, v))) => self.base_head = Some((k, v, None)),
+                    Some(Err(e)) => return Some(Err(e)),
+                    None => {}
+                }
+            }
+            // The first key in the walk's order among the memtables' heads; on a tie the
+            // newest memtable's.
+            let order = |a: &[u8], b: &[u8]| {
+                let o = K::compare(a, b);
+                if self.descending {
+                    o.reverse()
+                } else {
+                    o
+                }
+            };
+            let mut first: Option<(usize, &[u8])> = None;
+            for (i, mem) in self.mems.iter_mut().enumerate() {
+                if let Some(&(key, _)) = mem.peek() {
+                    if first.is_none_or(|(_, best)| order(key, best) == Ordering::Less) {
+                        first = Some((i, key));
+                    }
+                }
+            }
+            let Some((i, key)) = first else {
+                // Only the file is left.
+                let (k, v, _) = self.base_head.take()?;
+                return Some(Ok((Found::Base(k), Found::Base(v))));
+            };
+            if let Some((k, _, encoded)) = &mut self.base_head {
+                let encoded =
+                    encoded.get_or_insert_with(|| K::as_bytes(&k.value()).as_ref().to_vec());
+                match order(encoded, key) {
+                    Ordering::Less => {
+                        let (k, v, _) = self.base_head.take()?;
+                        return Some(Ok((Found::Base(k), Found::Base(v))));
+                    }
+                    Ordering::Equal => self.base_head = None, // hidden by the memtable's
+                    Ordering::Greater => {}
+                }
+            }
+            let (key, value) = self.mems[i].next()?;
+            for other in &mut self.mems[i + 1..] {
+                if other
+                    .peek()
+                    .is_some_and(|&(k, _)| K::compare(k, key) == Ordering::Equal)
+                {
+                    other.next(); // older
+                }
+            }
+            if let Some(value) = value {
+                return Some(Ok((Found::Mem(key), Found::Mem(value))));
+            }
+        }
     }
 }
 
@@ -149,4 +327,102 @@ pub(super) fn read_op<'a>(ops: &mut &'a [u8]) -> Option<Op<'a>> {
         _ => return None,
     };
     Some(Op { table, key, value })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::schema::INBOX;
+    use redb::{Database, ReadableDatabase};
+
+    type InboxKey = (&'static str, u64);
+
+    /// `(seq, body)` of every row of ann's inbox, in the order the range gives them.
+    fn rows<'a>(
+        entries: impl Iterator<
+            Item = Result<(Found<'a, InboxKey>, Found<'a, &'static [u8]>), redb::StorageError>,
+        >,
+    ) -> Vec<(u64, String)> {
+        entries
+            .map(|entry| {
+                let (key, value) = entry.unwrap();
+                let body = String::from_utf8(value.value().to_vec()).unwrap();
+                (key.value().1, body)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn reads_merge_the_memtables_over_the_file_newest_first() {
+        let path = std::env::temp_dir().join(format!("logged-{}.redb", std::process::id()));
+        let db = Database::create(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut inbox = txn.open_table(INBOX).unwrap();
+            for seq in [1, 2, 3, 5] {
+                inbox.insert(("ann", seq), &b"file"[..]).unwrap();
+            }
+            inbox.insert(("bob", 1), &b"file"[..]).unwrap();
+        }
+        txn.commit().unwrap();
+        let redo = RefCell::default();
+        let mut frozen = Mem::default();
+        frozen.put(&("ann", 2), b"frozen");
+        frozen.remove(&("ann", 3));
+        frozen.put(&("ann", 4), b"frozen");
+        let mut active = Mem::default();
+        active.put(&("ann", 4), b"active");
+        active.put(&("ann", 7), b"active");
+        let mut batch = Mem::default();
+        let read = db.begin_read().unwrap();
+        let layers = (&mut batch, &active, Some(&frozen));
+        let mut inbox = Logged::open(&read, &INBOX, layers, &redo).unwrap();
+        inbox.insert(("ann", 4), &b"batch"[..]).unwrap();
+        inbox.remove(("ann", 5)).unwrap();
+        inbox.insert(("ann", 6), &b"batch"[..]).unwrap();
+
+        let expected = vec![
+            (1, "file".to_owned()),
+            (2, "frozen".to_owned()),
+            (4, "batch".to_owned()),
+            (6, "batch".to_owned()),
+            (7, "active".to_owned()),
+        ];
+        let ann = ("ann", 0)..=("ann", u64::MAX);
+        assert_eq!(rows(inbox.range(ann.clone()).unwrap()), expected);
+        let mut reversed = expected.clone();
+        reversed.reverse();
+        assert_eq!(rows(inbox.range_rev(ann).unwrap()), reversed);
+        assert_eq!(
+            rows(inbox.range(("ann", 2)..("ann", 5)).unwrap()),
+            expected[1..3]
+        );
+        assert_eq!(rows(inbox.iter().unwrap()).len(), 6, "bob's row too");
+        let get = |seq| inbox.get(("ann", seq)).unwrap().map(|v| v.value().to_vec());
+        assert_eq!(get(1).as_deref(), Some(&b"file"[..]));
+        assert_eq!(get(2).as_deref(), Some(&b"frozen"[..]));
+        assert_eq!(get(3), None, "removed in the frozen memtable");
+        assert_eq!(get(4).as_deref(), Some(&b"batch"[..]));
+        assert_eq!(get(5), None, "removed in the batch");
+        assert_eq!(get(7).as_deref(), Some(&b"active"[..]));
+        drop(inbox);
+        let ops = redo.borrow().ops().to_vec();
+        let ops = &mut &ops[..];
+        let mut journaled = Vec::new();
+        while let Some(op) = read_op(ops) {
+            let (_, seq) = <InboxKey as Value>::from_bytes(op.key);
+            journaled.push((op.table.to_owned(), seq, op.value.is_some()));
+        }
+        assert_eq!(
+            journaled,
+            [
+                ("inbox".to_owned(), 4, true),
+                ("inbox".to_owned(), 5, false),
+                ("inbox".to_owned(), 6, true)
+            ],
+            "every write is journaled, in order"
+        );
+        drop((read, db));
+        let _ = std::fs::remove_file(path);
+    }
 }

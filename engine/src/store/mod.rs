@@ -24,14 +24,18 @@
 
 mod answers;
 mod apply;
+mod checkpoint;
 mod commands;
 mod failure;
 mod history;
 mod inbox;
 mod journal;
 mod logged;
+mod memtable;
 mod recent;
+mod schema;
 mod state;
+mod view;
 mod worker;
 
 use std::{
@@ -85,14 +89,17 @@ pub struct StoreStats {
     pub failures: AtomicU64,
     /// Transactions committed.
     pub commits: AtomicU64,
-    /// Checkpoints: durable commits of the file, after which the journal starts again.
+    /// Checkpoints: durable commits of the file that hold the journal up to a freeze.
     pub checkpoints: AtomicU64,
     /// Inbox events removed after the retention period.
     pub expired: AtomicU64,
     /// History entries removed after the retention period.
     pub expired_history: AtomicU64,
-    /// Time one group commit takes: begin, apply the batch, commit (fsync).
+    /// Time one group commit takes: apply the batch, journal it and sync.
     pub commit_latency: LatencyHistogram,
+    /// Time one checkpoint takes on its thread: a frozen memtable written into the file
+    /// and synced (the acks do not wait for it).
+    pub checkpoint_latency: LatencyHistogram,
     /// The push hook's counts, shared with its thread (zero without `--push-webhook`).
     pub push: Arc<crate::push::PushStats>,
 }
@@ -160,8 +167,6 @@ pub struct Limits {
     pub cache_bytes: usize,
     /// Added to every commit (zero but under the `slow_commit_ms` failpoint).
     pub commit_delay: Duration,
-    /// Commit through the journal even when nothing waits (the `journal_only` failpoint).
-    pub journal_only: bool,
     /// How far back, and how many at most, the direct messages read at start for the
     /// homes' dedup windows go ([`Opened::recent`]).
     pub recent: (Duration, usize),
@@ -228,7 +233,7 @@ pub fn open(
         stats: stats.clone(),
         push,
     };
-    let worker = worker::Worker::new(parts);
+    let worker = worker::Worker::new(parts)?;
     let thread = std::thread::Builder::new()
         .name("store".into())
         .spawn(move || worker.run())?;
@@ -238,6 +243,24 @@ pub fn open(
         memberships,
         recent,
     })
+}
+
+/// The store thread's nice value: on a busy box the reactors (delivery) get the cores
+/// first, and the store catches up in bigger group commits (acks wait a little longer).
+/// The checkpoint thread runs at the same.
+const STORE_NICE: libc::c_int = 5;
+
+/// Gives the calling thread (the store's or the checkpoint's) [`STORE_NICE`]; failing
+/// only costs latency.
+pub(super) fn lower_own_priority() {
+    // SAFETY: setpriority(2) with PRIO_PROCESS and who 0 sets the calling thread's nice
+    // value on Linux; no memory is passed.
+    if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, STORE_NICE) } != 0 {
+        tracing::debug!(
+            "store: nice {STORE_NICE} not set: {}",
+            std::io::Error::last_os_error()
+        );
+    }
 }
 
 /// Opens (or creates) the database file in `dir` with a page cache of `cache_bytes`.

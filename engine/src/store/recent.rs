@@ -6,7 +6,10 @@ use std::{cmp::Reverse, collections::BinaryHeap};
 
 use redb::{Database, ReadableDatabase, ReadableTable};
 
-use super::inbox::{decode, Heads, INBOX, POST_FLAG};
+use super::{
+    inbox::{decode, Heads, POST_FLAG},
+    schema::INBOX,
+};
 use crate::protocol::codes::OutKind;
 
 /// A direct message in an inbox, as its home's dedup window keys it.

@@ -6,15 +6,13 @@ use std::{cell::RefCell, collections::HashMap};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use super::{
-    history,
-    inbox::{Heads, Inboxes, Stamp},
+    inbox::{Heads, Stamp},
+    memtable::Memtable,
+    schema::{HEADS, HISTORY, INBOX, MEMBERS, META, POSTS, RECEIVED},
+    view::View,
 };
 use crate::protocol::{codes::OutKind, now_ms, Priority};
 
-/// Group memberships: `(group, user) → ()`.
-pub(super) const MEMBERS: TableDefinition<(&str, &str), ()> = TableDefinition::new("members");
-/// Small named values: the sequences and the epoch.
-pub(super) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// The [`META`] key of the next history sequence number.
 pub(super) const NEXT_SEQUENCE: &str = "next_sequence";
 /// The [`META`] key of the next post number.
@@ -52,9 +50,11 @@ impl State {
     /// queued into inboxes, and reads the heads and sequences.
     pub(super) fn load(db: &Database) -> Result<State, redb::Error> {
         let txn = db.begin_write()?;
-        txn.open_table(history::HISTORY)?;
-        txn.open_table(history::RECEIVED)?;
+        // Every journaled table, so that a batch's reads find each one in the file.
+        txn.open_table(HISTORY)?;
+        txn.open_table(RECEIVED)?;
         txn.open_table(MEMBERS)?;
+        txn.open_table(POSTS)?;
         let mut meta = txn.open_table(META)?;
         let stored = meta.get(EPOCH)?.map(|v| v.value());
         let epoch = match stored {
@@ -74,14 +74,10 @@ impl State {
         let next_sequence = meta.get(NEXT_SEQUENCE)?.map_or(1, |v| v.value());
         let next_post = meta.get(NEXT_POST)?.map_or(1, |v| v.value());
         drop(meta);
-        // This transaction is committed durably: what it changes needs no journal.
-        let unjournaled = RefCell::default();
-        let mut tables = Inboxes::open(&txn, &unjournaled)?;
-        let mut heads = Heads::load(&*tables.heads, &*tables.inbox)?;
+        let mut heads = Heads::load(&txn.open_table(HEADS)?, &txn.open_table(INBOX)?)?;
         heads.floor = starts << 32;
-        let moved = move_old_queues(&txn, &mut tables, &mut heads)?;
-        drop(tables);
         txn.commit()?;
+        let moved = move_old_queues(db, &mut heads)?;
         if moved > 0 {
             tracing::info!(
                 moved,
@@ -113,50 +109,63 @@ impl State {
 }
 
 /// Appends what the first layout's offline queues hold to their users' inboxes (in their
-/// delivery order) and empties them; returns how many moved.
-fn move_old_queues(
-    txn: &redb::WriteTransaction,
-    tables: &mut Inboxes<'_>,
-    heads: &mut Heads,
-) -> Result<u64, redb::Error> {
-    let mut old = txn.open_table(OLD_QUEUE)?;
+/// delivery order) and empties them, in one durable transaction; returns how many moved.
+fn move_old_queues(db: &Database, heads: &mut Heads) -> Result<u64, redb::Error> {
+    let read = db.begin_read()?;
+    let old = match read.open_table(OLD_QUEUE) {
+        Ok(old) => old,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(0),
+        Err(e) => return Err(e.into()),
+    };
     let mut moved = 0;
+    let mut changes = Memtable::default();
+    let unjournaled = RefCell::default(); // the transaction below is durable itself
     heads.begin();
-    for entry in old.iter()? {
-        let (key, value) = entry?;
-        let (user, priority, _) = key.value();
-        let value = value.value();
-        let flags = value.first().copied().unwrap_or(0);
-        let at_ms = value.get(1..9).map_or_else(now_ms, |b| {
-            u64::from_le_bytes(b.try_into().unwrap_or_default())
-        });
-        let stamp = Stamp {
-            kind: OutKind::from_index(usize::from(flags >> 1)).unwrap_or(OutKind::NewMessage),
-            priority: match priority {
-                0 => Priority::High,
-                2 => Priority::Low,
-                _ => Priority::Normal,
-            },
-            receipt: flags & 1 != 0,
-            at_ms,
-        };
-        let head = heads.update(user, |head| {
-            head.last += 1;
-            head.unacked += 1;
-        });
-        tables.put(
-            (user, head.last),
-            stamp,
-            value.get(9..).unwrap_or_default(),
-            0,
-        )?;
-        moved += 1;
+    {
+        let none = Memtable::default();
+        let mut tables = View::new(&read, &mut changes, (&none, None), &unjournaled)?.inboxes;
+        for entry in old.iter()? {
+            let (key, value) = entry?;
+            let (user, priority, _) = key.value();
+            let value = value.value();
+            let flags = value.first().copied().unwrap_or(0);
+            let at_ms = value.get(1..9).map_or_else(now_ms, |b| {
+                u64::from_le_bytes(b.try_into().unwrap_or_default())
+            });
+            let stamp = Stamp {
+                kind: OutKind::from_index(usize::from(flags >> 1)).unwrap_or(OutKind::NewMessage),
+                priority: match priority {
+                    0 => Priority::High,
+                    2 => Priority::Low,
+                    _ => Priority::Normal,
+                },
+                receipt: flags & 1 != 0,
+                at_ms,
+            };
+            let head = heads.update(user, |head| {
+                head.last += 1;
+                head.unacked += 1;
+            });
+            tables.put(
+                (user, head.last),
+                stamp,
+                value.get(9..).unwrap_or_default(),
+                0,
+            )?;
+            moved += 1;
+        }
+        if moved > 0 {
+            tables.write_heads(heads)?;
+        }
     }
+    heads.begin();
+    drop((old, read));
     if moved > 0 {
-        tables.write_heads(heads)?;
-        old.retain(|_, _| false)?;
+        let txn = db.begin_write()?;
+        changes.flush(&txn)?;
+        txn.open_table(OLD_QUEUE)?.retain(|_, _| false)?;
+        txn.commit()?;
     }
-    heads.begin();
     Ok(moved)
 }
 

@@ -1,5 +1,6 @@
-//! The store thread: group commit of every command waiting, answers after the commit, and
-//! the retention sweep in small transactions between batches.
+//! The store thread: group commit of every command waiting (applied to the active
+//! memtable, journaled and synced once), answers after the commit, checkpoints handed to
+//! their own thread, and the retention sweep in small batches between the others.
 
 use std::{
     cell::RefCell,
@@ -8,33 +9,38 @@ use std::{
     time::{Duration, Instant},
 };
 
-use redb::{Database, Durability, WriteTransaction};
+use redb::{Database, ReadableDatabase};
 use tracing::{error, info, warn};
 
 use super::{
     answers::{append_outcome, fan_out_counts, membership_answer, unread_answer},
     apply::{Apply, Tally},
-    history::{self, Tables},
-    inbox::{self, Inboxes},
-    journal::{Journal, CHECKPOINT_BYTES, CHECKPOINT_INTERVAL, JOURNAL_THROUGH},
-    logged::{Logged, Redo},
-    state::{State, MEMBERS, META, NEXT_POST, NEXT_SEQUENCE},
+    checkpoint::{self, Checkpointer},
+    history,
+    inbox::{self},
+    journal::{Journal, CHECKPOINT_BYTES, CHECKPOINT_INTERVAL},
+    logged::Redo,
+    memtable::Memtable,
+    state::{State, NEXT_POST, NEXT_SEQUENCE},
+    view::View,
     Command, Failure, Limits, Outcome, Reply, ReplyRoutes, StoreStats, BATCH_MAX,
 };
 use crate::protocol::now_ms;
 
-/// The store thread's nice value: on a busy box the reactors (delivery) get the cores
-/// first, and the store catches up in bigger group commits (acks wait a little longer).
-const STORE_NICE: libc::c_int = 5;
-
 /// How often expired messages are swept at most (less often when retention is long).
 const SWEEP_INTERVAL_MAX: Duration = Duration::from_secs(3600);
-/// Entries one sweep transaction looks at, so a sweep of a large file never holds the
-/// thread (and every sender waiting for a commit) for long.
+/// Entries one sweep batch looks at, so a sweep of a large file never holds the thread
+/// (and every sender waiting for a commit) for long.
 const SWEEP_VISIT_MAX: usize = 20_000;
 /// A commit slower than this is logged: every ack in it waited that long (a disk stalled
 /// by other writers, say). At most one line per such commit, so at most one a second.
 const SLOW_COMMIT: Duration = Duration::from_secs(1);
+/// Journal bytes past a freeze at which the store waits for the checkpoint under way
+/// before it goes on: bounds the memory of a store whose file cannot keep up.
+const JOURNAL_BYTES_MAX: u64 = 4 * CHECKPOINT_BYTES;
+/// How long the thread waits for a command at most while a checkpoint is under way or
+/// due, so that it notices either in time.
+const CHECKPOINT_POLL: Duration = Duration::from_millis(100);
 
 /// Where a retention sweep has got to.
 enum Sweep {
@@ -46,22 +52,26 @@ enum Sweep {
 
 /// The store thread's state.
 pub(super) struct Worker {
-    /// `None` after a failed transaction until the file could be opened again.
-    db: Option<Database>,
+    /// `None` after a failure until the file could be opened again. Shared with the
+    /// checkpoint thread while it writes.
+    db: Option<Arc<Database>>,
     /// The data directory, for reopening.
     dir: PathBuf,
-    /// The commit point (`None` while `db` is).
-    journal: Option<Journal>,
-    /// The open transaction's changes, shared by its tables.
+    /// The commit point.
+    journal: Journal,
+    /// What the journal holds since the last freeze, for reads and the next checkpoint.
+    active: Memtable,
+    /// What a checkpoint writes into the file, read until it is there.
+    frozen: Option<Frozen>,
+    checkpointer: Checkpointer,
+    /// When the first record after the last freeze was appended.
+    first_record_at: Option<Instant>,
+    /// The batch's changes.
     redo: RefCell<Redo>,
     /// Where a journal record is built (kept between batches).
     record: Vec<u8>,
-    /// When the last checkpoint (a durable commit of the file) was.
-    last_checkpoint: Instant,
     /// Where commands come in.
     commands: mpsc::Receiver<Command>,
-    /// A command taken early, to see whether the store is behind: the next batch's first.
-    early: Option<Command>,
     state: State,
     limits: Limits,
     /// When the last sweep started.
@@ -72,6 +82,18 @@ pub(super) struct Worker {
     stats: Arc<StoreStats>,
     push: Option<crate::push::Push>,
 }
+
+/// A memtable frozen for a checkpoint.
+struct Frozen {
+    memtable: Arc<Memtable>,
+    /// The number of the last journal record it holds.
+    through: u64,
+    /// After a failed checkpoint (a full disk, say), when to try again.
+    retry_at: Option<Instant>,
+}
+
+/// How long after a failed checkpoint the next try waits.
+const CHECKPOINT_RETRY: Duration = Duration::from_secs(1);
 
 /// What a worker is made of.
 pub(super) struct Parts {
@@ -96,16 +118,18 @@ pub(super) struct Parts {
 }
 
 impl Worker {
-    pub(super) fn new(parts: Parts) -> Worker {
-        Worker {
-            db: Some(parts.db),
+    pub(super) fn new(parts: Parts) -> std::io::Result<Worker> {
+        Ok(Worker {
+            db: Some(Arc::new(parts.db)),
             dir: parts.dir,
-            journal: Some(parts.journal),
+            journal: parts.journal,
+            active: Memtable::default(),
+            frozen: None,
+            checkpointer: Checkpointer::start()?,
+            first_record_at: None,
             redo: RefCell::default(),
             record: Vec::new(),
-            last_checkpoint: Instant::now(),
             commands: parts.commands,
-            early: None,
             state: parts.state,
             limits: parts.limits,
             last_sweep: Instant::now(),
@@ -113,14 +137,14 @@ impl Worker {
             routes: parts.routes,
             stats: parts.stats,
             push: parts.push,
-        }
+        })
     }
 
     /// Runs until `Shutdown`, or until every `Store` handle is gone: each turn takes
     /// every command waiting (up to [`BATCH_MAX`]), commits them together and answers;
     /// a retention sweep, when one is under way, takes a small step between turns.
     pub(super) fn run(mut self) {
-        lower_own_priority();
+        super::lower_own_priority();
         let mut batch = Vec::with_capacity(BATCH_MAX);
         let sweep_every = (self.limits.retention / 10).min(SWEEP_INTERVAL_MAX);
         loop {
@@ -130,15 +154,13 @@ impl Worker {
             // While a sweep is under way, commands go first and a sweep step follows.
             let wait = if self.sweep.is_some() {
                 Duration::ZERO
+            } else if self.checkpointer.busy() || self.first_record_at.is_some() {
+                CHECKPOINT_POLL
             } else {
                 sweep_every
             };
             let mut stopping = false;
-            let first = match self.early.take() {
-                Some(command) => Ok(command),
-                None => self.commands.recv_timeout(wait),
-            };
-            match first {
+            match self.commands.recv_timeout(wait) {
                 Ok(Command::Shutdown) | Err(mpsc::RecvTimeoutError::Disconnected) => {
                     stopping = true
                 }
@@ -152,9 +174,11 @@ impl Worker {
                     Err(_) => break,
                 }
             }
+            self.tend_checkpoints();
             if !batch.is_empty() {
                 let replies = self.apply(&mut batch);
                 self.answer(replies);
+                self.tend_checkpoints();
             }
             if stopping {
                 break;
@@ -167,7 +191,7 @@ impl Worker {
         info!("store closed");
     }
 
-    /// Applies a batch in one transaction; returns each reactor's answers.
+    /// Applies a batch; returns each reactor's answers.
     fn apply(&mut self, batch: &mut Vec<Command>) -> Vec<(usize, Reply)> {
         let sequences_before = (self.state.next_sequence, self.state.next_post);
         self.state.heads.begin();
@@ -175,19 +199,10 @@ impl Worker {
         if self.db.is_none() {
             self.reopen();
         }
-        let result = match self.db.take() {
-            Some(db) => {
-                let result = self.transact(&db, batch, &mut replies);
-                if result.is_ok() {
-                    self.db = Some(db);
-                } else {
-                    // redb refuses all work after an I/O error until the file is reopened.
-                    drop(db);
-                    self.reopen();
-                }
-                result.map_err(Failure::from)
-            }
-            None => Err(Failure::Closed),
+        let result = if self.db.is_some() {
+            self.transact(batch, &mut replies).map_err(Failure::from)
+        } else {
+            Err(Failure::Closed)
         };
         if let Err(why) = result {
             error!("store commit failed: {why}");
@@ -201,27 +216,44 @@ impl Worker {
         replies
     }
 
-    /// Applies `batch` in one write transaction and commits it.
+    /// Applies `batch`, journals it and syncs: one group commit.
     fn transact(
         &mut self,
-        db: &Database,
         batch: &[Command],
         replies: &mut Vec<(usize, Reply)>,
     ) -> Result<(), redb::Error> {
         let started = Instant::now();
-        let sequences_before = (self.state.next_sequence, self.state.next_post);
-        self.redo.get_mut().clear();
-        let txn = db.begin_write()?;
-        let tally = self.apply_commands(&txn, batch, replies)?;
-        if !self.limits.commit_delay.is_zero() {
-            std::thread::sleep(self.limits.commit_delay); // the slow_commit_ms failpoint
-        }
-        if (self.state.next_sequence, self.state.next_post) != sequences_before {
-            let mut meta = Logged::open(&txn, &META, &self.redo)?;
-            meta.insert(NEXT_SEQUENCE, self.state.next_sequence)?;
-            meta.insert(NEXT_POST, self.state.next_post)?;
-        }
-        self.commit(txn)?;
+        let (queue_max_per_user, pushing) = (self.limits.queue_max_per_user, self.push.is_some());
+        let tally = self.write(|view, state| {
+            let sequences_before = (state.next_sequence, state.next_post);
+            let View {
+                inboxes,
+                tables,
+                members,
+                mut meta,
+            } = view;
+            let mut apply = Apply {
+                inboxes,
+                tables,
+                members,
+                state,
+                queue_max_per_user,
+                pushing,
+                now_ms: now_ms(),
+                tally: Tally::default(),
+                replies,
+            };
+            // By reference: on an error the whole batch is still here to be answered.
+            for command in batch {
+                apply.command(command)?;
+            }
+            apply.inboxes.write_heads(&apply.state.heads)?;
+            if (apply.state.next_sequence, apply.state.next_post) != sequences_before {
+                meta.insert(NEXT_SEQUENCE, apply.state.next_sequence)?;
+                meta.insert(NEXT_POST, apply.state.next_post)?;
+            }
+            Ok(apply.tally)
+        })?;
         if let Some(push) = &self.push {
             for (user, payload) in tally.queued {
                 push.notify(&user, payload);
@@ -248,31 +280,136 @@ impl Worker {
         Ok(())
     }
 
-    /// Applies every command of `batch` in `txn`, collecting the answers.
-    fn apply_commands(
+    /// Runs `work` over every table as this batch sees them, its changes going into a
+    /// memtable of its own; then journals what it changed and syncs, and only then adds
+    /// the changes to the active memtable: when this returns `Ok` they are durable, and
+    /// on an error nothing of them is kept. An error of the file's (not the journal's)
+    /// reopens it.
+    fn write<T>(
         &mut self,
-        txn: &WriteTransaction,
-        batch: &[Command],
-        replies: &mut Vec<(usize, Reply)>,
-    ) -> Result<Tally, redb::Error> {
-        let redo = &self.redo;
-        let mut apply = Apply {
-            inboxes: Inboxes::open(txn, redo)?,
-            tables: Tables::open(txn, redo)?,
-            members: Logged::open(txn, &MEMBERS, redo)?,
-            state: &mut self.state,
-            queue_max_per_user: self.limits.queue_max_per_user,
-            pushing: self.push.is_some(),
-            now_ms: now_ms(),
-            tally: Tally::default(),
-            replies,
+        work: impl FnOnce(View<'_>, &mut State) -> Result<T, redb::Error>,
+    ) -> Result<T, redb::Error> {
+        self.redo.get_mut().clear();
+        let mut changes = Memtable::default();
+        let done = match self.view(&mut changes, work) {
+            Ok(done) => done,
+            Err(e) => {
+                self.reopen();
+                return Err(e);
+            }
         };
-        // By reference: on an error the whole batch is still here to be answered.
-        for command in batch {
-            apply.command(command)?;
+        if !self.limits.commit_delay.is_zero() {
+            std::thread::sleep(self.limits.commit_delay); // the slow_commit_ms failpoint
         }
-        apply.inboxes.write_heads(&apply.state.heads)?;
-        Ok(apply.tally)
+        let redo = self.redo.get_mut();
+        if !redo.is_empty() {
+            self.journal
+                .append(redo, &mut self.record)
+                .map_err(redb::Error::Io)?;
+            self.first_record_at.get_or_insert_with(Instant::now);
+        }
+        self.active.absorb(&mut changes);
+        Ok(done)
+    }
+
+    /// Runs `work` over the tables: `changes` over the memtables over the file.
+    fn view<T>(
+        &mut self,
+        changes: &mut Memtable,
+        work: impl FnOnce(View<'_>, &mut State) -> Result<T, redb::Error>,
+    ) -> Result<T, redb::Error> {
+        let db = self.db.clone().ok_or(redb::Error::PreviousIo)?;
+        let read = db.begin_read()?;
+        let frozen = self.frozen.as_ref().map(|f| &*f.memtable);
+        let view = View::new(&read, changes, (&self.active, frozen), &self.redo)?;
+        work(view, &mut self.state)
+    }
+
+    /// Takes the outcome of a checkpoint that is over (or tries a failed one again), and
+    /// freezes the active memtable for the next when one is due: after
+    /// [`CHECKPOINT_BYTES`] of journal or [`CHECKPOINT_INTERVAL`] after its first record.
+    /// Past [`JOURNAL_BYTES_MAX`] it waits for the checkpoint under way (the file cannot
+    /// keep up).
+    fn tend_checkpoints(&mut self) {
+        if let Some(done) = self.checkpointer.poll() {
+            self.checkpoint_done(done);
+        }
+        if let Some(frozen) = &mut self.frozen {
+            if frozen.retry_at.is_some_and(|at| at <= Instant::now()) {
+                frozen.retry_at = None;
+                if let Some(db) = &self.db {
+                    self.checkpointer
+                        .begin(db.clone(), frozen.memtable.clone(), frozen.through);
+                }
+            }
+        }
+        let len = self.journal.len();
+        let due = len >= CHECKPOINT_BYTES
+            || self
+                .first_record_at
+                .is_some_and(|at| at.elapsed() >= CHECKPOINT_INTERVAL);
+        if !due {
+            return;
+        }
+        if self.checkpointer.busy() && len >= JOURNAL_BYTES_MAX {
+            if let Some(done) = self.checkpointer.wait() {
+                self.checkpoint_done(done);
+            }
+        }
+        self.freeze();
+    }
+
+    /// Hands the active memtable to the checkpoint thread; the journal goes on in its
+    /// other file. Only when the last frozen memtable is in the file: the other file
+    /// holds its records until then.
+    fn freeze(&mut self) {
+        let Some(db) = &self.db else {
+            return;
+        };
+        if self.frozen.is_some() || self.journal.len() == 0 {
+            return;
+        }
+        let memtable = Arc::new(std::mem::take(&mut self.active));
+        let through = self.journal.last_number();
+        self.journal.switch();
+        self.first_record_at = None;
+        self.checkpointer
+            .begin(db.clone(), memtable.clone(), through);
+        self.frozen = Some(Frozen {
+            memtable,
+            through,
+            retry_at: None,
+        });
+    }
+
+    /// The frozen memtable is in the file (the reads now find it there), or the
+    /// checkpoint failed: the journal holds all of it, reads go on through the
+    /// memtables, and the checkpoint is tried again on a reopened file.
+    fn checkpoint_done(&mut self, done: checkpoint::Done) {
+        if !self.settle(done) {
+            self.reopen();
+        }
+    }
+
+    /// Notes how a checkpoint went; whether it holds.
+    fn settle(&mut self, done: checkpoint::Done) -> bool {
+        match done {
+            Ok(took) => {
+                self.frozen = None;
+                self.stats.checkpoints.fetch_add(1, Ordering::Relaxed);
+                self.stats
+                    .checkpoint_latency
+                    .observe_us(took.as_micros() as u64);
+                true
+            }
+            Err(e) => {
+                error!("store: checkpoint failed (tried again in a second): {e}");
+                if let Some(frozen) = &mut self.frozen {
+                    frozen.retry_at = Some(Instant::now() + CHECKPOINT_RETRY);
+                }
+                false
+            }
+        }
     }
 
     fn failure_replies(&self, batch: &[Command], why: Failure) -> Vec<(usize, Reply)> {
@@ -336,25 +473,26 @@ impl Worker {
         self.sweep = Some((Sweep::Inbox(None), cutoff));
     }
 
-    /// One sweep transaction: up to [`SWEEP_VISIT_MAX`] entries of the queues, then of the
+    /// One sweep batch: up to [`SWEEP_VISIT_MAX`] entries of the queues, then of the
     /// message index (with their conversation entries).
     fn sweep_step(&mut self) {
-        let (Some(db), Some((position, cutoff))) = (self.db.take(), self.sweep.take()) else {
+        let Some((position, cutoff)) = self.sweep.take() else {
             return;
         };
+        if self.db.is_none() {
+            return; // closed: the next sweep starts over
+        }
         let stats = self.stats.clone();
         let counter = match position {
             Sweep::Inbox(_) => &stats.expired,
             Sweep::History(_) => &stats.expired_history,
         };
         self.state.heads.begin();
-        self.redo.get_mut().clear();
-        let (heads, redo) = (&mut self.state.heads, &self.redo);
-        let result = (|| -> Result<_, redb::Error> {
-            let txn = db.begin_write()?;
-            let (removed, next) = match position {
+        let result = self.write(|view, state| {
+            let heads = &mut state.heads;
+            Ok(match position {
                 Sweep::Inbox(cursor) => {
-                    let mut tables = Inboxes::open(&txn, redo)?;
+                    let mut tables = view.inboxes;
                     let (removed, next) =
                         inbox::sweep(&mut tables, heads, cursor, cutoff, SWEEP_VISIT_MAX)?;
                     tables.write_heads(heads)?;
@@ -365,20 +503,14 @@ impl Worker {
                     (removed, Some(next))
                 }
                 Sweep::History(cursor) => {
-                    let mut tables = Tables::open(&txn, redo)?;
+                    let mut tables = view.tables;
                     let (removed, next) = tables.sweep(cursor, cutoff, SWEEP_VISIT_MAX)?;
                     (removed, next.map(|key| Sweep::History(Some(key))))
                 }
-            };
-            Ok((txn, removed, next))
-        })();
-        let result = result.and_then(|(txn, removed, next)| {
-            self.commit(txn)?;
-            Ok((removed, next))
+            })
         });
         match result {
             Ok((removed, next)) => {
-                self.db = Some(db);
                 counter.fetch_add(removed, Ordering::Relaxed);
                 if removed > 0 {
                     info!(removed, "store: expired messages removed");
@@ -386,107 +518,51 @@ impl Worker {
                 self.sweep = next.map(|n| (n, cutoff));
             }
             Err(e) => {
-                drop(db);
-                self.reopen();
                 self.state.heads.roll_back();
                 error!("store: retention sweep failed: {e}");
             }
         }
     }
 
-    /// Commits `txn`, whose tables journaled their changes into `self.redo`, so that it is
-    /// durable when this returns `Ok`. When nothing else waits, as a durable commit of the
-    /// file (one `fdatasync` of the pages it changed, and of any a journal held: then a
-    /// checkpoint, after which the journal starts again). When commands wait already (the
-    /// store is behind), in memory with its changes appended to the journal and synced,
-    /// which costs what the batch changed, not the B-tree pages it touched; until the
-    /// journal reaches [`CHECKPOINT_BYTES`] or [`CHECKPOINT_INTERVAL`]. On an error the
-    /// caller drops the file and reopens it.
-    fn commit(&mut self, mut txn: WriteTransaction) -> Result<(), redb::Error> {
-        let behind = self.more_waiting() || self.limits.journal_only;
-        let Some(journal) = self.journal.as_mut() else {
-            return Err(redb::Error::PreviousIo);
-        };
-        let journaled = journal.len();
-        let checkpoint_due = journaled >= CHECKPOINT_BYTES
-            || (journaled > 0 && self.last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL);
-        if !behind || checkpoint_due {
-            if journaled > 0 {
-                let mut meta = Logged::open(&txn, &META, &self.redo)?;
-                meta.insert(JOURNAL_THROUGH, journal.last_number())?;
-            }
-            txn.commit()?; // durable: it holds every journal record so far
-            self.redo.get_mut().clear();
-            if journaled > 0 {
-                self.last_checkpoint = Instant::now();
-                self.stats.checkpoints.fetch_add(1, Ordering::Relaxed);
-                journal.checkpointed();
-            }
-            return Ok(());
-        }
-        if journaled == 0 {
-            self.last_checkpoint = Instant::now(); // the file is durable up to here
-        }
-        txn.set_durability(Durability::None)?;
-        txn.commit()?;
-        let redo = self.redo.get_mut();
-        let appended = if redo.is_empty() {
-            Ok(())
-        } else {
-            journal.append(redo, &mut self.record)
-        };
-        redo.clear();
-        appended.map_err(redb::Error::Io)
-    }
-
-    /// A last checkpoint, so that a clean stop leaves no journal to replay (a replay at
-    /// start then always means a crash).
+    /// A last checkpoint of everything journaled, so that a clean stop leaves no journal
+    /// to replay (a replay at start then always means a crash).
     fn checkpoint_at_close(&mut self) {
-        let (Some(db), Some(journal)) = (self.db.as_ref(), self.journal.as_mut()) else {
-            return;
-        };
-        if journal.len() == 0 {
-            return;
-        }
-        let through = journal.last_number();
-        let committed = (|| -> Result<(), redb::Error> {
-            let txn = db.begin_write()?;
-            txn.open_table(META)?.insert(JOURNAL_THROUGH, through)?;
-            txn.commit()?;
-            Ok(())
-        })();
-        match committed {
-            Ok(()) => {
-                if let Err(e) = journal.close_empty() {
-                    warn!("store: journal not marked empty at close (its records are held): {e}");
-                }
+        let mut outcome = self.checkpointer.wait();
+        if let (Some(Err(_)), Some(frozen)) = (&outcome, &self.frozen) {
+            // One more try of a failed one (the disk may have room now).
+            let (memtable, through) = (frozen.memtable.clone(), frozen.through);
+            self.reopen();
+            if let Some(db) = &self.db {
+                self.checkpointer.begin(db.clone(), memtable, through);
+                outcome = self.checkpointer.wait();
             }
-            Err(e) => warn!("store: no checkpoint at close, the journal will be replayed: {e}"),
+        }
+        if let Some(done) = outcome {
+            self.checkpoint_done(done);
+        }
+        self.freeze();
+        let closed = match self.checkpointer.wait() {
+            Some(Err(e)) => Err(e),
+            _ if self.frozen.is_some() || self.journal.len() > 0 => Err(redb::Error::PreviousIo),
+            _ => self.journal.close_empty().map_err(redb::Error::Io),
+        };
+        if let Err(e) = closed {
+            warn!("store: no checkpoint at close, the journal will be replayed: {e}");
         }
     }
 
-    /// Whether another command waits already (taken now, it opens the next batch).
-    fn more_waiting(&mut self) -> bool {
-        if self.early.is_none() {
-            self.early = self.commands.try_recv().ok();
-        }
-        self.early.is_some()
-    }
-
-    /// Opens the file again after a failed transaction and replays its journal (the next
-    /// batch retries if this fails too): what was committed before, in the file or in the
-    /// journal, is intact; the in-memory counts match it.
+    /// Opens the file again after an error (the next batch retries if this fails too):
+    /// what checkpoints wrote is intact, and the memtables hold what the journal holds
+    /// past them, so nothing is replayed. A checkpoint under way ends first.
     fn reopen(&mut self) {
-        self.journal = None;
-        let opened = super::open_file(&self.dir, self.limits.cache_bytes)
-            .map_err(redb::Error::from)
-            .and_then(|db| Ok((Journal::recover(&self.dir, &db)?, db)));
-        match opened {
-            Ok((journal, db)) => {
+        if let Some(done) = self.checkpointer.wait() {
+            self.settle(done);
+        }
+        self.db = None; // the last hold on the file: it closes
+        match super::open_file(&self.dir, self.limits.cache_bytes) {
+            Ok(db) => {
                 info!("store reopened after an error");
-                self.db = Some(db);
-                self.journal = Some(journal);
-                self.last_checkpoint = Instant::now();
+                self.db = Some(Arc::new(db));
             }
             Err(e) => error!("store reopen failed: {e}"),
         }
@@ -505,17 +581,5 @@ impl Worker {
                 self.routes.doorbells.ring(reactor);
             }
         }
-    }
-}
-
-/// Gives the calling thread (the store's) [`STORE_NICE`]; failing only costs latency.
-fn lower_own_priority() {
-    // SAFETY: setpriority(2) with PRIO_PROCESS and who 0 sets the calling thread's nice
-    // value on Linux; no memory is passed.
-    if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, STORE_NICE) } != 0 {
-        tracing::debug!(
-            "store: nice {STORE_NICE} not set: {}",
-            std::io::Error::last_os_error()
-        );
     }
 }
