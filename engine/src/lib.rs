@@ -119,6 +119,7 @@ impl Engine {
                 queue_max_per_user: shared.config.queue_max_per_user,
                 retention: shared.config.retention,
                 cache_bytes: shared.config.store_cache_bytes,
+                commit_spacing: shared.config.store_commit_spacing,
                 commit_delay: failpoint::Failpoint::commit_delay(shared.config.failpoint.as_ref()),
                 recent: (
                     Duration::from_millis(shard::dedup::WINDOW_AGE_MS),

@@ -47,6 +47,8 @@ pub struct Config {
     pub retention: std::time::Duration,
     /// Bytes of the store's page cache.
     pub store_cache_bytes: usize,
+    /// Least time between the starts of two store commits.
+    pub store_commit_spacing: std::time::Duration,
     /// Where push notifications for offline users go, if anywhere.
     pub push_webhook: Option<crate::push::Webhook>,
     /// Whether they carry the start of the text.
@@ -173,6 +175,7 @@ impl Config {
             queue_max_per_user: settled.queue_max_per_user,
             retention: retention(settled.retention_days)?,
             store_cache_bytes: (settled.store_cache_mb << 20) as usize,
+            store_commit_spacing: std::time::Duration::from_micros(settled.store_commit_spacing_us),
             push_webhook: match settled.push_webhook {
                 Some(url) => Some(
                     crate::push::Webhook::parse(&url).map_err(|e| invalid("push-webhook", e))?,

@@ -264,6 +264,10 @@ settings! {
     // redb's own default is 1 GiB.
     /// Memory for the store's page cache, in MiB
     store_cache_mb: u64, "ENGINE_STORE_CACHE_MB", "MIB", default "128", range (4, 1 << 20);
+    // Issue 20: a commit per few messages cost a fdatasync each (benches/RESULTS.md).
+    /// Least time between the starts of two store commits, so that what comes meanwhile shares one fdatasync (0: commit as soon as a command comes)
+    store_commit_spacing_us: u64, "ENGINE_STORE_COMMIT_SPACING_US", "US", default "1000",
+        range (0, 100_000);
     /// On SIGTERM, spread the 1001 closes over this many seconds, in random order, so clients do not all reconnect at once (0: close all at once)
     drain_secs: u64, "ENGINE_DRAIN_SECS", "S", default "0", range (0, 3600);
     /// Bound on a graceful shutdown (SIGTERM/SIGINT) before remaining sockets are dropped

@@ -165,6 +165,9 @@ pub struct Limits {
     /// Bytes of redb's page cache (its default, 1 GiB, would grow the gateway's RSS with
     /// the history it reads and writes).
     pub cache_bytes: usize,
+    /// The least time between the starts of two commits: what comes meanwhile shares
+    /// the next one's `fdatasync` (`--store-commit-spacing-us`).
+    pub commit_spacing: Duration,
     /// Added to every commit (zero but under the `slow_commit_ms` failpoint).
     pub commit_delay: Duration,
     /// How far back, and how many at most, the direct messages read at start for the
