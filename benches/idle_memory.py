@@ -15,9 +15,11 @@ Usage: benches/idle_memory.py [--connections 10000] [--reactors 2] [--engine PAT
 import argparse
 import base64
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 
@@ -70,9 +72,12 @@ def main():
     parser.add_argument("--engine-args", default="", help="extra engine flags, split on spaces")
     args = parser.parse_args()
 
+    # A fresh store each run: one left by an earlier run (the default ./data) would be
+    # read at start and counted.
+    data_dir = tempfile.mkdtemp(prefix="idle-memory-")
     engine = subprocess.Popen(
         [args.engine, "--listen", "127.0.0.1:0", "--reactors", str(args.reactors), "--log-level", "error",
-         "--auth-timeout-ms", str(AUTH_TIMEOUT_MS)] + args.engine_args.split(),
+         "--auth-timeout-ms", str(AUTH_TIMEOUT_MS), "--data-dir", data_dir] + args.engine_args.split(),
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -110,6 +115,7 @@ def main():
     finally:
         engine.terminate()
         engine.wait(timeout=15)
+        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 if __name__ == "__main__":
