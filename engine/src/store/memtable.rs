@@ -164,7 +164,7 @@ impl<K: Key> Mem<K> {
     }
 
     /// Takes in `newer`'s changes (which win), leaving it empty. Moves the entries, no copy.
-    fn absorb(&mut self, newer: &mut Mem<K>) {
+    pub(super) fn absorb(&mut self, newer: &mut Mem<K>) {
         for (key, value) in std::mem::take(&mut newer.changes) {
             self.changes.insert(key, value);
         }
