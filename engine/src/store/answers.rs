@@ -102,7 +102,7 @@ pub(super) fn fan_out_counts(
     (share.reply_to, reply)
 }
 
-/// The answer to a read (or a change that must read first) that a failed transaction
+/// The answer to a read (or a change that must read first) that a failed batch
 /// could not serve: the asking connection is told why.
 pub(super) fn unread_answer(command: &Command, why: Failure) -> Option<(usize, Reply)> {
     let error = Some(why);

@@ -1,5 +1,5 @@
-//! One group commit's work: each command applied to the open tables of the write
-//! transaction, its answer collected for after the commit. One method per command.
+//! One group commit's work: each command applied to the tables as the batch sees them,
+//! its answer collected for after the commit. One method per command.
 
 use super::{
     answers::{append_outcome, fan_out_counts, history_answer, membership_answer, sender_answer},
@@ -19,7 +19,7 @@ const PRUNE_STEP: u64 = 64;
 /// and does not ack either). Smaller bounds use the bound.
 const OVERDUE_STEP: u64 = 64;
 
-/// What one transaction changed, for the counters and the push hook once it committed.
+/// What one batch changed, for the counters and the push hook once it committed.
 #[derive(Default)]
 pub(super) struct Tally {
     /// Events committed with no device online to take them.
@@ -31,7 +31,7 @@ pub(super) struct Tally {
     pub queued: Vec<(Box<str>, bytes::Bytes)>,
 }
 
-/// The tables of one write transaction and what the batch has done so far.
+/// The tables of one batch and what it has done so far.
 pub(super) struct Apply<'txn, 'a> {
     /// Inboxes.
     pub inboxes: Inboxes<'txn>,

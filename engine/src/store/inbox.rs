@@ -136,7 +136,7 @@ pub(super) struct Heads {
     by_user: HashMap<Box<str>, Head>,
     /// The lowest `last` of any inbox in this run.
     pub floor: u64,
-    /// Heads as they were before the transaction touched them.
+    /// Heads as they were before the batch touched them.
     journal: Vec<(Box<str>, Head)>,
 }
 
@@ -195,7 +195,7 @@ impl Heads {
         self.of(user)
     }
 
-    /// Changes `user`'s head, journaling it the first time in this transaction.
+    /// Changes `user`'s head, noting how it was the first time in this batch.
     pub(super) fn update(&mut self, user: &str, change: impl FnOnce(&mut Head)) -> Head {
         let floor = self.floor;
         let head = match self.by_user.get_mut(user) {
@@ -213,12 +213,12 @@ impl Heads {
         *head
     }
 
-    /// Starts a transaction's journal.
+    /// Starts a batch's record of the heads it changes.
     pub(super) fn begin(&mut self) {
         self.journal.clear();
     }
 
-    /// The users this transaction touched, with their heads now (to be written).
+    /// The users this batch touched, with their heads now (to be written).
     ///
     /// Only heads whose `acked` or `gone` changed: `last` needs no writing, since each
     /// start of the store raises every `seq` above the last run's ([`Heads::floor`]) and
@@ -231,7 +231,7 @@ impl Heads {
         })
     }
 
-    /// Undoes the transaction's changes but `last`.
+    /// Undoes the batch's changes but `last`.
     pub(super) fn roll_back(&mut self) {
         for (user, before) in self.journal.drain(..) {
             if let Some(head) = self.by_user.get_mut(&user) {
@@ -295,7 +295,7 @@ impl Inboxes<'_> {
         Ok(())
     }
 
-    /// Writes the heads a transaction changed.
+    /// Writes the heads a batch changed.
     pub(super) fn write_heads(&mut self, heads: &Heads) -> Result<(), redb::Error> {
         for (user, head) in heads.touched() {
             self.heads

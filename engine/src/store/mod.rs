@@ -1,26 +1,29 @@
 //! The durable store: per-user inboxes, conversation history and the index that finds a
-//! message by id, in one embedded redb file under `--data-dir`, on one dedicated thread
-//! with group commit. Reactors talk to it by message and never wait on disk: commands go
-//! in over a channel, answers come back over each reactor's own channel with a ring of
-//! its doorbell.
+//! message by id, in an embedded redb file under `--data-dir` with a journal beside it,
+//! on one dedicated thread with group commit and a checkpoint thread. Reactors talk to it
+//! by message and never wait on disk: commands go in over a channel, answers come back
+//! over each reactor's own channel with a ring of its doorbell.
 //!
-//! Group commit: the thread takes every command waiting (up to [`BATCH_MAX`]), applies them
-//! all in one write transaction, makes it durable once, and only then answers. So every
-//! ack (`sent` or `queued`) follows the commit that holds the message. A store that keeps
-//! up commits the file durably (one `fdatasync`); one that is behind commits through a
-//! journal instead, the transaction's changes appended to `journal.log` and synced (one
-//! write, one `fdatasync`), and the file's own durable commit, which copies every B-tree
-//! page a transaction touches, waits for a checkpoint.
+//! Group commit: the thread takes every command waiting (up to [`BATCH_MAX`], at most one
+//! commit per `--store-commit-spacing-us`), applies them together, appends their changes
+//! to the journal as one record and syncs it (one write, one `fdatasync`), and only then
+//! answers. So every ack (`sent` or `queued`) follows the commit that holds the message.
+//! The changes are kept in memtables that reads merge over the file, and the file catches
+//! up in checkpoints on their own thread: no ack waits for redb's B-tree pages.
 //!
 //! - `commands`: what reactors ask and what the store answers.
+//! - `schema`: the file's tables.
 //! - `inbox`: per-user inboxes, `(user, seq)` keys, and their heads.
 //! - `history`: every chat message per conversation, and `(receiver, messageId, sender)`
 //!   → where it sits, which serves `read_receipt` by id and dedup across restarts.
-//! - `journal`: the commit point, its checkpoints and its replay at open; `logged`: the
-//!   tables that record every change a transaction makes, for the journal.
-//! - `worker`: the thread, its transactions and the retention sweep; `apply`: one
-//!   transaction's commands; `answers`: the replies, committed or failed; `state`:
-//!   what the thread keeps in memory about the file; `failure`: why it failed, typed.
+//! - `journal`: the commit point, its two files and its replay at open; `checkpoint`: the
+//!   thread that writes a frozen memtable into the file.
+//! - `memtable`: what the journal holds and the file not yet; `logged`: one table as a
+//!   batch reads and writes it, through the memtables to the file, every change recorded
+//!   for the journal; `view`: every table of one batch.
+//! - `worker`: the thread, its batches, freezes and the retention sweep; `apply`: one
+//!   batch's commands; `answers`: the replies, committed or failed; `state`: what the
+//!   thread keeps in memory about the file; `failure`: why it failed, typed.
 
 mod answers;
 mod apply;
