@@ -77,6 +77,10 @@ fn a_full_queue_rejects_with_queue_full() {
         !metrics.contains("engine_store_commit_seconds_count 0\n"),
         "{metrics}"
     );
+    assert!(
+        metrics.contains("engine_store_checkpoint_seconds_count "),
+        "{metrics}"
+    );
     let (_, stats) = server.get("/api/stats");
     let stats: serde_json::Value = serde_json::from_str(&stats).unwrap();
     assert_eq!(
