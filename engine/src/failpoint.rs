@@ -9,6 +9,8 @@
 //! - `stall_reactor_on_message_from:USER`: a message from USER blocks its reactor for
 //!   [`STALL`], as a reactor stuck behind a slow disk or a long computation would be; its
 //!   peers' rings to it fill up, which is how mailbox backpressure is tested.
+//! - `failed_checkpoints:N`: the store's first N checkpoints fail as on a full disk (what
+//!   the retry of a checkpoint, and reads from memory meanwhile, are tested against).
 //! - `slow_commit_ms:N`: every store commit takes N ms more, as on a slow disk (what a
 //!   retry of a message still waiting for its commit is tested against).
 //! - `refuse_handoffs:`: every socket handoff to a home reactor fails as a full queue would,
@@ -32,11 +34,21 @@ pub enum Failpoint {
     StallReactorOnMessageFrom(String),
     /// Make every store commit this many ms slower.
     SlowCommitMs(u64),
+    /// Fail the store's first this many checkpoints.
+    FailedCheckpoints(u32),
     /// Fail every socket handoff between reactors.
     RefuseHandoffs,
 }
 
 impl Failpoint {
+    /// How many of the store's first checkpoints fail (zero unless `failed_checkpoints`).
+    pub fn failed_checkpoints(failpoint: Option<&Failpoint>) -> u32 {
+        match failpoint {
+            Some(Failpoint::FailedCheckpoints(n)) => *n,
+            _ => 0,
+        }
+    }
+
     /// The delay added to each store commit (zero unless `slow_commit_ms`).
     pub fn commit_delay(failpoint: Option<&Failpoint>) -> std::time::Duration {
         match failpoint {
@@ -66,6 +78,9 @@ impl Failpoint {
             Some(("stall_reactor_on_message_from", user)) if !user.is_empty() => {
                 Ok(Failpoint::StallReactorOnMessageFrom(user.to_owned()))
             }
+            Some(("failed_checkpoints", n)) if n.parse::<u32>().is_ok() => {
+                Ok(Failpoint::FailedCheckpoints(n.parse().unwrap_or_default()))
+            }
             Some(("slow_commit_ms", ms)) if ms.parse::<u64>().is_ok() => {
                 Ok(Failpoint::SlowCommitMs(ms.parse().unwrap_or_default()))
             }
@@ -73,7 +88,7 @@ impl Failpoint {
             _ => Err(format!(
                 "{VARIABLE}={value:?}: expected panic_on_message_from:USER, \
                  kill_reactor_on_message_from:USER, stall_reactor_on_message_from:USER, \
-                 slow_commit_ms:N or refuse_handoffs:"
+                 failed_checkpoints:N, slow_commit_ms:N or refuse_handoffs:"
             )),
         }
     }
@@ -96,6 +111,10 @@ mod tests {
         assert_eq!(
             Failpoint::parse("stall_reactor_on_message_from:y"),
             Ok(Failpoint::StallReactorOnMessageFrom("y".into()))
+        );
+        assert_eq!(
+            Failpoint::parse("failed_checkpoints:3"),
+            Ok(Failpoint::FailedCheckpoints(3))
         );
         assert_eq!(
             Failpoint::parse("slow_commit_ms:250"),

@@ -121,6 +121,9 @@ impl Engine {
                 cache_bytes: shared.config.store_cache_bytes,
                 commit_spacing: shared.config.store_commit_spacing,
                 commit_delay: failpoint::Failpoint::commit_delay(shared.config.failpoint.as_ref()),
+                failed_checkpoints: failpoint::Failpoint::failed_checkpoints(
+                    shared.config.failpoint.as_ref(),
+                ),
                 recent: (
                     Duration::from_millis(shard::dedup::WINDOW_AGE_MS),
                     recent_max,

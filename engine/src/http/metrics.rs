@@ -41,7 +41,7 @@ type ReactorCountersByName = (
 );
 
 /// The store's and the push hook's counters.
-const STORE_COUNTERS: [StoreCounter; 10] = [
+const STORE_COUNTERS: [StoreCounter; 11] = [
     (
         "engine_store_messages_persisted_total",
         "Messages committed to offline queues.",
@@ -59,13 +59,18 @@ const STORE_COUNTERS: [StoreCounter; 10] = [
     ),
     (
         "engine_store_commits_total",
-        "Store transactions committed (group commits, each made durable by its journal record).",
+        "Store group commits, each made durable by its journal record.",
         |s| &s.commits,
     ),
     (
         "engine_store_checkpoints_total",
         "Checkpoints: durable commits of the store file that hold its journal up to a freeze.",
         |s| &s.checkpoints,
+    ),
+    (
+        "engine_store_checkpoint_failures_total",
+        "Checkpoints that failed (each tried again a second later; the journal holds what they had).",
+        |s| &s.checkpoint_failures,
     ),
     (
         "engine_store_expired_total",

@@ -37,8 +37,9 @@ pub(super) struct Checkpointer {
 }
 
 impl Checkpointer {
-    /// Starts the thread.
-    pub(super) fn start() -> std::io::Result<Checkpointer> {
+    /// Starts the thread; its first `failing` checkpoints fail before they write (the
+    /// `failed_checkpoints` failpoint).
+    pub(super) fn start(mut failing: u32) -> std::io::Result<Checkpointer> {
         let (jobs, inbox) = mpsc::channel::<Job>();
         let (report, done) = mpsc::channel();
         let thread = std::thread::Builder::new()
@@ -46,7 +47,14 @@ impl Checkpointer {
             .spawn(move || {
                 super::lower_own_priority();
                 for job in inbox {
-                    let outcome = write(&job);
+                    let outcome = if failing > 0 {
+                        failing -= 1;
+                        Err(redb::Error::Io(std::io::Error::other(
+                            "failpoint: failed_checkpoints",
+                        )))
+                    } else {
+                        write(&job)
+                    };
                     drop(job); // its hold on the file and the memtable ends before the answer
                     if report.send(outcome).is_err() {
                         break;

@@ -94,6 +94,9 @@ pub struct StoreStats {
     pub commits: AtomicU64,
     /// Checkpoints: durable commits of the file that hold the journal up to a freeze.
     pub checkpoints: AtomicU64,
+    /// Checkpoints that failed (a full disk, say): each is tried again a second later,
+    /// and the memtables hold what it had meanwhile.
+    pub checkpoint_failures: AtomicU64,
     /// Inbox events removed after the retention period.
     pub expired: AtomicU64,
     /// History entries removed after the retention period.
@@ -173,6 +176,9 @@ pub struct Limits {
     pub commit_spacing: Duration,
     /// Added to every commit (zero but under the `slow_commit_ms` failpoint).
     pub commit_delay: Duration,
+    /// How many of the first checkpoints fail (zero but under the `failed_checkpoints`
+    /// failpoint).
+    pub failed_checkpoints: u32,
     /// How far back, and how many at most, the direct messages read at start for the
     /// homes' dedup windows go ([`Opened::recent`]).
     pub recent: (Duration, usize),

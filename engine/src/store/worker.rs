@@ -127,7 +127,7 @@ impl Worker {
             journal: parts.journal,
             active: Memtable::default(),
             frozen: None,
-            checkpointer: Checkpointer::start()?,
+            checkpointer: Checkpointer::start(parts.limits.failed_checkpoints)?,
             first_record_at: None,
             last_commit: Instant::now(),
             redo: RefCell::default(),
@@ -416,6 +416,9 @@ impl Worker {
                 true
             }
             Err(e) => {
+                self.stats
+                    .checkpoint_failures
+                    .fetch_add(1, Ordering::Relaxed);
                 error!("store: checkpoint failed (tried again in a second): {e}");
                 if let Some(frozen) = &mut self.frozen {
                     frozen.retry_at = Some(Instant::now() + CHECKPOINT_RETRY);
