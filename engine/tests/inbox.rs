@@ -485,16 +485,6 @@ fn a_device_catching_up_a_full_inbox_is_not_taken_for_one_that_never_acks() {
     assert_eq!(next_message(&mut bob).0, "130");
 }
 
-/// A counter of `/metrics` as it reads now.
-fn counter(server: &Server, name: &str) -> u64 {
-    let (_, metrics) = server.get("/metrics");
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("{name} in {metrics}"))
-}
-
 #[test]
 fn failed_checkpoints_lose_nothing_and_are_tried_again() {
     let dir = fresh_data_dir();
@@ -507,7 +497,7 @@ fn failed_checkpoints_lose_nothing_and_are_tried_again() {
         let mut alice = server.login("alice", "phone");
         assert_eq!(send(&mut alice, "q1", "carol", "first")["status"], "queued");
         common::wait_until("a failed checkpoint", || {
-            counter(&server, "engine_store_checkpoint_failures_total") >= 1
+            server.counter("engine_store_checkpoint_failures_total") >= 1
         });
         // Meanwhile messages are still kept, and what the file lacks is read from memory.
         assert_eq!(
@@ -521,12 +511,9 @@ fn failed_checkpoints_lose_nothing_and_are_tried_again() {
         assert_eq!(send(&mut alice, "q3", "dave", "third")["status"], "queued");
         // The third try holds everything.
         common::wait_until("a checkpoint after the failures", || {
-            counter(&server, "engine_store_checkpoints_total") >= 1
+            server.counter("engine_store_checkpoints_total") >= 1
         });
-        assert_eq!(
-            counter(&server, "engine_store_checkpoint_failures_total"),
-            2
-        );
+        assert_eq!(server.counter("engine_store_checkpoint_failures_total"), 2);
         kill(&mut server); // no checkpoint at close: what is not in the file is replayed
     }
     let server = Server::start(common::Driver::IoUring, &args);

@@ -396,16 +396,6 @@ fn a_long_queue_reaches_a_slow_reader_whole_and_in_order() {
     });
 }
 
-/// `engine_store_commits_total` as `/metrics` reads now.
-fn commits(server: &Server) -> u64 {
-    let (_, metrics) = server.get("/metrics");
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("engine_store_commits_total "))
-        .and_then(|v| v.trim().parse().ok())
-        .expect("engine_store_commits_total")
-}
-
 #[test]
 fn messages_that_come_within_the_commit_spacing_share_a_commit() {
     // 100 ms between commits (the most allowed), and a message every 20 ms for 200 ms:
@@ -415,7 +405,7 @@ fn messages_that_come_within_the_commit_spacing_share_a_commit() {
         &["--store-commit-spacing-us", "100000"],
     );
     let mut alice = server.login("alice", "phone");
-    let before = commits(&server);
+    let before = server.counter("engine_store_commits_total");
     for i in 0..10 {
         send(&mut alice, &format!("s{i}"), "bob", "spaced", "normal");
         std::thread::sleep(Duration::from_millis(20));
@@ -423,6 +413,6 @@ fn messages_that_come_within_the_commit_spacing_share_a_commit() {
     for _ in 0..10 {
         assert_eq!(alice.recv_type("message_ack")["status"], "queued");
     }
-    let spent = commits(&server) - before;
+    let spent = server.counter("engine_store_commits_total") - before;
     assert!((1..=4).contains(&spent), "{spent} commits for ten messages");
 }

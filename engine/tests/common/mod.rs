@@ -266,6 +266,16 @@ impl Server {
         String::from_utf8_lossy(&response).into_owned()
     }
 
+    /// The value of the unlabelled counter `name` in `/metrics` now.
+    pub fn counter(&self, name: &str) -> u64 {
+        let (_, metrics) = self.get("/metrics");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} in {metrics}"))
+    }
+
     /// GETs `path` with `Connection: close` and returns `(status, body)`.
     pub fn get(&self, path: &str) -> (u16, String) {
         self.request("GET", path, &[], "")
