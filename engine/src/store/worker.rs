@@ -1,6 +1,7 @@
-//! The store thread: group commit of every command waiting (applied to the active
-//! memtable, journaled and synced once), answers after the commit, checkpoints handed to
-//! their own thread, and the retention sweep in small batches between the others.
+//! The store thread: group commit of every command waiting (applied to a memtable of its
+//! own, journaled and synced once, then joined to the active memtable), answers after the
+//! commit, checkpoints handed to their own thread, and the retention sweep in small
+//! batches between the others.
 
 use std::{
     cell::RefCell,
@@ -16,8 +17,7 @@ use super::{
     answers::{append_outcome, fan_out_counts, membership_answer, unread_answer},
     apply::{Apply, Tally},
     checkpoint::{self, Checkpointer},
-    history,
-    inbox::{self},
+    history, inbox,
     journal::{Journal, CHECKPOINT_BYTES, CHECKPOINT_INTERVAL},
     logged::Redo,
     memtable::Memtable,
@@ -38,8 +38,8 @@ const SLOW_COMMIT: Duration = Duration::from_secs(1);
 /// Journal bytes past a freeze at which the store waits for the checkpoint under way
 /// before it goes on: bounds the memory of a store whose file cannot keep up.
 const JOURNAL_BYTES_MAX: u64 = 4 * CHECKPOINT_BYTES;
-/// How long the thread waits for a command at most while a checkpoint is under way or
-/// due, so that it notices either in time.
+/// How long the thread waits for a command at most while a checkpoint is under way, due,
+/// or to be tried again, so that it notices in time.
 const CHECKPOINT_POLL: Duration = Duration::from_millis(100);
 
 /// Where a retention sweep has got to.
@@ -157,7 +157,8 @@ impl Worker {
             // While a sweep is under way, commands go first and a sweep step follows.
             let wait = if self.sweep.is_some() {
                 Duration::ZERO
-            } else if self.checkpointer.busy() || self.first_record_at.is_some() {
+            } else if self.frozen.is_some() || self.first_record_at.is_some() {
+                // A checkpoint under way or to try again, or one due.
                 CHECKPOINT_POLL
             } else {
                 sweep_every
