@@ -525,3 +525,37 @@ fn failed_checkpoints_lose_nothing_and_are_tried_again() {
     drop(server);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn a_clean_stop_checkpoints_what_a_failed_checkpoint_and_the_last_second_hold() {
+    let dir = fresh_data_dir();
+    let data_dir = dir.to_str().unwrap().to_owned();
+    let args = ["--data-dir", data_dir.as_str()];
+    {
+        let failing = [("ENGINE_FAILPOINT", "failed_checkpoints:1")];
+        let mut server = Server::start_with_env(common::Driver::IoUring, &args, &failing);
+        let mut alice = server.login("alice", "phone");
+        assert_eq!(send(&mut alice, "k1", "bob", "kept")["status"], "queued");
+        common::wait_until("a failed checkpoint", || {
+            server.counter("engine_store_checkpoint_failures_total") >= 1
+        });
+        // Stopped at once (no client to drain) before the retry, with one more message
+        // only in the journal.
+        assert_eq!(send(&mut alice, "k2", "bob", "also")["status"], "queued");
+        drop(alice);
+        assert_eq!(server.terminate(), Some(0));
+    }
+    for name in ["journal.log", "journal-2.log"] {
+        let journal = std::fs::read(dir.join(name)).unwrap();
+        assert!(
+            journal.is_empty() || journal[..8] == [0; 8],
+            "the stop checkpointed everything and left {name} starting empty"
+        );
+    }
+    let server = Server::start(common::Driver::IoUring, &args);
+    let (mut bob, _) = login_v2(&server, "bob", "phone", ("", 0));
+    assert_eq!(next_message(&mut bob).0, "kept");
+    assert_eq!(next_message(&mut bob).0, "also");
+    drop(server);
+    let _ = std::fs::remove_dir_all(dir);
+}

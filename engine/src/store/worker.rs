@@ -544,24 +544,25 @@ impl Worker {
     /// A last checkpoint of everything journaled, so that a clean stop leaves no journal
     /// to replay (a replay at start then always means a crash).
     fn checkpoint_at_close(&mut self) {
-        let mut outcome = self.checkpointer.wait();
-        if let (Some(Err(_)), Some(frozen)) = (&outcome, &self.frozen) {
-            // One more try of a failed one (the disk may have room now).
-            let (memtable, through) = (frozen.memtable.clone(), frozen.through);
-            self.reopen();
-            if let Some(db) = &self.db {
-                self.checkpointer.begin(db.clone(), memtable, through);
-                outcome = self.checkpointer.wait();
-            }
-        }
-        if let Some(done) = outcome {
+        if let Some(done) = self.checkpointer.wait() {
             self.checkpoint_done(done);
         }
+        if let (Some(frozen), Some(db)) = (&self.frozen, &self.db) {
+            // A failed one: one more try (the disk may have room now).
+            let (memtable, through) = (frozen.memtable.clone(), frozen.through);
+            self.checkpointer.begin(db.clone(), memtable, through);
+            if let Some(done) = self.checkpointer.wait() {
+                self.settle(done);
+            }
+        }
         self.freeze();
-        let closed = match self.checkpointer.wait() {
-            Some(Err(e)) => Err(e),
-            _ if self.frozen.is_some() || self.journal.len() > 0 => Err(redb::Error::PreviousIo),
-            _ => self.journal.close_empty().map_err(redb::Error::Io),
+        if let Some(done) = self.checkpointer.wait() {
+            self.settle(done);
+        }
+        let closed = if self.frozen.is_some() || self.journal.len() > 0 {
+            Err(redb::Error::PreviousIo) // a checkpoint failed: the journal holds it all
+        } else {
+            self.journal.close_empty().map_err(redb::Error::Io)
         };
         if let Err(e) = closed {
             warn!("store: no checkpoint at close, the journal will be replayed: {e}");
