@@ -65,11 +65,12 @@ fn main() {
     let mut args = std::env::args().skip(1).filter(|a| !a.starts_with("--"));
     let connections: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(10_000);
     let reactors: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(2);
+    let data_dir = std::env::temp_dir().join(format!("engine-idle-bench-{}", std::process::id()));
     let config = Config {
         listen: "127.0.0.1:0".parse().unwrap(),
         reactors,
         auth_timeout_ms: AUTH_TIMEOUT_MS,
-        data_dir: std::env::temp_dir().join(format!("engine-idle-bench-{}", std::process::id())),
+        data_dir: data_dir.clone(),
         ..Config::default()
     };
     // As the engine binary does (see its main.rs): no transparent huge pages.
@@ -111,4 +112,5 @@ fn main() {
     println!("rss at 0 / {half} / {connections}: {rss_0} / {rss_half} / {rss_full}");
     drop(clients);
     engine.shutdown();
+    let _ = std::fs::remove_dir_all(data_dir);
 }

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 use std::{
+    net::SocketAddr,
     path::{Path, PathBuf},
     process::{Command, ExitStatus},
 };
@@ -11,29 +12,60 @@ use engine::{config::Config, sockets::Placement, Engine};
 /// Numbers each in-process engine's store directory (one redb file per engine).
 static NEXT_STORE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
+/// An engine a test started, whose store directory goes with it.
+pub struct TestEngine {
+    engine: Option<Engine>,
+    store: PathBuf,
+}
+
+impl TestEngine {
+    /// Where it listens.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.engine.as_ref().expect("running").local_addr()
+    }
+
+    /// Stops it; whether it stopped cleanly. Its store is removed.
+    pub fn shutdown(mut self) -> bool {
+        self.engine.take().expect("running").shutdown()
+    }
+}
+
+impl Drop for TestEngine {
+    fn drop(&mut self) {
+        if let Some(engine) = self.engine.take() {
+            engine.shutdown(); // a test that failed before stopping it
+        }
+        let _ = std::fs::remove_dir_all(&self.store);
+    }
+}
+
 /// The real engine in this process, on an ephemeral port.
-pub fn engine(reactors: usize, jwt_secret: Option<&[u8]>) -> Engine {
+pub fn engine(reactors: usize, jwt_secret: Option<&[u8]>) -> TestEngine {
     engine_with(reactors, jwt_secret, Placement::Auto)
 }
 
 /// The same, with its sockets placed as `sockets` says.
-pub fn engine_with_sockets(reactors: usize, sockets: Placement) -> Engine {
+pub fn engine_with_sockets(reactors: usize, sockets: Placement) -> TestEngine {
     engine_with(reactors, None, sockets)
 }
 
-fn engine_with(reactors: usize, jwt_secret: Option<&[u8]>, sockets: Placement) -> Engine {
+fn engine_with(reactors: usize, jwt_secret: Option<&[u8]>, sockets: Placement) -> TestEngine {
+    let store = out_dir(&format!(
+        "store-{reactors}-{}",
+        NEXT_STORE.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
     let config = Config {
         socket_placement: sockets,
         listen: "127.0.0.1:0".parse().unwrap(),
         reactors,
         jwt_secret: jwt_secret.map(<[u8]>::to_vec),
-        data_dir: out_dir(&format!(
-            "store-{reactors}-{}",
-            NEXT_STORE.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-        )),
+        data_dir: store.clone(),
         ..Config::default()
     };
-    Engine::start(config).expect("engine starts")
+    TestEngine {
+        engine: Some(Engine::start(config).expect("engine starts")),
+        store,
+    }
 }
 
 /// A fresh output directory for one test.
