@@ -123,12 +123,18 @@ impl<'a, K: Key + 'static, V: Value + 'static> Logged<'a, K, V> {
     }
 
     /// `key`'s value, from the newest layer that has it.
+    ///
+    /// Hot path (the dedup lookup of every message): the key is encoded once, and only if
+    /// a memtable holds anything.
     pub(super) fn get<'k>(
         &self,
         key: K::SelfType<'k>,
     ) -> Result<Option<Found<'_, V>>, redb::StorageError> {
-        for mem in std::iter::once(&*self.batch).chain(self.below.into_iter().flatten()) {
-            if let Some(change) = mem.get(&key) {
+        let mut encoded = None;
+        let layers = std::iter::once(&*self.batch).chain(self.below.into_iter().flatten());
+        for mem in layers.filter(|mem| !mem.is_empty()) {
+            let encoded = encoded.get_or_insert_with(|| MemKey::of(&key));
+            if let Some(change) = mem.get(encoded) {
                 return Ok(change.map(Found::Mem));
             }
         }

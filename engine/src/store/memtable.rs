@@ -93,12 +93,15 @@ impl<K: Key> Mem<K> {
         self.changes.insert(MemKey::of(key), None);
     }
 
-    /// What this memtable says of `key`: `None` if nothing, `Some(None)` if removed.
-    pub(super) fn get(&self, key: &K::SelfType<'_>) -> Option<Option<&[u8]>> {
-        if self.changes.is_empty() {
-            return None; // the common case of a table the interval did not touch: no copy
-        }
-        self.changes.get(&MemKey::of(key)).map(|v| v.as_deref())
+    /// Whether it changes nothing.
+    pub(super) fn is_empty(&self) -> bool {
+        self.changes.is_empty()
+    }
+
+    /// What this memtable says of `key` (encoded): `None` if nothing, `Some(None)` if
+    /// removed.
+    pub(super) fn get(&self, key: &MemKey<K>) -> Option<Option<&[u8]>> {
+        self.changes.get(key).map(|v| v.as_deref())
     }
 
     /// The changes within `bounds` (encoded keys), ascending or descending.
@@ -264,8 +267,8 @@ mod tests {
         );
         let within = bounds(Bound::Included(("ann", 2)), Bound::Included(("ann", 300)));
         assert_eq!(mem.range(within, true).count(), 2, "descending, bounded");
-        assert_eq!(mem.get(&("ann", 2)), Some(None), "removed");
-        assert_eq!(mem.get(&("ann", 3)), None, "never written");
+        assert_eq!(mem.get(&MemKey::of(&("ann", 2))), Some(None), "removed");
+        assert_eq!(mem.get(&MemKey::of(&("ann", 3))), None, "never written");
     }
 
     #[test]
