@@ -348,14 +348,9 @@ impl Worker {
         if let Some(done) = self.checkpointer.poll() {
             self.checkpoint_done(done);
         }
-        if let Some(frozen) = &mut self.frozen {
-            if frozen.retry_at.is_some_and(|at| at <= Instant::now()) {
-                frozen.retry_at = None;
-                if let Some(db) = &self.db {
-                    self.checkpointer
-                        .begin(db.clone(), frozen.memtable.clone(), frozen.through);
-                }
-            }
+        let retry_at = self.frozen.as_ref().and_then(|f| f.retry_at);
+        if retry_at.is_some_and(|at| at <= Instant::now()) {
+            self.retry_checkpoint();
         }
         let len = self.journal.len();
         let due = len >= CHECKPOINT_BYTES
@@ -371,6 +366,25 @@ impl Worker {
             }
         }
         self.freeze();
+    }
+
+    /// Starts the failed checkpoint again, on a file reopened first if the last reopen
+    /// failed; if the file is still closed, the next try is a second later.
+    fn retry_checkpoint(&mut self) {
+        if self.db.is_none() {
+            self.reopen();
+        }
+        let Some(frozen) = &mut self.frozen else {
+            return;
+        };
+        match &self.db {
+            Some(db) => {
+                frozen.retry_at = None;
+                let (memtable, through) = (frozen.memtable.clone(), frozen.through);
+                self.checkpointer.begin(db.clone(), memtable, through);
+            }
+            None => frozen.retry_at = Some(Instant::now() + CHECKPOINT_RETRY),
+        }
     }
 
     /// Hands the active memtable to the checkpoint thread; the journal goes on in its
@@ -547,10 +561,9 @@ impl Worker {
         if let Some(done) = self.checkpointer.wait() {
             self.checkpoint_done(done);
         }
-        if let (Some(frozen), Some(db)) = (&self.frozen, &self.db) {
+        if self.frozen.is_some() {
             // A failed one: one more try (the disk may have room now).
-            let (memtable, through) = (frozen.memtable.clone(), frozen.through);
-            self.checkpointer.begin(db.clone(), memtable, through);
+            self.retry_checkpoint();
             if let Some(done) = self.checkpointer.wait() {
                 self.settle(done);
             }
