@@ -35,6 +35,18 @@ fn next_message(client: &mut Client) -> (String, u64) {
     (message["content"].as_str().unwrap().to_owned(), seq)
 }
 
+/// Asserts that a clean stop checkpointed everything: each journal file is empty or
+/// starts with a zero length (nothing to replay).
+fn assert_journal_left_empty(dir: &std::path::Path) {
+    for name in ["journal.log", "journal-2.log"] {
+        let journal = std::fs::read(dir.join(name)).unwrap();
+        assert!(
+            journal.is_empty() || journal[..8] == [0; 8],
+            "the stop checkpointed and left {name} starting empty"
+        );
+    }
+}
+
 /// Closes `stream` with a reset (SO_LINGER 0), as a phone losing its network does.
 fn reset(stream: TcpStream) {
     socket2::SockRef::from(&stream)
@@ -443,13 +455,7 @@ fn a_clean_stop_checkpoints_and_leaves_no_journal_to_replay() {
         assert!(journal.len() > 0, "queued through the journal");
         assert_eq!(server.terminate(), Some(0));
     }
-    for name in ["journal.log", "journal-2.log"] {
-        let journal = std::fs::read(dir.join(name)).unwrap();
-        assert!(
-            journal.is_empty() || journal[..8] == [0; 8],
-            "the stop checkpointed and left {name} starting empty"
-        );
-    }
+    assert_journal_left_empty(&dir);
     let server = Server::start(common::Driver::IoUring, &args);
     let (mut bob, _) = login_v2(&server, "bob", "phone", ("", 0));
     assert_eq!(next_message(&mut bob).0, "kept");
@@ -523,7 +529,6 @@ fn failed_checkpoints_lose_nothing_and_are_tried_again() {
     assert_eq!(next_message(&mut carol).0, "first");
     assert_eq!(next_message(&mut carol).0, "second");
     drop(server);
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[test]
@@ -545,17 +550,10 @@ fn a_clean_stop_checkpoints_what_a_failed_checkpoint_and_the_last_second_hold() 
         drop(alice);
         assert_eq!(server.terminate(), Some(0));
     }
-    for name in ["journal.log", "journal-2.log"] {
-        let journal = std::fs::read(dir.join(name)).unwrap();
-        assert!(
-            journal.is_empty() || journal[..8] == [0; 8],
-            "the stop checkpointed everything and left {name} starting empty"
-        );
-    }
+    assert_journal_left_empty(&dir);
     let server = Server::start(common::Driver::IoUring, &args);
     let (mut bob, _) = login_v2(&server, "bob", "phone", ("", 0));
     assert_eq!(next_message(&mut bob).0, "kept");
     assert_eq!(next_message(&mut bob).0, "also");
     drop(server);
-    let _ = std::fs::remove_dir_all(dir);
 }
