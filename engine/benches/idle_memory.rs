@@ -7,14 +7,21 @@
 //! device id). RSS is printed beside it, but RSS also moves with the allocator's page
 //! purging, so the counted figure is the one compared with DESIGN.md's 256-byte budget.
 //!
+//! The clients run on threads of their own, each with a private fd table
+//! (`unshare(CLONE_FILES)`, as the engine's reactors do), so one process can hold more
+//! clients than its open-file limit: a table of [`CLIENTS_PER_THREAD`] each.
+//!
 //! `cargo bench -p engine --bench idle_memory -- [connections] [reactors]`
 
 mod support;
 
 use std::{
     alloc::{GlobalAlloc, Layout},
-    net::TcpStream,
-    sync::atomic::{AtomicIsize, Ordering},
+    net::{SocketAddr, TcpStream},
+    sync::{
+        atomic::{AtomicIsize, Ordering},
+        Arc, Barrier,
+    },
     time::Duration,
 };
 
@@ -51,6 +58,8 @@ unsafe impl GlobalAlloc for Counting {
 static GLOBAL: Counting = Counting;
 
 const AUTH_TIMEOUT_MS: u64 = 500;
+/// Clients one thread holds: under this box's open-file limit of 20,000 a table.
+const CLIENTS_PER_THREAD: usize = 15_000;
 
 fn rss_bytes() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
@@ -82,17 +91,29 @@ fn main() {
     settle();
     let (heap_0, rss_0) = (LIVE_BYTES.load(Ordering::Relaxed), rss_bytes());
     let half = connections / 2;
-    let mut clients = Vec::with_capacity(connections);
+    // Each client thread opens its share of N/2, waits while the heap is read, opens its
+    // share of N, waits again, and closes its clients once the second reading is taken.
+    let threads = connections.div_ceil(CLIENTS_PER_THREAD);
+    let phase = Arc::new(Barrier::new(threads + 1));
+    let holders: Vec<_> = (0..threads)
+        .map(|t| {
+            let shares = [half, connections].map(|n| share(n, threads, t));
+            let phase = phase.clone();
+            std::thread::spawn(move || hold_clients(addr, t, threads, shares, &phase))
+        })
+        .collect();
     let mut readings = Vec::new();
-    for target in [half, connections] {
-        while clients.len() < target {
-            let user = clients.len();
-            clients.push(support::connect_authenticated(addr, &format!("user{user}")));
-        }
+    for _ in [half, connections] {
+        phase.wait(); // every thread has opened its share
         settle();
         readings.push((LIVE_BYTES.load(Ordering::Relaxed), rss_bytes()));
+        phase.wait(); // the reading is taken
     }
-    let clients_heap = (clients.capacity() * std::mem::size_of::<TcpStream>()) as isize;
+    let clients_heap: usize = holders
+        .into_iter()
+        .map(|h| h.join().expect("client thread"))
+        .sum();
+    let clients_heap = clients_heap as isize;
     let (heap_half, rss_half) = readings[0];
     let (heap_full, rss_full) = readings[1];
     let steady = (heap_full - heap_half) as f64 / (connections - half) as f64;
@@ -110,7 +131,34 @@ fn main() {
         (rss_full as f64 - rss_0 as f64) / connections as f64
     );
     println!("rss at 0 / {half} / {connections}: {rss_0} / {rss_half} / {rss_full}");
-    drop(clients);
     engine.shutdown();
     let _ = std::fs::remove_dir_all(data_dir);
+}
+
+/// Thread `t`'s share of `n` clients spread over `threads` (users `t, t + threads, …`).
+fn share(n: usize, threads: usize, t: usize) -> usize {
+    n / threads + usize::from(t < n % threads)
+}
+
+/// One client thread: a private fd table, then `shares[0]` clients, a pause for the
+/// reading, `shares[1]` clients, another pause; returns the heap its client list held
+/// (counted with the engine's and subtracted from it).
+fn hold_clients(
+    addr: SocketAddr,
+    t: usize,
+    threads: usize,
+    shares: [usize; 2],
+    phase: &Barrier,
+) -> usize {
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_FILES).expect("a private fd table");
+    let mut clients = Vec::with_capacity(shares[1]);
+    for target in shares {
+        while clients.len() < target {
+            let user = t + clients.len() * threads;
+            clients.push(support::connect_authenticated(addr, &format!("user{user}")));
+        }
+        phase.wait();
+        phase.wait();
+    }
+    clients.capacity() * std::mem::size_of::<TcpStream>()
 }
