@@ -71,12 +71,7 @@ fi
 # With PERF_SECS, a CPU profile of the engine after that window (perf's own cost then
 # shows in the rest of the load's latency): perf-top.txt and perf-breakdown.txt.
 if [ -n "${PERF_SECS:-}" ] && [ -n "$loadgen_pid" ]; then
-  perf record -F 499 -g -p "$engine_pid" -o "$OUT/perf.data" -- sleep "$PERF_SECS" 2> /dev/null || true
-  perf report -i "$OUT/perf.data" --no-children --sort sym --stdio 2> /dev/null \
-    | grep -E "^ +[0-9]" | head -60 > "$OUT/perf-top.txt" || true
-  perf script -i "$OUT/perf.data" 2> /dev/null | python3 benches/tools/perf_breakdown.py \
-    > "$OUT/perf-breakdown.txt" || true
-  rm -f "$OUT/perf.data"
+  bash benches/tools/perf_profile.sh "$engine_pid" "$PERF_SECS" "$OUT" perf || true
 fi
 wait "$run_pid" || status=$?
 cat "$OUT/summary.txt"

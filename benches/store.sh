@@ -14,7 +14,9 @@
 # RATES ("5000 10000 20000 40000 80000"),
 # DURATION_SECS (10), PORT (18580), OUT (target/store-bench), PROFILE_RATE (none: at this
 # rate, print each engine and loadgen thread's share of a core, running and waiting, over
-# 5 s in the middle of the load). Bounded; stops what it started.
+# 5 s in the middle of the load), PERF_RATE (none: at this rate, a CPU profile of the
+# engine over 8 s of the load, perf-R-top.txt and perf-R-breakdown.txt, through
+# benches/tools/perf_profile.sh). Bounded; stops what it started.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CONNECTIONS=${CONNECTIONS:-10000}
@@ -51,6 +53,10 @@ for rate in $RATES; do
     commits_after=$(metric engine_store_commits_total)
     echo "store thread over $(( commits_after - commits_before )) commits:" >&2
     cat "$OUT/strace-$rate.txt" >&2
+  fi
+  if [ "$rate" = "${PERF_RATE:-}" ]; then
+    sleep $(( CONNECTIONS / 10000 + 3 + DURATION_SECS / 2 - 4 ))
+    bash benches/tools/perf_profile.sh "$engine" 8 "$OUT" "perf-$rate" || true
   fi
   if [ "$rate" = "${PROFILE_RATE:-}" ]; then
     sleep $(( CONNECTIONS / 10000 + 3 + DURATION_SECS / 2 - 2 ))

@@ -140,7 +140,8 @@ fn share(n: usize, threads: usize, t: usize) -> usize {
     n / threads + usize::from(t < n % threads)
 }
 
-/// One client thread: a private fd table, then `shares[0]` clients, a pause for the
+/// One client thread: a private fd table and a loopback source address of its own (so
+/// its clients fit the ephemeral port range), then `shares[0]` clients, a pause for the
 /// reading, `shares[1]` clients, another pause; returns the heap its client list held
 /// (counted with the engine's and subtracted from it).
 fn hold_clients(
@@ -151,11 +152,13 @@ fn hold_clients(
     phase: &Barrier,
 ) -> usize {
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_FILES).expect("a private fd table");
+    // 127.0.1.1, 127.0.1.2, …: up to 254 threads (3.8 million clients).
+    let source = std::net::Ipv4Addr::new(127, 0, 1, 1 + t as u8).into();
     let mut clients = Vec::with_capacity(shares[1]);
     for target in shares {
         while clients.len() < target {
-            let user = t + clients.len() * threads;
-            clients.push(support::connect_authenticated(addr, &format!("user{user}")));
+            let user = format!("user{}", t + clients.len() * threads);
+            clients.push(support::connect_authenticated_from(addr, source, &user));
         }
         phase.wait();
         phase.wait();

@@ -2,13 +2,31 @@
 
 use std::{
     io::{Read, Write},
-    net::{SocketAddr, TcpStream},
+    net::{IpAddr, SocketAddr, TcpStream},
     time::Duration,
 };
 
 /// Opens a WebSocket that authenticates as `user`; returns once `auth_success` arrived.
+#[allow(dead_code)] // each bench includes this module and uses what it needs
 pub fn connect_authenticated(addr: SocketAddr, user: &str) -> TcpStream {
-    let mut stream = TcpStream::connect(addr).expect("connect");
+    authenticate(TcpStream::connect(addr).expect("connect"), user)
+}
+
+/// The same from a chosen local address (loopback has many: one per client thread
+/// keeps each within the ephemeral port range).
+#[allow(dead_code)] // each bench includes this module and uses what it needs
+pub fn connect_authenticated_from(addr: SocketAddr, source: IpAddr, user: &str) -> TcpStream {
+    let socket =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("a socket");
+    socket
+        .bind(&SocketAddr::new(source, 0).into())
+        .expect("bind the source address");
+    socket.connect(&addr.into()).expect("connect");
+    authenticate(socket.into(), user)
+}
+
+/// Upgrades `stream` and authenticates it as `user`; returns once `auth_success` arrived.
+fn authenticate(mut stream: TcpStream, user: &str) -> TcpStream {
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
