@@ -309,6 +309,27 @@ impl Direct {
         outcome(unsafe { self.run(ring, &[send]) })
     }
 
+    /// Shrinks the batch buffers to `keep` entries' capacity (or what they hold). The
+    /// headers and results of the last batch mean nothing once it returned: they go.
+    pub fn trim_scratch(&mut self, keep: usize) {
+        self.headers.clear();
+        self.headers.shrink_to(keep);
+        self.staged.batch.clear();
+        self.staged.batch.shrink_to(keep);
+        self.staged.events.shrink_to(keep);
+    }
+
+    /// The largest capacity among the batch buffers (entries), for tests.
+    #[cfg(test)]
+    pub(crate) fn scratch_capacity(&self) -> usize {
+        let staged = self
+            .staged
+            .batch
+            .capacity()
+            .max(self.staged.events.capacity());
+        self.headers.capacity().max(staged)
+    }
+
     /// Writes what each socket takes of its iovecs (`sends[i]`: a socket and its range of
     /// `iovecs`), all submitted together: one `io_uring_enter` per ring for up to 64 sends
     /// (its submission queue), where [`Direct::write_vectored`] takes one each.

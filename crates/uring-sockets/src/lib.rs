@@ -168,6 +168,15 @@ impl Sockets {
         }
     }
 
+    /// Gives back the capacity of the batch buffers beyond `keep` entries each: a batch of
+    /// every socket (a ping sweep of a million, a broadcast) would otherwise leave its
+    /// high-water mark allocated for good. Cheap when nothing grew past `keep`.
+    pub fn trim_scratch(&mut self, keep: usize) {
+        if let Some(direct) = &mut self.direct {
+            direct.trim_scratch(keep);
+        }
+    }
+
     /// Watches `socket` again under `token` after a [`REARM`] event.
     pub fn rearm(&mut self, socket: Socket, token: u64) {
         if let Some(direct) = &mut self.direct {
@@ -461,5 +470,37 @@ mod tests {
     #[test]
     fn a_batch_writes_each_socket_its_own_bytes_as_direct_descriptors() {
         a_batch_writes_each_socket_its_own_bytes(Placement::Direct);
+    }
+
+    /// A batch grows the scratch buffers to its size; trimming gives back what is past
+    /// `keep`, and the next batch still writes.
+    #[test]
+    fn trimming_gives_back_what_a_large_batch_grew() {
+        let (mut sockets, _) = Sockets::new(Placement::Direct).unwrap();
+        let pairs: Vec<(RawFd, RawFd)> = (0..40).map(|_| pair()).collect();
+        let adopted: Vec<Socket> = pairs
+            .iter()
+            .enumerate()
+            .map(|(i, &(ours, _))| sockets.adopt(ours, i as u64).unwrap())
+            .collect();
+        let iovecs = [iovec(b"x")];
+        let sends: Vec<_> = adopted.iter().map(|&s| (s, 0..1)).collect();
+        let mut results = Vec::new();
+        sockets.write_vectored_batch(&sends, &iovecs, &mut results);
+        let grown = sockets.direct.as_ref().unwrap().scratch_capacity();
+        assert!(grown >= 40, "{grown}");
+        // The sockets' readiness events, staged meanwhile, are taken first: what a buffer
+        // holds is never trimmed.
+        let mut events = Vec::new();
+        sockets.poll_now(&mut events);
+        sockets.trim_scratch(4);
+        let kept = sockets.direct.as_ref().unwrap().scratch_capacity();
+        assert!(kept <= 4, "{kept}");
+        sockets.write_vectored_batch(&sends[..1], &iovecs, &mut results);
+        assert_eq!(*results[0].as_ref().unwrap(), 1);
+        for (i, (socket, (_, peer))) in adopted.into_iter().zip(pairs).enumerate() {
+            sockets.close(socket, i as u64);
+            epoll::close(peer);
+        }
     }
 }

@@ -156,6 +156,12 @@ pub struct Effects {
 }
 
 impl Effects {
+    /// Gives back the queue's capacity beyond `keep` effects (a turn of a whole ping
+    /// sweep or broadcast grows it far past a usual turn).
+    pub fn trim(&mut self, keep: usize) {
+        self.queue.shrink_to(keep);
+    }
+
     /// The oldest effect not yet carried out.
     pub fn pop(&mut self) -> Option<Effect> {
         self.queue.pop_front()
