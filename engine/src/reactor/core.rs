@@ -360,15 +360,16 @@ impl Reactor {
     /// grows them to its size, about 150 B per connection in all; kept, that high-water
     /// mark read as idle memory per connection ever after (282 B at a million, 2026-12-06).
     /// Their contents mean nothing once the turn is over, so they are emptied first (a
-    /// buffer keeps its length, and `shrink_to` never goes below it). A no-op for turns of
-    /// usual size.
+    /// buffer keeps its length, and `shrink_to` never goes below it). `to_write` is work,
+    /// not scratch: it is only shrunk, never emptied, so output left in it (none is, after
+    /// `write_queued`) would still go. A no-op for turns of usual size.
     fn trim_scratch(&mut self) {
         debug_assert!(self.to_write.is_empty(), "output left from the turn");
         fn emptied<T>(scratch: &mut Vec<T>) {
             scratch.clear();
             scratch.shrink_to(SCRATCH_KEPT);
         }
-        emptied(&mut self.to_write);
+        self.to_write.shrink_to(SCRATCH_KEPT);
         emptied(&mut self.writing);
         emptied(&mut self.events);
         emptied(&mut self.sends);
