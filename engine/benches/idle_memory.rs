@@ -94,6 +94,10 @@ fn main() {
     // Each client thread opens its share of N/2, waits while the heap is read, opens its
     // share of N, waits again, and closes its clients once the second reading is taken.
     let threads = connections.div_ceil(CLIENTS_PER_THREAD);
+    assert!(
+        threads <= 254,
+        "at most 254 client threads (one source address each)"
+    );
     let phase = Arc::new(Barrier::new(threads + 1));
     let holders: Vec<_> = (0..threads)
         .map(|t| {
