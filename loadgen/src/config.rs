@@ -39,9 +39,15 @@ impl Scenario {
     about = "Holds many WebSocket connections to the engine and reports what it held"
 )]
 pub struct Args {
-    /// Address of the server to load
-    #[arg(long, default_value = "127.0.0.1:8080", value_name = "ADDR")]
-    pub target: SocketAddr,
+    /// Address of the server to load; a comma-separated list spreads the connections
+    /// over several (a cluster's nodes): user i connects to the i-th, modulo their count
+    #[arg(
+        long,
+        default_value = "127.0.0.1:8080",
+        value_delimiter = ',',
+        value_name = "ADDR,ADDR,..."
+    )]
+    pub target: Vec<SocketAddr>,
     /// Connections to open and hold
     #[arg(long, default_value_t = 1000, value_name = "N")]
     pub connections: usize,
@@ -112,6 +118,15 @@ impl Args {
     /// Checks ranges that clap's types do not.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let fail = |flag, problem: String| Err(ConfigError { flag, problem });
+        if self.target.is_empty() {
+            return fail("target", "names no address".into());
+        }
+        let mut targets = self.target.clone();
+        targets.sort_unstable();
+        targets.dedup();
+        if targets.len() != self.target.len() {
+            return fail("target", "names an address twice".into());
+        }
         if self.connections == 0 || self.connections > CONNECTIONS_MAX {
             return fail("connections", format!("must be 1 to {CONNECTIONS_MAX}"));
         }

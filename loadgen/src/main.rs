@@ -75,8 +75,10 @@ fn main() -> ExitCode {
 }
 
 fn run(args: &Args) -> Result<report::Summary, String> {
-    std::net::TcpStream::connect_timeout(&args.target, Duration::from_secs(3))
-        .map_err(|e| format!("cannot reach --target {}: {e}", args.target))?;
+    for target in &args.target {
+        std::net::TcpStream::connect_timeout(target, Duration::from_secs(3))
+            .map_err(|e| format!("cannot reach --target {target}: {e}"))?;
+    }
     let workers = args.worker_count();
     let fds_per_worker = raise_fd_limit().saturating_sub(FDS_RESERVED_PER_WORKER);
     let per_worker = args.connections.div_ceil(workers) as u64;
@@ -102,7 +104,7 @@ fn run(args: &Args) -> Result<report::Summary, String> {
         ));
     }
     let ports = sources::ephemeral_ports();
-    let sources = sources::plan(args.target, args.connections, &args.source_addrs, ports);
+    let sources = sources::plan(&args.target, args.connections, &args.source_addrs, ports);
     if !sources.is_empty() && sources::capacity(sources.len(), ports) < args.connections {
         return Err(format!(
             "{} source addresses × {ports} ephemeral ports cannot carry {} connections; \
@@ -112,7 +114,7 @@ fn run(args: &Args) -> Result<report::Summary, String> {
         ));
     }
     let plan = Arc::new(Plan {
-        target: args.target,
+        targets: args.target.clone(),
         sources: sources.clone(),
         workers,
         sockets,
@@ -166,7 +168,7 @@ fn run(args: &Args) -> Result<report::Summary, String> {
         reports.push(report.map_err(|e| format!("a worker failed to start: {e}"))?);
     }
     let mut summary = report::Summary::from_workers(
-        args.target.to_string(),
+        args.target.iter().map(ToString::to_string).collect(),
         sources.len(),
         args.hold_secs,
         &reports,

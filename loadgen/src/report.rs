@@ -9,8 +9,10 @@ use crate::{latency::Latency, worker::WorkerReport};
 /// Everything the report says, summed over workers.
 #[derive(Debug, Clone)]
 pub struct Summary {
-    /// The server address.
-    pub target: String,
+    /// The server addresses.
+    pub targets: Vec<String>,
+    /// Connections held per target.
+    pub held_per_target: Vec<u64>,
     /// Workers used.
     pub workers: usize,
     /// Where the workers' sockets lived (`uring-sockets`).
@@ -38,6 +40,8 @@ pub struct Summary {
     pub loadgen_cpu_secs: Option<f64>,
     /// Load phase: messages sent.
     pub sent: u64,
+    /// Load phase: those whose receiver is held by another target than its sender.
+    pub sent_across: u64,
     /// Load phase: messages that reached their receiver.
     pub delivered: u64,
     /// Load phase: messages answered `peer_offline` (their receiver was not held).
@@ -109,7 +113,7 @@ impl Churn {
 impl Summary {
     /// Sums the workers' reports.
     pub fn from_workers(
-        target: String,
+        targets: Vec<String>,
         source_addrs: usize,
         hold_secs: u64,
         reports: &[WorkerReport],
@@ -128,6 +132,7 @@ impl Summary {
         }
         Summary {
             sent: reports.iter().map(|r| r.sent).sum(),
+            sent_across: reports.iter().map(|r| r.sent_across).sum(),
             delivered: reports.iter().map(|r| r.delivered).sum(),
             undeliverable: reports.iter().map(|r| r.undeliverable).sum(),
             queued: reports.iter().map(|r| r.queued).sum(),
@@ -140,7 +145,13 @@ impl Summary {
             interrupted: false,
             scenario: "chat",
             churn: None,
-            target,
+            held_per_target: (0..targets.len())
+                .map(|t| {
+                    let held = |r: &WorkerReport| r.held_per_target.get(t).copied().unwrap_or(0);
+                    reports.iter().map(held).sum()
+                })
+                .collect(),
+            targets,
             workers: reports.len(),
             sockets: "fd table",
             source_addrs,
@@ -187,7 +198,9 @@ impl Summary {
         json!({
             "scenario": self.scenario,
             "interrupted": self.interrupted,
-            "target": self.target,
+            "target": self.targets.join(","),
+            "targets": self.targets,
+            "held_per_target": self.held_per_target,
             "workers": self.workers,
             "sockets": self.sockets,
             "source_addrs": self.source_addrs,
@@ -202,6 +215,7 @@ impl Summary {
                 "rate_per_sec": self.rate.0,
                 "duration_secs": self.rate.1,
                 "sent": self.sent,
+                "sent_across_targets": self.sent_across,
                 "delivered": self.delivered,
                 "undeliverable": self.undeliverable,
                 "queued": self.queued,
@@ -239,7 +253,7 @@ impl Summary {
     pub fn to_table(&self) -> String {
         let mut out = String::new();
         let mut row = |k: &str, v: String| out.push_str(&format!("{k:<24} {v}\n"));
-        row("target", self.target.clone());
+        row("target", self.targets.join(","));
         if self.interrupted {
             row("interrupted", "yes: partial figures".into());
         }
@@ -250,6 +264,10 @@ impl Summary {
         row("sockets in", self.sockets.to_owned());
         row("attempted", self.attempted.to_string());
         row("held", self.held.to_string());
+        if self.targets.len() > 1 {
+            let per_target: Vec<String> = self.held_per_target.iter().map(u64::to_string).collect();
+            row("  per target", per_target.join(" / "));
+        }
         row("failed", self.failed.values().sum::<u64>().to_string());
         for (reason, count) in &self.failed {
             row(&format!("  {reason}"), count.to_string());
@@ -272,6 +290,13 @@ impl Summary {
                 "sent / delivered",
                 format!("{} / {}", self.sent, self.delivered),
             );
+            if self.targets.len() > 1 {
+                let share = self.sent_across as f64 / self.sent as f64;
+                row(
+                    "  across targets",
+                    format!("{} ({:.1}%)", self.sent_across, share * 100.0),
+                );
+            }
             row(
                 "undeliverable / queued / lost",
                 format!("{} / {} / {}", self.undeliverable, self.queued, self.lost()),
@@ -377,7 +402,7 @@ mod tests {
             ramp_secs: 3.0,
             ..WorkerReport::default()
         };
-        let mut summary = Summary::from_workers("t".into(), 1, 5, &[a, b]);
+        let mut summary = Summary::from_workers(vec!["t".into()], 1, 5, &[a, b]);
         summary.server_rss_bytes = Some((100, 1000));
         summary.server_cpu_secs = Some(0.5);
         summary.loadgen_cpu_secs = Some(0.25);

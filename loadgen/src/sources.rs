@@ -21,13 +21,19 @@ pub fn ephemeral_ports() -> usize {
         .map_or(28_232, |range| range.count())
 }
 
-/// Source addresses for `connections` to `target`: the given list, else 127.0.0.2… for a
-/// loopback target (one per [`CONNECTIONS_PER_SOURCE_PLANNED`]), else the OS's choice (empty).
-pub fn plan(target: SocketAddr, connections: usize, given: &[IpAddr], ports: usize) -> Vec<IpAddr> {
+/// Source addresses for `connections` to `targets`: the given list, else 127.0.0.2… when
+/// every target is on IPv4 loopback (one per [`CONNECTIONS_PER_SOURCE_PLANNED`]), else the
+/// OS's choice (empty).
+pub fn plan(
+    targets: &[SocketAddr],
+    connections: usize,
+    given: &[IpAddr],
+    ports: usize,
+) -> Vec<IpAddr> {
     if !given.is_empty() {
         return given.to_vec();
     }
-    if !target.ip().is_loopback() || !target.is_ipv4() {
+    if !targets.iter().all(|t| t.ip().is_loopback() && t.is_ipv4()) {
         return Vec::new();
     }
     let per_addr =
@@ -51,12 +57,14 @@ mod tests {
     #[test]
     fn enough_loopback_sources_for_the_port_range() {
         let target: SocketAddr = "127.0.0.1:8080".parse().unwrap();
-        let addrs = plan(target, 100_000, &[], 28_232);
+        let addrs = plan(&[target], 100_000, &[], 28_232);
         assert_eq!(addrs.len(), 98);
         assert_eq!(addrs[0], "127.0.0.2".parse::<IpAddr>().unwrap());
         assert!(capacity(addrs.len(), 28_232) >= 100_000);
-        assert!(plan("10.0.0.1:80".parse().unwrap(), 10, &[], 28_232).is_empty());
-        let many = plan(target, 10_000_000, &[], 28_232);
+        let remote: SocketAddr = "10.0.0.1:80".parse().unwrap();
+        assert!(plan(&[remote], 10, &[], 28_232).is_empty());
+        assert!(plan(&[target, remote], 10, &[], 28_232).is_empty());
+        let many = plan(&[target], 10_000_000, &[], 28_232);
         let unique: std::collections::HashSet<_> = many.iter().collect();
         assert_eq!(unique.len(), many.len());
     }

@@ -34,8 +34,8 @@ const INBUF_BYTES_MAX: usize = 1 << 20;
 /// What every worker is told.
 #[derive(Debug, Clone)]
 pub struct Plan {
-    /// The server.
-    pub target: SocketAddr,
+    /// The servers: user i connects to the i-th, modulo their count.
+    pub targets: Vec<SocketAddr>,
     /// Source addresses to rotate over (empty: let the OS choose).
     pub sources: Vec<IpAddr>,
     /// Workers in all.
@@ -75,6 +75,11 @@ impl Plan {
     /// This worker's share of the connections: users `id, id + workers, id + 2·workers, …`.
     pub fn users_of(&self, worker: usize) -> impl Iterator<Item = usize> + '_ {
         (worker..self.connections).step_by(self.workers)
+    }
+
+    /// The server user `user` connects to.
+    pub fn target_of(&self, user: usize) -> SocketAddr {
+        self.targets[user % self.targets.len()]
     }
 }
 
@@ -126,12 +131,16 @@ pub struct WorkerReport {
     pub attempted: u64,
     /// Connections that answered the ping sweep and were still open at the end of the hold.
     pub held: u64,
+    /// The same, per target (in `--target`'s order).
+    pub held_per_target: Vec<u64>,
     /// Failures by reason.
     pub failed: BTreeMap<&'static str, u64>,
     /// Seconds from the first connect to the last authentication.
     pub ramp_secs: f64,
     /// Messages sent in the load phase.
     pub sent: u64,
+    /// Those whose receiver connects to another target than its sender.
+    pub sent_across: u64,
     /// Messages received by this worker's connections.
     pub delivered: u64,
     /// Acks received.
@@ -639,6 +648,12 @@ impl Worker {
         }
         if self.send_text(sender, &text) {
             self.report.sent += 1;
+            // Offline receivers and echoes have no receiving connection.
+            let targets = self.plan.targets.len() as u64;
+            let received = self.plan.scenario != Scenario::Echo && !self.plan.offline_receivers;
+            if received && sender_user % targets != receiver % targets {
+                self.report.sent_across += 1;
+            }
             self.progress.sent.fetch_add(1, Ordering::Release);
         }
     }
@@ -653,7 +668,7 @@ impl Worker {
             Some(self.plan.sources[self.source_cursor])
         };
         let reset = self.plan.scenario == Scenario::Churn;
-        let connected = connect(self.plan.target, source, reset).and_then(|fd| {
+        let connected = connect(self.plan.target_of(user), source, reset).and_then(|fd| {
             let slot = self.clients.vacant_key();
             self.sockets.adopt(fd, slot as u64)
         });
@@ -707,7 +722,7 @@ impl Worker {
         let request = format!(
             "GET /ws HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
              Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
-            self.plan.target
+            self.plan.target_of(self.clients[slot].user)
         );
         if !self.send_all(slot, request.as_bytes()) {
             return;
@@ -981,6 +996,12 @@ impl Worker {
             self.fail(slot, "no_pong");
         }
         self.report.held = self.clients.len() as u64;
+        let targets = self.plan.targets.len();
+        let mut per_target = vec![0; targets];
+        for (_, client) in &self.clients {
+            per_target[client.user % targets] += 1;
+        }
+        self.report.held_per_target = per_target;
         for (slot, client) in std::mem::take(&mut self.clients) {
             self.sockets.close(client.socket, slot as u64);
         }
@@ -1280,7 +1301,7 @@ mod tests {
     #[test]
     fn users_are_split_evenly_and_disjointly() {
         let plan = Plan {
-            target: "127.0.0.1:1".parse().unwrap(),
+            targets: vec!["127.0.0.1:1".parse().unwrap()],
             sources: Vec::new(),
             workers: 3,
             sockets: Placement::Auto,

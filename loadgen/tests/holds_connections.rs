@@ -182,6 +182,37 @@ fn churn_drops_and_resumes_devices_and_loses_nothing() {
 }
 
 #[test]
+fn a_list_of_targets_spreads_the_users_and_counts_messages_across_them() {
+    let (a, b) = (engine(1, None), engine(1, None));
+    let targets = format!("{},{}", a.local_addr(), b.local_addr());
+    let (status, report, out) = run("targets", &quick_load(&targets, "400", "2"));
+    assert!(status.success(), "{report}");
+    assert_eq!(report["targets"].as_array().map(Vec::len), Some(2));
+    assert_eq!(report["held_per_target"], serde_json::json!([200, 200]));
+    let load = &report["load"];
+    let count = |k: &str| load[k].as_u64().unwrap();
+    // Receivers are drawn at random: about half connect to the other engine. These two
+    // are not a cluster, so each of those is queued where its sender is.
+    let across = count("sent_across_targets");
+    assert!((300..=700).contains(&across), "{report}");
+    assert_eq!(count("sent"), 1000, "{report}");
+    assert_eq!(count("delivered") + count("queued"), 1000, "{report}");
+    assert!(count("queued") <= across, "{report}");
+    std::fs::remove_dir_all(out).unwrap();
+    assert!(a.shutdown() && b.shutdown());
+}
+
+#[test]
+fn a_target_named_twice_is_a_clear_error() {
+    let output = Command::new(env!("CARGO_BIN_EXE_loadgen"))
+        .args(["--target", "127.0.0.1:1,127.0.0.1:1"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2), "{output:?}");
+    assert!(String::from_utf8_lossy(&output.stderr).contains("names an address twice"));
+}
+
+#[test]
 fn an_unreachable_target_is_a_clear_error() {
     let output = Command::new(env!("CARGO_BIN_EXE_loadgen"))
         .args(["--target", "127.0.0.1:1", "--connections", "10"])
