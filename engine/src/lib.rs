@@ -51,6 +51,7 @@
 compile_error!("the engine needs panic = \"unwind\": its fault isolation catches panics");
 
 pub mod check;
+pub mod cluster;
 pub mod config;
 pub mod conn;
 pub mod failpoint;
@@ -85,6 +86,7 @@ pub struct Engine {
     threads: Vec<JoinHandle<()>>,
     store: store::Store,
     store_thread: JoinHandle<()>,
+    cluster: Option<cluster::Cluster>,
     local_addr: SocketAddr,
 }
 
@@ -184,11 +186,23 @@ impl Engine {
                 }
             }
         }
+        // The node joins its cluster once its port is known (the default node id has it).
+        let cluster = match (&shared.config.cluster, &shared.cluster) {
+            (Some(settings), Some(state)) => {
+                let node_id = settings.node_id_for(listen.port());
+                match cluster::start(settings, node_id, state.clone()) {
+                    Ok(cluster) => Some(cluster),
+                    Err(e) => return Err(Self::abort(shared, threads, e)),
+                }
+            }
+            _ => None,
+        };
         Ok(Engine {
             shared,
             threads,
             store,
             store_thread,
+            cluster,
             local_addr: listen,
         })
     }
@@ -204,6 +218,11 @@ impl Engine {
     /// The address clients connect to.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Whether the node stopped because another running node holds its `--node-id`.
+    pub fn refused_by_cluster(&self) -> bool {
+        self.shared.cluster.as_ref().is_some_and(|c| c.refused())
     }
 
     /// Drains (close frames with 1001) and stops every reactor, waiting at most the
@@ -242,6 +261,10 @@ impl Engine {
             if !wait(thread) {
                 return false;
             }
+        }
+        // No connection is left: the node leaves its cluster.
+        if let Some(cluster) = self.cluster {
+            cluster.stop();
         }
         // The reactors are done: the store commits what they sent, then stops.
         let _ = self.store.send(store::Command::Shutdown);

@@ -61,10 +61,15 @@ fn main() -> std::process::ExitCode {
     println!("listening on {}", engine.local_addr());
     let signal = shutdown::wait_for(&signals);
     info!(?signal, "draining");
+    let refused = engine.refused_by_cluster();
     if engine.shutdown() {
         info!("stopped");
     } else {
         warn!("drain bound passed; exiting with connections still open");
+    }
+    if refused {
+        eprintln!("engine: stopped: another running node holds this --node-id");
+        return std::process::ExitCode::FAILURE;
     }
     std::process::ExitCode::SUCCESS
 }

@@ -53,6 +53,8 @@ pub struct Config {
     pub push_webhook: Option<crate::push::Webhook>,
     /// Whether they carry the start of the text.
     pub push_preview: bool,
+    /// The cluster to join (`--cluster`, `--node-id`), if any.
+    pub cluster: Option<crate::cluster::Settings>,
     /// Unsent bytes one connection may have before it is closed as a slow consumer.
     pub outbound_bytes_max: usize,
     /// Seconds over which a drain spreads its closes (0: all at once).
@@ -183,6 +185,8 @@ impl Config {
                 None => None,
             },
             push_preview: settled.push_preview,
+            cluster: crate::cluster::Settings::parse(settled.cluster, settled.node_id)
+                .map_err(|(flag, problem)| invalid(flag, problem))?,
             outbound_bytes_max: settled.outbound_bytes_max,
             drain_secs: settled.drain_secs,
             max_connections: settled.max_connections,

@@ -268,6 +268,11 @@ settings! {
     /// Least time between the starts of two store commits, so that what comes meanwhile shares one fdatasync (0: commit as soon as a command comes)
     store_commit_spacing_us: u64, "ENGINE_STORE_COMMIT_SPACING_US", "US", default "1000",
         range (0, 100_000);
+    // PROTOCOL.md "Clusters"; docs/cluster.md.
+    /// NATS servers (JetStream enabled) to join a cluster through, comma-separated nats://HOST:PORT URLs; without them the gateway runs alone
+    cluster: String, "ENGINE_CLUSTER", "URLS", default "none";
+    /// This node's name in the cluster (letters, digits, - and _; at most 64); none: the host name and the listen port
+    node_id: String, "ENGINE_NODE_ID", "ID", default "none";
     /// On SIGTERM, spread the 1001 closes over this many seconds, in random order, so clients do not all reconnect at once (0: close all at once)
     drain_secs: u64, "ENGINE_DRAIN_SECS", "S", default "0", range (0, 3600);
     /// Bound on a graceful shutdown (SIGTERM/SIGINT) before remaining sockets are dropped

@@ -213,10 +213,20 @@ const REACTOR_COUNTERS_BY_NAME: [ReactorCountersByName; 3] = [
     ),
 ];
 
-/// Writes every metric, per reactor where that is how it is kept.
-pub fn render(out: &mut Vec<u8>, health: &Health, reactors: &[ReactorStats], store: &StoreStats) {
+/// Writes every metric, per reactor where that is how it is kept (and the cluster's, in
+/// one).
+pub fn render(
+    out: &mut Vec<u8>,
+    health: &Health,
+    reactors: &[ReactorStats],
+    store: &StoreStats,
+    cluster: Option<&crate::cluster::State>,
+) {
     let mut text = String::with_capacity(8 * 1024);
     render_process(&mut text, health, reactors);
+    if let Some(cluster) = cluster {
+        render_cluster(&mut text, cluster);
+    }
     for (name, help, counter) in STORE_COUNTERS {
         header(&mut text, name, help, "counter");
         let _ = writeln!(text, "{name} {}", stats::read(counter(store)));
@@ -281,6 +291,20 @@ fn render_process(text: &mut String, health: &Health, reactors: &[ReactorStats])
         header(text, "engine_resident_memory_bytes", help, "gauge");
         let _ = writeln!(text, "engine_resident_memory_bytes {rss}");
     }
+}
+
+/// The node's view of its cluster.
+fn render_cluster(text: &mut String, cluster: &crate::cluster::State) {
+    let help = "1 while this node is connected to NATS.";
+    header(text, "engine_cluster_connected", help, "gauge");
+    let _ = writeln!(
+        text,
+        "engine_cluster_connected {}",
+        u8::from(cluster.connected())
+    );
+    let help = "Live nodes in the cluster, this one included.";
+    header(text, "engine_cluster_nodes", help, "gauge");
+    let _ = writeln!(text, "engine_cluster_nodes {}", cluster.nodes());
 }
 
 /// Envelopes mailed and not yet received, over every ring.
@@ -403,7 +427,7 @@ mod tests {
         ReactorStats::bump(&reactors[1].handshakes);
         reactors[0].observe_routing(stats::clock_ns());
         let mut out = Vec::new();
-        render(&mut out, &HEALTH, &reactors, &StoreStats::default());
+        render(&mut out, &HEALTH, &reactors, &StoreStats::default(), None);
         let text = String::from_utf8(out).unwrap();
         assert!(
             text.contains("engine_handshakes_total{reactor=\"1\"} 1\n"),

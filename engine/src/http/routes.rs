@@ -27,6 +27,8 @@ pub struct Context<'a> {
     pub api_token: Option<&'a str>,
     /// The store's counters.
     pub store: &'a StoreStats,
+    /// The cluster, if the node is in one.
+    pub cluster: Option<&'a crate::cluster::State>,
 }
 
 /// What to do with a request.
@@ -119,7 +121,7 @@ fn read_only(request: &Request, context: &Context<'_>) -> Route {
     let (status, content_type) = match request.path.as_str() {
         "/" => (200, "text/html; charset=utf-8"),
         "/health" => {
-            health_json(&mut body, health);
+            health_json(&mut body, health, context.cluster);
             (200, "application/json")
         }
         "/health/live" => {
@@ -132,7 +134,13 @@ fn read_only(request: &Request, context: &Context<'_>) -> Route {
             (if health.ready { 200 } else { 503 }, "application/json")
         }
         "/metrics" => {
-            metrics::render(&mut body, health, context.reactors, context.store);
+            metrics::render(
+                &mut body,
+                health,
+                context.reactors,
+                context.store,
+                context.cluster,
+            );
             (200, metrics::CONTENT_TYPE)
         }
         _ => {
@@ -153,10 +161,19 @@ fn read_only(request: &Request, context: &Context<'_>) -> Route {
     Route::Answer(full)
 }
 
-/// `/health`'s body.
-fn health_json(out: &mut Vec<u8>, health: &Health) {
-    Obj::new(out)
-        .str("status", if health.ready { "healthy" } else { "draining" })
+/// `/health`'s body (with the node's cluster, if it has one).
+fn health_json(out: &mut Vec<u8>, health: &Health, cluster: Option<&crate::cluster::State>) {
+    let mut body = Obj::new(out);
+    if let Some(cluster) = cluster {
+        body = body.with("cluster", |out| {
+            Obj::new(out)
+                .str("node_id", cluster.node_id())
+                .u64("nodes", u64::from(cluster.nodes()))
+                .bool("connected", cluster.connected())
+                .end()
+        });
+    }
+    body.str("status", if health.ready { "healthy" } else { "draining" })
         .str("service", "engine")
         .str("version", env!("CARGO_PKG_VERSION"))
         .u64("timestamp", health.now_ms)
@@ -232,6 +249,7 @@ mod tests {
             reactors: &reactors,
             api_token: token,
             store: &store,
+            cluster: None,
         };
         match route(&req, &raw.as_bytes()[head_len..], &context) {
             Route::Answer(bytes) => String::from_utf8(bytes.to_vec()).unwrap(),

@@ -83,6 +83,8 @@ pub struct Shared {
     pub started: Instant,
     /// Groups per user, for `--groups-per-user-max` (see [`GroupQuota`]).
     pub group_quota: Arc<GroupQuota>,
+    /// What the cluster thread knows (`--cluster`; `None` alone).
+    pub cluster: Option<Arc<crate::cluster::State>>,
 }
 
 impl Shared {
@@ -97,14 +99,17 @@ impl Shared {
             listening: AtomicUsize::new(0),
             started: Instant::now(),
             group_quota: Arc::new(GroupQuota::new(config.groups_per_user_max)),
+            cluster: config.cluster.as_ref().map(|_| Arc::default()),
             config,
         })
     }
 
-    /// Whether every reactor accepts and none is draining.
+    /// Whether every reactor accepts, none is draining, and the node is in its cluster
+    /// (if it has one).
     pub fn ready(&self) -> bool {
         self.listening.load(Ordering::Acquire) == self.config.reactors
             && !self.draining.load(Ordering::Acquire)
+            && self.cluster.as_ref().is_none_or(|cluster| cluster.ready())
     }
 
     /// Starts the graceful shutdown on every reactor.

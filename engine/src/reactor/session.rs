@@ -204,6 +204,7 @@ impl Reactor {
             reactors: &self.shared.stats,
             api_token: self.shared.config.api_token.as_deref(),
             store: &self.store.stats,
+            cluster: self.shared.cluster.as_deref(),
         };
         match routes::route(&req, body, &context) {
             Route::Answer(answer) => self.answer_http(at, answer, req.keep_alive()),

@@ -2,6 +2,8 @@
 //! real WebSocket client (tungstenite) or raw bytes.
 #![allow(dead_code)]
 
+pub mod nats;
+
 use std::{
     io::{BufRead, BufReader, Read, Write},
     net::{SocketAddr, TcpStream},

@@ -1,0 +1,482 @@
+//! The cluster thread's work, on its tokio runtime: connect to NATS (retrying with
+//! backoff for as long as it takes), claim the node id in the node bucket, then beat
+//! there every [`HEARTBEAT`], watch the bucket for the other nodes, and answer pings on
+//! the node's subject until told to stop, when the node deletes its key and leaves.
+//!
+//! The node bucket `chat_nodes` maps a node id to the instance that holds it (a random
+//! token per process). An id is claimed with a create, which fails while the key exists;
+//! then the holder is pinged on `chat.node.<id>.ping`, and only an id whose holder does
+//! not answer (a node killed without a word) is taken over, by an update that names the
+//! revision read, so that two starting nodes cannot both win.
+
+use std::{
+    cell::Cell,
+    sync::{atomic::Ordering, mpsc, Arc},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use async_nats::{
+    jetstream::{
+        self,
+        kv::{self, CreateErrorKind, Operation, UpdateErrorKind},
+        stream,
+    },
+    Client, ConnectOptions, Event, Subscriber,
+};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use tracing::{debug, error, info, warn};
+
+use super::{
+    members::{Change, Members, DEAD_AFTER},
+    Claim, State, HEARTBEAT,
+};
+
+/// The key-value bucket of node claims and heartbeats.
+const NODE_BUCKET: &str = "chat_nodes";
+/// A key nobody beats for this long is dropped by the server (a dead node's claim).
+const NODE_KEY_AGE: Duration = Duration::from_secs(60);
+/// How long the holder of a claimed id has to answer a ping.
+const PING_WAIT: Duration = Duration::from_millis(1000);
+/// Backoff between attempts at what needs NATS: doubles from the first, up to the last.
+const BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(5));
+
+/// One node's cluster thread.
+pub(super) struct Node {
+    servers: Vec<String>,
+    id: String,
+    /// This process's token in its key: tells its own claim from another's.
+    instance: Bytes,
+    state: Arc<State>,
+    /// Where the first outcome of the claim goes ([`super::start`] waits for it).
+    first: Cell<Option<mpsc::Sender<Claim>>>,
+}
+
+/// Why the node stops serving the cluster.
+enum Stop {
+    /// Shutdown: leave.
+    Asked,
+    /// Another running node holds the id.
+    Refused(String),
+}
+
+impl Node {
+    pub(super) fn new(
+        servers: Vec<String>,
+        id: String,
+        state: Arc<State>,
+        first: mpsc::Sender<Claim>,
+    ) -> Node {
+        Node {
+            servers,
+            id,
+            instance: instance_token(),
+            state,
+            first: Cell::new(Some(first)),
+        }
+    }
+
+    /// Runs until `stopped` fires (or the id turns out to be another node's).
+    pub(super) async fn run(self, mut stopped: tokio::sync::oneshot::Receiver<()>) {
+        let client = tokio::select! {
+            client = self.connect() => client,
+            _ = &mut stopped => return,
+        };
+        let outcome = tokio::select! {
+            outcome = self.serve(&client) => outcome,
+            _ = &mut stopped => Stop::Asked,
+        };
+        match outcome {
+            Stop::Asked => self.leave(&client).await,
+            Stop::Refused(why) => self.refuse(why),
+        }
+        let _ = client.flush().await;
+    }
+
+    /// A client that connects, and reconnects, with backoff for as long as it takes.
+    async fn connect(&self) -> Client {
+        let state = self.state.clone();
+        let options = ConnectOptions::new()
+            .name(format!("engine {}", self.id))
+            .retry_on_initial_connect()
+            .max_reconnects(None)
+            .reconnect_delay_callback(|attempts| backoff(attempts as u32))
+            .event_callback(move |event| {
+                let state = state.clone();
+                async move { note_event(&state, event) }
+            });
+        loop {
+            match options.clone().connect(&self.servers).await {
+                Ok(client) => return client,
+                Err(e) => {
+                    warn!("cluster: cannot set up the NATS client: {e}; retrying");
+                    tokio::time::sleep(BACKOFF.1).await;
+                }
+            }
+        }
+    }
+
+    /// Claims the id, then beats, watches and answers pings; returns only on a refusal.
+    async fn serve(&self, client: &Client) -> Stop {
+        let bucket = self.bucket(client).await;
+        // Answering before the claim: a node starting with the same id meanwhile must
+        // find this one alive.
+        let pings = self.answer_pings(client, self.ping_subscription(client).await);
+        let revision = match self.claim(client, &bucket).await {
+            Ok(revision) => revision,
+            Err(why) => return Stop::Refused(why),
+        };
+        self.state.claimed.store(true, Ordering::Release);
+        self.state.nodes.fetch_max(1, Ordering::AcqRel);
+        info!(node = %self.id, "cluster: joined");
+        if let Some(first) = self.first.take() {
+            let _ = first.send(Claim::Held);
+        }
+        tokio::select! {
+            why = self.beat(&bucket, revision) => Stop::Refused(why),
+            _ = self.watch(&bucket) => unreachable!("the watch retries forever"),
+            _ = pings => unreachable!("the ping answers retry forever"),
+        }
+    }
+
+    /// The node bucket, created if it is not there yet (every node asks the same).
+    async fn bucket(&self, client: &Client) -> kv::Store {
+        let js = jetstream::new(client.clone());
+        let mut attempts = 0;
+        loop {
+            let created = js
+                .get_or_create_stream(kv_stream(NODE_BUCKET, NODE_KEY_AGE))
+                .await;
+            match created {
+                Ok(_) => match js.get_key_value(NODE_BUCKET).await {
+                    Ok(bucket) => return bucket,
+                    Err(e) => warn!("cluster: the node bucket does not open: {e}"),
+                },
+                // Created by a node with another configuration (an older version): use it.
+                Err(created) => match js.get_key_value(NODE_BUCKET).await {
+                    Ok(bucket) => return bucket,
+                    Err(_) => {
+                        attempts += 1;
+                        warn!(
+                            attempts,
+                            "cluster: no node bucket yet ({created}); retrying"
+                        );
+                        tokio::time::sleep(backoff(attempts)).await;
+                    }
+                },
+            }
+        }
+    }
+
+    /// Takes the id: its revision, or why another node has it.
+    async fn claim(&self, client: &Client, bucket: &kv::Store) -> Result<u64, String> {
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            match bucket.create(&self.id, self.instance.clone()).await {
+                Ok(revision) => return Ok(revision),
+                Err(e) if e.kind() == CreateErrorKind::AlreadyExists => {
+                    if let Some(revision) = self.take_over(client, bucket).await? {
+                        return Ok(revision);
+                    }
+                }
+                Err(e) => {
+                    warn!(attempts, "cluster: cannot claim node id {}: {e}", self.id);
+                    tokio::time::sleep(backoff(attempts)).await;
+                }
+            }
+        }
+    }
+
+    /// The id's key exists: refuses if its holder answers, else takes the key over.
+    /// `Ok(None)`: the key changed meanwhile; claim again.
+    async fn take_over(&self, client: &Client, bucket: &kv::Store) -> Result<Option<u64>, String> {
+        if self.holder_answers(client).await {
+            return Err(format!(
+                "node id '{}' is held by a running node: give each node its own --node-id",
+                self.id
+            ));
+        }
+        let Ok(Some(entry)) = bucket.entry(&self.id).await else {
+            return Ok(None);
+        };
+        match bucket
+            .update(&self.id, self.instance.clone(), entry.revision)
+            .await
+        {
+            Ok(revision) => {
+                info!(node = %self.id, "cluster: took over the id of a node that did not answer");
+                Ok(Some(revision))
+            }
+            Err(_) => Ok(None),
+        }
+    }
+
+    /// Whether another process answers a ping on this node's subject within
+    /// [`PING_WAIT`] (this one's own answer, carrying its token, does not count).
+    async fn holder_answers(&self, client: &Client) -> bool {
+        let inbox = client.new_inbox();
+        let Ok(mut replies) = client.subscribe(inbox.clone()).await else {
+            return false;
+        };
+        let sent = client
+            .publish_with_reply(ping_subject(&self.id), inbox, Bytes::new())
+            .await;
+        if sent.is_err() || client.flush().await.is_err() {
+            return false;
+        }
+        let deadline = tokio::time::Instant::now() + PING_WAIT;
+        while let Ok(Some(reply)) = tokio::time::timeout_at(deadline, replies.next()).await {
+            if reply.payload != self.instance {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// The subscription to the node's ping subject, retried until the server takes it.
+    async fn ping_subscription(&self, client: &Client) -> Subscriber {
+        let mut attempts = 0;
+        loop {
+            match client.subscribe(ping_subject(&self.id)).await {
+                Ok(pings) => return pings,
+                Err(e) => {
+                    attempts += 1;
+                    debug!("cluster: ping subscription: {e}");
+                    tokio::time::sleep(backoff(attempts)).await;
+                }
+            }
+        }
+    }
+
+    /// Answers pings on the node's subject with the instance token, resubscribing if
+    /// the subscription ends.
+    async fn answer_pings(&self, client: &Client, mut pings: Subscriber) {
+        loop {
+            while let Some(ping) = pings.next().await {
+                if let Some(reply) = ping.reply {
+                    let _ = client.publish(reply, self.instance.clone()).await;
+                }
+            }
+            pings = self.ping_subscription(client).await;
+        }
+    }
+
+    /// Beats every [`HEARTBEAT`] from `revision` on; returns why the id is lost, if
+    /// another node took it.
+    async fn beat(&self, bucket: &kv::Store, mut revision: u64) -> String {
+        let mut ticks = tokio::time::interval(HEARTBEAT);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            match bucket
+                .update(&self.id, self.instance.clone(), revision)
+                .await
+            {
+                Ok(next) => revision = next,
+                Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => {
+                    match bucket.entry(&self.id).await {
+                        Ok(Some(entry))
+                            if entry.operation == Operation::Put
+                                && entry.value != self.instance =>
+                        {
+                            return format!(
+                                "node id '{}' was taken over by another node (this one was \
+                                 silent for {} s?)",
+                                self.id,
+                                DEAD_AFTER.as_secs()
+                            );
+                        }
+                        Ok(Some(entry)) if entry.operation == Operation::Put => {
+                            revision = entry.revision;
+                        }
+                        // Gone (aged out while NATS was away): claim it again.
+                        Ok(_) => match bucket.create(&self.id, self.instance.clone()).await {
+                            Ok(next) => revision = next,
+                            Err(e) => debug!("cluster: reclaiming the node key: {e}"),
+                        },
+                        Err(e) => debug!("cluster: reading the node key: {e}"),
+                    }
+                }
+                Err(e) => debug!("cluster: heartbeat not written: {e}"),
+            }
+        }
+    }
+
+    /// Keeps [`State::nodes`] up to date from the bucket's changes and the silence of
+    /// nodes that stopped beating; rewatches from scratch if the watch ends.
+    async fn watch(&self, bucket: &kv::Store) {
+        let mut attempts = 0;
+        let mut expiry = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            let mut members = Members::default();
+            let mut changes = match bucket.watch_all().await {
+                Ok(changes) => changes,
+                Err(e) => {
+                    attempts += 1;
+                    debug!("cluster: node watch: {e}");
+                    tokio::time::sleep(backoff(attempts)).await;
+                    continue;
+                }
+            };
+            attempts = 0;
+            loop {
+                tokio::select! {
+                    change = changes.next() => match change {
+                        Some(Ok(entry)) => self.note(&mut members, &entry),
+                        Some(Err(e)) => debug!("cluster: node watch: {e}"),
+                        None => break,
+                    },
+                    _ = expiry.tick() => {
+                        for id in members.expire(Instant::now()) {
+                            warn!(node = &*id, "cluster: node silent for {} s: counted dead", DEAD_AFTER.as_secs());
+                        }
+                    }
+                }
+                self.state
+                    .nodes
+                    .store(members.count() as u32, Ordering::Release);
+            }
+        }
+    }
+
+    /// One change of the node bucket.
+    fn note(&self, members: &mut Members, entry: &kv::Entry) {
+        match entry.operation {
+            Operation::Put => {
+                let now = Instant::now();
+                let age = age_of(entry.created.unix_timestamp_nanos());
+                let at = now.checked_sub(age).unwrap_or(now);
+                if members.heard(&self.id, &entry.key, at, now) == Change::Joined {
+                    info!(node = %entry.key, "cluster: node joined");
+                }
+            }
+            Operation::Delete | Operation::Purge => {
+                if members.left(&entry.key) {
+                    info!(node = %entry.key, "cluster: node left");
+                }
+            }
+        }
+    }
+
+    /// Deletes the node's key, so that the others count it gone at once.
+    async fn leave(&self, client: &Client) {
+        if !self.state.claimed.swap(false, Ordering::AcqRel) {
+            return;
+        }
+        let bucket = match jetstream::new(client.clone())
+            .get_key_value(NODE_BUCKET)
+            .await
+        {
+            Ok(bucket) => bucket,
+            Err(e) => return warn!("cluster: leaving without deleting the node key: {e}"),
+        };
+        match tokio::time::timeout(Duration::from_secs(2), bucket.delete(&self.id)).await {
+            Ok(Ok(())) => info!(node = %self.id, "cluster: left"),
+            Ok(Err(e)) => warn!("cluster: node key not deleted: {e}"),
+            Err(_) => warn!("cluster: node key not deleted: NATS did not answer"),
+        }
+    }
+
+    /// The id is another running node's: this node must not serve. The start is failed
+    /// if it waits on the claim; otherwise the process is asked to drain and stop.
+    fn refuse(&self, why: String) {
+        error!("cluster: {why}");
+        self.state.claimed.store(false, Ordering::Release);
+        self.state.refused.store(true, Ordering::Release);
+        match self.first.take() {
+            Some(first) => {
+                let _ = first.send(Claim::Refused(why));
+            }
+            None => {
+                // SAFETY: kill(2) on this process with SIGTERM, which main waits for.
+                unsafe { libc::kill(libc::getpid(), libc::SIGTERM) };
+            }
+        }
+    }
+}
+
+/// The stream behind key-value bucket `bucket` (one value per key, kept `max_age`), as
+/// the key-value API lays it out. Created through the stream API because async-nats'
+/// `create_key_value` first reads the account's limits in a shape nats-server 2.9 (the
+/// Debian package) does not send.
+fn kv_stream(bucket: &str, max_age: Duration) -> stream::Config {
+    stream::Config {
+        name: format!("KV_{bucket}"),
+        subjects: vec![format!("$KV.{bucket}.>")],
+        max_messages_per_subject: 1,
+        max_age,
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        discard: stream::DiscardPolicy::New,
+        num_replicas: 1,
+        ..Default::default()
+    }
+}
+
+/// Records what the client reports about its connection in `state`.
+fn note_event(state: &State, event: Event) {
+    match event {
+        Event::Connected => {
+            state.connected.store(true, Ordering::Release);
+            info!("cluster: connected to NATS");
+        }
+        Event::Disconnected => {
+            state.connected.store(false, Ordering::Release);
+            warn!("cluster: disconnected from NATS; reconnecting");
+        }
+        Event::Closed => state.connected.store(false, Ordering::Release),
+        // Each failed attempt to reach a server; the backoff retries it.
+        Event::ClientError(e) => debug!("cluster: NATS: {e}"),
+        other => warn!("cluster: NATS: {other}"),
+    }
+}
+
+/// The subject a node answers pings on.
+fn ping_subject(id: &str) -> String {
+    format!("chat.node.{id}.ping")
+}
+
+/// The wait before attempt `attempts + 1`.
+fn backoff(attempts: u32) -> Duration {
+    let (first, last) = BACKOFF;
+    first.saturating_mul(1 << attempts.min(16)).min(last)
+}
+
+/// How long ago a server timestamp (Unix ns) was, by this host's clock.
+fn age_of(unix_nanos: i128) -> Duration {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i128);
+    Duration::from_nanos(now.saturating_sub(unix_nanos).clamp(0, u64::MAX as i128) as u64)
+}
+
+/// A token no other process has: the pid and a hash of the start time.
+fn instance_token() -> Bytes {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    Bytes::from(format!("{}-{:016x}", std::process::id(), hasher.finish()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_its_bound() {
+        assert_eq!(backoff(0), BACKOFF.0);
+        assert_eq!(backoff(1), BACKOFF.0 * 2);
+        assert_eq!(backoff(40), BACKOFF.1);
+    }
+
+    #[test]
+    fn instances_differ() {
+        assert_ne!(instance_token(), instance_token());
+    }
+}

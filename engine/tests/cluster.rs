@@ -1,0 +1,175 @@
+//! Clusters on NATS (PROTOCOL.md "Clusters"): real engine nodes joined through a real
+//! `nats-server` with JetStream, each node on its own ephemeral port. Covered here: nodes
+//! finding each other, one leaving and one dying, a second node with a taken `--node-id`
+//! refused, and a node whose NATS is not there yet waiting, not ready, until it comes.
+//! Without nats-server these tests say why and pass, except under CI, where they fail.
+
+mod common;
+
+use std::{
+    io::Read,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use common::{
+    nats::{free_port, skip, Nats},
+    Driver, Server,
+};
+use serde_json::Value;
+
+/// A dead node is counted dead after 10 s of silence (PROTOCOL.md: offline within 15 s).
+const DEATH_BOUND: Duration = Duration::from_secs(15);
+
+/// A node of the cluster at `nats` with id `id`.
+fn node(nats: &str, id: &str) -> Server {
+    Server::start(Driver::IoUring, &["--cluster", nats, "--node-id", id])
+}
+
+/// `/health`'s `cluster` object.
+fn cluster(server: &Server) -> Value {
+    let (status, body) = server.get("/health");
+    assert_eq!(status, 200, "{body}");
+    let health: Value = serde_json::from_str(&body).expect("JSON");
+    health["cluster"].clone()
+}
+
+/// Waits up to `bound` until `server` counts `nodes` live nodes.
+fn wait_for_nodes(server: &Server, nodes: u64, bound: Duration) -> Duration {
+    let started = Instant::now();
+    loop {
+        let seen = cluster(server)["nodes"].as_u64();
+        if seen == Some(nodes) {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < bound,
+            "{nodes} nodes not seen within {bound:?}: {seen:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn with_nats(test: &str, body: impl FnOnce(Nats)) {
+    match Nats::start() {
+        Ok(nats) => body(nats),
+        Err(why) => skip(test, &why),
+    }
+}
+
+#[test]
+fn nodes_find_each_other_and_one_that_leaves_is_gone_at_once() {
+    with_nats("nodes_find_each_other", |nats| {
+        let a = node(&nats.url(), "a");
+        let mut b = node(&nats.url(), "b");
+        wait_for_nodes(&a, 2, Duration::from_secs(10));
+        wait_for_nodes(&b, 2, Duration::from_secs(10));
+        let view = cluster(&a);
+        assert_eq!(view["node_id"], "a", "{view}");
+        assert_eq!(view["connected"], true, "{view}");
+        assert_eq!(a.get("/health/ready").0, 200);
+        assert_eq!(a.counter("engine_cluster_nodes"), 2);
+        assert_eq!(a.counter("engine_cluster_connected"), 1);
+        // A graceful stop deletes the node's key: the other counts it gone at once, not
+        // after the silence that marks a dead node.
+        assert_eq!(b.terminate(), Some(0));
+        let took = wait_for_nodes(&a, 1, DEATH_BOUND);
+        assert!(
+            took < Duration::from_secs(5),
+            "a leaving node took {took:?}"
+        );
+    });
+}
+
+#[test]
+fn a_node_killed_without_a_word_is_counted_dead_and_its_id_is_free_again() {
+    with_nats("a_node_killed_without_a_word", |nats| {
+        let a = node(&nats.url(), "a");
+        let mut b = node(&nats.url(), "b");
+        wait_for_nodes(&a, 2, Duration::from_secs(10));
+        b.child.kill().unwrap();
+        b.child.wait().unwrap();
+        let took = wait_for_nodes(&a, 1, DEATH_BOUND);
+        assert!(took >= Duration::from_secs(5), "dead after {took:?}?");
+        // Its id is taken over by a new process: the old holder does not answer.
+        let b = node(&nats.url(), "b");
+        assert_eq!(b.get("/health/ready").0, 200);
+        wait_for_nodes(&a, 2, Duration::from_secs(10));
+    });
+}
+
+#[test]
+fn a_second_node_with_a_taken_id_refuses_to_start() {
+    with_nats("a_second_node_with_a_taken_id", |nats| {
+        let a = node(&nats.url(), "same");
+        assert_eq!(a.get("/health/ready").0, 200);
+        let data = common::fresh_data_dir();
+        let mut second = Command::new(env!("CARGO_BIN_EXE_engine"))
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--reactors",
+                "1",
+                "--log-level",
+                "error",
+            ])
+            .args(["--cluster", &nats.url(), "--node-id", "same", "--data-dir"])
+            .arg(&*data)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("engine starts");
+        let mut stderr = String::new();
+        second
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut stderr)
+            .unwrap();
+        let status = second.wait().unwrap();
+        assert!(!status.success(), "{stderr}");
+        assert!(
+            stderr.contains("node id 'same' is held by a running node"),
+            "{stderr}"
+        );
+        // The first goes on, alone.
+        assert_eq!(a.get("/health/ready").0, 200);
+        assert_eq!(cluster(&a)["nodes"], 1);
+    });
+}
+
+#[test]
+fn a_node_waits_not_ready_until_its_nats_comes() {
+    let port = free_port();
+    let url = format!("nats://127.0.0.1:{port}");
+    // Nothing listens yet: the node starts, says it is not ready, and keeps trying.
+    let a = node(&url, "a");
+    let (status, body) = a.get("/health/ready");
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(cluster(&a)["connected"], false);
+    assert_eq!(a.counter("engine_ready"), 0);
+    let _nats = match Nats::start_on(port) {
+        Ok(nats) => nats,
+        Err(why) => return skip("a_node_waits_not_ready_until_its_nats_comes", &why),
+    };
+    let started = Instant::now();
+    while a.get("/health/ready").0 != 200 {
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "not ready 15 s after NATS came"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(cluster(&a)["connected"], true);
+}
+
+#[test]
+fn a_node_id_that_is_not_one_subject_token_is_refused_with_exit_code_2() {
+    let status = Command::new(env!("CARGO_BIN_EXE_engine"))
+        .args(["--cluster", "nats://127.0.0.1:1", "--node-id", "a.b"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert_eq!(status.code(), Some(2));
+}

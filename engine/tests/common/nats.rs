@@ -1,0 +1,115 @@
+//! A real `nats-server` (Debian's package) with JetStream, on a free loopback port in a
+//! temporary directory, killed on drop: what the cluster tests run their nodes against.
+
+use std::{
+    net::{TcpListener, TcpStream},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+/// Where Debian installs the server.
+pub const NATS_SERVER: &str = "/usr/sbin/nats-server";
+
+/// A running nats-server.
+pub struct Nats {
+    child: Option<Child>,
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+    dir: PathBuf,
+}
+
+impl Nats {
+    /// Starts one on a free port, or says why it cannot: the caller skips (outside CI).
+    pub fn start() -> Result<Nats, String> {
+        Self::start_on(free_port())
+    }
+
+    /// Starts one on `port` (free, or just freed by a stopped server) with JetStream in a
+    /// fresh directory, and waits until it takes connections.
+    pub fn start_on(port: u16) -> Result<Nats, String> {
+        if !std::path::Path::new(NATS_SERVER).exists() {
+            return Err(format!(
+                "{NATS_SERVER} is not installed (apt install nats-server)"
+            ));
+        }
+        let dir = std::env::temp_dir().join(format!("nats-test-{}-{port}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        let mut nats = Nats {
+            child: None,
+            port,
+            dir,
+        };
+        nats.run()?;
+        Ok(nats)
+    }
+
+    /// `nats://127.0.0.1:port`.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the server (its JetStream directory stays, as after a crash).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same port and directory.
+    pub fn restart(&mut self) -> Result<(), String> {
+        self.kill();
+        self.run()
+    }
+
+    fn run(&mut self) -> Result<(), String> {
+        let child = Command::new(NATS_SERVER)
+            .args([
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-js",
+                "-sd",
+            ])
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("{NATS_SERVER} does not start: {e}"))?;
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            if Instant::now() > deadline {
+                return Err(format!("nats-server took no connection on {}", self.port));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A loopback port nothing listens on (the kernel's pick, released).
+pub fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("a free port");
+    listener.local_addr().expect("its address").port()
+}
+
+/// Passes a test that needs nats-server without one, saying so where it shows (stderr,
+/// which the harness does not capture); under CI, fails instead.
+pub fn skip(test: &str, why: &str) {
+    if std::env::var_os("CI").is_some() {
+        panic!("{test} cannot run under CI: {why}");
+    }
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr().lock(), "SKIPPED {test}: {why}");
+}
