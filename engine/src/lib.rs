@@ -158,6 +158,8 @@ impl Engine {
             recent_by_home[router::home_of(&pair.user, reactors)].push(pair);
         }
         let mut recent_by_home = recent_by_home.into_iter();
+        let (links, relayed) = cluster_channels(&shared)?;
+        let mut links = links.into_iter();
         let (producers, consumers) = mailbox::rings(reactors);
         let (ready_tx, ready_rx) = mpsc::channel();
         let mut threads = Vec::with_capacity(reactors);
@@ -170,6 +172,7 @@ impl Engine {
                 listen,
                 store: store.clone(),
                 store_replies: reply_receivers.remove(0),
+                cluster: links.next().flatten(),
                 groups: groups.next().unwrap_or_default(),
                 recent: recent_by_home.next().unwrap_or_default(),
             };
@@ -187,10 +190,10 @@ impl Engine {
             }
         }
         // The node joins its cluster once its port is known (the default node id has it).
-        let cluster = match (&shared.config.cluster, &shared.cluster) {
-            (Some(settings), Some(state)) => {
+        let cluster = match (&shared.config.cluster, &shared.cluster, relayed) {
+            (Some(settings), Some(state), Some(relayed)) => {
                 let node_id = settings.node_id_for(listen.port());
-                match cluster::start(settings, node_id, state.clone()) {
+                match cluster::start(settings, node_id, state.clone(), relayed) {
                     Ok(cluster) => Some(cluster),
                     Err(e) => return Err(Self::abort(shared, threads, e)),
                 }
@@ -270,4 +273,36 @@ impl Engine {
         let _ = self.store.send(store::Command::Shutdown);
         wait(self.store_thread)
     }
+}
+
+/// With `--cluster`, each reactor's link to the cluster thread, and the cluster thread's
+/// side of them all; without, no links.
+fn cluster_channels(
+    shared: &Arc<Shared>,
+) -> io::Result<(Vec<Option<reactor::ClusterLink>>, Option<cluster::Link>)> {
+    let reactors = shared.config.reactors;
+    if shared.config.cluster.is_none() {
+        return Ok(((0..reactors).map(|_| None).collect(), None));
+    }
+    // Made here, before any reactor unshares its fd table, so that every reactor can
+    // ring it.
+    let doorbell = Arc::new(sockets::Doorbell::new()?);
+    let (relays, relayed) = mpsc::channel();
+    let (senders, receivers): (Vec<_>, Vec<_>) = (0..reactors).map(|_| mpsc::channel()).unzip();
+    let links = receivers
+        .into_iter()
+        .map(|inbound| {
+            let (relays, doorbell) = (relays.clone(), doorbell.clone());
+            Some(reactor::ClusterLink {
+                relays,
+                doorbell,
+                inbound,
+            })
+        })
+        .collect();
+    let reactors = cluster::relay::Reactors {
+        senders,
+        doorbells: shared.clone(),
+    };
+    Ok((links, Some((reactors, relayed, doorbell))))
 }

@@ -1,7 +1,8 @@
 //! Clusters on NATS (PROTOCOL.md "Clusters"): real engine nodes joined through a real
 //! `nats-server` with JetStream, each node on its own ephemeral port. Covered here: nodes
 //! finding each other, one leaving and one dying, a second node with a taken `--node-id`
-//! refused, and a node whose NATS is not there yet waiting, not ready, until it comes.
+//! refused, a node whose NATS is not there yet waiting, not ready, until it comes, and
+//! typing and call signals reaching a user's devices on another node.
 //! Without nats-server these tests say why and pass, except under CI, where they fail.
 
 mod common;
@@ -14,9 +15,9 @@ use std::{
 
 use common::{
     nats::{free_port, skip, Nats},
-    Driver, Server,
+    Client, Driver, Server,
 };
-use serde_json::Value;
+use serde_json::{json, Value};
 
 /// A dead node is counted dead after 10 s of silence (PROTOCOL.md: offline within 15 s).
 const DEATH_BOUND: Duration = Duration::from_secs(15);
@@ -172,4 +173,92 @@ fn a_node_id_that_is_not_one_subject_token_is_refused_with_exit_code_2() {
         .status()
         .unwrap();
     assert_eq!(status.code(), Some(2));
+}
+
+/// Sends `message` from `from` until `to` gets a frame of `kind` (a node subscribes to a
+/// user's live events just after the user's device is told it is online, so the first
+/// few may find no subscriber yet), and returns that frame.
+fn until_received(from: &mut Client, message: &Value, to: &mut Client, kind: &str) -> Value {
+    for _ in 0..50 {
+        from.send(message);
+        if let Some(frame) = to.recv_within(Duration::from_millis(100)) {
+            assert_eq!(frame["type"], kind, "{frame}");
+            return frame;
+        }
+    }
+    panic!("no {kind} across nodes within 5 s");
+}
+
+/// Two nodes of one cluster, both ready.
+fn two_nodes(nats: &Nats) -> (Server, Server) {
+    let (a, b) = (node(&nats.url(), "a"), node(&nats.url(), "b"));
+    wait_for_nodes(&a, 2, Duration::from_secs(10));
+    (a, b)
+}
+
+#[test]
+fn typing_reaches_the_receivers_devices_on_every_node_once() {
+    with_nats("typing_across_nodes", |nats| {
+        let (a, b) = two_nodes(&nats);
+        let mut alice = a.login("alice", "phone");
+        let mut bob_on_b = b.login("bob", "phone");
+        let typing = json!({"type":"typing","receiverId":"bob","isTyping":true});
+        let got = until_received(&mut alice, &typing, &mut bob_on_b, "typing");
+        assert_eq!(got["senderId"], "alice");
+        // A second device of bob, on the sender's node: each device gets each event once.
+        let mut bob_on_a = a.login("bob", "laptop");
+        let stop = json!({"type":"typing","receiverId":"bob","isTyping":false});
+        alice.send(&stop);
+        for device in [&mut bob_on_a, &mut bob_on_b] {
+            let got = device.recv_type("typing");
+            assert_eq!(got["isTyping"], false, "{got}");
+            device.expect_silence(Duration::from_millis(300));
+        }
+    });
+}
+
+#[test]
+fn a_call_reaches_another_node_and_nobody_anywhere_is_peer_offline() {
+    with_nats("calls_across_nodes", |nats| {
+        let (a, b) = two_nodes(&nats);
+        let mut alice = a.login("alice", "phone");
+        let mut bob = b.login("bob", "phone");
+        // Typing first, until it arrives: then b is subscribed to bob's live events.
+        let typing = json!({"type":"typing","receiverId":"bob","isTyping":true});
+        until_received(&mut alice, &typing, &mut bob, "typing");
+        let offer = json!({"type":"signal","receiverId":"bob","callId":"c-1","kind":"call:initiate",
+                           "payload":{"sdp":"x"}});
+        alice.send(&offer);
+        let got = bob.recv_type("signal");
+        assert_eq!(
+            (&got["senderId"], &got["callId"]),
+            (&json!("alice"), &json!("c-1"))
+        );
+        // The caller hears nothing back while a node took the call.
+        alice.expect_silence(Duration::from_millis(300));
+        // Nobody has carol: the caller hears peer_offline, once every node said so.
+        let to_carol = json!({"type":"signal","receiverId":"carol","callId":"c-2",
+                              "kind":"call:initiate","payload":{}});
+        alice.send(&to_carol);
+        let error = alice.recv_type("error");
+        assert_eq!(
+            (&error["code"], &error["ref"]),
+            (&json!("peer_offline"), &json!("c-2"))
+        );
+        // Bob gone from b: b no longer takes his calls.
+        drop(bob);
+        b.wait_offline("bob");
+        let started = Instant::now();
+        loop {
+            alice.send(&offer);
+            match alice.recv_within(Duration::from_millis(200)) {
+                Some(error) if error["code"] == "peer_offline" => break,
+                other => assert!(other.is_none(), "{other:?}"),
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "bob still reachable"
+            );
+        }
+    });
 }

@@ -13,6 +13,7 @@
 
 mod members;
 mod node;
+pub mod relay;
 
 use std::{
     io,
@@ -169,10 +170,23 @@ pub struct Cluster {
     thread: Option<JoinHandle<()>>,
 }
 
+/// The cluster thread's side of the reactors' links: where it delivers to each reactor,
+/// what their shards ask of it, and the doorbell they ring after asking.
+pub type Link = (
+    relay::Reactors,
+    mpsc::Receiver<relay::Relay>,
+    Arc<crate::sockets::Doorbell>,
+);
+
 /// Starts the cluster thread for node `node_id` and waits up to [`CLAIM_WAIT`] for its
 /// claim on the id. A running node with the same id fails the start; NATS unreachable
 /// does not (the thread retries with backoff, and the node is not ready meanwhile).
-pub fn start(settings: &Settings, node_id: String, state: Arc<State>) -> io::Result<Cluster> {
+pub fn start(
+    settings: &Settings,
+    node_id: String,
+    state: Arc<State>,
+    link: Link,
+) -> io::Result<Cluster> {
     // The id is fixed once per process: a second start keeps the first.
     let _ = state.node_id.set(node_id.clone().into_boxed_str());
     let (claimed, claim) = mpsc::channel();
@@ -192,7 +206,7 @@ pub fn start(settings: &Settings, node_id: String, state: Arc<State>) -> io::Res
                 }
             };
             let node = node::Node::new(servers, node_id, state, claimed);
-            runtime.block_on(node.run(stopped));
+            runtime.block_on(node.run(link, stopped));
         })?;
     let cluster = Cluster {
         stop: Some(stop),

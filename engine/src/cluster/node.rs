@@ -29,7 +29,8 @@ use tracing::{debug, error, info, warn};
 
 use super::{
     members::{Change, Members, DEAD_AFTER},
-    Claim, State, HEARTBEAT,
+    relay::Relayer,
+    Claim, Link, State, HEARTBEAT,
 };
 
 /// The key-value bucket of node claims and heartbeats.
@@ -76,14 +77,18 @@ impl Node {
         }
     }
 
-    /// Runs until `stopped` fires (or the id turns out to be another node's).
-    pub(super) async fn run(self, mut stopped: tokio::sync::oneshot::Receiver<()>) {
+    /// Runs until `stopped` fires or the reactors are gone (or the id turns out to be
+    /// another node's), relaying the reactors' live events all along.
+    pub(super) async fn run(self, link: Link, mut stopped: tokio::sync::oneshot::Receiver<()>) {
         let client = tokio::select! {
             client = self.connect() => client,
             _ = &mut stopped => return,
         };
+        let (reactors, relays, doorbell) = link;
+        let relayer = Relayer::new(client.clone(), Arc::new(reactors));
         let outcome = tokio::select! {
             outcome = self.serve(&client) => outcome,
+            () = relayer.run(relays, doorbell) => Stop::Asked,
             _ = &mut stopped => Stop::Asked,
         };
         match outcome {
@@ -99,6 +104,8 @@ impl Node {
         let options = ConnectOptions::new()
             .name(format!("engine {}", self.id))
             .retry_on_initial_connect()
+            // What a node publishes is for the others: its own devices got it already.
+            .no_echo()
             .max_reconnects(None)
             .reconnect_delay_callback(|attempts| backoff(attempts as u32))
             .event_callback(move |event| {
@@ -213,7 +220,8 @@ impl Node {
     }
 
     /// Whether another process answers a ping on this node's subject within
-    /// [`PING_WAIT`] (this one's own answer, carrying its token, does not count).
+    /// [`PING_WAIT`] (this one's own answer, carrying its token, does not count; with
+    /// `no_echo` it does not come at all).
     async fn holder_answers(&self, client: &Client) -> bool {
         let inbox = client.new_inbox();
         let Ok(mut replies) = client.subscribe(inbox.clone()).await else {
@@ -227,6 +235,10 @@ impl Node {
         }
         let deadline = tokio::time::Instant::now() + PING_WAIT;
         while let Ok(Some(reply)) = tokio::time::timeout_at(deadline, replies.next()).await {
+            // A status (503, "no responders") is the server's: nobody holds the subject.
+            if reply.status.is_some() {
+                return false;
+            }
             if reply.payload != self.instance {
                 return true;
             }

@@ -119,6 +119,8 @@ pub(crate) struct Reactor {
     pub(crate) store: crate::store::Store,
     /// The store's answers to this reactor.
     store_replies: std::sync::mpsc::Receiver<crate::store::Reply>,
+    /// Its link to the cluster thread (`--cluster`).
+    pub(super) cluster: Option<super::ClusterLink>,
     /// Connections with input left unread because the batch cap was reached (or input
     /// that waited while a connection moved).
     pub(super) unread: Vec<ConnAddr>,
@@ -155,6 +157,9 @@ impl Reactor {
             seed.shared.config.dedup_window_pairs,
         );
         shard.remember_recent(&seed.recent);
+        if seed.cluster.is_some() {
+            shard = shard.relaying();
+        }
         Ok(Reactor {
             id: seed.id,
             conns: Slab::new(),
@@ -186,6 +191,7 @@ impl Reactor {
             idle_credit: 0,
             store: seed.store,
             store_replies: seed.store_replies,
+            cluster: seed.cluster,
             unread: Vec::new(),
             moving: Vec::new(),
             next_move_id: 0,
@@ -336,6 +342,7 @@ impl Reactor {
         while let Ok(reply) = self.store_replies.try_recv() {
             self.take_store_reply(reply);
         }
+        self.take_cluster_mail();
         self.outbox.retry_backlog();
         if !self.outbox.is_backlogged() {
             for at in std::mem::take(&mut self.paused) {

@@ -127,6 +127,18 @@ impl store::DoorbellSet for Shared {
     }
 }
 
+/// A reactor's two ways to the cluster thread.
+pub struct ClusterLink {
+    /// What its shard asks of the cluster...
+    pub relays: mpsc::Sender<crate::cluster::relay::Relay>,
+    /// ...and the cluster thread's doorbell, rung after: an eventfd made before any
+    /// reactor unshared its fd table (the tokio runtime's own wake-up is made later, in
+    /// the main table only, and a reactor cannot reach it).
+    pub doorbell: Arc<Doorbell>,
+    /// What the cluster hands it.
+    pub inbound: mpsc::Receiver<crate::cluster::relay::Inbound>,
+}
+
 /// Everything one reactor thread is handed.
 pub struct ReactorSeed {
     /// This reactor's index.
@@ -143,6 +155,8 @@ pub struct ReactorSeed {
     pub store: store::Store,
     /// The store's answers to this reactor.
     pub store_replies: std::sync::mpsc::Receiver<store::Reply>,
+    /// Its link to the cluster thread (`--cluster`).
+    pub cluster: Option<ClusterLink>,
     /// The groups homed at this reactor, as the store holds them.
     pub groups: Groups,
     /// The direct messages this home's users received lately, oldest first (its dedup

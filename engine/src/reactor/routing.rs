@@ -7,6 +7,7 @@ use super::core::Reactor;
 use crate::conn::Phase;
 use crate::protocol::codes::ErrorCode;
 use crate::{
+    cluster::relay::Inbound,
     protocol::{now_ms, outbound, Priority},
     router::{AckStatus, ConnAddr, Envelope},
     shard::{Clock, Effect, Event},
@@ -73,12 +74,41 @@ impl Reactor {
                     self.feed_shard(Event::StoreRefused(command));
                 }
             }
+            Effect::Cluster(relay) => {
+                // The cluster thread is gone only once the engine stops.
+                if let Some(cluster) = &self.cluster {
+                    if cluster.relays.send(*relay).is_ok() {
+                        cluster.doorbell.ring();
+                    }
+                }
+            }
             Effect::Error {
                 to,
                 code,
                 text,
                 reference,
             } => self.error_to(to, code, &text, reference.as_deref()),
+        }
+    }
+
+    /// Takes what the cluster thread handed this reactor: relayed mail, and callers to
+    /// tell that no node holds their callee.
+    pub(crate) fn take_cluster_mail(&mut self) {
+        loop {
+            let Some(cluster) = &self.cluster else {
+                return;
+            };
+            let Ok(inbound) = cluster.inbound.try_recv() else {
+                return;
+            };
+            match inbound {
+                Inbound::Mail(envelope) => self.take_mail(envelope),
+                Inbound::PeerOffline { caller, reference } => {
+                    let text = "the receiver has no device online on any node (calls are \
+                                never queued)";
+                    self.error_to(caller, ErrorCode::PeerOffline, text, Some(&reference));
+                }
+            }
         }
     }
 

@@ -111,6 +111,9 @@ pub enum Durability {
         /// The `ref` of the error (the call id).
         reference: Box<str>,
     },
+    /// A typing or call signal another node relayed: for the devices online on this
+    /// node, never relayed again ([`crate::cluster::relay`]).
+    Relayed,
 }
 
 /// Who to tell about a delivery's outcome, and for which message.

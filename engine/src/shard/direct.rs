@@ -14,6 +14,7 @@ use super::{
     Effects, Shard,
 };
 use crate::{
+    cluster::relay::Relay,
     protocol::{
         inbound::Text,
         outbound::{self, NewMessage, Outgoing},
@@ -262,7 +263,7 @@ impl Shard {
         }
         match delivery.durability {
             Durability::Inbox => self.deliver_to_inbox(delivery, key, out),
-            Durability::Transient | Durability::Call { .. } => {
+            Durability::Transient | Durability::Call { .. } | Durability::Relayed => {
                 self.deliver_transient(delivery, out)
             }
         }
@@ -322,9 +323,29 @@ impl Shard {
     }
 
     /// Typing and call signals: to the live devices, else nobody (a call's sender hears
-    /// `peer_offline`).
+    /// `peer_offline`). In a cluster they go to the other nodes' devices too, and a call
+    /// no device here took is `peer_offline` only if no other node takes it.
     fn deliver_transient(&mut self, delivery: Delivery, out: &mut Effects) {
         let devices = self.directory.live_devices(&delivery.user, delivery.except);
+        let relayed = matches!(delivery.durability, Durability::Relayed);
+        if self.relays && !relayed {
+            let call = match &delivery.durability {
+                Durability::Call { sender, reference } if devices.is_empty() => {
+                    Some((*sender, reference.clone()))
+                }
+                _ => None,
+            };
+            let answered_by_others = call.is_some();
+            out.cluster(Relay::Live {
+                user: delivery.user.as_ref().into(),
+                frame: delivery.frame.clone(),
+                priority: delivery.priority,
+                call,
+            });
+            if answered_by_others {
+                return;
+            }
+        }
         if devices.is_empty() {
             if let Durability::Call { sender, reference } = delivery.durability {
                 let text = "the receiver has no device online (calls are never queued)";

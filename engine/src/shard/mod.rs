@@ -135,6 +135,9 @@ pub enum Effect {
     /// Hand a command to the store; one it cannot take comes back as
     /// [`Event::StoreRefused`].
     Store(Command),
+    /// Hand this to the cluster thread (`--cluster` only). Boxed: rare (a device's
+    /// first login on a node, typing, calls), so every other effect stays small.
+    Cluster(Box<crate::cluster::relay::Relay>),
     /// Send `error {code, message, ref}` to a connection on any reactor.
     Error {
         /// The connection.
@@ -184,6 +187,10 @@ impl Effects {
 
     fn store(&mut self, command: Command) {
         self.queue.push_back(Effect::Store(command));
+    }
+
+    fn cluster(&mut self, relay: crate::cluster::relay::Relay) {
+        self.queue.push_back(Effect::Cluster(Box::new(relay)));
     }
 
     fn error(
@@ -263,6 +270,8 @@ pub struct Shard {
     away: away::Away,
     /// `--presence-grace-ms`.
     presence_grace_ms: u64,
+    /// In a cluster: live events go to the other nodes too ([`Shard::relaying`]).
+    relays: bool,
 }
 
 impl Shard {
@@ -293,7 +302,15 @@ impl Shard {
             next_opening: 0,
             away: away::Away::default(),
             presence_grace_ms,
+            relays: false,
         }
+    }
+
+    /// The shard of a node in a cluster: its homes relay live events to the other nodes
+    /// and say which users this node holds devices of ([`crate::cluster::relay`]).
+    pub fn relaying(mut self) -> Shard {
+        self.relays = true;
+        self
     }
 
     /// Users homed here with at least one device online.
@@ -572,6 +589,7 @@ impl Shard {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{cluster::relay::Relay, router::Delivery};
 
     /// One home, driven as a reactor drives it: mail to itself goes back in; frames for
     /// connections are collected, decoded.
@@ -579,6 +597,8 @@ mod tests {
         shard: Shard,
         effects: Effects,
         frames: Vec<(ConnAddr, serde_json::Value)>,
+        /// What a relaying shard asked of the cluster.
+        relays: Vec<Relay>,
     }
 
     impl OneHome {
@@ -588,6 +608,16 @@ mod tests {
                 shard: Shard::new((0, 1), Groups::default(), quota, 0, 1024),
                 effects: Effects::default(),
                 frames: Vec::new(),
+                relays: Vec::new(),
+            }
+        }
+
+        /// The home of a node in a cluster.
+        fn relaying() -> OneHome {
+            let home = OneHome::new();
+            OneHome {
+                shard: home.shard.relaying(),
+                ..home
             }
         }
 
@@ -612,6 +642,7 @@ mod tests {
                             .handle(now, Event::Mail(envelope), &mut self.effects)
                     }
                     Effect::Store(_) | Effect::Error { .. } => {}
+                    Effect::Cluster(relay) => self.relays.push(*relay),
                 }
             }
         }
@@ -632,6 +663,133 @@ mod tests {
             });
             (conn, user)
         }
+    }
+
+    /// What `relays` says of live events: `(user, whether a call waits on the answer)`.
+    fn lives(relays: &[Relay]) -> Vec<(&str, bool)> {
+        relays
+            .iter()
+            .filter_map(|relay| match relay {
+                Relay::Live { user, call, .. } => Some((&**user, call.is_some())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_shard_alone_relays_nothing() {
+        let mut home = OneHome::new();
+        let (alice, alice_user) = home.connect(1, "alice");
+        let message = ClientMessage::Typing {
+            receiver_id: "bob",
+            is_typing: true,
+        };
+        let user = &alice_user;
+        home.feed(Event::Message {
+            conn: alice,
+            user,
+            message,
+        });
+        assert!(home.relays.is_empty(), "{:?}", home.relays);
+    }
+
+    #[test]
+    fn a_relaying_home_watches_its_users_from_first_device_to_last() {
+        let mut home = OneHome::relaying();
+        let (first, bob) = home.connect(1, "bob");
+        let (second, _) = home.connect(2, "bob");
+        let watched: Vec<_> = home
+            .relays
+            .drain(..)
+            .filter_map(|relay| match relay {
+                Relay::Watch { user, home } => Some((user, home)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            watched,
+            [(bob.clone(), 0)],
+            "one watch, at the first device"
+        );
+        for (conn, last) in [(first, false), (second, true)] {
+            home.feed(Event::Closed {
+                conn,
+                user: bob.clone(),
+                clean: true,
+            });
+            let unwatched = home.relays.drain(..);
+            let unwatched = unwatched.filter(|r| matches!(r, Relay::Unwatch { .. }));
+            assert_eq!(unwatched.count(), usize::from(last));
+        }
+    }
+
+    #[test]
+    fn a_relaying_home_relays_live_events_once_and_never_what_was_relayed() {
+        let mut home = OneHome::relaying();
+        let (bob_device, _) = home.connect(1, "bob");
+        // As once the store has answered the inbox's opening.
+        assert!(home.shard.directory.set_live("bob", bob_device));
+        let (alice, alice_user) = home.connect(2, "alice");
+        home.relays.clear();
+        let typing = ClientMessage::Typing {
+            receiver_id: "bob",
+            is_typing: true,
+        };
+        let user = &alice_user;
+        home.feed(Event::Message {
+            conn: alice,
+            user,
+            message: typing,
+        });
+        assert_eq!(
+            lives(&home.relays),
+            [("bob", false)],
+            "here and to the others"
+        );
+        assert_eq!(
+            home.frames.iter().filter(|(a, _)| *a == bob_device).count(),
+            1
+        );
+        // A call to a user with no device here waits on the other nodes' answer: no
+        // peer_offline yet.
+        home.relays.clear();
+        let call = ClientMessage::Signal {
+            receiver_id: "carol",
+            call_id: "c-1",
+            kind: "call:initiate",
+            payload: b"null".to_vec(),
+        };
+        home.feed(Event::Message {
+            conn: alice,
+            user,
+            message: call,
+        });
+        assert_eq!(lives(&home.relays), [("carol", true)]);
+        assert!(
+            home.frames.iter().all(|(_, f)| f["type"] != "error"),
+            "{:?}",
+            home.frames
+        );
+        // What another node relayed goes to the devices here, and no further.
+        home.relays.clear();
+        home.frames.clear();
+        let relayed = Delivery {
+            user: "bob".into(),
+            frame: Outgoing::text(
+                crate::protocol::codes::OutKind::Typing,
+                br#"{"type":"typing"}"#,
+            ),
+            priority: Priority::High,
+            except: None,
+            ack: None,
+            copy_of: None,
+            accepted_ns: 0,
+            durability: crate::router::Durability::Relayed,
+        };
+        home.feed(Event::Mail(Envelope::Deliver(Box::new(relayed))));
+        assert_eq!(home.frames.len(), 1);
+        assert_eq!(home.frames[0].0, bob_device);
+        assert!(home.relays.is_empty(), "{:?}", home.relays);
     }
 
     #[test]

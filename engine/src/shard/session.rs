@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use super::{Effects, Shard};
 use crate::{
+    cluster::relay::Relay,
     protocol::{inbound::Scalar, outbound, Priority},
     router::{ConnAddr, Envelope, PresenceNote},
     ws::close,
@@ -71,6 +72,14 @@ impl Shard {
         out: &mut Effects,
     ) {
         let outcome = self.directory.register(user.clone(), device, addr, acks);
+        if outcome.came_online && self.relays {
+            let home = self.id as u16;
+            let watch = Relay::Watch {
+                user: user.clone(),
+                home,
+            };
+            out.cluster(watch);
+        }
         let to = addr.reactor as usize;
         if outcome.refused {
             let code = close::POLICY_VIOLATION;
@@ -100,6 +109,9 @@ impl Shard {
     ) {
         if !self.directory.unregister(&user, addr, self.now_ms) {
             return;
+        }
+        if self.relays {
+            out.cluster(Relay::Unwatch { user: user.clone() });
         }
         if clean || self.presence_grace_ms == 0 {
             self.announce_presence(&user, false, out);

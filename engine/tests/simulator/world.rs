@@ -389,6 +389,8 @@ impl World {
         match effect {
             Effect::Mail { to, envelope } => self.route(reactor, to, envelope),
             Effect::Store(command) => self.store.send(command),
+            // The simulated shards are one node's: nothing goes to a cluster.
+            Effect::Cluster(relay) => panic!("a single node's shard relayed {relay:?}"),
             Effect::Error {
                 to,
                 code,
