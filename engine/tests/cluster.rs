@@ -262,3 +262,44 @@ fn a_call_reaches_another_node_and_nobody_anywhere_is_peer_offline() {
         }
     });
 }
+
+#[test]
+fn while_nats_is_away_a_call_is_cluster_unavailable_and_after_it_rings_again() {
+    with_nats("calls_while_nats_is_away", |mut nats| {
+        let (a, b) = two_nodes(&nats);
+        let mut alice = a.login("alice", "phone");
+        let mut bob = b.login("bob", "phone");
+        let typing = json!({"type":"typing","receiverId":"bob","isTyping":true});
+        until_received(&mut alice, &typing, &mut bob, "typing");
+        nats.kill();
+        let call = json!({"type":"signal","receiverId":"bob","callId":"c-9","kind":"call:initiate",
+                          "payload":{}});
+        let started = Instant::now();
+        loop {
+            alice.send(&call);
+            if let Some(error) = alice.recv_within(Duration::from_millis(200)) {
+                assert_eq!(error["code"], "cluster_unavailable", "{error}");
+                assert_eq!(error["ref"], "c-9");
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "no cluster_unavailable"
+            );
+        }
+        let (_, metrics) = a.get("/metrics");
+        let counted: u64 = metrics
+            .lines()
+            .filter(|l| l.starts_with("engine_errors_total{"))
+            .filter(|l| l.contains(r#"code="cluster_unavailable""#))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum();
+        assert!(counted >= 1, "{metrics}");
+        // NATS back: both relays reconnect and subscribe again; bob's phone rings.
+        nats.restart().expect("nats-server restarts");
+        let frame = until_received(&mut alice, &typing, &mut bob, "typing");
+        assert_eq!(frame["senderId"], "alice");
+        alice.send(&call);
+        assert_eq!(bob.recv_type("signal")["callId"], "c-9");
+    });
+}

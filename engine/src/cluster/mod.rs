@@ -14,6 +14,8 @@
 mod members;
 mod node;
 pub mod relay;
+mod relayer;
+mod wire;
 
 use std::{
     io,
@@ -23,7 +25,7 @@ use std::{
         mpsc, Arc, OnceLock,
     },
     thread::JoinHandle,
-    time::Duration,
+    time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use tracing::warn;
@@ -32,6 +34,8 @@ use tracing::warn;
 pub const HEARTBEAT: Duration = Duration::from_secs(2);
 /// The longest a node id may be.
 pub const NODE_ID_MAX: usize = 64;
+/// Backoff between attempts at what needs NATS: doubles from the first, up to the last.
+const BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(5));
 /// How long [`start`] waits for the claim before the engine goes on, not ready, while the
 /// thread keeps trying.
 const CLAIM_WAIT: Duration = Duration::from_secs(3);
@@ -68,10 +72,13 @@ impl Settings {
             return Err(("cluster", "names no NATS server".into()));
         }
         for server in &servers {
-            if !server.starts_with("nats://") && !server.starts_with("tls://") {
+            // The live relay speaks plain TCP (`relayer`): no tls:// yet.
+            if !server.starts_with("nats://") {
                 return Err((
                     "cluster",
-                    format!("'{server}' is not a nats://HOST:PORT URL"),
+                    format!(
+                        "'{server}' is not a nats://HOST:PORT URL (tls:// is not supported yet)"
+                    ),
                 ));
             }
             async_nats::ServerAddr::from_str(server)
@@ -245,9 +252,34 @@ impl Drop for Cluster {
     }
 }
 
+/// The wait before attempt `attempts + 1`.
+fn backoff(attempts: u32) -> Duration {
+    let (first, last) = BACKOFF;
+    first.saturating_mul(1 << attempts.min(16)).min(last)
+}
+
+/// 16 random hex digits (std's random hash keys, and the time).
+fn instance_token_hex() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    format!("{:016x}", hasher.finish())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_its_bound() {
+        assert_eq!(backoff(0), BACKOFF.0);
+        assert_eq!(backoff(1), BACKOFF.0 * 2);
+        assert_eq!(backoff(40), BACKOFF.1);
+    }
 
     #[test]
     fn no_cluster_means_alone_and_a_node_id_alone_is_an_error() {
@@ -268,7 +300,7 @@ mod tests {
         .unwrap();
         assert_eq!(settings.servers.len(), 2);
         assert_eq!(settings.node_id_for(8080), "gw-1");
-        for bad in ["", " , ", "http://x:1", "127.0.0.1:4222"] {
+        for bad in ["", " , ", "http://x:1", "127.0.0.1:4222", "tls://x:4222"] {
             let (flag, problem) = Settings::parse(Some(bad.into()), None).unwrap_err();
             assert_eq!(flag, "cluster", "{bad}: {problem}");
         }

@@ -28,8 +28,9 @@ use futures_util::StreamExt;
 use tracing::{debug, error, info, warn};
 
 use super::{
+    backoff, instance_token_hex,
     members::{Change, Members, DEAD_AFTER},
-    relay::Relayer,
+    relayer::Relayer,
     Claim, Link, State, HEARTBEAT,
 };
 
@@ -39,8 +40,6 @@ const NODE_BUCKET: &str = "chat_nodes";
 const NODE_KEY_AGE: Duration = Duration::from_secs(60);
 /// How long the holder of a claimed id has to answer a ping.
 const PING_WAIT: Duration = Duration::from_millis(1000);
-/// Backoff between attempts at what needs NATS: doubles from the first, up to the last.
-const BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(5));
 
 /// One node's cluster thread.
 pub(super) struct Node {
@@ -85,7 +84,7 @@ impl Node {
             _ = &mut stopped => return,
         };
         let (reactors, relays, doorbell) = link;
-        let relayer = Relayer::new(client.clone(), Arc::new(reactors));
+        let relayer = Relayer::new(&self.servers, format!("engine {} relay", self.id), reactors);
         let outcome = tokio::select! {
             outcome = self.serve(&client) => outcome,
             () = relayer.run(relays, doorbell) => Stop::Asked,
@@ -117,7 +116,7 @@ impl Node {
                 Ok(client) => return client,
                 Err(e) => {
                     warn!("cluster: cannot set up the NATS client: {e}; retrying");
-                    tokio::time::sleep(BACKOFF.1).await;
+                    tokio::time::sleep(backoff(u32::MAX)).await;
                 }
             }
         }
@@ -450,12 +449,6 @@ fn ping_subject(id: &str) -> String {
     format!("chat.node.{id}.ping")
 }
 
-/// The wait before attempt `attempts + 1`.
-fn backoff(attempts: u32) -> Duration {
-    let (first, last) = BACKOFF;
-    first.saturating_mul(1 << attempts.min(16)).min(last)
-}
-
 /// How long ago a server timestamp (Unix ns) was, by this host's clock.
 fn age_of(unix_nanos: i128) -> Duration {
     let now = SystemTime::now()
@@ -464,28 +457,14 @@ fn age_of(unix_nanos: i128) -> Duration {
     Duration::from_nanos(now.saturating_sub(unix_nanos).clamp(0, u64::MAX as i128) as u64)
 }
 
-/// A token no other process has: the pid and a hash of the start time.
+/// A token no other process has: the pid and a random number.
 fn instance_token() -> Bytes {
-    use std::hash::{BuildHasher, Hasher};
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u128(
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos()),
-    );
-    Bytes::from(format!("{}-{:016x}", std::process::id(), hasher.finish()))
+    Bytes::from(format!("{}-{}", std::process::id(), instance_token_hex()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_doubles_up_to_its_bound() {
-        assert_eq!(backoff(0), BACKOFF.0);
-        assert_eq!(backoff(1), BACKOFF.0 * 2);
-        assert_eq!(backoff(40), BACKOFF.1);
-    }
 
     #[test]
     fn instances_differ() {

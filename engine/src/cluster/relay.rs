@@ -12,34 +12,19 @@
 //! What a node receives goes to the user's home reactor as a delivery for the devices
 //! there ([`Durability::Relayed`]), which is never published again.
 
-use std::{
-    borrow::Cow,
-    os::fd::{AsRawFd, RawFd},
-    sync::{mpsc, Arc},
-};
+use std::{borrow::Cow, sync::Arc};
 
-use async_nats::{client::RequestErrorKind, Client};
 use bytes::{BufMut, Bytes, BytesMut};
-use futures_util::StreamExt;
-use hashbrown::HashMap;
-use tokio::io::{unix::AsyncFd, Interest};
-use tracing::{debug, error};
 
 use crate::{
-    protocol::{codes::OutKind, outbound::Outgoing, Priority},
-    router::{ConnAddr, Delivery, Durability, Envelope},
-    sockets::Doorbell,
+    protocol::{
+        codes::{ErrorCode, OutKind},
+        outbound::Outgoing,
+        Priority,
+    },
+    router::{ConnAddr, Envelope},
     store::DoorbellSet,
 };
-
-/// The cluster thread's doorbell, as tokio waits on its eventfd.
-struct BellFd(Arc<Doorbell>);
-
-impl AsRawFd for BellFd {
-    fn as_raw_fd(&self) -> RawFd {
-        self.0.fd()
-    }
-}
 
 /// What a shard asks of the cluster ([`crate::shard::Effect::Cluster`]).
 #[derive(Debug)]
@@ -76,13 +61,15 @@ pub enum Relay {
 pub enum Inbound {
     /// Mail for the reactor, as from another reactor.
     Mail(Envelope),
-    /// No node holds a device of the receiver of the call signal `reference` from
-    /// connection `caller`.
-    PeerOffline {
+    /// The call signal `reference` from connection `caller` reached no device:
+    /// `peer_offline` (no node holds one) or `cluster_unavailable` (NATS is out of reach).
+    CallNotTaken {
         /// The calling connection.
         caller: ConnAddr,
         /// The call id.
         reference: Box<str>,
+        /// Why.
+        code: ErrorCode,
     },
 }
 
@@ -95,7 +82,8 @@ pub struct Reactors {
 }
 
 impl Reactors {
-    fn send(&self, reactor: usize, inbound: Inbound) {
+    /// Hands `inbound` to reactor `reactor` and wakes it.
+    pub(super) fn send(&self, reactor: usize, inbound: Inbound) {
         let Some(sender) = self.senders.get(reactor) else {
             return;
         };
@@ -129,7 +117,7 @@ fn subject_token(user: &str) -> Cow<'_, str> {
 }
 
 /// A live event on the wire: `[kind][priority][the WebSocket frame]`.
-fn encode(frame: &Outgoing, priority: Priority) -> Option<Bytes> {
+pub(super) fn encode(frame: &Outgoing, priority: Priority) -> Option<Bytes> {
     let kind = match frame.kind {
         OutKind::Typing => 1,
         OutKind::Signal => 2,
@@ -143,7 +131,7 @@ fn encode(frame: &Outgoing, priority: Priority) -> Option<Bytes> {
 }
 
 /// The frame and priority of a live event, or `None` if it is not one.
-fn decode(payload: &Bytes) -> Option<(Outgoing, Priority)> {
+pub(super) fn decode(payload: &Bytes) -> Option<(Outgoing, Priority)> {
     let (&kind, rest) = payload.split_first()?;
     let (&priority, _) = rest.split_first()?;
     let kind = match kind {
@@ -159,136 +147,6 @@ fn decode(payload: &Bytes) -> Option<(Outgoing, Priority)> {
     };
     let bytes = payload.slice(2..);
     Some((Outgoing { kind, bytes }, priority))
-}
-
-/// The cluster thread's side of the relay: the subscriptions of the users this node holds.
-pub(super) struct Relayer {
-    client: Client,
-    reactors: Arc<Reactors>,
-    /// Per watched user, the task forwarding its subject (its subscription ends with it).
-    watching: HashMap<Arc<str>, tokio::task::JoinHandle<()>>,
-}
-
-impl Relayer {
-    pub(super) fn new(client: Client, reactors: Arc<Reactors>) -> Relayer {
-        Relayer {
-            client,
-            reactors,
-            watching: HashMap::new(),
-        }
-    }
-
-    /// Carries out what the shards ask, woken by `doorbell`, until every reactor is gone
-    /// (the engine stops) or the doorbell cannot be waited on.
-    pub(super) async fn run(mut self, relays: mpsc::Receiver<Relay>, doorbell: Arc<Doorbell>) {
-        // SAFETY: `BellFd` holds the doorbell, which owns the eventfd and closes it only
-        // when dropped: the fd stays open, and is not replaced, while tokio watches it.
-        let registered = unsafe {
-            AsyncFd::register_with_interest(BellFd(doorbell.clone()), Interest::READABLE)
-        };
-        let bell = match registered {
-            Ok(bell) => bell,
-            Err(e) => return error!("cluster: the relay's doorbell cannot be waited on: {e}"),
-        };
-        loop {
-            let Ok(mut ready) = bell.readable().await else {
-                return error!("cluster: the relay's doorbell failed");
-            };
-            ready.clear_ready();
-            // Cleared before the channel is drained: a relay sent after this rings again.
-            doorbell.clear();
-            loop {
-                match relays.try_recv() {
-                    Ok(relay) => self.carry_out(relay).await,
-                    Err(mpsc::TryRecvError::Empty) => break,
-                    Err(mpsc::TryRecvError::Disconnected) => return,
-                }
-            }
-        }
-    }
-
-    async fn carry_out(&mut self, relay: Relay) {
-        match relay {
-            Relay::Watch { user, home } => self.watch(user, home).await,
-            Relay::Unwatch { user } => {
-                if let Some(task) = self.watching.remove(&user) {
-                    task.abort();
-                }
-            }
-            Relay::Live {
-                user,
-                frame,
-                priority,
-                call,
-            } => self.publish(&user, &frame, priority, call),
-        }
-    }
-
-    /// Subscribes to `user`'s live subject and forwards what comes to reactor `home`.
-    async fn watch(&mut self, user: Arc<str>, home: u16) {
-        let mut live = match self.client.subscribe(live_subject(&user)).await {
-            Ok(live) => live,
-            Err(e) => return debug!("cluster: live subscription for {user:?}: {e}"),
-        };
-        let (client, reactors, watched) =
-            (self.client.clone(), self.reactors.clone(), user.clone());
-        let task = tokio::spawn(async move {
-            while let Some(message) = live.next().await {
-                let Some((frame, priority)) = decode(&message.payload) else {
-                    continue;
-                };
-                let delivery = Delivery {
-                    user: (*watched).into(),
-                    frame,
-                    priority,
-                    except: None,
-                    ack: None,
-                    copy_of: None,
-                    accepted_ns: 0,
-                    durability: Durability::Relayed,
-                };
-                let mail = Envelope::Deliver(Box::new(delivery));
-                reactors.send(usize::from(home), Inbound::Mail(mail));
-                // A call signal is a request: the answer says a node took it.
-                if let Some(reply) = message.reply {
-                    let _ = client.publish(reply, Bytes::new()).await;
-                }
-            }
-        });
-        if let Some(old) = self.watching.insert(user, task) {
-            old.abort();
-        }
-    }
-
-    /// Publishes a live event; a call signal as a request whose "no responders" tells
-    /// the caller `peer_offline`.
-    fn publish(
-        &self,
-        user: &str,
-        frame: &Outgoing,
-        priority: Priority,
-        call: Option<(ConnAddr, Box<str>)>,
-    ) {
-        let Some(payload) = encode(frame, priority) else {
-            return debug_assert!(false, "not a live event: {:?}", frame.kind);
-        };
-        let (client, subject) = (self.client.clone(), live_subject(user));
-        let reactors = self.reactors.clone();
-        tokio::spawn(async move {
-            let Some((caller, reference)) = call else {
-                if let Err(e) = client.publish(subject, payload).await {
-                    debug!("cluster: live event not published: {e}");
-                }
-                return;
-            };
-            let answer = client.request(subject, payload).await;
-            let nobody = answer.is_err_and(|e| e.kind() == RequestErrorKind::NoResponders);
-            if nobody {
-                let reactor = usize::from(caller.reactor);
-                reactors.send(reactor, Inbound::PeerOffline { caller, reference });
-            }
-        });
-    }
 }
 
 #[cfg(test)]

@@ -182,6 +182,8 @@ wire_names! {
         StoreUnavailable = "store_unavailable",
         /// Over `--groups-per-user-max`.
         TooManyGroups = "too_many_groups",
+        /// It needs the cluster, and NATS is out of reach (`--cluster`).
+        ClusterUnavailable = "cluster_unavailable",
     }
 }
 

@@ -103,10 +103,19 @@ impl Reactor {
             };
             match inbound {
                 Inbound::Mail(envelope) => self.take_mail(envelope),
-                Inbound::PeerOffline { caller, reference } => {
-                    let text = "the receiver has no device online on any node (calls are \
-                                never queued)";
-                    self.error_to(caller, ErrorCode::PeerOffline, text, Some(&reference));
+                Inbound::CallNotTaken {
+                    caller,
+                    reference,
+                    code,
+                } => {
+                    let text = match code {
+                        ErrorCode::PeerOffline => {
+                            "the receiver has no device online on any node (calls are never \
+                             queued)"
+                        }
+                        _ => "the cluster is out of reach: call again",
+                    };
+                    self.error_to(caller, code, text, Some(&reference));
                 }
             }
         }
