@@ -100,6 +100,26 @@ fn a_node_killed_without_a_word_is_counted_dead_and_its_id_is_free_again() {
 }
 
 #[test]
+fn a_joining_node_knows_the_others_at_once_and_one_stops_even_with_nats_gone() {
+    with_nats("a_joining_node_knows_the_others", |mut nats| {
+        let _a = node(&nats.url(), "a");
+        let mut b = node(&nats.url(), "b");
+        // b reads a's last beat when it starts watching: well within a's next beat.
+        let took = wait_for_nodes(&b, 2, Duration::from_secs(1));
+        assert!(took < Duration::from_millis(500), "{took:?}");
+        nats.kill();
+        // Leaving cannot delete the key now; the stop still ends in its bound.
+        let started = Instant::now();
+        assert_eq!(b.terminate(), Some(0));
+        assert!(
+            started.elapsed() < Duration::from_secs(8),
+            "{:?}",
+            started.elapsed()
+        );
+    });
+}
+
+#[test]
 fn a_second_node_with_a_taken_id_refuses_to_start() {
     with_nats("a_second_node_with_a_taken_id", |nats| {
         let a = node(&nats.url(), "same");

@@ -38,6 +38,9 @@ use super::{
 const NODE_BUCKET: &str = "chat_nodes";
 /// A key nobody beats for this long is dropped by the server (a dead node's claim).
 const NODE_KEY_AGE: Duration = Duration::from_secs(60);
+/// How long leaving may take: the node key's delete and a last flush. Past it the node
+/// goes without a word, and the others count it dead after the silence.
+const LEAVE_WAIT: Duration = Duration::from_secs(2);
 /// How long the holder of a claimed id has to answer a ping.
 const PING_WAIT: Duration = Duration::from_millis(1000);
 
@@ -90,11 +93,18 @@ impl Node {
             () = relayer.run(relays, doorbell) => Stop::Asked,
             _ = &mut stopped => Stop::Asked,
         };
-        match outcome {
-            Stop::Asked => self.leave(&client).await,
-            Stop::Refused(why) => self.refuse(why),
+        // Bounded: with NATS away, a request or a flush waits for a reconnect that may
+        // never come, and the shutdown waits for this thread.
+        let goodbye = async {
+            match outcome {
+                Stop::Asked => self.leave(&client).await,
+                Stop::Refused(why) => self.refuse(why),
+            }
+            let _ = client.flush().await;
+        };
+        if tokio::time::timeout(LEAVE_WAIT, goodbye).await.is_err() {
+            warn!("cluster: NATS did not answer; leaving without deleting the node key");
         }
-        let _ = client.flush().await;
     }
 
     /// A client that connects, and reconnects, with backoff for as long as it takes.
@@ -321,7 +331,9 @@ impl Node {
         let mut expiry = tokio::time::interval(Duration::from_secs(1));
         loop {
             let mut members = Members::default();
-            let mut changes = match bucket.watch_all().await {
+            // Each node's last beat first (dated, so a dead node's stale key does not
+            // count), then every change: a node that joins knows the others at once.
+            let mut changes = match bucket.watch_with_history(">").await {
                 Ok(changes) => changes,
                 Err(e) => {
                     attempts += 1;
@@ -382,10 +394,9 @@ impl Node {
             Ok(bucket) => bucket,
             Err(e) => return warn!("cluster: leaving without deleting the node key: {e}"),
         };
-        match tokio::time::timeout(Duration::from_secs(2), bucket.delete(&self.id)).await {
-            Ok(Ok(())) => info!(node = %self.id, "cluster: left"),
-            Ok(Err(e)) => warn!("cluster: node key not deleted: {e}"),
-            Err(_) => warn!("cluster: node key not deleted: NATS did not answer"),
+        match bucket.delete(&self.id).await {
+            Ok(()) => info!(node = %self.id, "cluster: left"),
+            Err(e) => warn!("cluster: node key not deleted: {e}"),
         }
     }
 
