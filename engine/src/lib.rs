@@ -158,7 +158,7 @@ impl Engine {
             recent_by_home[router::home_of(&pair.user, reactors)].push(pair);
         }
         let mut recent_by_home = recent_by_home.into_iter();
-        let (links, relayed) = cluster_channels(&shared)?;
+        let (links, relayed) = cluster_channels(&shared, &store.stats)?;
         let mut links = links.into_iter();
         let (producers, consumers) = mailbox::rings(reactors);
         let (ready_tx, ready_rx) = mpsc::channel();
@@ -279,6 +279,7 @@ impl Engine {
 /// side of them all; without, no links.
 fn cluster_channels(
     shared: &Arc<Shared>,
+    store_stats: &Arc<store::StoreStats>,
 ) -> io::Result<(Vec<Option<reactor::ClusterLink>>, Option<cluster::Link>)> {
     let reactors = shared.config.reactors;
     if shared.config.cluster.is_none() {
@@ -304,5 +305,11 @@ fn cluster_channels(
         senders,
         doorbells: shared.clone(),
     };
-    Ok((links, Some((reactors, relayed, doorbell))))
+    let (figures, store_stats) = (shared.clone(), store_stats.clone());
+    let local_stats = Arc::new(move || {
+        let mut body = Vec::with_capacity(1024);
+        http::metrics::stats_json(&mut body, &figures.health(), &figures.stats, &store_stats);
+        body
+    });
+    Ok((links, Some((reactors, relayed, doorbell, local_stats))))
 }

@@ -323,3 +323,43 @@ fn while_nats_is_away_a_call_is_cluster_unavailable_and_after_it_rings_again() {
         assert_eq!(bob.recv_type("signal")["callId"], "c-9");
     });
 }
+
+#[test]
+fn stats_with_scope_cluster_has_every_node_and_their_sum() {
+    with_nats("stats_scope_cluster", |nats| {
+        let (a, b) = two_nodes(&nats);
+        wait_for_nodes(&b, 2, Duration::from_secs(10));
+        let _alice = a.login("alice", "phone");
+        let (_bob, _carol) = (b.login("bob", "phone"), b.login("carol", "phone"));
+        let (status, body) = a.get("/api/stats?scope=cluster");
+        assert_eq!(status, 200, "{body}");
+        let stats: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(stats["scope"], "cluster");
+        assert_eq!(
+            (&stats["nodes_answered"], &stats["nodes_known"]),
+            (&json!(2), &json!(2))
+        );
+        assert_eq!(stats["total"]["online_users"], 3, "{stats}");
+        let mut ids: Vec<&str> = stats["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["node_id"].as_str().unwrap())
+            .collect();
+        ids.sort_unstable();
+        assert_eq!(ids, ["a", "b"]);
+        // Without scope, or scope=node: this node alone, as before.
+        let (_, local) = a.get("/api/stats?scope=node");
+        let local: Value = serde_json::from_str(&local).unwrap();
+        assert_eq!(local["online_users"], 1, "{local}");
+        assert_eq!(a.get("/api/stats?scope=everything").0, 400);
+    });
+}
+
+#[test]
+fn stats_with_scope_cluster_on_a_node_alone_is_a_clear_400() {
+    let alone = Server::start(Driver::IoUring, &[]);
+    let (status, body) = alone.get("/api/stats?scope=cluster");
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("--cluster"), "{body}");
+}

@@ -15,6 +15,7 @@ mod members;
 mod node;
 pub mod relay;
 mod relayer;
+mod totals;
 mod wire;
 
 use std::{
@@ -178,11 +179,13 @@ pub struct Cluster {
 }
 
 /// The cluster thread's side of the reactors' links: where it delivers to each reactor,
-/// what their shards ask of it, and the doorbell they ring after asking.
+/// what their shards ask of it, the doorbell they ring after asking, and this node's
+/// `/api/stats` figures for the other nodes.
 pub type Link = (
     relay::Reactors,
     mpsc::Receiver<relay::Relay>,
     Arc<crate::sockets::Doorbell>,
+    Arc<dyn Fn() -> Vec<u8> + Send + Sync>,
 );
 
 /// Starts the cluster thread for node `node_id` and waits up to [`CLAIM_WAIT`] for its

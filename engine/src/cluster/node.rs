@@ -86,8 +86,9 @@ impl Node {
             client = self.connect() => client,
             _ = &mut stopped => return,
         };
-        let (reactors, relays, doorbell) = link;
-        let relayer = Relayer::new(&self.servers, format!("engine {} relay", self.id), reactors);
+        let (reactors, relays, doorbell, local_stats) = link;
+        let figures = (self.state.clone(), local_stats);
+        let relayer = Relayer::new(&self.servers, &self.id, reactors, figures);
         let outcome = tokio::select! {
             outcome = self.serve(&client) => outcome,
             () = relayer.run(relays, doorbell) => Stop::Asked,

@@ -42,6 +42,14 @@ pub enum Relay {
         /// The user.
         user: Arc<str>,
     },
+    /// `/api/stats?scope=cluster` from connection `asker`: gather every node's figures
+    /// with this node's, `local`.
+    Stats {
+        /// The HTTP connection waiting.
+        asker: ConnAddr,
+        /// This node's `/api/stats` body.
+        local: Vec<u8>,
+    },
     /// A typing or call signal for `user`'s devices on other nodes.
     Live {
         /// The user.
@@ -61,6 +69,13 @@ pub enum Relay {
 pub enum Inbound {
     /// Mail for the reactor, as from another reactor.
     Mail(Envelope),
+    /// The answer to [`Relay::Stats`]: the body, or `None` if NATS is out of reach.
+    Stats {
+        /// The HTTP connection waiting.
+        asker: ConnAddr,
+        /// Every node's figures and their sum.
+        body: Option<Vec<u8>>,
+    },
     /// The call signal `reference` from connection `caller` reached no device:
     /// `peer_offline` (no node holds one) or `cluster_unavailable` (NATS is out of reach).
     CallNotTaken {

@@ -29,7 +29,9 @@ use tracing::{debug, error, info, warn};
 
 use super::{
     relay::{self, Inbound, Reactors, Relay},
+    totals,
     wire::{self, Op},
+    State,
 };
 use crate::{
     protocol::codes::ErrorCode,
@@ -37,14 +39,33 @@ use crate::{
     sockets::Doorbell,
 };
 
-/// The subscription for the answers to this node's call signals (`<inbox>.<call>`).
+/// The subscription for the answers to this node's requests: `<inbox><call>` for call
+/// signals, `<inbox>s<gather>` for the other nodes' figures.
 const INBOX_SID: u64 = 1;
+/// The subscription on which every node asks the others for their figures.
+const STATS_SID: u64 = 2;
+/// Where a node asks for every node's `/api/stats` figures.
+const STATS_SUBJECT: &str = "chat.stats";
+/// How long a gather of the nodes' figures waits for the nodes that have not answered.
+const STATS_WAIT: Duration = Duration::from_millis(500);
 /// A call signal that got neither an answer nor "no responders" in this long is dropped.
 const CALL_WAIT: Duration = Duration::from_secs(5);
 /// How long a connection attempt, and the handshake after it, may take.
 const CONNECT_WAIT: Duration = Duration::from_secs(2);
 /// Bytes read from the socket at once, at most.
 const READ_CHUNK: usize = 64 * 1024;
+
+/// This node's `/api/stats` body, rendered when another node asks.
+pub(super) type LocalStats = Arc<dyn Fn() -> Vec<u8> + Send + Sync>;
+
+/// A `/api/stats?scope=cluster` under way: who asks, the parts so far, and until when.
+struct Gather {
+    asker: ConnAddr,
+    parts: Vec<Vec<u8>>,
+    /// Live nodes when it started, this one included.
+    expected: u32,
+    until: Instant,
+}
 
 /// The relay's connection and what it serves.
 pub(super) struct Relayer {
@@ -65,6 +86,14 @@ pub(super) struct Relayer {
     next_call: u64,
     /// What is to be written to the connection.
     out: BytesMut,
+    /// This node's id, in its figures.
+    node_id: String,
+    /// How many nodes are alive.
+    state: Arc<State>,
+    /// This node's figures, for the others.
+    local_stats: LocalStats,
+    gathers: HashMap<u64, Gather>,
+    next_gather: u64,
 }
 
 /// What woke the relayer.
@@ -76,18 +105,29 @@ enum Wake {
 }
 
 impl Relayer {
-    /// A relayer for `servers` (`nats://host:port` each), delivering to `reactors`.
-    pub(super) fn new(servers: &[String], name: String, reactors: Reactors) -> Relayer {
+    /// A relayer for node `node_id` on `servers` (`nats://host:port` each), delivering
+    /// to `reactors`.
+    pub(super) fn new(
+        servers: &[String],
+        node_id: &str,
+        reactors: Reactors,
+        (state, local_stats): (Arc<State>, LocalStats),
+    ) -> Relayer {
         Relayer {
+            node_id: node_id.into(),
+            state,
+            local_stats,
+            gathers: HashMap::new(),
+            next_gather: 0,
             servers: servers
                 .iter()
                 .map(|s| s.trim_start_matches("nats://").to_owned())
                 .collect(),
-            name,
+            name: format!("engine {node_id} relay"),
             reactors,
             by_sid: HashMap::new(),
             sids: HashMap::new(),
-            next_sid: INBOX_SID + 1,
+            next_sid: STATS_SID + 1,
             inbox: format!("_INBOX.{}.", super::instance_token_hex()),
             calls: HashMap::new(),
             next_call: 0,
@@ -110,7 +150,7 @@ impl Relayer {
         let mut conn: Option<TcpStream> = None;
         let mut inbuf = BytesMut::with_capacity(READ_CHUNK);
         let (mut attempts, mut retry_at) = (0u32, Instant::now());
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
         loop {
             let wake = tokio::select! {
                 ready = bell.readable() => match ready {
@@ -158,7 +198,7 @@ impl Relayer {
                         debug!(attempts, "cluster: relay connection: {e}");
                     }
                 },
-                Wake::Tick => self.expire_calls(),
+                Wake::Tick => self.expire_waits(),
             }
             if conn.is_none() {
                 self.out.clear();
@@ -189,6 +229,7 @@ impl Relayer {
         let mut hello = BytesMut::new();
         wire::connect(&mut hello, &self.name);
         wire::subscribe(&mut hello, &format!("{}*", self.inbox), INBOX_SID);
+        wire::subscribe(&mut hello, STATS_SUBJECT, STATS_SID);
         for (sid, (user, _)) in &self.by_sid {
             wire::subscribe(&mut hello, &relay::live_subject(user), *sid);
         }
@@ -231,6 +272,7 @@ impl Relayer {
                 self.sids.insert(user.clone(), sid);
                 self.by_sid.insert(sid, (user, home));
             }
+            Relay::Stats { asker, local } => self.gather_stats(asker, &local, connected),
             Relay::Unwatch { user } => {
                 if let Some(sid) = self.sids.remove(&user) {
                     self.by_sid.remove(&sid);
@@ -285,8 +327,17 @@ impl Relayer {
                     sid: INBOX_SID,
                     subject,
                     status,
+                    payload,
                     ..
-                } => self.call_answered(&subject, status),
+                } => self.answered(&subject, status, payload),
+                Op::Msg {
+                    sid: STATS_SID,
+                    reply: Some(reply),
+                    ..
+                } => {
+                    let part = totals::node_part(&self.node_id, &(self.local_stats)());
+                    wire::publish(&mut self.out, &reply, None, &part);
+                }
                 Op::Msg {
                     sid,
                     reply,
@@ -326,12 +377,87 @@ impl Relayer {
         }
     }
 
+    /// An answer on the inbox: another node's figures (`s<gather>`), or a call's.
+    fn answered(&mut self, subject: &[u8], status: Option<u16>, payload: Bytes) {
+        let Some(rest) = subject.strip_prefix(self.inbox.as_bytes()) else {
+            return;
+        };
+        match rest.strip_prefix(b"s") {
+            Some(gather) => self.stats_answered(gather, status, payload),
+            None => self.call_answered(rest, status),
+        }
+    }
+
+    /// Starts gathering every node's figures for `asker`, with this node's `local`.
+    fn gather_stats(&mut self, asker: ConnAddr, local: &[u8], connected: bool) {
+        if !connected {
+            let unavailable = Inbound::Stats { asker, body: None };
+            return self.reactors.send(usize::from(asker.reactor), unavailable);
+        }
+        let gather = self.next_gather;
+        self.next_gather += 1;
+        let reply = format!("{}s{gather}", self.inbox);
+        wire::publish(&mut self.out, STATS_SUBJECT.as_bytes(), Some(&reply), b"");
+        let parts = vec![totals::node_part(&self.node_id, local)];
+        let expected = self.state.nodes().max(1);
+        let until = Instant::now() + STATS_WAIT;
+        let started = Gather {
+            asker,
+            parts,
+            expected,
+            until,
+        };
+        self.gathers.insert(gather, started);
+        self.finish_gather_if_whole(gather);
+    }
+
+    /// Another node's figures for gather `gather`; "no responders" (503) means this node
+    /// is alone.
+    fn stats_answered(&mut self, gather: &[u8], status: Option<u16>, payload: Bytes) {
+        let Some(gather) = std::str::from_utf8(gather)
+            .ok()
+            .and_then(|g| g.parse().ok())
+        else {
+            return;
+        };
+        let Some(under_way) = self.gathers.get_mut(&gather) else {
+            return; // answered after its wait
+        };
+        match status {
+            Some(_) => under_way.expected = 1,
+            None => under_way.parts.push(payload.to_vec()),
+        }
+        self.finish_gather_if_whole(gather);
+    }
+
+    /// Answers gather `gather` once every node known alive has answered.
+    fn finish_gather_if_whole(&mut self, gather: u64) {
+        let whole = self
+            .gathers
+            .get(&gather)
+            .is_some_and(|g| g.parts.len() >= g.expected as usize);
+        if whole {
+            if let Some(done) = self.gathers.remove(&gather) {
+                self.answer_gather(done);
+            }
+        }
+    }
+
+    fn answer_gather(&self, done: Gather) {
+        let body = totals::cluster_stats(&done.parts, done.expected);
+        let answer = Inbound::Stats {
+            asker: done.asker,
+            body: Some(body),
+        };
+        self.reactors.send(usize::from(done.asker.reactor), answer);
+    }
+
     /// The answer to call signal `<inbox><call>`: a node took it, or (503) none holds
     /// the receiver, and the caller hears `peer_offline`.
-    fn call_answered(&mut self, subject: &[u8], status: Option<u16>) {
-        let call = subject
-            .strip_prefix(self.inbox.as_bytes())
-            .and_then(|n| std::str::from_utf8(n).ok()?.parse::<u64>().ok());
+    fn call_answered(&mut self, call: &[u8], status: Option<u16>) {
+        let call = std::str::from_utf8(call)
+            .ok()
+            .and_then(|n| n.parse::<u64>().ok());
         let Some((caller, reference, _)) = call.and_then(|call| self.calls.remove(&call)) else {
             return;
         };
@@ -346,10 +472,22 @@ impl Relayer {
         }
     }
 
-    /// Forgets the calls that waited longer than [`CALL_WAIT`].
-    fn expire_calls(&mut self) {
+    /// Forgets the calls that waited longer than [`CALL_WAIT`], and answers the gathers
+    /// that waited [`STATS_WAIT`] with the figures that came.
+    fn expire_waits(&mut self) {
         let now = Instant::now();
         self.calls.retain(|_, (_, _, until)| *until > now);
+        let late: Vec<u64> = self
+            .gathers
+            .iter()
+            .filter(|(_, g)| g.until <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for gather in late {
+            if let Some(done) = self.gathers.remove(&gather) {
+                self.answer_gather(done);
+            }
+        }
     }
 }
 

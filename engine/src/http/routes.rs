@@ -40,6 +40,8 @@ pub enum Route {
     Send(SendRequest),
     /// Fan a message out; answer when every home replied.
     Broadcast(BroadcastRequest),
+    /// `/api/stats?scope=cluster`: every node's figures; answer when they have come.
+    ClusterStats,
     /// Read (and with `drain`, empty) a user's offline queue; answer when the store has.
     Queue {
         /// The user.
@@ -77,7 +79,32 @@ pub fn route(request: &Request, body: &[u8], context: &Context<'_>) -> Route {
             Err(e) => api_error(&e, keep_alive),
         },
         p if p.starts_with("/api/messages/queue/") => queue_route(request),
+        "/api/stats" => match (stats_scope(request), context.cluster) {
+            (Ok(false), _) => read_only(request, context),
+            (Ok(true), Some(_)) if request.method == "GET" => Route::ClusterStats,
+            (Ok(true), Some(_)) => read_only(request, context),
+            (Ok(true), None) => {
+                let text = "scope=cluster needs a node in a cluster (--cluster)";
+                Route::Answer(response::json_error(400, "bad_request", text, keep_alive))
+            }
+            (Err(text), _) => {
+                Route::Answer(response::json_error(400, "bad_request", text, keep_alive))
+            }
+        },
         _ => read_only(request, context),
+    }
+}
+
+/// `/api/stats`' `scope`: `node` (or none) for this node, `cluster` for every node.
+fn stats_scope(request: &Request) -> Result<bool, &'static str> {
+    let query = request.query.as_deref().unwrap_or("");
+    let scope = query
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("scope="));
+    match scope {
+        None | Some("node") => Ok(false),
+        Some("cluster") => Ok(true),
+        Some(_) => Err("scope must be node or cluster"),
     }
 }
 

@@ -14,9 +14,10 @@ use bytes::Bytes;
 use super::core::{BroadcastCounts, Reactor};
 use crate::conn::{PageInFlight, PendingApi};
 use crate::{
+    cluster::relay::Relay,
     http::{
         api::{BroadcastRequest, SendRequest},
-        response,
+        metrics, response,
     },
     protocol::{json::Obj, now_ms},
     router::{BroadcastMessage, BroadcastOrder, ConnAddr, Envelope},
@@ -260,6 +261,54 @@ impl Reactor {
     fn api_message_id(&self) -> String {
         let sequence = stats::read(&self.stats().http_requests);
         format!("api-{}-{}-{sequence}", now_ms(), self.id)
+    }
+
+    /// `GET /api/stats?scope=cluster`: this node's figures go to the cluster thread,
+    /// which asks every other node for theirs and answers with them all and their sum.
+    pub(super) fn api_cluster_stats(&mut self, at: ConnAddr, keep_alive: bool) {
+        let mut local = Vec::with_capacity(1024);
+        metrics::stats_json(
+            &mut local,
+            &self.health(),
+            &self.shared.stats,
+            &self.store.stats,
+        );
+        let Some(conn) = self.conn_mut(at) else {
+            return;
+        };
+        conn.aux_mut().pending_api = Some(PendingApi {
+            keep_alive,
+            message_id: "".into(),
+            drain: false,
+        });
+        let asked = self.cluster.as_ref().is_some_and(|cluster| {
+            let sent = cluster.relays.send(Relay::Stats { asker: at, local });
+            if sent.is_ok() {
+                cluster.doorbell.ring();
+            }
+            sent.is_ok()
+        });
+        if !asked {
+            self.answer_cluster_stats(at, None);
+        }
+    }
+
+    /// The cluster's figures for `/api/stats?scope=cluster`; `None`: NATS is out of
+    /// reach (503 `cluster_unavailable`).
+    pub(crate) fn answer_cluster_stats(&mut self, at: ConnAddr, body: Option<Vec<u8>>) {
+        let Some(pending) = self.take_pending_api(at) else {
+            return;
+        };
+        let answer = match body {
+            Some(body) => response::write(200, "application/json", &body, pending.keep_alive, &[]),
+            None => response::json_error(
+                503,
+                "cluster_unavailable",
+                "NATS is out of reach: only this node's figures are known (scope=node)",
+                pending.keep_alive,
+            ),
+        };
+        self.finish_api(at, answer, pending.keep_alive);
     }
 
     fn take_pending_api(&mut self, at: ConnAddr) -> Option<PendingApi> {

@@ -112,6 +112,18 @@ impl Shared {
             && self.cluster.as_ref().is_none_or(|cluster| cluster.ready())
     }
 
+    /// The live figures for `/health` and `/api/stats`, summed over every reactor.
+    pub fn health(&self) -> crate::http::health::Health {
+        let all = &self.stats;
+        crate::http::health::Health {
+            online_users: crate::stats::total(all, |s| &s.online_users),
+            connections: crate::stats::total(all, |s| &s.connections),
+            uptime_seconds: self.started.elapsed().as_secs(),
+            ready: self.ready(),
+            now_ms: crate::protocol::now_ms(),
+        }
+    }
+
     /// Starts the graceful shutdown on every reactor.
     pub fn begin_drain(&self) {
         self.draining.store(true, Ordering::Release);

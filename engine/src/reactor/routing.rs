@@ -103,6 +103,7 @@ impl Reactor {
             };
             match inbound {
                 Inbound::Mail(envelope) => self.take_mail(envelope),
+                Inbound::Stats { asker, body } => self.answer_cluster_stats(asker, body),
                 Inbound::CallNotTaken {
                     caller,
                     reference,

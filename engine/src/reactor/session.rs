@@ -10,7 +10,7 @@ use crate::{
         response,
         routes::{self, Route},
     },
-    protocol::{now_ms, outbound::Outgoing, Priority},
+    protocol::{outbound::Outgoing, Priority},
     router::ConnAddr,
     stats,
     ws::{
@@ -211,6 +211,7 @@ impl Reactor {
             Route::Send(send) => self.api_send(at, req.keep_alive(), send),
             Route::Broadcast(broadcast) => self.api_broadcast(at, req.keep_alive(), broadcast),
             Route::Queue { user, drain } => self.api_queue(at, req.keep_alive(), user, drain),
+            Route::ClusterStats => self.api_cluster_stats(at, req.keep_alive()),
         }
     }
 
@@ -287,14 +288,7 @@ impl Reactor {
     }
 
     /// The live figures for `/health`, summed over every reactor.
-    fn health(&self) -> Health {
-        let all = &self.shared.stats;
-        Health {
-            online_users: stats::total(all, |s| &s.online_users),
-            connections: stats::total(all, |s| &s.connections),
-            uptime_seconds: self.shared.started.elapsed().as_secs(),
-            ready: self.shared.ready(),
-            now_ms: now_ms(),
-        }
+    pub(super) fn health(&self) -> Health {
+        self.shared.health()
     }
 }
