@@ -363,3 +363,25 @@ fn stats_with_scope_cluster_on_a_node_alone_is_a_clear_400() {
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("--cluster"), "{body}");
 }
+
+#[test]
+fn a_call_nats_never_answers_is_cluster_unavailable() {
+    with_nats("a_call_nats_never_answers", |nats| {
+        let (a, b) = two_nodes(&nats);
+        let mut alice = a.login("alice", "phone");
+        let mut bob = b.login("bob", "phone");
+        let typing = json!({"type":"typing","receiverId":"bob","isTyping":true});
+        until_received(&mut alice, &typing, &mut bob, "typing");
+        // Frozen, not gone: the sockets stay open and nothing answers.
+        nats.freeze();
+        let call = json!({"type":"signal","receiverId":"bob","callId":"c-5","kind":"call:initiate",
+                          "payload":{}});
+        alice.send(&call);
+        let error = alice.recv_type("error");
+        nats.thaw();
+        assert_eq!(
+            (&error["code"], &error["ref"]),
+            (&json!("cluster_unavailable"), &json!("c-5"))
+        );
+    });
+}

@@ -48,10 +48,14 @@ const STATS_SID: u64 = 2;
 const STATS_SUBJECT: &str = "chat.stats";
 /// How long a gather of the nodes' figures waits for the nodes that have not answered.
 const STATS_WAIT: Duration = Duration::from_millis(500);
-/// A call signal that got neither an answer nor "no responders" in this long is dropped.
+/// A call signal that got neither an answer nor "no responders" in this long: NATS is
+/// not answering, and the caller hears `cluster_unavailable`.
 const CALL_WAIT: Duration = Duration::from_secs(5);
 /// How long a connection attempt, and the handshake after it, may take.
 const CONNECT_WAIT: Duration = Duration::from_secs(2);
+/// The relay pings the server this often, and drops a connection that leaves two pings
+/// unanswered (a server gone without closing the socket).
+const PING_EVERY: Duration = Duration::from_secs(10);
 /// Bytes read from the socket at once, at most.
 const READ_CHUNK: usize = 64 * 1024;
 
@@ -94,6 +98,8 @@ pub(super) struct Relayer {
     local_stats: LocalStats,
     gathers: HashMap<u64, Gather>,
     next_gather: u64,
+    /// Pings sent and not yet answered, and when the last went.
+    pings: (u32, Instant),
 }
 
 /// What woke the relayer.
@@ -119,6 +125,7 @@ impl Relayer {
             local_stats,
             gathers: HashMap::new(),
             next_gather: 0,
+            pings: (0, Instant::now()),
             servers: servers
                 .iter()
                 .map(|s| s.trim_start_matches("nats://").to_owned())
@@ -191,6 +198,7 @@ impl Relayer {
                     Ok(stream) => {
                         attempts = 0;
                         inbuf.clear();
+                        self.pings = (0, Instant::now());
                         conn = Some(stream);
                     }
                     Err(e) => {
@@ -198,7 +206,13 @@ impl Relayer {
                         debug!(attempts, "cluster: relay connection: {e}");
                     }
                 },
-                Wake::Tick => self.expire_waits(),
+                Wake::Tick => {
+                    self.expire_waits();
+                    if conn.is_some() && !self.ping_due() {
+                        warn!("cluster: NATS did not answer two pings; reconnecting");
+                        conn = None;
+                    }
+                }
             }
             if conn.is_none() {
                 self.out.clear();
@@ -345,7 +359,8 @@ impl Relayer {
                     ..
                 } => self.live_event(sid, reply, &payload),
                 Op::Err(e) => warn!("cluster: NATS said: {e}"),
-                Op::Info | Op::Pong | Op::Ok => {}
+                Op::Pong => self.pings.0 = 0,
+                Op::Info | Op::Ok => {}
             }
         }
         Ok(())
@@ -472,11 +487,42 @@ impl Relayer {
         }
     }
 
-    /// Forgets the calls that waited longer than [`CALL_WAIT`], and answers the gathers
-    /// that waited [`STATS_WAIT`] with the figures that came.
+    /// Pings the server every [`PING_EVERY`]; false once two pings went unanswered.
+    fn ping_due(&mut self) -> bool {
+        let (unanswered, last) = self.pings;
+        if last.elapsed() < PING_EVERY {
+            return true;
+        }
+        if unanswered >= 2 {
+            return false;
+        }
+        wire::ping(&mut self.out);
+        self.pings = (unanswered + 1, Instant::now());
+        true
+    }
+
+    /// Tells the callers whose calls waited longer than [`CALL_WAIT`] that the cluster
+    /// is out of reach, and answers the gathers that waited [`STATS_WAIT`] with the
+    /// figures that came.
     fn expire_waits(&mut self) {
         let now = Instant::now();
-        self.calls.retain(|_, (_, _, until)| *until > now);
+        let late: Vec<u64> = self
+            .calls
+            .iter()
+            .filter(|(_, (_, _, until))| *until <= now)
+            .map(|(call, _)| *call)
+            .collect();
+        for call in late {
+            if let Some((caller, reference, _)) = self.calls.remove(&call) {
+                let code = ErrorCode::ClusterUnavailable;
+                let not_taken = Inbound::CallNotTaken {
+                    caller,
+                    reference,
+                    code,
+                };
+                self.reactors.send(usize::from(caller.reactor), not_taken);
+            }
+        }
         let late: Vec<u64> = self
             .gathers
             .iter()

@@ -171,6 +171,11 @@ pub(super) fn pong(out: &mut BytesMut) {
     out.put_slice(b"PONG\r\n");
 }
 
+/// `PING`.
+pub(super) fn ping(out: &mut BytesMut) {
+    out.put_slice(b"PING\r\n");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -261,9 +266,10 @@ mod tests {
         publish(&mut out, b"chat.live.bob", Some("_INBOX.a.1"), b"hi");
         publish(&mut out, b"x", None, b"");
         pong(&mut out);
+        ping(&mut out);
         assert_eq!(
             &out[..],
-            b"SUB chat.live.bob 3\r\nUNSUB 3\r\nPUB chat.live.bob _INBOX.a.1 2\r\nhi\r\nPUB x 0\r\n\r\nPONG\r\n"
+            b"SUB chat.live.bob 3\r\nUNSUB 3\r\nPUB chat.live.bob _INBOX.a.1 2\r\nhi\r\nPUB x 0\r\n\r\nPONG\r\nPING\r\n"
         );
         let mut hello = BytesMut::new();
         connect(&mut hello, "n");

@@ -58,6 +58,23 @@ impl Nats {
         }
     }
 
+    /// Freezes the server (SIGSTOP): its sockets stay open and it answers nothing.
+    pub fn freeze(&self) {
+        self.signal(libc::SIGSTOP);
+    }
+
+    /// Lets a frozen server go on (SIGCONT).
+    pub fn thaw(&self) {
+        self.signal(libc::SIGCONT);
+    }
+
+    fn signal(&self, signal: i32) {
+        if let Some(child) = &self.child {
+            // SAFETY: kill(2) on our own child's pid.
+            unsafe { libc::kill(child.id() as i32, signal) };
+        }
+    }
+
     /// Starts the server again on the same port and directory.
     pub fn restart(&mut self) -> Result<(), String> {
         self.kill();
