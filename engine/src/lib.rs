@@ -40,6 +40,8 @@
 //!   [`mailbox`]: rings and doorbells between reactors.
 //! - [`store`]: the durable inboxes, history and groups on their own thread;
 //!   [`push`]: the push hook's thread.
+//! - [`cluster`]: `--cluster`: membership in a JetStream bucket and the live relay over
+//!   NATS, on the cluster thread (docs/cluster.md).
 //! - [`timer`]: the per-reactor timer wheel; [`stats`]: per-reactor counters.
 //! - [`shutdown`]: signals and the drain; [`check`]: the host check (`engine check`);
 //!   [`failpoint`]: faults for tests.
