@@ -188,7 +188,7 @@ pub type Link = (
     Arc<dyn Fn() -> Vec<u8> + Send + Sync>,
 );
 
-/// Starts the cluster thread for node `node_id` and waits up to [`CLAIM_WAIT`] for its
+/// Starts the cluster thread for node `node_id` and waits up to 3 s for its
 /// claim on the id. A running node with the same id fails the start; NATS unreachable
 /// does not (the thread retries with backoff, and the node is not ready meanwhile).
 pub fn start(
@@ -234,7 +234,7 @@ pub fn start(
 
 impl Cluster {
     /// Leaves the cluster: the node's key is deleted, so the others count it gone at once
-    /// rather than after [`members::DEAD_AFTER`].
+    /// rather than after 10 s of silence.
     pub fn stop(mut self) {
         self.leave();
     }

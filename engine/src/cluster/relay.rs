@@ -10,7 +10,7 @@
 //! means no node has one, and the caller hears `peer_offline`.
 //!
 //! What a node receives goes to the user's home reactor as a delivery for the devices
-//! there ([`Durability::Relayed`]), which is never published again.
+//! there ([`crate::router::Durability::Relayed`]), which is never published again.
 
 use std::{borrow::Cow, sync::Arc};
 
