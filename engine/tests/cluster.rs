@@ -307,6 +307,9 @@ fn while_nats_is_away_a_call_is_cluster_unavailable_and_after_it_rings_again() {
                 "no cluster_unavailable"
             );
         }
+        // Not ready while NATS is away: its relay, at least, knows.
+        assert_eq!(cluster(&a)["connected"], false);
+        assert_eq!(a.get("/health/ready").0, 503);
         let (_, metrics) = a.get("/metrics");
         let counted: u64 = metrics
             .lines()

@@ -127,8 +127,10 @@ fn node_id_char(c: char) -> bool {
 #[derive(Debug, Default)]
 pub struct State {
     node_id: OnceLock<Box<str>>,
-    /// Connected to a NATS server now.
+    /// The membership client is connected to a NATS server now.
     connected: AtomicBool,
+    /// The live relay's own connection is up now.
+    relay_connected: AtomicBool,
     /// This node holds its id in the node bucket.
     claimed: AtomicBool,
     /// Another running node holds this node's id: it must not serve.
@@ -143,9 +145,10 @@ impl State {
         self.node_id.get().map_or("", |id| id)
     }
 
-    /// Whether the node is connected to NATS.
+    /// Whether the node is connected to NATS: both its connections, membership's and
+    /// the live relay's, are up.
     pub fn connected(&self) -> bool {
-        self.connected.load(Ordering::Acquire)
+        self.connected.load(Ordering::Acquire) && self.relay_connected.load(Ordering::Acquire)
     }
 
     /// Whether the node may serve: connected, and its id is its own.

@@ -214,6 +214,9 @@ impl Relayer {
                     }
                 }
             }
+            self.state
+                .relay_connected
+                .store(conn.is_some(), std::sync::atomic::Ordering::Release);
             if conn.is_none() {
                 self.out.clear();
                 if retry_at <= Instant::now() {
