@@ -114,7 +114,7 @@ impl Node {
         let options = ConnectOptions::new()
             .name(format!("engine {}", self.id))
             .retry_on_initial_connect()
-            // What a node publishes is for the others: its own devices got it already.
+            // Its own pings never come back to it (`holder_answers` asks the others).
             .no_echo()
             .max_reconnects(None)
             .reconnect_delay_callback(|attempts| backoff(attempts as u32))

@@ -123,10 +123,12 @@ fn subject_token(user: &str) -> Cow<'_, str> {
     if plain {
         return Cow::Borrowed(user);
     }
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut token = String::with_capacity(1 + 2 * user.len());
     token.push('~');
     for byte in user.bytes() {
-        token.push_str(&format!("{byte:02x}"));
+        token.push(char::from(HEX[usize::from(byte >> 4)]));
+        token.push(char::from(HEX[usize::from(byte & 0xf)]));
     }
     Cow::Owned(token)
 }

@@ -314,13 +314,7 @@ impl Relayer {
                     }
                     None => {} // a live event is never kept
                     Some((caller, reference)) if !connected => {
-                        let code = ErrorCode::ClusterUnavailable;
-                        let not_taken = Inbound::CallNotTaken {
-                            caller,
-                            reference,
-                            code,
-                        };
-                        self.reactors.send(usize::from(caller.reactor), not_taken);
+                        self.call_not_taken(caller, reference, ErrorCode::ClusterUnavailable)
                     }
                     Some((caller, reference)) => {
                         let call = self.next_call;
@@ -480,14 +474,18 @@ impl Relayer {
             return;
         };
         if status == Some(503) {
-            let code = ErrorCode::PeerOffline;
-            let not_taken = Inbound::CallNotTaken {
-                caller,
-                reference,
-                code,
-            };
-            self.reactors.send(usize::from(caller.reactor), not_taken);
+            self.call_not_taken(caller, reference, ErrorCode::PeerOffline);
         }
+    }
+
+    /// Tells `caller` (`code`) that its call `reference` reached no device.
+    fn call_not_taken(&self, caller: ConnAddr, reference: Box<str>, code: ErrorCode) {
+        let not_taken = Inbound::CallNotTaken {
+            caller,
+            reference,
+            code,
+        };
+        self.reactors.send(usize::from(caller.reactor), not_taken);
     }
 
     /// Pings the server every [`PING_EVERY`]; false once two pings went unanswered.
@@ -517,13 +515,7 @@ impl Relayer {
             .collect();
         for call in late {
             if let Some((caller, reference, _)) = self.calls.remove(&call) {
-                let code = ErrorCode::ClusterUnavailable;
-                let not_taken = Inbound::CallNotTaken {
-                    caller,
-                    reference,
-                    code,
-                };
-                self.reactors.send(usize::from(caller.reactor), not_taken);
+                self.call_not_taken(caller, reference, ErrorCode::ClusterUnavailable);
             }
         }
         let late: Vec<u64> = self
