@@ -647,6 +647,15 @@ mod tests {
             }
         }
 
+        /// `message` from `user`'s connection `conn`.
+        fn send(&mut self, conn: ConnAddr, user: &Arc<str>, message: ClientMessage<'_>) {
+            self.feed(Event::Message {
+                conn,
+                user,
+                message,
+            });
+        }
+
         fn connect(&mut self, slot: u32, user: &str) -> (ConnAddr, Arc<str>) {
             let conn = ConnAddr {
                 reactor: 0,
@@ -684,12 +693,7 @@ mod tests {
             receiver_id: "bob",
             is_typing: true,
         };
-        let user = &alice_user;
-        home.feed(Event::Message {
-            conn: alice,
-            user,
-            message,
-        });
+        home.send(alice, &alice_user, message);
         assert!(home.relays.is_empty(), "{:?}", home.relays);
     }
 
@@ -735,12 +739,7 @@ mod tests {
             receiver_id: "bob",
             is_typing: true,
         };
-        let user = &alice_user;
-        home.feed(Event::Message {
-            conn: alice,
-            user,
-            message: typing,
-        });
+        home.send(alice, &alice_user, typing);
         assert_eq!(
             lives(&home.relays),
             [("bob", false)],
@@ -759,11 +758,7 @@ mod tests {
             kind: "call:initiate",
             payload: b"null".to_vec(),
         };
-        home.feed(Event::Message {
-            conn: alice,
-            user,
-            message: call,
-        });
+        home.send(alice, &alice_user, call);
         assert_eq!(lives(&home.relays), [("carol", true)]);
         assert!(
             home.frames.iter().all(|(_, f)| f["type"] != "error"),
