@@ -388,3 +388,113 @@ fn a_call_nats_never_answers_is_cluster_unavailable() {
         );
     });
 }
+
+/// Subscribes `watcher` to `user`'s presence and returns the status in its
+/// `presence_state`.
+fn watch(watcher: &mut Client, user: &str) -> String {
+    watcher.send(&json!({"type":"presence_subscribe","userIds":[user]}));
+    let state = watcher.recv_type("presence_state");
+    state["users"][0]["status"].as_str().unwrap().to_owned()
+}
+
+/// The next `presence_update` `watcher` gets within `bound`: `(status, timestamp)`.
+fn next_presence(watcher: &mut Client, bound: Duration) -> (String, u64) {
+    let started = Instant::now();
+    while started.elapsed() < bound {
+        if let Some(frame) = watcher.recv_within(Duration::from_millis(100)) {
+            assert_eq!(frame["type"], "presence_update", "{frame}");
+            let status = frame["status"].as_str().unwrap().to_owned();
+            return (status, frame["timestamp"].as_u64().unwrap());
+        }
+    }
+    panic!("no presence_update within {bound:?}");
+}
+
+#[test]
+fn a_user_is_online_while_any_node_holds_a_device_and_offline_when_none_does() {
+    with_nats("presence_across_nodes", |nats| {
+        let (a, b) = two_nodes(&nats);
+        let mut on_a = a.login("watcher", "phone");
+        assert_eq!(watch(&mut on_a, "bob"), "offline");
+        // Bob's first device anywhere: the watcher on the other node sees him online.
+        let bob_on_b = b.login("bob", "phone");
+        assert_eq!(next_presence(&mut on_a, Duration::from_secs(5)).0, "online");
+        // A watcher that starts later, on the node without bob, asks the others.
+        let mut on_a_later = a.login("watcher2", "phone");
+        assert_eq!(watch(&mut on_a_later, "bob"), "online");
+        // A second device on a, then the one on b goes: bob is still online.
+        let bob_on_a = a.login("bob", "laptop");
+        drop(bob_on_b);
+        on_a.expect_silence(Duration::from_millis(500));
+        let mut on_b = b.login("watcher3", "phone");
+        assert_eq!(watch(&mut on_b, "bob"), "online", "held by a");
+        // The last device anywhere: offline on both nodes, once.
+        drop(bob_on_a);
+        for watcher in [&mut on_a, &mut on_a_later, &mut on_b] {
+            assert_eq!(next_presence(watcher, Duration::from_secs(5)).0, "offline");
+            watcher.expect_silence(Duration::from_millis(300));
+        }
+    });
+}
+
+#[test]
+fn a_dead_nodes_users_go_offline_within_15_s() {
+    with_nats("presence_after_node_death", |nats| {
+        let (a, mut b) = two_nodes(&nats);
+        let _bob = b.login("bob", "phone");
+        let mut watcher = a.login("watcher", "phone");
+        let started = Instant::now();
+        while watch(&mut watcher, "bob") != "online" {
+            assert!(started.elapsed() < Duration::from_secs(5), "bob not seen");
+            watcher.send(&json!({"type":"presence_unsubscribe","userIds":["bob"]}));
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        b.child.kill().unwrap();
+        b.child.wait().unwrap();
+        let killed = Instant::now();
+        let (status, _) = next_presence(&mut watcher, DEATH_BOUND);
+        assert_eq!(status, "offline");
+        assert!(killed.elapsed() < DEATH_BOUND, "{:?}", killed.elapsed());
+        // Nothing of the dead node is left: a new watcher sees bob offline.
+        let mut later = a.login("watcher2", "phone");
+        assert_eq!(watch(&mut later, "bob"), "offline");
+    });
+}
+
+#[test]
+fn in_its_grace_a_user_held_by_another_node_stays_online_and_calls_are_peer_offline() {
+    with_nats("presence_grace_across_nodes", |nats| {
+        let a = node(&nats.url(), "a");
+        let args = ["--cluster", &nats.url(), "--node-id", "b"];
+        let b = Server::start(
+            Driver::IoUring,
+            &[&args[..], &["--presence-grace-ms", "1500"]].concat(),
+        );
+        wait_for_nodes(&a, 2, Duration::from_secs(10));
+        let mut alice = a.login("alice", "phone");
+        let mut bob = b.login("bob", "phone");
+        let typing = json!({"type":"typing","receiverId":"bob","isTyping":true});
+        until_received(&mut alice, &typing, &mut bob, "typing");
+        assert_eq!(watch(&mut alice, "bob"), "online");
+        // Dropped without a close frame: online through the grace, offline after it.
+        let dropped = Instant::now();
+        drop(bob);
+        // Meanwhile b holds bob with no device to ring: the call is peer_offline.
+        std::thread::sleep(Duration::from_millis(200));
+        let call = json!({"type":"signal","receiverId":"bob","callId":"c-7",
+                          "kind":"call:initiate","payload":{}});
+        alice.send(&call);
+        let error = alice.recv_type("error");
+        assert_eq!(
+            (&error["code"], &error["ref"]),
+            (&json!("peer_offline"), &json!("c-7"))
+        );
+        let (status, _) = next_presence(&mut alice, Duration::from_secs(5));
+        assert_eq!(status, "offline");
+        let after = dropped.elapsed();
+        assert!(
+            after >= Duration::from_millis(1400),
+            "offline after {after:?}"
+        );
+    });
+}

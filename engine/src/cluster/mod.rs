@@ -9,10 +9,14 @@
 //!
 //! - `members`: which nodes are alive, as a rule without I/O;
 //! - `node`: the thread's work: connecting with backoff, the claim, the heartbeat, the
-//!   watch, and leaving on shutdown.
+//!   watch, and leaving on shutdown;
+//! - `relay`, `relayer`, `wire`: live events and presence between nodes over the relay's
+//!   own NATS connection; `presence`: which other nodes hold the users watched here;
+//! - `totals`: every node's `/api/stats` figures summed.
 
 mod members;
 mod node;
+mod presence;
 pub mod relay;
 mod relayer;
 mod totals;

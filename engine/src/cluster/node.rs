@@ -34,6 +34,9 @@ use super::{
     Claim, Link, State, HEARTBEAT,
 };
 
+/// Where the membership watch tells the relay which instances are gone.
+type Gone = tokio::sync::mpsc::UnboundedSender<Box<str>>;
+
 /// The key-value bucket of node claims and heartbeats.
 const NODE_BUCKET: &str = "chat_nodes";
 /// A key nobody beats for this long is dropped by the server (a dead node's claim).
@@ -88,10 +91,15 @@ impl Node {
         };
         let (reactors, relays, doorbell, local_stats) = link;
         let figures = (self.state.clone(), local_stats);
-        let relayer = Relayer::new(&self.servers, &self.id, reactors, figures);
+        let instance = String::from_utf8_lossy(&self.instance);
+        let me = (&*self.id, &*instance);
+        let relayer = Relayer::new(&self.servers, me, reactors, figures);
+        // The instances of nodes that died or left, from the watch to the relay (their
+        // users' presence goes with them).
+        let (gone, gone_instances) = tokio::sync::mpsc::unbounded_channel();
         let outcome = tokio::select! {
-            outcome = self.serve(&client) => outcome,
-            () = relayer.run(relays, doorbell) => Stop::Asked,
+            outcome = self.serve(&client, gone) => outcome,
+            () = relayer.run(relays, doorbell, gone_instances) => Stop::Asked,
             _ = &mut stopped => Stop::Asked,
         };
         // Bounded: with NATS away, a request or a flush waits for a reconnect that may
@@ -133,8 +141,9 @@ impl Node {
         }
     }
 
-    /// Claims the id, then beats, watches and answers pings; returns only on a refusal.
-    async fn serve(&self, client: &Client) -> Stop {
+    /// Claims the id, then beats, watches (telling `gone` the instances of nodes that die
+    /// or leave) and answers pings; returns only on a refusal.
+    async fn serve(&self, client: &Client, gone: Gone) -> Stop {
         let bucket = self.bucket(client).await;
         // Answering before the claim: a node starting with the same id meanwhile must
         // find this one alive.
@@ -151,7 +160,7 @@ impl Node {
         }
         tokio::select! {
             why = self.beat(&bucket, revision) => Stop::Refused(why),
-            _ = self.watch(&bucket) => unreachable!("the watch retries forever"),
+            _ = self.watch(&bucket, &gone) => unreachable!("the watch retries forever"),
             _ = pings => unreachable!("the ping answers retry forever"),
         }
     }
@@ -326,12 +335,14 @@ impl Node {
     }
 
     /// Keeps [`State::nodes`] up to date from the bucket's changes and the silence of
-    /// nodes that stopped beating; rewatches from scratch if the watch ends.
-    async fn watch(&self, bucket: &kv::Store) {
+    /// nodes that stopped beating, and tells `gone` each instance that died, left or was
+    /// replaced; rewatches from each key's last value if the watch ends (what it knew is
+    /// kept, so a node that died meanwhile is still counted dead).
+    async fn watch(&self, bucket: &kv::Store, gone: &Gone) {
         let mut attempts = 0;
         let mut expiry = tokio::time::interval(Duration::from_secs(1));
+        let mut members = Members::default();
         loop {
-            let mut members = Members::default();
             // Each node's last beat first (dated, so a dead node's stale key does not
             // count), then every change: a node that joins knows the others at once.
             let mut changes = match bucket.watch_with_history(">").await {
@@ -347,13 +358,14 @@ impl Node {
             loop {
                 tokio::select! {
                     change = changes.next() => match change {
-                        Some(Ok(entry)) => self.note(&mut members, &entry),
+                        Some(Ok(entry)) => self.note(&mut members, &entry, gone),
                         Some(Err(e)) => debug!("cluster: node watch: {e}"),
                         None => break,
                     },
                     _ = expiry.tick() => {
-                        for id in members.expire(Instant::now()) {
+                        for (id, instance) in members.expire(Instant::now()) {
                             warn!(node = &*id, "cluster: node silent for {} s: counted dead", DEAD_AFTER.as_secs());
+                            let _ = gone.send(instance);
                         }
                     }
                 }
@@ -365,19 +377,26 @@ impl Node {
     }
 
     /// One change of the node bucket.
-    fn note(&self, members: &mut Members, entry: &kv::Entry) {
+    fn note(&self, members: &mut Members, entry: &kv::Entry, gone: &Gone) {
         match entry.operation {
             Operation::Put => {
                 let now = Instant::now();
                 let age = age_of(entry.created.unix_timestamp_nanos());
                 let at = now.checked_sub(age).unwrap_or(now);
-                if members.heard(&self.id, &entry.key, at, now) == Change::Joined {
-                    info!(node = %entry.key, "cluster: node joined");
+                let instance = String::from_utf8_lossy(&entry.value);
+                match members.heard(&self.id, (&entry.key, &instance), at, now) {
+                    Change::Joined => info!(node = %entry.key, "cluster: node joined"),
+                    Change::Replaced(old) => {
+                        info!(node = %entry.key, "cluster: node id taken over by a new process");
+                        let _ = gone.send(old);
+                    }
+                    Change::Beat | Change::Ignored => {}
                 }
             }
             Operation::Delete | Operation::Purge => {
-                if members.left(&entry.key) {
+                if let Some(instance) = members.left(&entry.key) {
                     info!(node = %entry.key, "cluster: node left");
+                    let _ = gone.send(instance);
                 }
             }
         }

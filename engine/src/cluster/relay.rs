@@ -11,6 +11,12 @@
 //!
 //! What a node receives goes to the user's home reactor as a delivery for the devices
 //! there ([`crate::router::Durability::Relayed`]), which is never published again.
+//!
+//! Presence rides on the same subscription ([`super::presence`]): a node holds a user
+//! from the first device until the user is offline there (the grace included), announces
+//! both on `chat.presence.<user>`, and answers the question "who holds the user?" asked on
+//! `chat.live.<user>`. In the grace it answers a call with [`CALL_AWAY`]: held, but no
+//! device to ring.
 
 use std::{borrow::Cow, sync::Arc};
 
@@ -29,16 +35,38 @@ use crate::{
 /// What a shard asks of the cluster ([`crate::shard::Effect::Cluster`]).
 #[derive(Debug)]
 pub enum Relay {
-    /// A first device of `user` is on this node: live events for the user come here, to
-    /// home reactor `home`.
+    /// A first device of `user` is on this node (or one is back in the user's grace):
+    /// live events for the user come here, to home reactor `home`.
     Watch {
         /// The user.
         user: Arc<str>,
         /// The user's home reactor on this node.
         home: u16,
     },
-    /// The last device of `user` on this node is gone.
+    /// The last device of `user` on this node is gone, and the user is in its grace:
+    /// still held (online), but no device takes a live event.
+    Away {
+        /// The user.
+        user: Arc<str>,
+    },
+    /// `user` is offline on this node (the last device gone and the grace over) since
+    /// `at_ms`.
     Unwatch {
+        /// The user.
+        user: Arc<str>,
+        /// When (Unix ms).
+        at_ms: u64,
+    },
+    /// A connection on this node watches `user`'s presence (its first watcher here):
+    /// report to home reactor `home` whether other nodes hold the user.
+    WatchPresence {
+        /// The user.
+        user: Arc<str>,
+        /// The user's home reactor on this node.
+        home: u16,
+    },
+    /// Nobody on this node watches `user` any more.
+    UnwatchPresence {
         /// The user.
         user: Arc<str>,
     },
@@ -113,6 +141,39 @@ pub(super) fn live_subject(user: &str) -> String {
     format!("chat.live.{}", subject_token(user))
 }
 
+/// The subject where nodes announce that they hold `user` or let the user go.
+pub(super) fn presence_subject(user: &str) -> String {
+    format!("chat.presence.{}", subject_token(user))
+}
+
+/// The question "who holds this user?" on `chat.live.<user>`: each holder answers with
+/// its instance.
+pub(super) const QUESTION: &[u8] = &[3];
+/// A node's answer to a call it rang on a device.
+pub(super) const CALL_TAKEN: &[u8] = b"";
+/// A node's answer to a call for a user it holds in the grace, with no device to ring.
+pub(super) const CALL_AWAY: &[u8] = b"away";
+
+/// An announcement on `chat.presence.<user>`: `1` (holds) or `0` (let go), the time in
+/// Unix ms and the announcing instance, separated by spaces.
+pub(super) fn announcement(online: bool, at_ms: u64, instance: &str) -> Vec<u8> {
+    format!("{} {at_ms} {instance}", u8::from(online)).into_bytes()
+}
+
+/// `(online, at_ms, instance)` of an announcement, or `None` if it is not one.
+pub(super) fn parse_announcement(payload: &[u8]) -> Option<(bool, u64, &str)> {
+    let text = std::str::from_utf8(payload).ok()?;
+    let mut parts = text.splitn(3, ' ');
+    let online = match parts.next()? {
+        "1" => true,
+        "0" => false,
+        _ => return None,
+    };
+    let at_ms = parts.next()?.parse().ok()?;
+    let instance = parts.next().filter(|i| !i.is_empty())?;
+    Some((online, at_ms, instance))
+}
+
 /// `user` as one subject token: itself when it is letters, digits, `-` and `_` only,
 /// else `~` and its bytes in hex (no plain token starts with `~`, so none collides).
 fn subject_token(user: &str) -> Cow<'_, str> {
@@ -177,6 +238,22 @@ mod tests {
         assert_eq!(live_subject("~61"), "chat.live.~7e3631");
         assert_eq!(live_subject(""), "chat.live.~");
         assert_eq!(live_subject("é"), "chat.live.~c3a9");
+    }
+
+    #[test]
+    fn announcements_round_trip_and_bad_ones_are_refused() {
+        assert_eq!(presence_subject("a.b"), "chat.presence.~612e62");
+        let said = announcement(true, 1_700, "123-abc");
+        assert_eq!(parse_announcement(&said), Some((true, 1_700, "123-abc")));
+        let said = announcement(false, 5, "x");
+        assert_eq!(parse_announcement(&said), Some((false, 5, "x")));
+        for bad in [&b""[..], b"1", b"2 5 x", b"1 x y", b"1 5 ", b"\xff"] {
+            assert_eq!(parse_announcement(bad), None, "{bad:?}");
+        }
+        assert!(
+            decode(&Bytes::from_static(QUESTION)).is_none(),
+            "not an event"
+        );
     }
 
     #[test]

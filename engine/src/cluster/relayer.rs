@@ -9,7 +9,8 @@
 //! this node gets `cluster_unavailable`. On reconnecting it subscribes to every user again.
 //!
 //! Per user online on this node it keeps two map entries (user → subscription, and back),
-//! and the server keeps one subscription.
+//! and the server keeps one subscription. Per user watched here (presence), the same, and
+//! the other nodes that hold the user ([`super::presence`]).
 
 use std::{
     io,
@@ -28,6 +29,7 @@ use tokio::{
 use tracing::{debug, error, info, warn};
 
 use super::{
+    presence::{Holders, Report},
     relay::{self, Inbound, Reactors, Relay},
     totals,
     wire::{self, Op},
@@ -62,6 +64,33 @@ const READ_CHUNK: usize = 64 * 1024;
 /// This node's `/api/stats` body, rendered when another node asks.
 pub(super) type LocalStats = Arc<dyn Fn() -> Vec<u8> + Send + Sync>;
 
+/// How long a call waits for a node with a device after a node that holds the receiver
+/// in its grace answered [`relay::CALL_AWAY`].
+const AWAY_WAIT: Duration = Duration::from_millis(200);
+
+/// What a subscription is for.
+enum Sub {
+    /// `chat.live.<user>`: a user this node holds, its home here, and whether a device
+    /// of the user is online here (not only in its grace).
+    Live {
+        user: Arc<str>,
+        home: u16,
+        devices: bool,
+    },
+    /// `chat.presence.<user>`: a user watched here.
+    Presence(Arc<str>),
+}
+
+/// A call signal waiting on an answer.
+struct Call {
+    caller: ConnAddr,
+    reference: Box<str>,
+    until: Instant,
+    /// A node holding the receiver in its grace answered: no answer by `until` means
+    /// `peer_offline`, not `cluster_unavailable`.
+    away: bool,
+}
+
 /// A `/api/stats?scope=cluster` under way: who asks, the parts so far, and until when.
 struct Gather {
     asker: ConnAddr,
@@ -78,20 +107,28 @@ pub(super) struct Relayer {
     /// The connection's name on the server.
     name: String,
     reactors: Reactors,
-    /// The user each subscription is for, and the user's home reactor here.
-    by_sid: HashMap<u64, (Arc<str>, u16)>,
-    /// Each watched user's subscription.
+    /// What each subscription is for.
+    by_sid: HashMap<u64, Sub>,
+    /// Each held user's live subscription.
     sids: HashMap<Arc<str>, u64>,
+    /// Each watched user's presence subscription.
+    presence_sids: HashMap<Arc<str>, u64>,
+    /// What other nodes hold of the users watched here.
+    holders: Holders,
+    /// Users let go while NATS was out of reach, and when: announced on reconnecting.
+    let_go: HashMap<Arc<str>, u64>,
     next_sid: u64,
     /// `_INBOX.<random>.`: where the answers to this node's call signals come.
     inbox: String,
-    /// Call signals waiting on an answer: the caller, the call id, and until when.
-    calls: HashMap<u64, (ConnAddr, Box<str>, Instant)>,
+    /// Call signals waiting on an answer.
+    calls: HashMap<u64, Call>,
     next_call: u64,
     /// What is to be written to the connection.
     out: BytesMut,
     /// This node's id, in its figures.
     node_id: String,
+    /// This process's token, in its presence announcements and answers.
+    instance: String,
     /// How many nodes are alive.
     state: Arc<State>,
     /// This node's figures, for the others.
@@ -108,19 +145,24 @@ enum Wake {
     Read(io::Result<usize>),
     Reconnect,
     Tick,
+    Gone(Box<str>),
 }
 
 impl Relayer {
-    /// A relayer for node `node_id` on `servers` (`nats://host:port` each), delivering
-    /// to `reactors`.
+    /// A relayer for node `node_id`, run by process `instance`, on `servers`
+    /// (`nats://host:port` each), delivering to `reactors`.
     pub(super) fn new(
         servers: &[String],
-        node_id: &str,
+        (node_id, instance): (&str, &str),
         reactors: Reactors,
         (state, local_stats): (Arc<State>, LocalStats),
     ) -> Relayer {
         Relayer {
             node_id: node_id.into(),
+            instance: instance.into(),
+            presence_sids: HashMap::new(),
+            holders: Holders::default(),
+            let_go: HashMap::new(),
             state,
             local_stats,
             gathers: HashMap::new(),
@@ -142,9 +184,15 @@ impl Relayer {
         }
     }
 
-    /// Carries out what the shards ask, woken by `doorbell`, until every reactor is gone
-    /// (the engine stops) or the doorbell cannot be waited on.
-    pub(super) async fn run(mut self, relays: mpsc::Receiver<Relay>, doorbell: Arc<Doorbell>) {
+    /// Carries out what the shards ask, woken by `doorbell`, and forgets the holdings of
+    /// the instances `gone` names, until every reactor is gone (the engine stops) or the
+    /// doorbell cannot be waited on.
+    pub(super) async fn run(
+        mut self,
+        relays: mpsc::Receiver<Relay>,
+        doorbell: Arc<Doorbell>,
+        mut gone: tokio::sync::mpsc::UnboundedReceiver<Box<str>>,
+    ) {
         // SAFETY: `BellFd` holds the doorbell, which owns the eventfd and closes it only
         // when dropped: the fd stays open, and is not replaced, while tokio watches it.
         let registered = unsafe {
@@ -170,6 +218,7 @@ impl Relayer {
                 read = read_some(conn.as_mut(), &mut inbuf), if conn.is_some() => Wake::Read(read),
                 () = tokio::time::sleep_until(retry_at), if conn.is_none() => Wake::Reconnect,
                 _ = tick.tick() => Wake::Tick,
+                Some(instance) = gone.recv() => Wake::Gone(instance),
             };
             match wake {
                 Wake::Doorbell => {
@@ -200,12 +249,17 @@ impl Relayer {
                         inbuf.clear();
                         self.pings = (0, Instant::now());
                         conn = Some(stream);
+                        self.reconnected();
                     }
                     Err(e) => {
                         attempts += 1;
                         debug!(attempts, "cluster: relay connection: {e}");
                     }
                 },
+                Wake::Gone(instance) => {
+                    let reports = self.holders.gone(&instance, crate::protocol::now_ms());
+                    self.report(reports);
+                }
                 Wake::Tick => {
                     self.expire_waits();
                     if conn.is_some() && !self.ping_due() {
@@ -247,8 +301,12 @@ impl Relayer {
         wire::connect(&mut hello, &self.name);
         wire::subscribe(&mut hello, &format!("{}*", self.inbox), INBOX_SID);
         wire::subscribe(&mut hello, STATS_SUBJECT, STATS_SID);
-        for (sid, (user, _)) in &self.by_sid {
-            wire::subscribe(&mut hello, &relay::live_subject(user), *sid);
+        for (sid, sub) in &self.by_sid {
+            let subject = match sub {
+                Sub::Live { user, .. } => relay::live_subject(user),
+                Sub::Presence(user) => relay::presence_subject(user),
+            };
+            wire::subscribe(&mut hello, &subject, *sid);
         }
         stream.write_all(&hello).await?;
         let mut inbuf = BytesMut::with_capacity(READ_CHUNK);
@@ -276,28 +334,35 @@ impl Relayer {
     /// One relay from a shard; written to the connection if there is one.
     fn carry_out(&mut self, relay: Relay, connected: bool) {
         match relay {
-            Relay::Watch { user, home } => {
-                if let Some(sid) = self.sids.get(&user) {
-                    self.by_sid.insert(*sid, (user, home));
-                    return;
+            Relay::Watch { user, home } => self.hold(user, home, connected),
+            Relay::Away { user } => {
+                let sid = self.sids.get(&user);
+                if let Some(Sub::Live { devices, .. }) = sid.and_then(|s| self.by_sid.get_mut(s)) {
+                    *devices = false;
                 }
-                let sid = self.next_sid;
-                self.next_sid += 1;
-                if connected {
-                    wire::subscribe(&mut self.out, &relay::live_subject(&user), sid);
-                }
-                self.sids.insert(user.clone(), sid);
-                self.by_sid.insert(sid, (user, home));
             }
-            Relay::Stats { asker, local } => self.gather_stats(asker, &local, connected),
-            Relay::Unwatch { user } => {
+            Relay::Unwatch { user, at_ms } => {
                 if let Some(sid) = self.sids.remove(&user) {
+                    self.by_sid.remove(&sid);
+                    if connected {
+                        wire::unsubscribe(&mut self.out, sid);
+                        self.announce(&user, false, at_ms);
+                    } else {
+                        self.let_go.insert(user, at_ms);
+                    }
+                }
+            }
+            Relay::WatchPresence { user, home } => self.watch_presence(user, home, connected),
+            Relay::UnwatchPresence { user } => {
+                self.holders.unwatch(&user);
+                if let Some(sid) = self.presence_sids.remove(&user) {
                     self.by_sid.remove(&sid);
                     if connected {
                         wire::unsubscribe(&mut self.out, sid);
                     }
                 }
             }
+            Relay::Stats { asker, local } => self.gather_stats(asker, &local, connected),
             Relay::Live {
                 user,
                 frame,
@@ -321,11 +386,114 @@ impl Relayer {
                         self.next_call += 1;
                         let reply = format!("{}{call}", self.inbox);
                         wire::publish(&mut self.out, subject.as_bytes(), Some(&reply), &payload);
-                        let until = Instant::now() + CALL_WAIT;
-                        self.calls.insert(call, (caller, reference, until));
+                        let waiting = Call {
+                            caller,
+                            reference,
+                            until: Instant::now() + CALL_WAIT,
+                            away: false,
+                        };
+                        self.calls.insert(call, waiting);
                     }
                 }
             }
+        }
+    }
+
+    /// `user` has a device on this node: subscribed to the user's live events, and, if
+    /// the user was not held here yet, announced.
+    fn hold(&mut self, user: Arc<str>, home: u16, connected: bool) {
+        if let Some(sid) = self.sids.get(&user) {
+            let live = Sub::Live {
+                user,
+                home,
+                devices: true,
+            };
+            self.by_sid.insert(*sid, live);
+            return;
+        }
+        let sid = self.next_sid;
+        self.next_sid += 1;
+        // Back while NATS is away: its letting go is not announced on reconnecting.
+        self.let_go.remove(&user);
+        if connected {
+            wire::subscribe(&mut self.out, &relay::live_subject(&user), sid);
+            self.announce(&user, true, crate::protocol::now_ms());
+        }
+        self.sids.insert(user.clone(), sid);
+        let live = Sub::Live {
+            user,
+            home,
+            devices: true,
+        };
+        self.by_sid.insert(sid, live);
+    }
+
+    /// Announces that this node holds `user` (`online`) or let the user go at `at_ms`.
+    fn announce(&mut self, user: &str, online: bool, at_ms: u64) {
+        let subject = relay::presence_subject(user);
+        let said = relay::announcement(online, at_ms, &self.instance);
+        wire::publish(&mut self.out, subject.as_bytes(), None, &said);
+    }
+
+    /// A first watcher of `user` on this node: subscribed to the user's announcements,
+    /// and the holders asked (with NATS out of reach, the home hears "nobody else" now,
+    /// and the question is asked on reconnecting).
+    fn watch_presence(&mut self, user: Arc<str>, home: u16, connected: bool) {
+        let now = Instant::now();
+        let Some(question) = self.holders.watch(user.clone(), home, now) else {
+            return;
+        };
+        let sid = self.next_sid;
+        self.next_sid += 1;
+        self.presence_sids.insert(user.clone(), sid);
+        if connected {
+            wire::subscribe(&mut self.out, &relay::presence_subject(&user), sid);
+            self.ask(&user, question);
+        } else {
+            let report = self.holders.unanswered(question, crate::protocol::now_ms());
+            self.report(report);
+        }
+        self.by_sid.insert(sid, Sub::Presence(user));
+    }
+
+    /// Asks who holds `user`; the answers come to `<inbox>p<question>`.
+    fn ask(&mut self, user: &str, question: u64) {
+        let reply = format!("{}p{question}", self.inbox);
+        let subject = relay::live_subject(user);
+        wire::publish(
+            &mut self.out,
+            subject.as_bytes(),
+            Some(&reply),
+            relay::QUESTION,
+        );
+    }
+
+    /// Back on NATS: what the others missed is said again (every user held here, and
+    /// those let go meanwhile), and every watched user's holders are asked again.
+    fn reconnected(&mut self) {
+        let now_ms = crate::protocol::now_ms();
+        let held: Vec<Arc<str>> = self.sids.keys().cloned().collect();
+        for user in held {
+            self.announce(&user, true, now_ms);
+        }
+        for (user, at_ms) in std::mem::take(&mut self.let_go) {
+            self.announce(&user, false, at_ms);
+        }
+        for (user, question) in self.holders.ask_again(Instant::now()) {
+            self.ask(&user, question);
+        }
+    }
+
+    /// Tells each report's home what the other nodes hold of its user.
+    fn report(&self, reports: impl IntoIterator<Item = Report>) {
+        for report in reports {
+            let change = Envelope::RemotePresence {
+                user: (*report.user).into(),
+                online: report.online,
+                at_ms: report.at_ms,
+            };
+            self.reactors
+                .send(usize::from(report.home), Inbound::Mail(change));
         }
     }
 
@@ -354,7 +522,19 @@ impl Relayer {
                     reply,
                     payload,
                     ..
-                } => self.live_event(sid, reply, &payload),
+                } => match self.by_sid.get(&sid) {
+                    Some(Sub::Live { .. }) => self.live_event(sid, reply, &payload),
+                    Some(Sub::Presence(user)) => {
+                        let Some((online, at_ms, instance)) = relay::parse_announcement(&payload)
+                        else {
+                            debug!("cluster: a presence announcement that does not parse");
+                            continue;
+                        };
+                        let report = self.holders.announced(user, instance, online, at_ms);
+                        self.report(report);
+                    }
+                    None => {} // unsubscribed meanwhile
+                },
                 Op::Err(e) => warn!("cluster: NATS said: {e}"),
                 Op::Pong => self.pings.0 = 0,
                 Op::Info | Op::Ok => {}
@@ -363,15 +543,39 @@ impl Relayer {
         Ok(())
     }
 
-    /// A live event for a user this node holds: to the user's home reactor here. A call
-    /// signal's request is answered: a node took it.
+    /// A live event for a user this node holds: to the user's home reactor here, if a
+    /// device of the user is online here. A call signal's request is answered: a node
+    /// took it, or holds the user with no device to ring. A question is answered with
+    /// this instance: it holds the user.
     fn live_event(&mut self, sid: u64, reply: Option<Bytes>, payload: &Bytes) {
-        let Some((user, home)) = self.by_sid.get(&sid) else {
-            return; // unsubscribed meanwhile
+        let Some(Sub::Live {
+            user,
+            home,
+            devices,
+        }) = self.by_sid.get(&sid)
+        else {
+            return;
         };
+        if payload[..] == *relay::QUESTION {
+            if let Some(reply) = reply {
+                wire::publish(&mut self.out, &reply, None, self.instance.as_bytes());
+            }
+            return;
+        }
         let Some((frame, priority)) = relay::decode(payload) else {
             return debug!("cluster: a live event that does not parse, dropped");
         };
+        if let Some(reply) = reply {
+            let answer = if *devices {
+                relay::CALL_TAKEN
+            } else {
+                relay::CALL_AWAY
+            };
+            wire::publish(&mut self.out, &reply, None, answer);
+        }
+        if !*devices {
+            return;
+        }
         let delivery = Delivery {
             user: (**user).into(),
             frame,
@@ -384,9 +588,6 @@ impl Relayer {
         };
         let mail = Inbound::Mail(Envelope::Deliver(Box::new(delivery)));
         self.reactors.send(usize::from(*home), mail);
-        if let Some(reply) = reply {
-            wire::publish(&mut self.out, &reply, None, b"");
-        }
     }
 
     /// An answer on the inbox: another node's figures (`s<gather>`), or a call's.
@@ -394,9 +595,24 @@ impl Relayer {
         let Some(rest) = subject.strip_prefix(self.inbox.as_bytes()) else {
             return;
         };
-        match rest.strip_prefix(b"s") {
-            Some(gather) => self.stats_answered(gather, status, payload),
-            None => self.call_answered(rest, status),
+        let number = |digits: &[u8]| std::str::from_utf8(digits).ok()?.parse::<u64>().ok();
+        match rest.split_first() {
+            Some((b's', gather)) => self.stats_answered(gather, status, payload),
+            Some((b'p', question)) => {
+                let Some(question) = number(question) else {
+                    return;
+                };
+                let now_ms = crate::protocol::now_ms();
+                let report = match (status, std::str::from_utf8(&payload)) {
+                    (Some(503), _) => self.holders.unanswered(question, now_ms),
+                    (None, Ok(instance)) if !instance.is_empty() => {
+                        self.holders.answered(question, instance, now_ms)
+                    }
+                    _ => None,
+                };
+                self.report(report);
+            }
+            _ => self.call_answered(number(rest), status, &payload),
         }
     }
 
@@ -464,17 +680,25 @@ impl Relayer {
         self.reactors.send(usize::from(done.asker.reactor), answer);
     }
 
-    /// The answer to call signal `<inbox><call>`: a node took it, or (503) none holds
-    /// the receiver, and the caller hears `peer_offline`.
-    fn call_answered(&mut self, call: &[u8], status: Option<u16>) {
-        let call = std::str::from_utf8(call)
-            .ok()
-            .and_then(|n| n.parse::<u64>().ok());
-        let Some((caller, reference, _)) = call.and_then(|call| self.calls.remove(&call)) else {
+    /// An answer to call signal `<inbox><call>`: a node took it; or (503) none holds the
+    /// receiver, and the caller hears `peer_offline`; or a node holds the receiver in its
+    /// grace, and the call waits [`AWAY_WAIT`] more for a node that takes it.
+    fn call_answered(&mut self, call: Option<u64>, status: Option<u16>, answer: &[u8]) {
+        let Some(call) = call else {
+            return;
+        };
+        if status.is_none() && answer == relay::CALL_AWAY {
+            if let Some(waiting) = self.calls.get_mut(&call) {
+                waiting.away = true;
+                waiting.until = waiting.until.min(Instant::now() + AWAY_WAIT);
+            }
+            return;
+        }
+        let Some(waiting) = self.calls.remove(&call) else {
             return;
         };
         if status == Some(503) {
-            self.call_not_taken(caller, reference, ErrorCode::PeerOffline);
+            self.call_not_taken(waiting.caller, waiting.reference, ErrorCode::PeerOffline);
         }
     }
 
@@ -503,19 +727,25 @@ impl Relayer {
     }
 
     /// Tells the callers whose calls waited longer than [`CALL_WAIT`] that the cluster
-    /// is out of reach, and answers the gathers that waited [`STATS_WAIT`] with the
-    /// figures that came.
+    /// is out of reach (or, if a node holds the receiver in its grace, that the receiver
+    /// is offline), answers the gathers that waited [`STATS_WAIT`] with the figures that
+    /// came, and settles the presence questions that waited long enough.
     fn expire_waits(&mut self) {
         let now = Instant::now();
         let late: Vec<u64> = self
             .calls
             .iter()
-            .filter(|(_, (_, _, until))| *until <= now)
-            .map(|(call, _)| *call)
+            .filter(|(_, call)| call.until <= now)
+            .map(|(id, _)| *id)
             .collect();
         for call in late {
-            if let Some((caller, reference, _)) = self.calls.remove(&call) {
-                self.call_not_taken(caller, reference, ErrorCode::ClusterUnavailable);
+            if let Some(call) = self.calls.remove(&call) {
+                let code = if call.away {
+                    ErrorCode::PeerOffline
+                } else {
+                    ErrorCode::ClusterUnavailable
+                };
+                self.call_not_taken(call.caller, call.reference, code);
             }
         }
         let late: Vec<u64> = self
@@ -529,6 +759,8 @@ impl Relayer {
                 self.answer_gather(done);
             }
         }
+        let settled = self.holders.expire(now, crate::protocol::now_ms());
+        self.report(settled);
     }
 }
 

@@ -334,6 +334,16 @@ pub enum Envelope {
         /// The change.
         note: Arc<PresenceNote>,
     },
+    /// To a home, from the cluster's relay: whether other nodes hold a user watched here
+    /// (any of their devices online, or the user in their grace).
+    RemotePresence {
+        /// The user.
+        user: Box<str>,
+        /// Whether another node holds the user.
+        online: bool,
+        /// When that became so (Unix ms).
+        at_ms: u64,
+    },
     /// To a home: `watcher` stops watching these users.
     Unsubscribe {
         /// The watching connection.
@@ -388,6 +398,7 @@ impl Envelope {
             | Envelope::Deliver(_)
             | Envelope::Subscribe { .. }
             | Envelope::Unsubscribe { .. }
+            | Envelope::RemotePresence { .. }
             | Envelope::Broadcast(_)
             | Envelope::GroupJoin(_)
             | Envelope::GroupPost(_)

@@ -108,8 +108,37 @@ impl InboxHead {
 struct Presence {
     /// Connections watching this user's presence.
     watchers: Vec<ConnAddr>,
-    /// When the last device went offline (ms).
+    /// When the last device went offline (ms), here or, in a cluster, on the last node.
     last_seen_ms: Option<u64>,
+    /// What the other nodes of a cluster hold of the user.
+    elsewhere: Elsewhere,
+}
+
+/// Whether another node of the cluster holds a device of a watched user (or has the user
+/// in its grace), as this node's relay last reported ([`crate::cluster::relay`]). Alone,
+/// a node never hears of other nodes: [`Elsewhere::Offline`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Elsewhere {
+    /// No other node holds the user.
+    #[default]
+    Offline,
+    /// Asked, not yet answered: the first watcher's `presence_state` waits for it.
+    Unknown,
+    /// At least one other node holds the user.
+    Online,
+}
+
+/// What a watcher learns as it starts watching a user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Watching {
+    /// Whether a device of the user is online here.
+    pub online_here: bool,
+    /// When the user was last seen, if offline and known.
+    pub last_seen_ms: Option<u64>,
+    /// What the other nodes hold.
+    pub elsewhere: Elsewhere,
+    /// This is the user's first watcher here.
+    pub first: bool,
 }
 
 /// What a registration changed.
@@ -321,30 +350,74 @@ impl Directory {
             .unwrap_or(&[])
     }
 
-    /// `watcher` starts watching `user`; returns `(online, last_seen_ms)`.
-    pub fn subscribe(&mut self, user: &str, watcher: ConnAddr) -> (bool, Option<u64>) {
+    /// `watcher` starts watching `user`.
+    pub fn subscribe(&mut self, user: &str, watcher: ConnAddr) -> Watching {
         let key = self.find_or_insert(user, || Arc::from(user));
         let entry = &mut self.entries[key];
+        let first = entry.presence.is_none();
         let presence = entry.presence.get_or_insert_with(Box::default);
         if !presence.watchers.contains(&watcher) {
             presence.watchers.push(watcher);
         }
-        (!entry.devices.is_empty(), presence.last_seen_ms)
+        Watching {
+            online_here: !entry.devices.is_empty(),
+            last_seen_ms: presence.last_seen_ms,
+            elsewhere: presence.elsewhere,
+            first,
+        }
     }
 
-    /// `watcher` stops watching `user`.
-    pub fn unsubscribe(&mut self, user: &str, watcher: ConnAddr) {
+    /// `watcher` stops watching `user`; true if it was the user's last watcher here.
+    pub fn unsubscribe(&mut self, user: &str, watcher: ConnAddr) -> bool {
         let Some(key) = self.find(user) else {
-            return;
+            return false;
         };
         let entry = &mut self.entries[key];
+        let mut last = false;
         if let Some(presence) = entry.presence.as_mut() {
             presence.watchers.retain(|w| *w != watcher);
             if presence.watchers.is_empty() {
                 entry.presence = None;
+                last = true;
             }
         }
         self.forget_if_unused(key);
+        last
+    }
+
+    /// What a watcher sees of `user` now (as [`Directory::subscribe`], without watching).
+    pub fn watching(&self, user: &str) -> Watching {
+        let entry = self.find(user).map(|key| &self.entries[key]);
+        let presence = entry.and_then(|e| e.presence.as_deref());
+        Watching {
+            online_here: entry.is_some_and(|e| !e.devices.is_empty()),
+            last_seen_ms: presence.and_then(|p| p.last_seen_ms),
+            elsewhere: presence.map_or(Elsewhere::Offline, |p| p.elsewhere),
+            first: false,
+        }
+    }
+
+    /// What the other nodes hold of `user`, if watched here.
+    pub fn elsewhere(&self, user: &str) -> Option<Elsewhere> {
+        self.find(user)
+            .and_then(|key| self.entries[key].presence.as_ref())
+            .map(|p| p.elsewhere)
+    }
+
+    /// Notes what the other nodes hold of watched `user`, as of `at_ms`: the last node
+    /// to let the user go dates the user's last-seen time.
+    pub fn set_elsewhere(&mut self, user: &str, elsewhere: Elsewhere, at_ms: u64) {
+        let Some(key) = self.find(user) else {
+            return;
+        };
+        let entry = &mut self.entries[key];
+        let offline_here = entry.devices.is_empty();
+        if let Some(presence) = entry.presence.as_mut() {
+            presence.elsewhere = elsewhere;
+            if elsewhere == Elsewhere::Offline && offline_here {
+                presence.last_seen_ms = presence.last_seen_ms.max(Some(at_ms));
+            }
+        }
     }
 
     /// Drops the entry at `key` when it has neither devices nor watchers.
@@ -468,14 +541,40 @@ mod tests {
     #[test]
     fn watchers_see_last_seen_and_entries_are_forgotten_when_unused() {
         let mut dir = Directory::default();
-        assert_eq!(dir.subscribe("u1", addr(9)), (false, None));
+        let seen = |dir: &mut Directory| {
+            let watching = dir.subscribe("u1", addr(9));
+            (watching.online_here, watching.last_seen_ms, watching.first)
+        };
+        assert_eq!(seen(&mut dir), (false, None, true));
         dir.register(Arc::from("u1"), "d".into(), addr(1), false);
-        assert_eq!(dir.subscribe("u1", addr(9)), (true, None));
+        assert_eq!(seen(&mut dir), (true, None, false));
         assert_eq!(dir.watchers("u1"), &[addr(9)]);
         dir.unregister("u1", addr(1), 42);
-        assert_eq!(dir.subscribe("u1", addr(9)), (false, Some(42)));
-        dir.unsubscribe("u1", addr(9));
+        assert_eq!(seen(&mut dir), (false, Some(42), false));
+        assert!(dir.unsubscribe("u1", addr(9)));
         assert!(dir.entries.is_empty() && dir.index.is_empty());
+    }
+
+    #[test]
+    fn what_other_nodes_hold_is_kept_per_watched_user_and_dates_the_last_seen() {
+        let mut dir = Directory::default();
+        assert_eq!(dir.elsewhere("u1"), None, "not watched");
+        dir.set_elsewhere("u1", Elsewhere::Online, 1);
+        assert_eq!(
+            dir.elsewhere("u1"),
+            None,
+            "nothing kept for an unwatched user"
+        );
+        let watching = dir.subscribe("u1", addr(9));
+        assert_eq!(watching.elsewhere, Elsewhere::Offline, "alone by default");
+        dir.set_elsewhere("u1", Elsewhere::Unknown, 0);
+        assert_eq!(dir.subscribe("u1", addr(8)).elsewhere, Elsewhere::Unknown);
+        dir.set_elsewhere("u1", Elsewhere::Online, 5);
+        dir.set_elsewhere("u1", Elsewhere::Offline, 70);
+        assert_eq!(dir.subscribe("u1", addr(9)).last_seen_ms, Some(70));
+        assert!(!dir.unsubscribe("u1", addr(9)), "one watcher is left");
+        assert!(dir.unsubscribe("u1", addr(8)));
+        assert_eq!(dir.elsewhere("u1"), None);
     }
 
     #[test]

@@ -262,6 +262,8 @@ pub struct Shard {
     conns: std::collections::HashMap<ConnAddr, ConnChat>,
     /// Presence requests of this reactor's connections, waiting for homes.
     presence_requests: Gathers<Vec<PresenceEntry>>,
+    /// Subscribes to users homed here, waiting for the cluster's relay.
+    presence_waits: Vec<presence::WaitingSubscribe>,
     /// Reusable buffer for outbound JSON.
     json: OutJson,
     /// The last inbox opening's value.
@@ -298,6 +300,7 @@ impl Shard {
             group_quota,
             conns: Default::default(),
             presence_requests: Gathers::default(),
+            presence_waits: Vec::new(),
             json: OutJson::default(),
             next_opening: 0,
             away: away::Away::default(),
@@ -450,7 +453,12 @@ impl Shard {
                 request,
                 users,
             } => self.subscribe(watcher, request, users, out),
-            Envelope::Unsubscribe { watcher, users } => self.unsubscribe(watcher, users),
+            Envelope::Unsubscribe { watcher, users } => self.unsubscribe(watcher, users, out),
+            Envelope::RemotePresence {
+                user,
+                online,
+                at_ms,
+            } => self.remote_presence(&user, online, at_ms, out),
             Envelope::Broadcast(order) => self.broadcast(*order, out),
             Envelope::GroupJoin(change) => self.group_join(*change, out),
             Envelope::GroupPost(post) => self.group_post(*post, out),
@@ -785,6 +793,70 @@ mod tests {
         assert_eq!(home.frames.len(), 1);
         assert_eq!(home.frames[0].0, bob_device);
         assert!(home.relays.is_empty(), "{:?}", home.relays);
+    }
+
+    #[test]
+    fn a_relaying_home_shows_a_user_online_while_any_node_holds_it() {
+        let mut home = OneHome::relaying();
+        let (watcher, watcher_user) = home.connect(1, "watcher");
+        home.relays.clear();
+        let subscribe = ClientMessage::PresenceSubscribe {
+            user_ids: vec!["bob"],
+        };
+        home.send(watcher, &watcher_user, subscribe);
+        let watched = home.relays.drain(..);
+        let watched = watched.filter(|r| matches!(r, Relay::WatchPresence { .. }));
+        assert_eq!(watched.count(), 1);
+        assert!(
+            home.frames.is_empty(),
+            "the state waits for the other nodes"
+        );
+        let elsewhere = |online, at_ms| {
+            Event::Mail(Envelope::RemotePresence {
+                user: "bob".into(),
+                online,
+                at_ms,
+            })
+        };
+        home.feed(elsewhere(true, 5));
+        let states: Vec<_> = home.frames.drain(..).map(|(_, f)| f).collect();
+        assert_eq!(states.len(), 1);
+        assert_eq!(states[0]["type"], "presence_state");
+        assert_eq!(states[0]["users"][0]["status"], "online");
+        // A device here comes and goes: another node still holds bob, so no change.
+        let (bob_device, bob) = home.connect(2, "bob");
+        home.feed(Event::Closed {
+            conn: bob_device,
+            user: bob,
+            clean: true,
+        });
+        let unwatched = home.relays.drain(..);
+        let unwatched = unwatched.filter(|r| matches!(r, Relay::Unwatch { .. }));
+        assert_eq!(
+            unwatched.count(),
+            1,
+            "the other nodes hear bob left this one"
+        );
+        let to_watcher = |home: &OneHome| {
+            let frames = home.frames.iter().filter(|(a, _)| *a == watcher);
+            frames.map(|(_, f)| f.clone()).collect::<Vec<_>>()
+        };
+        assert!(to_watcher(&home).is_empty(), "{:?}", home.frames);
+        // The other node lets bob go: offline, dated by that node.
+        home.feed(elsewhere(false, 7));
+        let updates = to_watcher(&home);
+        assert_eq!(updates.len(), 1, "{updates:?}");
+        assert_eq!(updates[0]["status"], "offline");
+        assert_eq!(updates[0]["timestamp"], 7);
+        // The last watcher leaves: the relay stops watching the other nodes.
+        home.relays.clear();
+        let unsubscribe = ClientMessage::PresenceUnsubscribe {
+            user_ids: vec!["bob"],
+        };
+        home.send(watcher, &watcher_user, unsubscribe);
+        let unwatched = home.relays.drain(..);
+        let unwatched = unwatched.filter(|r| matches!(r, Relay::UnwatchPresence { .. }));
+        assert_eq!(unwatched.count(), 1);
     }
 
     #[test]

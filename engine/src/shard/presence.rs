@@ -2,13 +2,30 @@
 //! user it names; each home answers with the users' state and keeps the connection as a
 //! watcher, so it hears every change after (see `super::session`); the connection's
 //! reactor gathers the answers into one `presence_state`.
+//!
+//! In a cluster a user is online while any node holds the user. A home asks the relay to
+//! watch the other nodes for a user's first watcher here, and answers that watcher's
+//! subscribe once the relay has said what they hold ([`Elsewhere`]); after that it tells
+//! the watchers each change of the whole, from here or from elsewhere.
 
-use super::{Effects, Shard};
+use std::sync::Arc;
+
+use super::{directory::Elsewhere, Effects, Shard};
 use crate::protocol::codes::ErrorCode;
 use crate::{
+    cluster::relay::Relay,
     protocol::{outbound, outbound::PresenceEntry, Priority},
     router::{ConnAddr, Envelope, PresenceNote},
 };
+
+/// A subscribe whose answer waits for the relay to say what other nodes hold of some of
+/// its users.
+#[derive(Debug)]
+pub(super) struct WaitingSubscribe {
+    watcher: ConnAddr,
+    request: u32,
+    users: Vec<Box<str>>,
+}
 
 /// The most users one connection may watch; more is refused with `bad_request`.
 pub const SUBSCRIPTIONS_PER_CONN_MAX: usize = 1024;
@@ -96,7 +113,7 @@ impl Shard {
     }
 
     /// At a home: `watcher` subscribes to these users homed here; the answer goes back
-    /// to its reactor.
+    /// to its reactor (in a cluster, once the other nodes' part is known).
     pub(super) fn subscribe(
         &mut self,
         watcher: ConnAddr,
@@ -104,16 +121,49 @@ impl Shard {
         users: Vec<Box<str>>,
         out: &mut Effects,
     ) {
+        let mut unknown = false;
+        for user in &users {
+            let watching = self.directory.subscribe(user, watcher);
+            if watching.first && self.relays {
+                self.directory.set_elsewhere(user, Elsewhere::Unknown, 0);
+                let home = self.id as u16;
+                let user = Arc::from(&**user);
+                out.cluster(Relay::WatchPresence { user, home });
+                unknown = true;
+            }
+            unknown |= watching.elsewhere == Elsewhere::Unknown;
+        }
+        if unknown {
+            let waiting = WaitingSubscribe {
+                watcher,
+                request,
+                users,
+            };
+            return self.presence_waits.push(waiting);
+        }
+        self.answer_subscribe(watcher, request, &users, out);
+    }
+
+    /// At a home: the users' presence, as one home's part of a `presence_state`. In
+    /// its grace a user is still shown online, and so is a user another node holds.
+    fn answer_subscribe(
+        &mut self,
+        watcher: ConnAddr,
+        request: u32,
+        users: &[Box<str>],
+        out: &mut Effects,
+    ) {
         let entries = users
-            .into_iter()
+            .iter()
             .map(|user| {
-                let (online, last_seen_ms) = self.directory.subscribe(&user, watcher);
-                // In its grace a user is still shown online.
-                let away = self.away.contains(&user);
+                let watching = self.directory.watching(user);
+                let online = watching.online_here
+                    || self.away.contains(user)
+                    || watching.elsewhere == Elsewhere::Online;
                 PresenceEntry {
-                    user_id: user.into(),
-                    online: online || away,
-                    last_seen_ms: last_seen_ms.filter(|_| !away),
+                    user_id: user.to_string(),
+                    online,
+                    last_seen_ms: watching.last_seen_ms.filter(|_| !online),
                 }
             })
             .collect();
@@ -121,11 +171,65 @@ impl Shard {
         out.mail(watcher.reactor as usize, reply);
     }
 
-    /// At a home: `watcher` stops watching these users.
-    pub(super) fn unsubscribe(&mut self, watcher: ConnAddr, users: Vec<Box<str>>) {
-        for user in users {
-            self.directory.unsubscribe(&user, watcher);
+    /// At a home: the relay says whether other nodes hold `user` (watched here) since
+    /// `at_ms`. The watchers hear it if it changes the whole; subscribes that waited for
+    /// it are answered.
+    pub(super) fn remote_presence(
+        &mut self,
+        user: &str,
+        online: bool,
+        at_ms: u64,
+        out: &mut Effects,
+    ) {
+        let Some(before) = self.directory.elsewhere(user) else {
+            return; // nobody here watches the user any more
+        };
+        let now = if online {
+            Elsewhere::Online
+        } else {
+            Elsewhere::Offline
+        };
+        self.directory.set_elsewhere(user, now, at_ms);
+        let here = !self.directory.devices(user).is_empty() || self.away.contains(user);
+        if before == Elsewhere::Unknown {
+            return self.answer_waiting_subscribes(out);
         }
+        if before != now && !here {
+            self.tell_watchers(user, online, at_ms, out);
+        }
+    }
+
+    /// Answers the subscribes whose users' other nodes are all known now.
+    fn answer_waiting_subscribes(&mut self, out: &mut Effects) {
+        let mut waits = std::mem::take(&mut self.presence_waits);
+        waits.retain(|waiting| {
+            let unknown = waiting
+                .users
+                .iter()
+                .any(|u| self.directory.elsewhere(u) == Some(Elsewhere::Unknown));
+            if !unknown {
+                self.answer_subscribe(waiting.watcher, waiting.request, &waiting.users, out);
+            }
+            unknown
+        });
+        self.presence_waits = waits;
+    }
+
+    /// At a home: `watcher` stops watching these users; in a cluster the relay stops
+    /// watching the other nodes for a user nobody here watches any more.
+    pub(super) fn unsubscribe(
+        &mut self,
+        watcher: ConnAddr,
+        users: Vec<Box<str>>,
+        out: &mut Effects,
+    ) {
+        for user in users {
+            if self.directory.unsubscribe(&user, watcher) && self.relays {
+                let user = Arc::from(user);
+                out.cluster(Relay::UnwatchPresence { user });
+            }
+        }
+        self.answer_waiting_subscribes(out);
     }
 
     /// At the watcher's reactor: a watched user's presence changed.

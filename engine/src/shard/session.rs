@@ -1,11 +1,11 @@
 //! A device's session: it registers with its user's home once authenticated, reads its
 //! inbox once the home has it (the first page brings `auth_success`; see [`super::inbox`]),
 //! and leaves when its connection closes. A user's first device online and last device
-//! gone are announced to the user's watchers.
+//! gone are announced to the user's watchers, and in a cluster to the other nodes.
 
 use std::sync::Arc;
 
-use super::{Effects, Shard};
+use super::{directory::Elsewhere, Effects, Shard};
 use crate::{
     cluster::relay::Relay,
     protocol::{inbound::Scalar, outbound, Priority},
@@ -110,12 +110,12 @@ impl Shard {
         if !self.directory.unregister(&user, addr, self.now_ms) {
             return;
         }
-        if self.relays {
-            out.cluster(Relay::Unwatch { user: user.clone() });
-        }
         if clean || self.presence_grace_ms == 0 {
-            self.announce_presence(&user, false, out);
+            self.went_offline(user, out);
         } else {
+            if self.relays {
+                out.cluster(Relay::Away { user: user.clone() });
+            }
             self.away.start(user, self.now_ms, self.presence_grace_ms);
         }
     }
@@ -124,13 +124,41 @@ impl Shard {
     pub(super) fn graces_ended(&mut self, out: &mut Effects) {
         for user in self.away.ended(self.now_ms) {
             if self.directory.devices(&user).is_empty() {
-                self.announce_presence(&user, false, out);
+                self.went_offline(user, out);
             }
         }
     }
 
-    /// Tells `user`'s watchers that the user came online or went offline.
+    /// `user` is offline on this node: the cluster's other nodes hear it, and the
+    /// watchers here see it unless another node still holds the user.
+    fn went_offline(&mut self, user: Arc<str>, out: &mut Effects) {
+        if self.relays {
+            let at_ms = self.now_ms;
+            out.cluster(Relay::Unwatch {
+                user: user.clone(),
+                at_ms,
+            });
+        }
+        self.announce_presence(&user, false, out);
+    }
+
+    /// Tells `user`'s watchers that the user came online or went offline on this node,
+    /// unless another node of the cluster holds the user (then nothing changed for them).
     fn announce_presence(&mut self, user: &str, online: bool, out: &mut Effects) {
+        if self.directory.elsewhere(user) == Some(Elsewhere::Online) {
+            return;
+        }
+        self.tell_watchers(user, online, self.now_ms, out);
+    }
+
+    /// Tells `user`'s watchers that the user came online or went offline at `at_ms`.
+    pub(super) fn tell_watchers(
+        &mut self,
+        user: &str,
+        online: bool,
+        at_ms: u64,
+        out: &mut Effects,
+    ) {
         let Shard {
             directory, json, ..
         } = self;
@@ -138,11 +166,11 @@ impl Shard {
         if watchers.is_empty() {
             return;
         }
-        outbound::presence_update(json, user, online, self.now_ms);
+        outbound::presence_update(json, user, online, at_ms);
         let note = Arc::new(PresenceNote {
             user: user.into(),
             online,
-            at_ms: self.now_ms,
+            at_ms,
             frame: json.frame(),
         });
         for &watcher in watchers {
