@@ -1,8 +1,9 @@
 //! Clusters on NATS (PROTOCOL.md "Clusters"): real engine nodes joined through a real
 //! `nats-server` with JetStream, each node on its own ephemeral port. Covered here: nodes
 //! finding each other, one leaving and one dying, a second node with a taken `--node-id`
-//! refused, a node whose NATS is not there yet waiting, not ready, until it comes, and
-//! typing and call signals reaching a user's devices on another node.
+//! refused, a node whose NATS is not there yet waiting, not ready, until it comes,
+//! typing and call signals reaching a user's devices on another node, and presence across
+//! nodes (the grace, and a killed node's users going offline).
 //! Without nats-server these tests say why and pass, except under CI, where they fail.
 
 mod common;
