@@ -160,7 +160,12 @@ impl Engine {
             recent_by_home[router::home_of(&pair.user, reactors)].push(pair);
         }
         let mut recent_by_home = recent_by_home.into_iter();
-        let (links, relayed) = cluster_channels(&shared, &store.stats)?;
+        let (links, relayed, inbox_host) = cluster_channels(&shared, &store.stats)?;
+        // A cluster node keeps its users' inboxes in JetStream; the rest stays in the file.
+        let store = match inbox_host {
+            Some(host) => store.with_inbox_host(host),
+            None => store,
+        };
         let mut links = links.into_iter();
         let (producers, consumers) = mailbox::rings(reactors);
         let (ready_tx, ready_rx) = mpsc::channel();
@@ -277,21 +282,30 @@ impl Engine {
     }
 }
 
-/// With `--cluster`, each reactor's link to the cluster thread, and the cluster thread's
-/// side of them all; without, no links.
+/// With `--cluster`, each reactor's link to the cluster thread, the cluster thread's side
+/// of them all, and the inboxes' host; without, no links.
+#[allow(clippy::type_complexity)]
 fn cluster_channels(
     shared: &Arc<Shared>,
     store_stats: &Arc<store::StoreStats>,
-) -> io::Result<(Vec<Option<reactor::ClusterLink>>, Option<cluster::Link>)> {
+) -> io::Result<(
+    Vec<Option<reactor::ClusterLink>>,
+    Option<cluster::Link>,
+    Option<Arc<dyn store::InboxHost>>,
+)> {
     let reactors = shared.config.reactors;
     if shared.config.cluster.is_none() {
-        return Ok(((0..reactors).map(|_| None).collect(), None));
+        return Ok(((0..reactors).map(|_| None).collect(), None, None));
     }
     // Made here, before any reactor unshares its fd table, so that every reactor can
     // ring it.
     let doorbell = Arc::new(sockets::Doorbell::new()?);
     let (relays, relayed) = mpsc::channel();
     let (senders, receivers): (Vec<_>, Vec<_>) = (0..reactors).map(|_| mpsc::channel()).unzip();
+    let inbox_host: Arc<dyn store::InboxHost> = Arc::new(cluster::relay::ClusterInboxes {
+        relays: relays.clone(),
+        doorbell: doorbell.clone(),
+    });
     let links = receivers
         .into_iter()
         .map(|inbound| {
@@ -313,5 +327,15 @@ fn cluster_channels(
         http::metrics::stats_json(&mut body, &figures.health(), &figures.stats, &store_stats);
         body
     });
-    Ok((links, Some((reactors, relayed, doorbell, local_stats))))
+    let link = cluster::Link {
+        reactors,
+        relays: relayed,
+        doorbell,
+        local_stats,
+        inbox_limits: cluster::InboxLimits {
+            queue_max_per_user: shared.config.queue_max_per_user,
+            retention: shared.config.retention,
+        },
+    };
+    Ok((links, Some(link), Some(inbox_host)))
 }

@@ -15,49 +15,12 @@ use std::{
 };
 
 use common::{
-    nats::{free_port, skip, Nats},
+    nats::{
+        cluster, free_port, node, skip, two_nodes, wait_for_nodes, with_nats, Nats, DEATH_BOUND,
+    },
     Client, Driver, Server,
 };
 use serde_json::{json, Value};
-
-/// A dead node is counted dead after 10 s of silence (PROTOCOL.md: offline within 15 s).
-const DEATH_BOUND: Duration = Duration::from_secs(15);
-
-/// A node of the cluster at `nats` with id `id`.
-fn node(nats: &str, id: &str) -> Server {
-    Server::start(Driver::IoUring, &["--cluster", nats, "--node-id", id])
-}
-
-/// `/health`'s `cluster` object.
-fn cluster(server: &Server) -> Value {
-    let (status, body) = server.get("/health");
-    assert_eq!(status, 200, "{body}");
-    let health: Value = serde_json::from_str(&body).expect("JSON");
-    health["cluster"].clone()
-}
-
-/// Waits up to `bound` until `server` counts `nodes` live nodes.
-fn wait_for_nodes(server: &Server, nodes: u64, bound: Duration) -> Duration {
-    let started = Instant::now();
-    loop {
-        let seen = cluster(server)["nodes"].as_u64();
-        if seen == Some(nodes) {
-            return started.elapsed();
-        }
-        assert!(
-            started.elapsed() < bound,
-            "{nodes} nodes not seen within {bound:?}: {seen:?}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn with_nats(test: &str, body: impl FnOnce(Nats)) {
-    match Nats::start() {
-        Ok(nats) => body(nats),
-        Err(why) => skip(test, &why),
-    }
-}
 
 #[test]
 fn nodes_find_each_other_and_one_that_leaves_is_gone_at_once() {
@@ -210,13 +173,6 @@ fn until_received(from: &mut Client, message: &Value, to: &mut Client, kind: &st
     panic!("no {kind} across nodes within 5 s");
 }
 
-/// Two nodes of one cluster, both ready.
-fn two_nodes(nats: &Nats) -> (Server, Server) {
-    let (a, b) = (node(&nats.url(), "a"), node(&nats.url(), "b"));
-    wait_for_nodes(&a, 2, Duration::from_secs(10));
-    (a, b)
-}
-
 #[test]
 fn typing_reaches_the_receivers_devices_on_every_node_once() {
     with_nats("typing_across_nodes", |nats| {
@@ -311,14 +267,7 @@ fn while_nats_is_away_a_call_is_cluster_unavailable_and_after_it_rings_again() {
         // Not ready while NATS is away: its relay, at least, knows.
         assert_eq!(cluster(&a)["connected"], false);
         assert_eq!(a.get("/health/ready").0, 503);
-        let (_, metrics) = a.get("/metrics");
-        let counted: u64 = metrics
-            .lines()
-            .filter(|l| l.starts_with("engine_errors_total{"))
-            .filter(|l| l.contains(r#"code="cluster_unavailable""#))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-            .sum();
-        assert!(counted >= 1, "{metrics}");
+        assert!(a.errors_counted("cluster_unavailable") >= 1);
         // NATS back: both relays reconnect and subscribe again; bob's phone rings.
         nats.restart().expect("nats-server restarts");
         let frame = until_received(&mut alice, &typing, &mut bob, "typing");

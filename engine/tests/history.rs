@@ -9,14 +9,6 @@ use std::time::Duration;
 use common::{fresh_data_dir, Client, Server};
 use serde_json::{json, Value};
 
-fn send(client: &mut Client, id: &str, to: &str, content: &str) -> Value {
-    client.send(
-        &json!({"type": "send_message", "messageId": id, "receiverId": to,
-                        "content": content}),
-    );
-    client.recv_type("message_ack")
-}
-
 fn history(client: &mut Client, request: Value) -> Vec<String> {
     client.send(&request);
     let answer = client.recv_type("history");
@@ -35,15 +27,15 @@ fn history_reads_a_conversation_newest_first_in_pages() {
     let mut bob = server.login("bob", "phone");
     for i in 0..4 {
         assert_eq!(
-            send(&mut alice, &format!("a{i}"), "bob", &format!("a{i}"))["status"],
+            alice.send_chat(&format!("a{i}"), "bob", &format!("a{i}"))["status"],
             "sent"
         );
         // Distinct timestamps, so the cursor below splits the pages cleanly.
         std::thread::sleep(Duration::from_millis(3));
     }
-    assert_eq!(send(&mut bob, "b0", "alice", "b0")["status"], "sent");
+    assert_eq!(bob.send_chat("b0", "alice", "b0")["status"], "sent");
     assert_eq!(
-        send(&mut alice, "c0", "carol", "to carol")["status"],
+        alice.send_chat("c0", "carol", "to carol")["status"],
         "queued"
     );
     let newest = history(
@@ -87,7 +79,7 @@ fn a_history_page_holds_at_most_a_mebibyte_and_says_more_remain() {
     let big = "x".repeat(60_000);
     for i in 0..20 {
         let id = format!("big{i}");
-        assert_eq!(send(&mut alice, &id, "bob", &big)["status"], "sent");
+        assert_eq!(alice.send_chat(&id, "bob", &big)["status"], "sent");
         assert_eq!(bob.recv_type("new_message")["messageId"], *id);
     }
     alice.send(&json!({"type": "history", "peerId": "bob", "limit": 50}));
@@ -165,7 +157,7 @@ fn history_survives_a_restart() {
         let mut server = Server::start(common::Driver::IoUring, &["--data-dir", &data_dir]);
         let mut alice = server.login("alice", "phone");
         let _bob = server.login("bob", "phone");
-        assert_eq!(send(&mut alice, "m1", "bob", "kept")["status"], "sent");
+        assert_eq!(alice.send_chat("m1", "bob", "kept")["status"], "sent");
         assert_eq!(server.terminate(), Some(0));
     }
     let server = Server::start(common::Driver::IoUring, &["--data-dir", &data_dir]);
@@ -184,7 +176,7 @@ fn a_read_receipt_by_id_alone_reaches_the_sender_even_offline() {
     let mut alice = server.login("alice", "phone");
     let mut bob = server.login("bob", "phone");
     assert_eq!(
-        send(&mut alice, "hello-1", "bob", "hi bob")["status"],
+        alice.send_chat("hello-1", "bob", "hi bob")["status"],
         "sent"
     );
     bob.recv_type("new_message");

@@ -6,34 +6,8 @@ mod common;
 
 use std::{io::Write, net::TcpStream, time::Duration};
 
-use common::{fresh_data_dir, Client, Server};
+use common::{fresh_data_dir, Server};
 use serde_json::{json, Value};
-
-/// Logs in a v2 device: `resume` from `(epoch, seq)`; returns the client and its
-/// `auth_success`.
-fn login_v2(server: &Server, user: &str, device: &str, from: (&str, u64)) -> (Client, Value) {
-    let mut client = server.connect();
-    client.send(&json!({"type": "auth", "userId": user, "deviceId": device,
-                        "resume": {"epoch": from.0, "seq": from.1}}));
-    let greeting = client.recv();
-    assert_eq!(greeting["type"], "auth_success", "{greeting}");
-    (client, greeting)
-}
-
-fn send(client: &mut Client, id: &str, to: &str, content: &str) -> Value {
-    client.send(
-        &json!({"type": "send_message", "messageId": id, "receiverId": to,
-                        "content": content}),
-    );
-    client.recv_type("message_ack")
-}
-
-/// The next `new_message` and its `seq`.
-fn next_message(client: &mut Client) -> (String, u64) {
-    let message = client.recv_type("new_message");
-    let seq = message["seq"].as_u64().expect("an inbox event has a seq");
-    (message["content"].as_str().unwrap().to_owned(), seq)
-}
 
 /// Asserts that a clean stop checkpointed everything: each journal file is empty or
 /// starts with a zero length (nothing to replay).
@@ -64,7 +38,7 @@ fn kill(server: &mut Server) {
 fn auth_success_carries_the_inbox_and_events_their_seq() {
     let server = Server::start(common::Driver::IoUring, &[]);
     let mut alice = server.login("alice", "phone");
-    let (mut bob, greeting) = login_v2(&server, "bob", "phone", ("", 0));
+    let (mut bob, greeting) = server.login_resuming("bob", "phone", ("", 0));
     assert!(
         greeting["epoch"].as_str().is_some_and(|e| !e.is_empty()),
         "{greeting}"
@@ -74,10 +48,10 @@ fn auth_success_carries_the_inbox_and_events_their_seq() {
         greeting["resumed"], false,
         "an unknown epoch is not resumed"
     );
-    assert_eq!(send(&mut alice, "m1", "bob", "one")["status"], "sent");
-    assert_eq!(send(&mut alice, "m2", "bob", "two")["status"], "sent");
-    let (_, s1) = next_message(&mut bob);
-    let (_, s2) = next_message(&mut bob);
+    assert_eq!(alice.send_chat("m1", "bob", "one")["status"], "sent");
+    assert_eq!(alice.send_chat("m2", "bob", "two")["status"], "sent");
+    let (_, s1) = bob.next_message();
+    let (_, s2) = bob.next_message();
     assert!(first < s1 && s1 < s2, "{first} {s1} {s2}");
     // Not inbox events: no seq.
     alice.send(&json!({"type": "typing", "receiverId": "bob", "isTyping": true}));
@@ -88,13 +62,13 @@ fn auth_success_carries_the_inbox_and_events_their_seq() {
 fn a_reset_before_reading_loses_nothing_and_the_receipt_waits_for_the_ack() {
     let server = Server::start(common::Driver::IoUring, &[]);
     let mut alice = server.login("alice", "phone");
-    let (bob, greeting) = login_v2(&server, "bob", "phone", ("", 0));
+    let (bob, greeting) = server.login_resuming("bob", "phone", ("", 0));
     let epoch = greeting["epoch"].as_str().unwrap().to_owned();
     let seq = greeting["seq"].as_u64().unwrap();
     drop(bob);
     server.wait_offline("bob");
     for i in 0..5 {
-        let ack = send(&mut alice, &format!("q{i}"), "bob", &format!("queued {i}"));
+        let ack = alice.send_chat(&format!("q{i}"), "bob", &format!("queued {i}"));
         assert_eq!(ack["status"], "queued");
     }
     // bob authenticates and resets the connection before reading anything.
@@ -114,12 +88,12 @@ fn a_reset_before_reading_loses_nothing_and_the_receipt_waits_for_the_ack() {
     reset(raw);
     server.wait_offline("bob");
     alice.expect_silence(Duration::from_millis(300)); // no delivery_receipt: nobody acked
-    let (mut bob, greeting) = login_v2(&server, "bob", "phone", (&epoch, seq));
+    let (mut bob, greeting) = server.login_resuming("bob", "phone", (&epoch, seq));
     assert_eq!(greeting["resumed"], true, "{greeting}");
     let mut got = Vec::new();
     let mut last = 0;
     for _ in 0..5 {
-        let (content, s) = next_message(&mut bob);
+        let (content, s) = bob.next_message();
         got.push(content);
         last = s;
     }
@@ -144,39 +118,35 @@ fn a_reset_before_reading_loses_nothing_and_the_receipt_waits_for_the_ack() {
 fn a_second_device_resumes_with_what_the_first_got() {
     let server = Server::start(common::Driver::IoUring, &[]);
     let mut alice = server.login("alice", "phone");
-    let (mut phone, greeting) = login_v2(&server, "bob", "phone", ("", 0));
+    let (mut phone, greeting) = server.login_resuming("bob", "phone", ("", 0));
     let epoch = greeting["epoch"].as_str().unwrap().to_owned();
     let from = greeting["seq"].as_u64().unwrap();
     for i in 0..3 {
         assert_eq!(
-            send(&mut alice, &format!("m{i}"), "bob", &format!("{i}"))["status"],
+            alice.send_chat(&format!("m{i}"), "bob", &format!("{i}"))["status"],
             "sent"
         );
     }
     let mut last = 0;
     for _ in 0..3 {
-        last = next_message(&mut phone).1;
+        last = phone.next_message().1;
     }
     phone.send(&json!({"type": "ack", "seq": last}));
     // The laptop was last online before these: it resumes from there and gets them all,
     // though the phone acknowledged them.
-    let (mut laptop, greeting) = login_v2(&server, "bob", "laptop", (&epoch, from));
+    let (mut laptop, greeting) = server.login_resuming("bob", "laptop", (&epoch, from));
     assert_eq!(greeting["resumed"], true);
-    let got: Vec<String> = (0..3).map(|_| next_message(&mut laptop).0).collect();
+    let got: Vec<String> = (0..3).map(|_| laptop.next_message().0).collect();
     assert_eq!(got, ["0", "1", "2"]);
     // And then live, in seq order, no duplicate.
-    assert_eq!(send(&mut alice, "m3", "bob", "3")["status"], "sent");
-    let (content, seq) = next_message(&mut laptop);
+    assert_eq!(alice.send_chat("m3", "bob", "3")["status"], "sent");
+    let (content, seq) = laptop.next_message();
     assert_eq!(content, "3");
     assert!(seq > last);
     laptop.expect_silence(Duration::from_millis(200));
     // A device without resume gets only what no device acknowledged: nothing of these.
     let mut tablet = server.login("bob", "tablet");
-    assert_eq!(
-        next_message(&mut tablet).0,
-        "3",
-        "m3 is not acknowledged yet"
-    );
+    assert_eq!(tablet.next_message().0, "3", "m3 is not acknowledged yet");
     tablet.expect_silence(Duration::from_millis(200));
 }
 
@@ -189,11 +159,11 @@ fn a_message_acked_sent_survives_a_kill_9_right_after() {
         // The ack follows the journal's record, not a durable commit of the file.
         let mut server = Server::start(common::Driver::IoUring, &args);
         let mut alice = server.login("alice", "phone");
-        let (bob, greeting) = login_v2(&server, "bob", "phone", ("", 0));
+        let (bob, greeting) = server.login_resuming("bob", "phone", ("", 0));
         let epoch = greeting["epoch"].as_str().unwrap().to_owned();
         let from = greeting["seq"].as_u64().unwrap();
         // bob's device drops the frame unread: only the inbox has it now.
-        assert_eq!(send(&mut alice, "durable", "bob", "kept")["status"], "sent");
+        assert_eq!(alice.send_chat("durable", "bob", "kept")["status"], "sent");
         kill(&mut server);
         drop(bob);
         (epoch, from)
@@ -202,9 +172,9 @@ fn a_message_acked_sent_survives_a_kill_9_right_after() {
     let journal = std::fs::metadata(dir.join("journal.log")).expect("a journal");
     assert!(journal.len() > 0, "the ack followed a journal record");
     let server = Server::start(common::Driver::IoUring, &args);
-    let (mut bob, greeting) = login_v2(&server, "bob", "phone", (&epoch, from));
+    let (mut bob, greeting) = server.login_resuming("bob", "phone", (&epoch, from));
     assert_eq!(greeting["resumed"], true, "{greeting}");
-    assert_eq!(next_message(&mut bob).0, "kept");
+    assert_eq!(bob.next_message().0, "kept");
     drop(server);
     let _ = std::fs::remove_dir_all(dir);
 }
@@ -251,11 +221,11 @@ fn the_dedup_window_keeps_the_last_n_pairs_and_counts_those_it_let_go_early() {
         "{metrics}"
     );
     // The newest pair is in the window: its retry is acknowledged, not delivered.
-    send(&mut alice, "m1029", "bob", "x");
+    alice.send_chat("m1029", "bob", "x");
     bob.expect_silence(Duration::from_millis(300));
     // The oldest was let go of: its retry is taken for a new message and reaches bob's
     // device again (the store still keeps one copy), which is what the metric warns of.
-    send(&mut alice, "m0", "bob", "x");
+    alice.send_chat("m0", "bob", "x");
     assert_eq!(bob.recv_type("new_message")["messageId"], "m0");
 }
 
@@ -266,7 +236,7 @@ fn a_retry_after_a_restart_is_confirmed_not_delivered_again() {
     let mut server = Server::start(common::Driver::IoUring, &args);
     let mut alice = server.login("alice", "phone");
     let mut bob = server.login("bob", "phone");
-    assert_eq!(send(&mut alice, "m1", "bob", "once")["status"], "sent");
+    assert_eq!(alice.send_chat("m1", "bob", "once")["status"], "sent");
     assert_eq!(bob.recv_type("new_message")["messageId"], "m1");
     // bob's (v1) ack is committed in the store's next batch; then a crash.
     std::thread::sleep(Duration::from_millis(300));
@@ -277,16 +247,16 @@ fn a_retry_after_a_restart_is_confirmed_not_delivered_again() {
                                                     // alice missed the ack, say, and sends m1 again: acknowledged, and not delivered,
                                                     // though the restart emptied the homes' windows (they start with what inboxes hold).
     let mut alice = server.login("alice", "phone");
-    assert_eq!(send(&mut alice, "m1", "bob", "once")["status"], "sent");
+    assert_eq!(alice.send_chat("m1", "bob", "once")["status"], "sent");
     bob.expect_silence(Duration::from_millis(300));
-    assert_eq!(send(&mut alice, "m2", "bob", "new")["status"], "sent");
+    assert_eq!(alice.send_chat("m2", "bob", "new")["status"], "sent");
     assert_eq!(bob.recv_type("new_message")["messageId"], "m2");
 }
 
 #[test]
 fn bad_acks_and_resumes_are_refused_by_name() {
     let server = Server::start(common::Driver::IoUring, &[]);
-    let (mut bob, greeting) = login_v2(&server, "bob", "phone", ("", 0));
+    let (mut bob, greeting) = server.login_resuming("bob", "phone", ("", 0));
     let last = greeting["seq"].as_u64().unwrap();
     bob.send(&json!({"type": "ack", "seq": last + 10}));
     let error = bob.recv_type("error");
@@ -324,7 +294,7 @@ fn an_http_drain_cut_off_loses_nothing() {
     let server = Server::start(common::Driver::IoUring, &[]);
     let mut alice = server.login("alice", "phone");
     for i in 0..3 {
-        let ack = send(&mut alice, &format!("d{i}"), "bob", &format!("drain {i}"));
+        let ack = alice.send_chat(&format!("d{i}"), "bob", &format!("drain {i}"));
         assert_eq!(ack["status"], "queued");
     }
     // A drain whose connection resets before the answer is read: nothing is removed.
@@ -358,7 +328,7 @@ fn a_retry_during_a_slow_commit_is_acknowledged_only_after_it() {
     let (epoch, from) = {
         let mut server = Server::start_with_env(common::Driver::IoUring, &args, &slow);
         let mut alice = server.login("alice", "phone");
-        let (mut bob, greeting) = login_v2(&server, "bob", "phone", ("", 0));
+        let (mut bob, greeting) = server.login_resuming("bob", "phone", ("", 0));
         let epoch = greeting["epoch"].as_str().unwrap().to_owned();
         let from = greeting["seq"].as_u64().unwrap();
         let started = std::time::Instant::now();
@@ -377,16 +347,16 @@ fn a_retry_during_a_slow_commit_is_acknowledged_only_after_it() {
                 started.elapsed()
             );
         }
-        assert_eq!(next_message(&mut bob).0, "committed first");
+        assert_eq!(bob.next_message().0, "committed first");
         bob.expect_silence(Duration::from_millis(200));
         kill(&mut server);
         (epoch, from)
     };
     // Killed right after the acks: the message is kept, once.
     let server = Server::start(common::Driver::IoUring, &args);
-    let (mut bob, greeting) = login_v2(&server, "bob", "phone", (&epoch, from));
+    let (mut bob, greeting) = server.login_resuming("bob", "phone", (&epoch, from));
     assert_eq!(greeting["resumed"], true);
-    assert_eq!(next_message(&mut bob).0, "committed first");
+    assert_eq!(bob.next_message().0, "committed first");
     bob.expect_silence(Duration::from_millis(300));
     drop(server);
     let _ = std::fs::remove_dir_all(dir);
@@ -399,13 +369,13 @@ fn a_device_that_reads_but_never_acks_is_closed_at_the_bound_and_loses_nothing()
         &["--queue-max-per-user", "8", "--presence-grace-ms", "0"],
     );
     let mut alice = server.login("alice", "phone");
-    let (mut bob, greeting) = login_v2(&server, "bob", "phone", ("", 0));
+    let (mut bob, greeting) = server.login_resuming("bob", "phone", ("", 0));
     let epoch = greeting["epoch"].as_str().unwrap().to_owned();
     let from = greeting["seq"].as_u64().unwrap();
     // bob reads every message and acks none: at the bound its inbox holds 8 events
     // unacknowledged, and the device is closed as a slow consumer.
     for i in 0..8 {
-        let status = send(&mut alice, &format!("m{i}"), "bob", &format!("{i}"))["status"].clone();
+        let status = alice.send_chat(&format!("m{i}"), "bob", &format!("{i}"))["status"].clone();
         assert_eq!(status, "sent", "m{i}");
     }
     let mut got = Vec::new();
@@ -420,25 +390,25 @@ fn a_device_that_reads_but_never_acks_is_closed_at_the_bound_and_loses_nothing()
     assert_eq!(got.len(), 8, "{got:?}");
     server.wait_offline("bob");
     // Nobody online: the store numbers again, and the bound refuses the next one.
-    let refused = send(&mut alice, "m8", "bob", "8");
+    let refused = alice.send_chat("m8", "bob", "8");
     assert_eq!(
         (refused["status"].as_str(), refused["reason"].as_str()),
         (Some("rejected"), Some("queue_full")),
         "{refused}"
     );
     // The device comes back, resumes from where it was, gets all 8 and acks them.
-    let (mut bob, greeting) = login_v2(&server, "bob", "phone", (&epoch, from));
+    let (mut bob, greeting) = server.login_resuming("bob", "phone", (&epoch, from));
     assert_eq!(greeting["resumed"], true, "{greeting}");
     let mut last = 0;
     for i in 0..8 {
-        let (content, seq) = next_message(&mut bob);
+        let (content, seq) = bob.next_message();
         assert_eq!(content, format!("{i}"));
         last = seq;
     }
     bob.send(&json!({"type": "ack", "seq": last}));
     // Acked: the next message is delivered, and the device stays open.
-    assert_eq!(send(&mut alice, "m9", "bob", "9")["status"], "sent");
-    assert_eq!(next_message(&mut bob).0, "9");
+    assert_eq!(alice.send_chat("m9", "bob", "9")["status"], "sent");
+    assert_eq!(bob.next_message().0, "9");
     bob.expect_silence(Duration::from_millis(200));
 }
 
@@ -450,15 +420,15 @@ fn a_clean_stop_checkpoints_and_leaves_no_journal_to_replay() {
     {
         let mut server = Server::start(common::Driver::IoUring, &args);
         let mut alice = server.login("alice", "phone");
-        assert_eq!(send(&mut alice, "kept", "bob", "kept")["status"], "queued");
+        assert_eq!(alice.send_chat("kept", "bob", "kept")["status"], "queued");
         let journal = std::fs::metadata(dir.join("journal.log")).unwrap();
         assert!(journal.len() > 0, "queued through the journal");
         assert_eq!(server.terminate(), Some(0));
     }
     assert_journal_left_empty(&dir);
     let server = Server::start(common::Driver::IoUring, &args);
-    let (mut bob, _) = login_v2(&server, "bob", "phone", ("", 0));
-    assert_eq!(next_message(&mut bob).0, "kept");
+    let (mut bob, _) = server.login_resuming("bob", "phone", ("", 0));
+    assert_eq!(bob.next_message().0, "kept");
     drop(server);
     let _ = std::fs::remove_dir_all(dir);
 }
@@ -468,27 +438,27 @@ fn a_device_catching_up_a_full_inbox_is_not_taken_for_one_that_never_acks() {
     let server = Server::start(common::Driver::IoUring, &["--queue-max-per-user", "100"]);
     let mut alice = server.login("alice", "phone");
     for i in 0..100 {
-        let status = send(&mut alice, &format!("q{i}"), "bob", &format!("{i}"))["status"].clone();
+        let status = alice.send_chat(&format!("q{i}"), "bob", &format!("{i}"))["status"].clone();
         assert_eq!(status, "queued", "q{i}");
     }
     // bob's inbox is at the bound; he comes online and, before acking, gets 30 more live:
     // fewer than the 64 a device online may be given unacknowledged at the bound (the
     // backlog it reads does not count; if it did, 28 would have closed it).
-    let (mut bob, _) = login_v2(&server, "bob", "phone", ("", 0));
+    let (mut bob, _) = server.login_resuming("bob", "phone", ("", 0));
     for i in 100..130 {
-        let status = send(&mut alice, &format!("m{i}"), "bob", &format!("{i}"))["status"].clone();
+        let status = alice.send_chat(&format!("m{i}"), "bob", &format!("{i}"))["status"].clone();
         assert_eq!(status, "sent", "m{i}");
     }
     let mut last = 0;
     for i in 0..130 {
-        let (content, seq) = next_message(&mut bob);
+        let (content, seq) = bob.next_message();
         assert_eq!(content, format!("{i}"));
         last = seq;
     }
     bob.send(&json!({"type": "ack", "seq": last}));
     bob.expect_silence(Duration::from_millis(300));
-    assert_eq!(send(&mut alice, "m130", "bob", "130")["status"], "sent");
-    assert_eq!(next_message(&mut bob).0, "130");
+    assert_eq!(alice.send_chat("m130", "bob", "130")["status"], "sent");
+    assert_eq!(bob.next_message().0, "130");
 }
 
 #[test]
@@ -501,19 +471,16 @@ fn failed_checkpoints_lose_nothing_and_are_tried_again() {
         let failing = [("ENGINE_FAILPOINT", "failed_checkpoints:2")];
         let mut server = Server::start_with_env(common::Driver::IoUring, &args, &failing);
         let mut alice = server.login("alice", "phone");
-        assert_eq!(send(&mut alice, "q1", "carol", "first")["status"], "queued");
-        assert_eq!(
-            send(&mut alice, "q2", "carol", "second")["status"],
-            "queued"
-        );
-        assert_eq!(send(&mut alice, "q3", "dave", "third")["status"], "queued");
+        assert_eq!(alice.send_chat("q1", "carol", "first")["status"], "queued");
+        assert_eq!(alice.send_chat("q2", "carol", "second")["status"], "queued");
+        assert_eq!(alice.send_chat("q3", "dave", "third")["status"], "queued");
         common::wait_until("a failed checkpoint", || {
             server.counter("engine_store_checkpoint_failures_total") >= 1
         });
         // What the file lacks is read from memory meanwhile.
-        let (mut carol, _) = login_v2(&server, "carol", "phone", ("", 0));
-        assert_eq!(next_message(&mut carol).0, "first");
-        assert_eq!(next_message(&mut carol).0, "second");
+        let (mut carol, _) = server.login_resuming("carol", "phone", ("", 0));
+        assert_eq!(carol.next_message().0, "first");
+        assert_eq!(carol.next_message().0, "second");
         drop(carol);
         // Nothing more comes: the store tries again on its own, every second.
         common::wait_until("a checkpoint after the failures", || {
@@ -523,11 +490,11 @@ fn failed_checkpoints_lose_nothing_and_are_tried_again() {
         kill(&mut server);
     }
     let server = Server::start(common::Driver::IoUring, &args);
-    let (mut dave, _) = login_v2(&server, "dave", "phone", ("", 0));
-    assert_eq!(next_message(&mut dave).0, "third");
-    let (mut carol, _) = login_v2(&server, "carol", "tablet", ("", 0));
-    assert_eq!(next_message(&mut carol).0, "first");
-    assert_eq!(next_message(&mut carol).0, "second");
+    let (mut dave, _) = server.login_resuming("dave", "phone", ("", 0));
+    assert_eq!(dave.next_message().0, "third");
+    let (mut carol, _) = server.login_resuming("carol", "tablet", ("", 0));
+    assert_eq!(carol.next_message().0, "first");
+    assert_eq!(carol.next_message().0, "second");
     drop(server);
 }
 
@@ -540,20 +507,20 @@ fn a_clean_stop_checkpoints_what_a_failed_checkpoint_and_the_last_second_hold() 
         let failing = [("ENGINE_FAILPOINT", "failed_checkpoints:1")];
         let mut server = Server::start_with_env(common::Driver::IoUring, &args, &failing);
         let mut alice = server.login("alice", "phone");
-        assert_eq!(send(&mut alice, "k1", "bob", "kept")["status"], "queued");
+        assert_eq!(alice.send_chat("k1", "bob", "kept")["status"], "queued");
         common::wait_until("a failed checkpoint", || {
             server.counter("engine_store_checkpoint_failures_total") >= 1
         });
         // Stopped at once (no client to drain) before the retry, with one more message
         // only in the journal.
-        assert_eq!(send(&mut alice, "k2", "bob", "also")["status"], "queued");
+        assert_eq!(alice.send_chat("k2", "bob", "also")["status"], "queued");
         drop(alice);
         assert_eq!(server.terminate(), Some(0));
     }
     assert_journal_left_empty(&dir);
     let server = Server::start(common::Driver::IoUring, &args);
-    let (mut bob, _) = login_v2(&server, "bob", "phone", ("", 0));
-    assert_eq!(next_message(&mut bob).0, "kept");
-    assert_eq!(next_message(&mut bob).0, "also");
+    let (mut bob, _) = server.login_resuming("bob", "phone", ("", 0));
+    assert_eq!(bob.next_message().0, "kept");
+    assert_eq!(bob.next_message().0, "also");
     drop(server);
 }

@@ -12,8 +12,10 @@
 //!   watch, and leaving on shutdown;
 //! - `relay`, `relayer`, `wire`: live events and presence between nodes over the relay's
 //!   own NATS connection; `presence`: which other nodes hold the users watched here;
+//! - `inboxes`: the users' inboxes in JetStream, behind the store's interface;
 //! - `totals`: every node's `/api/stats` figures summed.
 
+mod inboxes;
 mod members;
 mod node;
 mod presence;
@@ -34,6 +36,8 @@ use std::{
 };
 
 use tracing::warn;
+
+pub use inboxes::InboxLimits;
 
 /// How often a node beats in the node bucket.
 pub const HEARTBEAT: Duration = Duration::from_secs(2);
@@ -185,15 +189,19 @@ pub struct Cluster {
     thread: Option<JoinHandle<()>>,
 }
 
-/// The cluster thread's side of the reactors' links: where it delivers to each reactor,
-/// what their shards ask of it, the doorbell they ring after asking, and this node's
-/// `/api/stats` figures for the other nodes.
-pub type Link = (
-    relay::Reactors,
-    mpsc::Receiver<relay::Relay>,
-    Arc<crate::sockets::Doorbell>,
-    Arc<dyn Fn() -> Vec<u8> + Send + Sync>,
-);
+/// The cluster thread's side of the reactors' links.
+pub struct Link {
+    /// Where it delivers to each reactor.
+    pub reactors: relay::Reactors,
+    /// What their shards (and their stores' inbox commands) ask of it...
+    pub relays: mpsc::Receiver<relay::Relay>,
+    /// ...and the doorbell they ring after asking.
+    pub doorbell: Arc<crate::sockets::Doorbell>,
+    /// This node's `/api/stats` figures, for the other nodes.
+    pub local_stats: Arc<dyn Fn() -> Vec<u8> + Send + Sync>,
+    /// What the inbox stream is created with.
+    pub inbox_limits: InboxLimits,
+}
 
 /// Starts the cluster thread for node `node_id` and waits up to 3 s for its
 /// claim on the id. A running node with the same id fails the start; NATS unreachable

@@ -89,11 +89,17 @@ impl Node {
             client = self.connect() => client,
             _ = &mut stopped => return,
         };
-        let (reactors, relays, doorbell, local_stats) = link;
+        let Link {
+            reactors,
+            relays,
+            doorbell,
+            local_stats,
+            inbox_limits,
+        } = link;
         let figures = (self.state.clone(), local_stats);
         let instance = String::from_utf8_lossy(&self.instance);
         let me = (&*self.id, &*instance);
-        let relayer = Relayer::new(&self.servers, me, reactors, figures);
+        let relayer = Relayer::new(&self.servers, me, (reactors, inbox_limits), figures);
         // The instances of nodes that died or left, from the watch to the relay (their
         // users' presence goes with them).
         let (gone, gone_instances) = tokio::sync::mpsc::unbounded_channel();

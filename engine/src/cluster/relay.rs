@@ -78,6 +78,9 @@ pub enum Relay {
         /// This node's `/api/stats` body.
         local: Vec<u8>,
     },
+    /// A command for the inboxes, which a cluster node keeps in JetStream
+    /// ([`super::inboxes`]), from [`ClusterInboxes`].
+    Inbox(crate::store::Command),
     /// A typing or call signal for `user`'s devices on other nodes.
     Live {
         /// The user.
@@ -104,6 +107,8 @@ pub enum Inbound {
         /// Every node's figures and their sum.
         body: Option<Vec<u8>>,
     },
+    /// The inboxes' answer, as the store thread's would be.
+    Store(crate::store::Reply),
     /// The call signal `reference` from connection `caller` reached no device:
     /// `peer_offline` (no node holds one) or `cluster_unavailable` (NATS is out of reach).
     CallNotTaken {
@@ -114,6 +119,29 @@ pub enum Inbound {
         /// Why.
         code: ErrorCode,
     },
+}
+
+/// The reactors' way to a cluster node's inboxes: the commands go to the cluster thread
+/// with the shards' relays, in one channel, so that a user's subscription (sent when a
+/// device registers) reaches NATS before that device's first inbox read.
+pub struct ClusterInboxes {
+    /// The cluster thread's channel.
+    pub relays: std::sync::mpsc::Sender<Relay>,
+    /// Its doorbell.
+    pub doorbell: Arc<crate::sockets::Doorbell>,
+}
+
+impl crate::store::InboxHost for ClusterInboxes {
+    fn send(&self, command: crate::store::Command) -> Result<(), crate::store::Command> {
+        match self.relays.send(Relay::Inbox(command)) {
+            Ok(()) => {
+                self.doorbell.ring();
+                Ok(())
+            }
+            Err(std::sync::mpsc::SendError(Relay::Inbox(command))) => Err(command),
+            Err(_) => unreachable!("an inbox command was sent"),
+        }
+    }
 }
 
 /// Where the cluster thread delivers to reactors: one channel each, and their doorbells.
@@ -176,7 +204,7 @@ pub(super) fn parse_announcement(payload: &[u8]) -> Option<(bool, u64, &str)> {
 
 /// `user` as one subject token: itself when it is letters, digits, `-` and `_` only,
 /// else `~` and its bytes in hex (no plain token starts with `~`, so none collides).
-fn subject_token(user: &str) -> Cow<'_, str> {
+pub(super) fn subject_token(user: &str) -> Cow<'_, str> {
     let plain = !user.is_empty()
         && user
             .bytes()
@@ -194,11 +222,16 @@ fn subject_token(user: &str) -> Cow<'_, str> {
     Cow::Owned(token)
 }
 
+/// The wire kind of a live copy of a `new_message` for its sender's other devices (kind
+/// 3 is the [`QUESTION`]).
+const COPY_KIND: u8 = 4;
+
 /// A live event on the wire: `[kind][priority][the WebSocket frame]`.
 pub(super) fn encode(frame: &Outgoing, priority: Priority) -> Option<Bytes> {
     let kind = match frame.kind {
         OutKind::Typing => 1,
         OutKind::Signal => 2,
+        OutKind::NewMessage => COPY_KIND,
         _ => return None,
     };
     let mut payload = BytesMut::with_capacity(2 + frame.bytes.len());
@@ -215,6 +248,7 @@ pub(super) fn decode(payload: &Bytes) -> Option<(Outgoing, Priority)> {
     let kind = match kind {
         1 => OutKind::Typing,
         2 => OutKind::Signal,
+        COPY_KIND => OutKind::NewMessage,
         _ => return None,
     };
     let priority = match priority {
@@ -263,8 +297,11 @@ mod tests {
         let (back, priority) = decode(&payload).unwrap();
         assert_eq!((back.kind, back.bytes), (frame.kind, frame.bytes));
         assert_eq!(priority, Priority::High);
-        let message = Outgoing::text(OutKind::NewMessage, b"{}");
-        assert!(encode(&message, Priority::Normal).is_none());
+        let copy = Outgoing::text(OutKind::NewMessage, b"{}");
+        let payload = encode(&copy, Priority::Normal).unwrap();
+        assert_eq!(decode(&payload).unwrap().0.kind, OutKind::NewMessage);
+        let receipt = Outgoing::text(OutKind::ReadReceipt, b"{}");
+        assert!(encode(&receipt, Priority::Normal).is_none());
         for bad in [&b""[..], b"\x01", b"\x03\x00x", b"\x01\x07x"] {
             assert!(decode(&Bytes::copy_from_slice(bad)).is_none(), "{bad:?}");
         }

@@ -29,6 +29,7 @@ use tokio::{
 use tracing::{debug, error, info, warn};
 
 use super::{
+    inboxes::{self, InboxLimits, Inboxes, Replies},
     presence::{Holders, Report},
     relay::{self, Inbound, Reactors, Relay},
     totals,
@@ -36,7 +37,7 @@ use super::{
     State,
 };
 use crate::{
-    protocol::codes::ErrorCode,
+    protocol::{codes::ErrorCode, outbound::Outgoing},
     router::{ConnAddr, Delivery, Durability, Envelope},
     sockets::Doorbell,
 };
@@ -115,6 +116,8 @@ pub(super) struct Relayer {
     presence_sids: HashMap<Arc<str>, u64>,
     /// What other nodes hold of the users watched here.
     holders: Holders,
+    /// The users' inboxes in JetStream.
+    inboxes: Inboxes,
     /// Users let go while NATS was out of reach, and when: announced on reconnecting.
     let_go: HashMap<Arc<str>, u64>,
     next_sid: u64,
@@ -154,10 +157,12 @@ impl Relayer {
     pub(super) fn new(
         servers: &[String],
         (node_id, instance): (&str, &str),
-        reactors: Reactors,
+        (reactors, limits): (Reactors, InboxLimits),
         (state, local_stats): (Arc<State>, LocalStats),
     ) -> Relayer {
+        let inbox = format!("_INBOX.{}.", super::instance_token_hex());
         Relayer {
+            inboxes: Inboxes::new(&inbox, limits),
             node_id: node_id.into(),
             instance: instance.into(),
             presence_sids: HashMap::new(),
@@ -177,7 +182,7 @@ impl Relayer {
             by_sid: HashMap::new(),
             sids: HashMap::new(),
             next_sid: STATS_SID + 1,
-            inbox: format!("_INBOX.{}.", super::instance_token_hex()),
+            inbox,
             calls: HashMap::new(),
             next_call: 0,
             out: BytesMut::new(),
@@ -268,9 +273,14 @@ impl Relayer {
                     }
                 }
             }
-            self.state
+            let was = self
+                .state
                 .relay_connected
-                .store(conn.is_some(), std::sync::atomic::Ordering::Release);
+                .swap(conn.is_some(), std::sync::atomic::Ordering::AcqRel);
+            if was && conn.is_none() {
+                let failed = self.inboxes.disconnected();
+                self.send_replies(failed);
+            }
             if conn.is_none() {
                 self.out.clear();
                 if retry_at <= Instant::now() {
@@ -363,6 +373,10 @@ impl Relayer {
                 }
             }
             Relay::Stats { asker, local } => self.gather_stats(asker, &local, connected),
+            Relay::Inbox(command) => {
+                let replies = self.inboxes.command(command, connected, &mut self.out);
+                self.send_replies(replies);
+            }
             Relay::Live {
                 user,
                 frame,
@@ -482,6 +496,14 @@ impl Relayer {
         for (user, question) in self.holders.ask_again(Instant::now()) {
             self.ask(&user, question);
         }
+        self.inboxes.connected(&mut self.out);
+    }
+
+    /// Hands the inboxes' answers to their reactors.
+    fn send_replies(&self, replies: Replies) {
+        for (reactor, reply) in replies {
+            self.reactors.send(reactor, Inbound::Store(reply));
+        }
     }
 
     /// Tells each report's home what the other nodes hold of its user.
@@ -506,9 +528,10 @@ impl Relayer {
                     sid: INBOX_SID,
                     subject,
                     status,
+                    headers,
                     payload,
                     ..
-                } => self.answered(&subject, status, payload),
+                } => self.answered(&subject, status, &headers, payload),
                 Op::Msg {
                     sid: STATS_SID,
                     reply: Some(reply),
@@ -520,10 +543,14 @@ impl Relayer {
                 Op::Msg {
                     sid,
                     reply,
+                    headers,
                     payload,
                     ..
                 } => match self.by_sid.get(&sid) {
-                    Some(Sub::Live { .. }) => self.live_event(sid, reply, &payload),
+                    Some(Sub::Live { .. }) => match inboxes::sequence_of(&headers) {
+                        Some(seq) => self.inbox_event(sid, seq, &payload),
+                        None => self.live_event(sid, reply, &payload),
+                    },
                     Some(Sub::Presence(user)) => {
                         let Some((online, at_ms, instance)) = relay::parse_announcement(&payload)
                         else {
@@ -590,14 +617,49 @@ impl Relayer {
         self.reactors.send(usize::from(*home), mail);
     }
 
-    /// An answer on the inbox: another node's figures (`s<gather>`), or a call's.
-    fn answered(&mut self, subject: &[u8], status: Option<u16>, payload: Bytes) {
+    /// An inbox event JetStream stored and republished, with its `seq`: to the user's
+    /// home reactor here, for the devices online here.
+    fn inbox_event(&mut self, sid: u64, seq: u64, payload: &Bytes) {
+        let Some(Sub::Live {
+            user,
+            home,
+            devices: true,
+        }) = self.by_sid.get(&sid)
+        else {
+            return; // no device here (the grace): it waits in the inbox
+        };
+        let Some((kind, priority, json)) = inboxes::decode_event(payload) else {
+            return debug!("cluster: a stored inbox event that does not parse, dropped");
+        };
+        let delivery = Delivery {
+            user: (**user).into(),
+            frame: Outgoing::with_seq(kind, &json, seq),
+            priority,
+            except: None,
+            ack: None,
+            copy_of: None,
+            accepted_ns: 0,
+            durability: Durability::Relayed,
+        };
+        let mail = Inbound::Mail(Envelope::Deliver(Box::new(delivery)));
+        self.reactors.send(usize::from(*home), mail);
+    }
+
+    /// An answer on the inbox: another node's figures (`s<gather>`), a presence
+    /// question's (`p<question>`), JetStream's (`j<request>`), or a call's.
+    fn answered(&mut self, subject: &[u8], status: Option<u16>, headers: &[u8], payload: Bytes) {
         let Some(rest) = subject.strip_prefix(self.inbox.as_bytes()) else {
             return;
         };
         let number = |digits: &[u8]| std::str::from_utf8(digits).ok()?.parse::<u64>().ok();
         match rest.split_first() {
             Some((b's', gather)) => self.stats_answered(gather, status, payload),
+            Some((b'j', request)) => {
+                let replies =
+                    self.inboxes
+                        .answered(request, status, headers, &payload, &mut self.out);
+                self.send_replies(replies);
+            }
             Some((b'p', question)) => {
                 let Some(question) = number(question) else {
                     return;
@@ -761,6 +823,8 @@ impl Relayer {
         }
         let settled = self.holders.expire(now, crate::protocol::now_ms());
         self.report(settled);
+        let failed = self.inboxes.expire(now);
+        self.send_replies(failed);
     }
 }
 

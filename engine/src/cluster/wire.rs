@@ -29,6 +29,8 @@ pub(super) enum Op {
         reply: Option<Bytes>,
         /// A status in its headers (`503`: no responders), if any.
         status: Option<u16>,
+        /// Its header block (empty for a `MSG`): read with [`header`].
+        headers: Bytes,
         /// The payload.
         payload: Bytes,
     },
@@ -112,8 +114,20 @@ fn message(buf: &mut BytesMut, eol: usize, headers: bool) -> Result<Option<Op>, 
         subject,
         reply,
         status,
+        headers: body.slice(..header_len),
         payload: body.slice(header_len..),
     }))
+}
+
+/// The value of header `name` in a header block (the first, if repeated).
+pub(super) fn header<'a>(headers: &'a [u8], name: &str) -> Option<&'a [u8]> {
+    headers.split(|b| *b == b'\n').skip(1).find_map(|line| {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let colon = line.iter().position(|b| *b == b':')?;
+        let (key, value) = line.split_at(colon);
+        key.eq_ignore_ascii_case(name.as_bytes())
+            .then(|| value[1..].trim_ascii())
+    })
 }
 
 /// The status code on a header block's first line (`NATS/1.0 503`), if it has one.
@@ -166,6 +180,30 @@ pub(super) fn publish(out: &mut BytesMut, subject: &[u8], reply: Option<&str>, p
     out.put_slice(b"\r\n");
 }
 
+/// `HPUB <subject> <reply> <header size> <size>`, the headers `(name, value)` (values
+/// must not hold CR or LF), the payload.
+pub(super) fn publish_with_headers(
+    out: &mut BytesMut,
+    subject: &[u8],
+    reply: &str,
+    headers: &[(&str, &str)],
+    payload: &[u8],
+) {
+    let mut block = String::from("NATS/1.0\r\n");
+    for (name, value) in headers {
+        debug_assert!(!value.contains(['\r', '\n']), "{value:?}");
+        block.push_str(&format!("{name}: {value}\r\n"));
+    }
+    block.push_str("\r\n");
+    out.put_slice(b"HPUB ");
+    out.put_slice(subject);
+    let total = block.len() + payload.len();
+    out.put_slice(format!(" {reply} {} {total}\r\n", block.len()).as_bytes());
+    out.put_slice(block.as_bytes());
+    out.put_slice(payload);
+    out.put_slice(b"\r\n");
+}
+
 /// `PONG`.
 pub(super) fn pong(out: &mut BytesMut) {
     out.put_slice(b"PONG\r\n");
@@ -204,6 +242,7 @@ mod tests {
                 subject: Bytes::from_static(b"chat.live.bob"),
                 reply: None,
                 status: None,
+                headers: Bytes::new(),
                 payload: Bytes::from_static(b"hello"),
             }
         );
@@ -229,6 +268,35 @@ mod tests {
             panic!("{got:?}");
         };
         assert_eq!((*sid, *status, payload.len()), (1, Some(503), 0));
+    }
+
+    #[test]
+    fn headers_are_written_and_read_back() {
+        let mut out = BytesMut::new();
+        let headers = [("Nats-Msg-Id", "ann:m-1")];
+        publish_with_headers(&mut out, b"chat.inbox.bob", "_INBOX.a.j1", &headers, b"hi");
+        let block = "NATS/1.0\r\nNats-Msg-Id: ann:m-1\r\n\r\n";
+        let expected = format!(
+            "HPUB chat.inbox.bob _INBOX.a.j1 {} {}\r\n{block}hi\r\n",
+            block.len(),
+            block.len() + 2
+        );
+        assert_eq!(out, expected.as_bytes());
+        let wire = b"HMSG chat.live.bob 4 47 49\r\nNATS/1.0\r\nNats-Sequence: 12\r\nNats-Stream: I\r\n\r\nhi\r\n";
+        let got = ops(wire);
+        let Op::Msg {
+            headers,
+            payload,
+            status,
+            ..
+        } = &got[0]
+        else {
+            panic!("{got:?}");
+        };
+        assert_eq!((status, &payload[..]), (&None, &b"hi"[..]));
+        assert_eq!(header(headers, "nats-sequence"), Some(&b"12"[..]));
+        assert_eq!(header(headers, "Nats-Stream"), Some(&b"I"[..]));
+        assert_eq!(header(headers, "Nats-Subject"), None);
     }
 
     #[test]

@@ -19,7 +19,7 @@ use crate::{
         api::{BroadcastRequest, SendRequest},
         metrics, response,
     },
-    protocol::{json::Obj, now_ms},
+    protocol::{codes::ErrorCode, json::Obj, now_ms},
     router::{BroadcastMessage, BroadcastOrder, ConnAddr, Envelope},
     shard::Event,
     stats,
@@ -84,9 +84,13 @@ impl Reactor {
                     Outcome::Failed(why) => why.to_string(),
                     _ => "its first copy was not kept".to_owned(),
                 };
+                let code = match outcome {
+                    Outcome::Failed(Failure::Unreachable) => ErrorCode::ClusterUnavailable,
+                    _ => ErrorCode::PersistenceFailed,
+                };
                 response::json_error(
                     503,
-                    "persistence_failed",
+                    code.name(),
                     &format!("the message could not be stored: {why}"),
                     pending.keep_alive,
                 )

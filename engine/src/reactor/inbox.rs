@@ -20,7 +20,7 @@ use crate::{
         Priority,
     },
     router::{home_of, ConnAddr},
-    store::{Command, FanOut, Greeting, InboxEvent, Outcome, ReadFrom, Reply},
+    store::{Command, Failure, FanOut, Greeting, InboxEvent, Outcome, ReadFrom, Reply},
     ws::close,
 };
 
@@ -268,12 +268,11 @@ impl Reactor {
             }
             Outcome::Failed(why) => {
                 let text = format!("the message could not be stored: {why}");
-                self.send_error(
-                    sender,
-                    ErrorCode::PersistenceFailed,
-                    &text,
-                    Some(message_id),
-                );
+                let code = match why {
+                    Failure::Unreachable => ErrorCode::ClusterUnavailable,
+                    _ => ErrorCode::PersistenceFailed,
+                };
+                self.send_error(sender, code, &text, Some(message_id));
             }
         }
     }

@@ -104,6 +104,7 @@ impl Reactor {
             match inbound {
                 Inbound::Mail(envelope) => self.take_mail(envelope),
                 Inbound::Stats { asker, body } => self.answer_cluster_stats(asker, body),
+                Inbound::Store(reply) => self.take_store_reply(reply),
                 Inbound::CallNotTaken {
                     caller,
                     reference,

@@ -231,8 +231,9 @@ impl Shard {
         if let Some(id) = &delivery.copy_of {
             // A copy for the sender's other devices exists only while one is online (as
             // in v1; the sender's history has the message): no device, no event.
+            // (In a cluster the others may be on other nodes: it goes to them all.)
             let others = self.directory.live_devices(&delivery.user, delivery.except);
-            if others.is_empty() {
+            if others.is_empty() && !self.relays {
                 return;
             }
             // A retry's copy for the sender's own devices: each got the first one.
@@ -262,6 +263,11 @@ impl Shard {
             return;
         }
         match delivery.durability {
+            // In a cluster a copy for the sender's other devices is not stored: it goes
+            // to them live, on every node, as typing does.
+            Durability::Inbox if self.relays && delivery.copy_of.is_some() => {
+                self.deliver_transient(delivery, out)
+            }
             Durability::Inbox => self.deliver_to_inbox(delivery, key, out),
             Durability::Transient | Durability::Call { .. } | Durability::Relayed => {
                 self.deliver_transient(delivery, out)
@@ -280,7 +286,16 @@ impl Shard {
             delivery.except,
             out,
         );
-        let delivered = numbered.delivered();
+        // In a cluster the devices get it once JetStream has it: `sent` says a device is
+        // online on this node to get it.
+        let delivered = if self.relays {
+            !self
+                .directory
+                .live_devices(&delivery.user, delivery.except)
+                .is_empty()
+        } else {
+            numbered.delivered()
+        };
         let only_to_v1 = numbered.only_to_v1();
         let dedup = key.map(|key| {
             let seen = if delivered {

@@ -8,6 +8,10 @@
 //! live events from the moment the home has the numbering; only then is it told
 //! (`Registered`), so the inbox it reads next holds everything numbered before (the
 //! driver holds what comes live while it reads, and drops what the read already gave).
+//!
+//! In a cluster the home numbers nothing: every event goes to the user's inbox in
+//! JetStream, which numbers it, and reaches the devices on every node as the stream
+//! republishes it ([`crate::cluster`]); a device is live as soon as it registers.
 
 use super::{
     directory::{LiveDevice, Numbering, OPENING_TICKET_MASK},
@@ -92,6 +96,11 @@ impl Shard {
     /// the device is made live and told so; until then (the store numbers them, or the
     /// home is waiting for the last `seq`) it waits for [`Shard::inbox_opened`].
     pub(super) fn admit_device(&mut self, user: &str, addr: ConnAddr, out: &mut Effects) {
+        if self.relays {
+            // In a cluster JetStream numbers every event, and the device gets them as
+            // the stream republishes them: it is live at once.
+            return self.make_live(user, addr, out);
+        }
         match self.directory.numbering(user) {
             Numbering::Home { .. } => self.make_live(user, addr, out),
             Numbering::Opening { .. } => {}

@@ -5,7 +5,7 @@ use super::{AckTo, Command, Failure, Outcome, Reply, Share, Ticket, Waiter};
 /// The answer to one append: its sender hears the outcome, and a home whose message was
 /// not kept, and reached no device, forgets it from its dedup window (so a retry is tried
 /// again; one that reached a device is not delivered twice).
-pub(super) fn append_outcome(
+pub(crate) fn append_outcome(
     replies: &mut Vec<(usize, Reply)>,
     ack: Option<&AckTo>,
     dedup: Option<(usize, Ticket)>,
@@ -85,7 +85,7 @@ pub(super) fn sender_answer(
 }
 
 /// A home's fan-out counts for the reactor waiting on them.
-pub(super) fn fan_out_counts(
+pub(crate) fn fan_out_counts(
     share: &Share,
     queued: u32,
     not_kept: u32,
@@ -104,7 +104,7 @@ pub(super) fn fan_out_counts(
 
 /// The answer to a read (or a change that must read first) that a failed batch
 /// could not serve: the asking connection is told why.
-pub(super) fn unread_answer(command: &Command, why: Failure) -> Option<(usize, Reply)> {
+pub(crate) fn unread_answer(command: &Command, why: Failure) -> Option<(usize, Reply)> {
     let error = Some(why);
     let (to, reply) = match command {
         Command::ReadInbox { user, device, .. } => {

@@ -98,6 +98,24 @@ pub enum Command {
     Shutdown,
 }
 
+impl Command {
+    /// Whether the command is about inboxes (appends, reads, acks), which a cluster node
+    /// keeps in JetStream ([`super::InboxHost`]); history, groups and the rest stay in the
+    /// file.
+    pub fn is_for_inboxes(&self) -> bool {
+        matches!(
+            self,
+            Command::Append(_)
+                | Command::AppendShare(_)
+                | Command::Confirm(_)
+                | Command::OpenInbox { .. }
+                | Command::ReadInbox { .. }
+                | Command::Ack { .. }
+                | Command::Peek { .. }
+        )
+    }
+}
+
 /// What makes a message a chat message: who sent it and when. The store keeps chat
 /// messages in history and recognises a retry of one it already holds.
 #[derive(Debug, Clone)]

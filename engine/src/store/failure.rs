@@ -17,6 +17,11 @@ pub enum Failure {
     Closed,
     /// The store has stopped (the gateway is shutting down): nothing reached it.
     Stopped,
+    /// In a cluster: NATS is out of reach, so the inbox in JetStream is too.
+    Unreachable,
+    /// In a cluster: JetStream refused the write or the read (its storage is full, its
+    /// stream is missing).
+    Refused,
 }
 
 impl From<&io::Error> for Failure {
@@ -49,6 +54,8 @@ impl fmt::Display for Failure {
                 f.write_str("the store file could not be reopened after an earlier error")
             }
             Failure::Stopped => f.write_str("the store is shut down"),
+            Failure::Unreachable => f.write_str("the cluster (NATS) is out of reach"),
+            Failure::Refused => f.write_str("the cluster's JetStream store refused it"),
         }
     }
 }

@@ -25,7 +25,7 @@
 //!   batch's commands; `answers`: the replies, committed or failed; `state`: what the
 //!   thread keeps in memory about the file; `failure`: why it failed, typed.
 
-mod answers;
+pub(crate) mod answers;
 mod apply;
 mod checkpoint;
 mod commands;
@@ -131,18 +131,46 @@ pub struct Waiter {
 }
 
 /// The reactors' side: send commands; cheap to clone.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Store {
     commands: mpsc::Sender<Command>,
+    /// In a cluster, where the inbox commands go instead of the file.
+    inboxes: Option<Arc<dyn InboxHost>>,
     /// Counters.
     pub stats: Arc<StoreStats>,
 }
 
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("inboxes_elsewhere", &self.inboxes.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where a cluster node keeps its users' inboxes: JetStream, through the cluster thread
+/// ([`crate::cluster`]). It takes the inbox commands ([`Command::is_for_inboxes`]) and
+/// answers them as the store thread would, over each reactor's cluster channel.
+pub trait InboxHost: Send + Sync {
+    /// Hands over one inbox command; never blocks. Fails only if the host is gone.
+    fn send(&self, command: Command) -> Result<(), Command>;
+}
+
 impl Store {
-    /// Hands a command to the store thread. Never blocks; fails only if the thread is
-    /// gone, which the caller reports as a persistence failure.
+    /// Hands a command to the store thread (or an inbox command to the inbox host, in a
+    /// cluster). Never blocks; fails only if the thread is gone, which the caller
+    /// reports as a persistence failure.
     pub fn send(&self, command: Command) -> Result<(), Command> {
-        self.commands.send(command).map_err(|e| e.0)
+        match &self.inboxes {
+            Some(host) if command.is_for_inboxes() => host.send(command),
+            _ => self.commands.send(command).map_err(|e| e.0),
+        }
+    }
+
+    /// This store with its inboxes kept by `host` (a cluster node's: in JetStream).
+    pub fn with_inbox_host(mut self, host: Arc<dyn InboxHost>) -> Store {
+        self.inboxes = Some(host);
+        self
     }
 }
 
@@ -250,7 +278,11 @@ pub fn open(
         .name("store".into())
         .spawn(move || worker.run())?;
     Ok(Opened {
-        store: Store { commands, stats },
+        store: Store {
+            commands,
+            inboxes: None,
+            stats,
+        },
         thread,
         memberships,
         recent,

@@ -240,6 +240,19 @@ impl Server {
         client
     }
 
+    /// Logs in a v2 device: `resume` from `(epoch, seq)`; returns the client and its
+    /// `auth_success`.
+    pub fn login_resuming(&self, user: &str, device: &str, from: (&str, u64)) -> (Client, Value) {
+        let mut client = self.connect();
+        client.send(
+            &serde_json::json!({"type": "auth", "userId": user, "deviceId": device,
+                                        "resume": {"epoch": from.0, "seq": from.1}}),
+        );
+        let greeting = client.recv();
+        assert_eq!(greeting["type"], "auth_success", "{greeting}");
+        (client, greeting)
+    }
+
     /// Returns once `user`'s home has seen its last device go: a watcher subscribes to the
     /// user's presence and waits for `offline`. (What a test does next, a message to the
     /// user say, then meets the user offline, not a connection that is closing.)
@@ -276,6 +289,17 @@ impl Server {
             .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
             .and_then(|v| v.trim().parse().ok())
             .unwrap_or_else(|| panic!("{name} in {metrics}"))
+    }
+
+    /// `engine_errors_total` for one error code.
+    pub fn errors_counted(&self, code: &str) -> u64 {
+        let (_, metrics) = self.get("/metrics");
+        let label = format!(r#"code="{code}""#);
+        metrics
+            .lines()
+            .filter(|l| l.starts_with("engine_errors_total{") && l.contains(&label))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
     }
 
     /// GETs `path` with `Connection: close` and returns `(status, body)`.
@@ -335,6 +359,20 @@ pub struct Client {
 }
 
 impl Client {
+    /// Sends a `send_message` and returns its `message_ack`.
+    pub fn send_chat(&mut self, id: &str, to: &str, content: &str) -> Value {
+        self.send(&serde_json::json!({"type": "send_message", "messageId": id,
+                                      "receiverId": to, "content": content}));
+        self.recv_type("message_ack")
+    }
+
+    /// The next `new_message`'s content and `seq`.
+    pub fn next_message(&mut self) -> (String, u64) {
+        let message = self.recv_type("new_message");
+        let seq = message["seq"].as_u64().expect("an inbox event has a seq");
+        (message["content"].as_str().unwrap().to_owned(), seq)
+    }
+
     /// Sends a JSON text message.
     pub fn send(&mut self, value: &Value) {
         self.ws

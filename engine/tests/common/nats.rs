@@ -1,6 +1,9 @@
 //! A real `nats-server` (Debian's package) with JetStream, on a free loopback port in a
-//! temporary directory, killed on drop: what the cluster tests run their nodes against.
+//! temporary directory, killed on drop: what the cluster tests run their nodes against;
+//! and the nodes themselves.
 
+use super::{Driver, Server};
+use serde_json::Value;
 use std::{
     net::{TcpListener, TcpStream},
     path::PathBuf,
@@ -129,4 +132,51 @@ pub fn skip(test: &str, why: &str) {
     }
     use std::io::Write;
     let _ = writeln!(std::io::stderr().lock(), "SKIPPED {test}: {why}");
+}
+
+/// A dead node is counted dead after 10 s of silence (PROTOCOL.md: offline within 15 s).
+pub const DEATH_BOUND: Duration = Duration::from_secs(15);
+
+/// A node of the cluster at `nats` with id `id`.
+pub fn node(nats: &str, id: &str) -> Server {
+    Server::start(Driver::IoUring, &["--cluster", nats, "--node-id", id])
+}
+
+/// `/health`'s `cluster` object.
+pub fn cluster(server: &Server) -> Value {
+    let (status, body) = server.get("/health");
+    assert_eq!(status, 200, "{body}");
+    let health: Value = serde_json::from_str(&body).expect("JSON");
+    health["cluster"].clone()
+}
+
+/// Waits up to `bound` until `server` counts `nodes` live nodes.
+pub fn wait_for_nodes(server: &Server, nodes: u64, bound: Duration) -> Duration {
+    let started = Instant::now();
+    loop {
+        let seen = cluster(server)["nodes"].as_u64();
+        if seen == Some(nodes) {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < bound,
+            "{nodes} nodes not seen within {bound:?}: {seen:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Runs `body` with a nats-server of its own, or skips the test without one.
+pub fn with_nats(test: &str, body: impl FnOnce(Nats)) {
+    match Nats::start() {
+        Ok(nats) => body(nats),
+        Err(why) => skip(test, &why),
+    }
+}
+
+/// Two nodes of one cluster, both ready.
+pub fn two_nodes(nats: &Nats) -> (Server, Server) {
+    let (a, b) = (node(&nats.url(), "a"), node(&nats.url(), "b"));
+    wait_for_nodes(&a, 2, Duration::from_secs(10));
+    (a, b)
 }

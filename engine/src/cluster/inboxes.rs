@@ -1,0 +1,876 @@
+//! Inboxes in JetStream: a cluster node's side of the store for everything about inboxes
+//! (docs/cluster.md, "Inboxes"), spoken over the relay's own NATS connection. The reactors
+//! send the same commands as to the store thread ([`crate::store::InboxHost`]) and get the
+//! same answers, so the shards and the drivers do not know where an inbox lives.
+//!
+//! - Stream `CHAT_INBOX` holds every user's events, subjects `chat.inbox.<user>`. An
+//!   event's stream sequence is its `seq`: increasing per user and the same on every node.
+//!   The stream's creation time is the `epoch`.
+//! - An append is a publish with an answer: the sender's `message_ack` follows JetStream's
+//!   ack, so "acknowledged" means stored (and replicated, with replicas). A chat message
+//!   carries `Nats-Msg-Id` (sender and message id), so a retry within the stream's
+//!   duplicate window is not stored twice. A full inbox (`max_msgs_per_subject`, new ones
+//!   refused) is `queue_full`.
+//! - The stream republishes each event to `chat.live.<user>`, with `Nats-Sequence`: the
+//!   nodes holding the user get it there ([`super::relayer`]), this one included, and
+//!   write it with its `seq` to the devices.
+//! - A read is one direct get after another (`next_by_subj`), a page at a time; the first
+//!   page of a read after `auth` starts with the last `seq` (`last_by_subj`) for the
+//!   greeting.
+//! - An ack purges the user's subject up to the acknowledged `seq`: what is left is what no
+//!   device acknowledged. An ack above the last `seq` is refused, as on one node.
+//!
+//! Each request waits at most [`REQUEST_WAIT`]; while NATS is out of reach every command
+//! fails at once with [`Failure::Unreachable`] (`cluster_unavailable` for a sender).
+
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use hashbrown::HashMap;
+use serde_json::Value;
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+use super::{relay::subject_token, wire};
+use crate::{
+    protocol::{codes::OutKind, Priority},
+    store::{
+        answers, AckTo, Append, Command, Confirm, Failure, FanOut, Greeting, InboxEvent, Outcome,
+        ReadFrom, Reply, Share, Ticket, Waiter, INBOX_PAGE_BYTES_MAX, INBOX_PAGE_EVENTS_MAX,
+        PEEK_BYTES_MAX, PEEK_MESSAGES_MAX,
+    },
+};
+
+/// The stream of every user's inbox events.
+const STREAM: &str = "CHAT_INBOX";
+/// How long JetStream keeps a message id to recognise a retry.
+const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+/// A request JetStream has not answered in this long failed.
+const REQUEST_WAIT: Duration = Duration::from_secs(5);
+/// JetStream's error code for a subject at `max_msgs_per_subject` (new ones refused).
+const PER_SUBJECT_LIMIT: u64 = 10077;
+/// JetStream's error code for a stream that exists with another configuration.
+const STREAM_DIFFERS: u64 = 10058;
+
+/// What the stream is created with.
+#[derive(Debug, Clone, Copy)]
+pub struct InboxLimits {
+    /// `--queue-max-per-user`: events one user's inbox holds at most.
+    pub queue_max_per_user: u64,
+    /// `--retention-days`: how long an event is kept.
+    pub retention: Duration,
+}
+
+/// Answers for the reactors: `(reactor, reply)`.
+pub(super) type Replies = Vec<(usize, Reply)>;
+
+/// A request on its way to JetStream.
+enum Pending {
+    /// The stream's creation (or its description).
+    Setup,
+    /// One event appended for a sender (or nobody).
+    Append {
+        ack: Option<AckTo>,
+        dedup: Option<(usize, Ticket)>,
+    },
+    /// One row of a fan-out.
+    Row { share: u64 },
+    /// The next step of a read.
+    Read(Box<Read>),
+    /// The last `seq` before an ack is carried out.
+    AckCheck {
+        user: Box<str>,
+        upto: u64,
+        device: Option<Waiter>,
+    },
+    /// A purge (an ack carried out).
+    Purge,
+}
+
+/// A fan-out's counts while its rows are being stored.
+struct ShareWait {
+    purpose: FanOut,
+    reply_to: usize,
+    request: u32,
+    delivered: u32,
+    rows_left: usize,
+    queued: u32,
+    not_kept: u32,
+}
+
+/// Who a read is for.
+enum Reader {
+    /// A device catching up: `greeting` on the first page.
+    Device {
+        device: Waiter,
+        greeting: Option<Greeting>,
+    },
+    /// The HTTP API's queue endpoint.
+    Api { requester: Waiter },
+}
+
+/// A read under way: a page of one user's events from `next` on.
+struct Read {
+    user: Box<str>,
+    reader: Reader,
+    /// The `seq` the next get starts at.
+    next: u64,
+    /// The last `seq` when the read started (first page only), for `covered`.
+    last: u64,
+    events: Vec<InboxEvent>,
+    bytes: usize,
+    /// Still to learn the last `seq` (the greeting's).
+    wants_last: bool,
+}
+
+/// The inboxes' side of the relay's connection.
+pub(super) struct Inboxes {
+    /// `<inbox>j`: where JetStream's answers come, with the request's number after it.
+    reply_prefix: String,
+    limits: InboxLimits,
+    /// The stream's creation time, once known on this connection.
+    epoch: Option<Box<str>>,
+    /// Commands that came before the stream was known.
+    held: Vec<Command>,
+    next: u64,
+    pending: HashMap<u64, (Pending, Instant)>,
+    shares: HashMap<u64, ShareWait>,
+    /// Retries waiting for the appends sent before them: `(first request after, retry)`.
+    confirms: Vec<(u64, Confirm)>,
+}
+
+impl Inboxes {
+    /// The inboxes of a relay whose answers come to `inbox` (`_INBOX.<random>.`).
+    pub(super) fn new(inbox: &str, limits: InboxLimits) -> Inboxes {
+        Inboxes {
+            reply_prefix: format!("{inbox}j"),
+            limits,
+            epoch: None,
+            held: Vec::new(),
+            next: 0,
+            pending: HashMap::new(),
+            shares: HashMap::new(),
+            confirms: Vec::new(),
+        }
+    }
+
+    /// The relay is connected: the stream is made sure of before any command runs.
+    pub(super) fn connected(&mut self, out: &mut BytesMut) {
+        let config = serde_json::json!({
+            "name": STREAM,
+            "subjects": ["chat.inbox.>"],
+            "storage": "file",
+            "retention": "limits",
+            "max_msgs_per_subject": self.limits.queue_max_per_user,
+            "discard": "new",
+            "discard_new_per_subject": true,
+            "max_age": self.limits.retention.as_nanos() as u64,
+            "duplicate_window": DUPLICATE_WINDOW.as_nanos() as u64,
+            "allow_direct": true,
+            "republish": {"src": "chat.inbox.>", "dest": "chat.live.>"},
+        });
+        let subject = format!("$JS.API.STREAM.CREATE.{STREAM}");
+        self.request(
+            out,
+            subject.as_bytes(),
+            config.to_string().as_bytes(),
+            Pending::Setup,
+        );
+    }
+
+    /// The relay lost its connection: everything under way fails (the senders hear
+    /// `cluster_unavailable`), and the stream is looked up again on reconnecting.
+    pub(super) fn disconnected(&mut self) -> Replies {
+        self.epoch = None;
+        let mut replies = Vec::new();
+        let pending: Vec<Pending> = self.pending.drain().map(|(_, (p, _))| p).collect();
+        for pending in pending {
+            self.fail(pending, Failure::Unreachable, &mut replies);
+        }
+        for command in std::mem::take(&mut self.held) {
+            fail_command(command, Failure::Unreachable, &mut replies);
+        }
+        self.answer_confirms(&mut replies);
+        replies
+    }
+
+    /// One command from a reactor.
+    pub(super) fn command(
+        &mut self,
+        command: Command,
+        connected: bool,
+        out: &mut BytesMut,
+    ) -> Replies {
+        let mut replies = Vec::new();
+        if !connected {
+            fail_command(command, Failure::Unreachable, &mut replies);
+        } else if self.epoch.is_none() {
+            self.held.push(command);
+        } else {
+            self.carry_out(command, out, &mut replies);
+        }
+        replies
+    }
+
+    fn carry_out(&mut self, command: Command, out: &mut BytesMut, replies: &mut Replies) {
+        match command {
+            Command::Append(append) => self.append(*append, out),
+            Command::AppendShare(share) => self.append_share(*share, out, replies),
+            Command::Confirm(confirm) => {
+                self.confirms.push((self.next, *confirm));
+                self.answer_confirms(replies);
+            }
+            Command::ReadInbox { user, device, from } => self.read_inbox(user, device, from, out),
+            Command::Peek { user, requester } => {
+                let read = Read {
+                    user,
+                    reader: Reader::Api { requester },
+                    next: 1,
+                    last: 0,
+                    events: Vec::new(),
+                    bytes: 0,
+                    wants_last: false,
+                };
+                self.get(read, out);
+            }
+            Command::Ack {
+                user, upto, device, ..
+            } => {
+                let body = last_by_subject(&user);
+                let check = Pending::AckCheck { user, upto, device };
+                self.request(out, direct_get().as_bytes(), &body, check);
+            }
+            // Never sent in a cluster: a relaying home does not number events.
+            Command::OpenInbox { .. } => {}
+            other => warn!("cluster: not an inbox command: {other:?}"),
+        }
+    }
+
+    /// Publishes one event to its user's subject.
+    fn append(&mut self, append: Append, out: &mut BytesMut) {
+        let id = self.take_id();
+        let payload = encode_event(append.event.kind, append.event.priority, &append.event.json);
+        let subject = inbox_subject(&append.user);
+        let reply = format!("{}{id}", self.reply_prefix);
+        match &append.chat {
+            Some(chat) => {
+                let msg_id = format!(
+                    "{}.{}",
+                    subject_token(&chat.sender),
+                    subject_token(&chat.message_id)
+                );
+                let headers = [("Nats-Msg-Id", msg_id.as_str())];
+                wire::publish_with_headers(out, subject.as_bytes(), &reply, &headers, &payload);
+            }
+            None => wire::publish(out, subject.as_bytes(), Some(&reply), &payload),
+        }
+        let pending = Pending::Append {
+            ack: append.ack,
+            dedup: append.dedup,
+        };
+        self.pending
+            .insert(id, (pending, Instant::now() + REQUEST_WAIT));
+    }
+
+    /// Publishes one event per row; the waiting reactor hears the counts after the last.
+    fn append_share(&mut self, share: Share, out: &mut BytesMut, replies: &mut Replies) {
+        if share.rows.is_empty() {
+            replies.push(answers::fan_out_counts(&share, 0, 0, false));
+            return;
+        }
+        let share_id = self.take_id();
+        for row in &share.rows {
+            let json = row.json.as_ref().unwrap_or(&share.json);
+            let payload = encode_event(share.kind, share.priority, json);
+            let id = self.take_id();
+            let reply = format!("{}{id}", self.reply_prefix);
+            let subject = inbox_subject(&row.user);
+            wire::publish(out, subject.as_bytes(), Some(&reply), &payload);
+            let pending = Pending::Row { share: share_id };
+            self.pending
+                .insert(id, (pending, Instant::now() + REQUEST_WAIT));
+        }
+        let wait = ShareWait {
+            purpose: share.purpose,
+            reply_to: share.reply_to,
+            request: share.request,
+            delivered: share.delivered,
+            rows_left: share.rows.len(),
+            queued: 0,
+            not_kept: 0,
+        };
+        self.shares.insert(share_id, wait);
+    }
+
+    /// Starts a page of `user`'s inbox for `device`.
+    fn read_inbox(&mut self, user: Box<str>, device: Waiter, from: ReadFrom, out: &mut BytesMut) {
+        let epoch: Box<str> = self.epoch.clone().unwrap_or_default();
+        let (next, greeting) = match from {
+            ReadFrom::Resume { epoch: theirs, seq } => {
+                let resumed = theirs == epoch;
+                let next = if resumed { seq + 1 } else { 1 };
+                let greeting = Greeting {
+                    epoch,
+                    seq: 0,
+                    resumed: Some(resumed),
+                };
+                (next, Some(greeting))
+            }
+            ReadFrom::Unacked { .. } => {
+                let greeting = Greeting {
+                    epoch,
+                    seq: 0,
+                    resumed: None,
+                };
+                (1, Some(greeting))
+            }
+            ReadFrom::After { seq } => (seq + 1, None),
+        };
+        let wants_last = greeting.is_some();
+        let read = Read {
+            user,
+            reader: Reader::Device { device, greeting },
+            next,
+            last: 0,
+            events: Vec::new(),
+            bytes: 0,
+            wants_last,
+        };
+        self.get(read, out);
+    }
+
+    /// The read's next request: the last `seq`, or the next event.
+    fn get(&mut self, read: Read, out: &mut BytesMut) {
+        let subject = inbox_subject(&read.user);
+        let body = if read.wants_last {
+            last_by_subject(&read.user)
+        } else {
+            serde_json::json!({"seq": read.next, "next_by_subj": subject})
+                .to_string()
+                .into_bytes()
+        };
+        self.request(
+            out,
+            direct_get().as_bytes(),
+            &body,
+            Pending::Read(Box::new(read)),
+        );
+    }
+
+    /// JetStream's answer to request `id` (`<inbox>j<id>`).
+    pub(super) fn answered(
+        &mut self,
+        id: &[u8],
+        status: Option<u16>,
+        headers: &[u8],
+        payload: &Bytes,
+        out: &mut BytesMut,
+    ) -> Replies {
+        let mut replies = Vec::new();
+        let id = std::str::from_utf8(id)
+            .ok()
+            .and_then(|n| n.parse::<u64>().ok());
+        let Some((pending, _)) = id.and_then(|id| self.pending.remove(&id)) else {
+            return replies;
+        };
+        match pending {
+            Pending::Setup => self.set_up(status, payload, out, &mut replies),
+            Pending::Append { ack, dedup } => {
+                let outcome = publish_outcome(status, payload, ack.as_ref());
+                answers::append_outcome(&mut replies, ack.as_ref(), dedup, outcome);
+            }
+            Pending::Row { share } => {
+                let kept = matches!(publish_outcome(status, payload, None), Outcome::Kept { .. });
+                self.row_done(share, kept, &mut replies);
+            }
+            Pending::Read(read) => {
+                self.read_step(*read, status, headers, payload, out, &mut replies)
+            }
+            Pending::AckCheck { user, upto, device } => {
+                let last = match status {
+                    Some(404) => None,
+                    Some(_) => return replies,
+                    None => sequence_of(headers),
+                };
+                match (last, device) {
+                    (Some(last), Some(device)) if upto > last => {
+                        let refused = Reply::AckRefused {
+                            device,
+                            seq: upto,
+                            last,
+                        };
+                        replies.push((device.reactor, refused));
+                    }
+                    _ => {
+                        let body = serde_json::json!({
+                            "filter": inbox_subject(&user),
+                            "seq": upto + 1,
+                        });
+                        let subject = format!("$JS.API.STREAM.PURGE.{STREAM}");
+                        let body = body.to_string();
+                        self.request(out, subject.as_bytes(), body.as_bytes(), Pending::Purge);
+                    }
+                }
+            }
+            Pending::Purge => {
+                if let Some(error) = api_error(status, payload) {
+                    warn!("cluster: an ack's purge failed: {error}");
+                }
+            }
+        }
+        self.answer_confirms(&mut replies);
+        replies
+    }
+
+    /// Fails the requests JetStream did not answer within [`REQUEST_WAIT`].
+    pub(super) fn expire(&mut self, now: Instant) -> Replies {
+        let late: Vec<u64> = self
+            .pending
+            .iter()
+            .filter(|(_, (_, until))| *until <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        let mut replies = Vec::new();
+        for id in late {
+            if let Some((pending, _)) = self.pending.remove(&id) {
+                if matches!(pending, Pending::Setup) {
+                    warn!("cluster: JetStream did not answer the inbox stream's set-up");
+                }
+                self.fail(pending, Failure::Unreachable, &mut replies);
+            }
+        }
+        self.answer_confirms(&mut replies);
+        replies
+    }
+
+    /// The stream exists (made now, or already): its creation time is the epoch, and the
+    /// commands held meanwhile run.
+    fn set_up(
+        &mut self,
+        status: Option<u16>,
+        payload: &Bytes,
+        out: &mut BytesMut,
+        replies: &mut Replies,
+    ) {
+        let answer: Value = serde_json::from_slice(payload).unwrap_or_default();
+        if answer["error"]["err_code"].as_u64() == Some(STREAM_DIFFERS) {
+            // Another node made it with other limits: use it as it is.
+            warn!("cluster: stream {STREAM} exists with another configuration; using it as it is");
+            let subject = format!("$JS.API.STREAM.INFO.{STREAM}");
+            return self.request(out, subject.as_bytes(), b"", Pending::Setup);
+        }
+        let created = answer["created"].as_str();
+        let Some(created) = created.filter(|_| status.is_none()) else {
+            warn!(
+                "cluster: the inbox stream could not be set up ({}); is JetStream enabled (-js)?",
+                api_error(status, payload).unwrap_or_else(|| "no answer".into())
+            );
+            for command in std::mem::take(&mut self.held) {
+                fail_command(command, Failure::Refused, replies);
+            }
+            return;
+        };
+        info!(
+            stream = STREAM,
+            epoch = created,
+            "cluster: inboxes in JetStream"
+        );
+        self.epoch = Some(created.into());
+        for command in std::mem::take(&mut self.held) {
+            self.carry_out(command, out, replies);
+        }
+    }
+
+    /// One answer of a read: the last `seq`, an event, or the end.
+    fn read_step(
+        &mut self,
+        mut read: Read,
+        status: Option<u16>,
+        headers: &[u8],
+        payload: &Bytes,
+        out: &mut BytesMut,
+        replies: &mut Replies,
+    ) {
+        let found = match status {
+            None => sequence_of(headers),
+            Some(404) => None,
+            Some(_) => return self.fail(Pending::Read(Box::new(read)), Failure::Refused, replies),
+        };
+        if read.wants_last {
+            read.wants_last = false;
+            read.last = found.unwrap_or(0);
+            if let Reader::Device {
+                greeting: Some(greeting),
+                ..
+            } = &mut read.reader
+            {
+                greeting.seq = read.last;
+            }
+            return self.get(read, out);
+        }
+        let Some(seq) = found else {
+            return finish_read(read, false, replies);
+        };
+        if let Some((kind, priority, json)) = decode_event(payload) {
+            read.bytes += json.len();
+            read.events.push(InboxEvent {
+                seq,
+                kind,
+                priority,
+                json,
+            });
+        }
+        read.next = seq + 1;
+        let (events_max, bytes_max) = match read.reader {
+            Reader::Device { .. } => (INBOX_PAGE_EVENTS_MAX, INBOX_PAGE_BYTES_MAX),
+            Reader::Api { .. } => (PEEK_MESSAGES_MAX, PEEK_BYTES_MAX),
+        };
+        if read.events.len() >= events_max || read.bytes >= bytes_max {
+            return finish_read(read, true, replies);
+        }
+        self.get(read, out);
+    }
+
+    /// A row of fan-out `share` is stored (`kept`) or not; the counts go out after the
+    /// last.
+    fn row_done(&mut self, share: u64, kept: bool, replies: &mut Replies) {
+        let Some(wait) = self.shares.get_mut(&share) else {
+            return;
+        };
+        if kept {
+            wait.queued += 1;
+        } else {
+            wait.not_kept += 1;
+        }
+        wait.rows_left -= 1;
+        if wait.rows_left > 0 {
+            return;
+        }
+        let Some(done) = self.shares.remove(&share) else {
+            return;
+        };
+        let reply = Reply::FanOutQueued {
+            purpose: done.purpose,
+            request: done.request,
+            delivered: done.delivered,
+            queued: done.queued,
+            not_kept: done.not_kept,
+            failed: false,
+        };
+        replies.push((done.reply_to, reply));
+    }
+
+    /// Answers the retries whose earlier appends have all been answered: the first copy
+    /// is held if it was kept (JetStream recognises the retry by its message id).
+    fn answer_confirms(&mut self, replies: &mut Replies) {
+        let oldest = self
+            .pending
+            .iter()
+            .filter(|(_, (p, _))| matches!(p, Pending::Append { .. } | Pending::Row { .. }))
+            .map(|(id, _)| *id)
+            .min()
+            .unwrap_or(u64::MAX);
+        let (due, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.confirms)
+            .into_iter()
+            .partition(|(after, _)| *after <= oldest);
+        self.confirms = waiting;
+        for (_, confirm) in due {
+            let outcome = Outcome::Kept {
+                delivered: confirm.ack.delivered,
+            };
+            answers::append_outcome(replies, Some(&confirm.ack), None, outcome);
+        }
+    }
+
+    /// What a failed request's asker hears.
+    fn fail(&mut self, pending: Pending, why: Failure, replies: &mut Replies) {
+        match pending {
+            Pending::Append { ack, dedup } => {
+                answers::append_outcome(replies, ack.as_ref(), dedup, Outcome::Failed(why));
+            }
+            Pending::Row { share } => self.row_done(share, false, replies),
+            Pending::Read(read) => {
+                let (to, reply) = match read.reader {
+                    Reader::Device { device, .. } => {
+                        let command = Command::ReadInbox {
+                            user: read.user,
+                            device,
+                            from: ReadFrom::After { seq: 0 },
+                        };
+                        answers::unread_answer(&command, why).expect("a read")
+                    }
+                    Reader::Api { requester } => {
+                        let command = Command::Peek {
+                            user: read.user,
+                            requester,
+                        };
+                        answers::unread_answer(&command, why).expect("a read")
+                    }
+                };
+                replies.push((to, reply));
+            }
+            Pending::Setup | Pending::AckCheck { .. } | Pending::Purge => {}
+        }
+    }
+
+    fn take_id(&mut self) -> u64 {
+        self.next += 1;
+        self.next
+    }
+
+    /// Sends a request whose answer comes to `<inbox>j<id>`.
+    fn request(&mut self, out: &mut BytesMut, subject: &[u8], body: &[u8], pending: Pending) {
+        let id = self.take_id();
+        let reply = format!("{}{id}", self.reply_prefix);
+        wire::publish(out, subject, Some(&reply), body);
+        self.pending
+            .insert(id, (pending, Instant::now() + REQUEST_WAIT));
+    }
+}
+
+/// A read's page for its asker: `more` if the page is full and the next one follows.
+fn finish_read(read: Read, more: bool, replies: &mut Replies) {
+    let highest = read.events.last().map_or(0, |e| e.seq);
+    match read.reader {
+        Reader::Device { device, greeting } => {
+            let covered = if more {
+                highest
+            } else {
+                highest.max(read.last)
+            };
+            let reply = Reply::InboxPage {
+                device,
+                user: read.user,
+                greeting,
+                events: read.events,
+                next: more.then_some(ReadFrom::After { seq: highest }),
+                covered,
+                error: None,
+            };
+            replies.push((device.reactor, reply));
+        }
+        Reader::Api { requester } => {
+            let messages = read
+                .events
+                .into_iter()
+                .filter(|e| e.kind == OutKind::NewMessage)
+                .map(|e| e.json)
+                .collect();
+            let reply = Reply::Peeked {
+                requester,
+                user: read.user,
+                messages,
+                upto: highest,
+                more,
+                error: None,
+            };
+            replies.push((requester.reactor, reply));
+        }
+    }
+}
+
+/// The answer a command gets when it cannot be carried out at all.
+fn fail_command(command: Command, why: Failure, replies: &mut Replies) {
+    match command {
+        Command::Append(append) => {
+            let outcome = Outcome::Failed(why);
+            answers::append_outcome(replies, append.ack.as_ref(), append.dedup, outcome);
+        }
+        Command::AppendShare(share) => {
+            let not_kept = share.rows.len() as u32;
+            replies.push(answers::fan_out_counts(&share, 0, not_kept, true));
+        }
+        Command::Confirm(confirm) => {
+            let outcome = Outcome::Failed(why);
+            answers::append_outcome(replies, Some(&confirm.ack), None, outcome);
+        }
+        other => replies.extend(answers::unread_answer(&other, why)),
+    }
+}
+
+/// What became of a publish, from JetStream's ack.
+fn publish_outcome(status: Option<u16>, payload: &Bytes, ack: Option<&AckTo>) -> Outcome {
+    if status.is_some() {
+        return Outcome::Failed(Failure::Refused); // 503: no stream takes the subject
+    }
+    let answer: Value = serde_json::from_slice(payload).unwrap_or_default();
+    if answer["error"]["err_code"].as_u64() == Some(PER_SUBJECT_LIMIT) {
+        return Outcome::QueueFull;
+    }
+    if answer["seq"].as_u64().is_some_and(|s| s > 0) {
+        return Outcome::Kept {
+            delivered: ack.is_some_and(|a| a.delivered),
+        };
+    }
+    warn!(
+        "cluster: JetStream refused an inbox event: {}",
+        api_error(status, payload).unwrap_or_default()
+    );
+    Outcome::Failed(Failure::Refused)
+}
+
+/// The error of a JetStream API answer, if it is one.
+fn api_error(status: Option<u16>, payload: &Bytes) -> Option<String> {
+    if let Some(status) = status {
+        return Some(format!("status {status}"));
+    }
+    let answer: Value = serde_json::from_slice(payload).ok()?;
+    let error = answer.get("error")?;
+    Some(
+        error["description"]
+            .as_str()
+            .unwrap_or("an error")
+            .to_owned(),
+    )
+}
+
+/// The direct-get subject of the inbox stream.
+fn direct_get() -> String {
+    format!("$JS.API.DIRECT.GET.{STREAM}")
+}
+
+/// A direct get of `user`'s last event.
+fn last_by_subject(user: &str) -> Vec<u8> {
+    serde_json::json!({"last_by_subj": inbox_subject(user)})
+        .to_string()
+        .into_bytes()
+}
+
+/// The `Nats-Sequence` header of a stored message.
+pub(super) fn sequence_of(headers: &[u8]) -> Option<u64> {
+    let value = wire::header(headers, "Nats-Sequence")?;
+    std::str::from_utf8(value).ok()?.parse().ok()
+}
+
+/// The subject of `user`'s inbox.
+pub(super) fn inbox_subject(user: &str) -> String {
+    format!("chat.inbox.{}", subject_token(user))
+}
+
+/// A stored event: `[kind][priority][JSON without seq]`.
+pub(super) fn encode_event(kind: OutKind, priority: Priority, json: &[u8]) -> Vec<u8> {
+    let mut payload = BytesMut::with_capacity(2 + json.len());
+    payload.put_u8(kind.index() as u8);
+    payload.put_u8(priority as u8);
+    payload.put_slice(json);
+    payload.to_vec()
+}
+
+/// A stored event's parts, or `None` if it is not one.
+pub(super) fn decode_event(payload: &Bytes) -> Option<(OutKind, Priority, Bytes)> {
+    let (&kind, rest) = payload.split_first()?;
+    let (&priority, _) = rest.split_first()?;
+    let kind = OutKind::from_index(usize::from(kind))?;
+    let priority = match priority {
+        0 => Priority::High,
+        1 => Priority::Normal,
+        2 => Priority::Low,
+        _ => return None,
+    };
+    Some((kind, priority, payload.slice(2..)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stored_events_round_trip_and_garbage_is_refused() {
+        let payload = Bytes::from(encode_event(OutKind::NewMessage, Priority::Low, b"{}"));
+        let (kind, priority, json) = decode_event(&payload).unwrap();
+        assert_eq!(
+            (kind, priority, &json[..]),
+            (OutKind::NewMessage, Priority::Low, &b"{}"[..])
+        );
+        for bad in [&b""[..], b"\x00", b"\xff\x00{}", b"\x00\x09{}"] {
+            assert!(
+                decode_event(&Bytes::copy_from_slice(bad)).is_none(),
+                "{bad:?}"
+            );
+        }
+        assert_eq!(inbox_subject("a.b"), "chat.inbox.~612e62");
+    }
+
+    #[test]
+    fn a_publish_ack_says_kept_full_or_refused() {
+        let kept = Bytes::from_static(br#"{"stream":"CHAT_INBOX", "seq":5}"#);
+        assert_eq!(
+            publish_outcome(None, &kept, None),
+            Outcome::Kept { delivered: false }
+        );
+        let full = Bytes::from_static(
+            br#"{"error":{"code":503,"err_code":10077,"description":"maximum messages per subject exceeded"},"seq":0}"#,
+        );
+        assert_eq!(publish_outcome(None, &full, None), Outcome::QueueFull);
+        let other = Bytes::from_static(br#"{"error":{"code":500,"err_code":1,"description":"x"}}"#);
+        assert_eq!(
+            publish_outcome(None, &other, None),
+            Outcome::Failed(Failure::Refused)
+        );
+        assert_eq!(
+            publish_outcome(Some(503), &Bytes::new(), None),
+            Outcome::Failed(Failure::Refused)
+        );
+    }
+
+    #[test]
+    fn while_away_every_command_fails_at_once_and_unanswered_requests_fail_late() {
+        let mut inboxes = Inboxes::new(
+            "_INBOX.x.",
+            InboxLimits {
+                queue_max_per_user: 10,
+                retention: Duration::from_secs(60),
+            },
+        );
+        let device = Waiter {
+            reactor: 1,
+            ticket: 7,
+        };
+        let read = Command::ReadInbox {
+            user: "bob".into(),
+            device,
+            from: ReadFrom::After { seq: 3 },
+        };
+        let mut out = BytesMut::new();
+        let replies = inboxes.command(read, false, &mut out);
+        assert!(out.is_empty());
+        assert!(matches!(
+            replies[..],
+            [(
+                1,
+                Reply::InboxPage {
+                    error: Some(Failure::Unreachable),
+                    ..
+                }
+            )]
+        ));
+        // Connected: held until the stream is known, then carried out.
+        inboxes.connected(&mut out);
+        let read = Command::ReadInbox {
+            user: "bob".into(),
+            device,
+            from: ReadFrom::After { seq: 3 },
+        };
+        assert!(inboxes.command(read, true, &mut out).is_empty());
+        let created = Bytes::from_static(br#"{"created":"2026-12-06T05:00:00Z"}"#);
+        let replies = inboxes.answered(b"1", None, b"", &created, &mut out);
+        assert!(replies.is_empty());
+        assert_eq!(inboxes.epoch.as_deref(), Some("2026-12-06T05:00:00Z"));
+        let text = String::from_utf8_lossy(&out);
+        assert!(
+            text.contains(r#"{"next_by_subj":"chat.inbox.bob","seq":4}"#),
+            "{text}"
+        );
+        let replies = inboxes.expire(Instant::now() + REQUEST_WAIT);
+        assert!(matches!(
+            replies[..],
+            [(
+                1,
+                Reply::InboxPage {
+                    error: Some(Failure::Unreachable),
+                    ..
+                }
+            )]
+        ));
+    }
+}

@@ -1,0 +1,204 @@
+//! Inboxes across nodes (PROTOCOL.md "Clusters"): a cluster node keeps every user's inbox
+//! in JetStream, so a message sent on one node reaches a device on another with its
+//! `seq`, a queue written while its user is offline is drained on another node, and a
+//! killed node's users resume on another with nothing lost. Against a real `nats-server`
+//! that each test starts; without one these tests say why and pass, except under CI.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::nats::{two_nodes, with_nats};
+use serde_json::{json, Value};
+
+/// A v2 device's first login: nothing to resume.
+const FRESH: (&str, u64) = ("", 0);
+
+/// The `auth_success` fields a resume starts from.
+fn position(greeting: &Value) -> (String, u64) {
+    let epoch = greeting["epoch"].as_str().expect("an epoch").to_owned();
+    (epoch, greeting["seq"].as_u64().expect("a seq"))
+}
+
+#[test]
+fn a_message_reaches_a_device_on_another_node_with_one_seq_everywhere() {
+    with_nats("messages_across_nodes", |nats| {
+        let (a, b) = two_nodes(&nats);
+        let (mut bob_on_b, greeting) = b.login_resuming("bob", "phone", FRESH);
+        let (epoch, _) = position(&greeting);
+        assert!(!epoch.is_empty(), "the stream's epoch: {greeting}");
+        let mut alice = a.login("alice", "phone");
+        // Stored in JetStream before the ack; bob's device is on the other node.
+        let ack = alice.send_chat("m-1", "bob", "across");
+        assert_eq!(ack["status"], "queued", "{ack}");
+        let (content, first) = bob_on_b.next_message();
+        assert_eq!(content, "across");
+        bob_on_b.send(&json!({"type": "ack", "seq": first}));
+        // A second device of bob, on the sender's node, resuming where the first is:
+        // the next message reaches both, with the same seq.
+        let (mut bob_on_a, greeting) = a.login_resuming("bob", "laptop", (&epoch, first));
+        assert_eq!(greeting["resumed"], true, "{greeting}");
+        let ack = alice.send_chat("m-2", "bob", "to both");
+        assert_eq!(ack["status"], "sent", "a device of bob is on a: {ack}");
+        let on_b = bob_on_b.next_message();
+        let on_a = bob_on_a.next_message();
+        assert_eq!(on_a, on_b);
+        assert!(on_a.1 > first, "{on_a:?} after {first}");
+        for device in [&mut bob_on_a, &mut bob_on_b] {
+            device.expect_silence(Duration::from_millis(300));
+        }
+    });
+}
+
+#[test]
+fn a_queue_written_offline_is_drained_on_another_node_and_an_api_send_joins_it() {
+    with_nats("queue_across_nodes", |nats| {
+        let (a, b) = two_nodes(&nats);
+        let mut alice = a.login("alice", "phone");
+        for i in 0..3 {
+            let ack = alice.send_chat(&format!("m-{i}"), "bob", &format!("offline {i}"));
+            assert_eq!(ack["status"], "queued", "{ack}");
+        }
+        let body = r#"{"sender_id":"carol","receiver_id":"bob","text":"by the API"}"#;
+        let (status, answer) = a.request("POST", "/api/messages/send", &[], body);
+        assert_eq!(status, 202, "{answer}");
+        // Bob comes back on the other node: all four, in the order they were sent.
+        let (mut bob, greeting) = b.login_resuming("bob", "phone", FRESH);
+        let mut seqs = Vec::new();
+        for expected in ["offline 0", "offline 1", "offline 2", "by the API"] {
+            let (content, seq) = bob.next_message();
+            assert_eq!(content, expected);
+            seqs.push(seq);
+        }
+        assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+        assert_eq!(greeting["seq"].as_u64(), seqs.last().copied(), "{greeting}");
+        bob.expect_silence(Duration::from_millis(300));
+        // Acknowledged: gone from the inbox, on every node.
+        bob.send(&json!({"type": "ack", "seq": seqs[3]}));
+        let started = Instant::now();
+        loop {
+            let (status, body) = a.get("/api/messages/queue/bob");
+            assert_eq!(status, 200, "{body}");
+            let queue: Value = serde_json::from_str(&body).unwrap();
+            if queue["messages"].as_array().is_some_and(|m| m.is_empty()) {
+                break;
+            }
+            assert!(started.elapsed() < Duration::from_secs(5), "{queue}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        drop(bob);
+        let (mut again, _) = a.login_resuming("bob", "tablet", FRESH);
+        again.expect_silence(Duration::from_millis(300));
+    });
+}
+
+#[test]
+fn an_ack_above_the_last_seq_is_refused_and_purges_nothing() {
+    with_nats("ack_above_last_across_nodes", |nats| {
+        let (a, b) = two_nodes(&nats);
+        let (mut bob, _) = b.login_resuming("bob", "phone", FRESH);
+        let mut alice = a.login("alice", "phone");
+        alice.send_chat("m-1", "bob", "kept");
+        let (_, seq) = bob.next_message();
+        bob.send(&json!({"type": "ack", "seq": seq + 1000}));
+        let error = bob.recv_type("error");
+        assert_eq!(error["code"], "bad_request", "{error}");
+        drop(bob);
+        let (mut bob, _) = a.login_resuming("bob", "phone", FRESH);
+        assert_eq!(bob.next_message().0, "kept");
+    });
+}
+
+#[test]
+fn a_killed_nodes_users_resume_on_another_node_with_nothing_lost() {
+    with_nats("resume_after_node_death", |nats| {
+        let (a, mut b) = two_nodes(&nats);
+        let (mut bob, greeting) = b.login_resuming("bob", "phone", FRESH);
+        let (epoch, _) = position(&greeting);
+        let mut alice = a.login("alice", "phone");
+        for i in 0..20 {
+            alice.send_chat(&format!("m-{i}"), "bob", &format!("n{i}"));
+        }
+        // Bob processed (and acked) the first ten, then his node dies under him.
+        let mut processed = 0;
+        for i in 0..10 {
+            let (content, seq) = bob.next_message();
+            assert_eq!(content, format!("n{i}"));
+            processed = seq;
+        }
+        bob.send(&json!({"type": "ack", "seq": processed}));
+        b.child.kill().unwrap();
+        b.child.wait().unwrap();
+        drop(bob);
+        for i in 20..25 {
+            alice.send_chat(&format!("m-{i}"), "bob", &format!("n{i}"));
+        }
+        // On the other node, from where he was: the other fifteen, once each, in order.
+        let (mut bob, greeting) = a.login_resuming("bob", "phone", (&epoch, processed));
+        assert_eq!(greeting["resumed"], true, "{greeting}");
+        for i in 10..25 {
+            assert_eq!(bob.next_message().0, format!("n{i}"));
+        }
+        bob.expect_silence(Duration::from_millis(300));
+    });
+}
+
+#[test]
+fn nats_restarted_under_load_loses_nothing_acknowledged() {
+    with_nats("nats_restart_under_load", |mut nats| {
+        let (a, b) = two_nodes(&nats);
+        let mut alice = a.login("alice", "phone");
+        let (mut acked, mut unavailable) = (Vec::new(), 0u64);
+        let mut send = |alice: &mut common::Client, i: usize| {
+            let content = format!("n{i}");
+            if send_or_unavailable(alice, &format!("m-{i}"), &content) {
+                acked.push(content);
+            } else {
+                unavailable += 1;
+            }
+            acked.len()
+        };
+        for i in 0..50 {
+            send(&mut alice, i);
+        }
+        nats.restart().expect("nats-server restarts");
+        let started = Instant::now();
+        // Sending on through the restart until the node has acked 50 more.
+        let mut i = 50;
+        while send(&mut alice, i) < 100 {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "no acks after the restart"
+            );
+            i += 1;
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // Every acknowledged message is in bob's inbox, read on the other node.
+        let (mut bob, _) = b.login_resuming("bob", "phone", FRESH);
+        let mut got = std::collections::HashSet::new();
+        while let Some(message) = bob.recv_within(Duration::from_millis(500)) {
+            if message["type"] == "new_message" {
+                got.insert(message["content"].as_str().unwrap().to_owned());
+            }
+        }
+        let lost: Vec<&String> = acked.iter().filter(|m| !got.contains(*m)).collect();
+        assert!(lost.is_empty(), "acknowledged but lost: {lost:?}");
+        let counted = a.errors_counted("cluster_unavailable");
+        assert!(counted >= unavailable, "{counted} < {unavailable}");
+    });
+}
+
+/// Sends one message: true if it was acknowledged, false if the node said
+/// `cluster_unavailable` (anything else fails the test).
+fn send_or_unavailable(client: &mut common::Client, id: &str, content: &str) -> bool {
+    client.send(
+        &json!({"type": "send_message", "messageId": id, "receiverId": "bob",
+                        "content": content}),
+    );
+    let answer = client.recv();
+    match answer["type"].as_str() {
+        Some("message_ack") => true,
+        Some("error") if answer["code"] == "cluster_unavailable" => false,
+        _ => panic!("{answer}"),
+    }
+}
