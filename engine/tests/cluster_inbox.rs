@@ -202,3 +202,57 @@ fn send_or_unavailable(client: &mut common::Client, id: &str, content: &str) -> 
         _ => panic!("{answer}"),
     }
 }
+
+#[test]
+fn receipts_cross_nodes_once_a_device_acknowledges_and_once_it_has_read() {
+    with_nats("receipts_across_nodes", |nats| {
+        let (a, b) = two_nodes(&nats);
+        let (mut alice, _) = a.login_resuming("alice", "phone", FRESH);
+        let (mut bob, _) = b.login_resuming("bob", "phone", FRESH);
+        alice.send_chat("m-1", "bob", "hello");
+        let (_, seq) = bob.next_message();
+        alice.expect_silence(Duration::from_millis(200));
+        // Bob's device acknowledges it: alice, on the other node, hears it was delivered.
+        bob.send(&json!({"type": "ack", "seq": seq}));
+        let receipt = alice.recv_type("delivery_receipt");
+        assert_eq!(
+            (&receipt["messageId"], &receipt["receiverId"]),
+            (&json!("m-1"), &json!("bob"))
+        );
+        let receipt_seq = receipt["seq"].as_u64().expect("an inbox event of alice's");
+        alice.send(&json!({"type": "ack", "seq": receipt_seq}));
+        // And that it was read.
+        bob.send(&json!({"type": "read_receipt", "messageId": "m-1", "senderId": "alice"}));
+        let read = alice.recv_type("read_receipt");
+        assert_eq!(
+            (&read["messageId"], &read["readerId"]),
+            (&json!("m-1"), &json!("bob"))
+        );
+        alice.expect_silence(Duration::from_millis(300));
+    });
+}
+
+#[test]
+fn a_node_stopped_with_sigterm_sends_its_users_to_another_with_nothing_left_behind() {
+    with_nats("drain_to_another_node", |nats| {
+        let (a, mut b) = two_nodes(&nats);
+        let (mut bob, greeting) = b.login_resuming("bob", "phone", FRESH);
+        let (epoch, _) = position(&greeting);
+        let mut alice = a.login("alice", "phone");
+        alice.send_chat("m-1", "bob", "before");
+        alice.send_chat("m-2", "bob", "unread when b stops");
+        let (_, processed) = bob.next_message();
+        bob.send(&json!({"type": "ack", "seq": processed}));
+        // b leaves: its clients are told to go away (1001), and b exits cleanly.
+        let stopping = std::thread::spawn(move || b.terminate());
+        assert_eq!(bob.expect_close(), 1001);
+        assert_eq!(stopping.join().unwrap(), Some(0));
+        alice.send_chat("m-3", "bob", "while away");
+        // The client reconnects to a, from where it was: nothing stayed behind on b.
+        let (mut bob, greeting) = a.login_resuming("bob", "phone", (&epoch, processed));
+        assert_eq!(greeting["resumed"], true, "{greeting}");
+        assert_eq!(bob.next_message().0, "unread when b stops");
+        assert_eq!(bob.next_message().0, "while away");
+        bob.expect_silence(Duration::from_millis(300));
+    });
+}

@@ -31,7 +31,10 @@ use serde_json::Value;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use super::{relay::subject_token, wire};
+use super::{
+    relay::{from_subject_token, subject_token},
+    wire,
+};
 use crate::{
     protocol::{codes::OutKind, Priority},
     store::{
@@ -47,6 +50,9 @@ const STREAM: &str = "CHAT_INBOX";
 const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 /// A request JetStream has not answered in this long failed.
 const REQUEST_WAIT: Duration = Duration::from_secs(5);
+/// The header of an event whose sender waits for a `delivery_receipt`: the sender and
+/// the message id, each as a subject token ([`subject_token`]), separated by a space.
+const RECEIPT_HEADER: &str = "Chat-Receipt";
 /// JetStream's error code for a subject at `max_msgs_per_subject` (new ones refused).
 const PER_SUBJECT_LIMIT: u64 = 10077;
 /// JetStream's error code for a stream that exists with another configuration.
@@ -82,9 +88,22 @@ enum Pending {
         user: Box<str>,
         upto: u64,
         device: Option<Waiter>,
+        home: usize,
     },
+    /// The events an ack takes, read for the senders waiting on a `delivery_receipt`.
+    AckScan(Box<AckScan>),
     /// A purge (an ack carried out).
     Purge,
+}
+
+/// An ack under way: the user's events up to `upto` are read from `next` on, for their
+/// receipts, then purged.
+struct AckScan {
+    user: Box<str>,
+    upto: u64,
+    home: usize,
+    next: u64,
+    receipts: crate::store::ReceiptsDue,
 }
 
 /// A fan-out's counts while its rows are being stored.
@@ -234,10 +253,18 @@ impl Inboxes {
                 self.get(read, out);
             }
             Command::Ack {
-                user, upto, device, ..
+                user,
+                upto,
+                device,
+                home,
             } => {
                 let body = last_by_subject(&user);
-                let check = Pending::AckCheck { user, upto, device };
+                let check = Pending::AckCheck {
+                    user,
+                    upto,
+                    device,
+                    home,
+                };
                 self.request(out, direct_get().as_bytes(), &body, check);
             }
             // Never sent in a cluster: a relaying home does not number events.
@@ -254,12 +281,13 @@ impl Inboxes {
         let reply = format!("{}{id}", self.reply_prefix);
         match &append.chat {
             Some(chat) => {
-                let msg_id = format!(
-                    "{}.{}",
-                    subject_token(&chat.sender),
-                    subject_token(&chat.message_id)
-                );
-                let headers = [("Nats-Msg-Id", msg_id.as_str())];
+                let (sender, id) = (subject_token(&chat.sender), subject_token(&chat.message_id));
+                let msg_id = format!("{sender}.{id}");
+                let receipt = format!("{sender} {id}");
+                let mut headers = vec![("Nats-Msg-Id", msg_id.as_str())];
+                if append.receipt {
+                    headers.push((RECEIPT_HEADER, receipt.as_str()));
+                }
                 wire::publish_with_headers(out, subject.as_bytes(), &reply, &headers, &payload);
             }
             None => wire::publish(out, subject.as_bytes(), Some(&reply), &payload),
@@ -386,7 +414,12 @@ impl Inboxes {
             Pending::Read(read) => {
                 self.read_step(*read, status, headers, payload, out, &mut replies)
             }
-            Pending::AckCheck { user, upto, device } => {
+            Pending::AckCheck {
+                user,
+                upto,
+                device,
+                home,
+            } => {
                 let last = match status {
                     Some(404) => None,
                     Some(_) => return replies,
@@ -402,14 +435,31 @@ impl Inboxes {
                         replies.push((device.reactor, refused));
                     }
                     _ => {
-                        let body = serde_json::json!({
-                            "filter": inbox_subject(&user),
-                            "seq": upto + 1,
-                        });
-                        let subject = format!("$JS.API.STREAM.PURGE.{STREAM}");
-                        let body = body.to_string();
-                        self.request(out, subject.as_bytes(), body.as_bytes(), Pending::Purge);
+                        let scan = AckScan {
+                            user,
+                            upto,
+                            home,
+                            next: 1,
+                            receipts: Vec::new(),
+                        };
+                        self.scan(scan, out);
                     }
+                }
+            }
+            Pending::AckScan(mut scan) => {
+                let found = match status {
+                    None => sequence_of(headers).filter(|seq| *seq <= scan.upto),
+                    _ => None,
+                };
+                match found {
+                    Some(seq) => {
+                        if let Some(receipt) = wire::header(headers, RECEIPT_HEADER) {
+                            scan.receipts.extend(parse_receipt(receipt));
+                        }
+                        scan.next = seq + 1;
+                        self.scan(*scan, out);
+                    }
+                    None => self.purge(*scan, out, &mut replies),
                 }
             }
             Pending::Purge => {
@@ -420,6 +470,30 @@ impl Inboxes {
         }
         self.answer_confirms(&mut replies);
         replies
+    }
+
+    /// The next event an ack takes.
+    fn scan(&mut self, scan: AckScan, out: &mut BytesMut) {
+        let body = serde_json::json!({"seq": scan.next, "next_by_subj": inbox_subject(&scan.user)});
+        let body = body.to_string();
+        let pending = Pending::AckScan(Box::new(scan));
+        self.request(out, direct_get().as_bytes(), body.as_bytes(), pending);
+    }
+
+    /// Purges what the ack took; the senders waiting on a receipt hear of it through the
+    /// user's home.
+    fn purge(&mut self, scan: AckScan, out: &mut BytesMut, replies: &mut Replies) {
+        let body = serde_json::json!({"filter": inbox_subject(&scan.user), "seq": scan.upto + 1});
+        let subject = format!("$JS.API.STREAM.PURGE.{STREAM}");
+        let body = body.to_string();
+        self.request(out, subject.as_bytes(), body.as_bytes(), Pending::Purge);
+        if !scan.receipts.is_empty() {
+            let receipts = Reply::Receipts {
+                user: scan.user,
+                receipts: scan.receipts,
+            };
+            replies.push((scan.home, receipts));
+        }
     }
 
     /// Fails the requests JetStream did not answer within [`REQUEST_WAIT`].
@@ -609,7 +683,7 @@ impl Inboxes {
                 };
                 replies.push((to, reply));
             }
-            Pending::Setup | Pending::AckCheck { .. } | Pending::Purge => {}
+            Pending::Setup | Pending::AckCheck { .. } | Pending::AckScan(_) | Pending::Purge => {}
         }
     }
 
@@ -742,6 +816,13 @@ pub(super) fn sequence_of(headers: &[u8]) -> Option<u64> {
     std::str::from_utf8(value).ok()?.parse().ok()
 }
 
+/// `(sender, message id)` of a [`RECEIPT_HEADER`], if it is one.
+fn parse_receipt(value: &[u8]) -> Option<(Box<str>, Box<str>)> {
+    let value = std::str::from_utf8(value).ok()?;
+    let (sender, id) = value.split_once(' ')?;
+    Some((from_subject_token(sender)?, from_subject_token(id)?))
+}
+
 /// The subject of `user`'s inbox.
 pub(super) fn inbox_subject(user: &str) -> String {
     format!("chat.inbox.{}", subject_token(user))
@@ -789,6 +870,11 @@ mod tests {
             );
         }
         assert_eq!(inbox_subject("a.b"), "chat.inbox.~612e62");
+        let receipt = parse_receipt(b"ann ~6d2e31").unwrap();
+        assert_eq!((&*receipt.0, &*receipt.1), ("ann", "m.1"));
+        for bad in [&b"ann"[..], b"ann ~6", b"~zz x"] {
+            assert_eq!(parse_receipt(bad), None, "{bad:?}");
+        }
     }
 
     #[test]

@@ -226,6 +226,21 @@ pub(super) fn subject_token(user: &str) -> Cow<'_, str> {
 /// 3 is the [`QUESTION`]).
 const COPY_KIND: u8 = 4;
 
+/// The id a [`subject_token`] stands for, or `None` if it is not one.
+pub(super) fn from_subject_token(token: &str) -> Option<Box<str>> {
+    let Some(hex) = token.strip_prefix('~') else {
+        return Some(token.into());
+    };
+    if hex.len() % 2 != 0 {
+        return None;
+    }
+    let bytes: Option<Vec<u8>> = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+        .collect();
+    String::from_utf8(bytes?).ok().map(String::into_boxed_str)
+}
+
 /// A live event on the wire: `[kind][priority][the WebSocket frame]`.
 pub(super) fn encode(frame: &Outgoing, priority: Priority) -> Option<Bytes> {
     let kind = match frame.kind {
@@ -272,6 +287,9 @@ mod tests {
         assert_eq!(live_subject("~61"), "chat.live.~7e3631");
         assert_eq!(live_subject(""), "chat.live.~");
         assert_eq!(live_subject("é"), "chat.live.~c3a9");
+        for id in ["alice_2-b", "a.b", "~61", "", "é", "a b\n"] {
+            assert_eq!(from_subject_token(&subject_token(id)).as_deref(), Some(id));
+        }
     }
 
     #[test]
