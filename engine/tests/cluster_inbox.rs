@@ -256,3 +256,28 @@ fn a_node_stopped_with_sigterm_sends_its_users_to_another_with_nothing_left_behi
         bob.expect_silence(Duration::from_millis(300));
     });
 }
+
+#[test]
+fn a_broadcast_to_every_user_reaches_every_nodes_users_and_counts_them() {
+    with_nats("broadcast_all_across_nodes", |nats| {
+        let (a, b) = two_nodes(&nats);
+        let mut on_a = a.login("carol", "phone");
+        let mut on_b = [b.login("bob", "phone"), b.login("dave", "phone")];
+        let body = r#"{"message":{"sender_id":"ops","text":"maintenance at 5"},"all":true}"#;
+        let (status, answer) = a.request("POST", "/api/messages/broadcast", &[], body);
+        assert_eq!(status, 200, "{answer}");
+        let counts: Value = serde_json::from_str(&answer).unwrap();
+        assert_eq!(counts["delivered"], 3, "{counts}");
+        for client in std::iter::once(&mut on_a).chain(on_b.iter_mut()) {
+            let message = client.recv_type("new_message");
+            assert_eq!(message["content"], "maintenance at 5", "{message}");
+            assert_eq!(message["senderId"], "ops");
+            client.expect_silence(Duration::from_millis(200));
+        }
+        // To named users, through their inboxes: bob on b gets it too.
+        let body = r#"{"message":{"sender_id":"ops","text":"just you"},"user_ids":["bob"]}"#;
+        let (status, answer) = a.request("POST", "/api/messages/broadcast", &[], body);
+        assert_eq!(status, 200, "{answer}");
+        assert_eq!(on_b[0].recv_type("new_message")["content"], "just you");
+    });
+}

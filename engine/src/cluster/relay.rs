@@ -78,6 +78,24 @@ pub enum Relay {
         /// This node's `/api/stats` body.
         local: Vec<u8>,
     },
+    /// An API broadcast to every user online (`all:true`) from connection `requester`
+    /// (pending broadcast `request` there): the other nodes write it to their users
+    /// online, and their count goes back to the requester's reactor.
+    Broadcast {
+        /// The HTTP connection waiting.
+        requester: ConnAddr,
+        /// The pending broadcast at its reactor.
+        request: u32,
+        /// The message.
+        message: Arc<crate::router::BroadcastMessage>,
+    },
+    /// This node's count of users reached by another node's broadcast, for its `reply`.
+    BroadcastCounted {
+        /// Where the asking node waits.
+        reply: Box<str>,
+        /// Users reached on a device here.
+        delivered: u64,
+    },
     /// A command for the inboxes, which a cluster node keeps in JetStream
     /// ([`super::inboxes`]), from [`ClusterInboxes`].
     Inbox(crate::store::Command),
@@ -109,6 +127,14 @@ pub enum Inbound {
     },
     /// The inboxes' answer, as the store thread's would be.
     Store(crate::store::Reply),
+    /// Another node's broadcast to every user online: to be written to this node's, and
+    /// counted for `reply`.
+    Broadcast {
+        /// The message.
+        message: Arc<crate::router::BroadcastMessage>,
+        /// Where the asking node waits for the count.
+        reply: Box<str>,
+    },
     /// The call signal `reference` from connection `caller` reached no device:
     /// `peer_offline` (no node holds one) or `cluster_unavailable` (NATS is out of reach).
     CallNotTaken {
@@ -226,6 +252,34 @@ pub(super) fn subject_token(user: &str) -> Cow<'_, str> {
 /// 3 is the [`QUESTION`]).
 const COPY_KIND: u8 = 4;
 
+/// A broadcast on `chat.broadcast`: its message as JSON.
+pub(super) fn encode_broadcast(message: &crate::router::BroadcastMessage) -> Vec<u8> {
+    serde_json::json!({
+        "message_id": &*message.message_id,
+        "sender_id": &*message.sender_id,
+        "text": &*message.text,
+        "message_type": &*message.message_type,
+        "priority": message.priority.as_str(),
+    })
+    .to_string()
+    .into_bytes()
+}
+
+/// The message of a broadcast on `chat.broadcast`, accepted now, or `None` if it is not
+/// one.
+pub(super) fn decode_broadcast(payload: &[u8]) -> Option<crate::router::BroadcastMessage> {
+    let json: serde_json::Value = serde_json::from_slice(payload).ok()?;
+    let text = |field: &str| json[field].as_str().map(Box::<str>::from);
+    Some(crate::router::BroadcastMessage {
+        message_id: text("message_id")?,
+        sender_id: text("sender_id")?,
+        text: text("text")?,
+        message_type: text("message_type")?,
+        priority: crate::protocol::Priority::parse(json["priority"].as_str()?)?,
+        accepted_ns: crate::stats::clock_ns(),
+    })
+}
+
 /// The id a [`subject_token`] stands for, or `None` if it is not one.
 pub(super) fn from_subject_token(token: &str) -> Option<Box<str>> {
     let Some(hex) = token.strip_prefix('~') else {
@@ -289,6 +343,35 @@ mod tests {
         assert_eq!(live_subject("é"), "chat.live.~c3a9");
         for id in ["alice_2-b", "a.b", "~61", "", "é", "a b\n"] {
             assert_eq!(from_subject_token(&subject_token(id)).as_deref(), Some(id));
+        }
+    }
+
+    #[test]
+    fn broadcasts_round_trip_and_bad_ones_are_refused() {
+        let message = crate::router::BroadcastMessage {
+            message_id: "api-1".into(),
+            sender_id: "ops".into(),
+            text: "maintenance at 5".into(),
+            message_type: "text".into(),
+            priority: Priority::High,
+            accepted_ns: 0,
+        };
+        let back = decode_broadcast(&encode_broadcast(&message)).unwrap();
+        assert_eq!(
+            (
+                &*back.message_id,
+                &*back.sender_id,
+                &*back.text,
+                back.priority
+            ),
+            ("api-1", "ops", "maintenance at 5", Priority::High)
+        );
+        for bad in [
+            &b""[..],
+            b"{}",
+            br#"{"message_id":"x","sender_id":"y","text":"z","message_type":"t","priority":"top"}"#,
+        ] {
+            assert!(decode_broadcast(bad).is_none(), "{bad:?}");
         }
     }
 

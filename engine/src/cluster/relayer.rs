@@ -47,6 +47,10 @@ use crate::{
 const INBOX_SID: u64 = 1;
 /// The subscription on which every node asks the others for their figures.
 const STATS_SID: u64 = 2;
+/// The subscription on which every node hears the others' broadcasts to every user.
+const BROADCAST_SID: u64 = 3;
+/// Where a node sends an API broadcast to every user online (`all:true`).
+const BROADCAST_SUBJECT: &str = "chat.broadcast";
 /// Where a node asks for every node's `/api/stats` figures.
 const STATS_SUBJECT: &str = "chat.stats";
 /// How long a gather of the nodes' figures waits for the nodes that have not answered.
@@ -90,6 +94,18 @@ struct Call {
     /// A node holding the receiver in its grace answered: no answer by `until` means
     /// `peer_offline`, not `cluster_unavailable`.
     away: bool,
+}
+
+/// An `all:true` broadcast under way on the other nodes: where its requester waits, the
+/// users they reached so far, and until when.
+struct BroadcastGather {
+    reactor: usize,
+    request: u32,
+    delivered: u64,
+    answered: u32,
+    /// Other nodes alive when it started.
+    expected: u32,
+    until: Instant,
 }
 
 /// A `/api/stats?scope=cluster` under way: who asks, the parts so far, and until when.
@@ -137,6 +153,9 @@ pub(super) struct Relayer {
     /// This node's figures, for the others.
     local_stats: LocalStats,
     gathers: HashMap<u64, Gather>,
+    /// Broadcasts to every user online, waiting for the other nodes' counts (numbered
+    /// from `next_gather` too).
+    broadcasts: HashMap<u64, BroadcastGather>,
     next_gather: u64,
     /// Pings sent and not yet answered, and when the last went.
     pings: (u32, Instant),
@@ -171,6 +190,7 @@ impl Relayer {
             state,
             local_stats,
             gathers: HashMap::new(),
+            broadcasts: HashMap::new(),
             next_gather: 0,
             pings: (0, Instant::now()),
             servers: servers
@@ -181,7 +201,7 @@ impl Relayer {
             reactors,
             by_sid: HashMap::new(),
             sids: HashMap::new(),
-            next_sid: STATS_SID + 1,
+            next_sid: BROADCAST_SID + 1,
             inbox,
             calls: HashMap::new(),
             next_call: 0,
@@ -311,6 +331,7 @@ impl Relayer {
         wire::connect(&mut hello, &self.name);
         wire::subscribe(&mut hello, &format!("{}*", self.inbox), INBOX_SID);
         wire::subscribe(&mut hello, STATS_SUBJECT, STATS_SID);
+        wire::subscribe(&mut hello, BROADCAST_SUBJECT, BROADCAST_SID);
         for (sid, sub) in &self.by_sid {
             let subject = match sub {
                 Sub::Live { user, .. } => relay::live_subject(user),
@@ -373,6 +394,15 @@ impl Relayer {
                 }
             }
             Relay::Stats { asker, local } => self.gather_stats(asker, &local, connected),
+            Relay::Broadcast {
+                requester,
+                request,
+                message,
+            } => self.broadcast(requester, request, &message, connected),
+            Relay::BroadcastCounted { reply, delivered } => {
+                let count = delivered.to_string();
+                wire::publish(&mut self.out, reply.as_bytes(), None, count.as_bytes());
+            }
             Relay::Inbox(command) => {
                 let replies = self.inboxes.command(command, connected, &mut self.out);
                 self.send_replies(replies);
@@ -533,6 +563,20 @@ impl Relayer {
                     ..
                 } => self.answered(&subject, status, &headers, payload),
                 Op::Msg {
+                    sid: BROADCAST_SID,
+                    reply: Some(reply),
+                    payload,
+                    ..
+                } => match relay::decode_broadcast(&payload) {
+                    // Reactor 0 writes it to every home here and counts.
+                    Some(message) => {
+                        let reply = String::from_utf8_lossy(&reply).into();
+                        let message = Arc::new(message);
+                        self.reactors.send(0, Inbound::Broadcast { message, reply });
+                    }
+                    None => debug!("cluster: a broadcast that does not parse, dropped"),
+                },
+                Op::Msg {
                     sid: STATS_SID,
                     reply: Some(reply),
                     ..
@@ -654,6 +698,25 @@ impl Relayer {
         let number = |digits: &[u8]| std::str::from_utf8(digits).ok()?.parse::<u64>().ok();
         match rest.split_first() {
             Some((b's', gather)) => self.stats_answered(gather, status, payload),
+            Some((b'b', gather)) => {
+                let Some(gather) = number(gather) else {
+                    return;
+                };
+                let Some(under_way) = self.broadcasts.get_mut(&gather) else {
+                    return; // answered after its wait
+                };
+                match status {
+                    Some(_) => under_way.expected = 0, // no other node
+                    None => {
+                        let count = std::str::from_utf8(&payload).ok();
+                        under_way.delivered += count.and_then(|c| c.parse().ok()).unwrap_or(0);
+                        under_way.answered += 1;
+                    }
+                }
+                if under_way.answered >= under_way.expected {
+                    self.finish_broadcast(gather);
+                }
+            }
             Some((b'j', request)) => {
                 let replies =
                     self.inboxes
@@ -676,6 +739,54 @@ impl Relayer {
             }
             _ => self.call_answered(number(rest), status, &payload),
         }
+    }
+
+    /// Sends an `all:true` broadcast to the other nodes; their count goes to the
+    /// requester's reactor once they all answered, or after [`STATS_WAIT`] (none if NATS
+    /// is out of reach).
+    fn broadcast(
+        &mut self,
+        requester: ConnAddr,
+        request: u32,
+        message: &crate::router::BroadcastMessage,
+        connected: bool,
+    ) {
+        let gather = self.next_gather;
+        self.next_gather += 1;
+        let expected = self.state.nodes().saturating_sub(1);
+        let under_way = BroadcastGather {
+            reactor: usize::from(requester.reactor),
+            request,
+            delivered: 0,
+            answered: 0,
+            expected: if connected { expected } else { 0 },
+            until: Instant::now() + STATS_WAIT,
+        };
+        self.broadcasts.insert(gather, under_way);
+        if !connected || expected == 0 {
+            return self.finish_broadcast(gather);
+        }
+        let reply = format!("{}b{gather}", self.inbox);
+        let payload = relay::encode_broadcast(message);
+        wire::publish(
+            &mut self.out,
+            BROADCAST_SUBJECT.as_bytes(),
+            Some(&reply),
+            &payload,
+        );
+    }
+
+    /// The other nodes' count for broadcast `gather`, to its requester's reactor.
+    fn finish_broadcast(&mut self, gather: u64) {
+        let Some(done) = self.broadcasts.remove(&gather) else {
+            return;
+        };
+        let counts = Envelope::BroadcastReply {
+            request: done.request,
+            delivered: u32::try_from(done.delivered).unwrap_or(u32::MAX),
+            offline: 0,
+        };
+        self.reactors.send(done.reactor, Inbound::Mail(counts));
     }
 
     /// Starts gathering every node's figures for `asker`, with this node's `local`.
@@ -820,6 +931,15 @@ impl Relayer {
             if let Some(done) = self.gathers.remove(&gather) {
                 self.answer_gather(done);
             }
+        }
+        let late: Vec<u64> = self
+            .broadcasts
+            .iter()
+            .filter(|(_, b)| b.until <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for gather in late {
+            self.finish_broadcast(gather);
         }
         let settled = self.holders.expire(now, crate::protocol::now_ms());
         self.report(settled);

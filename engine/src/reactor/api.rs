@@ -189,6 +189,7 @@ impl Reactor {
             priority: broadcast.priority,
             accepted_ns: stats::clock_ns(),
         });
+        let to_all = broadcast.user_ids.is_none();
         let orders: Vec<(usize, Option<Vec<Box<str>>>)> = match broadcast.user_ids {
             None => (0..reactors).map(|home| (home, None)).collect(),
             Some(users) => {
@@ -210,7 +211,22 @@ impl Reactor {
         });
         let requester = at;
         let counts = BroadcastCounts::default();
-        let request = self.broadcasts.start(requester, orders.len(), counts);
+        // In a cluster, every user online is on every node: the other nodes' count is
+        // one more part (a broadcast to named users reaches them through their inboxes).
+        let elsewhere = to_all && self.cluster.is_some();
+        let parts = orders.len() + usize::from(elsewhere);
+        let request = self.broadcasts.start(requester, parts, counts);
+        if elsewhere {
+            let relay = Relay::Broadcast {
+                requester,
+                request,
+                message: message.clone(),
+            };
+            if !self.relay(relay) {
+                // The cluster thread is gone (the node stops): no other node's count.
+                self.on_broadcast_reply(request, 0, 0, 0);
+            }
+        }
         if orders.is_empty() {
             if let Some(done) = self.broadcasts.finish(request) {
                 self.finish_broadcast(done.requester, &done.so_far);
@@ -246,7 +262,41 @@ impl Reactor {
         }
     }
 
+    /// Another node's broadcast to every user online: written to this node's (every home)
+    /// and counted for that node.
+    pub(super) fn cluster_broadcast(&mut self, message: Arc<BroadcastMessage>, reply: Box<str>) {
+        let reactors = self.shared.config.reactors;
+        // No connection here waits: the count goes back to the asking node.
+        let nobody = ConnAddr {
+            reactor: self.id as u16,
+            generation: 0,
+            slot: 0,
+        };
+        let counts = BroadcastCounts {
+            answer_to: Some(reply),
+            ..BroadcastCounts::default()
+        };
+        let request = self.broadcasts.start(nobody, reactors, counts);
+        for home in 0..reactors {
+            let order = BroadcastOrder {
+                requester: nobody,
+                request,
+                users: None,
+                message: message.clone(),
+            };
+            self.route(home, Envelope::Broadcast(Box::new(order)));
+        }
+    }
+
     fn finish_broadcast(&mut self, requester: ConnAddr, done: &BroadcastCounts) {
+        if let Some(reply) = &done.answer_to {
+            let counted = Relay::BroadcastCounted {
+                reply: reply.clone(),
+                delivered: done.delivered,
+            };
+            self.relay(counted);
+            return;
+        }
         let Some(pending) = self.take_pending_api(requester) else {
             return;
         };
@@ -259,6 +309,18 @@ impl Reactor {
             .end();
         let answer = response::write(200, "application/json", &body, pending.keep_alive, &[]);
         self.finish_api(requester, answer, pending.keep_alive);
+    }
+
+    /// Hands `relay` to the cluster thread; false without a cluster (or once it is gone).
+    fn relay(&self, relay: Relay) -> bool {
+        let Some(cluster) = &self.cluster else {
+            return false;
+        };
+        let sent = cluster.relays.send(relay).is_ok();
+        if sent {
+            cluster.doorbell.ring();
+        }
+        sent
     }
 
     /// A message id for the API: unique per process (reactor, time, request count).
@@ -285,14 +347,7 @@ impl Reactor {
             message_id: "".into(),
             drain: false,
         });
-        let asked = self.cluster.as_ref().is_some_and(|cluster| {
-            let sent = cluster.relays.send(Relay::Stats { asker: at, local });
-            if sent.is_ok() {
-                cluster.doorbell.ring();
-            }
-            sent.is_ok()
-        });
-        if !asked {
+        if !self.relay(Relay::Stats { asker: at, local }) {
             self.answer_cluster_stats(at, None);
         }
     }

@@ -52,6 +52,9 @@ pub(crate) struct BroadcastCounts {
     pub(crate) queued: u64,
     /// Users it could be neither delivered to nor queued for (full queue, store error).
     pub(crate) offline: u64,
+    /// For another node's broadcast: where that node waits for the count (no connection
+    /// here waits).
+    pub(crate) answer_to: Option<Box<str>>,
 }
 
 /// One reactor's state; lives in its thread only.

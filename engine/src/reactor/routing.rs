@@ -105,6 +105,7 @@ impl Reactor {
                 Inbound::Mail(envelope) => self.take_mail(envelope),
                 Inbound::Stats { asker, body } => self.answer_cluster_stats(asker, body),
                 Inbound::Store(reply) => self.take_store_reply(reply),
+                Inbound::Broadcast { message, reply } => self.cluster_broadcast(message, reply),
                 Inbound::CallNotTaken {
                     caller,
                     reference,
