@@ -281,3 +281,32 @@ fn a_broadcast_to_every_user_reaches_every_nodes_users_and_counts_them() {
         assert_eq!(on_b[0].recv_type("new_message")["content"], "just you");
     });
 }
+
+#[test]
+fn the_sending_node_keeps_the_conversation_in_its_history() {
+    with_nats("history_on_the_sending_node", |nats| {
+        let (a, b) = two_nodes(&nats);
+        let (mut bob, _) = b.login_resuming("bob", "phone", FRESH);
+        let mut alice = a.login("alice", "phone");
+        for i in 0..3 {
+            alice.send_chat(&format!("m-{i}"), "bob", &format!("h{i}"));
+            bob.next_message();
+        }
+        // A retry is neither delivered nor kept twice: through the same node (its dedup
+        // window), or through the other (JetStream's, by message id).
+        alice.send_chat("m-2", "bob", "h2");
+        let mut alice_on_b = b.login("alice", "laptop");
+        let ack = alice_on_b.send_chat("m-2", "bob", "h2");
+        assert_eq!(ack["type"], "message_ack", "{ack}");
+        bob.expect_silence(Duration::from_millis(300));
+        alice.send(&json!({"type": "history", "peerId": "bob"}));
+        let page = alice.recv_type("history");
+        let contents: Vec<&str> = page["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["content"].as_str().unwrap())
+            .collect();
+        assert_eq!(contents, ["h2", "h1", "h0"], "{page}");
+    });
+}

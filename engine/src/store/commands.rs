@@ -94,8 +94,23 @@ pub enum Command {
         /// The group's home reactor, which announces the change once it is committed.
         home: usize,
     },
+    /// Keep a chat message in conversation history only (a cluster node's: its inbox
+    /// event went to JetStream, [`super::InboxHost`]); a retry the history holds is not
+    /// kept twice.
+    Record(Box<Record>),
     /// Commit what came before, then stop (sent by the engine once its reactors are done).
     Shutdown,
+}
+
+/// A chat message for history alone: [`Command::Record`].
+#[derive(Debug)]
+pub struct Record {
+    /// The receiver.
+    pub user: Box<str>,
+    /// The sender and the message id.
+    pub chat: Chat,
+    /// The `new_message` JSON.
+    pub json: Bytes,
 }
 
 impl Command {

@@ -56,7 +56,7 @@ use crate::stats::LatencyHistogram;
 
 pub use commands::{
     AckTo, Amend, Amendment, Append, Chat, Command, Confirm, Event, FanOut, Greeting, Outcome,
-    ReadFrom, ReceiptsDue, Reply, Share, ShareRow,
+    ReadFrom, ReceiptsDue, Record, Reply, Share, ShareRow,
 };
 pub use failure::Failure;
 pub use inbox::{InboxEvent, UnackedCursor};
@@ -161,10 +161,21 @@ impl Store {
     /// cluster). Never blocks; fails only if the thread is gone, which the caller
     /// reports as a persistence failure.
     pub fn send(&self, command: Command) -> Result<(), Command> {
-        match &self.inboxes {
-            Some(host) if command.is_for_inboxes() => host.send(command),
-            _ => self.commands.send(command).map_err(|e| e.0),
+        let Some(host) = self.inboxes.as_ref().filter(|_| command.is_for_inboxes()) else {
+            return self.commands.send(command).map_err(|e| e.0);
+        };
+        // The inbox is elsewhere, but history stays here: a chat message is kept in it.
+        if let Command::Append(append) = &command {
+            if let Some(chat) = &append.chat {
+                let record = Record {
+                    user: append.user.clone(),
+                    chat: chat.clone(),
+                    json: append.event.json.clone(),
+                };
+                let _ = self.commands.send(Command::Record(Box::new(record)));
+            }
         }
+        host.send(command)
     }
 
     /// This store with its inboxes kept by `host` (a cluster node's: in JetStream).

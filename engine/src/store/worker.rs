@@ -484,8 +484,9 @@ impl Worker {
                     count_failures(1);
                     replies.extend(membership_answer(command, false));
                 }
-                // An ack that did not hold is asked again by the device's next ack.
-                Command::Ack { .. } | Command::Shutdown => {}
+                // An ack that did not hold is asked again by the device's next ack; a
+                // message history did not keep is in its inbox all the same.
+                Command::Ack { .. } | Command::Record(_) | Command::Shutdown => {}
             }
         }
         replies
