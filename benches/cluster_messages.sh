@@ -58,43 +58,43 @@ load() {
 }
 # CPU ms of each pid over the run of "$@".
 cpu_of() {
-  local -n names=$1 ids=$2; shift 2
+  local -n labels_=$1 ids_=$2; shift 2
   local before=()
-  for pid in "${ids[@]}"; do before+=("$(ticks "$pid")"); done
+  for pid in "${ids_[@]}"; do before+=("$(ticks "$pid")"); done
   "$@"
   local i=0
-  for pid in "${ids[@]}"; do
-    echo "cpu ${names[$i]}: $(( ($(ticks "$pid") - ${before[$i]}) * 10 )) ms over the whole run (ramp, hold, load)"
+  for pid in "${ids_[@]}"; do
+    echo "cpu ${labels_[$i]}: $(( ($(ticks "$pid") - ${before[$i]}) * 10 )) ms over the whole run (ramp, hold, load)"
     i=$((i + 1))
   done
 }
 
-{
-  echo "== one node alone: $CONNECTIONS connections, $RATE msg/s for $DURATION_SECS s"
-  port=$(free_port)
-  start_node alone "$port"
-  wait_ready "$port"
-  alone_names=(node)
-  alone_pids=("${pids[0]}")
-  cpu_of alone_names alone_pids load alone "127.0.0.1:$port" "${pids[0]}"
-  stop_all
+# In this shell, not a pipeline's subshell: the trap then stops everything started here.
+exec > >(tee "$OUT/result.txt") 2>&1
+echo "== one node alone: $CONNECTIONS connections, $RATE msg/s for $DURATION_SECS s"
+port=$(free_port)
+start_node alone "$port"
+wait_ready "$port"
+alone_names=(node)
+alone_pids=("${pids[0]}")
+cpu_of alone_names alone_pids load alone "127.0.0.1:$port" "${pids[0]}"
+stop_all
 
-  echo "== $NODES nodes and one nats-server, connections spread over the nodes"
-  nats_port=$(free_port)
-  /usr/sbin/nats-server -a 127.0.0.1 -p "$nats_port" -js -sd "$work/nats" > "$OUT/nats.log" 2>&1 &
-  nats_pid=$!
-  pids+=("$nats_pid")
-  sleep 1
-  targets=""
-  names=(nats-server)
-  for n in $(seq 1 "$NODES"); do
-    port=$(free_port)
-    start_node "n$n" "$port" --cluster "nats://127.0.0.1:$nats_port" --node-id "n$n"
-    targets="${targets:+$targets,}127.0.0.1:$port"
-    names+=("node-n$n")
-  done
-  for target in ${targets//,/ }; do wait_ready "${target##*:}"; done
-  all_pids=("${pids[@]}")
-  # The loadgen's "server cpu" is nats-server's here.
-  cpu_of names all_pids load cluster "$targets" "$nats_pid"
-} | tee "$OUT/result.txt"
+echo "== $NODES nodes and one nats-server, connections spread over the nodes"
+nats_port=$(free_port)
+/usr/sbin/nats-server -a 127.0.0.1 -p "$nats_port" -js -sd "$work/nats" > "$OUT/nats.log" 2>&1 &
+nats_pid=$!
+pids+=("$nats_pid")
+sleep 1
+targets=""
+names=(nats-server)
+for n in $(seq 1 "$NODES"); do
+  port=$(free_port)
+  start_node "n$n" "$port" --cluster "nats://127.0.0.1:$nats_port" --node-id "n$n"
+  targets="${targets:+$targets,}127.0.0.1:$port"
+  names+=("node-n$n")
+done
+for target in ${targets//,/ }; do wait_ready "${target##*:}"; done
+all_pids=("${pids[@]}")
+# The loadgen's "server cpu" is nats-server's here.
+cpu_of names all_pids load cluster "$targets" "$nats_pid"

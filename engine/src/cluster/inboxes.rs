@@ -225,6 +225,14 @@ impl Inboxes {
         if !connected {
             fail_command(command, Failure::Unreachable, &mut replies);
         } else if self.epoch.is_none() {
+            // The stream is being set up, or its last set-up failed: ask again.
+            let setting_up = self
+                .pending
+                .values()
+                .any(|(p, _)| matches!(p, Pending::Setup));
+            if !setting_up {
+                self.connected(out);
+            }
             self.held.push(command);
         } else {
             self.carry_out(command, out, &mut replies);
@@ -536,6 +544,9 @@ impl Inboxes {
             if let Some((pending, _)) = self.pending.remove(&id) {
                 if matches!(pending, Pending::Setup) {
                     warn!("cluster: JetStream did not answer the inbox stream's set-up");
+                    for command in std::mem::take(&mut self.held) {
+                        fail_command(command, Failure::Unreachable, &mut replies);
+                    }
                 }
                 self.fail(pending, Failure::Unreachable, &mut replies);
             }
@@ -545,7 +556,8 @@ impl Inboxes {
     }
 
     /// The stream exists (made now, or already): its creation time is the epoch, and the
-    /// commands held meanwhile run.
+    /// commands held meanwhile run. If it could not be set up, they fail, and the next
+    /// command asks again.
     fn set_up(
         &mut self,
         status: Option<u16>,
@@ -985,5 +997,43 @@ mod tests {
                 }
             )]
         ));
+    }
+
+    #[test]
+    fn a_stream_that_cannot_be_set_up_fails_what_waits_and_the_next_command_asks_again() {
+        let limits = InboxLimits {
+            queue_max_per_user: 10,
+            retention: Duration::from_secs(60),
+        };
+        let mut inboxes = Inboxes::new("_INBOX.x.", limits);
+        let mut out = BytesMut::new();
+        inboxes.connected(&mut out);
+        let peek = |n: u64| Command::Peek {
+            user: "bob".into(),
+            requester: Waiter {
+                reactor: 0,
+                ticket: n,
+            },
+        };
+        assert!(inboxes.command(peek(1), true, &mut out).is_empty());
+        // No JetStream on the server: "no responders".
+        let replies = inboxes.answered(b"1", Some(503), b"", &Bytes::new(), &mut out);
+        assert!(matches!(
+            replies[..],
+            [(
+                0,
+                Reply::Peeked {
+                    error: Some(Failure::Refused),
+                    ..
+                }
+            )]
+        ));
+        out.clear();
+        assert!(inboxes.command(peek(2), true, &mut out).is_empty());
+        let text = String::from_utf8_lossy(&out);
+        assert!(
+            text.starts_with("PUB $JS.API.STREAM.CREATE.CHAT_INBOX"),
+            "{text}"
+        );
     }
 }
