@@ -676,6 +676,10 @@ impl Inboxes {
     /// Answers the retries whose earlier appends have all been answered: the first copy
     /// is held if it was kept (JetStream recognises the retry by its message id).
     fn answer_confirms(&mut self, replies: &mut Replies) {
+        // Runs on every answer: it looks through what is pending only when a retry waits.
+        if self.confirms.is_empty() {
+            return;
+        }
         let oldest = self
             .pending
             .iter()
