@@ -21,8 +21,9 @@
 //!   each first for a sender waiting on a `delivery_receipt`: what is left is what no
 //!   device acknowledged. An ack above the last `seq` is refused, as on one node.
 //!
-//! Each request waits at most [`REQUEST_WAIT`]; while NATS is out of reach every command
-//! fails at once with [`Failure::Unreachable`] (`cluster_unavailable` for a sender).
+//! Each request waits at most [`REQUEST_WAIT`]; while NATS is out of reach, or while
+//! [`IN_FLIGHT_MAX`] requests wait on it, every command fails at once with
+//! [`Failure::Unreachable`] (`cluster_unavailable` for a sender).
 
 use std::time::Duration;
 
@@ -49,6 +50,9 @@ use crate::{
 const STREAM: &str = "CHAT_INBOX";
 /// How long JetStream keeps a message id to recognise a retry.
 const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+/// Requests in flight at most: past it an inbox command fails at once (a sender hears
+/// `cluster_unavailable`) rather than queueing without bound behind a slow JetStream.
+const IN_FLIGHT_MAX: usize = 65_536;
 /// A request JetStream has not answered in this long failed.
 const REQUEST_WAIT: Duration = Duration::from_secs(5);
 /// The header of an event whose sender waits for a `delivery_receipt`: the sender and
@@ -222,7 +226,8 @@ impl Inboxes {
         out: &mut BytesMut,
     ) -> Replies {
         let mut replies = Vec::new();
-        if !connected {
+        let overloaded = self.pending.len() + self.held.len() >= IN_FLIGHT_MAX;
+        if !connected || overloaded {
             fail_command(command, Failure::Unreachable, &mut replies);
         } else if self.epoch.is_none() {
             // The stream is being set up, or its last set-up failed: ask again.
@@ -1039,5 +1044,37 @@ mod tests {
             text.starts_with("PUB $JS.API.STREAM.CREATE.CHAT_INBOX"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn past_the_requests_in_flight_bound_a_command_fails_at_once() {
+        let limits = InboxLimits {
+            queue_max_per_user: 10,
+            retention: Duration::from_secs(60),
+        };
+        let mut inboxes = Inboxes::new("_INBOX.x.", limits);
+        inboxes.epoch = Some("e".into());
+        let mut out = BytesMut::new();
+        let peek = || Command::Peek {
+            user: "bob".into(),
+            requester: Waiter {
+                reactor: 0,
+                ticket: 1,
+            },
+        };
+        for _ in 0..IN_FLIGHT_MAX {
+            assert!(inboxes.command(peek(), true, &mut out).is_empty());
+        }
+        let replies = inboxes.command(peek(), true, &mut out);
+        assert!(matches!(
+            replies[..],
+            [(
+                0,
+                Reply::Peeked {
+                    error: Some(Failure::Unreachable),
+                    ..
+                }
+            )]
+        ));
     }
 }
