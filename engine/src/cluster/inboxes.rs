@@ -31,7 +31,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use hashbrown::HashMap;
 use serde_json::Value;
 use tokio::time::Instant;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::{
     relay::{from_subject_token, subject_token},
@@ -161,6 +161,8 @@ pub(super) struct Inboxes {
     shares: HashMap<u64, ShareWait>,
     /// Retries waiting for the appends sent before them: `(first request after, retry)`.
     confirms: Vec<(u64, Confirm)>,
+    /// Users with an ack under way, and the highest `seq` asked since it started (0: none).
+    acking: HashMap<Box<str>, u64>,
 }
 
 impl Inboxes {
@@ -175,6 +177,7 @@ impl Inboxes {
             pending: HashMap::new(),
             shares: HashMap::new(),
             confirms: Vec::new(),
+            acking: HashMap::new(),
         }
     }
 
@@ -274,14 +277,7 @@ impl Inboxes {
             } => {
                 // From the driver (a v1 device's frames, the API's drain): never above the
                 // last `seq`, so not checked.
-                let scan = AckScan {
-                    user,
-                    upto,
-                    home,
-                    next: 1,
-                    receipts: Vec::new(),
-                };
-                self.scan(scan, out);
+                self.start_ack(user, upto, home, out);
             }
             Command::Ack {
                 user,
@@ -465,16 +461,7 @@ impl Inboxes {
                         };
                         replies.push((device.reactor, refused));
                     }
-                    _ => {
-                        let scan = AckScan {
-                            user,
-                            upto,
-                            home,
-                            next: 1,
-                            receipts: Vec::new(),
-                        };
-                        self.scan(scan, out);
-                    }
+                    _ => self.start_ack(user, upto, home, out),
                 }
             }
             Pending::AckScan(mut scan) => {
@@ -483,26 +470,46 @@ impl Inboxes {
                     _ => None,
                 };
                 let Some(seq) = found else {
-                    return self.ack_done(*scan, replies);
+                    return self.ack_done(*scan, replies, out);
                 };
                 if let Some(receipt) = wire::header(headers, RECEIPT_HEADER) {
                     scan.receipts.extend(parse_receipt(receipt));
                 }
                 self.delete(seq, out);
                 if seq == scan.upto {
-                    return self.ack_done(*scan, replies);
+                    return self.ack_done(*scan, replies, out);
                 }
                 scan.next = seq + 1;
                 self.scan(*scan, out);
             }
-            Pending::Delete => {
-                if let Some(error) = api_error(status, payload) {
-                    warn!("cluster: an acknowledged event was not deleted: {error}");
-                }
-            }
+            Pending::Delete => match api_error(status, payload) {
+                // Another node's device of the user took it first.
+                Some(error) if error.contains("not found") => debug!("cluster: {error}"),
+                Some(error) => warn!("cluster: an acknowledged event was not deleted: {error}"),
+                None => {}
+            },
         }
         self.answer_confirms(&mut replies);
         replies
+    }
+
+    /// Starts taking `user`'s events up to `upto`, one ack of the user at a time: while
+    /// one runs, later ones only raise where the next starts from, so no event is read,
+    /// deleted or receipted twice, and a burst of acks costs one pass.
+    fn start_ack(&mut self, user: Box<str>, upto: u64, home: usize, out: &mut BytesMut) {
+        if let Some(more) = self.acking.get_mut(&user) {
+            *more = (*more).max(upto);
+            return;
+        }
+        self.acking.insert(user.clone(), 0);
+        let scan = AckScan {
+            user,
+            upto,
+            home,
+            next: 1,
+            receipts: Vec::new(),
+        };
+        self.scan(scan, out);
     }
 
     /// The next event an ack takes.
@@ -523,14 +530,33 @@ impl Inboxes {
     }
 
     /// An ack has taken every event up to its `seq`: the senders waiting on a receipt hear
-    /// of it through the user's home.
-    fn ack_done(&mut self, scan: AckScan, mut replies: Replies) -> Replies {
-        if !scan.receipts.is_empty() {
-            let receipts = Reply::Receipts {
-                user: scan.user,
-                receipts: scan.receipts,
-            };
-            replies.push((scan.home, receipts));
+    /// of it through the user's home, and an ack of the user that came meanwhile goes on
+    /// from there.
+    fn ack_done(&mut self, scan: AckScan, mut replies: Replies, out: &mut BytesMut) -> Replies {
+        let AckScan {
+            user,
+            upto,
+            home,
+            receipts,
+            ..
+        } = scan;
+        if !receipts.is_empty() {
+            let user = user.clone();
+            replies.push((home, Reply::Receipts { user, receipts }));
+        }
+        match self.acking.remove(&user) {
+            Some(more) if more > upto => {
+                self.acking.insert(user.clone(), 0);
+                let next = AckScan {
+                    user,
+                    upto: more,
+                    home,
+                    next: upto + 1,
+                    receipts: Vec::new(),
+                };
+                self.scan(next, out);
+            }
+            _ => {}
         }
         self.answer_confirms(&mut replies);
         replies
@@ -731,7 +757,11 @@ impl Inboxes {
                 };
                 replies.push((to, reply));
             }
-            Pending::Setup | Pending::AckCheck { .. } | Pending::AckScan(_) | Pending::Delete => {}
+            // The user's next ack starts over (a device acks again what it has).
+            Pending::AckScan(scan) => {
+                self.acking.remove(&scan.user);
+            }
+            Pending::Setup | Pending::AckCheck { .. } | Pending::Delete => {}
         }
     }
 
@@ -1076,5 +1106,38 @@ mod tests {
                 }
             )]
         ));
+    }
+
+    #[test]
+    fn acks_of_one_user_run_one_at_a_time_and_a_later_one_goes_on_from_the_first() {
+        let limits = InboxLimits {
+            queue_max_per_user: 10,
+            retention: Duration::from_secs(60),
+        };
+        let mut inboxes = Inboxes::new("_INBOX.x.", limits);
+        inboxes.epoch = Some("e".into());
+        let ack = |upto| Command::Ack {
+            user: "bob".into(),
+            upto,
+            device: None,
+            home: 0,
+        };
+        let mut out = BytesMut::new();
+        inboxes.command(ack(5), true, &mut out);
+        let first = out.len();
+        inboxes.command(ack(9), true, &mut out);
+        assert_eq!(out.len(), first, "no second pass while one runs");
+        // The first pass finds seq 5 (the one it acks): it is deleted, and the second
+        // pass starts after it.
+        let headers = b"NATS/1.0\r\nNats-Sequence: 5\r\n\r\n";
+        let event = Bytes::from(encode_event(OutKind::NewMessage, Priority::Normal, b"{}"));
+        inboxes.answered(b"1", None, headers, &event, &mut out);
+        let text = String::from_utf8_lossy(&out[first..]);
+        assert!(text.contains(r#"{"no_erase":true,"seq":5}"#), "{text}");
+        assert!(
+            text.contains(r#"{"next_by_subj":"chat.inbox.bob","seq":6}"#),
+            "{text}"
+        );
+        assert_eq!(inboxes.acking.get("bob"), Some(&0));
     }
 }
