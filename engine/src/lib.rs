@@ -160,10 +160,10 @@ impl Engine {
             recent_by_home[router::home_of(&pair.user, reactors)].push(pair);
         }
         let mut recent_by_home = recent_by_home.into_iter();
-        let (links, relayed, inbox_host) = cluster_channels(&shared, &store.stats)?;
+        let (links, relayed, shared_store) = cluster_channels(&shared, &store.stats)?;
         // A cluster node keeps its users' inboxes in JetStream; the rest stays in the file.
-        let store = match inbox_host {
-            Some(host) => store.with_inbox_host(host),
+        let store = match shared_store {
+            Some(host) => store.with_shared_store(host),
             None => store,
         };
         let mut links = links.into_iter();
@@ -291,7 +291,7 @@ fn cluster_channels(
 ) -> io::Result<(
     Vec<Option<reactor::ClusterLink>>,
     Option<cluster::Link>,
-    Option<Arc<dyn store::InboxHost>>,
+    Option<Arc<dyn store::SharedStore>>,
 )> {
     let reactors = shared.config.reactors;
     if shared.config.cluster.is_none() {
@@ -302,7 +302,7 @@ fn cluster_channels(
     let doorbell = Arc::new(sockets::Doorbell::new()?);
     let (relays, relayed) = mpsc::channel();
     let (senders, receivers): (Vec<_>, Vec<_>) = (0..reactors).map(|_| mpsc::channel()).unzip();
-    let inbox_host: Arc<dyn store::InboxHost> = Arc::new(cluster::relay::ClusterInboxes {
+    let shared_store: Arc<dyn store::SharedStore> = Arc::new(cluster::relay::ClusterStore {
         relays: relays.clone(),
         doorbell: doorbell.clone(),
     });
@@ -337,5 +337,5 @@ fn cluster_channels(
             retention: shared.config.retention,
         },
     };
-    Ok((links, Some(link), Some(inbox_host)))
+    Ok((links, Some(link), Some(shared_store)))
 }

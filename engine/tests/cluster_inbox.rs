@@ -310,3 +310,74 @@ fn the_sending_node_keeps_the_conversation_in_its_history() {
         assert_eq!(contents, ["h2", "h1", "h0"], "{page}");
     });
 }
+
+#[test]
+fn a_group_spans_nodes_and_a_node_that_starts_later_knows_its_members() {
+    with_nats("groups_across_nodes", |nats| {
+        let (a, b) = two_nodes(&nats);
+        let mut alice = a.login("alice", "phone");
+        let mut bob = b.login("bob", "phone");
+        alice.join_group("team");
+        bob.join_group("team");
+        // Alice's node hears of bob's join through the bucket of members: her posts reach
+        // him on the other node once it has (each post is acknowledged either way).
+        let started = Instant::now();
+        let mut n = 0;
+        loop {
+            n += 1;
+            alice.send(
+                &json!({"type": "group_message", "messageId": format!("p-{n}"),
+                               "groupId": "team", "content": "hi team"}),
+            );
+            if let Some(post) = bob.recv_within(Duration::from_millis(200)) {
+                if post["type"] == "new_message" {
+                    assert_eq!(
+                        (&post["groupId"], &post["content"]),
+                        (&json!("team"), &json!("hi team"))
+                    );
+                    break;
+                }
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "bob never got a post"
+            );
+        }
+        // A third node, started after the joins, learns the members from the bucket.
+        let c = common::nats::node(&nats.url(), "c");
+        common::nats::wait_for_nodes(&c, 3, Duration::from_secs(10));
+        let mut carol = c.login("carol", "phone");
+        carol.join_group("team");
+        carol.send(
+            &json!({"type": "group_message", "messageId": "c-1", "groupId": "team",
+                           "content": "from c"}),
+        );
+        assert_eq!(carol.recv_type("message_ack")["status"], "sent");
+        for member in [&mut alice, &mut bob] {
+            loop {
+                let post = member.recv_type("new_message");
+                if post["content"] == "from c" {
+                    assert_eq!(post["senderId"], "carol");
+                    break;
+                }
+            }
+        }
+        // A leave is seen everywhere too: carol's post no longer reaches bob.
+        bob.send(&json!({"type": "group_leave", "groupId": "team"}));
+        bob.recv_type("group_member");
+        std::thread::sleep(Duration::from_millis(300));
+        carol.send(
+            &json!({"type": "group_message", "messageId": "c-2", "groupId": "team",
+                           "content": "bob left"}),
+        );
+        loop {
+            let post = alice.recv_type("new_message");
+            if post["content"] == "bob left" {
+                break;
+            }
+        }
+        while let Some(frame) = bob.recv_within(Duration::from_millis(300)) {
+            assert_ne!(frame["content"], "bob left", "{frame}");
+        }
+    });
+}

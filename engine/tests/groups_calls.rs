@@ -9,13 +9,6 @@ use std::time::Duration;
 use common::{fresh_data_dir, Client, Server};
 use serde_json::{json, Value};
 
-/// Joins `group` and waits for the joiner's own `group_member` event: the join is made.
-fn join(client: &mut Client, group: &str) {
-    client.send(&json!({"type": "group_join", "groupId": group}));
-    let event = client.recv_type("group_member");
-    assert_eq!(event["action"], "joined", "{event}");
-}
-
 fn post(client: &mut Client, id: &str, group: &str, content: &str) {
     client.send(
         &json!({"type": "group_message", "messageId": id, "groupId": group,
@@ -53,8 +46,8 @@ fn a_group_message_reaches_every_member_device_but_the_sending_one() {
         let mut alice = server.login("alice", "phone");
         let mut alice_laptop = server.login("alice", "laptop");
         let mut bob = server.login("bob", "phone");
-        join(&mut alice, "team");
-        join(&mut bob, "team");
+        alice.join_group("team");
+        bob.join_group("team");
         let joined = alice.recv_type("group_member");
         assert_eq!(
             (
@@ -66,7 +59,7 @@ fn a_group_message_reaches_every_member_device_but_the_sending_one() {
         );
         // carol joins and goes offline: her copy is queued.
         let mut carol = server.login("carol", "phone");
-        join(&mut carol, "team");
+        carol.join_group("team");
         bob.recv_type("group_member");
         go_offline(&mut bob, carol, "carol");
         post(&mut alice, "g1", "team", "hello team");
@@ -166,7 +159,7 @@ fn a_huddle_relays_to_the_devices_present_and_says_who_comes_and_goes() {
     let mut bob = server.login("bob", "phone");
     let mut carol = server.login("carol", "phone");
     for client in [&mut alice, &mut bob, &mut carol] {
-        join(client, "team");
+        client.join_group("team");
     }
     // Whichever join the group's home sees first, each hears of the other: the later
     // one as the newcomer is announced, the earlier one in the newcomer's welcome.
@@ -281,10 +274,10 @@ fn a_group_post_is_acked_only_once_offline_copies_are_stored() {
     let mut bob = server.login("bob", "phone");
     let carol = server.login("carol", "phone");
     for client in [&mut alice, &mut bob] {
-        join(client, "team");
+        client.join_group("team");
     }
     let mut carol = carol;
-    join(&mut carol, "team");
+    carol.join_group("team");
     go_offline(&mut bob, carol, "carol");
     let big = "x".repeat(60_000);
     let mut failed_at = None;
@@ -357,7 +350,7 @@ fn a_payload_nested_too_deep_is_refused_and_the_gateway_lives() {
 fn a_connection_is_in_at_most_sixteen_huddles() {
     let server = Server::start(common::Driver::IoUring, &["--reactors", "1"]);
     let mut alice = server.login("alice", "phone");
-    join(&mut alice, "team");
+    alice.join_group("team");
     for room in 0..16 {
         signal(
             &mut alice,
@@ -395,19 +388,19 @@ fn a_user_in_the_most_groups_may_join_no_more_until_it_leaves_one() {
     let mut greedy = server.login("greedy", "phone");
     // The groups live on both reactors; the cap counts them all.
     for group in ["g0", "g1", "g2"] {
-        join(&mut greedy, group);
+        greedy.join_group(group);
     }
-    join(&mut greedy, "g1"); // already a member: confirmed, nothing counted
+    greedy.join_group("g1"); // already a member: confirmed, nothing counted
     greedy.send(&json!({"type": "group_join", "groupId": "g3"}));
     let refused = greedy.recv_type("error");
     assert_eq!(refused["code"], "too_many_groups", "{refused}");
     assert_eq!(refused["ref"], "g3");
     // Others are not affected, and a leave makes room.
     let mut other = server.login("other", "phone");
-    join(&mut other, "g3");
+    other.join_group("g3");
     greedy.send(&json!({"type": "group_leave", "groupId": "g0"}));
     assert_eq!(greedy.recv_type("group_member")["action"], "left");
-    join(&mut greedy, "g3");
+    greedy.join_group("g3");
     // Killed, not stopped: a `group_member` event comes only after the store committed the
     // change, so nothing the clients were told is lost.
     drop((greedy, other, server));

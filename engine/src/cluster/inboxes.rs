@@ -1,6 +1,6 @@
 //! Inboxes in JetStream: a cluster node's side of the store for everything about inboxes
 //! (docs/cluster.md, "Inboxes"), spoken over the relay's own NATS connection. The reactors
-//! send the same commands as to the store thread ([`crate::store::InboxHost`]) and get the
+//! send the same commands as to the store thread ([`crate::store::SharedStore`]) and get the
 //! same answers, so the shards and the drivers do not know where an inbox lives.
 //!
 //! - Stream `CHAT_INBOX` holds every user's events, subjects `chat.inbox.<user>`. An
@@ -34,7 +34,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::{
-    relay::{from_subject_token, subject_token},
+    relay::{from_key_token, from_subject_token, key_token, subject_token},
     wire,
 };
 use crate::{
@@ -99,6 +99,8 @@ enum Pending {
     AckScan(Box<AckScan>),
     /// The delete of one event an ack took.
     Delete,
+    /// A member's join or leave, written to the bucket of members.
+    Membership(Box<Command>),
 }
 
 /// An ack under way: the user's events up to `upto` are read from `next` on, for their
@@ -294,6 +296,26 @@ impl Inboxes {
                 };
                 self.request(out, direct_get().as_bytes(), &body, check);
             }
+            Command::Membership {
+                ref group,
+                ref user,
+                joined,
+                ..
+            } => {
+                let key = member_key(group, user);
+                let subject = format!("$KV.{GROUP_BUCKET}.{key}");
+                let id = self.take_id();
+                let reply = format!("{}{id}", self.reply_prefix);
+                if joined {
+                    wire::publish(out, subject.as_bytes(), Some(&reply), b"1");
+                } else {
+                    let headers = [("KV-Operation", "DEL")];
+                    wire::publish_with_headers(out, subject.as_bytes(), &reply, &headers, b"");
+                }
+                let pending = Pending::Membership(Box::new(command));
+                self.pending
+                    .insert(id, (pending, Instant::now() + REQUEST_WAIT));
+            }
             // Never sent in a cluster: a relaying home does not number events.
             Command::OpenInbox { .. } => {}
             other => warn!("cluster: not an inbox command: {other:?}"),
@@ -481,6 +503,10 @@ impl Inboxes {
                 }
                 scan.next = seq + 1;
                 self.scan(*scan, out);
+            }
+            Pending::Membership(command) => {
+                let kept = matches!(publish_outcome(status, payload, None), Outcome::Kept { .. });
+                replies.extend(answers::membership_answer(&command, kept));
             }
             Pending::Delete => match api_error(status, payload) {
                 // Another node's device of the user took it first.
@@ -761,6 +787,9 @@ impl Inboxes {
             Pending::AckScan(scan) => {
                 self.acking.remove(&scan.user);
             }
+            Pending::Membership(command) => {
+                replies.extend(answers::membership_answer(&command, false));
+            }
             Pending::Setup | Pending::AckCheck { .. } | Pending::Delete => {}
         }
     }
@@ -836,8 +865,26 @@ fn fail_command(command: Command, why: Failure, replies: &mut Replies) {
             let outcome = Outcome::Failed(why);
             answers::append_outcome(replies, Some(&confirm.ack), None, outcome);
         }
+        Command::Membership { .. } => {
+            replies.extend(answers::membership_answer(&command, false));
+        }
         other => replies.extend(answers::unread_answer(&other, why)),
     }
+}
+
+/// The key-value bucket of the groups' members: key `<group>.<user>` ([`key_token`]s),
+/// value `1`; a leave deletes the key. Every node watches it ([`super::node`]).
+pub(super) const GROUP_BUCKET: &str = "chat_groups";
+
+/// The bucket key of `user`'s membership of `group`.
+fn member_key(group: &str, user: &str) -> String {
+    format!("{}.{}", key_token(group), key_token(user))
+}
+
+/// `(group, user)` of a key of [`GROUP_BUCKET`], or `None` if it is not one.
+pub(super) fn parse_member_key(key: &str) -> Option<(Box<str>, Box<str>)> {
+    let (group, user) = key.split_once('.')?;
+    Some((from_key_token(group)?, from_key_token(user)?))
 }
 
 /// What became of a publish, from JetStream's ack.
@@ -948,6 +995,11 @@ mod tests {
             );
         }
         assert_eq!(inbox_subject("a.b"), "chat.inbox.~612e62");
+        let key = member_key("team.a", "ann");
+        assert_eq!(key, "=7465616d2e61.ann");
+        let (group, user) = parse_member_key(&key).unwrap();
+        assert_eq!((&*group, &*user), ("team.a", "ann"));
+        assert_eq!(parse_member_key("nodot"), None);
         let receipt = parse_receipt(b"ann ~6d2e31").unwrap();
         assert_eq!((&*receipt.0, &*receipt.1), ("ann", "m.1"));
         for bad in [&b"ann"[..], b"ann ~6", b"~zz x"] {

@@ -1,7 +1,8 @@
 //! The cluster thread's work, on its tokio runtime: connect to NATS (retrying with
 //! backoff for as long as it takes), claim the node id in the node bucket, then beat
-//! there every [`HEARTBEAT`], watch the bucket for the other nodes, and answer pings on
-//! the node's subject until told to stop, when the node deletes its key and leaves.
+//! there every [`HEARTBEAT`], watch the bucket for the other nodes, watch the groups'
+//! members for the group homes here, and answer pings on the node's subject until told
+//! to stop, when the node deletes its key and leaves.
 //!
 //! The node bucket `chat_nodes` maps a node id to the instance that holds it (a random
 //! token per process). An id is claimed with a create, which fails while the key exists;
@@ -28,11 +29,15 @@ use futures_util::StreamExt;
 use tracing::{debug, error, info, warn};
 
 use super::{
-    backoff, instance_token_hex,
+    backoff,
+    inboxes::{self, GROUP_BUCKET},
+    instance_token_hex,
     members::{Change, Members, DEAD_AFTER},
+    relay::{Inbound, Reactors},
     relayer::Relayer,
     Claim, Link, State, HEARTBEAT,
 };
+use crate::router::Envelope;
 
 /// Where the membership watch tells the relay which instances are gone.
 type Gone = tokio::sync::mpsc::UnboundedSender<Box<str>>;
@@ -96,6 +101,7 @@ impl Node {
             local_stats,
             inbox_limits,
         } = link;
+        let homes = reactors.clone();
         let figures = (self.state.clone(), local_stats);
         let instance = String::from_utf8_lossy(&self.instance);
         let me = (&*self.id, &*instance);
@@ -104,7 +110,7 @@ impl Node {
         // users' presence goes with them).
         let (gone, gone_instances) = tokio::sync::mpsc::unbounded_channel();
         let outcome = tokio::select! {
-            outcome = self.serve(&client, gone) => outcome,
+            outcome = self.serve(&client, gone, &homes) => outcome,
             () = relayer.run(relays, doorbell, gone_instances) => Stop::Asked,
             _ = &mut stopped => Stop::Asked,
         };
@@ -149,8 +155,9 @@ impl Node {
 
     /// Claims the id, then beats, watches (telling `gone` the instances of nodes that die
     /// or leave) and answers pings; returns only on a refusal.
-    async fn serve(&self, client: &Client, gone: Gone) -> Stop {
-        let bucket = self.bucket(client).await;
+    async fn serve(&self, client: &Client, gone: Gone, homes: &Reactors) -> Stop {
+        let bucket = self.bucket(client, NODE_BUCKET, NODE_KEY_AGE).await;
+        let groups = self.bucket(client, GROUP_BUCKET, Duration::ZERO).await;
         // Answering before the claim: a node starting with the same id meanwhile must
         // find this one alive.
         let pings = self.answer_pings(client, self.ping_subscription(client).await);
@@ -167,31 +174,31 @@ impl Node {
         tokio::select! {
             why = self.beat(&bucket, revision) => Stop::Refused(why),
             _ = self.watch(&bucket, &gone) => unreachable!("the watch retries forever"),
+            _ = watch_groups(&groups, homes) => unreachable!("the group watch retries forever"),
             _ = pings => unreachable!("the ping answers retry forever"),
         }
     }
 
-    /// The node bucket, created if it is not there yet (every node asks the same).
-    async fn bucket(&self, client: &Client) -> kv::Store {
+    /// Key-value bucket `name` (entries kept `max_age`, zero: for ever), created if it is
+    /// not there yet (every node asks the same).
+    async fn bucket(&self, client: &Client, name: &str, max_age: Duration) -> kv::Store {
         let js = jetstream::new(client.clone());
         let mut attempts = 0;
         loop {
-            let created = js
-                .get_or_create_stream(kv_stream(NODE_BUCKET, NODE_KEY_AGE))
-                .await;
+            let created = js.get_or_create_stream(kv_stream(name, max_age)).await;
             match created {
-                Ok(_) => match js.get_key_value(NODE_BUCKET).await {
+                Ok(_) => match js.get_key_value(name).await {
                     Ok(bucket) => return bucket,
-                    Err(e) => warn!("cluster: the node bucket does not open: {e}"),
+                    Err(e) => warn!("cluster: bucket {name} does not open: {e}"),
                 },
                 // Created by a node with another configuration (an older version): use it.
-                Err(created) => match js.get_key_value(NODE_BUCKET).await {
+                Err(created) => match js.get_key_value(name).await {
                     Ok(bucket) => return bucket,
                     Err(_) => {
                         attempts += 1;
                         warn!(
                             attempts,
-                            "cluster: no node bucket yet ({created}); retrying"
+                            "cluster: no bucket {name} yet ({created}); retrying"
                         );
                         tokio::time::sleep(backoff(attempts)).await;
                     }
@@ -460,6 +467,45 @@ fn kv_stream(bucket: &str, max_age: Duration) -> stream::Config {
         discard: stream::DiscardPolicy::New,
         num_replicas: 1,
         ..Default::default()
+    }
+}
+
+/// Hands every change of the groups' members to the group's home reactor on this node:
+/// each key's last value first (a node that starts learns every member), then each
+/// change as it comes; watches again if the watch ends.
+async fn watch_groups(bucket: &kv::Store, homes: &Reactors) {
+    let mut attempts = 0;
+    loop {
+        let mut changes = match bucket.watch_with_history(">").await {
+            Ok(changes) => changes,
+            Err(e) => {
+                attempts += 1;
+                debug!("cluster: group watch: {e}");
+                tokio::time::sleep(backoff(attempts)).await;
+                continue;
+            }
+        };
+        attempts = 0;
+        while let Some(change) = changes.next().await {
+            let entry = match change {
+                Ok(entry) => entry,
+                Err(e) => {
+                    debug!("cluster: group watch: {e}");
+                    continue;
+                }
+            };
+            let Some((group, user)) = inboxes::parse_member_key(&entry.key) else {
+                continue;
+            };
+            let joined = entry.operation == Operation::Put;
+            let home = crate::router::home_of(&group, homes.senders.len());
+            let change = Envelope::GroupMembership {
+                group,
+                user,
+                joined,
+            };
+            homes.send(home, Inbound::Mail(change));
+        }
     }
 }
 

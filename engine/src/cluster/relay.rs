@@ -96,8 +96,8 @@ pub enum Relay {
         /// Users reached on a device here.
         delivered: u64,
     },
-    /// A command for the inboxes, which a cluster node keeps in JetStream
-    /// ([`super::inboxes`]), from [`ClusterInboxes`].
+    /// A command for what a cluster node keeps in JetStream ([`super::inboxes`]), from
+    /// [`ClusterStore`].
     Inbox(crate::store::Command),
     /// A typing or call signal for `user`'s devices on other nodes.
     Live {
@@ -147,17 +147,18 @@ pub enum Inbound {
     },
 }
 
-/// The reactors' way to a cluster node's inboxes: the commands go to the cluster thread
-/// with the shards' relays, in one channel, so that a user's subscription (sent when a
-/// device registers) reaches NATS before that device's first inbox read.
-pub struct ClusterInboxes {
+/// The reactors' way to what a cluster node shares (inboxes, groups' members): the
+/// commands go to the cluster thread with the shards' relays, in one channel, so that a
+/// user's subscription (sent when a device registers) reaches NATS before that device's
+/// first inbox read.
+pub struct ClusterStore {
     /// The cluster thread's channel.
     pub relays: std::sync::mpsc::Sender<Relay>,
     /// Its doorbell.
     pub doorbell: Arc<crate::sockets::Doorbell>,
 }
 
-impl crate::store::InboxHost for ClusterInboxes {
+impl crate::store::SharedStore for ClusterStore {
     fn send(&self, command: crate::store::Command) -> Result<(), crate::store::Command> {
         match self.relays.send(Relay::Inbox(command)) {
             Ok(()) => {
@@ -171,6 +172,7 @@ impl crate::store::InboxHost for ClusterInboxes {
 }
 
 /// Where the cluster thread delivers to reactors: one channel each, and their doorbells.
+#[derive(Clone)]
 pub struct Reactors {
     /// Per reactor, the sending side of its channel.
     pub senders: Vec<std::sync::mpsc::Sender<Inbound>>,
@@ -280,6 +282,23 @@ pub(super) fn decode_broadcast(payload: &[u8]) -> Option<crate::router::Broadcas
     })
 }
 
+/// `id` as a key-value key token: itself when it is letters, digits, `-` and `_` only,
+/// else `=` and its bytes in hex (`~` is not allowed in a key).
+pub(super) fn key_token(id: &str) -> String {
+    match subject_token(id) {
+        Cow::Borrowed(plain) => plain.to_owned(),
+        Cow::Owned(hex) => format!("={}", &hex[1..]),
+    }
+}
+
+/// The id a [`key_token`] stands for, or `None` if it is not one.
+pub(super) fn from_key_token(token: &str) -> Option<Box<str>> {
+    match token.strip_prefix('=') {
+        Some(hex) => from_subject_token(&format!("~{hex}")),
+        None => from_subject_token(token).filter(|_| !token.starts_with('~')),
+    }
+}
+
 /// The id a [`subject_token`] stands for, or `None` if it is not one.
 pub(super) fn from_subject_token(token: &str) -> Option<Box<str>> {
     let Some(hex) = token.strip_prefix('~') else {
@@ -341,8 +360,11 @@ mod tests {
         assert_eq!(live_subject("~61"), "chat.live.~7e3631");
         assert_eq!(live_subject(""), "chat.live.~");
         assert_eq!(live_subject("é"), "chat.live.~c3a9");
-        for id in ["alice_2-b", "a.b", "~61", "", "é", "a b\n"] {
+        for id in ["alice_2-b", "a.b", "~61", "", "é", "a b\n", "=x"] {
             assert_eq!(from_subject_token(&subject_token(id)).as_deref(), Some(id));
+            let key = key_token(id);
+            assert!(!key.contains(['~', '.', ' ']), "{key}");
+            assert_eq!(from_key_token(&key).as_deref(), Some(id));
         }
     }
 

@@ -355,6 +355,16 @@ pub enum Envelope {
     Broadcast(Box<BroadcastOrder>),
     /// To a group's home: a member joins or leaves.
     GroupJoin(Box<GroupJoin>),
+    /// To a group's home, from the cluster: a member joined or left on some node (this
+    /// one's own changes come back too, and change nothing).
+    GroupMembership {
+        /// The group.
+        group: Box<str>,
+        /// The member.
+        user: Box<str>,
+        /// Joined, or left.
+        joined: bool,
+    },
     /// To a group's home: fan a message out to the members.
     GroupPost(Box<GroupPost>),
     /// To a group's home: a huddle signal for the members present in the room.
@@ -401,6 +411,7 @@ impl Envelope {
             | Envelope::RemotePresence { .. }
             | Envelope::Broadcast(_)
             | Envelope::GroupJoin(_)
+            | Envelope::GroupMembership { .. }
             | Envelope::GroupPost(_)
             | Envelope::Huddle(_)
             | Envelope::GroupDeliver(_)

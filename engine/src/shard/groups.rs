@@ -94,6 +94,19 @@ impl Shard {
         });
     }
 
+    /// In a cluster: a member joined or left a group homed here, on this node or another
+    /// (JetStream's bucket of members, watched by every node). The node where it happened
+    /// announced it; here only the members change.
+    pub(super) fn group_membership_elsewhere(&mut self, group: &str, user: &str, joined: bool) {
+        if joined {
+            if self.groups.join(group, user.into()) {
+                self.group_quota.count_anyway(user);
+            }
+        } else if self.groups.leave(group, user) {
+            self.group_quota.give_back(user);
+        }
+    }
+
     /// The store answered a membership change: a committed change is announced to every
     /// member (and to the user who left); a failed one is undone here and the asking
     /// device gets `persistence_failed`, so memory and disk agree.

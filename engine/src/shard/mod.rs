@@ -461,6 +461,11 @@ impl Shard {
             } => self.remote_presence(&user, online, at_ms, out),
             Envelope::Broadcast(order) => self.broadcast(*order, out),
             Envelope::GroupJoin(change) => self.group_join(*change, out),
+            Envelope::GroupMembership {
+                group,
+                user,
+                joined,
+            } => self.group_membership_elsewhere(&group, &user, joined),
             Envelope::GroupPost(post) => self.group_post(*post, out),
             Envelope::GroupDeliver(delivery) => self.group_deliver(*delivery, out),
             Envelope::GroupShareDone { post, failed } => self.group_share_done(post, failed, out),

@@ -29,7 +29,7 @@ pub(crate) fn append_outcome(
 
 /// Whether a membership change is on disk, for the group's home reactor (`None` for any
 /// other command).
-pub(super) fn membership_answer(command: &Command, committed: bool) -> Option<(usize, Reply)> {
+pub(crate) fn membership_answer(command: &Command, committed: bool) -> Option<(usize, Reply)> {
     let Command::Membership {
         group,
         user,

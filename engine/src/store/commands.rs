@@ -95,7 +95,7 @@ pub enum Command {
         home: usize,
     },
     /// Keep a chat message in conversation history only (a cluster node's: its inbox
-    /// event went to JetStream, [`super::InboxHost`]); a retry the history holds is not
+    /// event went to JetStream, [`super::SharedStore`]); a retry the history holds is not
     /// kept twice.
     Record(Box<Record>),
     /// Commit what came before, then stop (sent by the engine once its reactors are done).
@@ -114,13 +114,14 @@ pub struct Record {
 }
 
 impl Command {
-    /// Whether the command is about inboxes (appends, reads, acks), which a cluster node
-    /// keeps in JetStream ([`super::InboxHost`]); history, groups and the rest stay in the
-    /// file.
-    pub fn is_for_inboxes(&self) -> bool {
+    /// Whether the command is about what a cluster node shares with the others, in
+    /// JetStream ([`super::SharedStore`]): inboxes (appends, reads, acks) and the groups'
+    /// members. History stays in the file.
+    pub fn is_shared(&self) -> bool {
         matches!(
             self,
             Command::Append(_)
+                | Command::Membership { .. }
                 | Command::AppendShare(_)
                 | Command::Confirm(_)
                 | Command::OpenInbox { .. }

@@ -134,8 +134,8 @@ pub struct Waiter {
 #[derive(Clone)]
 pub struct Store {
     commands: mpsc::Sender<Command>,
-    /// In a cluster, where the inbox commands go instead of the file.
-    inboxes: Option<Arc<dyn InboxHost>>,
+    /// In a cluster, where what every node shares goes instead of the file.
+    shared: Option<Arc<dyn SharedStore>>,
     /// Counters.
     pub stats: Arc<StoreStats>,
 }
@@ -143,25 +143,26 @@ pub struct Store {
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Store")
-            .field("inboxes_elsewhere", &self.inboxes.is_some())
+            .field("shared_elsewhere", &self.shared.is_some())
             .finish_non_exhaustive()
     }
 }
 
-/// Where a cluster node keeps its users' inboxes: JetStream, through the cluster thread
-/// ([`crate::cluster`]). It takes the inbox commands ([`Command::is_for_inboxes`]) and
-/// answers them as the store thread would, over each reactor's cluster channel.
-pub trait InboxHost: Send + Sync {
-    /// Hands over one inbox command; never blocks. Fails only if the host is gone.
+/// Where a cluster node keeps what every node shares, its users' inboxes and the groups'
+/// members: JetStream, through the cluster thread ([`crate::cluster`]). It takes those
+/// commands ([`Command::is_shared`]) and answers them as the store thread would, over each
+/// reactor's cluster channel.
+pub trait SharedStore: Send + Sync {
+    /// Hands over one shared command; never blocks. Fails only if the host is gone.
     fn send(&self, command: Command) -> Result<(), Command>;
 }
 
 impl Store {
-    /// Hands a command to the store thread (or an inbox command to the inbox host, in a
-    /// cluster). Never blocks; fails only if the thread is gone, which the caller
+    /// Hands a command to the store thread (or, in a cluster, a shared one to the shared
+    /// store). Never blocks; fails only if the thread is gone, which the caller
     /// reports as a persistence failure.
     pub fn send(&self, command: Command) -> Result<(), Command> {
-        let Some(host) = self.inboxes.as_ref().filter(|_| command.is_for_inboxes()) else {
+        let Some(host) = self.shared.as_ref().filter(|_| command.is_shared()) else {
             return self.commands.send(command).map_err(|e| e.0);
         };
         // The inbox is elsewhere, but history stays here: a chat message is kept in it.
@@ -178,9 +179,10 @@ impl Store {
         host.send(command)
     }
 
-    /// This store with its inboxes kept by `host` (a cluster node's: in JetStream).
-    pub fn with_inbox_host(mut self, host: Arc<dyn InboxHost>) -> Store {
-        self.inboxes = Some(host);
+    /// This store with what every node shares kept by `host` (a cluster node's: in
+    /// JetStream).
+    pub fn with_shared_store(mut self, host: Arc<dyn SharedStore>) -> Store {
+        self.shared = Some(host);
         self
     }
 }
@@ -291,7 +293,7 @@ pub fn open(
     Ok(Opened {
         store: Store {
             commands,
-            inboxes: None,
+            shared: None,
             stats,
         },
         thread,

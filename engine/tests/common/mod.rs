@@ -366,6 +366,14 @@ impl Client {
         self.recv_type("message_ack")
     }
 
+    /// Joins `group` and waits for the joiner's own `group_member` event: the join is
+    /// made.
+    pub fn join_group(&mut self, group: &str) {
+        self.send(&serde_json::json!({"type": "group_join", "groupId": group}));
+        let event = self.recv_type("group_member");
+        assert_eq!(event["action"], "joined", "{event}");
+    }
+
     /// The next `new_message`'s content and `seq`.
     pub fn next_message(&mut self) -> (String, u64) {
         let message = self.recv_type("new_message");
