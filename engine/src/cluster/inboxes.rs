@@ -255,7 +255,8 @@ impl Inboxes {
             Command::Append(append) => self.append(*append, out),
             Command::AppendShare(share) => self.append_share(*share, out, replies),
             Command::Confirm(confirm) => {
-                self.confirms.push((self.next, *confirm));
+                // Every request sent so far has an id up to `next`.
+                self.confirms.push((self.next + 1, *confirm));
                 self.answer_confirms(replies);
             }
             Command::ReadInbox { user, device, from } => self.read_inbox(user, device, from, out),
@@ -1191,5 +1192,56 @@ mod tests {
             "{text}"
         );
         assert_eq!(inboxes.acking.get("bob"), Some(&0));
+    }
+
+    #[test]
+    fn a_retry_is_answered_only_once_the_appends_before_it_are() {
+        let limits = InboxLimits {
+            queue_max_per_user: 10,
+            retention: Duration::from_secs(60),
+        };
+        let mut inboxes = Inboxes::new("_INBOX.x.", limits);
+        inboxes.epoch = Some("e".into());
+        let mut out = BytesMut::new();
+        let ack = AckTo {
+            waiter: Waiter {
+                reactor: 1,
+                ticket: 3,
+            },
+            message_id: "m-1".into(),
+            delivered: false,
+        };
+        let chat = crate::store::Chat {
+            sender: "ann".into(),
+            message_id: "m-1".into(),
+            timestamp_ms: 1,
+        };
+        let append = Append {
+            user: "bob".into(),
+            seq: None,
+            home: 0,
+            event: crate::store::Event {
+                kind: OutKind::NewMessage,
+                priority: Priority::Normal,
+                json: Bytes::from_static(b"{}"),
+            },
+            receipt: false,
+            chat: Some(chat.clone()),
+            ack: Some(ack.clone()),
+            dedup: None,
+        };
+        assert!(inboxes
+            .command(Command::Append(Box::new(append)), true, &mut out)
+            .is_empty());
+        let confirm = Confirm {
+            receiver: "bob".into(),
+            chat,
+            ack,
+        };
+        let replies = inboxes.command(Command::Confirm(Box::new(confirm)), true, &mut out);
+        assert!(replies.is_empty(), "the first copy is not stored yet");
+        let stored = Bytes::from_static(br#"{"stream":"CHAT_INBOX","seq":7}"#);
+        let replies = inboxes.answered(b"1", None, b"", &stored, &mut out);
+        assert_eq!(replies.len(), 2, "the first copy's ack, then the retry's");
     }
 }
