@@ -381,3 +381,39 @@ fn a_group_spans_nodes_and_a_node_that_starts_later_knows_its_members() {
         }
     });
 }
+
+#[test]
+fn a_huddle_spans_nodes_and_a_newcomer_hears_who_is_in_it_elsewhere() {
+    with_nats("huddles_across_nodes", |nats| {
+        let (a, b) = two_nodes(&nats);
+        let mut alice = a.login("alice", "phone");
+        let mut bob = b.login("bob", "phone");
+        alice.join_group("team");
+        bob.join_group("team");
+        let huddle = |kind: &str, payload: Value| {
+            json!({"type": "signal", "receiverId": "team", "callId": "room", "kind": kind,
+                   "payload": payload})
+        };
+        alice.send(&huddle("huddle:join", Value::Null));
+        // Node a follows the room once alice is in it.
+        std::thread::sleep(Duration::from_millis(300));
+        bob.send(&huddle("huddle:join", json!({"audio": true})));
+        for (device, other) in [(&mut alice, "bob"), (&mut bob, "alice")] {
+            let joined = device.recv_type("signal");
+            assert_eq!(
+                (&joined["senderId"], &joined["kind"], &joined["callId"]),
+                (&json!(other), &json!("huddle:join"), &json!("room")),
+                "{joined}"
+            );
+        }
+        alice.send(&huddle("huddle:toggle-audio", json!({"muted": true})));
+        assert_eq!(bob.recv_type("signal")["payload"], json!({"muted": true}));
+        // Bob's connection drops on b: alice, on a, hears that he left.
+        drop(bob);
+        let left = alice.recv_type("signal");
+        assert_eq!(
+            (&left["senderId"], &left["kind"]),
+            (&json!("bob"), &json!("huddle:leave"))
+        );
+    });
+}

@@ -96,6 +96,43 @@ pub enum Relay {
         /// Users reached on a device here.
         delivered: u64,
     },
+    /// The first device on this node entered huddle room `room` of `group`: the room's
+    /// signals from other nodes come here, to the group's home `home`.
+    HuddleWatch {
+        /// The group.
+        group: Box<str>,
+        /// The room.
+        room: Box<str>,
+        /// The group's home reactor on this node.
+        home: u16,
+    },
+    /// The last device on this node left the room.
+    HuddleUnwatch {
+        /// The group.
+        group: Box<str>,
+        /// The room.
+        room: Box<str>,
+    },
+    /// A huddle signal from a device here, for the room's devices on other nodes. A join
+    /// asks them who is there: their answers go to `joiner`.
+    Huddle {
+        /// The group.
+        group: Box<str>,
+        /// The room.
+        room: Box<str>,
+        /// The `signal` frame.
+        frame: Outgoing,
+        /// For a `huddle:join`: the device that entered.
+        joiner: Option<ConnAddr>,
+    },
+    /// This node's answer to another node's `huddle:join`: one `huddle:join` frame from
+    /// each device present here, for the joiner (at `reply`).
+    HuddleIntroduce {
+        /// Where the joining node waits.
+        reply: Box<str>,
+        /// The frames.
+        frames: Vec<Outgoing>,
+    },
     /// A command for what a cluster node keeps in JetStream ([`super::inboxes`]), from
     /// [`ClusterStore`].
     Inbox(crate::store::Command),
@@ -195,6 +232,15 @@ impl Reactors {
 /// The subject carrying `user`'s live events.
 pub(super) fn live_subject(user: &str) -> String {
     format!("chat.live.{}", subject_token(user))
+}
+
+/// The subject of huddle room `room` of `group`: the nodes with a device in it subscribe.
+pub(super) fn huddle_subject(group: &str, room: &str) -> String {
+    format!(
+        "chat.huddle.{}.{}",
+        subject_token(group),
+        subject_token(room)
+    )
 }
 
 /// The subject where nodes announce that they hold `user` or let the user go.

@@ -37,8 +37,11 @@ use super::{
     State,
 };
 use crate::{
-    protocol::{codes::ErrorCode, outbound::Outgoing},
-    router::{ConnAddr, Delivery, Durability, Envelope},
+    protocol::{
+        codes::{ErrorCode, OutKind},
+        outbound::Outgoing,
+    },
+    router::{ConnAddr, Delivery, Durability, Envelope, HuddleRelayed},
     sockets::Doorbell,
 };
 
@@ -84,7 +87,19 @@ enum Sub {
     },
     /// `chat.presence.<user>`: a user watched here.
     Presence(Arc<str>),
+    /// `chat.huddle.<group>.<room>`: a huddle room with a device here, and the group's
+    /// home here.
+    Huddle {
+        group: Box<str>,
+        room: Box<str>,
+        home: u16,
+    },
 }
+
+/// A huddle signal's kind on the wire: `[kind][the signal frame]`.
+const HUDDLE_JOIN: u8 = 1;
+/// See [`HUDDLE_JOIN`]: any other huddle signal.
+const HUDDLE_OTHER: u8 = 2;
 
 /// A call signal waiting on an answer.
 struct Call {
@@ -130,6 +145,11 @@ pub(super) struct Relayer {
     sids: HashMap<Arc<str>, u64>,
     /// Each watched user's presence subscription.
     presence_sids: HashMap<Arc<str>, u64>,
+    /// Each huddle room's subscription, by `(group, room)`.
+    huddle_sids: HashMap<(Box<str>, Box<str>), u64>,
+    /// Joins waiting for the other nodes' introductions: the joining device, and until
+    /// when (numbered from `next_call`).
+    joins: HashMap<u64, (ConnAddr, Instant)>,
     /// What other nodes hold of the users watched here.
     holders: Holders,
     /// The users' inboxes in JetStream.
@@ -185,6 +205,8 @@ impl Relayer {
             node_id: node_id.into(),
             instance: instance.into(),
             presence_sids: HashMap::new(),
+            huddle_sids: HashMap::new(),
+            joins: HashMap::new(),
             holders: Holders::default(),
             let_go: HashMap::new(),
             state,
@@ -336,6 +358,7 @@ impl Relayer {
             let subject = match sub {
                 Sub::Live { user, .. } => relay::live_subject(user),
                 Sub::Presence(user) => relay::presence_subject(user),
+                Sub::Huddle { group, room, .. } => relay::huddle_subject(group, room),
             };
             wire::subscribe(&mut hello, &subject, *sid);
         }
@@ -394,6 +417,61 @@ impl Relayer {
                 }
             }
             Relay::Stats { asker, local } => self.gather_stats(asker, &local, connected),
+            Relay::HuddleWatch { group, room, home } => {
+                let key = (group.clone(), room.clone());
+                if self.huddle_sids.contains_key(&key) {
+                    return;
+                }
+                let sid = self.next_sid;
+                self.next_sid += 1;
+                if connected {
+                    wire::subscribe(&mut self.out, &relay::huddle_subject(&group, &room), sid);
+                }
+                self.huddle_sids.insert(key, sid);
+                self.by_sid.insert(sid, Sub::Huddle { group, room, home });
+            }
+            Relay::HuddleUnwatch { group, room } => {
+                if let Some(sid) = self.huddle_sids.remove(&(group, room)) {
+                    self.by_sid.remove(&sid);
+                    if connected {
+                        wire::unsubscribe(&mut self.out, sid);
+                    }
+                }
+            }
+            Relay::Huddle {
+                group,
+                room,
+                frame,
+                joiner,
+            } if connected => {
+                let subject = relay::huddle_subject(&group, &room);
+                let mut payload = Vec::with_capacity(1 + frame.bytes.len());
+                payload.push(if joiner.is_some() {
+                    HUDDLE_JOIN
+                } else {
+                    HUDDLE_OTHER
+                });
+                payload.extend_from_slice(&frame.bytes);
+                let reply = joiner.map(|joiner| {
+                    let join = self.next_call;
+                    self.next_call += 1;
+                    self.joins
+                        .insert(join, (joiner, Instant::now() + STATS_WAIT));
+                    format!("{}h{join}", self.inbox)
+                });
+                wire::publish(
+                    &mut self.out,
+                    subject.as_bytes(),
+                    reply.as_deref(),
+                    &payload,
+                );
+            }
+            Relay::Huddle { .. } => {} // a live signal is never kept
+            Relay::HuddleIntroduce { reply, frames } => {
+                for frame in frames {
+                    wire::publish(&mut self.out, reply.as_bytes(), None, &frame.bytes);
+                }
+            }
             Relay::Broadcast {
                 requester,
                 request,
@@ -591,6 +669,7 @@ impl Relayer {
                     payload,
                     ..
                 } => match self.by_sid.get(&sid) {
+                    Some(Sub::Huddle { .. }) => self.huddle_event(sid, reply, &payload),
                     Some(Sub::Live { .. }) => match inboxes::sequence_of(&headers) {
                         Some(seq) => self.inbox_event(sid, seq, &payload),
                         None => self.live_event(sid, reply, &payload),
@@ -689,6 +768,51 @@ impl Relayer {
         self.reactors.send(usize::from(*home), mail);
     }
 
+    /// A huddle signal from a device on another node: to the group's home here, for the
+    /// devices in the room here (which, for a join, introduce themselves to the joiner).
+    fn huddle_event(&mut self, sid: u64, reply: Option<Bytes>, payload: &Bytes) {
+        let Some(Sub::Huddle { group, room, home }) = self.by_sid.get(&sid) else {
+            return;
+        };
+        let Some((&kind, _)) = payload.split_first() else {
+            return debug!("cluster: an empty huddle signal, dropped");
+        };
+        let frame = Outgoing {
+            kind: OutKind::Signal,
+            bytes: payload.slice(1..),
+        };
+        let introduce_to = reply
+            .filter(|_| kind == HUDDLE_JOIN)
+            .map(|r| String::from_utf8_lossy(&r).into());
+        let relayed = HuddleRelayed {
+            group: group.clone(),
+            room: room.clone(),
+            frame,
+            introduce_to,
+        };
+        let mail = Inbound::Mail(Envelope::HuddleRelayed(Box::new(relayed)));
+        self.reactors.send(usize::from(*home), mail);
+    }
+
+    /// Another node's introduction for a device here that joined a huddle: one
+    /// `huddle:join` frame, written to the device.
+    fn introduced(&mut self, join: Option<u64>, payload: Bytes) {
+        let Some((joiner, _)) = join.and_then(|join| self.joins.get(&join)) else {
+            return; // answered after its wait
+        };
+        let frame = Envelope::ToConn {
+            addr: *joiner,
+            frame: Outgoing {
+                kind: OutKind::Signal,
+                bytes: payload,
+            },
+            priority: crate::protocol::Priority::High,
+            accepted_ns: 0,
+        };
+        self.reactors
+            .send(usize::from(joiner.reactor), Inbound::Mail(frame));
+    }
+
     /// An answer on the inbox: another node's figures (`s<gather>`), a presence
     /// question's (`p<question>`), JetStream's (`j<request>`), or a call's.
     fn answered(&mut self, subject: &[u8], status: Option<u16>, headers: &[u8], payload: Bytes) {
@@ -717,6 +841,8 @@ impl Relayer {
                     self.finish_broadcast(gather);
                 }
             }
+            Some((b'h', join)) if status.is_none() => self.introduced(number(join), payload),
+            Some((b'h', _)) => {} // no other node has a device in the room
             Some((b'j', request)) => {
                 let replies =
                     self.inboxes
@@ -941,6 +1067,7 @@ impl Relayer {
         for gather in late {
             self.finish_broadcast(gather);
         }
+        self.joins.retain(|_, (_, until)| *until > now);
         let settled = self.holders.expire(now, crate::protocol::now_ms());
         self.report(settled);
         let failed = self.inboxes.expire(now);

@@ -249,6 +249,19 @@ pub struct HuddleSignal {
     pub frame: Outgoing,
 }
 
+/// A huddle signal from another node ([`Envelope::HuddleRelayed`]).
+#[derive(Debug)]
+pub struct HuddleRelayed {
+    /// The group.
+    pub group: Box<str>,
+    /// The room.
+    pub room: Box<str>,
+    /// The `signal` frame.
+    pub frame: Outgoing,
+    /// For a `huddle:join`: where the joining node waits to hear who is here.
+    pub introduce_to: Option<Box<str>>,
+}
+
 /// What reactors mail each other.
 #[derive(Debug)]
 pub enum Envelope {
@@ -369,6 +382,9 @@ pub enum Envelope {
     GroupPost(Box<GroupPost>),
     /// To a group's home: a huddle signal for the members present in the room.
     Huddle(Box<HuddleSignal>),
+    /// To a group's home, from the cluster: a huddle signal from another node, for the
+    /// devices in the room here.
+    HuddleRelayed(Box<HuddleRelayed>),
     /// From a group's home to a member's home: one frame for these members homed there.
     GroupDeliver(Box<GroupDelivery>),
     /// To a group's home: one member home's share of a post is delivered and queued.
@@ -414,6 +430,7 @@ impl Envelope {
             | Envelope::GroupMembership { .. }
             | Envelope::GroupPost(_)
             | Envelope::Huddle(_)
+            | Envelope::HuddleRelayed(_)
             | Envelope::GroupDeliver(_)
             | Envelope::GroupShareDone { .. } => true,
             Envelope::ToConn { .. }

@@ -2,15 +2,21 @@
 //! queued (`peer_offline` when none is online). A `huddle:*` signal is addressed to a
 //! group: its home relays it to the devices present in the huddle's room. A room is the
 //! connections in it, in memory only; a connection remembers its rooms (at most
-//! [`HUDDLES_PER_CONN_MAX`]) and leaves them when it closes.
+//! [`HUDDLES_PER_CONN_MAX`]) and leaves them when it closes. In a cluster each node's
+//! group home knows the room's devices on its node, and the signals go between the nodes
+//! with a device in the room ([`crate::cluster::relay`]).
 
 use crate::protocol::codes::ErrorCode;
 use std::sync::Arc;
 
 use super::{Effects, Shard};
 use crate::{
-    protocol::{outbound, Priority},
-    router::{ConnAddr, Durability, Envelope, HuddleSignal},
+    cluster::relay::Relay,
+    protocol::{
+        outbound::{self, Outgoing},
+        Priority,
+    },
+    router::{ConnAddr, Durability, Envelope, HuddleRelayed, HuddleSignal},
 };
 
 /// Enters a huddle room.
@@ -148,11 +154,74 @@ impl Shard {
             }
             return;
         }
-        for addr in self.groups.present(&group, &room) {
+        let present = self.groups.present(&group, &room);
+        for &addr in &present {
             if addr != sender {
                 out.frame_to(addr, frame.clone(), Priority::High, 0);
             }
         }
+        if self.relays {
+            self.relay_huddle((group, room), &kind, (sender, frame), present.len(), out);
+        }
+    }
+
+    /// In a cluster: a huddle signal relayed here goes to the room's devices on the
+    /// other nodes too (a join asks them to introduce themselves to the joiner), and this
+    /// node follows the room from its first device here to its last.
+    fn relay_huddle(
+        &mut self,
+        (group, room): (Box<str>, Box<str>),
+        kind: &str,
+        (sender, frame): (ConnAddr, Outgoing),
+        present_here: usize,
+        out: &mut Effects,
+    ) {
+        let home = self.id as u16;
+        match kind {
+            HUDDLE_JOIN if present_here == 1 => {
+                let (group, room) = (group.clone(), room.clone());
+                out.cluster(Relay::HuddleWatch { group, room, home });
+            }
+            HUDDLE_LEAVE if present_here == 0 => {
+                let (group, room) = (group.clone(), room.clone());
+                out.cluster(Relay::HuddleUnwatch { group, room });
+            }
+            _ => {}
+        }
+        let joiner = (kind == HUDDLE_JOIN).then_some(sender);
+        out.cluster(Relay::Huddle {
+            group,
+            room,
+            frame,
+            joiner,
+        });
+    }
+
+    /// In a cluster: a huddle signal from another node goes to the devices in the room
+    /// here; for a join, they introduce themselves to the joiner, as on one node.
+    pub(super) fn huddle_relayed(&mut self, relayed: HuddleRelayed, out: &mut Effects) {
+        let HuddleRelayed {
+            group,
+            room,
+            frame,
+            introduce_to,
+        } = relayed;
+        let present = self.groups.present_users(&group, &room);
+        for (addr, _) in &present {
+            out.frame_to(*addr, frame.clone(), Priority::High, 0);
+        }
+        let Some(reply) = introduce_to else {
+            return;
+        };
+        let frames = present
+            .iter()
+            .map(|(_, user)| {
+                let call = (&*room, HUDDLE_JOIN);
+                outbound::signal(&mut self.json, user, call, b"null", self.now_ms);
+                self.json.frame()
+            })
+            .collect();
+        out.cluster(Relay::HuddleIntroduce { reply, frames });
     }
 
     /// Tells a device that just entered a huddle room who was there already, as one

@@ -470,6 +470,7 @@ impl Shard {
             Envelope::GroupDeliver(delivery) => self.group_deliver(*delivery, out),
             Envelope::GroupShareDone { post, failed } => self.group_share_done(post, failed, out),
             Envelope::Huddle(signal) => self.huddle(*signal, out),
+            Envelope::HuddleRelayed(relayed) => self.huddle_relayed(*relayed, out),
             other => debug_assert!(false, "for a connection, not a shard: {other:?}"),
         }
     }
