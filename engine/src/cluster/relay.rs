@@ -12,10 +12,10 @@
 //! What a node receives goes to the user's home reactor as a delivery for the devices
 //! there ([`crate::router::Durability::Relayed`]), which is never published again.
 //!
-//! Presence rides on the same subscription ([`super::presence`]): a node holds a user
+//! Presence rides on the same subscription (`cluster::presence`): a node holds a user
 //! from the first device until the user is offline there (the grace included), announces
 //! both on `chat.presence.<user>`, and answers the question "who holds the user?" asked on
-//! `chat.live.<user>`. In the grace it answers a call with [`CALL_AWAY`]: held, but no
+//! `chat.live.<user>`. In the grace it answers a call with `away`: held, but no
 //! device to ring.
 
 use std::{borrow::Cow, sync::Arc};
@@ -133,7 +133,7 @@ pub enum Relay {
         /// The frames.
         frames: Vec<Outgoing>,
     },
-    /// A command for what a cluster node keeps in JetStream ([`super::inboxes`]), from
+    /// A command for what a cluster node keeps in JetStream (`cluster::inboxes`), from
     /// [`ClusterStore`].
     Inbox(crate::store::Command),
     /// A typing or call signal for `user`'s devices on other nodes.
