@@ -40,6 +40,7 @@ use crate::{
     protocol::{
         codes::{ErrorCode, OutKind},
         outbound::Outgoing,
+        Priority,
     },
     router::{ConnAddr, Delivery, Durability, Envelope, HuddleRelayed},
     sockets::Doorbell,
@@ -726,18 +727,7 @@ impl Relayer {
         if !*devices {
             return;
         }
-        let delivery = Delivery {
-            user: (**user).into(),
-            frame,
-            priority,
-            except: None,
-            ack: None,
-            copy_of: None,
-            accepted_ns: 0,
-            durability: Durability::Relayed,
-        };
-        let mail = Inbound::Mail(Envelope::Deliver(Box::new(delivery)));
-        self.reactors.send(usize::from(*home), mail);
+        self.to_devices_here(user, *home, frame, priority);
     }
 
     /// An inbox event JetStream stored and republished, with its `seq`: to the user's
@@ -754,9 +744,17 @@ impl Relayer {
         let Some((kind, priority, json)) = inboxes::decode_event(payload) else {
             return debug!("cluster: a stored inbox event that does not parse, dropped");
         };
+        let frame = Outgoing::with_seq(kind, &json, seq);
+        self.to_devices_here(user, *home, frame, priority);
+    }
+
+    /// Hands a frame that came from another node to `user`'s home reactor `home` here,
+    /// as a delivery for the devices here ([`Durability::Relayed`]: never published
+    /// again, never a `peer_offline`).
+    fn to_devices_here(&self, user: &str, home: u16, frame: Outgoing, priority: Priority) {
         let delivery = Delivery {
-            user: (**user).into(),
-            frame: Outgoing::with_seq(kind, &json, seq),
+            user: user.into(),
+            frame,
             priority,
             except: None,
             ack: None,
@@ -765,7 +763,7 @@ impl Relayer {
             durability: Durability::Relayed,
         };
         let mail = Inbound::Mail(Envelope::Deliver(Box::new(delivery)));
-        self.reactors.send(usize::from(*home), mail);
+        self.reactors.send(usize::from(home), mail);
     }
 
     /// A huddle signal from a device on another node: to the group's home here, for the
@@ -806,7 +804,7 @@ impl Relayer {
                 kind: OutKind::Signal,
                 bytes: payload,
             },
-            priority: crate::protocol::Priority::High,
+            priority: Priority::High,
             accepted_ns: 0,
         };
         self.reactors
@@ -1031,32 +1029,26 @@ impl Relayer {
     /// came, and settles the presence questions that waited long enough.
     fn expire_waits(&mut self) {
         let now = Instant::now();
-        let late: Vec<u64> = self
+        let late: Vec<Call> = self
             .calls
-            .iter()
-            .filter(|(_, call)| call.until <= now)
-            .map(|(id, _)| *id)
+            .extract_if(|_, call| call.until <= now)
+            .map(|(_, call)| call)
             .collect();
         for call in late {
-            if let Some(call) = self.calls.remove(&call) {
-                let code = if call.away {
-                    ErrorCode::PeerOffline
-                } else {
-                    ErrorCode::ClusterUnavailable
-                };
-                self.call_not_taken(call.caller, call.reference, code);
-            }
+            let code = if call.away {
+                ErrorCode::PeerOffline
+            } else {
+                ErrorCode::ClusterUnavailable
+            };
+            self.call_not_taken(call.caller, call.reference, code);
         }
-        let late: Vec<u64> = self
+        let late: Vec<Gather> = self
             .gathers
-            .iter()
-            .filter(|(_, g)| g.until <= now)
-            .map(|(id, _)| *id)
+            .extract_if(|_, gather| gather.until <= now)
+            .map(|(_, gather)| gather)
             .collect();
-        for gather in late {
-            if let Some(done) = self.gathers.remove(&gather) {
-                self.answer_gather(done);
-            }
+        for done in late {
+            self.answer_gather(done);
         }
         let late: Vec<u64> = self
             .broadcasts
