@@ -764,25 +764,20 @@ impl Inboxes {
                 answers::append_outcome(replies, ack.as_ref(), dedup, Outcome::Failed(why));
             }
             Pending::Row { share } => self.row_done(share, false, replies),
+            // Answered as the read command it serves.
             Pending::Read(read) => {
-                let (to, reply) = match read.reader {
-                    Reader::Device { device, .. } => {
-                        let command = Command::ReadInbox {
-                            user: read.user,
-                            device,
-                            from: ReadFrom::After { seq: 0 },
-                        };
-                        answers::unread_answer(&command, why).expect("a read")
-                    }
-                    Reader::Api { requester } => {
-                        let command = Command::Peek {
-                            user: read.user,
-                            requester,
-                        };
-                        answers::unread_answer(&command, why).expect("a read")
-                    }
+                let command = match read.reader {
+                    Reader::Device { device, .. } => Command::ReadInbox {
+                        user: read.user,
+                        device,
+                        from: ReadFrom::After { seq: 0 },
+                    },
+                    Reader::Api { requester } => Command::Peek {
+                        user: read.user,
+                        requester,
+                    },
                 };
-                replies.push((to, reply));
+                replies.extend(answers::unread_answer(&command, why));
             }
             // The user's next ack starts over (a device acks again what it has).
             Pending::AckScan(scan) => {
@@ -832,21 +827,8 @@ fn finish_read(read: Read, more: bool, replies: &mut Replies) {
             replies.push((device.reactor, reply));
         }
         Reader::Api { requester } => {
-            let messages = read
-                .events
-                .into_iter()
-                .filter(|e| e.kind == OutKind::NewMessage)
-                .map(|e| e.json)
-                .collect();
-            let reply = Reply::Peeked {
-                requester,
-                user: read.user,
-                messages,
-                upto: highest,
-                more,
-                error: None,
-            };
-            replies.push((requester.reactor, reply));
+            let page = (read.events, highest, more);
+            replies.push(answers::peeked(requester, &read.user, page));
         }
     }
 }

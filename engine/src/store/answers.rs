@@ -1,6 +1,7 @@
 //! The store's answers, built the same way whether a commit held the command or failed.
 
-use super::{AckTo, Command, Failure, Outcome, Reply, Share, Ticket, Waiter};
+use super::{AckTo, Command, Failure, InboxEvent, Outcome, Reply, Share, Ticket, Waiter};
+use crate::protocol::codes::OutKind;
 
 /// The answer to one append: its sender hears the outcome, and a home whose message was
 /// not kept, and reached no device, forgets it from its dedup window (so a retry is tried
@@ -80,6 +81,29 @@ pub(super) fn sender_answer(
         message_id: message_id.into(),
         sender,
         error,
+    };
+    (requester.reactor, reply)
+}
+
+/// The HTTP API's read of a user's queue, for the requester's reactor: the `new_message`
+/// JSON of `events` (other events are not messages), up to `upto`, `more` if others wait.
+pub(crate) fn peeked(
+    requester: Waiter,
+    user: &str,
+    (events, upto, more): (Vec<InboxEvent>, u64, bool),
+) -> (usize, Reply) {
+    let messages = events
+        .into_iter()
+        .filter(|e| e.kind == OutKind::NewMessage)
+        .map(|e| e.json)
+        .collect();
+    let reply = Reply::Peeked {
+        requester,
+        user: user.into(),
+        messages,
+        upto,
+        more,
+        error: None,
     };
     (requester.reactor, reply)
 }

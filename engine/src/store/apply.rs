@@ -2,7 +2,9 @@
 //! its answer collected for after the commit. One method per command.
 
 use super::{
-    answers::{append_outcome, fan_out_counts, history_answer, membership_answer, sender_answer},
+    answers::{
+        append_outcome, fan_out_counts, history_answer, membership_answer, peeked, sender_answer,
+    },
     history::Tables,
     inbox::{Inboxes, Stamp, POST_FLAG},
     logged::Logged,
@@ -460,20 +462,8 @@ impl Apply<'_, '_> {
         let range = (head.acked, head.last);
         let page = (PEEK_MESSAGES_MAX, PEEK_BYTES_MAX);
         let (events, next, covered) = self.inboxes.read_unacked(user, range, None, page)?;
-        let messages = events
-            .into_iter()
-            .filter(|e| e.kind == OutKind::NewMessage)
-            .map(|e| e.json)
-            .collect();
-        let reply = Reply::Peeked {
-            requester,
-            user: user.into(),
-            messages,
-            upto: covered,
-            more: next.is_some(),
-            error: None,
-        };
-        self.replies.push((requester.reactor, reply));
+        let read = (events, covered, next.is_some());
+        self.replies.push(peeked(requester, user, read));
         Ok(())
     }
 
