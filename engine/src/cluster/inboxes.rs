@@ -963,6 +963,15 @@ pub(super) fn decode_event(payload: &Bytes) -> Option<(OutKind, Priority, Bytes)
 mod tests {
     use super::*;
 
+    /// Inboxes on a relay whose answers come to `_INBOX.x.`, bounded at 10 a user.
+    fn inboxes() -> Inboxes {
+        let limits = InboxLimits {
+            queue_max_per_user: 10,
+            retention: Duration::from_secs(60),
+        };
+        Inboxes::new("_INBOX.x.", limits)
+    }
+
     #[test]
     fn stored_events_round_trip_and_garbage_is_refused() {
         let payload = Bytes::from(encode_event(OutKind::NewMessage, Priority::Low, b"{}"));
@@ -1014,13 +1023,7 @@ mod tests {
 
     #[test]
     fn while_away_every_command_fails_at_once_and_unanswered_requests_fail_late() {
-        let mut inboxes = Inboxes::new(
-            "_INBOX.x.",
-            InboxLimits {
-                queue_max_per_user: 10,
-                retention: Duration::from_secs(60),
-            },
-        );
+        let mut inboxes = inboxes();
         let device = Waiter {
             reactor: 1,
             ticket: 7,
@@ -1075,11 +1078,7 @@ mod tests {
 
     #[test]
     fn a_stream_that_cannot_be_set_up_fails_what_waits_and_the_next_command_asks_again() {
-        let limits = InboxLimits {
-            queue_max_per_user: 10,
-            retention: Duration::from_secs(60),
-        };
-        let mut inboxes = Inboxes::new("_INBOX.x.", limits);
+        let mut inboxes = inboxes();
         let mut out = BytesMut::new();
         inboxes.connected(&mut out);
         let peek = |n: u64| Command::Peek {
@@ -1113,11 +1112,7 @@ mod tests {
 
     #[test]
     fn past_the_requests_in_flight_bound_a_command_fails_at_once() {
-        let limits = InboxLimits {
-            queue_max_per_user: 10,
-            retention: Duration::from_secs(60),
-        };
-        let mut inboxes = Inboxes::new("_INBOX.x.", limits);
+        let mut inboxes = inboxes();
         inboxes.epoch = Some("e".into());
         let mut out = BytesMut::new();
         let peek = || Command::Peek {
@@ -1145,11 +1140,7 @@ mod tests {
 
     #[test]
     fn acks_of_one_user_run_one_at_a_time_and_a_later_one_goes_on_from_the_first() {
-        let limits = InboxLimits {
-            queue_max_per_user: 10,
-            retention: Duration::from_secs(60),
-        };
-        let mut inboxes = Inboxes::new("_INBOX.x.", limits);
+        let mut inboxes = inboxes();
         inboxes.epoch = Some("e".into());
         let ack = |upto| Command::Ack {
             user: "bob".into(),
@@ -1178,11 +1169,7 @@ mod tests {
 
     #[test]
     fn a_retry_is_answered_only_once_the_appends_before_it_are() {
-        let limits = InboxLimits {
-            queue_max_per_user: 10,
-            retention: Duration::from_secs(60),
-        };
-        let mut inboxes = Inboxes::new("_INBOX.x.", limits);
+        let mut inboxes = inboxes();
         inboxes.epoch = Some("e".into());
         let mut out = BytesMut::new();
         let ack = AckTo {

@@ -352,22 +352,12 @@ impl Node {
     /// replaced; rewatches from each key's last value if the watch ends (what it knew is
     /// kept, so a node that died meanwhile is still counted dead).
     async fn watch(&self, bucket: &kv::Store, gone: &Gone) {
-        let mut attempts = 0;
         let mut expiry = tokio::time::interval(Duration::from_secs(1));
         let mut members = Members::default();
         loop {
             // Each node's last beat first (dated, so a dead node's stale key does not
             // count), then every change: a node that joins knows the others at once.
-            let mut changes = match bucket.watch_with_history(">").await {
-                Ok(changes) => changes,
-                Err(e) => {
-                    attempts += 1;
-                    debug!("cluster: node watch: {e}");
-                    tokio::time::sleep(backoff(attempts)).await;
-                    continue;
-                }
-            };
-            attempts = 0;
+            let mut changes = watch_from_history(bucket, "node").await;
             loop {
                 tokio::select! {
                     change = changes.next() => match change {
@@ -474,18 +464,8 @@ fn kv_stream(bucket: &str, max_age: Duration) -> stream::Config {
 /// each key's last value first (a node that starts learns every member), then each
 /// change as it comes; watches again if the watch ends.
 async fn watch_groups(bucket: &kv::Store, homes: &Reactors) {
-    let mut attempts = 0;
     loop {
-        let mut changes = match bucket.watch_with_history(">").await {
-            Ok(changes) => changes,
-            Err(e) => {
-                attempts += 1;
-                debug!("cluster: group watch: {e}");
-                tokio::time::sleep(backoff(attempts)).await;
-                continue;
-            }
-        };
-        attempts = 0;
+        let mut changes = watch_from_history(bucket, "group").await;
         while let Some(change) = changes.next().await {
             let entry = match change {
                 Ok(entry) => entry,
@@ -505,6 +485,22 @@ async fn watch_groups(bucket: &kv::Store, homes: &Reactors) {
                 joined,
             };
             homes.send(home, Inbound::Mail(change));
+        }
+    }
+}
+
+/// A watch of every key of `bucket` from its last value on, asked again with backoff
+/// until the server gives one (`what` names it in the log).
+async fn watch_from_history(bucket: &kv::Store, what: &str) -> kv::Watch {
+    let mut attempts = 0;
+    loop {
+        match bucket.watch_with_history(">").await {
+            Ok(changes) => return changes,
+            Err(e) => {
+                attempts += 1;
+                debug!("cluster: {what} watch: {e}");
+                tokio::time::sleep(backoff(attempts)).await;
+            }
         }
     }
 }
