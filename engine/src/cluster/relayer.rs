@@ -752,16 +752,7 @@ impl Relayer {
     /// as a delivery for the devices here ([`Durability::Relayed`]: never published
     /// again, never a `peer_offline`).
     fn to_devices_here(&self, user: &str, home: u16, frame: Outgoing, priority: Priority) {
-        let delivery = Delivery {
-            user: user.into(),
-            frame,
-            priority,
-            except: None,
-            ack: None,
-            copy_of: None,
-            accepted_ns: 0,
-            durability: Durability::Relayed,
-        };
+        let delivery = Delivery::new(user, (frame, priority), 0, Durability::Relayed);
         let mail = Inbound::Mail(Envelope::Deliver(Box::new(delivery)));
         self.reactors.send(usize::from(home), mail);
     }

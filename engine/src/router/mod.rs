@@ -95,6 +95,28 @@ pub struct Delivery {
     pub durability: Durability,
 }
 
+impl Delivery {
+    /// `frame` for `user`'s devices, accepted at `accepted_ns`, with `durability`:
+    /// nobody is excepted and nobody hears the outcome (callers change what differs).
+    pub fn new(
+        user: &str,
+        (frame, priority): (Outgoing, Priority),
+        accepted_ns: u64,
+        durability: Durability,
+    ) -> Delivery {
+        Delivery {
+            user: user.into(),
+            frame,
+            priority,
+            except: None,
+            ack: None,
+            copy_of: None,
+            accepted_ns,
+            durability,
+        }
+    }
+}
+
 /// Whether a delivery is kept for its user.
 #[derive(Debug)]
 pub enum Durability {

@@ -204,16 +204,7 @@ impl Shard {
     /// `frame` as an inbox event of `user`, accepted now: nobody is excepted and nobody
     /// hears the outcome. Callers change what differs before [`Shard::mail_delivery`].
     pub(super) fn delivery(&self, user: &str, frame: Outgoing, priority: Priority) -> Delivery {
-        Delivery {
-            user: user.into(),
-            frame,
-            priority,
-            except: None,
-            ack: None,
-            copy_of: None,
-            accepted_ns: self.now_ns,
-            durability: Durability::Inbox,
-        }
+        Delivery::new(user, (frame, priority), self.now_ns, Durability::Inbox)
     }
 
     /// Mails a delivery to its user's home.

@@ -784,19 +784,16 @@ mod tests {
         // What another node relayed goes to the devices here, and no further.
         home.relays.clear();
         home.frames.clear();
-        let relayed = Delivery {
-            user: "bob".into(),
-            frame: Outgoing::text(
-                crate::protocol::codes::OutKind::Typing,
-                br#"{"type":"typing"}"#,
-            ),
-            priority: Priority::High,
-            except: None,
-            ack: None,
-            copy_of: None,
-            accepted_ns: 0,
-            durability: crate::router::Durability::Relayed,
-        };
+        let typing = Outgoing::text(
+            crate::protocol::codes::OutKind::Typing,
+            br#"{"type":"typing"}"#,
+        );
+        let relayed = Delivery::new(
+            "bob",
+            (typing, Priority::High),
+            0,
+            crate::router::Durability::Relayed,
+        );
         home.feed(Event::Mail(Envelope::Deliver(Box::new(relayed))));
         assert_eq!(home.frames.len(), 1);
         assert_eq!(home.frames[0].0, bob_device);
