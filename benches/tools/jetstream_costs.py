@@ -4,61 +4,25 @@ operation (docs/cluster.md, "Inboxes"): a publish to an inbox subject, the direc
 read and an ack make, and the two ways to take acknowledged events out (a delete by
 sequence, a purge of the user's subject up to a sequence).
 
-Starts its own nats-server with JetStream on a free port in a temporary directory, makes
-the stream as a node does, and runs each operation N times over 3,000 users' subjects,
-pipelined 100 at a time; nats-server's CPU comes from /proc. Exits 1 if the server does
-not start.
+Starts its own nats-server with JetStream on a free port in a temporary directory
+(benches/tools/nats_wire.py), makes the stream as a node does, and runs each operation N
+times over 3,000 users' subjects, pipelined 100 at a time; nats-server's CPU comes from
+/proc. Exits 1 if the server does not start.
 Usage: python3 benches/tools/jetstream_costs.py [N]   (default 5000)
 """
 import json
-import shutil
-import socket
-import subprocess
 import sys
-import tempfile
 import time
 
-SERVER = shutil.which("nats-server") or "/usr/sbin/nats-server"
+from nats_wire import connect, read_message, start_server, stop
+
 USERS = [f"u{i}" for i in range(3000)]
 BATCH = 100
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Conn:
-    def __init__(self, port):
-        for _ in range(100):
-            try:
-                self.sock = socket.create_connection(("127.0.0.1", port))
-                break
-            except OSError:
-                time.sleep(0.05)
-        else:
-            raise SystemExit("nats-server took no connection")
-        self.f = self.sock.makefile("rb")
-        self.f.readline()
-        self.sock.sendall(
-            b'CONNECT {"verbose":false,"headers":true,"no_responders":true,"echo":false}\r\n'
-            b"SUB _INBOX.c.* 1\r\n"
-        )
-
-    def read(self):
-        """The next MSG or HMSG's payload (answering PINGs on the way)."""
-        while True:
-            parts = self.f.readline().split()
-            if parts[0] == b"MSG":
-                return self.f.read(int(parts[-1]) + 2)[:-2]
-            if parts[0] == b"HMSG":
-                return self.f.read(int(parts[-1]) + 2)[:-2]
-            if parts[0] == b"PING":
-                self.sock.sendall(b"PONG\r\n")
-
-    def request(self, subject, body):
-        return b"PUB %s _INBOX.c.1 %d\r\n%s\r\n" % (subject.encode(), len(body), body)
+def request(subject, body):
+    """A request whose answer comes to `_INBOX.c.1`."""
+    return b"PUB %s _INBOX.c.1 %d\r\n%s\r\n" % (subject.encode(), len(body), body)
 
 
 def cpu_ticks(pid):
@@ -69,31 +33,29 @@ def cpu_ticks(pid):
 
 def main():
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 5000
-    port = free_port()
-    store = tempfile.mkdtemp(prefix="nats-costs-")
-    server = subprocess.Popen(
-        [SERVER, "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", store],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    server, port, store = start_server("nats-costs-")
     try:
-        conn = Conn(port)
+        sock, reader, info = connect(port)
+        sock.sendall(
+            b'CONNECT {"verbose":false,"headers":true,"no_responders":true,"echo":false}\r\n'
+            b"SUB _INBOX.c.* 1\r\n"
+        )
         config = {
             "name": "CHAT_INBOX", "subjects": ["chat.inbox.>"], "storage": "file",
             "allow_direct": True, "max_msgs_per_subject": 1000, "discard": "new",
             "discard_new_per_subject": True, "duplicate_window": 120_000_000_000,
             "republish": {"src": "chat.inbox.>", "dest": "chat.live.>"},
         }
-        conn.sock.sendall(conn.request("$JS.API.STREAM.CREATE.CHAT_INBOX", json.dumps(config).encode()))
-        conn.read()
-        print("server", subprocess.run([SERVER, "--version"], capture_output=True, text=True).stdout.strip())
+        sock.sendall(request("$JS.API.STREAM.CREATE.CHAT_INBOX", json.dumps(config).encode()))
+        read_message(sock, reader)
+        print("server", info["version"])
 
         def phase(name, make):
             before, started = cpu_ticks(server.pid), time.time()
             for first in range(0, n, BATCH):
-                conn.sock.sendall(b"".join(make(first + i) for i in range(BATCH)))
+                sock.sendall(b"".join(make(first + i) for i in range(BATCH)))
                 for _ in range(BATCH):
-                    conn.read()
+                    read_message(sock, reader)
             cpu_us = (cpu_ticks(server.pid) - before) * 10_000 / n
             print(f"{name:40} {cpu_us:6.0f} us of nats-server CPU per operation, "
                   f"{(time.time() - started) * 1e6 / n:6.0f} us wall")
@@ -101,25 +63,23 @@ def main():
         body = b'\x00\x01{"type":"new_message","content":"hello there"}'
 
         def publish(i):
-            return conn.request(f"chat.inbox.{USERS[i % len(USERS)]}", body)
+            return request(f"chat.inbox.{USERS[i % len(USERS)]}", body)
 
         def direct_get(query):
-            return conn.request("$JS.API.DIRECT.GET.CHAT_INBOX", json.dumps(query).encode())
+            return request("$JS.API.DIRECT.GET.CHAT_INBOX", json.dumps(query).encode())
 
         phase("publish", publish)
         phase("direct get last_by_subj", lambda i: direct_get({"last_by_subj": f"chat.inbox.{USERS[i % len(USERS)]}"}))
         phase("direct get next_by_subj", lambda i: direct_get({"seq": 1, "next_by_subj": f"chat.inbox.{USERS[i % len(USERS)]}"}))
-        phase("delete by sequence (no_erase)", lambda i: conn.request(
+        phase("delete by sequence (no_erase)", lambda i: request(
             "$JS.API.STREAM.MSG.DELETE.CHAT_INBOX", json.dumps({"seq": i + 1, "no_erase": True}).encode()))
         phase("publish again", publish)
-        phase("purge of the user's subject up to a seq", lambda i: conn.request(
+        phase("purge of the user's subject up to a seq", lambda i: request(
             "$JS.API.STREAM.PURGE.CHAT_INBOX",
             json.dumps({"filter": f"chat.inbox.{USERS[i % len(USERS)]}", "seq": 2 * n + 1}).encode()))
         return 0
     finally:
-        server.kill()
-        server.wait()
-        shutil.rmtree(store, ignore_errors=True)
+        stop(server, store)
 
 
 if __name__ == "__main__":
