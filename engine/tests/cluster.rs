@@ -268,6 +268,14 @@ fn while_nats_is_away_a_call_is_cluster_unavailable_and_after_it_rings_again() {
         assert_eq!(cluster(&a)["connected"], false);
         assert_eq!(a.get("/health/ready").0, 503);
         assert!(a.errors_counted("cluster_unavailable") >= 1);
+        // A group join needs the cluster too (its members are in JetStream): it is
+        // refused the same way, and nothing changes.
+        alice.send(&json!({"type": "group_join", "groupId": "team"}));
+        let refused = alice.recv_type("error");
+        assert_eq!(
+            (&refused["code"], &refused["ref"]),
+            (&json!("cluster_unavailable"), &json!("team"))
+        );
         // NATS back: both relays reconnect and subscribe again; bob's phone rings.
         nats.restart().expect("nats-server restarts");
         let frame = until_received(&mut alice, &typing, &mut bob, "typing");

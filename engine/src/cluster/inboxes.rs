@@ -506,8 +506,11 @@ impl Inboxes {
                 self.scan(*scan, out);
             }
             Pending::Membership(command) => {
-                let kept = matches!(publish_outcome(status, payload, None), Outcome::Kept { .. });
-                replies.extend(answers::membership_answer(&command, kept));
+                let failed = match publish_outcome(status, payload, None) {
+                    Outcome::Kept { .. } => None,
+                    _ => Some(Failure::Refused),
+                };
+                replies.extend(answers::membership_answer(&command, failed));
             }
             Pending::Delete => match api_error(status, payload) {
                 // Another node's device of the user took it first.
@@ -784,7 +787,7 @@ impl Inboxes {
                 self.acking.remove(&scan.user);
             }
             Pending::Membership(command) => {
-                replies.extend(answers::membership_answer(&command, false));
+                replies.extend(answers::membership_answer(&command, Some(why)));
             }
             Pending::Setup | Pending::AckCheck { .. } | Pending::Delete => {}
         }
@@ -849,7 +852,7 @@ fn fail_command(command: Command, why: Failure, replies: &mut Replies) {
             answers::append_outcome(replies, Some(&confirm.ack), None, outcome);
         }
         Command::Membership { .. } => {
-            replies.extend(answers::membership_answer(&command, false));
+            replies.extend(answers::membership_answer(&command, Some(why)));
         }
         other => replies.extend(answers::unread_answer(&other, why)),
     }

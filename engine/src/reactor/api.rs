@@ -85,7 +85,7 @@ impl Reactor {
                     _ => "its first copy was not kept".to_owned(),
                 };
                 let code = match outcome {
-                    Outcome::Failed(Failure::Unreachable) => ErrorCode::ClusterUnavailable,
+                    Outcome::Failed(why) => why.code_or(ErrorCode::PersistenceFailed),
                     _ => ErrorCode::PersistenceFailed,
                 };
                 response::json_error(
@@ -135,7 +135,7 @@ impl Reactor {
         let answer = match error {
             Some(why) => response::json_error(
                 503,
-                "persistence_failed",
+                why.code_or(ErrorCode::PersistenceFailed).name(),
                 &format!("the queue could not be read: {why}"),
                 pending.keep_alive,
             ),

@@ -20,7 +20,7 @@ use crate::{
         Priority,
     },
     router::{home_of, ConnAddr},
-    store::{Command, Failure, FanOut, Greeting, InboxEvent, Outcome, ReadFrom, Reply},
+    store::{Command, FanOut, Greeting, InboxEvent, Outcome, ReadFrom, Reply},
     ws::close,
 };
 
@@ -83,7 +83,8 @@ impl Reactor {
                     Some(why) => {
                         self.end_catch_up(at);
                         let text = format!("the inbox could not be read: {why}");
-                        self.send_error(at, ErrorCode::StoreError, &text, None);
+                        let code = why.code_or(ErrorCode::StoreError);
+                        self.send_error(at, code, &text, None);
                         self.begin_close(at, close::INTERNAL_ERROR, "inbox unreadable");
                     }
                     None => {
@@ -268,10 +269,7 @@ impl Reactor {
             }
             Outcome::Failed(why) => {
                 let text = format!("the message could not be stored: {why}");
-                let code = match why {
-                    Failure::Unreachable => ErrorCode::ClusterUnavailable,
-                    _ => ErrorCode::PersistenceFailed,
-                };
+                let code = why.code_or(ErrorCode::PersistenceFailed);
                 self.send_error(sender, code, &text, Some(message_id));
             }
         }

@@ -11,7 +11,7 @@ use super::{Effects, PostShares, Shard};
 use crate::{
     protocol::{inbound::Text, outbound, Priority},
     router::{AckStatus, ConnAddr, Envelope, GroupDelivery, GroupJoin, GroupPost},
-    store::{Append, Command, Event, FanOut, Share, ShareRow},
+    store::{Append, Command, Event, Failure, FanOut, Share, ShareRow},
 };
 
 impl Shard {
@@ -109,25 +109,28 @@ impl Shard {
 
     /// The store answered a membership change: a committed change is announced to every
     /// member (and to the user who left); a failed one is undone here and the asking
-    /// device gets `persistence_failed`, so memory and disk agree.
+    /// device gets `persistence_failed` (`cluster_unavailable` when NATS is out of
+    /// reach), so memory and disk agree.
     pub(super) fn membership_stored(
         &mut self,
         group: &str,
         user: &str,
         join: bool,
         device: ConnAddr,
-        committed: bool,
+        failed: Option<Failure>,
         out: &mut Effects,
     ) {
         let user: Arc<str> = user.into();
-        if !committed {
+        if let Some(why) = failed {
             if join && self.groups.leave(group, &user) {
                 self.group_quota.give_back(&user);
             } else if !join && self.groups.join(group, user.clone()) {
                 self.group_quota.count_anyway(&user);
             }
-            let text = "the membership change could not be stored; nothing changed";
-            return out.error(device, ErrorCode::PersistenceFailed, text, Some(group));
+            let text =
+                format!("the membership change could not be stored ({why}); nothing changed");
+            let code = why.code_or(ErrorCode::PersistenceFailed);
+            return out.error(device, code, text, Some(group));
         }
         outbound::group_member(&mut self.json, group, &user, join, self.now_ms);
         let frame = self.json.frame();

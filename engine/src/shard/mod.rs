@@ -491,8 +491,8 @@ impl Shard {
                 user,
                 joined,
                 device,
-                committed,
-            } => self.membership_stored(&group, &user, joined, device.into(), committed, out),
+                failed,
+            } => self.membership_stored(&group, &user, joined, device.into(), failed, out),
             Reply::FanOutQueued {
                 purpose: FanOut::GroupPost,
                 request,
@@ -553,7 +553,10 @@ impl Shard {
                 joined,
                 device,
                 ..
-            } => self.membership_stored(&group, &user, joined, device.into(), false, out),
+            } => {
+                let stopped = Some(crate::store::Failure::Stopped);
+                self.membership_stored(&group, &user, joined, device.into(), stopped, out)
+            }
             Command::History { requester, .. } => {
                 let text = "history cannot be read: the gateway is shutting down";
                 out.error(requester.into(), ErrorCode::StoreUnavailable, text, None);

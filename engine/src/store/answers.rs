@@ -28,9 +28,12 @@ pub(crate) fn append_outcome(
     }
 }
 
-/// Whether a membership change is on disk, for the group's home reactor (`None` for any
-/// other command).
-pub(crate) fn membership_answer(command: &Command, committed: bool) -> Option<(usize, Reply)> {
+/// Whether a membership change is on disk (`failed`: why not), for the group's home
+/// reactor (`None` for any other command).
+pub(crate) fn membership_answer(
+    command: &Command,
+    failed: Option<Failure>,
+) -> Option<(usize, Reply)> {
     let Command::Membership {
         group,
         user,
@@ -46,7 +49,7 @@ pub(crate) fn membership_answer(command: &Command, committed: bool) -> Option<(u
         user: user.clone(),
         joined: *joined,
         device: *device,
-        committed,
+        failed,
     };
     Some((*home, reply))
 }

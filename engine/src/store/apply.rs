@@ -127,7 +127,7 @@ impl Apply<'_, '_> {
                 } else {
                     self.members.remove((&**group, &**user))?;
                 }
-                self.replies.extend(membership_answer(command, true));
+                self.replies.extend(membership_answer(command, None));
             }
             Command::Shutdown => {}
         }

@@ -502,8 +502,8 @@ pub enum Reply {
         joined: bool,
         /// The device that asked.
         device: Waiter,
-        /// Whether it is on disk.
-        committed: bool,
+        /// Why it is not kept; `None`: it is on disk (in a cluster, in JetStream).
+        failed: Option<Failure>,
     },
 }
 

@@ -3,6 +3,8 @@
 
 use std::{fmt, io};
 
+use crate::protocol::codes::ErrorCode;
+
 /// Why a commit or a read failed. Nothing of a failed commit is stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Failure {
@@ -22,6 +24,17 @@ pub enum Failure {
     /// In a cluster: JetStream refused the write or the read (its storage is full, its
     /// stream is missing).
     Refused,
+}
+
+impl Failure {
+    /// The error code a client is told: `cluster_unavailable` when NATS is out of reach,
+    /// else `otherwise`, what the asking path says of its store failing.
+    pub fn code_or(self, otherwise: ErrorCode) -> ErrorCode {
+        match self {
+            Failure::Unreachable => ErrorCode::ClusterUnavailable,
+            _ => otherwise,
+        }
+    }
 }
 
 impl From<&io::Error> for Failure {

@@ -482,7 +482,7 @@ impl Worker {
                 | Command::Amend(_) => replies.extend(unread_answer(command, why)),
                 Command::Membership { .. } => {
                     count_failures(1);
-                    replies.extend(membership_answer(command, false));
+                    replies.extend(membership_answer(command, Some(why)));
                 }
                 // An ack that did not hold is asked again by the device's next ack; a
                 // message history did not keep is in its inbox all the same.

@@ -362,7 +362,7 @@ impl SimStore {
                     user,
                     joined,
                     device,
-                    committed: true,
+                    failed: None,
                 };
                 replies.push((home, reply));
             }
