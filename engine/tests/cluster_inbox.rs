@@ -110,6 +110,91 @@ fn an_ack_above_the_last_seq_is_refused_and_purges_nothing() {
 }
 
 #[test]
+fn what_one_device_acknowledged_stays_for_the_users_other_devices() {
+    with_nats("acked_kept_across_nodes", |nats| {
+        let (a, b) = two_nodes(&nats);
+        let (mut phone, greeting) = b.login_resuming("bob", "phone", FRESH);
+        let (epoch, start) = position(&greeting);
+        let mut alice = a.login("alice", "phone");
+        for i in 0..3 {
+            alice.send_chat(&format!("m-{i}"), "bob", &format!("n{i}"));
+        }
+        let mut last = 0;
+        for i in 0..3 {
+            let (content, seq) = phone.next_message();
+            assert_eq!(content, format!("n{i}"));
+            last = seq;
+        }
+        phone.send(&json!({"type": "ack", "seq": last}));
+        common::wait_until("the phone's ack is kept", || {
+            let (_, body) = a.get("/api/messages/queue/bob");
+            let queue: Value = serde_json::from_str(&body).unwrap();
+            queue["messages"].as_array().unwrap().is_empty()
+        });
+        // The tablet, last seen before the three, resumes on the other node: all three.
+        let (mut tablet, greeting) = a.login_resuming("bob", "tablet", (&epoch, start));
+        assert_eq!(greeting["resumed"], true, "{greeting}");
+        assert_eq!(greeting["seq"], last, "{greeting}");
+        for i in 0..3 {
+            assert_eq!(tablet.next_message().0, format!("n{i}"));
+        }
+        tablet.expect_silence(Duration::from_millis(300));
+        // A device that does not resume gets what no device acknowledged: nothing.
+        let (mut laptop, greeting) = b.login_resuming("bob", "laptop", FRESH);
+        assert_eq!(greeting["resumed"], false, "{greeting}");
+        laptop.expect_silence(Duration::from_millis(300));
+    });
+}
+
+#[test]
+fn acknowledged_events_go_a_generation_at_a_time_and_the_bound_counts_what_stays() {
+    with_nats("acked_generations_across_nodes", |nats| {
+        // A bound of 4: generations of 2, and 8 events a user at most.
+        let flags = ["--queue-max-per-user", "4"];
+        let a = common::nats::node_with(&nats.url(), "a", &flags);
+        let b = common::nats::node_with(&nats.url(), "b", &flags);
+        common::nats::wait_for_nodes(&a, 2, Duration::from_secs(10));
+        let mut alice = a.login("alice", "phone");
+        let send_all = |alice: &mut common::Client, from: usize, count: usize| {
+            (from..from + count)
+                .map(|i| alice.send_chat(&format!("m-{i}"), "bob", &format!("n{i}")))
+                .map(|ack| ack["reason"].as_str().unwrap_or("queued").to_owned())
+                .collect::<Vec<_>>()
+        };
+        // Nothing acknowledged yet: 8 fit, the ninth is refused.
+        let mut expected = vec!["queued"; 8];
+        expected.push("queue_full");
+        assert_eq!(send_all(&mut alice, 0, 9), expected);
+        let (mut bob, greeting) = b.login_resuming("bob", "phone", FRESH);
+        let (epoch, _) = position(&greeting);
+        let seqs: Vec<u64> = (0..8).map(|_| bob.next_message().1).collect();
+        bob.send(&json!({"type": "ack", "seq": seqs[7]}));
+        drop(bob);
+        common::wait_until("the ack is kept", || {
+            let (_, body) = a.get("/api/messages/queue/bob");
+            let queue: Value = serde_json::from_str(&body).unwrap();
+            queue["messages"].as_array().unwrap().is_empty()
+        });
+        // Four generations closed: the first three went in one purge, the newest two
+        // acknowledged events stay, and six new ones fit beside them.
+        std::thread::sleep(Duration::from_millis(500));
+        let mut expected = vec!["queued"; 6];
+        expected.push("queue_full");
+        assert_eq!(send_all(&mut alice, 9, 7), expected);
+        let (_, too_old) = a.login_resuming("bob", "tablet", (&epoch, seqs[4]));
+        assert_eq!(too_old["resumed"], false, "{too_old}");
+        let (mut tablet, kept) = a.login_resuming("bob", "tablet", (&epoch, seqs[5]));
+        assert_eq!(kept["resumed"], true, "{kept}");
+        let contents: Vec<String> = (0..8).map(|_| tablet.next_message().0).collect();
+        let expected: Vec<String> = [6, 7, 9, 10, 11, 12, 13, 14]
+            .iter()
+            .map(|i| format!("n{i}"))
+            .collect();
+        assert_eq!(contents, expected);
+    });
+}
+
+#[test]
 fn a_killed_nodes_users_resume_on_another_node_with_nothing_lost() {
     with_nats("resume_after_node_death", |nats| {
         let (a, mut b) = two_nodes(&nats);

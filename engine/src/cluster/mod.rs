@@ -12,9 +12,11 @@
 //!   watch, and leaving on shutdown;
 //! - `relay`, `relayer`, `wire`: live events and presence between nodes over the relay's
 //!   own NATS connection; `presence`: which other nodes hold the users watched here;
-//! - `inboxes`: the users' inboxes in JetStream, behind the store's interface;
+//! - `inboxes`: the users' inboxes in JetStream, behind the store's interface; `acks`:
+//!   how far each user's devices acknowledged, and which acknowledged events stay;
 //! - `totals`: every node's `/api/stats` figures summed.
 
+mod acks;
 mod inboxes;
 mod members;
 mod node;

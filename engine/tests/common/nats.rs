@@ -139,7 +139,14 @@ pub const DEATH_BOUND: Duration = Duration::from_secs(15);
 
 /// A node of the cluster at `nats` with id `id`.
 pub fn node(nats: &str, id: &str) -> Server {
-    Server::start(Driver::IoUring, &["--cluster", nats, "--node-id", id])
+    node_with(nats, id, &[])
+}
+
+/// A node of the cluster at `nats` with id `id` and more flags.
+pub fn node_with(nats: &str, id: &str, flags: &[&str]) -> Server {
+    let mut args = vec!["--cluster", nats, "--node-id", id];
+    args.extend_from_slice(flags);
+    Server::start(Driver::IoUring, &args)
 }
 
 /// `/health`'s `cluster` object.
