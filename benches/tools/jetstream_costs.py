@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """What each JetStream operation a cluster node's inboxes use costs nats-server, in CPU per
 operation (docs/cluster.md, "Inboxes"): a publish to an inbox subject, the direct gets a
-read and an ack make, and the two ways to take acknowledged events out (a delete by
+read and an ack make, a user's acknowledgement record replaced in a key-value bucket, and
+the two ways to take acknowledged events out (a delete by
 sequence, a purge of the user's subject up to a sequence).
 
 Starts its own nats-server with JetStream on a free port in a temporary directory
@@ -48,6 +49,13 @@ def main():
         }
         sock.sendall(request("$JS.API.STREAM.CREATE.CHAT_INBOX", json.dumps(config).encode()))
         read_message(sock, reader)
+        records = {
+            "name": "KV_chat_acks", "subjects": ["$KV.chat_acks.>"], "storage": "file",
+            "max_msgs_per_subject": 1, "discard": "new", "allow_rollup_hdrs": True,
+            "deny_delete": True, "allow_direct": True,
+        }
+        sock.sendall(request("$JS.API.STREAM.CREATE.KV_chat_acks", json.dumps(records).encode()))
+        read_message(sock, reader)
         print("server", info["version"])
 
         def phase(name, make):
@@ -73,6 +81,29 @@ def main():
         phase("direct get next_by_subj", lambda i: direct_get({"seq": 1, "next_by_subj": f"chat.inbox.{USERS[i % len(USERS)]}"}))
         phase("delete by sequence (no_erase)", lambda i: request(
             "$JS.API.STREAM.MSG.DELETE.CHAT_INBOX", json.dumps({"seq": i + 1, "no_erase": True}).encode()))
+        phase("key-value put over a user's last value", lambda i: request(
+            f"$KV.chat_acks.{USERS[i % len(USERS)]}", b"%d 0 0 1" % i))
+        # A compare-and-set needs each key's last revision: the answers come in order.
+        revisions, refused = {}, 0
+        before, started = cpu_ticks(server.pid), time.time()
+        for first in range(0, n, BATCH):
+            users = [USERS[(first + i) % len(USERS)] for i in range(BATCH)]
+            batch = []
+            for i, user in enumerate(users):
+                headers = b"NATS/1.0\r\nNats-Expected-Last-Subject-Sequence: %d\r\n\r\n" % revisions.get(user, 0)
+                body = b"%d 0 0 1" % (first + i)
+                batch.append(b"HPUB $KV.chat_acks.cas-%s _INBOX.c.1 %d %d\r\n%s%s\r\n" % (
+                    user.encode(), len(headers), len(headers) + len(body), headers, body))
+            sock.sendall(b"".join(batch))
+            for user in users:
+                answer = json.loads(read_message(sock, reader)[2])
+                if "error" in answer:
+                    refused += 1
+                else:
+                    revisions[user] = answer["seq"]
+        cpu_us = (cpu_ticks(server.pid) - before) * 10_000 / n
+        print(f"{'key-value compare-and-set':40} {cpu_us:6.0f} us of nats-server CPU per operation, "
+              f"{(time.time() - started) * 1e6 / n:6.0f} us wall ({refused} refused)")
         phase("publish again", publish)
         phase("purge of the user's subject up to a seq", lambda i: request(
             "$JS.API.STREAM.PURGE.CHAT_INBOX",

@@ -147,6 +147,41 @@ fn what_one_device_acknowledged_stays_for_the_users_other_devices() {
 }
 
 #[test]
+fn two_devices_acknowledging_on_two_nodes_at_once_send_each_receipt_once() {
+    with_nats("concurrent_acks_across_nodes", |nats| {
+        let (a, b) = two_nodes(&nats);
+        let (mut phone, _) = a.login_resuming("bob", "phone", FRESH);
+        let (mut tablet, _) = b.login_resuming("bob", "tablet", FRESH);
+        let (mut alice, _) = a.login_resuming("alice", "phone", FRESH);
+        const MESSAGES: usize = 20;
+        for i in 0..MESSAGES {
+            alice.send(&json!({"type": "send_message", "messageId": format!("m-{i}"),
+                "receiverId": "bob", "content": format!("n{i}")}));
+        }
+        // Both devices acknowledge each message as it comes, one node against the other.
+        for _ in 0..MESSAGES {
+            for device in [&mut phone, &mut tablet] {
+                let (_, seq) = device.next_message();
+                device.send(&json!({"type": "ack", "seq": seq}));
+            }
+        }
+        let mut receipts = Vec::new();
+        while let Some(frame) = alice.recv_within(Duration::from_millis(1500)) {
+            if frame["type"] == "delivery_receipt" {
+                receipts.push(frame["messageId"].as_str().unwrap().to_owned());
+            }
+        }
+        receipts.sort();
+        let mut expected: Vec<String> = (0..MESSAGES).map(|i| format!("m-{i}")).collect();
+        expected.sort();
+        assert_eq!(receipts, expected, "each once");
+        // Nothing is left unacknowledged for a device that does not resume.
+        let (mut laptop, _) = b.login_resuming("bob", "laptop", FRESH);
+        laptop.expect_silence(Duration::from_millis(300));
+    });
+}
+
+#[test]
 fn acknowledged_events_go_a_generation_at_a_time_and_the_bound_counts_what_stays() {
     with_nats("acked_generations_across_nodes", |nats| {
         // A bound of 4: generations of 2, and 8 events a user at most.

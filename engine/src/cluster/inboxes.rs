@@ -39,6 +39,7 @@ use tracing::{debug, info, warn};
 use super::{
     acks::{self, AckRecord, ACK_STREAM},
     relay::{from_key_token, from_subject_token, key_token, subject_token},
+    seen::Seen,
     wire,
 };
 use crate::{
@@ -246,6 +247,8 @@ pub(super) struct Inboxes {
     confirms: Vec<(u64, Confirm)>,
     /// Users with an ack under way, and the highest `seq` asked since it started (0: none).
     acking: HashMap<Box<str>, u64>,
+    /// The events seen live, which an ack takes without reading the stream.
+    seen: Seen,
 }
 
 impl Inboxes {
@@ -261,7 +264,22 @@ impl Inboxes {
             shares: HashMap::new(),
             confirms: Vec::new(),
             acking: HashMap::new(),
+            seen: Seen::default(),
         }
+    }
+
+    /// `user`'s event `seq` came live (`headers`: the republish's), for the acks here.
+    pub(super) fn live_event(&mut self, user: &str, seq: u64, headers: &[u8]) {
+        let last = wire::header(headers, "Nats-Last-Sequence")
+            .and_then(|v| std::str::from_utf8(v).ok()?.parse().ok())
+            .unwrap_or(0);
+        let receipt = wire::header(headers, RECEIPT_HEADER).and_then(parse_receipt);
+        self.seen.event(user, seq, last, receipt);
+    }
+
+    /// This node no longer holds `user`: what it saw of the user's events goes.
+    pub(super) fn forget(&mut self, user: &str) {
+        self.seen.forget(user);
     }
 
     /// The relay is connected: the streams are made sure of before any command runs.
@@ -306,6 +324,7 @@ impl Inboxes {
     /// `cluster_unavailable`), and the stream is looked up again on reconnecting.
     pub(super) fn disconnected(&mut self) -> Replies {
         self.epoch = None;
+        self.seen.clear();
         let mut replies = Vec::new();
         let pending: Vec<Pending> = self.pending.drain().map(|(_, (p, _))| p).collect();
         for pending in pending {
@@ -574,29 +593,21 @@ impl Inboxes {
                     _ => self.start_ack(user, upto, home, out),
                 }
             }
-            Pending::AckFetch(mut scan) => {
+            Pending::AckFetch(scan) => {
                 let fetched = match status {
                     Some(404) => Some((AckRecord::default(), 0)),
                     Some(_) => None,
                     None => AckRecord::parse(payload).zip(sequence_of(headers)),
                 };
-                let Some((record, revision)) = fetched else {
-                    warn!(
-                        "cluster: {}'s acknowledgement record is unreadable",
-                        scan.user
-                    );
-                    self.acking.remove(&scan.user);
-                    return replies;
-                };
-                scan.record = record;
-                scan.revision = revision;
-                scan.gone_before = record.gone;
-                scan.next = record.acked + 1;
-                if record.acked >= scan.upto {
-                    // Nothing new: another device got there first.
-                    self.ack_done(*scan, out);
-                } else {
-                    self.scan(*scan, out);
+                match fetched {
+                    Some(fetched) => self.go_on_from(*scan, fetched, out),
+                    None => {
+                        warn!(
+                            "cluster: {}'s acknowledgement record is unreadable",
+                            scan.user
+                        );
+                        self.acking.remove(&scan.user);
+                    }
                 }
             }
             Pending::AckScan(mut scan) => {
@@ -626,6 +637,7 @@ impl Inboxes {
                         // A device on another node acknowledged meanwhile: again, from
                         // the record it wrote.
                         debug!("cluster: {}'s acknowledgement record moved", scan.user);
+                        self.seen.moved(&scan.user);
                         let AckScan {
                             user, upto, home, ..
                         } = *scan;
@@ -668,7 +680,30 @@ impl Inboxes {
             return;
         }
         self.acking.insert(user.clone(), 0);
-        self.fetch_record(AckScan::new(user, upto, home), out);
+        let scan = AckScan::new(user, upto, home);
+        match self.seen.record(&scan.user) {
+            Some(known) => self.go_on_from(scan, known, out),
+            None => self.fetch_record(scan, out),
+        }
+    }
+
+    /// The ack goes on from the user's record at its revision (0: none yet).
+    fn go_on_from(
+        &mut self,
+        mut scan: AckScan,
+        (record, revision): (AckRecord, u64),
+        out: &mut BytesMut,
+    ) {
+        scan.record = record;
+        scan.revision = revision;
+        scan.gone_before = record.gone;
+        scan.next = record.acked + 1;
+        if record.acked >= scan.upto {
+            // Nothing new: another device got there first.
+            self.ack_done(scan, out);
+        } else {
+            self.take_events(scan, out);
+        }
     }
 
     /// Asks for the record an ack starts from.
@@ -676,6 +711,19 @@ impl Inboxes {
         let body = record_of(&scan.user);
         let pending = Pending::AckFetch(Box::new(scan));
         self.request(out, direct_get(ACK_STREAM).as_bytes(), &body, pending);
+    }
+
+    /// Takes the events an ack covers from what was seen live if it can, else from the
+    /// stream, one read after another.
+    fn take_events(&mut self, mut scan: AckScan, out: &mut BytesMut) {
+        if let Some(events) = self.seen.between(&scan.user, scan.record.acked, scan.upto) {
+            for (seq, receipt) in events {
+                scan.receipts.extend(receipt);
+                scan.record.take(seq, self.generation());
+            }
+            scan.next = scan.upto + 1;
+        }
+        self.scan(scan, out);
     }
 
     /// The next event an ack takes or, past the last, the record's write.
@@ -731,6 +779,7 @@ impl Inboxes {
         }
         scan.revision = revision;
         scan.gone_before = scan.record.gone;
+        self.seen.written(&scan.user, scan.record, revision);
         self.ack_done(scan, out);
     }
 
@@ -742,7 +791,7 @@ impl Inboxes {
                 self.acking.insert(scan.user.clone(), 0);
                 scan.upto = more;
                 scan.next = scan.record.acked + 1;
-                self.scan(scan, out);
+                self.take_events(scan, out);
             }
             _ => {}
         }

@@ -14,6 +14,7 @@
 //!   own NATS connection; `presence`: which other nodes hold the users watched here;
 //! - `inboxes`: the users' inboxes in JetStream, behind the store's interface; `acks`:
 //!   how far each user's devices acknowledged, and which acknowledged events stay;
+//!   `seen`: the inbox events seen live, which an ack takes without reading the stream;
 //! - `totals`: every node's `/api/stats` figures summed.
 
 mod acks;
@@ -23,6 +24,7 @@ mod node;
 mod presence;
 pub mod relay;
 mod relayer;
+mod seen;
 mod totals;
 mod wire;
 

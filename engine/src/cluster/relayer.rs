@@ -397,6 +397,7 @@ impl Relayer {
                 }
             }
             Relay::Unwatch { user, at_ms } => {
+                self.inboxes.forget(&user);
                 if let Some(sid) = self.sids.remove(&user) {
                     self.by_sid.remove(&sid);
                     if connected {
@@ -672,7 +673,7 @@ impl Relayer {
                 } => match self.by_sid.get(&sid) {
                     Some(Sub::Huddle { .. }) => self.huddle_event(sid, reply, &payload),
                     Some(Sub::Live { .. }) => match inboxes::sequence_of(&headers) {
-                        Some(seq) => self.inbox_event(sid, seq, &payload),
+                        Some(seq) => self.inbox_event(sid, seq, &headers, &payload),
                         None => self.live_event(sid, reply, &payload),
                     },
                     Some(Sub::Presence(user)) => {
@@ -732,15 +733,19 @@ impl Relayer {
 
     /// An inbox event JetStream stored and republished, with its `seq`: to the user's
     /// home reactor here, for the devices online here.
-    fn inbox_event(&mut self, sid: u64, seq: u64, payload: &Bytes) {
+    fn inbox_event(&mut self, sid: u64, seq: u64, headers: &[u8], payload: &Bytes) {
         let Some(Sub::Live {
             user,
             home,
-            devices: true,
+            devices,
         }) = self.by_sid.get(&sid)
         else {
-            return; // no device here (the grace): it waits in the inbox
+            return;
         };
+        self.inboxes.live_event(user, seq, headers);
+        if !devices {
+            return; // no device here (the grace): it waits in the inbox
+        }
         let Some((kind, priority, json)) = inboxes::decode_event(payload) else {
             return debug!("cluster: a stored inbox event that does not parse, dropped");
         };
