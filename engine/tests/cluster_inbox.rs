@@ -155,8 +155,10 @@ fn two_devices_acknowledging_on_two_nodes_at_once_send_each_receipt_once() {
         let (mut alice, _) = a.login_resuming("alice", "phone", FRESH);
         const MESSAGES: usize = 20;
         for i in 0..MESSAGES {
-            alice.send(&json!({"type": "send_message", "messageId": format!("m-{i}"),
-                "receiverId": "bob", "content": format!("n{i}")}));
+            alice.send(
+                &json!({"type": "send_message", "messageId": format!("m-{i}"),
+                "receiverId": "bob", "content": format!("n{i}")}),
+            );
         }
         // Both devices acknowledge each message as it comes, one node against the other.
         for _ in 0..MESSAGES {
@@ -226,6 +228,42 @@ fn acknowledged_events_go_a_generation_at_a_time_and_the_bound_counts_what_stays
             .map(|i| format!("n{i}"))
             .collect();
         assert_eq!(contents, expected);
+    });
+}
+
+#[test]
+fn events_missed_while_a_node_was_cut_off_reach_its_devices_in_order_once_it_is_back() {
+    with_nats("gap_filled_across_nodes", |nats| {
+        let proxy = common::nats::Proxy::start(nats.port);
+        let a = common::nats::node(&nats.url(), "a");
+        let b = common::nats::node(&proxy.url(), "b");
+        common::nats::wait_for_nodes(&a, 2, Duration::from_secs(10));
+        let connected =
+            |server: &common::Server| common::nats::cluster(server)["connected"] == true;
+        let (mut bob, _) = b.login_resuming("bob", "phone", FRESH);
+        let mut alice = a.login("alice", "phone");
+        alice.send_chat("m-0", "bob", "n0");
+        assert_eq!(bob.next_message().0, "n0");
+        // Node b alone loses NATS; bob's device stays connected to it.
+        proxy.cut();
+        common::wait_until("b is cut off", || !connected(&b));
+        for i in 1..3 {
+            let ack = alice.send_chat(&format!("m-{i}"), "bob", &format!("n{i}"));
+            assert_eq!(ack["status"], "queued", "{ack}");
+        }
+        proxy.restore();
+        common::wait_until("b is back", || connected(&b));
+        std::thread::sleep(Duration::from_millis(300)); // its subscriptions reach NATS
+                                                        // The next event shows b what it missed: bob gets all three, in order, once.
+        alice.send_chat("m-3", "bob", "n3");
+        let mut last = 0;
+        for i in 1..4 {
+            let (content, seq) = bob.next_message();
+            assert_eq!(content, format!("n{i}"));
+            assert!(seq > last, "{seq} after {last}");
+            last = seq;
+        }
+        bob.expect_silence(Duration::from_millis(300));
     });
 }
 

@@ -39,7 +39,7 @@ use tracing::{debug, info, warn};
 use super::{
     acks::{self, AckRecord, ACK_STREAM},
     relay::{from_key_token, from_subject_token, key_token, subject_token},
-    seen::Seen,
+    seen::{Continuity, Receipt, Seen},
     wire,
 };
 use crate::{
@@ -113,6 +113,8 @@ enum Pending {
     AckWrite(Box<AckScan>),
     /// The removal of a generation of acknowledged events.
     Purge,
+    /// The next event of a gap in a user's live events.
+    Fill(Box<Filled>),
     /// A member's join or leave, written to the bucket of members.
     Membership(Box<Command>),
 }
@@ -147,6 +149,24 @@ impl AckScan {
         }
     }
 }
+
+/// A gap in a user's live events, read from the stream: the events after `next - 1` up
+/// to `upto`, for the devices here.
+pub(super) struct Filled {
+    /// The user.
+    pub user: Box<str>,
+    /// The events read, in `seq` order, each with the receipt its sender waits for.
+    pub events: Vec<(InboxEvent, Option<Receipt>)>,
+    /// The newest event seen before the gap.
+    after: u64,
+    /// The `seq` the next get starts at.
+    next: u64,
+    /// The last event of the gap.
+    upto: u64,
+}
+
+/// Events a gap is filled with at most: the devices get the rest when they resume.
+const FILL_MAX: usize = 1024;
 
 /// A fan-out's counts while its rows are being stored.
 struct ShareWait {
@@ -249,6 +269,8 @@ pub(super) struct Inboxes {
     acking: HashMap<Box<str>, u64>,
     /// The events seen live, which an ack takes without reading the stream.
     seen: Seen,
+    /// Gaps read, for the relay to hand to the devices.
+    filled: Vec<Filled>,
 }
 
 impl Inboxes {
@@ -265,16 +287,66 @@ impl Inboxes {
             confirms: Vec::new(),
             acking: HashMap::new(),
             seen: Seen::default(),
+            filled: Vec::new(),
         }
+    }
+
+    /// Where `user`'s live event `seq` (`headers`: the republish's) stands to what was
+    /// seen; a gap starts being read from the stream, and [`Inboxes::take_filled`] has it
+    /// once read.
+    pub(super) fn live_continuity(
+        &mut self,
+        user: &str,
+        seq: u64,
+        headers: &[u8],
+        out: &mut BytesMut,
+    ) -> Continuity {
+        let continuity = self.seen.continuity(user, seq, last_of(headers));
+        if let Continuity::Gap { after } = continuity {
+            let fill = Filled {
+                user: user.into(),
+                events: Vec::new(),
+                after,
+                next: after + 1,
+                upto: last_of(headers),
+            };
+            self.fill_step(fill, out);
+        }
+        continuity
     }
 
     /// `user`'s event `seq` came live (`headers`: the republish's), for the acks here.
     pub(super) fn live_event(&mut self, user: &str, seq: u64, headers: &[u8]) {
-        let last = wire::header(headers, "Nats-Last-Sequence")
-            .and_then(|v| std::str::from_utf8(v).ok()?.parse().ok())
-            .unwrap_or(0);
         let receipt = wire::header(headers, RECEIPT_HEADER).and_then(parse_receipt);
-        self.seen.event(user, seq, last, receipt);
+        self.seen.event(user, seq, last_of(headers), receipt);
+    }
+
+    /// The gaps read since the last call, each whole or as far as the stream answered;
+    /// their events are in what was seen.
+    pub(super) fn take_filled(&mut self) -> Vec<Filled> {
+        std::mem::take(&mut self.filled)
+    }
+
+    /// The next event of a gap, or the gap is over.
+    fn fill_step(&mut self, fill: Filled, out: &mut BytesMut) {
+        if fill.next > fill.upto || fill.events.len() >= FILL_MAX {
+            return self.filled_up(fill);
+        }
+        let subject = inbox_subject(&fill.user);
+        let body = serde_json::json!({"seq": fill.next, "next_by_subj": subject}).to_string();
+        let pending = Pending::Fill(Box::new(fill));
+        self.request(out, direct_get(STREAM).as_bytes(), body.as_bytes(), pending);
+    }
+
+    /// A gap is read (as far as it could be): its events join what was seen, in order.
+    fn filled_up(&mut self, fill: Filled) {
+        let mut last = fill.after;
+        for (event, receipt) in &fill.events {
+            self.seen
+                .event(&fill.user, event.seq, last, receipt.clone());
+            last = event.seq;
+        }
+        self.filled.push(fill);
     }
 
     /// This node no longer holds `user`: what it saw of the user's events goes.
@@ -323,8 +395,8 @@ impl Inboxes {
     /// The relay lost its connection: everything under way fails (the senders hear
     /// `cluster_unavailable`), and the stream is looked up again on reconnecting.
     pub(super) fn disconnected(&mut self) -> Replies {
+        // What was seen stays: a gap while away shows at the next live event.
         self.epoch = None;
-        self.seen.clear();
         let mut replies = Vec::new();
         let pending: Vec<Pending> = self.pending.drain().map(|(_, (p, _))| p).collect();
         for pending in pending {
@@ -660,6 +732,30 @@ impl Inboxes {
                 };
                 replies.extend(answers::membership_answer(&command, failed));
             }
+            Pending::Fill(mut fill) => {
+                let found = match status {
+                    None => sequence_of(headers).filter(|seq| *seq <= fill.upto),
+                    _ => None,
+                };
+                match found {
+                    Some(seq) => {
+                        if let Some((kind, priority, json)) = decode_event(payload) {
+                            let receipt =
+                                wire::header(headers, RECEIPT_HEADER).and_then(parse_receipt);
+                            let event = InboxEvent {
+                                seq,
+                                kind,
+                                priority,
+                                json,
+                            };
+                            fill.events.push((event, receipt));
+                        }
+                        fill.next = seq + 1;
+                        self.fill_step(*fill, out);
+                    }
+                    None => self.filled_up(*fill),
+                }
+            }
             // Left behind, the events go with the next purge (or `--retention-days`).
             Pending::Purge => {
                 if let Some(error) = api_error(status, payload) {
@@ -948,6 +1044,11 @@ impl Inboxes {
             ReadStep::Events => {}
         }
         let Some(seq) = found else {
+            if read.greeting().is_some() {
+                // A device's whole inbox in one page: its live events follow it.
+                let highest = read.events.last().map_or(0, |e| e.seq);
+                self.seen.start(&read.user, highest.max(read.last));
+            }
             return finish_read(read, false, replies);
         };
         if let Some((kind, priority, json)) = decode_event(payload) {
@@ -1054,6 +1155,8 @@ impl Inboxes {
             Pending::Membership(command) => {
                 replies.extend(answers::membership_answer(&command, Some(why)));
             }
+            // The devices get what could not be read when they resume.
+            Pending::Fill(fill) => self.filled_up(*fill),
             Pending::Setup
             | Pending::SetupAcks { .. }
             | Pending::AckCheck { .. }
@@ -1194,6 +1297,14 @@ fn last_by_subject(user: &str) -> Vec<u8> {
     serde_json::json!({"last_by_subj": inbox_subject(user)})
         .to_string()
         .into_bytes()
+}
+
+/// The `Nats-Last-Sequence` header of a republished event: the user's event before it
+/// (0: none).
+fn last_of(headers: &[u8]) -> u64 {
+    wire::header(headers, "Nats-Last-Sequence")
+        .and_then(|v| std::str::from_utf8(v).ok()?.parse().ok())
+        .unwrap_or(0)
 }
 
 /// The `Nats-Sequence` header of a stored message.

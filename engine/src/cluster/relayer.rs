@@ -32,6 +32,7 @@ use super::{
     inboxes::{self, InboxLimits, Inboxes, Replies},
     presence::{Holders, Report},
     relay::{self, Inbound, Reactors, Relay},
+    seen::Continuity,
     totals,
     wire::{self, Op},
     State,
@@ -144,6 +145,9 @@ pub(super) struct Relayer {
     by_sid: HashMap<u64, Sub>,
     /// Each held user's live subscription.
     sids: HashMap<Arc<str>, u64>,
+    /// Users with a gap in their live events being read from the stream, and the live
+    /// events that came meanwhile (`seq`, headers, payload), in order.
+    filling: HashMap<Arc<str>, Vec<(u64, Bytes, Bytes)>>,
     /// Each watched user's presence subscription.
     presence_sids: HashMap<Arc<str>, u64>,
     /// Each huddle room's subscription, by `(group, room)`.
@@ -224,6 +228,7 @@ impl Relayer {
             reactors,
             by_sid: HashMap::new(),
             sids: HashMap::new(),
+            filling: HashMap::new(),
             next_sid: BROADCAST_SID + 1,
             inbox,
             calls: HashMap::new(),
@@ -323,6 +328,7 @@ impl Relayer {
             if was && conn.is_none() {
                 let failed = self.inboxes.disconnected();
                 self.send_replies(failed);
+                self.gaps_filled();
             }
             if conn.is_none() {
                 self.out.clear();
@@ -673,7 +679,7 @@ impl Relayer {
                 } => match self.by_sid.get(&sid) {
                     Some(Sub::Huddle { .. }) => self.huddle_event(sid, reply, &payload),
                     Some(Sub::Live { .. }) => match inboxes::sequence_of(&headers) {
-                        Some(seq) => self.inbox_event(sid, seq, &headers, &payload),
+                        Some(seq) => self.inbox_event(sid, seq, headers, payload),
                         None => self.live_event(sid, reply, &payload),
                     },
                     Some(Sub::Presence(user)) => {
@@ -733,24 +739,71 @@ impl Relayer {
 
     /// An inbox event JetStream stored and republished, with its `seq`: to the user's
     /// home reactor here, for the devices online here.
-    fn inbox_event(&mut self, sid: u64, seq: u64, headers: &[u8], payload: &Bytes) {
-        let Some(Sub::Live {
-            user,
-            home,
-            devices,
-        }) = self.by_sid.get(&sid)
-        else {
+    ///
+    /// An event seen already is dropped. One after a gap (events republished while this
+    /// relay was cut off from NATS) waits, with the user's events after it, until the gap
+    /// is read from the stream, so the devices get every event once and in order.
+    fn inbox_event(&mut self, sid: u64, seq: u64, headers: Bytes, payload: Bytes) {
+        let Some(Sub::Live { user, .. }) = self.by_sid.get(&sid) else {
             return;
         };
-        self.inboxes.live_event(user, seq, headers);
-        if !devices {
-            return; // no device here (the grace): it waits in the inbox
+        let user = user.clone();
+        if let Some(waiting) = self.filling.get_mut(&*user) {
+            return waiting.push((seq, headers, payload));
         }
+        match self
+            .inboxes
+            .live_continuity(&user, seq, &headers, &mut self.out)
+        {
+            Continuity::Again => debug!("cluster: an inbox event seen already, dropped"),
+            Continuity::Gap { after } => {
+                debug!(%user, after, seq, "cluster: live events missed; reading them");
+                self.filling.insert(user, vec![(seq, headers, payload)]);
+            }
+            Continuity::Next => {
+                self.inboxes.live_event(&user, seq, &headers);
+                self.deliver_stored(&user, seq, &payload);
+            }
+        }
+    }
+
+    /// Hands the gaps read from the stream to the devices here, each followed by the
+    /// events that waited for it (a gap among those is not read again: the devices get
+    /// it when they resume).
+    fn gaps_filled(&mut self) {
+        for filled in self.inboxes.take_filled() {
+            for (event, _) in &filled.events {
+                let frame = Outgoing::with_seq(event.kind, &event.json, event.seq);
+                self.to_user_here(&filled.user, frame, event.priority);
+            }
+            let waiting = self.filling.remove(&*filled.user).unwrap_or_default();
+            for (seq, headers, payload) in waiting {
+                self.inboxes.live_event(&filled.user, seq, &headers);
+                self.deliver_stored(&filled.user, seq, &payload);
+            }
+        }
+    }
+
+    /// A stored event of `user`, numbered `seq`, for the devices here.
+    fn deliver_stored(&self, user: &str, seq: u64, payload: &Bytes) {
         let Some((kind, priority, json)) = inboxes::decode_event(payload) else {
             return debug!("cluster: a stored inbox event that does not parse, dropped");
         };
-        let frame = Outgoing::with_seq(kind, &json, seq);
-        self.to_devices_here(user, *home, frame, priority);
+        self.to_user_here(user, Outgoing::with_seq(kind, &json, seq), priority);
+    }
+
+    /// Hands `frame` to `user`'s home reactor here, if a device of the user is online
+    /// here (in the grace it waits in the inbox).
+    fn to_user_here(&self, user: &str, frame: Outgoing, priority: Priority) {
+        let sub = self.sids.get(user).and_then(|sid| self.by_sid.get(sid));
+        if let Some(Sub::Live {
+            home,
+            devices: true,
+            ..
+        }) = sub
+        {
+            self.to_devices_here(user, *home, frame, priority);
+        }
     }
 
     /// Hands a frame that came from another node to `user`'s home reactor `home` here,
@@ -842,6 +895,7 @@ impl Relayer {
                     self.inboxes
                         .answered(request, status, headers, &payload, &mut self.out);
                 self.send_replies(replies);
+                self.gaps_filled();
             }
             Some((b'p', question)) => {
                 let Some(question) = number(question) else {
@@ -1060,6 +1114,7 @@ impl Relayer {
         self.report(settled);
         let failed = self.inboxes.expire(now);
         self.send_replies(failed);
+        self.gaps_filled();
     }
 }
 

@@ -39,6 +39,21 @@ impl Chain {
     }
 }
 
+/// How a live event stands to what was seen of its user's events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Continuity {
+    /// It follows the newest event seen (or nothing of the user was seen yet).
+    Next,
+    /// It was seen already.
+    Again,
+    /// Events after `after` up to the one before it were missed (the relay was cut off
+    /// from NATS meanwhile): they are read from the stream before it goes on.
+    Gap {
+        /// The newest event seen.
+        after: u64,
+    },
+}
+
 /// Every held user's chain.
 #[derive(Default)]
 pub(super) struct Seen {
@@ -46,6 +61,34 @@ pub(super) struct Seen {
 }
 
 impl Seen {
+    /// Where `user`'s live event `seq`, which follows the user's event `last`, stands.
+    pub(super) fn continuity(&self, user: &str, seq: u64, last: u64) -> Continuity {
+        let Some(chain) = self.chains.get(user) else {
+            return Continuity::Next;
+        };
+        let newest = chain.newest();
+        if seq <= newest {
+            Continuity::Again
+        } else if last > newest {
+            Continuity::Gap { after: newest }
+        } else {
+            Continuity::Next
+        }
+    }
+
+    /// A device read every event of `user` up to `covered`, and the user's live events
+    /// come from now on: the chain starts there, unless live events started it already.
+    pub(super) fn start(&mut self, user: &str, covered: u64) {
+        if !self.chains.contains_key(user) {
+            let chain = Chain {
+                since: covered,
+                events: VecDeque::new(),
+                record: None,
+            };
+            self.chains.insert(user.into(), chain);
+        }
+    }
+
     /// `user`'s event `seq` came live, after the user's event `last` (0: none). A gap
     /// (an event the chain does not have) starts the chain again from `last`.
     pub(super) fn event(&mut self, user: &str, seq: u64, last: u64, receipt: Option<Receipt>) {
@@ -124,11 +167,6 @@ impl Seen {
     pub(super) fn forget(&mut self, user: &str) {
         self.chains.remove(user);
     }
-
-    /// The relay was cut off from NATS: events may have been missed.
-    pub(super) fn clear(&mut self) {
-        self.chains.clear();
-    }
 }
 
 #[cfg(test)]
@@ -169,6 +207,24 @@ mod tests {
         assert_eq!(seqs(seen.between("bob", 18, 20)), Some(vec![20]));
         seen.forget("bob");
         assert_eq!(seqs(seen.between("bob", 18, 20)), None);
+    }
+
+    #[test]
+    fn a_live_event_follows_what_was_read_or_seen_or_reveals_a_gap() {
+        let mut seen = Seen::default();
+        assert_eq!(
+            seen.continuity("bob", 9, 7),
+            Continuity::Next,
+            "nothing known"
+        );
+        // A device read up to 7; then 9 comes, after 7.
+        seen.start("bob", 7);
+        assert_eq!(seen.continuity("bob", 9, 7), Continuity::Next);
+        seen.event("bob", 9, 7, None);
+        seen.start("bob", 3); // a second device's read changes nothing
+        assert_eq!(seen.continuity("bob", 9, 7), Continuity::Again);
+        assert_eq!(seen.continuity("bob", 14, 12), Continuity::Gap { after: 9 });
+        assert_eq!(seen.continuity("bob", 14, 9), Continuity::Next);
     }
 
     #[test]

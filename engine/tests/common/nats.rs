@@ -1,13 +1,18 @@
 //! A real `nats-server` (Debian's package) with JetStream, on a free loopback port in a
 //! temporary directory, killed on drop: what the cluster tests run their nodes against;
-//! and the nodes themselves.
+//! the nodes themselves; and a proxy that cuts one node off from NATS.
 
 use super::{Driver, Server};
 use serde_json::Value;
 use std::{
-    net::{TcpListener, TcpStream},
+    io::{Read, Write},
+    net::{Shutdown, TcpListener, TcpStream},
     path::PathBuf,
     process::{Child, Command, Stdio},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex,
+    },
     time::{Duration, Instant},
 };
 
@@ -186,4 +191,77 @@ pub fn two_nodes(nats: &Nats) -> (Server, Server) {
     let (a, b) = (node(&nats.url(), "a"), node(&nats.url(), "b"));
     wait_for_nodes(&a, 2, Duration::from_secs(10));
     (a, b)
+}
+
+/// A TCP proxy in front of a nats-server, for one node: [`Proxy::cut`] drops the
+/// connections through it and refuses new ones until [`Proxy::restore`], so that node
+/// alone is cut off from NATS.
+pub struct Proxy {
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+    open: Arc<AtomicBool>,
+    streams: Arc<Mutex<Vec<TcpStream>>>,
+}
+
+impl Proxy {
+    /// A proxy to the nats-server on `target` (a port on 127.0.0.1).
+    pub fn start(target: u16) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("a free port");
+        let port = listener.local_addr().unwrap().port();
+        let open = Arc::new(AtomicBool::new(true));
+        let streams: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
+        let (accepting, kept) = (open.clone(), streams.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                if !accepting.load(Ordering::Acquire) {
+                    continue; // dropped: refused
+                }
+                let Ok(server) = TcpStream::connect(("127.0.0.1", target)) else {
+                    continue;
+                };
+                let mut kept = kept.lock().unwrap();
+                for stream in [&client, &server] {
+                    kept.push(stream.try_clone().unwrap());
+                }
+                let (client_in, server_in) =
+                    (client.try_clone().unwrap(), server.try_clone().unwrap());
+                std::thread::spawn(move || copy(client_in, server));
+                std::thread::spawn(move || copy(server_in, client));
+            }
+        });
+        Proxy {
+            port,
+            open,
+            streams,
+        }
+    }
+
+    /// The URL a node is given.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Drops every connection through the proxy, and refuses new ones.
+    pub fn cut(&self) {
+        self.open.store(false, Ordering::Release);
+        for stream in self.streams.lock().unwrap().drain(..) {
+            let _ = stream.shutdown(Shutdown::Both);
+        }
+    }
+
+    /// Lets connections through again.
+    pub fn restore(&self) {
+        self.open.store(true, Ordering::Release);
+    }
+}
+
+/// Copies `from` to `to` until either ends.
+fn copy(mut from: TcpStream, mut to: TcpStream) {
+    let mut buf = [0u8; 16 * 1024];
+    while let Ok(n) = from.read(&mut buf) {
+        if n == 0 || to.write_all(&buf[..n]).is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown(Shutdown::Both);
 }
