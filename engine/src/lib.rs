@@ -321,10 +321,10 @@ fn cluster_channels(
         senders,
         doorbells: shared.clone(),
     };
-    let (figures, store_stats) = (shared.clone(), store_stats.clone());
+    let (figures, counted) = (shared.clone(), store_stats.clone());
     let local_stats = Arc::new(move || {
         let mut body = Vec::with_capacity(1024);
-        http::metrics::stats_json(&mut body, &figures.health(), &figures.stats, &store_stats);
+        http::metrics::stats_json(&mut body, &figures.health(), &figures.stats, &counted);
         body
     });
     let link = cluster::Link {
@@ -336,6 +336,7 @@ fn cluster_channels(
             queue_max_per_user: shared.config.queue_max_per_user,
             retention: shared.config.retention,
         },
+        store_stats: store_stats.clone(),
     };
     Ok((links, Some(link), Some(shared_store)))
 }

@@ -441,9 +441,9 @@ fn a_broadcast_to_every_user_reaches_every_nodes_users_and_counts_them() {
 }
 
 #[test]
-fn the_sending_node_keeps_the_conversation_in_its_history() {
-    with_nats("history_on_the_sending_node", |nats| {
-        let (a, b) = two_nodes(&nats);
+fn history_and_its_changes_are_every_nodes_and_outlive_the_node_they_went_through() {
+    with_nats("history_across_nodes", |nats| {
+        let (mut a, b) = two_nodes(&nats);
         let (mut bob, _) = b.login_resuming("bob", "phone", FRESH);
         let mut alice = a.login("alice", "phone");
         for i in 0..3 {
@@ -457,15 +457,47 @@ fn the_sending_node_keeps_the_conversation_in_its_history() {
         let ack = alice_on_b.send_chat("m-2", "bob", "h2");
         assert_eq!(ack["type"], "message_ack", "{ack}");
         bob.expect_silence(Duration::from_millis(300));
-        alice.send(&json!({"type": "history", "peerId": "bob"}));
-        let page = alice.recv_type("history");
-        let contents: Vec<&str> = page["messages"]
-            .as_array()
-            .unwrap()
+        // Bob answers through his node; alice edits on hers, and bob reacts on his.
+        bob.send_chat("r-0", "alice", "reply");
+        alice.send(
+            &json!({"type": "message_edit", "messageId": "m-1", "receiverId": "bob",
+            "content": "h1, edited"}),
+        );
+        assert_eq!(bob.recv_type("message_edited")["content"], "h1, edited");
+        bob.send(
+            &json!({"type": "message_edit", "messageId": "m-1", "receiverId": "alice",
+            "content": "not his"}),
+        );
+        assert_eq!(bob.recv_type("error")["code"], "not_found");
+        bob.send(
+            &json!({"type": "reaction_add", "messageId": "m-1", "receiverId": "alice",
+            "emoji": "👍"}),
+        );
+        assert_eq!(alice.recv_type("reaction_added")["emoji"], "👍");
+        // A read receipt that does not name the sender finds her on the other node.
+        bob.send(&json!({"type": "read_receipt", "messageId": "m-0"}));
+        let read = alice.recv_type("read_receipt");
+        assert_eq!(
+            (&read["messageId"], &read["readerId"]),
+            (&json!("m-0"), &json!("bob"))
+        );
+        // The node every message of alice's went through dies: nothing of it is lost.
+        a.child.kill().unwrap();
+        a.child.wait().unwrap();
+        bob.send(&json!({"type": "history", "peerId": "alice"}));
+        let page = bob.recv_type("history");
+        let messages = page["messages"].as_array().unwrap();
+        let contents: Vec<&str> = messages
             .iter()
             .map(|m| m["content"].as_str().unwrap())
             .collect();
-        assert_eq!(contents, ["h2", "h1", "h0"], "{page}");
+        assert_eq!(contents, ["reply", "h2", "h1, edited", "h0"], "{page}");
+        assert_eq!(messages[2]["edited"], true, "{page}");
+        assert_eq!(messages[2]["reactions"], json!({"👍": ["bob"]}), "{page}");
+        bob.send(&json!({"type": "history", "peerId": "alice", "limit": 2}));
+        let page = bob.recv_type("history");
+        assert_eq!(page["messages"].as_array().unwrap().len(), 2, "{page}");
+        assert_eq!(page["more"], true, "{page}");
     });
 }
 

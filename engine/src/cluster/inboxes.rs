@@ -45,9 +45,9 @@ use super::{
 use crate::{
     protocol::{codes::OutKind, Priority},
     store::{
-        answers, AckTo, Append, Command, Confirm, Failure, FanOut, Greeting, InboxEvent, Outcome,
-        ReadFrom, Reply, Share, Ticket, Waiter, INBOX_PAGE_BYTES_MAX, INBOX_PAGE_EVENTS_MAX,
-        PEEK_BYTES_MAX, PEEK_MESSAGES_MAX,
+        answers, AckTo, Append, Chat, Command, Confirm, Failure, FanOut, Greeting, InboxEvent,
+        Outcome, ReadFrom, Reply, Share, Ticket, Waiter, INBOX_PAGE_BYTES_MAX,
+        INBOX_PAGE_EVENTS_MAX, PEEK_BYTES_MAX, PEEK_MESSAGES_MAX,
     },
 };
 
@@ -89,10 +89,12 @@ enum Pending {
     /// The creation of the stream of the acknowledgement records, once the inbox
     /// stream's creation time (the epoch) is known.
     SetupAcks { epoch: Box<str> },
-    /// One event appended for a sender (or nobody).
+    /// One event appended for a sender (or nobody); a chat message goes to history
+    /// once kept.
     Append {
         ack: Option<AckTo>,
         dedup: Option<(usize, Ticket)>,
+        chat: Option<Box<KeptChat>>,
     },
     /// One row of a fan-out.
     Row { share: u64 },
@@ -148,6 +150,17 @@ impl AckScan {
             gone_before: 0,
         }
     }
+}
+
+/// A chat message an inbox kept, for history ([`super::history`]): its receiver, sender
+/// and id, and its `new_message` JSON.
+pub(super) struct KeptChat {
+    /// The receiver.
+    pub user: Box<str>,
+    /// The sender, the id and the time.
+    pub chat: Chat,
+    /// The `new_message` JSON.
+    pub json: Bytes,
 }
 
 /// A gap in a user's live events, read from the stream: the events after `next - 1` up
@@ -271,6 +284,8 @@ pub(super) struct Inboxes {
     seen: Seen,
     /// Gaps read, for the relay to hand to the devices.
     filled: Vec<Filled>,
+    /// Chat messages kept, for the relay to hand to history.
+    kept: Vec<KeptChat>,
 }
 
 impl Inboxes {
@@ -288,6 +303,7 @@ impl Inboxes {
             acking: HashMap::new(),
             seen: Seen::default(),
             filled: Vec::new(),
+            kept: Vec::new(),
         }
     }
 
@@ -325,6 +341,11 @@ impl Inboxes {
     /// their events are in what was seen.
     pub(super) fn take_filled(&mut self) -> Vec<Filled> {
         std::mem::take(&mut self.filled)
+    }
+
+    /// The chat messages kept since the last call, for history.
+    pub(super) fn take_kept(&mut self) -> Vec<KeptChat> {
+        std::mem::take(&mut self.kept)
     }
 
     /// The next event of a gap, or the gap is over.
@@ -520,9 +541,18 @@ impl Inboxes {
             }
             None => wire::publish(out, subject.as_bytes(), Some(&reply), &payload),
         }
+        let chat = append.chat.map(|chat| {
+            let kept = KeptChat {
+                user: append.user,
+                chat,
+                json: append.event.json,
+            };
+            Box::new(kept)
+        });
         let pending = Pending::Append {
             ack: append.ack,
             dedup: append.dedup,
+            chat,
         };
         self.pending
             .insert(id, (pending, Instant::now() + REQUEST_WAIT));
@@ -631,8 +661,11 @@ impl Inboxes {
             Pending::SetupAcks { epoch } => {
                 self.set_up_acks(epoch, status, payload, out, &mut replies)
             }
-            Pending::Append { ack, dedup } => {
+            Pending::Append { ack, dedup, chat } => {
                 let outcome = publish_outcome(status, payload, ack.as_ref());
+                if let (Outcome::Kept { .. }, Some(chat)) = (&outcome, chat) {
+                    self.kept.push(*chat);
+                }
                 answers::append_outcome(&mut replies, ack.as_ref(), dedup, outcome);
             }
             Pending::Row { share } => {
@@ -1129,7 +1162,7 @@ impl Inboxes {
     /// What a failed request's asker hears.
     fn fail(&mut self, pending: Pending, why: Failure, replies: &mut Replies) {
         match pending {
-            Pending::Append { ack, dedup } => {
+            Pending::Append { ack, dedup, .. } => {
                 answers::append_outcome(replies, ack.as_ref(), dedup, Outcome::Failed(why));
             }
             Pending::Row { share } => self.row_done(share, false, replies),

@@ -12,12 +12,14 @@
 //!   watch, and leaving on shutdown;
 //! - `relay`, `relayer`, `wire`: live events and presence between nodes over the relay's
 //!   own NATS connection; `presence`: which other nodes hold the users watched here;
-//! - `inboxes`: the users' inboxes in JetStream, behind the store's interface; `acks`:
+//! - `inboxes`: the users' inboxes in JetStream, behind the store's interface;
+//!   `history`: the conversations and the message index there, likewise; `acks`:
 //!   how far each user's devices acknowledged, and which acknowledged events stay;
 //!   `seen`: the inbox events seen live, which an ack takes without reading the stream;
 //! - `totals`: every node's `/api/stats` figures summed.
 
 mod acks;
+mod history;
 mod inboxes;
 mod members;
 mod node;
@@ -205,6 +207,8 @@ pub struct Link {
     pub local_stats: Arc<dyn Fn() -> Vec<u8> + Send + Sync>,
     /// What the inbox stream is created with.
     pub inbox_limits: InboxLimits,
+    /// The store's counters, which count what history keeps in JetStream too.
+    pub store_stats: Arc<crate::store::StoreStats>,
 }
 
 /// Starts the cluster thread for node `node_id` and waits up to 3 s for its

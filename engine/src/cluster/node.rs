@@ -100,12 +100,14 @@ impl Node {
             doorbell,
             local_stats,
             inbox_limits,
+            store_stats,
         } = link;
         let homes = reactors.clone();
         let figures = (self.state.clone(), local_stats);
         let instance = String::from_utf8_lossy(&self.instance);
         let me = (&*self.id, &*instance);
-        let relayer = Relayer::new(&self.servers, me, (reactors, inbox_limits), figures);
+        let stores = (inbox_limits, store_stats);
+        let relayer = Relayer::new(&self.servers, me, (reactors, stores), figures);
         // The instances of nodes that died or left, from the watch to the relay (their
         // users' presence goes with them).
         let (gone, gone_instances) = tokio::sync::mpsc::unbounded_channel();

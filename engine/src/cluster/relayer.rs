@@ -29,6 +29,7 @@ use tokio::{
 use tracing::{debug, error, info, warn};
 
 use super::{
+    history::History,
     inboxes::{self, InboxLimits, Inboxes, Replies},
     presence::{Holders, Report},
     relay::{self, Inbound, Reactors, Relay},
@@ -45,6 +46,7 @@ use crate::{
     },
     router::{ConnAddr, Delivery, Durability, Envelope, HuddleRelayed},
     sockets::Doorbell,
+    store::StoreStats,
 };
 
 /// The subscription for the answers to this node's requests: `<inbox><call>` for call
@@ -159,6 +161,8 @@ pub(super) struct Relayer {
     holders: Holders,
     /// The users' inboxes in JetStream.
     inboxes: Inboxes,
+    /// Conversation history in JetStream, on the same connection.
+    history: History,
     /// Users let go while NATS was out of reach, and when: announced on reconnecting.
     let_go: HashMap<Arc<str>, u64>,
     next_sid: u64,
@@ -201,12 +205,13 @@ impl Relayer {
     pub(super) fn new(
         servers: &[String],
         (node_id, instance): (&str, &str),
-        (reactors, limits): (Reactors, InboxLimits),
+        (reactors, (limits, store_stats)): (Reactors, (InboxLimits, Arc<StoreStats>)),
         (state, local_stats): (Arc<State>, LocalStats),
     ) -> Relayer {
         let inbox = format!("_INBOX.{}.", super::instance_token_hex());
         Relayer {
             inboxes: Inboxes::new(&inbox, limits),
+            history: History::new(&inbox, limits.retention, store_stats),
             node_id: node_id.into(),
             instance: instance.into(),
             presence_sids: HashMap::new(),
@@ -329,6 +334,8 @@ impl Relayer {
                 let failed = self.inboxes.disconnected();
                 self.send_replies(failed);
                 self.gaps_filled();
+                let failed = self.history.disconnected();
+                self.send_replies(failed);
             }
             if conn.is_none() {
                 self.out.clear();
@@ -489,6 +496,10 @@ impl Relayer {
                 let count = delivered.to_string();
                 wire::publish(&mut self.out, reply.as_bytes(), None, count.as_bytes());
             }
+            Relay::Inbox(command) if History::takes(&command) => {
+                let replies = self.history.command(command, connected, &mut self.out);
+                self.send_replies(replies);
+            }
             Relay::Inbox(command) => {
                 let replies = self.inboxes.command(command, connected, &mut self.out);
                 self.send_replies(replies);
@@ -613,6 +624,7 @@ impl Relayer {
             self.ask(&user, question);
         }
         self.inboxes.connected(&mut self.out);
+        self.history.connected(&mut self.out);
     }
 
     /// Hands the inboxes' answers to their reactors.
@@ -896,6 +908,16 @@ impl Relayer {
                         .answered(request, status, headers, &payload, &mut self.out);
                 self.send_replies(replies);
                 self.gaps_filled();
+                for kept in self.inboxes.take_kept() {
+                    self.history
+                        .record(&kept.user, &kept.chat, kept.json, &mut self.out);
+                }
+            }
+            Some((b'k', request)) => {
+                let replies =
+                    self.history
+                        .answered(request, status, headers, &payload, &mut self.out);
+                self.send_replies(replies);
             }
             Some((b'p', question)) => {
                 let Some(question) = number(question) else {
@@ -1115,6 +1137,8 @@ impl Relayer {
         let failed = self.inboxes.expire(now);
         self.send_replies(failed);
         self.gaps_filled();
+        let failed = self.history.expire(now, &mut self.out);
+        self.send_replies(failed);
     }
 }
 

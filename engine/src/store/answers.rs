@@ -55,7 +55,7 @@ pub(crate) fn membership_answer(
 }
 
 /// A page of history (or the store's error) for the requester's reactor.
-pub(super) fn history_answer(
+pub(crate) fn history_answer(
     requester: Waiter,
     peer: &str,
     (messages, more): (Vec<bytes::Bytes>, bool),
@@ -73,7 +73,7 @@ pub(super) fn history_answer(
 
 /// The sender a `read_receipt` named, `(reader, message id, sender)`, or the store's
 /// error, for the requester's reactor.
-pub(super) fn sender_answer(
+pub(crate) fn sender_answer(
     requester: Waiter,
     (reader, message_id, sender): (&str, &str, Option<Box<str>>),
     error: Option<Failure>,

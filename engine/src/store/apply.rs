@@ -9,7 +9,7 @@ use super::{
     inbox::{Inboxes, Stamp, POST_FLAG},
     logged::Logged,
     state::{State, READ_GRACE_MS},
-    Amend, Append, Command, Confirm, Greeting, Outcome, ReadFrom, Record, Reply, Share, Waiter,
+    Amend, Append, Command, Confirm, Greeting, Outcome, ReadFrom, Reply, Share, Waiter,
     INBOX_PAGE_BYTES_MAX, INBOX_PAGE_EVENTS_MAX, PEEK_BYTES_MAX, PEEK_MESSAGES_MAX,
 };
 use crate::protocol::codes::OutKind;
@@ -108,14 +108,6 @@ impl Apply<'_, '_> {
                 self.replies.push(sender_answer(*requester, found, None));
             }
             Command::Amend(amend) => self.amend(amend)?,
-            Command::Record(record) => {
-                let Record { user, chat, json } = &**record;
-                if !self.tables.holds(user, &chat.message_id, &chat.sender)? {
-                    let sequence = self.state.take_sequence();
-                    self.tables.record(user, chat, sequence, json)?;
-                    self.tally.recorded += 1;
-                }
-            }
             Command::Membership {
                 group,
                 user,

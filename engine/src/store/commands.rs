@@ -94,29 +94,14 @@ pub enum Command {
         /// The group's home reactor, which announces the change once it is committed.
         home: usize,
     },
-    /// Keep a chat message in conversation history only (a cluster node's: its inbox
-    /// event went to JetStream, [`super::SharedStore`]); a retry the history holds is not
-    /// kept twice.
-    Record(Box<Record>),
     /// Commit what came before, then stop (sent by the engine once its reactors are done).
     Shutdown,
 }
 
-/// A chat message for history alone: [`Command::Record`].
-#[derive(Debug)]
-pub struct Record {
-    /// The receiver.
-    pub user: Box<str>,
-    /// The sender and the message id.
-    pub chat: Chat,
-    /// The `new_message` JSON.
-    pub json: Bytes,
-}
-
 impl Command {
     /// Whether the command is about what a cluster node shares with the others, in
-    /// JetStream ([`super::SharedStore`]): inboxes (appends, reads, acks) and the groups'
-    /// members. History stays in the file.
+    /// JetStream ([`super::SharedStore`]): inboxes (appends, reads, acks), history (its
+    /// pages, changes and index) and the groups' members.
     pub fn is_shared(&self) -> bool {
         matches!(
             self,
@@ -128,6 +113,9 @@ impl Command {
                 | Command::ReadInbox { .. }
                 | Command::Ack { .. }
                 | Command::Peek { .. }
+                | Command::History { .. }
+                | Command::FindSender { .. }
+                | Command::Amend(_)
         )
     }
 }

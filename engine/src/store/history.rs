@@ -74,26 +74,18 @@ impl Tables<'_> {
     ) -> Result<(Vec<Bytes>, bool), redb::Error> {
         let (low, high) = conversation(user, peer);
         let end = before.unwrap_or(u64::MAX);
-        let mut messages: Vec<(u64, Bytes)> = Vec::with_capacity(limit.min(64));
-        let mut bytes = 0;
+        let mut page = Page::new(limit);
         for entry in self
             .history
             .range_rev((low, high, 0, 0)..(low, high, end, 0))?
         {
             let (key, value) = entry?;
             let (_, _, at, _) = key.value();
-            let json = value.value();
-            let full = bytes + json.len() > HISTORY_PAGE_BYTES_MAX && !messages.is_empty();
-            if messages.len() == limit || full {
-                if messages.iter().any(|(kept, _)| *kept != at) {
-                    messages.retain(|(kept, _)| *kept != at);
-                }
-                return Ok((messages.into_iter().map(|(_, m)| m).collect(), true));
+            if !page.offer(at, Bytes::copy_from_slice(value.value())) {
+                return Ok(page.finish(true));
             }
-            bytes += json.len();
-            messages.push((at, Bytes::copy_from_slice(json)));
         }
-        Ok((messages.into_iter().map(|(_, m)| m).collect(), false))
+        Ok(page.finish(false))
     }
 
     /// The sender of the newest message `message_id` that reached `reader`.
@@ -197,9 +189,50 @@ impl Tables<'_> {
     }
 }
 
+/// A page of history as it fills, newest first: at most `limit` messages and
+/// [`HISTORY_PAGE_BYTES_MAX`] of JSON, but at least one message however big. A page that
+/// is cut does not end inside a run of equal timestamps (unless the run fills it), so the
+/// next page can start `before` its oldest timestamp.
+pub(crate) struct Page {
+    limit: usize,
+    messages: Vec<(u64, Bytes)>,
+    bytes: usize,
+}
+
+impl Page {
+    /// An empty page of at most `limit` messages.
+    pub(crate) fn new(limit: usize) -> Page {
+        Page {
+            limit,
+            messages: Vec::with_capacity(limit.min(64)),
+            bytes: 0,
+        }
+    }
+
+    /// Offers the next older message, sent at `at` (Unix ms): `false` when the page is
+    /// full without it (and then older ones remain).
+    pub(crate) fn offer(&mut self, at: u64, json: Bytes) -> bool {
+        let full = self.bytes + json.len() > HISTORY_PAGE_BYTES_MAX && !self.messages.is_empty();
+        if self.messages.len() == self.limit || full {
+            if self.messages.iter().any(|(kept, _)| *kept != at) {
+                self.messages.retain(|(kept, _)| *kept != at);
+            }
+            return false;
+        }
+        self.bytes += json.len();
+        self.messages.push((at, json));
+        true
+    }
+
+    /// The messages, newest first, and whether older ones remain.
+    pub(crate) fn finish(self, more: bool) -> (Vec<Bytes>, bool) {
+        (self.messages.into_iter().map(|(_, m)| m).collect(), more)
+    }
+}
+
 /// Changes a stored `new_message`: an edit replaces `content` (and sets `edited`), a
 /// delete empties it (and sets `deleted`), reactions keep `reactions: {emoji: [users]}`.
-fn apply(message: &mut serde_json::Value, actor: &str, change: &Amendment) {
+pub(crate) fn apply(message: &mut serde_json::Value, actor: &str, change: &Amendment) {
     let Some(fields) = message.as_object_mut() else {
         return;
     };

@@ -30,7 +30,7 @@ mod apply;
 mod checkpoint;
 mod commands;
 mod failure;
-mod history;
+pub(crate) mod history;
 mod inbox;
 mod journal;
 mod logged;
@@ -56,7 +56,7 @@ use crate::stats::LatencyHistogram;
 
 pub use commands::{
     AckTo, Amend, Amendment, Append, Chat, Command, Confirm, Event, FanOut, Greeting, Outcome,
-    ReadFrom, ReceiptsDue, Record, Reply, Share, ShareRow,
+    ReadFrom, ReceiptsDue, Reply, Share, ShareRow,
 };
 pub use failure::Failure;
 pub use inbox::{InboxEvent, UnackedCursor};
@@ -165,17 +165,6 @@ impl Store {
         let Some(host) = self.shared.as_ref().filter(|_| command.is_shared()) else {
             return self.commands.send(command).map_err(|e| e.0);
         };
-        // The inbox is elsewhere, but history stays here: a chat message is kept in it.
-        if let Command::Append(append) = &command {
-            if let Some(chat) = &append.chat {
-                let record = Record {
-                    user: append.user.clone(),
-                    chat: chat.clone(),
-                    json: append.event.json.clone(),
-                };
-                let _ = self.commands.send(Command::Record(Box::new(record)));
-            }
-        }
         host.send(command)
     }
 

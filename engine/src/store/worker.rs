@@ -486,7 +486,7 @@ impl Worker {
                 }
                 // An ack that did not hold is asked again by the device's next ack; a
                 // message history did not keep is in its inbox all the same.
-                Command::Ack { .. } | Command::Record(_) | Command::Shutdown => {}
+                Command::Ack { .. } | Command::Shutdown => {}
             }
         }
         replies

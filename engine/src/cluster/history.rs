@@ -1,0 +1,1204 @@
+//! Conversation history in JetStream: a cluster node's side of the store for history,
+//! edits, deletes, reactions and the message index (docs/cluster.md, "History"), spoken
+//! over the relay's own NATS connection like [`super::inboxes`]. Every node reads and
+//! writes the same history, and none keeps it on its own disk.
+//!
+//! - Stream `CHAT_HISTORY` holds every conversation, subject
+//!   `chat.history.<lower user>.<higher user>`. Its entries are the conversation's
+//!   messages (`new_message` JSON) and the changes to them (edits, deletes, reactions),
+//!   each with header `Chat-Prev`: the conversation's entry before it. A node appends with
+//!   a compare-and-set on the conversation's last entry (`Nats-Expected-Last-Subject-
+//!   Sequence`), so the entries make one chain per conversation however many nodes write.
+//! - A page is read newest first along the chain, one direct get by sequence after
+//!   another (nats-server 2.9 has no get of a subject's previous message, and its get of
+//!   the next one reads every message in between): changes met on the way apply to the
+//!   message they name when it is reached.
+//! - Bucket `chat_received` indexes each message by its receiver and id: its value is the
+//!   sender. It finds the sender of a `read_receipt` without `senderId`, lets an edit
+//!   check who sent the message, and recognises a retry after JetStream's 2-minute
+//!   duplicate window: a message is indexed with a create-only write first, and kept in
+//!   its conversation only if the create succeeds (or the key names another sender).
+//! - Writes a cut from NATS interrupts are sent again once the streams are back; a change
+//!   asked for meanwhile fails (`cluster_unavailable`).
+
+use std::{collections::VecDeque, sync::Arc, time::Duration};
+
+use bytes::Bytes;
+use hashbrown::HashMap;
+use serde_json::Value;
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use super::{
+    inboxes::sequence_of,
+    relay::{from_subject_token, key_token, subject_token},
+    wire,
+};
+use crate::store::{
+    answers,
+    history::{self, Page},
+    Amend, Amendment, Chat, Command, Failure, Reply, StoreStats, Waiter,
+};
+
+/// The stream of every conversation.
+const STREAM: &str = "CHAT_HISTORY";
+/// The key-value bucket of the message index, and its stream.
+const INDEX_BUCKET: &str = "chat_received";
+const INDEX_STREAM: &str = "KV_chat_received";
+/// The header naming a conversation's entry before this one (0: none).
+const PREV_HEADER: &str = "Chat-Prev";
+/// The header saying what an entry is: `m <sender> <message id> <sent at ms>` for a
+/// message, `c <actor> <sender> <message id>` for a change (each id a subject token).
+const ENTRY_HEADER: &str = "Chat-Entry";
+/// How long JetStream keeps a message id to recognise a retry.
+const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+/// A request JetStream has not answered in this long failed.
+const REQUEST_WAIT: Duration = Duration::from_secs(5);
+/// Entries waiting to be appended, over every conversation: past it a message's entry
+/// is dropped (and counted as a persistence failure) rather than held without bound.
+const WAITING_MAX: usize = 65_536;
+/// JetStream's error code for a compare-and-set that found another sequence.
+const WRONG_LAST_SEQUENCE: u64 = 10071;
+/// JetStream's error code for a stream that exists with another configuration.
+const STREAM_DIFFERS: u64 = 10058;
+
+/// What a finished append answers.
+enum Then {
+    /// A message kept: counted.
+    Recorded,
+    /// A change: its asker hears it was made.
+    Amended(Box<Amend>),
+}
+
+/// One entry to append to a conversation.
+struct Entry {
+    /// `ENTRY_HEADER`'s value.
+    what: String,
+    /// For a message: its `Nats-Msg-Id`, which makes a retry within the duplicate window
+    /// land on the first copy.
+    msg_id: Option<String>,
+    payload: Bytes,
+    then: Then,
+}
+
+/// A message to keep: its index key first (create-only), then its entry.
+struct Keep {
+    subject: String,
+    entry: Entry,
+    key: String,
+    sender: Box<str>,
+}
+
+/// A conversation's appends: the last entry's sequence when known, and the entries
+/// waiting behind the one under way (one at a time, so a node never races itself).
+#[derive(Default)]
+struct Tail {
+    last: Option<u64>,
+    busy: bool,
+    waiting: VecDeque<Entry>,
+}
+
+/// A message in a conversation: its sender and id.
+type MessageKey = (Box<str>, Box<str>);
+
+/// A page read under way, along a conversation's chain.
+struct PageRead {
+    requester: Waiter,
+    peer: Box<str>,
+    before: u64,
+    page: Page,
+    /// Changes met on the way, by `(sender, message id)`, newest first.
+    changes: HashMap<MessageKey, Vec<(Box<str>, Amendment)>>,
+}
+
+/// An edit, delete or reaction being checked against the index.
+struct AmendCheck {
+    amend: Box<Amend>,
+    /// Checking whether the actor sent it (else whether the peer did, for a reaction).
+    own: bool,
+}
+
+/// A request on its way to JetStream.
+enum Pending {
+    /// The creation of stream `n` of [`Stream`]s' order.
+    Setup(usize),
+    /// A message's create-only index write: its entry follows if it is new.
+    Index(Box<Keep>),
+    /// The index key existed: whose message it names.
+    IndexHeld(Box<Keep>),
+    /// An index write over another sender's message with the same id.
+    IndexOver,
+    /// A conversation's last entry, before an append.
+    Last { subject: String },
+    /// An append to a conversation.
+    Append { subject: String, entry: Entry },
+    /// The next entry of a page.
+    Page(Box<PageRead>),
+    /// The index's answer to a `read_receipt` without `senderId`.
+    Sender {
+        requester: Waiter,
+        reader: Box<str>,
+        message_id: Box<str>,
+    },
+    /// The index's answer for an edit, delete or reaction.
+    Amend(Box<AmendCheck>),
+}
+
+/// The history's side of the relay's connection.
+pub(super) struct History {
+    /// `<inbox>k`: where JetStream's answers come, with the request's number after it.
+    reply_prefix: String,
+    retention: Duration,
+    /// The streams are known on this connection.
+    ready: bool,
+    /// Commands that came before the streams were known.
+    held: Vec<Command>,
+    next: u64,
+    pending: HashMap<u64, (Pending, Instant)>,
+    tails: HashMap<String, Tail>,
+    /// Messages waiting to be indexed (while the streams are not known).
+    to_index: Vec<Keep>,
+    /// Messages and entries waiting, in `to_index` and every tail.
+    waiting: usize,
+    stats: Arc<StoreStats>,
+}
+
+impl History {
+    /// The history of a relay whose answers come to `inbox` (`_INBOX.<random>.`), kept
+    /// `retention` (`--retention-days`), counted in `stats`.
+    pub(super) fn new(inbox: &str, retention: Duration, stats: Arc<StoreStats>) -> History {
+        History {
+            reply_prefix: format!("{inbox}k"),
+            retention,
+            ready: false,
+            held: Vec::new(),
+            next: 0,
+            pending: HashMap::new(),
+            tails: HashMap::new(),
+            to_index: Vec::new(),
+            waiting: 0,
+            stats,
+        }
+    }
+
+    /// Whether `command` is one this side carries out.
+    pub(super) fn takes(command: &Command) -> bool {
+        matches!(
+            command,
+            Command::History { .. } | Command::FindSender { .. } | Command::Amend(_)
+        )
+    }
+
+    /// The relay is connected: the streams are made sure of, then what waited goes on.
+    pub(super) fn connected(&mut self, out: &mut bytes::BytesMut) {
+        self.set_up(0, out);
+    }
+
+    /// The relay lost its connection: reads and changes under way fail (their askers
+    /// hear `cluster_unavailable`); messages under way are appended again later.
+    pub(super) fn disconnected(&mut self) -> Vec<(usize, Reply)> {
+        self.ready = false;
+        let mut replies = Vec::new();
+        let pending: Vec<Pending> = self.pending.drain().map(|(_, (p, _))| p).collect();
+        for pending in pending {
+            self.fail(pending, &mut replies);
+        }
+        for command in std::mem::take(&mut self.held) {
+            replies.extend(answers::unread_answer(&command, Failure::Unreachable));
+        }
+        replies
+    }
+
+    /// Keeps a chat message sent to `receiver` (its inbox event's JSON).
+    pub(super) fn record(
+        &mut self,
+        receiver: &str,
+        chat: &Chat,
+        json: Bytes,
+        out: &mut bytes::BytesMut,
+    ) {
+        if self.waiting >= WAITING_MAX {
+            warn!("cluster: too many history entries wait for JetStream; one is dropped");
+            self.stats
+                .failures
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return;
+        }
+        let (sender, id) = (subject_token(&chat.sender), subject_token(&chat.message_id));
+        let entry = Entry {
+            what: format!("m {sender} {id} {}", chat.timestamp_ms),
+            msg_id: Some(format!("{sender} {id} {}", subject_token(receiver))),
+            payload: json,
+            then: Then::Recorded,
+        };
+        let keep = Keep {
+            subject: conversation_subject(&chat.sender, receiver),
+            entry,
+            key: index_key(receiver, &chat.message_id),
+            sender: chat.sender.as_ref().into(),
+        };
+        self.waiting += 1;
+        if self.ready {
+            self.index(keep, out);
+        } else {
+            self.to_index.push(keep);
+            self.ask_set_up(out);
+        }
+    }
+
+    /// Asks for the streams again if their last set-up failed.
+    fn ask_set_up(&mut self, out: &mut bytes::BytesMut) {
+        let setting_up = self
+            .pending
+            .values()
+            .any(|(p, _)| matches!(p, Pending::Setup(_)));
+        if !setting_up {
+            self.set_up(0, out);
+        }
+    }
+
+    /// One command from a reactor ([`History::takes`]).
+    pub(super) fn command(
+        &mut self,
+        command: Command,
+        connected: bool,
+        out: &mut bytes::BytesMut,
+    ) -> Vec<(usize, Reply)> {
+        let mut replies = Vec::new();
+        if !connected {
+            replies.extend(answers::unread_answer(&command, Failure::Unreachable));
+        } else if !self.ready {
+            self.held.push(command);
+            self.ask_set_up(out);
+        } else {
+            self.carry_out(command, out);
+        }
+        replies
+    }
+
+    fn carry_out(&mut self, command: Command, out: &mut bytes::BytesMut) {
+        match command {
+            Command::History {
+                user,
+                peer,
+                before,
+                limit,
+                requester,
+            } => {
+                let subject = conversation_subject(&user, &peer);
+                let read = PageRead {
+                    requester,
+                    peer,
+                    before: before.unwrap_or(u64::MAX),
+                    page: Page::new(limit),
+                    changes: HashMap::new(),
+                };
+                let body = serde_json::json!({"last_by_subj": subject}).to_string();
+                let pending = Pending::Page(Box::new(read));
+                self.request(out, &direct_get(STREAM), body.as_bytes(), pending);
+            }
+            Command::FindSender {
+                reader,
+                message_id,
+                requester,
+            } => {
+                let body = index_get(&index_key(&reader, &message_id));
+                let pending = Pending::Sender {
+                    requester,
+                    reader,
+                    message_id,
+                };
+                self.request(out, &direct_get(INDEX_STREAM), &body, pending);
+            }
+            Command::Amend(amend) => {
+                let body = index_get(&index_key(&amend.peer, &amend.message_id));
+                let check = AmendCheck { amend, own: true };
+                let pending = Pending::Amend(Box::new(check));
+                self.request(out, &direct_get(INDEX_STREAM), &body, pending);
+            }
+            other => warn!("cluster: not a history command: {other:?}"),
+        }
+    }
+
+    /// JetStream's answer to request `id` (`<inbox>k<id>`).
+    pub(super) fn answered(
+        &mut self,
+        id: &[u8],
+        status: Option<u16>,
+        headers: &[u8],
+        payload: &Bytes,
+        out: &mut bytes::BytesMut,
+    ) -> Vec<(usize, Reply)> {
+        let mut replies = Vec::new();
+        let id = std::str::from_utf8(id)
+            .ok()
+            .and_then(|n| n.parse::<u64>().ok());
+        let Some((pending, _)) = id.and_then(|id| self.pending.remove(&id)) else {
+            return replies;
+        };
+        let answer: Value = serde_json::from_slice(payload).unwrap_or_default();
+        match pending {
+            Pending::Setup(stream) => {
+                let made = status.is_none()
+                    && (answer.get("error").is_none()
+                        || answer["error"]["err_code"].as_u64() == Some(STREAM_DIFFERS));
+                if made {
+                    self.set_up(stream + 1, out);
+                } else {
+                    warn!(
+                        "cluster: the history streams could not be set up ({}); is JetStream enabled (-js)?",
+                        api_error(status, &answer)
+                    );
+                    for command in std::mem::take(&mut self.held) {
+                        replies.extend(answers::unread_answer(&command, Failure::Refused));
+                    }
+                }
+            }
+            Pending::Index(keep) => match answer["seq"].as_u64().filter(|_| status.is_none()) {
+                Some(seq) if seq > 0 => self.enqueue_and_go(keep.subject, keep.entry, out),
+                _ if error_code(&answer) == Some(WRONG_LAST_SEQUENCE) => {
+                    let body = index_get(&keep.key);
+                    let pending = Pending::IndexHeld(keep);
+                    self.request(out, &direct_get(INDEX_STREAM), &body, pending);
+                }
+                _ => {
+                    self.waiting -= 1;
+                    let why = api_error(status, &answer);
+                    self.append_failed(keep.entry, &why, Failure::Refused, &mut replies);
+                }
+            },
+            Pending::IndexHeld(keep) => {
+                let held = status.is_none().then(|| parse_index(payload)).flatten();
+                if held.as_deref() == Some(&*keep.sender) {
+                    debug!("cluster: a retry the history holds already, not kept twice");
+                    self.waiting -= 1;
+                } else {
+                    // Another sender's message with the same id: the index names the
+                    // newest, as on one node.
+                    let value = subject_token(&keep.sender).into_owned();
+                    let subject_of_key = format!("$KV.{INDEX_BUCKET}.{}", keep.key);
+                    self.request(out, &subject_of_key, value.as_bytes(), Pending::IndexOver);
+                    self.enqueue_and_go(keep.subject, keep.entry, out);
+                }
+            }
+            Pending::IndexOver => {}
+            Pending::Last { subject } => {
+                let last = match status {
+                    Some(404) => Some(0),
+                    Some(_) => None,
+                    None => sequence_of(headers),
+                };
+                match last {
+                    Some(last) => {
+                        let tail = self.tails.entry(subject.clone()).or_default();
+                        tail.last = Some(last);
+                        tail.busy = false;
+                        self.append_next(&subject, out);
+                    }
+                    None => self.tail_failed(&subject, &api_error(status, &answer), &mut replies),
+                }
+            }
+            Pending::Append { subject, entry } => {
+                match answer["seq"].as_u64().filter(|_| status.is_none()) {
+                    Some(seq) if seq > 0 => {
+                        let tail = self.tails.entry(subject.clone()).or_default();
+                        if answer["duplicate"].as_bool() != Some(true) {
+                            tail.last = Some(seq);
+                        }
+                        tail.busy = false;
+                        self.appended(entry, &mut replies);
+                        self.append_next(&subject, out);
+                    }
+                    _ if error_code(&answer) == Some(WRONG_LAST_SEQUENCE) => {
+                        // Another node appended meanwhile: after its entry, then.
+                        let tail = self.tails.entry(subject.clone()).or_default();
+                        tail.last = wrong_last_sequence(&answer);
+                        tail.busy = false;
+                        if matches!(entry.then, Then::Recorded) {
+                            self.waiting += 1;
+                        }
+                        tail.waiting.push_front(entry);
+                        self.append_next(&subject, out);
+                    }
+                    _ => {
+                        let tail = self.tails.entry(subject.clone()).or_default();
+                        tail.busy = false;
+                        tail.last = None;
+                        let why = api_error(status, &answer);
+                        self.append_failed(entry, &why, Failure::Refused, &mut replies);
+                        self.append_next(&subject, out);
+                    }
+                }
+            }
+            Pending::Page(read) => {
+                self.page_step(*read, status, headers, payload, out, &mut replies)
+            }
+            Pending::Sender {
+                requester,
+                reader,
+                message_id,
+            } => {
+                let (sender, error) = match status {
+                    None => (parse_index(payload), None),
+                    Some(404) => (None, None),
+                    Some(_) => (None, Some(Failure::Refused)),
+                };
+                let found = (&*reader, &*message_id, sender);
+                replies.push(answers::sender_answer(requester, found, error));
+            }
+            Pending::Amend(check) => self.amend_step(*check, status, payload, out, &mut replies),
+        }
+        replies
+    }
+
+    /// Fails the requests JetStream did not answer within [`REQUEST_WAIT`].
+    pub(super) fn expire(
+        &mut self,
+        now: Instant,
+        out: &mut bytes::BytesMut,
+    ) -> Vec<(usize, Reply)> {
+        let late: Vec<u64> = self
+            .pending
+            .iter()
+            .filter(|(_, (_, until))| *until <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        let mut replies = Vec::new();
+        for id in late {
+            if let Some((pending, _)) = self.pending.remove(&id) {
+                let subject = match &pending {
+                    Pending::Append { subject, .. } | Pending::Last { subject } => {
+                        Some(subject.clone())
+                    }
+                    _ => None,
+                };
+                self.fail(pending, &mut replies);
+                if let Some(subject) = subject {
+                    self.append_next(&subject, out);
+                }
+            }
+        }
+        replies
+    }
+
+    /// Asks for stream `n` (the conversations, then the index), or, past the last, goes
+    /// on with what waited.
+    fn set_up(&mut self, n: usize, out: &mut bytes::BytesMut) {
+        let max_age = self.retention.as_nanos() as u64;
+        let config = match n {
+            0 => serde_json::json!({
+                "name": STREAM,
+                "subjects": ["chat.history.>"],
+                "storage": "file",
+                "retention": "limits",
+                "max_age": max_age,
+                "duplicate_window": DUPLICATE_WINDOW.as_nanos() as u64,
+                "allow_direct": true,
+            }),
+            1 => serde_json::json!({
+                "name": INDEX_STREAM,
+                "subjects": [format!("$KV.{INDEX_BUCKET}.>")],
+                "storage": "file",
+                "retention": "limits",
+                "max_msgs_per_subject": 1,
+                "max_age": max_age,
+                "discard": "new",
+                "allow_rollup_hdrs": true,
+                "deny_delete": true,
+                "allow_direct": true,
+            }),
+            _ => return self.now_ready(out),
+        };
+        let name = config["name"].as_str().unwrap_or_default().to_owned();
+        let subject = format!("$JS.API.STREAM.CREATE.{name}");
+        self.request(
+            out,
+            &subject,
+            config.to_string().as_bytes(),
+            Pending::Setup(n),
+        );
+    }
+
+    /// The streams are known: the commands held run, and every conversation's waiting
+    /// entries go on.
+    fn now_ready(&mut self, out: &mut bytes::BytesMut) {
+        info!(stream = STREAM, "cluster: history in JetStream");
+        self.ready = true;
+        for command in std::mem::take(&mut self.held) {
+            self.carry_out(command, out);
+        }
+        for keep in std::mem::take(&mut self.to_index) {
+            self.index(keep, out);
+        }
+        let subjects: Vec<String> = self.tails.keys().cloned().collect();
+        for subject in subjects {
+            if let Some(tail) = self.tails.get_mut(&subject) {
+                tail.last = None;
+                tail.busy = false;
+            }
+            self.append_next(&subject, out);
+        }
+    }
+
+    /// Writes a message's index key, create-only: its entry follows if it is new.
+    fn index(&mut self, keep: Keep, out: &mut bytes::BytesMut) {
+        let id = self.take_id();
+        let reply = format!("{}{id}", self.reply_prefix);
+        let value = subject_token(&keep.sender).into_owned();
+        let headers = [("Nats-Expected-Last-Subject-Sequence", "0")];
+        let subject_of_key = format!("$KV.{INDEX_BUCKET}.{}", keep.key);
+        wire::publish_with_headers(
+            out,
+            subject_of_key.as_bytes(),
+            &reply,
+            &headers,
+            value.as_bytes(),
+        );
+        let pending = Pending::Index(Box::new(keep));
+        self.pending
+            .insert(id, (pending, Instant::now() + REQUEST_WAIT));
+    }
+
+    /// Puts `entry` behind the conversation's others (counted in `waiting` already, for
+    /// a message; a change waits only while the streams are known).
+    fn enqueue(&mut self, subject: String, entry: Entry) {
+        self.tails
+            .entry(subject)
+            .or_default()
+            .waiting
+            .push_back(entry);
+    }
+
+    fn enqueue_and_go(&mut self, subject: String, entry: Entry, out: &mut bytes::BytesMut) {
+        self.enqueue(subject.clone(), entry);
+        self.append_next(&subject, out);
+    }
+
+    /// Appends the conversation's next waiting entry, unless one is under way: after
+    /// its last entry, asked for first if not known.
+    fn append_next(&mut self, subject: &str, out: &mut bytes::BytesMut) {
+        if !self.ready {
+            return;
+        }
+        let Some(tail) = self.tails.get_mut(subject) else {
+            return;
+        };
+        if tail.busy {
+            return;
+        }
+        let Some(last) = tail.last else {
+            if tail.waiting.is_empty() {
+                self.tails.remove(subject);
+                return;
+            }
+            tail.busy = true;
+            let body = serde_json::json!({"last_by_subj": subject}).to_string();
+            let pending = Pending::Last {
+                subject: subject.to_owned(),
+            };
+            return self.request(out, &direct_get(STREAM), body.as_bytes(), pending);
+        };
+        let Some(entry) = tail.waiting.pop_front() else {
+            // Nothing waits: the tail is forgotten (a later append asks for it again).
+            self.tails.remove(subject);
+            return;
+        };
+        tail.busy = true;
+        if matches!(entry.then, Then::Recorded) {
+            self.waiting -= 1;
+        }
+        let id = self.take_id();
+        let reply = format!("{}{id}", self.reply_prefix);
+        let last = last.to_string();
+        let mut headers = vec![
+            ("Nats-Expected-Last-Subject-Sequence", last.as_str()),
+            (PREV_HEADER, last.as_str()),
+            (ENTRY_HEADER, entry.what.as_str()),
+        ];
+        if let Some(msg_id) = &entry.msg_id {
+            headers.push(("Nats-Msg-Id", msg_id.as_str()));
+        }
+        wire::publish_with_headers(out, subject.as_bytes(), &reply, &headers, &entry.payload);
+        let pending = Pending::Append {
+            subject: subject.to_owned(),
+            entry,
+        };
+        self.pending
+            .insert(id, (pending, Instant::now() + REQUEST_WAIT));
+    }
+
+    /// An entry is appended: a message is counted, a change's asker hears.
+    fn appended(&mut self, entry: Entry, replies: &mut Vec<(usize, Reply)>) {
+        match entry.then {
+            Then::Recorded => {
+                self.stats
+                    .recorded
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            Then::Amended(amend) => replies.push(amended(amend, true, None)),
+        }
+    }
+
+    /// An entry could not be appended (`why`): a message is counted as a persistence
+    /// failure, a change's asker hears `failure`.
+    fn append_failed(
+        &mut self,
+        entry: Entry,
+        why: &str,
+        failure: Failure,
+        replies: &mut Vec<(usize, Reply)>,
+    ) {
+        warn!("cluster: a history entry was not kept: {why}");
+        match entry.then {
+            Then::Recorded => {
+                self.stats
+                    .failures
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            Then::Amended(amend) => replies.push(amended(amend, false, Some(failure))),
+        }
+    }
+
+    /// The conversation's last entry could not be read (`why`): its waiting entries fail.
+    fn tail_failed(&mut self, subject: &str, why: &str, replies: &mut Vec<(usize, Reply)>) {
+        let waiting = self
+            .tails
+            .remove(subject)
+            .map(|tail| tail.waiting)
+            .unwrap_or_default();
+        for entry in waiting {
+            if matches!(entry.then, Then::Recorded) {
+                self.waiting -= 1;
+            }
+            self.append_failed(entry, why, Failure::Refused, replies);
+        }
+    }
+
+    /// What a request that failed leaves. Cut from NATS, a message waits to be kept once
+    /// the streams are back; with no answer in time, it is not kept (and counted). A read
+    /// or change fails either way.
+    fn fail(&mut self, pending: Pending, replies: &mut Vec<(usize, Reply)>) {
+        let unreachable = Some(Failure::Unreachable);
+        let late = "JetStream did not answer in time";
+        match pending {
+            Pending::Index(keep) | Pending::IndexHeld(keep) => {
+                if self.ready {
+                    self.waiting -= 1;
+                    self.append_failed(keep.entry, late, Failure::Unreachable, replies);
+                } else {
+                    self.to_index.push(*keep);
+                }
+            }
+            Pending::Append { subject, entry } => {
+                let tail = self.tails.entry(subject).or_default();
+                tail.busy = false;
+                tail.last = None;
+                match entry.then {
+                    Then::Recorded if !self.ready => {
+                        tail.waiting.push_front(entry);
+                        self.waiting += 1;
+                    }
+                    _ => self.append_failed(entry, late, Failure::Unreachable, replies),
+                }
+            }
+            Pending::Last { subject } => {
+                if let Some(tail) = self.tails.get_mut(&subject) {
+                    tail.busy = false;
+                }
+            }
+            Pending::Page(read) => {
+                let empty = (Vec::new(), false);
+                let reply = answers::history_answer(read.requester, &read.peer, empty, unreachable);
+                replies.push(reply);
+            }
+            Pending::Sender {
+                requester,
+                reader,
+                message_id,
+            } => {
+                let found = (&*reader, &*message_id, None);
+                replies.push(answers::sender_answer(requester, found, unreachable));
+            }
+            Pending::Amend(check) => replies.push(amended(check.amend, false, unreachable)),
+            Pending::Setup(_) | Pending::IndexOver => {}
+        }
+    }
+
+    /// One entry of a page: a change is kept for its message, a message is applied its
+    /// changes and offered to the page; then the entry before it, or the end.
+    fn page_step(
+        &mut self,
+        mut read: PageRead,
+        status: Option<u16>,
+        headers: &[u8],
+        payload: &Bytes,
+        out: &mut bytes::BytesMut,
+        replies: &mut Vec<(usize, Reply)>,
+    ) {
+        match status {
+            None => {}
+            // The conversation is empty, or its older entries expired.
+            Some(404) => return replies.push(finish_page(read, false)),
+            Some(_) => {
+                let reply = answers::history_answer(
+                    read.requester,
+                    &read.peer,
+                    (Vec::new(), false),
+                    Some(Failure::Refused),
+                );
+                return replies.push(reply);
+            }
+        }
+        let what = wire::header(headers, ENTRY_HEADER).and_then(|v| std::str::from_utf8(v).ok());
+        match what.and_then(parse_entry) {
+            Some(Parsed::Change { actor, key }) => {
+                if let Some(change) = decode_change(payload) {
+                    read.changes.entry(key).or_default().push((actor, change));
+                }
+            }
+            Some(Parsed::Message { key, at }) => {
+                let mut json = payload.clone();
+                if let Some(changes) = read.changes.remove(&key) {
+                    let mut message: Value = serde_json::from_slice(payload).unwrap_or_default();
+                    for (actor, change) in changes.iter().rev() {
+                        history::apply(&mut message, actor, change);
+                    }
+                    json = serde_json::to_vec(&message)
+                        .map(Bytes::from)
+                        .unwrap_or(json);
+                }
+                if at < read.before && !read.page.offer(at, json) {
+                    return replies.push(finish_page(read, true));
+                }
+            }
+            None => debug!("cluster: a history entry that does not parse, skipped"),
+        }
+        let prev = wire::header(headers, PREV_HEADER)
+            .and_then(|v| std::str::from_utf8(v).ok()?.parse::<u64>().ok())
+            .unwrap_or(0);
+        if prev == 0 {
+            return replies.push(finish_page(read, false));
+        }
+        let body = serde_json::json!({"seq": prev}).to_string();
+        self.request(
+            out,
+            &direct_get(STREAM),
+            body.as_bytes(),
+            Pending::Page(Box::new(read)),
+        );
+    }
+
+    /// The index's answer for a change: the actor's own message (any change), else, for
+    /// a reaction, the peer's; then the change is appended to the conversation.
+    fn amend_step(
+        &mut self,
+        check: AmendCheck,
+        status: Option<u16>,
+        payload: &Bytes,
+        out: &mut bytes::BytesMut,
+        replies: &mut Vec<(usize, Reply)>,
+    ) {
+        let AmendCheck { amend, own } = check;
+        let sender = match status {
+            None => parse_index(payload),
+            Some(404) => None,
+            Some(_) => return replies.push(amended(amend, false, Some(Failure::Refused))),
+        };
+        let reaction = matches!(
+            amend.change,
+            Amendment::ReactionAdd(_) | Amendment::ReactionRemove(_)
+        );
+        let (expected, next) = if own {
+            (&amend.actor, reaction)
+        } else {
+            (&amend.peer, false)
+        };
+        if sender.as_deref() == Some(&**expected) {
+            let sender = expected.clone();
+            let (actor, id) = (
+                subject_token(&amend.actor),
+                subject_token(&amend.message_id),
+            );
+            let entry = Entry {
+                what: format!("c {actor} {} {id}", subject_token(&sender)),
+                msg_id: None,
+                payload: encode_change(&amend.change),
+                then: Then::Amended(amend.clone()),
+            };
+            let subject = conversation_subject(&amend.actor, &amend.peer);
+            return self.enqueue_and_go(subject, entry, out);
+        }
+        if next {
+            let body = index_get(&index_key(&amend.actor, &amend.message_id));
+            let check = AmendCheck { amend, own: false };
+            let pending = Pending::Amend(Box::new(check));
+            return self.request(out, &direct_get(INDEX_STREAM), &body, pending);
+        }
+        replies.push(amended(amend, false, None));
+    }
+
+    fn take_id(&mut self) -> u64 {
+        self.next += 1;
+        self.next
+    }
+
+    /// Sends a request whose answer comes to `<inbox>k<id>`.
+    fn request(&mut self, out: &mut bytes::BytesMut, subject: &str, body: &[u8], pending: Pending) {
+        let id = self.take_id();
+        let reply = format!("{}{id}", self.reply_prefix);
+        wire::publish(out, subject.as_bytes(), Some(&reply), body);
+        self.pending
+            .insert(id, (pending, Instant::now() + REQUEST_WAIT));
+    }
+}
+
+/// What an entry's `Chat-Entry` header says.
+#[derive(Debug, PartialEq, Eq)]
+enum Parsed {
+    /// A message, `(sender, message id)`, sent at `at` (Unix ms).
+    Message { key: (Box<str>, Box<str>), at: u64 },
+    /// A change by `actor` to message `(sender, message id)`.
+    Change { actor: Box<str>, key: MessageKey },
+}
+
+fn parse_entry(value: &str) -> Option<Parsed> {
+    let mut parts = value.split(' ');
+    let parsed = match parts.next()? {
+        "m" => {
+            let sender = from_subject_token(parts.next()?)?;
+            let id = from_subject_token(parts.next()?)?;
+            let at = parts.next()?.parse().ok()?;
+            Parsed::Message {
+                key: (sender, id),
+                at,
+            }
+        }
+        "c" => {
+            let actor = from_subject_token(parts.next()?)?;
+            let sender = from_subject_token(parts.next()?)?;
+            let id = from_subject_token(parts.next()?)?;
+            Parsed::Change {
+                actor,
+                key: (sender, id),
+            }
+        }
+        _ => return None,
+    };
+    parts.next().is_none().then_some(parsed)
+}
+
+/// A change as stored: `e<content>`, `d`, `+<emoji>`, `-<emoji>`.
+fn encode_change(change: &Amendment) -> Bytes {
+    let (tag, text) = match change {
+        Amendment::Edit(content) => ("e", &**content),
+        Amendment::Delete => ("d", ""),
+        Amendment::ReactionAdd(emoji) => ("+", &**emoji),
+        Amendment::ReactionRemove(emoji) => ("-", &**emoji),
+    };
+    Bytes::from(format!("{tag}{text}"))
+}
+
+fn decode_change(payload: &[u8]) -> Option<Amendment> {
+    let text = std::str::from_utf8(payload).ok()?;
+    let rest = || text[1..].into();
+    Some(match text.as_bytes().first()? {
+        b'e' => Amendment::Edit(rest()),
+        b'd' => Amendment::Delete,
+        b'+' => Amendment::ReactionAdd(rest()),
+        b'-' => Amendment::ReactionRemove(rest()),
+        _ => return None,
+    })
+}
+
+/// The subject of the conversation between `a` and `b`, whatever the direction.
+fn conversation_subject(a: &str, b: &str) -> String {
+    let (low, high) = if a <= b { (a, b) } else { (b, a) };
+    format!(
+        "chat.history.{}.{}",
+        subject_token(low),
+        subject_token(high)
+    )
+}
+
+/// The index key of message `message_id` received by `receiver`.
+fn index_key(receiver: &str, message_id: &str) -> String {
+    format!("{}.{}", key_token(receiver), key_token(message_id))
+}
+
+/// A direct get of index key `key`'s value.
+fn index_get(key: &str) -> Vec<u8> {
+    serde_json::json!({"last_by_subj": format!("$KV.{INDEX_BUCKET}.{key}")})
+        .to_string()
+        .into_bytes()
+}
+
+/// The sender an index value names.
+fn parse_index(payload: &[u8]) -> Option<Box<str>> {
+    from_subject_token(std::str::from_utf8(payload).ok()?)
+}
+
+fn direct_get(stream: &str) -> String {
+    format!("$JS.API.DIRECT.GET.{stream}")
+}
+
+fn error_code(answer: &Value) -> Option<u64> {
+    answer["error"]["err_code"].as_u64()
+}
+
+/// The sequence a failed compare-and-set found ("wrong last sequence: N").
+fn wrong_last_sequence(answer: &Value) -> Option<u64> {
+    let description = answer["error"]["description"].as_str()?;
+    description.rsplit(' ').next()?.parse().ok()
+}
+
+fn api_error(status: Option<u16>, answer: &Value) -> String {
+    match status {
+        Some(status) => format!("status {status}"),
+        None => answer["error"]["description"]
+            .as_str()
+            .unwrap_or("no answer")
+            .to_owned(),
+    }
+}
+
+/// The page for its asker.
+fn finish_page(read: PageRead, more: bool) -> (usize, Reply) {
+    answers::history_answer(read.requester, &read.peer, read.page.finish(more), None)
+}
+
+/// A change's answer for its asker.
+fn amended(amend: Box<Amend>, found: bool, error: Option<Failure>) -> (usize, Reply) {
+    let reactor = amend.requester.reactor;
+    let reply = Reply::Amended {
+        amend,
+        found,
+        error,
+    };
+    (reactor, reply)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_and_changes_round_trip_and_garbage_is_refused() {
+        assert_eq!(
+            parse_entry("m ann ~6d2e31 42"),
+            Some(Parsed::Message {
+                key: ("ann".into(), "m.1".into()),
+                at: 42
+            })
+        );
+        assert_eq!(
+            parse_entry("c bob ann m-1"),
+            Some(Parsed::Change {
+                actor: "bob".into(),
+                key: ("ann".into(), "m-1".into())
+            })
+        );
+        for bad in [
+            "",
+            "m ann m-1",
+            "m ann m-1 x",
+            "x a b c",
+            "c a b",
+            "m a b 1 2",
+        ] {
+            assert_eq!(parse_entry(bad), None, "{bad:?}");
+        }
+        for change in [
+            Amendment::Edit("hi there".into()),
+            Amendment::Delete,
+            Amendment::ReactionAdd("🙂".into()),
+            Amendment::ReactionRemove("🙂".into()),
+        ] {
+            assert_eq!(decode_change(&encode_change(&change)), Some(change));
+        }
+        assert_eq!(decode_change(b""), None);
+        assert_eq!(decode_change(b"x"), None);
+        assert_eq!(
+            conversation_subject("bob", "ann"),
+            conversation_subject("ann", "bob")
+        );
+        assert_eq!(conversation_subject("a.b", "c"), "chat.history.~612e62.c");
+        let moved = serde_json::json!({"error": {"err_code": 10071, "description": "wrong last sequence: 17"}});
+        assert_eq!(wrong_last_sequence(&moved), Some(17));
+    }
+
+    fn history() -> History {
+        let mut history = History::new(
+            "_INBOX.x.",
+            Duration::from_secs(60),
+            Arc::new(StoreStats::default()),
+        );
+        history.ready = true;
+        history
+    }
+
+    fn chat(sender: &str, id: &str, at: u64) -> Chat {
+        Chat {
+            sender: sender.into(),
+            message_id: id.into(),
+            timestamp_ms: at,
+        }
+    }
+
+    fn stored(seq: u64, prev: u64, entry: &str) -> Vec<u8> {
+        format!(
+            "NATS/1.0\r\nNats-Sequence: {seq}\r\nChat-Prev: {prev}\r\nChat-Entry: {entry}\r\n\r\n"
+        )
+        .into_bytes()
+    }
+
+    fn text(out: &bytes::BytesMut, from: usize) -> String {
+        String::from_utf8_lossy(&out[from..]).into_owned()
+    }
+
+    #[test]
+    fn a_message_is_indexed_then_appended_after_the_last_entry_even_if_another_node_moved_it() {
+        let mut history = history();
+        let mut out = bytes::BytesMut::new();
+        let json = Bytes::from_static(br#"{"content":"hi"}"#);
+        history.record("bob", &chat("alice", "m-1", 42), json, &mut out);
+        let sent = text(&out, 0);
+        assert!(
+            sent.starts_with("HPUB $KV.chat_received.bob.m-1 _INBOX.x.k1"),
+            "{sent}"
+        );
+        assert!(
+            sent.contains("Nats-Expected-Last-Subject-Sequence: 0"),
+            "{sent}"
+        );
+        // New: the conversation's last entry is asked for (none yet).
+        let at = out.len();
+        let created = Bytes::from_static(br#"{"stream":"KV_chat_received","seq":1}"#);
+        history.answered(b"1", None, b"", &created, &mut out);
+        assert!(text(&out, at).contains(r#"{"last_by_subj":"chat.history.alice.bob"}"#));
+        let at = out.len();
+        history.answered(b"2", Some(404), b"", &Bytes::new(), &mut out);
+        let sent = text(&out, at);
+        assert!(
+            sent.starts_with("HPUB chat.history.alice.bob _INBOX.x.k3"),
+            "{sent}"
+        );
+        for header in [
+            "Chat-Prev: 0",
+            "Chat-Entry: m alice m-1 42",
+            "Nats-Msg-Id: alice m-1 bob",
+        ] {
+            assert!(sent.contains(header), "{header}: {sent}");
+        }
+        // Another node appended meanwhile: after its entry, then.
+        let at = out.len();
+        let moved = Bytes::from_static(
+            br#"{"error":{"code":400,"err_code":10071,"description":"wrong last sequence: 5"}}"#,
+        );
+        history.answered(b"3", None, b"", &moved, &mut out);
+        let sent = text(&out, at);
+        assert!(sent.contains("Chat-Prev: 5"), "{sent}");
+        assert!(
+            sent.contains("Nats-Expected-Last-Subject-Sequence: 5"),
+            "{sent}"
+        );
+        let kept = Bytes::from_static(br#"{"stream":"CHAT_HISTORY","seq":9}"#);
+        history.answered(b"4", None, b"", &kept, &mut out);
+        assert_eq!(
+            history
+                .stats
+                .recorded
+                .load(std::sync::atomic::Ordering::Relaxed),
+            1
+        );
+        assert_eq!(history.waiting, 0);
+        assert!(history.tails.is_empty(), "nothing waits");
+    }
+
+    #[test]
+    fn a_retry_the_index_holds_is_not_kept_twice_but_another_senders_same_id_is() {
+        let mut history = history();
+        let mut out = bytes::BytesMut::new();
+        let json = Bytes::from_static(b"{}");
+        history.record("bob", &chat("alice", "m-1", 42), json.clone(), &mut out);
+        let exists = Bytes::from_static(
+            br#"{"error":{"code":400,"err_code":10071,"description":"wrong last sequence: 3"}}"#,
+        );
+        history.answered(b"1", None, b"", &exists, &mut out);
+        let at = out.len();
+        history.answered(
+            b"2",
+            None,
+            &stored(3, 0, "x"),
+            &Bytes::from_static(b"alice"),
+            &mut out,
+        );
+        assert_eq!(out.len(), at, "a retry: nothing more");
+        assert_eq!(history.waiting, 0);
+        history.record("bob", &chat("carol", "m-1", 43), json, &mut out);
+        history.answered(b"3", None, b"", &exists, &mut out);
+        let at = out.len();
+        history.answered(
+            b"4",
+            None,
+            &stored(3, 0, "x"),
+            &Bytes::from_static(b"alice"),
+            &mut out,
+        );
+        let sent = text(&out, at);
+        assert!(sent.contains("PUB $KV.chat_received.bob.m-1"), "{sent}");
+        assert!(
+            sent.contains(r#"{"last_by_subj":"chat.history.bob.carol"}"#),
+            "{sent}"
+        );
+    }
+
+    #[test]
+    fn a_page_walks_the_chain_newest_first_and_applies_the_changes_it_meets() {
+        let mut history = history();
+        let mut out = bytes::BytesMut::new();
+        let requester = Waiter {
+            reactor: 1,
+            ticket: 7,
+        };
+        let ask = Command::History {
+            user: "bob".into(),
+            peer: "alice".into(),
+            before: None,
+            limit: 10,
+            requester,
+        };
+        assert!(history.command(ask, true, &mut out).is_empty());
+        assert!(text(&out, 0).contains(r#"{"last_by_subj":"chat.history.alice.bob"}"#));
+        // Newest: bob's reaction to m-1, then m-1, then m-0 (the first entry).
+        let reaction = Bytes::from("+👍");
+        history.answered(
+            b"1",
+            None,
+            &stored(9, 7, "c bob alice m-1"),
+            &reaction,
+            &mut out,
+        );
+        assert!(text(&out, 0).contains(r#"{"seq":7}"#));
+        let m1 = Bytes::from_static(br#"{"content":"one"}"#);
+        history.answered(b"2", None, &stored(7, 4, "m alice m-1 42"), &m1, &mut out);
+        assert!(text(&out, 0).contains(r#"{"seq":4}"#));
+        let m0 = Bytes::from_static(br#"{"content":"zero"}"#);
+        let replies = history.answered(b"3", None, &stored(4, 0, "m alice m-0 40"), &m0, &mut out);
+        let [(
+            1,
+            Reply::History {
+                messages,
+                more,
+                error: None,
+                ..
+            },
+        )] = &replies[..]
+        else {
+            panic!("{replies:?}");
+        };
+        assert!(!more);
+        let first: Value = serde_json::from_slice(&messages[0]).unwrap();
+        assert_eq!(first["reactions"], serde_json::json!({"👍": ["bob"]}));
+        assert_eq!(&messages[1][..], &m0[..]);
+    }
+}
