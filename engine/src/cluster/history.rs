@@ -9,6 +9,8 @@
 //!   each with header `Chat-Prev`: the conversation's entry before it. A node appends with
 //!   a compare-and-set on the conversation's last entry (`Nats-Expected-Last-Subject-
 //!   Sequence`), so the entries make one chain per conversation however many nodes write.
+//!   A node remembers each conversation's last entry only while it appends to it; else
+//!   it assumes a new conversation, and a refusal says where the conversation ends.
 //! - A page is read newest first along the chain, one direct get by sequence after
 //!   another (nats-server 2.9 has no get of a subject's previous message, and its get of
 //!   the next one reads every message in between): changes met on the way apply to the
@@ -30,7 +32,6 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::{
-    inboxes::sequence_of,
     relay::{from_subject_token, key_token, subject_token},
     wire,
 };
@@ -128,8 +129,6 @@ enum Pending {
     IndexHeld(Box<Keep>),
     /// An index write over another sender's message with the same id.
     IndexOver,
-    /// A conversation's last entry, before an append.
-    Last { subject: String },
     /// An append to a conversation.
     Append { subject: String, entry: Entry },
     /// The next entry of a page.
@@ -382,22 +381,6 @@ impl History {
                 }
             }
             Pending::IndexOver => {}
-            Pending::Last { subject } => {
-                let last = match status {
-                    Some(404) => Some(0),
-                    Some(_) => None,
-                    None => sequence_of(headers),
-                };
-                match last {
-                    Some(last) => {
-                        let tail = self.tails.entry(subject.clone()).or_default();
-                        tail.last = Some(last);
-                        tail.busy = false;
-                        self.append_next(&subject, out);
-                    }
-                    None => self.tail_failed(&subject, &api_error(status, &answer), &mut replies),
-                }
-            }
             Pending::Append { subject, entry } => {
                 match answer["seq"].as_u64().filter(|_| status.is_none()) {
                     Some(seq) if seq > 0 => {
@@ -409,8 +392,11 @@ impl History {
                         self.appended(entry, &mut replies);
                         self.append_next(&subject, out);
                     }
-                    _ if error_code(&answer) == Some(WRONG_LAST_SEQUENCE) => {
-                        // Another node appended meanwhile: after its entry, then.
+                    _ if error_code(&answer) == Some(WRONG_LAST_SEQUENCE)
+                        && wrong_last_sequence(&answer).is_some() =>
+                    {
+                        // Another node appended meanwhile (or the conversation is not
+                        // new): after its last entry, then.
                         let tail = self.tails.entry(subject.clone()).or_default();
                         tail.last = wrong_last_sequence(&answer);
                         tail.busy = false;
@@ -467,9 +453,7 @@ impl History {
         for id in late {
             if let Some((pending, _)) = self.pending.remove(&id) {
                 let subject = match &pending {
-                    Pending::Append { subject, .. } | Pending::Last { subject } => {
-                        Some(subject.clone())
-                    }
+                    Pending::Append { subject, .. } => Some(subject.clone()),
                     _ => None,
                 };
                 self.fail(pending, &mut replies);
@@ -575,7 +559,7 @@ impl History {
     }
 
     /// Appends the conversation's next waiting entry, unless one is under way: after
-    /// its last entry, asked for first if not known.
+    /// its last entry.
     fn append_next(&mut self, subject: &str, out: &mut bytes::BytesMut) {
         if !self.ready {
             return;
@@ -586,18 +570,9 @@ impl History {
         if tail.busy {
             return;
         }
-        let Some(last) = tail.last else {
-            if tail.waiting.is_empty() {
-                self.tails.remove(subject);
-                return;
-            }
-            tail.busy = true;
-            let body = serde_json::json!({"last_by_subj": subject}).to_string();
-            let pending = Pending::Last {
-                subject: subject.to_owned(),
-            };
-            return self.request(out, &direct_get(STREAM), body.as_bytes(), pending);
-        };
+        // Not known: a new conversation is the common case, and if it is not, the
+        // compare-and-set's refusal says where it ends.
+        let last = tail.last.unwrap_or(0);
         let Some(entry) = tail.waiting.pop_front() else {
             // Nothing waits: the tail is forgotten (a later append asks for it again).
             self.tails.remove(subject);
@@ -659,21 +634,6 @@ impl History {
         }
     }
 
-    /// The conversation's last entry could not be read (`why`): its waiting entries fail.
-    fn tail_failed(&mut self, subject: &str, why: &str, replies: &mut Vec<(usize, Reply)>) {
-        let waiting = self
-            .tails
-            .remove(subject)
-            .map(|tail| tail.waiting)
-            .unwrap_or_default();
-        for entry in waiting {
-            if matches!(entry.then, Then::Recorded) {
-                self.waiting -= 1;
-            }
-            self.append_failed(entry, why, Failure::Refused, replies);
-        }
-    }
-
     /// What a request that failed leaves. Cut from NATS, a message waits to be kept once
     /// the streams are back; with no answer in time, it is not kept (and counted). A read
     /// or change fails either way.
@@ -699,11 +659,6 @@ impl History {
                         self.waiting += 1;
                     }
                     _ => self.append_failed(entry, late, Failure::Unreachable, replies),
-                }
-            }
-            Pending::Last { subject } => {
-                if let Some(tail) = self.tails.get_mut(&subject) {
-                    tail.busy = false;
                 }
             }
             Pending::Page(read) => {
@@ -1070,16 +1025,13 @@ mod tests {
             sent.contains("Nats-Expected-Last-Subject-Sequence: 0"),
             "{sent}"
         );
-        // New: the conversation's last entry is asked for (none yet).
+        // New: appended as the conversation's first entry.
         let at = out.len();
         let created = Bytes::from_static(br#"{"stream":"KV_chat_received","seq":1}"#);
         history.answered(b"1", None, b"", &created, &mut out);
-        assert!(text(&out, at).contains(r#"{"last_by_subj":"chat.history.alice.bob"}"#));
-        let at = out.len();
-        history.answered(b"2", Some(404), b"", &Bytes::new(), &mut out);
         let sent = text(&out, at);
         assert!(
-            sent.starts_with("HPUB chat.history.alice.bob _INBOX.x.k3"),
+            sent.starts_with("HPUB chat.history.alice.bob _INBOX.x.k2"),
             "{sent}"
         );
         for header in [
@@ -1094,7 +1046,7 @@ mod tests {
         let moved = Bytes::from_static(
             br#"{"error":{"code":400,"err_code":10071,"description":"wrong last sequence: 5"}}"#,
         );
-        history.answered(b"3", None, b"", &moved, &mut out);
+        history.answered(b"2", None, b"", &moved, &mut out);
         let sent = text(&out, at);
         assert!(sent.contains("Chat-Prev: 5"), "{sent}");
         assert!(
@@ -1102,7 +1054,7 @@ mod tests {
             "{sent}"
         );
         let kept = Bytes::from_static(br#"{"stream":"CHAT_HISTORY","seq":9}"#);
-        history.answered(b"4", None, b"", &kept, &mut out);
+        history.answered(b"3", None, b"", &kept, &mut out);
         assert_eq!(
             history
                 .stats
@@ -1146,10 +1098,7 @@ mod tests {
         );
         let sent = text(&out, at);
         assert!(sent.contains("PUB $KV.chat_received.bob.m-1"), "{sent}");
-        assert!(
-            sent.contains(r#"{"last_by_subj":"chat.history.bob.carol"}"#),
-            "{sent}"
-        );
+        assert!(sent.contains("HPUB chat.history.bob.carol"), "{sent}");
     }
 
     #[test]

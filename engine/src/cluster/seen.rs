@@ -149,11 +149,12 @@ impl Seen {
             return;
         };
         chain.record = Some((record, revision));
-        let acked = record.acked;
+        // Every event after `since` stays known: up to the newest, whatever goes.
+        let (acked, newest) = (record.acked, chain.newest());
         while chain.events.front().is_some_and(|(seq, _)| *seq <= acked) {
             chain.events.pop_front();
         }
-        chain.since = chain.since.max(acked.min(chain.newest()));
+        chain.since = chain.since.max(acked.min(newest));
     }
 
     /// Another node wrote `user`'s record: it is read again.
@@ -199,6 +200,17 @@ mod tests {
         seen.written("bob", record, 3);
         assert_eq!(seen.record("bob"), Some((record, 3)));
         assert_eq!(seqs(seen.between("bob", 12, 15)), Some(vec![15]));
+        // Everything acknowledged: the chain still knows where it is.
+        let all = AckRecord {
+            acked: 15,
+            ..AckRecord::default()
+        };
+        seen.written("bob", all, 4);
+        assert_eq!(seen.continuity("bob", 16, 15), Continuity::Next);
+        assert_eq!(
+            seen.continuity("bob", 17, 16),
+            Continuity::Gap { after: 15 }
+        );
         seen.moved("bob");
         assert_eq!(seen.record("bob"), None);
         // 20 comes after 18, which this node never saw: the chain starts again.
