@@ -148,8 +148,8 @@ impl std::fmt::Debug for Store {
     }
 }
 
-/// Where a cluster node keeps what every node shares, its users' inboxes and the groups'
-/// members: JetStream, through the cluster thread ([`crate::cluster`]). It takes those
+/// Where a cluster node keeps what every node shares, its users' inboxes, the
+/// conversations' history and the groups' members: JetStream, through the cluster thread ([`crate::cluster`]). It takes those
 /// commands ([`Command::is_shared`]) and answers them as the store thread would, over each
 /// reactor's cluster channel.
 pub trait SharedStore: Send + Sync {
