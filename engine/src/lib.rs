@@ -332,9 +332,10 @@ fn cluster_channels(
         relays: relayed,
         doorbell,
         local_stats,
-        inbox_limits: cluster::InboxLimits {
+        streams: cluster::StreamSettings {
             queue_max_per_user: shared.config.queue_max_per_user,
             retention: shared.config.retention,
+            replicas: shared.config.cluster.as_ref().map_or(1, |c| c.replicas),
         },
         store_stats: store_stats.clone(),
     };

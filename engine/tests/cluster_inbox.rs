@@ -607,3 +607,93 @@ fn a_huddle_spans_nodes_and_a_newcomer_hears_who_is_in_it_elsewhere() {
         );
     });
 }
+
+#[test]
+fn with_three_replicas_each_nats_server_may_die_in_turn_and_nothing_acknowledged_is_lost() {
+    let mut servers = match common::nats::Nats::start_cluster(3) {
+        Ok(servers) => servers,
+        Err(why) => return common::nats::skip("replicas_across_nats_servers", &why),
+    };
+    let urls: Vec<String> = servers.iter().map(|s| s.url()).collect();
+    let flags = ["--cluster-replicas", "3"];
+    let a = common::nats::node_with(&urls.join(","), "a", &flags);
+    let b = common::nats::node_with(&urls[1..].join(","), "b", &flags);
+    // A JetStream cluster elects its leaders before the nodes can claim their ids, and
+    // places the streams' copies before the inboxes answer.
+    for server in &servers {
+        common::wait_until("the NATS cluster forms", || server.healthy());
+    }
+    common::nats::wait_for_nodes(&a, 2, Duration::from_secs(30));
+    for node in [&a, &b] {
+        common::wait_until("the inboxes answer", || {
+            node.get("/api/messages/queue/nobody").0 == 200
+        });
+    }
+    let mut alice = a.login("alice", "phone");
+    let mut acknowledged = Vec::new();
+    let mut send = |alice: &mut common::Client, i: usize| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            alice.send(
+                &json!({"type": "send_message", "messageId": format!("m-{i}"),
+                "receiverId": "bob", "content": format!("n{i}")}),
+            );
+            // Stored (`queued`), or `cluster_unavailable` while the node moves to another
+            // server and JetStream elects new leaders: sent again, with the same id.
+            let answer = loop {
+                let frame = alice.recv();
+                if frame["type"] == "message_ack" || frame["type"] == "error" {
+                    break frame;
+                }
+            };
+            if answer["status"] == "queued" {
+                return acknowledged.push(format!("n{i}"));
+            }
+            assert_eq!(answer["code"], "cluster_unavailable", "{answer}");
+            assert!(
+                Instant::now() < deadline,
+                "never stored while a server was down"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    for i in 0..3 {
+        send(&mut alice, i);
+    }
+    // Each server dies in turn, and comes back before the next: the streams keep a
+    // quorum of copies, so sends go on (after the nodes move to another server).
+    for (victim, server) in servers.iter_mut().enumerate() {
+        server.kill();
+        for i in 0..3 {
+            send(&mut alice, 3 * (victim + 1) + i);
+        }
+        server.restart().unwrap();
+        common::wait_until("the server is back in the NATS cluster", || {
+            server.healthy()
+        });
+    }
+    common::wait_until("b's inboxes answer again", || {
+        b.get("/api/messages/queue/nobody").0 == 200
+    });
+    let (mut bob, _) = b.login_resuming("bob", "phone", FRESH);
+    let got: Vec<String> = (0..acknowledged.len())
+        .map(|_| bob.next_message().0)
+        .collect();
+    assert_eq!(got, acknowledged);
+    bob.expect_silence(Duration::from_millis(300));
+    // History follows each inbox write, again once JetStream is back where it was not.
+    let mut contents = Vec::new();
+    common::wait_until("history holds every message", || {
+        bob.send(&json!({"type": "history", "peerId": "alice", "limit": 50}));
+        let page = bob.recv_type("history");
+        contents = page["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .rev()
+            .map(|m| m["content"].as_str().unwrap().to_owned())
+            .collect();
+        contents.len() >= acknowledged.len()
+    });
+    assert_eq!(contents, acknowledged);
+}

@@ -32,13 +32,14 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::{
+    inboxes::{KeptChat, StreamSettings},
     relay::{from_subject_token, key_token, subject_token},
     wire,
 };
 use crate::store::{
     answers,
     history::{self, Page},
-    Amend, Amendment, Chat, Command, Failure, Reply, StoreStats, Waiter,
+    Amend, Amendment, Command, Failure, Reply, StoreStats, Waiter,
 };
 
 /// The stream of every conversation.
@@ -58,6 +59,10 @@ const REQUEST_WAIT: Duration = Duration::from_secs(5);
 /// Entries waiting to be appended, over every conversation: past it a message's entry
 /// is dropped (and counted as a persistence failure) rather than held without bound.
 const WAITING_MAX: usize = 65_536;
+/// How long after a failed set-up of the streams it is asked for again, if messages wait.
+const SETUP_AGAIN_AFTER: Duration = Duration::from_secs(2);
+/// How long a message waits after JetStream was unavailable, before it is sent again.
+const RETRY_AFTER: Duration = Duration::from_millis(500);
 /// JetStream's error code for a compare-and-set that found another sequence.
 const WRONG_LAST_SEQUENCE: u64 = 10071;
 /// JetStream's error code for a stream that exists with another configuration.
@@ -73,6 +78,10 @@ enum Then {
 
 /// One entry to append to a conversation.
 struct Entry {
+    /// Its number on this node, by which its index check finds it.
+    id: u64,
+    /// Appendable: a change at once, a message once its index check said so.
+    checked: bool,
     /// `ENTRY_HEADER`'s value.
     what: String,
     /// For a message: its `Nats-Msg-Id`, which makes a retry within the duplicate window
@@ -82,12 +91,19 @@ struct Entry {
     then: Then,
 }
 
-/// A message to keep: its index key first (create-only), then its entry.
+/// A message's index check: its key is written create-only, and its entry, waiting in
+/// its conversation's tail meanwhile (so that entries keep their order), is appended
+/// once the check passes.
 struct Keep {
     subject: String,
-    entry: Entry,
+    /// The entry's id.
+    entry: u64,
     key: String,
     sender: Box<str>,
+    /// The index value: the sender and the inbox event's `seq`, which tells this
+    /// message's own earlier attempt (the same `seq`) from a client's retry that its
+    /// receiver's inbox stored again (another one).
+    value: String,
 }
 
 /// A conversation's appends: the last entry's sequence when known, and the entries
@@ -97,6 +113,9 @@ struct Tail {
     last: Option<u64>,
     busy: bool,
     waiting: VecDeque<Entry>,
+    /// After a refusal JetStream may get over (a leader being elected), appends wait
+    /// until then.
+    paused_until: Option<Instant>,
 }
 
 /// A message in a conversation: its sender and id.
@@ -147,7 +166,7 @@ enum Pending {
 pub(super) struct History {
     /// `<inbox>k`: where JetStream's answers come, with the request's number after it.
     reply_prefix: String,
-    retention: Duration,
+    streams: StreamSettings,
     /// The streams are known on this connection.
     ready: bool,
     /// Commands that came before the streams were known.
@@ -155,27 +174,36 @@ pub(super) struct History {
     next: u64,
     pending: HashMap<u64, (Pending, Instant)>,
     tails: HashMap<String, Tail>,
-    /// Messages waiting to be indexed (while the streams are not known).
+    /// Messages waiting to be indexed (while the streams are not known, or until
+    /// `index_paused_until` after JetStream was unavailable).
     to_index: Vec<Keep>,
-    /// Messages and entries waiting, in `to_index` and every tail.
+    index_paused_until: Option<Instant>,
+    /// When the streams' set-up, which failed, is asked for again.
+    setup_again_at: Option<Instant>,
+    /// Messages waiting, in `to_index` and every tail.
     waiting: usize,
+    /// Entries numbered so far.
+    entries: u64,
     stats: Arc<StoreStats>,
 }
 
 impl History {
-    /// The history of a relay whose answers come to `inbox` (`_INBOX.<random>.`), kept
-    /// `retention` (`--retention-days`), counted in `stats`.
-    pub(super) fn new(inbox: &str, retention: Duration, stats: Arc<StoreStats>) -> History {
+    /// The history of a relay whose answers come to `inbox` (`_INBOX.<random>.`), in
+    /// streams made with `streams` (kept `--retention-days`), counted in `stats`.
+    pub(super) fn new(inbox: &str, streams: StreamSettings, stats: Arc<StoreStats>) -> History {
         History {
             reply_prefix: format!("{inbox}k"),
-            retention,
+            streams,
             ready: false,
             held: Vec::new(),
             next: 0,
             pending: HashMap::new(),
             tails: HashMap::new(),
             to_index: Vec::new(),
+            index_paused_until: None,
+            setup_again_at: None,
             waiting: 0,
+            entries: 0,
             stats,
         }
     }
@@ -208,14 +236,14 @@ impl History {
         replies
     }
 
-    /// Keeps a chat message sent to `receiver` (its inbox event's JSON).
-    pub(super) fn record(
-        &mut self,
-        receiver: &str,
-        chat: &Chat,
-        json: Bytes,
-        out: &mut bytes::BytesMut,
-    ) {
+    /// Keeps a chat message its receiver's inbox kept.
+    pub(super) fn record(&mut self, kept: KeptChat, out: &mut bytes::BytesMut) {
+        let KeptChat {
+            user: receiver,
+            chat,
+            json,
+            seq,
+        } = kept;
         if self.waiting >= WAITING_MAX {
             warn!("cluster: too many history entries wait for JetStream; one is dropped");
             self.stats
@@ -224,24 +252,40 @@ impl History {
             return;
         }
         let (sender, id) = (subject_token(&chat.sender), subject_token(&chat.message_id));
-        let entry = Entry {
-            what: format!("m {sender} {id} {}", chat.timestamp_ms),
-            msg_id: Some(format!("{sender} {id} {}", subject_token(receiver))),
-            payload: json,
-            then: Then::Recorded,
-        };
+        let subject = conversation_subject(&chat.sender, &receiver);
+        let entry = self.new_entry(format!("m {sender} {id} {}", chat.timestamp_ms), json);
         let keep = Keep {
-            subject: conversation_subject(&chat.sender, receiver),
-            entry,
-            key: index_key(receiver, &chat.message_id),
+            subject: subject.clone(),
+            value: format!("{sender} {seq}"),
+            entry: entry.id,
+            key: index_key(&receiver, &chat.message_id),
             sender: chat.sender.as_ref().into(),
         };
+        let entry = Entry {
+            msg_id: Some(format!("{sender} {id} {}", subject_token(&receiver))),
+            checked: false,
+            ..entry
+        };
+        self.enqueue(subject, entry);
         self.waiting += 1;
         if self.ready {
             self.index(keep, out);
         } else {
             self.to_index.push(keep);
             self.ask_set_up(out);
+        }
+    }
+
+    /// An entry to append, numbered.
+    fn new_entry(&mut self, what: String, payload: Bytes) -> Entry {
+        self.entries += 1;
+        Entry {
+            id: self.entries,
+            checked: true,
+            what,
+            msg_id: None,
+            payload,
+            then: Then::Recorded,
         }
     }
 
@@ -348,36 +392,50 @@ impl History {
                         "cluster: the history streams could not be set up ({}); is JetStream enabled (-js)?",
                         api_error(status, &answer)
                     );
+                    self.setup_again_at = Some(Instant::now() + SETUP_AGAIN_AFTER);
                     for command in std::mem::take(&mut self.held) {
                         replies.extend(answers::unread_answer(&command, Failure::Refused));
                     }
                 }
             }
             Pending::Index(keep) => match answer["seq"].as_u64().filter(|_| status.is_none()) {
-                Some(seq) if seq > 0 => self.enqueue_and_go(keep.subject, keep.entry, out),
+                Some(seq) if seq > 0 => self.checked(&keep, true, out),
                 _ if error_code(&answer) == Some(WRONG_LAST_SEQUENCE) => {
                     let body = index_get(&keep.key);
                     let pending = Pending::IndexHeld(keep);
                     self.request(out, &direct_get(INDEX_STREAM), &body, pending);
                 }
+                _ if unavailable(status, &answer) => {
+                    self.to_index.push(*keep);
+                    self.index_paused_until = Some(Instant::now() + RETRY_AFTER);
+                }
                 _ => {
-                    self.waiting -= 1;
-                    let why = api_error(status, &answer);
-                    self.append_failed(keep.entry, &why, Failure::Refused, &mut replies);
+                    warn!(
+                        "cluster: a message was not indexed, nor kept in history: {}",
+                        api_error(status, &answer)
+                    );
+                    self.stats
+                        .failures
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    self.checked(&keep, false, out);
                 }
             },
             Pending::IndexHeld(keep) => {
-                let held = status.is_none().then(|| parse_index(payload)).flatten();
-                if held.as_deref() == Some(&*keep.sender) {
+                let held = status.is_none().then_some(&payload[..]);
+                if held == Some(keep.value.as_bytes()) {
+                    // This message's own earlier attempt (its answer was lost): on with
+                    // its entry, which JetStream keeps once by its message id.
+                    self.checked(&keep, true, out);
+                } else if held.and_then(parse_index).as_deref() == Some(&*keep.sender) {
                     debug!("cluster: a retry the history holds already, not kept twice");
-                    self.waiting -= 1;
+                    self.checked(&keep, false, out);
                 } else {
                     // Another sender's message with the same id: the index names the
                     // newest, as on one node.
-                    let value = subject_token(&keep.sender).into_owned();
                     let subject_of_key = format!("$KV.{INDEX_BUCKET}.{}", keep.key);
+                    let value = keep.value.clone();
                     self.request(out, &subject_of_key, value.as_bytes(), Pending::IndexOver);
-                    self.enqueue_and_go(keep.subject, keep.entry, out);
+                    self.checked(&keep, true, out);
                 }
             }
             Pending::IndexOver => {}
@@ -410,9 +468,20 @@ impl History {
                         let tail = self.tails.entry(subject.clone()).or_default();
                         tail.busy = false;
                         tail.last = None;
-                        let why = api_error(status, &answer);
-                        self.append_failed(entry, &why, Failure::Refused, &mut replies);
-                        self.append_next(&subject, out);
+                        let recorded = matches!(entry.then, Then::Recorded);
+                        if recorded && unavailable(status, &answer) {
+                            tail.waiting.push_front(entry);
+                            tail.paused_until = Some(Instant::now() + RETRY_AFTER);
+                            self.waiting += 1;
+                        } else {
+                            let why = api_error(status, &answer);
+                            let failure = match unavailable(status, &answer) {
+                                true => Failure::Unreachable,
+                                false => Failure::Refused,
+                            };
+                            self.append_failed(entry, &why, failure, &mut replies);
+                            self.append_next(&subject, out);
+                        }
                     }
                 }
             }
@@ -437,10 +506,12 @@ impl History {
         replies
     }
 
-    /// Fails the requests JetStream did not answer within [`REQUEST_WAIT`].
+    /// Fails the requests JetStream did not answer within [`REQUEST_WAIT`], and sends
+    /// again what waited (`connected`: the relay is).
     pub(super) fn expire(
         &mut self,
         now: Instant,
+        connected: bool,
         out: &mut bytes::BytesMut,
     ) -> Vec<(usize, Reply)> {
         let late: Vec<u64> = self
@@ -452,6 +523,10 @@ impl History {
         let mut replies = Vec::new();
         for id in late {
             if let Some((pending, _)) = self.pending.remove(&id) {
+                if matches!(pending, Pending::Setup(_)) {
+                    warn!("cluster: JetStream did not answer the history streams' set-up");
+                    self.setup_again_at = Some(now + SETUP_AGAIN_AFTER);
+                }
                 let subject = match &pending {
                     Pending::Append { subject, .. } => Some(subject.clone()),
                     _ => None,
@@ -462,13 +537,45 @@ impl History {
                 }
             }
         }
+        self.resume(now, connected, out);
         replies
+    }
+
+    /// Sends again what waited for JetStream to be available, once its pause is over;
+    /// asks for the streams again if their set-up failed and messages wait.
+    fn resume(&mut self, now: Instant, connected: bool, out: &mut bytes::BytesMut) {
+        if !self.ready {
+            let due = self.setup_again_at.is_some_and(|at| at <= now);
+            if due && connected && self.waiting > 0 {
+                self.setup_again_at = None;
+                self.ask_set_up(out);
+            }
+            return;
+        }
+        if self.index_paused_until.is_some_and(|until| until <= now) {
+            self.index_paused_until = None;
+            for keep in std::mem::take(&mut self.to_index) {
+                self.index(keep, out);
+            }
+        }
+        let due: Vec<String> = self
+            .tails
+            .iter()
+            .filter(|(_, tail)| tail.paused_until.is_some_and(|until| until <= now))
+            .map(|(subject, _)| subject.clone())
+            .collect();
+        for subject in due {
+            self.append_next(&subject, out);
+        }
     }
 
     /// Asks for stream `n` (the conversations, then the index), or, past the last, goes
     /// on with what waited.
     fn set_up(&mut self, n: usize, out: &mut bytes::BytesMut) {
-        let max_age = self.retention.as_nanos() as u64;
+        let (max_age, replicas) = (
+            self.streams.retention.as_nanos() as u64,
+            self.streams.replicas,
+        );
         let config = match n {
             0 => serde_json::json!({
                 "name": STREAM,
@@ -478,6 +585,7 @@ impl History {
                 "max_age": max_age,
                 "duplicate_window": DUPLICATE_WINDOW.as_nanos() as u64,
                 "allow_direct": true,
+                "num_replicas": replicas,
             }),
             1 => serde_json::json!({
                 "name": INDEX_STREAM,
@@ -490,6 +598,7 @@ impl History {
                 "allow_rollup_hdrs": true,
                 "deny_delete": true,
                 "allow_direct": true,
+                "num_replicas": replicas,
             }),
             _ => return self.now_ready(out),
         };
@@ -508,6 +617,7 @@ impl History {
     fn now_ready(&mut self, out: &mut bytes::BytesMut) {
         info!(stream = STREAM, "cluster: history in JetStream");
         self.ready = true;
+        self.setup_again_at = None;
         for command in std::mem::take(&mut self.held) {
             self.carry_out(command, out);
         }
@@ -528,7 +638,7 @@ impl History {
     fn index(&mut self, keep: Keep, out: &mut bytes::BytesMut) {
         let id = self.take_id();
         let reply = format!("{}{id}", self.reply_prefix);
-        let value = subject_token(&keep.sender).into_owned();
+        let value = keep.value.clone();
         let headers = [("Nats-Expected-Last-Subject-Sequence", "0")];
         let subject_of_key = format!("$KV.{INDEX_BUCKET}.{}", keep.key);
         wire::publish_with_headers(
@@ -543,8 +653,7 @@ impl History {
             .insert(id, (pending, Instant::now() + REQUEST_WAIT));
     }
 
-    /// Puts `entry` behind the conversation's others (counted in `waiting` already, for
-    /// a message; a change waits only while the streams are known).
+    /// Puts `entry` behind the conversation's others.
     fn enqueue(&mut self, subject: String, entry: Entry) {
         self.tails
             .entry(subject)
@@ -553,9 +662,22 @@ impl History {
             .push_back(entry);
     }
 
-    fn enqueue_and_go(&mut self, subject: String, entry: Entry, out: &mut bytes::BytesMut) {
-        self.enqueue(subject.clone(), entry);
-        self.append_next(&subject, out);
+    /// A message's index check is over: its entry is appended in its turn (`keep`), or
+    /// taken out of its conversation's tail.
+    fn checked(&mut self, check: &Keep, keep: bool, out: &mut bytes::BytesMut) {
+        let Some(tail) = self.tails.get_mut(&check.subject) else {
+            return;
+        };
+        let Some(at) = tail.waiting.iter().position(|e| e.id == check.entry) else {
+            return;
+        };
+        if keep {
+            tail.waiting[at].checked = true;
+        } else {
+            tail.waiting.remove(at);
+            self.waiting -= 1;
+        }
+        self.append_next(&check.subject, out);
     }
 
     /// Appends the conversation's next waiting entry, unless one is under way: after
@@ -567,15 +689,28 @@ impl History {
         let Some(tail) = self.tails.get_mut(subject) else {
             return;
         };
-        if tail.busy {
+        if tail.busy
+            || tail
+                .paused_until
+                .is_some_and(|until| until > Instant::now())
+        {
             return;
         }
+        tail.paused_until = None;
         // Not known: a new conversation is the common case, and if it is not, the
         // compare-and-set's refusal says where it ends.
         let last = tail.last.unwrap_or(0);
+        match tail.waiting.front() {
+            // Its index check is under way: the conversation waits for it.
+            Some(entry) if !entry.checked => return,
+            Some(_) => {}
+            None => {
+                // Nothing waits: the tail is forgotten.
+                self.tails.remove(subject);
+                return;
+            }
+        }
         let Some(entry) = tail.waiting.pop_front() else {
-            // Nothing waits: the tail is forgotten (a later append asks for it again).
-            self.tails.remove(subject);
             return;
         };
         tail.busy = true;
@@ -634,31 +769,33 @@ impl History {
         }
     }
 
-    /// What a request that failed leaves. Cut from NATS, a message waits to be kept once
-    /// the streams are back; with no answer in time, it is not kept (and counted). A read
-    /// or change fails either way.
+    /// What a request that failed (cut from NATS, or no answer in time) leaves: a message
+    /// waits to be kept once the streams are back, or after a pause; a read or change
+    /// fails.
     fn fail(&mut self, pending: Pending, replies: &mut Vec<(usize, Reply)>) {
         let unreachable = Some(Failure::Unreachable);
-        let late = "JetStream did not answer in time";
         match pending {
+            // Kept for later: at once once the streams are back, or after a pause.
             Pending::Index(keep) | Pending::IndexHeld(keep) => {
+                self.to_index.push(*keep);
                 if self.ready {
-                    self.waiting -= 1;
-                    self.append_failed(keep.entry, late, Failure::Unreachable, replies);
-                } else {
-                    self.to_index.push(*keep);
+                    self.index_paused_until = Some(Instant::now() + RETRY_AFTER);
                 }
             }
             Pending::Append { subject, entry } => {
+                let ready = self.ready;
                 let tail = self.tails.entry(subject).or_default();
                 tail.busy = false;
                 tail.last = None;
                 match entry.then {
-                    Then::Recorded if !self.ready => {
+                    Then::Recorded => {
                         tail.waiting.push_front(entry);
+                        if ready {
+                            tail.paused_until = Some(Instant::now() + RETRY_AFTER);
+                        }
                         self.waiting += 1;
                     }
-                    _ => self.append_failed(entry, late, Failure::Unreachable, replies),
+                    Then::Amended(amend) => replies.push(amended(amend, false, unreachable)),
                 }
             }
             Pending::Page(read) => {
@@ -675,7 +812,12 @@ impl History {
                 replies.push(answers::sender_answer(requester, found, unreachable));
             }
             Pending::Amend(check) => replies.push(amended(check.amend, false, unreachable)),
-            Pending::Setup(_) | Pending::IndexOver => {}
+            Pending::Setup(_) => {
+                for command in std::mem::take(&mut self.held) {
+                    replies.extend(answers::unread_answer(&command, Failure::Unreachable));
+                }
+            }
+            Pending::IndexOver => {}
         }
     }
 
@@ -774,14 +916,14 @@ impl History {
                 subject_token(&amend.actor),
                 subject_token(&amend.message_id),
             );
+            let what = format!("c {actor} {} {id}", subject_token(&sender));
             let entry = Entry {
-                what: format!("c {actor} {} {id}", subject_token(&sender)),
-                msg_id: None,
-                payload: encode_change(&amend.change),
                 then: Then::Amended(amend.clone()),
+                ..self.new_entry(what, encode_change(&amend.change))
             };
             let subject = conversation_subject(&amend.actor, &amend.peer);
-            return self.enqueue_and_go(subject, entry, out);
+            self.enqueue(subject.clone(), entry);
+            return self.append_next(&subject, out);
         }
         if next {
             let body = index_get(&index_key(&amend.actor, &amend.message_id));
@@ -887,13 +1029,20 @@ fn index_get(key: &str) -> Vec<u8> {
         .into_bytes()
 }
 
-/// The sender an index value names.
+/// The sender an index value (`<sender> <seq>`) names.
 fn parse_index(payload: &[u8]) -> Option<Box<str>> {
-    from_subject_token(std::str::from_utf8(payload).ok()?)
+    let value = std::str::from_utf8(payload).ok()?;
+    from_subject_token(value.split(' ').next()?)
 }
 
 fn direct_get(stream: &str) -> String {
     format!("$JS.API.DIRECT.GET.{stream}")
+}
+
+/// Whether JetStream refused for now only: no responders, or unavailable (no quorum, a
+/// leader being elected), as while a server of a NATS cluster is down.
+fn unavailable(status: Option<u16>, answer: &Value) -> bool {
+    status == Some(503) || answer["error"]["code"].as_u64() == Some(503)
 }
 
 fn error_code(answer: &Value) -> Option<u64> {
@@ -935,6 +1084,7 @@ fn amended(amend: Box<Amend>, found: bool, error: Option<Failure>) -> (usize, Re
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::Chat;
 
     #[test]
     fn entries_and_changes_round_trip_and_garbage_is_refused() {
@@ -982,20 +1132,28 @@ mod tests {
     }
 
     fn history() -> History {
-        let mut history = History::new(
-            "_INBOX.x.",
-            Duration::from_secs(60),
-            Arc::new(StoreStats::default()),
-        );
+        let streams = StreamSettings {
+            queue_max_per_user: 10,
+            retention: Duration::from_secs(60),
+            replicas: 1,
+        };
+        let mut history = History::new("_INBOX.x.", streams, Arc::new(StoreStats::default()));
         history.ready = true;
         history
     }
 
-    fn chat(sender: &str, id: &str, at: u64) -> Chat {
-        Chat {
+    /// Message `id` from `sender` to `receiver`, sent at `at`, kept at inbox `seq`.
+    fn kept(sender: &str, receiver: &str, (id, at, seq): (&str, u64, u64)) -> KeptChat {
+        let chat = Chat {
             sender: sender.into(),
             message_id: id.into(),
             timestamp_ms: at,
+        };
+        KeptChat {
+            user: receiver.into(),
+            chat,
+            json: Bytes::from_static(br#"{"content":"hi"}"#),
+            seq,
         }
     }
 
@@ -1014,8 +1172,7 @@ mod tests {
     fn a_message_is_indexed_then_appended_after_the_last_entry_even_if_another_node_moved_it() {
         let mut history = history();
         let mut out = bytes::BytesMut::new();
-        let json = Bytes::from_static(br#"{"content":"hi"}"#);
-        history.record("bob", &chat("alice", "m-1", 42), json, &mut out);
+        history.record(kept("alice", "bob", ("m-1", 42, 7)), &mut out);
         let sent = text(&out, 0);
         assert!(
             sent.starts_with("HPUB $KV.chat_received.bob.m-1 _INBOX.x.k1"),
@@ -1067,37 +1224,34 @@ mod tests {
     }
 
     #[test]
-    fn a_retry_the_index_holds_is_not_kept_twice_but_another_senders_same_id_is() {
+    fn a_retry_the_index_holds_is_not_kept_twice_but_a_lost_answer_or_another_sender_is() {
         let mut history = history();
         let mut out = bytes::BytesMut::new();
-        let json = Bytes::from_static(b"{}");
-        history.record("bob", &chat("alice", "m-1", 42), json.clone(), &mut out);
         let exists = Bytes::from_static(
             br#"{"error":{"code":400,"err_code":10071,"description":"wrong last sequence: 3"}}"#,
         );
+        // A client's retry, stored again in bob's inbox at 8: history has it from 7.
+        history.record(kept("alice", "bob", ("m-1", 42, 8)), &mut out);
         history.answered(b"1", None, b"", &exists, &mut out);
         let at = out.len();
-        history.answered(
-            b"2",
-            None,
-            &stored(3, 0, "x"),
-            &Bytes::from_static(b"alice"),
-            &mut out,
-        );
+        let held = Bytes::from_static(b"alice 7");
+        history.answered(b"2", None, &stored(3, 0, "x"), &held, &mut out);
         assert_eq!(out.len(), at, "a retry: nothing more");
         assert_eq!(history.waiting, 0);
-        history.record("bob", &chat("carol", "m-1", 43), json, &mut out);
+        // The same message again (its first index answer was lost): on with its entry.
+        history.record(kept("alice", "bob", ("m-1", 42, 7)), &mut out);
         history.answered(b"3", None, b"", &exists, &mut out);
         let at = out.len();
-        history.answered(
-            b"4",
-            None,
-            &stored(3, 0, "x"),
-            &Bytes::from_static(b"alice"),
-            &mut out,
-        );
+        history.answered(b"4", None, &stored(3, 0, "x"), &held, &mut out);
+        assert!(text(&out, at).starts_with("HPUB chat.history.alice.bob"));
+        // Carol used the same id: the index takes hers, and it is kept.
+        history.record(kept("carol", "bob", ("m-1", 43, 9)), &mut out);
+        history.answered(b"6", None, b"", &exists, &mut out);
+        let at = out.len();
+        history.answered(b"7", None, &stored(3, 0, "x"), &held, &mut out);
         let sent = text(&out, at);
         assert!(sent.contains("PUB $KV.chat_received.bob.m-1"), "{sent}");
+        assert!(sent.contains("carol 9"), "{sent}");
         assert!(sent.contains("HPUB chat.history.bob.carol"), "{sent}");
     }
 

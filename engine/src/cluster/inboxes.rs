@@ -70,13 +70,15 @@ const STREAM_DIFFERS: u64 = 10058;
 /// JetStream's error code for a compare-and-set that found another revision.
 const WRONG_LAST_SEQUENCE: u64 = 10071;
 
-/// What the stream is created with.
+/// What the streams a node makes are created with.
 #[derive(Debug, Clone, Copy)]
-pub struct InboxLimits {
+pub struct StreamSettings {
     /// `--queue-max-per-user`: events one user's inbox holds at most.
     pub queue_max_per_user: u64,
-    /// `--retention-days`: how long an event is kept.
+    /// `--retention-days`: how long an event (and history) is kept.
     pub retention: Duration,
+    /// `--cluster-replicas`: the copies JetStream keeps of each stream.
+    pub replicas: u8,
 }
 
 /// Answers for the reactors: `(reactor, reply)`.
@@ -161,6 +163,8 @@ pub(super) struct KeptChat {
     pub chat: Chat,
     /// The `new_message` JSON.
     pub json: Bytes,
+    /// Its inbox event's `seq` (the stream's sequence).
+    pub seq: u64,
 }
 
 /// A gap in a user's live events, read from the stream: the events after `next - 1` up
@@ -268,7 +272,7 @@ impl Read {
 pub(super) struct Inboxes {
     /// `<inbox>j`: where JetStream's answers come, with the request's number after it.
     reply_prefix: String,
-    limits: InboxLimits,
+    limits: StreamSettings,
     /// The stream's creation time, once known on this connection.
     epoch: Option<Box<str>>,
     /// Commands that came before the stream was known.
@@ -290,7 +294,7 @@ pub(super) struct Inboxes {
 
 impl Inboxes {
     /// The inboxes of a relay whose answers come to `inbox` (`_INBOX.<random>.`).
-    pub(super) fn new(inbox: &str, limits: InboxLimits) -> Inboxes {
+    pub(super) fn new(inbox: &str, limits: StreamSettings) -> Inboxes {
         Inboxes {
             reply_prefix: format!("{inbox}j"),
             limits,
@@ -389,6 +393,7 @@ impl Inboxes {
             "duplicate_window": DUPLICATE_WINDOW.as_nanos() as u64,
             "allow_direct": true,
             "republish": {"src": "chat.inbox.>", "dest": "chat.live.>"},
+            "num_replicas": self.limits.replicas,
         });
         let subject = format!("$JS.API.STREAM.CREATE.{STREAM}");
         self.request(
@@ -546,6 +551,7 @@ impl Inboxes {
                 user: append.user,
                 chat,
                 json: append.event.json,
+                seq: 0,
             };
             Box::new(kept)
         });
@@ -663,7 +669,9 @@ impl Inboxes {
             }
             Pending::Append { ack, dedup, chat } => {
                 let outcome = publish_outcome(status, payload, ack.as_ref());
-                if let (Outcome::Kept { .. }, Some(chat)) = (&outcome, chat) {
+                if let (Outcome::Kept { .. }, Some(mut chat)) = (&outcome, chat) {
+                    let answer: Value = serde_json::from_slice(payload).unwrap_or_default();
+                    chat.seq = answer["seq"].as_u64().unwrap_or(0);
                     self.kept.push(*chat);
                 }
                 answers::append_outcome(&mut replies, ack.as_ref(), dedup, outcome);
@@ -937,8 +945,8 @@ impl Inboxes {
         let mut replies = Vec::new();
         for id in late {
             if let Some((pending, _)) = self.pending.remove(&id) {
-                if matches!(pending, Pending::Setup) {
-                    warn!("cluster: JetStream did not answer the inbox stream's set-up");
+                if matches!(pending, Pending::Setup | Pending::SetupAcks { .. }) {
+                    warn!("cluster: JetStream did not answer the inbox streams' set-up");
                     for command in std::mem::take(&mut self.held) {
                         fail_command(command, Failure::Unreachable, &mut replies);
                     }
@@ -972,7 +980,7 @@ impl Inboxes {
             return self.set_up_failed(STREAM, status, payload, replies);
         };
         let subject = format!("$JS.API.STREAM.CREATE.{ACK_STREAM}");
-        let config = acks::stream_config(1).to_string();
+        let config = acks::stream_config(self.limits.replicas).to_string();
         let pending = Pending::SetupAcks {
             epoch: created.into(),
         };
@@ -1280,11 +1288,17 @@ pub(super) fn parse_member_key(key: &str) -> Option<(Box<str>, Box<str>)> {
 /// What became of a publish, from JetStream's ack.
 fn publish_outcome(status: Option<u16>, payload: &Bytes, ack: Option<&AckTo>) -> Outcome {
     if status.is_some() {
-        return Outcome::Failed(Failure::Refused); // 503: no stream takes the subject
+        // 503, no responders: the stream was set up, so its leader is moving (a NATS
+        // server of the cluster died): for a sender, one to retry.
+        return Outcome::Failed(Failure::Unreachable);
     }
     let answer: Value = serde_json::from_slice(payload).unwrap_or_default();
     if answer["error"]["err_code"].as_u64() == Some(PER_SUBJECT_LIMIT) {
         return Outcome::QueueFull;
+    }
+    if answer["error"]["code"].as_u64() == Some(503) {
+        // JetStream unavailable for now (no quorum, a leader being elected).
+        return Outcome::Failed(Failure::Unreachable);
     }
     if answer["seq"].as_u64().is_some_and(|s| s > 0) {
         return Outcome::Kept {
@@ -1387,9 +1401,10 @@ mod tests {
 
     /// Inboxes on a relay whose answers come to `_INBOX.x.`, bounded at 10 a user.
     fn inboxes() -> Inboxes {
-        let limits = InboxLimits {
+        let limits = StreamSettings {
             queue_max_per_user: 10,
             retention: Duration::from_secs(60),
+            replicas: 1,
         };
         Inboxes::new("_INBOX.x.", limits)
     }
@@ -1439,7 +1454,14 @@ mod tests {
         );
         assert_eq!(
             publish_outcome(Some(503), &Bytes::new(), None),
-            Outcome::Failed(Failure::Refused)
+            Outcome::Failed(Failure::Unreachable)
+        );
+        let unavailable = Bytes::from_static(
+            br#"{"error":{"code":503,"err_code":10008,"description":"JetStream system temporarily unavailable"}}"#,
+        );
+        assert_eq!(
+            publish_outcome(None, &unavailable, None),
+            Outcome::Failed(Failure::Unreachable)
         );
     }
 

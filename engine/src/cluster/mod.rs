@@ -43,7 +43,7 @@ use std::{
 
 use tracing::warn;
 
-pub use inboxes::InboxLimits;
+pub use inboxes::StreamSettings;
 
 /// How often a node beats in the node bucket.
 pub const HEARTBEAT: Duration = Duration::from_secs(2);
@@ -62,6 +62,8 @@ pub struct Settings {
     pub servers: Vec<String>,
     /// This node's id; `None`: the host name and the listen port, fixed at start.
     pub node_id: Option<String>,
+    /// `--cluster-replicas`: the copies JetStream keeps of each stream the node makes.
+    pub replicas: u8,
 }
 
 impl Settings {
@@ -102,7 +104,11 @@ impl Settings {
         if let Some(id) = &node_id {
             check_node_id(id).map_err(|problem| ("node-id", problem))?;
         }
-        Ok(Some(Settings { servers, node_id }))
+        Ok(Some(Settings {
+            servers,
+            node_id,
+            replicas: 1,
+        }))
     }
 
     /// The node id: the one given, else the host name (dots made dashes) and `port`.
@@ -205,8 +211,8 @@ pub struct Link {
     pub doorbell: Arc<crate::sockets::Doorbell>,
     /// This node's `/api/stats` figures, for the other nodes.
     pub local_stats: Arc<dyn Fn() -> Vec<u8> + Send + Sync>,
-    /// What the inbox stream is created with.
-    pub inbox_limits: InboxLimits,
+    /// What the streams are created with.
+    pub streams: StreamSettings,
     /// The store's counters, which count what history keeps in JetStream too.
     pub store_stats: Arc<crate::store::StoreStats>,
 }
@@ -224,7 +230,7 @@ pub fn start(
     let _ = state.node_id.set(node_id.clone().into_boxed_str());
     let (claimed, claim) = mpsc::channel();
     let (stop, stopped) = tokio::sync::oneshot::channel();
-    let servers = settings.servers.clone();
+    let servers = (settings.servers.clone(), settings.replicas);
     let thread = std::thread::Builder::new()
         .name("cluster".into())
         .spawn(move || {

@@ -58,6 +58,8 @@ pub(super) struct Node {
     id: String,
     /// This process's token in its key: tells its own claim from another's.
     instance: Bytes,
+    /// `--cluster-replicas`, for the buckets it makes.
+    replicas: u8,
     state: Arc<State>,
     /// Where the first outcome of the claim goes ([`super::start`] waits for it).
     first: Cell<Option<mpsc::Sender<Claim>>>,
@@ -73,13 +75,14 @@ enum Stop {
 
 impl Node {
     pub(super) fn new(
-        servers: Vec<String>,
+        (servers, replicas): (Vec<String>, u8),
         id: String,
         state: Arc<State>,
         first: mpsc::Sender<Claim>,
     ) -> Node {
         Node {
             servers,
+            replicas,
             id,
             instance: instance_token(),
             state,
@@ -99,14 +102,14 @@ impl Node {
             relays,
             doorbell,
             local_stats,
-            inbox_limits,
+            streams,
             store_stats,
         } = link;
         let homes = reactors.clone();
         let figures = (self.state.clone(), local_stats);
         let instance = String::from_utf8_lossy(&self.instance);
         let me = (&*self.id, &*instance);
-        let stores = (inbox_limits, store_stats);
+        let stores = (streams, store_stats);
         let relayer = Relayer::new(&self.servers, me, (reactors, stores), figures);
         // The instances of nodes that died or left, from the watch to the relay (their
         // users' presence goes with them).
@@ -187,7 +190,8 @@ impl Node {
         let js = jetstream::new(client.clone());
         let mut attempts = 0;
         loop {
-            let created = js.get_or_create_stream(kv_stream(name, max_age)).await;
+            let config = kv_stream(name, max_age, self.replicas);
+            let created = js.get_or_create_stream(config).await;
             match created {
                 Ok(_) => match js.get_key_value(name).await {
                     Ok(bucket) => return bucket,
@@ -443,11 +447,12 @@ impl Node {
     }
 }
 
-/// The stream behind key-value bucket `bucket` (one value per key, kept `max_age`), as
+/// The stream behind key-value bucket `bucket` (one value per key, kept `max_age`, in
+/// `replicas` copies), as
 /// the key-value API lays it out. Created through the stream API because async-nats'
 /// `create_key_value` first reads the account's limits in a shape nats-server 2.9 (the
 /// Debian package) does not send.
-fn kv_stream(bucket: &str, max_age: Duration) -> stream::Config {
+fn kv_stream(bucket: &str, max_age: Duration, replicas: u8) -> stream::Config {
     stream::Config {
         name: format!("KV_{bucket}"),
         subjects: vec![format!("$KV.{bucket}.>")],
@@ -457,7 +462,7 @@ fn kv_stream(bucket: &str, max_age: Duration) -> stream::Config {
         deny_delete: true,
         allow_direct: true,
         discard: stream::DiscardPolicy::New,
-        num_replicas: 1,
+        num_replicas: usize::from(replicas),
         ..Default::default()
     }
 }

@@ -30,7 +30,7 @@ use tracing::{debug, error, info, warn};
 
 use super::{
     history::History,
-    inboxes::{self, InboxLimits, Inboxes, Replies},
+    inboxes::{self, Inboxes, Replies, StreamSettings},
     presence::{Holders, Report},
     relay::{self, Inbound, Reactors, Relay},
     seen::Continuity,
@@ -205,13 +205,13 @@ impl Relayer {
     pub(super) fn new(
         servers: &[String],
         (node_id, instance): (&str, &str),
-        (reactors, (limits, store_stats)): (Reactors, (InboxLimits, Arc<StoreStats>)),
+        (reactors, (limits, store_stats)): (Reactors, (StreamSettings, Arc<StoreStats>)),
         (state, local_stats): (Arc<State>, LocalStats),
     ) -> Relayer {
         let inbox = format!("_INBOX.{}.", super::instance_token_hex());
         Relayer {
             inboxes: Inboxes::new(&inbox, limits),
-            history: History::new(&inbox, limits.retention, store_stats),
+            history: History::new(&inbox, limits, store_stats),
             node_id: node_id.into(),
             instance: instance.into(),
             presence_sids: HashMap::new(),
@@ -909,8 +909,7 @@ impl Relayer {
                 self.send_replies(replies);
                 self.gaps_filled();
                 for kept in self.inboxes.take_kept() {
-                    self.history
-                        .record(&kept.user, &kept.chat, kept.json, &mut self.out);
+                    self.history.record(kept, &mut self.out);
                 }
             }
             Some((b'k', request)) => {
@@ -1137,7 +1136,11 @@ impl Relayer {
         let failed = self.inboxes.expire(now);
         self.send_replies(failed);
         self.gaps_filled();
-        let failed = self.history.expire(now, &mut self.out);
+        let connected = self
+            .state
+            .relay_connected
+            .load(std::sync::atomic::Ordering::Acquire);
+        let failed = self.history.expire(now, connected, &mut self.out);
         self.send_replies(failed);
     }
 }

@@ -186,6 +186,12 @@ impl Config {
             },
             push_preview: settled.push_preview,
             cluster: crate::cluster::Settings::parse(settled.cluster, settled.node_id)
+                .map(|settings| {
+                    settings.map(|s| crate::cluster::Settings {
+                        replicas: settled.cluster_replicas,
+                        ..s
+                    })
+                })
                 .map_err(|(flag, problem)| invalid(flag, problem))?,
             outbound_bytes_max: settled.outbound_bytes_max,
             drain_secs: settled.drain_secs,

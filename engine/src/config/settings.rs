@@ -273,6 +273,8 @@ settings! {
     cluster: String, "ENGINE_CLUSTER", "URLS", default "none";
     /// This node's name in the cluster (letters, digits, - and _; at most 64); none: the host name and the listen port
     node_id: String, "ENGINE_NODE_ID", "ID", default "none";
+    /// Copies JetStream keeps of each stream the cluster makes (inboxes, history, buckets); more than 1 needs a NATS cluster of as many servers
+    cluster_replicas: u8, "ENGINE_CLUSTER_REPLICAS", "N", default "1", range (1, 5);
     /// On SIGTERM, spread the 1001 closes over this many seconds, in random order, so clients do not all reconnect at once (0: close all at once)
     drain_secs: u64, "ENGINE_DRAIN_SECS", "S", default "0", range (0, 3600);
     /// Bound on a graceful shutdown (SIGTERM/SIGINT) before remaining sockets are dropped

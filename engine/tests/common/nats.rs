@@ -25,6 +25,10 @@ pub struct Nats {
     /// Its port on 127.0.0.1.
     pub port: u16,
     dir: PathBuf,
+    /// Its flags beyond the port and JetStream (a NATS cluster's).
+    flags: Vec<String>,
+    /// Its monitoring port, in a NATS cluster.
+    monitor: Option<u16>,
 }
 
 impl Nats {
@@ -36,6 +40,56 @@ impl Nats {
     /// Starts one on `port` (free, or just freed by a stopped server) with JetStream in a
     /// fresh directory, and waits until it takes connections.
     pub fn start_on(port: u16) -> Result<Nats, String> {
+        Self::start_with(port, Vec::new())
+    }
+
+    /// Starts `size` servers as one NATS cluster with JetStream (each knows the others'
+    /// routes), and waits until each takes connections.
+    pub fn start_cluster(size: usize) -> Result<Vec<Nats>, String> {
+        let routes: Vec<u16> = (0..size).map(|_| free_port()).collect();
+        let all: Vec<String> = routes
+            .iter()
+            .map(|port| format!("nats://127.0.0.1:{port}"))
+            .collect();
+        (0..size)
+            .map(|i| {
+                let monitor = free_port();
+                let flags = vec![
+                    "-m".into(),
+                    monitor.to_string(),
+                    "--server_name".into(),
+                    format!("s{i}"),
+                    "--cluster_name".into(),
+                    "chat".into(),
+                    "--cluster".into(),
+                    all[i].clone(),
+                    "--routes".into(),
+                    all.join(","),
+                ];
+                let mut nats = Self::start_with(free_port(), flags)?;
+                nats.monitor = Some(monitor);
+                Ok(nats)
+            })
+            .collect()
+    }
+
+    /// Whether the server says it is healthy (`/healthz`: in a NATS cluster, JetStream
+    /// current with the others).
+    pub fn healthy(&self) -> bool {
+        let Some(port) = self.monitor else {
+            return true;
+        };
+        let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
+            return false;
+        };
+        let request = "GET /healthz HTTP/1.0\r\nHost: x\r\n\r\n";
+        let mut answer = String::new();
+        let _ = stream.write_all(request.as_bytes());
+        let _ = stream.read_to_string(&mut answer);
+        answer.starts_with("HTTP/1.0 200") || answer.starts_with("HTTP/1.1 200")
+    }
+
+    fn start_with(port: u16, flags: Vec<String>) -> Result<Nats, String> {
         if !std::path::Path::new(NATS_SERVER).exists() {
             return Err(format!(
                 "{NATS_SERVER} is not installed (apt install nats-server)"
@@ -48,6 +102,8 @@ impl Nats {
             child: None,
             port,
             dir,
+            flags,
+            monitor: None,
         };
         nats.run()?;
         Ok(nats)
@@ -100,6 +156,7 @@ impl Nats {
                 "-sd",
             ])
             .arg(&self.dir)
+            .args(&self.flags)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
