@@ -456,3 +456,24 @@ fn in_its_grace_a_user_held_by_another_node_stays_online_and_calls_are_peer_offl
         );
     });
 }
+
+#[test]
+fn nodes_prove_themselves_with_the_urls_credentials_and_a_wrong_password_never_joins() {
+    let nats = match Nats::start_with_flags(&["--user", "chat", "--pass", "s3cret"]) {
+        Ok(nats) => nats,
+        Err(why) => return common::nats::skip("nats_credentials", &why),
+    };
+    let url = |pass: &str| format!("nats://chat:{pass}@127.0.0.1:{}", nats.port);
+    let (a, b) = (node(&url("s3cret"), "a"), node(&url("s3cret"), "b"));
+    wait_for_nodes(&a, 2, Duration::from_secs(10));
+    // Both connections of each node are let in: a message crosses through JetStream.
+    let mut bob = b.login("bob", "phone");
+    let mut alice = a.login("alice", "phone");
+    alice.send_chat("m-1", "bob", "let in");
+    assert_eq!(bob.recv_type("new_message")["content"], "let in");
+    let wrong = node(&url("guess"), "c");
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(wrong.get("/health/ready").0, 503);
+    assert_eq!(cluster(&wrong)["connected"], false);
+    assert_eq!(cluster(&a)["nodes"], 2);
+}

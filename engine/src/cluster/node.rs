@@ -35,7 +35,7 @@ use super::{
     members::{Change, Members, DEAD_AFTER},
     relay::{Inbound, Reactors},
     relayer::Relayer,
-    Claim, Link, State, HEARTBEAT,
+    wire, Claim, Link, State, HEARTBEAT,
 };
 use crate::router::Envelope;
 
@@ -133,10 +133,33 @@ impl Node {
         }
     }
 
-    /// A client that connects, and reconnects, with backoff for as long as it takes.
+    /// A client that connects, and reconnects, with backoff for as long as it takes,
+    /// proving itself with the credentials of the servers' URLs (async-nats does not
+    /// read them there; the URLs it gets have none, so no log shows them).
     async fn connect(&self) -> Client {
         let state = self.state.clone();
-        let options = ConnectOptions::new()
+        let servers: Vec<async_nats::ServerAddr> = self
+            .servers
+            .iter()
+            .filter_map(|url| url.parse().ok())
+            .collect();
+        let credentials = servers
+            .iter()
+            .map(wire::Credentials::of)
+            .find(|c| *c != wire::Credentials::None);
+        let bare: Vec<String> = servers
+            .iter()
+            .map(|s| format!("nats://{}:{}", s.host(), s.port()))
+            .collect();
+        let mut options = ConnectOptions::new();
+        match credentials {
+            Some(wire::Credentials::UserPassword(user, pass)) => {
+                options = options.user_and_password(user, pass)
+            }
+            Some(wire::Credentials::Token(token)) => options = options.token(token),
+            Some(wire::Credentials::None) | None => {}
+        }
+        let options = options
             .name(format!("engine {}", self.id))
             .retry_on_initial_connect()
             // Its own pings never come back to it (`holder_answers` asks the others).
@@ -148,7 +171,7 @@ impl Node {
                 async move { note_event(&state, event) }
             });
         loop {
-            match options.clone().connect(&self.servers).await {
+            match options.clone().connect(&bare[..]).await {
                 Ok(client) => return client,
                 Err(e) => {
                     warn!("cluster: cannot set up the NATS client: {e}; retrying");

@@ -138,8 +138,9 @@ struct Gather {
 
 /// The relay's connection and what it serves.
 pub(super) struct Relayer {
-    /// `host:port` of each NATS server, tried in turn.
-    servers: Vec<String>,
+    /// `host:port` of each NATS server, tried in turn, and what the relay proves itself
+    /// with there.
+    servers: Vec<(String, wire::Credentials)>,
     /// The connection's name on the server.
     name: String,
     reactors: Reactors,
@@ -227,7 +228,11 @@ impl Relayer {
             pings: (0, Instant::now()),
             servers: servers
                 .iter()
-                .map(|s| s.trim_start_matches("nats://").to_owned())
+                .filter_map(|url| url.parse::<async_nats::ServerAddr>().ok())
+                .map(|server| {
+                    let address = format!("{}:{}", server.host(), server.port());
+                    (address, wire::Credentials::of(&server))
+                })
                 .collect(),
             name: format!("engine {node_id} relay"),
             reactors,
@@ -357,14 +362,14 @@ impl Relayer {
     /// Connects to the next server, says who it is, waits for its `PONG`, and subscribes
     /// to the call answers and every watched user.
     async fn open(&mut self, attempts: u32) -> io::Result<TcpStream> {
-        let server = &self.servers[attempts as usize % self.servers.len()];
+        let (server, credentials) = &self.servers[attempts as usize % self.servers.len()];
         let timeout = |e| io::Error::new(io::ErrorKind::TimedOut, e);
         let mut stream = tokio::time::timeout(CONNECT_WAIT, TcpStream::connect(server))
             .await
             .map_err(timeout)??;
         stream.set_nodelay(true)?;
         let mut hello = BytesMut::new();
-        wire::connect(&mut hello, &self.name);
+        wire::connect(&mut hello, &self.name, credentials);
         wire::subscribe(&mut hello, &format!("{}*", self.inbox), INBOX_SID);
         wire::subscribe(&mut hello, STATS_SUBJECT, STATS_SID);
         wire::subscribe(&mut hello, BROADCAST_SUBJECT, BROADCAST_SID);
@@ -386,7 +391,11 @@ impl Relayer {
                 while let Some(op) = wire::next_op(&mut inbuf).map_err(io::Error::other)? {
                     match op {
                         Op::Pong => return Ok(()),
-                        Op::Err(e) => return Err(io::Error::other(e)),
+                        Op::Err(e) => {
+                            // Refused (a wrong user, password or token): said at each try.
+                            warn!(%server, "cluster: NATS refused the relay: {e}");
+                            return Err(io::Error::other(e));
+                        }
                         _ => {}
                     }
                 }

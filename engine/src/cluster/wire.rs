@@ -140,8 +140,8 @@ fn status_of(headers: &[u8]) -> Option<u16> {
 
 /// `CONNECT {…}` and a `PING` whose `PONG` says the server took it. `echo` off: what this
 /// connection publishes never comes back to it.
-pub(super) fn connect(out: &mut BytesMut, name: &str) {
-    let options = serde_json::json!({
+pub(super) fn connect(out: &mut BytesMut, name: &str, credentials: &Credentials) {
+    let mut options = serde_json::json!({
         "verbose": false,
         "pedantic": false,
         "lang": "rust",
@@ -152,9 +152,76 @@ pub(super) fn connect(out: &mut BytesMut, name: &str) {
         "echo": false,
         "name": name,
     });
+    match credentials {
+        Credentials::None => {}
+        Credentials::UserPassword(user, pass) => {
+            options["user"] = user.as_str().into();
+            options["pass"] = pass.as_str().into();
+        }
+        Credentials::Token(token) => options["auth_token"] = token.as_str().into(),
+    }
     out.put_slice(b"CONNECT ");
     out.put_slice(options.to_string().as_bytes());
     out.put_slice(b"\r\nPING\r\n");
+}
+
+/// How a connection proves who it is to NATS, as its URL says: `nats://user:pass@host`
+/// or `nats://token@host` (percent-encoded where needed), as NATS clients read them.
+#[derive(Clone, PartialEq, Eq)]
+pub(super) enum Credentials {
+    /// None in the URL.
+    None,
+    /// A user and its password.
+    UserPassword(String, String),
+    /// A token.
+    Token(String),
+}
+
+impl std::fmt::Debug for Credentials {
+    /// Never the secret itself, so that it stays out of logs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Credentials::None => f.write_str("None"),
+            Credentials::UserPassword(user, _) => write!(f, "UserPassword({user}, ***)"),
+            Credentials::Token(_) => f.write_str("Token(***)"),
+        }
+    }
+}
+
+impl Credentials {
+    /// The credentials in `server`'s URL.
+    pub(super) fn of(server: &async_nats::ServerAddr) -> Credentials {
+        match (server.username(), server.password()) {
+            (Some(user), Some(pass)) => {
+                Credentials::UserPassword(percent_decoded(user), percent_decoded(pass))
+            }
+            (Some(token), None) => Credentials::Token(percent_decoded(token)),
+            _ => Credentials::None,
+        }
+    }
+}
+
+/// `text` with its `%XX` escapes decoded (a bad one stays as it is).
+fn percent_decoded(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok());
+        match (bytes[i], hex.and_then(|h| u8::from_str_radix(h, 16).ok())) {
+            (b'%', Some(byte)) => {
+                decoded.push(byte);
+                i += 3;
+            }
+            (byte, _) => {
+                decoded.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&decoded).into_owned()
 }
 
 /// `SUB <subject> <sid>`.
@@ -340,10 +407,33 @@ mod tests {
             b"SUB chat.live.bob 3\r\nUNSUB 3\r\nPUB chat.live.bob _INBOX.a.1 2\r\nhi\r\nPUB x 0\r\n\r\nPONG\r\nPING\r\n"
         );
         let mut hello = BytesMut::new();
-        connect(&mut hello, "n");
+        connect(&mut hello, "n", &Credentials::None);
         assert!(hello.starts_with(b"CONNECT {") && hello.ends_with(b"}\r\nPING\r\n"));
         assert!(std::str::from_utf8(&hello)
             .unwrap()
             .contains("\"echo\":false"));
+    }
+
+    #[test]
+    fn credentials_come_from_the_url_decoded_and_never_show_in_debug() {
+        let of = |url: &str| Credentials::of(&url.parse().unwrap());
+        assert_eq!(of("nats://127.0.0.1:4222"), Credentials::None);
+        assert_eq!(
+            of("nats://chat:s%40cret@127.0.0.1:4222"),
+            Credentials::UserPassword("chat".into(), "s@cret".into())
+        );
+        assert_eq!(of("nats://t0ken@h:1"), Credentials::Token("t0ken".into()));
+        assert_eq!(
+            format!("{:?}", of("nats://chat:pw@h:1")),
+            "UserPassword(chat, ***)"
+        );
+        let mut out = BytesMut::new();
+        connect(&mut out, "n", &of("nats://chat:pw@h:1"));
+        let text = String::from_utf8_lossy(&out);
+        assert!(
+            text.contains(r#""pass":"pw""#) && text.contains(r#""user":"chat""#),
+            "{text}"
+        );
+        assert_eq!(percent_decoded("a%2"), "a%2");
     }
 }

@@ -43,6 +43,11 @@ impl Nats {
         Self::start_with(port, Vec::new())
     }
 
+    /// Starts one on a free port with more flags (`--user`, `--pass`, …).
+    pub fn start_with_flags(flags: &[&str]) -> Result<Nats, String> {
+        Self::start_with(free_port(), flags.iter().map(|f| f.to_string()).collect())
+    }
+
     /// Starts `size` servers as one NATS cluster with JetStream (each knows the others'
     /// routes), and waits until each takes connections.
     pub fn start_cluster(size: usize) -> Result<Vec<Nats>, String> {
