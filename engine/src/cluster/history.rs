@@ -140,7 +140,7 @@ struct AmendCheck {
 
 /// A request on its way to JetStream.
 enum Pending {
-    /// The creation of stream `n` of [`Stream`]s' order.
+    /// The creation of stream `n` (the conversations, then the index).
     Setup(usize),
     /// A message's create-only index write: its entry follows if it is new.
     Index(Box<Keep>),

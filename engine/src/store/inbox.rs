@@ -31,7 +31,7 @@ use crate::protocol::{codes::OutKind, Priority};
 const HEADER_BYTES: usize = 11;
 /// Flags bit 0: the sender wants a `delivery_receipt` once a device acknowledges it.
 const RECEIPT_FLAG: u8 = 1;
-/// Flags bit 1: the body is a post number in [`POSTS`].
+/// Flags bit 1: the body is a post number in [`super::schema::POSTS`].
 pub(super) const POST_FLAG: u8 = 2;
 
 /// One inbox event as read back.
