@@ -16,12 +16,15 @@
 //!   the next one reads every message in between): changes met on the way apply to the
 //!   message they name when it is reached.
 //! - Bucket `chat_received` indexes each message by its receiver and id: its value is the
-//!   sender. It finds the sender of a `read_receipt` without `senderId`, lets an edit
-//!   check who sent the message, and recognises a retry after JetStream's 2-minute
-//!   duplicate window: a message is indexed with a create-only write first, and kept in
-//!   its conversation only if the create succeeds (or the key names another sender).
-//! - Writes a cut from NATS interrupts are sent again once the streams are back; a change
-//!   asked for meanwhile fails (`cluster_unavailable`).
+//!   sender and the inbox `seq`. It finds the sender of a `read_receipt` without
+//!   `senderId`, lets an edit check who sent the message, and recognises a retry after
+//!   JetStream's 2-minute duplicate window: a message is indexed with a create-only write
+//!   first, and kept in its conversation only if the create succeeds, or the key names
+//!   another sender, or this very message (its first answer was lost). Meanwhile its
+//!   entry waits in its conversation's queue, so entries keep their order.
+//! - Writes that a cut from NATS, a timeout or an unavailable JetStream interrupts go
+//!   again (after 0.5 s, or once the streams are back); a page or a change asked for
+//!   meanwhile fails (`cluster_unavailable`).
 
 use std::{collections::VecDeque, sync::Arc, time::Duration};
 
