@@ -37,6 +37,7 @@ use tracing::{debug, info, warn};
 use super::{
     inboxes::{KeptChat, StreamSettings},
     relay::{from_subject_token, key_token, subject_token},
+    requests::{self, direct_get, Requests},
     wire,
 };
 use crate::store::{
@@ -57,8 +58,6 @@ const PREV_HEADER: &str = "Chat-Prev";
 const ENTRY_HEADER: &str = "Chat-Entry";
 /// How long JetStream keeps a message id to recognise a retry.
 const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
-/// A request JetStream has not answered in this long failed.
-const REQUEST_WAIT: Duration = Duration::from_secs(5);
 /// Entries waiting to be appended, over every conversation: past it a message's entry
 /// is dropped (and counted as a persistence failure) rather than held without bound.
 const WAITING_MAX: usize = 65_536;
@@ -167,15 +166,13 @@ enum Pending {
 
 /// The history's side of the relay's connection.
 pub(super) struct History {
-    /// `<inbox>k`: where JetStream's answers come, with the request's number after it.
-    reply_prefix: String,
     streams: StreamSettings,
     /// The streams are known on this connection.
     ready: bool,
     /// Commands that came before the streams were known.
     held: Vec<Command>,
-    next: u64,
-    pending: HashMap<u64, (Pending, Instant)>,
+    /// Requests under way (answers to `<inbox>k<number>`).
+    requests: Requests<Pending>,
     tails: HashMap<String, Tail>,
     /// Messages waiting to be indexed (while the streams are not known, or until
     /// `index_paused_until` after JetStream was unavailable).
@@ -195,12 +192,10 @@ impl History {
     /// streams made with `streams` (kept `--retention-days`), counted in `stats`.
     pub(super) fn new(inbox: &str, streams: StreamSettings, stats: Arc<StoreStats>) -> History {
         History {
-            reply_prefix: format!("{inbox}k"),
+            requests: Requests::new(inbox, 'k'),
             streams,
             ready: false,
             held: Vec::new(),
-            next: 0,
-            pending: HashMap::new(),
             tails: HashMap::new(),
             to_index: Vec::new(),
             index_paused_until: None,
@@ -229,7 +224,7 @@ impl History {
     pub(super) fn disconnected(&mut self) -> Vec<(usize, Reply)> {
         self.ready = false;
         let mut replies = Vec::new();
-        let pending: Vec<Pending> = self.pending.drain().map(|(_, (p, _))| p).collect();
+        let pending = self.requests.drain();
         for pending in pending {
             self.fail(pending, &mut replies);
         }
@@ -295,9 +290,9 @@ impl History {
     /// Asks for the streams again if their last set-up failed.
     fn ask_set_up(&mut self, out: &mut bytes::BytesMut) {
         let setting_up = self
-            .pending
-            .values()
-            .any(|(p, _)| matches!(p, Pending::Setup(_)));
+            .requests
+            .iter()
+            .any(|(_, p)| matches!(p, Pending::Setup(_)));
         if !setting_up {
             self.set_up(0, out);
         }
@@ -376,10 +371,7 @@ impl History {
         out: &mut bytes::BytesMut,
     ) -> Vec<(usize, Reply)> {
         let mut replies = Vec::new();
-        let id = std::str::from_utf8(id)
-            .ok()
-            .and_then(|n| n.parse::<u64>().ok());
-        let Some((pending, _)) = id.and_then(|id| self.pending.remove(&id)) else {
+        let Some(pending) = self.requests.answered(id) else {
             return replies;
         };
         let answer: Value = serde_json::from_slice(payload).unwrap_or_default();
@@ -509,7 +501,7 @@ impl History {
         replies
     }
 
-    /// Fails the requests JetStream did not answer within [`REQUEST_WAIT`], and sends
+    /// Fails the requests JetStream did not answer within [`requests::REQUEST_WAIT`], and sends
     /// again what waited (`connected`: the relay is).
     pub(super) fn expire(
         &mut self,
@@ -517,27 +509,19 @@ impl History {
         connected: bool,
         out: &mut bytes::BytesMut,
     ) -> Vec<(usize, Reply)> {
-        let late: Vec<u64> = self
-            .pending
-            .iter()
-            .filter(|(_, (_, until))| *until <= now)
-            .map(|(id, _)| *id)
-            .collect();
         let mut replies = Vec::new();
-        for id in late {
-            if let Some((pending, _)) = self.pending.remove(&id) {
-                if matches!(pending, Pending::Setup(_)) {
-                    warn!("cluster: JetStream did not answer the history streams' set-up");
-                    self.setup_again_at = Some(now + SETUP_AGAIN_AFTER);
-                }
-                let subject = match &pending {
-                    Pending::Append { subject, .. } => Some(subject.clone()),
-                    _ => None,
-                };
-                self.fail(pending, &mut replies);
-                if let Some(subject) = subject {
-                    self.append_next(&subject, out);
-                }
+        for pending in self.requests.late(now) {
+            if matches!(pending, Pending::Setup(_)) {
+                warn!("cluster: JetStream did not answer the history streams' set-up");
+                self.setup_again_at = Some(now + SETUP_AGAIN_AFTER);
+            }
+            let subject = match &pending {
+                Pending::Append { subject, .. } => Some(subject.clone()),
+                _ => None,
+            };
+            self.fail(pending, &mut replies);
+            if let Some(subject) = subject {
+                self.append_next(&subject, out);
             }
         }
         self.resume(now, connected, out);
@@ -639,21 +623,12 @@ impl History {
 
     /// Writes a message's index key, create-only: its entry follows if it is new.
     fn index(&mut self, keep: Keep, out: &mut bytes::BytesMut) {
-        let id = self.take_id();
-        let reply = format!("{}{id}", self.reply_prefix);
         let value = keep.value.clone();
         let headers = [("Nats-Expected-Last-Subject-Sequence", "0")];
         let subject_of_key = format!("$KV.{INDEX_BUCKET}.{}", keep.key);
-        wire::publish_with_headers(
-            out,
-            subject_of_key.as_bytes(),
-            &reply,
-            &headers,
-            value.as_bytes(),
-        );
         let pending = Pending::Index(Box::new(keep));
-        self.pending
-            .insert(id, (pending, Instant::now() + REQUEST_WAIT));
+        let to = (subject_of_key.as_str(), &headers[..]);
+        self.requests.send(out, to, value.as_bytes(), pending);
     }
 
     /// Puts `entry` behind the conversation's others.
@@ -720,24 +695,24 @@ impl History {
         if matches!(entry.then, Then::Recorded) {
             self.waiting -= 1;
         }
-        let id = self.take_id();
-        let reply = format!("{}{id}", self.reply_prefix);
-        let last = last.to_string();
+        // The entry waits on the answer; what goes out is borrowed from copies (the
+        // payload's is a reference count).
+        let (last, what, msg_id) = (last.to_string(), entry.what.clone(), entry.msg_id.clone());
+        let payload = entry.payload.clone();
         let mut headers = vec![
             ("Nats-Expected-Last-Subject-Sequence", last.as_str()),
             (PREV_HEADER, last.as_str()),
-            (ENTRY_HEADER, entry.what.as_str()),
+            (ENTRY_HEADER, what.as_str()),
         ];
-        if let Some(msg_id) = &entry.msg_id {
+        if let Some(msg_id) = &msg_id {
             headers.push(("Nats-Msg-Id", msg_id.as_str()));
         }
-        wire::publish_with_headers(out, subject.as_bytes(), &reply, &headers, &entry.payload);
         let pending = Pending::Append {
             subject: subject.to_owned(),
             entry,
         };
-        self.pending
-            .insert(id, (pending, Instant::now() + REQUEST_WAIT));
+        self.requests
+            .send(out, (subject, &headers), &payload, pending);
     }
 
     /// An entry is appended: a message is counted, a change's asker hears.
@@ -937,18 +912,9 @@ impl History {
         replies.push(amended(amend, false, None));
     }
 
-    fn take_id(&mut self) -> u64 {
-        self.next += 1;
-        self.next
-    }
-
-    /// Sends a request whose answer comes to `<inbox>k<id>`.
+    /// Sends a request without headers.
     fn request(&mut self, out: &mut bytes::BytesMut, subject: &str, body: &[u8], pending: Pending) {
-        let id = self.take_id();
-        let reply = format!("{}{id}", self.reply_prefix);
-        wire::publish(out, subject.as_bytes(), Some(&reply), body);
-        self.pending
-            .insert(id, (pending, Instant::now() + REQUEST_WAIT));
+        self.requests.send(out, (subject, &[]), body, pending);
     }
 }
 
@@ -1038,10 +1004,6 @@ fn parse_index(payload: &[u8]) -> Option<Box<str>> {
     from_subject_token(value.split(' ').next()?)
 }
 
-fn direct_get(stream: &str) -> String {
-    format!("$JS.API.DIRECT.GET.{stream}")
-}
-
 /// Whether JetStream refused for now only: no responders, or unavailable (no quorum, a
 /// leader being elected), as while a server of a NATS cluster is down.
 fn unavailable(status: Option<u16>, answer: &Value) -> bool {
@@ -1058,14 +1020,9 @@ fn wrong_last_sequence(answer: &Value) -> Option<u64> {
     description.rsplit(' ').next()?.parse().ok()
 }
 
+/// What went wrong, for a log line.
 fn api_error(status: Option<u16>, answer: &Value) -> String {
-    match status {
-        Some(status) => format!("status {status}"),
-        None => answer["error"]["description"]
-            .as_str()
-            .unwrap_or("no answer")
-            .to_owned(),
-    }
+    requests::api_error(status, answer).unwrap_or_else(|| "no answer".into())
 }
 
 /// The page for its asker.

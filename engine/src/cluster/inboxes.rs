@@ -24,7 +24,7 @@
 //!   the record's `seq` on; a resume from below what was removed is `resumed:false`. An
 //!   ack above the last `seq` is refused, as on one node.
 //!
-//! Each request waits at most [`REQUEST_WAIT`]; while NATS is out of reach, or while
+//! Each request waits at most [`requests::REQUEST_WAIT`]; while NATS is out of reach, or while
 //! [`IN_FLIGHT_MAX`] requests wait on it, every command fails at once with
 //! [`Failure::Unreachable`] (`cluster_unavailable` for a sender).
 
@@ -39,6 +39,7 @@ use tracing::{debug, info, warn};
 use super::{
     acks::{self, AckRecord, ACK_STREAM},
     relay::{from_key_token, from_subject_token, key_token, subject_token},
+    requests::{self, direct_get, Requests},
     seen::{Continuity, Receipt, Seen},
     wire,
 };
@@ -58,8 +59,6 @@ const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 /// Requests in flight at most: past it an inbox command fails at once (a sender hears
 /// `cluster_unavailable`) rather than queueing without bound behind a slow JetStream.
 const IN_FLIGHT_MAX: usize = 65_536;
-/// A request JetStream has not answered in this long failed.
-const REQUEST_WAIT: Duration = Duration::from_secs(5);
 /// The header of an event whose sender waits for a `delivery_receipt`: the sender and
 /// the message id, each as a subject token ([`subject_token`]), separated by a space.
 const RECEIPT_HEADER: &str = "Chat-Receipt";
@@ -270,15 +269,13 @@ impl Read {
 
 /// The inboxes' side of the relay's connection.
 pub(super) struct Inboxes {
-    /// `<inbox>j`: where JetStream's answers come, with the request's number after it.
-    reply_prefix: String,
     limits: StreamSettings,
     /// The stream's creation time, once known on this connection.
     epoch: Option<Box<str>>,
     /// Commands that came before the stream was known.
     held: Vec<Command>,
-    next: u64,
-    pending: HashMap<u64, (Pending, Instant)>,
+    /// Requests under way (answers to `<inbox>j<number>`).
+    requests: Requests<Pending>,
     shares: HashMap<u64, ShareWait>,
     /// Retries waiting for the appends sent before them: `(first request after, retry)`.
     confirms: Vec<(u64, Confirm)>,
@@ -296,12 +293,10 @@ impl Inboxes {
     /// The inboxes of a relay whose answers come to `inbox` (`_INBOX.<random>.`).
     pub(super) fn new(inbox: &str, limits: StreamSettings) -> Inboxes {
         Inboxes {
-            reply_prefix: format!("{inbox}j"),
+            requests: Requests::new(inbox, 'j'),
             limits,
             epoch: None,
             held: Vec::new(),
-            next: 0,
-            pending: HashMap::new(),
             shares: HashMap::new(),
             confirms: Vec::new(),
             acking: HashMap::new(),
@@ -360,7 +355,7 @@ impl Inboxes {
         let subject = inbox_subject(&fill.user);
         let body = serde_json::json!({"seq": fill.next, "next_by_subj": subject}).to_string();
         let pending = Pending::Fill(Box::new(fill));
-        self.request(out, direct_get(STREAM).as_bytes(), body.as_bytes(), pending);
+        self.request(out, &direct_get(STREAM), body.as_bytes(), pending);
     }
 
     /// A gap is read (as far as it could be): its events join what was seen, in order.
@@ -396,12 +391,7 @@ impl Inboxes {
             "num_replicas": self.limits.replicas,
         });
         let subject = format!("$JS.API.STREAM.CREATE.{STREAM}");
-        self.request(
-            out,
-            subject.as_bytes(),
-            config.to_string().as_bytes(),
-            Pending::Setup,
-        );
+        self.request(out, &subject, config.to_string().as_bytes(), Pending::Setup);
     }
 
     /// The events one user's subject holds at most: the unacknowledged ones up to
@@ -424,7 +414,7 @@ impl Inboxes {
         // What was seen stays: a gap while away shows at the next live event.
         self.epoch = None;
         let mut replies = Vec::new();
-        let pending: Vec<Pending> = self.pending.drain().map(|(_, (p, _))| p).collect();
+        let pending = self.requests.drain();
         for pending in pending {
             self.fail(pending, Failure::Unreachable, &mut replies);
         }
@@ -443,15 +433,15 @@ impl Inboxes {
         out: &mut BytesMut,
     ) -> Replies {
         let mut replies = Vec::new();
-        let overloaded = self.pending.len() + self.held.len() >= IN_FLIGHT_MAX;
+        let overloaded = self.requests.len() + self.held.len() >= IN_FLIGHT_MAX;
         if !connected || overloaded {
             fail_command(command, Failure::Unreachable, &mut replies);
         } else if self.epoch.is_none() {
             // The stream is being set up, or its last set-up failed: ask again.
             let setting_up = self
-                .pending
-                .values()
-                .any(|(p, _)| matches!(p, Pending::Setup | Pending::SetupAcks { .. }));
+                .requests
+                .iter()
+                .any(|(_, p)| matches!(p, Pending::Setup | Pending::SetupAcks { .. }));
             if !setting_up {
                 self.connected(out);
             }
@@ -468,7 +458,8 @@ impl Inboxes {
             Command::AppendShare(share) => self.append_share(*share, out, replies),
             Command::Confirm(confirm) => {
                 // Every request sent so far has an id up to `next`.
-                self.confirms.push((self.next + 1, *confirm));
+                self.confirms
+                    .push((self.requests.last_number() + 1, *confirm));
                 self.answer_confirms(replies);
             }
             Command::ReadInbox { user, device, from } => self.read_inbox(user, device, from, out),
@@ -499,7 +490,7 @@ impl Inboxes {
                     device,
                     home,
                 };
-                self.request(out, direct_get(STREAM).as_bytes(), &body, check);
+                self.request(out, &direct_get(STREAM), &body, check);
             }
             Command::Membership {
                 ref group,
@@ -509,17 +500,12 @@ impl Inboxes {
             } => {
                 let key = member_key(group, user);
                 let subject = format!("$KV.{GROUP_BUCKET}.{key}");
-                let id = self.take_id();
-                let reply = format!("{}{id}", self.reply_prefix);
-                if joined {
-                    wire::publish(out, subject.as_bytes(), Some(&reply), b"1");
-                } else {
-                    let headers = [("KV-Operation", "DEL")];
-                    wire::publish_with_headers(out, subject.as_bytes(), &reply, &headers, b"");
-                }
+                let (headers, value): (&[(&str, &str)], &[u8]) = match joined {
+                    true => (&[], b"1"),
+                    false => (&[("KV-Operation", "DEL")], b""),
+                };
                 let pending = Pending::Membership(Box::new(command));
-                self.pending
-                    .insert(id, (pending, Instant::now() + REQUEST_WAIT));
+                self.requests.send(out, (&subject, headers), value, pending);
             }
             // Never sent in a cluster: a relaying home does not number events.
             Command::OpenInbox { .. } => {}
@@ -529,22 +515,21 @@ impl Inboxes {
 
     /// Publishes one event to its user's subject.
     fn append(&mut self, append: Append, out: &mut BytesMut) {
-        let id = self.take_id();
         let payload = encode_event(append.event.kind, append.event.priority, &append.event.json);
         let subject = inbox_subject(&append.user);
-        let reply = format!("{}{id}", self.reply_prefix);
-        match &append.chat {
+        let (msg_id, receipt) = match &append.chat {
             Some(chat) => {
                 let (sender, id) = (subject_token(&chat.sender), subject_token(&chat.message_id));
-                let msg_id = format!("{sender}.{id}");
-                let receipt = format!("{sender} {id}");
-                let mut headers = vec![("Nats-Msg-Id", msg_id.as_str())];
-                if append.receipt {
-                    headers.push((RECEIPT_HEADER, receipt.as_str()));
-                }
-                wire::publish_with_headers(out, subject.as_bytes(), &reply, &headers, &payload);
+                (format!("{sender}.{id}"), format!("{sender} {id}"))
             }
-            None => wire::publish(out, subject.as_bytes(), Some(&reply), &payload),
+            None => Default::default(),
+        };
+        let mut headers = Vec::with_capacity(2);
+        if append.chat.is_some() {
+            headers.push(("Nats-Msg-Id", msg_id.as_str()));
+            if append.receipt {
+                headers.push((RECEIPT_HEADER, receipt.as_str()));
+            }
         }
         let chat = append.chat.map(|chat| {
             let kept = KeptChat {
@@ -560,8 +545,8 @@ impl Inboxes {
             dedup: append.dedup,
             chat,
         };
-        self.pending
-            .insert(id, (pending, Instant::now() + REQUEST_WAIT));
+        self.requests
+            .send(out, (&subject, &headers), &payload, pending);
     }
 
     /// Publishes one event per row; the waiting reactor hears the counts after the last.
@@ -570,17 +555,13 @@ impl Inboxes {
             replies.push(answers::fan_out_counts(&share, 0, 0, false));
             return;
         }
-        let share_id = self.take_id();
+        let share_id = self.requests.take_number();
         for row in &share.rows {
             let json = row.json.as_ref().unwrap_or(&share.json);
             let payload = encode_event(share.kind, share.priority, json);
-            let id = self.take_id();
-            let reply = format!("{}{id}", self.reply_prefix);
             let subject = inbox_subject(&row.user);
-            wire::publish(out, subject.as_bytes(), Some(&reply), &payload);
             let pending = Pending::Row { share: share_id };
-            self.pending
-                .insert(id, (pending, Instant::now() + REQUEST_WAIT));
+            self.requests.send(out, (&subject, &[]), &payload, pending);
         }
         let wait = ShareWait {
             purpose: share.purpose,
@@ -640,7 +621,7 @@ impl Inboxes {
         };
         self.request(
             out,
-            direct_get(stream).as_bytes(),
+            &direct_get(stream),
             &body,
             Pending::Read(Box::new(read)),
         );
@@ -656,10 +637,7 @@ impl Inboxes {
         out: &mut BytesMut,
     ) -> Replies {
         let mut replies = Vec::new();
-        let id = std::str::from_utf8(id)
-            .ok()
-            .and_then(|n| n.parse::<u64>().ok());
-        let Some((pending, _)) = id.and_then(|id| self.pending.remove(&id)) else {
+        let Some(pending) = self.requests.answered(id) else {
             return replies;
         };
         match pending {
@@ -847,7 +825,7 @@ impl Inboxes {
     fn fetch_record(&mut self, scan: AckScan, out: &mut BytesMut) {
         let body = record_of(&scan.user);
         let pending = Pending::AckFetch(Box::new(scan));
-        self.request(out, direct_get(ACK_STREAM).as_bytes(), &body, pending);
+        self.request(out, &direct_get(ACK_STREAM), &body, pending);
     }
 
     /// Takes the events an ack covers from what was seen live if it can, else from the
@@ -868,21 +846,18 @@ impl Inboxes {
         if scan.next > scan.upto {
             scan.record.acked = scan.upto;
             let subject = acks::record_subject(&scan.user);
-            let id = self.take_id();
-            let reply = format!("{}{id}", self.reply_prefix);
             let revision = scan.revision.to_string();
             let headers = [("Nats-Expected-Last-Subject-Sequence", revision.as_str())];
             let value = scan.record.encode();
-            wire::publish_with_headers(out, subject.as_bytes(), &reply, &headers, value.as_bytes());
             let pending = Pending::AckWrite(Box::new(scan));
-            self.pending
-                .insert(id, (pending, Instant::now() + REQUEST_WAIT));
-            return;
+            return self
+                .requests
+                .send(out, (&subject, &headers), value.as_bytes(), pending);
         }
         let subject = inbox_subject(&scan.user);
         let body = serde_json::json!({"seq": scan.next, "next_by_subj": subject}).to_string();
         let pending = Pending::AckScan(Box::new(scan));
-        self.request(out, direct_get(STREAM).as_bytes(), body.as_bytes(), pending);
+        self.request(out, &direct_get(STREAM), body.as_bytes(), pending);
     }
 
     /// The record is stored at `revision`: the senders waiting on a receipt hear of it,
@@ -902,12 +877,7 @@ impl Inboxes {
                 "seq": scan.record.gone + 1,
             });
             let subject = format!("$JS.API.STREAM.PURGE.{STREAM}");
-            self.request(
-                out,
-                subject.as_bytes(),
-                body.to_string().as_bytes(),
-                Pending::Purge,
-            );
+            self.request(out, &subject, body.to_string().as_bytes(), Pending::Purge);
         }
         if !scan.receipts.is_empty() {
             let receipts = std::mem::take(&mut scan.receipts);
@@ -934,25 +904,17 @@ impl Inboxes {
         }
     }
 
-    /// Fails the requests JetStream did not answer within [`REQUEST_WAIT`].
+    /// Fails the requests JetStream did not answer within [`requests::REQUEST_WAIT`].
     pub(super) fn expire(&mut self, now: Instant) -> Replies {
-        let late: Vec<u64> = self
-            .pending
-            .iter()
-            .filter(|(_, (_, until))| *until <= now)
-            .map(|(id, _)| *id)
-            .collect();
         let mut replies = Vec::new();
-        for id in late {
-            if let Some((pending, _)) = self.pending.remove(&id) {
-                if matches!(pending, Pending::Setup | Pending::SetupAcks { .. }) {
-                    warn!("cluster: JetStream did not answer the inbox streams' set-up");
-                    for command in std::mem::take(&mut self.held) {
-                        fail_command(command, Failure::Unreachable, &mut replies);
-                    }
+        for pending in self.requests.late(now) {
+            if matches!(pending, Pending::Setup | Pending::SetupAcks { .. }) {
+                warn!("cluster: JetStream did not answer the inbox streams' set-up");
+                for command in std::mem::take(&mut self.held) {
+                    fail_command(command, Failure::Unreachable, &mut replies);
                 }
-                self.fail(pending, Failure::Unreachable, &mut replies);
             }
+            self.fail(pending, Failure::Unreachable, &mut replies);
         }
         self.answer_confirms(&mut replies);
         replies
@@ -973,7 +935,7 @@ impl Inboxes {
             // Another node made it with other limits: use it as it is.
             warn!("cluster: stream {STREAM} exists with another configuration; using it as it is");
             let subject = format!("$JS.API.STREAM.INFO.{STREAM}");
-            return self.request(out, subject.as_bytes(), b"", Pending::Setup);
+            return self.request(out, &subject, b"", Pending::Setup);
         }
         let created = answer["created"].as_str();
         let Some(created) = created.filter(|_| status.is_none()) else {
@@ -984,7 +946,7 @@ impl Inboxes {
         let pending = Pending::SetupAcks {
             epoch: created.into(),
         };
-        self.request(out, subject.as_bytes(), config.as_bytes(), pending);
+        self.request(out, &subject, config.as_bytes(), pending);
     }
 
     /// The stream of the acknowledgement records exists (made now, or already, with this
@@ -1149,10 +1111,10 @@ impl Inboxes {
             return;
         }
         let oldest = self
-            .pending
+            .requests
             .iter()
-            .filter(|(_, (p, _))| matches!(p, Pending::Append { .. } | Pending::Row { .. }))
-            .map(|(id, _)| *id)
+            .filter(|(_, p)| matches!(p, Pending::Append { .. } | Pending::Row { .. }))
+            .map(|(id, _)| id)
             .min()
             .unwrap_or(u64::MAX);
         let (due, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.confirms)
@@ -1205,18 +1167,9 @@ impl Inboxes {
         }
     }
 
-    fn take_id(&mut self) -> u64 {
-        self.next += 1;
-        self.next
-    }
-
-    /// Sends a request whose answer comes to `<inbox>j<id>`.
-    fn request(&mut self, out: &mut BytesMut, subject: &[u8], body: &[u8], pending: Pending) {
-        let id = self.take_id();
-        let reply = format!("{}{id}", self.reply_prefix);
-        wire::publish(out, subject, Some(&reply), body);
-        self.pending
-            .insert(id, (pending, Instant::now() + REQUEST_WAIT));
+    /// Sends a request without headers.
+    fn request(&mut self, out: &mut BytesMut, subject: &str, body: &[u8], pending: Pending) {
+        self.requests.send(out, (subject, &[]), body, pending);
     }
 }
 
@@ -1312,24 +1265,10 @@ fn publish_outcome(status: Option<u16>, payload: &Bytes, ack: Option<&AckTo>) ->
     Outcome::Failed(Failure::Refused)
 }
 
-/// The error of a JetStream API answer, if it is one.
+/// The error of a JetStream answer (`payload`, JSON), if it is one.
 fn api_error(status: Option<u16>, payload: &Bytes) -> Option<String> {
-    if let Some(status) = status {
-        return Some(format!("status {status}"));
-    }
-    let answer: Value = serde_json::from_slice(payload).ok()?;
-    let error = answer.get("error")?;
-    Some(
-        error["description"]
-            .as_str()
-            .unwrap_or("an error")
-            .to_owned(),
-    )
-}
-
-/// The direct-get subject of `stream`.
-fn direct_get(stream: &str) -> String {
-    format!("$JS.API.DIRECT.GET.{stream}")
+    let answer: Value = serde_json::from_slice(payload).unwrap_or_default();
+    requests::api_error(status, &answer)
 }
 
 /// A direct get of `user`'s acknowledgement record.
@@ -1511,7 +1450,7 @@ mod tests {
             text.contains(r#"{"next_by_subj":"chat.inbox.bob","seq":4}"#),
             "{text}"
         );
-        let replies = inboxes.expire(Instant::now() + REQUEST_WAIT);
+        let replies = inboxes.expire(Instant::now() + requests::REQUEST_WAIT);
         assert!(matches!(
             replies[..],
             [(

@@ -16,6 +16,7 @@
 //!   `history`: the conversations and the message index there, likewise; `acks`:
 //!   how far each user's devices acknowledged, and which acknowledged events stay;
 //!   `seen`: the inbox events seen live, which an ack takes without reading the stream;
+//!   `requests`: their requests to JetStream and what waits on each answer;
 //! - `totals`: every node's `/api/stats` figures summed.
 
 mod acks;
@@ -26,6 +27,7 @@ mod node;
 mod presence;
 pub mod relay;
 mod relayer;
+mod requests;
 mod seen;
 mod totals;
 mod wire;
