@@ -93,6 +93,80 @@ fn a_queue_written_offline_is_drained_on_another_node_and_an_api_send_joins_it()
 }
 
 #[test]
+fn a_retry_after_jetstreams_duplicate_window_is_acknowledged_and_not_delivered_twice() {
+    with_nats("retry_after_duplicate_window", |nats| {
+        let (a, b) = two_nodes(&nats);
+        let (mut bob, _) = b.login_resuming("bob", "phone", FRESH);
+        let mut alice = a.login("alice", "phone");
+        assert_eq!(alice.send_chat("m-1", "bob", "once")["status"], "queued");
+        let (_, first) = bob.next_message();
+        // JetStream forgets message ids after 100 ms now (2 minutes as the nodes made it).
+        nats.edit_stream("CHAT_INBOX", |config| {
+            config["duplicate_window"] = json!(100_000_000);
+        });
+        common::wait_until("the message is indexed", || {
+            let info = nats.request("$JS.API.STREAM.INFO.KV_chat_received", &Value::Null);
+            info["state"]["messages"].as_u64() >= Some(1)
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        // Her retry through the other node, whose home never saw the first copy.
+        drop(alice);
+        let mut alice = b.login("alice", "phone");
+        let ack = alice.send_chat("m-1", "bob", "once");
+        assert!(
+            ["sent", "queued"].contains(&ack["status"].as_str().unwrap()),
+            "{ack}"
+        );
+        bob.expect_silence(Duration::from_millis(500));
+        // A new message still goes through.
+        alice.send_chat("m-2", "bob", "next");
+        let (content, seq) = bob.next_message();
+        assert_eq!((content.as_str(), seq > first), ("next", true));
+    });
+}
+
+#[test]
+fn a_resume_from_before_events_that_expired_is_refused() {
+    with_nats("resume_over_expired_events", |nats| {
+        let (a, b) = two_nodes(&nats);
+        let (phone, greeting) = b.login_resuming("bob", "phone", FRESH);
+        let (epoch, start) = position(&greeting);
+        drop(phone);
+        let (mut tablet, _) = b.login_resuming("bob", "tablet", FRESH);
+        let mut alice = a.login("alice", "phone");
+        for id in ["m-1", "m-2"] {
+            alice.send_chat(id, "bob", id);
+        }
+        let seen: Vec<u64> = (0..2).map(|_| tablet.next_message().1).collect();
+        // `--retention-days` passes for the two (JetStream expires them), not for the next.
+        let set_max_age = |nanos: u64| {
+            nats.edit_stream("CHAT_INBOX", |config| {
+                config["max_age"] = json!(nanos);
+                let window = if nanos == 0 { 120_000_000_000 } else { nanos };
+                config["duplicate_window"] = json!(window);
+            });
+        };
+        set_max_age(1_000_000_000);
+        common::wait_until("the two expire", || {
+            let info = nats.request("$JS.API.STREAM.INFO.CHAT_INBOX", &Value::Null);
+            info["state"]["messages"].as_u64() == Some(0)
+        });
+        set_max_age(0);
+        alice.send_chat("m-3", "bob", "m-3");
+        let (_, third) = tablet.next_message();
+        // From before the two: refused, and what no device acknowledged follows.
+        let (mut phone, greeting) = a.login_resuming("bob", "phone", (&epoch, start));
+        assert_eq!(greeting["resumed"], false, "{greeting}");
+        assert_eq!(phone.next_message(), ("m-3".into(), third));
+        phone.expect_silence(Duration::from_millis(300));
+        // From the second: nothing after it expired.
+        let (mut laptop, greeting) = a.login_resuming("bob", "laptop", (&epoch, seen[1]));
+        assert_eq!(greeting["resumed"], true, "{greeting}");
+        assert_eq!(laptop.next_message(), ("m-3".into(), third));
+    });
+}
+
+#[test]
 fn an_ack_above_the_last_seq_is_refused_and_purges_nothing() {
     with_nats("ack_above_last_across_nodes", |nats| {
         let (a, b) = two_nodes(&nats);

@@ -50,7 +50,7 @@ use crate::store::{
 const STREAM: &str = "CHAT_HISTORY";
 /// The key-value bucket of the message index, and its stream.
 const INDEX_BUCKET: &str = "chat_received";
-const INDEX_STREAM: &str = "KV_chat_received";
+pub(super) const INDEX_STREAM: &str = "KV_chat_received";
 /// The header naming a conversation's entry before this one (0: none).
 const PREV_HEADER: &str = "Chat-Prev";
 /// The header saying what an entry is: `m <sender> <message id> <sent at ms>` for a
@@ -204,6 +204,11 @@ impl History {
             entries: 0,
             stats,
         }
+    }
+
+    /// Whether the streams, the message index's among them, are set up.
+    pub(super) fn ready(&self) -> bool {
+        self.ready
     }
 
     /// Whether `command` is one this side carries out.
@@ -987,19 +992,19 @@ fn conversation_subject(a: &str, b: &str) -> String {
 }
 
 /// The index key of message `message_id` received by `receiver`.
-fn index_key(receiver: &str, message_id: &str) -> String {
+pub(super) fn index_key(receiver: &str, message_id: &str) -> String {
     format!("{}.{}", key_token(receiver), key_token(message_id))
 }
 
 /// A direct get of index key `key`'s value.
-fn index_get(key: &str) -> Vec<u8> {
+pub(super) fn index_get(key: &str) -> Vec<u8> {
     serde_json::json!({"last_by_subj": format!("$KV.{INDEX_BUCKET}.{key}")})
         .to_string()
         .into_bytes()
 }
 
 /// The sender an index value (`<sender> <seq>`) names.
-fn parse_index(payload: &[u8]) -> Option<Box<str>> {
+pub(super) fn parse_index(payload: &[u8]) -> Option<Box<str>> {
     let value = std::str::from_utf8(payload).ok()?;
     from_subject_token(value.split(' ').next()?)
 }

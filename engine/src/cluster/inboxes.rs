@@ -8,15 +8,19 @@
 //!   The stream's creation time is the `epoch`.
 //! - An append is a publish with an answer: the sender's `message_ack` follows JetStream's
 //!   ack, so "acknowledged" means stored (and replicated, with replicas). A chat message
-//!   carries `Nats-Msg-Id` (sender and message id), so a retry within the stream's
-//!   duplicate window is not stored twice. A full inbox (`max_msgs_per_subject`, new ones
-//!   refused) is `queue_full`.
+//!   is first looked up in history's message index, so a client's retry is acknowledged
+//!   again and not stored twice for as long as the index keeps it; it also carries
+//!   `Nats-Msg-Id` (sender and message id), so a retry within the stream's duplicate
+//!   window is not stored twice even before history indexed it. A full inbox
+//!   (`max_msgs_per_subject`, new ones refused) is `queue_full`.
 //! - The stream republishes each event to `chat.live.<user>`, with `Nats-Sequence`: the
 //!   nodes holding the user get it there ([`super::relayer`]), this one included, and
 //!   write it with its `seq` to the devices.
 //! - A read is one direct get after another (`next_by_subj`), a page at a time; the first
 //!   page of a read after `auth` starts with the last `seq` (`last_by_subj`) for the
-//!   greeting.
+//!   greeting. A resume from below the last `seq` also gets the stream's first event:
+//!   JetStream expires the oldest first (`--retention-days`), so a resume from below it
+//!   may have missed expired events and is refused.
 //! - An ack moves the user's record in bucket `chat_acks` ([`super::acks`]) up to the
 //!   acknowledged `seq`, after reading the events it takes for a sender waiting on a
 //!   `delivery_receipt`. Acknowledged events stay for the user's other devices, and are
@@ -38,6 +42,7 @@ use tracing::{debug, info, warn};
 
 use super::{
     acks::{self, AckRecord, ACK_STREAM},
+    history,
     relay::{from_key_token, from_subject_token, key_token, subject_token},
     requests::{self, direct_get, Requests},
     seen::{Continuity, Receipt, Seen},
@@ -54,6 +59,8 @@ use crate::{
 
 /// The stream of every user's inbox events.
 const STREAM: &str = "CHAT_INBOX";
+/// Its subjects: `chat.inbox.<user>`.
+const SUBJECTS: &str = "chat.inbox.>";
 /// How long JetStream keeps a message id to recognise a retry.
 const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 /// Requests in flight at most: past it an inbox command fails at once (a sender hears
@@ -90,6 +97,9 @@ enum Pending {
     /// The creation of the stream of the acknowledgement records, once the inbox
     /// stream's creation time (the epoch) is known.
     SetupAcks { epoch: Box<str> },
+    /// A chat message's index entry, looked up before it is appended: a client's retry
+    /// after JetStream's duplicate window is answered, not stored again.
+    RetryCheck(Box<Append>),
     /// One event appended for a sender (or nobody); a chat message goes to history
     /// once kept.
     Append {
@@ -223,6 +233,9 @@ enum ReadStep {
     Record,
     /// The last `seq` (the greeting's).
     Last,
+    /// The stream's first event, any user's: a resume from below it would miss events
+    /// that expired (`--retention-days`).
+    First,
     /// The next event from `next` on.
     Events,
 }
@@ -258,6 +271,17 @@ impl Read {
         }
     }
 
+    /// Settles a resume: from its `seq` on if `resumed`, else from the first event no
+    /// device acknowledged (the start already set).
+    fn resume(&mut self, resumed: bool) {
+        if let (Start::Resume { seq, .. }, true) = (self.start, resumed) {
+            self.next = seq + 1;
+        }
+        if let Some(greeting) = self.greeting() {
+            greeting.resumed = Some(resumed);
+        }
+    }
+
     /// The greeting the first page carries, if it is a device's first page.
     fn greeting(&mut self) -> Option<&mut Greeting> {
         match &mut self.reader {
@@ -287,6 +311,9 @@ pub(super) struct Inboxes {
     filled: Vec<Filled>,
     /// Chat messages kept, for the relay to hand to history.
     kept: Vec<KeptChat>,
+    /// History's message index exists: a chat message is looked up there before it
+    /// is appended ([`Pending::RetryCheck`]).
+    index_ready: bool,
 }
 
 impl Inboxes {
@@ -303,7 +330,15 @@ impl Inboxes {
             seen: Seen::default(),
             filled: Vec::new(),
             kept: Vec::new(),
+            index_ready: false,
         }
+    }
+
+    /// Whether history's message index exists now (set by the relay as history sets its
+    /// streams up or loses them): until it does, a chat message is appended unchecked, and
+    /// only JetStream's duplicate window recognises a retry.
+    pub(super) fn set_index_ready(&mut self, ready: bool) {
+        self.index_ready = ready;
     }
 
     /// Where `user`'s live event `seq` (`headers`: the republish's) stands to what was
@@ -378,7 +413,7 @@ impl Inboxes {
     pub(super) fn connected(&mut self, out: &mut BytesMut) {
         let config = serde_json::json!({
             "name": STREAM,
-            "subjects": ["chat.inbox.>"],
+            "subjects": [SUBJECTS],
             "storage": "file",
             "retention": "limits",
             "max_msgs_per_subject": self.subject_max(),
@@ -387,7 +422,7 @@ impl Inboxes {
             "max_age": self.limits.retention.as_nanos() as u64,
             "duplicate_window": DUPLICATE_WINDOW.as_nanos() as u64,
             "allow_direct": true,
-            "republish": {"src": "chat.inbox.>", "dest": "chat.live.>"},
+            "republish": {"src": SUBJECTS, "dest": "chat.live.>"},
             "num_replicas": self.limits.replicas,
         });
         let subject = format!("$JS.API.STREAM.CREATE.{STREAM}");
@@ -513,8 +548,23 @@ impl Inboxes {
         }
     }
 
-    /// Publishes one event to its user's subject.
+    /// Appends one event; a chat message is first looked up in history's index, which
+    /// recognises a client's retry for as long as the message is kept (JetStream's
+    /// duplicate window, [`DUPLICATE_WINDOW`], only for two minutes).
     fn append(&mut self, append: Append, out: &mut BytesMut) {
+        match &append.chat {
+            Some(chat) if self.index_ready => {
+                let key = history::index_key(&append.user, &chat.message_id);
+                let body = history::index_get(&key);
+                let pending = Pending::RetryCheck(Box::new(append));
+                self.request(out, &direct_get(history::INDEX_STREAM), &body, pending);
+            }
+            _ => self.publish(append, out),
+        }
+    }
+
+    /// Publishes one event to its user's subject.
+    fn publish(&mut self, append: Append, out: &mut BytesMut) {
         let payload = encode_event(append.event.kind, append.event.priority, &append.event.json);
         let subject = inbox_subject(&append.user);
         let (msg_id, receipt) = match &append.chat {
@@ -613,6 +663,10 @@ impl Inboxes {
         let (stream, body) = match read.step {
             ReadStep::Record => (ACK_STREAM, record_of(&read.user)),
             ReadStep::Last => (STREAM, last_by_subject(&read.user)),
+            ReadStep::First => {
+                let body = serde_json::json!({"seq": 1, "next_by_subj": SUBJECTS});
+                (STREAM, body.to_string().into_bytes())
+            }
             ReadStep::Events => {
                 let subject = inbox_subject(&read.user);
                 let body = serde_json::json!({"seq": read.next, "next_by_subj": subject});
@@ -644,6 +698,27 @@ impl Inboxes {
             Pending::Setup => self.set_up(status, payload, out, &mut replies),
             Pending::SetupAcks { epoch } => {
                 self.set_up_acks(epoch, status, payload, out, &mut replies)
+            }
+            Pending::RetryCheck(append) => {
+                let sender = append.chat.as_ref().map(|chat| &*chat.sender);
+                let held = status.is_none() && history::parse_index(payload).as_deref() == sender;
+                if held {
+                    // The first copy is kept: acknowledged again, not stored twice.
+                    debug!("cluster: a retry after the duplicate window, not stored twice");
+                    let delivered = append.ack.as_ref().is_some_and(|a| a.delivered);
+                    let outcome = Outcome::Kept { delivered };
+                    answers::append_outcome(
+                        &mut replies,
+                        append.ack.as_ref(),
+                        append.dedup,
+                        outcome,
+                    );
+                } else {
+                    // Not indexed (or another sender's message with the same id, or the
+                    // index unreadable just now): stored, JetStream's window still
+                    // recognising a retry within it.
+                    self.publish(*append, out);
+                }
             }
             Pending::Append { ack, dedup, chat } => {
                 let outcome = publish_outcome(status, payload, ack.as_ref());
@@ -1029,17 +1104,27 @@ impl Inboxes {
                 read.last = found.unwrap_or(0).max(read.record.acked);
                 let (last, gone) = (read.last, read.record.gone);
                 let start = read.start;
-                if let Start::Resume { epoch_matches, seq } = start {
-                    let resumed = epoch_matches && seq <= last && seq >= gone;
-                    if resumed {
-                        read.next = seq + 1;
-                    }
-                    if let Some(greeting) = read.greeting() {
-                        greeting.resumed = Some(resumed);
-                    }
-                }
                 if let Some(greeting) = read.greeting() {
                     greeting.seq = last;
+                }
+                read.step = ReadStep::Events;
+                if let Start::Resume { epoch_matches, seq } = start {
+                    let resumed = epoch_matches && seq <= last && seq >= gone;
+                    if resumed && seq < last {
+                        // Kept past acks, but perhaps not past `--retention-days`.
+                        read.step = ReadStep::First;
+                    } else {
+                        read.resume(resumed);
+                    }
+                }
+                return self.get(read, out);
+            }
+            ReadStep::First => {
+                // JetStream expires the oldest events first: every event from the
+                // stream's first on is kept, and one below it may have been the user's.
+                // Nothing kept at all: everything after `seq` expired.
+                if let Start::Resume { seq, .. } = read.start {
+                    read.resume(found.is_some_and(|first| seq + 1 >= first));
                 }
                 read.step = ReadStep::Events;
                 return self.get(read, out);
@@ -1113,7 +1198,12 @@ impl Inboxes {
         let oldest = self
             .requests
             .iter()
-            .filter(|(_, p)| matches!(p, Pending::Append { .. } | Pending::Row { .. }))
+            .filter(|(_, p)| {
+                matches!(
+                    p,
+                    Pending::RetryCheck(_) | Pending::Append { .. } | Pending::Row { .. }
+                )
+            })
             .map(|(id, _)| id)
             .min()
             .unwrap_or(u64::MAX);
@@ -1134,6 +1224,10 @@ impl Inboxes {
         match pending {
             Pending::Append { ack, dedup, .. } => {
                 answers::append_outcome(replies, ack.as_ref(), dedup, Outcome::Failed(why));
+            }
+            Pending::RetryCheck(append) => {
+                let outcome = Outcome::Failed(why);
+                answers::append_outcome(replies, append.ack.as_ref(), append.dedup, outcome);
             }
             Pending::Row { share } => self.row_done(share, false, replies),
             // Answered as the read command it serves.
@@ -1651,22 +1745,19 @@ mod tests {
         assert_eq!(inboxes.acking.get("bob"), None);
     }
 
-    #[test]
-    fn a_retry_is_answered_only_once_the_appends_before_it_are() {
-        let mut inboxes = inboxes();
-        inboxes.epoch = Some("e".into());
-        let mut out = BytesMut::new();
+    /// Ann's chat message `message_id` to bob, with the ack her device waits for.
+    fn chat_append(message_id: &str) -> (Append, crate::store::Chat, AckTo) {
         let ack = AckTo {
             waiter: Waiter {
                 reactor: 1,
                 ticket: 3,
             },
-            message_id: "m-1".into(),
+            message_id: message_id.into(),
             delivered: false,
         };
         let chat = crate::store::Chat {
             sender: "ann".into(),
-            message_id: "m-1".into(),
+            message_id: message_id.into(),
             timestamp_ms: 1,
         };
         let append = Append {
@@ -1683,6 +1774,15 @@ mod tests {
             ack: Some(ack.clone()),
             dedup: None,
         };
+        (append, chat, ack)
+    }
+
+    #[test]
+    fn a_retry_is_answered_only_once_the_appends_before_it_are() {
+        let mut inboxes = inboxes();
+        inboxes.epoch = Some("e".into());
+        let mut out = BytesMut::new();
+        let (append, chat, ack) = chat_append("m-1");
         assert!(inboxes
             .command(Command::Append(Box::new(append)), true, &mut out)
             .is_empty());
@@ -1696,5 +1796,62 @@ mod tests {
         let stored = Bytes::from_static(br#"{"stream":"CHAT_INBOX","seq":7}"#);
         let replies = inboxes.answered(b"1", None, b"", &stored, &mut out);
         assert_eq!(replies.len(), 2, "the first copy's ack, then the retry's");
+    }
+
+    #[test]
+    fn a_chat_message_the_index_holds_is_acknowledged_again_and_not_stored_twice() {
+        let mut inboxes = inboxes();
+        inboxes.epoch = Some("e".into());
+        inboxes.set_index_ready(true);
+        let mut out = BytesMut::new();
+        let (append, ..) = chat_append("m-1");
+        assert!(inboxes
+            .command(Command::Append(Box::new(append)), true, &mut out)
+            .is_empty());
+        let text = String::from_utf8_lossy(&out).into_owned();
+        assert!(
+            text.contains("DIRECT.GET.KV_chat_received")
+                && text.contains(r#"{"last_by_subj":"$KV.chat_received.bob.m-1"}"#),
+            "looked up first: {text}"
+        );
+        assert!(!text.contains("chat.inbox.bob"), "{text}");
+        // Ann's message, kept as seq 7 three minutes ago: acknowledged, not published.
+        out.clear();
+        let replies = inboxes.answered(b"1", None, b"", &Bytes::from_static(b"ann 7"), &mut out);
+        assert!(out.is_empty(), "{}", String::from_utf8_lossy(&out));
+        assert!(matches!(
+            replies[..],
+            [(
+                1,
+                Reply::Appended {
+                    outcome: Outcome::Kept { .. },
+                    ..
+                }
+            )]
+        ));
+        // Not indexed, or another sender's message with that id: published.
+        for (n, (status, value)) in [(Some(404), ""), (None, "cat 9")].into_iter().enumerate() {
+            let (append, ..) = chat_append("m-2");
+            inboxes.command(Command::Append(Box::new(append)), true, &mut out);
+            out.clear();
+            let id = (2 + 2 * n).to_string();
+            let value = Bytes::from(value);
+            let replies = inboxes.answered(id.as_bytes(), status, b"", &value, &mut out);
+            assert!(replies.is_empty());
+            let text = String::from_utf8_lossy(&out);
+            assert!(text.contains("HPUB chat.inbox.bob"), "{text}");
+            assert!(text.contains("Nats-Msg-Id: ann.m-2"), "{text}");
+        }
+        // No answer in time: the sender hears it was not stored.
+        let (append, ..) = chat_append("m-3");
+        inboxes.command(Command::Append(Box::new(append)), true, &mut out);
+        let replies = inboxes.expire(Instant::now() + requests::REQUEST_WAIT);
+        assert!(replies.iter().any(|(_, reply)| matches!(
+            reply,
+            Reply::Appended {
+                outcome: Outcome::Failed(Failure::Unreachable),
+                ..
+            }
+        )));
     }
 }

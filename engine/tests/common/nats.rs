@@ -115,6 +115,33 @@ impl Nats {
     }
 
     /// `nats://127.0.0.1:port`.
+    /// Asks `subject` (JetStream's API) with `body` through a client of the test's own,
+    /// and returns the JSON answer: for a test that changes a stream the nodes made.
+    pub fn request(&self, subject: &str, body: &Value) -> Value {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        runtime.block_on(async {
+            let client = async_nats::connect(self.url()).await.expect("connected");
+            let answer = client
+                .request(subject.to_owned(), body.to_string().into())
+                .await
+                .expect("an answer");
+            serde_json::from_slice(&answer.payload).expect("JSON")
+        })
+    }
+
+    /// Changes stream `stream`'s configuration with `change` (as `nats stream edit`).
+    pub fn edit_stream(&self, stream: &str, change: impl FnOnce(&mut Value)) {
+        let info = self.request(&format!("$JS.API.STREAM.INFO.{stream}"), &Value::Null);
+        let mut config = info["config"].clone();
+        assert!(config.is_object(), "{info}");
+        change(&mut config);
+        let updated = self.request(&format!("$JS.API.STREAM.UPDATE.{stream}"), &config);
+        assert!(updated.get("error").is_none(), "{updated}");
+    }
+
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
     }
