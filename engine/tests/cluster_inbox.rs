@@ -612,12 +612,16 @@ fn a_group_spans_nodes_and_a_node_that_starts_later_knows_its_members() {
         common::nats::wait_for_nodes(&c, 3, Duration::from_secs(10));
         let mut carol = c.login("carol", "phone");
         carol.join_group("team");
+        // Her other devices get her post, on her node and on another; the sending one
+        // does not.
+        let mut carol_laptop = c.login("carol", "laptop");
+        let mut carol_tablet = a.login("carol", "tablet");
         carol.send(
             &json!({"type": "group_message", "messageId": "c-1", "groupId": "team",
                            "content": "from c"}),
         );
         assert_eq!(carol.recv_type("message_ack")["status"], "sent");
-        for member in [&mut alice, &mut bob] {
+        for member in [&mut alice, &mut bob, &mut carol_laptop, &mut carol_tablet] {
             loop {
                 let post = member.recv_type("new_message");
                 if post["content"] == "from c" {
@@ -625,6 +629,9 @@ fn a_group_spans_nodes_and_a_node_that_starts_later_knows_its_members() {
                     break;
                 }
             }
+        }
+        while let Some(frame) = carol.recv_within(Duration::from_millis(300)) {
+            assert_ne!(frame["content"], "from c", "her own post: {frame}");
         }
         // A leave is seen everywhere too: carol's post no longer reaches bob.
         bob.send(&json!({"type": "group_leave", "groupId": "team"}));

@@ -69,6 +69,10 @@ const IN_FLIGHT_MAX: usize = 65_536;
 /// The header of an event whose sender waits for a `delivery_receipt`: the sender and
 /// the message id, each as a subject token ([`subject_token`]), separated by a space.
 const RECEIPT_HEADER: &str = "Chat-Receipt";
+/// The header of a group post's row for its sender's user: the sending device, which is
+/// not given the event live: `<the relay's inbox prefix> <reactor> <ticket>` (the prefix
+/// is random per process, so no other node takes it for one of its own).
+const EXCEPT_HEADER: &str = "Chat-Except";
 /// JetStream's error code for a subject at `max_msgs_per_subject` (new ones refused).
 const PER_SUBJECT_LIMIT: u64 = 10077;
 /// JetStream's error code for a stream that exists with another configuration.
@@ -314,6 +318,8 @@ pub(super) struct Inboxes {
     /// History's message index exists: a chat message is looked up there before it
     /// is appended ([`Pending::RetryCheck`]).
     index_ready: bool,
+    /// The relay's inbox prefix, which names this process in [`EXCEPT_HEADER`].
+    origin: Box<str>,
 }
 
 impl Inboxes {
@@ -331,7 +337,21 @@ impl Inboxes {
             filled: Vec::new(),
             kept: Vec::new(),
             index_ready: false,
+            origin: inbox.into(),
         }
+    }
+
+    /// The device here that a live event's `headers` say is not to get it: a group
+    /// post's sending device.
+    pub(super) fn except_here(&self, headers: &[u8]) -> Option<Waiter> {
+        let value = std::str::from_utf8(wire::header(headers, EXCEPT_HEADER)?).ok()?;
+        let mut parts = value.split(' ');
+        if parts.next()? != &*self.origin {
+            return None;
+        }
+        let reactor = parts.next()?.parse().ok()?;
+        let ticket = parts.next()?.parse().ok()?;
+        Some(Waiter { reactor, ticket })
     }
 
     /// Whether history's message index exists now (set by the relay as history sets its
@@ -610,8 +630,16 @@ impl Inboxes {
             let json = row.json.as_ref().unwrap_or(&share.json);
             let payload = encode_event(share.kind, share.priority, json);
             let subject = inbox_subject(&row.user);
+            let except = row
+                .except
+                .map(|device| format!("{} {} {}", self.origin, device.reactor, device.ticket));
+            let headers: &[(&str, &str)] = match &except {
+                Some(value) => &[(EXCEPT_HEADER, value.as_str())],
+                None => &[],
+            };
             let pending = Pending::Row { share: share_id };
-            self.requests.send(out, (&subject, &[]), &payload, pending);
+            self.requests
+                .send(out, (&subject, headers), &payload, pending);
         }
         let wait = ShareWait {
             purpose: share.purpose,
@@ -1853,5 +1881,60 @@ mod tests {
                 ..
             }
         )));
+    }
+
+    #[test]
+    fn a_posts_sending_device_is_named_on_its_users_row_for_this_process_only() {
+        let mut inboxes = inboxes();
+        inboxes.epoch = Some("e".into());
+        let row = |user: &str, except| crate::store::ShareRow {
+            user: user.into(),
+            seq: None,
+            json: None,
+            except,
+        };
+        let share = Share {
+            kind: OutKind::NewMessage,
+            priority: Priority::Normal,
+            json: Bytes::from_static(b"{}"),
+            rows: vec![
+                row(
+                    "ann",
+                    Some(Waiter {
+                        reactor: 2,
+                        ticket: 77,
+                    }),
+                ),
+                row("bob", None),
+            ],
+            home: 0,
+            purpose: FanOut::GroupPost,
+            reply_to: 0,
+            request: 1,
+            delivered: 0,
+        };
+        let mut out = BytesMut::new();
+        inboxes.command(Command::AppendShare(Box::new(share)), true, &mut out);
+        let text = String::from_utf8_lossy(&out);
+        assert_eq!(
+            text.matches("Chat-Except: _INBOX.x. 2 77").count(),
+            1,
+            "{text}"
+        );
+        let headers = b"NATS/1.0\r\nNats-Sequence: 4\r\nChat-Except: _INBOX.x. 2 77\r\n\r\n";
+        assert_eq!(
+            inboxes.except_here(headers),
+            Some(Waiter {
+                reactor: 2,
+                ticket: 77
+            })
+        );
+        let elsewhere = b"NATS/1.0\r\nChat-Except: _INBOX.y. 2 77\r\n\r\n";
+        assert_eq!(
+            inboxes.except_here(elsewhere),
+            None,
+            "another process's device"
+        );
+        assert_eq!(inboxes.except_here(b"NATS/1.0\r\n\r\n"), None);
     }
 }

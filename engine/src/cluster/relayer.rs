@@ -756,7 +756,7 @@ impl Relayer {
         if !*devices {
             return;
         }
-        self.to_devices_here(user, *home, frame, priority);
+        self.to_devices_here(user, *home, (frame, priority), None);
     }
 
     /// An inbox event JetStream stored and republished, with its `seq`: to the user's
@@ -784,7 +784,7 @@ impl Relayer {
             }
             Continuity::Next => {
                 self.inboxes.live_event(&user, seq, &headers);
-                self.deliver_stored(&user, seq, &payload);
+                self.deliver_stored(&user, seq, &headers, &payload);
             }
         }
     }
@@ -796,27 +796,36 @@ impl Relayer {
         for filled in self.inboxes.take_filled() {
             for (event, _) in &filled.events {
                 let frame = Outgoing::with_seq(event.kind, &event.json, event.seq);
-                self.to_user_here(&filled.user, frame, event.priority);
+                self.to_user_here(&filled.user, frame, event.priority, None);
             }
             let waiting = self.filling.remove(&*filled.user).unwrap_or_default();
             for (seq, headers, payload) in waiting {
                 self.inboxes.live_event(&filled.user, seq, &headers);
-                self.deliver_stored(&filled.user, seq, &payload);
+                self.deliver_stored(&filled.user, seq, &headers, &payload);
             }
         }
     }
 
-    /// A stored event of `user`, numbered `seq`, for the devices here.
-    fn deliver_stored(&self, user: &str, seq: u64, payload: &Bytes) {
+    /// A stored event of `user`, numbered `seq`, for the devices here (but a group post's
+    /// sending device, which its `headers` may name).
+    fn deliver_stored(&self, user: &str, seq: u64, headers: &[u8], payload: &Bytes) {
         let Some((kind, priority, json)) = inboxes::decode_event(payload) else {
             return debug!("cluster: a stored inbox event that does not parse, dropped");
         };
-        self.to_user_here(user, Outgoing::with_seq(kind, &json, seq), priority);
+        let frame = Outgoing::with_seq(kind, &json, seq);
+        let except = self.inboxes.except_here(headers).map(ConnAddr::from);
+        self.to_user_here(user, frame, priority, except);
     }
 
     /// Hands `frame` to `user`'s home reactor here, if a device of the user is online
-    /// here (in the grace it waits in the inbox).
-    fn to_user_here(&self, user: &str, frame: Outgoing, priority: Priority) {
+    /// here (in the grace it waits in the inbox), for every device but `except`.
+    fn to_user_here(
+        &self,
+        user: &str,
+        frame: Outgoing,
+        priority: Priority,
+        except: Option<ConnAddr>,
+    ) {
         let sub = self.sids.get(user).and_then(|sid| self.by_sid.get(sid));
         if let Some(Sub::Live {
             home,
@@ -824,15 +833,22 @@ impl Relayer {
             ..
         }) = sub
         {
-            self.to_devices_here(user, *home, frame, priority);
+            self.to_devices_here(user, *home, (frame, priority), except);
         }
     }
 
     /// Hands a frame that came from another node to `user`'s home reactor `home` here,
-    /// as a delivery for the devices here ([`Durability::Relayed`]: never published
-    /// again, never a `peer_offline`).
-    fn to_devices_here(&self, user: &str, home: u16, frame: Outgoing, priority: Priority) {
-        let delivery = Delivery::new(user, (frame, priority), 0, Durability::Relayed);
+    /// as a delivery for the devices here but `except` ([`Durability::Relayed`]: never
+    /// published again, never a `peer_offline`).
+    fn to_devices_here(
+        &self,
+        user: &str,
+        home: u16,
+        (frame, priority): (Outgoing, Priority),
+        except: Option<ConnAddr>,
+    ) {
+        let mut delivery = Delivery::new(user, (frame, priority), 0, Durability::Relayed);
+        delivery.except = except;
         let mail = Inbound::Mail(Envelope::Deliver(Box::new(delivery)));
         self.reactors.send(usize::from(home), mail);
     }

@@ -49,6 +49,7 @@ impl Shard {
                 user: user.clone(),
                 seq: numbered.seq,
                 json: Some(frame.json()),
+                except: None,
             });
         }
         out.store(Command::AppendShare(Box::new(Share {

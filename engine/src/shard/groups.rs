@@ -11,7 +11,7 @@ use super::{Effects, PostShares, Shard};
 use crate::{
     protocol::{inbound::Text, outbound, Priority},
     router::{AckStatus, ConnAddr, Envelope, GroupDelivery, GroupJoin, GroupPost},
-    store::{Append, Command, Event, Failure, FanOut, Share, ShareRow},
+    store::{Append, Command, Event, Failure, FanOut, Share, ShareRow, Waiter},
 };
 
 impl Shard {
@@ -234,10 +234,14 @@ impl Shard {
         for user in &delivery.users {
             let numbered = self.number_event(user, &delivery.frame, timing, delivery.except, out);
             delivered += u32::from(numbered.delivered());
+            let sender = delivery
+                .except
+                .filter(|addr| self.directory.devices(user).iter().any(|d| d.addr == *addr));
             rows.push(ShareRow {
                 user: Box::from(&**user),
                 seq: numbered.seq,
                 json: None,
+                except: sender.map(Waiter::from),
             });
         }
         let (kind, json) = (delivery.frame.kind, delivery.frame.json());

@@ -222,6 +222,10 @@ pub struct ShareRow {
     pub seq: Option<u64>,
     /// This user's own JSON (a broadcast names each receiver), else the share's.
     pub json: Option<Bytes>,
+    /// A group post's sending device, when it is this user's: the event is not written
+    /// to it live. Only a cluster node's inboxes need it (one node's home wrote to the
+    /// devices before the row was stored).
+    pub except: Option<Waiter>,
 }
 
 /// What a [`Share`] belongs to.
