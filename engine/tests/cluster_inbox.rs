@@ -167,6 +167,46 @@ fn a_resume_from_before_events_that_expired_is_refused() {
 }
 
 #[test]
+fn a_device_without_resume_gets_its_queue_in_priority_order_across_pages() {
+    with_nats("queue_order_across_nodes", |nats| {
+        let (a, b) = two_nodes(&nats);
+        let mut alice = a.login("alice", "phone");
+        let mut send = |id: &str, priority: &str| {
+            alice.send(
+                &json!({"type": "send_message", "messageId": id, "receiverId": "bob",
+                               "content": id, "priority": priority}),
+            );
+            let ack = alice.recv_type("message_ack");
+            assert_eq!(ack["status"], "queued", "{ack}");
+        };
+        // More than a page (256 events) of normal ones, with a high and a low among them.
+        send("low-1", "low");
+        for i in 0..300 {
+            send(&format!("n-{i}"), "normal");
+        }
+        send("high-1", "high");
+        send("low-2", "low");
+        // Bob logs in on the other node without `resume`: high, then normal, then low,
+        // each in the order sent.
+        let mut bob = b.login("bob", "phone");
+        let mut expected = vec!["high-1".to_owned()];
+        expected.extend((0..300).map(|i| format!("n-{i}")));
+        expected.extend(["low-1".to_owned(), "low-2".to_owned()]);
+        for want in &expected {
+            let message = bob.recv_type("new_message");
+            assert_eq!(message["content"], *want, "{message}");
+        }
+        bob.expect_silence(Duration::from_millis(300));
+        // Written to a device that does not acknowledge: all of it is taken as read.
+        common::wait_until("the queue is empty", || {
+            let (_, body) = a.get("/api/messages/queue/bob");
+            let queue: Value = serde_json::from_str(&body).unwrap();
+            queue["messages"].as_array().unwrap().is_empty()
+        });
+    });
+}
+
+#[test]
 fn an_ack_above_the_last_seq_is_refused_and_purges_nothing() {
     with_nats("ack_above_last_across_nodes", |nats| {
         let (a, b) = two_nodes(&nats);

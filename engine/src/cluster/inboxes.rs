@@ -18,7 +18,9 @@
 //!   write it with its `seq` to the devices.
 //! - A read is one direct get after another (`next_by_subj`), a page at a time; the first
 //!   page of a read after `auth` starts with the last `seq` (`last_by_subj`) for the
-//!   greeting. A resume from below the last `seq` also gets the stream's first event:
+//!   greeting. A device without `resume` reads in delivery order (priority, then `seq`):
+//!   a pass over its range per priority ([`Lanes`]). A resume from below the last `seq`
+//!   also gets the stream's first event:
 //!   JetStream expires the oldest first (`--retention-days`), so a resume from below it
 //!   may have missed expired events and is refused.
 //! - An ack moves the user's record in bucket `chat_acks` ([`super::acks`]) up to the
@@ -52,7 +54,7 @@ use crate::{
     protocol::{codes::OutKind, Priority},
     store::{
         answers, AckTo, Append, Chat, Command, Confirm, Failure, FanOut, Greeting, InboxEvent,
-        Outcome, ReadFrom, Reply, Share, Ticket, Waiter, INBOX_PAGE_BYTES_MAX,
+        Outcome, ReadFrom, Reply, Share, Ticket, UnackedCursor, Waiter, INBOX_PAGE_BYTES_MAX,
         INBOX_PAGE_EVENTS_MAX, PEEK_BYTES_MAX, PEEK_MESSAGES_MAX,
     },
 };
@@ -244,6 +246,66 @@ enum ReadStep {
     Events,
 }
 
+/// The priorities in delivery order.
+const LANES: [Priority; 3] = [Priority::High, Priority::Normal, Priority::Low];
+
+/// A read in delivery order (PROTOCOL.md: priority, then `seq`), for a device without
+/// `resume`: one pass over the user's unacknowledged events per priority, each taking
+/// that priority's events in `seq` order. A pass that began at the first event knows
+/// where each later priority's events begin, and skips a priority that has none.
+#[derive(Clone, Copy)]
+struct Lanes {
+    /// The priority this pass takes.
+    lane: Priority,
+    /// The last event of the range, fixed by the first page (the last `seq` then).
+    upto: u64,
+    /// Where a later page goes on: after this `seq` of `lane`.
+    after: Option<u64>,
+    /// This pass began at the range's first event, so `first` is complete.
+    from_start: bool,
+    /// The first `seq` of each priority met by this pass (by `Priority as usize`).
+    first: [Option<u64>; 3],
+}
+
+impl Lanes {
+    /// A page's lanes: the first page's (`upto` 0 until the last `seq` is known), or the
+    /// one after `cursor`.
+    fn new(upto: u64, cursor: Option<UnackedCursor>) -> Lanes {
+        Lanes {
+            lane: cursor.map_or(Priority::High, |(lane, _)| lane),
+            upto,
+            after: cursor.map(|(_, seq)| seq),
+            from_start: cursor.is_none(),
+            first: [None; 3],
+        }
+    }
+
+    /// Notes event `seq` of `priority` met by the pass: whether the pass takes it.
+    fn takes(&mut self, priority: Priority, seq: u64) -> bool {
+        let first = &mut self.first[priority as usize];
+        *first = Some(first.map_or(seq, |f| f.min(seq)));
+        priority == self.lane
+    }
+
+    /// The pass is over: the next priority with events, and the `seq` its pass begins
+    /// at; `None`: every priority is read.
+    fn next_lane(&mut self, acked: u64) -> Option<u64> {
+        for lane in LANES.into_iter().skip(self.lane as usize + 1) {
+            self.lane = lane;
+            if !self.from_start {
+                // Where this priority begins is not known: from the first event.
+                self.from_start = true;
+                self.first = [None; 3];
+                return Some(acked + 1);
+            }
+            if let Some(seq) = self.first[lane as usize] {
+                return Some(seq);
+            }
+        }
+        None
+    }
+}
+
 /// A read under way: a page of one user's events from `next` on.
 struct Read {
     user: Box<str>,
@@ -257,6 +319,8 @@ struct Read {
     last: u64,
     events: Vec<InboxEvent>,
     bytes: usize,
+    /// Delivery order: for a device without `resume` (else `seq` order).
+    lanes: Option<Lanes>,
 }
 
 impl Read {
@@ -272,6 +336,7 @@ impl Read {
             last: 0,
             events: Vec::new(),
             bytes: 0,
+            lanes: None,
         }
     }
 
@@ -661,6 +726,16 @@ impl Inboxes {
                 epoch_matches: theirs == epoch,
                 seq,
             },
+            ReadFrom::Unacked { upto, cursor } if upto > 0 => {
+                // A later page in delivery order: from the record (for `acked`) on.
+                let reader = Reader::Device {
+                    device,
+                    greeting: None,
+                };
+                let mut read = Read::new(user, reader, Start::Unacked);
+                read.lanes = Some(Lanes::new(upto, cursor));
+                return self.get(read, out);
+            }
             ReadFrom::Unacked { .. } => Start::Unacked,
             ReadFrom::After { seq } => {
                 let reader = Reader::Device {
@@ -683,7 +758,11 @@ impl Inboxes {
             device,
             greeting: Some(greeting),
         };
-        self.get(Read::new(user, reader, start), out);
+        let mut read = Read::new(user, reader, start);
+        if matches!(start, Start::Unacked) {
+            read.lanes = Some(Lanes::new(0, None));
+        }
+        self.get(read, out);
     }
 
     /// The read's next request: the user's record, the last `seq`, or the next event.
@@ -1121,6 +1200,9 @@ impl Inboxes {
                 };
                 read.record = record;
                 read.next = record.acked + 1;
+                if let Some(after) = read.lanes.and_then(|lanes| lanes.after) {
+                    read.next = after + 1;
+                }
                 read.step = match read.greeting() {
                     Some(_) => ReadStep::Last,
                     None => ReadStep::Events,
@@ -1134,6 +1216,9 @@ impl Inboxes {
                 let start = read.start;
                 if let Some(greeting) = read.greeting() {
                     greeting.seq = last;
+                }
+                if let Some(lanes) = &mut read.lanes {
+                    lanes.upto = last;
                 }
                 read.step = ReadStep::Events;
                 if let Start::Resume { epoch_matches, seq } = start {
@@ -1159,24 +1244,32 @@ impl Inboxes {
             }
             ReadStep::Events => {}
         }
-        let Some(seq) = found else {
+        let upto = read.lanes.map_or(u64::MAX, |lanes| lanes.upto);
+        let Some(seq) = found.filter(|seq| *seq <= upto) else {
+            let acked = read.record.acked;
+            if let Some(start) = read.lanes.as_mut().and_then(|l| l.next_lane(acked)) {
+                read.next = start;
+                return self.get(read, out);
+            }
             if read.greeting().is_some() {
                 // A device's whole inbox in one page: its live events follow it.
-                let highest = read.events.last().map_or(0, |e| e.seq);
+                let highest = read.events.iter().map(|e| e.seq).max().unwrap_or(0);
                 self.seen.start(&read.user, highest.max(read.last));
             }
             return finish_read(read, false, replies);
         };
-        if let Some((kind, priority, json)) = decode_event(payload) {
-            read.bytes += json.len();
-            read.events.push(InboxEvent {
-                seq,
-                kind,
-                priority,
-                json,
-            });
-        }
         read.next = seq + 1;
+        if let Some((kind, priority, json)) = decode_event(payload) {
+            if read.lanes.as_mut().is_none_or(|l| l.takes(priority, seq)) {
+                read.bytes += json.len();
+                read.events.push(InboxEvent {
+                    seq,
+                    kind,
+                    priority,
+                    json,
+                });
+            }
+        }
         let (events_max, bytes_max) = match read.reader {
             Reader::Device { .. } => (INBOX_PAGE_EVENTS_MAX, INBOX_PAGE_BYTES_MAX),
             Reader::Api { .. } => (PEEK_MESSAGES_MAX, PEEK_BYTES_MAX),
@@ -1297,20 +1390,31 @@ impl Inboxes {
 
 /// A read's page for its asker: `more` if the page is full and the next one follows.
 fn finish_read(read: Read, more: bool, replies: &mut Replies) {
-    let highest = read.events.last().map_or(0, |e| e.seq);
+    let highest = read.events.iter().map(|e| e.seq).max().unwrap_or(0);
     match read.reader {
         Reader::Device { device, greeting } => {
-            let covered = if more {
-                highest
-            } else {
-                highest.max(read.last)
+            let (next, covered) = match (read.lanes, more) {
+                (None, true) => (Some(ReadFrom::After { seq: highest }), highest),
+                (None, false) => (None, highest.max(read.last)),
+                // In delivery order a page covers no `seq` range (an earlier event of
+                // a later priority may wait): only the last says all is read.
+                (Some(lanes), true) => {
+                    let last_taken = read.events.last().map_or(0, |e| e.seq);
+                    let cursor = Some((lanes.lane, last_taken));
+                    let next = ReadFrom::Unacked {
+                        upto: lanes.upto,
+                        cursor,
+                    };
+                    (Some(next), read.record.acked)
+                }
+                (Some(lanes), false) => (None, highest.max(lanes.upto)),
             };
             let reply = Reply::InboxPage {
                 device,
                 user: read.user,
                 greeting,
                 events: read.events,
-                next: more.then_some(ReadFrom::After { seq: highest }),
+                next,
                 covered,
                 error: None,
             };
@@ -1936,5 +2040,24 @@ mod tests {
             "another process's device"
         );
         assert_eq!(inboxes.except_here(b"NATS/1.0\r\n\r\n"), None);
+    }
+
+    #[test]
+    fn lanes_skip_a_priority_a_whole_pass_did_not_meet_and_start_over_after_a_page() {
+        // A first page's pass meets every event: the next lane begins at its first.
+        let mut lanes = Lanes::new(9, None);
+        assert!(!lanes.takes(Priority::Low, 3));
+        assert!(lanes.takes(Priority::High, 4));
+        assert!(!lanes.takes(Priority::Low, 5));
+        assert_eq!(lanes.next_lane(2), Some(3), "no normal event: low, from 3");
+        assert_eq!(lanes.lane, Priority::Low);
+        assert_eq!(lanes.next_lane(2), None);
+        // A later page's pass began mid-range: the next lane reads from the first event.
+        let mut lanes = Lanes::new(9, Some((Priority::High, 6)));
+        assert!(lanes.takes(Priority::High, 7));
+        assert_eq!(lanes.next_lane(2), Some(3));
+        assert_eq!(lanes.lane, Priority::Normal);
+        assert!(lanes.takes(Priority::Normal, 4));
+        assert_eq!(lanes.next_lane(2), None, "that pass met no low event");
     }
 }
