@@ -2,8 +2,9 @@
 //! `nats-server` with JetStream, each node on its own ephemeral port. Covered here: nodes
 //! finding each other, one leaving and one dying, a second node with a taken `--node-id`
 //! refused, a node whose NATS is not there yet waiting, not ready, until it comes,
-//! typing and call signals reaching a user's devices on another node, and presence across
-//! nodes (the grace, and a killed node's users going offline).
+//! typing and call signals reaching a user's devices on another node, presence across
+//! nodes (the grace, and a killed node's users going offline), NATS credentials, and TLS
+//! to NATS (with certificates `openssl` makes).
 //! Without nats-server these tests say why and pass, except under CI, where they fail.
 
 mod common;
@@ -149,14 +150,24 @@ fn a_node_waits_not_ready_until_its_nats_comes() {
 }
 
 #[test]
-fn a_node_id_that_is_not_one_subject_token_is_refused_with_exit_code_2() {
-    let status = Command::new(env!("CARGO_BIN_EXE_engine"))
-        .args(["--cluster", "nats://127.0.0.1:1", "--node-id", "a.b"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .unwrap();
-    assert_eq!(status.code(), Some(2));
+fn a_bad_node_id_or_tls_file_is_refused_with_exit_code_2_naming_its_flag() {
+    let refusals: [(&[&str], &str); 4] = [
+        (&["--node-id", "a.b"], "--node-id"),
+        (&["--cluster-ca", "/nonexistent/ca.pem"], "--cluster-ca"),
+        (&["--cluster-cert", "/nonexistent/c.pem"], "--cluster-cert"),
+        (&["--cluster-key", "/nonexistent/k.pem"], "--cluster-key"),
+    ];
+    for (flags, named) in refusals {
+        let out = Command::new(env!("CARGO_BIN_EXE_engine"))
+            .args(["--cluster", "nats://127.0.0.1:1"])
+            .args(flags)
+            .stdout(Stdio::null())
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{flags:?}");
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert!(said.contains(named), "{flags:?}: {said}");
+    }
 }
 
 /// Sends `message` from `from` until `to` gets a frame of `kind` (a node subscribes to a
@@ -476,4 +487,78 @@ fn nodes_prove_themselves_with_the_urls_credentials_and_a_wrong_password_never_j
     assert_eq!(wrong.get("/health/ready").0, 503);
     assert_eq!(cluster(&wrong)["connected"], false);
     assert_eq!(cluster(&a)["nodes"], 2);
+}
+
+/// Runs `body` with test certificates and a nats-server that speaks only TLS with their
+/// server certificate (verifying clients against their authority if `verify_clients`),
+/// or skips the test without `openssl` or nats-server.
+fn with_nats_over_tls(
+    test: &str,
+    verify_clients: bool,
+    body: impl FnOnce(&common::certs::TestCerts, &Nats),
+) {
+    let certs = match common::certs::TestCerts::make(test) {
+        Ok(certs) => certs,
+        Err(why) => return skip(test, &why),
+    };
+    let (cert, key, ca) = (
+        certs.path("server.pem"),
+        certs.path("server.key"),
+        certs.path("ca.pem"),
+    );
+    let mut flags = vec!["--tls", "--tlscert", &cert, "--tlskey", &key];
+    if verify_clients {
+        flags.extend(["--tlsverify", "--tlscacert", &ca]);
+    }
+    match Nats::start_with_flags(&flags) {
+        Ok(nats) => body(&certs, &nats),
+        Err(why) => skip(test, &why),
+    }
+}
+
+#[test]
+fn nodes_reach_nats_over_tls_trusting_the_authority_given_and_no_other() {
+    with_nats_over_tls("nats_over_tls", false, |certs, nats| {
+        let ca = certs.path("ca.pem");
+        let tls_url = format!("tls://127.0.0.1:{}", nats.port);
+        // One node asks for TLS by its URL; the other is told to by the server's INFO.
+        let a = common::nats::node_with(&tls_url, "a", &["--cluster-ca", &ca]);
+        let b = common::nats::node_with(&nats.url(), "b", &["--cluster-ca", &ca]);
+        wait_for_nodes(&a, 2, Duration::from_secs(10));
+        // Both connections of each node are up: a message crosses through JetStream.
+        let mut bob = b.login("bob", "phone");
+        let mut alice = a.login("alice", "phone");
+        assert_eq!(alice.send_chat("m-1", "bob", "sealed")["status"], "queued");
+        assert_eq!(bob.recv_type("new_message")["content"], "sealed");
+        // A node that trusts only the system's authorities never joins.
+        let untrusting = node(&tls_url, "c");
+        std::thread::sleep(Duration::from_secs(1));
+        assert_eq!(untrusting.get("/health/ready").0, 503);
+        assert_eq!(cluster(&untrusting)["connected"], false);
+        assert_eq!(cluster(&a)["nodes"], 2);
+    });
+}
+
+#[test]
+fn a_nats_server_that_verifies_clients_lets_in_only_a_node_with_a_certificate() {
+    with_nats_over_tls("nats_verifies_clients", true, |certs, nats| {
+        let ca = certs.path("ca.pem");
+        let url = format!("tls://127.0.0.1:{}", nats.port);
+        let (cert, key) = (certs.path("client.pem"), certs.path("client.key"));
+        let flags = [
+            "--cluster-ca",
+            &ca,
+            "--cluster-cert",
+            &cert,
+            "--cluster-key",
+            &key,
+        ];
+        let proven = common::nats::node_with(&url, "a", &flags);
+        wait_for_nodes(&proven, 1, Duration::from_secs(10));
+        assert_eq!(proven.get("/health/ready").0, 200);
+        let unproven = common::nats::node_with(&url, "b", &["--cluster-ca", &ca]);
+        std::thread::sleep(Duration::from_secs(1));
+        assert_eq!(unproven.get("/health/ready").0, 503);
+        assert_eq!(cluster(&proven)["nodes"], 1);
+    });
 }

@@ -29,6 +29,7 @@ pub mod relay;
 mod relayer;
 mod requests;
 mod seen;
+mod tls;
 mod totals;
 mod wire;
 
@@ -46,6 +47,7 @@ use std::{
 use tracing::warn;
 
 pub use inboxes::StreamSettings;
+pub use tls::TlsFiles;
 
 /// How often a node beats in the node bucket.
 pub const HEARTBEAT: Duration = Duration::from_secs(2);
@@ -66,6 +68,8 @@ pub struct Settings {
     pub node_id: Option<String>,
     /// `--cluster-replicas`: the copies JetStream keeps of each stream the node makes.
     pub replicas: u8,
+    /// `--cluster-ca`, `--cluster-cert`, `--cluster-key`: TLS to NATS.
+    pub tls: TlsFiles,
 }
 
 impl Settings {
@@ -91,13 +95,10 @@ impl Settings {
             return Err(("cluster", "names no NATS server".into()));
         }
         for server in &servers {
-            // The live relay speaks plain TCP (`relayer`): no tls:// yet.
-            if !server.starts_with("nats://") {
+            if !server.starts_with("nats://") && !server.starts_with("tls://") {
                 return Err((
                     "cluster",
-                    format!(
-                        "'{server}' is not a nats://HOST:PORT URL (tls:// is not supported yet)"
-                    ),
+                    format!("'{server}' is not a nats://HOST:PORT or tls://HOST:PORT URL"),
                 ));
             }
             async_nats::ServerAddr::from_str(server)
@@ -110,6 +111,7 @@ impl Settings {
             servers,
             node_id,
             replicas: 1,
+            tls: TlsFiles::default(),
         }))
     }
 
@@ -232,7 +234,9 @@ pub fn start(
     let _ = state.node_id.set(node_id.clone().into_boxed_str());
     let (claimed, claim) = mpsc::channel();
     let (stop, stopped) = tokio::sync::oneshot::channel();
-    let servers = (settings.servers.clone(), settings.replicas);
+    let tls = tls::client_config(&settings.tls)
+        .map_err(|(flag, problem)| io::Error::other(format!("--{flag}: {problem}")))?;
+    let servers = (settings.servers.clone(), settings.replicas, tls);
     let thread = std::thread::Builder::new()
         .name("cluster".into())
         .spawn(move || {
@@ -334,7 +338,7 @@ mod tests {
         .unwrap();
         assert_eq!(settings.servers.len(), 2);
         assert_eq!(settings.node_id_for(8080), "gw-1");
-        for bad in ["", " , ", "http://x:1", "127.0.0.1:4222", "tls://x:4222"] {
+        for bad in ["", " , ", "http://x:1", "127.0.0.1:4222", "wss://x:4222"] {
             let (flag, problem) = Settings::parse(Some(bad.into()), None).unwrap_err();
             assert_eq!(flag, "cluster", "{bad}: {problem}");
         }

@@ -55,6 +55,8 @@ const PING_WAIT: Duration = Duration::from_millis(1000);
 /// One node's cluster thread.
 pub(super) struct Node {
     servers: Vec<String>,
+    /// TLS to the servers that ask for it, or whose URL says `tls://`.
+    tls: Arc<rustls::ClientConfig>,
     id: String,
     /// This process's token in its key: tells its own claim from another's.
     instance: Bytes,
@@ -75,13 +77,14 @@ enum Stop {
 
 impl Node {
     pub(super) fn new(
-        (servers, replicas): (Vec<String>, u8),
+        (servers, replicas, tls): (Vec<String>, u8, Arc<rustls::ClientConfig>),
         id: String,
         state: Arc<State>,
         first: mpsc::Sender<Claim>,
     ) -> Node {
         Node {
             servers,
+            tls,
             replicas,
             id,
             instance: instance_token(),
@@ -110,7 +113,8 @@ impl Node {
         let instance = String::from_utf8_lossy(&self.instance);
         let me = (&*self.id, &*instance);
         let stores = (streams, store_stats);
-        let relayer = Relayer::new(&self.servers, me, (reactors, stores), figures);
+        let servers = (&self.servers[..], self.tls.clone());
+        let relayer = Relayer::new(servers, me, (reactors, stores), figures);
         // The instances of nodes that died or left, from the watch to the relay (their
         // users' presence goes with them).
         let (gone, gone_instances) = tokio::sync::mpsc::unbounded_channel();
@@ -149,7 +153,10 @@ impl Node {
             .find(|c| *c != wire::Credentials::None);
         let bare: Vec<String> = servers
             .iter()
-            .map(|s| format!("nats://{}:{}", s.host(), s.port()))
+            .map(|s| {
+                let scheme = if s.tls_required() { "tls" } else { "nats" };
+                format!("{scheme}://{}:{}", s.host(), s.port())
+            })
             .collect();
         let mut options = ConnectOptions::new();
         match credentials {
@@ -160,6 +167,7 @@ impl Node {
             Some(wire::Credentials::None) | None => {}
         }
         let options = options
+            .tls_client_config((*self.tls).clone())
             .name(format!("engine {}", self.id))
             .retry_on_initial_connect()
             // Its own pings never come back to it (`holder_answers` asks the others).

@@ -22,7 +22,7 @@ use std::{
 use bytes::{Bytes, BytesMut};
 use hashbrown::HashMap;
 use tokio::{
-    io::{unix::AsyncFd, AsyncReadExt, AsyncWriteExt, Interest},
+    io::{unix::AsyncFd, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Interest},
     net::TcpStream,
     time::Instant,
 };
@@ -136,11 +136,32 @@ struct Gather {
     until: Instant,
 }
 
+/// The relay's connection to NATS: plain TCP, or TLS over it.
+trait NatsStream: AsyncRead + AsyncWrite + Unpin + Send {}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> NatsStream for T {}
+
+/// The connection, whichever it is.
+type Conn = Box<dyn NatsStream>;
+
+/// One NATS server the relay may connect to.
+struct Server {
+    /// `host:port`.
+    address: String,
+    /// The host, which its TLS certificate must name.
+    host: String,
+    /// A `tls://` URL: TLS even if the server does not ask for it.
+    tls: bool,
+    /// What the relay proves itself with there.
+    credentials: wire::Credentials,
+}
+
 /// The relay's connection and what it serves.
 pub(super) struct Relayer {
-    /// `host:port` of each NATS server, tried in turn, and what the relay proves itself
-    /// with there.
-    servers: Vec<(String, wire::Credentials)>,
+    /// The NATS servers, tried in turn.
+    servers: Vec<Server>,
+    /// TLS to them, when one asks for it or its URL says `tls://`.
+    tls: tokio_rustls::TlsConnector,
     /// The connection's name on the server.
     name: String,
     reactors: Reactors,
@@ -204,7 +225,7 @@ impl Relayer {
     /// A relayer for node `node_id`, run by process `instance`, on `servers`
     /// (`nats://host:port` each), delivering to `reactors`.
     pub(super) fn new(
-        servers: &[String],
+        (servers, tls): (&[String], Arc<rustls::ClientConfig>),
         (node_id, instance): (&str, &str),
         (reactors, (limits, store_stats)): (Reactors, (StreamSettings, Arc<StoreStats>)),
         (state, local_stats): (Arc<State>, LocalStats),
@@ -229,11 +250,14 @@ impl Relayer {
             servers: servers
                 .iter()
                 .filter_map(|url| url.parse::<async_nats::ServerAddr>().ok())
-                .map(|server| {
-                    let address = format!("{}:{}", server.host(), server.port());
-                    (address, wire::Credentials::of(&server))
+                .map(|server| Server {
+                    address: format!("{}:{}", server.host(), server.port()),
+                    host: server.host().to_owned(),
+                    tls: server.tls_required(),
+                    credentials: wire::Credentials::of(&server),
                 })
                 .collect(),
+            tls: tokio_rustls::TlsConnector::from(tls),
             name: format!("engine {node_id} relay"),
             reactors,
             by_sid: HashMap::new(),
@@ -265,7 +289,7 @@ impl Relayer {
             Ok(bell) => bell,
             Err(e) => return error!("cluster: the relay's doorbell cannot be waited on: {e}"),
         };
-        let mut conn: Option<TcpStream> = None;
+        let mut conn: Option<Conn> = None;
         let mut inbuf = BytesMut::with_capacity(READ_CHUNK);
         let (mut attempts, mut retry_at) = (0u32, Instant::now());
         let mut tick = tokio::time::interval(Duration::from_millis(250));
@@ -359,15 +383,17 @@ impl Relayer {
         }
     }
 
-    /// Connects to the next server, says who it is, waits for its `PONG`, and subscribes
-    /// to the call answers and every watched user.
-    async fn open(&mut self, attempts: u32) -> io::Result<TcpStream> {
-        let (server, credentials) = &self.servers[attempts as usize % self.servers.len()];
+    /// Connects to the next server, reads its `INFO` (and starts TLS if it asks, or the
+    /// URL did), says who it is, waits for its `PONG`, and subscribes to the call answers
+    /// and every watched user.
+    async fn open(&mut self, attempts: u32) -> io::Result<Conn> {
+        let server = &self.servers[attempts as usize % self.servers.len()];
         let timeout = |e| io::Error::new(io::ErrorKind::TimedOut, e);
-        let mut stream = tokio::time::timeout(CONNECT_WAIT, TcpStream::connect(server))
+        let mut inbuf = BytesMut::with_capacity(READ_CHUNK);
+        let mut stream = tokio::time::timeout(CONNECT_WAIT, self.start(server, &mut inbuf))
             .await
             .map_err(timeout)??;
-        stream.set_nodelay(true)?;
+        let (server, credentials) = (&server.address, &server.credentials);
         let mut hello = BytesMut::new();
         wire::connect(&mut hello, &self.name, credentials);
         wire::subscribe(&mut hello, &format!("{}*", self.inbox), INBOX_SID);
@@ -382,7 +408,6 @@ impl Relayer {
             wire::subscribe(&mut hello, &subject, *sid);
         }
         stream.write_all(&hello).await?;
-        let mut inbuf = BytesMut::with_capacity(READ_CHUNK);
         let handshake = async {
             loop {
                 if stream.read_buf(&mut inbuf).await? == 0 {
@@ -406,6 +431,35 @@ impl Relayer {
             .map_err(timeout)??;
         info!(server, users = self.sids.len(), "cluster: relay connected");
         Ok(stream)
+    }
+
+    /// A connection to `server` whose `INFO` has come: the server speaks first, in the
+    /// clear, and TLS starts after it when either side wants it. What came after the
+    /// `INFO` stays in `inbuf`.
+    async fn start(&self, server: &Server, inbuf: &mut BytesMut) -> io::Result<Conn> {
+        let mut tcp = TcpStream::connect(&server.address).await?;
+        tcp.set_nodelay(true)?;
+        let tls_required = loop {
+            if tcp.read_buf(inbuf).await? == 0 {
+                return Err(io::Error::other("closed before its INFO"));
+            }
+            match wire::next_op(inbuf).map_err(io::Error::other)? {
+                Some(Op::Info { tls_required }) => break tls_required,
+                Some(_) => return Err(io::Error::other("no INFO first")),
+                None => {}
+            }
+        };
+        if !(server.tls || tls_required) {
+            return Ok(Box::new(tcp));
+        }
+        let name = rustls_pki_types::ServerName::try_from(server.host.clone())
+            .map_err(|e| io::Error::other(format!("{}: {e}", server.host)))?;
+        let tls = self.tls.connect(name, tcp).await.inspect_err(|e| {
+            // A certificate this node does not trust, or one it was refused for: said at
+            // each try, as a refused password is.
+            warn!(server = %server.address, "cluster: TLS to NATS failed: {e}");
+        })?;
+        Ok(Box::new(tls))
     }
 
     /// One relay from a shard; written to the connection if there is one.
@@ -717,7 +771,7 @@ impl Relayer {
                 },
                 Op::Err(e) => warn!("cluster: NATS said: {e}"),
                 Op::Pong => self.pings.0 = 0,
-                Op::Info | Op::Ok => {}
+                Op::Info { .. } | Op::Ok => {}
             }
         }
         Ok(())
@@ -1173,7 +1227,7 @@ impl Relayer {
 }
 
 /// Reads what the socket has into `inbuf` (0: closed).
-async fn read_some(conn: Option<&mut TcpStream>, inbuf: &mut BytesMut) -> io::Result<usize> {
+async fn read_some(conn: Option<&mut Conn>, inbuf: &mut BytesMut) -> io::Result<usize> {
     match conn {
         Some(stream) => {
             inbuf.reserve(READ_CHUNK);
@@ -1184,7 +1238,7 @@ async fn read_some(conn: Option<&mut TcpStream>, inbuf: &mut BytesMut) -> io::Re
 }
 
 /// Writes everything in `out`.
-async fn flush(stream: &mut TcpStream, out: &mut BytesMut) -> io::Result<()> {
+async fn flush(stream: &mut Conn, out: &mut BytesMut) -> io::Result<()> {
     if out.is_empty() {
         return Ok(());
     }

@@ -17,8 +17,11 @@ const PAYLOAD_MAX: usize = 8 << 20;
 /// One operation from the server.
 #[derive(Debug, PartialEq, Eq)]
 pub(super) enum Op {
-    /// `INFO {…}`: the server's description (only its arrival matters here).
-    Info,
+    /// `INFO {…}`: the server's description; of it only whether TLS must begin.
+    Info {
+        /// `tls_required`: the client starts TLS before it says anything.
+        tls_required: bool,
+    },
     /// `MSG` or `HMSG`: a message for subscription `sid`.
     Msg {
         /// The subscription it matched.
@@ -65,7 +68,12 @@ pub(super) fn next_op(buf: &mut BytesMut) -> Result<Option<Op>, WireError> {
     };
     let op = match verb.to_ascii_uppercase().as_slice() {
         b"MSG" | b"HMSG" => return message(buf, eol, verb.len() == 4),
-        b"INFO" => Op::Info,
+        b"INFO" => {
+            let info: serde_json::Value = serde_json::from_slice(args).unwrap_or_default();
+            Op::Info {
+                tls_required: info["tls_required"].as_bool() == Some(true),
+            }
+        }
         b"PING" => Op::Ping,
         b"PONG" => Op::Pong,
         b"+OK" => Op::Ok,
@@ -300,7 +308,12 @@ mod tests {
         let wire = b"INFO {\"server_id\":\"x\"}\r\nPING\r\n+OK\r\nPONG\r\n-ERR 'Unknown Protocol Operation'\r\n\
                      MSG chat.live.bob 7 5\r\nhello\r\nMSG chat.live.bob 7 _INBOX.a.1 0\r\n\r\n";
         let got = ops(wire);
-        assert_eq!(got[..4], [Op::Info, Op::Ping, Op::Ok, Op::Pong]);
+        let info = Op::Info {
+            tls_required: false,
+        };
+        assert_eq!(got[..4], [info, Op::Ping, Op::Ok, Op::Pong]);
+        let tls = ops(b"INFO {\"tls_required\":true,\"port\":4222}\r\n");
+        assert_eq!(tls, [Op::Info { tls_required: true }]);
         assert_eq!(got[4], Op::Err("Unknown Protocol Operation".into()));
         assert_eq!(
             got[5],

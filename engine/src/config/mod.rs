@@ -185,14 +185,15 @@ impl Config {
                 None => None,
             },
             push_preview: settled.push_preview,
-            cluster: crate::cluster::Settings::parse(settled.cluster, settled.node_id)
-                .map(|settings| {
-                    settings.map(|s| crate::cluster::Settings {
-                        replicas: settled.cluster_replicas,
-                        ..s
-                    })
-                })
-                .map_err(|(flag, problem)| invalid(flag, problem))?,
+            cluster: cluster_settings(
+                (settled.cluster, settled.node_id, settled.cluster_replicas),
+                (
+                    settled.cluster_ca,
+                    settled.cluster_cert,
+                    settled.cluster_key,
+                ),
+            )
+            .map_err(|(flag, problem)| invalid(flag, problem))?,
             outbound_bytes_max: settled.outbound_bytes_max,
             drain_secs: settled.drain_secs,
             max_connections: settled.max_connections,
@@ -211,6 +212,32 @@ impl Config {
 }
 
 /// `--retention-days`, as a duration.
+/// `--cluster` and the flags that only mean something with it; an error names the flag.
+fn cluster_settings(
+    (cluster, node_id, replicas): (Option<String>, Option<String>, u8),
+    (ca, cert, key): (Option<String>, Option<String>, Option<String>),
+) -> Result<Option<crate::cluster::Settings>, (&'static str, String)> {
+    let Some(settings) = crate::cluster::Settings::parse(cluster, node_id)? else {
+        let tls_flag = [
+            ("cluster-ca", &ca),
+            ("cluster-cert", &cert),
+            ("cluster-key", &key),
+        ]
+        .into_iter()
+        .find(|(_, value)| value.is_some());
+        return match tls_flag {
+            Some((flag, _)) => Err((flag, "needs --cluster".into())),
+            None => Ok(None),
+        };
+    };
+    let tls = crate::cluster::TlsFiles::parse(ca, cert, key)?;
+    Ok(Some(crate::cluster::Settings {
+        replicas,
+        tls,
+        ..settings
+    }))
+}
+
 fn retention(days: f64) -> Result<std::time::Duration, ConfigError> {
     if !days.is_finite() {
         return Err(invalid("retention-days", "must be a number of days"));

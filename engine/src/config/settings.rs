@@ -275,6 +275,12 @@ settings! {
     node_id: String, "ENGINE_NODE_ID", "ID", default "none";
     /// Copies JetStream keeps of each stream the cluster makes (inboxes, history, buckets); more than 1 needs a NATS cluster of as many servers
     cluster_replicas: u8, "ENGINE_CLUSTER_REPLICAS", "N", default "1", range (1, 5);
+    /// PEM certificates of the authorities that sign the NATS servers' (TLS to NATS: tls:// URLs, or servers that require it); none: the system's
+    cluster_ca: String, "ENGINE_CLUSTER_CA", "FILE", default "none";
+    /// PEM certificate chain this node proves itself with to NATS servers that verify clients (with --cluster-key)
+    cluster_cert: String, "ENGINE_CLUSTER_CERT", "FILE", default "none";
+    /// PEM private key of --cluster-cert
+    cluster_key: String, "ENGINE_CLUSTER_KEY", "FILE", default "none";
     /// On SIGTERM, spread the 1001 closes over this many seconds, in random order, so clients do not all reconnect at once (0: close all at once)
     drain_secs: u64, "ENGINE_DRAIN_SECS", "S", default "0", range (0, 3600);
     /// Bound on a graceful shutdown (SIGTERM/SIGINT) before remaining sockets are dropped

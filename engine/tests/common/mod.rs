@@ -2,6 +2,7 @@
 //! real WebSocket client (tungstenite) or raw bytes.
 #![allow(dead_code)]
 
+pub mod certs;
 pub mod nats;
 
 use std::{

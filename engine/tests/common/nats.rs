@@ -114,7 +114,6 @@ impl Nats {
         Ok(nats)
     }
 
-    /// `nats://127.0.0.1:port`.
     /// Asks `subject` (JetStream's API) with `body` through a client of the test's own,
     /// and returns the JSON answer: for a test that changes a stream the nodes made.
     pub fn request(&self, subject: &str, body: &Value) -> Value {
@@ -142,6 +141,7 @@ impl Nats {
         assert!(updated.get("error").is_none(), "{updated}");
     }
 
+    /// `nats://127.0.0.1:port`.
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
     }
