@@ -184,11 +184,11 @@ pub(super) struct KeptChat {
 
 /// A gap in a user's live events, read from the stream: the events after `next - 1` up
 /// to `upto`, for the devices here.
-pub(super) struct Filled {
+struct Filled {
     /// The user.
-    pub user: Box<str>,
+    user: Box<str>,
     /// The events read, in `seq` order, each with the receipt its sender waits for.
-    pub events: Vec<(InboxEvent, Option<Receipt>)>,
+    events: Vec<(InboxEvent, Option<Receipt>)>,
     /// The newest event seen before the gap.
     after: u64,
     /// The `seq` the next get starts at.
@@ -199,6 +199,21 @@ pub(super) struct Filled {
 
 /// Events a gap is filled with at most: the devices get the rest when they resume.
 const FILL_MAX: usize = 1024;
+
+/// A user's inbox event for the devices here, in its turn.
+pub(super) enum Ready {
+    /// Read from the stream, to fill a gap.
+    Read(InboxEvent),
+    /// As JetStream republished it: its `seq`, headers and payload.
+    Live {
+        /// Its `seq`.
+        seq: u64,
+        /// The republish's headers.
+        headers: Bytes,
+        /// The stored event.
+        payload: Bytes,
+    },
+}
 
 /// A fan-out's counts while its rows are being stored.
 struct ShareWait {
@@ -378,6 +393,9 @@ pub(super) struct Inboxes {
     seen: Seen,
     /// Gaps read, for the relay to hand to the devices.
     filled: Vec<Filled>,
+    /// Users with a gap in their live events being read, and the live events that came
+    /// meanwhile (`seq`, headers, payload), in order.
+    filling: HashMap<Box<str>, Vec<(u64, Bytes, Bytes)>>,
     /// Chat messages kept, for the relay to hand to history.
     kept: Vec<KeptChat>,
     /// History's message index exists: a chat message is looked up there before it
@@ -400,6 +418,7 @@ impl Inboxes {
             acking: HashMap::new(),
             seen: Seen::default(),
             filled: Vec::new(),
+            filling: HashMap::new(),
             kept: Vec::new(),
             index_ready: false,
             origin: inbox.into(),
@@ -426,40 +445,80 @@ impl Inboxes {
         self.index_ready = ready;
     }
 
-    /// Where `user`'s live event `seq` (`headers`: the republish's) stands to what was
-    /// seen; a gap starts being read from the stream, and [`Inboxes::take_filled`] has it
-    /// once read.
-    pub(super) fn live_continuity(
+    /// `user`'s event `seq` came live (the republish's `headers` and `payload`): what the
+    /// devices here get now. An event seen already is dropped. One after a gap (events
+    /// republished while the relay was cut off from NATS) waits, with the user's events
+    /// after it, while the gap is read from the stream ([`Inboxes::take_ready`]), so the
+    /// devices get every event once and in order.
+    pub(super) fn live(
         &mut self,
         user: &str,
-        seq: u64,
-        headers: &[u8],
+        (seq, headers, payload): (u64, Bytes, Bytes),
         out: &mut BytesMut,
-    ) -> Continuity {
-        let continuity = self.seen.continuity(user, seq, last_of(headers));
-        if let Continuity::Gap { after } = continuity {
-            let fill = Filled {
-                user: user.into(),
-                events: Vec::new(),
-                after,
-                next: after + 1,
-                upto: last_of(headers),
-            };
-            self.fill_step(fill, out);
+    ) -> Option<Ready> {
+        if let Some(waiting) = self.filling.get_mut(user) {
+            waiting.push((seq, headers, payload));
+            return None;
         }
-        continuity
+        match self.seen.continuity(user, seq, last_of(&headers)) {
+            Continuity::Again => {
+                debug!("cluster: an inbox event seen already, dropped");
+                None
+            }
+            Continuity::Gap { after } => {
+                debug!(%user, after, seq, "cluster: live events missed; reading them");
+                let upto = last_of(&headers);
+                self.filling
+                    .insert(user.into(), vec![(seq, headers, payload)]);
+                let fill = Filled {
+                    user: user.into(),
+                    events: Vec::new(),
+                    after,
+                    next: after + 1,
+                    upto,
+                };
+                self.fill_step(fill, out);
+                None
+            }
+            Continuity::Next => {
+                self.live_event(user, seq, &headers);
+                Some(Ready::Live {
+                    seq,
+                    headers,
+                    payload,
+                })
+            }
+        }
     }
 
     /// `user`'s event `seq` came live (`headers`: the republish's), for the acks here.
-    pub(super) fn live_event(&mut self, user: &str, seq: u64, headers: &[u8]) {
+    fn live_event(&mut self, user: &str, seq: u64, headers: &[u8]) {
         let receipt = wire::header(headers, RECEIPT_HEADER).and_then(parse_receipt);
         self.seen.event(user, seq, last_of(headers), receipt);
     }
 
-    /// The gaps read since the last call, each whole or as far as the stream answered;
-    /// their events are in what was seen.
-    pub(super) fn take_filled(&mut self) -> Vec<Filled> {
-        std::mem::take(&mut self.filled)
+    /// The gaps read since the last call (each whole, or as far as the stream answered),
+    /// per user: the gap's events, then those that waited for it, in order (a gap among
+    /// those is not read again: the devices get it when they resume).
+    pub(super) fn take_ready(&mut self) -> Vec<(Box<str>, Vec<Ready>)> {
+        let mut ready = Vec::new();
+        for filled in std::mem::take(&mut self.filled) {
+            let mut events: Vec<Ready> = filled
+                .events
+                .into_iter()
+                .map(|(event, _)| Ready::Read(event))
+                .collect();
+            for (seq, headers, payload) in self.filling.remove(&filled.user).unwrap_or_default() {
+                self.live_event(&filled.user, seq, &headers);
+                events.push(Ready::Live {
+                    seq,
+                    headers,
+                    payload,
+                });
+            }
+            ready.push((filled.user, events));
+        }
+        ready
     }
 
     /// The chat messages kept since the last call, for history.

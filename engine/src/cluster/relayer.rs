@@ -30,10 +30,9 @@ use tracing::{debug, error, info, warn};
 
 use super::{
     history::History,
-    inboxes::{self, Inboxes, Replies, StreamSettings},
+    inboxes::{self, Inboxes, Ready, Replies, StreamSettings},
     presence::{Holders, Report},
     relay::{self, Inbound, Reactors, Relay},
-    seen::Continuity,
     totals,
     wire::{self, Op},
     State,
@@ -169,9 +168,6 @@ pub(super) struct Relayer {
     by_sid: HashMap<u64, Sub>,
     /// Each held user's live subscription.
     sids: HashMap<Arc<str>, u64>,
-    /// Users with a gap in their live events being read from the stream, and the live
-    /// events that came meanwhile (`seq`, headers, payload), in order.
-    filling: HashMap<Arc<str>, Vec<(u64, Bytes, Bytes)>>,
     /// Each watched user's presence subscription.
     presence_sids: HashMap<Arc<str>, u64>,
     /// Each huddle room's subscription, by `(group, room)`.
@@ -262,7 +258,6 @@ impl Relayer {
             reactors,
             by_sid: HashMap::new(),
             sids: HashMap::new(),
-            filling: HashMap::new(),
             next_sid: BROADCAST_SID + 1,
             inbox,
             calls: HashMap::new(),
@@ -814,49 +809,40 @@ impl Relayer {
     }
 
     /// An inbox event JetStream stored and republished, with its `seq`: to the user's
-    /// home reactor here, for the devices online here.
-    ///
-    /// An event seen already is dropped. One after a gap (events republished while this
-    /// relay was cut off from NATS) waits, with the user's events after it, until the gap
-    /// is read from the stream, so the devices get every event once and in order.
+    /// home reactor here, for the devices online here, in its turn ([`Inboxes::live`]).
     fn inbox_event(&mut self, sid: u64, seq: u64, headers: Bytes, payload: Bytes) {
         let Some(Sub::Live { user, .. }) = self.by_sid.get(&sid) else {
             return;
         };
         let user = user.clone();
-        if let Some(waiting) = self.filling.get_mut(&*user) {
-            return waiting.push((seq, headers, payload));
-        }
-        match self
-            .inboxes
-            .live_continuity(&user, seq, &headers, &mut self.out)
-        {
-            Continuity::Again => debug!("cluster: an inbox event seen already, dropped"),
-            Continuity::Gap { after } => {
-                debug!(%user, after, seq, "cluster: live events missed; reading them");
-                self.filling.insert(user, vec![(seq, headers, payload)]);
-            }
-            Continuity::Next => {
-                self.inboxes.live_event(&user, seq, &headers);
-                self.deliver_stored(&user, seq, &headers, &payload);
-            }
+        let event = (seq, headers, payload);
+        if let Some(ready) = self.inboxes.live(&user, event, &mut self.out) {
+            self.hand_over(&user, ready);
         }
     }
 
     /// Hands the gaps read from the stream to the devices here, each followed by the
-    /// events that waited for it (a gap among those is not read again: the devices get
-    /// it when they resume).
+    /// events that waited for it.
     fn gaps_filled(&mut self) {
-        for filled in self.inboxes.take_filled() {
-            for (event, _) in &filled.events {
+        for (user, events) in self.inboxes.take_ready() {
+            for ready in events {
+                self.hand_over(&user, ready);
+            }
+        }
+    }
+
+    /// An inbox event of `user`'s, in its turn, for the devices here.
+    fn hand_over(&self, user: &str, ready: Ready) {
+        match ready {
+            Ready::Read(event) => {
                 let frame = Outgoing::with_seq(event.kind, &event.json, event.seq);
-                self.to_user_here(&filled.user, frame, event.priority, None);
+                self.to_user_here(user, frame, event.priority, None);
             }
-            let waiting = self.filling.remove(&*filled.user).unwrap_or_default();
-            for (seq, headers, payload) in waiting {
-                self.inboxes.live_event(&filled.user, seq, &headers);
-                self.deliver_stored(&filled.user, seq, &headers, &payload);
-            }
+            Ready::Live {
+                seq,
+                headers,
+                payload,
+            } => self.deliver_stored(user, seq, &headers, &payload),
         }
     }
 
