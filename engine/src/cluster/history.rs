@@ -169,6 +169,8 @@ pub(super) struct History {
     streams: StreamSettings,
     /// The streams are known on this connection.
     ready: bool,
+    /// The index's stream was set up once: it is there for inboxes' retry checks.
+    indexed: bool,
     /// Commands that came before the streams were known.
     held: Vec<Command>,
     /// Requests under way (answers to `<inbox>k<number>`).
@@ -195,6 +197,7 @@ impl History {
             requests: Requests::new(inbox, 'k'),
             streams,
             ready: false,
+            indexed: false,
             held: Vec::new(),
             tails: HashMap::new(),
             to_index: Vec::new(),
@@ -206,9 +209,11 @@ impl History {
         }
     }
 
-    /// Whether the streams, the message index's among them, are set up.
-    pub(super) fn ready(&self) -> bool {
-        self.ready
+    /// Whether the message index's stream was set up on any connection so far (it
+    /// outlives a reconnection, so inboxes keep looking retries up while the streams
+    /// are made sure of again).
+    pub(super) fn indexed(&self) -> bool {
+        self.indexed
     }
 
     /// Whether `command` is one this side carries out.
@@ -609,6 +614,7 @@ impl History {
     fn now_ready(&mut self, out: &mut bytes::BytesMut) {
         info!(stream = STREAM, "cluster: history in JetStream");
         self.ready = true;
+        self.indexed = true;
         self.setup_again_at = None;
         for command in std::mem::take(&mut self.held) {
             self.carry_out(command, out);

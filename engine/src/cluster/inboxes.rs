@@ -22,7 +22,10 @@
 //!   a pass over its range per priority ([`Lanes`]). A resume from below the last `seq`
 //!   also gets the stream's first event:
 //!   JetStream expires the oldest first (`--retention-days`), so a resume from below it
-//!   may have missed expired events and is refused.
+//!   may have missed expired events and is refused. Each page of a resume, and each
+//!   later page, ends with the user's record read again: a purge that another node's
+//!   ack ran under it (`gone` above where the page started) makes a first page a refused
+//!   resume, and a later one fail.
 //! - An ack moves the user's record in bucket `chat_acks` ([`super::acks`]) up to the
 //!   acknowledged `seq`, after reading the events it takes for a sender waiting on a
 //!   `delivery_receipt`. Acknowledged events stay for the user's other devices, and are
@@ -259,6 +262,11 @@ enum ReadStep {
     First,
     /// The next event from `next` on.
     Events,
+    /// The user's record again, once the page is read: did a purge run under it?
+    Verify {
+        /// More pages follow this one.
+        more: bool,
+    },
 }
 
 /// The priorities in delivery order.
@@ -336,6 +344,9 @@ struct Read {
     bytes: usize,
     /// Delivery order: for a device without `resume` (else `seq` order).
     lanes: Option<Lanes>,
+    /// Every event after this `seq` must reach the device (a resume, and the pages
+    /// after a first): the page is checked against purges that ran under it.
+    guard: Option<u64>,
 }
 
 impl Read {
@@ -352,6 +363,7 @@ impl Read {
             events: Vec::new(),
             bytes: 0,
             lanes: None,
+            guard: None,
         }
     }
 
@@ -360,6 +372,7 @@ impl Read {
     fn resume(&mut self, resumed: bool) {
         if let (Start::Resume { seq, .. }, true) = (self.start, resumed) {
             self.next = seq + 1;
+            self.guard = Some(seq);
         }
         if let Some(greeting) = self.greeting() {
             greeting.resumed = Some(resumed);
@@ -804,6 +817,7 @@ impl Inboxes {
                 let mut read = Read::new(user, reader, Start::Unacked);
                 read.step = ReadStep::Events;
                 read.next = seq + 1;
+                read.guard = Some(seq);
                 return self.get(read, out);
             }
         };
@@ -827,7 +841,7 @@ impl Inboxes {
     /// The read's next request: the user's record, the last `seq`, or the next event.
     fn get(&mut self, read: Read, out: &mut BytesMut) {
         let (stream, body) = match read.step {
-            ReadStep::Record => (ACK_STREAM, record_of(&read.user)),
+            ReadStep::Record | ReadStep::Verify { .. } => (ACK_STREAM, record_of(&read.user)),
             ReadStep::Last => (STREAM, last_by_subject(&read.user)),
             ReadStep::First => {
                 let body = serde_json::json!({"seq": 1, "next_by_subj": SUBJECTS});
@@ -1301,6 +1315,13 @@ impl Inboxes {
                 read.step = ReadStep::Events;
                 return self.get(read, out);
             }
+            ReadStep::Verify { more } => {
+                let gone = match found {
+                    Some(_) => AckRecord::parse(payload).map_or(u64::MAX, |r| r.gone),
+                    None => 0,
+                };
+                return self.verified(read, (more, gone), out, replies);
+            }
             ReadStep::Events => {}
         }
         let upto = read.lanes.map_or(u64::MAX, |lanes| lanes.upto);
@@ -1310,12 +1331,7 @@ impl Inboxes {
                 read.next = start;
                 return self.get(read, out);
             }
-            if read.greeting().is_some() {
-                // A device's whole inbox in one page: its live events follow it.
-                let highest = read.events.iter().map(|e| e.seq).max().unwrap_or(0);
-                self.seen.start(&read.user, highest.max(read.last));
-            }
-            return finish_read(read, false, replies);
+            return self.end_page(read, false, out, replies);
         };
         read.next = seq + 1;
         if let Some((kind, priority, json)) = decode_event(payload) {
@@ -1334,8 +1350,53 @@ impl Inboxes {
             Reader::Api { .. } => (PEEK_MESSAGES_MAX, PEEK_BYTES_MAX),
         };
         if read.events.len() >= events_max || read.bytes >= bytes_max {
-            return finish_read(read, true, replies);
+            return self.end_page(read, true, out, replies);
         }
+        self.get(read, out);
+    }
+
+    /// A page is read: checked first if every event after a `seq` must be in it (a
+    /// device on another node may have acknowledged past a generation meanwhile, and its
+    /// purge removed events under the read), then answered.
+    fn end_page(&mut self, mut read: Read, more: bool, out: &mut BytesMut, replies: &mut Replies) {
+        if read.guard.is_some() && !matches!(read.step, ReadStep::Verify { .. }) {
+            read.step = ReadStep::Verify { more };
+            return self.get(read, out);
+        }
+        if !more && read.greeting().is_some() {
+            // A device's whole inbox in one page: its live events follow it.
+            let highest = read.events.iter().map(|e| e.seq).max().unwrap_or(0);
+            self.seen.start(&read.user, highest.max(read.last));
+        }
+        finish_read(read, more, replies);
+    }
+
+    /// The record after a page, with its `gone`: the page stands if nothing after the
+    /// guard was removable. Otherwise a first page is read again as a refused resume
+    /// (from what no device acknowledged), and a later one fails: the device is closed,
+    /// and its next resume is refused, as events it had not got are gone.
+    fn verified(
+        &mut self,
+        mut read: Read,
+        (more, gone): (bool, u64),
+        out: &mut BytesMut,
+        replies: &mut Replies,
+    ) {
+        let guard = read.guard.take().unwrap_or(u64::MAX);
+        if gone <= guard {
+            return self.end_page(read, more, out, replies);
+        }
+        debug!(user = %read.user, guard, gone, "cluster: acknowledged events went during a read");
+        let first_page = read.greeting().is_some();
+        if !first_page || gone == u64::MAX {
+            return self.fail(Pending::Read(Box::new(read)), Failure::Refused, replies);
+        }
+        read.resume(false);
+        read.guard = None;
+        read.events.clear();
+        read.bytes = 0;
+        read.next = read.record.acked.max(gone) + 1;
+        read.step = ReadStep::Events;
         self.get(read, out);
     }
 
@@ -2118,5 +2179,67 @@ mod tests {
         assert_eq!(lanes.lane, Priority::Normal);
         assert!(lanes.takes(Priority::Normal, 4));
         assert_eq!(lanes.next_lane(2), None, "that pass met no low event");
+    }
+
+    #[test]
+    fn a_resume_whose_events_were_purged_under_it_is_read_again_as_refused() {
+        let mut inboxes = inboxes();
+        inboxes.epoch = Some("e".into());
+        let mut out = BytesMut::new();
+        let device = Waiter {
+            reactor: 1,
+            ticket: 4,
+        };
+        let from = ReadFrom::Resume {
+            epoch: "e".into(),
+            seq: 5,
+        };
+        let read = Command::ReadInbox {
+            user: "bob".into(),
+            device,
+            from,
+        };
+        inboxes.command(read, true, &mut out);
+        let at = |seq: u64| format!("NATS/1.0\r\nNats-Sequence: {seq}\r\n\r\n").into_bytes();
+        let event = Bytes::from(encode_event(OutKind::NewMessage, Priority::Normal, b"{}"));
+        let record = |r: &'static str| Bytes::from_static(r.as_bytes());
+        let none = Bytes::new();
+        // The record (acked 5, gone 2), the last seq (9), the stream's first (1): resumed.
+        /// A request's number, the answer's status, headers and payload.
+        type Answer<'a> = (&'a [u8], Option<u16>, &'a [u8], Bytes);
+        let steps: [Answer; 5] = [
+            (b"1", None, &at(1), record("5 2 4 1")),
+            (b"2", None, &at(9), event.clone()),
+            (b"3", None, &at(1), event.clone()),
+            (b"4", None, &at(6), event.clone()),
+            (b"5", Some(404), b"", none.clone()),
+        ];
+        for (id, status, headers, payload) in steps {
+            let replies = inboxes.answered(id, status, headers, &payload, &mut out);
+            assert!(replies.is_empty(), "{replies:?}");
+        }
+        // Meanwhile another device acknowledged past a generation: gone is 8, so events
+        // after 5 may be gone. Read again from 9, as a refused resume.
+        out.clear();
+        let replies = inboxes.answered(b"6", None, &at(2), &record("9 8 9 0"), &mut out);
+        assert!(replies.is_empty(), "{replies:?}");
+        let text = String::from_utf8_lossy(&out);
+        assert!(text.contains(r#""seq":9"#), "{text}");
+        inboxes.answered(b"7", None, &at(9), &event, &mut out);
+        let replies = inboxes.answered(b"8", Some(404), b"", &none, &mut out);
+        match &replies[..] {
+            [(
+                1,
+                Reply::InboxPage {
+                    greeting: Some(greeting),
+                    events,
+                    ..
+                },
+            )] => {
+                assert_eq!(greeting.resumed, Some(false));
+                assert_eq!(events.iter().map(|e| e.seq).collect::<Vec<_>>(), [9]);
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }

@@ -17,7 +17,9 @@
 //!   how far each user's devices acknowledged, and which acknowledged events stay;
 //!   `seen`: the inbox events seen live, which an ack takes without reading the stream;
 //!   `requests`: their requests to JetStream and what waits on each answer;
-//! - `totals`: every node's `/api/stats` figures summed.
+//! - `totals`: every node's `/api/stats` figures summed;
+//! - `tls`: TLS to NATS; `sim` (tests only): the cluster simulator, which runs inboxes
+//!   and history against a simulated JetStream.
 
 mod acks;
 mod history;
@@ -29,6 +31,8 @@ pub mod relay;
 mod relayer;
 mod requests;
 mod seen;
+#[cfg(test)]
+mod sim;
 mod tls;
 mod totals;
 mod wire;

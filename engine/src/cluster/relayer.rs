@@ -559,7 +559,7 @@ impl Relayer {
                 self.send_replies(replies);
             }
             Relay::Inbox(command) => {
-                self.inboxes.set_index_ready(self.history.ready());
+                self.inboxes.set_index_ready(self.history.indexed());
                 let replies = self.inboxes.command(command, connected, &mut self.out);
                 self.send_replies(replies);
             }
@@ -969,7 +969,7 @@ impl Relayer {
             Some((b'h', join)) if status.is_none() => self.introduced(number(join), payload),
             Some((b'h', _)) => {} // no other node has a device in the room
             Some((b'j', request)) => {
-                self.inboxes.set_index_ready(self.history.ready());
+                self.inboxes.set_index_ready(self.history.indexed());
                 let replies =
                     self.inboxes
                         .answered(request, status, headers, &payload, &mut self.out);

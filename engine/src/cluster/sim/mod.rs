@@ -1,0 +1,888 @@
+//! The cluster simulator: several nodes' inboxes and history (the real
+//! [`Inboxes`](super::inboxes::Inboxes) and [`History`](super::history::History), the
+//! cluster's side of the store interface) against one simulated nats-server with
+//! JetStream ([`jetstream`]), on a virtual clock, one seed at a time. Senders send and
+//! retry messages through any node, devices resume and acknowledge on any node, nodes
+//! hold and let go of users, and faults come at random: the server takes a node's
+//! requests late, a node is cut off (what it sent and what came for it lost, answers
+//! included) and comes back, time jumps past JetStream's duplicate window and requests'
+//! deadlines.
+//!
+//! The invariants, checked as it goes:
+//! - an acknowledged message (`Kept`) is stored, and no message is stored twice once its
+//!   index entry was found (a retry after the duplicate window included);
+//! - a resume that says `resumed:true` gets every event after its `seq` that was ever
+//!   stored, in order, up to where it read (nothing removed under it);
+//! - each node hands a user's live events to its devices in `seq` order, each once;
+//! - a user's acknowledgement record never goes back, and a receipt goes out once.
+//!
+//! `cargo test -p engine --lib cluster::sim` runs `CLUSTER_SIM_SEEDS` seeds (default
+//! 1,000) from `CLUSTER_SIM_SEED_BASE`; `CLUSTER_SIM_SEED=N` replays one, and with
+//! `CLUSTER_SIM_LOG` set a failure prints every step, not the last 40.
+
+mod jetstream;
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap, VecDeque},
+    sync::Arc,
+    time::Duration,
+};
+
+use bytes::{Bytes, BytesMut};
+use tokio::time::Instant;
+
+use self::jetstream::{next_publish, Delivery, JetStream};
+use super::{
+    acks::AckRecord,
+    history::History,
+    inboxes::{decode_event, Inboxes, Ready, StreamSettings},
+};
+use crate::{
+    protocol::{codes::OutKind, Priority},
+    store::{AckTo, Append, Chat, Command, Event, Outcome, ReadFrom, Reply, StoreStats, Waiter},
+};
+
+/// A small deterministic generator (splitmix64).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// A number below `n`.
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+
+    /// True `percent` times in a hundred.
+    fn chance(&mut self, percent: u64) -> bool {
+        self.next() % 100 < percent
+    }
+}
+
+/// One node: its inboxes and history, its connection's bytes both ways.
+struct Node {
+    inboxes: Inboxes,
+    history: History,
+    /// `_INBOX.n<i>.`: where its answers come.
+    inbox: String,
+    out: BytesMut,
+    inbound: VecDeque<Delivery>,
+    connected: bool,
+    /// Users it holds: their live events come to it.
+    holds: BTreeSet<String>,
+    /// Per user held, the `seq`s it handed to its devices, in order.
+    handed: BTreeMap<String, Vec<u64>>,
+}
+
+/// A device of a user, on a node.
+struct Device {
+    user: String,
+    node: usize,
+    /// The epoch and the last `seq` it processed, once it read.
+    position: Option<(Box<str>, u64)>,
+    /// A read under way: where it resumed from, and what it got so far.
+    reading: Option<Reading>,
+}
+
+/// A device's read under way.
+struct Reading {
+    from: Option<(Box<str>, u64)>,
+    resumed: Option<bool>,
+    last_at_start: u64,
+    seqs: Vec<u64>,
+}
+
+/// A message sent: its sender, receiver and id.
+#[derive(Clone)]
+struct Sent {
+    sender: String,
+    receiver: String,
+    id: String,
+}
+
+/// What the seeds exercised.
+#[derive(Debug, Default, Clone, Copy)]
+struct Tally {
+    kept: usize,
+    failed: usize,
+    full: usize,
+    retries: usize,
+    resumed: usize,
+    refused: usize,
+    /// Reads that failed (cut off, late).
+    unread: usize,
+    handed: usize,
+    receipts: usize,
+    cuts: usize,
+}
+
+/// The simulated cluster of one seed.
+struct World {
+    rng: Rng,
+    server: JetStream,
+    nodes: Vec<Node>,
+    devices: Vec<Device>,
+    users: Vec<String>,
+    /// By the sender's ticket: the messages waiting for their outcome.
+    waiting: HashMap<u64, Sent>,
+    sent: Vec<Sent>,
+    next_ticket: u64,
+    next_message: u64,
+    /// Per user, the highest `acked` of its record seen stored.
+    acked: HashMap<String, u64>,
+    /// Receipts sent, by `(sender, id)`.
+    receipts: HashMap<(String, String), usize>,
+    /// Per node and index key, the publishes of the message the node may make: one per
+    /// retry check that found the key free, and one per append made before the index
+    /// existed (unchecked). A publish beyond them stored a message its check found held.
+    may_publish: HashMap<(usize, String), usize>,
+    tally: Tally,
+    /// The steps so far, for a failure's report.
+    log: Vec<String>,
+}
+
+/// Seeds the default run covers (about 5 s).
+const SEEDS_DEFAULT: u64 = 1_000;
+/// Steps a seed runs before everything settles.
+const STEPS: usize = 600;
+/// Unacknowledged events a user may have: small, so `queue_full` and generations happen.
+const QUEUE_MAX: u64 = 12;
+
+impl World {
+    fn new(seed: u64) -> World {
+        let mut rng = Rng(seed);
+        let node_count = 2 + rng.below(2);
+        let user_count = 2 + rng.below(3);
+        let users: Vec<String> = (0..user_count).map(|u| format!("u{u}")).collect();
+        let streams = StreamSettings {
+            queue_max_per_user: QUEUE_MAX,
+            retention: Duration::from_secs(30 * 86_400),
+            replicas: 1,
+        };
+        let nodes = (0..node_count)
+            .map(|n| {
+                let inbox = format!("_INBOX.n{n}.");
+                let mut node = Node {
+                    inboxes: Inboxes::new(&inbox, streams),
+                    history: History::new(&inbox, streams, Arc::new(StoreStats::default())),
+                    inbox,
+                    out: BytesMut::new(),
+                    inbound: VecDeque::new(),
+                    connected: true,
+                    holds: BTreeSet::new(),
+                    handed: BTreeMap::new(),
+                };
+                node.inboxes.connected(&mut node.out);
+                node.history.connected(&mut node.out);
+                node
+            })
+            .collect();
+        let mut devices = Vec::new();
+        for user in &users {
+            for _ in 0..2 {
+                let node = rng.below(node_count);
+                devices.push(Device {
+                    user: user.clone(),
+                    node,
+                    position: None,
+                    reading: None,
+                });
+            }
+        }
+        World {
+            rng,
+            server: JetStream::default(),
+            nodes,
+            devices,
+            users,
+            waiting: HashMap::new(),
+            sent: Vec::new(),
+            next_ticket: 1_000,
+            next_message: 0,
+            acked: HashMap::new(),
+            receipts: HashMap::new(),
+            may_publish: HashMap::new(),
+            tally: Tally::default(),
+            log: Vec::new(),
+        }
+    }
+
+    /// Runs `steps` random steps, then lets everything settle.
+    async fn run(&mut self, steps: usize) -> Result<Tally, String> {
+        for _ in 0..steps {
+            self.step().await?;
+        }
+        for n in 0..self.nodes.len() {
+            if !self.nodes[n].connected {
+                self.reconnect(n);
+            }
+        }
+        for _ in 0..10_000 {
+            let busy = (0..self.nodes.len())
+                .any(|n| !self.nodes[n].out.is_empty() || !self.nodes[n].inbound.is_empty());
+            if !busy {
+                break;
+            }
+            for n in 0..self.nodes.len() {
+                self.serve(n, usize::MAX)?;
+                self.receive(n, usize::MAX)?;
+            }
+        }
+        Ok(self.tally)
+    }
+
+    async fn step(&mut self) -> Result<(), String> {
+        // A node cut off comes back soon.
+        for n in 0..self.nodes.len() {
+            if !self.nodes[n].connected && self.rng.chance(10) {
+                self.reconnect(n);
+            }
+        }
+        let n = self.rng.below(self.nodes.len());
+        match self.rng.below(100) {
+            0..=14 => self.send_new(n)?,
+            15..=19 => self.retry(n)?,
+            20..=27 => self.ack()?,
+            28..=33 => self.start_read()?,
+            34..=63 => {
+                let count = 1 + self.rng.below(32);
+                self.serve(n, count)?;
+            }
+            64..=93 => {
+                let count = 1 + self.rng.below(32);
+                self.receive(n, count)?;
+            }
+            94 => self.toggle_connection(n)?,
+            95..=96 => self.toggle_hold(n)?,
+            _ => {
+                // Mostly short; now and then past the requests' deadline (5 s) or JetStream's
+                // duplicate window (2 minutes).
+                let jump_ms = match self.rng.below(20) {
+                    0 => 130_000,
+                    1 => 6_000,
+                    i => 100 * i as u64,
+                };
+                self.log.push(format!("time +{jump_ms} ms"));
+                self.advance(Duration::from_millis(jump_ms)).await?;
+            }
+        }
+        Ok(())
+    }
+
+    fn ticket(&mut self) -> u64 {
+        self.next_ticket += 1;
+        self.next_ticket
+    }
+
+    fn send_new(&mut self, n: usize) -> Result<(), String> {
+        let sender = self.users[self.rng.below(self.users.len())].clone();
+        let receiver = self.users[self.rng.below(self.users.len())].clone();
+        self.next_message += 1;
+        let sent = Sent {
+            sender,
+            receiver,
+            id: format!("m{}", self.next_message),
+        };
+        self.sent.push(sent.clone());
+        self.send(n, sent)
+    }
+
+    fn retry(&mut self, n: usize) -> Result<(), String> {
+        if self.sent.is_empty() {
+            return Ok(());
+        }
+        let sent = self.sent[self.rng.below(self.sent.len())].clone();
+        self.tally.retries += 1;
+        self.send(n, sent)
+    }
+
+    /// Hands node `n` an append of message `sent` for its sender's device.
+    fn send(&mut self, n: usize, sent: Sent) -> Result<(), String> {
+        let ticket = self.ticket();
+        self.log.push(format!(
+            "node {n}: {} sends {} to {} (ticket {ticket})",
+            sent.sender, sent.id, sent.receiver
+        ));
+        let waiter = Waiter { reactor: 0, ticket };
+        let priority = [Priority::High, Priority::Normal, Priority::Low][self.rng.below(3)];
+        let json = format!(
+            r#"{{"messageId":"{}","senderId":"{}"}}"#,
+            sent.id, sent.sender
+        );
+        let append = Append {
+            user: sent.receiver.as_str().into(),
+            seq: None,
+            home: 0,
+            event: Event {
+                kind: OutKind::NewMessage,
+                priority,
+                json: Bytes::from(json),
+            },
+            receipt: self.rng.chance(50),
+            chat: Some(Chat {
+                sender: sent.sender.as_str().into(),
+                message_id: sent.id.as_str().into(),
+                timestamp_ms: self.server.now_ms,
+            }),
+            ack: Some(AckTo {
+                waiter,
+                message_id: sent.id.as_str().into(),
+                delivered: false,
+            }),
+            dedup: None,
+        };
+        if !self.nodes[n].history.indexed() {
+            *self.may_publish.entry((n, index_key(&sent))).or_default() += 1;
+        }
+        self.waiting.insert(ticket, sent);
+        self.command(n, Command::Append(Box::new(append)))
+    }
+
+    /// A device that has read acknowledges what it has.
+    fn ack(&mut self) -> Result<(), String> {
+        let d = self.rng.below(self.devices.len());
+        let device = &self.devices[d];
+        let (Some((_, seq)), None) = (&device.position, &device.reading) else {
+            return Ok(());
+        };
+        let (user, node, upto) = (device.user.clone(), device.node, *seq);
+        if upto == 0 {
+            return Ok(());
+        }
+        self.log
+            .push(format!("node {node}: {user}'s device {d} acks {upto}"));
+        let ack = Command::Ack {
+            user: user.into(),
+            upto,
+            device: Some(Waiter {
+                reactor: 0,
+                ticket: d as u64,
+            }),
+            home: 0,
+        };
+        self.command(node, ack)
+    }
+
+    /// A device reads its inbox: resuming from where it is, or from nothing.
+    fn start_read(&mut self) -> Result<(), String> {
+        let d = self.rng.below(self.devices.len());
+        let device = &mut self.devices[d];
+        if device.reading.is_some() {
+            return Ok(());
+        }
+        let from = device.position.clone().unwrap_or(("".into(), 0));
+        device.reading = Some(Reading {
+            from: Some(from.clone()),
+            resumed: None,
+            last_at_start: 0,
+            seqs: Vec::new(),
+        });
+        let (user, node) = (device.user.clone(), device.node);
+        self.log.push(format!(
+            "node {node}: {user}'s device {d} resumes from {from:?}"
+        ));
+        let read = Command::ReadInbox {
+            user: user.into(),
+            device: Waiter {
+                reactor: 0,
+                ticket: d as u64,
+            },
+            from: ReadFrom::Resume {
+                epoch: from.0,
+                seq: from.1,
+            },
+        };
+        self.command(node, read)
+    }
+
+    /// Node `n` carries out a command, as its relay would.
+    fn command(&mut self, n: usize, command: Command) -> Result<(), String> {
+        let node = &mut self.nodes[n];
+        node.inboxes.set_index_ready(node.history.indexed());
+        let replies = if History::takes(&command) {
+            node.history.command(command, node.connected, &mut node.out)
+        } else {
+            node.inboxes.command(command, node.connected, &mut node.out)
+        };
+        self.replies(n, replies)
+    }
+
+    /// The server takes up to `count` of node `n`'s requests, in order.
+    fn serve(&mut self, n: usize, count: usize) -> Result<(), String> {
+        if !self.nodes[n].connected {
+            return Ok(());
+        }
+        for _ in 0..count {
+            let Some(publish) = next_publish(&mut self.nodes[n].out) else {
+                break;
+            };
+            let checked = (publish.subject == "$JS.API.DIRECT.GET.KV_chat_received")
+                .then(|| serde_json::from_slice::<serde_json::Value>(&publish.payload).ok())
+                .flatten()
+                .and_then(|asked| asked["last_by_subj"].as_str().map(str::to_owned));
+            let stored = publish
+                .subject
+                .strip_prefix("chat.inbox.")
+                .zip(publish.headers.iter().find(|(k, _)| k == "Nats-Msg-Id"))
+                .map(|(receiver, (_, id))| (receiver.to_owned(), id.clone()));
+            let copies_before = stored.as_ref().map_or(0, |s| self.copies(s));
+            for delivery in self.server.handle(publish) {
+                if let (Some(key), Some(404)) = (&checked, delivery.status) {
+                    *self.may_publish.entry((n, key.clone())).or_default() += 1;
+                }
+                self.route(n, delivery);
+            }
+            if let Some(stored) = stored {
+                self.check_copies(n, &stored, copies_before)?;
+            }
+            self.check_records()?;
+        }
+        Ok(())
+    }
+
+    /// Where a delivery goes: an answer to its node, a live event to every node holding
+    /// the user (and connected).
+    fn route(&mut self, from: usize, delivery: Delivery) {
+        if let Some(user) = delivery.subject.strip_prefix("chat.live.") {
+            for node in &mut self.nodes {
+                if node.connected && node.holds.contains(user) {
+                    node.inbound.push_back(Delivery {
+                        subject: delivery.subject.clone(),
+                        status: None,
+                        headers: delivery.headers.clone(),
+                        payload: delivery.payload.clone(),
+                    });
+                }
+            }
+        } else {
+            self.nodes[from].inbound.push_back(delivery);
+        }
+    }
+
+    /// Node `n` takes up to `count` of what came for it, in order.
+    fn receive(&mut self, n: usize, count: usize) -> Result<(), String> {
+        for _ in 0..count {
+            let Some(delivery) = self.nodes[n].inbound.pop_front() else {
+                break;
+            };
+            let node = &mut self.nodes[n];
+            if let Some(user) = delivery.subject.strip_prefix("chat.live.") {
+                let seq = super::inboxes::sequence_of(&delivery.headers).unwrap_or(0);
+                let event = (seq, delivery.headers.clone(), delivery.payload.clone());
+                if let Some(ready) = node.inboxes.live(user, event, &mut node.out) {
+                    let user = user.to_owned();
+                    self.hand_over(n, &user, ready)?;
+                }
+                continue;
+            }
+            let Some(tail) = delivery.subject.strip_prefix(node.inbox.as_str()) else {
+                continue;
+            };
+            let (letter, id) = tail.split_at(1);
+            node.inboxes.set_index_ready(node.history.indexed());
+            let (status, headers, payload) =
+                (delivery.status, &delivery.headers, &delivery.payload);
+            let replies = match letter {
+                "j" => {
+                    let replies = node.inboxes.answered(
+                        id.as_bytes(),
+                        status,
+                        headers,
+                        payload,
+                        &mut node.out,
+                    );
+                    for kept in node.inboxes.take_kept() {
+                        node.history.record(kept, &mut node.out);
+                    }
+                    replies
+                }
+                "k" => {
+                    node.history
+                        .answered(id.as_bytes(), status, headers, payload, &mut node.out)
+                }
+                _ => Vec::new(),
+            };
+            self.replies(n, replies)?;
+            self.gaps_filled(n)?;
+        }
+        Ok(())
+    }
+
+    /// The gaps node `n` read, handed over.
+    fn gaps_filled(&mut self, n: usize) -> Result<(), String> {
+        for (user, events) in self.nodes[n].inboxes.take_ready() {
+            for ready in events {
+                self.hand_over(n, &user, ready)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Node `n` hands one of `user`'s events to its devices: after the last it handed.
+    fn hand_over(&mut self, n: usize, user: &str, ready: Ready) -> Result<(), String> {
+        let seq = match ready {
+            Ready::Read(event) => event.seq,
+            Ready::Live { seq, payload, .. } => {
+                if decode_event(&payload).is_none() {
+                    return Err(format!("node {n}: {user}'s event {seq} does not parse"));
+                }
+                seq
+            }
+        };
+        self.tally.handed += 1;
+        let handed = self.nodes[n].handed.entry(user.to_owned()).or_default();
+        if handed.last().is_some_and(|last| *last >= seq) {
+            return Err(format!(
+                "node {n} handed {user}'s event {seq} after {handed:?}"
+            ));
+        }
+        handed.push(seq);
+        Ok(())
+    }
+
+    /// What a node's inboxes and history answered.
+    fn replies(&mut self, n: usize, replies: Vec<(usize, Reply)>) -> Result<(), String> {
+        for (_, reply) in replies {
+            match reply {
+                Reply::Appended {
+                    sender, outcome, ..
+                } => {
+                    let Some(sent) = self.waiting.remove(&sender.ticket) else {
+                        return Err(format!("an outcome for no sender: {sender:?}"));
+                    };
+                    self.log.push(format!(
+                        "node {n}: {} of {} to {}: {outcome:?}",
+                        sent.id, sent.sender, sent.receiver
+                    ));
+                    match outcome {
+                        Outcome::Kept { .. } => {
+                            self.tally.kept += 1;
+                            if self.copies_of(&sent) == 0 {
+                                return Err(format!(
+                                    "{} of {} to {} acknowledged, never stored",
+                                    sent.id, sent.sender, sent.receiver
+                                ));
+                            }
+                        }
+                        Outcome::QueueFull => self.tally.full += 1,
+                        _ => self.tally.failed += 1,
+                    }
+                }
+                Reply::InboxPage {
+                    device,
+                    greeting,
+                    events,
+                    next,
+                    error,
+                    ..
+                } => self.page(n, device, (greeting, events, next, error))?,
+                Reply::Receipts { user, receipts } => {
+                    self.log
+                        .push(format!("node {n}: receipts of {user}: {receipts:?}"));
+                    for (sender, id) in receipts {
+                        self.tally.receipts += 1;
+                        let sent = Sent {
+                            sender: sender.to_string(),
+                            receiver: user.to_string(),
+                            id: id.to_string(),
+                        };
+                        // One a stored copy (a retry stored again, before the first
+                        // was indexed, has its own).
+                        let count = self
+                            .receipts
+                            .entry((sender.to_string(), id.to_string()))
+                            .or_default();
+                        *count += 1;
+                        let (count, copies) = (*count, self.copies_of(&sent));
+                        if count > copies {
+                            return Err(format!(
+                                "receipt {count} for {id} of {sender}, stored {copies} times"
+                            ));
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// A page of a device's read.
+    fn page(
+        &mut self,
+        n: usize,
+        device: Waiter,
+        (greeting, events, next, error): (
+            Option<crate::store::Greeting>,
+            Vec<crate::store::InboxEvent>,
+            Option<ReadFrom>,
+            Option<crate::store::Failure>,
+        ),
+    ) -> Result<(), String> {
+        let d = device.ticket as usize;
+        let Some(reading) = self.devices[d].reading.as_mut() else {
+            return Err(format!("a page for device {d}, which does not read"));
+        };
+        if let Some(error) = error {
+            self.log
+                .push(format!("device {d}'s read failed: {error:?}"));
+            self.tally.unread += 1;
+            self.devices[d].reading = None;
+            return Ok(());
+        }
+        if let Some(greeting) = &greeting {
+            reading.resumed = greeting.resumed;
+            reading.last_at_start = greeting.seq;
+            self.devices[d].position = Some((greeting.epoch.clone(), 0));
+        }
+        let reading = self.devices[d].reading.as_mut().expect("reading");
+        reading.seqs.extend(events.iter().map(|e| e.seq));
+        if let Some(next) = next {
+            let user = self.devices[d].user.clone();
+            let read = Command::ReadInbox {
+                user: user.into(),
+                device,
+                from: next,
+            };
+            return self.command(n, read);
+        }
+        let reading = self.devices[d].reading.take().expect("reading");
+        let user = self.devices[d].user.clone();
+        let highest = reading.seqs.iter().copied().max().unwrap_or(0);
+        let upto = highest.max(reading.last_at_start);
+        if reading.resumed == Some(true) {
+            self.tally.resumed += 1;
+            let from = reading.from.as_ref().map_or(0, |(_, seq)| *seq);
+            let subject = format!("chat.inbox.{user}");
+            let expected: Vec<u64> = self
+                .server
+                .ever
+                .iter()
+                .filter(|((stream, seq), m)| {
+                    stream == "CHAT_INBOX" && m.subject == subject && *seq > from && *seq <= upto
+                })
+                .map(|((_, seq), _)| *seq)
+                .collect();
+            if reading.seqs != expected {
+                return Err(format!(
+                    "device {d} of {user} resumed from {from} and got {:?}, not {expected:?}",
+                    reading.seqs
+                ));
+            }
+            let epoch = self.devices[d]
+                .position
+                .clone()
+                .map(|p| p.0)
+                .unwrap_or_default();
+            self.devices[d].position = Some((epoch, upto.max(from)));
+        } else {
+            self.tally.refused += 1;
+            let epoch = self.devices[d]
+                .position
+                .clone()
+                .map(|p| p.0)
+                .unwrap_or_default();
+            self.devices[d].position = Some((epoch, upto));
+        }
+        self.log.push(format!(
+            "device {d} of {user} read {:?} (resumed {:?})",
+            reading.seqs, reading.resumed
+        ));
+        Ok(())
+    }
+
+    /// How many copies of `sent` its receiver's inbox ever stored.
+    fn copies_of(&self, sent: &Sent) -> usize {
+        self.copies(&(
+            sent.receiver.clone(),
+            format!("{}.{}", sent.sender, sent.id),
+        ))
+    }
+
+    /// Copies of message `(receiver, Nats-Msg-Id)` ever stored.
+    fn copies(&self, (receiver, id): &(String, String)) -> usize {
+        let subject = format!("chat.inbox.{receiver}");
+        self.server
+            .ever
+            .iter()
+            .filter(|((stream, _), m)| {
+                stream == "CHAT_INBOX"
+                    && m.subject == subject
+                    && m.header("Nats-Msg-Id") == Some(id)
+            })
+            .count()
+    }
+
+    /// A publish of a message by node `n`: it must have had leave to (a free key, or no
+    /// index yet); a second copy stored without leave is one whose check found the
+    /// first indexed.
+    fn check_copies(
+        &mut self,
+        n: usize,
+        stored: &(String, String),
+        before: usize,
+    ) -> Result<(), String> {
+        let (receiver, id) = stored;
+        let message = id.split_once('.').map_or("", |(_, m)| m).to_owned();
+        let key = index_key(&Sent {
+            sender: String::new(),
+            receiver: receiver.clone(),
+            id: message,
+        });
+        if let Some(leave) = self.may_publish.get_mut(&(n, key)).filter(|l| **l > 0) {
+            *leave -= 1;
+        } else if before > 0 && self.copies(stored) > before {
+            return Err(format!(
+                "node {n} stored {id} for {receiver} again, though indexed"
+            ));
+        }
+        Ok(())
+    }
+
+    /// No acknowledgement record went back.
+    fn check_records(&mut self) -> Result<(), String> {
+        for user in &self.users {
+            let subject = format!("$KV.chat_acks.{user}");
+            let Some((_, record)) = self.server.held("KV_chat_acks", &subject).pop() else {
+                continue;
+            };
+            let Some(record) = AckRecord::parse(&record.payload) else {
+                return Err(format!("{user}'s record does not parse"));
+            };
+            let before = self.acked.insert(user.clone(), record.acked).unwrap_or(0);
+            if record.acked < before {
+                return Err(format!(
+                    "{user}'s record went back from {before} to {}",
+                    record.acked
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Cuts node `n` off, or brings it back.
+    fn toggle_connection(&mut self, n: usize) -> Result<(), String> {
+        if self.nodes[n].connected {
+            self.tally.cuts += 1;
+            self.log.push(format!("node {n} cut off"));
+            // What it had leave to publish is lost with what it sent.
+            self.may_publish.retain(|(node, _), _| *node != n);
+            let node = &mut self.nodes[n];
+            node.connected = false;
+            node.out.clear();
+            node.inbound.clear();
+            let mut replies = node.inboxes.disconnected();
+            replies.extend(node.history.disconnected());
+            self.replies(n, replies)?;
+            self.gaps_filled(n)
+        } else {
+            self.reconnect(n);
+            Ok(())
+        }
+    }
+
+    fn reconnect(&mut self, n: usize) {
+        self.log.push(format!("node {n} back"));
+        let node = &mut self.nodes[n];
+        node.connected = true;
+        node.inboxes.connected(&mut node.out);
+        node.history.connected(&mut node.out);
+    }
+
+    /// Node `n` starts or stops holding a user.
+    fn toggle_hold(&mut self, n: usize) -> Result<(), String> {
+        let user = self.users[self.rng.below(self.users.len())].clone();
+        let node = &mut self.nodes[n];
+        if node.holds.remove(&user) {
+            self.log.push(format!("node {n} lets go of {user}"));
+            node.inboxes.forget(&user);
+            node.handed.remove(&user);
+        } else {
+            self.log.push(format!("node {n} holds {user}"));
+            node.holds.insert(user);
+        }
+        Ok(())
+    }
+
+    /// Time passes: on the server's clock and the nodes' (requests past their deadline
+    /// fail).
+    async fn advance(&mut self, by: Duration) -> Result<(), String> {
+        self.server.now_ms += by.as_millis() as u64;
+        tokio::time::advance(by).await;
+        let now = Instant::now();
+        for n in 0..self.nodes.len() {
+            let node = &mut self.nodes[n];
+            let mut replies = node.inboxes.expire(now);
+            replies.extend(node.history.expire(now, node.connected, &mut node.out));
+            self.replies(n, replies)?;
+            self.gaps_filled(n)?;
+        }
+        Ok(())
+    }
+}
+
+/// The message index's key of `sent`, as a retry check asks for it.
+fn index_key(sent: &Sent) -> String {
+    format!("$KV.chat_received.{}.{}", sent.receiver, sent.id)
+}
+
+/// Runs seed `seed`; a failure says which invariant broke, after which steps.
+fn run_seed(seed: u64, steps: usize) -> Result<Tally, String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .expect("a runtime");
+    let mut world = World::new(seed);
+    let outcome = runtime.block_on(world.run(steps));
+    outcome.map_err(|why| {
+        // `CLUSTER_SIM_LOG`: every step, not the last 40.
+        let shown = match std::env::var_os("CLUSTER_SIM_LOG") {
+            Some(_) => usize::MAX,
+            None => 40,
+        };
+        let tail: Vec<&String> = world.log.iter().rev().take(shown).collect();
+        let steps: Vec<&String> = tail.into_iter().rev().collect();
+        format!("seed {seed}: {why}\nlast steps:\n{steps:#?}")
+    })
+}
+
+fn env_u64(name: &str) -> Option<u64> {
+    std::env::var(name).ok().and_then(|v| v.parse().ok())
+}
+
+#[test]
+fn every_seed_keeps_the_cluster_inbox_invariants() {
+    if let Some(seed) = env_u64("CLUSTER_SIM_SEED") {
+        let tally = run_seed(seed, STEPS).unwrap_or_else(|why| panic!("{why}"));
+        eprintln!("seed {seed}: {tally:?}");
+        return;
+    }
+    let base = env_u64("CLUSTER_SIM_SEED_BASE").unwrap_or(0);
+    let seeds = env_u64("CLUSTER_SIM_SEEDS").unwrap_or(SEEDS_DEFAULT);
+    let mut total = Tally::default();
+    for seed in base..base + seeds {
+        let tally = run_seed(seed, STEPS).unwrap_or_else(|why| panic!("{why}"));
+        total.kept += tally.kept;
+        total.failed += tally.failed;
+        total.full += tally.full;
+        total.retries += tally.retries;
+        total.resumed += tally.resumed;
+        total.refused += tally.refused;
+        total.unread += tally.unread;
+        total.handed += tally.handed;
+        total.receipts += tally.receipts;
+        total.cuts += tally.cuts;
+    }
+    eprintln!("{seeds} seeds: {total:?}");
+    assert!(
+        total.kept > 0 && total.resumed > 0 && total.handed > 0,
+        "{total:?}"
+    );
+}
