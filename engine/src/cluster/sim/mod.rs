@@ -2,7 +2,8 @@
 //! [`Inboxes`](super::inboxes::Inboxes) and [`History`](super::history::History), the
 //! cluster's side of the store interface) against one simulated nats-server with
 //! JetStream ([`jetstream`]), on a virtual clock, one seed at a time. Senders send and
-//! retry messages through any node, devices resume and acknowledge on any node, nodes
+//! retry messages through any node, posts fan out to several users, devices resume and
+//! acknowledge on any node (or read without resume, taken as read page by page), nodes
 //! hold and let go of users, and faults come at random: the server takes a node's
 //! requests late, a node is cut off (what it sent and what came for it lost, answers
 //! included) and comes back, time jumps past JetStream's duplicate window and requests'
@@ -12,7 +13,9 @@
 //! - an acknowledged message (`Kept`) is stored, and no message is stored twice once its
 //!   index entry was found (a retry after the duplicate window included);
 //! - a resume that says `resumed:true` gets every event after its `seq` that was ever
-//!   stored, in order, up to where it read (nothing removed under it);
+//!   stored, in order, up to where it read (nothing removed under it); a read without
+//!   resume comes in delivery order (priority, then `seq`);
+//! - a post's counts cover its rows, and what they count kept is stored;
 //! - each node hands a user's live events to its devices in `seq` order, each once;
 //! - a user's acknowledgement record never goes back, and a receipt goes out once.
 //!
@@ -39,7 +42,10 @@ use super::{
 };
 use crate::{
     protocol::{codes::OutKind, Priority},
-    store::{AckTo, Append, Chat, Command, Event, Outcome, ReadFrom, Reply, StoreStats, Waiter},
+    store::{
+        AckTo, Append, Chat, Command, Event, FanOut, Outcome, ReadFrom, Reply, Share, ShareRow,
+        StoreStats, Waiter,
+    },
 };
 
 /// A small deterministic generator (splitmix64).
@@ -92,10 +98,14 @@ struct Device {
 
 /// A device's read under way.
 struct Reading {
+    /// Where it resumed from; `None`: no resume (what no device acknowledged, in
+    /// delivery order, taken as read page by page, as a v1 device's).
     from: Option<(Box<str>, u64)>,
     resumed: Option<bool>,
     last_at_start: u64,
     seqs: Vec<u64>,
+    /// Each event's priority (its rank) and `seq`, in the order they came.
+    order: Vec<(u8, u64)>,
 }
 
 /// A message sent: its sender, receiver and id.
@@ -117,6 +127,12 @@ struct Tally {
     refused: usize,
     /// Reads that failed (cut off, late).
     unread: usize,
+    /// Reads without resume, in delivery order.
+    unacked_reads: usize,
+    /// Posts whose counts came.
+    posts: usize,
+    /// Receipts due and never sent (an ack's record write answered too late).
+    receipts_lost: usize,
     handed: usize,
     receipts: usize,
     cuts: usize,
@@ -136,6 +152,8 @@ struct World {
     next_message: u64,
     /// Per user, the highest `acked` of its record seen stored.
     acked: HashMap<String, u64>,
+    /// Posts waiting for their counts: how many rows each has.
+    posts: HashMap<u32, usize>,
     /// Receipts sent, by `(sender, id)`.
     receipts: HashMap<(String, String), usize>,
     /// Per node and index key, the publishes of the message the node may make: one per
@@ -207,6 +225,7 @@ impl World {
             next_message: 0,
             acked: HashMap::new(),
             receipts: HashMap::new(),
+            posts: HashMap::new(),
             may_publish: HashMap::new(),
             tally: Tally::default(),
             log: Vec::new(),
@@ -234,7 +253,33 @@ impl World {
                 self.receive(n, usize::MAX)?;
             }
         }
+        self.tally.receipts_lost = self.receipts_lost();
         Ok(self.tally)
+    }
+
+    /// Once quiet: the acknowledged events whose sender waits for a receipt and got
+    /// none. Counted, not an invariant: an ack whose record write was answered too late
+    /// (or cut off) may have stored the record without its node sending the receipts,
+    /// and a later ack finds nothing new to take (docs/cluster.md, "Status").
+    fn receipts_lost(&self) -> usize {
+        let mut lost = 0;
+        for user in &self.users {
+            let acked = self.acked.get(user).copied().unwrap_or(0);
+            let subject = format!("chat.inbox.{user}");
+            for ((stream, seq), m) in &self.server.ever {
+                let due = stream == "CHAT_INBOX" && m.subject == subject && *seq <= acked;
+                let Some(receipt) = m.header("Chat-Receipt").filter(|_| due) else {
+                    continue;
+                };
+                let (sender, id) = receipt.split_once(' ').unwrap_or_default();
+                lost += usize::from(
+                    !self
+                        .receipts
+                        .contains_key(&(sender.to_owned(), id.to_owned())),
+                );
+            }
+        }
+        lost
     }
 
     async fn step(&mut self) -> Result<(), String> {
@@ -246,7 +291,8 @@ impl World {
         }
         let n = self.rng.below(self.nodes.len());
         match self.rng.below(100) {
-            0..=14 => self.send_new(n)?,
+            0..=11 => self.send_new(n)?,
+            12..=14 => self.post(n)?,
             15..=19 => self.retry(n)?,
             20..=27 => self.ack()?,
             28..=33 => self.start_read()?,
@@ -344,6 +390,38 @@ impl World {
         self.command(n, Command::Append(Box::new(append)))
     }
 
+    /// A post to some users (a group's fan-out): one row each, without dedup.
+    fn post(&mut self, n: usize) -> Result<(), String> {
+        let rows: Vec<ShareRow> = self
+            .users
+            .iter()
+            .filter(|_| self.rng.chance(60))
+            .map(|user| ShareRow {
+                user: user.as_str().into(),
+                seq: None,
+                json: None,
+                except: None,
+            })
+            .collect();
+        self.next_message += 1;
+        let request = self.next_message as u32;
+        self.log
+            .push(format!("node {n}: post {request} to {} users", rows.len()));
+        self.posts.insert(request, rows.len());
+        let share = Share {
+            kind: OutKind::NewMessage,
+            priority: Priority::Normal,
+            json: Bytes::from(format!(r#"{{"post":{request}}}"#)),
+            rows,
+            home: 0,
+            purpose: FanOut::GroupPost,
+            reply_to: 0,
+            request,
+            delivered: 0,
+        };
+        self.command(n, Command::AppendShare(Box::new(share)))
+    }
+
     /// A device that has read acknowledges what it has.
     fn ack(&mut self) -> Result<(), String> {
         let d = self.rng.below(self.devices.len());
@@ -376,27 +454,35 @@ impl World {
         if device.reading.is_some() {
             return Ok(());
         }
-        let from = device.position.clone().unwrap_or(("".into(), 0));
+        let from = match self.rng.chance(25) {
+            true => None,
+            false => Some(device.position.clone().unwrap_or(("".into(), 0))),
+        };
         device.reading = Some(Reading {
-            from: Some(from.clone()),
+            from: from.clone(),
             resumed: None,
             last_at_start: 0,
             seqs: Vec::new(),
+            order: Vec::new(),
         });
         let (user, node) = (device.user.clone(), device.node);
         self.log.push(format!(
-            "node {node}: {user}'s device {d} resumes from {from:?}"
+            "node {node}: {user}'s device {d} reads from {from:?}"
         ));
+        let from = match from {
+            Some((epoch, seq)) => ReadFrom::Resume { epoch, seq },
+            None => ReadFrom::Unacked {
+                upto: 0,
+                cursor: None,
+            },
+        };
         let read = Command::ReadInbox {
             user: user.into(),
             device: Waiter {
                 reactor: 0,
                 ticket: d as u64,
             },
-            from: ReadFrom::Resume {
-                epoch: from.0,
-                seq: from.1,
-            },
+            from,
         };
         self.command(node, read)
     }
@@ -579,9 +665,37 @@ impl World {
                     greeting,
                     events,
                     next,
+                    covered,
                     error,
                     ..
-                } => self.page(n, device, (greeting, events, next, error))?,
+                } => self.page(n, device, (greeting, events, next, error), covered)?,
+                Reply::FanOutQueued {
+                    request,
+                    queued,
+                    not_kept,
+                    ..
+                } => {
+                    let Some(rows) = self.posts.remove(&request) else {
+                        return Err(format!("counts for no post: {request}"));
+                    };
+                    let counted = (queued + not_kept) as usize;
+                    if counted != rows {
+                        return Err(format!("post {request}: {counted} counted of {rows} rows"));
+                    }
+                    let json = format!(r#"{{"post":{request}}}"#);
+                    let stored = self
+                        .server
+                        .ever
+                        .values()
+                        .filter(|m| {
+                            decode_event(&m.payload).is_some_and(|(_, _, j)| j == json.as_bytes())
+                        })
+                        .count();
+                    if stored < queued as usize {
+                        return Err(format!("post {request}: {queued} kept, {stored} stored"));
+                    }
+                    self.tally.posts += 1;
+                }
                 Reply::Receipts { user, receipts } => {
                     self.log
                         .push(format!("node {n}: receipts of {user}: {receipts:?}"));
@@ -624,6 +738,7 @@ impl World {
             Option<ReadFrom>,
             Option<crate::store::Failure>,
         ),
+        covered: u64,
     ) -> Result<(), String> {
         let d = device.ticket as usize;
         let Some(reading) = self.devices[d].reading.as_mut() else {
@@ -643,6 +758,20 @@ impl World {
         }
         let reading = self.devices[d].reading.as_mut().expect("reading");
         reading.seqs.extend(events.iter().map(|e| e.seq));
+        reading
+            .order
+            .extend(events.iter().map(|e| (e.priority as u8, e.seq)));
+        if reading.from.is_none() && !events.is_empty() {
+            // Written to a device that does not acknowledge: taken as read, as its
+            // driver acknowledges a page it wrote.
+            let ack = Command::Ack {
+                user: self.devices[d].user.as_str().into(),
+                upto: covered,
+                device: None,
+                home: 0,
+            };
+            self.command(n, ack)?;
+        }
         if let Some(next) = next {
             let user = self.devices[d].user.clone();
             let read = Command::ReadInbox {
@@ -656,6 +785,15 @@ impl World {
         let user = self.devices[d].user.clone();
         let highest = reading.seqs.iter().copied().max().unwrap_or(0);
         let upto = highest.max(reading.last_at_start);
+        if reading.from.is_none() {
+            self.tally.unacked_reads += 1;
+            if reading.order.windows(2).any(|w| w[0] >= w[1]) {
+                return Err(format!(
+                    "device {d} of {user} read out of delivery order: {:?}",
+                    reading.order
+                ));
+            }
+        }
         if reading.resumed == Some(true) {
             self.tally.resumed += 1;
             let from = reading.from.as_ref().map_or(0, |(_, seq)| *seq);
@@ -682,7 +820,9 @@ impl World {
                 .unwrap_or_default();
             self.devices[d].position = Some((epoch, upto.max(from)));
         } else {
-            self.tally.refused += 1;
+            if reading.resumed == Some(false) {
+                self.tally.refused += 1;
+            }
             let epoch = self.devices[d]
                 .position
                 .clone()
@@ -876,6 +1016,9 @@ fn every_seed_keeps_the_cluster_inbox_invariants() {
         total.resumed += tally.resumed;
         total.refused += tally.refused;
         total.unread += tally.unread;
+        total.unacked_reads += tally.unacked_reads;
+        total.posts += tally.posts;
+        total.receipts_lost += tally.receipts_lost;
         total.handed += tally.handed;
         total.receipts += tally.receipts;
         total.cuts += tally.cuts;
