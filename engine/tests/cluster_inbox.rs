@@ -563,6 +563,9 @@ fn history_and_its_changes_are_every_nodes_and_outlive_the_node_they_went_throug
         for i in 0..3 {
             alice.send_chat(&format!("m-{i}"), "bob", &format!("h{i}"));
             bob.next_message();
+            // Each its own millisecond: a page never splits messages of one (its cursor
+            // is a time), so the page of 2 below would hold 1 if two shared one.
+            std::thread::sleep(Duration::from_millis(2));
         }
         // A retry is neither delivered nor kept twice: through the same node (its dedup
         // window), or through the other (JetStream's, by message id).
