@@ -36,7 +36,8 @@ use tracing::{debug, info, warn};
 
 use super::{
     inboxes::{KeptChat, StreamSettings},
-    relay::{from_subject_token, key_token, subject_token},
+    received::{index_get, index_key, parse_index, INDEX_BUCKET, INDEX_STREAM},
+    relay::{from_subject_token, subject_token},
     requests::{self, direct_get, Requests},
     wire,
 };
@@ -48,9 +49,6 @@ use crate::store::{
 
 /// The stream of every conversation.
 const STREAM: &str = "CHAT_HISTORY";
-/// The key-value bucket of the message index, and its stream.
-const INDEX_BUCKET: &str = "chat_received";
-pub(super) const INDEX_STREAM: &str = "KV_chat_received";
 /// The header naming a conversation's entry before this one (0: none).
 const PREV_HEADER: &str = "Chat-Prev";
 /// The header saying what an entry is: `m <sender> <message id> <sent at ms>` for a
@@ -995,24 +993,6 @@ fn conversation_subject(a: &str, b: &str) -> String {
         subject_token(low),
         subject_token(high)
     )
-}
-
-/// The index key of message `message_id` received by `receiver`.
-pub(super) fn index_key(receiver: &str, message_id: &str) -> String {
-    format!("{}.{}", key_token(receiver), key_token(message_id))
-}
-
-/// A direct get of index key `key`'s value.
-pub(super) fn index_get(key: &str) -> Vec<u8> {
-    serde_json::json!({"last_by_subj": format!("$KV.{INDEX_BUCKET}.{key}")})
-        .to_string()
-        .into_bytes()
-}
-
-/// The sender an index value (`<sender> <seq>`) names.
-pub(super) fn parse_index(payload: &[u8]) -> Option<Box<str>> {
-    let value = std::str::from_utf8(payload).ok()?;
-    from_subject_token(value.split(' ').next()?)
 }
 
 /// Whether JetStream refused for now only: no responders, or unavailable (no quorum, a

@@ -47,7 +47,7 @@ use tracing::{debug, info, warn};
 
 use super::{
     acks::{self, AckRecord, ACK_STREAM},
-    history,
+    received,
     relay::{from_key_token, from_subject_token, key_token, subject_token},
     requests::{self, direct_get, Requests},
     seen::{Continuity, Receipt, Seen},
@@ -711,10 +711,10 @@ impl Inboxes {
     fn append(&mut self, append: Append, out: &mut BytesMut) {
         match &append.chat {
             Some(chat) if self.index_ready => {
-                let key = history::index_key(&append.user, &chat.message_id);
-                let body = history::index_get(&key);
+                let key = received::index_key(&append.user, &chat.message_id);
+                let body = received::index_get(&key);
                 let pending = Pending::RetryCheck(Box::new(append));
-                self.request(out, &direct_get(history::INDEX_STREAM), &body, pending);
+                self.request(out, &direct_get(received::INDEX_STREAM), &body, pending);
             }
             _ => self.publish(append, out),
         }
@@ -881,7 +881,7 @@ impl Inboxes {
             }
             Pending::RetryCheck(append) => {
                 let sender = append.chat.as_ref().map(|chat| &*chat.sender);
-                let held = status.is_none() && history::parse_index(payload).as_deref() == sender;
+                let held = status.is_none() && received::parse_index(payload).as_deref() == sender;
                 if held {
                     // The first copy is kept: acknowledged again, not stored twice.
                     debug!("cluster: a retry after the duplicate window, not stored twice");

@@ -17,6 +17,7 @@
 //!   how far each user's devices acknowledged, and which acknowledged events stay;
 //!   `seen`: the inbox events seen live, which an ack takes without reading the stream;
 //!   `requests`: their requests to JetStream and what waits on each answer;
+//!   `received`: the message index's names and formats, which both use;
 //! - `totals`: every node's `/api/stats` figures summed;
 //! - `tls`: TLS to NATS; `sim` (tests only): the cluster simulator, which runs inboxes
 //!   and history against a simulated JetStream.
@@ -27,6 +28,7 @@ mod inboxes;
 mod members;
 mod node;
 mod presence;
+mod received;
 pub mod relay;
 mod relayer;
 mod requests;
