@@ -65,6 +65,31 @@ impl AckRecord {
     }
 }
 
+/// The header naming the ack that wrote a record: a token unique to that write.
+pub(super) const WRITER_HEADER: &str = "Chat-Writer";
+/// The header naming the writer of the record a write replaced (its compare-and-set's
+/// base): a node unsure whether its write landed finds it under one later write.
+pub(super) const OVER_HEADER: &str = "Chat-Over";
+
+/// A user's record as stored: its value, its revision (what a compare-and-set names) and
+/// the token of the ack that wrote it (0: unknown).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) struct Stored {
+    /// The value.
+    pub record: AckRecord,
+    /// Its revision (0: none stored yet).
+    pub revision: u64,
+    /// [`WRITER_HEADER`]'s token.
+    pub writer: u64,
+}
+
+/// The token header `name` of a stored record holds (0: none).
+pub(super) fn token_of(headers: &[u8], name: &str) -> u64 {
+    super::wire::header(headers, name)
+        .and_then(|v| std::str::from_utf8(v).ok()?.parse().ok())
+        .unwrap_or(0)
+}
+
 /// The events of one generation of acknowledged events kept: half the per-user bound, so
 /// that the newest `--queue-max-per-user` / 2 acknowledged events always stay.
 pub(super) fn generation(queue_max_per_user: u64) -> u64 {

@@ -133,6 +133,8 @@ enum Pending {
     AckScan(Box<AckScan>),
     /// The record's compare-and-set to what the ack took.
     AckWrite(Box<AckScan>),
+    /// The user's record, read again for its unsure acks.
+    Settle(Box<str>),
     /// The removal of a generation of acknowledged events.
     Purge,
     /// The next event of a gap in a user's live events.
@@ -155,6 +157,21 @@ struct AckScan {
     revision: u64,
     /// `record.gone` as fetched: a purge follows the write if the ack raised it.
     gone_before: u64,
+    /// The token of the ack that wrote the record this one starts from (0: unknown).
+    over: u64,
+    /// This ack's own token, once it writes.
+    token: u64,
+}
+
+/// Receipts of an ack whose record write got no answer (cut off, or too late): sent once
+/// the record read again shows the write landed ([`acks::OVER_HEADER`]).
+struct Unsure {
+    /// The write's token.
+    token: u64,
+    /// The `seq` it acknowledged up to.
+    upto: u64,
+    receipts: crate::store::ReceiptsDue,
+    home: usize,
 }
 
 impl AckScan {
@@ -168,6 +185,8 @@ impl AckScan {
             record: AckRecord::default(),
             revision: 0,
             gone_before: 0,
+            over: 0,
+            token: 0,
         }
     }
 }
@@ -416,6 +435,14 @@ pub(super) struct Inboxes {
     index_ready: bool,
     /// The relay's inbox prefix, which names this process in [`EXCEPT_HEADER`].
     origin: Box<str>,
+    /// Where this process's ack tokens start (from the inbox prefix's random part), and
+    /// the last one given out.
+    token_base: u64,
+    tokens: u64,
+    /// Per user, the receipts of acks whose record write got no answer.
+    unsure: HashMap<Box<str>, Vec<Unsure>>,
+    /// Users whose record is being read again for their unsure acks.
+    settling: hashbrown::HashSet<Box<str>>,
 }
 
 impl Inboxes {
@@ -435,6 +462,15 @@ impl Inboxes {
             kept: Vec::new(),
             index_ready: false,
             origin: inbox.into(),
+            token_base: {
+                use std::hash::{Hash, Hasher};
+                let mut hasher = std::collections::hash_map::DefaultHasher::new();
+                inbox.hash(&mut hasher);
+                hasher.finish() | 1 << 63
+            },
+            tokens: 0,
+            unsure: HashMap::new(),
+            settling: hashbrown::HashSet::new(),
         }
     }
 
@@ -941,12 +977,16 @@ impl Inboxes {
             }
             Pending::AckFetch(scan) => {
                 let fetched = match status {
-                    Some(404) => Some((AckRecord::default(), 0)),
+                    Some(404) => Some(acks::Stored::default()),
                     Some(_) => None,
-                    None => AckRecord::parse(payload).zip(sequence_of(headers)),
+                    None => stored_record(headers, payload),
                 };
                 match fetched {
-                    Some(fetched) => self.go_on_from(*scan, fetched, out),
+                    Some(fetched) => {
+                        let over = acks::token_of(headers, acks::OVER_HEADER);
+                        self.settle(&scan.user, fetched, over, &mut replies);
+                        self.go_on_from(*scan, fetched, out)
+                    }
                     None => {
                         warn!(
                             "cluster: {}'s acknowledgement record is unreadable",
@@ -997,6 +1037,18 @@ impl Inboxes {
                         );
                         self.acking.remove(&scan.user);
                     }
+                }
+            }
+            Pending::Settle(user) => {
+                self.settling.remove(&user);
+                let fetched = match status {
+                    Some(404) => Some(acks::Stored::default()),
+                    Some(_) => None,
+                    None => stored_record(headers, payload),
+                };
+                if let Some(fetched) = fetched {
+                    let over = acks::token_of(headers, acks::OVER_HEADER);
+                    self.settle(&user, fetched, over, &mut replies);
                 }
             }
             Pending::Membership(command) => {
@@ -1058,14 +1110,15 @@ impl Inboxes {
     }
 
     /// The ack goes on from the user's record at its revision (0: none yet).
-    fn go_on_from(
-        &mut self,
-        mut scan: AckScan,
-        (record, revision): (AckRecord, u64),
-        out: &mut BytesMut,
-    ) {
+    fn go_on_from(&mut self, mut scan: AckScan, stored: acks::Stored, out: &mut BytesMut) {
+        let acks::Stored {
+            record,
+            revision,
+            writer,
+        } = stored;
         scan.record = record;
         scan.revision = revision;
+        scan.over = writer;
         scan.gone_before = record.gone;
         scan.next = record.acked + 1;
         if record.acked >= scan.upto {
@@ -1073,6 +1126,31 @@ impl Inboxes {
             self.ack_done(scan, out);
         } else {
             self.take_events(scan, out);
+        }
+    }
+
+    /// `user`'s record as read now (and the writer its write replaced, `over`) settles
+    /// the user's unsure acks: one whose token wrote it, or the record it replaced,
+    /// landed, and its receipts go; one the record has not reached did not, and a later
+    /// ack takes its events again. One further back cannot be told apart: its receipts
+    /// are dropped rather than perhaps sent twice.
+    fn settle(&mut self, user: &str, now: acks::Stored, over: u64, replies: &mut Replies) {
+        let Some(unsure) = self.unsure.remove(user) else {
+            return;
+        };
+        for ack in unsure {
+            if ack.token == now.writer || ack.token == over {
+                let receipts = ack.receipts;
+                replies.push((
+                    ack.home,
+                    Reply::Receipts {
+                        user: user.into(),
+                        receipts,
+                    },
+                ));
+            } else if now.record.acked >= ack.upto {
+                debug!(%user, "cluster: an unanswered ack's receipts cannot be placed; dropped");
+            }
         }
     }
 
@@ -1100,9 +1178,19 @@ impl Inboxes {
     fn scan(&mut self, mut scan: AckScan, out: &mut BytesMut) {
         if scan.next > scan.upto {
             scan.record.acked = scan.upto;
+            self.tokens += 1;
+            scan.token = self.token_base.wrapping_add(self.tokens);
             let subject = acks::record_subject(&scan.user);
-            let revision = scan.revision.to_string();
-            let headers = [("Nats-Expected-Last-Subject-Sequence", revision.as_str())];
+            let (revision, token, over) = (
+                scan.revision.to_string(),
+                scan.token.to_string(),
+                scan.over.to_string(),
+            );
+            let headers = [
+                ("Nats-Expected-Last-Subject-Sequence", revision.as_str()),
+                (acks::WRITER_HEADER, token.as_str()),
+                (acks::OVER_HEADER, over.as_str()),
+            ];
             let value = scan.record.encode();
             let pending = Pending::AckWrite(Box::new(scan));
             return self
@@ -1141,7 +1229,13 @@ impl Inboxes {
         }
         scan.revision = revision;
         scan.gone_before = scan.record.gone;
-        self.seen.written(&scan.user, scan.record, revision);
+        scan.over = scan.token;
+        let stored = acks::Stored {
+            record: scan.record,
+            revision,
+            writer: scan.token,
+        };
+        self.seen.written(&scan.user, stored);
         self.ack_done(scan, out);
     }
 
@@ -1159,8 +1253,9 @@ impl Inboxes {
         }
     }
 
-    /// Fails the requests JetStream did not answer within [`requests::REQUEST_WAIT`].
-    pub(super) fn expire(&mut self, now: Instant) -> Replies {
+    /// Fails the requests JetStream did not answer within [`requests::REQUEST_WAIT`], and
+    /// reads again the record of each user with an unsure ack.
+    pub(super) fn expire(&mut self, now: Instant, out: &mut BytesMut) -> Replies {
         let mut replies = Vec::new();
         for pending in self.requests.late(now) {
             if matches!(pending, Pending::Setup | Pending::SetupAcks { .. }) {
@@ -1172,6 +1267,19 @@ impl Inboxes {
             self.fail(pending, Failure::Unreachable, &mut replies);
         }
         self.answer_confirms(&mut replies);
+        if self.epoch.is_some() {
+            let due: Vec<Box<str>> = self
+                .unsure
+                .keys()
+                .filter(|user| !self.settling.contains(*user))
+                .cloned()
+                .collect();
+            for user in due {
+                let body = record_of(&user);
+                self.settling.insert(user.clone());
+                self.request(out, &direct_get(ACK_STREAM), &body, Pending::Settle(user));
+            }
+        }
         replies
     }
 
@@ -1487,8 +1595,33 @@ impl Inboxes {
                 replies.extend(answers::unread_answer(&command, why));
             }
             // The user's next ack starts over (a device acks again what it has).
-            Pending::AckFetch(scan) | Pending::AckScan(scan) | Pending::AckWrite(scan) => {
+            Pending::AckFetch(scan) | Pending::AckScan(scan) => {
                 self.acking.remove(&scan.user);
+            }
+            // The write may have landed: its receipts wait until the record says.
+            Pending::AckWrite(scan) => {
+                self.acking.remove(&scan.user);
+                self.seen.moved(&scan.user);
+                if !scan.receipts.is_empty() {
+                    let AckScan {
+                        user,
+                        token,
+                        upto,
+                        receipts,
+                        home,
+                        ..
+                    } = *scan;
+                    let unsure = Unsure {
+                        token,
+                        upto,
+                        receipts,
+                        home,
+                    };
+                    self.unsure.entry(user).or_default().push(unsure);
+                }
+            }
+            Pending::Settle(user) => {
+                self.settling.remove(&user);
             }
             Pending::Membership(command) => {
                 replies.extend(answers::membership_answer(&command, Some(why)));
@@ -1615,6 +1748,15 @@ fn publish_outcome(status: Option<u16>, payload: &Bytes, ack: Option<&AckTo>) ->
 fn api_error(status: Option<u16>, payload: &Bytes) -> Option<String> {
     let answer: Value = serde_json::from_slice(payload).unwrap_or_default();
     requests::api_error(status, &answer)
+}
+
+/// A stored acknowledgement record, as a direct get returns it.
+fn stored_record(headers: &[u8], payload: &[u8]) -> Option<acks::Stored> {
+    Some(acks::Stored {
+        record: AckRecord::parse(payload)?,
+        revision: sequence_of(headers)?,
+        writer: acks::token_of(headers, acks::WRITER_HEADER),
+    })
 }
 
 /// A direct get of `user`'s acknowledgement record.
@@ -1796,7 +1938,7 @@ mod tests {
             text.contains(r#"{"next_by_subj":"chat.inbox.bob","seq":4}"#),
             "{text}"
         );
-        let replies = inboxes.expire(Instant::now() + requests::REQUEST_WAIT);
+        let replies = inboxes.expire(Instant::now() + requests::REQUEST_WAIT, &mut out);
         assert!(matches!(
             replies[..],
             [(
@@ -1927,18 +2069,25 @@ mod tests {
         assert_eq!(inboxes.acking.get("bob"), Some(&0));
     }
 
-    #[test]
-    fn an_ack_that_fills_a_generation_purges_the_one_before_and_a_moved_record_is_fetched_again() {
+    /// Inboxes whose stream is known, after the driver acknowledged bob's events up to
+    /// `upto` for his home on reactor 2 (the record's fetch asked), and what they sent.
+    fn driver_acks_bob(upto: u64) -> (Inboxes, BytesMut) {
         let mut inboxes = inboxes();
         inboxes.epoch = Some("e".into());
         let mut out = BytesMut::new();
         let ack = Command::Ack {
             user: "bob".into(),
-            upto: 30,
+            upto,
             device: None,
             home: 2,
         };
         inboxes.command(ack, true, &mut out);
+        (inboxes, out)
+    }
+
+    #[test]
+    fn an_ack_that_fills_a_generation_purges_the_one_before_and_a_moved_record_is_fetched_again() {
+        let (mut inboxes, mut out) = driver_acks_bob(30);
         // Generations of 5 (a bound of 10): 4 acknowledged after mark 12, gone up to 8.
         inboxes.answered(
             b"1",
@@ -2097,7 +2246,7 @@ mod tests {
         // No answer in time: the sender hears it was not stored.
         let (append, ..) = chat_append("m-3");
         inboxes.command(Command::Append(Box::new(append)), true, &mut out);
-        let replies = inboxes.expire(Instant::now() + requests::REQUEST_WAIT);
+        let replies = inboxes.expire(Instant::now() + requests::REQUEST_WAIT, &mut out);
         assert!(replies.iter().any(|(_, reply)| matches!(
             reply,
             Reply::Appended {
@@ -2241,5 +2390,44 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn an_unanswered_acks_receipts_go_once_the_record_shows_its_write_landed() {
+        let (mut inboxes, mut out) = driver_acks_bob(5);
+        let none = Bytes::new();
+        inboxes.answered(b"1", Some(404), b"", &none, &mut out);
+        let event = Bytes::from(encode_event(OutKind::NewMessage, Priority::Normal, b"{}"));
+        let with_receipt = b"NATS/1.0\r\nNats-Sequence: 5\r\nChat-Receipt: ann m1\r\n\r\n";
+        inboxes.answered(b"2", None, with_receipt, &event, &mut out);
+        let text = String::from_utf8_lossy(&out).into_owned();
+        let token = text
+            .split("Chat-Writer: ")
+            .nth(1)
+            .and_then(|rest| rest.split("\r\n").next())
+            .expect("the write names its token")
+            .to_owned();
+        // Cut off before the answer: no receipt yet.
+        assert!(inboxes.disconnected().is_empty());
+        inboxes.epoch = Some("e".into());
+        out.clear();
+        assert!(inboxes.expire(Instant::now(), &mut out).is_empty());
+        let text = String::from_utf8_lossy(&out);
+        assert!(
+            text.contains(r#"{"last_by_subj":"$KV.chat_acks.bob"}"#),
+            "{text}"
+        );
+        // The record read again names the write: it landed, and the receipt goes, once.
+        let headers = format!("NATS/1.0\r\nNats-Sequence: 9\r\nChat-Writer: {token}\r\n\r\n");
+        let record = Bytes::from_static(b"5 0 0 1");
+        let replies = inboxes.answered(b"4", None, headers.as_bytes(), &record, &mut out);
+        match &replies[..] {
+            [(2, Reply::Receipts { user, receipts })] => {
+                assert_eq!(&**user, "bob");
+                assert_eq!(receipts.len(), 1);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(inboxes.unsure.is_empty());
     }
 }

@@ -1200,7 +1200,7 @@ impl Relayer {
         self.joins.retain(|_, (_, until)| *until > now);
         let settled = self.holders.expire(now, crate::protocol::now_ms());
         self.report(settled);
-        let failed = self.inboxes.expire(now);
+        let failed = self.inboxes.expire(now, &mut self.out);
         self.send_replies(failed);
         self.gaps_filled();
         let connected = self

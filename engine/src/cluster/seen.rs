@@ -16,7 +16,7 @@ use std::collections::VecDeque;
 
 use hashbrown::HashMap;
 
-use super::acks::AckRecord;
+use super::acks::Stored;
 
 /// `(sender, message id)` of an event whose sender waits for a `delivery_receipt`.
 pub(super) type Receipt = (Box<str>, Box<str>);
@@ -29,7 +29,7 @@ const CHAIN_MAX: usize = 4096;
 struct Chain {
     since: u64,
     events: VecDeque<(u64, Option<Receipt>)>,
-    record: Option<(AckRecord, u64)>,
+    record: Option<Stored>,
 }
 
 impl Chain {
@@ -139,18 +139,19 @@ impl Seen {
 
     /// `user`'s record as last written here, with its revision: a compare-and-set on it
     /// fails if another node wrote since.
-    pub(super) fn record(&self, user: &str) -> Option<(AckRecord, u64)> {
+    pub(super) fn record(&self, user: &str) -> Option<Stored> {
         self.chains.get(user)?.record
     }
 
-    /// `user`'s record is written at `revision`: the chain lets the acknowledged events go.
-    pub(super) fn written(&mut self, user: &str, record: AckRecord, revision: u64) {
+    /// `user`'s record is written (at its revision): the chain lets the acknowledged
+    /// events go.
+    pub(super) fn written(&mut self, user: &str, stored: Stored) {
         let Some(chain) = self.chains.get_mut(user) else {
             return;
         };
-        chain.record = Some((record, revision));
+        chain.record = Some(stored);
         // Every event after `since` stays known: up to the newest, whatever goes.
-        let (acked, newest) = (record.acked, chain.newest());
+        let (acked, newest) = (stored.record.acked, chain.newest());
         while chain.events.front().is_some_and(|(seq, _)| *seq <= acked) {
             chain.events.pop_front();
         }
@@ -173,6 +174,7 @@ impl Seen {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cluster::acks::AckRecord;
 
     fn receipt(id: &str) -> Option<Receipt> {
         Some(("ann".into(), id.into()))
@@ -197,15 +199,25 @@ mod tests {
             acked: 12,
             ..AckRecord::default()
         };
-        seen.written("bob", record, 3);
-        assert_eq!(seen.record("bob"), Some((record, 3)));
+        let stored = Stored {
+            record,
+            revision: 3,
+            writer: 7,
+        };
+        seen.written("bob", stored);
+        assert_eq!(seen.record("bob"), Some(stored));
         assert_eq!(seqs(seen.between("bob", 12, 15)), Some(vec![15]));
         // Everything acknowledged: the chain still knows where it is.
         let all = AckRecord {
             acked: 15,
             ..AckRecord::default()
         };
-        seen.written("bob", all, 4);
+        let stored = Stored {
+            record: all,
+            revision: 4,
+            writer: 8,
+        };
+        seen.written("bob", stored);
         assert_eq!(seen.continuity("bob", 16, 15), Continuity::Next);
         assert_eq!(
             seen.continuity("bob", 17, 16),

@@ -131,7 +131,7 @@ struct Tally {
     unacked_reads: usize,
     /// Posts whose counts came.
     posts: usize,
-    /// Receipts due and never sent (an ack's record write answered too late).
+    /// Receipts due and never sent (an unanswered ack's write hidden by later ones).
     receipts_lost: usize,
     handed: usize,
     receipts: usize,
@@ -258,9 +258,9 @@ impl World {
     }
 
     /// Once quiet: the acknowledged events whose sender waits for a receipt and got
-    /// none. Counted, not an invariant: an ack whose record write was answered too late
-    /// (or cut off) may have stored the record without its node sending the receipts,
-    /// and a later ack finds nothing new to take (docs/cluster.md, "Status").
+    /// none. Counted, not an invariant: an ack whose record write got no answer sends its
+    /// receipts once the record shows the write landed, which two or more later writes
+    /// hide (docs/cluster.md, "Inboxes").
     fn receipts_lost(&self) -> usize {
         let mut lost = 0;
         for user in &self.users {
@@ -958,7 +958,7 @@ impl World {
         let now = Instant::now();
         for n in 0..self.nodes.len() {
             let node = &mut self.nodes[n];
-            let mut replies = node.inboxes.expire(now);
+            let mut replies = node.inboxes.expire(now, &mut node.out);
             replies.extend(node.history.expire(now, node.connected, &mut node.out));
             self.replies(n, replies)?;
             self.gaps_filled(n)?;
