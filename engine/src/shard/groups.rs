@@ -234,9 +234,11 @@ impl Shard {
         for user in &delivery.users {
             let numbered = self.number_event(user, &delivery.frame, timing, delivery.except, out);
             delivered += u32::from(numbered.delivered());
-            let sender = delivery
-                .except
-                .filter(|addr| self.directory.devices(user).iter().any(|d| d.addr == *addr));
+            // Only a cluster's inboxes write the post live after storing it; one node
+            // wrote it above, so it needs no sending device named.
+            let sender = delivery.except.filter(|addr| {
+                self.relays && self.directory.devices(user).iter().any(|d| d.addr == *addr)
+            });
             rows.push(ShareRow {
                 user: Box::from(&**user),
                 seq: numbered.seq,

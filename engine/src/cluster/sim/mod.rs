@@ -172,6 +172,40 @@ const STEPS: usize = 600;
 /// Unacknowledged events a user may have: small, so `queue_full` and generations happen.
 const QUEUE_MAX: u64 = 12;
 
+impl Tally {
+    /// Adds another seed's counts.
+    fn add(&mut self, other: Tally) {
+        let Tally {
+            kept,
+            failed,
+            full,
+            retries,
+            resumed,
+            refused,
+            unread,
+            unacked_reads,
+            posts,
+            receipts_lost,
+            handed,
+            receipts,
+            cuts,
+        } = other;
+        self.kept += kept;
+        self.failed += failed;
+        self.full += full;
+        self.retries += retries;
+        self.resumed += resumed;
+        self.refused += refused;
+        self.unread += unread;
+        self.unacked_reads += unacked_reads;
+        self.posts += posts;
+        self.receipts_lost += receipts_lost;
+        self.handed += handed;
+        self.receipts += receipts;
+        self.cuts += cuts;
+    }
+}
+
 impl World {
     fn new(seed: u64) -> World {
         let mut rng = Rng(seed);
@@ -1009,19 +1043,7 @@ fn every_seed_keeps_the_cluster_inbox_invariants() {
     let mut total = Tally::default();
     for seed in base..base + seeds {
         let tally = run_seed(seed, STEPS).unwrap_or_else(|why| panic!("{why}"));
-        total.kept += tally.kept;
-        total.failed += tally.failed;
-        total.full += tally.full;
-        total.retries += tally.retries;
-        total.resumed += tally.resumed;
-        total.refused += tally.refused;
-        total.unread += tally.unread;
-        total.unacked_reads += tally.unacked_reads;
-        total.posts += tally.posts;
-        total.receipts_lost += tally.receipts_lost;
-        total.handed += tally.handed;
-        total.receipts += tally.receipts;
-        total.cuts += tally.cuts;
+        total.add(tally);
     }
     eprintln!("{seeds} seeds: {total:?}");
     assert!(
