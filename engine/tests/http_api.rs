@@ -145,7 +145,7 @@ fn pipelined_requests_are_answered_in_order_behind_a_pending_send() {
     let _bob = server.login("bob", "phone");
     let body = r#"{"sender_id":"a","receiver_id":"bob","text":"1"}"#;
     let send = format!(
-        "POST /api/messages/send HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}",
+        "POST /api/messages/send HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
     let raw = format!(

@@ -39,6 +39,8 @@ pub struct Config {
     pub jwt_secret: Option<Vec<u8>>,
     /// Bearer token for `/api/*`; `None` leaves the API open.
     pub api_token: Option<String>,
+    /// The web pages whose upgrades and API calls are taken; `None`: every page.
+    pub allowed_origins: Option<crate::http::origin::AllowedOrigins>,
     /// Where the durable store keeps its file.
     pub data_dir: PathBuf,
     /// Bound on one user's offline queue.
@@ -163,6 +165,9 @@ impl Config {
             let problem = format!("'{}' is not an IP:port address", settled.listen);
             invalid("listen", problem)
         })?;
+        let jwt_secret = jwt_secret(settled.jwt_secret)?;
+        let api_token = api_token(settled.api_token)?;
+        refuse_open_off_loopback(listen, (&jwt_secret, &api_token), settled.allow_open)?;
         Ok(Config {
             listen,
             reactors: settled.reactors,
@@ -171,8 +176,15 @@ impl Config {
             auth_timeout_ms: settled.auth_timeout_ms,
             handshake_timeout_ms: settled.handshake_timeout_ms,
             handshake_bytes_max: settled.handshake_bytes_max,
-            jwt_secret: jwt_secret(settled.jwt_secret)?,
-            api_token: api_token(settled.api_token)?,
+            jwt_secret,
+            api_token,
+            allowed_origins: match settled.allowed_origins {
+                Some(list) => Some(
+                    crate::http::origin::AllowedOrigins::parse(&list)
+                        .map_err(|e| invalid("allowed-origins", e))?,
+                ),
+                None => None,
+            },
             data_dir: settled.data_dir,
             queue_max_per_user: settled.queue_max_per_user,
             retention: retention(settled.retention_days)?,
@@ -211,7 +223,6 @@ impl Config {
     }
 }
 
-/// `--retention-days`, as a duration.
 /// `--cluster` and the flags that only mean something with it; an error names the flag.
 fn cluster_settings(
     (cluster, node_id, replicas): (Option<String>, Option<String>, u8),
@@ -238,11 +249,49 @@ fn cluster_settings(
     }))
 }
 
+/// `--retention-days`, as a duration.
 fn retention(days: f64) -> Result<std::time::Duration, ConfigError> {
     if !days.is_finite() {
         return Err(invalid("retention-days", "must be a number of days"));
     }
     Ok(std::time::Duration::from_secs_f64(days * 86_400.0))
+}
+
+/// Open mode or an open API on an address other hosts can reach stops start-up unless
+/// `--allow-open` says it is meant (PROTOCOL.md v2): on loopback only this host's
+/// programs can reach them, which is the quick start.
+fn refuse_open_off_loopback(
+    listen: SocketAddr,
+    (jwt_secret, api_token): (&Option<Vec<u8>>, &Option<String>),
+    allow_open: bool,
+) -> Result<(), ConfigError> {
+    if allow_open || listen.ip().is_loopback() {
+        return Ok(());
+    }
+    let open: Vec<&str> = [
+        (
+            jwt_secret.is_none(),
+            "--jwt-secret (without it any client may claim any userId)",
+        ),
+        (
+            api_token.is_none(),
+            "--api-token (without it anyone may use /api/*)",
+        ),
+    ]
+    .into_iter()
+    .filter_map(|(missing, flag)| missing.then_some(flag))
+    .collect();
+    if open.is_empty() {
+        return Ok(());
+    }
+    Err(invalid(
+        "listen",
+        format!(
+            "{listen} is not a loopback address, so other hosts can reach it; set {}, or give \
+             --allow-open to serve it open",
+            open.join(" and ")
+        ),
+    ))
 }
 
 /// `--jwt-secret`: non-empty when given.
@@ -290,7 +339,7 @@ mod tests {
     #[test]
     fn defaults_apply_when_nothing_is_given() {
         let config = Config::resolve(Args::default()).unwrap();
-        assert_eq!(config.listen, "0.0.0.0:8080".parse().unwrap());
+        assert_eq!(config.listen, "127.0.0.1:8080".parse().unwrap());
         assert_eq!(config.max_message_bytes, 65536);
         assert_eq!(
             config.retention,
@@ -404,6 +453,55 @@ mod tests {
         })
         .unwrap_err();
         assert!(err.to_string().starts_with("--log-level:"), "{err}");
+    }
+
+    #[test]
+    fn an_open_gateway_off_loopback_needs_allow_open() {
+        let open_on = |listen: &str, secret: Option<&str>, token: Option<&str>, allow: bool| {
+            Config::resolve(Args {
+                listen: Some(listen.into()),
+                jwt_secret: secret.map(Into::into),
+                api_token: token.map(Into::into),
+                allow_open: Some(allow),
+                ..Args::default()
+            })
+        };
+        for listen in ["127.0.0.1:0", "127.9.9.9:80", "[::1]:8080"] {
+            assert!(open_on(listen, None, None, false).is_ok(), "{listen}");
+        }
+        let err = open_on("0.0.0.0:8080", None, None, false).unwrap_err();
+        let text = err.to_string();
+        assert!(text.starts_with("--listen:"), "{text}");
+        assert!(
+            text.contains("--jwt-secret") && text.contains("--api-token"),
+            "{text}"
+        );
+        assert!(text.contains("--allow-open"), "{text}");
+        let err = open_on("[::]:8080", Some("s"), None, false).unwrap_err();
+        assert!(!err.to_string().contains("--jwt-secret"), "{err}");
+        assert!(err.to_string().contains("--api-token"), "{err}");
+        let err = open_on("10.0.0.5:8080", None, Some("t"), false).unwrap_err();
+        assert!(err.to_string().contains("--jwt-secret"), "{err}");
+        assert!(open_on("0.0.0.0:8080", Some("s"), Some("t"), false).is_ok());
+        assert!(open_on("0.0.0.0:8080", None, None, true).is_ok());
+    }
+
+    #[test]
+    fn allowed_origins_are_parsed_and_bad_ones_name_the_flag() {
+        let config = Config::resolve(Args {
+            allowed_origins: Some("https://a.example,http://localhost:3000".into()),
+            ..Args::default()
+        })
+        .unwrap();
+        let origins = config.allowed_origins.unwrap();
+        assert!(origins.permits(Some("https://a.example")));
+        assert!(!origins.permits(Some("https://b.example")));
+        let err = Config::resolve(Args {
+            allowed_origins: Some("a.example".into()),
+            ..Args::default()
+        })
+        .unwrap_err();
+        assert!(err.to_string().starts_with("--allowed-origins:"), "{err}");
     }
 
     #[test]

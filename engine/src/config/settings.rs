@@ -184,8 +184,10 @@ macro_rules! kebab {
 }
 
 settings! {
-    /// Address to listen on for WebSocket and HTTP
-    listen: String, "ENGINE_LISTEN", "ADDR", default "0.0.0.0:8080";
+    // Loopback, so that a gateway started without secrets serves only this host
+    // (PROTOCOL.md v2, "Transport security and safe defaults").
+    /// Address to listen on for WebSocket and HTTP; off loopback it needs --jwt-secret and --api-token, or --allow-open
+    listen: String, "ENGINE_LISTEN", "ADDR", default "127.0.0.1:8080";
     /// Reactor threads, each pinned with its own listener and fd table
     reactors: usize, "ENGINE_REACTORS", "N", default "cores" = default_reactors(),
         range (1, REACTORS_MAX);
@@ -213,6 +215,11 @@ settings! {
     jwt_secret: String, "ENGINE_JWT_SECRET", "SECRET", default "none", clap(hide_env_values = true);
     /// Bearer token the HTTP API (`/api/*`) requires; without one the API is open
     api_token: String, "ENGINE_API_TOKEN", "TOKEN", default "none", clap(hide_env_values = true);
+    /// Serve open mode (no --jwt-secret) or an open API (no --api-token) on an address that is not loopback
+    allow_open: bool, "ENGINE_ALLOW_OPEN", "BOOL", default "false",
+        clap(num_args = 0..=1, default_missing_value = "true");
+    /// Web page origins (scheme://host[:port], comma-separated) whose WebSocket upgrades and API calls are taken; others get 403; none: every origin
+    allowed_origins: String, "ENGINE_ALLOWED_ORIGINS", "ORIGINS", default "none";
     /// Directory of the durable store (offline queues, history, groups)
     data_dir: PathBuf, "ENGINE_DATA_DIR", "DIR", default "./data";
     // PROTOCOL.md `message_queue_max_size`.

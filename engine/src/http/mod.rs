@@ -7,6 +7,7 @@
 pub mod api;
 pub mod health;
 pub mod metrics;
+pub mod origin;
 pub mod request;
 pub mod response;
 pub mod routes;

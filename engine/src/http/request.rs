@@ -37,13 +37,16 @@ pub enum RequestError {
     /// `Transfer-Encoding` bodies are not accepted.
     #[error("transfer-encoding is not supported")]
     TransferEncoding,
+    /// More than one `Content-Length`, or one that is not plain digits.
+    #[error("one Content-Length of plain digits is allowed")]
+    ContentLength,
 }
 
 impl RequestError {
     /// The HTTP status that answers this error.
     pub fn status(self) -> u16 {
         match self {
-            RequestError::Malformed => 400,
+            RequestError::Malformed | RequestError::ContentLength => 400,
             RequestError::HeadTooLarge => 431,
             RequestError::BodyTooLarge => 413,
             RequestError::TransferEncoding => 501,
@@ -132,14 +135,32 @@ pub fn parse(buf: &[u8], head_bytes_max: usize) -> Result<Option<(Request, usize
     if request.header("transfer-encoding").is_some() {
         return Err(RequestError::TransferEncoding);
     }
-    if let Some(length) = request.header("content-length") {
-        let length: usize = length.parse().map_err(|_| RequestError::Malformed)?;
-        if length > BODY_BYTES_MAX {
-            return Err(RequestError::BodyTooLarge);
-        }
-        request.content_length = length;
-    }
+    request.content_length = content_length(&request)?;
     Ok(Some((request, head_len)))
+}
+
+/// The body's length (PROTOCOL.md v2, "Transport security and safe defaults"): at most
+/// one `Content-Length`, plain digits only. A lenient reading (the first of two, `+5`)
+/// lets a proxy in front and the gateway disagree on where a request ends, which is
+/// request smuggling; so both are refused.
+fn content_length(request: &Request) -> Result<usize, RequestError> {
+    let mut lengths = request
+        .headers
+        .iter()
+        .filter(|(name, _)| name == "content-length");
+    let Some((_, length)) = lengths.next() else {
+        return Ok(0);
+    };
+    if lengths.next().is_some() {
+        return Err(RequestError::ContentLength);
+    }
+    if length.is_empty() || !length.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(RequestError::ContentLength);
+    }
+    match length.parse::<usize>() {
+        Ok(length) if length <= BODY_BYTES_MAX => Ok(length),
+        _ => Err(RequestError::BodyTooLarge),
+    }
 }
 
 #[cfg(test)]
@@ -187,7 +208,7 @@ mod tests {
                 b"POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n",
                 HEAD_BYTES_MAX
             ),
-            Err(RequestError::Malformed)
+            Err(RequestError::ContentLength)
         );
         assert_eq!(
             parse(
@@ -196,6 +217,30 @@ mod tests {
             ),
             Err(RequestError::TransferEncoding)
         );
+    }
+
+    #[test]
+    fn only_one_content_length_of_plain_digits_is_read() {
+        for head in [
+            "Content-Length: 0\r\nContent-Length: 5",
+            "Content-Length: 5\r\nContent-Length: 5",
+            "Content-Length: +5",
+            "Content-Length: 0x5",
+            "Content-Length: 5, 5",
+            "Content-Length: ",
+        ] {
+            let raw = format!("POST /api/messages/send HTTP/1.1\r\n{head}\r\n\r\nhello");
+            assert_eq!(
+                parse(raw.as_bytes(), HEAD_BYTES_MAX),
+                Err(RequestError::ContentLength),
+                "{head:?}"
+            );
+        }
+        let raw = b"POST / HTTP/1.1\r\nContent-Length: 99999999999999999999999\r\n\r\n";
+        assert_eq!(parse(raw, HEAD_BYTES_MAX), Err(RequestError::BodyTooLarge));
+        let raw = b"POST / HTTP/1.1\r\nContent-Length: 005\r\n\r\nhello";
+        let (request, _) = parse(raw, HEAD_BYTES_MAX).unwrap().unwrap();
+        assert_eq!(request.content_length, 5);
     }
 
     #[test]

@@ -8,6 +8,7 @@ use super::{
     api::{self, ApiError, BroadcastRequest, SendRequest},
     health::Health,
     metrics,
+    origin::AllowedOrigins,
     request::Request,
     response,
 };
@@ -25,6 +26,8 @@ pub struct Context<'a> {
     pub reactors: &'a [ReactorStats],
     /// The bearer token `/api/*` requires.
     pub api_token: Option<&'a str>,
+    /// The web pages whose API calls are taken (`None`: every page).
+    pub allowed_origins: Option<&'a AllowedOrigins>,
     /// The store's counters.
     pub store: &'a StoreStats,
     /// The cluster, if the node is in one.
@@ -66,7 +69,7 @@ pub fn route(request: &Request, body: &[u8], context: &Context<'_>) -> Route {
             return Route::Answer(answer);
         }
     };
-    if let Some(refused) = refuse(request, allowed, context.api_token) {
+    if let Some(refused) = refuse(request, allowed, context) {
         return Route::Answer(refused);
     }
     match path {
@@ -108,10 +111,22 @@ fn stats_scope(request: &Request) -> Result<bool, &'static str> {
     }
 }
 
-/// 401 for an API request without the token, 405 for a method the path does not take.
-fn refuse(request: &Request, allowed: &[&str], api_token: Option<&str>) -> Option<Bytes> {
+/// 403 for an API call from a web page `--allowed-origins` does not list, 401 for one
+/// without the token, 405 for a method the path does not take, and 415 for an API body
+/// that is not `application/json`.
+fn refuse(request: &Request, allowed: &[&str], context: &Context<'_>) -> Option<Bytes> {
     let keep_alive = request.keep_alive();
-    if let Some(token) = api_token.filter(|_| request.path.starts_with("/api/")) {
+    let api = request.path.starts_with("/api/");
+    if api && !origin_permitted(request, context.allowed_origins) {
+        let text = "this origin is not in --allowed-origins";
+        return Some(response::json_error(
+            403,
+            "forbidden_origin",
+            text,
+            keep_alive,
+        ));
+    }
+    if let Some(token) = context.api_token.filter(|_| api) {
         if !api::bearer_matches(request.header("authorization"), token) {
             let body = br#"{"error":"unauthorized","message":"this API needs 'Authorization: Bearer <api token>'"}"#;
             let header = ["WWW-Authenticate: Bearer"];
@@ -138,7 +153,30 @@ fn refuse(request: &Request, allowed: &[&str], api_token: Option<&str>) -> Optio
             &[&allow],
         ));
     }
+    // A page may POST text/plain to any site without asking first (no CORS preflight);
+    // JSON alone makes a foreign page's browser ask, and this server never says yes.
+    if api && request.method == "POST" && !is_json(request.header("content-type")) {
+        let text = "the body must be sent as Content-Type: application/json";
+        return Some(response::json_error(
+            415,
+            "unsupported_media_type",
+            text,
+            keep_alive,
+        ));
+    }
     None
+}
+
+/// Whether a request's `Origin` may go on (every one without `--allowed-origins`).
+pub fn origin_permitted(request: &Request, allowed: Option<&AllowedOrigins>) -> bool {
+    allowed.is_none_or(|allowed| allowed.permits(request.header("origin")))
+}
+
+/// Whether a `Content-Type` is `application/json`, parameters (`charset`) aside.
+fn is_json(content_type: Option<&str>) -> bool {
+    content_type
+        .and_then(|value| value.split(';').next())
+        .is_some_and(|media| media.trim().eq_ignore_ascii_case("application/json"))
 }
 
 /// The read-only endpoints: the test page, health, metrics, stats (HEAD answers the head).
@@ -268,6 +306,15 @@ mod tests {
     };
 
     fn answer(raw: &str, health: Health, token: Option<&str>) -> String {
+        answer_from(raw, health, token, None)
+    }
+
+    fn answer_from(
+        raw: &str,
+        health: Health,
+        token: Option<&str>,
+        allowed_origins: Option<&AllowedOrigins>,
+    ) -> String {
         let (req, head_len) = parse(raw.as_bytes(), 8192).unwrap().unwrap();
         let reactors = [ReactorStats::default(), ReactorStats::default()];
         let store = StoreStats::default();
@@ -275,6 +322,7 @@ mod tests {
             health,
             reactors: &reactors,
             api_token: token,
+            allowed_origins,
             store: &store,
             cluster: None,
         };
@@ -333,14 +381,59 @@ mod tests {
     }
 
     #[test]
-    fn send_bodies_are_parsed_or_refused_with_400() {
+    fn api_calls_from_unlisted_pages_get_403() {
+        let allowed = AllowedOrigins::parse("https://chat.example").unwrap();
+        let from = |origin: &str| {
+            let raw = format!("GET /api/stats HTTP/1.1\r\n{origin}\r\n");
+            answer_from(&raw, HEALTH, Some("t"), Some(&allowed))
+        };
+        let text = from("Origin: https://evil.example\r\nAuthorization: Bearer t\r\n");
+        assert!(text.starts_with("HTTP/1.1 403"), "{text}");
+        assert!(text.contains(r#""error":"forbidden_origin""#), "{text}");
+        let text = from("Origin: https://chat.example\r\nAuthorization: Bearer t\r\n");
+        assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+        let text = from("Authorization: Bearer t\r\n");
+        assert!(text.starts_with("HTTP/1.1 200"), "no Origin: {text}");
+        let raw = "GET /health HTTP/1.1\r\nOrigin: https://evil.example\r\n\r\n";
+        let text = answer_from(raw, HEALTH, None, Some(&allowed));
+        assert!(
+            text.starts_with("HTTP/1.1 200"),
+            "probes are not API calls: {text}"
+        );
+    }
+
+    #[test]
+    fn api_bodies_must_be_json() {
         let body = r#"{"sender_id":"a","receiver_id":"b","text":"hi"}"#;
+        for content_type in ["text/plain", "application/x-www-form-urlencoded", ""] {
+            let raw = format!(
+                "POST /api/messages/send HTTP/1.1\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            let text = answer(&raw, HEALTH, None);
+            assert!(text.starts_with("HTTP/1.1 415"), "{content_type}: {text}");
+        }
         let raw = format!(
             "POST /api/messages/send HTTP/1.1\r\nContent-Length: {}\r\n\r\n{body}",
             body.len()
         );
+        assert!(answer(&raw, HEALTH, None).starts_with("HTTP/1.1 415"));
+        let raw = format!(
+            "POST /api/messages/send HTTP/1.1\r\nContent-Type: Application/JSON; charset=utf-8\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
         assert!(answer(&raw, HEALTH, None).starts_with("Send("));
-        let raw = "POST /api/messages/send HTTP/1.1\r\nContent-Length: 5\r\n\r\n{oops";
+    }
+
+    #[test]
+    fn send_bodies_are_parsed_or_refused_with_400() {
+        let body = r#"{"sender_id":"a","receiver_id":"b","text":"hi"}"#;
+        let raw = format!(
+            "POST /api/messages/send HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        assert!(answer(&raw, HEALTH, None).starts_with("Send("));
+        let raw = "POST /api/messages/send HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: 5\r\n\r\n{oops";
         let text = answer(raw, HEALTH, None);
         assert!(text.starts_with("HTTP/1.1 400"), "{text}");
         assert!(text.contains(r#""error":"bad_json""#), "{text}");

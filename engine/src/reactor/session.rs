@@ -203,6 +203,7 @@ impl Reactor {
             health: self.health(),
             reactors: &self.shared.stats,
             api_token: self.shared.config.api_token.as_deref(),
+            allowed_origins: self.shared.config.allowed_origins.as_ref(),
             store: &self.store.stats,
             cluster: self.shared.cluster.as_deref(),
         };
@@ -229,6 +230,12 @@ impl Reactor {
     }
 
     fn upgrade(&mut self, at: ConnAddr, req: &Request) {
+        if !routes::origin_permitted(req, self.shared.config.allowed_origins.as_ref()) {
+            stats::ReactorStats::bump(&self.stats().handshake_failures);
+            let text = "this origin is not in --allowed-origins";
+            let answer = response::json_error(403, "forbidden_origin", text, false);
+            return self.send_final(at, Outgoing::http(answer));
+        }
         if let Some(why) = self.over_capacity() {
             stats::ReactorStats::bump(&self.stats().handshake_failures);
             let answer = response::json_error(503, "over_capacity", why, false);

@@ -308,12 +308,19 @@ impl Server {
         self.request("GET", path, &[], "")
     }
 
-    /// Sends one request with `Connection: close` and returns `(status, body)`.
+    /// Sends one request with `Connection: close` and returns `(status, body)`. A POST
+    /// says `Content-Type: application/json` unless `headers` name another.
     pub fn request(&self, method: &str, path: &str, headers: &[&str], body: &str) -> (u16, String) {
         let mut head = format!(
             "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n",
             body.len()
         );
+        let typed = headers
+            .iter()
+            .any(|h| h.to_ascii_lowercase().starts_with("content-type:"));
+        if method == "POST" && !typed {
+            head.push_str("Content-Type: application/json\r\n");
+        }
         for header in headers {
             head.push_str(header);
             head.push_str("\r\n");
