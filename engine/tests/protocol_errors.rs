@@ -99,7 +99,7 @@ fn protocol_violations_close_with_1002() {
             ("fragmented ping", raw_frame(0x09, b"")),
         ];
         for (what, bytes) in violations {
-            let mut client = server.login("alice", what);
+            let mut client = server.login("alice", &what.replace(" ", "-"));
             client.write_raw(&bytes);
             assert_eq!(client.expect_close(), 1002, "{what}");
         }

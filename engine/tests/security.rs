@@ -170,3 +170,52 @@ fn allowed_origins_refuse_other_pages_upgrades_and_api_calls() {
         .sum();
     assert_eq!(refused, 2, "refused upgrades are counted");
 }
+
+#[test]
+fn one_id_rule_for_the_websocket_and_the_api() {
+    let server = Server::start(common::Driver::IoUring, &[]);
+    // The API used to take 256-byte ids where the WebSocket takes 128: a queue for a user
+    // who can never log in.
+    let long = "u".repeat(129);
+    for receiver in [
+        long.as_str(),
+        "bob\nINFO forged",
+        "\u{202E}nimda",
+        "ad\u{200B}min",
+    ] {
+        let body = serde_json::json!({"sender_id": "ops", "receiver_id": receiver, "text": "hi"});
+        let (status, answer) = server.request("POST", "/api/messages/send", &[], &body.to_string());
+        assert_eq!(status, 400, "{receiver:?}: {answer}");
+        assert!(answer.contains("receiver_id"), "{answer}");
+    }
+    let (status, answer) = server.get("/api/messages/queue/bob%0Aforged");
+    assert_eq!(status, 400, "{answer}");
+    let (status, answer) = server.get("/api/messages/queue/caf%C3%A9");
+    assert_eq!(status, 200, "percent-encoded UTF-8 is a user id: {answer}");
+
+    let mut alice = server.login("alice", "phone");
+    alice.send(
+        &serde_json::json!({"type": "send_message", "messageId": "m1",
+                                   "receiverId": "bob\u{202E}", "content": "hi"}),
+    );
+    let error = alice.recv_type("error");
+    assert_eq!(error["code"], "bad_request", "{error}");
+    assert_eq!(error["ref"], "m1", "{error}");
+}
+
+#[test]
+fn any_fault_in_auth_fails_it_and_closes_with_1008() {
+    let server = Server::start(common::Driver::IoUring, &[]);
+    for auth in [
+        serde_json::json!({"type": "auth", "userId": "\u{202E}nimda", "deviceId": "d"}),
+        serde_json::json!({"type": "auth", "userId": "", "deviceId": "d"}),
+        serde_json::json!({"type": "auth", "deviceId": "d"}),
+        serde_json::json!({"type": "auth", "userId": "u", "deviceId": "d", "resume": 7}),
+    ] {
+        let mut client = server.connect();
+        client.send(&auth);
+        let error = client.recv();
+        assert_eq!(error["code"], "auth_failed", "{auth}: {error}");
+        assert_eq!(client.expect_close(), 1008, "{auth}");
+    }
+}

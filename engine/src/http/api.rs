@@ -8,8 +8,8 @@ use serde_json::Value;
 
 use crate::protocol::Priority;
 
-/// The longest id (user, device, message) accepted from the API, as on the WebSocket.
-pub const ID_BYTES_MAX: usize = 256;
+/// The longest `message_type` accepted.
+const MESSAGE_TYPE_BYTES_MAX: usize = 128;
 /// The most users one broadcast may name.
 pub const BROADCAST_USERS_MAX: usize = 100_000;
 
@@ -169,12 +169,14 @@ fn id(value: Option<&Value>, field: &str) -> Result<String, ApiError> {
         }
         None => return Err(ApiError::bad_request(format!("missing field '{field}'"))),
     };
-    if text.is_empty() || text.len() > ID_BYTES_MAX {
-        return Err(ApiError::bad_request(format!(
-            "'{field}' must be 1 to {ID_BYTES_MAX} bytes"
-        )));
-    }
+    check_id(&text, field)?;
     Ok(text)
+}
+
+/// An id as the WebSocket takes it (`protocol::ids`): the API cannot name a user who could
+/// never log in.
+pub fn check_id(id: &str, field: &str) -> Result<(), ApiError> {
+    crate::protocol::ids::check(id).map_err(|e| ApiError::bad_request(format!("'{field}' {e}")))
 }
 
 /// The text, message type and priority of a message.
@@ -185,7 +187,7 @@ fn content(fields: &MessageFields) -> Result<(String, String, Priority), ApiErro
         None => return Err(ApiError::bad_request("missing field 'text'")),
     };
     let message_type = match &fields.message_type {
-        Some(Value::String(s)) if !s.is_empty() && s.len() <= ID_BYTES_MAX => s.clone(),
+        Some(Value::String(s)) if !s.is_empty() && s.len() <= MESSAGE_TYPE_BYTES_MAX => s.clone(),
         Some(_) => {
             return Err(ApiError::bad_request(
                 "'message_type' must be a short non-empty string",

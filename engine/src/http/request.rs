@@ -91,6 +91,26 @@ impl Request {
     }
 }
 
+/// Decodes `%XX` escapes in a path segment or query value; `None` for a broken escape or
+/// bytes that are not UTF-8.
+pub fn percent_decode(text: &str) -> Option<String> {
+    let mut bytes = Vec::with_capacity(text.len());
+    let mut rest = text.as_bytes();
+    while let Some((&byte, tail)) = rest.split_first() {
+        if byte == b'%' {
+            let hex = tail
+                .get(..2)
+                .filter(|h| h.iter().all(u8::is_ascii_hexdigit))?;
+            bytes.push(u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?);
+            rest = &tail[2..];
+        } else {
+            bytes.push(byte);
+            rest = tail;
+        }
+    }
+    String::from_utf8(bytes).ok()
+}
+
 /// Parses a request head from the front of `buf`.
 ///
 /// `Ok(None)`: the head is not complete yet. `Ok(Some((request, head_len)))`: the body,
@@ -264,6 +284,16 @@ mod tests {
         .unwrap()
         .unwrap();
         assert!(!req.keep_alive());
+    }
+
+    #[test]
+    fn percent_escapes_decode_to_utf8_or_nothing() {
+        assert_eq!(percent_decode("caf%C3%A9").as_deref(), Some("café"));
+        assert_eq!(percent_decode("plain").as_deref(), Some("plain"));
+        assert_eq!(percent_decode("a%2fb").as_deref(), Some("a/b"));
+        for broken in ["%", "%4", "%zz", "%+1", "%FF"] {
+            assert_eq!(percent_decode(broken), None, "{broken}");
+        }
     }
 
     #[test]

@@ -9,7 +9,7 @@ use super::{
     health::Health,
     metrics,
     origin::AllowedOrigins,
-    request::Request,
+    request::{percent_decode, Request},
     response,
 };
 use crate::{protocol::json::Obj, stats::ReactorStats, store::StoreStats};
@@ -255,12 +255,12 @@ fn health_json(out: &mut Vec<u8>, health: &Health, cluster: Option<&crate::clust
 /// `GET /api/messages/queue/{user}?drain=…`.
 fn queue_route(request: &Request) -> Route {
     let keep_alive = request.keep_alive();
-    let user = &request.path["/api/messages/queue/".len()..];
-    if user.is_empty() || user.len() > api::ID_BYTES_MAX || user.contains('/') {
-        let e = ApiError::bad_request(format!(
-            "the path must end in a user id of 1 to {} bytes",
-            api::ID_BYTES_MAX
-        ));
+    let segment = &request.path["/api/messages/queue/".len()..];
+    let Some(user) = percent_decode(segment).filter(|user| !user.contains('/')) else {
+        let text = "the path must end in one user id (percent-encoded UTF-8)";
+        return api_error(&ApiError::bad_request(text), keep_alive);
+    };
+    if let Err(e) = api::check_id(&user, "user_id") {
         return api_error(&e, keep_alive);
     }
     let drain = match request.query_param("drain") {
@@ -271,10 +271,7 @@ fn queue_route(request: &Request) -> Route {
             return api_error(&e, keep_alive);
         }
     };
-    Route::Queue {
-        user: user.to_owned(),
-        drain,
-    }
+    Route::Queue { user, drain }
 }
 
 fn error_body(code: &str, message: &str) -> Vec<u8> {
@@ -445,6 +442,11 @@ mod tests {
             .starts_with("Queue { user: \"u1\", drain: true"));
         assert!(get("/api/messages/queue/u1?drain=maybe").starts_with("HTTP/1.1 400"));
         assert!(get("/api/messages/queue/").starts_with("HTTP/1.1 400"));
+        assert!(get("/api/messages/queue/caf%C3%A9").starts_with("Queue { user: \"café\""));
+        for bad in ["a%2Fb", "%E2%80%AEnimda", "a%0Ab", "a%zz", "%FF"] {
+            let text = get(&format!("/api/messages/queue/{bad}"));
+            assert!(text.starts_with("HTTP/1.1 400"), "{bad}: {text}");
+        }
     }
 
     #[test]

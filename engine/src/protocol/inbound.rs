@@ -12,8 +12,7 @@ use super::{
     Priority,
 };
 
-/// The longest user, device or message id accepted, in bytes.
-pub const ID_BYTES_MAX: usize = 128;
+pub use super::ids::ID_BYTES_MAX;
 /// The most user ids one `presence_subscribe` / `presence_unsubscribe` may name.
 pub const PRESENCE_IDS_MAX: usize = 256;
 /// Messages a `history` answer holds when the request gives no `limit`.
@@ -296,12 +295,7 @@ fn decode<'t, 'de: 't>(root: Value<'t, 'de>) -> Result<ClientMessage<'de>, Proto
     };
     let root = &root;
     let message = match kind {
-        "auth" => ClientMessage::Auth {
-            user_id: id(root, "userId")?,
-            device_id: id(root, "deviceId")?,
-            token: opt_str(root, "token")?,
-            resume: decode_resume(root)?,
-        },
+        "auth" => decode_auth(root)?,
         "ack" => ClientMessage::Ack {
             seq: match root.get("seq") {
                 Some(v) => v.as_u64().ok_or_else(|| {
@@ -347,6 +341,23 @@ fn decode<'t, 'de: 't>(root: Value<'t, 'de>) -> Result<ClientMessage<'de>, Proto
         }
     };
     Ok(message)
+}
+
+/// `auth`: any fault in it is `auth_failed` (PROTOCOL.md: missing fields too), which
+/// closes the connection with 1008.
+fn decode_auth<'t, 'de: 't>(root: &Value<'t, 'de>) -> Result<ClientMessage<'de>, ProtocolError> {
+    let auth = || {
+        Ok(ClientMessage::Auth {
+            user_id: id(root, "userId")?,
+            device_id: id(root, "deviceId")?,
+            token: opt_str(root, "token")?,
+            resume: decode_resume(root)?,
+        })
+    };
+    auth().map_err(|e: ProtocolError| ProtocolError {
+        code: ErrorCode::AuthFailed,
+        ..e
+    })
 }
 
 /// Gives an error the `ref` of the message it refuses.
@@ -545,19 +556,17 @@ fn opt_str<'t, 'de: 't>(
     }
 }
 
-/// A required, non-empty id of at most [`ID_BYTES_MAX`] bytes.
+/// A required id, as the id rule allows (`super::ids`).
 fn id<'t, 'de: 't>(root: &Value<'t, 'de>, key: &'static str) -> Result<&'de str, ProtocolError> {
     let value = req_str(root, key)?;
     check_id(value, key)
 }
 
 fn check_id<'de>(value: &'de str, key: &'static str) -> Result<&'de str, ProtocolError> {
-    if value.is_empty() || value.len() > ID_BYTES_MAX {
-        return Err(ProtocolError::bad_request(format!(
-            "field '{key}' must be 1 to {ID_BYTES_MAX} bytes"
-        )));
+    match super::ids::check(value) {
+        Ok(()) => Ok(value),
+        Err(e) => Err(ProtocolError::bad_request(format!("field '{key}' {e}"))),
     }
-    Ok(value)
 }
 
 fn id_list<'t, 'de: 't>(root: &Value<'t, 'de>) -> Result<Vec<&'de str>, ProtocolError> {
@@ -756,11 +765,27 @@ mod tests {
                 .code,
             ErrorCode::BadRequest
         );
-        assert_eq!(
-            parse(r#"{"type":"auth","userId":"","deviceId":"d"}"#)
-                .unwrap_err()
-                .code,
-            ErrorCode::BadRequest
+        for auth in [
+            r#"{"type":"auth","userId":"","deviceId":"d"}"#,
+            r#"{"type":"auth","deviceId":"d"}"#,
+            r#"{"type":"auth","userId":"\u202Enimda","deviceId":"d"}"#,
+            r#"{"type":"auth","userId":"u","deviceId":"d","resume":5}"#,
+        ] {
+            // Any fault in auth fails it (and closes the connection).
+            assert_eq!(
+                parse(auth).unwrap_err().code,
+                ErrorCode::AuthFailed,
+                "{auth}"
+            );
+        }
+        let err =
+            parse(r#"{"type":"send_message","messageId":"m","receiverId":"a\nb","content":"x"}"#)
+                .unwrap_err();
+        assert_eq!(err.code, ErrorCode::BadRequest);
+        assert!(
+            err.message
+                .contains("'receiverId' must hold only printable"),
+            "{err:?}"
         );
         assert_eq!(
             parse(r#"{"type":5}"#).unwrap_err().code,

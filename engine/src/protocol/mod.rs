@@ -1,7 +1,9 @@
 //! The chat protocol of PROTOCOL.md: what clients send (`inbound`), what the server
-//! writes (`outbound`, through the small `json` writer), and token checks (`jwt`).
+//! writes (`outbound`, through the small `json` writer), the id rule both share with the
+//! HTTP API (`ids`), and token checks (`jwt`).
 
 pub mod codes;
+pub mod ids;
 pub mod inbound;
 pub mod json;
 pub mod jwt;
