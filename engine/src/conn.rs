@@ -42,8 +42,11 @@ pub struct Conn {
     pub flags: Flags,
     /// Client messages in the current rate window (saturating).
     pub rate_count: u8,
-    /// The timer-wheel tick of this connection's live deadline (0: none).
-    pub deadline_tick: u32,
+    /// Before auth, and while closing: the timer-wheel tick of the connection's live
+    /// deadline (0: none). Once authenticated: when its session's token expires, in Unix
+    /// seconds (0: never), which the session sweep enforces (`reactor::limits`). One field
+    /// for both, since an idle connection's 64 bytes have no room for a second.
+    pub deadline: u32,
     /// The authenticated user; shared with the user's directory entry when homed here.
     pub user: Option<Arc<str>>,
     /// The highest inbox `seq` written to it: a live event at or below it came while
@@ -199,7 +202,7 @@ impl Conn {
             phase: Phase::Http,
             flags: Flags(Flags::WRITABLE),
             rate_count: 0,
-            deadline_tick: 0,
+            deadline: 0,
             user: None,
             inbox_seq: 0,
             inbound: None,

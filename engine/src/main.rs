@@ -38,8 +38,8 @@ fn main() -> std::process::ExitCode {
         .with_writer(std::io::stderr)
         .init();
     raise_fd_limit();
-    if config.jwt_secret.is_none() {
-        warn!("OPEN MODE: no --jwt-secret set; any client may claim any userId");
+    if config.jwt.is_none() {
+        warn!("OPEN MODE: no --jwt-secret, --jwt-public-key or --jwt-jwks; any client may claim any userId");
     }
     let signals = match shutdown::block_termination_signals() {
         Ok(set) => set,

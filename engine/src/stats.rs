@@ -37,6 +37,8 @@ pub struct ReactorStats {
     pub connections_kept_off_home: AtomicU64,
     /// Connections closed because their request head or `auth` did not come in time.
     pub deadline_closes: AtomicU64,
+    /// Sessions closed (4005) because their token expired without `auth_refresh`.
+    pub sessions_expired: AtomicU64,
     /// Deadlines met only by input this reactor read late (after a long turn).
     pub deadlines_met_late: AtomicU64,
     /// Connections paused because their input met a full mailbox ring (backpressure).

@@ -66,7 +66,7 @@ fn an_open_gateway_off_loopback_refuses_to_start_unless_allowed() {
             "--listen",
             "0.0.0.0:0",
             "--jwt-secret",
-            "k",
+            tokens::SECRET,
             "--api-token",
             "t",
         ],
@@ -162,12 +162,7 @@ fn allowed_origins_refuse_other_pages_upgrades_and_api_calls() {
         body,
     );
     assert_eq!(status, 202, "{answer}");
-    let (_, metrics) = server.get("/metrics");
-    let refused: u64 = metrics
-        .lines()
-        .filter(|l| l.starts_with("engine_handshake_failures_total{"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum();
+    let refused = server.counter_sum("engine_handshake_failures_total");
     assert_eq!(refused, 2, "refused upgrades are counted");
 }
 
@@ -218,4 +213,195 @@ fn any_fault_in_auth_fails_it_and_closes_with_1008() {
         assert_eq!(error["code"], "auth_failed", "{auth}: {error}");
         assert_eq!(client.expect_close(), 1008, "{auth}");
     }
+}
+
+/// Auth tokens as an identity provider would make them.
+mod tokens {
+    use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
+    use ring::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
+
+    /// An HS256 secret of the least accepted length.
+    pub const SECRET: &str = "0123456789abcdef0123456789abcdef";
+
+    /// Unix seconds now, plus `secs`.
+    pub fn in_secs(secs: i64) -> i64 {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        now + secs
+    }
+
+    /// An HS256 token with `claims`.
+    pub fn hs256(claims: &serde_json::Value) -> String {
+        engine::protocol::jwt::sign(&claims.to_string(), SECRET.as_bytes())
+    }
+
+    /// A P-256 signing key, with its public half as a PEM file's text.
+    pub struct EcKey {
+        pair: EcdsaKeyPair,
+        rng: ring::rand::SystemRandom,
+    }
+
+    impl EcKey {
+        pub fn generate() -> EcKey {
+            let rng = ring::rand::SystemRandom::new();
+            let pkcs8 =
+                EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
+            let pair =
+                EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng)
+                    .unwrap();
+            EcKey { pair, rng }
+        }
+
+        /// `-----BEGIN PUBLIC KEY-----`: the SubjectPublicKeyInfo of the point.
+        pub fn public_pem(&self) -> String {
+            use base64::engine::general_purpose::STANDARD;
+            let mut der = vec![
+                0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2A, 0x86, 0x48, 0xCE, 0x3D, 0x02, 0x01, 0x06,
+                0x08, 0x2A, 0x86, 0x48, 0xCE, 0x3D, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00,
+            ];
+            der.extend_from_slice(self.pair.public_key().as_ref());
+            format!(
+                "-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n",
+                STANDARD.encode(der)
+            )
+        }
+
+        /// An ES256 token with `claims`.
+        pub fn sign(&self, claims: &serde_json::Value) -> String {
+            let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"ES256","typ":"JWT"}"#);
+            let payload = URL_SAFE_NO_PAD.encode(claims.to_string());
+            let input = format!("{header}.{payload}");
+            let signature = self.pair.sign(&self.rng, input.as_bytes()).unwrap();
+            format!("{input}.{}", URL_SAFE_NO_PAD.encode(signature.as_ref()))
+        }
+    }
+}
+
+/// Authenticates `user` with `token`: the first answer.
+fn auth_with(server: &Server, user: &str, token: &str) -> (common::Client, serde_json::Value) {
+    let mut client = server.connect();
+    client.send(
+        &serde_json::json!({"type": "auth", "userId": user, "deviceId": "d",
+                                    "token": token}),
+    );
+    let answer = client.recv();
+    (client, answer)
+}
+
+#[test]
+fn weak_jwt_secrets_stop_start_up() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_engine"))
+        .args(["--jwt-secret", "secret"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("--jwt-secret") && stderr.contains("32 bytes"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn tokens_need_exp_unless_relaxed_and_nbf_is_honoured() {
+    use serde_json::json;
+    let server = Server::start(common::Driver::IoUring, &["--jwt-secret", tokens::SECRET]);
+    let forever = tokens::hs256(&json!({"sub": "alice"}));
+    let (mut client, answer) = auth_with(&server, "alice", &forever);
+    assert_eq!(answer["code"], "auth_failed", "{answer}");
+    assert!(
+        answer["message"].as_str().unwrap().contains("exp"),
+        "{answer}"
+    );
+    assert_eq!(client.expect_close(), 1008);
+    let early = tokens::hs256(&json!({"sub": "alice", "exp": tokens::in_secs(600),
+                                      "nbf": tokens::in_secs(300)}));
+    let (_, answer) = auth_with(&server, "alice", &early);
+    assert_eq!(answer["code"], "auth_failed", "{answer}");
+    assert!(
+        answer["message"].as_str().unwrap().contains("nbf"),
+        "{answer}"
+    );
+
+    let relaxed = Server::start(
+        common::Driver::IoUring,
+        &["--jwt-secret", tokens::SECRET, "--jwt-exp-optional"],
+    );
+    let (_, answer) = auth_with(&relaxed, "alice", &forever);
+    assert_eq!(answer["type"], "auth_success", "{answer}");
+}
+
+#[test]
+fn es256_and_rs256_tokens_check_against_a_key_file_or_a_jwks() {
+    use serde_json::json;
+    let dir = fresh_data_dir();
+    std::fs::create_dir_all(&*dir).unwrap();
+    let ec = tokens::EcKey::generate();
+    let pem = dir.join("ec.pem");
+    std::fs::write(&pem, ec.public_pem()).unwrap();
+    let testdata = concat!(env!("CARGO_MANIFEST_DIR"), "/src/protocol/jwt/testdata");
+    let jwks = format!("{testdata}/jwks.json");
+    let server = Server::start(
+        common::Driver::IoUring,
+        &[
+            "--jwt-public-key",
+            pem.to_str().unwrap(),
+            "--jwt-jwks",
+            &jwks,
+        ],
+    );
+    let token = ec.sign(&json!({"sub": "alice", "exp": tokens::in_secs(600)}));
+    let (_, answer) = auth_with(&server, "alice", &token);
+    assert_eq!(answer["type"], "auth_success", "{answer}");
+    // The jwks' RSA key, kid rsa-1, signed this one for u1 until 2100.
+    let rs256 = include_str!("../src/protocol/jwt/testdata/rs256-u1.jwt").trim();
+    let (_, answer) = auth_with(&server, "u1", rs256);
+    assert_eq!(answer["type"], "auth_success", "{answer}");
+    // Another key's ES256 token, and an HS256 one where no secret is set.
+    let stranger =
+        tokens::EcKey::generate().sign(&json!({"sub": "alice", "exp": tokens::in_secs(600)}));
+    let (_, answer) = auth_with(&server, "alice", &stranger);
+    assert_eq!(answer["code"], "auth_failed", "{answer}");
+    let hs = tokens::hs256(&json!({"sub": "alice", "exp": tokens::in_secs(600)}));
+    let (_, answer) = auth_with(&server, "alice", &hs);
+    assert_eq!(answer["code"], "auth_failed", "{answer}");
+    assert!(
+        answer["message"].as_str().unwrap().contains("RS256, ES256"),
+        "{answer}"
+    );
+}
+
+#[test]
+fn a_session_ends_with_4005_when_its_token_expires_unless_refreshed() {
+    use serde_json::json;
+    let server = Server::start(common::Driver::IoUring, &["--jwt-secret", tokens::SECRET]);
+    let short = |user: &str| tokens::hs256(&json!({"sub": user, "exp": tokens::in_secs(2)}));
+    let (mut lapsing, answer) = auth_with(&server, "alice", &short("alice"));
+    assert_eq!(answer["type"], "auth_success", "{answer}");
+    let (mut refreshed, answer) = auth_with(&server, "bob", &short("bob"));
+    assert_eq!(answer["type"], "auth_success", "{answer}");
+    let later = tokens::in_secs(3600);
+    refreshed.send(&json!({"type": "auth_refresh",
+                           "token": tokens::hs256(&json!({"sub": "bob", "exp": later}))}));
+    let answer = refreshed.recv();
+    assert_eq!(answer["type"], "auth_refreshed", "{answer}");
+    assert_eq!(answer["expiresAt"], later * 1000, "{answer}");
+    // The sweep sees each connection every 5 s: closed within 2 + 5 s (and a tick).
+    let started = std::time::Instant::now();
+    assert_eq!(lapsing.expect_close(), 4005);
+    assert!(started.elapsed() < std::time::Duration::from_secs(9));
+    refreshed.send(&json!({"type": "ping"}));
+    assert_eq!(
+        refreshed.recv_type("pong")["type"],
+        "pong",
+        "the refreshed session goes on"
+    );
+    assert_eq!(server.counter_sum("engine_sessions_expired_total"), 1);
+    // A refresh for someone else fails the session.
+    refreshed.send(&json!({"type": "auth_refresh",
+                           "token": tokens::hs256(&json!({"sub": "mallory", "exp": later}))}));
+    assert_eq!(refreshed.recv()["code"], "auth_failed");
+    assert_eq!(refreshed.expect_close(), 1008);
 }

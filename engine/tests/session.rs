@@ -87,7 +87,7 @@ mod jwt {
     use super::*;
     use engine::protocol::jwt::sign;
 
-    const SECRET: &str = "test-secret";
+    const SECRET: &str = "test-secret-of-at-least-32-bytes";
 
     fn token(sub: &str, exp: u64) -> String {
         sign(
@@ -128,7 +128,8 @@ mod jwt {
                 json!({"type":"auth","userId":"alice","deviceId":"d"}),
                 json!({"type":"auth","userId":"alice","deviceId":"d","token":token("mallory", later())}),
                 json!({"type":"auth","userId":"alice","deviceId":"d",
-                       "token":sign(r#"{"sub":"alice"}"#, b"wrong-secret")}),
+                       "token":sign(&format!(r#"{{"sub":"alice","exp":{}}}"#, later()),
+                                    b"another-secret-of-at-least-32-bytes")}),
             ];
             for case in cases {
                 let mut client = server.connect();

@@ -225,7 +225,7 @@ fn an_unreachable_target_is_a_clear_error() {
 #[test]
 fn fewer_held_than_min_held_fails_the_run() {
     // The loadgen sends no tokens, so an engine with a JWT secret refuses every auth.
-    let engine = engine(1, Some(b"secret"));
+    let engine = engine(1, Some(b"a-secret-of-at-least-thirty-two-bytes"));
     let target = engine.local_addr().to_string();
     let (status, report, out) = run(
         "refused",

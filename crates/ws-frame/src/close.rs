@@ -25,6 +25,8 @@ pub const AUTH_TIMEOUT: u16 = 4001;
 pub const SLOW_CONSUMER: u16 = 4002;
 /// 4003: the same `(userId, deviceId)` connected again; this older connection is replaced.
 pub const REPLACED: u16 = 4003;
+/// 4005: the session's token expired and no `auth_refresh` extended it.
+pub const TOKEN_EXPIRED: u16 = 4005;
 
 /// Whether a peer may send `code` in a close frame (RFC 6455 §7.4.1, and 3000–4999).
 pub fn peer_code_is_valid(code: u16) -> bool {

@@ -35,8 +35,8 @@ pub struct Config {
     pub handshake_timeout_ms: u64,
     /// Largest HTTP request head.
     pub handshake_bytes_max: usize,
-    /// HS256 secret; `None` is open mode.
-    pub jwt_secret: Option<Vec<u8>>,
+    /// The auth token checker; `None` is open mode.
+    pub jwt: Option<std::sync::Arc<crate::protocol::jwt::Verifier>>,
     /// Bearer token for `/api/*`; `None` leaves the API open.
     pub api_token: Option<String>,
     /// The web pages whose upgrades and API calls are taken; `None`: every page.
@@ -165,9 +165,17 @@ impl Config {
             let problem = format!("'{}' is not an IP:port address", settled.listen);
             invalid("listen", problem)
         })?;
-        let jwt_secret = jwt_secret(settled.jwt_secret)?;
+        let jwt = jwt_verifier(
+            jwt_secret(settled.jwt_secret)?,
+            (settled.jwt_public_key, settled.jwt_jwks),
+            !settled.jwt_exp_optional,
+        )?;
         let api_token = api_token(settled.api_token)?;
-        refuse_open_off_loopback(listen, (&jwt_secret, &api_token), settled.allow_open)?;
+        refuse_open_off_loopback(
+            listen,
+            (jwt.is_some(), api_token.is_some()),
+            settled.allow_open,
+        )?;
         Ok(Config {
             listen,
             reactors: settled.reactors,
@@ -176,7 +184,7 @@ impl Config {
             auth_timeout_ms: settled.auth_timeout_ms,
             handshake_timeout_ms: settled.handshake_timeout_ms,
             handshake_bytes_max: settled.handshake_bytes_max,
-            jwt_secret,
+            jwt,
             api_token,
             allowed_origins: match settled.allowed_origins {
                 Some(list) => Some(
@@ -262,7 +270,7 @@ fn retention(days: f64) -> Result<std::time::Duration, ConfigError> {
 /// programs can reach them, which is the quick start.
 fn refuse_open_off_loopback(
     listen: SocketAddr,
-    (jwt_secret, api_token): (&Option<Vec<u8>>, &Option<String>),
+    (tokens_checked, api_guarded): (bool, bool),
     allow_open: bool,
 ) -> Result<(), ConfigError> {
     if allow_open || listen.ip().is_loopback() {
@@ -270,11 +278,12 @@ fn refuse_open_off_loopback(
     }
     let open: Vec<&str> = [
         (
-            jwt_secret.is_none(),
-            "--jwt-secret (without it any client may claim any userId)",
+            !tokens_checked,
+            "--jwt-secret, --jwt-public-key or --jwt-jwks (without them any client may claim \
+             any userId)",
         ),
         (
-            api_token.is_none(),
+            !api_guarded,
             "--api-token (without it anyone may use /api/*)",
         ),
     ]
@@ -294,12 +303,43 @@ fn refuse_open_off_loopback(
     ))
 }
 
-/// `--jwt-secret`: non-empty when given.
+/// `--jwt-secret`: at least [`SECRET_BYTES_MIN`](crate::protocol::jwt::SECRET_BYTES_MIN)
+/// bytes when given (a short HS256 secret falls to an offline guess from any one token).
 fn jwt_secret(secret: Option<String>) -> Result<Option<Vec<u8>>, ConfigError> {
+    use crate::protocol::jwt::SECRET_BYTES_MIN;
     match secret {
-        Some(secret) if secret.is_empty() => Err(invalid("jwt-secret", "must not be empty")),
+        Some(secret) if secret.len() < SECRET_BYTES_MIN => Err(invalid(
+            "jwt-secret",
+            format!(
+                "must be at least {SECRET_BYTES_MIN} bytes (got {}); `openssl rand -base64 32` \
+                 makes one",
+                secret.len()
+            ),
+        )),
         secret => Ok(secret.map(String::into_bytes)),
     }
+}
+
+/// The token checker from `--jwt-secret`, `--jwt-public-key` and `--jwt-jwks` (any of
+/// them; none is open mode).
+fn jwt_verifier(
+    secret: Option<Vec<u8>>,
+    (pem, jwks): (Option<PathBuf>, Option<PathBuf>),
+    exp_required: bool,
+) -> Result<Option<std::sync::Arc<crate::protocol::jwt::Verifier>>, ConfigError> {
+    use crate::protocol::jwt::{keys, Verifier};
+    let mut public = Vec::new();
+    if let Some(path) = pem {
+        public.extend(keys::from_pem_file(&path).map_err(|e| invalid("jwt-public-key", e))?);
+    }
+    if let Some(path) = jwks {
+        public.extend(keys::from_jwks_file(&path).map_err(|e| invalid("jwt-jwks", e))?);
+    }
+    if secret.is_none() && public.is_empty() {
+        return Ok(None);
+    }
+    let verifier = Verifier::new(secret, public, exp_required);
+    Ok(Some(std::sync::Arc::new(verifier)))
 }
 
 /// `--api-token`: non-empty and without whitespace when given.
@@ -348,7 +388,7 @@ mod tests {
         assert_eq!(config.store_cache_bytes, 128 << 20);
         assert_eq!(config.max_connections, 0);
         assert_eq!(config.log_level, "info");
-        assert!(config.jwt_secret.is_none());
+        assert!(config.jwt.is_none());
     }
 
     #[test]
@@ -389,12 +429,27 @@ mod tests {
             err.to_string().starts_with("--handshake-timeout-ms:"),
             "{err}"
         );
+        for weak in ["", "secret", &"x".repeat(31)] {
+            let err = Config::resolve(Args {
+                jwt_secret: Some(weak.into()),
+                ..Args::default()
+            })
+            .unwrap_err();
+            assert!(err.to_string().starts_with("--jwt-secret:"), "{err}");
+            assert!(err.to_string().contains("at least 32 bytes"), "{err}");
+        }
         let err = Config::resolve(Args {
-            jwt_secret: Some(String::new()),
+            jwt_jwks: Some("/nonexistent/jwks.json".into()),
             ..Args::default()
         })
         .unwrap_err();
-        assert!(err.to_string().starts_with("--jwt-secret:"), "{err}");
+        assert!(err.to_string().starts_with("--jwt-jwks:"), "{err}");
+        let err = Config::resolve(Args {
+            jwt_public_key: Some("/nonexistent/key.pem".into()),
+            ..Args::default()
+        })
+        .unwrap_err();
+        assert!(err.to_string().starts_with("--jwt-public-key:"), "{err}");
         let err = Config::resolve(Args {
             api_token: Some("two words".into()),
             ..Args::default()
@@ -455,6 +510,8 @@ mod tests {
         assert!(err.to_string().starts_with("--log-level:"), "{err}");
     }
 
+    const SECRET_OF_32: &str = "0123456789abcdef0123456789abcdef";
+
     #[test]
     fn an_open_gateway_off_loopback_needs_allow_open() {
         let open_on = |listen: &str, secret: Option<&str>, token: Option<&str>, allow: bool| {
@@ -477,12 +534,12 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("--allow-open"), "{text}");
-        let err = open_on("[::]:8080", Some("s"), None, false).unwrap_err();
+        let err = open_on("[::]:8080", Some(SECRET_OF_32), None, false).unwrap_err();
         assert!(!err.to_string().contains("--jwt-secret"), "{err}");
         assert!(err.to_string().contains("--api-token"), "{err}");
         let err = open_on("10.0.0.5:8080", None, Some("t"), false).unwrap_err();
         assert!(err.to_string().contains("--jwt-secret"), "{err}");
-        assert!(open_on("0.0.0.0:8080", Some("s"), Some("t"), false).is_ok());
+        assert!(open_on("0.0.0.0:8080", Some(SECRET_OF_32), Some("t"), false).is_ok());
         assert!(open_on("0.0.0.0:8080", None, None, true).is_ok());
     }
 

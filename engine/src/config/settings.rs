@@ -211,14 +211,22 @@ settings! {
     /// Largest HTTP request head (request line and headers, the upgrade included); larger ones get 431
     handshake_bytes_max: usize, "ENGINE_HANDSHAKE_BYTES_MAX", "BYTES", default "8192",
         range (512, 64 << 10);
-    /// HS256 secret for auth tokens; without one the gateway runs in open mode (trusts userId)
+    // RFC 7518 §3.2: an HS256 key at least as long as the hash (32 bytes).
+    /// HS256 secret for auth tokens, at least 32 bytes; without it, --jwt-public-key and --jwt-jwks the gateway runs in open mode (trusts userId)
     jwt_secret: String, "ENGINE_JWT_SECRET", "SECRET", default "none", clap(hide_env_values = true);
+    /// PEM file of public keys auth tokens may be signed with: RSA of 2048 bits or more (RS256), EC P-256 (ES256)
+    jwt_public_key: PathBuf, "ENGINE_JWT_PUBLIC_KEY", "FILE", default "none";
+    /// JSON Web Key Set file (RFC 7517) of the RS256 and ES256 keys auth tokens may be signed with, chosen by the token's kid
+    jwt_jwks: PathBuf, "ENGINE_JWT_JWKS", "FILE", default "none";
+    /// Take auth tokens without exp (sessions that never expire); without it such tokens fail auth
+    jwt_exp_optional: bool, "ENGINE_JWT_EXP_OPTIONAL", "BOOL", default "false",
+        clap(num_args = 0..=1, default_missing_value = "true");
     /// Bearer token the HTTP API (`/api/*`) requires; without one the API is open
     api_token: String, "ENGINE_API_TOKEN", "TOKEN", default "none", clap(hide_env_values = true);
     /// Serve open mode (no --jwt-secret) or an open API (no --api-token) on an address that is not loopback
     allow_open: bool, "ENGINE_ALLOW_OPEN", "BOOL", default "false",
         clap(num_args = 0..=1, default_missing_value = "true");
-    /// Web page origins (scheme://host[:port], comma-separated) whose WebSocket upgrades and API calls are taken; others get 403; none: every origin
+    /// Web page origins (`https://host:port`, comma-separated) whose WebSocket upgrades and API calls are taken; others get 403; none: every origin
     allowed_origins: String, "ENGINE_ALLOWED_ORIGINS", "ORIGINS", default "none";
     /// Directory of the durable store (offline queues, history, groups)
     data_dir: PathBuf, "ENGINE_DATA_DIR", "DIR", default "./data";

@@ -114,7 +114,7 @@ const REACTOR_GAUGES: [ReactorGauge; 2] = [
 ];
 
 /// Counters each reactor keeps.
-const REACTOR_COUNTERS: [ReactorCounter; 15] = [
+const REACTOR_COUNTERS: [ReactorCounter; 16] = [
     (
         "engine_handshakes_total",
         "Completed WebSocket upgrades.",
@@ -144,6 +144,11 @@ const REACTOR_COUNTERS: [ReactorCounter; 15] = [
         "engine_deadline_closes_total",
         "Connections closed because their HTTP request head (--handshake-timeout-ms) or their auth (--auth-timeout-ms) did not come in time.",
         |r| &r.deadline_closes,
+    ),
+    (
+        "engine_sessions_expired_total",
+        "Sessions closed with 4005 because their token expired without auth_refresh.",
+        |r| &r.sessions_expired,
     ),
     (
         "engine_deadlines_met_late_total",

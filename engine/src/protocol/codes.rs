@@ -83,6 +83,8 @@ wire_names! {
         ReactionAdd = "reaction_add",
         /// `reaction_remove`.
         ReactionRemove = "reaction_remove",
+        /// `auth_refresh`.
+        AuthRefresh = "auth_refresh",
         /// A text frame that is not a message the protocol knows.
         Invalid = "invalid",
     }
@@ -126,6 +128,8 @@ wire_names! {
         ReactionAdded = "reaction_added",
         /// `reaction_removed`.
         ReactionRemoved = "reaction_removed",
+        /// `auth_refreshed`.
+        AuthRefreshed = "auth_refreshed",
         /// An HTTP response.
         Http = "http",
         /// A WebSocket control frame (close, ping, pong).

@@ -75,6 +75,12 @@ pub enum ClientMessage<'a> {
         /// Where the device left off (protocol v2).
         resume: Option<Resume<'a>>,
     },
+    /// `auth_refresh {token}`: a new token for the session's user, extending the session
+    /// to its `exp`.
+    AuthRefresh {
+        /// The new token.
+        token: &'a str,
+    },
     /// `ack {seq}`: the device has processed every inbox event up to `seq`.
     Ack {
         /// The highest `seq` processed.
@@ -195,6 +201,7 @@ impl ClientMessage<'_> {
     pub fn kind(&self) -> MessageKind {
         match self {
             ClientMessage::Auth { .. } => MessageKind::Auth,
+            ClientMessage::AuthRefresh { .. } => MessageKind::AuthRefresh,
             ClientMessage::Ack { .. } => MessageKind::Ack,
             ClientMessage::Ping { .. } => MessageKind::Ping,
             ClientMessage::SendMessage(_) => MessageKind::SendMessage,
@@ -295,7 +302,10 @@ fn decode<'t, 'de: 't>(root: Value<'t, 'de>) -> Result<ClientMessage<'de>, Proto
     };
     let root = &root;
     let message = match kind {
-        "auth" => decode_auth(root)?,
+        "auth" => decode_auth(root).map_err(auth_failure)?,
+        "auth_refresh" => ClientMessage::AuthRefresh {
+            token: req_str(root, "token").map_err(auth_failure)?,
+        },
         "ack" => ClientMessage::Ack {
             seq: match root.get("seq") {
                 Some(v) => v.as_u64().ok_or_else(|| {
@@ -343,21 +353,23 @@ fn decode<'t, 'de: 't>(root: Value<'t, 'de>) -> Result<ClientMessage<'de>, Proto
     Ok(message)
 }
 
-/// `auth`: any fault in it is `auth_failed` (PROTOCOL.md: missing fields too), which
-/// closes the connection with 1008.
+/// `auth {userId, deviceId, token?, resume?}`.
 fn decode_auth<'t, 'de: 't>(root: &Value<'t, 'de>) -> Result<ClientMessage<'de>, ProtocolError> {
-    let auth = || {
-        Ok(ClientMessage::Auth {
-            user_id: id(root, "userId")?,
-            device_id: id(root, "deviceId")?,
-            token: opt_str(root, "token")?,
-            resume: decode_resume(root)?,
-        })
-    };
-    auth().map_err(|e: ProtocolError| ProtocolError {
+    Ok(ClientMessage::Auth {
+        user_id: id(root, "userId")?,
+        device_id: id(root, "deviceId")?,
+        token: opt_str(root, "token")?,
+        resume: decode_resume(root)?,
+    })
+}
+
+/// Any fault in `auth` or `auth_refresh` is `auth_failed` (PROTOCOL.md: missing fields
+/// too), which closes the connection with 1008.
+fn auth_failure(e: ProtocolError) -> ProtocolError {
+    ProtocolError {
         code: ErrorCode::AuthFailed,
         ..e
-    })
+    }
 }
 
 /// Gives an error the `ref` of the message it refuses.

@@ -163,6 +163,18 @@ pub fn auth_success(
     .end();
 }
 
+/// `auth_refreshed {expiresAt?, timestamp}`: the session now lasts until `expiresAt`
+/// (Unix ms; none: for ever).
+pub fn auth_refreshed(out: &mut OutJson, expires_at_ms: Option<u64>, now_ms: u64) {
+    let obj = out.begin(OutKind::AuthRefreshed);
+    match expires_at_ms {
+        Some(at) => obj.u64("expiresAt", at),
+        None => obj,
+    }
+    .u64("timestamp", now_ms)
+    .end();
+}
+
 /// `error {code, message, ref?}`.
 pub fn error(out: &mut OutJson, code: ErrorCode, message: &str, reference: Option<&str>) {
     out.begin(OutKind::Error)

@@ -11,7 +11,7 @@ use crate::{
     protocol::{
         codes::{ErrorCode, MessageKind},
         inbound::{ClientMessage, ProtocolError, Resume},
-        jwt, now_ms, outbound, Priority,
+        now_ms, outbound, Priority,
     },
     router::ConnAddr,
     shard::Event,
@@ -59,6 +59,9 @@ impl Reactor {
         let Some(user) = user else {
             return;
         };
+        if let ClientMessage::AuthRefresh { token } = message {
+            return self.refresh(at, &user, token);
+        }
         self.trip_failpoint(&user);
         let conn = at;
         self.feed_shard(Event::Message {
@@ -98,33 +101,23 @@ impl Reactor {
         token: Option<&str>,
         resume: Option<Resume<'_>>,
     ) {
-        if let Some(secret) = self.shared.config.jwt_secret.clone() {
-            let Some(conn) = self.conn_mut(at) else {
-                return;
-            };
-            let url_token = conn.aux.as_ref().and_then(|a| a.url_token.clone());
-            let verdict = match token.or(url_token.as_deref()) {
-                None => Err("a token is required".to_owned()),
-                Some(token) => {
-                    jwt::verify(token, &secret, user_id, now_ms() / 1000).map_err(|e| e.to_string())
-                }
-            };
-            if let Err(reason) = verdict {
-                self.send_error(at, ErrorCode::AuthFailed, &reason, None);
-                return self.begin_close(at, close::POLICY_VIOLATION, "auth failed");
-            }
-        }
+        let url_token = self
+            .conn_mut(at)
+            .and_then(|conn| conn.aux.as_mut())
+            .and_then(|aux| aux.url_token.take());
+        let Some(expires_at) = self.check_token(at, user_id, token.or(url_token.as_deref())) else {
+            return;
+        };
         let Some(conn) = self.conn_mut(at) else {
             return;
         };
         let user: Arc<str> = Arc::from(user_id);
         conn.phase = Phase::Authenticated;
         conn.user = Some(user.clone());
-        conn.deadline_tick = 0;
+        conn.deadline = expires_at;
         conn.flags.set(Flags::ACKS, resume.is_some());
         conn.flags.set(Flags::CATCHING_UP, true);
         let aux = conn.aux_mut();
-        aux.url_token = None;
         aux.catch_up = Some(Box::new(CatchUp {
             device_id: device_id.into(),
             resume: resume.map(|r| (r.epoch.into(), r.seq)),
@@ -144,6 +137,50 @@ impl Reactor {
             device: device_id,
             acks: resume.is_some(),
         });
+    }
+
+    /// With a token checker (`--jwt-*`): whether `token` is valid for `user_id`, and when
+    /// it expires, as [`Conn::deadline`](crate::conn::Conn::deadline) keeps it (Unix
+    /// seconds, 0: never). `None` when it is not: `auth_failed` is sent and the connection
+    /// closes with 1008. Open mode takes any.
+    fn check_token(&mut self, at: ConnAddr, user_id: &str, token: Option<&str>) -> Option<u32> {
+        let Some(verifier) = self.shared.config.jwt.clone() else {
+            return Some(0);
+        };
+        let verdict = match token {
+            None => Err("a token is required".to_owned()),
+            Some(token) => verifier
+                .verify(token, user_id, now_ms() / 1000)
+                .map_err(|e| e.to_string()),
+        };
+        match verdict {
+            // An `exp` past 2106 does not fit the field: it is as good as never.
+            Ok(grant) => Some(
+                grant
+                    .expires_at
+                    .map_or(0, |s| u32::try_from(s).unwrap_or(0)),
+            ),
+            Err(reason) => {
+                self.send_error(at, ErrorCode::AuthFailed, &reason, None);
+                self.begin_close(at, close::POLICY_VIOLATION, "auth failed");
+                None
+            }
+        }
+    }
+
+    /// `auth_refresh {token}`: a new token for the session's own user moves its expiry
+    /// (`auth_refreshed`); a bad one fails as `auth` does (`auth_failed`, 1008).
+    fn refresh(&mut self, at: ConnAddr, user: &str, token: &str) {
+        let Some(expires_at) = self.check_token(at, user, Some(token)) else {
+            return;
+        };
+        let Some(conn) = self.conn_mut(at) else {
+            return;
+        };
+        conn.deadline = expires_at;
+        let expires_at_ms = (expires_at != 0).then(|| u64::from(expires_at) * 1000);
+        outbound::auth_refreshed(&mut self.json, expires_at_ms, now_ms());
+        self.send_to(at, self.json.frame(), Priority::High);
     }
 
     /// Sends `error {code, message, ref}` to a local connection; it stays open.

@@ -114,10 +114,10 @@ pub(crate) struct Reactor {
     drain_queue: Vec<ConnAddr>,
     /// How many a spread drain has closed so far.
     drain_closed: usize,
-    /// Where the idle sweep goes on from.
-    pub(crate) idle_cursor: usize,
-    /// Slab visits the idle sweep has earned but not made (less than one period's worth).
-    pub(crate) idle_credit: u64,
+    /// The idle sweep's walk over the slab.
+    pub(crate) idle_sweep: super::limits::Sweep,
+    /// The session sweep's walk (tokens that expire).
+    pub(crate) session_sweep: super::limits::Sweep,
     /// The durable store.
     pub(crate) store: crate::store::Store,
     /// The store's answers to this reactor.
@@ -190,8 +190,8 @@ impl Reactor {
             rate_counted: Vec::new(),
             drain_queue: Vec::new(),
             drain_closed: 0,
-            idle_cursor: 0,
-            idle_credit: 0,
+            idle_sweep: Default::default(),
+            session_sweep: Default::default(),
             store: seed.store,
             store_replies: seed.store_replies,
             cluster: seed.cluster,
@@ -303,7 +303,7 @@ impl Reactor {
     pub(crate) fn set_deadline(&mut self, at: ConnAddr, after_ms: u64) {
         let due_tick = self.timers.tick_after(after_ms);
         if let Some(conn) = self.conn_mut(at) {
-            conn.deadline_tick = due_tick as u32;
+            conn.deadline = due_tick as u32;
             self.timers.insert(timer::Entry {
                 slot: at.slot as usize,
                 generation: at.generation,
@@ -875,7 +875,7 @@ impl Reactor {
             let Some(conn) = self.conn_mut(at) else {
                 continue;
             };
-            if u64::from(conn.deadline_tick) != entry.due_tick {
+            if u64::from(conn.deadline) != entry.due_tick {
                 continue;
             }
             let answering = conn.aux.as_ref().is_some_and(|a| a.pending_api.is_some());
@@ -915,7 +915,7 @@ impl Reactor {
         self.read_from(at, false);
         let stands = self
             .conn_mut(at)
-            .is_some_and(|c| c.phase == phase && u64::from(c.deadline_tick) == due_tick);
+            .is_some_and(|c| c.phase == phase && u64::from(c.deadline) == due_tick);
         if !stands {
             ReactorStats::bump(&self.stats().deadlines_met_late);
             return;

@@ -1,20 +1,52 @@
 //! Per-connection limits that cost no memory per idle connection beyond two bytes of its
 //! slab entry: the message rate (a one-byte count per one-second window, reset for the
-//! connections that counted) and the idle timeout (an activity bit set on every read and a
+//! connections that counted), the idle timeout (an activity bit set on every read and a
 //! sweep over the slab driven by the reactor's timer ticks: a wheel entry per connection
-//! would cost 24 bytes each, a tenth of the idle budget).
+//! would cost 24 bytes each, a tenth of the idle budget), and the session's token expiry
+//! (a second sweep, over the expiry kept in the connection's deadline field).
 
 use super::core::Reactor;
-use crate::conn::{Flags, Phase};
+use crate::conn::{Conn, Flags, Phase};
 use crate::protocol::{codes::ErrorCode, outbound::Outgoing};
 use crate::{
     router::ConnAddr,
+    stats,
     timer::TICK_MS,
     ws::{close, frame},
 };
 
 /// Timer ticks per rate window (one second).
 const RATE_WINDOW_TICKS: u64 = 1000 / TICK_MS;
+/// Timer ticks in which the session sweep sees every connection: a session outlives its
+/// token by at most this (5 s), and a million connections cost 200,000 slot looks a
+/// second.
+const SESSION_SWEEP_TICKS: u64 = 5000 / TICK_MS;
+
+/// A walk over the slab that sees every slot once per period, a share of it each tick.
+#[derive(Debug, Default)]
+pub(crate) struct Sweep {
+    /// The slot the next share starts at.
+    cursor: usize,
+    /// Slot looks earned but not made (less than one period's worth).
+    credit: u64,
+}
+
+impl Sweep {
+    /// This tick's share of a slab of `capacity` slots: where it starts and how many
+    /// slots it covers (wrapping), so that `capacity` looks are made per `period_ticks`
+    /// ticks however the two compare (a small slab is not swept faster than the period).
+    fn next_share(&mut self, capacity: usize, period_ticks: u64) -> (usize, usize) {
+        if capacity == 0 {
+            return (0, 0);
+        }
+        self.credit += capacity as u64;
+        let share = (self.credit / period_ticks) as usize;
+        self.credit %= period_ticks;
+        let start = self.cursor % capacity;
+        self.cursor = (start + share) % capacity;
+        (start, share)
+    }
+}
 
 impl Reactor {
     /// Counts one client message against the connection's rate; false when it is over
@@ -65,6 +97,41 @@ impl Reactor {
         if idle_ms > 0 {
             self.sweep_idle((idle_ms / 2).div_ceil(TICK_MS).max(1));
         }
+        if self.shared.config.jwt.is_some() {
+            self.sweep_sessions();
+        }
+    }
+
+    /// The authenticated connection in `slot`, if any.
+    fn authenticated_at(&mut self, slot: usize) -> Option<(ConnAddr, &mut Conn)> {
+        let reactor = self.id as u16;
+        let conn = self.conns.get_mut(slot)?;
+        let at = ConnAddr {
+            reactor,
+            generation: conn.generation,
+            slot: slot as u32,
+        };
+        (conn.phase == Phase::Authenticated).then_some((at, conn))
+    }
+
+    /// Closes with 4005 the sessions in this tick's share whose token has expired (an
+    /// `auth_refresh` moves the expiry).
+    fn sweep_sessions(&mut self) {
+        let capacity = self.conns.capacity();
+        let (start, share) = self.session_sweep.next_share(capacity, SESSION_SWEEP_TICKS);
+        if share == 0 {
+            return;
+        }
+        let now_s = crate::protocol::now_ms() / 1000;
+        for slot in (start..start + share).map(|i| i % capacity) {
+            let Some((at, conn)) = self.authenticated_at(slot) else {
+                continue;
+            };
+            if conn.deadline != 0 && u64::from(conn.deadline) <= now_s {
+                stats::ReactorStats::bump(&self.stats().sessions_expired);
+                self.begin_close(at, close::TOKEN_EXPIRED, "token expired");
+            }
+        }
     }
 
     /// Looks at the next share of the slab, so that every slot is seen once every
@@ -72,28 +139,10 @@ impl Reactor {
     /// since the last look gets a ping; one still silent at the next look is closed (1001).
     fn sweep_idle(&mut self, period_ticks: u64) {
         let capacity = self.conns.capacity();
-        if capacity == 0 {
-            return;
-        }
-        // `capacity` visits per `period_ticks` ticks, however the two compare: a small slab
-        // is not swept faster than the period.
-        self.idle_credit += capacity as u64;
-        let share = self.idle_credit / period_ticks;
-        self.idle_credit %= period_ticks;
-        for _ in 0..share {
-            let slot = self.idle_cursor % capacity;
-            self.idle_cursor = slot + 1;
-            let id = self.id as u16;
-            let Some(conn) = self.conns.get_mut(slot) else {
+        let (start, share) = self.idle_sweep.next_share(capacity, period_ticks);
+        for slot in (start..start + share).map(|i| i % capacity) {
+            let Some((at, conn)) = self.authenticated_at(slot) else {
                 continue;
-            };
-            if conn.phase != Phase::Authenticated {
-                continue;
-            }
-            let at = ConnAddr {
-                reactor: id,
-                generation: conn.generation,
-                slot: slot as u32,
             };
             if conn.flags.has(Flags::ACTIVE) {
                 conn.flags.set(Flags::ACTIVE, false);

@@ -385,6 +385,8 @@ impl Shard {
             ClientMessage::Auth { .. } => {
                 out.error(conn, ErrorCode::BadRequest, "already authenticated", None)
             }
+            // The session's token is the connection's business: its reactor answers.
+            ClientMessage::AuthRefresh { .. } => {}
             ClientMessage::Ping { ts } => self.ping(conn, ts, out),
             ClientMessage::Ack { seq } => self.ack(conn, user, seq, out),
             ClientMessage::SendMessage(text) => self.send_message(conn, user, &text, true, out),

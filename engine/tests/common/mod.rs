@@ -292,6 +292,17 @@ impl Server {
             .unwrap_or_else(|| panic!("{name} in {metrics}"))
     }
 
+    /// The sum over reactors of the per-reactor counter `name` in `/metrics` now.
+    pub fn counter_sum(&self, name: &str) -> u64 {
+        let (_, metrics) = self.get("/metrics");
+        let labelled = format!("{name}{{");
+        metrics
+            .lines()
+            .filter(|l| l.starts_with(&labelled))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    }
+
     /// `engine_errors_total` for one error code.
     pub fn errors_counted(&self, code: &str) -> u64 {
         let (_, metrics) = self.get("/metrics");

@@ -7,7 +7,7 @@ use std::{
     process::{Command, ExitStatus},
 };
 
-use engine::{config::Config, sockets::Placement, Engine};
+use engine::{config::Config, protocol::jwt::Verifier, sockets::Placement, Engine};
 
 /// Numbers each in-process engine's store directory (one redb file per engine).
 static NEXT_STORE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
@@ -58,7 +58,9 @@ fn engine_with(reactors: usize, jwt_secret: Option<&[u8]>, sockets: Placement) -
         socket_placement: sockets,
         listen: "127.0.0.1:0".parse().unwrap(),
         reactors,
-        jwt_secret: jwt_secret.map(<[u8]>::to_vec),
+        jwt: jwt_secret.map(|secret| {
+            std::sync::Arc::new(Verifier::new(Some(secret.to_vec()), Vec::new(), true))
+        }),
         data_dir: store.clone(),
         ..Config::default()
     };
