@@ -140,6 +140,8 @@ impl Conn {
 pub struct Aux {
     /// `?token=` from the upgrade URL, used when `auth` carries none.
     pub url_token: Option<Box<str>>,
+    /// The session token's `groups` claim: invite-only groups it may join.
+    pub token_groups: Option<Box<[Box<str>]>>,
     /// An HTTP API request whose answer waits on other reactors; later pipelined
     /// requests wait behind it so answers keep their order.
     pub pending_api: Option<PendingApi>,
@@ -225,6 +227,7 @@ impl Conn {
     pub fn trim_aux(&mut self) {
         if self.aux.as_ref().is_some_and(|a| {
             a.url_token.is_none()
+                && a.token_groups.is_none()
                 && a.pending_api.is_none()
                 && a.catch_up.is_none()
                 && a.page_in_flight.is_none()

@@ -145,14 +145,17 @@ impl Engine {
         let store::Opened {
             store,
             thread: store_thread,
-            memberships,
+            groups: stored_groups,
             recent,
         } = opened;
         let mut groups: Vec<shard::groups_state::Groups> =
             (0..reactors).map(|_| Default::default()).collect();
-        for (group, user) in memberships {
+        for (group, user) in stored_groups.members {
             shared.group_quota.count_anyway(&user);
             groups[router::home_of(&group, reactors)].join(&group, user.into());
+        }
+        for (group, settings) in stored_groups.settings {
+            groups[router::home_of(&group, reactors)].set_settings(&group, settings);
         }
         let mut groups = groups.into_iter();
         let mut recent_by_home: Vec<Vec<store::RecentPair>> = vec![Vec::new(); reactors];

@@ -696,6 +696,72 @@ fn a_group_spans_nodes_and_a_node_that_starts_later_knows_its_members() {
     });
 }
 
+/// Sends a group request and returns the first `group_member` or `error` answer.
+fn group_request(client: &mut common::Client, request: Value) -> Value {
+    client.send(&request);
+    loop {
+        let answer = client.recv();
+        if answer["type"] == "group_member" || answer["type"] == "error" {
+            return answer;
+        }
+    }
+}
+
+#[test]
+fn an_invite_only_group_is_closed_on_every_node_and_admins_act_from_any() {
+    with_nats("group_access_across_nodes", |nats| {
+        let (a, b) = two_nodes(&nats);
+        let mut alice = a.login("alice", "phone");
+        let mut bob = b.login("bob", "phone");
+        let mut mallory = b.login("mallory", "phone");
+        let created = group_request(
+            &mut alice,
+            json!({"type": "group_create", "groupId": "crew", "access": "invite"}),
+        );
+        assert_eq!(created["role"], "owner", "{created}");
+        let added = group_request(
+            &mut alice,
+            json!({"type": "group_add", "groupId": "crew", "userId": "bob", "role": "admin"}),
+        );
+        assert_eq!(added["role"], "admin", "{added}");
+        // The other node learns the group from the bucket (its watch), then decides as
+        // the first would.
+        assert_eq!(bob.recv_type("group_member")["role"], "admin");
+        // The watch and the inbox are two streams: give the watch a moment more.
+        std::thread::sleep(Duration::from_millis(300));
+        let refused = group_request(
+            &mut mallory,
+            json!({"type": "group_join", "groupId": "crew"}),
+        );
+        assert_eq!(refused["code"], "forbidden", "{refused}");
+        let taken = group_request(
+            &mut mallory,
+            json!({"type": "group_create", "groupId": "crew"}),
+        );
+        assert_eq!(taken["code"], "conflict", "{taken}");
+        let added = group_request(
+            &mut bob,
+            json!({"type": "group_add", "groupId": "crew", "userId": "mallory"}),
+        );
+        assert_eq!(
+            added["userId"], "mallory",
+            "an admin adds from any node: {added}"
+        );
+        loop {
+            let heard = alice.recv_type("group_member");
+            if heard["userId"] == "mallory" {
+                break;
+            }
+        }
+        // A node that starts later knows the settings too.
+        let c = common::nats::node(&nats.url(), "c");
+        common::nats::wait_for_nodes(&c, 3, Duration::from_secs(10));
+        let mut eve = c.login("eve", "phone");
+        let refused = group_request(&mut eve, json!({"type": "group_join", "groupId": "crew"}));
+        assert_eq!(refused["code"], "forbidden", "{refused}");
+    });
+}
+
 #[test]
 fn a_huddle_spans_nodes_and_a_newcomer_hears_who_is_in_it_elsewhere() {
     with_nats("huddles_across_nodes", |nats| {

@@ -405,3 +405,148 @@ fn a_session_ends_with_4005_when_its_token_expires_unless_refreshed() {
     assert_eq!(refreshed.recv()["code"], "auth_failed");
     assert_eq!(refreshed.expect_close(), 1008);
 }
+
+/// Sends a group request and returns the first answer of type `group_member` or `error`.
+fn group_request(client: &mut common::Client, request: serde_json::Value) -> serde_json::Value {
+    client.send(&request);
+    loop {
+        let answer = client.recv();
+        if answer["type"] == "group_member" || answer["type"] == "error" {
+            return answer;
+        }
+    }
+}
+
+#[test]
+fn invite_only_groups_keep_strangers_out_and_roles_decide_who_administers() {
+    use serde_json::json;
+    let data = fresh_data_dir();
+    let dir = data.to_str().unwrap().to_owned();
+    let mut server = Server::start(common::Driver::IoUring, &["--data-dir", &dir]);
+    let mut alice = server.login("alice", "d");
+    let mut bob = server.login("bob", "d");
+    let mut mallory = server.login("mallory", "d");
+    let created = group_request(
+        &mut alice,
+        json!({"type": "group_create", "groupId": "team", "access": "invite"}),
+    );
+    assert_eq!(created["role"], "owner", "{created}");
+    // The finding: anyone could join any group and read its posts.
+    let refused = group_request(
+        &mut mallory,
+        json!({"type": "group_join", "groupId": "team"}),
+    );
+    assert_eq!(refused["code"], "forbidden", "{refused}");
+    assert_eq!(refused["ref"], "team", "{refused}");
+    let taken = group_request(
+        &mut mallory,
+        json!({"type": "group_create", "groupId": "team", "access": "open"}),
+    );
+    assert_eq!(taken["code"], "conflict", "{taken}");
+    let added = group_request(
+        &mut alice,
+        json!({"type": "group_add", "groupId": "team", "userId": "bob"}),
+    );
+    assert_eq!(
+        (added["userId"].as_str(), added["action"].as_str()),
+        (Some("bob"), Some("joined"))
+    );
+    assert_eq!(
+        bob.recv_type("group_member")["userId"],
+        "bob",
+        "the added user hears of it"
+    );
+    // A member is no admin; an admin names no admins and removes no owner.
+    let refused = group_request(
+        &mut bob,
+        json!({"type": "group_add", "groupId": "team", "userId": "mallory"}),
+    );
+    assert_eq!(refused["code"], "forbidden", "{refused}");
+    let promoted = group_request(
+        &mut alice,
+        json!({"type": "group_add", "groupId": "team", "userId": "bob", "role": "admin"}),
+    );
+    assert_eq!(promoted["role"], "admin", "{promoted}");
+    assert_eq!(bob.recv_type("group_member")["role"], "admin");
+    for (request, why) in [
+        (
+            json!({"type": "group_remove", "groupId": "team", "userId": "alice"}),
+            "owner",
+        ),
+        (
+            json!({"type": "group_add", "groupId": "team", "userId": "carol", "role": "admin"}),
+            "admins",
+        ),
+    ] {
+        let refused = group_request(&mut bob, request);
+        assert_eq!(refused["code"], "forbidden", "{why}: {refused}");
+    }
+    let added = group_request(
+        &mut bob,
+        json!({"type": "group_add", "groupId": "team", "userId": "carol"}),
+    );
+    assert_eq!(added["userId"], "carol", "{added}");
+    // Posts reach members only; a stranger's post is refused.
+    mallory.send(
+        &json!({"type": "group_message", "messageId": "x", "groupId": "team",
+                         "content": "let me in"}),
+    );
+    assert_eq!(mallory.recv_type("error")["code"], "not_member");
+    bob.send(
+        &json!({"type": "group_message", "messageId": "p1", "groupId": "team",
+                     "content": "members only"}),
+    );
+    assert_eq!(alice.recv_type("new_message")["content"], "members only");
+    mallory.expect_silence(std::time::Duration::from_millis(200));
+    let removed = group_request(
+        &mut bob,
+        json!({"type": "group_remove", "groupId": "team", "userId": "carol"}),
+    );
+    assert_eq!(
+        (removed["userId"].as_str(), removed["action"].as_str()),
+        (Some("carol"), Some("left"))
+    );
+
+    // The settings are durable: after a restart the group is still invite-only.
+    drop((alice, bob, mallory));
+    assert_eq!(server.terminate(), Some(0));
+    let server = Server::start(common::Driver::IoUring, &["--data-dir", &dir]);
+    let mut mallory = server.login("mallory", "d");
+    let refused = group_request(
+        &mut mallory,
+        json!({"type": "group_join", "groupId": "team"}),
+    );
+    assert_eq!(refused["code"], "forbidden", "after a restart: {refused}");
+    let mut bob = server.login("bob", "d");
+    let added = group_request(
+        &mut bob,
+        json!({"type": "group_add", "groupId": "team", "userId": "mallory"}),
+    );
+    assert_eq!(added["userId"], "mallory", "bob is still an admin: {added}");
+}
+
+#[test]
+fn a_token_groups_claim_opens_an_invite_only_group() {
+    use serde_json::json;
+    let server = Server::start(common::Driver::IoUring, &["--jwt-secret", tokens::SECRET]);
+    let exp = tokens::in_secs(600);
+    let (mut owner, _) = auth_with(
+        &server,
+        "owner",
+        &tokens::hs256(&json!({"sub": "owner", "exp": exp})),
+    );
+    let created = group_request(
+        &mut owner,
+        json!({"type": "group_create", "groupId": "staff", "access": "invite"}),
+    );
+    assert_eq!(created["role"], "owner", "{created}");
+    let granted = tokens::hs256(&json!({"sub": "dave", "exp": exp, "groups": ["staff"]}));
+    let (mut dave, answer) = auth_with(&server, "dave", &granted);
+    assert_eq!(answer["type"], "auth_success", "{answer}");
+    let joined = group_request(&mut dave, json!({"type": "group_join", "groupId": "staff"}));
+    assert_eq!(joined["action"], "joined", "{joined}");
+    let plain = tokens::hs256(&json!({"sub": "erin", "exp": exp, "groups": ["other"]}));
+    let (mut erin, _) = auth_with(&server, "erin", &plain);
+    let refused = group_request(&mut erin, json!({"type": "group_join", "groupId": "staff"}));
+    assert_eq!(refused["code"], "forbidden", "{refused}");
+}

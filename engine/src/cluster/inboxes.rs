@@ -141,6 +141,9 @@ enum Pending {
     Fill(Box<Filled>),
     /// A member's join or leave, written to the bucket of members.
     Membership(Box<Command>),
+    /// A group's settings that change with a membership, written to the bucket first: the
+    /// membership follows once they are kept.
+    GroupSettings(Box<Command>),
 }
 
 /// An ack under way: the user's record is fetched, the events it takes (up to `upto`)
@@ -722,23 +725,43 @@ impl Inboxes {
             }
             Command::Membership {
                 ref group,
-                ref user,
-                joined,
+                settings: Some(ref change),
                 ..
             } => {
-                let key = member_key(group, user);
-                let subject = format!("$KV.{GROUP_BUCKET}.{key}");
-                let (headers, value): (&[(&str, &str)], &[u8]) = match joined {
-                    true => (&[], b"1"),
-                    false => (&[("KV-Operation", "DEL")], b""),
+                let subject = format!("$KV.{GROUP_BUCKET}.{}", settings_key(group));
+                let record = change.after.encode();
+                let (headers, value): (&[(&str, &str)], &[u8]) = match change.after.is_default() {
+                    false => (&[], &record),
+                    true => (&[("KV-Operation", "DEL")], b""),
                 };
-                let pending = Pending::Membership(Box::new(command));
+                let pending = Pending::GroupSettings(Box::new(command));
                 self.requests.send(out, (&subject, headers), value, pending);
             }
+            Command::Membership { .. } => self.put_member(command, out),
             // Never sent in a cluster: a relaying home does not number events.
             Command::OpenInbox { .. } => {}
             other => warn!("cluster: not an inbox command: {other:?}"),
         }
+    }
+
+    /// Writes a membership to the bucket of groups (a put for a join, a delete for a leave).
+    fn put_member(&mut self, command: Command, out: &mut BytesMut) {
+        let Command::Membership {
+            ref group,
+            ref user,
+            joined,
+            ..
+        } = command
+        else {
+            return;
+        };
+        let subject = format!("$KV.{GROUP_BUCKET}.{}", member_key(group, user));
+        let (headers, value): (&[(&str, &str)], &[u8]) = match joined {
+            true => (&[], b"1"),
+            false => (&[("KV-Operation", "DEL")], b""),
+        };
+        let pending = Pending::Membership(Box::new(command));
+        self.requests.send(out, (&subject, headers), value, pending);
     }
 
     /// Appends one event; a chat message is first looked up in history's index, which
@@ -1058,6 +1081,10 @@ impl Inboxes {
                 };
                 replies.extend(answers::membership_answer(&command, failed));
             }
+            Pending::GroupSettings(command) => match publish_outcome(status, payload, None) {
+                Outcome::Kept { .. } => self.put_member(*command, out),
+                _ => replies.extend(answers::membership_answer(&command, Some(Failure::Refused))),
+            },
             Pending::Fill(mut fill) => {
                 let found = match status {
                     None => sequence_of(headers).filter(|seq| *seq <= fill.upto),
@@ -1623,7 +1650,7 @@ impl Inboxes {
             Pending::Settle(user) => {
                 self.settling.remove(&user);
             }
-            Pending::Membership(command) => {
+            Pending::Membership(command) | Pending::GroupSettings(command) => {
                 replies.extend(answers::membership_answer(&command, Some(why)));
             }
             // The devices get what could not be read when they resume.
@@ -1711,10 +1738,29 @@ fn member_key(group: &str, user: &str) -> String {
     format!("{}.{}", key_token(group), key_token(user))
 }
 
-/// `(group, user)` of a key of [`GROUP_BUCKET`], or `None` if it is not one.
-pub(super) fn parse_member_key(key: &str) -> Option<(Box<str>, Box<str>)> {
+/// The key of a group's settings in [`GROUP_BUCKET`]: the group's token and `=`, which no
+/// member's token is (an id is never empty).
+fn settings_key(group: &str) -> String {
+    format!("{}.=", key_token(group))
+}
+
+/// What a key of [`GROUP_BUCKET`] holds.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum GroupKey {
+    /// A member: `(group, user)`.
+    Member(Box<str>, Box<str>),
+    /// A group's settings.
+    Settings(Box<str>),
+}
+
+/// What the key of [`GROUP_BUCKET`] `key` holds, or `None` if it is not one of its keys.
+pub(super) fn parse_group_key(key: &str) -> Option<GroupKey> {
     let (group, user) = key.split_once('.')?;
-    Some((from_key_token(group)?, from_key_token(user)?))
+    let group = from_key_token(group)?;
+    if user == "=" {
+        return Some(GroupKey::Settings(group));
+    }
+    Some(GroupKey::Member(group, from_key_token(user)?))
 }
 
 /// What became of a publish, from JetStream's ack.
@@ -1853,9 +1899,16 @@ mod tests {
         assert_eq!(inbox_subject("a.b"), "chat.inbox.~612e62");
         let key = member_key("team.a", "ann");
         assert_eq!(key, "=7465616d2e61.ann");
-        let (group, user) = parse_member_key(&key).unwrap();
-        assert_eq!((&*group, &*user), ("team.a", "ann"));
-        assert_eq!(parse_member_key("nodot"), None);
+        assert_eq!(
+            parse_group_key(&key),
+            Some(GroupKey::Member("team.a".into(), "ann".into()))
+        );
+        assert_eq!(settings_key("team.a"), "=7465616d2e61.=");
+        assert_eq!(
+            parse_group_key(&settings_key("team.a")),
+            Some(GroupKey::Settings("team.a".into()))
+        );
+        assert_eq!(parse_group_key("nodot"), None);
         let receipt = parse_receipt(b"ann ~6d2e31").unwrap();
         assert_eq!((&*receipt.0, &*receipt.1), ("ann", "m.1"));
         for bad in [&b"ann"[..], b"ann ~6", b"~zz x"] {

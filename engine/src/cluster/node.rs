@@ -30,14 +30,14 @@ use tracing::{debug, error, info, warn};
 
 use super::{
     backoff,
-    inboxes::{self, GROUP_BUCKET},
+    inboxes::{self, GroupKey, GROUP_BUCKET},
     instance_token_hex,
     members::{Change, Members, DEAD_AFTER},
     relay::{Inbound, Reactors},
     relayer::Relayer,
     wire, Claim, Link, State, HEARTBEAT,
 };
-use crate::router::Envelope;
+use crate::{protocol::access::Settings, router::Envelope};
 
 /// Where the membership watch tells the relay which instances are gone.
 type Gone = tokio::sync::mpsc::UnboundedSender<Box<str>>;
@@ -498,7 +498,8 @@ fn kv_stream(bucket: &str, max_age: Duration, replicas: u8) -> stream::Config {
     }
 }
 
-/// Hands every change of the groups' members to the group's home reactor on this node:
+/// Hands every change of the groups' members and settings to the group's home reactor on
+/// this node:
 /// each key's last value first (a node that starts learns every member), then each
 /// change as it comes; watches again if the watch ends.
 async fn watch_groups(bucket: &kv::Store, homes: &Reactors) {
@@ -512,15 +513,28 @@ async fn watch_groups(bucket: &kv::Store, homes: &Reactors) {
                     continue;
                 }
             };
-            let Some((group, user)) = inboxes::parse_member_key(&entry.key) else {
-                continue;
-            };
-            let joined = entry.operation == Operation::Put;
-            let home = crate::router::home_of(&group, homes.senders.len());
-            let change = Envelope::GroupMembership {
-                group,
-                user,
-                joined,
+            let put = entry.operation == Operation::Put;
+            let home_of = |group: &str| crate::router::home_of(group, homes.senders.len());
+            let (home, change) = match inboxes::parse_group_key(&entry.key) {
+                Some(GroupKey::Member(group, user)) => (
+                    home_of(&group),
+                    Envelope::GroupMembership {
+                        group,
+                        user,
+                        joined: put,
+                    },
+                ),
+                Some(GroupKey::Settings(group)) => (
+                    home_of(&group),
+                    Envelope::GroupSettings {
+                        group,
+                        settings: put
+                            .then(|| Settings::decode(&entry.value))
+                            .flatten()
+                            .map(Box::new),
+                    },
+                ),
+                None => continue,
             };
             homes.send(home, Inbound::Mail(change));
         }

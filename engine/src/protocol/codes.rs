@@ -71,6 +71,12 @@ wire_names! {
         GroupJoin = "group_join",
         /// `group_leave`.
         GroupLeave = "group_leave",
+        /// `group_create`.
+        GroupCreate = "group_create",
+        /// `group_add`.
+        GroupAdd = "group_add",
+        /// `group_remove`.
+        GroupRemove = "group_remove",
         /// `group_message`.
         GroupMessage = "group_message",
         /// `signal`.
@@ -188,6 +194,11 @@ wire_names! {
         TooManyGroups = "too_many_groups",
         /// It needs the cluster, and NATS is out of reach (`--cluster`).
         ClusterUnavailable = "cluster_unavailable",
+        /// The group does not let this user do that (an invite-only group, an owner's
+        /// or admin's action).
+        Forbidden = "forbidden",
+        /// `group_create` of a group that exists.
+        Conflict = "conflict",
     }
 }
 

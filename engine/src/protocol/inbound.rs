@@ -9,7 +9,7 @@ use simd_json::{prelude::*, tape::Value, Buffers, Tape};
 
 use super::{
     codes::{ErrorCode, MessageKind, OutKind},
-    Priority,
+    Priority, Role,
 };
 
 pub use super::ids::ID_BYTES_MAX;
@@ -34,6 +34,37 @@ pub struct Text<'a> {
     pub message_type: &'a str,
     /// `normal` unless given.
     pub priority: Priority,
+}
+
+/// What a user asks of a group's membership (PROTOCOL.md, "Groups" and v2's "Group
+/// access").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupRequest<'a> {
+    /// `group_join`: become a member.
+    Join {
+        /// The session's token lists the group (its `groups` claim), which opens an
+        /// invite-only group: set by the connection, never by the client's message.
+        token_grants: bool,
+    },
+    /// `group_leave`.
+    Leave,
+    /// `group_create {access}`: a new group the asker owns.
+    Create {
+        /// `access:"invite"`; `"open"` (the default) is false.
+        invite: bool,
+    },
+    /// `group_add {userId, role?}`: by the owner or an admin; a `role` only by the owner.
+    Add {
+        /// Who is added (or whose role changes).
+        user_id: &'a str,
+        /// `admin` or `member`, when given.
+        role: Option<Role>,
+    },
+    /// `group_remove {userId}`: by the owner or an admin.
+    Remove {
+        /// Who is removed.
+        user_id: &'a str,
+    },
 }
 
 /// `resume {epoch, seq}` in `auth`: the inbox the device last saw and how far it got.
@@ -116,12 +147,13 @@ pub enum ClientMessage<'a> {
         /// At most this many, newest first.
         limit: usize,
     },
-    /// `group_join {groupId}` (`join`) or `group_leave {groupId}`.
-    GroupJoin {
+    /// `group_join`, `group_leave`, `group_create`, `group_add`, `group_remove`: a
+    /// change the group's home decides on.
+    Group {
         /// The group.
         group_id: &'a str,
-        /// Joins, or leaves.
-        join: bool,
+        /// What is asked.
+        request: GroupRequest<'a>,
     },
     /// `group_message {messageId, groupId, content, messageType?, priority?}`.
     GroupMessage(Text<'a>),
@@ -208,8 +240,13 @@ impl ClientMessage<'_> {
             ClientMessage::Typing { .. } => MessageKind::Typing,
             ClientMessage::ReadReceipt { .. } => MessageKind::ReadReceipt,
             ClientMessage::History { .. } => MessageKind::History,
-            ClientMessage::GroupJoin { join: true, .. } => MessageKind::GroupJoin,
-            ClientMessage::GroupJoin { join: false, .. } => MessageKind::GroupLeave,
+            ClientMessage::Group { request, .. } => match request {
+                GroupRequest::Join { .. } => MessageKind::GroupJoin,
+                GroupRequest::Leave => MessageKind::GroupLeave,
+                GroupRequest::Create { .. } => MessageKind::GroupCreate,
+                GroupRequest::Add { .. } => MessageKind::GroupAdd,
+                GroupRequest::Remove { .. } => MessageKind::GroupRemove,
+            },
             ClientMessage::GroupMessage(_) => MessageKind::GroupMessage,
             ClientMessage::Signal { .. } => MessageKind::Signal,
             ClientMessage::Amend { change, .. } => match change {
@@ -318,10 +355,9 @@ fn decode<'t, 'de: 't>(root: Value<'t, 'de>) -> Result<ClientMessage<'de>, Proto
             ts: root.get("ts").and_then(scalar),
         },
         "send_message" | "group_message" => decode_text(root, kind)?,
-        "group_join" | "group_leave" => ClientMessage::GroupJoin {
-            group_id: id(root, "groupId")?,
-            join: kind == "group_join",
-        },
+        "group_join" | "group_leave" | "group_create" | "group_add" | "group_remove" => {
+            decode_group(root, kind)?
+        }
         "signal" => decode_signal(root)?,
         "message_edit" | "message_delete" | "reaction_add" | "reaction_remove" => {
             decode_amend(root, kind)?
@@ -351,6 +387,47 @@ fn decode<'t, 'de: 't>(root: Value<'t, 'de>) -> Result<ClientMessage<'de>, Proto
         }
     };
     Ok(message)
+}
+
+/// A group request (`kind` is its type); errors carry the `groupId` as `ref`.
+fn decode_group<'t, 'de: 't>(
+    root: &Value<'t, 'de>,
+    kind: &str,
+) -> Result<ClientMessage<'de>, ProtocolError> {
+    let group_id = id(root, "groupId")?;
+    let with_ref = refers_to(group_id);
+    let request = match kind {
+        "group_join" => GroupRequest::Join {
+            token_grants: false,
+        },
+        "group_leave" => GroupRequest::Leave,
+        "group_create" => GroupRequest::Create {
+            invite: match opt_str(root, "access").map_err(with_ref)? {
+                None | Some("open") => false,
+                Some("invite") => true,
+                Some(_) => {
+                    let text = "field 'access' must be open or invite";
+                    return Err(with_ref(ProtocolError::bad_request(text)));
+                }
+            },
+        },
+        "group_add" => GroupRequest::Add {
+            user_id: id(root, "userId").map_err(with_ref)?,
+            role: match opt_str(root, "role").map_err(with_ref)? {
+                None => None,
+                Some("member") => Some(Role::Member),
+                Some("admin") => Some(Role::Admin),
+                Some(_) => {
+                    let text = "field 'role' must be admin or member";
+                    return Err(with_ref(ProtocolError::bad_request(text)));
+                }
+            },
+        },
+        _ => GroupRequest::Remove {
+            user_id: id(root, "userId").map_err(with_ref)?,
+        },
+    };
+    Ok(ClientMessage::Group { group_id, request })
 }
 
 /// `auth {userId, deviceId, token?, resume?}`.
@@ -716,11 +793,67 @@ mod tests {
         );
         assert_eq!(
             parse(r#"{"type":"group_leave","groupId":"g"}"#),
-            Ok(ClientMessage::GroupJoin {
+            Ok(ClientMessage::Group {
                 group_id: "g",
-                join: false
+                request: GroupRequest::Leave
             })
         );
+        assert_eq!(
+            parse(r#"{"type":"group_join","groupId":"g","tokenGrants":true}"#),
+            Ok(ClientMessage::Group {
+                group_id: "g",
+                request: GroupRequest::Join {
+                    token_grants: false
+                }
+            }),
+            "only the session grants"
+        );
+        assert_eq!(
+            parse(r#"{"type":"group_create","groupId":"g","access":"invite"}"#),
+            Ok(ClientMessage::Group {
+                group_id: "g",
+                request: GroupRequest::Create { invite: true }
+            })
+        );
+        assert_eq!(
+            parse(r#"{"type":"group_create","groupId":"g"}"#),
+            Ok(ClientMessage::Group {
+                group_id: "g",
+                request: GroupRequest::Create { invite: false }
+            })
+        );
+        assert_eq!(
+            parse(r#"{"type":"group_add","groupId":"g","userId":"u","role":"admin"}"#),
+            Ok(ClientMessage::Group {
+                group_id: "g",
+                request: GroupRequest::Add {
+                    user_id: "u",
+                    role: Some(Role::Admin)
+                }
+            })
+        );
+        assert_eq!(
+            parse(r#"{"type":"group_remove","groupId":"g","userId":"u"}"#),
+            Ok(ClientMessage::Group {
+                group_id: "g",
+                request: GroupRequest::Remove { user_id: "u" }
+            })
+        );
+        for (bad, field) in [
+            (
+                r#"{"type":"group_create","groupId":"g","access":"secret"}"#,
+                "access",
+            ),
+            (
+                r#"{"type":"group_add","groupId":"g","userId":"u","role":"owner"}"#,
+                "role",
+            ),
+            (r#"{"type":"group_add","groupId":"g"}"#, "userId"),
+        ] {
+            let err = parse(bad).unwrap_err();
+            assert!(err.message.contains(field), "{bad}: {err:?}");
+            assert_eq!(err.reference.as_deref(), Some("g"), "{bad}");
+        }
         let signal = parse(
             r#"{"type":"signal","receiverId":"b","callId":"c1","kind":"webrtc:offer","payload":{"sdp":"v=0"}}"#,
         );

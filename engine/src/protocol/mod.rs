@@ -2,6 +2,7 @@
 //! writes (`outbound`, through the small `json` writer), the id rule both share with the
 //! HTTP API (`ids`), and token checks (`jwt`).
 
+pub mod access;
 pub mod codes;
 pub mod ids;
 pub mod inbound;
@@ -38,6 +39,29 @@ impl Priority {
             "normal" => Some(Priority::Normal),
             "low" => Some(Priority::Low),
             _ => None,
+        }
+    }
+}
+
+/// A member's standing in a group (PROTOCOL.md v2, "Group access").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub enum Role {
+    /// Posts and reads.
+    #[default]
+    Member,
+    /// Adds and removes members, named by the owner.
+    Admin,
+    /// Created the group: names admins, and no one removes it.
+    Owner,
+}
+
+impl Role {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Member => "member",
+            Role::Admin => "admin",
+            Role::Owner => "owner",
         }
     }
 }

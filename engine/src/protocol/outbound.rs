@@ -11,7 +11,7 @@ use super::{
     codes::{ErrorCode, OutKind},
     inbound::Scalar,
     json::Obj,
-    Priority,
+    Priority, Role,
 };
 use crate::ws::frame;
 
@@ -261,14 +261,25 @@ pub fn new_message(out: &mut OutJson, m: &NewMessage<'_>) {
         .end();
 }
 
-/// `group_member {groupId, userId, action:"joined"|"left", timestamp}`.
-pub fn group_member(out: &mut OutJson, group_id: &str, user_id: &str, joined: bool, now_ms: u64) {
-    out.begin(OutKind::GroupMember)
+/// `group_member {groupId, userId, action:"joined"|"left", role?, timestamp}`: `joined` with
+/// the member's role (an add or a role change; a plain member's is not written), or left.
+pub fn group_member(
+    out: &mut OutJson,
+    (group_id, user_id): (&str, &str),
+    joined: Option<Role>,
+    now_ms: u64,
+) {
+    let obj = out
+        .begin(OutKind::GroupMember)
         .str("groupId", group_id)
-        .str("userId", user_id)
-        .str("action", if joined { "joined" } else { "left" })
-        .u64("timestamp", now_ms)
-        .end();
+        .str("userId", user_id);
+    match joined {
+        Some(Role::Member) => obj.str("action", "joined"),
+        Some(role) => obj.str("action", "joined").str("role", role.as_str()),
+        None => obj.str("action", "left"),
+    }
+    .u64("timestamp", now_ms)
+    .end();
 }
 
 /// `signal {senderId, callId, kind, payload, timestamp}`; `payload` is JSON text.

@@ -10,7 +10,7 @@ use crate::{
     failpoint::Failpoint,
     protocol::{
         codes::{ErrorCode, MessageKind},
-        inbound::{ClientMessage, ProtocolError, Resume},
+        inbound::{ClientMessage, GroupRequest, ProtocolError, Resume},
         now_ms, outbound, Priority,
     },
     router::ConnAddr,
@@ -61,6 +61,17 @@ impl Reactor {
         };
         if let ClientMessage::AuthRefresh { token } = message {
             return self.refresh(at, &user, token);
+        }
+        let mut message = message;
+        if let ClientMessage::Group {
+            group_id,
+            request: GroupRequest::Join { token_grants },
+        } = &mut message
+        {
+            *token_grants = self
+                .conn_mut(at)
+                .and_then(|conn| conn.aux.as_ref()?.token_groups.as_ref())
+                .is_some_and(|groups| groups.iter().any(|g| **g == **group_id));
         }
         self.trip_failpoint(&user);
         let conn = at;
@@ -141,8 +152,9 @@ impl Reactor {
 
     /// With a token checker (`--jwt-*`): whether `token` is valid for `user_id`, and when
     /// it expires, as [`Conn::deadline`](crate::conn::Conn::deadline) keeps it (Unix
-    /// seconds, 0: never). `None` when it is not: `auth_failed` is sent and the connection
-    /// closes with 1008. Open mode takes any.
+    /// seconds, 0: never); its `groups` claim is kept with the connection. `None` when it
+    /// is not: `auth_failed` is sent and the connection closes with 1008. Open mode takes
+    /// any.
     fn check_token(&mut self, at: ConnAddr, user_id: &str, token: Option<&str>) -> Option<u32> {
         let Some(verifier) = self.shared.config.jwt.clone() else {
             return Some(0);
@@ -154,12 +166,21 @@ impl Reactor {
                 .map_err(|e| e.to_string()),
         };
         match verdict {
-            // An `exp` past 2106 does not fit the field: it is as good as never.
-            Ok(grant) => Some(
-                grant
-                    .expires_at
-                    .map_or(0, |s| u32::try_from(s).unwrap_or(0)),
-            ),
+            Ok(grant) => {
+                if let Some(conn) = self.conn_mut(at) {
+                    let groups = (!grant.groups.is_empty()).then(|| grant.groups.into());
+                    if groups.is_some() || conn.aux.is_some() {
+                        conn.aux_mut().token_groups = groups;
+                        conn.trim_aux();
+                    }
+                }
+                // An `exp` past 2106 does not fit the field: it is as good as never.
+                Some(
+                    grant
+                        .expires_at
+                        .map_or(0, |s| u32::try_from(s).unwrap_or(0)),
+                )
+            }
             Err(reason) => {
                 self.send_error(at, ErrorCode::AuthFailed, &reason, None);
                 self.begin_close(at, close::POLICY_VIOLATION, "auth failed");

@@ -207,17 +207,46 @@ pub struct BroadcastOrder {
     pub message: Arc<BroadcastMessage>,
 }
 
-/// A user joining or leaving a group.
+/// A change of a group's members or settings, for the group's home to decide on.
 #[derive(Debug)]
-pub struct GroupJoin {
+pub struct GroupChange {
     /// The group.
     pub group: Box<str>,
-    /// The user.
-    pub user: Arc<str>,
-    /// The device that asked (told when the join is refused).
+    /// The user who asks.
+    pub actor: Arc<str>,
+    /// The device that asked (told when the change is refused).
     pub device: ConnAddr,
-    /// Joins (`true`) or leaves.
-    pub join: bool,
+    /// What is asked.
+    pub action: GroupAction,
+}
+
+/// What a [`GroupChange`] asks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GroupAction {
+    /// `group_join`; `token_grants`: the asker's token lists the group.
+    Join {
+        /// Opens an invite-only group.
+        token_grants: bool,
+    },
+    /// `group_leave`.
+    Leave,
+    /// `group_create`.
+    Create {
+        /// Invite-only.
+        invite: bool,
+    },
+    /// `group_add`.
+    Add {
+        /// Who.
+        user: Arc<str>,
+        /// The role asked for, if any.
+        role: Option<crate::protocol::Role>,
+    },
+    /// `group_remove`.
+    Remove {
+        /// Who.
+        user: Arc<str>,
+    },
 }
 
 /// A message to every member of a group.
@@ -388,8 +417,8 @@ pub enum Envelope {
     },
     /// To a home: deliver a broadcast.
     Broadcast(Box<BroadcastOrder>),
-    /// To a group's home: a member joins or leaves.
-    GroupJoin(Box<GroupJoin>),
+    /// To a group's home: a change of its members or settings.
+    GroupChange(Box<GroupChange>),
     /// To a group's home, from the cluster: a member joined or left on some node (this
     /// one's own changes come back too, and change nothing).
     GroupMembership {
@@ -399,6 +428,14 @@ pub enum Envelope {
         user: Box<str>,
         /// Joined, or left.
         joined: bool,
+    },
+    /// To a group's home, from the cluster: a group's settings as some node stored them
+    /// (`None`: a v1 group's).
+    GroupSettings {
+        /// The group.
+        group: Box<str>,
+        /// Its settings.
+        settings: Option<Box<crate::protocol::access::Settings>>,
     },
     /// To a group's home: fan a message out to the members.
     GroupPost(Box<GroupPost>),
@@ -448,8 +485,9 @@ impl Envelope {
             | Envelope::Unsubscribe { .. }
             | Envelope::RemotePresence { .. }
             | Envelope::Broadcast(_)
-            | Envelope::GroupJoin(_)
+            | Envelope::GroupChange(_)
             | Envelope::GroupMembership { .. }
+            | Envelope::GroupSettings { .. }
             | Envelope::GroupPost(_)
             | Envelope::Huddle(_)
             | Envelope::HuddleRelayed(_)

@@ -4,33 +4,94 @@
 //! and appends it to every member's inbox in one store command (the post's content once);
 //! the post is acknowledged once every member home's share is committed.
 
-use crate::protocol::codes::ErrorCode;
 use std::sync::Arc;
 
-use super::{Effects, PostShares, Shard};
+use super::{groups_state::Groups, Effects, PostShares, Shard};
 use crate::{
-    protocol::{inbound::Text, outbound, Priority},
-    router::{AckStatus, ConnAddr, Envelope, GroupDelivery, GroupJoin, GroupPost},
-    store::{Append, Command, Event, Failure, FanOut, Share, ShareRow, Waiter},
+    protocol::{
+        access::Settings,
+        codes::ErrorCode,
+        inbound::{GroupRequest, Text},
+        outbound, Priority, Role,
+    },
+    router::{AckStatus, ConnAddr, Envelope, GroupAction, GroupChange, GroupDelivery, GroupPost},
+    store::{Append, Command, Event, Failure, FanOut, SettingsChange, Share, ShareRow, Waiter},
 };
 
+/// Whether `actor` may add `user` to `group` (with `role`, when given) or remove them:
+/// the group's settings after it, or the refusal. The owner may do anything but lose
+/// the group; an admin may add members and remove members who are not admins.
+fn administer(
+    groups: &Groups,
+    group: &str,
+    actor: &str,
+    user: &str,
+    role: Option<Role>,
+) -> Result<Settings, (ErrorCode, &'static str)> {
+    let settings = groups.settings(group);
+    let (actor_role, user_role) = (settings.role(actor), settings.role(user));
+    let member = groups.is_member(group, actor);
+    if !member || actor_role == Role::Member {
+        return Err((
+            ErrorCode::Forbidden,
+            "only the group's owner or an admin may do that",
+        ));
+    }
+    if user_role == Role::Owner {
+        return Err((
+            ErrorCode::Forbidden,
+            "no one changes or removes the group's owner",
+        ));
+    }
+    if actor_role != Role::Owner && (role.is_some() || user_role == Role::Admin) {
+        return Err((
+            ErrorCode::Forbidden,
+            "only the group's owner names or removes admins",
+        ));
+    }
+    let mut after = settings;
+    match role {
+        Some(Role::Admin) => {
+            after.admins.insert(user.into());
+        }
+        Some(_) => {
+            after.admins.remove(user);
+        }
+        None => {}
+    }
+    Ok(after)
+}
+
 impl Shard {
-    /// At the device's reactor: `group_join` / `group_leave` go to the group's home.
-    pub(super) fn ask_group_join(
+    /// At the device's reactor: a change of a group's members or settings goes to the
+    /// group's home, which decides on it.
+    pub(super) fn ask_group_change(
         &mut self,
         conn: ConnAddr,
         user: &Arc<str>,
         group: &str,
-        join: bool,
+        request: GroupRequest<'_>,
         out: &mut Effects,
     ) {
-        let change = GroupJoin {
-            group: group.into(),
-            user: user.clone(),
-            device: conn,
-            join,
+        let action = match request {
+            GroupRequest::Join { token_grants } => GroupAction::Join { token_grants },
+            GroupRequest::Leave => GroupAction::Leave,
+            GroupRequest::Create { invite } => GroupAction::Create { invite },
+            GroupRequest::Add { user_id, role } => GroupAction::Add {
+                user: user_id.into(),
+                role,
+            },
+            GroupRequest::Remove { user_id } => GroupAction::Remove {
+                user: user_id.into(),
+            },
         };
-        out.mail(self.home_of(group), Envelope::GroupJoin(Box::new(change)));
+        let change = GroupChange {
+            group: group.into(),
+            actor: user.clone(),
+            device: conn,
+            action,
+        };
+        out.mail(self.home_of(group), Envelope::GroupChange(Box::new(change)));
     }
 
     /// At the device's reactor: `group_message` is encoded once and sent to the group's
@@ -54,43 +115,102 @@ impl Shard {
         out.mail(self.home_of(group), Envelope::GroupPost(Box::new(post)));
     }
 
-    /// A member joins or leaves. The store keeps the change; the others hear of it once
-    /// it is committed ([`Shard::membership_stored`]). A change that changes nothing (a
-    /// join by a member, a leave by a non-member) is confirmed to the asking device alone.
-    pub(super) fn group_join(&mut self, change: GroupJoin, out: &mut Effects) {
-        let GroupJoin {
+    /// At the group's home: decides on a change (PROTOCOL.md v2, "Group access") and
+    /// applies it in memory; the store keeps it, and the members hear of it once it is
+    /// committed ([`Shard::membership_stored`]). A refusal (`forbidden`, `conflict`,
+    /// `too_many_groups`) goes to the asking device; a change that changes nothing (a
+    /// join by a member, a leave by a non-member) is confirmed to it alone.
+    pub(super) fn group_change(&mut self, change: GroupChange, out: &mut Effects) {
+        let GroupChange {
             group,
-            user,
+            actor,
             device,
-            join,
+            action,
         } = change;
-        let changed = if join {
-            if self.groups.is_member(&group, &user) {
-                false
-            } else if !self.group_quota.take(&user) {
+        let before = self.groups.settings(&group);
+        let decided = match action {
+            GroupAction::Join { token_grants } => {
+                let closed = before.invite && self.groups.exists(&group) && !token_grants;
+                if closed && !self.groups.is_member(&group, &actor) {
+                    Err((
+                        ErrorCode::Forbidden,
+                        "this group is invite-only: ask its owner or an admin to add you",
+                    ))
+                } else {
+                    Ok((actor.clone(), Some(Role::Member), before.clone()))
+                }
+            }
+            GroupAction::Leave => Ok((actor.clone(), None, before.without(&actor))),
+            GroupAction::Create { invite } => {
+                if self.groups.exists(&group) {
+                    Err((
+                        ErrorCode::Conflict,
+                        "this group exists already: join it, or pick another id",
+                    ))
+                } else {
+                    let settings = Settings {
+                        invite,
+                        owner: Some((*actor).into()),
+                        admins: Default::default(),
+                    };
+                    Ok((actor.clone(), Some(Role::Owner), settings))
+                }
+            }
+            GroupAction::Add { user, role } => {
+                administer(&self.groups, &group, &actor, &user, role).map(|after| {
+                    let role = after.role(&user);
+                    (user, Some(role), after)
+                })
+            }
+            GroupAction::Remove { user } if user == actor => {
+                Ok((actor.clone(), None, before.without(&actor)))
+            }
+            GroupAction::Remove { user } => administer(&self.groups, &group, &actor, &user, None)
+                .map(|_| {
+                    let after = before.without(&user);
+                    (user, None, after)
+                }),
+        };
+        let (user, joined, after) = match decided {
+            Ok(decided) => decided,
+            Err((code, text)) => return out.error(device, code, text, Some(&group)),
+        };
+        let changed = match joined {
+            Some(_) if self.groups.is_member(&group, &user) => false,
+            Some(_) if !self.group_quota.take(&user) => {
                 let text = "this user is in --groups-per-user-max groups already: leave one first";
                 return out.error(device, ErrorCode::TooManyGroups, text, Some(&group));
-            } else {
-                self.groups.join(&group, user.clone())
             }
-        } else {
-            let left = self.groups.leave(&group, &user);
-            if left {
-                self.group_quota.give_back(&user);
+            Some(_) => self.groups.join(&group, user.clone()),
+            None => {
+                let left = self.groups.leave(&group, &user);
+                if left {
+                    self.group_quota.give_back(&user);
+                }
+                left
             }
-            left
         };
-        if !changed {
-            outbound::group_member(&mut self.json, &group, &user, join, self.now_ms);
+        // A group all members left is gone, and so are its settings.
+        let after = if self.groups.exists(&group) {
+            after
+        } else {
+            Settings::default()
+        };
+        self.groups.set_settings(&group, after.clone());
+        let settings = (after != before).then(|| Box::new(SettingsChange { before, after }));
+        if !changed && settings.is_none() {
+            let role = joined.map(|_| self.groups.settings(&group).role(&user));
+            outbound::group_member(&mut self.json, (&group, &user), role, self.now_ms);
             let frame = self.json.frame();
             return out.frame_to(device, frame, Priority::Normal, 0);
         }
         out.store(Command::Membership {
             group,
             user: (*user).into(),
-            joined: join,
+            joined: joined.is_some(),
             device: device.into(),
             home: self.id,
+            settings,
         });
     }
 
@@ -113,10 +233,9 @@ impl Shard {
     /// reach), so memory and disk agree.
     pub(super) fn membership_stored(
         &mut self,
-        group: &str,
-        user: &str,
-        join: bool,
+        (group, user, join): (&str, &str, bool),
         device: ConnAddr,
+        settings: Option<Box<SettingsChange>>,
         failed: Option<Failure>,
         out: &mut Effects,
     ) {
@@ -127,12 +246,16 @@ impl Shard {
             } else if !join && self.groups.join(group, user.clone()) {
                 self.group_quota.count_anyway(&user);
             }
+            if let Some(change) = settings {
+                self.groups.set_settings(group, change.before);
+            }
             let text =
                 format!("the membership change could not be stored ({why}); nothing changed");
             let code = why.code_or(ErrorCode::PersistenceFailed);
             return out.error(device, code, text, Some(group));
         }
-        outbound::group_member(&mut self.json, group, &user, join, self.now_ms);
+        let role = join.then(|| self.groups.settings(group).role(&user));
+        outbound::group_member(&mut self.json, (group, &user), role, self.now_ms);
         let frame = self.json.frame();
         let mut told = self.groups.members(group);
         if !join {

@@ -1,6 +1,7 @@
-//! Groups at their home reactor (`home_of(groupId)`): who the members are (persisted by
-//! the store, loaded at start) and which devices are present in each of the group's
-//! huddle rooms (in memory only: a room is the connections in it).
+//! Groups at their home reactor (`home_of(groupId)`): who the members are and who may do
+//! what ([`Settings`]; both persisted by the store, loaded at start) and which devices
+//! are present in each of the group's huddle rooms (in memory only: a room is the
+//! connections in it).
 
 use std::{
     collections::{BTreeSet, HashMap},
@@ -8,6 +9,7 @@ use std::{
 };
 
 use super::ConnAddr;
+use crate::protocol::access::Settings;
 
 /// How many groups each user is in, across every home, so that `--groups-per-user-max`
 /// holds whichever reactors a user's groups live on.
@@ -78,6 +80,8 @@ struct Group {
     /// In id order, so a fan-out's order depends on nothing but the members (the
     /// simulator replays a seed exactly).
     members: BTreeSet<Arc<str>>,
+    /// Who may do what.
+    settings: Settings,
     /// Huddle id → the devices present, with their users.
     rooms: HashMap<Box<str>, Vec<(ConnAddr, Arc<str>)>>,
 }
@@ -107,6 +111,43 @@ impl Groups {
             self.groups.remove(group);
         }
         was
+    }
+
+    /// Whether `group` exists: it has members (a group all members left is gone, and its
+    /// id free to create again).
+    pub fn exists(&self, group: &str) -> bool {
+        self.groups
+            .get(group)
+            .is_some_and(|g| !g.members.is_empty())
+    }
+
+    /// `group`'s settings: a v1 group's when it does not exist (settings a cluster's
+    /// watch gave before the members, or left by members who all left elsewhere, do not
+    /// bind a group made anew).
+    pub fn settings(&self, group: &str) -> Settings {
+        match self.groups.get(group) {
+            Some(entry) if !entry.members.is_empty() => entry.settings.clone(),
+            _ => Settings::default(),
+        }
+    }
+
+    /// Sets `group`'s settings, members or not yet: a cluster's watch may give a group's
+    /// settings before its members.
+    pub fn set_settings(&mut self, group: &str, settings: Settings) {
+        match self.groups.get_mut(group) {
+            Some(entry) => {
+                entry.settings = settings;
+                if entry.members.is_empty() && entry.rooms.is_empty() && entry.settings.is_default()
+                {
+                    self.groups.remove(group);
+                }
+            }
+            None if settings.is_default() => {}
+            None => {
+                let entry = self.groups.entry(group.into()).or_default();
+                entry.settings = settings;
+            }
+        }
     }
 
     /// Whether `user` is a member of `group`.
@@ -206,6 +247,30 @@ mod tests {
         assert_eq!(groups.members("g"), vec![Arc::<str>::from("alice")]);
         assert!(groups.leave("g", "alice"));
         assert!(groups.groups.is_empty());
+    }
+
+    #[test]
+    fn settings_go_with_the_last_member() {
+        let settings = Settings {
+            invite: true,
+            owner: Some("ann".into()),
+            ..Settings::default()
+        };
+        let mut groups = Groups::default();
+        // A cluster's watch may give the settings first.
+        groups.set_settings("g", settings.clone());
+        assert!(groups.settings("g").is_default(), "no members: no group");
+        groups.join("g", "ann".into());
+        assert!(groups.exists("g"));
+        assert_eq!(groups.settings("g"), settings);
+        groups.leave("g", "ann");
+        assert!(!groups.exists("g"));
+        assert!(groups.groups.is_empty());
+        groups.join("g", "cy".into());
+        assert!(
+            groups.settings("g").is_default(),
+            "a group made anew starts open"
+        );
     }
 
     #[test]

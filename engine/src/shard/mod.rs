@@ -404,8 +404,8 @@ impl Shard {
                 before,
                 limit,
             } => self.history(conn, user, (peer_id, before, limit), out),
-            ClientMessage::GroupJoin { group_id, join } => {
-                self.ask_group_join(conn, user, group_id, join, out)
+            ClientMessage::Group { group_id, request } => {
+                self.ask_group_change(conn, user, group_id, request, out)
             }
             ClientMessage::Signal {
                 receiver_id,
@@ -462,12 +462,16 @@ impl Shard {
                 at_ms,
             } => self.remote_presence(&user, online, at_ms, out),
             Envelope::Broadcast(order) => self.broadcast(*order, out),
-            Envelope::GroupJoin(change) => self.group_join(*change, out),
+            Envelope::GroupChange(change) => self.group_change(*change, out),
             Envelope::GroupMembership {
                 group,
                 user,
                 joined,
             } => self.group_membership_elsewhere(&group, &user, joined),
+            Envelope::GroupSettings { group, settings } => {
+                self.groups
+                    .set_settings(&group, settings.map(|s| *s).unwrap_or_default());
+            }
             Envelope::GroupPost(post) => self.group_post(*post, out),
             Envelope::GroupDeliver(delivery) => self.group_deliver(*delivery, out),
             Envelope::GroupShareDone { post, failed } => self.group_share_done(post, failed, out),
@@ -493,8 +497,12 @@ impl Shard {
                 user,
                 joined,
                 device,
+                settings,
                 failed,
-            } => self.membership_stored(&group, &user, joined, device.into(), failed, out),
+            } => {
+                let change = (&*group, &*user, joined);
+                self.membership_stored(change, device.into(), settings, failed, out)
+            }
             Reply::FanOutQueued {
                 purpose: FanOut::GroupPost,
                 request,
@@ -554,10 +562,12 @@ impl Shard {
                 user,
                 joined,
                 device,
+                settings,
                 ..
             } => {
                 let stopped = Some(crate::store::Failure::Stopped);
-                self.membership_stored(&group, &user, joined, device.into(), stopped, out)
+                let change = (&*group, &*user, joined);
+                self.membership_stored(change, device.into(), settings, stopped, out)
             }
             Command::History { requester, .. } => {
                 let text = "history cannot be read: the gateway is shutting down";

@@ -40,6 +40,7 @@ pub(crate) fn membership_answer(
         joined,
         device,
         home,
+        settings,
     } = command
     else {
         return None;
@@ -49,6 +50,7 @@ pub(crate) fn membership_answer(
         user: user.clone(),
         joined: *joined,
         device: *device,
+        settings: settings.clone(),
         failed,
     };
     Some((*home, reply))

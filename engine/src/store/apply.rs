@@ -7,8 +7,8 @@ use super::{
     },
     history::Tables,
     inbox::{Inboxes, Stamp, POST_FLAG},
-    logged::Logged,
     state::{State, READ_GRACE_MS},
+    view::GroupTables,
     Amend, Append, Command, Confirm, Greeting, Outcome, ReadFrom, Reply, Share, Waiter,
     INBOX_PAGE_BYTES_MAX, INBOX_PAGE_EVENTS_MAX, PEEK_BYTES_MAX, PEEK_MESSAGES_MAX,
 };
@@ -39,8 +39,8 @@ pub(super) struct Apply<'txn, 'a> {
     pub inboxes: Inboxes<'txn>,
     /// History and the message index.
     pub tables: Tables<'txn>,
-    /// Group memberships.
-    pub members: Logged<'txn, (&'static str, &'static str), ()>,
+    /// Group memberships and settings.
+    pub groups: GroupTables<'txn>,
     /// Heads, the epoch and the sequences.
     pub state: &'a mut State,
     /// `--queue-max-per-user`.
@@ -112,12 +112,21 @@ impl Apply<'_, '_> {
                 group,
                 user,
                 joined,
+                settings,
                 ..
             } => {
                 if *joined {
-                    self.members.insert((&**group, &**user), ())?;
+                    self.groups.members.insert((&**group, &**user), ())?;
                 } else {
-                    self.members.remove((&**group, &**user))?;
+                    self.groups.members.remove((&**group, &**user))?;
+                }
+                if let Some(change) = settings {
+                    if change.after.is_default() {
+                        self.groups.settings.remove(&**group)?;
+                    } else {
+                        let record = change.after.encode();
+                        self.groups.settings.insert(&**group, record.as_slice())?;
+                    }
                 }
                 self.replies.extend(membership_answer(command, None));
             }

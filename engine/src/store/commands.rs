@@ -81,7 +81,8 @@ pub enum Command {
     },
     /// Change a message in history (edit, delete, reaction) and answer who may see it.
     Amend(Box<Amend>),
-    /// A user joined (`true`) or left a group; answered with [`Reply::Membership`].
+    /// A user joined (`true`) or left a group, and the group's settings if they changed
+    /// with it; answered with [`Reply::Membership`].
     Membership {
         /// The group.
         group: Box<str>,
@@ -93,6 +94,8 @@ pub enum Command {
         device: Waiter,
         /// The group's home reactor, which announces the change once it is committed.
         home: usize,
+        /// The settings before and after, when they change.
+        settings: Option<Box<SettingsChange>>,
     },
     /// Commit what came before, then stop (sent by the engine once its reactors are done).
     Shutdown,
@@ -118,6 +121,16 @@ impl Command {
                 | Command::Amend(_)
         )
     }
+}
+
+/// A group's settings before and after a membership change: the store keeps `after`,
+/// and the group's home puts `before` back if it could not.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SettingsChange {
+    /// As they were.
+    pub before: crate::protocol::access::Settings,
+    /// As they are to be.
+    pub after: crate::protocol::access::Settings,
 }
 
 /// What makes a message a chat message: who sent it and when. The store keeps chat
@@ -494,6 +507,8 @@ pub enum Reply {
         joined: bool,
         /// The device that asked.
         device: Waiter,
+        /// The settings change that went with it.
+        settings: Option<Box<SettingsChange>>,
         /// Why it is not kept; `None`: it is on disk (in a cluster, in JetStream).
         failed: Option<Failure>,
     },

@@ -41,7 +41,7 @@ use tracing::warn;
 
 use super::{
     logged::{read_op, Op, Redo},
-    schema::{HEADS, HISTORY, INBOX, MEMBERS, META, POSTS, RECEIVED},
+    schema::{GROUP_SETTINGS, HEADS, HISTORY, INBOX, MEMBERS, META, POSTS, RECEIVED},
 };
 
 /// Journal bytes after which the active memtable is frozen for a checkpoint: bounds the
@@ -284,6 +284,7 @@ struct Replay<'txn> {
     history: Table<'txn, (&'static str, &'static str, u64, u64), &'static [u8]>,
     received: Table<'txn, (&'static str, &'static str, &'static str), (u64, u64)>,
     members: Table<'txn, (&'static str, &'static str), ()>,
+    group_settings: Table<'txn, &'static str, &'static [u8]>,
     meta: Table<'txn, &'static str, u64>,
 }
 
@@ -296,6 +297,7 @@ impl<'txn> Replay<'txn> {
             history: txn.open_table(HISTORY)?,
             received: txn.open_table(RECEIVED)?,
             members: txn.open_table(MEMBERS)?,
+            group_settings: txn.open_table(GROUP_SETTINGS)?,
             meta: txn.open_table(META)?,
         })
     }
@@ -312,6 +314,7 @@ impl<'txn> Replay<'txn> {
                 _ if table == HISTORY.name() => redo(&mut self.history, &op),
                 _ if table == RECEIVED.name() => redo(&mut self.received, &op),
                 _ if table == MEMBERS.name() => redo(&mut self.members, &op),
+                _ if table == GROUP_SETTINGS.name() => redo(&mut self.group_settings, &op),
                 _ if table == META.name() => redo(&mut self.meta, &op),
                 _ => return Err(damaged()),
             }?;

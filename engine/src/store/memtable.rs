@@ -17,7 +17,7 @@ use std::{cmp::Ordering, collections::BTreeMap, marker::PhantomData, ops::Bound}
 
 use redb::{Key, TableDefinition, Value, WriteTransaction};
 
-use super::schema::{HEADS, HISTORY, INBOX, MEMBERS, META, POSTS, RECEIVED};
+use super::schema::{GROUP_SETTINGS, HEADS, HISTORY, INBOX, MEMBERS, META, POSTS, RECEIVED};
 
 /// A key as redb encodes it, ordered as `K` orders its encodings.
 pub(super) struct MemKey<K> {
@@ -189,6 +189,8 @@ pub(super) struct Memtable {
     pub received: Mem<(&'static str, &'static str, &'static str)>,
     /// [`MEMBERS`].
     pub members: Mem<(&'static str, &'static str)>,
+    /// [`GROUP_SETTINGS`].
+    pub group_settings: Mem<&'static str>,
     /// [`META`].
     pub meta: Mem<&'static str>,
 }
@@ -202,6 +204,7 @@ impl Memtable {
         self.history.flush(txn, HISTORY)?;
         self.received.flush(txn, RECEIVED)?;
         self.members.flush(txn, MEMBERS)?;
+        self.group_settings.flush(txn, GROUP_SETTINGS)?;
         self.meta.flush(txn, META)
     }
 
@@ -213,6 +216,7 @@ impl Memtable {
         self.history.absorb(&mut batch.history);
         self.received.absorb(&mut batch.received);
         self.members.absorb(&mut batch.members);
+        self.group_settings.absorb(&mut batch.group_settings);
         self.meta.absorb(&mut batch.meta);
     }
 
@@ -224,6 +228,7 @@ impl Memtable {
             + self.history.len()
             + self.received.len()
             + self.members.len()
+            + self.group_settings.len()
             + self.meta.len()
     }
 }

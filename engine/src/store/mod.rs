@@ -56,7 +56,7 @@ use crate::stats::LatencyHistogram;
 
 pub use commands::{
     AckTo, Amend, Amendment, Append, Chat, Command, Confirm, Event, FanOut, Greeting, Outcome,
-    ReadFrom, ReceiptsDue, Reply, Share, ShareRow,
+    ReadFrom, ReceiptsDue, Reply, SettingsChange, Share, ShareRow,
 };
 pub use failure::Failure;
 pub use inbox::{InboxEvent, UnackedCursor};
@@ -214,8 +214,14 @@ pub struct Limits {
     pub recent: (Duration, usize),
 }
 
-/// Group memberships as the store holds them: `(group, user)` pairs.
-pub type Memberships = Vec<(Box<str>, Box<str>)>;
+/// The groups as the store holds them, for the groups' home reactors.
+#[derive(Debug, Default)]
+pub struct StoredGroups {
+    /// Memberships: `(group, user)` pairs.
+    pub members: Vec<(Box<str>, Box<str>)>,
+    /// Each group's settings other than a v1 group's.
+    pub settings: Vec<(Box<str>, crate::protocol::access::Settings)>,
+}
 
 /// An open store: its handle and thread, and what the reactors start with.
 pub struct Opened {
@@ -223,8 +229,8 @@ pub struct Opened {
     pub store: Store,
     /// The store's thread.
     pub thread: JoinHandle<()>,
-    /// The group memberships it holds, for the groups' home reactors.
-    pub memberships: Memberships,
+    /// The groups it holds, for the groups' home reactors.
+    pub groups: StoredGroups,
     /// The direct messages its inboxes received lately, oldest first, for the homes'
     /// dedup windows: a retry after a restart is then not delivered again.
     pub recent: Vec<RecentPair>,
@@ -242,7 +248,7 @@ pub fn open(
     let db = open_file(dir, limits.cache_bytes).map_err(io::Error::other)?;
     let journal = journal::Journal::recover(dir, &db).map_err(io::Error::other)?;
     let state = state::State::load(&db).map_err(io::Error::other)?;
-    let memberships = state::memberships(&db).map_err(io::Error::other)?;
+    let groups = state::groups(&db).map_err(io::Error::other)?;
     let (window, recent_max) = limits.recent;
     let since_ms = crate::protocol::now_ms().saturating_sub(window.as_millis() as u64);
     let recent =
@@ -252,7 +258,7 @@ pub fn open(
         epoch = &*state.epoch,
         unacknowledged = state.heads.unacked_total(),
         users = state.heads.users_waiting(),
-        memberships = memberships.len(),
+        memberships = groups.members.len(),
         recent = recent.len(),
         "store open"
     );
@@ -286,7 +292,7 @@ pub fn open(
             stats,
         },
         thread,
-        memberships,
+        groups,
         recent,
     })
 }

@@ -18,5 +18,8 @@ pub(super) const RECEIVED: TableDefinition<(&str, &str, &str), (u64, u64)> =
     TableDefinition::new("received");
 /// Group memberships: `(group, user) → ()`.
 pub(super) const MEMBERS: TableDefinition<(&str, &str), ()> = TableDefinition::new("members");
+/// Group settings other than a v1 group's: `group → JSON` (`protocol::access`).
+pub(super) const GROUP_SETTINGS: TableDefinition<&str, &[u8]> =
+    TableDefinition::new("group_settings");
 /// Small named values: the sequences, the epoch, the journal's checkpoint.
 pub(super) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");

@@ -8,10 +8,11 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use super::{
     inbox::{Heads, Stamp},
     memtable::Memtable,
-    schema::{HEADS, HISTORY, INBOX, MEMBERS, META, POSTS, RECEIVED},
+    schema::{GROUP_SETTINGS, HEADS, HISTORY, INBOX, MEMBERS, META, POSTS, RECEIVED},
     view::View,
 };
 use crate::protocol::{codes::OutKind, now_ms, Priority};
+use tracing::warn;
 
 /// The [`META`] key of the next history sequence number.
 pub(super) const NEXT_SEQUENCE: &str = "next_sequence";
@@ -54,6 +55,7 @@ impl State {
         txn.open_table(HISTORY)?;
         txn.open_table(RECEIVED)?;
         txn.open_table(MEMBERS)?;
+        txn.open_table(GROUP_SETTINGS)?;
         txn.open_table(POSTS)?;
         let mut meta = txn.open_table(META)?;
         let stored = meta.get(EPOCH)?.map(|v| v.value());
@@ -169,15 +171,26 @@ fn move_old_queues(db: &Database, heads: &mut Heads) -> Result<u64, redb::Error>
     Ok(moved)
 }
 
-/// Every group membership in the file (read once at start).
-pub(super) fn memberships(db: &Database) -> Result<super::Memberships, redb::Error> {
+/// Every group membership and setting in the file (read once at start). A settings
+/// record that does not parse (written by another version) is left out and logged: its
+/// group opens up as a v1 group rather than stop the gateway.
+pub(super) fn groups(db: &Database) -> Result<super::StoredGroups, redb::Error> {
     let read = db.begin_read()?;
-    let table = read.open_table(MEMBERS)?;
-    let mut pairs = Vec::new();
-    for entry in table.iter()? {
+    let mut groups = super::StoredGroups::default();
+    for entry in read.open_table(MEMBERS)?.iter()? {
         let (key, _) = entry?;
         let (group, user) = key.value();
-        pairs.push((group.into(), user.into()));
+        groups.members.push((group.into(), user.into()));
     }
-    Ok(pairs)
+    for entry in read.open_table(GROUP_SETTINGS)?.iter()? {
+        let (group, record) = entry?;
+        match crate::protocol::access::Settings::decode(record.value()) {
+            Some(parsed) => groups.settings.push((group.value().into(), parsed)),
+            None => warn!(
+                group = group.value(),
+                "group settings that do not parse; left out"
+            ),
+        }
+    }
+    Ok(groups)
 }

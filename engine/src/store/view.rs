@@ -10,8 +10,16 @@ use super::{
     inbox::Inboxes,
     logged::{Logged, Redo},
     memtable::Memtable,
-    schema::{HEADS, HISTORY, INBOX, MEMBERS, META, POSTS, RECEIVED},
+    schema::{GROUP_SETTINGS, HEADS, HISTORY, INBOX, MEMBERS, META, POSTS, RECEIVED},
 };
+
+/// The groups' tables.
+pub(super) struct GroupTables<'a> {
+    /// Memberships.
+    pub members: Logged<'a, (&'static str, &'static str), ()>,
+    /// Settings other than a v1 group's.
+    pub settings: Logged<'a, &'static str, &'static [u8]>,
+}
 
 /// The tables of one batch.
 pub(super) struct View<'a> {
@@ -19,8 +27,8 @@ pub(super) struct View<'a> {
     pub inboxes: Inboxes<'a>,
     /// History and the message index.
     pub tables: Tables<'a>,
-    /// Group memberships.
-    pub members: Logged<'a, (&'static str, &'static str), ()>,
+    /// Group memberships and settings.
+    pub groups: GroupTables<'a>,
     /// Small named values.
     pub meta: Logged<'a, &'static str, u64>,
 }
@@ -41,6 +49,7 @@ impl<'a> View<'a> {
             history,
             received,
             members,
+            group_settings,
             meta,
         } = batch;
         let f = frozen;
@@ -79,12 +88,24 @@ impl<'a> View<'a> {
                     redo,
                 )?,
             },
-            members: Logged::open(
-                read,
-                &MEMBERS,
-                (members, &active.members, f.map(|f| &f.members)),
-                redo,
-            )?,
+            groups: GroupTables {
+                members: Logged::open(
+                    read,
+                    &MEMBERS,
+                    (members, &active.members, f.map(|f| &f.members)),
+                    redo,
+                )?,
+                settings: Logged::open(
+                    read,
+                    &GROUP_SETTINGS,
+                    (
+                        group_settings,
+                        &active.group_settings,
+                        f.map(|f| &f.group_settings),
+                    ),
+                    redo,
+                )?,
+            },
             meta: Logged::open(read, &META, (meta, &active.meta, f.map(|f| &f.meta)), redo)?,
         })
     }

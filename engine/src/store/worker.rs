@@ -243,13 +243,13 @@ impl Worker {
             let View {
                 inboxes,
                 tables,
-                members,
+                groups,
                 mut meta,
             } = view;
             let mut apply = Apply {
                 inboxes,
                 tables,
-                members,
+                groups,
                 state,
                 queue_max_per_user,
                 pushing,

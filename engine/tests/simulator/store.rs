@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use bytes::Bytes;
 use engine::{
-    protocol::{codes::OutKind, Priority},
+    protocol::{access::Settings, codes::OutKind, Priority},
     store::{
         AckTo, Append, Command, Greeting, InboxEvent, Outcome, ReadFrom, RecentPair, Reply, Share,
         Ticket,
@@ -65,6 +65,8 @@ pub struct SimStore {
     held: HashMap<(String, String), String>,
     /// `(group, user)`.
     members: BTreeSet<(String, String)>,
+    /// Each group's settings other than a v1 group's.
+    settings: BTreeMap<String, Settings>,
     /// Per conversation `(lower user, higher user)`, `(timestamp, sequence)` → the chat
     /// message: its id, sender, and `new_message` JSON.
     history: BTreeMap<(String, String), Conversation>,
@@ -95,6 +97,7 @@ impl SimStore {
             inboxes: BTreeMap::new(),
             held: HashMap::new(),
             members: BTreeSet::new(),
+            settings: BTreeMap::new(),
             history: BTreeMap::new(),
             next_sequence: 0,
             starts: 1,
@@ -166,6 +169,14 @@ impl SimStore {
     /// The memberships held, as the engine loads them at start.
     pub fn memberships(&self) -> Vec<(String, String)> {
         self.members.iter().cloned().collect()
+    }
+
+    /// Every group's settings it holds (other than a v1 group's).
+    pub fn group_settings(&self) -> Vec<(String, Settings)> {
+        self.settings
+            .iter()
+            .map(|(group, settings)| (group.clone(), settings.clone()))
+            .collect()
     }
 
     /// Applies every waiting command as one committed transaction; returns the answers
@@ -350,6 +361,7 @@ impl SimStore {
                 joined,
                 device,
                 home,
+                settings,
             } => {
                 let pair = (group.to_string(), user.to_string());
                 if joined {
@@ -357,11 +369,20 @@ impl SimStore {
                 } else {
                     self.members.remove(&pair);
                 }
+                if let Some(change) = &settings {
+                    if change.after.is_default() {
+                        self.settings.remove(&*group);
+                    } else {
+                        self.settings
+                            .insert(group.to_string(), change.after.clone());
+                    }
+                }
                 let reply = Reply::Membership {
                     group,
                     user,
                     joined,
                     device,
+                    settings,
                     failed: None,
                 };
                 replies.push((home, reply));

@@ -178,6 +178,9 @@ impl World {
             quota.count_anyway(&user);
             groups[engine::router::home_of(&group, n)].join(&group, user.into());
         }
+        for (group, settings) in self.store.group_settings() {
+            groups[engine::router::home_of(&group, n)].set_settings(&group, settings);
+        }
         self.shards = groups
             .into_iter()
             .enumerate()
@@ -933,15 +936,40 @@ impl World {
         self.client_says(conn, serde_json::json!({"type": kind, "userIds": users}));
     }
 
+    /// A change of a group's members or settings: a join or a leave, or (group access)
+    /// a create, an add (now and then as an admin) or a remove.
     fn group_join(&mut self, conn: usize) {
         let group = format!("g{}", self.rng.below(self.shape.groups));
-        let join = self.rng.chance(75);
-        if join {
-            let user = self.conns[conn].user.clone();
-            self.oracle.joining(&user, &group);
-        }
-        let kind = if join { "group_join" } else { "group_leave" };
-        self.client_says(conn, serde_json::json!({"type": kind, "groupId": group}));
+        let user = self.conns[conn].user.clone();
+        let other = format!("u{}", self.rng.below(self.shape.users));
+        let request = match self.rng.below(20) {
+            0..=8 => {
+                self.oracle.joining(&user, &group);
+                serde_json::json!({"type": "group_join", "groupId": group})
+            }
+            9..=11 => serde_json::json!({"type": "group_leave", "groupId": group}),
+            12..=14 => {
+                self.oracle.joining(&user, &group);
+                let access = if self.rng.chance(50) {
+                    "invite"
+                } else {
+                    "open"
+                };
+                serde_json::json!({"type": "group_create", "groupId": group, "access": access})
+            }
+            15..=17 => {
+                self.oracle.joining(&other, &group);
+                let role = if self.rng.chance(25) {
+                    "admin"
+                } else {
+                    "member"
+                };
+                serde_json::json!({"type": "group_add", "groupId": group, "userId": other,
+                                   "role": role})
+            }
+            _ => serde_json::json!({"type": "group_remove", "groupId": group, "userId": other}),
+        };
+        self.client_says(conn, request);
     }
 
     /// A page of history with a random peer.

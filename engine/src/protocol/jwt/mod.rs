@@ -53,6 +53,8 @@ pub enum JwtError {
 pub struct Grant {
     /// When it expires, Unix seconds (`None`: never, where `exp` is optional).
     pub expires_at: Option<u64>,
+    /// The `groups` claim: groups its holder may join even when they are invite-only.
+    pub groups: Vec<Box<str>>,
 }
 
 /// The gateway's token checker, built once at start-up from the configured keys.
@@ -137,7 +139,16 @@ impl Verifier {
         if claims.get_str("sub") != Some(user_id) {
             return Err(JwtError::Subject);
         }
-        Ok(Grant { expires_at })
+        let groups = match claims.get("groups") {
+            None => Vec::new(),
+            Some(list) => list
+                .as_array()
+                .ok_or(JwtError::Malformed)?
+                .iter()
+                .map(|group| group.as_str().map(Box::from).ok_or(JwtError::Malformed))
+                .collect::<Result<_, _>>()?,
+        };
+        Ok(Grant { expires_at, groups })
     }
 
     fn check_hmac(&self, signed: &[u8], signature: &[u8]) -> Result<(), JwtError> {
@@ -233,8 +244,17 @@ mod tests {
         assert_eq!(
             hs256(true).verify(&token, "u1", 1000),
             Ok(Grant {
-                expires_at: Some(2000)
+                expires_at: Some(2000),
+                groups: Vec::new(),
             })
+        );
+        let token = sign(r#"{"sub":"u1","exp":2000,"groups":["g1","g2"]}"#, SECRET);
+        let grant = hs256(true).verify(&token, "u1", 1000).unwrap();
+        assert_eq!(grant.groups, vec![Box::from("g1"), Box::from("g2")]);
+        let token = sign(r#"{"sub":"u1","exp":2000,"groups":"g1"}"#, SECRET);
+        assert_eq!(
+            hs256(true).verify(&token, "u1", 1000),
+            Err(JwtError::Malformed)
         );
     }
 
@@ -262,10 +282,7 @@ mod tests {
             hs256(true).verify(&forever, "u1", 5),
             Err(JwtError::NoExpiry)
         );
-        assert_eq!(
-            hs256(false).verify(&forever, "u1", 5),
-            Ok(Grant { expires_at: None })
-        );
+        assert_eq!(hs256(false).verify(&forever, "u1", 5), Ok(Grant::default()));
         let later = sign(r#"{"sub":"u1","exp":3000,"nbf":2000}"#, SECRET);
         assert_eq!(
             hs256(true).verify(&later, "u1", 1999),
@@ -299,7 +316,8 @@ mod tests {
         assert_eq!(
             verifier.verify(rs256_token(), "u1", 1_800_000_000),
             Ok(Grant {
-                expires_at: Some(4_102_444_800)
+                expires_at: Some(4_102_444_800),
+                groups: Vec::new(),
             })
         );
         assert_eq!(
