@@ -151,7 +151,7 @@ impl Engine {
         let mut groups: Vec<shard::groups_state::Groups> =
             (0..reactors).map(|_| Default::default()).collect();
         for (group, user) in stored_groups.members {
-            shared.group_quota.count_anyway(&user);
+            shared.user_groups.count_anyway(&user, &group);
             groups[router::home_of(&group, reactors)].join(&group, user.into());
         }
         for (group, settings) in stored_groups.settings {

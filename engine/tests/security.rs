@@ -550,3 +550,43 @@ fn a_token_groups_claim_opens_an_invite_only_group() {
     let refused = group_request(&mut erin, json!({"type": "group_join", "groupId": "staff"}));
     assert_eq!(refused["code"], "forbidden", "{refused}");
 }
+
+#[test]
+fn with_shared_visibility_presence_is_shown_only_to_users_who_share_a_group() {
+    use serde_json::json;
+    let server = Server::start(
+        common::Driver::IoUring,
+        &["--presence-visibility", "shared"],
+    );
+    let mut alice = server.login("alice", "d");
+    let _bob = server.login("bob", "d");
+    let _stranger = server.login("stranger", "d");
+    alice.join_group("team");
+    let mut bob_second = server.login("bob", "tablet");
+    bob_second.join_group("team");
+    // The finding: anyone could watch anyone. A stranger online looks like anyone offline.
+    alice.send(&json!({"type": "presence_subscribe", "userIds": ["bob", "stranger", "alice"]}));
+    let state = alice.recv_type("presence_state");
+    let status = |user: &str| {
+        state["users"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|u| u["userId"] == user)
+            .map(|u| (u["status"].clone(), u["lastSeen"].clone()))
+            .unwrap()
+    };
+    assert_eq!(status("bob"), (json!("online"), json!(null)), "{state}");
+    assert_eq!(status("alice"), (json!("online"), json!(null)), "{state}");
+    assert_eq!(
+        status("stranger"),
+        (json!("offline"), json!(null)),
+        "{state}"
+    );
+    // Not watched: the stranger going and coming says nothing.
+    drop(_stranger);
+    let _again = server.login("stranger", "d2");
+    while let Some(frame) = alice.recv_within(std::time::Duration::from_millis(300)) {
+        assert_ne!(frame["userId"], "stranger", "{frame}");
+    }
+}

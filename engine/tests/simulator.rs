@@ -40,6 +40,8 @@ fn shape_of(seed: u64) -> Shape {
         groups: 2,
         steps: 300,
         devices_per_user: 2,
+        // The oracle's watchers must see the truth: every user may see every user.
+        presence_shared: false,
     }
 }
 

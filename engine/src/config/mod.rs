@@ -14,6 +14,16 @@ use crate::sockets::Placement;
 pub use settings::{Args, Command, Setting, SETTINGS};
 use settings::{FileConfig, Settled};
 
+/// Whose presence a watcher may see (`--presence-visibility`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum PresenceVisibility {
+    /// Only users who share a group with the watcher (and the watcher itself).
+    Shared,
+    /// Every user (v1).
+    All,
+}
+
 /// The most reactors accepted; each is a thread with its own fd table and mailboxes.
 pub const REACTORS_MAX: usize = 256;
 
@@ -71,6 +81,8 @@ pub struct Config {
     pub idle_timeout_ms: u64,
     /// How long a user whose last device dropped stays shown online (0: not at all).
     pub presence_grace_ms: u64,
+    /// Whose presence a watcher may see.
+    pub presence_visibility: PresenceVisibility,
     /// Whether authenticated WebSockets move to their user's home reactor.
     pub connections_at_home: bool,
     /// `--dedup-window-pairs`: recent message pairs each home remembers.
@@ -221,6 +233,7 @@ impl Config {
             rate_limit: settled.rate_limit,
             idle_timeout_ms: idle_timeout_ms(settled.idle_timeout_ms)?,
             presence_grace_ms: settled.presence_grace_ms,
+            presence_visibility: settled.presence_visibility,
             connections_at_home: settled.connections_at_home,
             dedup_window_pairs: settled.dedup_window_pairs,
             groups_per_user_max: settled.groups_per_user_max,
@@ -389,6 +402,7 @@ mod tests {
         assert_eq!(config.max_connections, 0);
         assert_eq!(config.log_level, "info");
         assert!(config.jwt.is_none());
+        assert_eq!(config.presence_visibility, PresenceVisibility::Shared);
     }
 
     #[test]

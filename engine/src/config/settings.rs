@@ -15,7 +15,7 @@ use std::{path::PathBuf, str::FromStr};
 use clap::Parser;
 use serde::Deserialize;
 
-use super::{in_range, ConfigError, REACTORS_MAX};
+use super::{in_range, ConfigError, PresenceVisibility, REACTORS_MAX};
 use crate::sockets::Placement;
 
 /// One setting as documented (the README's flag table is checked against these).
@@ -266,6 +266,11 @@ settings! {
     /// A user whose last device drops without a close frame is shown offline only after this long (0: at once); a close frame makes it immediate
     presence_grace_ms: u64, "ENGINE_PRESENCE_GRACE_MS", "MS", default "30000",
         range (0, 3_600_000);
+    // Shared by default: who is online is personal, and a gateway whose only relation
+    // between users is a group shows it to those who share one (issue 22). `all` is v1.
+    /// Whose presence a watcher may see: users who share a group with it (others are shown offline and never updated), or all
+    presence_visibility: PresenceVisibility, "ENGINE_PRESENCE_VISIBILITY", "WHO",
+        default "shared" = PresenceVisibility::Shared, clap(value_enum);
     // Issue 20: a message between two online devices then crosses one reactor at most,
     // and its ack none.
     /// Move each authenticated WebSocket to its user's home reactor, so that the user's deliveries and acks stay on one thread

@@ -155,7 +155,7 @@ impl Reactor {
         let mut shard = Shard::new(
             (seed.id, seed.shared.config.reactors),
             seed.groups,
-            seed.shared.group_quota.clone(),
+            seed.shared.user_groups.clone(),
             seed.shared.config.presence_grace_ms,
             seed.shared.config.dedup_window_pairs,
         );

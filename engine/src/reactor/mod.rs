@@ -49,7 +49,7 @@ use crate::{
     config::Config,
     mailbox::{BatchConsumer, BatchProducer, Doorbell},
     router::Envelope,
-    shard::groups_state::{GroupQuota, Groups},
+    shard::groups_state::{Groups, UserGroups},
     sockets::Handoff,
     stats::ReactorStats,
     store, timer,
@@ -81,8 +81,9 @@ pub struct Shared {
     pub listening: AtomicUsize,
     /// When the engine started.
     pub started: Instant,
-    /// Groups per user, for `--groups-per-user-max` (see [`GroupQuota`]).
-    pub group_quota: Arc<GroupQuota>,
+    /// Which groups each user is in: `--groups-per-user-max` and
+    /// `--presence-visibility` (see [`UserGroups`]).
+    pub user_groups: Arc<UserGroups>,
     /// What the cluster thread knows (`--cluster`; `None` alone).
     pub cluster: Option<Arc<crate::cluster::State>>,
 }
@@ -98,7 +99,10 @@ impl Shared {
             draining: AtomicBool::new(false),
             listening: AtomicUsize::new(0),
             started: Instant::now(),
-            group_quota: Arc::new(GroupQuota::new(config.groups_per_user_max)),
+            user_groups: Arc::new(UserGroups::new(
+                config.groups_per_user_max,
+                config.presence_visibility == crate::config::PresenceVisibility::Shared,
+            )),
             cluster: config.cluster.as_ref().map(|_| Arc::default()),
             config,
         })

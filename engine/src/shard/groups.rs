@@ -177,7 +177,7 @@ impl Shard {
         };
         let changed = match joined {
             Some(_) if self.groups.is_member(&group, &user) => false,
-            Some(_) if !self.group_quota.take(&user) => {
+            Some(_) if !self.user_groups.take(&user, &group) => {
                 let text = "this user is in --groups-per-user-max groups already: leave one first";
                 return out.error(device, ErrorCode::TooManyGroups, text, Some(&group));
             }
@@ -185,7 +185,7 @@ impl Shard {
             None => {
                 let left = self.groups.leave(&group, &user);
                 if left {
-                    self.group_quota.give_back(&user);
+                    self.user_groups.give_back(&user, &group);
                 }
                 left
             }
@@ -220,10 +220,10 @@ impl Shard {
     pub(super) fn group_membership_elsewhere(&mut self, group: &str, user: &str, joined: bool) {
         if joined {
             if self.groups.join(group, user.into()) {
-                self.group_quota.count_anyway(user);
+                self.user_groups.count_anyway(user, group);
             }
         } else if self.groups.leave(group, user) {
-            self.group_quota.give_back(user);
+            self.user_groups.give_back(user, group);
         }
     }
 
@@ -242,9 +242,9 @@ impl Shard {
         let user: Arc<str> = user.into();
         if let Some(why) = failed {
             if join && self.groups.leave(group, &user) {
-                self.group_quota.give_back(&user);
+                self.user_groups.give_back(&user, group);
             } else if !join && self.groups.join(group, user.clone()) {
-                self.group_quota.count_anyway(&user);
+                self.user_groups.count_anyway(&user, group);
             }
             if let Some(change) = settings {
                 self.groups.set_settings(group, change.before);

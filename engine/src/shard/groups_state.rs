@@ -11,59 +11,95 @@ use std::{
 use super::ConnAddr;
 use crate::protocol::access::Settings;
 
-/// How many groups each user is in, across every home, so that `--groups-per-user-max`
-/// holds whichever reactors a user's groups live on.
+/// Which groups each user is in, across every home: `--groups-per-user-max` holds
+/// whichever reactors a user's groups live on, and with `--presence-visibility shared`
+/// a watcher sees the presence of the users it shares a group with.
 ///
-/// The one structure reactors share behind a lock, and it is taken only when a
-/// membership changes (a join or a leave at the group's home), never for a message.
+/// The one structure reactors share behind a lock, taken when a membership changes (a
+/// join or a leave at the group's home) and once per `presence_subscribe`, never for a
+/// message. It holds each membership's group id once more (tens of bytes each).
 #[derive(Debug)]
-pub struct GroupQuota {
+pub struct UserGroups {
     max: u32,
-    counts: Mutex<HashMap<Box<str>, u32>>,
+    /// Presence is shown only to users who share a group.
+    presence_shared: bool,
+    groups: Mutex<HashMap<Box<str>, Vec<Box<str>>>>,
 }
 
-impl GroupQuota {
-    /// An empty quota of `max` groups per user.
-    pub fn new(max: u32) -> Self {
-        GroupQuota {
+impl UserGroups {
+    /// No memberships yet; at most `max` groups per user; `presence_shared`: the
+    /// presence of users who share no group is hidden.
+    pub fn new(max: u32, presence_shared: bool) -> Self {
+        UserGroups {
             max,
-            counts: Mutex::default(),
+            presence_shared,
+            groups: Mutex::default(),
         }
     }
 
     /// Counts a membership whatever the cap: one loaded from the store (a lowered cap
-    /// keeps what users already have and refuses them more), or one restored after a
-    /// leave that could not be stored.
-    pub fn count_anyway(&self, user: &str) {
-        *self.lock().entry(user.into()).or_default() += 1;
+    /// keeps what users already have and refuses them more), one another node made, or
+    /// one restored after a leave that could not be stored.
+    pub fn count_anyway(&self, user: &str, group: &str) {
+        let mut users = self.lock();
+        let groups = users.entry(user.into()).or_default();
+        if !groups.iter().any(|g| **g == *group) {
+            groups.push(group.into());
+        }
     }
 
     /// Takes one membership for `user`; false when the user is at the cap.
-    pub fn take(&self, user: &str) -> bool {
-        let mut counts = self.lock();
-        let count = counts.entry(user.into()).or_default();
-        if *count >= self.max {
+    pub fn take(&self, user: &str, group: &str) -> bool {
+        let mut users = self.lock();
+        let groups = users.entry(user.into()).or_default();
+        if groups.iter().any(|g| **g == *group) {
+            return true;
+        }
+        if groups.len() >= self.max as usize {
+            if groups.is_empty() {
+                users.remove(user);
+            }
             return false;
         }
-        *count += 1;
+        groups.push(group.into());
         true
     }
 
     /// Gives back the membership of a group `user` left.
-    pub fn give_back(&self, user: &str) {
-        let mut counts = self.lock();
-        if let Some(count) = counts.get_mut(user) {
-            *count -= 1;
-            if *count == 0 {
-                counts.remove(user);
+    pub fn give_back(&self, user: &str, group: &str) {
+        let mut users = self.lock();
+        if let Some(groups) = users.get_mut(user) {
+            groups.retain(|g| **g != *group);
+            if groups.is_empty() {
+                users.remove(user);
             }
         }
     }
 
-    /// The counts; a panic elsewhere while holding the lock leaves them consistent (each
-    /// change is one step), so a poisoned lock is used as it is.
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Box<str>, u32>> {
-        self.counts
+    /// The users among `users` whose presence `watcher` may see: all of them, or with
+    /// `--presence-visibility shared` the watcher and those who share a group with it.
+    pub fn visible<'u>(&self, watcher: &str, users: &[&'u str]) -> Vec<&'u str> {
+        if !self.presence_shared {
+            return users.to_vec();
+        }
+        let all = self.lock();
+        let mine = all.get(watcher).map(Vec::as_slice).unwrap_or_default();
+        users
+            .iter()
+            .copied()
+            .filter(|user| {
+                *user == watcher
+                    || all
+                        .get(*user)
+                        .is_some_and(|theirs| theirs.iter().any(|g| mine.contains(g)))
+            })
+            .collect()
+    }
+
+    /// The memberships; a panic elsewhere while holding the lock leaves them consistent
+    /// (each change is one step), so a poisoned lock is used as it is.
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Box<str>, Vec<Box<str>>>> {
+        self.groups
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
@@ -224,14 +260,32 @@ mod tests {
 
     #[test]
     fn the_quota_caps_each_user_and_leaves_give_back() {
-        let quota = GroupQuota::new(2);
-        quota.count_anyway("ann");
-        assert!(quota.take("ann"));
-        assert!(!quota.take("ann"), "at the cap");
-        assert!(quota.take("bob"), "other users have their own count");
-        quota.give_back("ann");
-        assert!(quota.take("ann"));
-        quota.give_back("nobody");
+        let quota = UserGroups::new(2, false);
+        quota.count_anyway("ann", "g1");
+        assert!(quota.take("ann", "g2"));
+        assert!(
+            quota.take("ann", "g2"),
+            "a group the user is in takes nothing more"
+        );
+        assert!(!quota.take("ann", "g3"), "at the cap");
+        assert!(quota.take("bob", "g3"), "other users have their own count");
+        quota.give_back("ann", "g1");
+        assert!(quota.take("ann", "g3"));
+        quota.give_back("nobody", "g1");
+    }
+
+    #[test]
+    fn shared_presence_shows_only_users_who_share_a_group() {
+        let index = UserGroups::new(10, true);
+        index.count_anyway("ann", "team");
+        index.count_anyway("bob", "team");
+        index.count_anyway("cy", "other");
+        let asked = ["bob", "cy", "ann", "dan"];
+        assert_eq!(index.visible("ann", &asked), vec!["bob", "ann"]);
+        index.give_back("bob", "team");
+        assert_eq!(index.visible("ann", &asked), vec!["ann"]);
+        let open = UserGroups::new(10, false);
+        assert_eq!(open.visible("ann", &asked), asked.to_vec());
     }
 
     #[test]

@@ -56,7 +56,7 @@ use crate::{
 };
 use dedup::{RecentMessages, Seen};
 use directory::Directory;
-use groups_state::{GroupQuota, Groups};
+use groups_state::{Groups, UserGroups};
 
 /// The time an event happens, read by the driver (the shard reads no clock).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -257,7 +257,7 @@ pub struct Shard {
     /// Group posts fanned out from here, waiting for their member homes.
     posts: Gathers<PostShares>,
     /// Groups per user across every home (`--groups-per-user-max`).
-    group_quota: Arc<GroupQuota>,
+    user_groups: Arc<UserGroups>,
     /// Subscriptions and huddles of this reactor's connections that have any.
     conns: std::collections::HashMap<ConnAddr, ConnChat>,
     /// Presence requests of this reactor's connections, waiting for homes.
@@ -283,7 +283,7 @@ impl Shard {
     pub fn new(
         (id, homes): (usize, usize),
         groups: Groups,
-        group_quota: Arc<GroupQuota>,
+        user_groups: Arc<UserGroups>,
         presence_grace_ms: u64,
         dedup_pairs: usize,
     ) -> Shard {
@@ -297,7 +297,7 @@ impl Shard {
             recent: RecentMessages::new(dedup_pairs),
             groups,
             posts: Gathers::default(),
-            group_quota,
+            user_groups,
             conns: Default::default(),
             presence_requests: Gathers::default(),
             presence_waits: Vec::new(),
@@ -427,7 +427,7 @@ impl Shard {
                 change,
             } => self.amend(conn, user, (message_id, receiver_id), &change, out),
             ClientMessage::PresenceSubscribe { user_ids } => {
-                self.presence_subscribe(conn, user_ids, out)
+                self.presence_subscribe(conn, user, user_ids, out)
             }
             ClientMessage::PresenceUnsubscribe { user_ids } => {
                 self.presence_unsubscribe(conn, &user_ids, out)
@@ -632,7 +632,7 @@ mod tests {
 
     impl OneHome {
         fn new() -> OneHome {
-            let quota = Arc::new(GroupQuota::new(10));
+            let quota = Arc::new(UserGroups::new(10, false));
             OneHome {
                 shard: Shard::new((0, 1), Groups::default(), quota, 0, 1024),
                 effects: Effects::default(),

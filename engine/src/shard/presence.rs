@@ -35,11 +35,25 @@ impl Shard {
     pub(super) fn presence_subscribe(
         &mut self,
         conn: ConnAddr,
+        watcher: &str,
         mut user_ids: Vec<&str>,
         out: &mut Effects,
     ) {
         user_ids.sort_unstable();
         user_ids.dedup();
+        // `--presence-visibility shared`: a user the watcher may not see is shown offline,
+        // as one never seen, and is not watched (nothing tells hidden from offline).
+        let visible = self.user_groups.visible(watcher, &user_ids);
+        let hidden: Vec<PresenceEntry> = user_ids
+            .iter()
+            .filter(|user| !visible.contains(user))
+            .map(|user| PresenceEntry {
+                user_id: (*user).into(),
+                online: false,
+                last_seen_ms: None,
+            })
+            .collect();
+        let user_ids = visible;
         let chat = self.conns.entry(conn).or_default();
         let subscriptions = &mut chat.subscriptions;
         let new: Vec<Box<str>> = user_ids
@@ -61,9 +75,10 @@ impl Shard {
         let users: Vec<Box<str>> = user_ids.iter().map(|u| (*u).into()).collect();
         let by_home = self.split_by_home(users);
         if by_home.is_empty() {
-            return self.presence_state(conn, &[], out);
+            return self.presence_state(conn, &hidden, out);
         }
-        let entries = Vec::with_capacity(user_ids.len());
+        let mut entries = Vec::with_capacity(user_ids.len() + hidden.len());
+        entries.extend(hidden);
         let request = self.presence_requests.start(conn, by_home.len(), entries);
         for (home, users) in by_home {
             let subscribe = Envelope::Subscribe {

@@ -169,6 +169,11 @@ impl Server {
         if !args.contains(&"--presence-grace-ms") {
             command.args(["--presence-grace-ms", "0"]);
         }
+        // Every user may see every user's presence, unless a test asks otherwise:
+        // `wait_offline`'s watcher shares no group with the user it watches.
+        if !args.contains(&"--presence-visibility") {
+            command.args(["--presence-visibility", "all"]);
+        }
         command
             .args(["--log-level", "warn"])
             .args(if args.contains(&"--reactors") {

@@ -30,7 +30,7 @@ use engine::{
     },
     router::{AckStatus, ConnAddr, Envelope},
     shard::{
-        groups_state::{GroupQuota, Groups},
+        groups_state::{Groups, UserGroups},
         Clock, Effect, Effects, Event, Shard,
     },
     store::{Command, Greeting, InboxEvent, Outcome, ReadFrom, Reply},
@@ -56,6 +56,8 @@ pub struct Shape {
     pub steps: usize,
     /// Connections one user may have open at once.
     pub devices_per_user: usize,
+    /// `--presence-visibility shared`: presence only between users who share a group.
+    pub presence_shared: bool,
 }
 
 /// One device of a user, as its client keeps it across connections (and server crashes).
@@ -172,10 +174,10 @@ impl World {
     /// (Re)starts the process: shards with the groups the store holds, empty rings.
     fn boot(&mut self) {
         let n = self.shape.reactors;
-        let quota = Arc::new(GroupQuota::new(1000));
+        let quota = Arc::new(UserGroups::new(1000, self.shape.presence_shared));
         let mut groups: Vec<Groups> = (0..n).map(|_| Groups::default()).collect();
         for (group, user) in self.store.memberships() {
-            quota.count_anyway(&user);
+            quota.count_anyway(&user, &group);
             groups[engine::router::home_of(&group, n)].join(&group, user.into());
         }
         for (group, settings) in self.store.group_settings() {
