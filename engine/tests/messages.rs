@@ -114,15 +114,30 @@ fn read_receipts_go_to_the_original_sender() {
         let (alice, bob) = users_on_different_homes();
         let mut a = server.login(&alice, "phone");
         let mut b = server.login(&bob, "phone");
-        b.send(&json!({"type":"read_receipt","messageId":"m1","senderId":alice}));
-        let receipt = a.recv_type("read_receipt");
-        assert_eq!(receipt["messageId"], "m1");
-        assert_eq!(receipt["readerId"], bob.as_str());
-        // Without senderId the store looks the id up among what reached bob: nothing did.
-        b.send(&json!({"type":"read_receipt","messageId":"m1"}));
-        let error = b.recv_type("error");
-        assert_eq!(error["code"], "not_found");
-        assert_eq!(error["ref"], "m1");
+        a.send_chat("m1", &bob, "hi");
+        b.recv_type("new_message");
+        for receipt in [
+            json!({"type":"read_receipt","messageId":"m1","senderId":alice}),
+            json!({"type":"read_receipt","messageId":"m1"}),
+        ] {
+            b.send(&receipt);
+            let receipt = a.recv_type("read_receipt");
+            assert_eq!(receipt["messageId"], "m1");
+            assert_eq!(receipt["readerId"], bob.as_str());
+        }
+        // The store looks the id up among what reached bob: a receipt for a message that
+        // did not, or naming someone who did not send it, is refused (issue 22: forged
+        // receipts filled senders' queues).
+        for forged in [
+            json!({"type":"read_receipt","messageId":"m2"}),
+            json!({"type":"read_receipt","messageId":"m2","senderId":alice}),
+            json!({"type":"read_receipt","messageId":"m1","senderId":"carol"}),
+        ] {
+            b.send(&forged);
+            let error = b.recv_type("error");
+            assert_eq!(error["code"], "not_found", "{forged}");
+        }
+        a.expect_silence(Duration::from_millis(200));
     });
 }
 

@@ -590,3 +590,26 @@ fn with_shared_visibility_presence_is_shown_only_to_users_who_share_a_group() {
         assert_ne!(frame["userId"], "stranger", "{frame}");
     }
 }
+
+#[test]
+fn forged_read_receipts_cannot_fill_a_senders_queue() {
+    use serde_json::json;
+    let server = Server::start(common::Driver::IoUring, &["--queue-max-per-user", "20"]);
+    // The finding: read receipts naming any senderId were queued for that sender, and
+    // 10,000 of them left the victim's queue full.
+    let mut mallory = server.login("mallory", "d");
+    for n in 0..40 {
+        mallory.send(
+            &json!({"type": "read_receipt", "messageId": format!("never-{n}"),
+                             "senderId": "victim"}),
+        );
+        assert_eq!(mallory.recv_type("error")["code"], "not_found");
+    }
+    let mut friend = server.login("friend", "d");
+    let ack = friend.send_chat("real", "victim", "are you there?");
+    assert_eq!(ack["status"], "queued", "{ack}");
+    let (status, queue) = server.get("/api/messages/queue/victim");
+    assert_eq!(status, 200, "{queue}");
+    let queue: serde_json::Value = serde_json::from_str(&queue).unwrap();
+    assert_eq!(queue["messages"].as_array().unwrap().len(), 1, "{queue}");
+}

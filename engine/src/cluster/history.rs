@@ -152,11 +152,13 @@ enum Pending {
     Append { subject: String, entry: Entry },
     /// The next entry of a page.
     Page(Box<PageRead>),
-    /// The index's answer to a `read_receipt` without `senderId`.
+    /// The index's answer to a `read_receipt`: who sent the message (checked against
+    /// the `senderId` it named, if any).
     Sender {
         requester: Waiter,
         reader: Box<str>,
         message_id: Box<str>,
+        named: Option<Box<str>>,
     },
     /// The index's answer for an edit, delete or reaction.
     Amend(Box<AmendCheck>),
@@ -349,6 +351,7 @@ impl History {
             Command::FindSender {
                 reader,
                 message_id,
+                named,
                 requester,
             } => {
                 let body = index_get(&index_key(&reader, &message_id));
@@ -356,6 +359,7 @@ impl History {
                     requester,
                     reader,
                     message_id,
+                    named,
                 };
                 self.request(out, &direct_get(INDEX_STREAM), &body, pending);
             }
@@ -495,9 +499,16 @@ impl History {
                 requester,
                 reader,
                 message_id,
+                named,
             } => {
+                // The index keeps one sender per message id: a receipt naming another
+                // finds nothing.
                 let (sender, error) = match status {
-                    None => (parse_index(payload), None),
+                    None => {
+                        let sender = parse_index(payload);
+                        let named_other = named.is_some() && sender != named;
+                        (sender.filter(|_| !named_other), None)
+                    }
                     Some(404) => (None, None),
                     Some(_) => (None, Some(Failure::Refused)),
                 };
@@ -794,6 +805,7 @@ impl History {
                 requester,
                 reader,
                 message_id,
+                ..
             } => {
                 let found = (&*reader, &*message_id, None);
                 replies.push(answers::sender_answer(requester, found, unreachable));

@@ -131,14 +131,14 @@ impl Shard {
         sender: Option<&str>,
         out: &mut Effects,
     ) {
-        match sender {
-            Some(sender) => self.send_read_receipt(sender, message_id, reader, out),
-            None => out.store(Command::FindSender {
-                reader: reader.into(),
-                message_id: message_id.into(),
-                requester: conn.into(),
-            }),
-        }
+        // Only a message that reached the reader gets its receipt (a forged one naming any
+        // sender would otherwise fill the sender's queue): the store's index is asked.
+        out.store(Command::FindSender {
+            reader: reader.into(),
+            message_id: message_id.into(),
+            named: sender.map(Into::into),
+            requester: conn.into(),
+        });
     }
 
     /// The store's answer to a `read_receipt` without `senderId`: the receipt goes to

@@ -166,6 +166,7 @@ pub(crate) fn unread_answer(command: &Command, why: Failure) -> Option<(usize, R
             reader,
             message_id,
             requester,
+            ..
         } => sender_answer(*requester, (reader, message_id, None), error),
         Command::Amend(amend) => {
             let reply = Reply::Amended {

@@ -101,9 +101,12 @@ impl Apply<'_, '_> {
             Command::FindSender {
                 reader,
                 message_id,
+                named,
                 requester,
             } => {
-                let sender = self.tables.sender_of(reader, message_id)?;
+                let sender = self
+                    .tables
+                    .sender_of(reader, message_id, named.as_deref())?;
                 let found = (&**reader, &**message_id, sender);
                 self.replies.push(sender_answer(*requester, found, None));
             }

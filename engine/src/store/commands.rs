@@ -70,12 +70,15 @@ pub enum Command {
         /// The connection waiting for it.
         requester: Waiter,
     },
-    /// Find who sent `reader` the message `message_id` (delivered or queued to it).
+    /// Find who sent `reader` the message `message_id` (delivered or queued to it): the
+    /// sender the reader named, if it did, else the newest.
     FindSender {
         /// The user that read it.
         reader: Box<str>,
         /// The message id.
         message_id: Box<str>,
+        /// The sender the `read_receipt` named (`senderId`), checked.
+        named: Option<Box<str>>,
         /// The connection that sent the `read_receipt`.
         requester: Waiter,
     },

@@ -93,7 +93,12 @@ impl Tables<'_> {
         &self,
         reader: &str,
         message_id: &str,
+        named: Option<&str>,
     ) -> Result<Option<Box<str>>, redb::Error> {
+        if let Some(sender) = named {
+            let held = self.holds(reader, message_id, sender)?;
+            return Ok(held.then(|| sender.into()));
+        }
         let mut newest: Option<(u64, Box<str>)> = None;
         for entry in self.received.range((reader, message_id, "")..)? {
             let (key, value) = entry?;
@@ -399,10 +404,16 @@ mod tests {
             t.record("bob", &chat("alice", "m1", 10), 1, b"a").unwrap();
             t.record("bob", &chat("carol", "m1", 30), 2, b"c").unwrap();
             t.record("bob", &chat("dave", "m10", 40), 3, b"d").unwrap();
-            assert_eq!(t.sender_of("bob", "m1").unwrap().as_deref(), Some("carol"));
-            assert_eq!(t.sender_of("bob", "m10").unwrap().as_deref(), Some("dave"));
-            assert_eq!(t.sender_of("bob", "m2").unwrap(), None);
-            assert_eq!(t.sender_of("alice", "m1").unwrap(), None);
+            let sender_of = |reader, id, named| t.sender_of(reader, id, named).unwrap();
+            assert_eq!(sender_of("bob", "m1", None).as_deref(), Some("carol"));
+            assert_eq!(
+                sender_of("bob", "m1", Some("alice")).as_deref(),
+                Some("alice")
+            );
+            assert_eq!(sender_of("bob", "m1", Some("mallory")), None);
+            assert_eq!(sender_of("bob", "m10", None).as_deref(), Some("dave"));
+            assert_eq!(sender_of("bob", "m2", None), None);
+            assert_eq!(sender_of("alice", "m1", None), None);
             assert!(t.holds("bob", "m1", "alice").unwrap());
             assert!(!t.holds("alice", "m1", "bob").unwrap());
         });

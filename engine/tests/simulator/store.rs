@@ -390,10 +390,15 @@ impl SimStore {
             Command::FindSender {
                 reader,
                 message_id,
+                named,
                 requester,
             } => {
                 let id = (reader.to_string(), message_id.to_string());
-                let sender = self.held.get(&id).map(|s| s.as_str().into());
+                let sender = self
+                    .held
+                    .get(&id)
+                    .filter(|held| named.as_deref().is_none_or(|named| named == held.as_str()))
+                    .map(|s| s.as_str().into());
                 let reply = Reply::SenderFound {
                     requester,
                     reader,
