@@ -613,3 +613,37 @@ fn forged_read_receipts_cannot_fill_a_senders_queue() {
     let queue: serde_json::Value = serde_json::from_str(&queue).unwrap();
     assert_eq!(queue["messages"].as_array().unwrap().len(), 1, "{queue}");
 }
+
+#[test]
+fn one_sender_cannot_fill_another_users_queue() {
+    let server = Server::start(common::Driver::IoUring, &["--queue-max-per-sender", "5"]);
+    let mut mallory = server.login("mallory", "d");
+    let mut friend = server.login("friend", "d");
+    let statuses: Vec<String> = (0..8)
+        .map(|n| {
+            let ack = mallory.send_chat(&format!("spam-{n}"), "victim", "spam");
+            let status = ack["status"].as_str().unwrap().to_owned();
+            match ack["reason"].as_str() {
+                Some(reason) => format!("{status}:{reason}"),
+                None => status,
+            }
+        })
+        .collect();
+    assert_eq!(
+        statuses,
+        [&["queued"; 5][..], &["rejected:sender_quota"; 3][..]].concat(),
+    );
+    assert_eq!(
+        friend.send_chat("real", "victim", "hello")["status"],
+        "queued"
+    );
+    // The victim connects and reads what waited; the counts start again.
+    let mut victim = server.login("victim", "phone");
+    for _ in 0..6 {
+        victim.recv_type("new_message");
+    }
+    drop(victim);
+    server.wait_offline("victim");
+    let ack = mallory.send_chat("again", "victim", "spam");
+    assert_eq!(ack["status"], "queued", "{ack}");
+}

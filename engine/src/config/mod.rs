@@ -55,6 +55,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Bound on one user's offline queue.
     pub queue_max_per_user: u64,
+    /// Messages one sender may queue for one offline user (0: no bound).
+    pub queue_max_per_sender: u32,
     /// How long queued messages and history are kept.
     pub retention: std::time::Duration,
     /// Bytes of the store's page cache.
@@ -207,6 +209,7 @@ impl Config {
             },
             data_dir: settled.data_dir,
             queue_max_per_user: settled.queue_max_per_user,
+            queue_max_per_sender: settled.queue_max_per_sender,
             retention: retention(settled.retention_days)?,
             store_cache_bytes: (settled.store_cache_mb << 20) as usize,
             store_commit_spacing: std::time::Duration::from_micros(settled.store_commit_spacing_us),

@@ -159,6 +159,7 @@ impl Reactor {
             seed.shared.config.presence_grace_ms,
             seed.shared.config.dedup_window_pairs,
         );
+        shard = shard.with_queue_max_per_sender(seed.shared.config.queue_max_per_sender);
         shard.remember_recent(&seed.recent);
         if seed.cluster.is_some() {
             shard = shard.relaying();

@@ -175,6 +175,11 @@ impl Reactor {
             outbound::message_ack(&mut self.json, message_id, "sent", now_ms());
             let frame = self.json.frame();
             self.send(sender, frame, Priority::High);
+        } else if status == AckStatus::OverSenderQuota {
+            let now = now_ms();
+            outbound::message_rejected(&mut self.json, message_id, "sender_quota", now);
+            let frame = self.json.frame();
+            self.send(sender, frame, Priority::High);
         } else {
             let text = "the receiver has no device online and the store is not \
                         taking messages (the gateway is shutting down)";

@@ -161,6 +161,9 @@ pub enum AckStatus {
     Sent,
     /// The store could not take it (it is shutting down).
     Offline,
+    /// Its sender has queued `--queue-max-per-sender` messages for the receiver, who has
+    /// no device online.
+    OverSenderQuota,
 }
 
 /// A user came online or went offline, for each of the user's watchers (one allocation

@@ -269,6 +269,12 @@ impl Shard {
     /// Numbers an inbox event, writes it to the live devices and appends it to the
     /// user's inbox (and a chat message to history).
     fn deliver_to_inbox(&mut self, delivery: Delivery, key: Option<PairKey>, out: &mut Effects) {
+        if !self.within_sender_quota(&delivery) {
+            if let Some(ack) = delivery.ack {
+                ack_to(ack.sender, ack.message_id, AckStatus::OverSenderQuota, out);
+            }
+            return;
+        }
         let timing = (delivery.priority, delivery.accepted_ns);
         let numbered = self.number_event(
             &delivery.user,
@@ -386,6 +392,25 @@ fn ack_to(sender: ConnAddr, message_id: Box<str>, status: AckStatus, out: &mut E
         status,
     };
     out.mail(sender.reactor as usize, ack);
+}
+
+impl Shard {
+    /// Whether a device's chat message may wait for a receiver with no device online
+    /// (`--queue-max-per-sender`; one alone: a cluster's other nodes may hold devices,
+    /// and API sends come from the operator's backend).
+    fn within_sender_quota(&mut self, delivery: &Delivery) -> bool {
+        let Some(ack) = delivery.ack.as_ref().filter(|ack| ack.receipt) else {
+            return true;
+        };
+        if self.relays || *ack.sender_user == *delivery.user {
+            return true;
+        }
+        let online = !self
+            .directory
+            .live_devices(&delivery.user, delivery.except)
+            .is_empty();
+        online || self.sender_quota.take(&delivery.user, &ack.sender_user)
+    }
 }
 
 /// The message as the store keeps it in history.

@@ -40,6 +40,7 @@ mod history;
 pub mod huddles;
 mod inbox;
 pub mod presence;
+mod quota;
 mod session;
 
 use std::{borrow::Cow, collections::VecDeque, sync::Arc};
@@ -274,6 +275,8 @@ pub struct Shard {
     presence_grace_ms: u64,
     /// In a cluster: live events go to the other nodes too ([`Shard::relaying`]).
     relays: bool,
+    /// `--queue-max-per-sender`: what one sender may queue for a user homed here.
+    sender_quota: quota::SenderQuota,
 }
 
 impl Shard {
@@ -306,7 +309,15 @@ impl Shard {
             away: away::Away::default(),
             presence_grace_ms,
             relays: false,
+            sender_quota: quota::SenderQuota::default(),
         }
+    }
+
+    /// At most `max` messages from one sender wait for a user homed here with no device
+    /// online (`--queue-max-per-sender`; 0: no bound).
+    pub fn with_queue_max_per_sender(mut self, max: u32) -> Shard {
+        self.sender_quota = quota::SenderQuota::new(max);
+        self
     }
 
     /// The shard of a node in a cluster: its homes relay live events to the other nodes

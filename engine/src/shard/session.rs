@@ -72,6 +72,7 @@ impl Shard {
         out: &mut Effects,
     ) {
         let outcome = self.directory.register(user.clone(), device, addr, acks);
+        self.sender_quota.reset(&user);
         if outcome.came_online && self.relays {
             let home = self.id as u16;
             let watch = Relay::Watch {

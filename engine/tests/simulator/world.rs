@@ -138,6 +138,8 @@ pub struct World {
 const GRACE_MS: u64 = 400;
 /// Each home's dedup window, as the engine's default `--dedup-window-pairs`.
 const DEDUP_PAIRS: usize = 16_384;
+/// Messages one sender may queue for an offline user: small, so refusals happen.
+const SENDER_QUOTA: u32 = 4;
 
 /// Steps of trace kept for a failure report.
 const TRACE_STEPS: usize = 60;
@@ -186,7 +188,10 @@ impl World {
         self.shards = groups
             .into_iter()
             .enumerate()
-            .map(|(id, groups)| Shard::new((id, n), groups, quota.clone(), GRACE_MS, DEDUP_PAIRS))
+            .map(|(id, groups)| {
+                Shard::new((id, n), groups, quota.clone(), GRACE_MS, DEDUP_PAIRS)
+                    .with_queue_max_per_sender(SENDER_QUOTA)
+            })
             .collect();
         // As the engine starts: each home's dedup window begins with the direct messages
         // its users' inboxes received lately.
@@ -463,7 +468,7 @@ impl World {
             } => {
                 let acked = match status {
                     AckStatus::Sent => Acked::Sent,
-                    AckStatus::Offline => Acked::Refused,
+                    AckStatus::Offline | AckStatus::OverSenderQuota => Acked::Refused,
                 };
                 self.ack(sender, &message_id, acked);
             }
