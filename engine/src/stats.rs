@@ -43,6 +43,11 @@ pub struct ReactorStats {
     pub deadlines_met_late: AtomicU64,
     /// Connections paused because their input met a full mailbox ring (backpressure).
     pub backpressure_pauses: AtomicU64,
+    /// Connections closed as they were accepted: their address was over
+    /// `--max-pending-per-ip` or `--connects-per-ip-per-sec`.
+    pub refused_per_address: AtomicU64,
+    /// Connections whose input paused until the next second (`--message-pace`).
+    pub pace_pauses: AtomicU64,
     /// Recent messages this home's dedup window let go of before their 5 minutes, to stay
     /// within `--dedup-window-pairs`: a retry of one could reach a device twice.
     pub dedup_evicted_young: AtomicU64,

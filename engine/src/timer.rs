@@ -1,4 +1,5 @@
-//! A coarse per-reactor timer wheel: deadlines for auth, idle HTTP and closing handshakes.
+//! A coarse per-reactor timer wheel: deadlines for auth, idle HTTP and closing handshakes;
+//! and [`Sweep`], the walk over a reactor's slots the idle and session checks share.
 //!
 //! One wheel per reactor, never a timer per connection. Entries exist only while a
 //! connection has a deadline pending; an idle authenticated connection has none.
@@ -73,6 +74,33 @@ impl TimerWheel {
         if slot.is_empty() && slot.capacity() > 64 {
             slot.shrink_to_fit();
         }
+    }
+}
+
+/// A walk over a reactor's slots that sees every slot once per period, a share of it each
+/// tick (the idle and session sweeps: a timer per connection would cost bytes each).
+#[derive(Debug, Default)]
+pub struct Sweep {
+    /// The slot the next share starts at.
+    cursor: usize,
+    /// Slot looks earned but not made (less than one period's worth).
+    credit: u64,
+}
+
+impl Sweep {
+    /// This tick's share of a slab of `capacity` slots: where it starts and how many
+    /// slots it covers (wrapping), so that `capacity` looks are made per `period_ticks`
+    /// ticks however the two compare (a small slab is not swept faster than the period).
+    pub fn next_share(&mut self, capacity: usize, period_ticks: u64) -> (usize, usize) {
+        if capacity == 0 {
+            return (0, 0);
+        }
+        self.credit += capacity as u64;
+        let share = (self.credit / period_ticks) as usize;
+        self.credit %= period_ticks;
+        let start = self.cursor % capacity;
+        self.cursor = (start + share) % capacity;
+        (start, share)
     }
 }
 

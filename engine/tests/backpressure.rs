@@ -95,7 +95,14 @@ fn user_homed_at(prefix: &str, home: usize) -> String {
 fn a_full_ring_pauses_its_producers_only_and_loses_nothing() {
     common::on_both_drivers(|driver| {
         let env = [("ENGINE_FAILPOINT", "stall_reactor_on_message_from:staller")];
-        let args = ["--reactors", "2", "--rate-limit", "0"];
+        let args = [
+            "--reactors",
+            "2",
+            "--rate-limit",
+            "0",
+            "--message-pace",
+            "0",
+        ];
         let server = Server::start_with_env(driver, &args, &env);
 
         // Every WebSocket sits at its user's home reactor (--connections-at-home).

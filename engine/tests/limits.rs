@@ -52,6 +52,36 @@ fn a_client_over_the_rate_is_warned_then_closed_and_its_neighbour_is_not() {
 }
 
 #[test]
+fn a_burst_is_read_at_the_pace_and_loses_nothing_while_its_neighbour_goes_on() {
+    let server = Server::start(
+        common::Driver::IoUring,
+        &["--reactors", "1", "--message-pace", "20"],
+    );
+    let mut calm = server.login("calm", "phone");
+    let mut flushing = server.login("flushing", "phone");
+    // A reconnect's outbox flush, say: 60 at once, three seconds' worth at the pace.
+    let started = Instant::now();
+    for i in 0..60 {
+        flushing.send(&json!({"type": "ping", "ts": i}));
+    }
+    calm.send(&json!({"type": "ping", "ts": "now"}));
+    let asked = Instant::now();
+    assert_eq!(calm.recv_type("pong")["ts"], "now");
+    assert!(
+        asked.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        asked.elapsed()
+    );
+    for i in 0..60 {
+        assert_eq!(flushing.recv_type("pong")["ts"], i, "every one, in order");
+    }
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(1900), "paced: {took:?}");
+    assert!(server.counter_sum("engine_pace_pauses_total") >= 2);
+    assert_eq!(server.errors_counted("rate_limited"), 0);
+}
+
+#[test]
 fn a_silent_connection_is_pinged_then_closed_and_a_live_one_is_kept() {
     common::on_both_drivers(|driver| {
         let server = Server::start(driver, &["--idle-timeout-ms", "1000"]);

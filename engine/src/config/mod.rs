@@ -77,8 +77,14 @@ pub struct Config {
     pub max_connections: u64,
     /// Open connections per reactor before its upgrades are refused (0: no cap).
     pub max_connections_per_reactor: u64,
+    /// Unauthenticated connections one address may hold (0: no cap).
+    pub max_pending_per_ip: u32,
+    /// Connections one address may open a second (0: no cap).
+    pub connects_per_ip_per_sec: u32,
     /// Client messages per second per connection (0: no limit).
     pub rate_limit: u8,
+    /// Client messages per second a connection's input is read at (0: no pace).
+    pub message_pace: u8,
     /// Silence after which a connection is pinged, then closed (0: never).
     pub idle_timeout_ms: u64,
     /// How long a user whose last device dropped stays shown online (0: not at all).
@@ -233,7 +239,10 @@ impl Config {
             drain_secs: settled.drain_secs,
             max_connections: settled.max_connections,
             max_connections_per_reactor: settled.max_connections_per_reactor,
+            max_pending_per_ip: settled.max_pending_per_ip,
+            connects_per_ip_per_sec: settled.connects_per_ip_per_sec,
             rate_limit: settled.rate_limit,
+            message_pace: settled.message_pace,
             idle_timeout_ms: idle_timeout_ms(settled.idle_timeout_ms)?,
             presence_grace_ms: settled.presence_grace_ms,
             presence_visibility: settled.presence_visibility,

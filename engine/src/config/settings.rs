@@ -249,11 +249,20 @@ settings! {
     max_connections: u64, "ENGINE_MAX_CONNECTIONS", "N", default "0 (none)";
     /// Open connections one reactor takes; past it an upgrade is answered 503 (0: no cap)
     max_connections_per_reactor: u64, "ENGINE_MAX_CONNECTIONS_PER_REACTOR", "N", default "0 (none)";
+    // Issue 22: what one address may hold without a token. Generous, for NATs.
+    /// Connections one address may hold that have not authenticated (HTTP requests, WebSockets before auth); past it a new one is closed as it is accepted (0: no cap; loopback never counts)
+    max_pending_per_ip: u32, "ENGINE_MAX_PENDING_PER_IP", "N", default "256";
+    /// Connections one address may open a second; past it a new one is closed as it is accepted (0: no cap; loopback never counts)
+    connects_per_ip_per_sec: u32, "ENGINE_CONNECTS_PER_IP_PER_SEC", "N", default "200";
     // None by default: a client flushing its outbox after a reconnect sends hundreds at
     // once; operators who want a bound set one. A connection's count is one byte and
     // closes at twice the limit, so 127 at most.
     /// Client messages per second one connection may send (1-127; 0: no limit); more get rate_limited, twice as many close it with 1008
     rate_limit: u8, "ENGINE_RATE_LIMIT", "N", default "0 (none)", range (0, 127);
+    // Paced, not refused: a client flushing its outbox after a reconnect is read at this
+    // rate and loses nothing, while a flood waits in its own socket (issue 22).
+    /// Client messages per second one connection's input is read at (1-255; 0: as fast as it comes); past it, reading pauses until the next second, nothing dropped
+    message_pace: u8, "ENGINE_MESSAGE_PACE", "N", default "100";
     // Group creation is open (a join creates), so without a bound one client could grow
     // the groups and the store forever.
     /// Groups one user may be in; a join past it gets `too_many_groups`

@@ -114,7 +114,7 @@ const REACTOR_GAUGES: [ReactorGauge; 2] = [
 ];
 
 /// Counters each reactor keeps.
-const REACTOR_COUNTERS: [ReactorCounter; 16] = [
+const REACTOR_COUNTERS: [ReactorCounter; 18] = [
     (
         "engine_handshakes_total",
         "Completed WebSocket upgrades.",
@@ -154,6 +154,16 @@ const REACTOR_COUNTERS: [ReactorCounter; 16] = [
         "engine_deadlines_met_late_total",
         "Handshake or auth deadlines met by input that had come but was read only when the deadline fired (the reactor ran late, not the client).",
         |r| &r.deadlines_met_late,
+    ),
+    (
+        "engine_refused_per_address_total",
+        "Connections closed as they were accepted: their address held --max-pending-per-ip unauthenticated connections or opened --connects-per-ip-per-sec this second.",
+        |r| &r.refused_per_address,
+    ),
+    (
+        "engine_pace_pauses_total",
+        "Connections whose input paused until the next second: over --message-pace client messages in this one.",
+        |r| &r.pace_pauses,
     ),
     (
         "engine_backpressure_pauses_total",

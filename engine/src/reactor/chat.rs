@@ -124,6 +124,10 @@ impl Reactor {
         };
         let user: Arc<str> = Arc::from(user_id);
         conn.phase = Phase::Authenticated;
+        self.no_longer_pending(at);
+        let Some(conn) = self.conn_mut(at) else {
+            return;
+        };
         conn.user = Some(user.clone());
         conn.deadline = expires_at;
         conn.flags.set(Flags::ACKS, resume.is_some());

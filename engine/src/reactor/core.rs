@@ -110,14 +110,20 @@ pub(crate) struct Reactor {
     pub(crate) failpoint_kill: bool,
     /// Connections that sent messages in the current rate window (their counts reset).
     pub(crate) rate_counted: Vec<ConnAddr>,
+    /// Connections whose input paused at `--message-pace` until the next window.
+    pub(crate) paced: Vec<ConnAddr>,
+    /// The address of each connection from another host that has not authenticated, by
+    /// slot with its generation: counted against its address's caps until it
+    /// authenticates or closes ([`super::admission`]).
+    pending_peers: std::collections::HashMap<u32, (u32, std::net::IpAddr)>,
     /// A spread drain's connections still to close, in the (random) order they go.
     drain_queue: Vec<ConnAddr>,
     /// How many a spread drain has closed so far.
     drain_closed: usize,
     /// The idle sweep's walk over the slab.
-    pub(crate) idle_sweep: super::limits::Sweep,
+    pub(crate) idle_sweep: crate::timer::Sweep,
     /// The session sweep's walk (tokens that expire).
-    pub(crate) session_sweep: super::limits::Sweep,
+    pub(crate) session_sweep: crate::timer::Sweep,
     /// The durable store.
     pub(crate) store: crate::store::Store,
     /// The store's answers to this reactor.
@@ -189,6 +195,8 @@ impl Reactor {
             broadcasts: Gathers::default(),
             failpoint_kill: false,
             rate_counted: Vec::new(),
+            paced: Vec::new(),
+            pending_peers: std::collections::HashMap::new(),
             drain_queue: Vec::new(),
             drain_closed: 0,
             idle_sweep: Default::default(),
@@ -266,10 +274,23 @@ impl Reactor {
     }
 
     /// Takes in a freshly accepted socket.
-    pub(crate) fn adopt(&mut self, fd: RawFd) {
+    pub(crate) fn adopt(&mut self, fd: RawFd, peer: std::net::IpAddr) {
         if self.is_draining() {
             sockets::epoll::close(fd);
             return;
+        }
+        let counted = self.shared.admission.counts(peer);
+        if counted {
+            if let Err(why) = self
+                .shared
+                .admission
+                .admit(peer, crate::protocol::now_ms() / 1000)
+            {
+                debug!(%peer, ?why, "refusing a connection over its address's cap");
+                ReactorStats::bump(&self.stats().refused_per_address);
+                sockets::epoll::close(fd);
+                return;
+            }
         }
         if let Err(e) = conn::prepare_accepted(fd) {
             warn!("dropping accepted socket: {e}");
@@ -281,9 +302,15 @@ impl Reactor {
         match self.sockets.adopt(fd, token(at)) {
             Ok(socket) => {
                 self.conns.insert(Conn::new(socket, generation));
+                if counted {
+                    self.pending_peers.insert(at.slot, (generation, peer));
+                }
             }
             Err(e) => {
                 warn!("dropping accepted socket: {e}");
+                if counted {
+                    self.shared.admission.release(peer);
+                }
                 return;
             }
         }
@@ -291,6 +318,17 @@ impl Reactor {
         // The request head must come within the handshake deadline; an upgrade then
         // re-arms it for `auth`.
         self.set_deadline(at, self.shared.config.handshake_timeout_ms);
+    }
+
+    /// A connection authenticated or closed: its address's count of connections that
+    /// have not authenticated goes down.
+    pub(super) fn no_longer_pending(&mut self, at: ConnAddr) {
+        if let Some(&(generation, peer)) = self.pending_peers.get(&at.slot) {
+            if generation == at.generation {
+                self.pending_peers.remove(&at.slot);
+                self.shared.admission.release(peer);
+            }
+        }
     }
 
     /// The generation of the next connection given a slot.
@@ -488,7 +526,7 @@ impl Reactor {
     /// Backpressure: input that sends envelopes into a mailbox backlog pauses its
     /// connection (the bytes stay in the kernel) until the backlogs drain; with the backlogs
     /// at their cap, every connection pauses. Other connections go on meanwhile.
-    fn read_from(&mut self, at: ConnAddr, short_read_drains: bool) {
+    pub(super) fn read_from(&mut self, at: ConnAddr, short_read_drains: bool) {
         let mut total = 0;
         loop {
             let Some(conn) = self.conn_mut(at) else {
@@ -861,6 +899,7 @@ impl Reactor {
             return;
         }
         self.detach(at);
+        self.no_longer_pending(at);
         let conn = self.conns.remove(at.slot as usize);
         self.sockets.close(conn.socket, token(at));
         ReactorStats::add(&self.stats().connections, -1);

@@ -169,6 +169,9 @@ impl Reactor {
         };
         conn.socket = socket;
         conn.generation = generation;
+        // The reactor it left kept its rate window and pace: it starts afresh here.
+        conn.rate_count = 0;
+        conn.flags.set(Flags::PAUSED, false);
         // The new poll reports the socket writable; output that waits goes out then.
         let waiting = conn.outbound.is_some();
         conn.flags.set(Flags::WRITABLE, !waiting);

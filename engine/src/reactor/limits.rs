@@ -22,39 +22,17 @@ const RATE_WINDOW_TICKS: u64 = 1000 / TICK_MS;
 /// second.
 const SESSION_SWEEP_TICKS: u64 = 5000 / TICK_MS;
 
-/// A walk over the slab that sees every slot once per period, a share of it each tick.
-#[derive(Debug, Default)]
-pub(crate) struct Sweep {
-    /// The slot the next share starts at.
-    cursor: usize,
-    /// Slot looks earned but not made (less than one period's worth).
-    credit: u64,
-}
-
-impl Sweep {
-    /// This tick's share of a slab of `capacity` slots: where it starts and how many
-    /// slots it covers (wrapping), so that `capacity` looks are made per `period_ticks`
-    /// ticks however the two compare (a small slab is not swept faster than the period).
-    fn next_share(&mut self, capacity: usize, period_ticks: u64) -> (usize, usize) {
-        if capacity == 0 {
-            return (0, 0);
-        }
-        self.credit += capacity as u64;
-        let share = (self.credit / period_ticks) as usize;
-        self.credit %= period_ticks;
-        let start = self.cursor % capacity;
-        self.cursor = (start + share) % capacity;
-        (start, share)
-    }
-}
-
 impl Reactor {
     /// Counts one client message against the connection's rate; false when it is over
-    /// the limit and dropped. The first one over gets `error rate_limited`; at twice the
-    /// limit in one window the connection is closed with 1008.
+    /// `--rate-limit` and dropped. The first one over gets `error rate_limited`; at twice
+    /// the limit in one window the connection is closed with 1008. At `--message-pace`
+    /// the connection's input pauses (after this message) until the next window.
     pub(super) fn within_rate(&mut self, at: ConnAddr) -> bool {
-        let limit = self.shared.config.rate_limit;
-        if limit == 0 {
+        let (limit, pace) = (
+            self.shared.config.rate_limit,
+            self.shared.config.message_pace,
+        );
+        if limit == 0 && pace == 0 {
             return true;
         }
         let Some(conn) = self.conn_mut(at) else {
@@ -68,7 +46,12 @@ impl Reactor {
         };
         conn.rate_count = conn.rate_count.saturating_add(1);
         let count = conn.rate_count;
-        if count <= limit {
+        if pace != 0 && count == pace {
+            conn.flags.set(Flags::PAUSED, true);
+            self.paced.push(at);
+            stats::ReactorStats::bump(&self.stats().pace_pauses);
+        }
+        if limit == 0 || count <= limit {
             return true;
         }
         if u16::from(count) >= 2 * u16::from(limit) {
@@ -92,6 +75,7 @@ impl Reactor {
                     conn.rate_count = 0;
                 }
             }
+            self.resume_paced();
         }
         let idle_ms = self.shared.config.idle_timeout_ms;
         if idle_ms > 0 {
@@ -99,6 +83,19 @@ impl Reactor {
         }
         if self.shared.config.jwt.is_some() {
             self.sweep_sessions();
+        }
+    }
+
+    /// A new window: connections paused at `--message-pace` take up what they left
+    /// unread, in their buffer first, then from their sockets.
+    fn resume_paced(&mut self) {
+        for at in std::mem::take(&mut self.paced) {
+            let Some(conn) = self.conn_mut(at) else {
+                continue;
+            };
+            conn.flags.set(Flags::PAUSED, false);
+            self.process_input(at, &mut [], 0);
+            self.read_from(at, false);
         }
     }
 

@@ -20,6 +20,7 @@
 //! - `api`: the HTTP API's requests that wait on other reactors;
 //! - `limits`: rate limit and idle sweep.
 
+mod admission;
 mod api;
 mod chat;
 mod core;
@@ -86,6 +87,8 @@ pub struct Shared {
     pub user_groups: Arc<UserGroups>,
     /// What the cluster thread knows (`--cluster`; `None` alone).
     pub cluster: Option<Arc<crate::cluster::State>>,
+    /// The caps per source address (`--max-pending-per-ip`, `--connects-per-ip-per-sec`).
+    pub admission: admission::Admission,
 }
 
 impl Shared {
@@ -104,6 +107,10 @@ impl Shared {
                 config.presence_visibility == crate::config::PresenceVisibility::Shared,
             )),
             cluster: config.cluster.as_ref().map(|_| Arc::default()),
+            admission: admission::Admission::new(
+                config.max_pending_per_ip,
+                config.connects_per_ip_per_sec,
+            ),
             config,
         })
     }
@@ -306,9 +313,9 @@ fn bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
 async fn accept_loop(reactor: Rc<RefCell<core::Reactor>>, listener: monoio::net::TcpListener) {
     loop {
         match listener.accept().await {
-            Ok((stream, _peer)) => {
+            Ok((stream, peer)) => {
                 let fd = stream.into_raw_fd();
-                reactor.borrow_mut().adopt(fd);
+                reactor.borrow_mut().adopt(fd, peer.ip());
             }
             Err(e) => {
                 if reactor.borrow().is_draining() {

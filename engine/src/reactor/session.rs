@@ -21,6 +21,12 @@ use crate::{
 };
 use tracing::debug;
 
+/// The largest message a WebSocket takes before `auth` (an `auth` is under 5 KiB: a token
+/// of at most 4 KiB and two ids): a connection without a token holds at most twice this
+/// (a partial frame and a partial message) until its auth deadline, rather than twice
+/// `--max-message-bytes` (issue 22). Larger closes with 1009.
+const PRE_AUTH_MESSAGE_BYTES_MAX: usize = 8 << 10;
+
 impl Reactor {
     /// Processes `buffer[..n]` just read for a connection, after any bytes it kept.
     ///
@@ -50,16 +56,28 @@ impl Reactor {
         }
     }
 
+    /// The largest message `phase` takes: before `auth`, [`PRE_AUTH_MESSAGE_BYTES_MAX`].
+    fn message_bytes_max(&self, phase: Phase) -> usize {
+        let max = self.shared.config.max_message_bytes;
+        match phase {
+            Phase::Open => max.min(PRE_AUTH_MESSAGE_BYTES_MAX),
+            _ => max,
+        }
+    }
+
     /// Handles every whole request or frame at the front of `data`; returns bytes used.
     fn consume(&mut self, at: ConnAddr, data: &mut [u8], fragments: &mut Option<Vec<u8>>) -> usize {
-        let max = self.shared.config.max_message_bytes;
         let mut pos = 0;
         loop {
             let Some(conn) = self.conn_mut(at) else {
                 return data.len();
             };
+            let phase = conn.phase;
             if conn.phase == Phase::Moving {
                 return pos; // the rest is read at the connection's home
+            }
+            if conn.flags.has(Flags::PAUSED) {
+                return pos; // at its pace: the rest waits for the next window
             }
             if conn.phase == Phase::Http {
                 if conn.flags.has(Flags::CLOSE_WHEN_FLUSHED) {
@@ -99,6 +117,7 @@ impl Reactor {
                 }
                 continue;
             }
+            let max = self.message_bytes_max(phase);
             match frame::parse_client_frame(&mut data[pos..], max) {
                 Ok(None) => return pos,
                 Ok(Some((parsed, used))) => {
@@ -165,7 +184,8 @@ impl Reactor {
                         "continuation without a message",
                     );
                 };
-                if message.len() + payload.len() > self.shared.config.max_message_bytes {
+                let phase = self.conn_mut(at).map_or(Phase::Closing, |c| c.phase);
+                if message.len() + payload.len() > self.message_bytes_max(phase) {
                     *fragments = None;
                     return self.begin_close(at, close::MESSAGE_TOO_BIG, "message too big");
                 }
