@@ -1,6 +1,7 @@
 //! The push hook for offline users: when the store has committed a chat message to the
 //! queue of a user with no device online, a small JSON goes to `--push-webhook` (an
-//! `http://` URL) so that a push service can wake the user's phone:
+//! `http://` or `https://` URL, posted by ureq over rustls, signed with `--push-secret`:
+//! [`SIGNATURE_HEADER`]) so that a push service can wake the user's phone:
 //! `{"userId","senderId","messageId","groupId"?,"preview"}` where `preview` is the text's
 //! start with `--push-preview`, `null` without.
 //!
@@ -9,8 +10,6 @@
 //! few retries and a growing pause between them.
 
 use std::{
-    io::{self, Read, Write},
-    net::{SocketAddr, TcpStream, ToSocketAddrs},
     sync::{
         atomic::{AtomicU64, Ordering},
         mpsc, Arc,
@@ -19,6 +18,9 @@ use std::{
 };
 
 use bytes::Bytes;
+use hmac::{Hmac, Mac};
+use rustls_pki_types::{pem::PemObject, CertificateDer};
+use sha2::Sha256;
 use tracing::{info, warn};
 
 use crate::protocol::json::Obj;
@@ -33,43 +35,124 @@ pub const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 pub const PREVIEW_CHARS_MAX: usize = 100;
 /// Bound on connecting, sending and reading the answer of one attempt.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The header that signs a body: `t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>.<body>">`.
+pub const SIGNATURE_HEADER: &str = "X-Engine-Signature";
 
-/// Where notifications go: an `http://host:port/path` URL, checked at start.
+/// Where notifications go and how they are signed, checked at start.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Webhook {
-    /// `host:port` as given (the `Host` header).
-    pub authority: String,
-    /// The path (and query), `/` at least.
-    pub path: String,
+    /// An `http://` or `https://` URL.
+    pub url: String,
+    /// The HMAC-SHA256 key that signs each body (`--push-secret`), if any.
+    pub secret: Option<Vec<u8>>,
+    /// The authorities an `https://` webhook's certificate may chain to
+    /// (`--push-ca`); none: the Mozilla roots built in.
+    pub roots: Option<Vec<CertificateDer<'static>>>,
 }
 
 impl Webhook {
-    /// Parses `http://host[:port][/path]`; https is not spoken here (put a local relay in
-    /// front of a TLS endpoint).
-    pub fn parse(url: &str) -> Result<Webhook, String> {
+    /// Checks `url` (`http://` or `https://`, a host, a path without spaces) and reads
+    /// the authorities in the PEM file `ca`; an error names the flag at fault.
+    pub fn parse(
+        url: &str,
+        secret: Option<String>,
+        ca: Option<&str>,
+    ) -> Result<Webhook, (&'static str, String)> {
         let rest = url
-            .strip_prefix("http://")
-            .ok_or("must start with http:// (https is not supported)")?;
-        let (authority, path) = match rest.find('/') {
-            Some(at) => (&rest[..at], &rest[at..]),
-            None => (rest, "/"),
-        };
-        if authority.is_empty() || path.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            return Err("must name a host, and a path without spaces".into());
+            .strip_prefix("https://")
+            .or_else(|| url.strip_prefix("http://"))
+            .ok_or((
+                "push-webhook",
+                "must start with http:// or https://".to_owned(),
+            ))?;
+        let authority = rest.split('/').next().unwrap_or_default();
+        if authority.is_empty() || url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            let problem = "must name a host, and a path without spaces".to_owned();
+            return Err(("push-webhook", problem));
         }
-        let authority = if authority
-            .rsplit_once(':')
-            .is_some_and(|(_, p)| !p.contains(']'))
-        {
-            authority.to_owned()
-        } else {
-            format!("{authority}:80")
+        let secret = match secret {
+            Some(secret) if secret.len() < 32 => {
+                let problem = "must be at least 32 bytes (`openssl rand -hex 32` makes one)";
+                return Err(("push-secret", problem.to_owned()));
+            }
+            secret => secret.map(String::into_bytes),
+        };
+        let roots = match ca {
+            None => None,
+            Some(path) => {
+                let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+                    .and_then(|certs| certs.collect())
+                    .map_err(|e| ("push-ca", format!("cannot read {path}: {e}")))?;
+                if certs.is_empty() {
+                    return Err(("push-ca", format!("{path} holds no PEM certificate")));
+                }
+                Some(certs)
+            }
         };
         Ok(Webhook {
-            authority,
-            path: path.to_owned(),
+            url: url.to_owned(),
+            secret,
+            roots,
         })
     }
+}
+
+/// Posts JSON bodies to a [`Webhook`], signed: the one poster of the gateway's hooks.
+pub struct Poster {
+    webhook: Webhook,
+    agent: ureq::Agent,
+}
+
+impl Poster {
+    /// An HTTP(S) client for `webhook`: TLS by rustls, no redirects, each attempt bounded.
+    pub fn new(webhook: Webhook) -> Poster {
+        let mut tls = ureq::tls::TlsConfig::builder();
+        if let Some(roots) = &webhook.roots {
+            let certs = roots
+                .iter()
+                .map(|der| ureq::tls::Certificate::from_der(der.as_ref()).to_owned())
+                .collect();
+            tls = tls.root_certs(ureq::tls::RootCerts::Specific(Arc::new(certs)));
+        }
+        let agent = ureq::Agent::config_builder()
+            .timeout_global(Some(ATTEMPT_TIMEOUT))
+            .http_status_as_error(false)
+            .max_redirects(0)
+            .tls_config(tls.build())
+            .build()
+            .into();
+        Poster { webhook, agent }
+    }
+
+    /// One POST of `body` (signed when there is a secret); Ok on a 2xx answer.
+    pub fn post(&self, body: &[u8]) -> Result<(), String> {
+        let mut request = self
+            .agent
+            .post(&self.webhook.url)
+            .content_type("application/json");
+        if let Some(secret) = &self.webhook.secret {
+            let now_s = crate::protocol::now_ms() / 1000;
+            request = request.header(SIGNATURE_HEADER, signature(secret, now_s, body));
+        }
+        let answer = request.send(body).map_err(|e| e.to_string())?;
+        let status = answer.status();
+        if status.is_success() {
+            Ok(())
+        } else {
+            Err(format!("the webhook answered {status}"))
+        }
+    }
+}
+
+/// `t=<now_s>,v1=<hex HMAC-SHA256(secret, "<now_s>.<body>")>`: the receiver recomputes it
+/// with the shared secret, compares in constant time, and refuses an old `t` (a replay).
+pub fn signature(secret: &[u8], now_s: u64, body: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes any key length");
+    mac.update(format!("{now_s}.").as_bytes());
+    mac.update(body);
+    let digest = mac.finalize().into_bytes();
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("t={now_s},v1={hex}")
 }
 
 /// What the push hook counts, for `/metrics`.
@@ -106,19 +189,25 @@ impl Push {
 }
 
 /// Starts the push thread; it ends once every [`Push`] handle is gone.
-pub fn start(webhook: Webhook, preview: bool, stats: Arc<PushStats>) -> io::Result<Push> {
+pub fn start(webhook: Webhook, preview: bool, stats: Arc<PushStats>) -> std::io::Result<Push> {
     let (jobs, inbox) = mpsc::sync_channel(QUEUE_MAX);
     let worker_stats = stats.clone();
+    if webhook.secret.is_none() {
+        warn!(
+            "push notifications are not signed: give --push-secret so the webhook can trust them"
+        );
+    }
+    let poster = Poster::new(webhook);
     std::thread::Builder::new()
         .name("push".into())
-        .spawn(move || run(&webhook, preview, &inbox, &worker_stats))?;
+        .spawn(move || run(&poster, preview, &inbox, &worker_stats))?;
     info!("push notifications for offline users go to the webhook");
     Ok(Push { jobs, stats })
 }
 
 /// Posts each job, retrying with backoff; ends when the store's handle is gone.
 fn run(
-    webhook: &Webhook,
+    poster: &Poster,
     preview: bool,
     inbox: &mpsc::Receiver<(Box<str>, Bytes)>,
     stats: &PushStats,
@@ -128,9 +217,9 @@ fn run(
             continue;
         };
         let mut pause = FIRST_BACKOFF;
-        let mut outcome = Err(io::Error::other("not tried"));
+        let mut outcome = Err("not tried".to_owned());
         for attempt in 1..=ATTEMPTS {
-            outcome = post(webhook, &body);
+            outcome = poster.post(&body);
             if outcome.is_ok() || attempt == ATTEMPTS {
                 break;
             }
@@ -170,55 +259,49 @@ fn notification(user: &str, payload: &[u8], preview: bool) -> Option<Vec<u8>> {
     Some(body)
 }
 
-/// One POST; Ok on a 2xx answer.
-fn post(webhook: &Webhook, body: &[u8]) -> io::Result<()> {
-    let address: SocketAddr = webhook
-        .authority
-        .to_socket_addrs()?
-        .next()
-        .ok_or_else(|| io::Error::other("the webhook's host has no address"))?;
-    let mut stream = TcpStream::connect_timeout(&address, ATTEMPT_TIMEOUT)?;
-    stream.set_read_timeout(Some(ATTEMPT_TIMEOUT))?;
-    stream.set_write_timeout(Some(ATTEMPT_TIMEOUT))?;
-    let head = format!(
-        "POST {} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        webhook.path,
-        webhook.authority,
-        body.len()
-    );
-    stream.write_all(head.as_bytes())?;
-    stream.write_all(body)?;
-    let mut status = [0u8; 12];
-    stream.read_exact(&mut status)?;
-    match &status[..9] {
-        b"HTTP/1.1 " | b"HTTP/1.0 " if status[9] == b'2' => Ok(()),
-        _ => Err(io::Error::other(format!(
-            "the webhook answered {}",
-            String::from_utf8_lossy(&status)
-        ))),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn webhook_urls_are_checked() {
-        assert_eq!(
-            Webhook::parse("http://127.0.0.1:9000/hooks/push?k=1"),
-            Ok(Webhook {
-                authority: "127.0.0.1:9000".into(),
-                path: "/hooks/push?k=1".into()
-            })
+    fn webhook_urls_secrets_and_authorities_are_checked() {
+        let hook = Webhook::parse("https://push.example:8443/hooks?k=1", None, None).unwrap();
+        assert_eq!(hook.url, "https://push.example:8443/hooks?k=1");
+        assert!(Webhook::parse("http://127.0.0.1:9000/", None, None).is_ok());
+        for bad in [
+            "ftp://push.example",
+            "http:///path",
+            "http://h/a b",
+            "push.example",
+        ] {
+            let (flag, _) = Webhook::parse(bad, None, None).unwrap_err();
+            assert_eq!(flag, "push-webhook", "{bad}");
+        }
+        let (flag, _) = Webhook::parse("http://h/", Some("short".into()), None).unwrap_err();
+        assert_eq!(flag, "push-secret");
+        let (flag, problem) =
+            Webhook::parse("https://h/", None, Some("/nonexistent.pem")).unwrap_err();
+        assert_eq!(flag, "push-ca", "{problem}");
+    }
+
+    #[test]
+    fn a_signature_is_the_hmac_of_the_time_and_the_body() {
+        // As a receiver checks it: HMAC-SHA256("<t>.<body>") with the shared secret.
+        let secret = b"0123456789abcdef0123456789abcdef";
+        let header = signature(secret, 1_700_000_000, br#"{"userId":"bob"}"#);
+        let mut mac = Hmac::<Sha256>::new_from_slice(secret).unwrap();
+        mac.update(br#"1700000000.{"userId":"bob"}"#);
+        let hex: String = mac
+            .finalize()
+            .into_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(header, format!("t=1700000000,v1={hex}"));
+        assert_ne!(
+            header,
+            signature(secret, 1_700_000_001, br#"{"userId":"bob"}"#)
         );
-        assert_eq!(
-            Webhook::parse("http://push.local").unwrap().authority,
-            "push.local:80"
-        );
-        assert!(Webhook::parse("https://push.example").is_err());
-        assert!(Webhook::parse("http:///path").is_err());
-        assert!(Webhook::parse("http://h/a b").is_err());
     }
 
     #[test]

@@ -126,7 +126,7 @@ fn a_bad_webhook_url_stops_start_up_naming_the_flag() {
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_engine"))
         .args([
             "--push-webhook",
-            "https://push.example/hook",
+            "ftp://push.example/hook",
             "--listen",
             "127.0.0.1:0",
         ])
@@ -138,4 +138,129 @@ fn a_bad_webhook_url_stops_start_up_naming_the_flag() {
         stderr.contains("--push-webhook") && stderr.contains("http://"),
         "{stderr}"
     );
+}
+
+/// An https webhook on an ephemeral port with the test authority's server certificate:
+/// answers 200 and hands over each request's head and body.
+fn tls_webhook(certs: &common::certs::TestCerts) -> (String, mpsc::Receiver<(String, Vec<u8>)>) {
+    use rustls_pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
+    let chain: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_file_iter(certs.path("server.pem"))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+    let key = PrivateKeyDer::from_pem_file(certs.path("server.key")).unwrap();
+    let config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+    let config = std::sync::Arc::new(config);
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!(
+        "https://127.0.0.1:{}/hooks/push",
+        listener.local_addr().unwrap().port()
+    );
+    let (requests, received) = mpsc::channel();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { return };
+            let connection = rustls::ServerConnection::new(config.clone()).unwrap();
+            let mut tls = rustls::StreamOwned::new(connection, stream);
+            let mut reader = BufReader::new(&mut tls);
+            let (mut head, mut line, mut length) = (String::new(), String::new(), 0);
+            loop {
+                line.clear();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                    break;
+                }
+                if let Some(value) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    length = value.trim().parse().unwrap();
+                }
+                head.push_str(&line);
+                if line == "\r\n" {
+                    break;
+                }
+            }
+            let mut body = vec![0; length];
+            // A client that refused the certificate sends nothing: the next one, then.
+            if head.is_empty() || reader.read_exact(&mut body).is_err() {
+                continue;
+            }
+            let answered = tls
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+                .and_then(|()| tls.flush());
+            if answered.is_ok() {
+                let _ = requests.send((head, body));
+            }
+        }
+    });
+    (url, received)
+}
+
+#[test]
+fn pushes_go_over_https_signed_with_the_shared_secret() {
+    let test = "push_over_https";
+    let certs = match common::certs::TestCerts::make(test) {
+        Ok(certs) => certs,
+        Err(why) => return common::nats::skip(test, &why),
+    };
+    let (url, received) = tls_webhook(&certs);
+    const SECRET: &str = "0123456789abcdef0123456789abcdef";
+    let ca = certs.path("ca.pem");
+    let server = Server::start(
+        common::Driver::IoUring,
+        &[
+            "--push-webhook",
+            &url,
+            "--push-secret",
+            SECRET,
+            "--push-ca",
+            &ca,
+        ],
+    );
+    let mut alice = server.login("alice", "phone");
+    alice.send(
+        &json!({"type": "send_message", "messageId": "m1", "receiverId": "bob",
+                       "content": "hi"}),
+    );
+    assert_eq!(alice.recv_type("message_ack")["status"], "queued");
+    let (head, body) = received
+        .recv_timeout(Duration::from_secs(10))
+        .expect("a push arrives over TLS");
+    assert!(head.starts_with("POST /hooks/push HTTP/1.1\r\n"), "{head}");
+    let pushed: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(pushed["userId"], "bob", "{pushed}");
+    // The receiver's check: HMAC-SHA256 of "<t>.<body>" with the shared secret.
+    let signature = head
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("x-engine-signature: ")
+                .or_else(|| l.strip_prefix("X-Engine-Signature: "))
+        })
+        .unwrap_or_else(|| panic!("no signature in {head}"));
+    let (t, v1) = signature.split_once(",v1=").unwrap();
+    let t = t.strip_prefix("t=").unwrap();
+    use hmac::Mac;
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
+    mac.update(format!("{t}.").as_bytes());
+    mac.update(&body);
+    let expected: String = mac
+        .finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(v1, expected);
+    // A webhook whose certificate the engine cannot trust gets nothing.
+    let untrusted = Server::start(common::Driver::IoUring, &["--push-webhook", &url]);
+    let mut carol = untrusted.login("carol", "phone");
+    carol.send(
+        &json!({"type": "send_message", "messageId": "m2", "receiverId": "dan",
+                       "content": "hi"}),
+    );
+    assert_eq!(carol.recv_type("message_ack")["status"], "queued");
+    assert!(received.recv_timeout(Duration::from_secs(2)).is_err());
+    common::wait_until("the push counted failed", || {
+        untrusted.counter("engine_push_failed_total") == 1
+    });
 }

@@ -219,12 +219,8 @@ impl Config {
             retention: retention(settled.retention_days)?,
             store_cache_bytes: (settled.store_cache_mb << 20) as usize,
             store_commit_spacing: std::time::Duration::from_micros(settled.store_commit_spacing_us),
-            push_webhook: match settled.push_webhook {
-                Some(url) => Some(
-                    crate::push::Webhook::parse(&url).map_err(|e| invalid("push-webhook", e))?,
-                ),
-                None => None,
-            },
+            push_webhook: push_webhook(settled.push_webhook, settled.push_secret, settled.push_ca)
+                .map_err(|(flag, problem)| invalid(flag, problem))?,
             push_preview: settled.push_preview,
             cluster: cluster_settings(
                 (settled.cluster, settled.node_id, settled.cluster_replicas),
@@ -280,6 +276,21 @@ fn cluster_settings(
         tls,
         ..settings
     }))
+}
+
+/// `--push-webhook` with its `--push-secret` and `--push-ca` (which need it); an error
+/// names the flag.
+fn push_webhook(
+    url: Option<String>,
+    secret: Option<String>,
+    ca: Option<String>,
+) -> Result<Option<crate::push::Webhook>, (&'static str, String)> {
+    match url {
+        Some(url) => crate::push::Webhook::parse(&url, secret, ca.as_deref()).map(Some),
+        None if secret.is_some() => Err(("push-secret", "needs --push-webhook".into())),
+        None if ca.is_some() => Err(("push-ca", "needs --push-webhook".into())),
+        None => Ok(None),
+    }
 }
 
 /// `--retention-days`, as a duration.
@@ -523,11 +534,17 @@ mod tests {
             assert!(err.to_string().starts_with(flag), "{err}");
         }
         let err = Config::resolve(Args {
-            push_webhook: Some("https://push.example/".into()),
+            push_webhook: Some("ftp://push.example/".into()),
             ..Args::default()
         })
         .unwrap_err();
         assert!(err.to_string().starts_with("--push-webhook:"), "{err}");
+        let err = Config::resolve(Args {
+            push_secret: Some("0123456789abcdef0123456789abcdef".into()),
+            ..Args::default()
+        })
+        .unwrap_err();
+        assert!(err.to_string().starts_with("--push-secret:"), "{err}");
         let err = Config::resolve(Args {
             log_level: Some("[[".into()),
             ..Args::default()

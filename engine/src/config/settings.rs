@@ -288,8 +288,12 @@ settings! {
     /// Move each authenticated WebSocket to its user's home reactor, so that the user's deliveries and acks stay on one thread
     connections_at_home: bool, "ENGINE_CONNECTIONS_AT_HOME", "BOOL", default "true",
         clap(num_args = 0..=1, default_missing_value = "true");
-    /// http:// URL to POST a small JSON to when a message is queued for a user with no device online
+    /// http:// or https:// URL to POST a small JSON to when a message is queued for a user with no device online
     push_webhook: String, "ENGINE_PUSH_WEBHOOK", "URL", default "none";
+    /// Secret (at least 32 bytes) that signs each push body with HMAC-SHA256 in the X-Engine-Signature header
+    push_secret: String, "ENGINE_PUSH_SECRET", "SECRET", default "none", clap(hide_env_values = true);
+    /// PEM certificates of the authorities an https:// push webhook's certificate may chain to; none: the Mozilla roots built in
+    push_ca: String, "ENGINE_PUSH_CA", "FILE", default "none";
     /// Include the start of the message text in push notifications
     push_preview: bool, "ENGINE_PUSH_PREVIEW", "BOOL", default "false",
         clap(num_args = 0..=1, default_missing_value = "true");
