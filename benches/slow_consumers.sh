@@ -35,8 +35,10 @@ trap 'kill $engine $flood 2>/dev/null || true' EXIT
 for rep in $(seq "$REPS"); do
   for mode in without with readers; do
     run="$OUT/$mode-$rep"
+    # --message-pace 0: the flood is one client at FLOOD_RATE, which the default pace
+    # (100 a second) would slow before it reaches the slow consumers this measures.
     target/release/engine --listen "127.0.0.1:$PORT" --reactors "$REACTORS" \
-      --data-dir "$run-data" --log-level warn > "$run-engine.log" 2>&1 &
+      --data-dir "$run-data" --log-level warn --message-pace 0 > "$run-engine.log" 2>&1 &
     engine=$!
     sleep 1
     if [ "$mode" != without ]; then

@@ -97,8 +97,13 @@ pub fn from_pem_file(path: &Path) -> Result<Vec<PublicKey>, String> {
 pub fn from_jwks_file(path: &Path) -> Result<Vec<PublicKey>, String> {
     let shown = path.display();
     let text = std::fs::read(path).map_err(|e| format!("cannot read {shown}: {e}"))?;
+    from_jwks(&text, &shown.to_string())
+}
+
+/// A JSON Web Key Set's text (`shown` names it in errors): see [`from_jwks_file`].
+pub fn from_jwks(text: &[u8], shown: &str) -> Result<Vec<PublicKey>, String> {
     let set: serde_json::Value =
-        serde_json::from_slice(&text).map_err(|e| format!("{shown} is not JSON: {e}"))?;
+        serde_json::from_slice(text).map_err(|e| format!("{shown} is not JSON: {e}"))?;
     let Some(entries) = set.get("keys").and_then(|k| k.as_array()) else {
         return Err(format!("{shown} has no \"keys\" array (RFC 7517)"));
     };
