@@ -145,11 +145,11 @@ fn pipelined_requests_are_answered_in_order_behind_a_pending_send() {
     let _bob = server.login("bob", "phone");
     let body = r#"{"sender_id":"a","receiver_id":"bob","text":"1"}"#;
     let send = format!(
-        "POST /api/messages/send HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        "POST /api/messages/send HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
     let raw = format!(
-        "{send}GET /health/live HTTP/1.1\r\nHost: x\r\n\r\n{send}GET /nope HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        "{send}GET /health/live HTTP/1.1\r\nHost: localhost\r\n\r\n{send}GET /nope HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
     );
     let response = server.http(&raw);
     let statuses: Vec<&str> = response
@@ -222,7 +222,7 @@ fn bad_requests_get_json_errors_with_the_right_status() {
     assert_eq!(status, 404);
     let huge = "x".repeat(70 * 1024);
     let (status, body) = split_response(&server.http(&format!(
-        "POST /api/messages/send HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{huge}",
+        "POST /api/messages/send HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\n\r\n{huge}",
         huge.len()
     )));
     assert_eq!(status, 413, "{body}");

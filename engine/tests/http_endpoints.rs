@@ -35,7 +35,7 @@ fn unknown_paths_are_404_with_a_json_body() {
 #[test]
 fn keep_alive_serves_several_requests_on_one_connection() {
     let server = Server::start(common::Driver::IoUring, &[]);
-    let two = "GET /health/live HTTP/1.1\r\nHost: x\r\n\r\nGET /health/live HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    let two = "GET /health/live HTTP/1.1\r\nHost: localhost\r\n\r\nGET /health/live HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
     let response = server.http(two);
     assert_eq!(response.matches("HTTP/1.1 200 OK").count(), 2, "{response}");
 }
@@ -45,13 +45,13 @@ fn refused_upgrades_and_malformed_requests_get_clear_statuses() {
     on_both_drivers(|driver| {
         let server = Server::start(driver, &[]);
         let old_version = server.http(
-            "GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 8\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+            "GET /ws HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 8\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
         );
         assert!(old_version.starts_with("HTTP/1.1 426"), "{old_version}");
         assert!(old_version.contains("Sec-WebSocket-Version: 13"));
-        let no_key = server.http("GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\r\n");
+        let no_key = server.http("GET /ws HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\r\n");
         assert!(no_key.starts_with("HTTP/1.1 400"), "{no_key}");
-        let plain = server.http("GET /ws HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        let plain = server.http("GET /ws HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
         assert!(plain.starts_with("HTTP/1.1 426"), "{plain}");
         let garbage = server.http("\x01\x02 nonsense\r\n\r\n");
         assert!(garbage.starts_with("HTTP/1.1 400"), "{garbage}");

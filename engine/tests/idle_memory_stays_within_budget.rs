@@ -49,7 +49,7 @@ fn open_idle(addr: std::net::SocketAddr, users: std::ops::Range<usize>, into: &m
         let mut stream = TcpStream::connect(addr).unwrap();
         let auth = format!(r#"{{"type":"auth","userId":"idle{user}","deviceId":"d"}}"#);
         let mut request =
-            b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+            b"GET /ws HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
                 .to_vec();
         engine::ws::frame::encode_client(

@@ -76,7 +76,7 @@ fn a_reset_before_reading_loses_nothing_and_the_receipt_waits_for_the_ack() {
     let key = "dGhlIHNhbXBsZSBub25jZQ==";
     write!(
         raw,
-        "GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+        "GET /ws HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
     )
     .unwrap();
@@ -299,7 +299,7 @@ fn an_http_drain_cut_off_loses_nothing() {
     }
     // A drain whose connection resets before the answer is read: nothing is removed.
     let mut cut = TcpStream::connect(server.addr).unwrap();
-    cut.write_all(b"GET /api/messages/queue/bob?drain=true HTTP/1.1\r\nHost: x\r\n\r\n")
+    cut.write_all(b"GET /api/messages/queue/bob?drain=true HTTP/1.1\r\nHost: localhost\r\n\r\n")
         .unwrap();
     reset(cut);
     std::thread::sleep(Duration::from_millis(300));

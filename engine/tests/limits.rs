@@ -134,7 +134,7 @@ fn past_the_connection_cap_an_upgrade_gets_503_and_health_still_answers() {
         let clients: Vec<_> = (0..3)
             .map(|i| server.login(&format!("u{i}"), "d"))
             .collect();
-        let upgrade = "GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+        let upgrade = "GET /ws HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
                    Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
         let (status, body) = common::split_response(&server.http(upgrade));
         assert_eq!(status, 503, "{body}");
@@ -156,7 +156,7 @@ fn past_the_connection_cap_an_upgrade_gets_503_and_health_still_answers() {
 /// An upgrade request whose head carries `pad` extra bytes in one header.
 fn padded_upgrade(pad: usize) -> String {
     format!(
-        "GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+        "GET /ws HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
          Cookie: {}\r\n\r\n",
         "c".repeat(pad)
@@ -202,7 +202,7 @@ fn a_handshake_dribbled_a_header_at_a_time_is_cut_off_at_the_handshake_timeout()
         let mut stream = TcpStream::connect(server.addr).unwrap();
         let started = Instant::now();
         stream
-            .write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\n")
+            .write_all(b"GET /ws HTTP/1.1\r\nHost: localhost\r\n")
             .unwrap();
         stream
             .set_read_timeout(Some(Duration::from_millis(100)))

@@ -9,7 +9,7 @@ use common::{fresh_data_dir, split_response, Server};
 /// A WebSocket upgrade request, with any extra header lines.
 fn upgrade_request(extra: &str) -> String {
     format!(
-        "GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+        "GET /ws HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{extra}\r\n"
     )
 }
@@ -79,13 +79,13 @@ fn two_content_lengths_are_refused_and_the_connection_closed() {
     let server = Server::start(common::Driver::IoUring, &[]);
     // Read with CL: 0 the body would be a second request; a lenient proxy that read the
     // second header would have forwarded it as one body.
-    let smuggled = "GET /api/stats HTTP/1.1\r\nHost: x\r\n\r\n";
+    let smuggled = "GET /api/stats HTTP/1.1\r\nHost: localhost\r\n\r\n";
     for lengths in [
         format!("Content-Length: 0\r\nContent-Length: {}", smuggled.len()),
         format!("Content-Length: +{}", smuggled.len()),
     ] {
         let raw = format!(
-            "POST /api/messages/send HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+            "POST /api/messages/send HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
              {lengths}\r\n\r\n{smuggled}"
         );
         let response = server.http(&raw);
@@ -770,4 +770,33 @@ fn before_auth_a_connection_holds_little() {
     let mut alice = server.login("alice", "d");
     let ack = alice.send_chat("big", "bob", &"y".repeat(20_000));
     assert_eq!(ack["status"], "queued", "{ack}");
+}
+
+#[test]
+fn a_page_rebinding_its_domain_here_gets_nothing_open() {
+    let server = Server::start(common::Driver::IoUring, &[]);
+    // DNS rebinding: evil.example now resolves to this address, and its page's requests
+    // are same-origin to it, so no CORS check stops them; they name evil.example.
+    let rebound = upgrade_request("").replace("Host: localhost", "Host: evil.example:8080");
+    assert_eq!(first_status(&server, &rebound), 403);
+    let body = r#"{"sender_id":"a","receiver_id":"b","text":"hi"}"#;
+    let raw = format!(
+        "POST /api/messages/send HTTP/1.1\r\nHost: evil.example:8080\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let (status, answer) = split_response(&server.http(&raw));
+    assert_eq!(status, 403, "{answer}");
+    assert!(answer.contains("forbidden_host"), "{answer}");
+    assert_eq!(
+        first_status(&server, &upgrade_request("")),
+        101,
+        "localhost"
+    );
+    // Tokens close what the rebinding would reach: then any host name is served.
+    let guarded = Server::start(
+        common::Driver::IoUring,
+        &["--jwt-secret", tokens::SECRET, "--api-token", "t"],
+    );
+    assert_eq!(first_status(&guarded, &rebound), 101);
 }

@@ -143,7 +143,7 @@ fn misbehave(server: &Server, kind: usize, round: usize, garbage: &mut Garbage) 
         _ => {
             let mut stream = TcpStream::connect(server.addr).unwrap();
             stream
-                .write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\nUpg")
+                .write_all(b"GET /ws HTTP/1.1\r\nHost: localhost\r\nUpg")
                 .unwrap();
             if round.is_multiple_of(2) {
                 reset_on_drop(&stream);

@@ -1,5 +1,6 @@
 //! `--allowed-origins` (PROTOCOL.md v2, "Transport security and safe defaults"): which
-//! web pages may open a WebSocket or call the API.
+//! web pages may open a WebSocket or call the API; and [`names_this_host`], which keeps
+//! pages that rebind their domain to this address away from what is open.
 //!
 //! A browser names the page that makes a request in `Origin`, and a page cannot forge it;
 //! so a list of origins keeps other sites' pages (CSRF, DNS rebinding) from acting with a
@@ -40,6 +41,34 @@ impl AllowedOrigins {
     }
 }
 
+/// Whether a request's `Host` names this host as only a local program or the address
+/// itself would: an IP literal, `localhost` or a name under `.localhost` (or no `Host`
+/// at all: not a browser). A page whose domain an attacker rebinds to this address (DNS
+/// rebinding) sends its own domain, and is refused what open mode or an open API would
+/// give it.
+pub fn names_this_host(host: Option<&str>) -> bool {
+    let Some(host) = host else {
+        return true;
+    };
+    let name = match host.strip_prefix('[') {
+        Some(bracketed) => {
+            return bracketed
+                .split(']')
+                .next()
+                .is_some_and(|ip| ip.parse::<std::net::Ipv6Addr>().is_ok())
+        }
+        None => host.rsplit_once(':').map_or(host, |(name, port)| {
+            if port.bytes().all(|b| b.is_ascii_digit()) {
+                name
+            } else {
+                host
+            }
+        }),
+    };
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    name.parse::<std::net::IpAddr>().is_ok() || name == "localhost" || name.ends_with(".localhost")
+}
+
 /// `origin` as compared: lower-case, without a trailing `/`; `None` when it is not
 /// `http(s)://host[:port]` (no path, no user, no query).
 fn normalize(origin: &str) -> Option<String> {
@@ -74,6 +103,30 @@ mod tests {
         assert!(!allowed.permits(Some("null")));
         assert!(!allowed.permits(Some("")));
         assert!(allowed.permits(None), "no Origin: not a browser page");
+    }
+
+    #[test]
+    fn only_local_names_and_addresses_name_this_host() {
+        for host in [
+            None,
+            Some("127.0.0.1:8080"),
+            Some("10.0.0.5"),
+            Some("[::1]:8080"),
+            Some("localhost:8080"),
+            Some("LOCALHOST."),
+            Some("app.localhost"),
+        ] {
+            assert!(names_this_host(host), "{host:?}");
+        }
+        for host in [
+            "evil.example:8080",
+            "evil.example",
+            "localhost.evil.example",
+            "[evil]:80",
+            "127.0.0.1.nip.io",
+        ] {
+            assert!(!names_this_host(Some(host)), "{host}");
+        }
     }
 
     #[test]

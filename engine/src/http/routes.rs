@@ -8,7 +8,7 @@ use super::{
     api::{self, ApiError, BroadcastRequest, SendRequest},
     health::Health,
     metrics,
-    origin::AllowedOrigins,
+    origin::{self, AllowedOrigins},
     request::{percent_decode, Request},
     response,
 };
@@ -122,6 +122,16 @@ fn refuse(request: &Request, allowed: &[&str], context: &Context<'_>) -> Option<
         return Some(response::json_error(
             403,
             "forbidden_origin",
+            text,
+            keep_alive,
+        ));
+    }
+    if api && context.api_token.is_none() && !origin::names_this_host(request.header("host")) {
+        let text = "an open API (no --api-token) answers only requests to this host's \
+                    address or localhost";
+        return Some(response::json_error(
+            403,
+            "forbidden_host",
             text,
             keep_alive,
         ));

@@ -6,6 +6,7 @@ use crate::conn::{Flags, Inbound, Phase};
 use crate::{
     http::{
         health::Health,
+        origin,
         request::{self, Request, BODY_BYTES_MAX},
         response,
         routes::{self, Route},
@@ -254,6 +255,12 @@ impl Reactor {
             stats::ReactorStats::bump(&self.stats().handshake_failures);
             let text = "this origin is not in --allowed-origins";
             let answer = response::json_error(403, "forbidden_origin", text, false);
+            return self.send_final(at, Outgoing::http(answer));
+        }
+        if self.shared.config.jwt.is_none() && !origin::names_this_host(req.header("host")) {
+            stats::ReactorStats::bump(&self.stats().handshake_failures);
+            let text = "open mode answers only upgrades to this host's address or localhost";
+            let answer = response::json_error(403, "forbidden_host", text, false);
             return self.send_final(at, Outgoing::http(answer));
         }
         if let Some(why) = self.over_capacity() {

@@ -328,7 +328,7 @@ impl Server {
     /// says `Content-Type: application/json` unless `headers` name another.
     pub fn request(&self, method: &str, path: &str, headers: &[&str], body: &str) -> (u16, String) {
         let mut head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n",
+            "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: {}\r\n",
             body.len()
         );
         let typed = headers
@@ -542,7 +542,7 @@ pub fn raw_login(server: &Server, user: &str) -> TcpStream {
     let mut stream = TcpStream::connect(server.addr).unwrap();
     let auth = format!(r#"{{"type":"auth","userId":"{user}","deviceId":"d"}}"#);
     let mut request =
-        b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+        b"GET /ws HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
             .to_vec();
     request.extend_from_slice(&raw_frame(0x81, auth.as_bytes()));

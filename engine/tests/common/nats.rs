@@ -87,7 +87,7 @@ impl Nats {
         let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
             return false;
         };
-        let request = "GET /healthz HTTP/1.0\r\nHost: x\r\n\r\n";
+        let request = "GET /healthz HTTP/1.0\r\nHost: localhost\r\n\r\n";
         let mut answer = String::new();
         let _ = stream.write_all(request.as_bytes());
         let _ = stream.read_to_string(&mut answer);
