@@ -16,46 +16,15 @@
 mod support;
 
 use std::{
-    alloc::{GlobalAlloc, Layout},
     net::{SocketAddr, TcpStream},
-    sync::{
-        atomic::{AtomicIsize, Ordering},
-        Arc, Barrier,
-    },
+    sync::{atomic::Ordering, Arc, Barrier},
     time::Duration,
 };
 
 use engine::{config::Config, Engine};
 
-struct Counting;
-
-static LIVE_BYTES: AtomicIsize = AtomicIsize::new(0);
-
-// SAFETY: forwards to mimalloc unchanged; only counts sizes.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        LIVE_BYTES.fetch_add(layout.size() as isize, Ordering::Relaxed);
-        unsafe { mimalloc::MiMalloc.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        LIVE_BYTES.fetch_sub(layout.size() as isize, Ordering::Relaxed);
-        unsafe { mimalloc::MiMalloc.dealloc(ptr, layout) }
-    }
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        LIVE_BYTES.fetch_add(layout.size() as isize, Ordering::Relaxed);
-        unsafe { mimalloc::MiMalloc.alloc_zeroed(layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        LIVE_BYTES.fetch_add(
-            new_size as isize - layout.size() as isize,
-            Ordering::Relaxed,
-        );
-        unsafe { mimalloc::MiMalloc.realloc(ptr, layout, new_size) }
-    }
-}
-
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static GLOBAL: support::Counting = support::Counting;
 
 const AUTH_TIMEOUT_MS: u64 = 500;
 /// Clients one thread holds: under this box's open-file limit of 20,000 a table.
@@ -89,7 +58,7 @@ fn main() {
     let addr = engine.local_addr();
     let settle = || std::thread::sleep(Duration::from_millis(AUTH_TIMEOUT_MS + 700));
     settle();
-    let (heap_0, rss_0) = (LIVE_BYTES.load(Ordering::Relaxed), rss_bytes());
+    let (heap_0, rss_0) = (support::LIVE_BYTES.load(Ordering::Relaxed), rss_bytes());
     let half = connections / 2;
     // Each client thread opens its share of N/2, waits while the heap is read, opens its
     // share of N, waits again, and closes its clients once the second reading is taken.
@@ -110,7 +79,7 @@ fn main() {
     for _ in [half, connections] {
         phase.wait(); // every thread has opened its share
         settle();
-        readings.push((LIVE_BYTES.load(Ordering::Relaxed), rss_bytes()));
+        readings.push((support::LIVE_BYTES.load(Ordering::Relaxed), rss_bytes()));
         phase.wait(); // the reading is taken
     }
     let clients_heap: usize = holders

@@ -1,8 +1,11 @@
-//! What the in-process benches share: a minimal WebSocket client over a blocking socket.
+//! What the in-process benches share: a minimal WebSocket client over a blocking socket,
+//! and a counting allocator for those that measure heap bytes.
 
 use std::{
+    alloc::{GlobalAlloc, Layout},
     io::{Read, Write},
     net::{IpAddr, SocketAddr, TcpStream},
+    sync::atomic::{AtomicIsize, Ordering},
     time::Duration,
 };
 
@@ -65,5 +68,37 @@ pub fn read_until(stream: &mut TcpStream, needle: &[u8]) {
         let n = stream.read(&mut chunk).expect("the expected frame arrives");
         assert!(n > 0, "closed before {}", String::from_utf8_lossy(needle));
         seen.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// Live heap bytes, kept by [`Counting`] where a bench makes it the global allocator.
+#[allow(dead_code)] // each bench includes this module and uses what it needs
+pub static LIVE_BYTES: AtomicIsize = AtomicIsize::new(0);
+
+/// mimalloc with every allocation's size counted in [`LIVE_BYTES`]: a bench declares
+/// `#[global_allocator] static GLOBAL: support::Counting = support::Counting;`.
+#[allow(dead_code)] // each bench includes this module and uses what it needs
+pub struct Counting;
+
+// SAFETY: forwards to mimalloc unchanged; only counts sizes.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        LIVE_BYTES.fetch_add(layout.size() as isize, Ordering::Relaxed);
+        unsafe { mimalloc::MiMalloc.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE_BYTES.fetch_sub(layout.size() as isize, Ordering::Relaxed);
+        unsafe { mimalloc::MiMalloc.dealloc(ptr, layout) }
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        LIVE_BYTES.fetch_add(layout.size() as isize, Ordering::Relaxed);
+        unsafe { mimalloc::MiMalloc.alloc_zeroed(layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        LIVE_BYTES.fetch_add(
+            new_size as isize - layout.size() as isize,
+            Ordering::Relaxed,
+        );
+        unsafe { mimalloc::MiMalloc.realloc(ptr, layout, new_size) }
     }
 }
