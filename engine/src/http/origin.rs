@@ -129,6 +129,17 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        #[test]
+        fn any_origin_or_host_is_judged_without_panicking(text in "\\PC{0,80}") {
+            let allowed = AllowedOrigins::parse("https://chat.example").unwrap();
+            let permitted = allowed.permits(Some(&text));
+            proptest::prop_assert!(!permitted || text.to_ascii_lowercase().trim_end_matches('/') == "https://chat.example");
+            let _ = names_this_host(Some(&text));
+            let _ = AllowedOrigins::parse(&text);
+        }
+    }
+
     #[test]
     fn what_is_not_an_origin_is_refused_at_start() {
         for bad in [

@@ -309,5 +309,12 @@ mod tests {
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
             let _ = parse(&bytes, HEAD_BYTES_MAX);
         }
+
+        #[test]
+        fn percent_encoded_text_decodes_to_itself(text in "\\PC{0,40}") {
+            let encoded: String = text.bytes().map(|b| format!("%{b:02X}")).collect();
+            prop_assert_eq!(percent_decode(&encoded), Some(text.clone()));
+            let _ = percent_decode(&text);
+        }
     }
 }

@@ -65,6 +65,15 @@ impl Settings {
 mod tests {
     use super::*;
 
+    proptest::proptest! {
+        #[test]
+        fn any_stored_bytes_are_read_or_refused(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..120)) {
+            if let Some(settings) = Settings::decode(&bytes) {
+                proptest::prop_assert_eq!(Settings::decode(&settings.encode()), Some(settings));
+            }
+        }
+    }
+
     #[test]
     fn settings_give_roles_and_survive_a_round_trip() {
         let settings = Settings {

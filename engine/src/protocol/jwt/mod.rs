@@ -348,6 +348,15 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        #[test]
+        fn no_made_up_token_is_taken(parts in proptest::collection::vec("[A-Za-z0-9_-]{0,60}", 0..5)) {
+            let token = parts.join(".");
+            let verifier = Verifier::new(Some(SECRET.to_vec()), rsa_keys(), false);
+            proptest::prop_assert!(verifier.verify(&token, "u1", 0).is_err());
+        }
+    }
+
     #[test]
     fn tampered_payload_fails_the_signature() {
         let token = sign(r#"{"sub":"u1","exp":9}"#, SECRET);
