@@ -372,6 +372,11 @@ fn jwt_verifier(
         public.extend(keys::from_jwks_file(&path).map_err(|e| invalid("jwt-jwks", e))?);
     }
     if secret.is_none() && public.is_empty() {
+        if !exp_required {
+            let problem =
+                "needs --jwt-secret, --jwt-public-key or --jwt-jwks (open mode has no tokens)";
+            return Err(invalid("jwt-exp-optional", problem));
+        }
         return Ok(None);
     }
     let verifier = Verifier::new(secret, public, exp_required);
@@ -487,6 +492,12 @@ mod tests {
         })
         .unwrap_err();
         assert!(err.to_string().starts_with("--jwt-public-key:"), "{err}");
+        let err = Config::resolve(Args {
+            jwt_exp_optional: Some(true),
+            ..Args::default()
+        })
+        .unwrap_err();
+        assert!(err.to_string().starts_with("--jwt-exp-optional:"), "{err}");
         let err = Config::resolve(Args {
             api_token: Some("two words".into()),
             ..Args::default()
