@@ -793,10 +793,13 @@ fn a_page_rebinding_its_domain_here_gets_nothing_open() {
         101,
         "localhost"
     );
-    // Tokens close what the rebinding would reach: then any host name is served.
+    // Tokens close what the rebinding would reach: then any host name is served; and so
+    // does --allow-open, which says open is meant for whoever reaches it.
     let guarded = Server::start(
         common::Driver::IoUring,
         &["--jwt-secret", tokens::SECRET, "--api-token", "t"],
     );
     assert_eq!(first_status(&guarded, &rebound), 101);
+    let meant = Server::start(common::Driver::IoUring, &["--allow-open"]);
+    assert_eq!(first_status(&meant, &rebound), 101);
 }

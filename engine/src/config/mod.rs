@@ -49,6 +49,9 @@ pub struct Config {
     pub jwt: Option<std::sync::Arc<crate::protocol::jwt::Verifier>>,
     /// Bearer token for `/api/*`; `None` leaves the API open.
     pub api_token: Option<String>,
+    /// `--allow-open`: open mode or an open API is meant for any host that reaches it
+    /// (off loopback, and by any host name).
+    pub allow_open: bool,
     /// The web pages whose upgrades and API calls are taken; `None`: every page.
     pub allowed_origins: Option<crate::http::origin::AllowedOrigins>,
     /// Where the durable store keeps its file.
@@ -206,6 +209,7 @@ impl Config {
             handshake_bytes_max: settled.handshake_bytes_max,
             jwt,
             api_token,
+            allow_open: settled.allow_open,
             allowed_origins: match settled.allowed_origins {
                 Some(list) => Some(
                     crate::http::origin::AllowedOrigins::parse(&list)

@@ -28,6 +28,8 @@ pub struct Context<'a> {
     pub api_token: Option<&'a str>,
     /// The web pages whose API calls are taken (`None`: every page).
     pub allowed_origins: Option<&'a AllowedOrigins>,
+    /// `--allow-open`: an open API answers requests by any host name.
+    pub allow_open: bool,
     /// The store's counters.
     pub store: &'a StoreStats,
     /// The cluster, if the node is in one.
@@ -126,9 +128,10 @@ fn refuse(request: &Request, allowed: &[&str], context: &Context<'_>) -> Option<
             keep_alive,
         ));
     }
-    if api && context.api_token.is_none() && !origin::names_this_host(request.header("host")) {
+    let open = api && context.api_token.is_none() && !context.allow_open;
+    if open && !origin::names_this_host(request.header("host")) {
         let text = "an open API (no --api-token) answers only requests to this host's \
-                    address or localhost";
+                    address or localhost (or any, with --allow-open)";
         return Some(response::json_error(
             403,
             "forbidden_host",
@@ -330,6 +333,7 @@ mod tests {
             reactors: &reactors,
             api_token: token,
             allowed_origins,
+            allow_open: false,
             store: &store,
             cluster: None,
         };

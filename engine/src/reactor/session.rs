@@ -225,6 +225,7 @@ impl Reactor {
             reactors: &self.shared.stats,
             api_token: self.shared.config.api_token.as_deref(),
             allowed_origins: self.shared.config.allowed_origins.as_ref(),
+            allow_open: self.shared.config.allow_open,
             store: &self.store.stats,
             cluster: self.shared.cluster.as_deref(),
         };
@@ -257,9 +258,12 @@ impl Reactor {
             let answer = response::json_error(403, "forbidden_origin", text, false);
             return self.send_final(at, Outgoing::http(answer));
         }
-        if self.shared.config.jwt.is_none() && !origin::names_this_host(req.header("host")) {
+        let config = &self.shared.config;
+        let open = config.jwt.is_none() && !config.allow_open;
+        if open && !origin::names_this_host(req.header("host")) {
             stats::ReactorStats::bump(&self.stats().handshake_failures);
-            let text = "open mode answers only upgrades to this host's address or localhost";
+            let text = "open mode answers only upgrades to this host's address or localhost \
+                        (or any, with --allow-open)";
             let answer = response::json_error(403, "forbidden_host", text, false);
             return self.send_final(at, Outgoing::http(answer));
         }
