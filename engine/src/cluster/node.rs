@@ -524,16 +524,11 @@ async fn watch_groups(bucket: &kv::Store, homes: &Reactors) {
                         joined: put,
                     },
                 ),
-                Some(GroupKey::Settings(group)) => (
-                    home_of(&group),
-                    Envelope::GroupSettings {
-                        group,
-                        settings: put
-                            .then(|| Settings::decode(&entry.value))
-                            .flatten()
-                            .map(Box::new),
-                    },
-                ),
+                Some(GroupKey::Settings(group)) => {
+                    let settings =
+                        put.then(|| Box::new(Settings::from_stored(&entry.value, &group)));
+                    (home_of(&group), Envelope::GroupSettings { group, settings })
+                }
                 None => continue,
             };
             homes.send(home, Inbound::Mail(change));

@@ -59,6 +59,22 @@ impl Settings {
     pub fn decode(bytes: &[u8]) -> Option<Settings> {
         serde_json::from_slice(bytes).ok()
     }
+
+    /// `group`'s settings as the store or the cluster's bucket holds them. A record that
+    /// does not parse (another version's, or damaged) closes the group, logged: invite-only
+    /// with no owner, so its members stay and nobody new joins, rather than open it to all.
+    pub fn from_stored(bytes: &[u8], group: &str) -> Settings {
+        Settings::decode(bytes).unwrap_or_else(|| {
+            tracing::warn!(
+                group,
+                "group settings that do not parse: the group is closed"
+            );
+            Settings {
+                invite: true,
+                ..Settings::default()
+            }
+        })
+    }
 }
 
 #[cfg(test)]
@@ -91,6 +107,8 @@ mod tests {
         assert_eq!(Settings::decode(&settings.encode()), Some(settings.clone()));
         assert_eq!(Settings::decode(b"{}"), Some(Settings::default()));
         assert_eq!(Settings::decode(b"1"), None);
+        let closed = Settings::from_stored(b"{damaged", "g");
+        assert!(closed.invite && closed.owner.is_none(), "{closed:?}");
         let without = settings.without("ann").without("bob");
         assert_eq!(without.owner, None);
         assert!(without.admins.is_empty() && without.invite);

@@ -12,7 +12,6 @@ use super::{
     view::View,
 };
 use crate::protocol::{codes::OutKind, now_ms, Priority};
-use tracing::warn;
 
 /// The [`META`] key of the next history sequence number.
 pub(super) const NEXT_SEQUENCE: &str = "next_sequence";
@@ -172,8 +171,10 @@ fn move_old_queues(db: &Database, heads: &mut Heads) -> Result<u64, redb::Error>
 }
 
 /// Every group membership and setting in the file (read once at start). A settings
-/// record that does not parse (written by another version) is left out and logged: its
-/// group opens up as a v1 group rather than stop the gateway.
+/// record that does not parse closes its group ([`Settings::from_stored`]) rather than
+/// stop the gateway.
+///
+/// [`Settings::from_stored`]: crate::protocol::access::Settings::from_stored
 pub(super) fn groups(db: &Database) -> Result<super::StoredGroups, redb::Error> {
     let read = db.begin_read()?;
     let mut groups = super::StoredGroups::default();
@@ -184,13 +185,9 @@ pub(super) fn groups(db: &Database) -> Result<super::StoredGroups, redb::Error> 
     }
     for entry in read.open_table(GROUP_SETTINGS)?.iter()? {
         let (group, record) = entry?;
-        match crate::protocol::access::Settings::decode(record.value()) {
-            Some(parsed) => groups.settings.push((group.value().into(), parsed)),
-            None => warn!(
-                group = group.value(),
-                "group settings that do not parse; left out"
-            ),
-        }
+        let settings =
+            crate::protocol::access::Settings::from_stored(record.value(), group.value());
+        groups.settings.push((group.value().into(), settings));
     }
     Ok(groups)
 }
