@@ -696,17 +696,6 @@ fn a_group_spans_nodes_and_a_node_that_starts_later_knows_its_members() {
     });
 }
 
-/// Sends a group request and returns the first `group_member` or `error` answer.
-fn group_request(client: &mut common::Client, request: Value) -> Value {
-    client.send(&request);
-    loop {
-        let answer = client.recv();
-        if answer["type"] == "group_member" || answer["type"] == "error" {
-            return answer;
-        }
-    }
-}
-
 #[test]
 fn an_invite_only_group_is_closed_on_every_node_and_admins_act_from_any() {
     with_nats("group_access_across_nodes", |nats| {
@@ -714,13 +703,10 @@ fn an_invite_only_group_is_closed_on_every_node_and_admins_act_from_any() {
         let mut alice = a.login("alice", "phone");
         let mut bob = b.login("bob", "phone");
         let mut mallory = b.login("mallory", "phone");
-        let created = group_request(
-            &mut alice,
-            json!({"type": "group_create", "groupId": "crew", "access": "invite"}),
-        );
+        let created = alice
+            .group_request(json!({"type": "group_create", "groupId": "crew", "access": "invite"}));
         assert_eq!(created["role"], "owner", "{created}");
-        let added = group_request(
-            &mut alice,
+        let added = alice.group_request(
             json!({"type": "group_add", "groupId": "crew", "userId": "bob", "role": "admin"}),
         );
         assert_eq!(added["role"], "admin", "{added}");
@@ -729,20 +715,12 @@ fn an_invite_only_group_is_closed_on_every_node_and_admins_act_from_any() {
         assert_eq!(bob.recv_type("group_member")["role"], "admin");
         // The watch and the inbox are two streams: give the watch a moment more.
         std::thread::sleep(Duration::from_millis(300));
-        let refused = group_request(
-            &mut mallory,
-            json!({"type": "group_join", "groupId": "crew"}),
-        );
+        let refused = mallory.group_request(json!({"type": "group_join", "groupId": "crew"}));
         assert_eq!(refused["code"], "forbidden", "{refused}");
-        let taken = group_request(
-            &mut mallory,
-            json!({"type": "group_create", "groupId": "crew"}),
-        );
+        let taken = mallory.group_request(json!({"type": "group_create", "groupId": "crew"}));
         assert_eq!(taken["code"], "conflict", "{taken}");
-        let added = group_request(
-            &mut bob,
-            json!({"type": "group_add", "groupId": "crew", "userId": "mallory"}),
-        );
+        let added =
+            bob.group_request(json!({"type": "group_add", "groupId": "crew", "userId": "mallory"}));
         assert_eq!(
             added["userId"], "mallory",
             "an admin adds from any node: {added}"
@@ -757,7 +735,7 @@ fn an_invite_only_group_is_closed_on_every_node_and_admins_act_from_any() {
         let c = common::nats::node(&nats.url(), "c");
         common::nats::wait_for_nodes(&c, 3, Duration::from_secs(10));
         let mut eve = c.login("eve", "phone");
-        let refused = group_request(&mut eve, json!({"type": "group_join", "groupId": "crew"}));
+        let refused = eve.group_request(json!({"type": "group_join", "groupId": "crew"}));
         assert_eq!(refused["code"], "forbidden", "{refused}");
     });
 }

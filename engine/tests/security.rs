@@ -406,17 +406,6 @@ fn a_session_ends_with_4005_when_its_token_expires_unless_refreshed() {
     assert_eq!(refreshed.expect_close(), 1008);
 }
 
-/// Sends a group request and returns the first answer of type `group_member` or `error`.
-fn group_request(client: &mut common::Client, request: serde_json::Value) -> serde_json::Value {
-    client.send(&request);
-    loop {
-        let answer = client.recv();
-        if answer["type"] == "group_member" || answer["type"] == "error" {
-            return answer;
-        }
-    }
-}
-
 #[test]
 fn invite_only_groups_keep_strangers_out_and_roles_decide_who_administers() {
     use serde_json::json;
@@ -426,27 +415,18 @@ fn invite_only_groups_keep_strangers_out_and_roles_decide_who_administers() {
     let mut alice = server.login("alice", "d");
     let mut bob = server.login("bob", "d");
     let mut mallory = server.login("mallory", "d");
-    let created = group_request(
-        &mut alice,
-        json!({"type": "group_create", "groupId": "team", "access": "invite"}),
-    );
+    let created =
+        alice.group_request(json!({"type": "group_create", "groupId": "team", "access": "invite"}));
     assert_eq!(created["role"], "owner", "{created}");
     // The finding: anyone could join any group and read its posts.
-    let refused = group_request(
-        &mut mallory,
-        json!({"type": "group_join", "groupId": "team"}),
-    );
+    let refused = mallory.group_request(json!({"type": "group_join", "groupId": "team"}));
     assert_eq!(refused["code"], "forbidden", "{refused}");
     assert_eq!(refused["ref"], "team", "{refused}");
-    let taken = group_request(
-        &mut mallory,
-        json!({"type": "group_create", "groupId": "team", "access": "open"}),
-    );
+    let taken =
+        mallory.group_request(json!({"type": "group_create", "groupId": "team", "access": "open"}));
     assert_eq!(taken["code"], "conflict", "{taken}");
-    let added = group_request(
-        &mut alice,
-        json!({"type": "group_add", "groupId": "team", "userId": "bob"}),
-    );
+    let added =
+        alice.group_request(json!({"type": "group_add", "groupId": "team", "userId": "bob"}));
     assert_eq!(
         (added["userId"].as_str(), added["action"].as_str()),
         (Some("bob"), Some("joined"))
@@ -457,13 +437,10 @@ fn invite_only_groups_keep_strangers_out_and_roles_decide_who_administers() {
         "the added user hears of it"
     );
     // A member is no admin; an admin names no admins and removes no owner.
-    let refused = group_request(
-        &mut bob,
-        json!({"type": "group_add", "groupId": "team", "userId": "mallory"}),
-    );
+    let refused =
+        bob.group_request(json!({"type": "group_add", "groupId": "team", "userId": "mallory"}));
     assert_eq!(refused["code"], "forbidden", "{refused}");
-    let promoted = group_request(
-        &mut alice,
+    let promoted = alice.group_request(
         json!({"type": "group_add", "groupId": "team", "userId": "bob", "role": "admin"}),
     );
     assert_eq!(promoted["role"], "admin", "{promoted}");
@@ -478,13 +455,11 @@ fn invite_only_groups_keep_strangers_out_and_roles_decide_who_administers() {
             "admins",
         ),
     ] {
-        let refused = group_request(&mut bob, request);
+        let refused = bob.group_request(request);
         assert_eq!(refused["code"], "forbidden", "{why}: {refused}");
     }
-    let added = group_request(
-        &mut bob,
-        json!({"type": "group_add", "groupId": "team", "userId": "carol"}),
-    );
+    let added =
+        bob.group_request(json!({"type": "group_add", "groupId": "team", "userId": "carol"}));
     assert_eq!(added["userId"], "carol", "{added}");
     // Posts reach members only; a stranger's post is refused.
     mallory.send(
@@ -498,10 +473,8 @@ fn invite_only_groups_keep_strangers_out_and_roles_decide_who_administers() {
     );
     assert_eq!(alice.recv_type("new_message")["content"], "members only");
     mallory.expect_silence(std::time::Duration::from_millis(200));
-    let removed = group_request(
-        &mut bob,
-        json!({"type": "group_remove", "groupId": "team", "userId": "carol"}),
-    );
+    let removed =
+        bob.group_request(json!({"type": "group_remove", "groupId": "team", "userId": "carol"}));
     assert_eq!(
         (removed["userId"].as_str(), removed["action"].as_str()),
         (Some("carol"), Some("left"))
@@ -512,16 +485,11 @@ fn invite_only_groups_keep_strangers_out_and_roles_decide_who_administers() {
     assert_eq!(server.terminate(), Some(0));
     let server = Server::start(common::Driver::IoUring, &["--data-dir", &dir]);
     let mut mallory = server.login("mallory", "d");
-    let refused = group_request(
-        &mut mallory,
-        json!({"type": "group_join", "groupId": "team"}),
-    );
+    let refused = mallory.group_request(json!({"type": "group_join", "groupId": "team"}));
     assert_eq!(refused["code"], "forbidden", "after a restart: {refused}");
     let mut bob = server.login("bob", "d");
-    let added = group_request(
-        &mut bob,
-        json!({"type": "group_add", "groupId": "team", "userId": "mallory"}),
-    );
+    let added =
+        bob.group_request(json!({"type": "group_add", "groupId": "team", "userId": "mallory"}));
     assert_eq!(added["userId"], "mallory", "bob is still an admin: {added}");
 }
 
@@ -535,19 +503,17 @@ fn a_token_groups_claim_opens_an_invite_only_group() {
         "owner",
         &tokens::hs256(&json!({"sub": "owner", "exp": exp})),
     );
-    let created = group_request(
-        &mut owner,
-        json!({"type": "group_create", "groupId": "staff", "access": "invite"}),
-    );
+    let created = owner
+        .group_request(json!({"type": "group_create", "groupId": "staff", "access": "invite"}));
     assert_eq!(created["role"], "owner", "{created}");
     let granted = tokens::hs256(&json!({"sub": "dave", "exp": exp, "groups": ["staff"]}));
     let (mut dave, answer) = auth_with(&server, "dave", &granted);
     assert_eq!(answer["type"], "auth_success", "{answer}");
-    let joined = group_request(&mut dave, json!({"type": "group_join", "groupId": "staff"}));
+    let joined = dave.group_request(json!({"type": "group_join", "groupId": "staff"}));
     assert_eq!(joined["action"], "joined", "{joined}");
     let plain = tokens::hs256(&json!({"sub": "erin", "exp": exp, "groups": ["other"]}));
     let (mut erin, _) = auth_with(&server, "erin", &plain);
-    let refused = group_request(&mut erin, json!({"type": "group_join", "groupId": "staff"}));
+    let refused = erin.group_request(json!({"type": "group_join", "groupId": "staff"}));
     assert_eq!(refused["code"], "forbidden", "{refused}");
 }
 
@@ -660,6 +626,19 @@ fn non_loopback_address() -> Option<std::net::IpAddr> {
     (!ip.is_loopback() && !ip.is_unspecified()).then_some(ip)
 }
 
+/// A server on every address with `caps`, and where this host reaches it from an address
+/// other than loopback (which is never counted); `None`, said, where there is none.
+fn reached_from_another_address(caps: &[&str]) -> Option<(Server, std::net::SocketAddr)> {
+    let Some(ip) = non_loopback_address() else {
+        eprintln!("no address but loopback here (loopback is never counted): skipped");
+        return None;
+    };
+    let args = [&["--listen", "0.0.0.0:0", "--allow-open"][..], caps].concat();
+    let server = Server::start(common::Driver::IoUring, &args);
+    let addr = std::net::SocketAddr::new(ip, server.addr.port());
+    Some((server, addr))
+}
+
 /// Whether the server closed a fresh connection at once (it answers nothing, and reading
 /// finds the end of the stream or a reset).
 fn closed_at_once(stream: &mut std::net::TcpStream) -> bool {
@@ -677,21 +656,9 @@ fn closed_at_once(stream: &mut std::net::TcpStream) -> bool {
 
 #[test]
 fn one_address_holds_a_bounded_number_of_connections_before_auth() {
-    let Some(ip) = non_loopback_address() else {
-        eprintln!("no address but loopback here (loopback is never counted): skipped");
+    let Some((server, addr)) = reached_from_another_address(&["--max-pending-per-ip", "3"]) else {
         return;
     };
-    let server = Server::start(
-        common::Driver::IoUring,
-        &[
-            "--listen",
-            "0.0.0.0:0",
-            "--allow-open",
-            "--max-pending-per-ip",
-            "3",
-        ],
-    );
-    let addr = std::net::SocketAddr::new(ip, server.addr.port());
     let mut held: Vec<std::net::TcpStream> = (0..3)
         .map(|_| std::net::TcpStream::connect(addr).unwrap())
         .collect();
@@ -719,21 +686,10 @@ fn one_address_holds_a_bounded_number_of_connections_before_auth() {
 
 #[test]
 fn one_address_opens_a_bounded_number_of_connections_a_second() {
-    let Some(ip) = non_loopback_address() else {
-        eprintln!("no address but loopback here (loopback is never counted): skipped");
+    let Some((_server, addr)) = reached_from_another_address(&["--connects-per-ip-per-sec", "5"])
+    else {
         return;
     };
-    let server = Server::start(
-        common::Driver::IoUring,
-        &[
-            "--listen",
-            "0.0.0.0:0",
-            "--allow-open",
-            "--connects-per-ip-per-sec",
-            "5",
-        ],
-    );
-    let addr = std::net::SocketAddr::new(ip, server.addr.port());
     // Within one second (the window is a wall-clock second: start at its beginning).
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -3,7 +3,7 @@
 //! Parsing writes a tape over the (already unmasked) payload; strings in the result borrow
 //! the payload, so a message is read without copying. Unknown fields are ignored.
 
-use std::borrow::Cow;
+use std::{borrow::Cow, sync::Arc};
 
 use simd_json::{prelude::*, tape::Value, Buffers, Tape};
 
@@ -37,9 +37,10 @@ pub struct Text<'a> {
 }
 
 /// What a user asks of a group's membership (PROTOCOL.md, "Groups" and v2's "Group
-/// access").
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum GroupRequest<'a> {
+/// access"), as the group's home receives it. Owned, unlike the rest of a message: it
+/// goes on to the home as it is, and group changes are rare.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GroupRequest {
     /// `group_join`: become a member.
     Join {
         /// The session's token lists the group (its `groups` claim), which opens an
@@ -56,14 +57,14 @@ pub enum GroupRequest<'a> {
     /// `group_add {userId, role?}`: by the owner or an admin; a `role` only by the owner.
     Add {
         /// Who is added (or whose role changes).
-        user_id: &'a str,
+        user: Arc<str>,
         /// `admin` or `member`, when given.
         role: Option<Role>,
     },
     /// `group_remove {userId}`: by the owner or an admin.
     Remove {
         /// Who is removed.
-        user_id: &'a str,
+        user: Arc<str>,
     },
 }
 
@@ -153,7 +154,7 @@ pub enum ClientMessage<'a> {
         /// The group.
         group_id: &'a str,
         /// What is asked.
-        request: GroupRequest<'a>,
+        request: GroupRequest,
     },
     /// `group_message {messageId, groupId, content, messageType?, priority?}`.
     GroupMessage(Text<'a>),
@@ -412,7 +413,7 @@ fn decode_group<'t, 'de: 't>(
             },
         },
         "group_add" => GroupRequest::Add {
-            user_id: id(root, "userId").map_err(with_ref)?,
+            user: id(root, "userId").map_err(with_ref)?.into(),
             role: match opt_str(root, "role").map_err(with_ref)? {
                 None => None,
                 Some("member") => Some(Role::Member),
@@ -424,7 +425,7 @@ fn decode_group<'t, 'de: 't>(
             },
         },
         _ => GroupRequest::Remove {
-            user_id: id(root, "userId").map_err(with_ref)?,
+            user: id(root, "userId").map_err(with_ref)?.into(),
         },
     };
     Ok(ClientMessage::Group { group_id, request })
@@ -827,7 +828,7 @@ mod tests {
             Ok(ClientMessage::Group {
                 group_id: "g",
                 request: GroupRequest::Add {
-                    user_id: "u",
+                    user: "u".into(),
                     role: Some(Role::Admin)
                 }
             })
@@ -836,7 +837,7 @@ mod tests {
             parse(r#"{"type":"group_remove","groupId":"g","userId":"u"}"#),
             Ok(ClientMessage::Group {
                 group_id: "g",
-                request: GroupRequest::Remove { user_id: "u" }
+                request: GroupRequest::Remove { user: "u".into() }
             })
         );
         for (bad, field) in [

@@ -220,36 +220,7 @@ pub struct GroupChange {
     /// The device that asked (told when the change is refused).
     pub device: ConnAddr,
     /// What is asked.
-    pub action: GroupAction,
-}
-
-/// What a [`GroupChange`] asks.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum GroupAction {
-    /// `group_join`; `token_grants`: the asker's token lists the group.
-    Join {
-        /// Opens an invite-only group.
-        token_grants: bool,
-    },
-    /// `group_leave`.
-    Leave,
-    /// `group_create`.
-    Create {
-        /// Invite-only.
-        invite: bool,
-    },
-    /// `group_add`.
-    Add {
-        /// Who.
-        user: Arc<str>,
-        /// The role asked for, if any.
-        role: Option<crate::protocol::Role>,
-    },
-    /// `group_remove`.
-    Remove {
-        /// Who.
-        user: Arc<str>,
-    },
+    pub action: crate::protocol::inbound::GroupRequest,
 }
 
 /// A message to every member of a group.

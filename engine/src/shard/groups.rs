@@ -14,7 +14,7 @@ use crate::{
         inbound::{GroupRequest, Text},
         outbound, Priority, Role,
     },
-    router::{AckStatus, ConnAddr, Envelope, GroupAction, GroupChange, GroupDelivery, GroupPost},
+    router::{AckStatus, ConnAddr, Envelope, GroupChange, GroupDelivery, GroupPost},
     store::{Append, Command, Event, Failure, FanOut, SettingsChange, Share, ShareRow, Waiter},
 };
 
@@ -70,26 +70,14 @@ impl Shard {
         conn: ConnAddr,
         user: &Arc<str>,
         group: &str,
-        request: GroupRequest<'_>,
+        request: GroupRequest,
         out: &mut Effects,
     ) {
-        let action = match request {
-            GroupRequest::Join { token_grants } => GroupAction::Join { token_grants },
-            GroupRequest::Leave => GroupAction::Leave,
-            GroupRequest::Create { invite } => GroupAction::Create { invite },
-            GroupRequest::Add { user_id, role } => GroupAction::Add {
-                user: user_id.into(),
-                role,
-            },
-            GroupRequest::Remove { user_id } => GroupAction::Remove {
-                user: user_id.into(),
-            },
-        };
         let change = GroupChange {
             group: group.into(),
             actor: user.clone(),
             device: conn,
-            action,
+            action: request,
         };
         out.mail(self.home_of(group), Envelope::GroupChange(Box::new(change)));
     }
@@ -129,7 +117,7 @@ impl Shard {
         } = change;
         let before = self.groups.settings(&group);
         let decided = match action {
-            GroupAction::Join { token_grants } => {
+            GroupRequest::Join { token_grants } => {
                 let closed = before.invite && self.groups.exists(&group) && !token_grants;
                 if closed && !self.groups.is_member(&group, &actor) {
                     Err((
@@ -140,8 +128,8 @@ impl Shard {
                     Ok((actor.clone(), Some(Role::Member), before.clone()))
                 }
             }
-            GroupAction::Leave => Ok((actor.clone(), None, before.without(&actor))),
-            GroupAction::Create { invite } => {
+            GroupRequest::Leave => Ok((actor.clone(), None, before.without(&actor))),
+            GroupRequest::Create { invite } => {
                 if self.groups.exists(&group) {
                     Err((
                         ErrorCode::Conflict,
@@ -156,16 +144,16 @@ impl Shard {
                     Ok((actor.clone(), Some(Role::Owner), settings))
                 }
             }
-            GroupAction::Add { user, role } => {
+            GroupRequest::Add { user, role } => {
                 administer(&self.groups, &group, &actor, &user, role).map(|after| {
                     let role = after.role(&user);
                     (user, Some(role), after)
                 })
             }
-            GroupAction::Remove { user } if user == actor => {
+            GroupRequest::Remove { user } if user == actor => {
                 Ok((actor.clone(), None, before.without(&actor)))
             }
-            GroupAction::Remove { user } => administer(&self.groups, &group, &actor, &user, None)
+            GroupRequest::Remove { user } => administer(&self.groups, &group, &actor, &user, None)
                 .map(|_| {
                     let after = before.without(&user);
                     (user, None, after)

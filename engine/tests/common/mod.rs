@@ -390,6 +390,18 @@ impl Client {
         self.recv_type("message_ack")
     }
 
+    /// Sends a group request (`group_create`, `group_add`, …) and returns its answer:
+    /// the first `group_member` or `error` that comes.
+    pub fn group_request(&mut self, request: Value) -> Value {
+        self.send(&request);
+        loop {
+            let answer = self.recv();
+            if answer["type"] == "group_member" || answer["type"] == "error" {
+                return answer;
+            }
+        }
+    }
+
     /// Joins `group` and waits for the joiner's own `group_member` event: the join is
     /// made.
     pub fn join_group(&mut self, group: &str) {
