@@ -19,11 +19,13 @@
 //! client, a session ticket) is an error, after which the connection must be closed.
 
 mod capture;
+mod client;
 mod handshake;
 mod record;
 mod session;
 
 pub use capture::key_log;
+pub use client::{client_config, Trust};
 pub use handshake::{Advance, Established, Handshake, Unbuffered};
 pub use record::{HEADER_BYTES, PLAINTEXT_BYTES_MAX, RECORD_BYTES_MAX};
 pub use session::{Opened, Session};
