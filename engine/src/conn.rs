@@ -150,6 +150,9 @@ pub struct Aux {
     /// An inbox page (or an HTTP drain's answer) handed to this connection and not yet
     /// all taken by the kernel; what follows it waits until it is.
     pub page_in_flight: Option<Box<PageInFlight>>,
+    /// TLS (`--tls-cert`): the handshake, then the session's keys. Its output queue's
+    /// head is then always ciphertext, its lanes plaintext sealed as they are written.
+    pub tls: Option<crate::tls::ConnTls>,
 }
 
 /// A device between `auth` and having read its inbox.
@@ -231,6 +234,7 @@ impl Conn {
                 && a.pending_api.is_none()
                 && a.catch_up.is_none()
                 && a.page_in_flight.is_none()
+                && a.tls.is_none()
         }) {
             self.aux = None;
         }
@@ -282,6 +286,53 @@ impl OutQueue {
         let head = self.head.as_ref().map(|(f, off)| &f[*off..]);
         head.into_iter()
             .chain(self.lanes.iter().flatten().map(|f| &f[..]))
+    }
+
+    /// TLS: appends bytes already sealed (handshake records, a sealed batch the socket did
+    /// not take) behind the head; they go before any frame of the lanes.
+    pub fn push_sealed(&mut self, sealed: &[u8]) {
+        self.bytes += sealed.len();
+        let head = match self.head.take() {
+            Some((frame, offset)) => [&frame[offset..], sealed].concat(),
+            None => sealed.to_vec(),
+        };
+        self.head = Some((Bytes::from(head), 0));
+    }
+
+    /// TLS: the head's bytes (sealed) the socket has not taken.
+    pub fn sealed(&self) -> &[u8] {
+        self.head
+            .as_ref()
+            .map_or(&[], |(frame, offset)| &frame[*offset..])
+    }
+
+    /// TLS: the lanes' frames, whole and in the order they go, while they total at most
+    /// `budget` bytes (and at least one).
+    pub fn unsealed(&self, budget: usize) -> impl Iterator<Item = &[u8]> {
+        let mut total = 0;
+        self.lanes
+            .iter()
+            .flatten()
+            .take_while(move |frame| {
+                let first = total == 0;
+                total += frame.len();
+                first || total <= budget
+            })
+            .map(|f| &f[..])
+    }
+
+    /// TLS: forgets the lanes' first `n` bytes (whole frames), now sealed.
+    pub fn forget_unsealed(&mut self, mut n: usize) {
+        self.bytes -= n;
+        for lane in self.lanes.iter_mut() {
+            while n > 0 {
+                let Some(frame) = lane.pop_front() else {
+                    break;
+                };
+                debug_assert!(frame.len() <= n, "a frame sealed in part");
+                n -= frame.len();
+            }
+        }
     }
 
     /// Forgets the first `n` bytes waiting: the socket took them.

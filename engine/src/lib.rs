@@ -69,6 +69,7 @@ pub use uring_sockets as sockets;
 pub mod stats;
 pub mod store;
 pub mod timer;
+pub mod tls;
 pub mod ws;
 
 use std::{
@@ -231,6 +232,15 @@ impl Engine {
     /// The address clients connect to.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Rereads `--tls-cert` and `--tls-key` for every later handshake (SIGHUP); false
+    /// without TLS. On an error the certificate served stays as it was.
+    pub fn reload_tls(&self) -> Result<bool, String> {
+        match &self.shared.config.tls {
+            None => Ok(false),
+            Some(certificates) => certificates.reload().map(|()| true),
+        }
     }
 
     /// Whether the node stopped because another running node holds its `--node-id`.

@@ -1,4 +1,5 @@
-//! The `engine` binary: parses the command line and runs the gateway until SIGTERM/SIGINT.
+//! The `engine` binary: parses the command line and runs the gateway until SIGTERM/SIGINT
+//! (SIGHUP rereads the TLS certificate).
 
 use clap::Parser;
 use engine::{
@@ -8,7 +9,7 @@ use engine::{
     sockets::Placement,
     Engine,
 };
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -41,7 +42,7 @@ fn main() -> std::process::ExitCode {
     if config.jwt.is_none() {
         warn!("OPEN MODE: no --jwt-secret, --jwt-public-key or --jwt-jwks; any client may claim any userId");
     }
-    let signals = match shutdown::block_termination_signals() {
+    let signals = match shutdown::block_signals() {
         Ok(set) => set,
         Err(e) => {
             eprintln!("engine: cannot block signals: {e}");
@@ -59,7 +60,16 @@ fn main() -> std::process::ExitCode {
     info!(reactors, addr = %engine.local_addr(), "engine ready");
     // A stable line on stdout for scripts and tests to wait on.
     println!("listening on {}", engine.local_addr());
-    let signal = shutdown::wait_for(&signals);
+    let signal = loop {
+        match shutdown::wait_for(&signals) {
+            Ok(nix::sys::signal::Signal::SIGHUP) => match engine.reload_tls() {
+                Ok(true) => info!("SIGHUP: TLS certificate reloaded"),
+                Ok(false) => info!("SIGHUP: no --tls-cert to reload"),
+                Err(e) => error!("SIGHUP: the TLS certificate stays as it was: {e}"),
+            },
+            other => break other,
+        }
+    };
     info!(?signal, "draining");
     let refused = engine.refused_by_cluster();
     if engine.shutdown() {

@@ -1,13 +1,15 @@
-//! Graceful shutdown: SIGTERM/SIGINT are blocked in every thread and taken by the main
-//! thread with `sigwait`, which then starts the drain (close 1001, bounded by time).
+//! The process's signals: SIGTERM/SIGINT and SIGHUP are blocked in every thread and taken
+//! by the main thread with `sigwait`. SIGTERM/SIGINT start the drain (close 1001, bounded
+//! by time); SIGHUP rereads the TLS certificate and key (`--tls-cert`, `--tls-key`).
 
 use nix::sys::signal::{SigSet, Signal};
 
-/// Blocks SIGTERM and SIGINT in the calling thread and the threads it spawns later.
-pub fn block_termination_signals() -> nix::Result<SigSet> {
+/// Blocks SIGTERM, SIGINT and SIGHUP in the calling thread and the threads it spawns later.
+pub fn block_signals() -> nix::Result<SigSet> {
     let mut set = SigSet::empty();
     set.add(Signal::SIGTERM);
     set.add(Signal::SIGINT);
+    set.add(Signal::SIGHUP);
     set.thread_block()?;
     Ok(set)
 }

@@ -46,6 +46,10 @@ pub struct ReactorStats {
     /// Connections closed as they were accepted: their address was over
     /// `--max-pending-per-ip` or `--connects-per-ip-per-sec`.
     pub refused_per_address: AtomicU64,
+    /// TLS handshakes completed (`--tls-cert`).
+    pub tls_handshakes: AtomicU64,
+    /// TLS connections closed for a failed handshake or a record that did not open.
+    pub tls_failures: AtomicU64,
     /// Connections whose input paused until the next second (`--message-pace`).
     pub pace_pauses: AtomicU64,
     /// Recent messages this home's dedup window let go of before their 5 minutes, to stay

@@ -45,6 +45,8 @@ pub struct Config {
     pub handshake_timeout_ms: u64,
     /// Largest HTTP request head.
     pub handshake_bytes_max: usize,
+    /// TLS on the listen port (`--tls-cert`, `--tls-key`); `None`: plain TCP.
+    pub tls: Option<std::sync::Arc<crate::tls::Certificates>>,
     /// The auth token checker; `None` is open mode.
     pub jwt: Option<std::sync::Arc<crate::protocol::jwt::Verifier>>,
     /// Bearer token for `/api/*`; `None` leaves the API open.
@@ -207,6 +209,7 @@ impl Config {
             auth_timeout_ms: settled.auth_timeout_ms,
             handshake_timeout_ms: settled.handshake_timeout_ms,
             handshake_bytes_max: settled.handshake_bytes_max,
+            tls: tls_certificates(settled.tls_cert, settled.tls_key)?,
             jwt,
             api_token,
             allow_open: settled.allow_open,
@@ -294,6 +297,21 @@ fn push_webhook(
         None if secret.is_some() => Err(("push-secret", "needs --push-webhook".into())),
         None if ca.is_some() => Err(("push-ca", "needs --push-webhook".into())),
         None => Ok(None),
+    }
+}
+
+/// `--tls-cert` and `--tls-key`, loaded (both or neither).
+fn tls_certificates(
+    cert: Option<String>,
+    key: Option<String>,
+) -> Result<Option<std::sync::Arc<crate::tls::Certificates>>, ConfigError> {
+    match (cert, key) {
+        (Some(cert), Some(key)) => crate::tls::Certificates::load(cert.as_ref(), key.as_ref())
+            .map(|c| Some(std::sync::Arc::new(c)))
+            .map_err(|e| invalid("tls-cert", e)),
+        (Some(_), None) => Err(invalid("tls-key", "--tls-cert needs it")),
+        (None, Some(_)) => Err(invalid("tls-cert", "--tls-key needs it")),
+        (None, None) => Ok(None),
     }
 }
 

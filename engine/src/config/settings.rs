@@ -228,6 +228,10 @@ settings! {
         clap(num_args = 0..=1, default_missing_value = "true");
     /// Web page origins (`https://host:port`, comma-separated) whose WebSocket upgrades and API calls are taken; others get 403; none: every origin
     allowed_origins: String, "ENGINE_ALLOWED_ORIGINS", "ORIGINS", default "none";
+    /// PEM certificate chain (ECDSA, RSA or Ed25519 key) to serve TLS 1.3 on the listen port with, with --tls-key; reread on SIGHUP
+    tls_cert: String, "ENGINE_TLS_CERT", "FILE", default "none";
+    /// PEM private key of --tls-cert (PKCS#8, PKCS#1 or SEC1); reread on SIGHUP
+    tls_key: String, "ENGINE_TLS_KEY", "FILE", default "none";
     /// Directory of the durable store (offline queues, history, groups)
     data_dir: PathBuf, "ENGINE_DATA_DIR", "DIR", default "./data";
     // PROTOCOL.md `message_queue_max_size`.

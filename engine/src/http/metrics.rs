@@ -114,7 +114,7 @@ const REACTOR_GAUGES: [ReactorGauge; 2] = [
 ];
 
 /// Counters each reactor keeps.
-const REACTOR_COUNTERS: [ReactorCounter; 18] = [
+const REACTOR_COUNTERS: [ReactorCounter; 20] = [
     (
         "engine_handshakes_total",
         "Completed WebSocket upgrades.",
@@ -159,6 +159,16 @@ const REACTOR_COUNTERS: [ReactorCounter; 18] = [
         "engine_refused_per_address_total",
         "Connections closed as they were accepted: their address held --max-pending-per-ip unauthenticated connections or opened --connects-per-ip-per-sec this second.",
         |r| &r.refused_per_address,
+    ),
+    (
+        "engine_tls_handshakes_total",
+        "TLS handshakes completed on the listen port (--tls-cert).",
+        |r| &r.tls_handshakes,
+    ),
+    (
+        "engine_tls_failures_total",
+        "TLS connections closed for a failed handshake, a record that did not authenticate, or an alert from the client.",
+        |r| &r.tls_failures,
     ),
     (
         "engine_pace_pauses_total",

@@ -25,6 +25,7 @@ use crate::{
     sockets::{self, Sockets, BROKEN, PEER_CLOSED, READABLE, REARM, WRITABLE},
     stats::ReactorStats,
     timer::{self, TimerWheel},
+    tls::TlsInput,
     ws::{close, frame},
 };
 
@@ -93,13 +94,19 @@ pub(crate) struct Reactor {
     events: Vec<(u32, u64)>,
     /// Connections that are writable and were given output this turn: written together at
     /// its end ([`Reactor::write_queued`]).
-    to_write: Vec<ConnAddr>,
+    pub(super) to_write: Vec<ConnAddr>,
     /// Scratch for [`Reactor::write_queued`], kept so that it allocates nothing once grown:
     /// the connections of one submission, their sends and iovecs, and the outcomes.
     writing: Vec<ConnAddr>,
     sends: Vec<(sockets::Socket, std::ops::Range<usize>)>,
     iovecs: Vec<libc::iovec>,
     sent: Vec<io::Result<usize>>,
+    /// TLS: this write round's sealed output, every connection's in one buffer, and where
+    /// each connection's is (empty for plaintext ones), by its place in `writing`.
+    sealed: Vec<u8>,
+    sealed_ranges: Vec<std::ops::Range<usize>>,
+    /// TLS: scratch for what the handshake or a key update sends.
+    pub(super) tls_out: Vec<u8>,
     /// Deadlines.
     pub(crate) timers: TimerWheel,
     /// Reusable list for due timer entries.
@@ -190,6 +197,9 @@ impl Reactor {
             sends: Vec::new(),
             iovecs: Vec::new(),
             sent: Vec::new(),
+            sealed: Vec::new(),
+            sealed_ranges: Vec::new(),
+            tls_out: Vec::new(),
             timers: TimerWheel::default(),
             due: Vec::new(),
             broadcasts: Gathers::default(),
@@ -315,9 +325,10 @@ impl Reactor {
             }
         }
         ReactorStats::add(&self.stats().connections, 1);
-        // The request head must come within the handshake deadline; an upgrade then
-        // re-arms it for `auth`.
+        // The request head (after the TLS handshake, if any) must come within the
+        // handshake deadline; an upgrade then re-arms it for `auth`.
         self.set_deadline(at, self.shared.config.handshake_timeout_ms);
+        self.start_tls(at);
     }
 
     /// A connection authenticated or closed: its address's count of connections that
@@ -425,6 +436,10 @@ impl Reactor {
         emptied(&mut self.iovecs);
         emptied(&mut self.sent);
         emptied(&mut self.due);
+        emptied(&mut self.sealed_ranges);
+        // TLS byte buffers: 4 KiB each stays.
+        emptied(&mut self.sealed);
+        emptied(&mut self.tls_out);
         self.effects.trim(SCRATCH_KEPT);
         self.sockets.trim_scratch(SCRATCH_KEPT);
     }
@@ -541,7 +556,13 @@ impl Reactor {
             }
             let pressure = self.outbox.pressure();
             let mut buffer = std::mem::take(&mut self.read_buffer);
-            let result = self.sockets.read(socket, &mut buffer);
+            let tls = self.is_tls(at);
+            let carried = if tls {
+                self.tls_carry_over(at, &mut buffer)
+            } else {
+                0
+            };
+            let result = self.sockets.read(socket, &mut buffer[carried..]);
             match result {
                 Ok(0) => {
                     self.read_buffer = buffer;
@@ -554,9 +575,26 @@ impl Reactor {
                     if let Some(conn) = self.conns.get_mut(at.slot as usize) {
                         conn.flags.set(Flags::ACTIVE, true);
                     }
-                    let drained = short_read_drains && n < buffer.len();
-                    self.process_input(at, &mut buffer, n);
+                    let drained = short_read_drains && n < buffer.len() - carried;
+                    let (plaintext, end) = match tls {
+                        false => (n, false),
+                        true => match self.tls_input(at, &mut buffer, carried + n) {
+                            TlsInput::Plaintext(k) => (k, false),
+                            TlsInput::PlaintextThenEnd(k) => (k, true),
+                            TlsInput::Closed => {
+                                self.read_buffer = buffer;
+                                return;
+                            }
+                        },
+                    };
+                    if plaintext > 0 {
+                        self.process_input(at, &mut buffer, plaintext);
+                    }
                     self.read_buffer = buffer;
+                    if end {
+                        self.close_now(at);
+                        return;
+                    }
                     if self.outbox.pressure() != pressure {
                         return self.pause(at);
                     }
@@ -711,22 +749,39 @@ impl Reactor {
                 listed_once(&writing),
                 "a connection listed twice: {writing:?}"
             );
+            // TLS connections' frames are sealed first, all into one buffer, which must
+            // not move once the iovecs point into it.
+            self.sealed.clear();
+            self.sealed_ranges.clear();
             writing.retain(|&at| {
-                let Some(conn) = self.conns.get(at.slot as usize) else {
+                let Some(conn) = self.conns.get_mut(at.slot as usize) else {
                     return false;
                 };
-                let Some(queue) = conn.outbound.as_ref() else {
-                    return false;
-                };
-                if conn.generation != at.generation || !conn.flags.has(Flags::WRITABLE) {
+                if conn.outbound.is_none()
+                    || conn.generation != at.generation
+                    || !conn.flags.has(Flags::WRITABLE)
+                {
                     return false;
                 }
-                let start = self.iovecs.len();
-                let chunks = queue.chunks().take(crate::conn::IOVECS_MAX);
-                self.iovecs.extend(chunks.map(crate::conn::iovec));
-                self.sends.push((conn.socket, start..self.iovecs.len()));
+                let sealed = Self::seal_queued(conn, &mut self.sealed);
+                self.sealed_ranges.push(sealed);
                 true
             });
+            for (i, &at) in writing.iter().enumerate() {
+                let conn = &self.conns[at.slot as usize];
+                let queue = conn.outbound.as_ref().expect("checked above");
+                let start = self.iovecs.len();
+                let sealed = &self.sealed[self.sealed_ranges[i].clone()];
+                if conn.aux.as_ref().is_some_and(|a| a.tls.is_some()) {
+                    let head = queue.sealed();
+                    let parts = [head, sealed].into_iter().filter(|p| !p.is_empty());
+                    self.iovecs.extend(parts.map(crate::conn::iovec));
+                } else {
+                    let chunks = queue.chunks().take(crate::conn::IOVECS_MAX);
+                    self.iovecs.extend(chunks.map(crate::conn::iovec));
+                }
+                self.sends.push((conn.socket, start..self.iovecs.len()));
+            }
             self.sockets
                 .write_vectored_batch(&self.sends, &self.iovecs, &mut self.sent);
             for (i, &at) in writing.iter().enumerate() {
@@ -735,16 +790,25 @@ impl Reactor {
                     .map(|iov| iov.iov_len)
                     .sum();
                 let outcome = std::mem::replace(&mut self.sent[i], Ok(0));
-                self.after_write(at, outcome, offered);
+                let sealed = self.sealed_ranges[i].clone();
+                self.after_write(at, outcome, offered, sealed);
             }
             writing.clear();
             self.writing = writing;
         }
     }
 
-    /// Acts on what the socket took of the `offered` bytes written to it.
-    fn after_write(&mut self, at: ConnAddr, outcome: io::Result<usize>, offered: usize) {
-        let Some(conn) = self.conn_mut(at) else {
+    /// Acts on what the socket took of the `offered` bytes written to it: for TLS, the
+    /// queue's sealed head, then this round's `sealed` bytes, of which the queue keeps
+    /// what the socket did not take.
+    fn after_write(
+        &mut self,
+        at: ConnAddr,
+        outcome: io::Result<usize>,
+        offered: usize,
+        sealed: std::ops::Range<usize>,
+    ) {
+        let Some(conn) = self.conns.get_mut(at.slot as usize) else {
             return;
         };
         let Some(queue) = conn.outbound.as_mut() else {
@@ -752,7 +816,16 @@ impl Reactor {
         };
         match outcome {
             Ok(n) => {
-                queue.taken(n);
+                if sealed.is_empty() {
+                    queue.taken(n);
+                } else {
+                    let head = queue.sealed().len();
+                    queue.taken(n.min(head));
+                    let taken_of_round = n.saturating_sub(head);
+                    if taken_of_round < sealed.len() {
+                        queue.push_sealed(&self.sealed[sealed.start + taken_of_round..sealed.end]);
+                    }
+                }
                 if queue.is_empty() {
                     conn.outbound = None;
                     let closing = conn.flags.has(Flags::CLOSE_WHEN_FLUSHED);

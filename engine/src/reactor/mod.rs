@@ -18,7 +18,8 @@
 //! - `inbox`: the store's answers for connections: `message_ack`, inbox pages written
 //!   (the first after `auth_success`) and paced, refused acks;
 //! - `api`: the HTTP API's requests that wait on other reactors;
-//! - `limits`: rate limit and idle sweep.
+//! - `limits`: rate limit and idle sweep;
+//! - `tls`: the TLS handshake, records opened on input and sealed on output.
 
 mod admission;
 mod api;
@@ -29,6 +30,7 @@ mod inbox;
 mod limits;
 mod routing;
 mod session;
+mod tls;
 
 use std::{
     cell::RefCell,

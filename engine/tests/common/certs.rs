@@ -1,6 +1,7 @@
 //! Certificates for TLS tests, made with the `openssl` command in a temporary directory:
-//! a test authority, a server certificate for 127.0.0.1 and localhost, and a client
-//! certificate, each ECDSA P-256, all signed by the authority and valid for a day.
+//! a test authority, a server certificate for 127.0.0.1 and localhost (ECDSA P-256, and
+//! RSA-2048 as `server-rsa`), and a client certificate (ECDSA P-256), all signed by the
+//! authority and valid for a day.
 
 use std::{
     path::{Path, PathBuf},
@@ -63,11 +64,26 @@ impl TestCerts {
                 "server",
                 "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n",
             ),
+            (
+                "server-rsa",
+                "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n",
+            ),
             ("client", "extendedKeyUsage=clientAuth\n"),
         ];
         for (who, ext) in extensions {
             std::fs::write(certs.dir.join(format!("{who}.ext")), ext).map_err(|e| e.to_string())?;
-            key(&format!("{who}.key"))?;
+            match who {
+                "server-rsa" => run(&[
+                    "genpkey",
+                    "-algorithm",
+                    "RSA",
+                    "-pkeyopt",
+                    "rsa_keygen_bits:2048",
+                    "-out",
+                    "server-rsa.key",
+                ])?,
+                _ => key(&format!("{who}.key"))?,
+            }
             run(&[
                 "req",
                 "-new",
@@ -99,8 +115,8 @@ impl TestCerts {
         Ok(certs)
     }
 
-    /// The path of `file` (`ca.pem`, `server.pem`, `server.key`, `client.pem`,
-    /// `client.key`), as a string for a command line.
+    /// The path of `file` (`ca.pem`, `server.pem`, `server.key`, `server-rsa.pem`,
+    /// `server-rsa.key`, `client.pem`, `client.key`), as a string for a command line.
     pub fn path(&self, file: &str) -> String {
         let path: &Path = &self.dir.join(file);
         path.to_string_lossy().into_owned()

@@ -42,6 +42,8 @@ pub struct Server {
     pub child: Child,
     pub addr: SocketAddr,
     own_data_dir: Option<DataDir>,
+    /// Set by [`Server::speaking_tls`]: every helper then talks TLS, trusting this.
+    tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
 
 /// A data directory no other test uses, empty: what an earlier test process with the same
@@ -210,6 +212,28 @@ impl Server {
             addr: addr.parse().expect("an address"),
             child,
             own_data_dir,
+            tls: None,
+        }
+    }
+
+    /// Talks TLS to this server from now on (it runs with `--tls-cert`), trusting the
+    /// authority in `ca` (a PEM file) for `localhost`.
+    pub fn speaking_tls(mut self, ca: &str) -> Server {
+        self.tls = Some(tls_client(ca));
+        self
+    }
+
+    /// A TCP connection to the server, in TLS if it speaks it.
+    pub fn stream(&self) -> Box<dyn ReadWrite> {
+        let tcp = TcpStream::connect(self.addr).unwrap();
+        tcp.set_read_timeout(Some(WAIT)).unwrap();
+        match &self.tls {
+            None => Box::new(tcp),
+            Some(config) => {
+                let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+                let conn = rustls::ClientConnection::new(config.clone(), name).unwrap();
+                Box::new(rustls::StreamOwned::new(conn, tcp))
+            }
         }
     }
 
@@ -220,7 +244,10 @@ impl Server {
 
     /// The WebSocket URL, with an optional query string.
     pub fn url(&self, query: &str) -> String {
-        format!("ws://{}/ws{query}", self.addr)
+        match self.tls {
+            None => format!("ws://{}/ws{query}", self.addr),
+            Some(_) => format!("wss://localhost:{}/ws{query}", self.addr.port()),
+        }
     }
 
     /// Opens a WebSocket (not yet authenticated).
@@ -230,10 +257,11 @@ impl Server {
 
     /// Opens a WebSocket with a query string such as `?token=...`.
     pub fn connect_with_query(&self, query: &str) -> Client {
-        let (ws, _) = tungstenite::connect(self.url(query)).expect("upgrade succeeds");
-        if let MaybeTlsStream::Plain(stream) = ws.get_ref() {
-            stream.set_read_timeout(Some(WAIT)).unwrap();
-        }
+        let tcp = TcpStream::connect(self.addr).unwrap();
+        tcp.set_read_timeout(Some(WAIT)).unwrap();
+        let connector = self.tls.clone().map(tungstenite::Connector::Rustls);
+        let (ws, _) = tungstenite::client_tls_with_config(self.url(query), tcp, None, connector)
+            .expect("upgrade succeeds");
         Client { ws }
     }
 
@@ -279,8 +307,7 @@ impl Server {
 
     /// Sends one raw HTTP request and returns the whole response text.
     pub fn http(&self, request: &str) -> String {
-        let mut stream = TcpStream::connect(self.addr).unwrap();
-        stream.set_read_timeout(Some(WAIT)).unwrap();
+        let mut stream = self.stream();
         stream.write_all(request.as_bytes()).unwrap();
         let mut response = Vec::new();
         let _ = stream.read_to_end(&mut response);
@@ -375,6 +402,25 @@ impl Drop for Server {
         let _ = self.child.wait();
         // Then `own_data_dir` drops, and with it the store.
     }
+}
+
+/// A byte stream to the server: TCP, or TLS over it.
+pub trait ReadWrite: Read + Write {}
+impl<T: Read + Write> ReadWrite for T {}
+
+/// A TLS client trusting only the authority in the PEM file `ca`.
+pub fn tls_client(ca: &str) -> std::sync::Arc<rustls::ClientConfig> {
+    use rustls::pki_types::{pem::PemObject, CertificateDer};
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca).expect("the authority's file") {
+        roots
+            .add(cert.expect("a certificate"))
+            .expect("an authority");
+    }
+    let config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    std::sync::Arc::new(config)
 }
 
 /// A WebSocket client with bounded waits.
@@ -535,9 +581,12 @@ impl Client {
     }
 
     fn set_timeout(&mut self, timeout: Duration) {
-        if let MaybeTlsStream::Plain(stream) = self.ws.get_ref() {
-            stream.set_read_timeout(Some(timeout)).unwrap();
-        }
+        let tcp = match self.ws.get_ref() {
+            MaybeTlsStream::Plain(stream) => stream,
+            MaybeTlsStream::Rustls(stream) => &stream.sock,
+            _ => return,
+        };
+        tcp.set_read_timeout(Some(timeout)).unwrap();
     }
 
     /// Writes raw bytes on the socket, bypassing the client's framing.
