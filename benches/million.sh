@@ -15,7 +15,9 @@
 # BIN_DIR (default: build target/release; set it to run prebuilt binaries, e.g. to compare
 # two engine builds at the same scale), PERF_SECS (unset: with it, `perf record` of the
 # engine for that long after the schedstat window; perf-top.txt, perf-breakdown.txt),
-# ENGINE_ARGS (extra engine flags, split on spaces).
+# ENGINE_ARGS (extra engine flags, split on spaces), TLS (unset: plain; 1: the engine
+# serves TLS 1.3 with a self-signed ECDSA P-256 certificate `openssl` makes in a temporary
+# directory, removed at the end, and the loadgen connects with --tls).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -37,8 +39,22 @@ source benches/tools/scale_setup.sh million
 data_dir="target/million-data-$$"
 rm -rf "$data_dir"
 trap 'cleanup; rm -rf "$data_dir"' EXIT
+tls_engine=() tls_loadgen=()
+if [ -n "${TLS:-}" ]; then
+  tls_dir=$(mktemp -d)
+  trap 'cleanup; rm -rf "$data_dir" "$tls_dir"' EXIT
+  openssl ecparam -genkey -name prime256v1 -noout -out "$tls_dir/tls.key" 2> /dev/null
+  openssl req -x509 -new -key "$tls_dir/tls.key" -subj /CN=localhost -days 2 \
+    -addext subjectAltName=DNS:localhost -addext basicConstraints=critical,CA:FALSE \
+    -out "$tls_dir/tls.pem" 2> /dev/null
+  tls_engine=(--tls-cert "$tls_dir/tls.pem" --tls-key "$tls_dir/tls.key")
+  # The certificate is self-signed, so the loadgen checks the handshake's signature with
+  # it but does not look for an authority.
+  tls_loadgen=(--tls --tls-insecure)
+fi
+
 # shellcheck disable=SC2086 # the extra flags are split on purpose
-"$BIN_DIR/engine" --listen "127.0.0.1:$PORT" --reactors "$REACTORS" --sockets "$SOCKETS" \
+"$BIN_DIR/engine" "${tls_engine[@]}" --listen "127.0.0.1:$PORT" --reactors "$REACTORS" --sockets "$SOCKETS" \
   --auth-timeout-ms 120000 --idle-timeout-ms "$IDLE_TIMEOUT_MS" --data-dir "$data_dir" \
   --log-level warn ${ENGINE_ARGS:-} > "$OUT/engine.log" 2>&1 &
 engine_pid=$!
@@ -47,7 +63,7 @@ sleep 2
 # Bound: ramp + connect timeout + sweep + hold + load + drains, with a margin.
 bound=$(( CONNECTIONS / RAMP_PER_SEC + 60 + 60 + HOLD_SECS + DURATION_SECS + 120 ))
 status=0
-timeout --signal=INT --kill-after=30 "$bound" "$BIN_DIR/loadgen" \
+timeout --signal=INT --kill-after=30 "$bound" "$BIN_DIR/loadgen" "${tls_loadgen[@]}" \
   --target "127.0.0.1:$PORT" --connections "$CONNECTIONS" --ramp-per-sec "$RAMP_PER_SEC" \
   --hold-secs "$HOLD_SECS" --workers "$REACTORS" --sockets "$SOCKETS" \
   --rate "$RATE" --duration-secs "$DURATION_SECS" \

@@ -9,9 +9,14 @@
 //!
 //! The clients run on threads of their own, each with a private fd table
 //! (`unshare(CLONE_FILES)`, as the engine's reactors do), so one process can hold more
-//! clients than its open-file limit: a table of [`CLIENTS_PER_THREAD`] each.
+//! clients than its open-file limit: a table of [`CLIENTS_PER_THREAD`] each. Their heap is
+//! left out of the count ([`support::uncounted_thread`]).
 //!
-//! `cargo bench -p engine --bench idle_memory -- [connections] [reactors]`
+//! With `tls`, the engine serves TLS (`--tls-cert`, an ECDSA P-256 certificate made with
+//! `openssl`) and every client connects over it: the difference from a plain run is what
+//! TLS costs an idle connection.
+//!
+//! `cargo bench -p engine --bench idle_memory -- [connections] [reactors] [tls]`
 
 mod support;
 
@@ -43,12 +48,23 @@ fn main() {
     let mut args = std::env::args().skip(1).filter(|a| !a.starts_with("--"));
     let connections: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(10_000);
     let reactors: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(2);
+    let tls = args.next().is_some_and(|a| a == "tls");
     let data_dir = std::env::temp_dir().join(format!("engine-idle-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&data_dir).expect("a data directory");
+    let certificates = tls.then(|| {
+        support::tls::make_certificates(&data_dir);
+        let (cert, key) = (data_dir.join("ec.pem"), data_dir.join("ec.key"));
+        Arc::new(engine::tls::Certificates::load(&cert, &key).expect("the certificate loads"))
+    });
     let config = Config {
         listen: "127.0.0.1:0".parse().unwrap(),
         reactors,
         auth_timeout_ms: AUTH_TIMEOUT_MS,
+        // No idle pings: the clients read nothing, so a run longer than the idle timeout
+        // (TLS handshakes make it minutes) would see its first connections closed.
+        idle_timeout_ms: 0,
         data_dir: data_dir.clone(),
+        tls: certificates,
         ..Config::default()
     };
     // As the engine binary does (see its main.rs): no transparent huge pages.
@@ -72,7 +88,7 @@ fn main() {
         .map(|t| {
             let shares = [half, connections].map(|n| share(n, threads, t));
             let phase = phase.clone();
-            std::thread::spawn(move || hold_clients(addr, t, threads, shares, &phase))
+            std::thread::spawn(move || hold_clients(addr, (t, threads), shares, tls, &phase))
         })
         .collect();
     let mut readings = Vec::new();
@@ -82,22 +98,25 @@ fn main() {
         readings.push((support::LIVE_BYTES.load(Ordering::Relaxed), rss_bytes()));
         phase.wait(); // the reading is taken
     }
-    let clients_heap: usize = holders
+    let closed: usize = holders
         .into_iter()
         .map(|h| h.join().expect("client thread"))
         .sum();
-    let clients_heap = clients_heap as isize;
+    assert_eq!(
+        closed, 0,
+        "connections the engine closed during the run: the figures are off"
+    );
     let (heap_half, rss_half) = readings[0];
     let (heap_full, rss_full) = readings[1];
     let steady = (heap_full - heap_half) as f64 / (connections - half) as f64;
-    println!("connections: {connections}, reactors: {reactors}");
+    println!("connections: {connections}, reactors: {reactors}, tls: {tls}");
     println!(
         "heap bytes: {heap_0} idle engine, {heap_half} at {half}, {heap_full} at {connections}"
     );
     println!("heap bytes per idle connection (marginal, N/2 to N): {steady:.1}");
     println!(
-        "heap bytes per idle connection (average from 0, less the bench's own {clients_heap} B): {:.1}",
-        (heap_full - heap_0 - clients_heap) as f64 / connections as f64
+        "heap bytes per idle connection (average from 0): {:.1}",
+        (heap_full - heap_0) as f64 / connections as f64
     );
     println!(
         "rss bytes per idle connection (average from 0, allocator pages included): {:.1}",
@@ -113,28 +132,49 @@ fn share(n: usize, threads: usize, t: usize) -> usize {
     n / threads + usize::from(t < n % threads)
 }
 
-/// One client thread: a private fd table and a loopback source address of its own (so
-/// its clients fit the ephemeral port range), then `shares[0]` clients, a pause for the
-/// reading, `shares[1]` clients, another pause; returns the heap its client list held
-/// (counted with the engine's and subtracted from it).
+/// One client thread (`t` of `threads`): a private fd table and a loopback source address
+/// of its own (so its clients fit the ephemeral port range), its heap uncounted; then
+/// `shares[0]` clients, a pause for the reading, `shares[1]` clients, another pause.
+/// Returns how many of its connections the engine had closed by the end.
 fn hold_clients(
     addr: SocketAddr,
-    t: usize,
-    threads: usize,
+    (t, threads): (usize, usize),
     shares: [usize; 2],
+    tls: bool,
     phase: &Barrier,
 ) -> usize {
+    support::uncounted_thread();
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_FILES).expect("a private fd table");
     // 127.0.1.1, 127.0.1.2, …: up to 254 threads (3.8 million clients).
     let source = std::net::Ipv4Addr::new(127, 0, 1, 1 + t as u8).into();
-    let mut clients = Vec::with_capacity(shares[1]);
+    let config = support::tls::client_config();
+    let mut clients: Vec<(TcpStream, Option<Box<tls_records::Session>>)> =
+        Vec::with_capacity(shares[1]);
     for target in shares {
         while clients.len() < target {
             let user = format!("user{}", t + clients.len() * threads);
-            clients.push(support::connect_authenticated_from(addr, source, &user));
+            clients.push(match tls {
+                true => {
+                    let (stream, session) =
+                        support::tls::connect_authenticated(addr, source, &user, &config);
+                    (stream, Some(session))
+                }
+                false => (
+                    support::connect_authenticated_from(addr, source, &user),
+                    None,
+                ),
+            });
         }
         phase.wait();
         phase.wait();
     }
-    clients.capacity() * std::mem::size_of::<TcpStream>()
+    clients.iter().filter(|(stream, _)| closed(stream)).count()
+}
+
+/// Whether the server has closed `stream` (a peek sees its end; anything else, or
+/// nothing yet, is an open connection).
+fn closed(stream: &TcpStream) -> bool {
+    stream.set_nonblocking(true).expect("non-blocking");
+    let mut byte = [0u8; 1];
+    matches!(stream.peek(&mut byte), Ok(0))
 }

@@ -1,8 +1,9 @@
-//! TLS on the gateway's port, measured before it is built (issue 22; DESIGN.md "TLS": "measure
-//! before choosing"): the heap one idle server connection keeps once its handshake is done,
-//! with rustls' unbuffered API (the caller owns every buffer, as a reactor would) and with
-//! its buffered one, per TLS 1.3 cipher suite; and the server's handshakes a second on one
-//! core, for an ECDSA P-256 and an RSA-2048 certificate.
+//! TLS on the gateway's port (issue 22; DESIGN.md "TLS": "measure before choosing"): the heap
+//! one idle server connection keeps once its handshake is done, with rustls' unbuffered API
+//! (the caller owns every buffer, as a reactor would), with its buffered one, and with what
+//! the engine keeps (rustls dropped after the handshake, a `tls_records::Session` kept),
+//! per TLS 1.3 cipher suite; and the server's handshakes a second on one core, for an ECDSA
+//! P-256 and an RSA-2048 certificate.
 //!
 //! Client and server run in this process, over memory: no socket is in the figures. The
 //! heap is counted exactly (a counting wrapper around mimalloc): the live bytes after N
@@ -15,18 +16,15 @@ mod support;
 
 use std::{
     path::{Path, PathBuf},
-    process::Command,
     sync::{atomic::Ordering, Arc},
     time::{Duration, Instant},
 };
 
 use rustls::{
-    client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
-    pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer, ServerName, UnixTime},
+    pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer, ServerName},
     server::UnbufferedServerConnection,
     unbuffered::{ConnectionState, EncodeError},
-    CipherSuite, ClientConfig, ClientConnection, DigitallySignedStruct, ServerConfig,
-    ServerConnection, SignatureScheme,
+    CipherSuite, ClientConnection, ServerConfig, ServerConnection,
 };
 
 #[global_allocator]
@@ -41,7 +39,7 @@ fn main() {
     let handshakes: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(2_000);
     let dir = std::env::temp_dir().join(format!("tls-memory-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("a temporary directory");
-    make_certificates(&dir);
+    support::tls::make_certificates(&dir);
     println!("idle server connections after the handshake ({connections} each), heap bytes each:");
     for suite in [
         CipherSuite::TLS13_AES_128_GCM_SHA256,
@@ -51,7 +49,11 @@ fn main() {
         let server = server_config(&dir, "ec", suite);
         let unbuffered = bytes_each(connections, || unbuffered_pair(&server));
         let buffered = bytes_each(connections, || buffered_pair(&server));
-        println!("  {suite:?}: unbuffered {unbuffered:.0} B, buffered {buffered:.0} B");
+        let session = bytes_each(connections, || session_pair(&server));
+        println!(
+            "  {suite:?}: unbuffered {unbuffered:.0} B, buffered {buffered:.0} B, \
+             tls_records session (the engine's) {session:.0} B"
+        );
     }
     println!("server handshakes a second on one core (TLS 1.3, AES-128-GCM, {handshakes} each):");
     for key in ["ec", "rsa"] {
@@ -77,58 +79,6 @@ fn bytes_each<T>(n: usize, mut make: impl FnMut() -> T) -> f64 {
     (after - before) as f64 / n as f64 + std::mem::size_of::<T>() as f64
 }
 
-/// Makes self-signed certificates for `localhost`: `ec.pem`/`ec.key` (P-256) and
-/// `rsa.pem`/`rsa.key` (2048 bits).
-fn make_certificates(dir: &Path) {
-    let run = |args: &[&str]| {
-        let out = Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .expect("openssl runs (the bench makes its certificates with it)");
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    run(&[
-        "ecparam",
-        "-genkey",
-        "-name",
-        "prime256v1",
-        "-noout",
-        "-out",
-        "ec.key",
-    ]);
-    run(&[
-        "genpkey",
-        "-algorithm",
-        "RSA",
-        "-pkeyopt",
-        "rsa_keygen_bits:2048",
-        "-out",
-        "rsa.key",
-    ]);
-    for key in ["ec", "rsa"] {
-        run(&[
-            "req",
-            "-x509",
-            "-new",
-            "-key",
-            &format!("{key}.key"),
-            "-subj",
-            "/CN=localhost",
-            "-days",
-            "1",
-            "-addext",
-            "subjectAltName=DNS:localhost",
-            "-out",
-            &format!("{key}.pem"),
-        ]);
-    }
-}
-
 /// A TLS 1.3 server with `key`'s certificate and only `suite`; no session tickets, so a
 /// connection keeps nothing for resumption.
 fn server_config(dir: &Path, key: &str, suite: CipherSuite) -> Arc<ServerConfig> {
@@ -148,15 +98,9 @@ fn server_config(dir: &Path, key: &str, suite: CipherSuite) -> Arc<ServerConfig>
         .with_single_cert(chain, private)
         .expect("the certificate and key agree");
     config.send_tls13_tickets = 0;
-    Arc::new(config)
-}
-
-/// A client that takes any certificate: the bench measures the server.
-fn client_config() -> Arc<ClientConfig> {
-    let config = ClientConfig::builder()
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AnyCertificate))
-        .with_no_client_auth();
+    // For `session_pair`, as the engine's config has them.
+    config.enable_secret_extraction = true;
+    config.key_log = tls_records::key_log();
     Arc::new(config)
 }
 
@@ -190,10 +134,37 @@ fn buffered_pair(server: &Arc<ServerConfig>) -> ServerConnection {
 
 fn new_client() -> ClientConnection {
     let name = ServerName::try_from("localhost").expect("a name");
-    ClientConnection::new(client_config(), name).expect("a client connection")
+    ClientConnection::new(support::tls::client_config(), name).expect("a client connection")
 }
 
 /// An unbuffered server connection whose handshake with a fresh client is done.
+/// What the engine keeps of a connection once its handshake is done: the handshake run by
+/// rustls (with a buffered client, over memory), then only its `tls_records::Session`.
+fn session_pair(server: &Arc<ServerConfig>) -> Box<tls_records::Session> {
+    let conn = UnbufferedServerConnection::new(server.clone()).expect("a server");
+    let mut handshake = tls_records::Handshake::new(conn);
+    let mut client = new_client();
+    let (mut to_server, mut to_client) = (Vec::new(), Vec::new());
+    loop {
+        while client.wants_write() {
+            client.write_tls(&mut to_server).expect("client output");
+        }
+        let advance = handshake
+            .advance(&to_server, &mut to_client)
+            .expect("the handshake");
+        to_server.clear();
+        let mut read = &to_client[..];
+        while !read.is_empty() {
+            client.read_tls(&mut read).expect("client input");
+            client.process_new_packets().expect("the client takes it");
+        }
+        to_client.clear();
+        if let tls_records::Advance::Established(done) = advance {
+            return Box::new(done.session);
+        }
+    }
+}
+
 fn unbuffered_pair(server: &Arc<ServerConfig>) -> UnbufferedServerConnection {
     let mut untimed = Duration::ZERO;
     unbuffered_handshake(server, &mut untimed)
@@ -259,48 +230,5 @@ fn unbuffered_handshake(
         if done && !client.is_handshaking() {
             return server;
         }
-    }
-}
-
-/// Takes any server certificate (and signature): the bench measures the server's side.
-#[derive(Debug)]
-struct AnyCertificate;
-
-impl ServerCertVerifier for AnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        _: &[u8],
-        _: &CertificateDer<'_>,
-        _: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Ok(HandshakeSignatureValid::assertion())
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        _: &[u8],
-        _: &CertificateDer<'_>,
-        _: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Ok(HandshakeSignatureValid::assertion())
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        vec![
-            SignatureScheme::ECDSA_NISTP256_SHA256,
-            SignatureScheme::RSA_PSS_SHA256,
-            SignatureScheme::RSA_PKCS1_SHA256,
-        ]
     }
 }

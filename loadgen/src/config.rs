@@ -99,6 +99,24 @@ pub struct Args {
     /// connections reconnect, resuming, once it is back (the bench script restarts it)
     #[arg(long, value_name = "SECS", requires = "server_pid")]
     pub kill_server_at: Option<u64>,
+    /// Speak TLS (wss://) to the server: rustls' handshake, then each connection keeps only
+    /// its keys, as the engine does
+    #[arg(long)]
+    pub tls: bool,
+    /// PEM certificates of the authorities the server's certificate must chain to (--tls)
+    #[arg(long, value_name = "FILE", requires = "tls")]
+    pub tls_ca: Option<PathBuf>,
+    /// Take any server certificate (--tls; for tests and benches against a self-signed one)
+    #[arg(long, requires = "tls", conflicts_with = "tls_ca")]
+    pub tls_insecure: bool,
+    /// The name the server's certificate must have (and the SNI sent)
+    #[arg(
+        long,
+        default_value = "localhost",
+        value_name = "NAME",
+        requires = "tls"
+    )]
+    pub tls_name: String,
     /// Directory for the JSON report
     #[arg(long, default_value = "loadgen-report", value_name = "DIR")]
     pub out: PathBuf,

@@ -7,6 +7,7 @@ mod devices;
 mod latency;
 mod report;
 mod sources;
+mod tls;
 mod worker;
 
 use std::{
@@ -75,6 +76,13 @@ fn main() -> ExitCode {
 }
 
 fn run(args: &Args) -> Result<report::Summary, String> {
+    let tls = match args.tls {
+        false => None,
+        true => Some(
+            tls::Tls::new(args.tls_ca.as_deref(), args.tls_insecure, &args.tls_name)
+                .map_err(|e| format!("--tls: {e}"))?,
+        ),
+    };
     for target in &args.target {
         std::net::TcpStream::connect_timeout(target, Duration::from_secs(3))
             .map_err(|e| format!("cannot reach --target {target}: {e}"))?;
@@ -131,6 +139,7 @@ fn run(args: &Args) -> Result<report::Summary, String> {
         server_pid: args.server_pid,
         churn_per_min: args.churn_per_min,
         kill_server_at: args.kill_server_at.map(Duration::from_secs),
+        tls,
     });
     let load_start = Arc::new(std::sync::Barrier::new(workers));
     let rss_before = args.server_pid.and_then(server_rss_bytes);

@@ -69,6 +69,8 @@ pub struct Plan {
     pub churn_per_min: f64,
     /// Churn: `kill -9` the server this far into the load (its script restarts it).
     pub kill_server_at: Option<Duration>,
+    /// TLS to the server (`--tls`).
+    pub tls: Option<crate::tls::Tls>,
 }
 
 impl Plan {
@@ -166,6 +168,8 @@ pub struct WorkerReport {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     Connecting,
+    /// TLS (`--tls`): the handshake is under way.
+    Handshaking,
     Upgrading,
     Authenticating,
     Ready,
@@ -178,6 +182,8 @@ struct Client {
     state: State,
     user: usize,
     inbuf: Vec<u8>,
+    /// Its TLS (`--tls`).
+    tls: Option<Box<crate::tls::ClientTls>>,
 }
 
 struct Worker {
@@ -187,6 +193,8 @@ struct Worker {
     sockets: Sockets,
     clients: Slab<Client>,
     read_buffer: Vec<u8>,
+    /// TLS: scratch for sealed output.
+    tls_out: Vec<u8>,
     report: WorkerReport,
     authenticated: u64,
     source_cursor: usize,
@@ -229,6 +237,7 @@ pub fn run(
         sockets,
         clients: Slab::new(),
         read_buffer: vec![0; 64 * 1024],
+        tls_out: Vec::new(),
         report: WorkerReport::default(),
         authenticated: 0,
         source_cursor: id,
@@ -679,6 +688,7 @@ impl Worker {
                     state: State::Connecting,
                     user,
                     inbuf: Vec::new(),
+                    tls: None,
                 });
                 self.slot_of.insert(user, slot);
             }
@@ -717,22 +727,68 @@ impl Worker {
         self.events = events;
     }
 
-    /// The socket became writable: connected, or failed (the upgrade's send then says why).
+    /// The socket became writable: connected, or failed (the first send then says why).
+    /// With TLS the handshake starts; the upgrade follows it.
     fn on_connected(&mut self, slot: usize) {
+        if let Some(tls) = &self.plan.tls {
+            let mut out = std::mem::take(&mut self.tls_out);
+            out.clear();
+            let started = tls.connect(&mut out);
+            let sent = match started {
+                Ok(client_tls) => {
+                    self.clients[slot].tls = Some(Box::new(client_tls));
+                    self.send_raw(slot, &out)
+                }
+                Err(_) => {
+                    self.fail(slot, "tls_failed");
+                    false
+                }
+            };
+            self.tls_out = out;
+            if sent {
+                self.clients[slot].state = State::Handshaking;
+            }
+            return;
+        }
+        self.send_upgrade(slot);
+    }
+
+    /// Sends the WebSocket upgrade; false when the connection failed.
+    fn send_upgrade(&mut self, slot: usize) -> bool {
         let request = format!(
             "GET /ws HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
              Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
             self.plan.target_of(self.clients[slot].user)
         );
         if !self.send_all(slot, request.as_bytes()) {
-            return;
+            return false;
         }
         self.clients[slot].state = State::Upgrading;
+        true
     }
 
-    /// Writes a small message whole (it fits the socket buffer), or fails the connection
-    /// (with the connect's error when it never connected).
+    /// Writes a small message whole (it fits the socket buffer), sealed with TLS, or fails
+    /// the connection (with the connect's error when it never connected).
     fn send_all(&mut self, slot: usize, bytes: &[u8]) -> bool {
+        let Some(tls) = self.clients[slot].tls.as_mut() else {
+            return self.send_raw(slot, bytes);
+        };
+        let mut out = std::mem::take(&mut self.tls_out);
+        out.clear();
+        let sent = match tls.seal(bytes, &mut out) {
+            true => self.send_raw(slot, &out),
+            false => {
+                self.fail(slot, "tls_failed");
+                false
+            }
+        };
+        self.tls_out = out;
+        sent
+    }
+
+    /// Writes bytes as they are (sealed already, or in the clear) whole, or fails the
+    /// connection.
+    fn send_raw(&mut self, slot: usize, bytes: &[u8]) -> bool {
         let client = &self.clients[slot];
         let reason = match self.sockets.write(client.socket, bytes) {
             Ok(n) if n == bytes.len() => return true,
@@ -768,7 +824,13 @@ impl Worker {
                     if client.inbuf.len() + n > INBUF_BYTES_MAX {
                         return self.fail(slot, "oversize_input");
                     }
-                    client.inbuf.extend_from_slice(&self.read_buffer[..n]);
+                    if client.tls.is_some() {
+                        if !self.tls_input(slot, n) {
+                            return;
+                        }
+                    } else {
+                        client.inbuf.extend_from_slice(&self.read_buffer[..n]);
+                    }
                     let drained = short_read_drains && n < self.read_buffer.len();
                     if !self.process_input(slot) || drained {
                         return;
@@ -782,6 +844,35 @@ impl Worker {
                 Err(_) => return self.fail(slot, "reset"),
             }
         }
+    }
+
+    /// Takes `read_buffer[..n]` through the connection's TLS into its input; sends the
+    /// upgrade when the handshake ends. False when the connection was closed.
+    fn tls_input(&mut self, slot: usize, n: usize) -> bool {
+        let mut out = std::mem::take(&mut self.tls_out);
+        out.clear();
+        let client = &mut self.clients[slot];
+        let tls = client.tls.as_mut().expect("a TLS connection");
+        let input = tls.input(&self.read_buffer[..n], &mut client.inbuf, &mut out);
+        let open = match input {
+            Err(_) => {
+                self.fail(slot, "tls_failed");
+                false
+            }
+            Ok(input) if input.closed => {
+                self.fail(slot, "closed_by_server");
+                false
+            }
+            Ok(input) => {
+                let mut open = out.is_empty() || self.send_raw(slot, &out);
+                if open && input.established {
+                    open = self.send_upgrade(slot);
+                }
+                open
+            }
+        };
+        self.tls_out = out;
+        open
     }
 
     /// Consumes what the connection has read; false when it was closed.
@@ -974,7 +1065,10 @@ impl Worker {
             .filter(|(_, c)| {
                 matches!(
                     c.state,
-                    State::Connecting | State::Upgrading | State::Authenticating
+                    State::Connecting
+                        | State::Handshaking
+                        | State::Upgrading
+                        | State::Authenticating
                 )
             })
             .map(|(slot, _)| slot)
@@ -1318,6 +1412,7 @@ mod tests {
             server_pid: None,
             churn_per_min: 0.0,
             kill_server_at: None,
+            tls: None,
         };
         let mut all: Vec<usize> = (0..3)
             .flat_map(|w| plan.users_of(w).collect::<Vec<_>>())

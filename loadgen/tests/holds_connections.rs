@@ -5,7 +5,7 @@ mod common;
 
 use std::process::Command;
 
-use common::{engine, engine_with_sockets, out_dir, read_report, run};
+use common::{engine, engine_with_sockets, out_dir, quick_load, read_report, run};
 use engine::sockets::Placement;
 
 #[test]
@@ -116,24 +116,6 @@ fn an_open_loop_load_phase_writes_ordered_percentiles_hgrm_and_svg() {
     assert!(svg.starts_with("<svg") && svg.matches("<polyline").count() == 2);
     std::fs::remove_dir_all(out).unwrap();
     assert!(engine.shutdown());
-}
-
-/// A short run: `connections` opened at once, no hold, 500 msg/s for `secs`.
-fn quick_load<'a>(target: &'a str, connections: &'a str, secs: &'a str) -> Vec<&'a str> {
-    vec![
-        "--target",
-        target,
-        "--connections",
-        connections,
-        "--ramp-per-sec",
-        "5000",
-        "--hold-secs",
-        "0",
-        "--rate",
-        "500",
-        "--duration-secs",
-        secs,
-    ]
 }
 
 #[test]

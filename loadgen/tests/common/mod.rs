@@ -41,15 +41,36 @@ impl Drop for TestEngine {
 
 /// The real engine in this process, on an ephemeral port.
 pub fn engine(reactors: usize, jwt_secret: Option<&[u8]>) -> TestEngine {
-    engine_with(reactors, jwt_secret, Placement::Auto)
+    engine_with(reactors, jwt_secret, Placement::Auto, None)
 }
 
 /// The same, with its sockets placed as `sockets` says.
 pub fn engine_with_sockets(reactors: usize, sockets: Placement) -> TestEngine {
-    engine_with(reactors, None, sockets)
+    engine_with(reactors, None, sockets, None)
 }
 
-fn engine_with(reactors: usize, jwt_secret: Option<&[u8]>, sockets: Placement) -> TestEngine {
+/// The test certificates of the TLS record crate (`localhost`, ECDSA P-256, signed by
+/// `ca.pem`, valid until 2125): the path of `file` there.
+pub fn test_certificate(file: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../crates/tls-records/testdata")
+        .join(file)
+}
+
+/// The engine serving TLS with [`test_certificate`]'s `ec.pem`.
+pub fn engine_with_tls(reactors: usize) -> TestEngine {
+    let certificates =
+        engine::tls::Certificates::load(&test_certificate("ec.pem"), &test_certificate("ec.key"))
+            .expect("the test certificate loads");
+    engine_with(reactors, None, Placement::Auto, Some(certificates))
+}
+
+fn engine_with(
+    reactors: usize,
+    jwt_secret: Option<&[u8]>,
+    sockets: Placement,
+    tls: Option<engine::tls::Certificates>,
+) -> TestEngine {
     let store = out_dir(&format!(
         "store-{reactors}-{}",
         NEXT_STORE.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
@@ -62,6 +83,7 @@ fn engine_with(reactors: usize, jwt_secret: Option<&[u8]>, sockets: Placement) -
             std::sync::Arc::new(Verifier::new(Some(secret.to_vec()), Vec::new(), true))
         }),
         data_dir: store.clone(),
+        tls: tls.map(std::sync::Arc::new),
         ..Config::default()
     };
     TestEngine {
@@ -92,4 +114,22 @@ pub fn run(name: &str, args: &[&str]) -> (ExitStatus, serde_json::Value, PathBuf
         .unwrap();
     let report = read_report(&out);
     (status, report, out)
+}
+
+/// A short run: `connections` opened at once, no hold, 500 msg/s for `secs`.
+pub fn quick_load<'a>(target: &'a str, connections: &'a str, secs: &'a str) -> Vec<&'a str> {
+    vec![
+        "--target",
+        target,
+        "--connections",
+        connections,
+        "--ramp-per-sec",
+        "5000",
+        "--hold-secs",
+        "0",
+        "--rate",
+        "500",
+        "--duration-secs",
+        secs,
+    ]
 }
