@@ -555,6 +555,25 @@ fn with_shared_visibility_presence_is_shown_only_to_users_who_share_a_group() {
     while let Some(frame) = alice.recv_within(std::time::Duration::from_millis(300)) {
         assert_ne!(frame["userId"], "stranger", "{frame}");
     }
+    // Once they share no group, bob's next change reaches alice as a subscribe now
+    // would show it (offline, never seen), and nothing after it does.
+    alice.send(&json!({"type": "group_leave", "groupId": "team"}));
+    alice.recv_type("group_member");
+    drop(_bob);
+    drop(bob_second);
+    let hidden = alice.recv_type("presence_state");
+    assert_eq!(hidden["users"][0]["userId"], "bob", "{hidden}");
+    assert_eq!(hidden["users"][0]["status"], "offline", "{hidden}");
+    assert!(
+        hidden["users"][0]
+            .get("lastSeen")
+            .is_none_or(|v| v.is_null()),
+        "{hidden}"
+    );
+    let _bob_again = server.login("bob", "d3");
+    while let Some(frame) = alice.recv_within(std::time::Duration::from_millis(300)) {
+        assert_ne!(frame["userId"], "bob", "{frame}");
+    }
 }
 
 #[test]

@@ -83,17 +83,16 @@ impl UserGroups {
             return users.to_vec();
         }
         let all = self.lock();
-        let mine = all.get(watcher).map(Vec::as_slice).unwrap_or_default();
-        users
-            .iter()
-            .copied()
-            .filter(|user| {
-                *user == watcher
-                    || all
-                        .get(*user)
-                        .is_some_and(|theirs| theirs.iter().any(|g| mine.contains(g)))
-            })
+        let shown = users.iter().copied();
+        shown
+            .filter(|user| shares_a_group(&all, watcher, user))
             .collect()
+    }
+
+    /// Whether `watcher` may still see `user`'s presence (checked at each change, so one
+    /// who left their last shared group hears nothing more). Allocates nothing.
+    pub fn sees(&self, watcher: &str, user: &str) -> bool {
+        !self.presence_shared || shares_a_group(&self.lock(), watcher, user)
     }
 
     /// The memberships; a panic elsewhere while holding the lock leaves them consistent
@@ -103,6 +102,15 @@ impl UserGroups {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
+}
+
+/// Whether `user` is `watcher` or shares a group with it, in the memberships `all`.
+fn shares_a_group(all: &HashMap<Box<str>, Vec<Box<str>>>, watcher: &str, user: &str) -> bool {
+    let mine = all.get(watcher).map(Vec::as_slice).unwrap_or_default();
+    user == watcher
+        || all
+            .get(user)
+            .is_some_and(|theirs| theirs.iter().any(|g| mine.contains(g)))
 }
 
 /// The groups one home holds.
@@ -282,10 +290,13 @@ mod tests {
         index.count_anyway("cy", "other");
         let asked = ["bob", "cy", "ann", "dan"];
         assert_eq!(index.visible("ann", &asked), vec!["bob", "ann"]);
+        assert!(index.sees("ann", "bob") && index.sees("ann", "ann") && !index.sees("ann", "cy"));
         index.give_back("bob", "team");
         assert_eq!(index.visible("ann", &asked), vec!["ann"]);
+        assert!(!index.sees("ann", "bob"));
         let open = UserGroups::new(10, false);
         assert_eq!(open.visible("ann", &asked), asked.to_vec());
+        assert!(open.sees("ann", "cy"));
     }
 
     #[test]

@@ -224,6 +224,9 @@ struct PostShares {
 /// (an idle connection costs the shard nothing).
 #[derive(Debug, Default)]
 struct ConnChat {
+    /// The connection's user, once it watches anyone (whose presence it may see is
+    /// checked again at each change).
+    watcher: Option<Box<str>>,
     /// Users whose presence the connection watches.
     subscriptions: Vec<Box<str>>,
     /// Huddle rooms the connection is in, `(group, room)`: left when it closes.

@@ -64,6 +64,9 @@ impl Shard {
         let refused = subscriptions.len() + new.len() > SUBSCRIPTIONS_PER_CONN_MAX;
         if !refused {
             subscriptions.extend(new);
+            if !subscriptions.is_empty() {
+                chat.watcher.get_or_insert_with(|| watcher.into());
+            }
         }
         if chat.is_empty() {
             self.conns.remove(&conn);
@@ -247,13 +250,25 @@ impl Shard {
         self.answer_waiting_subscribes(out);
     }
 
-    /// At the watcher's reactor: a watched user's presence changed.
+    /// At the watcher's reactor: a watched user's presence changed. A watcher that no
+    /// longer shares a group with the user (`--presence-visibility shared`) is told the
+    /// user is offline, as one never seen, and stops watching: as a subscribe now would.
     pub(super) fn presence_changed(
         &mut self,
         watcher: ConnAddr,
         note: &PresenceNote,
         out: &mut Effects,
     ) {
+        let who = self.conns.get(&watcher).and_then(|c| c.watcher.as_deref());
+        if who.is_some_and(|who| !self.user_groups.sees(who, &note.user)) {
+            self.presence_unsubscribe(watcher, &[&note.user], out);
+            let hidden = PresenceEntry {
+                user_id: note.user.to_string(),
+                online: false,
+                last_seen_ms: None,
+            };
+            return self.presence_state(watcher, &[hidden], out);
+        }
         let last_seen_ms = (!note.online).then_some(note.at_ms);
         let fresh = PresenceEntry {
             user_id: note.user.to_string(),
