@@ -33,39 +33,31 @@ pub trait Unbuffered {
     fn into_secrets(self) -> Result<ExtractedSecrets, Error>;
 }
 
-impl Unbuffered for UnbufferedServerConnection {
-    type Data = ServerConnectionData;
-    const CLIENT: bool = false;
-    fn process<'c, 'i>(
-        &'c mut self,
-        incoming: &'i mut [u8],
-    ) -> UnbufferedStatus<'c, 'i, Self::Data> {
-        self.process_tls_records(incoming)
-    }
-    fn is_handshaking(&self) -> bool {
-        (**self).is_handshaking()
-    }
-    fn into_secrets(self) -> Result<ExtractedSecrets, Error> {
-        Ok(self.dangerous_into_kernel_connection()?.0)
-    }
+/// The trait for one of rustls' two unbuffered connections, whose methods have the same
+/// names but are not one trait in rustls.
+macro_rules! unbuffered {
+    ($conn:ty, $data:ty, $client:expr) => {
+        impl Unbuffered for $conn {
+            type Data = $data;
+            const CLIENT: bool = $client;
+            fn process<'c, 'i>(
+                &'c mut self,
+                incoming: &'i mut [u8],
+            ) -> UnbufferedStatus<'c, 'i, Self::Data> {
+                self.process_tls_records(incoming)
+            }
+            fn is_handshaking(&self) -> bool {
+                (**self).is_handshaking()
+            }
+            fn into_secrets(self) -> Result<ExtractedSecrets, Error> {
+                Ok(self.dangerous_into_kernel_connection()?.0)
+            }
+        }
+    };
 }
 
-impl Unbuffered for UnbufferedClientConnection {
-    type Data = ClientConnectionData;
-    const CLIENT: bool = true;
-    fn process<'c, 'i>(
-        &'c mut self,
-        incoming: &'i mut [u8],
-    ) -> UnbufferedStatus<'c, 'i, Self::Data> {
-        self.process_tls_records(incoming)
-    }
-    fn is_handshaking(&self) -> bool {
-        (**self).is_handshaking()
-    }
-    fn into_secrets(self) -> Result<ExtractedSecrets, Error> {
-        Ok(self.dangerous_into_kernel_connection()?.0)
-    }
-}
+unbuffered!(UnbufferedServerConnection, ServerConnectionData, false);
+unbuffered!(UnbufferedClientConnection, ClientConnectionData, true);
 
 /// A handshake under way: rustls' connection and the input it has not consumed.
 pub struct Handshake<C> {

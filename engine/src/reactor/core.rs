@@ -769,8 +769,13 @@ impl Reactor {
             });
             for (i, &at) in writing.iter().enumerate() {
                 let conn = &self.conns[at.slot as usize];
-                let queue = conn.outbound.as_ref().expect("checked above");
                 let start = self.iovecs.len();
+                // (Every connection kept by the retain above has output; one without
+                // would get an empty send, which `after_write` ignores.)
+                let Some(queue) = conn.outbound.as_ref() else {
+                    self.sends.push((conn.socket, start..start));
+                    continue;
+                };
                 let sealed = &self.sealed[self.sealed_ranges[i].clone()];
                 if conn.aux.as_ref().is_some_and(|a| a.tls.is_some()) {
                     let head = queue.sealed();
