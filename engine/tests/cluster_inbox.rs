@@ -850,10 +850,28 @@ fn with_three_replicas_each_nats_server_may_die_in_turn_and_nothing_acknowledged
     assert_eq!(got, acknowledged);
     bob.expect_silence(Duration::from_millis(300));
     // History follows each inbox write, again once JetStream is back where it was not.
+    // While b's relay sets its streams up again a read may answer `cluster_unavailable`
+    // (PROTOCOL.md, "Clusters"), and the client asks again; each set-up JetStream leaves unanswered
+    // takes its 5 s: so the wait is longer than one answer's.
     let mut contents = Vec::new();
-    common::wait_until("history holds every message", || {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while contents.len() < acknowledged.len() {
+        assert!(
+            Instant::now() < deadline,
+            "history never held every message"
+        );
         bob.send(&json!({"type": "history", "peerId": "alice", "limit": 50}));
-        let page = bob.recv_type("history");
+        let page = loop {
+            let frame = bob.recv();
+            if frame["type"] == "history" || frame["type"] == "error" {
+                break frame;
+            }
+        };
+        if page["type"] == "error" {
+            assert_eq!(page["code"], "cluster_unavailable", "{page}");
+            std::thread::sleep(Duration::from_millis(200));
+            continue;
+        }
         contents = page["messages"]
             .as_array()
             .unwrap()
@@ -861,7 +879,7 @@ fn with_three_replicas_each_nats_server_may_die_in_turn_and_nothing_acknowledged
             .rev()
             .map(|m| m["content"].as_str().unwrap().to_owned())
             .collect();
-        contents.len() >= acknowledged.len()
-    });
+        std::thread::sleep(Duration::from_millis(20));
+    }
     assert_eq!(contents, acknowledged);
 }
