@@ -25,6 +25,15 @@ impl Default for Latency {
 }
 
 impl Latency {
+    /// A distribution for one second of a timeline: 2 significant digits (2,560 counters,
+    /// 20 KiB, instead of 3 digits' 17,408), plenty for a second's p50, p99 and max.
+    pub fn per_second() -> Latency {
+        Latency {
+            histogram: Histogram::new_with_bounds(1, HIGHEST_US, 2)
+                .expect("valid histogram bounds"),
+        }
+    }
+
     /// Records one latency.
     pub fn record_us(&mut self, latency_us: u64) {
         self.histogram.saturating_record(latency_us.max(1));

@@ -7,6 +7,7 @@ mod devices;
 mod latency;
 mod report;
 mod sources;
+mod timeline;
 mod tls;
 mod worker;
 
@@ -143,7 +144,7 @@ fn run(args: &Args) -> Result<report::Summary, String> {
     });
     let load_start = Arc::new(std::sync::Barrier::new(workers));
     let rss_before = args.server_pid.and_then(server_rss_bytes);
-    let progress = Arc::new(Progress::default());
+    let progress = Arc::new(Progress::new(workers));
     watch_for_interrupt(progress.clone())?;
     let threads: Vec<_> = (0..workers)
         .map(|id| {
@@ -194,6 +195,7 @@ fn run(args: &Args) -> Result<report::Summary, String> {
     if args.scenario == config::Scenario::Churn {
         summary.churn = Some(report::Churn::from_workers(&mut reports));
     }
+    summary.timeline = timeline::lock(&progress.timeline).seconds();
     summary.interrupted = progress.interrupted.load(Ordering::Acquire);
     let after_hold = progress.server_rss_after_hold.load(Ordering::Acquire);
     let after_hold = if after_hold > 0 {

@@ -1,10 +1,17 @@
-//! The run's report: a readable table on stdout and `report.json` in the output directory.
+//! The run's report: a readable table on stdout, and in the output directory
+//! `report.json`, the `.hgrm` distributions, the charts and `index.html`, which shows
+//! the table and both charts in one file that can be attached to a ticket.
 
 use std::{collections::BTreeMap, io, path::Path};
 
 use serde_json::json;
 
-use crate::{latency::Latency, worker::WorkerReport};
+use crate::{
+    chart::{self, escape},
+    latency::Latency,
+    timeline::SecondFigures,
+    worker::WorkerReport,
+};
 
 /// Everything the report says, summed over workers.
 #[derive(Debug, Clone)]
@@ -66,6 +73,8 @@ pub struct Summary {
     pub scenario: &'static str,
     /// Churn: what the devices saw.
     pub churn: Option<Churn>,
+    /// The load second by second.
+    pub timeline: Vec<SecondFigures>,
 }
 
 /// The churn scenario's verdict, over every worker.
@@ -145,6 +154,7 @@ impl Summary {
             interrupted: false,
             scenario: "chat",
             churn: None,
+            timeline: Vec::new(),
             held_per_target: (0..targets.len())
                 .map(|t| {
                     let held = |r: &WorkerReport| r.held_per_target.get(t).copied().unwrap_or(0);
@@ -185,6 +195,15 @@ impl Summary {
     fn per_million(&self, cpu_secs: Option<f64>) -> Option<f64> {
         let secs = cpu_secs?;
         (self.delivered > 0).then(|| secs * 1e6 / self.delivered as f64)
+    }
+
+    /// The second with the highest delivery p99 (the first of equals), if any arrived.
+    pub fn worst_second(&self) -> Option<&SecondFigures> {
+        self.timeline
+            .iter()
+            .filter(|s| s.delivered > 0)
+            .rev()
+            .max_by_key(|s| s.delivery.p99_us)
     }
 
     /// The JSON summary (schema in the README).
@@ -246,6 +265,7 @@ impl Summary {
                 "cpu_secs_load": self.loadgen_cpu_secs,
                 "cpu_secs_per_million_messages": self.per_million(self.loadgen_cpu_secs),
             },
+            "timeline": self.timeline.iter().map(|s| s.to_json()).collect::<Vec<_>>(),
         })
     }
 
@@ -314,6 +334,19 @@ impl Summary {
                     ),
                 );
             }
+            if let Some(worst) = self.worst_second() {
+                row(
+                    "worst second",
+                    format!(
+                        "{} of {}: delivery p99 {} µs, max {} µs ({} delivered)",
+                        worst.second,
+                        self.timeline.len(),
+                        worst.delivery.p99_us,
+                        worst.delivery.max_us,
+                        worst.delivered
+                    ),
+                );
+            }
         }
         if let Some(churn) = &self.churn {
             row(
@@ -375,11 +408,54 @@ impl Summary {
             "{} connections, {} msg/s: latency by percentile",
             self.held, self.rate.0
         );
-        let svg = crate::chart::percentile_svg(
-            &title,
-            &[("delivery", &self.delivery), ("ack", &self.ack)],
+        let percentiles =
+            chart::percentile_svg(&title, &[("delivery", &self.delivery), ("ack", &self.ack)]);
+        std::fs::write(dir.join("latency.svg"), &percentiles)?;
+        let title = format!(
+            "{} connections, {} msg/s: the load second by second",
+            self.held, self.rate.0
         );
-        std::fs::write(dir.join("latency.svg"), svg)
+        let timeline = chart::timeline_svg(&title, &self.timeline);
+        std::fs::write(dir.join("timeline.svg"), &timeline)?;
+        std::fs::write(dir.join("index.html"), self.page(&percentiles, &timeline))
+    }
+
+    /// `index.html`: the table and both charts inline, with links to the other files.
+    fn page(&self, percentiles: &str, timeline: &str) -> String {
+        let title = format!(
+            "loadgen: {} held, {} msg/s, {}",
+            self.held,
+            self.rate.0,
+            self.targets.join(",")
+        );
+        let mut links = vec!["report.json", "delivery.hgrm", "ack.hgrm"];
+        if self.queued_ids.is_some() {
+            links.push("queued-ids.txt");
+        }
+        let links: Vec<String> = links
+            .iter()
+            .map(|file| format!(r#"<a href="{file}">{file}</a>"#))
+            .collect();
+        format!(
+            r#"<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
+<style>body{{font-family:sans-serif;margin:2em;max-width:860px}}pre{{background:#f6f6f6;padding:1em;overflow-x:auto}}</style>
+</head><body>
+<h1>{title}</h1>
+<h2>Summary</h2>
+<pre>{table}</pre>
+<h2>Latency by percentile</h2>
+{percentiles}
+<h2>Second by second</h2>
+<p>Each second's delivery p50, p99 and max and ack p99 (log scale), over the messages sent and delivered in it: a stall shows in its second.</p>
+{timeline}
+<p>Files: {links}</p>
+</body></html>
+"#,
+            title = escape(&title),
+            table = escape(&self.to_table()),
+            links = links.join(" · "),
+        )
     }
 }
 

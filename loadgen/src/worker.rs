@@ -14,7 +14,7 @@ use std::{
     rc::Rc,
     sync::{
         atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
-        Arc, Barrier,
+        Arc, Barrier, Mutex,
     },
     time::{Duration, Instant},
 };
@@ -24,7 +24,12 @@ use slab::Slab;
 use uring_sockets::{Placement, Socket, Sockets, BROKEN, PEER_CLOSED, READABLE, REARM, WRITABLE};
 use ws_frame::frame::{encode_client, parse_server_frame, Kind, PONG, TEXT};
 
-use crate::{config::Scenario, devices::Devices, latency::Latency};
+use crate::{
+    config::Scenario,
+    devices::Devices,
+    latency::Latency,
+    timeline::{Recorder, Second, Timeline},
+};
 
 /// How often the ramp opens the connections that are due.
 const RAMP_TICK: Duration = Duration::from_millis(5);
@@ -85,7 +90,8 @@ impl Plan {
     }
 }
 
-/// Live counts the main thread shows during the ramp, summed over workers.
+/// What the workers share: live counts the main thread shows, summed over workers, the
+/// moments the server is measured at, and the load's timeline.
 #[derive(Debug, Default)]
 pub struct Progress {
     /// Connections attempted.
@@ -118,9 +124,22 @@ pub struct Progress {
     pub server_cpu_ticks: [AtomicU64; 2],
     /// The loadgen's own CPU time at the same two moments.
     pub loadgen_cpu_ticks: [AtomicU64; 2],
+    /// When the load began, in ns since the plan's epoch: set by the last worker to finish
+    /// the hold, before any starts the load (the timeline's second 0).
+    pub load_started_ns: AtomicU64,
+    /// The load second by second, over every worker.
+    pub timeline: Mutex<Timeline>,
 }
 
 impl Progress {
+    /// The progress of a run with `workers` workers.
+    pub fn new(workers: usize) -> Progress {
+        Progress {
+            timeline: Mutex::new(Timeline::new(workers)),
+            ..Progress::default()
+        }
+    }
+
     fn interrupted(&self) -> bool {
         self.interrupted.load(Ordering::Acquire)
     }
@@ -213,6 +232,8 @@ struct Worker {
     /// When a frame last arrived (churn's drain waits for quiet).
     last_frame: Instant,
     schedule: Option<Schedule>,
+    /// The load's current second (from the start of the load to its end).
+    second: Option<Recorder>,
     /// Reused buffer of readiness events.
     events: Vec<(u32, u64)>,
 }
@@ -250,6 +271,7 @@ pub fn run(
         churning: false,
         last_frame: Instant::now(),
         schedule: None,
+        second: None,
         events: Vec::new(),
         plan,
         progress,
@@ -279,6 +301,8 @@ pub fn run(
         {
             let w = worker.borrow();
             if w.progress.holds_done.fetch_add(1, Ordering::AcqRel) + 1 == w.plan.workers {
+                let started = w.since_epoch_ns(Instant::now());
+                w.progress.load_started_ns.store(started, Ordering::Release);
                 let own = crate::cpu_ticks(std::process::id()).unwrap_or(0);
                 w.progress.loadgen_cpu_ticks[0].store(own, Ordering::Release);
                 if let Some(pid) = w.plan.server_pid {
@@ -292,8 +316,16 @@ pub fn run(
             }
         }
         load_start.wait();
+        {
+            let mut w = worker.borrow_mut();
+            let started = w.progress.load_started_ns.load(Ordering::Acquire);
+            w.second = Some(Recorder::new(id, started));
+        }
         load(&worker).await;
         let mut w = worker.borrow_mut();
+        if let Some(second) = w.second.take() {
+            second.finish(&w.progress.timeline);
+        }
         w.finish();
         Ok(std::mem::take(&mut w.report))
     })
@@ -602,6 +634,14 @@ impl Worker {
         at.saturating_duration_since(self.plan.epoch).as_nanos() as u64
     }
 
+    /// The load's second `now_ns` falls in (`None` outside the load).
+    fn second_at(&mut self, now_ns: u64) -> Option<&mut Second> {
+        let timeline = &self.progress.timeline;
+        self.second
+            .as_mut()
+            .map(|second| second.at(now_ns, timeline))
+    }
+
     /// Sends every message now due; stops the send timer after the last.
     fn send_due(&mut self) {
         let Some(mut schedule) = self.schedule.take() else {
@@ -657,6 +697,10 @@ impl Worker {
         }
         if self.send_text(sender, &text) {
             self.report.sent += 1;
+            let now_ns = self.since_epoch_ns(Instant::now());
+            if let Some(second) = self.second_at(now_ns) {
+                second.sent();
+            }
             // Offline receivers and echoes have no receiving connection.
             let targets = self.plan.targets.len() as u64;
             let received = self.plan.scenario != Scenario::Echo && !self.plan.offline_receivers;
@@ -971,30 +1015,36 @@ impl Worker {
         true
     }
 
+    /// Counts an ack (`sent` or `queued`) that came at `now_ns`, `latency_us` after its
+    /// message was due.
+    fn record_ack(&mut self, latency_us: u64, now_ns: u64) {
+        self.report.ack.record_us(latency_us);
+        self.report.acked += 1;
+        if let Some(second) = self.second_at(now_ns) {
+            second.acked(latency_us);
+        }
+    }
+
     /// Acts on a server message by type; false when the connection was failed.
     fn on_message(&mut self, slot: usize, kind: MessageType, stamp: Option<u64>) -> bool {
         let now_ns = self.since_epoch_ns(Instant::now());
         match (kind, stamp) {
             (MessageType::NewMessage, Some(scheduled)) => {
-                self.report
-                    .delivery
-                    .record_us(now_ns.saturating_sub(scheduled) / 1000);
+                let latency_us = now_ns.saturating_sub(scheduled) / 1000;
+                self.report.delivery.record_us(latency_us);
+                if let Some(second) = self.second_at(now_ns) {
+                    second.delivered(latency_us);
+                }
                 self.report.delivered += 1;
                 self.progress.delivered.fetch_add(1, Ordering::Release);
                 return true;
             }
             (MessageType::Ack, Some(scheduled)) => {
-                self.report
-                    .ack
-                    .record_us(now_ns.saturating_sub(scheduled) / 1000);
-                self.report.acked += 1;
+                self.record_ack(now_ns.saturating_sub(scheduled) / 1000, now_ns);
                 return true;
             }
             (MessageType::Queued, Some(scheduled)) => {
-                self.report
-                    .ack
-                    .record_us(now_ns.saturating_sub(scheduled) / 1000);
-                self.report.acked += 1;
+                self.record_ack(now_ns.saturating_sub(scheduled) / 1000, now_ns);
                 self.report.queued += 1;
                 self.progress.queued.fetch_add(1, Ordering::Release);
                 return true;

@@ -77,7 +77,7 @@ fn holds_and_loses_nothing(placement: Placement, flag: &str, name: &str) {
 }
 
 #[test]
-fn an_open_loop_load_phase_writes_ordered_percentiles_hgrm_and_svg() {
+fn an_open_loop_load_phase_writes_percentiles_hgrm_a_timeline_charts_and_one_page() {
     let engine = engine(2, None);
     let target = engine.local_addr().to_string();
     let (status, report, out) = run(
@@ -114,6 +114,25 @@ fn an_open_loop_load_phase_writes_ordered_percentiles_hgrm_and_svg() {
     assert_eq!(last_row.split_whitespace().nth(2), Some("2000"), "{hgrm}");
     let svg = std::fs::read_to_string(out.join("latency.svg")).unwrap();
     assert!(svg.starts_with("<svg") && svg.matches("<polyline").count() == 2);
+    // Second by second: every message counted once, in the second it was sent or came.
+    let timeline = report["timeline"].as_array().unwrap();
+    assert!((2..=8).contains(&timeline.len()), "{report}");
+    let total = |k: &str| timeline.iter().map(|s| s[k].as_u64().unwrap()).sum::<u64>();
+    assert_eq!(
+        (total("sent"), total("delivered"), total("acked")),
+        (2000, 2000, 2000)
+    );
+    for (i, second) in timeline.iter().enumerate() {
+        assert_eq!(second["second"], i, "{second}");
+        let tail = |k: &str| second["delivery"][k].as_u64().unwrap();
+        assert!(tail("p50_us") <= tail("p99_us") && tail("p99_us") <= tail("max_us"));
+        assert!(tail("max_us") <= p("max_us") + p("max_us") / 50, "{second}");
+    }
+    let chart = std::fs::read_to_string(out.join("timeline.svg")).unwrap();
+    assert!(chart.starts_with("<svg") && chart.matches("<polyline").count() == 6);
+    let page = std::fs::read_to_string(out.join("index.html")).unwrap();
+    assert_eq!(page.matches("<svg").count(), 2, "both charts inline");
+    assert!(page.contains("worst second") && page.contains(r#"href="report.json""#));
     std::fs::remove_dir_all(out).unwrap();
     assert!(engine.shutdown());
 }
