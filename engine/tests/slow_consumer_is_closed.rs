@@ -34,6 +34,7 @@ fn a_receiver_that_never_reads_is_dropped_and_others_carry_on() {
         // Reading now (within the close timeout), the stalled client gets what the kernel
         // held, the rest of the frame it had begun, and the close frame.
         assert_eq!(stalled.read_to_end(), Some(4002));
+        assert_eq!(server.counted_by_code("engine_closes_total", "4002"), 1);
         // Everyone else is served as before.
         sender.send(&json!({"type":"send_message","messageId":"after","receiverId":"healthy","content":"still here"}));
         assert_eq!(healthy.recv_type("new_message")["content"], "still here");

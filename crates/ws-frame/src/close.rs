@@ -28,6 +28,32 @@ pub const REPLACED: u16 = 4003;
 /// 4005: the session's token expired and no `auth_refresh` extended it.
 pub const TOKEN_EXPIRED: u16 = 4005;
 
+/// Every code above, in order: what the gateway counts its closes by.
+pub const SENT: [u16; 12] = [
+    NORMAL,
+    GOING_AWAY,
+    PROTOCOL_ERROR,
+    UNSUPPORTED_DATA,
+    INVALID_PAYLOAD,
+    POLICY_VIOLATION,
+    MESSAGE_TOO_BIG,
+    INTERNAL_ERROR,
+    AUTH_TIMEOUT,
+    SLOW_CONSUMER,
+    REPLACED,
+    TOKEN_EXPIRED,
+];
+
+/// [`SENT`] as text, in the same order: the `code` label of the closes' metric.
+pub const SENT_LABELS: [&str; SENT.len()] = [
+    "1000", "1001", "1002", "1003", "1007", "1008", "1009", "1011", "4001", "4002", "4003", "4005",
+];
+
+/// Where `code` sits in [`SENT`] (`None` for a code the gateway does not send).
+pub fn sent_index(code: u16) -> Option<usize> {
+    SENT.iter().position(|&sent| sent == code)
+}
+
 /// Whether a peer may send `code` in a close frame (RFC 6455 §7.4.1, and 3000–4999).
 pub fn peer_code_is_valid(code: u16) -> bool {
     CloseCode::from(code).is_allowed()
@@ -36,6 +62,15 @@ pub fn peer_code_is_valid(code: u16) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_code_sent_has_its_label_and_index() {
+        for (i, code) in SENT.iter().enumerate() {
+            assert_eq!(SENT_LABELS[i], code.to_string());
+            assert_eq!(sent_index(*code), Some(i));
+        }
+        assert_eq!(sent_index(1005), None);
+    }
 
     #[test]
     fn reserved_and_out_of_range_codes_are_refused() {

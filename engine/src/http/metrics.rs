@@ -213,8 +213,8 @@ const REACTOR_COUNTERS: [ReactorCounter; 20] = [
     ),
 ];
 
-/// Counters each reactor keeps per message kind or error code.
-const REACTOR_COUNTERS_BY_NAME: [ReactorCountersByName; 3] = [
+/// Counters each reactor keeps per message kind, error code or close code.
+const REACTOR_COUNTERS_BY_NAME: [ReactorCountersByName; 4] = [
     (
         "engine_messages_in_total",
         "Client messages by type.",
@@ -235,6 +235,13 @@ const REACTOR_COUNTERS_BY_NAME: [ReactorCountersByName; 3] = [
         "code",
         ErrorCode::NAMES,
         |r| &r.errors[..],
+    ),
+    (
+        "engine_closes_total",
+        "Connections the gateway closed, by close code (4002: slow consumer).",
+        "code",
+        &ws_frame::close::SENT_LABELS,
+        |r| &r.closes[..],
     ),
 ];
 

@@ -946,6 +946,9 @@ impl Reactor {
             Phase::Open | Phase::Authenticated => {}
         }
         conn.phase = Phase::Closing;
+        if let Some(i) = close::sent_index(code) {
+            ReactorStats::bump(&self.shared.stats[self.id].closes[i]);
+        }
         self.detach(at);
         self.set_deadline(at, CLOSE_TIMEOUT_MS);
         self.send_final(at, Outgoing::control(frame::encode_close(code, reason)));

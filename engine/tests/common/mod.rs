@@ -337,11 +337,16 @@ impl Server {
 
     /// `engine_errors_total` for one error code.
     pub fn errors_counted(&self, code: &str) -> u64 {
+        self.counted_by_code("engine_errors_total", code)
+    }
+
+    /// The per-reactor counter `name`, labelled by `code`, for one code, over reactors.
+    pub fn counted_by_code(&self, name: &str, code: &str) -> u64 {
         let (_, metrics) = self.get("/metrics");
-        let label = format!(r#"code="{code}""#);
+        let (name, label) = (format!("{name}{{"), format!(r#"code="{code}""#));
         metrics
             .lines()
-            .filter(|l| l.starts_with("engine_errors_total{") && l.contains(&label))
+            .filter(|l| l.starts_with(&name) && l.contains(&label))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
             .sum()
     }
