@@ -43,6 +43,10 @@ pub struct ReactorStats {
     pub deadlines_met_late: AtomicU64,
     /// Connections paused because their input met a full mailbox ring (backpressure).
     pub backpressure_pauses: AtomicU64,
+    /// Batches of envelopes left in this reactor's inbound rings after its last drain
+    /// (each holds up to [`crate::mailbox::BATCH_ENVELOPES_MAX`]): more than none means
+    /// it falls behind its peers.
+    pub mailbox_waiting: AtomicI64,
     /// Connections closed as they were accepted: their address was over
     /// `--max-pending-per-ip` or `--connects-per-ip-per-sec`.
     pub refused_per_address: AtomicU64,

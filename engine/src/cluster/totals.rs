@@ -5,8 +5,9 @@ use serde_json::{json, Map, Value};
 
 /// The figures summed over nodes (top-level keys of `/api/stats`). `online_users` counts
 /// a user once per node that holds a device of the user.
-const SUMMED: [&str; 6] = [
+const SUMMED: [&str; 7] = [
     "messages_processed",
+    "messages_out",
     "messages_persisted",
     "messages_recorded",
     "persistence_failures",

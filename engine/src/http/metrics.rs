@@ -100,7 +100,7 @@ const STORE_COUNTERS: [StoreCounter; 11] = [
 ];
 
 /// Gauges each reactor keeps.
-const REACTOR_GAUGES: [ReactorGauge; 2] = [
+const REACTOR_GAUGES: [ReactorGauge; 3] = [
     (
         "engine_connections",
         "Open connections (HTTP and WebSocket).",
@@ -110,6 +110,11 @@ const REACTOR_GAUGES: [ReactorGauge; 2] = [
         "engine_online_users",
         "Users homed on the reactor with a device online.",
         |r| &r.online_users,
+    ),
+    (
+        "engine_mailbox_waiting_batches",
+        "Batches of envelopes (up to 256 each) left in the reactor's inbound mailbox rings after its last drain: above 0, it falls behind its peers.",
+        |r| &r.mailbox_waiting,
     ),
 ];
 
@@ -399,7 +404,9 @@ fn header(text: &mut String, name: &str, help: &str, kind: &str) {
     let _ = writeln!(text, "# HELP {name} {help}\n# TYPE {name} {kind}");
 }
 
-/// Writes `/api/stats`: totals, then one object per reactor.
+/// Writes `/api/stats`: totals, counts by error and close code, the routing and commit
+/// latency histograms, then one object per reactor (schema in the README; the `/admin`
+/// page draws it every second).
 pub fn stats_json(
     out: &mut Vec<u8>,
     health: &Health,
@@ -408,8 +415,27 @@ pub fn stats_json(
 ) {
     let processed = stats::sum(reactors, |r| &r.messages_processed);
     let rss = stats::rss_bytes();
+    let by_name =
+        |out: &mut Vec<u8>, names: &[&str], counters: fn(&ReactorStats) -> &[AtomicU64]| {
+            let mut obj = Obj::new(out);
+            for (i, name) in names.iter().enumerate() {
+                obj = obj.u64(
+                    name,
+                    reactors.iter().map(|r| stats::read(&counters(r)[i])).sum(),
+                );
+            }
+            obj.end();
+        };
+    let routing = |bucket: usize| {
+        reactors
+            .iter()
+            .map(|r| stats::read(&r.routing_latency.buckets[bucket]))
+            .sum()
+    };
+    let commit = |bucket: usize| stats::read(&store.commit_latency.buckets[bucket]);
     Obj::new(out)
         .u64("messages_processed", processed)
+        .u64("messages_out", stats::sum(reactors, |r| &r.frames_out))
         .u64("messages_persisted", stats::read(&store.persisted))
         .u64("messages_recorded", stats::read(&store.recorded))
         .u64("persistence_failures", stats::read(&store.failures))
@@ -420,6 +446,14 @@ pub fn stats_json(
         })
         .i64("connections", health.connections)
         .i64("online_users", health.online_users)
+        .with("errors", |out| {
+            by_name(out, ErrorCode::NAMES, |r| &r.errors[..])
+        })
+        .with("closes", |out| {
+            by_name(out, &ws_frame::close::SENT_LABELS, |r| &r.closes[..])
+        })
+        .with("routing_latency", |out| buckets_json(out, routing))
+        .with("store_commit_latency", |out| buckets_json(out, commit))
         .with("reactors", |out| {
             out.push(b'[');
             for (id, r) in reactors.iter().enumerate() {
@@ -434,10 +468,35 @@ pub fn stats_json(
                     .u64("messages_out", stats::read(&r.frames_out))
                     .u64("bytes_in", stats::read(&r.bytes_in))
                     .u64("bytes_out", stats::read(&r.bytes_out))
+                    .i64("mailbox_waiting", stats::load_gauge(&r.mailbox_waiting))
+                    .u64("backpressure_pauses", stats::read(&r.backpressure_pauses))
                     .end();
             }
             out.push(b']');
         })
+        .end();
+}
+
+/// A latency histogram as `{"le_us":[bounds…,null],"counts":[…]}`: the count in each
+/// bucket (not cumulative) up to its bound, the last one unbounded.
+fn buckets_json(out: &mut Vec<u8>, count: impl Fn(usize) -> u64) {
+    let list = |out: &mut Vec<u8>, items: &mut dyn Iterator<Item = String>| {
+        out.push(b'[');
+        for (i, item) in items.enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(item.as_bytes());
+        }
+        out.push(b']');
+    };
+    let bounds = LATENCY_BUCKETS_US.iter().map(u64::to_string);
+    let counts = (0..=LATENCY_BUCKETS_US.len()).map(|i| count(i).to_string());
+    Obj::new(out)
+        .with("le_us", |out| {
+            list(out, &mut bounds.chain(std::iter::once("null".into())))
+        })
+        .with("counts", |out| list(out, &mut counts.into_iter()))
         .end();
 }
 
@@ -484,5 +543,49 @@ mod tests {
         assert_eq!(value["connections"], 2);
         assert_eq!(value["reactors"].as_array().unwrap().len(), 2);
         assert_eq!(value["messages_persisted"], 0);
+    }
+
+    #[test]
+    fn stats_sum_codes_and_latency_buckets_over_reactors() {
+        let reactors = [ReactorStats::default(), ReactorStats::default()];
+        let store = StoreStats::default();
+        reactors[0].count_error(ErrorCode::RateLimited);
+        reactors[1].count_error(ErrorCode::RateLimited);
+        let slow = ws_frame::close::sent_index(ws_frame::close::SLOW_CONSUMER).unwrap();
+        ReactorStats::bump(&reactors[1].closes[slow]);
+        reactors[0].routing_latency.observe_us(3);
+        reactors[1].routing_latency.observe_us(3);
+        reactors[1].routing_latency.observe_us(10_000_000_000);
+        store.commit_latency.observe_us(700);
+        reactors[1]
+            .mailbox_waiting
+            .store(3, std::sync::atomic::Ordering::Relaxed);
+        let mut out = Vec::new();
+        stats_json(&mut out, &HEALTH, &reactors, &store);
+        let value: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(value["errors"]["rate_limited"], 2, "{value}");
+        assert_eq!(value["errors"].as_object().unwrap().len(), ErrorCode::COUNT);
+        assert_eq!(value["closes"]["4002"], 1);
+        let routing = &value["routing_latency"];
+        let (bounds, counts) = (
+            routing["le_us"].as_array().unwrap(),
+            routing["counts"].as_array().unwrap(),
+        );
+        assert_eq!(
+            (bounds.len(), counts.len()),
+            (LATENCY_BUCKETS_US.len() + 1, bounds.len())
+        );
+        assert!(
+            bounds.last().unwrap().is_null(),
+            "the last bucket is unbounded"
+        );
+        let at = LATENCY_BUCKETS_US.partition_point(|&b| b < 3);
+        assert_eq!(
+            (counts[at].as_u64(), counts.last().unwrap().as_u64()),
+            (Some(2), Some(1))
+        );
+        let commit = value["store_commit_latency"]["counts"].as_array().unwrap();
+        assert_eq!(commit.iter().filter_map(|c| c.as_u64()).sum::<u64>(), 1);
+        assert_eq!(value["reactors"][1]["mailbox_waiting"], 3);
     }
 }

@@ -16,6 +16,10 @@ use crate::{protocol::json::Obj, stats::ReactorStats, store::StoreStats};
 
 /// The browser test client served at `GET /`: one self-contained page, no external assets.
 pub const TEST_CLIENT_PAGE: &str = include_str!("../../assets/index.html");
+/// The live dashboard served at `GET /admin`: one self-contained page that draws
+/// `/api/stats` every second. It holds no data itself, so it is served without the API
+/// token; the figures it reads need it.
+pub const ADMIN_PAGE: &str = include_str!("../../assets/admin.html");
 
 /// What the gateway knows when it answers: live figures, every reactor's counters, and
 /// the API token (if any).
@@ -61,9 +65,8 @@ pub fn route(request: &Request, body: &[u8], context: &Context<'_>) -> Route {
     let keep_alive = request.keep_alive();
     let path = request.path.as_str();
     let allowed: &[&str] = match path {
-        "/" | "/health" | "/health/live" | "/health/ready" | "/metrics" | "/api/stats" => {
-            &["GET", "HEAD"]
-        }
+        "/" | "/admin" | "/health" | "/health/live" | "/health/ready" | "/metrics"
+        | "/api/stats" => &["GET", "HEAD"],
         "/api/messages/send" | "/api/messages/broadcast" => &["POST"],
         p if p.starts_with("/api/messages/queue/") => &["GET"],
         _ => {
@@ -197,7 +200,7 @@ fn read_only(request: &Request, context: &Context<'_>) -> Route {
     let health = &context.health;
     let mut body = Vec::with_capacity(512);
     let (status, content_type) = match request.path.as_str() {
-        "/" => (200, "text/html; charset=utf-8"),
+        "/" | "/admin" => (200, "text/html; charset=utf-8"),
         "/health" => {
             health_json(&mut body, health, context.cluster);
             (200, "application/json")
@@ -226,10 +229,10 @@ fn read_only(request: &Request, context: &Context<'_>) -> Route {
             (200, "application/json")
         }
     };
-    let body = if request.path == "/" {
-        TEST_CLIENT_PAGE.as_bytes()
-    } else {
-        &body[..]
+    let body = match request.path.as_str() {
+        "/" => TEST_CLIENT_PAGE.as_bytes(),
+        "/admin" => ADMIN_PAGE.as_bytes(),
+        _ => &body[..],
     };
     let full = response::write(status, content_type, body, request.keep_alive(), &[]);
     if request.method == "HEAD" {

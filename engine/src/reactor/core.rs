@@ -472,12 +472,15 @@ impl Reactor {
 
     fn drain_mailboxes(&mut self) {
         let mut inboxes = std::mem::take(&mut self.inboxes);
-        self.mail_left = mailbox::drain(&mut inboxes, |envelope| {
+        let waiting = mailbox::drain(&mut inboxes, |envelope| {
             ReactorStats::bump(&self.shared.stats[self.id].envelopes_received);
             self.isolate(None, "an envelope from another reactor", |reactor| {
                 reactor.take_mail(envelope);
             });
         });
+        self.mail_left = waiting > 0;
+        let gauge = &self.shared.stats[self.id].mailbox_waiting;
+        gauge.store(waiting as i64, std::sync::atomic::Ordering::Relaxed);
         self.inboxes = inboxes;
     }
 

@@ -2,6 +2,7 @@
 //! real WebSocket client (tungstenite) or raw bytes.
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod certs;
 pub mod nats;
 
