@@ -149,7 +149,8 @@ pub fn parse_broadcast(body: &[u8]) -> Result<BroadcastRequest, ApiError> {
     })
 }
 
-fn parse_json<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
+/// A body as the JSON object `T`, or a 400 `bad_json` naming what is wrong.
+pub(super) fn parse_json<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|e| ApiError {
         status: 400,
         code: "bad_json",
@@ -158,7 +159,7 @@ fn parse_json<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
 }
 
 /// An id: a non-empty string, or an integer (seed 001 uses integers), as a string.
-fn id(value: Option<&Value>, field: &str) -> Result<String, ApiError> {
+pub(super) fn id(value: Option<&Value>, field: &str) -> Result<String, ApiError> {
     let text = match value {
         Some(Value::String(s)) => s.clone(),
         Some(Value::Number(n)) if n.is_u64() || n.is_i64() => n.to_string(),

@@ -4,6 +4,7 @@
 //! The request line decides what a connection becomes: `GET /ws` with an upgrade turns
 //! into a WebSocket (see `ws::handshake`); anything else is answered here with keep-alive.
 
+pub mod admin;
 pub mod api;
 pub mod health;
 pub mod metrics;

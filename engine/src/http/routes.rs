@@ -5,6 +5,7 @@
 use bytes::Bytes;
 
 use super::{
+    admin::{self, AdminRequest},
     api::{self, ApiError, BroadcastRequest, SendRequest},
     health::Health,
     metrics,
@@ -51,6 +52,8 @@ pub enum Route {
     Broadcast(BroadcastRequest),
     /// `/api/stats?scope=cluster`: every node's figures; answer when they have come.
     ClusterStats,
+    /// An operator's call (`/api/admin/*`); answer when the homes concerned have.
+    Admin(AdminRequest),
     /// Read (and with `drain`, empty) a user's offline queue; answer when the store has.
     Queue {
         /// The user.
@@ -69,6 +72,7 @@ pub fn route(request: &Request, body: &[u8], context: &Context<'_>) -> Route {
         | "/api/stats" => &["GET", "HEAD"],
         "/api/messages/send" | "/api/messages/broadcast" => &["POST"],
         p if p.starts_with("/api/messages/queue/") => &["GET"],
+        p if admin::methods(p).is_some() => admin::methods(p).unwrap_or_default(),
         _ => {
             let answer = response::json_error(404, "not_found", "no such path", keep_alive);
             return Route::Answer(answer);
@@ -87,6 +91,10 @@ pub fn route(request: &Request, body: &[u8], context: &Context<'_>) -> Route {
             Err(e) => api_error(&e, keep_alive),
         },
         p if p.starts_with("/api/messages/queue/") => queue_route(request),
+        p if p.starts_with(admin::PREFIX) => match admin::parse(&request.method, p, body) {
+            Ok(call) => Route::Admin(call),
+            Err(e) => api_error(&e, keep_alive),
+        },
         "/api/stats" => match (stats_scope(request), context.cluster) {
             (Ok(false), _) => read_only(request, context),
             (Ok(true), Some(_)) if request.method == "GET" => Route::ClusterStats,

@@ -12,14 +12,17 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::core::{BroadcastCounts, Reactor};
+use tracing::debug;
+
 use crate::conn::{PageInFlight, PendingApi};
 use crate::{
     cluster::relay::Relay,
     http::{
+        admin::AdminRequest,
         api::{BroadcastRequest, SendRequest},
         metrics, response,
     },
-    protocol::{codes::ErrorCode, json::Obj, now_ms},
+    protocol::{codes::ErrorCode, json::Obj, now_ms, outbound::Outgoing},
     router::{BroadcastMessage, BroadcastOrder, ConnAddr, Envelope},
     shard::Event,
     stats,
@@ -370,6 +373,83 @@ impl Reactor {
         self.finish_api(at, answer, pending.keep_alive);
     }
 
+    /// Starts an operator's call (`/api/admin/*`): the shard sends it to the homes that
+    /// answer it.
+    pub(super) fn api_admin(&mut self, at: ConnAddr, keep_alive: bool, call: AdminRequest) {
+        let Some(conn) = self.conn_mut(at) else {
+            return;
+        };
+        conn.aux_mut().pending_api = Some(PendingApi {
+            keep_alive,
+            message_id: "".into(),
+            drain: false,
+        });
+        self.feed_shard(Event::Admin {
+            conn: at,
+            request: &call,
+        });
+    }
+
+    /// A home's answer to an operator's call. In a cluster, an answer about users names
+    /// the node it speaks for.
+    pub(super) fn answer_admin(
+        &mut self,
+        at: ConnAddr,
+        status: u16,
+        body: &[u8],
+        node_scoped: bool,
+    ) {
+        let Some(pending) = self.take_pending_api(at) else {
+            return;
+        };
+        let node = self.shared.cluster.as_ref().filter(|_| node_scoped);
+        let body = match (node, body.split_first()) {
+            (Some(cluster), Some((b'{', fields))) => {
+                let mut scoped = Vec::with_capacity(body.len() + 64);
+                Obj::new(&mut scoped)
+                    .str("node", cluster.node_id())
+                    .str("scope", "node")
+                    .end();
+                scoped.pop(); // the closing brace: the home's fields follow
+                if fields != b"}" {
+                    scoped.push(b',');
+                }
+                scoped.extend_from_slice(fields);
+                scoped
+            }
+            _ => body.to_vec(),
+        };
+        let answer = response::write(status, "application/json", &body, pending.keep_alive, &[]);
+        self.finish_api(at, answer, pending.keep_alive);
+    }
+
+    /// A frame the shard sent to an HTTP connection: the answer to its pending call, as a
+    /// group change's or a refused send's comes (an `error` gets the HTTP status of its
+    /// code, anything else 200 with the frame's JSON). Without a call pending it is
+    /// dropped: nothing but an answer goes to an HTTP client.
+    pub(super) fn answer_api_with_frame(&mut self, at: ConnAddr, frame: &Outgoing) {
+        let Ok(Some((parsed, _))) = ws_frame::frame::parse_server_frame(&frame.bytes) else {
+            return;
+        };
+        let json = &frame.bytes[parsed.payload];
+        let Some(pending) = self.take_pending_api(at) else {
+            return debug!(
+                slot = at.slot,
+                "a frame for an HTTP connection with no call: dropped"
+            );
+        };
+        let value: serde_json::Value = serde_json::from_slice(json).unwrap_or_default();
+        let answer = match value["type"].as_str() {
+            Some("error") => {
+                let code = value["code"].as_str().unwrap_or("internal");
+                let message = value["message"].as_str().unwrap_or_default();
+                response::json_error(api_status(code), code, message, pending.keep_alive)
+            }
+            _ => response::write(200, "application/json", json, pending.keep_alive, &[]),
+        };
+        self.finish_api(at, answer, pending.keep_alive);
+    }
+
     fn take_pending_api(&mut self, at: ConnAddr) -> Option<PendingApi> {
         let conn = self.conn_mut(at)?;
         let pending = conn.aux.as_mut()?.pending_api.take();
@@ -383,6 +463,17 @@ impl Reactor {
         if keep_alive {
             self.process_input(at, &mut [], 0);
         }
+    }
+}
+
+/// The HTTP status of a refusal with error `code`.
+fn api_status(code: &str) -> u16 {
+    match code {
+        "forbidden" | "not_member" => 403,
+        "conflict" | "too_many_groups" => 409,
+        "rate_limited" | "queue_full" => 429,
+        "persistence_failed" | "cluster_unavailable" | "internal" => 503,
+        _ => 400,
     }
 }
 

@@ -16,6 +16,7 @@ use crate::conn::{self, Conn, Flags, InboxFrame, OutQueue, Phase};
 use crate::{
     mailbox::{self, BatchConsumer, Outbox},
     protocol::{
+        codes::OutKind,
         inbound::JsonParser,
         outbound::{OutJson, Outgoing},
         Priority,
@@ -638,8 +639,13 @@ impl Reactor {
         let Some(conn) = self.conn_mut(at) else {
             return;
         };
-        if conn.phase == Phase::Closing {
-            return;
+        match conn.phase {
+            Phase::Closing => return,
+            // A WebSocket frame for an HTTP connection: a shard's answer to its API call.
+            Phase::Http if frame.kind != OutKind::Http => {
+                return self.answer_api_with_frame(at, &frame)
+            }
+            _ => {}
         }
         if conn.flags.has(Flags::CATCHING_UP) {
             return self.hold(at, frame, priority);

@@ -13,7 +13,6 @@ use crate::{
     shard::{Clock, Effect, Event},
     stats,
     store::Reply,
-    ws::close,
 };
 
 impl Reactor {
@@ -145,19 +144,18 @@ impl Reactor {
             } => self.on_ack(sender, &message_id, status),
             Envelope::Registered { addr } => self.start_catch_up(addr),
             Envelope::Moved { id, conn } => self.arrive(id, *conn),
-            Envelope::Close { addr, code } => {
-                let reason = match code {
-                    close::REPLACED => "replaced",
-                    close::SLOW_CONSUMER => "slow consumer: acks overdue",
-                    _ => "too many devices",
-                };
-                self.begin_close(addr, code, reason);
-            }
+            Envelope::Close { addr, code, reason } => self.begin_close(addr, code, reason),
             Envelope::BroadcastReply {
                 request,
                 delivered,
                 offline,
             } => self.on_broadcast_reply(request, delivered, 0, offline),
+            Envelope::AdminAnswer {
+                to,
+                status,
+                body,
+                node_scoped,
+            } => self.answer_admin(to, status, &body, node_scoped),
             other => debug_assert!(false, "for the shard, not the driver: {other:?}"),
         }
     }

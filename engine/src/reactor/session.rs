@@ -234,6 +234,7 @@ impl Reactor {
             Route::Send(send) => self.api_send(at, req.keep_alive(), send),
             Route::Broadcast(broadcast) => self.api_broadcast(at, req.keep_alive(), broadcast),
             Route::Queue { user, drain } => self.api_queue(at, req.keep_alive(), user, drain),
+            Route::Admin(call) => self.api_admin(at, req.keep_alive(), call),
             Route::ClusterStats => self.api_cluster_stats(at, req.keep_alive()),
         }
     }

@@ -221,6 +221,50 @@ pub struct GroupChange {
     pub device: ConnAddr,
     /// What is asked.
     pub action: crate::protocol::inbound::GroupRequest,
+    /// Asked by an operator (`/api/admin/*`, from the HTTP connection `device`): an
+    /// `Add` or `Remove` that no member's role limits.
+    pub operator: bool,
+}
+
+/// An operator's call about users or a group homed at the receiving reactor
+/// (`/api/admin/*`), answered to the HTTP connection that made it.
+#[derive(Debug)]
+pub struct AdminAsk {
+    /// The HTTP connection waiting for the answer.
+    pub requester: ConnAddr,
+    /// What is asked.
+    pub what: AdminWhat,
+}
+
+/// What an operator asks a home.
+#[derive(Debug)]
+pub enum AdminWhat {
+    /// A user's devices online here.
+    Devices {
+        /// The user.
+        user: Box<str>,
+    },
+    /// Close a user's devices, or one of them, with `code`.
+    Disconnect {
+        /// The user.
+        user: Box<str>,
+        /// Only this device.
+        device: Option<Box<str>>,
+        /// The close code.
+        code: u16,
+    },
+    /// These users' presence, as this home's part of gathered request `request`.
+    Presence {
+        /// The request at the requester's reactor.
+        request: u32,
+        /// The users homed here.
+        users: Vec<Box<str>>,
+    },
+    /// A group's members and settings.
+    Members {
+        /// The group.
+        group: Box<str>,
+    },
 }
 
 /// A message to every member of a group.
@@ -339,12 +383,15 @@ pub enum Envelope {
         /// The outcome.
         status: AckStatus,
     },
-    /// To a device's reactor: close this connection with `code` (4003 when replaced).
+    /// To a device's reactor: close this connection with `code` (4003 when replaced)
+    /// and `reason`.
     Close {
         /// The connection.
         addr: ConnAddr,
         /// The close code.
         code: u16,
+        /// The close frame's reason.
+        reason: &'static str,
     },
     /// To a user's home reactor: an authenticated connection moving there. Its socket came
     /// first, through the home's [`crate::sockets::Handoff`], under `id`.
@@ -436,6 +483,27 @@ pub enum Envelope {
         /// Users with no device online that could not be queued.
         offline: u32,
     },
+    /// To a home: an operator's call (`/api/admin/*`).
+    Admin(Box<AdminAsk>),
+    /// To an operator's HTTP connection: the answer to its call, a JSON body.
+    AdminAnswer {
+        /// The HTTP connection.
+        to: ConnAddr,
+        /// The HTTP status.
+        status: u16,
+        /// The JSON body (an object).
+        body: Vec<u8>,
+        /// It speaks of users as this node sees them: in a cluster the answer names the
+        /// node (`"node"`, `"scope":"node"`).
+        node_scoped: bool,
+    },
+    /// To an operator's reactor: one home's part of the presence call `request`.
+    AdminPresence {
+        /// The call at the requester's reactor.
+        request: u32,
+        /// Presence of the users this home holds.
+        entries: Vec<PresenceEntry>,
+    },
     /// To a watcher's reactor: part of the answer to subscribe request `request`.
     PresenceReply {
         /// The subscribe request at the watcher's reactor.
@@ -466,13 +534,16 @@ impl Envelope {
             | Envelope::Huddle(_)
             | Envelope::HuddleRelayed(_)
             | Envelope::GroupDeliver(_)
-            | Envelope::GroupShareDone { .. } => true,
+            | Envelope::GroupShareDone { .. }
+            | Envelope::Admin(_)
+            | Envelope::AdminPresence { .. } => true,
             Envelope::ToConn { .. }
             | Envelope::Registered { .. }
             | Envelope::Ack { .. }
             | Envelope::Close { .. }
             | Envelope::Moved { .. }
-            | Envelope::BroadcastReply { .. } => false,
+            | Envelope::BroadcastReply { .. }
+            | Envelope::AdminAnswer { .. } => false,
         }
     }
 }

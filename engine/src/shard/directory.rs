@@ -27,6 +27,9 @@ pub struct Device {
     /// It acknowledges what it gets (it sent `resume`); a device that does not takes a
     /// frame handed to its socket as delivered (v1).
     pub acks: bool,
+    /// When it authenticated (Unix ms), for the admin API: 8 bytes an online device, the
+    /// price of the operator knowing how long a device has been connected.
+    pub since_ms: u64,
 }
 
 /// A user homed here: kept while online or watched. Kept small (one slot per online user
@@ -221,14 +224,15 @@ impl Directory {
         }
     }
 
-    /// Adds a device (not yet live: it reads its inbox first); the same device id
-    /// replaces the older connection. `acks`: it acknowledges what it gets.
+    /// Adds a device that authenticated at `now_ms` (not yet live: it reads its inbox
+    /// first); the same device id replaces the older connection. `acks`: it acknowledges
+    /// what it gets.
     pub fn register(
         &mut self,
         user: Arc<str>,
         device: Box<str>,
-        addr: ConnAddr,
-        acks: bool,
+        (addr, acks): (ConnAddr, bool),
+        now_ms: u64,
     ) -> Registered {
         let key = self.find_or_insert(&user.clone(), || user);
         let entry = &mut self.entries[key];
@@ -237,6 +241,7 @@ impl Directory {
             outcome.replaced = Some(std::mem::replace(&mut existing.addr, addr));
             existing.live = false;
             existing.acks = acks;
+            existing.since_ms = now_ms;
             return outcome;
         }
         if entry.devices.len() >= DEVICES_PER_USER_MAX {
@@ -249,6 +254,7 @@ impl Directory {
             addr,
             live: false,
             acks,
+            since_ms: now_ms,
         });
         if let Some(presence) = entry.presence.as_mut() {
             presence.last_seen_ms = None;
@@ -443,9 +449,9 @@ mod tests {
     fn a_devices_flags_follow_it_when_another_leaves() {
         let mut dir = Directory::default();
         let user: Arc<str> = Arc::from("u");
-        dir.register(user.clone(), "a".into(), addr(1), false);
-        dir.register(user.clone(), "b".into(), addr(2), true);
-        dir.register(user.clone(), "c".into(), addr(3), false);
+        dir.register(user.clone(), "a".into(), (addr(1), false), 0);
+        dir.register(user.clone(), "b".into(), (addr(2), true), 0);
+        dir.register(user.clone(), "c".into(), (addr(3), false), 0);
         assert!(
             dir.live_devices("u", None).is_empty(),
             "not live before catching up"
@@ -489,7 +495,7 @@ mod tests {
             assert_eq!(InboxHead::new(state).get(), state);
         }
         let mut dir = Directory::default();
-        dir.register(Arc::from("u"), "a".into(), addr(1), true);
+        dir.register(Arc::from("u"), "a".into(), (addr(1), true), 0);
         dir.set_numbering("u", Numbering::Home { last: 9 });
         assert_eq!(dir.numbering("u"), Numbering::Home { last: 9 });
         dir.unregister("u", addr(1), 0);
@@ -505,11 +511,11 @@ mod tests {
         let mut dir = Directory::default();
         let user: Arc<str> = Arc::from("u1");
         assert!(
-            dir.register(user.clone(), "phone".into(), addr(1), false)
+            dir.register(user.clone(), "phone".into(), (addr(1), false), 0)
                 .came_online
         );
         assert!(
-            !dir.register(user.clone(), "laptop".into(), addr(2), false)
+            !dir.register(user.clone(), "laptop".into(), (addr(2), false), 0)
                 .came_online
         );
         assert_eq!(dir.online_users(), 1);
@@ -523,8 +529,8 @@ mod tests {
     #[test]
     fn same_device_id_replaces_the_older_connection() {
         let mut dir = Directory::default();
-        dir.register(Arc::from("u1"), "phone".into(), addr(1), false);
-        let outcome = dir.register(Arc::from("u1"), "phone".into(), addr(2), false);
+        dir.register(Arc::from("u1"), "phone".into(), (addr(1), false), 0);
+        let outcome = dir.register(Arc::from("u1"), "phone".into(), (addr(2), false), 0);
         assert_eq!(
             outcome,
             Registered {
@@ -546,7 +552,7 @@ mod tests {
             (watching.online_here, watching.last_seen_ms, watching.first)
         };
         assert_eq!(seen(&mut dir), (false, None, true));
-        dir.register(Arc::from("u1"), "d".into(), addr(1), false);
+        dir.register(Arc::from("u1"), "d".into(), (addr(1), false), 0);
         assert_eq!(seen(&mut dir), (true, None, false));
         assert_eq!(dir.watchers("u1"), &[addr(9)]);
         dir.unregister("u1", addr(1), 42);
@@ -580,17 +586,18 @@ mod tests {
     #[test]
     fn an_online_users_entry_stays_small() {
         // The per-connection budget counts one slab slot and one index bucket per online
-        // user; the inbox head took it from 64 to 72 bytes (the device flags are free).
+        // user; the inbox head took it from 64 to 72 bytes (the device flags are free),
+        // the device's connect time to 80.
         let entry = std::mem::size_of::<UserEntry>();
-        assert!(entry <= 72, "{entry}");
-        assert_eq!(std::mem::size_of::<Device>(), 32);
+        assert!(entry <= 80, "{entry}");
+        assert_eq!(std::mem::size_of::<Device>(), 40);
     }
 
     #[test]
     fn many_users_come_and_go_and_each_is_found() {
         let mut dir = Directory::default();
         for i in 0..1000u32 {
-            dir.register(Arc::from(format!("u{i}")), "d".into(), addr(i), false);
+            dir.register(Arc::from(format!("u{i}")), "d".into(), (addr(i), false), 0);
         }
         for i in (0..1000u32).step_by(2) {
             assert!(dir.unregister(&format!("u{i}"), addr(i), 1));
@@ -608,12 +615,12 @@ mod tests {
         let mut dir = Directory::default();
         for i in 0..DEVICES_PER_USER_MAX as u32 {
             assert!(
-                !dir.register(Arc::from("u"), format!("d{i}").into(), addr(i), false)
+                !dir.register(Arc::from("u"), format!("d{i}").into(), (addr(i), false), 0)
                     .refused
             );
         }
         assert!(
-            dir.register(Arc::from("u"), "one-more".into(), addr(99), false)
+            dir.register(Arc::from("u"), "one-more".into(), (addr(99), false), 0)
                 .refused
         );
     }

@@ -49,6 +49,12 @@ fn administer(
             "only the group's owner names or removes admins",
         ));
     }
+    Ok(with_role(settings, user, role))
+}
+
+/// `settings` with `user` named an admin, or no longer one (`role`; `None` changes
+/// nothing).
+fn with_role(settings: Settings, user: &str, role: Option<Role>) -> Settings {
     let mut after = settings;
     match role {
         Some(Role::Admin) => {
@@ -59,7 +65,7 @@ fn administer(
         }
         None => {}
     }
-    Ok(after)
+    after
 }
 
 impl Shard {
@@ -78,6 +84,7 @@ impl Shard {
             actor: user.clone(),
             device: conn,
             action: request,
+            operator: false,
         };
         out.mail(self.home_of(group), Envelope::GroupChange(Box::new(change)));
     }
@@ -114,9 +121,20 @@ impl Shard {
             actor,
             device,
             action,
+            operator,
         } = change;
         let before = self.groups.settings(&group);
         let decided = match action {
+            // An operator (`/api/admin/*`) adds and removes as the owner would, anyone.
+            GroupRequest::Add { user, role } if operator => {
+                let after = with_role(before.clone(), &user, role);
+                let role = after.role(&user);
+                Ok((user, Some(role), after))
+            }
+            GroupRequest::Remove { user } if operator => {
+                let after = before.without(&user);
+                Ok((user, None, after))
+            }
             GroupRequest::Join { token_grants } => {
                 let closed = before.invite && self.groups.exists(&group) && !token_grants;
                 if closed && !self.groups.is_member(&group, &actor) {
@@ -216,9 +234,10 @@ impl Shard {
     }
 
     /// The store answered a membership change: a committed change is announced to every
-    /// member (and to the user who left); a failed one is undone here and the asking
-    /// device gets `persistence_failed` (`cluster_unavailable` when NATS is out of
-    /// reach), so memory and disk agree.
+    /// member (and to the user who left), the asking device (or operator's connection)
+    /// first; a failed one is undone here and the asking device gets
+    /// `persistence_failed` (`cluster_unavailable` when NATS is out of reach), so memory
+    /// and disk agree.
     pub(super) fn membership_stored(
         &mut self,
         (group, user, join): (&str, &str, bool),
@@ -249,11 +268,12 @@ impl Shard {
         if !join {
             told.push(user);
         }
+        out.frame_to(device, frame.clone(), Priority::Normal, 0);
         let delivery = GroupDelivery {
             users: Vec::new(),
             frame,
             priority: Priority::Normal,
-            except: None,
+            except: Some(device),
             post: None,
         };
         self.send_shares(told, &delivery, out);

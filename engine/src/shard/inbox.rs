@@ -170,8 +170,11 @@ impl Shard {
             .map(|d| d.addr)
             .collect();
         for addr in overdue {
-            let code = close::SLOW_CONSUMER;
-            out.mail(addr.reactor as usize, Envelope::Close { addr, code });
+            let (code, reason) = (close::SLOW_CONSUMER, "slow consumer: acks overdue");
+            out.mail(
+                addr.reactor as usize,
+                Envelope::Close { addr, code, reason },
+            );
         }
     }
 

@@ -29,6 +29,7 @@
 //! - [`huddles`]: call signals, and a group's call rooms.
 //! - `broadcast`: HTTP API broadcasts, each home's share.
 
+mod admin;
 pub mod away;
 mod broadcast;
 pub mod dedup;
@@ -101,6 +102,14 @@ pub enum Event<'a> {
         message_id: &'a str,
         /// The request.
         request: &'a crate::http::api::SendRequest,
+    },
+    /// An operator's call (`/api/admin/*`) on an HTTP connection of this reactor,
+    /// answered (through the driver) once the homes concerned have.
+    Admin {
+        /// The HTTP connection waiting for the answer.
+        conn: ConnAddr,
+        /// The call.
+        request: &'a crate::http::admin::AdminRequest,
     },
     /// An authenticated connection of this reactor closed, or began its close.
     Closed {
@@ -266,6 +275,8 @@ pub struct Shard {
     conns: std::collections::HashMap<ConnAddr, ConnChat>,
     /// Presence requests of this reactor's connections, waiting for homes.
     presence_requests: Gathers<Vec<PresenceEntry>>,
+    /// Operators' presence calls on this reactor's HTTP connections, waiting for homes.
+    admin_presence: Gathers<Vec<PresenceEntry>>,
     /// Subscribes to users homed here, waiting for the cluster's relay.
     presence_waits: Vec<presence::WaitingSubscribe>,
     /// Reusable buffer for outbound JSON.
@@ -306,6 +317,7 @@ impl Shard {
             user_groups,
             conns: Default::default(),
             presence_requests: Gathers::default(),
+            admin_presence: Gathers::default(),
             presence_waits: Vec::new(),
             json: OutJson::default(),
             next_opening: 0,
@@ -379,6 +391,7 @@ impl Shard {
                 message_id,
                 request,
             } => self.api_send(conn, message_id, request, out),
+            Event::Admin { conn, request } => self.admin(conn, request, out),
             Event::Closed { conn, user, clean } => self.closed(conn, user, clean, out),
             Event::Tick => self.graces_ended(out),
             Event::Mail(envelope) => self.on_mail(envelope, out),
@@ -491,6 +504,10 @@ impl Shard {
             Envelope::GroupShareDone { post, failed } => self.group_share_done(post, failed, out),
             Envelope::Huddle(signal) => self.huddle(*signal, out),
             Envelope::HuddleRelayed(relayed) => self.huddle_relayed(*relayed, out),
+            Envelope::Admin(ask) => self.admin_at_home(*ask, out),
+            Envelope::AdminPresence { request, entries } => {
+                self.admin_presence_part(request, entries, out)
+            }
             other => debug_assert!(false, "for a connection, not a shard: {other:?}"),
         }
     }

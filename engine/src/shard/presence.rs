@@ -171,22 +171,23 @@ impl Shard {
         users: &[Box<str>],
         out: &mut Effects,
     ) {
-        let entries = users
-            .iter()
-            .map(|user| {
-                let watching = self.directory.watching(user);
-                let online = watching.online_here
-                    || self.away.contains(user)
-                    || watching.elsewhere == Elsewhere::Online;
-                PresenceEntry {
-                    user_id: user.to_string(),
-                    online,
-                    last_seen_ms: watching.last_seen_ms.filter(|_| !online),
-                }
-            })
-            .collect();
+        let entries = users.iter().map(|user| self.presence_here(user)).collect();
         let reply = Envelope::PresenceReply { request, entries };
         out.mail(watcher.reactor as usize, reply);
+    }
+
+    /// A user homed here as a watcher sees them: online with a device here, in its grace,
+    /// or (in a cluster) held by another node this home knows of.
+    pub(super) fn presence_here(&self, user: &str) -> PresenceEntry {
+        let watching = self.directory.watching(user);
+        let online = watching.online_here
+            || self.away.contains(user)
+            || watching.elsewhere == Elsewhere::Online;
+        PresenceEntry {
+            user_id: user.to_string(),
+            online,
+            last_seen_ms: watching.last_seen_ms.filter(|_| !online),
+        }
     }
 
     /// At a home: the relay says whether other nodes hold `user` (watched here) since

@@ -71,7 +71,9 @@ impl Shard {
         addr: ConnAddr,
         out: &mut Effects,
     ) {
-        let outcome = self.directory.register(user.clone(), device, addr, acks);
+        let outcome = self
+            .directory
+            .register(user.clone(), device, (addr, acks), self.now_ms);
         self.sender_quota.reset(&user);
         if outcome.came_online && self.relays {
             let home = self.id as u16;
@@ -83,14 +85,19 @@ impl Shard {
         }
         let to = addr.reactor as usize;
         if outcome.refused {
-            let code = close::POLICY_VIOLATION;
-            out.mail(to, Envelope::Close { addr, code });
+            let (code, reason) = (close::POLICY_VIOLATION, "too many devices");
+            out.mail(to, Envelope::Close { addr, code, reason });
         } else {
             self.admit_device(&user, addr, out);
         }
         if let Some(old) = outcome.replaced {
-            let code = close::REPLACED;
-            out.mail(old.reactor as usize, Envelope::Close { addr: old, code });
+            let (code, reason) = (close::REPLACED, "replaced");
+            let close = Envelope::Close {
+                addr: old,
+                code,
+                reason,
+            };
+            out.mail(old.reactor as usize, close);
         }
         // A user back within its grace was never shown offline.
         if outcome.came_online && !self.away.back(&user) {

@@ -472,7 +472,7 @@ impl World {
                 };
                 self.ack(sender, &message_id, acked);
             }
-            Envelope::Close { addr, code } => {
+            Envelope::Close { addr, code, .. } => {
                 if let Some(conn) = self.live(addr) {
                     self.note(format!("server closes conn {conn} with {code}"));
                     if code == engine::ws::close::SLOW_CONSUMER {
