@@ -113,7 +113,7 @@ fn two_browsers_chat_both_ways() {
 
     // A drop: bob's page reconnects (backoff with jitter) and resumes from the last seq
     // it processed; what alice sent meanwhile arrives once, and nothing repeats.
-    bob.script("socket.close(); return true;", json!([]));
+    bob.script("chat.socket.close(); return true;", json!([]));
     bob.wait_for(
         "bob's page to see the drop",
         "document.body.dataset.online === 'no'",

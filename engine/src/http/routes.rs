@@ -21,6 +21,9 @@ pub const TEST_CLIENT_PAGE: &str = include_str!("../../assets/index.html");
 /// `/api/stats` every second. It holds no data itself, so it is served without the API
 /// token; the figures it reads need it.
 pub const ADMIN_PAGE: &str = include_str!("../../assets/admin.html");
+/// The JavaScript SDK (`clients/js`), served at `GET /sdk.js` for the test client (an ES
+/// module; apps may load it from here too, or from the package).
+pub const SDK_MODULE: &str = include_str!("../../../clients/js/src/index.js");
 
 /// What the gateway knows when it answers: live figures, every reactor's counters, and
 /// the API token (if any).
@@ -68,7 +71,7 @@ pub fn route(request: &Request, body: &[u8], context: &Context<'_>) -> Route {
     let keep_alive = request.keep_alive();
     let path = request.path.as_str();
     let allowed: &[&str] = match path {
-        "/" | "/admin" | "/health" | "/health/live" | "/health/ready" | "/metrics"
+        "/" | "/admin" | "/sdk.js" | "/health" | "/health/live" | "/health/ready" | "/metrics"
         | "/api/stats" => &["GET", "HEAD"],
         "/api/messages/send" | "/api/messages/broadcast" => &["POST"],
         p if p.starts_with("/api/messages/queue/") => &["GET"],
@@ -209,6 +212,7 @@ fn read_only(request: &Request, context: &Context<'_>) -> Route {
     let mut body = Vec::with_capacity(512);
     let (status, content_type) = match request.path.as_str() {
         "/" | "/admin" => (200, "text/html; charset=utf-8"),
+        "/sdk.js" => (200, "text/javascript; charset=utf-8"),
         "/health" => {
             health_json(&mut body, health, context.cluster);
             (200, "application/json")
@@ -240,6 +244,7 @@ fn read_only(request: &Request, context: &Context<'_>) -> Route {
     let body = match request.path.as_str() {
         "/" => TEST_CLIENT_PAGE.as_bytes(),
         "/admin" => ADMIN_PAGE.as_bytes(),
+        "/sdk.js" => SDK_MODULE.as_bytes(),
         _ => &body[..],
     };
     let full = response::write(status, content_type, body, request.keep_alive(), &[]);

@@ -210,6 +210,9 @@ impl Shard {
             let frame = self.json.frame();
             return out.frame_to(device, frame, Priority::Normal, 0);
         }
+        if operator {
+            self.operator_changes.insert(device);
+        }
         out.store(Command::Membership {
             group,
             user: (*user).into(),
@@ -234,8 +237,8 @@ impl Shard {
     }
 
     /// The store answered a membership change: a committed change is announced to every
-    /// member (and to the user who left), the asking device (or operator's connection)
-    /// first; a failed one is undone here and the asking device gets
+    /// member (and to the user who left), and an operator's connection gets it as its
+    /// answer; a failed one is undone here and the asking device gets
     /// `persistence_failed` (`cluster_unavailable` when NATS is out of reach), so memory
     /// and disk agree.
     pub(super) fn membership_stored(
@@ -248,6 +251,7 @@ impl Shard {
     ) {
         let user: Arc<str> = user.into();
         if let Some(why) = failed {
+            self.operator_changes.remove(&device);
             if join && self.groups.leave(group, &user) {
                 self.user_groups.give_back(&user, group);
             } else if !join && self.groups.join(group, user.clone()) {
@@ -268,12 +272,14 @@ impl Shard {
         if !join {
             told.push(user);
         }
-        out.frame_to(device, frame.clone(), Priority::Normal, 0);
+        if self.operator_changes.remove(&device) {
+            out.frame_to(device, frame.clone(), Priority::Normal, 0);
+        }
         let delivery = GroupDelivery {
             users: Vec::new(),
             frame,
             priority: Priority::Normal,
-            except: Some(device),
+            except: None,
             post: None,
         };
         self.send_shares(told, &delivery, out);

@@ -277,6 +277,9 @@ pub struct Shard {
     presence_requests: Gathers<Vec<PresenceEntry>>,
     /// Operators' presence calls on this reactor's HTTP connections, waiting for homes.
     admin_presence: Gathers<Vec<PresenceEntry>>,
+    /// Operators' HTTP connections whose group change waits for the store here: each
+    /// hears the change as its answer.
+    operator_changes: std::collections::HashSet<ConnAddr>,
     /// Subscribes to users homed here, waiting for the cluster's relay.
     presence_waits: Vec<presence::WaitingSubscribe>,
     /// Reusable buffer for outbound JSON.
@@ -318,6 +321,7 @@ impl Shard {
             conns: Default::default(),
             presence_requests: Gathers::default(),
             admin_presence: Gathers::default(),
+            operator_changes: Default::default(),
             presence_waits: Vec::new(),
             json: OutJson::default(),
             next_opening: 0,
