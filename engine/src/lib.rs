@@ -56,6 +56,7 @@ pub mod check;
 pub mod cluster;
 pub mod config;
 pub mod conn;
+pub mod events;
 pub mod failpoint;
 pub mod http;
 pub mod mailbox;

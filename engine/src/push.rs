@@ -50,30 +50,36 @@ pub struct Webhook {
     pub roots: Option<Vec<CertificateDer<'static>>>,
 }
 
+/// The flags that give a hook's webhook, its secret and its authorities (errors name them).
+pub type HookFlags = [&'static str; 3];
+/// `--push-webhook`, `--push-secret`, `--push-ca`.
+pub const PUSH_FLAGS: HookFlags = ["push-webhook", "push-secret", "push-ca"];
+/// `--events-webhook`, `--events-secret`, `--events-ca`.
+pub const EVENTS_FLAGS: HookFlags = ["events-webhook", "events-secret", "events-ca"];
+
 impl Webhook {
     /// Checks `url` (`http://` or `https://`, a host, a path without spaces) and reads
-    /// the authorities in the PEM file `ca`; an error names the flag at fault.
+    /// the authorities in the PEM file `ca`; an error names the flag of `flags` at fault.
     pub fn parse(
         url: &str,
         secret: Option<String>,
         ca: Option<&str>,
+        flags: HookFlags,
     ) -> Result<Webhook, (&'static str, String)> {
+        let [url_flag, secret_flag, ca_flag] = flags;
         let rest = url
             .strip_prefix("https://")
             .or_else(|| url.strip_prefix("http://"))
-            .ok_or((
-                "push-webhook",
-                "must start with http:// or https://".to_owned(),
-            ))?;
+            .ok_or((url_flag, "must start with http:// or https://".to_owned()))?;
         let authority = rest.split('/').next().unwrap_or_default();
         if authority.is_empty() || url.chars().any(|c| c.is_whitespace() || c.is_control()) {
             let problem = "must name a host, and a path without spaces".to_owned();
-            return Err(("push-webhook", problem));
+            return Err((url_flag, problem));
         }
         let secret = match secret {
             Some(secret) if secret.len() < 32 => {
                 let problem = "must be at least 32 bytes (`openssl rand -hex 32` makes one)";
-                return Err(("push-secret", problem.to_owned()));
+                return Err((secret_flag, problem.to_owned()));
             }
             secret => secret.map(String::into_bytes),
         };
@@ -82,9 +88,9 @@ impl Webhook {
             Some(path) => {
                 let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
                     .and_then(|certs| certs.collect())
-                    .map_err(|e| ("push-ca", format!("cannot read {path}: {e}")))?;
+                    .map_err(|e| (ca_flag, format!("cannot read {path}: {e}")))?;
                 if certs.is_empty() {
-                    return Err(("push-ca", format!("{path} holds no PEM certificate")));
+                    return Err((ca_flag, format!("{path} holds no PEM certificate")));
                 }
                 Some(certs)
             }
@@ -124,8 +130,24 @@ impl Poster {
         Poster { webhook, agent }
     }
 
+    /// POSTs `body` until the webhook takes it, at most [`ATTEMPTS`] times with a
+    /// growing pause between them; the last attempt's error.
+    pub fn deliver(&self, body: &[u8]) -> Result<(), String> {
+        let mut pause = FIRST_BACKOFF;
+        let mut outcome = Err("not tried".to_owned());
+        for attempt in 1..=ATTEMPTS {
+            outcome = self.post(body);
+            if outcome.is_ok() || attempt == ATTEMPTS {
+                break;
+            }
+            std::thread::sleep(pause);
+            pause *= 4;
+        }
+        outcome
+    }
+
     /// One POST of `body` (signed when there is a secret); Ok on a 2xx answer.
-    pub fn post(&self, body: &[u8]) -> Result<(), String> {
+    fn post(&self, body: &[u8]) -> Result<(), String> {
         let mut request = self
             .agent
             .post(&self.webhook.url)
@@ -155,14 +177,14 @@ pub fn signature(secret: &[u8], now_s: u64, body: &[u8]) -> String {
     format!("t={now_s},v1={hex}")
 }
 
-/// What the push hook counts, for `/metrics`.
+/// What a hook (push notifications, events) counts, for `/metrics`.
 #[derive(Debug, Default)]
-pub struct PushStats {
-    /// Notifications the webhook accepted (2xx).
+pub struct HookStats {
+    /// Notifications or events the webhook accepted (2xx).
     pub sent: AtomicU64,
-    /// Notifications given up after every attempt failed.
+    /// Those given up after every attempt failed.
     pub failed: AtomicU64,
-    /// Notifications dropped because the queue was full.
+    /// Those dropped because the hook's queue was full.
     pub dropped: AtomicU64,
 }
 
@@ -170,12 +192,12 @@ pub struct PushStats {
 #[derive(Debug, Clone)]
 pub struct Push {
     jobs: mpsc::SyncSender<(Box<str>, Bytes)>,
-    stats: Arc<PushStats>,
+    stats: Arc<HookStats>,
 }
 
 impl Push {
     /// The counters the push thread keeps.
-    pub fn stats(&self) -> Arc<PushStats> {
+    pub fn stats(&self) -> Arc<HookStats> {
         self.stats.clone()
     }
 
@@ -189,7 +211,7 @@ impl Push {
 }
 
 /// Starts the push thread; it ends once every [`Push`] handle is gone.
-pub fn start(webhook: Webhook, preview: bool, stats: Arc<PushStats>) -> std::io::Result<Push> {
+pub fn start(webhook: Webhook, preview: bool, stats: Arc<HookStats>) -> std::io::Result<Push> {
     let (jobs, inbox) = mpsc::sync_channel(QUEUE_MAX);
     let worker_stats = stats.clone();
     if webhook.secret.is_none() {
@@ -210,23 +232,13 @@ fn run(
     poster: &Poster,
     preview: bool,
     inbox: &mpsc::Receiver<(Box<str>, Bytes)>,
-    stats: &PushStats,
+    stats: &HookStats,
 ) {
     while let Ok((user, payload)) = inbox.recv() {
         let Some(body) = notification(&user, &payload, preview) else {
             continue;
         };
-        let mut pause = FIRST_BACKOFF;
-        let mut outcome = Err("not tried".to_owned());
-        for attempt in 1..=ATTEMPTS {
-            outcome = poster.post(&body);
-            if outcome.is_ok() || attempt == ATTEMPTS {
-                break;
-            }
-            std::thread::sleep(pause);
-            pause *= 4;
-        }
-        match outcome {
+        match poster.deliver(&body) {
             Ok(()) => stats.sent.fetch_add(1, Ordering::Relaxed),
             Err(e) => {
                 warn!("push webhook failed {ATTEMPTS} times for {user}: {e}");
@@ -265,22 +277,22 @@ mod tests {
 
     #[test]
     fn webhook_urls_secrets_and_authorities_are_checked() {
-        let hook = Webhook::parse("https://push.example:8443/hooks?k=1", None, None).unwrap();
+        let parse = |url, secret, ca| Webhook::parse(url, secret, ca, PUSH_FLAGS);
+        let hook = parse("https://push.example:8443/hooks?k=1", None, None).unwrap();
         assert_eq!(hook.url, "https://push.example:8443/hooks?k=1");
-        assert!(Webhook::parse("http://127.0.0.1:9000/", None, None).is_ok());
+        assert!(parse("http://127.0.0.1:9000/", None, None).is_ok());
         for bad in [
             "ftp://push.example",
             "http:///path",
             "http://h/a b",
             "push.example",
         ] {
-            let (flag, _) = Webhook::parse(bad, None, None).unwrap_err();
+            let (flag, _) = parse(bad, None, None).unwrap_err();
             assert_eq!(flag, "push-webhook", "{bad}");
         }
-        let (flag, _) = Webhook::parse("http://h/", Some("short".into()), None).unwrap_err();
+        let (flag, _) = parse("http://h/", Some("short".into()), None).unwrap_err();
         assert_eq!(flag, "push-secret");
-        let (flag, problem) =
-            Webhook::parse("https://h/", None, Some("/nonexistent.pem")).unwrap_err();
+        let (flag, problem) = parse("https://h/", None, Some("/nonexistent.pem")).unwrap_err();
         assert_eq!(flag, "push-ca", "{problem}");
     }
 

@@ -77,8 +77,8 @@ pub struct ReactorStats {
     pub http_requests: AtomicU64,
     /// `error` replies by code, indexed by [`ErrorCode::index`].
     pub errors: [AtomicU64; ErrorCode::COUNT],
-    /// Closing handshakes begun by the gateway, by close code, indexed as
-    /// [`ws_frame::close::SENT`].
+    /// Closing handshakes the gateway began (not a client's close echoed), by close code,
+    /// indexed as [`ws_frame::close::SENT`].
     pub closes: [AtomicU64; ws_frame::close::SENT.len()],
     /// Envelopes mailed to other reactors.
     pub envelopes_sent: AtomicU64,

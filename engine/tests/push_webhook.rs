@@ -5,7 +5,7 @@
 mod common;
 
 use std::{
-    io::{BufRead, BufReader, Read, Write},
+    io::{BufReader, Write},
     net::TcpListener,
     sync::mpsc,
     time::Duration,
@@ -17,43 +17,12 @@ use serde_json::{json, Value};
 /// A webhook on an ephemeral port: answers 503 to the first request and 200 to the rest,
 /// and hands each body over.
 fn flaky_webhook() -> (String, mpsc::Receiver<Value>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}/hooks/push", listener.local_addr().unwrap());
+    let (url, requests) = common::webhook::start("/hooks/push", 1);
     let (bodies, received) = mpsc::channel();
     std::thread::spawn(move || {
-        for (n, stream) in listener.incoming().enumerate() {
-            let Ok(mut stream) = stream else { return };
-            let mut reader = BufReader::new(stream.try_clone().unwrap());
-            let mut length = 0;
-            let mut line = String::new();
-            let mut request_line = String::new();
-            reader.read_line(&mut request_line).unwrap();
-            assert!(
-                request_line.starts_with("POST /hooks/push "),
-                "{request_line}"
-            );
-            loop {
-                line.clear();
-                reader.read_line(&mut line).unwrap();
-                if let Some(value) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                    length = value.trim().parse().unwrap();
-                }
-                if line == "\r\n" {
-                    break;
-                }
-            }
-            let mut body = vec![0; length];
-            reader.read_exact(&mut body).unwrap();
-            let status = if n == 0 {
-                "503 Service Unavailable"
-            } else {
-                "200 OK"
-            };
-            let answer = format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\n\r\n");
-            stream.write_all(answer.as_bytes()).unwrap();
-            if n > 0 {
-                let _ = bodies.send(serde_json::from_slice(&body).unwrap());
-            }
+        for (head, body) in requests {
+            assert!(head.starts_with("POST /hooks/push "), "{head}");
+            let _ = bodies.send(serde_json::from_slice(&body).unwrap());
         }
     });
     (url, received)
@@ -167,25 +136,10 @@ fn tls_webhook(certs: &common::certs::TestCerts) -> (String, mpsc::Receiver<(Str
             let connection = rustls::ServerConnection::new(config.clone()).unwrap();
             let mut tls = rustls::StreamOwned::new(connection, stream);
             let mut reader = BufReader::new(&mut tls);
-            let (mut head, mut line, mut length) = (String::new(), String::new(), 0);
-            loop {
-                line.clear();
-                if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                    break;
-                }
-                if let Some(value) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                    length = value.trim().parse().unwrap();
-                }
-                head.push_str(&line);
-                if line == "\r\n" {
-                    break;
-                }
-            }
-            let mut body = vec![0; length];
             // A client that refused the certificate sends nothing: the next one, then.
-            if head.is_empty() || reader.read_exact(&mut body).is_err() {
+            let Some((head, body)) = common::webhook::read_request(&mut reader) else {
                 continue;
-            }
+            };
             let answered = tls
                 .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
                 .and_then(|()| tls.flush());

@@ -28,7 +28,12 @@ pub const REPLACED: u16 = 4003;
 /// 4005: the session's token expired and no `auth_refresh` extended it.
 pub const TOKEN_EXPIRED: u16 = 4005;
 
-/// Every code above, in order: what the gateway counts its closes by.
+/// 1006: never sent in a frame; names a connection that ended without a closing
+/// handshake (a reset, a timeout), where a close code is reported.
+pub const ABNORMAL: u16 = 1006;
+
+/// Every code above that a close frame carries, in order: what the gateway counts its
+/// closes by.
 pub const SENT: [u16; 12] = [
     NORMAL,
     GOING_AWAY,

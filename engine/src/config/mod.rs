@@ -72,6 +72,8 @@ pub struct Config {
     pub push_webhook: Option<crate::push::Webhook>,
     /// Whether they carry the start of the text.
     pub push_preview: bool,
+    /// Where batches of events go (`--events-webhook`), if anywhere.
+    pub events_webhook: Option<crate::push::Webhook>,
     /// The cluster to join (`--cluster`, `--node-id`), if any.
     pub cluster: Option<crate::cluster::Settings>,
     /// Unsent bytes one connection may have before it is closed as a slow consumer.
@@ -226,8 +228,20 @@ impl Config {
             retention: retention(settled.retention_days)?,
             store_cache_bytes: (settled.store_cache_mb << 20) as usize,
             store_commit_spacing: std::time::Duration::from_micros(settled.store_commit_spacing_us),
-            push_webhook: push_webhook(settled.push_webhook, settled.push_secret, settled.push_ca)
-                .map_err(|(flag, problem)| invalid(flag, problem))?,
+            push_webhook: webhook(
+                (settled.push_webhook, settled.push_secret, settled.push_ca),
+                crate::push::PUSH_FLAGS,
+            )
+            .map_err(|(flag, problem)| invalid(flag, problem))?,
+            events_webhook: webhook(
+                (
+                    settled.events_webhook,
+                    settled.events_secret,
+                    settled.events_ca,
+                ),
+                crate::push::EVENTS_FLAGS,
+            )
+            .map_err(|(flag, problem)| invalid(flag, problem))?,
             push_preview: settled.push_preview,
             cluster: cluster_settings(
                 (settled.cluster, settled.node_id, settled.cluster_replicas),
@@ -285,17 +299,17 @@ fn cluster_settings(
     }))
 }
 
-/// `--push-webhook` with its `--push-secret` and `--push-ca` (which need it); an error
-/// names the flag.
-fn push_webhook(
-    url: Option<String>,
-    secret: Option<String>,
-    ca: Option<String>,
+/// A hook's webhook with its secret and authorities (which need it), as `flags` name
+/// them (`--push-webhook`, `--events-webhook`); an error names the flag.
+fn webhook(
+    (url, secret, ca): (Option<String>, Option<String>, Option<String>),
+    flags: crate::push::HookFlags,
 ) -> Result<Option<crate::push::Webhook>, (&'static str, String)> {
+    let needs = || format!("needs --{}", flags[0]);
     match url {
-        Some(url) => crate::push::Webhook::parse(&url, secret, ca.as_deref()).map(Some),
-        None if secret.is_some() => Err(("push-secret", "needs --push-webhook".into())),
-        None if ca.is_some() => Err(("push-ca", "needs --push-webhook".into())),
+        Some(url) => crate::push::Webhook::parse(&url, secret, ca.as_deref(), flags).map(Some),
+        None if secret.is_some() => Err((flags[1], needs())),
+        None if ca.is_some() => Err((flags[2], needs())),
         None => Ok(None),
     }
 }

@@ -301,6 +301,12 @@ settings! {
     /// Include the start of the message text in push notifications
     push_preview: bool, "ENGINE_PUSH_PREVIEW", "BOOL", default "false",
         clap(num_args = 0..=1, default_missing_value = "true");
+    /// http:// or https:// URL to POST batches of events to: users online and offline, group members, connections closed
+    events_webhook: String, "ENGINE_EVENTS_WEBHOOK", "URL", default "none";
+    /// Secret (at least 32 bytes) that signs each events body as --push-secret signs pushes
+    events_secret: String, "ENGINE_EVENTS_SECRET", "SECRET", default "none", clap(hide_env_values = true);
+    /// PEM certificates of the authorities an https:// events webhook's certificate may chain to; none: the Mozilla roots built in
+    events_ca: String, "ENGINE_EVENTS_CA", "FILE", default "none";
     // redb's own default is 1 GiB.
     /// Memory for the store's page cache, in MiB
     store_cache_mb: u64, "ENGINE_STORE_CACHE_MB", "MIB", default "128", range (4, 1 << 20);

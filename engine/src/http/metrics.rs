@@ -18,6 +18,7 @@ use crate::{
         codes::{ErrorCode, MessageKind, OutKind},
         json::Obj,
     },
+    push::HookStats,
     stats::{self, LatencyHistogram, ReactorStats, LATENCY_BUCKETS_US},
     store::StoreStats,
 };
@@ -218,6 +219,28 @@ const REACTOR_COUNTERS: [ReactorCounter; 20] = [
     ),
 ];
 
+/// A counter of a hook: name, help, and where it is kept.
+type HookCounter = (&'static str, &'static str, fn(&HookStats) -> &AtomicU64);
+
+/// The events hook's counters (`--events-webhook`).
+const EVENTS_COUNTERS: [HookCounter; 3] = [
+    (
+        "engine_events_sent_total",
+        "Events the events webhook accepted (2xx), counted per event of each batch.",
+        |s| &s.sent,
+    ),
+    (
+        "engine_events_failed_total",
+        "Events given up after every attempt to post their batch failed.",
+        |s| &s.failed,
+    ),
+    (
+        "engine_events_dropped_total",
+        "Events dropped because the events queue was full.",
+        |s| &s.dropped,
+    ),
+];
+
 /// Counters each reactor keeps per message kind, error code or close code.
 const REACTOR_COUNTERS_BY_NAME: [ReactorCountersByName; 4] = [
     (
@@ -251,18 +274,23 @@ const REACTOR_COUNTERS_BY_NAME: [ReactorCountersByName; 4] = [
 ];
 
 /// Writes every metric, per reactor where that is how it is kept (and the cluster's, in
-/// one).
+/// one; the events hook's, with one).
 pub fn render(
     out: &mut Vec<u8>,
     health: &Health,
     reactors: &[ReactorStats],
     store: &StoreStats,
-    cluster: Option<&crate::cluster::State>,
+    (cluster, events): (Option<&crate::cluster::State>, Option<&HookStats>),
 ) {
     let mut text = String::with_capacity(8 * 1024);
     render_process(&mut text, health, reactors);
     if let Some(cluster) = cluster {
         render_cluster(&mut text, cluster);
+    }
+    for (name, help, counter) in EVENTS_COUNTERS.iter().filter(|_| events.is_some()) {
+        header(&mut text, name, help, "counter");
+        let count = events.map_or(0, |stats| stats::read(counter(stats)));
+        let _ = writeln!(text, "{name} {count}");
     }
     for (name, help, counter) in STORE_COUNTERS {
         header(&mut text, name, help, "counter");
@@ -518,7 +546,9 @@ mod tests {
         ReactorStats::bump(&reactors[1].handshakes);
         reactors[0].observe_routing(stats::clock_ns());
         let mut out = Vec::new();
-        render(&mut out, &HEALTH, &reactors, &StoreStats::default(), None);
+        let events = HookStats::default();
+        let extras = (None, Some(&events));
+        render(&mut out, &HEALTH, &reactors, &StoreStats::default(), extras);
         let text = String::from_utf8(out).unwrap();
         assert!(
             text.contains("engine_handshakes_total{reactor=\"1\"} 1\n"),

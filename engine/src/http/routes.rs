@@ -42,6 +42,8 @@ pub struct Context<'a> {
     pub store: &'a StoreStats,
     /// The cluster, if the node is in one.
     pub cluster: Option<&'a crate::cluster::State>,
+    /// The events hook's counters, if there is one.
+    pub events: Option<&'a crate::push::HookStats>,
 }
 
 /// What to do with a request.
@@ -232,7 +234,7 @@ fn read_only(request: &Request, context: &Context<'_>) -> Route {
                 health,
                 context.reactors,
                 context.store,
-                context.cluster,
+                (context.cluster, context.events),
             );
             (200, metrics::CONTENT_TYPE)
         }
@@ -352,6 +354,7 @@ mod tests {
             allow_open: false,
             store: &store,
             cluster: None,
+            events: None,
         };
         match route(&req, &raw.as_bytes()[head_len..], &context) {
             Route::Answer(bytes) => String::from_utf8(bytes.to_vec()).unwrap(),

@@ -428,24 +428,21 @@ impl Reactor {
     /// code, anything else 200 with the frame's JSON). Without a call pending it is
     /// dropped: nothing but an answer goes to an HTTP client.
     pub(super) fn answer_api_with_frame(&mut self, at: ConnAddr, frame: &Outgoing) {
-        let Ok(Some((parsed, _))) = ws_frame::frame::parse_server_frame(&frame.bytes) else {
-            return;
-        };
-        let json = &frame.bytes[parsed.payload];
+        let json = frame.json();
         let Some(pending) = self.take_pending_api(at) else {
             return debug!(
                 slot = at.slot,
                 "a frame for an HTTP connection with no call: dropped"
             );
         };
-        let value: serde_json::Value = serde_json::from_slice(json).unwrap_or_default();
+        let value: serde_json::Value = serde_json::from_slice(&json).unwrap_or_default();
         let answer = match value["type"].as_str() {
             Some("error") => {
                 let code = value["code"].as_str().unwrap_or("internal");
                 let message = value["message"].as_str().unwrap_or_default();
                 response::json_error(api_status(code), code, message, pending.keep_alive)
             }
-            _ => response::write(200, "application/json", json, pending.keep_alive, &[]),
+            _ => response::write(200, "application/json", &json, pending.keep_alive, &[]),
         };
         self.finish_api(at, answer, pending.keep_alive);
     }

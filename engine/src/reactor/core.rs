@@ -178,6 +178,9 @@ impl Reactor {
         if seed.cluster.is_some() {
             shard = shard.relaying();
         }
+        if seed.shared.events.is_some() {
+            shard = shard.with_hooks();
+        }
         Ok(Reactor {
             id: seed.id,
             conns: Slab::new(),
@@ -955,17 +958,19 @@ impl Reactor {
             Phase::Open | Phase::Authenticated => {}
         }
         conn.phase = Phase::Closing;
-        if let Some(i) = close::sent_index(code) {
+        // Counted when the gateway begins it; a client's close frame is only echoed.
+        let by_client = conn.flags.has(Flags::SAID_GOODBYE);
+        if let Some(i) = close::sent_index(code).filter(|_| !by_client) {
             ReactorStats::bump(&self.shared.stats[self.id].closes[i]);
         }
-        self.detach(at);
+        self.detach(at, code);
         self.set_deadline(at, CLOSE_TIMEOUT_MS);
         self.send_final(at, Outgoing::control(frame::encode_close(code, reason)));
     }
 
-    /// The connection's user leaves the chat: the shard unregisters the device from its
-    /// home and drops its presence watches and huddles.
-    fn detach(&mut self, at: ConnAddr) {
+    /// The connection's user leaves the chat, closed with `code`: the shard unregisters
+    /// the device from its home and drops its presence watches and huddles.
+    fn detach(&mut self, at: ConnAddr, code: u16) {
         let addr = at;
         let Some(conn) = self.conn_mut(at) else {
             return;
@@ -979,6 +984,7 @@ impl Reactor {
                 conn: addr,
                 user,
                 clean,
+                code,
             });
         }
     }
@@ -988,7 +994,8 @@ impl Reactor {
         if self.conn_mut(at).is_none() {
             return;
         }
-        self.detach(at);
+        // Detached already after a closing handshake; else it ended without one.
+        self.detach(at, close::ABNORMAL);
         self.no_longer_pending(at);
         let conn = self.conns.remove(at.slot as usize);
         self.sockets.close(conn.socket, token(at));

@@ -91,13 +91,27 @@ pub struct Shared {
     pub cluster: Option<Arc<crate::cluster::State>>,
     /// The caps per source address (`--max-pending-per-ip`, `--connects-per-ip-per-sec`).
     pub admission: admission::Admission,
+    /// The events thread (`--events-webhook`), which the homes hand their events to.
+    pub events: Option<crate::events::Events>,
 }
 
 impl Shared {
-    /// Creates the doorbells and counters for `config.reactors` reactors.
+    /// Creates the doorbells and counters for `config.reactors` reactors, and starts the
+    /// events thread if there is an events webhook.
     pub fn new(config: Config) -> io::Result<Shared> {
         let n = config.reactors;
+        let cluster: Option<Arc<crate::cluster::State>> =
+            config.cluster.as_ref().map(|_| Arc::default());
+        let events = match config.events_webhook.clone() {
+            Some(webhook) => {
+                let state = cluster.clone();
+                let node = move || state.as_ref().map(|s| s.node_id().to_owned());
+                Some(crate::events::start(webhook, node)?)
+            }
+            None => None,
+        };
         Ok(Shared {
+            events,
             doorbells: (0..n).map(|_| Doorbell::new()).collect::<io::Result<_>>()?,
             handoffs: (0..n).map(|_| Handoff::new()).collect::<io::Result<_>>()?,
             stats: (0..n).map(|_| ReactorStats::default()).collect(),
@@ -108,7 +122,7 @@ impl Shared {
                 config.groups_per_user_max,
                 config.presence_visibility == crate::config::PresenceVisibility::Shared,
             )),
-            cluster: config.cluster.as_ref().map(|_| Arc::default()),
+            cluster,
             admission: admission::Admission::new(
                 config.max_pending_per_ip,
                 config.connects_per_ip_per_sec,

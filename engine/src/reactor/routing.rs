@@ -81,6 +81,11 @@ impl Reactor {
                     }
                 }
             }
+            Effect::Hook(hook) => {
+                if let Some(events) = &self.shared.events {
+                    events.emit(now_ms(), *hook);
+                }
+            }
             Effect::Error {
                 to,
                 code,

@@ -228,6 +228,7 @@ impl Reactor {
             allow_open: self.shared.config.allow_open,
             store: &self.store.stats,
             cluster: self.shared.cluster.as_deref(),
+            events: self.shared.events.as_ref().map(|e| e.stats()),
         };
         match routes::route(&req, body, &context) {
             Route::Answer(answer) => self.answer_http(at, answer, req.keep_alive()),

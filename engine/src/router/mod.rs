@@ -359,6 +359,8 @@ pub enum Envelope {
         addr: ConnAddr,
         /// The client closed it with a close frame (a logout: no presence grace).
         clean: bool,
+        /// The close code (1006 without a closing handshake).
+        code: u16,
     },
     /// To a home: deliver a frame to a user's devices.
     Deliver(Box<Delivery>),

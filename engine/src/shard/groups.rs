@@ -266,6 +266,10 @@ impl Shard {
             return out.error(device, code, text, Some(group));
         }
         let role = join.then(|| self.groups.settings(group).role(&user));
+        if self.hooks {
+            let (group, user) = (group.into(), user.clone());
+            out.hook(crate::events::Hook::GroupMember { group, user, role });
+        }
         outbound::group_member(&mut self.json, (group, &user), role, self.now_ms);
         let frame = self.json.frame();
         let mut told = self.groups.members(group);

@@ -119,6 +119,8 @@ pub enum Event<'a> {
         user: Arc<str>,
         /// The client sent a close frame (a logout: no presence grace).
         clean: bool,
+        /// The close code (1006 without a closing handshake).
+        code: u16,
     },
     /// Time passed (the driver's timer tick): presence graces that ended are announced.
     Tick,
@@ -148,6 +150,9 @@ pub enum Effect {
     /// Hand this to the cluster thread (`--cluster` only). Boxed: rare (a device's
     /// first login on a node, typing, calls), so every other effect stays small.
     Cluster(Box<crate::cluster::relay::Relay>),
+    /// Hand an event to the events webhook (`--events-webhook`; only when the shard was
+    /// made [`Shard::with_hooks`]). Boxed: rare, so every other effect stays small.
+    Hook(Box<crate::events::Hook>),
     /// Send `error {code, message, ref}` to a connection on any reactor.
     Error {
         /// The connection.
@@ -201,6 +206,10 @@ impl Effects {
 
     fn cluster(&mut self, relay: crate::cluster::relay::Relay) {
         self.queue.push_back(Effect::Cluster(Box::new(relay)));
+    }
+
+    fn hook(&mut self, hook: crate::events::Hook) {
+        self.queue.push_back(Effect::Hook(Box::new(hook)));
     }
 
     fn error(
@@ -292,6 +301,8 @@ pub struct Shard {
     presence_grace_ms: u64,
     /// In a cluster: live events go to the other nodes too ([`Shard::relaying`]).
     relays: bool,
+    /// Events go to the events webhook ([`Shard::with_hooks`]).
+    hooks: bool,
     /// `--queue-max-per-sender`: what one sender may queue for a user homed here.
     sender_quota: quota::SenderQuota,
 }
@@ -328,6 +339,7 @@ impl Shard {
             away: away::Away::default(),
             presence_grace_ms,
             relays: false,
+            hooks: false,
             sender_quota: quota::SenderQuota::default(),
         }
     }
@@ -336,6 +348,13 @@ impl Shard {
     /// online (`--queue-max-per-sender`; 0: no bound).
     pub fn with_queue_max_per_sender(mut self, max: u32) -> Shard {
         self.sender_quota = quota::SenderQuota::new(max);
+        self
+    }
+
+    /// A shard whose homes hand events to the events webhook (`--events-webhook`): users
+    /// online and offline, group members, connections closed.
+    pub fn with_hooks(mut self) -> Shard {
+        self.hooks = true;
         self
     }
 
@@ -396,7 +415,12 @@ impl Shard {
                 request,
             } => self.api_send(conn, message_id, request, out),
             Event::Admin { conn, request } => self.admin(conn, request, out),
-            Event::Closed { conn, user, clean } => self.closed(conn, user, clean, out),
+            Event::Closed {
+                conn,
+                user,
+                clean,
+                code,
+            } => self.closed(conn, user, (clean, code), out),
             Event::Tick => self.graces_ended(out),
             Event::Mail(envelope) => self.on_mail(envelope, out),
             Event::StoreReply(reply) => self.on_store_reply(reply, out),
@@ -479,7 +503,12 @@ impl Shard {
                 self.presence_reply(request, entries, out)
             }
             Envelope::Presence { watcher, note } => self.presence_changed(watcher, &note, out),
-            Envelope::Unregister { user, addr, clean } => self.unregister(user, addr, clean, out),
+            Envelope::Unregister {
+                user,
+                addr,
+                clean,
+                code,
+            } => self.unregister(user, addr, (clean, code), out),
             Envelope::Deliver(delivery) => self.deliver(*delivery, out),
             Envelope::Subscribe {
                 watcher,
@@ -707,7 +736,7 @@ mod tests {
                         self.shard
                             .handle(now, Event::Mail(envelope), &mut self.effects)
                     }
-                    Effect::Store(_) | Effect::Error { .. } => {}
+                    Effect::Store(_) | Effect::Error { .. } | Effect::Hook(_) => {}
                     Effect::Cluster(relay) => self.relays.push(*relay),
                 }
             }
@@ -786,6 +815,7 @@ mod tests {
                 conn,
                 user: bob.clone(),
                 clean: true,
+                code: 1000,
             });
             let unwatched = home.relays.drain(..);
             let unwatched = unwatched.filter(|r| matches!(r, Relay::Unwatch { .. }));
@@ -884,6 +914,7 @@ mod tests {
             conn: bob_device,
             user: bob,
             clean: true,
+            code: 1000,
         });
         let unwatched = home.relays.drain(..);
         let unwatched = unwatched.filter(|r| matches!(r, Relay::Unwatch { .. }));
@@ -931,6 +962,7 @@ mod tests {
             conn: watcher,
             user: watcher_user,
             clean: true,
+            code: 1000,
         });
         assert!(home.shard.directory.watchers("target").is_empty());
         assert!(

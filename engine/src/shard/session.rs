@@ -8,6 +8,7 @@ use std::sync::Arc;
 use super::{directory::Elsewhere, Effects, Shard};
 use crate::{
     cluster::relay::Relay,
+    events::Hook,
     protocol::{inbound::Scalar, outbound, Priority},
     router::{ConnAddr, Envelope, PresenceNote},
     ws::close,
@@ -40,7 +41,7 @@ impl Shard {
         &mut self,
         conn: ConnAddr,
         user: Arc<str>,
-        clean: bool,
+        (clean, code): (bool, u16),
         out: &mut Effects,
     ) {
         let chat = self.conns.remove(&conn).unwrap_or_default();
@@ -50,6 +51,7 @@ impl Shard {
             user,
             addr: conn,
             clean,
+            code,
         };
         out.mail(home, unregister);
         self.unsubscribe_all(conn, chat.subscriptions, out);
@@ -112,9 +114,20 @@ impl Shard {
         &mut self,
         user: Arc<str>,
         addr: ConnAddr,
-        clean: bool,
+        (clean, code): (bool, u16),
         out: &mut Effects,
     ) {
+        if self.hooks {
+            let device = self
+                .directory
+                .devices(&user)
+                .iter()
+                .find(|d| d.addr == addr);
+            if let Some(device) = device {
+                let (user, device) = (user.clone(), device.id.clone());
+                out.hook(Hook::ConnectionClosed { user, device, code });
+            }
+        }
         if !self.directory.unregister(&user, addr, self.now_ms) {
             return;
         }
@@ -155,6 +168,13 @@ impl Shard {
     fn announce_presence(&mut self, user: &str, online: bool, out: &mut Effects) {
         if self.directory.elsewhere(user) == Some(Elsewhere::Online) {
             return;
+        }
+        if self.hooks {
+            let user = Arc::from(user);
+            out.hook(match online {
+                true => Hook::UserOnline { user },
+                false => Hook::UserOffline { user },
+            });
         }
         self.tell_watchers(user, online, self.now_ms, out);
     }

@@ -107,7 +107,7 @@ pub struct StoreStats {
     /// and synced (the acks do not wait for it).
     pub checkpoint_latency: LatencyHistogram,
     /// The push hook's counts, shared with its thread (zero without `--push-webhook`).
-    pub push: Arc<crate::push::PushStats>,
+    pub push: Arc<crate::push::HookStats>,
 }
 
 /// A value a reactor gives the store with a command and gets back with the answer; the

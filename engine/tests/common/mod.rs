@@ -5,6 +5,7 @@
 pub mod browser;
 pub mod certs;
 pub mod nats;
+pub mod webhook;
 
 use std::{
     io::{BufRead, BufReader, Read, Write},
@@ -522,6 +523,16 @@ impl Client {
             }
         }
         panic!("no {kind} in time");
+    }
+
+    /// Begins the closing handshake with `code` (a client's logout).
+    pub fn close_with(&mut self, code: u16) {
+        let frame = tungstenite::protocol::CloseFrame {
+            code: CloseCode::from(code),
+            reason: "".into(),
+        };
+        self.ws.close(Some(frame)).expect("close");
+        let _ = self.ws.flush();
     }
 
     /// Asserts that no text message arrives within `quiet`.

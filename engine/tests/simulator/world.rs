@@ -401,6 +401,8 @@ impl World {
             Effect::Store(command) => self.store.send(command),
             // The simulated shards are one node's: nothing goes to a cluster.
             Effect::Cluster(relay) => panic!("a single node's shard relayed {relay:?}"),
+            // The simulated shards have no events webhook.
+            Effect::Hook(hook) => panic!("a shard without hooks emitted {hook:?}"),
             Effect::Error {
                 to,
                 code,
@@ -708,10 +710,12 @@ impl World {
         self.devices[device].conn = None;
         self.oracle.conns[conn].closed = true;
         let (addr, user) = (self.conns[conn].addr, self.conns[conn].user.clone());
+        let code = if clean { 1000 } else { 1006 };
         let closed = Event::Closed {
             conn: addr,
             user,
             clean,
+            code,
         };
         self.feed(addr.reactor as usize, closed);
     }

@@ -1,0 +1,161 @@
+//! Event webhooks (`--events-webhook`): users online and offline (after the presence
+//! grace), group members and connections closed with their code reach a backend in
+//! signed batches, retried when the webhook fails; bad flags stop start-up naming them.
+
+mod common;
+
+use std::{
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use common::{Driver, Server};
+use hmac::{Hmac, Mac};
+use serde_json::{json, Value};
+use sha2::Sha256;
+
+const SECRET: &str = "0123456789abcdef0123456789abcdef-events";
+
+/// Collects events from the webhook's batches until `done` holds of them (bounded).
+fn events_until(
+    requests: &mpsc::Receiver<common::webhook::Request>,
+    done: impl Fn(&[Value]) -> bool,
+) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut events = Vec::new();
+    while !done(&events) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let (head, body) = requests
+            .recv_timeout(left)
+            .unwrap_or_else(|_| panic!("no more events; so far {events:?}"));
+        // Signed as the push hook signs: HMAC-SHA256 of "<t>.<body>".
+        let signature = head
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("X-Engine-Signature: ")
+                    .or_else(|| l.strip_prefix("x-engine-signature: "))
+            })
+            .unwrap_or_else(|| panic!("unsigned: {head}"))
+            .trim()
+            .to_owned();
+        let (t, v1) = signature
+            .strip_prefix("t=")
+            .and_then(|rest| rest.split_once(",v1="))
+            .unwrap();
+        let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
+        mac.update(format!("{t}.").as_bytes());
+        mac.update(&body);
+        let hex: String = mac
+            .finalize()
+            .into_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(v1, hex, "the signature checks");
+        let batch: Value = serde_json::from_slice(&body).unwrap();
+        assert!(
+            batch.get("node").is_none(),
+            "a single node names none: {batch}"
+        );
+        events.extend(batch["events"].as_array().unwrap().iter().cloned());
+    }
+    events
+}
+
+fn of_type<'a>(events: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    events.iter().filter(|e| e["type"] == kind).collect()
+}
+
+#[test]
+fn presence_groups_and_closes_reach_the_webhook_signed_and_batched() {
+    // The first post gets 503: its batch is posted again.
+    let (url, requests) = common::webhook::start("/hooks/events", 1);
+    let args = [
+        "--events-webhook",
+        &url,
+        "--events-secret",
+        SECRET,
+        "--presence-grace-ms",
+        "300",
+    ];
+    let server = Server::start(Driver::IoUring, &args);
+    let mut alice = server.login("alice", "phone");
+    let created = alice.group_request(json!({"type": "group_create", "groupId": "team"}));
+    assert_eq!(created["role"], "owner");
+    let events = events_until(&requests, |e| {
+        !of_type(e, "user_online").is_empty() && !of_type(e, "group_member").is_empty()
+    });
+    let online = of_type(&events, "user_online");
+    assert_eq!(online[0]["user_id"], "alice");
+    assert!(online[0]["at_ms"].as_u64().unwrap() > 1_700_000_000_000);
+    let member = of_type(&events, "group_member")[0];
+    assert_eq!(
+        (
+            member["group_id"].as_str(),
+            member["user_id"].as_str(),
+            member["action"].as_str(),
+            member["role"].as_str()
+        ),
+        (Some("team"), Some("alice"), Some("joined"), Some("owner"))
+    );
+    // A second device, closed with a close frame: its code, and alice stays online.
+    let mut laptop = server.login("alice", "laptop");
+    laptop.close_with(1000);
+    let events = events_until(&requests, |e| !of_type(e, "connection_closed").is_empty());
+    let closed = of_type(&events, "connection_closed")[0];
+    assert_eq!(
+        (closed["device_id"].as_str(), closed["code"].as_u64()),
+        (Some("laptop"), Some(1000))
+    );
+    assert!(of_type(&events, "user_offline").is_empty());
+    // The last device dropped without a closing handshake: 1006, then offline after the
+    // grace.
+    drop(alice);
+    let events = events_until(&requests, |e| !of_type(e, "user_offline").is_empty());
+    let closed = of_type(&events, "connection_closed");
+    assert_eq!(
+        (closed[0]["device_id"].as_str(), closed[0]["code"].as_u64()),
+        (Some("phone"), Some(1006)),
+        "{events:?}"
+    );
+    assert_eq!(of_type(&events, "user_offline")[0]["user_id"], "alice");
+    // An operator's close names its code.
+    let mut bob = server.login("bob", "phone");
+    let _ = events_until(&requests, |e| !of_type(e, "user_online").is_empty());
+    let body = r#"{"user_id":"bob","code":4100}"#;
+    let (status, _) = server.request("POST", "/api/admin/disconnect", &[], body);
+    assert_eq!(status, 200);
+    assert_eq!(bob.expect_close(), 4100);
+    let events = events_until(&requests, |e| !of_type(e, "connection_closed").is_empty());
+    assert_eq!(of_type(&events, "connection_closed")[0]["code"], 4100);
+    let (_, metrics) = server.get("/metrics");
+    assert!(
+        !metrics.contains("engine_events_sent_total 0\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("engine_events_dropped_total 0\n"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn bad_events_flags_stop_start_up_naming_the_flag() {
+    for (args, flag) in [
+        (&["--events-webhook", "ftp://x/"][..], "--events-webhook"),
+        (
+            &["--events-webhook", "http://x/", "--events-secret", "short"][..],
+            "--events-secret",
+        ),
+        (&["--events-secret", SECRET][..], "--events-secret"),
+    ] {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_engine"))
+            .args(args)
+            .args(["--listen", "127.0.0.1:0"])
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(2), "{args:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(flag), "{args:?}: {stderr}");
+    }
+}
