@@ -483,13 +483,22 @@ mod tests {
     }
 
     #[test]
-    fn the_root_is_the_self_contained_test_client() {
+    fn the_pages_and_the_sdk_are_self_contained() {
         let text = get("/");
         assert!(text.starts_with("HTTP/1.1 200"), "{text}");
         assert!(text.contains("Content-Type: text/html"));
-        assert!(text.contains("new WebSocket("));
+        // The test client is built on the SDK this gateway serves.
+        assert!(text.contains(r#"from "/sdk.js""#) && text.contains("new ChatClient("));
+        let sdk = get("/sdk.js");
+        assert!(sdk.contains("Content-Type: text/javascript"), "{sdk}");
+        assert!(sdk.contains("new this.WebSocket(this.url)"));
+        let admin = get("/admin");
+        assert!(admin.contains("Content-Type: text/html") && admin.contains("/api/stats"));
         // No external assets: nothing is fetched from another origin.
-        assert!(!text.contains("src=\"http") && !text.contains("href=\"http"));
+        for page in [&text, &sdk, &admin] {
+            assert!(!page.contains("src=\"http") && !page.contains("href=\"http"));
+            assert!(!page.contains("from \"http") && !page.contains("import(\"http"));
+        }
     }
 
     #[test]
