@@ -1,10 +1,10 @@
-//! Headless Chromium driven through `chromedriver` (W3C WebDriver over HTTP, spoken with a
-//! few lines of std networking), for the tests of the pages the engine serves (`GET /`,
+//! Headless Chromium driven through `chromedriver` (W3C WebDriver over HTTP, spoken with
+//! ureq, the engine's own HTTP client), for the tests of the pages the engine serves (`GET /`,
 //! `GET /admin`). Debian's `chromium` and `chromium-driver`; `.ci/run` installs both.
 
 use std::{
-    io::{Read, Write},
-    net::{SocketAddr, TcpListener, TcpStream},
+    io::Write,
+    net::{SocketAddr, TcpListener},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
@@ -62,53 +62,29 @@ impl Driver {
 
     /// One WebDriver command; returns its `value`, or the driver's error text.
     pub fn call(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Value, String> {
-        let mut stream = TcpStream::connect(self.addr).map_err(|e| e.to_string())?;
-        stream
-            .set_read_timeout(Some(WAIT))
-            .map_err(|e| e.to_string())?;
-        let body = body.map(Value::to_string).unwrap_or_default();
-        let request = format!(
-            "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        );
-        stream
-            .write_all(request.as_bytes())
-            .map_err(|e| e.to_string())?;
-        // chromedriver keeps the connection open: read the head, then Content-Length bytes.
-        let mut response = Vec::new();
-        let mut chunk = [0u8; 4096];
-        let (head, body) = loop {
-            let n = stream.read(&mut chunk).map_err(|e| e.to_string())?;
-            if n == 0 {
-                return Err("chromedriver closed the connection".into());
-            }
-            response.extend_from_slice(&chunk[..n]);
-            let text = String::from_utf8_lossy(&response).into_owned();
-            let Some((head, body)) = text.split_once("\r\n\r\n") else {
-                continue;
-            };
-            let length: usize = head
-                .lines()
-                .find_map(|l| {
-                    let (name, value) = l.split_once(':')?;
-                    if name.eq_ignore_ascii_case("content-length") {
-                        value.trim().parse().ok()
-                    } else {
-                        None
-                    }
-                })
-                .ok_or("no Content-Length")?;
-            if body.len() >= length {
-                break (head.to_owned(), body[..length].to_owned());
-            }
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .timeout_global(Some(WAIT))
+            .http_status_as_error(false)
+            .build()
+            .into();
+        let url = format!("http://{}{path}", self.addr);
+        let answer = match (method, body) {
+            ("POST", body) => agent
+                .post(&url)
+                .header("Content-Type", "application/json")
+                .send(body.map(Value::to_string).unwrap_or_default()),
+            ("DELETE", _) => agent.delete(&url).call(),
+            _ => agent.get(&url).call(),
         };
-        let value: Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;
-        if !head.starts_with("HTTP/1.1 200") {
-            return Err(format!(
-                "{}: {}",
-                head.lines().next().unwrap_or(""),
-                value["value"]
-            ));
+        let mut answer = answer.map_err(|e| e.to_string())?;
+        let status = answer.status();
+        let text = answer
+            .body_mut()
+            .read_to_string()
+            .map_err(|e| e.to_string())?;
+        let value: Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
+        if !status.is_success() {
+            return Err(format!("{status}: {}", value["value"]));
         }
         Ok(value["value"].clone())
     }
