@@ -10,9 +10,7 @@ use std::{
 };
 
 use common::{Driver, Server};
-use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
-use sha2::Sha256;
 
 const SECRET: &str = "0123456789abcdef0123456789abcdef-events";
 
@@ -29,29 +27,7 @@ fn events_until(
             .recv_timeout(left)
             .unwrap_or_else(|_| panic!("no more events; so far {events:?}"));
         // Signed as the push hook signs: HMAC-SHA256 of "<t>.<body>".
-        let signature = head
-            .lines()
-            .find_map(|l| {
-                l.strip_prefix("X-Engine-Signature: ")
-                    .or_else(|| l.strip_prefix("x-engine-signature: "))
-            })
-            .unwrap_or_else(|| panic!("unsigned: {head}"))
-            .trim()
-            .to_owned();
-        let (t, v1) = signature
-            .strip_prefix("t=")
-            .and_then(|rest| rest.split_once(",v1="))
-            .unwrap();
-        let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
-        mac.update(format!("{t}.").as_bytes());
-        mac.update(&body);
-        let hex: String = mac
-            .finalize()
-            .into_bytes()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        assert_eq!(v1, hex, "the signature checks");
+        common::webhook::check_signature((&head, &body), SECRET);
         let batch: Value = serde_json::from_slice(&body).unwrap();
         assert!(
             batch.get("node").is_none(),

@@ -185,26 +185,7 @@ fn pushes_go_over_https_signed_with_the_shared_secret() {
     let pushed: Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(pushed["userId"], "bob", "{pushed}");
     // The receiver's check: HMAC-SHA256 of "<t>.<body>" with the shared secret.
-    let signature = head
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("x-engine-signature: ")
-                .or_else(|| l.strip_prefix("X-Engine-Signature: "))
-        })
-        .unwrap_or_else(|| panic!("no signature in {head}"));
-    let (t, v1) = signature.split_once(",v1=").unwrap();
-    let t = t.strip_prefix("t=").unwrap();
-    use hmac::Mac;
-    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
-    mac.update(format!("{t}.").as_bytes());
-    mac.update(&body);
-    let expected: String = mac
-        .finalize()
-        .into_bytes()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    assert_eq!(v1, expected);
+    common::webhook::check_signature((&head, &body), SECRET);
     // A webhook whose certificate the engine cannot trust gets nothing.
     let untrusted = Server::start(common::Driver::IoUring, &["--push-webhook", &url]);
     let mut carol = untrusted.login("carol", "phone");

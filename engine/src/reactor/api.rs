@@ -342,14 +342,9 @@ impl Reactor {
             &self.shared.stats,
             &self.store.stats,
         );
-        let Some(conn) = self.conn_mut(at) else {
+        if !self.await_answer(at, keep_alive) {
             return;
-        };
-        conn.aux_mut().pending_api = Some(PendingApi {
-            keep_alive,
-            message_id: "".into(),
-            drain: false,
-        });
+        }
         if !self.relay(Relay::Stats { asker: at, local }) {
             self.answer_cluster_stats(at, None);
         }
@@ -376,14 +371,9 @@ impl Reactor {
     /// Starts an operator's call (`/api/admin/*`): the shard sends it to the homes that
     /// answer it.
     pub(super) fn api_admin(&mut self, at: ConnAddr, keep_alive: bool, call: AdminRequest) {
-        let Some(conn) = self.conn_mut(at) else {
+        if !self.await_answer(at, keep_alive) {
             return;
-        };
-        conn.aux_mut().pending_api = Some(PendingApi {
-            keep_alive,
-            message_id: "".into(),
-            drain: false,
-        });
+        }
         self.feed_shard(Event::Admin {
             conn: at,
             request: &call,
@@ -445,6 +435,20 @@ impl Reactor {
             _ => response::write(200, "application/json", &json, pending.keep_alive, &[]),
         };
         self.finish_api(at, answer, pending.keep_alive);
+    }
+
+    /// Marks the connection as waiting for an answer (its later requests wait behind
+    /// it); false when it is gone.
+    fn await_answer(&mut self, at: ConnAddr, keep_alive: bool) -> bool {
+        let Some(conn) = self.conn_mut(at) else {
+            return false;
+        };
+        conn.aux_mut().pending_api = Some(PendingApi {
+            keep_alive,
+            message_id: "".into(),
+            drain: false,
+        });
+        true
     }
 
     fn take_pending_api(&mut self, at: ConnAddr) -> Option<PendingApi> {

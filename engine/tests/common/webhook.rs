@@ -57,3 +57,28 @@ pub fn start(path: &str, failing: usize) -> (String, mpsc::Receiver<Request>) {
     });
     (url, received)
 }
+
+/// Checks a hook request's `X-Engine-Signature` as a receiver does: HMAC-SHA256 of
+/// `"<t>.<body>"` with the shared `secret`; panics unless it matches.
+pub fn check_signature((head, body): (&str, &[u8]), secret: &str) {
+    use hmac::Mac;
+    let signature = head
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("x-engine-signature: ")
+                .or_else(|| l.strip_prefix("X-Engine-Signature: "))
+        })
+        .unwrap_or_else(|| panic!("no signature in {head}"));
+    let (t, v1) = signature.trim().split_once(",v1=").unwrap();
+    let t = t.strip_prefix("t=").unwrap();
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(format!("{t}.").as_bytes());
+    mac.update(body);
+    let expected: String = mac
+        .finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(v1, expected, "the signature checks");
+}
