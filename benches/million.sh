@@ -29,6 +29,12 @@ DURATION_SECS=${DURATION_SECS:-60}
 PORT=${PORT:-18080}
 IDLE_TIMEOUT_MS=${IDLE_TIMEOUT_MS:-0}
 OUT=${OUT:-benches/results/million-$(date -u +%Y%m%d-%H%M%S)}
+# The engine's listeners are SO_REUSEPORT: another process listening on the port would
+# silently take a share of the connections (it once took half of a run's).
+if ss -Hltn "sport = :$PORT" | grep -q .; then
+  echo "million.sh: something already listens on port $PORT (ss -ltnp); stop it or set PORT" >&2
+  exit 1
+fi
 mkdir -p "$OUT"
 
 source benches/tools/scale_setup.sh million
