@@ -45,7 +45,8 @@ impl Shard {
                     by_home[self.home_of(user)].push(user.as_str().into());
                 }
                 let homes = by_home.iter().filter(|users| !users.is_empty()).count();
-                let request = self.admin_presence.start(conn, homes, Vec::new());
+                let asked = (users.clone(), Vec::with_capacity(users.len()));
+                let request = self.admin_presence.start(conn, homes, asked);
                 for (home, users) in by_home.into_iter().enumerate() {
                     if !users.is_empty() {
                         out.mail(home, ask(AdminWhat::Presence { request, users }));
@@ -155,15 +156,22 @@ impl Shard {
     ) {
         let Some(done) = self
             .admin_presence
-            .answer(request, |so_far| so_far.extend(entries))
+            .answer(request, |(_, so_far)| so_far.extend(entries))
         else {
             return;
         };
-        let mut body = Vec::with_capacity(64 + 64 * done.so_far.len());
+        let (asked, mut found) = done.so_far;
+        let position: std::collections::HashMap<&str, usize> = asked
+            .iter()
+            .enumerate()
+            .map(|(i, user)| (user.as_str(), i))
+            .collect();
+        found.sort_by_key(|entry| position.get(entry.user_id.as_str()).copied());
+        let mut body = Vec::with_capacity(64 + 64 * found.len());
         Obj::new(&mut body)
             .with("users", |out| {
                 out.push(b'[');
-                for (i, entry) in done.so_far.iter().enumerate() {
+                for (i, entry) in found.iter().enumerate() {
                     if i > 0 {
                         out.push(b',');
                     }

@@ -284,8 +284,9 @@ pub struct Shard {
     conns: std::collections::HashMap<ConnAddr, ConnChat>,
     /// Presence requests of this reactor's connections, waiting for homes.
     presence_requests: Gathers<Vec<PresenceEntry>>,
-    /// Operators' presence calls on this reactor's HTTP connections, waiting for homes.
-    admin_presence: Gathers<Vec<PresenceEntry>>,
+    /// Operators' presence calls on this reactor's HTTP connections, waiting for homes:
+    /// the users in the order asked, and the answers so far.
+    admin_presence: Gathers<(Vec<String>, Vec<PresenceEntry>)>,
     /// Operators' HTTP connections whose group change waits for the store here: each
     /// hears the change as its answer.
     operator_changes: std::collections::HashSet<ConnAddr>,
