@@ -692,12 +692,13 @@ impl Worker {
             // The echo comes back on the sending connection carrying the same stamp.
             Scenario::Echo => stamp.to_string(),
         };
-        if Instant::now().saturating_duration_since(scheduled) > Duration::from_millis(1) {
+        let now = Instant::now();
+        if now.saturating_duration_since(scheduled) > Duration::from_millis(1) {
             self.report.sent_late += 1;
         }
         if self.send_text(sender, &text) {
             self.report.sent += 1;
-            let now_ns = self.since_epoch_ns(Instant::now());
+            let now_ns = self.since_epoch_ns(now);
             if let Some(second) = self.second_at(now_ns) {
                 second.sent();
             }

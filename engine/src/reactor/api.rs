@@ -473,7 +473,7 @@ fn api_status(code: &str) -> u16 {
         "forbidden" | "not_member" => 403,
         "conflict" | "too_many_groups" => 409,
         "rate_limited" | "queue_full" => 429,
-        "persistence_failed" | "cluster_unavailable" | "internal" => 503,
+        "persistence_failed" | "cluster_unavailable" => 503,
         _ => 400,
     }
 }
