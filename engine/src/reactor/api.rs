@@ -393,9 +393,9 @@ impl Reactor {
             return;
         };
         let node = self.shared.cluster.as_ref().filter(|_| node_scoped);
+        let mut scoped = Vec::new();
         let body = match (node, body.split_first()) {
             (Some(cluster), Some((b'{', fields))) => {
-                let mut scoped = Vec::with_capacity(body.len() + 64);
                 Obj::new(&mut scoped)
                     .str("node", cluster.node_id())
                     .str("scope", "node")
@@ -405,11 +405,11 @@ impl Reactor {
                     scoped.push(b',');
                 }
                 scoped.extend_from_slice(fields);
-                scoped
+                &scoped[..]
             }
-            _ => body.to_vec(),
+            _ => body,
         };
-        let answer = response::write(status, "application/json", &body, pending.keep_alive, &[]);
+        let answer = response::write(status, "application/json", body, pending.keep_alive, &[]);
         self.finish_api(at, answer, pending.keep_alive);
     }
 
