@@ -112,8 +112,13 @@ fn two_browsers_chat_both_ways() {
     );
 
     // A drop: bob's page reconnects (backoff with jitter) and resumes from the last seq
-    // it processed; what alice sent meanwhile arrives once, and nothing repeats.
-    bob.script("chat.socket.close(); return true;", json!([]));
+    // it processed; what alice sent meanwhile arrives once, and nothing repeats. Full
+    // jitter may pick a delay shorter than one poll, so the test fixes it near 2 s
+    // through the SDK's own options: long enough to see the drop and send into it.
+    bob.script(
+        "chat.backoffBaseMs = 2000; chat.random = () => 0.99; chat.socket.close(); return true;",
+        json!([]),
+    );
     bob.wait_for(
         "bob's page to see the drop",
         "document.body.dataset.online === 'no'",
