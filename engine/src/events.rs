@@ -20,7 +20,10 @@ use std::{
 use tracing::{info, warn};
 
 use crate::{
-    protocol::{json::Obj, Role},
+    protocol::{
+        json::{write_list, Obj},
+        Role,
+    },
     push::{HookStats, Poster, Webhook},
 };
 
@@ -172,14 +175,7 @@ fn batch_json(node: Option<&str>, batch: &[(u64, Hook)]) -> Vec<u8> {
     Obj::new(&mut body)
         .opt_str("node", node)
         .with("events", |out| {
-            out.push(b'[');
-            for (i, (at_ms, hook)) in batch.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                hook.write(*at_ms, out);
-            }
-            out.push(b']');
+            write_list(out, batch, |out, (at_ms, hook)| hook.write(*at_ms, out))
         })
         .end();
     body

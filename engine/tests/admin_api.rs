@@ -252,7 +252,7 @@ fn bad_admin_calls_get_clear_json_errors() {
 }
 
 #[test]
-fn in_a_cluster_answers_about_users_name_the_node_they_speak_for() {
+fn in_a_cluster_any_node_answers_about_users_on_every_node() {
     let nats_server = match nats::Nats::start() {
         Ok(nats) => nats,
         Err(why) => return nats::skip("admin_api_in_a_cluster", &why),
@@ -261,15 +261,78 @@ fn in_a_cluster_answers_about_users_name_the_node_they_speak_for() {
     let a = nats::node_with(&nats_server.url(), "a", &flags);
     let b = nats::node_with(&nats_server.url(), "b", &flags);
     nats::wait_for_nodes(&a, 2, Duration::from_secs(30));
-    let _on_b = b.login("carol", "phone");
-    let (status, on_a) = call(&a, "GET", "/api/admin/users/carol/devices", "");
-    assert_eq!(status, 200);
+    nats::wait_for_nodes(&b, 2, Duration::from_secs(30));
+    let mut laptop = a.login("carol", "laptop");
+    let mut phone = b.login("carol", "phone");
+    let _dave = b.login("dave", "phone");
+    let scope = |answer: &Value| {
+        (
+            answer["scope"].as_str().map(str::to_owned),
+            answer["nodes_answered"].as_u64(),
+            answer["nodes_known"].as_u64(),
+        )
+    };
+    let whole = (Some("cluster".to_owned()), Some(2), Some(2));
+
+    // Asked on a: carol's devices on both nodes, each with its node.
+    let (status, devices) = call(&a, "GET", "/api/admin/users/carol/devices", "");
+    assert_eq!(status, 200, "{devices}");
+    assert_eq!(scope(&devices), whole, "{devices}");
+    let mut listed: Vec<(&str, &str)> = devices["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            (
+                d["device_id"].as_str().unwrap(),
+                d["node_id"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    listed.sort();
+    assert_eq!(listed, [("laptop", "a"), ("phone", "b")]);
+
+    // Presence asked on a, in the order asked: dave is only on b, erin nowhere.
+    let body = json!({ "user_ids": ["erin", "dave", "carol"] }).to_string();
+    let (status, presence) = call(&a, "POST", "/api/admin/presence", &body);
+    assert_eq!(status, 200, "{presence}");
+    assert_eq!(scope(&presence), whole, "{presence}");
+    let seen: Vec<(&str, bool)> = presence["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| (u["user_id"].as_str().unwrap(), u["online"] == true))
+        .collect();
+    assert_eq!(seen, [("erin", false), ("dave", true), ("carol", true)]);
+
+    // A disconnect asked on b closes carol's devices on both nodes.
+    let body = r#"{"user_id":"carol","code":4200}"#;
+    let (status, closed) = call(&b, "POST", "/api/admin/disconnect", body);
     assert_eq!(
-        (on_a["node"].as_str(), on_a["scope"].as_str()),
-        (Some("a"), Some("node"))
+        (status, &closed["disconnected"]),
+        (200, &json!(2)),
+        "{closed}"
     );
-    assert_eq!(on_a["devices"], json!([]), "carol's device is b's");
-    let (_, on_b) = call(&b, "GET", "/api/admin/users/carol/devices", "");
-    assert_eq!(on_b["node"], "b");
-    assert_eq!(on_b["devices"][0]["device_id"], "phone");
+    assert_eq!(laptop.expect_close(), 4200);
+    assert_eq!(phone.expect_close(), 4200);
+    let (_, devices) = call(&a, "GET", "/api/admin/users/carol/devices", "");
+    assert_eq!(devices["devices"], json!([]), "{devices}");
+
+    // b dies without a word: until it is counted dead, a answers alone, at once or after
+    // its 500 ms wait, and says it speaks for one node of two.
+    let mut b = b;
+    b.child.kill().unwrap();
+    let asked = std::time::Instant::now();
+    let (status, alone) = call(&a, "GET", "/api/admin/users/dave/devices", "");
+    assert_eq!(status, 200, "{alone}");
+    assert_eq!(
+        scope(&alone),
+        (Some("cluster".to_owned()), Some(1), Some(2)),
+        "{alone}"
+    );
+    assert!(
+        asked.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        asked.elapsed()
+    );
 }

@@ -78,6 +78,24 @@ pub enum Relay {
         /// This node's `/api/stats` body.
         local: Vec<u8>,
     },
+    /// An operator's call about users (`/api/admin/*`), waiting as `request` at reactor
+    /// `reactor`: every other node answers its part, and the parts go back there
+    /// ([`crate::router::Envelope::AdminNodes`]).
+    Admin {
+        /// The reactor where the call gathers.
+        reactor: u16,
+        /// The call there.
+        request: u32,
+        /// The call as said to the other nodes (`AdminRequest::to_node`).
+        said: Vec<u8>,
+    },
+    /// This node's part of another node's call about users, for its `reply`.
+    AdminPart {
+        /// Where the asking node waits.
+        reply: Box<str>,
+        /// What this node's homes found.
+        part: Box<crate::router::AdminPart>,
+    },
     /// An API broadcast to every user online (`all:true`) from connection `requester`
     /// (pending broadcast `request` there): the other nodes write it to their users
     /// online, and their count goes back to the requester's reactor.
@@ -170,6 +188,14 @@ pub enum Inbound {
         /// The message.
         message: Arc<crate::router::BroadcastMessage>,
         /// Where the asking node waits for the count.
+        reply: Box<str>,
+    },
+    /// Another node's operator call about users: this node's homes answer their part
+    /// for `reply`.
+    Admin {
+        /// The call as the asking node said it (`AdminRequest::from_node` reads it).
+        said: Bytes,
+        /// Where the asking node waits.
         reply: Box<str>,
     },
     /// The call signal `reference` from connection `caller` reached no device:
@@ -326,6 +352,24 @@ pub(super) fn decode_broadcast(payload: &[u8]) -> Option<crate::router::Broadcas
         priority: crate::protocol::Priority::parse(json["priority"].as_str()?)?,
         accepted_ns: crate::stats::clock_ns(),
     })
+}
+
+/// A node's part of an operator's call, for the asking node: `{"node_id", "part"}`.
+pub(super) fn encode_admin_part(node_id: &str, part: &crate::router::AdminPart) -> Vec<u8> {
+    serde_json::json!({ "node_id": node_id, "part": part })
+        .to_string()
+        .into_bytes()
+}
+
+/// The node and its part in an answer to an operator's call, or `None` if it is not one.
+pub(super) fn decode_admin_part(payload: &[u8]) -> Option<(Box<str>, crate::router::AdminPart)> {
+    #[derive(serde::Deserialize)]
+    struct NodePart {
+        node_id: Box<str>,
+        part: crate::router::AdminPart,
+    }
+    let said: NodePart = serde_json::from_slice(payload).ok()?;
+    Some((said.node_id, said.part))
 }
 
 /// `id` as a key-value key token: itself when it is letters, digits, `-` and `_` only,

@@ -55,6 +55,10 @@ const INBOX_SID: u64 = 1;
 const STATS_SID: u64 = 2;
 /// The subscription on which every node hears the others' broadcasts to every user.
 const BROADCAST_SID: u64 = 3;
+/// The subscription on which every node hears the others' operator calls about users.
+const ADMIN_SID: u64 = 4;
+/// Where a node sends an operator's call about users to the others.
+const ADMIN_SUBJECT: &str = "chat.admin";
 /// Where a node sends an API broadcast to every user online (`all:true`).
 const BROADCAST_SUBJECT: &str = "chat.broadcast";
 /// Where a node asks for every node's `/api/stats` figures.
@@ -123,6 +127,19 @@ struct BroadcastGather {
     answered: u32,
     /// Other nodes alive when it started.
     expected: u32,
+    until: Instant,
+}
+
+/// An operator's call about users under way on the other nodes: where it waits, their
+/// parts so far, and until when.
+struct AdminGather {
+    reactor: u16,
+    request: u32,
+    parts: Vec<(Box<str>, crate::router::AdminPart)>,
+    /// Other nodes whose part is awaited.
+    expected: u32,
+    /// Nodes alive when it started, this one included.
+    known: u32,
     until: Instant,
 }
 
@@ -203,6 +220,9 @@ pub(super) struct Relayer {
     /// Broadcasts to every user online, waiting for the other nodes' counts (numbered
     /// from `next_gather` too).
     broadcasts: HashMap<u64, BroadcastGather>,
+    /// Operators' calls about users, waiting for the other nodes' parts (numbered from
+    /// `next_gather` too).
+    admin_calls: HashMap<u64, AdminGather>,
     next_gather: u64,
     /// Pings sent and not yet answered, and when the last went.
     pings: (u32, Instant),
@@ -241,6 +261,7 @@ impl Relayer {
             local_stats,
             gathers: HashMap::new(),
             broadcasts: HashMap::new(),
+            admin_calls: HashMap::new(),
             next_gather: 0,
             pings: (0, Instant::now()),
             servers: servers
@@ -258,7 +279,7 @@ impl Relayer {
             reactors,
             by_sid: HashMap::new(),
             sids: HashMap::new(),
-            next_sid: BROADCAST_SID + 1,
+            next_sid: ADMIN_SID + 1,
             inbox,
             calls: HashMap::new(),
             next_call: 0,
@@ -394,6 +415,7 @@ impl Relayer {
         wire::subscribe(&mut hello, &format!("{}*", self.inbox), INBOX_SID);
         wire::subscribe(&mut hello, STATS_SUBJECT, STATS_SID);
         wire::subscribe(&mut hello, BROADCAST_SUBJECT, BROADCAST_SID);
+        wire::subscribe(&mut hello, ADMIN_SUBJECT, ADMIN_SID);
         for (sid, sub) in &self.by_sid {
             let subject = match sub {
                 Sub::Live { user, .. } => relay::live_subject(user),
@@ -550,6 +572,15 @@ impl Relayer {
                 request,
                 message,
             } => self.broadcast(requester, request, &message, connected),
+            Relay::Admin {
+                reactor,
+                request,
+                said,
+            } => self.admin_call(reactor, request, &said, connected),
+            Relay::AdminPart { reply, part } => {
+                let said = relay::encode_admin_part(&self.node_id, &part);
+                wire::publish(&mut self.out, reply.as_bytes(), None, &said);
+            }
             Relay::BroadcastCounted { reply, delivered } => {
                 let count = delivered.to_string();
                 wire::publish(&mut self.out, reply.as_bytes(), None, count.as_bytes());
@@ -733,6 +764,17 @@ impl Relayer {
                     }
                     None => debug!("cluster: a broadcast that does not parse, dropped"),
                 },
+                Op::Msg {
+                    sid: ADMIN_SID,
+                    reply: Some(reply),
+                    payload,
+                    ..
+                } => {
+                    // Reactor 0 reads it, asks the homes here and sends the part back.
+                    let reply = String::from_utf8_lossy(&reply).into();
+                    let said = payload;
+                    self.reactors.send(0, Inbound::Admin { said, reply });
+                }
                 Op::Msg {
                     sid: STATS_SID,
                     reply: Some(reply),
@@ -966,6 +1008,25 @@ impl Relayer {
                     self.finish_broadcast(gather);
                 }
             }
+            Some((b'a', gather)) => {
+                let Some(gather) = number(gather) else {
+                    return;
+                };
+                let Some(under_way) = self.admin_calls.get_mut(&gather) else {
+                    return; // answered after its wait
+                };
+                match (status, relay::decode_admin_part(&payload)) {
+                    (Some(_), _) => under_way.expected = 0, // no other node
+                    (None, Some(part)) => under_way.parts.push(part),
+                    (None, None) => {
+                        warn!("cluster: a node's part of an operator's call does not parse");
+                        under_way.expected = under_way.expected.saturating_sub(1);
+                    }
+                }
+                if under_way.parts.len() >= under_way.expected as usize {
+                    self.finish_admin_call(gather);
+                }
+            }
             Some((b'h', join)) if status.is_none() => self.introduced(number(join), payload),
             Some((b'h', _)) => {} // no other node has a device in the room
             Some((b'j', request)) => {
@@ -1049,6 +1110,45 @@ impl Relayer {
             offline: 0,
         };
         self.reactors.send(done.reactor, Inbound::Mail(counts));
+    }
+
+    /// Sends an operator's call about users to the other nodes; their parts go to
+    /// `reactor` once they all answered, or after [`STATS_WAIT`] (none if NATS is out of
+    /// reach: the answer then says how many nodes it speaks for).
+    fn admin_call(&mut self, reactor: u16, request: u32, said: &[u8], connected: bool) {
+        let gather = self.next_gather;
+        self.next_gather += 1;
+        let known = self.state.nodes().max(1);
+        let expected = known - 1;
+        let under_way = AdminGather {
+            reactor,
+            request,
+            parts: Vec::new(),
+            expected: if connected { expected } else { 0 },
+            known,
+            until: Instant::now() + STATS_WAIT,
+        };
+        self.admin_calls.insert(gather, under_way);
+        if !connected || expected == 0 {
+            return self.finish_admin_call(gather);
+        }
+        let reply = format!("{}a{gather}", self.inbox);
+        wire::publish(&mut self.out, ADMIN_SUBJECT.as_bytes(), Some(&reply), said);
+    }
+
+    /// The other nodes' parts of operator's call `gather`, to the reactor where it waits.
+    fn finish_admin_call(&mut self, gather: u64) {
+        let Some(done) = self.admin_calls.remove(&gather) else {
+            return;
+        };
+        let nodes = crate::router::NodesAnswer {
+            request: done.request,
+            this_node: self.node_id.as_str().into(),
+            parts: done.parts,
+            known: done.known,
+        };
+        let mail = Inbound::Mail(Envelope::AdminNodes(Box::new(nodes)));
+        self.reactors.send(usize::from(done.reactor), mail);
     }
 
     /// Starts gathering every node's figures for `asker`, with this node's `local`.
@@ -1188,14 +1288,11 @@ impl Relayer {
         for done in late {
             self.answer_gather(done);
         }
-        let late: Vec<u64> = self
-            .broadcasts
-            .iter()
-            .filter(|(_, b)| b.until <= now)
-            .map(|(id, _)| *id)
-            .collect();
-        for gather in late {
+        for gather in due(&self.broadcasts, now, |b| b.until) {
             self.finish_broadcast(gather);
+        }
+        for gather in due(&self.admin_calls, now, |call| call.until) {
+            self.finish_admin_call(gather);
         }
         self.joins.retain(|_, (_, until)| *until > now);
         let settled = self.holders.expire(now, crate::protocol::now_ms());
@@ -1210,6 +1307,15 @@ impl Relayer {
         let failed = self.history.expire(now, connected, &mut self.out);
         self.send_replies(failed);
     }
+}
+
+/// The gathers in `waiting` whose wait, `until`, is over at `now`.
+fn due<T>(waiting: &HashMap<u64, T>, now: Instant, until: impl Fn(&T) -> Instant) -> Vec<u64> {
+    waiting
+        .iter()
+        .filter(|(_, gather)| until(gather) <= now)
+        .map(|(id, _)| *id)
+        .collect()
 }
 
 /// Reads what the socket has into `inbuf` (0: closed).

@@ -4,16 +4,19 @@
 //!
 //! | call | asks |
 //! |---|---|
-//! | `GET /api/admin/users/{user}/devices` | the user's devices on this node |
+//! | `GET /api/admin/users/{user}/devices` | the user's devices (on every node) |
 //! | `POST /api/admin/disconnect` `{"user_id","device_id"?,"code"?}` | close them |
 //! | `POST /api/admin/presence` `{"user_ids":[…]}` | presence of up to 1,000 users |
 //! | `GET /api/admin/groups/{group}/members` | a group's members and roles |
 //! | `POST /api/admin/groups/{group}/members` `{"user_id","role"?}` | add a member |
 //! | `DELETE /api/admin/groups/{group}/members/{user}` | remove one |
 //!
+//! In a cluster the calls about users (devices, disconnect, presence) go to every node
+//! too: [`AdminRequest::to_node`] and [`AdminRequest::from_node`] are their form on NATS.
+//!
 //! Not a hot path: bodies are parsed with serde_json.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::{
@@ -30,15 +33,17 @@ pub const DISCONNECT_CODE_DEFAULT: u16 = 1008;
 /// The path every admin call starts with.
 pub const PREFIX: &str = "/api/admin/";
 
-/// One operator's request, validated.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One operator's request, validated. Those about users are said to other nodes as JSON
+/// tagged with `"call"`; a group's are answered by one node and never leave it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "call", rename_all = "snake_case", deny_unknown_fields)]
 pub enum AdminRequest {
-    /// A user's devices online on this node.
+    /// A user's devices online.
     Devices {
         /// The user.
         user: String,
     },
-    /// Close a user's devices on this node, or one of them.
+    /// Close a user's devices, or one of them.
     Disconnect {
         /// The user.
         user: String,
@@ -53,12 +58,14 @@ pub enum AdminRequest {
         users: Vec<String>,
     },
     /// A group's members, owner, admins and whether it is invite-only.
+    #[serde(skip)]
     Members {
         /// The group.
         group: String,
     },
     /// Add a member (with a role) to a group, or remove one: an operator may do what an
     /// owner may, whoever is in the group.
+    #[serde(skip)]
     Membership {
         /// The group.
         group: String,
@@ -67,6 +74,62 @@ pub enum AdminRequest {
         /// `Some(role)`: add with this role (member or admin); `None`: remove.
         role: Option<Role>,
     },
+}
+
+impl AdminRequest {
+    /// Whether the call asks about users, whose devices may be on any node (a group's
+    /// call is answered by the group's home alone).
+    pub fn about_users(&self) -> bool {
+        matches!(
+            self,
+            AdminRequest::Devices { .. }
+                | AdminRequest::Disconnect { .. }
+                | AdminRequest::Presence { .. }
+        )
+    }
+
+    /// The call as said to the other nodes of a cluster (one [`about_users`](Self::about_users)).
+    pub fn to_node(&self) -> Vec<u8> {
+        debug_assert!(self.about_users(), "a group's call stays on its node");
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// A call another node said, checked as the HTTP API checks its own: ids, the number
+    /// of users, the close code.
+    pub fn from_node(said: &[u8]) -> Result<AdminRequest, String> {
+        let call: AdminRequest = serde_json::from_slice(said).map_err(|e| e.to_string())?;
+        let checked = |id: &str, what| check_id(id, what).map_err(|e| e.message);
+        match &call {
+            AdminRequest::Devices { user } => checked(user, "user_id")?,
+            AdminRequest::Disconnect { user, device, code } => {
+                checked(user, "user_id")?;
+                if let Some(device) = device {
+                    checked(device, "device_id")?;
+                }
+                if !close_code_allowed(*code) {
+                    return Err(format!("close code {code} is not one an operator gives"));
+                }
+            }
+            AdminRequest::Presence { users } => {
+                if users.is_empty() || users.len() > PRESENCE_USERS_MAX {
+                    return Err(format!("{} users asked", users.len()));
+                }
+                for user in users {
+                    checked(user, "user_ids[]")?;
+                }
+            }
+            AdminRequest::Members { .. } | AdminRequest::Membership { .. } => {
+                unreachable!("never deserialized: skipped variants")
+            }
+        }
+        Ok(call)
+    }
+}
+
+/// The close codes a disconnect may give: normal, going away, policy, or an
+/// application's own.
+fn close_code_allowed(code: u16) -> bool {
+    matches!(code, 1000 | 1001 | 1008 | 3000..=4999)
 }
 
 /// The methods a path under [`PREFIX`] takes, or `None` for a path that is not an admin
@@ -135,7 +198,7 @@ fn parse_disconnect(body: &[u8]) -> Result<AdminRequest, ApiError> {
         Some(value) => value
             .as_u64()
             .and_then(|c| u16::try_from(c).ok())
-            .filter(|&c| matches!(c, 1000 | 1001 | 1008 | 3000..=4999))
+            .filter(|&c| close_code_allowed(c))
             .ok_or_else(|| {
                 ApiError::bad_request("'code' must be 1000, 1001, 1008, or from 3000 to 4999")
             })?,
@@ -303,5 +366,36 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.message.contains("role"), "{err:?}");
+    }
+
+    #[test]
+    fn calls_about_users_cross_nodes_checked_again() {
+        for call in [
+            AdminRequest::Devices { user: "é".into() },
+            AdminRequest::Disconnect {
+                user: "u".into(),
+                device: Some("d".into()),
+                code: 4000,
+            },
+            AdminRequest::Presence {
+                users: vec!["a".into(), "b".into()],
+            },
+        ] {
+            assert!(call.about_users());
+            assert_eq!(AdminRequest::from_node(&call.to_node()), Ok(call));
+        }
+        let group = AdminRequest::Members { group: "g".into() };
+        assert!(!group.about_users());
+        for bad in [
+            &br#"{"call":"members","group":"g"}"#[..],
+            br#"{"call":"devices","user":"a b"}"#,
+            br#"{"call":"disconnect","user":"u","device":null,"code":1006}"#,
+            br#"{"call":"presence","users":[]}"#,
+            br#"{"call":"devices","user":"u","extra":1}"#,
+            b"{not json",
+        ] {
+            let said = String::from_utf8_lossy(bad);
+            assert!(AdminRequest::from_node(bad).is_err(), "{said}");
+        }
     }
 }

@@ -16,7 +16,7 @@ use super::health::Health;
 use crate::{
     protocol::{
         codes::{ErrorCode, MessageKind, OutKind},
-        json::Obj,
+        json::{write_list, Obj},
     },
     push::HookStats,
     stats::{self, LatencyHistogram, ReactorStats, LATENCY_BUCKETS_US},
@@ -483,11 +483,7 @@ pub fn stats_json(
         .with("routing_latency", |out| buckets_json(out, routing))
         .with("store_commit_latency", |out| buckets_json(out, commit))
         .with("reactors", |out| {
-            out.push(b'[');
-            for (id, r) in reactors.iter().enumerate() {
-                if id > 0 {
-                    out.push(b',');
-                }
+            write_list(out, reactors.iter().enumerate(), |out, (id, r)| {
                 Obj::new(out)
                     .u64("reactor", id as u64)
                     .i64("connections", stats::load_gauge(&r.connections))
@@ -499,8 +495,7 @@ pub fn stats_json(
                     .i64("mailbox_waiting", stats::load_gauge(&r.mailbox_waiting))
                     .u64("backpressure_pauses", stats::read(&r.backpressure_pauses))
                     .end();
-            }
-            out.push(b']');
+            })
         })
         .end();
 }
@@ -509,14 +504,9 @@ pub fn stats_json(
 /// bucket (not cumulative) up to its bound, the last one unbounded.
 fn buckets_json(out: &mut Vec<u8>, count: impl Fn(usize) -> u64) {
     let list = |out: &mut Vec<u8>, items: &mut dyn Iterator<Item = String>| {
-        out.push(b'[');
-        for (i, item) in items.enumerate() {
-            if i > 0 {
-                out.push(b',');
-            }
-            out.extend_from_slice(item.as_bytes());
-        }
-        out.push(b']');
+        write_list(out, items, |out, item| {
+            out.extend_from_slice(item.as_bytes())
+        })
     };
     let bounds = LATENCY_BUCKETS_US.iter().map(u64::to_string);
     let counts = (0..=LATENCY_BUCKETS_US.len()).map(|i| count(i).to_string());

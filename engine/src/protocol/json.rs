@@ -101,6 +101,22 @@ impl<'a> Obj<'a> {
     }
 }
 
+/// Appends `[item, item, …]`, each item written by `write`.
+pub fn write_list<I: IntoIterator>(
+    out: &mut Vec<u8>,
+    items: I,
+    mut write: impl FnMut(&mut Vec<u8>, I::Item),
+) {
+    out.push(b'[');
+    for (i, item) in items.into_iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write(out, item);
+    }
+    out.push(b']');
+}
+
 /// Appends `value` as a JSON string, escaping quotes, backslashes and control characters.
 pub fn write_str(out: &mut Vec<u8>, value: &str) {
     out.push(b'"');

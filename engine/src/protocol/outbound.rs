@@ -10,7 +10,7 @@ use bytes::Bytes;
 use super::{
     codes::{ErrorCode, OutKind},
     inbound::Scalar,
-    json::Obj,
+    json::{write_list, Obj},
     Priority, Role,
 };
 use crate::ws::frame;
@@ -347,21 +347,15 @@ pub fn history(out: &mut OutJson, peer_id: &str, messages: &[bytes::Bytes], more
     out.begin(OutKind::History)
         .str("peerId", peer_id)
         .with("messages", |out| {
-            out.push(b'[');
-            for (i, message) in messages.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                out.extend_from_slice(message);
-            }
-            out.push(b']');
+            write_list(out, messages, |out, message| out.extend_from_slice(message))
         })
         .bool("more", more)
         .end();
 }
 
-/// One user's presence as reported in `presence_state`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One user's presence as reported in `presence_state` (and, as JSON, in an operator's
+/// presence call's part from another node).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PresenceEntry {
     /// The user.
     pub user_id: String,
@@ -375,11 +369,7 @@ pub struct PresenceEntry {
 pub fn presence_state(out: &mut OutJson, users: &[PresenceEntry]) {
     out.begin(OutKind::PresenceState)
         .with("users", |out| {
-            out.push(b'[');
-            for (i, user) in users.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
+            write_list(out, users, |out, user| {
                 let obj = Obj::new(out)
                     .str("userId", &user.user_id)
                     .str("status", status(user.online));
@@ -388,8 +378,7 @@ pub fn presence_state(out: &mut OutJson, users: &[PresenceEntry]) {
                     None => obj.null("lastSeen"),
                 }
                 .end();
-            }
-            out.push(b']');
+            })
         })
         .end();
 }

@@ -22,7 +22,12 @@ use crate::{
         api::{BroadcastRequest, SendRequest},
         metrics, response,
     },
-    protocol::{codes::ErrorCode, json::Obj, now_ms, outbound::Outgoing},
+    protocol::{
+        codes::ErrorCode,
+        json::{write_list, Obj},
+        now_ms,
+        outbound::Outgoing,
+    },
     router::{BroadcastMessage, BroadcastOrder, ConnAddr, Envelope},
     shard::Event,
     stats,
@@ -147,14 +152,9 @@ impl Reactor {
                 Obj::new(&mut body)
                     .str("user_id", user)
                     .with("messages", |out| {
-                        out.push(b'[');
-                        for (i, payload) in messages.iter().enumerate() {
-                            if i > 0 {
-                                out.push(b',');
-                            }
-                            queued_message_json(out, payload);
-                        }
-                        out.push(b']');
+                        write_list(out, messages, |out, payload| {
+                            queued_message_json(out, payload)
+                        })
                     })
                     .bool("more", more)
                     .end();
@@ -380,34 +380,10 @@ impl Reactor {
         });
     }
 
-    /// A home's answer to an operator's call. In a cluster, an answer about users names
-    /// the node it speaks for.
-    pub(super) fn answer_admin(
-        &mut self,
-        at: ConnAddr,
-        status: u16,
-        body: &[u8],
-        node_scoped: bool,
-    ) {
+    /// The answer to an operator's call, a JSON body.
+    pub(super) fn answer_admin(&mut self, at: ConnAddr, status: u16, body: &[u8]) {
         let Some(pending) = self.take_pending_api(at) else {
             return;
-        };
-        let node = self.shared.cluster.as_ref().filter(|_| node_scoped);
-        let mut scoped = Vec::new();
-        let body = match (node, body.split_first()) {
-            (Some(cluster), Some((b'{', fields))) => {
-                Obj::new(&mut scoped)
-                    .str("node", cluster.node_id())
-                    .str("scope", "node")
-                    .end();
-                scoped.pop(); // the closing brace: the home's fields follow
-                if fields != b"}" {
-                    scoped.push(b',');
-                }
-                scoped.extend_from_slice(fields);
-                &scoped[..]
-            }
-            _ => body,
         };
         let answer = response::write(status, "application/json", body, pending.keep_alive, &[]);
         self.finish_api(at, answer, pending.keep_alive);

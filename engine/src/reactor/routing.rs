@@ -6,8 +6,11 @@
 use super::core::Reactor;
 use crate::conn::Phase;
 use crate::protocol::codes::ErrorCode;
+use tracing::warn;
+
 use crate::{
     cluster::relay::Inbound,
+    http::admin::AdminRequest,
     protocol::{now_ms, outbound, Priority},
     router::{AckStatus, ConnAddr, Envelope},
     shard::{Clock, Effect, Event},
@@ -110,6 +113,11 @@ impl Reactor {
                 Inbound::Stats { asker, body } => self.answer_cluster_stats(asker, body),
                 Inbound::Store(reply) => self.take_store_reply(reply),
                 Inbound::Broadcast { message, reply } => self.cluster_broadcast(message, reply),
+                Inbound::Admin { said, reply } => match AdminRequest::from_node(&said) {
+                    Ok(call) => self.feed_shard(Event::AdminFromNode { call, reply }),
+                    // The asking node hears nothing from this one, and says so.
+                    Err(why) => warn!("cluster: another node's operator call is not one: {why}"),
+                },
                 Inbound::CallNotTaken {
                     caller,
                     reference,
@@ -155,12 +163,7 @@ impl Reactor {
                 delivered,
                 offline,
             } => self.on_broadcast_reply(request, delivered, 0, offline),
-            Envelope::AdminAnswer {
-                to,
-                status,
-                body,
-                node_scoped,
-            } => self.answer_admin(to, status, &body, node_scoped),
+            Envelope::AdminAnswer { to, status, body } => self.answer_admin(to, status, &body),
             other => debug_assert!(false, "for the shard, not the driver: {other:?}"),
         }
     }

@@ -5,9 +5,12 @@
 //! A → home(V) → each device's reactor, skipping hops that stay on one reactor. Frames are
 //! encoded once and travel as refcounted [`Outgoing`] frames.
 
+pub mod admin;
 pub mod gather;
 
 use std::sync::Arc;
+
+pub use admin::{AdminAsk, AdminPart, AdminWhat, NodesAnswer};
 
 use crate::protocol::{
     outbound::{Outgoing, PresenceEntry},
@@ -224,47 +227,6 @@ pub struct GroupChange {
     /// Asked by an operator (`/api/admin/*`, from the HTTP connection `device`): an
     /// `Add` or `Remove` that no member's role limits.
     pub operator: bool,
-}
-
-/// An operator's call about users or a group homed at the receiving reactor
-/// (`/api/admin/*`), answered to the HTTP connection that made it.
-#[derive(Debug)]
-pub struct AdminAsk {
-    /// The HTTP connection waiting for the answer.
-    pub requester: ConnAddr,
-    /// What is asked.
-    pub what: AdminWhat,
-}
-
-/// What an operator asks a home.
-#[derive(Debug)]
-pub enum AdminWhat {
-    /// A user's devices online here.
-    Devices {
-        /// The user.
-        user: Box<str>,
-    },
-    /// Close a user's devices, or one of them, with `code`.
-    Disconnect {
-        /// The user.
-        user: Box<str>,
-        /// Only this device.
-        device: Option<Box<str>>,
-        /// The close code.
-        code: u16,
-    },
-    /// These users' presence, as this home's part of gathered request `request`.
-    Presence {
-        /// The request at the requester's reactor.
-        request: u32,
-        /// The users homed here.
-        users: Vec<Box<str>>,
-    },
-    /// A group's members and settings.
-    Members {
-        /// The group.
-        group: Box<str>,
-    },
 }
 
 /// A message to every member of a group.
@@ -495,17 +457,17 @@ pub enum Envelope {
         status: u16,
         /// The JSON body (an object).
         body: Vec<u8>,
-        /// It speaks of users as this node sees them: in a cluster the answer names the
-        /// node (`"node"`, `"scope":"node"`).
-        node_scoped: bool,
     },
-    /// To an operator's reactor: one home's part of the presence call `request`.
-    AdminPresence {
-        /// The call at the requester's reactor.
+    /// To the reactor where an operator's call about users waits: one home's part of
+    /// call `request`.
+    AdminPart {
+        /// The call at that reactor.
         request: u32,
-        /// Presence of the users this home holds.
-        entries: Vec<PresenceEntry>,
+        /// What the home found.
+        part: Box<AdminPart>,
     },
+    /// To the same, in a cluster: the other nodes' parts.
+    AdminNodes(Box<NodesAnswer>),
     /// To a watcher's reactor: part of the answer to subscribe request `request`.
     PresenceReply {
         /// The subscribe request at the watcher's reactor.
@@ -538,7 +500,8 @@ impl Envelope {
             | Envelope::GroupDeliver(_)
             | Envelope::GroupShareDone { .. }
             | Envelope::Admin(_)
-            | Envelope::AdminPresence { .. } => true,
+            | Envelope::AdminPart { .. }
+            | Envelope::AdminNodes(_) => true,
             Envelope::ToConn { .. }
             | Envelope::Registered { .. }
             | Envelope::Ack { .. }

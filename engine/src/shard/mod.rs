@@ -111,6 +111,14 @@ pub enum Event<'a> {
         /// The call.
         request: &'a crate::http::admin::AdminRequest,
     },
+    /// Another node's operator call about users, for this node's homes (reactor 0 takes
+    /// them from the relay); this node's part goes back to `reply`.
+    AdminFromNode {
+        /// The call.
+        call: crate::http::admin::AdminRequest,
+        /// Where the asking node's relay waits.
+        reply: Box<str>,
+    },
     /// An authenticated connection of this reactor closed, or began its close.
     Closed {
         /// The connection.
@@ -284,9 +292,9 @@ pub struct Shard {
     conns: std::collections::HashMap<ConnAddr, ConnChat>,
     /// Presence requests of this reactor's connections, waiting for homes.
     presence_requests: Gathers<Vec<PresenceEntry>>,
-    /// Operators' presence calls on this reactor's HTTP connections, waiting for homes:
-    /// the users in the order asked, and the answers so far.
-    admin_presence: Gathers<(Vec<String>, Vec<PresenceEntry>)>,
+    /// Operators' calls about users on this reactor's HTTP connections (and other
+    /// nodes' calls sent here), waiting for homes and nodes.
+    admin_calls: Gathers<admin::AdminCall>,
     /// Operators' HTTP connections whose group change waits for the store here: each
     /// hears the change as its answer.
     operator_changes: std::collections::HashSet<ConnAddr>,
@@ -332,7 +340,7 @@ impl Shard {
             user_groups,
             conns: Default::default(),
             presence_requests: Gathers::default(),
-            admin_presence: Gathers::default(),
+            admin_calls: Gathers::default(),
             operator_changes: Default::default(),
             presence_waits: Vec::new(),
             json: OutJson::default(),
@@ -416,6 +424,7 @@ impl Shard {
                 request,
             } => self.api_send(conn, message_id, request, out),
             Event::Admin { conn, request } => self.admin(conn, request, out),
+            Event::AdminFromNode { call, reply } => self.admin_from_node(call, reply, out),
             Event::Closed {
                 conn,
                 user,
@@ -539,9 +548,8 @@ impl Shard {
             Envelope::Huddle(signal) => self.huddle(*signal, out),
             Envelope::HuddleRelayed(relayed) => self.huddle_relayed(*relayed, out),
             Envelope::Admin(ask) => self.admin_at_home(*ask, out),
-            Envelope::AdminPresence { request, entries } => {
-                self.admin_presence_part(request, entries, out)
-            }
+            Envelope::AdminPart { request, part } => self.admin_part(request, *part, out),
+            Envelope::AdminNodes(nodes) => self.admin_nodes(nodes, out),
             other => debug_assert!(false, "for a connection, not a shard: {other:?}"),
         }
     }
@@ -693,6 +701,8 @@ mod tests {
         frames: Vec<(ConnAddr, serde_json::Value)>,
         /// What a relaying shard asked of the cluster.
         relays: Vec<Relay>,
+        /// Answers to operators' calls: the connection and the JSON body.
+        answers: Vec<(ConnAddr, serde_json::Value)>,
     }
 
     impl OneHome {
@@ -703,6 +713,7 @@ mod tests {
                 effects: Effects::default(),
                 frames: Vec::new(),
                 relays: Vec::new(),
+                answers: Vec::new(),
             }
         }
 
@@ -730,6 +741,13 @@ mod tests {
                         let payload = frame.json();
                         let json = serde_json::from_slice(&payload).unwrap();
                         self.frames.push((addr, json));
+                    }
+                    Effect::Mail {
+                        envelope: Envelope::AdminAnswer { to, body, .. },
+                        ..
+                    } => {
+                        let json = serde_json::from_slice(&body).unwrap();
+                        self.answers.push((to, json));
                     }
                     // For the driver (a device made live, a close): not a frame.
                     Effect::Mail { envelope, .. } if !envelope.is_for_shard() => {}
@@ -978,5 +996,87 @@ mod tests {
             .filter(|(addr, _)| *addr == watcher)
             .count();
         assert_eq!(to_watcher, 0, "{:?}", home.frames);
+    }
+
+    #[test]
+    fn an_operators_call_in_a_cluster_waits_for_the_other_nodes_and_names_them() {
+        use crate::{
+            http::admin::AdminRequest,
+            router::{AdminPart, NodesAnswer},
+        };
+        let mut home = OneHome::relaying();
+        home.connect(1, "carol");
+        home.relays.clear(); // carol is held here
+        let operator = ConnAddr {
+            reactor: 0,
+            generation: 1,
+            slot: 9,
+        };
+        let call = AdminRequest::Devices {
+            user: "carol".into(),
+        };
+        home.feed(Event::Admin {
+            conn: operator,
+            request: &call,
+        });
+        assert!(home.answers.is_empty(), "the other nodes are awaited");
+        let Some(Relay::Admin { request, said, .. }) = home.relays.pop() else {
+            panic!("the call goes to the other nodes: {:?}", home.relays);
+        };
+        assert_eq!(AdminRequest::from_node(&said), Ok(call));
+        let mut theirs: AdminPart = serde_json::from_value(serde_json::json!({
+            "part": "devices",
+            "devices": [{"device_id": "phone", "connected_at_ms": 7, "reactor": 1, "acks": true}]
+        }))
+        .unwrap();
+        theirs.name_node("b");
+        let nodes = NodesAnswer {
+            request,
+            this_node: "a".into(),
+            parts: vec![("b".into(), theirs)],
+            known: 3,
+        };
+        home.feed(Event::Mail(Envelope::AdminNodes(Box::new(nodes))));
+        let (to, answer) = home.answers.pop().expect("answered once every part came");
+        assert_eq!(to, operator);
+        assert_eq!(
+            (
+                &answer["scope"],
+                &answer["nodes_answered"],
+                &answer["nodes_known"]
+            ),
+            (
+                &serde_json::json!("cluster"),
+                &serde_json::json!(2),
+                &serde_json::json!(3)
+            )
+        );
+        let here = serde_json::json!({
+            "device_id": "d1", "node_id": "a", "connected_at_ms": 1, "reactor": 0, "acks": false
+        });
+        let there = serde_json::json!({
+            "device_id": "phone", "node_id": "b", "connected_at_ms": 7, "reactor": 1, "acks": true
+        });
+        assert_eq!(answer["devices"], serde_json::json!([here, there]));
+
+        // Another node's call: this node's part goes back to it, and nothing to the
+        // cluster again.
+        let call = AdminRequest::Presence {
+            users: vec!["carol".into(), "dan".into()],
+        };
+        home.feed(Event::AdminFromNode {
+            call,
+            reply: "_INBOX.x.a1".into(),
+        });
+        let Some(Relay::AdminPart { reply, part }) = home.relays.pop() else {
+            panic!("this node's part goes back: {:?}", home.relays);
+        };
+        assert_eq!(&*reply, "_INBOX.x.a1");
+        let AdminPart::Presence { users } = *part else {
+            panic!("{part:?}");
+        };
+        let online: Vec<(&str, bool)> = users.iter().map(|u| (&*u.user_id, u.online)).collect();
+        assert_eq!(online, [("carol", true), ("dan", false)]);
+        assert!(home.relays.is_empty() && home.answers.is_empty());
     }
 }
