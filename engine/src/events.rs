@@ -1,8 +1,9 @@
 //! Event webhooks (`--events-webhook`): what a backend learns without holding a
 //! WebSocket. Each home hands over, as [`Hook`]s:
 //! - `user_online` and `user_offline`, when the user's watchers would see it (the first
-//!   device, and the last device gone after the presence grace; in a cluster, each node
-//!   reports what it shows, naming itself);
+//!   device, and the last device gone after the presence grace; in a cluster the
+//!   cluster's, not each node's: the relay decides which node reports them,
+//!   `cluster::presence_events`);
 //! - `group_member`, once the store holds a join or leave;
 //! - `connection_closed`, with the device and the close code (1006 when the connection
 //!   ended without a closing handshake).

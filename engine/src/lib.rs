@@ -352,6 +352,7 @@ fn cluster_channels(
             replicas: shared.config.cluster.as_ref().map_or(1, |c| c.replicas),
         },
         store_stats: store_stats.clone(),
+        events: shared.events.clone(),
     };
     Ok((links, Some(link), Some(shared_store)))
 }

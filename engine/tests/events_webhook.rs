@@ -9,33 +9,45 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{Driver, Server};
+use common::{nats, Driver, Server};
 use serde_json::{json, Value};
 
 const SECRET: &str = "0123456789abcdef0123456789abcdef-events";
 
-/// Collects events from the webhook's batches until `done` holds of them (bounded).
+/// Collects events from the webhook's batches until `done` holds of them (bounded). In
+/// a `cluster` each batch names its node, copied into each event as `node`; a single
+/// node names none.
 fn events_until(
     requests: &mpsc::Receiver<common::webhook::Request>,
+    cluster: bool,
     done: impl Fn(&[Value]) -> bool,
 ) -> Vec<Value> {
     let deadline = Instant::now() + Duration::from_secs(15);
     let mut events = Vec::new();
     while !done(&events) {
         let left = deadline.saturating_duration_since(Instant::now());
-        let (head, body) = requests
+        let request = requests
             .recv_timeout(left)
             .unwrap_or_else(|_| panic!("no more events; so far {events:?}"));
-        // Signed as the push hook signs: HMAC-SHA256 of "<t>.<body>".
-        common::webhook::check_signature((&head, &body), SECRET);
-        let batch: Value = serde_json::from_slice(&body).unwrap();
-        assert!(
-            batch.get("node").is_none(),
-            "a single node names none: {batch}"
-        );
-        events.extend(batch["events"].as_array().unwrap().iter().cloned());
+        take_batch(request, cluster, &mut events);
     }
     events
+}
+
+/// One batch's events, its signature checked, each with the batch's node if it names one
+/// (it must in a `cluster`).
+fn take_batch((head, body): common::webhook::Request, cluster: bool, events: &mut Vec<Value>) {
+    // Signed as the push hook signs: HMAC-SHA256 of "<t>.<body>".
+    common::webhook::check_signature((&head, &body), SECRET);
+    let batch: Value = serde_json::from_slice(&body).unwrap();
+    let node = batch.get("node").cloned();
+    assert_eq!(node.is_some(), cluster, "{batch}");
+    for mut event in batch["events"].as_array().unwrap().iter().cloned() {
+        if let Some(node) = &node {
+            event["node"] = node.clone();
+        }
+        events.push(event);
+    }
 }
 
 fn of_type<'a>(events: &'a [Value], kind: &str) -> Vec<&'a Value> {
@@ -58,7 +70,7 @@ fn presence_groups_and_closes_reach_the_webhook_signed_and_batched() {
     let mut alice = server.login("alice", "phone");
     let created = alice.group_request(json!({"type": "group_create", "groupId": "team"}));
     assert_eq!(created["role"], "owner");
-    let events = events_until(&requests, |e| {
+    let events = events_until(&requests, false, |e| {
         !of_type(e, "user_online").is_empty() && !of_type(e, "group_member").is_empty()
     });
     let online = of_type(&events, "user_online");
@@ -77,7 +89,9 @@ fn presence_groups_and_closes_reach_the_webhook_signed_and_batched() {
     // A second device, closed with a close frame: its code, and alice stays online.
     let mut laptop = server.login("alice", "laptop");
     laptop.close_with(1000);
-    let events = events_until(&requests, |e| !of_type(e, "connection_closed").is_empty());
+    let events = events_until(&requests, false, |e| {
+        !of_type(e, "connection_closed").is_empty()
+    });
     let closed = of_type(&events, "connection_closed")[0];
     assert_eq!(
         (closed["device_id"].as_str(), closed["code"].as_u64()),
@@ -87,7 +101,7 @@ fn presence_groups_and_closes_reach_the_webhook_signed_and_batched() {
     // The last device dropped without a closing handshake: 1006, then offline after the
     // grace.
     drop(alice);
-    let events = events_until(&requests, |e| !of_type(e, "user_offline").is_empty());
+    let events = events_until(&requests, false, |e| !of_type(e, "user_offline").is_empty());
     let closed = of_type(&events, "connection_closed");
     assert_eq!(
         (closed[0]["device_id"].as_str(), closed[0]["code"].as_u64()),
@@ -97,12 +111,14 @@ fn presence_groups_and_closes_reach_the_webhook_signed_and_batched() {
     assert_eq!(of_type(&events, "user_offline")[0]["user_id"], "alice");
     // An operator's close names its code.
     let mut bob = server.login("bob", "phone");
-    let _ = events_until(&requests, |e| !of_type(e, "user_online").is_empty());
+    let _ = events_until(&requests, false, |e| !of_type(e, "user_online").is_empty());
     let body = r#"{"user_id":"bob","code":4100}"#;
     let (status, _) = server.request("POST", "/api/admin/disconnect", &[], body);
     assert_eq!(status, 200);
     assert_eq!(bob.expect_close(), 4100);
-    let events = events_until(&requests, |e| !of_type(e, "connection_closed").is_empty());
+    let events = events_until(&requests, false, |e| {
+        !of_type(e, "connection_closed").is_empty()
+    });
     assert_eq!(of_type(&events, "connection_closed")[0]["code"], 4100);
     let (_, metrics) = server.get("/metrics");
     assert!(
@@ -134,4 +150,70 @@ fn bad_events_flags_stop_start_up_naming_the_flag() {
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(stderr.contains(flag), "{args:?}: {stderr}");
     }
+}
+
+#[test]
+fn in_a_cluster_a_user_is_reported_online_and_offline_once_whatever_the_nodes() {
+    let nats_server = match nats::Nats::start() {
+        Ok(nats) => nats,
+        Err(why) => return nats::skip("events_webhook_in_a_cluster", &why),
+    };
+    let (url, requests) = common::webhook::start("/hooks/events", 0);
+    let flags = [
+        "--events-webhook",
+        &url,
+        "--events-secret",
+        SECRET,
+        "--presence-grace-ms",
+        "200",
+    ];
+    let a = nats::node_with(&nats_server.url(), "a", &flags);
+    let b = nats::node_with(&nats_server.url(), "b", &flags);
+    nats::wait_for_nodes(&a, 2, Duration::from_secs(30));
+    nats::wait_for_nodes(&b, 2, Duration::from_secs(30));
+    let closed = |events: &[Value], device: &str| {
+        of_type(events, "connection_closed")
+            .iter()
+            .any(|e| e["device_id"] == device)
+    };
+
+    // Online on a: a reports it.
+    let phone = a.login("alice", "phone");
+    let mut seen = events_until(&requests, true, |e| !of_type(e, "user_online").is_empty());
+    let online = of_type(&seen, "user_online");
+    assert_eq!(
+        (&online[0]["user_id"], &online[0]["node"]),
+        (&json!("alice"), &json!("a"))
+    );
+    // A second device on b: a held alice first, so b says nothing. The phone goes; b
+    // still holds alice, so a says nothing either once its grace is over.
+    let laptop = b.login("alice", "laptop");
+    std::thread::sleep(Duration::from_millis(500)); // b's question is answered
+    drop(phone);
+    seen.extend(events_until(&requests, true, |e| closed(e, "phone")));
+    std::thread::sleep(Duration::from_millis(800)); // a's grace, and its question
+                                                    // The laptop goes too: b lets alice go last, and reports her offline.
+    drop(laptop);
+    seen.extend(events_until(&requests, true, |e| {
+        !of_type(e, "user_offline").is_empty()
+    }));
+    std::thread::sleep(Duration::from_millis(500)); // anything a node would say twice
+    while let Ok(request) = requests.try_recv() {
+        take_batch(request, true, &mut seen);
+    }
+    let presence: Vec<(&str, &str)> = seen
+        .iter()
+        .filter(|e| e["type"] == "user_online" || e["type"] == "user_offline")
+        .map(|e| {
+            (
+                e["type"].as_str().unwrap(),
+                e["node"].as_str().unwrap_or("?"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        presence,
+        [("user_online", "a"), ("user_offline", "b")],
+        "{seen:?}"
+    );
 }

@@ -12,6 +12,8 @@
 //!   watch, and leaving on shutdown;
 //! - `relay`, `relayer`, `wire`: live events and presence between nodes over the relay's
 //!   own NATS connection; `presence`: which other nodes hold the users watched here;
+//!   `presence_events`: which node reports a user online or offline to the events
+//!   webhook;
 //! - `inboxes`: the users' inboxes in JetStream, behind the store's interface;
 //!   `history`: the conversations and the message index there, likewise; `acks`:
 //!   how far each user's devices acknowledged, and which acknowledged events stay;
@@ -28,6 +30,7 @@ mod inboxes;
 mod members;
 mod node;
 mod presence;
+mod presence_events;
 mod received;
 pub mod relay;
 mod relayer;
@@ -225,6 +228,9 @@ pub struct Link {
     pub streams: StreamSettings,
     /// The store's counters, which count what history keeps in JetStream too.
     pub store_stats: Arc<crate::store::StoreStats>,
+    /// The events webhook (`--events-webhook`), for the users online and offline the
+    /// cluster, not one node, reports.
+    pub events: Option<crate::events::Events>,
 }
 
 /// Starts the cluster thread for node `node_id` and waits up to 3 s for its

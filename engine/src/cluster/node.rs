@@ -107,6 +107,7 @@ impl Node {
             local_stats,
             streams,
             store_stats,
+            events,
         } = link;
         let homes = reactors.clone();
         let figures = (self.state.clone(), local_stats);
@@ -114,7 +115,7 @@ impl Node {
         let me = (&*self.id, &*instance);
         let stores = (streams, store_stats);
         let servers = (&self.servers[..], self.tls.clone());
-        let relayer = Relayer::new(servers, me, (reactors, stores), figures);
+        let relayer = Relayer::new(servers, me, (reactors, stores), figures).with_events(events);
         // The instances of nodes that died or left, from the watch to the relay (their
         // users' presence goes with them).
         let (gone, gone_instances) = tokio::sync::mpsc::unbounded_channel();

@@ -32,6 +32,7 @@ use super::{
     history::History,
     inboxes::{self, Inboxes, Ready, Replies, StreamSettings},
     presence::{Holders, Report},
+    presence_events,
     relay::{self, Inbound, Reactors, Relay},
     totals,
     wire::{self, Op},
@@ -85,12 +86,14 @@ const AWAY_WAIT: Duration = Duration::from_millis(200);
 
 /// What a subscription is for.
 enum Sub {
-    /// `chat.live.<user>`: a user this node holds, its home here, and whether a device
-    /// of the user is online here (not only in its grace).
+    /// `chat.live.<user>`: a user this node holds, its home here, whether a device
+    /// of the user is online here (not only in its grace), and since when it is held
+    /// (Unix ms).
     Live {
         user: Arc<str>,
         home: u16,
         devices: bool,
+        since_ms: u64,
     },
     /// `chat.presence.<user>`: a user watched here.
     Presence(Arc<str>),
@@ -194,6 +197,11 @@ pub(super) struct Relayer {
     joins: HashMap<u64, (ConnAddr, Instant)>,
     /// What other nodes hold of the users watched here.
     holders: Holders,
+    /// The events webhook, if the node posts events: the cluster's presence events go
+    /// there from here ([`presence_events`]).
+    events: Option<crate::events::Events>,
+    /// Presence events waiting for the other holders' word.
+    event_checks: presence_events::Checks,
     /// The users' inboxes in JetStream.
     inboxes: Inboxes,
     /// Conversation history in JetStream, on the same connection.
@@ -256,6 +264,8 @@ impl Relayer {
             huddle_sids: HashMap::new(),
             joins: HashMap::new(),
             holders: Holders::default(),
+            events: None,
+            event_checks: presence_events::Checks::default(),
             let_go: HashMap::new(),
             state,
             local_stats,
@@ -285,6 +295,13 @@ impl Relayer {
             next_call: 0,
             out: BytesMut::new(),
         }
+    }
+
+    /// A relayer that reports users online and offline to the events webhook for the
+    /// cluster ([`presence_events`]).
+    pub(super) fn with_events(mut self, events: Option<crate::events::Events>) -> Relayer {
+        self.events = events;
+        self
     }
 
     /// Carries out what the shards ask, woken by `doorbell`, and forgets the holdings of
@@ -497,8 +514,9 @@ impl Relayer {
                         wire::unsubscribe(&mut self.out, sid);
                         self.announce(&user, false, at_ms);
                     } else {
-                        self.let_go.insert(user, at_ms);
+                        self.let_go.insert(user.clone(), at_ms);
                     }
+                    self.check_presence_event(user, false, at_ms, connected);
                 }
             }
             Relay::WatchPresence { user, home } => self.watch_presence(user, home, connected),
@@ -634,29 +652,70 @@ impl Relayer {
     /// the user was not held here yet, announced.
     fn hold(&mut self, user: Arc<str>, home: u16, connected: bool) {
         if let Some(sid) = self.sids.get(&user) {
-            let live = Sub::Live {
-                user,
-                home,
-                devices: true,
-            };
-            self.by_sid.insert(*sid, live);
+            if let Some(Sub::Live {
+                home: held_at,
+                devices,
+                ..
+            }) = self.by_sid.get_mut(sid)
+            {
+                (*held_at, *devices) = (home, true);
+            }
             return;
         }
         let sid = self.next_sid;
         self.next_sid += 1;
+        let since_ms = crate::protocol::now_ms();
         // Back while NATS is away: its letting go is not announced on reconnecting.
         self.let_go.remove(&user);
         if connected {
             wire::subscribe(&mut self.out, &relay::live_subject(&user), sid);
-            self.announce(&user, true, crate::protocol::now_ms());
+            self.announce(&user, true, since_ms);
         }
         self.sids.insert(user.clone(), sid);
         let live = Sub::Live {
-            user,
+            user: user.clone(),
             home,
             devices: true,
+            since_ms,
         };
         self.by_sid.insert(sid, live);
+        self.check_presence_event(user, true, since_ms, connected);
+    }
+
+    /// With the events webhook: asks the other holders of `user` whether this node is
+    /// the one to report the user online (gained here at `at_ms`) or offline (let go);
+    /// with NATS out of reach, reports it now (`presence_events`).
+    fn check_presence_event(&mut self, user: Arc<str>, online: bool, at_ms: u64, connected: bool) {
+        let Some(events) = &self.events else {
+            return;
+        };
+        if !online && self.event_checks.cancel_online(&user) {
+            return; // came and went before anyone was told
+        }
+        if !connected {
+            let hook = match online {
+                true => crate::events::Hook::UserOnline { user },
+                false => crate::events::Hook::UserOffline { user },
+            };
+            return events.emit(at_ms, hook);
+        }
+        let subject = relay::live_subject(&user);
+        let check = self.event_checks.start(user, online, at_ms, Instant::now());
+        let reply = format!("{}e{check}", self.inbox);
+        let question = presence_events::question(online, at_ms, &self.instance);
+        wire::publish(&mut self.out, subject.as_bytes(), Some(&reply), &question);
+    }
+
+    /// Posts the presence events that checks left to this node.
+    fn report_presence_events(
+        &self,
+        reports: impl IntoIterator<Item = (u64, crate::events::Hook)>,
+    ) {
+        if let Some(events) = &self.events {
+            for (at_ms, hook) in reports {
+                events.emit(at_ms, hook);
+            }
+        }
     }
 
     /// Announces that this node holds `user` (`online`) or let the user go at `at_ms`.
@@ -823,10 +882,17 @@ impl Relayer {
             user,
             home,
             devices,
+            since_ms,
         }) = self.by_sid.get(&sid)
         else {
             return;
         };
+        if let Some(held) = presence_events::answers(payload, *since_ms, &self.instance) {
+            if let Some(reply) = reply.filter(|_| held) {
+                wire::publish(&mut self.out, &reply, None, presence_events::HELD);
+            }
+            return;
+        }
         if payload[..] == *relay::QUESTION {
             if let Some(reply) = reply {
                 wire::publish(&mut self.out, &reply, None, self.instance.as_bytes());
@@ -1026,6 +1092,14 @@ impl Relayer {
                 if under_way.parts.len() >= under_way.expected as usize {
                     self.finish_admin_call(gather);
                 }
+            }
+            Some((b'e', check)) => {
+                let Some(check) = number(check) else {
+                    return;
+                };
+                // An answer: a holder reports it; "no responders": nobody holds the user.
+                let reported = self.event_checks.answered(check, status.is_none());
+                self.report_presence_events(reported);
             }
             Some((b'h', join)) if status.is_none() => self.introduced(number(join), payload),
             Some((b'h', _)) => {} // no other node has a device in the room
@@ -1295,6 +1369,8 @@ impl Relayer {
             self.finish_admin_call(gather);
         }
         self.joins.retain(|_, (_, until)| *until > now);
+        let unanswered = self.event_checks.expire(now);
+        self.report_presence_events(unanswered);
         let settled = self.holders.expire(now, crate::protocol::now_ms());
         self.report(settled);
         let failed = self.inboxes.expire(now, &mut self.out);

@@ -169,7 +169,8 @@ impl Shard {
         if self.directory.elsewhere(user) == Some(Elsewhere::Online) {
             return;
         }
-        if self.hooks {
+        // In a cluster the relay reports them, as the cluster's (`cluster::presence_events`).
+        if self.hooks && !self.relays {
             let user = Arc::from(user);
             out.hook(match online {
                 true => Hook::UserOnline { user },
