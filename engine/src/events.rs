@@ -6,7 +6,8 @@
 //!   `cluster::presence_events`);
 //! - `group_member`, once the store holds a join or leave;
 //! - `connection_closed`, with the device and the close code (1006 when the connection
-//!   ended without a closing handshake).
+//!   ended without a closing handshake; 4003, reported by the home when the same device
+//!   connected again, since the old connection's own close then finds its device taken).
 //!
 //! They are posted in batches (`{"node"?,"events":[{"type","at_ms",…}]}`, at most
 //! [`BATCH_MAX`] events or [`BATCH_WAIT`] after the first), signed like the push hook

@@ -109,6 +109,20 @@ fn presence_groups_and_closes_reach_the_webhook_signed_and_batched() {
         "{events:?}"
     );
     assert_eq!(of_type(&events, "user_offline")[0]["user_id"], "alice");
+    // The same device connecting again replaces its connection: the old one's close
+    // is reported as replaced (4003), once.
+    let mut first = server.login("carol", "tablet");
+    let _second = server.login("carol", "tablet");
+    assert_eq!(first.expect_close(), 4003);
+    let events = events_until(&requests, false, |e| {
+        !of_type(e, "connection_closed").is_empty()
+    });
+    let closed = of_type(&events, "connection_closed");
+    assert_eq!(
+        (closed[0]["device_id"].as_str(), closed[0]["code"].as_u64()),
+        (Some("tablet"), Some(4003)),
+        "{events:?}"
+    );
     // An operator's close names its code.
     let mut bob = server.login("bob", "phone");
     let _ = events_until(&requests, false, |e| !of_type(e, "user_online").is_empty());

@@ -8,6 +8,7 @@
 //! failure; `SIM_SEED=N cargo test -p engine --test simulator` replays it exactly.
 
 mod simulator {
+    pub mod operator;
     pub mod oracle;
     pub mod rng;
     pub mod store;
@@ -64,6 +65,8 @@ struct Tally {
     retried_after_crash: usize,
     /// Messages a device got twice across a crash, as the README allows (informative).
     allowed_twice: usize,
+    /// Operator calls answered, devices they disconnected, and hooks emitted.
+    operator: (usize, usize, usize),
 }
 
 impl Tally {
@@ -79,6 +82,9 @@ impl Tally {
         self.overdue_closes += other.overdue_closes;
         self.retried_after_crash += other.retried_after_crash;
         self.allowed_twice += other.allowed_twice;
+        self.operator.0 += other.operator.0;
+        self.operator.1 += other.operator.1;
+        self.operator.2 += other.operator.2;
     }
 
     fn everything_happened(&self) -> bool {
@@ -94,6 +100,9 @@ impl Tally {
             self.resumes.1,
             self.overdue_closes,
             self.retried_after_crash,
+            self.operator.0,
+            self.operator.1,
+            self.operator.2,
         ]
         .iter()
         .all(|&n| n > 0)
@@ -113,6 +122,11 @@ fn run_seed(seed: u64) -> Result<Tally, String> {
         overdue_closes: oracle.overdue_closes,
         retried_after_crash: oracle.retried_after_crash,
         allowed_twice: oracle.allowed_twice,
+        operator: (
+            world.operator.answered,
+            world.operator.disconnected,
+            world.operator.hooks,
+        ),
     })
 }
 

@@ -94,6 +94,8 @@ impl Shard {
         }
         if let Some(old) = outcome.replaced {
             let (code, reason) = (close::REPLACED, "replaced");
+            // Reported now: the old connection's own close finds its device taken.
+            self.report_close(&user, addr, code, out);
             let close = Envelope::Close {
                 addr: old,
                 code,
@@ -107,6 +109,19 @@ impl Shard {
         }
     }
 
+    /// With the events webhook: the connection of `user`'s device now at `addr` closed
+    /// with `code` (found in the directory, so each close is reported once).
+    fn report_close(&self, user: &Arc<str>, addr: ConnAddr, code: u16, out: &mut Effects) {
+        if !self.hooks {
+            return;
+        }
+        let devices = self.directory.devices(user);
+        if let Some(device) = devices.iter().find(|d| d.addr == addr) {
+            let (user, device) = (user.clone(), device.id.clone());
+            out.hook(Hook::ConnectionClosed { user, device, code });
+        }
+    }
+
     /// A device's connection closed; the user's last device takes the user offline: at
     /// once after a close frame, else once the presence grace has passed with no device
     /// back ([`Shard::graces_ended`]).
@@ -117,17 +132,7 @@ impl Shard {
         (clean, code): (bool, u16),
         out: &mut Effects,
     ) {
-        if self.hooks {
-            let device = self
-                .directory
-                .devices(&user)
-                .iter()
-                .find(|d| d.addr == addr);
-            if let Some(device) = device {
-                let (user, device) = (user.clone(), device.id.clone());
-                out.hook(Hook::ConnectionClosed { user, device, code });
-            }
-        }
+        self.report_close(&user, addr, code, out);
         if !self.directory.unregister(&user, addr, self.now_ms) {
             return;
         }

@@ -17,12 +17,18 @@
 //!   (reconnects with `resume` from the last `seq` it processed, and acks now and then);
 //! - time: a simulated clock that each step moves on a little;
 //! - crashes: the whole process dies (connections, shards, rings, store inbox) and
-//!   restarts with what the store committed.
+//!   restarts with what the store committed;
+//! - the operator: calls to the operator's API from HTTP connections at random moments,
+//!   and the events webhook's hooks, judged by [`Operator`].
 
-use std::{collections::VecDeque, sync::Arc};
+use std::{
+    collections::{BTreeSet, VecDeque},
+    sync::Arc,
+};
 
 use bytes::Bytes;
 use engine::{
+    http::admin::AdminRequest,
     protocol::{
         inbound::JsonParser,
         outbound::{self, OutJson},
@@ -38,6 +44,7 @@ use engine::{
 use serde_json::Value;
 
 use super::{
+    operator::{device_ids, Operator},
     oracle::{Acked, Oracle},
     rng::Rng,
     store::SimStore,
@@ -125,6 +132,10 @@ pub struct World {
     next_message: u64,
     /// The oracle: what clients saw, and the invariants.
     pub oracle: Oracle,
+    /// The operator's calls and the hooks, and their invariants.
+    pub operator: Operator,
+    /// Answers to the calls the at-rest check asks, kept for it.
+    rest_answers: Option<Vec<(AdminRequest, Value)>>,
     /// Set by the first broken invariant.
     failure: Option<String>,
     /// The last steps, for the failure report.
@@ -140,6 +151,9 @@ const GRACE_MS: u64 = 400;
 const DEDUP_PAIRS: usize = 16_384;
 /// Messages one sender may queue for an offline user: small, so refusals happen.
 const SENDER_QUOTA: u32 = 4;
+
+/// Times a user the server disconnected in the final round connects again, at most.
+const FINAL_RECONNECTS: usize = 5;
 
 /// Steps of trace kept for a failure report.
 const TRACE_STEPS: usize = 60;
@@ -165,6 +179,8 @@ impl World {
             json: OutJson::default(),
             next_message: 0,
             oracle: Oracle::default(),
+            operator: Operator::default(),
+            rest_answers: None,
             failure: None,
             trace: VecDeque::new(),
             print_trace: std::env::var_os("SIM_TRACE").is_some(),
@@ -191,6 +207,7 @@ impl World {
             .map(|(id, groups)| {
                 Shard::new((id, n), groups, quota.clone(), GRACE_MS, DEDUP_PAIRS)
                     .with_queue_max_per_sender(SENDER_QUOTA)
+                    .with_hooks()
             })
             .collect();
         // As the engine starts: each home's dedup window begins with the direct messages
@@ -227,19 +244,38 @@ impl World {
         self.quiet();
         self.fail_fast()?;
         self.oracle.check_quiet().map_err(|e| self.report(e))?;
+        self.check_operator_at_rest()?;
         self.final_conns = self.conns.len();
-        for user in 0..self.shape.users {
-            let user = format!("u{user}");
-            let reactor = self.rng.below(self.shape.reactors);
-            self.connect(&user, reactor);
+        let everyone: Vec<String> = (0..self.shape.users).map(|u| format!("u{u}")).collect();
+        self.reconnect(&everyone);
+        // A client whose connection the server closed in the final round (4002: it
+        // fell behind on acks while catching up) connects again, as a client does.
+        for _ in 0..FINAL_RECONNECTS {
+            let offline: Vec<String> = everyone
+                .iter()
+                .filter(|user| !self.conns.iter().any(|c| c.open && *c.user == ***user))
+                .cloned()
+                .collect();
+            if offline.is_empty() {
+                break;
+            }
+            self.reconnect(&offline);
         }
-        self.quiet();
-        self.fail_fast()?;
         self.oracle
             .check_nothing_lost()
             .map_err(|e| self.report(e))?;
+        self.check_operator_at_rest()?;
         self.check_resumed_devices_caught_up()
             .map_err(|e| self.report(e))
+    }
+
+    /// Each of `users` connects on a random reactor, and the world goes quiet.
+    fn reconnect(&mut self, users: &[String]) {
+        for user in users {
+            let reactor = self.rng.below(self.shape.reactors);
+            self.connect(user, reactor);
+        }
+        self.quiet();
     }
 
     fn fail_fast(&mut self) -> Result<(), String> {
@@ -373,6 +409,7 @@ impl World {
             view.closed = true;
         }
         self.oracle.epoch += 1;
+        self.operator.crashed();
         self.boot();
     }
 
@@ -401,8 +438,12 @@ impl World {
             Effect::Store(command) => self.store.send(command),
             // The simulated shards are one node's: nothing goes to a cluster.
             Effect::Cluster(relay) => panic!("a single node's shard relayed {relay:?}"),
-            // The simulated shards have no events webhook.
-            Effect::Hook(hook) => panic!("a shard without hooks emitted {hook:?}"),
+            Effect::Hook(hook) => {
+                self.note(format!("hook {hook:?}"));
+                if let Err(e) = self.operator.hook(*hook) {
+                    self.failure.get_or_insert(e);
+                }
+            }
             Effect::Error {
                 to,
                 code,
@@ -480,7 +521,34 @@ impl World {
                     if code == engine::ws::close::SLOW_CONSUMER {
                         self.oracle.overdue_closes += 1;
                     }
-                    self.close(conn, false);
+                    self.close_with(conn, false, code);
+                }
+            }
+            Envelope::AdminAnswer { to, body, .. } if Operator::is_operator(to.slot) => {
+                self.note(format!(
+                    "operator answered: {}",
+                    String::from_utf8_lossy(&body)
+                ));
+                let devices = &self.devices;
+                let devices_of = |user: &str| {
+                    (0..devices.len())
+                        .filter(|&d| devices[d].user == user)
+                        .map(|d| format!("d{d}"))
+                        .collect()
+                };
+                let judged = self.operator.take(to.slot).and_then(|call| {
+                    let answer = self.operator.judge(&call, &body, devices_of)?;
+                    Ok((call, answer))
+                });
+                match judged {
+                    Ok(answer) => {
+                        if let Some(kept) = &mut self.rest_answers {
+                            kept.push(answer);
+                        }
+                    }
+                    Err(e) => {
+                        self.failure.get_or_insert(e);
+                    }
                 }
             }
             other => self.failure = Some(format!("unexpected mail {other:?}")),
@@ -705,12 +773,17 @@ impl World {
 
     /// The connection closes: with a close frame (`clean`, a logout) or dropped.
     fn close(&mut self, conn: usize, clean: bool) {
+        self.close_with(conn, clean, if clean { 1000 } else { 1006 });
+    }
+
+    /// The connection closes with `code` (the server's, when it began the close).
+    fn close_with(&mut self, conn: usize, clean: bool, code: u16) {
         self.conns[conn].open = false;
         let device = self.conns[conn].device;
         self.devices[device].conn = None;
         self.oracle.conns[conn].closed = true;
         let (addr, user) = (self.conns[conn].addr, self.conns[conn].user.clone());
-        let code = if clean { 1000 } else { 1006 };
+        self.operator.closing(&user, &format!("d{device}"), code);
         let closed = Event::Closed {
             conn: addr,
             user,
@@ -848,7 +921,8 @@ impl World {
             67..=73 => self.presence(conn),
             74..=79 => self.group_join(conn),
             80..=85 => self.group_post(conn),
-            86..=89 => self.huddle(conn),
+            86..=87 => self.huddle(conn),
+            88..=89 => self.operator_call(),
             _ => {
                 let clean = self.rng.chance(50);
                 let how = if clean { "logs out" } else { "drops" };
@@ -856,6 +930,125 @@ impl World {
                 self.close(conn, clean);
             }
         }
+    }
+
+    /// An operator's call at a random moment: a user's devices, presence of a few users,
+    /// or a disconnect of a user or one device.
+    fn operator_call(&mut self) {
+        let users = self.shape.users;
+        let user = format!("u{}", self.rng.below(users));
+        let call = match self.rng.below(3) {
+            0 => AdminRequest::Devices { user },
+            1 => {
+                let mut asked: Vec<String> = Vec::new();
+                for _ in 0..=self.rng.below(users) {
+                    let user = format!("u{}", self.rng.below(users));
+                    if !asked.contains(&user) {
+                        asked.push(user);
+                    }
+                }
+                AdminRequest::Presence { users: asked }
+            }
+            _ => {
+                let owned: Vec<usize> = (0..self.devices.len())
+                    .filter(|&d| self.devices[d].user == user)
+                    .collect();
+                let one = self
+                    .rng
+                    .pick(&owned)
+                    .copied()
+                    .filter(|_| self.rng.chance(50));
+                let code = *self.rng.pick(&[1000, 1008, 4100]).unwrap_or(&1008);
+                AdminRequest::Disconnect {
+                    user,
+                    device: one.map(|d| format!("d{d}")),
+                    code,
+                }
+            }
+        };
+        let reactor = self.rng.below(self.shape.reactors);
+        self.ask_operator(reactor, call);
+    }
+
+    /// Asks `call` from an operator's HTTP connection on `reactor`.
+    fn ask_operator(&mut self, reactor: usize, call: AdminRequest) {
+        self.note(format!("operator asks {call:?} on reactor {reactor}"));
+        let slot = self.operator.ask(call.clone());
+        let conn = ConnAddr {
+            reactor: reactor as u16,
+            generation: 1,
+            slot,
+        };
+        self.feed(
+            reactor,
+            Event::Admin {
+                conn,
+                request: &call,
+            },
+        );
+    }
+
+    /// At rest (nothing in flight, every grace over): the hooks and the operator's API
+    /// say exactly who is connected and online.
+    fn check_operator_at_rest(&mut self) -> Result<(), String> {
+        let users: Vec<String> = (0..self.shape.users).map(|u| format!("u{u}")).collect();
+        let connected: BTreeSet<(String, String)> = self
+            .conns
+            .iter()
+            .filter(|c| c.open)
+            .map(|c| (c.user.to_string(), format!("d{}", c.device)))
+            .collect();
+        let online: BTreeSet<String> = connected.iter().map(|(u, _)| u.clone()).collect();
+        self.operator
+            .check_rest(users.len(), &online)
+            .map_err(|e| self.report(e))?;
+        self.rest_answers = Some(Vec::new());
+        for user in &users {
+            let reactor = self.rng.below(self.shape.reactors);
+            self.ask_operator(reactor, AdminRequest::Devices { user: user.clone() });
+        }
+        let reactor = self.rng.below(self.shape.reactors);
+        self.ask_operator(
+            reactor,
+            AdminRequest::Presence {
+                users: users.clone(),
+            },
+        );
+        self.settle();
+        self.fail_fast()?;
+        let answers = self.rest_answers.take().unwrap_or_default();
+        if answers.len() != users.len() + 1 {
+            return Err(self.report(format!(
+                "{} of {} calls answered at rest",
+                answers.len(),
+                users.len() + 1
+            )));
+        }
+        for (call, answer) in answers {
+            let right = match &call {
+                AdminRequest::Devices { user } => {
+                    let mut listed = device_ids(&answer);
+                    listed.sort();
+                    let truth: Vec<String> = connected
+                        .iter()
+                        .filter(|(u, _)| u == user)
+                        .map(|(_, d)| d.clone())
+                        .collect();
+                    listed == truth
+                }
+                _ => answer["users"].as_array().is_some_and(|entries| {
+                    entries.iter().all(|e| {
+                        let user = e["user_id"].as_str().unwrap_or_default();
+                        e["online"].as_bool() == Some(online.contains(user))
+                    })
+                }),
+            };
+            if !right {
+                let truth = format!("connected {connected:?}");
+                return Err(self.report(format!("at rest {call:?} answered {answer}; {truth}")));
+            }
+        }
+        Ok(())
     }
 
     fn send_message(&mut self, conn: usize) {

@@ -1,0 +1,190 @@
+//! The operator's side of the world: calls to the operator's API (`/api/admin/*`) at
+//! random moments, and the events webhook's hooks, with what each must say.
+//!
+//! - An answer about a user's devices lists only that user's devices, each once; a
+//!   presence answer names the users asked, each once, in the order asked; a disconnect
+//!   closes at most the user's devices.
+//! - At rest (every grace over, nothing in flight), the devices listed are exactly the
+//!   devices connected, and a user is online exactly when a device is connected.
+//! - The hooks say `user_online` and `user_offline` in turn for each user, starting
+//!   online, within one process's life (a crash posts nothing), and at rest they agree
+//!   with the truth. Every close is reported once, with its code (or as replaced, when
+//!   the device connected again before its close reached the home).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use engine::{events::Hook, http::admin::AdminRequest};
+use serde_json::Value;
+
+/// The HTTP connections the operator asks from: slots far above any WebSocket's.
+const SLOT_BASE: u32 = 1 << 30;
+
+/// What the operator did and saw.
+#[derive(Debug, Default)]
+pub struct Operator {
+    /// Calls waiting for their answer, by their connection's slot.
+    pending: HashMap<u32, AdminRequest>,
+    next_slot: u32,
+    /// Per user, whether the hooks last said online (in this process's life).
+    said_online: BTreeMap<String, bool>,
+    /// Closes the world made and the hooks have not reported yet: `(user, device, code)`.
+    closes: Vec<(String, String, u16)>,
+    /// Calls answered.
+    pub answered: usize,
+    /// Devices an operator's disconnect closed.
+    pub disconnected: usize,
+    /// Hooks the shards emitted.
+    pub hooks: usize,
+}
+
+impl Operator {
+    /// A new call: the slot of the HTTP connection it is asked from.
+    pub fn ask(&mut self, call: AdminRequest) -> u32 {
+        let slot = SLOT_BASE + self.next_slot;
+        self.next_slot += 1;
+        self.pending.insert(slot, call);
+        slot
+    }
+
+    /// Whether `slot` is one of the operator's connections.
+    pub fn is_operator(slot: u32) -> bool {
+        slot >= SLOT_BASE
+    }
+
+    /// The call asked from `slot`, which its answer completes.
+    pub fn take(&mut self, slot: u32) -> Result<AdminRequest, String> {
+        self.answered += 1;
+        self.pending
+            .remove(&slot)
+            .ok_or_else(|| format!("an answer for no call waiting (slot {slot})"))
+    }
+
+    /// Judges `body`, the answer to `call`; `devices_of(user)` names every device the
+    /// user ever had (`d<index>`).
+    pub fn judge(
+        &mut self,
+        call: &AdminRequest,
+        body: &[u8],
+        devices_of: impl Fn(&str) -> BTreeSet<String>,
+    ) -> Result<Value, String> {
+        let answer: Value = serde_json::from_slice(body).map_err(|e| format!("{e}"))?;
+        let wrong = |why: &str| Err(format!("{why}: {call:?} answered {answer}"));
+        match call {
+            AdminRequest::Devices { user } => {
+                let listed = device_ids(&answer);
+                let unique: BTreeSet<&String> = listed.iter().collect();
+                let owned = devices_of(user);
+                if unique.len() != listed.len() || !listed.iter().all(|d| owned.contains(d)) {
+                    return wrong("devices not the user's, or twice");
+                }
+            }
+            AdminRequest::Presence { users } => {
+                let named: Vec<&str> = answer["users"]
+                    .as_array()
+                    .map(|list| list.iter().filter_map(|u| u["user_id"].as_str()).collect())
+                    .unwrap_or_default();
+                if named != users.iter().map(String::as_str).collect::<Vec<_>>() {
+                    return wrong("not the users asked, in order");
+                }
+            }
+            AdminRequest::Disconnect { user, .. } => {
+                let closed = answer["disconnected"].as_u64().unwrap_or(u64::MAX);
+                if closed > devices_of(user).len() as u64 {
+                    return wrong("more closed than the user has devices");
+                }
+                self.disconnected += closed as usize;
+            }
+            AdminRequest::Members { .. } | AdminRequest::Membership { .. } => {
+                return wrong("the simulator asks no group calls");
+            }
+        }
+        Ok(answer)
+    }
+
+    /// The world closed `device` of `user` with `code`: a hook must say so.
+    pub fn closing(&mut self, user: &str, device: &str, code: u16) {
+        self.closes.push((user.into(), device.into(), code));
+    }
+
+    /// A hook the shards emitted.
+    pub fn hook(&mut self, hook: Hook) -> Result<(), String> {
+        self.hooks += 1;
+        match hook {
+            Hook::UserOnline { user } => self.said(&user, true),
+            Hook::UserOffline { user } => self.said(&user, false),
+            Hook::ConnectionClosed { user, device, code } => {
+                let expected = (user.to_string(), device.to_string(), code);
+                // A device connected again before its old connection's close reached
+                // the home: the home reports the old one replaced, whatever its code.
+                let replaced = code == engine::ws::close::REPLACED;
+                let matches = |c: &(String, String, u16)| {
+                    *c == expected || (replaced && c.0 == expected.0 && c.1 == expected.1)
+                };
+                match self.closes.iter().position(matches) {
+                    Some(at) => {
+                        self.closes.swap_remove(at);
+                        Ok(())
+                    }
+                    None => Err(format!("connection_closed {expected:?} for no close")),
+                }
+            }
+            Hook::GroupMember { .. } => Ok(()),
+        }
+    }
+
+    /// The hooks said `user` came online (`online`) or went offline: the other one must
+    /// have come before (a user starts offline).
+    fn said(&mut self, user: &str, online: bool) -> Result<(), String> {
+        let before = self
+            .said_online
+            .insert(user.into(), online)
+            .unwrap_or(false);
+        if before == online {
+            let kind = if online {
+                "user_online"
+            } else {
+                "user_offline"
+            };
+            return Err(format!("{kind} twice in a row for {user}"));
+        }
+        Ok(())
+    }
+
+    /// The process died: nothing was posted for who was online, no call is answered,
+    /// and the next process starts from nobody online.
+    pub fn crashed(&mut self) {
+        self.pending.clear();
+        self.said_online.clear();
+        self.closes.clear();
+    }
+
+    /// At rest: every close was reported, and the hooks say online exactly the users
+    /// in `online`.
+    pub fn check_rest(&self, users: usize, online: &BTreeSet<String>) -> Result<(), String> {
+        if !self.closes.is_empty() {
+            return Err(format!("closes never reported: {:?}", self.closes));
+        }
+        for user in (0..users).map(|u| format!("u{u}")) {
+            let said = self.said_online.get(&user).copied().unwrap_or(false);
+            if said != online.contains(&user) {
+                return Err(format!(
+                    "at rest the hooks say {user} online: {said}; the truth: {}",
+                    !said
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The device ids a devices answer lists.
+pub fn device_ids(answer: &Value) -> Vec<String> {
+    answer["devices"]
+        .as_array()
+        .map(|list| {
+            list.iter()
+                .filter_map(|d| d["device_id"].as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
+}
