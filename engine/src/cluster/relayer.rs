@@ -1,6 +1,9 @@
 //! The cluster thread's side of the live relay ([`super::relay`]): its own NATS connection,
-//! spoken with [`super::wire`], the subscriptions of the users this node holds, and the
-//! call signals waiting on an answer.
+//! spoken with [`super::wire`], the subscriptions of the users this node holds, the call
+//! signals waiting on an answer, and what it gathers from every node: `/api/stats`
+//! figures, the counts of an `all:true` broadcast, and the parts of an operator's call
+//! about users (`chat.admin`). With the events webhook it also decides which node reports
+//! a user online or offline ([`super::presence_events`]).
 //!
 //! One task owns everything: it wakes on the reactors' doorbell (relays to carry out), on
 //! the socket (the server's operations), on the reconnect timer, and once a second (calls
