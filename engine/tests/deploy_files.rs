@@ -133,8 +133,10 @@ fn the_dashboard_and_the_alerts_name_only_metrics_a_cluster_node_exports() {
         Ok(nats) => nats,
         Err(why) => return common::nats::skip("deploy_files_metrics", &why),
     };
-    // A cluster node: it exports every metric a single node does, and the cluster's.
-    let node = common::nats::node(&nats.url(), "a");
+    // A cluster node: it exports every metric a single node does, and the cluster's; with
+    // an events webhook (nothing listens there: no event is posted), the events hook's.
+    let webhook = ["--events-webhook", "http://127.0.0.1:9/events"];
+    let node = common::nats::node_with(&nats.url(), "a", &webhook);
     common::wait_until("the node joins", || {
         node.get("/metrics").1.contains("engine_cluster_nodes 1")
     });
