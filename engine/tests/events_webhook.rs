@@ -202,16 +202,16 @@ fn in_a_cluster_a_user_is_reported_online_and_offline_once_whatever_the_nodes() 
     // A second device on b: a held alice first, so b says nothing. The phone goes; b
     // still holds alice, so a says nothing either once its grace is over.
     let laptop = b.login("alice", "laptop");
-    std::thread::sleep(Duration::from_millis(500)); // b's question is answered
+    std::thread::sleep(Duration::from_millis(1000)); // b's question is answered
     drop(phone);
     seen.extend(events_until(&requests, true, |e| closed(e, "phone")));
-    std::thread::sleep(Duration::from_millis(800)); // a's grace, and its question
-                                                    // The laptop goes too: b lets alice go last, and reports her offline.
+    std::thread::sleep(Duration::from_millis(1500)); // a's grace, and its question
+                                                     // The laptop goes too: b lets alice go last, and reports her offline.
     drop(laptop);
     seen.extend(events_until(&requests, true, |e| {
         !of_type(e, "user_offline").is_empty()
     }));
-    std::thread::sleep(Duration::from_millis(500)); // anything a node would say twice
+    std::thread::sleep(Duration::from_millis(1000)); // anything a node would say twice
     while let Ok(request) = requests.try_recv() {
         take_batch(request, true, &mut seen);
     }

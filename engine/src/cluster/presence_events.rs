@@ -23,7 +23,7 @@ use crate::events::Hook;
 /// presence question, `relay::QUESTION`).
 const KIND: u8 = 5;
 /// How long a check waits for a holder's answer before this node reports the change.
-pub(super) const CHECK_WAIT: Duration = Duration::from_millis(200);
+pub(super) const CHECK_WAIT: Duration = Duration::from_millis(500);
 /// A holder's answer: "not yours to report".
 pub(super) const HELD: &[u8] = b"held";
 
