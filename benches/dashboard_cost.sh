@@ -38,14 +38,7 @@ for port in "$PORT" "$PORT_B" "$NATS_PORT"; do
   fi
 done
 cargo build --release -q -p engine -p loadgen
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-  rm -rf "$work"
-}
-trap cleanup EXIT
+source benches/tools/scratch.sh
 
 # engine PORT NAME [flags…]: starts a node, leaves its pid in $started.
 engine() {
@@ -115,9 +108,7 @@ echo "$held WebSocket connections held; $(nproc) CPUs; release build"
 echo "== one node"
 echo "request                        body     node"
 measure "$REQUESTS" "$PORT" /health /api/stats /admin -- "$alone"
-kill "${pids[@]}" 2>/dev/null || true
-for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-pids=()
+stop_all
 
 if [ "$CLUSTER" != 0 ]; then
   /usr/sbin/nats-server -a 127.0.0.1 -p "$NATS_PORT" -js -sd "$work/nats" > "$OUT/nats.log" 2>&1 &
