@@ -3,7 +3,10 @@
 # nats-server on this box; EVENTS call signals at RATE a second from a client on node a to
 # a client on node a (same node), then to a client on node b (across NATS), timed by
 # benches/tools/live_latency.py with both clients in one process (one clock). Also the
-# CPU each process used per event. Needs `pip install websockets`.
+# CPU each process used per event. One client sends them all, so the nodes run with
+# `--message-pace 0` (the default reads a connection at 100 messages a second). The client
+# needs Python's `websockets`: without it, a venv in target/peers/venv gets it from the
+# registry (as compare.sh's Python peer does).
 #
 # Knobs (environment): EVENTS (20000), RATE (2000), OUT (benches/results/cluster-live-DATE),
 # BIN_DIR (default: build target/release).
@@ -20,6 +23,12 @@ if [ -z "${BIN_DIR:-}" ]; then
 fi
 
 source benches/tools/scratch.sh
+python=python3
+if ! python3 -c 'import websockets' 2> /dev/null; then
+  [ -x target/peers/venv/bin/python ] || python3 -m venv target/peers/venv
+  target/peers/venv/bin/pip install --quiet -r benches/peers/python-websockets/requirements.txt
+  python=target/peers/venv/bin/python
+fi
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 nats_port=$(free_port)
@@ -32,7 +41,7 @@ for node in a b; do
   port=$(free_port)
   "$BIN_DIR/engine" --listen "127.0.0.1:$port" --reactors 1 --data-dir "$work/$node" \
     --cluster "nats://127.0.0.1:$nats_port" --node-id "$node" --log-level warn \
-    > "$OUT/engine-$node.log" 2>&1 &
+    --message-pace 0 > "$OUT/engine-$node.log" 2>&1 &
   pids+=($!)
   ports+=("$port")
 done
@@ -48,7 +57,7 @@ done
 a="ws://127.0.0.1:${ports[0]}/ws"
 b="ws://127.0.0.1:${ports[1]}/ws"
 measure() {
-  timeout 600 python3 benches/tools/live_latency.py --sender "$a" --receiver "$1" \
+  timeout 600 "$python" benches/tools/live_latency.py --sender "$a" --receiver "$1" \
     --events "$EVENTS" --rate "$RATE" --pid "node-a=$node_a_pid" --pid "node-b=$node_b_pid" \
     --pid "nats=$nats_pid"
 }
