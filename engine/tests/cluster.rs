@@ -173,6 +173,44 @@ fn a_bad_node_id_or_tls_file_is_refused_with_exit_code_2_naming_its_flag() {
 /// Sends `message` from `from` until `to` gets a frame of `kind` (a node subscribes to a
 /// user's live events just after the user's device is told it is online, so the first
 /// few may find no subscriber yet), and returns that frame.
+/// What the presence questions and the presence events rely on (docs/cluster.md): a node
+/// asking on `chat.live.<user>` while it subscribes there itself, with `no_echo`, hears
+/// "no responders" (503) at once when no other node does, not silence.
+#[test]
+fn nats_says_no_responders_to_an_asker_subscribed_itself_without_echo() {
+    use std::{io::Write, net::TcpStream};
+    let nats = match Nats::start() {
+        Ok(nats) => nats,
+        Err(why) => return skip("nats_no_responders", &why),
+    };
+    let address = nats.url().trim_start_matches("nats://").to_owned();
+    let mut conn = TcpStream::connect(address).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let connect = r#"{"verbose":false,"pedantic":false,"headers":true,"no_responders":true,"echo":false,"protocol":1}"#;
+    let hello = format!("CONNECT {connect}\r\nSUB chat.live.x 1\r\nSUB _INBOX.t.* 2\r\nPING\r\n");
+    conn.write_all(hello.as_bytes()).unwrap();
+    let mut read = String::new();
+    let mut until = |conn: &mut TcpStream, marker: &str| {
+        let mut chunk = [0u8; 4096];
+        while !read.contains(marker) {
+            let n = conn.read(&mut chunk).unwrap_or(0);
+            assert!(n > 0, "no {marker:?} from nats-server; read {read:?}");
+            read.push_str(&String::from_utf8_lossy(&chunk[..n]));
+        }
+    };
+    until(&mut conn, "PONG");
+    let asked = Instant::now();
+    conn.write_all(b"PUB chat.live.x _INBOX.t.q 1\r\n\x05\r\n")
+        .unwrap();
+    until(&mut conn, "HMSG _INBOX.t.q");
+    until(&mut conn, "NATS/1.0 503");
+    assert!(
+        asked.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        asked.elapsed()
+    );
+}
+
 fn until_received(from: &mut Client, message: &Value, to: &mut Client, kind: &str) -> Value {
     for _ in 0..50 {
         from.send(message);
