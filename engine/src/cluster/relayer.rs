@@ -182,6 +182,10 @@ struct Server {
 pub(super) struct Relayer {
     /// The NATS servers, tried in turn.
     servers: Vec<Server>,
+    /// The server the next connection tries: the first is random per process, so that
+    /// the nodes' relays (and the streams' work they bring) spread over a NATS cluster's
+    /// servers, as NATS clients randomise their server pools.
+    next_server: usize,
     /// TLS to them, when one asks for it or its URL says `tls://`.
     tls: tokio_rustls::TlsConnector,
     /// The connection's name on the server.
@@ -257,8 +261,10 @@ impl Relayer {
         (reactors, (limits, store_stats)): (Reactors, (StreamSettings, Arc<StoreStats>)),
         (state, local_stats): (Arc<State>, LocalStats),
     ) -> Relayer {
-        let inbox = format!("_INBOX.{}.", super::instance_token_hex());
+        let token = super::instance_token_hex();
+        let inbox = format!("_INBOX.{token}.");
         Relayer {
+            next_server: usize::from_str_radix(&token[..8], 16).unwrap_or(0),
             inboxes: Inboxes::new(&inbox, limits),
             history: History::new(&inbox, limits, store_stats),
             node_id: node_id.into(),
@@ -366,7 +372,7 @@ impl Relayer {
                     warn!("cluster: relay connection lost ({why}); reconnecting");
                     conn = None;
                 }
-                Wake::Reconnect => match self.open(attempts).await {
+                Wake::Reconnect => match self.open().await {
                     Ok(stream) => {
                         attempts = 0;
                         inbuf.clear();
@@ -422,8 +428,11 @@ impl Relayer {
     /// Connects to the next server, reads its `INFO` (and starts TLS if it asks, or the
     /// URL did), says who it is, waits for its `PONG`, and subscribes to the call answers
     /// and every watched user.
-    async fn open(&mut self, attempts: u32) -> io::Result<Conn> {
-        let server = &self.servers[attempts as usize % self.servers.len()];
+    async fn open(&mut self) -> io::Result<Conn> {
+        let server = self.next_server % self.servers.len();
+        // After this one, whether it answers or not (a reconnect tries another).
+        self.next_server = server + 1;
+        let server = &self.servers[server];
         let timeout = |e| io::Error::new(io::ErrorKind::TimedOut, e);
         let mut inbuf = BytesMut::with_capacity(READ_CHUNK);
         let mut stream = tokio::time::timeout(CONNECT_WAIT, self.start(server, &mut inbuf))
