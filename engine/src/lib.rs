@@ -350,6 +350,11 @@ fn cluster_channels(
             queue_max_per_user: shared.config.queue_max_per_user,
             retention: shared.config.retention,
             replicas: shared.config.cluster.as_ref().map_or(1, |c| c.replicas),
+            shards: shared
+                .config
+                .cluster
+                .as_ref()
+                .map_or(cluster::Shards::new(1), |c| c.shards),
         },
         store_stats: store_stats.clone(),
         events: shared.events.clone(),

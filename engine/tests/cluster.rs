@@ -84,36 +84,45 @@ fn a_joining_node_knows_the_others_at_once_and_one_stops_even_with_nats_gone() {
     });
 }
 
+/// Starts a node of the cluster at `nats` with id `id` and `flags` that must refuse to
+/// start: its stderr, once it exited with a failure.
+fn refused_start(nats: &common::nats::Nats, id: &str, flags: &[&str]) -> String {
+    let data = common::fresh_data_dir();
+    let mut node = Command::new(env!("CARGO_BIN_EXE_engine"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--reactors",
+            "1",
+            "--log-level",
+            "error",
+        ])
+        .args(["--cluster", &nats.url(), "--node-id", id])
+        .args(flags)
+        .arg("--data-dir")
+        .arg(&*data)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("engine starts");
+    let mut stderr = String::new();
+    node.stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    let status = node.wait().unwrap();
+    assert!(!status.success(), "{stderr}");
+    stderr
+}
+
 #[test]
 fn a_second_node_with_a_taken_id_refuses_to_start() {
     with_nats("a_second_node_with_a_taken_id", |nats| {
         let a = node(&nats.url(), "same");
         assert_eq!(a.get("/health/ready").0, 200);
-        let data = common::fresh_data_dir();
-        let mut second = Command::new(env!("CARGO_BIN_EXE_engine"))
-            .args([
-                "--listen",
-                "127.0.0.1:0",
-                "--reactors",
-                "1",
-                "--log-level",
-                "error",
-            ])
-            .args(["--cluster", &nats.url(), "--node-id", "same", "--data-dir"])
-            .arg(&*data)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("engine starts");
-        let mut stderr = String::new();
-        second
-            .stderr
-            .take()
-            .unwrap()
-            .read_to_string(&mut stderr)
-            .unwrap();
-        let status = second.wait().unwrap();
-        assert!(!status.success(), "{stderr}");
+        let shards = common::nats::TEST_SHARDS.to_string();
+        let stderr = refused_start(&nats, "same", &["--cluster-shards", &shards]);
         assert!(
             stderr.contains("node id 'same' is held by a running node"),
             "{stderr}"
@@ -121,6 +130,27 @@ fn a_second_node_with_a_taken_id_refuses_to_start() {
         // The first goes on, alone.
         assert_eq!(a.get("/health/ready").0, 200);
         assert_eq!(cluster(&a)["nodes"], 1);
+    });
+}
+
+#[test]
+fn a_node_with_another_number_of_shards_refuses_to_start() {
+    with_nats("another_number_of_shards", |nats| {
+        let a = node(&nats.url(), "a");
+        assert_eq!(a.get("/health/ready").0, 200);
+        // Its users' state would be looked for in the wrong streams.
+        let stderr = refused_start(&nats, "b", &["--cluster-shards", "2"]);
+        let expected = format!(
+            "start every node with --cluster-shards {}",
+            common::nats::TEST_SHARDS
+        );
+        assert!(stderr.contains(&expected), "{stderr}");
+        assert_eq!(a.get("/health/ready").0, 200);
+        assert_eq!(cluster(&a)["nodes"], 1);
+        // One with the cluster's number joins.
+        let b = node(&nats.url(), "b");
+        common::nats::wait_for_nodes(&a, 2, Duration::from_secs(10));
+        assert_eq!(b.get("/health/ready").0, 200);
     });
 }
 

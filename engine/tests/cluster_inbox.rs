@@ -8,7 +8,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::nats::{two_nodes, with_nats};
+use common::nats::{two_nodes, user_stream, with_nats};
 use serde_json::{json, Value};
 
 /// A v2 device's first login: nothing to resume.
@@ -101,11 +101,12 @@ fn a_retry_after_jetstreams_duplicate_window_is_acknowledged_and_not_delivered_t
         assert_eq!(alice.send_chat("m-1", "bob", "once")["status"], "queued");
         let (_, first) = bob.next_message();
         // JetStream forgets message ids after 100 ms now (2 minutes as the nodes made it).
-        nats.edit_stream("CHAT_INBOX", |config| {
+        nats.edit_stream(&user_stream("CHAT_INBOX", "bob"), |config| {
             config["duplicate_window"] = json!(100_000_000);
         });
+        let index = user_stream("KV_chat_received", "bob");
         common::wait_until("the message is indexed", || {
-            let info = nats.request("$JS.API.STREAM.INFO.KV_chat_received", &Value::Null);
+            let info = nats.request(&format!("$JS.API.STREAM.INFO.{index}"), &Value::Null);
             info["state"]["messages"].as_u64() >= Some(1)
         });
         std::thread::sleep(Duration::from_millis(300));
@@ -139,8 +140,9 @@ fn a_resume_from_before_events_that_expired_is_refused() {
         }
         let seen: Vec<u64> = (0..2).map(|_| tablet.next_message().1).collect();
         // `--retention-days` passes for the two (JetStream expires them), not for the next.
+        let inbox = user_stream("CHAT_INBOX", "bob");
         let set_max_age = |nanos: u64| {
-            nats.edit_stream("CHAT_INBOX", |config| {
+            nats.edit_stream(&inbox, |config| {
                 config["max_age"] = json!(nanos);
                 let window = if nanos == 0 { 120_000_000_000 } else { nanos };
                 config["duplicate_window"] = json!(window);
@@ -148,7 +150,7 @@ fn a_resume_from_before_events_that_expired_is_refused() {
         };
         set_max_age(1_000_000_000);
         common::wait_until("the two expire", || {
-            let info = nats.request("$JS.API.STREAM.INFO.CHAT_INBOX", &Value::Null);
+            let info = nats.request(&format!("$JS.API.STREAM.INFO.{inbox}"), &Value::Null);
             info["state"]["messages"].as_u64() == Some(0)
         });
         set_max_age(0);

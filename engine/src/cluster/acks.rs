@@ -1,8 +1,8 @@
 //! Each user's acknowledgement record in a cluster (docs/cluster.md, "Inboxes"): how far
 //! the user's devices have acknowledged, and which acknowledged events are still kept for
-//! the user's other devices. One key per user in key-value bucket [`ACK_BUCKET`], written
-//! with a compare-and-set on its revision, so that two nodes acknowledging for one user at
-//! once never move it back.
+//! the user's other devices. One key per user in key-value bucket `chat_acks_<shard>` (the
+//! user's shard, [`Shards`]), written with a compare-and-set on its revision, so that two
+//! nodes acknowledging for one user at once never move it back.
 //!
 //! Acknowledged events are kept by generations of [`generation`] events: when a
 //! generation fills, the one before it may be removed from the inbox stream (with one
@@ -10,12 +10,20 @@
 //! Removing events in batches costs nats-server one purge per generation instead of a
 //! delete per event (benches/RESULTS.md).
 
-use super::relay::key_token;
+use super::{relay::key_token, shards::Shards};
 
-/// The key-value bucket of the users' acknowledgement records.
-pub(super) const ACK_BUCKET: &str = "chat_acks";
-/// The bucket's stream.
-pub(super) const ACK_STREAM: &str = "KV_chat_acks";
+/// The key-value buckets of the users' acknowledgement records: `chat_acks_<shard>`.
+const ACK_BUCKET: &str = "chat_acks";
+
+/// Shard `shard`'s bucket.
+fn ack_bucket(shard: u16) -> String {
+    Shards::stream(ACK_BUCKET, shard)
+}
+
+/// The stream of shard `shard`'s bucket.
+pub(super) fn ack_stream(shard: u16) -> String {
+    format!("KV_{}", ack_bucket(shard))
+}
 
 /// A user's acknowledgement record, stored as four decimal numbers separated by spaces.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -96,17 +104,17 @@ pub(super) fn generation(queue_max_per_user: u64) -> u64 {
     (queue_max_per_user / 2).max(1)
 }
 
-/// The subject of `user`'s record.
-pub(super) fn record_subject(user: &str) -> String {
-    format!("$KV.{ACK_BUCKET}.{}", key_token(user))
+/// The subject of `user`'s record, in the user's shard.
+pub(super) fn record_subject(shards: Shards, user: &str) -> String {
+    format!("$KV.{}.{}", ack_bucket(shards.of(user)), key_token(user))
 }
 
-/// The configuration of the bucket's stream (as the key-value API lays it out), with
-/// `replicas` copies.
-pub(super) fn stream_config(replicas: u8) -> serde_json::Value {
+/// The configuration of shard `shard`'s bucket stream (as the key-value API lays it
+/// out), with `replicas` copies.
+pub(super) fn stream_config(replicas: u8, shard: u16) -> serde_json::Value {
     serde_json::json!({
-        "name": ACK_STREAM,
-        "subjects": [format!("$KV.{ACK_BUCKET}.>")],
+        "name": ack_stream(shard),
+        "subjects": [format!("$KV.{}.>", ack_bucket(shard))],
         "storage": "file",
         "retention": "limits",
         "max_msgs_per_subject": 1,
@@ -134,7 +142,17 @@ mod tests {
         for bad in ["", "1 2 3", "1 2 3 4 5", "9 x 7 1", "9 8 7 1", "5 0 7 1"] {
             assert_eq!(AckRecord::parse(bad.as_bytes()), None, "{bad:?}");
         }
-        assert_eq!(record_subject("a.b"), "$KV.chat_acks.=612e62");
+        assert_eq!(
+            record_subject(Shards::new(1), "a.b"),
+            "$KV.chat_acks_0.=612e62"
+        );
+        let shards = Shards::new(4);
+        let shard = shards.of("bob");
+        assert_eq!(
+            record_subject(shards, "bob"),
+            format!("$KV.chat_acks_{shard}.bob")
+        );
+        assert_eq!(ack_stream(shard), format!("KV_chat_acks_{shard}"));
     }
 
     #[test]

@@ -3,8 +3,8 @@
 //! over the relay's own NATS connection like [`super::inboxes`]. Every node reads and
 //! writes the same history, and none keeps it on its own disk.
 //!
-//! - Stream `CHAT_HISTORY` holds every conversation, subject
-//!   `chat.history.<lower user>.<higher user>`. Its entries are the conversation's
+//! - Streams `CHAT_HISTORY_<shard>` hold every conversation, subject
+//!   `chat.history.<shard>.<lower user>.<higher user>`, each in its shard ([`Shards`]). Its entries are the conversation's
 //!   messages (`new_message` JSON) and the changes to them (edits, deletes, reactions),
 //!   each with header `Chat-Prev`: the conversation's entry before it. A node appends with
 //!   a compare-and-set on the conversation's last entry (`Nats-Expected-Last-Subject-
@@ -15,7 +15,7 @@
 //!   another (nats-server 2.9 has no get of a subject's previous message, and its get of
 //!   the next one reads every message in between): changes met on the way apply to the
 //!   message they name when it is reached.
-//! - Bucket `chat_received` indexes each message by its receiver and id: its value is the
+//! - Buckets `chat_received_<shard>` index each message by its receiver and id: its value is the
 //!   sender and the inbox `seq`. It finds the sender of a `read_receipt` without
 //!   `senderId`, lets an edit check who sent the message, and recognises a retry after
 //!   JetStream's 2-minute duplicate window: a message is indexed with a create-only write
@@ -36,9 +36,10 @@ use tracing::{debug, info, warn};
 
 use super::{
     inboxes::{KeptChat, StreamSettings},
-    received::{index_get, index_key, parse_index, INDEX_BUCKET, INDEX_STREAM},
+    received::{index_bucket, index_key, index_stream, parse_index, IndexKey},
     relay::{from_subject_token, subject_token},
     requests::{self, direct_get, Requests},
+    shards::Shards,
     wire,
 };
 use crate::store::{
@@ -47,7 +48,7 @@ use crate::store::{
     Amend, Amendment, Command, Failure, Reply, StoreStats, Waiter,
 };
 
-/// The stream of every conversation.
+/// The streams of the conversations: `CHAT_HISTORY_<shard>`.
 const STREAM: &str = "CHAT_HISTORY";
 /// The header naming a conversation's entry before this one (0: none).
 const PREV_HEADER: &str = "Chat-Prev";
@@ -98,7 +99,7 @@ struct Keep {
     subject: String,
     /// The entry's id.
     entry: u64,
-    key: String,
+    key: IndexKey,
     sender: Box<str>,
     /// The index value: the sender and the inbox event's `seq`, which tells this
     /// message's own earlier attempt (the same `seq`) from a client's retry that its
@@ -123,6 +124,8 @@ type MessageKey = (Box<str>, Box<str>);
 
 /// A page read under way, along a conversation's chain.
 struct PageRead {
+    /// The conversation's shard, whose stream the chain is read from.
+    shard: u16,
     requester: Waiter,
     peer: Box<str>,
     before: u64,
@@ -140,7 +143,7 @@ struct AmendCheck {
 
 /// A request on its way to JetStream.
 enum Pending {
-    /// The creation of stream `n` (the conversations, then the index).
+    /// The creation of stream `n` (the conversations' shards, then the index's).
     Setup(usize),
     /// A message's create-only index write: its entry follows if it is new.
     Index(Box<Keep>),
@@ -260,13 +263,13 @@ impl History {
             return;
         }
         let (sender, id) = (subject_token(&chat.sender), subject_token(&chat.message_id));
-        let subject = conversation_subject(&chat.sender, &receiver);
+        let subject = conversation_subject(self.streams.shards, &chat.sender, &receiver);
         let entry = self.new_entry(format!("m {sender} {id} {}", chat.timestamp_ms), json);
         let keep = Keep {
             subject: subject.clone(),
             value: format!("{sender} {seq}"),
             entry: entry.id,
-            key: index_key(&receiver, &chat.message_id),
+            key: index_key(self.streams.shards, &receiver, &chat.message_id),
             sender: chat.sender.as_ref().into(),
         };
         let entry = Entry {
@@ -336,8 +339,11 @@ impl History {
                 limit,
                 requester,
             } => {
-                let subject = conversation_subject(&user, &peer);
+                let shards = self.streams.shards;
+                let subject = conversation_subject(shards, &user, &peer);
+                let shard = shards.of_pair(&user, &peer);
                 let read = PageRead {
+                    shard,
                     requester,
                     peer,
                     before: before.unwrap_or(u64::MAX),
@@ -346,7 +352,8 @@ impl History {
                 };
                 let body = serde_json::json!({"last_by_subj": subject}).to_string();
                 let pending = Pending::Page(Box::new(read));
-                self.request(out, &direct_get(STREAM), body.as_bytes(), pending);
+                let stream = Shards::stream(STREAM, shard);
+                self.request(out, &direct_get(&stream), body.as_bytes(), pending);
             }
             Command::FindSender {
                 reader,
@@ -354,20 +361,20 @@ impl History {
                 named,
                 requester,
             } => {
-                let body = index_get(&index_key(&reader, &message_id));
+                let key = index_key(self.streams.shards, &reader, &message_id);
                 let pending = Pending::Sender {
                     requester,
                     reader,
                     message_id,
                     named,
                 };
-                self.request(out, &direct_get(INDEX_STREAM), &body, pending);
+                self.request(out, &direct_get(&key.stream()), &key.get(), pending);
             }
             Command::Amend(amend) => {
-                let body = index_get(&index_key(&amend.peer, &amend.message_id));
+                let key = index_key(self.streams.shards, &amend.peer, &amend.message_id);
                 let check = AmendCheck { amend, own: true };
                 let pending = Pending::Amend(Box::new(check));
-                self.request(out, &direct_get(INDEX_STREAM), &body, pending);
+                self.request(out, &direct_get(&key.stream()), &key.get(), pending);
             }
             other => warn!("cluster: not a history command: {other:?}"),
         }
@@ -408,9 +415,9 @@ impl History {
             Pending::Index(keep) => match answer["seq"].as_u64().filter(|_| status.is_none()) {
                 Some(seq) if seq > 0 => self.checked(&keep, true, out),
                 _ if error_code(&answer) == Some(WRONG_LAST_SEQUENCE) => {
-                    let body = index_get(&keep.key);
+                    let (stream, body) = (keep.key.stream(), keep.key.get());
                     let pending = Pending::IndexHeld(keep);
-                    self.request(out, &direct_get(INDEX_STREAM), &body, pending);
+                    self.request(out, &direct_get(&stream), &body, pending);
                 }
                 _ if unavailable(status, &answer) => {
                     self.to_index.push(*keep);
@@ -439,7 +446,7 @@ impl History {
                 } else {
                     // Another sender's message with the same id: the index names the
                     // newest, as on one node.
-                    let subject_of_key = format!("$KV.{INDEX_BUCKET}.{}", keep.key);
+                    let subject_of_key = keep.key.subject();
                     let value = keep.value.clone();
                     self.request(out, &subject_of_key, value.as_bytes(), Pending::IndexOver);
                     self.checked(&keep, true, out);
@@ -575,17 +582,18 @@ impl History {
         }
     }
 
-    /// Asks for stream `n` (the conversations, then the index), or, past the last, goes
-    /// on with what waited.
+    /// Asks for stream `n` (each shard's conversations, then each shard's index), or,
+    /// past the last, goes on with what waited.
     fn set_up(&mut self, n: usize, out: &mut bytes::BytesMut) {
         let (max_age, replicas) = (
             self.streams.retention.as_nanos() as u64,
             self.streams.replicas,
         );
+        let shards = usize::from(self.streams.shards.count());
         let config = match n {
-            0 => serde_json::json!({
-                "name": STREAM,
-                "subjects": ["chat.history.>"],
+            n if n < shards => serde_json::json!({
+                "name": Shards::stream(STREAM, n as u16),
+                "subjects": [format!("chat.history.{n}.>")],
                 "storage": "file",
                 "retention": "limits",
                 "max_age": max_age,
@@ -593,9 +601,9 @@ impl History {
                 "allow_direct": true,
                 "num_replicas": replicas,
             }),
-            1 => serde_json::json!({
-                "name": INDEX_STREAM,
-                "subjects": [format!("$KV.{INDEX_BUCKET}.>")],
+            n if n < 2 * shards => serde_json::json!({
+                "name": index_stream((n - shards) as u16),
+                "subjects": [format!("$KV.{}.>", index_bucket((n - shards) as u16))],
                 "storage": "file",
                 "retention": "limits",
                 "max_msgs_per_subject": 1,
@@ -621,7 +629,8 @@ impl History {
     /// The streams are known: the commands held run, and every conversation's waiting
     /// entries go on.
     fn now_ready(&mut self, out: &mut bytes::BytesMut) {
-        info!(stream = STREAM, "cluster: history in JetStream");
+        let shards = self.streams.shards.count();
+        info!(stream = STREAM, shards, "cluster: history in JetStream");
         self.ready = true;
         self.indexed = true;
         self.setup_again_at = None;
@@ -645,7 +654,7 @@ impl History {
     fn index(&mut self, keep: Keep, out: &mut bytes::BytesMut) {
         let value = keep.value.clone();
         let headers = [("Nats-Expected-Last-Subject-Sequence", "0")];
-        let subject_of_key = format!("$KV.{INDEX_BUCKET}.{}", keep.key);
+        let subject_of_key = keep.key.subject();
         let pending = Pending::Index(Box::new(keep));
         let to = (subject_of_key.as_str(), &headers[..]);
         self.requests.send(out, to, value.as_bytes(), pending);
@@ -876,9 +885,10 @@ impl History {
             return replies.push(finish_page(read, false));
         }
         let body = serde_json::json!({"seq": prev}).to_string();
+        let stream = Shards::stream(STREAM, read.shard);
         self.request(
             out,
-            &direct_get(STREAM),
+            &direct_get(&stream),
             body.as_bytes(),
             Pending::Page(Box::new(read)),
         );
@@ -920,15 +930,15 @@ impl History {
                 then: Then::Amended(amend.clone()),
                 ..self.new_entry(what, encode_change(&amend.change))
             };
-            let subject = conversation_subject(&amend.actor, &amend.peer);
+            let subject = conversation_subject(self.streams.shards, &amend.actor, &amend.peer);
             self.enqueue(subject.clone(), entry);
             return self.append_next(&subject, out);
         }
         if next {
-            let body = index_get(&index_key(&amend.actor, &amend.message_id));
+            let key = index_key(self.streams.shards, &amend.actor, &amend.message_id);
             let check = AmendCheck { amend, own: false };
             let pending = Pending::Amend(Box::new(check));
-            return self.request(out, &direct_get(INDEX_STREAM), &body, pending);
+            return self.request(out, &direct_get(&key.stream()), &key.get(), pending);
         }
         replies.push(amended(amend, false, None));
     }
@@ -997,11 +1007,13 @@ fn decode_change(payload: &[u8]) -> Option<Amendment> {
     })
 }
 
-/// The subject of the conversation between `a` and `b`, whatever the direction.
-fn conversation_subject(a: &str, b: &str) -> String {
+/// The subject of the conversation between `a` and `b`, whatever the direction, in its
+/// shard: `chat.history.<shard>.<lower user>.<higher user>`.
+fn conversation_subject(shards: Shards, a: &str, b: &str) -> String {
     let (low, high) = if a <= b { (a, b) } else { (b, a) };
     format!(
-        "chat.history.{}.{}",
+        "chat.history.{}.{}.{}",
+        shards.of_pair(a, b),
         subject_token(low),
         subject_token(high)
     )
@@ -1085,11 +1097,14 @@ mod tests {
         }
         assert_eq!(decode_change(b""), None);
         assert_eq!(decode_change(b"x"), None);
+        let shards = Shards::new(4);
         assert_eq!(
-            conversation_subject("bob", "ann"),
-            conversation_subject("ann", "bob")
+            conversation_subject(shards, "bob", "ann"),
+            conversation_subject(shards, "ann", "bob")
         );
-        assert_eq!(conversation_subject("a.b", "c"), "chat.history.~612e62.c");
+        let shard = shards.of_pair("a.b", "c");
+        let subject = format!("chat.history.{shard}.~612e62.c");
+        assert_eq!(conversation_subject(shards, "a.b", "c"), subject);
         let moved = serde_json::json!({"error": {"err_code": 10071, "description": "wrong last sequence: 17"}});
         assert_eq!(wrong_last_sequence(&moved), Some(17));
     }
@@ -1099,6 +1114,7 @@ mod tests {
             queue_max_per_user: 10,
             retention: Duration::from_secs(60),
             replicas: 1,
+            shards: Shards::new(1),
         };
         let mut history = History::new("_INBOX.x.", streams, Arc::new(StoreStats::default()));
         history.ready = true;
@@ -1138,7 +1154,7 @@ mod tests {
         history.record(kept("alice", "bob", ("m-1", 42, 7)), &mut out);
         let sent = text(&out, 0);
         assert!(
-            sent.starts_with("HPUB $KV.chat_received.bob.m-1 _INBOX.x.k1"),
+            sent.starts_with("HPUB $KV.chat_received_0.bob.m-1 _INBOX.x.k1"),
             "{sent}"
         );
         assert!(
@@ -1147,11 +1163,11 @@ mod tests {
         );
         // New: appended as the conversation's first entry.
         let at = out.len();
-        let created = Bytes::from_static(br#"{"stream":"KV_chat_received","seq":1}"#);
+        let created = Bytes::from_static(br#"{"stream":"KV_chat_received_0","seq":1}"#);
         history.answered(b"1", None, b"", &created, &mut out);
         let sent = text(&out, at);
         assert!(
-            sent.starts_with("HPUB chat.history.alice.bob _INBOX.x.k2"),
+            sent.starts_with("HPUB chat.history.0.alice.bob _INBOX.x.k2"),
             "{sent}"
         );
         for header in [
@@ -1173,7 +1189,7 @@ mod tests {
             sent.contains("Nats-Expected-Last-Subject-Sequence: 5"),
             "{sent}"
         );
-        let kept = Bytes::from_static(br#"{"stream":"CHAT_HISTORY","seq":9}"#);
+        let kept = Bytes::from_static(br#"{"stream":"CHAT_HISTORY_0","seq":9}"#);
         history.answered(b"3", None, b"", &kept, &mut out);
         assert_eq!(
             history
@@ -1206,16 +1222,16 @@ mod tests {
         history.answered(b"3", None, b"", &exists, &mut out);
         let at = out.len();
         history.answered(b"4", None, &stored(3, 0, "x"), &held, &mut out);
-        assert!(text(&out, at).starts_with("HPUB chat.history.alice.bob"));
+        assert!(text(&out, at).starts_with("HPUB chat.history.0.alice.bob"));
         // Carol used the same id: the index takes hers, and it is kept.
         history.record(kept("carol", "bob", ("m-1", 43, 9)), &mut out);
         history.answered(b"6", None, b"", &exists, &mut out);
         let at = out.len();
         history.answered(b"7", None, &stored(3, 0, "x"), &held, &mut out);
         let sent = text(&out, at);
-        assert!(sent.contains("PUB $KV.chat_received.bob.m-1"), "{sent}");
+        assert!(sent.contains("PUB $KV.chat_received_0.bob.m-1"), "{sent}");
         assert!(sent.contains("carol 9"), "{sent}");
-        assert!(sent.contains("HPUB chat.history.bob.carol"), "{sent}");
+        assert!(sent.contains("HPUB chat.history.0.bob.carol"), "{sent}");
     }
 
     #[test]
@@ -1234,7 +1250,7 @@ mod tests {
             requester,
         };
         assert!(history.command(ask, true, &mut out).is_empty());
-        assert!(text(&out, 0).contains(r#"{"last_by_subj":"chat.history.alice.bob"}"#));
+        assert!(text(&out, 0).contains(r#"{"last_by_subj":"chat.history.0.alice.bob"}"#));
         // Newest: bob's reaction to m-1, then m-1, then m-0 (the first entry).
         let reaction = Bytes::from("+👍");
         history.answered(

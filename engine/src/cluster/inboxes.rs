@@ -3,9 +3,10 @@
 //! send the same commands as to the store thread ([`crate::store::SharedStore`]) and get the
 //! same answers, so the shards and the drivers do not know where an inbox lives.
 //!
-//! - Stream `CHAT_INBOX` holds every user's events, subjects `chat.inbox.<user>`. An
-//!   event's stream sequence is its `seq`: increasing per user and the same on every node.
-//!   The stream's creation time is the `epoch`.
+//! - Streams `CHAT_INBOX_<shard>` hold every user's events, subjects
+//!   `chat.inbox.<shard>.<user>`, each user in its shard ([`Shards`]). An event's stream
+//!   sequence is its `seq`: increasing per user and the same on every node. The user's
+//!   stream's creation time is the `epoch`.
 //! - An append is a publish with an answer: the sender's `message_ack` follows JetStream's
 //!   ack, so "acknowledged" means stored (and replicated, with replicas). A chat message
 //!   is first looked up in history's message index, so a client's retry is acknowledged
@@ -13,7 +14,7 @@
 //!   `Nats-Msg-Id` (sender and message id), so a retry within the stream's duplicate
 //!   window is not stored twice even before history indexed it. A full inbox
 //!   (`max_msgs_per_subject`, new ones refused) is `queue_full`.
-//! - The stream republishes each event to `chat.live.<user>`, with `Nats-Sequence`: the
+//! - The streams republish each event to `chat.live.<user>`, with `Nats-Sequence`: the
 //!   nodes holding the user get it there ([`super::relayer`]), this one included, and
 //!   write it with its `seq` to the devices.
 //! - A read is one direct get after another (`next_by_subj`), a page at a time; the first
@@ -46,11 +47,12 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::{
-    acks::{self, AckRecord, ACK_STREAM},
+    acks::{self, AckRecord},
     received,
     relay::{from_key_token, from_subject_token, key_token, subject_token},
     requests::{self, direct_get, Requests},
     seen::{Continuity, Receipt, Seen},
+    shards::Shards,
     wire,
 };
 use crate::{
@@ -62,10 +64,8 @@ use crate::{
     },
 };
 
-/// The stream of every user's inbox events.
+/// The streams of the users' inbox events: `CHAT_INBOX_<shard>`.
 const STREAM: &str = "CHAT_INBOX";
-/// Its subjects: `chat.inbox.<user>`.
-const SUBJECTS: &str = "chat.inbox.>";
 /// How long JetStream keeps a message id to recognise a retry.
 const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 /// Requests in flight at most: past it an inbox command fails at once (a sender hears
@@ -94,6 +94,8 @@ pub struct StreamSettings {
     pub retention: Duration,
     /// `--cluster-replicas`: the copies JetStream keeps of each stream.
     pub replicas: u8,
+    /// `--cluster-shards`: the streams of each kind the users are split over.
+    pub shards: Shards,
 }
 
 /// Answers for the reactors: `(reactor, reply)`.
@@ -101,11 +103,11 @@ pub(super) type Replies = Vec<(usize, Reply)>;
 
 /// A request on its way to JetStream.
 enum Pending {
-    /// The inbox stream's creation (or its description).
-    Setup,
-    /// The creation of the stream of the acknowledgement records, once the inbox
+    /// A shard's inbox stream's creation (or its description).
+    Setup { shard: u16 },
+    /// The creation of the shard's stream of acknowledgement records, once its inbox
     /// stream's creation time (the epoch) is known.
-    SetupAcks { epoch: Box<str> },
+    SetupAcks { shard: u16, epoch: Box<str> },
     /// A chat message's index entry, looked up before it is appended: a client's retry
     /// after JetStream's duplicate window is answered, not stored again.
     RetryCheck(Box<Append>),
@@ -413,9 +415,10 @@ impl Read {
 /// The inboxes' side of the relay's connection.
 pub(super) struct Inboxes {
     limits: StreamSettings,
-    /// The stream's creation time, once known on this connection.
-    epoch: Option<Box<str>>,
-    /// Commands that came before the stream was known.
+    /// Each shard's inbox stream's creation time, as far as known on this connection:
+    /// commands run once every shard's is.
+    epochs: Vec<Box<str>>,
+    /// Commands that came before the streams were known.
     held: Vec<Command>,
     /// Requests under way (answers to `<inbox>j<number>`).
     requests: Requests<Pending>,
@@ -454,7 +457,7 @@ impl Inboxes {
         Inboxes {
             requests: Requests::new(inbox, 'j'),
             limits,
-            epoch: None,
+            epochs: Vec::new(),
             held: Vec::new(),
             shares: HashMap::new(),
             confirms: Vec::new(),
@@ -583,10 +586,10 @@ impl Inboxes {
         if fill.next > fill.upto || fill.events.len() >= FILL_MAX {
             return self.filled_up(fill);
         }
-        let subject = inbox_subject(&fill.user);
+        let (stream, subject) = self.inbox_of(&fill.user);
         let body = serde_json::json!({"seq": fill.next, "next_by_subj": subject}).to_string();
         let pending = Pending::Fill(Box::new(fill));
-        self.request(out, &direct_get(STREAM), body.as_bytes(), pending);
+        self.request(out, &direct_get(&stream), body.as_bytes(), pending);
     }
 
     /// A gap is read (as far as it could be): its events join what was seen, in order.
@@ -605,11 +608,25 @@ impl Inboxes {
         self.seen.forget(user);
     }
 
-    /// The relay is connected: the streams are made sure of before any command runs.
+    /// The relay is connected: the streams are made sure of, shard after shard, before any
+    /// command runs.
     pub(super) fn connected(&mut self, out: &mut BytesMut) {
+        self.epochs.clear();
+        self.set_up_shard(0, out);
+    }
+
+    /// Whether every shard's streams are known on this connection.
+    fn set_up_done(&self) -> bool {
+        self.epochs.len() == usize::from(self.limits.shards.count())
+    }
+
+    /// Asks for shard `shard`'s inbox stream (made, or described if it exists).
+    fn set_up_shard(&mut self, shard: u16, out: &mut BytesMut) {
+        let stream = Shards::stream(STREAM, shard);
+        let subjects = shard_subjects(shard);
         let config = serde_json::json!({
-            "name": STREAM,
-            "subjects": [SUBJECTS],
+            "name": stream,
+            "subjects": [subjects],
             "storage": "file",
             "retention": "limits",
             "max_msgs_per_subject": self.subject_max(),
@@ -618,11 +635,43 @@ impl Inboxes {
             "max_age": self.limits.retention.as_nanos() as u64,
             "duplicate_window": DUPLICATE_WINDOW.as_nanos() as u64,
             "allow_direct": true,
-            "republish": {"src": SUBJECTS, "dest": "chat.live.>"},
+            "republish": {"src": subjects, "dest": "chat.live.>"},
             "num_replicas": self.limits.replicas,
         });
-        let subject = format!("$JS.API.STREAM.CREATE.{STREAM}");
-        self.request(out, &subject, config.to_string().as_bytes(), Pending::Setup);
+        let subject = format!("$JS.API.STREAM.CREATE.{stream}");
+        let pending = Pending::Setup { shard };
+        self.request(out, &subject, config.to_string().as_bytes(), pending);
+    }
+
+    /// The shard of `user`'s inbox.
+    fn shard_of(&self, user: &str) -> u16 {
+        self.limits.shards.of(user)
+    }
+
+    /// `user`'s inbox stream and subject.
+    fn inbox_of(&self, user: &str) -> (String, String) {
+        let shard = self.shard_of(user);
+        (
+            Shards::stream(STREAM, shard),
+            inbox_subject(self.limits.shards, user),
+        )
+    }
+
+    /// A direct get of `user`'s acknowledgement record: the stream asked, and the body.
+    fn record_of(&self, user: &str) -> (String, Vec<u8>) {
+        let subject = acks::record_subject(self.limits.shards, user);
+        let body = serde_json::json!({"last_by_subj": subject});
+        (
+            acks::ack_stream(self.shard_of(user)),
+            body.to_string().into_bytes(),
+        )
+    }
+
+    /// A direct get of `user`'s last event: the stream asked, and the body.
+    fn last_of_user(&self, user: &str) -> (String, Vec<u8>) {
+        let (stream, subject) = self.inbox_of(user);
+        let body = serde_json::json!({"last_by_subj": subject});
+        (stream, body.to_string().into_bytes())
     }
 
     /// The events one user's subject holds at most: the unacknowledged ones up to
@@ -643,7 +692,7 @@ impl Inboxes {
     /// `cluster_unavailable`), and the stream is looked up again on reconnecting.
     pub(super) fn disconnected(&mut self) -> Replies {
         // What was seen stays: a gap while away shows at the next live event.
-        self.epoch = None;
+        self.epochs.clear();
         let mut replies = Vec::new();
         let pending = self.requests.drain();
         for pending in pending {
@@ -667,12 +716,12 @@ impl Inboxes {
         let overloaded = self.requests.len() + self.held.len() >= IN_FLIGHT_MAX;
         if !connected || overloaded {
             fail_command(command, Failure::Unreachable, &mut replies);
-        } else if self.epoch.is_none() {
-            // The stream is being set up, or its last set-up failed: ask again.
+        } else if !self.set_up_done() {
+            // The streams are being set up, or their last set-up failed: ask again.
             let setting_up = self
                 .requests
                 .iter()
-                .any(|(_, p)| matches!(p, Pending::Setup | Pending::SetupAcks { .. }));
+                .any(|(_, p)| matches!(p, Pending::Setup { .. } | Pending::SetupAcks { .. }));
             if !setting_up {
                 self.connected(out);
             }
@@ -714,14 +763,14 @@ impl Inboxes {
                 device,
                 home,
             } => {
-                let body = last_by_subject(&user);
+                let (stream, body) = self.last_of_user(&user);
                 let check = Pending::AckCheck {
                     user,
                     upto,
                     device,
                     home,
                 };
-                self.request(out, &direct_get(STREAM), &body, check);
+                self.request(out, &direct_get(&stream), &body, check);
             }
             Command::Membership {
                 ref group,
@@ -770,10 +819,9 @@ impl Inboxes {
     fn append(&mut self, append: Append, out: &mut BytesMut) {
         match &append.chat {
             Some(chat) if self.index_ready => {
-                let key = received::index_key(&append.user, &chat.message_id);
-                let body = received::index_get(&key);
+                let key = received::index_key(self.limits.shards, &append.user, &chat.message_id);
                 let pending = Pending::RetryCheck(Box::new(append));
-                self.request(out, &direct_get(received::INDEX_STREAM), &body, pending);
+                self.request(out, &direct_get(&key.stream()), &key.get(), pending);
             }
             _ => self.publish(append, out),
         }
@@ -782,7 +830,7 @@ impl Inboxes {
     /// Publishes one event to its user's subject.
     fn publish(&mut self, append: Append, out: &mut BytesMut) {
         let payload = encode_event(append.event.kind, append.event.priority, &append.event.json);
-        let subject = inbox_subject(&append.user);
+        let subject = inbox_subject(self.limits.shards, &append.user);
         let (msg_id, receipt) = match &append.chat {
             Some(chat) => {
                 let (sender, id) = (subject_token(&chat.sender), subject_token(&chat.message_id));
@@ -825,7 +873,7 @@ impl Inboxes {
         for row in &share.rows {
             let json = row.json.as_ref().unwrap_or(&share.json);
             let payload = encode_event(share.kind, share.priority, json);
-            let subject = inbox_subject(&row.user);
+            let subject = inbox_subject(self.limits.shards, &row.user);
             let except = row
                 .except
                 .map(|device| format!("{} {} {}", self.origin, device.reactor, device.ticket));
@@ -851,7 +899,8 @@ impl Inboxes {
 
     /// Starts a page of `user`'s inbox for `device`.
     fn read_inbox(&mut self, user: Box<str>, device: Waiter, from: ReadFrom, out: &mut BytesMut) {
-        let epoch: Box<str> = self.epoch.clone().unwrap_or_default();
+        let shard = usize::from(self.shard_of(&user));
+        let epoch: Box<str> = self.epochs.get(shard).cloned().unwrap_or_default();
         let start = match from {
             ReadFrom::Resume { epoch: theirs, seq } => Start::Resume {
                 epoch_matches: theirs == epoch,
@@ -900,21 +949,24 @@ impl Inboxes {
     /// The read's next request: the user's record, the last `seq`, or the next event.
     fn get(&mut self, read: Read, out: &mut BytesMut) {
         let (stream, body) = match read.step {
-            ReadStep::Record | ReadStep::Verify { .. } => (ACK_STREAM, record_of(&read.user)),
-            ReadStep::Last => (STREAM, last_by_subject(&read.user)),
+            ReadStep::Record | ReadStep::Verify { .. } => self.record_of(&read.user),
+            ReadStep::Last => self.last_of_user(&read.user),
             ReadStep::First => {
-                let body = serde_json::json!({"seq": 1, "next_by_subj": SUBJECTS});
-                (STREAM, body.to_string().into_bytes())
+                // The shard stream's first event, any user's.
+                let shard = self.shard_of(&read.user);
+                let subjects = shard_subjects(shard);
+                let body = serde_json::json!({"seq": 1, "next_by_subj": subjects});
+                (Shards::stream(STREAM, shard), body.to_string().into_bytes())
             }
             ReadStep::Events => {
-                let subject = inbox_subject(&read.user);
+                let (stream, subject) = self.inbox_of(&read.user);
                 let body = serde_json::json!({"seq": read.next, "next_by_subj": subject});
-                (STREAM, body.to_string().into_bytes())
+                (stream, body.to_string().into_bytes())
             }
         };
         self.request(
             out,
-            &direct_get(stream),
+            &direct_get(&stream),
             &body,
             Pending::Read(Box::new(read)),
         );
@@ -934,9 +986,9 @@ impl Inboxes {
             return replies;
         };
         match pending {
-            Pending::Setup => self.set_up(status, payload, out, &mut replies),
-            Pending::SetupAcks { epoch } => {
-                self.set_up_acks(epoch, status, payload, out, &mut replies)
+            Pending::Setup { shard } => self.set_up(shard, status, payload, out, &mut replies),
+            Pending::SetupAcks { shard, epoch } => {
+                self.set_up_acks((shard, epoch), status, payload, out, &mut replies)
             }
             Pending::RetryCheck(append) => {
                 let sender = append.chat.as_ref().map(|chat| &*chat.sender);
@@ -1183,9 +1235,9 @@ impl Inboxes {
 
     /// Asks for the record an ack starts from.
     fn fetch_record(&mut self, scan: AckScan, out: &mut BytesMut) {
-        let body = record_of(&scan.user);
+        let (stream, body) = self.record_of(&scan.user);
         let pending = Pending::AckFetch(Box::new(scan));
-        self.request(out, &direct_get(ACK_STREAM), &body, pending);
+        self.request(out, &direct_get(&stream), &body, pending);
     }
 
     /// Takes the events an ack covers from what was seen live if it can, else from the
@@ -1207,7 +1259,7 @@ impl Inboxes {
             scan.record.acked = scan.upto;
             self.tokens += 1;
             scan.token = self.token_base.wrapping_add(self.tokens);
-            let subject = acks::record_subject(&scan.user);
+            let subject = acks::record_subject(self.limits.shards, &scan.user);
             let (revision, token, over) = (
                 scan.revision.to_string(),
                 scan.token.to_string(),
@@ -1224,10 +1276,10 @@ impl Inboxes {
                 .requests
                 .send(out, (&subject, &headers), value.as_bytes(), pending);
         }
-        let subject = inbox_subject(&scan.user);
+        let (stream, subject) = self.inbox_of(&scan.user);
         let body = serde_json::json!({"seq": scan.next, "next_by_subj": subject}).to_string();
         let pending = Pending::AckScan(Box::new(scan));
-        self.request(out, &direct_get(STREAM), body.as_bytes(), pending);
+        self.request(out, &direct_get(&stream), body.as_bytes(), pending);
     }
 
     /// The record is stored at `revision`: the senders waiting on a receipt hear of it,
@@ -1242,11 +1294,12 @@ impl Inboxes {
         replies: &mut Replies,
     ) {
         if scan.record.gone > scan.gone_before {
+            let (stream, filter) = self.inbox_of(&scan.user);
             let body = serde_json::json!({
-                "filter": inbox_subject(&scan.user),
+                "filter": filter,
                 "seq": scan.record.gone + 1,
             });
-            let subject = format!("$JS.API.STREAM.PURGE.{STREAM}");
+            let subject = format!("$JS.API.STREAM.PURGE.{stream}");
             self.request(out, &subject, body.to_string().as_bytes(), Pending::Purge);
         }
         if !scan.receipts.is_empty() {
@@ -1285,7 +1338,7 @@ impl Inboxes {
     pub(super) fn expire(&mut self, now: Instant, out: &mut BytesMut) -> Replies {
         let mut replies = Vec::new();
         for pending in self.requests.late(now) {
-            if matches!(pending, Pending::Setup | Pending::SetupAcks { .. }) {
+            if matches!(pending, Pending::Setup { .. } | Pending::SetupAcks { .. }) {
                 warn!("cluster: JetStream did not answer the inbox streams' set-up");
                 for command in std::mem::take(&mut self.held) {
                     fail_command(command, Failure::Unreachable, &mut replies);
@@ -1294,7 +1347,7 @@ impl Inboxes {
             self.fail(pending, Failure::Unreachable, &mut replies);
         }
         self.answer_confirms(&mut replies);
-        if self.epoch.is_some() {
+        if self.set_up_done() {
             let due: Vec<Box<str>> = self
                 .unsure
                 .keys()
@@ -1302,48 +1355,53 @@ impl Inboxes {
                 .cloned()
                 .collect();
             for user in due {
-                let body = record_of(&user);
+                let (stream, body) = self.record_of(&user);
                 self.settling.insert(user.clone());
-                self.request(out, &direct_get(ACK_STREAM), &body, Pending::Settle(user));
+                self.request(out, &direct_get(&stream), &body, Pending::Settle(user));
             }
         }
         replies
     }
 
-    /// The inbox stream exists (made now, or already): its creation time is the epoch,
-    /// and the stream of the acknowledgement records is made sure of next. If it could not
-    /// be set up, what waits fails, and the next command asks again.
+    /// Shard `shard`'s inbox stream exists (made now, or already): its creation time is
+    /// the epoch of the shard's users, and the shard's stream of acknowledgement records is
+    /// made sure of next. If it could not be set up, what waits fails, and the next
+    /// command asks again.
     fn set_up(
         &mut self,
+        shard: u16,
         status: Option<u16>,
         payload: &Bytes,
         out: &mut BytesMut,
         replies: &mut Replies,
     ) {
         let answer: Value = serde_json::from_slice(payload).unwrap_or_default();
+        let stream = Shards::stream(STREAM, shard);
         if answer["error"]["err_code"].as_u64() == Some(STREAM_DIFFERS) {
             // Another node made it with other limits: use it as it is.
-            warn!("cluster: stream {STREAM} exists with another configuration; using it as it is");
-            let subject = format!("$JS.API.STREAM.INFO.{STREAM}");
-            return self.request(out, &subject, b"", Pending::Setup);
+            warn!("cluster: stream {stream} exists with another configuration; using it as it is");
+            let subject = format!("$JS.API.STREAM.INFO.{stream}");
+            return self.request(out, &subject, b"", Pending::Setup { shard });
         }
         let created = answer["created"].as_str();
         let Some(created) = created.filter(|_| status.is_none()) else {
-            return self.set_up_failed(STREAM, status, payload, replies);
+            return self.set_up_failed(&stream, status, payload, replies);
         };
-        let subject = format!("$JS.API.STREAM.CREATE.{ACK_STREAM}");
-        let config = acks::stream_config(self.limits.replicas).to_string();
+        let subject = format!("$JS.API.STREAM.CREATE.{}", acks::ack_stream(shard));
+        let config = acks::stream_config(self.limits.replicas, shard).to_string();
         let pending = Pending::SetupAcks {
+            shard,
             epoch: created.into(),
         };
         self.request(out, &subject, config.as_bytes(), pending);
     }
 
-    /// The stream of the acknowledgement records exists (made now, or already, with this
-    /// configuration or another): the commands held meanwhile run.
+    /// Shard `shard`'s stream of acknowledgement records exists (made now, or already,
+    /// with this configuration or another): the next shard is set up, and after the last
+    /// the commands held meanwhile run.
     fn set_up_acks(
         &mut self,
-        epoch: Box<str>,
+        (shard, epoch): (u16, Box<str>),
         status: Option<u16>,
         payload: &Bytes,
         out: &mut BytesMut,
@@ -1352,10 +1410,18 @@ impl Inboxes {
         let answer: Value = serde_json::from_slice(payload).unwrap_or_default();
         let differs = answer["error"]["err_code"].as_u64() == Some(STREAM_DIFFERS);
         if status.is_some() || (answer.get("error").is_some() && !differs) {
-            return self.set_up_failed(ACK_STREAM, status, payload, replies);
+            return self.set_up_failed(&acks::ack_stream(shard), status, payload, replies);
         }
-        info!(stream = STREAM, %epoch, "cluster: inboxes in JetStream");
-        self.epoch = Some(epoch);
+        if usize::from(shard) != self.epochs.len() {
+            // A set-up from before a reconnect: the one under way now goes on.
+            return;
+        }
+        self.epochs.push(epoch);
+        if !self.set_up_done() {
+            return self.set_up_shard(shard + 1, out);
+        }
+        let shards = self.limits.shards.count();
+        info!(stream = STREAM, shards, "cluster: inboxes in JetStream");
         for command in std::mem::take(&mut self.held) {
             self.carry_out(command, out, replies);
         }
@@ -1655,7 +1721,7 @@ impl Inboxes {
             }
             // The devices get what could not be read when they resume.
             Pending::Fill(fill) => self.filled_up(*fill),
-            Pending::Setup
+            Pending::Setup { .. }
             | Pending::SetupAcks { .. }
             | Pending::AckCheck { .. }
             | Pending::Purge => {}
@@ -1805,20 +1871,6 @@ fn stored_record(headers: &[u8], payload: &[u8]) -> Option<acks::Stored> {
     })
 }
 
-/// A direct get of `user`'s acknowledgement record.
-fn record_of(user: &str) -> Vec<u8> {
-    serde_json::json!({"last_by_subj": acks::record_subject(user)})
-        .to_string()
-        .into_bytes()
-}
-
-/// A direct get of `user`'s last event.
-fn last_by_subject(user: &str) -> Vec<u8> {
-    serde_json::json!({"last_by_subj": inbox_subject(user)})
-        .to_string()
-        .into_bytes()
-}
-
 /// The `Nats-Last-Sequence` header of a republished event: the user's event before it
 /// (0: none).
 fn last_of(headers: &[u8]) -> u64 {
@@ -1840,9 +1892,14 @@ fn parse_receipt(value: &[u8]) -> Option<(Box<str>, Box<str>)> {
     Some((from_subject_token(sender)?, from_subject_token(id)?))
 }
 
-/// The subject of `user`'s inbox.
-pub(super) fn inbox_subject(user: &str) -> String {
-    format!("chat.inbox.{}", subject_token(user))
+/// The subjects of shard `shard`'s inbox stream: `chat.inbox.<shard>.>`.
+fn shard_subjects(shard: u16) -> String {
+    format!("chat.inbox.{shard}.>")
+}
+
+/// The subject of `user`'s inbox, in the user's shard: `chat.inbox.<shard>.<user>`.
+pub(super) fn inbox_subject(shards: Shards, user: &str) -> String {
+    format!("chat.inbox.{}.{}", shards.of(user), subject_token(user))
 }
 
 /// A stored event: `[kind][priority][JSON without seq]`.
@@ -1872,12 +1929,19 @@ pub(super) fn decode_event(payload: &Bytes) -> Option<(OutKind, Priority, Bytes)
 mod tests {
     use super::*;
 
-    /// Inboxes on a relay whose answers come to `_INBOX.x.`, bounded at 10 a user.
+    /// Inboxes on a relay whose answers come to `_INBOX.x.`, bounded at 10 a user, in
+    /// one shard.
     fn inboxes() -> Inboxes {
+        inboxes_in(1)
+    }
+
+    /// The same in `shards` shards.
+    fn inboxes_in(shards: u16) -> Inboxes {
         let limits = StreamSettings {
             queue_max_per_user: 10,
             retention: Duration::from_secs(60),
             replicas: 1,
+            shards: Shards::new(shards),
         };
         Inboxes::new("_INBOX.x.", limits)
     }
@@ -1896,7 +1960,13 @@ mod tests {
                 "{bad:?}"
             );
         }
-        assert_eq!(inbox_subject("a.b"), "chat.inbox.~612e62");
+        assert_eq!(inbox_subject(Shards::new(1), "a.b"), "chat.inbox.0.~612e62");
+        let shards = Shards::new(8);
+        let shard = shards.of("bob");
+        assert_eq!(
+            inbox_subject(shards, "bob"),
+            format!("chat.inbox.{shard}.bob")
+        );
         let key = member_key("team.a", "ann");
         assert_eq!(key, "=7465616d2e61.ann");
         assert_eq!(
@@ -1947,7 +2017,7 @@ mod tests {
 
     #[test]
     fn while_away_every_command_fails_at_once_and_unanswered_requests_fail_late() {
-        let mut inboxes = inboxes();
+        let mut inboxes = inboxes_in(2);
         let device = Waiter {
             reactor: 1,
             ticket: 7,
@@ -1970,7 +2040,7 @@ mod tests {
                 }
             )]
         ));
-        // Connected: held until the stream is known, then carried out.
+        // Connected: held until every shard's streams are known, then carried out.
         inboxes.connected(&mut out);
         let read = Command::ReadInbox {
             user: "bob".into(),
@@ -1978,19 +2048,39 @@ mod tests {
             from: ReadFrom::After { seq: 3 },
         };
         assert!(inboxes.command(read, true, &mut out).is_empty());
-        let created = Bytes::from_static(br#"{"created":"2026-12-06T05:00:00Z"}"#);
-        let replies = inboxes.answered(b"1", None, b"", &created, &mut out);
-        assert!(replies.is_empty());
-        assert_eq!(inboxes.epoch, None, "the records' stream first");
-        let acks = Bytes::from_static(br#"{"created":"2026-12-06T05:00:01Z"}"#);
-        let replies = inboxes.answered(b"2", None, b"", &acks, &mut out);
-        assert!(replies.is_empty());
-        assert_eq!(inboxes.epoch.as_deref(), Some("2026-12-06T05:00:00Z"));
+        for shard in 0..2u8 {
+            let created = format!(r#"{{"created":"2026-12-06T05:00:0{shard}Z"}}"#);
+            let id = [b'1' + 2 * shard];
+            let replies = inboxes.answered(&id, None, b"", &Bytes::from(created), &mut out);
+            assert!(replies.is_empty());
+            assert_eq!(
+                inboxes.epochs.len(),
+                usize::from(shard),
+                "the records' stream first"
+            );
+            let acks = Bytes::from_static(br#"{"created":"2026-12-06T06:00:00Z"}"#);
+            let id = [b'2' + 2 * shard];
+            let replies = inboxes.answered(&id, None, b"", &acks, &mut out);
+            assert!(replies.is_empty());
+        }
+        let epochs: Vec<&str> = inboxes.epochs.iter().map(|e| &**e).collect();
+        assert_eq!(epochs, ["2026-12-06T05:00:00Z", "2026-12-06T05:00:01Z"]);
         let text = String::from_utf8_lossy(&out);
-        assert!(
-            text.contains(r#"{"next_by_subj":"chat.inbox.bob","seq":4}"#),
-            "{text}"
-        );
+        for shard in 0..2 {
+            assert!(
+                text.contains(&format!("STREAM.CREATE.CHAT_INBOX_{shard} ")),
+                "{text}"
+            );
+            assert!(
+                text.contains(&format!("STREAM.CREATE.KV_chat_acks_{shard} ")),
+                "{text}"
+            );
+        }
+        let shard = Shards::new(2).of("bob");
+        let read = format!(r#"{{"next_by_subj":"chat.inbox.{shard}.bob","seq":4}}"#);
+        assert!(text.contains(&read), "{text}");
+        let stream = format!("$JS.API.DIRECT.GET.CHAT_INBOX_{shard} ");
+        assert!(text.contains(&stream), "{text}");
         let replies = inboxes.expire(Instant::now() + requests::REQUEST_WAIT, &mut out);
         assert!(matches!(
             replies[..],
@@ -2033,7 +2123,7 @@ mod tests {
         assert!(inboxes.command(peek(2), true, &mut out).is_empty());
         let text = String::from_utf8_lossy(&out);
         assert!(
-            text.starts_with("PUB $JS.API.STREAM.CREATE.CHAT_INBOX"),
+            text.starts_with("PUB $JS.API.STREAM.CREATE.CHAT_INBOX_0"),
             "{text}"
         );
     }
@@ -2041,7 +2131,7 @@ mod tests {
     #[test]
     fn past_the_requests_in_flight_bound_a_command_fails_at_once() {
         let mut inboxes = inboxes();
-        inboxes.epoch = Some("e".into());
+        inboxes.epochs = vec!["e".into()];
         let mut out = BytesMut::new();
         let peek = || Command::Peek {
             user: "bob".into(),
@@ -2074,7 +2164,7 @@ mod tests {
     #[test]
     fn acks_of_one_user_run_one_at_a_time_and_a_later_one_goes_on_from_the_first() {
         let mut inboxes = inboxes();
-        inboxes.epoch = Some("e".into());
+        inboxes.epochs = vec!["e".into()];
         let ack = |upto| Command::Ack {
             user: "bob".into(),
             upto,
@@ -2091,7 +2181,7 @@ mod tests {
         inboxes.answered(b"1", None, &stored_at(40), &record, &mut out);
         let text = String::from_utf8_lossy(&out[first..]);
         assert!(
-            text.contains(r#"{"next_by_subj":"chat.inbox.bob","seq":4}"#),
+            text.contains(r#"{"next_by_subj":"chat.inbox.0.bob","seq":4}"#),
             "{text}"
         );
         // It finds 5, the one it acks (and a generation of 5 fills no further): the
@@ -2101,7 +2191,7 @@ mod tests {
         inboxes.answered(b"2", None, &stored_at(5), &event, &mut out);
         let text = String::from_utf8_lossy(&out[at..]);
         assert!(
-            text.starts_with("HPUB $KV.chat_acks.bob _INBOX.x.j3"),
+            text.starts_with("HPUB $KV.chat_acks_0.bob _INBOX.x.j3"),
             "{text}"
         );
         assert!(
@@ -2115,7 +2205,7 @@ mod tests {
         inboxes.answered(b"3", None, b"", &written, &mut out);
         let text = String::from_utf8_lossy(&out[at..]);
         assert!(
-            text.contains(r#"{"next_by_subj":"chat.inbox.bob","seq":6}"#),
+            text.contains(r#"{"next_by_subj":"chat.inbox.0.bob","seq":6}"#),
             "{text}"
         );
         assert!(!text.contains("PURGE"), "{text}");
@@ -2126,7 +2216,7 @@ mod tests {
     /// `upto` for his home on reactor 2 (the record's fetch asked), and what they sent.
     fn driver_acks_bob(upto: u64) -> (Inboxes, BytesMut) {
         let mut inboxes = inboxes();
-        inboxes.epoch = Some("e".into());
+        inboxes.epochs = vec!["e".into()];
         let mut out = BytesMut::new();
         let ack = Command::Ack {
             user: "bob".into(),
@@ -2168,7 +2258,7 @@ mod tests {
         assert!(replies.is_empty());
         let text = String::from_utf8_lossy(&out[at..]);
         assert!(
-            text.contains(r#"{"last_by_subj":"$KV.chat_acks.bob"}"#),
+            text.contains(r#"{"last_by_subj":"$KV.chat_acks_0.bob"}"#),
             "{text}"
         );
         inboxes.answered(
@@ -2189,11 +2279,11 @@ mod tests {
         );
         let text = String::from_utf8_lossy(&out[at..]);
         assert!(
-            text.starts_with("PUB $JS.API.STREAM.PURGE.CHAT_INBOX"),
+            text.starts_with("PUB $JS.API.STREAM.PURGE.CHAT_INBOX_0"),
             "{text}"
         );
         assert!(
-            text.contains(r#"{"filter":"chat.inbox.bob","seq":13}"#),
+            text.contains(r#"{"filter":"chat.inbox.0.bob","seq":13}"#),
             "{text}"
         );
         assert_eq!(inboxes.acking.get("bob"), None);
@@ -2234,7 +2324,7 @@ mod tests {
     #[test]
     fn a_retry_is_answered_only_once_the_appends_before_it_are() {
         let mut inboxes = inboxes();
-        inboxes.epoch = Some("e".into());
+        inboxes.epochs = vec!["e".into()];
         let mut out = BytesMut::new();
         let (append, chat, ack) = chat_append("m-1");
         assert!(inboxes
@@ -2255,7 +2345,7 @@ mod tests {
     #[test]
     fn a_chat_message_the_index_holds_is_acknowledged_again_and_not_stored_twice() {
         let mut inboxes = inboxes();
-        inboxes.epoch = Some("e".into());
+        inboxes.epochs = vec!["e".into()];
         inboxes.set_index_ready(true);
         let mut out = BytesMut::new();
         let (append, ..) = chat_append("m-1");
@@ -2265,10 +2355,10 @@ mod tests {
         let text = String::from_utf8_lossy(&out).into_owned();
         assert!(
             text.contains("DIRECT.GET.KV_chat_received")
-                && text.contains(r#"{"last_by_subj":"$KV.chat_received.bob.m-1"}"#),
+                && text.contains(r#"{"last_by_subj":"$KV.chat_received_0.bob.m-1"}"#),
             "looked up first: {text}"
         );
-        assert!(!text.contains("chat.inbox.bob"), "{text}");
+        assert!(!text.contains("chat.inbox.0.bob"), "{text}");
         // Ann's message, kept as seq 7 three minutes ago: acknowledged, not published.
         out.clear();
         let replies = inboxes.answered(b"1", None, b"", &Bytes::from_static(b"ann 7"), &mut out);
@@ -2293,7 +2383,7 @@ mod tests {
             let replies = inboxes.answered(id.as_bytes(), status, b"", &value, &mut out);
             assert!(replies.is_empty());
             let text = String::from_utf8_lossy(&out);
-            assert!(text.contains("HPUB chat.inbox.bob"), "{text}");
+            assert!(text.contains("HPUB chat.inbox.0.bob"), "{text}");
             assert!(text.contains("Nats-Msg-Id: ann.m-2"), "{text}");
         }
         // No answer in time: the sender hears it was not stored.
@@ -2312,7 +2402,7 @@ mod tests {
     #[test]
     fn a_posts_sending_device_is_named_on_its_users_row_for_this_process_only() {
         let mut inboxes = inboxes();
-        inboxes.epoch = Some("e".into());
+        inboxes.epochs = vec!["e".into()];
         let row = |user: &str, except| crate::store::ShareRow {
             user: user.into(),
             seq: None,
@@ -2386,7 +2476,7 @@ mod tests {
     #[test]
     fn a_resume_whose_events_were_purged_under_it_is_read_again_as_refused() {
         let mut inboxes = inboxes();
-        inboxes.epoch = Some("e".into());
+        inboxes.epochs = vec!["e".into()];
         let mut out = BytesMut::new();
         let device = Waiter {
             reactor: 1,
@@ -2462,12 +2552,12 @@ mod tests {
             .to_owned();
         // Cut off before the answer: no receipt yet.
         assert!(inboxes.disconnected().is_empty());
-        inboxes.epoch = Some("e".into());
+        inboxes.epochs = vec!["e".into()];
         out.clear();
         assert!(inboxes.expire(Instant::now(), &mut out).is_empty());
         let text = String::from_utf8_lossy(&out);
         assert!(
-            text.contains(r#"{"last_by_subj":"$KV.chat_acks.bob"}"#),
+            text.contains(r#"{"last_by_subj":"$KV.chat_acks_0.bob"}"#),
             "{text}"
         );
         // The record read again names the write: it landed, and the receipt goes, once.

@@ -19,7 +19,8 @@
 //!   how far each user's devices acknowledged, and which acknowledged events stay;
 //!   `seen`: the inbox events seen live, which an ack takes without reading the stream;
 //!   `requests`: their requests to JetStream and what waits on each answer;
-//!   `received`: the message index's names and formats, which both use;
+//!   `received`: the message index's names and formats, which both use; `shards`: which
+//!   stream of each kind holds a user's or a conversation's state;
 //! - `totals`: every node's `/api/stats` figures summed;
 //! - `tls`: TLS to NATS; `sim` (tests only): the cluster simulator, which runs inboxes
 //!   and history against a simulated JetStream.
@@ -36,6 +37,7 @@ pub mod relay;
 mod relayer;
 mod requests;
 mod seen;
+mod shards;
 #[cfg(test)]
 mod sim;
 mod tls;
@@ -56,6 +58,7 @@ use std::{
 use tracing::warn;
 
 pub use inboxes::StreamSettings;
+pub use shards::{Shards, SHARDS_MAX};
 pub use tls::TlsFiles;
 
 /// How often a node beats in the node bucket.
@@ -77,6 +80,8 @@ pub struct Settings {
     pub node_id: Option<String>,
     /// `--cluster-replicas`: the copies JetStream keeps of each stream the node makes.
     pub replicas: u8,
+    /// `--cluster-shards`: the streams of each kind the users are split over.
+    pub shards: Shards,
     /// `--cluster-ca`, `--cluster-cert`, `--cluster-key`: TLS to NATS.
     pub tls: TlsFiles,
 }
@@ -120,6 +125,7 @@ impl Settings {
             servers,
             node_id,
             replicas: 1,
+            shards: Shards::new(1),
             tls: TlsFiles::default(),
         }))
     }
@@ -248,7 +254,8 @@ pub fn start(
     let (stop, stopped) = tokio::sync::oneshot::channel();
     let tls = tls::client_config(&settings.tls)
         .map_err(|(flag, problem)| io::Error::other(format!("--{flag}: {problem}")))?;
-    let servers = (settings.servers.clone(), settings.replicas, tls);
+    let streams = (settings.replicas, settings.shards);
+    let servers = (settings.servers.clone(), streams, tls);
     let thread = std::thread::Builder::new()
         .name("cluster".into())
         .spawn(move || {

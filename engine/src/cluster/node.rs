@@ -35,6 +35,7 @@ use super::{
     members::{Change, Members, DEAD_AFTER},
     relay::{Inbound, Reactors},
     relayer::Relayer,
+    shards::{Shards, LAYOUT_BUCKET, SHARDS_KEY},
     wire, Claim, Link, State, HEARTBEAT,
 };
 use crate::{protocol::access::Settings, router::Envelope};
@@ -62,6 +63,8 @@ pub(super) struct Node {
     instance: Bytes,
     /// `--cluster-replicas`, for the buckets it makes.
     replicas: u8,
+    /// `--cluster-shards`, which must be the cluster's.
+    shards: Shards,
     state: Arc<State>,
     /// Where the first outcome of the claim goes ([`super::start`] waits for it).
     first: Cell<Option<mpsc::Sender<Claim>>>,
@@ -77,7 +80,7 @@ enum Stop {
 
 impl Node {
     pub(super) fn new(
-        (servers, replicas, tls): (Vec<String>, u8, Arc<rustls::ClientConfig>),
+        (servers, (replicas, shards), tls): (Vec<String>, (u8, Shards), Arc<rustls::ClientConfig>),
         id: String,
         state: Arc<State>,
         first: mpsc::Sender<Claim>,
@@ -86,6 +89,7 @@ impl Node {
             servers,
             tls,
             replicas,
+            shards,
             id,
             instance: instance_token(),
             state,
@@ -198,6 +202,9 @@ impl Node {
         // Answering before the claim: a node starting with the same id meanwhile must
         // find this one alive.
         let pings = self.answer_pings(client, self.ping_subscription(client).await);
+        if let Err(why) = self.agree_on_shards(client).await {
+            return Stop::Refused(why);
+        }
         let revision = match self.claim(client, &bucket).await {
             Ok(revision) => revision,
             Err(why) => return Stop::Refused(why),
@@ -242,6 +249,36 @@ impl Node {
                     }
                 },
             }
+        }
+    }
+
+    /// Checks this node's `--cluster-shards` against the count the cluster's first node
+    /// wrote down (writing it, if this node is the first): `Err` says why a node with
+    /// another count must not serve, since it would look for users' state in the wrong
+    /// streams.
+    async fn agree_on_shards(&self, client: &Client) -> Result<(), String> {
+        let layout = self.bucket(client, LAYOUT_BUCKET, Duration::ZERO).await;
+        let count = Bytes::from(self.shards.count().to_string());
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let failed = match layout.create(SHARDS_KEY, count.clone()).await {
+                Ok(_) => return Ok(()),
+                Err(e) if e.kind() == CreateErrorKind::AlreadyExists => {
+                    match layout.get(SHARDS_KEY).await {
+                        Ok(Some(stored)) => return self.shards.agrees(&stored),
+                        // Deleted meanwhile: create it again.
+                        Ok(None) => continue,
+                        Err(e) => e.to_string(),
+                    }
+                }
+                Err(e) => e.to_string(),
+            };
+            warn!(
+                attempts,
+                "cluster: cannot read the cluster's shards: {failed}"
+            );
+            tokio::time::sleep(backoff(attempts)).await;
         }
     }
 

@@ -244,7 +244,8 @@ impl Config {
             .map_err(|(flag, problem)| invalid(flag, problem))?,
             push_preview: settled.push_preview,
             cluster: cluster_settings(
-                (settled.cluster, settled.node_id, settled.cluster_replicas),
+                (settled.cluster, settled.node_id),
+                (settled.cluster_replicas, settled.cluster_shards),
                 (
                     settled.cluster_ca,
                     settled.cluster_cert,
@@ -275,7 +276,8 @@ impl Config {
 
 /// `--cluster` and the flags that only mean something with it; an error names the flag.
 fn cluster_settings(
-    (cluster, node_id, replicas): (Option<String>, Option<String>, u8),
+    (cluster, node_id): (Option<String>, Option<String>),
+    (replicas, shards): (u8, u16),
     (ca, cert, key): (Option<String>, Option<String>, Option<String>),
 ) -> Result<Option<crate::cluster::Settings>, (&'static str, String)> {
     let Some(settings) = crate::cluster::Settings::parse(cluster, node_id)? else {
@@ -294,6 +296,7 @@ fn cluster_settings(
     let tls = crate::cluster::TlsFiles::parse(ca, cert, key)?;
     Ok(Some(crate::cluster::Settings {
         replicas,
+        shards: crate::cluster::Shards::new(shards),
         tls,
         ..settings
     }))

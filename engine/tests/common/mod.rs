@@ -173,6 +173,11 @@ impl Server {
         if !args.contains(&"--presence-grace-ms") {
             command.args(["--presence-grace-ms", "0"]);
         }
+        // A cluster node splits its streams into shards, unless a test names how many.
+        let shards = nats::TEST_SHARDS.to_string();
+        if args.contains(&"--cluster") && !args.contains(&"--cluster-shards") {
+            command.args(["--cluster-shards", &shards]);
+        }
         // Every user may see every user's presence, unless a test asks otherwise:
         // `wait_offline`'s watcher shares no group with the user it watches.
         if !args.contains(&"--presence-visibility") {

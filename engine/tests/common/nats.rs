@@ -228,6 +228,17 @@ pub fn skip(test: &str, why: &str) {
     let _ = writeln!(std::io::stderr().lock(), "SKIPPED {test}: {why}");
 }
 
+/// `--cluster-shards` of every test node (unless a test names its own): more than one, so
+/// that every cluster test crosses shards.
+pub const TEST_SHARDS: u16 = 3;
+
+/// The stream of kind `base` (`CHAT_INBOX`, `KV_chat_received`, …) that holds `user`'s
+/// state in a cluster of [`TEST_SHARDS`].
+pub fn user_stream(base: &str, user: &str) -> String {
+    let shards = engine::cluster::Shards::new(TEST_SHARDS);
+    engine::cluster::Shards::stream(base, shards.of(user))
+}
+
 /// A dead node is counted dead after 10 s of silence (PROTOCOL.md: offline within 15 s).
 pub const DEATH_BOUND: Duration = Duration::from_secs(15);
 

@@ -339,8 +339,10 @@ impl JetStream {
         let republish = &stream.config["republish"];
         if let (Some(src), Some(dest)) = (republish["src"].as_str(), republish["dest"].as_str()) {
             if matches(src, &publish.subject) {
-                let user = publish.subject.rsplit('.').next().unwrap_or_default();
-                let dest = dest.replace('>', user);
+                // The tokens the source's `>` matched take the destination's `>`.
+                let literal = src.split('.').count() - 1;
+                let tail: Vec<&str> = publish.subject.split('.').skip(literal).collect();
+                let dest = dest.replace('>', &tail.join("."));
                 let mut headers = vec![
                     ("Nats-Stream".to_owned(), name.to_owned()),
                     ("Nats-Subject".to_owned(), publish.subject.clone()),

@@ -36,9 +36,11 @@ use tokio::time::Instant;
 
 use self::jetstream::{next_publish, Delivery, JetStream};
 use super::{
-    acks::AckRecord,
+    acks::{self, AckRecord},
     history::History,
-    inboxes::{decode_event, Inboxes, Ready, StreamSettings},
+    inboxes::{decode_event, inbox_subject, Inboxes, Ready, StreamSettings},
+    received,
+    shards::Shards,
 };
 use crate::{
     protocol::{codes::OutKind, Priority},
@@ -145,6 +147,8 @@ struct World {
     nodes: Vec<Node>,
     devices: Vec<Device>,
     users: Vec<String>,
+    /// The shards the nodes split the users over.
+    shards: Shards,
     /// By the sender's ticket: the messages waiting for their outcome.
     waiting: HashMap<u64, Sent>,
     sent: Vec<Sent>,
@@ -212,10 +216,12 @@ impl World {
         let node_count = 2 + rng.below(2);
         let user_count = 2 + rng.below(3);
         let users: Vec<String> = (0..user_count).map(|u| format!("u{u}")).collect();
+        let shards = Shards::new(1 + rng.below(3) as u16);
         let streams = StreamSettings {
             queue_max_per_user: QUEUE_MAX,
             retention: Duration::from_secs(30 * 86_400),
             replicas: 1,
+            shards,
         };
         let nodes = (0..node_count)
             .map(|n| {
@@ -253,6 +259,7 @@ impl World {
             nodes,
             devices,
             users,
+            shards,
             waiting: HashMap::new(),
             sent: Vec::new(),
             next_ticket: 1_000,
@@ -291,6 +298,12 @@ impl World {
         Ok(self.tally)
     }
 
+    /// `user`'s inbox stream and subject.
+    fn inbox_of(&self, user: &str) -> (String, String) {
+        let stream = Shards::stream("CHAT_INBOX", self.shards.of(user));
+        (stream, inbox_subject(self.shards, user))
+    }
+
     /// Once quiet: the acknowledged events whose sender waits for a receipt and got
     /// none. Counted, not an invariant: an ack whose record write got no answer sends its
     /// receipts once the record shows the write landed, which two or more later writes
@@ -299,9 +312,9 @@ impl World {
         let mut lost = 0;
         for user in &self.users {
             let acked = self.acked.get(user).copied().unwrap_or(0);
-            let subject = format!("chat.inbox.{user}");
+            let (inbox, subject) = self.inbox_of(user);
             for ((stream, seq), m) in &self.server.ever {
-                let due = stream == "CHAT_INBOX" && m.subject == subject && *seq <= acked;
+                let due = *stream == inbox && m.subject == subject && *seq <= acked;
                 let Some(receipt) = m.header("Chat-Receipt").filter(|_| due) else {
                     continue;
                 };
@@ -418,7 +431,8 @@ impl World {
             dedup: None,
         };
         if !self.nodes[n].history.indexed() {
-            *self.may_publish.entry((n, index_key(&sent))).or_default() += 1;
+            let key = index_key(self.shards, &sent);
+            *self.may_publish.entry((n, key)).or_default() += 1;
         }
         self.waiting.insert(ticket, sent);
         self.command(n, Command::Append(Box::new(append)))
@@ -542,13 +556,17 @@ impl World {
             let Some(publish) = next_publish(&mut self.nodes[n].out) else {
                 break;
             };
-            let checked = (publish.subject == "$JS.API.DIRECT.GET.KV_chat_received")
+            let index_get = publish
+                .subject
+                .starts_with("$JS.API.DIRECT.GET.KV_chat_received_");
+            let checked = index_get
                 .then(|| serde_json::from_slice::<serde_json::Value>(&publish.payload).ok())
                 .flatten()
                 .and_then(|asked| asked["last_by_subj"].as_str().map(str::to_owned));
             let stored = publish
                 .subject
                 .strip_prefix("chat.inbox.")
+                .and_then(|sharded| Some(sharded.split_once('.')?.1))
                 .zip(publish.headers.iter().find(|(k, _)| k == "Nats-Msg-Id"))
                 .map(|(receiver, (_, id))| (receiver.to_owned(), id.clone()));
             let copies_before = stored.as_ref().map_or(0, |s| self.copies(s));
@@ -831,13 +849,13 @@ impl World {
         if reading.resumed == Some(true) {
             self.tally.resumed += 1;
             let from = reading.from.as_ref().map_or(0, |(_, seq)| *seq);
-            let subject = format!("chat.inbox.{user}");
+            let (inbox, subject) = self.inbox_of(&user);
             let expected: Vec<u64> = self
                 .server
                 .ever
                 .iter()
                 .filter(|((stream, seq), m)| {
-                    stream == "CHAT_INBOX" && m.subject == subject && *seq > from && *seq <= upto
+                    *stream == inbox && m.subject == subject && *seq > from && *seq <= upto
                 })
                 .map(|((_, seq), _)| *seq)
                 .collect();
@@ -881,14 +899,12 @@ impl World {
 
     /// Copies of message `(receiver, Nats-Msg-Id)` ever stored.
     fn copies(&self, (receiver, id): &(String, String)) -> usize {
-        let subject = format!("chat.inbox.{receiver}");
+        let (inbox, subject) = self.inbox_of(receiver);
         self.server
             .ever
             .iter()
             .filter(|((stream, _), m)| {
-                stream == "CHAT_INBOX"
-                    && m.subject == subject
-                    && m.header("Nats-Msg-Id") == Some(id)
+                *stream == inbox && m.subject == subject && m.header("Nats-Msg-Id") == Some(id)
             })
             .count()
     }
@@ -904,11 +920,14 @@ impl World {
     ) -> Result<(), String> {
         let (receiver, id) = stored;
         let message = id.split_once('.').map_or("", |(_, m)| m).to_owned();
-        let key = index_key(&Sent {
-            sender: String::new(),
-            receiver: receiver.clone(),
-            id: message,
-        });
+        let key = index_key(
+            self.shards,
+            &Sent {
+                sender: String::new(),
+                receiver: receiver.clone(),
+                id: message,
+            },
+        );
         if let Some(leave) = self.may_publish.get_mut(&(n, key)).filter(|l| **l > 0) {
             *leave -= 1;
         } else if before > 0 && self.copies(stored) > before {
@@ -922,8 +941,9 @@ impl World {
     /// No acknowledgement record went back.
     fn check_records(&mut self) -> Result<(), String> {
         for user in &self.users {
-            let subject = format!("$KV.chat_acks.{user}");
-            let Some((_, record)) = self.server.held("KV_chat_acks", &subject).pop() else {
+            let subject = acks::record_subject(self.shards, user);
+            let stream = acks::ack_stream(self.shards.of(user));
+            let Some((_, record)) = self.server.held(&stream, &subject).pop() else {
                 continue;
             };
             let Some(record) = AckRecord::parse(&record.payload) else {
@@ -1002,8 +1022,8 @@ impl World {
 }
 
 /// The message index's key of `sent`, as a retry check asks for it.
-fn index_key(sent: &Sent) -> String {
-    format!("$KV.chat_received.{}.{}", sent.receiver, sent.id)
+fn index_key(shards: Shards, sent: &Sent) -> String {
+    received::index_key(shards, &sent.receiver, &sent.id).subject()
 }
 
 /// Runs seed `seed`; a failure says which invariant broke, after which steps.
