@@ -526,6 +526,8 @@ fn in_its_grace_a_user_held_by_another_node_stays_online_and_calls_are_peer_offl
             (&error["code"], &error["ref"]),
             (&json!("peer_offline"), &json!("c-7"))
         );
+        // And a message is queued, as on one node: no device of bob is online.
+        assert_eq!(alice.send_chat("m-1", "bob", "later")["status"], "queued");
         let (status, _) = next_presence(&mut alice, Duration::from_secs(5));
         assert_eq!(status, "offline");
         let after = dropped.elapsed();
@@ -596,7 +598,7 @@ fn nodes_reach_nats_over_tls_trusting_the_authority_given_and_no_other() {
         // Both connections of each node are up: a message crosses through JetStream.
         let mut bob = b.login("bob", "phone");
         let mut alice = a.login("alice", "phone");
-        assert_eq!(alice.send_chat("m-1", "bob", "sealed")["status"], "queued");
+        assert_eq!(alice.send_chat("m-1", "bob", "sealed")["status"], "sent");
         assert_eq!(bob.recv_type("new_message")["content"], "sealed");
         // A node that trusts only the system's authorities never joins.
         let untrusting = node(&tls_url, "c");

@@ -28,9 +28,10 @@ fn a_message_reaches_a_device_on_another_node_with_one_seq_everywhere() {
         let (epoch, _) = position(&greeting);
         assert!(!epoch.is_empty(), "the stream's epoch: {greeting}");
         let mut alice = a.login("alice", "phone");
-        // Stored in JetStream before the ack; bob's device is on the other node.
+        // Stored in JetStream before the ack; bob's device is on the other node, which
+        // says so: `sent`, as on one node.
         let ack = alice.send_chat("m-1", "bob", "across");
-        assert_eq!(ack["status"], "queued", "{ack}");
+        assert_eq!(ack["status"], "sent", "{ack}");
         let (content, first) = bob_on_b.next_message();
         assert_eq!(content, "across");
         bob_on_b.send(&json!({"type": "ack", "seq": first}));
@@ -98,7 +99,7 @@ fn a_retry_after_jetstreams_duplicate_window_is_acknowledged_and_not_delivered_t
         let (a, b) = two_nodes(&nats);
         let (mut bob, _) = b.login_resuming("bob", "phone", FRESH);
         let mut alice = a.login("alice", "phone");
-        assert_eq!(alice.send_chat("m-1", "bob", "once")["status"], "queued");
+        assert_eq!(alice.send_chat("m-1", "bob", "once")["status"], "sent");
         let (_, first) = bob.next_message();
         // JetStream forgets message ids after 100 ms now (2 minutes as the nodes made it).
         nats.edit_stream(&user_stream("CHAT_INBOX", "bob"), |config| {

@@ -8,7 +8,9 @@
 //!   sequence is its `seq`: increasing per user and the same on every node. The user's
 //!   stream's creation time is the `epoch`.
 //! - An append is a publish with an answer: the sender's `message_ack` follows JetStream's
-//!   ack, so "acknowledged" means stored (and replicated, with replicas). A chat message
+//!   ack, so "acknowledged" means stored (and replicated, with replicas). When no device
+//!   of the receiver is on the sender's node, the receiver's holders are asked meanwhile
+//!   whether one is on theirs (`sent`) or none is (`queued`), as one node tells. A chat message
 //!   is first looked up in history's message index, so a client's retry is acknowledged
 //!   again and not stored twice for as long as the index keeps it; it also carries
 //!   `Nats-Msg-Id` (sender and message id), so a retry within the stream's duplicate
@@ -49,7 +51,7 @@ use tracing::{debug, info, warn};
 use super::{
     acks::{self, AckRecord},
     received,
-    relay::{from_key_token, from_subject_token, key_token, subject_token},
+    relay::{self, from_key_token, from_subject_token, key_token, subject_token},
     requests::{self, direct_get, Requests},
     seen::{Continuity, Receipt, Seen},
     shards::Shards,
@@ -68,6 +70,10 @@ use crate::{
 const STREAM: &str = "CHAT_INBOX";
 /// How long JetStream keeps a message id to recognise a retry.
 const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+/// How long a sender's ack waits for the receiver's holders on other nodes to say whether a
+/// device of the receiver is online there: past it (a holder cut off from NATS, say), the
+/// message is `queued`. Usually they answer as JetStream does, within a millisecond.
+const HOLDERS_WAIT: Duration = Duration::from_millis(200);
 /// Requests in flight at most: past it an inbox command fails at once (a sender hears
 /// `cluster_unavailable`) rather than queueing without bound behind a slow JetStream.
 const IN_FLIGHT_MAX: usize = 65_536;
@@ -112,12 +118,16 @@ enum Pending {
     /// after JetStream's duplicate window is answered, not stored again.
     RetryCheck(Box<Append>),
     /// One event appended for a sender (or nobody); a chat message goes to history
-    /// once kept.
+    /// once kept. `asked`: the holders' question its ack also waits on.
     Append {
         ack: Option<AckTo>,
         dedup: Option<(usize, Ticket)>,
         chat: Option<Box<KeptChat>>,
+        asked: Option<u64>,
     },
+    /// The receiver's holders on other nodes, asked whether a device of the receiver is
+    /// online there (for the sender's `sent` or `queued`).
+    Holders { asked: u64 },
     /// One row of a fan-out.
     Row { share: u64 },
     /// The next step of a read.
@@ -412,6 +422,21 @@ impl Read {
     }
 }
 
+/// A sender's ack that waits on two answers: JetStream's, and the receiver's holders'
+/// on other nodes, asked at the same time (by the question's request number).
+enum AckWait {
+    /// Neither answered yet.
+    Asked,
+    /// The holders answered first: whether a device of the receiver is online there.
+    Answered { elsewhere: bool },
+    /// JetStream stored it first: the ack waits for the holders.
+    Stored {
+        ack: AckTo,
+        dedup: Option<(usize, Ticket)>,
+        delivered: bool,
+    },
+}
+
 /// The inboxes' side of the relay's connection.
 pub(super) struct Inboxes {
     limits: StreamSettings,
@@ -425,6 +450,8 @@ pub(super) struct Inboxes {
     shares: HashMap<u64, ShareWait>,
     /// Retries waiting for the appends sent before them: `(first request after, retry)`.
     confirms: Vec<(u64, Confirm)>,
+    /// Senders' acks waiting on the receivers' holders, by the question's number.
+    ack_waits: HashMap<u64, AckWait>,
     /// Users with an ack under way, and the highest `seq` asked since it started (0: none).
     acking: HashMap<Box<str>, u64>,
     /// The events seen live, which an ack takes without reading the stream.
@@ -461,6 +488,7 @@ impl Inboxes {
             held: Vec::new(),
             shares: HashMap::new(),
             confirms: Vec::new(),
+            ack_waits: HashMap::new(),
             acking: HashMap::new(),
             seen: Seen::default(),
             filled: Vec::new(),
@@ -845,6 +873,11 @@ impl Inboxes {
                 headers.push((RECEIPT_HEADER, receipt.as_str()));
             }
         }
+        // No device of the receiver here: whether one is on another node tells `sent`.
+        let asked = match &append.ack {
+            Some(ack) if !ack.delivered => Some(self.ask_holders(&append.user, out)),
+            _ => None,
+        };
         let chat = append.chat.map(|chat| {
             let kept = KeptChat {
                 user: append.user,
@@ -858,9 +891,27 @@ impl Inboxes {
             ack: append.ack,
             dedup: append.dedup,
             chat,
+            asked,
         };
         self.requests
             .send(out, (&subject, &headers), &payload, pending);
+    }
+
+    /// Asks the nodes holding `user` whether a device of the user is online there; the
+    /// answer comes back as [`Pending::Holders`], "no responders" when none holds the user.
+    fn ask_holders(&mut self, user: &str, out: &mut BytesMut) -> u64 {
+        let subject = relay::live_subject(user);
+        let to = (subject.as_str(), &[][..]);
+        // The question's own request number names it.
+        let asked = self.requests.last_number() + 1;
+        let pending = Pending::Holders { asked };
+        let question = relay::DEVICES_QUESTION;
+        let sent = self
+            .requests
+            .send_within(out, to, question, pending, HOLDERS_WAIT);
+        debug_assert_eq!(sent, asked);
+        self.ack_waits.insert(asked, AckWait::Asked);
+        asked
     }
 
     /// Publishes one event per row; the waiting reactor hears the counts after the last.
@@ -1011,14 +1062,23 @@ impl Inboxes {
                     self.publish(*append, out);
                 }
             }
-            Pending::Append { ack, dedup, chat } => {
+            Pending::Append {
+                ack,
+                dedup,
+                chat,
+                asked,
+            } => {
                 let outcome = publish_outcome(status, payload, ack.as_ref());
                 if let (Outcome::Kept { .. }, Some(mut chat)) = (&outcome, chat) {
                     let answer: Value = serde_json::from_slice(payload).unwrap_or_default();
                     chat.seq = answer["seq"].as_u64().unwrap_or(0);
                     self.kept.push(*chat);
                 }
-                answers::append_outcome(&mut replies, ack.as_ref(), dedup, outcome);
+                self.appended((ack, dedup, asked), outcome, &mut replies);
+            }
+            Pending::Holders { asked } => {
+                let here = status.is_none() && payload[..] == *relay::DEVICES_HERE;
+                self.holders_said(asked, here, &mut replies);
             }
             Pending::Row { share } => {
                 let kept = matches!(publish_outcome(status, payload, None), Outcome::Kept { .. });
@@ -1661,12 +1721,69 @@ impl Inboxes {
         }
     }
 
+    /// JetStream answered an append: its sender hears the outcome, at once or, if the
+    /// receiver's holders were asked and have not answered yet, once they have.
+    fn appended(
+        &mut self,
+        (ack, dedup, asked): (Option<AckTo>, Option<(usize, Ticket)>, Option<u64>),
+        outcome: Outcome,
+        replies: &mut Replies,
+    ) {
+        let waiting = asked.and_then(|asked| Some((asked, self.ack_waits.remove(&asked)?)));
+        match (waiting, outcome, ack) {
+            (Some((_, AckWait::Answered { elsewhere })), Outcome::Kept { delivered }, ack) => {
+                let outcome = Outcome::Kept {
+                    delivered: delivered || elsewhere,
+                };
+                answers::append_outcome(replies, ack.as_ref(), dedup, outcome);
+            }
+            (Some((asked, AckWait::Asked)), Outcome::Kept { delivered }, Some(ack)) => {
+                let stored = AckWait::Stored {
+                    ack,
+                    dedup,
+                    delivered,
+                };
+                self.ack_waits.insert(asked, stored);
+            }
+            // Not kept, or nothing asked: said now (a late answer then finds no wait).
+            (_, outcome, ack) => answers::append_outcome(replies, ack.as_ref(), dedup, outcome),
+        }
+    }
+
+    /// The receiver's holders said whether a device is online on another node (`here`;
+    /// false for silence or "no responders").
+    fn holders_said(&mut self, asked: u64, here: bool, replies: &mut Replies) {
+        match self.ack_waits.remove(&asked) {
+            Some(AckWait::Asked) => {
+                let answered = AckWait::Answered { elsewhere: here };
+                self.ack_waits.insert(asked, answered);
+            }
+            Some(AckWait::Stored {
+                ack,
+                dedup,
+                delivered,
+            }) => {
+                let outcome = Outcome::Kept {
+                    delivered: delivered || here,
+                };
+                answers::append_outcome(replies, Some(&ack), dedup, outcome);
+            }
+            Some(AckWait::Answered { .. }) | None => {}
+        }
+    }
+
     /// What a failed request's asker hears.
     fn fail(&mut self, pending: Pending, why: Failure, replies: &mut Replies) {
         match pending {
-            Pending::Append { ack, dedup, .. } => {
+            Pending::Append {
+                ack, dedup, asked, ..
+            } => {
+                if let Some(asked) = asked {
+                    self.ack_waits.remove(&asked);
+                }
                 answers::append_outcome(replies, ack.as_ref(), dedup, Outcome::Failed(why));
             }
+            Pending::Holders { asked } => self.holders_said(asked, false, replies),
             Pending::RetryCheck(append) => {
                 let outcome = Outcome::Failed(why);
                 answers::append_outcome(replies, append.ack.as_ref(), append.dedup, outcome);
@@ -2337,9 +2454,80 @@ mod tests {
         };
         let replies = inboxes.command(Command::Confirm(Box::new(confirm)), true, &mut out);
         assert!(replies.is_empty(), "the first copy is not stored yet");
-        let stored = Bytes::from_static(br#"{"stream":"CHAT_INBOX","seq":7}"#);
-        let replies = inboxes.answered(b"1", None, b"", &stored, &mut out);
+        // No node holds bob (request 1, the holders' question); then the copy is stored.
+        let replies = inboxes.answered(b"1", Some(503), b"", &Bytes::new(), &mut out);
+        assert!(replies.is_empty(), "the first copy is not stored yet");
+        let stored = Bytes::from_static(br#"{"stream":"CHAT_INBOX_0","seq":7}"#);
+        let replies = inboxes.answered(b"2", None, b"", &stored, &mut out);
         assert_eq!(replies.len(), 2, "the first copy's ack, then the retry's");
+    }
+
+    /// The delivered flag of the one `Appended` reply in `replies`, if that is what they are.
+    fn delivered_of(replies: &Replies) -> Option<bool> {
+        match replies[..] {
+            [(
+                1,
+                Reply::Appended {
+                    outcome: Outcome::Kept { delivered },
+                    ..
+                },
+            )] => Some(delivered),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn a_senders_ack_says_sent_when_a_device_of_the_receiver_is_online_on_another_node() {
+        let mut inboxes = inboxes();
+        inboxes.epochs = vec!["e".into()];
+        let stored = Bytes::from_static(br#"{"stream":"CHAT_INBOX_0","seq":7}"#);
+        let mut out = BytesMut::new();
+        let send = |inboxes: &mut Inboxes, id: &str, delivered: bool| {
+            let (mut append, ..) = chat_append(id);
+            if let Some(ack) = append.ack.as_mut() {
+                ack.delivered = delivered;
+            }
+            let mut sent = BytesMut::new();
+            let replies = inboxes.command(Command::Append(Box::new(append)), true, &mut sent);
+            assert!(replies.is_empty());
+            String::from_utf8_lossy(&sent).into_owned()
+        };
+        // Bob's holders are asked (request 1) as the message is published (request 2).
+        let text = send(&mut inboxes, "m-1", false);
+        let asked = text.find("PUB chat.live.bob _INBOX.x.j1 1\r\n\u{6}");
+        let published = text.find("HPUB chat.inbox.0.bob _INBOX.x.j2");
+        assert!(asked.is_some() && asked < published, "{text:?}");
+        // Stored first, then a holder with a device: `sent`.
+        let replies = inboxes.answered(b"2", None, b"", &stored, &mut out);
+        assert!(replies.is_empty(), "waits for the holders");
+        let replies = inboxes.answered(b"1", None, b"", &Bytes::from_static(b"here"), &mut out);
+        assert_eq!(delivered_of(&replies), Some(true));
+        // A holder in the grace first, then stored: `queued`.
+        send(&mut inboxes, "m-2", false);
+        let replies = inboxes.answered(b"3", None, b"", &Bytes::from_static(b"away"), &mut out);
+        assert!(replies.is_empty(), "waits for JetStream");
+        let replies = inboxes.answered(b"4", None, b"", &stored, &mut out);
+        assert_eq!(delivered_of(&replies), Some(false));
+        // Holders that never answer: `queued` once the short wait is over.
+        send(&mut inboxes, "m-3", false);
+        assert!(inboxes
+            .answered(b"6", None, b"", &stored, &mut out)
+            .is_empty());
+        let replies = inboxes.expire(Instant::now() + HOLDERS_WAIT, &mut out);
+        assert_eq!(delivered_of(&replies), Some(false));
+        // Not stored: said at once, and the holders' answer after it is dropped.
+        send(&mut inboxes, "m-4", false);
+        let full = br#"{"error":{"code":400,"err_code":10077}}"#;
+        let replies = inboxes.answered(b"8", None, b"", &Bytes::from_static(full), &mut out);
+        assert_eq!(replies.len(), 1);
+        let replies = inboxes.answered(b"7", None, b"", &Bytes::from_static(b"here"), &mut out);
+        assert!(replies.is_empty());
+        // A device of bob got it here: nobody is asked.
+        let text = send(&mut inboxes, "m-5", true);
+        assert!(!text.contains("chat.live.bob"), "{text}");
+        let replies = inboxes.answered(b"9", None, b"", &stored, &mut out);
+        assert_eq!(delivered_of(&replies), Some(true));
+        assert!(inboxes.ack_waits.is_empty());
     }
 
     #[test]
@@ -2378,7 +2566,8 @@ mod tests {
             let (append, ..) = chat_append("m-2");
             inboxes.command(Command::Append(Box::new(append)), true, &mut out);
             out.clear();
-            let id = (2 + 2 * n).to_string();
+            // The lookups are requests 2 and 5: each publish asks bob's holders first.
+            let id = (2 + 3 * n).to_string();
             let value = Bytes::from(value);
             let replies = inboxes.answered(id.as_bytes(), status, b"", &value, &mut out);
             assert!(replies.is_empty());

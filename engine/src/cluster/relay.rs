@@ -277,6 +277,14 @@ pub(super) fn presence_subject(user: &str) -> String {
 /// The question "who holds this user?" on `chat.live.<user>`: each holder answers with
 /// its instance.
 pub(super) const QUESTION: &[u8] = &[3];
+/// The question "is a device of this user online on your node?" on `chat.live.<user>`,
+/// asked for a sender's ack (`sent` or `queued`): each holder answers [`DEVICES_HERE`],
+/// or [`DEVICES_AWAY`] when it holds the user only in the grace.
+pub(super) const DEVICES_QUESTION: &[u8] = &[6];
+/// See [`DEVICES_QUESTION`].
+pub(super) const DEVICES_HERE: &[u8] = b"here";
+/// See [`DEVICES_QUESTION`].
+pub(super) const DEVICES_AWAY: &[u8] = b"away";
 /// A node's answer to a call it rang on a device.
 pub(super) const CALL_TAKEN: &[u8] = b"";
 /// A node's answer to a call for a user it holds in the grace, with no device to ring.

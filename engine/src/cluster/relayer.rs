@@ -888,7 +888,7 @@ impl Relayer {
     /// A live event for a user this node holds: to the user's home reactor here, if a
     /// device of the user is online here. A call signal's request is answered: a node
     /// took it, or holds the user with no device to ring. A question is answered with
-    /// this instance: it holds the user.
+    /// this instance (it holds the user), or with whether a device is online here.
     fn live_event(&mut self, sid: u64, reply: Option<Bytes>, payload: &Bytes) {
         let Some(Sub::Live {
             user,
@@ -908,6 +908,16 @@ impl Relayer {
         if payload[..] == *relay::QUESTION {
             if let Some(reply) = reply {
                 wire::publish(&mut self.out, &reply, None, self.instance.as_bytes());
+            }
+            return;
+        }
+        if payload[..] == *relay::DEVICES_QUESTION {
+            if let Some(reply) = reply {
+                let answer = match *devices {
+                    true => relay::DEVICES_HERE,
+                    false => relay::DEVICES_AWAY,
+                };
+                wire::publish(&mut self.out, &reply, None, answer);
             }
             return;
         }

@@ -34,14 +34,26 @@ impl<P> Requests<P> {
     }
 
     /// Sends a request (a publish with `headers`, if any) to `subject`; `pending` waits
-    /// for its answer.
+    /// for its answer, at most [`REQUEST_WAIT`].
     pub(super) fn send(
+        &mut self,
+        out: &mut BytesMut,
+        to: (&str, &[(&str, &str)]),
+        body: &[u8],
+        pending: P,
+    ) {
+        self.send_within(out, to, body, pending, REQUEST_WAIT);
+    }
+
+    /// Like [`Requests::send`], waiting at most `wait`; returns the request's number.
+    pub(super) fn send_within(
         &mut self,
         out: &mut BytesMut,
         (subject, headers): (&str, &[(&str, &str)]),
         body: &[u8],
         pending: P,
-    ) {
+        wait: Duration,
+    ) -> u64 {
         let id = self.take_number();
         let reply = format!("{}{id}", self.reply_prefix);
         if headers.is_empty() {
@@ -49,8 +61,8 @@ impl<P> Requests<P> {
         } else {
             wire::publish_with_headers(out, subject.as_bytes(), &reply, headers, body);
         }
-        self.pending
-            .insert(id, (pending, Instant::now() + REQUEST_WAIT));
+        self.pending.insert(id, (pending, Instant::now() + wait));
+        id
     }
 
     /// A number from the requests' sequence (so that what waits on it is ordered with
