@@ -17,7 +17,10 @@
 //!   resume comes in delivery order (priority, then `seq`);
 //! - a post's counts cover its rows, and what they count kept is stored;
 //! - each node hands a user's live events to its devices in `seq` order, each once;
-//! - a user's acknowledgement record never goes back, and a receipt goes out once.
+//! - a user's acknowledgement record never goes back, and a receipt goes out once;
+//! - every sender hears its message's outcome once everything settled, its ack having
+//!   waited for the receiver's holders on the other nodes (answered as their relays
+//!   would: a device there, the user held in the grace only, or nobody).
 //!
 //! `cargo test -p engine --lib cluster::sim` runs `CLUSTER_SIM_SEEDS` seeds (default
 //! 1,000) from `CLUSTER_SIM_SEED_BASE`; `CLUSTER_SIM_SEED=N` replays one, and with
@@ -122,6 +125,8 @@ struct Sent {
 #[derive(Debug, Default, Clone, Copy)]
 struct Tally {
     kept: usize,
+    /// Of those, said `sent` because a device of the receiver was on another node.
+    sent_elsewhere: usize,
     failed: usize,
     full: usize,
     retries: usize,
@@ -181,6 +186,7 @@ impl Tally {
     fn add(&mut self, other: Tally) {
         let Tally {
             kept,
+            sent_elsewhere,
             failed,
             full,
             retries,
@@ -195,6 +201,7 @@ impl Tally {
             cuts,
         } = other;
         self.kept += kept;
+        self.sent_elsewhere += sent_elsewhere;
         self.failed += failed;
         self.full += full;
         self.retries += retries;
@@ -283,6 +290,22 @@ impl World {
                 self.reconnect(n);
             }
         }
+        self.settle()?;
+        // Whatever still waits on an answer that never comes fails by its deadline.
+        self.advance(super::requests::REQUEST_WAIT).await?;
+        self.settle()?;
+        if let Some(sent) = self.waiting.values().next() {
+            return Err(format!(
+                "{} of {} to {} never had its outcome said",
+                sent.id, sent.sender, sent.receiver
+            ));
+        }
+        self.tally.receipts_lost = self.receipts_lost();
+        Ok(self.tally)
+    }
+
+    /// Serves and delivers until nothing moves.
+    fn settle(&mut self) -> Result<(), String> {
         for _ in 0..10_000 {
             let busy = (0..self.nodes.len())
                 .any(|n| !self.nodes[n].out.is_empty() || !self.nodes[n].inbound.is_empty());
@@ -294,8 +317,7 @@ impl World {
                 self.receive(n, usize::MAX)?;
             }
         }
-        self.tally.receipts_lost = self.receipts_lost();
-        Ok(self.tally)
+        Ok(())
     }
 
     /// `user`'s inbox stream and subject.
@@ -552,10 +574,24 @@ impl World {
         if !self.nodes[n].connected {
             return Ok(());
         }
+        let mut answers_after = Vec::new();
         for _ in 0..count {
             let Some(publish) = next_publish(&mut self.nodes[n].out) else {
                 break;
             };
+            if publish.subject.starts_with("chat.live.") {
+                // The holders answer before JetStream, after it, or (a holder cut off
+                // whose subscription lingers) never: the ack then waits its 200 ms.
+                let Some(answer) = self.holders_answer(n, &publish) else {
+                    continue;
+                };
+                match self.rng.below(10) {
+                    0 => self.log.push(format!("node {n}: the holders never answer")),
+                    1..=4 => answers_after.push(answer),
+                    _ => self.nodes[n].inbound.push_back(answer),
+                }
+                continue;
+            }
             let index_get = publish
                 .subject
                 .starts_with("$JS.API.DIRECT.GET.KV_chat_received_");
@@ -581,7 +617,34 @@ impl World {
             }
             self.check_records()?;
         }
+        self.nodes[n].inbound.extend(answers_after);
         Ok(())
+    }
+
+    /// Node `n` asked the other nodes holding a user whether a device of the user is
+    /// online there (for a sender's `sent`): the answer, as their relays would give it,
+    /// or with none, the server's "no responders".
+    fn holders_answer(&self, n: usize, question: &jetstream::Publish) -> Option<Delivery> {
+        let user = question.subject.strip_prefix("chat.live.")?;
+        let reply = question.reply.clone()?;
+        let holders: Vec<usize> = (0..self.nodes.len())
+            .filter(|&m| m != n && self.nodes[m].connected && self.nodes[m].holds.contains(user))
+            .collect();
+        let here = self
+            .devices
+            .iter()
+            .any(|d| d.user == user && holders.contains(&d.node));
+        let (status, payload): (_, &'static [u8]) = match (holders.is_empty(), here) {
+            (true, _) => (Some(503), b""),
+            (false, true) => (None, b"here"),
+            (false, false) => (None, b"away"),
+        };
+        Some(Delivery {
+            subject: reply,
+            status,
+            headers: Bytes::new(),
+            payload: Bytes::from_static(payload),
+        })
     }
 
     /// Where a delivery goes: an answer to its node, a live event to every node holding
@@ -699,8 +762,9 @@ impl World {
                         sent.id, sent.sender, sent.receiver
                     ));
                     match outcome {
-                        Outcome::Kept { .. } => {
+                        Outcome::Kept { delivered } => {
                             self.tally.kept += 1;
+                            self.tally.sent_elsewhere += usize::from(delivered);
                             if self.copies_of(&sent) == 0 {
                                 return Err(format!(
                                     "{} of {} to {} acknowledged, never stored",
