@@ -1472,10 +1472,6 @@ impl Inboxes {
         if status.is_some() || (answer.get("error").is_some() && !differs) {
             return self.set_up_failed(&acks::ack_stream(shard), status, payload, replies);
         }
-        if usize::from(shard) != self.epochs.len() {
-            // A set-up from before a reconnect: the one under way now goes on.
-            return;
-        }
         self.epochs.push(epoch);
         if !self.set_up_done() {
             return self.set_up_shard(shard + 1, out);

@@ -31,27 +31,22 @@ impl Shards {
         self.0
     }
 
-    /// The shard of `key` (a user id, or a conversation's two ids).
+    /// The shard of `key` (a user id).
     pub fn of(self, key: &str) -> u16 {
-        // FNV-1a, 64 bits.
-        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-        for byte in key.bytes() {
-            hash ^= u64::from(byte);
-            hash = hash.wrapping_mul(0x0100_0000_01b3);
-        }
-        (hash % u64::from(self.0)) as u16
+        self.pick(fnv1a(FNV_OFFSET, key.as_bytes()))
     }
 
-    /// The shard of the conversation between `a` and `b` (either order).
+    /// The shard of the conversation between `a` and `b` (either order): the two ids
+    /// hashed as one, the lower first, with a zero byte between them.
     pub fn of_pair(self, a: &str, b: &str) -> u16 {
         let (low, high) = if a <= b { (a, b) } else { (b, a) };
-        // One string: the separator only keeps pairs apart for the spread; any pure
-        // function of the pair would be correct.
-        let mut key = String::with_capacity(low.len() + high.len() + 1);
-        key.push_str(low);
-        key.push('\0');
-        key.push_str(high);
-        self.of(&key)
+        let hash = fnv1a(fnv1a(FNV_OFFSET, low.as_bytes()), &[0]);
+        self.pick(fnv1a(hash, high.as_bytes()))
+    }
+
+    /// The shard a hash falls in.
+    fn pick(self, hash: u64) -> u16 {
+        (hash % u64::from(self.0)) as u16
     }
 
     /// Stream `base`'s name for `shard`: `<base>_<shard>`.
@@ -76,6 +71,18 @@ impl Shards {
             )),
         }
     }
+}
+
+/// FNV-1a's 64-bit offset basis.
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+
+/// FNV-1a (64 bits) of `bytes`, going on from `hash`.
+fn fnv1a(mut hash: u64, bytes: &[u8]) -> u64 {
+    for &byte in bytes {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    hash
 }
 
 #[cfg(test)]

@@ -323,7 +323,7 @@ settings! {
     cluster_replicas: u8, "ENGINE_CLUSTER_REPLICAS", "N", default "1", range (1, 5);
     // docs/cluster.md "Shards": fixed for the life of the cluster's JetStream data.
     /// Streams of each kind (inboxes, their records, the message index, history) the cluster splits its users over, so their leaders spread over a NATS cluster's servers; every node must say the same
-    cluster_shards: u16, "ENGINE_CLUSTER_SHARDS", "N", default "6", range (1, 64);
+    cluster_shards: u16, "ENGINE_CLUSTER_SHARDS", "N", default "6", range (1, crate::cluster::SHARDS_MAX);
     /// PEM certificates of the authorities that sign the NATS servers' (TLS to NATS: tls:// URLs, or servers that require it); none: the system's
     cluster_ca: String, "ENGINE_CLUSTER_CA", "FILE", default "none";
     /// PEM certificate chain this node proves itself with to NATS servers that verify clients (with --cluster-key)
