@@ -571,12 +571,14 @@ impl History {
                 self.index(keep, out);
             }
         }
-        let due: Vec<String> = self
+        let mut due: Vec<String> = self
             .tails
             .iter()
             .filter(|(_, tail)| tail.paused_until.is_some_and(|until| until <= now))
             .map(|(subject, _)| subject.clone())
             .collect();
+        // In a fixed order (the map's is random per process).
+        due.sort_unstable();
         for subject in due {
             self.append_next(&subject, out);
         }
@@ -640,7 +642,8 @@ impl History {
         for keep in std::mem::take(&mut self.to_index) {
             self.index(keep, out);
         }
-        let subjects: Vec<String> = self.tails.keys().cloned().collect();
+        let mut subjects: Vec<String> = self.tails.keys().cloned().collect();
+        subjects.sort_unstable();
         for subject in subjects {
             if let Some(tail) = self.tails.get_mut(&subject) {
                 tail.last = None;

@@ -1408,12 +1408,14 @@ impl Inboxes {
         }
         self.answer_confirms(&mut replies);
         if self.set_up_done() {
-            let due: Vec<Box<str>> = self
+            let mut due: Vec<Box<str>> = self
                 .unsure
                 .keys()
                 .filter(|user| !self.settling.contains(*user))
                 .cloned()
                 .collect();
+            // In a fixed order, as every request is sent (the map's is random).
+            due.sort_unstable();
             for user in due {
                 let (stream, body) = self.record_of(&user);
                 self.settling.insert(user.clone());

@@ -84,20 +84,16 @@ impl<P> Requests<P> {
         self.pending.remove(&number).map(|(pending, _)| pending)
     }
 
-    /// What waited on the requests not answered by `now`.
+    /// What waited on the requests not answered by `now`, in the order they were sent.
     pub(super) fn late(&mut self, now: Instant) -> Vec<P> {
-        self.pending
-            .extract_if(|_, (_, until)| *until <= now)
-            .map(|(_, (pending, _))| pending)
-            .collect()
+        let late = self.pending.extract_if(|_, (_, until)| *until <= now);
+        in_order(late.collect())
     }
 
-    /// What waited on every request (the connection dropped).
+    /// What waited on every request (the connection dropped), in the order they were
+    /// sent.
     pub(super) fn drain(&mut self) -> Vec<P> {
-        self.pending
-            .drain()
-            .map(|(_, (pending, _))| pending)
-            .collect()
+        in_order(self.pending.drain().collect())
     }
 
     /// Requests under way.
@@ -109,6 +105,14 @@ impl<P> Requests<P> {
     pub(super) fn iter(&self) -> impl Iterator<Item = (u64, &P)> {
         self.pending.iter().map(|(id, (pending, _))| (*id, pending))
     }
+}
+
+/// Requests taken out of the map, sorted by number: failures are then said in the order
+/// the requests went (the map's own order is random per process, which would also keep
+/// the cluster simulator from replaying a seed).
+fn in_order<P>(mut taken: Vec<(u64, (P, Instant))>) -> Vec<P> {
+    taken.sort_unstable_by_key(|(id, _)| *id);
+    taken.into_iter().map(|(_, (pending, _))| pending).collect()
 }
 
 /// The direct-get subject of `stream`.
@@ -158,5 +162,20 @@ mod tests {
             Some("status 503")
         );
         assert_eq!(api_error(None, &serde_json::json!({"seq": 1})), None);
+    }
+
+    #[test]
+    fn late_and_dropped_requests_fail_in_the_order_they_were_sent() {
+        let mut requests: Requests<u64> = Requests::new("_INBOX.x.", 'j');
+        let mut out = BytesMut::new();
+        for n in 1..=200 {
+            requests.send(&mut out, ("a", &[]), b"", n);
+        }
+        let late = requests.late(Instant::now() + REQUEST_WAIT);
+        assert_eq!(late, (1..=200).collect::<Vec<_>>());
+        for n in 201..=400 {
+            requests.send(&mut out, ("a", &[]), b"", n);
+        }
+        assert_eq!(requests.drain(), (201..=400).collect::<Vec<_>>());
     }
 }
