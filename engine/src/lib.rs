@@ -348,6 +348,7 @@ fn cluster_channels(
         local_stats,
         streams: cluster::StreamSettings {
             queue_max_per_user: shared.config.queue_max_per_user,
+            queue_max_per_sender: shared.config.queue_max_per_sender,
             retention: shared.config.retention,
             replicas: shared.config.cluster.as_ref().map_or(1, |c| c.replicas),
             shards: shared

@@ -304,10 +304,7 @@ fn two_devices_acknowledging_on_two_nodes_at_once_send_each_receipt_once() {
 fn acknowledged_events_go_a_generation_at_a_time_and_the_bound_counts_what_stays() {
     with_nats("acked_generations_across_nodes", |nats| {
         // A bound of 4: generations of 2, and 8 events a user at most.
-        let flags = ["--queue-max-per-user", "4"];
-        let a = common::nats::node_with(&nats.url(), "a", &flags);
-        let b = common::nats::node_with(&nats.url(), "b", &flags);
-        common::nats::wait_for_nodes(&a, 2, Duration::from_secs(10));
+        let (a, b) = common::nats::two_nodes_with(&nats, &["--queue-max-per-user", "4"]);
         let mut alice = a.login("alice", "phone");
         let send_all = |alice: &mut common::Client, from: usize, count: usize| {
             (from..from + count)
@@ -345,6 +342,48 @@ fn acknowledged_events_go_a_generation_at_a_time_and_the_bound_counts_what_stays
             .map(|i| format!("n{i}"))
             .collect();
         assert_eq!(contents, expected);
+    });
+}
+
+/// `sent`, `queued` or `rejected:<reason>` of a `message_ack`.
+fn ack_status(ack: &Value) -> String {
+    let status = ack["status"].as_str().expect("a status");
+    match ack["reason"].as_str() {
+        Some(reason) => format!("{status}:{reason}"),
+        None => status.to_owned(),
+    }
+}
+
+#[test]
+fn one_sender_cannot_fill_another_users_queue_and_a_read_on_any_node_lets_it_go_on() {
+    with_nats("sender_quota_across_nodes", |nats| {
+        let (a, b) = common::nats::two_nodes_with(&nats, &["--queue-max-per-sender", "3"]);
+        let mut mallory = a.login("mallory", "d");
+        let mut spam = |from: usize, count: usize| {
+            (from..from + count)
+                .map(|n| ack_status(&mallory.send_chat(&format!("spam-{n}"), "victim", "spam")))
+                .collect::<Vec<_>>()
+        };
+        let refused = "rejected:sender_quota";
+        assert_eq!(spam(0, 5), ["queued", "queued", "queued", refused, refused]);
+        // Each sender has a count of its own, on every node.
+        let mut friend = b.login("friend", "d");
+        assert_eq!(
+            ack_status(&friend.send_chat("real", "victim", "hi")),
+            "queued"
+        );
+        // The victim reads on the other node and acknowledges: mallory may go on.
+        let (mut victim, _) = b.login_resuming("victim", "phone", FRESH);
+        let seqs: Vec<u64> = (0..4).map(|_| victim.next_message().1).collect();
+        victim.send(&json!({"type": "ack", "seq": seqs[3]}));
+        common::wait_until("the ack is kept", || {
+            let (_, body) = a.get("/api/messages/queue/victim");
+            let queue: Value = serde_json::from_str(&body).unwrap();
+            queue["messages"].as_array().unwrap().is_empty()
+        });
+        drop(victim);
+        b.wait_offline("victim");
+        assert_eq!(spam(5, 4), ["queued", "queued", "queued", refused]);
     });
 }
 

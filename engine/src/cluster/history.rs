@@ -1115,6 +1115,7 @@ mod tests {
     fn history() -> History {
         let streams = StreamSettings {
             queue_max_per_user: 10,
+            queue_max_per_sender: 0,
             retention: Duration::from_secs(60),
             replicas: 1,
             shards: Shards::new(1),

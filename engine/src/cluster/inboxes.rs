@@ -55,6 +55,7 @@ use super::{
     requests::{self, direct_get, Requests},
     seen::{Continuity, Receipt, Seen},
     shards::Shards,
+    unread::{self, Take, Unread},
     wire,
 };
 use crate::{
@@ -91,11 +92,14 @@ const STREAM_DIFFERS: u64 = 10058;
 /// JetStream's error code for a compare-and-set that found another revision.
 const WRONG_LAST_SEQUENCE: u64 = 10071;
 
-/// What the streams a node makes are created with.
+/// What the streams a node makes are created with, and the bounds its inboxes keep.
 #[derive(Debug, Clone, Copy)]
 pub struct StreamSettings {
     /// `--queue-max-per-user`: events one user's inbox holds at most.
     pub queue_max_per_user: u64,
+    /// `--queue-max-per-sender`: messages one sender's devices on a node may leave unread
+    /// for one user (0: no bound), counted by each node (`cluster::unread`).
+    pub queue_max_per_sender: u32,
     /// `--retention-days`: how long an event (and history) is kept.
     pub retention: Duration,
     /// `--cluster-replicas`: the copies JetStream keeps of each stream.
@@ -117,13 +121,18 @@ enum Pending {
     /// A chat message's index entry, looked up before it is appended: a client's retry
     /// after JetStream's duplicate window is answered, not stored again.
     RetryCheck(Box<Append>),
+    /// A sender's message at `--queue-max-per-sender`: the receiver's acknowledgement
+    /// record, read to tell whether any of the sender's counted messages was read.
+    QuotaCheck { append: Box<Append>, pair: u64 },
     /// One event appended for a sender (or nobody); a chat message goes to history
-    /// once kept. `asked`: the holders' question its ack also waits on.
+    /// once kept. `asked`: the holders' question its ack also waits on; `counted`: its
+    /// place in the sender's quota.
     Append {
         ack: Option<AckTo>,
         dedup: Option<(usize, Ticket)>,
         chat: Option<Box<KeptChat>>,
         asked: Option<u64>,
+        counted: Option<unread::Counted>,
     },
     /// The receiver's holders on other nodes, asked whether a device of the receiver is
     /// online there (for the sender's `sent` or `queued`).
@@ -476,6 +485,8 @@ pub(super) struct Inboxes {
     unsure: HashMap<Box<str>, Vec<Unsure>>,
     /// Users whose record is being read again for their unsure acks.
     settling: hashbrown::HashSet<Box<str>>,
+    /// What each sender left unread for each user (`--queue-max-per-sender`).
+    unread: Unread,
 }
 
 impl Inboxes {
@@ -505,6 +516,7 @@ impl Inboxes {
             tokens: 0,
             unsure: HashMap::new(),
             settling: hashbrown::HashSet::new(),
+            unread: Unread::new(limits.queue_max_per_sender, limits.retention),
         }
     }
 
@@ -762,7 +774,7 @@ impl Inboxes {
 
     fn carry_out(&mut self, command: Command, out: &mut BytesMut, replies: &mut Replies) {
         match command {
-            Command::Append(append) => self.append(*append, out),
+            Command::Append(append) => self.append(*append, out, replies),
             Command::AppendShare(share) => self.append_share(*share, out, replies),
             Command::Confirm(confirm) => {
                 // Every request sent so far has an id up to `next`.
@@ -844,19 +856,50 @@ impl Inboxes {
     /// Appends one event; a chat message is first looked up in history's index, which
     /// recognises a client's retry for as long as the message is kept (JetStream's
     /// duplicate window, [`DUPLICATE_WINDOW`], only for two minutes).
-    fn append(&mut self, append: Append, out: &mut BytesMut) {
+    fn append(&mut self, append: Append, out: &mut BytesMut, replies: &mut Replies) {
         match &append.chat {
             Some(chat) if self.index_ready => {
                 let key = received::index_key(self.limits.shards, &append.user, &chat.message_id);
                 let pending = Pending::RetryCheck(Box::new(append));
                 self.request(out, &direct_get(&key.stream()), &key.get(), pending);
             }
-            _ => self.publish(append, out),
+            _ => self.within_quota(append, out, replies),
         }
     }
 
-    /// Publishes one event to its user's subject.
-    fn publish(&mut self, append: Append, out: &mut BytesMut) {
+    /// Publishes one event, unless it is a device's chat message that no device here got
+    /// and its sender has `--queue-max-per-sender` of them unread for the receiver
+    /// ([`unread`]): at the bound the receiver's record is read first, and the message
+    /// refused (`sender_quota`) if none of them was read.
+    fn within_quota(&mut self, append: Append, out: &mut BytesMut, replies: &mut Replies) {
+        // As on one node: API sends and messages to oneself are not counted.
+        let from_device = append.receipt && append.ack.as_ref().is_some_and(|a| !a.delivered);
+        let pair = match &append.chat {
+            Some(chat) if from_device && *chat.sender != *append.user => {
+                self.unread.key(&append.user, &chat.sender)
+            }
+            _ => None,
+        };
+        let Some(pair) = pair else {
+            return self.publish(append, None, out);
+        };
+        match self.unread.take(pair, Instant::now()) {
+            Take::Counted(counted) => self.publish(append, Some(counted), out),
+            Take::Refused => refuse_over_quota(&append, replies),
+            Take::AskRecord(pair) => {
+                let (stream, body) = self.record_of(&append.user);
+                let pending = Pending::QuotaCheck {
+                    append: Box::new(append),
+                    pair,
+                };
+                self.request(out, &direct_get(&stream), &body, pending);
+            }
+        }
+    }
+
+    /// Publishes one event to its user's subject (`counted`: its place in its sender's
+    /// quota).
+    fn publish(&mut self, append: Append, counted: Option<unread::Counted>, out: &mut BytesMut) {
         let payload = encode_event(append.event.kind, append.event.priority, &append.event.json);
         let subject = inbox_subject(self.limits.shards, &append.user);
         let (msg_id, receipt) = match &append.chat {
@@ -892,6 +935,7 @@ impl Inboxes {
             dedup: append.dedup,
             chat,
             asked,
+            counted,
         };
         self.requests
             .send(out, (&subject, &headers), &payload, pending);
@@ -1059,7 +1103,29 @@ impl Inboxes {
                     // Not indexed (or another sender's message with the same id, or the
                     // index unreadable just now): stored, JetStream's window still
                     // recognising a retry within it.
-                    self.publish(*append, out);
+                    self.within_quota(*append, out, &mut replies);
+                }
+            }
+            Pending::QuotaCheck { append, pair } => {
+                let acked = match status {
+                    Some(404) => Some(0),
+                    Some(_) => None,
+                    None => stored_record(headers, payload).map(|stored| stored.record.acked),
+                };
+                match acked {
+                    Some(acked) if self.unread.reading(pair, acked) => {
+                        self.within_quota(*append, out, &mut replies)
+                    }
+                    Some(_) => refuse_over_quota(&append, &mut replies),
+                    None => {
+                        let outcome = Outcome::Failed(Failure::Unreachable);
+                        answers::append_outcome(
+                            &mut replies,
+                            append.ack.as_ref(),
+                            append.dedup,
+                            outcome,
+                        );
+                    }
                 }
             }
             Pending::Append {
@@ -1067,12 +1133,27 @@ impl Inboxes {
                 dedup,
                 chat,
                 asked,
+                counted,
             } => {
                 let outcome = publish_outcome(status, payload, ack.as_ref());
-                if let (Outcome::Kept { .. }, Some(mut chat)) = (&outcome, chat) {
+                let kept = matches!(outcome, Outcome::Kept { .. });
+                if kept && (chat.is_some() || counted.is_some()) {
                     let answer: Value = serde_json::from_slice(payload).unwrap_or_default();
-                    chat.seq = answer["seq"].as_u64().unwrap_or(0);
-                    self.kept.push(*chat);
+                    let seq = answer["seq"].as_u64().unwrap_or(0);
+                    match counted {
+                        // A retry JetStream recognised stored nothing new.
+                        Some(counted) if answer["duplicate"] == true => {
+                            self.unread.give_back(counted)
+                        }
+                        Some(counted) => self.unread.stored(counted, seq),
+                        None => {}
+                    }
+                    if let Some(mut chat) = chat {
+                        chat.seq = seq;
+                        self.kept.push(*chat);
+                    }
+                } else if let Some(counted) = counted {
+                    self.unread.give_back(counted);
                 }
                 self.appended((ack, dedup, asked), outcome, &mut replies);
             }
@@ -1397,6 +1478,7 @@ impl Inboxes {
     /// reads again the record of each user with an unsure ack.
     pub(super) fn expire(&mut self, now: Instant, out: &mut BytesMut) -> Replies {
         let mut replies = Vec::new();
+        self.unread.sweep(now);
         for pending in self.requests.late(now) {
             if matches!(pending, Pending::Setup { .. } | Pending::SetupAcks { .. }) {
                 warn!("cluster: JetStream did not answer the inbox streams' set-up");
@@ -1774,15 +1856,22 @@ impl Inboxes {
     fn fail(&mut self, pending: Pending, why: Failure, replies: &mut Replies) {
         match pending {
             Pending::Append {
-                ack, dedup, asked, ..
+                ack,
+                dedup,
+                asked,
+                counted,
+                ..
             } => {
                 if let Some(asked) = asked {
                     self.ack_waits.remove(&asked);
                 }
+                if let Some(counted) = counted {
+                    self.unread.give_back(counted);
+                }
                 answers::append_outcome(replies, ack.as_ref(), dedup, Outcome::Failed(why));
             }
             Pending::Holders { asked } => self.holders_said(asked, false, replies),
-            Pending::RetryCheck(append) => {
+            Pending::RetryCheck(append) | Pending::QuotaCheck { append, .. } => {
                 let outcome = Outcome::Failed(why);
                 answers::append_outcome(replies, append.ack.as_ref(), append.dedup, outcome);
             }
@@ -1944,6 +2033,16 @@ pub(super) fn parse_group_key(key: &str) -> Option<GroupKey> {
     Some(GroupKey::Member(group, from_key_token(user)?))
 }
 
+/// A sender's message refused at `--queue-max-per-sender`: nothing was stored.
+fn refuse_over_quota(append: &Append, replies: &mut Replies) {
+    answers::append_outcome(
+        replies,
+        append.ack.as_ref(),
+        append.dedup,
+        Outcome::SenderQuota,
+    );
+}
+
 /// What became of a publish, from JetStream's ack.
 fn publish_outcome(status: Option<u16>, payload: &Bytes, ack: Option<&AckTo>) -> Outcome {
     if status.is_some() {
@@ -2054,6 +2153,7 @@ mod tests {
     fn inboxes_in(shards: u16) -> Inboxes {
         let limits = StreamSettings {
             queue_max_per_user: 10,
+            queue_max_per_sender: 0,
             retention: Duration::from_secs(60),
             replicas: 1,
             shards: Shards::new(shards),
@@ -2526,6 +2626,87 @@ mod tests {
         let replies = inboxes.answered(b"9", None, b"", &stored, &mut out);
         assert_eq!(delivered_of(&replies), Some(true));
         assert!(inboxes.ack_waits.is_empty());
+    }
+
+    /// The outcome of the one `Appended` reply in `replies`, if that is what they are.
+    fn outcome_of(replies: &Replies) -> Option<Outcome> {
+        match replies[..] {
+            [(_, Reply::Appended { outcome, .. })] => Some(outcome),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn a_sender_at_its_quota_is_refused_unless_the_receiver_read_one_of_its_messages() {
+        let mut inboxes = inboxes();
+        inboxes.epochs = vec!["e".into()];
+        inboxes.unread = Unread::new(2, Duration::from_secs(60));
+        let mut out = BytesMut::new();
+        let send = |inboxes: &mut Inboxes, id: &str| {
+            let (mut append, ..) = chat_append(id);
+            append.receipt = true;
+            let mut sent = BytesMut::new();
+            let replies = inboxes.command(Command::Append(Box::new(append)), true, &mut sent);
+            (replies, String::from_utf8_lossy(&sent).into_owned())
+        };
+        let record = |acked: u64| Bytes::from(format!("{acked} 0 0 1"));
+        // Two of ann's messages go (holders asked as 1 and 3, published as 2 and 4)...
+        for id in ["m-1", "m-2"] {
+            let (replies, text) = send(&mut inboxes, id);
+            assert!(
+                replies.is_empty() && text.contains("HPUB chat.inbox.0.bob"),
+                "{text}"
+            );
+        }
+        // ...and a third, while neither is stored, is refused at once.
+        let (replies, text) = send(&mut inboxes, "m-3");
+        assert_eq!(outcome_of(&replies), Some(Outcome::SenderQuota));
+        assert!(text.is_empty(), "{text}");
+        let stored = |seq: u64| Bytes::from(format!(r#"{{"stream":"CHAT_INBOX_0","seq":{seq}}}"#));
+        // The first was a retry JetStream knew: it stored nothing, and gives its place back.
+        let duplicate = br#"{"stream":"CHAT_INBOX_0","seq":5,"duplicate":true}"#;
+        inboxes.answered(b"2", None, b"", &Bytes::from_static(duplicate), &mut out);
+        let (replies, text) = send(&mut inboxes, "m-3");
+        assert!(replies.is_empty() && text.contains("HPUB chat.inbox.0.bob _INBOX.x.j6"));
+        inboxes.answered(b"4", None, b"", &stored(7), &mut out);
+        inboxes.answered(b"6", None, b"", &stored(8), &mut out);
+        // Now bob's record is read (request 7): he acknowledged none of them.
+        let (replies, text) = send(&mut inboxes, "m-4");
+        assert!(replies.is_empty());
+        assert!(
+            text.starts_with("PUB $JS.API.DIRECT.GET.KV_chat_acks_0 _INBOX.x.j7"),
+            "{text}"
+        );
+        let replies = inboxes.answered(b"7", None, &stored_at(3), &record(6), &mut out);
+        assert_eq!(outcome_of(&replies), Some(Outcome::SenderQuota));
+        // No record at all: none read either (request 8).
+        send(&mut inboxes, "m-5");
+        let replies = inboxes.answered(b"8", Some(404), b"", &Bytes::new(), &mut out);
+        assert_eq!(outcome_of(&replies), Some(Outcome::SenderQuota));
+        // The record unreadable: the sender hears it could not be stored (request 9).
+        send(&mut inboxes, "m-6");
+        let replies = inboxes.answered(b"9", Some(503), b"", &Bytes::new(), &mut out);
+        assert_eq!(
+            outcome_of(&replies),
+            Some(Outcome::Failed(Failure::Unreachable))
+        );
+        // He read the first (request 10): ann's count starts again and the message goes.
+        send(&mut inboxes, "m-7");
+        let mut sent = BytesMut::new();
+        let replies = inboxes.answered(b"10", None, &stored_at(4), &record(7), &mut sent);
+        assert!(replies.is_empty());
+        assert!(String::from_utf8_lossy(&sent).contains("HPUB chat.inbox.0.bob"));
+        // An API send (no receipt) and a device's message to itself are never counted.
+        let (mut api, ..) = chat_append("api");
+        api.receipt = false;
+        let (mut to_self, ..) = chat_append("self");
+        to_self.receipt = true;
+        to_self.user = "ann".into();
+        for append in [api, to_self] {
+            let mut sent = BytesMut::new();
+            inboxes.command(Command::Append(Box::new(append)), true, &mut sent);
+            assert!(String::from_utf8_lossy(&sent).contains("HPUB chat.inbox.0."));
+        }
     }
 
     #[test]

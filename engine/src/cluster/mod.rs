@@ -42,6 +42,7 @@ mod shards;
 mod sim;
 mod tls;
 mod totals;
+mod unread;
 mod wire;
 
 use std::{

@@ -239,7 +239,7 @@ settings! {
     queue_max_per_user: u64, "ENGINE_QUEUE_MAX_PER_USER", "N", default "10000",
         range (1, 10_000_000);
     // A tenth of the default inbox bound: one sender cannot fill another user's queue.
-    /// Messages one sender may leave waiting for a user with no device online, counted until the user connects (0: no bound); more are rejected with sender_quota
+    /// Messages one sender may leave waiting for a user with no device online, counted until the user connects (in a cluster, by each node, until the user reads one; 0: no bound); more are rejected with sender_quota
     queue_max_per_sender: u32, "ENGINE_QUEUE_MAX_PER_SENDER", "N", default "1000";
     // Fractions allowed: 0.5 is twelve hours.
     /// Days a queued message and history are kept before they expire (fractions allowed)

@@ -87,6 +87,13 @@ impl Reactor {
                 "the receiver's inbox is full; the message was not kept",
                 pending.keep_alive,
             ),
+            // API sends are not counted against a sender; said for completeness.
+            Outcome::SenderQuota => response::json_error(
+                429,
+                "sender_quota",
+                "the sender has too many messages waiting unread for this receiver",
+                pending.keep_alive,
+            ),
             Outcome::NotHeld | Outcome::Failed(_) => {
                 let why = match outcome {
                     Outcome::Failed(why) => why.to_string(),

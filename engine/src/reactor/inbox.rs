@@ -258,8 +258,12 @@ impl Reactor {
                 outbound::message_ack(&mut self.json, message_id, status, now_ms());
                 self.send(sender, self.json.frame(), Priority::High);
             }
-            Outcome::QueueFull => {
-                outbound::message_rejected(&mut self.json, message_id, "queue_full", now_ms());
+            Outcome::QueueFull | Outcome::SenderQuota => {
+                let reason = match outcome {
+                    Outcome::QueueFull => "queue_full",
+                    _ => "sender_quota",
+                };
+                outbound::message_rejected(&mut self.json, message_id, reason, now_ms());
                 self.send(sender, self.json.frame(), Priority::High);
             }
             Outcome::NotHeld => {

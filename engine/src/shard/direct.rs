@@ -396,8 +396,9 @@ fn ack_to(sender: ConnAddr, message_id: Box<str>, status: AckStatus, out: &mut E
 
 impl Shard {
     /// Whether a device's chat message may wait for a receiver with no device online
-    /// (`--queue-max-per-sender`; one alone: a cluster's other nodes may hold devices,
-    /// and API sends come from the operator's backend).
+    /// (`--queue-max-per-sender`; one node alone: a cluster's other nodes may hold
+    /// devices, so its relay counts there (`cluster::unread`). API sends come from the
+    /// operator's backend and are not counted).
     fn within_sender_quota(&mut self, delivery: &Delivery) -> bool {
         let Some(ack) = delivery.ack.as_ref().filter(|ack| ack.receipt) else {
             return true;

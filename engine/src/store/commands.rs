@@ -358,6 +358,10 @@ pub enum Outcome {
     },
     /// The user's inbox holds `--queue-max-per-user` unacknowledged events.
     QueueFull,
+    /// The sender has `--queue-max-per-sender` messages waiting for the receiver, none of
+    /// them read since (a cluster node's count, `cluster::unread`; one node's home refuses
+    /// before the store is asked).
+    SenderQuota,
     /// A retry of a message whose first copy is not kept: it was refused, or it reached
     /// the receiver's devices online but its inbox was full or the commit failed.
     NotHeld,

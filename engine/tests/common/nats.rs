@@ -288,7 +288,15 @@ pub fn with_nats(test: &str, body: impl FnOnce(Nats)) {
 
 /// Two nodes of one cluster, both ready.
 pub fn two_nodes(nats: &Nats) -> (Server, Server) {
-    let (a, b) = (node(&nats.url(), "a"), node(&nats.url(), "b"));
+    two_nodes_with(nats, &[])
+}
+
+/// Two nodes of one cluster with more flags, both ready.
+pub fn two_nodes_with(nats: &Nats, flags: &[&str]) -> (Server, Server) {
+    let (a, b) = (
+        node_with(&nats.url(), "a", flags),
+        node_with(&nats.url(), "b", flags),
+    );
     wait_for_nodes(&a, 2, Duration::from_secs(10));
     (a, b)
 }

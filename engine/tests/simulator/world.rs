@@ -568,7 +568,10 @@ impl World {
                 let acked = match outcome {
                     Outcome::Kept { delivered: true } => Acked::Sent,
                     Outcome::Kept { delivered: false } => Acked::Queued,
-                    Outcome::QueueFull | Outcome::NotHeld | Outcome::Failed(_) => Acked::Refused,
+                    Outcome::QueueFull
+                    | Outcome::SenderQuota
+                    | Outcome::NotHeld
+                    | Outcome::Failed(_) => Acked::Refused,
                 };
                 self.ack(sender.into(), &message_id, acked);
             }

@@ -2,7 +2,9 @@
 //! [`Inboxes`](super::inboxes::Inboxes) and [`History`](super::history::History), the
 //! cluster's side of the store interface) against one simulated nats-server with
 //! JetStream ([`jetstream`]), on a virtual clock, one seed at a time. Senders send and
-//! retry messages through any node, posts fan out to several users, devices resume and
+//! retry messages through any node (two seeds in three with a small
+//! `--queue-max-per-sender`, so that its reads of the receiver's record meet the faults
+//! too), posts fan out to several users, devices resume and
 //! acknowledge on any node (or read without resume, taken as read page by page), nodes
 //! hold and let go of users, and faults come at random: the server takes a node's
 //! requests late, a node is cut off (what it sent and what came for it lost, answers
@@ -129,6 +131,8 @@ struct Tally {
     sent_elsewhere: usize,
     failed: usize,
     full: usize,
+    /// Refused at `--queue-max-per-sender` (a third of the seeds have no bound).
+    over_quota: usize,
     retries: usize,
     resumed: usize,
     refused: usize,
@@ -172,6 +176,8 @@ struct World {
     tally: Tally,
     /// The steps so far, for a failure's report.
     log: Vec<String>,
+    /// Every user has acknowledged everything: no sender may be refused at its quota.
+    everything_read: bool,
 }
 
 /// Seeds the default run covers (about 5 s).
@@ -189,6 +195,7 @@ impl Tally {
             sent_elsewhere,
             failed,
             full,
+            over_quota,
             retries,
             resumed,
             refused,
@@ -204,6 +211,7 @@ impl Tally {
         self.sent_elsewhere += sent_elsewhere;
         self.failed += failed;
         self.full += full;
+        self.over_quota += over_quota;
         self.retries += retries;
         self.resumed += resumed;
         self.refused += refused;
@@ -224,8 +232,10 @@ impl World {
         let user_count = 2 + rng.below(3);
         let users: Vec<String> = (0..user_count).map(|u| format!("u{u}")).collect();
         let shards = Shards::new(1 + rng.below(3) as u16);
+        let per_sender = [0, 2, 4][rng.below(3)];
         let streams = StreamSettings {
             queue_max_per_user: QUEUE_MAX,
+            queue_max_per_sender: per_sender,
             retention: Duration::from_secs(30 * 86_400),
             replicas: 1,
             shards,
@@ -277,6 +287,7 @@ impl World {
             may_publish: HashMap::new(),
             tally: Tally::default(),
             log: Vec::new(),
+            everything_read: false,
         }
     }
 
@@ -290,8 +301,17 @@ impl World {
                 self.reconnect(n);
             }
         }
+        self.quiet().await?;
+        self.read_all_then_send().await?;
+        // Everything is acknowledged now: every receipt asked for is due.
+        self.tally.receipts_lost = self.receipts_lost();
+        Ok(self.tally)
+    }
+
+    /// Lets everything settle, and whatever still waits on an answer that never comes
+    /// fail by its deadline: every sender must have heard its outcome.
+    async fn quiet(&mut self) -> Result<(), String> {
         self.settle()?;
-        // Whatever still waits on an answer that never comes fails by its deadline.
         self.advance(super::requests::REQUEST_WAIT).await?;
         self.settle()?;
         if let Some(sent) = self.waiting.values().next() {
@@ -300,8 +320,55 @@ impl World {
                 sent.id, sent.sender, sent.receiver
             ));
         }
-        self.tally.receipts_lost = self.receipts_lost();
-        Ok(self.tally)
+        Ok(())
+    }
+
+    /// Once quiet: every user acknowledges everything, and then no node may refuse any
+    /// sender at `--queue-max-per-sender` (no count is left behind by the faults).
+    async fn read_all_then_send(&mut self) -> Result<(), String> {
+        for user in self.users.clone() {
+            let (stream, subject) = self.inbox_of(&user);
+            let Some(upto) = self
+                .server
+                .held(&stream, &subject)
+                .last()
+                .map(|(seq, _)| *seq)
+            else {
+                continue;
+            };
+            self.log
+                .push(format!("node 0: {user} acks everything, {upto}"));
+            let ack = Command::Ack {
+                user: user.as_str().into(),
+                upto,
+                device: None,
+                home: 0,
+            };
+            self.command(0, ack)?;
+        }
+        self.settle()?;
+        self.everything_read = true;
+        for n in 0..self.nodes.len() {
+            for sender in self.users.clone() {
+                for receiver in self.users.clone() {
+                    if receiver == sender {
+                        continue;
+                    }
+                    self.next_message += 1;
+                    let id = format!("m{}", self.next_message);
+                    self.send(
+                        n,
+                        Sent {
+                            sender: sender.clone(),
+                            receiver,
+                            id,
+                        },
+                        true,
+                    )?;
+                }
+            }
+        }
+        self.quiet().await
     }
 
     /// Serves and delivers until nothing moves.
@@ -405,7 +472,8 @@ impl World {
             id: format!("m{}", self.next_message),
         };
         self.sent.push(sent.clone());
-        self.send(n, sent)
+        let receipt = self.rng.chance(50);
+        self.send(n, sent, receipt)
     }
 
     fn retry(&mut self, n: usize) -> Result<(), String> {
@@ -414,11 +482,13 @@ impl World {
         }
         let sent = self.sent[self.rng.below(self.sent.len())].clone();
         self.tally.retries += 1;
-        self.send(n, sent)
+        let receipt = self.rng.chance(50);
+        self.send(n, sent, receipt)
     }
 
-    /// Hands node `n` an append of message `sent` for its sender's device.
-    fn send(&mut self, n: usize, sent: Sent) -> Result<(), String> {
+    /// Hands node `n` an append of message `sent` for its sender's device (`receipt`: the
+    /// sender waits for a `delivery_receipt`, as a device's message, not an API send).
+    fn send(&mut self, n: usize, sent: Sent, receipt: bool) -> Result<(), String> {
         let ticket = self.ticket();
         self.log.push(format!(
             "node {n}: {} sends {} to {} (ticket {ticket})",
@@ -439,7 +509,7 @@ impl World {
                 priority,
                 json: Bytes::from(json),
             },
-            receipt: self.rng.chance(50),
+            receipt,
             chat: Some(Chat {
                 sender: sent.sender.as_str().into(),
                 message_id: sent.id.as_str().into(),
@@ -773,6 +843,14 @@ impl World {
                             }
                         }
                         Outcome::QueueFull => self.tally.full += 1,
+                        Outcome::SenderQuota if self.everything_read => {
+                            return Err(format!(
+                                "{} of {} to {} refused at the sender's quota though {} \
+                                 read everything",
+                                sent.id, sent.sender, sent.receiver, sent.receiver
+                            ));
+                        }
+                        Outcome::SenderQuota => self.tally.over_quota += 1,
                         _ => self.tally.failed += 1,
                     }
                 }
