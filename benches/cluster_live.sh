@@ -23,13 +23,8 @@ if [ -z "${BIN_DIR:-}" ]; then
 fi
 
 source benches/tools/scratch.sh
-python=python3
-if ! python3 -c 'import websockets' 2> /dev/null; then
-  [ -x target/peers/venv/bin/python ] || python3 -m venv target/peers/venv
-  target/peers/venv/bin/pip install --quiet -r benches/peers/python-websockets/requirements.txt
-  python=target/peers/venv/bin/python
-fi
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+source benches/tools/websockets_python.sh
+source benches/tools/ports.sh
 
 nats_port=$(free_port)
 /usr/sbin/nats-server -a 127.0.0.1 -p "$nats_port" -js -sd "$work/nats" > "$OUT/nats.log" 2>&1 &
@@ -47,12 +42,7 @@ for node in a b; do
 done
 node_a_pid=${pids[1]}
 node_b_pid=${pids[2]}
-for port in "${ports[@]}"; do
-  for _ in $(seq 1 100); do
-    curl -sf "http://127.0.0.1:$port/health/ready" > /dev/null && break
-    sleep 0.1
-  done
-done
+for port in "${ports[@]}"; do wait_ready "$port"; done
 
 a="ws://127.0.0.1:${ports[0]}/ws"
 b="ws://127.0.0.1:${ports[1]}/ws"

@@ -29,17 +29,8 @@ fi
 ulimit -n "$(ulimit -Hn)"
 
 source benches/tools/scratch.sh
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+source benches/tools/ports.sh
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-wait_ready() {
-  # A NATS cluster elects JetStream's leaders before the nodes can make their streams.
-  for _ in $(seq 1 300); do
-    curl -sf "http://127.0.0.1:$1/health/ready" > /dev/null && return 0
-    sleep 0.1
-  done
-  echo "node on port $1 never ready" >&2
-  return 1
-}
 # Starts engine node $1 on port $2 (extra flags after them).
 start_node() {
   local name=$1 port=$2; shift 2
@@ -73,7 +64,7 @@ exec > >(tee "$OUT/result.txt") 2>&1
 echo "== one node alone: $CONNECTIONS connections, $RATE msg/s for $DURATION_SECS s"
 port=$(free_port)
 start_node alone "$port"
-wait_ready "$port"
+wait_ready "$port" 300
 alone_names=(node)
 alone_pids=("${pids[0]}")
 cpu_of alone_names alone_pids load alone "127.0.0.1:$port" "${pids[0]}"
@@ -116,7 +107,8 @@ for n in $(seq 1 "$NODES"); do
   targets="${targets:+$targets,}127.0.0.1:$port"
   names+=("node-n$n")
 done
-for target in ${targets//,/ }; do wait_ready "${target##*:}"; done
+# A NATS cluster elects JetStream's leaders before the nodes can make their streams.
+for target in ${targets//,/ }; do wait_ready "${target##*:}" 300; done
 all_pids=("${pids[@]}")
 # The loadgen's "server cpu" is the first nats-server's here.
 cpu_of names all_pids load cluster "$targets" "$nats_pid"

@@ -28,7 +28,7 @@ stop_all() {
 }
 trap stop_all EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+source benches/tools/ports.sh
 nats_port=$(free_port)
 monitor_port=$(free_port)
 /usr/sbin/nats-server -a 127.0.0.1 -p "$nats_port" -m "$monitor_port" -js -sd "$nats_dir" \
