@@ -50,6 +50,7 @@ use tracing::{debug, info, warn};
 
 use super::{
     acks::{self, AckRecord},
+    pairs::Pairs,
     received,
     relay::{self, from_key_token, from_subject_token, key_token, subject_token},
     requests::{self, direct_get, Requests},
@@ -431,6 +432,13 @@ impl Read {
     }
 }
 
+/// A chat message, or a retry to confirm, waiting for its (receiver, sender) pair
+/// ([`Pairs`]).
+enum PairItem {
+    Append(Append),
+    Confirm(Confirm),
+}
+
 /// A sender's ack that waits on two answers: JetStream's, and the receiver's holders'
 /// on other nodes, asked at the same time (by the question's request number).
 enum AckWait {
@@ -487,6 +495,11 @@ pub(super) struct Inboxes {
     settling: hashbrown::HashSet<Box<str>>,
     /// What each sender left unread for each user (`--queue-max-per-sender`).
     unread: Unread,
+    /// One chat message in flight per (receiver, sender) pair, and what waits behind it.
+    pairs: Pairs<PairItem>,
+    /// Pairs whose message in flight is done: the next of each goes before this call
+    /// returns ([`Inboxes::advance_pairs`]).
+    pairs_done: Vec<u64>,
 }
 
 impl Inboxes {
@@ -517,6 +530,8 @@ impl Inboxes {
             unsure: HashMap::new(),
             settling: hashbrown::HashSet::new(),
             unread: Unread::new(limits.queue_max_per_sender, limits.retention),
+            pairs: Pairs::new(),
+            pairs_done: Vec::new(),
         }
     }
 
@@ -734,6 +749,14 @@ impl Inboxes {
         // What was seen stays: a gap while away shows at the next live event.
         self.epochs.clear();
         let mut replies = Vec::new();
+        // What waited behind a pair's message fails with it (the pairs are idle after).
+        for item in self.pairs.drain() {
+            let command = match item {
+                PairItem::Append(append) => Command::Append(Box::new(append)),
+                PairItem::Confirm(confirm) => Command::Confirm(Box::new(confirm)),
+            };
+            fail_command(command, Failure::Unreachable, &mut replies);
+        }
         let pending = self.requests.drain();
         for pending in pending {
             self.fail(pending, Failure::Unreachable, &mut replies);
@@ -742,6 +765,7 @@ impl Inboxes {
             fail_command(command, Failure::Unreachable, &mut replies);
         }
         self.answer_confirms(&mut replies);
+        self.pairs_done.clear();
         replies
     }
 
@@ -753,7 +777,8 @@ impl Inboxes {
         out: &mut BytesMut,
     ) -> Replies {
         let mut replies = Vec::new();
-        let overloaded = self.requests.len() + self.held.len() >= IN_FLIGHT_MAX;
+        let waiting = self.requests.len() + self.held.len() + self.pairs.queued();
+        let overloaded = waiting >= IN_FLIGHT_MAX;
         if !connected || overloaded {
             fail_command(command, Failure::Unreachable, &mut replies);
         } else if !self.set_up_done() {
@@ -768,19 +793,24 @@ impl Inboxes {
             self.held.push(command);
         } else {
             self.carry_out(command, out, &mut replies);
+            self.advance_pairs(out, &mut replies);
         }
         replies
     }
 
     fn carry_out(&mut self, command: Command, out: &mut BytesMut, replies: &mut Replies) {
         match command {
-            Command::Append(append) => self.append(*append, out, replies),
+            Command::Append(append) => match &append.chat {
+                Some(chat) => {
+                    let pair = self.pairs.key(&append.user, &chat.sender);
+                    self.enter_pair(pair, PairItem::Append(*append), out, replies);
+                }
+                None => self.append(*append, out),
+            },
             Command::AppendShare(share) => self.append_share(*share, out, replies),
             Command::Confirm(confirm) => {
-                // Every request sent so far has an id up to `next`.
-                self.confirms
-                    .push((self.requests.last_number() + 1, *confirm));
-                self.answer_confirms(replies);
+                let pair = self.pairs.key(&confirm.receiver, &confirm.chat.sender);
+                self.enter_pair(pair, PairItem::Confirm(*confirm), out, replies);
             }
             Command::ReadInbox { user, device, from } => self.read_inbox(user, device, from, out),
             Command::Peek { user, requester } => {
@@ -833,6 +863,52 @@ impl Inboxes {
         }
     }
 
+    /// A chat message or a retry of pair `pair` arrives: it goes now if the pair is idle,
+    /// else once those before it are done.
+    fn enter_pair(&mut self, pair: u64, item: PairItem, out: &mut BytesMut, replies: &mut Replies) {
+        if let Some(item) = self.pairs.enter(pair, item) {
+            self.start_pair_item(item, out, replies);
+        }
+    }
+
+    /// A pair's message starts its lookups; a retry waits for every append sent before
+    /// it to be answered, then is confirmed.
+    fn start_pair_item(&mut self, item: PairItem, out: &mut BytesMut, replies: &mut Replies) {
+        match item {
+            PairItem::Append(append) => self.append(append, out),
+            PairItem::Confirm(confirm) => {
+                // Every request sent so far has an id up to `next`.
+                self.confirms
+                    .push((self.requests.last_number() + 1, confirm));
+                self.answer_confirms(replies);
+            }
+        }
+    }
+
+    /// The chat message of `user` from `sender` in flight is done (JetStream answered
+    /// it, or it was refused or failed): the pair's next goes.
+    fn chat_done(&mut self, user: &str, sender: &str) {
+        let pair = self.pairs.key(user, sender);
+        self.pairs_done.push(pair);
+    }
+
+    /// The same for an append (nothing for an event that is not a chat message).
+    fn append_done(&mut self, append: &Append) {
+        if let Some(chat) = &append.chat {
+            self.chat_done(&append.user, &chat.sender);
+        }
+    }
+
+    /// Starts the next item of every pair whose item in flight is done (one that is done
+    /// at once lets the next of its pair go in turn).
+    fn advance_pairs(&mut self, out: &mut BytesMut, replies: &mut Replies) {
+        while let Some(pair) = self.pairs_done.pop() {
+            if let Some(next) = self.pairs.done(pair) {
+                self.start_pair_item(next, out, replies);
+            }
+        }
+    }
+
     /// Writes a membership to the bucket of groups (a put for a join, a delete for a leave).
     fn put_member(&mut self, command: Command, out: &mut BytesMut) {
         let Command::Membership {
@@ -856,14 +932,14 @@ impl Inboxes {
     /// Appends one event; a chat message is first looked up in history's index, which
     /// recognises a client's retry for as long as the message is kept (JetStream's
     /// duplicate window, [`DUPLICATE_WINDOW`], only for two minutes).
-    fn append(&mut self, append: Append, out: &mut BytesMut, replies: &mut Replies) {
+    fn append(&mut self, append: Append, out: &mut BytesMut) {
         match &append.chat {
             Some(chat) if self.index_ready => {
                 let key = received::index_key(self.limits.shards, &append.user, &chat.message_id);
                 let pending = Pending::RetryCheck(Box::new(append));
                 self.request(out, &direct_get(&key.stream()), &key.get(), pending);
             }
-            _ => self.within_quota(append, out, replies),
+            _ => self.within_quota(append, out),
         }
     }
 
@@ -871,22 +947,18 @@ impl Inboxes {
     /// and its sender has `--queue-max-per-sender` of them unread for the receiver
     /// ([`unread`]): at the bound the receiver's record is read first, and the message
     /// refused (`sender_quota`) if none of them was read.
-    fn within_quota(&mut self, append: Append, out: &mut BytesMut, replies: &mut Replies) {
+    fn within_quota(&mut self, append: Append, out: &mut BytesMut) {
         // As on one node: API sends and messages to oneself are not counted.
         let from_device = append.receipt && append.ack.as_ref().is_some_and(|a| !a.delivered);
         let pair = match &append.chat {
-            Some(chat) if from_device && *chat.sender != *append.user => {
-                self.unread.key(&append.user, &chat.sender)
+            Some(chat) if from_device && *chat.sender != *append.user && self.unread.bounded() => {
+                self.pairs.key(&append.user, &chat.sender)
             }
-            _ => None,
-        };
-        let Some(pair) = pair else {
-            return self.publish(append, None, out);
+            _ => return self.publish(append, None, out),
         };
         match self.unread.take(pair, Instant::now()) {
             Take::Counted(counted) => self.publish(append, Some(counted), out),
-            Take::Refused => refuse_over_quota(&append, replies),
-            Take::AskRecord(pair) => {
+            Take::AskRecord => {
                 let (stream, body) = self.record_of(&append.user);
                 let pending = Pending::QuotaCheck {
                     append: Box::new(append),
@@ -1099,24 +1171,37 @@ impl Inboxes {
                         append.dedup,
                         outcome,
                     );
+                    self.append_done(&append);
                 } else {
                     // Not indexed (or another sender's message with the same id, or the
                     // index unreadable just now): stored, JetStream's window still
                     // recognising a retry within it.
-                    self.within_quota(*append, out, &mut replies);
+                    self.within_quota(*append, out);
                 }
             }
             Pending::QuotaCheck { append, pair } => {
                 let acked = match status {
                     Some(404) => Some(0),
                     Some(_) => None,
-                    None => stored_record(headers, payload).map(|stored| stored.record.acked),
+                    None => {
+                        let stored = stored_record(headers, payload);
+                        if stored.is_none() {
+                            warn!(
+                                "cluster: {}'s acknowledgement record is unreadable",
+                                append.user
+                            );
+                        }
+                        stored.map(|stored| stored.record.acked)
+                    }
                 };
                 match acked {
                     Some(acked) if self.unread.reading(pair, acked) => {
-                        self.within_quota(*append, out, &mut replies)
+                        self.within_quota(*append, out)
                     }
-                    Some(_) => refuse_over_quota(&append, &mut replies),
+                    Some(_) => {
+                        refuse_over_quota(&append, &mut replies);
+                        self.append_done(&append);
+                    }
                     None => {
                         let outcome = Outcome::Failed(Failure::Unreachable);
                         answers::append_outcome(
@@ -1125,6 +1210,7 @@ impl Inboxes {
                             append.dedup,
                             outcome,
                         );
+                        self.append_done(&append);
                     }
                 }
             }
@@ -1135,6 +1221,9 @@ impl Inboxes {
                 asked,
                 counted,
             } => {
+                if let Some(chat) = &chat {
+                    self.chat_done(&chat.user, &chat.chat.sender);
+                }
                 let outcome = publish_outcome(status, payload, ack.as_ref());
                 let kept = matches!(outcome, Outcome::Kept { .. });
                 if kept && (chat.is_some() || counted.is_some()) {
@@ -1310,6 +1399,7 @@ impl Inboxes {
             }
         }
         self.answer_confirms(&mut replies);
+        self.advance_pairs(out, &mut replies);
         replies
     }
 
@@ -1504,6 +1594,7 @@ impl Inboxes {
                 self.request(out, &direct_get(&stream), &body, Pending::Settle(user));
             }
         }
+        self.advance_pairs(out, &mut replies);
         replies
     }
 
@@ -1783,7 +1874,10 @@ impl Inboxes {
             .filter(|(_, p)| {
                 matches!(
                     p,
-                    Pending::RetryCheck(_) | Pending::Append { .. } | Pending::Row { .. }
+                    Pending::RetryCheck(_)
+                        | Pending::QuotaCheck { .. }
+                        | Pending::Append { .. }
+                        | Pending::Row { .. }
                 )
             })
             .map(|(id, _)| id)
@@ -1798,6 +1892,7 @@ impl Inboxes {
                 delivered: confirm.ack.delivered,
             };
             answers::append_outcome(replies, Some(&confirm.ack), None, outcome);
+            self.chat_done(&confirm.receiver, &confirm.chat.sender);
         }
     }
 
@@ -1860,7 +1955,7 @@ impl Inboxes {
                 dedup,
                 asked,
                 counted,
-                ..
+                chat,
             } => {
                 if let Some(asked) = asked {
                     self.ack_waits.remove(&asked);
@@ -1868,12 +1963,16 @@ impl Inboxes {
                 if let Some(counted) = counted {
                     self.unread.give_back(counted);
                 }
+                if let Some(chat) = &chat {
+                    self.chat_done(&chat.user, &chat.chat.sender);
+                }
                 answers::append_outcome(replies, ack.as_ref(), dedup, Outcome::Failed(why));
             }
             Pending::Holders { asked } => self.holders_said(asked, false, replies),
             Pending::RetryCheck(append) | Pending::QuotaCheck { append, .. } => {
                 let outcome = Outcome::Failed(why);
                 answers::append_outcome(replies, append.ack.as_ref(), append.dedup, outcome);
+                self.append_done(&append);
             }
             Pending::Row { share } => self.row_done(share, false, replies),
             // Answered as the read command it serves.
@@ -2641,7 +2740,6 @@ mod tests {
         let mut inboxes = inboxes();
         inboxes.epochs = vec!["e".into()];
         inboxes.unread = Unread::new(2, Duration::from_secs(60));
-        let mut out = BytesMut::new();
         let send = |inboxes: &mut Inboxes, id: &str| {
             let (mut append, ..) = chat_append(id);
             append.receipt = true;
@@ -2649,54 +2747,71 @@ mod tests {
             let replies = inboxes.command(Command::Append(Box::new(append)), true, &mut sent);
             (replies, String::from_utf8_lossy(&sent).into_owned())
         };
-        let record = |acked: u64| Bytes::from(format!("{acked} 0 0 1"));
-        // Two of ann's messages go (holders asked as 1 and 3, published as 2 and 4)...
-        for id in ["m-1", "m-2"] {
-            let (replies, text) = send(&mut inboxes, id);
-            assert!(
-                replies.is_empty() && text.contains("HPUB chat.inbox.0.bob"),
-                "{text}"
-            );
-        }
-        // ...and a third, while neither is stored, is refused at once.
-        let (replies, text) = send(&mut inboxes, "m-3");
-        assert_eq!(outcome_of(&replies), Some(Outcome::SenderQuota));
-        assert!(text.is_empty(), "{text}");
+        // What `request` answered with `status` and `payload` (and `headers`) sends.
+        let answer = |inboxes: &mut Inboxes, request: u64, status, headers: &[u8], payload| {
+            let mut sent = BytesMut::new();
+            let id = request.to_string();
+            let replies = inboxes.answered(id.as_bytes(), status, headers, &payload, &mut sent);
+            (replies, String::from_utf8_lossy(&sent).into_owned())
+        };
         let stored = |seq: u64| Bytes::from(format!(r#"{{"stream":"CHAT_INBOX_0","seq":{seq}}}"#));
-        // The first was a retry JetStream knew: it stored nothing, and gives its place back.
-        let duplicate = br#"{"stream":"CHAT_INBOX_0","seq":5,"duplicate":true}"#;
-        inboxes.answered(b"2", None, b"", &Bytes::from_static(duplicate), &mut out);
-        let (replies, text) = send(&mut inboxes, "m-3");
-        assert!(replies.is_empty() && text.contains("HPUB chat.inbox.0.bob _INBOX.x.j6"));
-        inboxes.answered(b"4", None, b"", &stored(7), &mut out);
-        inboxes.answered(b"6", None, b"", &stored(8), &mut out);
-        // Now bob's record is read (request 7): he acknowledged none of them.
-        let (replies, text) = send(&mut inboxes, "m-4");
-        assert!(replies.is_empty());
+        let record = |acked: u64| Bytes::from(format!("{acked} 0 0 1"));
+        // Ann's first message goes (bob's holders asked as 1, published as 2); her second
+        // waits behind it, and answers out of order cannot swap them.
+        let (_, text) = send(&mut inboxes, "m-1");
+        assert!(text.contains("HPUB chat.inbox.0.bob _INBOX.x.j2"), "{text}");
+        let (replies, text) = send(&mut inboxes, "m-2");
+        assert!(replies.is_empty() && text.is_empty(), "{text}");
+        // The first was a retry JetStream knew: it stored nothing and gives its place
+        // back; the second goes (3 and 4).
+        let duplicate =
+            Bytes::from_static(br#"{"stream":"CHAT_INBOX_0","seq":5,"duplicate":true}"#);
+        let (_, text) = answer(&mut inboxes, 2, None, b"", duplicate);
+        assert!(text.contains("HPUB chat.inbox.0.bob _INBOX.x.j4"), "{text}");
+        let (_, text) = send(&mut inboxes, "m-3");
+        assert!(text.is_empty(), "{text}");
+        let (_, text) = answer(&mut inboxes, 4, None, b"", stored(7));
+        assert!(text.contains("HPUB chat.inbox.0.bob _INBOX.x.j6"), "{text}");
+        answer(&mut inboxes, 6, None, b"", stored(8));
+        // Two counted: bob's record is read first (7), and the next waits behind it.
+        let (_, text) = send(&mut inboxes, "m-4");
         assert!(
             text.starts_with("PUB $JS.API.DIRECT.GET.KV_chat_acks_0 _INBOX.x.j7"),
             "{text}"
         );
-        let replies = inboxes.answered(b"7", None, &stored_at(3), &record(6), &mut out);
+        assert_eq!(send(&mut inboxes, "m-5").1, "");
+        // He acknowledged none of them: refused, and the next is checked in turn (8).
+        let (replies, text) = answer(&mut inboxes, 7, None, &stored_at(3), record(6));
         assert_eq!(outcome_of(&replies), Some(Outcome::SenderQuota));
-        // No record at all: none read either (request 8).
-        send(&mut inboxes, "m-5");
-        let replies = inboxes.answered(b"8", Some(404), b"", &Bytes::new(), &mut out);
+        assert!(text.contains("_INBOX.x.j8"), "{text}");
+        // No record at all: none read either.
+        let (replies, _) = answer(&mut inboxes, 8, Some(404), b"", Bytes::new());
         assert_eq!(outcome_of(&replies), Some(Outcome::SenderQuota));
-        // The record unreadable: the sender hears it could not be stored (request 9).
+        // The record unreadable: the sender hears it could not be stored (9).
         send(&mut inboxes, "m-6");
-        let replies = inboxes.answered(b"9", Some(503), b"", &Bytes::new(), &mut out);
+        let (replies, _) = answer(&mut inboxes, 9, Some(503), b"", Bytes::new());
         assert_eq!(
             outcome_of(&replies),
             Some(Outcome::Failed(Failure::Unreachable))
         );
-        // He read the first (request 10): ann's count starts again and the message goes.
+        // He read the first (10): ann's count starts again and the message goes (12).
         send(&mut inboxes, "m-7");
-        let mut sent = BytesMut::new();
-        let replies = inboxes.answered(b"10", None, &stored_at(4), &record(7), &mut sent);
+        let (replies, text) = answer(&mut inboxes, 10, None, &stored_at(4), record(7));
         assert!(replies.is_empty());
+        assert!(
+            text.contains("HPUB chat.inbox.0.bob _INBOX.x.j12"),
+            "{text}"
+        );
+        // Another sender's message to bob does not wait for ann's.
+        let (mut cid, ..) = chat_append("c-1");
+        if let Some(chat) = cid.chat.as_mut() {
+            chat.sender = "cid".into();
+        }
+        let mut sent = BytesMut::new();
+        inboxes.command(Command::Append(Box::new(cid)), true, &mut sent);
         assert!(String::from_utf8_lossy(&sent).contains("HPUB chat.inbox.0.bob"));
         // An API send (no receipt) and a device's message to itself are never counted.
+        answer(&mut inboxes, 12, None, b"", stored(9));
         let (mut api, ..) = chat_append("api");
         api.receipt = false;
         let (mut to_self, ..) = chat_append("self");
@@ -2753,6 +2868,15 @@ mod tests {
             let text = String::from_utf8_lossy(&out);
             assert!(text.contains("HPUB chat.inbox.0.bob"), "{text}");
             assert!(text.contains("Nats-Msg-Id: ann.m-2"), "{text}");
+            // Stored: the pair's next message may go.
+            let stored = Bytes::from_static(br#"{"stream":"CHAT_INBOX_0","seq":7}"#);
+            inboxes.answered(
+                (4 + 3 * n).to_string().as_bytes(),
+                None,
+                b"",
+                &stored,
+                &mut out,
+            );
         }
         // No answer in time: the sender hears it was not stored.
         let (append, ..) = chat_append("m-3");

@@ -30,6 +30,7 @@ mod history;
 mod inboxes;
 mod members;
 mod node;
+mod pairs;
 mod presence;
 mod presence_events;
 mod received;

@@ -11,15 +11,12 @@
 //! unread at most, and a conversation across nodes costs one read of a record per `max`
 //! messages.
 //!
-//! A pair is kept under a keyed 64-bit hash of its two names, so that counting a message
-//! allocates nothing; the keys are random per process, so no one can pick names that
-//! share another pair's count. A pair not counted for the retention period is forgotten:
-//! its messages have expired.
+//! A pair is kept under its key in [`super::pairs`] (a keyed hash of its two names), so
+//! that counting a message allocates nothing, and a pair has one message in flight at a
+//! time. A pair not counted for the retention period is forgotten: its messages have
+//! expired.
 
-use std::{
-    hash::{BuildHasher, Hasher},
-    time::Duration,
-};
+use std::time::Duration;
 
 use hashbrown::HashMap;
 use tokio::time::Instant;
@@ -53,11 +50,9 @@ pub(super) struct Counted {
 pub(super) enum Take {
     /// Yes, and it is counted.
     Counted(Counted),
-    /// No: the bound is reached with none of the round stored yet.
-    Refused,
     /// The bound is reached: the receiver's record says whether any of the round was read
     /// ([`Unread::reading`]).
-    AskRecord(u64),
+    AskRecord,
 }
 
 /// Every pair's count on this node.
@@ -66,7 +61,6 @@ pub(super) struct Unread {
     max: u32,
     /// How long a pair is kept after its last message (`--retention-days`).
     retention: Duration,
-    keys: std::collections::hash_map::RandomState,
     pairs: HashMap<u64, Pair>,
     next_sweep: Instant,
 }
@@ -78,22 +72,14 @@ impl Unread {
         Unread {
             max,
             retention,
-            keys: std::collections::hash_map::RandomState::new(),
             pairs: HashMap::new(),
             next_sweep: Instant::now() + SWEEP_EVERY,
         }
     }
 
-    /// The pair's key, or `None` when nothing is bounded.
-    pub(super) fn key(&self, receiver: &str, sender: &str) -> Option<u64> {
-        if self.max == 0 {
-            return None;
-        }
-        let mut hasher = self.keys.build_hasher();
-        hasher.write(receiver.as_bytes());
-        hasher.write_u8(0xff);
-        hasher.write(sender.as_bytes());
-        Some(hasher.finish())
+    /// Whether there is a bound to count for.
+    pub(super) fn bounded(&self) -> bool {
+        self.max > 0
     }
 
     /// One more message of the pair `key`, sent at `now`.
@@ -112,10 +98,7 @@ impl Unread {
                 round: pair.round,
             });
         }
-        match pair.first {
-            0 => Take::Refused,
-            _ => Take::AskRecord(key),
-        }
+        Take::AskRecord
     }
 
     /// JetStream stored a counted message as `seq`.
@@ -137,7 +120,8 @@ impl Unread {
     }
 
     /// The receiver's devices have acknowledged up to `acked`: whether the pair has room
-    /// now, its count starting again if one of the round's messages was read.
+    /// now, its count starting again if one of the round's messages was read (none
+    /// stored yet: none read).
     pub(super) fn reading(&mut self, key: u64, acked: u64) -> bool {
         let Some(pair) = self.pairs.get_mut(&key) else {
             return true;
@@ -186,34 +170,24 @@ mod tests {
 
     #[test]
     fn nothing_is_counted_without_a_bound() {
-        let unread = Unread::new(0, Duration::from_secs(60));
-        assert_eq!(unread.key("victim", "mallory"), None);
-    }
-
-    #[test]
-    fn each_pair_counts_its_own_and_names_cannot_be_run_together() {
-        let unread = Unread::new(2, Duration::from_secs(60));
-        let pair = unread.key("victim", "mallory");
-        assert_eq!(pair, unread.key("victim", "mallory"));
-        assert_ne!(pair, unread.key("victim", "friend"));
-        assert_ne!(pair, unread.key("mallory", "victim"));
-        assert_ne!(unread.key("ab", "c"), unread.key("a", "bc"));
+        assert!(!Unread::new(0, Duration::from_secs(60)).bounded());
+        assert!(Unread::new(1, Duration::from_secs(60)).bounded());
     }
 
     #[test]
     fn at_the_bound_the_record_says_whether_the_receiver_read_any() {
         let now = Instant::now();
         let mut unread = Unread::new(2, Duration::from_secs(60));
-        let key = unread.key("victim", "mallory").unwrap();
-        let (one, two) = (
-            counted(unread.take(key, now)),
-            counted(unread.take(key, now)),
-        );
-        // Both still on their way to JetStream: nothing to ask about.
-        assert_eq!(unread.take(key, now), Take::Refused);
-        unread.stored(two, 11);
+        let (key, other) = (1, 2);
+        let one = counted(unread.take(key, now));
+        // Each pair counts its own.
+        counted(unread.take(other, now));
+        let two = counted(unread.take(key, now));
+        assert_eq!(unread.take(key, now), Take::AskRecord);
+        // None stored yet: none can have been read.
+        assert!(!unread.reading(key, 100));
         unread.stored(one, 10);
-        assert_eq!(unread.take(key, now), Take::AskRecord(key));
+        unread.stored(two, 11);
         // Acknowledged up to a message before the round: none read.
         assert!(!unread.reading(key, 9));
         // One of the round read: the count starts again.
@@ -222,7 +196,7 @@ mod tests {
         // A late answer for the old round changes nothing.
         unread.give_back(one);
         counted(unread.take(key, now));
-        assert_eq!(unread.take(key, now), Take::Refused);
+        assert_eq!(unread.take(key, now), Take::AskRecord);
         unread.give_back(three);
         counted(unread.take(key, now));
     }
@@ -231,17 +205,16 @@ mod tests {
     fn a_message_that_stored_nothing_gives_its_place_back() {
         let now = Instant::now();
         let mut unread = Unread::new(1, Duration::from_secs(60));
-        let key = unread.key("victim", "mallory").unwrap();
-        let one = counted(unread.take(key, now));
+        let one = counted(unread.take(7, now));
         unread.give_back(one);
-        counted(unread.take(key, now));
+        counted(unread.take(7, now));
     }
 
     #[test]
     fn a_pair_idle_for_the_retention_period_is_forgotten() {
         let start = Instant::now();
         let mut unread = Unread::new(1, Duration::from_secs(60));
-        let (old, new) = (unread.key("a", "b").unwrap(), unread.key("c", "d").unwrap());
+        let (old, new) = (1, 2);
         counted(unread.take(old, start));
         let later = start + 2 * SWEEP_EVERY;
         counted(unread.take(new, later));

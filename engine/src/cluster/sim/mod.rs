@@ -178,6 +178,12 @@ struct World {
     log: Vec<String>,
     /// Every user has acknowledged everything: no sender may be refused at its quota.
     everything_read: bool,
+    /// Each message's first send, in order: the node, the sender's ticket, the message.
+    first_sends: Vec<(usize, u64, Sent)>,
+    /// The tickets whose message was acknowledged `Kept`.
+    kept_tickets: BTreeSet<u64>,
+    /// The ids of messages sent more than once.
+    retried: BTreeSet<String>,
 }
 
 /// Seeds the default run covers (about 5 s).
@@ -288,6 +294,9 @@ impl World {
             tally: Tally::default(),
             log: Vec::new(),
             everything_read: false,
+            first_sends: Vec::new(),
+            kept_tickets: BTreeSet::new(),
+            retried: BTreeSet::new(),
         }
     }
 
@@ -303,6 +312,7 @@ impl World {
         }
         self.quiet().await?;
         self.read_all_then_send().await?;
+        self.check_order()?;
         // Everything is acknowledged now: every receipt asked for is due.
         self.tally.receipts_lost = self.receipts_lost();
         Ok(self.tally)
@@ -356,15 +366,12 @@ impl World {
                     }
                     self.next_message += 1;
                     let id = format!("m{}", self.next_message);
-                    self.send(
-                        n,
-                        Sent {
-                            sender: sender.clone(),
-                            receiver,
-                            id,
-                        },
-                        true,
-                    )?;
+                    let sent = Sent {
+                        sender: sender.clone(),
+                        receiver,
+                        id,
+                    };
+                    self.send_first(n, sent, true)?;
                 }
             }
         }
@@ -391,6 +398,40 @@ impl World {
     fn inbox_of(&self, user: &str) -> (String, String) {
         let stream = Shards::stream("CHAT_INBOX", self.shards.of(user));
         (stream, inbox_subject(self.shards, user))
+    }
+
+    /// Once quiet: a sender's messages through one node, each acknowledged `Kept` at its
+    /// first send and never sent again, are stored in the order they were sent, whatever
+    /// order their lookups were answered in.
+    fn check_order(&self) -> Result<(), String> {
+        let mut last: HashMap<(usize, &str, &str), (u64, &str)> = HashMap::new();
+        for (n, ticket, sent) in &self.first_sends {
+            if !self.kept_tickets.contains(ticket) || self.retried.contains(&sent.id) {
+                continue;
+            }
+            let (inbox, subject) = self.inbox_of(&sent.receiver);
+            let msg_id = format!("{}.{}", sent.sender, sent.id);
+            let Some(seq) = self.server.ever.iter().find_map(|((stream, seq), m)| {
+                let this = *stream == inbox
+                    && m.subject == subject
+                    && m.header("Nats-Msg-Id") == Some(msg_id.as_str());
+                this.then_some(*seq)
+            }) else {
+                continue;
+            };
+            let pair = (*n, sent.sender.as_str(), sent.receiver.as_str());
+            if let Some((before, earlier)) = last.get(&pair) {
+                if *before >= seq {
+                    return Err(format!(
+                        "node {n}: {} of {} to {} stored at {seq}, before {earlier} sent \
+                         ahead of it (stored at {before})",
+                        sent.id, sent.sender, sent.receiver
+                    ));
+                }
+            }
+            last.insert(pair, (seq, &sent.id));
+        }
+        Ok(())
     }
 
     /// Once quiet: the acknowledged events whose sender waits for a receipt and got
@@ -473,7 +514,7 @@ impl World {
         };
         self.sent.push(sent.clone());
         let receipt = self.rng.chance(50);
-        self.send(n, sent, receipt)
+        self.send_first(n, sent, receipt)
     }
 
     fn retry(&mut self, n: usize) -> Result<(), String> {
@@ -482,13 +523,14 @@ impl World {
         }
         let sent = self.sent[self.rng.below(self.sent.len())].clone();
         self.tally.retries += 1;
+        self.retried.insert(sent.id.clone());
         let receipt = self.rng.chance(50);
-        self.send(n, sent, receipt)
+        self.send(n, sent, receipt).map(|_| ())
     }
 
     /// Hands node `n` an append of message `sent` for its sender's device (`receipt`: the
     /// sender waits for a `delivery_receipt`, as a device's message, not an API send).
-    fn send(&mut self, n: usize, sent: Sent, receipt: bool) -> Result<(), String> {
+    fn send(&mut self, n: usize, sent: Sent, receipt: bool) -> Result<u64, String> {
         let ticket = self.ticket();
         self.log.push(format!(
             "node {n}: {} sends {} to {} (ticket {ticket})",
@@ -527,7 +569,15 @@ impl World {
             *self.may_publish.entry((n, key)).or_default() += 1;
         }
         self.waiting.insert(ticket, sent);
-        self.command(n, Command::Append(Box::new(append)))
+        self.command(n, Command::Append(Box::new(append)))?;
+        Ok(ticket)
+    }
+
+    /// Sends a message for the first time.
+    fn send_first(&mut self, n: usize, sent: Sent, receipt: bool) -> Result<(), String> {
+        let ticket = self.send(n, sent.clone(), receipt)?;
+        self.first_sends.push((n, ticket, sent));
+        Ok(())
     }
 
     /// A post to some users (a group's fan-out): one row each, without dedup.
@@ -834,6 +884,7 @@ impl World {
                     match outcome {
                         Outcome::Kept { delivered } => {
                             self.tally.kept += 1;
+                            self.kept_tickets.insert(sender.ticket);
                             self.tally.sent_elsewhere += usize::from(delivered);
                             if self.copies_of(&sent) == 0 {
                                 return Err(format!(
