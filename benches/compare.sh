@@ -168,7 +168,8 @@ for d in Path(sys.argv[1]).glob(sys.argv[2] + "-*"):
         sys.exit(1)
 limit = int(os.environ["P99_LIMIT_US"])
 p99 = statistics.median(r["latency"]["delivery"]["p99_us"] or 10**9 for r in reports)
-ok = all(r["load"]["lost"] == 0 and r["held"] > 0 for r in reports) and p99 <= limit
+ok = all(r["load"]["lost"] == 0 and r["load"].get("rejected", 0) == 0 and r["held"] > 0
+         for r in reports) and p99 <= limit
 sys.exit(0 if ok else 1)
 EOF
   done

@@ -55,6 +55,8 @@ pub struct Summary {
     pub undeliverable: u64,
     /// Load phase: messages acknowledged `queued` (stored for an offline receiver).
     pub queued: u64,
+    /// Load phase: messages the server rejected (`message_ack` `rejected`).
+    pub rejected: u64,
     /// Their ids, when asked for (`--queued-ids`), written to `queued-ids.txt`.
     pub queued_ids: Option<Vec<Box<str>>>,
     /// Load phase: acks received.
@@ -145,6 +147,7 @@ impl Summary {
             delivered: reports.iter().map(|r| r.delivered).sum(),
             undeliverable: reports.iter().map(|r| r.undeliverable).sum(),
             queued: reports.iter().map(|r| r.queued).sum(),
+            rejected: reports.iter().map(|r| r.rejected).sum(),
             queued_ids: None,
             acked: reports.iter().map(|r| r.acked).sum(),
             sent_late: reports.iter().map(|r| r.sent_late).sum(),
@@ -176,10 +179,11 @@ impl Summary {
         }
     }
 
-    /// Messages sent that neither arrived nor were answered `peer_offline`.
+    /// Messages sent that neither arrived nor were answered: `peer_offline`, `queued` or
+    /// `rejected`.
     pub fn lost(&self) -> u64 {
         self.sent
-            .saturating_sub(self.delivered + self.undeliverable + self.queued)
+            .saturating_sub(self.delivered + self.undeliverable + self.queued + self.rejected)
     }
 
     /// Connections authenticated per second during the ramp.
@@ -238,6 +242,7 @@ impl Summary {
                 "delivered": self.delivered,
                 "undeliverable": self.undeliverable,
                 "queued": self.queued,
+                "rejected": self.rejected,
                 "lost": self.lost(),
                 "acked": self.acked,
                 "sent_late": self.sent_late,
@@ -318,8 +323,14 @@ impl Summary {
                 );
             }
             row(
-                "undeliverable / queued / lost",
-                format!("{} / {} / {}", self.undeliverable, self.queued, self.lost()),
+                "undeliverable / queued / rejected / lost",
+                format!(
+                    "{} / {} / {} / {}",
+                    self.undeliverable,
+                    self.queued,
+                    self.rejected,
+                    self.lost()
+                ),
             );
             for (name, latency) in [("delivery", &self.delivery), ("ack", &self.ack)] {
                 row(

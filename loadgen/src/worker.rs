@@ -108,6 +108,9 @@ pub struct Progress {
     pub undeliverable: AtomicU64,
     /// Messages the server acknowledged `queued` (receiver offline, message stored).
     pub queued: AtomicU64,
+    /// Messages the server rejected (`message_ack` `rejected`: a full inbox, the
+    /// sender's quota, the rate limit, too large).
+    pub rejected: AtomicU64,
     /// Set on Ctrl-C: every phase ends early and the partial report is written.
     pub interrupted: AtomicBool,
     /// Workers whose load schedule has ended.
@@ -170,6 +173,8 @@ pub struct WorkerReport {
     pub undeliverable: u64,
     /// Messages acknowledged `queued` (stored for an offline receiver).
     pub queued: u64,
+    /// Messages the server rejected (`message_ack` `rejected`).
+    pub rejected: u64,
     /// Their ids, when the plan says to keep them.
     pub queued_ids: Vec<Box<str>>,
     /// Messages sent later than scheduled by more than 1 ms (the generator fell behind).
@@ -517,12 +522,13 @@ async fn load(worker: &Rc<RefCell<Worker>>) {
         let sent = progress.sent.load(Ordering::Acquire);
         let settled = progress.delivered.load(Ordering::Acquire)
             + progress.undeliverable.load(Ordering::Acquire)
-            + progress.queued.load(Ordering::Acquire);
+            + progress.queued.load(Ordering::Acquire)
+            + progress.rejected.load(Ordering::Acquire);
         let acks_in = {
             let w = worker.borrow();
             // Echo servers send no acks.
             w.plan.scenario == Scenario::Echo
-                || w.report.acked + w.report.undeliverable >= w.report.sent
+                || w.report.acked + w.report.undeliverable + w.report.rejected >= w.report.sent
         };
         let all_sent = progress.senders_done.load(Ordering::Acquire) == workers;
         if all_sent && settled >= sent && acks_in {
@@ -1050,6 +1056,12 @@ impl Worker {
                 self.progress.queued.fetch_add(1, Ordering::Release);
                 return true;
             }
+            // An answer, but not an ack: no ack latency, and never delivered.
+            (MessageType::Rejected, Some(_)) => {
+                self.report.rejected += 1;
+                self.progress.rejected.fetch_add(1, Ordering::Release);
+                return true;
+            }
             (MessageType::PeerOffline, _) => {
                 self.report.undeliverable += 1;
                 self.progress.undeliverable.fetch_add(1, Ordering::Release);
@@ -1170,7 +1182,7 @@ impl Worker {
                 devices.greeted(user, payload);
                 None
             }
-            MessageType::Ack | MessageType::Queued => {
+            MessageType::Ack | MessageType::Queued | MessageType::Rejected => {
                 devices.sender_acked(payload);
                 None
             }
@@ -1267,6 +1279,8 @@ enum MessageType {
     Ack,
     /// A `message_ack` with `status: queued`: stored for an offline receiver.
     Queued,
+    /// A `message_ack` with `status: rejected`: not kept (its `reason` says why).
+    Rejected,
     PeerOffline,
     Error,
     Other,
@@ -1291,7 +1305,7 @@ fn echo_type(payload: &[u8]) -> (MessageType, Option<u64>) {
 fn stamp_of(payload: &[u8], kind: MessageType) -> Option<u64> {
     let key: &[u8] = match kind {
         MessageType::NewMessage => br#""content":""#,
-        MessageType::Ack | MessageType::Queued => br#""messageId":""#,
+        MessageType::Ack | MessageType::Queued | MessageType::Rejected => br#""messageId":""#,
         _ => return None,
     };
     crate::devices::number_after(payload, key)
@@ -1314,6 +1328,8 @@ fn message_type(payload: &[u8]) -> MessageType {
     } else if rest.starts_with(b"message_ack\"") {
         if payload.windows(17).any(|w| w == br#""status":"queued""#) {
             MessageType::Queued
+        } else if payload.windows(19).any(|w| w == br#""status":"rejected""#) {
+            MessageType::Rejected
         } else {
             MessageType::Ack
         }
@@ -1524,5 +1540,8 @@ mod tests {
         assert_eq!(message_type(queued), MessageType::Queued);
         assert_eq!(message_id_of(queued), Some("9-1-2"));
         assert_eq!(stamp_of(queued, MessageType::Queued), Some(9));
+        let rejected = br#"{"type":"message_ack","messageId":"9-1-3","status":"rejected","reason":"sender_quota"}"#;
+        assert_eq!(message_type(rejected), MessageType::Rejected);
+        assert_eq!(stamp_of(rejected, MessageType::Rejected), Some(9));
     }
 }
