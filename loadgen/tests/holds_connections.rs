@@ -5,7 +5,9 @@ mod common;
 
 use std::process::Command;
 
-use common::{engine, engine_with_sockets, out_dir, quick_load, read_report, run};
+use common::{
+    engine, engine_with_sender_quota, engine_with_sockets, out_dir, quick_load, read_report, run,
+};
 use engine::sockets::Placement;
 
 #[test]
@@ -156,6 +158,28 @@ fn offline_receivers_measure_the_store_every_message_acked_queued() {
         (Some(0), Some(0))
     );
     assert_eq!(report["latency"]["ack"]["count"], 500);
+    std::fs::remove_dir_all(out).unwrap();
+    assert!(engine.shutdown());
+}
+
+#[test]
+fn a_rejected_message_is_counted_as_such_not_as_an_ack_or_lost() {
+    // One message may wait per sender and receiver: the senders' repeats are rejected.
+    let engine = engine_with_sender_quota(2, 1);
+    let target = engine.local_addr().to_string();
+    let mut args = quick_load(&target, "20", "1");
+    args.push("--offline-receivers");
+    let (status, report, out) = run("rejected", &args);
+    assert!(status.success(), "{report}");
+    let load = &report["load"];
+    let (queued, rejected) = (load["queued"].as_u64(), load["rejected"].as_u64());
+    assert!(rejected.is_some_and(|r| r > 0), "{report}");
+    assert_eq!(
+        queued.zip(rejected).map(|(q, r)| q + r),
+        load["sent"].as_u64()
+    );
+    assert_eq!(load["lost"].as_u64(), Some(0), "{report}");
+    assert_eq!(report["latency"]["ack"]["count"].as_u64(), queued);
     std::fs::remove_dir_all(out).unwrap();
     assert!(engine.shutdown());
 }

@@ -41,12 +41,20 @@ impl Drop for TestEngine {
 
 /// The real engine in this process, on an ephemeral port.
 pub fn engine(reactors: usize, jwt_secret: Option<&[u8]>) -> TestEngine {
-    engine_with(reactors, jwt_secret, Placement::Auto, None)
+    engine_with(reactors, jwt_secret, Placement::Auto, None, |_| {})
 }
 
 /// The same, with its sockets placed as `sockets` says.
 pub fn engine_with_sockets(reactors: usize, sockets: Placement) -> TestEngine {
-    engine_with(reactors, None, sockets, None)
+    engine_with(reactors, None, sockets, None, |_| {})
+}
+
+/// The same, where one sender may leave at most `max` messages waiting for a user with
+/// no device online (`--queue-max-per-sender`).
+pub fn engine_with_sender_quota(reactors: usize, max: u32) -> TestEngine {
+    engine_with(reactors, None, Placement::Auto, None, |config| {
+        config.queue_max_per_sender = max
+    })
 }
 
 /// The test certificates of the TLS record crate (`localhost`, ECDSA P-256, signed by
@@ -62,7 +70,7 @@ pub fn engine_with_tls(reactors: usize) -> TestEngine {
     let certificates =
         engine::tls::Certificates::load(&test_certificate("ec.pem"), &test_certificate("ec.key"))
             .expect("the test certificate loads");
-    engine_with(reactors, None, Placement::Auto, Some(certificates))
+    engine_with(reactors, None, Placement::Auto, Some(certificates), |_| {})
 }
 
 fn engine_with(
@@ -70,12 +78,13 @@ fn engine_with(
     jwt_secret: Option<&[u8]>,
     sockets: Placement,
     tls: Option<engine::tls::Certificates>,
+    tweak: impl FnOnce(&mut Config),
 ) -> TestEngine {
     let store = out_dir(&format!(
         "store-{reactors}-{}",
         NEXT_STORE.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     ));
-    let config = Config {
+    let mut config = Config {
         socket_placement: sockets,
         listen: "127.0.0.1:0".parse().unwrap(),
         reactors,
@@ -86,6 +95,7 @@ fn engine_with(
         tls: tls.map(std::sync::Arc::new),
         ..Config::default()
     };
+    tweak(&mut config);
     TestEngine {
         engine: Some(Engine::start(config).expect("engine starts")),
         store,
