@@ -34,14 +34,15 @@ use super::{
     instance_token_hex,
     members::{Change, Members, DEAD_AFTER},
     relay::{Inbound, Reactors},
-    relayer::Relayer,
+    relayer::{Dialer, Membership, Relayer},
     shards::{Shards, LAYOUT_BUCKET, SHARDS_KEY},
     wire, Claim, Link, State, HEARTBEAT,
 };
 use crate::{protocol::access::Settings, router::Envelope};
 
-/// Where the membership watch tells the relay which instances are gone.
-type Gone = tokio::sync::mpsc::UnboundedSender<Box<str>>;
+/// Where the membership watch tells the relay which instances are gone, and which beat
+/// (joined, or back after they were counted dead).
+type Gone = tokio::sync::mpsc::UnboundedSender<Membership>;
 
 /// The key-value bucket of node claims and heartbeats.
 const NODE_BUCKET: &str = "chat_nodes";
@@ -118,14 +119,19 @@ impl Node {
         let instance = String::from_utf8_lossy(&self.instance);
         let me = (&*self.id, &*instance);
         let stores = (streams, store_stats);
-        let servers = (&self.servers[..], self.tls.clone());
-        let relayer = Relayer::new(servers, me, (reactors, stores), figures).with_events(events);
+        let me = (
+            me.0,
+            me.1,
+            format!("_INBOX.{}.", super::instance_token_hex()),
+        );
+        let relayer = Relayer::new(me, (reactors, stores), figures).with_events(events);
+        let dialer = Dialer::new(&self.servers, self.tls.clone(), &self.id);
         // The instances of nodes that died or left, from the watch to the relay (their
         // users' presence goes with them).
         let (gone, gone_instances) = tokio::sync::mpsc::unbounded_channel();
         let outcome = tokio::select! {
             outcome = self.serve(&client, gone, &homes) => outcome,
-            () = relayer.run(relays, doorbell, gone_instances) => Stop::Asked,
+            () = relayer.run(dialer, relays, doorbell, gone_instances) => Stop::Asked,
             _ = &mut stopped => Stop::Asked,
         };
         // Bounded: with NATS away, a request or a flush waits for a reconnect that may
@@ -443,7 +449,7 @@ impl Node {
                     _ = expiry.tick() => {
                         for (id, instance) in members.expire(Instant::now()) {
                             warn!(node = &*id, "cluster: node silent for {} s: counted dead", DEAD_AFTER.as_secs());
-                            let _ = gone.send(instance);
+                            let _ = gone.send(Membership::Gone(instance));
                         }
                     }
                 }
@@ -463,10 +469,14 @@ impl Node {
                 let at = now.checked_sub(age).unwrap_or(now);
                 let instance = String::from_utf8_lossy(&entry.value);
                 match members.heard(&self.id, (&entry.key, &instance), at, now) {
-                    Change::Joined => info!(node = %entry.key, "cluster: node joined"),
+                    Change::Joined => {
+                        info!(node = %entry.key, "cluster: node joined");
+                        let _ = gone.send(Membership::Joined(instance.into()));
+                    }
                     Change::Replaced(old) => {
                         info!(node = %entry.key, "cluster: node id taken over by a new process");
-                        let _ = gone.send(old);
+                        let _ = gone.send(Membership::Gone(old));
+                        let _ = gone.send(Membership::Joined(instance.into()));
                     }
                     Change::Beat | Change::Ignored => {}
                 }
@@ -474,7 +484,7 @@ impl Node {
             Operation::Delete | Operation::Purge => {
                 if let Some(instance) = members.left(&entry.key) {
                     info!(node = %entry.key, "cluster: node left");
-                    let _ = gone.send(instance);
+                    let _ = gone.send(Membership::Gone(instance));
                 }
             }
         }

@@ -12,12 +12,16 @@
 //!   to, each answering with its instance. The first answer, "no responders", or the end
 //!   of [`ASK_WAIT`] settles the question. Holders known before a question is asked again
 //!   that do not answer it within the wait are dropped: they let the user go while this
-//!   node was cut off.
-//! - A node that dies, leaves or is taken over takes its holdings with it.
+//!   node was cut off. An answer that comes after the wait still counts (a holder that
+//!   answers late holds the user all the same, and its letting go comes after its
+//!   answer): the user's last question is kept until the next one, or the unwatch.
+//! - A node that dies, leaves or is taken over takes its holdings with it, and what it
+//!   said that comes after the news (a node that leaves is known gone at once, maybe
+//!   before its last announcements arrive) is ignored for [`GONE_KEPT`].
 //!
 //! No I/O and no clock of its own: the relayer says what it heard and when.
 
-use std::{sync::Arc, time::Duration};
+use std::{collections::VecDeque, sync::Arc, time::Duration};
 
 use hashbrown::HashMap;
 use smallvec::SmallVec;
@@ -25,6 +29,10 @@ use tokio::time::Instant;
 
 /// How long a question waits for the holders' answers.
 pub(super) const ASK_WAIT: Duration = Duration::from_millis(500);
+
+/// How long an instance known gone is remembered, so that what it said before going and
+/// that arrives after the news does not bring it back: far longer than a message takes.
+const GONE_KEPT: Duration = Duration::from_secs(600);
 
 /// A change for a user's home here: whether any other node holds the user, as of `at_ms`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,8 +56,10 @@ struct Watched {
     holders: SmallVec<[(Box<str>, bool); 2]>,
     /// The home has heard the first state.
     settled: bool,
-    /// The question under way, and until when it waits.
-    asking: Option<(u64, Instant)>,
+    /// The last question asked about the user (its answers count even when late).
+    question: u64,
+    /// Until when that question is waited for, while it is.
+    waiting_until: Option<Instant>,
 }
 
 /// What other nodes hold of the users watched here.
@@ -59,6 +69,8 @@ pub(super) struct Holders {
     /// Question → the user it asks about.
     questions: HashMap<u64, Arc<str>>,
     next_question: u64,
+    /// The instances known gone, oldest first, and when the news came.
+    gone: VecDeque<(Box<str>, Instant)>,
 }
 
 impl Holders {
@@ -75,7 +87,8 @@ impl Holders {
             home,
             holders: SmallVec::new(),
             settled: false,
-            asking: Some((question, now + ASK_WAIT)),
+            question,
+            waiting_until: Some(now + ASK_WAIT),
         };
         self.questions.insert(question, user.clone());
         self.watched.insert(user, watched);
@@ -87,26 +100,46 @@ impl Holders {
         let Some(watched) = self.watched.remove(user) else {
             return false;
         };
-        if let Some((question, _)) = watched.asking {
-            self.questions.remove(&question);
-        }
+        self.questions.remove(&watched.question);
         true
     }
 
     /// Asks about every watched user again (after a reconnect: what was announced
-    /// meanwhile was missed): the questions to ask, each with its user.
+    /// meanwhile was missed): the questions to ask, each with its user, in name order.
     pub(super) fn ask_again(&mut self, now: Instant) -> Vec<(Arc<str>, u64)> {
-        let mut asked = Vec::with_capacity(self.watched.len());
-        for (user, watched) in &mut self.watched {
-            if let Some((old, _)) = watched.asking.take() {
-                self.questions.remove(&old);
-            }
+        self.ask_again_where(now, |_| true)
+    }
+
+    /// Asks again about the watched users that instance `instance` holds: it came back
+    /// on NATS (what it announced before may have been lost on the way), or it was
+    /// counted dead (it answers if it was not). The questions to ask, in name order.
+    pub(super) fn ask_again_held_by(
+        &mut self,
+        instance: &str,
+        now: Instant,
+    ) -> Vec<(Arc<str>, u64)> {
+        self.ask_again_where(now, |w| w.holders.iter().any(|(i, _)| **i == *instance))
+    }
+
+    /// Asks again about the watched users `which` picks: each one's holders must answer
+    /// the new question within its wait, or they are dropped.
+    fn ask_again_where(
+        &mut self,
+        now: Instant,
+        which: impl Fn(&Watched) -> bool,
+    ) -> Vec<(Arc<str>, u64)> {
+        let mut asked = Vec::new();
+        let mut watched: Vec<(&Arc<str>, &mut Watched)> =
+            self.watched.iter_mut().filter(|(_, w)| which(w)).collect();
+        watched.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        for (user, watched) in watched {
+            self.questions.remove(&watched.question);
             let question = self.next_question;
             self.next_question += 1;
             for (_, answered) in &mut watched.holders {
                 *answered = false;
             }
-            watched.asking = Some((question, now + ASK_WAIT));
+            (watched.question, watched.waiting_until) = (question, Some(now + ASK_WAIT));
             self.questions.insert(question, user.clone());
             asked.push((user.clone(), question));
         }
@@ -121,6 +154,9 @@ impl Holders {
         online: bool,
         at_ms: u64,
     ) -> Option<Report> {
+        if self.is_gone(instance) {
+            return None;
+        }
         let (user, watched) = self.watched.get_key_value_mut(user)?;
         change(user, watched, at_ms, |watched| {
             if online {
@@ -133,13 +169,17 @@ impl Holders {
         })
     }
 
-    /// Instance `instance` answered `question`: it holds the user.
+    /// Instance `instance` answered `question`, within its wait or after: it holds the
+    /// user.
     pub(super) fn answered(
         &mut self,
         question: u64,
         instance: &str,
         now_ms: u64,
     ) -> Option<Report> {
+        if self.is_gone(instance) {
+            return None;
+        }
         let user = self.questions.get(&question)?.clone();
         let watched = self.watched.get_mut(&user)?;
         change(&user, watched, now_ms, |watched| {
@@ -155,23 +195,38 @@ impl Holders {
         change(&user, watched, now_ms, settle)
     }
 
-    /// Settles the questions whose wait ended by `now` with the answers they got.
+    /// Settles the questions whose wait ended by `now` with the answers they got, in
+    /// the order they were asked. Their later answers still count.
     pub(super) fn expire(&mut self, now: Instant, now_ms: u64) -> Vec<Report> {
-        let late: Vec<u64> = self
+        let mut late: Vec<(u64, Arc<str>)> = self
             .watched
-            .values()
-            .filter_map(|w| w.asking.filter(|(_, until)| *until <= now))
-            .map(|(question, _)| question)
+            .iter()
+            .filter(|(_, w)| w.waiting_until.is_some_and(|until| until <= now))
+            .map(|(user, w)| (w.question, user.clone()))
             .collect();
+        late.sort_unstable();
         late.into_iter()
-            .filter_map(|question| self.unanswered(question, now_ms))
+            .filter_map(|(_, user)| {
+                let watched = self.watched.get_mut(&user)?;
+                change(&user, watched, now_ms, settle)
+            })
             .collect()
     }
 
-    /// Instance `instance` is gone (died, left, or its id was taken over): it holds
-    /// nobody any more.
-    pub(super) fn gone(&mut self, instance: &str, now_ms: u64) -> Vec<Report> {
-        self.watched
+    /// Instance `instance` is gone (died, left, or its id was taken over) since `now`:
+    /// it holds nobody any more, whatever it said before that comes later. The reports
+    /// come in user name order.
+    pub(super) fn gone(&mut self, instance: &str, (now, now_ms): (Instant, u64)) -> Vec<Report> {
+        while self
+            .gone
+            .front()
+            .is_some_and(|(_, at)| now.duration_since(*at) > GONE_KEPT)
+        {
+            self.gone.pop_front();
+        }
+        self.gone.push_back((instance.into(), now));
+        let mut reports: Vec<Report> = self
+            .watched
             .iter_mut()
             .filter(|(_, w)| w.holders.iter().any(|(i, _)| **i == *instance))
             .filter_map(|(user, watched)| {
@@ -179,7 +234,21 @@ impl Holders {
                     w.holders.retain(|(i, _)| **i != *instance)
                 })
             })
-            .collect()
+            .collect();
+        reports.sort_unstable_by(|a, b| a.user.cmp(&b.user));
+        reports
+    }
+
+    /// Instance `instance` beats again: if it was counted gone, it is heard again (true).
+    pub(super) fn back_from_the_dead(&mut self, instance: &str) -> bool {
+        let before = self.gone.len();
+        self.gone.retain(|(gone, _)| **gone != *instance);
+        self.gone.len() < before
+    }
+
+    /// Whether `instance` is known gone.
+    fn is_gone(&self, instance: &str) -> bool {
+        self.gone.iter().any(|(gone, _)| **gone == *instance)
     }
 }
 
@@ -193,7 +262,7 @@ fn hold(watched: &mut Watched, instance: &str) {
 
 /// The question is over: holders that did not answer it are dropped.
 fn settle(watched: &mut Watched) {
-    watched.asking = None;
+    watched.waiting_until = None;
     watched.holders.retain(|(_, answered)| *answered);
     watched.settled = true;
 }
@@ -269,7 +338,7 @@ mod tests {
             holders.expire(now + ASK_WAIT, 7),
             vec![report("bob", false, 7).unwrap()]
         );
-        assert_eq!(holders.answered(bob, "b-1", 8), None, "too late");
+        assert_eq!(holders.unanswered(bob, 8), None, "settled once");
     }
 
     #[test]
@@ -321,7 +390,7 @@ mod tests {
         }
         holders.announced("bob", "c-1", true, 1);
         assert_eq!(
-            holders.gone("b-1", 9),
+            holders.gone("b-1", (now, 9)),
             vec![report("ann", false, 9).unwrap()]
         );
         assert!(holders.unwatch("bob"));
@@ -331,5 +400,58 @@ mod tests {
             None,
             "not watched"
         );
+    }
+
+    #[test]
+    fn an_answer_after_the_wait_still_counts() {
+        let now = Instant::now();
+        let mut holders = Holders::default();
+        let question = holders.watch("ann".into(), 3, now).unwrap();
+        assert_eq!(
+            holders.expire(now + ASK_WAIT, 1),
+            vec![report("ann", false, 1).unwrap()],
+            "nobody answered in time"
+        );
+        assert_eq!(
+            holders.answered(question, "b-1", 2),
+            report("ann", true, 2),
+            "b holds ann all the same"
+        );
+        let again = holders.ask_again(now)[0].1;
+        assert_eq!(
+            holders.answered(question, "c-1", 3),
+            None,
+            "a question asked again"
+        );
+        assert_eq!(holders.answered(again, "b-1", 3), None, "b still holds ann");
+    }
+
+    #[test]
+    fn a_gone_instance_is_not_brought_back_by_what_it_said_before_until_it_beats_again() {
+        let now = Instant::now();
+        let mut holders = Holders::default();
+        let question = holders.watch("ann".into(), 3, now).unwrap();
+        holders.watch("bob".into(), 4, now);
+        holders.unanswered(question, 1);
+        assert_eq!(holders.gone("b-1", (now, 2)), vec![], "b held nobody");
+        assert_eq!(
+            holders.announced("ann", "b-1", true, 3),
+            None,
+            "said before it left, heard after"
+        );
+        assert!(holders.back_from_the_dead("b-1"), "counted dead, and beats");
+        assert!(!holders.back_from_the_dead("b-1"));
+        assert_eq!(
+            holders.announced("ann", "b-1", true, 4),
+            report("ann", true, 4)
+        );
+        let asked = holders.ask_again_held_by("b-1", now);
+        assert_eq!(asked.len(), 1, "only the users b holds: {asked:?}");
+        assert_eq!(&*asked[0].0, "ann");
+        let later = now + GONE_KEPT + Duration::from_secs(1);
+        holders.gone("b-1", (now, 5));
+        holders.gone("c-1", (later, 6));
+        assert!(!holders.is_gone("b-1"), "forgotten after {GONE_KEPT:?}");
+        assert!(holders.is_gone("c-1"));
     }
 }

@@ -106,12 +106,15 @@ impl Checks {
         self.waiting.len() < before
     }
 
-    /// The checks that no holder answered by `now`: this node reports them.
+    /// The checks that no holder answered by `now`, in the order they started: this
+    /// node reports them.
     pub(super) fn expire(&mut self, now: Instant) -> Vec<(u64, Hook)> {
-        self.waiting
+        let mut late: Vec<(u64, Waiting)> = self
+            .waiting
             .extract_if(|_, check| check.until <= now)
-            .map(|(_, check)| report(check))
-            .collect()
+            .collect();
+        late.sort_unstable_by_key(|(id, _)| *id);
+        late.into_iter().map(|(_, check)| report(check)).collect()
     }
 }
 

@@ -11,6 +11,10 @@
 //! and drops live events (they are never kept), and a call for a user with no device on
 //! this node gets `cluster_unavailable`. On reconnecting it subscribes to every user again.
 //!
+//! Only the start of a connection (TCP, TLS, `CONNECT`, the `PONG`) is I/O of its own,
+//! the [`Dialer`]'s. The rest is a state machine over the connection's bytes, and the
+//! live relay simulator (`cluster::sim::live`) drives it with no socket.
+//!
 //! Per user online on this node it keeps two map entries (user → subscription, and back),
 //! and the server keeps one subscription. Per user watched here (presence), the same, and
 //! the other nodes that hold the user ([`super::presence`]).
@@ -61,6 +65,11 @@ const STATS_SID: u64 = 2;
 const BROADCAST_SID: u64 = 3;
 /// The subscription on which every node hears the others' operator calls about users.
 const ADMIN_SID: u64 = 4;
+/// The subscription on which every node hears that another came back on NATS.
+const BACK_SID: u64 = 5;
+/// Where a node says, with its instance, that it came back on NATS: what it announced
+/// just before it was cut off may never have reached the others.
+const BACK_SUBJECT: &str = "chat.back";
 /// Where a node sends an operator's call about users to the others.
 const ADMIN_SUBJECT: &str = "chat.admin";
 /// Where a node sends an API broadcast to every user online (`all:true`).
@@ -178,8 +187,9 @@ struct Server {
     credentials: wire::Credentials,
 }
 
-/// The relay's connection and what it serves.
-pub(super) struct Relayer {
+/// How the relay reaches NATS: the servers, tried in turn, and TLS to them. The I/O of
+/// a connection's start lives here; the [`Relayer`] only reads and writes its bytes.
+pub(super) struct Dialer {
     /// The NATS servers, tried in turn.
     servers: Vec<Server>,
     /// The server the next connection tries: the first is random per process, so that
@@ -190,6 +200,10 @@ pub(super) struct Relayer {
     tls: tokio_rustls::TlsConnector,
     /// The connection's name on the server.
     name: String,
+}
+
+/// The relay's connection and what it serves.
+pub(super) struct Relayer {
     reactors: Reactors,
     /// What each subscription is for.
     by_sid: HashMap<u64, Sub>,
@@ -241,6 +255,18 @@ pub(super) struct Relayer {
     next_gather: u64,
     /// Pings sent and not yet answered, and when the last went.
     pings: (u32, Instant),
+    /// The wall clock (Unix ms) that dates presence: the system's, or the simulator's.
+    wall_ms: fn() -> u64,
+}
+
+/// What the membership watch tells the relay about another node's process.
+#[derive(Debug)]
+pub(super) enum Membership {
+    /// The instance died, left, or had its node id taken over.
+    Gone(Box<str>),
+    /// The instance beats in the node bucket: a node that joined, or one back after it
+    /// was counted dead.
+    Joined(Box<str>),
 }
 
 /// What woke the relayer.
@@ -249,40 +275,16 @@ enum Wake {
     Read(io::Result<usize>),
     Reconnect,
     Tick,
-    Gone(Box<str>),
+    Membership(Membership),
 }
 
-impl Relayer {
-    /// A relayer for node `node_id`, run by process `instance`, on `servers`
-    /// (`nats://host:port` each), delivering to `reactors`.
-    pub(super) fn new(
-        (servers, tls): (&[String], Arc<rustls::ClientConfig>),
-        (node_id, instance): (&str, &str),
-        (reactors, (limits, store_stats)): (Reactors, (StreamSettings, Arc<StoreStats>)),
-        (state, local_stats): (Arc<State>, LocalStats),
-    ) -> Relayer {
+impl Dialer {
+    /// A dialer of `servers` (`nats://host:port` each) for node `node_id`'s relay, with
+    /// `tls` for the servers that ask for it.
+    pub(super) fn new(servers: &[String], tls: Arc<rustls::ClientConfig>, node_id: &str) -> Dialer {
         let token = super::instance_token_hex();
-        let inbox = format!("_INBOX.{token}.");
-        Relayer {
+        Dialer {
             next_server: usize::from_str_radix(&token[..8], 16).unwrap_or(0),
-            inboxes: Inboxes::new(&inbox, limits),
-            history: History::new(&inbox, limits, store_stats),
-            node_id: node_id.into(),
-            instance: instance.into(),
-            presence_sids: HashMap::new(),
-            huddle_sids: HashMap::new(),
-            joins: HashMap::new(),
-            holders: Holders::default(),
-            events: None,
-            event_checks: presence_events::Checks::default(),
-            let_go: HashMap::new(),
-            state,
-            local_stats,
-            gathers: HashMap::new(),
-            broadcasts: HashMap::new(),
-            admin_calls: HashMap::new(),
-            next_gather: 0,
-            pings: (0, Instant::now()),
             servers: servers
                 .iter()
                 .filter_map(|url| url.parse::<async_nats::ServerAddr>().ok())
@@ -295,140 +297,13 @@ impl Relayer {
                 .collect(),
             tls: tokio_rustls::TlsConnector::from(tls),
             name: format!("engine {node_id} relay"),
-            reactors,
-            by_sid: HashMap::new(),
-            sids: HashMap::new(),
-            next_sid: ADMIN_SID + 1,
-            inbox,
-            calls: HashMap::new(),
-            next_call: 0,
-            out: BytesMut::new(),
-        }
-    }
-
-    /// A relayer that reports users online and offline to the events webhook for the
-    /// cluster ([`presence_events`]).
-    pub(super) fn with_events(mut self, events: Option<crate::events::Events>) -> Relayer {
-        self.events = events;
-        self
-    }
-
-    /// Carries out what the shards ask, woken by `doorbell`, and forgets the holdings of
-    /// the instances `gone` names, until every reactor is gone (the engine stops) or the
-    /// doorbell cannot be waited on.
-    pub(super) async fn run(
-        mut self,
-        relays: mpsc::Receiver<Relay>,
-        doorbell: Arc<Doorbell>,
-        mut gone: tokio::sync::mpsc::UnboundedReceiver<Box<str>>,
-    ) {
-        // SAFETY: `BellFd` holds the doorbell, which owns the eventfd and closes it only
-        // when dropped: the fd stays open, and is not replaced, while tokio watches it.
-        let registered = unsafe {
-            AsyncFd::register_with_interest(BellFd(doorbell.clone()), Interest::READABLE)
-        };
-        let bell = match registered {
-            Ok(bell) => bell,
-            Err(e) => return error!("cluster: the relay's doorbell cannot be waited on: {e}"),
-        };
-        let mut conn: Option<Conn> = None;
-        let mut inbuf = BytesMut::with_capacity(READ_CHUNK);
-        let (mut attempts, mut retry_at) = (0u32, Instant::now());
-        let mut tick = tokio::time::interval(Duration::from_millis(250));
-        loop {
-            let wake = tokio::select! {
-                ready = bell.readable() => match ready {
-                    Ok(mut ready) => {
-                        ready.clear_ready();
-                        Wake::Doorbell
-                    }
-                    Err(e) => return error!("cluster: the relay's doorbell failed: {e}"),
-                },
-                read = read_some(conn.as_mut(), &mut inbuf), if conn.is_some() => Wake::Read(read),
-                () = tokio::time::sleep_until(retry_at), if conn.is_none() => Wake::Reconnect,
-                _ = tick.tick() => Wake::Tick,
-                Some(instance) = gone.recv() => Wake::Gone(instance),
-            };
-            match wake {
-                Wake::Doorbell => {
-                    // Cleared before the channel is drained: a relay sent after rings again.
-                    doorbell.clear();
-                    loop {
-                        match relays.try_recv() {
-                            Ok(relay) => self.carry_out(relay, conn.is_some()),
-                            Err(mpsc::TryRecvError::Empty) => break,
-                            Err(mpsc::TryRecvError::Disconnected) => return,
-                        }
-                    }
-                }
-                Wake::Read(Ok(n)) if n > 0 => {
-                    if let Err(e) = self.take_ops(&mut inbuf) {
-                        warn!("cluster: relay connection dropped: {e}");
-                        conn = None;
-                    }
-                }
-                Wake::Read(read) => {
-                    let why = read.map_or_else(|e| e.to_string(), |_| "closed".into());
-                    warn!("cluster: relay connection lost ({why}); reconnecting");
-                    conn = None;
-                }
-                Wake::Reconnect => match self.open().await {
-                    Ok(stream) => {
-                        attempts = 0;
-                        inbuf.clear();
-                        self.pings = (0, Instant::now());
-                        conn = Some(stream);
-                        self.reconnected();
-                    }
-                    Err(e) => {
-                        attempts += 1;
-                        debug!(attempts, "cluster: relay connection: {e}");
-                    }
-                },
-                Wake::Gone(instance) => {
-                    let reports = self.holders.gone(&instance, crate::protocol::now_ms());
-                    self.report(reports);
-                }
-                Wake::Tick => {
-                    self.expire_waits();
-                    if conn.is_some() && !self.ping_due() {
-                        warn!("cluster: NATS did not answer two pings; reconnecting");
-                        conn = None;
-                    }
-                }
-            }
-            let was = self
-                .state
-                .relay_connected
-                .swap(conn.is_some(), std::sync::atomic::Ordering::AcqRel);
-            if was && conn.is_none() {
-                let failed = self.inboxes.disconnected();
-                self.send_replies(failed);
-                self.gaps_filled();
-                let failed = self.history.disconnected();
-                self.send_replies(failed);
-            }
-            if conn.is_none() {
-                self.out.clear();
-                if retry_at <= Instant::now() {
-                    retry_at = Instant::now() + super::backoff(attempts);
-                }
-                continue;
-            }
-            if let Some(stream) = conn.as_mut() {
-                if let Err(e) = flush(stream, &mut self.out).await {
-                    warn!("cluster: relay connection lost ({e}); reconnecting");
-                    conn = None;
-                    retry_at = Instant::now();
-                }
-            }
         }
     }
 
     /// Connects to the next server, reads its `INFO` (and starts TLS if it asks, or the
-    /// URL did), says who it is, waits for its `PONG`, and subscribes to the call answers
-    /// and every watched user.
-    async fn open(&mut self) -> io::Result<Conn> {
+    /// URL did), says who it is, sends `subscriptions` ([`Relayer::subscriptions`]) and
+    /// waits for its `PONG`.
+    async fn open(&mut self, subscriptions: &[u8]) -> io::Result<Conn> {
         let server = self.next_server % self.servers.len();
         // After this one, whether it answers or not (a reconnect tries another).
         self.next_server = server + 1;
@@ -441,18 +316,7 @@ impl Relayer {
         let (server, credentials) = (&server.address, &server.credentials);
         let mut hello = BytesMut::new();
         wire::connect(&mut hello, &self.name, credentials);
-        wire::subscribe(&mut hello, &format!("{}*", self.inbox), INBOX_SID);
-        wire::subscribe(&mut hello, STATS_SUBJECT, STATS_SID);
-        wire::subscribe(&mut hello, BROADCAST_SUBJECT, BROADCAST_SID);
-        wire::subscribe(&mut hello, ADMIN_SUBJECT, ADMIN_SID);
-        for (sid, sub) in &self.by_sid {
-            let subject = match sub {
-                Sub::Live { user, .. } => relay::live_subject(user),
-                Sub::Presence(user) => relay::presence_subject(user),
-                Sub::Huddle { group, room, .. } => relay::huddle_subject(group, room),
-            };
-            wire::subscribe(&mut hello, &subject, *sid);
-        }
+        hello.extend_from_slice(subscriptions);
         stream.write_all(&hello).await?;
         let handshake = async {
             loop {
@@ -475,7 +339,6 @@ impl Relayer {
         tokio::time::timeout(CONNECT_WAIT, handshake)
             .await
             .map_err(timeout)??;
-        info!(server, users = self.sids.len(), "cluster: relay connected");
         Ok(stream)
     }
 
@@ -507,9 +370,163 @@ impl Relayer {
         })?;
         Ok(Box::new(tls))
     }
+}
+
+impl Relayer {
+    /// A relayer for node `node_id`, run by process `instance`, whose answers come to
+    /// subjects under `inbox` (`_INBOX.<token>.`), delivering to `reactors`.
+    pub(super) fn new(
+        (node_id, instance, inbox): (&str, &str, String),
+        (reactors, (limits, store_stats)): (Reactors, (StreamSettings, Arc<StoreStats>)),
+        (state, local_stats): (Arc<State>, LocalStats),
+    ) -> Relayer {
+        Relayer {
+            inboxes: Inboxes::new(&inbox, limits),
+            history: History::new(&inbox, limits, store_stats),
+            node_id: node_id.into(),
+            instance: instance.into(),
+            presence_sids: HashMap::new(),
+            huddle_sids: HashMap::new(),
+            joins: HashMap::new(),
+            holders: Holders::default(),
+            events: None,
+            event_checks: presence_events::Checks::default(),
+            let_go: HashMap::new(),
+            state,
+            local_stats,
+            gathers: HashMap::new(),
+            broadcasts: HashMap::new(),
+            admin_calls: HashMap::new(),
+            next_gather: 0,
+            pings: (0, Instant::now()),
+            wall_ms: crate::protocol::now_ms,
+            reactors,
+            by_sid: HashMap::new(),
+            sids: HashMap::new(),
+            next_sid: BACK_SID + 1,
+            inbox,
+            calls: HashMap::new(),
+            next_call: 0,
+            out: BytesMut::new(),
+        }
+    }
+
+    /// A relayer that reports users online and offline to the events webhook for the
+    /// cluster ([`presence_events`]).
+    pub(super) fn with_events(mut self, events: Option<crate::events::Events>) -> Relayer {
+        self.events = events;
+        self
+    }
+
+    /// Carries out what the shards ask, woken by `doorbell`, on connections `dialer`
+    /// opens, and follows what `membership` says of the other nodes' processes, until
+    /// every reactor is gone (the engine stops) or the doorbell cannot be waited on.
+    pub(super) async fn run(
+        mut self,
+        mut dialer: Dialer,
+        relays: mpsc::Receiver<Relay>,
+        doorbell: Arc<Doorbell>,
+        mut membership: tokio::sync::mpsc::UnboundedReceiver<Membership>,
+    ) {
+        // SAFETY: `BellFd` holds the doorbell, which owns the eventfd and closes it only
+        // when dropped: the fd stays open, and is not replaced, while tokio watches it.
+        let registered = unsafe {
+            AsyncFd::register_with_interest(BellFd(doorbell.clone()), Interest::READABLE)
+        };
+        let bell = match registered {
+            Ok(bell) => bell,
+            Err(e) => return error!("cluster: the relay's doorbell cannot be waited on: {e}"),
+        };
+        let mut conn: Option<Conn> = None;
+        let mut inbuf = BytesMut::with_capacity(READ_CHUNK);
+        let (mut attempts, mut retry_at) = (0u32, Instant::now());
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        loop {
+            let wake = tokio::select! {
+                ready = bell.readable() => match ready {
+                    Ok(mut ready) => {
+                        ready.clear_ready();
+                        Wake::Doorbell
+                    }
+                    Err(e) => return error!("cluster: the relay's doorbell failed: {e}"),
+                },
+                read = read_some(conn.as_mut(), &mut inbuf), if conn.is_some() => Wake::Read(read),
+                () = tokio::time::sleep_until(retry_at), if conn.is_none() => Wake::Reconnect,
+                _ = tick.tick() => Wake::Tick,
+                Some(news) = membership.recv() => Wake::Membership(news),
+            };
+            match wake {
+                Wake::Doorbell => {
+                    // Cleared before the channel is drained: a relay sent after rings again.
+                    doorbell.clear();
+                    loop {
+                        match relays.try_recv() {
+                            Ok(relay) => self.carry_out(relay, conn.is_some()),
+                            Err(mpsc::TryRecvError::Empty) => break,
+                            Err(mpsc::TryRecvError::Disconnected) => return,
+                        }
+                    }
+                }
+                Wake::Read(Ok(n)) if n > 0 => {
+                    if let Err(e) = self.take_ops(&mut inbuf) {
+                        warn!("cluster: relay connection dropped: {e}");
+                        conn = None;
+                    }
+                }
+                Wake::Read(read) => {
+                    let why = read.map_or_else(|e| e.to_string(), |_| "closed".into());
+                    warn!("cluster: relay connection lost ({why}); reconnecting");
+                    conn = None;
+                }
+                Wake::Reconnect => match dialer.open(&self.subscriptions()).await {
+                    Ok(stream) => {
+                        info!(users = self.sids.len(), "cluster: relay connected");
+                        attempts = 0;
+                        inbuf.clear();
+                        conn = Some(stream);
+                        self.reconnected();
+                    }
+                    Err(e) => {
+                        attempts += 1;
+                        debug!(attempts, "cluster: relay connection: {e}");
+                    }
+                },
+                Wake::Membership(Membership::Gone(instance)) => self.gone(&instance),
+                Wake::Membership(Membership::Joined(instance)) => self.joined(&instance),
+                Wake::Tick => {
+                    self.expire_waits();
+                    if conn.is_some() && !self.ping_due() {
+                        warn!("cluster: NATS did not answer two pings; reconnecting");
+                        conn = None;
+                    }
+                }
+            }
+            let was = self
+                .state
+                .relay_connected
+                .swap(conn.is_some(), std::sync::atomic::Ordering::AcqRel);
+            if was && conn.is_none() {
+                self.disconnected();
+            }
+            if conn.is_none() {
+                self.out.clear();
+                if retry_at <= Instant::now() {
+                    retry_at = Instant::now() + super::backoff(attempts);
+                }
+                continue;
+            }
+            if let Some(stream) = conn.as_mut() {
+                if let Err(e) = flush(stream, &mut self.out).await {
+                    warn!("cluster: relay connection lost ({e}); reconnecting");
+                    conn = None;
+                    retry_at = Instant::now();
+                }
+            }
+        }
+    }
 
     /// One relay from a shard; written to the connection if there is one.
-    fn carry_out(&mut self, relay: Relay, connected: bool) {
+    pub(super) fn carry_out(&mut self, relay: Relay, connected: bool) {
         match relay {
             Relay::Watch { user, home } => self.hold(user, home, connected),
             Relay::Away { user } => {
@@ -676,7 +693,7 @@ impl Relayer {
         }
         let sid = self.next_sid;
         self.next_sid += 1;
-        let since_ms = crate::protocol::now_ms();
+        let since_ms = (self.wall_ms)();
         // Back while NATS is away: its letting go is not announced on reconnecting.
         self.let_go.remove(&user);
         if connected {
@@ -752,7 +769,7 @@ impl Relayer {
             wire::subscribe(&mut self.out, &relay::presence_subject(&user), sid);
             self.ask(&user, question);
         } else {
-            let report = self.holders.unanswered(question, crate::protocol::now_ms());
+            let report = self.holders.unanswered(question, (self.wall_ms)());
             self.report(report);
         }
         self.by_sid.insert(sid, Sub::Presence(user));
@@ -770,22 +787,105 @@ impl Relayer {
         );
     }
 
-    /// Back on NATS: what the others missed is said again (every user held here, and
-    /// those let go meanwhile), and every watched user's holders are asked again.
-    fn reconnected(&mut self) {
-        let now_ms = crate::protocol::now_ms();
-        let held: Vec<Arc<str>> = self.sids.keys().cloned().collect();
+    /// What a new connection subscribes to, after its `CONNECT`: the answers to this
+    /// node's requests, the subjects every node hears, and each user held or watched and
+    /// each huddle room here (in the order they were first subscribed).
+    pub(super) fn subscriptions(&self) -> BytesMut {
+        let mut out = BytesMut::new();
+        wire::subscribe(&mut out, &format!("{}*", self.inbox), INBOX_SID);
+        wire::subscribe(&mut out, STATS_SUBJECT, STATS_SID);
+        wire::subscribe(&mut out, BROADCAST_SUBJECT, BROADCAST_SID);
+        wire::subscribe(&mut out, ADMIN_SUBJECT, ADMIN_SID);
+        wire::subscribe(&mut out, BACK_SUBJECT, BACK_SID);
+        let mut subs: Vec<(&u64, &Sub)> = self.by_sid.iter().collect();
+        subs.sort_unstable_by_key(|(sid, _)| **sid);
+        for (sid, sub) in subs {
+            let subject = match sub {
+                Sub::Live { user, .. } => relay::live_subject(user),
+                Sub::Presence(user) => relay::presence_subject(user),
+                Sub::Huddle { group, room, .. } => relay::huddle_subject(group, room),
+            };
+            wire::subscribe(&mut out, &subject, *sid);
+        }
+        out
+    }
+
+    /// Back on NATS, on a connection that has [`Relayer::subscriptions`]: what the others
+    /// missed is said again (every user held here, and those let go meanwhile, each in
+    /// name order), and every watched user's holders are asked again.
+    pub(super) fn reconnected(&mut self) {
+        self.pings = (0, Instant::now());
+        let now_ms = (self.wall_ms)();
+        let mut held: Vec<Arc<str>> = self.sids.keys().cloned().collect();
+        held.sort_unstable();
         for user in held {
             self.announce(&user, true, now_ms);
         }
-        for (user, at_ms) in std::mem::take(&mut self.let_go) {
+        let mut let_go: Vec<(Arc<str>, u64)> = self.let_go.drain().collect();
+        let_go.sort_unstable();
+        for (user, at_ms) in let_go {
             self.announce(&user, false, at_ms);
         }
         for (user, question) in self.holders.ask_again(Instant::now()) {
             self.ask(&user, question);
         }
+        wire::publish(
+            &mut self.out,
+            BACK_SUBJECT.as_bytes(),
+            None,
+            self.instance.as_bytes(),
+        );
         self.inboxes.connected(&mut self.out);
         self.history.connected(&mut self.out);
+    }
+
+    /// Cut off from NATS: what waits on an answer from it fails (the live subscriptions
+    /// stay, to be made again on reconnecting).
+    pub(super) fn disconnected(&mut self) {
+        let failed = self.inboxes.disconnected();
+        self.send_replies(failed);
+        self.gaps_filled();
+        let failed = self.history.disconnected();
+        self.send_replies(failed);
+    }
+
+    /// Instance `instance` died, left, or had its node id taken over: the users only it
+    /// held are offline as far as this node knows, and what it said before that still
+    /// comes is ignored.
+    pub(super) fn gone(&mut self, instance: &str) {
+        let reports = self
+            .holders
+            .gone(instance, (Instant::now(), (self.wall_ms)()));
+        self.report(reports);
+    }
+
+    /// Instance `instance` beats in the node bucket. If it had been counted dead (silent
+    /// too long, maybe while its relay was back already), it is heard again, and every
+    /// watched user is asked about again, since this node dropped what it held.
+    pub(super) fn joined(&mut self, instance: &str) {
+        if !self.holders.back_from_the_dead(instance) {
+            return;
+        }
+        let connected = self
+            .state
+            .relay_connected
+            .load(std::sync::atomic::Ordering::Acquire);
+        if connected {
+            for (user, question) in self.holders.ask_again(Instant::now()) {
+                self.ask(&user, question);
+            }
+        } // else asked on reconnecting
+    }
+
+    /// Instance `instance` came back on NATS: the users it holds are asked about again,
+    /// in case what it announced before was lost.
+    fn back(&mut self, instance: &[u8]) {
+        let Ok(instance) = std::str::from_utf8(instance) else {
+            return debug!("cluster: a return that does not parse");
+        };
+        for (user, question) in self.holders.ask_again_held_by(instance, Instant::now()) {
+            self.ask(&user, question);
+        }
     }
 
     /// Hands the inboxes' answers to their reactors.
@@ -809,7 +909,7 @@ impl Relayer {
     }
 
     /// Acts on every whole operation read so far.
-    fn take_ops(&mut self, inbuf: &mut BytesMut) -> Result<(), wire::WireError> {
+    pub(super) fn take_ops(&mut self, inbuf: &mut BytesMut) -> Result<(), wire::WireError> {
         while let Some(op) = wire::next_op(inbuf)? {
             match op {
                 Op::Ping => wire::pong(&mut self.out),
@@ -846,6 +946,11 @@ impl Relayer {
                     let said = payload;
                     self.reactors.send(0, Inbound::Admin { said, reply });
                 }
+                Op::Msg {
+                    sid: BACK_SID,
+                    payload,
+                    ..
+                } => self.back(&payload),
                 Op::Msg {
                     sid: STATS_SID,
                     reply: Some(reply),
@@ -1146,7 +1251,7 @@ impl Relayer {
                 let Some(question) = number(question) else {
                     return;
                 };
-                let now_ms = crate::protocol::now_ms();
+                let now_ms = (self.wall_ms)();
                 let report = match (status, std::str::from_utf8(&payload)) {
                     (Some(503), _) => self.holders.unanswered(question, now_ms),
                     (None, Ok(instance)) if !instance.is_empty() => {
@@ -1361,14 +1466,12 @@ impl Relayer {
     /// is out of reach (or, if a node holds the receiver in its grace, that the receiver
     /// is offline), answers the gathers that waited [`STATS_WAIT`] with the figures that
     /// came, and settles the presence questions that waited long enough.
-    fn expire_waits(&mut self) {
+    pub(super) fn expire_waits(&mut self) {
         let now = Instant::now();
-        let late: Vec<Call> = self
-            .calls
-            .extract_if(|_, call| call.until <= now)
-            .map(|(_, call)| call)
-            .collect();
-        for call in late {
+        let mut late: Vec<(u64, Call)> =
+            self.calls.extract_if(|_, call| call.until <= now).collect();
+        late.sort_unstable_by_key(|(number, _)| *number);
+        for (_, call) in late {
             let code = if call.away {
                 ErrorCode::PeerOffline
             } else {
@@ -1393,7 +1496,7 @@ impl Relayer {
         self.joins.retain(|_, (_, until)| *until > now);
         let unanswered = self.event_checks.expire(now);
         self.report_presence_events(unanswered);
-        let settled = self.holders.expire(now, crate::protocol::now_ms());
+        let settled = self.holders.expire(now, (self.wall_ms)());
         self.report(settled);
         let failed = self.inboxes.expire(now, &mut self.out);
         self.send_replies(failed);
@@ -1407,13 +1510,32 @@ impl Relayer {
     }
 }
 
-/// The gathers in `waiting` whose wait, `until`, is over at `now`.
+/// The live relay's simulator drives a relayer through these: its bytes go to a
+/// simulated server, and its presence is dated by the simulator's clock.
+#[cfg(test)]
+impl Relayer {
+    /// What is to be written to the connection, taken.
+    pub(super) fn take_written(&mut self) -> BytesMut {
+        self.out.split()
+    }
+
+    /// Dates presence by `wall_ms` instead of the system's clock.
+    pub(super) fn with_wall_clock(mut self, wall_ms: fn() -> u64) -> Relayer {
+        self.wall_ms = wall_ms;
+        self
+    }
+}
+
+/// The gathers in `waiting` whose wait, `until`, is over at `now`, in the order they
+/// started.
 fn due<T>(waiting: &HashMap<u64, T>, now: Instant, until: impl Fn(&T) -> Instant) -> Vec<u64> {
-    waiting
+    let mut due: Vec<u64> = waiting
         .iter()
         .filter(|(_, gather)| until(gather) <= now)
         .map(|(id, _)| *id)
-        .collect()
+        .collect();
+    due.sort_unstable();
+    due
 }
 
 /// Reads what the socket has into `inbuf` (0: closed).

@@ -92,7 +92,7 @@ pub(super) struct JetStream {
 }
 
 /// Whether NATS subject pattern `pattern` (`*`, `>`) matches `subject`.
-fn matches(pattern: &str, subject: &str) -> bool {
+pub(super) fn matches(pattern: &str, subject: &str) -> bool {
     let mut subject = subject.split('.');
     for token in pattern.split('.') {
         match (token, subject.next()) {
@@ -178,6 +178,12 @@ pub(super) fn next_publish(buf: &mut BytesMut) -> Option<Publish> {
 }
 
 impl JetStream {
+    /// Whether a publish on `subject` is JetStream's (its API, or a stream's subject)
+    /// rather than NATS core's.
+    pub(super) fn takes(&self, subject: &str) -> bool {
+        subject.starts_with("$JS.") || self.streams.values().any(|s| s.takes(subject))
+    }
+
     /// Carries out one publish; returns what is delivered because of it (the answer, and
     /// a republish).
     pub(super) fn handle(&mut self, publish: Publish) -> Vec<Delivery> {

@@ -29,6 +29,8 @@
 //! `CLUSTER_SIM_LOG` set a failure prints every step, not the last 40.
 
 mod jetstream;
+mod live;
+mod nats;
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, VecDeque},
@@ -1228,16 +1230,42 @@ fn run_seed(seed: u64, steps: usize) -> Result<Tally, String> {
         .expect("a runtime");
     let mut world = World::new(seed);
     let outcome = runtime.block_on(world.run(steps));
-    outcome.map_err(|why| {
-        // `CLUSTER_SIM_LOG`: every step, not the last 40.
-        let shown = match std::env::var_os("CLUSTER_SIM_LOG") {
-            Some(_) => usize::MAX,
-            None => 40,
-        };
-        let tail: Vec<&String> = world.log.iter().rev().take(shown).collect();
-        let steps: Vec<&String> = tail.into_iter().rev().collect();
-        format!("seed {seed}: {why}\nlast steps:\n{steps:#?}")
-    })
+    outcome.map_err(|why| failure(seed, &why, &world.log))
+}
+
+/// What seed `seed` reports when invariant `why` broke: the last 40 steps of its `log`,
+/// or every step with `CLUSTER_SIM_LOG` set.
+fn failure(seed: u64, why: &str, log: &[String]) -> String {
+    let shown = match std::env::var_os("CLUSTER_SIM_LOG") {
+        Some(_) => usize::MAX,
+        None => 40,
+    };
+    let steps = &log[log.len().saturating_sub(shown)..];
+    format!("seed {seed}: {why}\nlast steps:\n{steps:#?}")
+}
+
+/// Runs the seeds the environment names, `<prefix>_SEED` alone (its tally printed, and
+/// `None` returned), or else `<prefix>_SEEDS` of them (`default`) from
+/// `<prefix>_SEED_BASE`: their tallies added up. The first failure panics.
+fn run_seeds<T: Default + std::fmt::Debug>(
+    prefix: &str,
+    default: u64,
+    run: impl Fn(u64) -> Result<T, String>,
+    add: impl Fn(&mut T, T),
+) -> Option<T> {
+    let panic_on_failure = |seed| run(seed).unwrap_or_else(|why| panic!("{why}"));
+    if let Some(seed) = env_u64(&format!("{prefix}_SEED")) {
+        eprintln!("seed {seed}: {:?}", panic_on_failure(seed));
+        return None;
+    }
+    let base = env_u64(&format!("{prefix}_SEED_BASE")).unwrap_or(0);
+    let seeds = env_u64(&format!("{prefix}_SEEDS")).unwrap_or(default);
+    let mut total = T::default();
+    for seed in base..base + seeds {
+        add(&mut total, panic_on_failure(seed));
+    }
+    eprintln!("{seeds} seeds: {total:?}");
+    Some(total)
 }
 
 fn env_u64(name: &str) -> Option<u64> {
@@ -1246,21 +1274,11 @@ fn env_u64(name: &str) -> Option<u64> {
 
 #[test]
 fn every_seed_keeps_the_cluster_inbox_invariants() {
-    if let Some(seed) = env_u64("CLUSTER_SIM_SEED") {
-        let tally = run_seed(seed, STEPS).unwrap_or_else(|why| panic!("{why}"));
-        eprintln!("seed {seed}: {tally:?}");
-        return;
+    let run = |seed| run_seed(seed, STEPS);
+    if let Some(total) = run_seeds("CLUSTER_SIM", SEEDS_DEFAULT, run, Tally::add) {
+        assert!(
+            total.kept > 0 && total.resumed > 0 && total.handed > 0,
+            "{total:?}"
+        );
     }
-    let base = env_u64("CLUSTER_SIM_SEED_BASE").unwrap_or(0);
-    let seeds = env_u64("CLUSTER_SIM_SEEDS").unwrap_or(SEEDS_DEFAULT);
-    let mut total = Tally::default();
-    for seed in base..base + seeds {
-        let tally = run_seed(seed, STEPS).unwrap_or_else(|why| panic!("{why}"));
-        total.add(tally);
-    }
-    eprintln!("{seeds} seeds: {total:?}");
-    assert!(
-        total.kept > 0 && total.resumed > 0 && total.handed > 0,
-        "{total:?}"
-    );
 }

@@ -1,0 +1,896 @@
+//! The live relay's simulator: several nodes' real [`Relayer`]s, each speaking the NATS
+//! protocol to one simulated nats-server ([`super::nats`]), on a virtual clock, one seed
+//! at a time. Nodes hold users (a device there, or the user in its grace) and let them go,
+//! their connections watch users' presence, and callers ring users and type to them; the
+//! server reads each connection's operations and hands each its messages at random
+//! moments, so that they interleave as on a real server. Faults come at random: a node is
+//! cut off from NATS (what it had written and what was on its way to it lost) and comes
+//! back; a node is killed, and the others hear it is gone 10 s later, when membership
+//! counts it dead (everything it had sent before then delivered); a node leaves on
+//! SIGTERM, and the others hear it at once, possibly before its last messages; a node
+//! cut off for longer than 10 s is counted dead by the others too, and so, sometimes, is
+//! one whose relay came back just before that (its membership had not beaten again yet).
+//! Membership itself is not simulated, only what it tells the relay: an instance gone.
+//!
+//! The invariants, checked once everything settled:
+//! - every watched user's home has heard, as its last word, whether another node that is
+//!   alive holds the user, and it never heard the same word twice running;
+//! - a call rang on every other node holding a device of the user, each once, and said
+//!   nothing to the caller; with none, the caller heard `peer_offline` once;
+//! - typing reached every other node holding a device of the user, each once;
+//! - during the faults, no call was answered twice, and every call whose caller lived
+//!   rang somewhere or was answered.
+//!
+//! `cargo test -p engine --lib cluster::sim::live` runs `LIVE_SIM_SEEDS` seeds (default
+//! 2,000, about 3 s) from `LIVE_SIM_SEED_BASE`; `LIVE_SIM_SEED=N` replays one, and with
+//! `CLUSTER_SIM_LOG` set a failure prints every step, not the last 40.
+
+use std::{
+    cell::Cell,
+    collections::{BTreeMap, BTreeSet},
+    sync::{atomic::Ordering, mpsc, Arc},
+    time::Duration,
+};
+
+use tokio::time::Instant;
+
+use super::{failure, nats::Nats, run_seeds, Rng};
+use crate::{
+    cluster::{
+        inboxes::StreamSettings,
+        relay::{Inbound, Reactors, Relay},
+        relayer::Relayer,
+        shards::Shards,
+        State,
+    },
+    protocol::{
+        codes::{ErrorCode, OutKind},
+        outbound::Outgoing,
+        Priority,
+    },
+    router::{ConnAddr, Envelope},
+    store::{DoorbellSet, StoreStats},
+};
+
+/// Reactors per node: a user's home is one of them.
+const REACTORS: usize = 2;
+/// Steps a seed runs before everything settles.
+const STEPS: usize = 400;
+/// Seeds the default run covers.
+const SEEDS_DEFAULT: u64 = 2_000;
+/// How long membership takes to count a silent node dead (`cluster::node`).
+const DEAD_AFTER: Duration = Duration::from_secs(10);
+/// How often a node beats in the node bucket (`cluster::node`).
+const BEAT: Duration = Duration::from_secs(2);
+/// The simulated wall clock at a seed's start (Unix ms).
+const WALL_AT_START_MS: u64 = 1_800_000_000_000;
+
+thread_local! {
+    /// When the seed started, on the virtual clock.
+    static STARTED: Cell<Option<Instant>> = const { Cell::new(None) };
+}
+
+/// The relayers' wall clock: the virtual clock's time since the seed started.
+fn wall_ms() -> u64 {
+    let since = STARTED
+        .with(Cell::get)
+        .map_or(0, |at| at.elapsed().as_millis());
+    WALL_AT_START_MS + since as u64
+}
+
+/// Doorbells nobody waits on: the simulator reads the reactors' channels itself.
+struct Unrung;
+
+impl DoorbellSet for Unrung {
+    fn ring(&self, _: usize) {}
+}
+
+/// One process running a node.
+struct Process {
+    relayer: Relayer,
+    /// Its reactors' channels.
+    inbound: Vec<mpsc::Receiver<Inbound>>,
+    instance: String,
+    /// Its connection to the server, while it has one.
+    conn: Option<usize>,
+    /// Cut off since.
+    cut_at: Option<Instant>,
+    /// What the relayer says of its connection.
+    state: Arc<State>,
+}
+
+/// Whether a node holds a user with a device there, or only in the user's grace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Hold {
+    Devices,
+    Grace,
+}
+
+/// One node: its process (none while dead) and what its homes did and heard.
+struct Node {
+    process: Option<Process>,
+    /// Processes started for it so far.
+    started: u32,
+    holds: BTreeMap<String, Hold>,
+    watches: BTreeSet<String>,
+    /// Per watched user, the last word its home heard: whether another node holds it.
+    heard: BTreeMap<String, bool>,
+}
+
+/// A call signal placed, or a typing sent: where it went and what the caller heard.
+#[derive(Default)]
+struct Signal {
+    /// The calling node, and the instance that placed it.
+    from: (usize, String),
+    /// Where it rang: the nodes whose home got it.
+    rang: Vec<usize>,
+    /// What the caller heard.
+    said: Vec<ErrorCode>,
+    /// Whether the caller waits for an outcome (a call no device on its node took).
+    call: bool,
+}
+
+/// What membership tells another node's process at `at`: a node's instance is gone, or
+/// beats again.
+struct News {
+    to: usize,
+    /// The process that is to hear it (a later one never knew the instance).
+    to_instance: String,
+    instance: String,
+    /// It beats (again); else it is gone.
+    joined: bool,
+    at: Instant,
+    /// Everything on its way to `to` arrives first (a kill, heard after 10 s).
+    after_the_rest: bool,
+}
+
+/// What the seeds exercised.
+#[derive(Debug, Default, Clone, Copy)]
+struct Tally {
+    reports: usize,
+    calls_rung: usize,
+    calls_offline: usize,
+    calls_unavailable: usize,
+    cuts: usize,
+    kills: usize,
+    leaves: usize,
+}
+
+impl Tally {
+    fn add(&mut self, other: Tally) {
+        let Tally {
+            reports,
+            calls_rung,
+            calls_offline,
+            calls_unavailable,
+            cuts,
+            kills,
+            leaves,
+        } = other;
+        self.reports += reports;
+        self.calls_rung += calls_rung;
+        self.calls_offline += calls_offline;
+        self.calls_unavailable += calls_unavailable;
+        self.cuts += cuts;
+        self.kills += kills;
+        self.leaves += leaves;
+    }
+}
+
+/// The simulated cluster of one seed.
+struct World {
+    rng: Rng,
+    server: Nats,
+    nodes: Vec<Node>,
+    users: Vec<String>,
+    /// By reference: the signals sent.
+    signals: BTreeMap<String, Signal>,
+    next_signal: u64,
+    news: Vec<News>,
+    tally: Tally,
+    log: Vec<String>,
+}
+
+impl World {
+    fn new(seed: u64) -> World {
+        let mut rng = Rng(seed);
+        let node_count = 2 + rng.below(3);
+        let user_count = 2 + rng.below(3);
+        let mut world = World {
+            rng,
+            server: Nats::default(),
+            nodes: Vec::new(),
+            users: (0..user_count).map(|u| format!("u{u}")).collect(),
+            signals: BTreeMap::new(),
+            next_signal: 0,
+            news: Vec::new(),
+            tally: Tally::default(),
+            log: Vec::new(),
+        };
+        for n in 0..node_count {
+            world.nodes.push(Node {
+                process: None,
+                started: 0,
+                holds: BTreeMap::new(),
+                watches: BTreeSet::new(),
+                heard: BTreeMap::new(),
+            });
+            world.start(n);
+        }
+        world
+    }
+
+    /// Starts a process for node `n`, connected.
+    fn start(&mut self, n: usize) {
+        let node = &mut self.nodes[n];
+        node.started += 1;
+        let instance = format!("n{n}-{}", node.started);
+        let (senders, inbound): (Vec<_>, Vec<_>) = (0..REACTORS).map(|_| mpsc::channel()).unzip();
+        let reactors = Reactors {
+            senders,
+            doorbells: Arc::new(Unrung),
+        };
+        let streams = StreamSettings {
+            queue_max_per_user: 100,
+            queue_max_per_sender: 0,
+            retention: Duration::from_secs(86_400),
+            replicas: 1,
+            shards: Shards::new(1),
+        };
+        let stores = (streams, Arc::new(StoreStats::default()));
+        let local_stats: Arc<dyn Fn() -> Vec<u8> + Send + Sync> = Arc::new(|| b"{}".to_vec());
+        let me = (&*format!("n{n}"), &*instance, format!("_INBOX.{instance}."));
+        let state = Arc::new(State::default());
+        let relayer = Relayer::new(me, (reactors, stores), (state.clone(), local_stats))
+            .with_wall_clock(wall_ms);
+        node.process = Some(Process {
+            relayer,
+            state,
+            inbound,
+            instance,
+            conn: None,
+            cut_at: None,
+        });
+        node.holds.clear();
+        node.watches.clear();
+        node.heard.clear();
+        self.connect(n);
+    }
+
+    /// Node `n`'s process connects: its subscriptions, then what it says again.
+    fn connect(&mut self, n: usize) {
+        let conn = self.server.connect();
+        let Some(process) = self.nodes[n].process.as_mut() else {
+            return;
+        };
+        process.conn = Some(conn);
+        process.cut_at = None;
+        process.state.relay_connected.store(true, Ordering::Release);
+        let subscriptions = process.relayer.subscriptions();
+        self.server.write(conn, &subscriptions);
+        process.relayer.reconnected();
+        self.flush(n);
+    }
+
+    /// Hands node `n`'s written bytes to the server (lost while cut off), and reads what
+    /// its reactors got.
+    fn flush(&mut self, n: usize) {
+        let Some(process) = self.nodes[n].process.as_mut() else {
+            return;
+        };
+        let written = process.relayer.take_written();
+        if let Some(conn) = process.conn {
+            self.server.write(conn, &written);
+        }
+        let mut got = Vec::new();
+        for channel in &process.inbound {
+            got.extend(channel.try_iter());
+        }
+        for inbound in got {
+            self.reactor_got(n, inbound);
+        }
+    }
+
+    /// What node `n`'s reactors got from its relayer.
+    fn reactor_got(&mut self, n: usize, inbound: Inbound) {
+        match inbound {
+            Inbound::Mail(Envelope::RemotePresence { user, online, .. }) => {
+                let node = &mut self.nodes[n];
+                if !node.watches.contains(&*user) {
+                    return self.fail(format!("n{n} heard of {user}, whom it does not watch"));
+                }
+                if node.heard.insert(user.to_string(), online) == Some(online) {
+                    return self.fail(format!(
+                        "n{n} heard twice running that {user} is {}",
+                        word(online)
+                    ));
+                }
+                self.tally.reports += 1;
+                self.log.push(format!("n{n} hears {user} {}", word(online)));
+            }
+            Inbound::Mail(Envelope::Deliver(delivery)) => {
+                let json = delivery.frame.json();
+                let text = String::from_utf8_lossy(&json);
+                let Some(reference) = text.split('"').find(|t| t.starts_with('#')) else {
+                    return self.fail(format!("n{n} got a live event it cannot name: {text}"));
+                };
+                if let Some(signal) = self.signals.get_mut(reference) {
+                    signal.rang.push(n);
+                }
+                self.log.push(format!("n{n} rings {reference}"));
+            }
+            Inbound::CallNotTaken {
+                reference, code, ..
+            } => {
+                if let Some(signal) = self.signals.get_mut(&*reference) {
+                    signal.said.push(code);
+                }
+                self.log
+                    .push(format!("n{n} caller hears {reference} {code:?}"));
+            }
+            _ => {}
+        }
+    }
+
+    /// Records a broken invariant, reported at the next check.
+    fn fail(&mut self, why: String) {
+        self.log.push(format!("FAILED: {why}"));
+    }
+
+    /// The first broken invariant recorded, if any.
+    fn failed(&self) -> Result<(), String> {
+        match self.log.iter().find(|l| l.starts_with("FAILED: ")) {
+            Some(why) => Err(why.clone()),
+            None => Ok(()),
+        }
+    }
+
+    /// Runs `steps` random steps, then lets everything settle and checks.
+    async fn run(&mut self, steps: usize) -> Result<Tally, String> {
+        for _ in 0..steps {
+            self.step().await;
+            self.failed()?;
+        }
+        for n in 0..self.nodes.len() {
+            if self.nodes[n].process.is_none() {
+                self.log.push(format!("n{n} starts again"));
+                self.start(n);
+            } else if self.nodes[n]
+                .process
+                .as_ref()
+                .is_some_and(|p| p.conn.is_none())
+            {
+                self.reconnect(n);
+            }
+        }
+        self.settle().await;
+        self.failed()?;
+        self.check_presence()?;
+        self.check_signals_in_faults()?;
+        self.ring_everyone().await?;
+        Ok(self.tally)
+    }
+
+    /// One random step.
+    async fn step(&mut self) {
+        let n = self.rng.below(self.nodes.len());
+        let u = self.rng.below(self.users.len());
+        let user = self.users[u].clone();
+        let alive = self.nodes[n].process.is_some();
+        match self.rng.below(100) {
+            0..=14 if alive => self.hold_or_let_go(n, &user),
+            15..=24 if alive => self.watch_or_not(n, &user),
+            25..=31 if alive => {
+                self.signal(n, &user, true);
+            }
+            32..=34 if alive => {
+                self.signal(n, &user, false);
+            }
+            35..=59 => {
+                let count = 1 + self.rng.below(4);
+                self.server_reads(count);
+            }
+            60..=84 => {
+                let count = 1 + self.rng.below(4);
+                self.server_delivers(count);
+            }
+            85..=91 => {
+                let by = Duration::from_millis(self.rng.below(700) as u64);
+                self.advance(by).await;
+            }
+            92..=94 if alive => self.cut_or_reconnect(n),
+            95..=96 if alive => self.kill(n),
+            97 if alive => self.leave(n),
+            95..=97 => {
+                self.log.push(format!("n{n} starts again"));
+                self.start(n);
+            }
+            _ => {}
+        }
+    }
+
+    /// Node `n` gains `user` (a first device, or one back in the grace), loses its last
+    /// device (the grace), or lets the user go.
+    fn hold_or_let_go(&mut self, n: usize, user: &str) {
+        let held = self.nodes[n].holds.get(user).copied();
+        let next = match held {
+            None => Some(Hold::Devices),
+            Some(Hold::Grace) if self.rng.chance(50) => Some(Hold::Devices),
+            Some(Hold::Devices) if self.rng.chance(50) => Some(Hold::Grace),
+            Some(_) => None,
+        };
+        let user: Arc<str> = user.into();
+        let relay = match next {
+            Some(Hold::Devices) => Relay::Watch {
+                home: home_of(&user),
+                user,
+            },
+            Some(Hold::Grace) => Relay::Away { user },
+            None => Relay::Unwatch {
+                user,
+                at_ms: wall_ms(),
+            },
+        };
+        self.log.push(format!("n{n} {relay:?}"));
+        let holds = &mut self.nodes[n].holds;
+        match next {
+            Some(hold) => holds.insert(relay_user(&relay).into(), hold),
+            None => holds.remove(relay_user(&relay)),
+        };
+        self.carry_out(n, relay);
+    }
+
+    /// A first connection on node `n` watches `user`, or the last stops.
+    fn watch_or_not(&mut self, n: usize, user: &str) {
+        let relay = if self.nodes[n].watches.remove(user) {
+            self.nodes[n].heard.remove(user);
+            Relay::UnwatchPresence { user: user.into() }
+        } else {
+            self.nodes[n].watches.insert(user.to_owned());
+            Relay::WatchPresence {
+                user: user.into(),
+                home: home_of(user),
+            }
+        };
+        self.log.push(format!("n{n} {relay:?}"));
+        self.carry_out(n, relay);
+    }
+
+    /// A call signal (`call`), or typing, from node `n` to `user`: a request for an
+    /// outcome when no device of the user on `n` took it, as the shard sends it.
+    fn signal(&mut self, n: usize, user: &str, call: bool) -> String {
+        let reference = format!("#{}", self.next_signal);
+        self.next_signal += 1;
+        let (kind, json) = match call {
+            true => (
+                OutKind::Signal,
+                format!(r#"{{"type":"signal","callId":"{reference}"}}"#),
+            ),
+            false => (
+                OutKind::Typing,
+                format!(r#"{{"type":"typing","ref":"{reference}"}}"#),
+            ),
+        };
+        let waits = call && self.nodes[n].holds.get(user) != Some(&Hold::Devices);
+        let caller = ConnAddr {
+            reactor: 0,
+            generation: 1,
+            slot: self.next_signal as u32,
+        };
+        let instance = self.nodes[n]
+            .process
+            .as_ref()
+            .map(|p| p.instance.clone())
+            .unwrap_or_default();
+        self.signals.insert(
+            reference.clone(),
+            Signal {
+                from: (n, instance),
+                call: waits,
+                ..Signal::default()
+            },
+        );
+        let relay = Relay::Live {
+            user: user.into(),
+            frame: Outgoing::text(kind, json.as_bytes()),
+            priority: Priority::High,
+            call: waits.then(|| (caller, reference.clone().into())),
+        };
+        self.log
+            .push(format!("n{n} sends {reference} to {user} (waits: {waits})"));
+        self.carry_out(n, relay);
+        reference
+    }
+
+    /// Hands node `n`'s relayer `relay`.
+    fn carry_out(&mut self, n: usize, relay: Relay) {
+        let Some(process) = self.nodes[n].process.as_mut() else {
+            return;
+        };
+        let connected = process.conn.is_some();
+        process.relayer.carry_out(relay, connected);
+        self.flush(n);
+    }
+
+    /// The server reads up to `count` operations, each from a random connection.
+    fn server_reads(&mut self, count: usize) {
+        for _ in 0..count {
+            let ready = self.server.with_unread();
+            if ready.is_empty() {
+                return;
+            }
+            let conn = ready[self.rng.below(ready.len())];
+            self.server.read_one(conn);
+        }
+    }
+
+    /// The server hands a random connection up to `count` of the operations routed to it.
+    fn server_delivers(&mut self, count: usize) {
+        let ready = self.server.with_routed();
+        if ready.is_empty() {
+            return;
+        }
+        let conn = ready[self.rng.below(ready.len())];
+        self.deliver(conn, count);
+    }
+
+    /// Up to `count` operations routed to connection `conn`, read by its node.
+    fn deliver(&mut self, conn: usize, count: usize) {
+        let Some(n) = self.node_of(conn) else {
+            return;
+        };
+        let mut bytes = self.server.deliver(conn, count);
+        let Some(process) = self.nodes[n].process.as_mut() else {
+            return;
+        };
+        if let Err(e) = process.relayer.take_ops(&mut bytes) {
+            return self.fail(format!("n{n} could not read the server: {e}"));
+        }
+        self.flush(n);
+    }
+
+    /// The node whose process has connection `conn`.
+    fn node_of(&self, conn: usize) -> Option<usize> {
+        (0..self.nodes.len()).find(|&n| {
+            self.nodes[n]
+                .process
+                .as_ref()
+                .is_some_and(|p| p.conn == Some(conn))
+        })
+    }
+
+    /// Node `n` is cut off from NATS, or comes back.
+    fn cut_or_reconnect(&mut self, n: usize) {
+        let Some(process) = self.nodes[n].process.as_mut() else {
+            return;
+        };
+        let Some(conn) = process.conn.take() else {
+            return self.reconnect(n);
+        };
+        self.log.push(format!("n{n} is cut off"));
+        self.tally.cuts += 1;
+        self.server.close(conn);
+        process.cut_at = Some(Instant::now());
+        process
+            .state
+            .relay_connected
+            .store(false, Ordering::Release);
+        process.relayer.disconnected();
+        process.relayer.take_written();
+        self.flush(n);
+    }
+
+    /// Node `n` is back on NATS. Cut off for nearly [`DEAD_AFTER`], it may be counted
+    /// dead all the same: its relay came back before its membership beat again.
+    fn reconnect(&mut self, n: usize) {
+        self.log.push(format!("n{n} reconnects"));
+        let Some(process) = self.nodes[n].process.as_mut() else {
+            return;
+        };
+        let instance = process.instance.clone();
+        let beats_at = Instant::now() + Duration::from_millis(self.rng.below(2_000) as u64);
+        match process.cut_at {
+            // Counted dead while cut off: it is heard of again when its membership beats.
+            None => self.tell(n, &instance, (true, beats_at), false),
+            Some(cut_at) if cut_at.elapsed() + BEAT >= DEAD_AFTER && self.rng.chance(50) => {
+                self.log.push(format!("n{n} is counted dead all the same"));
+                let dead_at = cut_at + DEAD_AFTER;
+                self.tell(n, &instance, (false, dead_at), true);
+                self.tell(n, &instance, (true, dead_at.max(beats_at)), false);
+            }
+            Some(_) => {}
+        }
+        self.connect(n);
+    }
+
+    /// Node `n`'s process is killed: the others hear it is gone once membership has
+    /// counted it dead, after everything it sent.
+    fn kill(&mut self, n: usize) {
+        self.log.push(format!("n{n} is killed"));
+        self.tally.kills += 1;
+        let at = Instant::now() + DEAD_AFTER;
+        self.stop(n, at, true);
+    }
+
+    /// Node `n` leaves on SIGTERM: what it wrote may reach the server or not, and the
+    /// others hear at once that it is gone, maybe before its last messages.
+    fn leave(&mut self, n: usize) {
+        self.log.push(format!("n{n} leaves"));
+        self.tally.leaves += 1;
+        if let Some(conn) = self.nodes[n].process.as_ref().and_then(|p| p.conn) {
+            while self.rng.chance(70) && self.server.with_unread().contains(&conn) {
+                self.server.read_one(conn);
+            }
+        }
+        let at = Instant::now() + Duration::from_millis(self.rng.below(20) as u64);
+        self.stop(n, at, false);
+    }
+
+    /// Node `n`'s process stops; each other live process hears it at `at`.
+    fn stop(&mut self, n: usize, at: Instant, after_the_rest: bool) {
+        let Some(process) = self.nodes[n].process.take() else {
+            return;
+        };
+        if let Some(conn) = process.conn {
+            self.server.close(conn);
+        }
+        self.tell(n, &process.instance, (false, at), after_the_rest);
+        let node = &mut self.nodes[n];
+        node.holds.clear();
+        node.watches.clear();
+        node.heard.clear();
+    }
+
+    /// Every other node's process hears at `at` that `instance` (node `n`'s) beats
+    /// (`joined`) or is gone.
+    fn tell(
+        &mut self,
+        n: usize,
+        instance: &str,
+        (joined, at): (bool, Instant),
+        after_the_rest: bool,
+    ) {
+        for m in (0..self.nodes.len()).filter(|&m| m != n) {
+            if let Some(other) = &self.nodes[m].process {
+                self.news.push(News {
+                    to: m,
+                    to_instance: other.instance.clone(),
+                    instance: instance.to_owned(),
+                    joined,
+                    at,
+                    after_the_rest,
+                });
+            }
+        }
+    }
+
+    /// Moves the virtual clock `by`: processes cut off for [`DEAD_AFTER`] are counted
+    /// dead by the others, the gone are heard, and every relayer's waits expire.
+    async fn advance(&mut self, by: Duration) {
+        tokio::time::advance(by).await;
+        let now = Instant::now();
+        for n in 0..self.nodes.len() {
+            let Some(process) = &mut self.nodes[n].process else {
+                continue;
+            };
+            if process
+                .cut_at
+                .is_some_and(|at| now.duration_since(at) >= DEAD_AFTER)
+            {
+                process.cut_at = None; // counted once
+                let instance = process.instance.clone();
+                self.log.push(format!("n{n} counted dead while cut off"));
+                self.tell(n, &instance, (false, now), true);
+            }
+        }
+        let (mut due, later): (Vec<News>, Vec<News>) = std::mem::take(&mut self.news)
+            .into_iter()
+            .partition(|news| news.at <= now);
+        self.news = later;
+        due.sort_by_key(|news| news.at);
+        for news in due {
+            let current = self.nodes[news.to]
+                .process
+                .as_ref()
+                .map(|p| p.instance.clone());
+            if current.as_deref() != Some(&*news.to_instance) {
+                continue;
+            }
+            if news.after_the_rest {
+                if let Some(conn) = self.nodes[news.to].process.as_ref().and_then(|p| p.conn) {
+                    self.deliver(conn, usize::MAX);
+                }
+            }
+            let what = if news.joined { "beats" } else { "is gone" };
+            self.log
+                .push(format!("n{} hears {} {what}", news.to, news.instance));
+            if let Some(process) = self.nodes[news.to].process.as_mut() {
+                match news.joined {
+                    true => process.relayer.joined(&news.instance),
+                    false => process.relayer.gone(&news.instance),
+                }
+            }
+            self.flush(news.to);
+        }
+        for n in 0..self.nodes.len() {
+            if let Some(process) = self.nodes[n].process.as_mut() {
+                process.relayer.expire_waits();
+                self.flush(n);
+            }
+        }
+    }
+
+    /// Lets everything settle: the server reads and delivers all, and the clock passes
+    /// every wait (questions, calls, the dead's 10 s).
+    async fn settle(&mut self) {
+        for _ in 0..30 {
+            self.drain();
+            self.advance(Duration::from_millis(600)).await;
+        }
+        self.drain();
+    }
+
+    /// The server reads and delivers everything, until nothing is left.
+    fn drain(&mut self) {
+        loop {
+            let (unread, routed) = (self.server.with_unread(), self.server.with_routed());
+            if unread.is_empty() && routed.is_empty() {
+                return;
+            }
+            for conn in unread {
+                while self.server.with_unread().contains(&conn) {
+                    self.server.read_one(conn);
+                }
+            }
+            for conn in routed {
+                self.deliver(conn, usize::MAX);
+            }
+        }
+    }
+
+    /// Every watched user's home heard, last, whether another node holds the user.
+    fn check_presence(&self) -> Result<(), String> {
+        for (n, node) in self.nodes.iter().enumerate() {
+            for user in &node.watches {
+                let held =
+                    (0..self.nodes.len()).any(|m| m != n && self.nodes[m].holds.contains_key(user));
+                match node.heard.get(user) {
+                    Some(&online) if online == held => {}
+                    heard => {
+                        return Err(format!(
+                            "n{n} watches {user}, held elsewhere: {held}, but heard {heard:?}"
+                        ))
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Every call placed among the faults by a process still running was answered at
+    /// most once, and rang somewhere or was answered.
+    fn check_signals_in_faults(&mut self) -> Result<(), String> {
+        let mut tally = self.tally;
+        for (reference, signal) in &self.signals {
+            let (n, instance) = &signal.from;
+            let lives = self.nodes[*n]
+                .process
+                .as_ref()
+                .is_some_and(|p| p.instance == *instance);
+            if signal.said.len() > 1 {
+                return Err(format!("{reference} answered {:?}", signal.said));
+            }
+            if signal.call && lives && signal.rang.is_empty() && signal.said.is_empty() {
+                return Err(format!("{reference} neither rang nor was answered"));
+            }
+            if signal.call {
+                match signal.said.first() {
+                    None => tally.calls_rung += 1,
+                    Some(ErrorCode::PeerOffline) => tally.calls_offline += 1,
+                    Some(_) => tally.calls_unavailable += 1,
+                }
+            }
+        }
+        self.tally = tally;
+        Ok(())
+    }
+
+    /// At rest, each node calls and types to each user: each rings on exactly the other
+    /// nodes holding a device of the user, and a call that rings nowhere hears
+    /// `peer_offline`.
+    async fn ring_everyone(&mut self) -> Result<(), String> {
+        let mut sent = Vec::new();
+        for n in 0..self.nodes.len() {
+            for user in self.users.clone() {
+                sent.push((self.signal(n, &user, true), n, user.clone()));
+                sent.push((self.signal(n, &user, false), n, user));
+            }
+        }
+        self.settle().await;
+        self.failed()?;
+        for (reference, n, user) in sent {
+            let signal = &self.signals[&reference];
+            let devices: Vec<usize> = (0..self.nodes.len())
+                .filter(|&m| m != n && self.nodes[m].holds.get(&user) == Some(&Hold::Devices))
+                .collect();
+            let mut rang = signal.rang.clone();
+            rang.sort_unstable();
+            let said = match (signal.call, devices.is_empty()) {
+                (true, true) => vec![ErrorCode::PeerOffline],
+                _ => Vec::new(),
+            };
+            if rang != devices || signal.said != said {
+                return Err(format!(
+                    "at rest {reference} from n{n} to {user} rang {rang:?} and said {:?}; \
+                     devices are on {devices:?}",
+                    signal.said
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The user's home reactor on every node.
+fn home_of(user: &str) -> u16 {
+    (usize::from(user.bytes().last().unwrap_or(0)) % REACTORS) as u16
+}
+
+/// The user a hold, an away or a let-go is about.
+fn relay_user(relay: &Relay) -> &str {
+    match relay {
+        Relay::Watch { user, .. } | Relay::Away { user } | Relay::Unwatch { user, .. } => user,
+        _ => unreachable!("not about holding a user"),
+    }
+}
+
+/// "online" or "offline".
+fn word(online: bool) -> &'static str {
+    if online {
+        "online"
+    } else {
+        "offline"
+    }
+}
+
+/// Runs seed `seed` on a virtual clock of its own: the world as it ended, and its tally
+/// or what broke.
+fn run_world(seed: u64, steps: usize) -> (World, Result<Tally, String>) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .expect("a runtime");
+    let _entered = runtime.enter();
+    STARTED.with(|at| at.set(Some(Instant::now())));
+    let mut world = World::new(seed);
+    let outcome = runtime.block_on(world.run(steps));
+    (world, outcome)
+}
+
+/// Runs seed `seed`: its tally, or what broke with the steps before it.
+fn run_seed(seed: u64, steps: usize) -> Result<Tally, String> {
+    let (world, outcome) = run_world(seed, steps);
+    outcome.map_err(|why| failure(seed, &why, &world.log))
+}
+
+#[test]
+fn a_seed_replays_step_for_step() {
+    for seed in 0..20 {
+        let (first, _) = run_world(seed, STEPS);
+        let (second, _) = run_world(seed, STEPS);
+        assert!(first.log.len() > STEPS / 10, "seed {seed} did little");
+        assert_eq!(first.log, second.log, "seed {seed}");
+    }
+}
+
+#[test]
+fn every_seed_keeps_the_live_relay_invariants() {
+    let run = |seed| run_seed(seed, STEPS);
+    if let Some(total) = run_seeds("LIVE_SIM", SEEDS_DEFAULT, run, Tally::add) {
+        assert!(
+            total.reports > 0 && total.calls_rung > 0 && total.calls_offline > 0 && total.kills > 0,
+            "{total:?}"
+        );
+    }
+}
