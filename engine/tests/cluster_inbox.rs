@@ -52,6 +52,36 @@ fn a_message_reaches_a_device_on_another_node_with_one_seq_everywhere() {
 }
 
 #[test]
+fn a_senders_device_on_another_node_gets_her_message_kept_in_her_inbox_while_it_is_online() {
+    with_nats("sender_copy_across_nodes", |nats| {
+        let (a, b) = two_nodes(&nats);
+        let (mut tablet, greeting) = b.login_resuming("alice", "tablet", FRESH);
+        let (epoch, start) = position(&greeting);
+        let mut phone = a.login("alice", "phone");
+        assert_eq!(phone.send_chat("m-1", "bob", "hello")["status"], "queued");
+        // Her tablet, on the other node, gets the copy with a seq: it is in her inbox.
+        let (content, seq) = tablet.next_message();
+        assert_eq!(content, "hello");
+        assert!(seq > start, "{seq} after {start}");
+        phone.expect_silence(Duration::from_millis(300));
+        // Resumed from before it, the tablet gets it again: it was kept.
+        tablet.close_with(1000);
+        let (mut tablet, greeting) = b.login_resuming("alice", "tablet", (&epoch, start));
+        assert_eq!(greeting["resumed"], true, "{greeting}");
+        assert_eq!(tablet.next_message(), (content, seq));
+        tablet.send(&json!({"type": "ack", "seq": seq}));
+        // With no other device of hers online anywhere, nothing is kept, as on one node.
+        tablet.close_with(1000);
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(phone.send_chat("m-2", "bob", "alone")["status"], "queued");
+        std::thread::sleep(Duration::from_millis(300));
+        let (mut laptop, greeting) = b.login_resuming("alice", "laptop", (&epoch, seq));
+        assert_eq!(greeting["resumed"], true, "{greeting}");
+        laptop.expect_silence(Duration::from_millis(500));
+    });
+}
+
+#[test]
 fn a_queue_written_offline_is_drained_on_another_node_and_an_api_send_joins_it() {
     with_nats("queue_across_nodes", |nats| {
         let (a, b) = two_nodes(&nats);

@@ -138,6 +138,10 @@ enum Pending {
     /// The receiver's holders on other nodes, asked whether a device of the receiver is
     /// online there (for the sender's `sent` or `queued`).
     Holders { asked: u64 },
+    /// A copy for its sender's other devices, none of them on this node: the nodes
+    /// holding the sender, asked whether a device of the sender is online there. It is
+    /// kept only if one is.
+    CopyCheck(Box<Append>),
     /// One row of a fan-out.
     Row { share: u64 },
     /// The next step of a read.
@@ -939,6 +943,13 @@ impl Inboxes {
                 let pending = Pending::RetryCheck(Box::new(append));
                 self.request(out, &direct_get(&key.stream()), &key.get(), pending);
             }
+            _ if append.copy.as_ref().is_some_and(|copy| !copy.others_here) => {
+                let subject = relay::live_subject(&append.user);
+                let pending = Pending::CopyCheck(Box::new(append));
+                let question = relay::DEVICES_QUESTION;
+                self.requests
+                    .send_within(out, (&subject, &[]), question, pending, HOLDERS_WAIT);
+            }
             _ => self.within_quota(append, out),
         }
     }
@@ -974,19 +985,32 @@ impl Inboxes {
     fn publish(&mut self, append: Append, counted: Option<unread::Counted>, out: &mut BytesMut) {
         let payload = encode_event(append.event.kind, append.event.priority, &append.event.json);
         let subject = inbox_subject(self.limits.shards, &append.user);
-        let (msg_id, receipt) = match &append.chat {
-            Some(chat) => {
+        let (msg_id, receipt) = match (&append.chat, &append.copy) {
+            (Some(chat), _) => {
                 let (sender, id) = (subject_token(&chat.sender), subject_token(&chat.message_id));
                 (format!("{sender}.{id}"), format!("{sender} {id}"))
             }
-            None => Default::default(),
-        };
-        let mut headers = Vec::with_capacity(2);
-        if append.chat.is_some() {
-            headers.push(("Nats-Msg-Id", msg_id.as_str()));
-            if append.receipt {
-                headers.push((RECEIPT_HEADER, receipt.as_str()));
+            // Not the message's own id: the two may share a stream.
+            (None, Some(copy)) => {
+                let (sender, id) = (subject_token(&append.user), subject_token(&copy.message_id));
+                (format!("{sender}.{id}.copy"), String::new())
             }
+            (None, None) => Default::default(),
+        };
+        let except = append
+            .copy
+            .as_ref()
+            .and_then(|copy| copy.except)
+            .map(|device| format!("{} {} {}", self.origin, device.reactor, device.ticket));
+        let mut headers = Vec::with_capacity(2);
+        if !msg_id.is_empty() {
+            headers.push(("Nats-Msg-Id", msg_id.as_str()));
+        }
+        if append.chat.is_some() && append.receipt {
+            headers.push((RECEIPT_HEADER, receipt.as_str()));
+        }
+        if let Some(except) = &except {
+            headers.push((EXCEPT_HEADER, except.as_str()));
         }
         // No device of the receiver here: whether one is on another node tells `sent`.
         let asked = match &append.ack {
@@ -1249,6 +1273,11 @@ impl Inboxes {
             Pending::Holders { asked } => {
                 let here = status.is_none() && payload[..] == *relay::DEVICES_HERE;
                 self.holders_said(asked, here, &mut replies);
+            }
+            Pending::CopyCheck(append) => {
+                if status.is_none() && payload[..] == *relay::DEVICES_HERE {
+                    self.within_quota(*append, out);
+                }
             }
             Pending::Row { share } => {
                 let kept = matches!(publish_outcome(status, payload, None), Outcome::Kept { .. });
@@ -1969,6 +1998,8 @@ impl Inboxes {
                 answers::append_outcome(replies, ack.as_ref(), dedup, Outcome::Failed(why));
             }
             Pending::Holders { asked } => self.holders_said(asked, false, replies),
+            // No word of another device: no copy, as with none online.
+            Pending::CopyCheck(_) => {}
             Pending::RetryCheck(append) | Pending::QuotaCheck { append, .. } => {
                 let outcome = Outcome::Failed(why);
                 answers::append_outcome(replies, append.ack.as_ref(), append.dedup, outcome);
@@ -2631,6 +2662,7 @@ mod tests {
             chat: Some(chat.clone()),
             ack: Some(ack.clone()),
             dedup: None,
+            copy: None,
         };
         (append, chat, ack)
     }

@@ -330,10 +330,6 @@ pub(super) fn subject_token(user: &str) -> Cow<'_, str> {
     Cow::Owned(token)
 }
 
-/// The wire kind of a live copy of a `new_message` for its sender's other devices (kind
-/// 3 is the [`QUESTION`]).
-const COPY_KIND: u8 = 4;
-
 /// A broadcast on `chat.broadcast`: its message as JSON.
 pub(super) fn encode_broadcast(message: &crate::router::BroadcastMessage) -> Vec<u8> {
     serde_json::json!({
@@ -417,7 +413,6 @@ pub(super) fn encode(frame: &Outgoing, priority: Priority) -> Option<Bytes> {
     let kind = match frame.kind {
         OutKind::Typing => 1,
         OutKind::Signal => 2,
-        OutKind::NewMessage => COPY_KIND,
         _ => return None,
     };
     let mut payload = BytesMut::with_capacity(2 + frame.bytes.len());
@@ -434,7 +429,6 @@ pub(super) fn decode(payload: &Bytes) -> Option<(Outgoing, Priority)> {
     let kind = match kind {
         1 => OutKind::Typing,
         2 => OutKind::Signal,
-        COPY_KIND => OutKind::NewMessage,
         _ => return None,
     };
     let priority = match priority {
@@ -518,12 +512,11 @@ mod tests {
         let (back, priority) = decode(&payload).unwrap();
         assert_eq!((back.kind, back.bytes), (frame.kind, frame.bytes));
         assert_eq!(priority, Priority::High);
-        let copy = Outgoing::text(OutKind::NewMessage, b"{}");
-        let payload = encode(&copy, Priority::Normal).unwrap();
-        assert_eq!(decode(&payload).unwrap().0.kind, OutKind::NewMessage);
-        let receipt = Outgoing::text(OutKind::ReadReceipt, b"{}");
-        assert!(encode(&receipt, Priority::Normal).is_none());
-        for bad in [&b""[..], b"\x01", b"\x03\x00x", b"\x01\x07x"] {
+        for stored in [OutKind::NewMessage, OutKind::ReadReceipt] {
+            let event = Outgoing::text(stored, b"{}");
+            assert!(encode(&event, Priority::Normal).is_none(), "{stored:?}");
+        }
+        for bad in [&b""[..], b"\x01", b"\x03\x00x", b"\x04\x00x", b"\x01\x07x"] {
             assert!(decode(&Bytes::copy_from_slice(bad)).is_none(), "{bad:?}");
         }
     }

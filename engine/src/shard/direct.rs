@@ -21,7 +21,7 @@ use crate::{
         Priority,
     },
     router::{AckRequest, AckStatus, ConnAddr, Delivery, Durability, Envelope},
-    store::{AckTo, Append, Chat, Command, Confirm, Event, Failure},
+    store::{AckTo, Append, Chat, Command, Confirm, Event, Failure, SenderCopy, Waiter},
 };
 
 impl Shard {
@@ -222,7 +222,7 @@ impl Shard {
         if let Some(id) = &delivery.copy_of {
             // A copy for the sender's other devices exists only while one is online (as
             // in v1; the sender's history has the message): no device, no event.
-            // (In a cluster the others may be on other nodes: it goes to them all.)
+            // (In a cluster the others may be on other nodes, which the cluster asks.)
             let others = self.directory.live_devices(&delivery.user, delivery.except);
             if others.is_empty() && !self.relays {
                 return;
@@ -254,11 +254,6 @@ impl Shard {
             return;
         }
         match delivery.durability {
-            // In a cluster a copy for the sender's other devices is not stored: it goes
-            // to them live, on every node, as typing does.
-            Durability::Inbox if self.relays && delivery.copy_of.is_some() => {
-                self.deliver_transient(delivery, out)
-            }
             Durability::Inbox => self.deliver_to_inbox(delivery, key, out),
             Durability::Transient | Durability::Call { .. } | Durability::Relayed => {
                 self.deliver_transient(delivery, out)
@@ -268,7 +263,12 @@ impl Shard {
 
     /// Numbers an inbox event, writes it to the live devices and appends it to the
     /// user's inbox (and a chat message to history).
-    fn deliver_to_inbox(&mut self, delivery: Delivery, key: Option<PairKey>, out: &mut Effects) {
+    fn deliver_to_inbox(
+        &mut self,
+        mut delivery: Delivery,
+        key: Option<PairKey>,
+        out: &mut Effects,
+    ) {
         if !self.within_sender_quota(&delivery) {
             if let Some(ack) = delivery.ack {
                 ack_to(ack.sender, ack.message_id, AckStatus::OverSenderQuota, out);
@@ -294,6 +294,16 @@ impl Shard {
             numbered.delivered()
         };
         let only_to_v1 = numbered.only_to_v1();
+        // In a cluster the copy for the sender's other devices is stored, and JetStream
+        // hands it to them (but the sending one) on every node.
+        let copy = match delivery.copy_of.take() {
+            Some(message_id) if self.relays => Some(SenderCopy {
+                message_id,
+                except: delivery.except.map(Waiter::from),
+                others_here: delivered,
+            }),
+            _ => None,
+        };
         let dedup = key.map(|key| {
             let seen = if delivered {
                 Seen::Delivered
@@ -331,6 +341,7 @@ impl Shard {
             chat,
             ack,
             dedup,
+            copy,
         })));
     }
 

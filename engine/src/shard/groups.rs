@@ -403,6 +403,7 @@ impl Shard {
                     chat: None,
                     ack: None,
                     dedup: None,
+                    copy: None,
                 })));
             }
             return;

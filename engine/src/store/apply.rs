@@ -197,6 +197,8 @@ impl Apply<'_, '_> {
             chat,
             ack,
             dedup,
+            // One node wrote the copy to the sender's devices as its home numbered it.
+            copy: _,
         } = append;
         let held = match chat {
             Some(chat) => self.tables.holds(user, &chat.message_id, &chat.sender)?,

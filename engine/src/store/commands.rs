@@ -181,6 +181,23 @@ pub struct Append {
     /// The home and its ticket: told when the message is not kept, so that a retry is
     /// tried again rather than confirmed.
     pub dedup: Option<(usize, Ticket)>,
+    /// Set in a cluster for the copy of a direct message for its sender's other devices.
+    pub copy: Option<SenderCopy>,
+}
+
+/// The copy of a direct message for its sender's other devices, as a cluster keeps it:
+/// in the sender's inbox if another device of the sender is online on any node (one node
+/// keeps it while one is online at the sender's home), written live to all of them but
+/// the sending one.
+#[derive(Debug)]
+pub struct SenderCopy {
+    /// The message's id: a retry through another node is not kept twice.
+    pub message_id: Box<str>,
+    /// The sending device, which has the message (none for the HTTP API).
+    pub except: Option<Waiter>,
+    /// Another device of the sender is online on this node; if not, the nodes holding
+    /// the sender are asked first.
+    pub others_here: bool,
 }
 
 /// Who hears what became of a message, once it is committed.

@@ -56,7 +56,7 @@ use crate::stats::LatencyHistogram;
 
 pub use commands::{
     AckTo, Amend, Amendment, Append, Chat, Command, Confirm, Event, FanOut, Greeting, Outcome,
-    ReadFrom, ReceiptsDue, Reply, SettingsChange, Share, ShareRow,
+    ReadFrom, ReceiptsDue, Reply, SenderCopy, SettingsChange, Share, ShareRow,
 };
 pub use failure::Failure;
 pub use inbox::{InboxEvent, UnackedCursor};

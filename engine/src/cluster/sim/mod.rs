@@ -565,6 +565,7 @@ impl World {
                 delivered: false,
             }),
             dedup: None,
+            copy: None,
         };
         if !self.nodes[n].history.indexed() {
             let key = index_key(self.shards, &sent);
