@@ -1,7 +1,8 @@
 //! The live relay's simulator: several nodes' real [`Relayer`]s, each speaking the NATS
 //! protocol to one simulated nats-server ([`super::nats`]), on a virtual clock, one seed
 //! at a time. Nodes hold users (a device there, or the user in its grace) and let them go,
-//! their connections watch users' presence, and callers ring users and type to them; the
+//! their connections watch users' presence, callers ring users and type to them, devices
+//! enter and leave a huddle room, and operators broadcast to every user online; the
 //! server reads each connection's operations and hands each its messages at random
 //! moments, so that they interleave as on a real server. Faults come at random: a node is
 //! cut off from NATS (what it had written and what was on its way to it lost) and comes
@@ -18,11 +19,15 @@
 //! - a call rang on every other node holding a device of the user, each once, and said
 //!   nothing to the caller; with none, the caller heard `peer_offline` once;
 //! - typing reached every other node holding a device of the user, each once;
-//! - during the faults, no call was answered twice, and every call whose caller lived
-//!   rang somewhere or was answered.
+//! - a huddle join reached every other node with a device in the room, once, and each of
+//!   those devices introduced itself to the joiner once;
+//! - a broadcast's requester heard, once, the sum of what the other nodes reached;
+//! - during the faults, no call or broadcast was answered twice, no signal reached a
+//!   node twice, and every call and broadcast whose asker lived rang somewhere or was
+//!   answered.
 //!
 //! `cargo test -p engine --lib cluster::sim::live` runs `LIVE_SIM_SEEDS` seeds (default
-//! 2,000, about 3 s) from `LIVE_SIM_SEED_BASE`; `LIVE_SIM_SEED=N` replays one, and with
+//! 2,000, about 4 s) from `LIVE_SIM_SEED_BASE`; `LIVE_SIM_SEED=N` replays one, and with
 //! `CLUSTER_SIM_LOG` set a failure prints every step, not the last 40.
 
 use std::{
@@ -52,6 +57,10 @@ use crate::{
     store::{DoorbellSet, StoreStats},
 };
 
+/// The group and room of the huddle the simulator's devices enter.
+const GROUP: &str = "g";
+/// See [`GROUP`].
+const ROOM: &str = "r";
 /// Reactors per node: a user's home is one of them.
 const REACTORS: usize = 2;
 /// Steps a seed runs before everything settles.
@@ -115,6 +124,8 @@ struct Node {
     watches: BTreeSet<String>,
     /// Per watched user, the last word its home heard: whether another node holds it.
     heard: BTreeMap<String, bool>,
+    /// Its devices in the huddle room.
+    in_room: usize,
 }
 
 /// A call signal placed, or a typing sent: where it went and what the caller heard.
@@ -128,6 +139,15 @@ struct Signal {
     said: Vec<ErrorCode>,
     /// Whether the caller waits for an outcome (a call no device on its node took).
     call: bool,
+    /// For a huddle join: the nodes whose devices in the room introduced themselves.
+    introduced: Vec<usize>,
+}
+
+/// An `all:true` broadcast asked on a node: the counts its requester heard.
+struct Broadcast {
+    /// The asking node, and its instance then.
+    from: (usize, String),
+    heard: Vec<u32>,
 }
 
 /// What membership tells another node's process at `at`: a node's instance is gone, or
@@ -151,6 +171,8 @@ struct Tally {
     calls_rung: usize,
     calls_offline: usize,
     calls_unavailable: usize,
+    broadcasts: usize,
+    huddle_joins: usize,
     cuts: usize,
     kills: usize,
     leaves: usize,
@@ -163,6 +185,8 @@ impl Tally {
             calls_rung,
             calls_offline,
             calls_unavailable,
+            broadcasts,
+            huddle_joins,
             cuts,
             kills,
             leaves,
@@ -171,6 +195,8 @@ impl Tally {
         self.calls_rung += calls_rung;
         self.calls_offline += calls_offline;
         self.calls_unavailable += calls_unavailable;
+        self.broadcasts += broadcasts;
+        self.huddle_joins += huddle_joins;
         self.cuts += cuts;
         self.kills += kills;
         self.leaves += leaves;
@@ -186,6 +212,8 @@ struct World {
     /// By reference: the signals sent.
     signals: BTreeMap<String, Signal>,
     next_signal: u64,
+    /// By request number: the broadcasts asked.
+    broadcasts: BTreeMap<u32, Broadcast>,
     news: Vec<News>,
     tally: Tally,
     log: Vec<String>,
@@ -203,6 +231,7 @@ impl World {
             users: (0..user_count).map(|u| format!("u{u}")).collect(),
             signals: BTreeMap::new(),
             next_signal: 0,
+            broadcasts: BTreeMap::new(),
             news: Vec::new(),
             tally: Tally::default(),
             log: Vec::new(),
@@ -214,6 +243,7 @@ impl World {
                 holds: BTreeMap::new(),
                 watches: BTreeSet::new(),
                 heard: BTreeMap::new(),
+                in_room: 0,
             });
             world.start(n);
         }
@@ -254,6 +284,7 @@ impl World {
         node.holds.clear();
         node.watches.clear();
         node.heard.clear();
+        node.in_room = 0;
         self.connect(n);
     }
 
@@ -309,15 +340,69 @@ impl World {
                 self.log.push(format!("n{n} hears {user} {}", word(online)));
             }
             Inbound::Mail(Envelope::Deliver(delivery)) => {
-                let json = delivery.frame.json();
-                let text = String::from_utf8_lossy(&json);
-                let Some(reference) = text.split('"').find(|t| t.starts_with('#')) else {
-                    return self.fail(format!("n{n} got a live event it cannot name: {text}"));
+                let Some(reference) = reference_in(&delivery.frame) else {
+                    return self.fail(format!("n{n} got a live event it cannot name"));
                 };
-                if let Some(signal) = self.signals.get_mut(reference) {
+                if let Some(signal) = self.signals.get_mut(&reference) {
                     signal.rang.push(n);
                 }
                 self.log.push(format!("n{n} rings {reference}"));
+            }
+            Inbound::Mail(Envelope::HuddleRelayed(relayed)) => {
+                let Some(reference) = reference_in(&relayed.frame) else {
+                    return self.fail(format!("n{n} got a huddle signal it cannot name"));
+                };
+                if let Some(signal) = self.signals.get_mut(&reference) {
+                    signal.rang.push(n);
+                }
+                self.log.push(format!("n{n} relays huddle {reference}"));
+                let here = self.nodes[n].in_room;
+                if let Some(reply) = relayed.introduce_to.filter(|_| here > 0) {
+                    let json = format!(r#"{{"type":"signal","from":"n{n}"}}"#);
+                    let frames = vec![Outgoing::text(OutKind::Signal, json.as_bytes()); here];
+                    self.carry_out(n, Relay::HuddleIntroduce { reply, frames });
+                }
+            }
+            Inbound::Mail(Envelope::ToConn { addr, frame, .. }) => {
+                let reference = format!("#{}", addr.slot);
+                let json = frame.json();
+                let text = String::from_utf8_lossy(&json);
+                let from = text
+                    .split('"')
+                    .find_map(|t| t.strip_prefix('n')?.parse().ok());
+                match (self.signals.get_mut(&reference), from) {
+                    (Some(signal), Some(m)) => signal.introduced.push(m),
+                    _ => {
+                        return self
+                            .fail(format!("n{n} got an introduction it cannot place: {text}"))
+                    }
+                }
+                self.log.push(format!(
+                    "n{n} hears n{} introduced to {reference}",
+                    from.unwrap_or(0)
+                ));
+            }
+            Inbound::Broadcast { reply, .. } => {
+                let reached = self.nodes[n]
+                    .holds
+                    .values()
+                    .filter(|h| **h == Hold::Devices)
+                    .count();
+                let relay = Relay::BroadcastCounted {
+                    reply,
+                    delivered: reached as u64,
+                };
+                self.carry_out(n, relay);
+            }
+            Inbound::Mail(Envelope::BroadcastReply {
+                request, delivered, ..
+            }) => {
+                if let Some(broadcast) = self.broadcasts.get_mut(&request) {
+                    broadcast.heard.push(delivered);
+                }
+                self.log.push(format!(
+                    "n{n} hears broadcast {request} reached {delivered}"
+                ));
             }
             Inbound::CallNotTaken {
                 reference, code, ..
@@ -368,11 +453,15 @@ impl World {
         self.check_presence()?;
         self.check_signals_in_faults()?;
         self.ring_everyone().await?;
+        self.count_nodes();
+        self.join_the_room_one_by_one().await?;
+        self.broadcast_from_each_node().await?;
         Ok(self.tally)
     }
 
     /// One random step.
     async fn step(&mut self) {
+        self.count_nodes();
         let n = self.rng.below(self.nodes.len());
         let u = self.rng.below(self.users.len());
         let user = self.users[u].clone();
@@ -405,8 +494,122 @@ impl World {
                 self.log.push(format!("n{n} starts again"));
                 self.start(n);
             }
+            98 if alive => {
+                self.enter_or_leave_room(n);
+            }
+            99 if alive => self.broadcast(n),
             _ => {}
         }
+    }
+
+    /// A device on node `n` enters the huddle room (a join, asking who is there), or one
+    /// leaves it; the first to enter and the last to leave are the node's.
+    fn enter_or_leave_room(&mut self, n: usize) -> String {
+        let (reference, caller) = self.next_reference();
+        let enters = self.nodes[n].in_room == 0 || self.rng.chance(50);
+        let (group, room): (Box<str>, Box<str>) = (GROUP.into(), ROOM.into());
+        if enters && self.nodes[n].in_room == 0 {
+            let home = home_of(GROUP);
+            self.carry_out(
+                n,
+                Relay::HuddleWatch {
+                    group: group.clone(),
+                    room: room.clone(),
+                    home,
+                },
+            );
+        }
+        let node = &mut self.nodes[n];
+        node.in_room = if enters {
+            node.in_room + 1
+        } else {
+            node.in_room - 1
+        };
+        let what = if enters { "join" } else { "leave" };
+        let json = format!(r#"{{"type":"signal","kind":"huddle:{what}","ref":"{reference}"}}"#);
+        let instance = self.instance_of(n);
+        self.signals.insert(
+            reference.clone(),
+            Signal {
+                from: (n, instance),
+                ..Signal::default()
+            },
+        );
+        self.log.push(format!("n{n} huddle {what} {reference}"));
+        let huddle = Relay::Huddle {
+            group: group.clone(),
+            room: room.clone(),
+            frame: Outgoing::text(OutKind::Signal, json.as_bytes()),
+            joiner: enters.then_some(caller),
+        };
+        self.carry_out(n, huddle);
+        if self.nodes[n].in_room == 0 {
+            self.carry_out(n, Relay::HuddleUnwatch { group, room });
+        }
+        reference
+    }
+
+    /// An `all:true` broadcast asked on node `n`.
+    fn broadcast(&mut self, n: usize) {
+        let (reference, requester) = self.next_reference();
+        let request = requester.slot;
+        let message = crate::router::BroadcastMessage {
+            message_id: reference.into(),
+            sender_id: "ops".into(),
+            text: "hello, everyone".into(),
+            message_type: "text".into(),
+            priority: Priority::Normal,
+            accepted_ns: 0,
+        };
+        let from = (n, self.instance_of(n));
+        self.broadcasts.insert(
+            request,
+            Broadcast {
+                from,
+                heard: Vec::new(),
+            },
+        );
+        self.log.push(format!("n{n} broadcasts {request}"));
+        let relay = Relay::Broadcast {
+            requester,
+            request,
+            message: Arc::new(message),
+        };
+        self.carry_out(n, relay);
+    }
+
+    /// Every live process knows how many nodes are alive, as membership tells it (the
+    /// gathers of `all:true` broadcasts wait for that many answers).
+    fn count_nodes(&mut self) {
+        let alive = self
+            .nodes
+            .iter()
+            .filter(|node| node.process.is_some())
+            .count() as u32;
+        for process in self.nodes.iter().filter_map(|node| node.process.as_ref()) {
+            process.state.nodes.store(alive, Ordering::Release);
+        }
+    }
+
+    /// A new reference (`#<number>`), and a connection numbered after it (its slot).
+    fn next_reference(&mut self) -> (String, ConnAddr) {
+        let number = self.next_signal;
+        self.next_signal += 1;
+        let addr = ConnAddr {
+            reactor: 0,
+            generation: 1,
+            slot: number as u32,
+        };
+        (format!("#{number}"), addr)
+    }
+
+    /// The instance running node `n` (empty while it is dead).
+    fn instance_of(&self, n: usize) -> String {
+        self.nodes[n]
+            .process
+            .as_ref()
+            .map(|p| p.instance.clone())
+            .unwrap_or_default()
     }
 
     /// Node `n` gains `user` (a first device, or one back in the grace), loses its last
@@ -459,8 +662,7 @@ impl World {
     /// A call signal (`call`), or typing, from node `n` to `user`: a request for an
     /// outcome when no device of the user on `n` took it, as the shard sends it.
     fn signal(&mut self, n: usize, user: &str, call: bool) -> String {
-        let reference = format!("#{}", self.next_signal);
-        self.next_signal += 1;
+        let (reference, caller) = self.next_reference();
         let (kind, json) = match call {
             true => (
                 OutKind::Signal,
@@ -472,16 +674,7 @@ impl World {
             ),
         };
         let waits = call && self.nodes[n].holds.get(user) != Some(&Hold::Devices);
-        let caller = ConnAddr {
-            reactor: 0,
-            generation: 1,
-            slot: self.next_signal as u32,
-        };
-        let instance = self.nodes[n]
-            .process
-            .as_ref()
-            .map(|p| p.instance.clone())
-            .unwrap_or_default();
+        let instance = self.instance_of(n);
         self.signals.insert(
             reference.clone(),
             Signal {
@@ -639,6 +832,7 @@ impl World {
         node.holds.clear();
         node.watches.clear();
         node.heard.clear();
+        node.in_room = 0;
     }
 
     /// Every other node's process hears at `at` that `instance` (node `n`'s) beats
@@ -780,6 +974,14 @@ impl World {
             if signal.said.len() > 1 {
                 return Err(format!("{reference} answered {:?}", signal.said));
             }
+            let mut rang = signal.rang.clone();
+            rang.dedup();
+            if rang.len() < signal.rang.len() {
+                return Err(format!(
+                    "{reference} rang twice on a node: {:?}",
+                    signal.rang
+                ));
+            }
             if signal.call && lives && signal.rang.is_empty() && signal.said.is_empty() {
                 return Err(format!("{reference} neither rang nor was answered"));
             }
@@ -790,6 +992,17 @@ impl World {
                     Some(_) => tally.calls_unavailable += 1,
                 }
             }
+        }
+        for (request, broadcast) in &self.broadcasts {
+            let (n, instance) = &broadcast.from;
+            let lives = self.nodes[*n]
+                .process
+                .as_ref()
+                .is_some_and(|p| p.instance == *instance);
+            if broadcast.heard.len() > 1 || (lives && broadcast.heard.is_empty()) {
+                return Err(format!("broadcast {request} heard {:?}", broadcast.heard));
+            }
+            tally.broadcasts += 1;
         }
         self.tally = tally;
         Ok(())
@@ -831,6 +1044,15 @@ impl World {
     }
 }
 
+/// The reference (`#<number>`) a signal's frame carries.
+fn reference_in(frame: &Outgoing) -> Option<String> {
+    let json = frame.json();
+    let text = String::from_utf8_lossy(&json);
+    text.split('"')
+        .find(|t| t.starts_with('#'))
+        .map(str::to_owned)
+}
+
 /// The user's home reactor on every node.
 fn home_of(user: &str) -> u16 {
     (usize::from(user.bytes().last().unwrap_or(0)) % REACTORS) as u16
@@ -841,6 +1063,76 @@ fn relay_user(relay: &Relay) -> &str {
     match relay {
         Relay::Watch { user, .. } | Relay::Away { user } | Relay::Unwatch { user, .. } => user,
         _ => unreachable!("not about holding a user"),
+    }
+}
+
+impl World {
+    /// At rest, each live node's device joins the huddle room in turn: the join reaches
+    /// exactly the other nodes with devices in the room, and each of those devices
+    /// introduces itself once.
+    async fn join_the_room_one_by_one(&mut self) -> Result<(), String> {
+        for n in self.live_nodes() {
+            let mut expected: Vec<usize> = Vec::new();
+            for m in self.live_nodes().into_iter().filter(|&m| m != n) {
+                expected.extend(std::iter::repeat_n(m, self.nodes[m].in_room));
+            }
+            let mut rooms: Vec<usize> = expected.clone();
+            rooms.dedup();
+            let reference = loop {
+                let reference = self.enter_or_leave_room(n);
+                if self.log.last().is_some_and(|l| l.contains("huddle join")) {
+                    break reference;
+                }
+            };
+            self.settle().await;
+            self.failed()?;
+            let signal = &self.signals[&reference];
+            let (mut rang, mut introduced) = (signal.rang.clone(), signal.introduced.clone());
+            rang.sort_unstable();
+            introduced.sort_unstable();
+            if rang != rooms || introduced != expected {
+                return Err(format!(
+                    "at rest n{n}'s join {reference} reached {rang:?} (devices in the room on \
+                     {rooms:?}) and was introduced to {introduced:?}, not {expected:?}"
+                ));
+            }
+            self.tally.huddle_joins += 1;
+        }
+        Ok(())
+    }
+
+    /// At rest, each live node asks an `all:true` broadcast: its requester hears once
+    /// the sum of what the other nodes reached.
+    async fn broadcast_from_each_node(&mut self) -> Result<(), String> {
+        for n in self.live_nodes() {
+            let request = self.next_signal as u32;
+            self.broadcast(n);
+            self.settle().await;
+            self.failed()?;
+            let reached: u32 = (self.live_nodes().into_iter().filter(|&m| m != n))
+                .map(|m| {
+                    self.nodes[m]
+                        .holds
+                        .values()
+                        .filter(|h| **h == Hold::Devices)
+                        .count() as u32
+                })
+                .sum();
+            let heard = &self.broadcasts[&request].heard;
+            if *heard != [reached] {
+                return Err(format!(
+                    "at rest n{n}'s broadcast heard {heard:?}, not [{reached}]"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The nodes with a process running.
+    fn live_nodes(&self) -> Vec<usize> {
+        (0..self.nodes.len())
+            .filter(|&n| self.nodes[n].process.is_some())
+            .collect()
     }
 }
 
