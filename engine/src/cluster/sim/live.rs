@@ -2,7 +2,8 @@
 //! protocol to one simulated nats-server ([`super::nats`]), on a virtual clock, one seed
 //! at a time. Nodes hold users (a device there, or the user in its grace) and let them go,
 //! their connections watch users' presence, callers ring users and type to them, devices
-//! enter and leave a huddle room, and operators broadcast to every user online; the
+//! enter and leave a huddle room, and operators broadcast to every user online and ask
+//! for the cluster's stats; the
 //! server reads each connection's operations and hands each its messages at random
 //! moments, so that they interleave as on a real server. Faults come at random: a node is
 //! cut off from NATS (what it had written and what was on its way to it lost) and comes
@@ -21,10 +22,11 @@
 //! - typing reached every other node holding a device of the user, each once;
 //! - a huddle join reached every other node with a device in the room, once, and each of
 //!   those devices introduced itself to the joiner once;
-//! - a broadcast's requester heard, once, the sum of what the other nodes reached;
-//! - during the faults, no call or broadcast was answered twice, no signal reached a
-//!   node twice, and every call and broadcast whose asker lived rang somewhere or was
-//!   answered.
+//! - a broadcast's requester heard, once, the sum of what the other nodes reached, and
+//!   a stats asker every node's figures and their sum;
+//! - during the faults, no call, broadcast or stats request was answered twice, no
+//!   signal reached a node twice, and every call, broadcast and stats request whose
+//!   asker lived rang somewhere or was answered.
 //!
 //! `cargo test -p engine --lib cluster::sim::live` runs `LIVE_SIM_SEEDS` seeds (default
 //! 2,000, about 4 s) from `LIVE_SIM_SEED_BASE`; `LIVE_SIM_SEED=N` replays one, and with
@@ -143,11 +145,12 @@ struct Signal {
     introduced: Vec<usize>,
 }
 
-/// An `all:true` broadcast asked on a node: the counts its requester heard.
-struct Broadcast {
+/// Something asked of every node (an `all:true` broadcast, `/api/stats?scope=cluster`):
+/// what its asker heard, each answer summed up in words.
+struct Asked {
     /// The asking node, and its instance then.
     from: (usize, String),
-    heard: Vec<u32>,
+    heard: Vec<String>,
 }
 
 /// What membership tells another node's process at `at`: a node's instance is gone, or
@@ -171,7 +174,8 @@ struct Tally {
     calls_rung: usize,
     calls_offline: usize,
     calls_unavailable: usize,
-    broadcasts: usize,
+    /// Broadcasts and stats asked.
+    gathers: usize,
     huddle_joins: usize,
     cuts: usize,
     kills: usize,
@@ -185,7 +189,7 @@ impl Tally {
             calls_rung,
             calls_offline,
             calls_unavailable,
-            broadcasts,
+            gathers,
             huddle_joins,
             cuts,
             kills,
@@ -195,7 +199,7 @@ impl Tally {
         self.calls_rung += calls_rung;
         self.calls_offline += calls_offline;
         self.calls_unavailable += calls_unavailable;
-        self.broadcasts += broadcasts;
+        self.gathers += gathers;
         self.huddle_joins += huddle_joins;
         self.cuts += cuts;
         self.kills += kills;
@@ -212,8 +216,8 @@ struct World {
     /// By reference: the signals sent.
     signals: BTreeMap<String, Signal>,
     next_signal: u64,
-    /// By request number: the broadcasts asked.
-    broadcasts: BTreeMap<u32, Broadcast>,
+    /// By request number (the asking connection's slot): broadcasts and stats asked.
+    asked: BTreeMap<u32, Asked>,
     news: Vec<News>,
     tally: Tally,
     log: Vec<String>,
@@ -231,7 +235,7 @@ impl World {
             users: (0..user_count).map(|u| format!("u{u}")).collect(),
             signals: BTreeMap::new(),
             next_signal: 0,
-            broadcasts: BTreeMap::new(),
+            asked: BTreeMap::new(),
             news: Vec::new(),
             tally: Tally::default(),
             log: Vec::new(),
@@ -268,7 +272,8 @@ impl World {
             shards: Shards::new(1),
         };
         let stores = (streams, Arc::new(StoreStats::default()));
-        let local_stats: Arc<dyn Fn() -> Vec<u8> + Send + Sync> = Arc::new(|| b"{}".to_vec());
+        let local_stats: Arc<dyn Fn() -> Vec<u8> + Send + Sync> =
+            Arc::new(move || stats_of(n).into_bytes());
         let me = (&*format!("n{n}"), &*instance, format!("_INBOX.{instance}."));
         let state = Arc::new(State::default());
         let relayer = Relayer::new(me, (reactors, stores), (state.clone(), local_stats))
@@ -397,12 +402,27 @@ impl World {
             Inbound::Mail(Envelope::BroadcastReply {
                 request, delivered, ..
             }) => {
-                if let Some(broadcast) = self.broadcasts.get_mut(&request) {
-                    broadcast.heard.push(delivered);
+                if let Some(asked) = self.asked.get_mut(&request) {
+                    asked.heard.push(format!("reached {delivered}"));
                 }
                 self.log.push(format!(
                     "n{n} hears broadcast {request} reached {delivered}"
                 ));
+            }
+            Inbound::Stats { asker, body } => {
+                let heard = match body.map(|b| serde_json::from_slice::<serde_json::Value>(&b)) {
+                    Some(Ok(body)) => format!(
+                        "{} of {} nodes, {} connections",
+                        body["nodes_answered"], body["nodes_known"], body["total"]["connections"]
+                    ),
+                    Some(Err(e)) => format!("a body that does not parse: {e}"),
+                    None => "unavailable".into(),
+                };
+                self.log
+                    .push(format!("n{n} hears stats {}: {heard}", asker.slot));
+                if let Some(asked) = self.asked.get_mut(&asker.slot) {
+                    asked.heard.push(heard);
+                }
             }
             Inbound::CallNotTaken {
                 reference, code, ..
@@ -455,7 +475,7 @@ impl World {
         self.ring_everyone().await?;
         self.count_nodes();
         self.join_the_room_one_by_one().await?;
-        self.broadcast_from_each_node().await?;
+        self.ask_everyone_from_each_node().await?;
         Ok(self.tally)
     }
 
@@ -497,7 +517,8 @@ impl World {
             98 if alive => {
                 self.enter_or_leave_room(n);
             }
-            99 if alive => self.broadcast(n),
+            99 if alive && self.rng.chance(50) => self.broadcast(n),
+            99 if alive => self.ask_stats(n),
             _ => {}
         }
     }
@@ -562,9 +583,9 @@ impl World {
             accepted_ns: 0,
         };
         let from = (n, self.instance_of(n));
-        self.broadcasts.insert(
+        self.asked.insert(
             request,
-            Broadcast {
+            Asked {
                 from,
                 heard: Vec::new(),
             },
@@ -589,6 +610,22 @@ impl World {
         for process in self.nodes.iter().filter_map(|node| node.process.as_ref()) {
             process.state.nodes.store(alive, Ordering::Release);
         }
+    }
+
+    /// `/api/stats?scope=cluster` asked on node `n`.
+    fn ask_stats(&mut self, n: usize) {
+        let (_, asker) = self.next_reference();
+        let from = (n, self.instance_of(n));
+        self.asked.insert(
+            asker.slot,
+            Asked {
+                from,
+                heard: Vec::new(),
+            },
+        );
+        self.log.push(format!("n{n} asks stats {}", asker.slot));
+        let local = stats_of(n).into_bytes();
+        self.carry_out(n, Relay::Stats { asker, local });
     }
 
     /// A new reference (`#<number>`), and a connection numbered after it (its slot).
@@ -993,16 +1030,16 @@ impl World {
                 }
             }
         }
-        for (request, broadcast) in &self.broadcasts {
-            let (n, instance) = &broadcast.from;
+        for (request, asked) in &self.asked {
+            let (n, instance) = &asked.from;
             let lives = self.nodes[*n]
                 .process
                 .as_ref()
                 .is_some_and(|p| p.instance == *instance);
-            if broadcast.heard.len() > 1 || (lives && broadcast.heard.is_empty()) {
-                return Err(format!("broadcast {request} heard {:?}", broadcast.heard));
+            if asked.heard.len() > 1 || (lives && asked.heard.is_empty()) {
+                return Err(format!("request {request} heard {:?}", asked.heard));
             }
-            tally.broadcasts += 1;
+            tally.gathers += 1;
         }
         self.tally = tally;
         Ok(())
@@ -1042,6 +1079,11 @@ impl World {
         }
         Ok(())
     }
+}
+
+/// Node `n`'s `/api/stats` figures: `n + 1` connections.
+fn stats_of(n: usize) -> String {
+    format!(r#"{{"connections":{}}}"#, n + 1)
 }
 
 /// The reference (`#<number>`) a signal's frame carries.
@@ -1101,28 +1143,43 @@ impl World {
         Ok(())
     }
 
-    /// At rest, each live node asks an `all:true` broadcast: its requester hears once
-    /// the sum of what the other nodes reached.
-    async fn broadcast_from_each_node(&mut self) -> Result<(), String> {
-        for n in self.live_nodes() {
+    /// At rest, each live node asks an `all:true` broadcast and the cluster's stats: its
+    /// requester hears, once, the sum of what the other nodes reached, and every node's
+    /// figures and their sum.
+    async fn ask_everyone_from_each_node(&mut self) -> Result<(), String> {
+        let live = self.live_nodes();
+        let connections: usize = live.iter().map(|&m| m + 1).sum();
+        for &n in &live {
             let request = self.next_signal as u32;
             self.broadcast(n);
+            let stats = self.next_signal as u32;
+            self.ask_stats(n);
             self.settle().await;
             self.failed()?;
-            let reached: u32 = (self.live_nodes().into_iter().filter(|&m| m != n))
-                .map(|m| {
+            let reached: usize = (live.iter().filter(|&&m| m != n))
+                .map(|&m| {
                     self.nodes[m]
                         .holds
                         .values()
                         .filter(|h| **h == Hold::Devices)
-                        .count() as u32
+                        .count()
                 })
                 .sum();
-            let heard = &self.broadcasts[&request].heard;
-            if *heard != [reached] {
-                return Err(format!(
-                    "at rest n{n}'s broadcast heard {heard:?}, not [{reached}]"
-                ));
+            let nodes = live.len();
+            let expected = [
+                (request, format!("reached {reached}")),
+                (
+                    stats,
+                    format!("{nodes} of {nodes} nodes, {connections} connections"),
+                ),
+            ];
+            for (request, answer) in expected {
+                let heard = &self.asked[&request].heard;
+                if *heard != [answer.clone()] {
+                    return Err(format!(
+                        "at rest n{n}'s request {request} heard {heard:?}, not {answer}"
+                    ));
+                }
             }
         }
         Ok(())
