@@ -69,7 +69,8 @@ pub(super) struct Holders {
     /// Question → the user it asks about.
     questions: HashMap<u64, Arc<str>>,
     next_question: u64,
-    /// The instances known gone, oldest first, and when the news came.
+    /// The instances known gone, oldest first, and when the news came: the deaths and
+    /// departures of the last [`GONE_KEPT`], a short list each announcement scans.
     gone: VecDeque<(Box<str>, Instant)>,
 }
 

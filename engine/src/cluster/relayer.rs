@@ -339,6 +339,7 @@ impl Dialer {
         tokio::time::timeout(CONNECT_WAIT, handshake)
             .await
             .map_err(timeout)??;
+        info!(server, "cluster: relay connected");
         Ok(stream)
     }
 
@@ -480,7 +481,6 @@ impl Relayer {
                 }
                 Wake::Reconnect => match dialer.open(&self.subscriptions()).await {
                     Ok(stream) => {
-                        info!(users = self.sids.len(), "cluster: relay connected");
                         attempts = 0;
                         inbuf.clear();
                         conn = Some(stream);
