@@ -2,8 +2,8 @@
 //! protocol to one simulated nats-server ([`super::nats`]), on a virtual clock, one seed
 //! at a time. Nodes hold users (a device there, or the user in its grace) and let them go,
 //! their connections watch users' presence, callers ring users and type to them, devices
-//! enter and leave a huddle room, and operators broadcast to every user online and ask
-//! for the cluster's stats; the
+//! enter and leave a huddle room, and operators broadcast to every user online, ask for
+//! the cluster's stats and make calls about users; the
 //! server reads each connection's operations and hands each its messages at random
 //! moments, so that they interleave as on a real server. Faults come at random: a node is
 //! cut off from NATS (what it had written and what was on its way to it lost) and comes
@@ -22,11 +22,12 @@
 //! - typing reached every other node holding a device of the user, each once;
 //! - a huddle join reached every other node with a device in the room, once, and each of
 //!   those devices introduced itself to the joiner once;
-//! - a broadcast's requester heard, once, the sum of what the other nodes reached, and
-//!   a stats asker every node's figures and their sum;
-//! - during the faults, no call, broadcast or stats request was answered twice, no
-//!   signal reached a node twice, and every call, broadcast and stats request whose
-//!   asker lived rang somewhere or was answered.
+//! - a broadcast's requester heard, once, the sum of what the other nodes reached, a
+//!   stats asker every node's figures and their sum, and an operator's call every other
+//!   node's part;
+//! - during the faults, nothing asked of every node was answered twice, no signal
+//!   reached a node twice, and every call and request whose asker lived rang somewhere
+//!   or was answered.
 //!
 //! `cargo test -p engine --lib cluster::sim::live` runs `LIVE_SIM_SEEDS` seeds (default
 //! 2,000, about 4 s) from `LIVE_SIM_SEED_BASE`; `LIVE_SIM_SEED=N` replays one, and with
@@ -409,6 +410,30 @@ impl World {
                     "n{n} hears broadcast {request} reached {delivered}"
                 ));
             }
+            Inbound::Admin { reply, .. } => {
+                let part = crate::router::AdminPart::Disconnected {
+                    count: n as u32 + 1,
+                };
+                let part = Box::new(part);
+                self.carry_out(n, Relay::AdminPart { reply, part });
+            }
+            Inbound::Mail(Envelope::AdminNodes(answer)) => {
+                let mut parts: Vec<String> = (answer.parts.iter())
+                    .map(|(node, part)| match part {
+                        crate::router::AdminPart::Disconnected { count } => {
+                            format!("{node}:{count}")
+                        }
+                        other => format!("{node}:{other:?}"),
+                    })
+                    .collect();
+                parts.sort_unstable();
+                let heard = format!("parts {parts:?} of {} nodes", answer.known);
+                self.log
+                    .push(format!("n{n} hears call {}: {heard}", answer.request));
+                if let Some(asked) = self.asked.get_mut(&answer.request) {
+                    asked.heard.push(heard);
+                }
+            }
             Inbound::Stats { asker, body } => {
                 let heard = match body.map(|b| serde_json::from_slice::<serde_json::Value>(&b)) {
                     Some(Ok(body)) => format!(
@@ -517,8 +542,11 @@ impl World {
             98 if alive => {
                 self.enter_or_leave_room(n);
             }
-            99 if alive && self.rng.chance(50) => self.broadcast(n),
-            99 if alive => self.ask_stats(n),
+            99 if alive => match self.rng.below(3) {
+                0 => self.broadcast(n),
+                1 => self.ask_stats(n),
+                _ => self.ask_admin(n),
+            },
             _ => {}
         }
     }
@@ -572,28 +600,18 @@ impl World {
 
     /// An `all:true` broadcast asked on node `n`.
     fn broadcast(&mut self, n: usize) {
-        let (reference, requester) = self.next_reference();
-        let request = requester.slot;
+        let requester = self.ask(n, "a broadcast");
         let message = crate::router::BroadcastMessage {
-            message_id: reference.into(),
+            message_id: format!("b{}", requester.slot).into(),
             sender_id: "ops".into(),
             text: "hello, everyone".into(),
             message_type: "text".into(),
             priority: Priority::Normal,
             accepted_ns: 0,
         };
-        let from = (n, self.instance_of(n));
-        self.asked.insert(
-            request,
-            Asked {
-                from,
-                heard: Vec::new(),
-            },
-        );
-        self.log.push(format!("n{n} broadcasts {request}"));
         let relay = Relay::Broadcast {
             requester,
-            request,
+            request: requester.slot,
             message: Arc::new(message),
         };
         self.carry_out(n, relay);
@@ -614,18 +632,32 @@ impl World {
 
     /// `/api/stats?scope=cluster` asked on node `n`.
     fn ask_stats(&mut self, n: usize) {
-        let (_, asker) = self.next_reference();
-        let from = (n, self.instance_of(n));
-        self.asked.insert(
-            asker.slot,
-            Asked {
-                from,
-                heard: Vec::new(),
-            },
-        );
-        self.log.push(format!("n{n} asks stats {}", asker.slot));
+        let asker = self.ask(n, "stats");
         let local = stats_of(n).into_bytes();
         self.carry_out(n, Relay::Stats { asker, local });
+    }
+
+    /// An operator's call about users asked on node `n` (`/api/admin/*`): every other
+    /// node answers its part.
+    fn ask_admin(&mut self, n: usize) {
+        let asker = self.ask(n, "an operator's call");
+        let relay = Relay::Admin {
+            reactor: asker.reactor,
+            request: asker.slot,
+            said: b"{}".to_vec(),
+        };
+        self.carry_out(n, relay);
+    }
+
+    /// Something asked of every node from node `n`: the asking connection, numbered
+    /// after a new reference, whose answers are recorded.
+    fn ask(&mut self, n: usize, what: &str) -> ConnAddr {
+        let (_, asker) = self.next_reference();
+        let from = (n, self.instance_of(n));
+        let heard = Vec::new();
+        self.asked.insert(asker.slot, Asked { from, heard });
+        self.log.push(format!("n{n} asks {what} {}", asker.slot));
+        asker
     }
 
     /// A new reference (`#<number>`), and a connection numbered after it (its slot).
@@ -1143,9 +1175,9 @@ impl World {
         Ok(())
     }
 
-    /// At rest, each live node asks an `all:true` broadcast and the cluster's stats: its
-    /// requester hears, once, the sum of what the other nodes reached, and every node's
-    /// figures and their sum.
+    /// At rest, each live node asks an `all:true` broadcast, the cluster's stats and an
+    /// operator's call: its requester hears, once, the sum of what the other nodes
+    /// reached, every node's figures and their sum, and every other node's part.
     async fn ask_everyone_from_each_node(&mut self) -> Result<(), String> {
         let live = self.live_nodes();
         let connections: usize = live.iter().map(|&m| m + 1).sum();
@@ -1154,6 +1186,8 @@ impl World {
             self.broadcast(n);
             let stats = self.next_signal as u32;
             self.ask_stats(n);
+            let call = self.next_signal as u32;
+            self.ask_admin(n);
             self.settle().await;
             self.failed()?;
             let reached: usize = (live.iter().filter(|&&m| m != n))
@@ -1166,7 +1200,11 @@ impl World {
                 })
                 .sum();
             let nodes = live.len();
+            let parts: Vec<String> = (live.iter().filter(|&&m| m != n))
+                .map(|&m| format!("n{m}:{}", m + 1))
+                .collect();
             let expected = [
+                (call, format!("parts {parts:?} of {nodes} nodes")),
                 (request, format!("reached {reached}")),
                 (
                     stats,
