@@ -223,8 +223,12 @@ impl Shard {
             // A copy for the sender's other devices exists only while one is online (as
             // in v1; the sender's history has the message): no device, no event.
             // (In a cluster the others may be on other nodes, which the cluster asks.)
-            let others = self.directory.live_devices(&delivery.user, delivery.except);
-            if others.is_empty() && !self.relays {
+            if !self.relays
+                && self
+                    .directory
+                    .live_devices(&delivery.user, delivery.except)
+                    .is_empty()
+            {
                 return;
             }
             // A retry's copy for the sender's own devices: each got the first one.
