@@ -49,8 +49,9 @@ pub struct Conn {
     pub deadline: u32,
     /// The authenticated user; shared with the user's directory entry when homed here.
     pub user: Option<Arc<str>>,
-    /// The highest inbox `seq` written to it: a live event at or below it came while
-    /// the device read its inbox, and the read gave it already.
+    /// The highest inbox `seq` written to it, or that it had when it resumed: a live
+    /// event at or below it came while the device read its inbox, and the read (or the
+    /// device's earlier connection) gave it already.
     pub inbox_seq: u64,
     /// Input not yet consumed (partial frame, partial request, fragmented message).
     pub inbound: Option<Box<Inbound>>,

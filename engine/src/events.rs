@@ -113,6 +113,15 @@ impl Events {
         &self.stats
     }
 
+    /// Events handed to the returned channel instead of a webhook's thread, for a
+    /// simulator to read.
+    #[cfg(feature = "simulation")]
+    pub fn to_channel() -> (Events, mpsc::Receiver<(u64, Hook)>) {
+        let (jobs, inbox) = mpsc::sync_channel(QUEUE_MAX);
+        let stats = Arc::new(HookStats::default());
+        (Events { jobs, stats }, inbox)
+    }
+
     /// Hands `hook`, which happened at `at_ms`, to the events thread; never waits: a full
     /// queue drops it and counts it.
     pub fn emit(&self, at_ms: u64, hook: Hook) {

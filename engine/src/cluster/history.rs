@@ -14,7 +14,13 @@
 //! - A page is read newest first along the chain, one direct get by sequence after
 //!   another (nats-server 2.9 has no get of a subject's previous message, and its get of
 //!   the next one reads every message in between): changes met on the way apply to the
-//!   message they name when it is reached.
+//!   message they name when it is reached. The chain is in the order messages were
+//!   stored, which is not always the order they were sent (a message whose storing
+//!   waited for NATS comes after later ones), so a page is ordered by the time each was
+//!   sent, as on one node: each entry says when it was stored (`Chat-Stored`, the
+//!   appending node's clock), and the walk goes on past a full page until the entries
+//!   were stored before the page's oldest message was sent (give or take
+//!   [`CLOCK_SKEW`]), so no message sent later is left behind.
 //! - Buckets `chat_received_<shard>` index each message by its receiver and id: its value is the
 //!   sender and the inbox `seq`. It finds the sender of a `read_receipt` without
 //!   `senderId`, lets an edit check who sent the message, and recognises a retry after
@@ -55,6 +61,13 @@ const PREV_HEADER: &str = "Chat-Prev";
 /// The header saying what an entry is: `m <sender> <message id> <sent at ms>` for a
 /// message, `c <actor> <sender> <message id>` for a change (each id a subject token).
 const ENTRY_HEADER: &str = "Chat-Entry";
+/// The header saying when an entry was appended (Unix ms, the appending node's clock).
+const STORED_HEADER: &str = "Chat-Stored";
+/// How far apart the nodes' clocks may be: a page's walk goes this much further back
+/// than the stored times say it need.
+const CLOCK_SKEW: u64 = 5_000;
+/// A page's walk keeps at most this many times its limit of messages before it stops.
+const PAGE_WALK_MAX: usize = 4;
 /// How long JetStream keeps a message id to recognise a retry.
 const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 /// Entries waiting to be appended, over every conversation: past it a message's entry
@@ -130,8 +143,53 @@ struct PageRead {
     peer: Box<str>,
     before: u64,
     page: Page,
+    /// Messages sent before `before` met on the way, with when each was sent.
+    found: Vec<(u64, Bytes)>,
+    /// The send times of the newest `limit` of them (the smallest on top).
+    newest: std::collections::BinaryHeap<std::cmp::Reverse<u64>>,
+    limit: usize,
     /// Changes met on the way, by `(sender, message id)`, newest first.
     changes: HashMap<MessageKey, Vec<(Box<str>, Amendment)>>,
+}
+
+impl PageRead {
+    /// A message sent at `at` met on the way (`before` was checked).
+    fn found(&mut self, at: u64, json: Bytes) {
+        self.found.push((at, json));
+        self.newest.push(std::cmp::Reverse(at));
+        if self.newest.len() > self.limit {
+            self.newest.pop();
+        }
+    }
+
+    /// Whether the walk may stop at an entry stored at `stored_ms`: the page is full, and
+    /// every entry before it was stored, so sent, before the page's oldest message was
+    /// sent (or enough was read).
+    fn walked_far_enough(&self, stored_ms: u64) -> bool {
+        if self.found.len() >= self.limit.saturating_mul(PAGE_WALK_MAX) {
+            return true;
+        }
+        match self.newest.peek() {
+            Some(&std::cmp::Reverse(oldest)) if self.newest.len() >= self.limit => {
+                stored_ms.saturating_add(CLOCK_SKEW) < oldest
+            }
+            _ => false,
+        }
+    }
+
+    /// The page: what was found, newest sent first; `more` when older messages remain.
+    fn finish(mut self, more: bool) -> (usize, Reply) {
+        self.found.sort_by_key(|(at, _)| std::cmp::Reverse(*at));
+        let mut cut = false;
+        for (at, json) in std::mem::take(&mut self.found) {
+            if !self.page.offer(at, json) {
+                cut = true;
+                break;
+            }
+        }
+        let page = self.page.finish(more || cut);
+        answers::history_answer(self.requester, &self.peer, page, None)
+    }
 }
 
 /// An edit, delete or reaction being checked against the index.
@@ -190,6 +248,8 @@ pub(super) struct History {
     /// Entries numbered so far.
     entries: u64,
     stats: Arc<StoreStats>,
+    /// The wall clock each entry's `Chat-Stored` is read from.
+    wall_ms: fn() -> u64,
 }
 
 impl History {
@@ -209,7 +269,15 @@ impl History {
             waiting: 0,
             entries: 0,
             stats,
+            wall_ms: crate::protocol::now_ms,
         }
+    }
+
+    /// Dates entries by `wall_ms` instead of the system's clock (a simulator's).
+    #[cfg(any(test, feature = "simulation"))]
+    pub(super) fn with_wall_clock(mut self, wall_ms: fn() -> u64) -> History {
+        self.wall_ms = wall_ms;
+        self
     }
 
     /// Whether the message index's stream was set up on any connection so far (it
@@ -348,6 +416,9 @@ impl History {
                     peer,
                     before: before.unwrap_or(u64::MAX),
                     page: Page::new(limit),
+                    found: Vec::new(),
+                    newest: std::collections::BinaryHeap::new(),
+                    limit: limit.max(1),
                     changes: HashMap::new(),
                 };
                 let body = serde_json::json!({"last_by_subj": subject}).to_string();
@@ -731,10 +802,12 @@ impl History {
         // payload's is a reference count).
         let (last, what, msg_id) = (last.to_string(), entry.what.clone(), entry.msg_id.clone());
         let payload = entry.payload.clone();
+        let stored = (self.wall_ms)().to_string();
         let mut headers = vec![
             ("Nats-Expected-Last-Subject-Sequence", last.as_str()),
             (PREV_HEADER, last.as_str()),
             (ENTRY_HEADER, what.as_str()),
+            (STORED_HEADER, stored.as_str()),
         ];
         if let Some(msg_id) = &msg_id {
             headers.push(("Nats-Msg-Id", msg_id.as_str()));
@@ -846,7 +919,7 @@ impl History {
         match status {
             None => {}
             // The conversation is empty, or its older entries expired.
-            Some(404) => return replies.push(finish_page(read, false)),
+            Some(404) => return replies.push(read.finish(false)),
             Some(_) => {
                 let reply = answers::history_answer(
                     read.requester,
@@ -858,6 +931,10 @@ impl History {
             }
         }
         let what = wire::header(headers, ENTRY_HEADER).and_then(|v| std::str::from_utf8(v).ok());
+        let stored = wire::header(headers, STORED_HEADER)
+            .and_then(|v| std::str::from_utf8(v).ok()?.parse::<u64>().ok());
+        // An entry from before `Chat-Stored`: a message was stored after it was sent.
+        let mut stored_ms = stored;
         match what.and_then(parse_entry) {
             Some(Parsed::Change { actor, key }) => {
                 if let Some(change) = decode_change(payload) {
@@ -875,8 +952,9 @@ impl History {
                         .map(Bytes::from)
                         .unwrap_or(json);
                 }
-                if at < read.before && !read.page.offer(at, json) {
-                    return replies.push(finish_page(read, true));
+                stored_ms = stored_ms.or(Some(at));
+                if at < read.before {
+                    read.found(at, json);
                 }
             }
             None => debug!("cluster: a history entry that does not parse, skipped"),
@@ -885,7 +963,10 @@ impl History {
             .and_then(|v| std::str::from_utf8(v).ok()?.parse::<u64>().ok())
             .unwrap_or(0);
         if prev == 0 {
-            return replies.push(finish_page(read, false));
+            return replies.push(read.finish(false));
+        }
+        if stored_ms.is_some_and(|stored| read.walked_far_enough(stored)) {
+            return replies.push(read.finish(true));
         }
         let body = serde_json::json!({"seq": prev}).to_string();
         let stream = Shards::stream(STREAM, read.shard);
@@ -1041,11 +1122,6 @@ fn wrong_last_sequence(answer: &Value) -> Option<u64> {
 /// What went wrong, for a log line.
 fn api_error(status: Option<u16>, answer: &Value) -> String {
     requests::api_error(status, answer).unwrap_or_else(|| "no answer".into())
-}
-
-/// The page for its asker.
-fn finish_page(read: PageRead, more: bool) -> (usize, Reply) {
-    answers::history_answer(read.requester, &read.peer, read.page.finish(more), None)
 }
 
 /// A change's answer for its asker.

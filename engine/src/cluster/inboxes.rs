@@ -50,6 +50,7 @@ use tracing::{debug, info, warn};
 
 use super::{
     acks::{self, AckRecord},
+    not_kept::NotKept,
     pairs::Pairs,
     received,
     relay::{self, from_key_token, from_subject_token, key_token, subject_token},
@@ -60,7 +61,8 @@ use super::{
     wire,
 };
 use crate::{
-    protocol::{codes::OutKind, Priority},
+    protocol::{access::Settings, codes::OutKind, Priority},
+    router::Envelope,
     store::{
         answers, AckTo, Append, Chat, Command, Confirm, Failure, FanOut, Greeting, InboxEvent,
         Outcome, ReadFrom, Reply, Share, Ticket, UnackedCursor, Waiter, INBOX_PAGE_BYTES_MAX,
@@ -134,6 +136,8 @@ enum Pending {
         chat: Option<Box<KeptChat>>,
         asked: Option<u64>,
         counted: Option<unread::Counted>,
+        /// Its lane in [`Pairs`], for a chat message or a copy of one.
+        lane: Option<u64>,
     },
     /// The receiver's holders on other nodes, asked whether a device of the receiver is
     /// online there (for the sender's `sent` or `queued`).
@@ -471,6 +475,8 @@ pub(super) struct Inboxes {
     shares: HashMap<u64, ShareWait>,
     /// Retries waiting for the appends sent before them: `(first request after, retry)`.
     confirms: Vec<(u64, Confirm)>,
+    /// Chat messages not kept lately: a retry's confirm due after one fails too.
+    not_kept: NotKept,
     /// Senders' acks waiting on the receivers' holders, by the question's number.
     ack_waits: HashMap<u64, AckWait>,
     /// Users with an ack under way, and the highest `seq` asked since it started (0: none).
@@ -516,6 +522,7 @@ impl Inboxes {
             held: Vec::new(),
             shares: HashMap::new(),
             confirms: Vec::new(),
+            not_kept: NotKept::new(),
             ack_waits: HashMap::new(),
             acking: HashMap::new(),
             seen: Seen::default(),
@@ -622,7 +629,14 @@ impl Inboxes {
                 .into_iter()
                 .map(|(event, _)| Ready::Read(event))
                 .collect();
+            let read_upto = events.last().map_or(0, |event| match event {
+                Ready::Read(event) => event.seq,
+                Ready::Live { seq, .. } => *seq,
+            });
             for (seq, headers, payload) in self.filling.remove(&filled.user).unwrap_or_default() {
+                if seq <= read_upto {
+                    continue; // the read gave it (one read on after a reconnect)
+                }
                 self.live_event(&filled.user, seq, &headers);
                 events.push(Ready::Live {
                     seq,
@@ -759,14 +773,14 @@ impl Inboxes {
                 PairItem::Append(append) => Command::Append(Box::new(append)),
                 PairItem::Confirm(confirm) => Command::Confirm(Box::new(confirm)),
             };
-            fail_command(command, Failure::Unreachable, &mut replies);
+            self.fail_command(command, Failure::Unreachable, &mut replies);
         }
         let pending = self.requests.drain();
         for pending in pending {
             self.fail(pending, Failure::Unreachable, &mut replies);
         }
         for command in std::mem::take(&mut self.held) {
-            fail_command(command, Failure::Unreachable, &mut replies);
+            self.fail_command(command, Failure::Unreachable, &mut replies);
         }
         self.answer_confirms(&mut replies);
         self.pairs_done.clear();
@@ -784,7 +798,7 @@ impl Inboxes {
         let waiting = self.requests.len() + self.held.len() + self.pairs.queued();
         let overloaded = waiting >= IN_FLIGHT_MAX;
         if !connected || overloaded {
-            fail_command(command, Failure::Unreachable, &mut replies);
+            self.fail_command(command, Failure::Unreachable, &mut replies);
         } else if !self.set_up_done() {
             // The streams are being set up, or their last set-up failed: ask again.
             let setting_up = self
@@ -804,11 +818,8 @@ impl Inboxes {
 
     fn carry_out(&mut self, command: Command, out: &mut BytesMut, replies: &mut Replies) {
         match command {
-            Command::Append(append) => match &append.chat {
-                Some(chat) => {
-                    let pair = self.pairs.key(&append.user, &chat.sender);
-                    self.enter_pair(pair, PairItem::Append(*append), out, replies);
-                }
+            Command::Append(append) => match self.lane(&append) {
+                Some(pair) => self.enter_pair(pair, PairItem::Append(*append), out, replies),
                 None => self.append(*append, out),
             },
             Command::AppendShare(share) => self.append_share(*share, out, replies),
@@ -896,10 +907,22 @@ impl Inboxes {
         self.pairs_done.push(pair);
     }
 
-    /// The same for an append (nothing for an event that is not a chat message).
+    /// The same for an append in a lane ([`Inboxes::lane`]).
     fn append_done(&mut self, append: &Append) {
-        if let Some(chat) = &append.chat {
-            self.chat_done(&append.user, &chat.sender);
+        if let Some(pair) = self.lane(append) {
+            self.pairs_done.push(pair);
+        }
+    }
+
+    /// The lane in [`Pairs`] of an append: a chat message's is its (receiver, sender)
+    /// pair; a copy for its sender's other devices takes the lane of her messages to
+    /// herself, in her inbox too, so that her devices get what she sent in the order
+    /// she sent it. Other events have none.
+    fn lane(&self, append: &Append) -> Option<u64> {
+        match (&append.chat, &append.copy) {
+            (Some(chat), _) => Some(self.pairs.key(&append.user, &chat.sender)),
+            (None, Some(_)) => Some(self.pairs.key(&append.user, &append.user)),
+            (None, None) => None,
         }
     }
 
@@ -1017,6 +1040,7 @@ impl Inboxes {
             Some(ack) if !ack.delivered => Some(self.ask_holders(&append.user, out)),
             _ => None,
         };
+        let lane = self.lane(&append);
         let chat = append.chat.map(|chat| {
             let kept = KeptChat {
                 user: append.user,
@@ -1032,6 +1056,7 @@ impl Inboxes {
             chat,
             asked,
             counted,
+            lane,
         };
         self.requests
             .send(out, (&subject, &headers), &payload, pending);
@@ -1187,9 +1212,13 @@ impl Inboxes {
                 if held {
                     // The first copy is kept: acknowledged again, not stored twice.
                     debug!("cluster: a retry after the duplicate window, not stored twice");
+                    if let Some(chat) = &append.chat {
+                        self.not_kept
+                            .kept(&append.user, &chat.sender, &chat.message_id);
+                    }
                     let delivered = append.ack.as_ref().is_some_and(|a| a.delivered);
                     let outcome = Outcome::Kept { delivered };
-                    answers::append_outcome(
+                    answers::stored_first_outcome(
                         &mut replies,
                         append.ack.as_ref(),
                         append.dedup,
@@ -1224,11 +1253,13 @@ impl Inboxes {
                     }
                     Some(_) => {
                         refuse_over_quota(&append, &mut replies);
+                        self.chat_not_kept(&append);
                         self.append_done(&append);
                     }
                     None => {
+                        self.chat_not_kept(&append);
                         let outcome = Outcome::Failed(Failure::Unreachable);
-                        answers::append_outcome(
+                        answers::stored_first_outcome(
                             &mut replies,
                             append.ack.as_ref(),
                             append.dedup,
@@ -1244,12 +1275,18 @@ impl Inboxes {
                 chat,
                 asked,
                 counted,
+                lane,
             } => {
-                if let Some(chat) = &chat {
-                    self.chat_done(&chat.user, &chat.chat.sender);
-                }
+                self.pairs_done.extend(lane);
                 let outcome = publish_outcome(status, payload, ack.as_ref());
                 let kept = matches!(outcome, Outcome::Kept { .. });
+                if let Some(chat) = &chat {
+                    let (user, sender, id) = (&chat.user, &chat.chat.sender, &chat.chat.message_id);
+                    match kept {
+                        true => self.not_kept.kept(user, sender, id),
+                        false => self.not_kept.record(user, sender, id),
+                    }
+                }
                 if kept && (chat.is_some() || counted.is_some()) {
                     let answer: Value = serde_json::from_slice(payload).unwrap_or_default();
                     let seq = answer["seq"].as_u64().unwrap_or(0);
@@ -1277,6 +1314,8 @@ impl Inboxes {
             Pending::CopyCheck(append) => {
                 if status.is_none() && payload[..] == *relay::DEVICES_HERE {
                     self.within_quota(*append, out);
+                } else {
+                    self.append_done(&append);
                 }
             }
             Pending::Row { share } => {
@@ -1685,6 +1724,28 @@ impl Inboxes {
         for command in std::mem::take(&mut self.held) {
             self.carry_out(command, out, replies);
         }
+        self.read_what_was_missed(out);
+    }
+
+    /// Set up on a new connection: each user whose events were seen here reads on from
+    /// the newest one seen, since an event republished while the relay was cut off never
+    /// came, and the user's devices here would not get it until the user's next event.
+    /// The user's live events wait meanwhile, as behind a gap.
+    fn read_what_was_missed(&mut self, out: &mut BytesMut) {
+        for (user, after) in self.seen.newest_of_each() {
+            if self.filling.contains_key(&user) {
+                continue;
+            }
+            self.filling.insert(user.clone(), Vec::new());
+            let fill = Filled {
+                user,
+                events: Vec::new(),
+                after,
+                next: after + 1,
+                upto: u64::MAX,
+            };
+            self.fill_step(fill, out);
+        }
     }
 
     /// `stream` could not be set up: the commands held fail.
@@ -1917,10 +1978,19 @@ impl Inboxes {
             .partition(|(after, _)| *after <= oldest);
         self.confirms = waiting;
         for (_, confirm) in due {
-            let outcome = Outcome::Kept {
-                delivered: confirm.ack.delivered,
+            let (receiver, chat) = (&confirm.receiver, &confirm.chat);
+            let outcome = match self
+                .not_kept
+                .contains(receiver, &chat.sender, &chat.message_id)
+            {
+                // Its first copy was not kept: the home forgets it, and takes the next
+                // retry as new.
+                true => Outcome::Failed(Failure::Unreachable),
+                false => Outcome::Kept {
+                    delivered: confirm.ack.delivered,
+                },
             };
-            answers::append_outcome(replies, Some(&confirm.ack), None, outcome);
+            answers::stored_first_outcome(replies, Some(&confirm.ack), None, outcome);
             self.chat_done(&confirm.receiver, &confirm.chat.sender);
         }
     }
@@ -1939,7 +2009,7 @@ impl Inboxes {
                 let outcome = Outcome::Kept {
                     delivered: delivered || elsewhere,
                 };
-                answers::append_outcome(replies, ack.as_ref(), dedup, outcome);
+                answers::stored_first_outcome(replies, ack.as_ref(), dedup, outcome);
             }
             (Some((asked, AckWait::Asked)), Outcome::Kept { delivered }, Some(ack)) => {
                 let stored = AckWait::Stored {
@@ -1950,7 +2020,9 @@ impl Inboxes {
                 self.ack_waits.insert(asked, stored);
             }
             // Not kept, or nothing asked: said now (a late answer then finds no wait).
-            (_, outcome, ack) => answers::append_outcome(replies, ack.as_ref(), dedup, outcome),
+            (_, outcome, ack) => {
+                answers::stored_first_outcome(replies, ack.as_ref(), dedup, outcome)
+            }
         }
     }
 
@@ -1970,9 +2042,26 @@ impl Inboxes {
                 let outcome = Outcome::Kept {
                     delivered: delivered || here,
                 };
-                answers::append_outcome(replies, Some(&ack), dedup, outcome);
+                answers::stored_first_outcome(replies, Some(&ack), dedup, outcome);
             }
             Some(AckWait::Answered { .. }) | None => {}
+        }
+    }
+
+    /// A command that could not be carried out fails: its asker hears why, and a chat
+    /// message is remembered as not kept.
+    fn fail_command(&mut self, command: Command, why: Failure, replies: &mut Replies) {
+        if let Command::Append(append) = &command {
+            self.chat_not_kept(append);
+        }
+        fail_command(command, why, replies);
+    }
+
+    /// `append`'s chat message (if it is one) was not kept.
+    fn chat_not_kept(&mut self, append: &Append) {
+        if let Some(chat) = &append.chat {
+            self.not_kept
+                .record(&append.user, &chat.sender, &chat.message_id);
         }
     }
 
@@ -1984,25 +2073,29 @@ impl Inboxes {
                 dedup,
                 asked,
                 counted,
+                lane,
                 chat,
             } => {
+                if let Some(kept) = chat {
+                    let (sender, id) = (&kept.chat.sender, &kept.chat.message_id);
+                    self.not_kept.record(&kept.user, sender, id);
+                }
                 if let Some(asked) = asked {
                     self.ack_waits.remove(&asked);
                 }
                 if let Some(counted) = counted {
                     self.unread.give_back(counted);
                 }
-                if let Some(chat) = &chat {
-                    self.chat_done(&chat.user, &chat.chat.sender);
-                }
-                answers::append_outcome(replies, ack.as_ref(), dedup, Outcome::Failed(why));
+                self.pairs_done.extend(lane);
+                answers::stored_first_outcome(replies, ack.as_ref(), dedup, Outcome::Failed(why));
             }
             Pending::Holders { asked } => self.holders_said(asked, false, replies),
             // No word of another device: no copy, as with none online.
-            Pending::CopyCheck(_) => {}
+            Pending::CopyCheck(append) => self.append_done(&append),
             Pending::RetryCheck(append) | Pending::QuotaCheck { append, .. } => {
+                self.chat_not_kept(&append);
                 let outcome = Outcome::Failed(why);
-                answers::append_outcome(replies, append.ack.as_ref(), append.dedup, outcome);
+                answers::stored_first_outcome(replies, append.ack.as_ref(), append.dedup, outcome);
                 self.append_done(&append);
             }
             Pending::Row { share } => self.row_done(share, false, replies),
@@ -2112,7 +2205,7 @@ fn fail_command(command: Command, why: Failure, replies: &mut Replies) {
     match command {
         Command::Append(append) => {
             let outcome = Outcome::Failed(why);
-            answers::append_outcome(replies, append.ack.as_ref(), append.dedup, outcome);
+            answers::stored_first_outcome(replies, append.ack.as_ref(), append.dedup, outcome);
         }
         Command::AppendShare(share) => {
             let not_kept = share.rows.len() as u32;
@@ -2120,7 +2213,7 @@ fn fail_command(command: Command, why: Failure, replies: &mut Replies) {
         }
         Command::Confirm(confirm) => {
             let outcome = Outcome::Failed(why);
-            answers::append_outcome(replies, Some(&confirm.ack), None, outcome);
+            answers::stored_first_outcome(replies, Some(&confirm.ack), None, outcome);
         }
         Command::Membership { .. } => {
             replies.extend(answers::membership_answer(&command, Some(why)));
@@ -2163,9 +2256,35 @@ pub(super) fn parse_group_key(key: &str) -> Option<GroupKey> {
     Some(GroupKey::Member(group, from_key_token(user)?))
 }
 
+/// What a change of [`GROUP_BUCKET`]'s key `key` (a put of `value`, else a delete) tells
+/// the group's home reactor of `reactors`: a member joined or left, or the settings
+/// changed. `None` for a key that is not one of the bucket's.
+pub(super) fn group_change(
+    key: &str,
+    put: bool,
+    value: &[u8],
+    reactors: usize,
+) -> Option<(usize, Envelope)> {
+    let home_of = |group: &str| crate::router::home_of(group, reactors);
+    Some(match parse_group_key(key)? {
+        GroupKey::Member(group, user) => (
+            home_of(&group),
+            Envelope::GroupMembership {
+                group,
+                user,
+                joined: put,
+            },
+        ),
+        GroupKey::Settings(group) => {
+            let settings = put.then(|| Box::new(Settings::from_stored(value, &group)));
+            (home_of(&group), Envelope::GroupSettings { group, settings })
+        }
+    })
+}
+
 /// A sender's message refused at `--queue-max-per-sender`: nothing was stored.
 fn refuse_over_quota(append: &Append, replies: &mut Replies) {
-    answers::append_outcome(
+    answers::stored_first_outcome(
         replies,
         append.ack.as_ref(),
         append.dedup,

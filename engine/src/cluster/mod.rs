@@ -22,14 +22,16 @@
 //!   `received`: the message index's names and formats, which both use; `shards`: which
 //!   stream of each kind holds a user's or a conversation's state;
 //! - `totals`: every node's `/api/stats` figures summed;
-//! - `tls`: TLS to NATS; `sim` (tests only): the cluster simulator, which runs inboxes
-//!   and history against a simulated JetStream.
+//! - `tls`: TLS to NATS; `sim` (tests, and feature `simulation`): a simulated
+//!   nats-server with JetStream, the real relayers of nodes on it, and the simulators
+//!   that drive them.
 
 mod acks;
 mod history;
 mod inboxes;
 mod members;
 mod node;
+mod not_kept;
 mod pairs;
 mod presence;
 mod presence_events;
@@ -39,8 +41,8 @@ mod relayer;
 mod requests;
 mod seen;
 mod shards;
-#[cfg(test)]
-mod sim;
+#[cfg(any(test, feature = "simulation"))]
+pub mod sim;
 mod tls;
 mod totals;
 mod unread;

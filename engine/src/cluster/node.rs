@@ -30,7 +30,7 @@ use tracing::{debug, error, info, warn};
 
 use super::{
     backoff,
-    inboxes::{self, GroupKey, GROUP_BUCKET},
+    inboxes::{self, GROUP_BUCKET},
     instance_token_hex,
     members::{Change, Members, DEAD_AFTER},
     relay::{Inbound, Reactors},
@@ -38,7 +38,6 @@ use super::{
     shards::{Shards, LAYOUT_BUCKET, SHARDS_KEY},
     wire, Claim, Link, State, HEARTBEAT,
 };
-use crate::{protocol::access::Settings, router::Envelope};
 
 /// Where the membership watch tells the relay which instances are gone, and which beat
 /// (joined, or back after they were counted dead).
@@ -531,7 +530,7 @@ impl Node {
 /// the key-value API lays it out. Created through the stream API because async-nats'
 /// `create_key_value` first reads the account's limits in a shape nats-server 2.9 (the
 /// Debian package) does not send.
-fn kv_stream(bucket: &str, max_age: Duration, replicas: u8) -> stream::Config {
+pub(super) fn kv_stream(bucket: &str, max_age: Duration, replicas: u8) -> stream::Config {
     stream::Config {
         name: format!("KV_{bucket}"),
         subjects: vec![format!("$KV.{bucket}.>")],
@@ -562,22 +561,10 @@ async fn watch_groups(bucket: &kv::Store, homes: &Reactors) {
                 }
             };
             let put = entry.operation == Operation::Put;
-            let home_of = |group: &str| crate::router::home_of(group, homes.senders.len());
-            let (home, change) = match inboxes::parse_group_key(&entry.key) {
-                Some(GroupKey::Member(group, user)) => (
-                    home_of(&group),
-                    Envelope::GroupMembership {
-                        group,
-                        user,
-                        joined: put,
-                    },
-                ),
-                Some(GroupKey::Settings(group)) => {
-                    let settings =
-                        put.then(|| Box::new(Settings::from_stored(&entry.value, &group)));
-                    (home_of(&group), Envelope::GroupSettings { group, settings })
-                }
-                None => continue,
+            let Some((home, change)) =
+                inboxes::group_change(&entry.key, put, &entry.value, homes.senders.len())
+            else {
+                continue;
             };
             homes.send(home, Inbound::Mail(change));
         }

@@ -109,12 +109,20 @@ impl Checks {
     /// The checks that no holder answered by `now`, in the order they started: this
     /// node reports them.
     pub(super) fn expire(&mut self, now: Instant) -> Vec<(u64, Hook)> {
-        let mut late: Vec<(u64, Waiting)> = self
-            .waiting
-            .extract_if(|_, check| check.until <= now)
-            .collect();
-        late.sort_unstable_by_key(|(id, _)| *id);
-        late.into_iter().map(|(_, check)| report(check)).collect()
+        self.take(|check| check.until <= now)
+    }
+
+    /// Every check under way, in the order they started, to be reported now: no answer
+    /// can come (NATS is out of reach).
+    pub(super) fn take_all(&mut self) -> Vec<(u64, Hook)> {
+        self.take(|_| true)
+    }
+
+    fn take(&mut self, which: impl Fn(&Waiting) -> bool) -> Vec<(u64, Hook)> {
+        let mut taken: Vec<(u64, Waiting)> =
+            self.waiting.extract_if(|_, check| which(check)).collect();
+        taken.sort_unstable_by_key(|(id, _)| *id);
+        taken.into_iter().map(|(_, check)| report(check)).collect()
     }
 }
 
@@ -172,5 +180,23 @@ mod tests {
         assert!(checks.cancel_online("u"));
         assert!(!checks.cancel_online("u"));
         assert!(checks.expire(now + CHECK_WAIT).is_empty());
+    }
+
+    #[test]
+    fn cut_off_every_check_is_reported_at_once_in_the_order_it_started() {
+        let now = Instant::now();
+        let mut checks = Checks::default();
+        let user: Arc<str> = "u".into();
+        checks.start(user.clone(), false, 10, now);
+        checks.start(user.clone(), true, 20, now);
+        let reported = checks.take_all();
+        assert_eq!(
+            reported,
+            [
+                (10, Hook::UserOffline { user: user.clone() }),
+                (20, Hook::UserOnline { user })
+            ]
+        );
+        assert!(checks.expire(now + CHECK_WAIT).is_empty(), "once");
     }
 }

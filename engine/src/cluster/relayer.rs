@@ -840,8 +840,12 @@ impl Relayer {
     }
 
     /// Cut off from NATS: what waits on an answer from it fails (the live subscriptions
-    /// stay, to be made again on reconnecting).
+    /// stay, to be made again on reconnecting). The presence events waiting for the other
+    /// holders' answers are this node's to report now, before any that comes while NATS
+    /// is away (reported at once), lest they come in the wrong order.
     pub(super) fn disconnected(&mut self) {
+        let unanswered = self.event_checks.take_all();
+        self.report_presence_events(unanswered);
         let failed = self.inboxes.disconnected();
         self.send_replies(failed);
         self.gaps_filled();
@@ -1512,16 +1516,17 @@ impl Relayer {
 
 /// The live relay's simulator drives a relayer through these: its bytes go to a
 /// simulated server, and its presence is dated by the simulator's clock.
-#[cfg(test)]
+#[cfg(any(test, feature = "simulation"))]
 impl Relayer {
     /// What is to be written to the connection, taken.
     pub(super) fn take_written(&mut self) -> BytesMut {
         self.out.split()
     }
 
-    /// Dates presence by `wall_ms` instead of the system's clock.
+    /// Dates presence and history entries by `wall_ms` instead of the system's clock.
     pub(super) fn with_wall_clock(mut self, wall_ms: fn() -> u64) -> Relayer {
         self.wall_ms = wall_ms;
+        self.history = self.history.with_wall_clock(wall_ms);
         self
     }
 }

@@ -169,6 +169,15 @@ impl Seen {
     pub(super) fn forget(&mut self, user: &str) {
         self.chains.remove(user);
     }
+
+    /// Every user with a chain, and the newest `seq` it knows, in name order.
+    pub(super) fn newest_of_each(&self) -> Vec<(Box<str>, u64)> {
+        let mut newest: Vec<(Box<str>, u64)> = (self.chains.iter())
+            .map(|(user, chain)| (user.clone(), chain.newest()))
+            .collect();
+        newest.sort_unstable();
+        newest
+    }
 }
 
 #[cfg(test)]

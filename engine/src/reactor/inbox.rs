@@ -142,12 +142,15 @@ impl Reactor {
             return;
         }
         if let Some(greeting) = &page.greeting {
-            let device = conn
-                .aux
-                .as_ref()
-                .and_then(|a| a.catch_up.as_ref())
-                .map(|c| c.device_id.clone())
-                .unwrap_or_default();
+            let catch_up = conn.aux.as_ref().and_then(|a| a.catch_up.as_ref());
+            let device = catch_up.map(|c| c.device_id.clone()).unwrap_or_default();
+            // A resume honoured: the device has every event up to where it resumed, and
+            // one of them coming live (a cluster's republish, late) is not new to it.
+            if let (Some(true), Some((_, resumed_from))) =
+                (greeting.resumed, catch_up.and_then(|c| c.resume.as_ref()))
+            {
+                conn.inbox_seq = conn.inbox_seq.max(*resumed_from);
+            }
             let inbox = InboxState {
                 epoch: &greeting.epoch,
                 seq: greeting.seq,

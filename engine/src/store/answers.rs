@@ -5,15 +5,36 @@ use crate::protocol::codes::OutKind;
 
 /// The answer to one append: its sender hears the outcome, and a home whose message was
 /// not kept, and reached no device, forgets it from its dedup window (so a retry is tried
-/// again; one that reached a device is not delivered twice).
+/// again; one that reached a device is not delivered twice). One node's homes write an
+/// event to the devices online before the store has it: `delivered` says one got it.
 pub(crate) fn append_outcome(
     replies: &mut Vec<(usize, Reply)>,
     ack: Option<&AckTo>,
     dedup: Option<(usize, Ticket)>,
     outcome: Outcome,
 ) {
-    let delivered = ack.is_some_and(|a| a.delivered);
-    if !matches!(outcome, Outcome::Kept { .. }) && !delivered {
+    let got_it = ack.is_some_and(|a| a.delivered);
+    answer_append(replies, (ack, dedup, outcome), got_it);
+}
+
+/// The same for a cluster's inboxes, whose devices get an event only once JetStream has
+/// it: one not kept reached no device, and its home forgets it whatever `delivered` says
+/// (else a retry would be confirmed `sent` and the message lost).
+pub(crate) fn stored_first_outcome(
+    replies: &mut Vec<(usize, Reply)>,
+    ack: Option<&AckTo>,
+    dedup: Option<(usize, Ticket)>,
+    outcome: Outcome,
+) {
+    answer_append(replies, (ack, dedup, outcome), false);
+}
+
+fn answer_append(
+    replies: &mut Vec<(usize, Reply)>,
+    (ack, dedup, outcome): (Option<&AckTo>, Option<(usize, Ticket)>, Outcome),
+    got_it: bool,
+) {
+    if !matches!(outcome, Outcome::Kept { .. }) && !got_it {
         if let Some((home, ticket)) = dedup {
             replies.push((home, Reply::NotKept { ticket }));
         }

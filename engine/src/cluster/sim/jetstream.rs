@@ -29,6 +29,7 @@ pub(super) struct Delivery {
     /// The subject it is delivered on (a reply subject, or `chat.live.<user>`).
     pub subject: String,
     /// A status (404, 503), if any.
+    #[cfg_attr(not(test), expect(dead_code, reason = "the stores simulator reads it"))]
     pub status: Option<u16>,
     /// The header block, as NATS writes it (empty: none).
     pub headers: Bytes,
@@ -369,6 +370,15 @@ impl JetStream {
         }
         self.ever.insert((name.to_owned(), seq), stored);
         out
+    }
+
+    /// The messages stream `name` holds now after sequence `after`, by sequence.
+    pub(super) fn stored_after(&self, name: &str, after: u64) -> Vec<(u64, Stored)> {
+        self.streams.get(name).map_or_else(Vec::new, |stream| {
+            (stream.messages.range(after + 1..))
+                .map(|(seq, m)| (*seq, m.clone()))
+                .collect()
+        })
     }
 
     /// The messages stream `name` holds now, on `subject`, by sequence.

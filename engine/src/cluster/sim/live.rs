@@ -36,20 +36,17 @@
 use std::{
     cell::Cell,
     collections::{BTreeMap, BTreeSet},
-    sync::{atomic::Ordering, mpsc, Arc},
+    sync::Arc,
     time::Duration,
 };
 
 use tokio::time::Instant;
 
-use super::{failure, nats::Nats, run_seeds, Rng};
+use super::{failure, run_seeds, NodeSetup, Rng, SimCluster};
 use crate::{
     cluster::{
-        inboxes::StreamSettings,
-        relay::{Inbound, Reactors, Relay},
-        relayer::Relayer,
+        relay::{Inbound, Relay},
         shards::Shards,
-        State,
     },
     protocol::{
         codes::{ErrorCode, OutKind},
@@ -57,7 +54,6 @@ use crate::{
         Priority,
     },
     router::{ConnAddr, Envelope},
-    store::{DoorbellSet, StoreStats},
 };
 
 /// The group and room of the huddle the simulator's devices enter.
@@ -90,27 +86,6 @@ fn wall_ms() -> u64 {
     WALL_AT_START_MS + since as u64
 }
 
-/// Doorbells nobody waits on: the simulator reads the reactors' channels itself.
-struct Unrung;
-
-impl DoorbellSet for Unrung {
-    fn ring(&self, _: usize) {}
-}
-
-/// One process running a node.
-struct Process {
-    relayer: Relayer,
-    /// Its reactors' channels.
-    inbound: Vec<mpsc::Receiver<Inbound>>,
-    instance: String,
-    /// Its connection to the server, while it has one.
-    conn: Option<usize>,
-    /// Cut off since.
-    cut_at: Option<Instant>,
-    /// What the relayer says of its connection.
-    state: Arc<State>,
-}
-
 /// Whether a node holds a user with a device there, or only in the user's grace.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Hold {
@@ -118,11 +93,10 @@ enum Hold {
     Grace,
 }
 
-/// One node: its process (none while dead) and what its homes did and heard.
+/// One node: what its homes did and heard (its process is the [`SimCluster`]'s).
 struct Node {
-    process: Option<Process>,
-    /// Processes started for it so far.
-    started: u32,
+    /// Its process is cut off from NATS since.
+    cut_at: Option<Instant>,
     holds: BTreeMap<String, Hold>,
     watches: BTreeSet<String>,
     /// Per watched user, the last word its home heard: whether another node holds it.
@@ -211,7 +185,7 @@ impl Tally {
 /// The simulated cluster of one seed.
 struct World {
     rng: Rng,
-    server: Nats,
+    cluster: SimCluster,
     nodes: Vec<Node>,
     users: Vec<String>,
     /// By reference: the signals sent.
@@ -231,7 +205,7 @@ impl World {
         let user_count = 2 + rng.below(3);
         let mut world = World {
             rng,
-            server: Nats::default(),
+            cluster: SimCluster::new(node_count, Shards::new(1)),
             nodes: Vec::new(),
             users: (0..user_count).map(|u| format!("u{u}")).collect(),
             signals: BTreeMap::new(),
@@ -243,8 +217,7 @@ impl World {
         };
         for n in 0..node_count {
             world.nodes.push(Node {
-                process: None,
-                started: 0,
+                cut_at: None,
                 holds: BTreeMap::new(),
                 watches: BTreeSet::new(),
                 heard: BTreeMap::new(),
@@ -257,73 +230,26 @@ impl World {
 
     /// Starts a process for node `n`, connected.
     fn start(&mut self, n: usize) {
+        let setup = NodeSetup {
+            reactors: REACTORS,
+            streams: super::streams(100, 0, Shards::new(1)),
+            wall_ms,
+            local_stats: Arc::new(move || stats_of(n).into_bytes()),
+            events: None,
+        };
+        self.cluster.start(n, setup);
         let node = &mut self.nodes[n];
-        node.started += 1;
-        let instance = format!("n{n}-{}", node.started);
-        let (senders, inbound): (Vec<_>, Vec<_>) = (0..REACTORS).map(|_| mpsc::channel()).unzip();
-        let reactors = Reactors {
-            senders,
-            doorbells: Arc::new(Unrung),
-        };
-        let streams = StreamSettings {
-            queue_max_per_user: 100,
-            queue_max_per_sender: 0,
-            retention: Duration::from_secs(86_400),
-            replicas: 1,
-            shards: Shards::new(1),
-        };
-        let stores = (streams, Arc::new(StoreStats::default()));
-        let local_stats: Arc<dyn Fn() -> Vec<u8> + Send + Sync> =
-            Arc::new(move || stats_of(n).into_bytes());
-        let me = (&*format!("n{n}"), &*instance, format!("_INBOX.{instance}."));
-        let state = Arc::new(State::default());
-        let relayer = Relayer::new(me, (reactors, stores), (state.clone(), local_stats))
-            .with_wall_clock(wall_ms);
-        node.process = Some(Process {
-            relayer,
-            state,
-            inbound,
-            instance,
-            conn: None,
-            cut_at: None,
-        });
+        node.cut_at = None;
         node.holds.clear();
         node.watches.clear();
         node.heard.clear();
         node.in_room = 0;
-        self.connect(n);
-    }
-
-    /// Node `n`'s process connects: its subscriptions, then what it says again.
-    fn connect(&mut self, n: usize) {
-        let conn = self.server.connect();
-        let Some(process) = self.nodes[n].process.as_mut() else {
-            return;
-        };
-        process.conn = Some(conn);
-        process.cut_at = None;
-        process.state.relay_connected.store(true, Ordering::Release);
-        let subscriptions = process.relayer.subscriptions();
-        self.server.write(conn, &subscriptions);
-        process.relayer.reconnected();
         self.flush(n);
     }
 
-    /// Hands node `n`'s written bytes to the server (lost while cut off), and reads what
-    /// its reactors got.
+    /// What node `n`'s reactors got from its relayer, read.
     fn flush(&mut self, n: usize) {
-        let Some(process) = self.nodes[n].process.as_mut() else {
-            return;
-        };
-        let written = process.relayer.take_written();
-        if let Some(conn) = process.conn {
-            self.server.write(conn, &written);
-        }
-        let mut got = Vec::new();
-        for channel in &process.inbound {
-            got.extend(channel.try_iter());
-        }
-        for inbound in got {
+        for (_, inbound) in self.cluster.take_inbound(n) {
             self.reactor_got(n, inbound);
         }
     }
@@ -482,14 +408,10 @@ impl World {
             self.failed()?;
         }
         for n in 0..self.nodes.len() {
-            if self.nodes[n].process.is_none() {
+            if !self.cluster.running(n) {
                 self.log.push(format!("n{n} starts again"));
                 self.start(n);
-            } else if self.nodes[n]
-                .process
-                .as_ref()
-                .is_some_and(|p| p.conn.is_none())
-            {
+            } else if !self.cluster.connected(n) {
                 self.reconnect(n);
             }
         }
@@ -510,7 +432,7 @@ impl World {
         let n = self.rng.below(self.nodes.len());
         let u = self.rng.below(self.users.len());
         let user = self.users[u].clone();
-        let alive = self.nodes[n].process.is_some();
+        let alive = self.cluster.running(n);
         match self.rng.below(100) {
             0..=14 if alive => self.hold_or_let_go(n, &user),
             15..=24 if alive => self.watch_or_not(n, &user),
@@ -620,14 +542,8 @@ impl World {
     /// Every live process knows how many nodes are alive, as membership tells it (the
     /// gathers of `all:true` broadcasts wait for that many answers).
     fn count_nodes(&mut self) {
-        let alive = self
-            .nodes
-            .iter()
-            .filter(|node| node.process.is_some())
-            .count() as u32;
-        for process in self.nodes.iter().filter_map(|node| node.process.as_ref()) {
-            process.state.nodes.store(alive, Ordering::Release);
-        }
+        let alive = self.live_nodes().len() as u32;
+        self.cluster.count_alive(alive);
     }
 
     /// `/api/stats?scope=cluster` asked on node `n`.
@@ -674,11 +590,7 @@ impl World {
 
     /// The instance running node `n` (empty while it is dead).
     fn instance_of(&self, n: usize) -> String {
-        self.nodes[n]
-            .process
-            .as_ref()
-            .map(|p| p.instance.clone())
-            .unwrap_or_default()
+        self.cluster.instance(n).unwrap_or_default().to_owned()
     }
 
     /// Node `n` gains `user` (a first device, or one back in the grace), loses its last
@@ -766,29 +678,25 @@ impl World {
 
     /// Hands node `n`'s relayer `relay`.
     fn carry_out(&mut self, n: usize, relay: Relay) {
-        let Some(process) = self.nodes[n].process.as_mut() else {
-            return;
-        };
-        let connected = process.conn.is_some();
-        process.relayer.carry_out(relay, connected);
+        self.cluster.carry_out(n, relay);
         self.flush(n);
     }
 
     /// The server reads up to `count` operations, each from a random connection.
     fn server_reads(&mut self, count: usize) {
         for _ in 0..count {
-            let ready = self.server.with_unread();
+            let ready = self.cluster.with_unread();
             if ready.is_empty() {
                 return;
             }
             let conn = ready[self.rng.below(ready.len())];
-            self.server.read_one(conn);
+            self.cluster.read_one(conn);
         }
     }
 
     /// The server hands a random connection up to `count` of the operations routed to it.
     fn server_delivers(&mut self, count: usize) {
-        let ready = self.server.with_routed();
+        let ready = self.cluster.with_routed();
         if ready.is_empty() {
             return;
         }
@@ -798,47 +706,24 @@ impl World {
 
     /// Up to `count` operations routed to connection `conn`, read by its node.
     fn deliver(&mut self, conn: usize, count: usize) {
-        let Some(n) = self.node_of(conn) else {
+        let Some(n) = self.cluster.node_of(conn) else {
             return;
         };
-        let mut bytes = self.server.deliver(conn, count);
-        let Some(process) = self.nodes[n].process.as_mut() else {
-            return;
-        };
-        if let Err(e) = process.relayer.take_ops(&mut bytes) {
-            return self.fail(format!("n{n} could not read the server: {e}"));
+        if let Err(e) = self.cluster.deliver(conn, count) {
+            return self.fail(e);
         }
         self.flush(n);
     }
 
-    /// The node whose process has connection `conn`.
-    fn node_of(&self, conn: usize) -> Option<usize> {
-        (0..self.nodes.len()).find(|&n| {
-            self.nodes[n]
-                .process
-                .as_ref()
-                .is_some_and(|p| p.conn == Some(conn))
-        })
-    }
-
     /// Node `n` is cut off from NATS, or comes back.
     fn cut_or_reconnect(&mut self, n: usize) {
-        let Some(process) = self.nodes[n].process.as_mut() else {
-            return;
-        };
-        let Some(conn) = process.conn.take() else {
+        if !self.cluster.connected(n) {
             return self.reconnect(n);
-        };
+        }
         self.log.push(format!("n{n} is cut off"));
         self.tally.cuts += 1;
-        self.server.close(conn);
-        process.cut_at = Some(Instant::now());
-        process
-            .state
-            .relay_connected
-            .store(false, Ordering::Release);
-        process.relayer.disconnected();
-        process.relayer.take_written();
+        self.cluster.cut(n);
+        self.nodes[n].cut_at = Some(Instant::now());
         self.flush(n);
     }
 
@@ -846,12 +731,11 @@ impl World {
     /// dead all the same: its relay came back before its membership beat again.
     fn reconnect(&mut self, n: usize) {
         self.log.push(format!("n{n} reconnects"));
-        let Some(process) = self.nodes[n].process.as_mut() else {
+        let Some(instance) = self.cluster.instance(n).map(str::to_owned) else {
             return;
         };
-        let instance = process.instance.clone();
         let beats_at = Instant::now() + Duration::from_millis(self.rng.below(2_000) as u64);
-        match process.cut_at {
+        match self.nodes[n].cut_at.take() {
             // Counted dead while cut off: it is heard of again when its membership beats.
             None => self.tell(n, &instance, (true, beats_at), false),
             Some(cut_at) if cut_at.elapsed() + BEAT >= DEAD_AFTER && self.rng.chance(50) => {
@@ -862,7 +746,8 @@ impl World {
             }
             Some(_) => {}
         }
-        self.connect(n);
+        self.cluster.connect(n);
+        self.flush(n);
     }
 
     /// Node `n`'s process is killed: the others hear it is gone once membership has
@@ -879,9 +764,9 @@ impl World {
     fn leave(&mut self, n: usize) {
         self.log.push(format!("n{n} leaves"));
         self.tally.leaves += 1;
-        if let Some(conn) = self.nodes[n].process.as_ref().and_then(|p| p.conn) {
-            while self.rng.chance(70) && self.server.with_unread().contains(&conn) {
-                self.server.read_one(conn);
+        if let Some(conn) = self.cluster.conn(n) {
+            while self.rng.chance(70) && self.cluster.with_unread().contains(&conn) {
+                self.cluster.read_one(conn);
             }
         }
         let at = Instant::now() + Duration::from_millis(self.rng.below(20) as u64);
@@ -890,14 +775,12 @@ impl World {
 
     /// Node `n`'s process stops; each other live process hears it at `at`.
     fn stop(&mut self, n: usize, at: Instant, after_the_rest: bool) {
-        let Some(process) = self.nodes[n].process.take() else {
+        let Some(instance) = self.cluster.stop(n) else {
             return;
         };
-        if let Some(conn) = process.conn {
-            self.server.close(conn);
-        }
-        self.tell(n, &process.instance, (false, at), after_the_rest);
+        self.tell(n, &instance, (false, at), after_the_rest);
         let node = &mut self.nodes[n];
+        node.cut_at = None;
         node.holds.clear();
         node.watches.clear();
         node.heard.clear();
@@ -914,10 +797,10 @@ impl World {
         after_the_rest: bool,
     ) {
         for m in (0..self.nodes.len()).filter(|&m| m != n) {
-            if let Some(other) = &self.nodes[m].process {
+            if let Some(other) = self.cluster.instance(m) {
                 self.news.push(News {
                     to: m,
-                    to_instance: other.instance.clone(),
+                    to_instance: other.to_owned(),
                     instance: instance.to_owned(),
                     joined,
                     at,
@@ -933,15 +816,15 @@ impl World {
         tokio::time::advance(by).await;
         let now = Instant::now();
         for n in 0..self.nodes.len() {
-            let Some(process) = &mut self.nodes[n].process else {
+            let Some(instance) = self.cluster.instance(n).map(str::to_owned) else {
                 continue;
             };
-            if process
+            let node = &mut self.nodes[n];
+            if node
                 .cut_at
                 .is_some_and(|at| now.duration_since(at) >= DEAD_AFTER)
             {
-                process.cut_at = None; // counted once
-                let instance = process.instance.clone();
+                node.cut_at = None; // counted once
                 self.log.push(format!("n{n} counted dead while cut off"));
                 self.tell(n, &instance, (false, now), true);
             }
@@ -952,34 +835,26 @@ impl World {
         self.news = later;
         due.sort_by_key(|news| news.at);
         for news in due {
-            let current = self.nodes[news.to]
-                .process
-                .as_ref()
-                .map(|p| p.instance.clone());
-            if current.as_deref() != Some(&*news.to_instance) {
+            if self.cluster.instance(news.to) != Some(&*news.to_instance) {
                 continue;
             }
             if news.after_the_rest {
-                if let Some(conn) = self.nodes[news.to].process.as_ref().and_then(|p| p.conn) {
+                if let Some(conn) = self.cluster.conn(news.to) {
                     self.deliver(conn, usize::MAX);
                 }
             }
             let what = if news.joined { "beats" } else { "is gone" };
             self.log
                 .push(format!("n{} hears {} {what}", news.to, news.instance));
-            if let Some(process) = self.nodes[news.to].process.as_mut() {
-                match news.joined {
-                    true => process.relayer.joined(&news.instance),
-                    false => process.relayer.gone(&news.instance),
-                }
+            match news.joined {
+                true => self.cluster.joined(news.to, &news.instance),
+                false => self.cluster.gone(news.to, &news.instance),
             }
             self.flush(news.to);
         }
         for n in 0..self.nodes.len() {
-            if let Some(process) = self.nodes[n].process.as_mut() {
-                process.relayer.expire_waits();
-                self.flush(n);
-            }
+            self.cluster.expire_waits(n);
+            self.flush(n);
         }
     }
 
@@ -996,13 +871,13 @@ impl World {
     /// The server reads and delivers everything, until nothing is left.
     fn drain(&mut self) {
         loop {
-            let (unread, routed) = (self.server.with_unread(), self.server.with_routed());
+            let (unread, routed) = (self.cluster.with_unread(), self.cluster.with_routed());
             if unread.is_empty() && routed.is_empty() {
                 return;
             }
             for conn in unread {
-                while self.server.with_unread().contains(&conn) {
-                    self.server.read_one(conn);
+                while self.cluster.with_unread().contains(&conn) {
+                    self.cluster.read_one(conn);
                 }
             }
             for conn in routed {
@@ -1036,10 +911,7 @@ impl World {
         let mut tally = self.tally;
         for (reference, signal) in &self.signals {
             let (n, instance) = &signal.from;
-            let lives = self.nodes[*n]
-                .process
-                .as_ref()
-                .is_some_and(|p| p.instance == *instance);
+            let lives = self.cluster.instance(*n) == Some(instance.as_str());
             if signal.said.len() > 1 {
                 return Err(format!("{reference} answered {:?}", signal.said));
             }
@@ -1064,10 +936,7 @@ impl World {
         }
         for (request, asked) in &self.asked {
             let (n, instance) = &asked.from;
-            let lives = self.nodes[*n]
-                .process
-                .as_ref()
-                .is_some_and(|p| p.instance == *instance);
+            let lives = self.cluster.instance(*n) == Some(instance.as_str());
             if asked.heard.len() > 1 || (lives && asked.heard.is_empty()) {
                 return Err(format!("request {request} heard {:?}", asked.heard));
             }
@@ -1226,7 +1095,7 @@ impl World {
     /// The nodes with a process running.
     fn live_nodes(&self) -> Vec<usize> {
         (0..self.nodes.len())
-            .filter(|&n| self.nodes[n].process.is_some())
+            .filter(|&n| self.cluster.running(n))
             .collect()
     }
 }

@@ -1,4 +1,4 @@
-//! A simulated nats-server core, for the live relay's simulator ([`super::live`]): client
+//! A simulated nats-server core, for [`super::SimCluster`] and the simulators on it: client
 //! connections that subscribe, unsubscribe and publish, read by the server one operation
 //! at a time, and messages routed to every matching subscription of the other
 //! connections (the relay connects with `echo` off), each connection's in the order the
