@@ -8,6 +8,7 @@
 //! failure; `SIM_SEED=N cargo test -p engine --test simulator` replays it exactly.
 
 mod simulator {
+    pub mod backend;
     pub mod operator;
     pub mod oracle;
     pub mod rng;
@@ -43,6 +44,8 @@ fn shape_of(seed: u64) -> Shape {
         devices_per_user: 2,
         // The oracle's watchers must see the truth: every user may see every user.
         presence_shared: false,
+        // One seed in three runs a cluster node, its inboxes over one to three streams.
+        cluster: (seed % 3 == 2).then_some(1 + (seed / 3 % 3) as u16),
     }
 }
 
@@ -67,6 +70,9 @@ struct Tally {
     allowed_twice: usize,
     /// Operator calls answered, devices they disconnected, and hooks emitted.
     operator: (usize, usize, usize),
+    /// Seeds run as a cluster node, the messages acknowledged kept in them, and the
+    /// node's cuts from NATS.
+    cluster: (usize, usize, usize),
 }
 
 impl Tally {
@@ -85,6 +91,9 @@ impl Tally {
         self.operator.0 += other.operator.0;
         self.operator.1 += other.operator.1;
         self.operator.2 += other.operator.2;
+        self.cluster.0 += other.cluster.0;
+        self.cluster.1 += other.cluster.1;
+        self.cluster.2 += other.cluster.2;
     }
 
     fn everything_happened(&self) -> bool {
@@ -103,6 +112,9 @@ impl Tally {
             self.operator.0,
             self.operator.1,
             self.operator.2,
+            self.cluster.0,
+            self.cluster.1,
+            self.cluster.2,
         ]
         .iter()
         .all(|&n| n > 0)
@@ -110,11 +122,17 @@ impl Tally {
 }
 
 fn run_seed(seed: u64) -> Result<Tally, String> {
-    let mut world = World::new(seed, shape_of(seed));
+    let shape = shape_of(seed);
+    let mut world = World::new(seed, shape);
     world.run()?;
     let oracle = &world.oracle;
+    let acked = oracle.ack_counts();
+    let cluster = match shape.cluster {
+        Some(_) => (1, acked.0 + acked.1, world.cuts),
+        None => (0, 0, 0),
+    };
     Ok(Tally {
-        acked: oracle.ack_counts(),
+        acked,
         huddle_signals: oracle.huddle_signals,
         history_pages: oracle.history_pages,
         edits: oracle.edits_seen,
@@ -127,6 +145,7 @@ fn run_seed(seed: u64) -> Result<Tally, String> {
             world.operator.disconnected,
             world.operator.hooks,
         ),
+        cluster,
     })
 }
 

@@ -3,7 +3,8 @@
 //! Safety is checked on every frame as it arrives: nothing reaches a connection twice,
 //! messages from one sending connection arrive in the order it sent them, a frame reaches
 //! only a connection it concerns, and an ack answers a message its connection sent.
-//! Liveness is checked once the world is quiet: every message acknowledged `sent` reached
+//! Liveness is checked once the world is quiet: every connection still open heard an ack
+//! for each message it sent; every message acknowledged `sent` reached
 //! each device of its receiver that was online before it was sent and stayed connected;
 //! every message acknowledged `queued` reached a device of its receiver in the end,
 //! crashes or not; and every watcher's view of presence is the truth.
@@ -44,6 +45,8 @@ pub struct ConnView {
     ever_watched: BTreeSet<String>,
     /// Message ids it sent, whose acks it may get.
     pub sent: HashSet<String>,
+    /// Direct messages it sent (each attempt) and heard no ack for yet.
+    unanswered: usize,
     /// Huddle rooms it asked to enter (a room's signals may reach it only then).
     rooms: HashSet<String>,
 }
@@ -219,9 +222,18 @@ impl Oracle {
     }
 
     /// A direct message is sent (or retried) by connection `conn`.
+    /// Connection `conn` posts message `message_id` to a group (answered with an ack or
+    /// an error, which the oracle does not count).
+    pub fn posting(&mut self, conn: usize, message_id: &str) {
+        self.conns[conn].sent.insert(message_id.into());
+    }
+
+    /// Connection `conn` sends direct message `message_id` to `receiver` (again, for a
+    /// retry).
     pub fn sending(&mut self, conn: usize, message_id: &str, receiver: &str) {
         let sender = self.conns[conn].user.clone();
         self.conns[conn].sent.insert(message_id.into());
+        self.conns[conn].unanswered += 1;
         let message = self
             .messages
             .entry((sender, message_id.into()))
@@ -267,7 +279,7 @@ impl Oracle {
 
     /// Connection `conn` got an ack for `message_id`.
     pub fn acked(&mut self, conn: usize, message_id: &str, acked: Acked) -> Result<(), String> {
-        let view = &self.conns[conn];
+        let view = &mut self.conns[conn];
         if !view.sent.contains(message_id) {
             return Err(format!(
                 "conn {conn} got an ack for {message_id}, which it never sent"
@@ -278,6 +290,10 @@ impl Oracle {
             .get_mut(&(view.user.clone(), message_id.into()))
         {
             message.acks.push((acked, self.step));
+            if view.unanswered == 0 {
+                return Err(format!("conn {conn} got more acks than it sent messages"));
+            }
+            view.unanswered -= 1;
         }
         Ok(())
     }
@@ -414,6 +430,12 @@ impl Oracle {
         for (index, conn) in self.conns.iter().enumerate() {
             if conn.closed || conn.epoch != self.epoch || conn.online_at.is_none() {
                 continue;
+            }
+            if conn.unanswered > 0 {
+                return Err(format!(
+                    "conn {index} heard no ack for {} of the messages it sent",
+                    conn.unanswered
+                ));
             }
             for user in &conn.watching {
                 let truth = online_users.contains(user.as_str());

@@ -28,6 +28,7 @@ use std::{
 
 use bytes::Bytes;
 use engine::{
+    cluster::relay::Inbound,
     http::admin::AdminRequest,
     protocol::{
         inbound::JsonParser,
@@ -44,6 +45,7 @@ use engine::{
 use serde_json::Value;
 
 use super::{
+    backend::Backend,
     operator::{device_ids, Operator},
     oracle::{Acked, Oracle},
     rng::Rng,
@@ -65,6 +67,9 @@ pub struct Shape {
     pub devices_per_user: usize,
     /// `--presence-visibility shared`: presence only between users who share a group.
     pub presence_shared: bool,
+    /// A node of a cluster whose users' inboxes are split over this many streams;
+    /// `None`: one node alone.
+    pub cluster: Option<u16>,
 }
 
 /// One device of a user, as its client keeps it across connections (and server crashes).
@@ -118,9 +123,10 @@ pub struct World {
     carrying_out: bool,
     /// `rings[from][to]`.
     rings: Vec<Vec<VecDeque<Envelope>>>,
-    /// Store answers on their way to each reactor.
-    replies: Vec<VecDeque<Reply>>,
-    store: SimStore,
+    /// What the store (or the cluster thread) handed each reactor, on its way there in
+    /// one channel each.
+    inbound: Vec<VecDeque<Inbound>>,
+    store: Backend,
     devices: Vec<Device>,
     conns: Vec<Conn>,
     /// The first connection of the final round (everyone reconnects).
@@ -132,6 +138,8 @@ pub struct World {
     next_message: u64,
     /// The oracle: what clients saw, and the invariants.
     pub oracle: Oracle,
+    /// Times a cluster node was cut off from NATS.
+    pub cuts: usize,
     /// The operator's calls and the hooks, and their invariants.
     pub operator: Operator,
     /// Answers to the calls the at-rest check asks, kept for it.
@@ -147,6 +155,11 @@ pub struct World {
 /// The presence grace in the simulated world: long against a step (0–30 ms), so that
 /// reconnects within it are common.
 const GRACE_MS: u64 = 400;
+/// How long a cluster node's world waits, once quiet, for its relayer's waits to end:
+/// past the longest (5 s), in steps as its 250 ms tick would end them.
+const CLUSTER_WAITS_MS: u64 = 6_000;
+/// See [`CLUSTER_WAITS_MS`].
+const CLUSTER_WAIT_STEP_MS: u64 = 250;
 /// Each home's dedup window, as the engine's default `--dedup-window-pairs`.
 const DEDUP_PAIRS: usize = 16_384;
 /// Messages one sender may queue for an offline user: small, so refusals happen.
@@ -169,8 +182,11 @@ impl World {
             effects: Effects::default(),
             carrying_out: false,
             rings: Vec::new(),
-            replies: Vec::new(),
-            store: SimStore::new(6, 4),
+            inbound: Vec::new(),
+            store: match shape.cluster {
+                Some(shards) => Backend::cluster(shape.reactors, shards, (6, SENDER_QUOTA)),
+                None => Backend::Alone(Box::new(SimStore::new(6, 4))),
+            },
             devices: Vec::new(),
             conns: Vec::new(),
             final_conns: usize::MAX,
@@ -179,6 +195,7 @@ impl World {
             json: OutJson::default(),
             next_message: 0,
             oracle: Oracle::default(),
+            cuts: 0,
             operator: Operator::default(),
             rest_answers: None,
             failure: None,
@@ -194,20 +211,27 @@ impl World {
         let n = self.shape.reactors;
         let quota = Arc::new(UserGroups::new(1000, self.shape.presence_shared));
         let mut groups: Vec<Groups> = (0..n).map(|_| Groups::default()).collect();
-        for (group, user) in self.store.memberships() {
+        let (memberships, settings) = self.store.groups();
+        for (group, user) in memberships {
             quota.count_anyway(&user, &group);
             groups[engine::router::home_of(&group, n)].join(&group, user.into());
         }
-        for (group, settings) in self.store.group_settings() {
+        for (group, settings) in settings {
             groups[engine::router::home_of(&group, n)].set_settings(&group, settings);
         }
+        let cluster = self.store.is_cluster();
         self.shards = groups
             .into_iter()
             .enumerate()
             .map(|(id, groups)| {
-                Shard::new((id, n), groups, quota.clone(), GRACE_MS, DEDUP_PAIRS)
+                let shard = Shard::new((id, n), groups, quota.clone(), GRACE_MS, DEDUP_PAIRS)
                     .with_queue_max_per_sender(SENDER_QUOTA)
-                    .with_hooks()
+                    .with_hooks();
+                if cluster {
+                    shard.relaying()
+                } else {
+                    shard
+                }
             })
             .collect();
         // As the engine starts: each home's dedup window begins with the direct messages
@@ -224,22 +248,29 @@ impl World {
                 .collect();
             shard.remember_recent(&mine);
         }
-        self.oracle.started(self.store.start(), self.store.held());
+        let (start, held) = self.store.start_and_held();
+        self.oracle.started(start, held);
         self.rings = (0..n)
             .map(|_| (0..n).map(|_| VecDeque::new()).collect())
             .collect();
-        self.replies = (0..n).map(|_| VecDeque::new()).collect();
+        self.inbound = (0..n).map(|_| VecDeque::new()).collect();
         self.effects = Effects::default();
         self.carrying_out = false;
+        self.store.start();
+        self.take_inbound();
     }
 
     /// Runs the seed: random steps, then quiet, judge, reconnect everyone, judge again.
     pub fn run(&mut self) -> Result<(), String> {
         for step in 0..self.shape.steps {
             self.oracle.step = step as u64;
-            self.now_ms += self.rng.below(30) as u64;
+            let by = self.rng.below(30) as u64;
+            self.clock(by);
             self.step();
             self.fail_fast()?;
+        }
+        if self.store.cut_off() {
+            self.cut_or_reconnect();
         }
         self.quiet();
         self.fail_fast()?;
@@ -308,7 +339,7 @@ impl World {
         }
         self.one_step();
         for ack in std::mem::take(&mut self.v1_acks) {
-            self.store.send(ack);
+            self.store_command(ack);
         }
     }
 
@@ -326,6 +357,9 @@ impl World {
         if roll == 99 && self.rng.chance(25) {
             return self.crash();
         }
+        if roll == 98 && self.store.is_cluster() && self.rng.chance(25) {
+            return self.cut_or_reconnect();
+        }
         self.client_action();
     }
 
@@ -333,15 +367,23 @@ impl World {
     /// presence grace end, and runs again.
     fn quiet(&mut self) {
         self.settle();
-        self.now_ms += GRACE_MS + 1;
+        self.clock(GRACE_MS + 1);
         self.tick();
         self.settle();
+        if self.store.is_cluster() {
+            // A cluster node's relayer waits on its own clock too: for the other nodes'
+            // answers (500 ms), calls (5 s) and requests to JetStream (5 s).
+            for _ in 0..CLUSTER_WAITS_MS / CLUSTER_WAIT_STEP_MS {
+                self.clock(CLUSTER_WAIT_STEP_MS);
+                self.settle();
+            }
+        }
     }
 
     fn settle(&mut self) {
         for _ in 0..100_000 {
             for ack in std::mem::take(&mut self.v1_acks) {
-                self.store.send(ack);
+                self.store_command(ack);
             }
             let moved = self.deliver_one_envelope()
                 || self.deliver_one_reply()
@@ -379,20 +421,95 @@ impl World {
         let start = self.rng.below(n);
         for i in 0..n {
             let reactor = (start + i) % n;
-            if let Some(reply) = self.replies[reactor].pop_front() {
-                self.note(format!("store answer to {reactor}"));
-                self.take_reply(reactor, reply);
-                return true;
+            match self.inbound[reactor].pop_front() {
+                Some(Inbound::Store(reply)) => {
+                    self.note(format!("store answer to {reactor}"));
+                    self.take_reply(reactor, reply);
+                }
+                Some(Inbound::Mail(envelope)) => {
+                    self.note(format!("cluster mail to {reactor} {}", brief(&envelope)));
+                    self.take_mail(reactor, envelope);
+                }
+                Some(Inbound::CallNotTaken {
+                    caller,
+                    reference,
+                    code,
+                }) => {
+                    self.note(format!("call {reference} not taken: {code:?}"));
+                    let effect = Effect::Error {
+                        to: caller,
+                        code,
+                        text: "the call was not taken".into(),
+                        reference: Some(reference),
+                    };
+                    self.carry_out(reactor, effect);
+                }
+                Some(other) => {
+                    self.failure = Some(format!("the cluster handed {reactor} {other:?}"));
+                }
+                None => continue,
             }
+            return true;
         }
         false
     }
 
+    /// A store step: a commit, or the server reading or delivering.
     fn commit(&mut self) {
-        self.note("store commit".into());
-        for (reactor, reply) in self.store.commit(self.now_ms) {
-            self.replies[reactor].push_back(reply);
+        self.note("store step".into());
+        match self.store.step(self.now_ms, &mut self.rng) {
+            Ok(got) => self.queue_inbound(got),
+            Err(e) => self.failure = Some(e),
         }
+    }
+
+    /// Hands the store `command` (a cluster node's relayer may answer at once).
+    fn store_command(&mut self, command: Command) {
+        self.store.send(command);
+        self.take_inbound();
+    }
+
+    /// What the cluster thread handed the reactors since last asked, queued for them.
+    fn take_inbound(&mut self) {
+        let got = self.store.take_inbound();
+        self.queue_inbound(got);
+        for hook in self.store.take_hooks() {
+            self.hook(hook);
+        }
+    }
+
+    fn queue_inbound(&mut self, got: Vec<(usize, Inbound)>) {
+        for (reactor, inbound) in got {
+            self.inbound[reactor].push_back(inbound);
+        }
+    }
+
+    /// An event for the events webhook, judged.
+    fn hook(&mut self, hook: engine::events::Hook) {
+        self.note(format!("hook {hook:?}"));
+        if let Err(e) = self.operator.hook(hook) {
+            self.failure.get_or_insert(e);
+        }
+    }
+
+    /// The world's clock moves `by_ms`, the cluster's with it.
+    fn clock(&mut self, by_ms: u64) {
+        self.now_ms += by_ms;
+        self.store.clock_moved(by_ms, self.now_ms);
+        self.take_inbound();
+    }
+
+    /// A cluster node is cut off from NATS, or comes back.
+    fn cut_or_reconnect(&mut self) {
+        let connected = self.store.cut_or_reconnect();
+        self.cuts += usize::from(!connected);
+        let what = if connected {
+            "reconnects to"
+        } else {
+            "is cut off from"
+        };
+        self.note(format!("the node {what} NATS"));
+        self.take_inbound();
     }
 
     fn crash(&mut self) {
@@ -435,15 +552,13 @@ impl World {
     fn carry_out(&mut self, reactor: usize, effect: Effect) {
         match effect {
             Effect::Mail { to, envelope } => self.route(reactor, to, envelope),
-            Effect::Store(command) => self.store.send(command),
-            // The simulated shards are one node's: nothing goes to a cluster.
-            Effect::Cluster(relay) => panic!("a single node's shard relayed {relay:?}"),
-            Effect::Hook(hook) => {
-                self.note(format!("hook {hook:?}"));
-                if let Err(e) = self.operator.hook(*hook) {
-                    self.failure.get_or_insert(e);
-                }
+            Effect::Store(command) => self.store_command(command),
+            Effect::Cluster(relay) => {
+                self.note(format!("relay {}", brief(&relay)));
+                self.store.relay(*relay);
+                self.take_inbound();
             }
+            Effect::Hook(hook) => self.hook(*hook),
             Effect::Error {
                 to,
                 code,
@@ -497,7 +612,7 @@ impl World {
                             cursor: None,
                         },
                     };
-                    self.store.send(Command::ReadInbox {
+                    self.store_command(Command::ReadInbox {
                         user,
                         device: addr.into(),
                         from,
@@ -584,13 +699,18 @@ impl World {
                 covered,
                 error,
             } => {
-                if let Some(e) = error {
-                    self.failure = Some(format!("the simulated store failed a read: {e}"));
-                    return;
-                }
                 let Some(conn) = self.live(device.into()) else {
                     return; // closed: nothing was acknowledged, all stays kept
                 };
+                if let Some(e) = error {
+                    if !self.store.is_cluster() {
+                        self.failure = Some(format!("the simulated store failed a read: {e}"));
+                        return;
+                    }
+                    // NATS out of reach: the driver closes the connection.
+                    self.note(format!("conn {conn}'s inbox could not be read: {e}"));
+                    return self.close_with(conn, false, engine::ws::close::INTERNAL_ERROR);
+                }
                 if let Some(greeting) = greeting {
                     self.greet(conn, &greeting);
                 }
@@ -602,7 +722,7 @@ impl World {
                 // The kernel took it all: a v1 device has it; next page, or live.
                 let v2 = self.devices[self.conns[conn].device].v2;
                 if !v2 && !events.is_empty() {
-                    self.store.send(Command::Ack {
+                    self.store_command(Command::Ack {
                         user: user.clone(),
                         upto: covered,
                         device: None,
@@ -610,7 +730,7 @@ impl World {
                     });
                 }
                 match next {
-                    Some(from) => self.store.send(Command::ReadInbox { user, device, from }),
+                    Some(from) => self.store_command(Command::ReadInbox { user, device, from }),
                     None => {
                         // Caught up: what came meanwhile, but what the read gave.
                         self.note(format!("conn {conn} caught up to {covered}"));
@@ -653,6 +773,12 @@ impl World {
 
     /// `auth_success`, as the driver writes it from the first inbox page.
     fn greet(&mut self, conn: usize, greeting: &Greeting) {
+        if let (Some(true), Some((_, from))) = (greeting.resumed, &self.conns[conn].resume) {
+            // As the driver: the device has every event up to where it resumed.
+            let from = *from;
+            let seen = &mut self.conns[conn].inbox_seq;
+            *seen = (*seen).max(from);
+        }
         let device = &mut self.devices[self.conns[conn].device];
         if device.v2 {
             device.epoch = greeting.epoch.to_string();
@@ -742,6 +868,7 @@ impl World {
         let Some(conn) = self.live(sender) else {
             return;
         };
+        self.note(format!("conn {conn} hears {message_id} {acked:?}"));
         if let Err(e) = self.oracle.acked(conn, message_id, acked) {
             self.failure.get_or_insert(e);
         }
@@ -1220,7 +1347,7 @@ impl World {
         self.conns[conn].sends += 1;
         let content = format!("{conn}:{}", self.conns[conn].sends);
         let id = format!("p{}", self.next_message);
-        self.oracle.conns[conn].sent.insert(id.clone());
+        self.oracle.posting(conn, &id);
         let post = serde_json::json!({
             "type": "group_message", "messageId": id, "groupId": group, "content": content,
         });
@@ -1228,9 +1355,9 @@ impl World {
     }
 }
 
-/// An envelope in a few words, for the trace.
-fn brief(envelope: &Envelope) -> String {
-    let text = format!("{envelope:?}");
+/// An envelope (or a relay) in a few words, for the trace.
+fn brief(what: &impl std::fmt::Debug) -> String {
+    let text = format!("{what:?}");
     let end = text.char_indices().nth(90).map_or(text.len(), |(i, _)| i);
     text[..end].to_owned()
 }
