@@ -1216,6 +1216,14 @@ mod tests {
         }
     }
 
+    /// The same, stored at `stored_ms`.
+    fn stored_at(seq: u64, prev: u64, entry: &str, stored_ms: u64) -> Vec<u8> {
+        let mut headers = stored(seq, prev, entry);
+        headers.truncate(headers.len() - 2);
+        headers.extend_from_slice(format!("Chat-Stored: {stored_ms}\r\n\r\n").as_bytes());
+        headers
+    }
+
     fn stored(seq: u64, prev: u64, entry: &str) -> Vec<u8> {
         format!(
             "NATS/1.0\r\nNats-Sequence: {seq}\r\nChat-Prev: {prev}\r\nChat-Entry: {entry}\r\n\r\n"
@@ -1362,5 +1370,55 @@ mod tests {
         let first: Value = serde_json::from_slice(&messages[0]).unwrap();
         assert_eq!(first["reactions"], serde_json::json!({"👍": ["bob"]}));
         assert_eq!(&messages[1][..], &m0[..]);
+    }
+
+    #[test]
+    fn a_page_is_in_send_order_and_walks_on_until_nothing_older_can_be_newer() {
+        let mut history = history();
+        let mut out = bytes::BytesMut::new();
+        let requester = Waiter {
+            reactor: 1,
+            ticket: 7,
+        };
+        let ask = Command::History {
+            user: "bob".into(),
+            peer: "alice".into(),
+            before: None,
+            limit: 2,
+            requester,
+        };
+        history.command(ask, true, &mut out);
+        // Newest stored first: m-1 (sent at 100 s), m-late (sent at 90 s, stored at 109
+        // s after NATS came back), m-2 (sent at 105 s), then m-old, stored long before.
+        let entries = [
+            (9, 8, "m alice m-1 100000", 110_000),
+            (8, 7, "m alice m-late 90000", 109_000),
+            (7, 3, "m alice m-2 105000", 106_000),
+            (3, 1, "m alice m-old 10000", 10_000),
+        ];
+        let mut replies = Vec::new();
+        for (n, (seq, prev, entry, stored_ms)) in entries.into_iter().enumerate() {
+            let id = entry.split(' ').nth(2).unwrap();
+            let json = Bytes::from(format!(r#"{{"messageId":"{id}"}}"#));
+            let request = (n + 1).to_string();
+            let headers = stored_at(seq, prev, entry, stored_ms);
+            replies = history.answered(request.as_bytes(), None, &headers, &json, &mut out);
+            if !replies.is_empty() {
+                assert_eq!(n, 3, "the walk stops at m-old, stored before m-1 was sent");
+                break;
+            }
+        }
+        let [(1, Reply::History { messages, more, .. })] = &replies[..] else {
+            panic!("{replies:?}");
+        };
+        let ids: Vec<String> = (messages.iter())
+            .map(|m| serde_json::from_slice::<Value>(m).unwrap()["messageId"].to_string())
+            .collect();
+        assert_eq!(
+            ids,
+            [r#""m-2""#, r#""m-1""#],
+            "the two sent last, newest first"
+        );
+        assert!(more);
     }
 }

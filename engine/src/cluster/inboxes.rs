@@ -2810,6 +2810,93 @@ mod tests {
         assert_eq!(replies.len(), 2, "the first copy's ack, then the retry's");
     }
 
+    #[test]
+    fn a_retry_whose_first_copy_was_not_kept_fails_and_the_home_forgets_the_message() {
+        let mut inboxes = inboxes();
+        inboxes.epochs = vec!["e".into()];
+        let mut out = BytesMut::new();
+        let (mut append, chat, mut ack) = chat_append("m-1");
+        // A device of bob is on this node: no holders' question, and on one node the
+        // home would keep the message as delivered whatever the store said.
+        ack.delivered = true;
+        append.ack = Some(ack.clone());
+        let ticket = Ticket { key: 9, serial: 1 };
+        append.dedup = Some((0, ticket));
+        inboxes.command(Command::Append(Box::new(append)), true, &mut out);
+        let confirm = Confirm {
+            receiver: "bob".into(),
+            chat,
+            ack,
+        };
+        assert!(inboxes
+            .command(Command::Confirm(Box::new(confirm)), true, &mut out)
+            .is_empty());
+        // JetStream is unavailable (request 1, the publish).
+        let replies = inboxes.answered(b"1", Some(503), b"", &Bytes::new(), &mut out);
+        let failed = |reply: &Reply| {
+            matches!(
+                reply,
+                Reply::Appended {
+                    outcome: Outcome::Failed(_),
+                    ..
+                }
+            )
+        };
+        match &replies[..] {
+            [(0, Reply::NotKept { ticket: forgotten }), (1, first), (1, retry)] => {
+                assert_eq!(
+                    *forgotten, ticket,
+                    "the home forgets it, a device here or not"
+                );
+                assert!(failed(first) && failed(retry), "{replies:?}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn after_a_reconnect_each_user_seen_reads_on_from_the_newest_event_seen() {
+        let mut inboxes = inboxes();
+        inboxes.seen.start("bob", 5);
+        let mut out = BytesMut::new();
+        // Back on NATS: the streams are made sure of (requests 1 and 2), then bob's
+        // inbox is read on from 5 (request 3).
+        inboxes.connected(&mut out);
+        let created = Bytes::from_static(br#"{"created":"e"}"#);
+        inboxes.answered(b"1", None, b"", &created, &mut out);
+        out.clear();
+        inboxes.answered(b"2", None, b"", &created, &mut out);
+        let text = String::from_utf8_lossy(&out).into_owned();
+        assert!(
+            text.starts_with("PUB $JS.API.DIRECT.GET.CHAT_INBOX_0 _INBOX.x.j3")
+                && text.contains(r#"{"next_by_subj":"chat.inbox.0.bob","seq":6}"#),
+            "{text}"
+        );
+        // Bob's next event comes live meanwhile: it waits for the read.
+        let live = (
+            7,
+            Bytes::from_static(b"NATS/1.0\r\nNats-Last-Sequence: 6\r\n\r\n"),
+        );
+        assert!(inboxes
+            .live("bob", (live.0, live.1, Bytes::new()), &mut out)
+            .is_none());
+        // The read finds 6, missed while cut off, then nothing more.
+        let event = Bytes::from(encode_event(OutKind::NewMessage, Priority::Normal, b"{}"));
+        let found = b"NATS/1.0\r\nNats-Sequence: 6\r\n\r\n";
+        inboxes.answered(b"3", None, found, &event, &mut out);
+        inboxes.answered(b"4", Some(404), b"", &Bytes::new(), &mut out);
+        let ready = inboxes.take_ready();
+        let seqs: Vec<u64> = ready[0]
+            .1
+            .iter()
+            .map(|r| match r {
+                Ready::Read(event) => event.seq,
+                Ready::Live { seq, .. } => *seq,
+            })
+            .collect();
+        assert_eq!((&*ready[0].0, seqs), ("bob", vec![6, 7]));
+    }
+
     /// The delivered flag of the one `Appended` reply in `replies`, if that is what they are.
     fn delivered_of(replies: &Replies) -> Option<bool> {
         match replies[..] {
