@@ -44,8 +44,14 @@ fn shape_of(seed: u64) -> Shape {
         devices_per_user: 2,
         // The oracle's watchers must see the truth: every user may see every user.
         presence_shared: false,
-        // One seed in three runs a cluster node, its inboxes over one to three streams.
+        // One seed in three runs a cluster, its inboxes over one to three streams, on one
+        // node or two.
         cluster: (seed % 3 == 2).then_some(1 + (seed / 3 % 3) as u16),
+        nodes: if seed % 3 == 2 {
+            1 + (seed / 9 % 2) as usize
+        } else {
+            1
+        },
     }
 }
 
@@ -70,9 +76,9 @@ struct Tally {
     allowed_twice: usize,
     /// Operator calls answered, devices they disconnected, and hooks emitted.
     operator: (usize, usize, usize),
-    /// Seeds run as a cluster node, the messages acknowledged kept in them, and the
-    /// node's cuts from NATS.
-    cluster: (usize, usize, usize),
+    /// Seeds run as a cluster, those of them on two nodes, the messages acknowledged
+    /// kept in them, and the nodes' cuts from NATS.
+    cluster: (usize, usize, usize, usize),
 }
 
 impl Tally {
@@ -94,6 +100,7 @@ impl Tally {
         self.cluster.0 += other.cluster.0;
         self.cluster.1 += other.cluster.1;
         self.cluster.2 += other.cluster.2;
+        self.cluster.3 += other.cluster.3;
     }
 
     fn everything_happened(&self) -> bool {
@@ -115,6 +122,7 @@ impl Tally {
             self.cluster.0,
             self.cluster.1,
             self.cluster.2,
+            self.cluster.3,
         ]
         .iter()
         .all(|&n| n > 0)
@@ -128,8 +136,13 @@ fn run_seed(seed: u64) -> Result<Tally, String> {
     let oracle = &world.oracle;
     let acked = oracle.ack_counts();
     let cluster = match shape.cluster {
-        Some(_) => (1, acked.0 + acked.1, world.cuts),
-        None => (0, 0, 0),
+        Some(_) => (
+            1,
+            usize::from(shape.nodes > 1),
+            acked.0 + acked.1,
+            world.cuts,
+        ),
+        None => (0, 0, 0, 0),
     };
     Ok(Tally {
         acked,

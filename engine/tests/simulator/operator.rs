@@ -9,7 +9,11 @@
 //! - The hooks say `user_online` and `user_offline` in turn for each user, starting
 //!   online, within one process's life (a crash posts nothing), and at rest they agree
 //!   with the truth. Every close is reported once, with its code (or as replaced, when
-//!   the device connected again before its close reached the home).
+//!   the device connected again before its close reached the home). With several nodes
+//!   `user_online` and `user_offline` are not judged: the cluster's checks between nodes
+//!   can say one twice, or neither, when a user leaves one node and comes to another
+//!   within a check, when nodes are cut off from each other, or when a node dies
+//!   (docs/cluster.md, "Presence events", "Where it can say twice or nothing").
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -22,13 +26,20 @@ const SLOT_BASE: u32 = 1 << 30;
 /// What the operator did and saw.
 #[derive(Debug, Default)]
 pub struct Operator {
-    /// Calls waiting for their answer, by their connection's slot.
-    pending: HashMap<u32, AdminRequest>,
+    /// Calls waiting for their answer, by their connection's slot, with the node asked.
+    pending: HashMap<u32, (AdminRequest, usize)>,
     next_slot: u32,
     /// Per user, whether the hooks last said online (in this process's life).
     said_online: BTreeMap<String, bool>,
-    /// Closes the world made and the hooks have not reported yet: `(user, device, code)`.
-    closes: Vec<(String, String, u16)>,
+    /// Several nodes: `user_online` and `user_offline` are not judged, and a device may
+    /// be counted once per node (its old connection on one, closing, and its new one on
+    /// another).
+    several_nodes: bool,
+    /// The nodes (1 alone).
+    nodes: usize,
+    /// Closes the world made and the hooks have not reported yet: `(user, device, code)`,
+    /// and the node the connection was on.
+    closes: Vec<(String, String, u16, usize)>,
     /// Calls answered.
     pub answered: usize,
     /// Devices an operator's disconnect closed.
@@ -38,11 +49,11 @@ pub struct Operator {
 }
 
 impl Operator {
-    /// A new call: the slot of the HTTP connection it is asked from.
-    pub fn ask(&mut self, call: AdminRequest) -> u32 {
+    /// A new call on node `node`: the slot of the HTTP connection it is asked from.
+    pub fn ask(&mut self, call: AdminRequest, node: usize) -> u32 {
         let slot = SLOT_BASE + self.next_slot;
         self.next_slot += 1;
-        self.pending.insert(slot, call);
+        self.pending.insert(slot, (call, node));
         slot
     }
 
@@ -56,6 +67,7 @@ impl Operator {
         self.answered += 1;
         self.pending
             .remove(&slot)
+            .map(|(call, _)| call)
             .ok_or_else(|| format!("an answer for no call waiting (slot {slot})"))
     }
 
@@ -74,7 +86,8 @@ impl Operator {
                 let listed = device_ids(&answer);
                 let unique: BTreeSet<&String> = listed.iter().collect();
                 let owned = devices_of(user);
-                if unique.len() != listed.len() || !listed.iter().all(|d| owned.contains(d)) {
+                let twice = unique.len() != listed.len() && !self.several_nodes;
+                if twice || !listed.iter().all(|d| owned.contains(d)) {
                     return wrong("devices not the user's, or twice");
                 }
             }
@@ -89,7 +102,8 @@ impl Operator {
             }
             AdminRequest::Disconnect { user, .. } => {
                 let closed = answer["disconnected"].as_u64().unwrap_or(u64::MAX);
-                if closed > devices_of(user).len() as u64 {
+                let connections = devices_of(user).len() * self.nodes.max(1);
+                if closed > connections as u64 {
                     return wrong("more closed than the user has devices");
                 }
                 self.disconnected += closed as usize;
@@ -101,13 +115,13 @@ impl Operator {
         Ok(answer)
     }
 
-    /// The world closed `device` of `user` with `code`: a hook must say so.
-    pub fn closing(&mut self, user: &str, device: &str, code: u16) {
-        self.closes.push((user.into(), device.into(), code));
+    /// The world closed `device` of `user` on node `node` with `code`: a hook must say so.
+    pub fn closing(&mut self, user: &str, device: &str, code: u16, node: usize) {
+        self.closes.push((user.into(), device.into(), code, node));
     }
 
-    /// A hook the shards emitted.
-    pub fn hook(&mut self, hook: Hook) -> Result<(), String> {
+    /// A hook node `node` emitted.
+    pub fn hook(&mut self, hook: Hook, node: usize) -> Result<(), String> {
         self.hooks += 1;
         match hook {
             Hook::UserOnline { user } => self.said(&user, true),
@@ -117,8 +131,9 @@ impl Operator {
                 // A device connected again before its old connection's close reached
                 // the home: the home reports the old one replaced, whatever its code.
                 let replaced = code == engine::ws::close::REPLACED;
-                let matches = |c: &(String, String, u16)| {
-                    *c == expected || (replaced && c.0 == expected.0 && c.1 == expected.1)
+                let matches = |c: &(String, String, u16, usize)| {
+                    let same_device = c.0 == expected.0 && c.1 == expected.1 && c.3 == node;
+                    same_device && (c.2 == expected.2 || replaced)
                 };
                 match self.closes.iter().position(matches) {
                     Some(at) => {
@@ -139,6 +154,9 @@ impl Operator {
             .said_online
             .insert(user.into(), online)
             .unwrap_or(false);
+        if self.several_nodes {
+            return Ok(());
+        }
         if before == online {
             let kind = if online {
                 "user_online"
@@ -158,6 +176,19 @@ impl Operator {
         self.closes.clear();
     }
 
+    /// The hooks come from `nodes` nodes: who is online is not judged from them.
+    pub fn several_nodes(&mut self, nodes: usize) {
+        self.several_nodes = true;
+        self.nodes = nodes;
+    }
+
+    /// Node `node` of several died: its calls are not answered, and the closes it had
+    /// not reported never are.
+    pub fn crashed_node(&mut self, node: usize) {
+        self.pending.retain(|_, (_, asked)| *asked != node);
+        self.closes.retain(|close| close.3 != node);
+    }
+
     /// At rest: every close was reported, and the hooks say online exactly the users
     /// in `online`.
     pub fn check_rest(&self, users: usize, online: &BTreeSet<String>) -> Result<(), String> {
@@ -165,6 +196,9 @@ impl Operator {
             return Err(format!("closes never reported: {:?}", self.closes));
         }
         for user in (0..users).map(|u| format!("u{u}")) {
+            if self.several_nodes {
+                break;
+            }
             let said = self.said_online.get(&user).copied().unwrap_or(false);
             if said != online.contains(&user) {
                 return Err(format!(

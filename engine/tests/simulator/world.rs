@@ -19,7 +19,10 @@
 //! - crashes: the whole process dies (connections, shards, rings, store inbox) and
 //!   restarts with what the store committed;
 //! - the operator: calls to the operator's API from HTTP connections at random moments,
-//!   and the events webhook's hooks, judged by [`Operator`].
+//!   and the events webhook's hooks, judged by [`Operator`];
+//! - a cluster (one seed in three): the shards of one or two nodes, each node's store
+//!   the real relayer on a simulated nats-server ([`Backend`]); a reactor's place is
+//!   `node * reactors + reactor`, and a crash kills one node.
 
 use std::{
     collections::{BTreeSet, VecDeque},
@@ -45,7 +48,7 @@ use engine::{
 use serde_json::Value;
 
 use super::{
-    backend::Backend,
+    backend::{Backend, Handed},
     operator::{device_ids, Operator},
     oracle::{Acked, Oracle},
     rng::Rng,
@@ -67,9 +70,11 @@ pub struct Shape {
     pub devices_per_user: usize,
     /// `--presence-visibility shared`: presence only between users who share a group.
     pub presence_shared: bool,
-    /// A node of a cluster whose users' inboxes are split over this many streams;
-    /// `None`: one node alone.
+    /// A cluster whose users' inboxes are split over this many streams; `None`: one
+    /// node alone.
     pub cluster: Option<u16>,
+    /// The cluster's nodes (1 alone), each of `reactors` reactors.
+    pub nodes: usize,
 }
 
 /// One device of a user, as its client keeps it across connections (and server crashes).
@@ -89,6 +94,9 @@ struct Device {
 /// One connection's state in the world.
 #[derive(Debug)]
 struct Conn {
+    /// The node it is connected to.
+    node: usize,
+    /// Its address on that node.
     addr: ConnAddr,
     user: Arc<str>,
     /// The device (index in [`World::devices`]).
@@ -131,8 +139,8 @@ pub struct World {
     conns: Vec<Conn>,
     /// The first connection of the final round (everyone reconnects).
     final_conns: usize,
-    /// Acks of what v1 devices were written this step.
-    v1_acks: Vec<Command>,
+    /// Acks of what v1 devices were written this step, with their node.
+    v1_acks: Vec<(usize, Command)>,
     parser: JsonParser,
     json: OutJson,
     next_message: u64,
@@ -155,9 +163,10 @@ pub struct World {
 /// The presence grace in the simulated world: long against a step (0–30 ms), so that
 /// reconnects within it are common.
 const GRACE_MS: u64 = 400;
-/// How long a cluster node's world waits, once quiet, for its relayer's waits to end:
-/// past the longest (5 s), in steps as its 250 ms tick would end them.
-const CLUSTER_WAITS_MS: u64 = 6_000;
+/// How long a cluster's world waits, once quiet, for its relayers' waits to end: past
+/// the longest (5 s), and past membership counting a killed node dead (10 s), in steps as
+/// the relayers' 250 ms tick would end them.
+const CLUSTER_WAITS_MS: u64 = 11_000;
 /// See [`CLUSTER_WAITS_MS`].
 const CLUSTER_WAIT_STEP_MS: u64 = 250;
 /// Each home's dedup window, as the engine's default `--dedup-window-pairs`.
@@ -184,7 +193,10 @@ impl World {
             rings: Vec::new(),
             inbound: Vec::new(),
             store: match shape.cluster {
-                Some(shards) => Backend::cluster(shape.reactors, shards, (6, SENDER_QUOTA)),
+                Some(shards) => {
+                    let nodes = (shape.nodes, shape.reactors);
+                    Backend::cluster(nodes, shards, (6, SENDER_QUOTA))
+                }
                 None => Backend::Alone(Box::new(SimStore::new(6, 4))),
             },
             devices: Vec::new(),
@@ -202,12 +214,45 @@ impl World {
             trace: VecDeque::new(),
             print_trace: std::env::var_os("SIM_TRACE").is_some(),
         };
-        world.boot();
+        let places = world.places();
+        world.shards = Vec::with_capacity(places);
+        world.rings = (0..places)
+            .map(|_| (0..places).map(|_| VecDeque::new()).collect())
+            .collect();
+        world.inbound = (0..places).map(|_| VecDeque::new()).collect();
+        for node in 0..shape.nodes {
+            world.boot(node);
+        }
+        if shape.nodes > 1 {
+            world.operator.several_nodes(shape.nodes);
+        }
         world
     }
 
-    /// (Re)starts the process: shards with the groups the store holds, empty rings.
-    fn boot(&mut self) {
+    /// Every reactor of every node: a reactor's place is `node * reactors + reactor`.
+    fn places(&self) -> usize {
+        self.shape.nodes * self.shape.reactors
+    }
+
+    /// The node of place `place`.
+    fn node_of(&self, place: usize) -> usize {
+        place / self.shape.reactors
+    }
+
+    /// The place of reactor `reactor` of the node of place `place`.
+    fn beside(&self, place: usize, reactor: usize) -> usize {
+        self.node_of(place) * self.shape.reactors + reactor
+    }
+
+    /// The place of connection `conn`'s reactor.
+    fn place_of(&self, conn: usize) -> usize {
+        let conn = &self.conns[conn];
+        conn.node * self.shape.reactors + conn.addr.reactor as usize
+    }
+
+    /// (Re)starts node `node`'s process: shards with the groups the store holds, empty
+    /// rings between them.
+    fn boot(&mut self, node: usize) {
         let n = self.shape.reactors;
         let quota = Arc::new(UserGroups::new(1000, self.shape.presence_shared));
         let mut groups: Vec<Groups> = (0..n).map(|_| Groups::default()).collect();
@@ -220,7 +265,7 @@ impl World {
             groups[engine::router::home_of(&group, n)].set_settings(&group, settings);
         }
         let cluster = self.store.is_cluster();
-        self.shards = groups
+        let shards: Vec<Shard> = groups
             .into_iter()
             .enumerate()
             .map(|(id, groups)| {
@@ -234,13 +279,20 @@ impl World {
                 }
             })
             .collect();
+        let base = node * n;
+        for (id, shard) in shards.into_iter().enumerate() {
+            match self.shards.get_mut(base + id) {
+                Some(old) => *old = shard,
+                None => self.shards.push(shard),
+            }
+        }
         // As the engine starts: each home's dedup window begins with the direct messages
         // its users' inboxes received lately.
         let since = self
             .now_ms
             .saturating_sub(engine::shard::dedup::WINDOW_AGE_MS);
         let recent = self.store.recent(since);
-        for (home, shard) in self.shards.iter_mut().enumerate() {
+        for (home, shard) in self.shards[base..base + n].iter_mut().enumerate() {
             let mine: Vec<_> = recent
                 .iter()
                 .filter(|pair| engine::router::home_of(&pair.user, n) == home)
@@ -250,13 +302,15 @@ impl World {
         }
         let (start, held) = self.store.start_and_held();
         self.oracle.started(start, held);
-        self.rings = (0..n)
-            .map(|_| (0..n).map(|_| VecDeque::new()).collect())
-            .collect();
-        self.inbound = (0..n).map(|_| VecDeque::new()).collect();
+        for place in base..base + n {
+            for ring in &mut self.rings[place] {
+                ring.clear();
+            }
+            self.inbound[place].clear();
+        }
         self.effects = Effects::default();
         self.carrying_out = false;
-        self.store.start();
+        self.store.start(node, self.now_ms);
         self.take_inbound();
     }
 
@@ -269,8 +323,8 @@ impl World {
             self.step();
             self.fail_fast()?;
         }
-        if self.store.cut_off() {
-            self.cut_or_reconnect();
+        for node in self.store.cut_off() {
+            self.cut_or_reconnect(node);
         }
         self.quiet();
         self.fail_fast()?;
@@ -303,8 +357,8 @@ impl World {
     /// Each of `users` connects on a random reactor, and the world goes quiet.
     fn reconnect(&mut self, users: &[String]) {
         for user in users {
-            let reactor = self.rng.below(self.shape.reactors);
-            self.connect(user, reactor);
+            let place = self.rng.below(self.places());
+            self.connect(user, place);
         }
         self.quiet();
     }
@@ -338,8 +392,8 @@ impl World {
             self.tick();
         }
         self.one_step();
-        for ack in std::mem::take(&mut self.v1_acks) {
-            self.store_command(ack);
+        for (node, ack) in std::mem::take(&mut self.v1_acks) {
+            self.store_command(node, ack);
         }
     }
 
@@ -358,7 +412,8 @@ impl World {
             return self.crash();
         }
         if roll == 98 && self.store.is_cluster() && self.rng.chance(25) {
-            return self.cut_or_reconnect();
+            let node = self.rng.below(self.shape.nodes);
+            return self.cut_or_reconnect(node);
         }
         self.client_action();
     }
@@ -372,7 +427,8 @@ impl World {
         self.settle();
         if self.store.is_cluster() {
             // A cluster node's relayer waits on its own clock too: for the other nodes'
-            // answers (500 ms), calls (5 s) and requests to JetStream (5 s).
+            // answers (500 ms), calls (5 s) and requests to JetStream (5 s), and for
+            // membership to say a killed node is gone (10 s).
             for _ in 0..CLUSTER_WAITS_MS / CLUSTER_WAIT_STEP_MS {
                 self.clock(CLUSTER_WAIT_STEP_MS);
                 self.settle();
@@ -382,8 +438,8 @@ impl World {
 
     fn settle(&mut self) {
         for _ in 0..100_000 {
-            for ack in std::mem::take(&mut self.v1_acks) {
-                self.store_command(ack);
+            for (node, ack) in std::mem::take(&mut self.v1_acks) {
+                self.store_command(node, ack);
             }
             let moved = self.deliver_one_envelope()
                 || self.deliver_one_reply()
@@ -403,7 +459,7 @@ impl World {
     }
 
     fn deliver_one_envelope(&mut self) -> bool {
-        let n = self.shape.reactors;
+        let n = self.places();
         let start = self.rng.below(n * n);
         for i in 0..n * n {
             let (from, to) = ((start + i) / n % n, (start + i) % n);
@@ -417,7 +473,7 @@ impl World {
     }
 
     fn deliver_one_reply(&mut self) -> bool {
-        let n = self.shape.reactors;
+        let n = self.places();
         let start = self.rng.below(n);
         for i in 0..n {
             let reactor = (start + i) % n;
@@ -444,6 +500,13 @@ impl World {
                     };
                     self.carry_out(reactor, effect);
                 }
+                Some(Inbound::Admin { said, reply }) => {
+                    self.note(format!("another node's operator call to {reactor}"));
+                    match AdminRequest::from_node(&said) {
+                        Ok(call) => self.feed(reactor, Event::AdminFromNode { call, reply }),
+                        Err(why) => self.failure = Some(format!("a node's call: {why}")),
+                    }
+                }
                 Some(other) => {
                     self.failure = Some(format!("the cluster handed {reactor} {other:?}"));
                 }
@@ -463,9 +526,10 @@ impl World {
         }
     }
 
-    /// Hands the store `command` (a cluster node's relayer may answer at once).
-    fn store_command(&mut self, command: Command) {
-        self.store.send(command);
+    /// Hands node `node`'s store `command` (a cluster node's relayer may answer at
+    /// once).
+    fn store_command(&mut self, node: usize, command: Command) {
+        self.store.send(node, command);
         self.take_inbound();
     }
 
@@ -473,21 +537,22 @@ impl World {
     fn take_inbound(&mut self) {
         let got = self.store.take_inbound();
         self.queue_inbound(got);
-        for hook in self.store.take_hooks() {
-            self.hook(hook);
+        for (node, hook) in self.store.take_hooks() {
+            self.hook(node, hook);
         }
     }
 
-    fn queue_inbound(&mut self, got: Vec<(usize, Inbound)>) {
-        for (reactor, inbound) in got {
-            self.inbound[reactor].push_back(inbound);
+    fn queue_inbound(&mut self, got: Handed) {
+        for (node, reactor, inbound) in got {
+            let place = node * self.shape.reactors + reactor;
+            self.inbound[place].push_back(inbound);
         }
     }
 
-    /// An event for the events webhook, judged.
-    fn hook(&mut self, hook: engine::events::Hook) {
+    /// An event node `node` posts to the events webhook, judged.
+    fn hook(&mut self, node: usize, hook: engine::events::Hook) {
         self.note(format!("hook {hook:?}"));
-        if let Err(e) = self.operator.hook(hook) {
+        if let Err(e) = self.operator.hook(hook, node) {
             self.failure.get_or_insert(e);
         }
     }
@@ -499,35 +564,43 @@ impl World {
         self.take_inbound();
     }
 
-    /// A cluster node is cut off from NATS, or comes back.
-    fn cut_or_reconnect(&mut self) {
-        let connected = self.store.cut_or_reconnect();
+    /// Cluster node `node` is cut off from NATS, or comes back.
+    fn cut_or_reconnect(&mut self, node: usize) {
+        let connected = self.store.cut_or_reconnect(node);
         self.cuts += usize::from(!connected);
         let what = if connected {
             "reconnects to"
         } else {
             "is cut off from"
         };
-        self.note(format!("the node {what} NATS"));
+        self.note(format!("node {node} {what} NATS"));
         self.take_inbound();
     }
 
+    /// A node's process dies, with its connections, and starts again. The one node's
+    /// world starts a new epoch: what was promised before is judged as such. A node of
+    /// several leaves the others running, their connections and promises too.
     fn crash(&mut self) {
-        self.note("CRASH".into());
-        self.store.crash();
-        self.v1_acks.clear();
-        for conn in &mut self.conns {
-            conn.open = false;
+        let node = self.rng.below(self.shape.nodes);
+        self.note(format!("CRASH of node {node}"));
+        self.store.crash(node, self.now_ms);
+        self.v1_acks.retain(|(n, _)| *n != node);
+        for index in 0..self.conns.len() {
+            if self.conns[index].node != node || !self.conns[index].open {
+                continue;
+            }
+            self.conns[index].open = false;
+            let device = self.conns[index].device;
+            self.devices[device].conn = None;
+            self.oracle.conns[index].closed = true;
         }
-        for device in &mut self.devices {
-            device.conn = None;
+        if self.shape.nodes == 1 {
+            self.oracle.epoch += 1;
+            self.operator.crashed();
+        } else {
+            self.operator.crashed_node(node);
         }
-        for view in &mut self.oracle.conns {
-            view.closed = true;
-        }
-        self.oracle.epoch += 1;
-        self.operator.crashed();
-        self.boot();
+        self.boot(node);
     }
 
     // ---- the driver's part -------------------------------------------------------
@@ -550,15 +623,18 @@ impl World {
     }
 
     fn carry_out(&mut self, reactor: usize, effect: Effect) {
+        let node = self.node_of(reactor);
         match effect {
-            Effect::Mail { to, envelope } => self.route(reactor, to, envelope),
-            Effect::Store(command) => self.store_command(command),
+            Effect::Mail { to, envelope } => {
+                self.route(reactor, self.beside(reactor, to), envelope)
+            }
+            Effect::Store(command) => self.store_command(node, command),
             Effect::Cluster(relay) => {
                 self.note(format!("relay {}", brief(&relay)));
-                self.store.relay(*relay);
+                self.store.relay(node, *relay);
                 self.take_inbound();
             }
-            Effect::Hook(hook) => self.hook(*hook),
+            Effect::Hook(hook) => self.hook(node, *hook),
             Effect::Error {
                 to,
                 code,
@@ -572,7 +648,7 @@ impl World {
                     priority: Priority::High,
                     accepted_ns: 0,
                 };
-                self.route(reactor, to.reactor as usize, envelope);
+                self.route(reactor, self.beside(reactor, to.reactor as usize), envelope);
             }
         }
     }
@@ -612,11 +688,15 @@ impl World {
                             cursor: None,
                         },
                     };
-                    self.store_command(Command::ReadInbox {
-                        user,
-                        device: addr.into(),
-                        from,
-                    });
+                    let node = self.node_of(reactor);
+                    self.store_command(
+                        node,
+                        Command::ReadInbox {
+                            user,
+                            device: addr.into(),
+                            from,
+                        },
+                    );
                 }
             }
             Envelope::Ack {
@@ -721,16 +801,21 @@ impl World {
                 self.conns[conn].inbox_seq = self.conns[conn].inbox_seq.max(highest);
                 // The kernel took it all: a v1 device has it; next page, or live.
                 let v2 = self.devices[self.conns[conn].device].v2;
+                let node = self.conns[conn].node;
                 if !v2 && !events.is_empty() {
-                    self.store_command(Command::Ack {
+                    let ack = Command::Ack {
                         user: user.clone(),
                         upto: covered,
                         device: None,
                         home: engine::router::home_of(&user, self.shape.reactors),
-                    });
+                    };
+                    self.store_command(node, ack);
                 }
                 match next {
-                    Some(from) => self.store_command(Command::ReadInbox { user, device, from }),
+                    Some(from) => {
+                        let read = Command::ReadInbox { user, device, from };
+                        self.store_command(node, read);
+                    }
                     None => {
                         // Caught up: what came meanwhile, but what the read gave.
                         self.note(format!("conn {conn} caught up to {covered}"));
@@ -818,13 +903,14 @@ impl World {
         if !self.devices[self.conns[conn].device].v2 {
             // A device that does not acknowledge is taken to have it (v1): acked at the
             // end of the step, as the driver does at the end of a batch.
-            let user = &self.conns[conn].user;
-            self.v1_acks.push(Command::Ack {
+            let (node, user) = (self.conns[conn].node, &self.conns[conn].user);
+            let ack = Command::Ack {
                 user: user.as_ref().into(),
                 upto: seq,
                 device: None,
                 home: engine::router::home_of(user, self.shape.reactors),
-            });
+            };
+            self.v1_acks.push((node, ack));
         }
         let event = InboxEvent {
             seq,
@@ -913,20 +999,23 @@ impl World {
         self.devices[device].conn = None;
         self.oracle.conns[conn].closed = true;
         let (addr, user) = (self.conns[conn].addr, self.conns[conn].user.clone());
-        self.operator.closing(&user, &format!("d{device}"), code);
+        let node = self.conns[conn].node;
+        self.operator
+            .closing(&user, &format!("d{device}"), code, node);
         let closed = Event::Closed {
             conn: addr,
             user,
             clean,
             code,
         };
-        self.feed(addr.reactor as usize, closed);
+        let place = self.place_of(conn);
+        self.feed(place, closed);
     }
 
     /// The driver's timer tick, on every reactor.
     fn tick(&mut self) {
-        for reactor in 0..self.shape.reactors {
-            self.feed(reactor, Event::Tick);
+        for place in 0..self.places() {
+            self.feed(place, Event::Tick);
         }
     }
 
@@ -955,7 +1044,9 @@ impl World {
         Some(self.devices.len() - 1)
     }
 
-    fn connect(&mut self, user: &str, reactor: usize) {
+    /// A device of `user` connects at place `place` (a reactor of a node).
+    fn connect(&mut self, user: &str, place: usize) {
+        let (node, reactor) = (self.node_of(place), place % self.shape.reactors);
         let Some(device) = self.idle_device(user) else {
             return;
         };
@@ -971,10 +1062,11 @@ impl World {
             (d.v2, d.epoch.clone(), d.seq)
         };
         self.note(format!(
-            "conn {index}: {user} device {device} (v2 {v2}, from {seq}) connects on reactor {reactor}"
+            "conn {index}: {user} device {device} (v2 {v2}, from {seq}) connects on node {node} reactor {reactor}"
         ));
         self.devices[device].conn = Some(index);
         self.conns.push(Conn {
+            node,
             addr,
             user: user.clone(),
             device,
@@ -992,7 +1084,7 @@ impl World {
         self.oracle.connected(index, &user, device, (v2, seq));
         let device_id = format!("d{device}");
         self.feed(
-            reactor,
+            place,
             Event::Authenticated {
                 conn: addr,
                 user,
@@ -1009,9 +1101,10 @@ impl World {
         let mut parser = std::mem::take(&mut self.parser);
         let parsed = parser.parse(&mut bytes);
         let (addr, user) = (self.conns[conn].addr, self.conns[conn].user.clone());
+        let place = self.place_of(conn);
         match parsed {
             Ok(message) => self.feed(
-                addr.reactor as usize,
+                place,
                 Event::Message {
                     conn: addr,
                     user: &user,
@@ -1031,8 +1124,8 @@ impl World {
         let roll = self.rng.below(100);
         let Some(&conn) = self.rng.pick(&online).filter(|_| roll >= 12) else {
             let user = format!("u{}", self.rng.below(users));
-            let reactor = self.rng.below(self.shape.reactors);
-            self.connect(&user, reactor);
+            let place = self.rng.below(self.places());
+            self.connect(&user, place);
             return;
         };
         match roll {
@@ -1096,21 +1189,21 @@ impl World {
                 }
             }
         };
-        let reactor = self.rng.below(self.shape.reactors);
-        self.ask_operator(reactor, call);
+        let place = self.rng.below(self.places());
+        self.ask_operator(place, call);
     }
 
-    /// Asks `call` from an operator's HTTP connection on `reactor`.
-    fn ask_operator(&mut self, reactor: usize, call: AdminRequest) {
-        self.note(format!("operator asks {call:?} on reactor {reactor}"));
-        let slot = self.operator.ask(call.clone());
+    /// Asks `call` from an operator's HTTP connection at place `place`.
+    fn ask_operator(&mut self, place: usize, call: AdminRequest) {
+        self.note(format!("operator asks {call:?} at place {place}"));
+        let slot = self.operator.ask(call.clone(), self.node_of(place));
         let conn = ConnAddr {
-            reactor: reactor as u16,
+            reactor: (place % self.shape.reactors) as u16,
             generation: 1,
             slot,
         };
         self.feed(
-            reactor,
+            place,
             Event::Admin {
                 conn,
                 request: &call,
@@ -1134,12 +1227,12 @@ impl World {
             .map_err(|e| self.report(e))?;
         self.rest_answers = Some(Vec::new());
         for user in &users {
-            let reactor = self.rng.below(self.shape.reactors);
-            self.ask_operator(reactor, AdminRequest::Devices { user: user.clone() });
+            let place = self.rng.below(self.places());
+            self.ask_operator(place, AdminRequest::Devices { user: user.clone() });
         }
-        let reactor = self.rng.below(self.shape.reactors);
+        let place = self.rng.below(self.places());
         self.ask_operator(
-            reactor,
+            place,
             AdminRequest::Presence {
                 users: users.clone(),
             },
