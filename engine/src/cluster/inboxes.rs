@@ -40,7 +40,7 @@
 //! [`IN_FLIGHT_MAX`] requests wait on it, every command fails at once with
 //! [`Failure::Unreachable`] (`cluster_unavailable` for a sender).
 
-use std::time::Duration;
+use std::{collections::VecDeque, time::Duration};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use hashbrown::HashMap;
@@ -250,10 +250,15 @@ struct Filled {
     next: u64,
     /// The last event of the gap.
     upto: u64,
+    /// A read on after a reconnect ([`Inboxes::read_what_was_missed`]), not a gap.
+    read_on: bool,
 }
 
 /// Events a gap is filled with at most: the devices get the rest when they resume.
 const FILL_MAX: usize = 1024;
+/// Users read on at once after a reconnect: the rest wait their turn, so that a node
+/// holding many users does not ask JetStream for all of them in one burst.
+const READ_ON_AT_ONCE: usize = 64;
 
 /// A user's inbox event for the devices here, in its turn.
 pub(super) enum Ready {
@@ -488,6 +493,10 @@ pub(super) struct Inboxes {
     /// Users with a gap in their live events being read, and the live events that came
     /// meanwhile (`seq`, headers, payload), in order.
     filling: HashMap<Box<str>, Vec<(u64, Bytes, Bytes)>>,
+    /// Users to read on after a reconnect, each from the newest event seen, in turn.
+    to_read_on: VecDeque<(Box<str>, u64)>,
+    /// Reads on under way.
+    reading_on: usize,
     /// Chat messages kept, for the relay to hand to history.
     kept: Vec<KeptChat>,
     /// History's message index exists: a chat message is looked up there before it
@@ -528,6 +537,8 @@ impl Inboxes {
             seen: Seen::default(),
             filled: Vec::new(),
             filling: HashMap::new(),
+            to_read_on: VecDeque::new(),
+            reading_on: 0,
             kept: Vec::new(),
             index_ready: false,
             origin: inbox.into(),
@@ -597,6 +608,7 @@ impl Inboxes {
                     after,
                     next: after + 1,
                     upto,
+                    read_on: false,
                 };
                 self.fill_step(fill, out);
                 None
@@ -667,6 +679,9 @@ impl Inboxes {
 
     /// A gap is read (as far as it could be): its events join what was seen, in order.
     fn filled_up(&mut self, fill: Filled) {
+        if fill.read_on {
+            self.reading_on -= 1;
+        }
         let mut last = fill.after;
         for (event, receipt) in &fill.events {
             self.seen
@@ -764,8 +779,10 @@ impl Inboxes {
     /// The relay lost its connection: everything under way fails (the senders hear
     /// `cluster_unavailable`), and the stream is looked up again on reconnecting.
     pub(super) fn disconnected(&mut self) -> Replies {
-        // What was seen stays: a gap while away shows at the next live event.
+        // What was seen stays: a gap while away shows at the next live event, and each
+        // user is read on again after the next reconnect.
         self.epochs.clear();
+        self.to_read_on.clear();
         let mut replies = Vec::new();
         // What waited behind a pair's message fails with it (the pairs are idle after).
         for item in self.pairs.drain() {
@@ -1468,6 +1485,9 @@ impl Inboxes {
         }
         self.answer_confirms(&mut replies);
         self.advance_pairs(out, &mut replies);
+        if !self.to_read_on.is_empty() {
+            self.read_on_more(out);
+        }
         replies
     }
 
@@ -1730,19 +1750,32 @@ impl Inboxes {
     /// Set up on a new connection: each user whose events were seen here reads on from
     /// the newest one seen, since an event republished while the relay was cut off never
     /// came, and the user's devices here would not get it until the user's next event.
-    /// The user's live events wait meanwhile, as behind a gap.
+    /// [`READ_ON_AT_ONCE`] users at a time; a user's live events wait meanwhile, as
+    /// behind a gap.
     fn read_what_was_missed(&mut self, out: &mut BytesMut) {
-        for (user, after) in self.seen.newest_of_each() {
-            if self.filling.contains_key(&user) {
+        self.to_read_on = self.seen.newest_of_each().into();
+        self.read_on_more(out);
+    }
+
+    /// Starts reading on for the next users waiting, up to [`READ_ON_AT_ONCE`] at once.
+    fn read_on_more(&mut self, out: &mut BytesMut) {
+        while self.reading_on < READ_ON_AT_ONCE {
+            let Some((user, after)) = self.to_read_on.pop_front() else {
+                return;
+            };
+            // Reading a gap already, or no longer held: nothing to read on.
+            if self.filling.contains_key(&user) || !self.seen.has(&user) {
                 continue;
             }
             self.filling.insert(user.clone(), Vec::new());
+            self.reading_on += 1;
             let fill = Filled {
                 user,
                 events: Vec::new(),
                 after,
                 next: after + 1,
                 upto: u64::MAX,
+                read_on: true,
             };
             self.fill_step(fill, out);
         }
@@ -2895,6 +2928,30 @@ mod tests {
             })
             .collect();
         assert_eq!((&*ready[0].0, seqs), ("bob", vec![6, 7]));
+    }
+
+    #[test]
+    fn after_a_reconnect_users_are_read_on_a_few_at_a_time() {
+        let mut inboxes = inboxes();
+        for user in 0..READ_ON_AT_ONCE + 10 {
+            inboxes.seen.start(&format!("u{user}"), 1);
+        }
+        let mut out = BytesMut::new();
+        inboxes.connected(&mut out);
+        let created = Bytes::from_static(br#"{"created":"e"}"#);
+        inboxes.answered(b"1", None, b"", &created, &mut out);
+        out.clear();
+        inboxes.answered(b"2", None, b"", &created, &mut out);
+        let gets = |out: &BytesMut| String::from_utf8_lossy(out).matches("DIRECT.GET").count();
+        assert_eq!(gets(&out), READ_ON_AT_ONCE);
+        // One user's read ends (nothing after 1): the next user's starts.
+        out.clear();
+        inboxes.answered(b"3", Some(404), b"", &Bytes::new(), &mut out);
+        assert_eq!(gets(&out), 1);
+        // Cut off: the reads fail, and nobody waits to be read on any more.
+        inboxes.disconnected();
+        assert!(inboxes.to_read_on.is_empty());
+        assert_eq!(inboxes.reading_on, 0);
     }
 
     /// The delivered flag of the one `Appended` reply in `replies`, if that is what they are.

@@ -170,6 +170,11 @@ impl Seen {
         self.chains.remove(user);
     }
 
+    /// Whether `user` has a chain (is held here, and seen).
+    pub(super) fn has(&self, user: &str) -> bool {
+        self.chains.contains_key(user)
+    }
+
     /// Every user with a chain, and the newest `seq` it knows, in name order.
     pub(super) fn newest_of_each(&self) -> Vec<(Box<str>, u64)> {
         let mut newest: Vec<(Box<str>, u64)> = (self.chains.iter())
