@@ -2887,18 +2887,24 @@ mod tests {
         }
     }
 
-    #[test]
-    fn after_a_reconnect_each_user_seen_reads_on_from_the_newest_event_seen() {
-        let mut inboxes = inboxes();
-        inboxes.seen.start("bob", 5);
+    /// `inboxes` connect, and their one shard's streams are made sure of (requests 1 and
+    /// 2): what they wrote after.
+    fn reconnected(inboxes: &mut Inboxes) -> BytesMut {
         let mut out = BytesMut::new();
-        // Back on NATS: the streams are made sure of (requests 1 and 2), then bob's
-        // inbox is read on from 5 (request 3).
         inboxes.connected(&mut out);
         let created = Bytes::from_static(br#"{"created":"e"}"#);
         inboxes.answered(b"1", None, b"", &created, &mut out);
         out.clear();
         inboxes.answered(b"2", None, b"", &created, &mut out);
+        out
+    }
+
+    #[test]
+    fn after_a_reconnect_each_user_seen_reads_on_from_the_newest_event_seen() {
+        let mut inboxes = inboxes();
+        inboxes.seen.start("bob", 5);
+        // Back on NATS: bob's inbox is read on from 5 (request 3).
+        let mut out = reconnected(&mut inboxes);
         let text = String::from_utf8_lossy(&out).into_owned();
         assert!(
             text.starts_with("PUB $JS.API.DIRECT.GET.CHAT_INBOX_0 _INBOX.x.j3")
@@ -2936,12 +2942,7 @@ mod tests {
         for user in 0..READ_ON_AT_ONCE + 10 {
             inboxes.seen.start(&format!("u{user}"), 1);
         }
-        let mut out = BytesMut::new();
-        inboxes.connected(&mut out);
-        let created = Bytes::from_static(br#"{"created":"e"}"#);
-        inboxes.answered(b"1", None, b"", &created, &mut out);
-        out.clear();
-        inboxes.answered(b"2", None, b"", &created, &mut out);
+        let mut out = reconnected(&mut inboxes);
         let gets = |out: &BytesMut| String::from_utf8_lossy(out).matches("DIRECT.GET").count();
         assert_eq!(gets(&out), READ_ON_AT_ONCE);
         // One user's read ends (nothing after 1): the next user's starts.
