@@ -114,10 +114,11 @@ impl Events {
     }
 
     /// Events handed to the returned channel instead of a webhook's thread, for a
-    /// simulator to read.
-    #[cfg(feature = "simulation")]
+    /// simulator to read (after each step: it holds 1,024, and drops what comes beyond,
+    /// as a full queue does).
+    #[cfg(any(test, feature = "simulation"))]
     pub fn to_channel() -> (Events, mpsc::Receiver<(u64, Hook)>) {
-        let (jobs, inbox) = mpsc::sync_channel(QUEUE_MAX);
+        let (jobs, inbox) = mpsc::sync_channel(1_024);
         let stats = Arc::new(HookStats::default());
         (Events { jobs, stats }, inbox)
     }

@@ -231,3 +231,88 @@ fn in_a_cluster_a_user_is_reported_online_and_offline_once_whatever_the_nodes() 
         "{seen:?}"
     );
 }
+
+#[test]
+fn in_a_cluster_a_killed_nodes_users_are_reported_offline_by_the_others_or_its_successor() {
+    let nats_server = match nats::Nats::start() {
+        Ok(nats) => nats,
+        Err(why) => return nats::skip("events_webhook_after_a_kill", &why),
+    };
+    let (url, requests) = common::webhook::start("/hooks/events", 0);
+    let flags = [
+        "--events-webhook",
+        &url,
+        "--events-secret",
+        SECRET,
+        "--presence-grace-ms",
+        "200",
+    ];
+    let presence_of = |events: &[Value], user: &str| -> Vec<(String, String)> {
+        (events.iter())
+            .filter(|e| e["user_id"] == user)
+            .filter(|e| e["type"] == "user_online" || e["type"] == "user_offline")
+            .map(|e| (e["type"].as_str().unwrap().into(), e["node"].to_string()))
+            .collect()
+    };
+    let mut a = nats::node_with(&nats_server.url(), "a", &flags);
+    let mut b = nats::node_with(&nats_server.url(), "b", &flags);
+    nats::wait_for_nodes(&b, 2, Duration::from_secs(30));
+
+    // alice on a, bob on b, both reported online.
+    let _alice = a.login("alice", "phone");
+    let _bob = b.login("bob", "phone");
+    let mut seen = events_until(&requests, true, |e| of_type(e, "user_online").len() == 2);
+    // a dies without a word: b counts it dead after 10 s, reaps what it held, and
+    // reports alice offline; bob stays online.
+    a.child.kill().unwrap();
+    a.child.wait().unwrap();
+    let killed = Instant::now();
+    seen.extend(events_until(&requests, true, |e| {
+        presence_of(e, "alice")
+            .iter()
+            .any(|(kind, _)| kind == "user_offline")
+    }));
+    let took = killed.elapsed();
+    eprintln!("alice reported offline {took:?} after her node was killed");
+    assert!(
+        took < Duration::from_secs(15),
+        "alice offline after {took:?}"
+    );
+    let b_node = json!("b").to_string();
+    assert_eq!(
+        presence_of(&seen, "alice"),
+        [
+            ("user_online".into(), json!("a").to_string()),
+            ("user_offline".into(), b_node.clone())
+        ],
+        "{seen:?}"
+    );
+
+    // b dies too, and a process takes its id over at once: alone in the cluster, it
+    // reaps the one before it and reports bob offline.
+    b.child.kill().unwrap();
+    b.child.wait().unwrap();
+    let restarted = Instant::now();
+    let _b2 = nats::node_with(&nats_server.url(), "b", &flags);
+    seen.extend(events_until(&requests, true, |e| {
+        presence_of(e, "bob")
+            .iter()
+            .any(|(kind, _)| kind == "user_offline")
+    }));
+    let took = restarted.elapsed();
+    eprintln!("bob reported offline {took:?} after his node's successor started");
+    assert!(took < Duration::from_secs(10), "bob offline after {took:?}");
+    std::thread::sleep(Duration::from_millis(1000)); // anything said twice
+    while let Ok(request) = requests.try_recv() {
+        take_batch(request, true, &mut seen);
+    }
+    assert_eq!(
+        presence_of(&seen, "bob"),
+        [
+            ("user_online".into(), b_node.clone()),
+            ("user_offline".into(), b_node)
+        ],
+        "{seen:?}"
+    );
+    assert_eq!(presence_of(&seen, "alice").len(), 2, "{seen:?}");
+}

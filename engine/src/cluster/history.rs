@@ -44,7 +44,7 @@ use super::{
     inboxes::{KeptChat, StreamSettings},
     received::{index_bucket, index_key, index_stream, parse_index, IndexKey},
     relay::{from_subject_token, subject_token},
-    requests::{self, direct_get, Requests},
+    requests::{self, direct_get, Requests, STREAM_DIFFERS, WRONG_LAST_SEQUENCE},
     shards::Shards,
     wire,
 };
@@ -77,10 +77,6 @@ const WAITING_MAX: usize = 65_536;
 const SETUP_AGAIN_AFTER: Duration = Duration::from_secs(2);
 /// How long a message waits after JetStream was unavailable, before it is sent again.
 const RETRY_AFTER: Duration = Duration::from_millis(500);
-/// JetStream's error code for a compare-and-set that found another sequence.
-const WRONG_LAST_SEQUENCE: u64 = 10071;
-/// JetStream's error code for a stream that exists with another configuration.
-const STREAM_DIFFERS: u64 = 10058;
 
 /// What a finished append answers.
 enum Then {

@@ -54,7 +54,7 @@ use super::{
     pairs::Pairs,
     received,
     relay::{self, from_key_token, from_subject_token, key_token, subject_token},
-    requests::{self, direct_get, Requests},
+    requests::{self, direct_get, Requests, STREAM_DIFFERS, WRONG_LAST_SEQUENCE},
     seen::{Continuity, Receipt, Seen},
     shards::Shards,
     unread::{self, Take, Unread},
@@ -90,10 +90,6 @@ const RECEIPT_HEADER: &str = "Chat-Receipt";
 const EXCEPT_HEADER: &str = "Chat-Except";
 /// JetStream's error code for a subject at `max_msgs_per_subject` (new ones refused).
 const PER_SUBJECT_LIMIT: u64 = 10077;
-/// JetStream's error code for a stream that exists with another configuration.
-const STREAM_DIFFERS: u64 = 10058;
-/// JetStream's error code for a compare-and-set that found another revision.
-const WRONG_LAST_SEQUENCE: u64 = 10071;
 
 /// What the streams a node makes are created with, and the bounds its inboxes keep.
 #[derive(Debug, Clone, Copy)]

@@ -13,7 +13,7 @@
 //! - `relay`, `relayer`, `wire`: live events and presence between nodes over the relay's
 //!   own NATS connection; `presence`: which other nodes hold the users watched here;
 //!   `presence_events`: which node reports a user online or offline to the events
-//!   webhook;
+//!   webhook; `holdings`: the users each node holds, kept for when it dies;
 //! - `inboxes`: the users' inboxes in JetStream, behind the store's interface;
 //!   `history`: the conversations and the message index there, likewise; `acks`:
 //!   how far each user's devices acknowledged, and which acknowledged events stay;
@@ -28,6 +28,7 @@
 
 mod acks;
 mod history;
+mod holdings;
 mod inboxes;
 mod members;
 mod node;

@@ -7,12 +7,17 @@
 //! So a user with devices on two nodes is reported online once, by the node that held
 //! the user first (two nodes gaining the user at once agree by hold time, then process
 //! token), and offline once the last node lets go. Two nodes letting go at the same
-//! instant may both report it, and with NATS out of reach a node reports what it sees:
-//! at least once, never missed while NATS carries the questions.
+//! instant may both report it.
+//!
+//! A check is asked only while NATS is reachable and the node's holding of the user is
+//! kept ([`super::holdings`]): a user is never reported online by a node whose holding of
+//! the user could be lost with it. Until then checks wait, each user's in order, and the
+//! checks a cut interrupted are asked again. A user who comes and goes is reported online
+//! and offline, in that order: each check is asked after the one before it.
 //!
 //! No I/O: the relayer asks, and hands the answers in.
 
-use std::{sync::Arc, time::Duration};
+use std::{collections::VecDeque, sync::Arc, time::Duration};
 
 use hashbrown::HashMap;
 use tokio::time::Instant;
@@ -58,83 +63,175 @@ pub(super) fn answers(payload: &[u8], held_since_ms: u64, instance: &str) -> Opt
     }
 }
 
-/// A check waiting for the holders' answers.
+/// A change of this node's to check: `user` came online here (`online`) or went
+/// offline, at `at_ms`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Change {
+    pub user: Arc<str>,
+    pub online: bool,
+    pub at_ms: u64,
+}
+
+impl Change {
+    /// The change of `user` online here (`online`) or offline, at `at_ms`.
+    pub(super) fn new(user: Arc<str>, online: bool, at_ms: u64) -> Change {
+        Change {
+            user,
+            online,
+            at_ms,
+        }
+    }
+
+    fn settled(self, reported: bool) -> Settled {
+        Settled {
+            user: self.user,
+            online: self.online,
+            at_ms: self.at_ms,
+            reported,
+        }
+    }
+}
+
+/// A change asked about, waiting for the holders' answers until `until`.
 #[derive(Debug)]
 struct Waiting {
-    user: Arc<str>,
-    online: bool,
-    at_ms: u64,
+    change: Change,
     until: Instant,
 }
 
-/// The checks under way, by the number their answers come back with.
+/// One user's checks: those asked (by number) and those waiting to be asked, in order.
+#[derive(Debug, Default)]
+struct OfUser {
+    asked: Vec<u64>,
+    deferred: VecDeque<Change>,
+}
+
+/// The checks under way, by the number their answers come back with, and those waiting
+/// to be asked, by user (each user's in order). Allocation-aware: a user's entry lives
+/// only while it has checks.
 #[derive(Debug, Default)]
 pub(super) struct Checks {
     waiting: HashMap<u64, Waiting>,
     next: u64,
+    users: HashMap<Arc<str>, OfUser>,
 }
 
 impl Checks {
-    /// Starts a check that `user` came online (`online`) or went offline at `at_ms`;
-    /// returns its number, for the reply subject.
-    pub(super) fn start(&mut self, user: Arc<str>, online: bool, at_ms: u64, now: Instant) -> u64 {
+    /// Starts a check of `change`; returns its number, for the reply subject.
+    pub(super) fn start(&mut self, change: Change, now: Instant) -> u64 {
         let id = self.next;
         self.next += 1;
+        let of_user = self.users.entry(change.user.clone()).or_default();
+        of_user.asked.push(id);
         let until = now + CHECK_WAIT;
-        let check = Waiting {
-            user,
-            online,
-            at_ms,
-            until,
-        };
-        self.waiting.insert(id, check);
+        self.waiting.insert(id, Waiting { change, until });
         id
     }
 
-    /// An answer to check `id`: a holder said it held (`held`), and the check is
-    /// dropped; or none holds ("no responders"), and the change is this node's to report.
-    pub(super) fn answered(&mut self, id: u64, held: bool) -> Option<(u64, Hook)> {
-        let check = self.waiting.remove(&id)?;
-        (!held).then(|| report(check))
+    /// An answer to check `id`: a holder said it held (`held`), and another node
+    /// reports the change; or none holds ("no responders"), and this node reports it.
+    pub(super) fn answered(&mut self, id: u64, held: bool) -> Option<Settled> {
+        let change = self.finish(id)?;
+        Some(change.settled(!held))
     }
 
-    /// `user` went offline here while the check that the user came online still waits:
-    /// both are dropped (true), the user came and went with nobody told.
-    pub(super) fn cancel_online(&mut self, user: &str) -> bool {
-        let before = self.waiting.len();
-        self.waiting.retain(|_, c| !(c.online && *c.user == *user));
-        self.waiting.len() < before
+    fn finish(&mut self, id: u64) -> Option<Change> {
+        let Waiting { change, .. } = self.waiting.remove(&id)?;
+        if let Some(of_user) = self.users.get_mut(&change.user) {
+            of_user.asked.retain(|&asked| asked != id);
+            if of_user.asked.is_empty() && of_user.deferred.is_empty() {
+                self.users.remove(&change.user);
+            }
+        }
+        Some(change)
+    }
+
+    /// A change to check once it can be asked, after the user's others.
+    pub(super) fn defer(&mut self, change: Change) {
+        let of_user = self.users.entry(change.user.clone()).or_default();
+        of_user.deferred.push_back(change);
+    }
+
+    /// Whether a check of `user`'s is under way or waits to be asked.
+    pub(super) fn pending(&self, user: &str) -> bool {
+        self.users.contains_key(user)
+    }
+
+    /// The next change of `user` waiting to be asked, if none of the user's is asked:
+    /// a user's changes are checked one at a time, so that they settle in order.
+    pub(super) fn next_deferred(&mut self, user: &str) -> Option<Change> {
+        let of_user = self.users.get_mut(user)?;
+        if !of_user.asked.is_empty() {
+            return None;
+        }
+        let next = of_user.deferred.pop_front();
+        if of_user.deferred.is_empty() {
+            self.users.remove(user);
+        }
+        next
+    }
+
+    /// The users with changes waiting to be asked, in name order.
+    pub(super) fn users_deferred(&self) -> Vec<Arc<str>> {
+        let mut users: Vec<Arc<str>> = (self.users.iter())
+            .filter(|(_, of_user)| !of_user.deferred.is_empty())
+            .map(|(user, _)| user.clone())
+            .collect();
+        users.sort_unstable();
+        users
+    }
+
+    /// Cut off from NATS: the checks under way can get no answer, and are asked again,
+    /// each before the same user's changes deferred meanwhile.
+    pub(super) fn interrupt(&mut self) {
+        let mut asked: Vec<(u64, Waiting)> = self.waiting.drain().collect();
+        asked.sort_unstable_by_key(|(id, _)| std::cmp::Reverse(*id));
+        for (_, waiting) in asked {
+            let of_user = self.users.entry(waiting.change.user.clone()).or_default();
+            of_user.asked.clear();
+            of_user.deferred.push_front(waiting.change);
+        }
     }
 
     /// The checks that no holder answered by `now`, in the order they started: this
     /// node reports them.
-    pub(super) fn expire(&mut self, now: Instant) -> Vec<(u64, Hook)> {
-        self.take(|check| check.until <= now)
-    }
-
-    /// Every check under way, in the order they started, to be reported now: no answer
-    /// can come (NATS is out of reach).
-    pub(super) fn take_all(&mut self) -> Vec<(u64, Hook)> {
-        self.take(|_| true)
-    }
-
-    fn take(&mut self, which: impl Fn(&Waiting) -> bool) -> Vec<(u64, Hook)> {
-        let mut taken: Vec<(u64, Waiting)> =
-            self.waiting.extract_if(|_, check| which(check)).collect();
-        taken.sort_unstable_by_key(|(id, _)| *id);
-        taken.into_iter().map(|(_, check)| report(check)).collect()
+    pub(super) fn expire(&mut self, now: Instant) -> Vec<Settled> {
+        let mut late: Vec<u64> = (self.waiting.iter())
+            .filter(|(_, waiting)| waiting.until <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        late.sort_unstable();
+        late.into_iter()
+            .filter_map(|id| self.finish(id))
+            .map(|change| change.settled(true))
+            .collect()
     }
 }
 
-/// The event a check that nobody answered reports, and when it happened.
-fn report(check: Waiting) -> (u64, Hook) {
-    let user = check.user;
-    let hook = if check.online {
-        Hook::UserOnline { user }
-    } else {
-        Hook::UserOffline { user }
-    };
-    (check.at_ms, hook)
+/// A check that is over.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) struct Settled {
+    /// The user who came online here (`online`) or went offline, at `at_ms`.
+    pub user: Arc<str>,
+    pub online: bool,
+    pub at_ms: u64,
+    /// No other holder answered: this node reports it.
+    pub reported: bool,
+}
+
+impl Settled {
+    /// The event this node posts, and when it happened, if it reports the change.
+    pub(super) fn report(&self) -> Option<(u64, Hook)> {
+        if !self.reported {
+            return None;
+        }
+        let user = self.user.clone();
+        let hook = match self.online {
+            true => Hook::UserOnline { user },
+            false => Hook::UserOffline { user },
+        };
+        Some((self.at_ms, hook))
+    }
 }
 
 #[cfg(test)]
@@ -159,44 +256,55 @@ mod tests {
     }
 
     #[test]
-    fn silence_reports_an_answer_does_not_and_leaving_first_cancels_both() {
+    fn silence_reports_and_an_answer_leaves_it_to_the_holder() {
         let now = Instant::now();
         let mut checks = Checks::default();
         let user: Arc<str> = "u".into();
-        let held = checks.start(user.clone(), true, 10, now);
-        assert_eq!(checks.answered(held, true), None);
-        let alone = checks.start(user.clone(), true, 20, now);
-        let reported = checks.answered(alone, false);
+        let change = |online, at_ms| Change::new(user.clone(), online, at_ms);
+        let held = checks.start(change(true, 10), now);
+        let settled = checks.answered(held, true).expect("waiting");
+        assert_eq!(settled.report(), None, "another node reports it");
+        let alone = checks.start(change(true, 20), now);
+        let reported = checks.answered(alone, false).and_then(|s| s.report());
         assert_eq!(
             reported,
             Some((20, Hook::UserOnline { user: user.clone() }))
         );
-        let unanswered = checks.start(user.clone(), false, 30, now);
+        let unanswered = checks.start(change(false, 30), now);
         assert!(checks.expire(now).is_empty());
-        let late = checks.expire(now + CHECK_WAIT);
+        let late: Vec<_> = (checks.expire(now + CHECK_WAIT).iter())
+            .filter_map(Settled::report)
+            .collect();
         assert_eq!(late, [(30, Hook::UserOffline { user: user.clone() })]);
         assert_eq!(checks.answered(unanswered, false), None, "answered once");
-        checks.start(user.clone(), true, 40, now);
-        assert!(checks.cancel_online("u"));
-        assert!(!checks.cancel_online("u"));
-        assert!(checks.expire(now + CHECK_WAIT).is_empty());
+        assert!(!checks.pending("u"), "nothing left of the user");
     }
 
     #[test]
-    fn cut_off_every_check_is_reported_at_once_in_the_order_it_started() {
+    fn a_users_checks_go_one_at_a_time_in_order_and_a_cut_asks_again() {
         let now = Instant::now();
         let mut checks = Checks::default();
-        let user: Arc<str> = "u".into();
-        checks.start(user.clone(), false, 10, now);
-        checks.start(user.clone(), true, 20, now);
-        let reported = checks.take_all();
+        let (u, v): (Arc<str>, Arc<str>) = ("u".into(), "v".into());
+        let first = checks.start(Change::new(u.clone(), false, 10), now);
+        checks.start(Change::new(u.clone(), true, 20), now);
+        checks.interrupt();
+        checks.defer(Change::new(u.clone(), false, 25));
+        checks.defer(Change::new(v.clone(), true, 30));
         assert_eq!(
-            reported,
-            [
-                (10, Hook::UserOffline { user: user.clone() }),
-                (20, Hook::UserOnline { user })
-            ]
+            checks.answered(first, false),
+            None,
+            "no answer after the cut"
         );
-        assert!(checks.expire(now + CHECK_WAIT).is_empty(), "once");
+        assert!(checks.expire(now + CHECK_WAIT).is_empty());
+        assert_eq!(checks.users_deferred(), [u.clone(), v.clone()]);
+        let mut again = Vec::new();
+        while let Some(change) = checks.next_deferred("u") {
+            again.push((change.online, change.at_ms));
+            let asked = checks.start(change, now);
+            assert_eq!(checks.next_deferred("u"), None, "one at a time");
+            assert!(checks.answered(asked, true).is_some());
+        }
+        assert_eq!(again, [(false, 10), (true, 20), (false, 25)]);
+        assert!(!checks.pending("u") && checks.pending("v"));
     }
 }

@@ -37,9 +37,10 @@ use tracing::{debug, error, info, warn};
 
 use super::{
     history::History,
+    holdings::{self, Holdings},
     inboxes::{self, Inboxes, Ready, Replies, StreamSettings},
     presence::{Holders, Report},
-    presence_events,
+    presence_events::{self, Change, Settled},
     relay::{self, Inbound, Reactors, Relay},
     totals,
     wire::{self, Op},
@@ -223,6 +224,11 @@ pub(super) struct Relayer {
     events: Option<crate::events::Events>,
     /// Presence events waiting for the other holders' word.
     event_checks: presence_events::Checks,
+    /// With the events webhook: the users held here, kept in JetStream, and the gone
+    /// nodes' holdings this node reaps ([`super::holdings`]).
+    holdings: Option<Holdings>,
+    /// `--cluster-replicas`, for the holdings' stream.
+    replicas: u8,
     /// The users' inboxes in JetStream.
     inboxes: Inboxes,
     /// Conversation history in JetStream, on the same connection.
@@ -392,6 +398,8 @@ impl Relayer {
             holders: Holders::default(),
             events: None,
             event_checks: presence_events::Checks::default(),
+            holdings: None,
+            replicas: limits.replicas,
             let_go: HashMap::new(),
             state,
             local_stats,
@@ -415,6 +423,9 @@ impl Relayer {
     /// A relayer that reports users online and offline to the events webhook for the
     /// cluster ([`presence_events`]).
     pub(super) fn with_events(mut self, events: Option<crate::events::Events>) -> Relayer {
+        let process = (&*self.node_id, &*self.instance);
+        self.holdings =
+            (events.is_some()).then(|| Holdings::new(&self.inbox, process, self.replicas));
         self.events = events;
         self
     }
@@ -708,42 +719,98 @@ impl Relayer {
             since_ms,
         };
         self.by_sid.insert(sid, live);
+        if let Some(holdings) = &mut self.holdings {
+            holdings.changed(user.clone(), true, since_ms, &mut self.out);
+        }
         self.check_presence_event(user, true, since_ms, connected);
     }
 
     /// With the events webhook: asks the other holders of `user` whether this node is
     /// the one to report the user online (gained here at `at_ms`) or offline (let go);
-    /// with NATS out of reach, reports it now (`presence_events`).
+    /// with NATS out of reach, or this node's holdings not known to be kept yet, once
+    /// they are (`presence_events`).
     fn check_presence_event(&mut self, user: Arc<str>, online: bool, at_ms: u64, connected: bool) {
-        let Some(events) = &self.events else {
-            return;
+        let Some(holdings) = &self.holdings else {
+            return; // no events webhook
         };
-        if !online && self.event_checks.cancel_online(&user) {
-            return; // came and went before anyone was told
+        let change = Change::new(user, online, at_ms);
+        let user = &change.user;
+        // One check of a user's at a time: each is settled, and reported, in order.
+        if connected && holdings.kept(user) && !self.event_checks.pending(user) {
+            self.ask_presence_event(change);
+        } else {
+            self.event_checks.defer(change);
         }
-        if !connected {
-            let hook = match online {
-                true => crate::events::Hook::UserOnline { user },
-                false => crate::events::Hook::UserOffline { user },
-            };
-            return events.emit(at_ms, hook);
+    }
+
+    /// The next change of `user` that waited (for the user's holding to be kept, or for
+    /// the check before it), asked.
+    fn ask_deferred_presence_event(&mut self, user: &str) {
+        if !self.holdings.as_ref().is_some_and(|h| h.kept(user)) {
+            return;
         }
-        let subject = relay::live_subject(&user);
-        let check = self.event_checks.start(user, online, at_ms, Instant::now());
+        if let Some(change) = self.event_checks.next_deferred(user) {
+            self.ask_presence_event(change);
+        }
+    }
+
+    /// What the holdings' answers and ticks bring: users a gone node held, to check;
+    /// holdings kept, whose changes can be asked about now.
+    fn holdings_moved(&mut self, outcomes: Vec<holdings::Outcome>) {
+        for outcome in outcomes {
+            match outcome {
+                holdings::Outcome::Reaped(user) => self.reaped(user),
+                holdings::Outcome::Kept(user) => self.ask_deferred_presence_event(&user),
+                holdings::Outcome::Ready => {
+                    for user in self.event_checks.users_deferred() {
+                        self.ask_deferred_presence_event(&user);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Asks the holders of the user whether this node is the one to report `change`.
+    fn ask_presence_event(&mut self, change: Change) {
+        let subject = relay::live_subject(&change.user);
+        let question = presence_events::question(change.online, change.at_ms, &self.instance);
+        let check = self.event_checks.start(change, Instant::now());
         let reply = format!("{}e{check}", self.inbox);
-        let question = presence_events::question(online, at_ms, &self.instance);
         wire::publish(&mut self.out, subject.as_bytes(), Some(&reply), &question);
     }
 
-    /// Posts the presence events that checks left to this node.
-    fn report_presence_events(
-        &self,
-        reports: impl IntoIterator<Item = (u64, crate::events::Hook)>,
-    ) {
-        if let Some(events) = &self.events {
-            for (at_ms, hook) in reports {
+    /// A user a gone node still held: offline unless this node or another holds the user
+    /// (asked as when a node lets a user go), dated now. This node takes the holding
+    /// over first, so that if it dies too before the check is settled, the node that
+    /// reaps it asks again.
+    fn reaped(&mut self, user: Arc<str>) {
+        if self.sids.contains_key(&user) {
+            return; // held here: online
+        }
+        let Some(holdings) = &mut self.holdings else {
+            return;
+        };
+        let at_ms = (self.wall_ms)();
+        holdings.changed(user.clone(), true, at_ms, &mut self.out);
+        self.event_checks.defer(Change::new(user, false, at_ms));
+    }
+
+    /// Posts the presence events that checks left to this node. A user let go here is
+    /// written let go in the holdings only now: a node that dies before its offline is
+    /// settled leaves the user to the node that reaps it.
+    fn settle_presence_events(&mut self, settled: impl IntoIterator<Item = Settled>) {
+        for check in settled {
+            if let (Some(events), Some((at_ms, hook))) = (&self.events, check.report()) {
                 events.emit(at_ms, hook);
             }
+            // Let go here, and no other check of the user's waits.
+            let let_go = !check.online
+                && !self.sids.contains_key(&check.user)
+                && !self.event_checks.pending(&check.user);
+            if let Some(holdings) = self.holdings.as_mut().filter(|_| let_go) {
+                holdings.changed(check.user.clone(), false, check.at_ms, &mut self.out);
+            }
+            self.ask_deferred_presence_event(&check.user);
         }
     }
 
@@ -837,36 +904,47 @@ impl Relayer {
         );
         self.inboxes.connected(&mut self.out);
         self.history.connected(&mut self.out);
+        if let Some(holdings) = &mut self.holdings {
+            holdings.connected(&mut self.out);
+        }
     }
 
     /// Cut off from NATS: what waits on an answer from it fails (the live subscriptions
     /// stay, to be made again on reconnecting). The presence events waiting for the other
-    /// holders' answers are this node's to report now, before any that comes while NATS
-    /// is away (reported at once), lest they come in the wrong order.
+    /// holders' answers are asked again once NATS is back, before any that comes
+    /// meanwhile.
     pub(super) fn disconnected(&mut self) {
-        let unanswered = self.event_checks.take_all();
-        self.report_presence_events(unanswered);
+        self.event_checks.interrupt();
         let failed = self.inboxes.disconnected();
         self.send_replies(failed);
         self.gaps_filled();
         let failed = self.history.disconnected();
         self.send_replies(failed);
+        if let Some(holdings) = &mut self.holdings {
+            holdings.disconnected();
+        }
     }
 
     /// Instance `instance` died, left, or had its node id taken over: the users only it
-    /// held are offline as far as this node knows, and what it said before that still
-    /// comes is ignored.
+    /// held are offline as far as this node knows, what it said before that still
+    /// comes is ignored, and its holdings are reaped (with the events webhook).
     pub(super) fn gone(&mut self, instance: &str) {
         let reports = self
             .holders
             .gone(instance, (Instant::now(), (self.wall_ms)()));
         self.report(reports);
+        if let Some(holdings) = &mut self.holdings {
+            holdings.gone(instance, &mut self.out);
+        }
     }
 
     /// Instance `instance` beats in the node bucket. If it had been counted dead (silent
     /// too long, maybe while its relay was back already), it is heard again, and every
     /// watched user is asked about again, since this node dropped what it held.
     pub(super) fn joined(&mut self, instance: &str) {
+        if let Some(holdings) = &mut self.holdings {
+            holdings.joined(instance, &mut self.out);
+        }
         if !self.holders.back_from_the_dead(instance) {
             return;
         }
@@ -1009,7 +1087,10 @@ impl Relayer {
             return;
         };
         if let Some(held) = presence_events::answers(payload, *since_ms, &self.instance) {
-            if let Some(reply) = reply.filter(|_| held) {
+            // Only a holding that is kept answers: a node that dies with one not written
+            // yet must not have taken the report over.
+            let kept = self.holdings.as_ref().is_some_and(|h| h.kept(user));
+            if let Some(reply) = reply.filter(|_| held && kept) {
                 wire::publish(&mut self.out, &reply, None, presence_events::HELD);
             }
             return;
@@ -1229,8 +1310,15 @@ impl Relayer {
                     return;
                 };
                 // An answer: a holder reports it; "no responders": nobody holds the user.
-                let reported = self.event_checks.answered(check, status.is_none());
-                self.report_presence_events(reported);
+                let settled = self.event_checks.answered(check, status.is_none());
+                self.settle_presence_events(settled);
+            }
+            Some((b'r', request)) => {
+                let Some(holdings) = &mut self.holdings else {
+                    return;
+                };
+                let moved = holdings.answered(request, status, headers, &payload, &mut self.out);
+                self.holdings_moved(moved);
             }
             Some((b'h', join)) if status.is_none() => self.introduced(number(join), payload),
             Some((b'h', _)) => {} // no other node has a device in the room
@@ -1499,7 +1587,7 @@ impl Relayer {
         }
         self.joins.retain(|_, (_, until)| *until > now);
         let unanswered = self.event_checks.expire(now);
-        self.report_presence_events(unanswered);
+        self.settle_presence_events(unanswered);
         let settled = self.holders.expire(now, (self.wall_ms)());
         self.report(settled);
         let failed = self.inboxes.expire(now, &mut self.out);
@@ -1511,6 +1599,14 @@ impl Relayer {
             .load(std::sync::atomic::Ordering::Acquire);
         let failed = self.history.expire(now, connected, &mut self.out);
         self.send_replies(failed);
+        if let Some(holdings) = &mut self.holdings {
+            let claimed = self
+                .state
+                .claimed
+                .load(std::sync::atomic::Ordering::Acquire);
+            let moved = holdings.expire(now, claimed, &mut self.out);
+            self.holdings_moved(moved);
+        }
     }
 }
 

@@ -13,6 +13,10 @@ use super::wire;
 
 /// A request JetStream has not answered in this long failed.
 pub(super) const REQUEST_WAIT: Duration = Duration::from_secs(5);
+/// JetStream's error code for a compare-and-set that found another sequence.
+pub(super) const WRONG_LAST_SEQUENCE: u64 = 10071;
+/// JetStream's error code for a stream that exists with another configuration.
+pub(super) const STREAM_DIFFERS: u64 = 10058;
 
 /// Requests under way, each with what its answer goes on to (`P`).
 pub(super) struct Requests<P> {

@@ -71,6 +71,9 @@ pub struct ClusterNodes {
     reactors: usize,
     /// Per node, what its relayer reports to the events webhook.
     hooks: Vec<Option<mpsc::Receiver<(u64, Hook)>>>,
+    /// Per node, the instance of its process that died last, which its next one takes
+    /// the node id over from.
+    dead: Vec<Option<String>>,
     news: Vec<News>,
 }
 
@@ -103,6 +106,7 @@ impl Backend {
             streams: sim::streams(queue_max, sender_quota, shards),
             reactors,
             hooks: (0..nodes).map(|_| None).collect(),
+            dead: vec![None; nodes],
             news: Vec::new(),
         };
         Backend::Cluster(Box::new(cluster))
@@ -204,6 +208,7 @@ impl Backend {
             Backend::Cluster(nodes) => {
                 if let Some(instance) = nodes.cluster.stop(node) {
                     nodes.tell_others(node, &instance, (false, now_ms + DEAD_AFTER_MS));
+                    nodes.dead[node] = Some(instance);
                 }
                 nodes.hooks[node] = None;
             }
@@ -211,7 +216,8 @@ impl Backend {
     }
 
     /// Node `node`'s process starts (again): a cluster node connects and begins its watch
-    /// of the group bucket, and the other nodes hear it beats.
+    /// of the group bucket, the other nodes hear it beats, and it hears that the process
+    /// it took the node id over from is gone.
     pub fn start(&mut self, node: usize, now_ms: u64) {
         if let Backend::Cluster(nodes) = self {
             let (events, hooks) = Events::to_channel();
@@ -226,6 +232,10 @@ impl Backend {
             let _entered = nodes.runtime.enter();
             let instance = nodes.cluster.start(node, setup);
             nodes.tell_others(node, &instance, (true, now_ms));
+            // Taking the node id over, membership says the dead instance is gone.
+            if let Some(dead) = nodes.dead[node].take() {
+                nodes.cluster.gone(node, &dead);
+            }
             let alive = (0..nodes.hooks.len())
                 .filter(|&n| nodes.cluster.running(n))
                 .count();

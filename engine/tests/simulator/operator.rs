@@ -7,8 +7,14 @@
 //! - At rest (every grace over, nothing in flight), the devices listed are exactly the
 //!   devices connected, and a user is online exactly when a device is connected.
 //! - The hooks say `user_online` and `user_offline` in turn for each user, starting
-//!   online, within one process's life (a crash posts nothing), and at rest they agree
-//!   with the truth. Every close is reported once, with its code (or as replaced, when
+//!   online, and at rest they agree with the truth. One node alone posts nothing for a
+//!   crash, so its hooks are judged within one process's life; a cluster's next process
+//!   reports the users the dead one held offline (`cluster::holdings`), so after a
+//!   crash a user's next hook may say either (a device back on the next process is
+//!   reported online again; an offline whose holding's update died with the process is
+//!   reported again, and so is one whose online the process died before reporting), a
+//!   user the reap checks after the next process let the user go is reported offline
+//!   again, and at rest the hooks must still agree. Every close is reported once, with its code (or as replaced, when
 //!   the device connected again before its close reached the home). With several nodes
 //!   `user_online` and `user_offline` are not judged: the cluster's checks between nodes
 //!   can say one twice, or neither, when a user leaves one node and comes to another
@@ -29,8 +35,14 @@ pub struct Operator {
     /// Calls waiting for their answer, by their connection's slot, with the node asked.
     pending: HashMap<u32, (AdminRequest, usize)>,
     next_slot: u32,
-    /// Per user, whether the hooks last said online (in this process's life).
+    /// Per user, whether the hooks last said online (in this process's life, alone).
     said_online: BTreeMap<String, bool>,
+    /// The node is a cluster's: its hooks speak across crashes.
+    cluster: bool,
+    /// A cluster's node crashed: a user's first hook after it may say either.
+    crashed: bool,
+    /// The users with a hook since the last crash.
+    hooked_since_crash: BTreeSet<String>,
     /// Several nodes: `user_online` and `user_offline` are not judged, and a device may
     /// be counted once per node (its old connection on one, closing, and its new one on
     /// another).
@@ -154,7 +166,11 @@ impl Operator {
             .said_online
             .insert(user.into(), online)
             .unwrap_or(false);
-        if self.several_nodes {
+        let first_since_crash = self.crashed && self.hooked_since_crash.insert(user.into());
+        // A dead process's user is checked again by the one that reaps it, which may
+        // find the user let go since, and reported offline already.
+        let reaped_again = self.crashed && !online;
+        if self.several_nodes || first_since_crash || reaped_again {
             return Ok(());
         }
         if before == online {
@@ -168,12 +184,22 @@ impl Operator {
         Ok(())
     }
 
-    /// The process died: nothing was posted for who was online, no call is answered,
-    /// and the next process starts from nobody online.
+    /// The process died: no call is answered. Alone, nothing was posted for who was
+    /// online, and the next process starts from nobody online; a cluster's next process
+    /// reports the dead one's users.
     pub fn crashed(&mut self) {
         self.pending.clear();
-        self.said_online.clear();
         self.closes.clear();
+        if !self.cluster {
+            return self.said_online.clear();
+        }
+        self.crashed = true;
+        self.hooked_since_crash.clear();
+    }
+
+    /// The hooks come from a cluster's relayers.
+    pub fn in_a_cluster(&mut self) {
+        self.cluster = true;
     }
 
     /// The hooks come from `nodes` nodes: who is online is not judged from them.

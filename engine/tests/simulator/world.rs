@@ -226,6 +226,9 @@ impl World {
         if shape.nodes > 1 {
             world.operator.several_nodes(shape.nodes);
         }
+        if world.store.is_cluster() {
+            world.operator.in_a_cluster();
+        }
         world
     }
 

@@ -131,6 +131,8 @@ impl SimCluster {
             format!("_INBOX.{instance}."),
         );
         let state = Arc::new(State::default());
+        // Membership's claim of the node id, which the simulators do not run.
+        state.claimed.store(true, Ordering::Release);
         let relayer = Relayer::new(me, (reactors, stores), (state.clone(), setup.local_stats))
             .with_wall_clock(setup.wall_ms)
             .with_events(setup.events);

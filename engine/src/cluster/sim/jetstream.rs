@@ -220,7 +220,8 @@ impl JetStream {
                 return vec![answer(&reply, error(10059, 404, "stream not found"))];
             };
             let (filter, below) = (body["filter"].as_str().unwrap_or(">"), body["seq"].as_u64());
-            let below = below.expect("the cluster purges below a seq");
+            // Without a `seq`, everything the filter takes.
+            let below = below.unwrap_or(u64::MAX);
             let before = stream.messages.len();
             stream
                 .messages

@@ -17,6 +17,8 @@
 //! The invariants, checked once everything settled:
 //! - every watched user's home has heard, as its last word, whether another node that is
 //!   alive holds the user, and it never heard the same word twice running;
+//! - no user that no process holds was reported online last to the events webhook (a
+//!   dead or departed node's users are reported offline by another, `cluster::holdings`);
 //! - a call rang on every other node holding a device of the user, each once, and said
 //!   nothing to the caller; with none, the caller heard `peer_offline` once;
 //! - typing reached every other node holding a device of the user, each once;
@@ -48,6 +50,7 @@ use crate::{
         relay::{Inbound, Relay},
         shards::Shards,
     },
+    events::Hook,
     protocol::{
         codes::{ErrorCode, OutKind},
         outbound::Outgoing,
@@ -103,6 +106,8 @@ struct Node {
     heard: BTreeMap<String, bool>,
     /// Its devices in the huddle room.
     in_room: usize,
+    /// What its process reports to the events webhook.
+    events: Option<std::sync::mpsc::Receiver<(u64, Hook)>>,
 }
 
 /// A call signal placed, or a typing sent: where it went and what the caller heard.
@@ -146,6 +151,8 @@ struct News {
 #[derive(Debug, Default, Clone, Copy)]
 struct Tally {
     reports: usize,
+    /// `user_online` and `user_offline` posted to the events webhook.
+    events: usize,
     calls_rung: usize,
     calls_offline: usize,
     calls_unavailable: usize,
@@ -161,6 +168,7 @@ impl Tally {
     fn add(&mut self, other: Tally) {
         let Tally {
             reports,
+            events,
             calls_rung,
             calls_offline,
             calls_unavailable,
@@ -171,6 +179,7 @@ impl Tally {
             leaves,
         } = other;
         self.reports += reports;
+        self.events += events;
         self.calls_rung += calls_rung;
         self.calls_offline += calls_offline;
         self.calls_unavailable += calls_unavailable;
@@ -194,6 +203,9 @@ struct World {
     /// By request number (the asking connection's slot): broadcasts and stats asked.
     asked: BTreeMap<u32, Asked>,
     news: Vec<News>,
+    /// Per user, the presence events reported for it, in the order they were posted:
+    /// `user_online` (true) or `user_offline`, and the process that posted it.
+    reported: BTreeMap<String, Vec<(bool, String)>>,
     tally: Tally,
     log: Vec<String>,
 }
@@ -212,6 +224,7 @@ impl World {
             next_signal: 0,
             asked: BTreeMap::new(),
             news: Vec::new(),
+            reported: BTreeMap::new(),
             tally: Tally::default(),
             log: Vec::new(),
         };
@@ -222,6 +235,7 @@ impl World {
                 watches: BTreeSet::new(),
                 heard: BTreeMap::new(),
                 in_room: 0,
+                events: None,
             });
             world.start(n);
         }
@@ -230,13 +244,16 @@ impl World {
 
     /// Starts a process for node `n`, connected.
     fn start(&mut self, n: usize) {
+        self.flush(n);
+        let (events, hooks) = crate::events::Events::to_channel();
         let setup = NodeSetup {
             reactors: REACTORS,
             streams: super::streams(100, 0, Shards::new(1)),
             wall_ms,
             local_stats: Arc::new(move || stats_of(n).into_bytes()),
-            events: None,
+            events: Some(events),
         };
+        self.nodes[n].events = Some(hooks);
         self.cluster.start(n, setup);
         let node = &mut self.nodes[n];
         node.cut_at = None;
@@ -247,10 +264,27 @@ impl World {
         self.flush(n);
     }
 
-    /// What node `n`'s reactors got from its relayer, read.
+    /// What node `n`'s reactors got from its relayer, read, and what it reported to the
+    /// events webhook.
     fn flush(&mut self, n: usize) {
         for (_, inbound) in self.cluster.take_inbound(n) {
             self.reactor_got(n, inbound);
+        }
+        let Some(hooks) = &self.nodes[n].events else {
+            return;
+        };
+        let instance = self.cluster.instance(n).unwrap_or("?").to_owned();
+        for (_, hook) in hooks.try_iter() {
+            let (user, online) = match hook {
+                Hook::UserOnline { user } => (user, true),
+                Hook::UserOffline { user } => (user, false),
+                _ => continue,
+            };
+            self.log
+                .push(format!("{instance} reports {user} {}", word(online)));
+            let reports = self.reported.entry(user.to_string()).or_default();
+            reports.push((online, instance.clone()));
+            self.tally.events += 1;
         }
     }
 
@@ -418,6 +452,7 @@ impl World {
         self.settle().await;
         self.failed()?;
         self.check_presence()?;
+        self.check_no_ghosts()?;
         self.check_signals_in_faults()?;
         self.ring_everyone().await?;
         self.count_nodes();
@@ -900,6 +935,20 @@ impl World {
                         ))
                     }
                 }
+            }
+        }
+        Ok(())
+    }
+
+    /// No user that no process holds was reported online last: the users of a node that
+    /// died or left are reported offline by another ([`crate::cluster::holdings`]).
+    fn check_no_ghosts(&self) -> Result<(), String> {
+        for (user, reports) in &self.reported {
+            let held = self.nodes.iter().any(|node| node.holds.contains_key(user));
+            if let Some((true, by)) = reports.last().filter(|_| !held) {
+                return Err(format!(
+                    "{user}, held nowhere, was reported online last (by {by}): {reports:?}"
+                ));
             }
         }
         Ok(())

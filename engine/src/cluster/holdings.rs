@@ -1,0 +1,901 @@
+//! The users each node holds, kept in JetStream while the events webhook is on, so that
+//! a node that dies (or leaves with users still in their grace) does not leave them
+//! online for ever in the backend that hears the events ([`super::presence_events`]).
+//!
+//! Stream `CHAT_HELD`, one message a subject:
+//! - `chat.held.<instance>.<user>`: `1 <since ms>` while the process holds the user (or
+//!   owes the user's `user_offline`, having reaped it), `0 <at ms>` once the offline is
+//!   settled. A `1` is a request whose acknowledgement says the holding is kept: only
+//!   then does the relayer ask whether to report the user online, or answer that it
+//!   holds the user. A `0` goes without an answer (lost, it only makes a reaper ask about
+//!   the user again). What changes while NATS is away, or before the stream is known, is
+//!   written when it is, the latest change of each user.
+//! - `chat.holder.<instance>`: the node id of a process that has written holdings, so
+//!   that one started later finds the processes that died while nobody was there to reap
+//!   them (a one-node cluster restarted, or the node key aged out).
+//! - `chat.reaper.<instance>`: who reaps a gone process, written with a compare-and-set
+//!   (`Nats-Expected-Last-Subject-Sequence`): of the nodes that hear it gone, one reaps.
+//!   A node finding the claim taken reads it: a reaper that is itself gone is taken over.
+//!
+//! Reaping a gone process: walk its `chat.held.<instance>.>` with one direct get after
+//! another; each user it still held goes to the relayer, which asks whether anyone holds
+//! the user and, if nobody answers, reports `user_offline`. Then the process's subjects
+//! are purged. A process counted dead that beats again is not reaped further.
+//!
+//! Every node also sweeps `chat.holder.*`. As soon as it holds its node id, it reaps
+//! every earlier process of that id (a node id is one live process's: a process that
+//! died in a crash loop, before anyone reaped its predecessor). Then, [`SWEEP_AFTER`]
+//! after it holds its id and every [`SWEEP_EVERY`], it reaps each process there that is
+//! neither alive nor itself: those that died while no node was up, or whose reaper died
+//! too.
+//!
+//! No I/O: requests go into the relayer's output, and answers come back through
+//! [`Holdings::answered`].
+
+use std::{sync::Arc, time::Duration};
+
+use bytes::BytesMut;
+use hashbrown::{HashMap, HashSet};
+use serde_json::Value;
+use tokio::time::Instant;
+use tracing::{debug, info};
+
+use super::{
+    members::DEAD_AFTER,
+    relay::{from_subject_token, subject_token},
+    requests::{self, direct_get, Requests, STREAM_DIFFERS, WRONG_LAST_SEQUENCE},
+    wire,
+};
+
+/// The stream of holdings.
+const STREAM: &str = "CHAT_HELD";
+/// How long after it first holds its id a node looks for processes that nobody reaped:
+/// long enough for the membership watch to have heard every live node and counted the
+/// silent ones dead.
+const SWEEP_AFTER: Duration = Duration::from_secs(DEAD_AFTER.as_secs() + 2);
+/// How often a node looks again.
+const SWEEP_EVERY: Duration = Duration::from_secs(60);
+
+/// What waits on a request's answer.
+#[derive(Debug)]
+enum Pending {
+    /// The stream's creation (or its description).
+    Setup,
+    /// A holding's write.
+    Held(Arc<str>),
+    /// The claim to reap a gone process.
+    Claim(Box<str>),
+    /// The claim another node made, read.
+    ClaimRead(Box<str>),
+    /// The next claim to reap, for the claims a gone process made itself.
+    ClaimsOf(Box<str>),
+    /// The next holding of a gone process.
+    Walk(Box<str>),
+    /// The next process that has written holdings, for the sweep.
+    Sweep,
+    /// A purge; its answer changes nothing.
+    Purge,
+}
+
+/// A gone process to reap.
+#[derive(Debug)]
+struct Reap {
+    /// This node reaps it (its claim was stored).
+    claimed: bool,
+    /// The claim's `Nats-Msg-Id`: the same when it is sent again after a cut, so that
+    /// JetStream recognises it.
+    claim_id: u64,
+    /// The claim subject's last sequence the claim expects: 0, or a gone reaper's claim.
+    expected: u64,
+    /// Claimed, the reap first reads the claims the gone process made itself (reaps
+    /// it left unfinished, taken over then), from this sequence on, until done.
+    claims_next: Option<u64>,
+    /// The claim's sequence: what the gone process wrote came before it, and the reap
+    /// reads no further (a process counted dead that was not may still write, and so do
+    /// the reapers taking its users over).
+    upto: u64,
+    /// The sequence the walk reads on from.
+    next: u64,
+    /// A request for it is under way.
+    asked: bool,
+}
+
+/// The sweep for processes that nobody reaped: when it is due (once this node holds its
+/// id), and where it reads on.
+#[derive(Debug, Default)]
+struct Sweep {
+    at: Option<Instant>,
+    next: u64,
+    asked: bool,
+    /// The first sweep, at once: only this node id's earlier processes.
+    same_node: bool,
+}
+
+/// This process's holdings in JetStream, and the gone processes it reaps.
+pub(super) struct Holdings {
+    /// This process's token.
+    instance: Box<str>,
+    /// This node's id, in `chat.holder.<instance>`.
+    node_id: Box<str>,
+    /// The stream's copies (`--cluster-replicas`).
+    replicas: u8,
+    /// Requests under way, answered to `<inbox>r<number>`.
+    requests: Requests<Pending>,
+    /// Connected to NATS.
+    online: bool,
+    /// The stream's set-up is under way.
+    setting_up: bool,
+    /// The stream is known on this connection.
+    stream_known: bool,
+    /// This node holds its id (membership's claim).
+    claimed: bool,
+    /// The stream is known and `chat.holder.<instance>` written on this connection,
+    /// which needs the node's id held: writes go at once.
+    ready: bool,
+    /// The last claim id given out.
+    claims: u64,
+    /// Changes not written yet (NATS out of reach, or the stream not set up): user →
+    /// held (since) or let go (at), Unix ms.
+    unwritten: HashMap<Arc<str>, (bool, u64)>,
+    /// Users whose holding is written and not acknowledged yet: since when (Unix ms),
+    /// and the write's request number.
+    unacked: HashMap<Arc<str>, (u64, u64)>,
+    /// The other processes alive, as the membership watch said.
+    alive: HashSet<Box<str>>,
+    /// Gone processes, by instance.
+    reaps: HashMap<Box<str>, Reap>,
+    /// The sweep of `chat.holder.*`.
+    sweep: Sweep,
+}
+
+impl Holdings {
+    /// The holdings of process `instance` of node `node_id`, with answers to `<inbox>r…`
+    /// and `replicas` copies of the stream.
+    pub(super) fn new(inbox: &str, (node_id, instance): (&str, &str), replicas: u8) -> Holdings {
+        Holdings {
+            instance: instance.into(),
+            node_id: node_id.into(),
+            replicas,
+            requests: Requests::new(inbox, 'r'),
+            online: false,
+            setting_up: false,
+            stream_known: false,
+            claimed: false,
+            ready: false,
+            claims: 0,
+            unwritten: HashMap::new(),
+            unacked: HashMap::new(),
+            alive: HashSet::new(),
+            reaps: HashMap::new(),
+            sweep: Sweep {
+                next: 1,
+                same_node: true,
+                ..Sweep::default()
+            },
+        }
+    }
+
+    /// Whether this process's holding of `user`, if any, is kept: JetStream acknowledged
+    /// it (and nothing since is waiting to be written). Only then may the node report the
+    /// user online, or answer that it holds the user.
+    pub(super) fn kept(&self, user: &str) -> bool {
+        self.ready && !self.unacked.contains_key(user) && !self.unwritten.contains_key(user)
+    }
+
+    /// This process holds `user` since `since_ms` (`true`), or let the user go at `at_ms`.
+    pub(super) fn changed(&mut self, user: Arc<str>, held: bool, at_ms: u64, out: &mut BytesMut) {
+        self.unacked.remove(&user);
+        if self.ready {
+            self.write(user, held, at_ms, out);
+        } else {
+            self.unwritten.insert(user, (held, at_ms));
+        }
+    }
+
+    /// Writes a change: a holding with a request, whose acknowledgement says it is kept;
+    /// a letting go without one (lost, it only makes a reaper ask about the user again).
+    fn write(&mut self, user: Arc<str>, held: bool, at_ms: u64, out: &mut BytesMut) {
+        let subject = format!("chat.held.{}.{}", self.instance, subject_token(&user));
+        let value = format!("{} {at_ms}", u8::from(held));
+        if !held {
+            return wire::publish(out, subject.as_bytes(), None, value.as_bytes());
+        }
+        let pending = Pending::Held(user.clone());
+        let number = (self.requests).send_within(
+            out,
+            (&subject, &[]),
+            value.as_bytes(),
+            pending,
+            requests::REQUEST_WAIT,
+        );
+        self.unacked.insert(user, (at_ms, number));
+    }
+
+    /// On a new connection: the stream is made sure of before anything is written.
+    pub(super) fn connected(&mut self, out: &mut BytesMut) {
+        (self.online, self.stream_known, self.ready) = (true, false, false);
+        self.set_up_stream(out);
+    }
+
+    fn set_up_stream(&mut self, out: &mut BytesMut) {
+        self.setting_up = true;
+        let config = serde_json::json!({
+            "name": STREAM,
+            "subjects": ["chat.held.>", "chat.holder.*", "chat.reaper.*"],
+            "storage": "file",
+            "retention": "limits",
+            "max_msgs_per_subject": 1,
+            "discard": "old",
+            "allow_direct": true,
+            "num_replicas": self.replicas,
+        });
+        let subject = format!("$JS.API.STREAM.CREATE.{STREAM}");
+        let body = config.to_string();
+        self.requests
+            .send(out, (&subject, &[]), body.as_bytes(), Pending::Setup);
+    }
+
+    /// Cut off from NATS: nothing under way will be answered.
+    pub(super) fn disconnected(&mut self) {
+        for (user, (since_ms, _)) in self.unacked.drain() {
+            self.unwritten.insert(user, (true, since_ms));
+        }
+        (self.online, self.setting_up) = (false, false);
+        (self.stream_known, self.ready) = (false, false);
+        self.requests.drain();
+        for reap in self.reaps.values_mut() {
+            reap.asked = false;
+        }
+        self.sweep.asked = false;
+    }
+
+    /// Process `instance` beats: alive, and not reaped (any more).
+    pub(super) fn joined(&mut self, instance: &str, out: &mut BytesMut) {
+        self.alive.insert(instance.into());
+        if let Some(reap) = self.reaps.remove(instance) {
+            info!(
+                instance,
+                "cluster: a node counted dead beats again: not reaped"
+            );
+            if reap.claimed && self.ready {
+                // Its next death is anyone's to reap again.
+                self.purge(&format!("chat.reaper.{instance}"), None, out);
+            }
+        }
+    }
+
+    /// Process `instance` died, left or was replaced: reaped by whichever node claims it.
+    pub(super) fn gone(&mut self, instance: &str, out: &mut BytesMut) {
+        self.alive.remove(instance);
+        if *instance == *self.instance || self.reaps.contains_key(instance) {
+            return;
+        }
+        self.start_reap(instance, out);
+    }
+
+    fn start_reap(&mut self, instance: &str, out: &mut BytesMut) {
+        self.claims += 1;
+        let reap = Reap {
+            claimed: false,
+            claim_id: self.claims,
+            expected: 0,
+            claims_next: Some(1),
+            upto: u64::MAX,
+            next: 1,
+            asked: false,
+        };
+        self.reaps.insert(instance.into(), reap);
+        if self.ready {
+            self.go_on(instance, out);
+        }
+    }
+
+    /// The next request of the reap of `instance`: its claim, or its walk's next get.
+    fn go_on(&mut self, instance: &str, out: &mut BytesMut) {
+        let Some(reap) = self.reaps.get_mut(instance) else {
+            return;
+        };
+        reap.asked = true;
+        if let Some(next) = reap.claims_next.filter(|_| reap.claimed) {
+            let body = serde_json::json!({"seq": next, "next_by_subj": "chat.reaper.*"});
+            let pending = Pending::ClaimsOf(instance.into());
+            let body = body.to_string();
+            return self
+                .requests
+                .send(out, (&direct_get(STREAM), &[]), body.as_bytes(), pending);
+        }
+        if reap.claimed {
+            let body = serde_json::json!({
+                "seq": reap.next,
+                "next_by_subj": format!("chat.held.{instance}.>"),
+            });
+            let pending = Pending::Walk(instance.into());
+            let body = body.to_string();
+            return self
+                .requests
+                .send(out, (&direct_get(STREAM), &[]), body.as_bytes(), pending);
+        }
+        let subject = format!("chat.reaper.{instance}");
+        let id = format!("reap {instance} {} {}", self.instance, reap.claim_id);
+        let expected = reap.expected.to_string();
+        let headers = [
+            ("Nats-Expected-Last-Subject-Sequence", expected.as_str()),
+            // A claim sent again after a cut is recognised, not refused as another's.
+            ("Nats-Msg-Id", id.as_str()),
+        ];
+        let pending = Pending::Claim(instance.into());
+        self.requests
+            .send(out, (&subject, &headers), self.instance.as_bytes(), pending);
+    }
+
+    /// An answer to request `number`: the users a gone process held (each to be reported
+    /// offline if nobody holds the user now).
+    pub(super) fn answered(
+        &mut self,
+        number: &[u8],
+        status: Option<u16>,
+        headers: &[u8],
+        payload: &[u8],
+        out: &mut BytesMut,
+    ) -> Vec<Outcome> {
+        let Some(pending) = self.requests.answered(number) else {
+            return Vec::new();
+        };
+        let answer = || serde_json::from_slice::<Value>(payload).unwrap_or_default();
+        match pending {
+            Pending::Held(user) => {
+                let number = (std::str::from_utf8(number).ok()).and_then(|n| n.parse().ok());
+                let Some(&(since_ms, sent)) = self.unacked.get(&user) else {
+                    return Vec::new(); // let go meanwhile
+                };
+                if Some(sent) != number {
+                    return Vec::new(); // an earlier write's answer
+                }
+                self.unacked.remove(&user);
+                match requests::api_error(status, &answer()) {
+                    None => vec![Outcome::Kept(user)],
+                    Some(e) => {
+                        debug!(%user, "cluster: holding not written: {e}"); // again
+                        self.unwritten.insert(user, (true, since_ms));
+                        self.ready = false;
+                        Vec::new()
+                    }
+                }
+            }
+            Pending::Setup => {
+                self.setting_up = false;
+                let answer = answer();
+                let error = requests::api_error(status, &answer);
+                let differs = answer["error"]["err_code"].as_u64() == Some(STREAM_DIFFERS);
+                match error {
+                    Some(e) if !differs => {
+                        debug!("cluster: stream {STREAM} not set up: {e}");
+                        Vec::new()
+                    }
+                    _ => {
+                        self.stream_known = true;
+                        self.become_ready(out)
+                    }
+                }
+            }
+            Pending::Claim(instance) => {
+                let answer = answer();
+                let Some(reap) = self.reaps.get_mut(&instance) else {
+                    return Vec::new();
+                };
+                reap.asked = false;
+                match requests::api_error(status, &answer) {
+                    None => {
+                        info!(%instance, "cluster: reaping the holdings of a gone node");
+                        reap.claimed = true;
+                        reap.upto = answer["seq"].as_u64().unwrap_or(u64::MAX);
+                        self.go_on(&instance, out);
+                    }
+                    Some(_)
+                        if answer["error"]["err_code"].as_u64() == Some(WRONG_LAST_SEQUENCE) =>
+                    {
+                        // Another node's claim: read whose.
+                        reap.asked = true;
+                        let subject = format!("chat.reaper.{instance}");
+                        let body = serde_json::json!({ "last_by_subj": subject }).to_string();
+                        let pending = Pending::ClaimRead(instance);
+                        let to = direct_get(STREAM);
+                        self.requests
+                            .send(out, (&to, &[]), body.as_bytes(), pending);
+                    }
+                    Some(e) => debug!(%instance, "cluster: reap not claimed: {e}"), // again
+                }
+                Vec::new()
+            }
+            Pending::ClaimRead(instance) => {
+                self.claim_read(&instance, status, headers, payload, out);
+                Vec::new()
+            }
+            Pending::ClaimsOf(instance) => {
+                self.claims_of(&instance, status, headers, payload, out);
+                Vec::new()
+            }
+            Pending::Walk(instance) => self.walked(&instance, status, headers, payload, out),
+            Pending::Sweep => {
+                self.swept(status, headers, payload, out);
+                Vec::new()
+            }
+            Pending::Purge => Vec::new(),
+        }
+    }
+
+    /// Another node's claim on the reap of `instance`, read: a live reaper (or this
+    /// process, whose claim's answer was lost) keeps it; a gone one's is taken over.
+    fn claim_read(
+        &mut self,
+        instance: &str,
+        status: Option<u16>,
+        headers: &[u8],
+        reaper: &[u8],
+        out: &mut BytesMut,
+    ) {
+        let Some(reap) = self.reaps.get_mut(instance) else {
+            return;
+        };
+        reap.asked = false;
+        match status {
+            Some(404) => {
+                self.reaps.remove(instance); // reaped meanwhile
+                return;
+            }
+            Some(other) => return debug!(instance, "cluster: reap claim read: status {other}"),
+            None => {}
+        }
+        let Some((_, seq)) = stored_at(headers) else {
+            return debug!(instance, "cluster: a reap claim without its sequence");
+        };
+        let reaper = String::from_utf8_lossy(reaper);
+        if *reaper == *self.instance {
+            (reap.claimed, reap.upto) = (true, seq);
+        } else if self.alive.contains(&*reaper) {
+            self.reaps.remove(instance);
+            return;
+        } else {
+            info!(instance, %reaper, "cluster: taking over the reap of a gone node");
+            self.claims += 1;
+            (reap.expected, reap.claim_id) = (seq, self.claims);
+        }
+        self.go_on(instance, out);
+    }
+
+    /// Once the stream is there and this node holds its id: the process is named in
+    /// `chat.holder` (first, so that a sweep finds whatever it writes), what waited is
+    /// written, and the reaps go on.
+    fn become_ready(&mut self, out: &mut BytesMut) -> Vec<Outcome> {
+        if self.ready || !self.stream_known || !self.claimed {
+            return Vec::new();
+        }
+        self.ready = true;
+        let subject = format!("chat.holder.{}", self.instance);
+        wire::publish(out, subject.as_bytes(), None, self.node_id.as_bytes());
+        let mut unwritten: Vec<(Arc<str>, (bool, u64))> = self.unwritten.drain().collect();
+        unwritten.sort_unstable();
+        for (user, (held, at_ms)) in unwritten {
+            self.write(user, held, at_ms, out);
+        }
+        self.go_on_all(out);
+        vec![Outcome::Ready]
+    }
+
+    /// Sends the next request of every reap with none under way (in instance order).
+    fn go_on_all(&mut self, out: &mut BytesMut) {
+        let mut idle: Vec<Box<str>> = (self.reaps.iter())
+            .filter(|(_, reap)| !reap.asked)
+            .map(|(instance, _)| instance.clone())
+            .collect();
+        idle.sort_unstable();
+        for instance in idle {
+            self.go_on(&instance, out);
+        }
+    }
+
+    /// One claim read while reaping `instance`: a reap it claimed itself, and left
+    /// unfinished when it died, is taken over.
+    fn claims_of(
+        &mut self,
+        instance: &str,
+        status: Option<u16>,
+        headers: &[u8],
+        claimer: &[u8],
+        out: &mut BytesMut,
+    ) {
+        let Some(reap) = self.reaps.get_mut(instance) else {
+            return; // beats again
+        };
+        reap.asked = false;
+        match status {
+            Some(404) => reap.claims_next = None, // read them all: on to its holdings
+            Some(other) => return debug!(instance, "cluster: reading claims: status {other}"),
+            None => {}
+        }
+        let claimed = stored_at(headers).filter(|_| status.is_none());
+        let claimed = claimed.filter(|(_, seq)| *seq < reap.upto);
+        match claimed {
+            Some((_, seq)) => reap.claims_next = Some(seq + 1),
+            None if status.is_none() => reap.claims_next = None, // past the claim: done
+            None => {}
+        }
+        let target = (claimed.and_then(|(subject, _)| subject.strip_prefix("chat.reaper.")))
+            .filter(|target| *target != instance && claimer == instance.as_bytes())
+            .map(Box::<str>::from);
+        self.go_on(instance, out);
+        if let Some(target) = target {
+            if *target != *self.instance && !self.reaps.contains_key(&target) {
+                info!(%target, "cluster: a gone node's own reap left unfinished, taken over");
+                self.start_reap(&target, out);
+            }
+        }
+    }
+
+    /// One step of the walk over `instance`'s holdings.
+    fn walked(
+        &mut self,
+        instance: &str,
+        status: Option<u16>,
+        headers: &[u8],
+        payload: &[u8],
+        out: &mut BytesMut,
+    ) -> Vec<Outcome> {
+        let Some(reap) = self.reaps.get_mut(instance) else {
+            return Vec::new(); // beats again
+        };
+        reap.asked = false;
+        let found = stored_at(headers).filter(|_| status.is_none());
+        let past_the_claim = found.is_some_and(|(_, seq)| seq >= reap.upto);
+        match status {
+            _ if past_the_claim => self.reaped_all(instance, out),
+            Some(404) => self.reaped_all(instance, out),
+            Some(other) => debug!(instance, "cluster: reap walk: status {other}"), // again
+            None => {}
+        }
+        let Some(reap) = self.reaps.get_mut(instance) else {
+            return Vec::new(); // reaped, or beats again
+        };
+        let Some((subject, seq)) = found else {
+            if status.is_none() {
+                debug!(
+                    instance,
+                    "cluster: reap walk: an answer without its subject"
+                );
+            }
+            return Vec::new();
+        };
+        reap.next = seq + 1;
+        let prefix = format!("chat.held.{instance}.");
+        let user = subject.strip_prefix(&prefix).and_then(from_subject_token);
+        let still_held = payload.first() == Some(&b'1');
+        self.go_on(instance, out);
+        match user {
+            Some(user) if still_held => vec![Outcome::Reaped(user.into())],
+            _ => Vec::new(),
+        }
+    }
+
+    /// The walk over `instance`'s holdings is done: its subjects go, and so does its reap.
+    fn reaped_all(&mut self, instance: &str, out: &mut BytesMut) {
+        let Some(reap) = self.reaps.remove(instance) else {
+            return;
+        };
+        info!(instance, "cluster: the holdings of a gone node are reaped");
+        self.purge(&format!("chat.held.{instance}.>"), Some(reap.next), out);
+        self.purge(&format!("chat.*.{instance}"), None, out);
+    }
+
+    /// One step of the sweep: a process with holdings that is neither alive nor this one
+    /// is reaped.
+    fn swept(&mut self, status: Option<u16>, headers: &[u8], node_id: &[u8], out: &mut BytesMut) {
+        let sweep = &mut self.sweep;
+        sweep.asked = false;
+        match status {
+            Some(404) => {
+                // Done: again later, from the start, for every node.
+                let wait = if sweep.same_node {
+                    SWEEP_AFTER
+                } else {
+                    SWEEP_EVERY
+                };
+                sweep.next = 1;
+                sweep.at = Some(Instant::now() + wait);
+                sweep.same_node = false;
+                return;
+            }
+            Some(other) => return debug!("cluster: holdings sweep: status {other}"),
+            None => {}
+        }
+        let Some((subject, seq)) = stored_at(headers) else {
+            return;
+        };
+        sweep.next = seq + 1;
+        if let Some(instance) = subject.strip_prefix("chat.holder.") {
+            let gone = match sweep.same_node {
+                true => node_id == self.node_id.as_bytes(),
+                false => !self.alive.contains(instance),
+            };
+            let gone = gone && *instance != *self.instance;
+            if gone && !self.reaps.contains_key(instance) {
+                self.start_reap(instance, out);
+            }
+        }
+        self.sweep_on(out);
+    }
+
+    fn sweep_on(&mut self, out: &mut BytesMut) {
+        let sweep = &mut self.sweep;
+        sweep.asked = true;
+        let body = serde_json::json!({"seq": sweep.next, "next_by_subj": "chat.holder.*"});
+        let body = body.to_string();
+        self.requests.send(
+            out,
+            (&direct_get(STREAM), &[]),
+            body.as_bytes(),
+            Pending::Sweep,
+        );
+    }
+
+    /// Purges `filter` (below sequence `below`, if given).
+    fn purge(&mut self, filter: &str, below: Option<u64>, out: &mut BytesMut) {
+        let mut body = serde_json::json!({ "filter": filter });
+        if let Some(below) = below {
+            body["seq"] = below.into();
+        }
+        let subject = format!("$JS.API.STREAM.PURGE.{STREAM}");
+        let body = body.to_string();
+        self.requests
+            .send(out, (&subject, &[]), body.as_bytes(), Pending::Purge);
+    }
+
+    /// Requests not answered by `now` are given up, and what they were for goes on: the
+    /// stream's set-up, the reaps, and the sweep once it is due (`SWEEP_AFTER` after this
+    /// node first held its id, `claimed`).
+    pub(super) fn expire(
+        &mut self,
+        now: Instant,
+        claimed: bool,
+        out: &mut BytesMut,
+    ) -> Vec<Outcome> {
+        for pending in self.requests.late(now) {
+            match pending {
+                Pending::Setup => self.setting_up = false,
+                Pending::Held(user) => {
+                    if let Some((since_ms, _)) = self.unacked.remove(&user) {
+                        self.unwritten.insert(user, (true, since_ms));
+                        self.ready = false; // written again, first
+                    }
+                }
+                Pending::Claim(instance)
+                | Pending::ClaimRead(instance)
+                | Pending::ClaimsOf(instance)
+                | Pending::Walk(instance) => {
+                    if let Some(reap) = self.reaps.get_mut(&instance) {
+                        reap.asked = false;
+                    }
+                }
+                Pending::Sweep => self.sweep.asked = false,
+                Pending::Purge => {}
+            }
+        }
+        if claimed && self.sweep.at.is_none() {
+            self.sweep.at = Some(now);
+        }
+        self.claimed = claimed;
+        if !self.online {
+            return Vec::new();
+        }
+        if !self.stream_known {
+            if !self.setting_up {
+                self.set_up_stream(out);
+            }
+            return Vec::new();
+        }
+        let moved = self.become_ready(out);
+        if !self.ready {
+            return moved;
+        }
+        self.go_on_all(out);
+        let sweep = &self.sweep;
+        if !sweep.asked && sweep.at.is_some_and(|at| at <= now) {
+            self.sweep_on(out);
+        }
+        moved
+    }
+}
+
+/// What the holdings tell the relayer.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Outcome {
+    /// A gone process held the user: offline, unless someone holds the user.
+    Reaped(Arc<str>),
+    /// This process's holding of the user is kept: its changes can be asked about.
+    Kept(Arc<str>),
+    /// Writes go at once again: every user's holding not waiting on a write is kept.
+    Ready,
+}
+
+/// The subject and sequence of a direct get's message, from its headers.
+fn stored_at(headers: &[u8]) -> Option<(&str, u64)> {
+    let subject = std::str::from_utf8(wire::header(headers, "Nats-Subject")?).ok()?;
+    let seq = std::str::from_utf8(wire::header(headers, "Nats-Sequence")?).ok()?;
+    Some((subject, seq.parse().ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A direct get's answer: a message on `subject` at `seq`.
+    fn found(subject: &str, seq: u64) -> Vec<u8> {
+        format!("NATS/1.0\r\nNats-Subject: {subject}\r\nNats-Sequence: {seq}\r\n\r\n").into_bytes()
+    }
+
+    /// The text written since the last call.
+    fn written(out: &mut BytesMut) -> String {
+        String::from_utf8_lossy(&out.split()).into_owned()
+    }
+
+    /// Holdings of process `i1` of node `n`, its stream set up and its id held, and its
+    /// first sweep (request 2) asked; with `swept`, the sweep found nothing (the next
+    /// request is number 3).
+    fn ready(out: &mut BytesMut, swept: bool) -> Holdings {
+        let mut holdings = Holdings::new("_INBOX.x.", ("n", "i1"), 1);
+        holdings.connected(out);
+        let created = br#"{"config":{}}"#;
+        assert!(holdings.answered(b"1", None, b"", created, out).is_empty());
+        let moved = holdings.expire(Instant::now(), true, out);
+        assert_eq!(moved, [Outcome::Ready]);
+        if swept {
+            holdings.answered(b"2", Some(404), b"", b"", out);
+        }
+        written(out);
+        holdings
+    }
+
+    #[test]
+    fn a_holding_is_kept_once_acknowledged_and_nothing_is_written_before_the_claim() {
+        let mut out = BytesMut::new();
+        let mut holdings = Holdings::new("_INBOX.x.", ("n", "i1"), 1);
+        holdings.changed("alice".into(), true, 5, &mut out);
+        holdings.connected(&mut out);
+        assert!(written(&mut out).contains("$JS.API.STREAM.CREATE.CHAT_HELD"));
+        assert!(holdings
+            .answered(b"1", None, b"", b"{}", &mut out)
+            .is_empty());
+        assert!(out.is_empty(), "not before the node holds its id");
+        assert!(!holdings.kept("alice"));
+        let moved = holdings.expire(Instant::now(), true, &mut out);
+        assert_eq!(moved, [Outcome::Ready]);
+        let text = written(&mut out);
+        let holder = text.find("PUB chat.holder.i1 1\r\nn").expect(&text);
+        let held = text
+            .find("PUB chat.held.i1.alice _INBOX.x.r2")
+            .expect(&text);
+        assert!(holder < held, "the process is named first: {text}");
+        assert!(!holdings.kept("alice"), "not acknowledged yet");
+        let moved = holdings.answered(b"2", None, b"", br#"{"seq":2}"#, &mut out);
+        assert_eq!(moved, [Outcome::Kept("alice".into())]);
+        assert!(holdings.kept("alice") && holdings.kept("bob"));
+        // A letting go goes without an answer; cut off, changes wait for the next
+        // connection, and a holding unacknowledged is written again.
+        holdings.changed("alice".into(), false, 9, &mut out);
+        assert!(written(&mut out).contains("PUB chat.held.i1.alice 3\r\n0 9"));
+        holdings.changed("bob".into(), true, 10, &mut out);
+        holdings.disconnected();
+        assert!(!holdings.kept("bob"));
+        holdings.connected(&mut out);
+        written(&mut out);
+        holdings.answered(b"5", None, b"", b"{}", &mut out);
+        holdings.expire(Instant::now(), true, &mut out);
+        assert!(written(&mut out).contains("chat.held.i1.bob _INBOX.x.r6"));
+    }
+
+    #[test]
+    fn a_gone_process_is_claimed_walked_up_to_the_claim_and_purged() {
+        let mut out = BytesMut::new();
+        let mut holdings = ready(&mut out, true);
+        holdings.gone("i0", &mut out);
+        let claim = written(&mut out);
+        assert!(
+            claim.starts_with("HPUB chat.reaper.i0 _INBOX.x.r3"),
+            "{claim}"
+        );
+        assert!(
+            claim.contains("Nats-Expected-Last-Subject-Sequence: 0"),
+            "{claim}"
+        );
+        holdings.answered(b"3", None, b"", br#"{"seq":10}"#, &mut out);
+        // First the claims it made itself: none.
+        assert!(written(&mut out).contains(r#""next_by_subj":"chat.reaper.*""#));
+        holdings.answered(b"4", Some(404), b"", b"", &mut out);
+        assert!(written(&mut out).contains(r#""next_by_subj":"chat.held.i0.>""#));
+        let alice = found("chat.held.i0.alice", 4);
+        let moved = holdings.answered(b"5", None, &alice, b"1 5", &mut out);
+        assert_eq!(moved, [Outcome::Reaped("alice".into())]);
+        assert!(written(&mut out).contains(r#""seq":5"#));
+        let bob = found("chat.held.i0.bob", 6);
+        let moved = holdings.answered(b"6", None, &bob, b"0 7", &mut out);
+        assert!(moved.is_empty(), "let go: nothing owed");
+        written(&mut out);
+        // Past the claim: written since (by a process counted dead that was not, or a
+        // reaper taking a user over), not the gone process's.
+        let later = found("chat.held.i0.carol", 11);
+        let moved = holdings.answered(b"7", None, &later, b"1 20", &mut out);
+        assert!(moved.is_empty());
+        let purges = written(&mut out);
+        assert!(
+            purges.contains(r#"{"filter":"chat.held.i0.>","seq":7}"#),
+            "{purges}"
+        );
+        assert!(purges.contains(r#"{"filter":"chat.*.i0"}"#), "{purges}");
+    }
+
+    #[test]
+    fn a_claim_of_a_live_reaper_is_left_to_it_and_a_gone_ones_is_taken_over() {
+        let mut out = BytesMut::new();
+        let mut holdings = ready(&mut out, true);
+        holdings.joined("i2", &mut out);
+        written(&mut out);
+        let refused = br#"{"error":{"err_code":10071,"description":"wrong last sequence"}}"#;
+        // i0's reap is claimed by i2, alive: left to it.
+        holdings.gone("i0", &mut out);
+        holdings.answered(b"3", None, b"", refused, &mut out);
+        assert!(written(&mut out).contains(r#"{"last_by_subj":"chat.reaper.i0"}"#));
+        let claim = found("chat.reaper.i0", 8);
+        holdings.answered(b"4", None, &claim, b"i2", &mut out);
+        assert!(out.is_empty() && holdings.reaps.is_empty());
+        // i3's reap is claimed by i4, gone: taken over, expecting that claim.
+        holdings.gone("i3", &mut out);
+        holdings.answered(b"5", None, b"", refused, &mut out);
+        written(&mut out);
+        let claim = found("chat.reaper.i3", 9);
+        holdings.answered(b"6", None, &claim, b"i4", &mut out);
+        let again = written(&mut out);
+        assert!(
+            again.contains("Nats-Expected-Last-Subject-Sequence: 9"),
+            "{again}"
+        );
+        // And a node counted dead that beats again is reaped no further.
+        holdings.joined("i3", &mut out);
+        assert!(holdings.reaps.is_empty());
+    }
+
+    /// The number of the direct get in `text` (its reply subject's tail).
+    fn get_number(text: &str) -> Vec<u8> {
+        let after = text.split("DIRECT.GET.CHAT_HELD _INBOX.x.r").nth(1);
+        let number = after.and_then(|t| t.split(' ').next());
+        number.expect(text).as_bytes().to_vec()
+    }
+
+    #[test]
+    fn a_starting_node_reaps_its_ids_earlier_processes_first_and_later_any_not_alive() {
+        let mut out = BytesMut::new();
+        let mut holdings = ready(&mut out, false);
+        // The first sweep (request 2) takes only this node id's earlier processes.
+        let earlier = found("chat.holder.i0", 3);
+        holdings.answered(b"2", None, &earlier, b"n", &mut out);
+        let other_node = found("chat.holder.i7", 4);
+        holdings.answered(b"4", None, &other_node, b"m", &mut out);
+        let text = written(&mut out);
+        assert!(text.contains("HPUB chat.reaper.i0"), "{text}");
+        assert!(!text.contains("chat.reaper.i7"), "not yet: {text}");
+        let own = found("chat.holder.i1", 5);
+        holdings.answered(b"5", None, &own, b"n", &mut out);
+        holdings.answered(b"6", Some(404), b"", b"", &mut out);
+        assert!(!holdings.sweep.same_node);
+        // Then, once membership has had time to hear every live node: i7, not alive,
+        // is reaped too, and i2, alive, is not.
+        holdings.joined("i2", &mut out);
+        written(&mut out);
+        holdings.expire(Instant::now() + SWEEP_AFTER, true, &mut out);
+        let number = get_number(&written(&mut out));
+        let alive = found("chat.holder.i2", 4);
+        holdings.answered(&number, None, &alive, b"m", &mut out);
+        let text = written(&mut out);
+        assert!(!text.contains("chat.reaper.i2"), "{text}");
+        holdings.answered(&get_number(&text), None, &other_node, b"m", &mut out);
+        assert!(written(&mut out).contains("HPUB chat.reaper.i7"));
+    }
+}
