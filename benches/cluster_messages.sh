@@ -22,15 +22,10 @@ SHARDS=${SHARDS:-1}
 REPLICAS=${REPLICAS:-1}
 OUT=${OUT:-benches/results/cluster-messages-$(date -u +%Y%m%d-%H%M%S)}
 mkdir -p "$OUT"
-if [ -z "${BIN_DIR:-}" ]; then
-  cargo build --release -p engine -p loadgen
-  BIN_DIR=target/release
-fi
-ulimit -n "$(ulimit -Hn)"
+source benches/tools/release_bins.sh
 
 source benches/tools/scratch.sh
 source benches/tools/ports.sh
-ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 # Starts engine node $1 on port $2 (extra flags after them).
 start_node() {
   local name=$1 port=$2; shift 2
@@ -50,11 +45,11 @@ load() {
 cpu_of() {
   local -n labels_=$1 ids_=$2; shift 2
   local before=()
-  for pid in "${ids_[@]}"; do before+=("$(ticks "$pid")"); done
+  for pid in "${ids_[@]}"; do before+=("$(cpu_ticks "$pid")"); done
   "$@"
   local i=0
   for pid in "${ids_[@]}"; do
-    echo "cpu ${labels_[$i]}: $(( ($(ticks "$pid") - ${before[$i]}) * 10 )) ms over the whole run (ramp, hold, load)"
+    echo "cpu ${labels_[$i]}: $(( ($(cpu_ticks "$pid") - ${before[$i]}) * 10 )) ms over the whole run (ramp, hold, load)"
     i=$((i + 1))
   done
 }

@@ -19,11 +19,7 @@ CONNECTIONS=${CONNECTIONS:-3000}
 RATE=${RATE:-1000}
 OUT=${OUT:-benches/results/cluster-presence-$(date -u +%Y%m%d-%H%M%S)}
 mkdir -p "$OUT"
-if [ -z "${BIN_DIR:-}" ]; then
-  cargo build --release -p engine -p loadgen
-  BIN_DIR=target/release
-fi
-ulimit -n "$(ulimit -Hn)"
+source benches/tools/release_bins.sh
 
 source benches/tools/scratch.sh
 source benches/tools/websockets_python.sh

@@ -14,12 +14,14 @@
 //!   reported online again; an offline whose holding's update died with the process is
 //!   reported again, and so is one whose online the process died before reporting), a
 //!   user the reap checks after the next process let the user go is reported offline
-//!   again, and at rest the hooks must still agree. Every close is reported once, with its code (or as replaced, when
-//!   the device connected again before its close reached the home). With several nodes
-//!   `user_online` and `user_offline` are not judged: the cluster's checks between nodes
-//!   can say one twice, or neither, when a user leaves one node and comes to another
-//!   within a check, when nodes are cut off from each other, or when a node dies
-//!   (docs/cluster.md, "Presence events", "Where it can say twice or nothing").
+//!   again, and at rest the hooks must still agree.
+//! - Every close is reported once, with its code (or as replaced, when the device
+//!   connected again before its close reached the home).
+//! - With several nodes `user_online` and `user_offline` are not judged: the cluster's
+//!   checks between nodes can say one twice, and leave the state wrong by `at_ms` until
+//!   the user's next change, when a user leaves one node and comes to another within a
+//!   check (docs/cluster.md, "Presence events", "Where it can say twice", "Where the
+//!   state can be left wrong").
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 

@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# How long a killed node's users take to be reported offline to the events webhook, and
+# what reaping them costs (issue 21; docs/cluster.md, "Presence events"): two engine nodes
+# and one nats-server on this box, both nodes posting to a local events sink
+# (benches/tools/events_sink.py). The loadgen holds USERS users on node a; once every one
+# is reported online, node a is killed with SIGKILL. Node b counts it dead after 10 s,
+# claims its reap, walks its holdings in JetStream and checks each user: the report gives
+# the time from the kill to the first and the last `user_offline`, how many came, and the
+# CPU node b and nats-server spent from the kill to the last one. It also gives the CPU
+# node a and nats-server spent while the users logged in (what each login costs with the
+# webhook on: the check, and since the twenty-first session the holding's write).
+#
+# Knobs (environment): USERS (10000), KILL (1; 0: stop after the logins, for builds that
+# do not reap), OUT (benches/results/cluster-reap-DATE), BIN_DIR (default: build
+# target/release). Bounded; stops what it started.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+USERS=${USERS:-10000}
+KILL=${KILL:-1}
+OUT=${OUT:-benches/results/cluster-reap-$(date -u +%Y%m%d-%H%M%S)}
+mkdir -p "$OUT"
+source benches/tools/release_bins.sh
+
+source benches/tools/scratch.sh
+source benches/tools/ports.sh
+
+count() { grep -c " $1 " "$events" || true; }
+
+events="$work/events.txt"
+: > "$events"
+sink_port=$(free_port)
+python3 benches/tools/events_sink.py "$sink_port" "$events" &
+pids+=($!)
+nats_port=$(free_port)
+/usr/sbin/nats-server -a 127.0.0.1 -p "$nats_port" -js -sd "$work/nats" > "$OUT/nats.log" 2>&1 &
+nats_pid=$!
+pids+=($nats_pid)
+sleep 1
+declare -A port pid
+for node in a b; do
+  port[$node]=$(free_port)
+  "$BIN_DIR/engine" --listen "127.0.0.1:${port[$node]}" --reactors 1 --data-dir "$work/$node" \
+    --cluster "nats://127.0.0.1:$nats_port" --node-id "$node" --log-level warn \
+    --events-webhook "http://127.0.0.1:$sink_port/events" \
+    --events-secret "bench-events-secret-0123456789abcdef" \
+    > "$OUT/engine-$node.log" 2>&1 &
+  pid[$node]=$!
+  pids+=($!)
+done
+for node in a b; do wait_ready "${port[$node]}"; done
+
+exec > >(tee "$OUT/result.txt") 2>&1
+echo "== $USERS users on node a, reported online"
+a_before=$(cpu_ticks "${pid[a]}")
+nats_before=$(cpu_ticks "$nats_pid")
+"$BIN_DIR/loadgen" --target "127.0.0.1:${port[a]}" --connections "$USERS" \
+  --hold-secs 600 --rate 0 --out "$work/loadgen" > "$OUT/loadgen.log" 2>&1 &
+loadgen_pid=$!
+pids+=($loadgen_pid)
+for _ in $(seq 1 1200); do
+  [ "$(count user_online)" -ge "$USERS" ] && break
+  sleep 0.1
+done
+echo "online: $(count user_online)"
+hz=$(getconf CLK_TCK)
+python3 - "$USERS" "$(( $(cpu_ticks "${pid[a]}") - a_before ))" \
+  "$(( $(cpu_ticks "$nats_pid") - nats_before ))" "$hz" <<'PY'
+import sys
+users, a_ticks, nats_ticks, hz = (int(v) for v in sys.argv[1:])
+print(f"CPU while they logged in: node a {a_ticks / hz:.2f} s, nats-server {nats_ticks / hz:.2f} s"
+      f" ({a_ticks / hz / users * 1e6:.0f} and {nats_ticks / hz / users * 1e6:.0f} us a login)")
+PY
+[ "$KILL" = 1 ] || exit 0
+
+echo "== node a killed (SIGKILL)"
+b_before=$(cpu_ticks "${pid[b]}")
+nats_before=$(cpu_ticks "$nats_pid")
+killed=$(date +%s.%N)
+kill -9 "${pid[a]}"
+for _ in $(seq 1 1800); do
+  [ "$(count user_offline)" -ge "$USERS" ] && break
+  sleep 0.1
+done
+b_after=$(cpu_ticks "${pid[b]}")
+nats_after=$(cpu_ticks "$nats_pid")
+python3 - "$events" "$killed" "$USERS" "$(( b_after - b_before ))" "$(( nats_after - nats_before ))" "$hz" <<'PY'
+import sys
+events, killed, users, b_ticks, nats_ticks, hz = sys.argv[1], float(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
+offline = sorted(float(line.split()[0]) for line in open(events) if " user_offline " in line)
+nodes = {line.split()[3] for line in open(events) if " user_offline " in line}
+users_off = {line.split()[2] for line in open(events) if " user_offline " in line}
+print(f"user_offline events: {len(offline)} for {len(users_off)} distinct users of {users}, posted by {sorted(nodes)}")
+if offline:
+    first, last = offline[0] - killed, offline[-1] - killed
+    print(f"first offline {first:.2f} s after the kill, last {last:.2f} s after it")
+    walk = last - first
+    rate = len(offline) / walk if walk > 0 else float("inf")
+    print(f"reaped in {walk:.2f} s from the first to the last: {rate:.0f} users/s")
+print(f"CPU from the kill to the last: node b {b_ticks / hz:.2f} s, nats-server {nats_ticks / hz:.2f} s")
+if offline:
+    print(f"per user reaped: node b {b_ticks / hz / len(offline) * 1e6:.0f} us, nats-server {nats_ticks / hz / len(offline) * 1e6:.0f} us")
+PY
