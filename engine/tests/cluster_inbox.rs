@@ -454,6 +454,53 @@ fn events_missed_while_a_node_was_cut_off_reach_its_devices_in_order_once_it_is_
 }
 
 #[test]
+fn devices_on_a_cut_off_node_whose_missed_events_were_purged_meanwhile_are_closed_to_resume() {
+    with_nats("gap_purged_across_nodes", |nats| {
+        // Generations of two acknowledged events: the third ack purges the first two.
+        let flags = ["--queue-max-per-user", "4"];
+        let proxy = common::nats::Proxy::start(nats.port);
+        let a = common::nats::node_with(&nats.url(), "a", &flags);
+        let b = common::nats::node_with(&proxy.url(), "b", &flags);
+        common::nats::wait_for_nodes(&a, 2, Duration::from_secs(10));
+        let connected =
+            |server: &common::Server| common::nats::cluster(server)["connected"] == true;
+        let (mut phone, _) = a.login_resuming("bob", "phone", FRESH);
+        let (mut tablet, greeting) = b.login_resuming("bob", "tablet", FRESH);
+        let (epoch, _) = position(&greeting);
+        let mut laptop = b.login("bob", "laptop"); // v1: no resume, no acks
+        let mut alice = a.login("alice", "phone");
+        alice.send_chat("m-0", "bob", "n0");
+        let (_, first) = phone.next_message();
+        phone.send(&json!({"type": "ack", "seq": first}));
+        let (_, seen_on_b) = tablet.next_message();
+        assert_eq!(laptop.next_message().0, "n0");
+        // Node b loses NATS while bob's phone on a reads and acknowledges six more.
+        proxy.cut();
+        common::wait_until("b is cut off", || !connected(&b));
+        for i in 1..7 {
+            alice.send_chat(&format!("m-{i}"), "bob", &format!("n{i}"));
+            let (content, seq) = phone.next_message();
+            assert_eq!(content, format!("n{i}"));
+            phone.send(&json!({"type": "ack", "seq": seq}));
+        }
+        std::thread::sleep(Duration::from_millis(300)); // the acks' purges land
+                                                        // Back: b reads on for bob, finds events gone that its devices never had, and
+                                                        // closes them rather than skip them.
+        proxy.restore();
+        assert_eq!(tablet.expect_close(), 1011);
+        assert_eq!(laptop.expect_close(), 1011);
+        // The tablet's resume from what it saw is refused: it re-syncs through history.
+        let (mut tablet, greeting) = b.login_resuming("bob", "tablet", (&epoch, seen_on_b));
+        assert_eq!(greeting["resumed"], false, "{greeting}");
+        // Live delivery goes on for both, on b.
+        let mut laptop = b.login("bob", "laptop");
+        alice.send_chat("m-7", "bob", "n7");
+        assert_eq!(tablet.next_message().0, "n7");
+        assert_eq!(laptop.next_message().0, "n7");
+    });
+}
+
+#[test]
 fn a_killed_nodes_users_resume_on_another_node_with_nothing_lost() {
     with_nats("resume_after_node_death", |nats| {
         let (a, mut b) = two_nodes(&nats);

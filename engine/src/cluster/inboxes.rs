@@ -165,6 +165,9 @@ enum Pending {
     Purge,
     /// The next event of a gap in a user's live events.
     Fill(Box<Filled>),
+    /// The user's acknowledgement record, read once a gap's events are: whether events
+    /// of the gap were removed before they could be read.
+    FillChecked(Box<Filled>),
     /// A member's join or leave, written to the bucket of members.
     Membership(Box<Command>),
     /// A group's settings that change with a membership, written to the bucket first: the
@@ -236,6 +239,10 @@ pub(super) struct KeptChat {
 /// A gap in a user's live events, read from the stream: the events after `next - 1` up
 /// to `upto`, for the devices here.
 struct Filled {
+    /// Its number, among the reads of gaps ([`Inboxes::start_fill`]).
+    number: u64,
+    /// How the read ended, once it has.
+    end: FillEnd,
     /// The user.
     user: Box<str>,
     /// The events read, in `seq` order, each with the receipt its sender waits for.
@@ -250,11 +257,38 @@ struct Filled {
     read_on: bool,
 }
 
-/// Events a gap is filled with at most: the devices get the rest when they resume.
+/// A live event as the republish brought it: its `seq`, headers and payload.
+type LiveEvent = (u64, Bytes, Bytes);
+
+/// How the read of a gap ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FillEnd {
+    /// Still being read.
+    Reading,
+    /// Every event of the gap was read.
+    Whole,
+    /// Some events of the gap could not be given to the devices here: removed once
+    /// another device acknowledged them, or past [`FILL_MAX`], or JetStream did not
+    /// answer. The user's devices here are closed, and resume.
+    Short,
+    /// The relay was cut off again: what was read is given, what waited behind the gap is
+    /// dropped, and read again with the rest when the relay reads on after reconnecting.
+    CutOff,
+}
+
+/// Events a gap is filled with at most: past it, the devices here are closed and resume.
 const FILL_MAX: usize = 1024;
 /// Users read on at once after a reconnect: the rest wait their turn, so that a node
 /// holding many users does not ask JetStream for all of them in one burst.
 const READ_ON_AT_ONCE: usize = 64;
+
+/// What a gap's read gives a user's devices here ([`Inboxes::take_ready`]).
+pub(super) enum Caught {
+    /// The events, in order.
+    Up(Vec<Ready>),
+    /// Events they cannot be given any more: they are closed, and resume.
+    Missed,
+}
 
 /// A user's inbox event for the devices here, in its turn.
 pub(super) enum Ready {
@@ -486,9 +520,11 @@ pub(super) struct Inboxes {
     seen: Seen,
     /// Gaps read, for the relay to hand to the devices.
     filled: Vec<Filled>,
-    /// Users with a gap in their live events being read, and the live events that came
-    /// meanwhile (`seq`, headers, payload), in order.
-    filling: HashMap<Box<str>, Vec<(u64, Bytes, Bytes)>>,
+    /// Users with a gap in their live events being read: the read's number, and the live
+    /// events that came meanwhile (`seq`, headers, payload), in order.
+    filling: HashMap<Box<str>, (u64, Vec<LiveEvent>)>,
+    /// The number of the last gap's read started.
+    fills: u64,
     /// Users to read on after a reconnect, each from the newest event seen, in turn.
     to_read_on: VecDeque<(Box<str>, u64)>,
     /// Reads on under way.
@@ -533,6 +569,7 @@ impl Inboxes {
             seen: Seen::default(),
             filled: Vec::new(),
             filling: HashMap::new(),
+            fills: 0,
             to_read_on: VecDeque::new(),
             reading_on: 0,
             kept: Vec::new(),
@@ -584,7 +621,7 @@ impl Inboxes {
         (seq, headers, payload): (u64, Bytes, Bytes),
         out: &mut BytesMut,
     ) -> Option<Ready> {
-        if let Some(waiting) = self.filling.get_mut(user) {
+        if let Some((_, waiting)) = self.filling.get_mut(user) {
             waiting.push((seq, headers, payload));
             return None;
         }
@@ -596,17 +633,8 @@ impl Inboxes {
             Continuity::Gap { after } => {
                 debug!(%user, after, seq, "cluster: live events missed; reading them");
                 let upto = last_of(&headers);
-                self.filling
-                    .insert(user.into(), vec![(seq, headers, payload)]);
-                let fill = Filled {
-                    user: user.into(),
-                    events: Vec::new(),
-                    after,
-                    next: after + 1,
-                    upto,
-                    read_on: false,
-                };
-                self.fill_step(fill, out);
+                let waiting = vec![(seq, headers, payload)];
+                self.start_fill(user.into(), (after, upto), waiting, out);
                 None
             }
             Continuity::Next => {
@@ -626,33 +654,44 @@ impl Inboxes {
         self.seen.event(user, seq, last_of(headers), receipt);
     }
 
-    /// The gaps read since the last call (each whole, or as far as the stream answered),
-    /// per user: the gap's events, then those that waited for it, in order (a gap among
-    /// those is not read again: the devices get it when they resume).
-    pub(super) fn take_ready(&mut self) -> Vec<(Box<str>, Vec<Ready>)> {
+    /// The gaps read since the last call, per user: the gap's events, then those that
+    /// waited for it, in order; or, when the devices here cannot have all of them
+    /// ([`FillEnd::Short`], or a gap among those that waited), that they must resume.
+    /// Either way what was seen moves on past them, so that the user's next live event
+    /// follows.
+    pub(super) fn take_ready(&mut self) -> Vec<(Box<str>, Caught)> {
         let mut ready = Vec::new();
         for filled in std::mem::take(&mut self.filled) {
-            let mut events: Vec<Ready> = filled
-                .events
+            let Filled {
+                user, events, end, ..
+            } = filled;
+            let (_, waiting) = self.filling.remove(&user).unwrap_or_default();
+            let mut events: Vec<Ready> = events
                 .into_iter()
                 .map(|(event, _)| Ready::Read(event))
                 .collect();
-            let read_upto = events.last().map_or(0, |event| match event {
-                Ready::Read(event) => event.seq,
-                Ready::Live { seq, .. } => *seq,
-            });
-            for (seq, headers, payload) in self.filling.remove(&filled.user).unwrap_or_default() {
-                if seq <= read_upto {
-                    continue; // the read gave it (one read on after a reconnect)
+            let mut whole = end == FillEnd::Whole;
+            // Cut off again: what waited is read again after the reconnect.
+            if end != FillEnd::CutOff {
+                for (seq, headers, payload) in waiting {
+                    match self.seen.continuity(&user, seq, last_of(&headers)) {
+                        Continuity::Again => continue, // the read gave it
+                        Continuity::Gap { .. } => whole = false,
+                        Continuity::Next => {}
+                    }
+                    self.live_event(&user, seq, &headers);
+                    events.push(Ready::Live {
+                        seq,
+                        headers,
+                        payload,
+                    });
                 }
-                self.live_event(&filled.user, seq, &headers);
-                events.push(Ready::Live {
-                    seq,
-                    headers,
-                    payload,
-                });
             }
-            ready.push((filled.user, events));
+            let caught = match whole || end == FillEnd::CutOff {
+                true => Caught::Up(events),
+                false => Caught::Missed,
+            };
+            ready.push((user, caught));
         }
         ready
     }
@@ -662,9 +701,38 @@ impl Inboxes {
         std::mem::take(&mut self.kept)
     }
 
+    /// Starts reading `user`'s events after `after` up to `upto` (`u64::MAX`: a read on
+    /// after a reconnect), while the live events `waiting` and those coming meanwhile
+    /// wait.
+    fn start_fill(
+        &mut self,
+        user: Box<str>,
+        (after, upto): (u64, u64),
+        waiting: Vec<LiveEvent>,
+        out: &mut BytesMut,
+    ) {
+        self.fills += 1;
+        self.filling.insert(user.clone(), (self.fills, waiting));
+        let fill = Filled {
+            number: self.fills,
+            end: FillEnd::Reading,
+            user,
+            events: Vec::new(),
+            after,
+            next: after + 1,
+            upto,
+            read_on: upto == u64::MAX,
+        };
+        self.fill_step(fill, out);
+    }
+
     /// The next event of a gap, or the gap is over.
-    fn fill_step(&mut self, fill: Filled, out: &mut BytesMut) {
-        if fill.next > fill.upto || fill.events.len() >= FILL_MAX {
+    fn fill_step(&mut self, mut fill: Filled, out: &mut BytesMut) {
+        if fill.next > fill.upto {
+            return self.check_fill(fill, out);
+        }
+        if fill.events.len() >= FILL_MAX {
+            fill.end = FillEnd::Short;
             return self.filled_up(fill);
         }
         let (stream, subject) = self.inbox_of(&fill.user);
@@ -673,10 +741,24 @@ impl Inboxes {
         self.request(out, &direct_get(&stream), body.as_bytes(), pending);
     }
 
-    /// A gap is read (as far as it could be): its events join what was seen, in order.
+    /// Every event of a gap that the stream has is read: the user's record says whether
+    /// others were removed before they could be (another device acknowledged them while
+    /// this relay was cut off, and a generation of acknowledged events was purged).
+    fn check_fill(&mut self, fill: Filled, out: &mut BytesMut) {
+        let (stream, body) = self.record_of(&fill.user);
+        let pending = Pending::FillChecked(Box::new(fill));
+        self.request(out, &direct_get(&stream), &body, pending);
+    }
+
+    /// A gap's read has ended ([`Filled::end`]): its events join what was seen, in order,
+    /// unless the user was let go meanwhile (and perhaps held again: another read is the
+    /// user's now).
     fn filled_up(&mut self, fill: Filled) {
         if fill.read_on {
             self.reading_on -= 1;
+        }
+        if self.filling.get(&fill.user).map(|(number, _)| *number) != Some(fill.number) {
+            return;
         }
         let mut last = fill.after;
         for (event, receipt) in &fill.events {
@@ -687,9 +769,11 @@ impl Inboxes {
         self.filled.push(fill);
     }
 
-    /// This node no longer holds `user`: what it saw of the user's events goes.
+    /// This node no longer holds `user`: what it saw of the user's events goes, and a
+    /// read of a gap of them is given up.
     pub(super) fn forget(&mut self, user: &str) {
         self.seen.forget(user);
+        self.filling.remove(user);
     }
 
     /// The relay is connected: the streams are made sure of, shard after shard, before any
@@ -1448,29 +1532,42 @@ impl Inboxes {
                 Outcome::Kept { .. } => self.put_member(*command, out),
                 _ => replies.extend(answers::membership_answer(&command, Some(Failure::Refused))),
             },
-            Pending::Fill(mut fill) => {
-                let found = match status {
-                    None => sequence_of(headers).filter(|seq| *seq <= fill.upto),
-                    _ => None,
-                };
-                match found {
-                    Some(seq) => {
-                        if let Some((kind, priority, json)) = decode_event(payload) {
-                            let receipt =
-                                wire::header(headers, RECEIPT_HEADER).and_then(parse_receipt);
-                            let event = InboxEvent {
-                                seq,
-                                kind,
-                                priority,
-                                json,
-                            };
-                            fill.events.push((event, receipt));
-                        }
-                        fill.next = seq + 1;
-                        self.fill_step(*fill, out);
+            Pending::Fill(mut fill) => match (status, sequence_of(headers)) {
+                (None, Some(seq)) if seq <= fill.upto => {
+                    if let Some((kind, priority, json)) = decode_event(payload) {
+                        let receipt = wire::header(headers, RECEIPT_HEADER).and_then(parse_receipt);
+                        let event = InboxEvent {
+                            seq,
+                            kind,
+                            priority,
+                            json,
+                        };
+                        fill.events.push((event, receipt));
                     }
-                    None => self.filled_up(*fill),
+                    fill.next = seq + 1;
+                    self.fill_step(*fill, out);
                 }
+                // Read on to the user's newest event.
+                (Some(404), _) if fill.read_on => self.check_fill(*fill, out),
+                // The gap's last event is not there (removed), or JetStream refused.
+                _ => {
+                    fill.end = FillEnd::Short;
+                    self.filled_up(*fill);
+                }
+            },
+            Pending::FillChecked(mut fill) => {
+                let record = match status {
+                    None => AckRecord::parse(payload),
+                    Some(404) => Some(AckRecord::default()),
+                    Some(_) => None,
+                };
+                // Every event up to `gone` may have been removed: if that is past the
+                // newest event seen before the gap, the read may have come too late.
+                fill.end = match record {
+                    Some(record) if record.gone <= fill.after => FillEnd::Whole,
+                    _ => FillEnd::Short,
+                };
+                self.filled_up(*fill);
             }
             // Left behind, the events go with the next purge (or `--retention-days`).
             Pending::Purge => {
@@ -1763,17 +1860,8 @@ impl Inboxes {
             if self.filling.contains_key(&user) || !self.seen.has(&user) {
                 continue;
             }
-            self.filling.insert(user.clone(), Vec::new());
             self.reading_on += 1;
-            let fill = Filled {
-                user,
-                events: Vec::new(),
-                after,
-                next: after + 1,
-                upto: u64::MAX,
-                read_on: true,
-            };
-            self.fill_step(fill, out);
+            self.start_fill(user, (after, u64::MAX), Vec::new(), out);
         }
     }
 
@@ -2175,8 +2263,15 @@ impl Inboxes {
             Pending::Membership(command) | Pending::GroupSettings(command) => {
                 replies.extend(answers::membership_answer(&command, Some(why)));
             }
-            // The devices get what could not be read when they resume.
-            Pending::Fill(fill) => self.filled_up(*fill),
+            // Cut off, the relay reads on after reconnecting; otherwise (no answer in
+            // time) the devices here resume.
+            Pending::Fill(mut fill) | Pending::FillChecked(mut fill) => {
+                fill.end = match self.set_up_done() {
+                    true => FillEnd::Short,
+                    false => FillEnd::CutOff,
+                };
+                self.filled_up(*fill);
+            }
             Pending::Setup { .. }
             | Pending::SetupAcks { .. }
             | Pending::AckCheck { .. }
@@ -2886,12 +2981,18 @@ mod tests {
     /// `inboxes` connect, and their one shard's streams are made sure of (requests 1 and
     /// 2): what they wrote after.
     fn reconnected(inboxes: &mut Inboxes) -> BytesMut {
+        reconnected_at(inboxes, 1)
+    }
+
+    /// Like [`reconnected`], the set-up being requests `first` and `first + 1`.
+    fn reconnected_at(inboxes: &mut Inboxes, first: u64) -> BytesMut {
         let mut out = BytesMut::new();
         inboxes.connected(&mut out);
         let created = Bytes::from_static(br#"{"created":"e"}"#);
-        inboxes.answered(b"1", None, b"", &created, &mut out);
+        inboxes.answered(first.to_string().as_bytes(), None, b"", &created, &mut out);
         out.clear();
-        inboxes.answered(b"2", None, b"", &created, &mut out);
+        let second = (first + 1).to_string();
+        inboxes.answered(second.as_bytes(), None, b"", &created, &mut out);
         out
     }
 
@@ -2915,21 +3016,98 @@ mod tests {
         assert!(inboxes
             .live("bob", (live.0, live.1, Bytes::new()), &mut out)
             .is_none());
-        // The read finds 6, missed while cut off, then nothing more.
+        // The read finds 6, missed while cut off, then nothing more; bob's record says
+        // nothing after 5 was removed (request 5).
         let event = Bytes::from(encode_event(OutKind::NewMessage, Priority::Normal, b"{}"));
         let found = b"NATS/1.0\r\nNats-Sequence: 6\r\n\r\n";
         inboxes.answered(b"3", None, found, &event, &mut out);
         inboxes.answered(b"4", Some(404), b"", &Bytes::new(), &mut out);
+        assert!(
+            inboxes.take_ready().is_empty(),
+            "ready before the record's check"
+        );
+        let record = Bytes::from_static(b"5 5 5 0");
+        inboxes.answered(b"5", None, b"NATS/1.0\r\n\r\n", &record, &mut out);
         let ready = inboxes.take_ready();
-        let seqs: Vec<u64> = ready[0]
-            .1
-            .iter()
-            .map(|r| match r {
-                Ready::Read(event) => event.seq,
-                Ready::Live { seq, .. } => *seq,
-            })
-            .collect();
-        assert_eq!((&*ready[0].0, seqs), ("bob", vec![6, 7]));
+        assert_eq!(&*ready[0].0, "bob");
+        assert_eq!(seqs_of(&ready[0].1), Some(vec![6, 7]));
+    }
+
+    /// The `seq`s of what a gap's read gave, or `None` if the devices missed events.
+    fn seqs_of(caught: &Caught) -> Option<Vec<u64>> {
+        let Caught::Up(events) = caught else {
+            return None;
+        };
+        let seqs = events.iter().map(|ready| match ready {
+            Ready::Read(event) => event.seq,
+            Ready::Live { seq, .. } => *seq,
+        });
+        Some(seqs.collect())
+    }
+
+    /// Inboxes that saw bob's events up to 5, reconnected (reading on from 5, request 3),
+    /// and bob's event `seq` (after `last`) come live, waiting for the read.
+    fn bob_back_at_5_and_live(seq: u64, last: u64) -> (Inboxes, BytesMut) {
+        let mut inboxes = inboxes();
+        inboxes.seen.start("bob", 5);
+        let mut out = reconnected(&mut inboxes);
+        let headers = format!("NATS/1.0\r\nNats-Last-Sequence: {last}\r\n\r\n");
+        let live = (seq, Bytes::from(headers), Bytes::new());
+        assert!(inboxes.live("bob", live, &mut out).is_none());
+        (inboxes, out)
+    }
+
+    #[test]
+    fn a_gap_whose_events_were_removed_meanwhile_closes_the_devices_and_what_was_seen_moves_on() {
+        // Bob's event 9 comes live, after 8: 6 to 8 were republished while cut off.
+        let (mut inboxes, mut out) = bob_back_at_5_and_live(9, 8);
+        // The read on from 5 (request 3) finds nothing up to 8: another device acknowledged
+        // 6 to 8 and they were purged.
+        let event = Bytes::from(encode_event(OutKind::NewMessage, Priority::Normal, b"{}"));
+        let after = b"NATS/1.0\r\nNats-Sequence: 9\r\n\r\n";
+        inboxes.answered(b"3", None, after, &event, &mut out);
+        let record = Bytes::from_static(b"8 7 8 0");
+        inboxes.answered(b"4", None, b"NATS/1.0\r\n\r\n", &record, &mut out);
+        let ready = inboxes.take_ready();
+        assert_eq!(ready.len(), 1);
+        assert!(matches!(ready[0].1, Caught::Missed));
+        // What was seen moved on to 9: bob's next event follows it.
+        let next = Bytes::from_static(b"NATS/1.0\r\nNats-Last-Sequence: 9\r\n\r\n");
+        assert!(inboxes
+            .live("bob", (10, next, Bytes::new()), &mut out)
+            .is_some());
+    }
+
+    #[test]
+    fn a_read_on_whose_record_shows_events_removed_after_the_newest_seen_closes_the_devices() {
+        let mut inboxes = inboxes();
+        inboxes.seen.start("bob", 5);
+        let mut out = reconnected(&mut inboxes);
+        // Nothing after 5 is left (request 3), but the record says everything up to 7 may
+        // have gone (request 4): events after 5 were removed unseen.
+        inboxes.answered(b"3", Some(404), b"", &Bytes::new(), &mut out);
+        let record = Bytes::from_static(b"9 7 9 0");
+        inboxes.answered(b"4", None, b"NATS/1.0\r\n\r\n", &record, &mut out);
+        assert!(matches!(inboxes.take_ready()[..], [(_, Caught::Missed)]));
+    }
+
+    #[test]
+    fn a_read_cut_off_again_gives_what_it_read_and_drops_what_waited_to_read_it_again() {
+        let (mut inboxes, mut out) = bob_back_at_5_and_live(8, 7);
+        let event = Bytes::from(encode_event(OutKind::NewMessage, Priority::Normal, b"{}"));
+        let found = b"NATS/1.0\r\nNats-Sequence: 6\r\n\r\n";
+        inboxes.answered(b"3", None, found, &event, &mut out);
+        inboxes.disconnected();
+        let ready = inboxes.take_ready();
+        assert_eq!(seqs_of(&ready[0].1), Some(vec![6]));
+        // Back (its streams made sure of by requests 5 and 6; 4 was the next get, lost):
+        // bob is read on from 6, the newest seen.
+        let out = reconnected_at(&mut inboxes, 5);
+        let text = String::from_utf8_lossy(&out).into_owned();
+        assert!(
+            text.contains(r#"{"next_by_subj":"chat.inbox.0.bob","seq":7}"#),
+            "{text}"
+        );
     }
 
     #[test]

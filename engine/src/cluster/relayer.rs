@@ -38,7 +38,7 @@ use tracing::{debug, error, info, warn};
 use super::{
     history::History,
     holdings::{self, Holdings},
-    inboxes::{self, Inboxes, Ready, Replies, StreamSettings},
+    inboxes::{self, Caught, Inboxes, Ready, Replies, StreamSettings},
     presence::{Holders, Report},
     presence_events::{self, Change, Settled},
     relay::{self, Inbound, Reactors, Relay},
@@ -54,7 +54,7 @@ use crate::{
     },
     router::{ConnAddr, Delivery, Durability, Envelope, HuddleRelayed},
     sockets::Doorbell,
-    store::StoreStats,
+    store::{Reply, StoreStats},
 };
 
 /// The subscription for the answers to this node's requests: `<inbox><call>` for call
@@ -1142,12 +1142,28 @@ impl Relayer {
     }
 
     /// Hands the gaps read from the stream to the devices here, each followed by the
-    /// events that waited for it.
+    /// events that waited for it; devices that cannot have them all are closed.
     fn gaps_filled(&mut self) {
-        for (user, events) in self.inboxes.take_ready() {
-            for ready in events {
-                self.hand_over(&user, ready);
+        for (user, caught) in self.inboxes.take_ready() {
+            match caught {
+                Caught::Up(events) => {
+                    for ready in events {
+                        self.hand_over(&user, ready);
+                    }
+                }
+                Caught::Missed => self.events_missed(&user),
             }
+        }
+    }
+
+    /// `user`'s devices here missed events: their home closes them.
+    fn events_missed(&self, user: &str) {
+        warn!(%user, "cluster: inbox events removed before this node could read them; the user's devices here resume");
+        let sub = self.sids.get(user).and_then(|sid| self.by_sid.get(sid));
+        if let Some(Sub::Live { home, .. }) = sub {
+            let reply = Reply::EventsMissed { user: user.into() };
+            self.reactors
+                .send(usize::from(*home), Inbound::Store(reply));
         }
     }
 

@@ -14,7 +14,7 @@
 //! republishes it ([`crate::cluster`]); a device is live as soon as it registers.
 
 use super::{
-    directory::{LiveDevice, Numbering, OPENING_TICKET_MASK},
+    directory::{Device, LiveDevice, Numbering, OPENING_TICKET_MASK},
     Effects, Shard,
 };
 use crate::{
@@ -162,15 +162,31 @@ impl Shard {
     /// numbers the user's events and refuses them past the bound. Devices that do not ack
     /// (v1) acknowledge what their socket takes, so they are never overdue.
     pub(super) fn acks_overdue(&mut self, user: &str, out: &mut Effects) {
-        let overdue: smallvec::SmallVec<[ConnAddr; 4]> = self
-            .directory
-            .devices(user)
-            .iter()
-            .filter(|d| d.acks)
-            .map(|d| d.addr)
-            .collect();
-        for addr in overdue {
-            let (code, reason) = (close::SLOW_CONSUMER, "slow consumer: acks overdue");
+        let close = (close::SLOW_CONSUMER, "slow consumer: acks overdue");
+        self.close_devices(user, |device| device.acks, close, out);
+    }
+
+    /// In a cluster: the user's devices here missed inbox events that the node can no
+    /// longer give them in order (docs/cluster.md, "A gap the stream no longer has").
+    /// Each is closed with 1011: a device that resumes is told whether its resume is
+    /// honoured, and one that does not reads what no device acknowledged.
+    pub(super) fn events_missed(&mut self, user: &str, out: &mut Effects) {
+        let close = (close::INTERNAL_ERROR, "inbox events missed: resume");
+        self.close_devices(user, |_| true, close, out);
+    }
+
+    /// Closes `user`'s devices here that `which` picks with `(code, reason)`.
+    fn close_devices(
+        &self,
+        user: &str,
+        which: impl Fn(&Device) -> bool,
+        (code, reason): (u16, &'static str),
+        out: &mut Effects,
+    ) {
+        let devices = self.directory.devices(user).iter();
+        let picked: smallvec::SmallVec<[ConnAddr; 4]> =
+            devices.filter(|d| which(d)).map(|d| d.addr).collect();
+        for addr in picked {
             out.mail(
                 addr.reactor as usize,
                 Envelope::Close { addr, code, reason },

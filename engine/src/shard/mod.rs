@@ -565,6 +565,7 @@ impl Shard {
             }
             Reply::Receipts { user, receipts } => self.receipts_due(&user, &receipts, out),
             Reply::AcksOverdue { user } => self.acks_overdue(&user, out),
+            Reply::EventsMissed { user } => self.events_missed(&user, out),
             Reply::Membership {
                 group,
                 user,

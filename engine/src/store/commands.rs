@@ -406,6 +406,13 @@ pub enum Reply {
         /// The user.
         user: Box<str>,
     },
+    /// To a home, in a cluster: the user's devices on this node missed inbox events that
+    /// can no longer be given to them in order (removed while the node was cut off from
+    /// NATS): they are closed, and resume.
+    EventsMissed {
+        /// The user.
+        user: Box<str>,
+    },
     /// To a home: a message it sent was not kept (full inbox, failed commit).
     NotKept {
         /// The ticket the home gave it.
@@ -545,6 +552,7 @@ impl Reply {
         match self {
             Reply::NotKept { .. }
             | Reply::AcksOverdue { .. }
+            | Reply::EventsMissed { .. }
             | Reply::InboxOpened { .. }
             | Reply::Receipts { .. }
             | Reply::Membership { .. }

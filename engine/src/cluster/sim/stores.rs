@@ -42,7 +42,7 @@ use super::{failure, run_seeds, Rng};
 use crate::cluster::{
     acks::{self, AckRecord},
     history::History,
-    inboxes::{decode_event, inbox_subject, Inboxes, Ready},
+    inboxes::{decode_event, inbox_subject, Caught, Inboxes, Ready},
     received,
     shards::Shards,
 };
@@ -120,6 +120,8 @@ struct Tally {
     /// Receipts due and never sent (an unanswered ack's write hidden by later ones).
     receipts_lost: usize,
     handed: usize,
+    /// Gaps a node could not fill (events removed first): its devices resumed.
+    missed: usize,
     receipts: usize,
     cuts: usize,
 }
@@ -185,6 +187,7 @@ impl Tally {
             posts,
             receipts_lost,
             handed,
+            missed,
             receipts,
             cuts,
         } = other;
@@ -201,6 +204,7 @@ impl Tally {
         self.posts += posts;
         self.receipts_lost += receipts_lost;
         self.handed += handed;
+        self.missed += missed;
         self.receipts += receipts;
         self.cuts += cuts;
     }
@@ -805,17 +809,28 @@ impl World {
         Ok(())
     }
 
-    /// The gaps node `n` read, handed over.
+    /// The gaps node `n` read, handed over; or, where the node could not have them all,
+    /// its devices of the user closed (they resume: the node hands over afresh).
     fn gaps_filled(&mut self, n: usize) -> Result<(), String> {
-        for (user, events) in self.nodes[n].inboxes.take_ready() {
-            for ready in events {
-                self.hand_over(n, &user, ready)?;
+        for (user, caught) in self.nodes[n].inboxes.take_ready() {
+            match caught {
+                Caught::Up(events) => {
+                    for ready in events {
+                        self.hand_over(n, &user, ready)?;
+                    }
+                }
+                Caught::Missed => {
+                    self.log.push(format!("node {n} missed events of {user}"));
+                    self.tally.missed += 1;
+                    self.nodes[n].handed.remove(&*user);
+                }
             }
         }
         Ok(())
     }
 
-    /// Node `n` hands one of `user`'s events to its devices: after the last it handed.
+    /// Node `n` hands one of `user`'s events to its devices: the user's next event after
+    /// the last it handed, whatever was removed since.
     fn hand_over(&mut self, n: usize, user: &str, ready: Ready) -> Result<(), String> {
         let seq = match ready {
             Ready::Read(event) => event.seq,
@@ -827,11 +842,25 @@ impl World {
             }
         };
         self.tally.handed += 1;
+        self.log.push(format!("node {n} hands {user}'s {seq}"));
+        let (stream, subject) = self.inbox_of(user);
         let handed = self.nodes[n].handed.entry(user.to_owned()).or_default();
-        if handed.last().is_some_and(|last| *last >= seq) {
-            return Err(format!(
-                "node {n} handed {user}'s event {seq} after {handed:?}"
-            ));
+        if let Some(&last) = handed.last() {
+            if last >= seq {
+                return Err(format!(
+                    "node {n} handed {user}'s event {seq} after {handed:?}"
+                ));
+            }
+            let skipped = (self
+                .server
+                .ever
+                .range((stream.clone(), last + 1)..(stream, seq)))
+            .find(|(_, stored)| stored.subject == subject);
+            if let Some(((_, skipped), _)) = skipped {
+                return Err(format!(
+                    "node {n} handed {user}'s event {seq} after {last}, skipping {skipped}"
+                ));
+            }
         }
         handed.push(seq);
         Ok(())
