@@ -17,10 +17,11 @@
 //!   (`Nats-Expected-Last-Subject-Sequence`): of the nodes that hear it gone, one reaps.
 //!   A node finding the claim taken reads it: a reaper that is itself gone is taken over.
 //!
-//! Reaping a gone process: walk its `chat.held.<instance>.>` with one direct get after
-//! another; each user it still held goes to the relayer, which asks whether anyone holds
-//! the user and, if nobody answers, reports `user_offline`. Then the process's subjects
-//! are purged. A process counted dead that beats again is not reaped further.
+//! Reaping a gone process: walk its `chat.held.<instance>.>` by direct gets, in
+//! [`WALKERS`] stretches of the stream at once once the first holding is found; each user
+//! it still held goes to the relayer, which asks whether anyone holds the user and, if
+//! nobody answers, reports `user_offline`. Then the process's subjects are purged. A
+//! process counted dead that beats again is not reaped further.
 //!
 //! Every node also sweeps `chat.holder.*`. As soon as it holds its node id, it reaps
 //! every earlier process of that id (a node id is one live process's: a process that
@@ -49,6 +50,11 @@ use super::{
 
 /// The stream of holdings.
 const STREAM: &str = "CHAT_HELD";
+/// The stretches a reap's walk reads at once: a direct get waits a round trip to
+/// JetStream, and a dead node may have held a million users. 8 reaped 19,000 users a
+/// second on the 2-core VM, 32 28,600 and 128 33,200, nats-server's CPU by then the
+/// bound (benches/RESULTS.md); a small reap pays a get a stretch, a few milliseconds.
+const WALKERS: u64 = 128;
 /// How long after it first holds its id a node looks for processes that nobody reaped:
 /// long enough for the membership watch to have heard every live node and counted the
 /// silent ones dead.
@@ -69,8 +75,8 @@ enum Pending {
     ClaimRead(Box<str>),
     /// The next claim to reap, for the claims a gone process made itself.
     ClaimsOf(Box<str>),
-    /// The next holding of a gone process.
-    Walk(Box<str>),
+    /// The next holding of a gone process in one stretch of the stream.
+    Walk(Box<str>, usize),
     /// The next process that has written holdings, for the sweep.
     Sweep,
     /// A purge; its answer changes nothing.
@@ -94,10 +100,40 @@ struct Reap {
     /// reads no further (a process counted dead that was not may still write, and so do
     /// the reapers taking its users over).
     upto: u64,
-    /// The sequence the walk reads on from.
-    next: u64,
-    /// A request for it is under way.
+    /// A request of the claim, or of the claims read, is under way.
     asked: bool,
+    /// The walk over the gone process's holdings, once claimed: one stretch of the
+    /// stream up to its first holding, then [`WALKERS`] stretches of the rest, read at
+    /// once.
+    walk: Vec<Stretch>,
+    /// The newest holding found: the purge at the end takes everything before it.
+    newest: u64,
+}
+
+/// Part of a reap's walk: the gone process's holdings from `next` up to (not including)
+/// `end`, one direct get after another.
+#[derive(Debug)]
+struct Stretch {
+    next: u64,
+    end: u64,
+    asked: bool,
+}
+
+impl Stretch {
+    /// Read to its end.
+    fn done(&self) -> bool {
+        self.next >= self.end
+    }
+}
+
+impl Reap {
+    /// Whether nothing of its current step is under way.
+    fn idle(&self) -> bool {
+        match self.walk.is_empty() {
+            true => !self.asked,
+            false => self.walk.iter().any(|s| !s.asked && !s.done()),
+        }
+    }
 }
 
 /// The sweep for processes that nobody reaped: when it is due (once this node holds its
@@ -245,6 +281,9 @@ impl Holdings {
         self.requests.drain();
         for reap in self.reaps.values_mut() {
             reap.asked = false;
+            reap.walk
+                .iter_mut()
+                .for_each(|stretch| stretch.asked = false);
         }
         self.sweep.asked = false;
     }
@@ -281,8 +320,9 @@ impl Holdings {
             expected: 0,
             claims_next: Some(1),
             upto: u64::MAX,
-            next: 1,
             asked: false,
+            walk: Vec::new(),
+            newest: 0,
         };
         self.reaps.insert(instance.into(), reap);
         if self.ready {
@@ -290,26 +330,39 @@ impl Holdings {
         }
     }
 
-    /// The next request of the reap of `instance`: its claim, or its walk's next get.
+    /// The next requests of the reap of `instance`: its claim, the next claim it made
+    /// itself, or the next get of each stretch of its walk with none under way.
     fn go_on(&mut self, instance: &str, out: &mut BytesMut) {
         let Some(reap) = self.reaps.get_mut(instance) else {
             return;
         };
+        if reap.claimed && reap.claims_next.is_none() {
+            if reap.walk.is_empty() {
+                let whole = Stretch {
+                    next: 1,
+                    end: reap.upto,
+                    asked: false,
+                };
+                reap.walk.push(whole);
+            }
+            let filter = format!("chat.held.{instance}.>");
+            for (index, stretch) in reap.walk.iter_mut().enumerate() {
+                if stretch.asked || stretch.done() {
+                    continue;
+                }
+                stretch.asked = true;
+                let body = serde_json::json!({"seq": stretch.next, "next_by_subj": filter});
+                let pending = Pending::Walk(instance.into(), index);
+                let body = body.to_string();
+                self.requests
+                    .send(out, (&direct_get(STREAM), &[]), body.as_bytes(), pending);
+            }
+            return;
+        }
         reap.asked = true;
         if let Some(next) = reap.claims_next.filter(|_| reap.claimed) {
             let body = serde_json::json!({"seq": next, "next_by_subj": "chat.reaper.*"});
             let pending = Pending::ClaimsOf(instance.into());
-            let body = body.to_string();
-            return self
-                .requests
-                .send(out, (&direct_get(STREAM), &[]), body.as_bytes(), pending);
-        }
-        if reap.claimed {
-            let body = serde_json::json!({
-                "seq": reap.next,
-                "next_by_subj": format!("chat.held.{instance}.>"),
-            });
-            let pending = Pending::Walk(instance.into());
             let body = body.to_string();
             return self
                 .requests
@@ -415,7 +468,10 @@ impl Holdings {
                 self.claims_of(&instance, status, headers, payload, out);
                 Vec::new()
             }
-            Pending::Walk(instance) => self.walked(&instance, status, headers, payload, out),
+            Pending::Walk(instance, stretch) => {
+                let answer = (status, headers, payload);
+                self.walked(&instance, stretch, answer, out)
+            }
             Pending::Sweep => {
                 self.swept(status, headers, payload, out);
                 Vec::new()
@@ -485,7 +541,7 @@ impl Holdings {
     /// Sends the next request of every reap with none under way (in instance order).
     fn go_on_all(&mut self, out: &mut BytesMut) {
         let mut idle: Vec<Box<str>> = (self.reaps.iter())
-            .filter(|(_, reap)| !reap.asked)
+            .filter(|(_, reap)| reap.idle())
             .map(|(instance, _)| instance.clone())
             .collect();
         idle.sort_unstable();
@@ -532,48 +588,50 @@ impl Holdings {
         }
     }
 
-    /// One step of the walk over `instance`'s holdings.
+    /// One step of the walk over `instance`'s holdings, in its stretch `index`. The first
+    /// holding found splits the rest of the walk into [`WALKERS`] stretches.
     fn walked(
         &mut self,
         instance: &str,
-        status: Option<u16>,
-        headers: &[u8],
-        payload: &[u8],
+        index: usize,
+        (status, headers, payload): (Option<u16>, &[u8], &[u8]),
         out: &mut BytesMut,
     ) -> Vec<Outcome> {
         let Some(reap) = self.reaps.get_mut(instance) else {
             return Vec::new(); // beats again
         };
-        reap.asked = false;
-        let found = stored_at(headers).filter(|_| status.is_none());
-        let past_the_claim = found.is_some_and(|(_, seq)| seq >= reap.upto);
-        match status {
-            _ if past_the_claim => self.reaped_all(instance, out),
-            Some(404) => self.reaped_all(instance, out),
-            Some(other) => debug!(instance, "cluster: reap walk: status {other}"), // again
-            None => {}
-        }
-        let Some(reap) = self.reaps.get_mut(instance) else {
-            return Vec::new(); // reaped, or beats again
-        };
-        let Some((subject, seq)) = found else {
-            if status.is_none() {
-                debug!(
-                    instance,
-                    "cluster: reap walk: an answer without its subject"
-                );
-            }
+        let Some(stretch) = reap.walk.get_mut(index) else {
             return Vec::new();
         };
-        reap.next = seq + 1;
-        let prefix = format!("chat.held.{instance}.");
-        let user = subject.strip_prefix(&prefix).and_then(from_subject_token);
-        let still_held = payload.first() == Some(&b'1');
-        self.go_on(instance, out);
-        match user {
-            Some(user) if still_held => vec![Outcome::Reaped(user.into())],
-            _ => Vec::new(),
+        stretch.asked = false;
+        let found = stored_at(headers).filter(|_| status.is_none());
+        let mut user = None;
+        match (status, found) {
+            (Some(404), _) => stretch.next = stretch.end,
+            (Some(other), _) => debug!(instance, "cluster: reap walk: status {other}"), // again
+            (None, Some((_, seq))) if seq >= stretch.end => stretch.next = stretch.end,
+            (None, Some((subject, seq))) => {
+                stretch.next = seq + 1;
+                reap.newest = reap.newest.max(seq);
+                let prefix = format!("chat.held.{instance}.");
+                let name = subject.strip_prefix(&prefix).and_then(from_subject_token);
+                let still_held = payload.first() == Some(&b'1');
+                user = name.filter(|_| still_held).map(Arc::<str>::from);
+                if reap.walk.len() == 1 && reap.upto != u64::MAX {
+                    reap.walk = split(seq + 1, reap.upto);
+                }
+            }
+            (None, None) => debug!(
+                instance,
+                "cluster: reap walk: an answer without its subject"
+            ),
         }
+        if reap.walk.iter().all(Stretch::done) {
+            self.reaped_all(instance, out);
+        } else {
+            self.go_on(instance, out);
+        }
+        user.map(Outcome::Reaped).into_iter().collect()
     }
 
     /// The walk over `instance`'s holdings is done: its subjects go, and so does its reap.
@@ -582,7 +640,11 @@ impl Holdings {
             return;
         };
         info!(instance, "cluster: the holdings of a gone node are reaped");
-        self.purge(&format!("chat.held.{instance}.>"), Some(reap.next), out);
+        self.purge(
+            &format!("chat.held.{instance}.>"),
+            Some(reap.newest + 1),
+            out,
+        );
         self.purge(&format!("chat.*.{instance}"), None, out);
     }
 
@@ -669,10 +731,15 @@ impl Holdings {
                 }
                 Pending::Claim(instance)
                 | Pending::ClaimRead(instance)
-                | Pending::ClaimsOf(instance)
-                | Pending::Walk(instance) => {
+                | Pending::ClaimsOf(instance) => {
                     if let Some(reap) = self.reaps.get_mut(&instance) {
                         reap.asked = false;
+                    }
+                }
+                Pending::Walk(instance, index) => {
+                    let reap = self.reaps.get_mut(&instance);
+                    if let Some(stretch) = reap.and_then(|reap| reap.walk.get_mut(index)) {
+                        stretch.asked = false;
                     }
                 }
                 Pending::Sweep => self.sweep.asked = false,
@@ -703,6 +770,20 @@ impl Holdings {
         }
         moved
     }
+}
+
+/// The sequences from `start` up to (not including) `end`, in [`WALKERS`] stretches.
+fn split(start: u64, end: u64) -> Vec<Stretch> {
+    let step = end.saturating_sub(start).div_ceil(WALKERS).max(1);
+    (0..WALKERS)
+        .map(|i| start.saturating_add(i * step))
+        .take_while(|&from| from < end)
+        .map(|from| Stretch {
+            next: from,
+            end: from.saturating_add(step).min(end),
+            asked: false,
+        })
+        .collect()
 }
 
 /// What the holdings tell the relayer.
@@ -814,22 +895,49 @@ mod tests {
         let alice = found("chat.held.i0.alice", 4);
         let moved = holdings.answered(b"5", None, &alice, b"1 5", &mut out);
         assert_eq!(moved, [Outcome::Reaped("alice".into())]);
-        assert!(written(&mut out).contains(r#""seq":5"#));
+        // The rest, 5 up to the claim, is read in stretches at once (requests 6 to 10).
+        let gets = written(&mut out);
+        for seq in 5..10 {
+            assert!(gets.contains(&format!(r#""seq":{seq}"#)), "{gets}");
+        }
+        assert_eq!(gets.matches("DIRECT.GET").count(), 5, "{gets}");
+        // Bob, let go, is in the second stretch; the first finds him past its end.
         let bob = found("chat.held.i0.bob", 6);
         let moved = holdings.answered(b"6", None, &bob, b"0 7", &mut out);
+        assert!(moved.is_empty(), "past the stretch");
+        let moved = holdings.answered(b"7", None, &bob, b"0 7", &mut out);
         assert!(moved.is_empty(), "let go: nothing owed");
-        written(&mut out);
-        // Past the claim: written since (by a process counted dead that was not, or a
-        // reaper taking a user over), not the gone process's.
+        // Past the claim: written since (by a process counted dead that was not), not
+        // the gone process's.
         let later = found("chat.held.i0.carol", 11);
-        let moved = holdings.answered(b"7", None, &later, b"1 20", &mut out);
-        assert!(moved.is_empty());
+        for number in [b"8", b"9"] {
+            let moved = holdings.answered(number, None, &later, b"1 20", &mut out);
+            assert!(moved.is_empty());
+        }
+        assert!(
+            !written(&mut out).contains("PURGE"),
+            "a stretch is still read"
+        );
+        holdings.answered(b"10", None, &later, b"1 20", &mut out);
         let purges = written(&mut out);
         assert!(
             purges.contains(r#"{"filter":"chat.held.i0.>","seq":7}"#),
             "{purges}"
         );
         assert!(purges.contains(r#"{"filter":"chat.*.i0"}"#), "{purges}");
+    }
+
+    #[test]
+    fn a_walk_is_split_into_stretches_that_cover_the_rest_once() {
+        let stretches = split(5, 100_005);
+        assert_eq!(stretches.len() as u64, WALKERS);
+        assert_eq!(stretches[0].next, 5);
+        assert_eq!(stretches.last().unwrap().end, 100_005);
+        for pair in stretches.windows(2) {
+            assert_eq!(pair[0].end, pair[1].next);
+        }
+        assert_eq!(split(5, 7).len(), 2);
+        assert!(split(7, 7).is_empty());
     }
 
     #[test]
