@@ -220,17 +220,19 @@ pub(super) struct Settled {
 }
 
 impl Settled {
-    /// The event this node posts, and when it happened, if it reports the change.
-    pub(super) fn report(&self) -> Option<(u64, Hook)> {
+    /// The event this node posts, if it reports the change. It is dated when it was
+    /// decided, not when the change happened: a check that waited (NATS away) was
+    /// decided on what the cluster knew then, and another node's report decided earlier
+    /// on what it knew must come before it.
+    pub(super) fn report(&self) -> Option<Hook> {
         if !self.reported {
             return None;
         }
         let user = self.user.clone();
-        let hook = match self.online {
+        Some(match self.online {
             true => Hook::UserOnline { user },
             false => Hook::UserOffline { user },
-        };
-        Some((self.at_ms, hook))
+        })
     }
 }
 
@@ -266,16 +268,13 @@ mod tests {
         assert_eq!(settled.report(), None, "another node reports it");
         let alone = checks.start(change(true, 20), now);
         let reported = checks.answered(alone, false).and_then(|s| s.report());
-        assert_eq!(
-            reported,
-            Some((20, Hook::UserOnline { user: user.clone() }))
-        );
+        assert_eq!(reported, Some(Hook::UserOnline { user: user.clone() }));
         let unanswered = checks.start(change(false, 30), now);
         assert!(checks.expire(now).is_empty());
         let late: Vec<_> = (checks.expire(now + CHECK_WAIT).iter())
             .filter_map(Settled::report)
             .collect();
-        assert_eq!(late, [(30, Hook::UserOffline { user: user.clone() })]);
+        assert_eq!(late, [Hook::UserOffline { user: user.clone() }]);
         assert_eq!(checks.answered(unanswered, false), None, "answered once");
         assert!(!checks.pending("u"), "nothing left of the user");
     }

@@ -224,6 +224,9 @@ pub(super) struct Relayer {
     events: Option<crate::events::Events>,
     /// Presence events waiting for the other holders' word.
     event_checks: presence_events::Checks,
+    /// Questions about users held here whose holding is not kept yet: answered `held`
+    /// once it is, if the asker still waits ([`presence_events::CHECK_WAIT`]).
+    held_unkept: HashMap<Arc<str>, Vec<(Bytes, Instant)>>,
     /// With the events webhook: the users held here, kept in JetStream, and the gone
     /// nodes' holdings this node reaps ([`super::holdings`]).
     holdings: Option<Holdings>,
@@ -398,6 +401,7 @@ impl Relayer {
             holders: Holders::default(),
             events: None,
             event_checks: presence_events::Checks::default(),
+            held_unkept: HashMap::new(),
             holdings: None,
             replicas: limits.replicas,
             let_go: HashMap::new(),
@@ -760,13 +764,32 @@ impl Relayer {
         for outcome in outcomes {
             match outcome {
                 holdings::Outcome::Reaped(user) => self.reaped(user),
-                holdings::Outcome::Kept(user) => self.ask_deferred_presence_event(&user),
+                holdings::Outcome::Kept(user) => {
+                    self.answer_held_unkept(&user);
+                    self.ask_deferred_presence_event(&user);
+                }
                 holdings::Outcome::Ready => {
+                    let waiting: Vec<Arc<str>> = self.held_unkept.keys().cloned().collect();
+                    for user in waiting {
+                        self.answer_held_unkept(&user);
+                    }
                     for user in self.event_checks.users_deferred() {
                         self.ask_deferred_presence_event(&user);
                     }
                 }
             }
+        }
+    }
+
+    /// `user`'s holding may be kept now: the questions about the user that waited for
+    /// it are answered `held`, while this node still holds the user.
+    fn answer_held_unkept(&mut self, user: &Arc<str>) {
+        let kept = self.holdings.as_ref().is_some_and(|h| h.kept(user));
+        if !kept || !self.sids.contains_key(user) {
+            return;
+        }
+        for (reply, _) in self.held_unkept.remove(user).unwrap_or_default() {
+            wire::publish(&mut self.out, &reply, None, presence_events::HELD);
         }
     }
 
@@ -800,8 +823,8 @@ impl Relayer {
     /// settled leaves the user to the node that reaps it.
     fn settle_presence_events(&mut self, settled: impl IntoIterator<Item = Settled>) {
         for check in settled {
-            if let (Some(events), Some((at_ms, hook))) = (&self.events, check.report()) {
-                events.emit(at_ms, hook);
+            if let (Some(events), Some(hook)) = (&self.events, check.report()) {
+                events.emit((self.wall_ms)(), hook);
             }
             // Let go here, and no other check of the user's waits.
             let let_go = !check.online
@@ -915,6 +938,7 @@ impl Relayer {
     /// meanwhile.
     pub(super) fn disconnected(&mut self) {
         self.event_checks.interrupt();
+        self.held_unkept.clear(); // the askers hear nothing from this connection now
         let failed = self.inboxes.disconnected();
         self.send_replies(failed);
         self.gaps_filled();
@@ -1088,10 +1112,20 @@ impl Relayer {
         };
         if let Some(held) = presence_events::answers(payload, *since_ms, &self.instance) {
             // Only a holding that is kept answers: a node that dies with one not written
-            // yet must not have taken the report over.
+            // yet must not have taken the report over. One being written answers once it
+            // is kept: silence would have the asker report the user offline (or online)
+            // though this node holds the user and will not report it.
             let kept = self.holdings.as_ref().is_some_and(|h| h.kept(user));
-            if let Some(reply) = reply.filter(|_| held && kept) {
-                wire::publish(&mut self.out, &reply, None, presence_events::HELD);
+            match reply.filter(|_| held) {
+                Some(reply) if kept => {
+                    wire::publish(&mut self.out, &reply, None, presence_events::HELD);
+                }
+                Some(reply) => {
+                    let until = Instant::now() + presence_events::CHECK_WAIT;
+                    let waiting = self.held_unkept.entry(user.clone()).or_default();
+                    waiting.push((reply, until));
+                }
+                None => {}
             }
             return;
         }
@@ -1604,6 +1638,10 @@ impl Relayer {
         self.joins.retain(|_, (_, until)| *until > now);
         let unanswered = self.event_checks.expire(now);
         self.settle_presence_events(unanswered);
+        self.held_unkept.retain(|_, waiting| {
+            waiting.retain(|(_, until)| *until > now);
+            !waiting.is_empty()
+        });
         let settled = self.holders.expire(now, (self.wall_ms)());
         self.report(settled);
         let failed = self.inboxes.expire(now, &mut self.out);
