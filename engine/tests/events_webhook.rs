@@ -166,23 +166,62 @@ fn bad_events_flags_stop_start_up_naming_the_flag() {
     }
 }
 
+/// A nats-server and a webhook for cluster nodes that post their events to it, with a
+/// 200 ms presence grace.
+struct WebhookCluster {
+    nats: nats::Nats,
+    url: String,
+    requests: mpsc::Receiver<common::webhook::Request>,
+}
+
+impl WebhookCluster {
+    /// Starts both, or `None` (the test said why it skips) without a nats-server.
+    fn start(test: &str) -> Option<WebhookCluster> {
+        let nats = match nats::Nats::start() {
+            Ok(nats) => nats,
+            Err(why) => {
+                nats::skip(test, &why);
+                return None;
+            }
+        };
+        let (url, requests) = common::webhook::start("/hooks/events", 0);
+        Some(WebhookCluster {
+            nats,
+            url,
+            requests,
+        })
+    }
+
+    /// A node `id` posting to the webhook.
+    fn node(&self, id: &str) -> Server {
+        let flags = [
+            "--events-webhook",
+            &self.url,
+            "--events-secret",
+            SECRET,
+            "--presence-grace-ms",
+            "200",
+        ];
+        nats::node_with(&self.nats.url(), id, &flags)
+    }
+
+    /// Waits a second for anything a node would say twice, and adds what came to `seen`.
+    fn the_rest(&self, seen: &mut Vec<Value>) {
+        std::thread::sleep(Duration::from_millis(1000));
+        while let Ok(request) = self.requests.try_recv() {
+            take_batch(request, true, seen);
+        }
+    }
+}
+
 #[test]
 fn in_a_cluster_a_user_is_reported_online_and_offline_once_whatever_the_nodes() {
-    let nats_server = match nats::Nats::start() {
-        Ok(nats) => nats,
-        Err(why) => return nats::skip("events_webhook_in_a_cluster", &why),
+    let Some(cluster) = WebhookCluster::start("events_webhook_in_a_cluster") else {
+        return;
     };
-    let (url, requests) = common::webhook::start("/hooks/events", 0);
-    let flags = [
-        "--events-webhook",
-        &url,
-        "--events-secret",
-        SECRET,
-        "--presence-grace-ms",
-        "200",
-    ];
-    let a = nats::node_with(&nats_server.url(), "a", &flags);
-    let b = nats::node_with(&nats_server.url(), "b", &flags);
+    let requests = &cluster.requests;
+    let a = cluster.node("a");
+    let b = cluster.node("b");
     nats::wait_for_nodes(&a, 2, Duration::from_secs(30));
     nats::wait_for_nodes(&b, 2, Duration::from_secs(30));
     let closed = |events: &[Value], device: &str| {
@@ -193,7 +232,7 @@ fn in_a_cluster_a_user_is_reported_online_and_offline_once_whatever_the_nodes() 
 
     // Online on a: a reports it.
     let phone = a.login("alice", "phone");
-    let mut seen = events_until(&requests, true, |e| !of_type(e, "user_online").is_empty());
+    let mut seen = events_until(requests, true, |e| !of_type(e, "user_online").is_empty());
     let online = of_type(&seen, "user_online");
     assert_eq!(
         (&online[0]["user_id"], &online[0]["node"]),
@@ -204,17 +243,14 @@ fn in_a_cluster_a_user_is_reported_online_and_offline_once_whatever_the_nodes() 
     let laptop = b.login("alice", "laptop");
     std::thread::sleep(Duration::from_millis(1000)); // b's question is answered
     drop(phone);
-    seen.extend(events_until(&requests, true, |e| closed(e, "phone")));
+    seen.extend(events_until(requests, true, |e| closed(e, "phone")));
     std::thread::sleep(Duration::from_millis(1500)); // a's grace, and its question
                                                      // The laptop goes too: b lets alice go last, and reports her offline.
     drop(laptop);
-    seen.extend(events_until(&requests, true, |e| {
+    seen.extend(events_until(requests, true, |e| {
         !of_type(e, "user_offline").is_empty()
     }));
-    std::thread::sleep(Duration::from_millis(1000)); // anything a node would say twice
-    while let Ok(request) = requests.try_recv() {
-        take_batch(request, true, &mut seen);
-    }
+    cluster.the_rest(&mut seen);
     let presence: Vec<(&str, &str)> = seen
         .iter()
         .filter(|e| e["type"] == "user_online" || e["type"] == "user_offline")
@@ -234,19 +270,10 @@ fn in_a_cluster_a_user_is_reported_online_and_offline_once_whatever_the_nodes() 
 
 #[test]
 fn in_a_cluster_a_killed_nodes_users_are_reported_offline_by_the_others_or_its_successor() {
-    let nats_server = match nats::Nats::start() {
-        Ok(nats) => nats,
-        Err(why) => return nats::skip("events_webhook_after_a_kill", &why),
+    let Some(cluster) = WebhookCluster::start("events_webhook_after_a_kill") else {
+        return;
     };
-    let (url, requests) = common::webhook::start("/hooks/events", 0);
-    let flags = [
-        "--events-webhook",
-        &url,
-        "--events-secret",
-        SECRET,
-        "--presence-grace-ms",
-        "200",
-    ];
+    let requests = &cluster.requests;
     let presence_of = |events: &[Value], user: &str| -> Vec<(String, String)> {
         (events.iter())
             .filter(|e| e["user_id"] == user)
@@ -254,20 +281,20 @@ fn in_a_cluster_a_killed_nodes_users_are_reported_offline_by_the_others_or_its_s
             .map(|e| (e["type"].as_str().unwrap().into(), e["node"].to_string()))
             .collect()
     };
-    let mut a = nats::node_with(&nats_server.url(), "a", &flags);
-    let mut b = nats::node_with(&nats_server.url(), "b", &flags);
+    let mut a = cluster.node("a");
+    let mut b = cluster.node("b");
     nats::wait_for_nodes(&b, 2, Duration::from_secs(30));
 
     // alice on a, bob on b, both reported online.
     let _alice = a.login("alice", "phone");
     let _bob = b.login("bob", "phone");
-    let mut seen = events_until(&requests, true, |e| of_type(e, "user_online").len() == 2);
+    let mut seen = events_until(requests, true, |e| of_type(e, "user_online").len() == 2);
     // a dies without a word: b counts it dead after 10 s, reaps what it held, and
     // reports alice offline; bob stays online.
     a.child.kill().unwrap();
     a.child.wait().unwrap();
     let killed = Instant::now();
-    seen.extend(events_until(&requests, true, |e| {
+    seen.extend(events_until(requests, true, |e| {
         presence_of(e, "alice")
             .iter()
             .any(|(kind, _)| kind == "user_offline")
@@ -293,8 +320,8 @@ fn in_a_cluster_a_killed_nodes_users_are_reported_offline_by_the_others_or_its_s
     b.child.kill().unwrap();
     b.child.wait().unwrap();
     let restarted = Instant::now();
-    let _b2 = nats::node_with(&nats_server.url(), "b", &flags);
-    seen.extend(events_until(&requests, true, |e| {
+    let _b2 = cluster.node("b");
+    seen.extend(events_until(requests, true, |e| {
         presence_of(e, "bob")
             .iter()
             .any(|(kind, _)| kind == "user_offline")
@@ -302,10 +329,7 @@ fn in_a_cluster_a_killed_nodes_users_are_reported_offline_by_the_others_or_its_s
     let took = restarted.elapsed();
     eprintln!("bob reported offline {took:?} after his node's successor started");
     assert!(took < Duration::from_secs(10), "bob offline after {took:?}");
-    std::thread::sleep(Duration::from_millis(1000)); // anything said twice
-    while let Ok(request) = requests.try_recv() {
-        take_batch(request, true, &mut seen);
-    }
+    cluster.the_rest(&mut seen);
     assert_eq!(
         presence_of(&seen, "bob"),
         [
