@@ -194,6 +194,11 @@ impl WebhookCluster {
 
     /// A node `id` posting to the webhook.
     fn node(&self, id: &str) -> Server {
+        self.node_via(id, &self.nats.url())
+    }
+
+    /// A node `id` posting to the webhook, reaching NATS at `url` (a [`nats::Proxy`]).
+    fn node_via(&self, id: &str, url: &str) -> Server {
         let flags = [
             "--events-webhook",
             &self.url,
@@ -202,7 +207,7 @@ impl WebhookCluster {
             "--presence-grace-ms",
             "200",
         ];
-        nats::node_with(&self.nats.url(), id, &flags)
+        nats::node_with(url, id, &flags)
     }
 
     /// Waits a second for anything a node would say twice, and adds what came to `seen`.
@@ -339,4 +344,63 @@ fn in_a_cluster_a_killed_nodes_users_are_reported_offline_by_the_others_or_its_s
         "{seen:?}"
     );
     assert_eq!(presence_of(&seen, "alice").len(), 2, "{seen:?}");
+}
+
+#[test]
+fn a_holder_cut_off_while_another_node_lets_the_user_go_reports_the_user_online_once_back() {
+    let Some(cluster) = WebhookCluster::start("events_webhook_holder_cut_off") else {
+        return;
+    };
+    let requests = &cluster.requests;
+    let presence = |events: &[Value]| -> Vec<(String, String, u64)> {
+        (events.iter())
+            .filter(|e| e["type"] == "user_online" || e["type"] == "user_offline")
+            .map(|e| {
+                let (kind, node) = (e["type"].as_str().unwrap(), e["node"].as_str().unwrap());
+                (kind.into(), node.into(), e["at_ms"].as_u64().unwrap())
+            })
+            .collect()
+    };
+    let proxy = nats::Proxy::start(cluster.nats.port);
+    let a = cluster.node("a");
+    let b = cluster.node_via("b", &proxy.url());
+    nats::wait_for_nodes(&a, 2, Duration::from_secs(30));
+    let connected = |server: &Server| nats::cluster(server)["connected"] == true;
+
+    // alice on a, then on b too: a held her first and reports her online.
+    let phone = a.login("alice", "phone");
+    let mut seen = events_until(requests, true, |e| !of_type(e, "user_online").is_empty());
+    let _laptop = b.login("alice", "laptop");
+    std::thread::sleep(Duration::from_millis(1000)); // b's question is answered
+                                                     // b loses NATS; alice's phone goes, and a, hearing no other holder, reports her
+                                                     // offline once its grace is over.
+    proxy.cut();
+    common::wait_until("b is cut off", || !connected(&b));
+    drop(phone);
+    seen.extend(events_until(requests, true, |e| {
+        !of_type(e, "user_offline").is_empty()
+    }));
+    // Back, b checks what it holds again, and reports alice online: her laptop is.
+    proxy.restore();
+    seen.extend(events_until(requests, true, |e| {
+        !of_type(e, "user_online").is_empty()
+    }));
+    cluster.the_rest(&mut seen);
+    let said = presence(&seen);
+    let kinds: Vec<(&str, &str)> = (said.iter())
+        .map(|(kind, node, _)| (kind.as_str(), node.as_str()))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("user_online", "a"),
+            ("user_offline", "a"),
+            ("user_online", "b")
+        ],
+        "{seen:?}"
+    );
+    assert!(
+        said.windows(2).all(|w| w[0].2 < w[1].2),
+        "dated in order: {said:?}"
+    );
 }

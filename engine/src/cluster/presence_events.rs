@@ -15,6 +15,13 @@
 //! checks a cut interrupted are asked again. A user who comes and goes is reported online
 //! and offline, in that order: each check is asked after the one before it.
 //!
+//! A holder that could not answer a letting go has the user reported offline though it
+//! holds the user. So it checks the user again, as if gained then: every user it holds
+//! once it is back on NATS after a cut; a user whose question waited past the asker's
+//! wait; a user that a node which reported the user offline on silence, or reaped a gone
+//! process's holding of the user, asks the holders about ([`recheck`]); and a user it
+//! answered about to an asker that is gone soon after ([`Vouched`]).
+//!
 //! No I/O: the relayer asks, and hands the answers in.
 
 use std::{collections::VecDeque, sync::Arc, time::Duration};
@@ -29,6 +36,10 @@ use crate::events::Hook;
 const KIND: u8 = 5;
 /// How long a check waits for a holder's answer before this node reports the change.
 pub(super) const CHECK_WAIT: Duration = Duration::from_millis(500);
+/// How long an offline reported on silence is remembered: an asker cut off from NATS
+/// within it asks the holders to check the user again once back ([`recheck`]), and a
+/// holder that answered an asker gone within it checks the user again ([`Vouched`]).
+pub(super) const LATE_WAIT: Duration = Duration::from_secs(30);
 /// A holder's answer: "not yours to report".
 pub(super) const HELD: &[u8] = b"held";
 
@@ -42,10 +53,36 @@ pub(super) fn question(online: bool, at_ms: u64, instance: &str) -> Vec<u8> {
     said
 }
 
-/// Whether a node holding the user since `held_since_ms` (process `instance`) answers
-/// `payload`: `None` when it is no such question; for a user let go elsewhere, yes
-/// (it still holds the user); for a user gained elsewhere, if it held the user first.
-pub(super) fn answers(payload: &[u8], held_since_ms: u64, instance: &str) -> Option<bool> {
+/// What the node that reported `user` offline at `at_ms` on silence says right after: a
+/// subscriber that did not answer may hold the user (its `held` late, its holding being
+/// written, or it gained the user again meanwhile), so each holder checks the user
+/// again. Published, not asked.
+pub(super) fn recheck(at_ms: u64, instance: &str) -> Vec<u8> {
+    let mut said = vec![KIND];
+    said.extend_from_slice(format!("r {at_ms} {instance}").as_bytes());
+    said
+}
+
+/// What a holder of the user hears on `chat.live.<user>` about its presence events.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Heard<'a> {
+    /// Process `asker` let the user go; the holder answers `held`.
+    LetGo { asker: &'a str },
+    /// Another process gained the user; the holder answers `held` if `true`.
+    Gained(bool),
+    /// The user was reported offline although a holder was there ([`recheck`]).
+    Recheck,
+}
+
+/// What a node holding the user since `held_since_ms` (process `instance`) makes of
+/// `payload`: `None` when it is not about presence events. A question about a user let
+/// go elsewhere is answered (it still holds the user); one about a user gained elsewhere,
+/// if it held the user first.
+pub(super) fn heard<'a>(
+    payload: &'a [u8],
+    held_since_ms: u64,
+    instance: &str,
+) -> Option<Heard<'a>> {
     let (&KIND, said) = payload.split_first()? else {
         return None;
     };
@@ -57,9 +94,47 @@ pub(super) fn answers(payload: &[u8], held_since_ms: u64, instance: &str) -> Opt
         parts.next()?,
     );
     match kind {
-        "f" => Some(true),
-        "o" => Some((held_since_ms, instance) < (at_ms, asker)),
+        "f" => Some(Heard::LetGo { asker }),
+        "o" => Some(Heard::Gained((held_since_ms, instance) < (at_ms, asker))),
+        "r" => Some(Heard::Recheck),
         _ => None,
+    }
+}
+
+/// The users this node answered `held` about to a process letting them go, by that
+/// process, for [`LATE_WAIT`]: an answer that came after the asker's wait has it report
+/// the user offline and ask the holders to check the user again ([`recheck`]), which an
+/// asker that dies or leaves meanwhile never does. So when it is gone, its users here
+/// are checked again. Allocation-aware: an asker's entry lives while it has answers.
+#[derive(Debug, Default)]
+pub(super) struct Vouched {
+    by_asker: HashMap<Box<str>, Vec<(Arc<str>, Instant)>>,
+}
+
+impl Vouched {
+    /// This node answered `held` about `user` to `asker`, letting the user go, at `now`.
+    pub(super) fn answered(&mut self, asker: &str, user: Arc<str>, now: Instant) {
+        let until = now + LATE_WAIT;
+        match self.by_asker.get_mut(asker) {
+            Some(users) => users.push((user, until)),
+            None => {
+                self.by_asker.insert(asker.into(), vec![(user, until)]);
+            }
+        }
+    }
+
+    /// `asker` is gone: the users answered to it within [`LATE_WAIT`], to check again.
+    pub(super) fn gone(&mut self, asker: &str) -> Vec<Arc<str>> {
+        let users = self.by_asker.remove(asker).unwrap_or_default();
+        users.into_iter().map(|(user, _)| user).collect()
+    }
+
+    /// Forgets the answers older than [`LATE_WAIT`] at `now`.
+    pub(super) fn expire(&mut self, now: Instant) {
+        self.by_asker.retain(|_, users| {
+            users.retain(|(_, until)| *until > now);
+            !users.is_empty()
+        });
     }
 }
 
@@ -70,6 +145,8 @@ pub(super) struct Change {
     pub user: Arc<str>,
     pub online: bool,
     pub at_ms: u64,
+    /// The offline of a user a gone process held ([`Change::reaped`]).
+    pub reaped: bool,
 }
 
 impl Change {
@@ -79,6 +156,21 @@ impl Change {
             user,
             online,
             at_ms,
+            reaped: false,
+        }
+    }
+
+    /// The offline, at `at_ms`, of `user`, whom a gone process held: that process may
+    /// have died owing the user's online too, so if a holder answers, the holders check
+    /// the user again.
+    pub(super) fn reaped(user: Arc<str>, at_ms: u64) -> Change {
+        let reaped = true;
+        let online = false;
+        Change {
+            user,
+            online,
+            at_ms,
+            reaped,
         }
     }
 
@@ -87,6 +179,7 @@ impl Change {
             user: self.user,
             online: self.online,
             at_ms: self.at_ms,
+            reaped: self.reaped,
             reported,
         }
     }
@@ -107,13 +200,16 @@ struct OfUser {
 }
 
 /// The checks under way, by the number their answers come back with, and those waiting
-/// to be asked, by user (each user's in order). Allocation-aware: a user's entry lives
-/// only while it has checks.
+/// to be asked, by user (each user's in order); and the offlines reported on silence,
+/// for [`LATE_WAIT`]. Allocation-aware: a user's entry lives only while it has checks.
 #[derive(Debug, Default)]
 pub(super) struct Checks {
     waiting: HashMap<u64, Waiting>,
     next: u64,
     users: HashMap<Arc<str>, OfUser>,
+    /// Offlines that no holder answered within the wait, in the order reported, for
+    /// [`LATE_WAIT`]: the user, the report's time and when it is forgotten.
+    unanswered: VecDeque<(Arc<str>, u64, Instant)>,
 }
 
 impl Checks {
@@ -133,6 +229,15 @@ impl Checks {
     pub(super) fn answered(&mut self, id: u64, held: bool) -> Option<Settled> {
         let change = self.finish(id)?;
         Some(change.settled(!held))
+    }
+
+    /// The offlines reported on silence within [`LATE_WAIT`], in the order reported, and
+    /// forgotten: the holders were asked to check each user again right after, which a
+    /// cut may have lost, so they are asked again once NATS is back.
+    pub(super) fn take_unanswered(&mut self) -> Vec<(Arc<str>, u64)> {
+        (self.unanswered.drain(..))
+            .map(|(user, reported_ms, _)| (user, reported_ms))
+            .collect()
     }
 
     fn finish(&mut self, id: u64) -> Option<Change> {
@@ -194,17 +299,33 @@ impl Checks {
     }
 
     /// The checks that no holder answered by `now`, in the order they started: this
-    /// node reports them.
-    pub(super) fn expire(&mut self, now: Instant) -> Vec<Settled> {
+    /// node reports them, at `now_ms`. An offline among them is kept for [`LATE_WAIT`]
+    /// ([`Checks::take_unanswered`]).
+    pub(super) fn expire(&mut self, now: Instant, now_ms: u64) -> Vec<Settled> {
+        while self
+            .unanswered
+            .front()
+            .is_some_and(|(_, _, until)| *until <= now)
+        {
+            self.unanswered.pop_front();
+        }
         let mut late: Vec<u64> = (self.waiting.iter())
             .filter(|(_, waiting)| waiting.until <= now)
             .map(|(id, _)| *id)
             .collect();
         late.sort_unstable();
-        late.into_iter()
-            .filter_map(|id| self.finish(id))
-            .map(|change| change.settled(true))
-            .collect()
+        let mut settled = Vec::with_capacity(late.len());
+        for id in late {
+            let Some(change) = self.finish(id) else {
+                continue;
+            };
+            if !change.online {
+                let forget = now + LATE_WAIT;
+                (self.unanswered).push_back((change.user.clone(), now_ms, forget));
+            }
+            settled.push(change.settled(true));
+        }
+        settled
     }
 }
 
@@ -215,6 +336,8 @@ pub(super) struct Settled {
     pub user: Arc<str>,
     pub online: bool,
     pub at_ms: u64,
+    /// The offline of a user a gone process held.
+    pub reaped: bool,
     /// No other holder answered: this node reports it.
     pub reported: bool,
 }
@@ -242,6 +365,13 @@ mod tests {
 
     #[test]
     fn the_first_holder_answers_a_newcomer_and_any_holder_a_departure() {
+        let answers = |payload: &[u8], since_ms, instance| match heard(payload, since_ms, instance)
+        {
+            Some(Heard::Gained(held)) => Some(held),
+            Some(Heard::LetGo { asker }) => Some(asker == "b"),
+            Some(Heard::Recheck) => panic!("a question, not a recheck"),
+            None => None,
+        };
         let gained = question(true, 100, "b");
         assert_eq!(answers(&gained, 50, "a"), Some(true), "held first");
         assert_eq!(answers(&gained, 150, "a"), Some(false), "held later");
@@ -255,6 +385,8 @@ mod tests {
         assert_eq!(answers(&gone, 900, "a"), Some(true));
         assert_eq!(answers(&[3], 1, "a"), None, "the presence question");
         assert_eq!(answers(&[KIND, b'x'], 1, "a"), None);
+        let recheck = recheck(100, "b");
+        assert_eq!(heard(&recheck, 900, "a"), Some(Heard::Recheck));
     }
 
     #[test]
@@ -270,13 +402,47 @@ mod tests {
         let reported = checks.answered(alone, false).and_then(|s| s.report());
         assert_eq!(reported, Some(Hook::UserOnline { user: user.clone() }));
         let unanswered = checks.start(change(false, 30), now);
-        assert!(checks.expire(now).is_empty());
-        let late: Vec<_> = (checks.expire(now + CHECK_WAIT).iter())
+        assert!(checks.expire(now, 40).is_empty());
+        let late: Vec<_> = (checks.expire(now + CHECK_WAIT, 530).iter())
             .filter_map(Settled::report)
             .collect();
         assert_eq!(late, [Hook::UserOffline { user: user.clone() }]);
         assert_eq!(checks.answered(unanswered, false), None, "answered once");
         assert!(!checks.pending("u"), "nothing left of the user");
+    }
+
+    #[test]
+    fn the_users_answered_to_an_asker_that_is_gone_are_checked_again_for_a_while() {
+        let now = Instant::now();
+        let mut vouched = Vouched::default();
+        let (u, v): (Arc<str>, Arc<str>) = ("u".into(), "v".into());
+        vouched.answered("a", u.clone(), now);
+        vouched.answered("b", v.clone(), now);
+        vouched.answered("a", v.clone(), now + CHECK_WAIT);
+        vouched.expire(now + LATE_WAIT);
+        assert_eq!(vouched.gone("a"), [v], "u's answer is forgotten");
+        assert!(vouched.gone("a").is_empty(), "once");
+        assert!(vouched.gone("b").is_empty(), "forgotten");
+    }
+
+    #[test]
+    fn offlines_reported_on_silence_are_remembered_for_a_while() {
+        let now = Instant::now();
+        let mut checks = Checks::default();
+        let user: Arc<str> = "u".into();
+        checks.start(Change::new(user.clone(), true, 10), now);
+        checks.start(Change::new(user.clone(), false, 20), now);
+        assert_eq!(checks.expire(now + CHECK_WAIT, 600).len(), 2);
+        let later = now + LATE_WAIT / 2;
+        checks.start(Change::new(user.clone(), false, 30), later);
+        checks.expire(later + CHECK_WAIT, 16_000);
+        checks.expire(now + CHECK_WAIT + LATE_WAIT, 30_600);
+        assert_eq!(
+            checks.take_unanswered(),
+            [(user.clone(), 16_000)],
+            "the first forgotten, and an online not kept"
+        );
+        assert!(checks.take_unanswered().is_empty(), "taken once");
     }
 
     #[test]
@@ -294,7 +460,7 @@ mod tests {
             None,
             "no answer after the cut"
         );
-        assert!(checks.expire(now + CHECK_WAIT).is_empty());
+        assert!(checks.expire(now + CHECK_WAIT, 600).is_empty());
         assert_eq!(checks.users_deferred(), [u.clone(), v.clone()]);
         let mut again = Vec::new();
         while let Some(change) = checks.next_deferred("u") {

@@ -40,7 +40,7 @@ use super::{
     holdings::{self, Holdings},
     inboxes::{self, Caught, Inboxes, Ready, Replies, StreamSettings},
     presence::{Holders, Report},
-    presence_events::{self, Change, Settled},
+    presence_events::{self, Change, Heard, Settled},
     relay::{self, Inbound, Reactors, Relay},
     totals,
     wire::{self, Op},
@@ -168,6 +168,15 @@ struct Gather {
     until: Instant,
 }
 
+/// A question about presence events that waits for this node's holding of its user to
+/// be kept: answered `held` then, if its asker still waits.
+struct HeldUnkept {
+    reply: Bytes,
+    /// The process letting the user go, for a letting go (vouched for once answered).
+    asker: Option<Box<str>>,
+    until: Instant,
+}
+
 /// The relay's connection to NATS: plain TCP, or TLS over it.
 trait NatsStream: AsyncRead + AsyncWrite + Unpin + Send {}
 
@@ -225,8 +234,12 @@ pub(super) struct Relayer {
     /// Presence events waiting for the other holders' word.
     event_checks: presence_events::Checks,
     /// Questions about users held here whose holding is not kept yet: answered `held`
-    /// once it is, if the asker still waits ([`presence_events::CHECK_WAIT`]).
-    held_unkept: HashMap<Arc<str>, Vec<(Bytes, Instant)>>,
+    /// once it is, if the asker still waits ([`presence_events::CHECK_WAIT`]); if not,
+    /// the user is checked again.
+    held_unkept: HashMap<Arc<str>, Vec<HeldUnkept>>,
+    /// The users answered `held` about to a process letting them go: checked again if
+    /// it is gone soon after.
+    vouched: presence_events::Vouched,
     /// With the events webhook: the users held here, kept in JetStream, and the gone
     /// nodes' holdings this node reaps ([`super::holdings`]).
     holdings: Option<Holdings>,
@@ -402,6 +415,7 @@ impl Relayer {
             events: None,
             event_checks: presence_events::Checks::default(),
             held_unkept: HashMap::new(),
+            vouched: presence_events::Vouched::default(),
             holdings: None,
             replicas: limits.replicas,
             let_go: HashMap::new(),
@@ -747,6 +761,28 @@ impl Relayer {
         }
     }
 
+    /// `user`, held here since `since_ms`, may have been reported offline while this node
+    /// could not answer (cut off from NATS, or its `held` late): checked again as gained
+    /// then, so that the first holder reports the user online, unless a check of the
+    /// user's is under way or waiting, which settles after that offline anyway.
+    fn recheck_presence_event(&mut self, user: Arc<str>, since_ms: u64) {
+        if self.event_checks.pending(&user) {
+            return;
+        }
+        let connected = (self.state.relay_connected).load(std::sync::atomic::Ordering::Acquire);
+        self.check_presence_event(user, true, since_ms, connected);
+    }
+
+    /// A question about `user` waited past its asker's wait for the user's holding to
+    /// be kept: the asker reported the change on silence, so the user, if still held
+    /// here, is checked again once the holding is kept.
+    fn recheck_if_held(&mut self, user: Arc<str>) {
+        let sub = self.sids.get(&user).and_then(|sid| self.by_sid.get(sid));
+        if let Some(&Sub::Live { since_ms, .. }) = sub {
+            self.recheck_presence_event(user, since_ms);
+        }
+    }
+
     /// The next change of `user` that waited (for the user's holding to be kept, or for
     /// the check before it), asked.
     fn ask_deferred_presence_event(&mut self, user: &str) {
@@ -788,8 +824,17 @@ impl Relayer {
         if !kept || !self.sids.contains_key(user) {
             return;
         }
-        for (reply, _) in self.held_unkept.remove(user).unwrap_or_default() {
-            wire::publish(&mut self.out, &reply, None, presence_events::HELD);
+        for waiting in self.held_unkept.remove(user).unwrap_or_default() {
+            self.answer_held(user, &waiting.reply, waiting.asker.as_deref());
+        }
+    }
+
+    /// Answers `held` about `user`, on `reply`; to a process letting the user go
+    /// (`asker`), vouched for until its report is known to stand.
+    fn answer_held(&mut self, user: &Arc<str>, reply: &[u8], asker: Option<&str>) {
+        wire::publish(&mut self.out, reply, None, presence_events::HELD);
+        if let Some(asker) = asker {
+            self.vouched.answered(asker, user.clone(), Instant::now());
         }
     }
 
@@ -805,17 +850,29 @@ impl Relayer {
     /// A user a gone node still held: offline unless this node or another holds the user
     /// (asked as when a node lets a user go), dated now. This node takes the holding
     /// over first, so that if it dies too before the check is settled, the node that
-    /// reaps it asks again.
+    /// reaps it asks again. Held here, the user is online, but the gone node may have
+    /// died owing the user's online: the holders, this node too, check the user again.
     fn reaped(&mut self, user: Arc<str>) {
-        if self.sids.contains_key(&user) {
-            return; // held here: online
+        let sub = self.sids.get(&user).and_then(|sid| self.by_sid.get(sid));
+        if let Some(&Sub::Live { since_ms, .. }) = sub {
+            self.recheck_holders(&user, (self.wall_ms)());
+            return self.recheck_presence_event(user, since_ms);
         }
         let Some(holdings) = &mut self.holdings else {
             return;
         };
         let at_ms = (self.wall_ms)();
         holdings.changed(user.clone(), true, at_ms, &mut self.out);
-        self.event_checks.defer(Change::new(user, false, at_ms));
+        self.event_checks.defer(Change::reaped(user, at_ms));
+    }
+
+    /// This node reported `user` offline on silence (the change at `at_ms`), or a holder
+    /// answered for a user a gone process held: the holders check the user again, and
+    /// the first reports the user online.
+    fn recheck_holders(&mut self, user: &str, at_ms: u64) {
+        let subject = relay::live_subject(user);
+        let said = presence_events::recheck(at_ms, &self.instance);
+        wire::publish(&mut self.out, subject.as_bytes(), None, &said);
     }
 
     /// Posts the presence events that checks left to this node. A user let go here is
@@ -825,6 +882,10 @@ impl Relayer {
         for check in settled {
             if let (Some(events), Some(hook)) = (&self.events, check.report()) {
                 events.emit((self.wall_ms)(), hook);
+            }
+            if check.reaped && !check.reported {
+                // Held elsewhere: the gone process may have died owing the online.
+                self.recheck_holders(&check.user, (self.wall_ms)());
             }
             // Let go here, and no other check of the user's waits.
             let let_go = !check.online
@@ -929,6 +990,23 @@ impl Relayer {
         self.history.connected(&mut self.out);
         if let Some(holdings) = &mut self.holdings {
             holdings.connected(&mut self.out);
+            // The holders' checks asked after an offline reported on silence may have
+            // been lost in the cut.
+            for (user, at_ms) in self.event_checks.take_unanswered() {
+                self.recheck_holders(&user, at_ms);
+            }
+            // Cut off, this node could not answer for its users: any may have been
+            // reported offline meanwhile.
+            let mut held: Vec<(Arc<str>, u64)> = (self.by_sid.values())
+                .filter_map(|sub| match sub {
+                    Sub::Live { user, since_ms, .. } => Some((user.clone(), *since_ms)),
+                    _ => None,
+                })
+                .collect();
+            held.sort_unstable();
+            for (user, since_ms) in held {
+                self.recheck_presence_event(user, since_ms);
+            }
         }
     }
 
@@ -957,6 +1035,9 @@ impl Relayer {
             .holders
             .gone(instance, (Instant::now(), (self.wall_ms)()));
         self.report(reports);
+        for user in self.vouched.gone(instance) {
+            self.recheck_if_held(user);
+        }
         if let Some(holdings) = &mut self.holdings {
             holdings.gone(instance, &mut self.out);
         }
@@ -1067,6 +1148,7 @@ impl Relayer {
                 }
                 Op::Msg {
                     sid,
+                    subject,
                     reply,
                     headers,
                     payload,
@@ -1086,7 +1168,7 @@ impl Relayer {
                         let report = self.holders.announced(user, instance, online, at_ms);
                         self.report(report);
                     }
-                    None => {} // unsubscribed meanwhile
+                    None => self.unsubscribed_meanwhile(&subject, reply, &payload),
                 },
                 Op::Err(e) => warn!("cluster: NATS said: {e}"),
                 Op::Pong => self.pings.0 = 0,
@@ -1094,6 +1176,25 @@ impl Relayer {
             }
         }
         Ok(())
+    }
+
+    /// A message on a subscription dropped since (the user let go here), which the
+    /// server sent before it heard: dropped, unless it is a question about presence
+    /// events for a user held here again, on a new subscription that the server may not
+    /// have had when it routed the question. Silence would have the asker report the
+    /// user offline; the answer is the holding's, whichever subscription brought it.
+    fn unsubscribed_meanwhile(&mut self, subject: &[u8], reply: Option<Bytes>, payload: &Bytes) {
+        let held_again = std::str::from_utf8(subject)
+            .ok()
+            .and_then(|subject| subject.strip_prefix("chat.live."))
+            .and_then(relay::from_subject_token)
+            .and_then(|user| self.sids.get(&*user).copied());
+        let Some(sid) = held_again else {
+            return;
+        };
+        if presence_events::heard(payload, 0, &self.instance).is_some() {
+            self.live_event(sid, reply, payload);
+        }
     }
 
     /// A live event for a user this node holds: to the user's home reactor here, if a
@@ -1110,24 +1211,40 @@ impl Relayer {
         else {
             return;
         };
-        if let Some(held) = presence_events::answers(payload, *since_ms, &self.instance) {
-            // Only a holding that is kept answers: a node that dies with one not written
-            // yet must not have taken the report over. One being written answers once it
-            // is kept: silence would have the asker report the user offline (or online)
-            // though this node holds the user and will not report it.
-            let kept = self.holdings.as_ref().is_some_and(|h| h.kept(user));
-            match reply.filter(|_| held) {
-                Some(reply) if kept => {
-                    wire::publish(&mut self.out, &reply, None, presence_events::HELD);
+        match presence_events::heard(payload, *since_ms, &self.instance) {
+            Some(heard @ (Heard::LetGo { .. } | Heard::Gained(_))) => {
+                let (held, asker) = match heard {
+                    Heard::LetGo { asker } => (true, Some(Box::<str>::from(asker))),
+                    _ => (heard == Heard::Gained(true), None),
+                };
+                // Only a holding that is kept answers: a node that dies with one not
+                // written yet must not have taken the report over. One being written
+                // answers once it is kept, or past the asker's wait checks the user
+                // again: the asker reported the change on silence.
+                let kept = self.holdings.as_ref().is_some_and(|h| h.kept(user));
+                match reply.filter(|_| held) {
+                    Some(reply) if kept => {
+                        let user = user.clone();
+                        self.answer_held(&user, &reply, asker.as_deref());
+                    }
+                    Some(reply) => {
+                        let until = Instant::now() + presence_events::CHECK_WAIT;
+                        let waiting = self.held_unkept.entry(user.clone()).or_default();
+                        waiting.push(HeldUnkept {
+                            reply,
+                            asker,
+                            until,
+                        });
+                    }
+                    None => {}
                 }
-                Some(reply) => {
-                    let until = Instant::now() + presence_events::CHECK_WAIT;
-                    let waiting = self.held_unkept.entry(user.clone()).or_default();
-                    waiting.push((reply, until));
-                }
-                None => {}
+                return;
             }
-            return;
+            Some(Heard::Recheck) => {
+                let (user, since_ms) = (user.clone(), *since_ms);
+                return self.recheck_presence_event(user, since_ms);
+            }
+            None => {}
         }
         if payload[..] == *relay::QUESTION {
             if let Some(reply) = reply {
@@ -1636,12 +1753,29 @@ impl Relayer {
             self.finish_admin_call(gather);
         }
         self.joins.retain(|_, (_, until)| *until > now);
-        let unanswered = self.event_checks.expire(now);
+        let unanswered = self.event_checks.expire(now, (self.wall_ms)());
+        let silenced: Vec<(Arc<str>, u64)> = (unanswered.iter())
+            .filter(|settled| !settled.online)
+            .map(|settled| (settled.user.clone(), settled.at_ms))
+            .collect();
         self.settle_presence_events(unanswered);
-        self.held_unkept.retain(|_, waiting| {
-            waiting.retain(|(_, until)| *until > now);
-            !waiting.is_empty()
+        // A subscriber that did not answer may hold the user.
+        for (user, at_ms) in silenced {
+            self.recheck_holders(&user, at_ms);
+        }
+        let mut unanswered = Vec::new();
+        self.held_unkept.retain(|user, waiting| {
+            waiting.retain(|question| question.until > now);
+            let given_up = waiting.is_empty();
+            if given_up {
+                unanswered.push(user.clone());
+            }
+            !given_up
         });
+        for user in unanswered {
+            self.recheck_if_held(user);
+        }
+        self.vouched.expire(now);
         let settled = self.holders.expire(now, (self.wall_ms)());
         self.report(settled);
         let failed = self.inboxes.expire(now, &mut self.out);

@@ -169,15 +169,15 @@ impl Backend {
     }
 
     /// What the cluster's nodes' relayers reported to the events webhook since last
-    /// asked, by node (one node's hooks are the shards' effects).
-    pub fn take_hooks(&mut self) -> Vec<(usize, Hook)> {
+    /// asked, by node, with when each was dated (one node's hooks are the shards' effects).
+    pub fn take_hooks(&mut self) -> Vec<(usize, Hook, u64)> {
         let Backend::Cluster(nodes) = self else {
             return Vec::new();
         };
         let mut hooks = Vec::new();
         for (node, posted) in nodes.hooks.iter().enumerate() {
             let posted = posted.iter().flat_map(|posted| posted.try_iter());
-            hooks.extend(posted.map(|(_, hook)| (node, hook)));
+            hooks.extend(posted.map(|(at_ms, hook)| (node, hook, at_ms)));
         }
         hooks
     }

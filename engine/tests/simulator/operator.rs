@@ -14,14 +14,15 @@
 //!   reported online again; an offline whose holding's update died with the process is
 //!   reported again, and so is one whose online the process died before reporting), a
 //!   user the reap checks after the next process let the user go is reported offline
-//!   again, and at rest the hooks must still agree.
+//!   again, and at rest the hooks must still agree. Once a node came back on NATS after
+//!   a cut or a process crashed, `user_online` may come twice running: the holders
+//!   check the users again.
 //! - Every close is reported once, with its code (or as replaced, when the device
 //!   connected again before its close reached the home).
-//! - With several nodes `user_online` and `user_offline` are not judged: the cluster's
-//!   checks between nodes can say one twice, and leave the state wrong by `at_ms` until
-//!   the user's next change, when a user leaves one node and comes to another within a
-//!   check (docs/cluster.md, "Presence events", "Where it can say twice", "Where the
-//!   state can be left wrong").
+//! - With several nodes `user_online` and `user_offline` may come twice running (the
+//!   cluster's checks between nodes can say one twice: docs/cluster.md, "Where it can
+//!   say twice"), but at rest the latest of each user's by `at_ms` agrees with the truth
+//!   ("Checked again"); where two nodes' tie on the world's coarse clock, either may.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -45,10 +46,17 @@ pub struct Operator {
     crashed: bool,
     /// The users with a hook since the last crash.
     hooked_since_crash: BTreeSet<String>,
-    /// Several nodes: `user_online` and `user_offline` are not judged, and a device may
-    /// be counted once per node (its old connection on one, closing, and its new one on
-    /// another).
+    /// A cluster's node came back on NATS, or a process crashed: the holders check the
+    /// users they hold again (`cluster::presence_events`), and may say `user_online`
+    /// again.
+    checked_again: bool,
+    /// Several nodes: `user_online` and `user_offline` are judged at rest only, and a
+    /// device may be counted once per node (its old connection on one, closing, and its
+    /// new one on another).
     several_nodes: bool,
+    /// Per user, the latest `at_ms` the hooks said online or offline, and what they said
+    /// then (both, when two nodes' reports tie: a backend cannot tell which came last).
+    latest: BTreeMap<String, (u64, BTreeSet<bool>)>,
     /// The nodes (1 alone).
     nodes: usize,
     /// Closes the world made and the hooks have not reported yet: `(user, device, code)`,
@@ -134,12 +142,12 @@ impl Operator {
         self.closes.push((user.into(), device.into(), code, node));
     }
 
-    /// A hook node `node` emitted.
-    pub fn hook(&mut self, hook: Hook, node: usize) -> Result<(), String> {
+    /// A hook node `node` emitted, dated `at_ms`.
+    pub fn hook(&mut self, hook: Hook, node: usize, at_ms: u64) -> Result<(), String> {
         self.hooks += 1;
         match hook {
-            Hook::UserOnline { user } => self.said(&user, true),
-            Hook::UserOffline { user } => self.said(&user, false),
+            Hook::UserOnline { user } => self.said(&user, true, at_ms),
+            Hook::UserOffline { user } => self.said(&user, false, at_ms),
             Hook::ConnectionClosed { user, device, code } => {
                 let expected = (user.to_string(), device.to_string(), code);
                 // A device connected again before its old connection's close reached
@@ -161,9 +169,16 @@ impl Operator {
         }
     }
 
-    /// The hooks said `user` came online (`online`) or went offline: the other one must
-    /// have come before (a user starts offline).
-    fn said(&mut self, user: &str, online: bool) -> Result<(), String> {
+    /// The hooks said `user` came online (`online`) or went offline at `at_ms`: the
+    /// other one must have come before (a user starts offline).
+    fn said(&mut self, user: &str, online: bool, at_ms: u64) -> Result<(), String> {
+        let latest = self.latest.entry(user.into()).or_default();
+        if at_ms > latest.0 {
+            *latest = (at_ms, BTreeSet::new());
+        }
+        if at_ms == latest.0 {
+            latest.1.insert(online);
+        }
         let before = self
             .said_online
             .insert(user.into(), online)
@@ -172,7 +187,8 @@ impl Operator {
         // A dead process's user is checked again by the one that reaps it, which may
         // find the user let go since, and reported offline already.
         let reaped_again = self.crashed && !online;
-        if self.several_nodes || first_since_crash || reaped_again {
+        let checked_again = self.checked_again && online;
+        if self.several_nodes || first_since_crash || reaped_again || checked_again {
             return Ok(());
         }
         if before == online {
@@ -196,7 +212,13 @@ impl Operator {
             return self.said_online.clear();
         }
         self.crashed = true;
+        self.checked_again = true;
         self.hooked_since_crash.clear();
+    }
+
+    /// A cluster node is back on NATS: the users it holds may be said online again.
+    pub fn reconnected(&mut self) {
+        self.checked_again = true;
     }
 
     /// The hooks come from a cluster's relayers.
@@ -204,7 +226,7 @@ impl Operator {
         self.cluster = true;
     }
 
-    /// The hooks come from `nodes` nodes: who is online is not judged from them.
+    /// The hooks come from `nodes` nodes: one may come twice running.
     pub fn several_nodes(&mut self, nodes: usize) {
         self.several_nodes = true;
         self.nodes = nodes;
@@ -224,11 +246,18 @@ impl Operator {
             return Err(format!("closes never reported: {:?}", self.closes));
         }
         for user in (0..users).map(|u| format!("u{u}")) {
+            let truth = online.contains(&user);
             if self.several_nodes {
-                break;
+                let latest = self.latest.get(&user).map(|(_, said)| said);
+                if !latest.map_or(!truth, |said| said.contains(&truth)) {
+                    return Err(format!(
+                        "at rest the latest hooks of {user} say {latest:?}; the truth: {truth}"
+                    ));
+                }
+                continue;
             }
             let said = self.said_online.get(&user).copied().unwrap_or(false);
-            if said != online.contains(&user) {
+            if said != truth {
                 return Err(format!(
                     "at rest the hooks say {user} online: {said}; the truth: {}",
                     !said

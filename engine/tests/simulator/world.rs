@@ -540,8 +540,8 @@ impl World {
     fn take_inbound(&mut self) {
         let got = self.store.take_inbound();
         self.queue_inbound(got);
-        for (node, hook) in self.store.take_hooks() {
-            self.hook(node, hook);
+        for (node, hook, at_ms) in self.store.take_hooks() {
+            self.hook(node, hook, at_ms);
         }
     }
 
@@ -552,10 +552,10 @@ impl World {
         }
     }
 
-    /// An event node `node` posts to the events webhook, judged.
-    fn hook(&mut self, node: usize, hook: engine::events::Hook) {
+    /// An event node `node` posts to the events webhook, dated `at_ms`, judged.
+    fn hook(&mut self, node: usize, hook: engine::events::Hook, at_ms: u64) {
         self.note(format!("hook {hook:?}"));
-        if let Err(e) = self.operator.hook(hook, node) {
+        if let Err(e) = self.operator.hook(hook, node, at_ms) {
             self.failure.get_or_insert(e);
         }
     }
@@ -571,6 +571,9 @@ impl World {
     fn cut_or_reconnect(&mut self, node: usize) {
         let connected = self.store.cut_or_reconnect(node);
         self.cuts += usize::from(!connected);
+        if connected {
+            self.operator.reconnected();
+        }
         let what = if connected {
             "reconnects to"
         } else {
@@ -637,7 +640,7 @@ impl World {
                 self.store.relay(node, *relay);
                 self.take_inbound();
             }
-            Effect::Hook(hook) => self.hook(node, *hook),
+            Effect::Hook(hook) => self.hook(node, *hook, self.now_ms),
             Effect::Error {
                 to,
                 code,
