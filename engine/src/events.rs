@@ -15,7 +15,10 @@
 //! a full queue drops the event and counts it.
 
 use std::{
-    sync::{atomic::Ordering, mpsc, Arc},
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        mpsc, Arc,
+    },
     time::{Duration, Instant},
 };
 
@@ -105,6 +108,9 @@ impl Hook {
 pub struct Events {
     jobs: mpsc::SyncSender<(u64, Hook)>,
     stats: Arc<HookStats>,
+    /// Events handed over and not yet taken by the events thread (none counted for a
+    /// simulator's channel).
+    waiting: Option<Arc<AtomicUsize>>,
 }
 
 impl Events {
@@ -120,15 +126,36 @@ impl Events {
     pub fn to_channel() -> (Events, mpsc::Receiver<(u64, Hook)>) {
         let (jobs, inbox) = mpsc::sync_channel(1_024);
         let stats = Arc::new(HookStats::default());
-        (Events { jobs, stats }, inbox)
+        let waiting = None;
+        (
+            Events {
+                jobs,
+                stats,
+                waiting,
+            },
+            inbox,
+        )
     }
 
     /// Hands `hook`, which happened at `at_ms`, to the events thread; never waits: a full
     /// queue drops it and counts it.
     pub fn emit(&self, at_ms: u64, hook: Hook) {
+        // Counted before it is sent, so that the events thread never takes it first.
+        if let Some(waiting) = &self.waiting {
+            waiting.fetch_add(1, Ordering::Relaxed);
+        }
         if self.jobs.try_send((at_ms, hook)).is_err() {
+            if let Some(waiting) = &self.waiting {
+                waiting.fetch_sub(1, Ordering::Relaxed);
+            }
             self.stats.dropped.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Events waiting for the events thread: a burst the sender can pace (a cluster
+    /// node's checks of its users after a reconnect) keeps it well under [`QUEUE_MAX`].
+    pub fn waiting(&self) -> usize {
+        (self.waiting.as_ref()).map_or(0, |waiting| waiting.load(Ordering::Relaxed))
     }
 }
 
@@ -140,22 +167,29 @@ pub fn start(
 ) -> std::io::Result<Events> {
     let (jobs, inbox) = mpsc::sync_channel(QUEUE_MAX);
     let stats = Arc::new(HookStats::default());
+    let waiting = Arc::new(AtomicUsize::new(0));
     if webhook.secret.is_none() {
         warn!("events are not signed: give --events-secret so the webhook can trust them");
     }
     let poster = Poster::new(webhook);
-    let counted = stats.clone();
+    let (counted, taken) = (stats.clone(), waiting.clone());
     std::thread::Builder::new()
         .name("events".into())
-        .spawn(move || run(&poster, &inbox, &counted, node))?;
+        .spawn(move || run(&poster, (&inbox, &taken), &counted, node))?;
     info!("events go to the webhook (--events-webhook)");
-    Ok(Events { jobs, stats })
+    let waiting = Some(waiting);
+    Ok(Events {
+        jobs,
+        stats,
+        waiting,
+    })
 }
 
-/// Gathers batches and posts each, retrying with backoff.
+/// Gathers batches and posts each, retrying with backoff; `waiting` counts down what it
+/// takes from `inbox`.
 fn run(
     poster: &Poster,
-    inbox: &mpsc::Receiver<(u64, Hook)>,
+    (inbox, waiting): (&mpsc::Receiver<(u64, Hook)>, &AtomicUsize),
     stats: &HookStats,
     node: impl Fn() -> Option<String>,
 ) {
@@ -169,6 +203,7 @@ fn run(
                 Err(_) => break, // the wait is over, or every handle is gone
             }
         }
+        waiting.fetch_sub(batch.len(), Ordering::Relaxed);
         let body = batch_json(node().as_deref(), &batch);
         let count = batch.len() as u64;
         match poster.deliver(&body) {
@@ -196,6 +231,34 @@ fn batch_json(node: Option<&str>, batch: &[(u64, Hook)]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_events_waiting_are_counted_until_the_events_thread_takes_them() {
+        // A webhook that never answers: the thread takes one batch and waits on its post.
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/events", silent.local_addr().unwrap());
+        let webhook = Webhook {
+            url,
+            secret: Some(b"0123456789abcdef0123456789abcdef".to_vec()),
+            roots: None,
+        };
+        let events = start(webhook, || None).unwrap();
+        let user: Arc<str> = "alice".into();
+        for at_ms in 0..(BATCH_MAX as u64 + 200) {
+            let user = user.clone();
+            events.emit(at_ms, Hook::UserOnline { user });
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while events.waiting() != 200 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(events.waiting(), 200, "one batch taken, the rest waiting");
+        assert_eq!(
+            Events::to_channel().0.waiting(),
+            0,
+            "a simulator's: not counted"
+        );
+    }
 
     #[test]
     fn a_batch_names_each_event_with_its_fields() {

@@ -257,6 +257,11 @@ impl Checks {
         of_user.deferred.push_back(change);
     }
 
+    /// The users with a check under way or waiting to be asked.
+    pub(super) fn users(&self) -> usize {
+        self.users.len()
+    }
+
     /// Whether a check of `user`'s is under way or waits to be asked.
     pub(super) fn pending(&self, user: &str) -> bool {
         self.users.contains_key(user)

@@ -20,6 +20,7 @@
 //! the other nodes that hold the user ([`super::presence`]).
 
 use std::{
+    collections::VecDeque,
     io,
     os::fd::{AsRawFd, RawFd},
     sync::{mpsc, Arc},
@@ -96,6 +97,12 @@ pub(super) type LocalStats = Arc<dyn Fn() -> Vec<u8> + Send + Sync>;
 /// How long a call waits for a node with a device after a node that holds the receiver
 /// in its grace answered [`relay::CALL_AWAY`].
 const AWAY_WAIT: Duration = Duration::from_millis(200);
+/// Users with presence-event checks at most while this node checks its users again
+/// after a reconnect ([`Relayer::recheck_more`]).
+const RECHECKS_AT_ONCE: usize = 1_024;
+/// Events waiting for the webhook at most while this node checks its users again: a
+/// tenth of what the events thread queues ([`crate::events::QUEUE_MAX`]).
+const RECHECK_EVENTS_WAITING: usize = crate::events::QUEUE_MAX / 10;
 
 /// What a subscription is for.
 enum Sub {
@@ -240,6 +247,9 @@ pub(super) struct Relayer {
     /// The users answered `held` about to a process letting them go: checked again if
     /// it is gone soon after.
     vouched: presence_events::Vouched,
+    /// The users held here when NATS came back, to check again, a few at a time
+    /// ([`Relayer::recheck_more`]).
+    rechecks: VecDeque<Arc<str>>,
     /// With the events webhook: the users held here, kept in JetStream, and the gone
     /// nodes' holdings this node reaps ([`super::holdings`]).
     holdings: Option<Holdings>,
@@ -416,6 +426,7 @@ impl Relayer {
             event_checks: presence_events::Checks::default(),
             held_unkept: HashMap::new(),
             vouched: presence_events::Vouched::default(),
+            rechecks: VecDeque::new(),
             holdings: None,
             replicas: limits.replicas,
             let_go: HashMap::new(),
@@ -783,6 +794,25 @@ impl Relayer {
         }
     }
 
+    /// Checks again the next users held when NATS came back, while fewer than
+    /// [`RECHECKS_AT_ONCE`] users have checks and the events thread has fewer than
+    /// [`RECHECK_EVENTS_WAITING`] events waiting: a node of a million users would
+    /// otherwise report them faster than a webhook takes them, and the events queue
+    /// would drop some (it did at 200,000: benches/RESULTS.md).
+    fn recheck_more(&mut self) {
+        let waiting = |events: &Option<crate::events::Events>| {
+            (events.as_ref()).map_or(0, crate::events::Events::waiting)
+        };
+        while self.event_checks.users() < RECHECKS_AT_ONCE
+            && waiting(&self.events) < RECHECK_EVENTS_WAITING
+        {
+            let Some(user) = self.rechecks.pop_front() else {
+                return;
+            };
+            self.recheck_if_held(user);
+        }
+    }
+
     /// The next change of `user` that waited (for the user's holding to be kept, or for
     /// the check before it), asked.
     fn ask_deferred_presence_event(&mut self, user: &str) {
@@ -896,6 +926,7 @@ impl Relayer {
             }
             self.ask_deferred_presence_event(&check.user);
         }
+        self.recheck_more();
     }
 
     /// Announces that this node holds `user` (`online`) or let the user go at `at_ms`.
@@ -997,16 +1028,10 @@ impl Relayer {
             }
             // Cut off, this node could not answer for its users: any may have been
             // reported offline meanwhile.
-            let mut held: Vec<(Arc<str>, u64)> = (self.by_sid.values())
-                .filter_map(|sub| match sub {
-                    Sub::Live { user, since_ms, .. } => Some((user.clone(), *since_ms)),
-                    _ => None,
-                })
-                .collect();
+            let mut held: Vec<Arc<str>> = self.sids.keys().cloned().collect();
             held.sort_unstable();
-            for (user, since_ms) in held {
-                self.recheck_presence_event(user, since_ms);
-            }
+            self.rechecks = held.into();
+            self.recheck_more();
         }
     }
 
@@ -1776,6 +1801,7 @@ impl Relayer {
             self.recheck_if_held(user);
         }
         self.vouched.expire(now);
+        self.recheck_more();
         let settled = self.holders.expire(now, (self.wall_ms)());
         self.report(settled);
         let failed = self.inboxes.expire(now, &mut self.out);
