@@ -773,9 +773,10 @@ impl Relayer {
     }
 
     /// `user`, held here since `since_ms`, may have been reported offline while this node
-    /// could not answer (cut off from NATS, or its `held` late): checked again as gained
-    /// then, so that the first holder reports the user online, unless a check of the
-    /// user's is under way or waiting, which settles after that offline anyway.
+    /// could not answer (cut off from NATS, its holding being written, or its `held`
+    /// late): checked again as gained then, so that the first holder reports the user
+    /// online, unless a check of the user's is under way or waiting, which settles after
+    /// that offline anyway.
     fn recheck_presence_event(&mut self, user: Arc<str>, since_ms: u64) {
         if self.event_checks.pending(&user) {
             return;
@@ -784,9 +785,9 @@ impl Relayer {
         self.check_presence_event(user, true, since_ms, connected);
     }
 
-    /// A question about `user` waited past its asker's wait for the user's holding to
-    /// be kept: the asker reported the change on silence, so the user, if still held
-    /// here, is checked again once the holding is kept.
+    /// `user`, if still held here, checked again ([`Relayer::recheck_presence_event`]):
+    /// a question about the user waited past its asker's wait for the holding to be
+    /// kept, an asker this node answered is gone, or NATS came back.
     fn recheck_if_held(&mut self, user: Arc<str>) {
         let sub = self.sids.get(&user).and_then(|sid| self.by_sid.get(sid));
         if let Some(&Sub::Live { since_ms, .. }) = sub {
