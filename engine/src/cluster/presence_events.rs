@@ -56,7 +56,8 @@ pub(super) fn question(online: bool, at_ms: u64, instance: &str) -> Vec<u8> {
 /// What the node that reported `user` offline at `at_ms` on silence says right after: a
 /// subscriber that did not answer may hold the user (its `held` late, its holding being
 /// written, or it gained the user again meanwhile), so each holder checks the user
-/// again. Published, not asked.
+/// again. A reaper says it too on finding a gone process's user still held. Published,
+/// not asked; `at_ms` and the instance are for the logs.
 pub(super) fn recheck(at_ms: u64, instance: &str) -> Vec<u8> {
     let mut said = vec![KIND];
     said.extend_from_slice(format!("r {at_ms} {instance}").as_bytes());

@@ -884,10 +884,9 @@ impl Relayer {
     /// reaps it asks again. Held here, the user is online, but the gone node may have
     /// died owing the user's online: the holders, this node too, check the user again.
     fn reaped(&mut self, user: Arc<str>) {
-        let sub = self.sids.get(&user).and_then(|sid| self.by_sid.get(sid));
-        if let Some(&Sub::Live { since_ms, .. }) = sub {
+        if self.sids.contains_key(&user) {
             self.recheck_holders(&user, (self.wall_ms)());
-            return self.recheck_presence_event(user, since_ms);
+            return self.recheck_if_held(user);
         }
         let Some(holdings) = &mut self.holdings else {
             return;
@@ -897,9 +896,9 @@ impl Relayer {
         self.event_checks.defer(Change::reaped(user, at_ms));
     }
 
-    /// This node reported `user` offline on silence (the change at `at_ms`), or a holder
-    /// answered for a user a gone process held: the holders check the user again, and
-    /// the first reports the user online.
+    /// This node reported `user` offline on silence at `at_ms`, or found a user a gone
+    /// process held still held: the holders check the user again, and the first reports
+    /// the user online.
     fn recheck_holders(&mut self, user: &str, at_ms: u64) {
         let subject = relay::live_subject(user);
         let said = presence_events::recheck(at_ms, &self.instance);
@@ -1779,26 +1778,26 @@ impl Relayer {
             self.finish_admin_call(gather);
         }
         self.joins.retain(|_, (_, until)| *until > now);
-        let unanswered = self.event_checks.expire(now, (self.wall_ms)());
-        let silenced: Vec<(Arc<str>, u64)> = (unanswered.iter())
+        let now_ms = (self.wall_ms)();
+        let unanswered = self.event_checks.expire(now, now_ms);
+        let silenced: Vec<Arc<str>> = (unanswered.iter())
             .filter(|settled| !settled.online)
-            .map(|settled| (settled.user.clone(), settled.at_ms))
+            .map(|settled| settled.user.clone())
             .collect();
         self.settle_presence_events(unanswered);
         // A subscriber that did not answer may hold the user.
-        for (user, at_ms) in silenced {
-            self.recheck_holders(&user, at_ms);
+        for user in silenced {
+            self.recheck_holders(&user, now_ms);
         }
-        let mut unanswered = Vec::new();
+        let mut given_up = Vec::new();
         self.held_unkept.retain(|user, waiting| {
             waiting.retain(|question| question.until > now);
-            let given_up = waiting.is_empty();
-            if given_up {
-                unanswered.push(user.clone());
+            if waiting.is_empty() {
+                given_up.push(user.clone());
             }
-            !given_up
+            !waiting.is_empty()
         });
-        for user in unanswered {
+        for user in given_up {
             self.recheck_if_held(user);
         }
         self.vouched.expire(now);
