@@ -4,8 +4,7 @@
 //!
 //! Stream `CHAT_HELD`, one message a subject:
 //! - `chat.held.<instance>.<user>`: `1 <since ms>` while the process holds the user (or
-//!   owes the user's `user_offline`, having reaped it), `0 <at ms>` once the offline is
-//!   settled. A `1` is a request whose acknowledgement says the holding is kept: only
+//!   owes the user's `user_offline`), `0 <at ms>` once the offline is settled. A `1` is a request whose acknowledgement says the holding is kept: only
 //!   then does the relayer ask whether to report the user online, or answer that it
 //!   holds the user. A `0` goes without an answer (lost, it only makes a reaper ask about
 //!   the user again). What changes while NATS is away, or before the stream is known, is
@@ -20,8 +19,11 @@
 //! Reaping a gone process: walk its `chat.held.<instance>.>` by direct gets, in
 //! [`WALKERS`] stretches of the stream at once once the first holding is found; each user
 //! it still held goes to the relayer, which asks whether anyone holds the user and, if
-//! nobody answers, reports `user_offline`. Then the process's subjects are purged. A
-//! process counted dead that beats again is not reaped further.
+//! nobody answers, reports `user_offline`. Once the walk is done and every such check is
+//! settled ([`Holdings::reap_checked`]), the process's subjects are purged. Until then
+//! they are the reap's record: a reaper that dies first leaves its claim, and the node
+//! that reaps it takes the unfinished reap over and walks it again (a user reported
+//! twice at worst). A process counted dead that beats again is not reaped further.
 //!
 //! Every node also sweeps `chat.holder.*`. As soon as it holds its node id, it reaps
 //! every earlier process of that id (a node id is one live process's: a process that
@@ -54,7 +56,7 @@ const STREAM: &str = "CHAT_HELD";
 /// JetStream, and a dead node may have held a million users. 8 reaped 19,000 users a
 /// second on the 2-core VM, 32 28,600 and 128 33,200, nats-server's CPU by then the
 /// bound (benches/RESULTS.md); a small reap pays a get a stretch, 128 gets (about 5 ms
-/// of nats-server, estimated from the 38 µs a reaped user cost, not measured).
+/// of nats-server, estimated from the 38 µs a reaped user cost then, not measured).
 const WALKERS: u64 = 128;
 /// How long after it first holds its id a node looks for processes that nobody reaped:
 /// long enough for the membership watch to have heard every live node and counted the
@@ -109,6 +111,11 @@ struct Reap {
     walk: Vec<Stretch>,
     /// The newest holding found: the purge at the end takes everything before it.
     newest: u64,
+    /// This reap's number, in the users it hands the relayer ([`Outcome::Reaped`]).
+    serial: u64,
+    /// The users handed to the relayer whose checks have not settled yet: the reap is
+    /// purged once its walk is done and this is 0.
+    checking: usize,
 }
 
 /// Part of a reap's walk: the gone process's holdings from `next` up to (not including)
@@ -128,6 +135,11 @@ impl Stretch {
 }
 
 impl Reap {
+    /// Whether the walk is over and every user it found is checked: time to purge.
+    fn finished(&self) -> bool {
+        !self.walk.is_empty() && self.walk.iter().all(Stretch::done) && self.checking == 0
+    }
+
     /// Whether nothing of its current step is under way.
     fn idle(&self) -> bool {
         match self.walk.is_empty() {
@@ -171,6 +183,8 @@ pub(super) struct Holdings {
     ready: bool,
     /// The last claim id given out.
     claims: u64,
+    /// The last reap number given out ([`Reap::serial`]).
+    reaps_started: u64,
     /// Changes not written yet (NATS out of reach, or the stream not set up): user →
     /// held (since) or let go (at), Unix ms.
     unwritten: HashMap<Arc<str>, (bool, u64)>,
@@ -183,6 +197,8 @@ pub(super) struct Holdings {
     reaps: HashMap<Box<str>, Reap>,
     /// The sweep of `chat.holder.*`.
     sweep: Sweep,
+    /// The events webhook is behind ([`Holdings::pace`]): the walks wait.
+    walks_wait: bool,
 }
 
 impl Holdings {
@@ -200,6 +216,7 @@ impl Holdings {
             claimed: false,
             ready: false,
             claims: 0,
+            reaps_started: 0,
             unwritten: HashMap::new(),
             unacked: HashMap::new(),
             alive: HashSet::new(),
@@ -209,6 +226,7 @@ impl Holdings {
                 same_node: true,
                 ..Sweep::default()
             },
+            walks_wait: false,
         }
     }
 
@@ -246,6 +264,13 @@ impl Holdings {
             requests::REQUEST_WAIT,
         );
         self.unacked.insert(user, (at_ms, number));
+    }
+
+    /// Whether the walks may read on: not while the events webhook is `behind`, since a
+    /// reap reports its users faster than a webhook may take them, and the events queue
+    /// would drop some. The walks go on at the next [`Holdings::expire`] after it is not.
+    pub(super) fn pace(&mut self, behind: bool) {
+        self.walks_wait = behind;
     }
 
     /// On a new connection: the stream is made sure of before anything is written.
@@ -315,6 +340,7 @@ impl Holdings {
 
     fn start_reap(&mut self, instance: &str, out: &mut BytesMut) {
         self.claims += 1;
+        self.reaps_started += 1;
         let reap = Reap {
             claimed: false,
             claim_id: self.claims,
@@ -324,6 +350,8 @@ impl Holdings {
             asked: false,
             walk: Vec::new(),
             newest: 0,
+            serial: self.reaps_started,
+            checking: 0,
         };
         self.reaps.insert(instance.into(), reap);
         if self.ready {
@@ -332,12 +360,16 @@ impl Holdings {
     }
 
     /// The next requests of the reap of `instance`: its claim, the next claim it made
-    /// itself, or the next get of each stretch of its walk with none under way.
+    /// itself, or the next get of each stretch of its walk with none under way (unless
+    /// the walks wait, [`Holdings::pace`]).
     fn go_on(&mut self, instance: &str, out: &mut BytesMut) {
         let Some(reap) = self.reaps.get_mut(instance) else {
             return;
         };
         if reap.claimed && reap.claims_next.is_none() {
+            if self.walks_wait {
+                return;
+            }
             if reap.walk.is_empty() {
                 let whole = Stretch {
                     next: 1,
@@ -540,15 +572,24 @@ impl Holdings {
     }
 
     /// Sends the next request of every reap with none under way (in instance order).
+    /// Reaps finished while writes could not go (NATS away) are purged first.
     fn go_on_all(&mut self, out: &mut BytesMut) {
-        let mut idle: Vec<Box<str>> = (self.reaps.iter())
-            .filter(|(_, reap)| reap.idle())
-            .map(|(instance, _)| instance.clone())
-            .collect();
-        idle.sort_unstable();
-        for instance in idle {
+        for instance in self.reaps_that(Reap::finished) {
+            self.reaped_all(&instance, out);
+        }
+        for instance in self.reaps_that(Reap::idle) {
             self.go_on(&instance, out);
         }
+    }
+
+    /// The gone processes whose reap is `in_state`, in instance order.
+    fn reaps_that(&self, in_state: fn(&Reap) -> bool) -> Vec<Box<str>> {
+        let mut instances: Vec<Box<str>> = (self.reaps.iter())
+            .filter(|(_, reap)| in_state(reap))
+            .map(|(instance, _)| instance.clone())
+            .collect();
+        instances.sort_unstable();
+        instances
     }
 
     /// One claim read while reaping `instance`: a reap it claimed itself, and left
@@ -618,8 +659,14 @@ impl Holdings {
                 let prefix = format!("chat.held.{instance}.");
                 let name = subject.strip_prefix(&prefix).and_then(from_subject_token);
                 let still_held = payload.first() == Some(&b'1');
-                user = name.filter(|_| still_held).map(Arc::<str>::from);
-                if reap.walk.len() == 1 && reap.upto != u64::MAX {
+                user = name.filter(|_| still_held).map(|user| Outcome::Reaped {
+                    user: user.into(),
+                    reap: reap.serial,
+                });
+                reap.checking += usize::from(user.is_some());
+                // The walk stays whole once nothing is left of it: an empty walk is
+                // one not started.
+                if reap.walk.len() == 1 && seq + 1 < reap.upto && reap.upto != u64::MAX {
                     reap.walk = split(seq + 1, reap.upto);
                 }
             }
@@ -628,15 +675,31 @@ impl Holdings {
                 "cluster: reap walk: an answer without its subject"
             ),
         }
-        if reap.walk.iter().all(Stretch::done) {
+        if reap.finished() {
             self.reaped_all(instance, out);
         } else {
             self.go_on(instance, out);
         }
-        user.map(Outcome::Reaped).into_iter().collect()
+        user.into_iter().collect()
     }
 
-    /// The walk over `instance`'s holdings is done: its subjects go, and so does its reap.
+    /// The relayer settled the check of a user that reap number `reap` handed it
+    /// ([`Outcome::Reaped`]): the reap is purged once its walk is done and this was the
+    /// last. A reap dropped meanwhile (its process beats again) is not looked for.
+    pub(super) fn reap_checked(&mut self, reap: u64, out: &mut BytesMut) {
+        let found = self.reaps.iter_mut().find(|(_, r)| r.serial == reap);
+        let Some((instance, reap)) = found else {
+            return;
+        };
+        reap.checking = reap.checking.saturating_sub(1);
+        if reap.finished() && self.ready {
+            let instance = instance.clone();
+            self.reaped_all(&instance, out);
+        }
+    }
+
+    /// The walk over `instance`'s holdings is done and every user it found is checked:
+    /// its subjects go, and so does its reap.
     fn reaped_all(&mut self, instance: &str, out: &mut BytesMut) {
         let Some(reap) = self.reaps.remove(instance) else {
             return;
@@ -791,8 +854,9 @@ fn split(start: u64, end: u64) -> Vec<Stretch> {
 /// What the holdings tell the relayer.
 #[derive(Debug, PartialEq, Eq)]
 pub(super) enum Outcome {
-    /// A gone process held the user: offline, unless someone holds the user.
-    Reaped(Arc<str>),
+    /// A gone process held `user`: offline, unless someone holds the user. The relayer
+    /// says when its check is settled ([`Holdings::reap_checked`]), with `reap`.
+    Reaped { user: Arc<str>, reap: u64 },
     /// This process's holding of the user is kept: its changes can be asked about.
     Kept(Arc<str>),
     /// Writes go at once again: every user's holding not waiting on a write is kept.
@@ -876,7 +940,7 @@ mod tests {
     }
 
     #[test]
-    fn a_gone_process_is_claimed_walked_up_to_the_claim_and_purged() {
+    fn a_gone_process_is_claimed_walked_up_to_the_claim_and_purged_once_its_users_are_checked() {
         let mut out = BytesMut::new();
         let mut holdings = ready(&mut out, true);
         holdings.gone("i0", &mut out);
@@ -896,7 +960,11 @@ mod tests {
         assert!(written(&mut out).contains(r#""next_by_subj":"chat.held.i0.>""#));
         let alice = found("chat.held.i0.alice", 4);
         let moved = holdings.answered(b"5", None, &alice, b"1 5", &mut out);
-        assert_eq!(moved, [Outcome::Reaped("alice".into())]);
+        let alice_reaped = Outcome::Reaped {
+            user: "alice".into(),
+            reap: 1,
+        };
+        assert_eq!(moved, [alice_reaped]);
         // The rest, 5 up to the claim, is read in stretches at once (requests 6 to 10).
         let gets = written(&mut out);
         for seq in 5..10 {
@@ -921,12 +989,40 @@ mod tests {
             "a stretch is still read"
         );
         holdings.answered(b"10", None, &later, b"1 20", &mut out);
+        assert!(
+            !written(&mut out).contains("PURGE"),
+            "alice's check is not settled: the holdings are the reap's record until it is"
+        );
+        holdings.reap_checked(2, &mut out);
+        assert!(written(&mut out).is_empty(), "another reap's check");
+        holdings.reap_checked(1, &mut out);
         let purges = written(&mut out);
         assert!(
             purges.contains(r#"{"filter":"chat.held.i0.>","seq":7}"#),
             "{purges}"
         );
         assert!(purges.contains(r#"{"filter":"chat.*.i0"}"#), "{purges}");
+    }
+
+    #[test]
+    fn a_walk_waits_while_the_events_webhook_is_behind() {
+        let mut out = BytesMut::new();
+        let mut holdings = ready(&mut out, true);
+        holdings.gone("i0", &mut out);
+        written(&mut out);
+        holdings.answered(b"3", None, b"", br#"{"seq":10}"#, &mut out);
+        holdings.answered(b"4", Some(404), b"", b"", &mut out);
+        assert!(written(&mut out).contains("DIRECT.GET"), "the walk starts");
+        holdings.pace(true);
+        let alice = found("chat.held.i0.alice", 4);
+        let moved = holdings.answered(b"5", None, &alice, b"1 5", &mut out);
+        assert_eq!(moved.len(), 1, "what was read is handed on");
+        holdings.expire(Instant::now(), true, &mut out);
+        assert!(!written(&mut out).contains("DIRECT.GET"), "no more is read");
+        holdings.pace(false);
+        holdings.expire(Instant::now(), true, &mut out);
+        let gets = written(&mut out);
+        assert_eq!(gets.matches("DIRECT.GET").count(), 5, "{gets}");
     }
 
     #[test]

@@ -146,8 +146,9 @@ pub(super) struct Change {
     pub user: Arc<str>,
     pub online: bool,
     pub at_ms: u64,
-    /// The offline of a user a gone process held ([`Change::reaped`]).
-    pub reaped: bool,
+    /// The offline of a user a gone process held, found by this reap
+    /// ([`Change::reaped`]).
+    pub reaped: Option<u64>,
 }
 
 impl Change {
@@ -157,15 +158,15 @@ impl Change {
             user,
             online,
             at_ms,
-            reaped: false,
+            reaped: None,
         }
     }
 
-    /// The offline, at `at_ms`, of `user`, whom a gone process held: that process may
-    /// have died owing the user's online too, so if a holder answers, the holders check
-    /// the user again.
-    pub(super) fn reaped(user: Arc<str>, at_ms: u64) -> Change {
-        let reaped = true;
+    /// The offline, at `at_ms`, of `user`, whom a gone process held (found by reap number
+    /// `reap`, told when this is settled): that process may have died owing the user's
+    /// online too, so if a holder answers, the holders check the user again.
+    pub(super) fn reaped(user: Arc<str>, at_ms: u64, reap: u64) -> Change {
+        let reaped = Some(reap);
         let online = false;
         Change {
             user,
@@ -268,6 +269,18 @@ impl Checks {
         self.users.contains_key(user)
     }
 
+    /// Whether a check of a change of this node's own of `user` (not a reaped one) is
+    /// under way or waits: until it settles, this node's holding must not be written
+    /// let go.
+    pub(super) fn owes(&self, user: &str) -> bool {
+        let Some(of_user) = self.users.get(user) else {
+            return false;
+        };
+        let own = |change: &Change| change.reaped.is_none();
+        let asked = (of_user.asked.iter()).filter_map(|id| self.waiting.get(id));
+        asked.map(|waiting| &waiting.change).any(own) || of_user.deferred.iter().any(own)
+    }
+
     /// The next change of `user` waiting to be asked, if none of the user's is asked:
     /// a user's changes are checked one at a time, so that they settle in order.
     pub(super) fn next_deferred(&mut self, user: &str) -> Option<Change> {
@@ -342,8 +355,8 @@ pub(super) struct Settled {
     pub user: Arc<str>,
     pub online: bool,
     pub at_ms: u64,
-    /// The offline of a user a gone process held.
-    pub reaped: bool,
+    /// The offline of a user a gone process held, found by this reap.
+    pub reaped: Option<u64>,
     /// No other holder answered: this node reports it.
     pub reported: bool,
 }
@@ -477,5 +490,26 @@ mod tests {
         }
         assert_eq!(again, [(false, 10), (true, 20), (false, 25)]);
         assert!(!checks.pending("u") && checks.pending("v"));
+    }
+
+    #[test]
+    fn only_a_nodes_own_changes_hold_back_its_letting_go() {
+        let now = Instant::now();
+        let mut checks = Checks::default();
+        let user: Arc<str> = "u".into();
+        let reaped = checks.start(Change::reaped(user.clone(), 10, 7), now);
+        assert!(
+            checks.pending("u") && !checks.owes("u"),
+            "a reap owes nothing"
+        );
+        checks.defer(Change::new(user.clone(), true, 20));
+        assert!(checks.owes("u"), "a change of its own waits");
+        let settled = checks.answered(reaped, true).expect("waiting");
+        assert_eq!((settled.reaped, settled.reported), (Some(7), false));
+        let own = checks.next_deferred("u").expect("deferred");
+        let own = checks.start(own, now);
+        assert!(checks.owes("u"), "a change of its own asked");
+        checks.answered(own, false);
+        assert!(!checks.owes("u") && !checks.pending("u"));
     }
 }

@@ -100,9 +100,10 @@ const AWAY_WAIT: Duration = Duration::from_millis(200);
 /// Users with presence-event checks at most while this node checks its users again
 /// after a reconnect ([`Relayer::recheck_more`]).
 const RECHECKS_AT_ONCE: usize = 1_024;
-/// Events waiting for the webhook at most while this node checks its users again: a
-/// tenth of what the events thread queues ([`crate::events::QUEUE_MAX`]).
-const RECHECK_EVENTS_WAITING: usize = crate::events::QUEUE_MAX / 10;
+/// Events waiting for the webhook at most while this node reports a burst it can pace
+/// (its users checked again after a reconnect, a gone node's users reaped): a tenth of
+/// what the events thread queues ([`crate::events::QUEUE_MAX`]).
+const PACED_EVENTS_WAITING: usize = crate::events::QUEUE_MAX / 10;
 
 /// What a subscription is for.
 enum Sub {
@@ -759,10 +760,15 @@ impl Relayer {
     /// with NATS out of reach, or this node's holdings not known to be kept yet, once
     /// they are (`presence_events`).
     fn check_presence_event(&mut self, user: Arc<str>, online: bool, at_ms: u64, connected: bool) {
+        self.check_change(Change::new(user, online, at_ms), connected);
+    }
+
+    /// Asks about `change` now if it can be (`connected`, this node's holding of the user
+    /// kept, no check of the user's under way), or once it can.
+    fn check_change(&mut self, change: Change, connected: bool) {
         let Some(holdings) = &self.holdings else {
             return; // no events webhook
         };
-        let change = Change::new(user, online, at_ms);
         let user = &change.user;
         // One check of a user's at a time: each is settled, and reported, in order.
         if connected && holdings.kept(user) && !self.event_checks.pending(user) {
@@ -797,21 +803,23 @@ impl Relayer {
 
     /// Checks again the next users held when NATS came back, while fewer than
     /// [`RECHECKS_AT_ONCE`] users have checks and the events thread has fewer than
-    /// [`RECHECK_EVENTS_WAITING`] events waiting: a node of a million users would
+    /// [`PACED_EVENTS_WAITING`] events waiting: a node of a million users would
     /// otherwise report them faster than a webhook takes them, and the events queue
     /// would drop some (it did at 200,000: benches/RESULTS.md).
     fn recheck_more(&mut self) {
-        let waiting = |events: &Option<crate::events::Events>| {
-            (events.as_ref()).map_or(0, crate::events::Events::waiting)
-        };
-        while self.event_checks.users() < RECHECKS_AT_ONCE
-            && waiting(&self.events) < RECHECK_EVENTS_WAITING
-        {
+        while self.event_checks.users() < RECHECKS_AT_ONCE && !self.events_behind() {
             let Some(user) = self.rechecks.pop_front() else {
                 return;
             };
             self.recheck_if_held(user);
         }
+    }
+
+    /// Whether [`PACED_EVENTS_WAITING`] events or more wait for the events thread: what
+    /// can wait (checks after a reconnect, a reap's walk) waits.
+    fn events_behind(&self) -> bool {
+        let waiting = (self.events.as_ref()).map_or(0, crate::events::Events::waiting);
+        waiting >= PACED_EVENTS_WAITING
     }
 
     /// The next change of `user` that waited (for the user's holding to be kept, or for
@@ -830,7 +838,7 @@ impl Relayer {
     fn holdings_moved(&mut self, outcomes: Vec<holdings::Outcome>) {
         for outcome in outcomes {
             match outcome {
-                holdings::Outcome::Reaped(user) => self.reaped(user),
+                holdings::Outcome::Reaped { user, reap } => self.reaped(user, reap),
                 holdings::Outcome::Kept(user) => {
                     self.answer_held_unkept(&user);
                     self.ask_deferred_presence_event(&user);
@@ -878,22 +886,25 @@ impl Relayer {
         wire::publish(&mut self.out, subject.as_bytes(), Some(&reply), &question);
     }
 
-    /// A user a gone node still held: offline unless this node or another holds the user
-    /// (asked as when a node lets a user go), dated now. This node takes the holding
-    /// over first, so that if it dies too before the check is settled, the node that
-    /// reaps it asks again. Held here, the user is online, but the gone node may have
-    /// died owing the user's online: the holders, this node too, check the user again.
-    fn reaped(&mut self, user: Arc<str>) {
+    /// A user a gone node still held, found by reap number `reap`: offline unless this
+    /// node or another holds the user (asked as when a node lets a user go), dated now.
+    /// Nothing is written for it: the gone node's holdings stay until every check of the
+    /// reap is settled, so a reaper that dies first leaves the reap to the node that
+    /// reaps it ([`super::holdings`]). Held here, the user is online, but the gone node
+    /// may have died owing the user's online: the holders, this node too, check the user
+    /// again.
+    fn reaped(&mut self, user: Arc<str>, reap: u64) {
         if self.sids.contains_key(&user) {
             self.recheck_holders(&user, (self.wall_ms)());
-            return self.recheck_if_held(user);
-        }
-        let Some(holdings) = &mut self.holdings else {
+            self.recheck_if_held(user);
+            if let Some(holdings) = &mut self.holdings {
+                holdings.reap_checked(reap, &mut self.out);
+            }
             return;
-        };
-        let at_ms = (self.wall_ms)();
-        holdings.changed(user.clone(), true, at_ms, &mut self.out);
-        self.event_checks.defer(Change::reaped(user, at_ms));
+        }
+        let connected = (self.state.relay_connected).load(std::sync::atomic::Ordering::Acquire);
+        let change = Change::reaped(user, (self.wall_ms)(), reap);
+        self.check_change(change, connected);
     }
 
     /// This node reported `user` offline on silence at `at_ms`, or found a user a gone
@@ -913,14 +924,21 @@ impl Relayer {
             if let (Some(events), Some(hook)) = (&self.events, check.report()) {
                 events.emit((self.wall_ms)(), hook);
             }
-            if check.reaped && !check.reported {
-                // Held elsewhere: the gone process may have died owing the online.
-                self.recheck_holders(&check.user, (self.wall_ms)());
+            if let Some(reap) = check.reaped {
+                if !check.reported {
+                    // Held elsewhere: the gone process may have died owing the online.
+                    self.recheck_holders(&check.user, (self.wall_ms)());
+                }
+                if let Some(holdings) = &mut self.holdings {
+                    holdings.reap_checked(reap, &mut self.out);
+                }
             }
-            // Let go here, and no other check of the user's waits.
+            // This node's own letting go, and no other change of its own of the user's
+            // waits (a reaped user's check writes nothing).
             let let_go = !check.online
+                && check.reaped.is_none()
                 && !self.sids.contains_key(&check.user)
-                && !self.event_checks.pending(&check.user);
+                && !self.event_checks.owes(&check.user);
             if let Some(holdings) = self.holdings.as_mut().filter(|_| let_go) {
                 holdings.changed(check.user.clone(), false, check.at_ms, &mut self.out);
             }
@@ -1506,9 +1524,11 @@ impl Relayer {
                 self.settle_presence_events(settled);
             }
             Some((b'r', request)) => {
+                let behind = self.events_behind();
                 let Some(holdings) = &mut self.holdings else {
                     return;
                 };
+                holdings.pace(behind);
                 let moved = holdings.answered(request, status, headers, &payload, &mut self.out);
                 self.holdings_moved(moved);
             }
@@ -1813,11 +1833,13 @@ impl Relayer {
             .load(std::sync::atomic::Ordering::Acquire);
         let failed = self.history.expire(now, connected, &mut self.out);
         self.send_replies(failed);
+        let behind = self.events_behind();
         if let Some(holdings) = &mut self.holdings {
             let claimed = self
                 .state
                 .claimed
                 .load(std::sync::atomic::Ordering::Acquire);
+            holdings.pace(behind);
             let moved = holdings.expire(now, claimed, &mut self.out);
             self.holdings_moved(moved);
         }
