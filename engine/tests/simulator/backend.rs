@@ -3,7 +3,7 @@
 //! (its inboxes, history and presence) on one simulated nats-server with JetStream
 //! ([`SimCluster`]).
 //!
-//! A cluster seed runs one or two nodes, each as `--cluster` runs it: every store command
+//! A cluster seed runs one to three nodes, each as `--cluster` runs it: every store command
 //! and every relay a node's shard asks for goes to that node's relayer in the order
 //! asked, as the one channel to the cluster thread carries them; what the relayer hands
 //! the reactors (store answers, live deliveries, the group bucket's changes) comes back

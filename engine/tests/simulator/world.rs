@@ -20,7 +20,7 @@
 //!   restarts with what the store committed;
 //! - the operator: calls to the operator's API from HTTP connections at random moments,
 //!   and the events webhook's hooks, judged by [`Operator`];
-//! - a cluster (one seed in three): the shards of one or two nodes, each node's store
+//! - a cluster (one seed in three): the shards of one to three nodes, each node's store
 //!   the real relayer on a simulated nats-server ([`Backend`]); a reactor's place is
 //!   `node * reactors + reactor`, and a crash kills one node.
 
