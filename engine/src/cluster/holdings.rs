@@ -4,9 +4,9 @@
 //!
 //! Stream `CHAT_HELD`, one message a subject:
 //! - `chat.held.<instance>.<user>`: `1 <since ms>` while the process holds the user (or
-//!   owes the user's `user_offline`), `0 <at ms>` once the offline is settled. A `1` is a request whose acknowledgement says the holding is kept: only
-//!   then does the relayer ask whether to report the user online, or answer that it
-//!   holds the user. A `0` goes without an answer (lost, it only makes a reaper ask about
+//!   owes the user's `user_offline`), `0 <at ms>` once the offline is settled. A `1` is
+//!   a request whose acknowledgement says the holding is kept: only then does the
+//!   relayer ask whether to report the user online, or answer that it holds the user. A `0` goes without an answer (lost, it only makes a reaper ask about
 //!   the user again). What changes while NATS is away, or before the stream is known, is
 //!   written when it is, the latest change of each user.
 //! - `chat.holder.<instance>`: the node id of a process that has written holdings, so
