@@ -9,15 +9,21 @@
 //!   relayer ask whether to report the user online, or answer that it holds the user. A `0` goes without an answer (lost, it only makes a reaper ask about
 //!   the user again). What changes while NATS is away, or before the stream is known, is
 //!   written when it is, the latest change of each user.
-//! - `chat.holder.<instance>`: the node id of a process that has written holdings, so
-//!   that one started later finds the processes that died while nobody was there to reap
-//!   them (a one-node cluster restarted, or the node key aged out).
-//! - `chat.reaper.<instance>`: who reaps a gone process, written with a compare-and-set
-//!   (`Nats-Expected-Last-Subject-Sequence`): of the nodes that hear it gone, one reaps.
-//!   A node finding the claim taken reads it: a reaper that is itself gone is taken over.
 //!
-//! Reaping a gone process: walk its `chat.held.<instance>.>` by direct gets, in
-//! [`WALKERS`] stretches of the stream at once once the first holding is found; each user
+//! Stream `CHAT_REAPS`, small (a few messages a process), so that reading it never scans
+//! the million holdings of `CHAT_HELD` (such a scan held up the reading node's NATS
+//! connection for seconds):
+//! - `chat.reaps.holder.<instance>`: the node id of a process that has written holdings,
+//!   so that one started later finds the processes that died while nobody was there to
+//!   reap them (a one-node cluster restarted, or the node key aged out).
+//! - `chat.reaps.reaper.<instance>`: who reaps a gone process, written with a
+//!   compare-and-set (`Nats-Expected-Last-Subject-Sequence`): of the nodes that hear it
+//!   gone, one reaps. A node finding the claim taken reads it: a reaper that is itself
+//!   gone is taken over.
+//!
+//! Reaping a gone process: once claimed, `CHAT_HELD`'s last sequence bounds the walk;
+//! walk its `chat.held.<instance>.>` by direct gets, in [`WALKERS`] stretches of the
+//! stream at once once the first holding is found; each user
 //! it still held goes to the relayer, which asks whether anyone holds the user and, if
 //! nobody answers, reports `user_offline`. Once the walk is done and every such check is
 //! settled ([`Holdings::reap_checked`]), the process's subjects are purged. Until then
@@ -50,8 +56,41 @@ use super::{
     wire,
 };
 
-/// The stream of holdings.
-const STREAM: &str = "CHAT_HELD";
+/// The stream of holdings, and the stream of the processes that wrote them and of who
+/// reaps them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stream {
+    Held,
+    Reaps,
+}
+
+impl Stream {
+    const BOTH: [Stream; 2] = [Stream::Held, Stream::Reaps];
+
+    fn name(self) -> &'static str {
+        match self {
+            Stream::Held => "CHAT_HELD",
+            Stream::Reaps => "CHAT_REAPS",
+        }
+    }
+
+    fn subjects(self) -> &'static [&'static str] {
+        match self {
+            Stream::Held => &["chat.held.>"],
+            Stream::Reaps => &["chat.reaps.holder.*", "chat.reaps.reaper.*"],
+        }
+    }
+}
+
+/// Where process `instance` names its node id (in [`Stream::Reaps`]).
+fn holder_subject(instance: &str) -> String {
+    format!("chat.reaps.holder.{instance}")
+}
+
+/// Where the reaper of process `instance` claims it (in [`Stream::Reaps`]).
+fn reaper_subject(instance: &str) -> String {
+    format!("chat.reaps.reaper.{instance}")
+}
 /// The stretches a reap's walk reads at once: a direct get waits a round trip to
 /// JetStream, and a dead node may have held a million users. 8 reaped 19,000 users a
 /// second on the 2-core VM, 32 28,600 and 128 33,200, nats-server's CPU by then the
@@ -68,14 +107,16 @@ const SWEEP_EVERY: Duration = Duration::from_secs(60);
 /// What waits on a request's answer.
 #[derive(Debug)]
 enum Pending {
-    /// The stream's creation (or its description).
-    Setup,
+    /// A stream's creation (or its description).
+    Setup(Stream),
     /// A holding's write.
     Held(Arc<str>),
     /// The claim to reap a gone process.
     Claim(Box<str>),
     /// The claim another node made, read.
     ClaimRead(Box<str>),
+    /// `CHAT_HELD`'s last sequence, once the reap is claimed: the walk's bound.
+    Extent(Box<str>),
     /// The next claim to reap, for the claims a gone process made itself.
     ClaimsOf(Box<str>),
     /// The next holding of a gone process in one stretch of the stream.
@@ -96,12 +137,15 @@ struct Reap {
     claim_id: u64,
     /// The claim subject's last sequence the claim expects: 0, or a gone reaper's claim.
     expected: u64,
-    /// Claimed, the reap first reads the claims the gone process made itself (reaps
-    /// it left unfinished, taken over then), from this sequence on, until done.
+    /// The claim's sequence in `CHAT_REAPS`: the claims the gone process made itself
+    /// came before it.
+    claim_seq: u64,
+    /// Claimed, the reap reads the claims the gone process made itself (reaps it left
+    /// unfinished, taken over then), from this sequence on, until done.
     claims_next: Option<u64>,
-    /// The claim's sequence: what the gone process wrote came before it, and the reap
-    /// reads no further (a process counted dead that was not may still write, and so do
-    /// the reapers taking its users over).
+    /// One past `CHAT_HELD`'s last sequence once the reap is claimed (`u64::MAX` until
+    /// it is read): what the gone process wrote came before, and the walk reads no
+    /// further (a process counted dead that was not may still write).
     upto: u64,
     /// A request of the claim, or of the claims read, is under way.
     asked: bool,
@@ -164,21 +208,21 @@ struct Sweep {
 pub(super) struct Holdings {
     /// This process's token.
     instance: Box<str>,
-    /// This node's id, in `chat.holder.<instance>`.
+    /// This node's id, in `chat.reaps.holder.<instance>`.
     node_id: Box<str>,
-    /// The stream's copies (`--cluster-replicas`).
+    /// The streams' copies (`--cluster-replicas`).
     replicas: u8,
     /// Requests under way, answered to `<inbox>r<number>`.
     requests: Requests<Pending>,
     /// Connected to NATS.
     online: bool,
-    /// The stream's set-up is under way.
+    /// The streams' set-up is under way.
     setting_up: bool,
-    /// The stream is known on this connection.
-    stream_known: bool,
+    /// Each stream ([`Stream::BOTH`]) is known on this connection.
+    streams_known: [bool; 2],
     /// This node holds its id (membership's claim).
     claimed: bool,
-    /// The stream is known and `chat.holder.<instance>` written on this connection,
+    /// The streams are known and `chat.reaps.holder.<instance>` written on this connection,
     /// which needs the node's id held: writes go at once.
     ready: bool,
     /// The last claim id given out.
@@ -195,7 +239,7 @@ pub(super) struct Holdings {
     alive: HashSet<Box<str>>,
     /// Gone processes, by instance.
     reaps: HashMap<Box<str>, Reap>,
-    /// The sweep of `chat.holder.*`.
+    /// The sweep of `chat.reaps.holder.*`.
     sweep: Sweep,
     /// The events webhook is behind ([`Holdings::pace`]): the walks wait.
     walks_wait: bool,
@@ -212,7 +256,7 @@ impl Holdings {
             requests: Requests::new(inbox, 'r'),
             online: false,
             setting_up: false,
-            stream_known: false,
+            streams_known: [false; 2],
             claimed: false,
             ready: false,
             claims: 0,
@@ -275,26 +319,41 @@ impl Holdings {
 
     /// On a new connection: the stream is made sure of before anything is written.
     pub(super) fn connected(&mut self, out: &mut BytesMut) {
-        (self.online, self.stream_known, self.ready) = (true, false, false);
-        self.set_up_stream(out);
+        (self.online, self.streams_known, self.ready) = (true, [false; 2], false);
+        self.set_up_streams(out);
     }
 
-    fn set_up_stream(&mut self, out: &mut BytesMut) {
+    /// Whether both streams are known on this connection.
+    fn streams_known(&self) -> bool {
+        self.streams_known.iter().all(|known| *known)
+    }
+
+    /// Creates the streams not known yet (or learns they are there).
+    fn set_up_streams(&mut self, out: &mut BytesMut) {
         self.setting_up = true;
-        let config = serde_json::json!({
-            "name": STREAM,
-            "subjects": ["chat.held.>", "chat.holder.*", "chat.reaper.*"],
-            "storage": "file",
-            "retention": "limits",
-            "max_msgs_per_subject": 1,
-            "discard": "old",
-            "allow_direct": true,
-            "num_replicas": self.replicas,
-        });
-        let subject = format!("$JS.API.STREAM.CREATE.{STREAM}");
-        let body = config.to_string();
-        self.requests
-            .send(out, (&subject, &[]), body.as_bytes(), Pending::Setup);
+        for stream in Stream::BOTH {
+            if self.streams_known[stream as usize] {
+                continue;
+            }
+            let config = serde_json::json!({
+                "name": stream.name(),
+                "subjects": stream.subjects(),
+                "storage": "file",
+                "retention": "limits",
+                "max_msgs_per_subject": 1,
+                "discard": "old",
+                "allow_direct": true,
+                "num_replicas": self.replicas,
+            });
+            let subject = format!("$JS.API.STREAM.CREATE.{}", stream.name());
+            let body = config.to_string();
+            (self.requests).send(
+                out,
+                (&subject, &[]),
+                body.as_bytes(),
+                Pending::Setup(stream),
+            );
+        }
     }
 
     /// Cut off from NATS: nothing under way will be answered.
@@ -303,7 +362,7 @@ impl Holdings {
             self.unwritten.insert(user, (true, since_ms));
         }
         (self.online, self.setting_up) = (false, false);
-        (self.stream_known, self.ready) = (false, false);
+        (self.streams_known, self.ready) = ([false; 2], false);
         self.requests.drain();
         for reap in self.reaps.values_mut() {
             reap.asked = false;
@@ -324,7 +383,7 @@ impl Holdings {
             );
             if reap.claimed && self.ready {
                 // Its next death is anyone's to reap again.
-                self.purge(&format!("chat.reaper.{instance}"), None, out);
+                self.purge(Stream::Reaps, &reaper_subject(instance), None, out);
             }
         }
     }
@@ -345,6 +404,7 @@ impl Holdings {
             claimed: false,
             claim_id: self.claims,
             expected: 0,
+            claim_seq: 0,
             claims_next: Some(1),
             upto: u64::MAX,
             asked: false,
@@ -359,14 +419,15 @@ impl Holdings {
         }
     }
 
-    /// The next requests of the reap of `instance`: its claim, the next claim it made
-    /// itself, or the next get of each stretch of its walk with none under way (unless
-    /// the walks wait, [`Holdings::pace`]).
+    /// The next requests of the reap of `instance`: its claim, `CHAT_HELD`'s last
+    /// sequence, the next claim it made itself, or the next get of each stretch of its
+    /// walk with none under way (unless the walks wait, [`Holdings::pace`]).
     fn go_on(&mut self, instance: &str, out: &mut BytesMut) {
         let Some(reap) = self.reaps.get_mut(instance) else {
             return;
         };
-        if reap.claimed && reap.claims_next.is_none() {
+        let bounded = reap.upto != u64::MAX;
+        if reap.claimed && bounded && reap.claims_next.is_none() {
             if self.walks_wait {
                 return;
             }
@@ -386,22 +447,30 @@ impl Holdings {
                 stretch.asked = true;
                 let body = serde_json::json!({"seq": stretch.next, "next_by_subj": filter});
                 let pending = Pending::Walk(instance.into(), index);
+                let to = direct_get(Stream::Held.name());
                 let body = body.to_string();
                 self.requests
-                    .send(out, (&direct_get(STREAM), &[]), body.as_bytes(), pending);
+                    .send(out, (&to, &[]), body.as_bytes(), pending);
             }
             return;
         }
         reap.asked = true;
+        if reap.claimed && !bounded {
+            let subject = format!("$JS.API.STREAM.INFO.{}", Stream::Held.name());
+            let pending = Pending::Extent(instance.into());
+            return self.requests.send(out, (&subject, &[]), b"", pending);
+        }
         if let Some(next) = reap.claims_next.filter(|_| reap.claimed) {
-            let body = serde_json::json!({"seq": next, "next_by_subj": "chat.reaper.*"});
+            let filter = reaper_subject("*");
+            let body = serde_json::json!({"seq": next, "next_by_subj": filter});
             let pending = Pending::ClaimsOf(instance.into());
+            let to = direct_get(Stream::Reaps.name());
             let body = body.to_string();
             return self
                 .requests
-                .send(out, (&direct_get(STREAM), &[]), body.as_bytes(), pending);
+                .send(out, (&to, &[]), body.as_bytes(), pending);
         }
-        let subject = format!("chat.reaper.{instance}");
+        let subject = reaper_subject(instance);
         let id = format!("reap {instance} {} {}", self.instance, reap.claim_id);
         let expected = reap.expected.to_string();
         let headers = [
@@ -448,18 +517,18 @@ impl Holdings {
                     }
                 }
             }
-            Pending::Setup => {
+            Pending::Setup(stream) => {
                 self.setting_up = false;
                 let answer = answer();
                 let error = requests::api_error(status, &answer);
                 let differs = answer["error"]["err_code"].as_u64() == Some(STREAM_DIFFERS);
                 match error {
                     Some(e) if !differs => {
-                        debug!("cluster: stream {STREAM} not set up: {e}");
+                        debug!("cluster: stream {} not set up: {e}", stream.name());
                         Vec::new()
                     }
                     _ => {
-                        self.stream_known = true;
+                        self.streams_known[stream as usize] = true;
                         self.become_ready(out)
                     }
                 }
@@ -474,7 +543,7 @@ impl Holdings {
                     None => {
                         info!(%instance, "cluster: reaping the holdings of a gone node");
                         reap.claimed = true;
-                        reap.upto = answer["seq"].as_u64().unwrap_or(u64::MAX);
+                        reap.claim_seq = answer["seq"].as_u64().unwrap_or(u64::MAX);
                         self.go_on(&instance, out);
                     }
                     Some(_)
@@ -482,10 +551,10 @@ impl Holdings {
                     {
                         // Another node's claim: read whose.
                         reap.asked = true;
-                        let subject = format!("chat.reaper.{instance}");
+                        let subject = reaper_subject(&instance);
                         let body = serde_json::json!({ "last_by_subj": subject }).to_string();
                         let pending = Pending::ClaimRead(instance);
-                        let to = direct_get(STREAM);
+                        let to = direct_get(Stream::Reaps.name());
                         self.requests
                             .send(out, (&to, &[]), body.as_bytes(), pending);
                     }
@@ -495,6 +564,22 @@ impl Holdings {
             }
             Pending::ClaimRead(instance) => {
                 self.claim_read(&instance, status, headers, payload, out);
+                Vec::new()
+            }
+            Pending::Extent(instance) => {
+                let Some(reap) = self.reaps.get_mut(&instance) else {
+                    return Vec::new();
+                };
+                reap.asked = false;
+                let answer = answer();
+                let last = answer["state"]["last_seq"].as_u64();
+                match (requests::api_error(status, &answer), last) {
+                    (None, Some(last)) => {
+                        reap.upto = last + 1;
+                        self.go_on(&instance, out);
+                    }
+                    (e, _) => debug!(%instance, "cluster: reap not bounded: {e:?}"), // again
+                }
                 Vec::new()
             }
             Pending::ClaimsOf(instance) => {
@@ -540,7 +625,7 @@ impl Holdings {
         };
         let reaper = String::from_utf8_lossy(reaper);
         if *reaper == *self.instance {
-            (reap.claimed, reap.upto) = (true, seq);
+            (reap.claimed, reap.claim_seq) = (true, seq);
         } else if self.alive.contains(&*reaper) {
             self.reaps.remove(instance);
             return;
@@ -556,11 +641,11 @@ impl Holdings {
     /// `chat.holder` (first, so that a sweep finds whatever it writes), what waited is
     /// written, and the reaps go on.
     fn become_ready(&mut self, out: &mut BytesMut) -> Vec<Outcome> {
-        if self.ready || !self.stream_known || !self.claimed {
+        if self.ready || !self.streams_known() || !self.claimed {
             return Vec::new();
         }
         self.ready = true;
-        let subject = format!("chat.holder.{}", self.instance);
+        let subject = holder_subject(&self.instance);
         wire::publish(out, subject.as_bytes(), None, self.node_id.as_bytes());
         let mut unwritten: Vec<(Arc<str>, (bool, u64))> = self.unwritten.drain().collect();
         unwritten.sort_unstable();
@@ -612,13 +697,14 @@ impl Holdings {
             None => {}
         }
         let claimed = stored_at(headers).filter(|_| status.is_none());
-        let claimed = claimed.filter(|(_, seq)| *seq < reap.upto);
+        let claimed = claimed.filter(|(_, seq)| *seq < reap.claim_seq);
         match claimed {
             Some((_, seq)) => reap.claims_next = Some(seq + 1),
             None if status.is_none() => reap.claims_next = None, // past the claim: done
             None => {}
         }
-        let target = (claimed.and_then(|(subject, _)| subject.strip_prefix("chat.reaper.")))
+        let prefix = reaper_subject("");
+        let target = (claimed.and_then(|(subject, _)| subject.strip_prefix(&prefix)))
             .filter(|target| *target != instance && claimer == instance.as_bytes())
             .map(Box::<str>::from);
         self.go_on(instance, out);
@@ -666,7 +752,7 @@ impl Holdings {
                 reap.checking += usize::from(user.is_some());
                 // The walk stays whole once nothing is left of it: an empty walk is
                 // one not started.
-                if reap.walk.len() == 1 && seq + 1 < reap.upto && reap.upto != u64::MAX {
+                if reap.walk.len() == 1 && seq + 1 < reap.upto {
                     reap.walk = split(seq + 1, reap.upto);
                 }
             }
@@ -705,12 +791,10 @@ impl Holdings {
             return;
         };
         info!(instance, "cluster: the holdings of a gone node are reaped");
-        self.purge(
-            &format!("chat.held.{instance}.>"),
-            Some(reap.newest + 1),
-            out,
-        );
-        self.purge(&format!("chat.*.{instance}"), None, out);
+        let held = format!("chat.held.{instance}.>");
+        self.purge(Stream::Held, &held, Some(reap.newest + 1), out);
+        let named = format!("chat.reaps.*.{instance}");
+        self.purge(Stream::Reaps, &named, None, out);
     }
 
     /// One step of the sweep: a process with holdings that is neither alive nor this one
@@ -738,7 +822,7 @@ impl Holdings {
             return;
         };
         sweep.next = seq + 1;
-        if let Some(instance) = subject.strip_prefix("chat.holder.") {
+        if let Some(instance) = subject.strip_prefix(&holder_subject("")) {
             let gone = match sweep.same_node {
                 true => node_id == self.node_id.as_bytes(),
                 false => !self.alive.contains(instance),
@@ -754,23 +838,20 @@ impl Holdings {
     fn sweep_on(&mut self, out: &mut BytesMut) {
         let sweep = &mut self.sweep;
         sweep.asked = true;
-        let body = serde_json::json!({"seq": sweep.next, "next_by_subj": "chat.holder.*"});
+        let filter = holder_subject("*");
+        let body = serde_json::json!({"seq": sweep.next, "next_by_subj": filter});
+        let to = direct_get(Stream::Reaps.name());
         let body = body.to_string();
-        self.requests.send(
-            out,
-            (&direct_get(STREAM), &[]),
-            body.as_bytes(),
-            Pending::Sweep,
-        );
+        (self.requests).send(out, (&to, &[]), body.as_bytes(), Pending::Sweep);
     }
 
-    /// Purges `filter` (below sequence `below`, if given).
-    fn purge(&mut self, filter: &str, below: Option<u64>, out: &mut BytesMut) {
+    /// Purges `filter` from `stream` (below sequence `below`, if given).
+    fn purge(&mut self, stream: Stream, filter: &str, below: Option<u64>, out: &mut BytesMut) {
         let mut body = serde_json::json!({ "filter": filter });
         if let Some(below) = below {
             body["seq"] = below.into();
         }
-        let subject = format!("$JS.API.STREAM.PURGE.{STREAM}");
+        let subject = format!("$JS.API.STREAM.PURGE.{}", stream.name());
         let body = body.to_string();
         self.requests
             .send(out, (&subject, &[]), body.as_bytes(), Pending::Purge);
@@ -787,7 +868,7 @@ impl Holdings {
     ) -> Vec<Outcome> {
         for pending in self.requests.late(now) {
             match pending {
-                Pending::Setup => self.setting_up = false,
+                Pending::Setup(_) => self.setting_up = false,
                 Pending::Held(user) => {
                     if let Some((since_ms, _)) = self.unacked.remove(&user) {
                         self.unwritten.insert(user, (true, since_ms));
@@ -796,6 +877,7 @@ impl Holdings {
                 }
                 Pending::Claim(instance)
                 | Pending::ClaimRead(instance)
+                | Pending::Extent(instance)
                 | Pending::ClaimsOf(instance) => {
                     if let Some(reap) = self.reaps.get_mut(&instance) {
                         reap.asked = false;
@@ -818,9 +900,9 @@ impl Holdings {
         if !self.online {
             return Vec::new();
         }
-        if !self.stream_known {
+        if !self.streams_known() {
             if !self.setting_up {
-                self.set_up_stream(out);
+                self.set_up_streams(out);
             }
             return Vec::new();
         }
@@ -884,18 +966,19 @@ mod tests {
         String::from_utf8_lossy(&out.split()).into_owned()
     }
 
-    /// Holdings of process `i1` of node `n`, its stream set up and its id held, and its
-    /// first sweep (request 2) asked; with `swept`, the sweep found nothing (the next
-    /// request is number 3).
+    /// Holdings of process `i1` of node `n`, its streams set up and its id held, and its
+    /// first sweep (request 3) asked; with `swept`, the sweep found nothing (the next
+    /// request is number 4).
     fn ready(out: &mut BytesMut, swept: bool) -> Holdings {
         let mut holdings = Holdings::new("_INBOX.x.", ("n", "i1"), 1);
         holdings.connected(out);
         let created = br#"{"config":{}}"#;
         assert!(holdings.answered(b"1", None, b"", created, out).is_empty());
+        assert!(holdings.answered(b"2", None, b"", created, out).is_empty());
         let moved = holdings.expire(Instant::now(), true, out);
         assert_eq!(moved, [Outcome::Ready]);
         if swept {
-            holdings.answered(b"2", Some(404), b"", b"", out);
+            holdings.answered(b"3", Some(404), b"", b"", out);
         }
         written(out);
         holdings
@@ -907,22 +990,31 @@ mod tests {
         let mut holdings = Holdings::new("_INBOX.x.", ("n", "i1"), 1);
         holdings.changed("alice".into(), true, 5, &mut out);
         holdings.connected(&mut out);
-        assert!(written(&mut out).contains("$JS.API.STREAM.CREATE.CHAT_HELD"));
-        assert!(holdings
-            .answered(b"1", None, b"", b"{}", &mut out)
-            .is_empty());
+        let creates = written(&mut out);
+        assert!(
+            creates.contains("$JS.API.STREAM.CREATE.CHAT_HELD"),
+            "{creates}"
+        );
+        assert!(
+            creates.contains("$JS.API.STREAM.CREATE.CHAT_REAPS"),
+            "{creates}"
+        );
+        for number in [b"1", b"2"] {
+            let moved = holdings.answered(number, None, b"", b"{}", &mut out);
+            assert!(moved.is_empty());
+        }
         assert!(out.is_empty(), "not before the node holds its id");
         assert!(!holdings.kept("alice"));
         let moved = holdings.expire(Instant::now(), true, &mut out);
         assert_eq!(moved, [Outcome::Ready]);
         let text = written(&mut out);
-        let holder = text.find("PUB chat.holder.i1 1\r\nn").expect(&text);
+        let holder = text.find("PUB chat.reaps.holder.i1 1\r\nn").expect(&text);
         let held = text
-            .find("PUB chat.held.i1.alice _INBOX.x.r2")
+            .find("PUB chat.held.i1.alice _INBOX.x.r3")
             .expect(&text);
         assert!(holder < held, "the process is named first: {text}");
         assert!(!holdings.kept("alice"), "not acknowledged yet");
-        let moved = holdings.answered(b"2", None, b"", br#"{"seq":2}"#, &mut out);
+        let moved = holdings.answered(b"3", None, b"", br#"{"seq":2}"#, &mut out);
         assert_eq!(moved, [Outcome::Kept("alice".into())]);
         assert!(holdings.kept("alice") && holdings.kept("bob"));
         // A letting go goes without an answer; cut off, changes wait for the next
@@ -934,38 +1026,60 @@ mod tests {
         assert!(!holdings.kept("bob"));
         holdings.connected(&mut out);
         written(&mut out);
-        holdings.answered(b"5", None, b"", b"{}", &mut out);
+        holdings.answered(b"6", None, b"", b"{}", &mut out);
+        holdings.answered(b"7", None, b"", b"{}", &mut out);
         holdings.expire(Instant::now(), true, &mut out);
-        assert!(written(&mut out).contains("chat.held.i1.bob _INBOX.x.r6"));
+        assert!(written(&mut out).contains("chat.held.i1.bob _INBOX.x.r8"));
     }
 
-    #[test]
-    fn a_gone_process_is_claimed_walked_up_to_the_claim_and_purged_once_its_users_are_checked() {
-        let mut out = BytesMut::new();
-        let mut holdings = ready(&mut out, true);
-        holdings.gone("i0", &mut out);
-        let claim = written(&mut out);
+    /// Claims the reap of `i0` (request 4, stored at `claim_seq` in `CHAT_REAPS`), with
+    /// `CHAT_HELD`'s last sequence 9 (request 5) and no claims of its own (request 6):
+    /// the walk's first get is request 7.
+    fn claimed_i0(holdings: &mut Holdings, claim_seq: u64, out: &mut BytesMut) {
+        holdings.gone("i0", out);
+        let claim = written(out);
         assert!(
-            claim.starts_with("HPUB chat.reaper.i0 _INBOX.x.r3"),
+            claim.starts_with("HPUB chat.reaps.reaper.i0 _INBOX.x.r4"),
             "{claim}"
         );
         assert!(
             claim.contains("Nats-Expected-Last-Subject-Sequence: 0"),
             "{claim}"
         );
-        holdings.answered(b"3", None, b"", br#"{"seq":10}"#, &mut out);
-        // First the claims it made itself: none.
-        assert!(written(&mut out).contains(r#""next_by_subj":"chat.reaper.*""#));
-        holdings.answered(b"4", Some(404), b"", b"", &mut out);
-        assert!(written(&mut out).contains(r#""next_by_subj":"chat.held.i0.>""#));
+        let stored = format!(r#"{{"seq":{claim_seq}}}"#);
+        holdings.answered(b"4", None, b"", stored.as_bytes(), out);
+        assert!(written(out).contains("PUB $JS.API.STREAM.INFO.CHAT_HELD _INBOX.x.r5"));
+        holdings.answered(b"5", None, b"", br#"{"state":{"last_seq":9}}"#, out);
+        let claims = written(out);
+        assert!(
+            claims.contains("DIRECT.GET.CHAT_REAPS _INBOX.x.r6"),
+            "{claims}"
+        );
+        assert!(claims.contains(r#""next_by_subj":"chat.reaps.reaper.*""#));
+        holdings.answered(b"6", Some(404), b"", b"", out);
+        let walk = written(out);
+        assert!(walk.contains("DIRECT.GET.CHAT_HELD _INBOX.x.r7"), "{walk}");
+        assert!(
+            walk.contains(r#""next_by_subj":"chat.held.i0.>""#),
+            "{walk}"
+        );
+    }
+
+    #[test]
+    fn a_gone_process_is_claimed_walked_up_to_the_holdings_last_sequence_then_and_purged_once_its_users_are_checked(
+    ) {
+        let mut out = BytesMut::new();
+        let mut holdings = ready(&mut out, true);
+        claimed_i0(&mut holdings, 3, &mut out);
         let alice = found("chat.held.i0.alice", 4);
-        let moved = holdings.answered(b"5", None, &alice, b"1 5", &mut out);
+        let moved = holdings.answered(b"7", None, &alice, b"1 5", &mut out);
         let alice_reaped = Outcome::Reaped {
             user: "alice".into(),
             reap: 1,
         };
         assert_eq!(moved, [alice_reaped]);
-        // The rest, 5 up to the claim, is read in stretches at once (requests 6 to 10).
+        // The rest, 5 up to the last sequence (9), is read in stretches at once
+        // (requests 8 to 12).
         let gets = written(&mut out);
         for seq in 5..10 {
             assert!(gets.contains(&format!(r#""seq":{seq}"#)), "{gets}");
@@ -973,14 +1087,14 @@ mod tests {
         assert_eq!(gets.matches("DIRECT.GET").count(), 5, "{gets}");
         // Bob, let go, is in the second stretch; the first finds him past its end.
         let bob = found("chat.held.i0.bob", 6);
-        let moved = holdings.answered(b"6", None, &bob, b"0 7", &mut out);
+        let moved = holdings.answered(b"8", None, &bob, b"0 7", &mut out);
         assert!(moved.is_empty(), "past the stretch");
-        let moved = holdings.answered(b"7", None, &bob, b"0 7", &mut out);
+        let moved = holdings.answered(b"9", None, &bob, b"0 7", &mut out);
         assert!(moved.is_empty(), "let go: nothing owed");
-        // Past the claim: written since (by a process counted dead that was not), not
-        // the gone process's.
+        // Past the last sequence: written since (by a process counted dead that was
+        // not), not the gone process's.
         let later = found("chat.held.i0.carol", 11);
-        for number in [b"8", b"9"] {
+        for number in [b"10", b"11"] {
             let moved = holdings.answered(number, None, &later, b"1 20", &mut out);
             assert!(moved.is_empty());
         }
@@ -988,7 +1102,7 @@ mod tests {
             !written(&mut out).contains("PURGE"),
             "a stretch is still read"
         );
-        holdings.answered(b"10", None, &later, b"1 20", &mut out);
+        holdings.answered(b"12", None, &later, b"1 20", &mut out);
         assert!(
             !written(&mut out).contains("PURGE"),
             "alice's check is not settled: the holdings are the reap's record until it is"
@@ -997,25 +1111,48 @@ mod tests {
         assert!(written(&mut out).is_empty(), "another reap's check");
         holdings.reap_checked(1, &mut out);
         let purges = written(&mut out);
+        let held = "PURGE.CHAT_HELD _INBOX.x.r13 35\r\n{\"filter\":\"chat.held.i0.>\",\"seq\":7}";
+        assert!(purges.contains(held), "{purges}");
+        let named = "PURGE.CHAT_REAPS _INBOX.x.r14 28\r\n{\"filter\":\"chat.reaps.*.i0\"}";
+        assert!(purges.contains(named), "{purges}");
+    }
+
+    #[test]
+    fn the_claims_a_gone_process_made_are_read_up_to_its_reaps_claim() {
+        let mut out = BytesMut::new();
+        let mut holdings = ready(&mut out, true);
+        holdings.gone("i0", &mut out);
+        holdings.answered(b"4", None, b"", br#"{"seq":3}"#, &mut out);
+        holdings.answered(b"5", None, b"", br#"{"state":{"last_seq":900}}"#, &mut out);
+        written(&mut out);
+        // i0 claimed i5's reap before the claim on i0 (3), and i6's after it: i0 was
+        // counted dead while it was not, and its later claims are its own.
+        let before = found("chat.reaps.reaper.i5", 2);
+        holdings.answered(b"6", None, &before, b"i0", &mut out);
+        let text = written(&mut out);
         assert!(
-            purges.contains(r#"{"filter":"chat.held.i0.>","seq":7}"#),
-            "{purges}"
+            text.contains("HPUB chat.reaps.reaper.i5"),
+            "taken over: {text}"
         );
-        assert!(purges.contains(r#"{"filter":"chat.*.i0"}"#), "{purges}");
+        assert!(text.contains(r#"{"next_by_subj":"chat.reaps.reaper.*","seq":3}"#));
+        let after = found("chat.reaps.reaper.i6", 4);
+        holdings.answered(b"7", None, &after, b"i0", &mut out);
+        let text = written(&mut out);
+        assert!(!text.contains("chat.reaps.reaper.i6"), "{text}");
+        assert!(
+            text.contains(r#""next_by_subj":"chat.held.i0.>""#),
+            "{text}"
+        );
     }
 
     #[test]
     fn a_walk_waits_while_the_events_webhook_is_behind() {
         let mut out = BytesMut::new();
         let mut holdings = ready(&mut out, true);
-        holdings.gone("i0", &mut out);
-        written(&mut out);
-        holdings.answered(b"3", None, b"", br#"{"seq":10}"#, &mut out);
-        holdings.answered(b"4", Some(404), b"", b"", &mut out);
-        assert!(written(&mut out).contains("DIRECT.GET"), "the walk starts");
+        claimed_i0(&mut holdings, 10, &mut out);
         holdings.pace(true);
         let alice = found("chat.held.i0.alice", 4);
-        let moved = holdings.answered(b"5", None, &alice, b"1 5", &mut out);
+        let moved = holdings.answered(b"7", None, &alice, b"1 5", &mut out);
         assert_eq!(moved.len(), 1, "what was read is handed on");
         holdings.expire(Instant::now(), true, &mut out);
         assert!(!written(&mut out).contains("DIRECT.GET"), "no more is read");
@@ -1047,17 +1184,19 @@ mod tests {
         let refused = br#"{"error":{"err_code":10071,"description":"wrong last sequence"}}"#;
         // i0's reap is claimed by i2, alive: left to it.
         holdings.gone("i0", &mut out);
-        holdings.answered(b"3", None, b"", refused, &mut out);
-        assert!(written(&mut out).contains(r#"{"last_by_subj":"chat.reaper.i0"}"#));
-        let claim = found("chat.reaper.i0", 8);
-        holdings.answered(b"4", None, &claim, b"i2", &mut out);
+        holdings.answered(b"4", None, b"", refused, &mut out);
+        let read = written(&mut out);
+        assert!(read.contains("DIRECT.GET.CHAT_REAPS"), "{read}");
+        assert!(read.contains(r#"{"last_by_subj":"chat.reaps.reaper.i0"}"#));
+        let claim = found("chat.reaps.reaper.i0", 8);
+        holdings.answered(b"5", None, &claim, b"i2", &mut out);
         assert!(out.is_empty() && holdings.reaps.is_empty());
         // i3's reap is claimed by i4, gone: taken over, expecting that claim.
         holdings.gone("i3", &mut out);
-        holdings.answered(b"5", None, b"", refused, &mut out);
+        holdings.answered(b"6", None, b"", refused, &mut out);
         written(&mut out);
-        let claim = found("chat.reaper.i3", 9);
-        holdings.answered(b"6", None, &claim, b"i4", &mut out);
+        let claim = found("chat.reaps.reaper.i3", 9);
+        holdings.answered(b"7", None, &claim, b"i4", &mut out);
         let again = written(&mut out);
         assert!(
             again.contains("Nats-Expected-Last-Subject-Sequence: 9"),
@@ -1070,7 +1209,7 @@ mod tests {
 
     /// The number of the direct get in `text` (its reply subject's tail).
     fn get_number(text: &str) -> Vec<u8> {
-        let after = text.split("DIRECT.GET.CHAT_HELD _INBOX.x.r").nth(1);
+        let after = text.split("DIRECT.GET.CHAT_REAPS _INBOX.x.r").nth(1);
         let number = after.and_then(|t| t.split(' ').next());
         number.expect(text).as_bytes().to_vec()
     }
@@ -1079,17 +1218,17 @@ mod tests {
     fn a_starting_node_reaps_its_ids_earlier_processes_first_and_later_any_not_alive() {
         let mut out = BytesMut::new();
         let mut holdings = ready(&mut out, false);
-        // The first sweep (request 2) takes only this node id's earlier processes.
-        let earlier = found("chat.holder.i0", 3);
-        holdings.answered(b"2", None, &earlier, b"n", &mut out);
-        let other_node = found("chat.holder.i7", 4);
-        holdings.answered(b"4", None, &other_node, b"m", &mut out);
+        // The first sweep (request 3) takes only this node id's earlier processes.
+        let earlier = found("chat.reaps.holder.i0", 3);
+        holdings.answered(b"3", None, &earlier, b"n", &mut out);
+        let other_node = found("chat.reaps.holder.i7", 4);
+        holdings.answered(b"5", None, &other_node, b"m", &mut out);
         let text = written(&mut out);
-        assert!(text.contains("HPUB chat.reaper.i0"), "{text}");
-        assert!(!text.contains("chat.reaper.i7"), "not yet: {text}");
-        let own = found("chat.holder.i1", 5);
-        holdings.answered(b"5", None, &own, b"n", &mut out);
-        holdings.answered(b"6", Some(404), b"", b"", &mut out);
+        assert!(text.contains("HPUB chat.reaps.reaper.i0"), "{text}");
+        assert!(!text.contains("chat.reaps.reaper.i7"), "not yet: {text}");
+        let own = found("chat.reaps.holder.i1", 5);
+        holdings.answered(b"6", None, &own, b"n", &mut out);
+        holdings.answered(b"7", Some(404), b"", b"", &mut out);
         assert!(!holdings.sweep.same_node);
         // Then, once membership has had time to hear every live node: i7, not alive,
         // is reaped too, and i2, alive, is not.
@@ -1097,11 +1236,11 @@ mod tests {
         written(&mut out);
         holdings.expire(Instant::now() + SWEEP_AFTER, true, &mut out);
         let number = get_number(&written(&mut out));
-        let alive = found("chat.holder.i2", 4);
+        let alive = found("chat.reaps.holder.i2", 4);
         holdings.answered(&number, None, &alive, b"m", &mut out);
         let text = written(&mut out);
-        assert!(!text.contains("chat.reaper.i2"), "{text}");
+        assert!(!text.contains("chat.reaps.reaper.i2"), "{text}");
         holdings.answered(&get_number(&text), None, &other_node, b"m", &mut out);
-        assert!(written(&mut out).contains("HPUB chat.reaper.i7"));
+        assert!(written(&mut out).contains("HPUB chat.reaps.reaper.i7"));
     }
 }

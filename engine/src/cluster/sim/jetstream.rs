@@ -1,11 +1,12 @@
 //! A simulated nats-server with JetStream, for the cluster simulator: what the cluster's
 //! inboxes and history ask of nats-server 2.9, in memory, on a virtual clock. It reads
 //! the bytes a node writes (`PUB` and `HPUB`, as [`super::super::wire`] writes them) and
-//! answers as nats-server does: stream creation and description, publishes with
-//! `Nats-Msg-Id` (a duplicate window), `Nats-Expected-Last-Subject-Sequence`, per-subject
-//! limits (refused with `discard_new_per_subject`, else the oldest goes), the republish,
-//! direct gets (`last_by_subj`, `next_by_subj` from a `seq`, a `seq`), purges of a subject
-//! below a `seq`, and "no responders" for a subject no stream takes.
+//! answers as nats-server does: stream creation and description (with its last
+//! sequence), publishes with `Nats-Msg-Id` (a duplicate window),
+//! `Nats-Expected-Last-Subject-Sequence`, per-subject limits (refused with
+//! `discard_new_per_subject`, else the oldest goes), the republish, direct gets
+//! (`last_by_subj`, `next_by_subj` from a `seq`, a `seq`), purges of a subject below a
+//! `seq`, and "no responders" for a subject no stream takes.
 //!
 //! It also keeps what an oracle needs: every message ever stored (purged ones too).
 
@@ -210,7 +211,13 @@ impl JetStream {
         }
         if let Some(name) = subject.strip_prefix("$JS.API.STREAM.INFO.") {
             return vec![match self.streams.get(name) {
-                Some(s) => answer(&reply, json!({"config": s.config, "created": s.created})),
+                Some(s) => {
+                    let state = json!({"messages": s.messages.len(), "last_seq": s.last});
+                    answer(
+                        &reply,
+                        json!({"config": s.config, "created": s.created, "state": state}),
+                    )
+                }
                 None => answer(&reply, error(10059, 404, "stream not found")),
             }];
         }
