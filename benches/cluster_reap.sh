@@ -8,7 +8,9 @@
 # the time from the kill to the first and the last `user_offline`, how many came, and the
 # CPU node b and nats-server spent from the kill to the last one. It also gives the CPU
 # node a and nats-server spent while the users logged in (what each login costs with the
-# webhook on: the check, and since the twenty-first session the holding's write).
+# webhook on: the check, and since the twenty-first session the holding's write), when
+# node a's threads all ended and when node b counted it dead, and how often nats-server
+# warned that reading a connection's input took over 2 s, before and after the kill.
 #
 # Knobs (environment): USERS (10000), KILL (1; 0: stop after the logins, for builds that
 # do not reap), OUT (benches/results/cluster-reap-DATE), BIN_DIR (default: build
@@ -85,16 +87,51 @@ b_before=$(cpu_ticks "${pid[b]}")
 nats_before=$(cpu_ticks "$nats_pid")
 killed=$(date +%s.%N)
 kill -9 "${pid[a]}"
+# When every thread of node a has ended (each a zombie, or the process gone): a process
+# holding a million sockets may take the kernel a while to tear down, and its NATS
+# connections close only then. The main thread alone is a zombie while others still exit.
+a_ended() {
+  local task
+  [ -e "/proc/${pid[a]}" ] || return 0
+  for task in "/proc/${pid[a]}"/task/*/stat; do
+    [ "$(awk '{print $3}' "$task" 2>/dev/null)" = Z ] || return 1
+  done
+}
+( until a_ended; do sleep 0.05; done; date +%s.%N > "$work/a-ended" ) &
 wait_for user_offline "$USERS" $(( USERS / 5000 > 180 ? USERS / 5000 : 180 ))
 b_after=$(cpu_ticks "${pid[b]}")
 nats_after=$(cpu_ticks "$nats_pid")
-python3 - "$events" "$killed" "$USERS" "$(( b_after - b_before ))" "$(( nats_after - nats_before ))" "$hz" "$OUT" <<'PY'
-import collections, sys
+python3 - "$events" "$killed" "$USERS" "$(( b_after - b_before ))" "$(( nats_after - nats_before ))" "$hz" "$OUT" "$work/a-ended" <<'PY'
+import collections, datetime, os, re, sys
 events, killed, users, b_ticks, nats_ticks, hz = sys.argv[1], float(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
+out_dir, a_ended = sys.argv[7], sys.argv[8]
+# The kill's timeline: node a's process ended, node b counted it dead.
+if os.path.exists(a_ended):
+    print(f"node a's process ended {float(open(a_ended).read()) - killed:.2f} s after the kill")
+stamp = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+)Z")
+for line in open(f"{out_dir}/engine-b.log", errors="replace"):
+    found = stamp.search(line)
+    if found and "counted dead" in line:
+        at = datetime.datetime.fromisoformat(found.group(1)).replace(tzinfo=datetime.timezone.utc)
+        print(f"node b counted it dead {at.timestamp() - killed:.2f} s after the kill")
+# nats-server's warnings that reading a connection's input took long: every client of
+# that connection waited meanwhile.
+held_up = []
+for line in open(f"{out_dir}/nats.log", errors="replace"):
+    found = re.search(r"(\d{4}/\d\d/\d\d \d\d:\d\d:\d\d\.\d+) .*Readloop processing time: ([\d.]+)(m?s)", line)
+    if found:
+        at = datetime.datetime.strptime(found.group(1), "%Y/%m/%d %H:%M:%S.%f")
+        at = at.replace(tzinfo=datetime.timezone.utc).timestamp()
+        seconds = float(found.group(2)) / (1000 if found.group(3) == "ms" else 1)
+        held_up.append((at - seconds - killed, seconds))
+for label, part in [("before", [h for h in held_up if h[0] < 0]), ("after", [h for h in held_up if h[0] >= 0])]:
+    longest = max(part, key=lambda h: h[1], default=None)
+    where = f", the longest {longest[1]:.2f} s from {longest[0]:.2f} s after the kill" if longest else ""
+    print(f"connections held up {label} the kill (nats-server's Readloop warnings): {len(part)}{where}")
 offline = sorted(float(line.split()[0]) for line in open(events) if " user_offline " in line)
 # How the reap's pace went: offlines posted in each second after the kill.
 per_second = collections.Counter(int(at - killed) for at in offline)
-with open(f"{sys.argv[7]}/offline-per-second.txt", "w") as out:
+with open(f"{out_dir}/offline-per-second.txt", "w") as out:
     out.writelines(f"{second} {per_second[second]}\n" for second in sorted(per_second))
 nodes = {line.split()[3] for line in open(events) if " user_offline " in line}
 users_off = {line.split()[2] for line in open(events) if " user_offline " in line}

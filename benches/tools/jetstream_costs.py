@@ -15,21 +15,10 @@ import json
 import sys
 import time
 
-from nats_wire import connect, read_message, start_server, stop
+from nats_wire import connect, cpu_ticks, read_message, request, start_server, stop
 
 USERS = [f"u{i}" for i in range(3000)]
 BATCH = 100
-
-
-def request(subject, body):
-    """A request whose answer comes to `_INBOX.c.1`."""
-    return b"PUB %s _INBOX.c.1 %d\r\n%s\r\n" % (subject.encode(), len(body), body)
-
-
-def cpu_ticks(pid):
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().split()
-    return int(fields[13]) + int(fields[14])
 
 
 def main():

@@ -1,7 +1,7 @@
 """What the NATS bench tools share: a nats-server with JetStream of their own on a free
 loopback port in a temporary directory, a plain-socket connection to it, and the reading
 of its messages (the NATS text protocol). Imported by nats_republish_check.py,
-nats_placement_check.py and jetstream_costs.py, which sit beside it.
+nats_placement_check.py, jetstream_costs.py and nats_stalls.py, which sit beside it.
 """
 import json
 import shutil
@@ -68,3 +68,15 @@ def read_message(sock, reader):
             return parts[1].decode(), body[:head_len].decode(), body[head_len:]
         if parts[0] == b"PING":
             sock.sendall(b"PONG\r\n")
+
+
+def request(subject, body):
+    """A request whose answer comes to `_INBOX.c.1`."""
+    return b"PUB %s _INBOX.c.1 %d\r\n%s\r\n" % (subject.encode(), len(body), body)
+
+
+def cpu_ticks(pid):
+    """The CPU process `pid` has used, user and system, in clock ticks."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().split(")")[1].split()
+    return int(fields[11]) + int(fields[12])
