@@ -22,8 +22,8 @@
 //!   gone is taken over.
 //!
 //! Reaping a gone process: once claimed, `CHAT_HELD`'s last sequence bounds the walk;
-//! walk its `chat.held.<instance>.>` by direct gets, in [`WALKERS`] stretches of the
-//! stream at once once the first holding is found; each user
+//! walk its `chat.held.<instance>.>` through a pull consumer without acks, [`PULL_BATCH`]
+//! holdings a pull; each user
 //! it still held goes to the relayer, which asks whether anyone holds the user and, if
 //! nobody answers, reports `user_offline`. Once the walk is done and every such check is
 //! settled ([`Holdings::reap_checked`]), the process's subjects are purged. Until then
@@ -91,12 +91,14 @@ fn holder_subject(instance: &str) -> String {
 fn reaper_subject(instance: &str) -> String {
     format!("chat.reaps.reaper.{instance}")
 }
-/// The stretches a reap's walk reads at once: a direct get waits a round trip to
-/// JetStream, and a dead node may have held a million users. 8 reaped 19,000 users a
-/// second on the 2-core VM, 32 28,600 and 128 33,200, nats-server's CPU by then the
-/// bound (benches/RESULTS.md); a small reap pays a get a stretch, 128 gets (about 5 ms
-/// of nats-server, estimated from the 38 µs a reaped user cost then, not measured).
-const WALKERS: u64 = 128;
+/// The holdings a pull of a reap's walk asks for. A direct get a holding cost nats-server
+/// 15.5 µs, where a pull consumer's batches cost 5.5 µs a holding
+/// (`benches/tools/nats_reads.py`, 20,000 holdings among 40,000); a pull is one request,
+/// and a batch's holdings come back to back.
+const PULL_BATCH: usize = 1024;
+/// How long JetStream keeps a walk's consumer that nobody pulls (a reaper cut off or
+/// gone): the walk makes another from where it was.
+const CONSUMER_IDLE: Duration = Duration::from_secs(60);
 /// How long after it first holds its id a node looks for processes that nobody reaped:
 /// long enough for the membership watch to have heard every live node and counted the
 /// silent ones dead.
@@ -119,12 +121,14 @@ enum Pending {
     Extent(Box<str>),
     /// The next claim to reap, for the claims a gone process made itself.
     ClaimsOf(Box<str>),
-    /// The next holding of a gone process in one stretch of the stream.
-    Walk(Box<str>, usize),
+    /// The consumer of a gone process's holdings, created.
+    Consumer(Box<str>),
+    /// A pull of that consumer: its end, when fewer holdings came than asked.
+    Pull(Box<str>),
     /// The next process that has written holdings, for the sweep.
     Sweep,
-    /// A purge; its answer changes nothing.
-    Purge,
+    /// A purge, or a consumer's deletion: its answer changes nothing.
+    Cleanup,
 }
 
 /// A gone process to reap.
@@ -149,10 +153,8 @@ struct Reap {
     upto: u64,
     /// A request of the claim, or of the claims read, is under way.
     asked: bool,
-    /// The walk over the gone process's holdings, once claimed: one stretch of the
-    /// stream up to its first holding, then [`WALKERS`] stretches of the rest, read at
-    /// once.
-    walk: Vec<Stretch>,
+    /// The walk over the gone process's holdings, once claimed and bounded.
+    walk: Option<Walk>,
     /// The newest holding found: the purge at the end takes everything before it.
     newest: u64,
     /// This reap's number, in the users it hands the relayer ([`Outcome::Reaped`]).
@@ -162,33 +164,44 @@ struct Reap {
     checking: usize,
 }
 
-/// Part of a reap's walk: the gone process's holdings from `next` up to (not including)
-/// `end`, one direct get after another.
+/// A reap's walk: a pull consumer of the gone process's holdings, read from `next`.
 #[derive(Debug)]
-struct Stretch {
+struct Walk {
+    /// Where the walk reads on: a new consumer starts there (after a cut, say).
     next: u64,
-    end: u64,
-    asked: bool,
+    /// The consumer's name, once created on this connection.
+    consumer: Option<Box<str>>,
+    /// Its creation is under way.
+    creating: bool,
+    /// The pull under way: its request's number and the holdings it brought so far.
+    pull: Option<(u64, usize)>,
+    /// Nothing is left to read before the reap's bound.
+    done: bool,
 }
 
-impl Stretch {
-    /// Read to its end.
-    fn done(&self) -> bool {
-        self.next >= self.end
+impl Walk {
+    fn new() -> Walk {
+        Walk {
+            next: 1,
+            consumer: None,
+            creating: false,
+            pull: None,
+            done: false,
+        }
     }
 }
 
 impl Reap {
     /// Whether the walk is over and every user it found is checked: time to purge.
     fn finished(&self) -> bool {
-        !self.walk.is_empty() && self.walk.iter().all(Stretch::done) && self.checking == 0
+        self.walk.as_ref().is_some_and(|walk| walk.done) && self.checking == 0
     }
 
     /// Whether nothing of its current step is under way.
     fn idle(&self) -> bool {
-        match self.walk.is_empty() {
-            true => !self.asked,
-            false => self.walk.iter().any(|s| !s.asked && !s.done()),
+        match &self.walk {
+            None => !self.asked,
+            Some(walk) => !walk.creating && walk.pull.is_none() && !walk.done,
         }
     }
 }
@@ -366,9 +379,10 @@ impl Holdings {
         self.requests.drain();
         for reap in self.reaps.values_mut() {
             reap.asked = false;
-            reap.walk
-                .iter_mut()
-                .for_each(|stretch| stretch.asked = false);
+            if let Some(walk) = &mut reap.walk {
+                // The consumer goes with the connection: JetStream drops it once idle.
+                (walk.consumer, walk.creating, walk.pull) = (None, false, None);
+            }
         }
         self.sweep.asked = false;
     }
@@ -381,6 +395,7 @@ impl Holdings {
                 instance,
                 "cluster: a node counted dead beats again: not reaped"
             );
+            self.drop_consumer(reap.walk.and_then(|walk| walk.consumer).as_deref(), out);
             if reap.claimed && self.ready {
                 // Its next death is anyone's to reap again.
                 self.purge(Stream::Reaps, &reaper_subject(instance), None, out);
@@ -408,7 +423,7 @@ impl Holdings {
             claims_next: Some(1),
             upto: u64::MAX,
             asked: false,
-            walk: Vec::new(),
+            walk: None,
             newest: 0,
             serial: self.reaps_started,
             checking: 0,
@@ -431,27 +446,39 @@ impl Holdings {
             if self.walks_wait {
                 return;
             }
-            if reap.walk.is_empty() {
-                let whole = Stretch {
-                    next: 1,
-                    end: reap.upto,
-                    asked: false,
-                };
-                reap.walk.push(whole);
+            let walk = reap.walk.get_or_insert_with(Walk::new);
+            if walk.done || walk.creating || walk.pull.is_some() {
+                return;
             }
-            let filter = format!("chat.held.{instance}.>");
-            for (index, stretch) in reap.walk.iter_mut().enumerate() {
-                if stretch.asked || stretch.done() {
-                    continue;
-                }
-                stretch.asked = true;
-                let body = serde_json::json!({"seq": stretch.next, "next_by_subj": filter});
-                let pending = Pending::Walk(instance.into(), index);
-                let to = direct_get(Stream::Held.name());
-                let body = body.to_string();
-                self.requests
-                    .send(out, (&to, &[]), body.as_bytes(), pending);
-            }
+            let Some(consumer) = &walk.consumer else {
+                walk.creating = true;
+                let config = serde_json::json!({
+                    "stream_name": Stream::Held.name(),
+                    "config": {
+                        "filter_subject": format!("chat.held.{instance}.>"),
+                        "deliver_policy": "by_start_sequence",
+                        "opt_start_seq": walk.next,
+                        "ack_policy": "none",
+                        "mem_storage": true,
+                        "num_replicas": 1,
+                        "inactive_threshold": CONSUMER_IDLE.as_nanos() as u64,
+                    },
+                });
+                let subject = format!("$JS.API.CONSUMER.CREATE.{}", Stream::Held.name());
+                let pending = Pending::Consumer(instance.into());
+                let body = config.to_string();
+                return (self.requests).send(out, (&subject, &[]), body.as_bytes(), pending);
+            };
+            let subject = format!(
+                "$JS.API.CONSUMER.MSG.NEXT.{}.{consumer}",
+                Stream::Held.name()
+            );
+            let body = format!(r#"{{"batch":{PULL_BATCH},"no_wait":true}}"#);
+            let pending = Pending::Pull(instance.into());
+            let wait = requests::REQUEST_WAIT;
+            let number =
+                (self.requests).send_within(out, (&subject, &[]), body.as_bytes(), pending, wait);
+            walk.pull = Some((number, 0));
             return;
         }
         reap.asked = true;
@@ -586,15 +613,31 @@ impl Holdings {
                 self.claims_of(&instance, status, headers, payload, out);
                 Vec::new()
             }
-            Pending::Walk(instance, stretch) => {
-                let answer = (status, headers, payload);
-                self.walked(&instance, stretch, answer, out)
+            Pending::Consumer(instance) => {
+                let Some(walk) = self.reaps.get_mut(&instance).and_then(|r| r.walk.as_mut()) else {
+                    return Vec::new(); // beats again
+                };
+                walk.creating = false;
+                let answer = answer();
+                match (
+                    requests::api_error(status, &answer),
+                    answer["name"].as_str(),
+                ) {
+                    (None, Some(name)) => walk.consumer = Some(name.into()),
+                    (e, _) => debug!(%instance, "cluster: reap walk not started: {e:?}"), // again
+                }
+                self.go_on(&instance, out);
+                Vec::new()
+            }
+            Pending::Pull(instance) => {
+                self.pull_ended(&instance, status, out);
+                Vec::new()
             }
             Pending::Sweep => {
                 self.swept(status, headers, payload, out);
                 Vec::new()
             }
-            Pending::Purge => Vec::new(),
+            Pending::Cleanup => Vec::new(),
         }
     }
 
@@ -716,57 +759,109 @@ impl Holdings {
         }
     }
 
-    /// One step of the walk over `instance`'s holdings, in its stretch `index`. While the
-    /// walk is one stretch (from the stream's start, or a rest too short to split), a
-    /// holding found splits the rest of it into [`WALKERS`] stretches.
-    fn walked(
+    /// A pull of the walk over `instance`'s holdings ended before it brought all it
+    /// asked for, with `status`: 404, nothing (left) to read; 408, fewer than asked came,
+    /// and the walk pulls again; another (the consumer gone, say), a new consumer reads
+    /// on from where the walk was.
+    fn pull_ended(&mut self, instance: &str, status: Option<u16>, out: &mut BytesMut) {
+        let Some(walk) = self.reaps.get_mut(instance).and_then(|r| r.walk.as_mut()) else {
+            return;
+        };
+        walk.pull = None;
+        match status {
+            Some(404) => walk.done = true,
+            Some(408) | None => {}
+            Some(other) => {
+                debug!(instance, "cluster: reap walk: status {other}");
+                walk.consumer = None;
+            }
+        }
+        self.walk_on(instance, out);
+    }
+
+    /// A holding a walk's consumer delivered: on `subject` (`chat.held.<instance>.<user>`),
+    /// with the consumer's acknowledgement subject `ack` (its name, the holding's
+    /// sequence and how many are left). A user the gone process still held is handed on.
+    /// Allocation: the reaped user's name, once.
+    pub(super) fn delivered(
         &mut self,
-        instance: &str,
-        index: usize,
-        (status, headers, payload): (Option<u16>, &[u8], &[u8]),
+        subject: &[u8],
+        ack: &[u8],
+        payload: &[u8],
         out: &mut BytesMut,
     ) -> Vec<Outcome> {
-        let Some(reap) = self.reaps.get_mut(instance) else {
-            return Vec::new(); // beats again
-        };
-        let Some(stretch) = reap.walk.get_mut(index) else {
+        let Some((consumer, seq, left)) = delivery_of(ack) else {
+            debug!("cluster: a delivery whose acknowledgement subject does not parse");
             return Vec::new();
         };
-        stretch.asked = false;
-        let found = stored_at(headers).filter(|_| status.is_none());
+        let found = self.reaps.iter_mut().find(|(_, reap)| {
+            let walk = reap.walk.as_ref();
+            walk.and_then(|w| w.consumer.as_deref()) == Some(consumer)
+        });
+        let Some((instance, reap)) = found else {
+            return Vec::new(); // a consumer dropped: its reap ended, or beats again
+        };
+        let walk = reap.walk.as_mut().expect("a walk with a consumer");
+        if seq < walk.next {
+            return Vec::new(); // read already
+        }
         let mut user = None;
-        match (status, found) {
-            (Some(404), _) => stretch.next = stretch.end,
-            (Some(other), _) => debug!(instance, "cluster: reap walk: status {other}"), // again
-            (None, Some((_, seq))) if seq >= stretch.end => stretch.next = stretch.end,
-            (None, Some((subject, seq))) => {
-                stretch.next = seq + 1;
-                reap.newest = reap.newest.max(seq);
-                let prefix = format!("chat.held.{instance}.");
-                let name = subject.strip_prefix(&prefix).and_then(from_subject_token);
-                let still_held = payload.first() == Some(&b'1');
-                user = name.filter(|_| still_held).map(|user| Outcome::Reaped {
+        if seq >= reap.upto {
+            walk.done = true; // written since (by a process counted dead that was not)
+        } else {
+            walk.next = seq + 1;
+            walk.done = left == 0;
+            reap.newest = reap.newest.max(seq);
+            let name = (subject.strip_prefix(b"chat.held."))
+                .and_then(|rest| rest.strip_prefix(instance.as_bytes()))
+                .and_then(|rest| rest.strip_prefix(b"."))
+                .and_then(|name| std::str::from_utf8(name).ok());
+            let still_held = payload.first() == Some(&b'1');
+            user = (name.and_then(from_subject_token))
+                .filter(|_| still_held)
+                .map(|user| Outcome::Reaped {
                     user: user.into(),
                     reap: reap.serial,
                 });
-                reap.checking += usize::from(user.is_some());
-                // The walk stays whole once nothing is left of it: an empty walk is
-                // one not started.
-                if reap.walk.len() == 1 && seq + 1 < reap.upto {
-                    reap.walk = split(seq + 1, reap.upto);
-                }
+            reap.checking += usize::from(user.is_some());
+        }
+        if let Some((number, received)) = &mut walk.pull {
+            *received += 1;
+            if *received >= PULL_BATCH || walk.done {
+                // Retired: a status that may still end it changes nothing.
+                self.requests.answered(number.to_string().as_bytes());
+                walk.pull = None;
             }
-            (None, None) => debug!(
-                instance,
-                "cluster: reap walk: an answer without its subject"
-            ),
         }
-        if reap.finished() {
-            self.reaped_all(instance, out);
-        } else {
-            self.go_on(instance, out);
-        }
+        let instance = instance.clone();
+        self.walk_on(&instance, out);
         user.into_iter().collect()
+    }
+
+    /// After a step of the walk over `instance`'s holdings: done, its consumer goes (and,
+    /// every check settled, the reap); else it reads on.
+    fn walk_on(&mut self, instance: &str, out: &mut BytesMut) {
+        let Some(reap) = self.reaps.get_mut(instance) else {
+            return;
+        };
+        let Some(walk) = reap.walk.as_mut().filter(|walk| walk.done) else {
+            return self.go_on(instance, out);
+        };
+        let consumer = walk.consumer.take();
+        let finished = reap.finished();
+        self.drop_consumer(consumer.as_deref(), out);
+        if finished {
+            self.reaped_all(instance, out);
+        }
+    }
+
+    /// Deletes a walk's `consumer`, if it has one: its walk is done, or its reap ended.
+    fn drop_consumer(&mut self, consumer: Option<&str>, out: &mut BytesMut) {
+        let Some(consumer) = consumer else {
+            return;
+        };
+        let subject = format!("$JS.API.CONSUMER.DELETE.{}.{consumer}", Stream::Held.name());
+        (self.requests).send(out, (&subject, &[]), b"", Pending::Cleanup);
     }
 
     /// The relayer settled the check of a user that reap number `reap` handed it
@@ -791,6 +886,7 @@ impl Holdings {
             return;
         };
         info!(instance, "cluster: the holdings of a gone node are reaped");
+        self.drop_consumer(reap.walk.and_then(|walk| walk.consumer).as_deref(), out);
         let held = format!("chat.held.{instance}.>");
         self.purge(Stream::Held, &held, Some(reap.newest + 1), out);
         let named = format!("chat.reaps.*.{instance}");
@@ -854,7 +950,7 @@ impl Holdings {
         let subject = format!("$JS.API.STREAM.PURGE.{}", stream.name());
         let body = body.to_string();
         self.requests
-            .send(out, (&subject, &[]), body.as_bytes(), Pending::Purge);
+            .send(out, (&subject, &[]), body.as_bytes(), Pending::Cleanup);
     }
 
     /// Requests not answered by `now` are given up, and what they were for goes on: the
@@ -883,14 +979,15 @@ impl Holdings {
                         reap.asked = false;
                     }
                 }
-                Pending::Walk(instance, index) => {
+                Pending::Consumer(instance) | Pending::Pull(instance) => {
                     let reap = self.reaps.get_mut(&instance);
-                    if let Some(stretch) = reap.and_then(|reap| reap.walk.get_mut(index)) {
-                        stretch.asked = false;
+                    if let Some(walk) = reap.and_then(|reap| reap.walk.as_mut()) {
+                        // A pull not ended in time: the next one reads on.
+                        (walk.creating, walk.pull) = (false, None);
                     }
                 }
                 Pending::Sweep => self.sweep.asked = false,
-                Pending::Purge => {}
+                Pending::Cleanup => {}
             }
         }
         if claimed && self.sweep.at.is_none() {
@@ -919,18 +1016,25 @@ impl Holdings {
     }
 }
 
-/// The sequences from `start` up to (not including) `end`, in [`WALKERS`] stretches.
-fn split(start: u64, end: u64) -> Vec<Stretch> {
-    let step = end.saturating_sub(start).div_ceil(WALKERS).max(1);
-    (0..WALKERS)
-        .map(|i| start.saturating_add(i * step))
-        .take_while(|&from| from < end)
-        .map(|from| Stretch {
-            next: from,
-            end: from.saturating_add(step).min(end),
-            asked: false,
-        })
-        .collect()
+/// The consumer, stream sequence and messages left of a consumer's delivery, from its
+/// acknowledgement subject: `$JS.ACK.<stream>.<consumer>.<delivered>.<seq>.<consumer
+/// seq>.<time>.<left>`, or with a domain and an account hash after `$JS.ACK` (9 tokens,
+/// or 11 and more).
+fn delivery_of(ack: &[u8]) -> Option<(&str, u64, u64)> {
+    let ack = std::str::from_utf8(ack).ok()?;
+    let mut tokens = [""; 12];
+    let mut count = 0;
+    for token in ack.split('.') {
+        *tokens.get_mut(count)? = token;
+        count += 1;
+    }
+    let at = match count {
+        9 => 2,
+        11 | 12 => 4,
+        _ => return None,
+    };
+    let number = |i: usize| tokens[at + i].parse::<u64>().ok();
+    Some((tokens[at + 1], number(3)?, number(6)?))
 }
 
 /// What the holdings tell the relayer.
@@ -1033,9 +1137,10 @@ mod tests {
     }
 
     /// Claims the reap of `i0` (request 4, stored at `claim_seq` in `CHAT_REAPS`), with
-    /// `CHAT_HELD`'s last sequence 9 (request 5) and no claims of its own (request 6):
-    /// the walk's first get is request 7.
-    fn claimed_i0(holdings: &mut Holdings, claim_seq: u64, out: &mut BytesMut) {
+    /// `CHAT_HELD`'s last sequence `last_seq` (request 5) and no claims of its own
+    /// (request 6): the walk's consumer (request 7) is `w1`, and its first pull is
+    /// request 8.
+    fn claimed_i0(holdings: &mut Holdings, (claim_seq, last_seq): (u64, u64), out: &mut BytesMut) {
         holdings.gone("i0", out);
         let claim = written(out);
         assert!(
@@ -1049,7 +1154,8 @@ mod tests {
         let stored = format!(r#"{{"seq":{claim_seq}}}"#);
         holdings.answered(b"4", None, b"", stored.as_bytes(), out);
         assert!(written(out).contains("PUB $JS.API.STREAM.INFO.CHAT_HELD _INBOX.x.r5"));
-        holdings.answered(b"5", None, b"", br#"{"state":{"last_seq":9}}"#, out);
+        let state = format!(r#"{{"state":{{"last_seq":{last_seq}}}}}"#);
+        holdings.answered(b"5", None, b"", state.as_bytes(), out);
         let claims = written(out);
         assert!(
             claims.contains("DIRECT.GET.CHAT_REAPS _INBOX.x.r6"),
@@ -1057,12 +1163,32 @@ mod tests {
         );
         assert!(claims.contains(r#""next_by_subj":"chat.reaps.reaper.*""#));
         holdings.answered(b"6", Some(404), b"", b"", out);
-        let walk = written(out);
-        assert!(walk.contains("DIRECT.GET.CHAT_HELD _INBOX.x.r7"), "{walk}");
+        let create = written(out);
         assert!(
-            walk.contains(r#""next_by_subj":"chat.held.i0.>""#),
-            "{walk}"
+            create.contains("CONSUMER.CREATE.CHAT_HELD _INBOX.x.r7"),
+            "{create}"
         );
+        assert!(
+            create.contains(r#""filter_subject":"chat.held.i0.>""#),
+            "{create}"
+        );
+        assert!(create.contains(r#""opt_start_seq":1"#), "{create}");
+        holdings.answered(b"7", None, b"", br#"{"name":"w1"}"#, out);
+        let pull = written(out);
+        let expected = "PUB $JS.API.CONSUMER.MSG.NEXT.CHAT_HELD.w1 _INBOX.x.r8";
+        assert!(pull.starts_with(expected), "{pull}");
+        assert!(pull.contains(r#"{"batch":1024,"no_wait":true}"#), "{pull}");
+    }
+
+    /// Consumer `w1`'s delivery of `subject` at `seq`, with `left` more after it.
+    fn deliver(
+        holdings: &mut Holdings,
+        (subject, seq, left): (&str, u64, u64),
+        value: &[u8],
+        out: &mut BytesMut,
+    ) -> Vec<Outcome> {
+        let ack = format!("$JS.ACK.CHAT_HELD.w1.1.{seq}.1.1700000000000000000.{left}");
+        holdings.delivered(subject.as_bytes(), ack.as_bytes(), value, out)
     }
 
     #[test]
@@ -1070,51 +1196,122 @@ mod tests {
     ) {
         let mut out = BytesMut::new();
         let mut holdings = ready(&mut out, true);
-        claimed_i0(&mut holdings, 3, &mut out);
-        let alice = found("chat.held.i0.alice", 4);
-        let moved = holdings.answered(b"7", None, &alice, b"1 5", &mut out);
+        claimed_i0(&mut holdings, (3, 9), &mut out);
+        let alice = ("chat.held.i0.alice", 4, 2);
+        let moved = deliver(&mut holdings, alice, b"1 5", &mut out);
         let alice_reaped = Outcome::Reaped {
             user: "alice".into(),
             reap: 1,
         };
         assert_eq!(moved, [alice_reaped]);
-        // The rest, 5 up to the last sequence (9), is read in stretches at once
-        // (requests 8 to 12).
-        let gets = written(&mut out);
-        for seq in 5..10 {
-            assert!(gets.contains(&format!(r#""seq":{seq}"#)), "{gets}");
-        }
-        assert_eq!(gets.matches("DIRECT.GET").count(), 5, "{gets}");
-        // Bob, let go, is in the second stretch; the first finds him past its end.
-        let bob = found("chat.held.i0.bob", 6);
-        let moved = holdings.answered(b"8", None, &bob, b"0 7", &mut out);
-        assert!(moved.is_empty(), "past the stretch");
-        let moved = holdings.answered(b"9", None, &bob, b"0 7", &mut out);
-        assert!(moved.is_empty(), "let go: nothing owed");
-        // Past the last sequence: written since (by a process counted dead that was
-        // not), not the gone process's.
-        let later = found("chat.held.i0.carol", 11);
-        for number in [b"10", b"11"] {
-            let moved = holdings.answered(number, None, &later, b"1 20", &mut out);
-            assert!(moved.is_empty());
-        }
+        let moved = deliver(&mut holdings, alice, b"1 5", &mut out);
+        assert!(moved.is_empty(), "read already");
+        // Bob, let go: nothing owed.
+        let moved = deliver(&mut holdings, ("chat.held.i0.bob", 6, 1), b"0 7", &mut out);
+        assert!(moved.is_empty());
+        assert!(written(&mut out).is_empty(), "the pull goes on");
+        // Past the last sequence (9): written since (by a process counted dead that was
+        // not), not the gone process's. The walk is done, and its consumer goes.
+        let later = ("chat.held.i0.carol", 11, 0);
+        assert!(deliver(&mut holdings, later, b"1 20", &mut out).is_empty());
+        let text = written(&mut out);
+        let delete = "PUB $JS.API.CONSUMER.DELETE.CHAT_HELD.w1 _INBOX.x.r9 0";
+        assert!(text.starts_with(delete), "{text}");
         assert!(
-            !written(&mut out).contains("PURGE"),
-            "a stretch is still read"
-        );
-        holdings.answered(b"12", None, &later, b"1 20", &mut out);
-        assert!(
-            !written(&mut out).contains("PURGE"),
+            !text.contains("PURGE"),
             "alice's check is not settled: the holdings are the reap's record until it is"
         );
+        holdings.answered(b"8", Some(408), b"", b"", &mut out);
+        assert!(written(&mut out).is_empty(), "the pull was retired");
         holdings.reap_checked(2, &mut out);
         assert!(written(&mut out).is_empty(), "another reap's check");
         holdings.reap_checked(1, &mut out);
         let purges = written(&mut out);
-        let held = "PURGE.CHAT_HELD _INBOX.x.r13 35\r\n{\"filter\":\"chat.held.i0.>\",\"seq\":7}";
+        let held = "PURGE.CHAT_HELD _INBOX.x.r10 35\r\n{\"filter\":\"chat.held.i0.>\",\"seq\":7}";
         assert!(purges.contains(held), "{purges}");
-        let named = "PURGE.CHAT_REAPS _INBOX.x.r14 28\r\n{\"filter\":\"chat.reaps.*.i0\"}";
+        let named = "PURGE.CHAT_REAPS _INBOX.x.r11 28\r\n{\"filter\":\"chat.reaps.*.i0\"}";
         assert!(purges.contains(named), "{purges}");
+    }
+
+    #[test]
+    fn a_walk_pulls_again_until_nothing_is_left_and_after_a_cut_reads_on_with_a_new_consumer() {
+        let mut out = BytesMut::new();
+        let mut holdings = ready(&mut out, true);
+        claimed_i0(&mut holdings, (3, 9), &mut out);
+        deliver(
+            &mut holdings,
+            ("chat.held.i0.alice", 4, 3),
+            b"1 5",
+            &mut out,
+        );
+        // Fewer came than asked (the rest was written meanwhile): pulled again.
+        holdings.answered(b"8", Some(408), b"", b"", &mut out);
+        assert!(written(&mut out).contains("MSG.NEXT.CHAT_HELD.w1 _INBOX.x.r9"));
+        // Cut off: the consumer goes with the connection; back, a new one reads on
+        // after alice.
+        holdings.disconnected();
+        holdings.connected(&mut out);
+        holdings.answered(b"10", None, b"", b"{}", &mut out);
+        holdings.answered(b"11", None, b"", b"{}", &mut out);
+        holdings.expire(Instant::now(), true, &mut out);
+        let text = written(&mut out);
+        assert!(text.contains("CONSUMER.CREATE.CHAT_HELD"), "{text}");
+        assert!(text.contains(r#""opt_start_seq":5"#), "{text}");
+        let number = text.split("CONSUMER.CREATE.CHAT_HELD _INBOX.x.r").nth(1);
+        let number = number.and_then(|t| t.split(' ').next()).expect(&text);
+        holdings.answered(number.as_bytes(), None, b"", br#"{"name":"w2"}"#, &mut out);
+        let pull = written(&mut out);
+        assert!(pull.contains("MSG.NEXT.CHAT_HELD.w2"), "{pull}");
+        // A delivery of the consumer before the cut is not the walk's any more.
+        let old = deliver(&mut holdings, ("chat.held.i0.bob", 6, 0), b"1 5", &mut out);
+        assert!(old.is_empty());
+        // Nothing left: the walk is done.
+        let number = pull
+            .split("_INBOX.x.r")
+            .nth(1)
+            .and_then(|t| t.split(' ').next());
+        holdings.answered(
+            number.expect(&pull).as_bytes(),
+            Some(404),
+            b"",
+            b"",
+            &mut out,
+        );
+        let text = written(&mut out);
+        assert!(text.contains("CONSUMER.DELETE.CHAT_HELD.w2"), "{text}");
+        holdings.reap_checked(1, &mut out);
+        assert!(written(&mut out).contains("PURGE.CHAT_HELD"));
+    }
+
+    #[test]
+    fn a_pull_that_brought_all_it_asked_for_is_followed_by_the_next() {
+        let mut out = BytesMut::new();
+        let mut holdings = ready(&mut out, true);
+        claimed_i0(&mut holdings, (3, 5000), &mut out);
+        let batch = PULL_BATCH as u64;
+        for seq in 10..10 + batch {
+            let user = format!("chat.held.i0.u{seq}");
+            let moved = deliver(&mut holdings, (&user, seq, 5), b"0 1", &mut out);
+            assert!(moved.is_empty(), "let go: nothing owed");
+            let text = written(&mut out);
+            match seq + 1 - 10 < batch {
+                true => assert!(text.is_empty(), "{seq}: {text}"),
+                false => assert!(text.contains("MSG.NEXT.CHAT_HELD.w1 _INBOX.x.r9")),
+            }
+        }
+        // The first pull ended without a status: none is waited for.
+        holdings.expire(Instant::now() + Duration::from_secs(6), true, &mut out);
+        assert!(written(&mut out).contains("MSG.NEXT.CHAT_HELD.w1 _INBOX.x.r"));
+    }
+
+    #[test]
+    fn a_delivery_is_read_from_either_form_of_its_acknowledgement_subject() {
+        let old = b"$JS.ACK.CHAT_HELD.w1.1.42.7.1700000000000000000.3";
+        assert_eq!(delivery_of(old), Some(("w1", 42, 3)));
+        let new = b"$JS.ACK.hub.ACCHASH.CHAT_HELD.w1.1.42.7.1700000000000000000.3.tok";
+        assert_eq!(delivery_of(new), Some(("w1", 42, 3)));
+        assert_eq!(delivery_of(b"$JS.ACK.CHAT_HELD.w1.1.x.7.1.3"), None);
+        assert_eq!(delivery_of(b"$JS.ACK.too.short"), None);
     }
 
     #[test]
@@ -1140,8 +1337,8 @@ mod tests {
         let text = written(&mut out);
         assert!(!text.contains("chat.reaps.reaper.i6"), "{text}");
         assert!(
-            text.contains(r#""next_by_subj":"chat.held.i0.>""#),
-            "{text}"
+            text.contains("CONSUMER.CREATE.CHAT_HELD"),
+            "the walk starts: {text}"
         );
     }
 
@@ -1149,30 +1346,18 @@ mod tests {
     fn a_walk_waits_while_the_events_webhook_is_behind() {
         let mut out = BytesMut::new();
         let mut holdings = ready(&mut out, true);
-        claimed_i0(&mut holdings, 10, &mut out);
+        claimed_i0(&mut holdings, (10, 9), &mut out);
         holdings.pace(true);
-        let alice = found("chat.held.i0.alice", 4);
-        let moved = holdings.answered(b"7", None, &alice, b"1 5", &mut out);
+        let alice = ("chat.held.i0.alice", 4, 5);
+        let moved = deliver(&mut holdings, alice, b"1 5", &mut out);
         assert_eq!(moved.len(), 1, "what was read is handed on");
+        holdings.answered(b"8", Some(408), b"", b"", &mut out);
         holdings.expire(Instant::now(), true, &mut out);
-        assert!(!written(&mut out).contains("DIRECT.GET"), "no more is read");
+        assert!(!written(&mut out).contains("MSG.NEXT"), "no more is read");
         holdings.pace(false);
         holdings.expire(Instant::now(), true, &mut out);
-        let gets = written(&mut out);
-        assert_eq!(gets.matches("DIRECT.GET").count(), 5, "{gets}");
-    }
-
-    #[test]
-    fn a_walk_is_split_into_stretches_that_cover_the_rest_once() {
-        let stretches = split(5, 100_005);
-        assert_eq!(stretches.len() as u64, WALKERS);
-        assert_eq!(stretches[0].next, 5);
-        assert_eq!(stretches.last().unwrap().end, 100_005);
-        for pair in stretches.windows(2) {
-            assert_eq!(pair[0].end, pair[1].next);
-        }
-        assert_eq!(split(5, 7).len(), 2);
-        assert!(split(7, 7).is_empty());
+        let pulls = written(&mut out);
+        assert_eq!(pulls.matches("MSG.NEXT").count(), 1, "{pulls}");
     }
 
     #[test]

@@ -1146,6 +1146,13 @@ impl Relayer {
                 Op::Msg {
                     sid: INBOX_SID,
                     subject,
+                    reply: Some(ack),
+                    payload,
+                    ..
+                } if ack.starts_with(b"$JS.ACK.") => self.walked(&subject, &ack, &payload),
+                Op::Msg {
+                    sid: INBOX_SID,
+                    subject,
                     status,
                     headers,
                     payload,
@@ -1470,6 +1477,18 @@ impl Relayer {
 
     /// An answer on the inbox: another node's figures (`s<gather>`), a presence
     /// question's (`p<question>`), JetStream's (`j<request>`), or a call's.
+    /// A holding a reap's walk pulled (its consumer's delivery comes to the pull's reply
+    /// subject, on its own subject, with the consumer's acknowledgement subject).
+    fn walked(&mut self, subject: &[u8], ack: &[u8], payload: &[u8]) {
+        let behind = self.events_behind();
+        let Some(holdings) = &mut self.holdings else {
+            return;
+        };
+        holdings.pace(behind);
+        let moved = holdings.delivered(subject, ack, payload, &mut self.out);
+        self.holdings_moved(moved);
+    }
+
     fn answered(&mut self, subject: &[u8], status: Option<u16>, headers: &[u8], payload: Bytes) {
         let Some(rest) = subject.strip_prefix(self.inbox.as_bytes()) else {
             return;

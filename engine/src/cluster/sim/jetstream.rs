@@ -6,7 +6,9 @@
 //! `Nats-Expected-Last-Subject-Sequence`, per-subject limits (refused with
 //! `discard_new_per_subject`, else the oldest goes), the republish, direct gets
 //! (`last_by_subj`, `next_by_subj` from a `seq`, a `seq`), purges of a subject below a
-//! `seq`, and "no responders" for a subject no stream takes.
+//! `seq`, pull consumers without acks (created from a sequence with a filter, pulled
+//! with `no_wait`: the messages, then 408 if fewer came than asked, or 404 if none;
+//! deleted), and "no responders" for a subject no stream takes.
 //!
 //! It also keeps what an oracle needs: every message ever stored (purged ones too).
 
@@ -32,6 +34,10 @@ pub(super) struct Delivery {
     /// A status (404, 503), if any.
     #[cfg_attr(not(test), expect(dead_code, reason = "the stores simulator reads it"))]
     pub status: Option<u16>,
+    /// A consumer's delivery, routed by `subject` (the pull's reply subject): the stored
+    /// message's subject, which its `MSG` line names, and the consumer's acknowledgement
+    /// subject, its reply.
+    pub stored: Option<(String, String)>,
     /// The header block, as NATS writes it (empty: none).
     pub headers: Bytes,
     pub payload: Bytes,
@@ -83,10 +89,21 @@ impl Stream {
     }
 }
 
+/// A pull consumer without acks: its stream, filter and next sequence.
+struct Consumer {
+    stream: String,
+    filter: String,
+    next: u64,
+}
+
 /// The simulated server.
 #[derive(Default)]
 pub(super) struct JetStream {
     streams: BTreeMap<String, Stream>,
+    /// Consumers by name.
+    consumers: BTreeMap<String, Consumer>,
+    /// The last consumer name given out (`c<number>`).
+    consumers_made: u64,
     /// The virtual clock (ms).
     pub now_ms: u64,
     /// Every message ever stored, by stream and sequence.
@@ -127,6 +144,7 @@ fn answer(reply: &str, body: Value) -> Delivery {
         status: None,
         headers: Bytes::new(),
         payload: Bytes::from(body.to_string()),
+        stored: None,
     }
 }
 
@@ -137,6 +155,7 @@ fn status(reply: &str, code: u16, why: &str) -> Delivery {
         status: Some(code),
         headers: block(Some((code, why)), &[]),
         payload: Bytes::new(),
+        stored: None,
     }
 }
 
@@ -236,6 +255,33 @@ impl JetStream {
             let purged = before - stream.messages.len();
             return vec![answer(&reply, json!({"success": true, "purged": purged}))];
         }
+        if let Some(stream) = subject.strip_prefix("$JS.API.CONSUMER.CREATE.") {
+            let body: Value = serde_json::from_slice(&publish.payload).unwrap_or_default();
+            if !self.streams.contains_key(stream) {
+                return vec![answer(&reply, error(10059, 404, "stream not found"))];
+            }
+            self.consumers_made += 1;
+            let name = format!("c{}", self.consumers_made);
+            let config = &body["config"];
+            let consumer = Consumer {
+                stream: stream.to_owned(),
+                filter: config["filter_subject"].as_str().unwrap_or(">").to_owned(),
+                next: config["opt_start_seq"].as_u64().unwrap_or(1),
+            };
+            self.consumers.insert(name.clone(), consumer);
+            return vec![answer(&reply, json!({"name": name, "config": config}))];
+        }
+        if let Some(rest) = subject.strip_prefix("$JS.API.CONSUMER.DELETE.") {
+            let name = rest.split_once('.').map_or("", |(_, name)| name);
+            let found = self.consumers.remove(name).is_some();
+            return vec![match found {
+                true => answer(&reply, json!({"success": true})),
+                false => answer(&reply, error(10014, 404, "consumer not found")),
+            }];
+        }
+        if let Some(rest) = subject.strip_prefix("$JS.API.CONSUMER.MSG.NEXT.") {
+            return self.pull(rest, &reply, &publish.payload);
+        }
         if let Some(name) = subject.strip_prefix("$JS.API.DIRECT.GET.") {
             let body: Value = serde_json::from_slice(&publish.payload).unwrap_or_default();
             let Some(stream) = self.streams.get(name) else {
@@ -270,6 +316,7 @@ impl JetStream {
                 status: None,
                 headers: block(None, &headers),
                 payload: message.payload.clone(),
+                stored: None,
             }];
         }
         let Some(name) = self
@@ -284,6 +331,46 @@ impl JetStream {
             };
         };
         self.store(&name, publish)
+    }
+
+    /// A pull of consumer `<stream>.<name>` (`rest`) with `no_wait`: up to `batch`
+    /// messages from its next sequence, then 408 if fewer came, or 404 if none.
+    fn pull(&mut self, rest: &str, reply: &str, body: &[u8]) -> Vec<Delivery> {
+        let name = rest.split_once('.').map_or("", |(_, name)| name);
+        let Some(consumer) = self.consumers.get_mut(name) else {
+            return vec![status(reply, 503, "No Responders")];
+        };
+        let body: Value = serde_json::from_slice(body).unwrap_or_default();
+        let batch = body["batch"].as_u64().unwrap_or(1) as usize;
+        let stream = &self.streams[&consumer.stream];
+        let matching: Vec<u64> = (stream.messages.range(consumer.next..))
+            .filter(|(_, m)| matches(&consumer.filter, &m.subject))
+            .map(|(seq, _)| *seq)
+            .collect();
+        let mut out = Vec::new();
+        for (i, seq) in matching.iter().take(batch).enumerate() {
+            let message = &stream.messages[seq];
+            let left = matching.len() - i - 1;
+            let ack = format!(
+                "$JS.ACK.{}.{name}.1.{seq}.{}.0.{left}",
+                consumer.stream,
+                i + 1
+            );
+            out.push(Delivery {
+                subject: reply.to_owned(),
+                status: None,
+                headers: Bytes::new(),
+                payload: message.payload.clone(),
+                stored: Some((message.subject.clone(), ack)),
+            });
+            consumer.next = seq + 1;
+        }
+        match out.len() {
+            0 => out.push(status(reply, 404, "No Messages")),
+            n if n < batch => out.push(status(reply, 408, "Request Timeout")),
+            _ => {}
+        }
+        out
     }
 
     /// A publish to stream `name`'s subject.
@@ -373,6 +460,7 @@ impl JetStream {
                     status: None,
                     headers: block(None, &headers),
                     payload: publish.payload.clone(),
+                    stored: None,
                 });
             }
         }

@@ -120,7 +120,7 @@ impl Nats {
         for c in (0..self.conns.len()).filter(|&c| c != from) {
             reached += self.message_to(
                 c,
-                &publish.subject,
+                (&publish.subject, &publish.subject),
                 publish.reply.as_deref(),
                 &[],
                 &publish.payload,
@@ -132,29 +132,35 @@ impl Nats {
                 status: Some(503),
                 headers: Bytes::from_static(b"NATS/1.0 503\r\n\r\n"),
                 payload: Bytes::new(),
+                stored: None,
             });
         }
     }
 
-    /// What the server itself sends (JetStream's answers and republishes, "no
-    /// responders"): to every matching subscription.
+    /// What the server itself sends (JetStream's answers, republishes and consumers'
+    /// deliveries, "no responders"): to every matching subscription.
     fn route_from_server(&mut self, delivery: Delivery) {
+        let (named, reply) = match &delivery.stored {
+            Some((subject, ack)) => (subject.as_str(), Some(ack.as_str())),
+            None => (delivery.subject.as_str(), None),
+        };
         for c in 0..self.conns.len() {
             self.message_to(
                 c,
-                &delivery.subject,
-                None,
+                (&delivery.subject, named),
+                reply,
                 &delivery.headers,
                 &delivery.payload,
             );
         }
     }
 
-    /// `MSG`/`HMSG` to each of `conn`'s subscriptions matching `subject`; how many.
+    /// `MSG`/`HMSG` to each of `conn`'s subscriptions matching `routed_by`, naming
+    /// `subject` (another for a consumer's delivery); how many.
     fn message_to(
         &mut self,
         conn: usize,
-        subject: &str,
+        (routed_by, subject): (&str, &str),
         reply: Option<&str>,
         headers: &[u8],
         payload: &[u8],
@@ -166,7 +172,7 @@ impl Nats {
         let sids: Vec<u64> = target
             .subs
             .iter()
-            .filter(|(_, pattern)| jetstream::matches(pattern, subject))
+            .filter(|(_, pattern)| jetstream::matches(pattern, routed_by))
             .map(|(sid, _)| *sid)
             .collect();
         for sid in &sids {

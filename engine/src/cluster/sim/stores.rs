@@ -738,6 +738,7 @@ impl World {
             status,
             headers: Bytes::new(),
             payload: Bytes::from_static(payload),
+            stored: None,
         })
     }
 
@@ -752,6 +753,7 @@ impl World {
                         status: None,
                         headers: delivery.headers.clone(),
                         payload: delivery.payload.clone(),
+                        stored: None,
                     });
                 }
             }
