@@ -23,7 +23,7 @@
 //!
 //! Reaping a gone process: once claimed, `CHAT_HELD`'s last sequence bounds the walk;
 //! walk its `chat.held.<instance>.>` through a pull consumer without acks, [`PULL_BATCH`]
-//! holdings a pull; each user
+//! holdings a pull (a new consumer after a cut, or a pull unanswered); each user
 //! it still held goes to the relayer, which asks whether anyone holds the user and, if
 //! nobody answers, reports `user_offline`. Once the walk is done and every such check is
 //! settled ([`Holdings::reap_checked`]), the process's subjects are purged. Until then
@@ -983,10 +983,15 @@ impl Holdings {
                 }
                 Pending::Consumer(instance) | Pending::Pull(instance) => {
                     let reap = self.reaps.get_mut(&instance);
-                    if let Some(walk) = reap.and_then(|reap| reap.walk.as_mut()) {
-                        // A pull not ended in time: the next one reads on.
-                        (walk.creating, walk.pull) = (false, None);
-                    }
+                    let Some(walk) = reap.and_then(|reap| reap.walk.as_mut()) else {
+                        continue;
+                    };
+                    // Unanswered: JetStream says nothing to a pull of a consumer it
+                    // dropped (unpulled for a minute while the walk waited, say). A new
+                    // consumer reads on from where the walk is.
+                    let consumer = walk.consumer.take();
+                    (walk.creating, walk.pull) = (false, None);
+                    self.drop_consumer(consumer.as_deref(), out);
                 }
                 Pending::Sweep => self.sweep.asked = false,
                 Pending::Cleanup => {}
@@ -1301,9 +1306,13 @@ mod tests {
                 false => assert!(text.contains("MSG.NEXT.CHAT_HELD.w1 _INBOX.x.r9")),
             }
         }
-        // The first pull ended without a status: none is waited for.
+        // The first pull ended without a status: none is waited for. The second is not
+        // answered (JetStream dropped the consumer): a new one reads on from the walk.
         holdings.expire(Instant::now() + Duration::from_secs(6), true, &mut out);
-        assert!(written(&mut out).contains("MSG.NEXT.CHAT_HELD.w1 _INBOX.x.r"));
+        let text = written(&mut out);
+        assert!(text.contains("CONSUMER.DELETE.CHAT_HELD.w1"), "{text}");
+        let start = format!(r#""opt_start_seq":{}"#, 10 + batch);
+        assert!(text.contains(&start), "{text}");
     }
 
     #[test]

@@ -8,7 +8,8 @@
 //! (`last_by_subj`, `next_by_subj` from a `seq`, a `seq`), purges of a subject below a
 //! `seq`, pull consumers without acks (created from a sequence with a filter, pulled
 //! with `no_wait`: the messages, then 408 if fewer came than asked, or 404 if none;
-//! deleted), and "no responders" for a subject no stream takes.
+//! nothing for a consumer not there; deleted), and "no responders" for a subject no
+//! stream takes.
 //!
 //! It also keeps what an oracle needs: every message ever stored (purged ones too).
 
@@ -338,7 +339,7 @@ impl JetStream {
     fn pull(&mut self, rest: &str, reply: &str, body: &[u8]) -> Vec<Delivery> {
         let name = rest.split_once('.').map_or("", |(_, name)| name);
         let Some(consumer) = self.consumers.get_mut(name) else {
-            return vec![status(reply, 503, "No Responders")];
+            return Vec::new(); // nats-server 2.9 says nothing to a pull of no consumer
         };
         let body: Value = serde_json::from_slice(body).unwrap_or_default();
         let batch = body["batch"].as_u64().unwrap_or(1) as usize;
