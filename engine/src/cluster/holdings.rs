@@ -436,9 +436,9 @@ impl Holdings {
         }
     }
 
-    /// The next requests of the reap of `instance`: its claim, `CHAT_HELD`'s last
-    /// sequence, the next claim it made itself, or the next get of each stretch of its
-    /// walk with none under way (unless the walks wait, [`Holdings::pace`]).
+    /// The next request of the reap of `instance`: its claim, `CHAT_HELD`'s last
+    /// sequence, the next claim it made itself, or its walk's consumer or next pull when
+    /// none is under way (unless the walks wait, [`Holdings::pace`]).
     fn go_on(&mut self, instance: &str, out: &mut BytesMut) {
         let Some(reap) = self.reaps.get_mut(instance) else {
             return;
@@ -604,7 +604,7 @@ impl Holdings {
                 let last = answer["state"]["last_seq"].as_u64();
                 match (requests::api_error(status, &answer), last) {
                     (None, Some(last)) => {
-                        reap.upto = last + 1;
+                        reap.upto = last.saturating_add(1);
                         self.go_on(&instance, out);
                     }
                     (e, _) => debug!(%instance, "cluster: reap not bounded: {e:?}"), // again
@@ -775,7 +775,8 @@ impl Holdings {
             Some(408) | None => {}
             Some(other) => {
                 debug!(instance, "cluster: reap walk: status {other}");
-                walk.consumer = None;
+                let consumer = walk.consumer.take();
+                self.drop_consumer(consumer.as_deref(), out); // a new one reads on
             }
         }
         self.walk_on(instance, out);
@@ -784,7 +785,7 @@ impl Holdings {
     /// A holding a walk's consumer delivered: on `subject` (`chat.held.<instance>.<user>`),
     /// with the consumer's acknowledgement subject `ack` (its name, the holding's
     /// sequence and how many are left). A user the gone process still held is handed on.
-    /// Allocation: the reaped user's name, once.
+    /// Allocation: the reaped user's name; once a pull, the instance's.
     pub(super) fn delivered(
         &mut self,
         subject: &[u8],
@@ -803,7 +804,9 @@ impl Holdings {
         let Some((instance, reap)) = found else {
             return Vec::new(); // a consumer dropped: its reap ended, or beats again
         };
-        let walk = reap.walk.as_mut().expect("a walk with a consumer");
+        let Some(walk) = reap.walk.as_mut() else {
+            return Vec::new();
+        };
         if seq < walk.next {
             return Vec::new(); // read already
         }
@@ -829,13 +832,14 @@ impl Holdings {
         }
         if let Some((number, received)) = &mut walk.pull {
             *received += 1;
-            if *received >= PULL_BATCH || walk.done {
-                // Retired: a status that may still end it changes nothing.
-                self.requests.answered(number.to_string().as_bytes());
-                walk.pull = None;
+            if *received < PULL_BATCH && !walk.done {
+                return user.into_iter().collect(); // the pull goes on
             }
+            // Retired: a status that may still end it changes nothing.
+            self.requests.answered(number.to_string().as_bytes());
+            walk.pull = None;
         }
-        let instance = instance.clone();
+        let instance = instance.clone(); // once a pull
         self.walk_on(&instance, out);
         user.into_iter().collect()
     }

@@ -1475,8 +1475,6 @@ impl Relayer {
             .send(usize::from(joiner.reactor), Inbound::Mail(frame));
     }
 
-    /// An answer on the inbox: another node's figures (`s<gather>`), a presence
-    /// question's (`p<question>`), JetStream's (`j<request>`), or a call's.
     /// A holding a reap's walk pulled (its consumer's delivery comes to the pull's reply
     /// subject, on its own subject, with the consumer's acknowledgement subject).
     fn walked(&mut self, subject: &[u8], ack: &[u8], payload: &[u8]) {
@@ -1489,6 +1487,8 @@ impl Relayer {
         self.holdings_moved(moved);
     }
 
+    /// An answer on the inbox: another node's figures (`s<gather>`), a presence
+    /// question's (`p<question>`), JetStream's (`j<request>`), or a call's.
     fn answered(&mut self, subject: &[u8], status: Option<u16>, headers: &[u8], payload: Bytes) {
         let Some(rest) = subject.strip_prefix(self.inbox.as_bytes()) else {
             return;
