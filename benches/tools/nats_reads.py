@@ -1,13 +1,19 @@
 #!/usr/bin/env python3
-"""What reading a dead node's holdings costs nats-server per holding, two ways
-(docs/cluster.md, "Reaping"): the direct gets a reap's walk makes today (`next_by_subj`
-from a sequence, 128 under way at once), and a pull consumer filtered on the node's
-holdings, fetched in batches (a way the walk could go; not built).
+"""What reading and removing a dead node's holdings costs nats-server (docs/cluster.md,
+"Reaping"), three ways:
+
+- direct gets (`next_by_subj` from a sequence, 128 under way at once) in one stream of
+  every node's holdings (the reap's walk before the twenty-fifth session);
+- a pull consumer filtered on the node's holdings in that stream, fetched in batches
+  (the twenty-fifth session's), then a purge of its subjects;
+- a pull consumer without a filter on a stream of the node's own (the twenty-sixth
+  session's), then the stream's deletion.
 
 Starts its own nats-server with JetStream (benches/tools/nats_wire.py), writes N holdings
-of node a and N of node b interleaved (as two nodes' users log in), and reads node a's.
-nats-server's CPU comes from /proc, over each whole read (the consumer's creation, which
-counts the holdings it will deliver, is timed apart too). Usage: python3
+of node a and N of node b interleaved (as two nodes' users log in), both into the shared
+stream and into each node's own, and reads node a's. nats-server's CPU comes from /proc,
+over each whole read; a consumer's creation (with a filter it counts the holdings it will
+deliver, a scan) and the removal are timed apart. Usage: python3
 benches/tools/nats_reads.py [N] (default 200000).
 """
 import json
@@ -55,34 +61,44 @@ def direct_gets(sock, reader, last):
     return found
 
 
-def pull_consumer(sock, reader):
-    """Node a's holdings through a pull consumer without acks, PULL_BATCH at a time."""
-    config = {"stream_name": "CHAT_HELD", "config": {
-        "filter_subject": "chat.held.a.>", "deliver_policy": "all", "ack_policy": "none",
-        "mem_storage": True, "num_replicas": 1, "inactive_threshold": 60_000_000_000}}
-    started = time.time()
-    sock.sendall(request("$JS.API.CONSUMER.CREATE.CHAT_HELD", json.dumps(config).encode()))
-    name = json.loads(read_message(sock, reader)[2])["name"]
-    # Its creation counts the holdings it will deliver: a scan of the stream.
-    print(f"  (the consumer's creation took {(time.time() - started) * 1000:.1f} ms)")
+def timed_request(server, sock, reader, subject, body=b""):
+    """One request: its answer, and (wall ms, nats-server CPU ms)."""
+    before, started = cpu_ticks(server.pid), time.time()
+    sock.sendall(request(subject, body))
+    answer = json.loads(read_message(sock, reader)[2])
+    return answer, ((time.time() - started) * 1000, (cpu_ticks(server.pid) - before) * 10)
+
+
+def pull_consumer(server, sock, reader, stream, filter_subject):
+    """Node a's holdings in `stream` through a pull consumer without acks (filtered on
+    `filter_subject`, if given), PULL_BATCH at a time."""
+    config = {"stream_name": stream, "config": {
+        "deliver_policy": "all", "ack_policy": "none", "mem_storage": True,
+        "num_replicas": 1, "inactive_threshold": 60_000_000_000}}
+    if filter_subject:
+        config["config"]["filter_subject"] = filter_subject
+    answer, (wall, cpu) = timed_request(server, sock, reader,
+                                        f"$JS.API.CONSUMER.CREATE.{stream}",
+                                        json.dumps(config).encode())
+    name = answer["name"]
+    print(f"  (the consumer's creation: {wall:.1f} ms wall, {cpu} ms nats-server CPU)")
     found, pending = 0, None
     while pending != 0:
         body = json.dumps({"batch": PULL_BATCH, "no_wait": True}).encode()
-        sock.sendall(b"PUB $JS.API.CONSUMER.MSG.NEXT.CHAT_HELD.%s _INBOX.c.1 %d\r\n%s\r\n"
-                     % (name.encode(), len(body), body))
+        sock.sendall(b"PUB $JS.API.CONSUMER.MSG.NEXT.%s.%s _INBOX.c.1 %d\r\n%s\r\n"
+                     % (stream.encode(), name.encode(), len(body), body))
+        # A batch ends with its PULL_BATCH-th holding, or with a status (408: fewer
+        # came than asked; 404: none), read so that the next answer is not taken for it.
         for _ in range(PULL_BATCH):
             line = reader.readline()
             parts = line.split()
+            reader.read(int(parts[-1]) + 2)
             if parts[0] == b"HMSG":  # a status: nothing more
-                reader.read(int(parts[-1]) + 2)
                 pending = 0
                 break
-            reader.read(int(parts[-1]) + 2)
             found += 1
             pending = int(parts[3].rsplit(b".", 1)[1])  # the ack subject's last token
-            if pending == 0:
-                break
-    sock.sendall(request(f"$JS.API.CONSUMER.DELETE.CHAT_HELD.{name}", b""))
+    sock.sendall(request(f"$JS.API.CONSUMER.DELETE.{stream}.{name}", b""))
     read_message(sock, reader)
     return found
 
@@ -94,25 +110,43 @@ def main():
         sock, reader, info = connect(port)
         sock.sendall(b'CONNECT {"verbose":false,"headers":true,"no_responders":true}\r\n'
                      b"SUB _INBOX.c.* 1\r\n")
-        config = {"name": "CHAT_HELD", "subjects": ["chat.held.>"], "storage": "file",
-                  "retention": "limits", "max_msgs_per_subject": 1, "discard": "old",
-                  "allow_direct": True}
-        sock.sendall(request("$JS.API.STREAM.CREATE.CHAT_HELD", json.dumps(config).encode()))
-        read_message(sock, reader)
+        for name, subjects in [("CHAT_HELD", ["chat.held.>"]),
+                               ("CHAT_HOLDINGS_a", ["chat.holdings.a.>"]),
+                               ("CHAT_HOLDINGS_b", ["chat.holdings.b.>"])]:
+            config = {"name": name, "subjects": subjects, "storage": "file",
+                      "retention": "limits", "max_msgs_per_subject": 1, "discard": "old",
+                      "allow_direct": True}
+            sock.sendall(request(f"$JS.API.STREAM.CREATE.{name}", json.dumps(config).encode()))
+            read_message(sock, reader)
         print("server", info["version"])
         for first in range(0, n, WRITE_BATCH):
             sock.sendall(b"".join(
-                b"PUB chat.held.%s.u%d 15\r\n1 1700000000000\r\n" % (node, i)
-                for i in range(first, min(first + WRITE_BATCH, n)) for node in (b"a", b"b")))
+                b"PUB chat.%s.%s.u%d 15\r\n1 1700000000000\r\n" % (root, node, i)
+                for i in range(first, min(first + WRITE_BATCH, n)) for node in (b"a", b"b")
+                for root in (b"held", b"holdings")))
             flush(sock, reader)
         print(f"{n} holdings of node a among {2 * n}; node a's read:")
-        for label, read in [("direct gets", lambda: direct_gets(sock, reader, 2 * n)),
-                            ("pull consumer", lambda: pull_consumer(sock, reader))]:
+        for label, read in [
+            ("direct gets, one stream", lambda: direct_gets(sock, reader, 2 * n)),
+            ("pull, one stream", lambda: pull_consumer(
+                server, sock, reader, "CHAT_HELD", "chat.held.a.>")),
+            ("pull, its own stream", lambda: pull_consumer(
+                server, sock, reader, "CHAT_HOLDINGS_a", None)),
+        ]:
             before, started = cpu_ticks(server.pid), time.time()
             found = read()
             cpu_us = (cpu_ticks(server.pid) - before) * 10_000 / max(found, 1)
-            print(f"  {label:14} {found} holdings, {cpu_us:5.1f} us of nats-server CPU and "
+            print(f"  {label:24} {found} holdings, {cpu_us:5.1f} us of nats-server CPU and "
                   f"{(time.time() - started) * 1e6 / max(found, 1):5.1f} us wall a holding")
+        print("node a's holdings removed:")
+        purge = json.dumps({"filter": "chat.held.a.>"}).encode()
+        for label, subject, body in [
+            ("purged from one stream", "$JS.API.STREAM.PURGE.CHAT_HELD", purge),
+            ("its own stream deleted", "$JS.API.STREAM.DELETE.CHAT_HOLDINGS_a", b""),
+        ]:
+            answer, (wall, cpu) = timed_request(server, sock, reader, subject, body)
+            assert "error" not in answer, answer
+            print(f"  {label:24} {wall:8.1f} ms wall, {cpu:5} ms nats-server CPU")
     finally:
         stop(server, store)
 

@@ -404,3 +404,58 @@ fn a_holder_cut_off_while_another_node_lets_the_user_go_reports_the_user_online_
         "dated in order: {said:?}"
     );
 }
+
+#[test]
+fn a_node_whose_holdings_a_reaper_deleted_writes_them_again_and_its_users_are_reaped_at_its_death()
+{
+    let Some(cluster) = WebhookCluster::start("events_webhook_holdings_deleted") else {
+        return;
+    };
+    let requests = &cluster.requests;
+    let offline_from_b = |events: &[Value], user: &str| {
+        (events.iter())
+            .any(|e| e["type"] == "user_offline" && e["user_id"] == user && e["node"] == "b")
+    };
+    // alice on a, alone: reported online once a's holding of her is kept.
+    let mut a = cluster.node("a");
+    let _alice = a.login("alice", "phone");
+    let mut seen = events_until(requests, true, |e| !of_type(e, "user_online").is_empty());
+    // A reaper that took a for dead (frozen, say) deletes a's stream of holdings.
+    let names = cluster.nats.request(
+        "$JS.API.STREAM.NAMES",
+        &json!({"subject": "chat.holdings.>"}),
+    );
+    let streams = names["streams"].as_array().unwrap_or_else(|| panic!("{names}"));
+    assert_eq!(streams.len(), 1, "{names}");
+    let stream = streams[0].as_str().unwrap();
+    let deleted = cluster
+        .nats
+        .request(&format!("$JS.API.STREAM.DELETE.{stream}"), &json!({}));
+    assert_eq!(deleted["success"], true, "{deleted}");
+    // a's next holding cannot be written: a makes its stream anew and writes every
+    // user it holds again, alice too.
+    let b = cluster.node("b");
+    nats::wait_for_nodes(&b, 2, Duration::from_secs(30));
+    let _carol = a.login("carol", "phone");
+    seen.extend(events_until(requests, true, |e| {
+        (e.iter()).any(|e| e["type"] == "user_online" && e["user_id"] == "carol")
+    }));
+    let info = cluster
+        .nats
+        .request(&format!("$JS.API.STREAM.INFO.{stream}"), &json!({}));
+    assert_eq!(info["state"]["messages"], 2, "{info}");
+    // a dies: b reaps both.
+    a.child.kill().unwrap();
+    a.child.wait().unwrap();
+    seen.extend(events_until(requests, true, |e| {
+        offline_from_b(e, "alice") && offline_from_b(e, "carol")
+    }));
+    cluster.the_rest(&mut seen);
+    let gone = cluster
+        .nats
+        .request(&format!("$JS.API.STREAM.INFO.{stream}"), &json!({}));
+    assert_eq!(
+        gone["error"]["err_code"], 10059,
+        "deleted once reaped: {gone}"
+    );
+}

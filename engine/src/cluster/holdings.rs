@@ -2,17 +2,23 @@
 //! a node that dies (or leaves with users still in their grace) does not leave them
 //! online for ever in the backend that hears the events ([`super::presence_events`]).
 //!
-//! Stream `CHAT_HELD`, one message a subject:
-//! - `chat.held.<instance>.<user>`: `1 <since ms>` while the process holds the user (or
-//!   owes the user's `user_offline`), `0 <at ms>` once the offline is settled. A `1` is
-//!   a request whose acknowledgement says the holding is kept: only then does the
-//!   relayer ask whether to report the user online, or answer that it holds the user. A `0` goes without an answer (lost, it only makes a reaper ask about
-//!   the user again). What changes while NATS is away, or before the stream is known, is
-//!   written when it is, the latest change of each user.
+//! A stream of each process's own, `CHAT_HOLDINGS_<instance>`, one message a subject:
+//! - `chat.holdings.<instance>.<user>`: `1 <since ms>` while the process holds the user
+//!   (or owes the user's `user_offline`), `0 <at ms>` once the offline is settled. A `1`
+//!   is a request whose acknowledgement says the holding is kept: only then does the
+//!   relayer ask whether to report the user online, or answer that it holds the user. A
+//!   `0` goes without an answer (lost, it only makes a reaper ask about the user again).
+//!   What changes while NATS is away, or before the stream is known, is written when it
+//!   is, the latest change of each user.
+//!
+//! A stream of its own because reading and removing one process's holdings from a stream
+//! of every process's was a scan of them all on nats-server (a consumer's creation
+//! counts what it will deliver, a purge by subject looks at every message): 1.3 s and
+//! 2.7 s at a million holdings among a million others, against 0.8 ms for a consumer
+//! without a filter and 28 ms to delete the stream (`benches/tools/nats_reads.py`).
 //!
 //! Stream `CHAT_REAPS`, small (a few messages a process), so that reading it never scans
-//! the million holdings of `CHAT_HELD` (such a scan held up the reading node's NATS
-//! connection for seconds):
+//! anything large:
 //! - `chat.reaps.holder.<instance>`: the node id of a process that has written holdings,
 //!   so that one started later finds the processes that died while nobody was there to
 //!   reap them (a one-node cluster restarted, or the node key aged out).
@@ -21,22 +27,28 @@
 //!   gone, one reaps. A node finding the claim taken reads it: a reaper that is itself
 //!   gone is taken over.
 //!
-//! Reaping a gone process: once claimed, `CHAT_HELD`'s last sequence bounds the walk;
-//! walk its `chat.held.<instance>.>` through a pull consumer without acks, [`PULL_BATCH`]
-//! holdings a pull (a new consumer after a cut, or a pull unanswered); each user
-//! it still held goes to the relayer, which asks whether anyone holds the user and, if
-//! nobody answers, reports `user_offline`. Once the walk is done and every such check is
-//! settled ([`Holdings::reap_checked`]), the process's subjects are purged. Until then
-//! they are the reap's record: a reaper that dies first leaves its claim, and the node
-//! that reaps it takes the unfinished reap over and walks it again (a user reported
-//! twice at worst). A process counted dead that beats again is not reaped further.
+//! Reaping a gone process: once claimed, its stream's last sequence bounds the walk;
+//! walk the stream through a pull consumer without acks, [`PULL_BATCH`] holdings a pull
+//! (a new consumer after a cut, or a pull unanswered); each user it still held goes to
+//! the relayer, which asks whether anyone holds the user and, if nobody answers, reports
+//! `user_offline`. Once the walk is done and every such check is settled
+//! ([`Holdings::reap_checked`]), the stream is deleted, then the process's names in
+//! `CHAT_REAPS`. Until then the stream is the reap's record: a reaper that dies first
+//! leaves its claim, and the node that reaps it takes the unfinished reap over and walks
+//! it again (a user reported twice at worst). A process counted dead that beats again
+//! is not reaped further.
 //!
-//! Every node also sweeps `chat.holder.*`. As soon as it holds its node id, it reaps
-//! every earlier process of that id (a node id is one live process's: a process that
-//! died in a crash loop, before anyone reaped its predecessor). Then, [`SWEEP_AFTER`]
-//! after it holds its id and every [`SWEEP_EVERY`], it reaps each process there that is
-//! neither alive nor itself: those that died while no node was up, or whose reaper died
-//! too.
+//! A process counted dead that was not (frozen, say) may find its stream deleted. It
+//! makes it anew when it learns so, and has every user it holds written again
+//! ([`Outcome::Lost`]): when a holding's write fails, on each connection, and with each
+//! sweep (the stream's `created` time tells a new stream from its own).
+//!
+//! Every node also sweeps `chat.reaps.holder.*`. As soon as it holds its node id, it
+//! reaps every earlier process of that id (a node id is one live process's: a process
+//! that died in a crash loop, before anyone reaped its predecessor). Then,
+//! [`SWEEP_AFTER`] after it holds its id and every [`SWEEP_EVERY`], it reaps each
+//! process there that is neither alive nor itself: those that died while no node was
+//! up, or whose reaper died too.
 //!
 //! No I/O: requests go into the relayer's output, and answers come back through
 //! [`Holdings::answered`].
@@ -47,17 +59,20 @@ use bytes::BytesMut;
 use hashbrown::{HashMap, HashSet};
 use serde_json::Value;
 use tokio::time::Instant;
-use tracing::{debug, info};
+use tracing::{debug, error, info};
 
 use super::{
     members::DEAD_AFTER,
     relay::{from_subject_token, subject_token},
-    requests::{self, direct_get, Requests, STREAM_DIFFERS, WRONG_LAST_SEQUENCE},
+    requests::{
+        self, direct_get, Requests, STREAM_DIFFERS, STREAM_NOT_FOUND, SUBJECTS_OVERLAP,
+        WRONG_LAST_SEQUENCE,
+    },
     wire,
 };
 
-/// The stream of holdings, and the stream of the processes that wrote them and of who
-/// reaps them.
+/// The streams a process sets up: its own of holdings, and the one of the processes that
+/// wrote holdings and of who reaps them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Stream {
     Held,
@@ -67,27 +82,37 @@ enum Stream {
 impl Stream {
     const BOTH: [Stream; 2] = [Stream::Held, Stream::Reaps];
 
-    fn name(self) -> &'static str {
+    /// The stream's name and subjects, for process `instance`.
+    fn of(self, instance: &str) -> (String, Vec<String>) {
         match self {
-            Stream::Held => "CHAT_HELD",
-            Stream::Reaps => "CHAT_REAPS",
-        }
-    }
-
-    fn subjects(self) -> &'static [&'static str] {
-        match self {
-            Stream::Held => &["chat.held.>"],
-            Stream::Reaps => &["chat.reaps.holder.*", "chat.reaps.reaper.*"],
+            Stream::Held => (held_stream(instance), vec![held_subject(instance, ">")]),
+            Stream::Reaps => (
+                REAPS.to_owned(),
+                vec![holder_subject("*"), reaper_subject("*")],
+            ),
         }
     }
 }
 
-/// Where process `instance` names its node id (in [`Stream::Reaps`]).
+/// The stream of the processes that wrote holdings and of who reaps them.
+const REAPS: &str = "CHAT_REAPS";
+
+/// Process `instance`'s stream of holdings.
+fn held_stream(instance: &str) -> String {
+    format!("CHAT_HOLDINGS_{instance}")
+}
+
+/// Process `instance`'s holding of the user whose subject token is `user` (`>`: all).
+fn held_subject(instance: &str, user: &str) -> String {
+    format!("chat.holdings.{instance}.{user}")
+}
+
+/// Where process `instance` names its node id (in [`REAPS`]).
 fn holder_subject(instance: &str) -> String {
     format!("chat.reaps.holder.{instance}")
 }
 
-/// Where the reaper of process `instance` claims it (in [`Stream::Reaps`]).
+/// Where the reaper of process `instance` claims it (in [`REAPS`]).
 fn reaper_subject(instance: &str) -> String {
     format!("chat.reaps.reaper.{instance}")
 }
@@ -119,7 +144,8 @@ enum Pending {
     Claim(Box<str>),
     /// The claim another node made, read.
     ClaimRead(Box<str>),
-    /// `CHAT_HELD`'s last sequence, once the reap is claimed: the walk's bound.
+    /// The gone process's stream's last sequence, once the reap is claimed: the walk's
+    /// bound.
     Extent(Box<str>),
     /// The next claim to reap, for the claims a gone process made itself.
     ClaimsOf(Box<str>),
@@ -129,6 +155,8 @@ enum Pending {
     Pull(Box<str>),
     /// The next process that has written holdings, for the sweep.
     Sweep,
+    /// The deletion of a reaped process's stream: its names in `CHAT_REAPS` go next.
+    Deleted(Box<str>),
     /// A purge, or a consumer's deletion: its answer changes nothing.
     Cleanup,
 }
@@ -149,16 +177,15 @@ struct Reap {
     /// Claimed, the reap reads the claims the gone process made itself (reaps it left
     /// unfinished, taken over then), from this sequence on, until done.
     claims_next: Option<u64>,
-    /// One past `CHAT_HELD`'s last sequence once the reap is claimed (`u64::MAX` until
-    /// it is read): what the gone process wrote came before, and the walk reads no
-    /// further (a process counted dead that was not may still write).
+    /// One past the gone process's stream's last sequence once the reap is claimed
+    /// (`u64::MAX` until it is read; 1 for no stream): what the gone process wrote came
+    /// before, and the walk reads no further (a process counted dead that was not may
+    /// still write).
     upto: u64,
     /// A request of the claim, or of the claims read, is under way.
     asked: bool,
     /// The walk over the gone process's holdings, once claimed and bounded.
     walk: Option<Walk>,
-    /// The newest holding found: the purge at the end takes everything before it.
-    newest: u64,
     /// This reap's number, in the users it hands the relayer ([`Outcome::Reaped`]).
     serial: u64,
     /// The users handed to the relayer whose checks have not settled yet: the reap is
@@ -194,7 +221,8 @@ impl Walk {
 }
 
 impl Reap {
-    /// Whether the walk is over and every user it found is checked: time to purge.
+    /// Whether the walk is over and every user it found is checked: time to delete the
+    /// gone process's stream.
     fn finished(&self) -> bool {
         self.walk.as_ref().is_some_and(|walk| walk.done) && self.checking == 0
     }
@@ -235,6 +263,11 @@ pub(super) struct Holdings {
     setting_up: bool,
     /// Each stream ([`Stream::BOTH`]) is known on this connection.
     streams_known: [bool; 2],
+    /// When this process's stream of holdings was created, as JetStream said at its
+    /// set-up: another time says it was deleted meanwhile.
+    held_created: Option<Box<str>>,
+    /// A stream's creation was refused for subjects another stream takes: said once.
+    overlap_said: bool,
     /// This node holds its id (membership's claim).
     claimed: bool,
     /// The streams are known and `chat.reaps.holder.<instance>` written on this connection,
@@ -272,6 +305,8 @@ impl Holdings {
             online: false,
             setting_up: false,
             streams_known: [false; 2],
+            held_created: None,
+            overlap_said: false,
             claimed: false,
             ready: false,
             claims: 0,
@@ -309,7 +344,7 @@ impl Holdings {
     /// Writes a change: a holding with a request, whose acknowledgement says it is kept;
     /// a letting go without one (lost, it only makes a reaper ask about the user again).
     fn write(&mut self, user: Arc<str>, held: bool, at_ms: u64, out: &mut BytesMut) {
-        let subject = format!("chat.held.{}.{}", self.instance, subject_token(&user));
+        let subject = held_subject(&self.instance, &subject_token(&user));
         let value = format!("{} {at_ms}", u8::from(held));
         if !held {
             return wire::publish(out, subject.as_bytes(), None, value.as_bytes());
@@ -347,28 +382,30 @@ impl Holdings {
     fn set_up_streams(&mut self, out: &mut BytesMut) {
         self.setting_up = true;
         for stream in Stream::BOTH {
-            if self.streams_known[stream as usize] {
-                continue;
+            if !self.streams_known[stream as usize] {
+                self.set_up(stream, out);
             }
-            let config = serde_json::json!({
-                "name": stream.name(),
-                "subjects": stream.subjects(),
-                "storage": "file",
-                "retention": "limits",
-                "max_msgs_per_subject": 1,
-                "discard": "old",
-                "allow_direct": true,
-                "num_replicas": self.replicas,
-            });
-            let subject = format!("$JS.API.STREAM.CREATE.{}", stream.name());
-            let body = config.to_string();
-            (self.requests).send(
-                out,
-                (&subject, &[]),
-                body.as_bytes(),
-                Pending::Setup(stream),
-            );
         }
+    }
+
+    /// Creates `stream` (or learns it is there, and, for this process's holdings, since
+    /// when: [`Outcome::Lost`]).
+    fn set_up(&mut self, stream: Stream, out: &mut BytesMut) {
+        let (name, subjects) = stream.of(&self.instance);
+        let config = serde_json::json!({
+            "name": name,
+            "subjects": subjects,
+            "storage": "file",
+            "retention": "limits",
+            "max_msgs_per_subject": 1,
+            "discard": "old",
+            "allow_direct": true,
+            "num_replicas": self.replicas,
+        });
+        let subject = format!("$JS.API.STREAM.CREATE.{name}");
+        let body = config.to_string();
+        let pending = Pending::Setup(stream);
+        (self.requests).send(out, (&subject, &[]), body.as_bytes(), pending);
     }
 
     /// Cut off from NATS: nothing under way will be answered.
@@ -397,10 +434,11 @@ impl Holdings {
                 instance,
                 "cluster: a node counted dead beats again: not reaped"
             );
-            self.drop_consumer(reap.walk.and_then(|walk| walk.consumer).as_deref(), out);
+            let consumer = reap.walk.and_then(|walk| walk.consumer);
+            self.drop_consumer(instance, consumer.as_deref(), out);
             if reap.claimed && self.ready {
                 // Its next death is anyone's to reap again.
-                self.purge(Stream::Reaps, &reaper_subject(instance), None, out);
+                self.purge_reaps(&reaper_subject(instance), out);
             }
         }
     }
@@ -426,7 +464,6 @@ impl Holdings {
             upto: u64::MAX,
             asked: false,
             walk: None,
-            newest: 0,
             serial: self.reaps_started,
             checking: 0,
         };
@@ -436,7 +473,7 @@ impl Holdings {
         }
     }
 
-    /// The next request of the reap of `instance`: its claim, `CHAT_HELD`'s last
+    /// The next request of the reap of `instance`: its claim, its stream's last
     /// sequence, the next claim it made itself, or its walk's consumer or next pull when
     /// none is under way (unless the walks wait, [`Holdings::pace`]).
     fn go_on(&mut self, instance: &str, out: &mut BytesMut) {
@@ -445,19 +482,22 @@ impl Holdings {
         };
         let bounded = reap.upto != u64::MAX;
         if reap.claimed && bounded && reap.claims_next.is_none() {
-            if self.walks_wait {
-                return;
-            }
             let walk = reap.walk.get_or_insert_with(Walk::new);
-            if walk.done || walk.creating || walk.pull.is_some() {
+            walk.done |= walk.next >= reap.upto; // nothing (left) before the bound
+            if walk.done {
+                return self.walk_on(instance, out);
+            }
+            if self.walks_wait || walk.creating || walk.pull.is_some() {
                 return;
             }
+            let stream = held_stream(instance);
             let Some(consumer) = &walk.consumer else {
                 walk.creating = true;
+                // No filter: the stream is the process's own, and a filter would make
+                // nats-server count what the consumer will deliver, a scan.
                 let config = serde_json::json!({
-                    "stream_name": Stream::Held.name(),
+                    "stream_name": stream,
                     "config": {
-                        "filter_subject": format!("chat.held.{instance}.>"),
                         "deliver_policy": "by_start_sequence",
                         "opt_start_seq": walk.next,
                         "ack_policy": "none",
@@ -466,15 +506,12 @@ impl Holdings {
                         "inactive_threshold": CONSUMER_IDLE.as_nanos() as u64,
                     },
                 });
-                let subject = format!("$JS.API.CONSUMER.CREATE.{}", Stream::Held.name());
+                let subject = format!("$JS.API.CONSUMER.CREATE.{stream}");
                 let pending = Pending::Consumer(instance.into());
                 let body = config.to_string();
                 return (self.requests).send(out, (&subject, &[]), body.as_bytes(), pending);
             };
-            let subject = format!(
-                "$JS.API.CONSUMER.MSG.NEXT.{}.{consumer}",
-                Stream::Held.name()
-            );
+            let subject = format!("$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}");
             let body = format!(r#"{{"batch":{PULL_BATCH},"no_wait":true}}"#);
             let pending = Pending::Pull(instance.into());
             let wait = requests::REQUEST_WAIT;
@@ -485,7 +522,7 @@ impl Holdings {
         }
         reap.asked = true;
         if reap.claimed && !bounded {
-            let subject = format!("$JS.API.STREAM.INFO.{}", Stream::Held.name());
+            let subject = format!("$JS.API.STREAM.INFO.{}", held_stream(instance));
             let pending = Pending::Extent(instance.into());
             return self.requests.send(out, (&subject, &[]), b"", pending);
         }
@@ -493,7 +530,7 @@ impl Holdings {
             let filter = reaper_subject("*");
             let body = serde_json::json!({"seq": next, "next_by_subj": filter});
             let pending = Pending::ClaimsOf(instance.into());
-            let to = direct_get(Stream::Reaps.name());
+            let to = direct_get(REAPS);
             let body = body.to_string();
             return self
                 .requests
@@ -541,6 +578,9 @@ impl Holdings {
                     Some(e) => {
                         debug!(%user, "cluster: holding not written: {e}"); // again
                         self.unwritten.insert(user, (true, since_ms));
+                        // The stream may have been deleted (this process counted dead
+                        // and reaped): set up again, it says.
+                        self.streams_known[Stream::Held as usize] = false;
                         self.ready = false;
                         Vec::new()
                     }
@@ -548,19 +588,7 @@ impl Holdings {
             }
             Pending::Setup(stream) => {
                 self.setting_up = false;
-                let answer = answer();
-                let error = requests::api_error(status, &answer);
-                let differs = answer["error"]["err_code"].as_u64() == Some(STREAM_DIFFERS);
-                match error {
-                    Some(e) if !differs => {
-                        debug!("cluster: stream {} not set up: {e}", stream.name());
-                        Vec::new()
-                    }
-                    _ => {
-                        self.streams_known[stream as usize] = true;
-                        self.become_ready(out)
-                    }
-                }
+                self.set_up_answered(stream, status, &answer(), out)
             }
             Pending::Claim(instance) => {
                 let answer = answer();
@@ -583,7 +611,7 @@ impl Holdings {
                         let subject = reaper_subject(&instance);
                         let body = serde_json::json!({ "last_by_subj": subject }).to_string();
                         let pending = Pending::ClaimRead(instance);
-                        let to = direct_get(Stream::Reaps.name());
+                        let to = direct_get(REAPS);
                         self.requests
                             .send(out, (&to, &[]), body.as_bytes(), pending);
                     }
@@ -602,13 +630,18 @@ impl Holdings {
                 reap.asked = false;
                 let answer = answer();
                 let last = answer["state"]["last_seq"].as_u64();
+                let missing = answer["error"]["err_code"].as_u64() == Some(STREAM_NOT_FOUND);
                 match (requests::api_error(status, &answer), last) {
-                    (None, Some(last)) => {
-                        reap.upto = last.saturating_add(1);
-                        self.go_on(&instance, out);
+                    (None, Some(last)) => reap.upto = last.saturating_add(1),
+                    // It wrote no holding, or its stream was deleted by a reaper that
+                    // died before removing its names: nothing to walk.
+                    _ if missing => reap.upto = 1,
+                    (e, _) => {
+                        debug!(%instance, "cluster: reap not bounded: {e:?}"); // again
+                        return Vec::new();
                     }
-                    (e, _) => debug!(%instance, "cluster: reap not bounded: {e:?}"), // again
                 }
+                self.go_on(&instance, out);
                 Vec::new()
             }
             Pending::ClaimsOf(instance) => {
@@ -621,11 +654,13 @@ impl Holdings {
                 };
                 walk.creating = false;
                 let answer = answer();
+                let missing = answer["error"]["err_code"].as_u64() == Some(STREAM_NOT_FOUND);
                 match (
                     requests::api_error(status, &answer),
                     answer["name"].as_str(),
                 ) {
                     (None, Some(name)) => walk.consumer = Some(name.into()),
+                    _ if missing => walk.done = true, // deleted meanwhile
                     (e, _) => debug!(%instance, "cluster: reap walk not started: {e:?}"), // again
                 }
                 self.go_on(&instance, out);
@@ -639,8 +674,63 @@ impl Holdings {
                 self.swept(status, headers, payload, out);
                 Vec::new()
             }
+            Pending::Deleted(instance) => {
+                let answer = answer();
+                let missing = answer["error"]["err_code"].as_u64() == Some(STREAM_NOT_FOUND);
+                match requests::api_error(status, &answer) {
+                    Some(e) if !missing => {
+                        // Its names stay: the next sweep reaps it again.
+                        debug!(%instance, "cluster: a reaped node's stream not deleted: {e}");
+                    }
+                    _ => self.purge_reaps(&format!("chat.reaps.*.{instance}"), out),
+                }
+                Vec::new()
+            }
             Pending::Cleanup => Vec::new(),
         }
+    }
+
+    /// The answer to the creation of `stream`. A stream of this process's holdings
+    /// created since it was last seen (its `created` time differs) means the one before
+    /// was deleted: every user this process holds is to be written again.
+    fn set_up_answered(
+        &mut self,
+        stream: Stream,
+        status: Option<u16>,
+        answer: &Value,
+        out: &mut BytesMut,
+    ) -> Vec<Outcome> {
+        let name = || stream.of(&self.instance).0;
+        match answer["error"]["err_code"].as_u64() {
+            Some(SUBJECTS_OVERLAP) if !self.overlap_said => {
+                self.overlap_said = true;
+                error!(
+                    "cluster: stream {} not set up: another stream takes its subjects; \
+                     without it no user is reported offline when this node dies \
+                     (docs/cluster.md, \"Presence events\")",
+                    name()
+                );
+                return Vec::new();
+            }
+            Some(STREAM_DIFFERS) => {} // there, with a configuration of its own
+            _ => {
+                if let Some(e) = requests::api_error(status, answer) {
+                    debug!("cluster: stream {} not set up: {e}", name()); // again
+                    return Vec::new();
+                }
+            }
+        }
+        let mut moved = Vec::new();
+        if let (Stream::Held, Some(created)) = (stream, answer["created"].as_str()) {
+            let before = self.held_created.replace(created.into());
+            if before.is_some_and(|before| *before != *created) {
+                info!("cluster: this node's holdings were deleted (counted dead?): written again");
+                moved.push(Outcome::Lost);
+            }
+        }
+        self.streams_known[stream as usize] = true;
+        moved.extend(self.become_ready(out));
+        moved
     }
 
     /// Another node's claim on the reap of `instance`, read: a live reaper (or this
@@ -776,13 +866,13 @@ impl Holdings {
             Some(other) => {
                 debug!(instance, "cluster: reap walk: status {other}");
                 let consumer = walk.consumer.take();
-                self.drop_consumer(consumer.as_deref(), out); // a new one reads on
+                self.drop_consumer(instance, consumer.as_deref(), out); // a new one reads on
             }
         }
         self.walk_on(instance, out);
     }
 
-    /// A holding a walk's consumer delivered: on `subject` (`chat.held.<instance>.<user>`),
+    /// A holding a walk's consumer delivered: on `subject` (`chat.holdings.<instance>.<user>`),
     /// with the consumer's acknowledgement subject `ack` (its name, the holding's
     /// sequence and how many are left). A user the gone process still held is handed on.
     /// Allocation: the reaped user's name; once a pull, the instance's.
@@ -816,8 +906,7 @@ impl Holdings {
         } else {
             walk.next = seq + 1;
             walk.done = left == 0;
-            reap.newest = reap.newest.max(seq);
-            let name = (subject.strip_prefix(b"chat.held."))
+            let name = (subject.strip_prefix(b"chat.holdings."))
                 .and_then(|rest| rest.strip_prefix(instance.as_bytes()))
                 .and_then(|rest| rest.strip_prefix(b"."))
                 .and_then(|name| std::str::from_utf8(name).ok());
@@ -855,24 +944,25 @@ impl Holdings {
         };
         let consumer = walk.consumer.take();
         let finished = reap.finished();
-        self.drop_consumer(consumer.as_deref(), out);
+        self.drop_consumer(instance, consumer.as_deref(), out);
         if finished {
             self.reaped_all(instance, out);
         }
     }
 
-    /// Deletes a walk's `consumer`, if it has one: its walk is done, or its reap ended.
-    fn drop_consumer(&mut self, consumer: Option<&str>, out: &mut BytesMut) {
+    /// Deletes `consumer` of `instance`'s holdings, if there is one: its walk is done,
+    /// or its reap ended.
+    fn drop_consumer(&mut self, instance: &str, consumer: Option<&str>, out: &mut BytesMut) {
         let Some(consumer) = consumer else {
             return;
         };
-        let subject = format!("$JS.API.CONSUMER.DELETE.{}.{consumer}", Stream::Held.name());
+        let stream = held_stream(instance);
+        let subject = format!("$JS.API.CONSUMER.DELETE.{stream}.{consumer}");
         (self.requests).send(out, (&subject, &[]), b"", Pending::Cleanup);
     }
 
     /// The relayer settled the check of a user that reap number `reap` handed it
-    /// ([`Outcome::Reaped`]): the reap is purged once its walk is done and this was the
-    /// last. A reap dropped meanwhile (its process beats again) is not looked for.
+    /// ([`Outcome::Reaped`]): the reap ends once its walk is done and this was the last. A reap dropped meanwhile (its process beats again) is not looked for.
     pub(super) fn reap_checked(&mut self, reap: u64, out: &mut BytesMut) {
         let found = self.reaps.iter_mut().find(|(_, r)| r.serial == reap);
         let Some((instance, reap)) = found else {
@@ -886,17 +976,16 @@ impl Holdings {
     }
 
     /// The walk over `instance`'s holdings is done and every user it found is checked:
-    /// its subjects go, and so does its reap.
+    /// its stream goes (with its consumers), then its names ([`Pending::Deleted`]), and
+    /// so does its reap.
     fn reaped_all(&mut self, instance: &str, out: &mut BytesMut) {
-        let Some(reap) = self.reaps.remove(instance) else {
+        if self.reaps.remove(instance).is_none() {
             return;
-        };
+        }
         info!(instance, "cluster: the holdings of a gone node are reaped");
-        self.drop_consumer(reap.walk.and_then(|walk| walk.consumer).as_deref(), out);
-        let held = format!("chat.held.{instance}.>");
-        self.purge(Stream::Held, &held, Some(reap.newest + 1), out);
-        let named = format!("chat.reaps.*.{instance}");
-        self.purge(Stream::Reaps, &named, None, out);
+        let subject = format!("$JS.API.STREAM.DELETE.{}", held_stream(instance));
+        let pending = Pending::Deleted(instance.into());
+        (self.requests).send(out, (&subject, &[]), b"", pending);
     }
 
     /// One step of the sweep: a process with holdings that is neither alive nor this one
@@ -942,26 +1031,22 @@ impl Holdings {
         sweep.asked = true;
         let filter = holder_subject("*");
         let body = serde_json::json!({"seq": sweep.next, "next_by_subj": filter});
-        let to = direct_get(Stream::Reaps.name());
+        let to = direct_get(REAPS);
         let body = body.to_string();
         (self.requests).send(out, (&to, &[]), body.as_bytes(), Pending::Sweep);
     }
 
-    /// Purges `filter` from `stream` (below sequence `below`, if given).
-    fn purge(&mut self, stream: Stream, filter: &str, below: Option<u64>, out: &mut BytesMut) {
-        let mut body = serde_json::json!({ "filter": filter });
-        if let Some(below) = below {
-            body["seq"] = below.into();
-        }
-        let subject = format!("$JS.API.STREAM.PURGE.{}", stream.name());
-        let body = body.to_string();
+    /// Purges `filter` from [`REAPS`].
+    fn purge_reaps(&mut self, filter: &str, out: &mut BytesMut) {
+        let body = serde_json::json!({ "filter": filter }).to_string();
+        let subject = format!("$JS.API.STREAM.PURGE.{REAPS}");
         self.requests
             .send(out, (&subject, &[]), body.as_bytes(), Pending::Cleanup);
     }
 
     /// Requests not answered by `now` are given up, and what they were for goes on: the
-    /// stream's set-up, the reaps, and the sweep once it is due (`SWEEP_AFTER` after this
-    /// node first held its id, `claimed`).
+    /// streams' set-up, the reaps, and the sweep once it is due (`SWEEP_AFTER` after this
+    /// node first held its id, `claimed`), with a look at this process's stream.
     pub(super) fn expire(
         &mut self,
         now: Instant,
@@ -995,10 +1080,11 @@ impl Holdings {
                     // consumer reads on from where the walk is.
                     let consumer = walk.consumer.take();
                     (walk.creating, walk.pull) = (false, None);
-                    self.drop_consumer(consumer.as_deref(), out);
+                    self.drop_consumer(&instance, consumer.as_deref(), out);
                 }
                 Pending::Sweep => self.sweep.asked = false,
-                Pending::Cleanup => {}
+                // A reaped process's names stay: the next sweep reaps it again.
+                Pending::Deleted(_) | Pending::Cleanup => {}
             }
         }
         if claimed && self.sweep.at.is_none() {
@@ -1021,6 +1107,10 @@ impl Holdings {
         self.go_on_all(out);
         let sweep = &self.sweep;
         if !sweep.asked && sweep.at.is_some_and(|at| at <= now) {
+            if sweep.next == 1 && !sweep.same_node {
+                // With each sweep: is this process's stream still its own?
+                self.set_up(Stream::Held, out);
+            }
             self.sweep_on(out);
         }
         moved
@@ -1058,6 +1148,10 @@ pub(super) enum Outcome {
     Kept(Arc<str>),
     /// Writes go at once again: every user's holding not waiting on a write is kept.
     Ready,
+    /// This process's stream of holdings was deleted (a reaper took the process for
+    /// dead) and is made anew: every user it holds, or owes an offline, is to be written
+    /// again ([`Holdings::changed`]).
+    Lost,
 }
 
 /// The subject and sequence of a direct get's message, from its headers.
@@ -1107,7 +1201,7 @@ mod tests {
         holdings.connected(&mut out);
         let creates = written(&mut out);
         assert!(
-            creates.contains("$JS.API.STREAM.CREATE.CHAT_HELD"),
+            creates.contains("$JS.API.STREAM.CREATE.CHAT_HOLDINGS_i1"),
             "{creates}"
         );
         assert!(
@@ -1125,7 +1219,7 @@ mod tests {
         let text = written(&mut out);
         let holder = text.find("PUB chat.reaps.holder.i1 1\r\nn").expect(&text);
         let held = text
-            .find("PUB chat.held.i1.alice _INBOX.x.r3")
+            .find("PUB chat.holdings.i1.alice _INBOX.x.r3")
             .expect(&text);
         assert!(holder < held, "the process is named first: {text}");
         assert!(!holdings.kept("alice"), "not acknowledged yet");
@@ -1135,7 +1229,7 @@ mod tests {
         // A letting go goes without an answer; cut off, changes wait for the next
         // connection, and a holding unacknowledged is written again.
         holdings.changed("alice".into(), false, 9, &mut out);
-        assert!(written(&mut out).contains("PUB chat.held.i1.alice 3\r\n0 9"));
+        assert!(written(&mut out).contains("PUB chat.holdings.i1.alice 3\r\n0 9"));
         holdings.changed("bob".into(), true, 10, &mut out);
         holdings.disconnected();
         assert!(!holdings.kept("bob"));
@@ -1144,11 +1238,11 @@ mod tests {
         holdings.answered(b"6", None, b"", b"{}", &mut out);
         holdings.answered(b"7", None, b"", b"{}", &mut out);
         holdings.expire(Instant::now(), true, &mut out);
-        assert!(written(&mut out).contains("chat.held.i1.bob _INBOX.x.r8"));
+        assert!(written(&mut out).contains("chat.holdings.i1.bob _INBOX.x.r8"));
     }
 
     /// Claims the reap of `i0` (request 4, stored at `claim_seq` in `CHAT_REAPS`), with
-    /// `CHAT_HELD`'s last sequence `last_seq` (request 5) and no claims of its own
+    /// its stream's last sequence `last_seq` (request 5) and no claims of its own
     /// (request 6): the walk's consumer (request 7) is `w1`, and its first pull is
     /// request 8.
     fn claimed_i0(holdings: &mut Holdings, (claim_seq, last_seq): (u64, u64), out: &mut BytesMut) {
@@ -1164,7 +1258,7 @@ mod tests {
         );
         let stored = format!(r#"{{"seq":{claim_seq}}}"#);
         holdings.answered(b"4", None, b"", stored.as_bytes(), out);
-        assert!(written(out).contains("PUB $JS.API.STREAM.INFO.CHAT_HELD _INBOX.x.r5"));
+        assert!(written(out).contains("PUB $JS.API.STREAM.INFO.CHAT_HOLDINGS_i0 _INBOX.x.r5"));
         let state = format!(r#"{{"state":{{"last_seq":{last_seq}}}}}"#);
         holdings.answered(b"5", None, b"", state.as_bytes(), out);
         let claims = written(out);
@@ -1176,17 +1270,17 @@ mod tests {
         holdings.answered(b"6", Some(404), b"", b"", out);
         let create = written(out);
         assert!(
-            create.contains("CONSUMER.CREATE.CHAT_HELD _INBOX.x.r7"),
+            create.contains("CONSUMER.CREATE.CHAT_HOLDINGS_i0 _INBOX.x.r7"),
             "{create}"
         );
         assert!(
-            create.contains(r#""filter_subject":"chat.held.i0.>""#),
-            "{create}"
+            !create.contains("filter_subject"),
+            "its own stream: {create}"
         );
         assert!(create.contains(r#""opt_start_seq":1"#), "{create}");
         holdings.answered(b"7", None, b"", br#"{"name":"w1"}"#, out);
         let pull = written(out);
-        let expected = "PUB $JS.API.CONSUMER.MSG.NEXT.CHAT_HELD.w1 _INBOX.x.r8";
+        let expected = "PUB $JS.API.CONSUMER.MSG.NEXT.CHAT_HOLDINGS_i0.w1 _INBOX.x.r8";
         assert!(pull.starts_with(expected), "{pull}");
         assert!(pull.contains(r#"{"batch":1024,"no_wait":true}"#), "{pull}");
     }
@@ -1198,17 +1292,17 @@ mod tests {
         value: &[u8],
         out: &mut BytesMut,
     ) -> Vec<Outcome> {
-        let ack = format!("$JS.ACK.CHAT_HELD.w1.1.{seq}.1.1700000000000000000.{left}");
+        let ack = format!("$JS.ACK.CHAT_HOLDINGS_i0.w1.1.{seq}.1.1700000000000000000.{left}");
         holdings.delivered(subject.as_bytes(), ack.as_bytes(), value, out)
     }
 
     #[test]
-    fn a_gone_process_is_claimed_walked_up_to_the_holdings_last_sequence_then_and_purged_once_its_users_are_checked(
+    fn a_gone_process_is_claimed_walked_up_to_its_streams_last_sequence_then_and_the_stream_deleted_once_its_users_are_checked(
     ) {
         let mut out = BytesMut::new();
         let mut holdings = ready(&mut out, true);
         claimed_i0(&mut holdings, (3, 9), &mut out);
-        let alice = ("chat.held.i0.alice", 4, 2);
+        let alice = ("chat.holdings.i0.alice", 4, 2);
         let moved = deliver(&mut holdings, alice, b"1 5", &mut out);
         let alice_reaped = Outcome::Reaped {
             user: "alice".into(),
@@ -1218,18 +1312,23 @@ mod tests {
         let moved = deliver(&mut holdings, alice, b"1 5", &mut out);
         assert!(moved.is_empty(), "read already");
         // Bob, let go: nothing owed.
-        let moved = deliver(&mut holdings, ("chat.held.i0.bob", 6, 1), b"0 7", &mut out);
+        let moved = deliver(
+            &mut holdings,
+            ("chat.holdings.i0.bob", 6, 1),
+            b"0 7",
+            &mut out,
+        );
         assert!(moved.is_empty());
         assert!(written(&mut out).is_empty(), "the pull goes on");
         // Past the last sequence (9): written since (by a process counted dead that was
         // not), not the gone process's. The walk is done, and its consumer goes.
-        let later = ("chat.held.i0.carol", 11, 0);
+        let later = ("chat.holdings.i0.carol", 11, 0);
         assert!(deliver(&mut holdings, later, b"1 20", &mut out).is_empty());
         let text = written(&mut out);
-        let delete = "PUB $JS.API.CONSUMER.DELETE.CHAT_HELD.w1 _INBOX.x.r9 0";
+        let delete = "PUB $JS.API.CONSUMER.DELETE.CHAT_HOLDINGS_i0.w1 _INBOX.x.r9 0";
         assert!(text.starts_with(delete), "{text}");
         assert!(
-            !text.contains("PURGE"),
+            !text.contains("STREAM.DELETE"),
             "alice's check is not settled: the holdings are the reap's record until it is"
         );
         holdings.answered(b"8", Some(408), b"", b"", &mut out);
@@ -1237,11 +1336,108 @@ mod tests {
         holdings.reap_checked(2, &mut out);
         assert!(written(&mut out).is_empty(), "another reap's check");
         holdings.reap_checked(1, &mut out);
-        let purges = written(&mut out);
-        let held = "PURGE.CHAT_HELD _INBOX.x.r10 35\r\n{\"filter\":\"chat.held.i0.>\",\"seq\":7}";
-        assert!(purges.contains(held), "{purges}");
+        let delete = written(&mut out);
+        assert!(
+            delete.starts_with("PUB $JS.API.STREAM.DELETE.CHAT_HOLDINGS_i0 _INBOX.x.r10 0"),
+            "{delete}"
+        );
+        assert!(!delete.contains("PURGE"), "its names go once it is deleted");
+        holdings.answered(b"10", None, b"", br#"{"success":true}"#, &mut out);
+        let purge = written(&mut out);
         let named = "PURGE.CHAT_REAPS _INBOX.x.r11 28\r\n{\"filter\":\"chat.reaps.*.i0\"}";
-        assert!(purges.contains(named), "{purges}");
+        assert!(purge.contains(named), "{purge}");
+    }
+
+    #[test]
+    fn a_process_whose_stream_was_deleted_makes_it_anew_and_has_its_holdings_written_again() {
+        let mut out = BytesMut::new();
+        let mut holdings = Holdings::new("_INBOX.x.", ("n", "i1"), 1);
+        holdings.connected(&mut out);
+        let created = br#"{"config":{},"created":"2026-12-07T10:00:00Z"}"#;
+        assert!(holdings
+            .answered(b"1", None, b"", created, &mut out)
+            .is_empty());
+        holdings.answered(b"2", None, b"", b"{}", &mut out);
+        let now = Instant::now();
+        assert_eq!(holdings.expire(now, true, &mut out), [Outcome::Ready]);
+        holdings.answered(b"3", Some(404), b"", b"", &mut out); // the first sweep
+        holdings.changed("alice".into(), true, 5, &mut out);
+        written(&mut out);
+        // A reaper took this process for dead and deleted its stream: the next write
+        // hears "no responders", and the stream is set up again before any write.
+        assert!(holdings
+            .answered(b"4", Some(503), b"", b"", &mut out)
+            .is_empty());
+        assert!(!holdings.kept("alice"));
+        holdings.expire(now, true, &mut out);
+        let text = written(&mut out);
+        let create = "PUB $JS.API.STREAM.CREATE.CHAT_HOLDINGS_i1 _INBOX.x.r5";
+        assert!(text.starts_with(create), "{text}");
+        assert!(!text.contains("chat.holdings.i1.alice"), "{text}");
+        // Made anew, at another time: what it held is lost, and written again.
+        let anew = br#"{"config":{},"created":"2026-12-07T10:05:00Z"}"#;
+        let moved = holdings.answered(b"5", None, b"", anew, &mut out);
+        assert_eq!(moved, [Outcome::Lost, Outcome::Ready]);
+        let text = written(&mut out);
+        assert!(
+            text.contains("PUB chat.holdings.i1.alice _INBOX.x.r6"),
+            "{text}"
+        );
+        let moved = holdings.answered(b"6", None, b"", br#"{"seq":1}"#, &mut out);
+        assert_eq!(moved, [Outcome::Kept("alice".into())]);
+        // Each sweep looks again; the same stream says nothing.
+        holdings.expire(Instant::now() + SWEEP_AFTER, true, &mut out);
+        let text = written(&mut out);
+        assert!(
+            text.starts_with(create.replace("r5", "r7").as_str()),
+            "{text}"
+        );
+        assert!(text.contains("DIRECT.GET.CHAT_REAPS _INBOX.x.r8"), "{text}");
+        assert!(holdings
+            .answered(b"7", None, b"", anew, &mut out)
+            .is_empty());
+    }
+
+    #[test]
+    fn a_gone_process_without_a_stream_is_reaped_without_a_walk() {
+        let mut out = BytesMut::new();
+        let mut holdings = ready(&mut out, true);
+        holdings.gone("i0", &mut out);
+        holdings.answered(b"4", None, b"", br#"{"seq":3}"#, &mut out);
+        let missing =
+            br#"{"error":{"code":404,"err_code":10059,"description":"stream not found"}}"#;
+        holdings.answered(b"5", None, b"", missing, &mut out);
+        holdings.answered(b"6", Some(404), b"", b"", &mut out); // no claims of its own
+        let text = written(&mut out);
+        assert!(!text.contains("CONSUMER.CREATE"), "{text}");
+        let delete = "PUB $JS.API.STREAM.DELETE.CHAT_HOLDINGS_i0 _INBOX.x.r7 0";
+        assert!(text.contains(delete), "{text}");
+        // Not there (a reaper deleted it and died before its names went): they go now.
+        holdings.answered(b"7", None, b"", missing, &mut out);
+        assert!(written(&mut out).contains("PURGE.CHAT_REAPS _INBOX.x.r8"));
+        assert!(holdings.reaps.is_empty());
+    }
+
+    #[test]
+    fn a_stream_refused_for_subjects_another_takes_is_not_counted_set_up() {
+        let mut out = BytesMut::new();
+        let mut holdings = Holdings::new("_INBOX.x.", ("n", "i1"), 1);
+        holdings.connected(&mut out);
+        written(&mut out);
+        let overlap = br#"{"error":{"code":400,"err_code":10065,"description":"subjects overlap with an existing stream"}}"#;
+        holdings.answered(b"1", None, b"", overlap, &mut out);
+        holdings.answered(b"2", None, b"", b"{}", &mut out);
+        assert!(holdings.overlap_said);
+        assert!(holdings.expire(Instant::now(), true, &mut out).is_empty());
+        let again = written(&mut out);
+        assert!(
+            again.contains("STREAM.CREATE.CHAT_HOLDINGS_i1 _INBOX.x.r3"),
+            "{again}"
+        );
+        assert!(
+            !again.contains("PUB chat.reaps.holder"),
+            "not ready: {again}"
+        );
     }
 
     #[test]
@@ -1251,13 +1447,13 @@ mod tests {
         claimed_i0(&mut holdings, (3, 9), &mut out);
         deliver(
             &mut holdings,
-            ("chat.held.i0.alice", 4, 3),
+            ("chat.holdings.i0.alice", 4, 3),
             b"1 5",
             &mut out,
         );
         // Fewer came than asked (the rest was written meanwhile): pulled again.
         holdings.answered(b"8", Some(408), b"", b"", &mut out);
-        assert!(written(&mut out).contains("MSG.NEXT.CHAT_HELD.w1 _INBOX.x.r9"));
+        assert!(written(&mut out).contains("MSG.NEXT.CHAT_HOLDINGS_i0.w1 _INBOX.x.r9"));
         // Cut off: the consumer goes with the connection; back, a new one reads on
         // after alice.
         holdings.disconnected();
@@ -1266,15 +1462,22 @@ mod tests {
         holdings.answered(b"11", None, b"", b"{}", &mut out);
         holdings.expire(Instant::now(), true, &mut out);
         let text = written(&mut out);
-        assert!(text.contains("CONSUMER.CREATE.CHAT_HELD"), "{text}");
+        assert!(text.contains("CONSUMER.CREATE.CHAT_HOLDINGS_i0"), "{text}");
         assert!(text.contains(r#""opt_start_seq":5"#), "{text}");
-        let number = text.split("CONSUMER.CREATE.CHAT_HELD _INBOX.x.r").nth(1);
+        let number = text
+            .split("CONSUMER.CREATE.CHAT_HOLDINGS_i0 _INBOX.x.r")
+            .nth(1);
         let number = number.and_then(|t| t.split(' ').next()).expect(&text);
         holdings.answered(number.as_bytes(), None, b"", br#"{"name":"w2"}"#, &mut out);
         let pull = written(&mut out);
-        assert!(pull.contains("MSG.NEXT.CHAT_HELD.w2"), "{pull}");
+        assert!(pull.contains("MSG.NEXT.CHAT_HOLDINGS_i0.w2"), "{pull}");
         // A delivery of the consumer before the cut is not the walk's any more.
-        let old = deliver(&mut holdings, ("chat.held.i0.bob", 6, 0), b"1 5", &mut out);
+        let old = deliver(
+            &mut holdings,
+            ("chat.holdings.i0.bob", 6, 0),
+            b"1 5",
+            &mut out,
+        );
         assert!(old.is_empty());
         // Nothing left: the walk is done.
         let number = pull
@@ -1289,9 +1492,12 @@ mod tests {
             &mut out,
         );
         let text = written(&mut out);
-        assert!(text.contains("CONSUMER.DELETE.CHAT_HELD.w2"), "{text}");
+        assert!(
+            text.contains("CONSUMER.DELETE.CHAT_HOLDINGS_i0.w2"),
+            "{text}"
+        );
         holdings.reap_checked(1, &mut out);
-        assert!(written(&mut out).contains("PURGE.CHAT_HELD"));
+        assert!(written(&mut out).contains("STREAM.DELETE.CHAT_HOLDINGS_i0"));
     }
 
     #[test]
@@ -1301,31 +1507,34 @@ mod tests {
         claimed_i0(&mut holdings, (3, 5000), &mut out);
         let batch = PULL_BATCH as u64;
         for seq in 10..10 + batch {
-            let user = format!("chat.held.i0.u{seq}");
+            let user = format!("chat.holdings.i0.u{seq}");
             let moved = deliver(&mut holdings, (&user, seq, 5), b"0 1", &mut out);
             assert!(moved.is_empty(), "let go: nothing owed");
             let text = written(&mut out);
             match seq + 1 - 10 < batch {
                 true => assert!(text.is_empty(), "{seq}: {text}"),
-                false => assert!(text.contains("MSG.NEXT.CHAT_HELD.w1 _INBOX.x.r9")),
+                false => assert!(text.contains("MSG.NEXT.CHAT_HOLDINGS_i0.w1 _INBOX.x.r9")),
             }
         }
         // The first pull ended without a status: none is waited for. The second is not
         // answered (JetStream dropped the consumer): a new one reads on from the walk.
         holdings.expire(Instant::now() + Duration::from_secs(6), true, &mut out);
         let text = written(&mut out);
-        assert!(text.contains("CONSUMER.DELETE.CHAT_HELD.w1"), "{text}");
+        assert!(
+            text.contains("CONSUMER.DELETE.CHAT_HOLDINGS_i0.w1"),
+            "{text}"
+        );
         let start = format!(r#""opt_start_seq":{}"#, 10 + batch);
         assert!(text.contains(&start), "{text}");
     }
 
     #[test]
     fn a_delivery_is_read_from_either_form_of_its_acknowledgement_subject() {
-        let old = b"$JS.ACK.CHAT_HELD.w1.1.42.7.1700000000000000000.3";
+        let old = b"$JS.ACK.CHAT_HOLDINGS_i0.w1.1.42.7.1700000000000000000.3";
         assert_eq!(delivery_of(old), Some(("w1", 42, 3)));
-        let new = b"$JS.ACK.hub.ACCHASH.CHAT_HELD.w1.1.42.7.1700000000000000000.3.tok";
+        let new = b"$JS.ACK.hub.ACCHASH.CHAT_HOLDINGS_i0.w1.1.42.7.1700000000000000000.3.tok";
         assert_eq!(delivery_of(new), Some(("w1", 42, 3)));
-        assert_eq!(delivery_of(b"$JS.ACK.CHAT_HELD.w1.1.x.7.1.3"), None);
+        assert_eq!(delivery_of(b"$JS.ACK.CHAT_HOLDINGS_i0.w1.1.x.7.1.3"), None);
         assert_eq!(delivery_of(b"$JS.ACK.too.short"), None);
     }
 
@@ -1352,7 +1561,7 @@ mod tests {
         let text = written(&mut out);
         assert!(!text.contains("chat.reaps.reaper.i6"), "{text}");
         assert!(
-            text.contains("CONSUMER.CREATE.CHAT_HELD"),
+            text.contains("CONSUMER.CREATE.CHAT_HOLDINGS_i0"),
             "the walk starts: {text}"
         );
     }
@@ -1363,7 +1572,7 @@ mod tests {
         let mut holdings = ready(&mut out, true);
         claimed_i0(&mut holdings, (10, 9), &mut out);
         holdings.pace(true);
-        let alice = ("chat.held.i0.alice", 4, 5);
+        let alice = ("chat.holdings.i0.alice", 4, 5);
         let moved = deliver(&mut holdings, alice, b"1 5", &mut out);
         assert_eq!(moved.len(), 1, "what was read is handed on");
         holdings.answered(b"8", Some(408), b"", b"", &mut out);

@@ -281,6 +281,16 @@ impl Checks {
         asked.map(|waiting| &waiting.change).any(own) || of_user.deferred.iter().any(own)
     }
 
+    /// The users this node [`Checks::owes`] a check of its own change, in name order.
+    pub(super) fn owing(&self) -> Vec<Arc<str>> {
+        let mut users: Vec<Arc<str>> = (self.users.keys())
+            .filter(|user| self.owes(user))
+            .cloned()
+            .collect();
+        users.sort_unstable();
+        users
+    }
+
     /// The next change of `user` waiting to be asked, if none of the user's is asked:
     /// a user's changes are checked one at a time, so that they settle in order.
     pub(super) fn next_deferred(&mut self, user: &str) -> Option<Change> {

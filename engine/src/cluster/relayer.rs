@@ -843,6 +843,7 @@ impl Relayer {
                     self.answer_held_unkept(&user);
                     self.ask_deferred_presence_event(&user);
                 }
+                holdings::Outcome::Lost => self.write_holdings_again(),
                 holdings::Outcome::Ready => {
                     let waiting: Vec<Arc<str>> = self.held_unkept.keys().cloned().collect();
                     for user in waiting {
@@ -853,6 +854,31 @@ impl Relayer {
                     }
                 }
             }
+        }
+    }
+
+    /// This process's holdings were deleted (it was taken for dead and reaped): every
+    /// user it holds is written held again, and so is every user whose offline it owes,
+    /// in name order. Rare, and a pass over every user held.
+    fn write_holdings_again(&mut self) {
+        let Some(holdings) = &mut self.holdings else {
+            return;
+        };
+        let mut held: Vec<(Arc<str>, u64)> = (self.by_sid.values())
+            .filter_map(|sub| match sub {
+                Sub::Live { user, since_ms, .. } => Some((user.clone(), *since_ms)),
+                _ => None,
+            })
+            .collect();
+        let now_ms = (self.wall_ms)();
+        let owed = self.event_checks.owing().into_iter();
+        held.extend(
+            owed.filter(|user| !self.sids.contains_key(user))
+                .map(|user| (user, now_ms)),
+        );
+        held.sort_unstable();
+        for (user, since_ms) in held {
+            holdings.changed(user, true, since_ms, &mut self.out);
         }
     }
 

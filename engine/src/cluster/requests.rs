@@ -17,6 +17,10 @@ pub(super) const REQUEST_WAIT: Duration = Duration::from_secs(5);
 pub(super) const WRONG_LAST_SEQUENCE: u64 = 10071;
 /// JetStream's error code for a stream that exists with another configuration.
 pub(super) const STREAM_DIFFERS: u64 = 10058;
+/// JetStream's error code for a stream that is not there (never made, or deleted).
+pub(super) const STREAM_NOT_FOUND: u64 = 10059;
+/// JetStream's error code for a stream whose subjects another stream takes already.
+pub(super) const SUBJECTS_OVERLAP: u64 = 10065;
 
 /// Requests under way, each with what its answer goes on to (`P`).
 pub(super) struct Requests<P> {

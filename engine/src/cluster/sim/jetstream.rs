@@ -6,10 +6,11 @@
 //! `Nats-Expected-Last-Subject-Sequence`, per-subject limits (refused with
 //! `discard_new_per_subject`, else the oldest goes), the republish, direct gets
 //! (`last_by_subj`, `next_by_subj` from a `seq`, a `seq`), purges of a subject below a
-//! `seq`, pull consumers without acks (created from a sequence with a filter, pulled
-//! with `no_wait`: the messages, then 408 if fewer came than asked, or 404 if none;
-//! nothing for a consumer not there; deleted), and "no responders" for a subject no
-//! stream takes.
+//! `seq`, stream deletions (with their consumers; a stream made again has another
+//! `created`), pull consumers without acks (created from a sequence, with a filter or
+//! without, pulled with `no_wait`: the messages, then 408 if fewer came than asked, or
+//! 404 if none; nothing for a consumer not there; deleted), and "no responders" for a
+//! subject no stream takes.
 //!
 //! It also keeps what an oracle needs: every message ever stored (purged ones too).
 
@@ -105,6 +106,8 @@ pub(super) struct JetStream {
     consumers: BTreeMap<String, Consumer>,
     /// The last consumer name given out (`c<number>`).
     consumers_made: u64,
+    /// The streams made so far: a stream's `created` names its number.
+    streams_made: u64,
     /// The virtual clock (ms).
     pub now_ms: u64,
     /// Every message ever stored, by stream and sequence.
@@ -213,17 +216,17 @@ impl JetStream {
         let subject = publish.subject.clone();
         if let Some(name) = subject.strip_prefix("$JS.API.STREAM.CREATE.") {
             let config: Value = serde_json::from_slice(&publish.payload).unwrap_or_default();
-            let now = self.now_ms;
-            let stream = self
-                .streams
-                .entry(name.to_owned())
-                .or_insert_with(|| Stream {
+            let (now, made) = (self.now_ms, &mut self.streams_made);
+            let stream = self.streams.entry(name.to_owned()).or_insert_with(|| {
+                *made += 1;
+                Stream {
                     config,
-                    created: format!("created-at-{now}"),
+                    created: format!("stream-{made}-created-at-{now}"),
                     last: 0,
                     messages: BTreeMap::new(),
                     ids: HashMap::new(),
-                });
+                }
+            });
             return vec![answer(
                 &reply,
                 json!({"config": stream.config, "created": stream.created}),
@@ -240,6 +243,13 @@ impl JetStream {
                 }
                 None => answer(&reply, error(10059, 404, "stream not found")),
             }];
+        }
+        if let Some(name) = subject.strip_prefix("$JS.API.STREAM.DELETE.") {
+            if self.streams.remove(name).is_none() {
+                return vec![answer(&reply, error(10059, 404, "stream not found"))];
+            }
+            self.consumers.retain(|_, consumer| consumer.stream != name);
+            return vec![answer(&reply, json!({"success": true}))];
         }
         if let Some(name) = subject.strip_prefix("$JS.API.STREAM.PURGE.") {
             let body: Value = serde_json::from_slice(&publish.payload).unwrap_or_default();
