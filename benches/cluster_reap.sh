@@ -6,7 +6,7 @@
 # is reported online, node a is killed with SIGKILL. Node b counts it dead after 10 s,
 # claims its reap, walks its holdings in JetStream and checks each user: the report gives
 # the time from the kill to the first and the last `user_offline`, how many came, and the
-# CPU node b and nats-server spent from the kill to the last one. It also gives the CPU
+# CPU node b, nats-server and the sink spent from the kill to the last one. It also gives the CPU
 # node a and nats-server spent while the users logged in (what each login costs with the
 # webhook on: the check, and since the twenty-first session the holding's write), when
 # node a's threads all ended and when node b counted it dead, and how often nats-server
@@ -42,7 +42,8 @@ events="$work/events.txt"
 : > "$events"
 sink_port=$(free_port)
 python3 benches/tools/events_sink.py "$sink_port" "$events" &
-pids+=($!)
+sink_pid=$!
+pids+=($sink_pid)
 nats_port=$(free_port)
 /usr/sbin/nats-server -a 127.0.0.1 -p "$nats_port" -js -sd "$work/nats" > "$OUT/nats.log" 2>&1 &
 nats_pid=$!
@@ -85,6 +86,7 @@ PY
 echo "== node a killed (SIGKILL)"
 b_before=$(cpu_ticks "${pid[b]}")
 nats_before=$(cpu_ticks "$nats_pid")
+sink_before=$(cpu_ticks "$sink_pid")
 killed=$(date +%s.%N)
 kill -9 "${pid[a]}"
 # When every thread of node a has ended (each a zombie, or the process gone): a process
@@ -101,10 +103,11 @@ a_ended() {
 wait_for user_offline "$USERS" $(( USERS / 5000 > 180 ? USERS / 5000 : 180 ))
 b_after=$(cpu_ticks "${pid[b]}")
 nats_after=$(cpu_ticks "$nats_pid")
-python3 - "$events" "$killed" "$USERS" "$(( b_after - b_before ))" "$(( nats_after - nats_before ))" "$hz" "$OUT" "$work/a-ended" <<'PY'
+sink_after=$(cpu_ticks "$sink_pid")
+python3 - "$events" "$killed" "$USERS" "$(( b_after - b_before ))" "$(( nats_after - nats_before ))" "$hz" "$OUT" "$work/a-ended" "$(( sink_after - sink_before ))" <<'PY'
 import collections, datetime, os, re, sys
 events, killed, users, b_ticks, nats_ticks, hz = sys.argv[1], float(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
-out_dir, a_ended = sys.argv[7], sys.argv[8]
+out_dir, a_ended, sink_ticks = sys.argv[7], sys.argv[8], int(sys.argv[9])
 # The kill's timeline: node a's process ended, node b counted it dead.
 if os.path.exists(a_ended):
     print(f"node a's process ended {float(open(a_ended).read()) - killed:.2f} s after the kill")
@@ -142,7 +145,10 @@ if offline:
     walk = last - first
     rate = len(offline) / walk if walk > 0 else float("inf")
     print(f"reaped in {walk:.2f} s from the first to the last: {rate:.0f} users/s")
-print(f"CPU from the kill to the last: node b {b_ticks / hz:.2f} s, nats-server {nats_ticks / hz:.2f} s")
+print(f"CPU from the kill to the last: node b {b_ticks / hz:.2f} s, nats-server {nats_ticks / hz:.2f} s, "
+      f"the events sink {sink_ticks / hz:.2f} s")
 if offline:
-    print(f"per user reaped: node b {b_ticks / hz / len(offline) * 1e6:.0f} us, nats-server {nats_ticks / hz / len(offline) * 1e6:.0f} us")
+    per_user = lambda ticks: f"{ticks / hz / len(offline) * 1e6:.0f} us"
+    print(f"per user reaped: node b {per_user(b_ticks)}, nats-server {per_user(nats_ticks)}, "
+          f"the events sink {per_user(sink_ticks)}")
 PY

@@ -9,6 +9,10 @@
 - a pull consumer without a filter on a stream of the node's own (the twenty-sixth
   session's), then the stream's deletion.
 
+And the other half of a reap's cost a user: the check, a request on the user's
+`chat.live.<user>` that nobody holds, which nats-server answers "no responders"
+(CHECKS_UNDER_WAY at once, as the reaping relay asks them).
+
 Starts its own nats-server with JetStream (benches/tools/nats_wire.py), writes N holdings
 of node a and N of node b interleaved (as two nodes' users log in), both into the shared
 stream and into each node's own, and reads node a's. nats-server's CPU comes from /proc,
@@ -103,6 +107,22 @@ def pull_consumer(server, sock, reader, stream, filter_subject):
     return found
 
 
+CHECKS_UNDER_WAY = 1024
+
+
+def checks(sock, reader, n):
+    """n requests on subjects nobody subscribes to, each answered "no responders"."""
+    answered = 0
+    for first in range(0, n, CHECKS_UNDER_WAY):
+        count = min(CHECKS_UNDER_WAY, n - first)
+        sock.sendall(b"".join(b"PUB chat.live.u%d _INBOX.c.%d 2\r\nfx\r\n" % (i, i)
+                              for i in range(first, first + count)))
+        for _ in range(count):
+            read_message(sock, reader)
+            answered += 1
+    return answered
+
+
 def main():
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 200_000
     server, port, store = start_server("nats-reads-")
@@ -132,6 +152,7 @@ def main():
                 server, sock, reader, "CHAT_HELD", "chat.held.a.>")),
             ("pull, its own stream", lambda: pull_consumer(
                 server, sock, reader, "CHAT_HOLDINGS_a", None)),
+            ("checks, no responders", lambda: checks(sock, reader, n)),
         ]:
             before, started = cpu_ticks(server.pid), time.time()
             found = read()

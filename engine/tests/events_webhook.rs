@@ -425,7 +425,9 @@ fn a_node_whose_holdings_a_reaper_deleted_writes_them_again_and_its_users_are_re
         "$JS.API.STREAM.NAMES",
         &json!({"subject": "chat.holdings.>"}),
     );
-    let streams = names["streams"].as_array().unwrap_or_else(|| panic!("{names}"));
+    let streams = names["streams"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{names}"));
     assert_eq!(streams.len(), 1, "{names}");
     let stream = streams[0].as_str().unwrap();
     let deleted = cluster

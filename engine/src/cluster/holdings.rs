@@ -13,9 +13,9 @@
 //!
 //! A stream of its own because reading and removing one process's holdings from a stream
 //! of every process's was a scan of them all on nats-server (a consumer's creation
-//! counts what it will deliver, a purge by subject looks at every message): 1.3 s and
-//! 2.7 s at a million holdings among a million others, against 0.8 ms for a consumer
-//! without a filter and 28 ms to delete the stream (`benches/tools/nats_reads.py`).
+//! counts what it will deliver, a purge by subject looks at every message): 0.84 s and
+//! 3.4 s at a million holdings among a million others, against 0.9 ms for a consumer
+//! without a filter and 33 ms to delete the stream (`benches/tools/nats_reads.py`).
 //!
 //! Stream `CHAT_REAPS`, small (a few messages a process), so that reading it never scans
 //! anything large:
@@ -117,11 +117,9 @@ fn reaper_subject(instance: &str) -> String {
     format!("chat.reaps.reaper.{instance}")
 }
 /// The holdings a pull of a reap's walk asks for. A direct get a holding cost nats-server
-/// 10–13 µs, where a pull consumer's batches cost 2.5–3.1 µs a holding
+/// 10–13 µs, where a pull consumer's batches cost 2.5–4.5 µs a holding
 /// (`benches/tools/nats_reads.py`, 20,000 and 1,000,000 holdings among twice as many); a
-/// pull is one request, and a batch's holdings come back to back. The consumer's
-/// creation counts what it will deliver, a scan of the stream: 0.7 s of nats-server at a
-/// million holdings, on the reaping relay's connection.
+/// pull is one request, and a batch's holdings come back to back.
 const PULL_BATCH: usize = 1024;
 /// How long JetStream keeps a walk's consumer that nobody pulls (a reaper cut off or
 /// gone): the walk makes another from where it was.
