@@ -10,7 +10,8 @@
 # node a and nats-server spent while the users logged in (what each login costs with the
 # webhook on: the check, and since the twenty-first session the holding's write), when
 # node a's threads all ended and when node b counted it dead, and how often nats-server
-# warned that reading a connection's input took over 2 s, before and after the kill.
+# warned that reading a connection's input took over 2 s, before and after the kill. Each
+# second's offlines and CPU shares go to offline-per-second.txt and cpu-per-second.txt.
 #
 # Knobs (environment): USERS (10000), KILL (1; 0: stop after the logins, for builds that
 # do not reap), OUT (benches/results/cluster-reap-DATE), BIN_DIR (default: build
@@ -100,14 +101,20 @@ a_ended() {
   done
 }
 ( until a_ended; do sleep 0.05; done; date +%s.%N > "$work/a-ended" ) &
+# Each second from the kill on: the CPU node b, nats-server and the sink have used so far.
+( while sleep 1; do
+    echo "$(date +%s.%N) $(cpu_ticks "${pid[b]}") $(cpu_ticks "$nats_pid") $(cpu_ticks "$sink_pid")"
+  done > "$work/cpu-samples" 2>/dev/null ) &
+sampler=$!
 wait_for user_offline "$USERS" $(( USERS / 5000 > 180 ? USERS / 5000 : 180 ))
 b_after=$(cpu_ticks "${pid[b]}")
 nats_after=$(cpu_ticks "$nats_pid")
 sink_after=$(cpu_ticks "$sink_pid")
-python3 - "$events" "$killed" "$USERS" "$(( b_after - b_before ))" "$(( nats_after - nats_before ))" "$hz" "$OUT" "$work/a-ended" "$(( sink_after - sink_before ))" <<'PY'
+kill "$sampler" 2>/dev/null || true
+python3 - "$events" "$killed" "$USERS" "$(( b_after - b_before ))" "$(( nats_after - nats_before ))" "$hz" "$OUT" "$work/a-ended" "$(( sink_after - sink_before ))" "$work/cpu-samples" <<'PY'
 import collections, datetime, os, re, sys
 events, killed, users, b_ticks, nats_ticks, hz = sys.argv[1], float(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
-out_dir, a_ended, sink_ticks = sys.argv[7], sys.argv[8], int(sys.argv[9])
+out_dir, a_ended, sink_ticks, samples = sys.argv[7], sys.argv[8], int(sys.argv[9]), sys.argv[10]
 # The kill's timeline: node a's process ended, node b counted it dead.
 if os.path.exists(a_ended):
     print(f"node a's process ended {float(open(a_ended).read()) - killed:.2f} s after the kill")
@@ -136,6 +143,13 @@ offline = sorted(float(line.split()[0]) for line in open(events) if " user_offli
 per_second = collections.Counter(int(at - killed) for at in offline)
 with open(f"{out_dir}/offline-per-second.txt", "w") as out:
     out.writelines(f"{second} {per_second[second]}\n" for second in sorted(per_second))
+# And the share of a core node b, nats-server and the sink each used in each second.
+rows = [[float(v) for v in line.split()] for line in open(samples) if len(line.split()) == 4]
+with open(f"{out_dir}/cpu-per-second.txt", "w") as out:
+    out.write("# seconds after the kill, then the cores used since the sample before: node b, nats-server, the events sink\n")
+    for before, after in zip(rows, rows[1:]):
+        cores = [(after[i] - before[i]) / hz / (after[0] - before[0]) for i in (1, 2, 3)]
+        out.write(f"{after[0] - killed:.1f} " + " ".join(f"{c:.2f}" for c in cores) + "\n")
 nodes = {line.split()[3] for line in open(events) if " user_offline " in line}
 users_off = {line.split()[2] for line in open(events) if " user_offline " in line}
 print(f"user_offline events: {len(offline)} for {len(users_off)} distinct users of {users}, posted by {sorted(nodes)}")
@@ -145,6 +159,12 @@ if offline:
     walk = last - first
     rate = len(offline) / walk if walk > 0 else float("inf")
     print(f"reaped in {walk:.2f} s from the first to the last: {rate:.0f} users/s")
+    # The sink stamps each batch once: how full the events thread's posts came, and how
+    # far apart (a thread posting one batch at a time bounds the reap's pace).
+    stamps = sorted(set(offline))
+    gaps = sorted(b - a for a, b in zip(stamps, stamps[1:])) or [0.0]
+    print(f"the sink took them in {len(stamps)} posts, {len(offline) / len(stamps):.0f} a post on "
+          f"average, {gaps[len(gaps) // 2] * 1000:.1f} ms apart (median)")
 print(f"CPU from the kill to the last: node b {b_ticks / hz:.2f} s, nats-server {nats_ticks / hz:.2f} s, "
       f"the events sink {sink_ticks / hz:.2f} s")
 if offline:

@@ -724,6 +724,8 @@ impl Holdings {
             if before.is_some_and(|before| *before != *created) {
                 info!("cluster: this node's holdings were deleted (counted dead?): written again");
                 moved.push(Outcome::Lost);
+                // Its names in `CHAT_REAPS` went with them: named again, first.
+                self.ready = false;
             }
         }
         self.streams_known[stream as usize] = true;
@@ -778,8 +780,7 @@ impl Holdings {
             return Vec::new();
         }
         self.ready = true;
-        let subject = holder_subject(&self.instance);
-        wire::publish(out, subject.as_bytes(), None, self.node_id.as_bytes());
+        self.name_process(out);
         let mut unwritten: Vec<(Arc<str>, (bool, u64))> = self.unwritten.drain().collect();
         unwritten.sort_unstable();
         for (user, (held, at_ms)) in unwritten {
@@ -787,6 +788,12 @@ impl Holdings {
         }
         self.go_on_all(out);
         vec![Outcome::Ready]
+    }
+
+    /// Names this process and its node id in `chat.reaps.holder.<instance>`.
+    fn name_process(&self, out: &mut BytesMut) {
+        let subject = holder_subject(&self.instance);
+        wire::publish(out, subject.as_bytes(), None, self.node_id.as_bytes());
     }
 
     /// Sends the next request of every reap with none under way (in instance order).
@@ -1106,8 +1113,11 @@ impl Holdings {
         let sweep = &self.sweep;
         if !sweep.asked && sweep.at.is_some_and(|at| at <= now) {
             if sweep.next == 1 && !sweep.same_node {
-                // With each sweep: is this process's stream still its own?
+                // With each sweep: is this process's stream still its own, and is it
+                // named (a reaper that took it for dead purges its names after
+                // deleting the stream, maybe after it was made anew)?
                 self.set_up(Stream::Held, out);
+                self.name_process(out);
             }
             self.sweep_on(out);
         }
@@ -1377,10 +1387,11 @@ mod tests {
         let moved = holdings.answered(b"5", None, b"", anew, &mut out);
         assert_eq!(moved, [Outcome::Lost, Outcome::Ready]);
         let text = written(&mut out);
-        assert!(
-            text.contains("PUB chat.holdings.i1.alice _INBOX.x.r6"),
-            "{text}"
-        );
+        let named = text.find("PUB chat.reaps.holder.i1 1\r\nn").expect(&text);
+        let alice = text
+            .find("PUB chat.holdings.i1.alice _INBOX.x.r6")
+            .expect(&text);
+        assert!(named < alice, "named again first: {text}");
         let moved = holdings.answered(b"6", None, b"", br#"{"seq":1}"#, &mut out);
         assert_eq!(moved, [Outcome::Kept("alice".into())]);
         // Each sweep looks again; the same stream says nothing.
@@ -1390,10 +1401,20 @@ mod tests {
             text.starts_with(create.replace("r5", "r7").as_str()),
             "{text}"
         );
+        assert!(text.contains("PUB chat.reaps.holder.i1 1\r\nn"), "{text}");
         assert!(text.contains("DIRECT.GET.CHAT_REAPS _INBOX.x.r8"), "{text}");
         assert!(holdings
             .answered(b"7", None, b"", anew, &mut out)
             .is_empty());
+        // Deleted and made anew by the next look, writes going on meanwhile: named and
+        // written again all the same.
+        holdings.answered(b"8", Some(404), b"", b"", &mut out);
+        holdings.expire(Instant::now() + SWEEP_AFTER + SWEEP_EVERY, true, &mut out);
+        written(&mut out);
+        let later = br#"{"config":{},"created":"2026-12-07T10:10:00Z"}"#;
+        let moved = holdings.answered(b"9", None, b"", later, &mut out);
+        assert_eq!(moved, [Outcome::Lost, Outcome::Ready]);
+        assert!(written(&mut out).contains("PUB chat.reaps.holder.i1 1\r\nn"));
     }
 
     #[test]
