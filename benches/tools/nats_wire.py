@@ -1,7 +1,8 @@
 """What the NATS bench tools share: a nats-server with JetStream of their own on a free
 loopback port in a temporary directory, a plain-socket connection to it, and the reading
 of its messages (the NATS text protocol). Imported by nats_republish_check.py,
-nats_placement_check.py, jetstream_costs.py and nats_stalls.py, which sit beside it.
+nats_placement_check.py, jetstream_costs.py, nats_stalls.py and nats_reads.py, which sit
+beside it.
 """
 import json
 import shutil
