@@ -15,7 +15,8 @@
 #
 # Knobs (environment): USERS (10000), KILL (1; 0: stop after the logins, for builds that
 # do not reap), OUT (benches/results/cluster-reap-DATE), BIN_DIR (default: build
-# target/release). Bounded; stops what it started.
+# target/release), NATS_FLAGS (more flags for nats-server, such as `-m PORT --profile
+# PORT` to look inside it during a run). Bounded; stops what it started.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -46,7 +47,8 @@ python3 benches/tools/events_sink.py "$sink_port" "$events" &
 sink_pid=$!
 pids+=($sink_pid)
 nats_port=$(free_port)
-/usr/sbin/nats-server -a 127.0.0.1 -p "$nats_port" -js -sd "$work/nats" > "$OUT/nats.log" 2>&1 &
+# shellcheck disable=SC2086 # NATS_FLAGS is a list of flags
+/usr/sbin/nats-server -a 127.0.0.1 -p "$nats_port" -js -sd "$work/nats" ${NATS_FLAGS:-} > "$OUT/nats.log" 2>&1 &
 nats_pid=$!
 pids+=($nats_pid)
 sleep 1
