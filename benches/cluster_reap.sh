@@ -11,10 +11,13 @@
 # webhook on: the check, and since the twenty-first session the holding's write), when
 # node a's threads all ended and when node b counted it dead, and how often nats-server
 # warned that reading a connection's input took over 2 s, before and after the kill. Each
-# second's offlines and CPU shares go to offline-per-second.txt and cpu-per-second.txt.
+# second's offlines and CPU shares (the loadgen's and the whole machine's too) go to
+# offline-per-second.txt and cpu-per-second.txt.
 #
 # Knobs (environment): USERS (10000), KILL (1; 0: stop after the logins, for builds that
-# do not reap), OUT (benches/results/cluster-reap-DATE), BIN_DIR (default: build
+# do not reap), CLIENTS (pause: the loadgen is stopped at the kill, as clients on other
+# machines would not share the reaper's cores; react: it takes its closed connections
+# meanwhile), OUT (benches/results/cluster-reap-DATE), BIN_DIR (default: build
 # target/release), NATS_FLAGS (more flags for nats-server, such as `-m PORT --profile
 # PORT` to look inside it during a run). Bounded; stops what it started.
 set -euo pipefail
@@ -87,6 +90,14 @@ PY
 [ "$KILL" = 1 ] || exit 0
 
 echo "== node a killed (SIGKILL)"
+# A real node's clients are on other machines. Here the loadgen shares the 2 cores, and
+# its handling of USERS closed connections (and the kernel's, for both ends) would take
+# the reaper's CPU: it is paused at the kill unless CLIENTS=react.
+if [ "${CLIENTS:-pause}" = pause ]; then
+  kill -STOP "$loadgen_pid"
+  trap 'kill -CONT "$loadgen_pid" 2>/dev/null; stop_all; rm -rf "$work"' EXIT
+  echo "the loadgen is paused at the kill (CLIENTS=react: it takes its closed connections meanwhile)"
+fi
 b_before=$(cpu_ticks "${pid[b]}")
 nats_before=$(cpu_ticks "$nats_pid")
 sink_before=$(cpu_ticks "$sink_pid")
@@ -103,9 +114,13 @@ a_ended() {
   done
 }
 ( until a_ended; do sleep 0.05; done; date +%s.%N > "$work/a-ended" ) &
-# Each second from the kill on: the CPU node b, nats-server and the sink have used so far.
+# Each second from the kill on: the CPU node b, nats-server, the sink and the loadgen have
+# used so far, and the whole machine's busy time (user, system, interrupts: the kernel's
+# teardown of the dead node's sockets too).
+busy_ticks() { awk '/^cpu /{print $2 + $3 + $4 + $7 + $8 + $9}' /proc/stat; }
 ( while sleep 1; do
-    echo "$(date +%s.%N) $(cpu_ticks "${pid[b]}") $(cpu_ticks "$nats_pid") $(cpu_ticks "$sink_pid")"
+    echo "$(date +%s.%N) $(cpu_ticks "${pid[b]}") $(cpu_ticks "$nats_pid") $(cpu_ticks "$sink_pid")" \
+      "$(cpu_ticks "$loadgen_pid") $(busy_ticks)"
   done > "$work/cpu-samples" 2>/dev/null ) &
 sampler=$!
 wait_for user_offline "$USERS" $(( USERS / 5000 > 180 ? USERS / 5000 : 180 ))
@@ -146,11 +161,12 @@ per_second = collections.Counter(int(at - killed) for at in offline)
 with open(f"{out_dir}/offline-per-second.txt", "w") as out:
     out.writelines(f"{second} {per_second[second]}\n" for second in sorted(per_second))
 # And the share of a core node b, nats-server and the sink each used in each second.
-rows = [[float(v) for v in line.split()] for line in open(samples) if len(line.split()) == 4]
+rows = [[float(v) for v in line.split()] for line in open(samples) if len(line.split()) == 6]
 with open(f"{out_dir}/cpu-per-second.txt", "w") as out:
-    out.write("# seconds after the kill, then the cores used since the sample before: node b, nats-server, the events sink\n")
+    out.write("# seconds after the kill, then the cores used since the sample before: node b, "
+              "nats-server, the events sink, the loadgen, the whole machine\n")
     for before, after in zip(rows, rows[1:]):
-        cores = [(after[i] - before[i]) / hz / (after[0] - before[0]) for i in (1, 2, 3)]
+        cores = [(after[i] - before[i]) / hz / (after[0] - before[0]) for i in (1, 2, 3, 4, 5)]
         out.write(f"{after[0] - killed:.1f} " + " ".join(f"{c:.2f}" for c in cores) + "\n")
 nodes = {line.split()[3] for line in open(events) if " user_offline " in line}
 users_off = {line.split()[2] for line in open(events) if " user_offline " in line}
