@@ -434,10 +434,20 @@ fn a_node_whose_holdings_a_reaper_deleted_writes_them_again_and_its_users_are_re
         .nats
         .request(&format!("$JS.API.STREAM.DELETE.{stream}"), &json!({}));
     assert_eq!(deleted["success"], true, "{deleted}");
-    // a's next holding cannot be written: a makes its stream anew and writes every
-    // user it holds again, alice too.
+    // JetStream's advisory tells a at once (its next sweep is a minute away, and it
+    // writes nothing meanwhile): a makes its stream anew and writes alice again.
+    let info = || {
+        let info = (cluster.nats).request(&format!("$JS.API.STREAM.INFO.{stream}"), &json!({}));
+        info["state"]["messages"].as_u64()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while info() != Some(1) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(info(), Some(1), "alice written again within 10 s");
     let b = cluster.node("b");
     nats::wait_for_nodes(&b, 2, Duration::from_secs(30));
+    // carol, gained since, goes into the new stream.
     let _carol = a.login("carol", "phone");
     seen.extend(events_until(requests, true, |e| {
         (e.iter()).any(|e| e["type"] == "user_online" && e["user_id"] == "carol")

@@ -116,6 +116,13 @@ fn holder_subject(instance: &str) -> String {
 fn reaper_subject(instance: &str) -> String {
     format!("chat.reaps.reaper.{instance}")
 }
+
+/// Where process `instance` answers that it lives (a reaper asks before it deletes the
+/// process's stream).
+pub(super) fn process_subject(instance: &str) -> String {
+    format!("chat.process.{instance}")
+}
+
 /// The holdings a pull of a reap's walk asks for. A direct get a holding cost nats-server
 /// 10–13 µs, where a pull consumer's batches cost 2.5–4.5 µs a holding
 /// (`benches/tools/nats_reads.py`, 20,000 and 1,000,000 holdings among twice as many); a
@@ -130,6 +137,11 @@ const CONSUMER_IDLE: Duration = Duration::from_secs(60);
 const SWEEP_AFTER: Duration = Duration::from_secs(DEAD_AFTER.as_secs() + 2);
 /// How often a node looks again.
 const SWEEP_EVERY: Duration = Duration::from_secs(60);
+/// How long after JetStream's advisory that its stream of holdings was deleted a
+/// process makes it anew: nats-server 2.9 sends the advisory before it removes the
+/// stream's files, and a stream made at once under the same name lost what was written
+/// to it (seen with the integration test).
+const REMAKE_AFTER: Duration = Duration::from_secs(2);
 
 /// What waits on a request's answer.
 #[derive(Debug)]
@@ -153,8 +165,11 @@ enum Pending {
     Pull(Box<str>),
     /// The next process that has written holdings, for the sweep.
     Sweep,
-    /// The deletion of a reaped process's stream: its names in `CHAT_REAPS` go next.
-    Deleted(Box<str>),
+    /// Whether a reaped process still answers on NATS, before its stream is deleted.
+    Alive(Box<str>),
+    /// The deletion of a reaped process's stream: its names in `CHAT_REAPS` stored up
+    /// to the reap's claim (at this sequence) go next.
+    Deleted(Box<str>, u64),
     /// A purge, or a consumer's deletion: its answer changes nothing.
     Cleanup,
 }
@@ -189,6 +204,8 @@ struct Reap {
     /// The users handed to the relayer whose checks have not settled yet: the reap is
     /// purged once its walk is done and this is 0.
     checking: usize,
+    /// Finished, whether the gone process answers is asked ([`Pending::Alive`]).
+    pinged: bool,
 }
 
 /// A reap's walk: a pull consumer of the gone process's holdings, read from `next`.
@@ -289,6 +306,9 @@ pub(super) struct Holdings {
     sweep: Sweep,
     /// The events webhook is behind ([`Holdings::pace`]): the walks wait.
     walks_wait: bool,
+    /// JetStream said this process's stream of holdings was deleted: it is made anew
+    /// then ([`REMAKE_AFTER`]).
+    remake_at: Option<Instant>,
 }
 
 impl Holdings {
@@ -319,6 +339,7 @@ impl Holdings {
                 ..Sweep::default()
             },
             walks_wait: false,
+            remake_at: None,
         }
     }
 
@@ -371,6 +392,26 @@ impl Holdings {
         self.set_up_streams(out);
     }
 
+    /// Where JetStream says that this process's stream of holdings was deleted (an
+    /// advisory): a reaper took the process for dead.
+    pub(super) fn deleted_subject(&self) -> String {
+        format!(
+            "$JS.EVENT.ADVISORY.STREAM.DELETED.{}",
+            held_stream(&self.instance)
+        )
+    }
+
+    /// JetStream said at `now` that this process's stream of holdings was deleted: it
+    /// is made anew [`REMAKE_AFTER`] that, and its answer's `created` has what this
+    /// process holds written again ([`Outcome::Lost`]). Without the advisory, a failed
+    /// write or the next sweep would find it.
+    pub(super) fn deleted(&mut self, now: Instant) {
+        info!("cluster: JetStream says this node's holdings were deleted: made anew soon");
+        self.streams_known[Stream::Held as usize] = false;
+        // Not set up by [`Holdings::expire`] meanwhile.
+        (self.setting_up, self.remake_at) = (true, Some(now + REMAKE_AFTER));
+    }
+
     /// Whether both streams are known on this connection.
     fn streams_known(&self) -> bool {
         self.streams_known.iter().all(|known| *known)
@@ -411,11 +452,11 @@ impl Holdings {
         for (user, (since_ms, _)) in self.unacked.drain() {
             self.unwritten.insert(user, (true, since_ms));
         }
-        (self.online, self.setting_up) = (false, false);
+        (self.online, self.setting_up, self.remake_at) = (false, false, None);
         (self.streams_known, self.ready) = ([false; 2], false);
         self.requests.drain();
         for reap in self.reaps.values_mut() {
-            reap.asked = false;
+            (reap.asked, reap.pinged) = (false, false);
             if let Some(walk) = &mut reap.walk {
                 // The consumer goes with the connection: JetStream drops it once idle.
                 (walk.consumer, walk.creating, walk.pull) = (None, false, None);
@@ -427,17 +468,25 @@ impl Holdings {
     /// Process `instance` beats: alive, and not reaped (any more).
     pub(super) fn joined(&mut self, instance: &str, out: &mut BytesMut) {
         self.alive.insert(instance.into());
-        if let Some(reap) = self.reaps.remove(instance) {
+        if self.reaps.contains_key(instance) {
             info!(
                 instance,
                 "cluster: a node counted dead beats again: not reaped"
             );
-            let consumer = reap.walk.and_then(|walk| walk.consumer);
-            self.drop_consumer(instance, consumer.as_deref(), out);
-            if reap.claimed && self.ready {
-                // Its next death is anyone's to reap again.
-                self.purge_reaps(&reaper_subject(instance), out);
-            }
+            self.drop_reap(instance, out);
+        }
+    }
+
+    /// Ends the reap of `instance`, which lives: its stream stays, and its next death is
+    /// anyone's to reap again.
+    fn drop_reap(&mut self, instance: &str, out: &mut BytesMut) {
+        let Some(reap) = self.reaps.remove(instance) else {
+            return;
+        };
+        let consumer = reap.walk.and_then(|walk| walk.consumer);
+        self.drop_consumer(instance, consumer.as_deref(), out);
+        if reap.claimed && self.ready {
+            self.purge_reaps(&reaper_subject(instance), None, out);
         }
     }
 
@@ -464,6 +513,7 @@ impl Holdings {
             walk: None,
             serial: self.reaps_started,
             checking: 0,
+            pinged: false,
         };
         self.reaps.insert(instance.into(), reap);
         if self.ready {
@@ -672,7 +722,25 @@ impl Holdings {
                 self.swept(status, headers, payload, out);
                 Vec::new()
             }
-            Pending::Deleted(instance) => {
+            Pending::Alive(instance) => {
+                let Some(reap) = self.reaps.get_mut(&instance) else {
+                    return Vec::new();
+                };
+                reap.pinged = false;
+                match status {
+                    // Its connection is gone: it writes no more, and its stream goes.
+                    Some(503) => self.delete_reaped(&instance, out),
+                    // It lives (taken for dead): its stream keeps what it wrote past the
+                    // walk's bound, and the users it holds answered `held`.
+                    None => {
+                        info!(%instance, "cluster: a node counted dead answers: not reaped");
+                        self.drop_reap(&instance, out);
+                    }
+                    Some(other) => debug!(%instance, "cluster: a reaped node's ping: {other}"),
+                }
+                Vec::new()
+            }
+            Pending::Deleted(instance, claim_seq) => {
                 let answer = answer();
                 let missing = answer["error"]["err_code"].as_u64() == Some(STREAM_NOT_FOUND);
                 match requests::api_error(status, &answer) {
@@ -680,7 +748,11 @@ impl Holdings {
                         // Its names stay: the next sweep reaps it again.
                         debug!(%instance, "cluster: a reaped node's stream not deleted: {e}");
                     }
-                    _ => self.purge_reaps(&format!("chat.reaps.*.{instance}"), out),
+                    // Up to the claim: a process reaped alive names itself again as it
+                    // hears of the deletion, maybe before this purge.
+                    _ => {
+                        self.purge_reaps(&format!("chat.reaps.*.{instance}"), Some(claim_seq), out)
+                    }
                 }
                 Vec::new()
             }
@@ -799,7 +871,7 @@ impl Holdings {
     /// Sends the next request of every reap with none under way (in instance order).
     /// Reaps finished while writes could not go (NATS away) are purged first.
     fn go_on_all(&mut self, out: &mut BytesMut) {
-        for instance in self.reaps_that(Reap::finished) {
+        for instance in self.reaps_that(|reap| reap.finished() && !reap.pinged) {
             self.reaped_all(&instance, out);
         }
         for instance in self.reaps_that(Reap::idle) {
@@ -981,15 +1053,27 @@ impl Holdings {
     }
 
     /// The walk over `instance`'s holdings is done and every user it found is checked:
-    /// its stream goes (with its consumers), then its names ([`Pending::Deleted`]), and
-    /// so does its reap.
+    /// unless the process still answers on NATS ([`Pending::Alive`]: taken for dead, it
+    /// may have written holdings past the walk's bound), its stream goes.
     fn reaped_all(&mut self, instance: &str, out: &mut BytesMut) {
-        if self.reaps.remove(instance).is_none() {
+        let Some(reap) = self.reaps.get_mut(instance).filter(|reap| !reap.pinged) else {
             return;
-        }
+        };
+        reap.pinged = true;
+        let subject = process_subject(instance);
+        let pending = Pending::Alive(instance.into());
+        (self.requests).send(out, (&subject, &[]), b"", pending);
+    }
+
+    /// A reaped process that no longer answers: its stream goes (with its consumers),
+    /// then its names ([`Pending::Deleted`]), and so does its reap.
+    fn delete_reaped(&mut self, instance: &str, out: &mut BytesMut) {
+        let Some(reap) = self.reaps.remove(instance) else {
+            return;
+        };
         info!(instance, "cluster: the holdings of a gone node are reaped");
         let subject = format!("$JS.API.STREAM.DELETE.{}", held_stream(instance));
-        let pending = Pending::Deleted(instance.into());
+        let pending = Pending::Deleted(instance.into(), reap.claim_seq);
         (self.requests).send(out, (&subject, &[]), b"", pending);
     }
 
@@ -1041,9 +1125,15 @@ impl Holdings {
         (self.requests).send(out, (&to, &[]), body.as_bytes(), Pending::Sweep);
     }
 
-    /// Purges `filter` from [`REAPS`].
-    fn purge_reaps(&mut self, filter: &str, out: &mut BytesMut) {
-        let body = serde_json::json!({ "filter": filter }).to_string();
+    /// Purges `filter` from [`REAPS`]: all of it, or what is stored up to sequence
+    /// `up_to`.
+    fn purge_reaps(&mut self, filter: &str, up_to: Option<u64>, out: &mut BytesMut) {
+        let body = match up_to {
+            // JetStream purges below `seq`.
+            Some(up_to) => serde_json::json!({ "filter": filter, "seq": up_to + 1 }),
+            None => serde_json::json!({ "filter": filter }),
+        };
+        let body = body.to_string();
         let subject = format!("$JS.API.STREAM.PURGE.{REAPS}");
         self.requests
             .send(out, (&subject, &[]), body.as_bytes(), Pending::Cleanup);
@@ -1088,8 +1178,13 @@ impl Holdings {
                     self.drop_consumer(&instance, consumer.as_deref(), out);
                 }
                 Pending::Sweep => self.sweep.asked = false,
+                Pending::Alive(instance) => {
+                    if let Some(reap) = self.reaps.get_mut(&instance) {
+                        reap.pinged = false; // asked again
+                    }
+                }
                 // A reaped process's names stay: the next sweep reaps it again.
-                Pending::Deleted(_) | Pending::Cleanup => {}
+                Pending::Deleted(..) | Pending::Cleanup => {}
             }
         }
         if claimed && self.sweep.at.is_none() {
@@ -1098,6 +1193,9 @@ impl Holdings {
         self.claimed = claimed;
         if !self.online {
             return Vec::new();
+        }
+        if self.remake_at.is_some_and(|at| at <= now) {
+            (self.setting_up, self.remake_at) = (false, None);
         }
         if !self.streams_known() {
             if !self.setting_up {
@@ -1344,16 +1442,48 @@ mod tests {
         holdings.reap_checked(2, &mut out);
         assert!(written(&mut out).is_empty(), "another reap's check");
         holdings.reap_checked(1, &mut out);
+        let ping = written(&mut out);
+        assert_eq!(ping, "PUB chat.process.i0 _INBOX.x.r10 0\r\n\r\n", "alive?");
+        holdings.answered(b"10", Some(503), b"", b"", &mut out); // nobody answers
         let delete = written(&mut out);
         assert!(
-            delete.starts_with("PUB $JS.API.STREAM.DELETE.CHAT_HOLDINGS_i0 _INBOX.x.r10 0"),
+            delete.starts_with("PUB $JS.API.STREAM.DELETE.CHAT_HOLDINGS_i0 _INBOX.x.r11 0"),
             "{delete}"
         );
         assert!(!delete.contains("PURGE"), "its names go once it is deleted");
-        holdings.answered(b"10", None, b"", br#"{"success":true}"#, &mut out);
+        holdings.answered(b"11", None, b"", br#"{"success":true}"#, &mut out);
         let purge = written(&mut out);
-        let named = "PURGE.CHAT_REAPS _INBOX.x.r11 28\r\n{\"filter\":\"chat.reaps.*.i0\"}";
+        // Up to the claim (at 3): the process, had it lived, names itself again after.
+        let named =
+            "PURGE.CHAT_REAPS _INBOX.x.r12 36\r\n{\"filter\":\"chat.reaps.*.i0\",\"seq\":4}";
         assert!(purge.contains(named), "{purge}");
+    }
+
+    #[test]
+    fn a_gone_process_that_still_answers_keeps_its_stream_and_is_left_to_be_reaped_again() {
+        let mut out = BytesMut::new();
+        let mut holdings = ready(&mut out, true);
+        claimed_i0(&mut holdings, (3, 9), &mut out);
+        let moved = deliver(
+            &mut holdings,
+            ("chat.holdings.i0.alice", 9, 0),
+            b"1 5",
+            &mut out,
+        );
+        assert_eq!(moved.len(), 1);
+        written(&mut out);
+        holdings.reap_checked(1, &mut out);
+        assert!(written(&mut out).starts_with("PUB chat.process.i0 _INBOX.x.r"));
+        // Taken for dead, it lives: what it wrote past the walk's bound stays.
+        let number = holdings.requests.last_number().to_string(); // the ping
+        holdings.answered(number.as_bytes(), None, b"", b"alive", &mut out);
+        let text = written(&mut out);
+        assert!(!text.contains("STREAM.DELETE"), "{text}");
+        assert!(
+            text.contains(r#"{"filter":"chat.reaps.reaper.i0"}"#),
+            "its claim goes: {text}"
+        );
+        assert!(holdings.reaps.is_empty());
     }
 
     #[test]
@@ -1429,11 +1559,13 @@ mod tests {
         holdings.answered(b"6", Some(404), b"", b"", &mut out); // no claims of its own
         let text = written(&mut out);
         assert!(!text.contains("CONSUMER.CREATE"), "{text}");
-        let delete = "PUB $JS.API.STREAM.DELETE.CHAT_HOLDINGS_i0 _INBOX.x.r7 0";
-        assert!(text.contains(delete), "{text}");
+        assert!(text.contains("PUB chat.process.i0 _INBOX.x.r7 0"), "{text}");
+        holdings.answered(b"7", Some(503), b"", b"", &mut out);
+        let delete = "PUB $JS.API.STREAM.DELETE.CHAT_HOLDINGS_i0 _INBOX.x.r8 0";
+        assert!(written(&mut out).contains(delete));
         // Not there (a reaper deleted it and died before its names went): they go now.
-        holdings.answered(b"7", None, b"", missing, &mut out);
-        assert!(written(&mut out).contains("PURGE.CHAT_REAPS _INBOX.x.r8"));
+        holdings.answered(b"8", None, b"", missing, &mut out);
+        assert!(written(&mut out).contains("PURGE.CHAT_REAPS _INBOX.x.r9"));
         assert!(holdings.reaps.is_empty());
     }
 
@@ -1516,7 +1648,7 @@ mod tests {
             "{text}"
         );
         holdings.reap_checked(1, &mut out);
-        assert!(written(&mut out).contains("STREAM.DELETE.CHAT_HOLDINGS_i0"));
+        assert!(written(&mut out).contains("PUB chat.process.i0 "), "alive?");
     }
 
     #[test]

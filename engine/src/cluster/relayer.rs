@@ -69,6 +69,12 @@ const BROADCAST_SID: u64 = 3;
 const ADMIN_SID: u64 = 4;
 /// The subscription on which every node hears that another came back on NATS.
 const BACK_SID: u64 = 5;
+/// The subscription on which JetStream says this process's stream of holdings was
+/// deleted ([`holdings::Holdings::deleted_subject`]).
+const HOLDINGS_DELETED_SID: u64 = 6;
+/// The subscription on which this process answers a reaper that it lives
+/// ([`holdings::process_subject`]).
+const PROCESS_SID: u64 = 7;
 /// Where a node says, with its instance, that it came back on NATS: what it announced
 /// just before it was cut off may never have reached the others.
 const BACK_SUBJECT: &str = "chat.back";
@@ -442,7 +448,7 @@ impl Relayer {
             reactors,
             by_sid: HashMap::new(),
             sids: HashMap::new(),
-            next_sid: BACK_SID + 1,
+            next_sid: PROCESS_SID + 1,
             inbox,
             calls: HashMap::new(),
             next_call: 0,
@@ -1023,6 +1029,10 @@ impl Relayer {
         wire::subscribe(&mut out, BROADCAST_SUBJECT, BROADCAST_SID);
         wire::subscribe(&mut out, ADMIN_SUBJECT, ADMIN_SID);
         wire::subscribe(&mut out, BACK_SUBJECT, BACK_SID);
+        if self.holdings.is_some() {
+            let process = holdings::process_subject(&self.instance);
+            wire::subscribe(&mut out, &process, PROCESS_SID);
+        }
         let mut subs: Vec<(&u64, &Sub)> = self.by_sid.iter().collect();
         subs.sort_unstable_by_key(|(sid, _)| **sid);
         for (sid, sub) in subs {
@@ -1064,6 +1074,11 @@ impl Relayer {
         self.inboxes.connected(&mut self.out);
         self.history.connected(&mut self.out);
         if let Some(holdings) = &mut self.holdings {
+            // After the handshake: a server that does not let this node hear JetStream's
+            // advisories says so (logged) and leaves the connection up; the node then
+            // learns of a deletion at its next sweep.
+            let deleted = holdings.deleted_subject();
+            wire::subscribe(&mut self.out, &deleted, HOLDINGS_DELETED_SID);
             holdings.connected(&mut self.out);
             // The holders' checks asked after an offline reported on silence may have
             // been lost in the cut.
@@ -1214,6 +1229,19 @@ impl Relayer {
                     payload,
                     ..
                 } => self.back(&payload),
+                Op::Msg {
+                    sid: PROCESS_SID,
+                    reply: Some(reply),
+                    ..
+                } => wire::publish(&mut self.out, &reply, None, b"alive"),
+                Op::Msg {
+                    sid: HOLDINGS_DELETED_SID,
+                    ..
+                } => {
+                    if let Some(holdings) = &mut self.holdings {
+                        holdings.deleted(Instant::now());
+                    }
+                }
                 Op::Msg {
                     sid: STATS_SID,
                     reply: Some(reply),

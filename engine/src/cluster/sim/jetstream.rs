@@ -249,7 +249,16 @@ impl JetStream {
                 return vec![answer(&reply, error(10059, 404, "stream not found"))];
             }
             self.consumers.retain(|_, consumer| consumer.stream != name);
-            return vec![answer(&reply, json!({"success": true}))];
+            let advisory = json!({
+                "type": "io.nats.jetstream.advisory.v1.stream_action",
+                "stream": name,
+                "action": "delete",
+            });
+            let advised = format!("$JS.EVENT.ADVISORY.STREAM.DELETED.{name}");
+            return vec![
+                answer(&reply, json!({"success": true})),
+                answer(&advised, advisory),
+            ];
         }
         if let Some(name) = subject.strip_prefix("$JS.API.STREAM.PURGE.") {
             let body: Value = serde_json::from_slice(&publish.payload).unwrap_or_default();

@@ -117,6 +117,9 @@ enum Hold {
 struct Node {
     /// Its process is cut off from NATS since.
     cut_at: Option<Instant>,
+    /// Counted dead while it lives, its process beats in the node bucket again then: a
+    /// process starting meanwhile hears of it only then.
+    beats_at: Option<Instant>,
     holds: BTreeMap<String, Hold>,
     watches: BTreeSet<String>,
     /// Per watched user, the last word its home heard: whether another node holds it.
@@ -179,6 +182,8 @@ struct Tally {
     cuts: usize,
     kills: usize,
     leaves: usize,
+    /// Processes taken for dead while they lived on.
+    taken_for_dead: usize,
 }
 
 impl Tally {
@@ -194,6 +199,7 @@ impl Tally {
             cuts,
             kills,
             leaves,
+            taken_for_dead,
         } = other;
         self.reports += reports;
         self.events += events;
@@ -205,6 +211,7 @@ impl Tally {
         self.cuts += cuts;
         self.kills += kills;
         self.leaves += leaves;
+        self.taken_for_dead += taken_for_dead;
     }
 }
 
@@ -251,6 +258,7 @@ impl World {
         for n in 0..node_count {
             world.nodes.push(Node {
                 cut_at: None,
+                beats_at: None,
                 holds: BTreeMap::new(),
                 watches: BTreeSet::new(),
                 heard: BTreeMap::new(),
@@ -274,14 +282,61 @@ impl World {
             events: Some(events),
         };
         self.nodes[n].events = Some(hooks);
-        self.cluster.start(n, setup);
+        let instance = self.cluster.start(n, setup);
+        self.meet(n, &instance);
         let node = &mut self.nodes[n];
-        node.cut_at = None;
+        (node.cut_at, node.beats_at) = (None, None);
         node.holds.clear();
         node.watches.clear();
         node.heard.clear();
         node.in_room = 0;
         self.flush(n);
+    }
+
+    /// What membership's watch says once node `n` started process `instance`: the new
+    /// process hears, within moments, of every other process whose record is fresh
+    /// (one cut off for less than [`DEAD_AFTER`], or counted dead and beating again,
+    /// once it beats); the others hear of it, and that node `n`'s earlier processes,
+    /// those not heard gone yet, are gone ("node id taken over").
+    fn meet(&mut self, n: usize, instance: &str) {
+        let now = Instant::now();
+        let earlier = format!("n{n}-");
+        let heard_at = now + Duration::from_millis(self.rng.below(200) as u64);
+        for m in (0..self.nodes.len()).filter(|&m| m != n) {
+            let Some(other) = self.cluster.instance(m).map(str::to_owned) else {
+                continue;
+            };
+            let node = &self.nodes[m];
+            let fresh_at = match node.cut_at {
+                Some(cut_at) => (now < cut_at + DEAD_AFTER).then_some(heard_at),
+                None if !self.cluster.connected(m) => None, // counted dead, cut off
+                None => Some(node.beats_at.map_or(heard_at, |at| at.max(heard_at))),
+            };
+            if let Some(at) = fresh_at {
+                self.news.push(News {
+                    to: n,
+                    to_instance: instance.to_owned(),
+                    instance: other.clone(),
+                    joined: true,
+                    at,
+                    after_the_rest: false,
+                });
+            }
+            for news in &mut self.news {
+                let replaced = news.instance.starts_with(&earlier) && !news.joined;
+                if replaced && news.to == m {
+                    news.at = news.at.min(heard_at);
+                }
+            }
+            self.news.push(News {
+                to: m,
+                to_instance: other,
+                instance: instance.to_owned(),
+                joined: true,
+                at: heard_at,
+                after_the_rest: false,
+            });
+        }
     }
 
     /// What node `n`'s reactors got from its relayer, read, and what it reported to the
@@ -483,7 +538,24 @@ impl World {
         self.count_nodes();
         self.join_the_room_one_by_one().await?;
         self.ask_everyone_from_each_node().await?;
+        self.kill_at_rest().await?;
         Ok(self.tally)
+    }
+
+    /// At rest, one running node of several is killed and the rest settle: another
+    /// reports its users offline, those held still since it was taken for dead too
+    /// (its holdings, deleted by their reaper, written again).
+    async fn kill_at_rest(&mut self) -> Result<(), String> {
+        let live = self.live_nodes();
+        if live.len() < 2 {
+            return Ok(());
+        }
+        let n = live[self.rng.below(live.len())];
+        self.kill(n);
+        self.settle().await;
+        self.failed()?;
+        self.check_no_ghosts()?;
+        self.check_latest_events()
     }
 
     /// One random step.
@@ -510,10 +582,11 @@ impl World {
                 let count = 1 + self.rng.below(4);
                 self.server_delivers(count);
             }
-            85..=91 => {
+            85..=90 => {
                 let by = Duration::from_millis(self.rng.below(700) as u64);
                 self.advance(by).await;
             }
+            91 if alive && self.cluster.connected(n) => self.take_for_dead(n),
             92..=94 if alive => self.cut_or_reconnect(n),
             95..=96 if alive => self.kill(n),
             97 if alive => self.leave(n),
@@ -797,17 +870,37 @@ impl World {
         let beats_at = Instant::now() + Duration::from_millis(self.rng.below(2_000) as u64);
         match self.nodes[n].cut_at.take() {
             // Counted dead while cut off: it is heard of again when its membership beats.
-            None => self.tell(n, &instance, (true, beats_at), false),
+            None => {
+                self.tell(n, &instance, (true, beats_at), false);
+                self.nodes[n].beats_at = Some(beats_at);
+            }
             Some(cut_at) if cut_at.elapsed() + BEAT >= DEAD_AFTER && self.rng.chance(50) => {
                 self.log.push(format!("n{n} is counted dead all the same"));
                 let dead_at = cut_at + DEAD_AFTER;
                 self.tell(n, &instance, (false, dead_at), true);
                 self.tell(n, &instance, (true, dead_at.max(beats_at)), false);
+                self.nodes[n].beats_at = Some(dead_at.max(beats_at));
             }
             Some(_) => {}
         }
         self.cluster.connect(n);
         self.flush(n);
+    }
+
+    /// Node `n`'s process is taken for dead while it lives and stays on NATS (frozen
+    /// past [`DEAD_AFTER`], its beats late): the others hear it is gone, after what it
+    /// sent, and reap it; it beats again within 3 s.
+    fn take_for_dead(&mut self, n: usize) {
+        let Some(instance) = self.cluster.instance(n).map(str::to_owned) else {
+            return;
+        };
+        self.log.push(format!("n{n} is taken for dead"));
+        self.tally.taken_for_dead += 1;
+        let now = Instant::now();
+        let beats_at = now + Duration::from_millis(self.rng.below(3_000) as u64);
+        self.tell(n, &instance, (false, now), true);
+        self.tell(n, &instance, (true, beats_at), false);
+        self.nodes[n].beats_at = Some(beats_at);
     }
 
     /// Node `n`'s process is killed: the others hear it is gone once membership has
@@ -838,6 +931,9 @@ impl World {
         let Some(instance) = self.cluster.stop(n) else {
             return;
         };
+        // A stopped process beats no more.
+        self.news
+            .retain(|news| !news.joined || news.instance != instance);
         self.tell(n, &instance, (false, at), after_the_rest);
         let node = &mut self.nodes[n];
         node.cut_at = None;
