@@ -1078,8 +1078,10 @@ impl Worker {
                 }
                 true
             }
-            (State::Authenticating, MessageType::Error) => {
-                self.fail(slot, "auth_failed");
+            // Counted by its code: `auth_failed`, or what the server could not do
+            // (`cluster_unavailable`, say).
+            (State::Authenticating, MessageType::Error(code)) => {
+                self.fail(slot, code);
                 false
             }
             (State::PingSent, MessageType::Pong) => {
@@ -1282,8 +1284,43 @@ enum MessageType {
     /// A `message_ack` with `status: rejected`: not kept (its `reason` says why).
     Rejected,
     PeerOffline,
-    Error,
+    /// Another `error`, by its code ([`error_code`]).
+    Error(&'static str),
     Other,
+}
+
+/// The codes an error frame may carry (the engine's `ErrorCode`), as the report counts a
+/// login that one refused; `error` for any other.
+const ERROR_CODES: [&str; 15] = [
+    "auth_failed",
+    "bad_json",
+    "bad_request",
+    "unknown_type",
+    "not_authenticated",
+    "persistence_failed",
+    "not_member",
+    "not_found",
+    "rate_limited",
+    "store_error",
+    "store_unavailable",
+    "too_many_groups",
+    "cluster_unavailable",
+    "forbidden",
+    "conflict",
+];
+
+/// The code of error frame `payload`, without allocating.
+fn error_code(payload: &[u8]) -> &'static str {
+    const KEY: &[u8] = br#""code":""#;
+    let Some(at) = payload.windows(KEY.len()).position(|w| w == KEY) else {
+        return "error";
+    };
+    let rest = &payload[at + KEY.len()..];
+    let value = rest.split(|&b| b == b'"').next().unwrap_or_default();
+    (ERROR_CODES.iter())
+        .find(|code| code.as_bytes() == value)
+        .copied()
+        .unwrap_or("error")
 }
 
 /// Reads an echoed frame: `ping` answers the sweep, digits are a load message's stamp.
@@ -1337,7 +1374,7 @@ fn message_type(payload: &[u8]) -> MessageType {
         if payload.windows(14).any(|w| w == br#""peer_offline""#) {
             MessageType::PeerOffline
         } else {
-            MessageType::Error
+            MessageType::Error(error_code(payload))
         }
     } else {
         MessageType::Other
@@ -1526,7 +1563,11 @@ mod tests {
         );
         assert_eq!(
             message_type(br#"{"type":"error","code":"x"}"#),
-            MessageType::Error
+            MessageType::Error("error")
+        );
+        assert_eq!(
+            message_type(br#"{"type":"error","code":"cluster_unavailable","message":"x"}"#),
+            MessageType::Error("cluster_unavailable")
         );
         assert_eq!(message_type(b"garbage"), MessageType::Other);
         let delivered = br#"{"type":"new_message","messageId":"5-0-1","senderId":"lg1","content":"12345","x":1}"#;
