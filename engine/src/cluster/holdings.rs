@@ -408,8 +408,7 @@ impl Holdings {
     pub(super) fn deleted(&mut self, now: Instant) {
         info!("cluster: JetStream says this node's holdings were deleted: made anew soon");
         self.streams_known[Stream::Held as usize] = false;
-        // Not set up by [`Holdings::expire`] meanwhile.
-        (self.setting_up, self.remake_at) = (true, Some(now + REMAKE_AFTER));
+        self.remake_at = Some(now + REMAKE_AFTER); // `expire` sets it up then
     }
 
     /// Whether both streams are known on this connection.
@@ -1194,11 +1193,9 @@ impl Holdings {
         if !self.online {
             return Vec::new();
         }
-        if self.remake_at.is_some_and(|at| at <= now) {
-            (self.setting_up, self.remake_at) = (false, None);
-        }
+        self.remake_at = self.remake_at.filter(|at| *at > now);
         if !self.streams_known() {
-            if !self.setting_up {
+            if !self.setting_up && self.remake_at.is_none() {
                 self.set_up_streams(out);
             }
             return Vec::new();
@@ -1212,8 +1209,9 @@ impl Holdings {
         if !sweep.asked && sweep.at.is_some_and(|at| at <= now) {
             if sweep.next == 1 && !sweep.same_node {
                 // With each sweep: is this process's stream still its own, and is it
-                // named (a reaper that took it for dead purges its names after
-                // deleting the stream, maybe after it was made anew)?
+                // named (a reaper that took it for dead deletes the stream, then purges
+                // its names up to its claim, which a process that never heard of the
+                // deletion has not written again)?
                 self.set_up(Stream::Held, out);
                 self.name_process(out);
             }
